@@ -1,0 +1,1 @@
+"""Configuration: EndpointPickerConfig loading and shared value parsing."""

@@ -1,0 +1,104 @@
+"""Endpoint identity (from discovery) and its mutable state (from scraping and traffic)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+ROLE_LABEL = "llm-d.ai/role"
+
+
+def join_host_port(host: str, port: int) -> str:
+    """`host:port`, bracketing IPv6 literals as Envoy and Go's JoinHostPort do."""
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSpec:
+    """What discovery knows about one serving port: where it is and how it is labelled."""
+
+    name: str
+    address: str
+    port: int
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    models: frozenset[str] = frozenset()
+    metrics_port: int | None = None
+    namespace: str = "default"
+
+    @property
+    def hostport(self) -> str:
+        return join_host_port(self.address, self.port)
+
+    @property
+    def metrics_hostport(self) -> str:
+        return join_host_port(self.address, self.metrics_port or self.port)
+
+
+@dataclass(slots=True)
+class EndpointMetrics:
+    """Model-server state in engine-neutral terms, replaced wholesale on every scrape."""
+
+    waiting_queue_size: int = 0
+    running_requests_size: int = 0
+    kv_cache_usage: float = 0.0
+    active_models: frozenset[str] = frozenset()
+    waiting_models: frozenset[str] = frozenset()
+    max_active_models: int = 0
+    cache_block_size: int = 0
+    cache_num_blocks: int = 0
+    update_time: float = 0.0
+
+    def age(self, now: float | None = None) -> float:
+        """Seconds since the last successful scrape; infinite when never scraped."""
+        if self.update_time == 0.0:
+            return float("inf")
+        return (time.monotonic() if now is None else now) - self.update_time
+
+
+class Endpoint:
+    """One schedulable target. Identity is fixed; metrics, health and load change over time."""
+
+    __slots__ = ("healthy", "inflight_requests", "inflight_tokens", "metrics", "spec")
+
+    def __init__(self, spec: EndpointSpec) -> None:
+        self.spec = spec
+        self.metrics = EndpointMetrics()
+        self.healthy = True
+        self.inflight_requests = 0
+        self.inflight_tokens = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def address(self) -> str:
+        return self.spec.address
+
+    @property
+    def port(self) -> int:
+        return self.spec.port
+
+    @property
+    def hostport(self) -> str:
+        return self.spec.hostport
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        return self.spec.labels
+
+    @property
+    def role(self) -> str | None:
+        return self.spec.labels.get(ROLE_LABEL)
+
+    def serves(self, model: str) -> bool:
+        """True when the endpoint lists no models (serves whatever it is sent) or lists this one."""
+        models = self.spec.models
+        return not models or model in models or model in self.metrics.active_models
+
+    def __repr__(self) -> str:
+        return f"Endpoint({self.name}@{self.hostport})"

@@ -1,0 +1,90 @@
+"""The datastore: the set of endpoints discovery reports, keyed by name, with change listeners."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+from epp.datastore.endpoint import Endpoint, EndpointSpec
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[Endpoint], None]
+
+
+class Datastore:
+    """Holds Endpoint objects. Reconciling keeps an endpoint's object (and so its metrics and
+    in-flight counts) while its spec is unchanged, so discovery refreshes never reset load."""
+
+    def __init__(self) -> None:
+        self._endpoints: dict[str, Endpoint] = {}
+        self._snapshot: tuple[Endpoint, ...] = ()
+        self._on_added: list[Listener] = []
+        self._on_removed: list[Listener] = []
+        self.synced = False
+
+    def subscribe(self, on_added: Listener | None = None, on_removed: Listener | None = None) -> None:
+        """Be told of endpoints as they come and go; existing endpoints are reported as added."""
+        if on_added is not None:
+            self._on_added.append(on_added)
+            for endpoint in self._snapshot:
+                on_added(endpoint)
+        if on_removed is not None:
+            self._on_removed.append(on_removed)
+
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        """All known endpoints, healthy or not (an immutable snapshot, cheap to take)."""
+        return self._snapshot
+
+    def ready_endpoints(self) -> list[Endpoint]:
+        return [e for e in self._snapshot if e.healthy]
+
+    def get(self, name: str) -> Endpoint | None:
+        return self._endpoints.get(name)
+
+    def find_hostport(self, hostport: str) -> Endpoint | None:
+        for endpoint in self._snapshot:
+            if endpoint.hostport == hostport:
+                return endpoint
+        return None
+
+    def upsert(self, spec: EndpointSpec) -> Endpoint:
+        current = self._endpoints.get(spec.name)
+        if current is not None and current.spec == spec:
+            return current
+        if current is not None:
+            self._remove(spec.name)
+        endpoint = Endpoint(spec)
+        self._endpoints[spec.name] = endpoint
+        self._refresh()
+        log.info("endpoint added: %s %s labels=%s", spec.name, spec.hostport, dict(spec.labels))
+        for listener in self._on_added:
+            listener(endpoint)
+        return endpoint
+
+    def remove(self, name: str) -> None:
+        if name in self._endpoints:
+            self._remove(name)
+
+    def replace_all(self, specs: Iterable[EndpointSpec]) -> None:
+        """Make the datastore hold exactly these endpoints."""
+        wanted = {spec.name: spec for spec in specs}
+        for name in [n for n in self._endpoints if n not in wanted]:
+            self._remove(name)
+        for spec in wanted.values():
+            self.upsert(spec)
+        self.synced = True
+
+    def clear(self) -> None:
+        for name in list(self._endpoints):
+            self._remove(name)
+
+    def _remove(self, name: str) -> None:
+        endpoint = self._endpoints.pop(name)
+        self._refresh()
+        log.info("endpoint removed: %s %s", name, endpoint.hostport)
+        for listener in self._on_removed:
+            listener(endpoint)
+
+    def _refresh(self) -> None:
+        self._snapshot = tuple(self._endpoints.values())

@@ -1,0 +1,1 @@
+"""Where endpoints come from: a file or flags (standalone) or a Kubernetes InferencePool."""

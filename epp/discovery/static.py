@@ -1,0 +1,140 @@
+"""Standalone discovery: endpoints from a YAML file (re-read when it changes) or from flags.
+
+File format:
+
+    endpoints:
+      - address: 127.0.0.1
+        port: 8000
+        name: sim-0                  # optional, default "<address>:<port>"
+        metricsPort: 8000            # optional, default port
+        models: [sim-model]          # optional: served model names; empty = any model
+        labels: {llm-d.ai/role: decode}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from epp.datastore import Datastore, EndpointSpec
+from epp.datastore.endpoint import join_host_port
+
+log = logging.getLogger(__name__)
+
+
+class _EndpointEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    address: str
+    port: int = Field(ge=1, le=65535)
+    name: str | None = None
+    metrics_port: int | None = Field(default=None, alias="metricsPort", ge=1, le=65535)
+    models: list[str] = []
+    labels: dict[str, str] = {}
+
+
+class _EndpointFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    endpoints: list[_EndpointEntry]
+
+
+class DiscoveryError(ValueError):
+    """The endpoint file or flag is malformed; the message names the field."""
+
+
+def _spec(entry: _EndpointEntry) -> EndpointSpec:
+    return EndpointSpec(
+        name=entry.name or join_host_port(entry.address, entry.port),
+        address=entry.address,
+        port=entry.port,
+        labels=MappingProxyType(dict(entry.labels)),
+        models=frozenset(entry.models),
+        metrics_port=entry.metrics_port,
+    )
+
+
+def parse_endpoint_file(text: str, source: str = "<text>") -> list[EndpointSpec]:
+    try:
+        data: Any = yaml.safe_load(text)
+        parsed = _EndpointFile.model_validate(data)
+    except yaml.YAMLError as exc:
+        raise DiscoveryError(f"{source}: invalid YAML: {exc}") from None
+    except ValidationError as exc:
+        details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise DiscoveryError(f"{source}: {details}") from None
+    specs = [_spec(entry) for entry in parsed.endpoints]
+    names = [s.name for s in specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise DiscoveryError(f"{source}: duplicate endpoint names {duplicates}")
+    return specs
+
+
+def parse_endpoint_flag(value: str, models: Sequence[str] = ()) -> EndpointSpec:
+    """`host:port` (IPv6 as `[addr]:port`) from a repeated --endpoint flag."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise DiscoveryError(f"--endpoint {value!r}: expected host:port")
+    host = host.strip("[]")
+    return EndpointSpec(
+        name=join_host_port(host, int(port_text)), address=host, port=int(port_text), models=frozenset(models)
+    )
+
+
+class FileDiscovery:
+    """Loads the file into the datastore, then polls its mtime and reloads on change. A broken
+    edit is logged and ignored: the last good endpoint set stays in force."""
+
+    def __init__(self, path: Path, datastore: Datastore, poll_interval: float = 1.0) -> None:
+        self._path = path
+        self._datastore = datastore
+        self._poll_interval = poll_interval
+        self._stamp: tuple[float, int] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def load(self) -> None:
+        """First load: errors propagate so the EPP refuses to start on a broken file."""
+        self._stamp = self._file_stamp()
+        self._datastore.replace_all(parse_endpoint_file(self._path.read_text(), str(self._path)))
+
+    async def start(self) -> None:
+        self.load()
+        self._task = asyncio.get_running_loop().create_task(self._watch(), name="endpoint-file-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _file_stamp(self) -> tuple[float, int] | None:
+        try:
+            stat = os.stat(self._path)
+        except FileNotFoundError:
+            return None
+        return (stat.st_mtime, stat.st_size)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_interval)
+            stamp = self._file_stamp()
+            if stamp is None or stamp == self._stamp:
+                continue
+            self._stamp = stamp
+            try:
+                specs = parse_endpoint_file(self._path.read_text(), str(self._path))
+            except (DiscoveryError, OSError) as exc:
+                log.error("keeping the previous endpoints: %s", exc)
+                continue
+            log.info("endpoint file changed: %d endpoints", len(specs))
+            self._datastore.replace_all(specs)

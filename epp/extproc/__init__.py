@@ -1,0 +1,1 @@
+"""Envoy ext_proc: the gRPC service Envoy calls for every inference request."""

@@ -1,0 +1,11 @@
+"""Envoy API stubs from the maintained `xds-protos` package (see proto/README.md)."""
+
+from envoy.config.core.v3 import base_pb2 as core
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as processing_mode
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
+from envoy.type.v3 import http_status_pb2 as http_status
+
+BodyMode = processing_mode.ProcessingMode.BodySendMode
+
+__all__ = ["BodyMode", "core", "ext_proc", "ext_proc_grpc", "http_status"]

@@ -1,0 +1,115 @@
+"""The grpc.aio servers: ext_proc for Envoy and grpc.health.v1 for probes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from epp.extproc import messages
+from epp.extproc.pb import ext_proc, ext_proc_grpc
+from epp.extproc.stream import ExtProcStream, StreamOptions
+from epp.requestcontrol import Director
+from epp.requests import ErrorCode, RequestError
+
+log = logging.getLogger(__name__)
+
+EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+_GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.so_reuseport", 0),
+]
+
+
+class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
+    def __init__(self, director: Director, options: StreamOptions) -> None:
+        self._director = director
+        self._options = options
+
+    async def Process(
+        self,
+        request_iterator: AsyncIterator[ext_proc.ProcessingRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[ext_proc.ProcessingResponse]:
+        stream = ExtProcStream(self._director, self._options)
+        try:
+            async for message in request_iterator:
+                try:
+                    replies = list(stream.handle(message))
+                except Exception:
+                    log.exception("ext_proc stream failed; answering 500")
+                    error = RequestError(
+                        ErrorCode.INTERNAL, "the endpoint picker failed to process the request"
+                    )
+                    yield messages.immediate_error(error, self._options.error_prefix)
+                    return
+                for reply in replies:
+                    yield reply
+                if stream.done:
+                    return
+        finally:
+            stream.close()
+
+
+class Health(health_pb2_grpc.HealthServicer):
+    """SERVING for any service name once the endpoint pool is known, as GIE's EPP answers
+    without leader election; probes use `inference-extension`, Envoy the ext_proc name."""
+
+    def __init__(self, ready: Callable[[], bool]) -> None:
+        self._ready = ready
+
+    def _status(self) -> health_pb2.HealthCheckResponse:
+        serving = (
+            health_pb2.HealthCheckResponse.SERVING
+            if self._ready()
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        return health_pb2.HealthCheckResponse(status=serving)
+
+    async def Check(
+        self,
+        request: health_pb2.HealthCheckRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> health_pb2.HealthCheckResponse:
+        return self._status()
+
+    async def Watch(
+        self,
+        request: health_pb2.HealthCheckRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
+        last = None
+        while True:
+            current = self._status()
+            if current.status != last:
+                last = current.status
+                yield current
+            await asyncio.sleep(1.0)
+
+
+def bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    """Listen on host:port (port 0 picks a free one) and return the bound port."""
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
+    if port == 0:
+        raise OSError(f"could not bind gRPC server to {address}")
+    return port
+
+
+def ext_proc_server(director: Director, options: StreamOptions, health: Health) -> grpc.aio.Server:
+    server = grpc.aio.server(options=_GRPC_OPTIONS)
+    ext_proc_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(director, options), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    return server
+
+
+def health_server(health: Health) -> grpc.aio.Server:
+    server = grpc.aio.server(options=_GRPC_OPTIONS)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    return server

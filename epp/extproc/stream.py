@@ -1,0 +1,188 @@
+"""One ext_proc stream = one HTTP request. A small state machine turns Envoy's messages into
+director calls and answers in the order Envoy expects for the negotiated body mode."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from epp.extproc import messages
+from epp.extproc.pb import BodyMode, ext_proc
+from epp.requestcontrol import Director, RoutedRequest
+from epp.requests import ErrorCode, RequestError
+from epp.requests.usage import UsageReader
+
+log = logging.getLogger(__name__)
+
+# Headers only the EPP may set: a client-sent copy is removed so it can never steer routing.
+OWNED_HEADERS = (
+    messages.DESTINATION_HEADER,
+    "x-gateway-destination-endpoint-served",
+    "x-gateway-destination-endpoint-subset",
+    "x-prefiller-host-port",
+    "x-prefiller-url",
+    "x-encoder-hosts-ports",
+    "x-data-parallel-host-port",
+    "x-kv-cache-source-host-port",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOptions:
+    max_body_bytes: int = 16 * 1024 * 1024
+    error_prefix: str = "inference error"
+    # Response header naming the endpoint the EPP chose (for debugging and tests); None = off.
+    served_header: str | None = None
+
+
+class ExtProcStream:
+    """Fed ProcessingRequests one by one; yields the replies each one calls for."""
+
+    def __init__(self, director: Director, options: StreamOptions) -> None:
+        self._director = director
+        self._options = options
+        self._request_mode = BodyMode.FULL_DUPLEX_STREAMED
+        self._response_mode = BodyMode.NONE
+        self._headers: dict[str, str] = {}
+        self._generated_request_id: str | None = None
+        self._body = bytearray()
+        self._subset: list[str] | None = None
+        self._routed: RoutedRequest | None = None
+        self._usage: UsageReader | None = None
+        self.done = False
+
+    # --- entry point -------------------------------------------------------------------------
+
+    def handle(self, message: ext_proc.ProcessingRequest) -> Iterator[ext_proc.ProcessingResponse]:
+        if message.HasField("protocol_config"):
+            self._request_mode = message.protocol_config.request_body_mode
+            self._response_mode = message.protocol_config.response_body_mode
+        if message.HasField("metadata_context"):
+            hint = messages.read_subset_hint(message.metadata_context)
+            if hint is not None:
+                self._subset = hint
+        kind = message.WhichOneof("request")
+        try:
+            if kind == "request_headers":
+                yield from self._request_headers(message.request_headers)
+            elif kind == "request_body":
+                yield from self._request_body(message.request_body)
+            elif kind == "request_trailers":
+                yield from self._request_trailers()
+            elif kind == "response_headers":
+                yield from self._response_headers(message.response_headers)
+            elif kind == "response_body":
+                yield from self._response_body(message.response_body)
+            elif kind == "response_trailers":
+                yield from self._response_trailers()
+        except RequestError as error:
+            yield self._reject(error)
+
+    def close(self) -> None:
+        """The stream ended, however it ended: release the request's load exactly once."""
+        if self._routed is not None:
+            self._routed.finish(self._usage.usage if self._usage else None)
+
+    # --- request path --------------------------------------------------------------------------
+
+    def _request_headers(self, headers: ext_proc.HttpHeaders) -> Iterator[ext_proc.ProcessingResponse]:
+        self._headers = messages.read_headers(headers)
+        if not self._headers.get("x-request-id"):
+            self._generated_request_id = str(uuid.uuid4())
+            self._headers["x-request-id"] = self._generated_request_id
+        if headers.end_of_stream:
+            self._routed = self._director.handle_bodyless(self._headers, self._subset)
+            yield ext_proc.ProcessingResponse(
+                request_headers=ext_proc.HeadersResponse(response=self._routing_common()),
+                dynamic_metadata=messages.destination_metadata(self._routed.destination),
+            )
+        elif self._request_mode != BodyMode.FULL_DUPLEX_STREAMED:
+            # Envoy will not send the body until the headers are answered; route on the body reply.
+            yield ext_proc.ProcessingResponse(request_headers=ext_proc.HeadersResponse())
+
+    def _request_body(self, body: ext_proc.HttpBody) -> Iterator[ext_proc.ProcessingResponse]:
+        self._body += body.body
+        if len(self._body) > self._options.max_body_bytes:
+            raise RequestError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"request body exceeds the limit of {self._options.max_body_bytes} bytes",
+            )
+        if body.end_of_stream:
+            yield from self._route(end_of_stream=True)
+
+    def _request_trailers(self) -> Iterator[ext_proc.ProcessingResponse]:
+        if self._routed is None and self._request_mode == BodyMode.FULL_DUPLEX_STREAMED:
+            yield from self._route(end_of_stream=False)
+            yield ext_proc.ProcessingResponse(request_trailers=ext_proc.TrailersResponse())
+
+    def _route(self, end_of_stream: bool) -> Iterator[ext_proc.ProcessingResponse]:
+        raw = bytes(self._body)
+        self._routed = self._director.handle_body(raw, self._headers, self._subset)
+        body = self._routed.body if self._routed.body is not None else raw
+        common = self._routing_common(new_body_size=len(body) if self._routed.body is not None else None)
+        metadata = messages.destination_metadata(self._routed.destination)
+        if self._request_mode == BodyMode.FULL_DUPLEX_STREAMED:
+            yield ext_proc.ProcessingResponse(
+                request_headers=ext_proc.HeadersResponse(response=common), dynamic_metadata=metadata
+            )
+            yield from messages.streamed_body(body, end_of_stream, request=True)
+        else:
+            if self._routed.body is not None:
+                common.body_mutation.body = body
+            yield ext_proc.ProcessingResponse(
+                request_body=ext_proc.BodyResponse(response=common), dynamic_metadata=metadata
+            )
+
+    def _routing_common(self, new_body_size: int | None = None) -> ext_proc.CommonResponse:
+        assert self._routed is not None
+        set_headers = {messages.DESTINATION_HEADER: self._routed.destination, **self._routed.headers}
+        if self._generated_request_id:
+            set_headers["x-request-id"] = self._generated_request_id
+        if new_body_size is not None:
+            set_headers["content-length"] = str(new_body_size)
+        remove = [h for h in OWNED_HEADERS if h in self._headers and h not in set_headers]
+        return messages.routing_common(messages.header_mutation(set_headers, remove))
+
+    # --- response path -------------------------------------------------------------------------
+
+    def _response_headers(self, headers: ext_proc.HttpHeaders) -> Iterator[ext_proc.ProcessingResponse]:
+        response_headers = messages.read_headers(headers)
+        status = int(response_headers.get(":status", "0") or 0)
+        streaming = "text/event-stream" in response_headers.get("content-type", "")
+        if self._routed is not None:
+            self._routed.response_started(status)
+            streaming = streaming or self._routed.request.stream
+        self._usage = UsageReader(streaming=streaming)
+        reply = ext_proc.HeadersResponse()
+        if self._options.served_header and self._routed is not None:
+            served = {self._options.served_header: self._routed.destination}
+            reply.response.header_mutation.CopyFrom(messages.header_mutation(served, ()))
+        yield ext_proc.ProcessingResponse(response_headers=reply)
+        if headers.end_of_stream:
+            self._finish()
+
+    def _response_body(self, body: ext_proc.HttpBody) -> Iterator[ext_proc.ProcessingResponse]:
+        if self._usage is None:
+            self._usage = UsageReader(streaming=False)
+        self._usage.feed(body.body, body.end_of_stream)
+        if self._response_mode == BodyMode.FULL_DUPLEX_STREAMED:
+            yield from messages.streamed_body(body.body, body.end_of_stream, request=False)
+        else:
+            yield ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse())
+        if body.end_of_stream:
+            self._finish()
+
+    def _response_trailers(self) -> Iterator[ext_proc.ProcessingResponse]:
+        yield ext_proc.ProcessingResponse(response_trailers=ext_proc.TrailersResponse())
+        self._finish()
+
+    def _finish(self) -> None:
+        self.close()
+        self.done = True
+
+    def _reject(self, error: RequestError) -> ext_proc.ProcessingResponse:
+        self._director.record_rejection(error, self._headers)
+        self.done = True
+        return messages.immediate_error(error, self._options.error_prefix)

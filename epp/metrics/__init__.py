@@ -1,0 +1,1 @@
+"""Model-server metrics: scraping each endpoint's /metrics into engine-neutral endpoint state."""

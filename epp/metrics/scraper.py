@@ -1,0 +1,119 @@
+"""Polls every endpoint's /metrics on the event loop and keeps Endpoint.metrics and health current."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+
+import aiohttp
+
+from epp.datastore import Datastore, Endpoint
+from epp.metrics.engines import BUILTIN_ENGINES, ENGINE_LABEL, EngineMetrics
+from epp.metrics.promtext import Extractor
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INTERVAL = 0.05  # GIE's --refresh-metrics-interval
+DEFAULT_TIMEOUT = 1.0  # GIE's per-poll timeout
+
+
+class MetricsScraper:
+    """One polling task per endpoint, all sharing one keep-alive HTTP client.
+
+    Health: a refused connection marks the endpoint unhealthy at once (the server is gone); other
+    failures (timeouts, non-200) after `failures_before_unhealthy` in a row. The first good scrape
+    makes it healthy again. GIE relies on Kubernetes readiness for this; standalone mode has none."""
+
+    def __init__(
+        self,
+        datastore: Datastore,
+        interval: float = DEFAULT_INTERVAL,
+        timeout: float = DEFAULT_TIMEOUT,
+        engines: Mapping[str, EngineMetrics] = BUILTIN_ENGINES,
+        default_engine: str = "vllm",
+        scheme: str = "http",
+        path: str = "/metrics",
+        failures_before_unhealthy: int = 3,
+    ) -> None:
+        if default_engine not in engines:
+            raise ValueError(f"unknown default engine {default_engine!r}; known: {sorted(engines)}")
+        self._datastore = datastore
+        self.interval = interval
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._engines = dict(engines)
+        self._extractors = {name: Extractor(e.names()) for name, e in self._engines.items()}
+        self._default_engine = default_engine
+        self._scheme = scheme
+        self._path = path
+        self._failures_before_unhealthy = failures_before_unhealthy
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self.scrapes = 0
+        self.failures = 0
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=2, keepalive_timeout=30)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        self._datastore.subscribe(on_added=self._watch, on_removed=self._unwatch)
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._session is not None:
+            await self._session.close()
+
+    def engine_for(self, endpoint: Endpoint) -> str:
+        engine = endpoint.labels.get(ENGINE_LABEL, self._default_engine)
+        return engine if engine in self._engines else self._default_engine
+
+    def _watch(self, endpoint: Endpoint) -> None:
+        self._tasks[endpoint.name] = asyncio.get_running_loop().create_task(
+            self._poll(endpoint), name=f"scrape-{endpoint.name}"
+        )
+
+    def _unwatch(self, endpoint: Endpoint) -> None:
+        task = self._tasks.pop(endpoint.name, None)
+        if task is not None:
+            task.cancel()
+
+    async def _poll(self, endpoint: Endpoint) -> None:
+        url = f"{self._scheme}://{endpoint.spec.metrics_hostport}{self._path}"
+        engine = self.engine_for(endpoint)
+        failures = 0
+        while True:
+            started = time.monotonic()
+            try:
+                await self.scrape_once(endpoint, url, engine)
+                failures = 0
+                endpoint.healthy = True
+            except aiohttp.ClientConnectorError as exc:
+                failures = self._failed(endpoint, failures, f"connection refused: {exc}", immediate=True)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                failures = self._failed(endpoint, failures, f"{type(exc).__name__}: {exc}", immediate=False)
+            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def _failed(self, endpoint: Endpoint, failures: int, reason: str, immediate: bool) -> int:
+        self.failures += 1
+        failures += 1
+        if endpoint.healthy and (immediate or failures >= self._failures_before_unhealthy):
+            log.warning("endpoint %s unhealthy after %d failed scrape(s): %s", endpoint, failures, reason)
+            endpoint.healthy = False
+        return failures
+
+    async def scrape_once(self, endpoint: Endpoint, url: str, engine: str) -> None:
+        assert self._session is not None
+        async with self._session.get(url) as response:
+            if response.status != 200:
+                raise ValueError(f"HTTP {response.status} from {url}")
+            text = await response.text()
+        self.scrapes += 1
+        samples = self._extractors[engine].extract(text)
+        endpoint.metrics = self._engines[engine].read(samples, time.monotonic())

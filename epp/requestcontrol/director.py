@@ -1,0 +1,196 @@
+"""The director turns a parsed request into a routing decision and keeps load accounting exact."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import orjson
+
+from epp.datastore import Datastore, Endpoint
+from epp.requests import ApiKind, ErrorCode, InferenceRequest, RequestError, Usage
+from epp.requests.parser import parse_request
+from epp.scheduling.types import ProfileResult, Scheduler, SchedulingError, SchedulingResult
+
+log = logging.getLogger(__name__)
+
+
+class Admission(Protocol):
+    """Decides whether a request may be scheduled now; raises RequestError (429) to shed it."""
+
+    def admit(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None: ...
+
+
+class AdmitAll:
+    def admit(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
+        return None
+
+
+class RoutedRequest:
+    """A scheduled request until its response ends. `finish` is idempotent, so every way a stream
+    can end (normal end, error, client disconnect) releases the in-flight count exactly once."""
+
+    __slots__ = (
+        "_director",
+        "_finished",
+        "body",
+        "loaded",
+        "request",
+        "response_status",
+        "result",
+        "started",
+    )
+
+    def __init__(self, director: Director, request: InferenceRequest, result: SchedulingResult) -> None:
+        self._director = director
+        self.request = request
+        self.result = result
+        self.started = time.monotonic()
+        self.response_status: int | None = None
+        self.body: bytes | None = None
+        self._finished = False
+        self.loaded = _first_targets(result)
+        for endpoint in self.loaded:
+            endpoint.inflight_requests += 1
+            endpoint.inflight_tokens += request.prompt_tokens
+
+    @property
+    def destination(self) -> str:
+        return ",".join(e.hostport for e in self.result.targets)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.result.headers
+
+    def response_started(self, status: int) -> None:
+        self.response_status = status
+        self._director.scheduler.response_received(self.request, self.result)
+        if status == 503 and not self._finished:
+            self._director.note_upstream_unavailable(self.result.targets[:1])
+
+    def finish(self, usage: Usage | None) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        for endpoint in self.loaded:
+            endpoint.inflight_requests -= 1
+            endpoint.inflight_tokens -= self.request.prompt_tokens
+        self._director.scheduler.response_complete(self.request, self.result, usage)
+
+
+def _first_targets(result: SchedulingResult) -> list[Endpoint]:
+    """The endpoint each profile actually sends work to (its first target)."""
+    seen: dict[str, Endpoint] = {}
+    for profile in result.profile_results.values():
+        if profile and profile.targets:
+            seen.setdefault(profile.targets[0].name, profile.targets[0])
+    return list(seen.values())
+
+
+OBJECTIVE_HEADER = "x-gateway-inference-objective"
+FAIRNESS_HEADER = "x-gateway-inference-fairness-id"
+MODEL_REWRITE_HEADER = "x-gateway-model-name-rewrite"
+
+
+class Director:
+    def __init__(
+        self,
+        datastore: Datastore,
+        scheduler: Scheduler,
+        admission: Admission | None = None,
+        objectives: Mapping[str, int] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.datastore = datastore
+        self.scheduler = scheduler
+        self.admission = admission or AdmitAll()
+        self.objectives: Mapping[str, int] = objectives or {}
+        self._rng = rng or random.Random()
+
+    def handle_body(self, raw: bytes, headers: dict[str, str], subset: Sequence[str] | None) -> RoutedRequest:
+        """Parse a complete request body and route it. Raises RequestError for every refusal."""
+        request = parse_request(raw, headers.get(":path", ""), headers, headers.get("x-request-id", ""))
+        request.objective = headers.get(OBJECTIVE_HEADER, "")
+        request.priority = self.objectives.get(request.objective, 0)
+        request.fairness_id = headers.get(FAIRNESS_HEADER) or request.fairness_id
+        rewrite = headers.get(MODEL_REWRITE_HEADER)
+        if rewrite and rewrite != request.model:
+            request.target_model = rewrite
+            request.body["model"] = rewrite
+        routed = self.route(request, subset)
+        if request.target_model != request.model:
+            routed.body = orjson.dumps(request.body)
+        return routed
+
+    def handle_bodyless(self, headers: dict[str, str], subset: Sequence[str] | None) -> RoutedRequest:
+        request = InferenceRequest(
+            request_id=headers.get("x-request-id", ""),
+            api=ApiKind.OTHER,
+            path=headers.get(":path", ""),
+            model="",
+            headers=headers,
+        )
+        return self.route_bodyless(request)
+
+    def record_rejection(self, error: RequestError, headers: Mapping[str, str]) -> None:
+        log.debug("rejected %s %s: %s", headers.get(":method"), headers.get(":path"), error)
+
+    def candidates(self, request: InferenceRequest, subset: Sequence[str] | None) -> list[Endpoint]:
+        """Ready endpoints, narrowed by the data plane's subset hint and by the model served."""
+        endpoints = self.datastore.ready_endpoints()
+        if subset is not None:
+            allowed_ips = {_strip_port(hostport) for hostport in subset}
+            endpoints = [e for e in endpoints if e.address in allowed_ips]
+        if not endpoints:
+            raise RequestError(
+                ErrorCode.SERVICE_UNAVAILABLE, "failed to find endpoint candidates for serving the request"
+            )
+        serving = [e for e in endpoints if e.serves(request.target_model)]
+        if not serving:
+            raise RequestError(
+                ErrorCode.NOT_FOUND,
+                f"model {request.target_model!r} is not served by any endpoint of the pool",
+            )
+        return serving
+
+    def route(self, request: InferenceRequest, subset: Sequence[str] | None = None) -> RoutedRequest:
+        """Pick endpoints for a parsed request. Raises RequestError for every refusal."""
+        candidates = self.candidates(request, subset)
+        self.admission.admit(request, candidates)
+        try:
+            result = self.scheduler.schedule(request, candidates)
+        except SchedulingError as exc:
+            raise RequestError(
+                ErrorCode.RESOURCE_EXHAUSTED, f"failed to find target endpoint: {exc}"
+            ) from None
+        if not result.targets:
+            raise RequestError(
+                ErrorCode.RESOURCE_EXHAUSTED, "failed to find target endpoint: no endpoint picked"
+            )
+        routed = RoutedRequest(self, request, result)
+        self.scheduler.pre_request(request, result)
+        return routed
+
+    def route_bodyless(self, request: InferenceRequest) -> RoutedRequest:
+        """Requests that end at their headers (GET /v1/models): any ready endpoint, uniformly."""
+        endpoints = self.datastore.ready_endpoints()
+        if not endpoints:
+            raise RequestError(ErrorCode.SERVICE_UNAVAILABLE, "no ready endpoints in the pool")
+        chosen = self._rng.choice(endpoints)
+        return RoutedRequest(self, request, SchedulingResult({"default": ProfileResult([chosen])}, "default"))
+
+    def note_upstream_unavailable(self, endpoints: Sequence[Endpoint]) -> None:
+        """A 503 from the data plane often means the endpoint died: stop choosing it until the
+        metrics scraper sees it answer again."""
+        for endpoint in endpoints:
+            if endpoint.healthy:
+                log.warning("endpoint %s answered 503; marking it unhealthy until its next scrape", endpoint)
+                endpoint.healthy = False
+
+
+def _strip_port(hostport: str) -> str:
+    host = hostport.rsplit(":", 1)[0] if hostport.count(":") == 1 or hostport.startswith("[") else hostport
+    return host.strip("[]")

@@ -1,0 +1,164 @@
+"""OpenAI request bodies -> InferenceRequest, with GIE's validation messages for bad input."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from epp.requests.errors import ErrorCode, RequestError
+from epp.requests.types import ApiKind, InferenceRequest
+
+_PATH_SUFFIXES: tuple[tuple[str, ApiKind], ...] = (
+    ("/conversations", ApiKind.CONVERSATIONS),
+    ("/responses", ApiKind.RESPONSES),
+    ("/chat/completions", ApiKind.CHAT),
+    ("/completions", ApiKind.COMPLETIONS),
+    ("/embeddings", ApiKind.EMBEDDINGS),
+)
+_TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def api_kind(path: str) -> ApiKind:
+    """The API a path addresses, by suffix (query string ignored), as GIE's openai-parser does."""
+    path = path.split("?", 1)[0].rstrip("/")
+    for suffix, kind in _PATH_SUFFIXES:
+        if path.endswith(suffix):
+            return kind
+    return ApiKind.OTHER
+
+
+def _bad(message: str) -> RequestError:
+    return RequestError(ErrorCode.BAD_REQUEST, message)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _completions_prompt(body: Mapping[str, Any]) -> tuple[bytes, list[int] | None]:
+    prompt = body.get("prompt")
+    if isinstance(prompt, str) and prompt:
+        return prompt.encode(), None
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str) for p in prompt):
+            return " ".join(prompt).encode(), None
+        if all(_is_int(t) for t in prompt):
+            return b"", prompt
+        if all(isinstance(p, list) and p and all(_is_int(t) for t in p) for p in prompt):
+            return b"", [t for p in prompt for t in p]
+        raise _bad("invalid completions request: prompt must be a string, a list of strings or token ids")
+    if prompt is None or prompt == "" or prompt == []:
+        raise _bad("invalid completions request: must have prompt field")
+    raise _bad("invalid completions request: prompt must be a string, a list of strings or token ids")
+
+
+def _chat_prompt(body: Mapping[str, Any]) -> bytes:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("invalid chat completions request: must have valid messages field")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise _bad(f"invalid chat completions request: messages[{i}] must be an object with a role")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise _bad(f"invalid chat completions request: messages[{i}].content must be a string or a list")
+        if isinstance(content, list) and not all(isinstance(part, dict) for part in content):
+            raise _bad(f"invalid chat completions request: messages[{i}].content parts must be objects")
+    return orjson.dumps(messages)
+
+
+def _responses_prompt(body: Mapping[str, Any]) -> bytes:
+    if body.get("input") in (None, "", []):
+        raise _bad("invalid responses request: must have input field")
+    parts: list[dict[str, Any]] = []
+    if body.get("instructions"):
+        parts.append({"instructions": body["instructions"]})
+    if body.get("tools"):
+        parts.append({"tools": body["tools"]})
+    parts.append({"input": body["input"]})
+    return orjson.dumps(parts)
+
+
+def _embeddings_prompt(body: Mapping[str, Any]) -> tuple[bytes, list[int] | None]:
+    value = body.get("input")
+    if value in (None, "", []):
+        raise _bad("invalid embeddings request: must have input field")
+    if isinstance(value, list) and all(_is_int(t) for t in value):
+        return b"", value
+    return (value.encode() if isinstance(value, str) else orjson.dumps(value)), None
+
+
+def _conversations_prompt(body: Mapping[str, Any]) -> bytes:
+    items = body.get("items")
+    if not isinstance(items, list) or not items:
+        raise _bad("invalid conversations request: must have items field")
+    return orjson.dumps(items)
+
+
+def _token_limit(body: Mapping[str, Any]) -> int | None:
+    limit: int | None = None
+    for name in _TOKEN_LIMIT_FIELDS:
+        value = body.get(name)
+        if value is None:
+            continue
+        if not _is_int(value) or value < 0:
+            raise _bad(f"{name} must be a non-negative integer")
+        limit = value if limit is None else min(limit, value)
+    return limit
+
+
+def decode_body(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or a 400 naming what is wrong with it."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise _bad(f"error unmarshaling request body: {exc}") from None
+    if not isinstance(body, dict):
+        raise _bad("error unmarshaling request body: the body must be a JSON object")
+    return body
+
+
+def parse_request(raw: bytes, path: str, headers: dict[str, str], request_id: str) -> InferenceRequest:
+    """Validate and parse an OpenAI-style body. Raises RequestError (400) for bad input."""
+    body = decode_body(raw)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("model not found in request body")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise _bad("stream must be a boolean")
+    cache_salt = body.get("cache_salt", "")
+    if not isinstance(cache_salt, str):
+        raise _bad("cache_salt must be a string")
+
+    kind = api_kind(path)
+    token_ids: list[int] | None = None
+    if kind is ApiKind.COMPLETIONS:
+        prompt, token_ids = _completions_prompt(body)
+    elif kind is ApiKind.CHAT:
+        prompt = _chat_prompt(body)
+    elif kind is ApiKind.RESPONSES:
+        prompt = _responses_prompt(body)
+    elif kind is ApiKind.EMBEDDINGS:
+        prompt, token_ids = _embeddings_prompt(body)
+    elif kind is ApiKind.CONVERSATIONS:
+        prompt = _conversations_prompt(body)
+    else:
+        prompt = b""
+
+    return InferenceRequest(
+        request_id=request_id,
+        api=kind,
+        path=path,
+        model=model,
+        headers=headers,
+        prompt=prompt,
+        token_ids=token_ids,
+        stream=stream,
+        max_tokens=_token_limit(body),
+        cache_salt=cache_salt,
+        body=body,
+        body_size=len(raw),
+    )

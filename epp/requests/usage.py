@@ -1,0 +1,81 @@
+"""Token usage read from model-server responses: a final JSON body or the SSE chunk carrying `usage`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from epp.requests.types import Usage
+
+_MAX_BUFFERED = 8 * 1024 * 1024
+_MAX_PARTIAL_LINE = 1024 * 1024
+
+
+def usage_from_object(obj: Any) -> Usage | None:
+    """Usage from a response or chunk object, by its `object`/`type` as the OpenAI APIs name fields."""
+    if not isinstance(obj, dict):
+        return None
+    usage = obj.get("usage")
+    if obj.get("type") == "response.completed" and isinstance(obj.get("response"), dict):
+        usage = obj["response"].get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0))
+    completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+    cached = details.get("cached_tokens", 0) if isinstance(details, dict) else 0
+    total = usage.get("total_tokens", 0)
+    ints = [v if isinstance(v, int) else 0 for v in (prompt, completion, cached or 0, total)]
+    return Usage(
+        prompt_tokens=ints[0], completion_tokens=ints[1], cached_tokens=ints[2], total_tokens=ints[3]
+    )
+
+
+class UsageReader:
+    """Fed response body chunks as they pass; keeps the last usage seen. SSE lines are reassembled
+    across chunks (GIE requires usage to sit inside one chunk; we do not)."""
+
+    __slots__ = ("_buffer", "_partial", "streaming", "usage")
+
+    def __init__(self, streaming: bool) -> None:
+        self.streaming = streaming
+        self.usage: Usage | None = None
+        self._buffer = bytearray()
+        self._partial = b""
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> None:
+        if self.streaming:
+            self._feed_sse(chunk, end_of_stream)
+        else:
+            if len(self._buffer) + len(chunk) <= _MAX_BUFFERED:
+                self._buffer += chunk
+            if end_of_stream:
+                self._finish_json()
+
+    def _feed_sse(self, chunk: bytes, end_of_stream: bool) -> None:
+        data = self._partial + chunk if self._partial else chunk
+        lines = data.split(b"\n")
+        self._partial = b"" if end_of_stream else lines.pop()
+        if len(self._partial) > _MAX_PARTIAL_LINE:
+            self._partial = b""
+        for line in lines:
+            if line.startswith(b"data:") and b'"usage"' in line:
+                payload = line[5:].strip()
+                try:
+                    found = usage_from_object(orjson.loads(payload))
+                except orjson.JSONDecodeError:
+                    continue
+                if found is not None:
+                    self.usage = found
+
+    def _finish_json(self) -> None:
+        if not self._buffer:
+            return
+        try:
+            found = usage_from_object(orjson.loads(bytes(self._buffer)))
+        except orjson.JSONDecodeError:
+            found = None
+        if found is not None:
+            self.usage = found
+        self._buffer.clear()

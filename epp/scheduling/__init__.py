@@ -1,0 +1,1 @@
+"""Choosing endpoints for a request: the scheduler interface and its implementations."""

@@ -1,0 +1,173 @@
+"""Run the endpoint picker: an Envoy ext_proc gRPC service that chooses a model-server endpoint
+for every inference request, with endpoints from a file, flags or (see --pool-name) Kubernetes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from epp.config.duration import parse_duration
+from epp.datastore import Datastore
+from epp.discovery.static import DiscoveryError, FileDiscovery, parse_endpoint_flag
+from epp.extproc.server import Health, bind, ext_proc_server, health_server
+from epp.extproc.stream import StreamOptions
+from epp.metrics.scraper import DEFAULT_INTERVAL, MetricsScraper
+from epp.readyfile import write_ready_file
+from epp.requestcontrol import Director
+from epp.scheduling.least_inflight import LeastInflightScheduler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeOptions:
+    host: str = "0.0.0.0"
+    grpc_port: int = 9002
+    grpc_health_port: int = 9003
+    endpoints_file: Path | None = None
+    endpoints: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    refresh_metrics_interval: float = DEFAULT_INTERVAL
+    ready_file: Path | None = None
+    stream: StreamOptions = field(default_factory=StreamOptions)
+
+
+class EndpointPicker:
+    """The assembled service. `start` binds ports (0 = free port) and returns once serving."""
+
+    def __init__(self, options: ServeOptions) -> None:
+        self.options = options
+        self.datastore = Datastore()
+        self.director = Director(self.datastore, LeastInflightScheduler())
+        self.scraper = MetricsScraper(self.datastore, interval=options.refresh_metrics_interval)
+        self._file_discovery: FileDiscovery | None = None
+        self._servers: list[grpc.aio.Server] = []
+        self.grpc_port = 0
+        self.health_port = 0
+
+    async def start(self) -> None:
+        await self.scraper.start()
+        if self.options.endpoints_file is not None:
+            self._file_discovery = FileDiscovery(self.options.endpoints_file, self.datastore)
+            await self._file_discovery.start()
+        else:
+            specs = [parse_endpoint_flag(e, self.options.models) for e in self.options.endpoints]
+            self.datastore.replace_all(specs)
+        health = Health(lambda: self.datastore.synced)
+        grpc_server = ext_proc_server(self.director, self.options.stream, health)
+        probe_server = health_server(health)
+        self.grpc_port = bind(grpc_server, f"{self.options.host}:{self.options.grpc_port}", None)
+        self.health_port = bind(probe_server, f"{self.options.host}:{self.options.grpc_health_port}", None)
+        self._servers = [grpc_server, probe_server]
+        for server in self._servers:
+            await server.start()
+        if self.options.ready_file is not None:
+            write_ready_file(
+                self.options.ready_file, {"grpc_port": self.grpc_port, "health_port": self.health_port}
+            )
+        log.info(
+            "endpoint picker serving ext_proc on %s:%d (health %d) with %d endpoints",
+            self.options.host,
+            self.grpc_port,
+            self.health_port,
+            len(self.datastore.endpoints()),
+        )
+
+    async def stop(self, grace: float = 1.0) -> None:
+        for server in self._servers:
+            await server.stop(grace)
+        if self._file_discovery is not None:
+            await self._file_discovery.stop()
+        await self.scraper.stop()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument("--grpc-port", type=int, default=9002, help="ext_proc gRPC port (default 9002)")
+    parser.add_argument(
+        "--grpc-health-port", type=int, default=9003, help="grpc.health.v1 port for probes (default 9003)"
+    )
+    source = parser.add_argument_group("standalone endpoints")
+    source.add_argument("--endpoints-file", type=Path, help="YAML endpoint list, re-read when it changes")
+    source.add_argument(
+        "--endpoint", action="append", default=[], metavar="HOST:PORT", help="an endpoint (repeatable)"
+    )
+    source.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="model served by --endpoint endpoints (repeatable; default any)",
+    )
+    parser.add_argument(
+        "--refresh-metrics-interval",
+        default="50ms",
+        help="model-server /metrics scrape interval, Go duration (default 50ms, as GIE)",
+    )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=16 * 1024 * 1024,
+        help="larger request bodies get 413 (default 16 MiB)",
+    )
+    parser.add_argument(
+        "--served-header",
+        default=None,
+        metavar="NAME",
+        help="add this response header naming the chosen endpoint (off by default; leaks pod addresses)",
+    )
+    parser.add_argument(
+        "--ready-file", type=Path, help="once serving, write the bound ports here as JSON (for orchestrators)"
+    )
+    parser.add_argument(
+        "--legacy-error-prefix",
+        action="store_true",
+        help="prefix error messages 'inference gateway:' as GIE v1.0-v1.4 did (default 'inference error:')",
+    )
+
+
+def options_from_args(args: argparse.Namespace) -> ServeOptions:
+    if args.endpoints_file is None and not args.endpoint:
+        raise DiscoveryError("no endpoints: give --endpoints-file or --endpoint HOST:PORT")
+    return ServeOptions(
+        host=args.host,
+        grpc_port=args.grpc_port,
+        grpc_health_port=args.grpc_health_port,
+        endpoints_file=args.endpoints_file,
+        endpoints=args.endpoint,
+        models=args.model,
+        refresh_metrics_interval=parse_duration(args.refresh_metrics_interval),
+        ready_file=args.ready_file,
+        stream=StreamOptions(
+            max_body_bytes=args.max_body_bytes,
+            error_prefix="inference gateway" if args.legacy_error_prefix else "inference error",
+            served_header=args.served_header,
+        ),
+    )
+
+
+async def serve_until_signalled(picker: EndpointPicker) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await picker.start()
+    try:
+        await stop.wait()
+    finally:
+        await picker.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        picker = EndpointPicker(options_from_args(args))
+        asyncio.run(serve_until_signalled(picker))
+    except (DiscoveryError, ValueError, OSError) as exc:
+        log.error("%s", exc)
+        return 2
+    return 0

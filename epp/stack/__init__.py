@@ -1,0 +1,1 @@
+"""Running the product locally: Envoy, the EPP and simulated model servers as real processes."""

@@ -1,0 +1,99 @@
+"""Run Envoy + the EPP + simulated vLLM servers on 127.0.0.1 (free ports), wait until every part
+is ready, print how to send requests, and keep running until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+
+from epp.stack.envoy import BODY_MODES, FAILURE_MODES, EnvoyOptions
+from epp.stack.processes import ProcessFailed
+from epp.stack.stack import Stack, StackConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sims", type=int, default=4, help="simulated model servers (default 4)")
+    parser.add_argument("--model", default="sim-model", help="served model name (default sim-model)")
+    parser.add_argument("--port", type=int, default=0, help="gateway port (default: a free port)")
+    parser.add_argument(
+        "--run-dir", type=Path, default=Path("run"), help="logs and generated config (default ./run)"
+    )
+    parser.add_argument("--body-mode", choices=BODY_MODES, default="full-duplex", help="ext_proc body mode")
+    parser.add_argument(
+        "--failure-mode", choices=FAILURE_MODES, default="closed", help="what Envoy does when the EPP is down"
+    )
+    parser.add_argument(
+        "--sim-arg", action="append", default=[], help="extra `epp sim` argument (repeatable)"
+    )
+    parser.add_argument(
+        "--epp-arg", action="append", default=[], help="extra `epp serve` argument (repeatable)"
+    )
+
+
+def instructions(stack: Stack, model: str) -> str:
+    url = stack.gateway_url
+    sims = "\n".join(f"    {s.name:<10} http://{s.hostport}" for s in stack.sims)
+    return f"""
+Gateway (Envoy)        {url}
+Endpoint picker        ext_proc on 127.0.0.1:{stack.epp_ports["grpc_port"]}
+Simulated vLLM servers
+{sims}
+Logs and config        {stack.run_dir}/
+
+Send a request (the x-inference-pod response header names the server that answered):
+
+  curl -si {url}/v1/completions -H 'content-type: application/json' \\
+    -d '{{"model": "{model}", "prompt": "Say hello", "max_tokens": 16}}'
+
+  curl -sN {url}/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{{"model": "{model}", "stream": true, "messages": [{{"role": "user", "content": "Hi"}}]}}'
+
+With the openai SDK:
+
+  from openai import OpenAI
+  client = OpenAI(base_url="{url}/v1", api_key="unused")
+  reply = client.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Hi"}}])
+  print(reply.choices[0].message.content, reply.usage)
+
+Ctrl-C stops everything.
+"""
+
+
+async def _main(args: argparse.Namespace) -> None:
+    config = StackConfig(
+        run_dir=args.run_dir.resolve(),
+        sims=args.sims,
+        model=args.model,
+        sim_args=args.sim_arg,
+        epp_args=["--served-header=x-epp-destination", *args.epp_arg],
+        envoy=EnvoyOptions(
+            listen_port=0, admin_port=0, body_mode=args.body_mode, failure_mode=args.failure_mode
+        ),
+        gateway_port=args.port,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"starting {args.sims} simulators, the EPP and Envoy (logs in {config.run_dir}) ...", flush=True)
+    async with Stack(config) as stack:
+        print(instructions(stack, args.model), flush=True)
+        watched = [p for p in (stack.envoy, stack.epp, *stack.sim_processes) if p is not None]
+        while not stop.is_set():
+            for process in watched:
+                process.check_alive()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+    print("stopped.")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        asyncio.run(_main(args))
+    except ProcessFailed as exc:
+        print(f"error: {exc}")
+        return 1
+    return 0

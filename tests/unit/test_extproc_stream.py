@@ -1,0 +1,335 @@
+"""The ext_proc state machine, driven with real ProcessingRequest protobufs over a real gRPC channel."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from types import MappingProxyType
+
+import grpc
+import orjson
+import pytest
+from google.protobuf import json_format, struct_pb2
+
+from epp.datastore import Datastore, EndpointSpec
+from epp.extproc.messages import BODY_CHUNK_BYTES
+from epp.extproc.pb import BodyMode, core, ext_proc, ext_proc_grpc
+from epp.extproc.server import Health, bind, ext_proc_server
+from epp.extproc.stream import StreamOptions
+from epp.requestcontrol import Director
+from epp.scheduling.least_inflight import LeastInflightScheduler
+
+FDS = BodyMode.FULL_DUPLEX_STREAMED
+
+
+class Harness:
+    def __init__(self, datastore: Datastore, stub: ext_proc_grpc.ExternalProcessorStub) -> None:
+        self.datastore = datastore
+        self.stub = stub
+
+    def open(self) -> grpc.aio.StreamStreamCall:
+        return self.stub.Process()
+
+    def add(self, name: str, port: int, models: tuple[str, ...] = ("m",), address: str = "10.0.0.1") -> None:
+        self.datastore.upsert(
+            EndpointSpec(
+                name=name, address=address, port=port, models=frozenset(models), labels=MappingProxyType({})
+            )
+        )
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    datastore = Datastore()
+    datastore.synced = True
+    director = Director(datastore, LeastInflightScheduler())
+    server = ext_proc_server(director, StreamOptions(max_body_bytes=200_000), Health(lambda: True))
+    port = bind(server, "127.0.0.1:0", None)
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    yield Harness(datastore, ext_proc_grpc.ExternalProcessorStub(channel))
+    await channel.close()
+    await server.stop(0)
+
+
+def headers_msg(
+    path: str = "/v1/completions",
+    method: str = "POST",
+    end_of_stream: bool = False,
+    extra: dict[str, str] | None = None,
+    mode: int = FDS,
+) -> ext_proc.ProcessingRequest:
+    pairs = {":path": path, ":method": method, "content-type": "application/json", **(extra or {})}
+    return ext_proc.ProcessingRequest(
+        request_headers=ext_proc.HttpHeaders(
+            headers=core.HeaderMap(
+                headers=[core.HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs.items()]
+            ),
+            end_of_stream=end_of_stream,
+        ),
+        protocol_config=ext_proc.ProtocolConfiguration(request_body_mode=mode, response_body_mode=mode),
+    )
+
+
+def body_msg(body: bytes, end_of_stream: bool = True) -> ext_proc.ProcessingRequest:
+    return ext_proc.ProcessingRequest(request_body=ext_proc.HttpBody(body=body, end_of_stream=end_of_stream))
+
+
+def set_headers(common: ext_proc.CommonResponse) -> dict[str, str]:
+    return {h.header.key: h.header.raw_value.decode() for h in common.header_mutation.set_headers}
+
+
+def lb_metadata(reply: ext_proc.ProcessingResponse) -> dict[str, object]:
+    return json_format.MessageToDict(reply.dynamic_metadata)
+
+
+COMPLETION = orjson.dumps({"model": "m", "prompt": "hello world", "max_tokens": 5})
+
+
+async def read(call: grpc.aio.StreamStreamCall) -> ext_proc.ProcessingResponse:
+    return await asyncio.wait_for(call.read(), timeout=5)
+
+
+async def test_full_duplex_routes_after_the_whole_body(harness: Harness) -> None:
+    harness.add("a", 8000)
+    call = harness.open()
+    await call.write(headers_msg(extra={"x-request-id": "r1"}))
+    await call.write(body_msg(COMPLETION[:10], end_of_stream=False))
+    await call.write(body_msg(COMPLETION[10:], end_of_stream=True))
+    first = await read(call)
+    assert first.WhichOneof("response") == "request_headers"
+    common = first.request_headers.response
+    assert common.clear_route_cache
+    assert set_headers(common)["x-gateway-destination-endpoint"] == "10.0.0.1:8000"
+    assert lb_metadata(first) == {"envoy.lb": {"x-gateway-destination-endpoint": "10.0.0.1:8000"}}
+    second = await read(call)
+    streamed = second.request_body.response.body_mutation.streamed_response
+    assert streamed.body == COMPLETION and streamed.end_of_stream
+    assert harness.datastore.get("a").inflight_requests == 1  # type: ignore[union-attr]
+    await call.done_writing()
+
+
+async def test_large_body_is_echoed_in_chunks_under_envoys_limit(harness: Harness) -> None:
+    harness.add("a", 8000)
+    body = orjson.dumps({"model": "m", "prompt": "x" * 150_000})
+    call = harness.open()
+    await call.write(headers_msg())
+    await call.write(body_msg(body))
+    assert (await read(call)).WhichOneof("response") == "request_headers"
+    echoed, flags = b"", []
+    while not flags or not flags[-1]:
+        part = (await read(call)).request_body.response.body_mutation.streamed_response
+        assert len(part.body) <= BODY_CHUNK_BYTES
+        echoed += part.body
+        flags.append(part.end_of_stream)
+    assert echoed == body and len(flags) == 3
+
+
+async def test_buffered_mode_answers_headers_at_once_and_routes_on_the_body(harness: Harness) -> None:
+    harness.add("a", 8000)
+    call = harness.open()
+    await call.write(headers_msg(mode=BodyMode.BUFFERED))
+    first = await read(call)
+    assert first.WhichOneof("response") == "request_headers"
+    assert not first.request_headers.response.header_mutation.set_headers
+    await call.write(body_msg(COMPLETION))
+    second = await read(call)
+    assert second.WhichOneof("response") == "request_body"
+    assert set_headers(second.request_body.response)["x-gateway-destination-endpoint"] == "10.0.0.1:8000"
+    assert not second.request_body.response.HasField("body_mutation")
+    assert lb_metadata(second)["envoy.lb"] == {"x-gateway-destination-endpoint": "10.0.0.1:8000"}
+
+
+async def test_bodyless_request_is_routed_on_its_headers(harness: Harness) -> None:
+    harness.add("a", 8000)
+    call = harness.open()
+    await call.write(headers_msg(path="/v1/models", method="GET", end_of_stream=True))
+    reply = await read(call)
+    headers = set_headers(reply.request_headers.response)
+    assert headers["x-gateway-destination-endpoint"] == "10.0.0.1:8000"
+    assert headers["x-request-id"]  # generated because the client sent none
+
+
+async def test_client_sent_owned_headers_are_overwritten_or_removed(harness: Harness) -> None:
+    harness.add("a", 8000)
+    call = harness.open()
+    forged = {"x-gateway-destination-endpoint": "127.0.0.1:9901", "x-prefiller-host-port": "evil:1"}
+    await call.write(headers_msg(extra=forged))
+    await call.write(body_msg(COMPLETION))
+    mutation = (await read(call)).request_headers.response.header_mutation
+    assert {h.header.key: h.header.raw_value for h in mutation.set_headers}[
+        "x-gateway-destination-endpoint"
+    ] == b"10.0.0.1:8000"
+    overwrite = core.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+    assert all(h.append_action == overwrite for h in mutation.set_headers)
+    assert list(mutation.remove_headers) == ["x-prefiller-host-port"]
+
+
+async def error_reply(
+    harness: Harness, body: bytes, path: str = "/v1/completions"
+) -> tuple[int, dict[str, object]]:
+    call = harness.open()
+    await call.write(headers_msg(path=path))
+    await call.write(body_msg(body))
+    reply = await read(call)
+    assert reply.WhichOneof("response") == "immediate_response"
+    immediate = reply.immediate_response
+    content_type = {h.header.key: h.header.raw_value for h in immediate.headers.set_headers}["content-type"]
+    assert content_type == b"application/json"
+    return immediate.status.code, orjson.loads(immediate.body)["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "status", "message"),
+    [
+        (
+            b"{not json",
+            "/v1/completions",
+            400,
+            "inference error: BadRequest - error unmarshaling request body",
+        ),
+        (b"[1,2]", "/v1/completions", 400, "the body must be a JSON object"),
+        (b'{"prompt":"x"}', "/v1/completions", 400, "model not found in request body"),
+        (b'{"model":7,"prompt":"x"}', "/v1/completions", 400, "model not found in request body"),
+        (b'{"model":"m"}', "/v1/completions", 400, "invalid completions request: must have prompt field"),
+        (b'{"model":"m","messages":[]}', "/v1/chat/completions", 400, "must have valid messages field"),
+        (b'{"model":"m","prompt":"x","stream":"yes"}', "/v1/completions", 400, "stream must be a boolean"),
+        (b'{"model":"m","prompt":"x","max_tokens":"9"}', "/v1/completions", 400, "max_tokens must be"),
+        (b'{"model":"other","prompt":"x"}', "/v1/completions", 404, "model 'other' is not served"),
+    ],
+)
+async def test_bad_requests_get_json_errors(
+    harness: Harness, body: bytes, path: str, status: int, message: str
+) -> None:
+    harness.add("a", 8000)
+    code, error = await error_reply(harness, body, path)
+    assert code == status
+    assert message in str(error["message"])
+    assert error["code"] == status
+
+
+async def test_oversized_body_gets_413_before_it_ends(harness: Harness) -> None:
+    harness.add("a", 8000)
+    call = harness.open()
+    await call.write(headers_msg())
+    await call.write(body_msg(b"x" * 200_001, end_of_stream=False))
+    reply = await read(call)
+    assert reply.immediate_response.status.code == 413
+    assert b"exceeds the limit of 200000 bytes" in reply.immediate_response.body
+
+
+async def test_no_endpoints_gets_503(harness: Harness) -> None:
+    code, error = await error_reply(harness, COMPLETION)
+    assert code == 503
+    assert "failed to find endpoint candidates" in str(error["message"])
+
+
+def subset_metadata(hostports: list[str]) -> core.Metadata:
+    value = struct_pb2.Struct()
+    value.update({"x-gateway-destination-endpoint-subset": hostports})
+    return core.Metadata(filter_metadata={"envoy.lb.subset_hint": value})
+
+
+async def test_subset_hint_narrows_candidates_and_an_empty_one_gets_503(harness: Harness) -> None:
+    harness.add("a", 8000, address="10.0.0.1")
+    harness.add("b", 8000, address="10.0.0.2")
+    for _ in range(4):
+        call = harness.open()
+        await call.write(headers_msg())
+        message = body_msg(COMPLETION)
+        message.metadata_context.CopyFrom(subset_metadata(["10.0.0.2:8000"]))
+        await call.write(message)
+        reply = await read(call)
+        assert (
+            set_headers(reply.request_headers.response)["x-gateway-destination-endpoint"] == "10.0.0.2:8000"
+        )
+        await call.done_writing()
+    call = harness.open()
+    await call.write(headers_msg())
+    message = body_msg(COMPLETION)
+    message.metadata_context.CopyFrom(subset_metadata([]))
+    await call.write(message)
+    assert (await read(call)).immediate_response.status.code == 503
+
+
+def response_headers_msg(content_type: str, status: str = "200") -> ext_proc.ProcessingRequest:
+    pairs = {":status": status, "content-type": content_type}
+    return ext_proc.ProcessingRequest(
+        response_headers=ext_proc.HttpHeaders(
+            headers=core.HeaderMap(
+                headers=[core.HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs.items()]
+            )
+        )
+    )
+
+
+def response_body_msg(body: bytes, end_of_stream: bool) -> ext_proc.ProcessingRequest:
+    return ext_proc.ProcessingRequest(response_body=ext_proc.HttpBody(body=body, end_of_stream=end_of_stream))
+
+
+SSE = [
+    b'data: {"object":"text_completion","choices":[{"text":"hi"}]}\n\n',
+    b'data: {"object":"text_completion","choices":[],"usage":{"prompt_tokens":3,',
+    b'"completion_tokens":1,"total_tokens":4,"prompt_tokens_details":{"cached_tokens":2}}}\n\n',
+    b"data: [DONE]\n\n",
+]
+
+
+async def test_streamed_response_is_echoed_unchanged_and_releases_the_endpoint(harness: Harness) -> None:
+    harness.add("a", 8000)
+    endpoint = harness.datastore.get("a")
+    assert endpoint is not None
+    call = harness.open()
+    await call.write(headers_msg())
+    await call.write(body_msg(orjson.dumps({"model": "m", "prompt": "hi", "stream": True})))
+    await read(call)
+    await read(call)
+    assert endpoint.inflight_requests == 1
+    await call.write(response_headers_msg("text/event-stream"))
+    assert (await read(call)).WhichOneof("response") == "response_headers"
+    for i, chunk in enumerate(SSE):
+        await call.write(response_body_msg(chunk, end_of_stream=i == len(SSE) - 1))
+        echoed = (await read(call)).response_body.response.body_mutation.streamed_response
+        assert echoed.body == chunk
+        assert echoed.end_of_stream == (i == len(SSE) - 1)
+    assert endpoint.inflight_requests == 0
+    assert endpoint.inflight_tokens == 0
+
+
+async def test_client_disconnect_mid_stream_releases_the_endpoint(harness: Harness) -> None:
+    harness.add("a", 8000)
+    endpoint = harness.datastore.get("a")
+    assert endpoint is not None
+    call = harness.open()
+    await call.write(headers_msg())
+    await call.write(body_msg(orjson.dumps({"model": "m", "prompt": "hi", "stream": True})))
+    await read(call)
+    await read(call)
+    await call.write(response_headers_msg("text/event-stream"))
+    await read(call)
+    await call.write(response_body_msg(SSE[0], end_of_stream=False))
+    await read(call)
+    assert endpoint.inflight_requests == 1
+    call.cancel()
+    for _ in range(200):
+        if endpoint.inflight_requests == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert endpoint.inflight_requests == 0
+
+
+async def test_least_inflight_spreads_concurrent_requests(harness: Harness) -> None:
+    for i in range(3):
+        harness.add(f"e{i}", 8000 + i)
+    calls = []
+    chosen = []
+    for _ in range(3):
+        call = harness.open()
+        await call.write(headers_msg())
+        await call.write(body_msg(COMPLETION))
+        chosen.append(
+            set_headers((await read(call)).request_headers.response)["x-gateway-destination-endpoint"]
+        )
+        await read(call)
+        calls.append(call)
+    assert sorted(chosen) == ["10.0.0.1:8000", "10.0.0.1:8001", "10.0.0.1:8002"]

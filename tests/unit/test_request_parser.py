@@ -1,0 +1,138 @@
+"""OpenAI body parsing: what each API contributes to prefix matching, and what bad input gets."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from epp.requests import ApiKind, RequestError
+from epp.requests.parser import api_kind, parse_request
+
+
+def parse(body: object, path: str = "/v1/completions") -> object:
+    return parse_request(orjson.dumps(body), path, {}, "rid")
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        ("/v1/completions", ApiKind.COMPLETIONS),
+        ("/v1/chat/completions", ApiKind.CHAT),
+        ("/v1/chat/completions?x=1", ApiKind.CHAT),
+        ("/v1/responses", ApiKind.RESPONSES),
+        ("/v1/embeddings", ApiKind.EMBEDDINGS),
+        ("/v1/conversations", ApiKind.CONVERSATIONS),
+        ("/tokenize", ApiKind.OTHER),
+    ],
+)
+def test_api_kind_by_path_suffix(path: str, kind: ApiKind) -> None:
+    assert api_kind(path) is kind
+
+
+def test_completions_string_prompt() -> None:
+    req = parse({"model": "m", "prompt": "hello there", "max_tokens": 7, "stream": True, "cache_salt": "s"})
+    assert req.prompt == b"hello there"
+    assert req.token_ids is None
+    assert (req.model, req.target_model, req.stream, req.max_tokens, req.cache_salt) == (
+        "m",
+        "m",
+        True,
+        7,
+        "s",
+    )
+    assert req.prompt_tokens == 2
+
+
+def test_completions_list_of_strings_joined_with_a_space() -> None:
+    assert parse({"model": "m", "prompt": ["a", "b"]}).prompt == b"a b"
+
+
+def test_completions_token_ids_flat_and_nested() -> None:
+    assert parse({"model": "m", "prompt": [1, 2, 3]}).token_ids == [1, 2, 3]
+    nested = parse({"model": "m", "prompt": [[1, 2], [3]]})
+    assert nested.token_ids == [1, 2, 3]
+    assert nested.prompt_tokens == 3
+
+
+def test_chat_messages_with_string_and_content_parts() -> None:
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+        {"role": "assistant", "content": None, "tool_calls": []},
+    ]
+    req = parse({"model": "m", "messages": messages, "max_completion_tokens": 9}, "/v1/chat/completions")
+    assert req.api is ApiKind.CHAT
+    assert req.prompt == orjson.dumps(messages)
+    assert req.max_tokens == 9
+
+
+def test_shared_system_prompt_gives_a_shared_prefix() -> None:
+    system = {"role": "system", "content": "You are a helpful assistant. " * 20}
+    a = parse({"model": "m", "messages": [system, {"role": "user", "content": "q1"}]}, "/v1/chat/completions")
+    b = parse({"model": "m", "messages": [system, {"role": "user", "content": "q2"}]}, "/v1/chat/completions")
+    common = len(orjson.dumps([system])) - 1
+    assert a.prompt[:common] == b.prompt[:common]
+
+
+def test_responses_and_embeddings() -> None:
+    resp = parse(
+        {"model": "m", "input": "hi", "instructions": "sys", "max_output_tokens": 4}, "/v1/responses"
+    )
+    assert resp.prompt == orjson.dumps([{"instructions": "sys"}, {"input": "hi"}])
+    assert resp.max_tokens == 4
+    emb = parse({"model": "m", "input": "text"}, "/v1/embeddings")
+    assert emb.prompt == b"text"
+    assert parse({"model": "m", "input": [5, 6]}, "/v1/embeddings").token_ids == [5, 6]
+
+
+def test_smallest_token_limit_wins() -> None:
+    assert parse({"model": "m", "prompt": "x", "max_tokens": 10, "max_completion_tokens": 4}).max_tokens == 4
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "message"),
+    [
+        ({"model": "m", "prompt": ""}, "/v1/completions", "must have prompt field"),
+        ({"model": "m", "prompt": [1, "a"]}, "/v1/completions", "prompt must be a string"),
+        ({"model": "m", "prompt": {"a": 1}}, "/v1/completions", "prompt must be a string"),
+        ({"model": "m", "messages": "hi"}, "/v1/chat/completions", "must have valid messages field"),
+        (
+            {"model": "m", "messages": [{"content": "x"}]},
+            "/v1/chat/completions",
+            "messages[0] must be an object",
+        ),
+        (
+            {"model": "m", "messages": [{"role": "u", "content": 5}]},
+            "/v1/chat/completions",
+            "content must be",
+        ),
+        (
+            {"model": "m", "messages": [{"role": "u", "content": [1]}]},
+            "/v1/chat/completions",
+            "parts must be",
+        ),
+        ({"model": "m"}, "/v1/responses", "must have input field"),
+        ({"model": "m", "input": []}, "/v1/embeddings", "must have input field"),
+        ({"model": "m", "items": []}, "/v1/conversations", "must have items field"),
+        ({"model": "m", "prompt": "x", "max_tokens": -1}, "/v1/completions", "max_tokens must be"),
+        ({"model": "m", "prompt": "x", "max_tokens": True}, "/v1/completions", "max_tokens must be"),
+        ({"model": "m", "prompt": "x", "cache_salt": 3}, "/v1/completions", "cache_salt must be"),
+        ({"model": "", "prompt": "x"}, "/v1/completions", "model not found"),
+    ],
+)
+def test_invalid_bodies_are_400_with_a_clear_message(body: object, path: str, message: str) -> None:
+    with pytest.raises(RequestError) as caught:
+        parse(body, path)
+    assert caught.value.status == 400
+    assert message in caught.value.message
+
+
+def test_error_body_is_openai_shaped_json() -> None:
+    with pytest.raises(RequestError) as caught:
+        parse_request(b"{", "/v1/completions", {}, "r")
+    error = orjson.loads(caught.value.body())["error"]
+    assert error["type"] == "BadRequest"
+    assert error["code"] == 400
+    assert error["message"].startswith("inference error: BadRequest - error unmarshaling request body")
+    legacy = orjson.loads(caught.value.body("inference gateway"))["error"]["message"]
+    assert legacy.startswith("inference gateway: BadRequest")

@@ -1,0 +1,58 @@
+"""Usage from final JSON bodies and from SSE streams, including lines split across chunks."""
+
+from __future__ import annotations
+
+import orjson
+
+from epp.requests import Usage
+from epp.requests.usage import UsageReader, usage_from_object
+
+
+def test_chat_completion_json_usage() -> None:
+    body = {
+        "object": "chat.completion",
+        "usage": {
+            "prompt_tokens": 10,
+            "completion_tokens": 4,
+            "total_tokens": 14,
+            "prompt_tokens_details": {"cached_tokens": 8},
+        },
+    }
+    reader = UsageReader(streaming=False)
+    raw = orjson.dumps(body)
+    reader.feed(raw[:7], False)
+    reader.feed(raw[7:], True)
+    assert reader.usage == Usage(prompt_tokens=10, completion_tokens=4, cached_tokens=8, total_tokens=14)
+
+
+def test_responses_api_names() -> None:
+    usage = usage_from_object(
+        {"object": "response", "usage": {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5}}
+    )
+    assert usage == Usage(3, 2, 0, 5)
+    completed = {"type": "response.completed", "response": {"usage": {"input_tokens": 1, "output_tokens": 1}}}
+    assert usage_from_object(completed) == Usage(1, 1, 0, 0)
+
+
+def test_sse_usage_in_the_final_chunk_even_when_split_across_chunks() -> None:
+    final = orjson.dumps(
+        {
+            "object": "chat.completion.chunk",
+            "choices": [],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+        }
+    )
+    stream = b'data: {"choices":[{"delta":{"content":"a"}}]}\n\ndata: ' + final + b"\n\ndata: [DONE]\n\n"
+    reader = UsageReader(streaming=True)
+    for i in range(0, len(stream), 13):
+        reader.feed(stream[i : i + 13], i + 13 >= len(stream))
+    assert reader.usage == Usage(5, 2, 0, 7)
+
+
+def test_no_usage_and_garbage_leave_usage_unset() -> None:
+    reader = UsageReader(streaming=True)
+    reader.feed(b'data: {"usage": broken\n\ndata: [DONE]\n\n', True)
+    assert reader.usage is None
+    json_reader = UsageReader(streaming=False)
+    json_reader.feed(b"<html>bad gateway</html>", True)
+    assert json_reader.usage is None
