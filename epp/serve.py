@@ -17,6 +17,8 @@ from epp.datastore import Datastore
 from epp.discovery.static import DiscoveryError, FileDiscovery, parse_endpoint_flag
 from epp.extproc.server import Health, bind, ext_proc_server, health_server
 from epp.extproc.stream import StreamOptions
+from epp.metrics.exporter import EppMetrics
+from epp.metrics.http import MetricsServer
 from epp.metrics.scraper import DEFAULT_INTERVAL, MetricsScraper
 from epp.readyfile import write_ready_file
 from epp.requestcontrol import Director
@@ -30,6 +32,8 @@ class ServeOptions:
     host: str = "0.0.0.0"
     grpc_port: int = 9002
     grpc_health_port: int = 9003
+    metrics_port: int = 9090
+    pool_name: str = "standalone"
     endpoints_file: Path | None = None
     endpoints: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
@@ -44,7 +48,10 @@ class EndpointPicker:
     def __init__(self, options: ServeOptions) -> None:
         self.options = options
         self.datastore = Datastore()
-        self.director = Director(self.datastore, LeastInflightScheduler())
+        self.metrics = EppMetrics()
+        self.metrics.watch_pool(self.datastore, options.pool_name)
+        self.director = Director(self.datastore, LeastInflightScheduler(), metrics=self.metrics)
+        self.metrics_server = MetricsServer(self.metrics.registry, options.host, options.metrics_port)
         self.scraper = MetricsScraper(self.datastore, interval=options.refresh_metrics_interval)
         self._file_discovery: FileDiscovery | None = None
         self._servers: list[grpc.aio.Server] = []
@@ -82,6 +89,7 @@ class EndpointPicker:
     async def stop(self, grace: float = 1.0) -> None:
         for server in self._servers:
             await server.stop(grace)
+        await self.metrics_server.stop()
         if self._file_discovery is not None:
             await self._file_discovery.stop()
         await self.scraper.stop()
@@ -92,6 +100,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grpc-port", type=int, default=9002, help="ext_proc gRPC port (default 9002)")
     parser.add_argument(
         "--grpc-health-port", type=int, default=9003, help="grpc.health.v1 port for probes (default 9003)"
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9090,
+        help="Prometheus /metrics port for the EPP's own metrics (default 9090)",
     )
     source = parser.add_argument_group("standalone endpoints")
     source.add_argument("--endpoints-file", type=Path, help="YAML endpoint list, re-read when it changes")
@@ -138,6 +152,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         host=args.host,
         grpc_port=args.grpc_port,
         grpc_health_port=args.grpc_health_port,
+        metrics_port=args.metrics_port,
         endpoints_file=args.endpoints_file,
         endpoints=args.endpoint,
         models=args.model,

@@ -12,7 +12,6 @@ from epp.extproc import messages
 from epp.extproc.pb import BodyMode, ext_proc
 from epp.requestcontrol import Director, RoutedRequest
 from epp.requests import ErrorCode, RequestError
-from epp.requests.usage import UsageReader
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,6 @@ class ExtProcStream:
         self._body = bytearray()
         self._subset: list[str] | None = None
         self._routed: RoutedRequest | None = None
-        self._usage: UsageReader | None = None
         self.done = False
 
     # --- entry point -------------------------------------------------------------------------
@@ -83,7 +81,7 @@ class ExtProcStream:
     def close(self) -> None:
         """The stream ended, however it ended: release the request's load exactly once."""
         if self._routed is not None:
-            self._routed.finish(self._usage.usage if self._usage else None)
+            self._routed.finish()
 
     # --- request path --------------------------------------------------------------------------
 
@@ -149,12 +147,11 @@ class ExtProcStream:
 
     def _response_headers(self, headers: ext_proc.HttpHeaders) -> Iterator[ext_proc.ProcessingResponse]:
         response_headers = messages.read_headers(headers)
-        status = int(response_headers.get(":status", "0") or 0)
-        streaming = "text/event-stream" in response_headers.get("content-type", "")
         if self._routed is not None:
-            self._routed.response_started(status)
-            streaming = streaming or self._routed.request.stream
-        self._usage = UsageReader(streaming=streaming)
+            status = int(response_headers.get(":status", "0") or 0)
+            self._routed.response_started(
+                status, "text/event-stream" in response_headers.get("content-type", "")
+            )
         reply = ext_proc.HeadersResponse()
         if self._options.served_header and self._routed is not None:
             served = {self._options.served_header: self._routed.destination}
@@ -164,15 +161,14 @@ class ExtProcStream:
             self._finish()
 
     def _response_body(self, body: ext_proc.HttpBody) -> Iterator[ext_proc.ProcessingResponse]:
-        if self._usage is None:
-            self._usage = UsageReader(streaming=False)
-        self._usage.feed(body.body, body.end_of_stream)
+        if self._routed is not None:
+            self._routed.response_body(body.body, body.end_of_stream)
         if self._response_mode == BodyMode.FULL_DUPLEX_STREAMED:
             yield from messages.streamed_body(body.body, body.end_of_stream, request=False)
         else:
             yield ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse())
         if body.end_of_stream:
-            self._finish()
+            self.done = True
 
     def _response_trailers(self) -> Iterator[ext_proc.ProcessingResponse]:
         yield ext_proc.ProcessingResponse(response_trailers=ext_proc.TrailersResponse())

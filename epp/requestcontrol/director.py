@@ -11,11 +11,17 @@ from typing import Protocol
 import orjson
 
 from epp.datastore import Datastore, Endpoint
+from epp.metrics.exporter import EppMetrics
 from epp.requests import ApiKind, ErrorCode, InferenceRequest, RequestError, Usage
 from epp.requests.parser import parse_request
+from epp.requests.usage import UsageReader
 from epp.scheduling.types import ProfileResult, Scheduler, SchedulingError, SchedulingResult
 
 log = logging.getLogger(__name__)
+
+OBJECTIVE_HEADER = "x-gateway-inference-objective"
+FAIRNESS_HEADER = "x-gateway-inference-fairness-id"
+MODEL_REWRITE_HEADER = "x-gateway-model-name-rewrite"
 
 
 class Admission(Protocol):
@@ -36,9 +42,11 @@ class RoutedRequest:
     __slots__ = (
         "_director",
         "_finished",
+        "_usage",
         "body",
         "loaded",
         "request",
+        "response_bytes",
         "response_status",
         "result",
         "started",
@@ -50,7 +58,9 @@ class RoutedRequest:
         self.result = result
         self.started = time.monotonic()
         self.response_status: int | None = None
+        self.response_bytes = 0
         self.body: bytes | None = None
+        self._usage: UsageReader | None = None
         self._finished = False
         self.loaded = _first_targets(result)
         for endpoint in self.loaded:
@@ -65,20 +75,30 @@ class RoutedRequest:
     def headers(self) -> dict[str, str]:
         return self.result.headers
 
-    def response_started(self, status: int) -> None:
+    def response_started(self, status: int, event_stream: bool) -> None:
         self.response_status = status
+        self._usage = UsageReader(streaming=event_stream or self.request.stream)
         self._director.scheduler.response_received(self.request, self.result)
-        if status == 503 and not self._finished:
+        if status == 503:
             self._director.note_upstream_unavailable(self.result.targets[:1])
 
-    def finish(self, usage: Usage | None) -> None:
+    def response_body(self, chunk: bytes, end_of_stream: bool) -> None:
+        self.response_bytes += len(chunk)
+        if self._usage is None:
+            self._usage = UsageReader(streaming=self.request.stream)
+        self._usage.feed(chunk, end_of_stream)
+        if end_of_stream:
+            self.finish()
+
+    def finish(self) -> None:
         if self._finished:
             return
         self._finished = True
         for endpoint in self.loaded:
             endpoint.inflight_requests -= 1
             endpoint.inflight_tokens -= self.request.prompt_tokens
-        self._director.scheduler.response_complete(self.request, self.result, usage)
+        usage = self._usage.usage if self._usage else None
+        self._director.finished(self, usage)
 
 
 def _first_targets(result: SchedulingResult) -> list[Endpoint]:
@@ -90,11 +110,6 @@ def _first_targets(result: SchedulingResult) -> list[Endpoint]:
     return list(seen.values())
 
 
-OBJECTIVE_HEADER = "x-gateway-inference-objective"
-FAIRNESS_HEADER = "x-gateway-inference-fairness-id"
-MODEL_REWRITE_HEADER = "x-gateway-model-name-rewrite"
-
-
 class Director:
     def __init__(
         self,
@@ -102,13 +117,17 @@ class Director:
         scheduler: Scheduler,
         admission: Admission | None = None,
         objectives: Mapping[str, int] | None = None,
+        metrics: EppMetrics | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.datastore = datastore
         self.scheduler = scheduler
         self.admission = admission or AdmitAll()
         self.objectives: Mapping[str, int] = objectives or {}
+        self.metrics = metrics or EppMetrics()
         self._rng = rng or random.Random()
+
+    # --- entry points from the protocol layer --------------------------------------------------
 
     def handle_body(self, raw: bytes, headers: dict[str, str], subset: Sequence[str] | None) -> RoutedRequest:
         """Parse a complete request body and route it. Raises RequestError for every refusal."""
@@ -120,12 +139,17 @@ class Director:
         if rewrite and rewrite != request.model:
             request.target_model = rewrite
             request.body["model"] = rewrite
-        routed = self.route(request, subset)
+        try:
+            routed = self.route(request, subset)
+        except RequestError as error:
+            self.metrics.errors.labels(request.model, request.target_model, error.code.label).inc()
+            raise
         if request.target_model != request.model:
             routed.body = orjson.dumps(request.body)
         return routed
 
     def handle_bodyless(self, headers: dict[str, str], subset: Sequence[str] | None) -> RoutedRequest:
+        """Requests that end at their headers (GET /v1/models): any ready endpoint, uniformly."""
         request = InferenceRequest(
             request_id=headers.get("x-request-id", ""),
             api=ApiKind.OTHER,
@@ -133,10 +157,19 @@ class Director:
             model="",
             headers=headers,
         )
-        return self.route_bodyless(request)
+        endpoints = self.datastore.ready_endpoints()
+        if not endpoints:
+            raise RequestError(ErrorCode.SERVICE_UNAVAILABLE, "no ready endpoints in the pool")
+        chosen = self._rng.choice(endpoints)
+        return RoutedRequest(self, request, SchedulingResult({"default": ProfileResult([chosen])}, "default"))
 
     def record_rejection(self, error: RequestError, headers: Mapping[str, str]) -> None:
+        """Errors found before a request was parsed (body too large, invalid JSON)."""
+        if error.code is ErrorCode.BAD_REQUEST or error.code is ErrorCode.PAYLOAD_TOO_LARGE:
+            self.metrics.errors.labels("", "", error.code.label).inc()
         log.debug("rejected %s %s: %s", headers.get(":method"), headers.get(":path"), error)
+
+    # --- scheduling ----------------------------------------------------------------------------
 
     def candidates(self, request: InferenceRequest, subset: Sequence[str] | None) -> list[Endpoint]:
         """Ready endpoints, narrowed by the data plane's subset hint and by the model served."""
@@ -160,27 +193,42 @@ class Director:
         """Pick endpoints for a parsed request. Raises RequestError for every refusal."""
         candidates = self.candidates(request, subset)
         self.admission.admit(request, candidates)
+        started = time.perf_counter()
         try:
             result = self.scheduler.schedule(request, candidates)
+            if not result.targets:
+                raise SchedulingError("no endpoint picked")
         except SchedulingError as exc:
+            self.metrics.scheduler_attempts.labels("failure", request.target_model, "", "", "").inc()
             raise RequestError(
                 ErrorCode.RESOURCE_EXHAUSTED, f"failed to find target endpoint: {exc}"
             ) from None
-        if not result.targets:
-            raise RequestError(
-                ErrorCode.RESOURCE_EXHAUSTED, "failed to find target endpoint: no endpoint picked"
-            )
+        finally:
+            self.metrics.scheduler_e2e.observe(time.perf_counter() - started)
+        primary = result.targets[0]
+        self.metrics.scheduler_attempts.labels(
+            "success", request.target_model, primary.name, primary.spec.namespace, str(primary.port)
+        ).inc()
         routed = RoutedRequest(self, request, result)
         self.scheduler.pre_request(request, result)
+        self.metrics.requests.labels(request.model, request.target_model, str(request.priority)).inc()
+        self.metrics.request_sizes.labels(request.model, request.target_model).observe(request.body_size)
+        self.metrics.running.labels(request.model).inc()
         return routed
 
-    def route_bodyless(self, request: InferenceRequest) -> RoutedRequest:
-        """Requests that end at their headers (GET /v1/models): any ready endpoint, uniformly."""
-        endpoints = self.datastore.ready_endpoints()
-        if not endpoints:
-            raise RequestError(ErrorCode.SERVICE_UNAVAILABLE, "no ready endpoints in the pool")
-        chosen = self._rng.choice(endpoints)
-        return RoutedRequest(self, request, SchedulingResult({"default": ProfileResult([chosen])}, "default"))
+    # --- feedback ------------------------------------------------------------------------------
+
+    def finished(self, routed: RoutedRequest, usage: Usage | None) -> None:
+        request = routed.request
+        self.scheduler.response_complete(request, routed.result, usage)
+        if not request.model:
+            return
+        latency = time.monotonic() - routed.started
+        self.metrics.request_finished(
+            request.model, request.target_model, latency, routed.response_bytes, usage
+        )
+        if routed.response_status is not None and routed.response_status >= 400:
+            self.metrics.errors.labels(request.model, request.target_model, "ModelServerError").inc()
 
     def note_upstream_unavailable(self, endpoints: Sequence[Endpoint]) -> None:
         """A 503 from the data plane often means the endpoint died: stop choosing it until the

@@ -161,6 +161,7 @@ class Stack:
             "--host=127.0.0.1",
             f"--grpc-port={grpc_port}",
             "--grpc-health-port=0",
+            "--metrics-port=0",
             f"--endpoints-file={self.endpoints_file}",
             f"--ready-file={ready}",
             *self.config.epp_args,

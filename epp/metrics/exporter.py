@@ -1,0 +1,225 @@
+"""The EPP's own Prometheus metrics, under GIE's names and labels so existing dashboards work."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from epp import __version__
+from epp.datastore import Datastore
+from epp.requests import Usage
+
+
+def _alpha(text: str) -> str:
+    return f"[ALPHA] {text}"
+
+
+def _powers(start: float, stop: float, factor: float = 2.0) -> list[float]:
+    buckets, value = [], start
+    while value <= stop:
+        buckets.append(value)
+        value *= factor
+    return buckets
+
+
+DURATION_BUCKETS = [
+    0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 45, 60,
+    120, 180, 240, 300, 360, 480, 600, 900, 1200, 1800, 2700, 3600,
+]  # fmt: skip
+REQUEST_SIZE_BUCKETS = _powers(64, 1024**3)
+RESPONSE_SIZE_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32778, 65536]
+INPUT_TOKEN_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32778, 65536, 131072,
+                       262144, 524288, 1048576]  # fmt: skip
+OUTPUT_TOKEN_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
+NTPOT_BUCKETS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
+SCHEDULER_BUCKETS = [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1]
+HIT_RATIO_BUCKETS = [i / 10 for i in range(11)]
+HIT_BYTES_BUCKETS = [0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]
+
+
+class _PoolCollector(Collector):
+    """Pool gauges computed at scrape time from endpoints with fresh metrics (GIE's 2 s staleness)."""
+
+    def __init__(self, datastore: Datastore, pool_name: str, staleness: float) -> None:
+        self._datastore = datastore
+        self._pool = pool_name
+        self._staleness = staleness
+
+    def collect(self) -> Iterator[Metric]:
+        now = time.monotonic()
+        fresh = [
+            e for e in self._datastore.endpoints() if e.healthy and e.metrics.age(now) <= self._staleness
+        ]
+        count = len(fresh)
+
+        def average(values: list[float]) -> float:
+            return sum(values) / count if count else 0.0
+
+        gauges = {
+            "inference_pool_average_kv_cache_utilization": (
+                "average KV-cache utilisation of the pool's endpoints",
+                average([e.metrics.kv_cache_usage for e in fresh]),
+            ),
+            "inference_pool_average_queue_size": (
+                "average waiting-queue length of the pool's endpoints",
+                average([float(e.metrics.waiting_queue_size) for e in fresh]),
+            ),
+            "inference_pool_average_running_requests": (
+                "average running requests of the pool's endpoints",
+                average([float(e.metrics.running_requests_size) for e in fresh]),
+            ),
+            "inference_pool_ready_pods": ("endpoints with fresh metrics", float(count)),
+        }
+        for name, (help_text, value) in gauges.items():
+            family = GaugeMetricFamily(name, _alpha(help_text), labels=["name"])
+            family.add_metric([self._pool], value)
+            yield family
+        per_pod = GaugeMetricFamily(
+            "inference_pool_per_pod_queue_size",
+            _alpha("waiting queue per endpoint"),
+            labels=["name", "model_server_pod"],
+        )
+        for endpoint in fresh:
+            per_pod.add_metric([self._pool, endpoint.name], float(endpoint.metrics.waiting_queue_size))
+        yield per_pod
+
+
+class EppMetrics:
+    """All EPP metrics in one registry (not the global one, so tests can run several EPPs)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        model = ["model_name", "target_model_name"]
+        self.requests = Counter(
+            "inference_objective_request_total",
+            _alpha("requests scheduled"),
+            [*model, "priority"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "inference_objective_request_error_total",
+            _alpha("requests answered with an error"),
+            [*model, "error_code"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "inference_objective_request_duration_seconds",
+            _alpha("request latency through the EPP"),
+            model,
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.request_sizes = Histogram(
+            "inference_objective_request_sizes",
+            _alpha("request body bytes"),
+            model,
+            buckets=REQUEST_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.response_sizes = Histogram(
+            "inference_objective_response_sizes",
+            _alpha("response body bytes"),
+            model,
+            buckets=RESPONSE_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.input_tokens = Histogram(
+            "inference_objective_input_tokens",
+            _alpha("prompt tokens"),
+            model,
+            buckets=INPUT_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.output_tokens = Histogram(
+            "inference_objective_output_tokens",
+            _alpha("completion tokens"),
+            model,
+            buckets=OUTPUT_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.cached_tokens = Histogram(
+            "inference_objective_prompt_cached_tokens",
+            _alpha("prompt tokens served from the prefix cache"),
+            model,
+            buckets=INPUT_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.running = Gauge(
+            "inference_objective_running_requests", _alpha("requests in flight"), ["model_name"], registry=r
+        )
+        self.ntpot = Histogram(
+            "inference_objective_normalized_time_per_output_token_seconds",
+            _alpha("request latency divided by output tokens"),
+            model,
+            buckets=NTPOT_BUCKETS,
+            registry=r,
+        )
+        self.scheduler_e2e = Histogram(
+            "inference_extension_scheduler_e2e_duration_seconds",
+            _alpha("time to schedule one request"),
+            buckets=SCHEDULER_BUCKETS,
+            registry=r,
+        )
+        self.scheduler_attempts = Counter(
+            "inference_extension_scheduler_attempts_total",
+            _alpha("scheduling attempts by outcome"),
+            ["status", "target_model_name", "pod_name", "namespace", "port"],
+            registry=r,
+        )
+        self.plugin_duration = Histogram(
+            "inference_extension_plugin_duration_seconds",
+            _alpha("time spent in each plugin"),
+            ["extension_point", "plugin_type", "plugin_name"],
+            buckets=SCHEDULER_BUCKETS,
+            registry=r,
+        )
+        self.prefix_indexer_size = Gauge(
+            "inference_extension_prefix_indexer_size",
+            _alpha("entries in the approximate prefix index"),
+            registry=r,
+        )
+        self.prefix_hit_ratio = Histogram(
+            "inference_extension_prefix_indexer_hit_ratio",
+            _alpha("matched prefix blocks / prompt blocks"),
+            buckets=HIT_RATIO_BUCKETS,
+            registry=r,
+        )
+        self.prefix_hit_bytes = Histogram(
+            "inference_extension_prefix_indexer_hit_bytes",
+            _alpha("matched prefix length in bytes"),
+            buckets=HIT_BYTES_BUCKETS,
+            registry=r,
+        )
+        self.pd_decisions = Counter(
+            "llm_d_epp_pd_decision_total",
+            "prefill/decode disaggregation decisions",
+            ["plugin_name", "plugin_type", "model_name", "decision_type"],
+            registry=r,
+        )
+        info = Gauge(
+            "inference_extension_info", _alpha("build information"), ["commit", "build_ref"], registry=r
+        )
+        info.labels(commit="", build_ref=__version__).set(1)
+
+    def watch_pool(self, datastore: Datastore, pool_name: str, staleness: float = 2.0) -> None:
+        self.registry.register(_PoolCollector(datastore, pool_name, staleness))
+
+    def request_finished(
+        self, model: str, target: str, latency: float, response_bytes: int, usage: Usage | None
+    ) -> None:
+        self.duration.labels(model, target).observe(latency)
+        self.response_sizes.labels(model, target).observe(response_bytes)
+        self.running.labels(model).dec()
+        if usage is None:
+            return
+        if usage.prompt_tokens > 0:
+            self.input_tokens.labels(model, target).observe(usage.prompt_tokens)
+        if usage.completion_tokens > 0:
+            self.output_tokens.labels(model, target).observe(usage.completion_tokens)
+            self.ntpot.labels(model, target).observe(latency / usage.completion_tokens)
+        self.cached_tokens.labels(model, target).observe(usage.cached_tokens)
