@@ -1,4 +1,4 @@
-"""`epp` command line: one console script, one subcommand per part of the product."""
+"""`epp`: one console script, one subcommand per part of the product."""
 
 from __future__ import annotations
 
@@ -15,25 +15,32 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None) -> argparse.ArgumentParser:
+    """Only the chosen subcommand's module is imported, so each command starts fast and a
+    problem in one part never breaks the others."""
     parser = argparse.ArgumentParser(prog="epp", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
+        if name != command:
+            sub.add_parser(name, help=help_text)
+            continue
         module = importlib.import_module(module_name)
-        command = sub.add_parser(
+        chosen = sub.add_parser(
             name,
             help=help_text,
             description=module.__doc__,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        module.add_arguments(command)
-        command.set_defaults(_module=module)
+        module.add_arguments(chosen)
+        chosen.set_defaults(_module=module)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if a in SUBCOMMANDS), None)
+    args = build_parser(command).parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

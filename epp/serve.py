@@ -74,10 +74,14 @@ class EndpointPicker:
         self._servers = [grpc_server, probe_server]
         for server in self._servers:
             await server.start()
+        await self.metrics_server.start()
         if self.options.ready_file is not None:
-            write_ready_file(
-                self.options.ready_file, {"grpc_port": self.grpc_port, "health_port": self.health_port}
-            )
+            ports = {
+                "grpc_port": self.grpc_port,
+                "health_port": self.health_port,
+                "metrics_port": self.metrics_server.port,
+            }
+            write_ready_file(self.options.ready_file, ports)
         log.info(
             "endpoint picker serving ext_proc on %s:%d (health %d) with %d endpoints",
             self.options.host,

@@ -1,0 +1,45 @@
+"""Fixtures that start real processes (simulators, the EPP, Envoy) on free 127.0.0.1 ports."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+import pytest
+
+from epp.stack.envoy import EnvoyOptions
+from epp.stack.stack import Stack, StackConfig
+
+FAST_SIM = ["--profile=tiny-test"]
+
+
+def stack_config(run_dir: Path, **overrides: object) -> StackConfig:
+    config = StackConfig(
+        run_dir=run_dir,
+        sims=3,
+        sim_args=list(FAST_SIM),
+        epp_args=["--served-header=x-epp-destination", "--refresh-metrics-interval=50ms"],
+        envoy=EnvoyOptions(listen_port=0, admin_port=0),
+    )
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+StackFactory = Callable[..., AbstractAsyncContextManager[Stack]]
+
+
+@pytest.fixture
+def make_stack(tmp_path_factory: pytest.TempPathFactory) -> StackFactory:
+    def factory(name: str = "stack", **overrides: object) -> AbstractAsyncContextManager[Stack]:
+        return Stack(stack_config(tmp_path_factory.mktemp(name), **overrides))
+
+    return factory
+
+
+@pytest.fixture(scope="module")
+async def shared_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    """One full-duplex, fail-closed stack shared by a module's read-only tests."""
+    async with Stack(stack_config(tmp_path_factory.mktemp("shared"))) as stack:
+        yield stack

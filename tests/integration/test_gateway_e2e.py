@@ -1,0 +1,209 @@
+"""End to end through real Envoy + the EPP + simulated vLLM servers, with real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from epp.stack.envoy import EnvoyOptions
+from epp.stack.stack import Stack
+from tests.integration.conftest import StackFactory
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
+
+MODEL = "sim-model"
+
+
+def served_by(response: httpx.Response) -> str:
+    return f"{response.headers['x-inference-host']}:{response.headers['x-inference-port']}"
+
+
+async def post(stack: Stack, path: str, body: object, **headers: str) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client:
+        content = body if isinstance(body, bytes) else orjson.dumps(body)
+        return await client.post(
+            path, content=content, headers={"content-type": "application/json", **headers}
+        )
+
+
+async def epp_running_requests(stack: Stack) -> float:
+    async with httpx.AsyncClient(timeout=5) as client:
+        text = (await client.get(f"http://127.0.0.1:{stack.epp_ports['metrics_port']}/metrics")).text
+    values = re.findall(
+        rf'^inference_objective_running_requests\{{model_name="{MODEL}"\}} (\S+)$', text, re.M
+    )
+    return float(values[0]) if values else 0.0
+
+
+async def test_completion_lands_on_the_endpoint_the_epp_chose(shared_stack: Stack) -> None:
+    seen = set()
+    for i in range(12):
+        response = await post(
+            shared_stack, "/v1/completions", {"model": MODEL, "prompt": f"hello {i}", "max_tokens": 4}
+        )
+        assert response.status_code == 200, response.text
+        assert response.headers["x-epp-destination"] == served_by(response)
+        body = response.json()
+        assert body["object"] == "text_completion"
+        assert body["usage"]["completion_tokens"] == 4
+        seen.add(served_by(response))
+    assert len(seen) > 1, "least-in-flight with random tie-breaks spreads sequential requests"
+
+
+async def test_openai_sdk_chat_and_streaming(shared_stack: Stack) -> None:
+    client = openai.AsyncOpenAI(base_url=f"{shared_stack.gateway_url}/v1", api_key="unused", max_retries=0)
+    reply = await client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Say hi"}], max_tokens=5
+    )
+    assert reply.choices[0].message.content
+    assert reply.usage is not None and reply.usage.completion_tokens == 5
+
+    stream = await client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Count to ten"}],
+        max_tokens=6,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    pieces, usage = [], None
+    async for chunk in stream:
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+        if chunk.usage is not None:
+            usage = chunk.usage
+    assert len([p for p in pieces if p]) == 6
+    assert usage is not None and usage.completion_tokens == 6
+    completion = await client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=3)
+    assert completion.usage is not None and completion.usage.completion_tokens == 3
+    await client.close()
+
+
+async def test_sse_arrives_incrementally_through_the_gateway(shared_stack: Stack) -> None:
+    body = {"model": MODEL, "prompt": "stream please", "max_tokens": 8, "stream": True}
+    frames = []
+    async with (
+        httpx.AsyncClient(base_url=shared_stack.gateway_url, timeout=30) as client,
+        client.stream("POST", "/v1/completions", json=body) as response,
+    ):
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-epp-destination"] == served_by(response)
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                frames.append(line[6:])
+    assert frames[-1] == "[DONE]"
+    assert len(frames) == 8 + 1
+
+
+async def test_models_list_is_routed_without_a_body(shared_stack: Stack) -> None:
+    async with httpx.AsyncClient(base_url=shared_stack.gateway_url, timeout=10) as client:
+        response = await client.get("/v1/models")
+    assert response.status_code == 200
+    assert MODEL in [m["id"] for m in response.json()["data"]]
+    assert response.headers["x-epp-destination"] == served_by(response)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        ("/v1/completions", b"{oops", 400, "error unmarshaling request body"),
+        ("/v1/completions", {"prompt": "x"}, 400, "model not found in request body"),
+        ("/v1/chat/completions", {"model": MODEL, "messages": "hi"}, 400, "must have valid messages field"),
+        ("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": "many"}, 400, "max_tokens must be"),
+        ("/v1/completions", {"model": "no-such-model", "prompt": "x"}, 404, "is not served by any endpoint"),
+    ],
+)
+async def test_bad_requests_get_a_json_error_from_the_epp(
+    shared_stack: Stack, path: str, body: object, status: int, message: str
+) -> None:
+    response = await post(shared_stack, path, body)
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert message in error["message"]
+    assert error["code"] == status
+
+
+async def test_oversized_body_gets_413(make_stack: StackFactory) -> None:
+    async with make_stack("small-body", sims=1, epp_args=["--max-body-bytes=1000"]) as stack:
+        response = await post(stack, "/v1/completions", {"model": MODEL, "prompt": "x" * 5000})
+        assert response.status_code == 413
+        assert "exceeds the limit of 1000 bytes" in response.json()["error"]["message"]
+        ok = await post(stack, "/v1/completions", {"model": MODEL, "prompt": "short", "max_tokens": 1})
+        assert ok.status_code == 200
+
+
+async def test_a_forged_destination_header_never_steers_envoy(shared_stack: Stack) -> None:
+    forged = f"127.0.0.1:{shared_stack.admin_port}"
+    response = await post(
+        shared_stack,
+        "/v1/completions",
+        {"model": MODEL, "prompt": "hi", "max_tokens": 1},
+        **{"x-gateway-destination-endpoint": forged},
+    )
+    assert response.status_code == 200
+    assert served_by(response) in {s.hostport for s in shared_stack.sims}
+
+
+async def test_client_disconnect_mid_stream_releases_the_request(shared_stack: Stack) -> None:
+    body = {"model": MODEL, "prompt": "long story", "max_tokens": 400, "stream": True, "ignore_eos": True}
+    async with (
+        httpx.AsyncClient(base_url=shared_stack.gateway_url, timeout=30) as client,
+        client.stream("POST", "/v1/completions", json=body) as response,
+    ):
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                break
+        assert await epp_running_requests(shared_stack) == 1.0
+    for _ in range(100):
+        if await epp_running_requests(shared_stack) == 0.0:
+            break
+        await asyncio.sleep(0.05)
+    assert await epp_running_requests(shared_stack) == 0.0
+
+
+async def test_a_killed_simulator_stops_being_chosen(make_stack: StackFactory) -> None:
+    async with make_stack("kill") as stack:
+        victim = stack.sims[0]
+        await stack.sim_processes[0].kill()
+        statuses, served = [], set()
+        for i in range(20):
+            response = await post(
+                stack, "/v1/completions", {"model": MODEL, "prompt": f"q{i}", "max_tokens": 1}
+            )
+            statuses.append(response.status_code)
+            if response.status_code == 200:
+                served.add(served_by(response))
+        assert victim.hostport not in served
+        # At most the requests already routed before the first failed scrape can fail.
+        assert statuses.count(200) >= 18, statuses
+        assert statuses[-10:] == [200] * 10
+
+
+async def test_epp_down_fail_closed_gives_500(make_stack: StackFactory) -> None:
+    async with make_stack("fail-closed", sims=1) as stack:
+        await stack.stop_epp()
+        response = await post(stack, "/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 1})
+        assert response.status_code == 500
+
+
+async def test_epp_down_fail_open_routes_round_robin(make_stack: StackFactory) -> None:
+    envoy = EnvoyOptions(listen_port=0, admin_port=0, body_mode="buffered", failure_mode="open")
+    async with make_stack("fail-open", sims=2, envoy=envoy) as stack:
+        picked = await post(stack, "/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 1})
+        assert picked.status_code == 200
+        assert picked.headers["x-epp-destination"] == served_by(picked)
+        await stack.stop_epp()
+        served = set()
+        for i in range(4):
+            response = await post(
+                stack, "/v1/completions", {"model": MODEL, "prompt": f"x{i}", "max_tokens": 1}
+            )
+            assert response.status_code == 200
+            assert "x-epp-destination" not in response.headers
+            served.add(served_by(response))
+        assert served == {s.hostport for s in stack.sims}
