@@ -6,8 +6,9 @@ Two body modes, because Envoy forbids fail-open with full-duplex streaming:
 - `buffered`: request body BUFFERED (Envoy answers 413 beyond the buffer limit itself), response
   headers SEND and body STREAMED. Allows fail-open: with the EPP down, requests go round-robin to the
   fallback endpoints instead of failing.
-A header_mutation filter strips any client-sent destination header before ext_proc runs, so a
-client can never steer Envoy's ORIGINAL_DST cluster, even when the EPP is down and fail-open."""
+Routing keys on the `envoy.lb` dynamic metadata the EPP sets (with the same value as its
+`x-gateway-destination-endpoint` header): clients cannot forge metadata, so a client-sent
+destination header never steers Envoy, not even when the EPP is down and Envoy fails open."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
+LB_NAMESPACE = "envoy.lb"
+_DESTINATION_PATH = {"path": [{"key": DESTINATION_HEADER}]}
 BODY_MODES = ("full-duplex", "buffered")
 FAILURE_MODES = ("closed", "open")
 
@@ -74,13 +77,6 @@ def _processing_mode(options: EnvoyOptions) -> dict[str, str]:
 
 
 def _http_filters(options: EnvoyOptions) -> list[dict[str, Any]]:
-    strip_destination = {
-        "name": "strip-client-destination",
-        "typed_config": _typed(
-            "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
-            mutations={"request_mutations": [{"remove": DESTINATION_HEADER}]},
-        ),
-    }
     ext_proc = {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": _typed(
@@ -90,7 +86,7 @@ def _http_filters(options: EnvoyOptions) -> list[dict[str, Any]]:
             message_timeout=options.message_timeout,
             processing_mode=_processing_mode(options),
             metadata_options={
-                "receiving_namespaces": {"untyped": ["envoy.lb"]},
+                "receiving_namespaces": {"untyped": [LB_NAMESPACE]},
                 "forwarding_namespaces": {"untyped": ["envoy.lb.subset_hint"]},
             },
         ),
@@ -99,12 +95,19 @@ def _http_filters(options: EnvoyOptions) -> list[dict[str, Any]]:
         "name": "envoy.filters.http.router",
         "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router"),
     }
-    return [strip_destination, ext_proc, router]
+    return [ext_proc, router]
 
 
 def _routes(options: EnvoyOptions) -> list[dict[str, Any]]:
+    """Route on the EPP's dynamic metadata, which clients cannot forge. The EPP's answer clears the
+    route cache, so the request is re-matched once the metadata is there."""
     picked: dict[str, Any] = {
-        "match": {"prefix": "/", "headers": [{"name": DESTINATION_HEADER, "present_match": True}]},
+        "match": {
+            "prefix": "/",
+            "dynamic_metadata": [
+                {"filter": LB_NAMESPACE, **_DESTINATION_PATH, "value": {"present_match": True}}
+            ],
+        },
         "route": {"cluster": "pool", "timeout": "0s", "idle_timeout": "300s"},
     }
     fallback: dict[str, Any]
@@ -153,7 +156,7 @@ def _clusters(options: EnvoyOptions) -> list[dict[str, Any]]:
         "type": "ORIGINAL_DST",
         "lb_policy": "CLUSTER_PROVIDED",
         "connect_timeout": "1s",
-        "original_dst_lb_config": {"use_http_header": True, "http_header_name": DESTINATION_HEADER},
+        "original_dst_lb_config": {"metadata_key": {"key": LB_NAMESPACE, **_DESTINATION_PATH}},
     }
     clusters = [epp, pool]
     if options.failure_mode == "open":
