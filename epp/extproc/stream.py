@@ -161,10 +161,15 @@ class ExtProcStream:
             self._finish()
 
     def _response_body(self, body: ext_proc.HttpBody) -> Iterator[ext_proc.ProcessingResponse]:
+        original = chunk = body.body
         if self._routed is not None:
-            self._routed.response_body(body.body, body.end_of_stream)
+            self._routed.response_body(original, body.end_of_stream)
+            chunk = self._routed.restore_model(original)
         if self._response_mode == BodyMode.FULL_DUPLEX_STREAMED:
-            yield from messages.streamed_body(body.body, body.end_of_stream, request=False)
+            yield from messages.streamed_body(chunk, body.end_of_stream, request=False)
+        elif chunk is not original:
+            mutation = ext_proc.CommonResponse(body_mutation=ext_proc.BodyMutation(body=chunk))
+            yield ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse(response=mutation))
         else:
             yield ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse())
         if body.end_of_stream:

@@ -42,6 +42,7 @@ class RoutedRequest:
     __slots__ = (
         "_director",
         "_finished",
+        "_model_swap",
         "_usage",
         "body",
         "loaded",
@@ -62,6 +63,7 @@ class RoutedRequest:
         self.body: bytes | None = None
         self._usage: UsageReader | None = None
         self._finished = False
+        self._model_swap = _model_swap(request.target_model, request.model)
         self.loaded = _first_targets(result)
         for endpoint in self.loaded:
             endpoint.inflight_requests += 1
@@ -90,6 +92,16 @@ class RoutedRequest:
         if end_of_stream:
             self.finish()
 
+    def restore_model(self, chunk: bytes) -> bytes:
+        """Give the client back the model name it asked for when the EPP rewrote it upstream
+        (GIE's textual replacement; a name split across two chunks is left as is)."""
+        if self._model_swap is None:
+            return chunk
+        for upstream, client in self._model_swap:
+            if upstream in chunk:
+                return chunk.replace(upstream, client)
+        return chunk
+
     def finish(self) -> None:
         if self._finished:
             return
@@ -99,6 +111,18 @@ class RoutedRequest:
             endpoint.inflight_tokens -= self.request.prompt_tokens
         usage = self._usage.usage if self._usage else None
         self._director.finished(self, usage)
+
+
+def _model_swap(target: str, incoming: str) -> tuple[tuple[bytes, bytes], ...] | None:
+    if not target or not incoming or target == incoming:
+        return None
+    return tuple(
+        (
+            f'"model":{sep}{orjson.dumps(target).decode()}'.encode(),
+            f'"model":{sep}{orjson.dumps(incoming).decode()}'.encode(),
+        )
+        for sep in ("", " ")
+    )
 
 
 def _first_targets(result: SchedulingResult) -> list[Endpoint]:

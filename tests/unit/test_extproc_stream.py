@@ -333,3 +333,19 @@ async def test_least_inflight_spreads_concurrent_requests(harness: Harness) -> N
         await read(call)
         calls.append(call)
     assert sorted(chosen) == ["10.0.0.1:8000", "10.0.0.1:8001", "10.0.0.1:8002"]
+
+
+async def test_model_rewrite_header_rewrites_upstream_and_restores_the_response(harness: Harness) -> None:
+    harness.add("a", 8000, models=("m", "m-v2"))
+    call = harness.open()
+    await call.write(headers_msg(extra={"x-gateway-model-name-rewrite": "m-v2"}))
+    await call.write(body_msg(orjson.dumps({"model": "m", "prompt": "hi"})))
+    headers_reply = await read(call)
+    upstream = (await read(call)).request_body.response.body_mutation.streamed_response.body
+    assert orjson.loads(upstream) == {"model": "m-v2", "prompt": "hi"}
+    assert set_headers(headers_reply.request_headers.response)["content-length"] == str(len(upstream))
+    await call.write(response_headers_msg("application/json"))
+    await read(call)
+    await call.write(response_body_msg(b'{"model":"m-v2","choices":[]}', end_of_stream=True))
+    restored = (await read(call)).response_body.response.body_mutation.streamed_response.body
+    assert restored == b'{"model":"m","choices":[]}'
