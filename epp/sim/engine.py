@@ -1,0 +1,537 @@
+"""Clock-agnostic model of one vLLM V1 engine: continuous batching, chunked prefill, paged KV cache
+with prefix caching, preemption, LoRA slots and P/D (NIXL-style) legs.
+
+The engine never reads a clock and never awaits. A driver calls ``step(now)``, which schedules one
+batch and advances the model to the END of that step; the returned ``StepOutcome`` says how long the
+step takes and what it produced. The HTTP server sleeps ``duration`` (scaled) before releasing the
+tokens to clients; a discrete-event simulator instead schedules the next step at ``outcome.end``.
+
+Scheduling follows vLLM V1: running requests first (a decode token, or the next prefill chunk) in
+admission order, then waiting requests FIFO while a token budget, ``max_num_seqs`` and free blocks
+last. When a running request needs a block and none is free, the most recently admitted running
+request is preempted to the head of the waiting queue and recomputed later (its cached full blocks
+usually survive, so recomputation is mostly a prefix-cache hit).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from epp.sim.histogram import ITL_BUCKETS, REQUEST_LATENCY_BUCKETS, TTFT_BUCKETS, Histogram
+from epp.sim.kvcache import BlockPool, BlockTable, KVEvent, prompt_block_hashes
+from epp.sim.profiles import Profile
+
+
+class Rejection(enum.Enum):
+    """Why ``Engine.add`` refused a request."""
+
+    QUEUE_FULL = "queue_full"
+    TOO_LONG = "too_long"
+
+
+class State(enum.Enum):
+    WAITING = "waiting"
+    TRANSFERRING = "transferring"
+    RUNNING = "running"
+    DONE = "done"
+
+
+class Request:
+    """One sequence in the engine. Inputs are set by the caller; the rest is engine state that
+    drivers may read (token counts, timestamps, ``cached_tokens``, ``lease_key``)."""
+
+    __slots__ = (
+        "arrival",
+        "block_hashes",
+        "cached_tokens",
+        "computed",
+        "finish_reason",
+        "finished_at",
+        "first_token_at",
+        "hold_blocks",
+        "id",
+        "last_token_at",
+        "lease_key",
+        "lora",
+        "max_output",
+        "next_hash",
+        "output_done",
+        "prompt_len",
+        "prompt_tokens",
+        "ready_at",
+        "remote_prefill",
+        "scheduled_at",
+        "state",
+        "step_tokens",
+        "stop_reason",
+        "table",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        prompt_tokens: Sequence[int],
+        max_output: int,
+        arrival: float,
+        *,
+        stop_reason: str = "length",
+        lora: str | None = None,
+        remote_prefill: bool = False,
+        hold_blocks: bool = False,
+        block_hashes: list[int] | None = None,
+    ) -> None:
+        """``max_output`` is the exact number of tokens to generate (0: prefill only, no token, as
+        for embeddings); ``stop_reason`` is the finish reason reported when it is reached.
+        ``remote_prefill``: decode leg whose prompt KV is pulled from a prefill server.
+        ``hold_blocks``: prefill leg whose blocks stay leased for a decode server after it ends.
+        ``block_hashes``: precomputed prompt block hashes (the engine computes them otherwise)."""
+        self.id = id
+        self.prompt_tokens = prompt_tokens
+        self.prompt_len = len(prompt_tokens)
+        self.max_output = max_output
+        self.arrival = arrival
+        self.stop_reason = stop_reason
+        self.lora = lora
+        self.remote_prefill = remote_prefill
+        self.hold_blocks = hold_blocks
+        self.block_hashes = block_hashes
+        self.state = State.WAITING
+        self.computed = 0
+        self.output_done = 0
+        self.next_hash = 0
+        self.step_tokens = 0
+        self.cached_tokens: int | None = None
+        self.table = BlockTable()
+        self.scheduled_at: float | None = None
+        self.first_token_at: float | None = None
+        self.last_token_at = 0.0
+        self.finished_at: float | None = None
+        self.ready_at = 0.0
+        self.finish_reason: str | None = None
+        self.lease_key: tuple[int, ...] | None = None
+
+    def __repr__(self) -> str:
+        return f"Request({self.id!r}, {self.state.value}, computed={self.computed}, out={self.output_done})"
+
+
+@dataclass(slots=True)
+class StepOutcome:
+    """One scheduled step: its duration and what it produced by its end (``start + duration``).
+    ``emitted`` got one new token each; ``finished`` ended (reason in ``finish_reason``)."""
+
+    start: float
+    duration: float = 0.0
+    batch_size: int = 0
+    prefill_tokens: int = 0
+    decode_seqs: int = 0
+    emitted: list[Request] = field(default_factory=list)
+    finished: list[Request] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)
+
+    @property
+    def end(self) -> float:
+        return self.start + self.duration
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Monotonic counters and latency histograms (seconds of engine time)."""
+
+    requests_added: int = 0
+    requests_rejected: int = 0
+    requests_aborted: int = 0
+    prefill_only: int = 0
+    remote_decode: int = 0
+    preemptions: int = 0
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    prefix_queries: int = 0
+    prefix_hits: int = 0
+    cached_tokens_served: int = 0
+    leases_expired: int = 0
+    leases_released: int = 0
+    steps: int = 0
+    busy_seconds: float = 0.0
+    finished: dict[str, int] = field(default_factory=dict)
+    ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
+    itl: Histogram = field(default_factory=lambda: Histogram(ITL_BUCKETS))
+    e2e: Histogram = field(default_factory=lambda: Histogram(REQUEST_LATENCY_BUCKETS))
+    queue_time: Histogram = field(default_factory=lambda: Histogram(REQUEST_LATENCY_BUCKETS))
+
+
+@dataclass(slots=True)
+class _Lease:
+    table: BlockTable
+    expires_at: float
+
+
+class Engine:
+    """See the module docstring. ``namespace`` (the served model name) seeds block hashes of
+    requests without a LoRA adapter; adapter requests are seeded by the adapter name."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        namespace: str,
+        *,
+        lease_seconds: float = 30.0,
+        record_kv_events: bool = False,
+    ) -> None:
+        self.profile = profile
+        self.namespace = namespace
+        self.lease_seconds = lease_seconds
+        self.block_size = profile.block_size
+        self.pool = BlockPool(profile.num_gpu_blocks, profile.block_size, record_kv_events)
+        self.stats = EngineStats()
+        self._waiting: deque[Request] = deque()
+        self._running: list[Request] = []
+        self._transferring: list[Request] = []
+        self._running_loras: dict[str, int] = {}
+        self._leases: dict[tuple[int, ...], _Lease] = {}
+
+    # ----- read-only state -------------------------------------------------------------------
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    @property
+    def num_waiting(self) -> int:
+        """Queued requests, including decode legs waiting for their KV transfer (as vLLM counts)."""
+        return len(self._waiting) + len(self._transferring)
+
+    def kv_usage(self) -> float:
+        """Fraction of KV blocks held by requests and prefill leases."""
+        return self.pool.num_in_use() / self.pool.num_blocks
+
+    def running_loras(self) -> list[str]:
+        return sorted(self._running_loras)
+
+    def waiting_loras(self) -> list[str]:
+        queued = [*self._waiting, *self._transferring]
+        return sorted({r.lora for r in queued if r.lora})
+
+    def num_leases(self) -> int:
+        return len(self._leases)
+
+    def has_work(self) -> bool:
+        """Whether ``step`` would schedule something now or after ``next_timer()``."""
+        return bool(self._running or self._waiting or self._transferring or self._leases)
+
+    def next_timer(self) -> float | None:
+        """Earliest engine time at which something happens without new input: a KV transfer
+        completes or a prefill lease expires. Idle drivers sleep until then."""
+        times = [r.ready_at for r in self._transferring]
+        times.extend(lease.expires_at for lease in self._leases.values())
+        return min(times) if times else None
+
+    def drain_kv_events(self) -> list[KVEvent]:
+        return self.pool.drain_events()
+
+    # ----- input -----------------------------------------------------------------------------
+
+    def add(self, request: Request) -> Rejection | None:
+        """Queue ``request``; returns why it was refused, or None."""
+        if request.prompt_len == 0:
+            raise ValueError("a request needs at least one prompt token")
+        bs = self.block_size
+        total = request.prompt_len + request.max_output
+        if total > self.profile.max_model_len or -(-total // bs) > self.pool.num_blocks:
+            self.stats.requests_rejected += 1
+            return Rejection.TOO_LONG
+        if self.num_waiting >= self.profile.max_waiting:
+            self.stats.requests_rejected += 1
+            return Rejection.QUEUE_FULL
+        if request.block_hashes is None:
+            request.block_hashes = prompt_block_hashes(
+                request.prompt_tokens, bs, request.lora or self.namespace
+            )
+        self.stats.requests_added += 1
+        self.stats.prefill_only += request.hold_blocks
+        self.stats.remote_decode += request.remote_prefill
+        self._waiting.append(request)
+        return None
+
+    def abort(self, request: Request) -> None:
+        """Drop ``request`` wherever it is (client went away) and free its blocks."""
+        if request.state is State.DONE:
+            return
+        if request.state is State.RUNNING:
+            self._running.remove(request)
+            self._lora_stopped(request)
+        elif request.state is State.TRANSFERRING:
+            self._transferring.remove(request)
+        else:
+            self._waiting.remove(request)
+        self.pool.release(request.table)
+        request.state = State.DONE
+        request.finish_reason = "abort"
+        self.stats.requests_aborted += 1
+
+    def reset_prefix_cache(self) -> bool:
+        """Drop all cached blocks; False (nothing done) while requests or leases hold blocks."""
+        return self.pool.clear_cache()
+
+    def release_lease(self, block_ids: Sequence[int]) -> int | None:
+        """A decode server has read the leased blocks ``block_ids``: free them (shared prompt
+        blocks stay cached). Returns the number of blocks, or None if no such lease exists.
+        Lease keys are unique: every lease holds the freshly allocated block of its last prompt
+        token, which no other live table contains."""
+        lease = self._leases.pop(tuple(block_ids), None)
+        if lease is None:
+            return None
+        count = len(lease.table.ids)
+        self.pool.release(lease.table)
+        self.stats.leases_released += 1
+        return count
+
+    # ----- stepping --------------------------------------------------------------------------
+
+    def step(self, now: float) -> StepOutcome:
+        """Schedule and run one step starting at ``now``. ``batch_size == 0`` means nothing could
+        run (idle; wait for new input or ``next_timer()``)."""
+        self._expire_leases(now)
+        self._finish_transfers(now)
+        outcome = StepOutcome(start=now)
+        budget = self.profile.max_num_batched_tokens
+        scheduled: list[Request] = []
+        budget = self._schedule_running(budget, scheduled, outcome)
+        if not outcome.preempted:
+            self._schedule_waiting(now, budget, scheduled)
+        if scheduled:
+            self._run(scheduled, outcome)
+        return outcome
+
+    def _schedule_running(self, budget: int, scheduled: list[Request], outcome: StepOutcome) -> int:
+        running = self._running
+        i = 0
+        while i < len(running) and budget > 0:
+            request = running[i]
+            n = min(request.prompt_len + request.output_done - request.computed, budget)
+            if not self._reserve_or_preempt(request, request.computed + n, outcome):
+                break
+            request.step_tokens = n
+            scheduled.append(request)
+            budget -= n
+            i += 1
+        return budget
+
+    def _reserve_or_preempt(self, request: Request, tokens: int, outcome: StepOutcome) -> bool:
+        """Make ``request`` hold blocks for ``tokens`` tokens, preempting the most recently
+        admitted running requests while blocks are short. False if ``request`` itself was."""
+        need = -(-tokens // self.block_size) - len(request.table.ids)
+        while need > self.pool.num_free():
+            victim = self._running.pop()
+            self._preempt(victim, outcome)
+            if victim is request:
+                return False
+        if need > 0:
+            self.pool.allocate(request.table, need)
+        return True
+
+    def _preempt(self, request: Request, outcome: StepOutcome) -> None:
+        self.pool.release(request.table)
+        self._lora_stopped(request)
+        request.computed = 0
+        request.next_hash = 0
+        request.state = State.WAITING
+        self._waiting.appendleft(request)
+        outcome.preempted.append(request)
+        self.stats.preemptions += 1
+
+    def _schedule_waiting(self, now: float, budget: int, scheduled: list[Request]) -> None:
+        waiting = self._waiting
+        skipped: list[Request] = []
+        max_seqs = self.profile.max_num_seqs
+        max_loras = self.profile.max_loras
+        while waiting and budget > 0 and len(self._running) < max_seqs:
+            request = waiting[0]
+            lora = request.lora
+            if lora and lora not in self._running_loras and len(self._running_loras) >= max_loras:
+                skipped.append(waiting.popleft())
+                continue
+            if request.remote_prefill:
+                if not self._start_transfer(request, now):
+                    break
+                waiting.popleft()
+                continue
+            n = self._admit(request, now, budget)
+            if n == 0:
+                break
+            waiting.popleft()
+            request.state = State.RUNNING
+            request.step_tokens = n
+            self._running.append(request)
+            if lora:
+                self._running_loras[lora] = self._running_loras.get(lora, 0) + 1
+            scheduled.append(request)
+            budget -= n
+        waiting.extendleft(reversed(skipped))
+
+    def _admit(self, request: Request, now: float, budget: int) -> int:
+        """Reserve blocks for the next chunk of a waiting request, after a prefix-cache lookup if
+        it holds no blocks yet. Returns the chunk size, 0 if blocks are short."""
+        bs = self.block_size
+        table = request.table
+        hashes = request.block_hashes or []
+        fresh = not table.ids
+        hit, unused = self.pool.match(hashes, (request.prompt_len - 1) // bs) if fresh else (0, 0)
+        computed = hit * bs if fresh else request.computed
+        n = min(request.prompt_len + request.output_done - computed, budget)
+        need = -(-(computed + n) // bs) - len(table.ids) - hit
+        if need + unused > self.pool.num_free():
+            return 0
+        if fresh:
+            self.pool.acquire(table, hashes[:hit])
+            request.computed = computed
+            request.next_hash = hit
+            self.stats.prefix_queries += request.prompt_len
+            self.stats.prefix_hits += computed
+        if request.cached_tokens is None:
+            request.cached_tokens = computed
+            request.scheduled_at = now
+            self.stats.queue_time.observe(now - request.arrival)
+        self.pool.allocate(table, need)
+        return n
+
+    def _start_transfer(self, request: Request, now: float) -> bool:
+        """Decode leg: reserve blocks for the prompt and start pulling the KV the local prefix
+        cache does not already hold. The request waits (not running) until the data is in."""
+        bs = self.block_size
+        hashes = request.block_hashes or []
+        hit, unused = self.pool.match(hashes, (request.prompt_len - 1) // bs)
+        held_tokens = request.prompt_len - 1
+        need = -(-held_tokens // bs) - hit
+        if need + unused > self.pool.num_free():
+            return False
+        self.pool.acquire(request.table, hashes[:hit])
+        self.pool.allocate(request.table, need)
+        self.stats.prefix_queries += request.prompt_len
+        self.stats.prefix_hits += hit * bs
+        request.next_hash = hit
+        request.ready_at = now + self.profile.kv_transfer_seconds(held_tokens - hit * bs)
+        request.state = State.TRANSFERRING
+        request.scheduled_at = now
+        self.stats.queue_time.observe(now - request.arrival)
+        self._transferring.append(request)
+        return True
+
+    def _finish_transfers(self, now: float) -> None:
+        if not self._transferring:
+            return
+        done = [r for r in self._transferring if r.ready_at <= now]
+        if not done:
+            return
+        self._transferring = [r for r in self._transferring if r.ready_at > now]
+        for request in sorted(done, key=lambda r: r.ready_at, reverse=True):
+            request.computed = request.prompt_len - 1
+            request.cached_tokens = request.computed
+            request.remote_prefill = False
+            request.state = State.WAITING
+            self._cache_full_blocks(request)
+            self._waiting.appendleft(request)
+
+    def _expire_leases(self, now: float) -> None:
+        expired = [key for key, lease in self._leases.items() if lease.expires_at <= now]
+        for key in expired:
+            self.pool.release(self._leases.pop(key).table)
+            self.stats.leases_expired += 1
+
+    def _run(self, scheduled: list[Request], outcome: StepOutcome) -> None:
+        decode_seqs = decode_ctx = prefill = pairs = 0
+        for request in scheduled:
+            n = request.step_tokens
+            if n == 1:
+                decode_seqs += 1
+                decode_ctx += request.computed + 1
+            else:
+                prefill += n
+                pairs += n * request.computed + n * n // 2
+        duration = self.profile.step_seconds(decode_seqs, decode_ctx, prefill, pairs)
+        end = outcome.start + duration
+        outcome.duration = duration
+        outcome.batch_size = len(scheduled)
+        outcome.prefill_tokens = prefill
+        outcome.decode_seqs = decode_seqs
+        self.stats.steps += 1
+        self.stats.busy_seconds += duration
+        for request in scheduled:
+            request.computed += request.step_tokens
+            if request.next_hash < len(request.block_hashes or ()):
+                self._cache_full_blocks(request)
+            if request.computed == request.prompt_len + request.output_done:
+                self._emit(request, end, outcome)
+        if outcome.finished:
+            self._running = [r for r in self._running if r.state is State.RUNNING]
+
+    def _cache_full_blocks(self, request: Request) -> None:
+        """Promote the request's newly completed full prompt blocks into the prefix cache, and
+        record one ``BlockStored`` per run of consecutive promoted blocks."""
+        hashes = request.block_hashes or []
+        last = min(request.computed // self.block_size, len(hashes))
+        run_start = request.next_hash
+        for i in range(request.next_hash, last):
+            if not self.pool.promote(request.table, i, hashes[i]):
+                self._record_stored(request, run_start, i)
+                run_start = i + 1
+        self._record_stored(request, run_start, last)
+        request.next_hash = last
+
+    def _record_stored(self, request: Request, first: int, last: int) -> None:
+        if first >= last or self.pool.events is None:
+            return
+        hashes = request.block_hashes or []
+        bs = self.block_size
+        self.pool.record_stored(
+            hashes[first:last],
+            hashes[first - 1] if first else None,
+            list(request.prompt_tokens[first * bs : last * bs]),
+            request.lora,
+        )
+
+    def _emit(self, request: Request, end: float, outcome: StepOutcome) -> None:
+        stats = self.stats
+        if request.output_done == 0:
+            stats.prompt_tokens += request.prompt_len
+            stats.cached_tokens_served += request.cached_tokens or 0
+            if request.max_output > 0:
+                request.first_token_at = end
+                stats.ttft.observe(end - request.arrival)
+        else:
+            stats.itl.observe(end - request.last_token_at)
+        if request.max_output > 0:
+            request.output_done += 1
+            request.last_token_at = end
+            stats.generation_tokens += 1
+            outcome.emitted.append(request)
+        if request.output_done >= request.max_output:
+            self._finish(request, end, outcome)
+
+    def _finish(self, request: Request, end: float, outcome: StepOutcome) -> None:
+        self._lora_stopped(request)
+        request.state = State.DONE
+        request.finished_at = end
+        request.finish_reason = request.stop_reason
+        if request.hold_blocks:
+            request.lease_key = tuple(request.table.ids)
+            self._leases[request.lease_key] = _Lease(request.table, end + self.lease_seconds)
+            request.table = BlockTable()
+        else:
+            self.pool.release(request.table)
+        stats = self.stats
+        stats.finished[request.stop_reason] = stats.finished.get(request.stop_reason, 0) + 1
+        stats.e2e.observe(end - request.arrival)
+        outcome.finished.append(request)
+
+    def _lora_stopped(self, request: Request) -> None:
+        """Bookkeeping for a running request leaving the running set."""
+        lora = request.lora
+        if lora:
+            count = self._running_loras[lora] - 1
+            if count:
+                self._running_loras[lora] = count
+            else:
+                del self._running_loras[lora]

@@ -1,0 +1,197 @@
+"""Paged KV-cache blocks with vLLM-style automatic prefix caching.
+
+A prompt's full blocks are named by chained hashes (each block's token ids hashed with its parent's
+hash as the seed; the chain starts from a hash of the model or LoRA adapter name, so different
+adapters never share blocks). A resident hashed block is either referenced by requests (pinned) or
+cached-but-unused; unused ones are evicted least-recently-freed first when a new block is needed.
+Blocks nobody can share (the partial tail of a prompt, generated tokens, duplicates) are private.
+
+Nothing here allocates per-token objects, and free capacity is a counter rather than a list of
+every block, so a thousand engines with tens of thousands of blocks each stay cheap.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import xxhash
+
+_hash = xxhash.xxh3_64_intdigest
+
+
+def namespace_seed(namespace: str) -> int:
+    """Root of the hash chain for a model or LoRA adapter name."""
+    return _hash(namespace.encode())
+
+
+def prompt_block_hashes(token_ids: Sequence[int], block_size: int, namespace: str) -> list[int]:
+    """Chained hashes of every FULL block of ``token_ids``; a trailing partial block has none."""
+    data = array("I", token_ids).tobytes()
+    step = 4 * block_size
+    parent = namespace_seed(namespace)
+    hashes: list[int] = []
+    for start in range(0, (len(token_ids) // block_size) * step, step):
+        parent = _hash(data[start : start + step], parent)
+        hashes.append(parent)
+    return hashes
+
+
+@dataclass(slots=True)
+class BlockStored:
+    """New blocks entered the prefix cache (vLLM ``BlockStored`` KV event)."""
+
+    block_hashes: list[int]
+    parent_block_hash: int | None
+    token_ids: list[int]
+    lora_name: str | None
+
+
+@dataclass(slots=True)
+class BlockRemoved:
+    """Blocks left the prefix cache (vLLM ``BlockRemoved`` KV event)."""
+
+    block_hashes: list[int]
+
+
+@dataclass(slots=True)
+class AllBlocksCleared:
+    """The whole prefix cache was dropped (vLLM ``AllBlocksCleared`` KV event)."""
+
+
+KVEvent = BlockStored | BlockRemoved | AllBlocksCleared
+
+
+class BlockTable:
+    """The blocks one request (or one prefill lease) holds: every block id in sequence order, and
+    the hashes of those that are shared cache blocks it holds a reference on."""
+
+    __slots__ = ("held", "ids")
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.held: list[int] = []
+
+
+class BlockPool:
+    """Fixed number of blocks shared by pinned, cached-unused and private blocks."""
+
+    def __init__(self, num_blocks: int, block_size: int, record_events: bool = False) -> None:
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self._fresh = 0  # ids below this have been handed out at least once
+        self._free_ids: list[int] = []
+        self._by_hash: dict[int, int] = {}
+        self._refs: dict[int, int] = {}
+        self._evictable: OrderedDict[int, None] = OrderedDict()
+        self.events: list[KVEvent] | None = [] if record_events else None
+
+    def num_free(self) -> int:
+        """Blocks a new allocation can get, counting cached-unused blocks that can be evicted."""
+        return self.num_blocks - self._fresh + len(self._free_ids) + len(self._evictable)
+
+    def num_in_use(self) -> int:
+        """Blocks held by requests or leases (vLLM's "used" for KV-cache usage)."""
+        return self.num_blocks - self.num_free()
+
+    def num_cached(self) -> int:
+        """Resident hashed blocks, pinned or not."""
+        return len(self._by_hash)
+
+    def match(self, hashes: Sequence[int], limit: int) -> tuple[int, int]:
+        """Length of the longest resident prefix of ``hashes`` (at most ``limit`` blocks), and how
+        many of those are currently unused (taking them reduces free capacity)."""
+        by_hash, refs = self._by_hash, self._refs
+        hit = unused = 0
+        for h in hashes[:limit]:
+            if h not in by_hash:
+                break
+            hit += 1
+            if h not in refs:
+                unused += 1
+        return hit, unused
+
+    def acquire(self, table: BlockTable, hashes: Sequence[int]) -> None:
+        """Reference resident blocks ``hashes`` (a prefix hit) and append them to ``table``."""
+        refs, evictable = self._refs, self._evictable
+        for h in hashes:
+            count = refs.get(h, 0)
+            if count == 0:
+                del evictable[h]
+            refs[h] = count + 1
+            table.ids.append(self._by_hash[h])
+            table.held.append(h)
+
+    def allocate(self, table: BlockTable, count: int) -> None:
+        """Append ``count`` private blocks to ``table``; the caller checked ``num_free()``."""
+        for _ in range(count):
+            if self._free_ids:
+                block_id = self._free_ids.pop()
+            elif self._fresh < self.num_blocks:
+                block_id = self._fresh
+                self._fresh += 1
+            else:
+                block_id = self._evict()
+            table.ids.append(block_id)
+
+    def _evict(self) -> int:
+        victim, _ = self._evictable.popitem(last=False)
+        if self.events is not None:
+            self.events.append(BlockRemoved([victim]))
+        return self._by_hash.pop(victim)
+
+    def promote(self, table: BlockTable, index: int, block_hash: int) -> bool:
+        """Make private block ``table.ids[index]`` a shared cache block under ``block_hash``.
+        False when another block already caches that hash (the duplicate stays private, as in vLLM)."""
+        if block_hash in self._by_hash:
+            return False
+        self._by_hash[block_hash] = table.ids[index]
+        self._refs[block_hash] = 1
+        table.held.append(block_hash)
+        return True
+
+    def record_stored(
+        self, hashes: list[int], parent: int | None, token_ids: list[int], lora_name: str | None
+    ) -> None:
+        if self.events is not None:
+            self.events.append(BlockStored(hashes, parent, token_ids, lora_name))
+
+    def release(self, table: BlockTable) -> None:
+        """Give back every block of ``table``: shared blocks whose last reference goes become
+        cached-unused (tail blocks first in eviction order, as vLLM frees in reverse), private
+        blocks become free."""
+        by_hash, refs, evictable = self._by_hash, self._refs, self._evictable
+        held_ids = set()
+        for h in reversed(table.held):
+            held_ids.add(by_hash[h])
+            count = refs[h] - 1
+            if count:
+                refs[h] = count
+            else:
+                del refs[h]
+                evictable[h] = None
+        self._free_ids.extend(b for b in table.ids if b not in held_ids)
+        table.ids = []
+        table.held = []
+
+    def clear_cache(self) -> bool:
+        """Forget every cached-but-unused block (vLLM's reset_prefix_cache). Refused (False) while
+        any block is held, because held blocks cannot be dropped."""
+        if self._refs or self.num_in_use():
+            return False
+        self._by_hash.clear()
+        self._evictable.clear()
+        self._fresh = 0
+        self._free_ids.clear()
+        if self.events is not None:
+            self.events.append(AllBlocksCleared())
+        return True
+
+    def drain_events(self) -> list[KVEvent]:
+        """KV events recorded since the last drain (empty when recording is off)."""
+        if not self.events:
+            return []
+        events, self.events = self.events, []
+        return events

@@ -1,0 +1,279 @@
+"""Engine model in virtual time: batching, chunked prefill, prefix cache, preemption, LoRA, P/D."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from epp.sim.engine import Engine, Rejection, Request, State, StepOutcome
+from epp.sim.kvcache import BlockRemoved, BlockStored
+from epp.sim.profiles import Profile
+
+ProfileFactory = Callable[..., Profile]
+RunFn = Callable[..., list[StepOutcome]]
+
+
+def tokens(n: int, start: int = 1000) -> list[int]:
+    return list(range(start, start + n))
+
+
+def req(rid: str, prompt: list[int], out: int = 4, at: float = 0.0, **kw: object) -> Request:
+    return Request(rid, prompt, out, at, **kw)  # type: ignore[arg-type]
+
+
+def test_single_request_timeline(profile_factory: ProfileFactory, run: RunFn) -> None:
+    engine = Engine(profile_factory(), "m")
+    r = req("a", tokens(100), out=3)
+    assert engine.add(r) is None
+    steps = run(engine)
+    # one prefill step of 100 tokens, then two decode steps of one sequence
+    assert [s.prefill_tokens for s in steps] == [100, 0, 0]
+    assert steps[0].duration == pytest.approx(0.001 + 100 * 0.0001)
+    assert steps[1].duration == pytest.approx(0.001 + 0.0001)
+    assert r.first_token_at == pytest.approx(steps[0].end)
+    assert r.finished_at == pytest.approx(steps[2].end)
+    assert (r.output_done, r.finish_reason, r.cached_tokens) == (3, "length", 0)
+    assert engine.kv_usage() == 0.0
+    assert engine.stats.generation_tokens == 3
+    assert engine.stats.prompt_tokens == 100
+    assert engine.stats.finished == {"length": 1}
+    assert engine.stats.ttft.count == 1
+    assert engine.stats.itl.count == 2
+
+
+def test_prefix_cache_reuse_reports_cached_tokens(profile_factory: ProfileFactory, run: RunFn) -> None:
+    engine = Engine(profile_factory(), "m")
+    first = req("a", tokens(64))
+    engine.add(first)
+    run(engine)
+    # identical prompt: every full block is cached, but the last prompt token is always computed
+    same = req("b", tokens(64))
+    longer = req("c", tokens(100))
+    engine.add(same)
+    run(engine)
+    engine.add(longer)
+    run(engine)
+    assert first.cached_tokens == 0
+    assert same.cached_tokens == 48
+    assert longer.cached_tokens == 64
+    assert engine.stats.prefix_queries == 64 + 64 + 100
+    assert engine.stats.prefix_hits == 48 + 64
+
+
+def test_different_namespaces_do_not_share(profile_factory: ProfileFactory, run: RunFn) -> None:
+    engine = Engine(profile_factory(max_loras=2), "m")
+    engine.add(req("a", tokens(64)))
+    run(engine)
+    adapter = req("b", tokens(64), lora="adapter")
+    engine.add(adapter)
+    run(engine)
+    assert adapter.cached_tokens == 0
+
+
+def test_ttft_proportional_to_uncached_tokens(profile_factory: ProfileFactory, run: RunFn) -> None:
+    engine = Engine(profile_factory(), "m")
+    cold = req("cold", tokens(256), out=1)
+    engine.add(cold)
+    run(engine)
+    warm = req("warm", tokens(256)[:192] + tokens(64, start=9000), out=1, at=10.0)
+    engine.add(warm)
+    run(engine, now=10.0)
+    assert cold.first_token_at == pytest.approx(0.001 + 256 * 0.0001)
+    assert warm.cached_tokens == 192
+    assert warm.first_token_at is not None
+    assert warm.first_token_at - 10.0 == pytest.approx(0.001 + 64 * 0.0001)
+
+
+def test_decode_step_time_grows_with_batch(profile_factory: ProfileFactory, run: RunFn) -> None:
+    durations = []
+    for batch in (1, 2, 4):
+        engine = Engine(profile_factory(kv_read_token_s=1e-6), "m")
+        for i in range(batch):
+            engine.add(req(f"r{i}", tokens(20, start=100 * i), out=2))
+        steps = run(engine)
+        decode = [s for s in steps if s.prefill_tokens == 0]
+        assert [s.decode_seqs for s in decode] == [batch]
+        # context read: each sequence has 21 tokens of KV (prompt + first token)
+        assert decode[0].duration == pytest.approx(0.001 + batch * 0.0001 + batch * 21 * 1e-6)
+        durations.append(decode[0].duration)
+    assert durations == sorted(durations) and len(set(durations)) == 3
+
+
+def test_chunked_prefill_and_decode_first(profile_factory: ProfileFactory, run: RunFn) -> None:
+    engine = Engine(profile_factory(max_num_batched_tokens=64), "m")
+    short = req("short", tokens(10), out=5)
+    engine.add(short)
+    first = engine.step(0.0)
+    long = req("long", tokens(150, start=5000), out=1)
+    engine.add(long)
+    second = engine.step(first.end)
+    # the running decode is scheduled first, the new prompt gets the remaining 63-token budget
+    assert second.decode_seqs == 1 and second.prefill_tokens == 63
+    run(engine, now=second.end)
+    assert long.output_done == 1 and short.output_done == 5
+    assert long.first_token_at is not None and short.finished_at is not None
+
+
+def test_queueing_at_max_num_seqs(profile_factory: ProfileFactory, run: RunFn) -> None:
+    engine = Engine(profile_factory(max_num_seqs=2), "m")
+    requests = [req(f"r{i}", tokens(16, start=100 * i), out=3) for i in range(3)]
+    for r in requests:
+        engine.add(r)
+    engine.step(0.0)
+    assert (engine.num_running, engine.num_waiting) == (2, 1)
+    run(engine, now=1.0)
+    assert requests[2].scheduled_at is not None
+    assert requests[2].scheduled_at >= requests[0].finished_at  # type: ignore[operator]
+    assert engine.stats.queue_time.count == 3
+
+
+def test_waiting_queue_limit_and_too_long(profile_factory: ProfileFactory) -> None:
+    engine = Engine(profile_factory(max_waiting=2, max_model_len=100), "m")
+    assert engine.add(req("a", tokens(10))) is None
+    assert engine.add(req("b", tokens(10))) is None
+    assert engine.add(req("c", tokens(10))) is Rejection.QUEUE_FULL
+    assert engine.add(req("d", tokens(99), out=2)) is Rejection.TOO_LONG
+    assert engine.stats.requests_rejected == 2
+
+
+def test_lru_eviction_of_unused_blocks(profile_factory: ProfileFactory, run: RunFn) -> None:
+    # 8 blocks of 16 tokens; each 48-token request ends holding 3 full cached blocks
+    engine = Engine(profile_factory(num_gpu_blocks=8), "m", record_kv_events=True)
+    a, b = req("a", tokens(48, 0), out=1), req("b", tokens(48, 1000), out=1)
+    for r in (a, b):
+        engine.add(r)
+        run(engine)
+    assert engine.pool.num_cached() == 6 and engine.kv_usage() == 0.0
+    engine.drain_kv_events()
+    c = req("c", tokens(80, 2000), out=1)  # needs 5 blocks: 2 free + 3 evicted from the oldest (a)
+    engine.add(c)
+    run(engine)
+    removed = [h for e in engine.drain_kv_events() if isinstance(e, BlockRemoved) for h in e.block_hashes]
+    assert set(removed) == set(a.block_hashes or [])
+    a2, b2 = req("a2", tokens(48, 0), out=1), req("b2", tokens(48, 1000), out=1)
+    engine.add(b2)
+    run(engine)
+    engine.add(a2)
+    run(engine)
+    assert b2.cached_tokens == 32 and a2.cached_tokens == 0
+
+
+def test_running_blocks_are_pinned(profile_factory: ProfileFactory, run: RunFn) -> None:
+    engine = Engine(profile_factory(num_gpu_blocks=5), "m")
+    pinned = req("pinned", tokens(48, 0), out=20)
+    engine.add(pinned)
+    outcome = engine.step(0.0)
+    assert engine.pool.num_in_use() == 3
+    other = req("other", tokens(48, 1000), out=1)  # needs 3 blocks, only 2 free: must wait
+    engine.add(other)
+    outcome = engine.step(outcome.end)
+    assert other.state is State.WAITING
+    hit, _ = engine.pool.match(pinned.block_hashes or [], 10)
+    assert hit == 3
+    run(engine, now=outcome.end)
+    assert other.output_done == 1 and pinned.output_done == 20
+
+
+def test_preemption_under_block_pressure(profile_factory: ProfileFactory, run: RunFn) -> None:
+    # two sequences that each grow to 4 blocks but only 6 blocks exist
+    engine = Engine(profile_factory(num_gpu_blocks=6), "m")
+    first = req("first", tokens(16, 0), out=40)
+    second = req("second", tokens(16, 1000), out=40)
+    engine.add(first)
+    engine.add(second)
+    steps = run(engine)
+    preempted = [r.id for s in steps for r in s.preempted]
+    assert preempted and set(preempted) == {"second"}  # the most recently admitted one
+    assert engine.stats.preemptions == len(preempted)
+    assert first.output_done == 40 and second.output_done == 40
+    assert second.finished_at > first.finished_at  # type: ignore[operator]
+    assert engine.kv_usage() == 0.0
+
+
+def test_lora_slots(profile_factory: ProfileFactory) -> None:
+    engine = Engine(profile_factory(max_loras=1), "m")
+    a = req("a", tokens(16), out=3, lora="alpha")
+    b = req("b", tokens(16, 500), out=3, lora="beta")
+    base = req("c", tokens(16, 900), out=3)
+    for r in (a, b, base):
+        engine.add(r)
+    outcome = engine.step(0.0)
+    # beta has no free adapter slot and waits; the base-model request behind it is not blocked
+    assert (a.state, b.state, base.state) == (State.RUNNING, State.WAITING, State.RUNNING)
+    assert engine.running_loras() == ["alpha"] and engine.waiting_loras() == ["beta"]
+    now = outcome.end
+    while b.state is State.WAITING:
+        now = engine.step(now).end
+    assert a.state is State.DONE and engine.running_loras() == ["beta"]
+
+
+def test_prefill_leg_lease_release(profile_factory: ProfileFactory, run: RunFn) -> None:
+    engine = Engine(profile_factory(), "m", lease_seconds=30.0)
+    leg = req("p", tokens(40), out=1, hold_blocks=True)
+    engine.add(leg)
+    outcome = engine.step(0.0)
+    assert leg.state is State.DONE and leg.lease_key is not None
+    assert len(leg.lease_key) == 3 and engine.kv_usage() > 0
+    assert engine.release_lease(list(leg.lease_key)) == 3
+    assert engine.release_lease(list(leg.lease_key)) is None
+    assert engine.kv_usage() == 0.0 and engine.stats.prefill_only == 1
+    # a second leg's lease expires on its own
+    other = req("q", tokens(40, 500), out=1, hold_blocks=True)
+    engine.add(other)
+    outcome = engine.step(outcome.end)
+    assert engine.next_timer() == pytest.approx(outcome.end + 30.0)
+    engine.step(outcome.end + 29.0)
+    assert engine.num_leases() == 1
+    engine.step(outcome.end + 30.0)
+    assert engine.num_leases() == 0 and engine.stats.leases_expired == 1 and engine.kv_usage() == 0.0
+
+
+def test_decode_leg_waits_for_transfer_not_prefill(profile_factory: ProfileFactory, run: RunFn) -> None:
+    engine = Engine(profile_factory(), "m")
+    leg = req("d", tokens(101), out=3, remote_prefill=True)
+    engine.add(leg)
+    idle = engine.step(0.0)
+    assert idle.batch_size == 0 and engine.num_waiting == 1 and engine.num_running == 0
+    transfer = 0.002 + 100 * 0.00001
+    assert engine.next_timer() == pytest.approx(transfer)
+    steps = run(engine)
+    assert all(s.prefill_tokens == 0 for s in steps)
+    assert leg.first_token_at == pytest.approx(transfer + 0.001 + 0.0001)
+    assert leg.cached_tokens == 100 and leg.output_done == 3
+    assert engine.stats.remote_decode == 1
+
+
+def test_abort_frees_everything(profile_factory: ProfileFactory) -> None:
+    engine = Engine(profile_factory(max_num_seqs=1), "m")
+    running, queued = req("a", tokens(40), out=10), req("b", tokens(40, 500), out=10)
+    engine.add(running)
+    engine.add(queued)
+    engine.step(0.0)
+    assert engine.kv_usage() > 0
+    engine.abort(running)
+    engine.abort(queued)
+    assert (engine.num_running, engine.num_waiting, engine.kv_usage()) == (0, 0, 0.0)
+    assert not engine.has_work() and engine.stats.requests_aborted == 2
+
+
+def test_kv_events_chain(profile_factory: ProfileFactory, run: RunFn) -> None:
+    engine = Engine(profile_factory(max_num_batched_tokens=32), "m", record_kv_events=True)
+    r = req("a", tokens(70), out=1, lora=None)
+    engine.add(r)
+    run(engine)
+    stored = [e for e in engine.drain_kv_events() if isinstance(e, BlockStored)]
+    hashes = r.block_hashes or []
+    # prefill in 32-token chunks: each chunk completes two full blocks, chained to the previous one
+    assert [e.block_hashes for e in stored] == [hashes[0:2], hashes[2:4]]
+    assert [e.parent_block_hash for e in stored] == [None, hashes[1]]
+    assert stored[1].token_ids == tokens(70)[32:64]
+
+
+def test_embedding_style_request_produces_no_tokens(profile_factory: ProfileFactory, run: RunFn) -> None:
+    engine = Engine(profile_factory(), "m")
+    r = req("e", tokens(30), out=0, stop_reason="stop")
+    engine.add(r)
+    steps = run(engine)
+    assert len(steps) == 1 and r.output_done == 0 and r.finish_reason == "stop"
+    assert engine.stats.generation_tokens == 0 and engine.stats.prompt_tokens == 30
