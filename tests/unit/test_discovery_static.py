@@ -1,0 +1,101 @@
+"""Standalone discovery: the endpoint file, its reloads, and --endpoint flags."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from epp.datastore import Datastore
+from epp.discovery.static import DiscoveryError, FileDiscovery, parse_endpoint_file, parse_endpoint_flag
+
+FILE = """
+endpoints:
+  - address: 10.0.0.1
+    port: 8000
+    models: [m]
+    labels: {llm-d.ai/role: decode}
+  - name: p0
+    address: 10.0.0.2
+    port: 8000
+    metricsPort: 9000
+"""
+
+
+def test_file_entries_become_specs() -> None:
+    first, second = parse_endpoint_file(FILE)
+    assert (first.name, first.hostport, first.models, dict(first.labels)) == (
+        "10.0.0.1:8000",
+        "10.0.0.1:8000",
+        frozenset({"m"}),
+        {"llm-d.ai/role": "decode"},
+    )
+    assert (second.name, second.metrics_hostport) == ("p0", "10.0.0.2:9000")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("endpoints: [{address: a}]", "endpoints.0.port: Field required"),
+        (
+            "endpoints: [{address: a, port: 70000}]",
+            "endpoints.0.port: Input should be less than or equal to 65535",
+        ),
+        (
+            "endpoints: [{address: a, port: 1, colour: red}]",
+            "endpoints.0.colour: Extra inputs are not permitted",
+        ),
+        ("hosts: []", "endpoints: Field required"),
+        ("endpoints: [", "invalid YAML"),
+        (
+            "endpoints: [{address: a, port: 1, name: x}, {address: b, port: 2, name: x}]",
+            "duplicate endpoint names",
+        ),
+    ],
+)
+def test_bad_files_name_the_field(text: str, message: str) -> None:
+    with pytest.raises(DiscoveryError, match=r"f\.yaml") as caught:
+        parse_endpoint_file(text, "f.yaml")
+    assert message in str(caught.value)
+
+
+def test_endpoint_flags_including_ipv6() -> None:
+    assert parse_endpoint_flag("127.0.0.1:8000", ["m"]).models == {"m"}
+    v6 = parse_endpoint_flag("[::1]:8000")
+    assert (v6.address, v6.hostport) == ("::1", "[::1]:8000")
+    for bad in ("nohost", "h:0", "h:x", ":80"):
+        with pytest.raises(DiscoveryError, match="expected host:port"):
+            parse_endpoint_flag(bad)
+
+
+async def test_file_is_reloaded_on_change_and_a_broken_edit_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "endpoints.yaml"
+    path.write_text(FILE)
+    datastore = Datastore()
+    discovery = FileDiscovery(path, datastore, poll_interval=0.01)
+    await discovery.start()
+    try:
+        assert datastore.synced
+        kept = datastore.get("p0")
+        assert kept is not None
+        kept.inflight_requests = 3
+        path.write_text(FILE.replace("10.0.0.1", "10.0.0.9"))
+        for _ in range(500):
+            if datastore.get("10.0.0.9:8000"):
+                break
+            await asyncio.sleep(0.01)
+        assert [e.name for e in datastore.endpoints()] == ["p0", "10.0.0.9:8000"]
+        assert datastore.get("p0") is kept, "an unchanged endpoint keeps its state across reloads"
+        path.write_text("endpoints: [")
+        await asyncio.sleep(0.1)
+        assert len(datastore.endpoints()) == 2
+    finally:
+        await discovery.stop()
+
+
+def test_first_load_of_a_broken_file_refuses_to_start(tmp_path: Path) -> None:
+    path = tmp_path / "e.yaml"
+    path.write_text("endpoints: 3")
+    with pytest.raises(DiscoveryError):
+        FileDiscovery(path, Datastore()).load()

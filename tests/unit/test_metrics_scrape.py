@@ -1,0 +1,166 @@
+"""Engine metric extraction and the scraper against real HTTP servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from types import MappingProxyType
+
+import pytest
+from aiohttp import web
+
+from epp.datastore import Datastore, EndpointSpec
+from epp.metrics.engines import BUILTIN_ENGINES, ENGINE_LABEL
+from epp.metrics.promtext import Extractor, MetricSpec
+from epp.metrics.scraper import MetricsScraper
+
+VLLM_PAGE = """\
+# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{model_name="m"} 3.0
+vllm:num_requests_waiting{model_name="m"} 7.0
+vllm:gpu_cache_usage_perc{model_name="m"} 0.25
+vllm:lora_requests_info{max_lora="2",running_lora_adapters="a, b",waiting_lora_adapters=""} 1.7e9
+vllm:lora_requests_info{max_lora="2",running_lora_adapters="c",waiting_lora_adapters="d"} 1.8e9
+vllm:cache_config_info{block_size="16",num_gpu_blocks="2048",model_name="m"} 1.0
+vllm:time_to_first_token_seconds_bucket{le="0.1",model_name="m"} 4.0
+vllm:num_requests_waiting_total{model_name="m"} 99
+"""
+
+
+def test_vllm_old_kv_name_lora_latest_series_and_cache_info() -> None:
+    engine = BUILTIN_ENGINES["vllm"]
+    metrics = engine.read(Extractor(engine.names()).extract(VLLM_PAGE), now=5.0)
+    assert (metrics.running_requests_size, metrics.waiting_queue_size) == (3, 7)
+    assert metrics.kv_cache_usage == 0.25
+    assert metrics.active_models == {"c"}
+    assert metrics.waiting_models == {"d"}
+    assert metrics.max_active_models == 2
+    assert (metrics.cache_block_size, metrics.cache_num_blocks) == (16, 2048)
+    assert metrics.update_time == 5.0
+
+
+def test_new_vllm_kv_name_wins_over_the_old_one() -> None:
+    page = 'vllm:kv_cache_usage_perc{model_name="m"} 0.5\nvllm:gpu_cache_usage_perc{model_name="m"} 0.1\n'
+    engine = BUILTIN_ENGINES["vllm"]
+    assert engine.read(Extractor(engine.names()).extract(page), 0).kv_cache_usage == 0.5
+
+
+def test_sglang_and_triton_names() -> None:
+    sglang = BUILTIN_ENGINES["sglang"]
+    page = (
+        'sglang:num_queue_reqs{model_name="m"} 4\nsglang:num_running_reqs{model_name="m"} 2\n'
+        'sglang:token_usage{model_name="m"} 0.75\n'
+        'sglang:cache_config_info{page_size="32",num_pages="100"} 1\n'
+    )
+    m = sglang.read(Extractor(sglang.names()).extract(page), 0)
+    assert (m.waiting_queue_size, m.running_requests_size, m.kv_cache_usage) == (4, 2, 0.75)
+    assert (m.cache_block_size, m.cache_num_blocks) == (32, 100)
+    triton = BUILTIN_ENGINES["triton-tensorrt-llm"]
+    page = (
+        'nv_trt_llm_request_metrics{request_type="waiting",model="x"} 6\n'
+        'nv_trt_llm_request_metrics{request_type="scheduled",model="x"} 1\n'
+        'nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="fraction"} 0.5\n'
+        'nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="tokens_per"} 64\n'
+        'nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="max"} 512\n'
+    )
+    m = triton.read(Extractor(triton.names()).extract(page), 0)
+    assert (m.waiting_queue_size, m.running_requests_size, m.kv_cache_usage) == (6, 1, 0.5)
+    assert (m.cache_block_size, m.cache_num_blocks) == (64, 512)
+
+
+def test_metric_spec_parsing() -> None:
+    assert MetricSpec.parse("a:b") == MetricSpec("a:b", ())
+    assert MetricSpec.parse('x{t="waiting", u=v}') == MetricSpec("x", (("t", "waiting"), ("u", "v")))
+    with pytest.raises(ValueError, match="invalid metric spec"):
+        MetricSpec.parse("{bad}")
+
+
+def test_escaped_label_values() -> None:
+    page = 'vllm:lora_requests_info{running_lora_adapters="a\\"b",max_lora="1"} 1\n'
+    samples = Extractor(["vllm:lora_requests_info"]).extract(page)
+    assert samples["vllm:lora_requests_info"][0].labels["running_lora_adapters"] == 'a"b'
+
+
+class FakeServer:
+    """A real HTTP server on 127.0.0.1 whose /metrics text and status the test controls."""
+
+    def __init__(self) -> None:
+        self.page = VLLM_PAGE
+        self.status = 200
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def handler(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.page, status=self.status)
+
+    async def start(self, port: int = 0) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self.handler)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeServer]:
+    fake = FakeServer()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+async def until(predicate: object, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+async def test_scraper_fills_metrics_and_tracks_health(server: FakeServer) -> None:
+    datastore = Datastore()
+    scraper = MetricsScraper(datastore, interval=0.02, timeout=0.5, failures_before_unhealthy=2)
+    await scraper.start()
+    endpoint = datastore.upsert(EndpointSpec("e", "127.0.0.1", server.port))
+    try:
+        await until(lambda: endpoint.metrics.waiting_queue_size == 7)
+        server.status = 500
+        await until(lambda: not endpoint.healthy)
+        server.status = 200
+        await until(lambda: endpoint.healthy)
+        port = server.port
+        await server.stop()
+        await until(lambda: not endpoint.healthy)  # connection refused: at once
+        await server.start(port)
+        await until(lambda: endpoint.healthy)
+    finally:
+        await scraper.stop()
+
+
+async def test_engine_label_selects_the_metric_names(server: FakeServer) -> None:
+    server.page = 'sglang:num_queue_reqs{model_name="m"} 9\n'
+    datastore = Datastore()
+    scraper = MetricsScraper(datastore, interval=0.02)
+    await scraper.start()
+    labels = MappingProxyType({ENGINE_LABEL: "sglang"})
+    endpoint = datastore.upsert(EndpointSpec("s", "127.0.0.1", server.port, labels=labels))
+    try:
+        await until(lambda: endpoint.metrics.waiting_queue_size == 9)
+        assert scraper.engine_for(endpoint) == "sglang"
+        datastore.remove("s")
+        scrapes = scraper.scrapes
+        await asyncio.sleep(0.1)
+        assert scraper.scrapes == scrapes, "a removed endpoint is no longer scraped"
+    finally:
+        await scraper.stop()
+
+
+def test_unknown_default_engine_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown default engine 'nope'"):
+        MetricsScraper(Datastore(), default_engine="nope")
