@@ -57,15 +57,17 @@ def encode_batch(
 class KVEventPublisher:
     """One PUB socket per simulated endpoint."""
 
-    def __init__(self, endpoint: str, topic: str, block_size: int, lora_ids: Mapping[str, int]) -> None:
+    def __init__(self, endpoint: str, block_size: int, lora_ids: Mapping[str, int]) -> None:
         self.endpoint = endpoint
-        self.topic = topic.encode()
+        self.topic = b""
         self._block_size = block_size
         self._lora_ids = dict(lora_ids)
         self._seq = 0
         self._socket: zmq.asyncio.Socket | None = None
 
-    def open(self) -> None:
+    def open(self, topic: str) -> None:
+        """Connect (or bind) and publish under ``topic`` from now on."""
+        self.topic = topic.encode()
         socket = zmq.asyncio.Context.instance().socket(zmq.PUB)
         socket.setsockopt(zmq.LINGER, 0)
         if "://*:" in self.endpoint:

@@ -1,0 +1,105 @@
+"""Run simulated vLLM-compatible model servers on 127.0.0.1.
+
+Each server models one vLLM V1 engine on a GPU (continuous batching, chunked prefill, paged KV
+cache with prefix caching, LoRA slots, P/D legs) and serves the OpenAI API, /metrics with vLLM's
+metric names, and optional ZMQ KV events. See docs/simulator.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+from epp.sim.cluster import SimCluster, make_configs
+from epp.sim.config import ROLES, parse_lora_modules
+from epp.sim.profiles import DEFAULT_PROFILE, PROFILES, get_profile
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--count", type=int, default=1, help="simulated endpoints in this process (default 1)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    parser.add_argument(
+        "--port", type=int, default=8000, help="first port; the next ones follow; 0 = free ports"
+    )
+    parser.add_argument(
+        "--model", "--served-model-name", dest="model", default="sim-model", help="served model name"
+    )
+    parser.add_argument(
+        "--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES), help="hardware/model profile"
+    )
+    parser.add_argument(
+        "--time-scale", type=float, default=1.0, help="multiply simulated durations (0.1 = 10x faster)"
+    )
+    parser.add_argument("--max-num-seqs", type=int, help="override the profile's running-batch cap")
+    parser.add_argument("--max-num-batched-tokens", type=int, help="override the per-step token budget")
+    parser.add_argument("--num-gpu-blocks", type=int, help="override the KV-cache capacity in blocks")
+    parser.add_argument("--block-size", type=int, help="override the KV block size in tokens")
+    parser.add_argument("--max-model-len", type=int, help="override the context length")
+    parser.add_argument("--max-waiting", type=int, help="waiting-queue cap; beyond it requests get 429")
+    parser.add_argument(
+        "--lora-modules",
+        nargs="*",
+        default=[],
+        help="adapters: name=path, JSON objects, or comma-separated names",
+    )
+    parser.add_argument("--max-loras", type=int, help="adapters that can run at once (override)")
+    parser.add_argument(
+        "--role", choices=ROLES, default="both", help="P/D role label (any server serves both legs)"
+    )
+    parser.add_argument("--name-prefix", default="sim", help="endpoint names are <prefix>-0, <prefix>-1, ...")
+    parser.add_argument("--seed", type=int, default=0, help="seed for generated lengths and text")
+    parser.add_argument(
+        "--kv-events-endpoint", help="publish vLLM KV events over ZMQ PUB to this tcp:// endpoint"
+    )
+    parser.add_argument(
+        "--lease-seconds", type=float, default=30.0, help="how long prefill legs keep their KV"
+    )
+    parser.add_argument("--ready-file", help="write the endpoints as JSON here once every server listens")
+
+
+def run(args: argparse.Namespace) -> int:
+    profile = get_profile(args.profile).with_overrides(
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        num_gpu_blocks=args.num_gpu_blocks,
+        block_size=args.block_size,
+        max_model_len=args.max_model_len,
+        max_waiting=args.max_waiting,
+        max_loras=args.max_loras,
+    )
+    configs = make_configs(
+        args.count,
+        name_prefix=args.name_prefix,
+        port=args.port,
+        host=args.host,
+        model=args.model,
+        profile=profile,
+        time_scale=args.time_scale,
+        lora_modules=parse_lora_modules(args.lora_modules),
+        role=args.role,
+        seed=args.seed,
+        kv_events_endpoint=args.kv_events_endpoint,
+        lease_seconds=args.lease_seconds,
+    )
+    asyncio.run(_serve(SimCluster(configs), args.ready_file))
+    return 0
+
+
+async def _serve(cluster: SimCluster, ready_file: str | None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with cluster:
+        for endpoint in cluster.endpoints:
+            log.info("simulated server %s listening on %s", endpoint.name, endpoint.url)
+        if ready_file:
+            cluster.write_ready_file(ready_file)
+        await stop.wait()
+        log.info("stopping %d simulated servers", len(cluster.servers))

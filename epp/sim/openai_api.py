@@ -1,0 +1,345 @@
+"""OpenAI/vLLM request parsing and response shapes for the simulator (no I/O here).
+
+Requests become ``Generation`` values holding token ids, so the HTTP layer never deals with the
+many prompt encodings; responses are plain dicts in the exact shape vLLM returns.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, Literal
+
+import xxhash
+
+from epp.sim.tokens import render_chat, tokenize
+
+Kind = Literal["completion", "chat", "responses"]
+
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+"""OpenAI's (and vLLM's) default ``max_tokens`` for legacy completions."""
+EMBEDDING_DIMENSIONS = 256
+
+
+class ApiError(Exception):
+    """An error answered in vLLM's shape: ``{"object": "error", "message", "type", "param", "code"}``."""
+
+    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "object": "error",
+            "message": self.message,
+            "type": error_type(self.status),
+            "param": self.param,
+            "code": self.status,
+        }
+
+
+def error_type(status: int) -> str:
+    """``BadRequestError``, ``NotFoundError``, ``TooManyRequestsError``, ``InternalServerError``..."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+    name = "".join(word.capitalize() if word.islower() else word for word in phrase.replace("-", " ").split())
+    return name if name.endswith("Error") else name + "Error"
+
+
+@dataclass(slots=True)
+class Generation:
+    """A parsed text-generation request: one token-id prompt per choice."""
+
+    kind: Kind
+    model: str
+    prompts: list[list[int]]
+    max_tokens: int | None
+    min_tokens: int
+    ignore_eos: bool
+    stream: bool
+    include_usage: bool
+    kv_transfer_params: Any
+
+
+def parse_completion(body: dict[str, Any]) -> Generation:
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise ApiError(400, "'prompt' is required", "prompt")
+    return _generation(
+        "completion", body, _prompts(prompt, "prompt"), "max_tokens", COMPLETIONS_DEFAULT_MAX_TOKENS
+    )
+
+
+def parse_chat(body: dict[str, Any]) -> Generation:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "'messages' must be a non-empty list", "messages")
+    turns = [(_role(m), _content(m.get("content"), "messages")) for m in messages]
+    field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    return _generation("chat", body, [tokenize(render_chat(turns))], field, None)
+
+
+def parse_responses(body: dict[str, Any]) -> Generation:
+    raw = body.get("input")
+    turns: list[tuple[str, str]] = []
+    if isinstance(body.get("instructions"), str):
+        turns.append(("system", body["instructions"]))
+    if isinstance(raw, str):
+        turns.append(("user", raw))
+    elif isinstance(raw, list) and raw:
+        turns.extend((_role(item), _content(item.get("content"), "input")) for item in raw)
+    else:
+        raise ApiError(400, "'input' must be a string or a non-empty list of messages", "input")
+    return _generation("responses", body, [tokenize(render_chat(turns))], "max_output_tokens", None)
+
+
+def parse_embedding_input(body: dict[str, Any]) -> list[list[int]]:
+    raw = body.get("input")
+    if raw is None:
+        raise ApiError(400, "'input' is required", "input")
+    return _prompts(raw, "input")
+
+
+def _generation(
+    kind: Kind, body: dict[str, Any], prompts: list[list[int]], limit_field: str, default_limit: int | None
+) -> Generation:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, "'model' is required", "model")
+    max_tokens = _optional_int(body, limit_field, minimum=1)
+    stream = body.get("stream") is True
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise ApiError(400, "'stream_options' must be an object", "stream_options")
+    return Generation(
+        kind=kind,
+        model=model,
+        prompts=prompts,
+        max_tokens=default_limit if max_tokens is None else max_tokens,
+        min_tokens=_optional_int(body, "min_tokens", minimum=0) or 0,
+        ignore_eos=body.get("ignore_eos") is True,
+        stream=stream,
+        include_usage=stream and bool(options and options.get("include_usage")),
+        kv_transfer_params=body.get("kv_transfer_params"),
+    )
+
+
+def _optional_int(body: dict[str, Any], field: str, minimum: int) -> int | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ApiError(400, f"'{field}' must be an integer >= {minimum}", field)
+    return value
+
+
+def _prompts(raw: Any, field: str) -> list[list[int]]:
+    """string | [string] | [int] | [[int]] -> token-id prompts."""
+    if isinstance(raw, str):
+        items: list[Any] = [raw]
+    elif isinstance(raw, list) and raw and all(_is_token(t) for t in raw):
+        items = [raw]
+    elif isinstance(raw, list) and raw:
+        items = raw
+    else:
+        raise ApiError(400, f"'{field}' must be a string, a list of strings or a list of token ids", field)
+    prompts: list[list[int]] = []
+    for item in items:
+        if isinstance(item, str):
+            ids = tokenize(item)
+        elif isinstance(item, list) and all(_is_token(t) for t in item):
+            ids = list(item)
+        else:
+            raise ApiError(400, f"'{field}' items must be strings or lists of token ids", field)
+        if not ids:
+            raise ApiError(400, f"'{field}' must not be empty", field)
+        prompts.append(ids)
+    return prompts
+
+
+def _is_token(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32
+
+
+def _role(message: Any) -> str:
+    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+        raise ApiError(400, "every message needs a string 'role'", "messages")
+    return str(message["role"])
+
+
+def _content(content: Any, field: str) -> str:
+    """String content, or the text parts of a content-part list (other parts carry no text)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(part.get("text", "")) for part in content if isinstance(part, dict) and "text" in part
+        )
+    raise ApiError(400, "message content must be a string or a list of content parts", field)
+
+
+# ----- responses ------------------------------------------------------------------------------
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "completion_tokens": completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+    }
+
+
+@dataclass(slots=True)
+class Choice:
+    index: int
+    text: str
+    finish_reason: str | None
+
+
+def completion_body(
+    rid: str, created: int, model: str, choices: list[Choice], usage_: dict[str, Any], kv: Any
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": rid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": c.index,
+                "text": c.text,
+                "logprobs": None,
+                "finish_reason": c.finish_reason,
+                "stop_reason": None,
+            }
+            for c in choices
+        ],
+        "usage": usage_,
+    }
+    if kv is not None:
+        body["kv_transfer_params"] = kv
+    return body
+
+
+def chat_body(
+    rid: str, created: int, model: str, choices: list[Choice], usage_: dict[str, Any], kv: Any
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": rid,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": c.index,
+                "message": {"role": "assistant", "content": c.text, "tool_calls": []},
+                "logprobs": None,
+                "finish_reason": c.finish_reason,
+                "stop_reason": None,
+            }
+            for c in choices
+        ],
+        "usage": usage_,
+    }
+    if kv is not None:
+        body["kv_transfer_params"] = kv
+    return body
+
+
+def responses_body(
+    rid: str, created: int, model: str, text: str, finish_reason: str | None, usage_: dict[str, Any], kv: Any
+) -> dict[str, Any]:
+    complete = finish_reason != "length"
+    body: dict[str, Any] = {
+        "id": rid,
+        "object": "response",
+        "created_at": created,
+        "model": model,
+        "status": "completed" if complete else "incomplete",
+        "incomplete_details": None if complete else {"reason": "max_output_tokens"},
+        "output": [
+            {
+                "type": "message",
+                "id": "msg_" + rid.removeprefix("resp_"),
+                "status": "completed" if complete else "incomplete",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ],
+        "usage": {
+            "input_tokens": usage_["prompt_tokens"],
+            "input_tokens_details": {"cached_tokens": usage_["prompt_tokens_details"]["cached_tokens"]},
+            "output_tokens": usage_["completion_tokens"],
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": usage_["total_tokens"],
+        },
+    }
+    if kv is not None:
+        body["kv_transfer_params"] = kv
+    return body
+
+
+def completion_chunk(rid: str, created: int, model: str, choice: Choice) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": choice.index,
+                "text": choice.text,
+                "logprobs": None,
+                "finish_reason": choice.finish_reason,
+                "stop_reason": None,
+            }
+        ],
+    }
+
+
+def chat_chunk(rid: str, created: int, model: str, choice: Choice, first: bool = False) -> dict[str, Any]:
+    delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {"content": choice.text}
+    return {
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [
+            {"index": choice.index, "delta": delta, "logprobs": None, "finish_reason": choice.finish_reason}
+        ],
+    }
+
+
+def usage_chunk(rid: str, created: int, model: str, kind: Kind, usage_: dict[str, Any]) -> dict[str, Any]:
+    obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+    return {"id": rid, "object": obj, "created": created, "model": model, "choices": [], "usage": usage_}
+
+
+def embedding_vector(token_ids: list[int], dimensions: int) -> list[float]:
+    """A unit vector that depends only on the token ids (same input, same embedding)."""
+    seed = xxhash.xxh3_64_intdigest(repr(token_ids).encode())
+    raw = [xxhash.xxh3_64_intdigest(i.to_bytes(4, "little"), seed) / 2**63 - 1.0 for i in range(dimensions)]
+    norm = math.sqrt(sum(v * v for v in raw)) or 1.0
+    return [v / norm for v in raw]
+
+
+NATURAL_MAX_TOKENS = 512
+"""Without ``ignore_eos`` a sequence "hits EOS" after 1..512 tokens (uniform, from its seed)."""
+
+
+def output_length(limit: int, seed: int, ignore_eos: bool, min_tokens: int) -> tuple[int, str]:
+    """How many tokens a sequence generates and its finish reason. ``ignore_eos``: exactly
+    ``limit`` ("length"). Otherwise a natural length drawn deterministically from ``seed``
+    (at least ``min_tokens``); "stop" if it ends before ``limit``, else cut at ``limit``."""
+    if ignore_eos:
+        return limit, "length"
+    natural = max(1 + seed % NATURAL_MAX_TOKENS, min_tokens)
+    return (natural, "stop") if natural < limit else (limit, "length")

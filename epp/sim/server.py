@@ -1,0 +1,578 @@
+"""One simulated vLLM server: an aiohttp application in front of an ``EngineDriver``.
+
+Many of these run in one process (one per simulated endpoint, each with its own port, engine,
+Prometheus registry and optional KV-event socket). Every response names the endpoint that produced
+it (``x-inference-pod``/``-port``/``-host``) so tests and benchmarks can see where a request went.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from epp.sim.config import EndpointConfig
+from epp.sim.driver import EngineDriver
+from epp.sim.engine import Engine, Rejection, Request, State
+from epp.sim.kvevents import KVEventPublisher, topic_for
+from epp.sim.metrics import CONTENT_TYPE, build_registry, render
+from epp.sim.openai_api import (
+    EMBEDDING_DIMENSIONS,
+    ApiError,
+    Choice,
+    Generation,
+    chat_body,
+    chat_chunk,
+    completion_body,
+    completion_chunk,
+    embedding_vector,
+    output_length,
+    parse_chat,
+    parse_completion,
+    parse_embedding_input,
+    parse_responses,
+    responses_body,
+    usage,
+    usage_chunk,
+)
+from epp.sim.pd import (
+    RELEASE_PATH,
+    KVRegistry,
+    TransferRole,
+    parse_kv_transfer_params,
+    prefill_result_params,
+    pull_remote_blocks,
+)
+from epp.sim.tokens import output_text, sequence_seed
+
+HEADER_POD = "x-inference-pod"
+HEADER_PORT = "x-inference-port"
+HEADER_HOST = "x-inference-host"
+RETURN_ERROR_HEADER = "X-Return-Error"
+STATS_PATH = "/internal/stats"
+
+Parser = Callable[[dict[str, Any]], Generation]
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointInfo:
+    """Where a running simulated server listens."""
+
+    name: str
+    host: str
+    port: int
+    engine_id: str
+    model: str
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+class _Sequence:
+    """One choice of an HTTP request: its engine request and how much of it was sent."""
+
+    __slots__ = ("index", "request", "seed", "sent")
+
+    def __init__(self, index: int, request: Request, seed: int) -> None:
+        self.index = index
+        self.request = request
+        self.seed = seed
+        self.sent = 0
+
+    def text(self, start: int = 0) -> str:
+        return "".join(output_text(self.seed, i) for i in range(start, self.request.output_done))
+
+
+class _Group:
+    """The sequences of one HTTP request; the engine driver wakes the handler through ``event``."""
+
+    def __init__(self, sequences: list[_Sequence]) -> None:
+        self.sequences = sequences
+        self.event = asyncio.Event()
+        self.submitted: list[Request] = []
+
+    def finished(self) -> bool:
+        return all(s.request.state is State.DONE for s in self.sequences)
+
+    async def wait_finished(self) -> None:
+        while not self.finished():
+            await self.event.wait()
+            self.event.clear()
+
+    def abort_unfinished(self, driver: EngineDriver) -> None:
+        for request in self.submitted:
+            if request.state is not State.DONE:
+                driver.abort(request)
+
+
+class SimServer:
+    """A vLLM-compatible HTTP server backed by the engine model. ``start``/``stop`` it inside a
+    running event loop; ``info`` says where it listens once started."""
+
+    def __init__(self, config: EndpointConfig, registry: KVRegistry | None = None) -> None:
+        self.config = config
+        self.engine_id = f"{config.name}-{uuid.uuid4().hex[:12]}"
+        self.engine = Engine(
+            config.profile,
+            config.model,
+            lease_seconds=config.lease_seconds,
+            record_kv_events=config.kv_events_endpoint is not None,
+        )
+        self._loras = {m.name: m for m in config.lora_modules}
+        self._publisher = (
+            KVEventPublisher(
+                config.kv_events_endpoint,
+                config.profile.block_size,
+                {m.name: i for i, m in enumerate(config.lora_modules, start=1)},
+            )
+            if config.kv_events_endpoint
+            else None
+        )
+        self.driver = EngineDriver(
+            self.engine, config.time_scale, self._publisher.publish if self._publisher else None
+        )
+        self._registry = registry if registry is not None else KVRegistry()
+        self._metrics = build_registry(self.engine, config.model)
+        self._ids = itertools.count()
+        self._created = int(time.time())
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.port = config.port
+
+    @property
+    def info(self) -> EndpointInfo:
+        return EndpointInfo(self.config.name, self.config.host, self.port, self.engine_id, self.config.model)
+
+    async def start(self) -> None:
+        runner = web.AppRunner(self._build_app(), handler_cancellation=True, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.host, self.config.port)
+        await site.start()
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        self._session = aiohttp.ClientSession()
+        if self._publisher is not None:
+            self._publisher.open(topic_for(self.config.host, self.port, self.config.model))
+            await self._publisher.announce_empty_cache(time.time())
+        self.driver.start()
+        self._registry.register(self.engine_id, self.driver)
+
+    async def stop(self) -> None:
+        self._registry.unregister(self.engine_id)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.driver.stop()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._publisher is not None:
+            self._publisher.close()
+
+    # ----- application -----------------------------------------------------------------------
+
+    def _build_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._errors], client_max_size=64 * 1024**2)
+        app.on_response_prepare.append(self._stamp_headers)
+        app.router.add_post("/v1/completions", self._handler(parse_completion))
+        app.router.add_post("/v1/chat/completions", self._handler(parse_chat))
+        app.router.add_post("/v1/responses", self._handler(parse_responses))
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/health/ready", self._ready)
+        app.router.add_get("/metrics", self._metrics_page)
+        app.router.add_post("/reset_prefix_cache", self._reset_prefix_cache)
+        app.router.add_get(STATS_PATH, self._stats)
+        app.router.add_post(RELEASE_PATH, self._release)
+        return app
+
+    async def _stamp_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        response.headers[HEADER_POD] = self.config.name
+        response.headers[HEADER_PORT] = str(self.port)
+        response.headers[HEADER_HOST] = self.config.host
+
+    @web.middleware
+    async def _errors(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            forced = request.headers.get(RETURN_ERROR_HEADER)
+            if forced is not None and request.path.startswith("/v1/"):
+                raise _forced_error(forced)
+            return await handler(request)
+        except ApiError as exc:
+            return _error_response(exc)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return _error_response(ApiError(exc.status, exc.reason))
+
+    def _handler(self, parse: Parser) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self._generate(request, parse(await _json_body(request)))
+
+        return handle
+
+    # ----- generation ------------------------------------------------------------------------
+
+    async def _generate(self, http: web.Request, gen: Generation) -> web.StreamResponse:
+        lora = self._lora_for(gen.model)
+        role = parse_kv_transfer_params(gen.kv_transfer_params)
+        if role.prefill_leg and gen.stream:
+            raise ApiError(400, "Prefill does not support streaming", "stream")
+        if (role.prefill_leg or role.remote) and len(gen.prompts) > 1:
+            raise ApiError(400, "P/D transfer supports a single prompt per request", "prompt")
+        group = _Group([self._sequence(gen, i, prompt, lora, role) for i, prompt in enumerate(gen.prompts)])
+        self._submit(group)
+        try:
+            if role.remote is not None:
+                assert self._session is not None
+                await pull_remote_blocks(role.remote, self._registry, self._session)
+            if gen.stream:
+                return await self._stream(http, gen, group)
+            await group.wait_finished()
+            return _json_response(self._final_body(gen, group, role))
+        finally:
+            group.abort_unfinished(self.driver)
+
+    def _sequence(
+        self, gen: Generation, index: int, prompt: list[int], lora: str | None, role: TransferRole
+    ) -> _Sequence:
+        max_len = self.config.profile.max_model_len
+        limit = gen.max_tokens if gen.max_tokens is not None else max_len - len(prompt)
+        if limit < 1 or len(prompt) + limit > max_len:
+            wanted = max(limit, 0)
+            raise ApiError(
+                400,
+                f"This model's maximum context length is {max_len} tokens. However, you requested "
+                f"{len(prompt) + wanted} tokens ({len(prompt)} in the messages, {wanted} in the completion). "
+                "Please reduce the length of the messages or completion.",
+            )
+        seed = sequence_seed(prompt, self.config.seed)
+        count, reason = (
+            (1, "length") if role.prefill_leg else output_length(limit, seed, gen.ignore_eos, gen.min_tokens)
+        )
+        request = Request(
+            f"{self.config.name}-{next(self._ids)}",
+            prompt,
+            count,
+            self.driver.now(),
+            stop_reason=reason,
+            lora=lora,
+            remote_prefill=role.remote is not None,
+            hold_blocks=role.prefill_leg,
+        )
+        return _Sequence(index, request, seed)
+
+    def _submit(self, group: _Group) -> None:
+        for seq in group.sequences:
+            rejection = self.driver.submit(seq.request, group.event.set)
+            if rejection is not None:
+                group.abort_unfinished(self.driver)
+                raise _rejection_error(rejection, self.config.profile.max_waiting)
+            group.submitted.append(seq.request)
+
+    def _lora_for(self, model: str) -> str | None:
+        if model == self.config.model:
+            return None
+        if model in self._loras:
+            return model
+        raise ApiError(404, f"The model `{model}` does not exist.", "model")
+
+    def _final_body(self, gen: Generation, group: _Group, role: TransferRole) -> dict[str, Any]:
+        created = int(time.time())
+        choices = [Choice(s.index, s.text(), s.request.finish_reason) for s in group.sequences]
+        use = _usage(group)
+        kv: dict[str, Any] | None = None
+        if role.prefill_leg:
+            lease = group.sequences[0].request.lease_key or ()
+            kv = prefill_result_params(self.engine_id, list(lease), self.config.host, self.port)
+        if gen.kind == "chat":
+            return chat_body(f"chatcmpl-{uuid.uuid4().hex}", created, gen.model, choices, use, kv)
+        if gen.kind == "responses":
+            return responses_body(
+                f"resp_{uuid.uuid4().hex}",
+                created,
+                gen.model,
+                choices[0].text,
+                choices[0].finish_reason,
+                use,
+                kv,
+            )
+        return completion_body(f"cmpl-{uuid.uuid4().hex}", created, gen.model, choices, use, kv)
+
+    async def _stream(self, http: web.Request, gen: Generation, group: _Group) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(http)
+        stream = _SseWriter(gen, group)
+        await response.write(stream.opening())
+        while not group.finished():
+            await group.event.wait()
+            group.event.clear()
+            frames = stream.new_tokens()
+            if frames:
+                await response.write(frames)
+        await response.write(stream.closing())
+        await response.write_eof()
+        return response
+
+    # ----- other endpoints -------------------------------------------------------------------
+
+    async def _embeddings(self, http: web.Request) -> web.Response:
+        body = await _json_body(http)
+        model = body.get("model")
+        if not isinstance(model, str):
+            raise ApiError(400, "'model' is required", "model")
+        lora = self._lora_for(model)
+        dimensions = body.get("dimensions") or EMBEDDING_DIMENSIONS
+        if not isinstance(dimensions, int) or not 1 <= dimensions <= 8192:
+            raise ApiError(400, "'dimensions' must be an integer in 1..8192", "dimensions")
+        max_len = self.config.profile.max_model_len
+        sequences = []
+        for index, prompt in enumerate(parse_embedding_input(body)):
+            if len(prompt) > max_len:
+                raise ApiError(
+                    400, f"input {index} has {len(prompt)} tokens; the limit is {max_len}", "input"
+                )
+            request = Request(
+                f"{self.config.name}-{next(self._ids)}",
+                prompt,
+                0,
+                self.driver.now(),
+                stop_reason="stop",
+                lora=lora,
+            )
+            sequences.append(_Sequence(index, request, 0))
+        group = _Group(sequences)
+        self._submit(group)
+        try:
+            await group.wait_finished()
+        finally:
+            group.abort_unfinished(self.driver)
+        prompts = [s.request.prompt_tokens for s in sequences]
+        total = sum(len(p) for p in prompts)
+        return _json_response(
+            {
+                "id": f"embd-{uuid.uuid4().hex}",
+                "object": "list",
+                "created": int(time.time()),
+                "model": model,
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": embedding_vector(list(p), dimensions)}
+                    for i, p in enumerate(prompts)
+                ],
+                "usage": {"prompt_tokens": total, "total_tokens": total},
+            }
+        )
+
+    async def _models(self, http: web.Request) -> web.Response:
+        max_len = self.config.profile.max_model_len
+        base = self.config.model
+        cards = [_model_card(base, self._created, base, None, max_len)]
+        cards.extend(
+            _model_card(m.name, self._created, m.path or m.name, m.base_model_name or base, max_len)
+            for m in self._loras.values()
+        )
+        return _json_response({"object": "list", "data": cards})
+
+    async def _health(self, http: web.Request) -> web.Response:
+        return web.Response()
+
+    async def _ready(self, http: web.Request) -> web.Response:
+        return _json_response({"status": "ready"})
+
+    async def _metrics_page(self, http: web.Request) -> web.Response:
+        return web.Response(body=render(self._metrics), headers={"Content-Type": CONTENT_TYPE})
+
+    async def _reset_prefix_cache(self, http: web.Request) -> web.Response:
+        if not self.engine.reset_prefix_cache():
+            raise ApiError(409, "prefix cache is in use and cannot be reset")
+        return web.Response()
+
+    async def _stats(self, http: web.Request) -> web.Response:
+        return _json_response(self.stats())
+
+    def stats(self) -> dict[str, Any]:
+        """Totals that tell what this server did (requests, P/D legs, cache hits) and its state."""
+        stats, engine = self.engine.stats, self.engine
+        return {
+            "name": self.config.name,
+            "host": self.config.host,
+            "port": self.port,
+            "engine_id": self.engine_id,
+            "model": self.config.model,
+            "role": self.config.role,
+            "profile": self.config.profile.name,
+            "requests": stats.requests_added,
+            "prefill_only": stats.prefill_only,
+            "remote_decode": stats.remote_decode,
+            "rejected": stats.requests_rejected,
+            "aborted": stats.requests_aborted,
+            "preemptions": stats.preemptions,
+            "prompt_tokens": stats.prompt_tokens,
+            "generation_tokens": stats.generation_tokens,
+            "cached_tokens": stats.cached_tokens_served,
+            "prefix_cache_queries": stats.prefix_queries,
+            "prefix_cache_hits": stats.prefix_hits,
+            "finished": dict(stats.finished),
+            "leases": engine.num_leases(),
+            "leases_released": stats.leases_released,
+            "leases_expired": stats.leases_expired,
+            "running": engine.num_running,
+            "waiting": engine.num_waiting,
+            "kv_cache_usage": engine.kv_usage(),
+        }
+
+    async def _release(self, http: web.Request) -> web.Response:
+        body = await _json_body(http)
+        block_ids = body.get("remote_block_ids")
+        if body.get("remote_engine_id") != self.engine_id or not isinstance(block_ids, list):
+            raise ApiError(404, f"no KV lease for engine {body.get('remote_engine_id')!r} here")
+        count = self.engine.release_lease([int(b) for b in block_ids])
+        if count is None:
+            raise ApiError(404, "no KV lease holds these blocks (already read or expired)")
+        self.driver.wake()
+        return _json_response({"blocks": count})
+
+
+class _SseWriter:
+    """Builds the server-sent-event frames of one streamed response: one frame per token."""
+
+    def __init__(self, gen: Generation, group: _Group) -> None:
+        self._gen = gen
+        self._group = group
+        self._created = int(time.time())
+        prefix = {"chat": "chatcmpl-", "responses": "resp_", "completion": "cmpl-"}[gen.kind]
+        self._id = prefix + uuid.uuid4().hex
+
+    def opening(self) -> bytes:
+        gen = self._gen
+        if gen.kind == "chat":
+            return b"".join(
+                _sse(chat_chunk(self._id, self._created, gen.model, Choice(s.index, "", None), first=True))
+                for s in self._group.sequences
+            )
+        if gen.kind == "responses":
+            return _event(
+                "response.created",
+                {"type": "response.created", "response": {"id": self._id, "status": "in_progress"}},
+            )
+        return b""
+
+    def new_tokens(self) -> bytes:
+        gen = self._gen
+        frames: list[bytes] = []
+        for seq in self._group.sequences:
+            request = seq.request
+            while seq.sent < request.output_done:
+                text = output_text(seq.seed, seq.sent)
+                seq.sent += 1
+                last = seq.sent == request.output_done and request.state is State.DONE
+                choice = Choice(seq.index, text, request.finish_reason if last else None)
+                if gen.kind == "chat":
+                    frames.append(_sse(chat_chunk(self._id, self._created, gen.model, choice)))
+                elif gen.kind == "responses":
+                    frames.append(
+                        _event(
+                            "response.output_text.delta",
+                            {
+                                "type": "response.output_text.delta",
+                                "output_index": 0,
+                                "content_index": 0,
+                                "delta": text,
+                            },
+                        )
+                    )
+                else:
+                    frames.append(_sse(completion_chunk(self._id, self._created, gen.model, choice)))
+        return b"".join(frames)
+
+    def closing(self) -> bytes:
+        gen = self._gen
+        use = _usage(self._group)
+        if gen.kind == "responses":
+            seq = self._group.sequences[0]
+            body = responses_body(
+                self._id, self._created, gen.model, seq.text(), seq.request.finish_reason, use, None
+            )
+            return _event("response.completed", {"type": "response.completed", "response": body})
+        tail = (
+            _sse(usage_chunk(self._id, self._created, gen.model, gen.kind, use)) if gen.include_usage else b""
+        )
+        return tail + b"data: [DONE]\n\n"
+
+
+def _usage(group: _Group) -> dict[str, Any]:
+    requests = [s.request for s in group.sequences]
+    return usage(
+        sum(r.prompt_len for r in requests),
+        sum(r.output_done for r in requests),
+        sum(r.cached_tokens or 0 for r in requests),
+    )
+
+
+def _model_card(model_id: str, created: int, root: str, parent: str | None, max_len: int) -> dict[str, Any]:
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": created,
+        "owned_by": "vllm",
+        "root": root,
+        "parent": parent,
+        "max_model_len": max_len,
+        "permission": [],
+    }
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def _event(name: str, payload: dict[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\n" + _sse(payload)
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return body
+
+
+def _json_response(body: dict[str, Any], status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def _error_response(error: ApiError) -> web.Response:
+    return _json_response(error.body(), status=error.status)
+
+
+def _forced_error(value: str) -> ApiError:
+    try:
+        status = int(value)
+    except ValueError:
+        status = 0
+    if not 400 <= status <= 599:
+        return ApiError(400, f"{RETURN_ERROR_HEADER} must be an HTTP error status (400-599), got {value!r}")
+    return ApiError(status, f"simulated failure requested by {RETURN_ERROR_HEADER}: {status}")
+
+
+def _rejection_error(rejection: Rejection, max_waiting: int) -> ApiError:
+    if rejection is Rejection.QUEUE_FULL:
+        return ApiError(429, f"the waiting queue is full ({max_waiting} requests); retry later")
+    return ApiError(400, "the request needs more KV-cache blocks than this server has", "max_tokens")
