@@ -8,10 +8,9 @@ import logging
 import time
 from collections.abc import Mapping
 
-import aiohttp
-
 from epp.datastore import Datastore, Endpoint
 from epp.metrics.engines import BUILTIN_ENGINES, ENGINE_LABEL, EngineMetrics
+from epp.metrics.fetch import FetchError, KeepAliveGetter, insecure_tls_context
 from epp.metrics.promtext import Extractor
 
 log = logging.getLogger(__name__)
@@ -21,7 +20,7 @@ DEFAULT_TIMEOUT = 1.0  # GIE's per-poll timeout
 
 
 class MetricsScraper:
-    """One polling task per endpoint, all sharing one keep-alive HTTP client.
+    """One polling task per endpoint, each on its own keep-alive connection.
 
     Health: a refused connection marks the endpoint unhealthy at once (the server is gone); other
     failures (timeouts, non-200) after `failures_before_unhealthy` in a row. The first good scrape
@@ -42,21 +41,20 @@ class MetricsScraper:
             raise ValueError(f"unknown default engine {default_engine!r}; known: {sorted(engines)}")
         self._datastore = datastore
         self.interval = interval
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = timeout
         self._engines = dict(engines)
         self._extractors = {name: Extractor(e.names()) for name, e in self._engines.items()}
         self._default_engine = default_engine
-        self._scheme = scheme
+        if scheme not in ("http", "https"):
+            raise ValueError(f"metrics scheme must be http or https, not {scheme!r}")
+        self._tls = insecure_tls_context() if scheme == "https" else None
         self._path = path
         self._failures_before_unhealthy = failures_before_unhealthy
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._session: aiohttp.ClientSession | None = None
         self.scrapes = 0
         self.failures = 0
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=2, keepalive_timeout=30)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
         self._datastore.subscribe(on_added=self._watch, on_removed=self._unwatch)
 
     async def stop(self) -> None:
@@ -67,8 +65,6 @@ class MetricsScraper:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._session is not None:
-            await self._session.close()
 
     def engine_for(self, endpoint: Endpoint) -> str:
         engine = endpoint.labels.get(ENGINE_LABEL, self._default_engine)
@@ -85,20 +81,27 @@ class MetricsScraper:
             task.cancel()
 
     async def _poll(self, endpoint: Endpoint) -> None:
-        url = f"{self._scheme}://{endpoint.spec.metrics_hostport}{self._path}"
+        getter = KeepAliveGetter(
+            endpoint.address, endpoint.spec.metrics_port or endpoint.port, self._path, self._tls
+        )
         engine = self.engine_for(endpoint)
         failures = 0
-        while True:
-            started = time.monotonic()
-            try:
-                await self.scrape_once(endpoint, url, engine)
-                failures = 0
-                endpoint.healthy = True
-            except aiohttp.ClientConnectorError as exc:
-                failures = self._failed(endpoint, failures, f"connection refused: {exc}", immediate=True)
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                failures = self._failed(endpoint, failures, f"{type(exc).__name__}: {exc}", immediate=False)
-            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+        try:
+            while True:
+                started = time.monotonic()
+                try:
+                    await self.scrape_once(endpoint, getter, engine)
+                    failures = 0
+                    endpoint.healthy = True
+                except ConnectionRefusedError as exc:
+                    failures = self._failed(endpoint, failures, f"connection refused: {exc}", immediate=True)
+                except (OSError, FetchError, TimeoutError, ValueError) as exc:
+                    failures = self._failed(
+                        endpoint, failures, f"{type(exc).__name__}: {exc}", immediate=False
+                    )
+                await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+        finally:
+            getter.close()
 
     def _failed(self, endpoint: Endpoint, failures: int, reason: str, immediate: bool) -> int:
         self.failures += 1
@@ -108,12 +111,10 @@ class MetricsScraper:
             endpoint.healthy = False
         return failures
 
-    async def scrape_once(self, endpoint: Endpoint, url: str, engine: str) -> None:
-        assert self._session is not None
-        async with self._session.get(url) as response:
-            if response.status != 200:
-                raise ValueError(f"HTTP {response.status} from {url}")
-            text = await response.text()
+    async def scrape_once(self, endpoint: Endpoint, getter: KeepAliveGetter, engine: str) -> None:
+        status, body = await getter.get(self._timeout)
+        if status != 200:
+            raise ValueError(f"HTTP {status} from {endpoint.spec.metrics_hostport}{self._path}")
         self.scrapes += 1
-        samples = self._extractors[engine].extract(text)
+        samples = self._extractors[engine].extract(body.decode("utf-8", "replace"))
         endpoint.metrics = self._engines[engine].read(samples, time.monotonic())

@@ -1,0 +1,120 @@
+"""The scraping HTTP client against real servers on 127.0.0.1: body framings, reuse, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from epp.metrics.fetch import FetchError, KeepAliveGetter
+from epp.stack.processes import free_port
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def raw_server(handler: Handler) -> AsyncIterator[int]:
+    """A TCP server whose bytes the test writes by hand, to exercise each HTTP framing."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield port
+    finally:
+        server.close()
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+def answering(*responses: bytes, close: bool = False) -> tuple[Handler, list[int]]:
+    connections: list[int] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            for response in responses:
+                await read_request(reader)
+                writer.write(response)
+                await writer.drain()
+            if close:
+                writer.close()
+            else:
+                await reader.read()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+
+    return handler, connections
+
+
+async def test_content_length_responses_reuse_one_connection() -> None:
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    handler, connections = answering(response, response, response)
+    async with raw_server(handler) as port:
+        getter = KeepAliveGetter("127.0.0.1", port, "/metrics")
+        for _ in range(3):
+            assert await getter.get(2) == (200, b"hello")
+        getter.close()
+    assert len(connections) == 1
+
+
+async def test_chunked_body_split_across_writes() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        for piece in (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nab",
+            b"cd\r",
+            b"\n3;x=1\r\nefg\r\n0\r\n\r\n",
+        ):
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        await reader.read()
+
+    async with raw_server(handler) as port:
+        getter = KeepAliveGetter("127.0.0.1", port, "/metrics")
+        assert await getter.get(2) == (200, b"abcdefg")
+        getter.close()
+
+
+async def test_close_delimited_body_and_reconnect() -> None:
+    handler, connections = answering(b"HTTP/1.0 200 OK\r\n\r\nbody until close", close=True)
+    async with raw_server(handler) as port:
+        getter = KeepAliveGetter("127.0.0.1", port, "/metrics")
+        assert await getter.get(2) == (200, b"body until close")
+        assert await getter.get(2) == (200, b"body until close")
+        getter.close()
+    assert len(connections) == 2
+
+
+async def test_status_is_reported() -> None:
+    handler, _ = answering(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+    async with raw_server(handler) as port:
+        getter = KeepAliveGetter("127.0.0.1", port, "/metrics")
+        assert await getter.get(2) == (503, b"")
+        getter.close()
+
+
+async def test_malformed_and_truncated_responses_raise() -> None:
+    handler, _ = answering(b"SMTP ready\r\n\r\n")
+    async with raw_server(handler) as port:
+        with pytest.raises(FetchError, match="bad status line"):
+            await KeepAliveGetter("127.0.0.1", port, "/m").get(2)
+    handler, _ = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort", close=True)
+    async with raw_server(handler) as port:
+        with pytest.raises(FetchError, match="connection closed before the response ended"):
+            await KeepAliveGetter("127.0.0.1", port, "/m").get(2)
+
+
+async def test_refused_connection_and_timeout() -> None:
+    with pytest.raises(ConnectionRefusedError):
+        await KeepAliveGetter("127.0.0.1", free_port(), "/m").get(2)
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    async with raw_server(silent) as port:
+        with pytest.raises(TimeoutError):
+            await KeepAliveGetter("127.0.0.1", port, "/m").get(0.05)
