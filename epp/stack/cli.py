@@ -93,7 +93,7 @@ async def _main(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         asyncio.run(_main(args))
-    except ProcessFailed as exc:
+    except (ProcessFailed, ValueError) as exc:
         print(f"error: {exc}")
         return 1
     return 0

@@ -43,9 +43,10 @@ class EnvoyOptions:
         if self.failure_mode not in FAILURE_MODES:
             raise ValueError(f"failure_mode must be one of {FAILURE_MODES}, not {self.failure_mode!r}")
         if self.failure_mode == "open" and self.body_mode == "full-duplex":
-            raise ValueError("Envoy rejects fail-open with full-duplex streaming: use body_mode 'buffered'")
-        if self.failure_mode == "open" and not self.fallback_endpoints:
-            raise ValueError("fail-open needs fallback_endpoints to route to when the EPP is down")
+            raise ValueError(
+                "Envoy ignores failure_mode_allow with full-duplex streaming (the EPP down still gives 500): "
+                "use body mode 'buffered' for fail-open"
+            )
 
 
 def _typed(type_name: str, **config: Any) -> dict[str, Any]:
@@ -181,6 +182,8 @@ def _clusters(options: EnvoyOptions) -> list[dict[str, Any]]:
 
 def render_bootstrap(options: EnvoyOptions) -> dict[str, Any]:
     """The Envoy v3 bootstrap as a dict (write it as YAML or JSON)."""
+    if options.failure_mode == "open" and not options.fallback_endpoints:
+        raise ValueError("fail-open needs fallback_endpoints to route to when the EPP is down")
     manager = _typed(
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         stat_prefix="gateway",

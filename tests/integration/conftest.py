@@ -7,6 +7,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from epp.stack.envoy import EnvoyOptions
 from epp.stack.stack import Stack, StackConfig
@@ -38,7 +39,7 @@ def make_stack(tmp_path_factory: pytest.TempPathFactory) -> StackFactory:
     return factory
 
 
-@pytest.fixture(scope="module")
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def shared_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     """One full-duplex, fail-closed stack shared by a module's read-only tests."""
     async with Stack(stack_config(tmp_path_factory.mktemp("shared"))) as stack:

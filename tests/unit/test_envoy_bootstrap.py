@@ -35,10 +35,10 @@ def test_pool_cluster_keys_on_metadata_not_on_the_forgeable_header() -> None:
 
 
 def test_fail_open_needs_buffered_mode_and_fallback_endpoints() -> None:
-    with pytest.raises(ValueError, match="use body_mode 'buffered'"):
+    with pytest.raises(ValueError, match="use body mode 'buffered' for fail-open"):
         EnvoyOptions(failure_mode="open", fallback_endpoints=("a:1",))
     with pytest.raises(ValueError, match="needs fallback_endpoints"):
-        EnvoyOptions(body_mode="buffered", failure_mode="open")
+        render_bootstrap(EnvoyOptions(body_mode="buffered", failure_mode="open"))
     with pytest.raises(ValueError, match="body_mode must be one of"):
         EnvoyOptions(body_mode="streamed")
     open_config = render_bootstrap(
