@@ -399,6 +399,7 @@ class SimServer:
     async def _reset_prefix_cache(self, http: web.Request) -> web.Response:
         if not self.engine.reset_prefix_cache():
             raise ApiError(409, "prefix cache is in use and cannot be reset")
+        self.driver.wake()  # the loop publishes the AllBlocksCleared event
         return web.Response()
 
     async def _stats(self, http: web.Request) -> web.Response:

@@ -1,0 +1,521 @@
+"""Simulated vLLM servers over real HTTP on 127.0.0.1 (free ports, tiny profile)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgpack
+import openai
+import pytest
+import zmq
+import zmq.asyncio
+
+from epp.sim.cluster import SimCluster, make_configs
+from epp.sim.config import LoraModule
+from epp.sim.profiles import TINY_TEST
+from epp.sim.tokens import tokenize
+
+MODEL = "sim-model"
+POLL_INTERVAL = 0.01
+POLL_LIMIT = 1000
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[SimCluster]:
+    configs = make_configs(
+        2,
+        profile=TINY_TEST,
+        model=MODEL,
+        lora_modules=(LoraModule("alpha", "/adapters/alpha"), LoraModule("beta")),
+    )
+    async with SimCluster(configs) as sims:
+        yield sims
+
+
+def base(sims: SimCluster, index: int = 0) -> str:
+    return sims.endpoints[index].url
+
+
+async def post(
+    http: aiohttp.ClientSession, url: str, body: Any, **kw: Any
+) -> tuple[int, dict[str, Any], Any]:
+    async with http.post(url, json=body, **kw) as response:
+        return response.status, dict(response.headers), await response.json(content_type=None)
+
+
+async def stats(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    async with http.get(url + "/internal/stats") as response:
+        result: dict[str, Any] = await response.json()
+        return result
+
+
+async def poll(check: Callable[[], Awaitable[bool]]) -> None:
+    for _ in range(POLL_LIMIT):
+        if await check():
+            return
+        await asyncio.sleep(POLL_INTERVAL)
+    raise AssertionError("condition not reached")
+
+
+async def metric_values(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    async with http.get(url + "/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+async def read_sse(response: aiohttp.ClientResponse) -> list[Any]:
+    frames = []
+    async for raw in response.content:
+        line = raw.decode().strip()
+        if line.startswith("data: "):
+            payload = line.removeprefix("data: ")
+            frames.append(payload if payload == "[DONE]" else json.loads(payload))
+    return frames
+
+
+async def test_completion_non_stream(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
+    endpoint = cluster.endpoints[1]
+    body = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 7, "ignore_eos": True}
+    status, headers, data = await post(http, endpoint.url + "/v1/completions", body)
+    assert status == 200
+    assert headers["x-inference-pod"] == endpoint.name == "sim-1"
+    assert headers["x-inference-port"] == str(endpoint.port)
+    assert headers["x-inference-host"] == "127.0.0.1"
+    assert data["object"] == "text_completion" and data["model"] == MODEL
+    assert data["id"].startswith("cmpl-")
+    (choice,) = data["choices"]
+    assert choice["finish_reason"] == "length" and len(choice["text"].split()) == 7
+    assert data["usage"]["completion_tokens"] == 7
+    assert data["usage"]["prompt_tokens"] == len(tokenize(body["prompt"]))
+    assert data["usage"]["total_tokens"] == data["usage"]["prompt_tokens"] + 7
+
+
+async def test_batch_prompts_and_token_ids(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
+    url = base(cluster) + "/v1/completions"
+    status, _, data = await post(http, url, {"model": MODEL, "prompt": ["one two", "three"], "max_tokens": 2})
+    assert status == 200 and [c["index"] for c in data["choices"]] == [0, 1]
+    status, _, data = await post(http, url, {"model": MODEL, "prompt": [[1, 2, 3], [4, 5]], "max_tokens": 1})
+    assert status == 200 and data["usage"]["prompt_tokens"] == 5
+    status, _, data = await post(http, url, {"model": MODEL, "prompt": [7, 8, 9, 10], "max_tokens": 3})
+    assert status == 200 and data["usage"]["prompt_tokens"] == 4
+
+
+async def test_output_length_is_deterministic_without_ignore_eos(
+    cluster: SimCluster, http: aiohttp.ClientSession
+) -> None:
+    url = base(cluster) + "/v1/completions"
+    body = {"model": MODEL, "prompt": "deterministic please", "max_tokens": 600}
+    first = (await post(http, url, body))[2]
+    second = (await post(http, url, body))[2]
+    assert first["choices"][0]["text"] == second["choices"][0]["text"]
+    assert first["choices"][0]["finish_reason"] == "stop"
+    assert 1 <= first["usage"]["completion_tokens"] <= 512
+
+
+async def test_chat_with_content_parts_and_cached_tokens(
+    cluster: SimCluster, http: aiohttp.ClientSession
+) -> None:
+    url = base(cluster) + "/v1/chat/completions"
+    system = {"role": "system", "content": "You are a helpful assistant. " * 20}
+    for question, expect_cached in (("What is a cache?", False), ("What is a queue?", True)):
+        body = {
+            "model": MODEL,
+            "messages": [system, {"role": "user", "content": [{"type": "text", "text": question}]}],
+            "max_completion_tokens": 3,
+        }
+        status, _, data = await post(http, url, body)
+        assert status == 200 and data["object"] == "chat.completion"
+        assert data["choices"][0]["message"]["role"] == "assistant"
+        assert data["choices"][0]["message"]["content"]
+        cached = data["usage"]["prompt_tokens_details"]["cached_tokens"]
+        assert (cached > 0) is expect_cached
+        assert cached % TINY_TEST.block_size == 0
+
+
+async def test_stream_with_usage(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
+    body = {
+        "model": MODEL,
+        "prompt": "stream me",
+        "max_tokens": 6,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    async with http.post(base(cluster) + "/v1/completions", json=body) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        assert response.headers["x-inference-pod"] == "sim-0"
+        frames = await read_sse(response)
+    assert frames[-1] == "[DONE]"
+    usage_frame = frames[-2]
+    assert usage_frame["choices"] == [] and usage_frame["usage"]["completion_tokens"] == 6
+    tokens = frames[:-2]
+    assert len(tokens) == 6
+    assert [f["choices"][0]["finish_reason"] for f in tokens] == [None] * 5 + ["length"]
+
+
+async def test_chat_stream_role_frame_first(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True}
+    async with http.post(base(cluster) + "/v1/chat/completions", json=body) as response:
+        frames = await read_sse(response)
+    assert frames[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert all(f["object"] == "chat.completion.chunk" for f in frames[:-1])
+    assert frames[-1] == "[DONE]" and len(frames) == 1 + 3 + 1
+
+
+async def test_models_and_lora(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
+    async with http.get(base(cluster) + "/v1/models") as response:
+        models = await response.json()
+    by_id = {m["id"]: m for m in models["data"]}
+    assert by_id[MODEL]["parent"] is None and by_id[MODEL]["max_model_len"] == TINY_TEST.max_model_len
+    assert by_id["alpha"]["parent"] == MODEL and by_id["alpha"]["root"] == "/adapters/alpha"
+    assert by_id["beta"]["parent"] == MODEL
+    status, _, data = await post(
+        http, base(cluster) + "/v1/completions", {"model": "alpha", "prompt": "adapter", "max_tokens": 2}
+    )
+    assert status == 200 and data["model"] == "alpha"
+
+
+async def test_metrics_present_and_moving(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
+    url = base(cluster)
+    before = await metric_values(http, url)
+    label = f'{{model_name="{MODEL}"}}'
+    for name in (
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+        "vllm:gpu_cache_usage_perc",
+        "vllm:prompt_tokens_total",
+        "vllm:generation_tokens_total",
+        "vllm:prefix_cache_queries_total",
+        "vllm:prefix_cache_hits_total",
+        "vllm:time_to_first_token_seconds_count",
+        "vllm:inter_token_latency_seconds_count",
+        "vllm:time_per_output_token_seconds_count",
+        "vllm:e2e_request_latency_seconds_count",
+        "vllm:request_queue_time_seconds_count",
+    ):
+        assert name + label in before, name
+    assert (
+        before[f'vllm:cache_config_info{{block_size="16",num_gpu_blocks="{TINY_TEST.num_gpu_blocks}"}}'] == 1
+    )
+    lora_info = [k for k in before if k.startswith("vllm:lora_requests_info{")]
+    assert lora_info == [
+        'vllm:lora_requests_info{max_lora="2",running_lora_adapters="",waiting_lora_adapters=""}'
+    ]
+    body = {"model": MODEL, "prompt": "count me " * 10, "max_tokens": 4, "ignore_eos": True}
+    await post(http, url + "/v1/completions", body)
+    after = await metric_values(http, url)
+    assert after["vllm:generation_tokens_total" + label] == before["vllm:generation_tokens_total" + label] + 4
+    assert after["vllm:prompt_tokens_total" + label] > before["vllm:prompt_tokens_total" + label]
+    assert after[f'vllm:request_success_total{{finished_reason="length",model_name="{MODEL}"}}'] == 1
+    assert after["vllm:time_to_first_token_seconds_count" + label] == 1
+    assert after["vllm:inter_token_latency_seconds_count" + label] == 3
+
+
+async def test_error_shapes(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
+    url = base(cluster) + "/v1/completions"
+    async with http.post(url, data=b"{not json") as response:
+        data = await response.json()
+        assert response.status == 400 and response.headers["x-inference-pod"] == "sim-0"
+    assert data["object"] == "error" and data["type"] == "BadRequestError" and data["code"] == 400
+    assert "JSON" in data["message"] and data["param"] is None
+
+    status, _, data = await post(http, url, {"model": MODEL})
+    assert (status, data["param"]) == (400, "prompt")
+    status, _, data = await post(http, url, {"model": MODEL, "prompt": "x", "max_tokens": 0})
+    assert (status, data["param"]) == (400, "max_tokens")
+    status, _, data = await post(http, url, {"model": MODEL, "prompt": "x", "max_tokens": 5000})
+    assert status == 400 and "maximum context length is 2048" in data["message"]
+    status, _, data = await post(http, url, {"model": "missing", "prompt": "x"})
+    assert (status, data["type"], data["message"]) == (
+        404,
+        "NotFoundError",
+        "The model `missing` does not exist.",
+    )
+    status, _, data = await post(
+        http, base(cluster) + "/v1/chat/completions", {"model": MODEL, "messages": []}
+    )
+    assert (status, data["param"]) == (400, "messages")
+    async with http.get(base(cluster) + "/no/such/path") as response:
+        assert response.status == 404 and response.headers["x-inference-pod"] == "sim-0"
+
+
+async def test_x_return_error(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
+    url = base(cluster) + "/v1/chat/completions"
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}
+    status, headers, data = await post(http, url, body, headers={"X-Return-Error": "503"})
+    assert (status, data["code"], data["type"]) == (503, 503, "ServiceUnavailableError")
+    assert headers["x-inference-pod"] == "sim-0"
+    status, _, data = await post(http, url, body, headers={"X-Return-Error": "banana"})
+    assert status == 400 and "X-Return-Error" in data["message"]
+    assert (await stats(http, base(cluster)))["requests"] == 0
+
+
+async def test_queue_full_returns_429() -> None:
+    profile = TINY_TEST.with_overrides(max_num_seqs=1, max_waiting=1)
+    async with (
+        SimCluster(make_configs(1, profile=profile, model=MODEL)) as sims,
+        aiohttp.ClientSession() as http,
+    ):
+        url = base(sims)
+        long = {"model": MODEL, "prompt": "busy", "max_tokens": 2000, "ignore_eos": True}
+        busy: list[asyncio.Task[Any]] = []
+        for running, waiting in ((1, 0), (1, 1)):
+            busy.append(asyncio.create_task(post(http, url + "/v1/completions", long)))
+
+            async def reached(running: int = running, waiting: int = waiting) -> bool:
+                s = await stats(http, url)
+                return bool(s["running"] == running and s["waiting"] == waiting)
+
+            await poll(reached)
+        status, headers, data = await post(http, url + "/v1/completions", long)
+        assert (status, data["type"]) == (429, "TooManyRequestsError")
+        assert headers["x-inference-pod"] == "sim-0"
+        for task in busy:
+            task.cancel()
+        await asyncio.gather(*busy, return_exceptions=True)
+
+
+async def test_client_disconnect_frees_slot(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
+    url = base(cluster)
+    body = {"model": MODEL, "prompt": "long " * 40, "max_tokens": 1500, "ignore_eos": True, "stream": True}
+    response = await http.post(url + "/v1/completions", json=body)
+    assert response.status == 200
+    await response.content.readline()
+    during = await stats(http, url)
+    assert during["running"] == 1 and during["kv_cache_usage"] > 0
+    response.close()
+
+    async def freed() -> bool:
+        s = await stats(http, url)
+        return bool(s["aborted"] == 1 and s["running"] == 0 and s["kv_cache_usage"] == 0)
+
+    await poll(freed)
+
+
+async def test_embeddings_and_responses(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
+    url = base(cluster)
+    status, _, data = await post(
+        http, url + "/v1/embeddings", {"model": MODEL, "input": ["alpha", "beta gamma"]}
+    )
+    assert status == 200 and data["object"] == "list" and len(data["data"]) == 2
+    vector = data["data"][0]["embedding"]
+    assert len(vector) == 256 and abs(sum(v * v for v in vector) - 1.0) < 1e-9
+    again = (await post(http, url + "/v1/embeddings", {"model": MODEL, "input": "alpha", "dimensions": 256}))[
+        2
+    ]
+    assert again["data"][0]["embedding"] == vector
+    assert data["usage"]["prompt_tokens"] == data["usage"]["total_tokens"] == 3
+
+    body = {
+        "model": MODEL,
+        "input": "Say hi",
+        "instructions": "Be brief.",
+        "max_output_tokens": 4,
+        "ignore_eos": True,
+    }
+    status, _, data = await post(http, url + "/v1/responses", body)
+    assert status == 200 and data["object"] == "response" and data["status"] == "incomplete"
+    assert data["output"][0]["content"][0]["type"] == "output_text"
+    assert data["usage"]["output_tokens"] == 4
+    async with http.post(url + "/v1/responses", json={**body, "stream": True}) as response:
+        text = await response.text()
+    assert text.count("event: response.output_text.delta") == 4 and "event: response.completed" in text
+
+
+async def test_openai_sdk(cluster: SimCluster) -> None:
+    client = openai.AsyncOpenAI(base_url=base(cluster) + "/v1", api_key="unused")
+    try:
+        completion = await client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hello"}], max_tokens=5
+        )
+        assert completion.choices[0].message.content
+        assert completion.usage is not None and completion.usage.completion_tokens <= 5
+        stream = await client.completions.create(
+            model=MODEL, prompt="stream", max_tokens=4, stream=True, stream_options={"include_usage": True}
+        )
+        chunks = [chunk async for chunk in stream]
+        assert "".join(c.choices[0].text for c in chunks if c.choices)
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
+        with pytest.raises(openai.NotFoundError):
+            await client.completions.create(model="absent", prompt="x")
+    finally:
+        await client.close()
+
+
+def prefill_body(prompt: str) -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "prompt": prompt,
+        "max_tokens": 1,
+        "kv_transfer_params": {
+            "do_remote_decode": True,
+            "do_remote_prefill": False,
+            "remote_engine_id": None,
+            "remote_block_ids": None,
+            "remote_host": None,
+            "remote_port": None,
+        },
+    }
+
+
+async def run_prefill_then_decode(
+    http: aiohttp.ClientSession, prefill_url: str, decode_url: str
+) -> dict[str, Any]:
+    prompt = "disaggregated serving splits prefill from decode " * 8
+    status, _, prefilled = await post(http, prefill_url + "/v1/completions", prefill_body(prompt))
+    assert status == 200
+    assert (
+        prefilled["choices"][0]["finish_reason"] == "length" and prefilled["usage"]["completion_tokens"] == 1
+    )
+    kv = prefilled["kv_transfer_params"]
+    assert kv["do_remote_prefill"] is True and kv["do_remote_decode"] is False and kv["tp_size"] == 1
+    assert kv["remote_block_ids"] and kv["remote_host"] == "127.0.0.1"
+    assert (await stats(http, prefill_url))["leases"] == 1
+    decode = {"model": MODEL, "prompt": prompt, "max_tokens": 5, "ignore_eos": True, "kv_transfer_params": kv}
+    status, _, decoded = await post(http, decode_url + "/v1/completions", decode)
+    assert status == 200 and decoded["usage"]["completion_tokens"] == 5
+    prefill_stats, decode_stats = await stats(http, prefill_url), await stats(http, decode_url)
+    assert (prefill_stats["prefill_only"], prefill_stats["remote_decode"], prefill_stats["leases"]) == (
+        1,
+        0,
+        0,
+    )
+    assert prefill_stats["kv_cache_usage"] == 0.0
+    assert (decode_stats["prefill_only"], decode_stats["remote_decode"]) == (0, 1)
+    # the decode server never prefilled: all but the last prompt token arrived by transfer
+    assert decode_stats["prefix_cache_hits"] == 0
+    assert decoded["usage"]["prompt_tokens_details"]["cached_tokens"] == decoded["usage"]["prompt_tokens"] - 1
+    status, _, again = await post(http, decode_url + "/v1/completions", decode)
+    assert status == 400 and "holds no KV blocks" in again["message"]
+    return kv
+
+
+async def test_prefill_then_decode_in_process(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
+    kv = await run_prefill_then_decode(http, base(cluster, 0), base(cluster, 1))
+    assert kv["remote_engine_id"] == cluster.servers[0].engine_id
+    assert kv["remote_port"] == cluster.endpoints[0].port
+
+
+async def test_prefill_then_decode_over_http(http: aiohttp.ClientSession) -> None:
+    # two clusters do not share a registry, so the decode server must release the lease over HTTP
+    async with (
+        SimCluster(make_configs(1, name_prefix="p", profile=TINY_TEST, model=MODEL)) as prefill,
+        SimCluster(make_configs(1, name_prefix="d", profile=TINY_TEST, model=MODEL)) as decode,
+    ):
+        await run_prefill_then_decode(http, base(prefill), base(decode))
+
+
+async def test_pd_validation(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
+    url = base(cluster) + "/v1/completions"
+    status, _, data = await post(http, url, {**prefill_body("x y z"), "stream": True})
+    assert status == 400 and data["message"] == "Prefill does not support streaming"
+    missing = {"model": MODEL, "prompt": "x", "kv_transfer_params": {"do_remote_prefill": True}}
+    status, _, data = await post(http, url, missing)
+    assert status == 400 and "remote_engine_id" in data["message"] and "remote_block_ids" in data["message"]
+    unknown = {
+        "do_remote_prefill": True,
+        "remote_engine_id": "nobody",
+        "remote_block_ids": [1, 2],
+        "remote_host": "127.0.0.1",
+        "remote_port": cluster.endpoints[0].port,
+    }
+    status, _, data = await post(http, url, {"model": MODEL, "prompt": "x", "kv_transfer_params": unknown})
+    assert status == 400 and "holds no KV blocks" in data["message"]
+    assert (await stats(http, base(cluster)))["running"] == 0
+
+
+async def test_kv_events_on_sub_socket(http: aiohttp.ClientSession) -> None:
+    context = zmq.asyncio.Context()
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"kv@")
+    port = sub.bind_to_random_port("tcp://127.0.0.1")
+    configs = make_configs(
+        1,
+        profile=TINY_TEST,
+        model=MODEL,
+        kv_events_endpoint=f"tcp://127.0.0.1:{port}",
+        lora_modules=(LoraModule("alpha"),),
+    )
+    try:
+        async with SimCluster(configs) as sims:
+            endpoint = sims.endpoints[0]
+            prompt = "kv events carry block hashes " * 6
+            messages: list[list[bytes]] = []
+            stored: list[Any] = []
+            # PUB drops messages until the subscription reaches it: send until a BlockStored arrives
+            for attempt in range(50):
+                body = {"model": "alpha", "prompt": f"{attempt} {prompt}", "max_tokens": 1}
+                await post(http, endpoint.url + "/v1/completions", body)
+                while await sub.poll(50):
+                    frames = await sub.recv_multipart()
+                    messages.append(frames)
+                    batch = msgpack.unpackb(frames[2])
+                    stored.extend(e for e in batch[1] if e[0] == "BlockStored")
+                if stored:
+                    break
+            assert stored
+            topic, seq, _ = messages[-1]
+            assert topic == f"kv@127.0.0.1:{endpoint.port}@{MODEL}".encode()
+            assert len(seq) == 8
+            seqs = [int.from_bytes(m[1], "big") for m in messages]
+            assert seqs == sorted(seqs)
+            event = stored[0]
+            tag, hashes, parent, token_ids, block_size, lora_id, medium, lora_name = event
+            assert (tag, block_size, medium, lora_id, lora_name) == ("BlockStored", 16, "GPU", 1, "alpha")
+            assert parent is None and len(token_ids) == 16 * len(hashes)
+            async with http.post(endpoint.url + "/reset_prefix_cache") as response:
+                assert response.status == 200
+            cleared = False
+            while not cleared and await sub.poll(2000):
+                batch = msgpack.unpackb((await sub.recv_multipart())[2])
+                cleared = ["AllBlocksCleared"] in batch[1]
+            assert cleared
+    finally:
+        sub.close()
+        context.term()
+
+
+async def test_cli_ready_file_and_sigterm(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    ready = tmp_path / "ready.json"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "epp.cli", "--log-level", "WARNING", "sim", "--count", "2", "--port", "0",
+        "--profile", "tiny-test", "--time-scale", "0.5", "--name-prefix", "cli", "--ready-file", str(ready),
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+
+        async def written() -> bool:
+            return ready.exists()
+
+        await poll(written)
+        endpoints = json.loads(ready.read_text())["endpoints"]
+        assert [e["name"] for e in endpoints] == ["cli-0", "cli-1"]
+        for endpoint in endpoints:
+            async with http.get(f"http://{endpoint['host']}:{endpoint['port']}/health") as response:
+                assert response.status == 200 and response.headers["x-inference-pod"] == endpoint["name"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 10) == 0
