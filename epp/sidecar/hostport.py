@@ -1,0 +1,53 @@
+"""`host:port` values from headers and endpoint lists, parsed strictly and normalised so that an
+allowlist comparison cannot be fooled by spelling (IPv6 forms, case, brackets, URL syntax)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from epp.datastore.endpoint import join_host_port
+
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+
+
+def normalise_host(host: str) -> str:
+    """Canonical text of an IP literal (brackets stripped), or a lower-cased DNS name.
+    Anything else (userinfo, paths, spaces...) is rejected, so it can never reach a URL."""
+    bare = host.strip()
+    if bare.startswith("[") and bare.endswith("]"):
+        bare = bare[1:-1]
+    try:
+        return ipaddress.ip_address(bare).compressed
+    except ValueError:
+        pass
+    name = bare.lower().rstrip(".")
+    if not _HOSTNAME.match(name):
+        raise ValueError(f"invalid host {host!r}")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    @classmethod
+    def of(cls, host: str, port: int) -> HostPort:
+        if not 0 < port < 65536:
+            raise ValueError(f"invalid port {port}")
+        return cls(normalise_host(host), port)
+
+    @classmethod
+    def parse(cls, text: str) -> HostPort:
+        """`host:port`, `[v6]:port`; the port is required (the EPP always sends one)."""
+        host, sep, port = text.strip().rpartition(":")
+        if not sep or not port.isdigit() or (":" in host and not host.startswith("[")):
+            raise ValueError(f"expected host:port, got {text!r}")
+        return cls.of(host, int(port))
+
+    def __str__(self) -> str:
+        return join_host_port(self.host, self.port)

@@ -1,0 +1,106 @@
+"""SSRF allowlist: host AND port, canonical spelling, and the endpoint-file source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from epp.datastore import Datastore, EndpointSpec
+from epp.sidecar.allowlist import AllowList, EndpointFileSource
+from epp.sidecar.hostport import HostPort
+from epp.stack.processes import wait_until
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("10.0.0.1:8000", HostPort("10.0.0.1", 8000)),
+        ("[fd00:0:0::1]:8000", HostPort("fd00::1", 8000)),
+        ("[FD00::1]:8000", HostPort("fd00::1", 8000)),
+        ("Prefill-0.Pool.svc.:8000", HostPort("prefill-0.pool.svc", 8000)),
+    ],
+)
+def test_hostport_spellings_are_canonical(text: str, expected: HostPort) -> None:
+    assert HostPort.parse(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "10.0.0.1",
+        "10.0.0.1:",
+        "10.0.0.1:0",
+        "10.0.0.1:70000",
+        "fd00::1:8000",
+        "user@10.0.0.1:8000",
+        "10.0.0.1/x:8000",
+        "a b:8000",
+        ":8000",
+    ],
+)
+def test_hostport_rejects_anything_but_host_and_port(text: str) -> None:
+    with pytest.raises(ValueError):
+        HostPort.parse(text)
+
+
+def test_allowlist_checks_host_and_port() -> None:
+    allowlist = AllowList()
+    assert not allowlist.synced
+    allowlist.replace(["10.0.0.1:8000", "[fd00::1]:8000"])
+    assert allowlist.synced
+    assert allowlist.allows(HostPort.parse("10.0.0.1:8000"))
+    assert allowlist.allows(HostPort.parse("[fd00:0::1]:8000"))
+    assert not allowlist.allows(HostPort.parse("10.0.0.1:8200")), "another port of a pool pod"
+    assert not allowlist.allows(HostPort.parse("10.0.0.2:8000"))
+
+
+def test_replace_swaps_the_whole_set_and_skips_malformed_entries() -> None:
+    allowlist = AllowList()
+    allowlist.replace(["10.0.0.1:8000"])
+    allowlist.replace({"10.0.0.2:8000", "garbage"})
+    assert len(allowlist) == 1
+    assert allowlist.allows(HostPort.parse("10.0.0.2:8000"))
+    assert not allowlist.allows(HostPort.parse("10.0.0.1:8000"))
+
+
+def test_follow_tracks_a_datastore() -> None:
+    datastore = Datastore()
+    allowlist = AllowList()
+    allowlist.follow(datastore)
+    assert not allowlist.synced
+    datastore.replace_all([EndpointSpec(name="p0", address="10.0.0.1", port=8000)])
+    assert allowlist.allows(HostPort.parse("10.0.0.1:8000"))
+    datastore.replace_all([EndpointSpec(name="p1", address="10.0.0.2", port=8000)])
+    assert not allowlist.allows(HostPort.parse("10.0.0.1:8000"))
+    assert allowlist.allows(HostPort.parse("10.0.0.2:8000"))
+    datastore.replace_all([])
+    assert allowlist.synced and len(allowlist) == 0
+
+
+async def test_endpoint_file_source_rereads_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "endpoints.yaml"
+    path.write_text("endpoints:\n  - {address: 10.0.0.1, port: 8000}\n")
+    source = EndpointFileSource(path, poll_interval=0.01)
+    await source.start()
+    try:
+        assert source.allowlist.allows(HostPort.parse("10.0.0.1:8000"))
+        path.write_text(
+            "endpoints:\n  - {address: 10.0.0.2, port: 8000}\n  - {address: 10.0.0.3, port: 8001}\n"
+        )
+
+        async def reloaded() -> bool | None:
+            return len(source.allowlist) == 2 or None
+
+        await wait_until(reloaded, "the allowlist to follow the edited file", timeout=10)
+        assert not source.allowlist.allows(HostPort.parse("10.0.0.1:8000"))
+        assert source.allowlist.allows(HostPort.parse("10.0.0.3:8001"))
+    finally:
+        await source.stop()
+
+
+async def test_endpoint_file_source_refuses_a_broken_file(tmp_path: Path) -> None:
+    path = tmp_path / "endpoints.yaml"
+    path.write_text("endpoints: [{address: 10.0.0.1}]\n")
+    with pytest.raises(ValueError, match="port"):
+        await EndpointFileSource(path).start()
