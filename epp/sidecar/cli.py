@@ -1,0 +1,207 @@
+"""Run the P/D routing sidecar in front of a decode engine (llm-d's pd-sidecar). Requests carrying
+`x-prefiller-host-port` on an inference API get their prefill done by that prefiller first, then
+decode on the local engine; everything else is proxied to the local engine unchanged."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+from epp.config.duration import parse_duration
+from epp.sidecar.connectors import Connector
+from epp.sidecar.options import DEFAULT_SGLANG_BOOTSTRAP_PORT, SidecarOptions
+from epp.sidecar.prefill import RetryPolicy
+from epp.sidecar.server import ConfigError, Sidecar
+from epp.sidecar.upstream import Stage, StageTls
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_SERVER_PORT = 8200
+_TRUE = {"1", "t", "true", "yes", "on"}
+_FALSE = {"0", "f", "false", "no", "off"}
+
+
+def _bool(text: str) -> bool:
+    """Go flag syntax, so llm-d manifests (`--secure-proxy=false`) work unchanged."""
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _add_switch(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, default: bool, help_text: str
+) -> None:
+    """`--NAME`, `--NAME=BOOL` and `--no-NAME`."""
+    dest = name.replace("-", "_")
+    parser.add_argument(
+        f"--{name}",
+        dest=dest,
+        nargs="?",
+        const=True,
+        default=default,
+        type=_bool,
+        metavar="BOOL",
+        help=f"{help_text} (default {str(default).lower()})",
+    )
+    parser.add_argument(f"--no-{name}", dest=dest, action="store_false", help=argparse.SUPPRESS)
+
+
+def _stages(values: list[str]) -> frozenset[Stage]:
+    names = {item.strip() for value in values for item in value.split(",") if item.strip()}
+    unknown = names - {stage.value for stage in Stage}
+    if unknown:
+        raise ConfigError(f"unknown TLS stage(s) {sorted(unknown)}: use prefiller and/or decoder")
+    return frozenset(Stage(name) for name in names)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument(
+        "--port", type=int, default=8000, help="listen port: the pool's target port (default 8000)"
+    )
+    parser.add_argument(
+        "--model-server-port",
+        type=int,
+        default=None,
+        help=f"local engine port (default {DEFAULT_MODEL_SERVER_PORT})",
+    )
+    parser.add_argument("--vllm-port", type=int, default=None, help="deprecated alias of --model-server-port")
+    parser.add_argument(
+        "--model-server-host", default="127.0.0.1", help="local engine address (default 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--kv-connector",
+        "--connector",
+        choices=[c.value for c in Connector],
+        default=Connector.NIXLV2.value,
+        help="how prefill hands the KV cache to decode (default nixlv2; nixl is the legacy v1 flat form)",
+    )
+    _add_switch(
+        parser,
+        "enable-prefiller-sampling",
+        _bool(os.environ.get("ENABLE_PREFILLER_SAMPLING", "false")),
+        "pick a random prefiller when the header lists several (env ENABLE_PREFILLER_SAMPLING)",
+    )
+    ssrf = parser.add_argument_group("SSRF protection")
+    _add_switch(
+        ssrf,
+        "enable-ssrf-protection",
+        True,
+        "only call prefillers that are current endpoints of the pool, host AND port",
+    )
+    ssrf.add_argument(
+        "--endpoints-file", type=Path, help="the EPP's endpoint file: the allowed prefill targets"
+    )
+    prefill = parser.add_argument_group("prefill leg")
+    prefill.add_argument(
+        "--prefill-timeout",
+        default="60s",
+        help="bound on each prefill attempt, then 504 (0 = none; default 60s)",
+    )
+    prefill.add_argument(
+        "--prefill-max-retries",
+        type=int,
+        default=0,
+        help="retries on 502/503/504 and connection errors (default 0)",
+    )
+    prefill.add_argument(
+        "--prefill-retry-backoff",
+        default="200ms",
+        help="first retry delay, doubled each retry (default 200ms)",
+    )
+    tls = parser.add_argument_group("TLS")
+    tls.add_argument(
+        "--enable-tls",
+        action="append",
+        default=[],
+        metavar="STAGES",
+        help="use https to these upstreams: prefiller,decoder (repeatable)",
+    )
+    tls.add_argument(
+        "--tls-insecure-skip-verify",
+        action="append",
+        default=[],
+        metavar="STAGES",
+        help="don't verify these upstreams' certificates: prefiller,decoder (repeatable)",
+    )
+    _add_switch(tls, "secure-proxy", False, "serve HTTPS (llm-d defaults to true; see docs/sidecar.md)")
+    tls.add_argument(
+        "--cert-path", type=Path, help="directory with tls.crt and tls.key (default: self-signed)"
+    )
+    parser.add_argument(
+        "--data-parallel-size", type=int, default=1, help="only 1 is supported: run one sidecar per rank"
+    )
+    _add_switch(parser, "access-log", False, "log every request")
+    parser.add_argument(
+        "--shutdown-timeout",
+        default="60s",
+        help="on SIGTERM, how long in-flight requests may finish (default 60s)",
+    )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="largest P/D request body the sidecar reads, else 413 (default 64 MiB)",
+    )
+    parser.add_argument("--ready-file", type=Path, help="once serving, write the bound port here as JSON")
+
+
+def options_from_args(args: argparse.Namespace) -> SidecarOptions:
+    if args.data_parallel_size != 1:
+        raise ConfigError("--data-parallel-size > 1 is not supported: run one sidecar per data-parallel rank")
+    if args.vllm_port is not None:
+        log.warning("--vllm-port is deprecated: use --model-server-port")
+    tls_on, skip_verify = _stages(args.enable_tls), _stages(args.tls_insecure_skip_verify)
+    return SidecarOptions(
+        host=args.host,
+        port=args.port,
+        model_server_host=args.model_server_host,
+        model_server_port=args.model_server_port or args.vllm_port or DEFAULT_MODEL_SERVER_PORT,
+        connector=Connector(args.kv_connector),
+        prefiller_sampling=args.enable_prefiller_sampling,
+        ssrf_protection=args.enable_ssrf_protection,
+        endpoints_file=args.endpoints_file,
+        prefill=RetryPolicy(
+            timeout=parse_duration(args.prefill_timeout),
+            max_retries=args.prefill_max_retries,
+            backoff=parse_duration(args.prefill_retry_backoff),
+        ),
+        prefiller_tls=StageTls(Stage.PREFILLER in tls_on, Stage.PREFILLER in skip_verify),
+        decoder_tls=StageTls(Stage.DECODER in tls_on, Stage.DECODER in skip_verify),
+        secure_proxy=args.secure_proxy,
+        cert_path=args.cert_path,
+        sglang_bootstrap_port=int(os.environ.get("SGLANG_BOOTSTRAP_PORT", DEFAULT_SGLANG_BOOTSTRAP_PORT)),
+        access_log=args.access_log,
+        shutdown_timeout=parse_duration(args.shutdown_timeout),
+        max_body_bytes=args.max_body_bytes,
+        ready_file=args.ready_file,
+    )
+
+
+async def serve_until_signalled(sidecar: Sidecar) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await sidecar.start()
+    try:
+        await stop.wait()
+        log.info("stopping: draining in-flight requests")
+    finally:
+        await sidecar.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        sidecar = Sidecar(options_from_args(args))
+        asyncio.run(serve_until_signalled(sidecar))
+    except (ValueError, OSError) as exc:  # ConfigError and DiscoveryError are ValueErrors
+        log.error("%s", exc)
+        return 2
+    return 0

@@ -1,0 +1,205 @@
+"""Request handling: every request goes to the local engine; an inference POST carrying
+`x-prefiller-host-port` first has its prefill done by that remote prefiller."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from collections.abc import Coroutine
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from epp.datastore.endpoint import join_host_port
+from epp.sidecar.allowlist import AllowList
+from epp.sidecar.apis import is_disaggregated_route
+from epp.sidecar.connectors import SEQUENTIAL_HANDOFFS, Body, Connector, sglang_body
+from epp.sidecar.errors import DECODE_NOT_READY, ProxyError, error_response
+from epp.sidecar.headers import (
+    PREFILLER_HEADER,
+    choose_prefiller,
+    client_response_headers,
+    leg_request_headers,
+    prefiller_candidates,
+    upstream_request_headers,
+)
+from epp.sidecar.hostport import HostPort
+from epp.sidecar.options import SidecarOptions
+from epp.sidecar.prefill import PrefillClient
+from epp.sidecar.relay import relay
+from epp.sidecar.usage import prefiller_cached_tokens
+
+log = logging.getLogger(__name__)
+
+SSRF_REFUSED = "Forbidden: prefill target not allowed by SSRF protection"
+
+
+class RoutingProxy:
+    def __init__(
+        self,
+        options: SidecarOptions,
+        decoder: aiohttp.ClientSession,
+        prefill: PrefillClient,
+        allowlist: AllowList | None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._options = options
+        self._decoder = decoder
+        self._decoder_base = (
+            f"{options.decoder_tls.scheme}://"
+            f"{join_host_port(options.model_server_host, options.model_server_port)}"
+        )
+        self._prefill = prefill
+        self._allowlist = allowlist
+        self._rng = rng or random.Random()
+        self._detached: set[asyncio.Task[None]] = set()
+
+    def application(self) -> web.Application:
+        app = web.Application(client_max_size=self._options.max_body_bytes)
+        app.router.add_get("/health", self.health)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    async def close(self) -> None:
+        """Cancel detached prefill legs still running at shutdown."""
+        for task in list(self._detached):
+            task.cancel()
+        await asyncio.gather(*self._detached, return_exceptions=True)
+
+    async def health(self, request: web.Request) -> web.Response:
+        """Ready only while the local engine is: a decode pod without its engine must leave the
+        pool's endpoints (llm-d answers 200 regardless)."""
+        try:
+            async with asyncio.timeout(self._options.health_timeout):
+                async with self._decoder.get(self._decoder_url("/health"), allow_redirects=False) as reply:
+                    status = reply.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.debug("decode engine health probe failed: %s", exc)
+            return error_response(ProxyError(503, DECODE_NOT_READY))
+        if status != 200:
+            return error_response(ProxyError(503, f"the decode engine's /health answered {status}"))
+        return web.Response(status=200)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            if is_disaggregated_route(request.method, request.path):
+                prefiller = self._prefill_target(request)
+                if prefiller is not None:
+                    return await self._disaggregate(request, prefiller)
+            return await self._proxy(request)
+        except ProxyError as error:
+            log.info("%s %s -> %d: %s", request.method, request.path, error.status, error.message)
+            return error_response(error)
+
+    def _prefill_target(self, request: web.Request) -> HostPort | None:
+        candidates = prefiller_candidates(request.headers)
+        try:
+            target = choose_prefiller(candidates, self._options.prefiller_sampling, self._rng)
+        except ValueError as exc:
+            raise ProxyError(400, f"invalid {PREFILLER_HEADER}: {exc}") from None
+        if target is not None and self._allowlist is not None and not self._allowlist.allows(target):
+            log.warning("refused prefill target %s: not an endpoint of the pool", target)
+            raise ProxyError(403, SSRF_REFUSED)
+        return target
+
+    async def _proxy(self, request: web.Request) -> web.StreamResponse:
+        headers = upstream_request_headers(request.headers, request.remote)
+        data = request.content if request.body_exists else None
+        upstream = await self._open_decoder(request.method, request.raw_path, headers, data)
+        async with upstream:
+            return await relay(request, upstream)
+
+    async def _disaggregate(self, request: web.Request, prefiller: HostPort) -> web.StreamResponse:
+        original = await _read_json_object(request)
+        headers = leg_request_headers(request.headers, request.remote, str(uuid.uuid4()))
+        log.debug("%s: prefill on %s, request id %s", request.path, prefiller, headers["x-request-id"])
+        if self._options.connector is Connector.SGLANG:
+            return await self._sglang(request, prefiller, original, headers)
+        return await self._prefill_then_decode(request, prefiller, original, headers)
+
+    async def _prefill_then_decode(
+        self, request: web.Request, prefiller: HostPort, original: Body, headers: CIMultiDict[str]
+    ) -> web.StreamResponse:
+        """NIXL: the decoder can only start once the prefiller says where the KV blocks are."""
+        handoff = SEQUENTIAL_HANDOFFS[self._options.connector]
+        prefill_body = orjson.dumps(handoff.prefill_body(original, request.path))
+        reply = await self._prefill.send(prefiller, request.raw_path, headers, prefill_body)
+        if not reply.ok:
+            headers_out = client_response_headers(reply.headers, keep_length=False)
+            return web.Response(status=reply.status, headers=headers_out, body=reply.body)
+        prefilled = _json_object(reply.body)
+        if prefilled is None:
+            raise ProxyError(502, f"prefiller {prefiller} answered with a body that is not a JSON object")
+        if prefilled.get(handoff.location_field) is None:
+            log.warning(
+                "prefiller %s sent no %s: the decoder prefills again", prefiller, handoff.location_field
+            )
+        decode_body = orjson.dumps(handoff.decode_body(original, prefilled))
+        return await self._decode(request, headers, decode_body, prefiller_cached_tokens(prefilled))
+
+    async def _sglang(
+        self, request: web.Request, prefiller: HostPort, original: Body, headers: CIMultiDict[str]
+    ) -> web.StreamResponse:
+        """SGLang pairs the legs by bootstrap room, so both start at once; the prefill reply is unused."""
+        body = orjson.dumps(sglang_body(original, prefiller, self._options.sglang_bootstrap_port, self._rng))
+        self._detach(self._prefill.send_detached(prefiller, request.raw_path, headers, body))
+        return await self._decode(request, headers, body, None)
+
+    async def _decode(
+        self, request: web.Request, headers: CIMultiDict[str], body: bytes, cached_tokens: int | None
+    ) -> web.StreamResponse:
+        upstream = await self._open_decoder("POST", request.raw_path, headers, body)
+        async with upstream:
+            return await relay(request, upstream, cached_tokens)
+
+    def _detach(self, leg: Coroutine[Any, Any, None]) -> None:
+        """Outlives the client's request (a disconnect must not abort the engine pairing)."""
+        task = asyncio.get_running_loop().create_task(leg)
+        self._detached.add(task)
+        task.add_done_callback(self._detached.discard)
+
+    def _decoder_url(self, path: str) -> URL:
+        return URL(self._decoder_base + path, encoded=True)
+
+    async def _open_decoder(
+        self, method: str, path: str, headers: CIMultiDict[str], data: Any
+    ) -> aiohttp.ClientResponse:
+        try:
+            return await self._decoder.request(
+                method, self._decoder_url(path), headers=headers, data=data, allow_redirects=False
+            )
+        except aiohttp.ClientSSLError as exc:
+            raise ProxyError(502, f"TLS to the decode engine failed: {exc}") from exc
+        except aiohttp.ClientConnectorError as exc:
+            log.warning("decode engine at %s unreachable: %s", self._decoder_base, exc)
+            raise ProxyError(503, DECODE_NOT_READY) from exc
+        except aiohttp.ClientError as exc:
+            raise ProxyError(502, f"the decode engine failed: {exc}") from exc
+
+
+async def _read_json_object(request: web.Request) -> Body:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ProxyError(413, f"request body larger than {request.client_max_size} bytes") from None
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProxyError(400, f"Invalid JSON in the request body: {exc}") from None
+    if not isinstance(body, dict):
+        raise ProxyError(400, "The request body must be a JSON object")
+    return body
+
+
+def _json_object(raw: bytes) -> Body | None:
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) else None

@@ -1,0 +1,115 @@
+"""The assembled sidecar: allowlist source, upstream pools, listener, ready file, orderly stop."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import aiohttp
+from aiohttp import web
+
+from epp.readyfile import write_ready_file
+from epp.sidecar.allowlist import AllowListSource, EndpointFileSource
+from epp.sidecar.options import SidecarOptions
+from epp.sidecar.prefill import PrefillClient
+from epp.sidecar.proxy import RoutingProxy
+from epp.sidecar.tls import ServerTls
+from epp.sidecar.upstream import open_session
+
+log = logging.getLogger(__name__)
+
+# Request headers may be large (llm-d allows 1 MiB); aiohttp's 8 KiB default would reject some.
+MAX_HEADER_BYTES = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """The options cannot run safely; the message says what to change."""
+
+
+def _allowlist_source(options: SidecarOptions, given: AllowListSource | None) -> AllowListSource | None:
+    if not options.ssrf_protection:
+        return None
+    if given is not None:
+        return given
+    if options.endpoints_file is None:
+        raise ConfigError(
+            "SSRF protection is on but nothing says which prefill targets are allowed: give "
+            "--endpoints-file (the EPP's endpoint file) or turn it off with --no-enable-ssrf-protection"
+        )
+    return EndpointFileSource(options.endpoints_file)
+
+
+class Sidecar:
+    """`start` binds the port (0 = a free one) and returns once serving; `stop` drains in-flight
+    requests for up to `shutdown_timeout` before cutting them. `allowlist_source` replaces the
+    endpoint file as the SSRF allowlist (a Kubernetes InferencePool watch, for instance)."""
+
+    def __init__(
+        self,
+        options: SidecarOptions,
+        allowlist_source: AllowListSource | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.options = options
+        self._source = _allowlist_source(options, allowlist_source)
+        self.allowlist = self._source.allowlist if self._source is not None else None
+        self._rng = rng
+        self._server_tls = ServerTls(options.cert_path) if options.secure_proxy else None
+        self._sessions: list[aiohttp.ClientSession] = []
+        self._runner: web.AppRunner | None = None
+        self._proxy: RoutingProxy | None = None
+        self.port = 0
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self._server_tls is not None else "http"
+
+    async def start(self) -> None:
+        if self._source is not None:
+            await self._source.start()
+        if self._server_tls is not None:
+            await self._server_tls.start()
+        options = self.options
+        decoder = open_session(options.decoder_tls, options.connect_timeout)
+        prefiller = open_session(options.prefiller_tls, options.connect_timeout)
+        self._sessions = [decoder, prefiller]
+        prefill = PrefillClient(prefiller, options.prefiller_tls, options.prefill)
+        self._proxy = RoutingProxy(options, decoder, prefill, self.allowlist, self._rng)
+        self._runner = web.AppRunner(
+            self._proxy.application(),
+            access_log=logging.getLogger("epp.sidecar.access") if options.access_log else None,
+            handler_cancellation=True,
+            shutdown_timeout=options.shutdown_timeout,
+            max_line_size=MAX_HEADER_BYTES,
+            max_field_size=MAX_HEADER_BYTES,
+        )
+        await self._runner.setup()
+        ssl_context = self._server_tls.context if self._server_tls is not None else None
+        await web.TCPSite(self._runner, options.host, options.port, ssl_context=ssl_context).start()
+        self.port = int(self._runner.addresses[0][1])
+        if options.ready_file is not None:
+            write_ready_file(
+                options.ready_file, {"host": options.host, "port": self.port, "scheme": self.scheme}
+            )
+        log.info(
+            "sidecar on %s://%s:%d for the engine at %s:%d (connector %s, SSRF protection %s)",
+            self.scheme,
+            options.host,
+            self.port,
+            options.model_server_host,
+            options.model_server_port,
+            options.connector,
+            f"on, {len(self.allowlist)} targets" if self.allowlist is not None else "OFF",
+        )
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._proxy is not None:
+            await self._proxy.close()
+        for session in self._sessions:
+            await session.close()
+        if self._server_tls is not None:
+            await self._server_tls.stop()
+        if self._source is not None:
+            await self._source.stop()
