@@ -95,7 +95,8 @@ async def read_sse(response: aiohttp.ClientResponse) -> list[Any]:
 
 async def test_completion_non_stream(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
     endpoint = cluster.endpoints[1]
-    body = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 7, "ignore_eos": True}
+    prompt = "The capital of France is"
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 7, "ignore_eos": True}
     status, headers, data = await post(http, endpoint.url + "/v1/completions", body)
     assert status == 200
     assert headers["x-inference-pod"] == endpoint.name == "sim-1"
@@ -106,7 +107,7 @@ async def test_completion_non_stream(cluster: SimCluster, http: aiohttp.ClientSe
     (choice,) = data["choices"]
     assert choice["finish_reason"] == "length" and len(choice["text"].split()) == 7
     assert data["usage"]["completion_tokens"] == 7
-    assert data["usage"]["prompt_tokens"] == len(tokenize(body["prompt"]))
+    assert data["usage"]["prompt_tokens"] == len(tokenize(prompt))
     assert data["usage"]["total_tokens"] == data["usage"]["prompt_tokens"] + 7
 
 

@@ -1,0 +1,172 @@
+"""Pure pieces of the HTTP layer: request parsing, output lengths, P/D params, KV-event encoding,
+LoRA flags and the metrics page."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from epp.sim.config import LoraModule, parse_lora_modules
+from epp.sim.engine import Engine, Request
+from epp.sim.kvcache import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+from epp.sim.kvevents import encode_batch, topic_for
+from epp.sim.metrics import build_registry, render
+from epp.sim.openai_api import (
+    COMPLETIONS_DEFAULT_MAX_TOKENS,
+    NATURAL_MAX_TOKENS,
+    ApiError,
+    output_length,
+    parse_chat,
+    parse_completion,
+    parse_embedding_input,
+    parse_responses,
+)
+from epp.sim.pd import parse_kv_transfer_params, prefill_result_params
+from epp.sim.profiles import PROFILES, TINY_TEST, get_profile
+from epp.sim.tokens import render_chat, tokenize
+
+
+def test_completion_prompt_forms_and_defaults() -> None:
+    parsed = parse_completion({"model": "m", "prompt": "hello world"})
+    assert parsed.prompts == [tokenize("hello world")]
+    assert parsed.max_tokens == COMPLETIONS_DEFAULT_MAX_TOKENS and not parsed.stream
+    assert parse_completion({"model": "m", "prompt": ["a", "b"]}).prompts == [tokenize("a"), tokenize("b")]
+    assert parse_completion({"model": "m", "prompt": [1, 2]}).prompts == [[1, 2]]
+    assert parse_completion({"model": "m", "prompt": [[1], [2, 3]]}).prompts == [[1], [2, 3]]
+    streamed = parse_completion(
+        {
+            "model": "m",
+            "prompt": "x",
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": 3,
+        }
+    )
+    assert streamed.stream and streamed.include_usage and streamed.max_tokens == 3
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"prompt": "x"}, "model"),
+        ({"model": "m"}, "prompt"),
+        ({"model": "m", "prompt": ""}, "prompt"),
+        ({"model": "m", "prompt": []}, "prompt"),
+        ({"model": "m", "prompt": [1, "a"]}, "prompt"),
+        ({"model": "m", "prompt": "x", "max_tokens": -1}, "max_tokens"),
+        ({"model": "m", "prompt": "x", "max_tokens": True}, "max_tokens"),
+        ({"model": "m", "prompt": "x", "stream_options": 3}, "stream_options"),
+    ],
+)
+def test_completion_validation(body: dict[str, object], param: str) -> None:
+    with pytest.raises(ApiError) as info:
+        parse_completion(body)
+    assert info.value.status == 400 and info.value.param == param
+    assert info.value.body()["type"] == "BadRequestError"
+
+
+def test_chat_and_responses_render_the_same_template() -> None:
+    chat = parse_chat(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url"}]},
+            ],
+            "max_completion_tokens": 9,
+        }
+    )
+    responses = parse_responses({"model": "m", "instructions": "be brief", "input": "hi"})
+    expected = tokenize(render_chat([("system", "be brief"), ("user", "hi")]))
+    assert chat.prompts == responses.prompts == [expected]
+    assert chat.max_tokens == 9 and responses.max_tokens is None
+    with pytest.raises(ApiError):
+        parse_chat({"model": "m", "messages": [{"content": "no role"}]})
+
+
+def test_embedding_input() -> None:
+    assert parse_embedding_input({"input": ["a b", [5, 6]]}) == [tokenize("a b"), [5, 6]]
+    with pytest.raises(ApiError):
+        parse_embedding_input({})
+
+
+def test_output_length() -> None:
+    assert output_length(50, seed=3, ignore_eos=True, min_tokens=0) == (50, "length")
+    assert output_length(600, seed=9, ignore_eos=False, min_tokens=0) == (10, "stop")
+    assert output_length(5, seed=9, ignore_eos=False, min_tokens=0) == (5, "length")
+    assert output_length(600, seed=9, ignore_eos=False, min_tokens=20) == (20, "stop")
+    assert output_length(10_000, seed=NATURAL_MAX_TOKENS - 1, ignore_eos=False, min_tokens=0) == (512, "stop")
+
+
+def test_kv_transfer_params() -> None:
+    assert parse_kv_transfer_params(None).prefill_leg is False
+    leg = parse_kv_transfer_params(
+        {"do_remote_decode": True, "do_remote_prefill": False, "remote_engine_id": None}
+    )
+    assert leg.prefill_leg and leg.remote is None
+    params = prefill_result_params("engine-1", [3, 4], "127.0.0.1", 8000)
+    decode = parse_kv_transfer_params(params)
+    assert not decode.prefill_leg and decode.remote is not None
+    assert (decode.remote.engine_id, decode.remote.block_ids, decode.remote.port) == (
+        "engine-1",
+        [3, 4],
+        8000,
+    )
+    with pytest.raises(ApiError, match="remote_host"):
+        parse_kv_transfer_params({**params, "remote_host": ""})
+    with pytest.raises(ApiError):
+        parse_kv_transfer_params({**params, "do_remote_decode": True})
+    with pytest.raises(ApiError):
+        parse_kv_transfer_params("yes")
+
+
+def test_lora_module_forms() -> None:
+    assert parse_lora_modules(["a,b"]) == (LoraModule("a"), LoraModule("b"))
+    assert parse_lora_modules(["x=/p/x", '{"name": "y", "path": "/p/y", "base_model_name": "m"}']) == (
+        LoraModule("x", "/p/x"),
+        LoraModule("y", "/p/y", "m"),
+    )
+    with pytest.raises(ValueError):
+        parse_lora_modules(['{"path": "/p"}'])
+
+
+def test_kv_event_wire_format() -> None:
+    events: list[KVEvent] = [
+        BlockStored([11, 12], None, list(range(32)), "alpha"),
+        BlockStored([13], 12, list(range(16)), None),
+        BlockRemoved([11]),
+        AllBlocksCleared(),
+    ]
+    ts, decoded, rank = msgpack.unpackb(encode_batch(events, 12.5, 16, {"alpha": 1}))
+    assert (ts, rank) == (12.5, None)
+    assert decoded == [
+        ["BlockStored", [11, 12], None, list(range(32)), 16, 1, "GPU", "alpha"],
+        ["BlockStored", [13], 12, list(range(16)), 16, None, "GPU", None],
+        ["BlockRemoved", [11], "GPU"],
+        ["AllBlocksCleared"],
+    ]
+    assert topic_for("10.0.0.1", 8000, "m") == "kv@10.0.0.1:8000@m"
+
+
+def test_metrics_page_reads_engine_state() -> None:
+    engine = Engine(TINY_TEST, "m")
+    registry = build_registry(engine, "m")
+    engine.add(Request("a", list(range(40)), 5, 0.0, lora="alpha"))
+    engine.add(Request("b", list(range(40)), 5, 0.0, lora="beta"))
+    engine.add(Request("c", list(range(40)), 5, 0.0, lora="gamma"))
+    engine.step(0.0)
+    page = render(registry).decode()
+    assert 'vllm:num_requests_running{model_name="m"} 2.0' in page
+    assert 'vllm:num_requests_waiting{model_name="m"} 1.0' in page
+    assert 'running_lora_adapters="alpha,beta",waiting_lora_adapters="gamma"' in page
+    assert f'vllm:kv_cache_usage_perc{{model_name="m"}} {6 / TINY_TEST.num_gpu_blocks}' in page
+
+
+def test_profiles() -> None:
+    assert set(PROFILES) >= {"llama-3.1-8b-h100", "qwen3-32b-h100-tp2", "tiny-test"}
+    llama = get_profile("llama-3.1-8b-h100")
+    assert llama.kv_bytes_per_token == 131_072
+    assert 5e-3 < llama.step_base_s < 8e-3
+    assert llama.with_overrides(max_num_seqs=4, block_size=None).max_num_seqs == 4
+    with pytest.raises(KeyError, match="known"):
+        get_profile("nope")

@@ -1,0 +1,55 @@
+"""Block hashing and the block pool's pin / cache / evict bookkeeping."""
+
+from __future__ import annotations
+
+from epp.sim.kvcache import AllBlocksCleared, BlockPool, BlockRemoved, BlockTable, prompt_block_hashes
+
+
+def test_hashes_chain_full_blocks_only() -> None:
+    tokens = list(range(50))
+    hashes = prompt_block_hashes(tokens, 16, "model")
+    assert len(hashes) == 3
+    assert prompt_block_hashes(tokens[:32] + [999] * 16, 16, "model")[:2] == hashes[:2]
+    # a change in block 0 changes every later hash (chained)
+    changed = prompt_block_hashes([7, *tokens[1:]], 16, "model")
+    assert all(x != y for x, y in zip(changed, hashes, strict=True))
+    assert prompt_block_hashes(tokens, 16, "adapter") != hashes
+    assert prompt_block_hashes(tokens, 16, "model") == hashes
+
+
+def test_pool_pin_cache_and_evict_in_lru_order() -> None:
+    pool = BlockPool(num_blocks=4, block_size=16, record_events=True)
+    first, second = BlockTable(), BlockTable()
+    pool.allocate(first, 2)
+    assert pool.promote(first, 0, 101) and pool.promote(first, 1, 102)
+    pool.allocate(second, 2)
+    assert pool.promote(second, 0, 201)
+    assert not pool.promote(second, 1, 101)  # duplicate hash stays private
+    assert (pool.num_free(), pool.num_in_use(), pool.num_cached()) == (0, 4, 3)
+    pool.release(first)
+    assert pool.num_free() == 2 and pool.match([101, 102], 2) == (2, 2)
+    pool.release(second)
+    assert pool.num_free() == 4 and pool.num_cached() == 3
+    # re-pinning a cached block removes it from the evictable set
+    third = BlockTable()
+    pool.acquire(third, [101])
+    assert pool.num_free() == 3 and pool.match([101, 102], 2) == (2, 1)
+    # one never-used-again private block is free; the next two allocations evict 102 (freed first,
+    # as the tail of its table), then 201
+    fourth = BlockTable()
+    pool.allocate(fourth, 3)
+    removed = [e.block_hashes for e in pool.drain_events() if isinstance(e, BlockRemoved)]
+    assert removed == [[102], [201]]
+    assert pool.match([101], 1) == (1, 0) and pool.num_free() == 0
+
+
+def test_clear_cache_only_when_nothing_is_held() -> None:
+    pool = BlockPool(num_blocks=4, block_size=16, record_events=True)
+    table = BlockTable()
+    pool.allocate(table, 1)
+    pool.promote(table, 0, 5)
+    assert not pool.clear_cache()
+    pool.release(table)
+    assert pool.clear_cache()
+    assert pool.num_cached() == 0 and pool.num_free() == 4
+    assert isinstance(pool.drain_events()[-1], AllBlocksCleared)

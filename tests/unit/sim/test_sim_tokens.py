@@ -1,0 +1,54 @@
+"""Tokenizer stand-in: deterministic across processes, about 4 characters per token, prefix-stable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from epp.sim.tokens import VOCAB_SIZE, output_text, render_chat, sequence_seed, tokenize
+
+PROSE = (
+    "Large language models are served by engines that batch many requests together. Each step "
+    "computes one token for every running sequence, and long prompts are split into chunks so that "
+    "decoding requests keep making progress while a new prompt is being processed. "
+)
+
+
+def test_same_ids_in_another_process() -> None:
+    code = f"from epp.sim.tokens import tokenize; print(tokenize({PROSE!r}))"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == str(tokenize(PROSE))
+
+
+def test_about_four_characters_per_token() -> None:
+    ids = tokenize(PROSE * 10)
+    assert 3.5 <= len(PROSE * 10) / len(ids) <= 5.0
+    assert all(0 <= i < VOCAB_SIZE for i in ids)
+
+
+def test_shared_prefix_gives_shared_leading_ids() -> None:
+    prefix = PROSE * 3
+    a, b = tokenize(prefix + "What is a KV cache?"), tokenize(prefix + "Why does routing matter?")
+    base = tokenize(prefix)
+    # only the piece at the boundary (here the trailing space joining the next word) can differ
+    shared = len(base) - 1
+    assert a[:shared] == base[:shared] == b[:shared]
+    assert a[shared:] != b[shared:]
+
+
+def test_chat_template_keeps_system_prompt_prefix() -> None:
+    system = ("system", PROSE)
+    first = tokenize(render_chat([system, ("user", "first question")]))
+    second = tokenize(render_chat([system, ("user", "another one")]))
+    common = tokenize(render_chat([system])[: -len("<|start|>assistant\n")])[:-1]
+    assert first[: len(common)] == second[: len(common)] == common
+    assert len(common) > len(tokenize(PROSE)) - 1
+    assert render_chat([("user", "hi")]) == "<|start|>user\nhi<|end|>\n<|start|>assistant\n"
+
+
+def test_output_text_is_deterministic_words() -> None:
+    seed = sequence_seed(tokenize(PROSE), 7)
+    words = [output_text(seed, i) for i in range(20)]
+    assert words == [output_text(seed, i) for i in range(20)]
+    assert all(w.startswith(" ") and w[1:].isalpha() for w in words)
+    assert sequence_seed(tokenize(PROSE), 8) != seed
