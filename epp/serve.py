@@ -7,13 +7,16 @@ import argparse
 import asyncio
 import logging
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
+from epp import tls
 from epp.config.duration import parse_duration
 from epp.datastore import Datastore
+from epp.discovery import kubernetes as k8s_discovery
 from epp.discovery.static import DiscoveryError, FileDiscovery, parse_endpoint_flag
 from epp.extproc.server import Health, bind, ext_proc_server, health_server
 from epp.extproc.stream import StreamOptions
@@ -40,6 +43,9 @@ class ServeOptions:
     refresh_metrics_interval: float = DEFAULT_INTERVAL
     ready_file: Path | None = None
     stream: StreamOptions = field(default_factory=StreamOptions)
+    pool: k8s_discovery.PoolRef | None = None  # set: discover endpoints from this InferencePool
+    kubeconfig: Path | None = None
+    tls_options: tls.TlsOptions = field(default_factory=tls.TlsOptions)
 
 
 class EndpointPicker:
@@ -54,13 +60,19 @@ class EndpointPicker:
         self.metrics_server = MetricsServer(self.metrics.registry, options.host, options.metrics_port)
         self.scraper = MetricsScraper(self.datastore, interval=options.refresh_metrics_interval)
         self._file_discovery: FileDiscovery | None = None
+        self._pool_discovery: k8s_discovery.PoolDiscovery | None = None
         self._servers: list[grpc.aio.Server] = []
         self.grpc_port = 0
         self.health_port = 0
 
     async def start(self) -> None:
         await self.scraper.start()
-        if self.options.endpoints_file is not None:
+        if self.options.pool is not None:
+            self._pool_discovery = k8s_discovery.PoolDiscovery(
+                self.options.pool, self.datastore, self._set_objectives, self.options.kubeconfig
+            )
+            await self._pool_discovery.start()
+        elif self.options.endpoints_file is not None:
             self._file_discovery = FileDiscovery(self.options.endpoints_file, self.datastore)
             await self._file_discovery.start()
         else:
@@ -69,7 +81,8 @@ class EndpointPicker:
         health = Health(lambda: self.datastore.synced)
         grpc_server = ext_proc_server(self.director, self.options.stream, health)
         probe_server = health_server(health)
-        self.grpc_port = bind(grpc_server, f"{self.options.host}:{self.options.grpc_port}", None)
+        credentials = tls.server_credentials(self.options.tls_options)
+        self.grpc_port = bind(grpc_server, f"{self.options.host}:{self.options.grpc_port}", credentials)
         self.health_port = bind(probe_server, f"{self.options.host}:{self.options.grpc_health_port}", None)
         self._servers = [grpc_server, probe_server]
         for server in self._servers:
@@ -96,7 +109,12 @@ class EndpointPicker:
         await self.metrics_server.stop()
         if self._file_discovery is not None:
             await self._file_discovery.stop()
+        if self._pool_discovery is not None:
+            await self._pool_discovery.stop()
         await self.scraper.stop()
+
+    def _set_objectives(self, priorities: Mapping[str, int]) -> None:
+        self.director.objectives = priorities
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,6 +140,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="model served by --endpoint endpoints (repeatable; default any)",
     )
+    k8s_discovery.add_arguments(parser)
+    tls.add_arguments(parser)
     parser.add_argument(
         "--refresh-metrics-interval",
         default="50ms",
@@ -150,8 +170,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> ServeOptions:
-    if args.endpoints_file is None and not args.endpoint:
-        raise DiscoveryError("no endpoints: give --endpoints-file or --endpoint HOST:PORT")
+    pool = k8s_discovery.pool_ref_from_args(args, args.endpoints_file is not None or bool(args.endpoint))
     return ServeOptions(
         host=args.host,
         grpc_port=args.grpc_port,
@@ -162,6 +181,10 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         models=args.model,
         refresh_metrics_interval=parse_duration(args.refresh_metrics_interval),
         ready_file=args.ready_file,
+        pool_name=pool.name if pool is not None else "standalone",
+        pool=pool,
+        kubeconfig=args.kubeconfig,
+        tls_options=tls.options_from_args(args),
         stream=StreamOptions(
             max_body_bytes=args.max_body_bytes,
             error_prefix="inference gateway" if args.legacy_error_prefix else "inference error",

@@ -1,0 +1,53 @@
+"""The API client and the collections the EPP reads: one InferencePool, the pods of its
+namespace that its selector matches, and the namespace's InferenceObjectives."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from kubernetes_asyncio import config
+from kubernetes_asyncio.client import ApiClient, Configuration, CoreV1Api, CustomObjectsApi
+
+from epp.discovery.k8s.model import OBJECTIVE_GROUP, OBJECTIVE_VERSION, PoolRef
+from epp.discovery.k8s.reflector import Lister
+
+
+async def api_client(kubeconfig: Path | None = None) -> ApiClient:
+    """From an explicit kubeconfig file; else the pod's service account (in a cluster, with the
+    token re-read as the kubelet rotates it); else $KUBECONFIG or ~/.kube/config."""
+    configuration = Configuration()
+    if kubeconfig is not None:
+        await config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    else:
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except config.ConfigException:
+            await config.load_kube_config(client_configuration=configuration)
+    return ApiClient(configuration)
+
+
+def pool_lister(api: ApiClient, ref: PoolRef) -> Lister:
+    """The pool by name: a field selector keeps the watch to this one object, as GIE's cache does."""
+    return functools.partial(
+        CustomObjectsApi(api).list_namespaced_custom_object,
+        ref.group,
+        ref.version,
+        ref.namespace,
+        "inferencepools",
+        field_selector=f"metadata.name={ref.name}",
+    )
+
+
+def pod_lister(api: ApiClient, namespace: str, label_selector: str) -> Lister:
+    return functools.partial(CoreV1Api(api).list_namespaced_pod, namespace, label_selector=label_selector)
+
+
+def objective_lister(api: ApiClient, namespace: str) -> Lister:
+    return functools.partial(
+        CustomObjectsApi(api).list_namespaced_custom_object,
+        OBJECTIVE_GROUP,
+        OBJECTIVE_VERSION,
+        namespace,
+        "inferenceobjectives",
+    )

@@ -1,0 +1,205 @@
+"""Kubernetes discovery, as GIE's EPP does it: the InferencePool named by --pool-name, the Ready
+pods its selector matches (one endpoint per target port), and the InferenceObjectives that give
+requests their priority. Also the pool watch the routing sidecar's SSRF allowlist runs on.
+
+See docs/kubernetes.md for the flags, RBAC and what is tested where."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from kubernetes_asyncio.client import ApiClient
+
+from epp.datastore import Datastore, EndpointSpec
+from epp.discovery.k8s.client import api_client, objective_lister
+from epp.discovery.k8s.model import (
+    GROUP_V1,
+    POOL_VERSIONS,
+    FailureMode,
+    PoolRef,
+    PoolSpec,
+    objective_priorities,
+)
+from epp.discovery.k8s.poolwatch import PoolWatch
+from epp.discovery.k8s.reflector import Reflector, ResourceNotServed, WatchTiming
+from epp.discovery.static import DiscoveryError
+
+log = logging.getLogger(__name__)
+
+# appProtocol values whose requests the EPP can parse (OpenAI-style HTTP/1.1 JSON). A pool of
+# gRPC model servers (kubernetes.io/h2c) keeps the EPP not-ready, as GIE's does without a gRPC parser.
+SUPPORTED_APP_PROTOCOLS = frozenset({"http"})
+
+__all__ = [
+    "FailureMode",
+    "PoolDiscovery",
+    "PoolRef",
+    "WatchTiming",
+    "add_arguments",
+    "pool_ref_from_args",
+    "watch_pool_endpoints",
+]
+
+
+class PoolDiscovery:
+    """The EPP's discovery from a cluster: endpoints into the datastore and objective priorities
+    to `on_objectives`. `datastore.synced` turns true only once the pool and its pods have been
+    listed, and false again while the pool is deleted (the datastore is then emptied), so the
+    health service reports NOT_SERVING exactly when there is nothing to route to."""
+
+    def __init__(
+        self,
+        ref: PoolRef,
+        datastore: Datastore,
+        on_objectives: Callable[[Mapping[str, int]], None],
+        kubeconfig: Path | None = None,
+        timing: WatchTiming | None = None,
+    ) -> None:
+        self.ref = ref
+        self.pool: PoolSpec | None = None
+        self._datastore = datastore
+        self._on_objectives = on_objectives
+        self._kubeconfig = kubeconfig
+        self._timing = timing or WatchTiming()
+        self._api: ApiClient | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def failure_mode(self) -> FailureMode | None:
+        """The pool's endpointPickerRef.failureMode: what the gateway does when this EPP does not
+        answer. The gateway enforces it; the EPP only reports it (log, docs/kubernetes.md)."""
+        return self.pool.failure_mode if self.pool is not None else None
+
+    async def start(self) -> None:
+        """Connect and start watching; returns at once (readiness follows the first sync)."""
+        self._api = await api_client(self._kubeconfig)
+        self._task = asyncio.get_running_loop().create_task(self._run(self._api), name="k8s-discovery")
+        self._task.add_done_callback(self._ended)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._api is not None:
+            await self._api.close()
+
+    async def _run(self, api: ApiClient) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(PoolWatch(api, self.ref, self._endpoints_changed, self._timing).run())
+            tasks.create_task(self._watch_objectives(api))
+
+    async def _watch_objectives(self, api: ApiClient) -> None:
+        def changed(objectives: Reflector) -> None:
+            self._on_objectives(objective_priorities(objectives.items.values(), self.ref))
+
+        namespace = self.ref.namespace
+        reflector = Reflector(
+            f"InferenceObjectives in {namespace}",
+            objective_lister(api, namespace),
+            changed,
+            self._timing,
+            optional=True,
+        )
+        try:
+            await reflector.run()
+        except ResourceNotServed:
+            log.warning("InferenceObjective is not installed: every request gets priority 0")
+
+    def _endpoints_changed(self, pool: PoolSpec | None, endpoints: list[EndpointSpec]) -> None:
+        if pool != self.pool:
+            self._pool_changed(pool)
+        if pool is None or pool.app_protocol not in SUPPORTED_APP_PROTOCOLS:
+            self._datastore.clear()
+            self._datastore.synced = False
+            return
+        self._datastore.replace_all(endpoints)
+
+    def _pool_changed(self, pool: PoolSpec | None) -> None:
+        self.pool = pool
+        if pool is None:
+            return
+        log.info(
+            "InferencePool %s: selector %s, targetPorts %s, appProtocol %s, failureMode %s",
+            self.ref,
+            pool.label_selector,
+            list(pool.target_ports),
+            pool.app_protocol,
+            pool.failure_mode,
+        )
+        if pool.app_protocol not in SUPPORTED_APP_PROTOCOLS:
+            log.error(
+                "InferencePool %s: appProtocol %r is not supported (only %s); not serving",
+                self.ref,
+                pool.app_protocol,
+                sorted(SUPPORTED_APP_PROTOCOLS),
+            )
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.critical("Kubernetes discovery failed; not serving", exc_info=task.exception())
+            self._datastore.synced = False
+
+
+async def watch_pool_endpoints(
+    ref: PoolRef,
+    on_change: Callable[[set[str]], None],
+    kubeconfig: Path | None = None,
+    timing: WatchTiming | None = None,
+) -> None:
+    """Keep `on_change` told of the pool's `ip:port` set (Ready pods by active target ports, as
+    the EPP picks from), until cancelled. Called with an empty set while the pool is absent;
+    called again only when the set changes. For the sidecar's SSRF allowlist."""
+    current: set[str] | None = None
+
+    def changed(pool: PoolSpec | None, endpoints: list[EndpointSpec]) -> None:
+        nonlocal current
+        hostports = {endpoint.hostport for endpoint in endpoints}
+        if hostports != current:
+            current = hostports
+            on_change(set(hostports))
+
+    async with await api_client(kubeconfig) as api:
+        await PoolWatch(api, ref, changed, timing).run()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "Kubernetes discovery (instead of standalone endpoints)",
+        "Follow an InferencePool: its Ready pods are the endpoints, InferenceObjectives their priorities.",
+    )
+    group.add_argument("--pool-name", help="the InferencePool to serve")
+    group.add_argument(
+        "--pool-namespace", help="the pool's namespace (default: env NAMESPACE, else 'default')"
+    )
+    group.add_argument(
+        "--pool-group",
+        default=GROUP_V1,
+        choices=sorted(POOL_VERSIONS),
+        help=f"the pool's API group: {GROUP_V1} (v1, default) or the older v1alpha2 group",
+    )
+    group.add_argument(
+        "--kubeconfig",
+        type=Path,
+        help="kubeconfig file (default: the pod's service account, else $KUBECONFIG or ~/.kube/config)",
+    )
+
+
+def pool_ref_from_args(args: argparse.Namespace, standalone: bool) -> PoolRef | None:
+    """The pool to follow, or None for standalone endpoints; exactly one of the two must be given."""
+    if args.pool_name and standalone:
+        raise DiscoveryError(
+            "--pool-name and standalone endpoints (--endpoints-file/--endpoint) exclude each other"
+        )
+    if not args.pool_name:
+        if not standalone:
+            raise DiscoveryError("no endpoints: give --pool-name, --endpoints-file or --endpoint HOST:PORT")
+        return None
+    namespace = args.pool_namespace or os.environ.get("NAMESPACE") or "default"
+    return PoolRef(args.pool_name, namespace, args.pool_group)

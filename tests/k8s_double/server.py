@@ -1,0 +1,419 @@
+"""A wire-level double of the Kubernetes API server: just enough of its list and watch contract
+for pods, InferencePools and InferenceObjectives that the real `kubernetes_asyncio` client, pointed
+at it through a kubeconfig, cannot tell the difference on the paths the EPP uses.
+
+What it implements, as the real server does:
+- list: `labelSelector` (equality and existence terms), `fieldSelector` (metadata.name /
+  metadata.namespace), `limit` + `continue` paging, `resourceVersion` of the snapshot;
+  410 Expired for a continue token or resourceVersion older than the last `compact()`;
+- watch (`?watch=true`): chunked newline-delimited JSON events from `resourceVersion` on
+  (replayed from history, then live), ADDED/DELETED when a relabel moves an object in or out
+  of the label selector, BOOKMARK events when `allowWatchBookmarks` is set, the stream ending
+  after `timeoutSeconds`, and `{"type":"ERROR"}` with a 410 Status for a compacted version;
+- bearer-token authentication (401 without it) and 404 for resources it is told not to serve.
+
+And the failures a test needs to inject: `expire_watches()` (410 on open watches),
+`drop_watches()` (connections cut mid-stream, no final chunk), `compact()`, and `hold()` to
+keep a list waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import itertools
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from aiohttp import web
+
+Object = dict[str, Any]
+TOKEN = "double-token"
+
+
+@dataclass(frozen=True)
+class Resource:
+    group: str
+    version: str
+    plural: str
+    kind: str
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+
+PODS = Resource("", "v1", "pods", "Pod")
+POOLS_V1 = Resource("inference.networking.k8s.io", "v1", "inferencepools", "InferencePool")
+POOLS_ALPHA = Resource("inference.networking.x-k8s.io", "v1alpha2", "inferencepools", "InferencePool")
+OBJECTIVES = Resource(
+    "inference.networking.x-k8s.io", "v1alpha2", "inferenceobjectives", "InferenceObjective"
+)
+ALL_RESOURCES = (PODS, POOLS_V1, POOLS_ALPHA, OBJECTIVES)
+
+
+@dataclass
+class Event:
+    resource_version: int
+    resource: Resource
+    type: str
+    old: Object | None
+    new: Object
+
+
+@dataclass
+class RequestRecord:
+    path: str
+    query: dict[str, str]
+
+    @property
+    def watch(self) -> bool:
+        return "watch" in self.query
+
+
+class _Drop:
+    """Queue sentinel: cut the connection without ending the chunked stream."""
+
+
+@dataclass(eq=False)
+class _Watcher:
+    resource: Resource
+    namespace: str
+    queue: asyncio.Queue[Event | Object | _Drop] = field(default_factory=asyncio.Queue)
+    bookmarks: bool = False
+
+
+def _status(code: int, reason: str, message: str) -> Object:
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+
+
+def _status_response(code: int, reason: str, message: str) -> web.Response:
+    return web.Response(
+        status=code, body=orjson.dumps(_status(code, reason, message)), content_type="application/json"
+    )
+
+
+Predicate = Callable[[Object], bool]
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    """A boolean query parameter as Go's strconv.ParseBool reads it (the client sends `True`)."""
+    return request.query.get(name, "") in ("1", "t", "T", "true", "TRUE", "True")
+
+
+def parse_label_selector(text: str) -> list[Predicate]:
+    """Equality (`k=v`, `k==v`, `k!=v`) and existence (`k`, `!k`) terms, ANDed."""
+    predicates: list[Predicate] = []
+    for term in filter(None, (t.strip() for t in text.split(","))):
+        if "(" in term or " " in term:
+            raise ValueError(f"set-based selector terms are not supported by the double: {term!r}")
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            predicates.append(lambda labels, k=key, v=value: labels.get(k) != v)
+        elif "=" in term:
+            key, value = term.replace("==", "=").split("=", 1)
+            predicates.append(lambda labels, k=key, v=value: labels.get(k) == v)
+        elif term.startswith("!"):
+            predicates.append(lambda labels, k=term[1:]: k not in labels)
+        else:
+            predicates.append(lambda labels, k=term: k in labels)
+    return predicates
+
+
+def parse_field_selector(text: str) -> list[Predicate]:
+    predicates: list[Predicate] = []
+    for term in filter(None, (t.strip() for t in text.split(","))):
+        path, sep, value = term.replace("==", "=").partition("=")
+        if not sep or path not in ("metadata.name", "metadata.namespace"):
+            raise ValueError(f"field label not supported: {term!r}")
+        field_name = path.split(".", 1)[1]
+        predicates.append(lambda meta, f=field_name, v=value: meta.get(f) == v)
+    return predicates
+
+
+class _Query:
+    def __init__(self, request: web.Request) -> None:
+        query = request.query
+        self.labels = parse_label_selector(query.get("labelSelector", ""))
+        self.fields = parse_field_selector(query.get("fieldSelector", ""))
+        self.resource_version = query.get("resourceVersion", "")
+
+    def matches(self, obj: Object | None) -> bool:
+        if obj is None:
+            return False
+        meta = obj["metadata"]
+        labels = meta.get("labels") or {}
+        return all(p(labels) for p in self.labels) and all(p(meta) for p in self.fields)
+
+
+class ApiServerDouble:
+    def __init__(self, served: Iterable[Resource] = ALL_RESOURCES) -> None:
+        self.served = set(served)
+        self.requests: list[RequestRecord] = []
+        self._objects: dict[Resource, dict[tuple[str, str], Object]] = {r: {} for r in ALL_RESOURCES}
+        self._history: list[Event] = []
+        self._compacted = 0
+        self._rv = itertools.count(1)
+        self._last_rv = 0
+        self._watchers: set[_Watcher] = set()
+        self._gates: dict[Resource, asyncio.Event] = {}
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+        app = web.Application()
+        app.router.add_get("/api/v1/namespaces/{namespace}/pods", self._core)
+        app.router.add_get("/apis/{group}/{version}/namespaces/{namespace}/{plural}", self._custom)
+        self._app = app
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> str:
+        self._runner = web.AppRunner(self._app, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
+
+    async def stop(self) -> None:
+        self.drop_watches()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "double", "cluster": {"server": self.url}}],
+            "users": [{"name": "double", "user": {"token": TOKEN}}],
+            "contexts": [
+                {"name": "double", "context": {"cluster": "double", "user": "double", "namespace": namespace}}
+            ],
+            "current-context": "double",
+        }
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    # --- state changes (what controllers and the kubelet would do) ------------------------------
+
+    @property
+    def resource_version(self) -> int:
+        return self._last_rv
+
+    def apply(self, resource: Resource, obj: Object) -> Object:
+        """Create or replace the object (keyed by namespace/name); returns the stored copy."""
+        stored = copy.deepcopy(obj)
+        meta = stored.setdefault("metadata", {})
+        meta.setdefault("namespace", "default")
+        key = (meta["namespace"], meta["name"])
+        old = self._objects[resource].get(key)
+        meta["uid"] = old["metadata"]["uid"] if old else str(uuid.uuid4())
+        meta.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
+        stored["apiVersion"] = resource.api_version
+        stored["kind"] = resource.kind
+        self._record(resource, "MODIFIED" if old else "ADDED", old, stored)
+        self._objects[resource][key] = stored
+        return copy.deepcopy(stored)
+
+    def get(self, resource: Resource, name: str, namespace: str = "default") -> Object:
+        return copy.deepcopy(self._objects[resource][(namespace, name)])
+
+    def update(
+        self, resource: Resource, name: str, change: Callable[[Object], None], namespace: str = "default"
+    ) -> Object:
+        obj = self.get(resource, name, namespace)
+        change(obj)
+        return self.apply(resource, obj)
+
+    def delete(self, resource: Resource, name: str, namespace: str = "default") -> None:
+        old = self._objects[resource].pop((namespace, name))
+        gone = copy.deepcopy(old)
+        self._record(resource, "DELETED", old, gone)
+
+    def _record(self, resource: Resource, kind: str, old: Object | None, new: Object) -> None:
+        self._last_rv = next(self._rv)
+        new["metadata"]["resourceVersion"] = str(self._last_rv)
+        event = Event(self._last_rv, resource, kind, copy.deepcopy(old), copy.deepcopy(new))
+        self._history.append(event)
+        for watcher in self._watchers:
+            if watcher.resource == resource and watcher.namespace == new["metadata"]["namespace"]:
+                watcher.queue.put_nowait(event)
+
+    # --- failure injection -----------------------------------------------------------------------
+
+    def compact(self) -> None:
+        """Forget history up to now: older resourceVersions and continue tokens get 410."""
+        self._compacted = self._last_rv
+        self._history.clear()
+
+    def expire_watches(self) -> None:
+        """Send a 410 ERROR event on every open watch, as a server whose watch cache fell behind."""
+        expired = _status(410, "Expired", "too old resource version")
+        for watcher in self._watchers:
+            watcher.queue.put_nowait({"type": "ERROR", "object": expired})
+
+    def drop_watches(self) -> None:
+        for watcher in self._watchers:
+            watcher.queue.put_nowait(_Drop())
+
+    def bookmark(self) -> None:
+        for watcher in self._watchers:
+            if watcher.bookmarks:
+                watcher.queue.put_nowait(self._bookmark_event(watcher.resource))
+
+    def hold(self, resource: Resource) -> asyncio.Event:
+        """Hold list responses for `resource` until the returned event is set."""
+        gate = self._gates[resource] = asyncio.Event()
+        return gate
+
+    @property
+    def open_watches(self) -> int:
+        return len(self._watchers)
+
+    def _bookmark_event(self, resource: Resource) -> Object:
+        return {
+            "type": "BOOKMARK",
+            "object": {
+                "kind": resource.kind,
+                "apiVersion": resource.api_version,
+                "metadata": {"resourceVersion": str(self._last_rv)},
+            },
+        }
+
+    # --- HTTP ------------------------------------------------------------------------------------
+
+    async def _core(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, "", "v1", "pods")
+
+    async def _custom(self, request: web.Request) -> web.StreamResponse:
+        info = request.match_info
+        return await self._serve(request, info["group"], info["version"], info["plural"])
+
+    async def _serve(self, request: web.Request, group: str, version: str, plural: str) -> web.StreamResponse:
+        self.requests.append(RequestRecord(request.path, dict(request.query)))
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return _status_response(401, "Unauthorized", "Unauthorized")
+        resource = next(
+            (r for r in self.served if (r.group, r.version, r.plural) == (group, version, plural)), None
+        )
+        if resource is None:
+            return _status_response(404, "NotFound", "the server could not find the requested resource")
+        try:
+            query = _Query(request)
+        except ValueError as exc:
+            return _status_response(400, "BadRequest", str(exc))
+        namespace = request.match_info["namespace"]
+        if _flag(request, "watch"):
+            return await self._watch(request, resource, namespace, query)
+        gate = self._gates.get(resource)
+        if gate is not None:
+            await gate.wait()
+        return self._list(request, resource, namespace, query)
+
+    def _list(self, request: web.Request, resource: Resource, namespace: str, query: _Query) -> web.Response:
+        snapshot_rv = self._last_rv
+        after = ""
+        token = request.query.get("continue")
+        if token:
+            state = orjson.loads(base64.urlsafe_b64decode(token))
+            snapshot_rv, after = state["rv"], state["after"]
+            if snapshot_rv < self._compacted:
+                return _status_response(410, "Expired", "the provided continue parameter is too old")
+        elif query.resource_version not in ("", "0") and int(query.resource_version) < self._compacted:
+            return _status_response(410, "Expired", f"too old resource version: {query.resource_version}")
+        items = sorted(
+            (obj for (ns, name), obj in self._objects[resource].items() if ns == namespace and name > after),
+            key=lambda obj: obj["metadata"]["name"],
+        )
+        items = [obj for obj in items if query.matches(obj)]
+        metadata: Object = {"resourceVersion": str(snapshot_rv)}
+        limit = int(request.query.get("limit", "0") or 0)
+        if 0 < limit < len(items):
+            items = items[:limit]
+            state = {"rv": snapshot_rv, "after": items[-1]["metadata"]["name"]}
+            metadata["continue"] = base64.urlsafe_b64encode(orjson.dumps(state)).decode()
+        body = {
+            "kind": f"{resource.kind}List",
+            "apiVersion": resource.api_version,
+            "metadata": metadata,
+            "items": [{k: v for k, v in obj.items() if k not in ("kind", "apiVersion")} for obj in items],
+        }
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+    async def _watch(
+        self, request: web.Request, resource: Resource, namespace: str, query: _Query
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        watcher = _Watcher(resource, namespace, bookmarks=_flag(request, "allowWatchBookmarks"))
+        start = query.resource_version
+        if start not in ("", "0") and int(start) < self._compacted:
+            expired = _status(410, "Expired", f"too old resource version: {start} ({self._compacted})")
+            await response.write(orjson.dumps({"type": "ERROR", "object": expired}) + b"\n")
+            await response.write_eof()
+            return response
+        # Replay and subscribe with no await in between, so no event falls in a gap.
+        if start in ("", "0"):
+            backlog: list[Event] = [
+                Event(int(o["metadata"]["resourceVersion"]), resource, "ADDED", None, o)
+                for (ns, _), o in self._objects[resource].items()
+                if ns == namespace
+            ]
+        else:
+            backlog = [e for e in self._history if e.resource == resource and e.resource_version > int(start)]
+        for event in backlog:
+            if event.new["metadata"]["namespace"] == namespace:
+                watcher.queue.put_nowait(event)
+        self._watchers.add(watcher)
+        timeout = float(request.query.get("timeoutSeconds", "1800"))
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    item = await watcher.queue.get()
+                    if isinstance(item, _Drop):
+                        if request.transport is not None:
+                            request.transport.abort()
+                        return response
+                    line = item if isinstance(item, dict) else self._event_line(item, query)
+                    if line is not None:
+                        await response.write(orjson.dumps(line) + b"\n")
+                    if isinstance(item, dict) and item["type"] == "ERROR":
+                        break
+        except TimeoutError:
+            if watcher.bookmarks:
+                await response.write(orjson.dumps(self._bookmark_event(resource)) + b"\n")
+        finally:
+            self._watchers.discard(watcher)
+        await response.write_eof()
+        return response
+
+    @staticmethod
+    def _event_line(event: Event, query: _Query) -> Object | None:
+        """The event as this watcher sees it: a change that moves the object into or out of the
+        selector arrives as ADDED or DELETED, as from the real server."""
+        was, now = query.matches(event.old), query.matches(event.new)
+        if event.type == "DELETED":
+            kind = "DELETED" if was else None
+        elif was and now:
+            kind = "MODIFIED"
+        elif now:
+            kind = "ADDED"
+        elif was:
+            kind = "DELETED"
+        else:
+            kind = None
+        return None if kind is None else {"type": kind, "object": event.new}
