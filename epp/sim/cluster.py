@@ -10,14 +10,13 @@ the same cluster without HTTP; servers elsewhere are reached over HTTP.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from epp.readyfile import write_ready_file
 from epp.sim.config import EndpointConfig
 from epp.sim.pd import KVRegistry
 from epp.sim.server import EndpointInfo, SimServer
@@ -82,11 +81,5 @@ class SimCluster:
         }
 
     def write_ready_file(self, path: str | os.PathLike[str]) -> None:
-        """Write ``{"endpoints": [{"name", "host", "port"}, ...]}`` atomically (temp file + rename),
-        so a poller never reads a partial file."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(self.ready_document(), handle)
-        os.replace(tmp, target)
+        """Publish ``{"endpoints": [{"name", "host", "port"}, ...]}`` atomically for pollers."""
+        write_ready_file(Path(path), self.ready_document())

@@ -307,11 +307,15 @@ class Engine:
 
     def _schedule_running(self, budget: int, scheduled: list[Request], outcome: StepOutcome) -> int:
         running = self._running
+        block_size = self.block_size
         i = 0
         while i < len(running) and budget > 0:
             request = running[i]
             n = min(request.prompt_len + request.output_done - request.computed, budget)
-            if not self._reserve_or_preempt(request, request.computed + n, outcome):
+            tokens = request.computed + n
+            if tokens > len(request.table.ids) * block_size and not self._reserve_or_preempt(
+                request, tokens, outcome
+            ):
                 break
             request.step_tokens = n
             scheduled.append(request)
@@ -456,14 +460,32 @@ class Engine:
         outcome.batch_size = len(scheduled)
         outcome.prefill_tokens = prefill
         outcome.decode_seqs = decode_seqs
-        self.stats.steps += 1
-        self.stats.busy_seconds += duration
+        stats = self.stats
+        stats.steps += 1
+        stats.busy_seconds += duration
+        emitted = outcome.emitted
+        steady = 0  # decoding sequences whose previous token came at the end of the previous step
         for request in scheduled:
             request.computed += request.step_tokens
             if request.next_hash < len(request.block_hashes or ()):
                 self._cache_full_blocks(request)
-            if request.computed == request.prompt_len + request.output_done:
-                self._emit(request, end, outcome)
+            if request.computed != request.prompt_len + request.output_done:
+                continue
+            if request.output_done == 0:
+                self._first_output(request, end)
+            elif request.last_token_at == outcome.start:
+                steady += 1
+            else:
+                stats.itl.observe(end - request.last_token_at)
+            if request.max_output:
+                request.output_done += 1
+                request.last_token_at = end
+                emitted.append(request)
+            if request.output_done >= request.max_output:
+                self._finish(request, end, outcome)
+        if steady:
+            stats.itl.observe(duration, steady)
+        stats.generation_tokens += len(emitted)
         if outcome.finished:
             self._running = [r for r in self._running if r.state is State.RUNNING]
 
@@ -492,23 +514,14 @@ class Engine:
             request.lora,
         )
 
-    def _emit(self, request: Request, end: float, outcome: StepOutcome) -> None:
+    def _first_output(self, request: Request, end: float) -> None:
+        """Prefill done: count the prompt, and the first token's latency if one is generated."""
         stats = self.stats
-        if request.output_done == 0:
-            stats.prompt_tokens += request.prompt_len
-            stats.cached_tokens_served += request.cached_tokens or 0
-            if request.max_output > 0:
-                request.first_token_at = end
-                stats.ttft.observe(end - request.arrival)
-        else:
-            stats.itl.observe(end - request.last_token_at)
-        if request.max_output > 0:
-            request.output_done += 1
-            request.last_token_at = end
-            stats.generation_tokens += 1
-            outcome.emitted.append(request)
-        if request.output_done >= request.max_output:
-            self._finish(request, end, outcome)
+        stats.prompt_tokens += request.prompt_len
+        stats.cached_tokens_served += request.cached_tokens or 0
+        if request.max_output:
+            request.first_token_at = end
+            stats.ttft.observe(end - request.arrival)
 
     def _finish(self, request: Request, end: float, outcome: StepOutcome) -> None:
         self._lora_stopped(request)

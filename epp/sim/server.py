@@ -58,6 +58,9 @@ HEADER_PORT = "x-inference-port"
 HEADER_HOST = "x-inference-host"
 RETURN_ERROR_HEADER = "X-Return-Error"
 STATS_PATH = "/internal/stats"
+SHUTDOWN_GRACE_SECONDS = 0.5
+"""How long stopping waits for in-flight requests before cancelling them (aiohttp's default of
+60 s would make every stop with an open stream hang for a minute)."""
 
 Parser = Callable[[dict[str, Any]], Generation]
 
@@ -153,7 +156,12 @@ class SimServer:
         return EndpointInfo(self.config.name, self.config.host, self.port, self.engine_id, self.config.model)
 
     async def start(self) -> None:
-        runner = web.AppRunner(self._build_app(), handler_cancellation=True, access_log=None)
+        runner = web.AppRunner(
+            self._build_app(),
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.config.host, self.config.port)
         await site.start()
