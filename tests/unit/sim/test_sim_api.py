@@ -6,6 +6,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 
+from epp.sim.cluster import make_configs
 from epp.sim.config import LoraModule, parse_lora_modules
 from epp.sim.engine import Engine, Request
 from epp.sim.kvcache import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
@@ -160,6 +161,13 @@ def test_metrics_page_reads_engine_state() -> None:
     assert 'vllm:num_requests_waiting{model_name="m"} 1.0' in page
     assert 'running_lora_adapters="alpha,beta",waiting_lora_adapters="gamma"' in page
     assert f'vllm:kv_cache_usage_perc{{model_name="m"}} {6 / TINY_TEST.num_gpu_blocks}' in page
+
+
+def test_make_configs_names_and_ports() -> None:
+    configs = make_configs(3, name_prefix="gpu", port=9000, profile=TINY_TEST, time_scale=0.5)
+    assert [(c.name, c.port) for c in configs] == [("gpu-0", 9000), ("gpu-1", 9001), ("gpu-2", 9002)]
+    assert all(c.time_scale == 0.5 and c.profile is TINY_TEST for c in configs)
+    assert [c.port for c in make_configs(2)] == [0, 0]
 
 
 def test_profiles() -> None:
