@@ -17,27 +17,18 @@ from epp.sidecar.options import DEFAULT_SGLANG_BOOTSTRAP_PORT, SidecarOptions
 from epp.sidecar.prefill import RetryPolicy
 from epp.sidecar.server import ConfigError, Sidecar
 from epp.sidecar.upstream import Stage, StageTls
+from epp.tls import parse_bool
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_SERVER_PORT = 8200
-_TRUE = {"1", "t", "true", "yes", "on"}
-_FALSE = {"0", "f", "false", "no", "off"}
-
-
-def _bool(text: str) -> bool:
-    """Go flag syntax, so llm-d manifests (`--secure-proxy=false`) work unchanged."""
-    if text.lower() in _TRUE:
-        return True
-    if text.lower() in _FALSE:
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _add_switch(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, default: bool, help_text: str
 ) -> None:
-    """`--NAME`, `--NAME=BOOL` and `--no-NAME`."""
+    """`--NAME`, `--NAME=BOOL` (Go flag syntax, so llm-d manifests' `--secure-proxy=false` work
+    unchanged) and `--no-NAME`."""
     dest = name.replace("-", "_")
     parser.add_argument(
         f"--{name}",
@@ -45,7 +36,7 @@ def _add_switch(
         nargs="?",
         const=True,
         default=default,
-        type=_bool,
+        type=parse_bool,
         metavar="BOOL",
         help=f"{help_text} (default {str(default).lower()})",
     )
@@ -85,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_switch(
         parser,
         "enable-prefiller-sampling",
-        _bool(os.environ.get("ENABLE_PREFILLER_SAMPLING", "false")),
+        parse_bool(os.environ.get("ENABLE_PREFILLER_SAMPLING", "false")),
         "pick a random prefiller when the header lists several (env ENABLE_PREFILLER_SAMPLING)",
     )
     ssrf = parser.add_argument_group("SSRF protection")

@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import ipaddress
 import logging
 import os
 import ssl
 import tempfile
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from epp.tls import CERT_FILE, KEY_FILE, self_signed_certificate
 
 log = logging.getLogger(__name__)
-
-CERT_FILE = "tls.crt"
-KEY_FILE = "tls.key"
 
 
 def client_context(skip_verify: bool) -> ssl.SSLContext:
@@ -33,40 +25,33 @@ def client_context(skip_verify: bool) -> ssl.SSLContext:
     return context
 
 
-def _self_signed_pem() -> tuple[bytes, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "epp-sidecar")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return certificate.public_bytes(serialization.Encoding.PEM), key_pem
-
-
 def _load_self_signed(context: ssl.SSLContext) -> None:
-    """`load_cert_chain` only reads files: write the pair to a private temporary directory."""
-    cert_pem, key_pem = _self_signed_pem()
+    """`load_cert_chain` reads only files. On Linux they are anonymous in-memory files, so the key
+    never touches a disk and a read-only root filesystem is fine; elsewhere a private temp dir."""
+    key_pem, cert_pem = self_signed_certificate("epp-sidecar")
+    if hasattr(os, "memfd_create"):
+        fds = [os.memfd_create(name) for name in (CERT_FILE, KEY_FILE)]
+        try:
+            for fd, pem in zip(fds, (cert_pem, key_pem), strict=True):
+                os.write(fd, pem)
+            context.load_cert_chain(*(f"/proc/self/fd/{fd}" for fd in fds))
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return
     with tempfile.TemporaryDirectory() as directory:
         cert_path, key_path = Path(directory, CERT_FILE), Path(directory, KEY_FILE)
         cert_path.write_bytes(cert_pem)
         key_path.write_bytes(key_pem)
         context.load_cert_chain(cert_path, key_path)
+
+
+def _load_checked(context: ssl.SSLContext, directory: Path) -> None:
+    """A pair that fails to load can leave an SSLContext without a usable certificate, so it is
+    tried on a scratch context before the live one."""
+    pair = (directory / CERT_FILE, directory / KEY_FILE)
+    ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(*pair)
+    context.load_cert_chain(*pair)
 
 
 def _stamp(directory: Path) -> tuple[float, ...]:
@@ -101,8 +86,10 @@ class ServerTls:
                 await self._task
 
     async def _load(self, directory: Path) -> None:
-        self._stamp = await asyncio.to_thread(_stamp, directory)
-        await asyncio.to_thread(self.context.load_cert_chain, directory / CERT_FILE, directory / KEY_FILE)
+        """The stamp moves only after a good load: a half-written pair is tried again next poll."""
+        stamp = await asyncio.to_thread(_stamp, directory)
+        await asyncio.to_thread(_load_checked, self.context, directory)
+        self._stamp = stamp
         log.info("serving TLS with the certificate in %s", directory)
 
     async def _watch(self, directory: Path) -> None:
