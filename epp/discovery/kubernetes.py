@@ -39,6 +39,7 @@ SUPPORTED_APP_PROTOCOLS = frozenset({"http"})
 __all__ = [
     "FailureMode",
     "PoolDiscovery",
+    "PoolEndpointsWatch",
     "PoolRef",
     "WatchTiming",
     "add_arguments",
@@ -167,6 +168,53 @@ async def watch_pool_endpoints(
 
     async with await api_client(kubeconfig) as api:
         await PoolWatch(api, ref, changed, timing).run()
+
+
+class PoolEndpointsWatch:
+    """`watch_pool_endpoints` as a service with start/stop, shaped for the sidecar's allowlist
+    source (`PoolEndpointsWatch(ref, allowlist.replace)`): `start` returns once the first set
+    has been reported, and raises TimeoutError if the pool cannot be listed in time (RBAC,
+    wrong group), as llm-d's sidecar refuses to start when its pool cache does not sync."""
+
+    def __init__(
+        self,
+        ref: PoolRef,
+        on_change: Callable[[set[str]], None],
+        kubeconfig: Path | None = None,
+        timing: WatchTiming | None = None,
+    ) -> None:
+        self.ref = ref
+        self._on_change = on_change
+        self._kubeconfig = kubeconfig
+        self._timing = timing
+        self._reported = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, timeout: float = 30.0) -> None:
+        loop = asyncio.get_running_loop()
+        watch = watch_pool_endpoints(self.ref, self._report, self._kubeconfig, self._timing)
+        self._task = loop.create_task(watch, name=f"pool endpoints {self.ref}")
+        reported = loop.create_task(self._reported.wait())
+        done, _ = await asyncio.wait(
+            {reported, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        reported.cancel()
+        if self._reported.is_set():
+            return
+        if self._task in done:
+            self._task.result()  # the watch's own error (a bad kubeconfig, say)
+        await self.stop()
+        raise TimeoutError(f"InferencePool {self.ref} could not be listed within {timeout:.0f}s")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _report(self, hostports: set[str]) -> None:
+        self._on_change(hostports)
+        self._reported.set()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

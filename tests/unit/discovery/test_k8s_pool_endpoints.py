@@ -1,0 +1,57 @@
+"""The pool watch behind the sidecar's SSRF allowlist: the sidecar's own AllowList, fed by
+PoolEndpointsWatch from the API server double."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from kubernetes_asyncio.config import ConfigException
+
+from epp.discovery.kubernetes import PoolEndpointsWatch, PoolRef
+from epp.sidecar.allowlist import AllowList
+from epp.sidecar.hostport import HostPort
+from tests.k8s_double import PODS, POOLS_V1, ApiServerDouble
+from tests.k8s_double.objects import pod, pool_v1
+from tests.unit.discovery.conftest import FAST, until
+
+
+def allows(allowlist: AllowList, hostport: str) -> bool:
+    return allowlist.allows(HostPort.parse(hostport))
+
+
+async def test_the_allowlist_follows_the_pools_ready_endpoints(
+    api: ApiServerDouble, kubeconfig: Path
+) -> None:
+    api.apply(POOLS_V1, pool_v1("pool", {"app": "vllm"}, [8000, 8001]))
+    api.apply(PODS, pod("prefill", "10.0.0.1", labels={"app": "vllm"}))
+    api.apply(PODS, pod("unready", "10.0.0.2", labels={"app": "vllm"}, ready=False))
+    allowlist = AllowList()
+    watch = PoolEndpointsWatch(PoolRef("pool"), allowlist.replace, kubeconfig, FAST)
+    await watch.start()
+    try:
+        assert allowlist.synced
+        assert allows(allowlist, "10.0.0.1:8000") and allows(allowlist, "10.0.0.1:8001")
+        assert not allows(allowlist, "10.0.0.1:9901"), "other ports of a pool pod stay closed"
+        assert not allows(allowlist, "10.0.0.2:8000"), "not ready"
+
+        api.update(PODS, "unready", lambda p: p["status"]["conditions"][0].update(status="True"))
+        await until(lambda: allows(allowlist, "10.0.0.2:8000"), "the pod that became ready")
+        api.delete(POOLS_V1, "pool")
+        await until(lambda: len(allowlist) == 0, "nothing allowed without the pool")
+    finally:
+        await watch.stop()
+
+
+async def test_start_fails_when_the_pool_cannot_be_listed(api: ApiServerDouble, kubeconfig: Path) -> None:
+    api.served.discard(POOLS_V1)  # as with the CRD missing, or RBAC refusing the list
+    watch = PoolEndpointsWatch(PoolRef("pool"), AllowList().replace, kubeconfig, FAST)
+    with pytest.raises(TimeoutError):
+        await watch.start(timeout=0.5)
+    assert len([r for r in api.requests if "inferencepools" in r.path]) > 1, "it retried until the deadline"
+
+
+async def test_start_raises_the_watch_error(tmp_path: Path) -> None:
+    watch = PoolEndpointsWatch(PoolRef("pool"), AllowList().replace, tmp_path / "missing-kubeconfig", FAST)
+    with pytest.raises(ConfigException):
+        await watch.start(timeout=5)
