@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import signal
+from dataclasses import replace
 
 from epp.sim.cluster import SimCluster, make_configs
 from epp.sim.config import ROLES, parse_lora_modules
@@ -53,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--role", choices=ROLES, default="both", help="P/D role label (any server serves both legs)"
     )
     parser.add_argument("--name-prefix", default="sim", help="endpoint names are <prefix>-0, <prefix>-1, ...")
+    parser.add_argument("--name", help="the endpoint's name when --count is 1 (instead of <prefix>-0)")
     parser.add_argument("--seed", type=int, default=0, help="seed for generated lengths and text")
     parser.add_argument(
         "--kv-events-endpoint", help="publish vLLM KV events over ZMQ PUB to this tcp:// endpoint"
@@ -73,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
         max_waiting=args.max_waiting,
         max_loras=args.max_loras,
     )
+    if args.name and args.count != 1:
+        log.error("--name names a single endpoint: use --name-prefix with --count %d", args.count)
+        return 2
     configs = make_configs(
         args.count,
         name_prefix=args.name_prefix,
@@ -87,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
         kv_events_endpoint=args.kv_events_endpoint,
         lease_seconds=args.lease_seconds,
     )
+    if args.name:
+        configs = [replace(configs[0], name=args.name)]
     asyncio.run(_serve(SimCluster(configs), args.ready_file))
     return 0
 

@@ -123,7 +123,7 @@ class Stack:
             "--count=1",
             "--port=0",
             f"--model={self.config.model}",
-            f"--name-prefix=sim-{index}",
+            f"--name=sim-{index}",
             f"--ready-file={ready}",
             *self.config.sim_args,
         )
