@@ -51,7 +51,8 @@ class PrefillClient:
 
     async def send(self, target: HostPort, path: str, headers: CIMultiDict[str], body: bytes) -> PrefillReply:
         """The prefiller's reply, successful or not, once it is final: 2xx, a non-retryable status,
-        or the last retry's status. Raises 502 (unreachable) or 504 (timeout) when it never answers."""
+        or the last retry's status. Raises 502 (unreachable, broken reply) or 504 (timeout) when it
+        never answers."""
         attempt = 0
         while True:
             outcome = await self._attempt(target, path, headers, body)
@@ -81,12 +82,13 @@ class PrefillClient:
         timeout = self._policy.timeout or None
         try:
             async with asyncio.timeout(timeout):
+                # Redirects are not followed: the allowlist vouched for this target only.
                 async with self._session.post(
                     url, headers=headers, data=body, allow_redirects=False
                 ) as response:
                     return PrefillReply(response.status, response.headers, await response.read())
         except aiohttp.ClientError as exc:
-            return ProxyError(502, f"prefiller {target} unreachable: {exc}")
+            return ProxyError(502, f"no reply from prefiller {target}: {exc}")
         except TimeoutError:
             return ProxyError(504, f"prefiller {target} did not answer within {self._policy.timeout:g}s")
 

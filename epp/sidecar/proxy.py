@@ -23,6 +23,7 @@ from epp.sidecar.connectors import SEQUENTIAL_HANDOFFS, Body, Connector, sglang_
 from epp.sidecar.errors import DECODE_NOT_READY, ProxyError, error_response
 from epp.sidecar.headers import (
     PREFILLER_HEADER,
+    REQUEST_ID_HEADER,
     choose_prefiller,
     client_response_headers,
     leg_request_headers,
@@ -118,7 +119,7 @@ class RoutingProxy:
     async def _disaggregate(self, request: web.Request, prefiller: HostPort) -> web.StreamResponse:
         original = await _read_json_object(request)
         headers = leg_request_headers(request.headers, request.remote, str(uuid.uuid4()))
-        log.debug("%s: prefill on %s, request id %s", request.path, prefiller, headers["x-request-id"])
+        log.debug("%s: prefill on %s, request id %s", request.path, prefiller, headers[REQUEST_ID_HEADER])
         if self._options.connector is Connector.SGLANG:
             return await self._sglang(request, prefiller, original, headers)
         return await self._prefill_then_decode(request, prefiller, original, headers)

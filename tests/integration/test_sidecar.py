@@ -30,18 +30,26 @@ LONG_PROMPT = "disaggregated serving moves the prompt's KV cache from a prefill 
 
 
 class LocalServer:
-    """A local HTTP server counting the requests it gets; it answers them, or with `hang` never does."""
+    """A local HTTP server counting the requests it gets. `mode`: "answer" with JSON, "hang" (never
+    answer), or "cut" (start an event stream, then drop the connection)."""
 
-    def __init__(self, hang: bool) -> None:
-        self.hang = hang
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
         self.requests = 0
         self.port = 0
         self._runner: web.AppRunner | None = None
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
-        if self.hang:
+        if self.mode == "hang":
             await asyncio.Event().wait()
+        if self.mode == "cut":
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write(b'data: {"choices": []}\n\n')
+            assert request.transport is not None
+            request.transport.close()
+            return response
         return web.json_response({"reached": True})
 
     async def start(self) -> None:
@@ -122,7 +130,7 @@ async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
     async with contextlib.AsyncExitStack() as stack:
         prefill = await start_sim(stack, run_dir, "prefill")
         decode = await start_sim(stack, run_dir, "decode")
-        hung, outsider = LocalServer(hang=True), LocalServer(hang=False)
+        hung, outsider = LocalServer("hang"), LocalServer("answer")
         for server in (hung, outsider):
             await server.start()
             stack.push_async_callback(server.stop)
@@ -382,6 +390,24 @@ async def test_engine_down_is_503_with_llm_d_message(rig: Rig, http: aiohttp.Cli
                 "ServiceUnavailable",
                 503,
             )
+
+
+async def test_engine_failing_mid_stream_cuts_the_client_connection(
+    rig: Rig, http: aiohttp.ClientSession
+) -> None:
+    """Never a clean end of stream the client would take for a complete reply."""
+    engine = LocalServer("cut")
+    await engine.start()
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(engine.stop)
+        sidecar = await start_sidecar(
+            stack, rig.run_dir, "cut-engine", engine.port, "--no-enable-ssrf-protection"
+        )
+        async with http.post(f"{sidecar}/v1/completions", json={"stream": True}) as response:
+            assert response.status == 200
+            assert await response.content.readline() == b'data: {"choices": []}\n'
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await response.read()
 
 
 async def test_tls_listener_and_tls_upstream(rig: Rig, http: aiohttp.ClientSession) -> None:
