@@ -10,7 +10,9 @@ What it implements, as the real server does:
   (replayed from history, then live), ADDED/DELETED when a relabel moves an object in or out
   of the label selector, BOOKMARK events when `allowWatchBookmarks` is set, the stream ending
   after `timeoutSeconds`, and `{"type":"ERROR"}` with a 410 Status for a compacted version;
-- bearer-token authentication (401 without it) and 404 for resources it is told not to serve.
+- bearer-token authentication (401 without it), RBAC from a Role's rules (403), and 404 for
+  resources it is told not to serve;
+- custom resources checked against the CRD schemas in crds/ when stored (apply raises).
 
 And the failures a test needs to inject: `expire_watches()` (410 on open watches),
 `drop_watches()` (connections cut mid-stream, no final chunk), `compact()`, and `hold()` to
@@ -31,6 +33,8 @@ from typing import Any
 import orjson
 import yaml
 from aiohttp import web
+
+from tests.k8s_double.schemas import has_schema, validate_custom_resource
 
 Object = dict[str, Any]
 TOKEN = "double-token"
@@ -160,8 +164,10 @@ class _Query:
 
 
 class ApiServerDouble:
-    def __init__(self, served: Iterable[Resource] = ALL_RESOURCES) -> None:
+    def __init__(self, served: Iterable[Resource] = ALL_RESOURCES, rbac: list[Object] | None = None) -> None:
+        """`rbac`: the rules of a Role; when given, a list or watch it does not allow gets 403."""
         self.served = set(served)
+        self._rbac = rbac
         self.requests: list[RequestRecord] = []
         self._objects: dict[Resource, dict[tuple[str, str], Object]] = {r: {} for r in ALL_RESOURCES}
         self._history: list[Event] = []
@@ -224,6 +230,8 @@ class ApiServerDouble:
         meta.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
         stored["apiVersion"] = resource.api_version
         stored["kind"] = resource.kind
+        if has_schema(resource.api_version, resource.kind):
+            validate_custom_resource(stored)  # as the real server's CRD validation would
         self._record(resource, "MODIFIED" if old else "ADDED", old, stored)
         self._objects[resource][key] = stored
         return copy.deepcopy(stored)
@@ -311,6 +319,11 @@ class ApiServerDouble:
         )
         if resource is None:
             return _status_response(404, "NotFound", "the server could not find the requested resource")
+        verb = "watch" if _flag(request, "watch") else "list"
+        if not self._allowed(resource, verb):
+            return _status_response(
+                403, "Forbidden", f"cannot {verb} {resource.plural} in {resource.group!r}"
+            )
         try:
             query = _Query(request)
         except ValueError as exc:
@@ -322,6 +335,16 @@ class ApiServerDouble:
         if gate is not None:
             await gate.wait()
         return self._list(request, resource, namespace, query)
+
+    def _allowed(self, resource: Resource, verb: str) -> bool:
+        if self._rbac is None:
+            return True
+        return any(
+            resource.group in rule.get("apiGroups", [])
+            and resource.plural in rule.get("resources", [])
+            and verb in rule.get("verbs", [])
+            for rule in self._rbac
+        )
 
     def _list(self, request: web.Request, resource: Resource, namespace: str, query: _Query) -> web.Response:
         snapshot_rv = self._last_rv

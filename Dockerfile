@@ -1,0 +1,19 @@
+# One image for the endpoint picker (`epp serve`), the P/D routing sidecar (`epp sidecar`) and the
+# vLLM simulator (`epp sim`): the manifests pick the subcommand in `args`.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY epp ./epp
+RUN pip install --no-cache-dir --prefix=/install .
+
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+COPY --from=build /install /usr/local
+# A fixed non-root UID (the manifests' runAsUser); nothing in the image needs to be written to,
+# so the root filesystem can be mounted read-only.
+USER 65532:65532
+# ext_proc, gRPC health, EPP metrics; the pool's target port (sidecar or simulator).
+EXPOSE 9002 9003 9090 8000
+ENTRYPOINT ["epp"]
+CMD ["serve", "--help"]
