@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck unit e2e bench clean
+.PHONY: install run test lint typecheck unit e2e kind-e2e bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ unit: install
 
 e2e: install
 	$(BIN)/pytest -q tests/integration
+
+## Deploy on a kind cluster through a real gateway (needs Docker, kind, helm; says so and exits 0 without).
+kind-e2e:
+	e2e/kind/run.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
