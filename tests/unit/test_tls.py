@@ -29,13 +29,19 @@ async def health_over_tls(credentials: grpc.ServerCredentials, trusted_cert: byt
         await server.stop(None)
 
 
-async def test_certificate_from_cert_path(tmp_path: Path) -> None:
+@pytest.fixture
+def cert_dir(tmp_path: Path) -> tuple[grpc.ServerCredentials, bytes]:
+    """Credentials from a --cert-path directory, and the certificate a client would trust."""
     key, cert = self_signed_certificate()
     (tmp_path / "tls.key").write_bytes(key)
     (tmp_path / "tls.crt").write_bytes(cert)
     credentials = server_credentials(TlsOptions(cert_path=tmp_path))
     assert credentials is not None
-    assert await health_over_tls(credentials, cert) == health_pb2.HealthCheckResponse.SERVING
+    return credentials, cert
+
+
+async def test_certificate_from_cert_path(cert_dir: tuple[grpc.ServerCredentials, bytes]) -> None:
+    assert await health_over_tls(*cert_dir) == health_pb2.HealthCheckResponse.SERVING
 
 
 async def test_a_fresh_self_signed_certificate_each_start() -> None:
@@ -48,12 +54,9 @@ async def test_plaintext_when_secure_serving_is_off() -> None:
     assert server_credentials(TlsOptions(secure_serving=False)) is None
 
 
-async def test_a_client_trusting_another_certificate_is_refused(tmp_path: Path) -> None:
-    key, cert = self_signed_certificate()
-    (tmp_path / "tls.key").write_bytes(key)
-    (tmp_path / "tls.crt").write_bytes(cert)
-    credentials = server_credentials(TlsOptions(cert_path=tmp_path))
-    assert credentials is not None
+async def test_a_client_trusting_another_certificate_is_refused(
+    cert_dir: tuple[grpc.ServerCredentials, bytes],
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as failure:
-        await health_over_tls(credentials, self_signed_certificate()[1])
+        await health_over_tls(cert_dir[0], self_signed_certificate()[1])
     assert failure.value.code() == grpc.StatusCode.UNAVAILABLE

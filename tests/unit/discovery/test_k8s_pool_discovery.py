@@ -66,6 +66,15 @@ def ready_pod(name: str, ip: str, **labels: str) -> dict[str, Any]:
     return pod(name, ip, labels={"app": "vllm", **labels})
 
 
+async def serving(api: ApiServerDouble, start_epp: EppFactory) -> Epp:
+    """The usual start: pool `pool` (app=vllm, port 8000) with Ready pod `a`, synced."""
+    api.apply(POOLS_V1, pool_v1("pool", {"app": "vllm"}, [8000]))
+    api.apply(PODS, ready_pod("a", "10.0.0.1"))
+    epp = await start_epp()
+    await until(lambda: epp.datastore.synced, "the first sync")
+    return epp
+
+
 async def test_ready_only_after_pool_and_pods_are_listed(api: ApiServerDouble, start_epp: EppFactory) -> None:
     api.apply(POOLS_V1, pool_v1("pool", {"app": "vllm"}, [8000]))
     api.apply(PODS, ready_pod("a", "10.0.0.1"))
@@ -166,10 +175,7 @@ async def test_pool_spec_changes(api: ApiServerDouble, start_epp: EppFactory) ->
 async def test_pool_deletion_empties_the_datastore_and_drops_readiness(
     api: ApiServerDouble, start_epp: EppFactory
 ) -> None:
-    api.apply(POOLS_V1, pool_v1("pool", {"app": "vllm"}, [8000]))
-    api.apply(PODS, ready_pod("a", "10.0.0.1"))
-    epp = await start_epp()
-    await until(lambda: epp.datastore.synced, "the first sync")
+    epp = await serving(api, start_epp)
     api.delete(POOLS_V1, "pool")
     await until(lambda: not epp.datastore.synced, "readiness to drop")
     assert epp.endpoints() == {}
@@ -192,10 +198,7 @@ async def test_unsupported_app_protocol_is_not_served(api: ApiServerDouble, star
 async def test_reconnects_and_410_keep_the_endpoints_current(
     api: ApiServerDouble, start_epp: EppFactory
 ) -> None:
-    api.apply(POOLS_V1, pool_v1("pool", {"app": "vllm"}, [8000]))
-    api.apply(PODS, ready_pod("a", "10.0.0.1"))
-    epp = await start_epp()
-    await until(lambda: epp.datastore.synced, "the first sync")
+    epp = await serving(api, start_epp)
     api.drop_watches()
     api.apply(PODS, ready_pod("b", "10.0.0.2"))
     await until(lambda: set(epp.endpoints()) == {"a-rank-0", "b-rank-0"}, "a change made while disconnected")
