@@ -29,7 +29,8 @@ class EnvoyOptions:
     listen_address: str = "127.0.0.1"
     epp_address: str = "127.0.0.1"
     epp_port: int = 9002
-    epp_tls: bool = False
+    # GIE's EPP serves TLS (self-signed) by default and gateways skip verification; so do we.
+    epp_tls: bool = True
     body_mode: str = "full-duplex"
     failure_mode: str = "closed"
     # host:port list used only by fail-open when the EPP is unreachable.

@@ -162,7 +162,7 @@ class Stack:
             f"--grpc-port={grpc_port}",
             "--grpc-health-port=0",
             "--metrics-port=0",
-            "--secure-serving=false",
+            f"--secure-serving={'true' if self.config.envoy.epp_tls else 'false'}",
             f"--endpoints-file={self.endpoints_file}",
             f"--ready-file={ready}",
             *self.config.epp_args,
