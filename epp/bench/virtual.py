@@ -1,0 +1,252 @@
+"""Virtual-time engine: a discrete-event simulation of clients, the EPP and simulated servers.
+
+Nothing here models routing or serving itself. Requests go through the EPP's own `Director`
+(body parsing, candidates, the scheduler under test, in-flight accounting, the response hooks with
+the usage the server reports), and every endpoint is the simulator's own `Engine` stepped exactly
+as `epp sim`'s driver steps it: `step(now)` schedules a batch and returns its duration, the
+produced tokens are released at the step's end, and an idle engine wakes on a new request or its
+next timer. Endpoint metrics are refreshed from engine state every `scrape_interval`, as the
+scraper would read the simulator's `/metrics` (same gauges: queue, running, KV usage, cache size).
+
+What the real-time path adds and this leaves out is the wire: HTTP, Envoy and ext_proc latency
+(a millisecond or two) and CPU contention between processes. Latencies here are pure model time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import time
+from array import array
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import orjson
+
+from epp.bench.prompts import PromptTokenizer
+from epp.bench.records import RequestRecord, RunResult
+from epp.bench.workload import BenchRequest
+from epp.datastore import Datastore, Endpoint, EndpointMetrics, EndpointSpec
+from epp.metrics.exporter import EppMetrics
+from epp.requestcontrol import Director
+from epp.requestcontrol.director import RoutedRequest
+from epp.requests import InferenceRequest, RequestError
+from epp.scheduling.types import Scheduler
+from epp.sim.engine import Engine, Rejection, Request, StepOutcome
+from epp.sim.openai_api import usage
+from epp.sim.profiles import Profile
+
+_REJECTION_STATUS = {Rejection.QUEUE_FULL: 429, Rejection.TOO_LONG: 400}
+SERVER_PORT = 8000
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualCluster:
+    endpoints: int
+    profile: Profile
+    model: str = "sim-model"
+    scrape_interval: float = 0.05
+    seed: int = 0
+
+
+def endpoint_specs(cluster: VirtualCluster) -> list[EndpointSpec]:
+    """Distinct addresses, one server port each, as a pod network would give."""
+    return [
+        EndpointSpec(
+            name=f"sim-{i}",
+            address=f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}",
+            port=SERVER_PORT,
+            models=frozenset({cluster.model}),
+        )
+        for i in range(cluster.endpoints)
+    ]
+
+
+def scraped_metrics(engine: Engine, now: float) -> EndpointMetrics:
+    """What the scraper reads from a simulator's /metrics (see epp.sim.metrics), from the engine."""
+    return EndpointMetrics(
+        waiting_queue_size=engine.num_waiting,
+        running_requests_size=engine.num_running,
+        kv_cache_usage=engine.kv_usage(),
+        max_active_models=engine.profile.max_loras,
+        cache_block_size=engine.block_size,
+        cache_num_blocks=engine.pool.num_blocks,
+        update_time=now,
+    )
+
+
+class _FixedPoolDirector(Director):
+    """The pool never changes and every endpoint serves the model, so candidates are computed
+    once; the base class filters every endpoint per request, which at 1,000 endpoints would cost
+    more than most schedulers."""
+
+    def __init__(self, datastore: Datastore, scheduler: Scheduler, rng: random.Random) -> None:
+        super().__init__(datastore, scheduler, metrics=EppMetrics(), rng=rng)
+        self._pool = datastore.ready_endpoints()
+
+    def candidates(self, request: InferenceRequest, subset: Sequence[str] | None) -> list[Endpoint]:
+        return self._pool
+
+
+class _Sequence(Request):
+    """The engine's request plus where its record is and when its last token came out: carried on
+    the sequence itself, so the per-token path needs no lookup."""
+
+    __slots__ = ("last_token", "record", "routed")
+
+    def __init__(self, token_ids: list[int], max_output: int, now: float, record: RequestRecord) -> None:
+        super().__init__(str(record.index), token_ids, max_output, now)
+        self.record = record
+        self.routed: RoutedRequest | None = None
+        self.last_token = 0.0
+
+
+class _Server:
+    """One simulated endpoint: its engine, and the step in progress whose tokens are due."""
+
+    __slots__ = ("engine", "epoch", "pending", "stepping")
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.pending: StepOutcome | None = None
+        self.stepping = False  # a step or a timer wake-up is scheduled
+        self.epoch = 0  # bumps cancel a scheduled timer wake-up
+
+
+class VirtualRun:
+    """One run of `requests` through `scheduler` on a fresh cluster. Use `run()` once."""
+
+    def __init__(
+        self, requests: Sequence[BenchRequest], scheduler: Scheduler, cluster: VirtualCluster
+    ) -> None:
+        self.requests = requests
+        self.cluster = cluster
+        self.datastore = Datastore()
+        self.datastore.replace_all(endpoint_specs(cluster))
+        self.director = _FixedPoolDirector(self.datastore, scheduler, random.Random(cluster.seed))
+        self.endpoints = list(self.datastore.endpoints())
+        self.servers = {e.name: _Server(Engine(cluster.profile, cluster.model)) for e in self.endpoints}
+        self.records = [RequestRecord(r.index, r.group) for r in requests]
+        self.itl: array[float] = array("d")
+        self._tokens = PromptTokenizer()
+        self._followers: dict[int, list[BenchRequest]] = {}
+        self._events: list[tuple[float, int, Callable[[float, Any], None], Any]] = []
+        self._seq = 0
+        self._open = 0  # requests not yet finished (or failed)
+
+    def run(self) -> RunResult:
+        started = time.perf_counter()
+        for request in self.requests:
+            if request.follows is None:
+                self._push(request.arrival, self._arrive, request)
+            else:
+                self._followers.setdefault(request.follows, []).append(request)
+        self._open = len(self.requests)
+        self._scrape(0.0, None)
+        events = self._events
+        while self._open and events:
+            now, _, handler, payload = heapq.heappop(events)
+            handler(now, payload)
+        return RunResult(
+            engine="virtual",
+            records=self.records,
+            endpoints=[e.name for e in self.endpoints],
+            itl=self.itl,
+            wall_seconds=time.perf_counter() - started,
+        )
+
+    def _push(self, at: float, handler: Callable[[float, Any], None], payload: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._events, (at, self._seq, handler, payload))
+
+    def _scrape(self, now: float, _: None) -> None:
+        for endpoint in self.endpoints:
+            endpoint.metrics = scraped_metrics(self.servers[endpoint.name].engine, now)
+        self._push(now + self.cluster.scrape_interval, self._scrape, None)
+
+    # ----- clients -> EPP -> server ----------------------------------------------------------
+
+    def _arrive(self, now: float, request: BenchRequest) -> None:
+        record = self.records[request.index]
+        record.sent = now
+        headers = {":method": "POST", ":path": request.path, "x-request-id": str(request.index)}
+        try:
+            routed = self.director.handle_body(orjson.dumps(request.body(self.cluster.model)), headers, None)
+        except RequestError as error:
+            self._failed(record, now, error.code.label)
+            return
+        endpoint = routed.result.targets[0]
+        record.endpoint = endpoint.name
+        server = self.servers[endpoint.name]
+        token_ids = self._tokens.token_ids(request)
+        record.prompt_tokens = len(token_ids)
+        sequence = _Sequence(token_ids, request.max_tokens, now, record)
+        rejection = server.engine.add(sequence)
+        if rejection is not None:
+            routed.response_started(_REJECTION_STATUS[rejection], False)
+            routed.finish()
+            self._failed(record, now, rejection.value)
+            return
+        routed.response_started(200, True)  # the simulator sends headers on admission
+        sequence.routed = routed
+        if not server.stepping:
+            self._wake(server, now)
+
+    def _failed(self, record: RequestRecord, now: float, reason: str) -> None:
+        record.error = reason
+        self._done(record.index, now)
+
+    def _done(self, index: int, now: float) -> None:
+        self._open -= 1
+        for follower in self._followers.pop(index, ()):
+            self._push(now + follower.arrival, self._arrive, follower)
+
+    # ----- servers ---------------------------------------------------------------------------
+
+    def _wake(self, server: _Server, now: float) -> None:
+        server.epoch += 1
+        server.stepping = True
+        self._push(now, self._step, (server, server.epoch))
+
+    def _step(self, now: float, payload: tuple[_Server, int]) -> None:
+        server, epoch = payload
+        if epoch != server.epoch:
+            return  # a timer wake-up overtaken by an arrival
+        if server.pending is not None:
+            self._deliver(server.pending, now)
+            server.pending = None
+        engine = server.engine
+        outcome = engine.step(now)
+        if outcome.batch_size:
+            server.pending = outcome
+            self._push(outcome.end, self._step, payload)
+            return
+        # idle: the next arrival wakes it (bumping the epoch voids this timer), else the timer does
+        server.stepping = False
+        timer = engine.next_timer()
+        if timer is not None:
+            self._push(max(timer, now), self._step, payload)
+
+    def _deliver(self, outcome: StepOutcome, now: float) -> None:
+        """The step ended: hand out its tokens and finish its completed requests."""
+        itl = self.itl
+        for sequence in cast(list[_Sequence], outcome.emitted):
+            if sequence.output_done == 1:
+                sequence.record.first_token = now
+            else:
+                itl.append(now - sequence.last_token)
+            sequence.last_token = now
+        for sequence in cast(list[_Sequence], outcome.finished):
+            record = sequence.record
+            record.done = now
+            record.output_tokens = sequence.output_done
+            record.cached_tokens = sequence.cached_tokens or 0
+            reported = usage(sequence.prompt_len, sequence.output_done, record.cached_tokens)
+            assert sequence.routed is not None
+            sequence.routed.response_body(b"data: " + orjson.dumps({"usage": reported}) + b"\n\n", True)
+            self._done(record.index, now)
+
+
+def run_virtual(requests: Sequence[BenchRequest], scheduler: Scheduler, cluster: VirtualCluster) -> RunResult:
+    return VirtualRun(requests, scheduler, cluster).run()

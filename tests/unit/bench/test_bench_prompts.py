@@ -1,0 +1,64 @@
+"""The virtual-time engine's token ids are exactly what `epp sim` derives from the same body."""
+
+from __future__ import annotations
+
+from epp.bench.prompts import PromptTokenizer
+from epp.bench.workload import BenchRequest, WorkloadSpec, generate
+from epp.sim.openai_api import parse_chat, parse_completion
+
+
+def sim_token_ids(request: BenchRequest) -> list[int]:
+    body = request.body("m")
+    parse = parse_chat if request.messages else parse_completion
+    return parse(body).prompts[0]
+
+
+def test_completion_and_chat_match_the_simulator() -> None:
+    tokenizer = PromptTokenizer()
+    for api in ("completion", "chat"):
+        spec = WorkloadSpec.model_validate(
+            {
+                "name": "t",
+                "api": api,
+                "data": {
+                    "type": "shared_prefix",
+                    "num_groups": 2,
+                    "num_prompts_per_group": 3,
+                    "system_prompt_len": 40,
+                    "question_len": 9,
+                    "output_len": 2,
+                },
+                "load": {"rates": [1]},
+            }
+        )
+        for request in generate(spec, 1.0):
+            assert tokenizer.token_ids(request) == sim_token_ids(request)
+
+
+def test_multi_turn_histories_match_the_simulator() -> None:
+    spec = WorkloadSpec.model_validate(
+        {
+            "name": "t",
+            "api": "chat",
+            "data": {
+                "type": "multi_turn",
+                "conversations": 2,
+                "turns": 4,
+                "system_prompt_len": 30,
+                "user_len": 5,
+                "output_len": 4,
+            },
+            "load": {"rates": [1]},
+        }
+    )
+    tokenizer = PromptTokenizer(max_memo=3)  # also exercises the memo being dropped when full
+    for request in generate(spec, 1.0):
+        assert tokenizer.token_ids(request) == sim_token_ids(request)
+
+
+def test_text_that_does_not_split_cleanly_is_tokenized_whole() -> None:
+    # "ab" + "cd" would be one token "abcd", and "x." + "5" joins digits to punctuation: neither
+    # join is a letter followed by a non-letter, so the pieces are not tokenized separately.
+    for parts in (("ab", "cd"), ("x.", "5 y"), ("hello", " world", "again")):
+        request = BenchRequest(0, 0.0, "g", 1, prompt=parts)
+        assert PromptTokenizer().token_ids(request) == sim_token_ids(request)

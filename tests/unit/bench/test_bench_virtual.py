@@ -1,0 +1,152 @@
+"""The virtual-time engine: the simulator's engine and the EPP's director, stepped in model time."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Sequence
+
+import pytest
+
+from epp.bench.summary import summarize
+from epp.bench.virtual import VirtualCluster, run_virtual, scraped_metrics
+from epp.bench.workload import BenchRequest, WorkloadSpec, generate
+from epp.datastore import Endpoint
+from epp.metrics.engines import BUILTIN_ENGINES
+from epp.metrics.promtext import Extractor
+from epp.requests import InferenceRequest, Usage
+from epp.scheduling.least_inflight import LeastInflightScheduler
+from epp.scheduling.types import SchedulingResult
+from epp.sim.engine import Engine, Request
+from epp.sim.metrics import build_registry, render
+from epp.sim.profiles import TINY_TEST
+
+TINY = VirtualCluster(endpoints=1, profile=TINY_TEST)
+
+
+def workload(groups: int = 2, per_group: int = 3, rate: float = 50.0) -> list[BenchRequest]:
+    spec = WorkloadSpec.model_validate(
+        {
+            "name": "tiny",
+            "seed": 5,
+            "data": {
+                "type": "shared_prefix",
+                "num_groups": groups,
+                "num_prompts_per_group": per_group,
+                "system_prompt_len": 48,
+                "question_len": 9,
+                "output_len": 6,
+            },
+            "load": {"rates": [rate]},
+        }
+    )
+    return generate(spec, rate)
+
+
+class Recording(LeastInflightScheduler):
+    """Counts the hooks the director calls and keeps the usage each response reported."""
+
+    def __init__(self) -> None:
+        super().__init__(random.Random(0))
+        self.calls: dict[str, int] = {"schedule": 0, "pre": 0, "received": 0, "complete": 0}
+        self.usages: list[Usage | None] = []
+
+    def schedule(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> SchedulingResult:
+        self.calls["schedule"] += 1
+        return super().schedule(request, candidates)
+
+    def pre_request(self, request: InferenceRequest, result: SchedulingResult) -> None:
+        self.calls["pre"] += 1
+
+    def response_received(self, request: InferenceRequest, result: SchedulingResult) -> None:
+        self.calls["received"] += 1
+
+    def response_complete(
+        self, request: InferenceRequest, result: SchedulingResult, usage: Usage | None
+    ) -> None:
+        self.calls["complete"] += 1
+        self.usages.append(usage)
+
+
+def test_lone_request_takes_exactly_the_engine_model_time() -> None:
+    request = workload(1, 1)[0]
+    result = run_virtual([request], LeastInflightScheduler(), TINY)
+    record = result.records[0]
+    prefill = TINY_TEST.step_seconds(0, 0, 57, 57 * 57 // 2)
+    decode = TINY_TEST.step_seconds(1, 57 + 1, 0, 0)
+    assert record.ok and record.prompt_tokens == 57 and record.output_tokens == 6
+    assert record.ttft == pytest.approx(prefill)
+    assert list(result.itl) == pytest.approx([decode] * 5)
+    assert record.e2e == pytest.approx(prefill + 5 * decode)
+
+
+def test_every_request_goes_through_the_director_hooks_once_and_reports_cached_tokens() -> None:
+    requests = workload()
+    scheduler = Recording()
+    result = run_virtual(requests, scheduler, VirtualCluster(endpoints=2, profile=TINY_TEST))
+    assert scheduler.calls == {"schedule": 6, "pre": 6, "received": 6, "complete": 6}
+    assert all(r.ok and r.endpoint in ("sim-0", "sim-1") for r in result.records)
+    usages = [u for u in scheduler.usages if u is not None]
+    assert len(usages) == 6 and sum(u.cached_tokens for u in usages) > 0
+    assert sum(u.cached_tokens for u in usages) == sum(r.cached_tokens for r in result.records)
+    summary = summarize(result)
+    assert 0 < summary.hit_rate < 1
+
+
+def test_runs_are_deterministic() -> None:
+    requests = workload(3, 4, rate=200.0)
+    first = run_virtual(requests, LeastInflightScheduler(random.Random(1)), VirtualCluster(3, TINY_TEST))
+    second = run_virtual(requests, LeastInflightScheduler(random.Random(1)), VirtualCluster(3, TINY_TEST))
+    assert first.records == second.records
+    assert list(first.itl) == list(second.itl)
+
+
+def test_follow_up_turns_wait_for_the_previous_answer_plus_think_time() -> None:
+    spec = WorkloadSpec.model_validate(
+        {
+            "name": "chat",
+            "api": "chat",
+            "data": {
+                "type": "multi_turn",
+                "conversations": 1,
+                "turns": 3,
+                "system_prompt_len": 30,
+                "user_len": 5,
+                "output_len": 4,
+                "think_time": 0.25,
+            },
+            "load": {"rates": [1]},
+        }
+    )
+    records = run_virtual(generate(spec, 1.0), LeastInflightScheduler(), TINY).records
+    for previous, turn in itertools.pairwise(records):
+        assert previous.done is not None
+        assert turn.sent == pytest.approx(previous.done + 0.25)
+    assert records[2].cached_tokens > records[1].cached_tokens > 0, "each turn reuses the history"
+
+
+def test_queue_overflow_is_an_error_not_a_hang() -> None:
+    requests = workload(1, 80, rate=1e6)  # 80 at once; tiny-test queues at most 64
+    result = run_virtual(requests, LeastInflightScheduler(), TINY)
+    errors = [r for r in result.records if r.error]
+    assert errors and all(r.error == "queue_full" for r in errors)
+    assert summarize(result).completed == 80 - len(errors)
+
+
+def test_scraped_metrics_equal_what_the_scraper_reads_from_the_simulator() -> None:
+    engine = Engine(TINY_TEST, "m")
+    for i in range(12):
+        engine.add(Request(str(i), list(range(1 + i * 7, 40 + i * 7)), 5, 0.0))
+    engine.step(0.0)
+    vllm = BUILTIN_ENGINES["vllm"]
+    page = render(build_registry(engine, "m")).decode()
+    scraped = vllm.read(Extractor(vllm.names()).extract(page), 1.0)
+    direct = scraped_metrics(engine, 1.0)
+    assert direct.waiting_queue_size == scraped.waiting_queue_size > 0
+    assert direct.running_requests_size == scraped.running_requests_size > 0
+    assert direct.kv_cache_usage == pytest.approx(scraped.kv_cache_usage)
+    assert (direct.cache_block_size, direct.cache_num_blocks) == (
+        scraped.cache_block_size,
+        scraped.cache_num_blocks,
+    )
+    assert direct.max_active_models == scraped.max_active_models
