@@ -64,7 +64,7 @@ class RoutedRequest:
         self._usage: UsageReader | None = None
         self._finished = False
         self._model_swap = _model_swap(request.target_model, request.model)
-        self.loaded = _first_targets(result)
+        self.loaded = result.first_targets()
         for endpoint in self.loaded:
             endpoint.inflight_requests += 1
             endpoint.inflight_tokens += request.prompt_tokens
@@ -123,15 +123,6 @@ def _model_swap(target: str, incoming: str) -> tuple[tuple[bytes, bytes], ...] |
         )
         for sep in ("", " ")
     )
-
-
-def _first_targets(result: SchedulingResult) -> list[Endpoint]:
-    """The endpoint each profile actually sends work to (its first target)."""
-    seen: dict[str, Endpoint] = {}
-    for profile in result.profile_results.values():
-        if profile and profile.targets:
-            seen.setdefault(profile.targets[0].name, profile.targets[0])
-    return list(seen.values())
 
 
 class Director:

@@ -21,16 +21,29 @@ class ProfileResult:
 
 @dataclass(slots=True)
 class SchedulingResult:
-    """Per-profile picks; the primary profile's targets are the destination, primary first."""
+    """Per-profile picks; the primary profile's targets are the destination, primary first.
+
+    `headers` are added to the request forwarded upstream (e.g. `x-prefiller-host-port`);
+    `response_headers` are added to the response the client receives (e.g. `x-session-token`)."""
 
     profile_results: dict[str, ProfileResult | None]
     primary_profile: str
     headers: dict[str, str] = field(default_factory=dict)
+    response_headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def targets(self) -> list[Endpoint]:
         primary = self.profile_results.get(self.primary_profile)
         return primary.targets if primary else []
+
+    def first_targets(self) -> list[Endpoint]:
+        """The endpoint each profile actually sends work to (its first target), without repeats:
+        these carry the request's load (a P/D request loads both its prefill and decode pods)."""
+        seen: dict[str, Endpoint] = {}
+        for profile in self.profile_results.values():
+            if profile and profile.targets:
+                seen.setdefault(profile.targets[0].name, profile.targets[0])
+        return list(seen.values())
 
 
 class Scheduler(Protocol):

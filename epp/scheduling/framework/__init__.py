@@ -1,0 +1,45 @@
+"""The scheduling framework: plugin interfaces, profiles, the plugin scheduler and the registry."""
+
+from epp.scheduling.framework.plugin import (
+    DataConsumer,
+    DataKey,
+    DataProducer,
+    EndpointObserver,
+    Filter,
+    NoParams,
+    Picker,
+    Plugin,
+    PluginContext,
+    PluginParams,
+    PreRequest,
+    ProfileHandler,
+    ResponseComplete,
+    ResponseReceived,
+    SaturationDetector,
+    Scorer,
+)
+from epp.scheduling.framework.profile import SchedulerProfile
+from epp.scheduling.framework.registry import register
+from epp.scheduling.framework.scheduler import PluginScheduler
+
+__all__ = [
+    "DataConsumer",
+    "DataKey",
+    "DataProducer",
+    "EndpointObserver",
+    "Filter",
+    "NoParams",
+    "Picker",
+    "Plugin",
+    "PluginContext",
+    "PluginParams",
+    "PluginScheduler",
+    "PreRequest",
+    "ProfileHandler",
+    "ResponseComplete",
+    "ResponseReceived",
+    "SaturationDetector",
+    "SchedulerProfile",
+    "Scorer",
+    "register",
+]

@@ -1,0 +1,56 @@
+"""A scheduling profile: filters in order, then weighted scorers, then one picker."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from time import perf_counter
+
+from epp.datastore import Endpoint
+from epp.metrics.exporter import EppMetrics
+from epp.requests import InferenceRequest
+from epp.scheduling.framework import timing
+from epp.scheduling.framework.plugin import Filter, Picker, Scorer
+from epp.scheduling.types import ProfileResult
+
+
+class SchedulerProfile:
+    """Runs one profile over the candidates. Semantics follow GIE: filters stop early once nothing
+    is left (a failed profile, None); each score is clamped to [0, 1] and added with its absolute
+    weight; the picker sees every surviving candidate with its total."""
+
+    def __init__(
+        self,
+        name: str,
+        filters: Sequence[Filter],
+        scorers: Sequence[tuple[Scorer, float]],
+        picker: Picker,
+        metrics: EppMetrics,
+    ) -> None:
+        self.name = name
+        self._filters = [(f, timing.observer(metrics, timing.FILTER, f)) for f in filters]
+        self._scorers = [(s, weight, timing.observer(metrics, timing.SCORER, s)) for s, weight in scorers]
+        self._picker = picker
+        self._observe_picker = timing.observer(metrics, timing.PICKER, picker)
+
+    def run(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> ProfileResult | None:
+        endpoints = list(candidates)
+        for filter_plugin, observe in self._filters:
+            started = perf_counter()
+            endpoints = filter_plugin.filter(request, endpoints)
+            observe(perf_counter() - started)
+            if not endpoints:
+                return None
+        totals = [0.0] * len(endpoints)
+        for scorer, weight, observe in self._scorers:
+            started = perf_counter()
+            scores = scorer.score(request, endpoints)
+            observe(perf_counter() - started)
+            # `not s >= 0.0` also catches NaN, which would otherwise poison the sum.
+            totals = [
+                total + weight * (0.0 if not s >= 0.0 else 1.0 if s > 1.0 else s)
+                for total, s in zip(totals, scores, strict=True)
+            ]
+        started = perf_counter()
+        picked = self._picker.pick(request, endpoints, totals)
+        self._observe_picker(perf_counter() - started)
+        return ProfileResult(picked) if picked else None

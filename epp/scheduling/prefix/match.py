@@ -1,0 +1,30 @@
+"""`PrefixCacheMatchInfo`: how much of this request's prompt each candidate probably has cached.
+Produced once per request; read by prefix-cache-scorer, no-hit-lru-scorer and P/D deciders."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from epp.datastore import Endpoint
+from epp.scheduling.framework.plugin import DataKey
+
+PREFIX_MATCH = DataKey("PrefixCacheMatchInfo", default_producer="approx-prefix-cache-producer")
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixMatch:
+    hashes: list[int]
+    matched: Mapping[Endpoint, int]  # matched blocks per endpoint; absent = 0
+    block_size_tokens: int
+
+    @property
+    def total_blocks(self) -> int:
+        return len(self.hashes)
+
+    def matched_blocks(self, endpoint: Endpoint) -> int:
+        return self.matched.get(endpoint, 0)
+
+    def cached_tokens(self, endpoint: Endpoint) -> int:
+        """Prompt tokens this endpoint probably has cached (block granularity)."""
+        return self.matched_blocks(endpoint) * self.block_size_tokens

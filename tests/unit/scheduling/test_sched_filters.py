@@ -1,0 +1,230 @@
+"""Role, label and utilization filters, the GIE conformance filter, and both saturation detectors."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+from sched_helpers import FakeClock, context, endpoint, plugin, request
+
+from epp.datastore import Endpoint
+from epp.scheduling.plugins.by_label_filter import ByLabelFilter
+from epp.scheduling.plugins.concurrency_detector import ConcurrencyDetector
+from epp.scheduling.plugins.decode_filter import DecodeFilter
+from epp.scheduling.plugins.encode_filter import EncodeFilter
+from epp.scheduling.plugins.header_based_testing_filter import HeaderBasedTestingFilter
+from epp.scheduling.plugins.label_selector_filter import LabelSelectorFilter
+from epp.scheduling.plugins.prefill_filter import PrefillFilter
+from epp.scheduling.plugins.utilization_detector import UtilizationDetector
+from epp.scheduling.plugins.utilization_filter import UtilizationFilter
+
+REQ = request()
+ROLES = [
+    "decode",
+    "prefill",
+    "encode",
+    "encode-prefill",
+    "prefill-decode",
+    "both",
+    "encode-prefill-decode",
+    None,
+    "x",
+]
+
+
+def by_role() -> list[Endpoint]:
+    return [endpoint(str(role), labels={"llm-d.ai/role": role} if role else {}) for role in ROLES]
+
+
+def kept(filter_plugin: object, candidates: list[Endpoint], req: object = REQ) -> list[str]:
+    return [e.name for e in filter_plugin.filter(req, candidates)]  # type: ignore[attr-defined]
+
+
+def test_role_filters_keep_llm_d_role_sets() -> None:
+    assert kept(plugin(DecodeFilter), by_role()) == [
+        "decode", "prefill-decode", "both", "encode-prefill-decode", "None",
+    ]  # fmt: skip
+    assert kept(plugin(PrefillFilter), by_role()) == [
+        "prefill", "encode-prefill", "prefill-decode", "both", "encode-prefill-decode",
+    ]  # fmt: skip
+    assert kept(plugin(EncodeFilter), by_role()) == ["encode", "encode-prefill", "encode-prefill-decode"]
+
+
+def test_role_filter_can_leave_nothing() -> None:
+    assert kept(plugin(PrefillFilter), [endpoint("plain")]) == []
+
+
+def labelled() -> list[Endpoint]:
+    return [
+        endpoint("a", labels={"tier": "gold", "zone": "x"}),
+        endpoint("b", labels={"tier": "silver", "zone": "x"}),
+        endpoint("c", labels={"zone": "y"}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("selector", "expected"),
+    [
+        ({}, ["a", "b", "c"]),
+        ({"matchLabels": {"zone": "x"}}, ["a", "b"]),
+        ({"matchLabels": {"zone": "x", "tier": "silver"}}, ["b"]),
+        ({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["gold", "bronze"]}]}, ["a"]),
+        ({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["gold"]}]}, ["b", "c"]),
+        ({"matchExpressions": [{"key": "tier", "operator": "Exists"}]}, ["a", "b"]),
+        ({"matchExpressions": [{"key": "tier", "operator": "DoesNotExist"}]}, ["c"]),
+        (
+            {
+                "matchLabels": {"zone": "x"},
+                "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["gold"]}],
+            },
+            ["b"],
+        ),
+    ],
+)
+def test_label_selector(selector: dict, expected: list[str]) -> None:
+    assert kept(plugin(LabelSelectorFilter, selector), labelled()) == expected
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        {"key": "k", "operator": "In", "values": []},
+        {"key": "k", "operator": "Exists", "values": ["v"]},
+        {"key": "k", "operator": "Equals", "values": ["v"]},
+    ],
+)
+def test_label_selector_rejects_malformed_requirements(expression: dict) -> None:
+    with pytest.raises(ValidationError):
+        LabelSelectorFilter.Params.model_validate({"matchExpressions": [expression]})
+
+
+def test_by_label() -> None:
+    strict = plugin(ByLabelFilter, {"label": "tier", "validValues": ["gold", "silver"]})
+    assert kept(strict, labelled()) == ["a", "b"]
+    lenient = plugin(ByLabelFilter, {"label": "tier", "validValues": ["gold"], "allowsNoLabel": True})
+    assert kept(lenient, labelled()) == ["a", "c"]
+
+
+def test_utilization_filter_drops_endpoints_over_any_limit() -> None:
+    params = {
+        "conditions": [
+            {"metric": "waiting-queue", "maxValue": 4},
+            {"metric": "kv-cache-utilization", "maxValue": 0.9},
+            {"metric": "active-requests", "maxValue": 10},
+            {"metric": "running-requests", "maxValue": 20},
+        ]
+    }
+    candidates = [
+        endpoint("ok", queue=4, kv=0.9, inflight=10, running=20),
+        endpoint("queue", queue=5),
+        endpoint("kv", kv=0.95),
+        endpoint("active", inflight=11),
+        endpoint("running", running=21),
+    ]
+    assert kept(plugin(UtilizationFilter, params), candidates) == ["ok"]
+
+
+def test_utilization_filter_fallback_on_empty() -> None:
+    conditions = [{"metric": "waiting-queue", "maxValue": 1}]
+    busy = [endpoint("a", queue=5), endpoint("b", queue=7)]
+    assert kept(plugin(UtilizationFilter, {"conditions": conditions}), busy) == []
+    assert kept(plugin(UtilizationFilter, {"conditions": conditions, "fallbackOnEmpty": True}), busy) == [
+        "a",
+        "b",
+    ]
+
+
+def test_header_based_testing_filter() -> None:
+    candidates = [
+        endpoint("a", address="10.0.0.1", port=3000),
+        endpoint("b", address="10.0.0.2", port=3000),
+        endpoint("c", address="10.0.0.2", port=3002),
+        endpoint("v6", address="fd00::1", port=3000),
+    ]
+    test_filter = plugin(HeaderBasedTestingFilter)
+
+    def select(value: str | None) -> list[str]:
+        headers = {} if value is None else {"test-epp-endpoint-selection": value}
+        return kept(test_filter, candidates, request(headers=headers))
+
+    assert select(None) == [] and select("  ") == []
+    assert select("10.0.0.1") == ["a"]
+    assert select("10.0.0.2:3000, 10.0.0.1:3000") == ["b", "a"]
+    assert select("10.0.0.2") == ["c"]  # a bare IP selects the last endpoint with that IP
+    assert select("10.0.0.2:3000,10.0.0.2:3002") == ["b"]  # one endpoint per IP, as GIE
+    assert select("[fd00::1]:3000,10.9.9.9") == ["v6"]
+    assert select("fd00::1") == ["v6"]
+    assert select("10.0.0.1:9999") == []
+
+
+# --- saturation detectors -------------------------------------------------------------------------
+
+NOW = 1000.0
+
+
+def utilization(params: dict | None = None) -> UtilizationDetector:
+    return plugin(UtilizationDetector, params, context(clock=FakeClock(NOW)))
+
+
+def fresh(name: str, **metrics: float) -> Endpoint:
+    return endpoint(name, scraped_at=NOW - 0.05, **metrics)  # type: ignore[arg-type]
+
+
+def test_utilization_saturation_is_the_mean_of_worst_ratios() -> None:
+    detector = utilization()
+    candidates = [fresh("a", queue=5, kv=0.2), fresh("b", queue=0, kv=0.4), fresh("c", queue=10, kv=0.0)]
+    assert detector.saturation(candidates) == pytest.approx((1.0 + 0.5 + 2.0) / 3)
+
+
+def test_utilization_stale_or_missing_metrics_count_as_saturated() -> None:
+    detector = utilization()
+    stale = endpoint("stale", scraped_at=NOW - 0.3)
+    never = endpoint("never", scraped_at=0.0)
+    assert detector.saturation([stale, never, fresh("idle")]) == pytest.approx(2 / 3)
+    assert detector.saturation([]) == 1.0
+
+
+def test_utilization_custom_thresholds() -> None:
+    detector = utilization(
+        {"queueDepthThreshold": 10, "kvCacheUtilThreshold": 0.5, "metricsStalenessThreshold": "1s"}
+    )
+    assert detector.saturation([endpoint("a", queue=5, kv=0.1, scraped_at=NOW - 0.9)]) == pytest.approx(0.5)
+
+
+def test_utilization_filter_drops_stale_and_saturated_keeping_all_if_none_left() -> None:
+    detector = utilization({"headroom": 0.2})
+    candidates = [
+        fresh("ok", queue=5, kv=0.95),  # below 5 * 1.2 and 0.8 * 1.2
+        fresh("queue", queue=6),
+        fresh("kv", kv=0.96),
+        endpoint("stale", scraped_at=NOW - 1),
+    ]
+    assert kept(detector, candidates) == ["ok"]
+    assert kept(detector, candidates[1:]) == ["queue", "kv", "stale"]
+
+
+def test_utilization_detector_rejects_bad_thresholds() -> None:
+    for bad in ({"kvCacheUtilThreshold": 1.5}, {"queueDepthThreshold": 0}, {"headroom": -0.1}):
+        with pytest.raises(ValidationError):
+            UtilizationDetector.Params.model_validate(bad)
+
+
+def test_concurrency_detector_requests_mode() -> None:
+    detector = plugin(ConcurrencyDetector, {"maxConcurrency": 10, "headroom": 0.2})
+    a, b = endpoint("a", inflight=10), endpoint("b", inflight=0)
+    assert detector.saturation([a, b]) == pytest.approx(0.5)
+    assert detector.saturation([endpoint("c", inflight=15), endpoint("d", inflight=15)]) == pytest.approx(1.5)
+    assert detector.saturation([]) == 1.0
+    assert kept(detector, [endpoint("under", inflight=11), endpoint("at", inflight=12)]) == ["under"]
+    assert kept(detector, [endpoint("at", inflight=12)]) == []
+
+
+def test_concurrency_detector_tokens_mode() -> None:
+    detector = plugin(ConcurrencyDetector, {"concurrencyMode": "tokens", "maxTokenConcurrency": 100})
+    assert detector.saturation(
+        [endpoint("a", inflight_tokens=50, inflight=99), endpoint("b")]
+    ) == pytest.approx(0.25)
+
+
+def test_concurrency_detector_rejects_unknown_mode() -> None:
+    with pytest.raises(ValidationError, match="'requests' or 'tokens'"):
+        ConcurrencyDetector.Params.model_validate({"concurrencyMode": "magic"})

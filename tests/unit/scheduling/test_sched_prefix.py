@@ -1,0 +1,236 @@
+"""The approximate prefix cache: block hashing, the index, the producer and prefix-cache-scorer
+(gie-epp.md 3.5, llm-d.md 1.6 and 3)."""
+
+from __future__ import annotations
+
+import pytest
+from sched_helpers import context, endpoint, endpoints, plugin, request
+
+from epp.datastore import Endpoint
+from epp.metrics.exporter import EppMetrics
+from epp.scheduling.plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
+from epp.scheduling.plugins.prefix_cache_scorer import PrefixCacheScorer
+from epp.scheduling.prefix import (
+    PREFIX_MATCH,
+    PrefixIndex,
+    PrefixMatch,
+    block_hashes,
+    model_seed,
+    prompt_bytes,
+)
+from epp.scheduling.types import ProfileResult, SchedulingResult
+
+BLOCK = 64  # 16 tokens x 4 characters
+TEXT = bytes(range(256)) * 4  # 1024 bytes: 16 full blocks
+
+
+def test_hashes_full_blocks_and_the_trailing_partial_one() -> None:
+    assert len(block_hashes(TEXT, 1, BLOCK, 256)) == 16
+    assert len(block_hashes(TEXT + b"tail", 1, BLOCK, 256)) == 17
+    assert block_hashes(TEXT[: BLOCK - 1], 1, BLOCK, 256) == []
+
+
+def test_hashes_are_chained_so_equal_hashes_mean_equal_prefixes() -> None:
+    base = block_hashes(TEXT, 1, BLOCK, 256)
+    changed_first = block_hashes(b"X" + TEXT[1:], 1, BLOCK, 256)
+    changed_last = block_hashes(TEXT[:-1] + b"X", 1, BLOCK, 256)
+    assert not set(base) & set(changed_first)
+    assert changed_last[:-1] == base[:-1] and changed_last[-1] != base[-1]
+
+
+def test_hash_chain_starts_from_model_and_cache_salt() -> None:
+    seeds = {model_seed("m"), model_seed("m", "tenant-a"), model_seed("m", "tenant-b"), model_seed("other")}
+    assert len(seeds) == 4
+    assert block_hashes(TEXT, model_seed("m"), BLOCK, 256) != block_hashes(
+        TEXT, model_seed("other"), BLOCK, 256
+    )
+
+
+def test_max_blocks_truncates_and_zero_means_no_limit() -> None:
+    assert len(block_hashes(TEXT, 1, BLOCK, 4)) == 4
+    assert block_hashes(TEXT, 1, BLOCK, 4) == block_hashes(TEXT, 1, BLOCK, 256)[:4]
+    assert len(block_hashes(TEXT * 2, 1, BLOCK, 0)) == 32
+
+
+def test_token_id_prompts_hash_their_ids_little_endian() -> None:
+    req = request(token_ids=[1, 2, 0x01020304])
+    assert prompt_bytes(req) == b"\x01\x00\x00\x00\x02\x00\x00\x00\x04\x03\x02\x01"
+    assert prompt_bytes(request(token_ids=[2**40])) == b""
+    assert prompt_bytes(request("text")) == b"text"
+
+
+# --- index -----------------------------------------------------------------------------------------
+
+
+def names(counts: dict[Endpoint, int]) -> dict[str, int]:
+    return {e.name: n for e, n in counts.items()}
+
+
+def test_match_walks_until_the_first_block_nobody_holds() -> None:
+    index = PrefixIndex()
+    a, b = endpoints(2)
+    index.add(a, [1, 2, 3, 4], 100)
+    index.add(b, [1, 2, 9], 100)
+    assert names(index.match([1, 2, 3, 4, 5])) == {"e0": 4, "e1": 2}
+    assert names(index.match([7, 1, 2])) == {}
+    # Greedy, as GIE: b holds 9 but not 3; the walk stops at 5 which nobody holds.
+    index.add(b, [10], 100)
+    assert names(index.match([1, 10, 5, 2])) == {"e0": 1, "e1": 2}
+
+
+def test_lru_evicts_least_recently_used_beyond_capacity() -> None:
+    index = PrefixIndex()
+    a = endpoint("a")
+    index.add(a, [1, 2, 3], 4)
+    index.add(a, [1], 4)  # refresh 1: now 2 is the oldest
+    index.add(a, [5, 6], 4)
+    assert names(index.match([1])) == {"a": 1}
+    assert names(index.match([2])) == {} and names(index.match([3])) == {"a": 1}
+    assert index.blocks_held(a) == 4
+    assert index.size() == 4
+
+
+def test_eviction_keeps_blocks_other_endpoints_hold() -> None:
+    index = PrefixIndex()
+    a, b = endpoints(2)
+    index.add(a, [1, 2], 10)
+    index.add(b, [1], 1)
+    index.add(b, [3], 1)
+    assert names(index.match([1, 2])) == {"e0": 2}
+    assert names(index.match([3])) == {"e1": 1}
+
+
+def test_removing_an_endpoint_forgets_it_and_recycles_its_slot() -> None:
+    index = PrefixIndex()
+    a, b, c = endpoints(3)
+    index.add(a, [1, 2], 10)
+    index.add(b, [1], 10)
+    index.remove_endpoint(a)
+    index.remove_endpoint(a)
+    assert names(index.match([1, 2])) == {"e1": 1}
+    assert index.endpoints() == [b] and index.size() == 1
+    index.add(c, [2], 10)
+    assert names(index.match([1, 2])) == {"e1": 1, "e2": 1}
+
+
+# --- producer and scorer ---------------------------------------------------------------------------
+
+
+def producer_and_scorer(
+    producer_params: dict | None = None, scorer_params: dict | None = None, metrics: EppMetrics | None = None
+) -> tuple[ApproxPrefixCacheProducer, PrefixCacheScorer]:
+    ctx = context(metrics=metrics)
+    producer = plugin(ApproxPrefixCacheProducer, producer_params, ctx)
+    scorer = plugin(PrefixCacheScorer, scorer_params, ctx)
+    scorer.bind_producer(PREFIX_MATCH, producer.name)
+    return producer, scorer
+
+
+def route(
+    producer: ApproxPrefixCacheProducer, prompt: bytes, candidates: list[Endpoint], chosen: Endpoint
+) -> PrefixMatch:
+    req = request(prompt)
+    producer.prepare(req, candidates)
+    producer.pre_request(req, SchedulingResult({"default": ProfileResult([chosen])}, "default"))
+    match = req.attributes[producer.name]
+    assert isinstance(match, PrefixMatch)
+    return match
+
+
+def test_scorer_scores_the_matched_share_of_the_prompt() -> None:
+    producer, scorer = producer_and_scorer({"autoTune": False})
+    candidates = endpoints(3)
+    route(producer, TEXT, candidates, candidates[1])
+    req = request(TEXT[: 8 * BLOCK] + bytes(8 * BLOCK))  # shares the first half of the blocks
+    producer.prepare(req, candidates)
+    assert scorer.score(req, candidates) == [0.0, 0.5, 0.0]
+
+
+def test_all_scores_zero_for_short_prompts_and_missing_data() -> None:
+    producer, scorer = producer_and_scorer()
+    candidates = endpoints(2)
+    short = request("too short for one block")
+    producer.prepare(short, candidates)
+    assert scorer.score(short, candidates) == [0.0, 0.0]
+    assert scorer.score(request(TEXT), candidates) == [0.0, 0.0]
+
+
+def test_match_length_weight_blends_absolute_length() -> None:
+    producer, scorer = producer_and_scorer(
+        {"autoTune": False}, {"matchLengthWeight": 0.5, "matchLengthScaleTokens": 512}
+    )
+    candidates = endpoints(2)
+    route(producer, TEXT, candidates, candidates[0])
+    req = request(TEXT[: 8 * BLOCK] + bytes(24 * BLOCK))  # 8 of 32 blocks cached on e0: 128 tokens
+    producer.prepare(req, candidates)
+    expected = 0.5 * min(1.0, 8 * 16 / 512) ** 2 + 0.5 * (8 / 32)
+    assert scorer.score(req, candidates) == [pytest.approx(expected), 0.0]
+
+
+def test_autotune_takes_block_size_from_first_candidate_and_capacity_from_chosen() -> None:
+    producer, _ = producer_and_scorer()
+    first = endpoint("first", block_size=32, num_blocks=3)
+    other = endpoint("other", block_size=8, num_blocks=1000)
+    match = route(producer, TEXT, [first, other], first)
+    assert match.block_size_tokens == 32 and match.total_blocks == 8  # 1024 bytes / (32 x 4)
+    assert producer.index.blocks_held(first) == 3
+    fallback = route(producer, TEXT, [endpoint("no-metrics")], other)
+    assert fallback.block_size_tokens == 16
+
+
+def test_without_autotune_configured_sizes_apply() -> None:
+    producer, _ = producer_and_scorer({"autoTune": False, "blockSizeTokens": 8, "lruCapacityPerServer": 5})
+    chosen = endpoint("a", block_size=64, num_blocks=1000)
+    match = route(producer, TEXT, [chosen], chosen)
+    assert match.block_size_tokens == 8 and match.total_blocks == 32
+    assert producer.index.blocks_held(chosen) == 5
+
+
+def test_deprecated_character_block_size_and_token_limit() -> None:
+    producer, _ = producer_and_scorer({"autoTune": False, "blockSize": 128, "maxPrefixTokensToMatch": 96})
+    match = route(producer, TEXT, endpoints(1), endpoints(1)[0])
+    assert match.block_size_tokens == 32 and match.total_blocks == 3
+
+
+def test_pre_request_records_primary_and_prefill_targets_before_forwarding() -> None:
+    producer, _ = producer_and_scorer({"autoTune": False})
+    decode, prefill, other = endpoints(3)
+    req = request(TEXT)
+    producer.prepare(req, [decode, prefill, other])
+    result = SchedulingResult(
+        {"decode": ProfileResult([decode, other]), "prefill": ProfileResult([prefill])}, "decode"
+    )
+    producer.pre_request(req, result)
+    again = request(TEXT)
+    producer.prepare(again, [decode, prefill, other])
+    assert again.attributes[producer.name].matched == {decode: 16, prefill: 16}
+
+
+def test_removed_endpoints_are_purged() -> None:
+    producer, _ = producer_and_scorer({"autoTune": False})
+    gone = endpoint("gone")
+    route(producer, TEXT, [gone], gone)
+    producer.endpoint_removed(gone)
+    assert producer.index.endpoints() == [] and producer.index.size() == 0
+
+
+def test_cache_salt_and_model_isolate_prefixes() -> None:
+    producer, _ = producer_and_scorer({"autoTune": False})
+    a = endpoint("a")
+    route(producer, TEXT, [a], a)
+    for other in (request(TEXT, cache_salt="tenant"), request(TEXT, model="other-model")):
+        producer.prepare(other, [a])
+        assert other.attributes[producer.name].matched == {}
+
+
+def test_prefix_metrics_are_recorded() -> None:
+    metrics = EppMetrics()
+    producer, _ = producer_and_scorer({"autoTune": False}, metrics=metrics)
+    a = endpoint("a")
+    route(producer, TEXT, [a], a)
+    route(producer, TEXT[: 8 * BLOCK] + bytes(8 * BLOCK), [a], a)
+    sample = metrics.registry.get_sample_value
+    assert sample("inference_extension_prefix_indexer_hit_ratio_count") == 2
+    assert sample("inference_extension_prefix_indexer_hit_ratio_sum") == pytest.approx(0.5)
+    assert sample("inference_extension_prefix_indexer_hit_bytes_sum") == 8 * BLOCK
+    assert sample("inference_extension_prefix_indexer_size") == 24

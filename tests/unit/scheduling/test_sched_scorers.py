@@ -1,0 +1,142 @@
+"""Load and LoRA scorers against the reference formulas (gie-epp.md 3.4, llm-d.md 3.2)."""
+
+from __future__ import annotations
+
+import pytest
+from sched_helpers import endpoint, endpoints, plugin, request
+
+from epp.scheduling.inflight import INFLIGHT_LOAD
+from epp.scheduling.plugins.active_request_scorer import ActiveRequestScorer
+from epp.scheduling.plugins.inflight_load_producer import InFlightLoadProducer
+from epp.scheduling.plugins.kv_cache_utilization_scorer import KvCacheUtilizationScorer
+from epp.scheduling.plugins.load_aware_scorer import LoadAwareScorer
+from epp.scheduling.plugins.lora_affinity_scorer import LoraAffinityScorer
+from epp.scheduling.plugins.queue_scorer import QueueScorer
+from epp.scheduling.plugins.running_requests_size_scorer import RunningRequestsSizeScorer
+from epp.scheduling.plugins.token_load_scorer import TokenLoadScorer
+from epp.scheduling.types import ProfileResult, SchedulingResult
+
+REQ = request()
+
+
+def test_queue_scorer_is_min_max_normalised() -> None:
+    candidates = [endpoint(f"e{i}", queue=q) for i, q in enumerate([2, 10, 6])]
+    assert plugin(QueueScorer).score(REQ, candidates) == [1.0, 0.0, 0.5]
+
+
+@pytest.mark.parametrize("scorer", [QueueScorer, RunningRequestsSizeScorer])
+def test_min_max_scorers_give_everyone_one_when_all_equal_or_single(scorer: type) -> None:
+    assert plugin(scorer).score(REQ, endpoints(3, queue=4, running=4)) == [1.0, 1.0, 1.0]
+    assert plugin(scorer).score(REQ, endpoints(1, queue=9, running=9)) == [1.0]
+
+
+def test_running_requests_scorer_uses_running_not_waiting() -> None:
+    candidates = [endpoint("a", running=0, queue=50), endpoint("b", running=8, queue=0)]
+    assert plugin(RunningRequestsSizeScorer).score(REQ, candidates) == [1.0, 0.0]
+
+
+def test_kv_cache_scorer_is_one_minus_utilisation() -> None:
+    candidates = [endpoint("a", kv=0.0), endpoint("b", kv=0.25), endpoint("c", kv=1.0)]
+    assert plugin(KvCacheUtilizationScorer).score(REQ, candidates) == [1.0, 0.75, 0.0]
+
+
+def test_missing_metrics_read_as_an_idle_endpoint() -> None:
+    never_scraped = endpoint("new")
+    never_scraped.metrics.update_time = 0.0
+    busy = endpoint("busy", queue=3, kv=0.5)
+    assert plugin(QueueScorer).score(REQ, [never_scraped, busy]) == [1.0, 0.0]
+    assert plugin(KvCacheUtilizationScorer).score(REQ, [never_scraped, busy]) == [1.0, 0.5]
+
+
+def test_lora_affinity_levels() -> None:
+    req = request(model="sql-lora")
+    candidates = [
+        endpoint("active", active={"sql-lora"}, max_lora=1),
+        endpoint("free-slot", active={"other"}, max_lora=2),
+        endpoint("waiting", active={"a"}, waiting={"sql-lora"}, max_lora=2),
+        endpoint("full", active={"a", "b"}, max_lora=2),
+        endpoint("unknown-capacity"),
+    ]
+    assert plugin(LoraAffinityScorer).score(req, candidates) == [1.0, 0.8, 0.6, 0.0, 0.0]
+
+
+@pytest.mark.parametrize(("queue", "expected"), [(0, 0.5), (32, 0.375), (64, 0.25), (128, 0.0), (500, 0.0)])
+def test_load_aware_scorer(queue: int, expected: float) -> None:
+    scorer = plugin(LoadAwareScorer)
+    assert scorer.score(REQ, [endpoint(queue=queue)]) == [pytest.approx(expected)]
+
+
+@pytest.mark.parametrize("threshold", [0, -5])
+def test_load_aware_non_positive_threshold_means_default(threshold: int) -> None:
+    scorer = plugin(LoadAwareScorer, {"threshold": threshold})
+    assert scorer.score(REQ, [endpoint(queue=64)]) == [pytest.approx(0.25)]
+
+
+def bound_to_inflight(
+    scorer_cls: type[ActiveRequestScorer | TokenLoadScorer],
+    params: dict | None = None,
+    producer_params: dict | None = None,
+) -> tuple[InFlightLoadProducer, ActiveRequestScorer | TokenLoadScorer]:
+    producer = plugin(InFlightLoadProducer, producer_params)
+    scorer: ActiveRequestScorer | TokenLoadScorer = plugin(scorer_cls, params)
+    scorer.bind_producer(INFLIGHT_LOAD, producer.name)
+    return producer, scorer
+
+
+def test_active_request_scorer_idle_and_busy() -> None:
+    producer, scorer = bound_to_inflight(ActiveRequestScorer, {"idleThreshold": 1, "maxBusyScore": 0.5})
+    candidates = [endpoint(f"e{i}", inflight=n) for i, n in enumerate([0, 1, 2, 4])]
+    req = request()
+    producer.prepare(req, candidates)
+    assert scorer.score(req, candidates) == [1.0, 1.0, 0.25, 0.0]
+
+
+def test_active_request_scorer_all_idle_or_all_equal() -> None:
+    producer, scorer = bound_to_inflight(ActiveRequestScorer)
+    req = request()
+    idle = endpoints(2)
+    producer.prepare(req, idle)
+    assert scorer.score(req, idle) == [1.0, 1.0]
+    busy = endpoints(2, inflight=3)
+    assert scorer.score(req, busy) == [0.0, 0.0]
+
+
+def test_load_scorers_score_zero_without_producer_data() -> None:
+    for cls in (ActiveRequestScorer, TokenLoadScorer):
+        _, scorer = bound_to_inflight(cls)
+        assert scorer.score(request(), endpoints(2)) == [0.0, 0.0]
+
+
+def test_token_load_scorer() -> None:
+    producer, scorer = bound_to_inflight(TokenLoadScorer, {"queueThresholdTokens": 1000})
+    candidates = [endpoint(f"e{i}", inflight_tokens=t) for i, t in enumerate([0, 250, 1000, 5000, -3])]
+    req = request()
+    producer.prepare(req, candidates)
+    assert scorer.score(req, candidates) == [1.0, 0.75, 0.0, 0.0, 1.0]
+
+
+def test_inflight_producer_charges_estimated_output_tokens_until_the_response_ends() -> None:
+    producer, _ = bound_to_inflight(
+        TokenLoadScorer,
+        {"queueThresholdTokens": 1000},
+        {"addEstimatedOutputTokens": True, "outputRatio": 1.5, "maxEstimatedOutputTokens": 120},
+    )
+    decode, prefill = endpoint("decode", inflight_tokens=100), endpoint("prefill", inflight_tokens=100)
+    req = request("x" * 400)  # 100 prompt tokens -> 150 estimated, capped at 120
+    result = SchedulingResult(
+        {"decode": ProfileResult([decode]), "prefill": ProfileResult([prefill])}, "decode"
+    )
+    producer.pre_request(req, result)
+    producer.prepare(request(), [decode, prefill])
+    assert producer.load.tokens(decode) == 220 and producer.load.tokens(prefill) == 220
+    producer.response_complete(req, result, None)
+    producer.response_complete(req, result, None)  # a second completion must not release twice
+    assert producer.load.tokens(decode) == 100 and producer.load.estimated_output_tokens == {}
+
+
+def test_inflight_producer_without_estimates_reads_the_director_counters() -> None:
+    producer = plugin(InFlightLoadProducer)
+    target = endpoint("a", inflight=3, inflight_tokens=42)
+    producer.pre_request(request("y" * 400), SchedulingResult({"d": ProfileResult([target])}, "d"))
+    assert (producer.load.requests(target), producer.load.tokens(target)) == (3, 42)
+    producer.endpoint_removed(target)
