@@ -1,0 +1,87 @@
+"""Turn a loaded config into live objects: plugin instances, the plugin scheduler, the saturation
+detector admission uses, and the metrics scraper's settings."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from epp.config.model import PickerConfig
+from epp.metrics.engines import EngineMetrics
+from epp.scheduling.framework import (
+    DataConsumer,
+    DataProducer,
+    Filter,
+    Picker,
+    Plugin,
+    PluginContext,
+    PluginScheduler,
+    ProfileHandler,
+    SaturationDetector,
+    SchedulerProfile,
+    Scorer,
+)
+from epp.scheduling.framework.datalayer import MetricsExtractor, MetricsSource
+
+
+@dataclass(frozen=True)
+class ScrapeSettings:
+    """MetricsScraper keyword arguments from the data layer plugins."""
+
+    scheme: str
+    path: str
+    engines: Mapping[str, EngineMetrics]
+    default_engine: str
+
+
+@dataclass(frozen=True)
+class EndpointPickerComponents:
+    plugins: Mapping[str, Plugin]
+    scheduler: PluginScheduler
+    saturation_detector: SaturationDetector
+    scrape: ScrapeSettings | None  # None: the config turned scraping off
+
+
+def build_components(config: PickerConfig, context: PluginContext) -> EndpointPickerComponents:
+    """The loader checked every role, so a failed `_role` check here is a bug, not bad input."""
+    plugins = {name: spec.cls(name, spec.params, context) for name, spec in config.plugins.items()}
+    for (consumer, key_name), producer in config.producer_bindings.items():
+        reader = _role(plugins[consumer], DataConsumer)
+        key = next(k for k in reader.consumes if k.name == key_name)
+        reader.bind_producer(key, producer)
+    profiles = [
+        SchedulerProfile(
+            profile.name,
+            [_role(plugins[name], Filter) for name in profile.filters],
+            [(_role(plugins[name], Scorer), weight) for name, weight in profile.scorers],
+            _role(plugins[profile.picker], Picker),
+            context.metrics,
+        )
+        for profile in config.profiles
+    ]
+    scheduler = PluginScheduler(
+        _role(plugins[config.profile_handler], ProfileHandler),
+        profiles,
+        [_role(plugins[name], DataProducer) for name in config.producer_order],
+        list(plugins.values()),
+        context.metrics,
+    )
+    detector = _role(plugins[config.saturation_detector], SaturationDetector)
+    return EndpointPickerComponents(plugins, scheduler, detector, _scrape_settings(config, plugins))
+
+
+def _role(plugin: Plugin, role: type) -> Any:
+    """`plugin`, checked to implement `role` (typed Any: mypy cannot take abstract classes as type[T])."""
+    if not isinstance(plugin, role):
+        raise TypeError(f"{plugin!r} is not a {role.__name__}")
+    return plugin
+
+
+def _scrape_settings(config: PickerConfig, plugins: Mapping[str, Plugin]) -> ScrapeSettings | None:
+    if config.metrics_source is None or config.metrics_extractor is None:
+        return None
+    source, extractor = plugins[config.metrics_source], plugins[config.metrics_extractor]
+    assert isinstance(source, MetricsSource) and isinstance(extractor, MetricsExtractor)
+    scheme, path = source.url_parts()
+    return ScrapeSettings(scheme, path, extractor.engines(), extractor.default_engine())

@@ -1,0 +1,452 @@
+"""Load an EndpointPickerConfig: decode strictly, validate every plugin's parameters and every
+reference, then add GIE's system defaults (profile handler, pickers, saturation detector, data
+layer, data producers) so the result says exactly what will run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from epp.config.model import PickerConfig, PluginSpec, ProfileSpec
+from epp.config.schema import DataLayerDoc, EndpointPickerConfigDoc, ProfileDoc
+from epp.config.strict import ConfigError, describe
+from epp.scheduling.framework import (
+    DataConsumer,
+    DataKey,
+    DataProducer,
+    Filter,
+    Picker,
+    Plugin,
+    ProfileHandler,
+    SaturationDetector,
+    Scorer,
+)
+from epp.scheduling.framework.datalayer import MetricsExtractor, MetricsSource, RequestParser
+from epp.scheduling.framework.registry import canonical_type_names, plugin_types
+
+DEFAULT_CONFIG_RESOURCE = "default-plugins.yaml"
+SINGLE_PROFILE_HANDLER = "single-profile-handler"
+DEFAULT_PICKER = "max-score-picker"
+DEFAULT_SATURATION_DETECTOR = "utilization-detector"
+DEFAULT_METRICS_SOURCE = "metrics-data-source"
+DEFAULT_METRICS_EXTRACTOR = "core-metrics-extractor"
+DEFAULT_PARSER = "openai-parser"
+
+# GIE types that are known but not implemented here, with the reason users need to hear.
+UNSUPPORTED_TYPES = {
+    **dict.fromkeys(
+        (
+            "fcfs-ordering-policy",
+            "edf-ordering-policy",
+            "slo-deadline-ordering-policy",
+            "global-strict-fairness-policy",
+            "round-robin-fairness-policy",
+            "static-usage-limit-policy",
+        ),
+        "a flow-control policy; flow control is not implemented (requests use legacy admission)",
+    ),
+    **dict.fromkeys(
+        (
+            "latency-scorer",
+            "predicted-latency-producer",
+            "latency-slo-admitter",
+            "slo-headroom-tier-filter",
+            "prefix-cache-affinity-filter",
+            "predicted-latency-scorer",
+            "slo-aware-routing",
+        ),
+        "part of the latency-predictor family, which needs GIE's external predictor service",
+    ),
+}
+
+
+def default_config_text() -> str:
+    """GIE's built-in default (v1.4+): queue 2, KV cache 2, prefix cache 3, max-score picker."""
+    return resources.files("epp.config").joinpath(DEFAULT_CONFIG_RESOURCE).read_text()
+
+
+def load_config(text: str | None = None) -> PickerConfig:
+    """Parse and validate config YAML; None means GIE's default. Raises ConfigError."""
+    source = default_config_text() if text is None else text
+    try:
+        raw = yaml.safe_load(source)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid EndpointPickerConfig: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("invalid EndpointPickerConfig: expected a YAML mapping with apiVersion and kind")
+    try:
+        doc = EndpointPickerConfigDoc.model_validate(raw)
+    except ValidationError as exc:
+        raise _config_error(describe(exc)) from None
+    return _Loader(doc).load()
+
+
+def load_config_file(path: Path) -> PickerConfig:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    return load_config(text)
+
+
+def _config_error(problems: Iterable[str]) -> ConfigError:
+    lines = list(problems)
+    if len(lines) == 1:
+        return ConfigError(f"invalid EndpointPickerConfig: {lines[0]}")
+    return ConfigError("invalid EndpointPickerConfig:\n  " + "\n  ".join(lines))
+
+
+class _Loader:
+    def __init__(self, doc: EndpointPickerConfigDoc) -> None:
+        self.doc = doc
+        self.plugins: dict[str, PluginSpec] = {}
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+
+    def load(self) -> PickerConfig:
+        self._define_plugins()
+        self._check()
+        profiles = self._profiles()
+        self._check()
+        handler = self._profile_handler(profiles)
+        detector = self._saturation_detector()
+        source, extractor = self._data_layer()
+        parser = self._parser()
+        self._flow_control()
+        self._check()
+        bindings = self._bind_producers()
+        self._check()
+        producer_order = self._producer_order(bindings)
+        self._check()
+        return PickerConfig(
+            api_version=self.doc.api_version,
+            plugins=self.plugins,
+            profiles=tuple(profiles),
+            profile_handler=handler,
+            saturation_detector=detector,
+            metrics_source=source,
+            metrics_extractor=extractor,
+            parser=parser,
+            feature_gates=frozenset(self.doc.feature_gates),
+            flow_control=self.doc.flow_control,
+            producer_bindings=bindings,
+            producer_order=producer_order,
+            warnings=tuple(self.warnings),
+        )
+
+    def _check(self) -> None:
+        if self.problems:
+            raise _config_error(self.problems)
+
+    # --- plugins --------------------------------------------------------------------------------
+
+    def _define_plugins(self) -> None:
+        types = plugin_types()
+        for i, plugin in enumerate(self.doc.plugins):
+            name = plugin.name or plugin.type
+            cls = types.get(plugin.type)
+            if cls is None:
+                self.problems.append(f"plugins[{i}].type: {_unknown_type(plugin.type)}")
+                continue
+            if name in self.plugins:
+                self.problems.append(f"plugins[{i}].name: duplicate plugin name {name!r}")
+                continue
+            try:
+                params = cls.Params.model_validate(plugin.parameters or {})
+            except ValidationError as exc:
+                self.problems.extend(describe(exc, f"plugins[{i}].parameters"))
+                continue
+            self.plugins[name] = PluginSpec(name, cls.type_name, cls, params)
+
+    def _implicit(self, type_name: str, parameters: Mapping[str, Any] | None = None) -> str:
+        """Add a default plugin named after its type (as GIE does) and return its name."""
+        cls = plugin_types()[type_name]
+        existing = self.plugins.get(type_name)
+        if existing is not None:
+            if existing.cls is not cls:
+                self.problems.append(
+                    f"plugins: the name {type_name!r} is needed for a default {type_name} plugin but is "
+                    f"taken by a {existing.type_name} plugin; rename it"
+                )
+            return type_name
+        params = cls.Params.model_validate(parameters or {})
+        self.plugins[type_name] = PluginSpec(type_name, type_name, cls, params, implicit=True)
+        return type_name
+
+    def _first_of_type(self, type_name: str) -> str | None:
+        return next((s.name for s in self.plugins.values() if s.type_name == type_name), None)
+
+    def _ref(self, path: str, name: str, role: type, role_text: str) -> str | None:
+        """Check that `name` is a defined plugin of the given role; report and return None if not."""
+        spec = self.plugins.get(name)
+        if spec is None:
+            self.problems.append(f"{path}: no plugin named {name!r} (defined: {_names(self.plugins)})")
+            return None
+        if not issubclass(spec.cls, role):
+            self.problems.append(f"{path}: plugin {name!r} is a {spec.type_name}, not {role_text}")
+            return None
+        return name
+
+    # --- scheduling profiles --------------------------------------------------------------------
+
+    def _profiles(self) -> list[ProfileSpec]:
+        if not self.doc.scheduling_profiles:
+            self.problems.append("schedulingProfiles: at least one scheduling profile is required")
+            return []
+        seen: set[str] = set()
+        profiles = []
+        for i, doc in enumerate(self.doc.scheduling_profiles):
+            if doc.name in seen:
+                self.problems.append(f"schedulingProfiles[{i}].name: duplicate profile name {doc.name!r}")
+            seen.add(doc.name)
+            profile = self._profile(i, doc)
+            if profile is not None:
+                profiles.append(profile)
+        return profiles
+
+    def _profile(self, index: int, doc: ProfileDoc) -> ProfileSpec | None:
+        filters: list[str] = []
+        scorers: list[tuple[str, float]] = []
+        pickers: list[str] = []
+        for j, entry in enumerate(doc.plugins):
+            path = f"schedulingProfiles[{index}].plugins[{j}].pluginRef"
+            spec = self.plugins.get(entry.plugin_ref)
+            if spec is None:
+                self.problems.append(
+                    f"{path}: no plugin named {entry.plugin_ref!r} (defined: {_names(self.plugins)})"
+                )
+            elif issubclass(spec.cls, Filter):
+                filters.append(spec.name)
+            elif issubclass(spec.cls, Scorer):
+                scorers.append((spec.name, 1.0 if entry.weight is None else entry.weight))
+            elif issubclass(spec.cls, Picker):
+                pickers.append(spec.name)
+            else:
+                self.problems.append(
+                    f"{path}: plugin {spec.name!r} is a {spec.type_name}, which is not a filter, scorer or "
+                    "picker and cannot be part of a profile"
+                )
+        if len(pickers) > 1:
+            self.problems.append(
+                f"schedulingProfiles[{index}]: profile {doc.name!r} has {len(pickers)} pickers "
+                f"({', '.join(pickers)}); a profile takes one"
+            )
+        picker = (
+            pickers[0] if pickers else self._first_of_type(DEFAULT_PICKER) or self._implicit(DEFAULT_PICKER)
+        )
+        return ProfileSpec(doc.name, tuple(filters), tuple(scorers), picker)
+
+    def _profile_handler(self, profiles: list[ProfileSpec]) -> str:
+        handlers = [s for s in self.plugins.values() if issubclass(s.cls, ProfileHandler)]
+        if len(handlers) > 1:
+            self.problems.append(
+                f"plugins: exactly one profile handler is allowed, found {len(handlers)} "
+                f"({', '.join(s.name for s in handlers)})"
+            )
+            return handlers[0].name
+        if not handlers:
+            if len(profiles) > 1:
+                self.problems.append(
+                    f"plugins: {len(profiles)} scheduling profiles need a profile handler plugin that "
+                    f"runs several profiles; {SINGLE_PROFILE_HANDLER} (the default) runs exactly one"
+                )
+                return SINGLE_PROFILE_HANDLER
+            return self._implicit(SINGLE_PROFILE_HANDLER)
+        handler = handlers[0]
+        if handler.type_name == SINGLE_PROFILE_HANDLER and len(profiles) > 1:
+            self.problems.append(
+                f"schedulingProfiles: {SINGLE_PROFILE_HANDLER} {handler.name!r} runs exactly one profile, "
+                f"but {len(profiles)} are defined ({', '.join(p.name for p in profiles)})"
+            )
+        return handler.name
+
+    # --- saturation detector, data layer, parser, flow control ----------------------------------
+
+    def _saturation_detector(self) -> str:
+        doc = self.doc.saturation_detector
+        if doc is not None and doc.plugin_ref is not None:
+            ref = self._ref(
+                "saturationDetector.pluginRef", doc.plugin_ref, SaturationDetector, "a saturation detector"
+            )
+            return ref or doc.plugin_ref
+        thresholds = doc.inline_thresholds() if doc is not None else {}
+        if thresholds:
+            existing = self.plugins.get(DEFAULT_SATURATION_DETECTOR)
+            if existing is not None and not existing.implicit:
+                self.problems.append(
+                    "saturationDetector: inline thresholds create a utilization-detector plugin, but one "
+                    f"named {DEFAULT_SATURATION_DETECTOR!r} is already defined; use pluginRef instead"
+                )
+                return DEFAULT_SATURATION_DETECTOR
+            return self._implicit(DEFAULT_SATURATION_DETECTOR, thresholds)
+        return self._first_of_type(DEFAULT_SATURATION_DETECTOR) or self._implicit(DEFAULT_SATURATION_DETECTOR)
+
+    def _data_layer(self) -> tuple[str | None, str | None]:
+        """(metrics source, extractor): as configured, or GIE's defaults when the section is absent."""
+        if self.doc.data_layer is None and self.doc.data is None:
+            source = self._first_of_type(DEFAULT_METRICS_SOURCE) or self._implicit(DEFAULT_METRICS_SOURCE)
+            extractor = self._first_of_type(DEFAULT_METRICS_EXTRACTOR)
+            return source, extractor or self._implicit(DEFAULT_METRICS_EXTRACTOR)
+        if self.doc.data_layer is not None:
+            return self._configured_data_layer("dataLayer", self.doc.data_layer)
+        assert self.doc.data is not None
+        return self._configured_data_layer("data", self.doc.data)
+
+    def _configured_data_layer(self, key: str, doc: DataLayerDoc) -> tuple[str | None, str | None]:
+        if not doc.sources:
+            self.warnings.append(f"{key} has no sources: endpoint metrics will not be scraped")
+            return None, None
+        if len(doc.sources) > 1:
+            self.problems.append(f"{key}.sources: one metrics source is supported, got {len(doc.sources)}")
+            return None, None
+        path = f"{key}.sources[0]"
+        source_doc = doc.sources[0]
+        source = self._ref(f"{path}.pluginRef", source_doc.plugin_ref, MetricsSource, "a metrics source")
+        if len(source_doc.extractors) != 1:
+            self.problems.append(
+                f"{path}.extractors: exactly one extractor is supported, got {len(source_doc.extractors)}"
+            )
+            return source, None
+        extractor_ref = source_doc.extractors[0].plugin_ref
+        extractor = self._ref(
+            f"{path}.extractors[0].pluginRef", extractor_ref, MetricsExtractor, "a metrics extractor"
+        )
+        return source, extractor
+
+    def _parser(self) -> str:
+        if self.doc.parser is None:
+            return DEFAULT_PARSER
+        return (
+            self._ref("parser.pluginRef", self.doc.parser.plugin_ref, RequestParser, "a request parser") or ""
+        )
+
+    def _flow_control(self) -> None:
+        gate = "flowControl" in self.doc.feature_gates
+        if gate:
+            self.warnings.append(
+                "feature gate flowControl: flow control is not implemented; legacy admission is used "
+                "(sheddable requests are rejected while the pool is saturated)"
+            )
+        section = self.doc.flow_control
+        if section is None:
+            return
+        if not gate:
+            self.warnings.append("flowControl is ignored without the flowControl feature gate (as in GIE)")
+        for path, name in section.plugin_refs():
+            if name not in self.plugins:
+                self.problems.append(f"{path}: no plugin named {name!r} (defined: {_names(self.plugins)})")
+
+    # --- data producers -------------------------------------------------------------------------
+
+    def _bind_producers(self) -> dict[tuple[str, str], str]:
+        """Give every consumer one producer per data key: the one its parameter names, else the only
+        one configured, else a default producer created with the parameters it shares with the
+        consumer (so GIE <= v1.4 prefix parameters on prefix-cache-scorer still take effect)."""
+        bindings: dict[tuple[str, str], str] = {}
+        pending = [s for s in self.plugins.values() if _consumes(s.cls)]
+        while pending:
+            consumer = pending.pop(0)
+            for key in _consumes(consumer.cls):
+                producer = self._producer_for(consumer, key, set())
+                if producer is None:
+                    continue
+                bindings[(consumer.name, key.name)] = producer
+                spec = self.plugins[producer]
+                if spec.implicit and _consumes(spec.cls) and spec not in pending:
+                    pending.append(spec)
+        return bindings
+
+    def _producer_for(self, consumer: PluginSpec, key: DataKey, visited: set[str]) -> str | None:
+        param = _consumes(consumer.cls)[key]
+        field = type(consumer.params).model_fields[param] if param else None
+        named = str(getattr(consumer.params, param)) if param else ""
+        if field is not None and named and (named in self.plugins or named != field.default):
+            return self._named_producer(consumer, key, f"{field.alias}", named, visited | {consumer.name})
+        producers = [s.name for s in self.plugins.values() if _produces(s.cls, key)]
+        if len(producers) > 1:
+            hint = f"; name one with {field.alias}" if field is not None else ""
+            self.problems.append(
+                f"plugins: {consumer.name!r} reads {key.name}, which {len(producers)} plugins produce "
+                f"({', '.join(producers)}){hint}"
+            )
+            return None
+        if producers:
+            self._warn_ignored_producer_params(consumer, producers[0])
+            return producers[0]
+        return self._implicit(key.default_producer, self._shared_params(consumer, key.default_producer))
+
+    def _named_producer(
+        self, consumer: PluginSpec, key: DataKey, param: str, named: str, visited: set[str]
+    ) -> str | None:
+        spec = self.plugins.get(named)
+        if spec is not None and _produces(spec.cls, key):
+            self._warn_ignored_producer_params(consumer, named)
+            return named
+        if spec is not None and key in _consumes(spec.cls) and named not in visited:
+            # llm-d lets the parameter name another reader of the data, e.g. the prefix-cache-scorer.
+            return self._producer_for(spec, key, visited)
+        what = "no plugin by that name" if spec is None else f"{spec.type_name} does not provide {key.name}"
+        self.problems.append(f"plugins: {consumer.name!r} parameter {param} names {named!r}: {what}")
+        return None
+
+    def _producer_order(self, bindings: Mapping[tuple[str, str], str]) -> tuple[str, ...]:
+        """Producers sorted so that one reading another's data runs after it (GIE's PrepareData DAG)."""
+        inputs: dict[str, set[str]] = {}
+        for (consumer, _), producer in bindings.items():
+            inputs.setdefault(consumer, set()).add(producer)
+        ordered: list[str] = []
+        visiting: set[str] = set()
+
+        def visit(name: str) -> None:
+            if name in ordered or name in visiting:
+                if name in visiting:
+                    self.problems.append(f"plugins: data producers form a cycle through {name!r}")
+                return
+            visiting.add(name)
+            for dependency in sorted(inputs.get(name, ())):
+                visit(dependency)
+            visiting.discard(name)
+            ordered.append(name)
+
+        for spec in self.plugins.values():
+            if issubclass(spec.cls, DataProducer):
+                visit(spec.name)
+        return tuple(ordered)
+
+    def _shared_params(self, consumer: PluginSpec, producer_type: str) -> dict[str, Any]:
+        accepted = plugin_types()[producer_type].Params.model_fields
+        shared = consumer.params.model_fields_set & set(accepted)
+        return consumer.params.model_dump(by_alias=True, include=shared)
+
+    def _warn_ignored_producer_params(self, consumer: PluginSpec, producer: str) -> None:
+        spec = self.plugins[producer]
+        shared = self._shared_params(consumer, spec.type_name)
+        if shared and not spec.implicit:
+            self.warnings.append(
+                f"plugin {consumer.name!r}: parameters {', '.join(sorted(shared))} are ignored because "
+                f"{spec.type_name} {producer!r} is configured; set them there"
+            )
+
+
+def _consumes(cls: type[Plugin]) -> Mapping[DataKey, str]:
+    return cls.consumes if issubclass(cls, DataConsumer) else {}
+
+
+def _produces(cls: type[Plugin], key: DataKey) -> bool:
+    return issubclass(cls, DataProducer) and cls.produces == key
+
+
+def _names(plugins: Mapping[str, PluginSpec]) -> str:
+    return ", ".join(plugins) or "none"
+
+
+def _unknown_type(type_name: str) -> str:
+    reason = UNSUPPORTED_TYPES.get(type_name)
+    if reason is not None:
+        return f"plugin type {type_name!r} is not supported: it is {reason}"
+    return f"unknown plugin type {type_name!r}; known types: {', '.join(canonical_type_names())}"

@@ -1,0 +1,62 @@
+"""A loaded, validated EndpointPickerConfig with every system default filled in: what the EPP
+will actually run. Built by `epp.config.loader`, turned into live objects by `epp.config.build`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from epp.config.schema import FlowControlDoc
+from epp.scheduling.framework import Plugin, PluginParams
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    name: str
+    type_name: str  # the canonical type, even when the config used an alias
+    cls: type[Plugin]
+    params: PluginParams
+    implicit: bool = False  # added by a system default, not written in the config
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    name: str
+    filters: tuple[str, ...]
+    scorers: tuple[tuple[str, float], ...]  # (plugin, weight)
+    picker: str
+
+
+@dataclass(frozen=True)
+class PickerConfig:
+    api_version: str
+    plugins: Mapping[str, PluginSpec]  # in config order, implicit ones last
+    profiles: tuple[ProfileSpec, ...]
+    profile_handler: str
+    saturation_detector: str
+    metrics_source: str | None  # None: the config disabled metrics scraping
+    metrics_extractor: str | None
+    parser: str
+    feature_gates: frozenset[str]
+    flow_control: FlowControlDoc | None
+    producer_bindings: Mapping[tuple[str, str], str]  # (consumer plugin, data key) -> producer plugin
+    producer_order: tuple[str, ...]  # producers, each after those whose data it reads
+    warnings: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        """One line per plugin and profile, for the startup log."""
+        lines = []
+        for spec in self.plugins.values():
+            params = spec.params.model_dump(by_alias=True, exclude_unset=True)
+            implicit = " (default)" if spec.implicit else ""
+            lines.append(f"plugin {spec.name}: {spec.type_name}{implicit} {params or ''}".rstrip())
+        for profile in self.profiles:
+            scorers = ", ".join(f"{name} (weight {weight:g})" for name, weight in profile.scorers)
+            lines.append(
+                f"profile {profile.name}: filters [{', '.join(profile.filters)}] scorers [{scorers}] "
+                f"picker {profile.picker}"
+            )
+        lines.append(
+            f"profile handler {self.profile_handler}; saturation detector {self.saturation_detector}"
+        )
+        return "\n".join(lines)

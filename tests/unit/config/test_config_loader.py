@@ -1,0 +1,426 @@
+"""EndpointPickerConfig loading: the sample configs, GIE's system defaults, strict validation with
+exact messages, and building live components from a config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from epp.config.build import build_components
+from epp.config.loader import load_config, load_config_file
+from epp.config.strict import ConfigError
+from epp.metrics.engines import BUILTIN_ENGINES
+from epp.scheduling.framework import PluginContext
+from epp.scheduling.plugins.concurrency_detector import ConcurrencyDetector
+from epp.scheduling.plugins.utilization_detector import UtilizationDetector
+
+SAMPLES = Path(__file__).parents[3] / "epp" / "config" / "samples"
+HEADER = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
+ONE_PROFILE = "schedulingProfiles:\n- name: d\n  plugins: [{pluginRef: queue-scorer}]\n"
+QUEUE = "plugins:\n- type: queue-scorer\n"
+
+
+def cfg(*lines: str) -> str:
+    return HEADER + "\n".join(lines) + "\n"
+
+
+def error(text: str) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_config(text)
+    return str(caught.value)
+
+
+def test_no_config_is_gie_default_profile_with_system_defaults() -> None:
+    config = load_config()
+    (profile,) = config.profiles
+    assert profile.name == "default"
+    assert profile.scorers == (
+        ("queue-scorer", 2.0),
+        ("kv-cache-utilization-scorer", 2.0),
+        ("prefix-cache-scorer", 3.0),
+    )
+    assert profile.filters == () and profile.picker == "max-score-picker"
+    assert config.profile_handler == "single-profile-handler"
+    assert config.saturation_detector == "utilization-detector"
+    assert (config.metrics_source, config.metrics_extractor) == (
+        "metrics-data-source",
+        "core-metrics-extractor",
+    )
+    assert config.producer_bindings == {
+        ("prefix-cache-scorer", "PrefixCacheMatchInfo"): "approx-prefix-cache-producer"
+    }
+    implicit = {name for name, spec in config.plugins.items() if spec.implicit}
+    assert implicit == {
+        "max-score-picker",
+        "single-profile-handler",
+        "utilization-detector",
+        "approx-prefix-cache-producer",
+    }
+    assert config.parser == "openai-parser" and config.warnings == ()
+
+
+def test_llm_d_epp_config_sample() -> None:
+    config = load_config_file(SAMPLES / "llm-d-epp-config.yaml")
+    assert config.api_version == "llm-d.ai/v1alpha1"
+    (profile,) = config.profiles
+    assert profile.filters == ("decode-filter",)
+    assert profile.scorers == (("prefix-cache-scorer", 2.0),)
+    assert profile.picker == "max-score-picker" and not config.plugins["max-score-picker"].implicit
+    assert not config.plugins["single-profile-handler"].implicit
+
+
+def test_gie_v1_3_sample_legacy_shapes() -> None:
+    config = load_config_file(SAMPLES / "gie-v1.3-plugins.yaml")
+    detector = config.plugins[config.saturation_detector]
+    assert detector.implicit and detector.params.model_dump() == {
+        "queue_depth_threshold": 8,
+        "kv_cache_util_threshold": 0.9,
+        "metrics_staleness_threshold": 0.5,
+        "headroom": 0.0,
+    }
+    assert config.plugins["extractor"].type_name == "core-metrics-extractor"
+    assert (config.metrics_source, config.metrics_extractor) == ("metrics", "extractor")
+    producer = config.plugins["approx-prefix-cache-producer"]
+    assert producer.implicit
+    assert producer.params.configured_block_tokens() == 32  # type: ignore[attr-defined]
+    assert producer.params.lru_capacity_per_server == 20000  # type: ignore[attr-defined]
+    assert producer.params.max_prefix_blocks_to_match == 512  # type: ignore[attr-defined]
+
+
+def test_load_and_affinity_sample_builds_and_schedules() -> None:
+    config = load_config_file(SAMPLES / "load-and-affinity.yaml")
+    assert config.producer_bindings == {
+        ("prefix-cache-scorer", "PrefixCacheMatchInfo"): "approx-prefix-cache-producer",
+        ("active-request-scorer", "InFlightLoad"): "inflight-load-producer",
+        ("token-load-scorer", "InFlightLoad"): "inflight-load-producer",
+        ("no-hit-lru-scorer", "PrefixCacheMatchInfo"): "approx-prefix-cache-producer",
+    }
+    components = build_components(config, PluginContext())
+    assert isinstance(components.saturation_detector, ConcurrencyDetector)
+    assert set(components.scheduler.profiles) == {"default"}
+
+
+def test_build_wires_scheduler_detector_and_scrape_settings() -> None:
+    components = build_components(load_config(), PluginContext())
+    assert isinstance(components.saturation_detector, UtilizationDetector)
+    scrape = components.scrape
+    assert scrape is not None
+    assert (scrape.scheme, scrape.path, scrape.default_engine) == ("http", "/metrics", "vllm")
+    assert dict(scrape.engines) == BUILTIN_ENGINES
+
+
+def test_data_layer_parameters_reach_the_scraper_settings() -> None:
+    text = (
+        HEADER
+        + (
+            "plugins:\n"
+            "- type: queue-scorer\n"
+            "- {name: src, type: metrics-data-source, parameters: {scheme: https, path: /stats}}\n"
+            "- type: core-metrics-extractor\n"
+            "  parameters:\n"
+            "    defaultEngine: tgi\n"
+            "    engineConfigs:\n"
+            "    - {name: tgi, queuedRequestsSpec: tgi_queue_size, kvUsageSpec: 'tgi_kv{kind=used}'}\n"
+            "dataLayer:\n"
+            "  sources: [{pluginRef: src, extractors: [{pluginRef: core-metrics-extractor}]}]\n"
+        )
+        + ONE_PROFILE
+    )
+    scrape = build_components(load_config(text), PluginContext()).scrape
+    assert scrape is not None
+    assert (scrape.scheme, scrape.path, scrape.default_engine) == ("https", "/stats", "tgi")
+    tgi = scrape.engines["tgi"]
+    assert [s.name for s in tgi.waiting] == ["tgi_queue_size"] and tgi.running == ()
+    assert tgi.kv_usage[0].labels == (("kind", "used"),)
+    assert scrape.engines["vllm"] is BUILTIN_ENGINES["vllm"]
+
+
+def test_explicit_empty_data_layer_turns_scraping_off() -> None:
+    config = load_config(HEADER + QUEUE + ONE_PROFILE + "dataLayer: {}\n")
+    assert config.metrics_source is None
+    assert config.warnings == ("dataLayer has no sources: endpoint metrics will not be scraped",)
+    assert build_components(config, PluginContext()).scrape is None
+
+
+def test_scorer_prefix_parameters_are_ignored_with_a_warning_when_a_producer_is_configured() -> None:
+    text = HEADER + (
+        "plugins:\n- type: approx-prefix-cache-producer\n"
+        "- type: prefix-cache-scorer\n  parameters: {blockSizeTokens: 32}\n"
+        "schedulingProfiles:\n- name: d\n  plugins: [{pluginRef: prefix-cache-scorer}]\n"
+    )
+    config = load_config(text)
+    assert config.plugins["approx-prefix-cache-producer"].params.block_size_tokens == 16  # type: ignore[attr-defined]
+    assert config.warnings == (
+        "plugin 'prefix-cache-scorer': parameters blockSizeTokens are ignored because "
+        "approx-prefix-cache-producer 'approx-prefix-cache-producer' is configured; set them there",
+    )
+
+
+def test_producer_reference_may_name_the_prefix_scorer_as_llm_d_does() -> None:
+    text = cfg(
+        "plugins:",
+        "- {name: prefix, type: prefix-cache-scorer}",
+        "- {name: my-producer, type: approx-prefix-cache-producer}",
+        "- {type: no-hit-lru-scorer, parameters: {prefixPluginName: prefix}}",
+        "schedulingProfiles:",
+        "- {name: d, plugins: [{pluginRef: prefix}, {pluginRef: no-hit-lru-scorer}]}",
+    )
+    bindings = load_config(text).producer_bindings
+    assert bindings[("no-hit-lru-scorer", "PrefixCacheMatchInfo")] == "my-producer"
+    assert bindings[("prefix", "PrefixCacheMatchInfo")] == "my-producer"
+
+
+def test_weights_default_to_one_and_may_be_fractional() -> None:
+    text = cfg(
+        "plugins: [{type: queue-scorer}, {type: kv-cache-utilization-scorer}]",
+        "schedulingProfiles:",
+        "- name: d",
+        "  plugins: [{pluginRef: queue-scorer}, {pluginRef: kv-cache-utilization-scorer, weight: 0.25}]",
+    )
+    assert load_config(text).profiles[0].scorers == (
+        ("queue-scorer", 1.0),
+        ("kv-cache-utilization-scorer", 0.25),
+    )
+
+
+def test_existing_picker_and_detector_plugins_are_reused() -> None:
+    text = cfg(
+        "plugins:",
+        "- type: queue-scorer",
+        "- {name: best, type: max-score-picker, parameters: {maxNumOfEndpoints: 2}}",
+        "- {name: guard, type: utilization-detector, parameters: {queueDepthThreshold: 3}}",
+        "schedulingProfiles:",
+        "- {name: d, plugins: [{pluginRef: queue-scorer}, {pluginRef: guard}]}",
+    )
+    config = load_config(text)
+    assert config.profiles[0].picker == "best" and config.profiles[0].filters == ("guard",)
+    assert config.saturation_detector == "guard"
+    implicit = {name for name, spec in config.plugins.items() if spec.implicit}
+    assert implicit == {"single-profile-handler", "metrics-data-source", "core-metrics-extractor"}
+
+
+def test_flow_control_is_accepted_and_validated_but_not_implemented() -> None:
+    text = (
+        HEADER
+        + QUEUE
+        + ONE_PROFILE
+        + (
+            "featureGates: [flowControl]\n"
+            "flowControl:\n"
+            "  maxBytes: 1Gi\n"
+            "  maxRequests: 2k\n"
+            "  defaultRequestTTL: 30s\n"
+            "  priorityBands: [{priority: 10, maxRequests: 500}]\n"
+        )
+    )
+    config = load_config(text)
+    assert config.flow_control is not None
+    assert config.flow_control.max_bytes == 2**30 and config.flow_control.max_requests == 2000
+    assert config.flow_control.default_request_ttl == 30.0
+    assert "flow control is not implemented" in config.warnings[0]
+    ungated = load_config(HEADER + QUEUE + ONE_PROFILE + "flowControl: {maxRequests: 10}\n")
+    assert ungated.warnings == ("flowControl is ignored without the flowControl feature gate (as in GIE)",)
+
+
+def test_parser_section_must_name_an_openai_parser() -> None:
+    config = load_config(
+        HEADER + QUEUE + "- type: openai-parser\n" + ONE_PROFILE + "parser: {pluginRef: openai-parser}\n"
+    )
+    assert config.parser == "openai-parser"
+    assert error(HEADER + QUEUE + ONE_PROFILE + "parser: {pluginRef: queue-scorer}\n") == (
+        "invalid EndpointPickerConfig: parser.pluginRef: plugin 'queue-scorer' is a queue-scorer, "
+        "not a request parser"
+    )
+
+
+def test_implicit_plugin_name_taken_by_another_type_is_reported() -> None:
+    text = cfg(
+        "plugins: [{name: max-score-picker, type: queue-scorer}]",
+        "schedulingProfiles: [{name: d, plugins: [{pluginRef: max-score-picker}]}]",
+    )
+    assert "the name 'max-score-picker' is needed for a default max-score-picker plugin" in error(text)
+
+
+PROFILE_D = "schedulingProfiles: [{name: d, plugins: [{pluginRef: queue-scorer}]}]"
+TWO_PROFILES = "schedulingProfiles: [{name: a}, {name: b}]"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- a", "expected a YAML mapping with apiVersion and kind"),
+        (
+            "apiVersion: v1\nkind: EndpointPickerConfig\n",
+            "apiVersion: Input should be 'inference.networking.x-k8s.io/v1alpha1' or 'llm-d.ai/v1alpha1'",
+        ),
+        ("apiVersion: llm-d.ai/v1alpha1\n", "kind: Field required"),
+        (
+            cfg("plugin: []"),
+            "plugin: unknown field (allowed: apiVersion, kind, featureGates, plugins, schedulingProfiles, "
+            "saturationDetector, dataLayer, data, parser, flowControl)",
+        ),
+        (
+            cfg("featureGates: [superFast]"),
+            "featureGates[0]: Input should be "
+            "'flowControl', 'enableLegacyMetrics', 'dataLayer' or 'prepareDataPlugins'",
+        ),
+        (
+            cfg("plugins: [{type: fcfs-ordering-policy}]"),
+            "plugins[0].type: plugin type 'fcfs-ordering-policy' is not supported: "
+            "it is a flow-control policy; "
+            "flow control is not implemented (requests use legacy admission)",
+        ),
+        (
+            cfg("plugins: [{type: queue-scorer}, {type: queue-scorer}]"),
+            "plugins[1].name: duplicate plugin name 'queue-scorer'",
+        ),
+        (
+            cfg("plugins: [{type: queue-scorer, parameters: {foo: 1}}]"),
+            "plugins[0].parameters.foo: unknown field (allowed: none)",
+        ),
+        (
+            cfg("plugins: [{type: max-score-picker, parameters: {maxNumOfEndpoints: two}}]"),
+            "plugins[0].parameters.maxNumOfEndpoints: Input should be a valid integer",
+        ),
+        (
+            cfg("plugins: [{type: concurrency-detector, parameters: {concurrencyMode: magic}}]"),
+            "plugins[0].parameters.concurrencyMode: Input should be 'requests' or 'tokens'",
+        ),
+        (
+            cfg("plugins: [{type: prefix-cache-scorer, parameters: {blockSizeTokens: 0}}]"),
+            "plugins[0].parameters.blockSizeTokens: Input should be greater than 0",
+        ),
+        (
+            cfg("plugins: [{type: queue-scorer}]"),
+            "schedulingProfiles: at least one scheduling profile is required",
+        ),
+        (
+            cfg(
+                "plugins: [{type: queue-scorer}]",
+                "schedulingProfiles: [{name: d, plugins: [{pluginRef: kv}]}]",
+            ),
+            "schedulingProfiles[0].plugins[0].pluginRef: no plugin named 'kv' (defined: queue-scorer)",
+        ),
+        (
+            cfg(
+                "plugins: [{type: queue-scorer}]",
+                "schedulingProfiles: [{name: d, plugins: [{pluginRef: queue-scorer, weight: high}]}]",
+            ),
+            "schedulingProfiles[0].plugins[0].weight: Input should be a valid number",
+        ),
+        (
+            cfg("plugins: [{type: queue-scorer}]", TWO_PROFILES),
+            "plugins: 2 scheduling profiles need a profile handler plugin that runs several profiles; "
+            "single-profile-handler (the default) runs exactly one",
+        ),
+        (
+            cfg("plugins: [{type: single-profile-handler}]", TWO_PROFILES),
+            "schedulingProfiles: single-profile-handler 'single-profile-handler' runs exactly one profile, "
+            "but 2 are defined (a, b)",
+        ),
+        (
+            cfg("plugins: [{type: single-profile-handler}]", "schedulingProfiles: [{name: a}, {name: a}]"),
+            "schedulingProfiles[1].name: duplicate profile name 'a'",
+        ),
+        (
+            cfg(
+                "plugins: [{type: max-score-picker}, {type: random-picker}]",
+                "schedulingProfiles:",
+                "- {name: d, plugins: [{pluginRef: max-score-picker}, {pluginRef: random-picker}]}",
+            ),
+            "schedulingProfiles[0]: profile 'd' has 2 pickers (max-score-picker, random-picker); "
+            "a profile takes one",
+        ),
+        (
+            cfg(
+                "plugins: [{type: single-profile-handler}]",
+                "schedulingProfiles: [{name: d, plugins: [{pluginRef: single-profile-handler}]}]",
+            ),
+            "schedulingProfiles[0].plugins[0].pluginRef: plugin 'single-profile-handler' is a "
+            "single-profile-handler, which is not a filter, scorer or picker and cannot be part of a profile",
+        ),
+        (
+            cfg(
+                "plugins: [{type: queue-scorer}]", PROFILE_D, "saturationDetector: {pluginRef: queue-scorer}"
+            ),
+            "saturationDetector.pluginRef: plugin 'queue-scorer' is a queue-scorer, "
+            "not a saturation detector",
+        ),
+        (
+            cfg("saturationDetector: {pluginRef: x, queueDepthThreshold: 3}"),
+            "saturationDetector: give either pluginRef (v1.5+) or the thresholds (v1.2-v1.4), not both",
+        ),
+        (cfg("dataLayer: {}", "data: {}"), "give dataLayer (v1.5+) or data (v1.3-v1.4), not both"),
+        (
+            cfg(
+                "plugins: [{type: prefix-cache-scorer, parameters: {prefixMatchInfoProducerName: nope}}]",
+                "schedulingProfiles: [{name: d, plugins: [{pluginRef: prefix-cache-scorer}]}]",
+            ),
+            "plugins: 'prefix-cache-scorer' parameter prefixMatchInfoProducerName names 'nope': "
+            "no plugin by that name",
+        ),
+        (
+            cfg(
+                "plugins:",
+                "- type: prefix-cache-scorer",
+                "- {name: p1, type: approx-prefix-cache-producer}",
+                "- {name: p2, type: approx-prefix-cache-producer}",
+                "schedulingProfiles: [{name: d, plugins: [{pluginRef: prefix-cache-scorer}]}]",
+            ),
+            "plugins: 'prefix-cache-scorer' reads PrefixCacheMatchInfo, which 2 plugins produce (p1, p2); "
+            "name one with prefixMatchInfoProducerName",
+        ),
+        (
+            cfg("flowControl: {maxBytes: lots}"),
+            "flowControl.maxBytes: invalid quantity 'lots': "
+            "use a number with an optional suffix such as 1Gi or 500M",
+        ),
+        (
+            cfg("plugins: [{type: core-metrics-extractor, parameters: {defaultEngine: tgi}}]"),
+            "plugins[0].parameters: defaultEngine 'tgi' is not one of "
+            "['sglang', 'triton-tensorrt-llm', 'trtllm-serve', 'vllm']",
+        ),
+        (
+            cfg("plugins: [{type: core-metrics-extractor, parameters: {engineConfigs: [{name: default}]}}]"),
+            "plugins[0].parameters.engineConfigs[0].name: engine name 'default' is reserved",
+        ),
+    ],
+)
+def test_broken_configs_are_rejected_with_exact_messages(text: str, message: str) -> None:
+    assert error(text) == f"invalid EndpointPickerConfig: {message}"
+
+
+def test_data_layer_references_are_checked() -> None:
+    text = (
+        HEADER + QUEUE + ONE_PROFILE + "dataLayer:\n  sources: [{pluginRef: queue-scorer, extractors: []}]\n"
+    )
+    assert error(text).splitlines() == [
+        "invalid EndpointPickerConfig:",
+        "  dataLayer.sources[0].pluginRef: plugin 'queue-scorer' is a queue-scorer, not a metrics source",
+        "  dataLayer.sources[0].extractors: exactly one extractor is supported, got 0",
+    ]
+
+
+def test_unknown_plugin_type_lists_the_known_types() -> None:
+    message = error(HEADER + "plugins:\n- type: nope\n")
+    assert message.startswith(
+        "invalid EndpointPickerConfig: plugins[0].type: unknown plugin type 'nope'; known types: "
+    )
+    assert "queue-scorer" in message and "session-affinity-scorer" in message
+    assert "by-label-selector" not in message  # aliases load but are not advertised
+
+
+def test_several_problems_are_reported_together() -> None:
+    lines = error(
+        HEADER + "plugins:\n- type: nope\n- type: queue-scorer\n  parameters: {x: 1}\n"
+    ).splitlines()
+    assert lines[0] == "invalid EndpointPickerConfig:"
+    assert lines[1].startswith("  plugins[0].type: unknown plugin type 'nope'; known types: ")
+    assert lines[2:] == ["  plugins[1].parameters.x: unknown field (allowed: none)"]
+
+
+def test_invalid_yaml_and_unreadable_files(tmp_path: Path) -> None:
+    assert error("a: [").startswith("invalid EndpointPickerConfig: not valid YAML: ")
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config_file(tmp_path / "missing.yaml")
