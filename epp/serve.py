@@ -14,7 +14,11 @@ from pathlib import Path
 import grpc
 
 from epp import tls
+from epp.config.build import build_components
 from epp.config.duration import parse_duration
+from epp.config.loader import load_config, load_config_file
+from epp.config.model import PickerConfig
+from epp.config.objectives import load_objectives_file
 from epp.datastore import Datastore
 from epp.discovery import kubernetes as k8s_discovery
 from epp.discovery.static import DiscoveryError, FileDiscovery, parse_endpoint_flag
@@ -25,7 +29,8 @@ from epp.metrics.http import MetricsServer
 from epp.metrics.scraper import DEFAULT_INTERVAL, MetricsScraper
 from epp.readyfile import write_ready_file
 from epp.requestcontrol import Director
-from epp.scheduling.least_inflight import LeastInflightScheduler
+from epp.requestcontrol.admission import LegacyAdmission
+from epp.scheduling.framework import PluginContext
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,8 @@ class ServeOptions:
     pool: k8s_discovery.PoolRef | None = None  # set: discover endpoints from this InferencePool
     kubeconfig: Path | None = None
     tls_options: tls.TlsOptions = field(default_factory=tls.TlsOptions)
+    config: PickerConfig = field(default_factory=load_config)  # default: GIE's default profile
+    objectives: dict[str, int] = field(default_factory=dict)  # objective name -> priority
 
 
 class EndpointPicker:
@@ -56,9 +63,29 @@ class EndpointPicker:
         self.datastore = Datastore()
         self.metrics = EppMetrics()
         self.metrics.watch_pool(self.datastore, options.pool_name)
-        self.director = Director(self.datastore, LeastInflightScheduler(), metrics=self.metrics)
+        for warning in options.config.warnings:
+            log.warning("config: %s", warning)
+        log.info("scheduling configuration:\n%s", options.config.summary())
+        components = build_components(options.config, PluginContext(self.metrics))
+        self.datastore.subscribe(on_removed=components.scheduler.endpoint_removed)
+        self.director = Director(
+            self.datastore,
+            components.scheduler,
+            admission=LegacyAdmission(components.saturation_detector),
+            objectives=options.objectives,
+            metrics=self.metrics,
+        )
         self.metrics_server = MetricsServer(self.metrics.registry, options.host, options.metrics_port)
-        self.scraper = MetricsScraper(self.datastore, interval=options.refresh_metrics_interval)
+        self.scraper: MetricsScraper | None = None
+        if components.scrape is not None:
+            self.scraper = MetricsScraper(
+                self.datastore,
+                interval=options.refresh_metrics_interval,
+                engines=components.scrape.engines,
+                default_engine=components.scrape.default_engine,
+                scheme=components.scrape.scheme,
+                path=components.scrape.path,
+            )
         self._file_discovery: FileDiscovery | None = None
         self._pool_discovery: k8s_discovery.PoolDiscovery | None = None
         self._servers: list[grpc.aio.Server] = []
@@ -66,7 +93,8 @@ class EndpointPicker:
         self.health_port = 0
 
     async def start(self) -> None:
-        await self.scraper.start()
+        if self.scraper is not None:
+            await self.scraper.start()
         if self.options.pool is not None:
             self._pool_discovery = k8s_discovery.PoolDiscovery(
                 self.options.pool, self.datastore, self._set_objectives, self.options.kubeconfig
@@ -111,7 +139,8 @@ class EndpointPicker:
             await self._file_discovery.stop()
         if self._pool_discovery is not None:
             await self._pool_discovery.stop()
-        await self.scraper.stop()
+        if self.scraper is not None:
+            await self.scraper.stop()
 
     def _set_objectives(self, priorities: Mapping[str, int]) -> None:
         self.director.objectives = priorities
@@ -142,6 +171,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     k8s_discovery.add_arguments(parser)
     tls.add_arguments(parser)
+    scheduling = parser.add_argument_group("scheduling")
+    config = scheduling.add_mutually_exclusive_group()
+    config.add_argument(
+        "--config-file",
+        type=Path,
+        help="EndpointPickerConfig YAML (GIE or llm-d); default: GIE's default profile "
+        "(queue 2, kv-cache 2, prefix-cache 3)",
+    )
+    config.add_argument("--config-text", metavar="YAML", help="the EndpointPickerConfig itself, inline")
+    scheduling.add_argument(
+        "--objectives-file",
+        type=Path,
+        help="InferenceObjective YAML giving each objective's priority (requests pick one with the "
+        "x-gateway-inference-objective header; negative = sheddable when the pool is saturated)",
+    )
     parser.add_argument(
         "--refresh-metrics-interval",
         default="50ms",
@@ -185,6 +229,8 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         pool=pool,
         kubeconfig=args.kubeconfig,
         tls_options=tls.options_from_args(args),
+        config=load_config_file(args.config_file) if args.config_file else load_config(args.config_text),
+        objectives=load_objectives_file(args.objectives_file) if args.objectives_file else {},
         stream=StreamOptions(
             max_body_bytes=args.max_body_bytes,
             error_prefix="inference gateway" if args.legacy_error_prefix else "inference error",
