@@ -33,8 +33,11 @@ class EnvoyOptions:
     epp_tls: bool = True
     body_mode: str = "full-duplex"
     failure_mode: str = "closed"
-    # host:port list used only by fail-open when the EPP is unreachable.
+    # host:port list used only by fail-open when the EPP is unreachable, and by the baseline listener.
     fallback_endpoints: tuple[str, ...] = field(default_factory=tuple)
+    # > 0: also listen here WITHOUT ext_proc, round-robin over fallback_endpoints (Envoy's own load
+    # balancing, the benchmarks' "no EPP" baseline).
+    baseline_port: int = 0
     message_timeout: str = "10s"
     buffer_limit_bytes: int = 16 * 1024 * 1024
 
@@ -161,7 +164,7 @@ def _clusters(options: EnvoyOptions) -> list[dict[str, Any]]:
         "original_dst_lb_config": {"metadata_key": {"key": LB_NAMESPACE, **_DESTINATION_PATH}},
     }
     clusters = [epp, pool]
-    if options.failure_mode == "open":
+    if options.failure_mode == "open" or options.baseline_port:
         endpoints = []
         for hostport in options.fallback_endpoints:
             host, _, port = hostport.rpartition(":")
@@ -185,33 +188,34 @@ def render_bootstrap(options: EnvoyOptions) -> dict[str, Any]:
     """The Envoy v3 bootstrap as a dict (write it as YAML or JSON)."""
     if options.failure_mode == "open" and not options.fallback_endpoints:
         raise ValueError("fail-open needs fallback_endpoints to route to when the EPP is down")
-    manager = _typed(
-        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        stat_prefix="gateway",
-        codec_type="AUTO",
-        route_config={"virtual_hosts": [{"name": "pool", "domains": ["*"], "routes": _routes(options)}]},
-        http_filters=_http_filters(options),
-    )
+    if options.baseline_port and not options.fallback_endpoints:
+        raise ValueError("the baseline listener needs fallback_endpoints to round-robin over")
+    listeners = [_listener("gateway", options.listen_port, _routes(options), _http_filters(options), options)]
+    if options.baseline_port:
+        to_pool = [{"match": {"prefix": "/"}, "route": {"cluster": "pool_fallback", "timeout": "0s"}}]
+        router = _http_filters(options)[-1:]
+        listeners.append(_listener("baseline", options.baseline_port, to_pool, router, options))
     return {
         "admin": {"address": _socket("127.0.0.1", options.admin_port)},
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "gateway",
-                    "address": _socket(options.listen_address, options.listen_port),
-                    "per_connection_buffer_limit_bytes": options.buffer_limit_bytes,
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": manager,
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ],
-            "clusters": _clusters(options),
-        },
+        "static_resources": {"listeners": listeners, "clusters": _clusters(options)},
+    }
+
+
+def _listener(
+    name: str, port: int, routes: list[dict[str, Any]], filters: list[dict[str, Any]], options: EnvoyOptions
+) -> dict[str, Any]:
+    manager = _typed(
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        stat_prefix=name,
+        codec_type="AUTO",
+        route_config={"virtual_hosts": [{"name": "pool", "domains": ["*"], "routes": routes}]},
+        http_filters=filters,
+    )
+    return {
+        "name": name,
+        "address": _socket(options.listen_address, port),
+        "per_connection_buffer_limit_bytes": options.buffer_limit_bytes,
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
+        ],
     }

@@ -57,6 +57,7 @@ class StackConfig:
     epp_args: list[str] = field(default_factory=list)
     envoy: EnvoyOptions = field(default_factory=lambda: EnvoyOptions(listen_port=0, admin_port=0))
     gateway_port: int = 0
+    baseline_listener: bool = False  # also serve Envoy round-robin without the EPP (benchmarks)
 
 
 class Stack:
@@ -69,6 +70,7 @@ class Stack:
         self.envoy: ManagedProcess | None = None
         self.epp_ports: dict[str, int] = {}
         self.gateway_port = 0
+        self.baseline_port = 0
         self.admin_port = 0
         self.endpoints_file = self.run_dir / "endpoints.yaml"
         self._session: aiohttp.ClientSession | None = None
@@ -76,6 +78,11 @@ class Stack:
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}"
+
+    @property
+    def baseline_url(self) -> str:
+        """Envoy's own round-robin over the simulators, no EPP (needs `baseline_listener`)."""
+        return f"http://127.0.0.1:{self.baseline_port}"
 
     @property
     def admin_url(self) -> str:
@@ -180,10 +187,12 @@ class Stack:
     async def start_envoy(self) -> None:
         self.gateway_port = self.config.gateway_port or free_port()
         self.admin_port = free_port()
+        self.baseline_port = free_port() if self.config.baseline_listener else 0
         options = replace(
             self.config.envoy,
             listen_port=self.gateway_port,
             admin_port=self.admin_port,
+            baseline_port=self.baseline_port,
             epp_port=self.epp_ports["grpc_port"],
             fallback_endpoints=tuple(s.hostport for s in self.sims),
         )
