@@ -1,0 +1,84 @@
+"""`epp serve` scheduling flags: config and objectives reach the director, bad config exits 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import pytest
+
+from epp import serve
+from epp.cli import build_parser
+from epp.requestcontrol.admission import LegacyAdmission
+from epp.scheduling.framework import PluginScheduler
+
+CONFIG = """
+apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+plugins: [{type: queue-scorer}, {type: random-picker}]
+schedulingProfiles: [{name: only, plugins: [{pluginRef: queue-scorer}, {pluginRef: random-picker}]}]
+dataLayer: {sources: []}
+"""
+OBJECTIVES = """
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceObjective
+metadata: {name: batch}
+spec: {priority: -1}
+"""
+
+
+def serve_args(*extra: str) -> argparse.Namespace:
+    return build_parser("serve").parse_args(["serve", "--endpoint", "127.0.0.1:8000", *extra])
+
+
+def test_config_text_and_objectives_file_reach_the_director(tmp_path: Path) -> None:
+    objectives = tmp_path / "objectives.yaml"
+    objectives.write_text(OBJECTIVES)
+    options = serve.options_from_args(
+        serve_args("--config-text", CONFIG, "--objectives-file", str(objectives))
+    )
+    picker = serve.EndpointPicker(options)
+    scheduler = picker.director.scheduler
+    assert isinstance(scheduler, PluginScheduler) and list(scheduler.profiles) == ["only"]
+    assert isinstance(picker.director.admission, LegacyAdmission)
+    assert picker.director.objectives == {"batch": -1}
+    assert picker.scraper is None  # the config's empty dataLayer turns scraping off
+
+
+def test_config_file_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(CONFIG)
+    assert [
+        p.name for p in serve.options_from_args(serve_args("--config-file", str(path))).config.profiles
+    ] == ["only"]
+
+
+def test_default_is_gie_default_profile_with_scraping() -> None:
+    picker = serve.EndpointPicker(serve.options_from_args(serve_args()))
+    assert picker.scraper is not None
+    assert list(picker.director.scheduler.profiles) == ["default"]  # type: ignore[attr-defined]
+
+
+def test_config_file_and_text_exclude_each_other() -> None:
+    with pytest.raises(SystemExit) as exited:
+        serve_args("--config-file", "a.yaml", "--config-text", CONFIG)
+    assert exited.value.code == 2
+
+
+def test_invalid_config_refuses_to_start_with_exit_code_2(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR):
+        code = serve.run(serve_args("--config-text", CONFIG.replace("random-picker}]}]", "random-pickr}]}]")))
+    assert code == 2
+    assert (
+        "invalid EndpointPickerConfig: schedulingProfiles[0].plugins[1].pluginRef: "
+        "no plugin named 'random-pickr' (defined: queue-scorer, random-picker)" in caplog.text
+    )
+
+
+def test_help_describes_the_scheduling_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser("serve").parse_args(["serve", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--config-file", "--config-text", "--objectives-file"):
+        assert flag in text
