@@ -17,6 +17,7 @@ from epp.scheduling.framework import (
     Plugin,
     PluginContext,
     PluginScheduler,
+    PluginUser,
     ProfileHandler,
     SaturationDetector,
     SchedulerProfile,
@@ -50,6 +51,9 @@ def build_components(config: PickerConfig, context: PluginContext) -> EndpointPi
         reader = _role(plugins[consumer], DataConsumer)
         key = next(k for k in reader.consumes if k.name == key_name)
         reader.bind_producer(key, producer)
+    for plugin in plugins.values():
+        if isinstance(plugin, PluginUser):
+            plugin.use_plugins(plugins)
     profiles = [
         SchedulerProfile(
             profile.name,

@@ -22,6 +22,7 @@ from epp.scheduling.framework import (
     Filter,
     Picker,
     Plugin,
+    PluginUser,
     ProfileHandler,
     SaturationDetector,
     Scorer,
@@ -111,6 +112,7 @@ class _Loader:
     def load(self) -> PickerConfig:
         self._define_plugins()
         self._check()
+        self._check_plugin_references()
         profiles = self._profiles()
         self._check()
         handler = self._profile_handler(profiles)
@@ -191,6 +193,12 @@ class _Loader:
             self.problems.append(f"{path}: plugin {name!r} is a {spec.type_name}, not {role_text}")
             return None
         return name
+
+    def _check_plugin_references(self) -> None:
+        for i, spec in enumerate(list(self.plugins.values())):
+            if issubclass(spec.cls, PluginUser):
+                for ref in spec.cls.referenced_plugins(spec.params):
+                    self._ref(f"plugins[{i}].parameters.{ref.parameter}", ref.plugin, ref.role, ref.role_text)
 
     # --- scheduling profiles --------------------------------------------------------------------
 

@@ -133,6 +133,30 @@ class DataConsumer(Extension):
         return None if producer is None else request.attributes.get(producer)
 
 
+@dataclass(frozen=True)
+class PluginReference:
+    """A parameter of one plugin that names another, which must implement `role`."""
+
+    parameter: str  # its path under `parameters`, for error messages (e.g. `deciders.prefill`)
+    plugin: str
+    role: type
+    role_text: str  # what the referenced plugin must be, in words ("a prefill decider")
+
+
+class PluginUser(Extension):
+    """Calls other configured plugins by name, e.g. a P/D profile handler and its deciders. The
+    loader checks the references before anything is built; the builder hands over the instances."""
+
+    @classmethod
+    @abstractmethod
+    def referenced_plugins(cls, params: Any) -> list[PluginReference]:
+        """The plugins these parameters name."""
+
+    @abstractmethod
+    def use_plugins(self, plugins: Mapping[str, Plugin]) -> None:
+        """Receive every configured plugin instance by name, once, before the first request."""
+
+
 class PreRequest(Extension):
     @abstractmethod
     def pre_request(self, request: InferenceRequest, result: SchedulingResult) -> None:
