@@ -8,7 +8,8 @@ produced tokens are released at the step's end, and an idle engine wakes on a ne
 next timer. Endpoint metrics are refreshed from engine state every `scrape_interval`, as the
 scraper would read the simulator's `/metrics` (same gauges: queue, running, KV usage, cache size).
 
-What the real-time path adds and this leaves out is the wire: HTTP, Envoy and ext_proc latency
+Plugins get the virtual clock through their PluginContext, so TTLs and metric ages run in model
+time. What the real-time path adds and this leaves out is the wire: HTTP, Envoy and ext_proc latency
 (a millisecond or two) and CPU contention between processes. Latencies here are pure model time.
 """
 
@@ -27,11 +28,15 @@ import orjson
 from epp.bench.prompts import PromptTokenizer
 from epp.bench.records import RequestRecord, RunResult
 from epp.bench.workload import BenchRequest
+from epp.config.build import build_components
+from epp.config.model import PickerConfig
 from epp.datastore import Datastore, Endpoint, EndpointMetrics, EndpointSpec
 from epp.metrics.exporter import EppMetrics
 from epp.requestcontrol import Director
-from epp.requestcontrol.director import RoutedRequest
+from epp.requestcontrol.admission import LegacyAdmission
+from epp.requestcontrol.director import Admission, RoutedRequest
 from epp.requests import InferenceRequest, RequestError
+from epp.scheduling.framework import PluginContext
 from epp.scheduling.types import Scheduler
 from epp.sim.engine import Engine, Rejection, Request, StepOutcome
 from epp.sim.openai_api import usage
@@ -81,8 +86,10 @@ class _FixedPoolDirector(Director):
     once; the base class filters every endpoint per request, which at 1,000 endpoints would cost
     more than most schedulers."""
 
-    def __init__(self, datastore: Datastore, scheduler: Scheduler, rng: random.Random) -> None:
-        super().__init__(datastore, scheduler, metrics=EppMetrics(), rng=rng)
+    def __init__(
+        self, datastore: Datastore, scheduler: Scheduler, admission: Admission, context: PluginContext
+    ) -> None:
+        super().__init__(datastore, scheduler, admission, metrics=context.metrics, rng=context.rng)
         self._pool = datastore.ready_endpoints()
 
     def candidates(self, request: InferenceRequest, subset: Sequence[str] | None) -> list[Endpoint]:
@@ -115,16 +122,21 @@ class _Server:
 
 
 class VirtualRun:
-    """One run of `requests` through `scheduler` on a fresh cluster. Use `run()` once."""
+    """One run of `requests` through the EPP configured by `config`, built exactly as `epp serve`
+    builds it, on a fresh cluster. Use `run()` once."""
 
     def __init__(
-        self, requests: Sequence[BenchRequest], scheduler: Scheduler, cluster: VirtualCluster
+        self, requests: Sequence[BenchRequest], config: PickerConfig, cluster: VirtualCluster
     ) -> None:
         self.requests = requests
         self.cluster = cluster
+        self.now = 0.0
         self.datastore = Datastore()
         self.datastore.replace_all(endpoint_specs(cluster))
-        self.director = _FixedPoolDirector(self.datastore, scheduler, random.Random(cluster.seed))
+        context = PluginContext(EppMetrics(), random.Random(cluster.seed), clock=lambda: self.now)
+        components = build_components(config, context)
+        admission = LegacyAdmission(components.saturation_detector)
+        self.director = _FixedPoolDirector(self.datastore, components.scheduler, admission, context)
         self.endpoints = list(self.datastore.endpoints())
         self.servers = {e.name: _Server(Engine(cluster.profile, cluster.model)) for e in self.endpoints}
         self.records = [RequestRecord(r.index, r.group) for r in requests]
@@ -147,6 +159,7 @@ class VirtualRun:
         events = self._events
         while self._open and events:
             now, _, handler, payload = heapq.heappop(events)
+            self.now = now
             handler(now, payload)
         return RunResult(
             engine="virtual",
@@ -248,5 +261,5 @@ class VirtualRun:
             self._done(record.index, now)
 
 
-def run_virtual(requests: Sequence[BenchRequest], scheduler: Scheduler, cluster: VirtualCluster) -> RunResult:
-    return VirtualRun(requests, scheduler, cluster).run()
+def run_virtual(requests: Sequence[BenchRequest], config: PickerConfig, cluster: VirtualCluster) -> RunResult:
+    return VirtualRun(requests, config, cluster).run()

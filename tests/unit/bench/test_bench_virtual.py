@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 import itertools
-import random
-from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
 from epp.bench.summary import summarize
-from epp.bench.virtual import VirtualCluster, run_virtual, scraped_metrics
+from epp.bench.virtual import VirtualCluster, VirtualRun, run_virtual, scraped_metrics
 from epp.bench.workload import BenchRequest, WorkloadSpec, generate
-from epp.datastore import Endpoint
+from epp.config.loader import load_config, load_config_file
 from epp.metrics.engines import BUILTIN_ENGINES
 from epp.metrics.promtext import Extractor
 from epp.requests import InferenceRequest, Usage
-from epp.scheduling.least_inflight import LeastInflightScheduler
+from epp.scheduling.framework import (
+    Plugin,
+    PluginContext,
+    PreRequest,
+    ResponseComplete,
+    ResponseReceived,
+    register,
+)
 from epp.scheduling.types import SchedulingResult
 from epp.sim.engine import Engine, Request
 from epp.sim.metrics import build_registry, render
 from epp.sim.profiles import TINY_TEST
 
 TINY = VirtualCluster(endpoints=1, profile=TINY_TEST)
+CONFIGS = Path(__file__).parents[3] / "bench" / "configs"
 
 
 def workload(groups: int = 2, per_group: int = 3, rate: float = 50.0) -> list[BenchRequest]:
@@ -43,17 +50,22 @@ def workload(groups: int = 2, per_group: int = 3, rate: float = 50.0) -> list[Be
     return generate(spec, rate)
 
 
-class Recording(LeastInflightScheduler):
+LEAST_REQUEST = load_config_file(CONFIGS / "least-request.yaml")
+RECORDER = "bench-test-recorder"
+
+
+@register
+class Recorder(Plugin, PreRequest, ResponseReceived, ResponseComplete):
     """Counts the hooks the director calls and keeps the usage each response reported."""
 
-    def __init__(self) -> None:
-        super().__init__(random.Random(0))
-        self.calls: dict[str, int] = {"schedule": 0, "pre": 0, "received": 0, "complete": 0}
-        self.usages: list[Usage | None] = []
+    type_name = RECORDER
+    last: Recorder | None = None
 
-    def schedule(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> SchedulingResult:
-        self.calls["schedule"] += 1
-        return super().schedule(request, candidates)
+    def __init__(self, name: str, params: object, context: PluginContext) -> None:
+        super().__init__(name, params, context)
+        self.calls = {"pre": 0, "received": 0, "complete": 0}
+        self.usages: list[Usage | None] = []
+        Recorder.last = self
 
     def pre_request(self, request: InferenceRequest, result: SchedulingResult) -> None:
         self.calls["pre"] += 1
@@ -70,7 +82,7 @@ class Recording(LeastInflightScheduler):
 
 def test_lone_request_takes_exactly_the_engine_model_time() -> None:
     request = workload(1, 1)[0]
-    result = run_virtual([request], LeastInflightScheduler(), TINY)
+    result = run_virtual([request], LEAST_REQUEST, TINY)
     record = result.records[0]
     prefill = TINY_TEST.step_seconds(0, 0, 57, 57 * 57 // 2)
     decode = TINY_TEST.step_seconds(1, 57 + 1, 0, 0)
@@ -81,12 +93,22 @@ def test_lone_request_takes_exactly_the_engine_model_time() -> None:
 
 
 def test_every_request_goes_through_the_director_hooks_once_and_reports_cached_tokens() -> None:
-    requests = workload()
-    scheduler = Recording()
-    result = run_virtual(requests, scheduler, VirtualCluster(endpoints=2, profile=TINY_TEST))
-    assert scheduler.calls == {"schedule": 6, "pre": 6, "received": 6, "complete": 6}
+    config = load_config(
+        f"""
+        apiVersion: inference.networking.x-k8s.io/v1alpha1
+        kind: EndpointPickerConfig
+        plugins: [{{type: {RECORDER}}}, {{type: random-picker}}]
+        schedulingProfiles: [{{name: default, plugins: [{{pluginRef: random-picker}}]}}]
+        """
+    )
+    run = VirtualRun(workload(), config, VirtualCluster(endpoints=2, profile=TINY_TEST))
+    result = run.run()
+    recorder = Recorder.last
+    assert recorder is not None
+    assert recorder.calls == {"pre": 6, "received": 6, "complete": 6}
+    assert all(e.inflight_requests == 0 and e.inflight_tokens == 0 for e in run.endpoints)
     assert all(r.ok and r.endpoint in ("sim-0", "sim-1") for r in result.records)
-    usages = [u for u in scheduler.usages if u is not None]
+    usages = [u for u in recorder.usages if u is not None]
     assert len(usages) == 6 and sum(u.cached_tokens for u in usages) > 0
     assert sum(u.cached_tokens for u in usages) == sum(r.cached_tokens for r in result.records)
     summary = summarize(result)
@@ -95,8 +117,9 @@ def test_every_request_goes_through_the_director_hooks_once_and_reports_cached_t
 
 def test_runs_are_deterministic() -> None:
     requests = workload(3, 4, rate=200.0)
-    first = run_virtual(requests, LeastInflightScheduler(random.Random(1)), VirtualCluster(3, TINY_TEST))
-    second = run_virtual(requests, LeastInflightScheduler(random.Random(1)), VirtualCluster(3, TINY_TEST))
+    config = load_config()  # GIE's default: prefix, queue and KV-cache scorers, random tie-breaks
+    first = run_virtual(requests, config, VirtualCluster(3, TINY_TEST, seed=1))
+    second = run_virtual(requests, config, VirtualCluster(3, TINY_TEST, seed=1))
     assert first.records == second.records
     assert list(first.itl) == list(second.itl)
 
@@ -118,7 +141,7 @@ def test_follow_up_turns_wait_for_the_previous_answer_plus_think_time() -> None:
             "load": {"rates": [1]},
         }
     )
-    records = run_virtual(generate(spec, 1.0), LeastInflightScheduler(), TINY).records
+    records = run_virtual(generate(spec, 1.0), LEAST_REQUEST, TINY).records
     for previous, turn in itertools.pairwise(records):
         assert previous.done is not None
         assert turn.sent == pytest.approx(previous.done + 0.25)
@@ -127,7 +150,7 @@ def test_follow_up_turns_wait_for_the_previous_answer_plus_think_time() -> None:
 
 def test_queue_overflow_is_an_error_not_a_hang() -> None:
     requests = workload(1, 80, rate=1e6)  # 80 at once; tiny-test queues at most 64
-    result = run_virtual(requests, LeastInflightScheduler(), TINY)
+    result = run_virtual(requests, LEAST_REQUEST, TINY)
     errors = [r for r in result.records if r.error]
     assert errors and all(r.error == "queue_full" for r in errors)
     assert summarize(result).completed == 80 - len(errors)
