@@ -27,6 +27,3 @@ class PrefixIndexParams(PluginParams):
         if self.max_prefix_tokens_to_match > 0:
             return max(1, self.max_prefix_tokens_to_match // block_tokens)
         return self.max_prefix_blocks_to_match
-
-
-INDEX_PARAM_NAMES = frozenset(PrefixIndexParams.model_fields)

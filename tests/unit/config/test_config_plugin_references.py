@@ -31,7 +31,8 @@ from epp.scheduling.types import ProfileResult, SchedulingResult
 
 @register
 class UncachedPromptDecider(Plugin, DataConsumer):
-    """Disaggregate when the decode pick has less than half the prompt cached."""
+    """Disaggregate when at least 512 prompt tokens are not cached on the decode pick (llm-d's
+    prefix-based-pd-decider arithmetic, with nonCachedTokens 512)."""
 
     type_name = "test-uncached-prompt-decider"
     consumes = {PREFIX_MATCH: ""}
@@ -39,7 +40,7 @@ class UncachedPromptDecider(Plugin, DataConsumer):
     def disaggregate(self, request: InferenceRequest, decode: Endpoint) -> bool:
         match = self.consumed(request, PREFIX_MATCH)
         assert isinstance(match, PrefixMatch)
-        return match.matched_blocks(decode) * 2 < match.total_blocks
+        return request.prompt_tokens - match.cached_tokens(decode) >= 512
 
 
 class DeciderHandlerParams(PluginParams):
