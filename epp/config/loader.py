@@ -63,6 +63,11 @@ UNSUPPORTED_TYPES = {
         ),
         "part of the latency-predictor family, which needs GIE's external predictor service",
     ),
+    **dict.fromkeys(
+        ("precise-prefix-cache-producer", "precise-prefix-cache-scorer", "token-producer", "tokenizer"),
+        "part of llm-d's precise prefix cache (engine KV events, real tokenization), not implemented yet; "
+        "approx-prefix-cache-producer is the default prefix source",
+    ),
 }
 
 

@@ -272,6 +272,12 @@ TWO_PROFILES = "schedulingProfiles: [{name: a}, {name: b}]"
             "flow control is not implemented (requests use legacy admission)",
         ),
         (
+            cfg("plugins: [{type: precise-prefix-cache-producer}]"),
+            "plugins[0].type: plugin type 'precise-prefix-cache-producer' is not supported: it is part of "
+            "llm-d's precise prefix cache (engine KV events, real tokenization), not implemented yet; "
+            "approx-prefix-cache-producer is the default prefix source",
+        ),
+        (
             cfg("plugins: [{type: queue-scorer}, {type: queue-scorer}]"),
             "plugins[1].name: duplicate plugin name 'queue-scorer'",
         ),
