@@ -153,9 +153,12 @@ class ExtProcStream:
                 status, "text/event-stream" in response_headers.get("content-type", "")
             )
         reply = ext_proc.HeadersResponse()
-        if self._options.served_header and self._routed is not None:
-            served = {self._options.served_header: self._routed.destination}
-            reply.response.header_mutation.CopyFrom(messages.header_mutation(served, ()))
+        if self._routed is not None:
+            added = dict(self._routed.result.response_headers)
+            if self._options.served_header:
+                added[self._options.served_header] = self._routed.destination
+            if added:
+                reply.response.header_mutation.CopyFrom(messages.header_mutation(added, ()))
         yield ext_proc.ProcessingResponse(response_headers=reply)
         if headers.end_of_stream:
             self._finish()

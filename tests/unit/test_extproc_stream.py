@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator
 from types import MappingProxyType
 
@@ -11,15 +12,32 @@ import orjson
 import pytest
 from google.protobuf import json_format, struct_pb2
 
+from epp.config.build import build_components
+from epp.config.loader import load_config
 from epp.datastore import Datastore, EndpointSpec
 from epp.extproc.messages import BODY_CHUNK_BYTES
 from epp.extproc.pb import BodyMode, core, ext_proc, ext_proc_grpc
 from epp.extproc.server import Health, bind, ext_proc_server
 from epp.extproc.stream import StreamOptions
 from epp.requestcontrol import Director
-from epp.scheduling.least_inflight import LeastInflightScheduler
+from epp.scheduling.framework import PluginContext
 
 FDS = BodyMode.FULL_DUPLEX_STREAMED
+
+# Fewest in-flight requests wins, random among ties; plus session affinity for the response header.
+LEAST_LOADED = """
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: active-request-scorer
+- type: session-affinity-scorer
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: active-request-scorer
+  - pluginRef: session-affinity-scorer
+    weight: 0.5
+"""
 
 
 class Harness:
@@ -42,7 +60,8 @@ class Harness:
 async def harness() -> AsyncIterator[Harness]:
     datastore = Datastore()
     datastore.synced = True
-    director = Director(datastore, LeastInflightScheduler())
+    scheduler = build_components(load_config(LEAST_LOADED), PluginContext()).scheduler
+    director = Director(datastore, scheduler)
     server = ext_proc_server(director, StreamOptions(max_body_bytes=200_000), Health(lambda: True))
     port = bind(server, "127.0.0.1:0", None)
     await server.start()
@@ -318,7 +337,7 @@ async def test_client_disconnect_mid_stream_releases_the_endpoint(harness: Harne
     assert endpoint.inflight_requests == 0
 
 
-async def test_least_inflight_spreads_concurrent_requests(harness: Harness) -> None:
+async def test_least_loaded_spreads_concurrent_requests(harness: Harness) -> None:
     for i in range(3):
         harness.add(f"e{i}", 8000 + i)
     calls = []
@@ -349,3 +368,16 @@ async def test_model_rewrite_header_rewrites_upstream_and_restores_the_response(
     await call.write(response_body_msg(b'{"model":"m-v2","choices":[]}', end_of_stream=True))
     restored = (await read(call)).response_body.response.body_mutation.streamed_response.body
     assert restored == b'{"model":"m","choices":[]}'
+
+
+async def test_scheduler_response_headers_reach_the_client(harness: Harness) -> None:
+    harness.add("a", 8000)
+    call = harness.open()
+    await call.write(headers_msg())
+    await call.write(body_msg(COMPLETION))
+    await read(call)
+    await read(call)
+    await call.write(response_headers_msg("application/json"))
+    reply = (await read(call)).response_headers.response
+    token = set_headers(reply)["x-session-token"]
+    assert base64.b64decode(token) == b"default/a"
