@@ -79,12 +79,7 @@ class EndpointPicker:
         self.scraper: MetricsScraper | None = None
         if components.scrape is not None:
             self.scraper = MetricsScraper(
-                self.datastore,
-                interval=options.refresh_metrics_interval,
-                engines=components.scrape.engines,
-                default_engine=components.scrape.default_engine,
-                scheme=components.scrape.scheme,
-                path=components.scrape.path,
+                self.datastore, interval=options.refresh_metrics_interval, settings=components.scrape
             )
         self._file_discovery: FileDiscovery | None = None
         self._pool_discovery: k8s_discovery.PoolDiscovery | None = None

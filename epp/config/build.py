@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from epp.config.model import PickerConfig
-from epp.metrics.engines import EngineMetrics
+from epp.metrics.scraper import ScrapeSettings
 from epp.scheduling.framework import (
     DataConsumer,
     DataProducer,
@@ -24,16 +24,6 @@ from epp.scheduling.framework import (
     Scorer,
 )
 from epp.scheduling.framework.datalayer import MetricsExtractor, MetricsSource
-
-
-@dataclass(frozen=True)
-class ScrapeSettings:
-    """MetricsScraper keyword arguments from the data layer plugins."""
-
-    scheme: str
-    path: str
-    engines: Mapping[str, EngineMetrics]
-    default_engine: str
 
 
 @dataclass(frozen=True)
@@ -87,5 +77,7 @@ def _scrape_settings(config: PickerConfig, plugins: Mapping[str, Plugin]) -> Scr
         return None
     source, extractor = plugins[config.metrics_source], plugins[config.metrics_extractor]
     assert isinstance(source, MetricsSource) and isinstance(extractor, MetricsExtractor)
-    scheme, path = source.url_parts()
-    return ScrapeSettings(scheme, path, extractor.engines(), extractor.default_engine())
+    scheme, path, insecure = source.url_parts()
+    return ScrapeSettings(
+        scheme, path, insecure, extractor.engines(), extractor.default_engine(), extractor.engine_label_key()
+    )

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from epp.datastore import Datastore, Endpoint
 from epp.metrics.engines import BUILTIN_ENGINES, ENGINE_LABEL, EngineMetrics
@@ -17,6 +19,23 @@ log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL = 0.05  # GIE's --refresh-metrics-interval
 DEFAULT_TIMEOUT = 1.0  # GIE's per-poll timeout
+
+
+@dataclass(frozen=True)
+class ScrapeSettings:
+    """Where metrics pages are and how to read them: set by the config's data-layer plugins
+    (`metrics-data-source`, `core-metrics-extractor`); the defaults are GIE's."""
+
+    scheme: str = "http"
+    path: str = "/metrics"
+    insecure_skip_verify: bool = True
+    engines: Mapping[str, EngineMetrics] = field(default_factory=lambda: BUILTIN_ENGINES)
+    default_engine: str = "vllm"
+    engine_label_key: str = ENGINE_LABEL
+
+
+def _tls_context(settings: ScrapeSettings) -> ssl.SSLContext:
+    return insecure_tls_context() if settings.insecure_skip_verify else ssl.create_default_context()
 
 
 class MetricsScraper:
@@ -31,24 +50,24 @@ class MetricsScraper:
         datastore: Datastore,
         interval: float = DEFAULT_INTERVAL,
         timeout: float = DEFAULT_TIMEOUT,
-        engines: Mapping[str, EngineMetrics] = BUILTIN_ENGINES,
-        default_engine: str = "vllm",
-        scheme: str = "http",
-        path: str = "/metrics",
+        settings: ScrapeSettings | None = None,
         failures_before_unhealthy: int = 3,
     ) -> None:
-        if default_engine not in engines:
-            raise ValueError(f"unknown default engine {default_engine!r}; known: {sorted(engines)}")
+        settings = settings or ScrapeSettings()
+        if settings.default_engine not in settings.engines:
+            known = sorted(settings.engines)
+            raise ValueError(f"unknown default engine {settings.default_engine!r}; known: {known}")
+        if settings.scheme not in ("http", "https"):
+            raise ValueError(f"metrics scheme must be http or https, not {settings.scheme!r}")
         self._datastore = datastore
         self.interval = interval
         self._timeout = timeout
-        self._engines = dict(engines)
+        self._engines = dict(settings.engines)
         self._extractors = {name: Extractor(e.names()) for name, e in self._engines.items()}
-        self._default_engine = default_engine
-        if scheme not in ("http", "https"):
-            raise ValueError(f"metrics scheme must be http or https, not {scheme!r}")
-        self._tls = insecure_tls_context() if scheme == "https" else None
-        self._path = path
+        self._default_engine = settings.default_engine
+        self._engine_label_key = settings.engine_label_key
+        self._tls = _tls_context(settings) if settings.scheme == "https" else None
+        self._path = settings.path
         self._failures_before_unhealthy = failures_before_unhealthy
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.scrapes = 0
@@ -67,7 +86,7 @@ class MetricsScraper:
                 await task
 
     def engine_for(self, endpoint: Endpoint) -> str:
-        engine = endpoint.labels.get(ENGINE_LABEL, self._default_engine)
+        engine = endpoint.labels.get(self._engine_label_key, self._default_engine)
         return engine if engine in self._engines else self._default_engine
 
     def _watch(self, endpoint: Endpoint) -> None:

@@ -12,7 +12,7 @@ from aiohttp import web
 from epp.datastore import Datastore, EndpointSpec
 from epp.metrics.engines import BUILTIN_ENGINES, ENGINE_LABEL
 from epp.metrics.promtext import Extractor, MetricSpec
-from epp.metrics.scraper import MetricsScraper
+from epp.metrics.scraper import MetricsScraper, ScrapeSettings
 
 VLLM_PAGE = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -146,9 +146,11 @@ async def test_scraper_fills_metrics_and_tracks_health(server: FakeServer) -> No
 async def test_engine_label_selects_the_metric_names(server: FakeServer) -> None:
     server.page = 'sglang:num_queue_reqs{model_name="m"} 9\n'
     datastore = Datastore()
-    scraper = MetricsScraper(datastore, interval=0.02)
+    scraper = MetricsScraper(
+        datastore, interval=0.02, settings=ScrapeSettings(engine_label_key="example.com/engine")
+    )
     await scraper.start()
-    labels = MappingProxyType({ENGINE_LABEL: "sglang"})
+    labels = MappingProxyType({"example.com/engine": "sglang", ENGINE_LABEL: "vllm"})
     endpoint = datastore.upsert(EndpointSpec("s", "127.0.0.1", server.port, labels=labels))
     try:
         await until(lambda: endpoint.metrics.waiting_queue_size == 9)
@@ -163,4 +165,6 @@ async def test_engine_label_selects_the_metric_names(server: FakeServer) -> None
 
 def test_unknown_default_engine_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown default engine 'nope'"):
-        MetricsScraper(Datastore(), default_engine="nope")
+        MetricsScraper(Datastore(), settings=ScrapeSettings(default_engine="nope"))
+    with pytest.raises(ValueError, match="scheme must be http or https"):
+        MetricsScraper(Datastore(), settings=ScrapeSettings(scheme="ftp"))

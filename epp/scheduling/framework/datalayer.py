@@ -12,8 +12,8 @@ from epp.scheduling.framework.plugin import Extension
 
 class MetricsSource(Extension):
     @abstractmethod
-    def url_parts(self) -> tuple[str, str]:
-        """(scheme, path) of each endpoint's metrics page."""
+    def url_parts(self) -> tuple[str, str, bool]:
+        """(scheme, path, insecure_skip_verify) of each endpoint's metrics page."""
 
 
 class MetricsExtractor(Extension):
@@ -24,6 +24,10 @@ class MetricsExtractor(Extension):
     @abstractmethod
     def default_engine(self) -> str:
         """The engine assumed for endpoints without an engine-type label."""
+
+    @abstractmethod
+    def engine_label_key(self) -> str:
+        """The endpoint label naming its engine."""
 
 
 class RequestParser(Extension):

@@ -73,13 +73,6 @@ class CoreMetricsExtractorParams(PluginParams):
     default_engine: str = "vllm"
     engine_configs: list[EngineConfig] = []
 
-    @field_validator("engine_label_key")
-    @classmethod
-    def _supported_label(cls, key: str) -> str:
-        if key != ENGINE_LABEL:
-            raise ValueError(f"only the standard engine label {ENGINE_LABEL!r} is supported")
-        return key
-
     @model_validator(mode="after")
     def _default_engine_known(self) -> CoreMetricsExtractorParams:
         known = set(BUILTIN_ENGINES) | {c.name for c in self.engine_configs}
@@ -98,9 +91,13 @@ class CoreMetricsExtractor(Plugin, MetricsExtractor):
         super().__init__(name, params, context)
         self._engines = {**BUILTIN_ENGINES, **{c.name: c.engine() for c in params.engine_configs}}
         self._default_engine = params.default_engine
+        self._engine_label_key = params.engine_label_key
 
     def engines(self) -> Mapping[str, EngineMetrics]:
         return self._engines
 
     def default_engine(self) -> str:
         return self._default_engine
+
+    def engine_label_key(self) -> str:
+        return self._engine_label_key

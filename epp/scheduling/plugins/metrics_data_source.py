@@ -25,5 +25,5 @@ class MetricsDataSource(Plugin, MetricsSource):
         super().__init__(name, params, context)
         self.params = params
 
-    def url_parts(self) -> tuple[str, str]:
-        return self.params.scheme, self.params.path
+    def url_parts(self) -> tuple[str, str, bool]:
+        return self.params.scheme, self.params.path, self.params.insecure_skip_verify
