@@ -205,21 +205,94 @@ class EppMetrics:
             "inference_extension_info", _alpha("build information"), ["commit", "build_ref"], registry=r
         )
         info.labels(commit="", build_ref=__version__).set(1)
+        self._series: dict[tuple[str, str], ModelSeries] = {}
 
     def watch_pool(self, datastore: Datastore, pool_name: str, staleness: float = 2.0) -> None:
         self.registry.register(_PoolCollector(datastore, pool_name, staleness))
 
-    def request_finished(
-        self, model: str, target: str, latency: float, response_bytes: int, usage: Usage | None
-    ) -> None:
-        self.duration.labels(model, target).observe(latency)
-        self.response_sizes.labels(model, target).observe(response_bytes)
-        self.running.labels(model).dec()
+    def series(self, model: str, target: str) -> ModelSeries:
+        """The labelled series of one (model, target model) pair, looked up once and reused: a
+        `.labels()` lookup costs microseconds, on every request. Past MAX_CACHED_SERIES pairs
+        (a client inventing model names) the series are built per call instead of kept."""
+        key = (model, target)
+        found = self._series.get(key)
+        if found is None:
+            found = ModelSeries(self, model, target)
+            if len(self._series) < MAX_CACHED_SERIES:
+                self._series[key] = found
+        return found
+
+
+MAX_CACHED_SERIES = 1024
+
+
+class ModelSeries:
+    """Every per-request metric child for one (model, target model) pair."""
+
+    __slots__ = (
+        "_metrics",
+        "_model",
+        "_target",
+        "attempts",
+        "cached_tokens",
+        "duration",
+        "errors",
+        "input_tokens",
+        "ntpot",
+        "output_tokens",
+        "request_sizes",
+        "requests",
+        "response_sizes",
+        "running",
+    )
+
+    def __init__(self, metrics: EppMetrics, model: str, target: str) -> None:
+        self._metrics = metrics
+        self._model = model
+        self._target = target
+        self.request_sizes = metrics.request_sizes.labels(model, target)
+        self.response_sizes = metrics.response_sizes.labels(model, target)
+        self.duration = metrics.duration.labels(model, target)
+        self.input_tokens = metrics.input_tokens.labels(model, target)
+        self.output_tokens = metrics.output_tokens.labels(model, target)
+        self.cached_tokens = metrics.cached_tokens.labels(model, target)
+        self.ntpot = metrics.ntpot.labels(model, target)
+        self.running = metrics.running.labels(model)
+        self.requests: dict[int, Counter] = {}
+        self.errors: dict[str, Counter] = {}
+        self.attempts: dict[tuple[str, str, int], Counter] = {}
+
+    def error(self, code: str) -> None:
+        child = self.errors.get(code)
+        if child is None:
+            child = self.errors[code] = self._metrics.errors.labels(self._model, self._target, code)
+        child.inc()
+
+    def scheduled(self, priority: int, body_size: int, pod: str, namespace: str, port: int) -> None:
+        requests = self.requests.get(priority)
+        if requests is None:
+            requests = self.requests[priority] = self._metrics.requests.labels(
+                self._model, self._target, str(priority)
+            )
+        requests.inc()
+        attempt = self.attempts.get((pod, namespace, port))
+        if attempt is None:
+            attempt = self.attempts[(pod, namespace, port)] = self._metrics.scheduler_attempts.labels(
+                "success", self._target, pod, namespace, str(port)
+            )
+        attempt.inc()
+        self.request_sizes.observe(body_size)
+        self.running.inc()
+
+    def finished(self, latency: float, response_bytes: int, usage: Usage | None) -> None:
+        self.duration.observe(latency)
+        self.response_sizes.observe(response_bytes)
+        self.running.dec()
         if usage is None:
             return
         if usage.prompt_tokens > 0:
-            self.input_tokens.labels(model, target).observe(usage.prompt_tokens)
+            self.input_tokens.observe(usage.prompt_tokens)
         if usage.completion_tokens > 0:
-            self.output_tokens.labels(model, target).observe(usage.completion_tokens)
-            self.ntpot.labels(model, target).observe(latency / usage.completion_tokens)
-        self.cached_tokens.labels(model, target).observe(usage.cached_tokens)
+            self.output_tokens.observe(usage.completion_tokens)
+            self.ntpot.observe(latency / usage.completion_tokens)
+        self.cached_tokens.observe(usage.cached_tokens)

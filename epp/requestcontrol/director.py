@@ -157,7 +157,7 @@ class Director:
         try:
             routed = self.route(request, subset)
         except RequestError as error:
-            self.metrics.errors.labels(request.model, request.target_model, error.code.label).inc()
+            self.metrics.series(request.model, request.target_model).error(error.code.label)
             raise
         if request.target_model != request.model:
             routed.body = orjson.dumps(request.body)
@@ -181,7 +181,7 @@ class Director:
     def record_rejection(self, error: RequestError, headers: Mapping[str, str]) -> None:
         """Errors found before a request was parsed (body too large, invalid JSON)."""
         if error.code is ErrorCode.BAD_REQUEST or error.code is ErrorCode.PAYLOAD_TOO_LARGE:
-            self.metrics.errors.labels("", "", error.code.label).inc()
+            self.metrics.series("", "").error(error.code.label)
         log.debug("rejected %s %s: %s", headers.get(":method"), headers.get(":path"), error)
 
     # --- scheduling ----------------------------------------------------------------------------
@@ -221,14 +221,11 @@ class Director:
         finally:
             self.metrics.scheduler_e2e.observe(time.perf_counter() - started)
         primary = result.targets[0]
-        self.metrics.scheduler_attempts.labels(
-            "success", request.target_model, primary.name, primary.spec.namespace, str(primary.port)
-        ).inc()
         routed = RoutedRequest(self, request, result)
         self.scheduler.pre_request(request, result)
-        self.metrics.requests.labels(request.model, request.target_model, str(request.priority)).inc()
-        self.metrics.request_sizes.labels(request.model, request.target_model).observe(request.body_size)
-        self.metrics.running.labels(request.model).inc()
+        self.metrics.series(request.model, request.target_model).scheduled(
+            request.priority, request.body_size, primary.name, primary.spec.namespace, primary.port
+        )
         return routed
 
     # --- feedback ------------------------------------------------------------------------------
@@ -238,12 +235,10 @@ class Director:
         self.scheduler.response_complete(request, routed.result, usage)
         if not request.model:
             return
-        latency = time.monotonic() - routed.started
-        self.metrics.request_finished(
-            request.model, request.target_model, latency, routed.response_bytes, usage
-        )
+        series = self.metrics.series(request.model, request.target_model)
+        series.finished(time.monotonic() - routed.started, routed.response_bytes, usage)
         if routed.response_status is not None and routed.response_status >= 400:
-            self.metrics.errors.labels(request.model, request.target_model, "ModelServerError").inc()
+            series.error("ModelServerError")
 
     def note_upstream_unavailable(self, endpoints: Sequence[Endpoint]) -> None:
         """A 503 from the data plane often means the endpoint died: stop choosing it until the
