@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from epp.readyfile import write_ready_file
 from epp.requestcontrol import Director
 from epp.requestcontrol.admission import LegacyAdmission
 from epp.scheduling.framework import PluginContext
+from epp.signals import stop_event
 
 log = logging.getLogger(__name__)
 
@@ -235,10 +235,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
 
 
 async def serve_until_signalled(picker: EndpointPicker) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     await picker.start()
     try:
         await stop.wait()

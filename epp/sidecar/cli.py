@@ -8,7 +8,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 from pathlib import Path
 
 from epp.config.duration import parse_duration
@@ -17,6 +16,7 @@ from epp.sidecar.options import DEFAULT_SGLANG_BOOTSTRAP_PORT, SidecarOptions
 from epp.sidecar.prefill import RetryPolicy
 from epp.sidecar.server import ConfigError, Sidecar
 from epp.sidecar.upstream import Stage, StageTls
+from epp.signals import stop_event
 from epp.tls import parse_bool
 
 log = logging.getLogger(__name__)
@@ -176,10 +176,7 @@ def options_from_args(args: argparse.Namespace) -> SidecarOptions:
 
 
 async def serve_until_signalled(sidecar: Sidecar) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     await sidecar.start()
     try:
         await stop.wait()

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 from dataclasses import replace
 
+from epp.signals import stop_event
 from epp.sim.cluster import SimCluster, make_configs
 from epp.sim.config import ROLES, parse_lora_modules
 from epp.sim.profiles import DEFAULT_PROFILE, PROFILES, get_profile
@@ -99,10 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(cluster: SimCluster, ready_file: str | None) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     async with cluster:
         for endpoint in cluster.endpoints:
             log.info("simulated server %s listening on %s", endpoint.name, endpoint.url)

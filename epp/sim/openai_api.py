@@ -204,54 +204,59 @@ class Choice:
     finish_reason: str | None
 
 
-def completion_body(
-    rid: str, created: int, model: str, choices: list[Choice], usage_: dict[str, Any], kv: Any
+def _envelope(
+    rid: str,
+    obj: str,
+    created: int,
+    model: str,
+    choices: list[dict[str, Any]],
+    usage_: dict[str, Any],
+    kv: Any,
 ) -> dict[str, Any]:
+    """The fields completions and chat completions share; `kv_transfer_params` only on P/D legs."""
     body: dict[str, Any] = {
         "id": rid,
-        "object": "text_completion",
+        "object": obj,
         "created": created,
         "model": model,
-        "choices": [
-            {
-                "index": c.index,
-                "text": c.text,
-                "logprobs": None,
-                "finish_reason": c.finish_reason,
-                "stop_reason": None,
-            }
-            for c in choices
-        ],
+        "choices": choices,
         "usage": usage_,
     }
     if kv is not None:
         body["kv_transfer_params"] = kv
     return body
+
+
+def completion_body(
+    rid: str, created: int, model: str, choices: list[Choice], usage_: dict[str, Any], kv: Any
+) -> dict[str, Any]:
+    rendered = [
+        {
+            "index": c.index,
+            "text": c.text,
+            "logprobs": None,
+            "finish_reason": c.finish_reason,
+            "stop_reason": None,
+        }
+        for c in choices
+    ]
+    return _envelope(rid, "text_completion", created, model, rendered, usage_, kv)
 
 
 def chat_body(
     rid: str, created: int, model: str, choices: list[Choice], usage_: dict[str, Any], kv: Any
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": rid,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {
-                "index": c.index,
-                "message": {"role": "assistant", "content": c.text, "tool_calls": []},
-                "logprobs": None,
-                "finish_reason": c.finish_reason,
-                "stop_reason": None,
-            }
-            for c in choices
-        ],
-        "usage": usage_,
-    }
-    if kv is not None:
-        body["kv_transfer_params"] = kv
-    return body
+    rendered = [
+        {
+            "index": c.index,
+            "message": {"role": "assistant", "content": c.text, "tool_calls": []},
+            "logprobs": None,
+            "finish_reason": c.finish_reason,
+            "stop_reason": None,
+        }
+        for c in choices
+    ]
+    return _envelope(rid, "chat.completion", created, model, rendered, usage_, kv)
 
 
 def responses_body(

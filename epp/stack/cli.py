@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 from pathlib import Path
 
+from epp.signals import stop_event
 from epp.stack.envoy import BODY_MODES, FAILURE_MODES, EnvoyOptions
 from epp.stack.processes import ProcessFailed
 from epp.stack.stack import Stack, StackConfig
@@ -74,10 +74,7 @@ async def _main(args: argparse.Namespace) -> None:
         ),
         gateway_port=args.port,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     print(f"starting {args.sims} simulators, the EPP and Envoy (logs in {config.run_dir}) ...", flush=True)
     async with Stack(config) as stack:
         print(instructions(stack, args.model), flush=True)

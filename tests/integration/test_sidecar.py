@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 import pytest_asyncio
 from aiohttp import web
 
 from epp.stack.processes import ManagedProcess, epp_command, free_port, ready_file_probe, wait_until
+from tests.integration.helpers import read_sse
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -166,16 +166,6 @@ async def sim_stats(http: aiohttp.ClientSession, hostport: str) -> dict[str, Any
 
 def delta(after: dict[str, Any], before: dict[str, Any], *keys: str) -> tuple[int, ...]:
     return tuple(after[key] - before[key] for key in keys)
-
-
-async def read_sse(response: aiohttp.ClientResponse) -> list[Any]:
-    frames: list[Any] = []
-    async for raw in response.content:
-        line = raw.decode().strip()
-        if line.startswith("data: "):
-            payload = line.removeprefix("data: ")
-            frames.append(payload if payload == "[DONE]" else orjson.loads(payload))
-    return frames
 
 
 def chat(max_tokens: int, tag: str = "", **extra: Any) -> dict[str, Any]:

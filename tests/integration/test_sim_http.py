@@ -22,6 +22,7 @@ from epp.sim.cluster import SimCluster, make_configs
 from epp.sim.config import LoraModule
 from epp.sim.profiles import TINY_TEST
 from epp.sim.tokens import tokenize
+from tests.integration.helpers import read_sse
 
 MODEL = "sim-model"
 POLL_INTERVAL = 0.01
@@ -81,16 +82,6 @@ async def metric_values(http: aiohttp.ClientSession, url: str) -> dict[str, floa
             name, _, value = line.rpartition(" ")
             values[name] = float(value)
     return values
-
-
-async def read_sse(response: aiohttp.ClientResponse) -> list[Any]:
-    frames = []
-    async for raw in response.content:
-        line = raw.decode().strip()
-        if line.startswith("data: "):
-            payload = line.removeprefix("data: ")
-            frames.append(payload if payload == "[DONE]" else json.loads(payload))
-    return frames
 
 
 async def test_completion_non_stream(cluster: SimCluster, http: aiohttp.ClientSession) -> None:

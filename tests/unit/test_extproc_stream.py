@@ -14,7 +14,7 @@ from google.protobuf import json_format, struct_pb2
 
 from epp.config.build import build_components
 from epp.config.loader import load_config
-from epp.datastore import Datastore, EndpointSpec
+from epp.datastore import Datastore, Endpoint, EndpointSpec
 from epp.extproc.messages import BODY_CHUNK_BYTES
 from epp.extproc.pb import BodyMode, core, ext_proc, ext_proc_grpc
 from epp.extproc.server import Health, bind, ext_proc_server
@@ -294,7 +294,8 @@ SSE = [
 ]
 
 
-async def test_streamed_response_is_echoed_unchanged_and_releases_the_endpoint(harness: Harness) -> None:
+async def streaming_request(harness: Harness) -> tuple[grpc.aio.StreamStreamCall, Endpoint]:
+    """A streaming request routed to the only endpoint, its SSE response headers answered."""
     harness.add("a", 8000)
     endpoint = harness.datastore.get("a")
     assert endpoint is not None
@@ -306,6 +307,11 @@ async def test_streamed_response_is_echoed_unchanged_and_releases_the_endpoint(h
     assert endpoint.inflight_requests == 1
     await call.write(response_headers_msg("text/event-stream"))
     assert (await read(call)).WhichOneof("response") == "response_headers"
+    return call, endpoint
+
+
+async def test_streamed_response_is_echoed_unchanged_and_releases_the_endpoint(harness: Harness) -> None:
+    call, endpoint = await streaming_request(harness)
     for i, chunk in enumerate(SSE):
         await call.write(response_body_msg(chunk, end_of_stream=i == len(SSE) - 1))
         echoed = (await read(call)).response_body.response.body_mutation.streamed_response
@@ -316,16 +322,7 @@ async def test_streamed_response_is_echoed_unchanged_and_releases_the_endpoint(h
 
 
 async def test_client_disconnect_mid_stream_releases_the_endpoint(harness: Harness) -> None:
-    harness.add("a", 8000)
-    endpoint = harness.datastore.get("a")
-    assert endpoint is not None
-    call = harness.open()
-    await call.write(headers_msg())
-    await call.write(body_msg(orjson.dumps({"model": "m", "prompt": "hi", "stream": True})))
-    await read(call)
-    await read(call)
-    await call.write(response_headers_msg("text/event-stream"))
-    await read(call)
+    call, endpoint = await streaming_request(harness)
     await call.write(response_body_msg(SSE[0], end_of_stream=False))
     await read(call)
     assert endpoint.inflight_requests == 1
