@@ -195,11 +195,12 @@ class EppMetrics:
             buckets=HIT_BYTES_BUCKETS,
             registry=r,
         )
+        decision_labels = ["plugin_name", "plugin_type", "model_name", "decision_type"]
         self.pd_decisions = Counter(
-            "llm_d_epp_pd_decision_total",
-            "prefill/decode disaggregation decisions",
-            ["plugin_name", "plugin_type", "model_name", "decision_type"],
-            registry=r,
+            "llm_d_epp_pd_decision_total", "prefill/decode decisions", decision_labels, registry=r
+        )
+        self.disagg_decisions = Counter(  # llm-d's newer name for the same count
+            "llm_d_epp_disagg_decision_total", "disaggregation decisions", decision_labels, registry=r
         )
         info = Gauge(
             "inference_extension_info", _alpha("build information"), ["commit", "build_ref"], registry=r

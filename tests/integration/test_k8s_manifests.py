@@ -174,14 +174,7 @@ def test_epp_ports_line_up(directory: str) -> None:
     assert (args.pool_name, args.pool_group) == (pool["metadata"]["name"], pool["apiVersion"].split("/")[0])
 
 
-PD_PLUGINS_PENDING = pytest.mark.xfail(
-    strict=True,
-    reason="the scheduler does not register disagg-profile-handler / prefix-based-pd-decider yet: "
-    "remove this mark when it does",
-)
-
-
-@pytest.mark.parametrize("directory", [OVERLAYS[0], pytest.param(OVERLAYS[1], marks=PD_PLUGINS_PENDING)])
+@pytest.mark.parametrize("directory", OVERLAYS)
 def test_the_epp_config_is_mounted_where_the_args_say_and_loads(directory: str) -> None:
     docs = RENDERED[directory]
     template = epp_deployment(docs)["spec"]["template"]["spec"]
