@@ -11,11 +11,21 @@ from pathlib import Path
 from epp.signals import stop_event
 from epp.stack.envoy import BODY_MODES, FAILURE_MODES, EnvoyOptions
 from epp.stack.processes import ProcessFailed
-from epp.stack.stack import Stack, StackConfig
+from epp.stack.stack import PREFILL, Stack, StackConfig
+
+PD_SAMPLE_CONFIG = Path(__file__).parents[1] / "config" / "samples" / "sim-pd-epp-config.yaml"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sims", type=int, default=4, help="simulated model servers (default 4)")
+    parser.add_argument(
+        "--pd",
+        nargs=2,
+        type=int,
+        metavar=("PREFILL", "DECODE"),
+        help="a P/D pool instead: PREFILL prefill simulators and DECODE decode simulators, each decode one "
+        "behind an `epp sidecar`; the EPP runs llm-d's sim-pd-epp-config unless --epp-arg names a config",
+    )
     parser.add_argument("--model", default="sim-model", help="served model name (default sim-model)")
     parser.add_argument("--port", type=int, default=0, help="gateway port (default: a free port)")
     parser.add_argument(
@@ -35,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def instructions(stack: Stack, model: str) -> str:
     url = stack.gateway_url
-    sims = "\n".join(f"    {s.name:<10} http://{s.hostport}" for s in stack.sims)
+    sims = "\n".join(
+        f"    {s.name:<10} http://{s.hostport}{_role_note(s.role, s.engine_port)}" for s in stack.sims
+    )
     return f"""
 Gateway (Envoy)        {url}
 Endpoint picker        ext_proc on 127.0.0.1:{stack.epp_ports["grpc_port"]}
@@ -62,23 +74,47 @@ Ctrl-C stops everything.
 """
 
 
+def _role_note(role: str | None, engine_port: int | None) -> str:
+    if role == PREFILL:
+        return "   prefill"
+    if engine_port is not None:
+        return f"   decode: epp sidecar in front of the simulator on port {engine_port}"
+    return ""
+
+
+def _epp_args(args: argparse.Namespace) -> list[str]:
+    extra: list[str] = args.epp_arg
+    names_config = any(a.startswith(("--config-file", "--config-text")) for a in extra)
+    pd_config = [f"--config-file={PD_SAMPLE_CONFIG}"] if args.pd and not names_config else []
+    return ["--served-header=x-epp-destination", *pd_config, *extra]
+
+
 async def _main(args: argparse.Namespace) -> None:
+    prefill_sims, decode_sims = args.pd or (0, 0)
+    if args.pd and min(args.pd) < 1:
+        raise ValueError("--pd needs at least one prefill and one decode simulator")
     config = StackConfig(
         run_dir=args.run_dir.resolve(),
         sims=args.sims,
         model=args.model,
         sim_args=args.sim_arg,
-        epp_args=["--served-header=x-epp-destination", *args.epp_arg],
+        epp_args=_epp_args(args),
         envoy=EnvoyOptions(
             listen_port=0, admin_port=0, body_mode=args.body_mode, failure_mode=args.failure_mode
         ),
         gateway_port=args.port,
+        prefill_sims=prefill_sims,
+        decode_sims=decode_sims,
     )
     stop = stop_event()
-    print(f"starting {args.sims} simulators, the EPP and Envoy (logs in {config.run_dir}) ...", flush=True)
+    pool = (
+        f"{prefill_sims} prefill + {decode_sims} decode simulators" if args.pd else f"{args.sims} simulators"
+    )
+    print(f"starting {pool}, the EPP and Envoy (logs in {config.run_dir}) ...", flush=True)
     async with Stack(config) as stack:
         print(instructions(stack, args.model), flush=True)
-        watched = [p for p in (stack.envoy, stack.epp, *stack.sim_processes) if p is not None]
+        processes = (stack.envoy, stack.epp, *stack.sidecar_processes, *stack.sim_processes)
+        watched = [p for p in processes if p is not None]
         while not stop.is_set():
             for process in watched:
                 process.check_alive()

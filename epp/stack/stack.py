@@ -1,5 +1,10 @@
 """Envoy + EPP + simulated model servers as real processes on 127.0.0.1, started in dependency
-order, each polled until ready. Used by `epp run`, the end-to-end tests and the benchmarks."""
+order, each polled until ready. Used by `epp run`, the end-to-end tests and the benchmarks.
+
+Two pool shapes: aggregated (`sims` unlabelled simulators), or disaggregated (`decode_sims` > 0):
+`prefill_sims` simulators labelled `llm-d.ai/role: prefill`, and `decode_sims` decode simulators
+each behind a real `epp sidecar` whose port is the pool endpoint, as in an llm-d decode pod. The
+sidecars' SSRF allowlist is the EPP's own endpoint file, so both see the same pool."""
 
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ from epp.stack.envoy import EnvoyOptions, render_bootstrap
 from epp.stack.processes import ManagedProcess, epp_command, free_port, ready_file_probe, wait_until
 
 STARTUP_TIMEOUT = 60.0
+PREFILL = "prefill"
+DECODE = "decode"
 
 
 def envoy_binary() -> str:
@@ -42,6 +49,7 @@ class SimEndpoint:
     host: str
     port: int
     role: str | None = None
+    engine_port: int | None = None  # a decode endpoint's simulator, behind its sidecar on `port`
 
     @property
     def hostport(self) -> str:
@@ -58,6 +66,9 @@ class StackConfig:
     envoy: EnvoyOptions = field(default_factory=lambda: EnvoyOptions(listen_port=0, admin_port=0))
     gateway_port: int = 0
     baseline_listener: bool = False  # also serve Envoy round-robin without the EPP (benchmarks)
+    prefill_sims: int = 0
+    decode_sims: int = 0  # > 0: the disaggregated pool; `sims` is not used
+    sidecar_args: list[str] = field(default_factory=list)
 
 
 class Stack:
@@ -66,6 +77,7 @@ class Stack:
         self.run_dir = config.run_dir
         self.sims: list[SimEndpoint] = []
         self.sim_processes: list[ManagedProcess] = []
+        self.sidecar_processes: list[ManagedProcess] = []
         self.epp: ManagedProcess | None = None
         self.envoy: ManagedProcess | None = None
         self.epp_ports: dict[str, int] = {}
@@ -110,7 +122,7 @@ class Stack:
         await self.start_envoy()
 
     async def stop(self) -> None:
-        for process in [self.envoy, self.epp, *self.sim_processes]:
+        for process in [self.envoy, self.epp, *self.sidecar_processes, *self.sim_processes]:
             if process is not None:
                 await process.stop()
         if self._session is not None:
@@ -119,27 +131,70 @@ class Stack:
     # --- simulators ----------------------------------------------------------------------------
 
     async def start_sims(self) -> None:
-        started = [self._start_sim(i) for i in range(self.config.sims)]
+        if self.config.decode_sims > 0:
+            await self._start_disaggregated_pool()
+            return
+        started = [self._start_sim(f"sim-{i}") for i in range(self.config.sims)]
         self.sims = list(await asyncio.gather(*started))
 
-    async def _start_sim(self, index: int) -> SimEndpoint:
-        ready = self.run_dir / f"sim-{index}.ready.json"
+    async def _start_sim(self, name: str, role: str | None = None) -> SimEndpoint:
+        ready = self.run_dir / f"{name}.ready.json"
         ready.unlink(missing_ok=True)
         argv = epp_command(
             "sim",
             "--count=1",
             "--port=0",
             f"--model={self.config.model}",
-            f"--name=sim-{index}",
+            f"--name={name}",
             f"--ready-file={ready}",
+            *([f"--role={role}"] if role else []),
             *self.config.sim_args,
         )
-        process = ManagedProcess(f"sim-{index}", argv, self.run_dir / f"sim-{index}.log")
+        process = ManagedProcess(name, argv, self.run_dir / f"{name}.log")
         self.sim_processes.append(process)
         await process.start()
-        info = await wait_until(ready_file_probe(ready), f"sim-{index}", STARTUP_TIMEOUT, [process])
+        info = await wait_until(ready_file_probe(ready), name, STARTUP_TIMEOUT, [process])
         endpoint = info["endpoints"][0]
-        return SimEndpoint(name=endpoint["name"], host=endpoint["host"], port=endpoint["port"])
+        return SimEndpoint(name=endpoint["name"], host=endpoint["host"], port=endpoint["port"], role=role)
+
+    async def _start_disaggregated_pool(self) -> None:
+        prefill = [self._start_sim(f"prefill-{i}", PREFILL) for i in range(self.config.prefill_sims)]
+        decode = [self._start_sim(f"decode-{i}", DECODE) for i in range(self.config.decode_sims)]
+        engines = await asyncio.gather(*prefill, *decode)
+        prefillers = list(engines[: len(prefill)])
+        # The sidecars need an allowlist before their own ports exist; prefillers are all it must hold.
+        self.write_endpoints_file(prefillers)
+        sidecars = await asyncio.gather(*(self._start_sidecar(e) for e in engines[len(prefill) :]))
+        self.sims = [*prefillers, *sidecars]
+
+    async def _start_sidecar(self, engine: SimEndpoint) -> SimEndpoint:
+        name = f"sidecar-{engine.name}"
+        ready = self.run_dir / f"{name}.ready.json"
+        ready.unlink(missing_ok=True)
+        argv = epp_command(
+            "sidecar",
+            "--host=127.0.0.1",
+            "--port=0",
+            f"--model-server-host={engine.host}",
+            f"--model-server-port={engine.port}",
+            f"--endpoints-file={self.endpoints_file}",
+            f"--ready-file={ready}",
+            *self.config.sidecar_args,
+        )
+        process = ManagedProcess(name, argv, self.run_dir / f"{name}.log")
+        self.sidecar_processes.append(process)
+        await process.start()
+        info = await wait_until(ready_file_probe(ready), name, STARTUP_TIMEOUT, [process])
+        return SimEndpoint(engine.name, "127.0.0.1", info["port"], DECODE, engine_port=engine.port)
+
+    def sim_process(self, name: str) -> ManagedProcess:
+        """The simulator process serving endpoint `name` (for a decode endpoint: its engine)."""
+        return next(p for p in self.sim_processes if p.name == name)
+
+    @property
+    def serving_endpoints(self) -> list[SimEndpoint]:
+        """Where a client's request may be sent: every endpoint but the prefill-only ones."""
+        return [s for s in self.sims if s.role != PREFILL]
 
     def write_endpoints_file(self, sims: list[SimEndpoint]) -> None:
         entries: list[dict[str, Any]] = []
@@ -194,7 +249,7 @@ class Stack:
             admin_port=self.admin_port,
             baseline_port=self.baseline_port,
             epp_port=self.epp_ports["grpc_port"],
-            fallback_endpoints=tuple(s.hostport for s in self.sims),
+            fallback_endpoints=tuple(s.hostport for s in self.serving_endpoints),
         )
         bootstrap = self.run_dir / "envoy.yaml"
         bootstrap.write_text(yaml.safe_dump(render_bootstrap(options), sort_keys=False))
