@@ -12,6 +12,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("epp.serve", "run the endpoint picker (Envoy ext_proc gRPC service)"),
     "sim": ("epp.sim.cli", "run simulated vLLM-compatible model servers"),
     "run": ("epp.stack.cli", "run Envoy + EPP + simulated model servers on 127.0.0.1"),
+    "bench": ("epp.bench.cli", "benchmark routing policies, the two benchmark engines and the EPP overhead"),
     "sidecar": ("epp.sidecar.cli", "run the P/D routing sidecar in front of a decode engine"),
 }
 

@@ -1,0 +1,109 @@
+"""Benchmark the endpoint picker: routing policies on synthetic workloads in virtual or real time,
+the report in docs/benchmarks.md, the two engines' agreement, and the EPP's overhead in Envoy.
+
+  epp bench run                 every policy x workload x rate of bench/suite.yaml, virtual time
+  epp bench run --engine realtime --workload shared-prefix --rate 10
+  epp bench report              tables, goal checks and plots into docs/benchmarks.md
+  epp bench agree               one workload through both engines, compared
+  epp bench overhead            Envoy with and without the EPP at fixed request rates
+  epp bench scale               1,000 endpoints x 100,000 requests in virtual time, timed
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from epp.bench import agree, overhead, scale
+from epp.bench.report import load_results, render_results, save_results, write_block
+from epp.bench.suite import RunOutcome, Suite, SuiteRunner
+
+SUITE = Path("bench/suite.yaml")
+RESULTS = Path("bench/results")
+DOC = Path("docs/benchmarks.md")
+IMAGES = Path("docs/img")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    commands = parser.add_subparsers(dest="bench_command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="run suite policies x workloads x rates")
+    run.add_argument("--suite", type=Path, default=SUITE)
+    run.add_argument("--engine", choices=("virtual", "realtime"), default="virtual")
+    run.add_argument("--workload", action="append", default=[], help="only this workload (repeatable)")
+    run.add_argument("--policy", action="append", default=[], help="only this policy (repeatable)")
+    run.add_argument("--rate", action="append", type=float, default=[], help="only this rate (repeatable)")
+    run.add_argument("--jobs", type=int, default=2, help="parallel virtual-time runs (default 2)")
+    run.add_argument("--scrape-interval", type=float, default=0.05, help="modelled seconds (default 0.05)")
+    run.add_argument("--time-scale", type=float, default=1.0, help="real time: simulators' --time-scale")
+    run.add_argument(
+        "--results", type=Path, help="results JSON to merge into (default bench/results/<engine>.json)"
+    )
+
+    report = commands.add_parser("report", help="write tables and plots into docs/benchmarks.md")
+    report.add_argument("--suite", type=Path, default=SUITE)
+    report.add_argument("--results", type=Path, default=RESULTS / "virtual.json")
+    report.add_argument("--doc", type=Path, default=DOC)
+    report.add_argument("--images", type=Path, default=IMAGES)
+    report.add_argument("--command", default="make bench", help="the command line to quote in the notes")
+
+    agree.add_arguments(commands.add_parser("agree", help="one workload through both engines, compared"))
+    overhead.add_arguments(
+        commands.add_parser("overhead", help="Envoy with and without the EPP at fixed rates")
+    )
+    scale.add_arguments(commands.add_parser("scale", help="time a large virtual-time run"))
+
+
+def _progress(outcome: RunOutcome) -> None:
+    s, key = outcome.summary, outcome.key
+    print(
+        f"{key.engine:8} {key.workload:20} {key.policy:22} rate {key.rate:6g}  "
+        f"{s.output_tokens_per_s:9,.0f} tok/s  TTFT p90 {s.ttft_p90:8.3f} s  hit {s.hit_rate:4.0%}  "
+        f"errors {s.errors}  ({outcome.wall_seconds:.1f} s)",
+        flush=True,
+    )
+
+
+def run_suite(args: argparse.Namespace) -> int:
+    runner = SuiteRunner(
+        Suite.load(args.suite),
+        engine=args.engine,
+        workloads=args.workload,
+        policies=args.policy,
+        rates=args.rate,
+        jobs=args.jobs,
+        scrape_interval=args.scrape_interval,
+        time_scale=args.time_scale,
+        progress=_progress,
+    )
+    outcomes = runner.run()
+    results = args.results or RESULTS / f"{args.engine}.json"
+    save_results(results, outcomes)
+    print(f"{len(outcomes)} runs merged into {results}")
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    suite = Suite.load(args.suite)
+    content = render_results(suite, load_results(args.results), args.images, args.doc, args.command)
+    write_block(args.doc, "results", content)
+    print(f"wrote the results block of {args.doc} and plots under {args.images}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    # every virtual run adds its whole cluster to a fresh datastore, which logs each endpoint
+    logging.getLogger("epp.datastore").setLevel(logging.WARNING)
+    command = args.bench_command
+    if command == "run":
+        return run_suite(args)
+    if command == "report":
+        return report(args)
+    args.command_line = "epp bench " + shlex.join(sys.argv[sys.argv.index("bench") + 1 :])
+    module = {"agree": agree, "overhead": overhead, "scale": scale}[command]
+    return (
+        asyncio.run(module.main(args)) if asyncio.iscoroutinefunction(module.main) else int(module.main(args))
+    )

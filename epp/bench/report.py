@@ -1,0 +1,274 @@
+"""Results -> the generated parts of docs/benchmarks.md (tables, goal checks) and PNG plots.
+
+The document is prose written by hand plus blocks between `<!-- BEGIN GENERATED: name -->` and
+`<!-- END GENERATED: name -->` markers; `write_block` replaces one block and leaves the rest, so
+rerunning a benchmark never clobbers the explanations around its numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from epp.bench.suite import RunOutcome, Suite
+from epp.bench.workload import WorkloadSpec
+
+NONE = "n/a"
+COLUMNS = (
+    "policy",
+    "out tok/s",
+    "TTFT p50",
+    "TTFT p90",
+    "TTFT p99",
+    "ITL p50",
+    "ITL p99",
+    "e2e p99",
+    "hit",
+    "imbalance",
+    "errors",
+)
+
+
+def load_results(path: Path) -> list[RunOutcome]:
+    return [RunOutcome.from_dict(item) for item in json.loads(path.read_text())]
+
+
+def save_results(path: Path, outcomes: Iterable[RunOutcome]) -> None:
+    """Merge into an existing results file: a rerun replaces the runs with the same key."""
+    merged = {o.key: o for o in (load_results(path) if path.exists() else [])}
+    merged.update((o.key, o) for o in outcomes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([o.as_dict() for o in merged.values()], indent=1) + "\n")
+
+
+def seconds(value: float) -> str:
+    if math.isnan(value):
+        return NONE
+    if value >= 10:
+        return f"{value:.0f} s"
+    if value >= 1:
+        return f"{value:.1f} s"
+    return f"{value * 1000:.0f} ms" if value >= 0.01 else f"{value * 1000:.1f} ms"
+
+
+def row(outcome: RunOutcome, label: str) -> list[str]:
+    s = outcome.summary
+    return [
+        label,
+        f"{s.output_tokens_per_s:,.0f}",
+        seconds(s.ttft_p50),
+        seconds(s.ttft_p90),
+        seconds(s.ttft_p99),
+        seconds(s.itl_p50),
+        seconds(s.itl_p99),
+        seconds(s.e2e_p99),
+        f"{s.hit_rate:.0%}",
+        NONE if math.isnan(s.imbalance) else f"{s.imbalance:.2f}",
+        str(s.errors),
+    ]
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines.extend("| " + " | ".join(r) + " |" for r in rows)
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Results:
+    """Outcomes of one engine, indexed for the report."""
+
+    outcomes: Sequence[RunOutcome]
+
+    def get(self, workload: str, policy: str, rate: float) -> RunOutcome | None:
+        for o in self.outcomes:
+            if (o.key.workload, o.key.policy, o.key.rate) == (workload, policy, rate):
+                return o
+        return None
+
+    def series(self, workload: str, policy: str) -> list[RunOutcome]:
+        found = [o for o in self.outcomes if o.key.workload == workload and o.key.policy == policy]
+        return sorted(found, key=lambda o: o.key.rate)
+
+    def rates(self, workload: str) -> list[float]:
+        return sorted({o.key.rate for o in self.outcomes if o.key.workload == workload})
+
+    def throughput_at_slo(self, workload: str, policy: str, slo: float) -> RunOutcome | None:
+        """The highest-throughput run of this policy whose TTFT p90 meets the SLO without errors."""
+        meeting = [
+            o for o in self.series(workload, policy) if o.summary.ttft_p90 <= slo and not o.summary.errors
+        ]
+        return max(meeting, key=lambda o: o.summary.output_tokens_per_s, default=None)
+
+
+def workload_section(suite: Suite, results: Results, workload: WorkloadSpec, plot: str | None) -> str:
+    name = workload.name
+    slo = suite.spec.slo_ttft_p90
+    labels = {p.name: p.label or p.name for p in suite.spec.policies}
+    policies = [p.name for p in suite.spec.policies if results.series(name, p.name)]
+    parts = [f"### {name}", "", workload.description, ""]
+    at_slo = []
+    for policy in policies:
+        best = results.throughput_at_slo(name, policy, slo)
+        at_slo.append(
+            [
+                labels[policy],
+                NONE if best is None else f"{best.summary.output_tokens_per_s:,.0f}",
+                "none met it" if best is None else f"{best.key.rate:g}",
+            ]
+        )
+    parts += [
+        f"Throughput at the SLO (TTFT p90 ≤ {slo:g} s, no errors), best over the tested rates:",
+        "",
+        table(["policy", "out tok/s at SLO", "at rate (req/s)"], at_slo),
+        "",
+    ]
+    for rate in results.rates(name):
+        rows = [row(o, labels[p]) for p in policies if (o := results.get(name, p, rate)) is not None]
+        parts += [f"At {rate:g} requests/s:", "", table(COLUMNS, rows), ""]
+    if plot:
+        parts += [f"![{name}: throughput and TTFT p90 against the offered rate]({plot})", ""]
+    return "\n".join(parts)
+
+
+GOALS = (("random", 3.0, 0.2), ("round-robin", 3.0, 0.2), ("gie-default", 0.0, 0.85))
+"""(rival, minimum throughput ratio at the SLO or 0 for none, maximum TTFT p90 ratio at every rate)."""
+
+
+def goals_section(suite: Suite, results: Results, workload: str) -> str:
+    """The issue's goals for the headline policy on the headline workload, as measured."""
+    ours = suite.spec.headline
+    if not results.series(workload, ours):
+        return f"No runs of the headline policy `{ours}` on `{workload}`."
+    slo = suite.spec.slo_ttft_p90
+    best = results.throughput_at_slo(workload, ours, slo)
+    ours_tps = best.summary.output_tokens_per_s if best else 0.0
+    rows = []
+    for rival, want_tps, want_ttft in GOALS:
+        if not results.series(workload, rival):
+            continue
+        rival_best = results.throughput_at_slo(workload, rival, slo)
+        rival_tps = rival_best.summary.output_tokens_per_s if rival_best else 0.0
+        tps_ratio = ours_tps / rival_tps if rival_tps else (math.inf if ours_tps else math.nan)
+        ttft = [
+            (rate, mine.summary.ttft_p90 / theirs.summary.ttft_p90)
+            for rate in results.rates(workload)
+            if (mine := results.get(workload, ours, rate))
+            and (theirs := results.get(workload, rival, rate))
+            and theirs.summary.ttft_p90 > 0
+        ]
+        worst_rate, worst = max(ttft, key=lambda pair: pair[1])
+        verdict = []
+        if want_tps:
+            met = tps_ratio >= want_tps
+            verdict.append(f"throughput {'met' if met else 'SHORT'} (goal ≥ {want_tps:g}x)")
+        met = worst <= want_ttft
+        verdict.append(
+            f"TTFT {'met at every rate' if met else f'SHORT at {worst_rate:g} req/s'} (goal ≤ {want_ttft:g})"
+        )
+        rows.append(
+            [
+                rival,
+                "∞ (they never meet it)" if math.isinf(tps_ratio) else f"{tps_ratio:.2f}x",
+                ", ".join(f"{r:g}: {q:.3f}" for r, q in ttft),
+                "; ".join(verdict),
+            ]
+        )
+    header = [
+        "vs",
+        f"out tok/s at SLO ({slo:g} s), ours / theirs",
+        "TTFT p90 ours / theirs, by rate",
+        "verdict",
+    ]
+    return f"Headline policy `{ours}` on `{workload}`:\n\n" + table(header, rows)
+
+
+def plot_workload(results: Results, suite: Suite, workload: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = {p.name: p.label or p.name for p in suite.spec.policies}
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for policy in labels:
+        series = results.series(workload, policy)
+        if not series:
+            continue
+        rates = [o.key.rate for o in series]
+        style = "-o" if policy == suite.spec.headline else "--."
+        left.plot(
+            rates, [o.summary.output_tokens_per_s for o in series], style, label=labels[policy], markersize=3
+        )
+        right.plot(rates, [o.summary.ttft_p90 for o in series], style, label=labels[policy], markersize=3)
+    left.set(xlabel="offered rate (requests/s)", ylabel="output tokens/s", title=f"{workload}: throughput")
+    right.set(
+        xlabel="offered rate (requests/s)", ylabel="TTFT p90 (s)", title=f"{workload}: TTFT p90", yscale="log"
+    )
+    right.axhline(suite.spec.slo_ttft_p90, color="grey", linewidth=0.8, linestyle=":")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+    left.legend(fontsize=7)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def machine_notes(command: str) -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    )
+    return "\n".join(
+        [
+            f"- command: `{command}`",
+            f"- machine: {os.cpu_count()} x {cpu}, {platform.system()} {platform.release()}, "
+            f"Python {sys.version.split()[0]}",
+            f"- commit: {commit.stdout.strip() or 'unknown'}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        ]
+    )
+
+
+def render_results(
+    suite: Suite, outcomes: Sequence[RunOutcome], image_dir: Path, doc: Path, command: str
+) -> str:
+    results = Results(outcomes)
+    parts = [machine_notes(command), ""]
+    workloads = [w for w in suite.workloads() if results.rates(w.name)]
+    for workload in workloads:
+        image = image_dir / f"bench-{workload.name}.png"
+        plot_workload(results, suite, workload.name, image)
+        parts.append(workload_section(suite, results, workload, os.path.relpath(image, doc.parent)))
+    if suite.spec.headline and workloads:
+        parts.append("### Goals\n\n" + goals_section(suite, results, workloads[0].name))
+    return "\n".join(parts)
+
+
+def write_block(doc: Path, name: str, content: str) -> None:
+    """Replace the generated block `name` in `doc` (appending it if the markers are missing)."""
+    begin, end = f"<!-- BEGIN GENERATED: {name} -->", f"<!-- END GENERATED: {name} -->"
+    block = f"{begin}\n{content.rstrip()}\n{end}"
+    text = doc.read_text() if doc.exists() else ""
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text)  # a function: `block` is literal, not a template
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    doc.write_text(text)

@@ -1,0 +1,219 @@
+"""A benchmark suite: which routing policies run on which workloads, and the runs that produce.
+
+`bench/suite.yaml` lists policies (an EndpointPickerConfig each, or GIE's built-in default) and
+workloads; every (workload, rate, policy) triple is one run on a fresh cluster, so no policy
+inherits another's cache. Virtual-time runs are independent processes' work and spread over
+`jobs` worker processes; real-time runs start their own Envoy + EPP + simulators one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from epp.bench.realtime import RealtimeCluster, run_stack
+from epp.bench.records import RunResult
+from epp.bench.summary import Summary, summarize
+from epp.bench.virtual import VirtualCluster, run_virtual
+from epp.bench.workload import WorkloadSpec, generate, load_spec
+from epp.config.loader import load_config, load_config_file
+from epp.config.model import PickerConfig
+from epp.sim.profiles import get_profile
+
+Engine = Literal["virtual", "realtime"]
+BUILTIN = "builtin"
+
+
+class PolicySpec(BaseModel):
+    """A routing policy. `config` is relative to the suite file; `builtin` is what `epp serve`
+    runs without a config (GIE's default profile). `envoy_round_robin` makes real-time runs use
+    Envoy's own round-robin listener instead of the EPP (virtual time then uses `config`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    config: str = BUILTIN
+    label: str = ""
+    source: str = ""
+    envoy_round_robin: bool = False
+
+
+class SuiteSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policies: list[PolicySpec] = Field(min_length=1)
+    workloads: list[str] = Field(min_length=1)
+    slo_ttft_p90: float = Field(default=2.0, gt=0, description="seconds; throughput is compared at this SLO")
+    headline: str = Field(default="", description="the policy the goals are checked for")
+
+
+@dataclass(frozen=True)
+class Suite:
+    spec: SuiteSpec
+    root: Path
+
+    @classmethod
+    def load(cls, path: Path) -> Suite:
+        return cls(SuiteSpec.model_validate(yaml.safe_load(path.read_text())), path.parent)
+
+    def policy(self, name: str) -> PolicySpec:
+        for policy in self.spec.policies:
+            if policy.name == name:
+                return policy
+        raise KeyError(f"no policy {name!r}; known: {', '.join(p.name for p in self.spec.policies)}")
+
+    def config_path(self, policy: PolicySpec) -> Path | None:
+        return None if policy.config == BUILTIN else self.root / policy.config
+
+    def picker_config(self, policy: PolicySpec) -> PickerConfig:
+        path = self.config_path(policy)
+        return load_config() if path is None else load_config_file(path)
+
+    def workloads(self) -> list[WorkloadSpec]:
+        return [load_spec(self.root / path) for path in self.spec.workloads]
+
+
+@dataclass(frozen=True)
+class RunKey:
+    workload: str
+    policy: str
+    rate: float
+    engine: Engine
+
+
+@dataclass
+class RunOutcome:
+    key: RunKey
+    summary: Summary
+    wall_seconds: float
+    served: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "workload": self.key.workload,
+            "policy": self.key.policy,
+            "rate": self.key.rate,
+            "engine": self.key.engine,
+            "wall_seconds": round(self.wall_seconds, 3),
+            "summary": self.summary.as_dict(),
+            "served": self.served,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunOutcome:
+        key = RunKey(data["workload"], data["policy"], float(data["rate"]), data["engine"])
+        return cls(key, Summary(**data["summary"]), float(data["wall_seconds"]), dict(data.get("served", {})))
+
+
+def outcome(key: RunKey, result: RunResult) -> RunOutcome:
+    served: dict[str, int] = dict.fromkeys(result.endpoints, 0)
+    for record in result.records:
+        if record.ok and record.endpoint in served:
+            served[record.endpoint] += 1
+    return RunOutcome(key, summarize(result), result.wall_seconds, served)
+
+
+def virtual_cluster(workload: WorkloadSpec, scrape_interval: float, seed: int) -> VirtualCluster:
+    profile = get_profile(workload.cluster.profile)
+    return VirtualCluster(workload.cluster.endpoints, profile, scrape_interval=scrape_interval, seed=seed)
+
+
+@dataclass(frozen=True)
+class _VirtualJob:
+    key: RunKey
+    workload: WorkloadSpec
+    config: PickerConfig
+    scrape_interval: float
+    seed: int
+
+
+def _run_virtual_job(job: _VirtualJob) -> RunOutcome:
+    requests = generate(job.workload, job.key.rate)
+    cluster = virtual_cluster(job.workload, job.scrape_interval, job.seed)
+    return outcome(job.key, run_virtual(requests, job.config, cluster))
+
+
+@dataclass
+class SuiteRunner:
+    """Runs the selected part of a suite; `progress` hears about every finished run."""
+
+    suite: Suite
+    engine: Engine = "virtual"
+    workloads: Sequence[str] = ()
+    policies: Sequence[str] = ()
+    rates: Sequence[float] = ()
+    jobs: int = 1
+    seed: int = 0
+    scrape_interval: float = 0.05
+    time_scale: float = 1.0
+    run_dir: Path = Path("run/bench")
+    progress: Callable[[RunOutcome], None] = lambda _: None
+
+    def selected(self) -> Iterator[tuple[WorkloadSpec, PolicySpec, float]]:
+        for workload in self.suite.workloads():
+            if self.workloads and workload.name not in self.workloads:
+                continue
+            rates = [r for r in workload.load.rates if not self.rates or r in self.rates]
+            for policy in self.suite.spec.policies:
+                if self.policies and policy.name not in self.policies:
+                    continue
+                for rate in rates:
+                    yield workload, policy, rate
+
+    def run(self) -> list[RunOutcome]:
+        if self.engine == "virtual":
+            return self._run_virtual()
+        return asyncio.run(self._run_realtime())
+
+    def _run_virtual(self) -> list[RunOutcome]:
+        jobs = [
+            _VirtualJob(
+                RunKey(workload.name, policy.name, rate, "virtual"),
+                workload,
+                self.suite.picker_config(policy),
+                self.scrape_interval,
+                self.seed,
+            )
+            for workload, policy, rate in self.selected()
+        ]
+        outcomes: list[RunOutcome] = []
+        if self.jobs <= 1:
+            for job in jobs:
+                outcomes.append(_run_virtual_job(job))
+                self.progress(outcomes[-1])
+            return outcomes
+        with multiprocessing.get_context("fork").Pool(self.jobs) as pool:
+            for result in pool.imap(_run_virtual_job, jobs):
+                outcomes.append(result)
+                self.progress(result)
+        return outcomes
+
+    async def _run_realtime(self) -> list[RunOutcome]:
+        outcomes = []
+        for workload, policy, rate in self.selected():
+            key = RunKey(workload.name, policy.name, rate, "realtime")
+            cluster = RealtimeCluster(
+                endpoints=workload.cluster.endpoints,
+                profile=workload.cluster.profile,
+                time_scale=self.time_scale,
+                scrape_interval=self.scrape_interval * self.time_scale,
+            )
+            run_dir = self.run_dir / f"{workload.name}-{policy.name}-{rate:g}-{int(time.time())}"
+            result = await run_stack(
+                generate(workload, rate),
+                self.suite.config_path(policy),
+                cluster,
+                run_dir,
+                envoy_round_robin=policy.envoy_round_robin,
+            )
+            outcomes.append(outcome(key, result))
+            self.progress(outcomes[-1])
+        return outcomes

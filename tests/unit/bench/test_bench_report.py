@@ -1,0 +1,94 @@
+"""Results files, the generated blocks of docs/benchmarks.md, and the goal arithmetic."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from epp.bench.report import Results, goals_section, load_results, render_results, save_results, write_block
+from epp.bench.suite import PolicySpec, RunKey, RunOutcome, Suite, SuiteSpec
+from epp.bench.summary import Summary
+
+BASE = Summary(
+    requests=10,
+    completed=10,
+    errors=0,
+    duration_s=10.0,
+    output_tokens_per_s=100.0,
+    requests_per_s=1.0,
+    ttft_p50=0.1,
+    ttft_p90=0.2,
+    ttft_p99=0.3,
+    itl_p50=0.01,
+    itl_p99=0.02,
+    e2e_p50=1.0,
+    e2e_p99=2.0,
+    hit_rate=0.5,
+    imbalance=1.1,
+)
+
+
+def run(policy: str, rate: float, tps: float, ttft_p90: float, errors: int = 0) -> RunOutcome:
+    summary = replace(BASE, output_tokens_per_s=tps, ttft_p90=ttft_p90, errors=errors)
+    return RunOutcome(RunKey("shared-prefix", policy, rate, "virtual"), summary, 1.0, {"sim-0": 10})
+
+
+def test_results_merge_by_run_and_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    save_results(path, [run("a", 1, 100, 0.1), run("a", 2, 150, 0.5)])
+    save_results(path, [run("a", 2, 180, 0.4), run("b", 1, 90, 9.0)])
+    loaded = {(o.key.policy, o.key.rate): o for o in load_results(path)}
+    assert set(loaded) == {("a", 1.0), ("a", 2.0), ("b", 1.0)}
+    assert loaded["a", 2.0].summary.output_tokens_per_s == 180, "a rerun replaces the earlier run"
+    assert loaded["a", 1.0].served == {"sim-0": 10}
+
+
+def test_throughput_at_slo_is_the_best_run_meeting_it() -> None:
+    results = Results(
+        [run("a", 1, 100, 0.1), run("a", 2, 300, 1.9), run("a", 3, 400, 2.5), run("a", 4, 500, 1.0, 2)]
+    )
+    best = results.throughput_at_slo("shared-prefix", "a", 2.0)
+    assert best is not None and best.key.rate == 2, "too slow at 3, errors at 4"
+    assert results.throughput_at_slo("shared-prefix", "b", 2.0) is None
+
+
+def test_goals_compare_throughput_at_the_slo_and_ttft_at_every_rate() -> None:
+    suite = Suite(
+        SuiteSpec(
+            policies=[PolicySpec(name=n) for n in ("ours", "random")], workloads=["w"], headline="ours"
+        ),
+        Path("."),
+    )
+    results = Results(
+        [
+            run("ours", 1, 100, 0.1),
+            run("ours", 2, 330, 0.2),
+            run("random", 1, 100, 1.0),
+            run("random", 2, 150, 40.0),
+        ]
+    )
+    text = goals_section(suite, results, "shared-prefix")
+    assert "| random | 3.30x | 1: 0.100, 2: 0.005 |" in text
+    assert "throughput met (goal ≥ 3x); TTFT met at every rate (goal ≤ 0.2)" in text
+    assert "round-robin" not in text, "rivals without runs are left out"
+
+
+def test_generated_blocks_replace_only_themselves(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.md"
+    doc.write_text("# Title\n\nprose before\n")
+    write_block(doc, "results", "first")
+    write_block(doc, "other", "x")
+    write_block(doc, "results", "second $1 \\1")
+    text = doc.read_text()
+    assert text.startswith("# Title\n\nprose before\n")
+    assert "second $1 \\1" in text and "first" not in text and text.count("BEGIN GENERATED: results") == 1
+    assert "<!-- BEGIN GENERATED: other -->\nx\n<!-- END GENERATED: other -->" in text
+
+
+def test_rendered_results_have_tables_and_a_plot(tmp_path: Path) -> None:
+    suite = Suite.load(Path(__file__).parents[3] / "bench" / "suite.yaml")
+    outcomes = [run("ours", 10, 8000, 0.5), run("random", 10, 5000, 60.0)]
+    text = render_results(suite, outcomes, tmp_path / "img", tmp_path / "doc.md", "make bench")
+    assert "### shared-prefix" in text and "| ours | 8,000 | 100 ms | 500 ms |" in text
+    assert (tmp_path / "img" / "bench-shared-prefix.png").stat().st_size > 10_000
+    assert "![shared-prefix" in text and "(img/bench-shared-prefix.png)" in text
