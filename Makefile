@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck unit e2e kind-e2e bench clean
+.PHONY: install run test lint typecheck unit e2e kind-e2e bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,19 @@ e2e: install
 ## Deploy on a kind cluster through a real gateway (needs Docker, kind, helm; says so and exits 0 without).
 kind-e2e:
 	e2e/kind/run.sh
+
+## Long (tens of minutes): every policy x workload x rate in virtual time, the two engines compared,
+## the EPP's overhead in Envoy, a 1,000-endpoint run timed; tables and plots into docs/benchmarks.md.
+bench: install
+	$(BIN)/epp bench run --jobs 2
+	$(BIN)/epp bench report
+	$(BIN)/epp bench agree --time-scale 2 --doc docs/benchmarks.md
+	$(BIN)/epp bench overhead --doc docs/benchmarks.md
+	$(BIN)/epp bench scale --policy random --policy gie-default --doc docs/benchmarks.md
+
+## A few minutes: the headline workload at two rates, printed (docs untouched).
+bench-quick: install
+	$(BIN)/epp bench run --workload shared-prefix --rate 10 --rate 20 --results run/bench-quick.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

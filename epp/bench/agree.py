@@ -88,10 +88,7 @@ async def main(args: argparse.Namespace) -> int:
             args.time_scale,
             args.scrape_interval * args.time_scale,
         )
-        run_dir = args.run_dir / name
-        real = summarize(
-            await run_stack(requests, suite.config_path(policy), cluster, run_dir, policy.envoy_round_robin)
-        )
+        real = summarize(await run_stack(requests, suite, policy, cluster, args.run_dir / name))
         found = gaps(real, virtual)
         outside += [f"{name} {figure}" for figure in within_tolerance(real, virtual)]
         for engine, summary in (("real time", real), ("virtual", virtual)):

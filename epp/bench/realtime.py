@@ -2,6 +2,7 @@
 
 The EPP gets the policy's EndpointPickerConfig; the Envoy round-robin policy instead sends the load
 to the stack's second Envoy listener, which has no ext_proc and balances over the same simulators.
+A policy that follows the engines' KV events has the simulators publish them where it listens.
 The metrics scrape interval is wall time, so it is set to the modelled interval times the time
 scale, keeping the EPP's view of the servers as fresh (in modelled time) as in a virtual run.
 """
@@ -11,11 +12,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from epp.bench.loadgen import run_realtime
 from epp.bench.records import RunResult
 from epp.bench.workload import BenchRequest
 from epp.stack.stack import Stack, StackConfig
+
+if TYPE_CHECKING:  # the suite imports this module to run its real-time runs
+    from epp.bench.suite import PolicySpec, Suite
 
 MODEL = "sim-model"
 
@@ -28,30 +33,33 @@ class RealtimeCluster:
     scrape_interval: float = 0.05  # wall seconds
 
 
-def stack_config(
-    cluster: RealtimeCluster, config: Path | None, run_dir: Path, envoy_round_robin: bool
-) -> StackConfig:
+def stack_config(suite: Suite, policy: PolicySpec, cluster: RealtimeCluster, run_dir: Path) -> StackConfig:
     epp_args = [f"--refresh-metrics-interval={cluster.scrape_interval * 1000:g}ms"]
+    config = suite.config_path(policy, realtime=True)
     if config is not None:
         epp_args.append(f"--config-file={config.resolve()}")
+    sim_args = [f"--profile={cluster.profile}", f"--time-scale={cluster.time_scale:g}"]
+    if policy.kv_events_endpoint:
+        sim_args.append(f"--kv-events-endpoint={policy.kv_events_endpoint}")
     return StackConfig(
         run_dir=run_dir,
         sims=cluster.endpoints,
         model=MODEL,
-        sim_args=[f"--profile={cluster.profile}", f"--time-scale={cluster.time_scale:g}"],
+        sim_args=sim_args,
         epp_args=epp_args,
-        baseline_listener=envoy_round_robin,
+        baseline_listener=policy.envoy_round_robin,
     )
 
 
 async def run_stack(
     requests: Sequence[BenchRequest],
-    config: Path | None,
+    suite: Suite,
+    policy: PolicySpec,
     cluster: RealtimeCluster,
     run_dir: Path,
-    envoy_round_robin: bool = False,
 ) -> RunResult:
-    async with Stack(stack_config(cluster, config, run_dir, envoy_round_robin)) as stack:
-        url = stack.baseline_url if envoy_round_robin else stack.gateway_url
+    """Start a stack serving `policy`, send `requests`, stop it."""
+    async with Stack(stack_config(suite, policy, cluster, run_dir)) as stack:
+        url = stack.baseline_url if policy.envoy_round_robin else stack.gateway_url
         names = [sim.name for sim in stack.sims]
         return await run_realtime(requests, url, MODEL, names, cluster.time_scale)

@@ -41,8 +41,9 @@ class PolicySpec(BaseModel):
 
     name: str
     config: str = BUILTIN
+    realtime_config: str = Field(default="", description="real time only, when it needs other settings")
+    kv_events_endpoint: str = Field(default="", description="real time: simulators publish KV events here")
     label: str = ""
-    source: str = ""
     envoy_round_robin: bool = False
 
 
@@ -70,8 +71,9 @@ class Suite:
                 return policy
         raise KeyError(f"no policy {name!r}; known: {', '.join(p.name for p in self.spec.policies)}")
 
-    def config_path(self, policy: PolicySpec) -> Path | None:
-        return None if policy.config == BUILTIN else self.root / policy.config
+    def config_path(self, policy: PolicySpec, realtime: bool = False) -> Path | None:
+        config = policy.realtime_config if realtime and policy.realtime_config else policy.config
+        return None if config == BUILTIN else self.root / config
 
     def picker_config(self, policy: PolicySpec) -> PickerConfig:
         path = self.config_path(policy)
@@ -207,13 +209,7 @@ class SuiteRunner:
                 scrape_interval=self.scrape_interval * self.time_scale,
             )
             run_dir = self.run_dir / f"{workload.name}-{policy.name}-{rate:g}-{int(time.time())}"
-            result = await run_stack(
-                generate(workload, rate),
-                self.suite.config_path(policy),
-                cluster,
-                run_dir,
-                envoy_round_robin=policy.envoy_round_robin,
-            )
+            result = await run_stack(generate(workload, rate), self.suite, policy, cluster, run_dir)
             outcomes.append(outcome(key, result))
             self.progress(outcomes[-1])
         return outcomes

@@ -19,9 +19,9 @@ import heapq
 import random
 import time
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast, runtime_checkable
 
 import orjson
 
@@ -39,6 +39,7 @@ from epp.requests import InferenceRequest, RequestError
 from epp.scheduling.framework import PluginContext
 from epp.scheduling.types import Scheduler
 from epp.sim.engine import Engine, Rejection, Request, StepOutcome
+from epp.sim.kvcache import KVEvent
 from epp.sim.openai_api import usage
 from epp.sim.profiles import Profile
 
@@ -81,6 +82,13 @@ def scraped_metrics(engine: Engine, now: float) -> EndpointMetrics:
     )
 
 
+@runtime_checkable
+class KVEventSink(Protocol):
+    """A plugin that follows the engines' prefix caches through their KV events."""
+
+    def apply_kv_events(self, pod: str, events: Iterable[KVEvent]) -> None: ...
+
+
 class _FixedPoolDirector(Director):
     """The pool never changes and every endpoint serves the model, so candidates are computed
     once; the base class filters every endpoint per request, which at 1,000 endpoints would cost
@@ -112,10 +120,11 @@ class _Sequence(Request):
 class _Server:
     """One simulated endpoint: its engine, and the step in progress whose tokens are due."""
 
-    __slots__ = ("engine", "epoch", "pending", "stepping")
+    __slots__ = ("engine", "epoch", "pending", "pod", "stepping")
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, pod: str) -> None:
         self.engine = engine
+        self.pod = pod  # host:port, as KV events name their engine
         self.pending: StepOutcome | None = None
         self.stepping = False  # a step or a timer wake-up is scheduled
         self.epoch = 0  # bumps cancel a scheduled timer wake-up
@@ -138,7 +147,13 @@ class VirtualRun:
         admission = LegacyAdmission(components.saturation_detector)
         self.director = _FixedPoolDirector(self.datastore, components.scheduler, admission, context)
         self.endpoints = list(self.datastore.endpoints())
-        self.servers = {e.name: _Server(Engine(cluster.profile, cluster.model)) for e in self.endpoints}
+        self.sinks = [p for p in components.plugins.values() if isinstance(p, KVEventSink)]
+        self.servers = {
+            e.name: _Server(
+                Engine(cluster.profile, cluster.model, record_kv_events=bool(self.sinks)), e.hostport
+            )
+            for e in self.endpoints
+        }
         self.records = [RequestRecord(r.index, r.group) for r in requests]
         self.itl: array[float] = array("d")
         self._tokens = PromptTokenizer()
@@ -231,6 +246,10 @@ class VirtualRun:
             server.pending = None
         engine = server.engine
         outcome = engine.step(now)
+        if self.sinks:
+            events = engine.drain_kv_events()  # published as the step starts, as epp sim does
+            for sink in self.sinks:
+                sink.apply_kv_events(server.pod, events)
         if outcome.batch_size:
             server.pending = outcome
             self._push(outcome.end, self._step, payload)

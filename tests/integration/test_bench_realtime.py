@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from epp.bench.realtime import RealtimeCluster, run_stack
+from epp.bench.suite import Suite
 from epp.bench.summary import summarize
 from epp.bench.virtual import VirtualCluster, run_virtual
 from epp.bench.workload import WorkloadSpec, generate
@@ -33,11 +34,12 @@ SPEC = WorkloadSpec.model_validate(
     }
 )
 CLUSTER = RealtimeCluster(endpoints=3, profile=TINY_TEST.name, time_scale=1.0)
+SUITE = Suite.load(Path(__file__).parents[2] / "bench" / "suite.yaml")
 
 
 async def test_tiny_workload_through_both_engines(tmp_path: Path) -> None:
     requests = generate(SPEC, 40.0)
-    real = await run_stack(requests, None, CLUSTER, tmp_path / "stack")
+    real = await run_stack(requests, SUITE, SUITE.policy("gie-default"), CLUSTER, tmp_path / "stack")
     virtual = run_virtual(requests, load_config(), VirtualCluster(3, TINY_TEST))
     for result in (real, virtual):
         assert all(r.ok for r in result.records), [r.error for r in result.records]
@@ -52,7 +54,7 @@ async def test_tiny_workload_through_both_engines(tmp_path: Path) -> None:
 
 async def test_envoy_round_robin_baseline_spreads_evenly_without_the_epp(tmp_path: Path) -> None:
     requests = generate(SPEC, 40.0)
-    result = await run_stack(requests, None, CLUSTER, tmp_path / "stack", envoy_round_robin=True)
+    result = await run_stack(requests, SUITE, SUITE.policy("round-robin"), CLUSTER, tmp_path / "stack")
     assert all(r.ok for r in result.records)
     served = [sum(1 for r in result.records if r.endpoint == name) for name in result.endpoints]
     assert max(served) - min(served) <= 1, served
