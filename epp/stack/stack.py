@@ -137,23 +137,29 @@ class Stack:
         started = [self._start_sim(f"sim-{i}") for i in range(self.config.sims)]
         self.sims = list(await asyncio.gather(*started))
 
-    async def _start_sim(self, name: str, role: str | None = None) -> SimEndpoint:
+    async def _start_child(self, name: str, into: list[ManagedProcess], *args: str) -> Any:
+        """Start `epp <args>` as `name`, kept in `into`; its ready file once it is serving."""
         ready = self.run_dir / f"{name}.ready.json"
         ready.unlink(missing_ok=True)
-        argv = epp_command(
+        process = ManagedProcess(
+            name, epp_command(*args, f"--ready-file={ready}"), self.run_dir / f"{name}.log"
+        )
+        into.append(process)
+        await process.start()
+        return await wait_until(ready_file_probe(ready), name, STARTUP_TIMEOUT, [process])
+
+    async def _start_sim(self, name: str, role: str | None = None) -> SimEndpoint:
+        info = await self._start_child(
+            name,
+            self.sim_processes,
             "sim",
             "--count=1",
             "--port=0",
             f"--model={self.config.model}",
             f"--name={name}",
-            f"--ready-file={ready}",
             *([f"--role={role}"] if role else []),
             *self.config.sim_args,
         )
-        process = ManagedProcess(name, argv, self.run_dir / f"{name}.log")
-        self.sim_processes.append(process)
-        await process.start()
-        info = await wait_until(ready_file_probe(ready), name, STARTUP_TIMEOUT, [process])
         endpoint = info["endpoints"][0]
         return SimEndpoint(name=endpoint["name"], host=endpoint["host"], port=endpoint["port"], role=role)
 
@@ -168,23 +174,17 @@ class Stack:
         self.sims = [*prefillers, *sidecars]
 
     async def _start_sidecar(self, engine: SimEndpoint) -> SimEndpoint:
-        name = f"sidecar-{engine.name}"
-        ready = self.run_dir / f"{name}.ready.json"
-        ready.unlink(missing_ok=True)
-        argv = epp_command(
+        info = await self._start_child(
+            f"sidecar-{engine.name}",
+            self.sidecar_processes,
             "sidecar",
             "--host=127.0.0.1",
             "--port=0",
             f"--model-server-host={engine.host}",
             f"--model-server-port={engine.port}",
             f"--endpoints-file={self.endpoints_file}",
-            f"--ready-file={ready}",
             *self.config.sidecar_args,
         )
-        process = ManagedProcess(name, argv, self.run_dir / f"{name}.log")
-        self.sidecar_processes.append(process)
-        await process.start()
-        info = await wait_until(ready_file_probe(ready), name, STARTUP_TIMEOUT, [process])
         return SimEndpoint(engine.name, "127.0.0.1", info["port"], DECODE, engine_port=engine.port)
 
     def sim_process(self, name: str) -> ManagedProcess:
