@@ -271,6 +271,10 @@ class _Loader:
                 return SINGLE_PROFILE_HANDLER
             return self._implicit(SINGLE_PROFILE_HANDLER)
         handler = handlers[0]
+        names = [p.name for p in profiles]
+        assert issubclass(handler.cls, ProfileHandler)
+        for problem in handler.cls.profile_problems(handler.params, names):
+            self.problems.append(f"plugins: {handler.name!r}: {problem}")
         if handler.type_name == SINGLE_PROFILE_HANDLER and len(profiles) > 1:
             self.problems.append(
                 f"schedulingProfiles: {SINGLE_PROFILE_HANDLER} {handler.name!r} runs exactly one profile, "

@@ -90,6 +90,11 @@ class Picker(Extension):
 
 
 class ProfileHandler(Extension):
+    @classmethod
+    def profile_problems(cls, params: Any, profiles: Sequence[str]) -> list[str]:
+        """Config errors in how the handler's parameters name the profiles (checked at load)."""
+        return []
+
     @abstractmethod
     def pick_profiles(
         self,

@@ -162,6 +162,15 @@ class DisaggProfileHandler(Plugin, ProfileHandler, PluginUser):
             log.warning("%s: legacy parameters %s are ignored", name, ", ".join(ignored))
 
     @classmethod
+    def profile_problems(cls, params: Any, profiles: Sequence[str]) -> list[str]:
+        assert isinstance(params, DisaggParams)
+        if params.decode in profiles:
+            return []
+        return [
+            f"decode profile {params.decode!r} is not among the scheduling profiles ({', '.join(profiles)})"
+        ]
+
+    @classmethod
     def referenced_plugins(cls, params: Any) -> list[PluginReference]:
         assert isinstance(params, DisaggParams)
         if not params.prefill_decider:
@@ -199,9 +208,7 @@ class DisaggProfileHandler(Plugin, ProfileHandler, PluginUser):
     def process_results(
         self, request: InferenceRequest, results: Mapping[str, ProfileResult | None]
     ) -> SchedulingResult:
-        if self.decode_profile not in results:
-            raise SchedulingError(f"{self.name}: no scheduling profile named {self.decode_profile!r}")
-        decode = results[self.decode_profile]
+        decode = results.get(self.decode_profile)
         if decode is None or not decode.targets:
             raise SchedulingError(
                 f"failed to find available decode workers (profile {self.decode_profile!r})"

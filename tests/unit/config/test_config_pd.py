@@ -166,3 +166,11 @@ def test_decider_parameters_must_not_be_negative() -> None:
         ConfigError, match=r"plugins\[2\].parameters.nonCachedTokens: Input should be greater"
     ):
         load_config(config.replace("HANDLER", "disagg-profile-handler").replace("PARAMS", "{}"))
+
+
+def test_a_misnamed_decode_profile_is_a_load_error() -> None:
+    message = error("{profiles: {decode: decoding}}")
+    assert (
+        "plugins: 'handler': decode profile 'decoding' is not among the scheduling profiles (decode, prefill)"
+        in (message)
+    )

@@ -259,8 +259,3 @@ def test_legacy_pd_profile_handler_with_flat_keys_and_renamed_profiles() -> None
     result = route(sched, b"hi", POOL)
     assert result.primary_profile == "d" and result.headers == {"x-prefiller-host-port": "10.0.1.1:8000"}
     assert set(result.profile_results) == {"d", "p"}
-
-
-def test_a_missing_decode_profile_fails_every_request_with_its_name() -> None:
-    with pytest.raises(SchedulingError, match="no scheduling profile named 'gen'"):
-        scheduler("{profiles: {decode: gen}}").schedule(request(LONG), POOL)
