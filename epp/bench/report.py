@@ -189,7 +189,37 @@ def goals_section(suite: Suite, results: Results, workload: str) -> str:
         "TTFT p90 ours / theirs, by rate",
         "verdict",
     ]
-    return f"Headline policy `{ours}` on `{workload}`:\n\n" + table(header, rows)
+    return "\n\n".join(
+        [
+            f"Headline policy `{ours}` on `{workload}`:",
+            table(header, rows),
+            "The throughput ratio depends on the SLO; at other TTFT p90 limits:",
+            slo_sensitivity(results, workload, ours, [rival for rival, _, _ in GOALS]),
+        ]
+    )
+
+
+SENSITIVITY_SLOS = (0.5, 1.0, 2.0, 5.0)
+
+
+def slo_sensitivity(results: Results, workload: str, ours: str, rivals: Sequence[str]) -> str:
+    """Ours over each rival in throughput at the SLO, for several SLOs."""
+    rows = []
+    for rival in rivals:
+        if not results.series(workload, rival):
+            continue
+        cells = [rival]
+        for slo in SENSITIVITY_SLOS:
+            mine = results.throughput_at_slo(workload, ours, slo)
+            theirs = results.throughput_at_slo(workload, rival, slo)
+            if mine is None:
+                cells.append("ours never meets it")
+            elif theirs is None:
+                cells.append("∞ (they never meet it)")
+            else:
+                cells.append(f"{mine.summary.output_tokens_per_s / theirs.summary.output_tokens_per_s:.2f}x")
+        rows.append(cells)
+    return table(["vs", *(f"SLO {slo:g} s" for slo in SENSITIVITY_SLOS)], rows)
 
 
 def plot_workload(results: Results, suite: Suite, workload: str, path: Path) -> None:
