@@ -7,12 +7,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from google.protobuf import struct_pb2
 
 from epp.extproc.pb import core, ext_proc, http_status
+from epp.headers import DESTINATION_HEADER, LB_NAMESPACE, SUBSET_KEY, SUBSET_NAMESPACE
 from epp.requests import RequestError
 
-DESTINATION_HEADER = "x-gateway-destination-endpoint"
-LB_NAMESPACE = "envoy.lb"
-SUBSET_NAMESPACE = "envoy.lb.subset_hint"
-SUBSET_KEY = "x-gateway-destination-endpoint-subset"
 # Envoy's per-message body limit is 64 KiB; GIE answers in chunks a little under it.
 BODY_CHUNK_BYTES = 62_000
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from epp.extproc import messages
 from epp.extproc.pb import BodyMode, ext_proc
+from epp.headers import DESTINATION_HEADER, PREFILLER_HEADER, SERVED_KEY, SUBSET_KEY
 from epp.requestcontrol import Director, RoutedRequest
 from epp.requests import ErrorCode, RequestError
 
@@ -17,10 +18,10 @@ log = logging.getLogger(__name__)
 
 # Headers only the EPP may set: a client-sent copy is removed so it can never steer routing.
 OWNED_HEADERS = (
-    messages.DESTINATION_HEADER,
-    "x-gateway-destination-endpoint-served",
-    "x-gateway-destination-endpoint-subset",
-    "x-prefiller-host-port",
+    DESTINATION_HEADER,
+    SERVED_KEY,
+    SUBSET_KEY,
+    PREFILLER_HEADER,
     "x-prefiller-url",
     "x-encoder-hosts-ports",
     "x-data-parallel-host-port",
@@ -135,7 +136,7 @@ class ExtProcStream:
 
     def _routing_common(self, new_body_size: int | None = None) -> ext_proc.CommonResponse:
         assert self._routed is not None
-        set_headers = {messages.DESTINATION_HEADER: self._routed.destination, **self._routed.headers}
+        set_headers = {DESTINATION_HEADER: self._routed.destination, **self._routed.headers}
         if self._generated_request_id:
             set_headers["x-request-id"] = self._generated_request_id
         if new_body_size is not None:

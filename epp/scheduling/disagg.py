@@ -1,5 +1,5 @@
 """Prefill/decode disaggregation shared by the profile handler and its deciders: the decider
-extension point, the request header that names the prefill endpoint, the decision types.
+extension point and the decision types.
 
 A decider is its own plugin (llm-d's design) so the policy "is a remote prefill worth it for this
 request on this decode endpoint?" can change without touching the handler's profile sequencing."""
@@ -11,9 +11,6 @@ from abc import abstractmethod
 from epp.datastore import Endpoint
 from epp.requests import InferenceRequest
 from epp.scheduling.framework.plugin import Extension
-
-# Set on the request forwarded to the decode endpoint; its routing sidecar prefills there first.
-PREFILLER_HEADER = "x-prefiller-host-port"
 
 DECODE_ONLY = "decode-only"
 PREFILL_DECODE = "prefill-decode"

@@ -1,4 +1,4 @@
-"""What the three built-in pickers share: `maxNumOfEndpoints` (default 1; zero or less means 1) and
+"""What the built-in pickers share: `maxNumOfEndpoints` (default 1; zero or less means 1) and
 the random source that breaks ties or samples."""
 
 from __future__ import annotations

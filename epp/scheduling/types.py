@@ -9,6 +9,9 @@ from typing import Protocol
 from epp.datastore import Endpoint
 from epp.requests import InferenceRequest, Usage
 
+# GIE and llm-d treat the pick of a profile literally named "prefill" as computing the prompt's KV.
+PREFILL_PROFILE = "prefill"
+
 
 class SchedulingError(Exception):
     """No endpoint could be chosen (every candidate filtered out, or a profile failed)."""
@@ -35,6 +38,15 @@ class SchedulingResult:
     def targets(self) -> list[Endpoint]:
         primary = self.profile_results.get(self.primary_profile)
         return primary.targets if primary else []
+
+    def cache_holders(self) -> list[Endpoint]:
+        """Endpoints that will compute the prompt's KV cache: the primary pick and the pick of the
+        `prefill` profile, without repeats. Prefix-learning plugins record the prompt on these."""
+        holders = self.targets[:1]
+        prefill = self.profile_results.get(PREFILL_PROFILE)
+        if prefill and prefill.targets and prefill.targets[0] not in holders:
+            holders.append(prefill.targets[0])
+        return holders
 
     def first_targets(self) -> list[Endpoint]:
         """The endpoint each profile actually sends work to (its first target), without repeats:

@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-DESTINATION_HEADER = "x-gateway-destination-endpoint"
-LB_NAMESPACE = "envoy.lb"
+from epp.headers import DESTINATION_HEADER, LB_NAMESPACE
+
 _DESTINATION_PATH = {"path": [{"key": DESTINATION_HEADER}]}
 BODY_MODES = ("full-duplex", "buffered")
 FAILURE_MODES = ("closed", "open")

@@ -28,8 +28,6 @@ from epp.scheduling.prefix.hashing import block_bytes
 from epp.scheduling.prefix.params import PrefixIndexParams
 from epp.scheduling.types import SchedulingResult
 
-PREFILL_PROFILE = "prefill"  # GIE and llm-d also record the prefix on this profile's pick
-
 
 @register
 class ApproxPrefixCacheProducer(Plugin, DataProducer, PreRequest, EndpointObserver):
@@ -73,7 +71,7 @@ class ApproxPrefixCacheProducer(Plugin, DataProducer, PreRequest, EndpointObserv
         match = request.attributes.get(self.name)
         if not isinstance(match, PrefixMatch) or not match.hashes:
             return
-        for endpoint in _cache_holders(result):
+        for endpoint in result.cache_holders():
             self.index.add(endpoint, match.hashes, self._capacity(endpoint))
 
     def _capacity(self, endpoint: Endpoint) -> int:
@@ -83,12 +81,3 @@ class ApproxPrefixCacheProducer(Plugin, DataProducer, PreRequest, EndpointObserv
 
     def endpoint_removed(self, endpoint: Endpoint) -> None:
         self.index.remove_endpoint(endpoint)
-
-
-def _cache_holders(result: SchedulingResult) -> list[Endpoint]:
-    """Endpoints that will compute the prompt's KV cache: the primary pick and the prefill pick."""
-    holders = result.targets[:1]
-    prefill = result.profile_results.get(PREFILL_PROFILE)
-    if prefill and prefill.targets and prefill.targets[0] not in holders:
-        holders.append(prefill.targets[0])
-    return holders

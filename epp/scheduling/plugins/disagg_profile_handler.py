@@ -23,8 +23,9 @@ from pydantic import field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from epp.config.strict import StrictModel
+from epp.headers import PREFILLER_HEADER
 from epp.requests import ApiKind, InferenceRequest
-from epp.scheduling.disagg import DECODE_ONLY, PREFILL_DECODE, PREFILLER_HEADER, PrefillDecider
+from epp.scheduling.disagg import DECODE_ONLY, PREFILL_DECODE, PrefillDecider
 from epp.scheduling.framework import (
     Plugin,
     PluginContext,
@@ -164,11 +165,19 @@ class DisaggProfileHandler(Plugin, ProfileHandler, PluginUser):
     @classmethod
     def profile_problems(cls, params: Any, profiles: Sequence[str]) -> list[str]:
         assert isinstance(params, DisaggParams)
-        if params.decode in profiles:
-            return []
-        return [
-            f"decode profile {params.decode!r} is not among the scheduling profiles ({', '.join(profiles)})"
-        ]
+        known = ", ".join(profiles)
+        problems = []
+        if params.decode not in profiles:
+            problems.append(
+                f"decode profile {params.decode!r} is not among the scheduling profiles ({known})"
+            )
+        prefills = bool(params.prefill_decider) or params.stage_order == StageOrder.PREFILL_FIRST
+        if prefills and params.prefill not in profiles:
+            problems.append(
+                f"prefill profile {params.prefill!r} is not among the scheduling profiles ({known}), "
+                "so requests would never be prefilled remotely"
+            )
+        return problems
 
     @classmethod
     def referenced_plugins(cls, params: Any) -> list[PluginReference]:

@@ -25,7 +25,6 @@ from epp.scheduling.prefix import PREFIX_MATCH, PrefixMatch
 from epp.scheduling.types import SchedulingResult
 
 WARM_SCORE = 0.5
-PREFILL_PROFILE = "prefill"
 
 
 class NoHitLruParams(PluginParams):
@@ -67,11 +66,7 @@ class NoHitLruScorer(Plugin, Scorer, DataConsumer, PreRequest, EndpointObserver)
     def pre_request(self, request: InferenceRequest, result: SchedulingResult) -> None:
         if not request.attributes.get(self.name):
             return
-        chosen = result.targets[:1]
-        prefill = result.profile_results.get(PREFILL_PROFILE)
-        if prefill and prefill.targets:
-            chosen.append(prefill.targets[0])
-        for endpoint in chosen:
+        for endpoint in result.cache_holders():
             self.recent[endpoint.name] = None
             self.recent.move_to_end(endpoint.name)
         while len(self.recent) > self.lru_size:

@@ -174,3 +174,10 @@ def test_a_misnamed_decode_profile_is_a_load_error() -> None:
         "plugins: 'handler': decode profile 'decoding' is not among the scheduling profiles (decode, prefill)"
         in (message)
     )
+
+
+def test_a_misnamed_prefill_profile_is_a_load_error_when_prefill_can_happen() -> None:
+    message = error("{profiles: {prefill: prefil}, deciders: {prefill: prefix-based-pd-decider}}")
+    assert "prefill profile 'prefil' is not among the scheduling profiles (decode, prefill)" in message
+    # Without a decider P/D is off by design, so the prefill profile's name does not matter.
+    handler_config("{profiles: {prefill: prefil}}")

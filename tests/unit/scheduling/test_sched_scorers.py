@@ -139,4 +139,3 @@ def test_inflight_producer_without_estimates_reads_the_director_counters() -> No
     target = endpoint("a", inflight=3, inflight_tokens=42)
     producer.pre_request(request("y" * 400), SchedulingResult({"d": ProfileResult([target])}, "d"))
     assert (producer.load.requests(target), producer.load.tokens(target)) == (3, 42)
-    producer.endpoint_removed(target)
