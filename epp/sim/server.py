@@ -326,12 +326,18 @@ class SimServer:
         await response.prepare(http)
         stream = _SseWriter(gen, group)
         await response.write(stream.opening())
-        while not group.finished():
-            await group.event.wait()
+        while True:
+            # Clear before reading, so a step that ends during the write below sets the event again;
+            # the group may have finished before the stream started (a slow KV pull), so the tokens
+            # are drained before the state is waited on.
             group.event.clear()
+            finished = group.finished()
             frames = stream.new_tokens()
             if frames:
                 await response.write(frames)
+            if finished:
+                break
+            await group.event.wait()
         await response.write(stream.closing())
         await response.write_eof()
         return response

@@ -17,9 +17,11 @@ import openai
 import pytest
 import zmq
 import zmq.asyncio
+from aiohttp import web
 
 from epp.sim.cluster import SimCluster, make_configs
 from epp.sim.config import LoraModule
+from epp.sim.pd import RELEASE_PATH
 from epp.sim.profiles import TINY_TEST
 from epp.sim.tokens import tokenize
 from tests.integration.helpers import read_sse
@@ -417,6 +419,53 @@ async def test_prefill_then_decode_over_http(http: aiohttp.ClientSession) -> Non
         SimCluster(make_configs(1, name_prefix="d", profile=TINY_TEST, model=MODEL)) as decode,
     ):
         await run_prefill_then_decode(http, base(prefill), base(decode))
+
+
+async def test_stream_sends_tokens_generated_before_the_kv_pull_returned(
+    http: aiohttp.ClientSession,
+) -> None:
+    """A stand-in prefill server answers the decode leg's lease release only once the decode engine
+    has generated every token: the stream starts after the request finished and must still carry
+    all of them."""
+    async with SimCluster(make_configs(1, name_prefix="d", profile=TINY_TEST, model=MODEL)) as decode:
+        engine = decode.servers[0].engine
+
+        async def release(request: web.Request) -> web.Response:
+            async def decoded() -> bool:
+                return engine.stats.finished.get("length", 0) == 1
+
+            await poll(decoded)
+            return web.json_response({"blocks": 1})
+
+        app = web.Application()
+        app.router.add_post(RELEASE_PATH, release)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            kv = {
+                "do_remote_prefill": True,
+                "remote_engine_id": "elsewhere",
+                "remote_request_id": "elsewhere-0",
+                "remote_block_ids": [0],
+                "remote_host": "127.0.0.1",
+                "remote_port": runner.addresses[0][1],
+            }
+            body = {
+                "model": MODEL,
+                "prompt": "late pull",
+                "max_tokens": 3,
+                "ignore_eos": True,
+                "stream": True,
+                "kv_transfer_params": kv,
+            }
+            async with http.post(base(decode) + "/v1/completions", json=body) as response:
+                assert response.status == 200
+                frames = await read_sse(response)
+        finally:
+            await runner.cleanup()
+    assert frames[-1] == "[DONE]"
+    assert [f["choices"][0]["finish_reason"] for f in frames[:-1]] == [None, None, "length"]
 
 
 async def test_pd_validation(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
