@@ -72,6 +72,9 @@ class EngineDriver:
     async def _loop(self) -> None:
         engine = self.engine
         while True:
+            # Cleared before stepping: a submit during any await below (the KV-event publication,
+            # the step's sleep) leaves it set, so the idle wait returns at once and nothing is missed.
+            self._wake.clear()
             outcome = engine.step(self.now())
             await self._publish_kv_events()
             if not outcome.batch_size:
@@ -81,7 +84,6 @@ class EngineDriver:
             self._notify(outcome)
 
     async def _idle(self) -> None:
-        self._wake.clear()
         timer = self.engine.next_timer()
         timeout = None if timer is None else max(0.0, (timer - self.now()) * self.time_scale)
         with contextlib.suppress(TimeoutError):
