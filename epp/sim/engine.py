@@ -41,7 +41,8 @@ class State(enum.Enum):
 
 class Request:
     """One sequence in the engine. Inputs are set by the caller; the rest is engine state that
-    drivers may read (token counts, timestamps, ``cached_tokens``, ``lease_key``)."""
+    drivers may read (token counts, timestamps, ``cached_tokens``, ``lease_key``, ``leased_blocks``).
+    Ids must be unique within an engine: a prefill leg's lease is keyed by its request id."""
 
     __slots__ = (
         "arrival",
@@ -55,6 +56,7 @@ class Request:
         "id",
         "last_token_at",
         "lease_key",
+        "leased_blocks",
         "lora",
         "max_output",
         "next_hash",
@@ -111,7 +113,8 @@ class Request:
         self.finished_at: float | None = None
         self.ready_at = 0.0
         self.finish_reason: str | None = None
-        self.lease_key: tuple[int, ...] | None = None
+        self.lease_key: str | None = None
+        self.leased_blocks: list[int] = []
 
     def __repr__(self) -> str:
         return f"Request({self.id!r}, {self.state.value}, computed={self.computed}, out={self.output_done})"
@@ -190,7 +193,7 @@ class Engine:
         self._running: list[Request] = []
         self._transferring: list[Request] = []
         self._running_loras: dict[str, int] = {}
-        self._leases: dict[tuple[int, ...], _Lease] = {}
+        self._leases: dict[str, _Lease] = {}
 
     # ----- read-only state -------------------------------------------------------------------
 
@@ -275,12 +278,12 @@ class Engine:
         """Drop all cached blocks; False (nothing done) while requests or leases hold blocks."""
         return self.pool.clear_cache()
 
-    def release_lease(self, block_ids: Sequence[int]) -> int | None:
-        """A decode server has read the leased blocks ``block_ids``: free them (shared prompt
-        blocks stay cached). Returns the number of blocks, or None if no such lease exists.
-        Lease keys are unique: every lease holds the freshly allocated block of its last prompt
-        token, which no other live table contains."""
-        lease = self._leases.pop(tuple(block_ids), None)
+    def release_lease(self, lease_key: str) -> int | None:
+        """A decode server has read the blocks of lease ``lease_key`` (a prefill leg's
+        ``lease_key``): free them (shared prompt blocks stay cached). Returns the number of blocks,
+        or None if no such lease exists. Keys are request ids, never reused, whereas block ids
+        are: a late or repeated release can only miss, never free another request's lease."""
+        lease = self._leases.pop(lease_key, None)
         if lease is None:
             return None
         count = len(lease.table.ids)
@@ -529,8 +532,9 @@ class Engine:
         request.finished_at = end
         request.finish_reason = request.stop_reason
         if request.hold_blocks:
-            request.lease_key = tuple(request.table.ids)
-            self._leases[request.lease_key] = _Lease(request.table, end + self.lease_seconds)
+            request.lease_key = request.id
+            request.leased_blocks = list(request.table.ids)
+            self._leases[request.id] = _Lease(request.table, end + self.lease_seconds)
             request.table = BlockTable()
         else:
             self.pool.release(request.table)

@@ -2,10 +2,11 @@
 
 A request whose ``kv_transfer_params`` has ``do_remote_decode: true`` is a prefill leg: it runs
 prefill, returns one token and keeps its KV blocks leased for a decode server. A request with
-``do_remote_prefill: true`` is a decode leg: it names the prefill server's engine and blocks, the
-decode server "pulls" them (releasing the lease) and its first token comes after the modelled KV
-transfer instead of a prefill. Servers in one process find each other through ``KVRegistry``;
-otherwise the pull is ``POST /internal/kv/release`` on the prefill server's host and port.
+``do_remote_prefill: true`` is a decode leg: it names the prefill server's engine, request and
+blocks, the decode server "pulls" them (releasing the lease, found by the prefill request's id) and
+its first token comes after the modelled KV transfer instead of a prefill. Servers in one process
+find each other through ``KVRegistry``; otherwise the pull is ``POST /internal/kv/release`` on the
+prefill server's host and port.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class RemoteBlocks:
     """Where a decode leg's prompt KV lives."""
 
     engine_id: str
+    request_id: str
     block_ids: list[int]
     host: str
     port: int
@@ -68,6 +70,7 @@ def parse_kv_transfer_params(params: Any) -> TransferRole:
         name
         for name, valid in (
             ("remote_engine_id", _is_text(params.get("remote_engine_id"))),
+            ("remote_request_id", _is_text(params.get("remote_request_id"))),
             ("remote_block_ids", _is_int_list(params.get("remote_block_ids"))),
             ("remote_host", _is_text(params.get("remote_host"))),
             ("remote_port", _is_int(params.get("remote_port"))),
@@ -82,7 +85,11 @@ def parse_kv_transfer_params(params: Any) -> TransferRole:
             "kv_transfer_params",
         )
     remote = RemoteBlocks(
-        params["remote_engine_id"], params["remote_block_ids"], params["remote_host"], params["remote_port"]
+        params["remote_engine_id"],
+        params["remote_request_id"],
+        params["remote_block_ids"],
+        params["remote_host"],
+        params["remote_port"],
     )
     return TransferRole(False, remote)
 
@@ -99,12 +106,16 @@ def _is_int_list(value: Any) -> bool:
     return isinstance(value, list) and all(_is_int(v) for v in value)
 
 
-def prefill_result_params(engine_id: str, block_ids: list[int], host: str, port: int) -> dict[str, Any]:
-    """``kv_transfer_params`` a prefill leg returns; a decode leg sends them back verbatim."""
+def prefill_result_params(
+    engine_id: str, request_id: str, block_ids: list[int], host: str, port: int
+) -> dict[str, Any]:
+    """``kv_transfer_params`` a prefill leg returns; a decode leg sends them back verbatim.
+    ``remote_request_id`` (as newer vLLM sends) names the lease to release."""
     return {
         "do_remote_prefill": True,
         "do_remote_decode": False,
         "remote_engine_id": engine_id,
+        "remote_request_id": request_id,
         "remote_block_ids": block_ids,
         "remote_host": host,
         "remote_port": port,
@@ -118,16 +129,15 @@ async def pull_remote_blocks(
     """Take the leased blocks from the prefill server; returns how many blocks it held."""
     driver = registry.get(remote.engine_id)
     if driver is not None:
-        count = driver.engine.release_lease(remote.block_ids)
+        count = driver.engine.release_lease(remote.request_id)
         driver.wake()
     else:
         count = await _release_over_http(remote, session)
     if count is None:
         raise ApiError(
             400,
-            f"prefill engine {remote.engine_id} at {remote.host}:{remote.port} holds no KV blocks "
-            f"{remote.block_ids[:8]}{'...' if len(remote.block_ids) > 8 else ''} "
-            "(already read or lease expired)",
+            f"prefill engine {remote.engine_id} at {remote.host}:{remote.port} holds no KV lease for "
+            f"request {remote.request_id} (already read or lease expired)",
             "kv_transfer_params",
         )
     return count
@@ -135,7 +145,7 @@ async def pull_remote_blocks(
 
 async def _release_over_http(remote: RemoteBlocks, session: aiohttp.ClientSession) -> int | None:
     url = f"http://{remote.host}:{remote.port}{RELEASE_PATH}"
-    payload = {"remote_engine_id": remote.engine_id, "remote_block_ids": remote.block_ids}
+    payload = {"remote_engine_id": remote.engine_id, "remote_request_id": remote.request_id}
     try:
         async with session.post(url, json=payload) as response:
             if response.status == 404:

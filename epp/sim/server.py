@@ -303,8 +303,11 @@ class SimServer:
         use = _usage(group)
         kv: dict[str, Any] | None = None
         if role.prefill_leg:
-            lease = group.sequences[0].request.lease_key or ()
-            kv = prefill_result_params(self.engine_id, list(lease), self.config.host, self.port)
+            leg = group.sequences[0].request
+            assert leg.lease_key is not None
+            kv = prefill_result_params(
+                self.engine_id, leg.lease_key, leg.leased_blocks, self.config.host, self.port
+            )
         if gen.kind == "chat":
             return chat_body(f"chatcmpl-{uuid.uuid4().hex}", created, gen.model, choices, use, kv)
         if gen.kind == "responses":
@@ -455,12 +458,12 @@ class SimServer:
 
     async def _release(self, http: web.Request) -> web.Response:
         body = await _json_body(http)
-        block_ids = body.get("remote_block_ids")
-        if body.get("remote_engine_id") != self.engine_id or not isinstance(block_ids, list):
+        request_id = body.get("remote_request_id")
+        if body.get("remote_engine_id") != self.engine_id or not isinstance(request_id, str):
             raise ApiError(404, f"no KV lease for engine {body.get('remote_engine_id')!r} here")
-        count = self.engine.release_lease([int(b) for b in block_ids])
+        count = self.engine.release_lease(request_id)
         if count is None:
-            raise ApiError(404, "no KV lease holds these blocks (already read or expired)")
+            raise ApiError(404, f"no KV lease for request {request_id!r} (already read or expired)")
         self.driver.wake()
         return _json_response({"blocks": count})
 

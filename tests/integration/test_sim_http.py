@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -385,7 +386,7 @@ async def run_prefill_then_decode(
     )
     kv = prefilled["kv_transfer_params"]
     assert kv["do_remote_prefill"] is True and kv["do_remote_decode"] is False and kv["tp_size"] == 1
-    assert kv["remote_block_ids"] and kv["remote_host"] == "127.0.0.1"
+    assert kv["remote_block_ids"] and kv["remote_host"] == "127.0.0.1" and kv["remote_request_id"]
     assert (await stats(http, prefill_url))["leases"] == 1
     decode = {"model": MODEL, "prompt": prompt, "max_tokens": 5, "ignore_eos": True, "kv_transfer_params": kv}
     status, _, decoded = await post(http, decode_url + "/v1/completions", decode)
@@ -402,7 +403,7 @@ async def run_prefill_then_decode(
     assert decode_stats["prefix_cache_hits"] == 0
     assert decoded["usage"]["prompt_tokens_details"]["cached_tokens"] == decoded["usage"]["prompt_tokens"] - 1
     status, _, again = await post(http, decode_url + "/v1/completions", decode)
-    assert status == 400 and "holds no KV blocks" in again["message"]
+    assert status == 400 and "holds no KV lease" in again["message"]
     return kv
 
 
@@ -419,6 +420,41 @@ async def test_prefill_then_decode_over_http(http: aiohttp.ClientSession) -> Non
         SimCluster(make_configs(1, name_prefix="d", profile=TINY_TEST, model=MODEL)) as decode,
     ):
         await run_prefill_then_decode(http, base(prefill), base(decode))
+
+
+@pytest.mark.parametrize("registry", ["in process", "over http"])
+async def test_a_replayed_decode_leg_cannot_take_a_later_lease_of_the_same_blocks(
+    http: aiohttp.ClientSession, registry: str
+) -> None:
+    """Block ids are recycled: the second prefill leg's lease holds the very blocks the first one
+    held. Replaying the first (already served) decode leg must not release it."""
+    prefill_configs = make_configs(1, name_prefix="p", profile=TINY_TEST, model=MODEL)
+    decode_configs = make_configs(1, name_prefix="d", profile=TINY_TEST, model=MODEL)
+    clusters = (
+        [SimCluster([*prefill_configs, *decode_configs])]
+        if registry == "in process"
+        else [SimCluster(prefill_configs), SimCluster(decode_configs)]
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        for cluster in clusters:
+            await stack.enter_async_context(cluster)
+        prefill_url, decode_url = (endpoint.url for cluster in clusters for endpoint in cluster.endpoints)
+
+        async def decode_leg(prompt: str) -> dict[str, Any]:
+            status, _, prefilled = await post(http, prefill_url + "/v1/completions", prefill_body(prompt))
+            assert status == 200
+            return {"model": MODEL, "prompt": prompt, "kv_transfer_params": prefilled["kv_transfer_params"]}
+
+        first = await decode_leg("first")
+        assert (await post(http, decode_url + "/v1/completions", first))[0] == 200
+        second = await decode_leg("second")
+        blocks = [leg["kv_transfer_params"]["remote_block_ids"] for leg in (first, second)]
+        assert blocks[0] == blocks[1], "the precondition: block ids recycled"
+        status, _, replayed = await post(http, decode_url + "/v1/completions", first)
+        assert status == 400 and "holds no KV lease" in replayed["message"]
+        assert (await stats(http, prefill_url))["leases"] == 1
+        assert (await post(http, decode_url + "/v1/completions", second))[0] == 200
+        assert (await stats(http, prefill_url))["leases"] == 0
 
 
 async def test_stream_sends_tokens_generated_before_the_kv_pull_returned(
@@ -478,12 +514,13 @@ async def test_pd_validation(cluster: SimCluster, http: aiohttp.ClientSession) -
     unknown = {
         "do_remote_prefill": True,
         "remote_engine_id": "nobody",
+        "remote_request_id": "nobody-0",
         "remote_block_ids": [1, 2],
         "remote_host": "127.0.0.1",
         "remote_port": cluster.endpoints[0].port,
     }
     status, _, data = await post(http, url, {"model": MODEL, "prompt": "x", "kv_transfer_params": unknown})
-    assert status == 400 and "holds no KV blocks" in data["message"]
+    assert status == 400 and "holds no KV lease" in data["message"]
     assert (await stats(http, base(cluster)))["running"] == 0
 
 

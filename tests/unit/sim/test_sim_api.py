@@ -105,16 +105,21 @@ def test_kv_transfer_params() -> None:
         {"do_remote_decode": True, "do_remote_prefill": False, "remote_engine_id": None}
     )
     assert leg.prefill_leg and leg.remote is None
-    params = prefill_result_params("engine-1", [3, 4], "127.0.0.1", 8000)
+    params = prefill_result_params("engine-1", "req-7", [3, 4], "127.0.0.1", 8000)
     decode = parse_kv_transfer_params(params)
     assert not decode.prefill_leg and decode.remote is not None
-    assert (decode.remote.engine_id, decode.remote.block_ids, decode.remote.port) == (
+    remote = decode.remote
+    assert (remote.engine_id, remote.request_id, remote.block_ids, remote.port) == (
         "engine-1",
+        "req-7",
         [3, 4],
         8000,
     )
     with pytest.raises(ApiError, match="remote_host"):
         parse_kv_transfer_params({**params, "remote_host": ""})
+    without_id = {key: value for key, value in params.items() if key != "remote_request_id"}
+    with pytest.raises(ApiError, match="remote_request_id"):
+        parse_kv_transfer_params(without_id)
     with pytest.raises(ApiError):
         parse_kv_transfer_params({**params, "do_remote_decode": True})
     with pytest.raises(ApiError):

@@ -213,10 +213,10 @@ def test_prefill_leg_lease_release(profile_factory: ProfileFactory, run: RunFn) 
     leg = req("p", tokens(40), out=1, hold_blocks=True)
     engine.add(leg)
     outcome = engine.step(0.0)
-    assert leg.state is State.DONE and leg.lease_key is not None
-    assert len(leg.lease_key) == 3 and engine.kv_usage() > 0
-    assert engine.release_lease(list(leg.lease_key)) == 3
-    assert engine.release_lease(list(leg.lease_key)) is None
+    assert leg.state is State.DONE and leg.lease_key == "p"
+    assert len(leg.leased_blocks) == 3 and engine.kv_usage() > 0
+    assert engine.release_lease("p") == 3
+    assert engine.release_lease("p") is None
     assert engine.kv_usage() == 0.0 and engine.stats.prefill_only == 1
     # a second leg's lease expires on its own
     other = req("q", tokens(40, 500), out=1, hold_blocks=True)
