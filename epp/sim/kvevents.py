@@ -70,10 +70,14 @@ class KVEventPublisher:
         self.topic = topic.encode()
         socket = zmq.asyncio.Context.instance().socket(zmq.PUB)
         socket.setsockopt(zmq.LINGER, 0)
-        if "://*:" in self.endpoint:
-            socket.bind(self.endpoint)
-        else:
-            socket.connect(self.endpoint)
+        try:
+            if "://*:" in self.endpoint:
+                socket.bind(self.endpoint)
+            else:
+                socket.connect(self.endpoint)
+        except zmq.ZMQError:
+            socket.close()
+            raise
         self._socket = socket
 
     def close(self) -> None:

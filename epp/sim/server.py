@@ -156,16 +156,22 @@ class SimServer:
         return EndpointInfo(self.config.name, self.config.host, self.port, self.engine_id, self.config.model)
 
     async def start(self) -> None:
-        runner = web.AppRunner(
+        """Listen and start the engine; if any part fails, what had started is stopped again."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        self._runner = runner = web.AppRunner(
             self._build_app(),
             handler_cancellation=True,
             access_log=None,
             shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
         )
         await runner.setup()
-        site = web.TCPSite(runner, self.config.host, self.config.port)
-        await site.start()
-        self._runner = runner
+        await web.TCPSite(runner, self.config.host, self.config.port).start()
         self.port = int(runner.addresses[0][1])
         self._session = aiohttp.ClientSession()
         if self._publisher is not None:
@@ -175,6 +181,7 @@ class SimServer:
         self._registry.register(self.engine_id, self.driver)
 
     async def stop(self) -> None:
+        """Also undoes a partial ``start``: every step is skipped when its part never started."""
         self._registry.unregister(self.engine_id)
         if self._runner is not None:
             await self._runner.cleanup()

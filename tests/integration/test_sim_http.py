@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from epp.sim.config import LoraModule
 from epp.sim.pd import RELEASE_PATH
 from epp.sim.profiles import TINY_TEST
 from epp.sim.tokens import tokenize
+from epp.stack.processes import free_port
 from tests.integration.helpers import read_sse
 
 MODEL = "sim-model"
@@ -574,6 +576,16 @@ async def test_kv_events_on_sub_socket(http: aiohttp.ClientSession) -> None:
     finally:
         sub.close()
         context.term()
+
+
+async def test_a_server_failing_to_start_leaves_nothing_listening() -> None:
+    """The KV-event socket fails after the HTTP listener is up: the listener is closed again."""
+    port = free_port()
+    configs = make_configs(1, port=port, profile=TINY_TEST, kv_events_endpoint="tcp://127.0.0.1:none")
+    with pytest.raises(zmq.ZMQError):
+        await SimCluster(configs).start()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", port))
 
 
 async def test_cli_ready_file_and_sigterm(tmp_path: Path, http: aiohttp.ClientSession) -> None:
