@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import math
+from collections.abc import Callable
 from dataclasses import replace
 
 from epp.signals import stop_event
@@ -19,14 +22,45 @@ from epp.sim.profiles import DEFAULT_PROFILE, PROFILES, get_profile
 
 log = logging.getLogger(__name__)
 
+MAX_PORT = 65535
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer within the bounds (argparse names the flag and exits 2)."""
+    bounds = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
+
+    def parse(text: str) -> int:
+        with contextlib.suppress(ValueError):
+            value = int(text)
+            if value >= minimum and (maximum is None or value <= maximum):
+                return value
+        raise argparse.ArgumentTypeError(f"expected an integer {bounds}, got {text!r}")
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite number above zero."""
+    with contextlib.suppress(ValueError):
+        value = float(text)
+        if math.isfinite(value) and value > 0:
+            return value
+    raise argparse.ArgumentTypeError(f"expected a finite number above 0, got {text!r}")
+
+
+_count = _integer(1)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--count", type=int, default=1, help="simulated endpoints in this process (default 1)"
+        "--count", type=_count, default=1, help="simulated endpoints in this process (default 1)"
     )
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     parser.add_argument(
-        "--port", type=int, default=8000, help="first port; the next ones follow; 0 = free ports"
+        "--port",
+        type=_integer(0, MAX_PORT),
+        default=8000,
+        help="first port; the next ones follow; 0 = free ports",
     )
     parser.add_argument(
         "--model", "--served-model-name", dest="model", default="sim-model", help="served model name"
@@ -35,21 +69,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES), help="hardware/model profile"
     )
     parser.add_argument(
-        "--time-scale", type=float, default=1.0, help="multiply simulated durations (0.1 = 10x faster)"
+        "--time-scale",
+        type=_positive_float,
+        default=1.0,
+        help="multiply simulated durations (0.1 = 10x faster)",
     )
-    parser.add_argument("--max-num-seqs", type=int, help="override the profile's running-batch cap")
-    parser.add_argument("--max-num-batched-tokens", type=int, help="override the per-step token budget")
-    parser.add_argument("--num-gpu-blocks", type=int, help="override the KV-cache capacity in blocks")
-    parser.add_argument("--block-size", type=int, help="override the KV block size in tokens")
-    parser.add_argument("--max-model-len", type=int, help="override the context length")
-    parser.add_argument("--max-waiting", type=int, help="waiting-queue cap; beyond it requests get 429")
+    parser.add_argument("--max-num-seqs", type=_count, help="override the profile's running-batch cap")
+    parser.add_argument("--max-num-batched-tokens", type=_count, help="override the per-step token budget")
+    parser.add_argument("--num-gpu-blocks", type=_count, help="override the KV-cache capacity in blocks")
+    parser.add_argument("--block-size", type=_count, help="override the KV block size in tokens")
+    parser.add_argument("--max-model-len", type=_count, help="override the context length")
+    parser.add_argument("--max-waiting", type=_count, help="waiting-queue cap; beyond it requests get 429")
     parser.add_argument(
         "--lora-modules",
         nargs="*",
         default=[],
         help="adapters: name=path, JSON objects, or comma-separated names",
     )
-    parser.add_argument("--max-loras", type=int, help="adapters that can run at once (override)")
+    parser.add_argument("--max-loras", type=_count, help="adapters that can run at once (override)")
     parser.add_argument(
         "--role", choices=ROLES, default="both", help="P/D role label (any server serves both legs)"
     )
@@ -60,7 +97,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--kv-events-endpoint", help="publish vLLM KV events over ZMQ PUB to this tcp:// endpoint"
     )
     parser.add_argument(
-        "--lease-seconds", type=float, default=30.0, help="how long prefill legs keep their KV"
+        "--lease-seconds",
+        type=_positive_float,
+        default=30.0,
+        help="how long prefill legs keep their KV, in simulated seconds (scaled by --time-scale)",
     )
     parser.add_argument("--ready-file", help="write the endpoints as JSON here once every server listens")
 
@@ -77,6 +117,9 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.name and args.count != 1:
         log.error("--name names a single endpoint: use --name-prefix with --count %d", args.count)
+        return 2
+    if args.port and args.port + args.count - 1 > MAX_PORT:
+        log.error("--port %d with --count %d runs past port %d", args.port, args.count, MAX_PORT)
         return 2
     configs = make_configs(
         args.count,
