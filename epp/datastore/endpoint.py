@@ -62,12 +62,15 @@ class EndpointMetrics:
 class Endpoint:
     """One schedulable target. Identity is fixed; metrics, health and load change over time."""
 
-    __slots__ = ("healthy", "inflight_requests", "inflight_tokens", "metrics", "spec")
+    __slots__ = ("healthy", "inflight_requests", "inflight_tokens", "metrics", "spec", "suspended_until")
 
     def __init__(self, spec: EndpointSpec) -> None:
         self.spec = spec
         self.metrics = EndpointMetrics()
+        # `healthy` follows the metrics scraper; `suspended_until` (monotonic seconds) is a short
+        # quarantine after the data plane reported the endpoint unreachable.
         self.healthy = True
+        self.suspended_until = 0.0
         self.inflight_requests = 0
         self.inflight_tokens = 0
 

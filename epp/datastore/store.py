@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 
 from epp.datastore.endpoint import Endpoint, EndpointSpec
@@ -37,20 +38,21 @@ class Datastore:
         return self._snapshot
 
     def ready_endpoints(self) -> list[Endpoint]:
-        return [e for e in self._snapshot if e.healthy]
+        now = time.monotonic()
+        return [e for e in self._snapshot if e.healthy and e.suspended_until <= now]
 
     def get(self, name: str) -> Endpoint | None:
         return self._endpoints.get(name)
 
-    def find_hostport(self, hostport: str) -> Endpoint | None:
-        for endpoint in self._snapshot:
-            if endpoint.hostport == hostport:
-                return endpoint
-        return None
-
     def upsert(self, spec: EndpointSpec) -> Endpoint:
+        """Add an endpoint, or update one. A change of labels, models or namespace (a pod
+        relabelled) updates the endpoint in place, keeping its load, health, metrics and prefix
+        history; a new address or port is a new server, so the old endpoint is removed first."""
         current = self._endpoints.get(spec.name)
-        if current is not None and current.spec == spec:
+        if current is not None and _same_server(current.spec, spec):
+            if current.spec != spec:
+                log.info("endpoint updated: %s labels=%s", spec.name, dict(spec.labels))
+                current.spec = spec
             return current
         if current is not None:
             self._remove(spec.name)
@@ -88,3 +90,7 @@ class Datastore:
 
     def _refresh(self) -> None:
         self._snapshot = tuple(self._endpoints.values())
+
+
+def _same_server(old: EndpointSpec, new: EndpointSpec) -> bool:
+    return (old.address, old.port, old.metrics_port) == (new.address, new.port, new.metrics_port)

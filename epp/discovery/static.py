@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from types import MappingProxyType
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationError
 
 from epp.datastore import Datastore, EndpointSpec
 from epp.datastore.endpoint import join_host_port
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 class _EndpointEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    address: str
+    address: IPvAnyAddress  # Envoy's ORIGINAL_DST cluster connects to an IP, never resolves names
     port: int = Field(ge=1, le=65535)
     name: str | None = None
     metrics_port: int | None = Field(default=None, alias="metricsPort", ge=1, le=65535)
@@ -54,8 +55,8 @@ class DiscoveryError(ValueError):
 
 def _spec(entry: _EndpointEntry) -> EndpointSpec:
     return EndpointSpec(
-        name=entry.name or join_host_port(entry.address, entry.port),
-        address=entry.address,
+        name=entry.name or join_host_port(str(entry.address), entry.port),
+        address=str(entry.address),
         port=entry.port,
         labels=MappingProxyType(dict(entry.labels)),
         models=frozenset(entry.models),
@@ -86,6 +87,10 @@ def parse_endpoint_flag(value: str, models: Sequence[str] = ()) -> EndpointSpec:
     if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise DiscoveryError(f"--endpoint {value!r}: expected host:port")
     host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise DiscoveryError(f"--endpoint {value!r}: the host must be an IP address") from None
     return EndpointSpec(
         name=join_host_port(host, int(port_text)), address=host, port=int(port_text), models=frozenset(models)
     )
@@ -127,13 +132,14 @@ class FileDiscovery:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self._poll_interval)
-            stamp = self._file_stamp()
+            stamp = await asyncio.to_thread(self._file_stamp)
             if stamp is None or stamp == self._stamp:
                 continue
             self._stamp = stamp
             try:
-                specs = parse_endpoint_file(self._path.read_text(), str(self._path))
-            except (DiscoveryError, OSError) as exc:
+                text = await asyncio.to_thread(self._path.read_text)
+                specs = parse_endpoint_file(text, str(self._path))
+            except (DiscoveryError, OSError, UnicodeDecodeError) as exc:
                 log.error("keeping the previous endpoints: %s", exc)
                 continue
             log.info("endpoint file changed: %d endpoints", len(specs))

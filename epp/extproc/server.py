@@ -17,7 +17,6 @@ from epp.requests import ErrorCode, RequestError
 
 log = logging.getLogger(__name__)
 
-EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -45,6 +44,7 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
                     error = RequestError(
                         ErrorCode.INTERNAL, "the endpoint picker failed to process the request"
                     )
+                    self._director.record_error(error, None)
                     yield messages.immediate_error(error, self._options.error_prefix)
                     return
                 for reply in replies:

@@ -35,6 +35,8 @@ class StreamOptions:
     error_prefix: str = "inference error"
     # Response header naming the endpoint the EPP chose (for debugging and tests); None = off.
     served_header: str | None = None
+    # Honour the gateway's envoy.lb.subset_hint (off: GIE's --disable-endpoint-subset-filter).
+    use_subset_hint: bool = True
 
 
 class ExtProcStream:
@@ -58,7 +60,7 @@ class ExtProcStream:
         if message.HasField("protocol_config"):
             self._request_mode = message.protocol_config.request_body_mode
             self._response_mode = message.protocol_config.response_body_mode
-        if message.HasField("metadata_context"):
+        if self._options.use_subset_hint and message.HasField("metadata_context"):
             hint = messages.read_subset_hint(message.metadata_context)
             if hint is not None:
                 self._subset = hint
@@ -97,24 +99,41 @@ class ExtProcStream:
                 request_headers=ext_proc.HeadersResponse(response=self._routing_common()),
                 dynamic_metadata=messages.destination_metadata(self._routed.destination),
             )
-        elif self._request_mode != BodyMode.FULL_DUPLEX_STREAMED:
+        elif self._request_mode == BodyMode.BUFFERED:
             # Envoy will not send the body until the headers are answered; route on the body reply.
             yield ext_proc.ProcessingResponse(request_headers=ext_proc.HeadersResponse())
+        elif self._request_mode != BodyMode.FULL_DUPLEX_STREAMED:
+            # STREAMED forwards body chunks (and, with header routing, opens the upstream) before
+            # the whole body is here; NONE never shows the body. Refuse rather than route blind.
+            mode = BodyMode.Name(self._request_mode)
+            error = RequestError(
+                ErrorCode.INTERNAL,
+                f"the gateway sends request bodies in ext_proc mode {mode}; the endpoint picker needs "
+                "FULL_DUPLEX_STREAMED or BUFFERED to route on the body",
+            )
+            self._director.record_error(error, None)
+            raise error
 
     def _request_body(self, body: ext_proc.HttpBody) -> Iterator[ext_proc.ProcessingResponse]:
         self._body += body.body
         if len(self._body) > self._options.max_body_bytes:
-            raise RequestError(
+            error = RequestError(
                 ErrorCode.PAYLOAD_TOO_LARGE,
                 f"request body exceeds the limit of {self._options.max_body_bytes} bytes",
             )
+            self._director.record_error(error, None)
+            raise error
         if body.end_of_stream:
             yield from self._route(end_of_stream=True)
+        elif self._request_mode == BodyMode.BUFFERED:
+            # The one buffered body message is the whole body; end_of_stream is false only
+            # because trailers follow.
+            yield from self._route(end_of_stream=False)
 
     def _request_trailers(self) -> Iterator[ext_proc.ProcessingResponse]:
-        if self._routed is None and self._request_mode == BodyMode.FULL_DUPLEX_STREAMED:
+        if self._routed is None:
             yield from self._route(end_of_stream=False)
-            yield ext_proc.ProcessingResponse(request_trailers=ext_proc.TrailersResponse())
+        yield ext_proc.ProcessingResponse(request_trailers=ext_proc.TrailersResponse())
 
     def _route(self, end_of_stream: bool) -> Iterator[ext_proc.ProcessingResponse]:
         raw = bytes(self._body)
@@ -149,7 +168,8 @@ class ExtProcStream:
     def _response_headers(self, headers: ext_proc.HttpHeaders) -> Iterator[ext_proc.ProcessingResponse]:
         response_headers = messages.read_headers(headers)
         if self._routed is not None:
-            status = int(response_headers.get(":status", "0") or 0)
+            status_text = response_headers.get(":status", "")
+            status = int(status_text) if status_text.isdigit() else 0
             self._routed.response_started(
                 status, "text/event-stream" in response_headers.get("content-type", "")
             )
@@ -173,11 +193,15 @@ class ExtProcStream:
             yield from messages.streamed_body(chunk, body.end_of_stream, request=False)
         elif chunk is not original:
             mutation = ext_proc.CommonResponse(body_mutation=ext_proc.BodyMutation(body=chunk))
+            if self._response_mode == BodyMode.BUFFERED:
+                # Envoy rejects a buffered body mutation whose length disagrees with the headers.
+                length = messages.header_mutation({"content-length": str(len(chunk))}, ())
+                mutation.header_mutation.CopyFrom(length)
             yield ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse(response=mutation))
         else:
             yield ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse())
         if body.end_of_stream:
-            self.done = True
+            self._finish()
 
     def _response_trailers(self) -> Iterator[ext_proc.ProcessingResponse]:
         yield ext_proc.ProcessingResponse(response_trailers=ext_proc.TrailersResponse())
@@ -188,6 +212,5 @@ class ExtProcStream:
         self.done = True
 
     def _reject(self, error: RequestError) -> ext_proc.ProcessingResponse:
-        self._director.record_rejection(error, self._headers)
         self.done = True
         return messages.immediate_error(error, self._options.error_prefix)

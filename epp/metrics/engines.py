@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -41,9 +42,9 @@ class EngineMetrics:
 
     def read(self, samples: Mapping[str, list[Sample]], now: float) -> EndpointMetrics:
         metrics = EndpointMetrics(update_time=now)
-        metrics.waiting_queue_size = int(_value(samples, self.waiting))
-        metrics.running_requests_size = int(_value(samples, self.running))
-        metrics.kv_cache_usage = _value(samples, self.kv_usage)
+        metrics.waiting_queue_size = int(_total(samples, self.waiting))
+        metrics.running_requests_size = int(_total(samples, self.running))
+        metrics.kv_cache_usage = _highest(samples, self.kv_usage)
         lora = _latest(samples, self.lora)
         if lora is not None:
             metrics.active_models = _adapters(lora.labels.get("running_lora_adapters", ""))
@@ -54,9 +55,9 @@ class EngineMetrics:
             metrics.cache_block_size = _int(info.labels.get(self.cache_block_size_label, "0"))
             metrics.cache_num_blocks = _int(info.labels.get(self.cache_num_blocks_label, "0"))
         if self.cache_block_size:
-            metrics.cache_block_size = int(_value(samples, self.cache_block_size))
+            metrics.cache_block_size = int(_highest(samples, self.cache_block_size))
         if self.cache_num_blocks:
-            metrics.cache_num_blocks = int(_value(samples, self.cache_num_blocks))
+            metrics.cache_num_blocks = int(_highest(samples, self.cache_num_blocks))
         return metrics
 
 
@@ -73,9 +74,22 @@ def _first(samples: Mapping[str, list[Sample]], specs: tuple[MetricSpec, ...]) -
     return series[0] if series else None
 
 
-def _value(samples: Mapping[str, list[Sample]], specs: tuple[MetricSpec, ...]) -> float:
-    """Sum over matching series: one per model normally; a multi-model server reports several."""
-    return sum(s.value for s in _matching(samples, specs))
+def _finite(series: list[Sample]) -> list[float]:
+    values = [s.value for s in series]
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"non-finite metric value in {values}")
+    return values
+
+
+def _total(samples: Mapping[str, list[Sample]], specs: tuple[MetricSpec, ...]) -> float:
+    """Counts add up over series: one per model normally; a multi-model server reports several."""
+    return sum(_finite(_matching(samples, specs)))
+
+
+def _highest(samples: Mapping[str, list[Sample]], specs: tuple[MetricSpec, ...]) -> float:
+    """Ratios and sizes do not add up: with several series (data-parallel ranks) the fullest one
+    speaks for the endpoint."""
+    return max(_finite(_matching(samples, specs)), default=0.0)
 
 
 def _latest(samples: Mapping[str, list[Sample]], specs: tuple[MetricSpec, ...]) -> Sample | None:

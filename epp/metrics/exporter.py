@@ -212,19 +212,22 @@ class EppMetrics:
         self.registry.register(_PoolCollector(datastore, pool_name, staleness))
 
     def series(self, model: str, target: str) -> ModelSeries:
-        """The labelled series of one (model, target model) pair, looked up once and reused: a
-        `.labels()` lookup costs microseconds, on every request. Past MAX_CACHED_SERIES pairs
-        (a client inventing model names) the series are built per call instead of kept."""
-        key = (model, target)
-        found = self._series.get(key)
+        """The labelled series of one (model, target model) pair, made once and reused (a
+        `.labels()` lookup costs microseconds on every request). Model names come from clients:
+        past MAX_MODEL_SERIES pairs, new ones are counted under OVERFLOW_MODEL, so a client
+        inventing names cannot grow the registry without bound."""
+        found = self._series.get((model, target))
         if found is None:
-            found = ModelSeries(self, model, target)
-            if len(self._series) < MAX_CACHED_SERIES:
-                self._series[key] = found
+            if len(self._series) >= MAX_MODEL_SERIES:
+                model = target = OVERFLOW_MODEL
+                found = self._series.get((model, target))
+            if found is None:
+                found = self._series[(model, target)] = ModelSeries(self, model, target)
         return found
 
 
-MAX_CACHED_SERIES = 1024
+MAX_MODEL_SERIES = 256
+OVERFLOW_MODEL = "other"
 
 
 class ModelSeries:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from epp.datastore import Datastore, Endpoint
 from epp.metrics.engines import BUILTIN_ENGINES, ENGINE_LABEL, EngineMetrics
-from epp.metrics.fetch import FetchError, KeepAliveGetter, insecure_tls_context
+from epp.metrics.fetch import KeepAliveGetter, insecure_tls_context
 from epp.metrics.promtext import Extractor
 
 log = logging.getLogger(__name__)
@@ -112,9 +112,10 @@ class MetricsScraper:
                     await self.scrape_once(endpoint, getter, engine)
                     failures = 0
                     endpoint.healthy = True
+                    endpoint.suspended_until = 0.0
                 except ConnectionRefusedError as exc:
                     failures = self._failed(endpoint, failures, f"connection refused: {exc}", immediate=True)
-                except (OSError, FetchError, TimeoutError, ValueError) as exc:
+                except Exception as exc:  # anything a page or a connection can throw is a failed scrape
                     failures = self._failed(
                         endpoint, failures, f"{type(exc).__name__}: {exc}", immediate=False
                     )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
 import orjson
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 OBJECTIVE_HEADER = "x-gateway-inference-objective"
 FAIRNESS_HEADER = "x-gateway-inference-fairness-id"
 MODEL_REWRITE_HEADER = "x-gateway-model-name-rewrite"
+SUSPEND_SECONDS = 10
 
 
 class Admission(Protocol):
@@ -40,6 +42,7 @@ class RoutedRequest:
     can end (normal end, error, client disconnect) releases the in-flight count exactly once."""
 
     __slots__ = (
+        "_charged_tokens",
         "_director",
         "_finished",
         "_model_swap",
@@ -65,9 +68,10 @@ class RoutedRequest:
         self._finished = False
         self._model_swap = _model_swap(request.target_model, request.model)
         self.loaded = result.first_targets()
+        self._charged_tokens = request.prompt_tokens
         for endpoint in self.loaded:
             endpoint.inflight_requests += 1
-            endpoint.inflight_tokens += request.prompt_tokens
+            endpoint.inflight_tokens += self._charged_tokens
 
     @property
     def destination(self) -> str:
@@ -80,7 +84,8 @@ class RoutedRequest:
     def response_started(self, status: int, event_stream: bool) -> None:
         self.response_status = status
         self._usage = UsageReader(streaming=event_stream or self.request.stream)
-        self._director.scheduler.response_received(self.request, self.result)
+        with _plugin_errors_logged("ResponseReceived"):
+            self._director.scheduler.response_received(self.request, self.result)
         if status == 503:
             self._director.note_upstream_unavailable(self.result.targets[:1])
 
@@ -103,14 +108,26 @@ class RoutedRequest:
         return chunk
 
     def finish(self) -> None:
+        """Release the load, record the metrics, then tell the plugins: a failing plugin must not
+        keep an endpoint loaded or a response from finishing."""
         if self._finished:
             return
         self._finished = True
         for endpoint in self.loaded:
             endpoint.inflight_requests -= 1
-            endpoint.inflight_tokens -= self.request.prompt_tokens
+            endpoint.inflight_tokens -= self._charged_tokens
         usage = self._usage.usage if self._usage else None
         self._director.finished(self, usage)
+
+
+@contextlib.contextmanager
+def _plugin_errors_logged(extension_point: str) -> Iterator[None]:
+    """Response-path hooks only learn from traffic: a failing one is logged and the response goes
+    on (GIE does the same); a failure on the request path is the request's 500 instead."""
+    try:
+        yield
+    except Exception:
+        log.exception("a %s plugin failed; the response continues", extension_point)
 
 
 def _model_swap(target: str, incoming: str) -> tuple[tuple[bytes, bytes], ...] | None:
@@ -145,19 +162,21 @@ class Director:
     # --- entry points from the protocol layer --------------------------------------------------
 
     def handle_body(self, raw: bytes, headers: dict[str, str], subset: Sequence[str] | None) -> RoutedRequest:
-        """Parse a complete request body and route it. Raises RequestError for every refusal."""
-        request = parse_request(raw, headers.get(":path", ""), headers, headers.get("x-request-id", ""))
-        request.objective = headers.get(OBJECTIVE_HEADER, "")
-        request.priority = self.objectives.get(request.objective, 0)
-        request.fairness_id = headers.get(FAIRNESS_HEADER) or request.fairness_id
-        rewrite = headers.get(MODEL_REWRITE_HEADER)
-        if rewrite and rewrite != request.model:
-            request.target_model = rewrite
-            request.body["model"] = rewrite
+        """Parse a complete request body and route it. Raises RequestError for every refusal,
+        after counting it."""
+        request: InferenceRequest | None = None
         try:
+            request = parse_request(raw, headers.get(":path", ""), headers, headers.get("x-request-id", ""))
+            request.objective = headers.get(OBJECTIVE_HEADER, "")
+            request.priority = self.objectives.get(request.objective, 0)
+            request.fairness_id = headers.get(FAIRNESS_HEADER) or request.fairness_id
+            rewrite = headers.get(MODEL_REWRITE_HEADER)
+            if rewrite and rewrite != request.model:
+                request.target_model = rewrite
+                request.body["model"] = rewrite
             routed = self.route(request, subset)
         except RequestError as error:
-            self.metrics.series(request.model, request.target_model).error(error.code.label)
+            self.record_error(error, request)
             raise
         if request.target_model != request.model:
             routed.body = orjson.dumps(request.body)
@@ -174,15 +193,17 @@ class Director:
         )
         endpoints = self.datastore.ready_endpoints()
         if not endpoints:
-            raise RequestError(ErrorCode.SERVICE_UNAVAILABLE, "no ready endpoints in the pool")
+            error = RequestError(ErrorCode.SERVICE_UNAVAILABLE, "no ready endpoints in the pool")
+            self.record_error(error, None)
+            raise error
         chosen = self._rng.choice(endpoints)
         return RoutedRequest(self, request, SchedulingResult({"default": ProfileResult([chosen])}, "default"))
 
-    def record_rejection(self, error: RequestError, headers: Mapping[str, str]) -> None:
-        """Errors found before a request was parsed (body too large, invalid JSON)."""
-        if error.code is ErrorCode.BAD_REQUEST or error.code is ErrorCode.PAYLOAD_TOO_LARGE:
-            self.metrics.series("", "").error(error.code.label)
-        log.debug("rejected %s %s: %s", headers.get(":method"), headers.get(":path"), error)
+    def record_error(self, error: RequestError, request: InferenceRequest | None) -> None:
+        """Count an error answer once, under the request's models when it got that far."""
+        model, target = (request.model, request.target_model) if request is not None else ("", "")
+        self.metrics.series(model, target).error(error.code.label)
+        log.debug("answered %d: %s", error.status, error.message)
 
     # --- scheduling ----------------------------------------------------------------------------
 
@@ -221,32 +242,39 @@ class Director:
         finally:
             self.metrics.scheduler_e2e.observe(time.perf_counter() - started)
         primary = result.targets[0]
-        routed = RoutedRequest(self, request, result)
-        self.scheduler.pre_request(request, result)
         self.metrics.series(request.model, request.target_model).scheduled(
             request.priority, request.body_size, primary.name, primary.spec.namespace, primary.port
         )
+        routed = RoutedRequest(self, request, result)
+        try:
+            self.scheduler.pre_request(request, result)
+        except BaseException:
+            routed.finish()
+            raise
         return routed
 
     # --- feedback ------------------------------------------------------------------------------
 
     def finished(self, routed: RoutedRequest, usage: Usage | None) -> None:
         request = routed.request
-        self.scheduler.response_complete(request, routed.result, usage)
-        if not request.model:
-            return
-        series = self.metrics.series(request.model, request.target_model)
-        series.finished(time.monotonic() - routed.started, routed.response_bytes, usage)
-        if routed.response_status is not None and routed.response_status >= 400:
-            series.error("ModelServerError")
+        if request.model:
+            series = self.metrics.series(request.model, request.target_model)
+            series.finished(time.monotonic() - routed.started, routed.response_bytes, usage)
+            if routed.response_status is not None and routed.response_status >= 400:
+                series.error("ModelServerError")
+        with _plugin_errors_logged("ResponseComplete"):
+            self.scheduler.response_complete(request, routed.result, usage)
 
     def note_upstream_unavailable(self, endpoints: Sequence[Endpoint]) -> None:
-        """A 503 from the data plane often means the endpoint died: stop choosing it until the
-        metrics scraper sees it answer again."""
+        """A 503 from the data plane often means the endpoint died: stop choosing it for
+        SUSPEND_SECONDS, or until the metrics scraper sees it answer again, whichever is first."""
+        until = time.monotonic() + SUSPEND_SECONDS
         for endpoint in endpoints:
-            if endpoint.healthy:
-                log.warning("endpoint %s answered 503; marking it unhealthy until its next scrape", endpoint)
-                endpoint.healthy = False
+            if endpoint.suspended_until < until:
+                log.warning(
+                    "endpoint %s answered 503; not choosing it for up to %ds", endpoint, SUSPEND_SECONDS
+                )
+                endpoint.suspended_until = until
 
 
 def _strip_port(hostport: str) -> str:

@@ -49,9 +49,10 @@ def test_file_entries_become_specs() -> None:
         ("hosts: []", "endpoints: Field required"),
         ("endpoints: [", "invalid YAML"),
         (
-            "endpoints: [{address: a, port: 1, name: x}, {address: b, port: 2, name: x}]",
+            "endpoints: [{address: 10.0.0.1, port: 1, name: x}, {address: 10.0.0.2, port: 2, name: x}]",
             "duplicate endpoint names",
         ),
+        ("endpoints: [{address: vllm.local, port: 8000}]", "endpoints.0.address: value is not a valid IP"),
     ],
 )
 def test_bad_files_name_the_field(text: str, message: str) -> None:
@@ -67,6 +68,8 @@ def test_endpoint_flags_including_ipv6() -> None:
     for bad in ("nohost", "h:0", "h:x", ":80"):
         with pytest.raises(DiscoveryError, match="expected host:port"):
             parse_endpoint_flag(bad)
+    with pytest.raises(DiscoveryError, match="the host must be an IP address"):
+        parse_endpoint_flag("vllm.local:8000")
 
 
 async def test_file_is_reloaded_on_change_and_a_broken_edit_is_ignored(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import MappingProxyType
 
 import grpc
@@ -21,6 +21,7 @@ from epp.extproc.server import Health, bind, ext_proc_server
 from epp.extproc.stream import StreamOptions
 from epp.requestcontrol import Director
 from epp.scheduling.framework import PluginContext
+from epp.scheduling.types import Scheduler
 
 FDS = BodyMode.FULL_DUPLEX_STREAMED
 
@@ -41,8 +42,9 @@ schedulingProfiles:
 
 
 class Harness:
-    def __init__(self, datastore: Datastore, stub: ext_proc_grpc.ExternalProcessorStub) -> None:
-        self.datastore = datastore
+    def __init__(self, director: Director, stub: ext_proc_grpc.ExternalProcessorStub) -> None:
+        self.director = director
+        self.datastore = director.datastore
         self.stub = stub
 
     def open(self) -> grpc.aio.StreamStreamCall:
@@ -66,7 +68,7 @@ async def harness() -> AsyncIterator[Harness]:
     port = bind(server, "127.0.0.1:0", None)
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    yield Harness(datastore, ext_proc_grpc.ExternalProcessorStub(channel))
+    yield Harness(director, ext_proc_grpc.ExternalProcessorStub(channel))
     await channel.close()
     await server.stop(0)
 
@@ -124,8 +126,11 @@ async def test_full_duplex_routes_after_the_whole_body(harness: Harness) -> None
     second = await read(call)
     streamed = second.request_body.response.body_mutation.streamed_response
     assert streamed.body == COMPLETION and streamed.end_of_stream
-    assert harness.datastore.get("a").inflight_requests == 1  # type: ignore[union-attr]
+    endpoint = harness.datastore.get("a")
+    assert endpoint is not None and endpoint.inflight_requests == 1
     await call.done_writing()
+    await call.wait_for_connection()
+    await until(lambda: endpoint.inflight_requests == 0)
 
 
 async def test_large_body_is_echoed_in_chunks_under_envoys_limit(harness: Harness) -> None:
@@ -378,3 +383,152 @@ async def test_scheduler_response_headers_reach_the_client(harness: Harness) -> 
     reply = (await read(call)).response_headers.response
     token = set_headers(reply)["x-session-token"]
     assert base64.b64decode(token) == b"default/a"
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def test_streamed_request_bodies_are_refused_with_a_clear_500(harness: Harness) -> None:
+    harness.add("a", 8000)
+    call = harness.open()
+    await call.write(headers_msg(mode=BodyMode.STREAMED))
+    reply = (await read(call)).immediate_response
+    assert reply.status.code == 500
+    assert b"ext_proc mode STREAMED" in reply.body and b"FULL_DUPLEX_STREAMED or BUFFERED" in reply.body
+
+
+def trailers_msg() -> ext_proc.ProcessingRequest:
+    return ext_proc.ProcessingRequest(request_trailers=ext_proc.HttpTrailers())
+
+
+async def test_buffered_body_followed_by_trailers_is_routed_and_the_trailers_answered(
+    harness: Harness,
+) -> None:
+    harness.add("a", 8000)
+    call = harness.open()
+    await call.write(headers_msg(mode=BodyMode.BUFFERED))
+    await read(call)
+    await call.write(body_msg(COMPLETION, end_of_stream=False))
+    routed = await read(call)
+    assert set_headers(routed.request_body.response)["x-gateway-destination-endpoint"] == "10.0.0.1:8000"
+    await call.write(trailers_msg())
+    assert (await read(call)).WhichOneof("response") == "request_trailers"
+
+
+async def test_full_duplex_body_ended_by_trailers(harness: Harness) -> None:
+    harness.add("a", 8000)
+    call = harness.open()
+    await call.write(headers_msg())
+    await call.write(body_msg(COMPLETION, end_of_stream=False))
+    await call.write(trailers_msg())
+    assert (await read(call)).WhichOneof("response") == "request_headers"
+    body = (await read(call)).request_body.response.body_mutation.streamed_response
+    assert body.body == COMPLETION and not body.end_of_stream  # the trailers end the stream
+    assert (await read(call)).WhichOneof("response") == "request_trailers"
+
+
+async def test_buffered_response_rewritten_model_carries_its_new_length(harness: Harness) -> None:
+    harness.add("a", 8000, models=("m", "m-target"))
+    call = harness.open()
+    await call.write(headers_msg(mode=BodyMode.BUFFERED, extra={"x-gateway-model-name-rewrite": "m-target"}))
+    await read(call)
+    await call.write(body_msg(orjson.dumps({"model": "m", "prompt": "hi"})))
+    await read(call)
+    await call.write(response_headers_msg("application/json"))
+    await read(call)
+    message = response_body_msg(b'{"model":"m-target","choices":[]}', end_of_stream=True)
+    await call.write(message)
+    reply = (await read(call)).response_body.response
+    assert reply.body_mutation.body == b'{"model":"m","choices":[]}'
+    assert set_headers(reply)["content-length"] == str(len(b'{"model":"m","choices":[]}'))
+
+
+async def test_a_503_from_the_data_plane_suspends_the_endpoint(harness: Harness) -> None:
+    harness.add("a", 8000)
+    harness.add("b", 8001)
+    call = harness.open()
+    await call.write(headers_msg())
+    await call.write(body_msg(COMPLETION))
+    chosen = set_headers((await read(call)).request_headers.response)["x-gateway-destination-endpoint"]
+    await read(call)
+    await call.write(response_headers_msg("text/plain", status="503"))
+    await read(call)
+    ready = [e.hostport for e in harness.datastore.ready_endpoints()]
+    assert chosen not in ready and len(ready) == 1
+    for _ in range(3):
+        call = harness.open()
+        await call.write(headers_msg())
+        await call.write(body_msg(COMPLETION))
+        assert (
+            set_headers((await read(call)).request_headers.response)["x-gateway-destination-endpoint"]
+            == ready[0]
+        )
+
+
+def error_count(director: Director, code: str) -> float:
+    value = director.metrics.registry.get_sample_value(
+        "inference_objective_request_error_total",
+        {"model_name": "", "target_model_name": "", "error_code": code},
+    )
+    return value or 0.0
+
+
+async def test_errors_are_counted_once_including_bodyless_ones(harness: Harness) -> None:
+    call = harness.open()
+    await call.write(headers_msg(path="/v1/models", method="GET", end_of_stream=True))
+    reply = (await read(call)).immediate_response
+    assert reply.status.code == 503
+    call = harness.open()
+    await call.write(headers_msg())
+    await call.write(body_msg(b"{not json"))
+    await read(call)
+    assert error_count(harness.director, "ServiceUnavailable") == 1
+    assert error_count(harness.director, "BadRequest") == 1
+
+
+class FailingPlugin:
+    """Wraps the real scheduler and raises from one hook, standing in for a buggy plugin."""
+
+    def __init__(self, inner: Scheduler, hook: str) -> None:
+        self._inner = inner
+        self._hook = hook
+
+    def __getattr__(self, name: str) -> object:
+        if name == self._hook:
+            raise_error: Callable[..., None] = _raise
+            return raise_error
+        return getattr(self._inner, name)
+
+
+def _raise(*args: object) -> None:
+    raise RuntimeError("plugin bug")
+
+
+async def test_a_failing_pre_request_plugin_gives_500_and_leaves_no_load(harness: Harness) -> None:
+    harness.add("a", 8000)
+    harness.director.scheduler = FailingPlugin(harness.director.scheduler, "pre_request")  # type: ignore[assignment]
+    call = harness.open()
+    await call.write(headers_msg())
+    await call.write(body_msg(COMPLETION))
+    assert (await read(call)).immediate_response.status.code == 500
+    endpoint = harness.datastore.get("a")
+    assert endpoint is not None and (endpoint.inflight_requests, endpoint.inflight_tokens) == (0, 0)
+
+
+async def test_failing_response_plugins_do_not_break_the_response(harness: Harness) -> None:
+    harness.add("a", 8000)
+    scheduler = FailingPlugin(harness.director.scheduler, "response_received")
+    harness.director.scheduler = FailingPlugin(scheduler, "response_complete")  # type: ignore[arg-type,assignment]
+    call, endpoint = await streaming_request(harness)
+    await call.write(response_body_msg(SSE[0], end_of_stream=True))
+    assert (await read(call)).response_body.response.body_mutation.streamed_response.body == SSE[0]
+    assert endpoint.inflight_requests == 0
+    running = harness.director.metrics.registry.get_sample_value(
+        "inference_objective_running_requests", {"model_name": "m"}
+    )
+    assert running == 0

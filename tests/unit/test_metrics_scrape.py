@@ -168,3 +168,37 @@ def test_unknown_default_engine_is_rejected() -> None:
         MetricsScraper(Datastore(), settings=ScrapeSettings(default_engine="nope"))
     with pytest.raises(ValueError, match="scheme must be http or https"):
         MetricsScraper(Datastore(), settings=ScrapeSettings(scheme="ftp"))
+
+
+def test_kv_usage_takes_the_fullest_series_and_counts_add_up() -> None:
+    page = (
+        'vllm:kv_cache_usage_perc{engine="0"} 0.6\nvllm:kv_cache_usage_perc{engine="1"} 0.7\n'
+        'vllm:num_requests_waiting{engine="0"} 2\nvllm:num_requests_waiting{engine="1"} 3\n'
+    )
+    engine = BUILTIN_ENGINES["vllm"]
+    metrics = engine.read(Extractor(engine.names()).extract(page), 0)
+    assert metrics.kv_cache_usage == 0.7
+    assert metrics.waiting_queue_size == 5
+
+
+@pytest.mark.parametrize("value", ["+Inf", "NaN"])
+def test_non_finite_values_fail_the_scrape(value: str) -> None:
+    engine = BUILTIN_ENGINES["vllm"]
+    page = f'vllm:num_requests_waiting{{model_name="m"}} {value}\n'
+    with pytest.raises(ValueError, match="non-finite"):
+        engine.read(Extractor(engine.names()).extract(page), 0)
+
+
+async def test_a_bad_page_is_a_failed_scrape_not_a_dead_poller(server: FakeServer) -> None:
+    datastore = Datastore()
+    scraper = MetricsScraper(datastore, interval=0.02, failures_before_unhealthy=1)
+    await scraper.start()
+    endpoint = datastore.upsert(EndpointSpec("e", "127.0.0.1", server.port))
+    try:
+        server.page = 'vllm:num_requests_waiting{model_name="m"} +Inf\n'
+        await until(lambda: not endpoint.healthy)
+        endpoint.suspended_until = float("inf")
+        server.page = VLLM_PAGE
+        await until(lambda: endpoint.healthy and endpoint.suspended_until == 0.0)
+    finally:
+        await scraper.stop()

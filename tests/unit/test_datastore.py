@@ -1,0 +1,35 @@
+"""The datastore keeps an endpoint's state across spec updates that do not change the server."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from epp.datastore import Datastore, Endpoint, EndpointSpec
+
+
+def spec(port: int = 8000, role: str = "decode") -> EndpointSpec:
+    return EndpointSpec("pod-rank-0", "10.0.0.1", port, labels=MappingProxyType({"llm-d.ai/role": role}))
+
+
+def test_relabelling_updates_in_place_and_a_new_port_is_a_new_endpoint() -> None:
+    datastore = Datastore()
+    added: list[Endpoint] = []
+    removed: list[Endpoint] = []
+    datastore.subscribe(on_added=added.append, on_removed=removed.append)
+    endpoint = datastore.upsert(spec())
+    endpoint.inflight_requests = 2
+    relabelled = datastore.upsert(spec(role="prefill"))
+    assert relabelled is endpoint and endpoint.role == "prefill" and endpoint.inflight_requests == 2
+    assert (len(added), len(removed)) == (1, 0)
+    moved = datastore.upsert(spec(port=8001))
+    assert moved is not endpoint and moved.inflight_requests == 0
+    assert removed == [endpoint] and added[-1] is moved
+
+
+def test_suspended_endpoints_are_not_ready() -> None:
+    datastore = Datastore()
+    endpoint = datastore.upsert(spec())
+    endpoint.suspended_until = float("inf")
+    assert datastore.ready_endpoints() == []
+    endpoint.suspended_until = 0.0
+    assert datastore.ready_endpoints() == [endpoint]
