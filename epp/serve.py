@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from kubernetes_asyncio.config import ConfigException as KubeConfigError
 
-from epp import tls
+from epp import gieflags, tls
 from epp.config.build import build_components
 from epp.config.duration import parse_duration
 from epp.config.loader import load_config, load_config_file
@@ -46,7 +47,9 @@ class ServeOptions:
     endpoints: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
     refresh_metrics_interval: float = DEFAULT_INTERVAL
+    metrics_staleness: float = 2.0  # GIE's --metrics-staleness-threshold, for the pool gauges
     ready_file: Path | None = None
+    shutdown_grace: float = 120.0
     stream: StreamOptions = field(default_factory=StreamOptions)
     pool: k8s_discovery.PoolRef | None = None  # set: discover endpoints from this InferencePool
     kubeconfig: Path | None = None
@@ -62,7 +65,7 @@ class EndpointPicker:
         self.options = options
         self.datastore = Datastore()
         self.metrics = EppMetrics()
-        self.metrics.watch_pool(self.datastore, options.pool_name)
+        self.metrics.watch_pool(self.datastore, options.pool_name, options.metrics_staleness)
         for warning in options.config.warnings:
             log.warning("config: %s", warning)
         log.info("scheduling configuration:\n%s", options.config.summary())
@@ -84,10 +87,13 @@ class EndpointPicker:
         self._file_discovery: FileDiscovery | None = None
         self._pool_discovery: k8s_discovery.PoolDiscovery | None = None
         self._servers: list[grpc.aio.Server] = []
+        self._stopping = False
         self.grpc_port = 0
         self.health_port = 0
 
     async def start(self) -> None:
+        """Bind and serve. On failure, `stop` releases whatever had started."""
+        credentials = tls.server_credentials(self.options.tls_options)
         if self.scraper is not None:
             await self.scraper.start()
         if self.options.pool is not None:
@@ -101,10 +107,9 @@ class EndpointPicker:
         else:
             specs = [parse_endpoint_flag(e, self.options.models) for e in self.options.endpoints]
             self.datastore.replace_all(specs)
-        health = Health(lambda: self.datastore.synced)
+        health = Health(lambda: self.datastore.synced and not self._stopping)
         grpc_server = ext_proc_server(self.director, self.options.stream, health)
         probe_server = health_server(health)
-        credentials = tls.server_credentials(self.options.tls_options)
         self.grpc_port = bind(grpc_server, f"{self.options.host}:{self.options.grpc_port}", credentials)
         self.health_port = bind(probe_server, f"{self.options.host}:{self.options.grpc_health_port}", None)
         self._servers = [grpc_server, probe_server]
@@ -126,9 +131,11 @@ class EndpointPicker:
             len(self.datastore.endpoints()),
         )
 
-    async def stop(self, grace: float = 1.0) -> None:
-        for server in self._servers:
-            await server.stop(grace)
+    async def stop(self) -> None:
+        """Report NOT_SERVING, then let in-flight requests finish for up to the shutdown grace: an
+        ext_proc stream lives as long as its response, so stopping at once would cut generations."""
+        self._stopping = True
+        await asyncio.gather(*(server.stop(self.options.shutdown_grace) for server in self._servers))
         await self.metrics_server.stop()
         if self._file_discovery is not None:
             await self._file_discovery.stop()
@@ -166,6 +173,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     k8s_discovery.add_arguments(parser)
     tls.add_arguments(parser)
+    gieflags.add_arguments(parser)
     scheduling = parser.add_argument_group("scheduling")
     config = scheduling.add_mutually_exclusive_group()
     config.add_argument(
@@ -202,6 +210,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ready-file", type=Path, help="once serving, write the bound ports here as JSON (for orchestrators)"
     )
     parser.add_argument(
+        "--shutdown-grace",
+        default="120s",
+        help="on SIGTERM, how long in-flight requests may finish (Go duration, default 120s)",
+    )
+    parser.add_argument(
+        "--disable-endpoint-subset-filter",
+        action="store_true",
+        help="ignore the gateway's envoy.lb.subset_hint (GIE's flag, for scale-from-zero)",
+    )
+    parser.add_argument(
+        "--metrics-staleness-threshold",
+        default="2s",
+        help="endpoints with older metrics are left out of the inference_pool_* gauges (default 2s)",
+    )
+    parser.add_argument(
         "--legacy-error-prefix",
         action="store_true",
         help="prefix error messages 'inference gateway:' as GIE v1.0-v1.4 did (default 'inference error:')",
@@ -218,7 +241,13 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         endpoints_file=args.endpoints_file,
         endpoints=args.endpoint,
         models=args.model,
-        refresh_metrics_interval=parse_duration(args.refresh_metrics_interval),
+        refresh_metrics_interval=_positive_duration(
+            "--refresh-metrics-interval", args.refresh_metrics_interval
+        ),
+        metrics_staleness=_positive_duration(
+            "--metrics-staleness-threshold", args.metrics_staleness_threshold
+        ),
+        shutdown_grace=parse_duration(args.shutdown_grace),
         ready_file=args.ready_file,
         pool_name=pool.name if pool is not None else "standalone",
         pool=pool,
@@ -230,24 +259,33 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
             max_body_bytes=args.max_body_bytes,
             error_prefix="inference gateway" if args.legacy_error_prefix else "inference error",
             served_header=args.served_header,
+            use_subset_hint=not args.disable_endpoint_subset_filter,
         ),
     )
 
 
+def _positive_duration(flag: str, text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError(f"{flag} must be a positive duration, not {text!r}")
+    return seconds
+
+
 async def serve_until_signalled(picker: EndpointPicker) -> None:
     stop = stop_event()
-    await picker.start()
     try:
+        await picker.start()
         await stop.wait()
     finally:
         await picker.stop()
 
 
 def run(args: argparse.Namespace) -> int:
+    gieflags.apply(args)
     try:
         picker = EndpointPicker(options_from_args(args))
         asyncio.run(serve_until_signalled(picker))
-    except (DiscoveryError, ValueError, OSError) as exc:
+    except (DiscoveryError, ValueError, OSError, KubeConfigError) as exc:
         log.error("%s", exc)
         return 2
     return 0
