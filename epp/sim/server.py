@@ -7,7 +7,6 @@ it (``x-inference-pod``/``-port``/``-host``) so tests and benchmarks can see whe
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 import uuid
@@ -21,27 +20,18 @@ from aiohttp import web
 
 from epp.sim.config import EndpointConfig
 from epp.sim.driver import EngineDriver
-from epp.sim.engine import Engine, Rejection, Request, State
+from epp.sim.engine import Engine, Rejection, Request
 from epp.sim.kvevents import KVEventPublisher, topic_for
 from epp.sim.metrics import CONTENT_TYPE, build_registry, render
 from epp.sim.openai_api import (
     EMBEDDING_DIMENSIONS,
     ApiError,
-    Choice,
     Generation,
-    chat_body,
-    chat_chunk,
-    completion_body,
-    completion_chunk,
-    embedding_vector,
     output_length,
     parse_chat,
     parse_completion,
     parse_embedding_input,
     parse_responses,
-    responses_body,
-    usage,
-    usage_chunk,
 )
 from epp.sim.pd import (
     RELEASE_PATH,
@@ -51,7 +41,10 @@ from epp.sim.pd import (
     prefill_result_params,
     pull_remote_blocks,
 )
-from epp.sim.tokens import output_text, sequence_seed
+from epp.sim.responses import embeddings_body, error_response, generation_body, json_response, models_body
+from epp.sim.sequences import OutputSequence, SequenceGroup
+from epp.sim.sse import stream_response
+from epp.sim.tokens import sequence_seed
 
 HEADER_POD = "x-inference-pod"
 HEADER_PORT = "x-inference-port"
@@ -78,43 +71,6 @@ class EndpointInfo:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
-
-
-class _Sequence:
-    """One choice of an HTTP request: its engine request and how much of it was sent."""
-
-    __slots__ = ("index", "request", "seed", "sent")
-
-    def __init__(self, index: int, request: Request, seed: int) -> None:
-        self.index = index
-        self.request = request
-        self.seed = seed
-        self.sent = 0
-
-    def text(self, start: int = 0) -> str:
-        return "".join(output_text(self.seed, i) for i in range(start, self.request.output_done))
-
-
-class _Group:
-    """The sequences of one HTTP request; the engine driver wakes the handler through ``event``."""
-
-    def __init__(self, sequences: list[_Sequence]) -> None:
-        self.sequences = sequences
-        self.event = asyncio.Event()
-        self.submitted: list[Request] = []
-
-    def finished(self) -> bool:
-        return all(s.request.state is State.DONE for s in self.sequences)
-
-    async def wait_finished(self) -> None:
-        while not self.finished():
-            await self.event.wait()
-            self.event.clear()
-
-    def abort_unfinished(self, driver: EngineDriver) -> None:
-        for request in self.submitted:
-            if request.state is not State.DONE:
-                driver.abort(request)
 
 
 class SimServer:
@@ -226,11 +182,11 @@ class SimServer:
                 raise _forced_error(forced)
             return await handler(request)
         except ApiError as exc:
-            return _error_response(exc)
+            return error_response(exc)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return _error_response(ApiError(exc.status, exc.reason))
+            return error_response(ApiError(exc.status, exc.reason))
 
     def _handler(self, parse: Parser) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -247,22 +203,25 @@ class SimServer:
             raise ApiError(400, "Prefill does not support streaming", "stream")
         if (role.prefill_leg or role.remote) and len(gen.prompts) > 1:
             raise ApiError(400, "P/D transfer supports a single prompt per request", "prompt")
-        group = _Group([self._sequence(gen, i, prompt, lora, role) for i, prompt in enumerate(gen.prompts)])
+        group = SequenceGroup(
+            [self._sequence(gen, i, prompt, lora, role) for i, prompt in enumerate(gen.prompts)]
+        )
         self._submit(group)
         try:
             if role.remote is not None:
                 assert self._session is not None
                 await pull_remote_blocks(role.remote, self._registry, self._session)
             if gen.stream:
-                return await self._stream(http, gen, group)
+                return await stream_response(http, gen, group)
             await group.wait_finished()
-            return _json_response(self._final_body(gen, group, role))
+            kv = self._prefill_params(group) if role.prefill_leg else None
+            return json_response(generation_body(gen, group, kv))
         finally:
             group.abort_unfinished(self.driver)
 
     def _sequence(
         self, gen: Generation, index: int, prompt: list[int], lora: str | None, role: TransferRole
-    ) -> _Sequence:
+    ) -> OutputSequence:
         max_len = self.config.profile.max_model_len
         limit = gen.max_tokens if gen.max_tokens is not None else max_len - len(prompt)
         if limit < 1 or len(prompt) + limit > max_len:
@@ -287,9 +246,9 @@ class SimServer:
             remote_prefill=role.remote is not None,
             hold_blocks=role.prefill_leg,
         )
-        return _Sequence(index, request, seed)
+        return OutputSequence(index, request, seed)
 
-    def _submit(self, group: _Group) -> None:
+    def _submit(self, group: SequenceGroup) -> None:
         for seq in group.sequences:
             rejection = self.driver.submit(seq.request, group.event.set)
             if rejection is not None:
@@ -304,53 +263,13 @@ class SimServer:
             return model
         raise ApiError(404, f"The model `{model}` does not exist.", "model")
 
-    def _final_body(self, gen: Generation, group: _Group, role: TransferRole) -> dict[str, Any]:
-        created = int(time.time())
-        choices = [Choice(s.index, s.text(), s.request.finish_reason) for s in group.sequences]
-        use = _usage(group)
-        kv: dict[str, Any] | None = None
-        if role.prefill_leg:
-            leg = group.sequences[0].request
-            assert leg.lease_key is not None
-            kv = prefill_result_params(
-                self.engine_id, leg.lease_key, leg.leased_blocks, self.config.host, self.port
-            )
-        if gen.kind == "chat":
-            return chat_body(f"chatcmpl-{uuid.uuid4().hex}", created, gen.model, choices, use, kv)
-        if gen.kind == "responses":
-            return responses_body(
-                f"resp_{uuid.uuid4().hex}",
-                created,
-                gen.model,
-                choices[0].text,
-                choices[0].finish_reason,
-                use,
-                kv,
-            )
-        return completion_body(f"cmpl-{uuid.uuid4().hex}", created, gen.model, choices, use, kv)
-
-    async def _stream(self, http: web.Request, gen: Generation, group: _Group) -> web.StreamResponse:
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    def _prefill_params(self, group: SequenceGroup) -> dict[str, Any]:
+        """Where a finished prefill leg left its KV, for the decode leg."""
+        leg = group.sequences[0].request
+        assert leg.lease_key is not None
+        return prefill_result_params(
+            self.engine_id, leg.lease_key, leg.leased_blocks, self.config.host, self.port
         )
-        await response.prepare(http)
-        stream = _SseWriter(gen, group)
-        await response.write(stream.opening())
-        while True:
-            # Clear before reading, so a step that ends during the write below sets the event again;
-            # the group may have finished before the stream started (a slow KV pull), so the tokens
-            # are drained before the state is waited on.
-            group.event.clear()
-            finished = group.finished()
-            frames = stream.new_tokens()
-            if frames:
-                await response.write(frames)
-            if finished:
-                break
-            await group.event.wait()
-        await response.write(stream.closing())
-        await response.write_eof()
-        return response
 
     # ----- other endpoints -------------------------------------------------------------------
 
@@ -364,8 +283,9 @@ class SimServer:
         if not isinstance(dimensions, int) or not 1 <= dimensions <= 8192:
             raise ApiError(400, "'dimensions' must be an integer in 1..8192", "dimensions")
         max_len = self.config.profile.max_model_len
+        prompts = parse_embedding_input(body)
         sequences = []
-        for index, prompt in enumerate(parse_embedding_input(body)):
+        for index, prompt in enumerate(prompts):
             if len(prompt) > max_len:
                 raise ApiError(
                     400, f"input {index} has {len(prompt)} tokens; the limit is {max_len}", "input"
@@ -378,44 +298,26 @@ class SimServer:
                 stop_reason="stop",
                 lora=lora,
             )
-            sequences.append(_Sequence(index, request, 0))
-        group = _Group(sequences)
+            sequences.append(OutputSequence(index, request, 0))
+        group = SequenceGroup(sequences)
         self._submit(group)
         try:
             await group.wait_finished()
         finally:
             group.abort_unfinished(self.driver)
-        prompts = [s.request.prompt_tokens for s in sequences]
-        total = sum(len(p) for p in prompts)
-        return _json_response(
-            {
-                "id": f"embd-{uuid.uuid4().hex}",
-                "object": "list",
-                "created": int(time.time()),
-                "model": model,
-                "data": [
-                    {"object": "embedding", "index": i, "embedding": embedding_vector(list(p), dimensions)}
-                    for i, p in enumerate(prompts)
-                ],
-                "usage": {"prompt_tokens": total, "total_tokens": total},
-            }
-        )
+        return json_response(embeddings_body(model, prompts, dimensions))
 
     async def _models(self, http: web.Request) -> web.Response:
-        max_len = self.config.profile.max_model_len
-        base = self.config.model
-        cards = [_model_card(base, self._created, base, None, max_len)]
-        cards.extend(
-            _model_card(m.name, self._created, m.path or m.name, m.base_model_name or base, max_len)
-            for m in self._loras.values()
+        config = self.config
+        return json_response(
+            models_body(config.model, self._loras.values(), self._created, config.profile.max_model_len)
         )
-        return _json_response({"object": "list", "data": cards})
 
     async def _health(self, http: web.Request) -> web.Response:
         return web.Response()
 
     async def _ready(self, http: web.Request) -> web.Response:
-        return _json_response({"status": "ready"})
+        return json_response({"status": "ready"})
 
     async def _metrics_page(self, http: web.Request) -> web.Response:
         return web.Response(body=render(self._metrics), headers={"Content-Type": CONTENT_TYPE})
@@ -427,7 +329,7 @@ class SimServer:
         return web.Response()
 
     async def _stats(self, http: web.Request) -> web.Response:
-        return _json_response(self.stats())
+        return json_response(self.stats())
 
     def stats(self) -> dict[str, Any]:
         """Totals that tell what this server did (requests, P/D legs, cache hits) and its state."""
@@ -472,104 +374,7 @@ class SimServer:
         if count is None:
             raise ApiError(404, f"no KV lease for request {request_id!r} (already read or expired)")
         self.driver.wake()
-        return _json_response({"blocks": count})
-
-
-class _SseWriter:
-    """Builds the server-sent-event frames of one streamed response: one frame per token."""
-
-    def __init__(self, gen: Generation, group: _Group) -> None:
-        self._gen = gen
-        self._group = group
-        self._created = int(time.time())
-        prefix = {"chat": "chatcmpl-", "responses": "resp_", "completion": "cmpl-"}[gen.kind]
-        self._id = prefix + uuid.uuid4().hex
-
-    def opening(self) -> bytes:
-        gen = self._gen
-        if gen.kind == "chat":
-            return b"".join(
-                _sse(chat_chunk(self._id, self._created, gen.model, Choice(s.index, "", None), first=True))
-                for s in self._group.sequences
-            )
-        if gen.kind == "responses":
-            return _event(
-                "response.created",
-                {"type": "response.created", "response": {"id": self._id, "status": "in_progress"}},
-            )
-        return b""
-
-    def new_tokens(self) -> bytes:
-        gen = self._gen
-        frames: list[bytes] = []
-        for seq in self._group.sequences:
-            request = seq.request
-            while seq.sent < request.output_done:
-                text = output_text(seq.seed, seq.sent)
-                seq.sent += 1
-                last = seq.sent == request.output_done and request.state is State.DONE
-                choice = Choice(seq.index, text, request.finish_reason if last else None)
-                if gen.kind == "chat":
-                    frames.append(_sse(chat_chunk(self._id, self._created, gen.model, choice)))
-                elif gen.kind == "responses":
-                    frames.append(
-                        _event(
-                            "response.output_text.delta",
-                            {
-                                "type": "response.output_text.delta",
-                                "output_index": 0,
-                                "content_index": 0,
-                                "delta": text,
-                            },
-                        )
-                    )
-                else:
-                    frames.append(_sse(completion_chunk(self._id, self._created, gen.model, choice)))
-        return b"".join(frames)
-
-    def closing(self) -> bytes:
-        gen = self._gen
-        use = _usage(self._group)
-        if gen.kind == "responses":
-            seq = self._group.sequences[0]
-            body = responses_body(
-                self._id, self._created, gen.model, seq.text(), seq.request.finish_reason, use, None
-            )
-            return _event("response.completed", {"type": "response.completed", "response": body})
-        tail = (
-            _sse(usage_chunk(self._id, self._created, gen.model, gen.kind, use)) if gen.include_usage else b""
-        )
-        return tail + b"data: [DONE]\n\n"
-
-
-def _usage(group: _Group) -> dict[str, Any]:
-    requests = [s.request for s in group.sequences]
-    return usage(
-        sum(r.prompt_len for r in requests),
-        sum(r.output_done for r in requests),
-        sum(r.cached_tokens or 0 for r in requests),
-    )
-
-
-def _model_card(model_id: str, created: int, root: str, parent: str | None, max_len: int) -> dict[str, Any]:
-    return {
-        "id": model_id,
-        "object": "model",
-        "created": created,
-        "owned_by": "vllm",
-        "root": root,
-        "parent": parent,
-        "max_model_len": max_len,
-        "permission": [],
-    }
-
-
-def _sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
-
-
-def _event(name: str, payload: dict[str, Any]) -> bytes:
-    return b"event: " + name.encode() + b"\n" + _sse(payload)
+        return json_response({"blocks": count})
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -580,14 +385,6 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
     return body
-
-
-def _json_response(body: dict[str, Any], status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
-
-
-def _error_response(error: ApiError) -> web.Response:
-    return _json_response(error.body(), status=error.status)
 
 
 def _forced_error(value: str) -> ApiError:

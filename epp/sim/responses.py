@@ -1,0 +1,83 @@
+"""Complete (non-streamed) JSON responses of the simulated server, in vLLM's shapes."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from epp.sim.config import LoraModule
+from epp.sim.openai_api import (
+    ApiError,
+    Choice,
+    Generation,
+    chat_body,
+    completion_body,
+    embedding_vector,
+    responses_body,
+)
+from epp.sim.sequences import SequenceGroup
+
+
+def json_response(body: dict[str, Any], status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def error_response(error: ApiError) -> web.Response:
+    return json_response(error.body(), status=error.status)
+
+
+def generation_body(gen: Generation, group: SequenceGroup, kv: dict[str, Any] | None) -> dict[str, Any]:
+    """The finished ``group`` as ``gen``'s API answers it; ``kv``: a prefill leg's transfer params."""
+    created = int(time.time())
+    choices = [Choice(s.index, s.text(), s.request.finish_reason) for s in group.sequences]
+    use = group.usage()
+    if gen.kind == "chat":
+        return chat_body(f"chatcmpl-{uuid.uuid4().hex}", created, gen.model, choices, use, kv)
+    if gen.kind == "responses":
+        first = choices[0]
+        return responses_body(
+            f"resp_{uuid.uuid4().hex}", created, gen.model, first.text, first.finish_reason, use, kv
+        )
+    return completion_body(f"cmpl-{uuid.uuid4().hex}", created, gen.model, choices, use, kv)
+
+
+def embeddings_body(model: str, prompts: list[list[int]], dimensions: int) -> dict[str, Any]:
+    total = sum(len(p) for p in prompts)
+    return {
+        "id": f"embd-{uuid.uuid4().hex}",
+        "object": "list",
+        "created": int(time.time()),
+        "model": model,
+        "data": [
+            {"object": "embedding", "index": i, "embedding": embedding_vector(p, dimensions)}
+            for i, p in enumerate(prompts)
+        ],
+        "usage": {"prompt_tokens": total, "total_tokens": total},
+    }
+
+
+def models_body(model: str, loras: Iterable[LoraModule], created: int, max_len: int) -> dict[str, Any]:
+    """``/v1/models``: the served model, then its LoRA adapters."""
+    cards = [_model_card(model, created, model, None, max_len)]
+    cards.extend(
+        _model_card(m.name, created, m.path or m.name, m.base_model_name or model, max_len) for m in loras
+    )
+    return {"object": "list", "data": cards}
+
+
+def _model_card(model_id: str, created: int, root: str, parent: str | None, max_len: int) -> dict[str, Any]:
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": created,
+        "owned_by": "vllm",
+        "root": root,
+        "parent": parent,
+        "max_model_len": max_len,
+        "permission": [],
+    }

@@ -1,0 +1,59 @@
+"""The engine requests of one HTTP request (one per choice or embedding input), and how the HTTP
+handler waits on them: the engine driver calls the group's listener after every step that changes
+one of them."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from epp.sim.driver import EngineDriver
+from epp.sim.engine import Request, State
+from epp.sim.openai_api import usage
+from epp.sim.tokens import output_text
+
+
+class OutputSequence:
+    """One choice of an HTTP request: its engine request and how many of its tokens were sent."""
+
+    __slots__ = ("index", "request", "seed", "sent")
+
+    def __init__(self, index: int, request: Request, seed: int) -> None:
+        self.index = index
+        self.request = request
+        self.seed = seed
+        self.sent = 0
+
+    def text(self, start: int = 0) -> str:
+        return "".join(output_text(self.seed, i) for i in range(start, self.request.output_done))
+
+
+class SequenceGroup:
+    """The sequences of one HTTP request; the engine driver wakes the handler through ``event``."""
+
+    def __init__(self, sequences: list[OutputSequence]) -> None:
+        self.sequences = sequences
+        self.event = asyncio.Event()
+        self.submitted: list[Request] = []
+
+    def finished(self) -> bool:
+        return all(s.request.state is State.DONE for s in self.sequences)
+
+    async def wait_finished(self) -> None:
+        while not self.finished():
+            await self.event.wait()
+            self.event.clear()
+
+    def abort_unfinished(self, driver: EngineDriver) -> None:
+        for request in self.submitted:
+            if request.state is not State.DONE:
+                driver.abort(request)
+
+    def usage(self) -> dict[str, Any]:
+        """The OpenAI ``usage`` object over all sequences."""
+        requests = [s.request for s in self.sequences]
+        return usage(
+            sum(r.prompt_len for r in requests),
+            sum(r.output_done for r in requests),
+            sum(r.cached_tokens or 0 for r in requests),
+        )

@@ -1,0 +1,124 @@
+"""Streamed generation responses: server-sent events, one frame per token as the engine produces
+it, framed as vLLM frames each API's stream."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from epp.sim.engine import State
+from epp.sim.openai_api import (
+    Choice,
+    Generation,
+    chat_chunk,
+    completion_chunk,
+    responses_body,
+    usage_chunk,
+)
+from epp.sim.sequences import SequenceGroup
+from epp.sim.tokens import output_text
+
+
+async def stream_response(http: web.Request, gen: Generation, group: SequenceGroup) -> web.StreamResponse:
+    """Send ``group``'s tokens as they come, then the closing frames once every sequence is done."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(http)
+    writer = SseWriter(gen, group)
+    await response.write(writer.opening())
+    while True:
+        # Clear before reading, so a step that ends during the write below sets the event again;
+        # the group may have finished before the stream started (a slow KV pull), so the tokens
+        # are drained before the state is waited on.
+        group.event.clear()
+        finished = group.finished()
+        frames = writer.new_tokens()
+        if frames:
+            await response.write(frames)
+        if finished:
+            break
+        await group.event.wait()
+    await response.write(writer.closing())
+    await response.write_eof()
+    return response
+
+
+class SseWriter:
+    """Builds the server-sent-event frames of one streamed response: one frame per token."""
+
+    def __init__(self, gen: Generation, group: SequenceGroup) -> None:
+        self._gen = gen
+        self._group = group
+        self._created = int(time.time())
+        prefix = {"chat": "chatcmpl-", "responses": "resp_", "completion": "cmpl-"}[gen.kind]
+        self._id = prefix + uuid.uuid4().hex
+
+    def opening(self) -> bytes:
+        gen = self._gen
+        if gen.kind == "chat":
+            return b"".join(
+                _data(chat_chunk(self._id, self._created, gen.model, Choice(s.index, "", None), first=True))
+                for s in self._group.sequences
+            )
+        if gen.kind == "responses":
+            return _event(
+                "response.created",
+                {"type": "response.created", "response": {"id": self._id, "status": "in_progress"}},
+            )
+        return b""
+
+    def new_tokens(self) -> bytes:
+        """Frames for the tokens generated since the last call."""
+        gen = self._gen
+        frames: list[bytes] = []
+        for seq in self._group.sequences:
+            request = seq.request
+            while seq.sent < request.output_done:
+                text = output_text(seq.seed, seq.sent)
+                seq.sent += 1
+                last = seq.sent == request.output_done and request.state is State.DONE
+                choice = Choice(seq.index, text, request.finish_reason if last else None)
+                if gen.kind == "chat":
+                    frames.append(_data(chat_chunk(self._id, self._created, gen.model, choice)))
+                elif gen.kind == "responses":
+                    frames.append(
+                        _event(
+                            "response.output_text.delta",
+                            {
+                                "type": "response.output_text.delta",
+                                "output_index": 0,
+                                "content_index": 0,
+                                "delta": text,
+                            },
+                        )
+                    )
+                else:
+                    frames.append(_data(completion_chunk(self._id, self._created, gen.model, choice)))
+        return b"".join(frames)
+
+    def closing(self) -> bytes:
+        gen = self._gen
+        use = self._group.usage()
+        if gen.kind == "responses":
+            seq = self._group.sequences[0]
+            body = responses_body(
+                self._id, self._created, gen.model, seq.text(), seq.request.finish_reason, use, None
+            )
+            return _event("response.completed", {"type": "response.completed", "response": body})
+        tail = (
+            _data(usage_chunk(self._id, self._created, gen.model, gen.kind, use))
+            if gen.include_usage
+            else b""
+        )
+        return tail + b"data: [DONE]\n\n"
+
+
+def _data(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def _event(name: str, payload: dict[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\n" + _data(payload)
