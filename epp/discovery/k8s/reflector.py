@@ -153,6 +153,11 @@ class Reflector:
                 log.warning("%s: not served (404); is the CRD installed?", self.what)
             except (ApiError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
                 log.warning("%s: %s: %s", self.what, type(exc).__name__, exc)
+            except Exception:
+                # A malformed object or a bug in a change handler must not end discovery for
+                # good: log it, list again from scratch.
+                log.exception("%s: unexpected error; listing again", self.what)
+                need_list = True
             await asyncio.sleep(self._backoff.next())
 
     async def _list(self) -> None:

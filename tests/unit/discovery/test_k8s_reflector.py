@@ -218,3 +218,14 @@ async def test_the_client_authenticates_with_the_kubeconfig_token(
     async with await api_client(config) as client, Mirror(pod_lister(client, "default", "app=a")) as mirror:
         await until(lambda: len(api.requests) >= 3, "retries after 401")
         assert not mirror.reflector.synced
+
+
+async def test_multi_megabyte_watch_events_arrive(api: ApiServerDouble, client: ApiClient) -> None:
+    async with Mirror(pod_lister(client, "default", "app=a")) as mirror:
+        await until(lambda: bool(watches(api)), "the watch to start")
+        huge = pod("huge", labels={"app": "a"})
+        huge["metadata"]["annotations"] = {"big": "x" * 3_000_000}
+        api.apply(PODS, huge)
+        await until(lambda: "huge" in mirror.names(), "a 3 MB pod event")
+        api.apply(PODS, pod("after", labels={"app": "a"}))
+        await until(lambda: "after" in mirror.names(), "the watch to go on")
