@@ -17,6 +17,18 @@ def join_host_port(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
+def split_host_port(hostport: str) -> tuple[str, int | None]:
+    """(host, port) from `host:port` or `[v6]:port`; a bare host or IPv6 address has no port.
+    The port is None when absent; a malformed port raises ValueError."""
+    if hostport.startswith("["):
+        host, _, rest = hostport[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else None
+    if hostport.count(":") != 1:
+        return hostport, None
+    host, _, port = hostport.partition(":")
+    return host, int(port)
+
+
 @dataclass(frozen=True, slots=True)
 class EndpointSpec:
     """What discovery knows about one serving port: where it is and how it is labelled."""

@@ -27,7 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationError
 
 from epp.datastore import Datastore, EndpointSpec
-from epp.datastore.endpoint import join_host_port
+from epp.datastore.endpoint import join_host_port, split_host_port
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +83,17 @@ def parse_endpoint_file(text: str, source: str = "<text>") -> list[EndpointSpec]
 
 def parse_endpoint_flag(value: str, models: Sequence[str] = ()) -> EndpointSpec:
     """`host:port` (IPv6 as `[addr]:port`) from a repeated --endpoint flag."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    try:
+        host, port = split_host_port(value)
+    except ValueError:
+        host, port = "", None
+    if not host or port is None or not 0 < port < 65536:
         raise DiscoveryError(f"--endpoint {value!r}: expected host:port")
-    host = host.strip("[]")
     try:
         ipaddress.ip_address(host)
     except ValueError:
         raise DiscoveryError(f"--endpoint {value!r}: the host must be an IP address") from None
-    return EndpointSpec(
-        name=join_host_port(host, int(port_text)), address=host, port=int(port_text), models=frozenset(models)
-    )
+    return EndpointSpec(name=join_host_port(host, port), address=host, port=port, models=frozenset(models))
 
 
 class FileDiscovery:

@@ -12,6 +12,7 @@ from typing import Protocol
 import orjson
 
 from epp.datastore import Datastore, Endpoint
+from epp.datastore.endpoint import split_host_port
 from epp.metrics.exporter import EppMetrics
 from epp.requests import ApiKind, ErrorCode, InferenceRequest, RequestError, Usage
 from epp.requests.parser import parse_request
@@ -211,7 +212,7 @@ class Director:
         """Ready endpoints, narrowed by the data plane's subset hint and by the model served."""
         endpoints = self.datastore.ready_endpoints()
         if subset is not None:
-            allowed_ips = {_strip_port(hostport) for hostport in subset}
+            allowed_ips = {_host_of(hostport) for hostport in subset}
             endpoints = [e for e in endpoints if e.address in allowed_ips]
         if not endpoints:
             raise RequestError(
@@ -277,6 +278,9 @@ class Director:
                 endpoint.suspended_until = until
 
 
-def _strip_port(hostport: str) -> str:
-    host = hostport.rsplit(":", 1)[0] if hostport.count(":") == 1 or hostport.startswith("[") else hostport
-    return host.strip("[]")
+def _host_of(hostport: str) -> str:
+    """GIE matches subset hints by IP only, so every data-parallel rank of a listed pod qualifies."""
+    try:
+        return split_host_port(hostport)[0]
+    except ValueError:
+        return hostport

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from epp.datastore.endpoint import split_host_port
 from epp.headers import DESTINATION_HEADER, LB_NAMESPACE
 
 _DESTINATION_PATH = {"path": [{"key": DESTINATION_HEADER}]}
@@ -167,8 +168,10 @@ def _clusters(options: EnvoyOptions) -> list[dict[str, Any]]:
     if options.failure_mode == "open" or options.baseline_port:
         endpoints = []
         for hostport in options.fallback_endpoints:
-            host, _, port = hostport.rpartition(":")
-            endpoints.append({"endpoint": {"address": _socket(host.strip("[]"), int(port))}})
+            host, port = split_host_port(hostport)
+            if port is None:
+                raise ValueError(f"fallback endpoint {hostport!r} needs a port")
+            endpoints.append({"endpoint": {"address": _socket(host, port)}})
         clusters.append(
             {
                 "name": "pool_fallback",

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+import pytest
+
 from epp.datastore import Datastore, Endpoint, EndpointSpec
+from epp.datastore.endpoint import split_host_port
 
 
 def spec(port: int = 8000, role: str = "decode") -> EndpointSpec:
@@ -33,3 +36,12 @@ def test_suspended_endpoints_are_not_ready() -> None:
     assert datastore.ready_endpoints() == []
     endpoint.suspended_until = 0.0
     assert datastore.ready_endpoints() == [endpoint]
+
+
+def test_split_host_port() -> None:
+    assert split_host_port("10.0.0.1:8000") == ("10.0.0.1", 8000)
+    assert split_host_port("[fd00::1]:8000") == ("fd00::1", 8000)
+    assert split_host_port("fd00::1") == ("fd00::1", None)
+    assert split_host_port("10.0.0.1") == ("10.0.0.1", None)
+    with pytest.raises(ValueError):
+        split_host_port("10.0.0.1:http")
