@@ -15,6 +15,7 @@ _ERROR_TYPES = {
     400: "BadRequestError",
     403: "Forbidden",
     413: "RequestEntityTooLarge",
+    415: "UnsupportedMediaType",
     500: "InternalServerError",
     502: "BadGateway",
     503: "ServiceUnavailable",

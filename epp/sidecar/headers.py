@@ -53,11 +53,13 @@ def upstream_request_headers(headers: Headers, peer: str | None) -> CIMultiDict[
 
 
 def leg_request_headers(headers: Headers, peer: str | None, request_id: str) -> CIMultiDict[str]:
-    """For a P/D leg whose JSON body the sidecar rewrites and whose reply it parses: the length is
-    recomputed, the body is labelled JSON, the reply must come uncompressed, and both legs share
-    one fresh request id (vLLM and NIXL correlate the KV transfer by it)."""
+    """For a P/D leg whose JSON body the sidecar rewrites and whose reply it parses: the body is
+    sent uncompressed with its length recomputed and labelled JSON, the reply must come
+    uncompressed, and both legs share one fresh request id (vLLM and NIXL correlate the KV
+    transfer by it)."""
     out = upstream_request_headers(headers, peer)
     out.popall("content-length", None)
+    out.popall("content-encoding", None)
     out[REQUEST_ID_HEADER] = request_id
     out["Content-Type"] = "application/json"
     out["Accept-Encoding"] = "identity"

@@ -20,6 +20,7 @@ from epp.datastore.endpoint import join_host_port
 from epp.sidecar.allowlist import AllowList
 from epp.sidecar.apis import is_disaggregated_route
 from epp.sidecar.connectors import SEQUENTIAL_HANDOFFS, Body, Connector, sglang_body
+from epp.sidecar.encoding import decode_body
 from epp.sidecar.errors import DECODE_NOT_READY, ProxyError, error_response
 from epp.sidecar.headers import (
     PREFILLER_HEADER,
@@ -185,10 +186,12 @@ class RoutingProxy:
 
 
 async def _read_json_object(request: web.Request) -> Body:
+    limit = request.client_max_size
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise ProxyError(413, f"request body larger than {request.client_max_size} bytes") from None
+        raise ProxyError(413, f"request body larger than {limit} bytes") from None
+    raw = decode_body(raw, request.headers.get("Content-Encoding", ""), limit)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

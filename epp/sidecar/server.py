@@ -77,6 +77,9 @@ class Sidecar:
         self._proxy = RoutingProxy(options, decoder, prefill, self.allowlist, self._rng)
         self._runner = web.AppRunner(
             self._proxy.application(),
+            # Request bodies stay as the client encoded them: plain proxying forwards them byte for
+            # byte (Content-Encoding and Content-Length stay true), the P/D path decodes them itself.
+            auto_decompress=False,
             access_log=logging.getLogger("epp.sidecar.access") if options.access_log else None,
             handler_cancellation=True,
             shutdown_timeout=options.shutdown_timeout,

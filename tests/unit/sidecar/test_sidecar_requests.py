@@ -1,0 +1,134 @@
+"""Requests through an in-process sidecar to a local engine stand-in on 127.0.0.1 that records what
+reaches it (bodies as sent, never decompressed). The engine serves as the prefiller too."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+from multidict import CIMultiDict
+
+from epp.sidecar.options import SidecarOptions
+from epp.sidecar.server import Sidecar
+
+MAX_BODY_BYTES = 64 * 1024
+PROMPT = {"model": "m", "prompt": "compress me " * 50, "max_tokens": 5}
+
+
+@dataclass
+class Received:
+    path: str
+    headers: CIMultiDict[str]
+    body: bytes
+
+
+@dataclass
+class Engine:
+    """Answers every request with a prefill-style JSON reply and records it."""
+
+    received: list[Received] = field(default_factory=list)
+    port: int = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.received.append(Received(request.raw_path, request.headers.copy(), await request.read()))
+        return web.json_response({"kv_transfer_params": {"remote_engine_id": "e"}, "usage": {}})
+
+
+@dataclass
+class Rig:
+    engine: Engine
+    url: str
+    http: aiohttp.ClientSession
+
+    @property
+    def prefiller(self) -> dict[str, str]:
+        return {"x-prefiller-host-port": f"127.0.0.1:{self.engine.port}"}
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    engine = Engine()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", engine.handle)
+    runner = web.AppRunner(app, access_log=None, auto_decompress=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    engine.port = int(runner.addresses[0][1])
+    options = SidecarOptions(
+        host="127.0.0.1",
+        port=0,
+        model_server_port=engine.port,
+        ssrf_protection=False,
+        max_body_bytes=MAX_BODY_BYTES,
+    )
+    sidecar = Sidecar(options)
+    await sidecar.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            yield Rig(engine, f"http://127.0.0.1:{sidecar.port}", http)
+    finally:
+        await sidecar.stop()
+        await runner.cleanup()
+
+
+async def post(
+    rig: Rig, body: bytes, encoding: str, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    sent = {"Content-Type": "application/json", "Content-Encoding": encoding, **(headers or {})}
+    async with rig.http.post(f"{rig.url}/v1/completions", data=body, headers=sent) as response:
+        return response.status, await response.read()
+
+
+async def test_plain_proxying_forwards_a_compressed_body_byte_for_byte(rig: Rig) -> None:
+    compressed = gzip.compress(orjson.dumps(PROMPT))
+    assert (await post(rig, compressed, "gzip"))[0] == 200
+    (received,) = rig.engine.received
+    assert received.body == compressed
+    assert received.headers["Content-Encoding"] == "gzip"
+    assert received.headers["Content-Length"] == str(len(compressed))
+
+
+@pytest.mark.parametrize(
+    ("encoding", "compress"),
+    [("gzip", gzip.compress), ("deflate", zlib.compress), ("identity", bytes)],
+    ids=["gzip", "deflate", "identity"],
+)
+async def test_pd_legs_carry_the_decoded_body_uncompressed(
+    rig: Rig, encoding: str, compress: Callable[[bytes], bytes]
+) -> None:
+    status, _ = await post(rig, compress(orjson.dumps(PROMPT)), encoding, rig.prefiller)
+    assert status == 200
+    prefill, decode = rig.engine.received
+    for leg in (prefill, decode):
+        assert "Content-Encoding" not in leg.headers
+        assert leg.headers["Content-Length"] == str(len(leg.body))
+        assert orjson.loads(leg.body)["prompt"] == PROMPT["prompt"]
+    assert orjson.loads(prefill.body)["max_tokens"] == 1
+    assert orjson.loads(decode.body)["max_tokens"] == 5
+
+
+@pytest.mark.parametrize(
+    ("body", "encoding", "status"),
+    [
+        # a few hundred compressed bytes that expand past the limit
+        (gzip.compress(b'{"prompt": "' + b"x" * MAX_BODY_BYTES + b'"}'), "gzip", 413),
+        (b"\x1f\x8b not gzip", "gzip", 400),
+        (gzip.compress(orjson.dumps(PROMPT))[:-12], "gzip", 400),
+        (orjson.dumps(PROMPT), "br", 415),
+    ],
+    ids=["expands past the limit", "corrupt", "truncated", "unsupported coding"],
+)
+async def test_pd_bodies_that_cannot_be_decoded_are_refused(
+    rig: Rig, body: bytes, encoding: str, status: int
+) -> None:
+    answered, reply = await post(rig, body, encoding, rig.prefiller)
+    assert answered == status
+    error = orjson.loads(reply)
+    assert (error["object"], error["code"]) == ("error", status)
+    assert rig.engine.received == []
