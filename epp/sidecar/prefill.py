@@ -9,11 +9,10 @@ from dataclasses import dataclass
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
 from epp.sidecar.errors import ProxyError
 from epp.sidecar.hostport import HostPort
-from epp.sidecar.upstream import StageTls
+from epp.sidecar.upstream import StageTls, upstream_url
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +77,7 @@ class PrefillClient:
     async def _attempt(
         self, target: HostPort, path: str, headers: CIMultiDict[str], body: bytes
     ) -> PrefillReply | ProxyError:
-        url = URL(f"{self._scheme}://{target}{path}", encoded=True)
+        url = upstream_url(f"{self._scheme}://{target}", path)
         timeout = self._policy.timeout or None
         try:
             async with asyncio.timeout(timeout):

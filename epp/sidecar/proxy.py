@@ -14,7 +14,6 @@ import aiohttp
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from epp.datastore.endpoint import join_host_port
 from epp.sidecar.allowlist import AllowList
@@ -35,6 +34,7 @@ from epp.sidecar.hostport import HostPort
 from epp.sidecar.options import SidecarOptions
 from epp.sidecar.prefill import PrefillClient
 from epp.sidecar.relay import relay
+from epp.sidecar.upstream import request_target, upstream_url
 from epp.sidecar.usage import prefiller_cached_tokens
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,9 @@ class RoutingProxy:
         pool's endpoints (llm-d answers 200 regardless)."""
         try:
             async with asyncio.timeout(self._options.health_timeout):
-                async with self._decoder.get(self._decoder_url("/health"), allow_redirects=False) as reply:
+                async with self._decoder.get(
+                    upstream_url(self._decoder_base, "/health"), allow_redirects=False
+                ) as reply:
                     status = reply.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.debug("decode engine health probe failed: %s", exc)
@@ -113,7 +115,7 @@ class RoutingProxy:
     async def _proxy(self, request: web.Request) -> web.StreamResponse:
         headers = upstream_request_headers(request.headers, request.remote)
         data = request.content if request.body_exists else None
-        upstream = await self._open_decoder(request.method, request.raw_path, headers, data)
+        upstream = await self._open_decoder(request.method, request_target(request), headers, data)
         async with upstream:
             return await relay(request, upstream)
 
@@ -131,7 +133,7 @@ class RoutingProxy:
         """NIXL: the decoder can only start once the prefiller says where the KV blocks are."""
         handoff = SEQUENTIAL_HANDOFFS[self._options.connector]
         prefill_body = orjson.dumps(handoff.prefill_body(original, request.path))
-        reply = await self._prefill.send(prefiller, request.raw_path, headers, prefill_body)
+        reply = await self._prefill.send(prefiller, request_target(request), headers, prefill_body)
         if not reply.ok:
             headers_out = client_response_headers(reply.headers, keep_length=False)
             return web.Response(status=reply.status, headers=headers_out, body=reply.body)
@@ -150,13 +152,13 @@ class RoutingProxy:
     ) -> web.StreamResponse:
         """SGLang pairs the legs by bootstrap room, so both start at once; the prefill reply is unused."""
         body = orjson.dumps(sglang_body(original, prefiller, self._options.sglang_bootstrap_port, self._rng))
-        self._detach(self._prefill.send_detached(prefiller, request.raw_path, headers, body))
+        self._detach(self._prefill.send_detached(prefiller, request_target(request), headers, body))
         return await self._decode(request, headers, body, None)
 
     async def _decode(
         self, request: web.Request, headers: CIMultiDict[str], body: bytes, cached_tokens: int | None
     ) -> web.StreamResponse:
-        upstream = await self._open_decoder("POST", request.raw_path, headers, body)
+        upstream = await self._open_decoder("POST", request_target(request), headers, body)
         async with upstream:
             return await relay(request, upstream, cached_tokens)
 
@@ -166,16 +168,12 @@ class RoutingProxy:
         self._detached.add(task)
         task.add_done_callback(self._detached.discard)
 
-    def _decoder_url(self, path: str) -> URL:
-        return URL(self._decoder_base + path, encoded=True)
-
     async def _open_decoder(
-        self, method: str, path: str, headers: CIMultiDict[str], data: Any
+        self, method: str, target: str, headers: CIMultiDict[str], data: Any
     ) -> aiohttp.ClientResponse:
+        url = upstream_url(self._decoder_base, target)
         try:
-            return await self._decoder.request(
-                method, self._decoder_url(path), headers=headers, data=data, allow_redirects=False
-            )
+            return await self._decoder.request(method, url, headers=headers, data=data, allow_redirects=False)
         except aiohttp.ClientSSLError as exc:
             raise ProxyError(502, f"TLS to the decode engine failed: {exc}") from exc
         except aiohttp.ClientConnectorError as exc:

@@ -6,7 +6,10 @@ import enum
 from dataclasses import dataclass
 
 import aiohttp
+from aiohttp import web
+from yarl import URL
 
+from epp.sidecar.errors import ProxyError
 from epp.sidecar.tls import client_context
 
 # Upstream idle connections are kept this long, as Go's default transport does.
@@ -45,3 +48,20 @@ def open_session(tls: StageTls, connect_timeout: float) -> aiohttp.ClientSession
         auto_decompress=False,
         skip_auto_headers=_NO_AUTO_HEADERS,
     )
+
+
+def request_target(request: web.Request) -> str:
+    """The client's path and query, percent-encoded as sent. Never the raw request target: in
+    absolute form (`POST http://host/v1/completions`) that is a whole URL."""
+    return request.rel_url.raw_path_qs
+
+
+def upstream_url(origin: str, target: str) -> URL:
+    """`origin` (`scheme://host:port`) with `target` (from `request_target`) passed on unchanged.
+    Raises a 400 for a target no URL can be built from."""
+    url = URL(origin + target, encoded=True)
+    try:
+        url.port  # noqa: B018  (yarl parses the authority lazily: fail here, not in the client)
+    except ValueError as exc:
+        raise ProxyError(400, f"invalid request target {target!r}: {exc}") from None
+    return url

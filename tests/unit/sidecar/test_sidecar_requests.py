@@ -3,6 +3,7 @@ reaches it (bodies as sent, never decompressed). The engine serves as the prefil
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import zlib
 from collections.abc import AsyncIterator, Callable
@@ -14,8 +15,10 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
+from epp.sidecar.errors import ProxyError
 from epp.sidecar.options import SidecarOptions
 from epp.sidecar.server import Sidecar
+from epp.sidecar.upstream import upstream_url
 
 MAX_BODY_BYTES = 64 * 1024
 PROMPT = {"model": "m", "prompt": "compress me " * 50, "max_tokens": 5}
@@ -43,8 +46,12 @@ class Engine:
 @dataclass
 class Rig:
     engine: Engine
-    url: str
+    port: int
     http: aiohttp.ClientSession
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def prefiller(self) -> dict[str, str]:
@@ -71,7 +78,7 @@ async def rig() -> AsyncIterator[Rig]:
     await sidecar.start()
     try:
         async with aiohttp.ClientSession() as http:
-            yield Rig(engine, f"http://127.0.0.1:{sidecar.port}", http)
+            yield Rig(engine, sidecar.port, http)
     finally:
         await sidecar.stop()
         await runner.cleanup()
@@ -132,3 +139,37 @@ async def test_pd_bodies_that_cannot_be_decoded_are_refused(
     error = orjson.loads(reply)
     assert (error["object"], error["code"]) == ("error", status)
     assert rig.engine.received == []
+
+
+async def send_raw(port: int, request: bytes) -> bytes:
+    """The status line of the reply to `request`, written to the socket as it is."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        return (await reader.readline()).rstrip()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.parametrize("disaggregated", [False, True], ids=["plain", "P/D"])
+async def test_an_absolute_form_target_reaches_the_engine_as_path_and_query(
+    rig: Rig, disaggregated: bool
+) -> None:
+    body = orjson.dumps(PROMPT)
+    routing = (
+        "".join(f"{name}: {value}\r\n" for name, value in rig.prefiller.items()) if disaggregated else ""
+    )
+    head = (
+        "POST http://gateway.example/v1/completions?trace=1 HTTP/1.1\r\nHost: gateway.example\r\n"
+        f"{routing}Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    assert await send_raw(rig.port, head.encode() + body) == b"HTTP/1.1 200 OK"
+    legs = 2 if disaggregated else 1
+    assert [leg.path for leg in rig.engine.received] == ["/v1/completions?trace=1"] * legs
+
+
+def test_a_target_no_url_can_be_built_from_is_a_400() -> None:
+    with pytest.raises(ProxyError) as raised:
+        upstream_url("http://127.0.0.1:8200", "*")
+    assert raised.value.status == 400 and "'*'" in raised.value.message
