@@ -176,7 +176,7 @@ class RoutingProxy:
             return await self._decoder.request(method, url, headers=headers, data=data, allow_redirects=False)
         except aiohttp.ClientSSLError as exc:
             raise ProxyError(502, f"TLS to the decode engine failed: {exc}") from exc
-        except aiohttp.ClientConnectorError as exc:
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             log.warning("decode engine at %s unreachable: %s", self._decoder_base, exc)
             raise ProxyError(503, DECODE_NOT_READY) from exc
         except aiohttp.ClientError as exc:

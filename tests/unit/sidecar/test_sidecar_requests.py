@@ -4,9 +4,11 @@ reaches it (bodies as sent, never decompressed). The engine serves as the prefil
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
+import socket
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -15,7 +17,7 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
-from epp.sidecar.errors import ProxyError
+from epp.sidecar.errors import DECODE_NOT_READY, ProxyError
 from epp.sidecar.options import SidecarOptions
 from epp.sidecar.server import Sidecar
 from epp.sidecar.upstream import upstream_url
@@ -173,3 +175,40 @@ def test_a_target_no_url_can_be_built_from_is_a_400() -> None:
     with pytest.raises(ProxyError) as raised:
         upstream_url("http://127.0.0.1:8200", "*")
     assert raised.value.status == 400 and "'*'" in raised.value.message
+
+
+@contextlib.contextmanager
+def unanswered_port() -> Iterator[int]:
+    """A port whose listener never completes another handshake: its accept queue (backlog 0) is
+    full with connections nobody accepts, so the kernel drops new SYNs and connecting times out."""
+    with contextlib.ExitStack() as stack:
+        listener = stack.enter_context(socket.socket())
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        stack.enter_context(socket.create_connection(("127.0.0.1", port)))  # fills the queue
+        for _ in range(2):  # kernels that round the backlog up
+            filler = stack.enter_context(socket.socket())
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+        yield port
+
+
+async def test_a_connect_timeout_to_the_engine_is_503_decode_not_ready() -> None:
+    with unanswered_port() as port:
+        sidecar = Sidecar(
+            SidecarOptions(
+                host="127.0.0.1", port=0, model_server_port=port, ssrf_protection=False, connect_timeout=0.2
+            )
+        )
+        await sidecar.start()
+        try:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{sidecar.port}/v1/models") as response,
+            ):
+                assert response.status == 503
+                error = await response.json()
+        finally:
+            await sidecar.stop()
+    assert (error["message"], error["type"]) == (DECODE_NOT_READY, "ServiceUnavailable")
