@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 
-import aiohttp
 from aiohttp import web
 
 from epp.readyfile import write_ready_file
@@ -55,9 +55,7 @@ class Sidecar:
         self.allowlist = self._source.allowlist if self._source is not None else None
         self._rng = rng
         self._server_tls = ServerTls(options.cert_path) if options.secure_proxy else None
-        self._sessions: list[aiohttp.ClientSession] = []
-        self._runner: web.AppRunner | None = None
-        self._proxy: RoutingProxy | None = None
+        self._started = contextlib.AsyncExitStack()
         self.port = 0
 
     @property
@@ -65,35 +63,47 @@ class Sidecar:
         return "https" if self._server_tls is not None else "http"
 
     async def start(self) -> None:
-        if self._source is not None:
-            await self._source.start()
-        if self._server_tls is not None:
-            await self._server_tls.start()
-        options = self.options
-        decoder = open_session(options.decoder_tls, options.connect_timeout)
-        prefiller = open_session(options.prefiller_tls, options.connect_timeout)
-        self._sessions = [decoder, prefiller]
-        prefill = PrefillClient(prefiller, options.prefiller_tls, options.prefill)
-        self._proxy = RoutingProxy(options, decoder, prefill, self.allowlist, self._rng)
-        self._runner = web.AppRunner(
-            self._proxy.application(),
-            # Request bodies stay as the client encoded them: plain proxying forwards them byte for
-            # byte (Content-Encoding and Content-Length stay true), the P/D path decodes them itself.
-            auto_decompress=False,
-            access_log=logging.getLogger("epp.sidecar.access") if options.access_log else None,
-            handler_cancellation=True,
-            shutdown_timeout=options.shutdown_timeout,
-            max_line_size=MAX_HEADER_BYTES,
-            max_field_size=MAX_HEADER_BYTES,
-        )
-        await self._runner.setup()
-        ssl_context = self._server_tls.context if self._server_tls is not None else None
-        await web.TCPSite(self._runner, options.host, options.port, ssl_context=ssl_context).start()
-        self.port = int(self._runner.addresses[0][1])
-        if options.ready_file is not None:
-            write_ready_file(
-                options.ready_file, {"host": options.host, "port": self.port, "scheme": self.scheme}
+        """Serve; if any part fails to start (a busy port, say), the parts already started are
+        stopped again before the error propagates."""
+        async with contextlib.AsyncExitStack() as started:
+            if self._source is not None:
+                await self._source.start()
+                started.push_async_callback(self._source.stop)
+            if self._server_tls is not None:
+                await self._server_tls.start()
+                started.push_async_callback(self._server_tls.stop)
+            options = self.options
+            decoder = await started.enter_async_context(
+                open_session(options.decoder_tls, options.connect_timeout)
             )
+            prefiller = await started.enter_async_context(
+                open_session(options.prefiller_tls, options.connect_timeout)
+            )
+            prefill = PrefillClient(prefiller, options.prefiller_tls, options.prefill)
+            proxy = RoutingProxy(options, decoder, prefill, self.allowlist, self._rng)
+            started.push_async_callback(proxy.close)
+            runner = web.AppRunner(
+                proxy.application(),
+                # Request bodies stay as the client encoded them: plain proxying forwards them byte
+                # for byte (Content-Encoding and Content-Length stay true), the P/D path decodes
+                # them itself.
+                auto_decompress=False,
+                access_log=logging.getLogger("epp.sidecar.access") if options.access_log else None,
+                handler_cancellation=True,
+                shutdown_timeout=options.shutdown_timeout,
+                max_line_size=MAX_HEADER_BYTES,
+                max_field_size=MAX_HEADER_BYTES,
+            )
+            await runner.setup()
+            started.push_async_callback(runner.cleanup)
+            ssl_context = self._server_tls.context if self._server_tls is not None else None
+            await web.TCPSite(runner, options.host, options.port, ssl_context=ssl_context).start()
+            self.port = int(runner.addresses[0][1])
+            if options.ready_file is not None:
+                write_ready_file(
+                    options.ready_file, {"host": options.host, "port": self.port, "scheme": self.scheme}
+                )
+            self._started = started.pop_all()
         log.info(
             "sidecar on %s://%s:%d for the engine at %s:%d (connector %s, SSRF protection %s)",
             self.scheme,
@@ -106,13 +116,5 @@ class Sidecar:
         )
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._proxy is not None:
-            await self._proxy.close()
-        for session in self._sessions:
-            await session.close()
-        if self._server_tls is not None:
-            await self._server_tls.stop()
-        if self._source is not None:
-            await self._source.stop()
+        """Stop listening, drain, then stop the rest, in the reverse order of `start`."""
+        await self._started.aclose()
