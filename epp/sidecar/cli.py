@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from epp.tls import parse_bool
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_SERVER_PORT = 8200
+MAX_PORT = 65535
 
 
 def _add_switch(
@@ -49,6 +51,24 @@ def _stages(values: list[str]) -> frozenset[Stage]:
     if unknown:
         raise ConfigError(f"unknown TLS stage(s) {sorted(unknown)}: use prefiller and/or decoder")
     return frozenset(Stage(name) for name in names)
+
+
+def _in_range(flag: str, value: int, low: int, high: int | None = None) -> int:
+    if value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
+        raise ConfigError(f"{flag} must be {bounds}, got {value}")
+    return value
+
+
+def _seconds(flag: str, text: str) -> float:
+    """A Go duration of zero or more (a negative or endless one would hang or crash later)."""
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"{flag} must be a duration of 0 or more, got {text!r}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -148,10 +168,16 @@ def options_from_args(args: argparse.Namespace) -> SidecarOptions:
         raise ConfigError("--data-parallel-size > 1 is not supported: run one sidecar per data-parallel rank")
     if args.vllm_port is not None:
         log.warning("--vllm-port is deprecated: use --model-server-port")
+    for flag, engine_port in (
+        ("--model-server-port", args.model_server_port),
+        ("--vllm-port", args.vllm_port),
+    ):
+        if engine_port is not None:
+            _in_range(flag, engine_port, 1, MAX_PORT)
     tls_on, skip_verify = _stages(args.enable_tls), _stages(args.tls_insecure_skip_verify)
     return SidecarOptions(
         host=args.host,
-        port=args.port,
+        port=_in_range("--port", args.port, 0, MAX_PORT),
         model_server_host=args.model_server_host,
         model_server_port=args.model_server_port or args.vllm_port or DEFAULT_MODEL_SERVER_PORT,
         connector=Connector(args.kv_connector),
@@ -159,9 +185,9 @@ def options_from_args(args: argparse.Namespace) -> SidecarOptions:
         ssrf_protection=args.enable_ssrf_protection,
         endpoints_file=args.endpoints_file,
         prefill=RetryPolicy(
-            timeout=parse_duration(args.prefill_timeout),
-            max_retries=args.prefill_max_retries,
-            backoff=parse_duration(args.prefill_retry_backoff),
+            timeout=_seconds("--prefill-timeout", args.prefill_timeout),
+            max_retries=_in_range("--prefill-max-retries", args.prefill_max_retries, 0),
+            backoff=_seconds("--prefill-retry-backoff", args.prefill_retry_backoff),
         ),
         prefiller_tls=StageTls(Stage.PREFILLER in tls_on, Stage.PREFILLER in skip_verify),
         decoder_tls=StageTls(Stage.DECODER in tls_on, Stage.DECODER in skip_verify),
@@ -169,8 +195,8 @@ def options_from_args(args: argparse.Namespace) -> SidecarOptions:
         cert_path=args.cert_path,
         sglang_bootstrap_port=int(os.environ.get("SGLANG_BOOTSTRAP_PORT", DEFAULT_SGLANG_BOOTSTRAP_PORT)),
         access_log=args.access_log,
-        shutdown_timeout=parse_duration(args.shutdown_timeout),
-        max_body_bytes=args.max_body_bytes,
+        shutdown_timeout=_seconds("--shutdown-timeout", args.shutdown_timeout),
+        max_body_bytes=_in_range("--max-body-bytes", args.max_body_bytes, 1),
         ready_file=args.ready_file,
     )
 

@@ -7,17 +7,21 @@ from pathlib import Path
 
 import pytest
 
-from epp.sidecar.cli import add_arguments, options_from_args
+from epp.sidecar.cli import add_arguments, options_from_args, run
 from epp.sidecar.connectors import Connector
 from epp.sidecar.options import SidecarOptions
 from epp.sidecar.server import ConfigError, Sidecar
 from epp.sidecar.upstream import StageTls
 
 
-def options(*argv: str) -> SidecarOptions:
+def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    return options_from_args(parser.parse_args(argv))
+    return parser.parse_args(argv)
+
+
+def options(*argv: str) -> SidecarOptions:
+    return options_from_args(parse(*argv))
 
 
 def test_defaults() -> None:
@@ -82,3 +86,37 @@ def test_ssrf_protection_without_an_allowlist_source_refuses_to_start(tmp_path: 
         Sidecar(options())
     assert Sidecar(options("--no-enable-ssrf-protection")).allowlist is None
     assert Sidecar(options(f"--endpoints-file={tmp_path / 'e.yaml'}")).allowlist is not None
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--prefill-max-retries=-1"],
+        ["--prefill-timeout=-3"],
+        ["--prefill-timeout=nan"],
+        ["--prefill-timeout=5 parsecs"],
+        ["--prefill-retry-backoff=-1"],
+        ["--shutdown-timeout=-1s"],
+        ["--max-body-bytes=-5"],
+        ["--max-body-bytes=0"],
+        ["--port=70000"],
+        ["--port=-1"],
+        ["--model-server-port=0"],
+        ["--vllm-port=65536"],
+    ],
+)
+def test_values_that_would_hang_or_crash_exit_2_naming_the_flag(
+    argv: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    flag = argv[0].partition("=")[0]
+    with pytest.raises(ConfigError, match=flag):
+        options(*argv)
+    assert run(parse(*argv, "--no-enable-ssrf-protection")) == 2
+    assert flag in caplog.text
+
+
+def test_boundary_values_are_accepted() -> None:
+    parsed = options(
+        "--port=0", "--model-server-port=65535", "--prefill-timeout=0", "--prefill-max-retries=0"
+    )
+    assert (parsed.port, parsed.model_server_port, parsed.prefill.timeout) == (0, 65535, 0.0)
