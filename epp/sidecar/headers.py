@@ -8,9 +8,9 @@ from collections.abc import Iterable
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from epp.headers import PREFILLER_HEADER
 from epp.sidecar.hostport import HostPort
 
-PREFILLER_HEADER = "x-prefiller-host-port"
 REQUEST_ID_HEADER = "x-request-id"
 
 HOP_BY_HOP = frozenset(
