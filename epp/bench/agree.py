@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from epp.bench.realtime import RealtimeCluster, run_stack
-from epp.bench.report import seconds, table, write_block
+from epp.bench.report import publish, seconds, table
 from epp.bench.suite import Suite, virtual_cluster
 from epp.bench.summary import Summary, summarize
 from epp.bench.virtual import run_virtual
@@ -113,7 +113,5 @@ async def main(args: argparse.Namespace) -> int:
             ),
         ]
     )
-    print(text)
-    if args.doc:
-        write_block(args.doc, "agreement", text)
+    publish(text, args.doc, "agreement")
     return 0

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from epp.bench.loadgen import run_realtime
-from epp.bench.report import table, write_block
+from epp.bench.report import publish, table
 from epp.bench.summary import percentile
 from epp.bench.workload import BenchRequest
 from epp.stack.envoy import BODY_MODES, EnvoyOptions
@@ -151,7 +151,5 @@ async def main(args: argparse.Namespace) -> int:
             ),
         ]
     )
-    print(text)
-    if args.doc:
-        write_block(args.doc, "overhead", text)
+    publish(text, args.doc, "overhead")
     return 0

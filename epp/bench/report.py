@@ -302,3 +302,10 @@ def write_block(doc: Path, name: str, content: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     doc.write_text(text)
+
+
+def publish(text: str, doc: Path | None, block: str) -> None:
+    """Print a command's result and, given a document, also put it in that document's block."""
+    print(text)
+    if doc is not None:
+        write_block(doc, block, text)

@@ -11,7 +11,7 @@ import argparse
 import time
 from pathlib import Path
 
-from epp.bench.report import table, write_block
+from epp.bench.report import publish, table
 from epp.bench.suite import Suite
 from epp.bench.summary import summarize
 from epp.bench.virtual import VirtualCluster, VirtualRun
@@ -104,7 +104,5 @@ def main(args: argparse.Namespace) -> int:
             ),
         ]
     )
-    print(text)
-    if args.doc:
-        write_block(args.doc, "scale", text)
+    publish(text, args.doc, "scale")
     return 0
