@@ -210,6 +210,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ready-file", type=Path, help="once serving, write the bound ports here as JSON (for orchestrators)"
     )
     parser.add_argument(
+        "--read-streamed-responses",
+        action="store_true",
+        help="read SSE response bodies for token usage metrics: one ext_proc message per chunk, i.e. per "
+        "token (default: ask Envoy to stop sending them after the headers; requires allow_mode_override)",
+    )
+    parser.add_argument(
         "--shutdown-grace",
         default="120s",
         help="on SIGTERM, how long in-flight requests may finish (Go duration, default 120s)",
@@ -260,6 +266,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
             error_prefix="inference gateway" if args.legacy_error_prefix else "inference error",
             served_header=args.served_header,
             use_subset_hint=not args.disable_endpoint_subset_filter,
+            read_streamed_responses=args.read_streamed_responses,
         ),
     )
 

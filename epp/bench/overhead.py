@@ -33,7 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sims", type=int, default=2)
     parser.add_argument("--config-file", type=Path, help="EPP config (default: GIE's default profile)")
     parser.add_argument(
-        "--body-mode", choices=BODY_MODES, default="full-duplex", help="Envoy ext_proc body mode"
+        "--body-mode",
+        choices=BODY_MODES,
+        default="buffered",
+        help="Envoy ext_proc body mode (default buffered)",
     )
     parser.add_argument(
         "--plaintext", action="store_true", help="Envoy -> EPP without TLS (default TLS, as GIE)"

@@ -7,5 +7,6 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_gr
 from envoy.type.v3 import http_status_pb2 as http_status
 
 BodyMode = processing_mode.ProcessingMode.BodySendMode
+HeaderMode = processing_mode.ProcessingMode.HeaderSendMode
 
-__all__ = ["BodyMode", "core", "ext_proc", "ext_proc_grpc", "http_status"]
+__all__ = ["BodyMode", "HeaderMode", "core", "ext_proc", "ext_proc_grpc", "http_status", "processing_mode"]

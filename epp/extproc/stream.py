@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from epp.extproc import messages
-from epp.extproc.pb import BodyMode, ext_proc
+from epp.extproc.pb import BodyMode, HeaderMode, ext_proc, processing_mode
 from epp.headers import DESTINATION_HEADER, PREFILLER_HEADER, SERVED_KEY, SUBSET_KEY
 from epp.requestcontrol import Director, RoutedRequest
 from epp.requests import ErrorCode, RequestError
@@ -17,6 +17,9 @@ from epp.requests import ErrorCode, RequestError
 log = logging.getLogger(__name__)
 
 # Headers only the EPP may set: a client-sent copy is removed so it can never steer routing.
+SKIP_RESPONSE_BODY = processing_mode.ProcessingMode(
+    response_body_mode=BodyMode.NONE, response_trailer_mode=HeaderMode.SKIP
+)
 OWNED_HEADERS = (
     DESTINATION_HEADER,
     SERVED_KEY,
@@ -37,6 +40,9 @@ class StreamOptions:
     served_header: str | None = None
     # Honour the gateway's envoy.lb.subset_hint (off: GIE's --disable-endpoint-subset-filter).
     use_subset_hint: bool = True
+    # Read streamed (SSE) response bodies for their usage: one ext_proc round trip per chunk,
+    # i.e. per generated token. Off, the EPP asks Envoy to stop sending them (see _response_headers).
+    read_streamed_responses: bool = False
 
 
 class ExtProcStream:
@@ -167,12 +173,11 @@ class ExtProcStream:
 
     def _response_headers(self, headers: ext_proc.HttpHeaders) -> Iterator[ext_proc.ProcessingResponse]:
         response_headers = messages.read_headers(headers)
+        event_stream = "text/event-stream" in response_headers.get("content-type", "")
         if self._routed is not None:
             status_text = response_headers.get(":status", "")
             status = int(status_text) if status_text.isdigit() else 0
-            self._routed.response_started(
-                status, "text/event-stream" in response_headers.get("content-type", "")
-            )
+            self._routed.response_started(status, event_stream)
         reply = ext_proc.HeadersResponse()
         if self._routed is not None:
             added = dict(self._routed.result.response_headers)
@@ -180,9 +185,21 @@ class ExtProcStream:
                 added[self._options.served_header] = self._routed.destination
             if added:
                 reply.response.header_mutation.CopyFrom(messages.header_mutation(added, ()))
-        yield ext_proc.ProcessingResponse(response_headers=reply)
+        response = ext_proc.ProcessingResponse(response_headers=reply)
+        if event_stream and self._skip_streamed_body():
+            response.mode_override.CopyFrom(SKIP_RESPONSE_BODY)
+        yield response
         if headers.end_of_stream:
             self._finish()
+
+    def _skip_streamed_body(self) -> bool:
+        """Whether to ask Envoy to stop sending this SSE response's chunks. A Python EPP answering
+        every token's chunk would spend most of its CPU there; the request's end is then the
+        stream's end. Envoy honours the override only with `allow_mode_override` and not in
+        FULL_DUPLEX_STREAMED mode; a restored model name needs the chunks."""
+        if self._options.read_streamed_responses or self._response_mode == BodyMode.FULL_DUPLEX_STREAMED:
+            return False
+        return self._routed is None or not self._routed.rewrites_model
 
     def _response_body(self, body: ext_proc.HttpBody) -> Iterator[ext_proc.ProcessingResponse]:
         original = chunk = body.body

@@ -98,6 +98,10 @@ class RoutedRequest:
         if end_of_stream:
             self.finish()
 
+    @property
+    def rewrites_model(self) -> bool:
+        return self._model_swap is not None
+
     def restore_model(self, chunk: bytes) -> bytes:
         """Give the client back the model name it asked for when the EPP rewrote it upstream
         (GIE's textual replacement; a name split across two chunks is left as is)."""

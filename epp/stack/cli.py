@@ -31,7 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--run-dir", type=Path, default=Path("run"), help="logs and generated config (default ./run)"
     )
-    parser.add_argument("--body-mode", choices=BODY_MODES, default="full-duplex", help="ext_proc body mode")
+    parser.add_argument(
+        "--body-mode",
+        choices=BODY_MODES,
+        default="buffered",
+        help="ext_proc body mode (default buffered; full-duplex is GIE's contract, see docs)",
+    )
     parser.add_argument(
         "--failure-mode", choices=FAILURE_MODES, default="closed", help="what Envoy does when the EPP is down"
     )

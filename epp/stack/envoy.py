@@ -1,11 +1,15 @@
 """The standalone Envoy bootstrap: listener -> ext_proc (the EPP) -> router -> ORIGINAL_DST pool.
 
-Two body modes, because Envoy forbids fail-open with full-duplex streaming:
-- `full-duplex` (GIE's contract): FULL_DUPLEX_STREAMED both ways, fail-closed only. Unlimited body
-  size (the EPP enforces its own limit). EPP down -> Envoy answers 500.
-- `buffered`: request body BUFFERED (Envoy answers 413 beyond the buffer limit itself), response
-  headers SEND and body STREAMED. Allows fail-open: with the EPP down, requests go round-robin to the
+Two body modes:
+- `buffered` (default): request body BUFFERED (Envoy answers 413 beyond its buffer limit itself),
+  response headers SEND and body STREAMED. The EPP answers a streamed (SSE) response's headers with
+  a mode override that stops Envoy sending its chunks, so a long generation costs the EPP three
+  messages, not one per token. Allows fail-open: with the EPP down, requests go round-robin to the
   fallback endpoints instead of failing.
+- `full-duplex` (GIE's contract): FULL_DUPLEX_STREAMED both ways, every response chunk through the
+  EPP (Envoy ignores mode overrides in this mode), fail-closed only: Envoy ignores
+  `failure_mode_allow` with full-duplex streaming, so the EPP down -> 500. No body size limit in
+  Envoy (the EPP enforces its own).
 Routing keys on the `envoy.lb` dynamic metadata the EPP sets (with the same value as its
 `x-gateway-destination-endpoint` header): clients cannot forge metadata, so a client-sent
 destination header never steers Envoy, not even when the EPP is down and Envoy fails open."""
@@ -32,7 +36,7 @@ class EnvoyOptions:
     epp_port: int = 9002
     # GIE's EPP serves TLS (self-signed) by default and gateways skip verification; so do we.
     epp_tls: bool = True
-    body_mode: str = "full-duplex"
+    body_mode: str = "buffered"
     failure_mode: str = "closed"
     # host:port list used only by fail-open when the EPP is unreachable, and by the baseline listener.
     fallback_endpoints: tuple[str, ...] = field(default_factory=tuple)
@@ -90,6 +94,8 @@ def _http_filters(options: EnvoyOptions) -> list[dict[str, Any]]:
             grpc_service={"envoy_grpc": {"cluster_name": "epp"}, "timeout": "10s"},
             failure_mode_allow=options.failure_mode == "open",
             message_timeout=options.message_timeout,
+            # Lets the EPP stop Envoy sending a streamed response's chunks once it has its headers.
+            allow_mode_override=True,
             processing_mode=_processing_mode(options),
             metadata_options={
                 "receiving_namespaces": {"untyped": [LB_NAMESPACE]},

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from epp.stack.envoy import EnvoyOptions
+from epp.stack.envoy import BODY_MODES, EnvoyOptions
 from epp.stack.stack import Stack, StackConfig
 
 FAST_SIM = ["--profile=tiny-test"]
@@ -39,8 +39,11 @@ def make_stack(tmp_path_factory: pytest.TempPathFactory) -> StackFactory:
     return factory
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def shared_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    """One full-duplex, fail-closed stack shared by a module's read-only tests."""
-    async with Stack(stack_config(tmp_path_factory.mktemp("shared"))) as stack:
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=BODY_MODES)
+async def shared_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
+    """A fail-closed stack shared by a module's read-only tests, once per ext_proc body mode."""
+    envoy = EnvoyOptions(listen_port=0, admin_port=0, body_mode=request.param)
+    async with Stack(stack_config(tmp_path_factory.mktemp("shared"), envoy=envoy)) as stack:
         yield stack

@@ -20,7 +20,7 @@ def ext_proc_config(bootstrap: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_full_duplex_is_gies_contract() -> None:
-    config = ext_proc_config(render_bootstrap(EnvoyOptions()))
+    config = ext_proc_config(render_bootstrap(EnvoyOptions(body_mode="full-duplex")))
     assert config["processing_mode"]["request_body_mode"] == "FULL_DUPLEX_STREAMED"
     assert config["processing_mode"]["response_body_mode"] == "FULL_DUPLEX_STREAMED"
     assert config["processing_mode"]["request_trailer_mode"] == "SEND"
@@ -36,7 +36,7 @@ def test_pool_cluster_keys_on_metadata_not_on_the_forgeable_header() -> None:
 
 def test_fail_open_needs_buffered_mode_and_fallback_endpoints() -> None:
     with pytest.raises(ValueError, match="use body mode 'buffered' for fail-open"):
-        EnvoyOptions(failure_mode="open", fallback_endpoints=("a:1",))
+        EnvoyOptions(body_mode="full-duplex", failure_mode="open", fallback_endpoints=("a:1",))
     with pytest.raises(ValueError, match="needs fallback_endpoints"):
         render_bootstrap(EnvoyOptions(body_mode="buffered", failure_mode="open"))
     with pytest.raises(ValueError, match="body_mode must be one of"):
@@ -71,3 +71,10 @@ def test_envoy_accepts_every_variant(options: EnvoyOptions, tmp_path: Path) -> N
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout
+
+
+def test_buffered_is_the_default_and_lets_the_epp_skip_streamed_bodies() -> None:
+    config = ext_proc_config(render_bootstrap(EnvoyOptions()))
+    assert config["processing_mode"]["request_body_mode"] == "BUFFERED"
+    assert config["processing_mode"]["response_body_mode"] == "STREAMED"
+    assert config["allow_mode_override"] is True

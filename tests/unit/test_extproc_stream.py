@@ -532,3 +532,36 @@ async def test_failing_response_plugins_do_not_break_the_response(harness: Harne
         "inference_objective_running_requests", {"model_name": "m"}
     )
     assert running == 0
+
+
+async def response_headers_reply(
+    harness: Harness, mode: int, content_type: str, extra: dict[str, str] | None = None
+) -> ext_proc.ProcessingResponse:
+    call = harness.open()
+    await call.write(headers_msg(mode=mode, extra=extra))
+    if mode == BodyMode.BUFFERED:
+        await read(call)
+    await call.write(body_msg(orjson.dumps({"model": "m", "prompt": "hi", "stream": True})))
+    while (await read(call)).WhichOneof("response") != "request_body":
+        pass
+    await call.write(response_headers_msg(content_type))
+    return await read(call)
+
+
+@pytest.mark.parametrize(
+    ("mode", "content_type", "extra", "skipped"),
+    [
+        (BodyMode.BUFFERED, "text/event-stream", None, True),
+        (BodyMode.BUFFERED, "application/json", None, False),
+        (BodyMode.BUFFERED, "text/event-stream", {"x-gateway-model-name-rewrite": "m2"}, False),
+        (FDS, "text/event-stream", None, False),
+    ],
+)
+async def test_streamed_response_bodies_are_skipped_where_envoy_allows_it(
+    harness: Harness, mode: int, content_type: str, extra: dict[str, str] | None, skipped: bool
+) -> None:
+    harness.add("a", 8000, models=("m", "m2"))
+    reply = await response_headers_reply(harness, mode, content_type, extra)
+    assert reply.HasField("mode_override") is skipped
+    if skipped:
+        assert reply.mode_override.response_body_mode == BodyMode.NONE
