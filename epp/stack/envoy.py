@@ -40,9 +40,9 @@ class EnvoyOptions:
     failure_mode: str = "closed"
     # host:port list used only by fail-open when the EPP is unreachable, and by the baseline listener.
     fallback_endpoints: tuple[str, ...] = field(default_factory=tuple)
-    # > 0: also listen here WITHOUT ext_proc, round-robin over fallback_endpoints (Envoy's own load
-    # balancing, the benchmarks' "no EPP" baseline).
-    baseline_port: int = 0
+    # Set: also listen here (0 = a free port) WITHOUT ext_proc, round-robin over fallback_endpoints
+    # (Envoy's own load balancing, the benchmarks' "no EPP" baseline).
+    baseline_port: int | None = None
     message_timeout: str = "10s"
     buffer_limit_bytes: int = 16 * 1024 * 1024
 
@@ -171,7 +171,7 @@ def _clusters(options: EnvoyOptions) -> list[dict[str, Any]]:
         "original_dst_lb_config": {"metadata_key": {"key": LB_NAMESPACE, **_DESTINATION_PATH}},
     }
     clusters = [epp, pool]
-    if options.failure_mode == "open" or options.baseline_port:
+    if options.failure_mode == "open" or options.baseline_port is not None:
         endpoints = []
         for hostport in options.fallback_endpoints:
             host, port = split_host_port(hostport)
@@ -197,10 +197,10 @@ def render_bootstrap(options: EnvoyOptions) -> dict[str, Any]:
     """The Envoy v3 bootstrap as a dict (write it as YAML or JSON)."""
     if options.failure_mode == "open" and not options.fallback_endpoints:
         raise ValueError("fail-open needs fallback_endpoints to route to when the EPP is down")
-    if options.baseline_port and not options.fallback_endpoints:
+    if options.baseline_port is not None and not options.fallback_endpoints:
         raise ValueError("the baseline listener needs fallback_endpoints to round-robin over")
     listeners = [_listener("gateway", options.listen_port, _routes(options), _http_filters(options), options)]
-    if options.baseline_port:
+    if options.baseline_port is not None:
         to_pool = [{"match": {"prefix": "/"}, "route": {"cluster": "pool_fallback", "timeout": "0s"}}]
         router = _http_filters(options)[-1:]
         listeners.append(_listener("baseline", options.baseline_port, to_pool, router, options))

@@ -19,7 +19,7 @@ import aiohttp
 import yaml
 
 from epp.stack.envoy import EnvoyOptions, render_bootstrap
-from epp.stack.processes import ManagedProcess, epp_command, free_port, ready_file_probe, wait_until
+from epp.stack.processes import ManagedProcess, epp_command, ready_file_probe, wait_until
 
 STARTUP_TIMEOUT = 60.0
 PREFILL = "prefill"
@@ -240,14 +240,15 @@ class Stack:
     # --- Envoy ---------------------------------------------------------------------------------
 
     async def start_envoy(self) -> None:
-        self.gateway_port = self.config.gateway_port or free_port()
-        self.admin_port = free_port()
-        self.baseline_port = free_port() if self.config.baseline_listener else 0
+        """Envoy binds its own free ports (port 0) and reports them, so no port is picked here and
+        lost to another process before Envoy binds it."""
+        admin_file = self.run_dir / "envoy-admin.txt"
+        admin_file.unlink(missing_ok=True)
         options = replace(
             self.config.envoy,
-            listen_port=self.gateway_port,
-            admin_port=self.admin_port,
-            baseline_port=self.baseline_port,
+            listen_port=self.config.gateway_port,
+            admin_port=0,
+            baseline_port=0 if self.config.baseline_listener else None,
             epp_port=self.epp_ports["grpc_port"],
             fallback_endpoints=tuple(s.hostport for s in self.serving_endpoints),
         )
@@ -262,22 +263,39 @@ class Stack:
             "-l",
             "warning",
             "--use-dynamic-base-id",
+            "--admin-address-path",
+            str(admin_file),
         ]
         self.envoy = ManagedProcess("envoy", argv, self.run_dir / "envoy.log")
         await self.envoy.start()
+        await wait_until(
+            lambda: self._envoy_admin(admin_file), "Envoy's admin", STARTUP_TIMEOUT, [self.envoy]
+        )
         await wait_until(self._envoy_ready, "Envoy", STARTUP_TIMEOUT, [self.envoy])
 
+    async def _envoy_admin(self, admin_file: Path) -> bool | None:
+        address = _read_text(admin_file)
+        if not address:
+            return None
+        self.admin_port = int(address.rpartition(":")[2])
+        return True
+
     async def _envoy_ready(self) -> bool | None:
+        """Ready once the admin says LIVE; the listeners' bound ports are read from the admin."""
         assert self._session is not None
         try:
             async with self._session.get(f"{self.admin_url}/ready") as response:
                 if response.status != 200:
                     return None
-            _, writer = await asyncio.open_connection("127.0.0.1", self.gateway_port)
-            writer.close()
-            await writer.wait_closed()
-        except (aiohttp.ClientError, OSError):
+            async with self._session.get(
+                f"{self.admin_url}/listeners", params={"format": "json"}
+            ) as response:
+                listeners = (await response.json())["listener_statuses"]
+        except (aiohttp.ClientError, OSError, KeyError, ValueError):
             return None
+        ports = {item["name"]: item["local_address"]["socket_address"]["port_value"] for item in listeners}
+        self.gateway_port = ports["gateway"]
+        self.baseline_port = ports.get("baseline", 0)
         return True
 
     async def envoy_stats(self, prefix: str) -> dict[str, int]:
@@ -290,3 +308,10 @@ class Stack:
             if value.strip().isdigit():
                 stats[name] = int(value)
         return stats
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
