@@ -131,7 +131,7 @@ async def _main(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         asyncio.run(_main(args))
-    except (ProcessFailed, ValueError) as exc:
+    except (ProcessFailed, ValueError, OSError) as exc:
         print(f"error: {exc}")
         return 1
     return 0
