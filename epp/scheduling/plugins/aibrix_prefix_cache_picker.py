@@ -37,7 +37,7 @@ from epp.scheduling.framework import (
     PreRequest,
     register,
 )
-from epp.scheduling.prefix import block_hashes, model_seed, prompt_bytes
+from epp.scheduling.prefix import block_hashes, leading_matches, model_seed, prompt_bytes
 from epp.scheduling.types import SchedulingResult
 
 
@@ -59,17 +59,12 @@ class BlockIndex:
 
     def match(self, hashes: Sequence[int], pods: set[str], now: float) -> dict[str, int]:
         """Percent of `hashes` each pod holds consecutively from the first block."""
-        held: dict[str, int] = {}
-        alive = pods
         oldest = now - self.idle_secs
-        for depth, block in enumerate(hashes, start=1):
-            holders = self._blocks.get(block)
-            if holders is None:
-                break
-            alive = {pod for pod in alive if holders.get(pod, oldest) > oldest}
-            if not alive:
-                break
-            held.update(dict.fromkeys(alive, depth))
+
+        def fresh_holders(block: int) -> list[str]:
+            return [pod for pod, routed in self._blocks.get(block, {}).items() if routed > oldest]
+
+        held = leading_matches(hashes, fresh_holders, pods)
         return {pod: blocks * 100 // len(hashes) for pod, blocks in held.items()}
 
     def add(self, hashes: Sequence[int], pod: str, now: float) -> None:

@@ -44,7 +44,7 @@ from epp.scheduling.framework import (
     ResponseComplete,
     register,
 )
-from epp.scheduling.prefix import block_hashes, model_seed, prompt_bytes
+from epp.scheduling.prefix import block_hashes, leading_matches, model_seed, prompt_bytes
 from epp.scheduling.prefix.hashing import block_bytes
 from epp.scheduling.types import SchedulingResult
 
@@ -93,14 +93,7 @@ class DynamoKvRouterPicker(Plugin, Picker, PreRequest, ResponseComplete, Endpoin
 
     def overlaps(self, hashes: Sequence[int], names: set[str]) -> dict[str, int]:
         """Leading blocks each worker holds per the indexer (stops once no candidate holds more)."""
-        found: dict[str, int] = {}
-        alive = names
-        for depth, block in enumerate(hashes, start=1):
-            alive = alive.intersection(self._held.get(block, ()))
-            if not alive:
-                break
-            found.update(dict.fromkeys(alive, depth))
-        return found
+        return leading_matches(hashes, lambda block: self._held.get(block, ()), names)
 
     def costs(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> list[float]:
         """Cost per candidate (remembering what pre_request needs to charge the chosen one)."""

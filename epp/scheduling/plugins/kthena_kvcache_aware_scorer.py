@@ -15,6 +15,7 @@ against `epp sim` servers, which publish their cache with `--kv-events-endpoint`
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -26,8 +27,11 @@ from pydantic import Field
 from epp.datastore import Endpoint
 from epp.requests import ApiKind, InferenceRequest
 from epp.scheduling.framework import Plugin, PluginContext, PluginParams, Scorer, register
+from epp.scheduling.prefix import leading_matches
 from epp.sim.kvcache import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent, prompt_block_hashes
 from epp.sim.openai_api import ApiError, parse_chat, parse_completion
+
+log = logging.getLogger(__name__)
 
 
 class KVCacheAwareParams(PluginParams):
@@ -99,22 +103,24 @@ class KthenaKVCacheAwareScorer(Plugin, Scorer):
         hashes = self.block_hashes(request)
         if not hashes:
             return [0.0] * len(candidates)
-        matched: dict[str, int] = {}
         with self._lock:
-            alive = {e.hostport for e in candidates}
-            for depth, block in enumerate(hashes, start=1):
-                alive = alive.intersection(self._holders.get(block, ()))
-                if not alive:
-                    break
-                matched.update(dict.fromkeys(alive, depth))
+            names = [e.hostport for e in candidates]
+            matched = leading_matches(hashes, lambda block: self._holders.get(block, ()), names)
         total = len(hashes)
         return [int(matched.get(e.hostport, 0) / total * 100) / 100 for e in candidates]
 
     def _subscribe(self) -> None:
+        """Runs in its own thread (a blocking SUB socket): a malformed message is logged and
+        skipped, never the end of the subscription."""
         socket: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
         socket.bind(self.params.zmq_endpoint)
         socket.setsockopt(zmq.SUBSCRIBE, b"kv@")
         while True:
             frames: list[Any] = socket.recv_multipart()
-            pod = frames[0].decode().split("@")[1]  # kv@<host>:<port>@<model>
-            self.apply_kv_events(pod, decode_events(frames[-1]))
+            try:
+                pod = frames[0].decode().split("@")[1]  # kv@<host>:<port>@<model>
+                events = decode_events(frames[-1])
+            except (IndexError, UnicodeDecodeError, ValueError, TypeError, msgpack.UnpackException):
+                log.warning("%s: skipping a malformed KV-event message", self.name, exc_info=True)
+                continue
+            self.apply_kv_events(pod, events)

@@ -2,6 +2,14 @@
 
 from epp.scheduling.prefix.hashing import block_hashes, model_seed, prompt_bytes
 from epp.scheduling.prefix.index import PrefixIndex
-from epp.scheduling.prefix.match import PREFIX_MATCH, PrefixMatch
+from epp.scheduling.prefix.match import PREFIX_MATCH, PrefixMatch, leading_matches
 
-__all__ = ["PREFIX_MATCH", "PrefixIndex", "PrefixMatch", "block_hashes", "model_seed", "prompt_bytes"]
+__all__ = [
+    "PREFIX_MATCH",
+    "PrefixIndex",
+    "PrefixMatch",
+    "block_hashes",
+    "leading_matches",
+    "model_seed",
+    "prompt_bytes",
+]

@@ -3,7 +3,7 @@ Produced once per request; read by prefix-cache-scorer, no-hit-lru-scorer and P/
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from epp.datastore import Endpoint
@@ -28,3 +28,18 @@ class PrefixMatch:
     def cached_tokens(self, endpoint: Endpoint) -> int:
         """Prompt tokens this endpoint probably has cached (block granularity)."""
         return self.matched_blocks(endpoint) * self.block_size_tokens
+
+
+def leading_matches(
+    hashes: Sequence[int], holders_of: Callable[[int], Collection[str]], names: Collection[str]
+) -> dict[str, int]:
+    """How many blocks from the first each of `names` holds without a gap, walking the prompt's
+    block hashes until no name holds the next one (the peers' "longest consecutive prefix")."""
+    found: dict[str, int] = {}
+    alive = set(names)
+    for depth, block in enumerate(hashes, start=1):
+        alive.intersection_update(holders_of(block))
+        if not alive:
+            break
+        found.update(dict.fromkeys(alive, depth))
+    return found
