@@ -33,18 +33,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 
-import orjson
-
 from epp.bench.records import RequestRecord, RunResult
 from epp.bench.summary import Summary, summarize
-from epp.bench.virtual import _REJECTION_STATUS, VirtualCluster, VirtualRun, _Sequence, run_virtual
+from epp.bench.virtual import VirtualCluster, VirtualRun, _Sequence, run_virtual
 from epp.bench.workload import BenchRequest, Length, Load, Mixed, WorkloadSpec, generate
 from epp.config.loader import load_config, load_config_file
 from epp.config.model import PickerConfig
 from epp.datastore import Endpoint
 from epp.datastore.endpoint import ROLE_LABEL
 from epp.requestcontrol.director import RoutedRequest
-from epp.requests import RequestError
 from epp.sim.engine import StepOutcome
 from epp.sim.profiles import get_profile
 
@@ -104,40 +101,24 @@ class PDVirtualRun(VirtualRun):
             role = "prefill" if i < prefillers else "decode"
             endpoint.spec = replace(endpoint.spec, labels=MappingProxyType({ROLE_LABEL: role}))
 
-    def _arrive(self, now: float, request: BenchRequest) -> None:
-        record = self.records[request.index]
-        record.sent = now
-        headers = {":method": "POST", ":path": request.path, "x-request-id": str(request.index)}
-        try:
-            routed = self.director.handle_body(orjson.dumps(request.body(self.cluster.model)), headers, None)
-        except RequestError as error:
-            self._failed(record, now, error.code.label)
-            return
-        decode = routed.result.targets[0]
-        record.endpoint = decode.name
-        token_ids = self._tokens.token_ids(request)
-        record.prompt_tokens = len(token_ids)
+    def _dispatch(
+        self,
+        routed: RoutedRequest,
+        request: BenchRequest,
+        token_ids: list[int],
+        record: RequestRecord,
+        now: float,
+    ) -> None:
         prefill = routed.result.profile_results.get("prefill")
         if prefill is None:
-            self._admit(_Sequence(token_ids, request.max_tokens, now, record), decode, routed, now)
+            super()._dispatch(routed, request, token_ids, record, now)
             return
         prefiller = prefill.targets[0]
-        leg = _PrefillLeg(token_ids, now, record, prefiller.name, decode, request.max_tokens)
-        self._admit(leg, prefiller, routed, now)
-
-    def _admit(self, sequence: _Sequence, endpoint: Endpoint, routed: RoutedRequest, now: float) -> None:
-        server = self.servers[endpoint.name]
-        rejection = server.engine.add(sequence)
-        if rejection is not None:
-            routed.response_started(_REJECTION_STATUS[rejection], False)
-            routed.finish()
-            self._failed(sequence.record, now, rejection.value)
-            return
-        sequence.routed = routed
-        if not isinstance(sequence, _PrefillLeg):
-            routed.response_started(200, True)  # the decode reply starts (relayed by the sidecar)
-        if not server.stepping:
-            self._wake(server, now)
+        leg = _PrefillLeg(
+            token_ids, now, record, prefiller.name, routed.result.targets[0], request.max_tokens
+        )
+        # The client's response starts with the decode leg (relayed by the sidecar), not here.
+        self._admit(leg, prefiller, routed, now, starts_response=False)
 
     def _deliver(self, outcome: StepOutcome, now: float) -> None:
         legs = [s for s in outcome.finished if isinstance(s, _PrefillLeg)]
@@ -159,7 +140,7 @@ class PDVirtualRun(VirtualRun):
         sequence = _Sequence(list(leg.prompt_tokens), leg.max_tokens, now, leg.record)
         sequence.remote_prefill = True
         sequence.block_hashes = leg.block_hashes
-        self._admit(sequence, leg.decode, leg.routed, now)
+        self._admit(sequence, leg.decode, leg.routed, now, starts_response=True)
 
 
 # --- the sweep -------------------------------------------------------------------------------------

@@ -204,19 +204,42 @@ class VirtualRun:
         except RequestError as error:
             self._failed(record, now, error.code.label)
             return
-        endpoint = routed.result.targets[0]
-        record.endpoint = endpoint.name
-        server = self.servers[endpoint.name]
+        record.endpoint = routed.result.targets[0].name
         token_ids = self._tokens.token_ids(request)
         record.prompt_tokens = len(token_ids)
+        self._dispatch(routed, request, token_ids, record, now)
+
+    def _dispatch(
+        self,
+        routed: RoutedRequest,
+        request: BenchRequest,
+        token_ids: list[int],
+        record: RequestRecord,
+        now: float,
+    ) -> None:
+        """Hand the routed request to its server (a P/D run overrides this to add a prefill leg)."""
         sequence = _Sequence(token_ids, request.max_tokens, now, record)
+        self._admit(sequence, routed.result.targets[0], routed, now, starts_response=True)
+
+    def _admit(
+        self,
+        sequence: _Sequence,
+        endpoint: Endpoint,
+        routed: RoutedRequest,
+        now: float,
+        starts_response: bool,
+    ) -> None:
+        """Queue `sequence` on `endpoint`'s engine; a rejection ends the request with its status.
+        `starts_response`: the engine's admission is when the client's response begins."""
+        server = self.servers[endpoint.name]
         rejection = server.engine.add(sequence)
         if rejection is not None:
             routed.response_started(_REJECTION_STATUS[rejection], False)
             routed.finish()
-            self._failed(record, now, rejection.value)
+            self._failed(sequence.record, now, rejection.value)
             return
-        routed.response_started(200, True)  # the simulator sends headers on admission
+        if starts_response:
+            routed.response_started(200, True)  # the simulator sends headers on admission
         sequence.routed = routed
         if not server.stepping:
             self._wake(server, now)
