@@ -30,7 +30,7 @@ elif ! docker info >/dev/null 2>&1; then
   missing+=("a running Docker engine")
 fi
 if ((${#missing[@]})); then
-  echo "kind e2e skipped: this machine has no ${missing[*]}."
+  echo "kind e2e skipped: missing on this machine: $(IFS=,; echo "${missing[*]}" | sed 's/,/, /g')."
   echo "It needs docker (engine running), kind, kubectl and helm; see e2e/kind/README.md."
   exit 0
 fi
