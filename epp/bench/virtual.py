@@ -16,6 +16,7 @@ time. What the real-time path adds and this leaves out is the wire: HTTP, Envoy 
 from __future__ import annotations
 
 import heapq
+import math
 import random
 import time
 from array import array
@@ -163,19 +164,40 @@ class VirtualRun:
         self._open = 0  # requests not yet finished (or failed)
 
     def run(self) -> RunResult:
+        """Process events in (time, order of scheduling) order until every request is done.
+
+        Initial arrivals, known up front and scheduled before anything else, are a sorted list
+        merged with the event heap rather than pushed onto it: the heap then holds about one
+        event per server instead of every future arrival, which makes each push and pop cheaper.
+        An arrival wins a tie with a heap event, as its earlier scheduling would in the heap."""
         started = time.perf_counter()
+        arrivals: list[BenchRequest] = []
         for request in self.requests:
             if request.follows is None:
-                self._push(request.arrival, self._arrive, request)
+                arrivals.append(request)
             else:
                 self._followers.setdefault(request.follows, []).append(request)
+        arrivals.sort(key=lambda r: r.arrival)  # stable: ties keep request order
+        arrival_times = [r.arrival for r in arrivals]
+        arrival_times.append(math.inf)
         self._open = len(self.requests)
         self._scrape(0.0, None)
         events = self._events
-        while self._open and events:
-            now, _, handler, payload = heapq.heappop(events)
-            self.now = now
-            handler(now, payload)
+        pop = heapq.heappop
+        arrive = self._arrive
+        next_arrival = 0
+        while self._open:
+            at = arrival_times[next_arrival]
+            if events and events[0][0] < at:
+                now, _, handler, payload = pop(events)
+                self.now = now
+                handler(now, payload)
+            elif next_arrival < len(arrivals):
+                self.now = at
+                arrive(at, arrivals[next_arrival])
+                next_arrival += 1
+            else:
+                break
         return RunResult(
             engine="virtual",
             records=self.records,
@@ -264,8 +286,9 @@ class VirtualRun:
         server, epoch = payload
         if epoch != server.epoch:
             return  # a timer wake-up overtaken by an arrival
-        if server.pending is not None:
-            self._deliver(server.pending, now)
+        pending = server.pending
+        if pending is not None:
+            self._deliver(pending, now)
             server.pending = None
         engine = server.engine
         outcome = engine.step(now)
@@ -275,7 +298,8 @@ class VirtualRun:
                 sink.apply_kv_events(server.pod, events)
         if outcome.batch_size:
             server.pending = outcome
-            self._push(outcome.end, self._step, payload)
+            self._seq += 1  # _push, inlined: once per engine step
+            heapq.heappush(self._events, (outcome.end, self._seq, self._step, payload))
             return
         # idle: the next arrival wakes it (bumping the epoch voids this timer), else the timer does
         server.stepping = False
@@ -285,12 +309,12 @@ class VirtualRun:
 
     def _deliver(self, outcome: StepOutcome, now: float) -> None:
         """The step ended: hand out its tokens and finish its completed requests."""
-        itl = self.itl
+        gap = self.itl.append
         for sequence in cast(list[_Sequence], outcome.emitted):
             if sequence.output_done == 1:
                 sequence.record.first_token = now
             else:
-                itl.append(now - sequence.last_token)
+                gap(now - sequence.last_token)
             sequence.last_token = now
         for sequence in cast(list[_Sequence], outcome.finished):
             record = sequence.record

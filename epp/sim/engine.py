@@ -165,6 +165,33 @@ class EngineStats:
     queue_time: Histogram = field(default_factory=lambda: Histogram(REQUEST_LATENCY_BUCKETS))
 
 
+class _Batch:
+    """The requests one step runs and the batch composition its duration depends on, summed while
+    scheduling so the step needs no second pass over the batch to price it."""
+
+    __slots__ = ("attention_pairs", "budget", "decode_context", "decode_seqs", "prefill_tokens", "requests")
+
+    def __init__(self, budget: int) -> None:
+        self.requests: list[Request] = []
+        self.budget = budget
+        self.decode_seqs = 0
+        self.decode_context = 0
+        self.prefill_tokens = 0
+        self.attention_pairs = 0
+
+    def add(self, request: Request, n: int) -> None:
+        """Schedule ``n`` tokens of ``request``: one is a decode step, more a prefill chunk."""
+        request.step_tokens = n
+        self.requests.append(request)
+        self.budget -= n
+        if n == 1:
+            self.decode_seqs += 1
+            self.decode_context += request.computed + 1
+        else:
+            self.prefill_tokens += n
+            self.attention_pairs += n * request.computed + n * n // 2
+
+
 @dataclass(slots=True)
 class _Lease:
     table: BlockTable
@@ -296,26 +323,42 @@ class Engine:
     def step(self, now: float) -> StepOutcome:
         """Schedule and run one step starting at ``now``. ``batch_size == 0`` means nothing could
         run (idle; wait for new input or ``next_timer()``)."""
-        self._expire_leases(now)
-        self._finish_transfers(now)
-        outcome = StepOutcome(start=now)
-        budget = self.profile.max_num_batched_tokens
-        scheduled: list[Request] = []
-        budget = self._schedule_running(budget, scheduled, outcome)
-        if not outcome.preempted:
-            self._schedule_waiting(now, budget, scheduled)
-        if scheduled:
-            self._run(scheduled, outcome)
+        if self._leases:
+            self._expire_leases(now)
+        if self._transferring:
+            self._finish_transfers(now)
+        outcome = StepOutcome(now)
+        batch = _Batch(self.profile.max_num_batched_tokens)
+        if self._running:
+            self._schedule_running(batch, outcome)
+        if (
+            self._waiting
+            and not outcome.preempted
+            and batch.budget > 0
+            and len(self._running) < self.profile.max_num_seqs
+        ):
+            self._schedule_waiting(now, batch)
+        if batch.requests:
+            self._run(batch, outcome)
         return outcome
 
-    def _schedule_running(self, budget: int, scheduled: list[Request], outcome: StepOutcome) -> int:
+    def _schedule_running(self, batch: _Batch, outcome: StepOutcome) -> None:
+        """Running requests in admission order, one decode token or the next prefill chunk each,
+        while the token budget lasts. The hottest loop of the simulator (once per sequence per
+        step), so it sums the batch composition in locals rather than through ``_Batch.add``."""
         running = self._running
         block_size = self.block_size
-        i = 0
-        while i < len(running) and budget > 0:
-            request = running[i]
-            n = min(request.prompt_len + request.output_done - request.computed, budget)
-            tokens = request.computed + n
+        scheduled = batch.requests
+        budget = batch.budget
+        decode_seqs = decode_context = prefill = pairs = 0
+        for request in running:  # preemption only pops requests after this one
+            if budget <= 0:
+                break
+            computed = request.computed
+            n = request.prompt_len + request.output_done - computed
+            if n > budget:
+                n = budget
+            tokens = computed + n
             if tokens > len(request.table.ids) * block_size and not self._reserve_or_preempt(
                 request, tokens, outcome
             ):
@@ -323,8 +366,17 @@ class Engine:
             request.step_tokens = n
             scheduled.append(request)
             budget -= n
-            i += 1
-        return budget
+            if n == 1:
+                decode_seqs += 1
+                decode_context += tokens
+            else:
+                prefill += n
+                pairs += n * computed + n * n // 2
+        batch.budget = budget
+        batch.decode_seqs = decode_seqs
+        batch.decode_context = decode_context
+        batch.prefill_tokens = prefill
+        batch.attention_pairs = pairs
 
     def _reserve_or_preempt(self, request: Request, tokens: int, outcome: StepOutcome) -> bool:
         """Make ``request`` hold blocks for ``tokens`` tokens, preempting the most recently
@@ -349,12 +401,12 @@ class Engine:
         outcome.preempted.append(request)
         self.stats.preemptions += 1
 
-    def _schedule_waiting(self, now: float, budget: int, scheduled: list[Request]) -> None:
+    def _schedule_waiting(self, now: float, batch: _Batch) -> None:
         waiting = self._waiting
         skipped: list[Request] = []
         max_seqs = self.profile.max_num_seqs
         max_loras = self.profile.max_loras
-        while waiting and budget > 0 and len(self._running) < max_seqs:
+        while waiting and batch.budget > 0 and len(self._running) < max_seqs:
             request = waiting[0]
             lora = request.lora
             if lora and lora not in self._running_loras and len(self._running_loras) >= max_loras:
@@ -365,18 +417,17 @@ class Engine:
                     break
                 waiting.popleft()
                 continue
-            n = self._admit(request, now, budget)
+            n = self._admit(request, now, batch.budget)
             if n == 0:
                 break
             waiting.popleft()
             request.state = State.RUNNING
-            request.step_tokens = n
             self._running.append(request)
             if lora:
                 self._running_loras[lora] = self._running_loras.get(lora, 0) + 1
-            scheduled.append(request)
-            budget -= n
-        waiting.extendleft(reversed(skipped))
+            batch.add(request, n)
+        if skipped:
+            waiting.extendleft(reversed(skipped))
 
     def _admit(self, request: Request, now: float, budget: int) -> int:
         """Reserve blocks for the next chunk of a waiting request, after a prefix-cache lookup if
@@ -447,44 +498,43 @@ class Engine:
             self.pool.release(self._leases.pop(key).table)
             self.stats.leases_expired += 1
 
-    def _run(self, scheduled: list[Request], outcome: StepOutcome) -> None:
-        decode_seqs = decode_ctx = prefill = pairs = 0
-        for request in scheduled:
-            n = request.step_tokens
-            if n == 1:
-                decode_seqs += 1
-                decode_ctx += request.computed + 1
-            else:
-                prefill += n
-                pairs += n * request.computed + n * n // 2
-        duration = self.profile.step_seconds(decode_seqs, decode_ctx, prefill, pairs)
-        end = outcome.start + duration
+    def _run(self, batch: _Batch, outcome: StepOutcome) -> None:
+        """Advance every scheduled request by its tokens to the end of the step: cache newly full
+        prompt blocks, emit the tokens of requests whose prompt is computed, finish the done."""
+        scheduled = batch.requests
+        start = outcome.start
+        duration = self.profile.step_seconds(
+            batch.decode_seqs, batch.decode_context, batch.prefill_tokens, batch.attention_pairs
+        )
+        end = start + duration
         outcome.duration = duration
         outcome.batch_size = len(scheduled)
-        outcome.prefill_tokens = prefill
-        outcome.decode_seqs = decode_seqs
+        outcome.prefill_tokens = batch.prefill_tokens
+        outcome.decode_seqs = batch.decode_seqs
         stats = self.stats
         stats.steps += 1
         stats.busy_seconds += duration
         emitted = outcome.emitted
+        emit = emitted.append
         steady = 0  # decoding sequences whose previous token came at the end of the previous step
         for request in scheduled:
-            request.computed += request.step_tokens
+            computed = request.computed = request.computed + request.step_tokens
             if request.next_hash < len(request.block_hashes or ()):
                 self._cache_full_blocks(request)
-            if request.computed != request.prompt_len + request.output_done:
+            output_done = request.output_done
+            if computed != request.prompt_len + output_done:
                 continue
-            if request.output_done == 0:
+            if output_done == 0:
                 self._first_output(request, end)
-            elif request.last_token_at == outcome.start:
+            elif request.last_token_at == start:
                 steady += 1
             else:
                 stats.itl.observe(end - request.last_token_at)
             if request.max_output:
-                request.output_done += 1
+                output_done = request.output_done = output_done + 1
                 request.last_token_at = end
-                emitted.append(request)
-            if request.output_done >= request.max_output:
+                emit(request)
+            if output_done >= request.max_output:
                 self._finish(request, end, outcome)
         if steady:
             stats.itl.observe(duration, steady)
@@ -496,13 +546,15 @@ class Engine:
         """Promote the request's newly completed full prompt blocks into the prefix cache, and
         record one ``BlockStored`` per run of consecutive promoted blocks."""
         hashes = request.block_hashes or []
+        first = request.next_hash
         last = min(request.computed // self.block_size, len(hashes))
-        run_start = request.next_hash
-        for i in range(request.next_hash, last):
-            if not self.pool.promote(request.table, i, hashes[i]):
-                self._record_stored(request, run_start, i)
-                run_start = i + 1
-        self._record_stored(request, run_start, last)
+        if first < last:
+            duplicates = self.pool.promote(request.table, first, hashes[first:last])
+            if self.pool.events is not None:
+                for duplicate in duplicates:
+                    self._record_stored(request, first, duplicate)
+                    first = duplicate + 1
+                self._record_stored(request, first, last)
         request.next_hash = last
 
     def _record_stored(self, request: Request, first: int, last: int) -> None:

@@ -66,13 +66,19 @@ KVEvent = BlockStored | BlockRemoved | AllBlocksCleared
 
 class BlockTable:
     """The blocks one request (or one prefill lease) holds: every block id in sequence order, and
-    the hashes of those that are shared cache blocks it holds a reference on."""
+    the hashes of those that are shared cache blocks it holds a reference on.
 
-    __slots__ = ("held", "ids")
+    ``held_first`` stays True while the held blocks are exactly the first ``len(held)`` ids, in
+    order (a prefix hit, then promotions without a duplicate in between: nearly always), so
+    ``release`` can take the private blocks as the tail of ``ids`` without mapping hashes back to
+    block ids."""
+
+    __slots__ = ("held", "held_first", "ids")
 
     def __init__(self) -> None:
         self.ids: list[int] = []
         self.held: list[int] = []
+        self.held_first = True
 
 
 class BlockPool:
@@ -115,26 +121,36 @@ class BlockPool:
 
     def acquire(self, table: BlockTable, hashes: Sequence[int]) -> None:
         """Reference resident blocks ``hashes`` (a prefix hit) and append them to ``table``."""
-        refs, evictable = self._refs, self._evictable
+        if not hashes:
+            return
+        refs, evictable, by_hash = self._refs, self._evictable, self._by_hash
+        ids, held = table.ids, table.held
+        if len(ids) != len(held):
+            table.held_first = False
         for h in hashes:
             count = refs.get(h, 0)
             if count == 0:
                 del evictable[h]
             refs[h] = count + 1
-            table.ids.append(self._by_hash[h])
-            table.held.append(h)
+            ids.append(by_hash[h])
+            held.append(h)
 
     def allocate(self, table: BlockTable, count: int) -> None:
-        """Append ``count`` private blocks to ``table``; the caller checked ``num_free()``."""
+        """Append ``count`` private blocks to ``table``; the caller checked ``num_free()``.
+        Freed blocks come first (last freed first), then never-used ones, then evicted cached ones."""
+        ids, free = table.ids, self._free_ids
+        if free and count:
+            take = min(count, len(free))
+            ids += reversed(free[-take:])
+            del free[-take:]
+            count -= take
+        if count and self._fresh < self.num_blocks:
+            take = min(count, self.num_blocks - self._fresh)
+            ids += range(self._fresh, self._fresh + take)
+            self._fresh += take
+            count -= take
         for _ in range(count):
-            if self._free_ids:
-                block_id = self._free_ids.pop()
-            elif self._fresh < self.num_blocks:
-                block_id = self._fresh
-                self._fresh += 1
-            else:
-                block_id = self._evict()
-            table.ids.append(block_id)
+            ids.append(self._evict())
 
     def _evict(self) -> int:
         victim, _ = self._evictable.popitem(last=False)
@@ -142,15 +158,24 @@ class BlockPool:
             self.events.append(BlockRemoved([victim]))
         return self._by_hash.pop(victim)
 
-    def promote(self, table: BlockTable, index: int, block_hash: int) -> bool:
-        """Make private block ``table.ids[index]`` a shared cache block under ``block_hash``.
-        False when another block already caches that hash (the duplicate stays private, as in vLLM)."""
-        if block_hash in self._by_hash:
-            return False
-        self._by_hash[block_hash] = table.ids[index]
-        self._refs[block_hash] = 1
-        table.held.append(block_hash)
-        return True
+    def promote(self, table: BlockTable, first: int, hashes: Sequence[int]) -> list[int]:
+        """Make private blocks ``table.ids[first:first + len(hashes)]`` shared cache blocks under
+        ``hashes``, in order. Returns the indices whose hash another block already caches: those
+        duplicates stay private, as in vLLM (usually none, hence one call for a whole chunk)."""
+        by_hash, refs = self._by_hash, self._refs
+        ids, held = table.ids, table.held
+        held_first = table.held_first
+        duplicates: list[int] = []
+        for index, block_hash in enumerate(hashes, first):
+            if block_hash in by_hash:
+                duplicates.append(index)
+                continue
+            if held_first and index != len(held):
+                held_first = table.held_first = False
+            by_hash[block_hash] = ids[index]
+            refs[block_hash] = 1
+            held.append(block_hash)
+        return duplicates
 
     def record_stored(
         self, hashes: list[int], parent: int | None, token_ids: list[int], lora_name: str | None
@@ -162,19 +187,24 @@ class BlockPool:
         """Give back every block of ``table``: shared blocks whose last reference goes become
         cached-unused (tail blocks first in eviction order, as vLLM frees in reverse), private
         blocks become free."""
-        by_hash, refs, evictable = self._by_hash, self._refs, self._evictable
-        held_ids = set()
-        for h in reversed(table.held):
-            held_ids.add(by_hash[h])
+        refs, evictable = self._refs, self._evictable
+        held = table.held
+        for h in reversed(held):
             count = refs[h] - 1
             if count:
                 refs[h] = count
             else:
                 del refs[h]
                 evictable[h] = None
-        self._free_ids.extend(b for b in table.ids if b not in held_ids)
+        if table.held_first:
+            self._free_ids += table.ids[len(held) :]
+        else:
+            by_hash = self._by_hash
+            held_ids = {by_hash[h] for h in held}
+            self._free_ids.extend(b for b in table.ids if b not in held_ids)
         table.ids = []
         table.held = []
+        table.held_first = True
 
     def clear_cache(self) -> bool:
         """Forget every cached-but-unused block (vLLM's reset_prefix_cache). Refused (False) while

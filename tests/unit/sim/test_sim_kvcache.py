@@ -21,10 +21,9 @@ def test_pool_pin_cache_and_evict_in_lru_order() -> None:
     pool = BlockPool(num_blocks=4, block_size=16, record_events=True)
     first, second = BlockTable(), BlockTable()
     pool.allocate(first, 2)
-    assert pool.promote(first, 0, 101) and pool.promote(first, 1, 102)
+    assert pool.promote(first, 0, [101, 102]) == []
     pool.allocate(second, 2)
-    assert pool.promote(second, 0, 201)
-    assert not pool.promote(second, 1, 101)  # duplicate hash stays private
+    assert pool.promote(second, 0, [201, 101]) == [1]  # duplicate hash stays private
     assert (pool.num_free(), pool.num_in_use(), pool.num_cached()) == (0, 4, 3)
     pool.release(first)
     assert pool.num_free() == 2 and pool.match([101, 102], 2) == (2, 2)
@@ -47,9 +46,27 @@ def test_clear_cache_only_when_nothing_is_held() -> None:
     pool = BlockPool(num_blocks=4, block_size=16, record_events=True)
     table = BlockTable()
     pool.allocate(table, 1)
-    pool.promote(table, 0, 5)
+    pool.promote(table, 0, [5])
     assert not pool.clear_cache()
     pool.release(table)
     assert pool.clear_cache()
     assert pool.num_cached() == 0 and pool.num_free() == 4
     assert isinstance(pool.drain_events()[-1], AllBlocksCleared)
+
+
+def test_release_frees_private_blocks_wherever_they_sit_in_the_table() -> None:
+    pool = BlockPool(num_blocks=8, block_size=16)
+    owner, other = BlockTable(), BlockTable()
+    pool.allocate(owner, 2)
+    pool.promote(owner, 0, [1, 2])
+    pool.allocate(other, 3)
+    # block 0 duplicates a cached hash and stays private, so the held blocks are not a prefix
+    assert pool.promote(other, 0, [1, 7, 8]) == [0]
+    assert not other.held_first
+    private = other.ids[0]
+    pool.release(other)
+    assert pool.num_free() == 6 and pool.num_cached() == 4
+    # the private block, not a cached one, is what the next allocation reuses
+    fresh = BlockTable()
+    pool.allocate(fresh, 1)
+    assert fresh.ids == [private] and pool.num_cached() == 4
