@@ -52,6 +52,7 @@ class Request:
         "finish_reason",
         "finished_at",
         "first_token_at",
+        "hashed_blocks",
         "hold_blocks",
         "id",
         "last_token_at",
@@ -65,6 +66,7 @@ class Request:
         "prompt_tokens",
         "ready_at",
         "remote_prefill",
+        "reserved",
         "scheduled_at",
         "state",
         "step_tokens",
@@ -100,6 +102,10 @@ class Request:
         self.remote_prefill = remote_prefill
         self.hold_blocks = hold_blocks
         self.block_hashes = block_hashes
+        # Both copied from larger structures so the per-step checks of a running request read
+        # only the request itself: len(block_hashes), and the tokens its table's blocks hold.
+        self.hashed_blocks = 0
+        self.reserved = 0
         self.state = State.WAITING
         self.computed = 0
         self.output_done = 0
@@ -279,6 +285,7 @@ class Engine:
             request.block_hashes = prompt_block_hashes(
                 request.prompt_tokens, bs, request.lora or self.namespace
             )
+        request.hashed_blocks = len(request.block_hashes)
         self.stats.requests_added += 1
         self.stats.prefill_only += request.hold_blocks
         self.stats.remote_decode += request.remote_prefill
@@ -347,7 +354,6 @@ class Engine:
         while the token budget lasts. The hottest loop of the simulator (once per sequence per
         step), so it sums the batch composition in locals rather than through ``_Batch.add``."""
         running = self._running
-        block_size = self.block_size
         scheduled = batch.requests
         budget = batch.budget
         decode_seqs = decode_context = prefill = pairs = 0
@@ -359,9 +365,7 @@ class Engine:
             if n > budget:
                 n = budget
             tokens = computed + n
-            if tokens > len(request.table.ids) * block_size and not self._reserve_or_preempt(
-                request, tokens, outcome
-            ):
+            if tokens > request.reserved and not self._reserve_or_preempt(request, tokens, outcome):
                 break
             request.step_tokens = n
             scheduled.append(request)
@@ -389,6 +393,7 @@ class Engine:
                 return False
         if need > 0:
             self.pool.allocate(request.table, need)
+            request.reserved = len(request.table.ids) * self.block_size
         return True
 
     def _preempt(self, request: Request, outcome: StepOutcome) -> None:
@@ -453,6 +458,7 @@ class Engine:
             request.scheduled_at = now
             self.stats.queue_time.observe(now - request.arrival)
         self.pool.allocate(table, need)
+        request.reserved = len(table.ids) * bs
         return n
 
     def _start_transfer(self, request: Request, now: float) -> bool:
@@ -519,7 +525,7 @@ class Engine:
         steady = 0  # decoding sequences whose previous token came at the end of the previous step
         for request in scheduled:
             computed = request.computed = request.computed + request.step_tokens
-            if request.next_hash < len(request.block_hashes or ()):
+            if request.next_hash < request.hashed_blocks:
                 self._cache_full_blocks(request)
             output_done = request.output_done
             if computed != request.prompt_len + output_done:
