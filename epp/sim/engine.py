@@ -48,10 +48,10 @@ class Request:
         "arrival",
         "block_hashes",
         "cached_tokens",
-        "computed",
         "finish_reason",
         "finished_at",
         "first_token_at",
+        "free_slots",
         "hashed_blocks",
         "hold_blocks",
         "id",
@@ -62,11 +62,12 @@ class Request:
         "max_output",
         "next_hash",
         "output_done",
+        "pending_tokens",
+        "previous_token_at",
         "prompt_len",
         "prompt_tokens",
         "ready_at",
         "remote_prefill",
-        "reserved",
         "scheduled_at",
         "state",
         "step_tokens",
@@ -102,13 +103,14 @@ class Request:
         self.remote_prefill = remote_prefill
         self.hold_blocks = hold_blocks
         self.block_hashes = block_hashes
-        # Both copied from larger structures so the per-step checks of a running request read
-        # only the request itself: len(block_hashes), and the tokens its table's blocks hold.
-        self.hashed_blocks = 0
-        self.reserved = 0
         self.state = State.WAITING
-        self.computed = 0
         self.output_done = 0
+        # The per-step work on a running request reads only these small counters, never the
+        # request's block table, hash list or (beyond 256, separately allocated) token counts:
+        # at a thousand engines those reads are cache misses and dominate the step.
+        self.pending_tokens = self.prompt_len  # to compute before the next output (see computed)
+        self.free_slots = 0  # tokens the held blocks can take beyond ``computed``
+        self.hashed_blocks = 0  # len(block_hashes), once added
         self.next_hash = 0
         self.step_tokens = 0
         self.cached_tokens: int | None = None
@@ -116,11 +118,21 @@ class Request:
         self.scheduled_at: float | None = None
         self.first_token_at: float | None = None
         self.last_token_at = 0.0
+        self.previous_token_at = 0.0  # when the token before the last one came
         self.finished_at: float | None = None
         self.ready_at = 0.0
         self.finish_reason: str | None = None
         self.lease_key: str | None = None
         self.leased_blocks: list[int] = []
+
+    @property
+    def computed(self) -> int:
+        """Tokens whose KV is computed: the prompt, then every generated token but the newest."""
+        return self.prompt_len + self.output_done - self.pending_tokens
+
+    @computed.setter
+    def computed(self, value: int) -> None:
+        self.pending_tokens = self.prompt_len + self.output_done - value
 
     def __repr__(self) -> str:
         return f"Request({self.id!r}, {self.state.value}, computed={self.computed}, out={self.output_done})"
@@ -129,7 +141,13 @@ class Request:
 @dataclass(slots=True)
 class StepOutcome:
     """One scheduled step: its duration and what it produced by its end (``start + duration``).
-    ``emitted`` got one new token each; ``finished`` ended (reason in ``finish_reason``)."""
+    ``emitted`` got one new token each; ``finished`` ended (reason in ``finish_reason``).
+
+    Of the emitted tokens, ``first_tokens`` are their request's first, ``steady_tokens`` follow
+    their request's previous token by exactly this step (it came at the step's start), and
+    ``gaps`` holds the time since the previous token of each other one (after a preemption or a
+    skipped step), in order: a driver recording inter-token latencies need not visit every token.
+    """
 
     start: float
     duration: float = 0.0
@@ -139,6 +157,9 @@ class StepOutcome:
     emitted: list[Request] = field(default_factory=list)
     finished: list[Request] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
+    first_tokens: int = 0
+    steady_tokens: int = 0
+    gaps: list[float] = field(default_factory=list)
 
     @property
     def end(self) -> float:
@@ -227,6 +248,8 @@ class Engine:
         self._transferring: list[Request] = []
         self._running_loras: dict[str, int] = {}
         self._leases: dict[str, _Lease] = {}
+        # sum of ``computed`` over _running, so pricing a step's decode context reads no request
+        self._running_context = 0
 
     # ----- read-only state -------------------------------------------------------------------
 
@@ -298,6 +321,7 @@ class Engine:
             return
         if request.state is State.RUNNING:
             self._running.remove(request)
+            self._running_context -= request.computed
             self._lora_stopped(request)
         elif request.state is State.TRANSFERRING:
             self._transferring.remove(request)
@@ -352,33 +376,38 @@ class Engine:
     def _schedule_running(self, batch: _Batch, outcome: StepOutcome) -> None:
         """Running requests in admission order, one decode token or the next prefill chunk each,
         while the token budget lasts. The hottest loop of the simulator (once per sequence per
-        step), so it sums the batch composition in locals rather than through ``_Batch.add``."""
+        step), so it sums the batch composition in locals rather than through ``_Batch.add``,
+        and gets the decode context (the sum of ``computed + 1`` over decoding requests) from the
+        running total, less the requests that do not decode this step."""
         running = self._running
         scheduled = batch.requests
         budget = batch.budget
-        decode_seqs = decode_context = prefill = pairs = 0
+        decode_seqs = prefill = pairs = not_decoding = 0
         for request in running:  # preemption only pops requests after this one
             if budget <= 0:
                 break
-            computed = request.computed
-            n = request.prompt_len + request.output_done - computed
+            n = request.pending_tokens
             if n > budget:
                 n = budget
-            tokens = computed + n
-            if tokens > request.reserved and not self._reserve_or_preempt(request, tokens, outcome):
+            if n > request.free_slots and not self._reserve_or_preempt(
+                request, request.computed + n, outcome
+            ):
                 break
             request.step_tokens = n
             scheduled.append(request)
             budget -= n
             if n == 1:
                 decode_seqs += 1
-                decode_context += tokens
             else:
+                computed = request.computed
+                not_decoding += computed
                 prefill += n
                 pairs += n * computed + n * n // 2
+        for request in running[len(scheduled) :]:
+            not_decoding += request.computed
         batch.budget = budget
         batch.decode_seqs = decode_seqs
-        batch.decode_context = decode_context
+        batch.decode_context = self._running_context - not_decoding + decode_seqs
         batch.prefill_tokens = prefill
         batch.attention_pairs = pairs
 
@@ -393,13 +422,15 @@ class Engine:
                 return False
         if need > 0:
             self.pool.allocate(request.table, need)
-            request.reserved = len(request.table.ids) * self.block_size
+            request.free_slots = len(request.table.ids) * self.block_size - request.computed
         return True
 
     def _preempt(self, request: Request, outcome: StepOutcome) -> None:
         self.pool.release(request.table)
         self._lora_stopped(request)
+        self._running_context -= request.computed
         request.computed = 0
+        request.free_slots = 0
         request.next_hash = 0
         request.state = State.WAITING
         self._waiting.appendleft(request)
@@ -428,6 +459,7 @@ class Engine:
             waiting.popleft()
             request.state = State.RUNNING
             self._running.append(request)
+            self._running_context += request.computed
             if lora:
                 self._running_loras[lora] = self._running_loras.get(lora, 0) + 1
             batch.add(request, n)
@@ -458,7 +490,7 @@ class Engine:
             request.scheduled_at = now
             self.stats.queue_time.observe(now - request.arrival)
         self.pool.allocate(table, need)
-        request.reserved = len(table.ids) * bs
+        request.free_slots = len(table.ids) * bs - computed
         return n
 
     def _start_transfer(self, request: Request, now: float) -> bool:
@@ -520,30 +552,40 @@ class Engine:
         stats = self.stats
         stats.steps += 1
         stats.busy_seconds += duration
+        # every scheduled request is running now, and computes its tokens
+        self._running_context += self.profile.max_num_batched_tokens - batch.budget
         emitted = outcome.emitted
         emit = emitted.append
+        gaps = outcome.gaps
         steady = 0  # decoding sequences whose previous token came at the end of the previous step
         for request in scheduled:
-            computed = request.computed = request.computed + request.step_tokens
+            n = request.step_tokens
+            request.free_slots -= n
+            pending = request.pending_tokens = request.pending_tokens - n  # computed += n
             if request.next_hash < request.hashed_blocks:
                 self._cache_full_blocks(request)
-            output_done = request.output_done
-            if computed != request.prompt_len + output_done:
+            if pending:
                 continue
+            output_done = request.output_done
             if output_done == 0:
-                self._first_output(request, end)
+                self._first_output(request, end, outcome)
             elif request.last_token_at == start:
                 steady += 1
             else:
-                stats.itl.observe(end - request.last_token_at)
+                gap = end - request.last_token_at
+                stats.itl.observe(gap)
+                gaps.append(gap)
             if request.max_output:
                 output_done = request.output_done = output_done + 1
+                request.pending_tokens = 1  # the new token, whose KV the next step computes
+                request.previous_token_at = request.last_token_at
                 request.last_token_at = end
                 emit(request)
             if output_done >= request.max_output:
                 self._finish(request, end, outcome)
         if steady:
             stats.itl.observe(duration, steady)
+            outcome.steady_tokens = steady
         stats.generation_tokens += len(emitted)
         if outcome.finished:
             self._running = [r for r in self._running if r.state is State.RUNNING]
@@ -575,7 +617,7 @@ class Engine:
             request.lora,
         )
 
-    def _first_output(self, request: Request, end: float) -> None:
+    def _first_output(self, request: Request, end: float, outcome: StepOutcome) -> None:
         """Prefill done: count the prompt, and the first token's latency if one is generated."""
         stats = self.stats
         stats.prompt_tokens += request.prompt_len
@@ -583,9 +625,11 @@ class Engine:
         if request.max_output:
             request.first_token_at = end
             stats.ttft.observe(end - request.arrival)
+            outcome.first_tokens += 1
 
     def _finish(self, request: Request, end: float, outcome: StepOutcome) -> None:
         self._lora_stopped(request)
+        self._running_context -= request.computed
         request.state = State.DONE
         request.finished_at = end
         request.finish_reason = request.stop_reason

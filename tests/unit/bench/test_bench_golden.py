@@ -1,0 +1,80 @@
+"""The virtual-time engine's results, pinned: a digest of every request record, the inter-token
+gaps and every engine's counters and histograms, for tiny runs that reach prefix hits, preemption,
+queue-full rejections and KV events. Making the engine or the event loop faster must leave these
+digests as they are; a deliberate change of the model updates them, and says so in its commit."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from epp.bench.virtual import VirtualCluster, VirtualRun
+from epp.bench.workload import WorkloadSpec, generate
+from epp.config.loader import load_config, load_config_file
+from epp.config.model import PickerConfig
+from epp.sim.engine import EngineStats
+from epp.sim.histogram import Histogram
+from epp.sim.profiles import TINY_TEST
+
+CONFIGS = Path(__file__).parents[3] / "bench" / "configs"
+# small enough that requests queue, get preempted and get refused
+PRESSURE = dataclasses.replace(TINY_TEST, num_gpu_blocks=48, max_num_seqs=16, max_waiting=10)
+
+
+def stats_fingerprint(stats: EngineStats) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(stats):
+        value = getattr(stats, f.name)
+        out[f.name] = (
+            [value.counts, repr(value.total), value.count] if isinstance(value, Histogram) else value
+        )
+    out["busy_seconds"] = repr(stats.busy_seconds)
+    return out
+
+
+def run_digest(config: PickerConfig, endpoints: int, groups: int, per_group: int) -> str:
+    spec = WorkloadSpec.model_validate(
+        {
+            "name": "golden",
+            "seed": 4,
+            "data": {
+                "type": "shared_prefix",
+                "num_groups": groups,
+                "num_prompts_per_group": per_group,
+                "system_prompt_len": 60,
+                "question_len": 40,
+                "output_len": 120,
+            },
+            "load": {"rates": [400.0]},
+        }
+    )
+    run = VirtualRun(generate(spec, 400.0), config, VirtualCluster(endpoints, PRESSURE))
+    result = run.run()
+    fingerprint = {
+        "records": [
+            [repr(value) if isinstance(value, float) else value for value in dataclasses.astuple(record)]
+            for record in result.records
+        ],
+        # one step's gaps need not be in token order (see VirtualRun._deliver); their values must
+        "itl": [repr(gap) for gap in sorted(result.itl)],
+        "engines": {name: stats_fingerprint(server.engine.stats) for name, server in run.servers.items()},
+    }
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize(
+    ("config", "endpoints", "digest"),
+    [
+        ("random.yaml", 2, "3b489600f6104d03"),
+        ("kthena.yaml", 2, "b8f07a201b5d5007"),  # follows the engines' KV events
+        (None, 3, "60d593384094cd87"),  # GIE's default profile
+    ],
+)
+def test_virtual_runs_reproduce_their_pinned_results(config: str | None, endpoints: int, digest: str) -> None:
+    picker = load_config_file(CONFIGS / config) if config else load_config()
+    assert run_digest(picker, endpoints, groups=8, per_group=12) == digest

@@ -1,0 +1,115 @@
+"""The engine's behaviour, pinned: a digest of every step outcome, KV event and counter of a
+random workload that reaches everything the engine models (prefix hits and evictions, chunked
+prefill, preemption, LoRA slots, P/D legs with leases and transfers, aborts, queue limits, cache
+resets). Making the engine faster must leave the digest as it is; a deliberate change of the model
+updates it, and says so in its commit."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from epp.sim.engine import Engine, Request, State, StepOutcome
+from epp.sim.histogram import Histogram
+from epp.sim.profiles import TINY_TEST
+
+
+def trace(seed: int, check: Callable[[Engine], None] = lambda engine: None) -> list[Any]:
+    """Drive an engine with random arrivals and aborts; ``check`` runs after every step."""
+    rng = random.Random(seed)
+    profile = (
+        TINY_TEST if seed % 2 == 0 else dataclasses.replace(TINY_TEST, num_gpu_blocks=64, max_num_seqs=16)
+    )
+    engine = Engine(profile, "m", record_kv_events=True, lease_seconds=0.05)
+    prefixes = [[rng.randrange(1000) for _ in range(rng.randrange(10, 120))] for _ in range(5)]
+    live: list[Request] = []
+    out: list[Any] = []
+    now = 0.0
+    for n in range(400):
+        for _ in range(rng.choice([0, 0, 1, 2, 3])):
+            kind = rng.random()
+            request = Request(
+                f"r{n}-{len(live)}",
+                rng.choice(prefixes) + [rng.randrange(1000) for _ in range(rng.randrange(1, 60))],
+                rng.choice([0, 1, 5, 20, 60]),
+                now,
+                lora=rng.choice([None, None, "a", "b", "c"]),
+                remote_prefill=kind < 0.1,
+                hold_blocks=0.1 <= kind < 0.2,
+            )
+            rejection = engine.add(request)
+            out.append(["add", request.id, rejection and rejection.value])
+            if rejection is None:
+                live.append(request)
+        if live and rng.random() < 0.03:
+            victim = live.pop(rng.randrange(len(live)))
+            engine.abort(victim)
+            out.append(["abort", victim.id])
+        if rng.random() < 0.02:
+            out.extend(["release", r.id, engine.release_lease(r.id)] for r in live if r.lease_key)
+        step = engine.step(now)
+        check(engine)
+        out.append(outcome_record(engine, step))
+        if step.batch_size:
+            now = step.end
+        else:
+            timer = engine.next_timer()
+            now = max(now + 0.001, timer if timer is not None else 0.0)
+        if rng.random() < 0.01:
+            out.append(["reset", engine.reset_prefix_cache()])
+    out.append([stat_record(getattr(engine.stats, f.name)) for f in dataclasses.fields(engine.stats)])
+    return out
+
+
+def stat_record(value: object) -> object:
+    return [value.counts, repr(value.total), value.count] if isinstance(value, Histogram) else repr(value)
+
+
+def outcome_record(engine: Engine, step: StepOutcome) -> list[Any]:
+    finished = [
+        [r.id, r.finish_reason, r.cached_tokens, repr(r.first_token_at), repr(r.finished_at), r.output_done]
+        for r in step.finished
+    ]
+    return [
+        [repr(step.start), repr(step.duration), step.batch_size, step.prefill_tokens, step.decode_seqs],
+        [r.id for r in step.emitted],
+        [r.id for r in step.preempted],
+        finished,
+        [r.leased_blocks for r in step.finished],
+        [engine.num_running, engine.num_waiting, repr(engine.kv_usage()), engine.running_loras()],
+        [engine.waiting_loras(), engine.num_leases(), repr(engine.next_timer())],
+        [repr(event) for event in engine.drain_kv_events()],
+    ]
+
+
+def digest(seed: int) -> str:
+    return hashlib.sha256(json.dumps(trace(seed)).encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize(
+    ("seed", "expected"),
+    [(0, "5e2f689a14545c0b"), (1, "f2899c3f4c7bd98e"), (2, "68212fb138eaaa4a"), (3, "b4535da977f97647")],
+)
+def test_engine_reproduces_its_pinned_trace(seed: int, expected: str) -> None:
+    assert digest(seed) == expected
+
+
+def test_running_counters_match_the_requests() -> None:
+    """The small counters the step reads instead of the requests' tables and token counts."""
+
+    def check(engine: Engine) -> None:
+        running = engine._running
+        assert engine._running_context == sum(r.computed for r in running)
+        for r in running:
+            assert r.state is State.RUNNING
+            assert r.free_slots == len(r.table.ids) * engine.block_size - r.computed
+            assert r.hashed_blocks == len(r.block_hashes or ())
+
+    for seed in range(4):
+        trace(seed, check)
