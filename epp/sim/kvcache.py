@@ -66,12 +66,11 @@ KVEvent = BlockStored | BlockRemoved | AllBlocksCleared
 
 class BlockTable:
     """The blocks one request (or one prefill lease) holds: every block id in sequence order, and
-    the hashes of those that are shared cache blocks it holds a reference on.
+    the ids of those that are shared cache blocks it holds a reference on.
 
     ``held_first`` stays True while the held blocks are exactly the first ``len(held)`` ids, in
     order (a prefix hit, then promotions without a duplicate in between: nearly always), so
-    ``release`` can take the private blocks as the tail of ``ids`` without mapping hashes back to
-    block ids."""
+    ``release`` can take the private blocks as the tail of ``ids``."""
 
     __slots__ = ("held", "held_first", "ids")
 
@@ -82,16 +81,22 @@ class BlockTable:
 
 
 class BlockPool:
-    """Fixed number of blocks shared by pinned, cached-unused and private blocks."""
+    """Fixed number of blocks shared by pinned, cached-unused and private blocks.
+
+    Reference counts and the hash of each cached block live in lists indexed by block id (grown as
+    blocks are first handed out), and the eviction order is kept by block id: releasing a table
+    then costs a list update per block, not a dictionary update keyed by a 64-bit hash (whose
+    integer object is one more cache miss when a thousand engines take turns)."""
 
     def __init__(self, num_blocks: int, block_size: int, record_events: bool = False) -> None:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self._fresh = 0  # ids below this have been handed out at least once
         self._free_ids: list[int] = []
-        self._by_hash: dict[int, int] = {}
-        self._refs: dict[int, int] = {}
-        self._evictable: OrderedDict[int, None] = OrderedDict()
+        self._by_hash: dict[int, int] = {}  # cached block hash -> block id
+        self._hash_of: list[int] = []  # block id -> its hash, while cached
+        self._refs: list[int] = []  # block id -> references (0: private, free or cached-unused)
+        self._evictable: OrderedDict[int, None] = OrderedDict()  # cached-unused ids, oldest first
         self.events: list[KVEvent] | None = [] if record_events else None
 
     def num_free(self) -> int:
@@ -112,10 +117,11 @@ class BlockPool:
         by_hash, refs = self._by_hash, self._refs
         hit = unused = 0
         for h in hashes[:limit]:
-            if h not in by_hash:
+            block_id = by_hash.get(h)
+            if block_id is None:
                 break
             hit += 1
-            if h not in refs:
+            if not refs[block_id]:
                 unused += 1
         return hit, unused
 
@@ -128,12 +134,13 @@ class BlockPool:
         if len(ids) != len(held):
             table.held_first = False
         for h in hashes:
-            count = refs.get(h, 0)
+            block_id = by_hash[h]
+            count = refs[block_id]
             if count == 0:
-                del evictable[h]
-            refs[h] = count + 1
-            ids.append(by_hash[h])
-            held.append(h)
+                del evictable[block_id]
+            refs[block_id] = count + 1
+            ids.append(block_id)
+            held.append(block_id)
 
     def allocate(self, table: BlockTable, count: int) -> None:
         """Append ``count`` private blocks to ``table``; the caller checked ``num_free()``.
@@ -147,6 +154,8 @@ class BlockPool:
         if count and self._fresh < self.num_blocks:
             take = min(count, self.num_blocks - self._fresh)
             ids += range(self._fresh, self._fresh + take)
+            self._refs += [0] * take
+            self._hash_of += [0] * take
             self._fresh += take
             count -= take
         for _ in range(count):
@@ -154,15 +163,17 @@ class BlockPool:
 
     def _evict(self) -> int:
         victim, _ = self._evictable.popitem(last=False)
+        block_hash = self._hash_of[victim]
+        del self._by_hash[block_hash]
         if self.events is not None:
-            self.events.append(BlockRemoved([victim]))
-        return self._by_hash.pop(victim)
+            self.events.append(BlockRemoved([block_hash]))
+        return victim
 
     def promote(self, table: BlockTable, first: int, hashes: Sequence[int]) -> list[int]:
         """Make private blocks ``table.ids[first:first + len(hashes)]`` shared cache blocks under
         ``hashes``, in order. Returns the indices whose hash another block already caches: those
         duplicates stay private, as in vLLM (usually none, hence one call for a whole chunk)."""
-        by_hash, refs = self._by_hash, self._refs
+        by_hash, refs, hash_of = self._by_hash, self._refs, self._hash_of
         ids, held = table.ids, table.held
         held_first = table.held_first
         duplicates: list[int] = []
@@ -172,9 +183,11 @@ class BlockPool:
                 continue
             if held_first and index != len(held):
                 held_first = table.held_first = False
-            by_hash[block_hash] = ids[index]
-            refs[block_hash] = 1
-            held.append(block_hash)
+            block_id = ids[index]
+            by_hash[block_hash] = block_id
+            hash_of[block_id] = block_hash
+            refs[block_id] = 1
+            held.append(block_id)
         return duplicates
 
     def record_stored(
@@ -189,19 +202,16 @@ class BlockPool:
         blocks become free."""
         refs, evictable = self._refs, self._evictable
         held = table.held
-        for h in reversed(held):
-            count = refs[h] - 1
-            if count:
-                refs[h] = count
-            else:
-                del refs[h]
-                evictable[h] = None
+        for block_id in reversed(held):
+            count = refs[block_id] - 1
+            refs[block_id] = count
+            if not count:
+                evictable[block_id] = None
         if table.held_first:
             self._free_ids += table.ids[len(held) :]
         else:
-            by_hash = self._by_hash
-            held_ids = {by_hash[h] for h in held}
-            self._free_ids.extend(b for b in table.ids if b not in held_ids)
+            shared = set(held)
+            self._free_ids.extend(b for b in table.ids if b not in shared)
         table.ids = []
         table.held = []
         table.held_first = True
@@ -209,9 +219,11 @@ class BlockPool:
     def clear_cache(self) -> bool:
         """Forget every cached-but-unused block (vLLM's reset_prefix_cache). Refused (False) while
         any block is held, because held blocks cannot be dropped."""
-        if self._refs or self.num_in_use():
+        if self.num_in_use():
             return False
         self._by_hash.clear()
+        self._hash_of.clear()
+        self._refs.clear()
         self._evictable.clear()
         self._fresh = 0
         self._free_ids.clear()
