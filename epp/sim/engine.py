@@ -389,9 +389,7 @@ class Engine:
             n = request.pending_tokens
             if n > budget:
                 n = budget
-            if n > request.free_slots and not self._reserve_or_preempt(
-                request, request.computed + n, outcome
-            ):
+            if n > request.free_slots and not self._reserve_or_preempt(request, n, outcome):
                 break
             request.step_tokens = n
             scheduled.append(request)
@@ -411,18 +409,18 @@ class Engine:
         batch.prefill_tokens = prefill
         batch.attention_pairs = pairs
 
-    def _reserve_or_preempt(self, request: Request, tokens: int, outcome: StepOutcome) -> bool:
-        """Make ``request`` hold blocks for ``tokens`` tokens, preempting the most recently
-        admitted running requests while blocks are short. False if ``request`` itself was."""
-        need = -(-tokens // self.block_size) - len(request.table.ids)
+    def _reserve_or_preempt(self, request: Request, n: int, outcome: StepOutcome) -> bool:
+        """Give ``request`` the blocks its next ``n`` tokens need beyond its ``free_slots``,
+        preempting the most recently admitted running requests while blocks are short. False if
+        ``request`` itself was."""
+        need = -((request.free_slots - n) // self.block_size)  # ceil(shortfall / block size)
         while need > self.pool.num_free():
             victim = self._running.pop()
             self._preempt(victim, outcome)
             if victim is request:
                 return False
-        if need > 0:
-            self.pool.allocate(request.table, need)
-            request.free_slots = len(request.table.ids) * self.block_size - request.computed
+        self.pool.allocate(request.table, need)
+        request.free_slots += need * self.block_size
         return True
 
     def _preempt(self, request: Request, outcome: StepOutcome) -> None:

@@ -83,10 +83,10 @@ class BlockTable:
 class BlockPool:
     """Fixed number of blocks shared by pinned, cached-unused and private blocks.
 
-    Reference counts and the hash of each cached block live in lists indexed by block id (grown as
-    blocks are first handed out), and the eviction order is kept by block id: releasing a table
-    then costs a list update per block, not a dictionary update keyed by a 64-bit hash (whose
-    integer object is one more cache miss when a thousand engines take turns)."""
+    A cached block is either in the eviction order (held by nobody), or pinned: by one table,
+    or by several, whose count ``_shared`` keeps. Most pinned blocks have one holder, so caching a
+    chunk's blocks and releasing a table are a few whole-list operations rather than a count
+    update per block (each one more cache miss when a thousand engines take turns)."""
 
     def __init__(self, num_blocks: int, block_size: int, record_events: bool = False) -> None:
         self.num_blocks = num_blocks
@@ -94,8 +94,8 @@ class BlockPool:
         self._fresh = 0  # ids below this have been handed out at least once
         self._free_ids: list[int] = []
         self._by_hash: dict[int, int] = {}  # cached block hash -> block id
-        self._hash_of: list[int] = []  # block id -> its hash, while cached
-        self._refs: list[int] = []  # block id -> references (0: private, free or cached-unused)
+        self._hash_of: dict[int, int] = {}  # cached block id -> hash
+        self._shared: dict[int, int] = {}  # cached block id -> holders, when more than one
         self._evictable: OrderedDict[int, None] = OrderedDict()  # cached-unused ids, oldest first
         self.events: list[KVEvent] | None = [] if record_events else None
 
@@ -114,14 +114,14 @@ class BlockPool:
     def match(self, hashes: Sequence[int], limit: int) -> tuple[int, int]:
         """Length of the longest resident prefix of ``hashes`` (at most ``limit`` blocks), and how
         many of those are currently unused (taking them reduces free capacity)."""
-        by_hash, refs = self._by_hash, self._refs
+        by_hash, evictable = self._by_hash, self._evictable
         hit = unused = 0
         for h in hashes[:limit]:
             block_id = by_hash.get(h)
             if block_id is None:
                 break
             hit += 1
-            if not refs[block_id]:
+            if block_id in evictable:
                 unused += 1
         return hit, unused
 
@@ -129,16 +129,14 @@ class BlockPool:
         """Reference resident blocks ``hashes`` (a prefix hit) and append them to ``table``."""
         if not hashes:
             return
-        refs, evictable, by_hash = self._refs, self._evictable, self._by_hash
+        by_hash, evictable, shared = self._by_hash, self._evictable, self._shared
         ids, held = table.ids, table.held
         if len(ids) != len(held):
             table.held_first = False
         for h in hashes:
             block_id = by_hash[h]
-            count = refs[block_id]
-            if count == 0:
-                del evictable[block_id]
-            refs[block_id] = count + 1
+            if evictable.pop(block_id, 0) is not None:  # it was not unused: one more holder
+                shared[block_id] = shared.get(block_id, 1) + 1
             ids.append(block_id)
             held.append(block_id)
 
@@ -146,6 +144,9 @@ class BlockPool:
         """Append ``count`` private blocks to ``table``; the caller checked ``num_free()``.
         Freed blocks come first (last freed first), then never-used ones, then evicted cached ones."""
         ids, free = table.ids, self._free_ids
+        if count == 1 and free:  # a decoding request's next block, usually
+            ids.append(free.pop())
+            return
         if free and count:
             take = min(count, len(free))
             ids += reversed(free[-take:])
@@ -154,8 +155,6 @@ class BlockPool:
         if count and self._fresh < self.num_blocks:
             take = min(count, self.num_blocks - self._fresh)
             ids += range(self._fresh, self._fresh + take)
-            self._refs += [0] * take
-            self._hash_of += [0] * take
             self._fresh += take
             count -= take
         for _ in range(count):
@@ -163,7 +162,7 @@ class BlockPool:
 
     def _evict(self) -> int:
         victim, _ = self._evictable.popitem(last=False)
-        block_hash = self._hash_of[victim]
+        block_hash = self._hash_of.pop(victim)
         del self._by_hash[block_hash]
         if self.events is not None:
             self.events.append(BlockRemoved([block_hash]))
@@ -173,8 +172,16 @@ class BlockPool:
         """Make private blocks ``table.ids[first:first + len(hashes)]`` shared cache blocks under
         ``hashes``, in order. Returns the indices whose hash another block already caches: those
         duplicates stay private, as in vLLM (usually none, hence one call for a whole chunk)."""
-        by_hash, refs, hash_of = self._by_hash, self._refs, self._hash_of
+        by_hash, hash_of = self._by_hash, self._hash_of
         ids, held = table.ids, table.held
+        if by_hash.keys().isdisjoint(hashes):  # no duplicate (a prompt's chained hashes differ)
+            blocks = ids[first : first + len(hashes)]
+            if first != len(held):
+                table.held_first = False
+            by_hash.update(zip(hashes, blocks))
+            hash_of.update(zip(blocks, hashes))
+            held += blocks
+            return []
         held_first = table.held_first
         duplicates: list[int] = []
         for index, block_hash in enumerate(hashes, first):
@@ -186,7 +193,6 @@ class BlockPool:
             block_id = ids[index]
             by_hash[block_hash] = block_id
             hash_of[block_id] = block_hash
-            refs[block_id] = 1
             held.append(block_id)
         return duplicates
 
@@ -200,18 +206,25 @@ class BlockPool:
         """Give back every block of ``table``: shared blocks whose last reference goes become
         cached-unused (tail blocks first in eviction order, as vLLM frees in reverse), private
         blocks become free."""
-        refs, evictable = self._refs, self._evictable
+        evictable, shared = self._evictable, self._shared
         held = table.held
-        for block_id in reversed(held):
-            count = refs[block_id] - 1
-            refs[block_id] = count
-            if not count:
+        if shared and not shared.keys().isdisjoint(held):
+            for block_id in reversed(held):
+                count = shared.get(block_id)
+                if count is None:
+                    evictable[block_id] = None
+                elif count == 2:
+                    del shared[block_id]
+                else:
+                    shared[block_id] = count - 1
+        else:  # this table was the only holder of each of its cached blocks
+            for block_id in reversed(held):
                 evictable[block_id] = None
         if table.held_first:
             self._free_ids += table.ids[len(held) :]
         else:
-            shared = set(held)
-            self._free_ids.extend(b for b in table.ids if b not in shared)
+            pinned = set(held)
+            self._free_ids.extend(b for b in table.ids if b not in pinned)
         table.ids = []
         table.held = []
         table.held_first = True
@@ -223,7 +236,6 @@ class BlockPool:
             return False
         self._by_hash.clear()
         self._hash_of.clear()
-        self._refs.clear()
         self._evictable.clear()
         self._fresh = 0
         self._free_ids.clear()
