@@ -178,8 +178,8 @@ class BlockPool:
             blocks = ids[first : first + len(hashes)]
             if first != len(held):
                 table.held_first = False
-            by_hash.update(zip(hashes, blocks))
-            hash_of.update(zip(blocks, hashes))
+            by_hash.update(zip(hashes, blocks, strict=True))
+            hash_of.update(zip(blocks, hashes, strict=True))
             held += blocks
             return []
         held_first = table.held_first
