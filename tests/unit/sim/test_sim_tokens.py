@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
+import zlib
 
-from epp.sim.tokens import VOCAB_SIZE, output_text, render_chat, sequence_seed, tokenize
+from epp.sim.tokens import _PIECE, VOCAB_SIZE, output_text, render_chat, sequence_seed, tokenize
 
 PROSE = (
     "Large language models are served by engines that batch many requests together. Each step "
@@ -52,3 +54,17 @@ def test_output_text_is_deterministic_words() -> None:
     assert words == [output_text(seed, i) for i in range(20)]
     assert all(w.startswith(" ") and w[1:].isalpha() for w in words)
     assert sequence_seed(tokenize(PROSE), 8) != seed
+
+
+def test_plain_word_text_takes_the_shortcut_to_the_same_ids() -> None:
+    """Text of short lowercase words has a faster path; it must cut the same pieces."""
+    rng = random.Random(2)
+    alphabet = "abcdefghijklmnopqrstuvwxyz"
+    for _ in range(2000):
+        longest = rng.choice([5, 7])  # words of six letters and more are two pieces
+        words = ["".join(rng.choices(alphabet, k=rng.randint(1, longest))) for _ in range(rng.randint(1, 30))]
+        separators = rng.choices([" ", " ", " ", "  ", ", ", "\n", " 7 "], k=len(words))
+        text = rng.choice(["", " ", "  "]) + "".join(w + s for w, s in zip(words, separators, strict=True))
+        for candidate in (text, text.rstrip(), " ".join(words), " " + " ".join(words)):
+            expected = [zlib.crc32(p.encode()) % VOCAB_SIZE for p in _PIECE.findall(candidate)]
+            assert tokenize(candidate) == expected
