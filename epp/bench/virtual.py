@@ -334,7 +334,8 @@ class VirtualRun:
             self._deliver_each(outcome, now)
         else:
             if outcome.first_tokens:
-                for sequence in cast(list[_Sequence], outcome.emitted):
+                emitted: list[_Sequence] = outcome.emitted  # type: ignore[assignment]
+                for sequence in emitted:
                     if sequence.output_done == 1:
                         sequence.record.first_token = now
             itl = self.itl
@@ -342,7 +343,8 @@ class VirtualRun:
                 itl.extend(outcome.gaps)
             if outcome.steady_tokens:
                 itl.extend(array("d", (now - outcome.start,)) * outcome.steady_tokens)
-        for sequence in cast(list[_Sequence], outcome.finished):
+        finished: list[_Sequence] = outcome.finished  # type: ignore[assignment]
+        for sequence in finished:
             if self._early:
                 self._early.pop(sequence, None)
             record = sequence.record

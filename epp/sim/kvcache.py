@@ -66,7 +66,7 @@ KVEvent = BlockStored | BlockRemoved | AllBlocksCleared
 
 class BlockTable:
     """The blocks one request (or one prefill lease) holds: every block id in sequence order, and
-    the ids of those that are shared cache blocks it holds a reference on.
+    the hashes of those that are shared cache blocks it holds a reference on.
 
     ``held_first`` stays True while the held blocks are exactly the first ``len(held)`` ids, in
     order (a prefix hit, then promotions without a duplicate in between: nearly always), so
@@ -83,10 +83,11 @@ class BlockTable:
 class BlockPool:
     """Fixed number of blocks shared by pinned, cached-unused and private blocks.
 
-    A cached block is either in the eviction order (held by nobody), or pinned: by one table,
-    or by several, whose count ``_shared`` keeps. Most pinned blocks have one holder, so caching a
-    chunk's blocks and releasing a table are a few whole-list operations rather than a count
-    update per block (each one more cache miss when a thousand engines take turns)."""
+    Cached blocks are known by hash. One is either in the eviction order (held by nobody), or
+    pinned: by one table, or by several, whose count ``_shared`` keeps. Most pinned blocks have one
+    holder, so caching a chunk's blocks and releasing a table are a few whole-list operations
+    rather than a count update per block (each one more cache miss when a thousand engines take
+    turns)."""
 
     def __init__(self, num_blocks: int, block_size: int, record_events: bool = False) -> None:
         self.num_blocks = num_blocks
@@ -94,9 +95,8 @@ class BlockPool:
         self._fresh = 0  # ids below this have been handed out at least once
         self._free_ids: list[int] = []
         self._by_hash: dict[int, int] = {}  # cached block hash -> block id
-        self._hash_of: dict[int, int] = {}  # cached block id -> hash
-        self._shared: dict[int, int] = {}  # cached block id -> holders, when more than one
-        self._evictable: OrderedDict[int, None] = OrderedDict()  # cached-unused ids, oldest first
+        self._shared: dict[int, int] = {}  # cached block hash -> holders, when more than one
+        self._evictable: OrderedDict[int, None] = OrderedDict()  # cached-unused hashes, oldest first
         self.events: list[KVEvent] | None = [] if record_events else None
 
     def num_free(self) -> int:
@@ -117,11 +117,10 @@ class BlockPool:
         by_hash, evictable = self._by_hash, self._evictable
         hit = unused = 0
         for h in hashes[:limit]:
-            block_id = by_hash.get(h)
-            if block_id is None:
+            if h not in by_hash:
                 break
             hit += 1
-            if block_id in evictable:
+            if h in evictable:
                 unused += 1
         return hit, unused
 
@@ -134,11 +133,10 @@ class BlockPool:
         if len(ids) != len(held):
             table.held_first = False
         for h in hashes:
-            block_id = by_hash[h]
-            if evictable.pop(block_id, 0) is not None:  # it was not unused: one more holder
-                shared[block_id] = shared.get(block_id, 1) + 1
-            ids.append(block_id)
-            held.append(block_id)
+            if evictable.pop(h, 0) is not None:  # it was not unused: one more holder
+                shared[h] = shared.get(h, 1) + 1
+            ids.append(by_hash[h])
+            held.append(h)
 
     def allocate(self, table: BlockTable, count: int) -> None:
         """Append ``count`` private blocks to ``table``; the caller checked ``num_free()``.
@@ -162,25 +160,21 @@ class BlockPool:
 
     def _evict(self) -> int:
         victim, _ = self._evictable.popitem(last=False)
-        block_hash = self._hash_of.pop(victim)
-        del self._by_hash[block_hash]
         if self.events is not None:
-            self.events.append(BlockRemoved([block_hash]))
-        return victim
+            self.events.append(BlockRemoved([victim]))
+        return self._by_hash.pop(victim)
 
     def promote(self, table: BlockTable, first: int, hashes: Sequence[int]) -> list[int]:
         """Make private blocks ``table.ids[first:first + len(hashes)]`` shared cache blocks under
         ``hashes``, in order. Returns the indices whose hash another block already caches: those
         duplicates stay private, as in vLLM (usually none, hence one call for a whole chunk)."""
-        by_hash, hash_of = self._by_hash, self._hash_of
+        by_hash = self._by_hash
         ids, held = table.ids, table.held
         if by_hash.keys().isdisjoint(hashes):  # no duplicate (a prompt's chained hashes differ)
-            blocks = ids[first : first + len(hashes)]
             if first != len(held):
                 table.held_first = False
-            by_hash.update(zip(hashes, blocks, strict=True))
-            hash_of.update(zip(blocks, hashes, strict=True))
-            held += blocks
+            by_hash.update(zip(hashes, ids[first : first + len(hashes)], strict=True))
+            held += hashes
             return []
         held_first = table.held_first
         duplicates: list[int] = []
@@ -190,10 +184,8 @@ class BlockPool:
                 continue
             if held_first and index != len(held):
                 held_first = table.held_first = False
-            block_id = ids[index]
-            by_hash[block_hash] = block_id
-            hash_of[block_id] = block_hash
-            held.append(block_id)
+            by_hash[block_hash] = ids[index]
+            held.append(block_hash)
         return duplicates
 
     def record_stored(
@@ -209,21 +201,22 @@ class BlockPool:
         evictable, shared = self._evictable, self._shared
         held = table.held
         if shared and not shared.keys().isdisjoint(held):
-            for block_id in reversed(held):
-                count = shared.get(block_id)
+            for h in reversed(held):
+                count = shared.get(h)
                 if count is None:
-                    evictable[block_id] = None
+                    evictable[h] = None
                 elif count == 2:
-                    del shared[block_id]
+                    del shared[h]
                 else:
-                    shared[block_id] = count - 1
+                    shared[h] = count - 1
         else:  # this table was the only holder of each of its cached blocks
-            for block_id in reversed(held):
-                evictable[block_id] = None
+            for h in reversed(held):
+                evictable[h] = None
         if table.held_first:
             self._free_ids += table.ids[len(held) :]
         else:
-            pinned = set(held)
+            by_hash = self._by_hash
+            pinned = {by_hash[h] for h in held}
             self._free_ids.extend(b for b in table.ids if b not in pinned)
         table.ids = []
         table.held = []
@@ -235,7 +228,6 @@ class BlockPool:
         if self.num_in_use():
             return False
         self._by_hash.clear()
-        self._hash_of.clear()
         self._evictable.clear()
         self._fresh = 0
         self._free_ids.clear()
