@@ -44,21 +44,15 @@ class Request:
     drivers may read (token counts, timestamps, ``cached_tokens``, ``lease_key``, ``leased_blocks``).
     Ids must be unique within an engine: a prefill leg's lease is keyed by its request id."""
 
-    # CPython lays slots out in name order: the engine's per-step state is named with a leading
-    # underscore so it sorts first and shares the header's cache line (at a thousand engines,
-    # lines of a request fetched per step are what a decode step costs).
     __slots__ = (
-        "_free_slots",
-        "_hashed_blocks",
-        "_next_hash",
-        "_pending_tokens",
-        "_step_tokens",
         "arrival",
         "block_hashes",
         "cached_tokens",
         "finish_reason",
         "finished_at",
         "first_token_at",
+        "free_slots",
+        "hashed_blocks",
         "hold_blocks",
         "id",
         "last_token_at",
@@ -66,7 +60,9 @@ class Request:
         "leased_blocks",
         "lora",
         "max_output",
+        "next_hash",
         "output_done",
+        "pending_tokens",
         "previous_token_at",
         "prompt_len",
         "prompt_tokens",
@@ -74,6 +70,7 @@ class Request:
         "remote_prefill",
         "scheduled_at",
         "state",
+        "step_tokens",
         "stop_reason",
         "table",
     )
@@ -111,11 +108,11 @@ class Request:
         # The per-step work on a running request reads only these small counters, never the
         # request's block table, hash list or (beyond 256, separately allocated) token counts:
         # at a thousand engines those reads are cache misses and dominate the step.
-        self._pending_tokens = self.prompt_len  # to compute before the next output (see computed)
-        self._free_slots = 0  # tokens the held blocks can take beyond ``computed``
-        self._hashed_blocks = 0  # len(block_hashes), once added
-        self._next_hash = 0
-        self._step_tokens = 0
+        self.pending_tokens = self.prompt_len  # to compute before the next output (see computed)
+        self.free_slots = 0  # tokens the held blocks can take beyond ``computed``
+        self.hashed_blocks = 0  # len(block_hashes), once added
+        self.next_hash = 0
+        self.step_tokens = 0
         self.cached_tokens: int | None = None
         self.table = BlockTable()
         self.scheduled_at: float | None = None
@@ -131,11 +128,11 @@ class Request:
     @property
     def computed(self) -> int:
         """Tokens whose KV is computed: the prompt, then every generated token but the newest."""
-        return self.prompt_len + self.output_done - self._pending_tokens
+        return self.prompt_len + self.output_done - self.pending_tokens
 
     @computed.setter
     def computed(self, value: int) -> None:
-        self._pending_tokens = self.prompt_len + self.output_done - value
+        self.pending_tokens = self.prompt_len + self.output_done - value
 
     def __repr__(self) -> str:
         return f"Request({self.id!r}, {self.state.value}, computed={self.computed}, out={self.output_done})"
@@ -211,7 +208,7 @@ class _Batch:
 
     def add(self, request: Request, n: int) -> None:
         """Schedule ``n`` tokens of ``request``: one is a decode step, more a prefill chunk."""
-        request._step_tokens = n
+        request.step_tokens = n
         self.requests.append(request)
         self.budget -= n
         if n == 1:
@@ -311,7 +308,7 @@ class Engine:
             request.block_hashes = prompt_block_hashes(
                 request.prompt_tokens, bs, request.lora or self.namespace
             )
-        request._hashed_blocks = len(request.block_hashes)
+        request.hashed_blocks = len(request.block_hashes)
         self.stats.requests_added += 1
         self.stats.prefill_only += request.hold_blocks
         self.stats.remote_decode += request.remote_prefill
@@ -389,12 +386,12 @@ class Engine:
         for request in running:  # preemption only pops requests after this one
             if budget <= 0:
                 break
-            n = request._pending_tokens
+            n = request.pending_tokens
             if n > budget:
                 n = budget
-            if n > request._free_slots and not self._reserve_or_preempt(request, n, outcome):
+            if n > request.free_slots and not self._reserve_or_preempt(request, n, outcome):
                 break
-            request._step_tokens = n
+            request.step_tokens = n
             scheduled.append(request)
             budget -= n
             if n == 1:
@@ -413,17 +410,17 @@ class Engine:
         batch.attention_pairs = pairs
 
     def _reserve_or_preempt(self, request: Request, n: int, outcome: StepOutcome) -> bool:
-        """Give ``request`` the blocks its next ``n`` tokens need beyond its ``_free_slots``,
+        """Give ``request`` the blocks its next ``n`` tokens need beyond its ``free_slots``,
         preempting the most recently admitted running requests while blocks are short. False if
         ``request`` itself was."""
-        need = -((request._free_slots - n) // self.block_size)  # ceil(shortfall / block size)
+        need = -((request.free_slots - n) // self.block_size)  # ceil(shortfall / block size)
         while need > self.pool.num_free():
             victim = self._running.pop()
             self._preempt(victim, outcome)
             if victim is request:
                 return False
         self.pool.allocate(request.table, need)
-        request._free_slots += need * self.block_size
+        request.free_slots += need * self.block_size
         return True
 
     def _preempt(self, request: Request, outcome: StepOutcome) -> None:
@@ -431,8 +428,8 @@ class Engine:
         self._lora_stopped(request)
         self._running_context -= request.computed
         request.computed = 0
-        request._free_slots = 0
-        request._next_hash = 0
+        request.free_slots = 0
+        request.next_hash = 0
         request.state = State.WAITING
         self._waiting.appendleft(request)
         outcome.preempted.append(request)
@@ -483,7 +480,7 @@ class Engine:
         if fresh:
             self.pool.acquire(table, hashes[:hit])
             request.computed = computed
-            request._next_hash = hit
+            request.next_hash = hit
             self.stats.prefix_queries += request.prompt_len
             self.stats.prefix_hits += computed
         if request.cached_tokens is None:
@@ -491,7 +488,7 @@ class Engine:
             request.scheduled_at = now
             self.stats.queue_time.observe(now - request.arrival)
         self.pool.allocate(table, need)
-        request._free_slots = len(table.ids) * bs - computed
+        request.free_slots = len(table.ids) * bs - computed
         return n
 
     def _start_transfer(self, request: Request, now: float) -> bool:
@@ -508,7 +505,7 @@ class Engine:
         self.pool.allocate(request.table, need)
         self.stats.prefix_queries += request.prompt_len
         self.stats.prefix_hits += hit * bs
-        request._next_hash = hit
+        request.next_hash = hit
         request.ready_at = now + self.profile.kv_transfer_seconds(held_tokens - hit * bs)
         request.state = State.TRANSFERRING
         request.scheduled_at = now
@@ -560,10 +557,10 @@ class Engine:
         gaps = outcome.gaps
         steady = 0  # decoding sequences whose previous token came at the end of the previous step
         for request in scheduled:
-            n = request._step_tokens
-            request._free_slots -= n
-            pending = request._pending_tokens = request._pending_tokens - n  # computed += n
-            if request._next_hash < request._hashed_blocks:
+            n = request.step_tokens
+            request.free_slots -= n
+            pending = request.pending_tokens = request.pending_tokens - n  # computed += n
+            if request.next_hash < request.hashed_blocks:
                 self._cache_full_blocks(request)
             if pending:
                 continue
@@ -578,7 +575,7 @@ class Engine:
                 gaps.append(gap)
             if request.max_output:
                 output_done = request.output_done = output_done + 1
-                request._pending_tokens = 1  # the new token, whose KV the next step computes
+                request.pending_tokens = 1  # the new token, whose KV the next step computes
                 request.previous_token_at = request.last_token_at
                 request.last_token_at = end
                 emit(request)
@@ -595,7 +592,7 @@ class Engine:
         """Promote the request's newly completed full prompt blocks into the prefix cache, and
         record one ``BlockStored`` per run of consecutive promoted blocks."""
         hashes = request.block_hashes or []
-        first = request._next_hash
+        first = request.next_hash
         last = min(request.computed // self.block_size, len(hashes))
         if first < last:
             duplicates = self.pool.promote(request.table, first, hashes[first:last])
@@ -604,7 +601,7 @@ class Engine:
                     self._record_stored(request, first, duplicate)
                     first = duplicate + 1
                 self._record_stored(request, first, last)
-        request._next_hash = last
+        request.next_hash = last
 
     def _record_stored(self, request: Request, first: int, last: int) -> None:
         if first >= last or self.pool.events is None:

@@ -108,8 +108,8 @@ def test_running_counters_match_the_requests() -> None:
         assert engine._running_context == sum(r.computed for r in running)
         for r in running:
             assert r.state is State.RUNNING
-            assert r._free_slots == len(r.table.ids) * engine.block_size - r.computed
-            assert r._hashed_blocks == len(r.block_hashes or ())
+            assert r.free_slots == len(r.table.ids) * engine.block_size - r.computed
+            assert r.hashed_blocks == len(r.block_hashes or ())
 
     for seed in range(4):
         trace(seed, check)
