@@ -23,7 +23,7 @@ import time
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
@@ -107,15 +107,16 @@ class _FixedPoolDirector(Director):
 
 
 class _Sequence(Request):
-    """The engine's request plus its record and routing: carried on the sequence itself, so
-    delivering its tokens needs no lookup."""
+    """The engine's request plus where its record is and when its last token came out: carried on
+    the sequence itself, so the per-token path needs no lookup."""
 
-    __slots__ = ("record", "routed")
+    __slots__ = ("last_token", "record", "routed")
 
     def __init__(self, token_ids: list[int], max_output: int, now: float, record: RequestRecord) -> None:
         super().__init__(str(record.index), token_ids, max_output, now)
         self.record = record
         self.routed: RoutedRequest | None = None
+        self.last_token = 0.0
 
 
 class _Server:
@@ -162,7 +163,6 @@ class VirtualRun:
         self._events: list[tuple[float, int, Callable[[float, Any], None], Any]] = []
         self._seq = 0
         self._open = 0  # requests not yet finished (or failed)
-        self._early: dict[Request, float] = {}  # see _deliver_each
 
     def run(self) -> RunResult:
         """Process events in (time, order of scheduling) order until every request is done.
@@ -323,30 +323,17 @@ class VirtualRun:
             self._push(max(timer, now), self._step, payload)
 
     def _deliver(self, outcome: StepOutcome, now: float) -> None:
-        """The step ended: hand out its tokens and finish its completed requests.
-
-        Inter-token gaps come from the outcome's summary rather than from a visit to every token
-        (such visits, to objects last touched a thousand events earlier, took a tenth of a large
-        run): a token following its previous one back to back waited exactly this step,
-        ``now - outcome.start``, and the engine lists the other gaps. A step's gaps are therefore
-        not in token order, which the summary (percentiles) does not see."""
-        if self._early or now != outcome.end:
-            self._deliver_each(outcome, now)
-        else:
-            if outcome.first_tokens:
-                emitted: list[_Sequence] = outcome.emitted  # type: ignore[assignment]
-                for sequence in emitted:
-                    if sequence.output_done == 1:
-                        sequence.record.first_token = now
-            itl = self.itl
-            if outcome.gaps:
-                itl.extend(outcome.gaps)
-            if outcome.steady_tokens:
-                itl.extend(array("d", (now - outcome.start,)) * outcome.steady_tokens)
+        """The step ended: hand out its tokens and finish its completed requests."""
+        gap = self.itl.append
+        emitted: list[_Sequence] = outcome.emitted  # type: ignore[assignment]
+        for sequence in emitted:
+            if sequence.output_done == 1:
+                sequence.record.first_token = now
+            else:
+                gap(now - sequence.last_token)
+            sequence.last_token = now
         finished: list[_Sequence] = outcome.finished  # type: ignore[assignment]
         for sequence in finished:
-            if self._early:
-                self._early.pop(sequence, None)
             record = sequence.record
             record.done = now
             record.output_tokens = sequence.output_done
@@ -355,25 +342,6 @@ class VirtualRun:
             assert sequence.routed is not None
             sequence.routed.response_body(b"data: " + orjson.dumps({"usage": reported}) + b"\n\n", True)
             self._done(record.index, now)
-
-    def _deliver_each(self, outcome: StepOutcome, now: float) -> None:
-        """Token by token, for a step delivered before its end, or while an earlier such delivery
-        is the last one of some sequence: the gaps then run from delivery to delivery, not from
-        token to token as the engine counts them. This happens when a server woken by a timer
-        (a KV transfer or lease, so P/D runs only) is woken again by an arrival while its step
-        runs: ``_step`` leaves ``stepping`` False on that path, so the arrival starts a new step
-        at once and the one in flight is delivered early. ``_early`` holds such deliveries until
-        the sequence's next token; every other previous token was delivered as it came."""
-        early = self._early
-        gap = self.itl.append
-        delivered_early = now != outcome.end
-        for sequence in cast(list[_Sequence], outcome.emitted):
-            if sequence.output_done == 1:
-                sequence.record.first_token = now
-            else:
-                gap(now - early.pop(sequence, sequence.previous_token_at))
-            if delivered_early:
-                early[sequence] = now
 
 
 def run_virtual(requests: Sequence[BenchRequest], config: PickerConfig, cluster: VirtualCluster) -> RunResult:

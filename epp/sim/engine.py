@@ -63,7 +63,6 @@ class Request:
         "next_hash",
         "output_done",
         "pending_tokens",
-        "previous_token_at",
         "prompt_len",
         "prompt_tokens",
         "ready_at",
@@ -118,7 +117,6 @@ class Request:
         self.scheduled_at: float | None = None
         self.first_token_at: float | None = None
         self.last_token_at = 0.0
-        self.previous_token_at = 0.0  # when the token before the last one came
         self.finished_at: float | None = None
         self.ready_at = 0.0
         self.finish_reason: str | None = None
@@ -141,13 +139,7 @@ class Request:
 @dataclass(slots=True)
 class StepOutcome:
     """One scheduled step: its duration and what it produced by its end (``start + duration``).
-    ``emitted`` got one new token each; ``finished`` ended (reason in ``finish_reason``).
-
-    Of the emitted tokens, ``first_tokens`` are their request's first, ``steady_tokens`` follow
-    their request's previous token by exactly this step (it came at the step's start), and
-    ``gaps`` holds the time since the previous token of each other one (after a preemption or a
-    skipped step), in order: a driver recording inter-token latencies need not visit every token.
-    """
+    ``emitted`` got one new token each; ``finished`` ended (reason in ``finish_reason``)."""
 
     start: float
     duration: float = 0.0
@@ -157,9 +149,6 @@ class StepOutcome:
     emitted: list[Request] = field(default_factory=list)
     finished: list[Request] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
-    first_tokens: int = 0
-    steady_tokens: int = 0
-    gaps: list[float] = field(default_factory=list)
 
     @property
     def end(self) -> float:
@@ -554,7 +543,6 @@ class Engine:
         self._running_context += self.profile.max_num_batched_tokens - batch.budget
         emitted = outcome.emitted
         emit = emitted.append
-        gaps = outcome.gaps
         steady = 0  # decoding sequences whose previous token came at the end of the previous step
         for request in scheduled:
             n = request.step_tokens
@@ -566,24 +554,20 @@ class Engine:
                 continue
             output_done = request.output_done
             if output_done == 0:
-                self._first_output(request, end, outcome)
+                self._first_output(request, end)
             elif request.last_token_at == start:
                 steady += 1
             else:
-                gap = end - request.last_token_at
-                stats.itl.observe(gap)
-                gaps.append(gap)
+                stats.itl.observe(end - request.last_token_at)
             if request.max_output:
                 output_done = request.output_done = output_done + 1
                 request.pending_tokens = 1  # the new token, whose KV the next step computes
-                request.previous_token_at = request.last_token_at
                 request.last_token_at = end
                 emit(request)
             if output_done >= request.max_output:
                 self._finish(request, end, outcome)
         if steady:
             stats.itl.observe(duration, steady)
-            outcome.steady_tokens = steady
         stats.generation_tokens += len(emitted)
         if outcome.finished:
             self._running = [r for r in self._running if r.state is State.RUNNING]
@@ -615,7 +599,7 @@ class Engine:
             request.lora,
         )
 
-    def _first_output(self, request: Request, end: float, outcome: StepOutcome) -> None:
+    def _first_output(self, request: Request, end: float) -> None:
         """Prefill done: count the prompt, and the first token's latency if one is generated."""
         stats = self.stats
         stats.prompt_tokens += request.prompt_len
@@ -623,7 +607,6 @@ class Engine:
         if request.max_output:
             request.first_token_at = end
             stats.ttft.observe(end - request.arrival)
-            outcome.first_tokens += 1
 
     def _finish(self, request: Request, end: float, outcome: StepOutcome) -> None:
         self._lora_stopped(request)
