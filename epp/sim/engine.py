@@ -105,8 +105,9 @@ class Request:
         self.state = State.WAITING
         self.output_done = 0
         # The per-step work on a running request reads only these small counters, never the
-        # request's block table, hash list or (beyond 256, separately allocated) token counts:
-        # at a thousand engines those reads are cache misses and dominate the step.
+        # request's block table, hash list or token counts (integers beyond 256 are separate
+        # objects): at a thousand engines each such read is a likely cache miss, and together
+        # they cost a decode step about as much as all its other work.
         self.pending_tokens = self.prompt_len  # to compute before the next output (see computed)
         self.free_slots = 0  # tokens the held blocks can take beyond ``computed``
         self.hashed_blocks = 0  # len(block_hashes), once added

@@ -85,9 +85,8 @@ class BlockPool:
 
     Cached blocks are known by hash. One is either in the eviction order (held by nobody), or
     pinned: by one table, or by several, whose count ``_shared`` keeps. Most pinned blocks have one
-    holder, so caching a chunk's blocks and releasing a table are a few whole-list operations
-    rather than a count update per block (each one more cache miss when a thousand engines take
-    turns)."""
+    holder, so caching a chunk's blocks is one dictionary update and releasing a table moves its
+    cached blocks to the eviction order without a reference count to update for each."""
 
     def __init__(self, num_blocks: int, block_size: int, record_events: bool = False) -> None:
         self.num_blocks = num_blocks

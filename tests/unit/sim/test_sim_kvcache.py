@@ -70,3 +70,16 @@ def test_release_frees_private_blocks_wherever_they_sit_in_the_table() -> None:
     fresh = BlockTable()
     pool.allocate(fresh, 1)
     assert fresh.ids == [private] and pool.num_cached() == 4
+
+
+def test_a_block_held_twice_stays_pinned_until_its_last_holder_lets_go() -> None:
+    pool = BlockPool(num_blocks=4, block_size=16)
+    first, second = BlockTable(), BlockTable()
+    pool.allocate(first, 1)
+    pool.promote(first, 0, [7])
+    pool.acquire(second, [7])
+    assert pool.match([7], 1) == (1, 0) and pool.num_in_use() == 1
+    pool.release(first)
+    assert pool.match([7], 1) == (1, 0) and pool.num_in_use() == 1
+    pool.release(second)
+    assert pool.match([7], 1) == (1, 1) and pool.num_in_use() == 0
