@@ -313,6 +313,7 @@ class VirtualRun:
                 sink.apply_kv_events(server.pod, events)
         if outcome.batch_size:
             server.pending = outcome
+            server.stepping = True  # also when a timer, not an arrival, woke the idle engine
             self._seq += 1  # _push, inlined: once per engine step
             heapq.heappush(self._events, (outcome.end, self._seq, self._step, payload))
             return
