@@ -52,22 +52,27 @@ def load_objectives(text: str, source: str = "objectives") -> dict[str, int]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
     priorities: dict[str, int] = {}
+    problems: list[str] = []
     for path, item in _objects(documents, source):
         if not isinstance(item, dict) or item.get("kind") != KIND:
             kind = item.get("kind") if isinstance(item, dict) else type(item).__name__
-            raise ConfigError(f"{path}: expected kind {KIND}, got {kind!r}")
+            problems.append(f"{path}: expected kind {KIND}, got {kind!r}")
+            continue
         try:
             objective = _Objective.model_validate(item)
         except ValidationError as exc:
-            raise ConfigError("; ".join(describe(exc, path))) from None
+            problems.extend(describe(exc, path))
+            continue
         if not objective.api_version.startswith(API_GROUP):
-            raise ConfigError(
+            problems.append(
                 f"{path}.apiVersion: expected {API_GROUP}<version>, got {objective.api_version!r}"
             )
         name = objective.metadata.name
         if name in priorities:
-            raise ConfigError(f"{path}.metadata.name: objective {name!r} is defined twice")
+            problems.append(f"{path}.metadata.name: objective {name!r} is defined twice")
         priorities[name] = objective.spec.priority or 0
+    if problems:
+        raise ConfigError("; ".join(problems))
     return priorities
 
 

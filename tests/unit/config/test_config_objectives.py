@@ -88,3 +88,18 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
         load_objectives_file(path)
     with pytest.raises(ConfigError, match="cannot read objectives file"):
         load_objectives_file(tmp_path / "missing.yaml")
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    text = (
+        OBJECTIVE.format(name="x", priority="high")
+        + "---\nkind: ConfigMap\n---\n"
+        + OBJECTIVE.format(name="y", priority=1).replace("inference.networking.x-k8s.io/v1alpha2", "v1")
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_objectives(text)
+    assert str(caught.value) == (
+        "objectives: document 1.spec.priority: Input should be a valid integer; "
+        "objectives: document 2: expected kind InferenceObjective, got 'ConfigMap'; "
+        "objectives: document 3.apiVersion: expected inference.networking.x-k8s.io/<version>, got 'v1'"
+    )
