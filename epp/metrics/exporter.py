@@ -214,11 +214,13 @@ class EppMetrics:
     def series(self, model: str, target: str) -> ModelSeries:
         """The labelled series of one (model, target model) pair, made once and reused (a
         `.labels()` lookup costs microseconds on every request). Model names come from clients:
-        past MAX_MODEL_SERIES pairs, new ones are counted under OVERFLOW_MODEL, so a client
-        inventing names cannot grow the registry without bound."""
+        past MAX_MODEL_SERIES pairs, and for any name longer than MAX_MODEL_NAME_LENGTH, they are
+        counted under OVERFLOW_MODEL, so a client inventing names (or one 16 MB name) cannot grow
+        the registry or the /metrics page without bound."""
         found = self._series.get((model, target))
         if found is None:
-            if len(self._series) >= MAX_MODEL_SERIES:
+            too_long = max(len(model), len(target)) > MAX_MODEL_NAME_LENGTH
+            if too_long or len(self._series) >= MAX_MODEL_SERIES:
                 model = target = OVERFLOW_MODEL
                 found = self._series.get((model, target))
             if found is None:
@@ -227,6 +229,7 @@ class EppMetrics:
 
 
 MAX_MODEL_SERIES = 256
+MAX_MODEL_NAME_LENGTH = 256  # above any Kubernetes name (253) or Hugging Face model id seen
 OVERFLOW_MODEL = "other"
 
 
@@ -265,6 +268,15 @@ class ModelSeries:
         self.requests: dict[int, Counter] = {}
         self.errors: dict[str, Counter] = {}
         self.attempts: dict[tuple[str, str, int], Counter] = {}
+
+    @property
+    def target_label(self) -> str:
+        """The target model as this pair's labels carry it (OVERFLOW_MODEL past the caps), for
+        other metrics labelled by target model."""
+        return self._target
+
+    def scheduling_failed(self) -> None:
+        self._metrics.scheduler_attempts.labels("failure", self._target, "", "", "").inc()
 
     def error(self, code: str) -> None:
         child = self.errors.get(code)

@@ -240,7 +240,7 @@ class Director:
             if not result.targets:
                 raise SchedulingError("no endpoint picked")
         except SchedulingError as exc:
-            self.metrics.scheduler_attempts.labels("failure", request.target_model, "", "", "").inc()
+            self.metrics.series(request.model, request.target_model).scheduling_failed()
             raise RequestError(
                 ErrorCode.RESOURCE_EXHAUSTED, f"failed to find target endpoint: {exc}"
             ) from None

@@ -157,6 +157,7 @@ class DisaggProfileHandler(Plugin, ProfileHandler, PluginUser):
         self.prefill_first = params.stage_order == StageOrder.PREFILL_FIRST
         self.decider_name = params.prefill_decider
         self.decider: PrefillDecider | None = None  # None: decode-first never prefills remotely
+        self._metrics = context.metrics
         self._counters = (context.metrics.pd_decisions, context.metrics.disagg_decisions)
         ignored = [to_camel(k) for k in IGNORED_LEGACY_KEYS if k in params.model_fields_set]
         if ignored:
@@ -231,6 +232,7 @@ class DisaggProfileHandler(Plugin, ProfileHandler, PluginUser):
             decision = PREFILL_DECODE
         else:
             decision = DECODE_ONLY
+        target = self._metrics.series(request.model, request.target_model).target_label
         for counter in self._counters:
-            counter.labels(self.name, self.type_name, request.target_model, decision).inc()
+            counter.labels(self.name, self.type_name, target, decision).inc()
         return result
