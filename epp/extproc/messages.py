@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from google.protobuf import struct_pb2
 
 from epp.extproc.pb import core, ext_proc, http_status
-from epp.headers import DESTINATION_HEADER, LB_NAMESPACE, SUBSET_KEY, SUBSET_NAMESPACE
+from epp.headers import DESTINATION_HEADER, EPP_ERROR_KEY, LB_NAMESPACE, SUBSET_KEY, SUBSET_NAMESPACE
 from epp.requests import RequestError
 
 # Envoy's per-message body limit is 64 KiB; GIE answers in chunks a little under it.
@@ -58,13 +58,16 @@ def streamed_body(
 
 
 def immediate_error(error: RequestError, prefix: str) -> ext_proc.ProcessingResponse:
+    metadata = struct_pb2.Struct()
+    metadata.get_or_create_struct(LB_NAMESPACE)[EPP_ERROR_KEY] = error.code.label
     return ext_proc.ProcessingResponse(
+        dynamic_metadata=metadata,
         immediate_response=ext_proc.ImmediateResponse(
             status=http_status.HttpStatus(code=error.status),
             headers=header_mutation({"content-type": "application/json"}, ()),
             body=error.body(prefix),
             details=f"epp_{error.code.label}",
-        )
+        ),
     )
 
 

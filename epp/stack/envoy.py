@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from epp.datastore.endpoint import split_host_port
-from epp.headers import DESTINATION_HEADER, LB_NAMESPACE
+from epp.headers import DESTINATION_HEADER, EPP_ERROR_KEY, LB_NAMESPACE
 
 _DESTINATION_PATH = {"path": [{"key": DESTINATION_HEADER}]}
 BODY_MODES = ("full-duplex", "buffered")
@@ -130,7 +130,7 @@ def _routes(options: EnvoyOptions) -> list[dict[str, Any]]:
             "match": {"prefix": "/"},
             "direct_response": {
                 "status": 503,
-                "body": {"inline_string": '{"error":{"message":"no endpoint was picked","code":503}}'},
+                "body": {"inline_string": "no endpoint was picked"},
             },
         }
     return [picked, fallback]
@@ -210,6 +210,30 @@ def render_bootstrap(options: EnvoyOptions) -> dict[str, Any]:
     }
 
 
+def _local_replies() -> dict[str, Any]:
+    """Envoy's own error replies (upstream reset or refused, the EPP unreachable or too slow, a body
+    over the buffer limit, no route) as JSON in the EPP's error shape instead of plain text or an
+    empty body. The EPP's own errors carry EPP_ERROR_KEY in the envoy.lb metadata and pass as they
+    are (its body is already JSON)."""
+    not_from_epp = {
+        "metadata_filter": {
+            "matcher": {
+                "filter": LB_NAMESPACE,
+                "path": [{"key": EPP_ERROR_KEY}],
+                "value": {"present_match": False},
+            },
+            "match_if_key_not_found": True,
+        }
+    }
+    error = {
+        "message": "%LOCAL_REPLY_BODY%",
+        "type": "%RESPONSE_CODE_DETAILS%",
+        "code": "%RESPONSE_CODE%",
+    }
+    json_error = {"json_format": {"error": error}, "content_type": "application/json"}
+    return {"mappers": [{"filter": not_from_epp, "body_format_override": json_error}]}
+
+
 def _listener(
     name: str, port: int, routes: list[dict[str, Any]], filters: list[dict[str, Any]], options: EnvoyOptions
 ) -> dict[str, Any]:
@@ -219,6 +243,7 @@ def _listener(
         codec_type="AUTO",
         route_config={"virtual_hosts": [{"name": "pool", "domains": ["*"], "routes": routes}]},
         http_filters=filters,
+        local_reply_config=_local_replies(),
     )
     return {
         "name": name,

@@ -9,9 +9,10 @@ import httpx
 import openai
 import orjson
 import pytest
+from aiohttp import web
 
 from epp.stack.envoy import EnvoyOptions
-from epp.stack.stack import Stack
+from epp.stack.stack import SimEndpoint, Stack
 from tests.integration.conftest import StackFactory
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
@@ -125,6 +126,7 @@ async def test_bad_requests_get_a_json_error_from_the_epp(
     assert response.headers["content-type"] == "application/json"
     error = response.json()["error"]
     assert message in error["message"]
+    assert error["message"].startswith("inference error: "), "the EPP's body, not re-wrapped by Envoy"
     assert error["code"] == status
 
 
@@ -178,17 +180,70 @@ async def test_a_killed_simulator_stops_being_chosen(make_stack: StackFactory) -
             statuses.append(response.status_code)
             if response.status_code == 200:
                 served.add(served_by(response))
+            else:  # routed to the victim before the EPP noticed: Envoy's 503, as JSON
+                assert_gateway_json_error(response, 503, "upstream_reset_before_response_started")
         assert victim.hostport not in served
         # At most the requests already routed before the first failed scrape can fail.
         assert statuses.count(200) >= 18, statuses
         assert statuses[-10:] == [200] * 10
 
 
+def assert_gateway_json_error(response: httpx.Response, status: int, type_prefix: str) -> None:
+    """Envoy's own error replies come as JSON in the EPP's error shape, not plain text."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert error["code"] == status
+    assert error["type"].startswith(type_prefix), error
+
+
 async def test_epp_down_fail_closed_gives_500(make_stack: StackFactory) -> None:
     async with make_stack("fail-closed", sims=1) as stack:
         await stack.stop_epp()
         response = await post(stack, "/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 1})
-        assert response.status_code == 500
+        assert_gateway_json_error(response, 500, "ext_proc_error_gRPC_error_14")
+
+
+async def test_a_body_over_envoys_buffer_limit_gets_a_json_413(make_stack: StackFactory) -> None:
+    envoy = EnvoyOptions(listen_port=0, admin_port=0, buffer_limit_bytes=64 * 1024)
+    async with make_stack("envoy-413", sims=1, envoy=envoy) as stack:
+        response = await post(stack, "/v1/completions", {"model": MODEL, "prompt": "x" * 300_000})
+        assert_gateway_json_error(response, 413, "request_payload_too_large")
+        assert response.json()["error"]["message"] == "Payload Too Large"
+
+
+async def test_an_endpoint_that_resets_gets_a_json_503_from_envoy(make_stack: StackFactory) -> None:
+    """A model server that accepts the connection and drops it: Envoy answers itself, in JSON."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text="vllm:num_requests_waiting 0\n")
+
+    async def drop(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        request.transport.close()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/v1/completions", drop)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with make_stack("resets", sims=1) as stack:
+            stack.write_endpoints_file([SimEndpoint("dropper", "127.0.0.1", port)])
+            body = {"model": MODEL, "prompt": "hi", "max_tokens": 1}
+            for _ in range(100):
+                response = await post(stack, "/v1/completions", body)
+                if response.status_code != 200:
+                    break
+                await asyncio.sleep(0.05)  # the EPP has not re-read the endpoints file yet
+            assert_gateway_json_error(response, 503, "upstream_reset_before_response_started")
+            assert "reset" in response.json()["error"]["message"]
+    finally:
+        await runner.cleanup()
 
 
 async def test_epp_down_fail_open_routes_round_robin(make_stack: StackFactory) -> None:
