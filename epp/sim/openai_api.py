@@ -64,6 +64,7 @@ class Generation:
     stream: bool
     include_usage: bool
     kv_transfer_params: Any
+    n: int = 1  # choices per prompt
 
 
 def parse_completion(body: dict[str, Any]) -> Generation:
@@ -126,6 +127,7 @@ def _generation(
         stream=stream,
         include_usage=stream and bool(options and options.get("include_usage")),
         kv_transfer_params=body.get("kv_transfer_params"),
+        n=1 if kind == "responses" else _optional_int(body, "n", minimum=1) or 1,
     )
 
 

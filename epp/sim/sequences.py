@@ -31,8 +31,9 @@ class OutputSequence:
 class SequenceGroup:
     """The sequences of one HTTP request; the engine driver wakes the handler through ``event``."""
 
-    def __init__(self, sequences: list[OutputSequence]) -> None:
+    def __init__(self, sequences: list[OutputSequence], samples: int = 1) -> None:
         self.sequences = sequences
+        self.samples = samples  # choices per prompt (the request's `n`), next to each other
         self.event = asyncio.Event()
         self.submitted: list[Request] = []
 
@@ -50,10 +51,12 @@ class SequenceGroup:
                 driver.abort(request)
 
     def usage(self) -> dict[str, Any]:
-        """The OpenAI ``usage`` object over all sequences."""
+        """The OpenAI ``usage`` object over all sequences; a prompt sampled `n` times counts once,
+        as vLLM counts it."""
         requests = [s.request for s in self.sequences]
+        prompts = requests[:: self.samples]
         return usage(
-            sum(r.prompt_len for r in requests),
+            sum(r.prompt_len for r in prompts),
             sum(r.output_done for r in requests),
-            sum(r.cached_tokens or 0 for r in requests),
+            sum(r.cached_tokens or 0 for r in prompts),
         )

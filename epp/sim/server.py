@@ -201,11 +201,14 @@ class SimServer:
         role = parse_kv_transfer_params(gen.kv_transfer_params)
         if role.prefill_leg and gen.stream:
             raise ApiError(400, "Prefill does not support streaming", "stream")
-        if (role.prefill_leg or role.remote) and len(gen.prompts) > 1:
-            raise ApiError(400, "P/D transfer supports a single prompt per request", "prompt")
-        group = SequenceGroup(
-            [self._sequence(gen, i, prompt, lora, role) for i, prompt in enumerate(gen.prompts)]
-        )
+        if (role.prefill_leg or role.remote) and len(gen.prompts) * gen.n > 1:
+            raise ApiError(400, "P/D transfer supports a single prompt and n=1 per request", "prompt")
+        sequences = [
+            self._sequence(gen, i * gen.n + sample, prompt, lora, role, sample)
+            for i, prompt in enumerate(gen.prompts)
+            for sample in range(gen.n)
+        ]
+        group = SequenceGroup(sequences, gen.n)
         self._submit(group)
         try:
             if role.remote is not None:
@@ -220,7 +223,13 @@ class SimServer:
             group.abort_unfinished(self.driver)
 
     def _sequence(
-        self, gen: Generation, index: int, prompt: list[int], lora: str | None, role: TransferRole
+        self,
+        gen: Generation,
+        index: int,
+        prompt: list[int],
+        lora: str | None,
+        role: TransferRole,
+        sample: int,
     ) -> OutputSequence:
         max_len = self.config.profile.max_model_len
         limit = gen.max_tokens if gen.max_tokens is not None else max_len - len(prompt)
@@ -232,7 +241,7 @@ class SimServer:
                 f"{len(prompt) + wanted} tokens ({len(prompt)} in the messages, {wanted} in the completion). "
                 "Please reduce the length of the messages or completion.",
             )
-        seed = sequence_seed(prompt, self.config.seed)
+        seed = sequence_seed(prompt, self.config.seed + sample)  # each of `n` samples differs
         count, reason = (
             (1, "length") if role.prefill_leg else output_length(limit, seed, gen.ignore_eos, gen.min_tokens)
         )

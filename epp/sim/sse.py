@@ -3,6 +3,7 @@ it, framed as vLLM frames each API's stream."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from typing import Any
@@ -24,10 +25,16 @@ from epp.sim.tokens import output_text
 
 
 async def stream_response(http: web.Request, gen: Generation, group: SequenceGroup) -> web.StreamResponse:
-    """Send ``group``'s tokens as they come, then the closing frames once every sequence is done."""
+    """Send ``group``'s tokens as they come, then the closing frames once every sequence is done.
+    A client that goes away ends the stream quietly: the caller aborts what is left."""
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(http)
-    writer = SseWriter(gen, group)
+    with contextlib.suppress(ConnectionResetError):
+        await _send(response, SseWriter(gen, group), group)
+    return response
+
+
+async def _send(response: web.StreamResponse, writer: SseWriter, group: SequenceGroup) -> None:
     await response.write(writer.opening())
     while True:
         # Clear before reading, so a step that ends during the write below sets the event again;
@@ -43,7 +50,6 @@ async def stream_response(http: web.Request, gen: Generation, group: SequenceGro
         await group.event.wait()
     await response.write(writer.closing())
     await response.write_eof()
-    return response
 
 
 class SseWriter:

@@ -117,6 +117,24 @@ async def test_batch_prompts_and_token_ids(cluster: SimCluster, http: aiohttp.Cl
     assert status == 200 and data["usage"]["prompt_tokens"] == 4
 
 
+async def test_n_samples_each_prompt_n_times(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
+    url = base(cluster) + "/v1/completions"
+    body = {"model": MODEL, "prompt": ["one two", "three"], "max_tokens": 8, "ignore_eos": True, "n": 2}
+    status, _, data = await post(http, url, body)
+    assert status == 200 and [c["index"] for c in data["choices"]] == [0, 1, 2, 3]
+    assert data["choices"][0]["text"] != data["choices"][1]["text"], "samples of one prompt differ"
+    single = await post(http, url, {**body, "n": 1})
+    assert data["usage"]["prompt_tokens"] == single[2]["usage"]["prompt_tokens"], "a prompt counts once"
+    assert data["usage"]["completion_tokens"] == 4 * 8
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "n": 3}
+    async with http.post(base(cluster) + "/v1/chat/completions", json={**chat, "stream": True}) as response:
+        frames = await read_sse(response)
+    assert {f["choices"][0]["index"] for f in frames[:-1]} == {0, 1, 2}
+    for bad in (0, -1, "two", 1.5, True):
+        status, _, data = await post(http, url, {"model": MODEL, "prompt": "x", "n": bad})
+        assert (status, data["param"], data["message"]) == (400, "n", "'n' must be an integer >= 1")
+
+
 async def test_output_length_is_deterministic_without_ignore_eos(
     cluster: SimCluster, http: aiohttp.ClientSession
 ) -> None:
@@ -294,7 +312,9 @@ async def test_queue_full_returns_429() -> None:
         await asyncio.gather(*busy, return_exceptions=True)
 
 
-async def test_client_disconnect_frees_slot(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
+async def test_client_disconnect_frees_slot(
+    cluster: SimCluster, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
     url = base(cluster)
     body = {"model": MODEL, "prompt": "long " * 40, "max_tokens": 1500, "ignore_eos": True, "stream": True}
     response = await http.post(url + "/v1/completions", json=body)
@@ -309,6 +329,7 @@ async def test_client_disconnect_frees_slot(cluster: SimCluster, http: aiohttp.C
         return bool(s["aborted"] == 1 and s["running"] == 0 and s["kv_cache_usage"] == 0)
 
     await poll(freed)
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [], "no traceback logged"
 
 
 async def test_embeddings_and_responses(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
