@@ -118,11 +118,15 @@ async def _main(args: argparse.Namespace) -> None:
     print(f"starting {pool}, the EPP and Envoy (logs in {config.run_dir}) ...", flush=True)
     async with Stack(config) as stack:
         print(instructions(stack, args.model), flush=True)
-        processes = (stack.envoy, stack.epp, *stack.sidecar_processes, *stack.sim_processes)
-        watched = [p for p in processes if p is not None]
+        spine = [p for p in (stack.envoy, stack.epp) if p is not None]
+        servers = [*stack.sidecar_processes, *stack.sim_processes]
         while not stop.is_set():
-            for process in watched:
+            for process in spine:
                 process.check_alive()
+            for process in [p for p in servers if not p.running]:
+                # Losing a model server is what the EPP is for: it leaves rotation, the rest serve on.
+                print(f"{process.name} exited with {process.returncode}; the others keep serving", flush=True)
+                servers.remove(process)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
     print("stopped.")

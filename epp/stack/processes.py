@@ -63,6 +63,10 @@ class ManagedProcess:
         return self.process is not None and self.process.returncode is None
 
     @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.returncode
+
+    @property
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
@@ -74,9 +78,9 @@ class ManagedProcess:
             return ""
 
     def check_alive(self) -> None:
-        if self.process is not None and self.process.returncode is not None:
+        if self.returncode is not None:
             raise ProcessFailed(
-                f"{self.name} exited with {self.process.returncode}; log {self.log_path}:\n{self.log_tail()}"
+                f"{self.name} exited with {self.returncode}; log {self.log_path}:\n{self.log_tail()}"
             )
 
     async def stop(self, timeout: float = 5.0) -> None:

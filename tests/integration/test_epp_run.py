@@ -1,0 +1,66 @@
+"""`epp run` (what `make run` starts) as a user runs it: the printed gateway answers, a model server
+that dies leaves rotation while the rest serve on, and Ctrl-C stops everything cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio]
+
+BODY = {"model": "sim-model", "prompt": "hello", "max_tokens": 2}
+
+
+async def read_until(stream: asyncio.StreamReader, pattern: str, seen: list[str]) -> re.Match[str]:
+    """Lines of `epp run`'s output until one matches (the command prints when it is ready)."""
+    while True:
+        line = (await asyncio.wait_for(stream.readline(), timeout=60)).decode()
+        assert line, f"epp run ended before printing {pattern!r}:\n{''.join(seen)}"
+        seen.append(line)
+        found = re.search(pattern, line)
+        if found:
+            return found
+
+
+def child_pid(parent: int, cmdline_part: str) -> int:
+    """The pid of `parent`'s child process whose command line contains `cmdline_part`."""
+    for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+        if cmdline_part in Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode():
+            return int(child)
+    raise AssertionError(f"no child of {parent} runs {cmdline_part!r}")
+
+
+async def test_epp_run_serves_survives_a_dead_simulator_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "epp.cli", "run", "--sims=2", f"--run-dir={tmp_path}",
+        "--sim-arg=--profile=tiny-test", "--epp-arg=--refresh-metrics-interval=50ms",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert process.stdout is not None
+    seen: list[str] = []
+    try:
+        victim = (await read_until(process.stdout, r"(sim-\d+)\s+http://127\.0\.0\.1:\d+", seen))[1]
+        gateway = (
+            await read_until(process.stdout, r"curl -si (http://127\.0\.0\.1:\d+)/v1/completions", seen)
+        )[1]
+        async with httpx.AsyncClient(base_url=gateway, timeout=30) as client:
+            assert (await client.post("/v1/completions", json=BODY)).status_code == 200
+            os.kill(child_pid(process.pid, f"--name={victim}"), signal.SIGKILL)
+            await read_until(process.stdout, rf"{victim} exited with -9; the others keep serving", seen)
+            statuses = [(await client.post("/v1/completions", json=BODY)) for _ in range(10)]
+        assert [r.status_code for r in statuses[-5:]] == [200] * 5
+        assert victim not in {r.headers["x-inference-pod"] for r in statuses[-5:]}
+        process.send_signal(signal.SIGINT)
+        await read_until(process.stdout, r"^stopped\.$", seen)
+        assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
