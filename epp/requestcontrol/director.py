@@ -15,7 +15,7 @@ from epp.datastore import Datastore, Endpoint
 from epp.datastore.endpoint import split_host_port
 from epp.metrics.exporter import EppMetrics
 from epp.requests import ApiKind, ErrorCode, InferenceRequest, RequestError, Usage
-from epp.requests.parser import parse_request
+from epp.requests.parser import api_kind, parse_request
 from epp.requests.usage import UsageReader
 from epp.scheduling.types import ProfileResult, Scheduler, SchedulingError, SchedulingResult
 
@@ -188,11 +188,17 @@ class Director:
         return routed
 
     def handle_bodyless(self, headers: dict[str, str], subset: Sequence[str] | None) -> RoutedRequest:
-        """Requests that end at their headers (GET /v1/models): any ready endpoint, uniformly."""
+        """Requests that end at their headers (GET /v1/models): any ready endpoint, uniformly. A
+        POST to an inference API without a body is the client's mistake: 400, not a model server's."""
+        path = headers.get(":path", "")
+        if headers.get(":method") == "POST" and api_kind(path) is not ApiKind.OTHER:
+            error = RequestError(ErrorCode.BAD_REQUEST, "error unmarshaling request body: the body is empty")
+            self.record_error(error, None)
+            raise error
         request = InferenceRequest(
             request_id=headers.get("x-request-id", ""),
             api=ApiKind.OTHER,
-            path=headers.get(":path", ""),
+            path=path,
             model="",
             headers=headers,
         )

@@ -72,6 +72,8 @@ def _chat_prompt(body: Mapping[str, Any]) -> bytes:
 def _responses_prompt(body: Mapping[str, Any]) -> bytes:
     if body.get("input") in (None, "", []):
         raise _bad("invalid responses request: must have input field")
+    if not isinstance(body["input"], str | list):
+        raise _bad("invalid responses request: input must be a string or a list of input items")
     parts: list[dict[str, Any]] = []
     if body.get("instructions"):
         parts.append({"instructions": body["instructions"]})
@@ -87,7 +89,17 @@ def _embeddings_prompt(body: Mapping[str, Any]) -> tuple[bytes, list[int] | None
         raise _bad("invalid embeddings request: must have input field")
     if isinstance(value, list) and all(_is_int(t) for t in value):
         return b"", value
+    valid_list = isinstance(value, list) and all(_is_embedding_item(v) for v in value)
+    if not (isinstance(value, str) or valid_list):
+        raise _bad(
+            "invalid embeddings request: input must be a string, a list of strings, "
+            "token ids or lists of token ids"
+        )
     return (value.encode() if isinstance(value, str) else orjson.dumps(value)), None
+
+
+def _is_embedding_item(item: object) -> bool:
+    return isinstance(item, str) or (isinstance(item, list) and bool(item) and all(_is_int(t) for t in item))
 
 
 def _conversations_prompt(body: Mapping[str, Any]) -> bytes:

@@ -112,6 +112,8 @@ async def test_models_list_is_routed_without_a_body(shared_stack: Stack) -> None
     ("path", "body", "status", "message"),
     [
         ("/v1/completions", b"{oops", 400, "error unmarshaling request body"),
+        ("/v1/chat/completions", b"", 400, "the body is empty"),
+        ("/v1/responses", {"model": MODEL, "input": 5}, 400, "input must be a string or a list"),
         ("/v1/completions", {"prompt": "x"}, 400, "model not found in request body"),
         ("/v1/chat/completions", {"model": MODEL, "messages": "hi"}, 400, "must have valid messages field"),
         ("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": "many"}, 400, "max_tokens must be"),

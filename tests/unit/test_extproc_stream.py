@@ -174,6 +174,16 @@ async def test_bodyless_request_is_routed_on_its_headers(harness: Harness) -> No
     assert headers["x-request-id"]  # generated because the client sent none
 
 
+async def test_a_bodyless_post_to_an_inference_api_is_a_400(harness: Harness) -> None:
+    harness.add("a", 8000)
+    call = harness.open()
+    await call.write(headers_msg(path="/v1/chat/completions", method="POST", end_of_stream=True))
+    reply = (await read(call)).immediate_response
+    assert reply.status.code == 400
+    assert orjson.loads(reply.body)["error"]["message"].endswith("the body is empty")
+    assert error_count(harness.director, "BadRequest") == 1
+
+
 async def test_client_sent_owned_headers_are_overwritten_or_removed(harness: Harness) -> None:
     harness.add("a", 8000)
     call = harness.open()
