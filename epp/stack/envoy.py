@@ -213,8 +213,8 @@ def render_bootstrap(options: EnvoyOptions) -> dict[str, Any]:
 def _local_replies() -> dict[str, Any]:
     """Envoy's own error replies (upstream reset or refused, the EPP unreachable or too slow, a body
     over the buffer limit, no route) as JSON in the EPP's error shape instead of plain text or an
-    empty body. The EPP's own errors carry EPP_ERROR_KEY in the envoy.lb metadata and pass as they
-    are (its body is already JSON)."""
+    empty body, with Envoy's response code details as the type. The EPP's own errors carry
+    EPP_ERROR_KEY in the envoy.lb metadata and pass as they are (their body is already JSON)."""
     not_from_epp = {
         "metadata_filter": {
             "matcher": {
@@ -225,13 +225,24 @@ def _local_replies() -> dict[str, Any]:
             "match_if_key_not_found": True,
         }
     }
-    error = {
-        "message": "%LOCAL_REPLY_BODY%",
-        "type": "%RESPONSE_CODE_DETAILS%",
-        "code": "%RESPONSE_CODE%",
+
+    def mapper(message: str, status: int | None = None) -> dict[str, Any]:
+        error = {"message": message, "type": "%RESPONSE_CODE_DETAILS%", "code": "%RESPONSE_CODE%"}
+        body = {"json_format": {"error": error}, "content_type": "application/json"}
+        if status is None:
+            return {"filter": not_from_epp, "body_format_override": body}
+        comparison = {"op": "EQ", "value": {"default_value": status, "runtime_key": f"epp.reply_{status}"}}
+        both = [not_from_epp, {"status_code_filter": {"comparison": comparison}}]
+        return {"filter": {"and_filter": {"filters": both}}, "body_format_override": body}
+
+    # ext_proc's failures have an empty body; in this bootstrap only ext_proc answers 500.
+    return {
+        "mappers": [
+            mapper("the endpoint picker is unreachable or failed", 500),
+            mapper("no answer in time from the endpoint picker or the model server", 504),
+            mapper("%LOCAL_REPLY_BODY%"),
+        ]
     }
-    json_error = {"json_format": {"error": error}, "content_type": "application/json"}
-    return {"mappers": [{"filter": not_from_epp, "body_format_override": json_error}]}
 
 
 def _listener(

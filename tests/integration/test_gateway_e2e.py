@@ -204,6 +204,7 @@ async def test_epp_down_fail_closed_gives_500(make_stack: StackFactory) -> None:
         await stack.stop_epp()
         response = await post(stack, "/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 1})
         assert_gateway_json_error(response, 500, "ext_proc_error_gRPC_error_14")
+        assert response.json()["error"]["message"] == "the endpoint picker is unreachable or failed"
 
 
 async def test_a_body_over_envoys_buffer_limit_gets_a_json_413(make_stack: StackFactory) -> None:
