@@ -112,23 +112,19 @@ class ExtProcStream:
             # STREAMED forwards body chunks (and, with header routing, opens the upstream) before
             # the whole body is here; NONE never shows the body. Refuse rather than route blind.
             mode = BodyMode.Name(self._request_mode)
-            error = RequestError(
+            raise self._director.refuse(
                 ErrorCode.INTERNAL,
                 f"the gateway sends request bodies in ext_proc mode {mode}; the endpoint picker needs "
                 "FULL_DUPLEX_STREAMED or BUFFERED to route on the body",
             )
-            self._director.record_error(error, None)
-            raise error
 
     def _request_body(self, body: ext_proc.HttpBody) -> Iterator[ext_proc.ProcessingResponse]:
         self._body += body.body
         if len(self._body) > self._options.max_body_bytes:
-            error = RequestError(
+            raise self._director.refuse(
                 ErrorCode.PAYLOAD_TOO_LARGE,
                 f"request body exceeds the limit of {self._options.max_body_bytes} bytes",
             )
-            self._director.record_error(error, None)
-            raise error
         if body.end_of_stream:
             yield from self._route(end_of_stream=True)
         elif self._request_mode == BodyMode.BUFFERED:

@@ -192,9 +192,7 @@ class Director:
         POST to an inference API without a body is the client's mistake: 400, not a model server's."""
         path = headers.get(":path", "")
         if headers.get(":method") == "POST" and api_kind(path) is not ApiKind.OTHER:
-            error = RequestError(ErrorCode.BAD_REQUEST, "error unmarshaling request body: the body is empty")
-            self.record_error(error, None)
-            raise error
+            raise self.refuse(ErrorCode.BAD_REQUEST, "error unmarshaling request body: the body is empty")
         request = InferenceRequest(
             request_id=headers.get("x-request-id", ""),
             api=ApiKind.OTHER,
@@ -204,11 +202,15 @@ class Director:
         )
         endpoints = self.datastore.ready_endpoints()
         if not endpoints:
-            error = RequestError(ErrorCode.SERVICE_UNAVAILABLE, "no ready endpoints in the pool")
-            self.record_error(error, None)
-            raise error
+            raise self.refuse(ErrorCode.SERVICE_UNAVAILABLE, "no ready endpoints in the pool")
         chosen = self._rng.choice(endpoints)
         return RoutedRequest(self, request, SchedulingResult({"default": ProfileResult([chosen])}, "default"))
+
+    def refuse(self, code: ErrorCode, message: str) -> RequestError:
+        """The error for a request refused before it was parsed, already counted: `raise` it."""
+        error = RequestError(code, message)
+        self.record_error(error, None)
+        return error
 
     def record_error(self, error: RequestError, request: InferenceRequest | None) -> None:
         """Count an error answer once, under the request's models when it got that far."""

@@ -233,7 +233,7 @@ async def test_an_endpoint_that_resets_gets_a_json_503_from_envoy(make_stack: St
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = int(runner.addresses[0][1])
     try:
         async with make_stack("resets", sims=1) as stack:
             stack.write_endpoints_file([SimEndpoint("dropper", "127.0.0.1", port)])

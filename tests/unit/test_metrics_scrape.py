@@ -101,7 +101,7 @@ class FakeServer:
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", port)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = int(self.runner.addresses[0][1])
 
     async def stop(self) -> None:
         assert self.runner is not None
