@@ -15,7 +15,6 @@ from kubernetes_asyncio.config import ConfigException as KubeConfigError
 
 from epp import gieflags, tls
 from epp.config.build import build_components
-from epp.config.duration import parse_duration
 from epp.config.loader import load_config, load_config_file
 from epp.config.model import PickerConfig
 from epp.config.objectives import load_objectives_file
@@ -27,6 +26,7 @@ from epp.extproc.stream import StreamOptions
 from epp.metrics.exporter import EppMetrics
 from epp.metrics.http import MetricsServer
 from epp.metrics.scraper import DEFAULT_INTERVAL, MetricsScraper
+from epp.params.duration import parse_duration
 from epp.readyfile import write_ready_file
 from epp.requestcontrol import Director
 from epp.requestcontrol.admission import LegacyAdmission

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from epp.config.model import PickerConfig, PluginSpec, ProfileSpec
 from epp.config.schema import DataLayerDoc, EndpointPickerConfigDoc, ProfileDoc
-from epp.config.strict import ConfigError, describe
+from epp.params.strict import ConfigError, describe
 from epp.scheduling.framework import (
     DataConsumer,
     DataKey,

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from epp.config.strict import ConfigError, StrictModel, describe
+from epp.params.strict import ConfigError, StrictModel, describe
 
 API_GROUP = "inference.networking.x-k8s.io/"
 KIND = "InferenceObjective"

@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from epp.config.strict import StrictModel
-from epp.config.values import Duration, Quantity
+from epp.params.strict import StrictModel
+from epp.params.values import Duration, Quantity
 
 Name = Field(min_length=1)
 

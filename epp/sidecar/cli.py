@@ -11,7 +11,7 @@ import math
 import os
 from pathlib import Path
 
-from epp.config.duration import parse_duration
+from epp.params.duration import parse_duration
 from epp.sidecar.connectors import Connector
 from epp.sidecar.options import DEFAULT_SGLANG_BOOTSTRAP_PORT, SidecarOptions
 from epp.sidecar.prefill import RetryPolicy

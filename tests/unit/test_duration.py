@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from epp.config.duration import parse_duration
+from epp.params.duration import parse_duration
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from epp.config.strict import StrictModel
 from epp.datastore import Endpoint
 from epp.metrics.exporter import EppMetrics
+from epp.params.strict import StrictModel
 from epp.requests import InferenceRequest, Usage
 from epp.scheduling.types import ProfileResult, SchedulingResult
 

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from epp.config.values import Duration
 from epp.datastore import Endpoint
+from epp.params.values import Duration
 from epp.requests import InferenceRequest
 from epp.scheduling.framework import DataConsumer, Plugin, PluginContext, PluginParams, Scorer, register
 from epp.scheduling.inflight import INFLIGHT_LOAD, InFlightLoad

@@ -22,8 +22,8 @@ from typing import Any
 from pydantic import field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from epp.config.strict import StrictModel
 from epp.headers import PREFILLER_HEADER
+from epp.params.strict import StrictModel
 from epp.requests import ApiKind, InferenceRequest
 from epp.scheduling.disagg import DECODE_ONLY, PREFILL_DECODE, PrefillDecider
 from epp.scheduling.framework import (

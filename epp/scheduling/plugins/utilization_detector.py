@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from epp.config.values import Duration
 from epp.datastore import Endpoint
+from epp.params.values import Duration
 from epp.requests import InferenceRequest
 from epp.scheduling.framework import Filter, Plugin, PluginContext, PluginParams, SaturationDetector, register
 

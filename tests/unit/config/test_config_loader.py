@@ -9,8 +9,8 @@ import pytest
 
 from epp.config.build import build_components
 from epp.config.loader import load_config, load_config_file
-from epp.config.strict import ConfigError
 from epp.metrics.engines import BUILTIN_ENGINES
+from epp.params.strict import ConfigError
 from epp.scheduling.framework import PluginContext
 from epp.scheduling.plugins.concurrency_detector import ConcurrencyDetector
 from epp.scheduling.plugins.utilization_detector import UtilizationDetector

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from epp.config.objectives import load_objectives, load_objectives_file
-from epp.config.strict import ConfigError
+from epp.params.strict import ConfigError
 
 OBJECTIVE = """
 apiVersion: inference.networking.x-k8s.io/v1alpha2

@@ -9,7 +9,7 @@ import pytest
 
 from epp.config.build import build_components
 from epp.config.loader import load_config, load_config_file
-from epp.config.strict import ConfigError
+from epp.params.strict import ConfigError
 from epp.scheduling.framework import PluginContext
 from epp.scheduling.plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
 from epp.scheduling.plugins.disagg_profile_handler import DisaggProfileHandler

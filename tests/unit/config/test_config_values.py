@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from epp.config.strict import StrictModel
-from epp.config.values import Duration, Quantity, parse_quantity
+from epp.params.strict import StrictModel
+from epp.params.values import Duration, Quantity, parse_quantity
 
 
 @pytest.mark.parametrize(
