@@ -33,6 +33,7 @@ from epp.bench.workload import BenchRequest
 from epp.config.build import build_components
 from epp.config.model import PickerConfig
 from epp.datastore import Datastore, Endpoint, EndpointMetrics, EndpointSpec
+from epp.kvevents import KVEvent
 from epp.metrics.exporter import EppMetrics
 from epp.requestcontrol import Director
 from epp.requestcontrol.admission import LegacyAdmission
@@ -41,7 +42,6 @@ from epp.requests import InferenceRequest, RequestError
 from epp.scheduling.framework import PluginContext
 from epp.scheduling.types import Scheduler
 from epp.sim.engine import Engine, Rejection, Request, StepOutcome
-from epp.sim.kvcache import KVEvent
 from epp.sim.openai_api import usage
 from epp.sim.profiles import Profile
 

@@ -13,8 +13,8 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
+from epp.kvevents import KVEvent
 from epp.sim.engine import Engine, Rejection, Request, StepOutcome
-from epp.sim.kvcache import KVEvent
 
 Listener = Callable[[], None]
 EventSink = Callable[[list[KVEvent], float], Awaitable[None]]

@@ -20,8 +20,9 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from epp.kvevents import KVEvent, prompt_block_hashes
 from epp.sim.histogram import ITL_BUCKETS, REQUEST_LATENCY_BUCKETS, TTFT_BUCKETS, Histogram
-from epp.sim.kvcache import BlockPool, BlockTable, KVEvent, prompt_block_hashes
+from epp.sim.kvcache import BlockPool, BlockTable
 from epp.sim.profiles import Profile
 
 

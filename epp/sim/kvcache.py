@@ -12,56 +12,10 @@ every block, so a thousand engines with tens of thousands of blocks each stay ch
 
 from __future__ import annotations
 
-from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-import xxhash
-
-_hash = xxhash.xxh3_64_intdigest
-
-
-def namespace_seed(namespace: str) -> int:
-    """Root of the hash chain for a model or LoRA adapter name."""
-    return _hash(namespace.encode())
-
-
-def prompt_block_hashes(token_ids: Sequence[int], block_size: int, namespace: str) -> list[int]:
-    """Chained hashes of every FULL block of ``token_ids``; a trailing partial block has none."""
-    data = array("I", token_ids).tobytes()
-    step = 4 * block_size
-    parent = namespace_seed(namespace)
-    hashes: list[int] = []
-    for start in range(0, (len(token_ids) // block_size) * step, step):
-        parent = _hash(data[start : start + step], parent)
-        hashes.append(parent)
-    return hashes
-
-
-@dataclass(slots=True)
-class BlockStored:
-    """New blocks entered the prefix cache (vLLM ``BlockStored`` KV event)."""
-
-    block_hashes: list[int]
-    parent_block_hash: int | None
-    token_ids: list[int]
-    lora_name: str | None
-
-
-@dataclass(slots=True)
-class BlockRemoved:
-    """Blocks left the prefix cache (vLLM ``BlockRemoved`` KV event)."""
-
-    block_hashes: list[int]
-
-
-@dataclass(slots=True)
-class AllBlocksCleared:
-    """The whole prefix cache was dropped (vLLM ``AllBlocksCleared`` KV event)."""
-
-
-KVEvent = BlockStored | BlockRemoved | AllBlocksCleared
+from epp.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 
 
 class BlockTable:

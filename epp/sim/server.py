@@ -18,10 +18,11 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from epp.kvevents import topic_for
 from epp.sim.config import EndpointConfig
 from epp.sim.driver import EngineDriver
 from epp.sim.engine import Engine, Rejection, Request
-from epp.sim.kvevents import KVEventPublisher, topic_for
+from epp.sim.kvpublisher import KVEventPublisher
 from epp.sim.metrics import CONTENT_TYPE, build_registry, render
 from epp.sim.openai_api import (
     EMBEDDING_DIMENSIONS,

@@ -25,10 +25,10 @@ import zmq
 from pydantic import Field
 
 from epp.datastore import Endpoint
+from epp.kvevents import AllBlocksCleared, BlockStored, KVEvent, decode_events, prompt_block_hashes
 from epp.requests import ApiKind, InferenceRequest
 from epp.scheduling.framework import Plugin, PluginContext, PluginParams, Scorer, register
 from epp.scheduling.prefix import leading_matches
-from epp.sim.kvcache import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent, prompt_block_hashes
 from epp.sim.openai_api import ApiError, parse_chat, parse_completion
 
 log = logging.getLogger(__name__)
@@ -38,21 +38,6 @@ class KVCacheAwareParams(PluginParams):
     block_size_to_hash: int = Field(default=16, gt=0)
     max_blocks_to_match: int = Field(default=128, gt=0)
     zmq_endpoint: str = Field(default="", description="bind a SUB socket here for engines' KV events")
-
-
-def decode_events(payload: bytes) -> list[KVEvent]:
-    """vLLM's KV-event batch `[timestamp, [event, ...], dp_rank]` (msgpack, array form)."""
-    _, raw_events, *_ = msgpack.unpackb(payload, raw=False)
-    events: list[KVEvent] = []
-    for raw in raw_events:
-        tag = raw[0]
-        if tag == "BlockStored":
-            events.append(BlockStored(list(raw[1]), raw[2], list(raw[3]), raw[7] if len(raw) > 7 else None))
-        elif tag == "BlockRemoved":
-            events.append(BlockRemoved(list(raw[1])))
-        elif tag == "AllBlocksCleared":
-            events.append(AllBlocksCleared())
-    return events
 
 
 @register

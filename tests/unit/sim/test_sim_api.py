@@ -6,11 +6,10 @@ from __future__ import annotations
 import msgpack
 import pytest
 
+from epp.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent, encode_batch, topic_for
 from epp.sim.cluster import make_configs
 from epp.sim.config import LoraModule, parse_lora_modules
 from epp.sim.engine import Engine, Request
-from epp.sim.kvcache import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
-from epp.sim.kvevents import encode_batch, topic_for
 from epp.sim.metrics import build_registry, render
 from epp.sim.openai_api import (
     COMPLETIONS_DEFAULT_MAX_TOKENS,

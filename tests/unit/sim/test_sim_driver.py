@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from epp.kvevents import KVEvent
 from epp.sim.driver import EngineDriver
 from epp.sim.engine import Engine, Request
-from epp.sim.kvcache import KVEvent
 from epp.sim.profiles import TINY_TEST
 
 # Only bounds a hang: the request runs in a few simulated milliseconds.

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
+from epp.kvevents import BlockRemoved, BlockStored
 from epp.sim.engine import Engine, Rejection, Request, State, StepOutcome
-from epp.sim.kvcache import BlockRemoved, BlockStored
 from epp.sim.profiles import Profile
 
 ProfileFactory = Callable[..., Profile]

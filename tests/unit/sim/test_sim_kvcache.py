@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from epp.sim.kvcache import AllBlocksCleared, BlockPool, BlockRemoved, BlockTable, prompt_block_hashes
+from epp.kvevents import AllBlocksCleared, BlockRemoved, prompt_block_hashes
+from epp.sim.kvcache import BlockPool, BlockTable
 
 
 def test_hashes_chain_full_blocks_only() -> None:

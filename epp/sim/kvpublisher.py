@@ -1,10 +1,5 @@
-"""Publishes the engine's prefix-cache changes as vLLM KV events over ZMQ PUB.
-
-Wire format (vLLM ``--kv-events-config`` with the zmq publisher): each message is three frames,
-``[topic, sequence (8-byte big-endian, +1 per message), msgpack(EventBatch)]`` with
-``EventBatch = [timestamp, [event, ...], data_parallel_rank]`` and events in msgspec array form:
-``["BlockStored", block_hashes, parent_block_hash, token_ids, block_size, lora_id, medium,
-lora_name]``, ``["BlockRemoved", block_hashes, medium]`` and ``["AllBlocksCleared"]``.
+"""Publishes the engine's prefix-cache changes as vLLM KV events over ZMQ PUB (the wire format
+is `epp.kvevents`).
 
 Like llm-d's simulator the publisher dials the endpoint (an EPP in central mode binds it); an
 endpoint with a ``*`` host (vLLM's default ``tcp://*:5557``) is bound instead.
@@ -13,45 +8,11 @@ endpoint with a ``*`` host (vLLM's default ``tcp://*:5557``) is bound instead.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
-import msgpack
 import zmq
 import zmq.asyncio
 
-from epp.sim.kvcache import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
-
-MEDIUM = "GPU"
-
-
-def topic_for(host: str, port: int, model: str) -> str:
-    """``kv@<ip>:<port>@<model>``: the pod identity llm-d's indexer expects (v0.7 and later)."""
-    return f"kv@{host}:{port}@{model}"
-
-
-def encode_event(event: KVEvent, block_size: int, lora_ids: Mapping[str, int]) -> list[Any]:
-    if isinstance(event, BlockStored):
-        lora = event.lora_name
-        return [
-            "BlockStored",
-            event.block_hashes,
-            event.parent_block_hash,
-            event.token_ids,
-            block_size,
-            lora_ids.get(lora) if lora else None,
-            MEDIUM,
-            lora,
-        ]
-    if isinstance(event, BlockRemoved):
-        return ["BlockRemoved", event.block_hashes, MEDIUM]
-    return ["AllBlocksCleared"]
-
-
-def encode_batch(
-    events: list[KVEvent], timestamp: float, block_size: int, lora_ids: Mapping[str, int]
-) -> bytes:
-    payload = [timestamp, [encode_event(e, block_size, lora_ids) for e in events], None]
-    return msgpack.packb(payload, use_bin_type=True)
+from epp.kvevents import AllBlocksCleared, KVEvent, encode_batch
 
 
 class KVEventPublisher:
