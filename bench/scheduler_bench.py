@@ -24,15 +24,13 @@ from collections import Counter
 from collections.abc import Callable
 from types import MappingProxyType
 
-from epp.config.build import build_components
+from epp.config.build import build_director
 from epp.config.loader import load_config
 from epp.datastore import Datastore, Endpoint, EndpointSpec
+from epp.framework import PluginContext
 from epp.metrics.exporter import EppMetrics
-from epp.requestcontrol import Director
-from epp.requestcontrol.admission import LegacyAdmission
+from epp.plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
 from epp.requests import ApiKind, InferenceRequest
-from epp.scheduling.framework import PluginContext
-from epp.scheduling.plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
 
 ENDPOINTS = 64
 PROMPT_BYTES = 16 * 1024  # ~4k tokens at GIE's 4 characters per token
@@ -92,11 +90,10 @@ def run(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
     datastore = make_endpoints(rng)
     metrics = EppMetrics()
-    components = build_components(load_config(), PluginContext(metrics, random.Random(args.seed)))
-    scheduler = components.scheduler
-    director = Director(
-        datastore, scheduler, LegacyAdmission(components.saturation_detector), metrics=metrics
+    director, components = build_director(
+        load_config(), datastore, PluginContext(metrics, random.Random(args.seed))
     )
+    scheduler, hooks = components.scheduler, components.hooks
     producer = components.plugins["approx-prefix-cache-producer"]
     assert isinstance(producer, ApproxPrefixCacheProducer)
     endpoints = datastore.ready_endpoints()
@@ -115,7 +112,7 @@ def run(args: argparse.Namespace) -> None:
             routed.finish()
             return chosen, cpu, wall
         result = scheduler.schedule(request, endpoints)
-        scheduler.pre_request(request, result)
+        hooks.pre_request(request, result)
         wall, cpu = wall_clock() - wall_before, cpu_clock() - cpu_before
         return result.targets[0], cpu, wall
 

@@ -17,8 +17,8 @@ import subprocess
 import sys
 import time
 
+from epp.datalayer.scraper import DEFAULT_INTERVAL, MetricsScraper
 from epp.datastore import Datastore, EndpointSpec
-from epp.metrics.scraper import DEFAULT_INTERVAL, MetricsScraper
 
 SERVER = r"""
 import asyncio, json, sys

@@ -14,23 +14,21 @@ import grpc
 from kubernetes_asyncio.config import ConfigException as KubeConfigError
 
 from epp import gieflags, tls
-from epp.config.build import build_components
+from epp.config.build import build_director
 from epp.config.loader import load_config, load_config_file
 from epp.config.model import PickerConfig
 from epp.config.objectives import load_objectives_file
+from epp.datalayer.scraper import DEFAULT_INTERVAL, MetricsScraper
 from epp.datastore import Datastore
 from epp.discovery import kubernetes as k8s_discovery
 from epp.discovery.static import DiscoveryError, FileDiscovery, parse_endpoint_flag
 from epp.extproc.server import Health, bind, ext_proc_server, health_server
 from epp.extproc.stream import StreamOptions
+from epp.framework import PluginContext
 from epp.metrics.exporter import EppMetrics
 from epp.metrics.http import MetricsServer
-from epp.metrics.scraper import DEFAULT_INTERVAL, MetricsScraper
 from epp.params.duration import parse_duration
 from epp.readyfile import write_ready_file
-from epp.requestcontrol import Director
-from epp.requestcontrol.admission import LegacyAdmission
-from epp.scheduling.framework import PluginContext
 from epp.signals import stop_event
 
 log = logging.getLogger(__name__)
@@ -69,14 +67,8 @@ class EndpointPicker:
         for warning in options.config.warnings:
             log.warning("config: %s", warning)
         log.info("scheduling configuration:\n%s", options.config.summary())
-        components = build_components(options.config, PluginContext(self.metrics))
-        self.datastore.subscribe(on_removed=components.scheduler.endpoint_removed)
-        self.director = Director(
-            self.datastore,
-            components.scheduler,
-            admission=LegacyAdmission(components.saturation_detector),
-            objectives=options.objectives,
-            metrics=self.metrics,
+        self.director, components = build_director(
+            options.config, self.datastore, PluginContext(self.metrics), options.objectives
         )
         self.metrics_server = MetricsServer(self.metrics.registry, options.host, options.metrics_port)
         self.scraper: MetricsScraper | None = None

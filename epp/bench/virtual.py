@@ -30,17 +30,15 @@ import orjson
 from epp.bench.prompts import PromptTokenizer
 from epp.bench.records import RequestRecord, RunResult
 from epp.bench.workload import BenchRequest
-from epp.config.build import build_components
+from epp.config.build import build_director
 from epp.config.model import PickerConfig
 from epp.datastore import Datastore, Endpoint, EndpointMetrics, EndpointSpec
+from epp.framework import PluginContext
 from epp.kvevents import KVEvent
 from epp.metrics.exporter import EppMetrics
 from epp.requestcontrol import Director
-from epp.requestcontrol.admission import LegacyAdmission
-from epp.requestcontrol.director import Admission, RoutedRequest
+from epp.requestcontrol.director import RoutedRequest
 from epp.requests import InferenceRequest, RequestError
-from epp.scheduling.framework import PluginContext
-from epp.scheduling.types import Scheduler
 from epp.sim.engine import Engine, Rejection, Request, StepOutcome
 from epp.sim.openai_api import usage
 from epp.sim.profiles import Profile
@@ -96,11 +94,9 @@ class _FixedPoolDirector(Director):
     once; the base class filters every endpoint per request, which at 1,000 endpoints would cost
     more than most schedulers."""
 
-    def __init__(
-        self, datastore: Datastore, scheduler: Scheduler, admission: Admission, context: PluginContext
-    ) -> None:
-        super().__init__(datastore, scheduler, admission, metrics=context.metrics, rng=context.rng)
-        self._pool = datastore.ready_endpoints()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pool = self.datastore.ready_endpoints()
 
     def candidates(self, request: InferenceRequest, subset: Sequence[str] | None) -> list[Endpoint]:
         return self._pool
@@ -145,9 +141,9 @@ class VirtualRun:
         self.datastore = Datastore()
         self.datastore.replace_all(endpoint_specs(cluster))
         context = PluginContext(EppMetrics(), random.Random(cluster.seed), clock=lambda: self.now)
-        components = build_components(config, context)
-        admission = LegacyAdmission(components.saturation_detector)
-        self.director = _FixedPoolDirector(self.datastore, components.scheduler, admission, context)
+        self.director, components = build_director(
+            config, self.datastore, context, director_type=_FixedPoolDirector
+        )
         self.endpoints = list(self.datastore.endpoints())
         self.sinks = [p for p in components.plugins.values() if isinstance(p, KVEventSink)]
         self.servers = {

@@ -1,5 +1,7 @@
-"""Turn a loaded config into live objects: plugin instances, the plugin scheduler, the saturation
-detector admission uses, and the metrics scraper's settings."""
+"""Turn a loaded config into live objects: plugin instances, the plugin scheduler, the
+request-control hooks, admission, and the metrics scraper's settings; and the director that runs
+them. `epp serve` and every benchmark engine build through `build_director`, so a benchmark runs
+exactly what the server runs."""
 
 from __future__ import annotations
 
@@ -8,28 +10,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from epp.config.model import PickerConfig
-from epp.metrics.scraper import ScrapeSettings
-from epp.scheduling.framework import (
-    DataConsumer,
-    DataProducer,
-    Filter,
-    Picker,
-    Plugin,
-    PluginContext,
-    PluginScheduler,
-    PluginUser,
-    ProfileHandler,
-    SaturationDetector,
-    SchedulerProfile,
-    Scorer,
-)
-from epp.scheduling.framework.datalayer import MetricsExtractor, MetricsSource
+from epp.datalayer import DataProducer, EndpointObserver, MetricsExtractor, MetricsSource
+from epp.datalayer.scraper import ScrapeSettings
+from epp.datastore import Datastore
+from epp.flowcontrol import LegacyAdmission, SaturationDetector
+from epp.framework import DataConsumer, Plugin, PluginContext, PluginUser
+from epp.requestcontrol import Director, RequestControlHooks
+from epp.scheduling.framework import Filter, Picker, PluginScheduler, ProfileHandler, SchedulerProfile, Scorer
 
 
 @dataclass(frozen=True)
 class EndpointPickerComponents:
     plugins: Mapping[str, Plugin]
     scheduler: PluginScheduler
+    hooks: RequestControlHooks
     saturation_detector: SaturationDetector
     scrape: ScrapeSettings | None  # None: the config turned scraping off
 
@@ -58,11 +52,36 @@ def build_components(config: PickerConfig, context: PluginContext) -> EndpointPi
         _role(plugins[config.profile_handler], ProfileHandler),
         profiles,
         [_role(plugins[name], DataProducer) for name in config.producer_order],
-        list(plugins.values()),
         context.metrics,
     )
+    hooks = RequestControlHooks(list(plugins.values()), context.metrics)
     detector = _role(plugins[config.saturation_detector], SaturationDetector)
-    return EndpointPickerComponents(plugins, scheduler, detector, _scrape_settings(config, plugins))
+    return EndpointPickerComponents(plugins, scheduler, hooks, detector, _scrape_settings(config, plugins))
+
+
+def build_director(
+    config: PickerConfig,
+    datastore: Datastore,
+    context: PluginContext,
+    objectives: Mapping[str, int] | None = None,
+    director_type: type[Director] = Director,
+) -> tuple[Director, EndpointPickerComponents]:
+    """The director for `config` over `datastore`, with its plugins told of endpoints that leave
+    the pool. `director_type` lets a benchmark narrow how candidates are found (a fixed pool)."""
+    components = build_components(config, context)
+    for plugin in components.plugins.values():
+        if isinstance(plugin, EndpointObserver):
+            datastore.subscribe(on_removed=plugin.endpoint_removed)
+    director = director_type(
+        datastore,
+        components.scheduler,
+        components.hooks,
+        LegacyAdmission(components.saturation_detector),
+        objectives,
+        context.metrics,
+        context.rng,
+    )
+    return director, components
 
 
 def _role(plugin: Plugin, role: type) -> Any:

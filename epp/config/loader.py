@@ -14,21 +14,13 @@ from pydantic import ValidationError
 
 from epp.config.model import PickerConfig, PluginSpec, ProfileSpec
 from epp.config.schema import DataLayerDoc, EndpointPickerConfigDoc, ProfileDoc
+from epp.datalayer import DataProducer, MetricsExtractor, MetricsSource
+from epp.flowcontrol import SaturationDetector
+from epp.framework import DataConsumer, DataKey, Plugin, PluginUser
+from epp.framework.registry import canonical_type_names, find_plugin_type
 from epp.params.strict import ConfigError, describe
-from epp.scheduling.framework import (
-    DataConsumer,
-    DataKey,
-    DataProducer,
-    Filter,
-    Picker,
-    Plugin,
-    PluginUser,
-    ProfileHandler,
-    SaturationDetector,
-    Scorer,
-)
-from epp.scheduling.framework.datalayer import MetricsExtractor, MetricsSource, RequestParser
-from epp.scheduling.framework.registry import canonical_type_names, plugin_types
+from epp.requestcontrol import RequestParser
+from epp.scheduling.framework import Filter, Picker, ProfileHandler, Scorer
 
 DEFAULT_CONFIG_RESOURCE = "default-plugins.yaml"
 SINGLE_PROFILE_HANDLER = "single-profile-handler"
@@ -153,10 +145,9 @@ class _Loader:
     # --- plugins --------------------------------------------------------------------------------
 
     def _define_plugins(self) -> None:
-        types = plugin_types()
         for i, plugin in enumerate(self.doc.plugins):
             name = plugin.name or plugin.type
-            cls = types.get(plugin.type)
+            cls = find_plugin_type(plugin.type)
             if cls is None:
                 self.problems.append(f"plugins[{i}].type: {_unknown_type(plugin.type)}")
                 continue
@@ -172,7 +163,7 @@ class _Loader:
 
     def _implicit(self, type_name: str, parameters: Mapping[str, Any] | None = None) -> str:
         """Add a default plugin named after its type (as GIE does) and return its name."""
-        cls = plugin_types()[type_name]
+        cls = _known_type(type_name)
         existing = self.plugins.get(type_name)
         if existing is not None:
             if existing.cls is not cls:
@@ -436,7 +427,7 @@ class _Loader:
         return tuple(ordered)
 
     def _shared_params(self, consumer: PluginSpec, producer_type: str) -> dict[str, Any]:
-        accepted = plugin_types()[producer_type].Params.model_fields
+        accepted = _known_type(producer_type).Params.model_fields
         shared = consumer.params.model_fields_set & set(accepted)
         return consumer.params.model_dump(by_alias=True, include=shared)
 
@@ -467,3 +458,11 @@ def _unknown_type(type_name: str) -> str:
     if reason is not None:
         return f"plugin type {type_name!r} is not supported: it is {reason}"
     return f"unknown plugin type {type_name!r}; known types: {', '.join(canonical_type_names())}"
+
+
+def _known_type(type_name: str) -> type[Plugin]:
+    """A type the loader itself names (a default plugin), so it must exist."""
+    cls = find_plugin_type(type_name)
+    if cls is None:
+        raise LookupError(f"built-in plugin type {type_name!r} is not registered")
+    return cls

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from epp.config.schema import FlowControlDoc
-from epp.scheduling.framework import Plugin, PluginParams
+from epp.framework import Plugin, PluginParams
 
 
 @dataclass(frozen=True)

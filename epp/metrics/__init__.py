@@ -1,1 +1,1 @@
-"""Model-server metrics: scraping each endpoint's /metrics into engine-neutral endpoint state."""
+"""The EPP's own Prometheus metrics (GIE's names) and the HTTP server that exposes them."""

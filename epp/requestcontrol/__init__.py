@@ -1,5 +1,21 @@
-"""Between protocol and scheduling: candidates, admission, scheduling, and per-request bookkeeping."""
+"""Between protocol and scheduling: candidates, admission, scheduling, the request-control hooks,
+and per-request bookkeeping."""
 
 from epp.requestcontrol.director import Director, RoutedRequest
+from epp.requestcontrol.hooks import (
+    PreRequest,
+    RequestControlHooks,
+    RequestParser,
+    ResponseComplete,
+    ResponseReceived,
+)
 
-__all__ = ["Director", "RoutedRequest"]
+__all__ = [
+    "Director",
+    "PreRequest",
+    "RequestControlHooks",
+    "RequestParser",
+    "ResponseComplete",
+    "ResponseReceived",
+    "RoutedRequest",
+]

@@ -7,13 +7,14 @@ import logging
 import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Protocol
 
 import orjson
 
 from epp.datastore import Datastore, Endpoint
 from epp.datastore.endpoint import split_host_port
+from epp.flowcontrol import Admission, AdmitAll
 from epp.metrics.exporter import EppMetrics
+from epp.requestcontrol.hooks import RequestControlHooks
 from epp.requests import ApiKind, ErrorCode, InferenceRequest, RequestError, Usage
 from epp.requests.parser import api_kind, parse_request
 from epp.requests.usage import UsageReader
@@ -25,17 +26,6 @@ OBJECTIVE_HEADER = "x-gateway-inference-objective"
 FAIRNESS_HEADER = "x-gateway-inference-fairness-id"
 MODEL_REWRITE_HEADER = "x-gateway-model-name-rewrite"
 SUSPEND_SECONDS = 10
-
-
-class Admission(Protocol):
-    """Decides whether a request may be scheduled now; raises RequestError (429) to shed it."""
-
-    def admit(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None: ...
-
-
-class AdmitAll:
-    def admit(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
-        return None
 
 
 class RoutedRequest:
@@ -86,7 +76,7 @@ class RoutedRequest:
         self.response_status = status
         self._usage = UsageReader(streaming=event_stream or self.request.stream)
         with _plugin_errors_logged("ResponseReceived"):
-            self._director.scheduler.response_received(self.request, self.result)
+            self._director.hooks.response_received(self.request, self.result)
         if status == 503:
             self._director.note_upstream_unavailable(self.result.targets[:1])
 
@@ -152,6 +142,7 @@ class Director:
         self,
         datastore: Datastore,
         scheduler: Scheduler,
+        hooks: RequestControlHooks | None = None,
         admission: Admission | None = None,
         objectives: Mapping[str, int] | None = None,
         metrics: EppMetrics | None = None,
@@ -162,6 +153,7 @@ class Director:
         self.admission = admission or AdmitAll()
         self.objectives: Mapping[str, int] = objectives or {}
         self.metrics = metrics or EppMetrics()
+        self.hooks = hooks or RequestControlHooks((), self.metrics)
         self._rng = rng or random.Random()
 
     # --- entry points from the protocol layer --------------------------------------------------
@@ -260,7 +252,7 @@ class Director:
         )
         routed = RoutedRequest(self, request, result)
         try:
-            self.scheduler.pre_request(request, result)
+            self.hooks.pre_request(request, result)
         except BaseException:
             routed.finish()
             raise
@@ -276,7 +268,7 @@ class Director:
             if routed.response_status is not None and routed.response_status >= 400:
                 series.error("ModelServerError")
         with _plugin_errors_logged("ResponseComplete"):
-            self.scheduler.response_complete(request, routed.result, usage)
+            self.hooks.response_complete(request, routed.result, usage)
 
     def note_upstream_unavailable(self, endpoints: Sequence[Endpoint]) -> None:
         """A 503 from the data plane often means the endpoint died: stop choosing it for

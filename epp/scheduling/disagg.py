@@ -9,8 +9,8 @@ from __future__ import annotations
 from abc import abstractmethod
 
 from epp.datastore import Endpoint
+from epp.framework import Extension
 from epp.requests import InferenceRequest
-from epp.scheduling.framework.plugin import Extension
 
 DECODE_ONLY = "decode-only"
 PREFILL_DECODE = "prefill-decode"

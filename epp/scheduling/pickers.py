@@ -3,7 +3,8 @@ the random source that breaks ties or samples."""
 
 from __future__ import annotations
 
-from epp.scheduling.framework import Picker, Plugin, PluginContext, PluginParams
+from epp.framework import Plugin, PluginContext, PluginParams
+from epp.scheduling.framework import Picker
 
 
 class PickerParams(PluginParams):

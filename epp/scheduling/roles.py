@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from epp.datastore import Endpoint
+from epp.framework import Plugin
 from epp.requests import InferenceRequest
-from epp.scheduling.framework import Filter, Plugin
+from epp.scheduling.framework import Filter
 
 ENCODE = "encode"
 PREFILL = "prefill"

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from epp.datastore import Endpoint
-from epp.requests import InferenceRequest, Usage
+from epp.requests import InferenceRequest
 
 # GIE and llm-d treat the pick of a profile literally named "prefill" as computing the prompt's KV.
 PREFILL_PROFILE = "prefill"
@@ -59,15 +59,7 @@ class SchedulingResult:
 
 
 class Scheduler(Protocol):
-    """Picks endpoints and learns from traffic. Implementations see only parsed requests and
-    endpoint state; the director calls the hooks in order, exactly once each per request."""
+    """Picks endpoints for a parsed request. Implementations see only parsed requests and
+    endpoint state; learning from traffic is the request-control hooks' part."""
 
     def schedule(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> SchedulingResult: ...
-
-    def pre_request(self, request: InferenceRequest, result: SchedulingResult) -> None: ...
-
-    def response_received(self, request: InferenceRequest, result: SchedulingResult) -> None: ...
-
-    def response_complete(
-        self, request: InferenceRequest, result: SchedulingResult, usage: Usage | None
-    ) -> None: ...

@@ -12,16 +12,15 @@ import orjson
 import pytest
 from google.protobuf import json_format, struct_pb2
 
-from epp.config.build import build_components
+from epp.config.build import build_director
 from epp.config.loader import load_config
 from epp.datastore import Datastore, Endpoint, EndpointSpec
 from epp.extproc.messages import BODY_CHUNK_BYTES
 from epp.extproc.pb import BodyMode, core, ext_proc, ext_proc_grpc
 from epp.extproc.server import Health, bind, ext_proc_server
 from epp.extproc.stream import StreamOptions
+from epp.framework import PluginContext
 from epp.requestcontrol import Director
-from epp.scheduling.framework import PluginContext
-from epp.scheduling.types import Scheduler
 
 FDS = BodyMode.FULL_DUPLEX_STREAMED
 
@@ -62,8 +61,7 @@ class Harness:
 async def harness() -> AsyncIterator[Harness]:
     datastore = Datastore()
     datastore.synced = True
-    scheduler = build_components(load_config(LEAST_LOADED), PluginContext()).scheduler
-    director = Director(datastore, scheduler)
+    director, _ = build_director(load_config(LEAST_LOADED), datastore, PluginContext())
     server = ext_proc_server(director, StreamOptions(max_body_bytes=200_000), Health(lambda: True))
     port = bind(server, "127.0.0.1:0", None)
     await server.start()
@@ -502,9 +500,9 @@ async def test_errors_are_counted_once_including_bodyless_ones(harness: Harness)
 
 
 class FailingPlugin:
-    """Wraps the real scheduler and raises from one hook, standing in for a buggy plugin."""
+    """Wraps the real request-control hooks and raises from one, standing in for a buggy plugin."""
 
-    def __init__(self, inner: Scheduler, hook: str) -> None:
+    def __init__(self, inner: object, hook: str) -> None:
         self._inner = inner
         self._hook = hook
 
@@ -521,7 +519,7 @@ def _raise(*args: object) -> None:
 
 async def test_a_failing_pre_request_plugin_gives_500_and_leaves_no_load(harness: Harness) -> None:
     harness.add("a", 8000)
-    harness.director.scheduler = FailingPlugin(harness.director.scheduler, "pre_request")  # type: ignore[assignment]
+    harness.director.hooks = FailingPlugin(harness.director.hooks, "pre_request")  # type: ignore[assignment]
     call = harness.open()
     await call.write(headers_msg())
     await call.write(body_msg(COMPLETION))
@@ -532,8 +530,8 @@ async def test_a_failing_pre_request_plugin_gives_500_and_leaves_no_load(harness
 
 async def test_failing_response_plugins_do_not_break_the_response(harness: Harness) -> None:
     harness.add("a", 8000)
-    scheduler = FailingPlugin(harness.director.scheduler, "response_received")
-    harness.director.scheduler = FailingPlugin(scheduler, "response_complete")  # type: ignore[arg-type,assignment]
+    hooks = FailingPlugin(harness.director.hooks, "response_received")
+    harness.director.hooks = FailingPlugin(hooks, "response_complete")  # type: ignore[assignment]
     call, endpoint = await streaming_request(harness)
     await call.write(response_body_msg(SSE[0], end_of_stream=True))
     assert (await read(call)).response_body.response.body_mutation.streamed_response.body == SSE[0]

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from epp.metrics.fetch import FetchError, KeepAliveGetter
+from epp.datalayer.fetch import FetchError, KeepAliveGetter
 from epp.stack.processes import free_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

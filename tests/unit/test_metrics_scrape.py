@@ -9,10 +9,10 @@ from types import MappingProxyType
 import pytest
 from aiohttp import web
 
+from epp.datalayer.engines import BUILTIN_ENGINES, ENGINE_LABEL
+from epp.datalayer.promtext import Extractor, MetricSpec
+from epp.datalayer.scraper import MetricsScraper, ScrapeSettings
 from epp.datastore import Datastore, EndpointSpec
-from epp.metrics.engines import BUILTIN_ENGINES, ENGINE_LABEL
-from epp.metrics.promtext import Extractor, MetricSpec
-from epp.metrics.scraper import MetricsScraper, ScrapeSettings
 
 VLLM_PAGE = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from time import perf_counter
 
 from epp.datastore import Endpoint
+from epp.framework import timing
 from epp.metrics.exporter import EppMetrics
 from epp.requests import InferenceRequest
-from epp.scheduling.framework import timing
-from epp.scheduling.framework.plugin import Filter, Picker, Scorer
+from epp.scheduling.framework.extensions import Filter, Picker, Scorer
 from epp.scheduling.types import ProfileResult
 
 

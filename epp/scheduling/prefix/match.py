@@ -7,7 +7,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from epp.datastore import Endpoint
-from epp.scheduling.framework.plugin import DataKey
+from epp.framework import DataKey
 
 PREFIX_MATCH = DataKey("PrefixCacheMatchInfo", default_producer="approx-prefix-cache-producer")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from epp.scheduling.framework.plugin import PluginParams
+from epp.framework import PluginParams
 
 
 class PrefixIndexParams(PluginParams):

@@ -7,17 +7,17 @@ from pathlib import Path
 
 import orjson
 
+from epp.bench.peers.kthena_kvcache_aware_scorer import KthenaKVCacheAwareScorer, KVCacheAwareParams
+from epp.bench.peers.kthena_least_request import KthenaLeastRequest, KthenaLeastRequestParams
 from epp.bench.summary import summarize
 from epp.bench.virtual import VirtualCluster, VirtualRun
 from epp.bench.workload import WorkloadSpec, generate
 from epp.config.loader import load_config_file
 from epp.datastore import Endpoint, EndpointSpec
+from epp.framework import PluginContext
 from epp.kvevents import BlockRemoved, BlockStored, decode_events, encode_batch
 from epp.metrics.exporter import EppMetrics
 from epp.requests.parser import parse_request
-from epp.scheduling.framework import PluginContext
-from epp.scheduling.plugins.kthena_kvcache_aware_scorer import KthenaKVCacheAwareScorer, KVCacheAwareParams
-from epp.scheduling.plugins.kthena_least_request import KthenaLeastRequest, KthenaLeastRequestParams
 from epp.sim.engine import Engine, Request
 from epp.sim.profiles import TINY_TEST
 from epp.sim.tokens import tokenize

@@ -9,13 +9,13 @@ from typing import Any, TypeVar
 
 import pytest
 
+from epp.bench.peers.aibrix_prefix_cache_picker import AIBrixPrefixCachePicker
+from epp.bench.peers.dynamo_kv_router_picker import DynamoKvRouterPicker
+from epp.bench.peers.sglang_cache_aware_picker import CharRadixTree, SGLangCacheAwarePicker
 from epp.datastore import Endpoint, EndpointSpec
+from epp.framework import Plugin, PluginContext
 from epp.metrics.exporter import EppMetrics
 from epp.requests import ApiKind, InferenceRequest
-from epp.scheduling.framework import Plugin, PluginContext
-from epp.scheduling.plugins.aibrix_prefix_cache_picker import AIBrixPrefixCachePicker
-from epp.scheduling.plugins.dynamo_kv_router_picker import DynamoKvRouterPicker
-from epp.scheduling.plugins.sglang_cache_aware_picker import CharRadixTree, SGLangCacheAwarePicker
 from epp.scheduling.types import ProfileResult, SchedulingResult
 
 P = TypeVar("P", bound=Plugin)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import random
 
+from epp.bench.peers.round_robin_picker import RoundRobinPicker
 from epp.datastore import Endpoint, EndpointSpec
+from epp.framework import PluginContext
 from epp.metrics.exporter import EppMetrics
 from epp.requests import ApiKind, InferenceRequest
-from epp.scheduling.framework import PluginContext
 from epp.scheduling.pickers import PickerParams
-from epp.scheduling.plugins.round_robin_picker import RoundRobinPicker
 
 REQUEST = InferenceRequest("r", ApiKind.COMPLETIONS, "/v1/completions", "m")
 

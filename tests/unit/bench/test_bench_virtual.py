@@ -11,17 +11,11 @@ from epp.bench.summary import summarize
 from epp.bench.virtual import VirtualCluster, VirtualRun, run_virtual, scraped_metrics
 from epp.bench.workload import BenchRequest, WorkloadSpec, generate
 from epp.config.loader import load_config, load_config_file
-from epp.metrics.engines import BUILTIN_ENGINES
-from epp.metrics.promtext import Extractor
+from epp.datalayer.engines import BUILTIN_ENGINES
+from epp.datalayer.promtext import Extractor
+from epp.framework import Plugin, PluginContext, register
+from epp.requestcontrol import PreRequest, ResponseComplete, ResponseReceived
 from epp.requests import InferenceRequest, Usage
-from epp.scheduling.framework import (
-    Plugin,
-    PluginContext,
-    PreRequest,
-    ResponseComplete,
-    ResponseReceived,
-    register,
-)
 from epp.scheduling.types import SchedulingResult
 from epp.sim.engine import Engine, Request
 from epp.sim.metrics import build_registry, render

@@ -9,11 +9,11 @@ import pytest
 
 from epp.config.build import build_components
 from epp.config.loader import load_config, load_config_file
-from epp.metrics.engines import BUILTIN_ENGINES
+from epp.datalayer.engines import BUILTIN_ENGINES
+from epp.framework import PluginContext
 from epp.params.strict import ConfigError
-from epp.scheduling.framework import PluginContext
-from epp.scheduling.plugins.concurrency_detector import ConcurrencyDetector
-from epp.scheduling.plugins.utilization_detector import UtilizationDetector
+from epp.plugins.concurrency_detector import ConcurrencyDetector
+from epp.plugins.utilization_detector import UtilizationDetector
 
 SAMPLES = Path(__file__).parents[3] / "epp" / "config" / "samples"
 HEADER = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"

@@ -9,11 +9,11 @@ import pytest
 
 from epp.config.build import build_components
 from epp.config.loader import load_config, load_config_file
+from epp.framework import PluginContext
 from epp.params.strict import ConfigError
-from epp.scheduling.framework import PluginContext
-from epp.scheduling.plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
-from epp.scheduling.plugins.disagg_profile_handler import DisaggProfileHandler
-from epp.scheduling.plugins.prefix_based_pd_decider import PrefixBasedPDDecider
+from epp.plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
+from epp.plugins.disagg_profile_handler import DisaggProfileHandler
+from epp.plugins.prefix_based_pd_decider import PrefixBasedPDDecider
 
 SAMPLES = Path(__file__).parents[3] / "epp" / "config" / "samples"
 

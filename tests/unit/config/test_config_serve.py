@@ -10,7 +10,7 @@ import pytest
 
 from epp import serve
 from epp.cli import build_parser
-from epp.requestcontrol.admission import LegacyAdmission
+from epp.flowcontrol.admission import LegacyAdmission
 from epp.scheduling.framework import PluginScheduler
 
 CONFIG = """

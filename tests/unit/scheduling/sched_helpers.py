@@ -9,9 +9,9 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from epp.datastore import Endpoint, EndpointSpec
+from epp.framework import Plugin, PluginContext
 from epp.metrics.exporter import EppMetrics
 from epp.requests import ApiKind, InferenceRequest
-from epp.scheduling.framework import Plugin, PluginContext
 
 P = TypeVar("P", bound=Plugin)
 

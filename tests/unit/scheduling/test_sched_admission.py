@@ -8,10 +8,11 @@ import pytest
 from sched_helpers import FakeClock, context, endpoint, plugin, request
 
 from epp.datastore import Endpoint
-from epp.requestcontrol.admission import LegacyAdmission
+from epp.flowcontrol import SaturationDetector
+from epp.flowcontrol.admission import LegacyAdmission
+from epp.framework import Plugin
+from epp.plugins.utilization_detector import UtilizationDetector
 from epp.requests import ErrorCode, RequestError
-from epp.scheduling.framework import Plugin, SaturationDetector
-from epp.scheduling.plugins.utilization_detector import UtilizationDetector
 
 
 class FixedSaturation(Plugin, SaturationDetector):

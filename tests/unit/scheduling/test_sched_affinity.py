@@ -8,10 +8,10 @@ import pytest
 from sched_helpers import FakeClock, context, endpoint, endpoints, plugin, request
 
 from epp.datastore import Endpoint
+from epp.plugins.no_hit_lru_scorer import NoHitLruScorer
+from epp.plugins.session_affinity_scorer import SessionAffinityScorer
+from epp.plugins.single_profile_handler import SingleProfileHandler
 from epp.requests import InferenceRequest
-from epp.scheduling.plugins.no_hit_lru_scorer import NoHitLruScorer
-from epp.scheduling.plugins.session_affinity_scorer import SessionAffinityScorer
-from epp.scheduling.plugins.single_profile_handler import SingleProfileHandler
 from epp.scheduling.prefix import PREFIX_MATCH, PrefixMatch
 from epp.scheduling.types import ProfileResult, SchedulingError, SchedulingResult
 

@@ -7,15 +7,15 @@ from pydantic import ValidationError
 from sched_helpers import FakeClock, context, endpoint, plugin, request
 
 from epp.datastore import Endpoint
-from epp.scheduling.plugins.by_label_filter import ByLabelFilter
-from epp.scheduling.plugins.concurrency_detector import ConcurrencyDetector
-from epp.scheduling.plugins.decode_filter import DecodeFilter
-from epp.scheduling.plugins.encode_filter import EncodeFilter
-from epp.scheduling.plugins.header_based_testing_filter import HeaderBasedTestingFilter
-from epp.scheduling.plugins.label_selector_filter import LabelSelectorFilter
-from epp.scheduling.plugins.prefill_filter import PrefillFilter
-from epp.scheduling.plugins.utilization_detector import UtilizationDetector
-from epp.scheduling.plugins.utilization_filter import UtilizationFilter
+from epp.plugins.by_label_filter import ByLabelFilter
+from epp.plugins.concurrency_detector import ConcurrencyDetector
+from epp.plugins.decode_filter import DecodeFilter
+from epp.plugins.encode_filter import EncodeFilter
+from epp.plugins.header_based_testing_filter import HeaderBasedTestingFilter
+from epp.plugins.label_selector_filter import LabelSelectorFilter
+from epp.plugins.prefill_filter import PrefillFilter
+from epp.plugins.utilization_detector import UtilizationDetector
+from epp.plugins.utilization_filter import UtilizationFilter
 
 REQ = request()
 ROLES = [

@@ -10,26 +10,16 @@ from typing import Any
 import pytest
 from sched_helpers import context, endpoints, request
 
+from epp.datalayer import DataProducer
 from epp.datastore import Endpoint
+from epp.framework import DataKey, Plugin
+from epp.framework.registry import canonical_type_names, plugin_types, register
 from epp.metrics.exporter import EppMetrics
+from epp.plugins.max_score_picker import MaxScorePicker
+from epp.plugins.single_profile_handler import SingleProfileHandler
+from epp.requestcontrol import PreRequest, RequestControlHooks, ResponseComplete, ResponseReceived
 from epp.requests import InferenceRequest, Usage
-from epp.scheduling.framework import (
-    DataKey,
-    DataProducer,
-    Filter,
-    Picker,
-    Plugin,
-    PluginScheduler,
-    PreRequest,
-    ProfileHandler,
-    ResponseComplete,
-    ResponseReceived,
-    SchedulerProfile,
-    Scorer,
-)
-from epp.scheduling.framework.registry import canonical_type_names, plugin_types, register
-from epp.scheduling.plugins.max_score_picker import MaxScorePicker
-from epp.scheduling.plugins.single_profile_handler import SingleProfileHandler
+from epp.scheduling.framework import Filter, Picker, PluginScheduler, ProfileHandler, SchedulerProfile, Scorer
 from epp.scheduling.types import ProfileResult, SchedulingError, SchedulingResult
 
 CTX = context()
@@ -218,7 +208,7 @@ def test_multi_profile_handler_loop_headers_and_load_targets() -> None:
     handler = DecodeThenPrefill()
     decode = profile("decode", {"e0"}, [0.0, 0.2, 0.9], metrics)
     prefill = profile("prefill", {"e2"}, [0.0, 0.7, 0.0], metrics)
-    scheduler = PluginScheduler(handler, [decode, prefill], [], [], metrics)
+    scheduler = PluginScheduler(handler, [decode, prefill], [], metrics)
     result = scheduler.schedule(request(), endpoints(3))
     assert handler.rounds == [["decode"], ["prefill"], []]
     assert [e.name for e in result.targets] == ["e2"]
@@ -230,7 +220,7 @@ def test_multi_profile_handler_fails_when_its_primary_profile_fails() -> None:
     metrics = EppMetrics()
     decode = profile("decode", {"e0", "e1"}, [0.0, 0.0], metrics)
     prefill = profile("prefill", set(), [0.0, 0.0], metrics)
-    scheduler = PluginScheduler(DecodeThenPrefill(), [decode, prefill], [], [], metrics)
+    scheduler = PluginScheduler(DecodeThenPrefill(), [decode, prefill], [], metrics)
     with pytest.raises(SchedulingError, match="decode workers"):
         scheduler.schedule(request(), endpoints(2))
 
@@ -250,7 +240,7 @@ def test_handler_naming_a_profile_twice_or_an_unknown_one_is_an_error() -> None:
 
     metrics = EppMetrics()
     for handler, problem in ((Looping(), "already run"), (Unknown(), "unknown")):
-        scheduler = PluginScheduler(handler, [profile("decode", set(), [1.0], metrics)], [], [], metrics)
+        scheduler = PluginScheduler(handler, [profile("decode", set(), [1.0], metrics)], [], metrics)
         with pytest.raises(SchedulingError, match=problem):
             scheduler.schedule(request(), endpoints(1))
 
@@ -258,9 +248,7 @@ def test_handler_naming_a_profile_twice_or_an_unknown_one_is_an_error() -> None:
 def single_profile_scheduler(drop: set[str], plugins: list[Plugin], metrics: EppMetrics) -> PluginScheduler:
     handler = SingleProfileHandler("single-profile-handler", None, CTX)
     producers = [p for p in plugins if isinstance(p, DataProducer)]
-    return PluginScheduler(
-        handler, [profile("default", drop, [0.5, 1.0], metrics)], producers, plugins, metrics
-    )
+    return PluginScheduler(handler, [profile("default", drop, [0.5, 1.0], metrics)], producers, metrics)
 
 
 def test_failed_single_profile_raises_scheduling_error() -> None:
@@ -275,24 +263,26 @@ def test_no_candidates_is_a_scheduling_error() -> None:
 
 
 def test_producers_run_once_before_profiles_and_hooks_once_each() -> None:
-    producer, hooks = CountingProducer(), Hooks()
-    scheduler = single_profile_scheduler(set(), [producer, hooks], EppMetrics())
+    producer, hooks, metrics = CountingProducer(), Hooks(), EppMetrics()
+    scheduler = single_profile_scheduler(set(), [producer, hooks], metrics)
+    control = RequestControlHooks([producer, hooks], metrics)
     req = request()
     result = scheduler.schedule(req, endpoints(2))
     assert producer.calls == 1
     assert req.attributes["producer"] == 2
     assert result.primary_profile == "default" and result.targets[0].name == "e1"
-    scheduler.pre_request(req, result)
-    scheduler.response_received(req, result)
-    scheduler.response_complete(req, result, Usage(completion_tokens=7))
+    control.pre_request(req, result)
+    control.response_received(req, result)
+    control.response_complete(req, result, Usage(completion_tokens=7))
     assert hooks.calls == ["pre_request", "response_received", "response_complete:7"]
 
 
 def test_plugin_durations_are_recorded_under_gie_labels() -> None:
     metrics = EppMetrics()
-    scheduler = single_profile_scheduler(set(), [CountingProducer(), Hooks()], metrics)
+    plugins: list[Plugin] = [CountingProducer(), Hooks()]
+    scheduler = single_profile_scheduler(set(), plugins, metrics)
     req = request()
-    scheduler.pre_request(req, scheduler.schedule(req, endpoints(2)))
+    RequestControlHooks(plugins, metrics).pre_request(req, scheduler.schedule(req, endpoints(2)))
 
     def count(point: str, plugin_type: str, name: str) -> float | None:
         labels = {"extension_point": point, "plugin_type": plugin_type, "plugin_name": name}

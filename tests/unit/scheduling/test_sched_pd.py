@@ -9,16 +9,15 @@ from dataclasses import replace
 import pytest
 from sched_helpers import context, endpoint, plugin, request
 
-from epp.config.build import build_components
+from epp.config.build import EndpointPickerComponents, build_components
 from epp.config.loader import load_config
 from epp.datastore import Endpoint
 from epp.metrics.exporter import EppMetrics
+from epp.plugins.always_disagg_multimodal_decider import AlwaysDisaggMultimodalDecider
+from epp.plugins.always_disagg_pd_decider import AlwaysDisaggPDDecider
+from epp.plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
+from epp.plugins.prefix_based_pd_decider import PrefixBasedPDDecider
 from epp.requests import ApiKind, InferenceRequest
-from epp.scheduling.framework import PluginScheduler
-from epp.scheduling.plugins.always_disagg_multimodal_decider import AlwaysDisaggMultimodalDecider
-from epp.scheduling.plugins.always_disagg_pd_decider import AlwaysDisaggPDDecider
-from epp.scheduling.plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
-from epp.scheduling.plugins.prefix_based_pd_decider import PrefixBasedPDDecider
 from epp.scheduling.prefix import PREFIX_MATCH, PrefixMatch
 from epp.scheduling.types import ProfileResult, SchedulingError, SchedulingResult
 
@@ -126,9 +125,9 @@ PREFIX_DECIDER = "{deciders: {prefill: prefix-based-pd-decider}}"
 
 def scheduler(
     params: str = PREFIX_DECIDER, handler: str = "disagg-profile-handler", metrics: EppMetrics | None = None
-) -> PluginScheduler:
+) -> EndpointPickerComponents:
     config = load_config(PD_CONFIG.replace("HANDLER", handler).replace("PARAMS", params))
-    return build_components(config, context(metrics=metrics)).scheduler
+    return build_components(config, context(metrics=metrics))
 
 
 def pod(name: str, role: str | None, address: str) -> Endpoint:
@@ -140,10 +139,10 @@ PREFILL, PREFILL2 = pod("p1", "prefill", "10.0.1.1"), pod("p2", "prefill", "10.0
 POOL = [DECODE, PREFILL]
 
 
-def route(sched: PluginScheduler, prompt: bytes, pool: list[Endpoint]) -> SchedulingResult:
+def route(sched: EndpointPickerComponents, prompt: bytes, pool: list[Endpoint]) -> SchedulingResult:
     req = request(prompt)
-    result = sched.schedule(req, pool)
-    sched.pre_request(req, result)
+    result = sched.scheduler.schedule(req, pool)
+    sched.hooks.pre_request(req, result)
     return result
 
 
@@ -185,7 +184,7 @@ def test_the_decider_judges_the_chosen_decode_endpoint() -> None:
 def test_the_prefix_index_records_the_prompt_on_the_decode_and_the_prefill_pick() -> None:
     sched = scheduler()
     route(sched, LONG, [DECODE, PREFILL])
-    producer = next(p for p in sched.plugins if isinstance(p, ApproxPrefixCacheProducer))
+    producer = next(p for p in sched.plugins.values() if isinstance(p, ApproxPrefixCacheProducer))
     probe = request(LONG)
     producer.prepare(probe, [DECODE, PREFILL, PREFILL2])
     match = probe.attributes[producer.name]
@@ -199,7 +198,7 @@ def test_short_prompts_and_embeddings_stay_decode_only() -> None:
     sched = scheduler()
     assert route(sched, b"hello there", POOL).headers == {}
     embedding = replace(request(LONG), api=ApiKind.EMBEDDINGS, path="/v1/embeddings")
-    assert sched.schedule(embedding, POOL).headers == {}
+    assert sched.scheduler.schedule(embedding, POOL).headers == {}
 
 
 def test_a_failed_prefill_profile_degrades_to_decode_only() -> None:
@@ -212,7 +211,7 @@ def test_a_failed_prefill_profile_degrades_to_decode_only() -> None:
 
 def test_no_decode_endpoint_is_an_error() -> None:
     with pytest.raises(SchedulingError, match="failed to find available decode workers"):
-        scheduler().schedule(request(LONG), [PREFILL, PREFILL2])
+        scheduler().scheduler.schedule(request(LONG), [PREFILL, PREFILL2])
 
 
 def test_unlabelled_pods_decode_and_a_both_pod_never_prefills_for_itself() -> None:
@@ -237,7 +236,7 @@ def test_without_a_decider_pd_is_off() -> None:
 def test_prefill_first_runs_prefill_then_decode_without_a_decider(monkeypatch: pytest.MonkeyPatch) -> None:
     sched = scheduler("{stageOrder: prefill-first}")
     rounds: list[list[str]] = []
-    pick = sched.handler.pick_profiles
+    pick = sched.scheduler.handler.pick_profiles
 
     def recording(
         req: InferenceRequest, profiles: Sequence[str], results: Mapping[str, ProfileResult | None]
@@ -245,7 +244,7 @@ def test_prefill_first_runs_prefill_then_decode_without_a_decider(monkeypatch: p
         rounds.append(list(pick(req, profiles, results)))
         return rounds[-1]
 
-    monkeypatch.setattr(sched.handler, "pick_profiles", recording)
+    monkeypatch.setattr(sched.scheduler.handler, "pick_profiles", recording)
     result = route(sched, b"hi", POOL)  # even a short prompt: prefill-first has no decider
     assert rounds == [["prefill"], ["decode"], []]
     assert result.targets == [DECODE] and result.headers == {"x-prefiller-host-port": "10.0.1.1:8000"}
@@ -255,7 +254,7 @@ def test_legacy_pd_profile_handler_with_flat_keys_and_renamed_profiles() -> None
     config = PD_CONFIG.replace("name: prefill\n", "name: p\n").replace("name: decode\n", "name: d\n")
     params = "{decodeProfile: d, prefillProfile: p, deciderPluginName: always-disagg-pd-decider}"
     built = load_config(config.replace("HANDLER", "pd-profile-handler").replace("PARAMS", params))
-    sched = build_components(built, context()).scheduler
+    sched = build_components(built, context())
     result = route(sched, b"hi", POOL)
     assert result.primary_profile == "d" and result.headers == {"x-prefiller-host-port": "10.0.1.1:8000"}
     assert set(result.profile_results) == {"d", "p"}

@@ -19,8 +19,8 @@ from epp.datastore import Datastore, EndpointSpec
 from epp.extproc.pb import ext_proc, ext_proc_grpc
 from epp.extproc.server import Health, bind, ext_proc_server
 from epp.extproc.stream import StreamOptions
+from epp.framework import PluginContext
 from epp.requestcontrol import Director
-from epp.scheduling.framework import PluginContext
 from tests.unit.test_extproc_stream import body_msg, headers_msg, read, set_headers
 
 SAMPLE = Path(__file__).parents[3] / "epp" / "config" / "samples" / "sim-pd-epp-config.yaml"

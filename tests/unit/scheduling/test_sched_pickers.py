@@ -7,9 +7,9 @@ from collections import Counter
 import pytest
 from sched_helpers import context, endpoints, plugin, request
 
-from epp.scheduling.plugins.max_score_picker import MaxScorePicker
-from epp.scheduling.plugins.random_picker import RandomPicker
-from epp.scheduling.plugins.weighted_random_picker import WeightedRandomPicker
+from epp.plugins.max_score_picker import MaxScorePicker
+from epp.plugins.random_picker import RandomPicker
+from epp.plugins.weighted_random_picker import WeightedRandomPicker
 
 REQ = request()
 

@@ -8,8 +8,8 @@ from sched_helpers import context, endpoint, endpoints, plugin, request
 
 from epp.datastore import Endpoint
 from epp.metrics.exporter import EppMetrics
-from epp.scheduling.plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
-from epp.scheduling.plugins.prefix_cache_scorer import PrefixCacheScorer
+from epp.plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
+from epp.plugins.prefix_cache_scorer import PrefixCacheScorer
 from epp.scheduling.prefix import (
     PREFIX_MATCH,
     PrefixIndex,

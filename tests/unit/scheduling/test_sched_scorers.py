@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 from sched_helpers import endpoint, endpoints, plugin, request
 
-from epp.scheduling.inflight import INFLIGHT_LOAD
-from epp.scheduling.plugins.active_request_scorer import ActiveRequestScorer
-from epp.scheduling.plugins.inflight_load_producer import InFlightLoadProducer
-from epp.scheduling.plugins.kv_cache_utilization_scorer import KvCacheUtilizationScorer
-from epp.scheduling.plugins.load_aware_scorer import LoadAwareScorer
-from epp.scheduling.plugins.lora_affinity_scorer import LoraAffinityScorer
-from epp.scheduling.plugins.queue_scorer import QueueScorer
-from epp.scheduling.plugins.running_requests_size_scorer import RunningRequestsSizeScorer
-from epp.scheduling.plugins.token_load_scorer import TokenLoadScorer
+from epp.datalayer.inflight import INFLIGHT_LOAD
+from epp.plugins.active_request_scorer import ActiveRequestScorer
+from epp.plugins.inflight_load_producer import InFlightLoadProducer
+from epp.plugins.kv_cache_utilization_scorer import KvCacheUtilizationScorer
+from epp.plugins.load_aware_scorer import LoadAwareScorer
+from epp.plugins.lora_affinity_scorer import LoraAffinityScorer
+from epp.plugins.queue_scorer import QueueScorer
+from epp.plugins.running_requests_size_scorer import RunningRequestsSizeScorer
+from epp.plugins.token_load_scorer import TokenLoadScorer
 from epp.scheduling.types import ProfileResult, SchedulingResult
 
 REQ = request()

@@ -1,0 +1,16 @@
+"""Saturation: how full the pool is. Admission consults the configured detector; a detector
+named in a scheduling profile also filters (GIE v1.5)."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+
+from epp.datastore import Endpoint
+from epp.framework import Extension
+
+
+class SaturationDetector(Extension):
+    @abstractmethod
+    def saturation(self, candidates: Sequence[Endpoint]) -> float:
+        """Pool saturation over these endpoints; 1.0 or more means saturated."""

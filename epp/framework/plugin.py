@@ -1,0 +1,111 @@
+"""What a plugin is: its name, parameters and context, the per-request data keys plugins share,
+and the base of every extension point.
+
+A plugin class derives from `Plugin` plus one or more extension-point mixins, which each area
+defines for itself (scheduling: filters, scorers, pickers, profile handlers; datalayer: data
+producers, metrics sources; requestcontrol: request hooks; flowcontrol: saturation detectors). The
+framework finds a plugin's roles with isinstance, so one object can e.g. score in a profile and
+also learn from traffic. Plugins see only parsed requests and endpoints, never gRPC or Envoy."""
+
+from __future__ import annotations
+
+import random
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from epp.metrics.exporter import EppMetrics
+from epp.params.strict import StrictModel
+from epp.requests import InferenceRequest
+
+
+class PluginParams(StrictModel):
+    """Base of every plugin's `parameters` model."""
+
+
+class NoParams(PluginParams):
+    pass
+
+
+@dataclass(frozen=True)
+class PluginContext:
+    """What the EPP hands every plugin at construction: its metrics, a random source and a clock
+    (both replaceable so tests and benchmarks are repeatable)."""
+
+    metrics: EppMetrics = field(default_factory=EppMetrics)
+    rng: random.Random = field(default_factory=random.Random)
+    clock: Callable[[], float] = time.monotonic
+
+
+class Plugin:
+    """A configured plugin instance: `type_name` says what it does, `name` which instance it is."""
+
+    type_name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()  # older type names that still load
+    Params: ClassVar[type[PluginParams]] = NoParams
+
+    def __init__(self, name: str, params: Any, context: PluginContext) -> None:
+        self.name = name
+        self.producers: dict[DataKey, str] = {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """Per-request data one plugin produces and others consume (GIE's data-producer keys). A
+    consumer that nobody produces for gets `default_producer` created with default parameters."""
+
+    name: str
+    default_producer: str
+
+
+class Extension(ABC):
+    """Base of the extension-point mixins: whatever implements one is a plugin with a name."""
+
+    name: str
+    type_name: ClassVar[str]
+
+
+class DataConsumer(Extension):
+    """Reads data some producer stored. `consumes` maps each key to the name of the parameter that
+    may name the producer ("" when the plugin has no such parameter); the builder binds one
+    producer per key before the first request."""
+
+    consumes: ClassVar[Mapping[DataKey, str]]
+    producers: dict[DataKey, str]
+
+    def bind_producer(self, key: DataKey, producer: str) -> None:
+        self.producers[key] = producer
+
+    def consumed(self, request: InferenceRequest, key: DataKey) -> object:
+        """This request's data for `key` (None when unbound or when the producer stored nothing)."""
+        producer = self.producers.get(key)
+        return None if producer is None else request.attributes.get(producer)
+
+
+@dataclass(frozen=True)
+class PluginReference:
+    """A parameter of one plugin that names another, which must implement `role`."""
+
+    parameter: str  # its path under `parameters`, for error messages (e.g. `deciders.prefill`)
+    plugin: str
+    role: type
+    role_text: str  # what the referenced plugin must be, in words ("a prefill decider")
+
+
+class PluginUser(Extension):
+    """Calls other configured plugins by name, e.g. a P/D profile handler and its deciders. The
+    loader checks the references before anything is built; the builder hands over the instances."""
+
+    @classmethod
+    @abstractmethod
+    def referenced_plugins(cls, params: Any) -> list[PluginReference]:
+        """The plugins these parameters name."""
+
+    @abstractmethod
+    def use_plugins(self, plugins: Mapping[str, Plugin]) -> None:
+        """Receive every configured plugin instance by name, once, before the first request."""

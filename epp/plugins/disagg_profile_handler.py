@@ -1,0 +1,231 @@
+"""`disagg-profile-handler` (legacy `pd-profile-handler`): prefill/decode disaggregation.
+
+Decode-first (the default): run the decode profile; ask the prefill decider whether the request
+should be prefilled elsewhere given the chosen decode endpoint; only then run the prefill profile.
+Deciding after the decode pick is what makes a prefix-aware decider possible: what is worth
+shipping depends on what that decode pod already caches. Prefill-first runs the prefill profile
+whenever it exists (no decider), then decode.
+
+The destination is always the decode pick. When a prefill endpoint was chosen, the request carries
+`x-prefiller-host-port: <ip>:<port>` (IPv6 bracketed) for the decode pod's routing sidecar. On a
+decode-only decision the header is absent from the result, and the protocol layer removes any
+client-sent copy (an EPP-owned header), so a client can never steer the sidecar's prefill leg.
+A prefill profile that finds nobody degrades to decode-only; no decode endpoint is an error."""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from epp.framework import Plugin, PluginContext, PluginParams, PluginReference, PluginUser, register
+from epp.headers import PREFILLER_HEADER
+from epp.params.strict import StrictModel
+from epp.requests import ApiKind, InferenceRequest
+from epp.scheduling.disagg import DECODE_ONLY, PREFILL_DECODE, PrefillDecider
+from epp.scheduling.framework import ProfileHandler
+from epp.scheduling.types import ProfileResult, SchedulingError, SchedulingResult
+
+log = logging.getLogger(__name__)
+
+
+class StageOrder(enum.StrEnum):
+    DECODE_FIRST = "decode-first"
+    PREFILL_FIRST = "prefill-first"
+
+
+_STAGE_SPELLINGS = {
+    "decodefirst": StageOrder.DECODE_FIRST,
+    "decode": StageOrder.DECODE_FIRST,
+    "prefillfirst": StageOrder.PREFILL_FIRST,
+    "prefill": StageOrder.PREFILL_FIRST,
+}
+
+
+class ProfileNames(StrictModel):
+    decode: str = "decode"
+    prefill: str = "prefill"
+    encode: str = "encode"  # accepted; the encode stage only runs with an encode decider
+
+
+class DeciderNames(StrictModel):
+    prefill: str = ""
+    encode: str = ""
+
+
+NESTED_KEYS = ("stage_order", "profiles", "deciders")
+LEGACY_KEYS = (
+    "decode_profile",
+    "prefill_profile",
+    "encode_profile",
+    "prefill_decider_plugin_name",
+    "encode_decider_plugin_name",
+    "decider_plugin_name",
+    "primary_port",
+    "prefix_plugin_type",
+    "prefix_plugin_name",
+)
+IGNORED_LEGACY_KEYS = ("primary_port", "prefix_plugin_type", "prefix_plugin_name")
+
+
+class DisaggParams(PluginParams):
+    """llm-d's nested form, or its legacy flat keys (not both in one config, as llm-d's fallback
+    decoding cannot mix them either)."""
+
+    stage_order: str = StageOrder.DECODE_FIRST.value
+    profiles: ProfileNames = ProfileNames()
+    deciders: DeciderNames = DeciderNames()
+    decode_profile: str | None = None
+    prefill_profile: str | None = None
+    encode_profile: str | None = None
+    prefill_decider_plugin_name: str | None = None
+    encode_decider_plugin_name: str | None = None
+    decider_plugin_name: str | None = None  # older spelling of prefillDeciderPluginName
+    primary_port: int | None = None  # data-parallel routing, gone from llm-d: ignored
+    prefix_plugin_type: str | None = None  # v0.1-v0.5 threshold logic, now in the decider: ignored
+    prefix_plugin_name: str | None = None
+
+    @field_validator("stage_order")
+    @classmethod
+    def _stage_order(cls, value: str) -> str:
+        order = _STAGE_SPELLINGS.get(value.lower().replace("-", "").replace("_", ""))
+        if order is None:
+            raise ValueError(f"stageOrder must be decode-first or prefill-first, got {value!r}")
+        return order.value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DisaggParams:
+        nested = [to_camel(k) for k in NESTED_KEYS if k in self.model_fields_set]
+        legacy = [to_camel(k) for k in LEGACY_KEYS if k in self.model_fields_set]
+        if nested and legacy:
+            raise ValueError(
+                f"use either the nested form ({', '.join(nested)}) or the legacy flat keys "
+                f"({', '.join(legacy)}), not both"
+            )
+        old, new = self.decider_plugin_name, self.prefill_decider_plugin_name
+        if old is not None and new is not None and old != new:
+            raise ValueError("deciderPluginName and prefillDeciderPluginName name different plugins")
+        if self.deciders.encode or self.encode_decider_plugin_name:
+            raise ValueError("the encode stage (E/P/D) is not implemented: remove the encode decider")
+        if self.prefill_decider and self.stage_order == StageOrder.PREFILL_FIRST:
+            raise ValueError(
+                "a prefill decider needs stageOrder decode-first (prefill-first always prefills)"
+            )
+        return self
+
+    @property
+    def decode(self) -> str:
+        return self.decode_profile if self.decode_profile is not None else self.profiles.decode
+
+    @property
+    def prefill(self) -> str:
+        return self.prefill_profile if self.prefill_profile is not None else self.profiles.prefill
+
+    @property
+    def prefill_decider(self) -> str:
+        return self.prefill_decider_plugin_name or self.decider_plugin_name or self.deciders.prefill
+
+    @property
+    def prefill_decider_key(self) -> str:
+        """Where the decider was named, for error messages."""
+        if self.prefill_decider_plugin_name:
+            return "prefillDeciderPluginName"
+        return "deciderPluginName" if self.decider_plugin_name else "deciders.prefill"
+
+
+@register
+class DisaggProfileHandler(Plugin, ProfileHandler, PluginUser):
+    type_name = "disagg-profile-handler"
+    aliases = ("pd-profile-handler",)
+    Params = DisaggParams
+
+    def __init__(self, name: str, params: DisaggParams, context: PluginContext) -> None:
+        super().__init__(name, params, context)
+        self.decode_profile = params.decode
+        self.prefill_profile = params.prefill
+        self.prefill_first = params.stage_order == StageOrder.PREFILL_FIRST
+        self.decider_name = params.prefill_decider
+        self.decider: PrefillDecider | None = None  # None: decode-first never prefills remotely
+        self._metrics = context.metrics
+        self._counters = (context.metrics.pd_decisions, context.metrics.disagg_decisions)
+        ignored = [to_camel(k) for k in IGNORED_LEGACY_KEYS if k in params.model_fields_set]
+        if ignored:
+            log.warning("%s: legacy parameters %s are ignored", name, ", ".join(ignored))
+
+    @classmethod
+    def profile_problems(cls, params: Any, profiles: Sequence[str]) -> list[str]:
+        assert isinstance(params, DisaggParams)
+        known = ", ".join(profiles)
+        problems = []
+        if params.decode not in profiles:
+            problems.append(
+                f"decode profile {params.decode!r} is not among the scheduling profiles ({known})"
+            )
+        prefills = bool(params.prefill_decider) or params.stage_order == StageOrder.PREFILL_FIRST
+        if prefills and params.prefill not in profiles:
+            problems.append(
+                f"prefill profile {params.prefill!r} is not among the scheduling profiles ({known}), "
+                "so requests would never be prefilled remotely"
+            )
+        return problems
+
+    @classmethod
+    def referenced_plugins(cls, params: Any) -> list[PluginReference]:
+        assert isinstance(params, DisaggParams)
+        if not params.prefill_decider:
+            return []
+        return [
+            PluginReference(
+                params.prefill_decider_key, params.prefill_decider, PrefillDecider, "a prefill decider"
+            )
+        ]
+
+    def use_plugins(self, plugins: Mapping[str, Plugin]) -> None:
+        if self.decider_name:
+            decider = plugins[self.decider_name]
+            assert isinstance(decider, PrefillDecider)
+            self.decider = decider
+
+    def pick_profiles(
+        self,
+        request: InferenceRequest,
+        profiles: Sequence[str],
+        results: Mapping[str, ProfileResult | None],
+    ) -> Sequence[str]:
+        decode, prefill = self.decode_profile, self.prefill_profile
+        if self.prefill_first and prefill in profiles and prefill not in results:
+            return (prefill,)
+        if decode not in results:
+            return (decode,) if decode in profiles else ()
+        if self.prefill_first or prefill in results or prefill not in profiles or self.decider is None:
+            return ()
+        chosen = results[decode]
+        if chosen is None or not chosen.targets or request.api is ApiKind.EMBEDDINGS:
+            return ()
+        return (prefill,) if self.decider.disaggregate(request, chosen.targets[0]) else ()
+
+    def process_results(
+        self, request: InferenceRequest, results: Mapping[str, ProfileResult | None]
+    ) -> SchedulingResult:
+        decode = results.get(self.decode_profile)
+        if decode is None or not decode.targets:
+            raise SchedulingError(
+                f"failed to find available decode workers (profile {self.decode_profile!r})"
+            )
+        result = SchedulingResult({self.decode_profile: decode}, self.decode_profile)
+        prefill = results.get(self.prefill_profile)
+        # A prefill pick equal to the decode pick (a `both` pod) would ship the KV to itself.
+        if prefill is not None and prefill.targets and prefill.targets[0] is not decode.targets[0]:
+            result.profile_results[self.prefill_profile] = prefill
+            result.headers[PREFILLER_HEADER] = prefill.targets[0].hostport
+            decision = PREFILL_DECODE
+        else:
+            decision = DECODE_ONLY
+        target = self._metrics.series(request.model, request.target_model).target_label
+        for counter in self._counters:
+            counter.labels(self.name, self.type_name, target, decision).inc()
+        return result

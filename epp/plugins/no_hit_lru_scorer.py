@@ -1,0 +1,70 @@
+"""`no-hit-lru-scorer` (llm-d): spread cold requests (no candidate has any of the prompt cached)
+over the endpoints that have gone longest without one, so new prefixes do not pile onto the same
+pod. Warm requests score 0.5 everywhere and leave the choice to the other scorers."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from pydantic import Field
+
+from epp.datalayer import EndpointObserver
+from epp.datastore import Endpoint
+from epp.framework import DataConsumer, Plugin, PluginContext, PluginParams, register
+from epp.requestcontrol import PreRequest
+from epp.requests import InferenceRequest
+from epp.scheduling.framework import Scorer
+from epp.scheduling.prefix import PREFIX_MATCH, PrefixMatch
+from epp.scheduling.types import SchedulingResult
+
+WARM_SCORE = 0.5
+
+
+class NoHitLruParams(PluginParams):
+    prefix_plugin_type: str = "prefix-cache-scorer"
+    prefix_plugin_name: str = "prefix-cache-scorer"
+    lru_size: int = Field(default=1024, gt=0)
+
+
+@register
+class NoHitLruScorer(Plugin, Scorer, DataConsumer, PreRequest, EndpointObserver):
+    type_name = "no-hit-lru-scorer"
+    Params = NoHitLruParams
+    consumes = {PREFIX_MATCH: "prefix_plugin_name"}
+
+    def __init__(self, name: str, params: NoHitLruParams, context: PluginContext) -> None:
+        super().__init__(name, params, context)
+        self.lru_size = params.lru_size
+        self.recent: OrderedDict[str, None] = OrderedDict()  # endpoints given cold requests, oldest first
+
+    def is_cold(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> bool:
+        match = self.consumed(request, PREFIX_MATCH)
+        if not isinstance(match, PrefixMatch) or not match.matched:
+            return True
+        return not any(match.matched_blocks(e) > 0 for e in candidates)
+
+    def score(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> list[float]:
+        if not self.is_cold(request, candidates):
+            return [WARM_SCORE] * len(candidates)
+        request.attributes[self.name] = True
+        if len(candidates) == 1:
+            return [1.0]
+        by_name = {e.name: e for e in candidates}
+        used = [name for name in self.recent if name in by_name]
+        ranked = [e.name for e in candidates if e.name not in self.recent] + used
+        step = 1.0 / (len(candidates) - 1)
+        rank = {name: i for i, name in enumerate(ranked)}
+        return [max(0.0, 1.0 - rank[e.name] * step) for e in candidates]
+
+    def pre_request(self, request: InferenceRequest, result: SchedulingResult) -> None:
+        if not request.attributes.get(self.name):
+            return
+        for endpoint in result.cache_holders():
+            self.recent[endpoint.name] = None
+            self.recent.move_to_end(endpoint.name)
+        while len(self.recent) > self.lru_size:
+            self.recent.popitem(last=False)
+
+    def endpoint_removed(self, endpoint: Endpoint) -> None:
+        self.recent.pop(endpoint.name, None)

@@ -1,0 +1,12 @@
+"""`prefill-filter`: endpoints labelled to prefill (unlabelled endpoints are not prefillers)."""
+
+from __future__ import annotations
+
+from epp.framework import register
+from epp.scheduling.roles import PREFILL_ROLES, RoleFilter
+
+
+@register
+class PrefillFilter(RoleFilter):
+    type_name = "prefill-filter"
+    roles = PREFILL_ROLES

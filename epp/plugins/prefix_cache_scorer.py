@@ -1,0 +1,53 @@
+"""`prefix-cache-scorer`: the share of the prompt's blocks each candidate probably has cached,
+optionally blended (llm-d's `matchLengthWeight`) with the absolute cached length, so a long match
+is not outranked by a short prompt's full match."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import Field
+
+from epp.datastore import Endpoint
+from epp.framework import DataConsumer, Plugin, PluginContext, register
+from epp.requests import InferenceRequest
+from epp.scheduling.framework import Scorer
+from epp.scheduling.prefix import PREFIX_MATCH, PrefixMatch
+from epp.scheduling.prefix.params import PrefixIndexParams
+
+
+class PrefixCacheScorerParams(PrefixIndexParams):
+    """Index parameters are accepted here too (GIE <= v1.4 put them on the scorer); they configure
+    the producer that is created for this scorer when the config defines none."""
+
+    match_length_weight: float = Field(default=0.0, ge=0.0, le=1.0)
+    match_length_scale_tokens: int = Field(default=8192, gt=0)
+    prefix_match_info_producer_name: str = ""
+
+
+@register
+class PrefixCacheScorer(Plugin, Scorer, DataConsumer):
+    type_name = "prefix-cache-scorer"
+    Params = PrefixCacheScorerParams
+    consumes = {PREFIX_MATCH: "prefix_match_info_producer_name"}
+
+    def __init__(self, name: str, params: PrefixCacheScorerParams, context: PluginContext) -> None:
+        super().__init__(name, params, context)
+        self.length_weight = params.match_length_weight
+        self.scale_tokens = params.match_length_scale_tokens
+
+    def score(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> list[float]:
+        match = self.consumed(request, PREFIX_MATCH)
+        if not isinstance(match, PrefixMatch) or not match.hashes:
+            return [0.0] * len(candidates)
+        total = match.total_blocks
+        matched = match.matched
+        ratios = [matched.get(e, 0) / total for e in candidates]
+        if self.length_weight == 0.0:
+            return ratios
+        scale = match.block_size_tokens / self.scale_tokens
+        weight = self.length_weight
+        return [
+            weight * min(1.0, matched.get(e, 0) * scale) ** 2 + (1.0 - weight) * ratio
+            for e, ratio in zip(candidates, ratios, strict=True)
+        ]

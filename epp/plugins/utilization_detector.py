@@ -1,0 +1,68 @@
+"""`utilization-detector`: saturation from queue depth and KV-cache use.
+
+Saturation is the mean over candidates of max(queue / queueDepthThreshold, kv /
+kvCacheUtilThreshold), an endpoint with stale or no metrics counting as fully saturated (1.0), no
+candidates as 1.0. Used in a profile it filters out stale endpoints and those at or over the
+thresholds (times 1 + headroom), keeping everyone if that would leave no one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import Field
+
+from epp.datastore import Endpoint
+from epp.flowcontrol import SaturationDetector
+from epp.framework import Plugin, PluginContext, PluginParams, register
+from epp.params.values import Duration
+from epp.requests import InferenceRequest
+from epp.scheduling.framework import Filter
+
+
+class UtilizationDetectorParams(PluginParams):
+    queue_depth_threshold: int = Field(default=5, gt=0)
+    kv_cache_util_threshold: float = Field(default=0.8, gt=0.0, le=1.0)
+    metrics_staleness_threshold: Duration = 0.2
+    headroom: float = Field(default=0.0, ge=0.0)
+
+
+@register
+class UtilizationDetector(Plugin, SaturationDetector, Filter):
+    type_name = "utilization-detector"
+    Params = UtilizationDetectorParams
+
+    def __init__(self, name: str, params: UtilizationDetectorParams, context: PluginContext) -> None:
+        super().__init__(name, params, context)
+        self.queue_limit = params.queue_depth_threshold
+        self.kv_limit = params.kv_cache_util_threshold
+        self.staleness = params.metrics_staleness_threshold
+        self.headroom = params.headroom
+        self._clock = context.clock
+
+    def saturation(self, candidates: Sequence[Endpoint]) -> float:
+        if not candidates:
+            return 1.0
+        now = self._clock()
+        total = 0.0
+        for endpoint in candidates:
+            metrics = endpoint.metrics
+            if metrics.age(now) > self.staleness:
+                total += 1.0
+            else:
+                total += max(
+                    metrics.waiting_queue_size / self.queue_limit, metrics.kv_cache_usage / self.kv_limit
+                )
+        return total / len(candidates)
+
+    def filter(self, request: InferenceRequest, candidates: list[Endpoint]) -> list[Endpoint]:
+        now = self._clock()
+        scale = 1.0 + self.headroom
+        queue_limit, kv_limit = self.queue_limit * scale, self.kv_limit * scale
+        kept = [
+            e
+            for e in candidates
+            if e.metrics.age(now) <= self.staleness
+            and e.metrics.waiting_queue_size < queue_limit
+            and e.metrics.kv_cache_usage < kv_limit
+        ]
+        return kept or candidates

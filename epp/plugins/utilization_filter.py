@@ -1,0 +1,46 @@
+"""`utilization-filter` (llm-d): drop endpoints above any configured limit (a value equal to
+`maxValue` passes); with `fallbackOnEmpty`, keep everyone rather than no one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+from pydantic import Field
+
+from epp.datastore import Endpoint
+from epp.framework import Plugin, PluginContext, PluginParams, register
+from epp.requests import InferenceRequest
+from epp.scheduling.framework import Filter
+
+METRICS: dict[str, Callable[[Endpoint], float]] = {
+    "active-requests": lambda e: e.inflight_requests,
+    "running-requests": lambda e: e.metrics.running_requests_size,
+    "waiting-queue": lambda e: e.metrics.waiting_queue_size,
+    "kv-cache-utilization": lambda e: e.metrics.kv_cache_usage,
+}
+
+
+class UtilizationCondition(PluginParams):
+    metric: Literal["active-requests", "running-requests", "waiting-queue", "kv-cache-utilization"]
+    max_value: float
+
+
+class UtilizationFilterParams(PluginParams):
+    conditions: list[UtilizationCondition] = Field(min_length=1)
+    fallback_on_empty: bool = False
+
+
+@register
+class UtilizationFilter(Plugin, Filter):
+    type_name = "utilization-filter"
+    Params = UtilizationFilterParams
+
+    def __init__(self, name: str, params: UtilizationFilterParams, context: PluginContext) -> None:
+        super().__init__(name, params, context)
+        self.limits = [(METRICS[c.metric], c.max_value) for c in params.conditions]
+        self.fallback_on_empty = params.fallback_on_empty
+
+    def filter(self, request: InferenceRequest, candidates: list[Endpoint]) -> list[Endpoint]:
+        kept = [e for e in candidates if all(value(e) <= limit for value, limit in self.limits)]
+        return candidates if not kept and self.fallback_on_empty else kept
