@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from sched_helpers import context, endpoints, plugin, request
 
 from epp.plugins.max_score_picker import MaxScorePicker
 from epp.plugins.random_picker import RandomPicker
 from epp.plugins.weighted_random_picker import WeightedRandomPicker
+from tests.unit.plugin_helpers import context, endpoints, plugin, request
 
 REQ = request()
 

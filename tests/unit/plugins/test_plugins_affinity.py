@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 
 import pytest
-from sched_helpers import FakeClock, context, endpoint, endpoints, plugin, request
 
 from epp.datastore import Endpoint
 from epp.plugins.no_hit_lru_scorer import NoHitLruScorer
@@ -14,6 +13,7 @@ from epp.plugins.single_profile_handler import SingleProfileHandler
 from epp.requests import InferenceRequest
 from epp.scheduling.prefix import PREFIX_MATCH, PrefixMatch
 from epp.scheduling.types import ProfileResult, SchedulingError, SchedulingResult
+from tests.unit.plugin_helpers import FakeClock, context, endpoint, endpoints, plugin, request
 
 
 def result(primary: Endpoint, **others: Endpoint) -> SchedulingResult:

@@ -21,7 +21,7 @@ from epp.extproc.server import Health, bind, ext_proc_server
 from epp.extproc.stream import StreamOptions
 from epp.framework import PluginContext
 from epp.requestcontrol import Director
-from tests.unit.test_extproc_stream import body_msg, headers_msg, read, set_headers
+from tests.unit.extproc.test_extproc_stream import body_msg, headers_msg, read, set_headers
 
 SAMPLE = Path(__file__).parents[3] / "epp" / "config" / "samples" / "sim-pd-epp-config.yaml"
 FORGED = {"x-prefiller-host-port": "169.254.169.254:80"}

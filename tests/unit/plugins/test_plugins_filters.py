@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
-from sched_helpers import FakeClock, context, endpoint, plugin, request
 
 from epp.datastore import Endpoint
 from epp.plugins.by_label_filter import ByLabelFilter
@@ -16,6 +15,7 @@ from epp.plugins.label_selector_filter import LabelSelectorFilter
 from epp.plugins.prefill_filter import PrefillFilter
 from epp.plugins.utilization_detector import UtilizationDetector
 from epp.plugins.utilization_filter import UtilizationFilter
+from tests.unit.plugin_helpers import FakeClock, context, endpoint, plugin, request
 
 REQ = request()
 ROLES = [

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import pytest
-from sched_helpers import context, endpoint, endpoints, plugin, request
 
 from epp.datastore import Endpoint
 from epp.metrics.exporter import EppMetrics
@@ -19,6 +18,7 @@ from epp.scheduling.prefix import (
     prompt_bytes,
 )
 from epp.scheduling.types import ProfileResult, SchedulingResult
+from tests.unit.plugin_helpers import context, endpoint, endpoints, plugin, request
 
 BLOCK = 64  # 16 tokens x 4 characters
 TEXT = bytes(range(256)) * 4  # 1024 bytes: 16 full blocks

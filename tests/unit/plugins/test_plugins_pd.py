@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import pytest
-from sched_helpers import context, endpoint, plugin, request
 
 from epp.config.build import EndpointPickerComponents, build_components
 from epp.config.loader import load_config
@@ -20,6 +19,7 @@ from epp.plugins.prefix_based_pd_decider import PrefixBasedPDDecider
 from epp.requests import ApiKind, InferenceRequest
 from epp.scheduling.prefix import PREFIX_MATCH, PrefixMatch
 from epp.scheduling.types import ProfileResult, SchedulingError, SchedulingResult
+from tests.unit.plugin_helpers import context, endpoint, plugin, request
 
 LONG = b"x" * 4096  # 1,024 estimated tokens, 64 blocks of 16 tokens
 ROLE = "llm-d.ai/role"

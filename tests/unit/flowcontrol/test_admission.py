@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-from sched_helpers import FakeClock, context, endpoint, plugin, request
 
 from epp.datastore import Endpoint
 from epp.flowcontrol import SaturationDetector
@@ -13,6 +12,7 @@ from epp.flowcontrol.admission import LegacyAdmission
 from epp.framework import Plugin
 from epp.plugins.utilization_detector import UtilizationDetector
 from epp.requests import ErrorCode, RequestError
+from tests.unit.plugin_helpers import FakeClock, context, endpoint, plugin, request
 
 
 class FixedSaturation(Plugin, SaturationDetector):

@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
-from sched_helpers import context, endpoints, request
 
 from epp.datalayer import DataProducer
 from epp.datastore import Endpoint
@@ -21,6 +20,7 @@ from epp.requestcontrol import PreRequest, RequestControlHooks, ResponseComplete
 from epp.requests import InferenceRequest, Usage
 from epp.scheduling.framework import Filter, Picker, PluginScheduler, ProfileHandler, SchedulerProfile, Scorer
 from epp.scheduling.types import ProfileResult, SchedulingError, SchedulingResult
+from tests.unit.plugin_helpers import context, endpoints, request
 
 CTX = context()
 

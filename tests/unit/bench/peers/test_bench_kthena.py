@@ -79,7 +79,7 @@ def test_virtual_runs_feed_the_engines_events_to_the_scorer() -> None:
             "load": {"rates": [20]},
         }
     )
-    config = load_config_file(Path(__file__).parents[3] / "bench" / "configs" / "kthena.yaml")
+    config = load_config_file(Path(__file__).parents[4] / "bench" / "configs" / "kthena.yaml")
     requests = generate(spec, 20.0)
     run = VirtualRun(requests, config, VirtualCluster(3, TINY_TEST))
     result = run.run()

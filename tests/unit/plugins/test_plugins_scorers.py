@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from sched_helpers import endpoint, endpoints, plugin, request
 
 from epp.datalayer.inflight import INFLIGHT_LOAD
 from epp.plugins.active_request_scorer import ActiveRequestScorer
@@ -15,6 +14,7 @@ from epp.plugins.queue_scorer import QueueScorer
 from epp.plugins.running_requests_size_scorer import RunningRequestsSizeScorer
 from epp.plugins.token_load_scorer import TokenLoadScorer
 from epp.scheduling.types import ProfileResult, SchedulingResult
+from tests.unit.plugin_helpers import endpoint, endpoints, plugin, request
 
 REQ = request()
 
