@@ -13,3 +13,30 @@ SUBSET_KEY = "x-gateway-destination-endpoint-subset"
 SERVED_KEY = "x-gateway-destination-endpoint-served"
 # Set on a request the decode endpoint's routing sidecar must prefill on this endpoint first.
 PREFILLER_HEADER = "x-prefiller-host-port"
+# The P/D and data-parallel routing instructions llm-d's sidecar reads (besides PREFILLER_HEADER).
+PREFILLER_URL_HEADER = "x-prefiller-url"
+ENCODER_HOSTS_HEADER = "x-encoder-hosts-ports"
+DATA_PARALLEL_HEADER = "x-data-parallel-host-port"
+KV_CACHE_SOURCE_HEADER = "x-kv-cache-source-host-port"
+# Headers only the EPP may set: a client-sent copy is removed so it can never steer routing.
+OWNED_HEADERS = (
+    DESTINATION_HEADER,
+    SERVED_KEY,
+    SUBSET_KEY,
+    PREFILLER_HEADER,
+    PREFILLER_URL_HEADER,
+    ENCODER_HOSTS_HEADER,
+    DATA_PARALLEL_HEADER,
+    KV_CACHE_SOURCE_HEADER,
+)
+
+# Request headers clients and gateways send the EPP (GIE's protocol).
+REQUEST_ID_HEADER = "x-request-id"
+OBJECTIVE_HEADER = "x-gateway-inference-objective"
+FAIRNESS_HEADER = "x-gateway-inference-fairness-id"
+MODEL_REWRITE_HEADER = "x-gateway-model-name-rewrite"
+
+# Response headers the simulator adds, naming the server that answered (tests and benchmarks).
+SIM_POD_HEADER = "x-inference-pod"
+SIM_PORT_HEADER = "x-inference-port"
+SIM_HOST_HEADER = "x-inference-host"

@@ -24,8 +24,8 @@ import orjson
 
 from epp.bench.records import RequestRecord, RunResult
 from epp.bench.workload import BenchRequest
+from epp.headers import SIM_POD_HEADER
 
-SERVED_BY_HEADER = "x-inference-pod"
 _DONE = b"[DONE]"
 
 
@@ -119,7 +119,7 @@ class LoadGenerator:
         record.sent = self._now()
         headers = {"content-type": "application/json"}
         async with session.post(self.base_url + request.path, data=body, headers=headers) as response:
-            record.endpoint = response.headers.get(SERVED_BY_HEADER, "")
+            record.endpoint = response.headers.get(SIM_POD_HEADER, "")
             if response.status != 200:
                 record.error = f"http {response.status}"
                 await response.read()

@@ -10,25 +10,18 @@ from dataclasses import dataclass
 
 from epp.extproc import messages
 from epp.extproc.pb import BodyMode, HeaderMode, ext_proc, processing_mode
-from epp.headers import DESTINATION_HEADER, PREFILLER_HEADER, SERVED_KEY, SUBSET_KEY
+from epp.headers import (
+    DESTINATION_HEADER,
+    OWNED_HEADERS,
+    REQUEST_ID_HEADER,
+)
 from epp.requestcontrol import Director, RoutedRequest
 from epp.requests import ErrorCode, RequestError
 
 log = logging.getLogger(__name__)
 
-# Headers only the EPP may set: a client-sent copy is removed so it can never steer routing.
 SKIP_RESPONSE_BODY = processing_mode.ProcessingMode(
     response_body_mode=BodyMode.NONE, response_trailer_mode=HeaderMode.SKIP
-)
-OWNED_HEADERS = (
-    DESTINATION_HEADER,
-    SERVED_KEY,
-    SUBSET_KEY,
-    PREFILLER_HEADER,
-    "x-prefiller-url",
-    "x-encoder-hosts-ports",
-    "x-data-parallel-host-port",
-    "x-kv-cache-source-host-port",
 )
 
 
@@ -96,9 +89,9 @@ class ExtProcStream:
 
     def _request_headers(self, headers: ext_proc.HttpHeaders) -> Iterator[ext_proc.ProcessingResponse]:
         self._headers = messages.read_headers(headers)
-        if not self._headers.get("x-request-id"):
+        if not self._headers.get(REQUEST_ID_HEADER):
             self._generated_request_id = str(uuid.uuid4())
-            self._headers["x-request-id"] = self._generated_request_id
+            self._headers[REQUEST_ID_HEADER] = self._generated_request_id
         if headers.end_of_stream:
             self._routed = self._director.handle_bodyless(self._headers, self._subset)
             yield ext_proc.ProcessingResponse(
@@ -159,7 +152,7 @@ class ExtProcStream:
         assert self._routed is not None
         set_headers = {DESTINATION_HEADER: self._routed.destination, **self._routed.headers}
         if self._generated_request_id:
-            set_headers["x-request-id"] = self._generated_request_id
+            set_headers[REQUEST_ID_HEADER] = self._generated_request_id
         if new_body_size is not None:
             set_headers["content-length"] = str(new_body_size)
         remove = [h for h in OWNED_HEADERS if h in self._headers and h not in set_headers]

@@ -13,6 +13,7 @@ import orjson
 from epp.datastore import Datastore, Endpoint
 from epp.datastore.endpoint import split_host_port
 from epp.flowcontrol import Admission, AdmitAll
+from epp.headers import FAIRNESS_HEADER, MODEL_REWRITE_HEADER, OBJECTIVE_HEADER, REQUEST_ID_HEADER
 from epp.metrics.exporter import EppMetrics
 from epp.requestcontrol.hooks import RequestControlHooks
 from epp.requests import ApiKind, ErrorCode, InferenceRequest, RequestError, Usage
@@ -22,9 +23,6 @@ from epp.scheduling.types import ProfileResult, Scheduler, SchedulingError, Sche
 
 log = logging.getLogger(__name__)
 
-OBJECTIVE_HEADER = "x-gateway-inference-objective"
-FAIRNESS_HEADER = "x-gateway-inference-fairness-id"
-MODEL_REWRITE_HEADER = "x-gateway-model-name-rewrite"
 SUSPEND_SECONDS = 10
 
 
@@ -163,7 +161,9 @@ class Director:
         after counting it."""
         request: InferenceRequest | None = None
         try:
-            request = parse_request(raw, headers.get(":path", ""), headers, headers.get("x-request-id", ""))
+            request = parse_request(
+                raw, headers.get(":path", ""), headers, headers.get(REQUEST_ID_HEADER, "")
+            )
             request.objective = headers.get(OBJECTIVE_HEADER, "")
             request.priority = self.objectives.get(request.objective, 0)
             request.fairness_id = headers.get(FAIRNESS_HEADER) or request.fairness_id
@@ -186,7 +186,7 @@ class Director:
         if headers.get(":method") == "POST" and api_kind(path) is not ApiKind.OTHER:
             raise self.refuse(ErrorCode.BAD_REQUEST, "error unmarshaling request body: the body is empty")
         request = InferenceRequest(
-            request_id=headers.get("x-request-id", ""),
+            request_id=headers.get(REQUEST_ID_HEADER, ""),
             api=ApiKind.OTHER,
             path=path,
             model="",

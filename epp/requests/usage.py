@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -10,6 +11,17 @@ from epp.requests.types import Usage
 
 _MAX_BUFFERED = 8 * 1024 * 1024
 _MAX_PARTIAL_LINE = 1024 * 1024
+# Chat/completions report `prompt_tokens_details`; the Responses API reports `input_tokens_details`.
+USAGE_DETAILS_KEYS = ("prompt_tokens_details", "input_tokens_details")
+
+
+def usage_objects(document: Any) -> Iterator[dict[str, Any]]:
+    """Usage objects at the top level and, for Responses API stream events, under `response`."""
+    if not isinstance(document, dict):
+        return
+    for holder in (document, document.get("response")):
+        if isinstance(holder, dict) and isinstance(holder.get("usage"), dict):
+            yield holder["usage"]
 
 
 def usage_from_object(obj: Any) -> Usage | None:
@@ -23,7 +35,7 @@ def usage_from_object(obj: Any) -> Usage | None:
         return None
     prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0))
     completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
-    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+    details = usage.get(USAGE_DETAILS_KEYS[0]) or usage.get(USAGE_DETAILS_KEYS[1]) or {}
     cached = details.get("cached_tokens", 0) if isinstance(details, dict) else 0
     total = usage.get("total_tokens", 0)
     ints = [v if isinstance(v, int) else 0 for v in (prompt, completion, cached or 0, total)]

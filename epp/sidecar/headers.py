@@ -8,10 +8,8 @@ from collections.abc import Iterable
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from epp.headers import PREFILLER_HEADER
+from epp.headers import ENCODER_HOSTS_HEADER, KV_CACHE_SOURCE_HEADER, PREFILLER_HEADER, REQUEST_ID_HEADER
 from epp.sidecar.hostport import HostPort
-
-REQUEST_ID_HEADER = "x-request-id"
 
 HOP_BY_HOP = frozenset(
     {
@@ -26,7 +24,7 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-ROUTING_HEADERS = frozenset({PREFILLER_HEADER, "x-encoder-hosts-ports", "x-kv-cache-source-host-port"})
+ROUTING_HEADERS = frozenset({PREFILLER_HEADER, ENCODER_HOSTS_HEADER, KV_CACHE_SOURCE_HEADER})
 
 Headers = CIMultiDictProxy[str] | CIMultiDict[str]
 

@@ -16,14 +16,13 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from epp.datastore.endpoint import join_host_port
-from epp.headers import PREFILLER_HEADER
+from epp.headers import PREFILLER_HEADER, REQUEST_ID_HEADER
 from epp.sidecar.allowlist import AllowList
 from epp.sidecar.apis import is_disaggregated_route
 from epp.sidecar.connectors import SEQUENTIAL_HANDOFFS, Body, Connector, sglang_body
 from epp.sidecar.encoding import decode_body
 from epp.sidecar.errors import DECODE_NOT_READY, ProxyError, error_response
 from epp.sidecar.headers import (
-    REQUEST_ID_HEADER,
     choose_prefiller,
     client_response_headers,
     leg_request_headers,

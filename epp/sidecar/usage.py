@@ -4,29 +4,19 @@ dashboards need what the prefiller actually found in its cache."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
+from epp.requests.usage import USAGE_DETAILS_KEYS, usage_objects
+
 _MARKER = b'"cached_tokens"'
-# Chat/completions report `prompt_tokens_details`; the Responses API reports `input_tokens_details`.
-_DETAILS_KEYS = ("prompt_tokens_details", "input_tokens_details")
-
-
-def _usages(document: Any) -> Iterator[dict[str, Any]]:
-    """Usage objects at the top level and, for Responses API stream events, under `response`."""
-    if not isinstance(document, dict):
-        return
-    for holder in (document, document.get("response")):
-        if isinstance(holder, dict) and isinstance(holder.get("usage"), dict):
-            yield holder["usage"]
 
 
 def prefiller_cached_tokens(reply: Any) -> int:
     """The prefiller's own cache hit; 0 when it reports none."""
-    for usage in _usages(reply):
-        for key in _DETAILS_KEYS:
+    for usage in usage_objects(reply):
+        for key in USAGE_DETAILS_KEYS:
             details = usage.get(key)
             if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
                 return int(details["cached_tokens"])
@@ -36,8 +26,8 @@ def prefiller_cached_tokens(reply: Any) -> int:
 def set_cached_tokens(document: Any, cached_tokens: int) -> bool:
     """Correct a figure the engine reported; details the engine omitted are not invented."""
     changed = False
-    for usage in _usages(document):
-        for key in _DETAILS_KEYS:
+    for usage in usage_objects(document):
+        for key in USAGE_DETAILS_KEYS:
             details = usage.get(key)
             if isinstance(details, dict) and "cached_tokens" in details:
                 details["cached_tokens"] = cached_tokens

@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from epp.headers import SIM_HOST_HEADER, SIM_POD_HEADER, SIM_PORT_HEADER
 from epp.kvevents import topic_for
 from epp.sim.config import EndpointConfig
 from epp.sim.driver import EngineDriver
@@ -47,9 +48,6 @@ from epp.sim.sequences import OutputSequence, SequenceGroup
 from epp.sim.sse import stream_response
 from epp.sim.tokens import sequence_seed
 
-HEADER_POD = "x-inference-pod"
-HEADER_PORT = "x-inference-port"
-HEADER_HOST = "x-inference-host"
 RETURN_ERROR_HEADER = "X-Return-Error"
 STATS_PATH = "/internal/stats"
 SHUTDOWN_GRACE_SECONDS = 0.5
@@ -169,9 +167,9 @@ class SimServer:
         return app
 
     async def _stamp_headers(self, request: web.Request, response: web.StreamResponse) -> None:
-        response.headers[HEADER_POD] = self.config.name
-        response.headers[HEADER_PORT] = str(self.port)
-        response.headers[HEADER_HOST] = self.config.host
+        response.headers[SIM_POD_HEADER] = self.config.name
+        response.headers[SIM_PORT_HEADER] = str(self.port)
+        response.headers[SIM_HOST_HEADER] = self.config.host
 
     @web.middleware
     async def _errors(
