@@ -35,7 +35,7 @@ from types import MappingProxyType
 
 from epp.bench.records import RequestRecord, RunResult
 from epp.bench.summary import Summary, summarize
-from epp.bench.virtual import VirtualCluster, VirtualRun, _Sequence, run_virtual
+from epp.bench.virtual import EngineSequence, VirtualCluster, VirtualRun, run_virtual
 from epp.bench.workload import BenchRequest, Length, Load, Mixed, WorkloadSpec, generate
 from epp.config.loader import load_config, load_config_file
 from epp.config.model import PickerConfig
@@ -66,7 +66,7 @@ schedulingProfiles:
 """
 
 
-class _PrefillLeg(_Sequence):
+class _PrefillLeg(EngineSequence):
     """The prefill leg of a P/D request: one output token, its KV leased for the decode engine."""
 
     __slots__ = ("decode", "max_tokens", "prefiller")
@@ -101,7 +101,7 @@ class PDVirtualRun(VirtualRun):
             role = "prefill" if i < prefillers else "decode"
             endpoint.spec = replace(endpoint.spec, labels=MappingProxyType({ROLE_LABEL: role}))
 
-    def _dispatch(
+    def dispatch(
         self,
         routed: RoutedRequest,
         request: BenchRequest,
@@ -111,16 +111,16 @@ class PDVirtualRun(VirtualRun):
     ) -> None:
         prefill = routed.result.profile_results.get("prefill")
         if prefill is None:
-            super()._dispatch(routed, request, token_ids, record, now)
+            super().dispatch(routed, request, token_ids, record, now)
             return
         prefiller = prefill.targets[0]
         leg = _PrefillLeg(
             token_ids, now, record, prefiller.name, routed.result.targets[0], request.max_tokens
         )
         # The client's response starts with the decode leg (relayed by the sidecar), not here.
-        self._admit(leg, prefiller, routed, now, starts_response=False)
+        self.admit_to_engine(leg, prefiller, routed, now, starts_response=False)
 
-    def _deliver(self, outcome: StepOutcome, now: float) -> None:
+    def deliver(self, outcome: StepOutcome, now: float) -> None:
         legs = [s for s in outcome.finished if isinstance(s, _PrefillLeg)]
         if legs:  # a prefill leg's single token never reaches the client
             outcome = replace(
@@ -128,7 +128,7 @@ class PDVirtualRun(VirtualRun):
                 emitted=[s for s in outcome.emitted if not isinstance(s, _PrefillLeg)],
                 finished=[s for s in outcome.finished if not isinstance(s, _PrefillLeg)],
             )
-        super()._deliver(outcome, now)
+        super().deliver(outcome, now)
         for leg in legs:
             self._decode(leg, now)
 
@@ -137,10 +137,10 @@ class PDVirtualRun(VirtualRun):
         lease (as the simulator does) and waits for the KV transfer before decoding."""
         assert leg.lease_key is not None and leg.routed is not None
         self.servers[leg.prefiller].engine.release_lease(leg.lease_key)
-        sequence = _Sequence(list(leg.prompt_tokens), leg.max_tokens, now, leg.record)
+        sequence = EngineSequence(list(leg.prompt_tokens), leg.max_tokens, now, leg.record)
         sequence.remote_prefill = True
         sequence.block_hashes = leg.block_hashes
-        self._admit(sequence, leg.decode, leg.routed, now, starts_response=True)
+        self.admit_to_engine(sequence, leg.decode, leg.routed, now, starts_response=True)
 
 
 # --- the sweep -------------------------------------------------------------------------------------

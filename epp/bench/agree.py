@@ -88,7 +88,8 @@ async def main(args: argparse.Namespace) -> int:
             args.time_scale,
             args.scrape_interval * args.time_scale,
         )
-        real = summarize(await run_stack(requests, suite, policy, cluster, args.run_dir / name))
+        realtime = suite.realtime_policy(policy)
+        real = summarize(await run_stack(requests, realtime, cluster, args.run_dir / name))
         found = gaps(real, virtual)
         outside += [f"{name} {figure}" for figure in within_tolerance(real, virtual)]
         for engine, summary in (("real time", real), ("virtual", virtual)):

@@ -12,17 +12,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from epp.bench.loadgen import run_realtime
 from epp.bench.records import RunResult
 from epp.bench.workload import BenchRequest
 from epp.stack.stack import Stack, StackConfig
 
-if TYPE_CHECKING:  # the suite imports this module to run its real-time runs
-    from epp.bench.suite import PolicySpec, Suite
-
 MODEL = "sim-model"
+
+
+@dataclass(frozen=True)
+class RealtimePolicy:
+    """What a real-time run needs of a policy: its config file (None: the built-in default), where
+    its KV-event subscriber listens, and whether it is plain Envoy round robin instead of the EPP."""
+
+    config: Path | None
+    kv_events_endpoint: str = ""
+    envoy_round_robin: bool = False
 
 
 @dataclass(frozen=True)
@@ -33,11 +39,10 @@ class RealtimeCluster:
     scrape_interval: float = 0.05  # wall seconds
 
 
-def stack_config(suite: Suite, policy: PolicySpec, cluster: RealtimeCluster, run_dir: Path) -> StackConfig:
+def stack_config(policy: RealtimePolicy, cluster: RealtimeCluster, run_dir: Path) -> StackConfig:
     epp_args = [f"--refresh-metrics-interval={cluster.scrape_interval * 1000:g}ms"]
-    config = suite.config_path(policy, realtime=True)
-    if config is not None:
-        epp_args.append(f"--config-file={config.resolve()}")
+    if policy.config is not None:
+        epp_args.append(f"--config-file={policy.config.resolve()}")
     sim_args = [f"--profile={cluster.profile}", f"--time-scale={cluster.time_scale:g}"]
     if policy.kv_events_endpoint:
         sim_args.append(f"--kv-events-endpoint={policy.kv_events_endpoint}")
@@ -52,14 +57,10 @@ def stack_config(suite: Suite, policy: PolicySpec, cluster: RealtimeCluster, run
 
 
 async def run_stack(
-    requests: Sequence[BenchRequest],
-    suite: Suite,
-    policy: PolicySpec,
-    cluster: RealtimeCluster,
-    run_dir: Path,
+    requests: Sequence[BenchRequest], policy: RealtimePolicy, cluster: RealtimeCluster, run_dir: Path
 ) -> RunResult:
     """Start a stack serving `policy`, send `requests`, stop it."""
-    async with Stack(stack_config(suite, policy, cluster, run_dir)) as stack:
+    async with Stack(stack_config(policy, cluster, run_dir)) as stack:
         url = stack.baseline_url if policy.envoy_round_robin else stack.gateway_url
         names = [sim.name for sim in stack.sims]
         return await run_realtime(requests, url, MODEL, names, cluster.time_scale)

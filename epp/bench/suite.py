@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from epp.bench.realtime import RealtimeCluster, run_stack
+from epp.bench.realtime import RealtimeCluster, RealtimePolicy, run_stack
 from epp.bench.records import RunResult
 from epp.bench.summary import Summary, summarize
 from epp.bench.virtual import VirtualCluster, run_virtual
@@ -74,6 +74,11 @@ class Suite:
     def config_path(self, policy: PolicySpec, realtime: bool = False) -> Path | None:
         config = policy.realtime_config if realtime and policy.realtime_config else policy.config
         return None if config == BUILTIN else self.root / config
+
+    def realtime_policy(self, policy: PolicySpec) -> RealtimePolicy:
+        return RealtimePolicy(
+            self.config_path(policy, realtime=True), policy.kv_events_endpoint, policy.envoy_round_robin
+        )
 
     def picker_config(self, policy: PolicySpec) -> PickerConfig:
         path = self.config_path(policy)
@@ -209,7 +214,8 @@ class SuiteRunner:
                 scrape_interval=self.scrape_interval * self.time_scale,
             )
             run_dir = self.run_dir / f"{workload.name}-{policy.name}-{rate:g}-{int(time.time())}"
-            result = await run_stack(generate(workload, rate), self.suite, policy, cluster, run_dir)
+            realtime = self.suite.realtime_policy(policy)
+            result = await run_stack(generate(workload, rate), realtime, cluster, run_dir)
             outcomes.append(outcome(key, result))
             self.progress(outcomes[-1])
         return outcomes

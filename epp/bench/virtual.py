@@ -102,7 +102,7 @@ class _FixedPoolDirector(Director):
         return self._pool
 
 
-class _Sequence(Request):
+class EngineSequence(Request):
     """The engine's request plus where its record is and when its last token came out: carried on
     the sequence itself, so the per-token path needs no lookup."""
 
@@ -240,9 +240,9 @@ class VirtualRun:
         record.endpoint = routed.result.targets[0].name
         token_ids = self._tokens.token_ids(request)
         record.prompt_tokens = len(token_ids)
-        self._dispatch(routed, request, token_ids, record, now)
+        self.dispatch(routed, request, token_ids, record, now)
 
-    def _dispatch(
+    def dispatch(
         self,
         routed: RoutedRequest,
         request: BenchRequest,
@@ -251,12 +251,12 @@ class VirtualRun:
         now: float,
     ) -> None:
         """Hand the routed request to its server (a P/D run overrides this to add a prefill leg)."""
-        sequence = _Sequence(token_ids, request.max_tokens, now, record)
-        self._admit(sequence, routed.result.targets[0], routed, now, starts_response=True)
+        sequence = EngineSequence(token_ids, request.max_tokens, now, record)
+        self.admit_to_engine(sequence, routed.result.targets[0], routed, now, starts_response=True)
 
-    def _admit(
+    def admit_to_engine(
         self,
-        sequence: _Sequence,
+        sequence: EngineSequence,
         endpoint: Endpoint,
         routed: RoutedRequest,
         now: float,
@@ -299,7 +299,7 @@ class VirtualRun:
             return  # a timer wake-up overtaken by an arrival
         pending = server.pending
         if pending is not None:
-            self._deliver(pending, now)
+            self.deliver(pending, now)
             server.pending = None
         engine = server.engine
         outcome = engine.step(now)
@@ -319,17 +319,17 @@ class VirtualRun:
         if timer is not None:
             self._push(max(timer, now), self._step, payload)
 
-    def _deliver(self, outcome: StepOutcome, now: float) -> None:
+    def deliver(self, outcome: StepOutcome, now: float) -> None:
         """The step ended: hand out its tokens and finish its completed requests."""
         gap = self.itl.append
-        emitted: list[_Sequence] = outcome.emitted  # type: ignore[assignment]
+        emitted: list[EngineSequence] = outcome.emitted  # type: ignore[assignment]
         for sequence in emitted:
             if sequence.output_done == 1:
                 sequence.record.first_token = now
             else:
                 gap(now - sequence.last_token)
             sequence.last_token = now
-        finished: list[_Sequence] = outcome.finished  # type: ignore[assignment]
+        finished: list[EngineSequence] = outcome.finished  # type: ignore[assignment]
         for sequence in finished:
             record = sequence.record
             record.done = now

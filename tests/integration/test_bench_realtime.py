@@ -39,7 +39,9 @@ SUITE = Suite.load(Path(__file__).parents[2] / "bench" / "suite.yaml")
 
 async def test_tiny_workload_through_both_engines(tmp_path: Path) -> None:
     requests = generate(SPEC, 40.0)
-    real = await run_stack(requests, SUITE, SUITE.policy("gie-default"), CLUSTER, tmp_path / "stack")
+    real = await run_stack(
+        requests, SUITE.realtime_policy(SUITE.policy("gie-default")), CLUSTER, tmp_path / "stack"
+    )
     virtual = run_virtual(requests, load_config(), VirtualCluster(3, TINY_TEST))
     for result in (real, virtual):
         assert all(r.ok for r in result.records), [r.error for r in result.records]
@@ -54,7 +56,9 @@ async def test_tiny_workload_through_both_engines(tmp_path: Path) -> None:
 
 async def test_envoy_round_robin_baseline_spreads_evenly_without_the_epp(tmp_path: Path) -> None:
     requests = generate(SPEC, 40.0)
-    result = await run_stack(requests, SUITE, SUITE.policy("round-robin"), CLUSTER, tmp_path / "stack")
+    result = await run_stack(
+        requests, SUITE.realtime_policy(SUITE.policy("round-robin")), CLUSTER, tmp_path / "stack"
+    )
     assert all(r.ok for r in result.records)
     served = [sum(1 for r in result.records if r.endpoint == name) for name in result.endpoints]
     assert max(served) - min(served) <= 1, served
