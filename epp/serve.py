@@ -25,6 +25,7 @@ from epp.discovery.static import DiscoveryError, FileDiscovery, parse_endpoint_f
 from epp.extproc.server import Health, bind, ext_proc_server, health_server
 from epp.extproc.stream import StreamOptions
 from epp.framework import PluginContext
+from epp.metrics.aliases import NAME_SETS
 from epp.metrics.exporter import EppMetrics
 from epp.metrics.http import MetricsServer
 from epp.params.duration import parse_duration
@@ -54,6 +55,7 @@ class ServeOptions:
     tls_options: tls.TlsOptions = field(default_factory=tls.TlsOptions)
     config: PickerConfig = field(default_factory=load_config)  # default: GIE's default profile
     objectives: dict[str, int] = field(default_factory=dict)  # objective name -> priority
+    metrics_aliases: tuple[str, ...] = ()  # extra metric name sets (epp.metrics.aliases.NAME_SETS)
 
 
 class EndpointPicker:
@@ -62,7 +64,8 @@ class EndpointPicker:
     def __init__(self, options: ServeOptions) -> None:
         self.options = options
         self.datastore = Datastore()
-        self.metrics = EppMetrics()
+        self.metrics = EppMetrics(aliases=options.metrics_aliases)
+        self.metrics.expose_process_metrics()
         self.metrics.watch_pool(self.datastore, options.pool_name, options.metrics_staleness)
         for warning in options.config.warnings:
             log.warning("config: %s", warning)
@@ -223,6 +226,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="endpoints with older metrics are left out of the inference_pool_* gauges (default 2s)",
     )
     parser.add_argument(
+        "--metrics-aliases",
+        action="append",
+        default=[],
+        choices=sorted(NAME_SETS),
+        help="also expose the metrics under these names (repeatable): llm-d = llm-d router's llm_d_epp_*, "
+        "llm-d-scheduler = llm-d-inference-scheduler's llm_d_inference_scheduler_* (doubles the series)",
+    )
+    parser.add_argument(
         "--legacy-error-prefix",
         action="store_true",
         help="prefix error messages 'inference gateway:' as GIE v1.0-v1.4 did (default 'inference error:')",
@@ -253,6 +264,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         tls_options=tls.options_from_args(args),
         config=load_config_file(args.config_file) if args.config_file else load_config(args.config_text),
         objectives=load_objectives_file(args.objectives_file) if args.objectives_file else {},
+        metrics_aliases=tuple(dict.fromkeys(args.metrics_aliases)),
         stream=StreamOptions(
             max_body_bytes=args.max_body_bytes,
             error_prefix="inference gateway" if args.legacy_error_prefix else "inference error",

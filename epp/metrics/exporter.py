@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from epp import __version__
 from epp.datastore import Datastore
+from epp.metrics.aliases import NAME_SETS, AliasCollector
 from epp.requests import Usage
 
 
@@ -44,10 +46,11 @@ HIT_BYTES_BUCKETS = [0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384
 class _PoolCollector(Collector):
     """Pool gauges computed at scrape time from endpoints with fresh metrics (GIE's 2 s staleness)."""
 
-    def __init__(self, datastore: Datastore, pool_name: str, staleness: float) -> None:
+    def __init__(self, datastore: Datastore, pool_name: str, staleness: float, std_dev: bool) -> None:
         self._datastore = datastore
         self._pool = pool_name
         self._staleness = staleness
+        self._std_dev = std_dev  # llm-d's router also reports the spread, under its names only
 
     def collect(self) -> Iterator[Metric]:
         now = time.monotonic()
@@ -74,6 +77,15 @@ class _PoolCollector(Collector):
             ),
             "inference_pool_ready_pods": ("endpoints with fresh metrics", float(count)),
         }
+        if self._std_dev:
+            spreads = {
+                "kv_cache_utilization": [e.metrics.kv_cache_usage for e in fresh],
+                "queue_size": [float(e.metrics.waiting_queue_size) for e in fresh],
+                "running_requests": [float(e.metrics.running_requests_size) for e in fresh],
+            }
+            for what, values in spreads.items():
+                spread = statistics.pstdev(values) if values else 0.0
+                gauges[f"llm_d_epp_std_dev_{what}"] = (f"standard deviation of the endpoints' {what}", spread)
         for name, (help_text, value) in gauges.items():
             family = GaugeMetricFamily(name, _alpha(help_text), labels=["name"])
             family.add_metric([self._pool], value)
@@ -89,10 +101,12 @@ class _PoolCollector(Collector):
 
 
 class EppMetrics:
-    """All EPP metrics in one registry (not the global one, so tests can run several EPPs)."""
+    """All EPP metrics in one registry (not the global one, so tests can run several EPPs).
+    `aliases` names extra name sets of `epp.metrics.aliases.NAME_SETS` to expose as well."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, aliases: Iterable[str] = ()) -> None:
         self.registry = registry or CollectorRegistry()
+        self.aliases = tuple(aliases)
         r = self.registry
         model = ["model_name", "target_model_name"]
         self.requests = Counter(
@@ -207,9 +221,17 @@ class EppMetrics:
         )
         info.labels(commit="", build_ref=__version__).set(1)
         self._series: dict[tuple[str, str], ModelSeries] = {}
+        for name in self.aliases:
+            r.register(AliasCollector(r, NAME_SETS[name]))
+
+    def expose_process_metrics(self) -> None:
+        """`process_*` (CPU, memory, file descriptors), as GIE's controller-runtime exports; only
+        for the registry a server exposes, since it describes the whole process."""
+        ProcessCollector(registry=self.registry)
 
     def watch_pool(self, datastore: Datastore, pool_name: str, staleness: float = 2.0) -> None:
-        self.registry.register(_PoolCollector(datastore, pool_name, staleness))
+        collector = _PoolCollector(datastore, pool_name, staleness, std_dev="llm-d" in self.aliases)
+        self.registry.register(collector)
 
     def series(self, model: str, target: str) -> ModelSeries:
         """The labelled series of one (model, target model) pair, made once and reused (a
