@@ -18,6 +18,7 @@ from epp.config.build import build_director
 from epp.config.loader import load_config, load_config_file
 from epp.config.model import PickerConfig
 from epp.config.objectives import load_objectives_file
+from epp.config.rewrites import load_model_rewrites_file
 from epp.datalayer.scraper import DEFAULT_INTERVAL, MetricsScraper
 from epp.datastore import Datastore
 from epp.discovery import kubernetes as k8s_discovery
@@ -30,6 +31,7 @@ from epp.metrics.exporter import EppMetrics
 from epp.metrics.http import MetricsServer
 from epp.params.duration import parse_duration
 from epp.readyfile import write_ready_file
+from epp.requestcontrol.model_rewrite import ModelRewrite
 from epp.signals import stop_event
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ class ServeOptions:
     tls_options: tls.TlsOptions = field(default_factory=tls.TlsOptions)
     config: PickerConfig = field(default_factory=load_config)  # default: GIE's default profile
     objectives: dict[str, int] = field(default_factory=dict)  # objective name -> priority
+    model_rewrites: list[ModelRewrite] = field(default_factory=list)  # standalone: from a file
     metrics_aliases: tuple[str, ...] = ()  # extra metric name sets (epp.metrics.aliases.NAME_SETS)
 
 
@@ -73,6 +76,7 @@ class EndpointPicker:
         self.director, components = build_director(
             options.config, self.datastore, PluginContext(self.metrics), options.objectives
         )
+        self.director.model_rewrites.replace(options.model_rewrites)
         self.metrics_server = MetricsServer(self.metrics.registry, options.host, options.metrics_port)
         self.scraper: MetricsScraper | None = None
         if components.scrape is not None:
@@ -93,7 +97,11 @@ class EndpointPicker:
             await self.scraper.start()
         if self.options.pool is not None:
             self._pool_discovery = k8s_discovery.PoolDiscovery(
-                self.options.pool, self.datastore, self._set_objectives, self.options.kubeconfig
+                self.options.pool,
+                self.datastore,
+                self._set_objectives,
+                self.options.kubeconfig,
+                on_model_rewrites=self.director.model_rewrites.replace,
             )
             await self._pool_discovery.start()
         elif self.options.endpoints_file is not None:
@@ -184,6 +192,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="InferenceObjective YAML giving each objective's priority (requests pick one with the "
         "x-gateway-inference-objective header; negative = sheddable when the pool is saturated)",
     )
+    scheduling.add_argument(
+        "--model-rewrites-file",
+        type=Path,
+        help="InferenceModelRewrite YAML (standalone; with --pool-name they are watched in the cluster): "
+        "the model a request names is sent upstream as another, chosen by weight",
+    )
     parser.add_argument(
         "--refresh-metrics-interval",
         default="50ms",
@@ -264,6 +278,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         tls_options=tls.options_from_args(args),
         config=load_config_file(args.config_file) if args.config_file else load_config(args.config_text),
         objectives=load_objectives_file(args.objectives_file) if args.objectives_file else {},
+        model_rewrites=load_model_rewrites_file(args.model_rewrites_file) if args.model_rewrites_file else [],
         metrics_aliases=tuple(dict.fromkeys(args.metrics_aliases)),
         stream=StreamOptions(
             max_body_bytes=args.max_body_bytes,

@@ -1,6 +1,7 @@
 """Kubernetes discovery, as GIE's EPP does it: the InferencePool named by --pool-name, the Ready
-pods its selector matches (one endpoint per target port), and the InferenceObjectives that give
-requests their priority. Also the pool watch the routing sidecar's SSRF allowlist runs on.
+pods its selector matches (one endpoint per target port), the InferenceObjectives that give
+requests their priority, and the InferenceModelRewrites that change the model they are sent to.
+Also the pool watch the routing sidecar's SSRF allowlist runs on.
 
 See docs/kubernetes.md for the flags, RBAC and what is tested where."""
 
@@ -13,11 +14,12 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
 
 from epp.datastore import Datastore, EndpointSpec
-from epp.discovery.k8s.client import api_client, objective_lister
+from epp.discovery.k8s.client import api_client, model_rewrite_lister, objective_lister
 from epp.discovery.k8s.model import (
     GROUP_V1,
     POOL_VERSIONS,
@@ -25,10 +27,12 @@ from epp.discovery.k8s.model import (
     PoolRef,
     PoolSpec,
     objective_priorities,
+    pool_model_rewrites,
 )
 from epp.discovery.k8s.poolwatch import PoolWatch
-from epp.discovery.k8s.reflector import Reflector, ResourceNotServed, WatchTiming
+from epp.discovery.k8s.reflector import Lister, Reflector, ResourceNotServed, WatchTiming
 from epp.discovery.static import DiscoveryError
+from epp.requestcontrol.model_rewrite import ModelRewrite
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +53,11 @@ __all__ = [
 
 
 class PoolDiscovery:
-    """The EPP's discovery from a cluster: endpoints into the datastore and objective priorities
-    to `on_objectives`. `datastore.synced` turns true only once the pool and its pods have been
-    listed, and false again while the pool is deleted (the datastore is then emptied), so the
-    health service reports NOT_SERVING exactly when there is nothing to route to."""
+    """The EPP's discovery from a cluster: endpoints into the datastore, objective priorities
+    to `on_objectives` and the pool's model rewrites to `on_model_rewrites`. `datastore.synced`
+    turns true only once the pool and its pods have been listed, and false again while the pool
+    is deleted (the datastore is then emptied), so the health service reports NOT_SERVING
+    exactly when there is nothing to route to."""
 
     def __init__(
         self,
@@ -61,11 +66,13 @@ class PoolDiscovery:
         on_objectives: Callable[[Mapping[str, int]], None],
         kubeconfig: Path | None = None,
         timing: WatchTiming | None = None,
+        on_model_rewrites: Callable[[list[ModelRewrite]], None] | None = None,
     ) -> None:
         self.ref = ref
         self.pool: PoolSpec | None = None
         self._datastore = datastore
         self._on_objectives = on_objectives
+        self._on_model_rewrites = on_model_rewrites
         self._kubeconfig = kubeconfig
         self._timing = timing or WatchTiming()
         self._api: ApiClient | None = None
@@ -94,24 +101,41 @@ class PoolDiscovery:
     async def _run(self, api: ApiClient) -> None:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(PoolWatch(api, self.ref, self._endpoints_changed, self._timing).run())
-            tasks.create_task(self._watch_objectives(api))
+            namespace = self.ref.namespace
+            tasks.create_task(
+                self._watch_optional(
+                    f"InferenceObjectives in {namespace}",
+                    objective_lister(api, namespace),
+                    lambda objects: self._on_objectives(objective_priorities(objects, self.ref)),
+                    "InferenceObjective is not installed: every request gets priority 0",
+                )
+            )
+            on_rewrites = self._on_model_rewrites
+            if on_rewrites is not None:
+                tasks.create_task(
+                    self._watch_optional(
+                        f"InferenceModelRewrites in {namespace}",
+                        model_rewrite_lister(api, namespace),
+                        lambda objects: on_rewrites(pool_model_rewrites(objects, self.ref)),
+                        "InferenceModelRewrite is not installed: models are not rewritten",
+                    )
+                )
 
-    async def _watch_objectives(self, api: ApiClient) -> None:
-        def changed(objectives: Reflector) -> None:
-            self._on_objectives(objective_priorities(objectives.items.values(), self.ref))
-
-        namespace = self.ref.namespace
+    async def _watch_optional(
+        self,
+        what: str,
+        lister: Lister,
+        changed: Callable[[list[dict[str, Any]]], None],
+        missing: str,
+    ) -> None:
+        """Follow a collection whose CRD a cluster may not have installed."""
         reflector = Reflector(
-            f"InferenceObjectives in {namespace}",
-            objective_lister(api, namespace),
-            changed,
-            self._timing,
-            optional=True,
+            what, lister, lambda r: changed(list(r.items.values())), self._timing, optional=True
         )
         try:
             await reflector.run()
         except ResourceNotServed:
-            log.warning("InferenceObjective is not installed: every request gets priority 0")
+            log.warning("%s", missing)
 
     def _endpoints_changed(self, pool: PoolSpec | None, endpoints: list[EndpointSpec]) -> None:
         if pool != self.pool:

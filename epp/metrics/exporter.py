@@ -220,6 +220,13 @@ class EppMetrics:
             "inference_extension_info", _alpha("build information"), ["commit", "build_ref"], registry=r
         )
         info.labels(commit="", build_ref=__version__).set(1)
+        self.rewrite_decisions = Counter(
+            "inference_extension_model_rewrite_decisions_total",
+            _alpha("requests whose model an InferenceModelRewrite changed"),
+            ["model_rewrite_name", "model_name", "target_model"],
+            registry=r,
+        )
+        self._rewrites: dict[tuple[str, str, str], Counter] = {}
         self._series: dict[tuple[str, str], ModelSeries] = {}
         for name in self.aliases:
             r.register(AliasCollector(r, NAME_SETS[name]))
@@ -232,6 +239,19 @@ class EppMetrics:
     def watch_pool(self, datastore: Datastore, pool_name: str, staleness: float = 2.0) -> None:
         collector = _PoolCollector(datastore, pool_name, staleness, std_dev="llm-d" in self.aliases)
         self.registry.register(collector)
+
+    def model_rewritten(self, rewrite: str, model: str, target: str) -> None:
+        """Count one rewrite decision. A generic rule matches any model a client names, so model
+        names are capped as in `series`."""
+        key = (rewrite, model, target)
+        child = self._rewrites.get(key)
+        if child is None:
+            if len(model) > MAX_MODEL_NAME_LENGTH or len(self._rewrites) >= MAX_MODEL_SERIES:
+                key = (rewrite, OVERFLOW_MODEL, target)
+                child = self._rewrites.get(key)
+            if child is None:
+                child = self._rewrites[key] = self.rewrite_decisions.labels(*key)
+        child.inc()
 
     def series(self, model: str, target: str) -> ModelSeries:
         """The labelled series of one (model, target model) pair, made once and reused (a

@@ -16,6 +16,7 @@ from epp.flowcontrol import Admission, AdmitAll
 from epp.headers import FAIRNESS_HEADER, MODEL_REWRITE_HEADER, OBJECTIVE_HEADER, REQUEST_ID_HEADER
 from epp.metrics.exporter import EppMetrics
 from epp.requestcontrol.hooks import RequestControlHooks
+from epp.requestcontrol.model_rewrite import ModelRewrites
 from epp.requests import ApiKind, ErrorCode, InferenceRequest, RequestError, Usage
 from epp.requests.parser import api_kind, parse_request
 from epp.requests.usage import UsageReader
@@ -150,6 +151,7 @@ class Director:
         self.scheduler = scheduler
         self.admission = admission or AdmitAll()
         self.objectives: Mapping[str, int] = objectives or {}
+        self.model_rewrites = ModelRewrites(rng=rng)
         self.metrics = metrics or EppMetrics()
         self.hooks = hooks or RequestControlHooks((), self.metrics)
         self._rng = rng or random.Random()
@@ -167,7 +169,7 @@ class Director:
             request.objective = headers.get(OBJECTIVE_HEADER, "")
             request.priority = self.objectives.get(request.objective, 0)
             request.fairness_id = headers.get(FAIRNESS_HEADER) or request.fairness_id
-            rewrite = headers.get(MODEL_REWRITE_HEADER)
+            rewrite = self._target_model(request.model, headers.get(MODEL_REWRITE_HEADER))
             if rewrite and rewrite != request.model:
                 request.target_model = rewrite
                 request.body["model"] = rewrite
@@ -178,6 +180,16 @@ class Director:
         if request.target_model != request.model:
             routed.body = orjson.dumps(request.body)
         return routed
+
+    def _target_model(self, model: str, header: str | None) -> str | None:
+        """An InferenceModelRewrite rule for the model wins over the rewrite header, as in GIE."""
+        if self.model_rewrites:
+            chosen = self.model_rewrites.choose(model)
+            if chosen is not None:
+                rewrite_name, target = chosen
+                self.metrics.model_rewritten(rewrite_name, model, target)
+                return target
+        return header
 
     def handle_bodyless(self, headers: dict[str, str], subset: Sequence[str] | None) -> RoutedRequest:
         """Requests that end at their headers (GET /v1/models): any ready endpoint, uniformly. A

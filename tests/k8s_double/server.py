@@ -58,7 +58,10 @@ POOLS_ALPHA = Resource("inference.networking.x-k8s.io", "v1alpha2", "inferencepo
 OBJECTIVES = Resource(
     "inference.networking.x-k8s.io", "v1alpha2", "inferenceobjectives", "InferenceObjective"
 )
-ALL_RESOURCES = (PODS, POOLS_V1, POOLS_ALPHA, OBJECTIVES)
+MODEL_REWRITES = Resource(
+    "inference.networking.x-k8s.io", "v1alpha2", "inferencemodelrewrites", "InferenceModelRewrite"
+)
+ALL_RESOURCES = (PODS, POOLS_V1, POOLS_ALPHA, OBJECTIVES, MODEL_REWRITES)
 
 
 @dataclass

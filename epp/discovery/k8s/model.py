@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from epp.datastore import EndpointSpec
+from epp.requestcontrol.model_rewrite import ModelRewrite, for_pool, parse_model_rewrite
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,8 @@ GROUP_V1 = "inference.networking.k8s.io"
 GROUP_ALPHA = "inference.networking.x-k8s.io"
 POOL_VERSIONS = {GROUP_V1: "v1", GROUP_ALPHA: "v1alpha2"}
 OBJECTIVE_GROUP = GROUP_ALPHA
+REWRITE_GROUP = GROUP_ALPHA
+REWRITE_VERSION = "v1alpha2"
 OBJECTIVE_VERSION = "v1alpha2"
 ACTIVE_PORTS_ANNOTATION = "inference.networking.k8s.io/active-ports"
 # The pool API allows this many data-parallel ranks (targetPorts entries) per pod.
@@ -191,3 +194,17 @@ def objective_priorities(objectives: Iterable[Object], pool: PoolRef) -> dict[st
             priority = spec.get("priority")
             priorities[obj["metadata"]["name"]] = priority if isinstance(priority, int) else 0
     return priorities
+
+
+def pool_model_rewrites(objects: Iterable[Object], pool: PoolRef) -> list[ModelRewrite]:
+    """The InferenceModelRewrites whose poolRef names this pool. One the API server accepted but
+    we cannot read is logged and skipped rather than stopping the others."""
+    rewrites = []
+    listed = {"apiVersion": f"{REWRITE_GROUP}/{REWRITE_VERSION}", "kind": "InferenceModelRewrite"}
+    for obj in objects:
+        try:
+            rewrites.append(parse_model_rewrite({**listed, **obj}))  # list items may omit both
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            name = (obj.get("metadata") or {}).get("name")
+            log.warning("ignoring InferenceModelRewrite %s: %s", name, exc)
+    return for_pool(rewrites, pool.name, pool.group)
