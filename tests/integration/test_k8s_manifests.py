@@ -6,12 +6,14 @@ while the real discovery runs against the manifests' own pool and objectives).""
 
 from __future__ import annotations
 
+import copy
 import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -97,8 +99,23 @@ def test_objects_validate_against_their_schemas(directory: str) -> None:
 
 
 def test_the_crds_the_tests_validate_with_are_valid_objects() -> None:
-    for path in crd_files():
+    files = crd_files()
+    assert {yaml.safe_load(p.read_text())["spec"]["names"]["kind"] for p in files} == {
+        "InferencePool",
+        "InferenceObjective",
+        "InferenceModelRewrite",
+    }
+    for path in files:
         kubernetes_validate.validate(yaml.safe_load(path.read_text()), KUBERNETES_VERSION, strict=True)
+
+
+def test_a_field_the_crd_does_not_know_is_a_validation_error() -> None:
+    """The API server would prune it silently; in a manifest of ours it is a typo."""
+    pool = copy.deepcopy(one(RENDERED["manifests/overlays/aggregated"], "InferencePool"))
+    validate_custom_resource(pool)
+    pool["spec"]["targetPort"] = pool["spec"]["targetPorts"]
+    with pytest.raises(jsonschema.ValidationError, match=r"\.spec\.targetPort\b"):
+        validate_custom_resource(pool)
 
 
 @pytest.mark.parametrize("directory", OVERLAYS)

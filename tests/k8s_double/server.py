@@ -12,7 +12,7 @@ What it implements, as the real server does:
   after `timeoutSeconds`, and `{"type":"ERROR"}` with a 410 Status for a compacted version;
 - bearer-token authentication (401 without it), RBAC from a Role's rules (403), and 404 for
   resources it is told not to serve;
-- custom resources checked against the CRD schemas in crds/ when stored (apply raises).
+- custom resources checked against GIE's CRD schemas (tests/data/upstream/crds/) when stored (apply raises).
 
 And the failures a test needs to inject: `expire_watches()` (410 on open watches),
 `drop_watches()` (connections cut mid-stream, no final chunk), `compact()`, and `hold()` to
