@@ -30,8 +30,9 @@ from tests.k8s_double.schemas import crd_files, has_schema, validate_custom_reso
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES_VERSION = "1.33.0"
-OVERLAYS = ["manifests/overlays/aggregated", "manifests/overlays/pd"]
+OVERLAYS = ["manifests/overlays/aggregated", "manifests/overlays/pd", "manifests/overlays/agentgateway"]
 GATEWAYS = {
+    "gateway-api/agentgateway": "agentgateway",
     "gateway-api/envoy-gateway": "envoy-gateway",
     "gateway-api/istio": "istio",
     "gateway-api/kgateway": "kgateway",
@@ -224,15 +225,21 @@ def resource_of(doc: Doc) -> Resource:
 
 
 async def test_the_role_is_enough_for_discovery_of_the_manifests_pool(tmp_path: Path) -> None:
-    """The real discovery, under the Role's rules, finds the manifests' pool and objectives."""
+    """The real discovery, under the Role's rules, finds the manifests' pool and objectives, and
+    may watch model rewrites."""
     docs = RENDERED[OVERLAYS[0]]
     api = ApiServerDouble(rbac=one(docs, "Role")["rules"])
     await api.start()
     datastore = Datastore()
     objectives: dict[str, int] = {}
+    rewrites: list[object] = []
     pool = one(docs, "InferencePool")
     discovery = PoolDiscovery(
-        PoolRef(pool["metadata"]["name"]), datastore, objectives.update, api.write_kubeconfig(tmp_path / "kc")
+        PoolRef(pool["metadata"]["name"]),
+        datastore,
+        objectives.update,
+        api.write_kubeconfig(tmp_path / "kc"),
+        on_model_rewrites=rewrites.append,
     )
     try:
         for doc in [pool, *of_kind(docs, "InferenceObjective")]:
@@ -242,8 +249,8 @@ async def test_the_role_is_enough_for_discovery_of_the_manifests_pool(tmp_path: 
         await discovery.start()
 
         async def synced() -> bool | None:
-            # Listed, and watching all three collections (a Role without `watch` stops here).
-            return True if datastore.synced and objectives and api.open_watches == 3 else None
+            # Listed, and watching all four collections (a Role without `watch` stops here).
+            return True if datastore.synced and objectives and rewrites and api.open_watches == 4 else None
 
         await wait_until(synced, "discovery under the Role's rules", 10)
         assert [e.hostport for e in datastore.endpoints()] == ["10.0.0.1:8000"]
@@ -275,9 +282,16 @@ def test_routes_send_the_gateway_to_the_pool(directory: str, gateway_class: str)
 def test_istio_originates_tls_to_the_epp() -> None:
     rule = one(RENDERED["gateway-api/istio"], "DestinationRule")
     service = one(RENDERED[OVERLAYS[0]], "Service", "vllm-sim-epp")
-    assert rule["spec"]["host"] == f"{service['metadata']['name']}.default.svc.cluster.local"
+    # A short name: Istio reads it in the rule's own namespace, so it follows `kubectl -n`.
+    assert rule["spec"]["host"] == service["metadata"]["name"]
     assert rule["spec"]["trafficPolicy"]["tls"] == {"mode": "SIMPLE", "insecureSkipVerify": True}
     assert cli_args(containers(epp_deployment(RENDERED[OVERLAYS[0]]))[0]).secure_serving is True
+
+
+def test_agentgateway_reaches_the_epp_in_plaintext() -> None:
+    overlay = RENDERED["manifests/overlays/agentgateway"]
+    assert cli_args(containers(epp_deployment(overlay))[0]).secure_serving is False
+    assert not of_kind(RENDERED["gateway-api/agentgateway"], "DestinationRule")
 
 
 def test_the_standalone_envoy_bootstrap_is_the_rendered_one() -> None:
