@@ -22,6 +22,7 @@ from epp.extproc.stream import StreamOptions
 from epp.requestcontrol import Director
 from epp.scheduling.framework import PluginContext
 from epp.scheduling.types import Scheduler
+from tests.unit.deep_json import DEEP_FIELDS, deep_body
 
 FDS = BodyMode.FULL_DUPLEX_STREAMED
 
@@ -575,3 +576,41 @@ async def test_streamed_response_bodies_are_skipped_where_envoy_allows_it(
     assert reply.HasField("mode_override") is skipped
     if skipped:
         assert reply.mode_override.response_body_mode == BodyMode.NONE
+
+
+def load(harness: Harness) -> list[tuple[int, int]]:
+    return [(e.inflight_requests, e.inflight_tokens) for e in harness.datastore.endpoints()]
+
+
+@pytest.mark.parametrize("field", range(len(DEEP_FIELDS)))
+@pytest.mark.parametrize("depth", [255, 1024])
+async def test_deeply_nested_valid_bodies_are_a_400_without_a_traceback(
+    harness: Harness, caplog: pytest.LogCaptureFixture, field: int, depth: int
+) -> None:
+    harness.add("a", 8000)
+    code, error = await error_reply(harness, deep_body(field, depth), DEEP_FIELDS[field][0])
+    assert code == 400
+    assert "nested deeper than the limit of 254 levels" in str(error["message"])
+    assert not [r for r in caplog.records if r.exc_info], "no traceback is logged"
+    assert load(harness) == [(0, 0)]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", deep_body(0, 300)),
+        # Nested outside the prompt fields: only the rewrite re-serialises this one.
+        ("/v1/completions", b'{"model":"m","prompt":"hi","extra":' + b"[" * 300 + b"]" * 300 + b"}"),
+    ],
+)
+async def test_a_deep_body_with_a_model_rewrite_is_a_400_and_takes_no_load(
+    harness: Harness, path: str, body: bytes
+) -> None:
+    harness.add("a", 8000, models=("m", "m-v2"))
+    call = harness.open()
+    await call.write(headers_msg(path=path, extra={"x-gateway-model-name-rewrite": "m-v2"}))
+    await call.write(body_msg(body))
+    reply = (await read(call)).immediate_response
+    assert reply.status.code == 400, reply.body
+    assert b"nested deeper than the limit of 254 levels" in reply.body
+    await until(lambda: load(harness) == [(0, 0)])
