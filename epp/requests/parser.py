@@ -17,6 +17,14 @@ _PATH_SUFFIXES: tuple[tuple[str, ApiKind], ...] = (
     ("/completions", ApiKind.COMPLETIONS),
     ("/embeddings", ApiKind.EMBEDDINGS),
 )
+INFERENCE_API_PATHS = (
+    "/v1/completions",
+    "/v1/chat/completions",
+    "/v1/responses",
+    "/v1/embeddings",
+    "/v1/conversations",
+)
+"""The OpenAI paths of the APIs parsed here: what the gateway routes by default (with /v1/models)."""
 _TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 MAX_JSON_DEPTH = 254
 """Deepest nesting of objects and arrays (the body itself is level 1) the EPP accepts: orjson writes
