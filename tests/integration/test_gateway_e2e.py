@@ -14,6 +14,7 @@ from aiohttp import web
 from epp.stack.envoy import DEFAULT_ALLOWED_PATHS, EnvoyOptions
 from epp.stack.stack import SimEndpoint, Stack
 from tests.integration.conftest import StackFactory
+from tests.unit.deep_json import deep_body
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -118,6 +119,7 @@ async def test_models_list_is_routed_without_a_body(shared_stack: Stack) -> None
         ("/v1/chat/completions", {"model": MODEL, "messages": "hi"}, 400, "must have valid messages field"),
         ("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": "many"}, 400, "max_tokens must be"),
         ("/v1/completions", {"model": "no-such-model", "prompt": "x"}, 404, "is not served by any endpoint"),
+        ("/v1/chat/completions", deep_body(0, 600), 400, "nested deeper than the limit of 254 levels"),
     ],
 )
 async def test_bad_requests_get_a_json_error_from_the_epp(
