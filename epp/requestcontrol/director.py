@@ -170,15 +170,17 @@ class Director:
             request.priority = self.objectives.get(request.objective, 0)
             request.fairness_id = headers.get(FAIRNESS_HEADER) or request.fairness_id
             rewrite = self._target_model(request.model, headers.get(MODEL_REWRITE_HEADER))
+            body: bytes | None = None
             if rewrite and rewrite != request.model:
                 request.target_model = rewrite
                 request.body["model"] = rewrite
+                # Written before scheduling: whatever fails here must fail with no load taken.
+                body = orjson.dumps(request.body)
             routed = self.route(request, subset)
         except RequestError as error:
             self.record_error(error, request)
             raise
-        if request.target_model != request.model:
-            routed.body = orjson.dumps(request.body)
+        routed.body = body
         return routed
 
     def _target_model(self, model: str, header: str | None) -> str | None:

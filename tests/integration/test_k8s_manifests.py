@@ -22,7 +22,7 @@ from epp.cli import build_parser
 from epp.config.loader import load_config
 from epp.datastore import Datastore
 from epp.discovery.kubernetes import PoolDiscovery, PoolRef
-from epp.stack.envoy import EnvoyOptions, render_bootstrap
+from epp.stack.envoy import DEFAULT_ALLOWED_PATHS, EnvoyOptions, render_bootstrap
 from epp.stack.processes import wait_until
 from tests.k8s_double import PODS, ApiServerDouble, Resource
 from tests.k8s_double.objects import pod
@@ -277,6 +277,9 @@ def test_routes_send_the_gateway_to_the_pool(directory: str, gateway_class: str)
     assert (parent["kind"], parent["name"]) == ("Gateway", gateway["metadata"]["name"])
     classes = of_kind(docs, "GatewayClass")
     assert all(c["metadata"]["name"] == gateway_class for c in classes)
+    # The same path policy as the standalone bootstrap: the OpenAI API paths only, never `/`.
+    matches = [m["path"] for m in rule["matches"]]
+    assert matches == [{"type": "PathPrefix", "value": path} for path in DEFAULT_ALLOWED_PATHS]
 
 
 def test_istio_originates_tls_to_the_epp() -> None:
