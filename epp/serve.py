@@ -19,6 +19,7 @@ from epp.config.loader import load_config, load_config_file
 from epp.config.model import PickerConfig
 from epp.config.objectives import load_objectives_file
 from epp.config.rewrites import load_model_rewrites_file
+from epp.datalayer.overrides import ScrapeOverrides
 from epp.datalayer.scraper import DEFAULT_INTERVAL, MetricsScraper
 from epp.datastore import Datastore
 from epp.discovery import kubernetes as k8s_discovery
@@ -59,6 +60,9 @@ class ServeOptions:
     objectives: dict[str, int] = field(default_factory=dict)  # objective name -> priority
     model_rewrites: list[ModelRewrite] = field(default_factory=list)  # standalone: from a file
     metrics_aliases: tuple[str, ...] = ()  # extra metric name sets (epp.metrics.aliases.NAME_SETS)
+    # GIE's model-server metrics flags: over the config's data layer, and the port scraped.
+    scrape_overrides: ScrapeOverrides = field(default_factory=ScrapeOverrides)
+    model_server_metrics_port: int | None = None
 
 
 class EndpointPicker:
@@ -81,7 +85,14 @@ class EndpointPicker:
         self.scraper: MetricsScraper | None = None
         if components.scrape is not None:
             self.scraper = MetricsScraper(
-                self.datastore, interval=options.refresh_metrics_interval, settings=components.scrape
+                self.datastore,
+                interval=options.refresh_metrics_interval,
+                settings=options.scrape_overrides.apply(components.scrape),
+            )
+        elif options.scrape_overrides != ScrapeOverrides() or options.model_server_metrics_port:
+            log.warning(
+                "the config turns scraping off (an empty dataLayer): "
+                "the --model-server-metrics-* and *-metric flags have no effect"
             )
         self._file_discovery: FileDiscovery | None = None
         self._pool_discovery: k8s_discovery.PoolDiscovery | None = None
@@ -102,13 +113,21 @@ class EndpointPicker:
                 self._set_objectives,
                 self.options.kubeconfig,
                 on_model_rewrites=self.director.model_rewrites.replace,
+                metrics_port=self.options.model_server_metrics_port,
             )
             await self._pool_discovery.start()
         elif self.options.endpoints_file is not None:
-            self._file_discovery = FileDiscovery(self.options.endpoints_file, self.datastore)
+            self._file_discovery = FileDiscovery(
+                self.options.endpoints_file,
+                self.datastore,
+                metrics_port=self.options.model_server_metrics_port,
+            )
             await self._file_discovery.start()
         else:
-            specs = [parse_endpoint_flag(e, self.options.models) for e in self.options.endpoints]
+            metrics_port = self.options.model_server_metrics_port
+            specs = [
+                parse_endpoint_flag(e, self.options.models, metrics_port) for e in self.options.endpoints
+            ]
             self.datastore.replace_all(specs)
         health = Health(lambda: self.datastore.synced and not self._stopping)
         grpc_server = ext_proc_server(self.director, self.options.stream, health)
@@ -177,6 +196,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     k8s_discovery.add_arguments(parser)
     tls.add_arguments(parser)
     gieflags.add_arguments(parser)
+    gieflags.add_metrics_arguments(parser)
     scheduling = parser.add_argument_group("scheduling")
     config = scheduling.add_mutually_exclusive_group()
     config.add_argument(
@@ -280,6 +300,8 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         objectives=load_objectives_file(args.objectives_file) if args.objectives_file else {},
         model_rewrites=load_model_rewrites_file(args.model_rewrites_file) if args.model_rewrites_file else [],
         metrics_aliases=tuple(dict.fromkeys(args.metrics_aliases)),
+        scrape_overrides=gieflags.scrape_overrides(args),
+        model_server_metrics_port=args.model_server_metrics_port or None,
         stream=StreamOptions(
             max_body_bytes=args.max_body_bytes,
             error_prefix="inference gateway" if args.legacy_error_prefix else "inference error",

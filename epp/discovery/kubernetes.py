@@ -67,6 +67,7 @@ class PoolDiscovery:
         kubeconfig: Path | None = None,
         timing: WatchTiming | None = None,
         on_model_rewrites: Callable[[list[ModelRewrite]], None] | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self.ref = ref
         self.pool: PoolSpec | None = None
@@ -75,6 +76,7 @@ class PoolDiscovery:
         self._on_model_rewrites = on_model_rewrites
         self._kubeconfig = kubeconfig
         self._timing = timing or WatchTiming()
+        self._metrics_port = metrics_port
         self._api: ApiClient | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -100,7 +102,8 @@ class PoolDiscovery:
 
     async def _run(self, api: ApiClient) -> None:
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(PoolWatch(api, self.ref, self._endpoints_changed, self._timing).run())
+            watch = PoolWatch(api, self.ref, self._endpoints_changed, self._timing, self._metrics_port)
+            tasks.create_task(watch.run())
             namespace = self.ref.namespace
             tasks.create_task(
                 self._watch_optional(

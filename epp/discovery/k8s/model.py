@@ -148,10 +148,13 @@ def _active_ports(annotations: Mapping[str, str] | None, target_ports: tuple[int
     return active
 
 
-def pod_endpoints(pod: Object, pool: PoolSpec) -> list[EndpointSpec]:
+def pod_endpoints(pod: Object, pool: PoolSpec, metrics_port: int | None = None) -> list[EndpointSpec]:
     """One endpoint per active target port of a pod that can take traffic now: it matches the
     selector, is Ready, has an IP and is not being deleted. Named `<pod>-rank-<i>` by port index,
-    so a rank keeps its name (and its load accounting) while other ranks come and go."""
+    so a rank keeps its name (and its load accounting) while other ranks come and go.
+
+    `metrics_port` (GIE's --model-server-metrics-port) is where a pool with a single target port
+    is scraped; with several target ports each rank is scraped on its own port, as in GIE."""
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
     labels: dict[str, str] = meta.get("labels") or {}
@@ -162,12 +165,14 @@ def pod_endpoints(pod: Object, pool: PoolSpec) -> list[EndpointSpec]:
         return []
     active = _active_ports(meta.get("annotations"), pool.target_ports)
     frozen_labels = MappingProxyType(dict(labels))
+    scrape_port = (metrics_port or None) if len(pool.target_ports) == 1 else None
     return [
         EndpointSpec(
             name=f"{meta['name']}-rank-{index}",
             address=address,
             port=port,
             labels=frozen_labels,
+            metrics_port=scrape_port,
             namespace=meta.get("namespace", "default"),
         )
         for index, port in enumerate(pool.target_ports)
@@ -175,8 +180,10 @@ def pod_endpoints(pod: Object, pool: PoolSpec) -> list[EndpointSpec]:
     ]
 
 
-def pool_endpoints(pods: Iterable[Object], pool: PoolSpec) -> list[EndpointSpec]:
-    return [endpoint for pod in pods for endpoint in pod_endpoints(pod, pool)]
+def pool_endpoints(
+    pods: Iterable[Object], pool: PoolSpec, metrics_port: int | None = None
+) -> list[EndpointSpec]:
+    return [endpoint for pod in pods for endpoint in pod_endpoints(pod, pool, metrics_port)]
 
 
 def objective_priorities(objectives: Iterable[Object], pool: PoolRef) -> dict[str, int]:
