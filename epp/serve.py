@@ -54,6 +54,7 @@ class ServeOptions:
     shutdown_grace: float = 120.0
     stream: StreamOptions = field(default_factory=StreamOptions)
     pool: k8s_discovery.PoolRef | None = None  # set: discover endpoints from this InferencePool
+    selector: k8s_discovery.SelectorRef | None = None  # set: from the pods this selector matches
     kubeconfig: Path | None = None
     tls_options: tls.TlsOptions = field(default_factory=tls.TlsOptions)
     config: PickerConfig = field(default_factory=load_config)  # default: GIE's default profile
@@ -96,6 +97,7 @@ class EndpointPicker:
             )
         self._file_discovery: FileDiscovery | None = None
         self._pool_discovery: k8s_discovery.PoolDiscovery | None = None
+        self._selector_discovery: k8s_discovery.SelectorDiscovery | None = None
         self._servers: list[grpc.aio.Server] = []
         self._stopping = False
         self.grpc_port = 0
@@ -116,6 +118,14 @@ class EndpointPicker:
                 metrics_port=self.options.model_server_metrics_port,
             )
             await self._pool_discovery.start()
+        elif self.options.selector is not None:
+            self._selector_discovery = k8s_discovery.SelectorDiscovery(
+                self.options.selector,
+                self.datastore,
+                self.options.kubeconfig,
+                metrics_port=self.options.model_server_metrics_port,
+            )
+            await self._selector_discovery.start()
         elif self.options.endpoints_file is not None:
             self._file_discovery = FileDiscovery(
                 self.options.endpoints_file,
@@ -163,6 +173,8 @@ class EndpointPicker:
             await self._file_discovery.stop()
         if self._pool_discovery is not None:
             await self._pool_discovery.stop()
+        if self._selector_discovery is not None:
+            await self._selector_discovery.stop()
         if self.scraper is not None:
             await self.scraper.stop()
 
@@ -276,6 +288,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace) -> ServeOptions:
     pool = k8s_discovery.pool_ref_from_args(args, args.endpoints_file is not None or bool(args.endpoint))
+    selector = k8s_discovery.selector_from_args(args)
+    pool_name = pool.name if pool is not None else selector.name if selector is not None else "standalone"
     return ServeOptions(
         host=args.host,
         grpc_port=args.grpc_port,
@@ -292,8 +306,9 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         ),
         shutdown_grace=parse_duration(args.shutdown_grace),
         ready_file=args.ready_file,
-        pool_name=pool.name if pool is not None else "standalone",
+        pool_name=pool_name,
         pool=pool,
+        selector=selector,
         kubeconfig=args.kubeconfig,
         tls_options=tls.options_from_args(args),
         config=load_config_file(args.config_file) if args.config_file else load_config(args.config_text),
