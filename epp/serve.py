@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from epp.params.duration import parse_duration
 from epp.readyfile import write_ready_file
 from epp.requestcontrol.model_rewrite import ModelRewrite
 from epp.signals import stop_event
+from epp.tls import parse_bool
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,9 @@ class ServeOptions:
     models: list[str] = field(default_factory=list)
     refresh_metrics_interval: float = DEFAULT_INTERVAL
     metrics_staleness: float = 2.0  # GIE's --metrics-staleness-threshold, for the pool gauges
+    # GIE's --refresh-prometheus-metrics-interval: 0 computes the pool gauges at every read.
+    pool_gauges_refresh: float = 0.0
+    health_checking: bool = True  # GIE's --health-checking: grpc.health.v1 on the ext_proc port too
     ready_file: Path | None = None
     shutdown_grace: float = 120.0
     stream: StreamOptions = field(default_factory=StreamOptions)
@@ -74,7 +79,10 @@ class EndpointPicker:
         self.datastore = Datastore()
         self.metrics = EppMetrics(aliases=options.metrics_aliases)
         self.metrics.expose_process_metrics()
-        self.metrics.watch_pool(self.datastore, options.pool_name, options.metrics_staleness)
+        self.pool_gauges = self.metrics.watch_pool(
+            self.datastore, options.pool_name, options.metrics_staleness
+        )
+        self._pool_gauges_task: asyncio.Task[None] | None = None
         for warning in options.config.warnings:
             log.warning("config: %s", warning)
         log.info("scheduling configuration:\n%s", options.config.summary())
@@ -140,7 +148,8 @@ class EndpointPicker:
             ]
             self.datastore.replace_all(specs)
         health = Health(lambda: self.datastore.synced and not self._stopping)
-        grpc_server = ext_proc_server(self.director, self.options.stream, health)
+        ext_proc_health = health if self.options.health_checking else None
+        grpc_server = ext_proc_server(self.director, self.options.stream, ext_proc_health)
         probe_server = health_server(health)
         self.grpc_port = bind(grpc_server, f"{self.options.host}:{self.options.grpc_port}", credentials)
         self.health_port = bind(probe_server, f"{self.options.host}:{self.options.grpc_health_port}", None)
@@ -148,6 +157,10 @@ class EndpointPicker:
         for server in self._servers:
             await server.start()
         await self.metrics_server.start()
+        if self.options.pool_gauges_refresh > 0:
+            self._pool_gauges_task = asyncio.get_running_loop().create_task(
+                self.pool_gauges.refresh_every(self.options.pool_gauges_refresh), name="pool-gauges"
+            )
         if self.options.ready_file is not None:
             ports = {
                 "grpc_port": self.grpc_port,
@@ -169,6 +182,10 @@ class EndpointPicker:
         self._stopping = True
         await asyncio.gather(*(server.stop(self.options.shutdown_grace) for server in self._servers))
         await self.metrics_server.stop()
+        if self._pool_gauges_task is not None:
+            self._pool_gauges_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pool_gauges_task
         if self._file_discovery is not None:
             await self._file_discovery.stop()
         if self._pool_discovery is not None:
@@ -263,8 +280,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--disable-endpoint-subset-filter",
-        action="store_true",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
         help="ignore the gateway's envoy.lb.subset_hint (GIE's flag, for scale-from-zero)",
+    )
+    parser.add_argument(
+        "--refresh-prometheus-metrics-interval",
+        default="0s",
+        help="recompute the inference_pool_* average and ready-pods gauges this often, Go duration "
+        "(GIE: 5s); default 0s: at every read of /metrics",
+    )
+    parser.add_argument(
+        "--health-checking",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=True,
+        metavar="BOOL",
+        help="also answer grpc.health.v1 on the ext_proc port (default true; GIE's default is false)",
     )
     parser.add_argument(
         "--metrics-staleness-threshold",
@@ -287,6 +323,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> ServeOptions:
+    gieflags.refuse_unsupported(args)
     pool = k8s_discovery.pool_ref_from_args(args, args.endpoints_file is not None or bool(args.endpoint))
     selector = k8s_discovery.selector_from_args(args)
     pool_name = pool.name if pool is not None else selector.name if selector is not None else "standalone"
@@ -305,6 +342,8 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
             "--metrics-staleness-threshold", args.metrics_staleness_threshold
         ),
         shutdown_grace=parse_duration(args.shutdown_grace),
+        pool_gauges_refresh=parse_duration(args.refresh_prometheus_metrics_interval),
+        health_checking=args.health_checking,
         ready_file=args.ready_file,
         pool_name=pool_name,
         pool=pool,
