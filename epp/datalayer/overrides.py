@@ -75,14 +75,15 @@ class ScrapeOverrides:
         changes: dict[str, Any] = {}
         for name, spec in self.metric_specs.items():
             specs = (MetricSpec.parse(spec),) if spec else ()
-            log.info(
-                "%s %r: the default engine %s reads %s instead of %s",
-                METRIC_FLAGS[name],
-                spec,
-                engine.name,
-                _describe(specs),
-                _describe(getattr(engine, name)),
-            )
+            if specs != getattr(engine, name):
+                log.info(
+                    "%s %r: the default engine %s reads %s instead of %s",
+                    METRIC_FLAGS[name],
+                    spec,
+                    engine.name,
+                    _describe(specs),
+                    _describe(getattr(engine, name)),
+                )
             changes[name] = specs
         if "cache_info" in self.metric_specs:
             # The cache geometry then comes from that metric's labels alone (trtllm-serve's and
