@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from epp.config.loader import load_config, load_config_file
 from epp.config.model import PickerConfig
 from epp.config.objectives import load_objectives_file
 from epp.config.rewrites import load_model_rewrites_file
+from epp.datalayer.overrides import ScrapeOverrides
 from epp.datalayer.scraper import DEFAULT_INTERVAL, MetricsScraper
 from epp.datastore import Datastore
 from epp.discovery import kubernetes as k8s_discovery
@@ -33,6 +35,7 @@ from epp.params.duration import parse_duration
 from epp.readyfile import write_ready_file
 from epp.requestcontrol.model_rewrite import ModelRewrite
 from epp.signals import stop_event
+from epp.tls import parse_bool
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +52,23 @@ class ServeOptions:
     models: list[str] = field(default_factory=list)
     refresh_metrics_interval: float = DEFAULT_INTERVAL
     metrics_staleness: float = 2.0  # GIE's --metrics-staleness-threshold, for the pool gauges
+    # GIE's --refresh-prometheus-metrics-interval: 0 computes the pool gauges at every read.
+    pool_gauges_refresh: float = 0.0
+    health_checking: bool = True  # GIE's --health-checking: grpc.health.v1 on the ext_proc port too
     ready_file: Path | None = None
     shutdown_grace: float = 120.0
     stream: StreamOptions = field(default_factory=StreamOptions)
     pool: k8s_discovery.PoolRef | None = None  # set: discover endpoints from this InferencePool
+    selector: k8s_discovery.SelectorRef | None = None  # set: from the pods this selector matches
     kubeconfig: Path | None = None
     tls_options: tls.TlsOptions = field(default_factory=tls.TlsOptions)
     config: PickerConfig = field(default_factory=load_config)  # default: GIE's default profile
     objectives: dict[str, int] = field(default_factory=dict)  # objective name -> priority
     model_rewrites: list[ModelRewrite] = field(default_factory=list)  # standalone: from a file
     metrics_aliases: tuple[str, ...] = ()  # extra metric name sets (epp.metrics.aliases.NAME_SETS)
+    # GIE's model-server metrics flags: over the config's data layer, and the port scraped.
+    scrape_overrides: ScrapeOverrides = field(default_factory=ScrapeOverrides)
+    model_server_metrics_port: int | None = None
 
 
 class EndpointPicker:
@@ -69,7 +79,10 @@ class EndpointPicker:
         self.datastore = Datastore()
         self.metrics = EppMetrics(aliases=options.metrics_aliases)
         self.metrics.expose_process_metrics()
-        self.metrics.watch_pool(self.datastore, options.pool_name, options.metrics_staleness)
+        self.pool_gauges = self.metrics.watch_pool(
+            self.datastore, options.pool_name, options.metrics_staleness
+        )
+        self._pool_gauges_task: asyncio.Task[None] | None = None
         for warning in options.config.warnings:
             log.warning("config: %s", warning)
         log.info("scheduling configuration:\n%s", options.config.summary())
@@ -81,10 +94,18 @@ class EndpointPicker:
         self.scraper: MetricsScraper | None = None
         if components.scrape is not None:
             self.scraper = MetricsScraper(
-                self.datastore, interval=options.refresh_metrics_interval, settings=components.scrape
+                self.datastore,
+                interval=options.refresh_metrics_interval,
+                settings=options.scrape_overrides.apply(components.scrape),
+            )
+        elif options.scrape_overrides != ScrapeOverrides() or options.model_server_metrics_port:
+            log.warning(
+                "the config turns scraping off (an empty dataLayer): "
+                "the --model-server-metrics-* and *-metric flags have no effect"
             )
         self._file_discovery: FileDiscovery | None = None
         self._pool_discovery: k8s_discovery.PoolDiscovery | None = None
+        self._selector_discovery: k8s_discovery.SelectorDiscovery | None = None
         self._servers: list[grpc.aio.Server] = []
         self._stopping = False
         self.grpc_port = 0
@@ -102,16 +123,33 @@ class EndpointPicker:
                 self._set_objectives,
                 self.options.kubeconfig,
                 on_model_rewrites=self.director.model_rewrites.replace,
+                metrics_port=self.options.model_server_metrics_port,
             )
             await self._pool_discovery.start()
+        elif self.options.selector is not None:
+            self._selector_discovery = k8s_discovery.SelectorDiscovery(
+                self.options.selector,
+                self.datastore,
+                self.options.kubeconfig,
+                metrics_port=self.options.model_server_metrics_port,
+            )
+            await self._selector_discovery.start()
         elif self.options.endpoints_file is not None:
-            self._file_discovery = FileDiscovery(self.options.endpoints_file, self.datastore)
+            self._file_discovery = FileDiscovery(
+                self.options.endpoints_file,
+                self.datastore,
+                metrics_port=self.options.model_server_metrics_port,
+            )
             await self._file_discovery.start()
         else:
-            specs = [parse_endpoint_flag(e, self.options.models) for e in self.options.endpoints]
+            metrics_port = self.options.model_server_metrics_port
+            specs = [
+                parse_endpoint_flag(e, self.options.models, metrics_port) for e in self.options.endpoints
+            ]
             self.datastore.replace_all(specs)
         health = Health(lambda: self.datastore.synced and not self._stopping)
-        grpc_server = ext_proc_server(self.director, self.options.stream, health)
+        ext_proc_health = health if self.options.health_checking else None
+        grpc_server = ext_proc_server(self.director, self.options.stream, ext_proc_health)
         probe_server = health_server(health)
         self.grpc_port = bind(grpc_server, f"{self.options.host}:{self.options.grpc_port}", credentials)
         self.health_port = bind(probe_server, f"{self.options.host}:{self.options.grpc_health_port}", None)
@@ -119,6 +157,10 @@ class EndpointPicker:
         for server in self._servers:
             await server.start()
         await self.metrics_server.start()
+        if self.options.pool_gauges_refresh > 0:
+            self._pool_gauges_task = asyncio.get_running_loop().create_task(
+                self.pool_gauges.refresh_every(self.options.pool_gauges_refresh), name="pool-gauges"
+            )
         if self.options.ready_file is not None:
             ports = {
                 "grpc_port": self.grpc_port,
@@ -140,10 +182,16 @@ class EndpointPicker:
         self._stopping = True
         await asyncio.gather(*(server.stop(self.options.shutdown_grace) for server in self._servers))
         await self.metrics_server.stop()
+        if self._pool_gauges_task is not None:
+            self._pool_gauges_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pool_gauges_task
         if self._file_discovery is not None:
             await self._file_discovery.stop()
         if self._pool_discovery is not None:
             await self._pool_discovery.stop()
+        if self._selector_discovery is not None:
+            await self._selector_discovery.stop()
         if self.scraper is not None:
             await self.scraper.stop()
 
@@ -177,6 +225,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     k8s_discovery.add_arguments(parser)
     tls.add_arguments(parser)
     gieflags.add_arguments(parser)
+    gieflags.add_metrics_arguments(parser)
     scheduling = parser.add_argument_group("scheduling")
     config = scheduling.add_mutually_exclusive_group()
     config.add_argument(
@@ -231,8 +280,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--disable-endpoint-subset-filter",
-        action="store_true",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
         help="ignore the gateway's envoy.lb.subset_hint (GIE's flag, for scale-from-zero)",
+    )
+    parser.add_argument(
+        "--refresh-prometheus-metrics-interval",
+        default="0s",
+        help="recompute the inference_pool_* average and ready-pods gauges this often, Go duration "
+        "(GIE: 5s); default 0s: at every read of /metrics",
+    )
+    parser.add_argument(
+        "--health-checking",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=True,
+        metavar="BOOL",
+        help="also answer grpc.health.v1 on the ext_proc port (default true; GIE's default is false)",
     )
     parser.add_argument(
         "--metrics-staleness-threshold",
@@ -255,7 +323,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> ServeOptions:
+    gieflags.refuse_unsupported(args)
     pool = k8s_discovery.pool_ref_from_args(args, args.endpoints_file is not None or bool(args.endpoint))
+    selector = k8s_discovery.selector_from_args(args)
+    pool_name = pool.name if pool is not None else selector.name if selector is not None else "standalone"
     return ServeOptions(
         host=args.host,
         grpc_port=args.grpc_port,
@@ -271,15 +342,20 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
             "--metrics-staleness-threshold", args.metrics_staleness_threshold
         ),
         shutdown_grace=parse_duration(args.shutdown_grace),
+        pool_gauges_refresh=parse_duration(args.refresh_prometheus_metrics_interval),
+        health_checking=args.health_checking,
         ready_file=args.ready_file,
-        pool_name=pool.name if pool is not None else "standalone",
+        pool_name=pool_name,
         pool=pool,
+        selector=selector,
         kubeconfig=args.kubeconfig,
         tls_options=tls.options_from_args(args),
         config=load_config_file(args.config_file) if args.config_file else load_config(args.config_text),
         objectives=load_objectives_file(args.objectives_file) if args.objectives_file else {},
         model_rewrites=load_model_rewrites_file(args.model_rewrites_file) if args.model_rewrites_file else [],
         metrics_aliases=tuple(dict.fromkeys(args.metrics_aliases)),
+        scrape_overrides=gieflags.scrape_overrides(args),
+        model_server_metrics_port=args.model_server_metrics_port or None,
         stream=StreamOptions(
             max_body_bytes=args.max_body_bytes,
             error_prefix="inference gateway" if args.legacy_error_prefix else "inference error",

@@ -102,10 +102,12 @@ def bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredenti
     return port
 
 
-def ext_proc_server(director: Director, options: StreamOptions, health: Health) -> grpc.aio.Server:
+def ext_proc_server(director: Director, options: StreamOptions, health: Health | None) -> grpc.aio.Server:
+    """ext_proc, and grpc.health.v1 beside it unless `health` is None (GIE's --health-checking)."""
     server = grpc.aio.server(options=_GRPC_OPTIONS)
     ext_proc_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(director, options), server)
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    if health is not None:
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
     return server
 
 

@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from epp.cli import build_parser
+from epp.cli import parse_args
 from epp.config.loader import load_config
 from epp.datastore import Datastore
 from epp.discovery.kubernetes import PoolDiscovery, PoolRef
@@ -75,8 +75,7 @@ def containers(deployment: Doc) -> list[Doc]:
 
 def cli_args(container: Doc) -> Any:
     """The container's args parsed by the `epp` CLI itself: an unknown flag fails here."""
-    args = container["args"]
-    return build_parser(args[0]).parse_args(args)
+    return parse_args(container["args"])
 
 
 def model_servers(docs: list[Doc]) -> list[Doc]:
@@ -166,7 +165,11 @@ def test_epp_ports_line_up(directory: str) -> None:
     docs = RENDERED[directory]
     deployment = epp_deployment(docs)
     (container,) = containers(deployment)
+    # GIE's chart convention: no command, flags only (the image's entrypoint serves).
+    assert "command" not in container
+    assert container["args"][0].startswith("--")
     args = cli_args(container)
+    assert args.command == "serve"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {
         "grpc": args.grpc_port,
