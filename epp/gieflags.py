@@ -26,7 +26,6 @@ UNSUPPORTED = {
     "enable_pprof": "pprof profiling",
     "metrics_endpoint_auth": "metrics endpoint authentication (put /metrics behind a NetworkPolicy)",
     "ha_enable_leader_election": "leader election (run one replica)",
-    "enable_cert_reload": "certificate reload (restart to pick up a rotated certificate)",
 }
 
 

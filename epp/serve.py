@@ -80,12 +80,14 @@ class EndpointPicker:
         self._pool_discovery: k8s_discovery.PoolDiscovery | None = None
         self._servers: list[grpc.aio.Server] = []
         self._stopping = False
+        self.certificate = tls.ServingCertificate(options.tls_options)
         self.grpc_port = 0
         self.health_port = 0
 
     async def start(self) -> None:
         """Bind and serve. On failure, `stop` releases whatever had started."""
-        credentials = tls.server_credentials(self.options.tls_options)
+        credentials = self.certificate.credentials()
+        await self.certificate.start()
         if self.scraper is not None:
             await self.scraper.start()
         if self.options.pool is not None:
@@ -129,6 +131,7 @@ class EndpointPicker:
         self._stopping = True
         await asyncio.gather(*(server.stop(self.options.shutdown_grace) for server in self._servers))
         await self.metrics_server.stop()
+        await self.certificate.stop()
         if self._file_discovery is not None:
             await self._file_discovery.stop()
         if self._pool_discovery is not None:
