@@ -1,8 +1,9 @@
 """GIE's `epp` flags that a drop-in must accept because GIE's Helm chart and manifests pass them.
 
 Logging flags map onto Python logging (`-v`, `--zap-log-level`, `--zap-encoder json`); flags for
-features this EPP does not have (tracing, pprof, metrics auth, leader election, certificate
-reload) are accepted, and enabling one logs a warning instead of failing the pod at startup."""
+features this EPP does not have (tracing, pprof) are accepted, and enabling one logs a warning
+instead of failing the pod at startup. (Leader election, certificate reload and metrics
+authentication are implemented: epp.discovery.k8s.leader, epp.tls, epp.metrics.auth.)"""
 
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ UNSUPPORTED = {
     "tracing": "OpenTelemetry tracing",
     "enable_pprof": "pprof profiling",
     "metrics_endpoint_auth": "metrics endpoint authentication (put /metrics behind a NetworkPolicy)",
-    "ha_enable_leader_election": "leader election (run one replica)",
 }
 
 

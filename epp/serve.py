@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.config import ConfigException as KubeConfigError
 
 from epp import gieflags, tls
@@ -21,6 +22,8 @@ from epp.config.objectives import load_objectives_file
 from epp.datalayer.scraper import DEFAULT_INTERVAL, MetricsScraper
 from epp.datastore import Datastore
 from epp.discovery import kubernetes as k8s_discovery
+from epp.discovery.k8s import leader as election
+from epp.discovery.k8s.client import api_client
 from epp.discovery.static import DiscoveryError, FileDiscovery, parse_endpoint_flag
 from epp.extproc.server import Health, bind, ext_proc_server, health_server
 from epp.extproc.stream import StreamOptions
@@ -52,6 +55,7 @@ class ServeOptions:
     pool: k8s_discovery.PoolRef | None = None  # set: discover endpoints from this InferencePool
     kubeconfig: Path | None = None
     tls_options: tls.TlsOptions = field(default_factory=tls.TlsOptions)
+    leader_election: election.LeaseTiming | None = None  # set: active-passive over the pool's Lease
     config: PickerConfig = field(default_factory=load_config)  # default: GIE's default profile
     objectives: dict[str, int] = field(default_factory=dict)  # objective name -> priority
 
@@ -80,7 +84,10 @@ class EndpointPicker:
         self._pool_discovery: k8s_discovery.PoolDiscovery | None = None
         self._servers: list[grpc.aio.Server] = []
         self._stopping = False
+        self.elector: election.LeaderElector | None = None
+        self._election_api: ApiClient | None = None
         self.certificate = tls.ServingCertificate(options.tls_options)
+        self.failed = asyncio.Event()  # set when the picker must exit (leadership lost, as GIE)
         self.grpc_port = 0
         self.health_port = 0
 
@@ -101,7 +108,10 @@ class EndpointPicker:
         else:
             specs = [parse_endpoint_flag(e, self.options.models) for e in self.options.endpoints]
             self.datastore.replace_all(specs)
-        health = Health(lambda: self.datastore.synced and not self._stopping)
+        leader = None
+        if self.options.leader_election is not None:
+            leader = await self._start_election(self.options.leader_election)
+        health = Health(lambda: self.datastore.synced and not self._stopping, leader)
         grpc_server = ext_proc_server(self.director, self.options.stream, health)
         probe_server = health_server(health)
         self.grpc_port = bind(grpc_server, f"{self.options.host}:{self.options.grpc_port}", credentials)
@@ -129,6 +139,10 @@ class EndpointPicker:
         """Report NOT_SERVING, then let in-flight requests finish for up to the shutdown grace: an
         ext_proc stream lives as long as its response, so stopping at once would cut generations."""
         self._stopping = True
+        if self.elector is not None:
+            await self.elector.stop()  # release first: a standby takes over while this one drains
+        if self._election_api is not None:
+            await self._election_api.close()
         await asyncio.gather(*(server.stop(self.options.shutdown_grace) for server in self._servers))
         await self.metrics_server.stop()
         await self.certificate.stop()
@@ -138,6 +152,22 @@ class EndpointPicker:
             await self._pool_discovery.stop()
         if self.scraper is not None:
             await self.scraper.stop()
+
+    async def _start_election(self, timing: election.LeaseTiming) -> Callable[[], bool]:
+        pool = self.options.pool
+        if pool is None:
+            raise ValueError("--ha-enable-leader-election needs --pool-name (the Lease is per pool)")
+        self._election_api = await api_client(self.options.kubeconfig)
+        self.elector = election.LeaderElector(
+            self._election_api,
+            election.lease_name(pool),
+            pool.namespace,
+            timing=timing,
+            on_lost=self.failed.set,
+        )
+        self.elector.start()
+        elector = self.elector
+        return lambda: elector.is_leader
 
     def _set_objectives(self, priorities: Mapping[str, int]) -> None:
         self.director.objectives = priorities
@@ -167,6 +197,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model served by --endpoint endpoints (repeatable; default any)",
     )
     k8s_discovery.add_arguments(parser)
+    election.add_arguments(parser)
     tls.add_arguments(parser)
     gieflags.add_arguments(parser)
     scheduling = parser.add_argument_group("scheduling")
@@ -254,6 +285,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         pool=pool,
         kubeconfig=args.kubeconfig,
         tls_options=tls.options_from_args(args),
+        leader_election=_leader_election(args, pool),
         config=load_config_file(args.config_file) if args.config_file else load_config(args.config_text),
         objectives=load_objectives_file(args.objectives_file) if args.objectives_file else {},
         stream=StreamOptions(
@@ -266,6 +298,15 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
     )
 
 
+def _leader_election(
+    args: argparse.Namespace, pool: k8s_discovery.PoolRef | None
+) -> election.LeaseTiming | None:
+    timing = election.timing_from_args(args)
+    if timing is not None and pool is None:
+        raise ValueError("--ha-enable-leader-election needs --pool-name (the Lease is per pool)")
+    return timing
+
+
 def _positive_duration(flag: str, text: str) -> float:
     seconds = parse_duration(text)
     if seconds <= 0:
@@ -274,10 +315,15 @@ def _positive_duration(flag: str, text: str) -> float:
 
 
 async def serve_until_signalled(picker: EndpointPicker) -> None:
+    """Serve until SIGTERM/SIGINT, or until the picker fails (leadership lost)."""
     stop = stop_event()
     try:
         await picker.start()
-        await stop.wait()
+        signalled = asyncio.create_task(stop.wait())
+        failed = asyncio.create_task(picker.failed.wait())
+        await asyncio.wait({signalled, failed}, return_when=asyncio.FIRST_COMPLETED)
+        signalled.cancel()
+        failed.cancel()
     finally:
         await picker.stop()
 
@@ -290,4 +336,7 @@ def run(args: argparse.Namespace) -> int:
     except (DiscoveryError, ValueError, OSError, KubeConfigError) as exc:
         log.error("%s", exc)
         return 2
+    if picker.failed.is_set():
+        log.error("exiting: leader election lost (the pod restarts and campaigns again, as GIE's EPP)")
+        return 1
     return 0

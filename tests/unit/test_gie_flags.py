@@ -10,7 +10,17 @@ import pytest
 from epp import gieflags
 from epp.cli import build_parser
 
-CHART_ARGS = ["--zap-encoder", "json", "-v", "4", "--tracing=false", "--ha-enable-leader-election"]
+CHART_ARGS = [
+    "--zap-encoder",
+    "json",
+    "-v",
+    "4",
+    "--tracing=false",
+    "--enable-pprof",
+    "--ha-enable-leader-election",
+    "--metrics-endpoint-auth=false",
+    "--enable-cert-reload",
+]
 
 
 def test_the_charts_flags_parse_and_configure_logging(caplog: pytest.LogCaptureFixture) -> None:
@@ -25,10 +35,14 @@ def test_the_charts_flags_parse_and_configure_logging(caplog: pytest.LogCaptureF
             assert root.level == logging.DEBUG
         line = handler.format(logging.LogRecord("epp", logging.INFO, "", 0, "hello", None, None))
         assert json.loads(line)["msg"] == "hello"
-        assert "--ha-enable-leader-election: leader election (run one replica) is not implemented" in (
-            caplog.text
-        )
+        assert "--enable-pprof: pprof profiling is not implemented" in caplog.text
         assert "tracing" not in caplog.text
+        assert "leader" not in caplog.text  # implemented now: no warning
+        assert (args.ha_enable_leader_election, args.metrics_endpoint_auth, args.enable_cert_reload) == (
+            True,
+            False,
+            True,
+        )
     finally:
         root.removeHandler(handler)
         for known, formatter in formatters.items():

@@ -13,6 +13,7 @@ instead of waiting out the lease, as controller-runtime's LeaderElectionReleaseO
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import datetime
@@ -28,6 +29,8 @@ from kubernetes_asyncio.client import ApiClient, CoordinationV1Api, V1Lease, V1L
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from epp.discovery.k8s.model import PoolRef
+from epp.params.duration import parse_duration
+from epp.tls import parse_bool
 
 log = logging.getLogger(__name__)
 
@@ -271,3 +274,52 @@ class LeaderElector:
             self._leader = False
             if self._on_lost is not None:
                 self._on_lost()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "high availability (active-passive, as GIE)",
+        "Replicas elect a leader over a Lease; only the leader reports ready (readiness, '' and the "
+        "ext_proc health service), so the gateway's Service routes to it, while standbys keep "
+        "discovery and metrics warm. Probes should then ask for `liveness` and `readiness`.",
+    )
+    group.add_argument(
+        "--ha-enable-leader-election",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="elect a leader over the Lease epp-<namespace>-<pool>.gateway-api-inference-extension"
+        ".sigs.k8s.io (needs --pool-name and RBAC on leases)",
+    )
+    defaults = LeaseTiming()
+    group.add_argument(
+        "--ha-lease-duration",
+        default=f"{defaults.lease_duration}s",
+        help="how long a standby waits for a leader that stopped renewing (whole seconds; default 15s)",
+    )
+    group.add_argument(
+        "--ha-renew-deadline",
+        default=f"{defaults.renew_deadline:g}s",
+        help="the leader gives up (and exits) if it cannot renew within this (default 10s)",
+    )
+    group.add_argument(
+        "--ha-retry-period",
+        default=f"{defaults.retry_period:g}s",
+        help="how often candidates try and the leader renews (default 2s)",
+    )
+
+
+def timing_from_args(args: argparse.Namespace) -> LeaseTiming | None:
+    """The election timing if --ha-enable-leader-election, else None."""
+    if not args.ha_enable_leader_election:
+        return None
+    duration = parse_duration(args.ha_lease_duration)
+    if duration != int(duration):
+        raise ValueError(f"--ha-lease-duration must be whole seconds, not {args.ha_lease_duration!r}")
+    return LeaseTiming(
+        lease_duration=int(duration),
+        renew_deadline=parse_duration(args.ha_renew_deadline),
+        retry_period=parse_duration(args.ha_retry_period),
+    )
