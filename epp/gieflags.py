@@ -25,7 +25,6 @@ _ZAP_LEVELS = {
 UNSUPPORTED = {
     "tracing": "OpenTelemetry tracing",
     "enable_pprof": "pprof profiling",
-    "metrics_endpoint_auth": "metrics endpoint authentication (put /metrics behind a NetworkPolicy)",
 }
 
 

@@ -28,6 +28,7 @@ from epp.discovery.static import DiscoveryError, FileDiscovery, parse_endpoint_f
 from epp.extproc.server import Health, bind, ext_proc_server, health_server
 from epp.extproc.stream import StreamOptions
 from epp.framework import PluginContext
+from epp.metrics import auth as metrics_auth
 from epp.metrics.exporter import EppMetrics
 from epp.metrics.http import MetricsServer
 from epp.params.duration import parse_duration
@@ -56,6 +57,7 @@ class ServeOptions:
     kubeconfig: Path | None = None
     tls_options: tls.TlsOptions = field(default_factory=tls.TlsOptions)
     leader_election: election.LeaseTiming | None = None  # set: active-passive over the pool's Lease
+    metrics_auth: bool = False  # /metrics behind TokenReview + SubjectAccessReview
     config: PickerConfig = field(default_factory=load_config)  # default: GIE's default profile
     objectives: dict[str, int] = field(default_factory=dict)  # objective name -> priority
 
@@ -85,7 +87,7 @@ class EndpointPicker:
         self._servers: list[grpc.aio.Server] = []
         self._stopping = False
         self.elector: election.LeaderElector | None = None
-        self._election_api: ApiClient | None = None
+        self._kube: ApiClient | None = None  # for leader election and metrics auth (discovery has its own)
         self.certificate = tls.ServingCertificate(options.tls_options)
         self.failed = asyncio.Event()  # set when the picker must exit (leadership lost, as GIE)
         self.grpc_port = 0
@@ -93,6 +95,8 @@ class EndpointPicker:
 
     async def start(self) -> None:
         """Bind and serve. On failure, `stop` releases whatever had started."""
+        if self.options.metrics_auth:
+            self.metrics_server.auth = metrics_auth.MetricsAuth(await self._metrics_auth_client())
         credentials = self.certificate.credentials()
         await self.certificate.start()
         if self.scraper is not None:
@@ -141,8 +145,6 @@ class EndpointPicker:
         self._stopping = True
         if self.elector is not None:
             await self.elector.stop()  # release first: a standby takes over while this one drains
-        if self._election_api is not None:
-            await self._election_api.close()
         await asyncio.gather(*(server.stop(self.options.shutdown_grace) for server in self._servers))
         await self.metrics_server.stop()
         await self.certificate.stop()
@@ -152,14 +154,15 @@ class EndpointPicker:
             await self._pool_discovery.stop()
         if self.scraper is not None:
             await self.scraper.stop()
+        if self._kube is not None:
+            await self._kube.close()
 
     async def _start_election(self, timing: election.LeaseTiming) -> Callable[[], bool]:
         pool = self.options.pool
         if pool is None:
             raise ValueError("--ha-enable-leader-election needs --pool-name (the Lease is per pool)")
-        self._election_api = await api_client(self.options.kubeconfig)
         self.elector = election.LeaderElector(
-            self._election_api,
+            await self._kube_client(),
             election.lease_name(pool),
             pool.namespace,
             timing=timing,
@@ -168,6 +171,21 @@ class EndpointPicker:
         self.elector.start()
         elector = self.elector
         return lambda: elector.is_leader
+
+    async def _kube_client(self) -> ApiClient:
+        if self._kube is None:
+            self._kube = await api_client(self.options.kubeconfig)
+        return self._kube
+
+    async def _metrics_auth_client(self) -> ApiClient:
+        try:
+            return await self._kube_client()
+        except KubeConfigError as exc:
+            raise KubeConfigError(
+                "--metrics-endpoint-auth needs the Kubernetes API to review tokens (in a cluster, "
+                f"--kubeconfig or $KUBECONFIG): {exc}. Pass --metrics-endpoint-auth=false to serve "
+                "/metrics without authentication"
+            ) from exc
 
     def _set_objectives(self, priorities: Mapping[str, int]) -> None:
         self.director.objectives = priorities
@@ -185,6 +203,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=9090,
         help="Prometheus /metrics port for the EPP's own metrics (default 9090)",
     )
+    metrics_auth.add_arguments(parser)
     source = parser.add_argument_group("standalone endpoints")
     source.add_argument("--endpoints-file", type=Path, help="YAML endpoint list, re-read when it changes")
     source.add_argument(
@@ -286,6 +305,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         kubeconfig=args.kubeconfig,
         tls_options=tls.options_from_args(args),
         leader_election=_leader_election(args, pool),
+        metrics_auth=metrics_auth.enabled_from_args(args, in_cluster=pool is not None),
         config=load_config_file(args.config_file) if args.config_file else load_config(args.config_text),
         objectives=load_objectives_file(args.objectives_file) if args.objectives_file else {},
         stream=StreamOptions(
