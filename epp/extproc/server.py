@@ -89,6 +89,18 @@ class Health(health_pb2_grpc.HealthServicer):
     ) -> health_pb2.HealthCheckResponse:
         return health_pb2.HealthCheckResponse(status=self.status(request.service))
 
+    async def List(
+        self,
+        request: health_pb2.HealthListRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> health_pb2.HealthListResponse:
+        """GIE's: the ext_proc service, and with leader election `liveness` and `readiness`."""
+        services = [EXT_PROC_SERVICE]
+        if self._leader is not None:
+            services += [LIVENESS_SERVICE, READINESS_SERVICE]
+        statuses = {name: health_pb2.HealthCheckResponse(status=self.status(name)) for name in services}
+        return health_pb2.HealthListResponse(statuses=statuses)
+
     async def Watch(
         self,
         request: health_pb2.HealthCheckRequest,

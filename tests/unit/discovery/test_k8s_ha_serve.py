@@ -104,6 +104,13 @@ async def test_only_the_leader_is_ready_and_the_standby_stays_warm(
         assert (await health(leader, service), await health(standby, service)) == (SERVING, NOT_SERVING)
     assert (await health(leader, "liveness"), await health(standby, "liveness")) == (SERVING, SERVING)
     assert await health(standby, "inference-extension") == UNKNOWN  # as GIE with leader election
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{standby.health_port}") as channel:
+        listed = await health_pb2_grpc.HealthStub(channel).List(health_pb2.HealthListRequest(), timeout=5)
+    assert {name: s.status for name, s in listed.statuses.items()} == {
+        EXT_PROC_SERVICE: NOT_SERVING,
+        "liveness": SERVING,
+        "readiness": NOT_SERVING,
+    }
 
 
 async def test_a_graceful_stop_hands_over_at_once(api: ApiServerDouble, start_picker: PickerFactory) -> None:
