@@ -14,6 +14,7 @@ tokenreviews and subjectaccessreviews (a ClusterRole; see docs/kubernetes.md); P
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -116,7 +117,8 @@ class MetricsAuth:
     async def authenticate(self, token: str | None) -> UserInfo | None:
         if token is None:
             return None
-        cached, user = self._tokens.get(token)
+        key = hashlib.sha256(token.encode()).digest()  # no raw tokens kept in memory
+        cached, user = self._tokens.get(key)
         if cached:
             return user
         body = V1TokenReview(
@@ -137,7 +139,7 @@ class MetricsAuth:
                 groups=tuple(status.user.groups or ()),
                 extra=tuple(sorted((key, tuple(values)) for key, values in extra.items())),
             )
-        self._tokens.put(token, user, TOKEN_TTL)
+        self._tokens.put(key, user, TOKEN_TTL)
         return user
 
     async def authorize(self, user: UserInfo, verb: str, path: str) -> bool:
