@@ -15,6 +15,7 @@ import pytest
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from epp import serve
 from epp.cli import build_parser
 from epp.extproc.server import Health, bind, health_server
 from epp.stack.processes import wait_until
@@ -199,3 +200,32 @@ def test_a_mismatched_pair_fails_at_startup(tmp_path: Path) -> None:
     write_pair(tmp_path, self_signed_certificate()[0], self_signed_certificate()[1])
     with pytest.raises(ValueError, match="is not the key of"):
         server_credentials(TlsOptions(cert_path=tmp_path))
+
+
+async def test_epp_serve_reloads_its_ext_proc_certificate(tmp_path: Path) -> None:
+    """The wiring in `epp serve`: --cert-path with --enable-cert-reload on the ext_proc port."""
+    write_pair(tmp_path, *self_signed_certificate("first"))
+    args = build_parser("serve").parse_args(
+        [
+            "serve",
+            "--endpoint=127.0.0.1:8000",
+            "--host=127.0.0.1",
+            "--grpc-port=0",
+            "--grpc-health-port=0",
+            "--metrics-port=0",
+            f"--cert-path={tmp_path}",
+            "--enable-cert-reload",
+        ]
+    )
+    options = serve.options_from_args(args)
+    assert options.tls_options.reload
+    options.tls_options = TlsOptions(cert_path=tmp_path, reload=True, reload_interval=0.02)
+    picker = serve.EndpointPicker(options)
+    await picker.start()
+    try:
+        assert same_certificate(await peer_certificate(picker.grpc_port), (tmp_path / CERT_FILE).read_bytes())
+        key, cert = self_signed_certificate("second")
+        write_pair(tmp_path, key, cert)
+        await until_served(picker.grpc_port, cert)
+    finally:
+        await picker.stop()
