@@ -4,8 +4,9 @@ Logging flags map onto Python logging (`-v`, `--zap-log-level`, `--zap-encoder j
 `--zap-devel`, `--zap-stacktrace-level`, `--zap-time-encoding`); the model-server metrics flags
 (`--total-queued-requests-metric`, `--model-server-metrics-path`, ...) override the data layer's
 settings (epp/datalayer/overrides.py); `--enable-pprof=true` stops the EPP (there is no pprof in
-Python: use py-spy); flags for the features tracing, metrics auth, leader election and
-certificate reload are accepted, and enabling one logs a warning instead of failing the pod.
+Python: use py-spy). Leader election, certificate reload and metrics authentication are
+implemented (epp.discovery.k8s.leader, epp.tls, epp.metrics.auth); `--tracing` is accepted and
+enabling it logs a warning instead of failing the pod.
 
 The chart writes some values with literal quotes (`--total-queued-requests-metric="sglang:num_queue_reqs"`
 arrives as `"sglang:num_queue_reqs"`, quotes included, since no shell is involved): string values
@@ -35,9 +36,6 @@ _ZAP_LEVELS = {
 }
 UNSUPPORTED = {
     "tracing": "OpenTelemetry tracing",
-    "metrics_endpoint_auth": "metrics endpoint authentication (put /metrics behind a NetworkPolicy)",
-    "ha_enable_leader_election": "leader election (run one replica)",
-    "enable_cert_reload": "certificate reload (restart to pick up a rotated certificate)",
 }
 
 

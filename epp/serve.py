@@ -7,11 +7,12 @@ import argparse
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.config import ConfigException as KubeConfigError
 
 from epp import gieflags, tls
@@ -24,10 +25,13 @@ from epp.datalayer.overrides import ScrapeOverrides
 from epp.datalayer.scraper import DEFAULT_INTERVAL, MetricsScraper
 from epp.datastore import Datastore
 from epp.discovery import kubernetes as k8s_discovery
+from epp.discovery.k8s import leader as election
+from epp.discovery.k8s.client import api_client
 from epp.discovery.static import DiscoveryError, FileDiscovery, parse_endpoint_flag
 from epp.extproc.server import Health, bind, ext_proc_server, health_server
 from epp.extproc.stream import StreamOptions
 from epp.framework import PluginContext
+from epp.metrics import auth as metrics_auth
 from epp.metrics.aliases import NAME_SETS
 from epp.metrics.exporter import EppMetrics
 from epp.metrics.http import MetricsServer
@@ -62,6 +66,8 @@ class ServeOptions:
     selector: k8s_discovery.SelectorRef | None = None  # set: from the pods this selector matches
     kubeconfig: Path | None = None
     tls_options: tls.TlsOptions = field(default_factory=tls.TlsOptions)
+    leader_election: election.LeaseTiming | None = None  # set: active-passive over the pool's Lease
+    metrics_auth: bool = False  # /metrics behind TokenReview + SubjectAccessReview
     config: PickerConfig = field(default_factory=load_config)  # default: GIE's default profile
     objectives: dict[str, int] = field(default_factory=dict)  # objective name -> priority
     model_rewrites: list[ModelRewrite] = field(default_factory=list)  # standalone: from a file
@@ -108,12 +114,19 @@ class EndpointPicker:
         self._selector_discovery: k8s_discovery.SelectorDiscovery | None = None
         self._servers: list[grpc.aio.Server] = []
         self._stopping = False
+        self.elector: election.LeaderElector | None = None
+        self._kube: ApiClient | None = None  # for leader election and metrics auth (discovery has its own)
+        self.certificate = tls.ServingCertificate(options.tls_options)
+        self.failed = asyncio.Event()  # set when the picker must exit (leadership lost, as GIE)
         self.grpc_port = 0
         self.health_port = 0
 
     async def start(self) -> None:
         """Bind and serve. On failure, `stop` releases whatever had started."""
-        credentials = tls.server_credentials(self.options.tls_options)
+        if self.options.metrics_auth:
+            self.metrics_server.auth = metrics_auth.MetricsAuth(await self._metrics_auth_client())
+        credentials = self.certificate.credentials()
+        await self.certificate.start()
         if self.scraper is not None:
             await self.scraper.start()
         if self.options.pool is not None:
@@ -147,7 +160,10 @@ class EndpointPicker:
                 parse_endpoint_flag(e, self.options.models, metrics_port) for e in self.options.endpoints
             ]
             self.datastore.replace_all(specs)
-        health = Health(lambda: self.datastore.synced and not self._stopping)
+        leader = None
+        if self.options.leader_election is not None:
+            leader = await self._start_election(self.options.leader_election)
+        health = Health(lambda: self.datastore.synced and not self._stopping, leader)
         ext_proc_health = health if self.options.health_checking else None
         grpc_server = ext_proc_server(self.director, self.options.stream, ext_proc_health)
         probe_server = health_server(health)
@@ -180,12 +196,15 @@ class EndpointPicker:
         """Report NOT_SERVING, then let in-flight requests finish for up to the shutdown grace: an
         ext_proc stream lives as long as its response, so stopping at once would cut generations."""
         self._stopping = True
+        if self.elector is not None:
+            await self.elector.stop()  # release first: a standby takes over while this one drains
         await asyncio.gather(*(server.stop(self.options.shutdown_grace) for server in self._servers))
         await self.metrics_server.stop()
         if self._pool_gauges_task is not None:
             self._pool_gauges_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pool_gauges_task
+        await self.certificate.stop()
         if self._file_discovery is not None:
             await self._file_discovery.stop()
         if self._pool_discovery is not None:
@@ -194,6 +213,38 @@ class EndpointPicker:
             await self._selector_discovery.stop()
         if self.scraper is not None:
             await self.scraper.stop()
+        if self._kube is not None:
+            await self._kube.close()
+
+    async def _start_election(self, timing: election.LeaseTiming) -> Callable[[], bool]:
+        pool = self.options.pool
+        if pool is None:
+            raise ValueError("--ha-enable-leader-election needs --pool-name (the Lease is per pool)")
+        self.elector = election.LeaderElector(
+            await self._kube_client(),
+            election.lease_name(pool),
+            pool.namespace,
+            timing=timing,
+            on_lost=self.failed.set,
+        )
+        self.elector.start()
+        elector = self.elector
+        return lambda: elector.is_leader
+
+    async def _kube_client(self) -> ApiClient:
+        if self._kube is None:
+            self._kube = await api_client(self.options.kubeconfig)
+        return self._kube
+
+    async def _metrics_auth_client(self) -> ApiClient:
+        try:
+            return await self._kube_client()
+        except KubeConfigError as exc:
+            raise KubeConfigError(
+                "--metrics-endpoint-auth needs the Kubernetes API to review tokens (in a cluster, "
+                f"--kubeconfig or $KUBECONFIG): {exc}. Pass --metrics-endpoint-auth=false to serve "
+                "/metrics without authentication"
+            ) from exc
 
     def _set_objectives(self, priorities: Mapping[str, int]) -> None:
         self.director.objectives = priorities
@@ -211,6 +262,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=9090,
         help="Prometheus /metrics port for the EPP's own metrics (default 9090)",
     )
+    metrics_auth.add_arguments(parser)
     source = parser.add_argument_group("standalone endpoints")
     source.add_argument("--endpoints-file", type=Path, help="YAML endpoint list, re-read when it changes")
     source.add_argument(
@@ -223,6 +275,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model served by --endpoint endpoints (repeatable; default any)",
     )
     k8s_discovery.add_arguments(parser)
+    election.add_arguments(parser)
     tls.add_arguments(parser)
     gieflags.add_arguments(parser)
     gieflags.add_metrics_arguments(parser)
@@ -350,6 +403,8 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         selector=selector,
         kubeconfig=args.kubeconfig,
         tls_options=tls.options_from_args(args),
+        leader_election=_leader_election(args, pool),
+        metrics_auth=metrics_auth.enabled_from_args(args, in_cluster=pool is not None),
         config=load_config_file(args.config_file) if args.config_file else load_config(args.config_text),
         objectives=load_objectives_file(args.objectives_file) if args.objectives_file else {},
         model_rewrites=load_model_rewrites_file(args.model_rewrites_file) if args.model_rewrites_file else [],
@@ -366,6 +421,15 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
     )
 
 
+def _leader_election(
+    args: argparse.Namespace, pool: k8s_discovery.PoolRef | None
+) -> election.LeaseTiming | None:
+    timing = election.timing_from_args(args)
+    if timing is not None and pool is None:
+        raise ValueError("--ha-enable-leader-election needs --pool-name (the Lease is per pool)")
+    return timing
+
+
 def _positive_duration(flag: str, text: str) -> float:
     seconds = parse_duration(text)
     if seconds <= 0:
@@ -374,10 +438,15 @@ def _positive_duration(flag: str, text: str) -> float:
 
 
 async def serve_until_signalled(picker: EndpointPicker) -> None:
+    """Serve until SIGTERM/SIGINT, or until the picker fails (leadership lost)."""
     stop = stop_event()
     try:
         await picker.start()
-        await stop.wait()
+        signalled = asyncio.create_task(stop.wait())
+        failed = asyncio.create_task(picker.failed.wait())
+        await asyncio.wait({signalled, failed}, return_when=asyncio.FIRST_COMPLETED)
+        signalled.cancel()
+        failed.cancel()
     finally:
         await picker.stop()
 
@@ -390,4 +459,7 @@ def run(args: argparse.Namespace) -> int:
     except (DiscoveryError, ValueError, OSError, KubeConfigError) as exc:
         log.error("%s", exc)
         return 2
+    if picker.failed.is_set():
+        log.error("exiting: leader election lost (the pod restarts and campaigns again, as GIE's EPP)")
+        return 1
     return 0

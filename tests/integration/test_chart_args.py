@@ -33,13 +33,14 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from epp.stack.processes import ManagedProcess, epp_command, ready_file_probe, wait_until
-from tests.k8s_double import PODS, POOLS_V1, ApiServerDouble
+from tests.k8s_double import PODS, POOLS_V1, ApiServerDouble, User
 from tests.k8s_double.objects import pod
 
 pytestmark = pytest.mark.e2e
 
 CHARTS = Path(__file__).resolve().parents[1] / "data" / "upstream" / "charts"
 STARTUP = 30.0
+PROMETHEUS, PROMETHEUS_TOKEN = "system:serviceaccount:monitoring:prometheus", "prometheus-token"
 Doc = dict[str, Any]
 
 
@@ -282,7 +283,12 @@ async def test_the_chart_rendered_epp_becomes_ready_and_scrapes_with_the_charts_
 
     expected = {"inference_pool_average_queue_size": case.queue, **case.extra_gauges}
     url = f"http://127.0.0.1:{running.ports['metrics_port']}/metrics"
-    async with httpx.AsyncClient(timeout=5) as client:
+    # As Prometheus scrapes GIE's EPP: with a token the API server reviews (metrics auth is on by
+    # default with --pool-name).
+    running.api.add_user(PROMETHEUS_TOKEN, User(PROMETHEUS))
+    running.api.grant(PROMETHEUS, "get", "/metrics")
+    headers = {"Authorization": f"Bearer {PROMETHEUS_TOKEN}"}
+    async with httpx.AsyncClient(timeout=5, headers=headers) as client:
 
         async def scraped() -> dict[str, float | None] | None:
             page = (await client.get(url)).text

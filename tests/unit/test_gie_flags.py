@@ -17,7 +17,17 @@ from epp.cli import parse_args
 from epp.datastore import EndpointMetrics
 from epp.stack.processes import wait_until
 
-CHART_ARGS = ["--zap-encoder", "json", "-v", "4", "--tracing=false", "--ha-enable-leader-election"]
+CHART_ARGS = [
+    "--zap-encoder",
+    "json",
+    "-v",
+    "4",
+    "--tracing=false",
+    "--enable-pprof",
+    "--ha-enable-leader-election",
+    "--metrics-endpoint-auth=false",
+    "--enable-cert-reload",
+]
 
 
 @pytest.fixture
@@ -47,8 +57,13 @@ def test_the_charts_flags_parse_and_configure_logging(
         gieflags.apply(args)
         assert logging.getLogger().level == logging.DEBUG
     assert json.loads(root_handler.format(record()))["msg"] == "hello"
-    assert "--ha-enable-leader-election: leader election (run one replica) is not implemented" in caplog.text
     assert "tracing" not in caplog.text
+    assert "leader" not in caplog.text  # implemented: no warning
+    assert (args.ha_enable_leader_election, args.metrics_endpoint_auth, args.enable_cert_reload) == (
+        True,
+        False,
+        True,
+    )
 
 
 @pytest.mark.parametrize(
