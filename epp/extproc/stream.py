@@ -20,6 +20,9 @@ from epp.requests import ErrorCode, RequestError
 
 log = logging.getLogger(__name__)
 
+# Enum values read once: the protobuf enum wrapper looks each attribute up by name, per access.
+FULL_DUPLEX = BodyMode.FULL_DUPLEX_STREAMED
+BUFFERED = BodyMode.BUFFERED
 SKIP_RESPONSE_BODY = processing_mode.ProcessingMode(
     response_body_mode=BodyMode.NONE, response_trailer_mode=HeaderMode.SKIP
 )
@@ -113,10 +116,10 @@ class ExtProcStream:
                 request_headers=ext_proc.HeadersResponse(response=self._routing_common()),
                 dynamic_metadata=messages.destination_metadata(self._routed.destination),
             )
-        elif self._request_mode == BodyMode.BUFFERED:
+        elif self._request_mode == BUFFERED:
             # Envoy will not send the body until the headers are answered; route on the body reply.
             yield ext_proc.ProcessingResponse(request_headers=ext_proc.HeadersResponse())
-        elif self._request_mode != BodyMode.FULL_DUPLEX_STREAMED:
+        elif self._request_mode != FULL_DUPLEX:
             # STREAMED forwards body chunks (and, with header routing, opens the upstream) before
             # the whole body is here; NONE never shows the body. Refuse rather than route blind.
             mode = BodyMode.Name(self._request_mode)
@@ -138,7 +141,7 @@ class ExtProcStream:
             )
         if body.end_of_stream:
             yield from self._route(end_of_stream=True)
-        elif self._request_mode == BodyMode.BUFFERED:
+        elif self._request_mode == BUFFERED:
             # The one buffered body message is the whole body; end_of_stream is false only
             # because trailers follow.
             yield from self._route(end_of_stream=False)
@@ -157,7 +160,7 @@ class ExtProcStream:
         body = self._routed.body if self._routed.body is not None else raw
         common = self._routing_common(new_body_size=len(body) if self._routed.body is not None else None)
         metadata = messages.destination_metadata(self._routed.destination)
-        if self._request_mode == BodyMode.FULL_DUPLEX_STREAMED:
+        if self._request_mode == FULL_DUPLEX:
             yield ext_proc.ProcessingResponse(
                 request_headers=ext_proc.HeadersResponse(response=common), dynamic_metadata=metadata
             )
@@ -207,7 +210,7 @@ class ExtProcStream:
         every token's chunk would spend most of its CPU there; the request's end is then the
         stream's end. Envoy honours the override only with `allow_mode_override` and not in
         FULL_DUPLEX_STREAMED mode; a restored model name needs the chunks."""
-        if self._options.read_streamed_responses or self._response_mode == BodyMode.FULL_DUPLEX_STREAMED:
+        if self._options.read_streamed_responses or self._response_mode == FULL_DUPLEX:
             return False
         return self._routed is None or not self._routed.rewrites_model
 
@@ -216,11 +219,11 @@ class ExtProcStream:
         if self._routed is not None:
             self._routed.response_body(original, body.end_of_stream)
             chunk = self._routed.restore_model(original)
-        if self._response_mode == BodyMode.FULL_DUPLEX_STREAMED:
+        if self._response_mode == FULL_DUPLEX:
             yield from messages.streamed_body(chunk, body.end_of_stream, request=False)
         elif chunk is not original:
             mutation = ext_proc.CommonResponse(body_mutation=ext_proc.BodyMutation(body=chunk))
-            if self._response_mode == BodyMode.BUFFERED:
+            if self._response_mode == BUFFERED:
                 # Envoy rejects a buffered body mutation whose length disagrees with the headers.
                 length = messages.header_mutation({"content-length": str(len(chunk))}, ())
                 mutation.header_mutation.CopyFrom(length)

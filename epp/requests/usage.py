@@ -67,6 +67,12 @@ class UsageReader:
 
     def _feed_sse(self, chunk: bytes, end_of_stream: bool) -> None:
         data = self._partial + chunk if self._partial else chunk
+        if b'"usage"' not in data:
+            # Most chunks (every token's but the last) carry no usage: keep only the unfinished
+            # line, without splitting the chunk into lines.
+            tail = data[data.rfind(b"\n") + 1 :]
+            self._partial = b"" if end_of_stream or len(tail) > _MAX_PARTIAL_LINE else tail
+            return
         lines = data.split(b"\n")
         self._partial = b"" if end_of_stream else lines.pop()
         if len(self._partial) > _MAX_PARTIAL_LINE:
