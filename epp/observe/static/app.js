@@ -102,7 +102,7 @@ function decisionView(d) {
       el("span", { class: "dest" }, dest),
       pd, error,
       el("span", {}, d.model),
-      el("span", { class: "muted" }, `${d.candidates.length} candidates, admission ${d.admission || "–"}, scheduled in ${seconds(d.schedule_seconds)}`),
+      el("span", { class: "muted" }, `${d.candidates.length} candidates, ${d.admission || "not admitted"}, scheduled in ${seconds(d.schedule_seconds)}`),
       fallbacks ? el("span", { class: "muted" }, fallbacks) : null,
       response,
       el("span", { class: "rid" }, d.request_id)),
