@@ -39,7 +39,7 @@ def install(tracing: Tracing | None) -> None:
 
 
 def start_request(headers: dict[str, str]) -> RequestTrace | None:
-    """The spans of one ext_proc exchange, or None when tracing is off."""
+    """The spans of one ext_proc exchange, or None when tracing is off or the request is not sampled."""
     return active.start_request(headers) if active is not None else None
 
 

@@ -87,8 +87,11 @@ class Tracing:
         )
         return tracing
 
-    def start_request(self, headers: dict[str, str]) -> RequestTrace:
-        return RequestTrace(self.tracer, headers)
+    def start_request(self, headers: dict[str, str]) -> RequestTrace | None:
+        """None when the sampler drops this request: then nothing more is spent on it, and the
+        client's own `traceparent`, if any, reaches the model server unchanged."""
+        trace = RequestTrace(self.tracer, headers)
+        return trace if trace.span.is_recording() else None
 
     def shutdown(self) -> None:
         self.provider.shutdown()

@@ -147,3 +147,16 @@ def test_environment_follows_gies_defaults() -> None:
     assert isinstance(sampler, ParentBased)
     assert TraceIdRatioBased(0.1).get_description() in sampler.get_description()
     assert sampler_from_environment({"OTEL_TRACES_SAMPLER": "always_on"}) is None
+
+
+def test_an_unsampled_request_costs_one_span_start_and_keeps_the_clients_traceparent() -> None:
+    exporter = InMemorySpanExporter()
+    tracing.install(Tracing(SimpleSpanProcessor(exporter), ParentBased(ALWAYS_ON)))
+    try:
+        unsampled_parent = f"00-{TRACE_ID}-00f067aa0ba902b7-00"
+        assert tracing.start_request({"traceparent": unsampled_parent}) is None
+        forwarded = exchange(pd_director(), {"traceparent": unsampled_parent})
+        assert "traceparent" not in forwarded  # Envoy forwards the client's header as it came
+        assert exporter.get_finished_spans() == ()
+    finally:
+        tracing.install(None)
