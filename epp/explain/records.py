@@ -8,7 +8,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 PROMPT_LIMIT = 4096  # characters of the prompt kept when prompts are recorded
 
@@ -36,9 +36,64 @@ def _clamp(score: float) -> float:
     return 0.0 if not score >= 0.0 else 1.0 if score > 1.0 else score
 
 
+class FrozenProfile(NamedTuple):
+    """A profile's record as names and numbers only: tuples of strings and floats, which the
+    garbage collector stops tracking, so a full ring adds little to every collection (a record kept
+    as references to the scheduler's lists made the EPP's full collections markedly more frequent)."""
+
+    name: str
+    candidates: tuple[str, ...]
+    filters: tuple[tuple[str, str, tuple[str, ...], float], ...]  # plugin, type, kept, seconds
+    scorers: tuple[tuple[str, str, float, tuple[float, ...], float], ...]  # + weight, raw scores
+    scored: tuple[tuple[str, str], ...]  # (name, host:port) of the endpoints that reached scoring
+    totals: tuple[float, ...]
+    picker: tuple[str, str, float] | None
+    picked: tuple[str, ...]
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        filters = []
+        previous = self.candidates
+        for plugin, kind, kept, seconds in self.filters:
+            kept_names = set(kept)
+            removed = [name for name in previous if name not in kept_names]
+            filters.append(
+                {"plugin": plugin, "type": kind, "kept": len(kept), "removed": removed, "seconds": seconds}
+            )
+            previous = kept
+        endpoints: list[dict[str, Any]] = []
+        for i, (name, address) in enumerate(self.scored):
+            scores = {plugin: float(values[i]) for plugin, _, _, values, _ in self.scorers}
+            total = (
+                self.totals[i]
+                if i < len(self.totals)
+                else sum(weight * _clamp(values[i]) for _, _, weight, values, _ in self.scorers)
+            )
+            endpoints.append({"endpoint": name, "address": address, "scores": scores, "total": total})
+        endpoints.sort(key=lambda item: -item["total"])
+        return {
+            "name": self.name,
+            "candidates": len(self.candidates),
+            "filters": filters,
+            "scorers": [
+                {"plugin": plugin, "type": kind, "weight": weight, "seconds": seconds}
+                for plugin, kind, weight, _, seconds in self.scorers
+            ],
+            "endpoints": endpoints,
+            "picker": (
+                {"plugin": self.picker[0], "type": self.picker[1], "seconds": self.picker[2]}
+                if self.picker
+                else None
+            ),
+            "picked": list(self.picked),
+            "failed": not self.picked,
+            "seconds": self.seconds,
+        }
+
+
 class ProfileRecord:
-    """What one scheduling profile did. Holds references to the profile's own lists; names and
-    numbers are only computed by `to_json`."""
+    """What one scheduling profile did, while it runs: references to the profile's own lists
+    (nothing is copied on the hot path); `freeze` turns them into names and numbers."""
 
     __slots__ = (
         "candidates",
@@ -92,60 +147,34 @@ class ProfileRecord:
         self.picker = (plugin, seconds)
         self.picked = picked
 
-    @property
-    def failed(self) -> bool:
-        return not self.picked
+    def freeze(self) -> FrozenProfile:
+        picker = self.picker
+        return FrozenProfile(
+            self.name,
+            tuple([e.name for e in self.candidates]),
+            tuple([(p.name, p.type_name, tuple([e.name for e in kept]), t) for p, kept, t in self.filters]),
+            tuple([(p.name, p.type_name, w, tuple(scores), t) for p, w, scores, t in self.scorers]),
+            tuple([(e.name, e.hostport) for e in self.scored]),
+            tuple(self.totals),
+            (picker[0].name, picker[0].type_name, picker[1]) if picker else None,
+            tuple([e.name for e in self.picked]),
+            self.seconds,
+        )
 
-    def to_json(self) -> dict[str, Any]:
-        filters = []
-        previous: Sequence[EndpointLike] = self.candidates
-        for plugin, kept, seconds in self.filters:
-            kept_names = {e.name for e in kept}
-            filters.append(
-                {
-                    "plugin": plugin.name,
-                    "type": plugin.type_name,
-                    "kept": len(kept),
-                    "removed": [e.name for e in previous if e.name not in kept_names],
-                    "seconds": seconds,
-                }
-            )
-            previous = kept
-        endpoints: list[dict[str, Any]] = []
-        for i, endpoint in enumerate(self.scored):
-            scores = {plugin.name: float(values[i]) for plugin, _, values, _ in self.scorers}
-            total = (
-                self.totals[i]
-                if i < len(self.totals)
-                else sum(weight * _clamp(values[i]) for _, weight, values, _ in self.scorers)
-            )
-            endpoints.append(
-                {"endpoint": endpoint.name, "address": endpoint.hostport, "scores": scores, "total": total}
-            )
-        endpoints.sort(key=lambda item: -item["total"])
-        return {
-            "name": self.name,
-            "candidates": len(self.candidates),
-            "filters": filters,
-            "scorers": [
-                {"plugin": plugin.name, "type": plugin.type_name, "weight": weight, "seconds": seconds}
-                for plugin, weight, _, seconds in self.scorers
-            ],
-            "endpoints": endpoints,
-            "picker": (
-                {"plugin": self.picker[0].name, "type": self.picker[0].type_name, "seconds": self.picker[1]}
-                if self.picker
-                else None
-            ),
-            "picked": [e.name for e in self.picked],
-            "failed": self.failed,
-            "seconds": self.seconds,
-        }
+
+def _ref(endpoint: EndpointLike | None) -> tuple[str, str] | None:
+    return None if endpoint is None else (endpoint.name, endpoint.hostport)
+
+
+def _ref_json(ref: tuple[str, str] | None) -> dict[str, str] | None:
+    return None if ref is None else {"endpoint": ref[0], "address": ref[1]}
 
 
 class DecisionRecord:
     """One scheduled request. The director fills the request fields, admission and outcome; the
-    scheduler adds one `ProfileRecord` per profile it runs; the response fields come at the end."""
+    scheduler adds one `ProfileRecord` per profile it runs; the response fields come at the end.
+    `freeze` (at commit) keeps names and numbers only, dropping every reference to endpoints and
+    to the scheduler's lists."""
 
     __slots__ = (
         "admission",
@@ -155,6 +184,7 @@ class DecisionRecord:
         "error",
         "explain",
         "fallbacks",
+        "frozen",
         "model",
         "objective",
         "pd",
@@ -193,6 +223,7 @@ class DecisionRecord:
         self.error: tuple[str, int, str] | None = None  # (code, HTTP status, message)
         self.response_status: int | None = None
         self.response_seconds: float | None = None
+        self.frozen: FrozenDecision | None = None
 
     def profile(self, name: str, candidates: Sequence[EndpointLike]) -> ProfileRecord:
         record = ProfileRecord(name, candidates)
@@ -202,15 +233,32 @@ class DecisionRecord:
     def refused(self, code: str, status: int, message: str) -> None:
         self.error = (code, status, message)
 
+    def freeze(self) -> FrozenDecision:
+        if self.frozen is None:
+            self.frozen = FrozenDecision(
+                tuple([e.name for e in self.candidates]),
+                tuple([p.freeze() for p in self.profiles]),
+                _ref(self.destination),
+                tuple([(e.name, e.hostport) for e in self.fallbacks]),
+                _ref(self.prefill),
+            )
+            self.candidates, self.profiles, self.fallbacks = (), [], ()
+            self.destination = self.prefill = None
+        return self.frozen
+
     def mentions(self, endpoint: str) -> bool:
         """Whether `endpoint` (a name or host:port) was chosen, as destination, fallback or prefill."""
-        chosen = [self.destination, self.prefill, *self.fallbacks]
-        return any(e is not None and endpoint in (e.name, e.hostport) for e in chosen)
+        frozen = self.freeze()
+        chosen = [frozen.destination, frozen.prefill, *frozen.fallbacks]
+        return any(ref is not None and endpoint in ref for ref in chosen)
+
+    @property
+    def destination_name(self) -> str | None:
+        destination = self.freeze().destination
+        return destination[0] if destination else None
 
     def to_json(self) -> dict[str, Any]:
-        def ref(endpoint: EndpointLike | None) -> dict[str, str] | None:
-            return None if endpoint is None else {"endpoint": endpoint.name, "address": endpoint.hostport}
-
+        frozen = self.freeze()
         data: dict[str, Any] = {
             "seq": self.seq,
             "request_id": self.request_id,
@@ -220,7 +268,7 @@ class DecisionRecord:
             "api": self.api,
             "objective": self.objective,
             "priority": self.priority,
-            "candidates": [e.name for e in self.candidates],
+            "candidates": list(frozen.candidates),
             "admission": self.admission,
             "outcome": "refused" if self.error else "routed",
             "error": (
@@ -228,10 +276,10 @@ class DecisionRecord:
                 if self.error
                 else None
             ),
-            "destination": ref(self.destination),
-            "fallbacks": [ref(e) for e in self.fallbacks],
-            "pd": None if self.pd is None else {"decision": self.pd, "prefill": ref(self.prefill)},
-            "profiles": [p.to_json() for p in self.profiles],
+            "destination": _ref_json(frozen.destination),
+            "fallbacks": [_ref_json(ref) for ref in frozen.fallbacks],
+            "pd": None if self.pd is None else {"decision": self.pd, "prefill": _ref_json(frozen.prefill)},
+            "profiles": [p.to_json() for p in frozen.profiles],
             "schedule_seconds": self.schedule_seconds,
             "response": (
                 None
@@ -262,6 +310,14 @@ class DecisionRecord:
                 for p in full["profiles"]
             ],
         }
+
+
+class FrozenDecision(NamedTuple):
+    candidates: tuple[str, ...]
+    profiles: tuple[FrozenProfile, ...]
+    destination: tuple[str, str] | None
+    fallbacks: tuple[tuple[str, str], ...]
+    prefill: tuple[str, str] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +358,7 @@ class DecisionRecorder:
     def commit(self, record: DecisionRecord) -> None:
         if self.options.capacity <= 0:
             return
+        record.freeze()
         record.seq = self.last_seq = next(self._seq)
         self._records.append(record)
         for listener in self._listeners:

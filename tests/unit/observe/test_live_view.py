@@ -67,9 +67,9 @@ async def test_endpoints_show_live_state_and_prefix_share(served: Served) -> Non
     assert rows["pod-1"]["waiting"] == 1 and rows["pod-1"]["kv_cache"] == 0.25
     assert rows["pod-1"]["lora_active"] == ["lora-a"]
     assert rows["pod-2"]["health"] == "unreachable" and not rows["pod-2"]["ready"]
-    chosen = served.director.recorder.by_request_id("r1")[0].destination  # type: ignore[union-attr]
+    chosen = served.director.recorder.by_request_id("r1")[0].destination_name  # type: ignore[union-attr]
     assert chosen is not None
-    assert rows[chosen.name]["prefix_share"] == 1.0 and rows[chosen.name]["prefix_blocks"] > 0
+    assert rows[chosen]["prefix_share"] == 1.0 and rows[chosen]["prefix_blocks"] > 0
     assert data["records"]["kept"] == 1
 
 
