@@ -10,7 +10,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
@@ -25,7 +27,8 @@ DEFAULT_SERVICE_NAME = "gateway-api-inference-extension/epp"
 DEFAULT_EXPORTER = "console"
 DEFAULT_SAMPLER_RATIO = 0.1
 
-_PROPAGATOR = TraceContextTextMapPropagator()
+# W3C trace context and baggage, the headers GIE's EPP reads and sets.
+_PROPAGATOR = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
 
 
 def exporter_from_environment(env: Mapping[str, str]) -> SpanExporter | None:
@@ -138,7 +141,8 @@ class RequestTrace:
         self.span.set_attributes(attributes)
 
     def propagation_headers(self) -> dict[str, str]:
-        """`traceparent` (and `tracestate`) naming this exchange's span, for the forwarded request."""
+        """`traceparent` naming this exchange's span (and `tracestate`, `baggage` as received), for
+        the forwarded request."""
         carrier: dict[str, str] = {}
         _PROPAGATOR.inject(carrier, context=self._root_context)
         return carrier

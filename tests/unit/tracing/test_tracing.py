@@ -82,7 +82,10 @@ def exchange(
 
 
 def test_spans_continue_the_clients_trace_and_reach_the_model_server(spans: InMemorySpanExporter) -> None:
-    forwarded = exchange(pd_director(), {"traceparent": CLIENT_PARENT, "x-request-id": "t1"})
+    forwarded = exchange(
+        pd_director(),
+        {"traceparent": CLIENT_PARENT, "tracestate": "vendor=1", "baggage": "tenant=a", "x-request-id": "t1"},
+    )
     finished = {s.name: s for s in spans.get_finished_spans()}
     assert set(finished) == {
         "epp.request",
@@ -104,6 +107,7 @@ def test_spans_continue_the_clients_trace_and_reach_the_model_server(spans: InMe
     assert all(p.parent and p.parent.span_id == finished["epp.schedule"].context.span_id for p in profiles)
     # The model server continues the EPP's span, in the same trace.
     assert forwarded["traceparent"] == f"00-{TRACE_ID}-{root.context.span_id:016x}-01"
+    assert forwarded["tracestate"] == "vendor=1" and forwarded["baggage"] == "tenant=a"
     assert "x-prefiller-host-port" in forwarded
 
 
