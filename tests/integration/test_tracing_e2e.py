@@ -88,13 +88,11 @@ async def receiver(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Receiver]:
 async def test_spans_reach_the_otlp_receiver_and_traceparent_reaches_the_model_server(
     make_stack: StackFactory, receiver: Receiver
 ) -> None:
-    async with make_stack("tracing", sims=1) as stack:
-        stack.config.epp_args.append("--tracing")
-        await stack.stop_epp()
+    epp_args = ["--served-header=x-epp-destination", "--refresh-metrics-interval=50ms", "--tracing"]
+    async with make_stack("tracing", sims=0, epp_args=epp_args) as stack:
+        # The only endpoint: the probe standing in for a model server (the file is re-read).
         probe = SimEndpoint("probe", "127.0.0.1", receiver.port)
         stack.write_endpoints_file([probe])
-        await stack.start_epp()
-        # Envoy keeps its ext_proc cluster on the same port, so the restarted EPP serves it.
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
 
             async def probe_ready() -> bool | None:
