@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import random
+import tracemalloc
 from pathlib import Path
 from types import MappingProxyType
 
@@ -14,7 +15,7 @@ import pytest
 from epp.config.build import build_director
 from epp.config.loader import load_config
 from epp.datastore import Datastore, EndpointSpec
-from epp.explain import DecisionRecorder, RecordOptions
+from epp.explain import DecisionRecorder, RecordOptions, records
 from epp.framework import PluginContext
 from epp.requestcontrol import Director
 from epp.requests import RequestError
@@ -188,3 +189,19 @@ def test_pd_decisions_are_recorded() -> None:
     data = d.recorder.by_request_id("pd2")[0].to_json()
     assert data["pd"] == {"decision": "decode-only", "prefill": None}
     assert [p["name"] for p in data["profiles"]] == ["decode"]
+
+
+def test_an_unsampled_request_allocates_nothing_for_records() -> None:
+    """Sampling off for a request: no record, no profile record, nothing per candidate."""
+    d = director(RecordOptions(sample_rate=0.0))
+    d.handle_body(body(), {":path": "/v1/completions"}, None).finish()  # warm caches
+    tracemalloc.start()
+    try:
+        for _ in range(50):
+            d.handle_body(body(), {":path": "/v1/completions"}, None).finish()
+        snapshot = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    records_file = tracemalloc.Filter(True, records.__file__)
+    assert snapshot.filter_traces([records_file]).statistics("filename") == []
+    assert d.recorder is not None and len(d.recorder) == 0
