@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck unit e2e kind-e2e bench bench-quick clean
+.PHONY: install chromium run test lint typecheck unit e2e kind-e2e bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +12,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) chromium
+
+## Debian's chromium, which the live view's browser test drives through Playwright (Playwright's
+## own browser download is not used). Installed with apt-get when missing, as root (CI); otherwise
+## the test says what to install.
+chromium:
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+		else \
+			echo "note: /usr/bin/chromium is missing; the browser test needs: sudo apt-get install -y chromium"; \
+		fi; \
+	fi
 
 ## Envoy + EPP + 4 simulated vLLM servers on 127.0.0.1; prints how to send a request. Ctrl-C stops it.
 run: install

@@ -40,3 +40,8 @@ MODEL_REWRITE_HEADER = "x-gateway-model-name-rewrite"
 SIM_POD_HEADER = "x-inference-pod"
 SIM_PORT_HEADER = "x-inference-port"
 SIM_HOST_HEADER = "x-inference-host"
+
+# A client asking for the explanation of its routing decision (honoured only with
+# `--decision-explain-header`), and the response header that carries it (JSON).
+EXPLAIN_HEADER = "x-epp-explain"
+EXPLANATION_HEADER = "x-epp-explanation"

@@ -15,7 +15,7 @@ import grpc
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.config import ConfigException as KubeConfigError
 
-from epp import gieflags, tls
+from epp import gieflags, tls, tracing
 from epp.config.build import build_director
 from epp.config.loader import load_config, load_config_file
 from epp.config.model import PickerConfig
@@ -28,6 +28,7 @@ from epp.discovery import kubernetes as k8s_discovery
 from epp.discovery.k8s import leader as election
 from epp.discovery.k8s.client import api_client
 from epp.discovery.static import DiscoveryError, FileDiscovery, parse_endpoint_flag
+from epp.explain import DecisionRecorder
 from epp.extproc.server import Health, bind, ext_proc_server, health_server
 from epp.extproc.stream import StreamOptions
 from epp.framework import PluginContext
@@ -35,6 +36,8 @@ from epp.metrics import auth as metrics_auth
 from epp.metrics.aliases import NAME_SETS
 from epp.metrics.exporter import EppMetrics
 from epp.metrics.http import MetricsServer
+from epp.observe import LiveView, prefix_indexes
+from epp.observe import flags as observe_flags
 from epp.params.duration import parse_duration
 from epp.readyfile import write_ready_file
 from epp.requestcontrol.model_rewrite import ModelRewrite
@@ -75,6 +78,7 @@ class ServeOptions:
     # GIE's model-server metrics flags: over the config's data layer, and the port scraped.
     scrape_overrides: ScrapeOverrides = field(default_factory=ScrapeOverrides)
     model_server_metrics_port: int | None = None
+    observe: observe_flags.ObserveOptions = field(default_factory=observe_flags.ObserveOptions)
 
 
 class EndpointPicker:
@@ -96,7 +100,19 @@ class EndpointPicker:
             options.config, self.datastore, PluginContext(self.metrics), options.objectives
         )
         self.director.model_rewrites.replace(options.model_rewrites)
-        self.metrics_server = MetricsServer(self.metrics.registry, options.host, options.metrics_port)
+        self.recorder = DecisionRecorder(options.observe.records)
+        if self.recorder.enabled:
+            self.director.recorder = self.recorder
+        self.live_view = LiveView(
+            self.datastore, self.recorder, options.pool_name, prefix_indexes(components.plugins)
+        )
+        self.metrics_server = MetricsServer(
+            self.metrics.registry,
+            options.host,
+            options.metrics_port,
+            self.live_view.routes(),
+            self.live_view.on_shutdown,
+        )
         self.scraper: MetricsScraper | None = None
         if components.scrape is not None:
             self.scraper = MetricsScraper(
@@ -127,6 +143,7 @@ class EndpointPicker:
             self.metrics_server.auth = metrics_auth.MetricsAuth(await self._metrics_auth_client())
         credentials = self.certificate.credentials()
         await self.certificate.start()
+        tracing.configure(self.options.observe.tracing)
         if self.scraper is not None:
             await self.scraper.start()
         if self.options.pool is not None:
@@ -205,6 +222,8 @@ class EndpointPicker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pool_gauges_task
         await self.certificate.stop()
+        if tracing.active is not None:
+            await asyncio.to_thread(tracing.shutdown)
         if self._file_discovery is not None:
             await self._file_discovery.stop()
         if self._pool_discovery is not None:
@@ -279,6 +298,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tls.add_arguments(parser)
     gieflags.add_arguments(parser)
     gieflags.add_metrics_arguments(parser)
+    observe_flags.add_arguments(parser)
     scheduling = parser.add_argument_group("scheduling")
     config = scheduling.add_mutually_exclusive_group()
     config.add_argument(
@@ -411,6 +431,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         metrics_aliases=tuple(dict.fromkeys(args.metrics_aliases)),
         scrape_overrides=gieflags.scrape_overrides(args),
         model_server_metrics_port=args.model_server_metrics_port or None,
+        observe=observe_flags.options_from_args(args),
         stream=StreamOptions(
             max_body_bytes=args.max_body_bytes,
             error_prefix="inference gateway" if args.legacy_error_prefix else "inference error",

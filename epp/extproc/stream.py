@@ -7,7 +7,9 @@ import logging
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from epp import tracing
 from epp.extproc import messages
 from epp.extproc.pb import BodyMode, HeaderMode, ext_proc, processing_mode
 from epp.headers import (
@@ -17,6 +19,9 @@ from epp.headers import (
 )
 from epp.requestcontrol import Director, RoutedRequest
 from epp.requests import ErrorCode, RequestError
+
+if TYPE_CHECKING:
+    from epp.tracing.spans import RequestTrace
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,7 @@ class ExtProcStream:
         self._trailers_seen = False
         # The request's headers or body ended, or its trailers came: nothing of it may follow.
         self._request_ended = False
+        self._trace: RequestTrace | None = None  # tracing on: this exchange's spans
         self.done = False
 
     # --- entry point -------------------------------------------------------------------------
@@ -91,6 +97,8 @@ class ExtProcStream:
         """The stream ended, however it ended: release the request's load exactly once."""
         if self._routed is not None:
             self._routed.finish()
+        if self._trace is not None:
+            self._trace.end()
 
     # --- request path --------------------------------------------------------------------------
 
@@ -110,6 +118,8 @@ class ExtProcStream:
         if not self._headers.get(REQUEST_ID_HEADER):
             self._generated_request_id = str(uuid.uuid4())
             self._headers[REQUEST_ID_HEADER] = self._generated_request_id
+        if tracing.active is not None:
+            self._trace = tracing.active.start_request(self._headers)
         if headers.end_of_stream:
             self._routed = self._director.handle_bodyless(self._headers, self._subset)
             yield ext_proc.ProcessingResponse(
@@ -156,7 +166,7 @@ class ExtProcStream:
 
     def _route(self, end_of_stream: bool) -> Iterator[ext_proc.ProcessingResponse]:
         raw = bytes(self._body)
-        self._routed = self._director.handle_body(raw, self._headers, self._subset)
+        self._routed = self._director.handle_body(raw, self._headers, self._subset, self._trace)
         body = self._routed.body if self._routed.body is not None else raw
         common = self._routing_common(new_body_size=len(body) if self._routed.body is not None else None)
         metadata = messages.destination_metadata(self._routed.destination)
@@ -191,6 +201,8 @@ class ExtProcStream:
             status_text = response_headers.get(":status", "")
             status = int(status_text) if status_text.isdigit() else 0
             self._routed.response_started(status, event_stream)
+            if self._trace is not None:
+                self._trace.response_started(status)
         reply = ext_proc.HeadersResponse()
         if self._routed is not None:
             added = dict(self._routed.result.response_headers)
@@ -243,4 +255,6 @@ class ExtProcStream:
 
     def _reject(self, error: RequestError) -> ext_proc.ProcessingResponse:
         self.done = True
+        if self._trace is not None:
+            self._trace.failed(f"{error.status} {error.message}")
         return messages.immediate_error(error, self._options.error_prefix)

@@ -3,28 +3,49 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import orjson
 
 from epp.datastore import Datastore, Endpoint
 from epp.datastore.endpoint import split_host_port
+from epp.explain import DecisionRecord, DecisionRecorder
+from epp.explain.records import PROMPT_LIMIT
 from epp.flowcontrol import Admission, AdmitAll
-from epp.headers import FAIRNESS_HEADER, MODEL_REWRITE_HEADER, OBJECTIVE_HEADER, REQUEST_ID_HEADER
+from epp.headers import (
+    EXPLAIN_HEADER,
+    EXPLANATION_HEADER,
+    FAIRNESS_HEADER,
+    MODEL_REWRITE_HEADER,
+    OBJECTIVE_HEADER,
+    REQUEST_ID_HEADER,
+)
 from epp.metrics.exporter import EppMetrics
 from epp.requestcontrol.hooks import RequestControlHooks
 from epp.requestcontrol.model_rewrite import ModelRewrites
 from epp.requests import ApiKind, ErrorCode, InferenceRequest, RequestError, Usage
 from epp.requests.parser import api_kind, parse_request
 from epp.requests.usage import UsageReader
-from epp.scheduling.types import ProfileResult, Scheduler, SchedulingError, SchedulingResult
+from epp.scheduling.types import (
+    PREFILL_PROFILE,
+    ProfileResult,
+    Scheduler,
+    SchedulingError,
+    SchedulingResult,
+)
+
+if TYPE_CHECKING:
+    from epp.tracing.spans import RequestTrace
 
 log = logging.getLogger(__name__)
 
 SUSPEND_SECONDS = 10
+_NO_SPAN = contextlib.nullcontext()  # stands for a span when tracing is off (reusable)
 
 
 class RoutedRequest:
@@ -39,6 +60,7 @@ class RoutedRequest:
         "_usage",
         "body",
         "loaded",
+        "record",
         "request",
         "response_bytes",
         "response_status",
@@ -54,6 +76,7 @@ class RoutedRequest:
         self.response_status: int | None = None
         self.response_bytes = 0
         self.body: bytes | None = None
+        self.record: DecisionRecord | None = None
         self._usage: UsageReader | None = None
         self._finished = False
         self._model_swap = _model_swap(request.target_model, request.model)
@@ -155,17 +178,27 @@ class Director:
         self.metrics = metrics or EppMetrics()
         self.hooks = hooks or RequestControlHooks((), self.metrics)
         self._rng = rng or random.Random()
+        # Decision records (set by `epp serve`); None: none kept.
+        self.recorder: DecisionRecorder | None = None
+        self._pd_pool = PREFILL_PROFILE in getattr(scheduler, "profiles", ())
 
     # --- entry points from the protocol layer --------------------------------------------------
 
-    def handle_body(self, raw: bytes, headers: dict[str, str], subset: Sequence[str] | None) -> RoutedRequest:
+    def handle_body(
+        self,
+        raw: bytes,
+        headers: dict[str, str],
+        subset: Sequence[str] | None,
+        trace: RequestTrace | None = None,
+    ) -> RoutedRequest:
         """Parse a complete request body and route it. Raises RequestError for every refusal,
         after counting it."""
         request: InferenceRequest | None = None
         try:
-            request = parse_request(
-                raw, headers.get(":path", ""), headers, headers.get(REQUEST_ID_HEADER, "")
-            )
+            with _NO_SPAN if trace is None else trace.step("epp.parse"):
+                request = parse_request(
+                    raw, headers.get(":path", ""), headers, headers.get(REQUEST_ID_HEADER, "")
+                )
             request.objective = headers.get(OBJECTIVE_HEADER, "")
             request.priority = self.objectives.get(request.objective, 0)
             request.fairness_id = headers.get(FAIRNESS_HEADER) or request.fairness_id
@@ -176,7 +209,7 @@ class Director:
                 request.body["model"] = rewrite
                 # Written before scheduling: whatever fails here must fail with no load taken.
                 body = orjson.dumps(request.body)
-            routed = self.route(request, subset)
+            routed = self.route(request, subset, trace)
         except RequestError as error:
             self.record_error(error, request)
             raise
@@ -244,13 +277,49 @@ class Director:
             )
         return serving
 
-    def route(self, request: InferenceRequest, subset: Sequence[str] | None = None) -> RoutedRequest:
-        """Pick endpoints for a parsed request. Raises RequestError for every refusal."""
+    def route(
+        self,
+        request: InferenceRequest,
+        subset: Sequence[str] | None = None,
+        trace: RequestTrace | None = None,
+    ) -> RoutedRequest:
+        """Pick endpoints for a parsed request. Raises RequestError for every refusal. A sampled
+        request's decision record is kept whatever the outcome."""
+        record = self._start_record(request) if self.recorder is not None else None
+        if record is None:
+            return self._route(request, subset, None, trace)
+        try:
+            routed = self._route(request, subset, record, trace)
+        except RequestError as error:
+            record.refused(error.code.label, error.status, error.message)
+            if record.admission == "pending":
+                record.admission = "rejected"
+            raise
+        finally:
+            assert self.recorder is not None
+            self.recorder.commit(record)
+        routed.record = record
+        return routed
+
+    def _route(
+        self,
+        request: InferenceRequest,
+        subset: Sequence[str] | None,
+        record: DecisionRecord | None,
+        trace: RequestTrace | None,
+    ) -> RoutedRequest:
         candidates = self.candidates(request, subset)
-        self.admission.admit(request, candidates)
+        if record is not None:
+            record.candidates = candidates
+            record.admission = "pending"
+        with _NO_SPAN if trace is None else trace.step("epp.admission"):
+            self.admission.admit(request, candidates)
+        if record is not None:
+            record.admission = "admitted"
         started = time.perf_counter()
         try:
-            result = self.scheduler.schedule(request, candidates)
+            with _NO_SPAN if trace is None else trace.step("epp.schedule", candidates=len(candidates)):
+                result = self.scheduler.schedule(request, candidates, record, trace)
             if not result.targets:
                 raise SchedulingError("no endpoint picked")
         except SchedulingError as exc:
@@ -259,8 +328,14 @@ class Director:
                 ErrorCode.RESOURCE_EXHAUSTED, f"failed to find target endpoint: {exc}"
             ) from None
         finally:
-            self.metrics.scheduler_e2e.observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.metrics.scheduler_e2e.observe(elapsed)
         primary = result.targets[0]
+        if record is not None:
+            self._record_result(record, result, elapsed)
+        if trace is not None:
+            trace.set(**{"epp.destination": primary.hostport, "gen_ai.request.model": request.model})
+            result.headers.update(trace.propagation_headers())
         self.metrics.series(request.model, request.target_model).scheduled(
             request.priority, request.body_size, primary.name, primary.spec.namespace, primary.port
         )
@@ -272,10 +347,44 @@ class Director:
             raise
         return routed
 
+    # --- decision records ----------------------------------------------------------------------
+
+    def _start_record(self, request: InferenceRequest) -> DecisionRecord | None:
+        recorder = self.recorder
+        assert recorder is not None
+        options = recorder.options
+        explain = options.explain_header and request.headers.get(EXPLAIN_HEADER, "").lower() in ("1", "true")
+        record = recorder.start(
+            request.request_id, request.model, request.target_model, request.api.value, explain
+        )
+        if record is not None:
+            record.explain = explain
+            record.objective = request.objective
+            record.priority = request.priority
+            if options.record_prompts:
+                record.prompt = request.prompt[:PROMPT_LIMIT].decode(errors="replace")
+        return record
+
+    def _record_result(self, record: DecisionRecord, result: SchedulingResult, seconds: float) -> None:
+        record.schedule_seconds = seconds
+        record.destination = result.targets[0]
+        record.fallbacks = result.targets[1:]
+        prefill = result.profile_results.get(PREFILL_PROFILE)
+        if prefill is not None and prefill.targets:
+            record.pd, record.prefill = "prefill-decode", prefill.targets[0]
+        elif self._pd_pool:
+            record.pd = "decode-only"
+        if record.explain:
+            # ASCII JSON: a header value must survive any gateway.
+            result.response_headers[EXPLANATION_HEADER] = json.dumps(record.summary(), separators=(",", ":"))
+
     # --- feedback ------------------------------------------------------------------------------
 
     def finished(self, routed: RoutedRequest, usage: Usage | None) -> None:
         request = routed.request
+        if routed.record is not None:
+            routed.record.response_status = routed.response_status
+            routed.record.response_seconds = time.monotonic() - routed.started
         if request.model:
             series = self.metrics.series(request.model, request.target_model)
             series.finished(time.monotonic() - routed.started, routed.response_bytes, usage)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from epp.datastore import Endpoint
+from epp.explain import DecisionRecord
 from epp.requests import InferenceRequest
+
+if TYPE_CHECKING:
+    from epp.tracing.spans import RequestTrace
 
 # GIE and llm-d treat the pick of a profile literally named "prefill" as computing the prompt's KV.
 PREFILL_PROFILE = "prefill"
@@ -62,4 +66,10 @@ class Scheduler(Protocol):
     """Picks endpoints for a parsed request. Implementations see only parsed requests and
     endpoint state; learning from traffic is the request-control hooks' part."""
 
-    def schedule(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> SchedulingResult: ...
+    def schedule(
+        self,
+        request: InferenceRequest,
+        candidates: Sequence[Endpoint],
+        record: DecisionRecord | None = None,
+        trace: RequestTrace | None = None,
+    ) -> SchedulingResult: ...

@@ -83,6 +83,7 @@ def instructions(stack: Stack, model: str) -> str:
     return f"""
 Gateway (Envoy)        {url}
 Endpoint picker        ext_proc on 127.0.0.1:{stack.epp_ports["grpc_port"]}
+Live view              {stack.view_url}/ui/   (why each request went where it did; JSON: /api/decisions)
 Simulated vLLM servers
 {sims}
 Logs and config        {stack.run_dir}/

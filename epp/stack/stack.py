@@ -97,6 +97,11 @@ class Stack:
         return f"http://127.0.0.1:{self.baseline_port}"
 
     @property
+    def view_url(self) -> str:
+        """The EPP's metrics port: /metrics, the decision API and the live view (/ui/)."""
+        return f"http://127.0.0.1:{self.epp_ports['metrics_port']}"
+
+    @property
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
 

@@ -46,12 +46,16 @@ async def test_epp_run_serves_survives_a_dead_simulator_and_stops_on_ctrl_c(tmp_
     assert process.stdout is not None
     seen: list[str] = []
     try:
+        view = (await read_until(process.stdout, r"Live view\s+(http://127\.0\.0\.1:\d+)/ui/", seen))[1]
         victim = (await read_until(process.stdout, r"(sim-\d+)\s+http://127\.0\.0\.1:\d+", seen))[1]
         gateway = (
             await read_until(process.stdout, r"curl -si (http://127\.0\.0\.1:\d+)/v1/completions", seen)
         )[1]
         async with httpx.AsyncClient(base_url=gateway, timeout=30) as client:
-            assert (await client.post("/v1/completions", json=BODY)).status_code == 200
+            first = await client.post("/v1/completions", json=BODY)
+            assert first.status_code == 200
+            decisions = (await client.get(f"{view}/api/decisions")).json()["decisions"]
+            assert decisions[0]["destination"]["endpoint"] == first.headers["x-inference-pod"]
             os.kill(child_pid(process.pid, f"--name={victim}"), signal.SIGKILL)
             await read_until(process.stdout, rf"{victim} exited with -9; the others keep serving", seen)
             statuses = [(await client.post("/v1/completions", json=BODY)) for _ in range(10)]
