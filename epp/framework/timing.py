@@ -19,6 +19,7 @@ SCORER = "Scorer"
 PICKER = "Picker"
 PROCESS_RESULTS = "ProcessProfilesResults"
 PRE_REQUEST = "PreRequest"
+ADMIT_REQUEST = "AdmitRequest"
 RESPONSE_RECEIVED = "ResponseReceived"
 RESPONSE_COMPLETE = "ResponseComplete"
 

@@ -22,7 +22,16 @@ from typing import Any
 from pydantic import field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from epp.framework import Plugin, PluginContext, PluginParams, PluginReference, PluginUser, register
+from epp.framework import (
+    ImpliedPlugin,
+    ParameterUpgrade,
+    Plugin,
+    PluginContext,
+    PluginParams,
+    PluginReference,
+    PluginUser,
+    register,
+)
 from epp.headers import PREFILLER_HEADER
 from epp.params.strict import StrictModel
 from epp.requests import ApiKind, InferenceRequest
@@ -88,6 +97,47 @@ class DisaggParams(PluginParams):
     primary_port: int | None = None  # data-parallel routing, gone from llm-d: ignored
     prefix_plugin_type: str | None = None  # v0.1-v0.5 threshold logic, now in the decider: ignored
     prefix_plugin_name: str | None = None
+
+    @classmethod
+    def upgrade(cls, raw: Mapping[str, Any]) -> ParameterUpgrade:
+        """llm-d v0.1-v0.5 `pd-profile-handler` decided P/D itself: `threshold` (characters of
+        the prompt not cached on the decode pod; 0 = always prefill remotely) and `hashBlockSize`.
+        That decision is a decider plugin now, so `threshold` becomes one; `deciderPluginName` is
+        the older spelling of `prefillDeciderPluginName`."""
+        upgrade = super().upgrade(raw)
+        params = upgrade.parameters
+        if "deciderPluginName" in params:
+            upgrade.warnings.append("deciderPluginName is deprecated: read as prefillDeciderPluginName")
+        if "hashBlockSize" in params:
+            params.pop("hashBlockSize")
+            upgrade.warnings.append(
+                "hashBlockSize (llm-d <= v0.5) is ignored: the prefix block size is a parameter of the "
+                "prefix plugin (approx-prefix-cache-producer / prefix-cache-scorer)"
+            )
+        if "threshold" not in params:
+            return upgrade
+        threshold = params.pop("threshold")
+        if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 0:
+            upgrade.problems.append(f"threshold: expected a non-negative integer, got {threshold!r}")
+            return upgrade
+        named = [k for k in ("deciderPluginName", "prefillDeciderPluginName", "deciders") if k in params]
+        if named:
+            upgrade.warnings.append(f"threshold (llm-d <= v0.5) is ignored because {named[0]} is set")
+            return upgrade
+        if threshold == 0:
+            decider = ImpliedPlugin("always-disagg-pd-decider")
+            meaning = "always prefill remotely"
+        else:
+            tokens = max(1, threshold // 4)
+            decider = ImpliedPlugin("prefix-based-pd-decider", {"nonCachedTokens": tokens})
+            meaning = f"prefill remotely when >= {tokens} prompt tokens (threshold / 4) are not cached"
+        upgrade.implied.append(decider)
+        params["deciderPluginName"] = decider.type_name
+        upgrade.warnings.append(
+            f"threshold {threshold} (llm-d <= v0.5) is deprecated: read as a {decider.type_name} "
+            f"decider ({meaning})"
+        )
+        return upgrade
 
     @field_validator("stage_order")
     @classmethod

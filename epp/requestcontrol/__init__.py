@@ -3,6 +3,8 @@ and per-request bookkeeping."""
 
 from epp.requestcontrol.director import Director, RoutedRequest
 from epp.requestcontrol.hooks import (
+    Admitter,
+    Parsers,
     PreRequest,
     RequestControlHooks,
     RequestParser,
@@ -11,7 +13,9 @@ from epp.requestcontrol.hooks import (
 )
 
 __all__ = [
+    "Admitter",
     "Director",
+    "Parsers",
     "PreRequest",
     "RequestControlHooks",
     "RequestParser",

@@ -15,7 +15,7 @@ from epp.datastore.endpoint import split_host_port
 from epp.flowcontrol import Admission, AdmitAll
 from epp.headers import FAIRNESS_HEADER, MODEL_REWRITE_HEADER, OBJECTIVE_HEADER, REQUEST_ID_HEADER
 from epp.metrics.exporter import EppMetrics
-from epp.requestcontrol.hooks import RequestControlHooks
+from epp.requestcontrol.hooks import Parsers, RequestControlHooks
 from epp.requests import ApiKind, ErrorCode, InferenceRequest, RequestError, Usage
 from epp.requests.parser import api_kind, parse_request
 from epp.requests.usage import UsageReader
@@ -64,7 +64,7 @@ class RoutedRequest:
 
     @property
     def destination(self) -> str:
-        return ",".join(e.hostport for e in self.result.targets)
+        return self.result.destination
 
     @property
     def headers(self) -> dict[str, str]:
@@ -145,8 +145,10 @@ class Director:
         objectives: Mapping[str, int] | None = None,
         metrics: EppMetrics | None = None,
         rng: random.Random | None = None,
+        parsers: Parsers | None = None,
     ) -> None:
         self.datastore = datastore
+        self.parsers = parsers
         self.scheduler = scheduler
         self.admission = admission or AdmitAll()
         self.objectives: Mapping[str, int] = objectives or {}
@@ -161,14 +163,16 @@ class Director:
         after counting it."""
         request: InferenceRequest | None = None
         try:
-            request = parse_request(
-                raw, headers.get(":path", ""), headers, headers.get(REQUEST_ID_HEADER, "")
-            )
+            path, request_id = headers.get(":path", ""), headers.get(REQUEST_ID_HEADER, "")
+            if self.parsers is None:
+                request = parse_request(raw, path, headers, request_id)
+            else:
+                request = self.parsers.resolve(path).parse(raw, path, headers, request_id)
             request.objective = headers.get(OBJECTIVE_HEADER, "")
             request.priority = self.objectives.get(request.objective, 0)
             request.fairness_id = headers.get(FAIRNESS_HEADER) or request.fairness_id
             rewrite = headers.get(MODEL_REWRITE_HEADER)
-            if rewrite and rewrite != request.model:
+            if rewrite and request.model and rewrite != request.model:
                 request.target_model = rewrite
                 request.body["model"] = rewrite
             routed = self.route(request, subset)
@@ -222,6 +226,8 @@ class Director:
             raise RequestError(
                 ErrorCode.SERVICE_UNAVAILABLE, "failed to find endpoint candidates for serving the request"
             )
+        if not request.target_model:  # a body the parser did not read (passthrough-parser)
+            return endpoints
         serving = [e for e in endpoints if e.serves(request.target_model)]
         if not serving:
             raise RequestError(
@@ -234,6 +240,7 @@ class Director:
         """Pick endpoints for a parsed request. Raises RequestError for every refusal."""
         candidates = self.candidates(request, subset)
         self.admission.admit(request, candidates)
+        self.hooks.admit(request, candidates)
         started = time.perf_counter()
         try:
             result = self.scheduler.schedule(request, candidates)

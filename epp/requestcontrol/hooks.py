@@ -9,11 +9,19 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Sequence
 from time import perf_counter
+from typing import ClassVar
 
+from epp.datastore import Endpoint
 from epp.framework import Extension, Plugin, timing
 from epp.metrics.exporter import EppMetrics
 from epp.requests import InferenceRequest, Usage
 from epp.scheduling.types import SchedulingResult
+
+
+class Admitter(Extension):
+    @abstractmethod
+    def admit(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
+        """Before scheduling: raise RequestError to refuse the request (GIE's AdmitRequest)."""
 
 
 class PreRequest(Extension):
@@ -37,13 +45,49 @@ class ResponseComplete(Extension):
 
 
 class RequestParser(Extension):
-    """Marks the plugins a config's `parser` section may name."""
+    """Turns a request body into an InferenceRequest (GIE's and llm-d's parser plugins). `paths`
+    are the path suffixes it claims when several parsers are configured (llm-d router's
+    `requestHandler.parsers`); a parser claiming none is the fallback."""
+
+    paths: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def parse(self, raw: bytes, path: str, headers: dict[str, str], request_id: str) -> InferenceRequest:
+        """Parse the body; raise RequestError (400) for input this parser refuses."""
+
+
+class Parsers:
+    """The configured parsers, resolved per request path as llm-d router's ParserRegistry: the
+    parser claiming the longest matching path suffix, else the fallback (a parser claiming no
+    path). With no match and no fallback the first parser parses everything, as GIE's single
+    `parser` does."""
+
+    def __init__(self, parsers: Sequence[RequestParser]) -> None:
+        if not parsers:
+            raise ValueError("at least one parser is needed")
+        self.parsers = tuple(parsers)
+        fallback = [p for p in parsers if not p.paths]
+        self._fallback = fallback[0] if fallback else parsers[0]
+
+    def resolve(self, path: str) -> RequestParser:
+        clean = path.split("?", 1)[0].strip().rstrip("/")
+        best: RequestParser | None = None
+        longest = 0
+        for parser in self.parsers:
+            for suffix in parser.paths:
+                suffix = suffix.strip().strip("/")
+                if clean.endswith(suffix) and len(suffix) > longest:
+                    best, longest = parser, len(suffix)
+        return best or self._fallback
 
 
 class RequestControlHooks:
     """The configured hook plugins, in config order."""
 
     def __init__(self, plugins: Sequence[Plugin], metrics: EppMetrics) -> None:
+        self._admit = [
+            (p, timing.observer(metrics, timing.ADMIT_REQUEST, p)) for p in plugins if isinstance(p, Admitter)
+        ]
         self._pre_request = [
             (p, timing.observer(metrics, timing.PRE_REQUEST, p)) for p in plugins if isinstance(p, PreRequest)
         ]
@@ -57,6 +101,14 @@ class RequestControlHooks:
             for p in plugins
             if isinstance(p, ResponseComplete)
         ]
+
+    def admit(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
+        for plugin, observe in self._admit:
+            started = perf_counter()
+            try:
+                plugin.admit(request, candidates)
+            finally:
+                observe(perf_counter() - started)
 
     def pre_request(self, request: InferenceRequest, result: SchedulingResult) -> None:
         for plugin, observe in self._pre_request:

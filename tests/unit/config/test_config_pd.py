@@ -134,8 +134,7 @@ def test_the_legacy_alias_and_ignored_legacy_keys_load(caplog: pytest.LogCapture
             "{stageOrder: prefill-first, deciders: {prefill: prefix-based-pd-decider}}",
             "a prefill decider needs stageOrder decode-first",
         ),
-        ("{threshold: 100}", "plugins[3].parameters.threshold: unknown field (allowed: stageOrder, profiles"),
-        ("{profiles: {dcode: x}}", "plugins[3].parameters.profiles.dcode: unknown field"),
+        ("{threshold: -1}", "plugins[3].parameters: threshold: expected a non-negative integer, got -1"),
     ],
 )
 def test_invalid_handler_parameters(params: str, message: str) -> None:
