@@ -159,7 +159,7 @@ class _Loader:
                 self.warnings.append(
                     f"plugins[{i}].type: {plugin.type!r} is a deprecated name of {cls.type_name!r}"
                 )
-            upgrade = cls.Params.upgrade(plugin.parameters or {})
+            upgrade = cls.Params.upgrade(plugin.parameters or {}, plugin.type)
             path = f"plugins[{i}].parameters"
             self.warnings.extend(f"{path}: {warning}" for warning in upgrade.warnings)
             self.problems.extend(f"{path}: {problem}" for problem in upgrade.problems)

@@ -49,9 +49,10 @@ class PluginParams(StrictModel):
     renamed: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
-    def upgrade(cls, raw: Mapping[str, Any]) -> ParameterUpgrade:
+    def upgrade(cls, raw: Mapping[str, Any], type_name: str = "") -> ParameterUpgrade:
         """Translate renamed parameters, each with a deprecation warning. Subclasses with older
-        shapes than a rename extend this."""
+        shapes than a rename extend this; `type_name` is the type as the config wrote it (an
+        older alias may imply older defaults)."""
         upgrade = ParameterUpgrade(dict(raw))
         for old, new in cls.renamed.items():
             if old not in upgrade.parameters:

@@ -99,14 +99,24 @@ class DisaggParams(PluginParams):
     prefix_plugin_name: str | None = None
 
     @classmethod
-    def upgrade(cls, raw: Mapping[str, Any]) -> ParameterUpgrade:
+    def upgrade(cls, raw: Mapping[str, Any], type_name: str = "") -> ParameterUpgrade:
         """llm-d v0.1-v0.5 `pd-profile-handler` decided P/D itself: `threshold` (characters of
-        the prompt not cached on the decode pod; 0 = always prefill remotely) and `hashBlockSize`.
-        That decision is a decider plugin now, so `threshold` becomes one; `deciderPluginName` is
-        the older spelling of `prefillDeciderPluginName`."""
-        upgrade = super().upgrade(raw)
+        the prompt not cached on the decode pod; default 0 = always prefill remotely) and
+        `hashBlockSize`. That decision is a decider plugin now, so `threshold` becomes one; a
+        `pd-profile-handler` naming no decider gets the one llm-d v0.5-v0.8 defaulted to (always
+        prefill remotely; the router now refuses such a config). `deciderPluginName` is the older
+        spelling of `prefillDeciderPluginName`."""
+        upgrade = super().upgrade(raw, type_name)
         params = upgrade.parameters
-        if "deciderPluginName" in params:
+        decider_keys = ("deciderPluginName", "prefillDeciderPluginName", "deciders", "stageOrder", "profiles")
+        if type_name == "pd-profile-handler" and not any(k in params for k in (*decider_keys, "threshold")):
+            upgrade.implied.append(ImpliedPlugin("always-disagg-pd-decider"))
+            params["deciderPluginName"] = "always-disagg-pd-decider"
+            upgrade.warnings.append(
+                "pd-profile-handler names no decider: read as an always-disagg-pd-decider (llm-d v0.5-v0.8 "
+                "always prefilled remotely then; name a decider to choose)"
+            )
+        if "deciderPluginName" in raw:
             upgrade.warnings.append("deciderPluginName is deprecated: read as prefillDeciderPluginName")
         if "hashBlockSize" in params:
             params.pop("hashBlockSize")
@@ -120,7 +130,7 @@ class DisaggParams(PluginParams):
         if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 0:
             upgrade.problems.append(f"threshold: expected a non-negative integer, got {threshold!r}")
             return upgrade
-        named = [k for k in ("deciderPluginName", "prefillDeciderPluginName", "deciders") if k in params]
+        named = [k for k in decider_keys[:3] if k in params]
         if named:
             upgrade.warnings.append(f"threshold (llm-d <= v0.5) is ignored because {named[0]} is set")
             return upgrade

@@ -24,8 +24,8 @@ class PrefixIndexParams(PluginParams):
     lru_capacity_per_server: int = Field(default=31250, gt=0)
 
     @classmethod
-    def upgrade(cls, raw: Mapping[str, Any]) -> ParameterUpgrade:
-        upgrade = super().upgrade(raw)
+    def upgrade(cls, raw: Mapping[str, Any], type_name: str = "") -> ParameterUpgrade:
+        upgrade = super().upgrade(raw, type_name)
         params = upgrade.parameters
         chars = params.get("blockSize")
         if isinstance(chars, int) and not isinstance(chars, bool) and "blockSizeTokens" not in params:

@@ -205,3 +205,13 @@ def test_test_only_feature_gate_and_types_say_so() -> None:
         ConfigError, match=r"plugin type 'test-picker' is not available in this EPP \(a test-only"
     ):
         load_config(HEADER + "plugins: [{type: test-picker}]\n")
+
+
+def test_pd_handler_without_a_decider_always_prefills_as_llm_d_v05_to_v08() -> None:
+    config = load_config(PD.replace("{params}", "{}"))
+    handler = build_components(config, PluginContext()).plugins["pd-profile-handler"]
+    assert isinstance(handler, DisaggProfileHandler) and isinstance(handler.decider, AlwaysDisaggPDDecider)
+    assert any("pd-profile-handler names no decider" in w for w in config.warnings)
+    nested = load_config(PD.replace("{params}", "{}").replace("pd-profile-handler", "disagg-profile-handler"))
+    handler = build_components(nested, PluginContext()).plugins["disagg-profile-handler"]
+    assert isinstance(handler, DisaggProfileHandler) and handler.decider is None  # the current name: no P/D
