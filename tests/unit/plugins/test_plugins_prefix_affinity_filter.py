@@ -11,8 +11,8 @@ from pydantic import ValidationError
 from epp.datalayer.inflight import INFLIGHT_LOAD, InFlightLoad
 from epp.datastore import Endpoint
 from epp.framework import PluginContext
-from epp.requests import InferenceRequest
 from epp.plugins.prefix_cache_affinity_filter import PrefixCacheAffinityFilter
+from epp.requests import InferenceRequest
 from epp.scheduling.prefix import PREFIX_MATCH, PrefixMatch
 from tests.unit.plugin_helpers import context, endpoint, plugin, request
 
