@@ -176,6 +176,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     config.add_argument("--config-text", metavar="YAML", help="the EndpointPickerConfig itself, inline")
     scheduling.add_argument(
+        "--strict-config",
+        action="store_true",
+        help="refuse a config the EPP would load with warnings (unknown plugin parameters, deprecated "
+        "names or shapes); default: load it as the Go EPPs do and log each warning",
+    )
+    scheduling.add_argument(
         "--objectives-file",
         type=Path,
         help="InferenceObjective YAML giving each objective's priority (requests pick one with the "
@@ -251,7 +257,11 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         pool=pool,
         kubeconfig=args.kubeconfig,
         tls_options=tls.options_from_args(args),
-        config=load_config_file(args.config_file) if args.config_file else load_config(args.config_text),
+        config=(
+            load_config_file(args.config_file, args.strict_config)
+            if args.config_file
+            else load_config(args.config_text, args.strict_config)
+        ),
         objectives=load_objectives_file(args.objectives_file) if args.objectives_file else {},
         stream=StreamOptions(
             max_body_bytes=args.max_body_bytes,

@@ -118,6 +118,12 @@ class DisaggParams(PluginParams):
             )
         if "deciderPluginName" in raw:
             upgrade.warnings.append("deciderPluginName is deprecated: read as prefillDeciderPluginName")
+        ignored = [to_camel(k) for k in IGNORED_LEGACY_KEYS if to_camel(k) in params]
+        if ignored:
+            upgrade.warnings.append(
+                f"{', '.join(ignored)} (llm-d <= v0.5: data-parallel port, prefix plugin of the old "
+                "threshold logic) ignored"
+            )
         if "hashBlockSize" in params:
             params.pop("hashBlockSize")
             upgrade.warnings.append(
@@ -144,8 +150,8 @@ class DisaggParams(PluginParams):
         upgrade.implied.append(decider)
         params["deciderPluginName"] = decider.type_name
         upgrade.warnings.append(
-            f"threshold {threshold} (llm-d <= v0.5) is deprecated: read as a {decider.type_name} "
-            f"decider ({meaning})"
+            f"threshold {threshold} (llm-d <= v0.5) is deprecated: read as decider {decider.type_name} "
+            f"({meaning})"
         )
         return upgrade
 
@@ -212,9 +218,6 @@ class DisaggProfileHandler(Plugin, ProfileHandler, PluginUser):
         self.decider: PrefillDecider | None = None  # None: decode-first never prefills remotely
         self._metrics = context.metrics
         self._counters = (context.metrics.pd_decisions, context.metrics.disagg_decisions)
-        ignored = [to_camel(k) for k in IGNORED_LEGACY_KEYS if k in params.model_fields_set]
-        if ignored:
-            log.warning("%s: legacy parameters %s are ignored", name, ", ".join(ignored))
 
     @classmethod
     def profile_problems(cls, params: Any, profiles: Sequence[str]) -> list[str]:

@@ -28,10 +28,17 @@ class PrefixIndexParams(PluginParams):
         upgrade = super().upgrade(raw, type_name)
         params = upgrade.parameters
         chars = params.get("blockSize")
-        if isinstance(chars, int) and not isinstance(chars, bool) and "blockSizeTokens" not in params:
+        if (
+            isinstance(chars, int)
+            and not isinstance(chars, bool)
+            and chars > 0
+            and "blockSizeTokens" not in params
+        ):
+            params["blockSizeTokens"] = max(1, chars // 4)
+            del params["blockSize"]
             upgrade.warnings.append(
                 f"blockSize (characters, GIE <= v1.3) is deprecated: read as blockSizeTokens "
-                f"{max(1, chars // 4)} (blockSize / 4 characters per token)"
+                f"{params['blockSizeTokens']} (blockSize / 4 characters per token)"
             )
         # llm-d v0.2-v0.5 prefix-cache-scorer: `mode: estimate` is this index; `cache_tracking`
         # was the precise (KV-event) prefix cache.

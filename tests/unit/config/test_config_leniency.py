@@ -118,7 +118,7 @@ def test_pd_handler_threshold_zero_is_an_always_disagg_decider() -> None:
     assert isinstance(handler, DisaggProfileHandler) and isinstance(handler.decider, AlwaysDisaggPDDecider)
     text = "\n".join(config.warnings)
     assert "'pd-profile-handler' is a deprecated name of 'disagg-profile-handler'" in text
-    assert "threshold 0 (llm-d <= v0.5) is deprecated: read as a always-disagg-pd-decider decider" in text
+    assert "threshold 0 (llm-d <= v0.5) is deprecated: read as decider always-disagg-pd-decider" in text
     assert "hashBlockSize (llm-d <= v0.5) is ignored" in text
 
 

@@ -109,12 +109,18 @@ def test_legacy_flat_and_nested_forms_name_the_same_decider(params: str) -> None
     assert isinstance(handler.decider, PrefixBasedPDDecider)
 
 
-def test_the_legacy_alias_and_ignored_legacy_keys_load(caplog: pytest.LogCaptureFixture) -> None:
-    handler = handler_config(
-        "{primaryPort: 8000, prefixPluginName: prefix-cache-scorer}", "pd-profile-handler"
-    )
+def test_the_legacy_alias_and_ignored_legacy_keys_load() -> None:
+    text = HANDLER_ONLY.replace("HANDLER", "pd-profile-handler")
+    config = load_config(text.replace("PARAMS", "{primaryPort: 8000, prefixPluginName: prefix-cache-scorer}"))
+    handler = build_components(config, PluginContext()).plugins["handler"]
     assert handler.type_name == "disagg-profile-handler"
-    assert "legacy parameters primaryPort, prefixPluginName are ignored" in caplog.text
+    assert any(
+        w.endswith(
+            "primaryPort, prefixPluginName (llm-d <= v0.5: data-parallel port, prefix plugin of "
+            "the old threshold logic) ignored"
+        )
+        for w in config.warnings
+    )
 
 
 @pytest.mark.parametrize(
