@@ -7,6 +7,7 @@ import logging
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from epp.extproc import messages
 from epp.extproc.pb import BodyMode, HeaderMode, ext_proc, processing_mode
@@ -72,7 +73,8 @@ class ExtProcStream:
             elif kind == "request_trailers":
                 yield from self._request_trailers()
             elif kind == "response_headers":
-                yield from self._response_headers(message.response_headers)
+                metadata = messages.read_metadata(message.metadata_context)
+                yield from self._response_headers(message.response_headers, metadata)
             elif kind == "response_body":
                 yield from self._response_body(message.response_body)
             elif kind == "response_trailers":
@@ -160,13 +162,15 @@ class ExtProcStream:
 
     # --- response path -------------------------------------------------------------------------
 
-    def _response_headers(self, headers: ext_proc.HttpHeaders) -> Iterator[ext_proc.ProcessingResponse]:
+    def _response_headers(
+        self, headers: ext_proc.HttpHeaders, metadata: dict[str, dict[str, Any]]
+    ) -> Iterator[ext_proc.ProcessingResponse]:
         response_headers = messages.read_headers(headers)
         event_stream = "text/event-stream" in response_headers.get("content-type", "")
         if self._routed is not None:
             status_text = response_headers.get(":status", "")
             status = int(status_text) if status_text.isdigit() else 0
-            self._routed.response_started(status, event_stream)
+            self._routed.response_started(status, event_stream, metadata)
         reply = ext_proc.HeadersResponse()
         if self._routed is not None:
             added = dict(self._routed.result.response_headers)

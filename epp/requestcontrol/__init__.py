@@ -9,6 +9,7 @@ from epp.requestcontrol.hooks import (
     RequestControlHooks,
     RequestParser,
     ResponseComplete,
+    ResponseHeaderProcessor,
     ResponseReceived,
 )
 
@@ -20,6 +21,7 @@ __all__ = [
     "RequestControlHooks",
     "RequestParser",
     "ResponseComplete",
+    "ResponseHeaderProcessor",
     "ResponseReceived",
     "RoutedRequest",
 ]

@@ -7,6 +7,7 @@ import logging
 import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import orjson
 
@@ -70,11 +71,16 @@ class RoutedRequest:
     def headers(self) -> dict[str, str]:
         return self.result.headers
 
-    def response_started(self, status: int, event_stream: bool) -> None:
+    def response_started(
+        self, status: int, event_stream: bool, metadata: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> None:
+        """Response headers arrived; `metadata` is what the data plane sent with them."""
         self.response_status = status
         self._usage = UsageReader(streaming=event_stream or self.request.stream)
         with _plugin_errors_logged("ResponseReceived"):
             self._director.hooks.response_received(self.request, self.result)
+        with _plugin_errors_logged("ResponseHeader"):
+            self._director.hooks.response_headers(self.request, self.result, metadata or {})
         if status == 503:
             self._director.note_upstream_unavailable(self.result.targets[:1])
 

@@ -7,9 +7,9 @@ into `inference_extension_plugin_duration_seconds`."""
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from time import perf_counter
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from epp.datastore import Endpoint
 from epp.framework import Extension, Plugin, timing
@@ -34,6 +34,19 @@ class ResponseReceived(Extension):
     @abstractmethod
     def response_received(self, request: InferenceRequest, result: SchedulingResult) -> None:
         """The model server's response headers arrived."""
+
+
+class ResponseHeaderProcessor(Extension):
+    @abstractmethod
+    def response_headers(
+        self,
+        request: InferenceRequest,
+        result: SchedulingResult,
+        metadata: Mapping[str, Mapping[str, Any]],
+    ) -> None:
+        """The model server's response headers arrived, with the data plane's metadata for the
+        response (`metadata[namespace][key]`, e.g. envoy.lb's served endpoint); headers to add to
+        the client's response go into `result.response_headers` (GIE's ResponseHeader plugins)."""
 
 
 class ResponseComplete(Extension):
@@ -96,6 +109,11 @@ class RequestControlHooks:
             for p in plugins
             if isinstance(p, ResponseReceived)
         ]
+        self._response_headers = [
+            (p, timing.observer(metrics, timing.RESPONSE_RECEIVED, p))
+            for p in plugins
+            if isinstance(p, ResponseHeaderProcessor)
+        ]
         self._response_complete = [
             (p, timing.observer(metrics, timing.RESPONSE_COMPLETE, p))
             for p in plugins
@@ -120,6 +138,14 @@ class RequestControlHooks:
         for plugin, observe in self._response_received:
             started = perf_counter()
             plugin.response_received(request, result)
+            observe(perf_counter() - started)
+
+    def response_headers(
+        self, request: InferenceRequest, result: SchedulingResult, metadata: Mapping[str, Mapping[str, Any]]
+    ) -> None:
+        for plugin, observe in self._response_headers:
+            started = perf_counter()
+            plugin.response_headers(request, result, metadata)
             observe(perf_counter() - started)
 
     def response_complete(
