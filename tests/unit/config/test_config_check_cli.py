@@ -25,7 +25,8 @@ def test_check_prints_plugins_with_effective_parameters_profiles_and_warnings(
     assert "  prefill:\n    filters: prefill-pods\n    scorers: prefix-cache-scorer x2\n" in out
     assert "profile handler: pd-profile-handler\n" in out
     assert "data: prefix-cache-scorer reads PrefixCacheMatchInfo from approx-prefix-cache-producer\n" in out
-    assert "warnings: 7\n" in out
+    assert "warnings: 6\n" in out
+    assert "    primaryPort: 8000\n" in out
     assert (
         "  - plugins[4].type: 'prefill-header-handler' is a deprecated name of 'disagg-headers-handler'\n"
         in out

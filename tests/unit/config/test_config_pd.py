@@ -115,10 +115,7 @@ def test_the_legacy_alias_and_ignored_legacy_keys_load() -> None:
     handler = build_components(config, PluginContext()).plugins["handler"]
     assert handler.type_name == "disagg-profile-handler"
     assert any(
-        w.endswith(
-            "primaryPort, prefixPluginName (llm-d <= v0.5: data-parallel port, prefix plugin of "
-            "the old threshold logic) ignored"
-        )
+        w.endswith("prefixPluginName (llm-d <= v0.5: the prefix plugin of the old threshold logic) ignored")
         for w in config.warnings
     )
 
@@ -135,7 +132,12 @@ def test_the_legacy_alias_and_ignored_legacy_keys_load() -> None:
             "{deciderPluginName: a, prefillDeciderPluginName: b}",
             "deciderPluginName and prefillDeciderPluginName name different plugins",
         ),
-        ("{deciders: {encode: x}}", "the encode stage (E/P/D) is not implemented"),
+        ("{deciders: {encode: x}}", "plugins[3].parameters.deciders.encode: no plugin named 'x'"),
+        (
+            "{deciders: {encode: prefix-based-pd-decider}}",
+            "encode profile 'encode' is not among the scheduling profiles (decode, prefill)",
+        ),
+        ("{primaryPort: 0}", "plugins[3].parameters.primaryPort: Input should be greater than or equal to 1"),
         (
             "{stageOrder: prefill-first, deciders: {prefill: prefix-based-pd-decider}}",
             "a prefill decider needs stageOrder decode-first",
