@@ -450,12 +450,22 @@ class _Loader:
             return self._named_producer(consumer, key, f"{field.alias}", named, visited | {consumer.name})
         producers = [s.name for s in self.plugins.values() if _produces(s.cls, key)]
         if len(producers) > 1:
-            hint = f"; name one with {field.alias}" if field is not None else ""
-            self.problems.append(
-                f"plugins: {consumer.name!r} reads {key.name}, which {len(producers)} plugins produce "
-                f"({', '.join(producers)}){hint}"
-            )
-            return None
+            # As the Go EPPs: data not asked for by producer name comes from the producer with the
+            # default name, created with defaults when no configured plugin has that name.
+            default = self.plugins.get(key.default_producer)
+            if default is not None and not _produces(default.cls, key):
+                hint = f"; name one with {field.alias}" if field is not None else ""
+                self.problems.append(
+                    f"plugins: {consumer.name!r} reads {key.name}, which {len(producers)} plugins produce "
+                    f"({', '.join(producers)}){hint}"
+                )
+                return None
+            if default is None:
+                self.warnings.append(
+                    f"plugins: {consumer.name!r} reads {key.name} from a default {key.default_producer} "
+                    f"(several producers are configured: {', '.join(producers)}, none named for it)"
+                )
+            return key.default_producer if default is not None else self._implicit(key.default_producer)
         if producers:
             self._warn_ignored_producer_params(consumer, producers[0])
             return producers[0]

@@ -215,3 +215,26 @@ def test_pd_handler_without_a_decider_always_prefills_as_llm_d_v05_to_v08() -> N
     nested = load_config(PD.replace("{params}", "{}").replace("pd-profile-handler", "disagg-profile-handler"))
     handler = build_components(nested, PluginContext()).plugins["disagg-profile-handler"]
     assert isinstance(handler, DisaggProfileHandler) and handler.decider is None  # the current name: no P/D
+
+
+def test_several_producers_and_no_name_read_from_the_default_producer_as_go() -> None:
+    """llm-d's tiered prefix cache guide: two named producers, each read by its own scorer, and a
+    no-hit-lru-scorer naming none, which the Go EPP serves from a default producer."""
+    text = (
+        HEADER + "plugins:\n- type: no-hit-lru-scorer\n"
+        "- {type: approx-prefix-cache-producer, name: gpu}\n"
+        "- {type: approx-prefix-cache-producer, name: cpu}\n"
+        "- {type: prefix-cache-scorer, name: g, parameters: {prefixMatchInfoProducerName: gpu}}\n"
+    )
+    config = load_config(text)
+    assert config.producer_bindings[("g", "PrefixCacheMatchInfo")] == "gpu"
+    assert (
+        config.producer_bindings[("no-hit-lru-scorer", "PrefixCacheMatchInfo")]
+        == "approx-prefix-cache-producer"
+    )
+    assert config.plugins["approx-prefix-cache-producer"].implicit
+    assert any(
+        "reads PrefixCacheMatchInfo from a default approx-prefix-cache-producer" in w for w in config.warnings
+    )
+    named = text + "- {type: approx-prefix-cache-producer}\n"
+    assert not load_config(named).plugins["approx-prefix-cache-producer"].implicit

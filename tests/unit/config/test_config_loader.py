@@ -380,6 +380,7 @@ TWO_PROFILES = "schedulingProfiles: [{name: a}, {name: b}]"
                 "- type: prefix-cache-scorer",
                 "- {name: p1, type: approx-prefix-cache-producer}",
                 "- {name: p2, type: approx-prefix-cache-producer}",
+                "- {name: approx-prefix-cache-producer, type: queue-scorer}",
                 "schedulingProfiles: [{name: d, plugins: [{pluginRef: prefix-cache-scorer}]}]",
             ),
             "plugins: 'prefix-cache-scorer' reads PrefixCacheMatchInfo, which 2 plugins produce (p1, p2); "
