@@ -36,6 +36,9 @@ DEFAULT_METRICS_SOURCE = "metrics-data-source"
 DEFAULT_METRICS_EXTRACTOR = "core-metrics-extractor"
 DEFAULT_PARSER = "openai-parser"
 
+# The flow-control policies GIE adds as system defaults, so a flowControl section may name them
+# without defining them.
+DEFAULT_FLOW_POLICIES = ("fcfs-ordering-policy", "global-strict-fairness-policy", "static-usage-limit-policy")
 KNOWN_FEATURE_GATES = ("flowControl", "enableLegacyMetrics", "dataLayer", "prepareDataPlugins")
 
 
@@ -407,7 +410,10 @@ class _Loader:
         return (self._first_of_type(DEFAULT_PARSER) or self._implicit(DEFAULT_PARSER),)
 
     def _flow_control(self) -> None:
-        gate = "flowControl" in self.doc.feature_gates
+        gates = {
+            g.partition("=")[0].strip(): g.partition("=")[2].strip().lower() for g in self.doc.feature_gates
+        }
+        gate = "flowControl" in gates and gates["flowControl"] not in ("false", "0")
         if gate:
             self.warnings.append(
                 "feature gate flowControl: flow control is not implemented; legacy admission is used "
@@ -416,11 +422,15 @@ class _Loader:
         section = self.doc.flow_control
         if section is None:
             return
-        if not gate:
+        queueing = section.model_fields_set - {"saturation_detector"}
+        if not gate and queueing:
             self.warnings.append("flowControl is ignored without the flowControl feature gate (as in GIE)")
         for path, name in section.plugin_refs():
-            if name not in self.plugins:
-                self.problems.append(f"{path}: no plugin named {name!r} (defined: {_names(self.plugins)})")
+            if name in self.plugins:
+                continue
+            if name in DEFAULT_FLOW_POLICIES:
+                continue  # GIE's system defaults define these; flow control itself is not implemented
+            self.problems.append(f"{path}: no plugin named {name!r} (defined: {_names(self.plugins)})")
 
     # --- data producers -------------------------------------------------------------------------
 

@@ -191,6 +191,40 @@ def _entries() -> dict[str, UnavailableType]:
         "queue-scorer and kv-cache-utilization-scorer",
     )
     add(
+        ("request-attribute-reporter",),
+        todo,
+        "GIE/llm-d request-control plugin evaluating CEL expressions over the response usage and "
+        "returning the results to the gateway as dynamic metadata (e.g. a request cost for rate limiting)",
+        "the inference_objective_*_tokens metrics on the EPP's /metrics for usage accounting",
+    )
+    add(
+        ("topology-extractor", "topology-affinity-filter", "topology-affinity-scorer"),
+        todo,
+        "llm-d alpha plugins reading each pod's node topology labels (zone, rack, NVLink domain) and "
+        "keeping or preferring prefill endpoints close to the chosen decode endpoint",
+        "label-selector-filter / by-label on the topology labels",
+    )
+    add(
+        ("endpoint-attribute-filter", "endpoint-attribute-scorer"),
+        todo,
+        "llm-d alpha filter/scorer over a scalar endpoint attribute published by a data extractor "
+        "(e.g. DCGM GPU metrics): threshold comparisons, linear scores",
+        "utilization-filter and the load scorers over the model servers' own metrics",
+    )
+    add(
+        ("context-length-aware",),
+        todo,
+        "llm-d scorer/filter preferring pods whose `llm-d.ai/context-length-range` label covers the "
+        "request's token count",
+        "label-selector-filter on the context-length label",
+    )
+    add(
+        ("header-label-affinity-scorer",),
+        todo,
+        "llm-d alpha scorer: 1 for pods whose label `labelKey` equals the request header `headerName`",
+        "label-selector-filter",
+    )
+    add(
         ("mock-metrics-source",),
         Reason.TEST_ONLY,
         "a stand-in metrics source registered only by the Go config-loader tests",

@@ -92,7 +92,7 @@ def test_prefix_block_size_renames(parameters: str, tokens: int, warning: str | 
     producer = config.plugins["approx-prefix-cache-producer"].params
     assert isinstance(producer, PrefixIndexParams) and producer.configured_block_tokens() == tokens
     if warning is None:
-        assert config.warnings == ()
+        assert not any("flowControl" in w for w in config.warnings)
     else:
         assert any(warning in w for w in config.warnings), config.warnings
 
@@ -238,3 +238,30 @@ def test_several_producers_and_no_name_read_from_the_default_producer_as_go() ->
     )
     named = text + "- {type: approx-prefix-cache-producer}\n"
     assert not load_config(named).plugins["approx-prefix-cache-producer"].implicit
+
+
+def test_default_flow_control_policies_are_implied_and_gates_take_values() -> None:
+    text = (
+        HEADER + "plugins:\n- type: queue-scorer\nfeatureGates: [flowControl=true]\n"
+        "flowControl:\n  priorityBands:\n  - {priority: 1, fairnessPolicyRef: global-strict-fairness-policy, "
+        "orderingPolicyRef: fcfs-ordering-policy}\n  usageLimitPolicyPluginRef: static-usage-limit-policy\n"
+    )
+    config = load_config(text)
+    assert config.feature_gates == frozenset({"flowControl"})
+    assert any(
+        w.startswith("feature gate flowControl: flow control is not implemented") for w in config.warnings
+    )
+    with pytest.raises(
+        ConfigError, match=r"fairnessPolicyRef: no plugin named 'round-robin-fairness-policy'"
+    ):
+        load_config(text.replace("global-strict-fairness-policy", "round-robin-fairness-policy"))
+    off = load_config(text.replace("flowControl=true", "flowControl=false"))
+    assert "flowControl is ignored without the flowControl feature gate (as in GIE)" in off.warnings
+
+
+def test_flow_control_saturation_detector_alone_needs_no_gate() -> None:
+    config = load_config(
+        HEADER
+        + "plugins:\n- type: queue-scorer\nflowControl: {saturationDetector: {queueDepthThreshold: 2}}\n"
+    )
+    assert not any("flowControl" in w for w in config.warnings)
