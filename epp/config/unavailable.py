@@ -185,7 +185,7 @@ def _entries() -> dict[str, UnavailableType]:
         "disagg-profile-handler with a prefill profile",
     )
     add(
-        ("queue-cache-scorer", "decision-tree-filter"),
+        ("queue-cache-scorer",),
         todo,
         "llm-d-benchmark experimental plugin from a fork of the scheduler",
         "queue-scorer and kv-cache-utilization-scorer",
