@@ -198,13 +198,6 @@ def _entries() -> dict[str, UnavailableType]:
         "the inference_objective_*_tokens metrics on the EPP's /metrics for usage accounting",
     )
     add(
-        ("topology-extractor", "topology-affinity-filter", "topology-affinity-scorer"),
-        todo,
-        "llm-d alpha plugins reading each pod's node topology labels (zone, rack, NVLink domain) and "
-        "keeping or preferring prefill endpoints close to the chosen decode endpoint",
-        "label-selector-filter / by-label on the topology labels",
-    )
-    add(
         ("endpoint-attribute-filter", "endpoint-attribute-scorer"),
         todo,
         "llm-d alpha filter/scorer over a scalar endpoint attribute published by a data extractor "

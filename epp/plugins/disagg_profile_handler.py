@@ -45,7 +45,7 @@ from epp.framework import (
 from epp.headers import DATA_PARALLEL_HEADER, ENCODER_HOSTS_HEADER, PREFILLER_HEADER
 from epp.params.strict import StrictModel
 from epp.requests import ApiKind, InferenceRequest
-from epp.scheduling.disagg import PrefillDecider, decision_type
+from epp.scheduling.disagg import PEER_ENDPOINT, PrefillDecider, decision_type
 from epp.scheduling.framework import ProfileHandler
 from epp.scheduling.types import ProfileResult, SchedulingError, SchedulingResult
 
@@ -307,6 +307,9 @@ class DisaggProfileHandler(Plugin, ProfileHandler, PluginUser):
                 return (prefill,)
             if self._encode_now(request, profiles, results, None):
                 return (self.encode_profile,)
+            prefilled = results.get(prefill)
+            if prefilled is not None and prefilled.targets:
+                request.attributes[PEER_ENDPOINT] = prefilled.targets[0]
             return (decode,) if decode in profiles else ()
         if decode not in results:
             return (decode,) if decode in profiles else ()
@@ -319,7 +322,10 @@ class DisaggProfileHandler(Plugin, ProfileHandler, PluginUser):
             return ()
         if request.api is ApiKind.EMBEDDINGS:
             return ()
-        return (prefill,) if self.decider.disaggregate(request, chosen.targets[0]) else ()
+        if not self.decider.disaggregate(request, chosen.targets[0]):
+            return ()
+        request.attributes[PEER_ENDPOINT] = chosen.targets[0]
+        return (prefill,)
 
     def _encode_now(
         self,

@@ -12,6 +12,11 @@ from epp.datastore import Endpoint
 from epp.framework import Extension
 from epp.requests import InferenceRequest
 
+# Request attribute the P/D handler sets to the endpoint already chosen for the other leg (the decode
+# pick before the prefill profile runs, or the prefill pick before decode when prefill-first), so
+# topology-aware plugins can keep the two legs close (llm-d's `peer-endpoint`).
+PEER_ENDPOINT = "peer-endpoint"
+
 DECODE_ONLY = "decode-only"
 PREFILL_DECODE = "prefill-decode"
 ENCODE_DECODE = "encode-decode"
