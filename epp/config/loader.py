@@ -274,9 +274,10 @@ class _Loader:
             elif issubclass(spec.cls, Picker):
                 pickers.append(spec.name)
             else:
-                self.problems.append(
+                # GIE's SchedulerProfile.AddPlugins skips what is none of the three.
+                self.warnings.append(
                     f"{path}: plugin {spec.name!r} is a {spec.type_name}, which is not a filter, scorer or "
-                    "picker and cannot be part of a profile"
+                    "picker: ignored in the profile (as GIE)"
                 )
         if len(pickers) > 1:
             self.problems.append(

@@ -191,13 +191,6 @@ def _entries() -> dict[str, UnavailableType]:
         "queue-scorer and kv-cache-utilization-scorer",
     )
     add(
-        ("request-attribute-reporter",),
-        todo,
-        "GIE/llm-d request-control plugin evaluating CEL expressions over the response usage and "
-        "returning the results to the gateway as dynamic metadata (e.g. a request cost for rate limiting)",
-        "the inference_objective_*_tokens metrics on the EPP's /metrics for usage accounting",
-    )
-    add(
         ("endpoint-attribute-filter", "endpoint-attribute-scorer"),
         todo,
         "llm-d alpha filter/scorer over a scalar endpoint attribute published by a data extractor "

@@ -199,17 +199,21 @@ class ExtProcStream:
         if self._routed is not None:
             self._routed.response_body(original, body.end_of_stream)
             chunk = self._routed.restore_model(original)
+        replies: list[ext_proc.ProcessingResponse]
         if self._response_mode == BodyMode.FULL_DUPLEX_STREAMED:
-            yield from messages.streamed_body(chunk, body.end_of_stream, request=False)
+            replies = list(messages.streamed_body(chunk, body.end_of_stream, request=False))
         elif chunk is not original:
             mutation = ext_proc.CommonResponse(body_mutation=ext_proc.BodyMutation(body=chunk))
             if self._response_mode == BodyMode.BUFFERED:
                 # Envoy rejects a buffered body mutation whose length disagrees with the headers.
                 length = messages.header_mutation({"content-length": str(len(chunk))}, ())
                 mutation.header_mutation.CopyFrom(length)
-            yield ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse(response=mutation))
+            replies = [ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse(response=mutation))]
         else:
-            yield ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse())
+            replies = [ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse())]
+        if body.end_of_stream and self._routed is not None and self._routed.response_metadata:
+            replies[-1].dynamic_metadata.update(self._routed.response_metadata)
+        yield from replies
         if body.end_of_stream:
             self._finish()
 

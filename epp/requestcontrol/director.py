@@ -41,6 +41,7 @@ class RoutedRequest:
         "loaded",
         "request",
         "response_bytes",
+        "response_metadata",
         "response_status",
         "result",
         "started",
@@ -53,6 +54,8 @@ class RoutedRequest:
         self.started = time.monotonic()
         self.response_status: int | None = None
         self.response_bytes = 0
+        # Dynamic metadata the response-body plugins return when the body ends.
+        self.response_metadata: dict[str, dict[str, Any]] = {}
         self.body: bytes | None = None
         self._usage: UsageReader | None = None
         self._finished = False
@@ -90,6 +93,11 @@ class RoutedRequest:
             self._usage = UsageReader(streaming=self.request.stream)
         self._usage.feed(chunk, end_of_stream)
         if end_of_stream:
+            if not self._finished:
+                with _plugin_errors_logged("ResponseBody"):
+                    self.response_metadata = self._director.hooks.response_body_done(
+                        self.request, self.result, self._usage.usage
+                    )
             self.finish()
 
     @property

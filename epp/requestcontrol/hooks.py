@@ -49,6 +49,16 @@ class ResponseHeaderProcessor(Extension):
         the client's response go into `result.response_headers` (GIE's ResponseHeader plugins)."""
 
 
+class ResponseBodyProcessor(Extension):
+    @abstractmethod
+    def response_body_done(
+        self, request: InferenceRequest, result: SchedulingResult, usage: Usage | None
+    ) -> Mapping[str, Mapping[str, Any]]:
+        """The response body ended (as seen by the EPP) with this usage; the answer is dynamic
+        metadata for the gateway (`{namespace: {key: value}}`), sent with the body's last reply
+        (GIE's ResponseBody plugins)."""
+
+
 class ResponseComplete(Extension):
     @abstractmethod
     def response_complete(
@@ -114,6 +124,11 @@ class RequestControlHooks:
             for p in plugins
             if isinstance(p, ResponseHeaderProcessor)
         ]
+        self._response_body = [
+            (p, timing.observer(metrics, timing.RESPONSE_COMPLETE, p))
+            for p in plugins
+            if isinstance(p, ResponseBodyProcessor)
+        ]
         self._response_complete = [
             (p, timing.observer(metrics, timing.RESPONSE_COMPLETE, p))
             for p in plugins
@@ -147,6 +162,17 @@ class RequestControlHooks:
             started = perf_counter()
             plugin.response_headers(request, result, metadata)
             observe(perf_counter() - started)
+
+    def response_body_done(
+        self, request: InferenceRequest, result: SchedulingResult, usage: Usage | None
+    ) -> dict[str, dict[str, Any]]:
+        metadata: dict[str, dict[str, Any]] = {}
+        for plugin, observe in self._response_body:
+            started = perf_counter()
+            for namespace, values in plugin.response_body_done(request, result, usage).items():
+                metadata.setdefault(namespace, {}).update(values)
+            observe(perf_counter() - started)
+        return metadata
 
     def response_complete(
         self, request: InferenceRequest, result: SchedulingResult, usage: Usage | None

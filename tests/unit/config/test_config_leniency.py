@@ -265,3 +265,21 @@ def test_flow_control_saturation_detector_alone_needs_no_gate() -> None:
         + "plugins:\n- type: queue-scorer\nflowControl: {saturationDetector: {queueDepthThreshold: 2}}\n"
     )
     assert not any("flowControl" in w for w in config.warnings)
+
+
+def test_plugins_that_are_not_filters_scorers_or_pickers_are_ignored_in_profiles_as_gie() -> None:
+    text = (
+        HEADER
+        + "plugins:\n- type: single-profile-handler\n- type: queue-scorer\n"
+        + (
+            "schedulingProfiles: [{name: d, plugins: "
+            "[{pluginRef: single-profile-handler}, {pluginRef: queue-scorer}]}]\n"
+        )
+    )
+    config = load_config(text)
+    assert config.profiles[0].scorers == (("queue-scorer", 1.0),) and config.profiles[0].filters == ()
+    assert (
+        "schedulingProfiles[0].plugins[0].pluginRef: plugin 'single-profile-handler' is a "
+        "single-profile-handler, which is not a filter, scorer or picker: ignored in the profile (as GIE)"
+        in config.warnings
+    )

@@ -348,14 +348,6 @@ TWO_PROFILES = "schedulingProfiles: [{name: a}, {name: b}]"
         ),
         (
             cfg(
-                "plugins: [{type: single-profile-handler}]",
-                "schedulingProfiles: [{name: d, plugins: [{pluginRef: single-profile-handler}]}]",
-            ),
-            "schedulingProfiles[0].plugins[0].pluginRef: plugin 'single-profile-handler' is a "
-            "single-profile-handler, which is not a filter, scorer or picker and cannot be part of a profile",
-        ),
-        (
-            cfg(
                 "plugins: [{type: queue-scorer}]", PROFILE_D, "saturationDetector: {pluginRef: queue-scorer}"
             ),
             "saturationDetector.pluginRef: plugin 'queue-scorer' is a queue-scorer, "

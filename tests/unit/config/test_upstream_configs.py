@@ -16,8 +16,8 @@ quoted, for one of these reasons:
 - MISSING: an upstream plugin this EPP does not implement yet (the error says what it does and
   what to use instead).
 
-Counts (174 documents): 88 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 4 GO_REFUSES,
-41 OTHER_ISSUE, 16 MISSING. `test_summary` prints them and checks them against this docstring."""
+Counts (174 documents): 91 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 4 GO_REFUSES,
+41 OTHER_ISSUE, 13 MISSING. `test_summary` prints them and checks them against this docstring."""
 
 from __future__ import annotations
 
@@ -96,9 +96,9 @@ EXPECTED: dict[str, Loads | Refused] = {
         "plugins[5].type: plugin type 'mock-metrics-source' is not available in this EPP (a test-only type of the upstream Go tests)",
     ),
     "gie-1748e82__test__integration__epp__testdata__default-config.yaml": Loads(),
-    "gie-1748e82__test__integration__epp__testdata__request-attribute-reporter-config.yaml": Refused(
-        MISSING,
-        "plugins[1].type: plugin type 'request-attribute-reporter' is not available in this EPP (not implemented yet)",
+    "gie-1748e82__test__integration__epp__testdata__request-attribute-reporter-config.yaml": Loads(
+        "schedulingProfiles[0].plugins[0].pluginRef: plugin 'openai-parser' is a openai-parser, which is not ",
+        "schedulingProfiles[0].plugins[1].pluginRef: plugin 'total-tokens-cost-reporter' is a request-attribu",
     ),
     "gie-1748e82__test__testdata__configloader_1_test.yaml": Refused(
         TEST_ONLY,
@@ -347,9 +347,8 @@ EXPECTED: dict[str, Loads | Refused] = {
         "plugins[0].type: plugin type 'models-data-source' is not available in this EPP (not implemented yet)",
     ),
     "llmd-router-ebab687__pkg__epp__framework__plugins__requestcontrol__admitter__probabilisticadmitter__README.md.yaml": Loads(),
-    "llmd-router-ebab687__pkg__epp__framework__plugins__requestcontrol__requestattributereporter__README.md.yaml": Refused(
-        MISSING,
-        "plugins[0].type: plugin type 'request-attribute-reporter' is not available in this EPP (not implemented yet)",
+    "llmd-router-ebab687__pkg__epp__framework__plugins__requestcontrol__requestattributereporter__README.md.yaml": Loads(
+        "schedulingProfiles: none given; profile 'default' runs every configured filter, scorer and picker (n"
     ),
     "llmd-router-ebab687__pkg__epp__framework__plugins__requestcontrol__requestheader__agentidentity__README.md__1.yaml": Refused(
         MISSING,
@@ -461,9 +460,8 @@ EXPECTED: dict[str, Loads | Refused] = {
         MISSING,
         "plugins[0].type: plugin type 'models-data-source' is not available in this EPP (not implemented yet)",
     ),
-    "llmd-sched-520af47__pkg__epp__framework__plugins__requestcontrol__requestattributereporter__README.md.yaml": Refused(
-        MISSING,
-        "plugins[0].type: plugin type 'request-attribute-reporter' is not available in this EPP (not implemented yet)",
+    "llmd-sched-520af47__pkg__epp__framework__plugins__requestcontrol__requestattributereporter__README.md.yaml": Loads(
+        "schedulingProfiles: none given; profile 'default' runs every configured filter, scorer and picker (n"
     ),
     "llmd-sched-520af47__pkg__epp__framework__plugins__requesthandling__parsers__README.md.yaml": Refused(
         MISSING,
