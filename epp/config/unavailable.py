@@ -149,12 +149,6 @@ def _entries() -> dict[str, UnavailableType]:
         "endpoint `models` in the endpoints file, or the model servers' LoRA metrics (lora-affinity-scorer)",
     )
     add(
-        ("agent-identity",),
-        todo,
-        "llm-d alpha request-header plugin deriving an agent identity from request headers for fairness",
-        "set x-gateway-inference-fairness-id in the gateway",
-    )
-    add(
         ("disaggregatedset-rollout-screener",),
         todo,
         "llm-d alpha screener restricting candidates during a DisaggregatedSet rollout",

@@ -20,6 +20,7 @@ PICKER = "Picker"
 PROCESS_RESULTS = "ProcessProfilesResults"
 PRE_REQUEST = "PreRequest"
 ADMIT_REQUEST = "AdmitRequest"
+REQUEST_HEADER = "RequestHeader"
 RESPONSE_RECEIVED = "ResponseReceived"
 RESPONSE_COMPLETE = "ResponseComplete"
 

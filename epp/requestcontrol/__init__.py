@@ -3,10 +3,12 @@ and per-request bookkeeping."""
 
 from epp.requestcontrol.director import Director, RoutedRequest
 from epp.requestcontrol.hooks import (
+    AGENT_IDENTITY,
     Admitter,
     Parsers,
     PreRequest,
     RequestControlHooks,
+    RequestHeaderProcessor,
     RequestParser,
     ResponseBodyProcessor,
     ResponseComplete,
@@ -15,11 +17,13 @@ from epp.requestcontrol.hooks import (
 )
 
 __all__ = [
+    "AGENT_IDENTITY",
     "Admitter",
     "Director",
     "Parsers",
     "PreRequest",
     "RequestControlHooks",
+    "RequestHeaderProcessor",
     "RequestParser",
     "ResponseBodyProcessor",
     "ResponseComplete",

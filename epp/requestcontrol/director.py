@@ -16,7 +16,7 @@ from epp.datastore.endpoint import split_host_port
 from epp.flowcontrol import Admission, AdmitAll
 from epp.headers import FAIRNESS_HEADER, MODEL_REWRITE_HEADER, OBJECTIVE_HEADER, REQUEST_ID_HEADER
 from epp.metrics.exporter import EppMetrics
-from epp.requestcontrol.hooks import Parsers, RequestControlHooks
+from epp.requestcontrol.hooks import AGENT_IDENTITY, Parsers, RequestControlHooks
 from epp.requests import ApiKind, ErrorCode, InferenceRequest, RequestError, Usage
 from epp.requests.parser import api_kind, parse_request
 from epp.requests.usage import UsageReader
@@ -184,7 +184,9 @@ class Director:
                 request = self.parsers.resolve(path).parse(raw, path, headers, request_id)
             request.objective = headers.get(OBJECTIVE_HEADER, "")
             request.priority = self.objectives.get(request.objective, 0)
-            request.fairness_id = headers.get(FAIRNESS_HEADER) or request.fairness_id
+            self.hooks.request_headers(request)
+            agent = request.attributes.get(AGENT_IDENTITY)
+            request.fairness_id = headers.get(FAIRNESS_HEADER) or (agent if agent else request.fairness_id)
             rewrite = headers.get(MODEL_REWRITE_HEADER)
             if rewrite and request.model and rewrite != request.model:
                 request.target_model = rewrite

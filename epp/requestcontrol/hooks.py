@@ -17,6 +17,16 @@ from epp.metrics.exporter import EppMetrics
 from epp.requests import InferenceRequest, Usage
 from epp.scheduling.types import SchedulingResult
 
+# Request attribute holding an agent session's identity (llm-d's `agent-identity` plugin); the
+# director uses it as the fairness id when the request names none.
+AGENT_IDENTITY = "agent-identity"
+
+
+class RequestHeaderProcessor(Extension):
+    @abstractmethod
+    def request_headers(self, request: InferenceRequest) -> None:
+        """The request is parsed, before admission: derive attributes from its headers."""
+
 
 class Admitter(Extension):
     @abstractmethod
@@ -108,6 +118,11 @@ class RequestControlHooks:
     """The configured hook plugins, in config order."""
 
     def __init__(self, plugins: Sequence[Plugin], metrics: EppMetrics) -> None:
+        self._request_headers = [
+            (p, timing.observer(metrics, timing.REQUEST_HEADER, p))
+            for p in plugins
+            if isinstance(p, RequestHeaderProcessor)
+        ]
         self._admit = [
             (p, timing.observer(metrics, timing.ADMIT_REQUEST, p)) for p in plugins if isinstance(p, Admitter)
         ]
@@ -134,6 +149,14 @@ class RequestControlHooks:
             for p in plugins
             if isinstance(p, ResponseComplete)
         ]
+
+    def request_headers(self, request: InferenceRequest) -> None:
+        for plugin, observe in self._request_headers:
+            started = perf_counter()
+            try:
+                plugin.request_headers(request)
+            finally:
+                observe(perf_counter() - started)
 
     def admit(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
         for plugin, observe in self._admit:

@@ -16,8 +16,8 @@ quoted, for one of these reasons:
 - MISSING: an upstream plugin this EPP does not implement yet (the error says what it does and
   what to use instead).
 
-Counts (174 documents): 91 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 4 GO_REFUSES,
-41 OTHER_ISSUE, 13 MISSING. `test_summary` prints them and checks them against this docstring."""
+Counts (174 documents): 93 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 4 GO_REFUSES,
+41 OTHER_ISSUE, 11 MISSING. `test_summary` prints them and checks them against this docstring."""
 
 from __future__ import annotations
 
@@ -350,13 +350,11 @@ EXPECTED: dict[str, Loads | Refused] = {
     "llmd-router-ebab687__pkg__epp__framework__plugins__requestcontrol__requestattributereporter__README.md.yaml": Loads(
         "schedulingProfiles: none given; profile 'default' runs every configured filter, scorer and picker (n"
     ),
-    "llmd-router-ebab687__pkg__epp__framework__plugins__requestcontrol__requestheader__agentidentity__README.md__1.yaml": Refused(
-        MISSING,
-        "plugins[0].type: plugin type 'agent-identity' is not available in this EPP (not implemented yet)",
+    "llmd-router-ebab687__pkg__epp__framework__plugins__requestcontrol__requestheader__agentidentity__README.md__1.yaml": Loads(
+        "schedulingProfiles: none given; profile 'default' runs every configured filter, scorer and picker (n"
     ),
-    "llmd-router-ebab687__pkg__epp__framework__plugins__requestcontrol__requestheader__agentidentity__README.md__2.yaml": Refused(
-        MISSING,
-        "plugins[0].type: plugin type 'agent-identity' is not available in this EPP (not implemented yet)",
+    "llmd-router-ebab687__pkg__epp__framework__plugins__requestcontrol__requestheader__agentidentity__README.md__2.yaml": Loads(
+        "schedulingProfiles: none given; profile 'default' runs every configured filter, scorer and picker (n"
     ),
     "llmd-router-ebab687__pkg__epp__framework__plugins__requestcontrol__screener__disaggregatedsetrollout__README.md.yaml": Refused(
         MISSING,
