@@ -199,12 +199,6 @@ def _entries() -> dict[str, UnavailableType]:
         "label-selector-filter on the context-length label",
     )
     add(
-        ("header-label-affinity-scorer",),
-        todo,
-        "llm-d alpha scorer: 1 for pods whose label `labelKey` equals the request header `headerName`",
-        "label-selector-filter",
-    )
-    add(
         ("mock-metrics-source",),
         Reason.TEST_ONLY,
         "a stand-in metrics source registered only by the Go config-loader tests",
