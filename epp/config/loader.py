@@ -119,7 +119,7 @@ class _Loader:
             metrics_source=source,
             metrics_extractor=extractor,
             parsers=parsers,
-            feature_gates=frozenset(g.partition("=")[0] for g in self.doc.feature_gates),
+            feature_gates=frozenset(name for name, on in _gates(self.doc.feature_gates).items() if on),
             flow_control=self.doc.flow_control,
             producer_bindings=bindings,
             producer_order=producer_order,
@@ -411,10 +411,7 @@ class _Loader:
         return (self._first_of_type(DEFAULT_PARSER) or self._implicit(DEFAULT_PARSER),)
 
     def _flow_control(self) -> None:
-        gates = {
-            g.partition("=")[0].strip(): g.partition("=")[2].strip().lower() for g in self.doc.feature_gates
-        }
-        gate = "flowControl" in gates and gates["flowControl"] not in ("false", "0")
+        gate = _gates(self.doc.feature_gates).get("flowControl", False)
         if gate:
             self.warnings.append(
                 "feature gate flowControl: flow control is not implemented; legacy admission is used "
@@ -533,6 +530,15 @@ class _Loader:
                 f"plugin {consumer.name!r}: parameters {', '.join(sorted(shared))} are ignored because "
                 f"{spec.type_name} {producer!r} is configured; set them there"
             )
+
+
+def _gates(written: Iterable[str]) -> dict[str, bool]:
+    """Feature gates by name: `name` or `name=true` turns one on, `name=false` off (llm-d router)."""
+    gates: dict[str, bool] = {}
+    for gate in written:
+        name, _, value = gate.partition("=")
+        gates[name.strip()] = value.strip().lower() not in ("false", "0", "f")
+    return gates
 
 
 def _consumes(cls: type[Plugin]) -> Mapping[DataKey, str]:

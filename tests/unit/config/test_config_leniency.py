@@ -257,6 +257,7 @@ def test_default_flow_control_policies_are_implied_and_gates_take_values() -> No
         load_config(text.replace("global-strict-fairness-policy", "round-robin-fairness-policy"))
     off = load_config(text.replace("flowControl=true", "flowControl=false"))
     assert "flowControl is ignored without the flowControl feature gate (as in GIE)" in off.warnings
+    assert off.feature_gates == frozenset()
 
 
 def test_flow_control_saturation_detector_alone_needs_no_gate() -> None:
