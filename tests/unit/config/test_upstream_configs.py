@@ -17,7 +17,8 @@ quoted, for one of these reasons:
   what to use instead).
 
 Counts (174 documents): 93 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 4 GO_REFUSES,
-41 OTHER_ISSUE, 11 MISSING. `test_summary` prints them and checks them against this docstring."""
+41 OTHER_ISSUE, 11 MISSING. `test_summary` prints them and checks them against this docstring. The 5
+snippets in configs_nonstandard/ (another or no apiVersion) are refused, as by the Go decoder."""
 
 from __future__ import annotations
 
@@ -642,3 +643,20 @@ def test_summary(capsys: pytest.CaptureFixture[str]) -> None:
     assert f"Counts ({len(EXPECTED)} documents): {loaded} load;" in doc
     stated = re.findall(r"(\d+) (SERVICE|TEST_ONLY|DOCS|GO_REFUSES|OTHER_ISSUE|MISSING)", doc)
     assert {Reason[name]: int(count) for count, name in stated} == {r: refused[r] for r in Reason}
+
+
+NONSTANDARD = CONFIGS.parent / "configs_nonstandard"
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in NONSTANDARD.glob("*.yaml") if p.name != "SOURCES.yaml")
+)
+def test_upstream_snippets_with_another_api_version_are_refused_as_by_go(name: str) -> None:
+    """Docs snippets with a typo'd, missing or future apiVersion: the Go EPP's decoder refuses them
+    too; the error names the versions that load."""
+    with pytest.raises(ConfigError) as caught:
+        load_config_file(NONSTANDARD / name)
+    assert "apiVersion: " in str(caught.value)
+    assert "'inference.networking.x-k8s.io/v1alpha1' or 'llm-d.ai/v1alpha1'" in str(caught.value) or (
+        "apiVersion: Field required" in str(caught.value)
+    )
