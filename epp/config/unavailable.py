@@ -161,9 +161,9 @@ def _entries() -> dict[str, UnavailableType]:
         "openai-parser (HTTP OpenAI API) or passthrough-parser",
     )
     add(
-        ("anthropic-parser", "vertexai-parser", "vllmhttp-parser", "sglanghttp-parser"),
+        ("vertexai-parser", "vllmhttp-parser", "sglanghttp-parser"),
         todo,
-        "llm-d parser for another request API (Anthropic messages, Vertex AI, vLLM/SGLang native HTTP)",
+        "llm-d parser for another request API (Vertex AI, vLLM/SGLang native HTTP)",
         "openai-parser, or passthrough-parser to route without reading the body",
     )
     add(

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -45,6 +45,7 @@ class RoutedRequest:
         "response_status",
         "result",
         "started",
+        "usage_reader",
     )
 
     def __init__(self, director: Director, request: InferenceRequest, result: SchedulingResult) -> None:
@@ -58,6 +59,8 @@ class RoutedRequest:
         self.response_metadata: dict[str, dict[str, Any]] = {}
         self.body: bytes | None = None
         self._usage: UsageReader | None = None
+        # How this request's responses report usage (the parser's API; OpenAI's by default).
+        self.usage_reader: Callable[[bool], UsageReader] = UsageReader
         self._finished = False
         self._model_swap = _model_swap(request.target_model, request.model)
         self.loaded = result.first_targets()
@@ -79,7 +82,7 @@ class RoutedRequest:
     ) -> None:
         """Response headers arrived; `metadata` is what the data plane sent with them."""
         self.response_status = status
-        self._usage = UsageReader(streaming=event_stream or self.request.stream)
+        self._usage = self.usage_reader(event_stream or self.request.stream)
         with _plugin_errors_logged("ResponseReceived"):
             self._director.hooks.response_received(self.request, self.result)
         with _plugin_errors_logged("ResponseHeader"):
@@ -90,7 +93,7 @@ class RoutedRequest:
     def response_body(self, chunk: bytes, end_of_stream: bool) -> None:
         self.response_bytes += len(chunk)
         if self._usage is None:
-            self._usage = UsageReader(streaming=self.request.stream)
+            self._usage = self.usage_reader(self.request.stream)
         self._usage.feed(chunk, end_of_stream)
         if end_of_stream:
             if not self._finished:
@@ -178,10 +181,13 @@ class Director:
         request: InferenceRequest | None = None
         try:
             path, request_id = headers.get(":path", ""), headers.get(REQUEST_ID_HEADER, "")
+            usage_reader: Callable[[bool], UsageReader] = UsageReader
             if self.parsers is None:
                 request = parse_request(raw, path, headers, request_id)
             else:
-                request = self.parsers.resolve(path).parse(raw, path, headers, request_id)
+                parser = self.parsers.resolve(path)
+                request = parser.parse(raw, path, headers, request_id)
+                usage_reader = parser.usage_reader
             request.objective = headers.get(OBJECTIVE_HEADER, "")
             request.priority = self.objectives.get(request.objective, 0)
             self.hooks.request_headers(request)
@@ -192,6 +198,7 @@ class Director:
                 request.target_model = rewrite
                 request.body["model"] = rewrite
             routed = self.route(request, subset)
+            routed.usage_reader = usage_reader
         except RequestError as error:
             self.record_error(error, request)
             raise

@@ -15,6 +15,7 @@ from epp.datastore import Endpoint
 from epp.framework import Extension, Plugin, timing
 from epp.metrics.exporter import EppMetrics
 from epp.requests import InferenceRequest, Usage
+from epp.requests.usage import UsageReader
 from epp.scheduling.types import SchedulingResult
 
 # Request attribute holding an agent session's identity (llm-d's `agent-identity` plugin); the
@@ -87,6 +88,10 @@ class RequestParser(Extension):
     @abstractmethod
     def parse(self, raw: bytes, path: str, headers: dict[str, str], request_id: str) -> InferenceRequest:
         """Parse the body; raise RequestError (400) for input this parser refuses."""
+
+    def usage_reader(self, streaming: bool) -> UsageReader:
+        """Reads token usage from this API's responses (OpenAI's shapes unless overridden)."""
+        return UsageReader(streaming)
 
 
 class Parsers:

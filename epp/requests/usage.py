@@ -75,19 +75,23 @@ class UsageReader:
             if line.startswith(b"data:") and b'"usage"' in line:
                 payload = line[5:].strip()
                 try:
-                    found = usage_from_object(orjson.loads(payload))
+                    document = orjson.loads(payload)
                 except orjson.JSONDecodeError:
                     continue
-                if found is not None:
-                    self.usage = found
+                self.found(document)
 
     def _finish_json(self) -> None:
         if not self._buffer:
             return
         try:
-            found = usage_from_object(orjson.loads(bytes(self._buffer)))
+            document = orjson.loads(bytes(self._buffer))
         except orjson.JSONDecodeError:
-            found = None
-        if found is not None:
-            self.usage = found
+            document = None
+        self.found(document)
         self._buffer.clear()
+
+    def found(self, document: Any) -> None:
+        """A response document or SSE event that may carry usage (an API's reader overrides this)."""
+        usage = usage_from_object(document)
+        if usage is not None:
+            self.usage = usage
