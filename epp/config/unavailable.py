@@ -161,9 +161,9 @@ def _entries() -> dict[str, UnavailableType]:
         "openai-parser (HTTP OpenAI API) or passthrough-parser",
     )
     add(
-        ("vertexai-parser", "vllmhttp-parser", "sglanghttp-parser"),
+        ("vertexai-parser", "sglanghttp-parser"),
         todo,
-        "llm-d parser for another request API (Vertex AI, vLLM/SGLang native HTTP)",
+        "llm-d parser for another request API (Vertex AI, SGLang's native HTTP generate)",
         "openai-parser, or passthrough-parser to route without reading the body",
     )
     add(
