@@ -25,6 +25,7 @@ test: install lint typecheck
 lint: install
 	$(BIN)/ruff check epp tests bench e2e
 	$(BIN)/ruff format --check epp tests bench e2e
+	$(BIN)/lint-imports --no-cache
 
 typecheck: install
 	$(BIN)/mypy

@@ -18,7 +18,10 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
+import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -77,8 +80,12 @@ def stack_config(run_dir: Path) -> StackConfig:
     return StackConfig(run_dir=run_dir, sims=4, sim_args=["--profile=llama-3.1-8b-h100"])
 
 
-async def inference_perf(tool: str, work: Path, rate: float, seconds: float) -> dict[str, object]:
+async def inference_perf(tool: str, work: Path, rate: float, seconds: float) -> dict[str, Any]:
+    """inference-perf's summary of the successful requests. `work` must be absolute: the tool
+    runs inside it and reads the config path it is given relative to there."""
     build_tokenizer(work / "tokenizer")
+    reports = work / "reports"
+    shutil.rmtree(reports, ignore_errors=True)  # a previous run's summary must not be read as this one's
     async with Stack(stack_config(work / "stack-ip")) as stack:
         config = {
             "api": {"type": "completion", "streaming": True},
@@ -91,16 +98,20 @@ async def inference_perf(tool: str, work: Path, rate: float, seconds: float) -> 
                 "ignore_eos": True,
             },
             "tokenizer": {"pretrained_model_name_or_path": str(work / "tokenizer")},
-            "storage": {"local_storage": {"path": str(work / "reports")}},
+            "storage": {"local_storage": {"path": str(reports)}},
         }
         (work / "ip.yaml").write_text(yaml.safe_dump(config))
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         process = await asyncio.create_subprocess_exec(
             tool, "--config_file", str(work / "ip.yaml"), env=env, cwd=work
         )
-        await process.wait()
-    found = sorted((work / "reports").rglob("summary_lifecycle_metrics.json"))
-    return json.loads(found[-1].read_text()) if found else {}
+        if await process.wait() != 0:
+            raise RuntimeError(f"inference-perf exited with {process.returncode}")
+    found = sorted(reports.rglob("summary_lifecycle_metrics.json"))
+    if not found:
+        raise RuntimeError(f"inference-perf wrote no summary_lifecycle_metrics.json under {reports}")
+    summary: dict[str, Any] = json.loads(found[-1].read_text())["successes"]
+    return summary
 
 
 async def ours(work: Path, rate: float, seconds: float) -> dict[str, float]:
@@ -121,13 +132,33 @@ async def ours(work: Path, rate: float, seconds: float) -> dict[str, float]:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--inference-perf", required=True, help="the inference-perf executable")
-    parser.add_argument("--work", type=Path, default=Path("run/compare-inference-perf"))
+    parser.add_argument(
+        "--work", type=Path, default=Path("run/compare-inference-perf"), help="working dir (made absolute)"
+    )
     parser.add_argument("--rate", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=30.0)
     args = parser.parse_args()
-    theirs = await inference_perf(args.inference_perf, args.work, args.rate, args.seconds)
-    print("inference-perf:", json.dumps(theirs.get("successes", theirs), indent=1))
-    print("ours:", json.dumps(await ours(args.work, args.rate, args.seconds), indent=1))
+    work = args.work.resolve()
+    theirs = await inference_perf(args.inference_perf, work, args.rate, args.seconds)
+    mine = await ours(work, args.rate, args.seconds)
+    print_comparison(theirs, mine)
+
+
+def print_comparison(theirs: dict[str, Any], mine: dict[str, float]) -> None:
+    """The figures both tools report, side by side (latencies in ms)."""
+    latency = theirs["latency"]
+    rows = [
+        ("completed requests", theirs["count"], mine["completed"]),
+        ("requests/s", theirs["throughput"]["requests_per_sec"], mine["requests_per_s"]),
+        ("output tokens/s", theirs["throughput"]["output_tokens_per_sec"], mine["output_tokens_per_s"]),
+        ("TTFT p50 ms", latency["time_to_first_token"]["median"] * 1e3, mine["ttft_p50"] * 1e3),
+        ("TTFT p90 ms", latency["time_to_first_token"]["p90"] * 1e3, mine["ttft_p90"] * 1e3),
+        ("e2e p50 ms", latency["request_latency"]["median"] * 1e3, mine["e2e_p50"] * 1e3),
+        ("e2e p99 ms", latency["request_latency"]["p99"] * 1e3, mine["e2e_p99"] * 1e3),
+    ]
+    sys.stdout.write(f"{'figure':<22}{'inference-perf':>16}{'ours':>12}\n")
+    for name, a, b in rows:
+        sys.stdout.write(f"{name:<22}{a:>16.1f}{b:>12.1f}\n")
 
 
 if __name__ == "__main__":

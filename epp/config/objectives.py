@@ -7,13 +7,11 @@ header; an unknown or missing objective means priority 0, as in GIE."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from epp.config.k8s_objects import kind_problem, objects, read_text
 from epp.params.strict import ConfigError, StrictModel, describe
 
 API_GROUP = "inference.networking.x-k8s.io/"
@@ -47,16 +45,12 @@ class _Objective(BaseModel):
 
 
 def load_objectives(text: str, source: str = "objectives") -> dict[str, int]:
-    try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
     priorities: dict[str, int] = {}
     problems: list[str] = []
-    for path, item in _objects(documents, source):
-        if not isinstance(item, dict) or item.get("kind") != KIND:
-            kind = item.get("kind") if isinstance(item, dict) else type(item).__name__
-            problems.append(f"{path}: expected kind {KIND}, got {kind!r}")
+    for path, item in objects(text, source, KIND):
+        problem = kind_problem(path, item, KIND)
+        if problem is not None:
+            problems.append(problem)
             continue
         try:
             objective = _Objective.model_validate(item)
@@ -77,22 +71,4 @@ def load_objectives(text: str, source: str = "objectives") -> dict[str, int]:
 
 
 def load_objectives_file(path: Path) -> dict[str, int]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read objectives file {path}: {exc.strerror}") from None
-    return load_objectives(text, str(path))
-
-
-def _objects(documents: list[Any], source: str) -> Iterator[tuple[str, Any]]:
-    """(location for messages, object) for every object, unpacking Lists."""
-    for i, document in enumerate(documents):
-        where = f"{source}: document {i + 1}"
-        if isinstance(document, dict) and document.get("kind") in ("List", f"{KIND}List"):
-            items = document.get("items") or []
-            if not isinstance(items, list):
-                raise ConfigError(f"{where}.items: expected a list")
-            for j, item in enumerate(items):
-                yield f"{where}.items[{j}]", item
-        else:
-            yield where, document
+    return load_objectives(read_text(path, "objectives"), str(path))

@@ -52,6 +52,10 @@ class ExtProcStream:
         self._body = bytearray()
         self._subset: list[str] | None = None
         self._routed: RoutedRequest | None = None
+        self._headers_seen = False
+        self._trailers_seen = False
+        # The request's headers or body ended, or its trailers came: nothing of it may follow.
+        self._request_ended = False
         self.done = False
 
     # --- entry point -------------------------------------------------------------------------
@@ -89,7 +93,18 @@ class ExtProcStream:
 
     # --- request path --------------------------------------------------------------------------
 
+    def _violation(self, what: str) -> RequestError:
+        """A message Envoy never sends in this order. Refused (ending the stream, which releases
+        any load taken) rather than acted on: acting could route the request a second time."""
+        return self._director.refuse(ErrorCode.INTERNAL, f"ext_proc protocol violation: {what}")
+
     def _request_headers(self, headers: ext_proc.HttpHeaders) -> Iterator[ext_proc.ProcessingResponse]:
+        if self._headers_seen:
+            raise self._violation("request headers twice")
+        if self._request_ended or self._routed is not None:
+            raise self._violation("request headers after the request ended")
+        self._headers_seen = True
+        self._request_ended = headers.end_of_stream
         self._headers = messages.read_headers(headers)
         if not self._headers.get(REQUEST_ID_HEADER):
             self._generated_request_id = str(uuid.uuid4())
@@ -114,6 +129,9 @@ class ExtProcStream:
             )
 
     def _request_body(self, body: ext_proc.HttpBody) -> Iterator[ext_proc.ProcessingResponse]:
+        if self._request_ended or self._routed is not None:
+            raise self._violation("a request body after the request ended")
+        self._request_ended = body.end_of_stream
         self._body += body.body
         if len(self._body) > self._options.max_body_bytes:
             raise self._director.refuse(
@@ -128,6 +146,9 @@ class ExtProcStream:
             yield from self._route(end_of_stream=False)
 
     def _request_trailers(self) -> Iterator[ext_proc.ProcessingResponse]:
+        if self._trailers_seen:
+            raise self._violation("request trailers twice")
+        self._trailers_seen = self._request_ended = True
         if self._routed is None:
             yield from self._route(end_of_stream=False)
         yield ext_proc.ProcessingResponse(request_trailers=ext_proc.TrailersResponse())

@@ -17,6 +17,7 @@ from epp.flowcontrol import Admission, AdmitAll
 from epp.headers import FAIRNESS_HEADER, MODEL_REWRITE_HEADER, OBJECTIVE_HEADER, REQUEST_ID_HEADER
 from epp.metrics.exporter import EppMetrics
 from epp.requestcontrol.hooks import AGENT_IDENTITY, Parsers, RequestControlHooks
+from epp.requestcontrol.model_rewrite import ModelRewrites
 from epp.requests import ApiKind, ErrorCode, InferenceRequest, RequestError, Usage
 from epp.requests.parser import api_kind, parse_request
 from epp.requests.usage import UsageReader
@@ -169,6 +170,7 @@ class Director:
         self.scheduler = scheduler
         self.admission = admission or AdmitAll()
         self.objectives: Mapping[str, int] = objectives or {}
+        self.model_rewrites = ModelRewrites(rng=rng)
         self.metrics = metrics or EppMetrics()
         self.hooks = hooks or RequestControlHooks((), self.metrics)
         self._rng = rng or random.Random()
@@ -193,18 +195,35 @@ class Director:
             self.hooks.request_headers(request)
             agent = request.attributes.get(AGENT_IDENTITY)
             request.fairness_id = headers.get(FAIRNESS_HEADER) or (agent if agent else request.fairness_id)
-            rewrite = headers.get(MODEL_REWRITE_HEADER)
-            if rewrite and request.model and rewrite != request.model:
+            # A body the parser did not read (no model) is forwarded unchanged.
+            rewrite = (
+                self._target_model(request.model, headers.get(MODEL_REWRITE_HEADER))
+                if request.model
+                else None
+            )
+            body: bytes | None = None
+            if rewrite and rewrite != request.model:
                 request.target_model = rewrite
                 request.body["model"] = rewrite
+                # Written before scheduling: whatever fails here must fail with no load taken.
+                body = orjson.dumps(request.body)
             routed = self.route(request, subset)
             routed.usage_reader = usage_reader
         except RequestError as error:
             self.record_error(error, request)
             raise
-        if request.target_model != request.model:
-            routed.body = orjson.dumps(request.body)
+        routed.body = body
         return routed
+
+    def _target_model(self, model: str, header: str | None) -> str | None:
+        """An InferenceModelRewrite rule for the model wins over the rewrite header, as in GIE."""
+        if self.model_rewrites:
+            chosen = self.model_rewrites.choose(model)
+            if chosen is not None:
+                rewrite_name, target = chosen
+                self.metrics.model_rewritten(rewrite_name, model, target)
+                return target
+        return header
 
     def handle_bodyless(self, headers: dict[str, str], subset: Sequence[str] | None) -> RoutedRequest:
         """Requests that end at their headers (GET /v1/models): any ready endpoint, uniformly. A

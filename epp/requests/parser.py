@@ -17,7 +17,19 @@ _PATH_SUFFIXES: tuple[tuple[str, ApiKind], ...] = (
     ("/completions", ApiKind.COMPLETIONS),
     ("/embeddings", ApiKind.EMBEDDINGS),
 )
+INFERENCE_API_PATHS = (
+    "/v1/completions",
+    "/v1/chat/completions",
+    "/v1/responses",
+    "/v1/embeddings",
+    "/v1/conversations",
+)
+"""The OpenAI paths of the APIs parsed here: what the gateway routes by default (with /v1/models)."""
 _TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+MAX_JSON_DEPTH = 254
+"""Deepest nesting of objects and arrays (the body itself is level 1) the EPP accepts: orjson writes
+no deeper, and the EPP re-serialises parts of the body (the prompt it hashes, a body whose model it
+rewrites). orjson reads up to 1,024 levels, so without this check a deeper body was a 500."""
 
 
 def api_kind(path: str) -> ApiKind:
@@ -74,13 +86,14 @@ def _responses_prompt(body: Mapping[str, Any]) -> bytes:
         raise _bad("invalid responses request: must have input field")
     if not isinstance(body["input"], str | list):
         raise _bad("invalid responses request: input must be a string or a list of input items")
-    parts: list[dict[str, Any]] = []
+    parts: list[bytes] = []
     if body.get("instructions"):
-        parts.append({"instructions": body["instructions"]})
+        parts.append(orjson.dumps({"instructions": body["instructions"]}))
     if body.get("tools"):
-        parts.append({"tools": body["tools"]})
-    parts.append({"input": body["input"]})
-    return orjson.dumps(parts)
+        parts.append(orjson.dumps({"tools": body["tools"]}))
+    parts.append(orjson.dumps({"input": body["input"]}))
+    # The bytes of orjson.dumps(parts), written part by part so they nest no deeper than the body.
+    return b"[" + b",".join(parts) + b"]"
 
 
 def _embeddings_prompt(body: Mapping[str, Any]) -> tuple[bytes, list[int] | None]:
@@ -121,14 +134,36 @@ def _token_limit(body: Mapping[str, Any]) -> int | None:
     return limit
 
 
+def _too_deep() -> RequestError:
+    return _bad(
+        f"error unmarshaling request body: objects and arrays are nested deeper than the limit of "
+        f"{MAX_JSON_DEPTH} levels"
+    )
+
+
+def _check_depth(raw: bytes, body: dict[str, Any]) -> None:
+    """A 400 for a body nested deeper than MAX_JSON_DEPTH. Fewer opening brackets than the limit
+    cannot nest that deep (two C-speed counts); otherwise writing the body is the exact test."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return
+    try:
+        orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        # A parsed body holds only JSON values, so writing it fails only on its depth.
+        raise _too_deep() from None
+
+
 def decode_body(raw: bytes) -> dict[str, Any]:
     """The body as a JSON object, or a 400 naming what is wrong with it."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit exceeded"):  # orjson's own reading limit, 1,024 levels
+            raise _too_deep() from None
         raise _bad(f"error unmarshaling request body: {exc}") from None
     if not isinstance(body, dict):
         raise _bad("error unmarshaling request body: the body must be a JSON object")
+    _check_depth(raw, body)
     return body
 
 

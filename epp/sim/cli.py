@@ -81,6 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-model-len", type=_count, help="override the context length")
     parser.add_argument("--max-waiting", type=_count, help="waiting-queue cap; beyond it requests get 429")
     parser.add_argument(
+        "--max-n-sequences",
+        type=_count,
+        default=16384,
+        help="most samples (n) per request, as vLLM's VLLM_MAX_N_SEQUENCES (default 16384); beyond: 400",
+    )
+    parser.add_argument(
         "--lora-modules",
         nargs="*",
         default=[],
@@ -134,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         kv_events_endpoint=args.kv_events_endpoint,
         lease_seconds=args.lease_seconds,
+        max_n_sequences=args.max_n_sequences,
     )
     if args.name:
         configs = [replace(configs[0], name=args.name)]

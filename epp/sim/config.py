@@ -35,6 +35,8 @@ class EndpointConfig:
     seed: int = 0
     kv_events_endpoint: str | None = None
     lease_seconds: float = 30.0
+    # Most samples (`n`) one request may ask for: vLLM's VLLM_MAX_N_SEQUENCES and its default.
+    max_n_sequences: int = 16384
 
 
 def parse_lora_modules(values: Iterable[str]) -> tuple[LoraModule, ...]:

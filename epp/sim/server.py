@@ -202,6 +202,7 @@ class SimServer:
             raise ApiError(400, "Prefill does not support streaming", "stream")
         if (role.prefill_leg or role.remote) and len(gen.prompts) * gen.n > 1:
             raise ApiError(400, "P/D transfer supports a single prompt and n=1 per request", "prompt")
+        self._check_sequences(gen)
         sequences = [
             self._sequence(gen, i * gen.n + sample, prompt, lora, role, sample)
             for i, prompt in enumerate(gen.prompts)
@@ -220,6 +221,37 @@ class SimServer:
             return json_response(generation_body(gen, group, kv))
         finally:
             group.abort_unfinished(self.driver)
+
+    def _check_sequences(self, gen: Generation) -> None:
+        """Refuse, before a single one is built, more sequences (one engine request per prompt and
+        sample) than vLLM allows or than the waiting queue could ever take: `n` = 10**9 once grew
+        a simulator to 10 GB while it built them."""
+        limit = self.config.max_n_sequences
+        if gen.n > limit:
+            raise ApiError(
+                400,
+                f"n must be at most {limit}, got {gen.n}. To increase this limit, start epp sim with "
+                "--max-n-sequences (vLLM: the VLLM_MAX_N_SEQUENCES environment variable).",
+                "n",
+            )
+        prompts = len(gen.prompts)
+        self._check_queue(
+            prompts * gen.n,
+            f"{prompts * gen.n} sequences ({prompts} prompt{'s' if prompts > 1 else ''} x n={gen.n})",
+            "n" if gen.n > 1 else "prompt",
+        )
+
+    def _check_queue(self, sequences: int, what: str, param: str) -> None:
+        """A request's sequences all enter the waiting queue at once: more than it holds could
+        never be admitted, so that is the client's 400, not a 429 to retry."""
+        queue = self.config.profile.max_waiting
+        if sequences > queue:
+            raise ApiError(
+                400,
+                f"this request needs {what}, but the waiting queue holds at most {queue} (--max-waiting): "
+                "it could never be admitted",
+                param,
+            )
 
     def _sequence(
         self,
@@ -292,6 +324,7 @@ class SimServer:
             raise ApiError(400, "'dimensions' must be an integer in 1..8192", "dimensions")
         max_len = self.config.profile.max_model_len
         prompts = parse_embedding_input(body)
+        self._check_queue(len(prompts), f"{len(prompts)} inputs", "input")
         sequences = []
         for index, prompt in enumerate(prompts):
             if len(prompt) > max_len:

@@ -9,7 +9,7 @@ import contextlib
 from pathlib import Path
 
 from epp.signals import stop_event
-from epp.stack.envoy import BODY_MODES, FAILURE_MODES, EnvoyOptions
+from epp.stack.envoy import BODY_MODES, DEFAULT_ALLOWED_PATHS, FAILURE_MODES, EnvoyOptions, check_path_prefix
 from epp.stack.processes import ProcessFailed
 from epp.stack.stack import PREFILL, Stack, StackConfig
 
@@ -41,10 +41,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--failure-mode", choices=FAILURE_MODES, default="closed", help="what Envoy does when the EPP is down"
     )
     parser.add_argument(
+        "--allow-path",
+        action="append",
+        default=[],
+        type=_path_prefix,
+        metavar="PREFIX",
+        help="also route this path and the paths under it (repeatable; '/' routes every path). By default "
+        f"the gateway routes only {', '.join(DEFAULT_ALLOWED_PATHS)}; any other path is Envoy's JSON 404",
+    )
+    parser.add_argument(
         "--sim-arg", action="append", default=[], help="extra `epp sim` argument (repeatable)"
     )
     parser.add_argument(
         "--epp-arg", action="append", default=[], help="extra `epp serve` argument (repeatable)"
+    )
+
+
+def _path_prefix(text: str) -> str:
+    try:
+        return check_path_prefix(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def envoy_options(args: argparse.Namespace) -> EnvoyOptions:
+    """Envoy's part of `epp run`: free ports, the chosen modes, the default paths plus --allow-path."""
+    return EnvoyOptions(
+        listen_port=0,
+        admin_port=0,
+        body_mode=args.body_mode,
+        failure_mode=args.failure_mode,
+        allowed_paths=(*DEFAULT_ALLOWED_PATHS, *args.allow_path),
     )
 
 
@@ -104,9 +131,7 @@ async def _main(args: argparse.Namespace) -> None:
         model=args.model,
         sim_args=args.sim_arg,
         epp_args=_epp_args(args),
-        envoy=EnvoyOptions(
-            listen_port=0, admin_port=0, body_mode=args.body_mode, failure_mode=args.failure_mode
-        ),
+        envoy=envoy_options(args),
         gateway_port=args.port,
         prefill_sims=prefill_sims,
         decode_sims=decode_sims,

@@ -12,7 +12,12 @@ Two body modes:
   Envoy (the EPP enforces its own).
 Routing keys on the `envoy.lb` dynamic metadata the EPP sets (with the same value as its
 `x-gateway-destination-endpoint` header): clients cannot forge metadata, so a client-sent
-destination header never steers Envoy, not even when the EPP is down and Envoy fails open."""
+destination header never steers Envoy, not even when the EPP is down and Envoy fails open.
+
+Only the paths of `allowed_paths` (by default the OpenAI APIs and /v1/models) reach the EPP and
+the pool; any other path is Envoy's own JSON 404, so a model server's /metrics, /reset_prefix_cache
+or LoRA-loading endpoints are not open to the gateway's clients. Paths are normalised first
+(`..` segments resolved, repeated slashes merged), so `/v1/models/../metrics` is a 404 too."""
 
 from __future__ import annotations
 
@@ -21,10 +26,25 @@ from typing import Any
 
 from epp.datastore.endpoint import split_host_port
 from epp.headers import DESTINATION_HEADER, EPP_ERROR_KEY, LB_NAMESPACE
+from epp.requests.parser import INFERENCE_API_PATHS
 
 _DESTINATION_PATH = {"path": [{"key": DESTINATION_HEADER}]}
 BODY_MODES = ("full-duplex", "buffered")
 FAILURE_MODES = ("closed", "open")
+DEFAULT_ALLOWED_PATHS = (*INFERENCE_API_PATHS, "/v1/models")
+EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
+
+
+def check_path_prefix(path: str) -> str:
+    """An allowed path prefix, normalised as Envoy normalises request paths (no trailing or
+    repeated slashes); `/` allows every path. ValueError names what is wrong."""
+    if not path.startswith("/") or any(c in path for c in "?#%*") or any(c.isspace() for c in path):
+        raise ValueError(
+            f"an allowed path must start with '/' and hold no '?', '#', '%', '*' or spaces: {path!r}"
+        )
+    if any(segment in (".", "..") for segment in path.split("/")):
+        raise ValueError(f"an allowed path must not hold '.' or '..' segments: {path!r}")
+    return "/" + "/".join(segment for segment in path.split("/") if segment)
 
 
 @dataclass(frozen=True)
@@ -45,8 +65,15 @@ class EnvoyOptions:
     baseline_port: int | None = None
     message_timeout: str = "10s"
     buffer_limit_bytes: int = 16 * 1024 * 1024
+    # Path prefixes routed, each matching whole segments (`/v1/models` and `/v1/models/x`, not
+    # `/v1/modelsx`); every other path gets Envoy's 404. `/` routes everything.
+    allowed_paths: tuple[str, ...] = DEFAULT_ALLOWED_PATHS
 
     def __post_init__(self) -> None:
+        paths = tuple(dict.fromkeys(check_path_prefix(p) for p in self.allowed_paths))
+        if not paths:
+            raise ValueError("allowed_paths is empty: the gateway would route nothing")
+        object.__setattr__(self, "allowed_paths", ("/",) if "/" in paths else paths)
         if self.body_mode not in BODY_MODES:
             raise ValueError(f"body_mode must be one of {BODY_MODES}, not {self.body_mode!r}")
         if self.failure_mode not in FAILURE_MODES:
@@ -88,7 +115,7 @@ def _processing_mode(options: EnvoyOptions) -> dict[str, str]:
 
 def _http_filters(options: EnvoyOptions) -> list[dict[str, Any]]:
     ext_proc = {
-        "name": "envoy.filters.http.ext_proc",
+        "name": EXT_PROC_FILTER,
         "typed_config": _typed(
             "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
             grpc_service={"envoy_grpc": {"cluster_name": "epp"}, "timeout": "10s"},
@@ -110,30 +137,60 @@ def _http_filters(options: EnvoyOptions) -> list[dict[str, Any]]:
     return [ext_proc, router]
 
 
+def _path_match(prefix: str) -> dict[str, str]:
+    """Whole path segments, query string ignored."""
+    return {"prefix": "/"} if prefix == "/" else {"path_separated_prefix": prefix}
+
+
 def _routes(options: EnvoyOptions) -> list[dict[str, Any]]:
-    """Route on the EPP's dynamic metadata, which clients cannot forge. The EPP's answer clears the
-    route cache, so the request is re-matched once the metadata is there."""
-    picked: dict[str, Any] = {
-        "match": {
-            "prefix": "/",
-            "dynamic_metadata": [
-                {"filter": LB_NAMESPACE, **_DESTINATION_PATH, "value": {"present_match": True}}
-            ],
-        },
-        "route": {"cluster": "pool", "timeout": "0s", "idle_timeout": "300s"},
-    }
-    fallback: dict[str, Any]
-    if options.failure_mode == "open":
-        fallback = {"match": {"prefix": "/"}, "route": {"cluster": "pool_fallback", "timeout": "0s"}}
-    else:
-        fallback = {
-            "match": {"prefix": "/"},
-            "direct_response": {
-                "status": 503,
-                "body": {"inline_string": "no endpoint was picked"},
+    """Per allowed path: route on the EPP's dynamic metadata, which clients cannot forge (the EPP's
+    answer clears the route cache, so the request is re-matched once the metadata is there), else
+    the fallback. Then the 404 for every other path."""
+    routes: list[dict[str, Any]] = []
+    for prefix in options.allowed_paths:
+        picked = {
+            "match": {
+                **_path_match(prefix),
+                "dynamic_metadata": [
+                    {"filter": LB_NAMESPACE, **_DESTINATION_PATH, "value": {"present_match": True}}
+                ],
             },
+            "route": {"cluster": "pool", "timeout": "0s", "idle_timeout": "300s"},
         }
-    return [picked, fallback]
+        fallback: dict[str, Any]
+        if options.failure_mode == "open":
+            fallback = {"match": _path_match(prefix), "route": {"cluster": "pool_fallback", "timeout": "0s"}}
+        else:
+            fallback = {
+                "match": _path_match(prefix),
+                "direct_response": {
+                    "status": 503,
+                    "body": {"inline_string": "no endpoint was picked"},
+                },
+            }
+        routes += [picked, fallback]
+    return routes + _not_routed(options, ext_proc=True)
+
+
+def _not_routed(options: EnvoyOptions, ext_proc: bool) -> list[dict[str, Any]]:
+    """Envoy's 404 for a path outside allowed_paths, without a call to the EPP."""
+    if options.allowed_paths == ("/",):
+        return []
+    listed = ", ".join(options.allowed_paths)
+    route: dict[str, Any] = {
+        "match": {"prefix": "/"},
+        "direct_response": {
+            "status": 404,
+            "body": {"inline_string": f"this gateway routes only {listed} and the paths under them"},
+        },
+    }
+    if ext_proc:
+        route["typed_per_filter_config"] = {
+            EXT_PROC_FILTER: _typed(
+                "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute", disabled=True
+            )
+        }
+    return [route]
 
 
 def _clusters(options: EnvoyOptions) -> list[dict[str, Any]]:
@@ -201,7 +258,10 @@ def render_bootstrap(options: EnvoyOptions) -> dict[str, Any]:
         raise ValueError("the baseline listener needs fallback_endpoints to round-robin over")
     listeners = [_listener("gateway", options.listen_port, _routes(options), _http_filters(options), options)]
     if options.baseline_port is not None:
-        to_pool = [{"match": {"prefix": "/"}, "route": {"cluster": "pool_fallback", "timeout": "0s"}}]
+        to_pool = [
+            {"match": _path_match(prefix), "route": {"cluster": "pool_fallback", "timeout": "0s"}}
+            for prefix in options.allowed_paths
+        ] + _not_routed(options, ext_proc=False)
         router = _http_filters(options)[-1:]
         listeners.append(_listener("baseline", options.baseline_port, to_pool, router, options))
     return {
@@ -226,8 +286,10 @@ def _local_replies() -> dict[str, Any]:
         }
     }
 
-    def mapper(message: str, status: int | None = None) -> dict[str, Any]:
-        error = {"message": message, "type": "%RESPONSE_CODE_DETAILS%", "code": "%RESPONSE_CODE%"}
+    def mapper(
+        message: str, status: int | None = None, kind: str = "%RESPONSE_CODE_DETAILS%"
+    ) -> dict[str, Any]:
+        error = {"message": message, "type": kind, "code": "%RESPONSE_CODE%"}
         body = {"json_format": {"error": error}, "content_type": "application/json"}
         if status is None:
             return {"filter": not_from_epp, "body_format_override": body}
@@ -240,6 +302,8 @@ def _local_replies() -> dict[str, Any]:
         "mappers": [
             mapper("the endpoint picker is unreachable or failed", 500),
             mapper("no answer in time from the endpoint picker or the model server", 504),
+            # Only a path outside the policy is a local 404 here: the EPP's own carry its key.
+            mapper("inference error: NotFound - %LOCAL_REPLY_BODY%", 404, kind="NotFound"),
             mapper("%LOCAL_REPLY_BODY%"),
         ]
     }
@@ -252,6 +316,9 @@ def _listener(
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         stat_prefix=name,
         codec_type="AUTO",
+        # The path policy matches the path as the model server will see it.
+        normalize_path=True,
+        merge_slashes=True,
         route_config={"virtual_hosts": [{"name": "pool", "domains": ["*"], "routes": routes}]},
         http_filters=filters,
         local_reply_config=_local_replies(),

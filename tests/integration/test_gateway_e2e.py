@@ -11,9 +11,10 @@ import orjson
 import pytest
 from aiohttp import web
 
-from epp.stack.envoy import EnvoyOptions
+from epp.stack.envoy import DEFAULT_ALLOWED_PATHS, EnvoyOptions
 from epp.stack.stack import SimEndpoint, Stack
 from tests.integration.conftest import StackFactory
+from tests.unit.deep_json import deep_body
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -118,6 +119,7 @@ async def test_models_list_is_routed_without_a_body(shared_stack: Stack) -> None
         ("/v1/chat/completions", {"model": MODEL, "messages": "hi"}, 400, "must have valid messages field"),
         ("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": "many"}, 400, "max_tokens must be"),
         ("/v1/completions", {"model": "no-such-model", "prompt": "x"}, 404, "is not served by any endpoint"),
+        ("/v1/chat/completions", deep_body(0, 600), 400, "nested deeper than the limit of 254 levels"),
     ],
 )
 async def test_bad_requests_get_a_json_error_from_the_epp(
@@ -265,3 +267,53 @@ async def test_epp_down_fail_open_routes_round_robin(make_stack: StackFactory) -
             assert "x-epp-destination" not in response.headers
             served.add(served_by(response))
         assert served == {s.hostport for s in stack.sims}
+
+
+async def raw_request(port: int, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request with the path sent exactly as given (clients resolve `..` themselves)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        head = f"{method} {path} HTTP/1.1\r\nhost: gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        writer.write(head.encode())
+        data = await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+    head_bytes, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head_bytes.decode().split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/metrics"),
+        ("POST", "/reset_prefix_cache"),
+        ("GET", "/health"),
+        ("GET", "/v1/models/../../metrics"),
+        ("GET", "/v1/models/%2e%2e/%2e%2e/metrics"),
+        ("GET", "//metrics"),
+        ("POST", "/v1/completionsx"),
+    ],
+)
+async def test_paths_outside_the_policy_get_a_json_404_from_envoy(
+    shared_stack: Stack, method: str, path: str
+) -> None:
+    status, headers, body = await raw_request(shared_stack.gateway_port, method, path)
+    assert status == 404, body
+    assert headers["content-type"] == "application/json"
+    assert "x-inference-pod" not in headers, "no model server answered"
+    assert "x-epp-destination" not in headers, "the EPP was not asked"
+    error = orjson.loads(body)["error"]
+    assert (error["code"], error["type"]) == (404, "NotFound")
+    assert error["message"].startswith("inference error: NotFound - this gateway routes only /v1/completions")
+    models, _, listing = await raw_request(shared_stack.gateway_port, "GET", "/v1/models")
+    assert models == 200 and MODEL.encode() in listing
+
+
+async def test_an_allowed_path_reaches_the_pool(make_stack: StackFactory) -> None:
+    envoy = EnvoyOptions(listen_port=0, admin_port=0, allowed_paths=(*DEFAULT_ALLOWED_PATHS, "/health/"))
+    async with make_stack("allow-path", sims=1, envoy=envoy) as stack:
+        status, headers, _ = await raw_request(stack.gateway_port, "GET", "/health")
+        assert status == 200 and headers["x-inference-pod"] == stack.sims[0].name
+        assert (await raw_request(stack.gateway_port, "GET", "/metrics"))[0] == 404

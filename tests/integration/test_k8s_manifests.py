@@ -6,30 +6,38 @@ while the real discovery runs against the manifests' own pool and objectives).""
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
-from epp.cli import build_parser
+from epp.cli import parse_args
 from epp.config.loader import load_config
 from epp.datastore import Datastore
+from epp.discovery.k8s.client import api_client
+from epp.discovery.k8s.leader import LeaderElector, LeaseTiming, lease_name
 from epp.discovery.kubernetes import PoolDiscovery, PoolRef
-from epp.stack.envoy import EnvoyOptions, render_bootstrap
+from epp.metrics.auth import MetricsAuth
+from epp.stack.envoy import DEFAULT_ALLOWED_PATHS, EnvoyOptions, render_bootstrap
 from epp.stack.processes import wait_until
-from tests.k8s_double import PODS, ApiServerDouble, Resource
+from tests.k8s_double import LEASES, PODS, SERVICE_ACCOUNT, ApiServerDouble, Resource
 from tests.k8s_double.objects import pod
 from tests.k8s_double.schemas import crd_files, has_schema, validate_custom_resource
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES_VERSION = "1.33.0"
-OVERLAYS = ["manifests/overlays/aggregated", "manifests/overlays/pd"]
+OVERLAYS = ["manifests/overlays/aggregated", "manifests/overlays/pd", "manifests/overlays/agentgateway"]
+HA = "manifests/overlays/ha"  # aggregated with two leader-electing EPP replicas
 GATEWAYS = {
+    "gateway-api/agentgateway": "agentgateway",
     "gateway-api/envoy-gateway": "envoy-gateway",
     "gateway-api/istio": "istio",
     "gateway-api/kgateway": "kgateway",
@@ -53,7 +61,7 @@ def render(directory: str) -> list[Doc]:
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
-RENDERED = {directory: render(directory) for directory in [*OVERLAYS, *GATEWAYS]} if KUBECTL else {}
+RENDERED = {directory: render(directory) for directory in [*OVERLAYS, HA, *GATEWAYS]} if KUBECTL else {}
 
 
 def of_kind(docs: list[Doc], kind: str) -> list[Doc]:
@@ -72,8 +80,7 @@ def containers(deployment: Doc) -> list[Doc]:
 
 def cli_args(container: Doc) -> Any:
     """The container's args parsed by the `epp` CLI itself: an unknown flag fails here."""
-    args = container["args"]
-    return build_parser(args[0]).parse_args(args)
+    return parse_args(container["args"])
 
 
 def model_servers(docs: list[Doc]) -> list[Doc]:
@@ -84,7 +91,7 @@ def epp_deployment(docs: list[Doc]) -> Doc:
     return one(docs, "Deployment", "vllm-sim-epp")
 
 
-@pytest.mark.parametrize("directory", [*OVERLAYS, *GATEWAYS])
+@pytest.mark.parametrize("directory", [*OVERLAYS, HA, *GATEWAYS])
 def test_objects_validate_against_their_schemas(directory: str) -> None:
     kinds = set()
     for doc in RENDERED[directory]:
@@ -97,8 +104,23 @@ def test_objects_validate_against_their_schemas(directory: str) -> None:
 
 
 def test_the_crds_the_tests_validate_with_are_valid_objects() -> None:
-    for path in crd_files():
+    files = crd_files()
+    assert {yaml.safe_load(p.read_text())["spec"]["names"]["kind"] for p in files} == {
+        "InferencePool",
+        "InferenceObjective",
+        "InferenceModelRewrite",
+    }
+    for path in files:
         kubernetes_validate.validate(yaml.safe_load(path.read_text()), KUBERNETES_VERSION, strict=True)
+
+
+def test_a_field_the_crd_does_not_know_is_a_validation_error() -> None:
+    """The API server would prune it silently; in a manifest of ours it is a typo."""
+    pool = copy.deepcopy(one(RENDERED["manifests/overlays/aggregated"], "InferencePool"))
+    validate_custom_resource(pool)
+    pool["spec"]["targetPort"] = pool["spec"]["targetPorts"]
+    with pytest.raises(jsonschema.ValidationError, match=r"\.spec\.targetPort\b"):
+        validate_custom_resource(pool)
 
 
 @pytest.mark.parametrize("directory", OVERLAYS)
@@ -148,7 +170,11 @@ def test_epp_ports_line_up(directory: str) -> None:
     docs = RENDERED[directory]
     deployment = epp_deployment(docs)
     (container,) = containers(deployment)
+    # GIE's chart convention: no command, flags only (the image's entrypoint serves).
+    assert "command" not in container
+    assert container["args"][0].startswith("--")
     args = cli_args(container)
+    assert args.command == "serve"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {
         "grpc": args.grpc_port,
@@ -207,15 +233,21 @@ def resource_of(doc: Doc) -> Resource:
 
 
 async def test_the_role_is_enough_for_discovery_of_the_manifests_pool(tmp_path: Path) -> None:
-    """The real discovery, under the Role's rules, finds the manifests' pool and objectives."""
+    """The real discovery, under the Role's rules, finds the manifests' pool and objectives, and
+    may watch model rewrites."""
     docs = RENDERED[OVERLAYS[0]]
     api = ApiServerDouble(rbac=one(docs, "Role")["rules"])
     await api.start()
     datastore = Datastore()
     objectives: dict[str, int] = {}
+    rewrites: list[object] = []
     pool = one(docs, "InferencePool")
     discovery = PoolDiscovery(
-        PoolRef(pool["metadata"]["name"]), datastore, objectives.update, api.write_kubeconfig(tmp_path / "kc")
+        PoolRef(pool["metadata"]["name"]),
+        datastore,
+        objectives.update,
+        api.write_kubeconfig(tmp_path / "kc"),
+        on_model_rewrites=rewrites.append,
     )
     try:
         for doc in [pool, *of_kind(docs, "InferenceObjective")]:
@@ -225,14 +257,85 @@ async def test_the_role_is_enough_for_discovery_of_the_manifests_pool(tmp_path: 
         await discovery.start()
 
         async def synced() -> bool | None:
-            # Listed, and watching all three collections (a Role without `watch` stops here).
-            return True if datastore.synced and objectives and api.open_watches == 3 else None
+            # Listed, and watching all four collections (a Role without `watch` stops here).
+            return True if datastore.synced and objectives and rewrites and api.open_watches == 4 else None
 
         await wait_until(synced, "discovery under the Role's rules", 10)
         assert [e.hostport for e in datastore.endpoints()] == ["10.0.0.1:8000"]
         assert objectives == {"interactive": 10, "batch": -1}
     finally:
         await discovery.stop()
+        await api.stop()
+
+
+def test_the_epp_may_review_metrics_callers_cluster_wide() -> None:
+    docs = RENDERED[OVERLAYS[0]]
+    assert cli_args(containers(epp_deployment(docs))[0]).metrics_endpoint_auth is None  # GIE's default: on
+    binding = one(docs, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == one(docs, "ClusterRole")["metadata"]["name"]
+    (subject,) = binding["subjects"]
+    assert (subject["kind"], subject["name"], subject["namespace"]) == (
+        "ServiceAccount",
+        "vllm-sim-epp",
+        "default",
+    )
+
+
+async def test_the_cluster_role_is_enough_for_metrics_auth(tmp_path: Path) -> None:
+    """Under the ClusterRole's rules the EPP's reviews go through, and its own service account
+    (bound to the ClusterRole's nonResourceURLs rule) may read /metrics."""
+    docs = RENDERED[OVERLAYS[0]]
+    rules = one(docs, "ClusterRole")["rules"]
+    api = ApiServerDouble(rbac=rules)
+    await api.start()
+    (subject,) = one(docs, "ClusterRoleBinding")["subjects"]
+    assert f"system:serviceaccount:{subject['namespace']}:{subject['name']}" == SERVICE_ACCOUNT
+    for rule in rules:
+        for url in rule.get("nonResourceURLs", []):
+            for verb in rule["verbs"]:
+                api.grant(SERVICE_ACCOUNT, verb, url)
+    client = await api_client(api.write_kubeconfig(tmp_path / "kc"))
+    try:
+        auth = MetricsAuth(client)
+        user = await auth.authenticate("double-token")
+        assert user is not None and user.username == SERVICE_ACCOUNT
+        assert await auth.authorize(user, "get", "/metrics")
+    finally:
+        await client.close()
+        await api.stop()
+
+
+def test_the_ha_overlay_runs_two_leader_electing_replicas() -> None:
+    deployment = epp_deployment(RENDERED[HA])
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    (container,) = containers(deployment)
+    assert cli_args(container).ha_enable_leader_election is True
+    assert container["readinessProbe"]["grpc"]["service"] == "readiness"
+    assert container["livenessProbe"]["grpc"]["service"] == "liveness"
+
+
+async def test_the_ha_roles_are_enough_for_leader_election(tmp_path: Path) -> None:
+    docs = RENDERED[HA]
+    account = epp_deployment(docs)["spec"]["template"]["spec"]["serviceAccountName"]
+    roles = {role["metadata"]["name"]: role["rules"] for role in of_kind(docs, "Role")}
+    bound = [
+        b["roleRef"]["name"] for b in of_kind(docs, "RoleBinding") if b["subjects"][0]["name"] == account
+    ]
+    api = ApiServerDouble(rbac=[rule for name in bound for rule in roles[name]])
+    await api.start()
+    client = await api_client(api.write_kubeconfig(tmp_path / "kc"))
+    pool = PoolRef(one(docs, "InferencePool")["metadata"]["name"])
+    timing = LeaseTiming(lease_duration=1, renew_deadline=0.5, retry_period=0.05)
+    elector = LeaderElector(client, lease_name(pool), pool.namespace, "a", timing)
+    elector.start()
+    try:
+        await asyncio.wait_for(elector.elected.wait(), 10)
+        await elector.stop()  # and release: update after get
+        assert api.get(LEASES, lease_name(pool))["spec"]["holderIdentity"] == ""
+    finally:
+        await elector.stop()
+        await client.close()
         await api.stop()
 
 
@@ -253,14 +356,24 @@ def test_routes_send_the_gateway_to_the_pool(directory: str, gateway_class: str)
     assert (parent["kind"], parent["name"]) == ("Gateway", gateway["metadata"]["name"])
     classes = of_kind(docs, "GatewayClass")
     assert all(c["metadata"]["name"] == gateway_class for c in classes)
+    # The same path policy as the standalone bootstrap: the OpenAI API paths only, never `/`.
+    matches = [m["path"] for m in rule["matches"]]
+    assert matches == [{"type": "PathPrefix", "value": path} for path in DEFAULT_ALLOWED_PATHS]
 
 
 def test_istio_originates_tls_to_the_epp() -> None:
     rule = one(RENDERED["gateway-api/istio"], "DestinationRule")
     service = one(RENDERED[OVERLAYS[0]], "Service", "vllm-sim-epp")
-    assert rule["spec"]["host"] == f"{service['metadata']['name']}.default.svc.cluster.local"
+    # A short name: Istio reads it in the rule's own namespace, so it follows `kubectl -n`.
+    assert rule["spec"]["host"] == service["metadata"]["name"]
     assert rule["spec"]["trafficPolicy"]["tls"] == {"mode": "SIMPLE", "insecureSkipVerify": True}
     assert cli_args(containers(epp_deployment(RENDERED[OVERLAYS[0]]))[0]).secure_serving is True
+
+
+def test_agentgateway_reaches_the_epp_in_plaintext() -> None:
+    overlay = RENDERED["manifests/overlays/agentgateway"]
+    assert cli_args(containers(epp_deployment(overlay))[0]).secure_serving is False
+    assert not of_kind(RENDERED["gateway-api/agentgateway"], "DestinationRule")
 
 
 def test_the_standalone_envoy_bootstrap_is_the_rendered_one() -> None:

@@ -135,6 +135,54 @@ async def test_n_samples_each_prompt_n_times(cluster: SimCluster, http: aiohttp.
         assert (status, data["param"], data["message"]) == (400, "n", "'n' must be an integer >= 1")
 
 
+async def test_n_beyond_the_limit_is_a_400_before_any_sequence_is_built(http: aiohttp.ClientSession) -> None:
+    """n = 10**9 once grew a simulator to 10 GB: the bound is checked before anything is built."""
+    configs = make_configs(1, profile=TINY_TEST.with_overrides(max_waiting=5000), model=MODEL)
+    async with SimCluster(configs) as sims:
+        url = base(sims) + "/v1/completions"
+        for n in (16_385, 10**9):
+            status, _, data = await asyncio.wait_for(
+                post(http, url, {"model": MODEL, "prompt": "x", "n": n}), 5
+            )
+            assert (status, data["param"]) == (400, "n")
+            assert data["message"].startswith(f"n must be at most 16384, got {n}.")
+            assert "--max-n-sequences" in data["message"]
+        assert (await stats(http, base(sims)))["requests"] == 0
+        ok = await post(http, url, {"model": MODEL, "prompt": "x", "n": 3, "max_tokens": 1})
+        assert ok[0] == 200 and len(ok[2]["choices"]) == 3
+    async with SimCluster(make_configs(1, profile=TINY_TEST, model=MODEL, max_n_sequences=4)) as sims:
+        status, _, data = await post(
+            http, base(sims) + "/v1/completions", {"model": MODEL, "prompt": "x", "n": 5}
+        )
+        assert status == 400 and data["message"].startswith("n must be at most 4, got 5.")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param", "count"),
+    [
+        ("/v1/completions", {"prompt": "x", "n": 65}, "n", "65 sequences (1 prompt x n=65)"),
+        ("/v1/completions", {"prompt": ["a", "b"], "n": 40}, "n", "80 sequences (2 prompts x n=40)"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "hi"}], "n": 100},
+            "n",
+            "100 sequences",
+        ),
+        ("/v1/completions", {"prompt": ["p"] * 65}, "prompt", "65 sequences (65 prompts x n=1)"),
+        ("/v1/embeddings", {"input": ["p"] * 65}, "input", "65 inputs"),
+    ],
+)
+async def test_a_request_larger_than_the_waiting_queue_is_a_400_not_a_429(
+    cluster: SimCluster, http: aiohttp.ClientSession, path: str, body: dict[str, Any], param: str, count: str
+) -> None:
+    """Its sequences enter the waiting queue at once (64 in the tiny profile): it could never be
+    admitted, so retrying after a 429 would never help."""
+    status, _, data = await post(http, base(cluster) + path, {"model": MODEL, **body})
+    assert (status, data["param"]) == (400, param), data
+    assert count in data["message"] and "at most 64 (--max-waiting)" in data["message"]
+    assert (await stats(http, base(cluster)))["requests"] == 0
+
+
 async def test_output_length_is_deterministic_without_ignore_eos(
     cluster: SimCluster, http: aiohttp.ClientSession
 ) -> None:
@@ -614,6 +662,7 @@ async def test_cli_ready_file_and_sigterm(tmp_path: Path, http: aiohttp.ClientSe
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "epp.cli", "--log-level", "WARNING", "sim", "--count", "2", "--port", "0",
         "--profile", "tiny-test", "--time-scale", "0.5", "--name-prefix", "cli", "--ready-file", str(ready),
+        "--max-n-sequences", "2",
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
     try:
@@ -627,6 +676,9 @@ async def test_cli_ready_file_and_sigterm(tmp_path: Path, http: aiohttp.ClientSe
         for endpoint in endpoints:
             async with http.get(f"http://{endpoint['host']}:{endpoint['port']}/health") as response:
                 assert response.status == 200 and response.headers["x-inference-pod"] == endpoint["name"]
+        url = f"http://{endpoints[0]['host']}:{endpoints[0]['port']}/v1/completions"
+        status, _, data = await post(http, url, {"model": MODEL, "prompt": "x", "n": 3})
+        assert status == 400 and data["message"].startswith("n must be at most 2, got 3.")
     finally:
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 10) == 0

@@ -1,23 +1,25 @@
-"""The CRD schemas (crds/, hand-written) as JSON Schema validators: the double checks every
-custom resource a test stores, and the manifest tests check ours, as the API server would."""
+"""GIE's official CRD schemas (tests/data/upstream/crds/, verbatim, sources in SOURCES.yaml) as
+JSON Schema validators: the double checks every custom resource a test stores, and the manifest
+tests check ours, as the API server would. CEL rules (x-kubernetes-validations) are not run."""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonschema import Draft7Validator
+from jsonschema import Draft7Validator, ValidationError
 
-CRD_DIR = Path(__file__).parent / "crds"
+CRD_DIR = Path(__file__).parents[1] / "data" / "upstream" / "crds"
 
 
 @functools.cache
 def _validators() -> dict[tuple[str, str], Draft7Validator]:
-    """(apiVersion, kind) -> validator, for every served version of every CRD in crds/."""
+    """(apiVersion, kind) -> validator, for every served version of every CRD in CRD_DIR."""
     validators = {}
-    for path in sorted(CRD_DIR.glob("*.yaml")):
+    for path in crd_files():
         crd = yaml.safe_load(path.read_text())
         spec = crd["spec"]
         for version in spec["versions"]:
@@ -30,7 +32,7 @@ def _validators() -> dict[tuple[str, str], Draft7Validator]:
 
 
 def crd_files() -> list[Path]:
-    return sorted(CRD_DIR.glob("*.yaml"))
+    return sorted(p for p in CRD_DIR.glob("*.yaml") if p.name != "SOURCES.yaml")
 
 
 def has_schema(api_version: str, kind: str) -> bool:
@@ -38,5 +40,30 @@ def has_schema(api_version: str, kind: str) -> bool:
 
 
 def validate_custom_resource(obj: dict[str, Any]) -> None:
-    """Raise jsonschema.ValidationError (naming the field) if `obj` breaks its CRD's schema."""
-    _validators()[(obj["apiVersion"], obj["kind"])].validate(obj)
+    """Raise jsonschema.ValidationError (naming the field) if `obj` breaks its CRD's schema, or
+    has a field the schema does not know: the API server would prune it silently (structural
+    schemas), which for a manifest of ours or a test object means a typo."""
+    validator = _validators()[(obj["apiVersion"], obj["kind"])]
+    validator.validate(obj)
+    unknown = list(_pruned(obj, validator.schema, ""))
+    if unknown:
+        raise ValidationError(f"unknown fields the API server would drop: {', '.join(unknown)}")
+
+
+def _pruned(value: Any, schema: dict[str, Any], path: str) -> Iterator[str]:
+    """Paths in `value` that the schema's `properties` do not name (metadata is the server's)."""
+    if schema.get("x-kubernetes-preserve-unknown-fields") or path == ".metadata":
+        return
+    if isinstance(value, dict) and "properties" in schema:
+        properties = schema["properties"]
+        for key, child in value.items():
+            if key not in properties:
+                yield f"{path}.{key}"
+            else:
+                yield from _pruned(child, properties[key], f"{path}.{key}")
+    elif isinstance(value, dict) and isinstance(schema.get("additionalProperties"), dict):
+        for key, child in value.items():
+            yield from _pruned(child, schema["additionalProperties"], f"{path}.{key}")
+    elif isinstance(value, list) and "items" in schema:
+        for i, child in enumerate(value):
+            yield from _pruned(child, schema["items"], f"{path}[{i}]")

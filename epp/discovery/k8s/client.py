@@ -1,5 +1,5 @@
 """The API client and the collections the EPP reads: one InferencePool, the pods of its
-namespace that its selector matches, and the namespace's InferenceObjectives."""
+namespace that its selector matches, and the namespace's InferenceObjectives and InferenceModelRewrites."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from pathlib import Path
 from kubernetes_asyncio import config
 from kubernetes_asyncio.client import ApiClient, Configuration, CoreV1Api, CustomObjectsApi
 
-from epp.discovery.k8s.model import OBJECTIVE_GROUP, OBJECTIVE_VERSION, PoolRef
+from epp.discovery.k8s.model import (
+    OBJECTIVE_GROUP,
+    OBJECTIVE_VERSION,
+    REWRITE_GROUP,
+    REWRITE_VERSION,
+    PoolRef,
+)
 from epp.discovery.k8s.reflector import Lister
 
 
@@ -50,4 +56,14 @@ def objective_lister(api: ApiClient, namespace: str) -> Lister:
         OBJECTIVE_VERSION,
         namespace,
         "inferenceobjectives",
+    )
+
+
+def model_rewrite_lister(api: ApiClient, namespace: str) -> Lister:
+    return functools.partial(
+        CustomObjectsApi(api).list_namespaced_custom_object,
+        REWRITE_GROUP,
+        REWRITE_VERSION,
+        namespace,
+        "inferencemodelrewrites",
     )

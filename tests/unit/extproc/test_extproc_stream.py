@@ -21,6 +21,7 @@ from epp.extproc.server import Health, bind, ext_proc_server
 from epp.extproc.stream import StreamOptions
 from epp.framework import PluginContext
 from epp.requestcontrol import Director
+from tests.unit.deep_json import DEEP_FIELDS, deep_body
 
 FDS = BodyMode.FULL_DUPLEX_STREAMED
 
@@ -573,3 +574,83 @@ async def test_streamed_response_bodies_are_skipped_where_envoy_allows_it(
     assert reply.HasField("mode_override") is skipped
     if skipped:
         assert reply.mode_override.response_body_mode == BodyMode.NONE
+
+
+def load(harness: Harness) -> list[tuple[int, int]]:
+    return [(e.inflight_requests, e.inflight_tokens) for e in harness.datastore.endpoints()]
+
+
+@pytest.mark.parametrize("field", range(len(DEEP_FIELDS)))
+@pytest.mark.parametrize("depth", [255, 1024])
+async def test_deeply_nested_valid_bodies_are_a_400_without_a_traceback(
+    harness: Harness, caplog: pytest.LogCaptureFixture, field: int, depth: int
+) -> None:
+    harness.add("a", 8000)
+    code, error = await error_reply(harness, deep_body(field, depth), DEEP_FIELDS[field][0])
+    assert code == 400
+    assert "nested deeper than the limit of 254 levels" in str(error["message"])
+    assert not [r for r in caplog.records if r.exc_info], "no traceback is logged"
+    assert load(harness) == [(0, 0)]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", deep_body(0, 300)),
+        # Nested outside the prompt fields: only the rewrite re-serialises this one.
+        ("/v1/completions", b'{"model":"m","prompt":"hi","extra":' + b"[" * 300 + b"]" * 300 + b"}"),
+    ],
+)
+async def test_a_deep_body_with_a_model_rewrite_is_a_400_and_takes_no_load(
+    harness: Harness, path: str, body: bytes
+) -> None:
+    harness.add("a", 8000, models=("m", "m-v2"))
+    call = harness.open()
+    await call.write(headers_msg(path=path, extra={"x-gateway-model-name-rewrite": "m-v2"}))
+    await call.write(body_msg(body))
+    reply = (await read(call)).immediate_response
+    assert reply.status.code == 400, reply.body
+    assert b"nested deeper than the limit of 254 levels" in reply.body
+    await until(lambda: load(harness) == [(0, 0)])
+
+
+GET_MODELS = {"path": "/v1/models", "method": "GET", "end_of_stream": True}
+
+
+@pytest.mark.parametrize(
+    ("mode", "sequence", "violation"),
+    [
+        # A second end of the body after the request was routed on the first.
+        (FDS, ["headers", "body_end", "body_end"], "a request body after the request ended"),
+        (BodyMode.BUFFERED, ["headers", "body", "body_end"], "a request body after the request ended"),
+        # Request headers twice: routed on a bodyless first, or on the body in between.
+        (FDS, ["get_models", "get_models"], "request headers twice"),
+        (FDS, ["headers", "body_end", "headers"], "request headers twice"),
+        # A body after the trailers that ended (and routed) the request.
+        (FDS, ["headers", "body", "trailers", "body_end"], "a request body after the request ended"),
+    ],
+)
+async def test_protocol_violations_route_at_most_once_and_release_the_load(
+    harness: Harness, mode: int, sequence: list[str], violation: str
+) -> None:
+    harness.add("a", 8000)
+    harness.add("b", 8001)
+    messages = {
+        "headers": lambda: headers_msg(mode=mode),
+        "get_models": lambda: headers_msg(mode=mode, **GET_MODELS),  # type: ignore[arg-type]
+        "body": lambda: body_msg(COMPLETION, end_of_stream=False),
+        "body_end": lambda: body_msg(COMPLETION, end_of_stream=True),
+        "trailers": trailers_msg,
+    }
+    call = harness.open()
+    for name in sequence:
+        await call.write(messages[name]())
+    replies = []
+    while not replies or replies[-1].WhichOneof("response") != "immediate_response":
+        replies.append(await read(call))
+    routed = [r for r in replies if r.dynamic_metadata.fields and "envoy.lb" in lb_metadata(r)]
+    assert len([r for r in routed if "x-gateway-destination-endpoint" in str(lb_metadata(r))]) == 1
+    final = replies[-1].immediate_response
+    assert final.status.code == 500
+    assert f"ext_proc protocol violation: {violation}".encode() in final.body
+    await until(lambda: load(harness) == [(0, 0), (0, 0)])

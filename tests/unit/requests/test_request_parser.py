@@ -7,6 +7,7 @@ import pytest
 
 from epp.requests import ApiKind, RequestError
 from epp.requests.parser import api_kind, parse_request
+from tests.unit.deep_json import DEEP_FIELDS, deep_body
 
 
 def parse(body: object, path: str = "/v1/completions") -> object:
@@ -79,6 +80,13 @@ def test_responses_and_embeddings() -> None:
         {"model": "m", "input": "hi", "instructions": "sys", "max_output_tokens": 4}, "/v1/responses"
     )
     assert resp.prompt == orjson.dumps([{"instructions": "sys"}, {"input": "hi"}])
+    tools = [{"type": "function", "name": "f"}]
+    with_tools = parse(
+        {"model": "m", "input": [{"role": "user", "content": "q"}], "tools": tools}, "/v1/responses"
+    )
+    assert with_tools.prompt == orjson.dumps(
+        [{"tools": tools}, {"input": [{"role": "user", "content": "q"}]}]
+    )
     assert resp.max_tokens == 4
     emb = parse({"model": "m", "input": "text"}, "/v1/embeddings")
     assert emb.prompt == b"text"
@@ -140,3 +148,21 @@ def test_error_body_is_openai_shaped_json() -> None:
     assert error["message"].startswith("inference error: BadRequest - error unmarshaling request body")
     legacy = orjson.loads(caught.value.body("inference gateway"))["error"]["message"]
     assert legacy.startswith("inference gateway: BadRequest")
+
+
+@pytest.mark.parametrize("field", range(len(DEEP_FIELDS)))
+@pytest.mark.parametrize("depth", [255, 256, 600, 1024, 1025, 5000])
+def test_bodies_nested_deeper_than_the_limit_are_a_400_naming_it(field: int, depth: int) -> None:
+    path = DEEP_FIELDS[field][0]
+    with pytest.raises(RequestError) as info:
+        parse_request(deep_body(field, depth), path, {}, "rid")
+    assert info.value.status == 400
+    assert "nested deeper than the limit of 254 levels" in info.value.message
+
+
+@pytest.mark.parametrize("field", range(len(DEEP_FIELDS)))
+def test_a_body_at_the_depth_limit_parses(field: int) -> None:
+    raw = deep_body(field, 254)
+    assert raw.count(b"[") > 200
+    request = parse_request(raw, DEEP_FIELDS[field][0], {}, "rid")
+    assert request.prompt

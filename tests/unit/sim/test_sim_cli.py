@@ -24,6 +24,7 @@ def parse(*argv: str) -> argparse.Namespace:
         ["--max-model-len", "-5"],
         ["--max-waiting", "0"],
         ["--max-loras", "0"],
+        ["--max-n-sequences", "0"],
         ["--count", "0"],
         ["--count", "two"],
         ["--port", "70000"],
@@ -51,6 +52,11 @@ def test_usable_values_are_parsed() -> None:
         0,
         3,
     )
+
+
+def test_max_n_sequences_defaults_to_vllms_limit() -> None:
+    assert parse().max_n_sequences == 16384
+    assert parse("--max-n-sequences=8").max_n_sequences == 8
 
 
 def test_ports_past_65535_are_refused(caplog: pytest.LogCaptureFixture) -> None:

@@ -9,8 +9,21 @@ from typing import Any
 import pytest
 import yaml
 
-from epp.stack.envoy import EnvoyOptions, render_bootstrap
+from epp.cli import build_parser
+from epp.requests import ApiKind
+from epp.requests.parser import api_kind
+from epp.stack.cli import envoy_options
+from epp.stack.envoy import DEFAULT_ALLOWED_PATHS, EnvoyOptions, check_path_prefix, render_bootstrap
 from epp.stack.stack import envoy_binary
+
+
+def manager(bootstrap: dict[str, Any], listener: int = 0) -> dict[str, Any]:
+    config: dict[str, Any] = bootstrap["static_resources"]["listeners"][listener]["filter_chains"][0]
+    return dict(config["filters"][0]["typed_config"])
+
+
+def routes(options: EnvoyOptions, listener: int = 0) -> list[dict[str, Any]]:
+    return list(manager(render_bootstrap(options), listener)["route_config"]["virtual_hosts"][0]["routes"])
 
 
 def ext_proc_config(bootstrap: dict[str, Any]) -> dict[str, Any]:
@@ -57,6 +70,8 @@ def test_fail_open_needs_buffered_mode_and_fallback_endpoints() -> None:
         EnvoyOptions(
             body_mode="buffered", failure_mode="open", fallback_endpoints=("127.0.0.1:8000", "[::1]:8001")
         ),
+        EnvoyOptions(allowed_paths=("/",), baseline_port=0, fallback_endpoints=("127.0.0.1:8000",)),
+        EnvoyOptions(allowed_paths=("/v1/rerank",), baseline_port=0, fallback_endpoints=("127.0.0.1:8000",)),
     ],
 )
 def test_envoy_accepts_every_variant(options: EnvoyOptions, tmp_path: Path) -> None:
@@ -78,3 +93,58 @@ def test_buffered_is_the_default_and_lets_the_epp_skip_streamed_bodies() -> None
     assert config["processing_mode"]["request_body_mode"] == "BUFFERED"
     assert config["processing_mode"]["response_body_mode"] == "STREAMED"
     assert config["allow_mode_override"] is True
+
+
+def test_the_default_paths_are_every_api_the_parser_knows_and_the_model_list() -> None:
+    kinds = {api_kind(path) for path in DEFAULT_ALLOWED_PATHS}
+    assert kinds == set(ApiKind)  # /v1/models is OTHER
+    assert "/v1/models" in DEFAULT_ALLOWED_PATHS
+
+
+def test_only_allowed_paths_are_routed_and_the_rest_is_a_404_without_the_epp() -> None:
+    table = routes(EnvoyOptions())
+    matched = [r["match"].get("path_separated_prefix") for r in table[:-1]]
+    assert matched == [p for p in DEFAULT_ALLOWED_PATHS for _ in ("picked", "fallback")]
+    *_, last = table
+    assert last["match"] == {"prefix": "/"}
+    assert last["direct_response"]["status"] == 404
+    assert "/v1/chat/completions" in last["direct_response"]["body"]["inline_string"]
+    assert last["typed_per_filter_config"]["envoy.filters.http.ext_proc"]["disabled"] is True
+    hcm = manager(render_bootstrap(EnvoyOptions()))
+    assert hcm["normalize_path"] is True and hcm["merge_slashes"] is True
+
+
+def test_a_slash_routes_every_path_and_the_baseline_listener_follows_the_policy() -> None:
+    everything = EnvoyOptions(allowed_paths=(*DEFAULT_ALLOWED_PATHS, "/"))
+    assert everything.allowed_paths == ("/",)
+    assert [r["match"]["prefix"] for r in routes(everything)] == ["/", "/"]
+    baseline = EnvoyOptions(
+        allowed_paths=("/v1/rerank",), baseline_port=0, fallback_endpoints=("127.0.0.1:1",)
+    )
+    table = routes(baseline, listener=1)
+    assert [r["match"] for r in table] == [{"path_separated_prefix": "/v1/rerank"}, {"prefix": "/"}]
+    assert table[0]["route"]["cluster"] == "pool_fallback"
+    assert table[1]["direct_response"]["status"] == 404 and "typed_per_filter_config" not in table[1]
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [("/v1/rerank", "/v1/rerank"), ("/v1/rerank/", "/v1/rerank"), ("//tokenize", "/tokenize"), ("/", "/")],
+)
+def test_allowed_paths_are_normalised_as_envoy_normalises_requests(given: str, expected: str) -> None:
+    assert check_path_prefix(given) == expected
+
+
+@pytest.mark.parametrize("bad", ["v1/rerank", "/v1/x?y", "/a b", "/v1/../metrics", "/v1/*", ""])
+def test_bad_allowed_paths_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="allowed path"):
+        EnvoyOptions(allowed_paths=(bad,))
+    with pytest.raises(ValueError, match="empty"):
+        EnvoyOptions(allowed_paths=())
+
+
+def test_epp_run_allow_path_adds_to_the_defaults() -> None:
+    args = build_parser("run").parse_args(["run", "--allow-path", "/v1/rerank/", "--allow-path", "/tokenize"])
+    assert envoy_options(args).allowed_paths == (*DEFAULT_ALLOWED_PATHS, "/v1/rerank", "/tokenize")
+    with pytest.raises(SystemExit):
+        build_parser("run").parse_args(["run", "--allow-path", "metrics"])

@@ -1,0 +1,126 @@
+"""The EPP's metrics again under llm-d's names, for dashboards built on llm-d's router.
+
+llm-d's router registers every GIE metric twice, once under GIE's name and once under its own
+`llm_d_epp_*` name; its scheduler-era releases used `llm_d_inference_scheduler_*` for the P/D
+decision counters. Doing the same here would double the series and the work on every request, so
+the aliases are made when /metrics is read, from the samples already collected: nothing on the
+request path, and only when the operator asks for them (`--metrics-names`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+
+
+@dataclass(frozen=True)
+class Alias:
+    """Another name for a metric family; `labels` renames labels, `keep` (when set) keeps only
+    these labels and sums the samples that then coincide."""
+
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    keep: tuple[str, ...] | None = None
+
+
+def _family(name: str) -> str:
+    """prometheus_client names a counter's family without its `_total` suffix."""
+    return name.removesuffix("_total")
+
+
+def _table(pairs: Mapping[str, Alias]) -> dict[str, Alias]:
+    return {_family(source): Alias(_family(a.name), a.labels, a.keep) for source, a in pairs.items()}
+
+
+# llm-d router (llm_d_epp subsystem), as of llm-d-router ebab687.
+LLM_D = _table(
+    {
+        "inference_objective_request_total": Alias("llm_d_epp_request_total"),
+        "inference_objective_request_error_total": Alias("llm_d_epp_request_error_total"),
+        "inference_objective_request_duration_seconds": Alias("llm_d_epp_request_duration_seconds"),
+        "inference_objective_request_sizes": Alias("llm_d_epp_request_size_bytes"),
+        "inference_objective_response_sizes": Alias("llm_d_epp_response_size_bytes"),
+        "inference_objective_input_tokens": Alias("llm_d_epp_request_input_tokens"),
+        "inference_objective_output_tokens": Alias("llm_d_epp_request_output_tokens"),
+        "inference_objective_prompt_cached_tokens": Alias("llm_d_epp_request_cached_tokens"),
+        "inference_objective_running_requests": Alias("llm_d_epp_request_running"),
+        "inference_objective_normalized_time_per_output_token_seconds": Alias(
+            "llm_d_epp_request_ntpot_seconds"
+        ),
+        "inference_pool_average_kv_cache_utilization": Alias("llm_d_epp_average_kv_cache_utilization"),
+        "inference_pool_average_queue_size": Alias("llm_d_epp_average_queue_size"),
+        "inference_pool_average_running_requests": Alias("llm_d_epp_average_running_requests"),
+        "inference_pool_ready_pods": Alias("llm_d_epp_ready_endpoints"),
+        "inference_extension_scheduler_e2e_duration_seconds": Alias(
+            "llm_d_epp_scheduler_e2e_duration_seconds"
+        ),
+        "inference_extension_scheduler_attempts_total": Alias(
+            "llm_d_epp_scheduler_attempts_total", labels={"pod_name": "endpoint_name"}
+        ),
+        "inference_extension_plugin_duration_seconds": Alias("llm_d_epp_plugin_duration_seconds"),
+        "inference_extension_prefix_indexer_size": Alias("llm_d_epp_prefix_indexer_size"),
+        "inference_extension_prefix_indexer_hit_ratio": Alias("llm_d_epp_prefix_indexer_hit_ratio"),
+        "inference_extension_prefix_indexer_hit_bytes": Alias("llm_d_epp_prefix_indexer_hit_bytes"),
+        "inference_extension_model_rewrite_decisions_total": Alias("llm_d_epp_model_rewrite_decisions_total"),
+        "inference_extension_info": Alias("llm_d_epp_info"),
+    }
+)
+
+# llm-d-inference-scheduler before the router (its SchedulerSubsystem): the P/D counters, by model
+# and decision only.
+LLM_D_SCHEDULER = _table(
+    {
+        "llm_d_epp_pd_decision_total": Alias(
+            "llm_d_inference_scheduler_pd_decision_total", keep=("model_name", "decision_type")
+        ),
+        "llm_d_epp_disagg_decision_total": Alias(
+            "llm_d_inference_scheduler_disagg_decision_total", keep=("model_name", "decision_type")
+        ),
+    }
+)
+
+NAME_SETS = {"llm-d": LLM_D, "llm-d-scheduler": LLM_D_SCHEDULER}
+
+
+class AliasCollector(Collector):
+    """Re-exposes `registry`'s families under their aliases. It is registered in that same
+    registry, so while it collects it yields nothing to itself."""
+
+    def __init__(self, registry: CollectorRegistry, aliases: Mapping[str, Alias]) -> None:
+        self._registry = registry
+        self._aliases = aliases
+        self._collecting = False
+
+    def collect(self) -> Iterator[Metric]:
+        if self._collecting:
+            return
+        self._collecting = True
+        try:
+            families = list(self._registry.collect())
+        finally:
+            self._collecting = False
+        for family in families:
+            alias = self._aliases.get(family.name)
+            if alias is not None:
+                yield _renamed(family, alias)
+
+
+def _renamed(family: Metric, alias: Alias) -> Metric:
+    copy = Metric(alias.name, family.documentation, family.type, family.unit)
+    summed: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for sample in family.samples:
+        name = alias.name + sample.name[len(family.name) :]
+        labels = {alias.labels.get(k, k): v for k, v in sample.labels.items()}
+        if alias.keep is None:
+            copy.samples.append(Sample(name, labels, sample.value, sample.timestamp, sample.exemplar))
+            continue
+        if name.endswith("_created"):
+            continue  # a creation time does not sum
+        key = (name, tuple((k, v) for k, v in labels.items() if k in alias.keep))
+        summed[key] = summed.get(key, 0.0) + sample.value
+    copy.samples.extend(Sample(name, dict(labels), value) for (name, labels), value in summed.items())
+    return copy

@@ -1,0 +1,45 @@
+"""InferenceModelRewrite through real Envoy: the client names an alias, the simulator serves the
+target model, and the client gets its own model name back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.conftest import StackFactory, stack_config
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio]
+
+REWRITES = """
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModelRewrite
+metadata: {name: alias}
+spec:
+  poolRef: {name: standalone}
+  rules:
+    - matches: [{model: {value: friendly-name}}]
+      targets: [{modelRewrite: sim-model}]
+"""
+
+
+async def test_a_rewritten_model_is_served_and_named_back(make_stack: StackFactory, tmp_path: Path) -> None:
+    rewrites = tmp_path / "rewrites.yaml"
+    rewrites.write_text(REWRITES)
+    epp_args = [*stack_config(tmp_path).epp_args, f"--model-rewrites-file={rewrites}"]
+    async with make_stack("rewrite", epp_args=epp_args) as stack:
+        async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client:
+            body = {"model": "friendly-name", "prompt": "hello", "max_tokens": 3}
+            response = await client.post("/v1/completions", json=body)
+            assert response.status_code == 200, response.text
+            assert response.json()["model"] == "friendly-name"
+            unknown = await client.post("/v1/completions", json={**body, "model": "no-such-model"})
+            assert unknown.status_code == 404, unknown.text
+        async with httpx.AsyncClient(timeout=5) as client:
+            page = (await client.get(f"http://127.0.0.1:{stack.epp_ports['metrics_port']}/metrics")).text
+    decision = (
+        'inference_extension_model_rewrite_decisions_total{model_name="friendly-name",'
+        'model_rewrite_name="alias",target_model="sim-model"} 1.0'
+    )
+    assert decision in page

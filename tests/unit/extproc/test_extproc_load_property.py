@@ -1,0 +1,245 @@
+"""Property: whatever Envoy's ext_proc messages are, in whatever order, and however a stream ends
+(its messages run out, the client cancels, the handler fails), once every stream has ended every
+endpoint is back to zero in-flight requests and tokens. Drives the real servicer, several
+streams at once, with the real director and scheduler; no network."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from types import MappingProxyType
+from typing import cast
+
+import grpc
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from epp.config.build import build_components
+from epp.config.loader import load_config
+from epp.datastore import Datastore, EndpointSpec
+from epp.extproc.pb import BodyMode, core, ext_proc
+from epp.extproc.server import ExternalProcessor
+from epp.extproc.stream import StreamOptions
+from epp.framework import PluginContext
+from epp.requestcontrol import Director
+from tests.unit.deep_json import deep_body
+
+COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
+# Request bodies with the path they are meant for (sometimes sent to another path).
+REQUESTS = [
+    (COMPLETIONS, orjson.dumps({"model": "m", "prompt": "hello world", "max_tokens": 5})),
+    (CHAT, orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True})),
+    (COMPLETIONS, orjson.dumps({"model": "m", "prompt": "x" * 300})),
+    (COMPLETIONS, orjson.dumps({"model": "nobody-serves-this", "prompt": "x"})),
+    (COMPLETIONS, b'{"model":"m","prompt":"hi","extra":' + b"[" * 300 + b"]" * 300 + b"}"),
+    (CHAT, deep_body(0, 300)),
+    (COMPLETIONS, b"{not json"),
+    (COMPLETIONS, b""),
+]
+BODIES = [body for _, body in REQUESTS]
+RESPONSE_BODIES = [
+    b'data: {"choices":[{"text":"hi"}]}\n\n',
+    b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}\n\n',
+    b"data: [DONE]\n\n",
+    b'{"model":"m-v2","choices":[],"usage":{"prompt_tokens":2,"completion_tokens":2,"total_tokens":4}}',
+    b"\xff garbage",
+]
+MODES = [BodyMode.FULL_DUPLEX_STREAMED, BodyMode.BUFFERED, BodyMode.BUFFERED, BodyMode.STREAMED]
+
+
+def header_map(pairs: dict[str, str]) -> core.HeaderMap:
+    return core.HeaderMap(headers=[core.HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs.items()])
+
+
+def request_headers(
+    end_of_stream: bool | None = None, path: str | None = None
+) -> st.SearchStrategy[ext_proc.ProcessingRequest]:
+    paths = [COMPLETIONS, COMPLETIONS, CHAT, "/v1/models", "/metrics"]
+    return st.builds(
+        lambda path, method, rewrite, eos: ext_proc.ProcessingRequest(
+            request_headers=ext_proc.HttpHeaders(
+                headers=header_map(
+                    {
+                        ":path": path,
+                        ":method": method,
+                        "content-type": "application/json",
+                        **({"x-gateway-model-name-rewrite": "m-v2"} if rewrite else {}),
+                    }
+                ),
+                end_of_stream=eos,
+            )
+        ),
+        st.sampled_from(paths) if path is None else st.just(path),
+        st.sampled_from(["POST", "POST", "GET"]),
+        st.booleans(),
+        st.booleans() if end_of_stream is None else st.just(end_of_stream),
+    )
+
+
+def response_headers() -> st.SearchStrategy[ext_proc.ProcessingRequest]:
+    return st.builds(
+        lambda status, content_type, eos: ext_proc.ProcessingRequest(
+            response_headers=ext_proc.HttpHeaders(
+                headers=header_map({":status": status, "content-type": content_type}), end_of_stream=eos
+            )
+        ),
+        st.sampled_from(["200", "200", "503", "500", "x"]),
+        st.sampled_from(["application/json", "text/event-stream"]),
+        st.booleans(),
+    )
+
+
+def body_message(field: str, data: bytes, end_of_stream: bool) -> ext_proc.ProcessingRequest:
+    return ext_proc.ProcessingRequest(**{field: ext_proc.HttpBody(body=data, end_of_stream=end_of_stream)})
+
+
+@st.composite
+def split_body(
+    draw: st.DrawFn, field: str, bodies: list[bytes], data: bytes | None = None
+) -> list[ext_proc.ProcessingRequest]:
+    """A body in 1-3 consecutive pieces, the last one ending it (or, sometimes, not)."""
+    data = draw(st.sampled_from(bodies)) if data is None else data
+    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=2)))
+    pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+    last = draw(st.booleans()) or draw(st.booleans())  # ends the body 3 times in 4
+    return [body_message(field, piece, last and i == len(pieces) - 1) for i, piece in enumerate(pieces)]
+
+
+TRAILERS = {
+    "request_trailers": ext_proc.ProcessingRequest(request_trailers=ext_proc.HttpTrailers()),
+    "response_trailers": ext_proc.ProcessingRequest(response_trailers=ext_proc.HttpTrailers()),
+}
+ANY_MESSAGE = st.one_of(
+    request_headers(),
+    split_body("request_body", BODIES).map(lambda pieces: pieces[0]),
+    st.just(TRAILERS["request_trailers"]),
+    response_headers(),
+    split_body("response_body", RESPONSE_BODIES).map(lambda pieces: pieces[0]),
+    st.just(TRAILERS["response_trailers"]),
+)
+
+
+@st.composite
+def envoy_order(draw: st.DrawFn) -> list[ext_proc.ProcessingRequest]:
+    """A request and its response in the order Envoy sends them."""
+    path, data = draw(st.sampled_from(REQUESTS))
+    path = path if draw(st.integers(0, 9)) else None
+    messages = [
+        draw(request_headers(end_of_stream=False, path=path)),
+        *draw(split_body("request_body", BODIES, data)),
+    ]
+    if draw(st.booleans()):
+        messages.append(TRAILERS["request_trailers"])
+    messages.append(draw(response_headers()))
+    messages += draw(split_body("response_body", RESPONSE_BODIES))
+    if draw(st.booleans()):
+        messages.append(TRAILERS["response_trailers"])
+    return messages
+
+
+@st.composite
+def mutated(draw: st.DrawFn, messages: list[ext_proc.ProcessingRequest]) -> list[ext_proc.ProcessingRequest]:
+    """One to three edits: a message repeated, two swapped, one dropped or a random one inserted."""
+    messages = list(messages)
+    for _ in range(draw(st.integers(1, 3))):
+        i = draw(st.integers(0, len(messages) - 1))
+        edit = draw(st.sampled_from(["repeat", "swap", "drop", "insert"]))
+        if edit == "repeat":
+            messages.insert(draw(st.integers(i, len(messages))), messages[i])
+        elif edit == "swap":
+            j = draw(st.integers(0, len(messages) - 1))
+            messages[i], messages[j] = messages[j], messages[i]
+        elif edit == "drop" and len(messages) > 1:
+            del messages[i]
+        elif edit == "insert":
+            messages.insert(i, draw(ANY_MESSAGE))
+    return messages
+
+
+@dataclass
+class Script:
+    messages: list[ext_proc.ProcessingRequest]
+    ending: str  # "runs out": the client half-closes; "cancelled": the call is cancelled mid-stream
+
+
+@st.composite
+def scripts(draw: st.DrawFn) -> Script:
+    base = draw(st.one_of(envoy_order(), st.lists(ANY_MESSAGE, min_size=1, max_size=10)))
+    messages = draw(mutated(base)) if draw(st.booleans()) else base
+    if draw(st.booleans()):
+        messages = messages[: draw(st.integers(1, len(messages)))]  # the stream may end anywhere
+    # Envoy sends the protocol config with the first message.
+    first = ext_proc.ProcessingRequest()
+    first.CopyFrom(messages[0])
+    mode = draw(st.sampled_from(MODES))
+    first.protocol_config.CopyFrom(
+        ext_proc.ProtocolConfiguration(request_body_mode=mode, response_body_mode=mode)
+    )
+    return Script([first, *messages[1:]], draw(st.sampled_from(["runs out", "cancelled"])))
+
+
+def make_director() -> Director:
+    datastore = Datastore()
+    datastore.synced = True
+    for i, models in enumerate([("m", "m-v2"), ("m",), ("m-v2",)]):
+        datastore.upsert(
+            EndpointSpec(
+                name=f"e{i}",
+                address="10.0.0.1",
+                port=8000 + i,
+                models=frozenset(models),
+                labels=MappingProxyType({}),
+            )
+        )
+    scheduler = build_components(load_config(None), PluginContext()).scheduler
+    return Director(datastore, scheduler)
+
+
+async def run_stream(processor: ExternalProcessor, script: Script) -> None:
+    sent_all = asyncio.Event()
+
+    async def requests() -> AsyncIterator[ext_proc.ProcessingRequest]:
+        for message in script.messages:
+            yield message
+            await asyncio.sleep(0)  # let the other streams interleave
+        sent_all.set()
+        if script.ending == "cancelled":
+            await asyncio.Event().wait()  # the client neither sends more nor half-closes
+
+    context = cast(grpc.aio.ServicerContext, None)
+
+    async def serve() -> None:
+        async for _ in processor.Process(requests(), context):
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(serve())
+    if script.ending == "runs out":
+        await task
+        return
+    waiter = asyncio.create_task(sent_all.wait())
+    await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+    task.cancel()  # as grpc.aio does when the client cancels; a no-op when the stream had ended
+    waiter.cancel()
+    await asyncio.gather(task, waiter, return_exceptions=True)
+
+
+async def run_all(scripts: list[Script]) -> Director:
+    director = make_director()
+    processor = ExternalProcessor(director, StreamOptions(max_body_bytes=100_000))
+    await asyncio.wait_for(asyncio.gather(*(run_stream(processor, s) for s in scripts)), timeout=10)
+    return director
+
+
+@settings(
+    max_examples=400,
+    deadline=timedelta(seconds=2),
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(st.lists(scripts(), min_size=1, max_size=4))
+def test_every_ended_stream_leaves_no_in_flight_load(streams: list[Script]) -> None:
+    director = asyncio.run(run_all(streams))
+    load = {e.name: (e.inflight_requests, e.inflight_tokens) for e in director.datastore.endpoints()}
+    assert load == {name: (0, 0) for name in load}

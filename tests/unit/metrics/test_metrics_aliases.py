@@ -1,0 +1,99 @@
+"""llm-d's metric names beside GIE's, made at scrape time; process metrics."""
+
+from __future__ import annotations
+
+import time
+from types import MappingProxyType
+
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from epp.datastore import Datastore, EndpointSpec
+from epp.metrics.aliases import LLM_D, LLM_D_SCHEDULER
+from epp.metrics.exporter import EppMetrics
+
+
+def page(metrics: EppMetrics) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """name -> labels -> value, parsed back from the exposition text a scraper would read."""
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
+        for s in family.samples:
+            samples.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return samples
+
+
+def traffic(metrics: EppMetrics) -> None:
+    series = metrics.series("llama", "llama-lora")
+    series.scheduled(0, 512, "pod-a", "ns", 8000)
+    series.scheduled(0, 512, "pod-a", "ns", 8000)
+    series.finished(0.5, 100, None)
+    series.error("NotFound")
+    decision = ("pd", "disagg-profile-handler", "llama")
+    metrics.pd_decisions.labels(*decision, "prefill-decode").inc(3)
+    metrics.pd_decisions.labels("other", "disagg-profile-handler", "llama", "prefill-decode").inc(2)
+
+
+def test_gie_names_only_by_default() -> None:
+    metrics = EppMetrics()
+    traffic(metrics)
+    names = page(metrics)
+    assert "inference_objective_request_total" in names
+    assert not [n for n in names if n.startswith(("llm_d_epp_request", "llm_d_inference_scheduler"))]
+
+
+def test_llm_d_names_repeat_the_gie_series_with_llm_d_labels() -> None:
+    metrics = EppMetrics(aliases=["llm-d"])
+    traffic(metrics)
+    names = page(metrics)
+    labels = (("model_name", "llama"), ("priority", "0"), ("target_model_name", "llama-lora"))
+    assert names["llm_d_epp_request_total"][labels] == names["inference_objective_request_total"][labels] == 2
+    attempt = (
+        ("endpoint_name", "pod-a"), ("namespace", "ns"), ("port", "8000"), ("status", "success"),
+        ("target_model_name", "llama-lora"),
+    )  # fmt: skip
+    assert names["llm_d_epp_scheduler_attempts_total"][attempt] == 2
+    model = (("model_name", "llama"), ("target_model_name", "llama-lora"))
+    assert names["llm_d_epp_request_duration_seconds_count"][model] == 1
+    assert names["llm_d_epp_request_size_bytes_sum"][model] == 1024
+    assert names["llm_d_epp_request_running"][(("model_name", "llama"),)] == 1
+    families = {f.name for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())}
+    exported = {f.name for f in metrics.registry.collect()}
+    missing = [a.name for source, a in LLM_D.items() if source in exported and a.name not in families]
+    assert missing == []
+
+
+def test_scheduler_era_decision_counters_sum_over_plugins() -> None:
+    metrics = EppMetrics(aliases=["llm-d-scheduler"])
+    traffic(metrics)
+    names = page(metrics)
+    key = (("decision_type", "prefill-decode"), ("model_name", "llama"))
+    assert names["llm_d_inference_scheduler_pd_decision_total"] == {key: 5}
+    assert set(LLM_D_SCHEDULER) == {"llm_d_epp_pd_decision", "llm_d_epp_disagg_decision"}
+
+
+def test_llm_d_pool_gauges_include_the_spread() -> None:
+    metrics = EppMetrics(aliases=["llm-d"])
+    datastore = Datastore()
+    datastore.replace_all(
+        [
+            EndpointSpec(name=n, address=f"10.0.0.{i}", port=8000, labels=MappingProxyType({}))
+            for i, n in enumerate(("a", "b"))
+        ]
+    )
+    for queue, endpoint in zip((2, 6), datastore.endpoints(), strict=True):
+        endpoint.metrics.waiting_queue_size = queue
+        endpoint.metrics.update_time = time.monotonic()
+    metrics.watch_pool(datastore, "pool")
+    names = page(metrics)
+    assert names["llm_d_epp_average_queue_size"][(("name", "pool"),)] == 4
+    assert names["inference_pool_average_queue_size"][(("name", "pool"),)] == 4
+    assert names["llm_d_epp_std_dev_queue_size"][(("name", "pool"),)] == 2
+    assert names["llm_d_epp_ready_endpoints"][(("name", "pool"),)] == 2
+
+
+def test_process_metrics_are_exposed_by_a_server_registry() -> None:
+    metrics = EppMetrics()
+    metrics.expose_process_metrics()
+    names = page(metrics)
+    assert names["process_cpu_seconds_total"][()] > 0
+    assert names["process_resident_memory_bytes"][()] > 0
