@@ -161,9 +161,9 @@ def _entries() -> dict[str, UnavailableType]:
         "openai-parser (HTTP OpenAI API) or passthrough-parser",
     )
     add(
-        ("vertexai-parser", "sglanghttp-parser"),
+        ("sglanghttp-parser",),
         todo,
-        "llm-d parser for another request API (Vertex AI, SGLang's native HTTP generate)",
+        "llm-d parser for SGLang's native HTTP generate API",
         "openai-parser, or passthrough-parser to route without reading the body",
     )
     add(

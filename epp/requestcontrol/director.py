@@ -184,12 +184,13 @@ class Director:
         try:
             path, request_id = headers.get(":path", ""), headers.get(REQUEST_ID_HEADER, "")
             usage_reader: Callable[[bool], UsageReader] = UsageReader
+            rewritable = True
             if self.parsers is None:
                 request = parse_request(raw, path, headers, request_id)
             else:
                 parser = self.parsers.resolve(path)
                 request = parser.parse(raw, path, headers, request_id)
-                usage_reader = parser.usage_reader
+                usage_reader, rewritable = parser.usage_reader, parser.rewrites_body
             request.objective = headers.get(OBJECTIVE_HEADER, "")
             request.priority = self.objectives.get(request.objective, 0)
             self.hooks.request_headers(request)
@@ -198,7 +199,7 @@ class Director:
             # A body the parser did not read (no model) is forwarded unchanged.
             rewrite = (
                 self._target_model(request.model, headers.get(MODEL_REWRITE_HEADER))
-                if request.model
+                if request.model and rewritable
                 else None
             )
             body: bytes | None = None

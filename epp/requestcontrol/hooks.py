@@ -84,6 +84,9 @@ class RequestParser(Extension):
     `requestHandler.parsers`); a parser claiming none is the fallback."""
 
     paths: ClassVar[tuple[str, ...]] = ()
+    # Whether the director may re-serialise `request.body` as JSON (model rewrites): not for a
+    # body the parser only unwrapped (gRPC envelopes).
+    rewrites_body: ClassVar[bool] = True
 
     @abstractmethod
     def parse(self, raw: bytes, path: str, headers: dict[str, str], request_id: str) -> InferenceRequest:
