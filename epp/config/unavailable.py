@@ -155,12 +155,6 @@ def _entries() -> dict[str, UnavailableType]:
         "label-selector-filter on the rollout's labels",
     )
     add(
-        ("vllmgrpc-parser",),
-        todo,
-        "GIE parser for vLLM's gRPC Generate/Embed API (h2c)",
-        "openai-parser (HTTP OpenAI API) or passthrough-parser",
-    )
-    add(
         ("sglanghttp-parser",),
         todo,
         "llm-d parser for SGLang's native HTTP generate API",

@@ -10,7 +10,6 @@ OpenAI JSON or SSE chunks — give the usage."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -18,6 +17,7 @@ import orjson
 from epp.framework import Plugin, register
 from epp.requestcontrol import RequestParser
 from epp.requests import ApiKind, ErrorCode, InferenceRequest, RequestError
+from epp.requests.grpcwire import FrameBuffer, field_bytes, grpc_payload
 from epp.requests.parser import parse_request
 from epp.requests.usage import UsageReader
 
@@ -67,19 +67,10 @@ class GrpcHttpBodyUsageReader(UsageReader):
 
     def __init__(self, streaming: bool) -> None:
         super().__init__(streaming)
-        self._frames = bytearray()
+        self._frames = FrameBuffer()
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> None:
-        self._frames += chunk
-        while len(self._frames) >= 5:
-            length = int.from_bytes(self._frames[1:5], "big")
-            if len(self._frames) < 5 + length:
-                break
-            payload = bytes(self._frames[5 : 5 + length])
-            compressed = self._frames[0] != 0
-            del self._frames[: 5 + length]
-            if compressed:
-                continue
+        for payload in self._frames.feed(chunk):
             try:
                 data = field_bytes(payload, DATA_FIELD)
             except ValueError:
@@ -101,61 +92,3 @@ class GrpcHttpBodyUsageReader(UsageReader):
         except orjson.JSONDecodeError:
             return
         self.found(document)
-
-
-def grpc_payload(body: bytes) -> bytes:
-    """The message of one gRPC length-prefixed frame (compression flag 0)."""
-    if len(body) < 5:
-        raise ValueError("shorter than a gRPC frame header")
-    if body[0] != 0:
-        raise ValueError("compressed gRPC messages are not supported")
-    length = int.from_bytes(body[1:5], "big")
-    if len(body) < 5 + length:
-        raise ValueError(f"gRPC frame announces {length} bytes, {len(body) - 5} present")
-    return body[5 : 5 + length]
-
-
-def field_bytes(message: bytes, number: int) -> bytes | None:
-    """The last length-delimited field `number` of a protobuf message (proto3: last one wins)."""
-    found: bytes | None = None
-    for field, value in _fields(message):
-        if field == number and isinstance(value, bytes):
-            found = value
-    return found
-
-
-def _fields(message: bytes) -> Iterator[tuple[int, int | bytes]]:
-    position = 0
-    while position < len(message):
-        key, position = _varint(message, position)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, position = _varint(message, position)
-            yield number, value
-        elif wire == 1:
-            position += 8
-        elif wire == 2:
-            length, position = _varint(message, position)
-            if position + length > len(message):
-                raise ValueError("truncated protobuf field")
-            yield number, message[position : position + length]
-            position += length
-        elif wire == 5:
-            position += 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        if position > len(message):
-            raise ValueError("truncated protobuf field")
-
-
-def _varint(message: bytes, position: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if position >= len(message) or shift > 63:
-            raise ValueError("truncated protobuf varint")
-        byte = message[position]
-        position += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, position
-        shift += 7

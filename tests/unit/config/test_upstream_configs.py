@@ -16,8 +16,8 @@ quoted, for one of these reasons:
 - MISSING: an upstream plugin this EPP does not implement yet (the error says what it does and
   what to use instead).
 
-Counts (174 documents): 96 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 4 GO_REFUSES,
-41 OTHER_ISSUE, 8 MISSING. `test_summary` prints them and checks them against this docstring. The 5
+Counts (174 documents): 99 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 4 GO_REFUSES,
+41 OTHER_ISSUE, 5 MISSING. `test_summary` prints them and checks them against this docstring. The 5
 snippets in configs_nonstandard/ (another or no apiVersion) are refused, as by the Go decoder."""
 
 from __future__ import annotations
@@ -73,10 +73,7 @@ EXPECTED: dict[str, Loads | Refused] = {
         "plugins[0].type: plugin type 'custom-scorer' is not available in this EPP (an illustrative placeholder from the upstream docs)",
     ),
     "gie-1748e82__conformance__resources__base.yaml": Loads(),
-    "gie-1748e82__pkg__epp__framework__plugins__requesthandling__parsers__README.md.yaml": Refused(
-        MISSING,
-        "plugins[1].type: plugin type 'vllmgrpc-parser' is not available in this EPP (not implemented yet)",
-    ),
+    "gie-1748e82__pkg__epp__framework__plugins__requesthandling__parsers__README.md.yaml": Loads(),
     "gie-1748e82__site-src__guides__epp-configuration__config-text.md__2.yaml": Loads(),
     "gie-1748e82__site-src__guides__epp-configuration__config-text.md__3.yaml": Loads(),
     "gie-1748e82__site-src__guides__troubleshooting.md__1.yaml": Loads(
@@ -361,10 +358,7 @@ EXPECTED: dict[str, Loads | Refused] = {
         MISSING,
         "plugins[0].type: plugin type 'disaggregatedset-rollout-screener' is not available in this EPP (not implemented yet)",
     ),
-    "llmd-router-ebab687__pkg__epp__framework__plugins__requesthandling__parsers__README.md__1.yaml": Refused(
-        MISSING,
-        "plugins[1].type: plugin type 'vllmgrpc-parser' is not available in this EPP (not implemented yet)",
-    ),
+    "llmd-router-ebab687__pkg__epp__framework__plugins__requesthandling__parsers__README.md__1.yaml": Loads(),
     "llmd-router-ebab687__pkg__epp__framework__plugins__requesthandling__parsers__README.md__2.yaml": Loads(),
     "llmd-router-ebab687__pkg__epp__framework__plugins__requesthandling__parsers__README.md__3.yaml": Loads(),
     "llmd-router-ebab687__pkg__epp__framework__plugins__requesthandling__parsers__vertexai__README.md.yaml": Loads(
@@ -455,10 +449,7 @@ EXPECTED: dict[str, Loads | Refused] = {
     "llmd-sched-520af47__pkg__epp__framework__plugins__requestcontrol__requestattributereporter__README.md.yaml": Loads(
         "schedulingProfiles: none given; profile 'default' runs every configured filter, scorer and picker (n"
     ),
-    "llmd-sched-520af47__pkg__epp__framework__plugins__requesthandling__parsers__README.md.yaml": Refused(
-        MISSING,
-        "plugins[1].type: plugin type 'vllmgrpc-parser' is not available in this EPP (not implemented yet)",
-    ),
+    "llmd-sched-520af47__pkg__epp__framework__plugins__requesthandling__parsers__README.md.yaml": Loads(),
     "llmd-sched-v0.2.0__deploy__config__epp-prefix-cache-tracking-config.yaml": Refused(
         OTHER_ISSUE,
         "plugins[2].parameters: mode cache_tracking is llm-d v0.2-v0.5's precise prefix cache (vLLM KV events over ZMQ and real t",

@@ -13,8 +13,9 @@ from epp.config.build import build_director
 from epp.config.loader import load_config_file
 from epp.datastore import Datastore, EndpointSpec
 from epp.framework import PluginContext
-from epp.plugins.vertexai_parser import GrpcHttpBodyUsageReader, VertexAIParser, field_bytes, grpc_payload
+from epp.plugins.vertexai_parser import GrpcHttpBodyUsageReader, VertexAIParser
 from epp.requests import ApiKind, RequestError, Usage
+from epp.requests.grpcwire import field_bytes, grpc_payload
 from tests.unit.plugin_helpers import plugin
 
 CONFIG = (
