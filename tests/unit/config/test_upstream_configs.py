@@ -10,14 +10,14 @@ quoted, for one of these reasons:
   `mock-metrics-source`, `test-feature-gate`);
 - DOCS: a docs placeholder type (`custom-scorer`) or typo (the `-pluginRef:` profile key);
 - GO_REFUSES: invalid for the Go EPP as well (an unrendered `${PRIMARY_PORT}` template value, a
-  profile naming an undefined plugin);
+  profile naming an undefined plugin, a type no GIE or llm-d release registers);
 - OTHER_ISSUE: flow-control policies and the precise prefix cache with its token producer, which
   are tracked by other issues and only have their config shape accepted here;
 - MISSING: an upstream plugin this EPP does not implement yet (the error says what it does and
   what to use instead).
 
-Counts (174 documents): 99 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 4 GO_REFUSES,
-41 OTHER_ISSUE, 5 MISSING. `test_summary` prints them and checks them against this docstring. The 5
+Counts (174 documents): 99 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 5 GO_REFUSES,
+41 OTHER_ISSUE, 4 MISSING. `test_summary` prints them and checks them against this docstring. The 5
 snippets in configs_nonstandard/ (another or no apiVersion) are refused, as by the Go decoder."""
 
 from __future__ import annotations
@@ -231,8 +231,8 @@ EXPECTED: dict[str, Loads | Refused] = {
     ),
     "llmd-bench-v0.5.0__setup__presets__gaie__inf-sche-none.yaml": Loads(),
     "llmd-bench-v0.5.0__setup__presets__gaie__inf-sche-prefix-kv-queue.yaml": Refused(
-        MISSING,
-        "plugins[5].type: plugin type 'queue-cache-scorer' is not available in this EPP (not implemented yet)",
+        GO_REFUSES,
+        "plugins[5].type: plugin type 'queue-cache-scorer' is not available in this EPP (registered by no GIE or llm-d release, so the Go EPPs refuse it too)",
     ),
     "llmd-bench-v0.5.0__setup__presets__gaie__inf-sche-prefix-kv.yaml": Refused(
         GO_REFUSES,
