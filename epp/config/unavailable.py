@@ -180,13 +180,6 @@ def _entries() -> dict[str, UnavailableType]:
         "queue-scorer and kv-cache-utilization-scorer",
     )
     add(
-        ("endpoint-attribute-filter", "endpoint-attribute-scorer"),
-        todo,
-        "llm-d alpha filter/scorer over a scalar endpoint attribute published by a data extractor "
-        "(e.g. DCGM GPU metrics): threshold comparisons, linear scores",
-        "utilization-filter and the load scorers over the model servers' own metrics",
-    )
-    add(
         ("context-length-aware",),
         todo,
         "llm-d scorer/filter preferring pods whose `llm-d.ai/context-length-range` label covers the "
