@@ -156,12 +156,6 @@ def _entries() -> dict[str, UnavailableType]:
         "label-selector-filter on the rollout's labels",
     )
     add(
-        ("sglanghttp-parser",),
-        todo,
-        "llm-d parser for SGLang's native HTTP generate API",
-        "openai-parser, or passthrough-parser to route without reading the body",
-    )
-    add(
         ("header-profile-handler",),
         todo,
         "llm-d alpha profile handler choosing the profile to run from a request header",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -49,6 +49,8 @@ class UsageReader:
     across chunks (GIE requires usage to sit inside one chunk; we do not)."""
 
     __slots__ = ("_buffer", "_partial", "streaming", "usage")
+    # Only SSE events containing this are decoded (the cheap pre-filter on every chunk).
+    marker: ClassVar[bytes] = b'"usage"'
 
     def __init__(self, streaming: bool) -> None:
         self.streaming = streaming
@@ -72,7 +74,7 @@ class UsageReader:
         if len(self._partial) > _MAX_PARTIAL_LINE:
             self._partial = b""
         for line in lines:
-            if line.startswith(b"data:") and b'"usage"' in line:
+            if line.startswith(b"data:") and self.marker in line:
                 payload = line[5:].strip()
                 try:
                     document = orjson.loads(payload)
