@@ -156,12 +156,6 @@ def _entries() -> dict[str, UnavailableType]:
         "label-selector-filter on the rollout's labels",
     )
     add(
-        ("header-profile-handler",),
-        todo,
-        "llm-d alpha profile handler choosing the profile to run from a request header",
-        "single-profile-handler, or disagg-profile-handler for P/D",
-    )
-    add(
         ("p2p-source-producer", "kv-cache-source-producer"),
         todo,
         "llm-d alpha producer choosing a peer endpoint to pull KV cache from (x-kv-cache-source-host-port)",
