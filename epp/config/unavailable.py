@@ -89,13 +89,20 @@ def _entries() -> dict[str, UnavailableType]:
         "nothing: endpoint removals already reach every plugin that keeps per-endpoint state",
     )
     add(
+        ("k8s-notification-source",),
+        todo,
+        "GIE/llm-d data source streaming Kubernetes object events (e.g. pods) to extractors; llm-d's "
+        "topology-extractor uses it for a pod's spec.hostname",
+        "label the pods with their topology (topology-extractor reads pod labels)",
+    )
+    add(
         ("burst-prefix-cache-producer",),
         other,
         "llm-d alpha producer predicting prefix hits of request bursts on top of token-producer",
         _PRECISE,
     )
     add(
-        ("mm-embeddings-cache-producer", "mm-embeddings-cache-scorer", "mm-cache-affinity-scorer"),
+        ("mm-embeddings-cache-producer", "mm-embeddings-cache-scorer"),
         todo,
         "llm-d alpha plugins tracking which endpoints hold a multimodal item's encoder embeddings "
         "(needs token-producer's multimodal features)",
@@ -112,8 +119,8 @@ def _entries() -> dict[str, UnavailableType]:
             "program-aware-fairness",
             "soft-reflective-ceiling-policy",
             "priority-holdback-policy",
-            "sheddable-filter",
-            "priority-then-time-ordering",
+            "sheddable-eviction-filter",
+            "priority-then-time-eviction-order-policy",
         ),
         other,
         "a flow-control policy (queue ordering, fairness between flows, usage limits or eviction) of the "
@@ -150,13 +157,13 @@ def _entries() -> dict[str, UnavailableType]:
         "endpoint `models` in the endpoints file, or the model servers' LoRA metrics (lora-affinity-scorer)",
     )
     add(
-        ("disaggregatedset-rollout-screener",),
+        ("disaggregatedset-rollout-screener", "disaggregatedset-rollout-pod-extractor"),
         todo,
         "llm-d alpha screener restricting candidates during a DisaggregatedSet rollout",
         "label-selector-filter on the rollout's labels",
     )
     add(
-        ("p2p-source-producer", "kv-cache-source-producer"),
+        ("p2p-source-producer",),
         todo,
         "llm-d alpha producer choosing a peer endpoint to pull KV cache from (x-kv-cache-source-host-port)",
         "disagg-profile-handler with a prefill profile",
