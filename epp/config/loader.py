@@ -267,12 +267,14 @@ class _Loader:
                 self.problems.append(
                     f"{path}: no plugin named {entry.plugin_ref!r} (defined: {_names(self.plugins)})"
                 )
-            elif issubclass(spec.cls, Filter):
-                filters.append(spec.name)
-            elif issubclass(spec.cls, Scorer):
-                scorers.append((spec.name, 1.0 if entry.weight is None else entry.weight))
-            elif issubclass(spec.cls, Picker):
-                pickers.append(spec.name)
+            elif issubclass(spec.cls, (Filter, Scorer, Picker)):
+                # As GIE's SchedulerProfile.AddPlugins: a plugin takes every role it implements.
+                if issubclass(spec.cls, Filter):
+                    filters.append(spec.name)
+                if issubclass(spec.cls, Scorer):
+                    scorers.append((spec.name, 1.0 if entry.weight is None else entry.weight))
+                if issubclass(spec.cls, Picker):
+                    pickers.append(spec.name)
             else:
                 # GIE's SchedulerProfile.AddPlugins skips what is none of the three.
                 self.warnings.append(

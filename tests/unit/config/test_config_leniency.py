@@ -284,3 +284,14 @@ def test_plugins_that_are_not_filters_scorers_or_pickers_are_ignored_in_profiles
         "single-profile-handler, which is not a filter, scorer or picker: ignored in the profile (as GIE)"
         in config.warnings
     )
+
+
+def test_a_plugin_is_every_role_it_implements_in_a_profile_as_gie() -> None:
+    """Kthena's least-request filters and scores (bench/configs/kthena.yaml means both)."""
+    text = (
+        HEADER + "plugins:\n- {type: kthena-least-request, parameters: {maxWaitingRequests: 10}}\n"
+        "schedulingProfiles: [{name: d, plugins: [{pluginRef: kthena-least-request, weight: 2}]}]\n"
+    )
+    (profile,) = load_config(text).profiles
+    assert profile.filters == ("kthena-least-request",)
+    assert profile.scorers == (("kthena-least-request", 2.0),)
