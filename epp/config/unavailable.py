@@ -175,13 +175,6 @@ def _entries() -> dict[str, UnavailableType]:
         "queue-scorer and kv-cache-utilization-scorer",
     )
     add(
-        ("context-length-aware",),
-        todo,
-        "llm-d scorer/filter preferring pods whose `llm-d.ai/context-length-range` label covers the "
-        "request's token count",
-        "label-selector-filter on the context-length label",
-    )
-    add(
         ("mock-metrics-source",),
         Reason.TEST_ONLY,
         "a stand-in metrics source registered only by the Go config-loader tests",
