@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import yaml
@@ -26,6 +27,7 @@ from epp.framework import DataConsumer, DataKey, ImpliedPlugin, Plugin, PluginUs
 from epp.framework.registry import canonical_type_names, find_plugin_type
 from epp.params.strict import ConfigError, closest_field, describe, lenient_unknown_fields
 from epp.requestcontrol import RequestParser
+from epp.requestcontrol.hooks import effective_parsers
 from epp.scheduling.framework import Filter, Picker, ProfileHandler, Scorer
 
 DEFAULT_CONFIG_RESOURCE = "default-plugins.yaml"
@@ -406,7 +408,23 @@ class _Loader:
                 self._ref(f"requestHandler.parsers[{i}].pluginRef", p.plugin_ref, RequestParser, "a parser")
                 for i, p in enumerate(handler.parsers)
             ]
-            return tuple(ref for ref in refs if ref is not None)
+            names = [ref for ref in refs if ref is not None]
+            listed = [
+                SimpleNamespace(
+                    name=n,
+                    type_name=self.plugins[n].type_name,
+                    paths=getattr(self.plugins[n].cls, "paths", ()),
+                )
+                for n in names
+            ]
+            kept = {p.name for p in effective_parsers(listed)}
+            for name in names:
+                if name not in kept:
+                    self.warnings.append(
+                        f"requestHandler.parsers: {name!r} is skipped, as llm-d router skips a second parser "
+                        "of a type and every parser after the one that claims no path (the fallback)"
+                    )
+            return tuple(n for n in names if n in kept)
         if self.doc.parser is not None:
             ref = self._ref("parser.pluginRef", self.doc.parser.plugin_ref, RequestParser, "a request parser")
             return (ref,) if ref is not None else ()

@@ -97,6 +97,21 @@ class RequestParser(Extension):
         return UsageReader(streaming)
 
 
+def effective_parsers(parsers: Sequence[Any]) -> list[Any]:
+    """As llm-d router's ParserRegistry: a second parser of a type already listed is skipped, and so
+    is every parser after the first one that claims no path (the fallback ends the list)."""
+    kept: list[Any] = []
+    types: set[str] = set()
+    for parser in parsers:
+        if parser.type_name in types:
+            continue
+        types.add(parser.type_name)
+        kept.append(parser)
+        if not parser.paths:
+            break
+    return kept
+
+
 class Parsers:
     """The configured parsers, resolved per request path as llm-d router's ParserRegistry: the
     parser claiming the longest matching path suffix, else the fallback (a parser claiming no
@@ -106,9 +121,9 @@ class Parsers:
     def __init__(self, parsers: Sequence[RequestParser]) -> None:
         if not parsers:
             raise ValueError("at least one parser is needed")
-        self.parsers = tuple(parsers)
-        fallback = [p for p in parsers if not p.paths]
-        self._fallback = fallback[0] if fallback else parsers[0]
+        self.parsers = tuple(effective_parsers(parsers))
+        fallback = [p for p in self.parsers if not p.paths]
+        self._fallback = fallback[0] if fallback else self.parsers[0]
 
     def resolve(self, path: str) -> RequestParser:
         clean = path.split("?", 1)[0].strip().rstrip("/")

@@ -295,3 +295,19 @@ def test_a_plugin_is_every_role_it_implements_in_a_profile_as_gie() -> None:
     (profile,) = load_config(text).profiles
     assert profile.filters == ("kthena-least-request",)
     assert profile.scorers == (("kthena-least-request", 2.0),)
+
+
+def test_parsers_after_the_fallback_or_of_a_repeated_type_are_skipped_as_llm_d_router() -> None:
+    text = (
+        "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
+        "plugins:\n- type: openai-parser\n- {type: openai-parser, name: again}\n- type: passthrough-parser\n"
+        "- type: anthropic-parser\n- type: queue-scorer\n"
+        "requestHandler: {parsers: [{pluginRef: openai-parser}, {pluginRef: again}, "
+        "{pluginRef: passthrough-parser}, {pluginRef: anthropic-parser}]}\n"
+    )
+    config = load_config(text)
+    assert config.parsers == ("openai-parser", "passthrough-parser")
+    skipped = [w for w in config.warnings if w.startswith("requestHandler.parsers:")]
+    assert [w.split("'")[1] for w in skipped] == ["again", "anthropic-parser"]
+    parsers = build_components(config, PluginContext()).parsers
+    assert parsers.resolve("/v1/messages").name == "passthrough-parser"
