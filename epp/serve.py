@@ -309,6 +309,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     config.add_argument("--config-text", metavar="YAML", help="the EndpointPickerConfig itself, inline")
     scheduling.add_argument(
+        "--strict-config",
+        action="store_true",
+        help="refuse a config the EPP would load with warnings (unknown plugin parameters, deprecated "
+        "names or shapes); default: load it as the Go EPPs do and log each warning",
+    )
+    scheduling.add_argument(
         "--objectives-file",
         type=Path,
         help="InferenceObjective YAML giving each objective's priority (requests pick one with the "
@@ -425,7 +431,11 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         tls_options=tls.options_from_args(args),
         leader_election=_leader_election(args, pool),
         metrics_auth=metrics_auth.enabled_from_args(args, in_cluster=pool is not None),
-        config=load_config_file(args.config_file) if args.config_file else load_config(args.config_text),
+        config=(
+            load_config_file(args.config_file, args.strict_config)
+            if args.config_file
+            else load_config(args.config_text, args.strict_config)
+        ),
         objectives=load_objectives_file(args.objectives_file) if args.objectives_file else {},
         model_rewrites=load_model_rewrites_file(args.model_rewrites_file) if args.model_rewrites_file else [],
         metrics_aliases=tuple(dict.fromkeys(args.metrics_aliases)),

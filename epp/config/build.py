@@ -15,7 +15,7 @@ from epp.datalayer.scraper import ScrapeSettings
 from epp.datastore import Datastore
 from epp.flowcontrol import LegacyAdmission, SaturationDetector
 from epp.framework import DataConsumer, Plugin, PluginContext, PluginUser
-from epp.requestcontrol import Director, RequestControlHooks
+from epp.requestcontrol import Director, Parsers, RequestControlHooks, RequestParser
 from epp.scheduling.framework import Filter, Picker, PluginScheduler, ProfileHandler, SchedulerProfile, Scorer
 
 
@@ -26,6 +26,7 @@ class EndpointPickerComponents:
     hooks: RequestControlHooks
     saturation_detector: SaturationDetector
     scrape: ScrapeSettings | None  # None: the config turned scraping off
+    parsers: Parsers
 
 
 def build_components(config: PickerConfig, context: PluginContext) -> EndpointPickerComponents:
@@ -56,7 +57,10 @@ def build_components(config: PickerConfig, context: PluginContext) -> EndpointPi
     )
     hooks = RequestControlHooks(list(plugins.values()), context.metrics)
     detector = _role(plugins[config.saturation_detector], SaturationDetector)
-    return EndpointPickerComponents(plugins, scheduler, hooks, detector, _scrape_settings(config, plugins))
+    parsers = Parsers([_role(plugins[name], RequestParser) for name in config.parsers])
+    return EndpointPickerComponents(
+        plugins, scheduler, hooks, detector, _scrape_settings(config, plugins), parsers
+    )
 
 
 def build_director(
@@ -80,6 +84,7 @@ def build_director(
         objectives,
         context.metrics,
         context.rng,
+        components.parsers,
     )
     return director, components
 

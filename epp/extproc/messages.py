@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 from google.protobuf import struct_pb2
+from google.protobuf.json_format import MessageToDict
 
 from epp.extproc.pb import core, ext_proc, http_status
 from epp.headers import DESTINATION_HEADER, EPP_ERROR_KEY, LB_NAMESPACE, SUBSET_KEY, SUBSET_NAMESPACE
@@ -86,6 +88,11 @@ def read_headers(headers: ext_proc.HttpHeaders) -> dict[str, str]:
         h.key: (h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value)
         for h in headers.headers.headers
     }
+
+
+def read_metadata(metadata: core.Metadata) -> dict[str, dict[str, Any]]:
+    """Every namespace of the data plane's metadata as plain values (`{namespace: {key: value}}`)."""
+    return {namespace: MessageToDict(struct) for namespace, struct in metadata.filter_metadata.items()}
 
 
 def read_subset_hint(metadata: core.Metadata) -> list[str] | None:

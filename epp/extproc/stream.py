@@ -7,7 +7,7 @@ import logging
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from epp import tracing
 from epp.extproc import messages
@@ -85,7 +85,8 @@ class ExtProcStream:
             elif kind == "request_trailers":
                 yield from self._request_trailers()
             elif kind == "response_headers":
-                yield from self._response_headers(message.response_headers)
+                metadata = messages.read_metadata(message.metadata_context)
+                yield from self._response_headers(message.response_headers, metadata)
             elif kind == "response_body":
                 yield from self._response_body(message.response_body)
             elif kind == "response_trailers":
@@ -194,13 +195,15 @@ class ExtProcStream:
 
     # --- response path -------------------------------------------------------------------------
 
-    def _response_headers(self, headers: ext_proc.HttpHeaders) -> Iterator[ext_proc.ProcessingResponse]:
+    def _response_headers(
+        self, headers: ext_proc.HttpHeaders, metadata: dict[str, dict[str, Any]]
+    ) -> Iterator[ext_proc.ProcessingResponse]:
         response_headers = messages.read_headers(headers)
         event_stream = "text/event-stream" in response_headers.get("content-type", "")
         if self._routed is not None:
             status_text = response_headers.get(":status", "")
             status = int(status_text) if status_text.isdigit() else 0
-            self._routed.response_started(status, event_stream)
+            self._routed.response_started(status, event_stream, metadata)
             if self._trace is not None:
                 self._trace.response_started(status)
         reply = ext_proc.HeadersResponse()
@@ -231,17 +234,21 @@ class ExtProcStream:
         if self._routed is not None:
             self._routed.response_body(original, body.end_of_stream)
             chunk = self._routed.restore_model(original)
+        replies: list[ext_proc.ProcessingResponse]
         if self._response_mode == FULL_DUPLEX:
-            yield from messages.streamed_body(chunk, body.end_of_stream, request=False)
+            replies = list(messages.streamed_body(chunk, body.end_of_stream, request=False))
         elif chunk is not original:
             mutation = ext_proc.CommonResponse(body_mutation=ext_proc.BodyMutation(body=chunk))
             if self._response_mode == BUFFERED:
                 # Envoy rejects a buffered body mutation whose length disagrees with the headers.
                 length = messages.header_mutation({"content-length": str(len(chunk))}, ())
                 mutation.header_mutation.CopyFrom(length)
-            yield ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse(response=mutation))
+            replies = [ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse(response=mutation))]
         else:
-            yield ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse())
+            replies = [ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse())]
+        if body.end_of_stream and self._routed is not None and self._routed.response_metadata:
+            replies[-1].dynamic_metadata.update(self._routed.response_metadata)
+        yield from replies
         if body.end_of_stream:
             self._finish()
 

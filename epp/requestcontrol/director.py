@@ -7,8 +7,8 @@ import json
 import logging
 import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -26,7 +26,7 @@ from epp.headers import (
     REQUEST_ID_HEADER,
 )
 from epp.metrics.exporter import EppMetrics
-from epp.requestcontrol.hooks import RequestControlHooks
+from epp.requestcontrol.hooks import AGENT_IDENTITY, Parsers, RequestControlHooks
 from epp.requestcontrol.model_rewrite import ModelRewrites
 from epp.requests import ApiKind, ErrorCode, InferenceRequest, RequestError, Usage
 from epp.requests.parser import api_kind, parse_request
@@ -63,9 +63,11 @@ class RoutedRequest:
         "record",
         "request",
         "response_bytes",
+        "response_metadata",
         "response_status",
         "result",
         "started",
+        "usage_reader",
     )
 
     def __init__(self, director: Director, request: InferenceRequest, result: SchedulingResult) -> None:
@@ -75,9 +77,13 @@ class RoutedRequest:
         self.started = time.monotonic()
         self.response_status: int | None = None
         self.response_bytes = 0
+        # Dynamic metadata the response-body plugins return when the body ends.
+        self.response_metadata: dict[str, dict[str, Any]] = {}
         self.body: bytes | None = None
         self.record: DecisionRecord | None = None
         self._usage: UsageReader | None = None
+        # How this request's responses report usage (the parser's API; OpenAI's by default).
+        self.usage_reader: Callable[[bool], UsageReader] = UsageReader
         self._finished = False
         self._model_swap = _model_swap(request.target_model, request.model)
         self.loaded = result.first_targets()
@@ -88,26 +94,36 @@ class RoutedRequest:
 
     @property
     def destination(self) -> str:
-        return ",".join(e.hostport for e in self.result.targets)
+        return self.result.destination
 
     @property
     def headers(self) -> dict[str, str]:
         return self.result.headers
 
-    def response_started(self, status: int, event_stream: bool) -> None:
+    def response_started(
+        self, status: int, event_stream: bool, metadata: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> None:
+        """Response headers arrived; `metadata` is what the data plane sent with them."""
         self.response_status = status
-        self._usage = UsageReader(streaming=event_stream or self.request.stream)
+        self._usage = self.usage_reader(event_stream or self.request.stream)
         with _plugin_errors_logged("ResponseReceived"):
             self._director.hooks.response_received(self.request, self.result)
+        with _plugin_errors_logged("ResponseHeader"):
+            self._director.hooks.response_headers(self.request, self.result, metadata or {})
         if status == 503:
             self._director.note_upstream_unavailable(self.result.targets[:1])
 
     def response_body(self, chunk: bytes, end_of_stream: bool) -> None:
         self.response_bytes += len(chunk)
         if self._usage is None:
-            self._usage = UsageReader(streaming=self.request.stream)
+            self._usage = self.usage_reader(self.request.stream)
         self._usage.feed(chunk, end_of_stream)
         if end_of_stream:
+            if not self._finished:
+                with _plugin_errors_logged("ResponseBody"):
+                    self.response_metadata = self._director.hooks.response_body_done(
+                        self.request, self.result, self._usage.usage
+                    )
             self.finish()
 
     @property
@@ -169,8 +185,10 @@ class Director:
         objectives: Mapping[str, int] | None = None,
         metrics: EppMetrics | None = None,
         rng: random.Random | None = None,
+        parsers: Parsers | None = None,
     ) -> None:
         self.datastore = datastore
+        self.parsers = parsers
         self.scheduler = scheduler
         self.admission = admission or AdmitAll()
         self.objectives: Mapping[str, int] = objectives or {}
@@ -195,14 +213,27 @@ class Director:
         after counting it."""
         request: InferenceRequest | None = None
         try:
+            path, request_id = headers.get(":path", ""), headers.get(REQUEST_ID_HEADER, "")
+            usage_reader: Callable[[bool], UsageReader] = UsageReader
+            rewritable = True
             with _NO_SPAN if trace is None else trace.step("epp.parse"):
-                request = parse_request(
-                    raw, headers.get(":path", ""), headers, headers.get(REQUEST_ID_HEADER, "")
-                )
+                if self.parsers is None:
+                    request = parse_request(raw, path, headers, request_id)
+                else:
+                    parser = self.parsers.resolve(path)
+                    request = parser.parse(raw, path, headers, request_id)
+                    usage_reader, rewritable = parser.usage_reader, parser.rewrites_body
             request.objective = headers.get(OBJECTIVE_HEADER, "")
             request.priority = self.objectives.get(request.objective, 0)
-            request.fairness_id = headers.get(FAIRNESS_HEADER) or request.fairness_id
-            rewrite = self._target_model(request.model, headers.get(MODEL_REWRITE_HEADER))
+            self.hooks.request_headers(request)
+            agent = request.attributes.get(AGENT_IDENTITY)
+            request.fairness_id = headers.get(FAIRNESS_HEADER) or (agent if agent else request.fairness_id)
+            # A body the parser did not read (no model) is forwarded unchanged.
+            rewrite = (
+                self._target_model(request.model, headers.get(MODEL_REWRITE_HEADER))
+                if request.model and rewritable
+                else None
+            )
             body: bytes | None = None
             if rewrite and rewrite != request.model:
                 request.target_model = rewrite
@@ -210,6 +241,7 @@ class Director:
                 # Written before scheduling: whatever fails here must fail with no load taken.
                 body = orjson.dumps(request.body)
             routed = self.route(request, subset, trace)
+            routed.usage_reader = usage_reader
         except RequestError as error:
             self.record_error(error, request)
             raise
@@ -269,6 +301,8 @@ class Director:
             raise RequestError(
                 ErrorCode.SERVICE_UNAVAILABLE, "failed to find endpoint candidates for serving the request"
             )
+        if not request.target_model:  # a body the parser did not read (passthrough-parser)
+            return endpoints
         serving = [e for e in endpoints if e.serves(request.target_model)]
         if not serving:
             raise RequestError(
@@ -314,6 +348,7 @@ class Director:
             record.admission = "pending"
         with _NO_SPAN if trace is None else trace.step("epp.admission"):
             self.admission.admit(request, candidates)
+            self.hooks.admit(request, candidates)
         if record is not None:
             record.admission = "admitted"
         started = time.perf_counter()
