@@ -27,7 +27,7 @@ chromium:
 	fi
 
 ## Envoy + EPP + 4 simulated vLLM servers on 127.0.0.1; prints how to send a request. Ctrl-C stops it.
-run: install
+run: $(STAMP)
 	$(BIN)/epp run
 
 ## The whole suite: lint, types, unit and end-to-end tests.
