@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from kubernetes_asyncio.client import ApiClient
@@ -40,9 +41,14 @@ from epp.observe import LiveView, prefix_indexes
 from epp.observe import flags as observe_flags
 from epp.params.duration import parse_duration
 from epp.readyfile import write_ready_file
+from epp.replicas import ReplicaState
+from epp.replicas import flags as replica_flags
 from epp.requestcontrol.model_rewrite import ModelRewrite
 from epp.signals import stop_event
 from epp.tls import parse_bool
+
+if TYPE_CHECKING:
+    from epp.replicas.redis_sync import RedisReplicaSync
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +85,7 @@ class ServeOptions:
     scrape_overrides: ScrapeOverrides = field(default_factory=ScrapeOverrides)
     model_server_metrics_port: int | None = None
     observe: observe_flags.ObserveOptions = field(default_factory=observe_flags.ObserveOptions)
+    replicas: replica_flags.ReplicaOptions = field(default_factory=replica_flags.ReplicaOptions)
 
 
 class EndpointPicker:
@@ -100,6 +107,19 @@ class EndpointPicker:
             options.config, self.datastore, PluginContext(self.metrics), options.objectives
         )
         self.director.model_rewrites.replace(options.model_rewrites)
+        self.replica_sync: RedisReplicaSync | None = None
+        if options.replicas.sync_url:
+            from epp.replicas.redis_sync import RedisReplicaSync  # only with --replica-sync
+
+            state = ReplicaState(options.replicas.resolved_id(), self.datastore, components.plugins.values())
+            self.replica_sync = RedisReplicaSync(
+                options.replicas.sync_url,
+                state,
+                options.replicas.resolved_namespace(options.pool_name),
+                self.metrics.registry,
+                options.replicas.interval,
+                options.replicas.ttl,
+            )
         self.recorder = DecisionRecorder(options.observe.records)
         if self.recorder.enabled:
             self.director.recorder = self.recorder
@@ -177,6 +197,8 @@ class EndpointPicker:
                 parse_endpoint_flag(e, self.options.models, metrics_port) for e in self.options.endpoints
             ]
             self.datastore.replace_all(specs)
+        if self.replica_sync is not None:
+            await self.replica_sync.start()
         leader = None
         if self.options.leader_election is not None:
             leader = await self._start_election(self.options.leader_election)
@@ -217,6 +239,8 @@ class EndpointPicker:
             await self.elector.stop()  # release first: a standby takes over while this one drains
         await asyncio.gather(*(server.stop(self.options.shutdown_grace) for server in self._servers))
         await self.metrics_server.stop()
+        if self.replica_sync is not None:
+            await self.replica_sync.stop()
         if self._pool_gauges_task is not None:
             self._pool_gauges_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -299,6 +323,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gieflags.add_arguments(parser)
     gieflags.add_metrics_arguments(parser)
     observe_flags.add_arguments(parser)
+    replica_flags.add_arguments(parser)
     scheduling = parser.add_argument_group("scheduling")
     config = scheduling.add_mutually_exclusive_group()
     config.add_argument(
@@ -442,6 +467,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         scrape_overrides=gieflags.scrape_overrides(args),
         model_server_metrics_port=args.model_server_metrics_port or None,
         observe=observe_flags.options_from_args(args),
+        replicas=replica_flags.options_from_args(args),
         stream=StreamOptions(
             max_body_bytes=args.max_body_bytes,
             error_prefix="inference gateway" if args.legacy_error_prefix else "inference error",
