@@ -145,7 +145,8 @@ class VirtualRun:
             config, self.datastore, context, director_type=_FixedPoolDirector
         )
         self.endpoints = list(self.datastore.endpoints())
-        self.sinks = [p for p in components.plugins.values() if isinstance(p, KVEventSink)]
+        self.plugins = list(components.plugins.values())
+        self.sinks: list[KVEventSink] = [p for p in self.plugins if isinstance(p, KVEventSink)]
         self.servers = {
             e.name: _Server(
                 Engine(cluster.profile, cluster.model, record_kv_events=bool(self.sinks)), e.hostport
