@@ -7,6 +7,8 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,8 +206,9 @@ class EndpointPicker:
             leader = await self._start_election(self.options.leader_election)
         health = Health(lambda: self.datastore.synced and not self._stopping, leader)
         ext_proc_health = health if self.options.health_checking else None
-        grpc_server = ext_proc_server(self.director, self.options.stream, ext_proc_health)
-        probe_server = health_server(health)
+        reuse_port = self.options.replicas.reuse_port
+        grpc_server = ext_proc_server(self.director, self.options.stream, ext_proc_health, reuse_port)
+        probe_server = health_server(health, reuse_port)
         self.grpc_port = bind(grpc_server, f"{self.options.host}:{self.options.grpc_port}", credentials)
         self.health_port = bind(probe_server, f"{self.options.host}:{self.options.grpc_health_port}", None)
         self._servers = [grpc_server, probe_server]
@@ -510,6 +513,8 @@ async def serve_until_signalled(picker: EndpointPicker) -> None:
 
 def run(args: argparse.Namespace) -> int:
     gieflags.apply(args)
+    if args.workers > 1:
+        return _run_workers(args)
     try:
         picker = EndpointPicker(options_from_args(args))
         asyncio.run(serve_until_signalled(picker))
@@ -520,3 +525,30 @@ def run(args: argparse.Namespace) -> int:
         log.error("exiting: leader election lost (the pod restarts and campaigns again, as GIE's EPP)")
         return 1
     return 0
+
+
+def _run_workers(args: argparse.Namespace) -> int:
+    """`--workers N`: a supervisor of N `epp serve` processes sharing the ports (epp.replicas.workers)."""
+    from epp.replicas import workers
+
+    try:
+        options = options_from_args(args)  # refuse bad flags here, once, rather than in N workers
+    except (DiscoveryError, ValueError, OSError, KubeConfigError) as exc:
+        log.error("%s", exc)
+        return 2
+    plan = workers.WorkerPlan(
+        workers=args.workers,
+        host=options.host,
+        grpc_port=options.grpc_port,
+        health_port=options.grpc_health_port,
+        metrics_port=options.metrics_port,
+        ready_file=options.ready_file,
+        sync_url=options.replicas.sync_url,
+        replica_id=options.replicas.replica_id or f"{socket.gethostname()}-{os.getpid()}",
+        shutdown_grace=options.shutdown_grace,
+    )
+
+    async def supervise() -> int:
+        return await workers.Supervisor(plan, workers.serve_argv()).run(stop_event())
+
+    return asyncio.run(supervise())

@@ -15,6 +15,7 @@ class ReplicaOptions:
     namespace: str = ""  # Redis key prefix; "" = epp:<pool name>
     interval: float = 0.1  # seconds between in-flight load exchanges
     ttl: float = 2.0  # a silent replica's load is forgotten after this
+    reuse_port: bool = False  # SO_REUSEPORT on the gRPC ports (set for --workers' processes)
 
     def resolved_id(self) -> str:
         return self.replica_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -45,6 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "intervals is forgotten",
     )
     group.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share the gRPC ports with other processes (SO_REUSEPORT); --workers sets it",
+    )
+    group.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -62,4 +68,5 @@ def options_from_args(args: argparse.Namespace) -> ReplicaOptions:
         namespace=args.replica_namespace,
         interval=args.replica_load_interval,
         ttl=args.replica_load_interval * 20,
+        reuse_port=args.reuse_port,
     )
