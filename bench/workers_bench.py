@@ -72,7 +72,7 @@ async def drive(url: str, concurrency: int, seconds: float) -> int:
     return done
 
 
-async def one(workers: int, args: argparse.Namespace) -> tuple[float, float]:
+async def one(workers: int, args: argparse.Namespace) -> tuple[float, float, float]:
     with tempfile.TemporaryDirectory(prefix="workers-bench-") as run_dir:
         config = StackConfig(
             run_dir=Path(run_dir),
@@ -86,14 +86,18 @@ async def one(workers: int, args: argparse.Namespace) -> tuple[float, float]:
         async with Stack(config) as stack:
             assert stack.epp is not None
             await drive(stack.gateway_url, args.concurrency, 1.0)  # warm up
+            idle = tree_cpu(stack.epp.pid)
+            idle_started = time.monotonic()
+            await asyncio.sleep(args.idle_seconds)  # no requests: scraping, Redis exchanges, gauges
+            idle = (tree_cpu(stack.epp.pid) - idle) / (time.monotonic() - idle_started)
             cpu = tree_cpu(stack.epp.pid)
             started = time.monotonic()
             done = await drive(stack.gateway_url, args.concurrency, args.seconds)
             elapsed = time.monotonic() - started
             cpu = tree_cpu(stack.epp.pid) - cpu
             shares = await served_per_worker(stack)
-        print(f"  {workers} workers: requests served per worker {shares}", flush=True)
-        return done / elapsed, cpu / max(done, 1) * 1000
+        print(f"  {workers} workers: served per worker {shares}; idle CPU {idle:.3f} s/s", flush=True)
+        return done / elapsed, cpu / max(done, 1) * 1000, (cpu - idle * elapsed) / max(done, 1) * 1000
 
 
 async def served_per_worker(stack: Stack) -> list[int]:
@@ -118,21 +122,24 @@ async def served_per_worker(stack: Stack) -> list[int]:
 
 async def main(args: argparse.Namespace) -> None:
     counts = args.workers or [1, 2, 4]
-    results: dict[int, list[tuple[float, float]]] = {n: [] for n in counts}
+    results: dict[int, list[tuple[float, float, float]]] = {n: [] for n in counts}
     for round_ in range(args.rounds):
         order = random.Random(round_).sample(counts, len(counts))
         for workers in order:
-            rps, cpu_ms = await one(workers, args)
-            results[workers].append((rps, cpu_ms))
+            rps, cpu_ms, marginal = await one(workers, args)
+            results[workers].append((rps, cpu_ms, marginal))
             print(
-                f"round {round_}: {workers} workers: {rps:.0f} req/s, {cpu_ms:.2f} ms CPU/request", flush=True
+                f"round {round_}: {workers} workers: {rps:.0f} req/s, {cpu_ms:.2f} ms CPU/request "
+                f"({marginal:.2f} ms above idle)",
+                flush=True,
             )
-    print("| workers | req/s (median) | EPP CPU ms/request (median) | rounds |")
-    print("|---:|---:|---:|---:|")
+    print("| workers | req/s | EPP CPU ms/request | of which above idle | rounds |")
+    print("|---:|---:|---:|---:|---:|")
     for workers in counts:
-        rps = statistics.median(r for r, _ in results[workers])
-        cpu = statistics.median(c for _, c in results[workers])
-        print(f"| {workers} | {rps:.0f} | {cpu:.2f} | {len(results[workers])} |")
+        rps = statistics.median(r for r, _, _ in results[workers])
+        cpu = statistics.median(c for _, c, _ in results[workers])
+        marginal = statistics.median(m for _, _, m in results[workers])
+        print(f"| {workers} | {rps:.0f} | {cpu:.2f} | {marginal:.2f} | {len(results[workers])} |")
 
 
 if __name__ == "__main__":
@@ -142,4 +149,5 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--sims", type=int, default=4)
+    parser.add_argument("--idle-seconds", type=float, default=3.0)
     asyncio.run(main(parser.parse_args()))
