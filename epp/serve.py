@@ -224,6 +224,7 @@ class EndpointPicker:
                 "grpc_port": self.grpc_port,
                 "health_port": self.health_port,
                 "metrics_port": self.metrics_server.port,
+                "pid": os.getpid(),  # which worker, under `epp serve --workers`
             }
             write_ready_file(self.options.ready_file, ports)
         log.info(
