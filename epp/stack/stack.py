@@ -74,6 +74,7 @@ class StackConfig:
     decode_sims: int = 0  # > 0: the disaggregated pool; `sims` is not used
     sidecar_args: list[str] = field(default_factory=list)
     epp_replicas: int = 1  # > 1: active-active EPP processes sharing state through a redis-server
+    epp_replica_sync: bool = True  # False: the replicas run side by side without sharing (benchmarks)
     epp_connections: int = 1  # HTTP/2 connections Envoy opens per EPP port (for `--workers`)
 
 
@@ -277,7 +278,7 @@ class Stack:
             f"--secure-serving={'true' if self.config.envoy.epp_tls else 'false'}",
             f"--endpoints-file={self.endpoints_file}",
             f"--ready-file={ready}",
-            f"--replica-sync={self.redis.url}",
+            *([f"--replica-sync={self.redis.url}"] if self.config.epp_replica_sync else []),
             f"--replica-id={name}",
             *self.config.epp_args,
         )
