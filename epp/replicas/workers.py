@@ -39,12 +39,13 @@ _SET_BY_SUPERVISOR = (
     "--ready-file",
     "--replica-id",
     "--replica-sync",
-    "--reuse-port",
 )
+_SWITCHES_SET_BY_SUPERVISOR = ("--reuse-port",)
 
 
-def strip_flags(argv: Sequence[str], flags: Sequence[str]) -> list[str]:
-    """`argv` without `flags` in either form (`--flag value`, `--flag=value`)."""
+def strip_flags(argv: Sequence[str], flags: Sequence[str], switches: Sequence[str] = ()) -> list[str]:
+    """`argv` without `flags` in either form (`--flag value`, `--flag=value`) and without the
+    valueless `switches`."""
     kept: list[str] = []
     skip = False
     for arg in argv:
@@ -52,6 +53,8 @@ def strip_flags(argv: Sequence[str], flags: Sequence[str]) -> list[str]:
             skip = False
             continue
         name = arg.split("=", 1)[0]
+        if name in switches:
+            continue
         if name in flags:
             skip = "=" not in arg
             continue
@@ -83,7 +86,7 @@ class WorkerPlan:
 class Supervisor:
     def __init__(self, plan: WorkerPlan, serve_argv: Sequence[str]) -> None:
         self.plan = plan
-        self.base_argv = strip_flags(serve_argv, _SET_BY_SUPERVISOR)
+        self.base_argv = strip_flags(serve_argv, _SET_BY_SUPERVISOR, _SWITCHES_SET_BY_SUPERVISOR)
         probe_host = (
             "127.0.0.1" if plan.host in ("0.0.0.0", "") else "::1" if plan.host == "::" else plan.host
         )
