@@ -14,6 +14,7 @@ from epp.headers import (
     DESTINATION_HEADER,
     OWNED_HEADERS,
     REQUEST_ID_HEADER,
+    SERVED_KEY,
 )
 from epp.requestcontrol import Director, RoutedRequest
 from epp.requests import ErrorCode, RequestError
@@ -156,7 +157,7 @@ class ExtProcStream:
         self._routed = self._director.handle_body(raw, self._headers, self._subset)
         body = self._routed.body if self._routed.body is not None else raw
         common = self._routing_common(new_body_size=len(body) if self._routed.body is not None else None)
-        metadata = messages.destination_metadata(self._routed.destination)
+        metadata = messages.destination_metadata(self._routed.destination, self._routed.request.stream)
         if self._request_mode == BodyMode.FULL_DUPLEX_STREAMED:
             yield ext_proc.ProcessingResponse(
                 request_headers=ext_proc.HeadersResponse(response=common), dynamic_metadata=metadata
@@ -185,6 +186,9 @@ class ExtProcStream:
         response_headers = messages.read_headers(headers)
         event_stream = "text/event-stream" in response_headers.get("content-type", "")
         if self._routed is not None:
+            served = response_headers.get(SERVED_KEY)
+            if served:
+                self._routed.served_by(served)
             status_text = response_headers.get(":status", "")
             status = int(status_text) if status_text.isdigit() else 0
             self._routed.response_started(status, event_stream)

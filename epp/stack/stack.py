@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from epp.stack.envoy import EnvoyOptions, render_bootstrap
+from epp.stack.envoy import EnvoyOptions, pool_endpoints_document, render_bootstrap
 from epp.stack.processes import ManagedProcess, epp_command, ready_file_probe, wait_until
 
 STARTUP_TIMEOUT = 60.0
@@ -50,6 +50,7 @@ class SimEndpoint:
     port: int
     role: str | None = None
     engine_port: int | None = None  # a decode endpoint's simulator, behind its sidecar on `port`
+    metrics_port: int | None = None  # /metrics elsewhere than `port`
 
     @property
     def hostport(self) -> str:
@@ -85,6 +86,8 @@ class Stack:
         self.baseline_port = 0
         self.admin_port = 0
         self.endpoints_file = self.run_dir / "endpoints.yaml"
+        self.pool_eds_file = self.run_dir / "pool" / "endpoints.yaml"
+        self._pool_version = 0
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -207,10 +210,15 @@ class Stack:
             }
             if sim.role:
                 entry["labels"] = {"llm-d.ai/role": sim.role}
+            if sim.metrics_port is not None:
+                entry["metricsPort"] = sim.metrics_port
             entries.append(entry)
-        tmp = self.endpoints_file.with_name(self.endpoints_file.name + ".tmp")
-        tmp.write_text(yaml.safe_dump({"endpoints": entries}, sort_keys=False))
-        tmp.replace(self.endpoints_file)
+        _replace(self.endpoints_file, {"endpoints": entries})
+        # Envoy's pool hosts (the override-host policy picks among them), renamed into place so
+        # Envoy's directory watch reads a whole file.
+        self._pool_version += 1
+        hostports = [s.hostport for s in sims if s.role != PREFILL]
+        _replace(self.pool_eds_file, pool_endpoints_document(hostports, str(self._pool_version)))
 
     # --- endpoint picker -----------------------------------------------------------------------
 
@@ -237,6 +245,12 @@ class Stack:
         if self.epp is not None:
             await self.epp.stop()
 
+    async def restart_epp(self) -> None:
+        """A new EPP on the same ext_proc port, so Envoy reconnects to it without a config change.
+        Streams Envoy had routed go on meanwhile (the bootstrap fails open); new requests get 500."""
+        await self.stop_epp()
+        await self.start_epp()
+
     # --- Envoy ---------------------------------------------------------------------------------
 
     async def start_envoy(self) -> None:
@@ -251,6 +265,7 @@ class Stack:
             baseline_port=0 if self.config.baseline_listener else None,
             epp_port=self.epp_ports["grpc_port"],
             fallback_endpoints=tuple(s.hostport for s in self.serving_endpoints),
+            pool_eds_path=str(self.pool_eds_file),
         )
         bootstrap = self.run_dir / "envoy.yaml"
         bootstrap.write_text(yaml.safe_dump(render_bootstrap(options), sort_keys=False))
@@ -308,6 +323,13 @@ class Stack:
             if value.strip().isdigit():
                 stats[name] = int(value)
         return stats
+
+
+def _replace(path: Path, document: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(document, sort_keys=False))
+    tmp.replace(path)
 
 
 def _read_text(path: Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,13 @@ from epp.cli import build_parser
 from epp.requests import ApiKind
 from epp.requests.parser import api_kind
 from epp.stack.cli import envoy_options
-from epp.stack.envoy import DEFAULT_ALLOWED_PATHS, EnvoyOptions, check_path_prefix, render_bootstrap
+from epp.stack.envoy import (
+    DEFAULT_ALLOWED_PATHS,
+    EnvoyOptions,
+    check_path_prefix,
+    pool_endpoints_document,
+    render_bootstrap,
+)
 from epp.stack.stack import envoy_binary
 
 
@@ -47,6 +54,75 @@ def test_pool_cluster_keys_on_metadata_not_on_the_forgeable_header() -> None:
     assert lb == {"metadata_key": {"key": "envoy.lb", "path": [{"key": "x-gateway-destination-endpoint"}]}}
 
 
+def first_path_routes(options: EnvoyOptions) -> list[dict[str, Any]]:
+    """The routes of the first allowed path; the served endpoint is reported on every response."""
+    (host,) = manager(render_bootstrap(options))["route_config"]["virtual_hosts"]
+    assert host["response_headers_to_add"] == [
+        {
+            "header": {"key": "x-gateway-destination-endpoint-served", "value": "%UPSTREAM_HOST%"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        }
+    ]
+    return list(host["routes"][:3])
+
+
+def test_the_pool_from_an_eds_file_routes_on_the_epps_list_with_override_host() -> None:
+    bootstrap = render_bootstrap(EnvoyOptions(pool_eds_path="/run/pool/endpoints.yaml"))
+    clusters = {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
+    pool = clusters["pool"]
+    assert pool["type"] == "EDS"
+    assert pool["eds_cluster_config"]["eds_config"]["path_config_source"] == {
+        "path": "/run/pool/endpoints.yaml",
+        "watched_directory": {"path": "/run/pool"},
+    }
+    # Envoy's default (3 retries in flight per cluster) fails most retries when a busy pod dies.
+    assert pool["circuit_breakers"]["thresholds"][0]["max_retries"] >= 1024
+    (policy,) = pool["load_balancing_policy"]["policies"]
+    override = policy["typed_extension_config"]
+    assert override["name"] == "envoy.load_balancing_policies.override_host"
+    assert override["typed_config"]["override_host_sources"] == [
+        {"metadata": {"key": "envoy.lb", "path": [{"key": "x-gateway-destination-endpoint"}]}}
+    ]
+
+
+def test_retries_go_to_another_host_and_only_streams_get_a_first_byte_bound() -> None:
+    options = EnvoyOptions(
+        retries=3, first_byte_timeout="7s", stream_idle_timeout="20s", response_timeout="99s"
+    )
+    streaming, whole, fallback = first_path_routes(options)
+    keys = [[m["path"][0]["key"] for m in r["match"]["dynamic_metadata"]] for r in (streaming, whole)]
+    assert keys == [["x-gateway-destination-endpoint", "x-epp-streaming"], ["x-gateway-destination-endpoint"]]
+    for route in (streaming, whole):
+        retry = route["route"]["retry_policy"]
+        assert retry["num_retries"] == 3
+        assert set(retry["retry_on"].split(",")) >= {"connect-failure", "reset", "retriable-status-codes"}
+        assert retry["retriable_status_codes"] == [503]
+        (predicate,) = retry["retry_host_predicate"]
+        assert predicate["name"] == "envoy.retry_host_predicates.previous_hosts"
+    assert streaming["route"]["retry_policy"]["per_try_timeout"] == "7s"
+    assert (streaming["route"]["timeout"], streaming["route"]["idle_timeout"]) == ("0s", "20s")
+    assert "per_try_timeout" not in whole["route"]["retry_policy"]
+    assert (whole["route"]["timeout"], whole["route"]["idle_timeout"]) == ("99s", "99s")
+    assert fallback["direct_response"]["status"] == 500
+
+
+def test_buffered_mode_fails_open_so_a_routed_response_outlives_the_epp() -> None:
+    assert ext_proc_config(render_bootstrap(EnvoyOptions()))["failure_mode_allow"] is True
+
+
+def test_pool_endpoints_document_is_an_eds_response() -> None:
+    document = pool_endpoints_document(["127.0.0.1:8000", "[::1]:8001"], "7")
+    assert document["version_info"] == "7"
+    (assignment,) = document["resources"]
+    assert assignment["cluster_name"] == "pool"
+    addresses = [
+        e["endpoint"]["address"]["socket_address"] for e in assignment["endpoints"][0]["lb_endpoints"]
+    ]
+    assert addresses == [{"address": "127.0.0.1", "port_value": 8000}, {"address": "::1", "port_value": 8001}]
+    with pytest.raises(ValueError, match="needs a port"):
+        pool_endpoints_document(["127.0.0.1"])
+
+
 def test_fail_open_needs_buffered_mode_and_fallback_endpoints() -> None:
     with pytest.raises(ValueError, match="use body mode 'buffered' for fail-open"):
         EnvoyOptions(body_mode="full-duplex", failure_mode="open", fallback_endpoints=("a:1",))
@@ -72,9 +148,15 @@ def test_fail_open_needs_buffered_mode_and_fallback_endpoints() -> None:
         ),
         EnvoyOptions(allowed_paths=("/",), baseline_port=0, fallback_endpoints=("127.0.0.1:8000",)),
         EnvoyOptions(allowed_paths=("/v1/rerank",), baseline_port=0, fallback_endpoints=("127.0.0.1:8000",)),
+        EnvoyOptions(body_mode="full-duplex", pool_eds_path="pool/endpoints.yaml"),
     ],
 )
 def test_envoy_accepts_every_variant(options: EnvoyOptions, tmp_path: Path) -> None:
+    if options.pool_eds_path is not None:  # Envoy refuses a path that does not exist
+        eds = tmp_path / options.pool_eds_path
+        eds.parent.mkdir()
+        eds.write_text(yaml.safe_dump(pool_endpoints_document(["127.0.0.1:8000"])))
+        options = replace(options, pool_eds_path=str(eds))
     path = tmp_path / "envoy.yaml"
     path.write_text(yaml.safe_dump(render_bootstrap(options)))
     result = subprocess.run(
@@ -104,7 +186,7 @@ def test_the_default_paths_are_every_api_the_parser_knows_and_the_model_list() -
 def test_only_allowed_paths_are_routed_and_the_rest_is_a_404_without_the_epp() -> None:
     table = routes(EnvoyOptions())
     matched = [r["match"].get("path_separated_prefix") for r in table[:-1]]
-    assert matched == [p for p in DEFAULT_ALLOWED_PATHS for _ in ("picked", "fallback")]
+    assert matched == [p for p in DEFAULT_ALLOWED_PATHS for _ in ("streaming", "whole", "fallback")]
     *_, last = table
     assert last["match"] == {"prefix": "/"}
     assert last["direct_response"]["status"] == 404
@@ -117,7 +199,7 @@ def test_only_allowed_paths_are_routed_and_the_rest_is_a_404_without_the_epp() -
 def test_a_slash_routes_every_path_and_the_baseline_listener_follows_the_policy() -> None:
     everything = EnvoyOptions(allowed_paths=(*DEFAULT_ALLOWED_PATHS, "/"))
     assert everything.allowed_paths == ("/",)
-    assert [r["match"]["prefix"] for r in routes(everything)] == ["/", "/"]
+    assert [r["match"]["prefix"] for r in routes(everything)] == ["/", "/", "/"]
     baseline = EnvoyOptions(
         allowed_paths=("/v1/rerank",), baseline_port=0, fallback_endpoints=("127.0.0.1:1",)
     )
