@@ -10,7 +10,7 @@ from pathlib import Path
 
 from epp.signals import stop_event
 from epp.stack.envoy import BODY_MODES, DEFAULT_ALLOWED_PATHS, FAILURE_MODES, EnvoyOptions, check_path_prefix
-from epp.stack.processes import ProcessFailed
+from epp.stack.processes import ProcessFailed, RestartBackoff
 from epp.stack.stack import PREFILL, Stack, StackConfig
 
 PD_SAMPLE_CONFIG = Path(__file__).parents[1] / "config" / "samples" / "sim-pd-epp-config.yaml"
@@ -143,18 +143,43 @@ async def _main(args: argparse.Namespace) -> None:
     print(f"starting {pool}, the EPP and Envoy (logs in {config.run_dir}) ...", flush=True)
     async with Stack(config) as stack:
         print(instructions(stack, args.model), flush=True)
-        spine = [p for p in (stack.envoy, stack.epp) if p is not None]
         servers = [*stack.sidecar_processes, *stack.sim_processes]
+        backoff = RestartBackoff()
         while not stop.is_set():
-            for process in spine:
-                process.check_alive()
+            assert stack.envoy is not None and stack.epp is not None
+            stack.envoy.check_alive()
+            if not stack.epp.running:
+                await _restart_epp(stack, backoff, stop)
             for process in [p for p in servers if not p.running]:
                 # Losing a model server is what the EPP is for: it leaves rotation, the rest serve on.
                 print(f"{process.name} exited with {process.returncode}; the others keep serving", flush=True)
                 servers.remove(process)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
+                await asyncio.wait_for(stop.wait(), timeout=0.2)
     print("stopped.")
+
+
+async def _restart_epp(stack: Stack, backoff: RestartBackoff, stop: asyncio.Event) -> None:
+    """Envoy keeps the streams it has routed when the EPP dies and answers new requests 500 until
+    the EPP is back: restart it (with backoff if it keeps dying) rather than stop everything."""
+    assert stack.epp is not None
+    delay = backoff.next_delay()
+    print(
+        f"the EPP exited with {stack.epp.returncode}; restarting it in {delay:g}s "
+        f"(log {stack.epp.log_path}; streams already routed go on)",
+        flush=True,
+    )
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=delay)
+    if stop.is_set():
+        return
+    try:
+        await stack.restart_epp()
+    except ProcessFailed as exc:
+        print(f"the EPP did not come back: {exc}", flush=True)
+        return
+    backoff.started()
+    print(f"the EPP is back (restart {backoff.restarts})", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
