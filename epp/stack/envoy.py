@@ -65,8 +65,15 @@ class EnvoyOptions:
     listen_address: str = "127.0.0.1"
     epp_address: str = "127.0.0.1"
     epp_port: int = 9002
-    # GIE's EPP serves TLS (self-signed) by default and gateways skip verification; so do we.
+    # GIE's EPP serves TLS (self-signed) by default and gateways skip verification; so do we
+    # unless `epp_ca_path` is set.
     epp_tls: bool = True
+    # Set: verify the EPP's certificate against this CA (PEM file) and its DNS SAN `epp_san`.
+    epp_ca_path: str | None = None
+    epp_san: str = "epp"
+    # Set (both): present this client certificate to the EPP (for `epp serve --client-ca-path`).
+    client_cert_path: str | None = None
+    client_key_path: str | None = None
     body_mode: str = "buffered"
     failure_mode: str = "closed"
     # host:port list used only by fail-open when the EPP is unreachable, and by the baseline listener.
@@ -104,6 +111,10 @@ class EnvoyOptions:
             raise ValueError(f"body_mode must be one of {BODY_MODES}, not {self.body_mode!r}")
         if self.failure_mode not in FAILURE_MODES:
             raise ValueError(f"failure_mode must be one of {FAILURE_MODES}, not {self.failure_mode!r}")
+        if (self.client_cert_path is None) != (self.client_key_path is None):
+            raise ValueError("client_cert_path and client_key_path go together")
+        if not self.epp_tls and (self.epp_ca_path or self.client_cert_path):
+            raise ValueError("verifying the EPP or presenting a client certificate needs epp_tls")
         if self.failure_mode == "open" and self.body_mode == "full-duplex":
             raise ValueError(
                 "Envoy ignores failure_mode_allow with full-duplex streaming (the EPP down still gives 500): "
@@ -286,14 +297,7 @@ def _clusters(options: EnvoyOptions) -> list[dict[str, Any]]:
         },
     }
     if options.epp_tls:
-        # GIE's EPP serves a self-signed certificate by default; gateways skip verification.
-        epp["transport_socket"] = {
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": _typed(
-                "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                common_tls_context={"alpn_protocols": ["h2"]},
-            ),
-        }
+        epp["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": _epp_tls(options)}
     clusters = [epp, _pool_cluster(options)]
     if options.failure_mode == "open" or options.baseline_port is not None:
         endpoints = []
@@ -315,6 +319,30 @@ def _clusters(options: EnvoyOptions) -> list[dict[str, Any]]:
             }
         )
     return clusters
+
+
+def _epp_tls(options: EnvoyOptions) -> dict[str, Any]:
+    """GIE's EPP serves a self-signed certificate by default and gateways skip verification. With
+    a CA, Envoy verifies the EPP's certificate and its SAN; with a client certificate, the EPP can
+    verify Envoy (mutual TLS)."""
+    common: dict[str, Any] = {"alpn_protocols": ["h2"]}
+    extra: dict[str, Any] = {}
+    if options.client_cert_path is not None:
+        common["tls_certificates"] = [
+            {
+                "certificate_chain": {"filename": options.client_cert_path},
+                "private_key": {"filename": options.client_key_path},
+            }
+        ]
+    if options.epp_ca_path is not None:
+        common["validation_context"] = {
+            "trusted_ca": {"filename": options.epp_ca_path},
+            "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": options.epp_san}}],
+        }
+        extra["sni"] = options.epp_san
+    return _typed(
+        "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", common_tls_context=common, **extra
+    )
 
 
 def _pool_cluster(options: EnvoyOptions) -> dict[str, Any]:

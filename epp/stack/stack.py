@@ -20,9 +20,11 @@ import yaml
 
 from epp.stack.envoy import EnvoyOptions, pool_endpoints_document, render_bootstrap
 from epp.stack.processes import ManagedProcess, epp_command, ready_file_probe, wait_until
+from epp.tls import CERT_FILE, KEY_FILE, Authority
 
 STARTUP_TIMEOUT = 60.0
 PREFILL = "prefill"
+EPP_SAN = "epp"  # the DNS name in the EPP's certificate (EnvoyOptions.epp_san checks it)
 DECODE = "decode"
 
 
@@ -70,6 +72,9 @@ class StackConfig:
     prefill_sims: int = 0
     decode_sims: int = 0  # > 0: the disaggregated pool; `sims` is not used
     sidecar_args: list[str] = field(default_factory=list)
+    # Mutual TLS between Envoy and the EPP (with envoy.epp_tls): a CA made for this run issues the
+    # EPP's certificate (SAN "epp") and Envoy's client certificate; each verifies the other.
+    mutual_tls: bool = True
 
 
 class Stack:
@@ -121,6 +126,7 @@ class Stack:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
         await self.start_sims()
         self.write_endpoints_file(self.sims)
+        self._write_tls()
         await self.start_epp()
         await self.start_envoy()
 
@@ -222,6 +228,30 @@ class Stack:
 
     # --- endpoint picker -----------------------------------------------------------------------
 
+    @property
+    def tls_dir(self) -> Path:
+        return self.run_dir / "tls"
+
+    @property
+    def mutual_tls(self) -> bool:
+        return self.config.mutual_tls and self.config.envoy.epp_tls
+
+    def _write_tls(self) -> None:
+        """The run's CA, the EPP's certificate and Envoy's client certificate, in `tls_dir`."""
+        if not self.mutual_tls:
+            return
+        authority = Authority()
+        self.tls_dir.mkdir(parents=True, exist_ok=True)
+        (self.tls_dir / "ca.crt").write_bytes(authority.certificate_pem)
+        for path, (key, cert) in (
+            (self.tls_dir / "epp", authority.issue("epp", (EPP_SAN, "localhost"))),
+            (self.tls_dir / "gateway", authority.issue("gateway", client=True)),
+        ):
+            path.mkdir(parents=True, exist_ok=True)
+            (path / KEY_FILE).write_bytes(key)
+            (path / KEY_FILE).chmod(0o600)
+            (path / CERT_FILE).write_bytes(cert)
+
     async def start_epp(self) -> None:
         ready = self.run_dir / "epp.ready.json"
         ready.unlink(missing_ok=True)
@@ -233,6 +263,11 @@ class Stack:
             "--grpc-health-port=0",
             "--metrics-port=0",
             f"--secure-serving={'true' if self.config.envoy.epp_tls else 'false'}",
+            *(
+                [f"--cert-path={self.tls_dir / 'epp'}", f"--client-ca-path={self.tls_dir / 'ca.crt'}"]
+                if self.mutual_tls
+                else []
+            ),
             f"--endpoints-file={self.endpoints_file}",
             f"--ready-file={ready}",
             *self.config.epp_args,
@@ -267,6 +302,14 @@ class Stack:
             fallback_endpoints=tuple(s.hostport for s in self.serving_endpoints),
             pool_eds_path=str(self.pool_eds_file),
         )
+        if self.mutual_tls:
+            options = replace(
+                options,
+                epp_ca_path=str(self.tls_dir / "ca.crt"),
+                epp_san=self.config.envoy.epp_san,  # "epp", unless a test wants a mismatch
+                client_cert_path=str(self.tls_dir / "gateway" / CERT_FILE),
+                client_key_path=str(self.tls_dir / "gateway" / KEY_FILE),
+            )
         bootstrap = self.run_dir / "envoy.yaml"
         bootstrap.write_text(yaml.safe_dump(render_bootstrap(options), sort_keys=False))
         argv = [

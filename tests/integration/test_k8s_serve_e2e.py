@@ -96,6 +96,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[PoolStack]:
         model=MODEL,
         sim_args=list(FAST_SIM),
         envoy=EnvoyOptions(listen_port=0, admin_port=0, epp_tls=True),
+        mutual_tls=False,  # GIE's setup: the EPP's self-signed certificate, not verified
     )
     try:
         async with PoolStack(config, api) as stack:

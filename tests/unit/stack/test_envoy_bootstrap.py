@@ -22,6 +22,7 @@ from epp.stack.envoy import (
     render_bootstrap,
 )
 from epp.stack.stack import envoy_binary
+from epp.tls import Authority
 
 
 def manager(bootstrap: dict[str, Any], listener: int = 0) -> dict[str, Any]:
@@ -110,6 +111,35 @@ def test_buffered_mode_fails_open_so_a_routed_response_outlives_the_epp() -> Non
     assert ext_proc_config(render_bootstrap(EnvoyOptions()))["failure_mode_allow"] is True
 
 
+def epp_transport(options: EnvoyOptions) -> dict[str, Any]:
+    clusters = {c["name"]: c for c in render_bootstrap(options)["static_resources"]["clusters"]}
+    return dict(clusters["epp"]["transport_socket"]["typed_config"])
+
+
+def test_the_epp_certificate_is_verified_and_a_client_certificate_presented_when_given() -> None:
+    assert epp_transport(EnvoyOptions())["common_tls_context"] == {"alpn_protocols": ["h2"]}  # as GIE
+    options = EnvoyOptions(
+        epp_ca_path="/tls/ca.crt",
+        epp_san="epp.ns.svc",
+        client_cert_path="/tls/c.crt",
+        client_key_path="/tls/c.key",
+    )
+    tls = epp_transport(options)
+    assert tls["sni"] == "epp.ns.svc"
+    context = tls["common_tls_context"]
+    assert context["validation_context"] == {
+        "trusted_ca": {"filename": "/tls/ca.crt"},
+        "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": "epp.ns.svc"}}],
+    }
+    assert context["tls_certificates"] == [
+        {"certificate_chain": {"filename": "/tls/c.crt"}, "private_key": {"filename": "/tls/c.key"}}
+    ]
+    with pytest.raises(ValueError, match="go together"):
+        EnvoyOptions(client_cert_path="/tls/c.crt")
+    with pytest.raises(ValueError, match="needs epp_tls"):
+        EnvoyOptions(epp_tls=False, epp_ca_path="/tls/ca.crt")
+
+
 def test_pool_endpoints_document_is_an_eds_response() -> None:
     document = pool_endpoints_document(["127.0.0.1:8000", "[::1]:8001"], "7")
     assert document["version_info"] == "7"
@@ -149,6 +179,7 @@ def test_fail_open_needs_buffered_mode_and_fallback_endpoints() -> None:
         EnvoyOptions(allowed_paths=("/",), baseline_port=0, fallback_endpoints=("127.0.0.1:8000",)),
         EnvoyOptions(allowed_paths=("/v1/rerank",), baseline_port=0, fallback_endpoints=("127.0.0.1:8000",)),
         EnvoyOptions(body_mode="full-duplex", pool_eds_path="pool/endpoints.yaml"),
+        EnvoyOptions(epp_ca_path="ca.crt", client_cert_path="c.crt", client_key_path="c.key"),
     ],
 )
 def test_envoy_accepts_every_variant(options: EnvoyOptions, tmp_path: Path) -> None:
@@ -157,6 +188,18 @@ def test_envoy_accepts_every_variant(options: EnvoyOptions, tmp_path: Path) -> N
         eds.parent.mkdir()
         eds.write_text(yaml.safe_dump(pool_endpoints_document(["127.0.0.1:8000"])))
         options = replace(options, pool_eds_path=str(eds))
+    if options.epp_ca_path is not None:  # and the certificate files
+        authority = Authority()
+        key, cert = authority.issue("gateway", client=True)
+        (tmp_path / "ca.crt").write_bytes(authority.certificate_pem)
+        (tmp_path / "c.crt").write_bytes(cert)
+        (tmp_path / "c.key").write_bytes(key)
+        options = replace(
+            options,
+            epp_ca_path=str(tmp_path / "ca.crt"),
+            client_cert_path=str(tmp_path / "c.crt"),
+            client_key_path=str(tmp_path / "c.key"),
+        )
     path = tmp_path / "envoy.yaml"
     path.write_text(yaml.safe_dump(render_bootstrap(options)))
     result = subprocess.run(
