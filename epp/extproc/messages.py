@@ -11,6 +11,7 @@ from epp.headers import (
     DESTINATION_HEADER,
     EPP_ERROR_KEY,
     LB_NAMESPACE,
+    SERVED_KEY,
     STREAMING_KEY,
     SUBSET_KEY,
     SUBSET_NAMESPACE,
@@ -89,6 +90,17 @@ def read_headers(headers: ext_proc.HttpHeaders) -> dict[str, str]:
         h.key: (h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value)
         for h in headers.headers.headers
     }
+
+
+def read_served(metadata: core.Metadata) -> str | None:
+    """GIE's `envoy.lb` / `x-gateway-destination-endpoint-served`, when the gateway reports the
+    endpoint that served as metadata (Istio with override_host's selected_endpoint_key)."""
+    if LB_NAMESPACE not in metadata.filter_metadata:
+        return None
+    value = metadata.filter_metadata[LB_NAMESPACE].fields.get(SERVED_KEY)
+    if value is None or not value.string_value:
+        return None
+    return value.string_value
 
 
 def read_subset_hint(metadata: core.Metadata) -> list[str] | None:

@@ -77,7 +77,10 @@ class ExtProcStream:
             elif kind == "request_trailers":
                 yield from self._request_trailers()
             elif kind == "response_headers":
-                yield from self._response_headers(message.response_headers)
+                served = None
+                if message.HasField("metadata_context"):
+                    served = messages.read_served(message.metadata_context)
+                yield from self._response_headers(message.response_headers, served)
             elif kind == "response_body":
                 yield from self._response_body(message.response_body)
             elif kind == "response_trailers":
@@ -182,11 +185,15 @@ class ExtProcStream:
 
     # --- response path -------------------------------------------------------------------------
 
-    def _response_headers(self, headers: ext_proc.HttpHeaders) -> Iterator[ext_proc.ProcessingResponse]:
+    def _response_headers(
+        self, headers: ext_proc.HttpHeaders, served: str | None = None
+    ) -> Iterator[ext_proc.ProcessingResponse]:
+        """`served`: the endpoint that served as the gateway's metadata says (GIE's protocol); our
+        bootstrap says it in a response header instead (Envoy 1.40 cannot set the metadata)."""
         response_headers = messages.read_headers(headers)
         event_stream = "text/event-stream" in response_headers.get("content-type", "")
         if self._routed is not None:
-            served = response_headers.get(SERVED_KEY)
+            served = served or response_headers.get(SERVED_KEY)
             if served:
                 self._routed.served_by(served)
             status_text = response_headers.get(":status", "")

@@ -80,7 +80,7 @@ class RoutedRequest:
             self._director.hooks.response_received(self.request, self.result)
         if status == 503:
             answered = [self.served] if self.served is not None else self.result.targets[:1]
-            self._director.note_upstream_unavailable(answered, "it answered 503")
+            self._director.note_upstream_unavailable(answered)
 
     def response_body(self, chunk: bytes, end_of_stream: bool) -> None:
         self.response_bytes += len(chunk)
@@ -312,7 +312,9 @@ class Director:
         with _plugin_errors_logged("ResponseComplete"):
             self.hooks.response_complete(request, routed.result, usage)
 
-    def note_upstream_unavailable(self, endpoints: Sequence[Endpoint], reason: str) -> None:
+    def note_upstream_unavailable(
+        self, endpoints: Sequence[Endpoint], reason: str = "it answered 503"
+    ) -> None:
         """A 503 from the data plane, or a gateway retry away from an endpoint, often means the
         endpoint died or hangs: stop choosing it for SUSPEND_SECONDS, or until the metrics scraper
         sees it answer again, whichever is first."""

@@ -481,8 +481,9 @@ async def test_a_503_from_the_data_plane_suspends_the_endpoint(harness: Harness)
         )
 
 
+@pytest.mark.parametrize("reported_in", ["header", "metadata"])
 async def test_the_served_endpoint_carries_the_load_and_the_skipped_one_is_suspended(
-    harness: Harness,
+    harness: Harness, reported_in: str
 ) -> None:
     """The gateway retried away from the EPP's pick (refused, reset, 503, no first byte in time)
     and says so in x-gateway-destination-endpoint-served: the load moves to the endpoint serving,
@@ -500,7 +501,14 @@ async def test_the_served_endpoint_carries_the_load_and_the_skipped_one_is_suspe
         picked, other = other, picked
     assert (picked.inflight_requests, other.inflight_requests) == (1, 0)
     served = {"x-gateway-destination-endpoint-served": other.hostport}
-    await call.write(response_headers_msg("application/json", extra=served))
+    if reported_in == "header":  # our bootstrap
+        await call.write(response_headers_msg("application/json", extra=served))
+    else:  # GIE's protocol (Istio)
+        message = response_headers_msg("application/json")
+        metadata = struct_pb2.Struct()
+        metadata.update(served)
+        message.metadata_context.filter_metadata["envoy.lb"].CopyFrom(metadata)
+        await call.write(message)
     await read(call)
     assert (picked.inflight_requests, other.inflight_requests) == (0, 1)
     assert [e.hostport for e in harness.datastore.ready_endpoints()] == [other.hostport]
