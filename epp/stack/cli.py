@@ -82,7 +82,7 @@ def instructions(stack: Stack, model: str) -> str:
     )
     return f"""
 Gateway (Envoy)        {url}
-Endpoint picker        ext_proc on 127.0.0.1:{stack.epp_ports["grpc_port"]}
+Endpoint picker        ext_proc on 127.0.0.1:{stack.epp_ports["grpc_port"]}{_tls_note(stack)}
 Simulated vLLM servers
 {sims}
 Logs and config        {stack.run_dir}/
@@ -104,6 +104,12 @@ With the openai SDK:
 
 Ctrl-C stops everything.
 """
+
+
+def _tls_note(stack: Stack) -> str:
+    if stack.mutual_tls:
+        return f" (mutual TLS with Envoy: CA and certificates in {stack.tls_dir}/)"
+    return " (TLS)" if stack.config.envoy.epp_tls else " (plaintext)"
 
 
 def _role_note(role: str | None, engine_port: int | None) -> str:

@@ -80,6 +80,7 @@ async def test_epp_run_restarts_a_dead_epp(tmp_path: Path) -> None:
         gateway = (
             await read_until(process.stdout, r"curl -si (http://127\.0\.0\.1:\d+)/v1/completions", seen)
         )[1]
+        assert any("ext_proc on 127.0.0.1:" in line and "mutual TLS with Envoy" in line for line in seen)
         envoy = child_pid(process.pid, "envoy")
         async with httpx.AsyncClient(base_url=gateway, timeout=30) as client:
             assert (await client.post("/v1/completions", json=BODY)).status_code == 200
