@@ -102,7 +102,8 @@ async def test_a_failing_primary_is_served_by_the_epps_fallback(make_stack: Stac
 
 async def test_a_hung_server_gets_no_new_request_after_the_first_timeout(make_stack: StackFactory) -> None:
     """SIGSTOP one of two simulators. The streaming requests routed there get no first byte within
-    the bound and are retried on the other; after that the EPP routes nothing new to it."""
+    the bound and are retried on the other; after that the EPP routes nothing new to it, until it
+    runs again (SIGCONT) and comes back into rotation."""
     envoy = EnvoyOptions(listen_port=0, admin_port=0, first_byte_timeout="1s")
     async with make_stack("hung", sims=2, envoy=envoy) as stack:
         victim, other = stack.sims
@@ -125,6 +126,16 @@ async def test_a_hung_server_gets_no_new_request_after_the_first_timeout(make_st
                 assert await retries(stack) >= routed.count(victim.hostport)
                 after = [await one(100 + i) for i in range(10)]
                 assert set(after) == {other.hostport}
+                os.kill(process.pid, signal.SIGCONT)
+                # Back in rotation with its first good scrape: ties are broken at random again.
+                for i in range(200):
+                    body = {"model": MODEL, "prompt": f"again {i}", "max_tokens": 1}
+                    response = await client.post("/v1/completions", json=body)
+                    assert response.status_code == 200, response.text
+                    if response.headers["x-inference-pod"] == victim.name:
+                        break
+                    await asyncio.sleep(0.02)
+                assert response.headers["x-inference-pod"] == victim.name
         finally:
             os.kill(process.pid, signal.SIGCONT)
 
