@@ -200,12 +200,13 @@ class ExtProcStream:
             status = int(status_text) if status_text.isdigit() else 0
             self._routed.response_started(status, event_stream)
         reply = ext_proc.HeadersResponse()
-        if self._routed is not None:
-            added = dict(self._routed.result.response_headers)
-            if self._options.served_header:
-                added[self._options.served_header] = self._routed.destination
-            if added:
-                reply.response.header_mutation.CopyFrom(messages.header_mutation(added, ()))
+        # The gateway's report is for the EPP: clients need not learn pod addresses from it.
+        removed = (SERVED_KEY,) if SERVED_KEY in response_headers else ()
+        added = dict(self._routed.result.response_headers) if self._routed is not None else {}
+        if self._routed is not None and self._options.served_header:
+            added[self._options.served_header] = self._routed.destination
+        if added or removed:
+            reply.response.header_mutation.CopyFrom(messages.header_mutation(added, removed))
         response = ext_proc.ProcessingResponse(response_headers=reply)
         if event_stream and self._skip_streamed_body():
             response.mode_override.CopyFrom(SKIP_RESPONSE_BODY)

@@ -90,6 +90,7 @@ async def test_a_failing_primary_is_served_by_the_epps_fallback(make_stack: Stac
                 response = await client.post("/v1/completions", json=body)
                 assert response.status_code == 200, response.text
                 assert response.headers["x-inference-pod"] == sim.name
+                assert "x-gateway-destination-endpoint-served" not in response.headers  # the EPP's only
                 listed = response.headers["x-epp-destination"].split(",")
                 if listed == [broken.hostport, sim.hostport]:
                     rescued += 1

@@ -509,7 +509,10 @@ async def test_the_served_endpoint_carries_the_load_and_the_skipped_one_is_suspe
         metadata.update(served)
         message.metadata_context.filter_metadata["envoy.lb"].CopyFrom(metadata)
         await call.write(message)
-    await read(call)
+    reply = (await read(call)).response_headers.response
+    assert list(reply.header_mutation.remove_headers) == (
+        ["x-gateway-destination-endpoint-served"] if reported_in == "header" else []
+    )
     assert (picked.inflight_requests, other.inflight_requests) == (0, 1)
     assert [e.hostport for e in harness.datastore.ready_endpoints()] == [other.hostport]
     await call.write(response_body_msg(b"{}", end_of_stream=True))
