@@ -55,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--epp-arg", action="append", default=[], help="extra `epp serve` argument (repeatable)"
     )
+    add_resilience_arguments(parser)
 
 
 def _path_prefix(text: str) -> str:
@@ -64,14 +65,62 @@ def _path_prefix(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, not {value!r}") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {value!r}")
+    return seconds
+
+
+def _retries(value: str) -> int:
+    count = int(value)
+    if not 0 <= count <= 10:
+        raise argparse.ArgumentTypeError(f"retries must be between 0 and 10, not {count}")
+    return count
+
+
+def add_resilience_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = EnvoyOptions()
+    group = parser.add_argument_group("retries and timeouts (Envoy; see docs/operations.md)")
+    group.add_argument(
+        "--retries",
+        type=_retries,
+        default=defaults.retries,
+        help=f"retries of an attempt that failed before its first byte, on the EPP's next endpoint "
+        f"(default {defaults.retries})",
+    )
+    for flag, field_name, what in (
+        ("--first-byte-timeout", "first_byte_timeout", "streaming request: each attempt's wait for headers"),
+        ("--stream-idle-timeout", "stream_idle_timeout", "streaming request: longest gap between bytes"),
+        ("--response-timeout", "response_timeout", "non-streaming request: the whole response"),
+    ):
+        default = getattr(defaults, field_name)
+        group.add_argument(
+            flag, type=_seconds, metavar="SECONDS", help=f"{what} (default {default.removesuffix('s')})"
+        )
+
+
 def envoy_options(args: argparse.Namespace) -> EnvoyOptions:
-    """Envoy's part of `epp run`: free ports, the chosen modes, the default paths plus --allow-path."""
+    """Envoy's part of `epp run`: free ports, the chosen modes, the default paths plus --allow-path,
+    retries and timeouts."""
+    defaults = EnvoyOptions()
+
+    def duration(seconds: float | None, default: str) -> str:
+        return default if seconds is None else f"{seconds:g}s"
+
     return EnvoyOptions(
         listen_port=0,
         admin_port=0,
         body_mode=args.body_mode,
         failure_mode=args.failure_mode,
         allowed_paths=(*DEFAULT_ALLOWED_PATHS, *args.allow_path),
+        retries=args.retries,
+        first_byte_timeout=duration(args.first_byte_timeout, defaults.first_byte_timeout),
+        stream_idle_timeout=duration(args.stream_idle_timeout, defaults.stream_idle_timeout),
+        response_timeout=duration(args.response_timeout, defaults.response_timeout),
     )
 
 

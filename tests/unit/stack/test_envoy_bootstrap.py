@@ -268,6 +268,24 @@ def test_bad_allowed_paths_are_refused(bad: str) -> None:
         EnvoyOptions(allowed_paths=())
 
 
+def test_epp_run_sets_retries_and_timeouts() -> None:
+    defaults = envoy_options(build_parser("run").parse_args(["run"]))
+    assert (defaults.retries, defaults.first_byte_timeout, defaults.response_timeout) == (2, "30s", "300s")
+    argv = [
+        "run",
+        "--retries=1",
+        "--first-byte-timeout=2.5",
+        "--stream-idle-timeout=20",
+        "--response-timeout=600",
+    ]
+    options = envoy_options(build_parser("run").parse_args(argv))
+    assert (options.retries, options.first_byte_timeout, options.stream_idle_timeout) == (1, "2.5s", "20s")
+    assert options.response_timeout == "600s"
+    for bad in (["--first-byte-timeout=0"], ["--response-timeout=soon"], ["--retries=11"]):
+        with pytest.raises(SystemExit):
+            build_parser("run").parse_args(["run", *bad])
+
+
 def test_epp_run_allow_path_adds_to_the_defaults() -> None:
     args = build_parser("run").parse_args(["run", "--allow-path", "/v1/rerank/", "--allow-path", "/tokenize"])
     assert envoy_options(args).allowed_paths == (*DEFAULT_ALLOWED_PATHS, "/v1/rerank", "/tokenize")
