@@ -15,12 +15,14 @@ Routing keys on the `envoy.lb` dynamic metadata the EPP sets (with the same valu
 `x-gateway-destination-endpoint` header): clients cannot forge metadata, so a client-sent
 destination header never steers Envoy, not even when the EPP is down and Envoy fails open.
 
-With `pool_eds_path` (what `epp run` uses), the pool cluster's hosts come from an EDS file and the
-override-host load-balancing policy takes the EPP's `primary,fallback,...` list in order: a retry
+With `pool_eds_path` (the default), the pool cluster's hosts come from an EDS file the EPP keeps
+(`epp serve --envoy-eds-file`) and the override-host load-balancing policy takes the EPP's
+`primary,fallback,...` list in order: a retry
 (connect failure, reset, 503, no first byte in time on a streaming request) goes to the next
 endpoint listed, then round robin over hosts not tried yet. Envoy reports the endpoint that served
 in the `x-gateway-destination-endpoint-served` response header, which the EPP reads for its load
-accounting. Without it, an ORIGINAL_DST cluster reaches any address but only the first listed.
+accounting. Without it (`pool_eds_path=None`), an ORIGINAL_DST cluster reaches any address but
+only the first listed.
 
 Only the paths of `allowed_paths` (by default the OpenAI APIs and /v1/models) reach the EPP and
 the pool; any other path is Envoy's own JSON 404, so a model server's /metrics, /reset_prefix_cache
@@ -29,7 +31,6 @@ or LoRA-loading endpoints are not open to the gateway's clients. Paths are norma
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
@@ -87,10 +88,12 @@ class EnvoyOptions:
     # `/v1/modelsx`); every other path gets Envoy's 404. `/` routes everything.
     allowed_paths: tuple[str, ...] = DEFAULT_ALLOWED_PATHS
     # Set: the pool cluster's hosts come from this EDS file (a DiscoveryResponse holding one
-    # ClusterLoadAssignment, see pool_endpoints_document; Envoy re-reads it when it is replaced) and
-    # the override-host policy routes on the EPP's list `primary,fallback,...`, retrying on the next.
-    # None: an ORIGINAL_DST cluster that reaches any address but only the first of the list.
-    pool_eds_path: str | None = None
+    # ClusterLoadAssignment, epp.discovery.eds: `epp serve --envoy-eds-file` keeps it; Envoy re-reads
+    # it when it is replaced, and refuses to start without it; relative to Envoy's working
+    # directory) and the override-host policy routes on the EPP's list `primary,fallback,...`,
+    # retrying on the next. None: an ORIGINAL_DST cluster that needs no file and reaches any
+    # address, but only the first of the list (an EPP that cannot write the file: GIE's).
+    pool_eds_path: str | None = "pool/endpoints.yaml"
     # Retries of a request whose attempt failed before a response byte reached the client: connect
     # failure, reset, a 503 from the pod, a streaming attempt without response headers in time.
     retries: int = 2
@@ -407,22 +410,6 @@ def _pool_hosts(options: EnvoyOptions) -> dict[str, Any]:
             ]
         },
     }
-
-
-def pool_endpoints_document(endpoints: Sequence[str], version: str = "1") -> dict[str, Any]:
-    """The EDS file for `pool_eds_path`: the pool's host:port list as Envoy's DiscoveryResponse."""
-    lb_endpoints = []
-    for hostport in endpoints:
-        host, port = split_host_port(hostport)
-        if port is None:
-            raise ValueError(f"pool endpoint {hostport!r} needs a port")
-        lb_endpoints.append({"endpoint": {"address": _socket(host, port)}})
-    assignment = _typed(
-        "envoy.config.endpoint.v3.ClusterLoadAssignment",
-        cluster_name="pool",
-        endpoints=[{"lb_endpoints": lb_endpoints}] if lb_endpoints else [],
-    )
-    return {"version_info": version, "resources": [assignment]}
 
 
 def render_bootstrap(options: EnvoyOptions) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from epp.stack.envoy import EnvoyOptions, pool_endpoints_document, render_bootstrap
+from epp.stack.envoy import EnvoyOptions, render_bootstrap
 from epp.stack.processes import ManagedProcess, epp_command, ready_file_probe, wait_until
 from epp.tls import CERT_FILE, KEY_FILE, Authority
 
@@ -91,8 +91,8 @@ class Stack:
         self.baseline_port = 0
         self.admin_port = 0
         self.endpoints_file = self.run_dir / "endpoints.yaml"
+        # Envoy's pool hosts (the override-host policy picks among them), kept by the EPP.
         self.pool_eds_file = self.run_dir / "pool" / "endpoints.yaml"
-        self._pool_version = 0
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -220,11 +220,6 @@ class Stack:
                 entry["metricsPort"] = sim.metrics_port
             entries.append(entry)
         _replace(self.endpoints_file, {"endpoints": entries})
-        # Envoy's pool hosts (the override-host policy picks among them), renamed into place so
-        # Envoy's directory watch reads a whole file.
-        self._pool_version += 1
-        hostports = [s.hostport for s in sims if s.role != PREFILL]
-        _replace(self.pool_eds_file, pool_endpoints_document(hostports, str(self._pool_version)))
 
     # --- endpoint picker -----------------------------------------------------------------------
 
@@ -269,6 +264,7 @@ class Stack:
                 else []
             ),
             f"--endpoints-file={self.endpoints_file}",
+            f"--envoy-eds-file={self.pool_eds_file}",
             f"--ready-file={ready}",
             *self.config.epp_args,
         )

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from epp.cli import build_parser
+from epp.discovery.eds import eds_document
 from epp.requests import ApiKind
 from epp.requests.parser import api_kind
 from epp.stack.cli import envoy_options
@@ -18,7 +19,6 @@ from epp.stack.envoy import (
     DEFAULT_ALLOWED_PATHS,
     EnvoyOptions,
     check_path_prefix,
-    pool_endpoints_document,
     render_bootstrap,
 )
 from epp.stack.stack import envoy_binary
@@ -50,7 +50,8 @@ def test_full_duplex_is_gies_contract() -> None:
 
 
 def test_pool_cluster_keys_on_metadata_not_on_the_forgeable_header() -> None:
-    clusters = {c["name"]: c for c in render_bootstrap(EnvoyOptions())["static_resources"]["clusters"]}
+    options = EnvoyOptions(pool_eds_path=None)  # ORIGINAL_DST, for an EPP that keeps no EDS file
+    clusters = {c["name"]: c for c in render_bootstrap(options)["static_resources"]["clusters"]}
     lb = clusters["pool"]["original_dst_lb_config"]
     assert lb == {"metadata_key": {"key": "envoy.lb", "path": [{"key": "x-gateway-destination-endpoint"}]}}
 
@@ -140,19 +141,6 @@ def test_the_epp_certificate_is_verified_and_a_client_certificate_presented_when
         EnvoyOptions(epp_tls=False, epp_ca_path="/tls/ca.crt")
 
 
-def test_pool_endpoints_document_is_an_eds_response() -> None:
-    document = pool_endpoints_document(["127.0.0.1:8000", "[::1]:8001"], "7")
-    assert document["version_info"] == "7"
-    (assignment,) = document["resources"]
-    assert assignment["cluster_name"] == "pool"
-    addresses = [
-        e["endpoint"]["address"]["socket_address"] for e in assignment["endpoints"][0]["lb_endpoints"]
-    ]
-    assert addresses == [{"address": "127.0.0.1", "port_value": 8000}, {"address": "::1", "port_value": 8001}]
-    with pytest.raises(ValueError, match="needs a port"):
-        pool_endpoints_document(["127.0.0.1"])
-
-
 def test_fail_open_needs_buffered_mode_and_fallback_endpoints() -> None:
     with pytest.raises(ValueError, match="use body mode 'buffered' for fail-open"):
         EnvoyOptions(body_mode="full-duplex", failure_mode="open", fallback_endpoints=("a:1",))
@@ -178,16 +166,15 @@ def test_fail_open_needs_buffered_mode_and_fallback_endpoints() -> None:
         ),
         EnvoyOptions(allowed_paths=("/",), baseline_port=0, fallback_endpoints=("127.0.0.1:8000",)),
         EnvoyOptions(allowed_paths=("/v1/rerank",), baseline_port=0, fallback_endpoints=("127.0.0.1:8000",)),
-        EnvoyOptions(body_mode="full-duplex", pool_eds_path="pool/endpoints.yaml"),
+        EnvoyOptions(body_mode="full-duplex", pool_eds_path=None),
         EnvoyOptions(epp_ca_path="ca.crt", client_cert_path="c.crt", client_key_path="c.key"),
     ],
 )
 def test_envoy_accepts_every_variant(options: EnvoyOptions, tmp_path: Path) -> None:
     if options.pool_eds_path is not None:  # Envoy refuses a path that does not exist
-        eds = tmp_path / options.pool_eds_path
+        eds = tmp_path / options.pool_eds_path  # relative: Envoy runs in tmp_path
         eds.parent.mkdir()
-        eds.write_text(yaml.safe_dump(pool_endpoints_document(["127.0.0.1:8000"])))
-        options = replace(options, pool_eds_path=str(eds))
+        eds.write_text(yaml.safe_dump(eds_document(["127.0.0.1:8000"])))
     if options.epp_ca_path is not None:  # and the certificate files
         authority = Authority()
         key, cert = authority.issue("gateway", client=True)
@@ -204,6 +191,7 @@ def test_envoy_accepts_every_variant(options: EnvoyOptions, tmp_path: Path) -> N
     path.write_text(yaml.safe_dump(render_bootstrap(options)))
     result = subprocess.run(
         [envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "error"],
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=60,
