@@ -1,5 +1,7 @@
 # One image for the endpoint picker (`epp serve`), the P/D routing sidecar (`epp sidecar`) and the
-# vLLM simulator (`epp sim`): the manifests pick the subcommand in `args`.
+# vLLM simulator (`epp sim`). Args that start with a flag run `epp serve` (GIE's and llm-d's Helm
+# charts pass flags only: `args: [--pool-name, ..., --config-file, ...]`); a first arg naming a
+# subcommand (`sim ...`, `sidecar ...`, `serve ...`) runs that one.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -16,4 +18,4 @@ USER 65532:65532
 # ext_proc, gRPC health, EPP metrics; the pool's target port (sidecar or simulator).
 EXPOSE 9002 9003 9090 8000
 ENTRYPOINT ["epp"]
-CMD ["serve", "--help"]
+CMD ["--help"]

@@ -1,4 +1,7 @@
-"""`epp`: one console script, one subcommand per part of the product."""
+"""`epp`: one console script, one subcommand per part of the product.
+
+`epp --flag ...` (the first argument a flag, not a subcommand) runs `epp serve --flag ...`: GIE's and
+llm-d's Helm charts start the EPP image with flags only, so the image's entrypoint must serve."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Sequence
 
 # subcommand -> (module with add_arguments(parser) and run(args) -> int, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -15,13 +19,44 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("epp.bench.cli", "benchmark routing policies, the two benchmark engines and the EPP overhead"),
     "sidecar": ("epp.sidecar.cli", "run the P/D routing sidecar in front of a decode engine"),
 }
+IMPLIED_COMMAND = "serve"
+_HELP = ("-h", "--help")
+_LOG_LEVEL = "--log-level"
+
+
+def resolve(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+    """(the subcommand, argv with it in place). The subcommand is the first argument after the
+    top-level options (`--log-level LEVEL`); if that argument is a flag instead, the command is
+    `serve` and is inserted before it. `-h`/`--help` there keep the top-level help."""
+    argv = list(argv)
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg == _LOG_LEVEL:
+            index += 2
+        elif arg.startswith(_LOG_LEVEL + "="):
+            index += 1
+        else:
+            break
+    if index >= len(argv):
+        return None, argv
+    first = argv[index]
+    if first in SUBCOMMANDS:
+        return first, argv
+    if first.startswith("-") and first not in _HELP:
+        return IMPLIED_COMMAND, [*argv[:index], IMPLIED_COMMAND, *argv[index:]]
+    return None, argv
 
 
 def build_parser(command: str | None) -> argparse.ArgumentParser:
     """Only the chosen subcommand's module is imported, so each command starts fast and a
     problem in one part never breaks the others."""
-    parser = argparse.ArgumentParser(prog="epp", description=__doc__)
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser = argparse.ArgumentParser(
+        prog="epp",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(_LOG_LEVEL, default="INFO", help="logging level (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         if name != command:
@@ -39,10 +74,14 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """`argv` (without the program name) parsed as `epp` parses it, the implied `serve` included."""
+    command, argv = resolve(argv)
+    return build_parser(command).parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    command = next((a for a in argv if a in SUBCOMMANDS), None)
-    args = build_parser(command).parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

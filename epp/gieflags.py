@@ -1,16 +1,29 @@
 """GIE's `epp` flags that a drop-in must accept because GIE's Helm chart and manifests pass them.
 
-Logging flags map onto Python logging (`-v`, `--zap-log-level`, `--zap-encoder json`); flags for
-features this EPP does not have (tracing, pprof, metrics auth, leader election, certificate
-reload) are accepted, and enabling one logs a warning instead of failing the pod at startup."""
+Logging flags map onto Python logging (`-v`, `--zap-log-level`, `--zap-encoder json`,
+`--zap-devel`, `--zap-stacktrace-level`, `--zap-time-encoding`); the model-server metrics flags
+(`--total-queued-requests-metric`, `--model-server-metrics-path`, ...) override the data layer's
+settings (epp/datalayer/overrides.py); `--enable-pprof=true` stops the EPP (there is no pprof in
+Python: use py-spy). Leader election, certificate reload and metrics authentication are
+implemented (epp.discovery.k8s.leader, epp.tls, epp.metrics.auth); `--tracing` is accepted and
+enabling it logs a warning instead of failing the pod.
+
+The chart writes some values with literal quotes (`--total-queued-requests-metric="sglang:num_queue_reqs"`
+arrives as `"sglang:num_queue_reqs"`, quotes included, since no shell is involved): string values
+lose one pair of surrounding quotes."""
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
-import time
+import traceback
+from collections.abc import Callable
 
+from epp.datalayer.overrides import METRIC_FLAGS, ScrapeOverrides
+from epp.datalayer.promtext import MetricSpec
+from epp.params.values import unquote
 from epp.tls import parse_bool
 
 # GIE's verbosity: 2 is the default (info), 3 verbose, 4 debug, 5 trace.
@@ -23,10 +36,6 @@ _ZAP_LEVELS = {
 }
 UNSUPPORTED = {
     "tracing": "OpenTelemetry tracing",
-    "enable_pprof": "pprof profiling",
-    "metrics_endpoint_auth": "metrics endpoint authentication (put /metrics behind a NetworkPolicy)",
-    "ha_enable_leader_election": "leader election (run one replica)",
-    "enable_cert_reload": "certificate reload (restart to pick up a rotated certificate)",
 }
 
 
@@ -37,10 +46,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "-v", "--v", type=int, default=2, metavar="N", help="verbosity: 2 info (default), 4+ debug"
     )
-    group.add_argument("--zap-log-level", choices=sorted(_ZAP_LEVELS), help="log level (overrides -v)")
-    group.add_argument("--zap-encoder", choices=("json", "console"), default="console", help="log format")
-    for flag in ("--zap-devel", "--zap-stacktrace-level", "--zap-time-encoding"):
-        group.add_argument(flag, default=None, help=argparse.SUPPRESS)
+    group.add_argument(
+        "--zap-log-level",
+        type=_zap_level,
+        metavar="debug|info|error|panic|N",
+        help="log level (overrides -v; a number N is verbosity N)",
+    )
+    group.add_argument(
+        "--zap-encoder",
+        choices=("json", "console"),
+        default=None,
+        help="log format (default console; json with --zap-devel=false)",
+    )
+    group.add_argument(
+        "--zap-devel",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=True,
+        metavar="BOOL",
+        help="development logging, GIE's default: console lines unless --zap-encoder; false: JSON lines",
+    )
+    group.add_argument(
+        "--zap-stacktrace-level",
+        choices=sorted(_ZAP_LEVELS.keys() - {"debug"}),
+        help="log records at or above this level carry the call stack (default: none)",
+    )
+    group.add_argument(
+        "--zap-time-encoding",
+        choices=sorted(_TIME_ENCODINGS),
+        default="iso8601",
+        help="the `ts` of JSON log lines (default iso8601)",
+    )
+    group.add_argument(
+        "--enable-pprof",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="BOOL",
+        help="refused when true: Go's pprof does not exist in this Python EPP (profile it with py-spy)",
+    )
     for name in UNSUPPORTED:
         group.add_argument(
             "--" + name.replace("_", "-"),
@@ -53,32 +99,219 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def _zap_level(value: str) -> int:
+    """controller-runtime's --zap-log-level: a level name, or an integer verbosity."""
+    if value in _ZAP_LEVELS:
+        return _ZAP_LEVELS[value]
+    try:
+        verbosity = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: expected debug, info, error, panic or a number"
+        ) from None
+    if verbosity < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: a verbosity must be greater than 0")
+    return _verbosity_level(verbosity)
+
+
+def _verbosity_level(verbosity: int) -> int:
+    return logging.DEBUG if verbosity >= _VERBOSITY_DEBUG else logging.INFO
+
+
+def _epoch(created: float) -> float:
+    return created
+
+
+def _millis(created: float) -> float:
+    return created * 1000
+
+
+def _nanos(created: float) -> int:
+    return int(created * 1e9)
+
+
+def _iso8601(created: float) -> str:
+    """zap's ISO8601 (millisecond precision), in UTC."""
+    moment = datetime.datetime.fromtimestamp(created, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _rfc3339(created: float) -> str:
+    return datetime.datetime.fromtimestamp(created, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _rfc3339nano(created: float) -> str:
+    moment = datetime.datetime.fromtimestamp(created, datetime.UTC)
+    return (
+        moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(created * 1e9) % 1_000_000_000:09d}".rstrip("0") + "Z"
+    )
+
+
+# controller-runtime's --zap-time-encoding values -> the JSON `ts` they give.
+_TIME_ENCODINGS: dict[str, Callable[[float], float | int | str]] = {
+    "epoch": _epoch,
+    "millis": _millis,
+    "nano": _nanos,
+    "iso8601": _iso8601,
+    "rfc3339": _rfc3339,
+    "rfc3339nano": _rfc3339nano,
+}
+
+
+def refuse_unsupported(args: argparse.Namespace) -> None:
+    """A flag asking for something this EPP cannot do stops it, saying what to use instead."""
+    if args.enable_pprof:
+        raise ValueError(
+            "--enable-pprof=true: pprof is Go's profiler and this EPP is Python, so there are no "
+            "/debug/pprof handlers; profile it with py-spy (py-spy top --pid PID, py-spy record) and "
+            "leave --enable-pprof unset or false"
+        )
+
+
+_METRIC_HELP = {
+    "waiting": "the queued-requests gauge",
+    "running": "the running-requests gauge",
+    "kv_usage": "the KV-cache usage gauge (0..1)",
+    "lora": "the LoRA info gauge (vLLM's labels)",
+    "cache_info": "the cache-config info gauge (block_size and num_gpu_blocks labels, or the engine's)",
+}
+
+
+def _metric_spec(value: str) -> str:
+    spec = unquote(value).strip()
+    if spec:
+        try:
+            MetricSpec.parse(spec)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return spec
+
+
+def _scheme(value: str) -> str:
+    scheme = unquote(value)
+    if scheme not in ("http", "https"):
+        raise argparse.ArgumentTypeError(f"{value!r}: it can only be http or https")
+    return scheme
+
+
+def _path(value: str) -> str:
+    path = unquote(value)
+    if not path.startswith("/"):
+        raise argparse.ArgumentTypeError(f"{value!r}: a URL path starts with /")
+    return path
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(unquote(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number")
+    return port
+
+
+def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "model-server metrics (GIE's flags; each one given overrides the config's data layer)",
+        "Metric specs are GIE's `name{label=value,...}`; an empty spec means the engine does not "
+        "publish that metric. The metric names replace those the default engine "
+        "(core-metrics-extractor defaultEngine, vllm unless configured) is read with.",
+    )
+    for name, flag in METRIC_FLAGS.items():
+        group.add_argument(
+            flag,
+            dest=f"metric_{name}",
+            type=_metric_spec,
+            metavar="SPEC",
+            default=None,
+            help=_METRIC_HELP[name],
+        )
+    group.add_argument(
+        "--model-server-metrics-scheme", type=_scheme, metavar="http|https", help="scrape with http or https"
+    )
+    group.add_argument(
+        "--model-server-metrics-path", type=_path, metavar="PATH", help="URL path of the metrics page"
+    )
+    group.add_argument(
+        "--model-server-metrics-https-insecure-skip-verify",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="BOOL",
+        help="do not verify model servers' certificates with https (GIE's default: true)",
+    )
+    group.add_argument(
+        "--model-server-metrics-port",
+        type=_port,
+        default=0,
+        metavar="PORT",
+        help="scrape this port instead of the serving port, for pools with one target port "
+        "(as GIE; ignored with several) and standalone endpoints without their own metricsPort; 0 = the "
+        "serving port",
+    )
+
+
+def scrape_overrides(args: argparse.Namespace) -> ScrapeOverrides:
+    specs = {name: getattr(args, f"metric_{name}") for name in METRIC_FLAGS}
+    return ScrapeOverrides(
+        scheme=args.model_server_metrics_scheme,
+        path=args.model_server_metrics_path,
+        insecure_skip_verify=args.model_server_metrics_https_insecure_skip_verify,
+        metric_specs={name: spec for name, spec in specs.items() if spec is not None},
+    )
+
+
 class _JsonFormatter(logging.Formatter):
     """One JSON object per line, as GIE's `--zap-encoder json` writes them."""
 
+    def __init__(self, time_encoding: str = "iso8601") -> None:
+        super().__init__()
+        self._ts = _TIME_ENCODINGS[time_encoding]
+
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+        entry: dict[str, object] = {
+            "ts": self._ts(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
         }
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stacktrace"] = record.stack_info
         return json.dumps(entry)
+
+
+class _StackFilter(logging.Filter):
+    """zap's stacktrace level: records at or above it carry the stack of the logging call."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self._level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= self._level and not record.stack_info and not record.exc_info:
+            internal = {logging.__file__, __file__}
+            frames = [frame for frame in traceback.extract_stack() if frame.filename not in internal]
+            record.stack_info = "Stack (most recent call last):\n" + "".join(traceback.format_list(frames))
+        return True
 
 
 def apply(args: argparse.Namespace) -> None:
     """Configure logging from the GIE flags and warn about requested features we lack."""
     root = logging.getLogger()
-    if args.zap_log_level:
-        root.setLevel(_ZAP_LEVELS[args.zap_log_level])
+    if args.zap_log_level is not None:
+        root.setLevel(args.zap_log_level)
     elif args.v >= _VERBOSITY_DEBUG:
         root.setLevel(logging.DEBUG)
-    if args.zap_encoder == "json":
-        for handler in root.handlers:
-            handler.setFormatter(_JsonFormatter())
+    encoder = args.zap_encoder or ("console" if args.zap_devel else "json")
+    for handler in root.handlers:
+        if encoder == "json":
+            handler.setFormatter(_JsonFormatter(args.zap_time_encoding))
+        if args.zap_stacktrace_level:
+            handler.addFilter(_StackFilter(_ZAP_LEVELS[args.zap_stacktrace_level]))
     for name, feature in UNSUPPORTED.items():
         if getattr(args, name):
             logging.getLogger(__name__).warning(

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.config import ConfigException as KubeConfigError
 
 from epp import gieflags, tls
@@ -19,14 +21,18 @@ from epp.config.loader import load_config, load_config_file
 from epp.config.model import PickerConfig
 from epp.config.objectives import load_objectives_file
 from epp.config.rewrites import load_model_rewrites_file
+from epp.datalayer.overrides import ScrapeOverrides
 from epp.datalayer.scraper import DEFAULT_INTERVAL, MetricsScraper
 from epp.datastore import Datastore
 from epp.discovery import kubernetes as k8s_discovery
 from epp.discovery.eds import EdsFileWriter
+from epp.discovery.k8s import leader as election
+from epp.discovery.k8s.client import api_client
 from epp.discovery.static import DiscoveryError, FileDiscovery, parse_endpoint_flag
 from epp.extproc.server import Health, bind, ext_proc_server, health_server
 from epp.extproc.stream import StreamOptions
 from epp.framework import PluginContext
+from epp.metrics import auth as metrics_auth
 from epp.metrics.aliases import NAME_SETS
 from epp.metrics.exporter import EppMetrics
 from epp.metrics.http import MetricsServer
@@ -34,6 +40,7 @@ from epp.params.duration import parse_duration
 from epp.readyfile import write_ready_file
 from epp.requestcontrol.model_rewrite import ModelRewrite
 from epp.signals import stop_event
+from epp.tls import parse_bool
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +58,25 @@ class ServeOptions:
     models: list[str] = field(default_factory=list)
     refresh_metrics_interval: float = DEFAULT_INTERVAL
     metrics_staleness: float = 2.0  # GIE's --metrics-staleness-threshold, for the pool gauges
+    # GIE's --refresh-prometheus-metrics-interval: 0 computes the pool gauges at every read.
+    pool_gauges_refresh: float = 0.0
+    health_checking: bool = True  # GIE's --health-checking: grpc.health.v1 on the ext_proc port too
     ready_file: Path | None = None
     shutdown_grace: float = 120.0
     stream: StreamOptions = field(default_factory=StreamOptions)
     pool: k8s_discovery.PoolRef | None = None  # set: discover endpoints from this InferencePool
+    selector: k8s_discovery.SelectorRef | None = None  # set: from the pods this selector matches
     kubeconfig: Path | None = None
     tls_options: tls.TlsOptions = field(default_factory=tls.TlsOptions)
+    leader_election: election.LeaseTiming | None = None  # set: active-passive over the pool's Lease
+    metrics_auth: bool = False  # /metrics behind TokenReview + SubjectAccessReview
     config: PickerConfig = field(default_factory=load_config)  # default: GIE's default profile
     objectives: dict[str, int] = field(default_factory=dict)  # objective name -> priority
     model_rewrites: list[ModelRewrite] = field(default_factory=list)  # standalone: from a file
     metrics_aliases: tuple[str, ...] = ()  # extra metric name sets (epp.metrics.aliases.NAME_SETS)
+    # GIE's model-server metrics flags: over the config's data layer, and the port scraped.
+    scrape_overrides: ScrapeOverrides = field(default_factory=ScrapeOverrides)
+    model_server_metrics_port: int | None = None
 
 
 class EndpointPicker:
@@ -71,7 +87,10 @@ class EndpointPicker:
         self.datastore = Datastore()
         self.metrics = EppMetrics(aliases=options.metrics_aliases)
         self.metrics.expose_process_metrics()
-        self.metrics.watch_pool(self.datastore, options.pool_name, options.metrics_staleness)
+        self.pool_gauges = self.metrics.watch_pool(
+            self.datastore, options.pool_name, options.metrics_staleness
+        )
+        self._pool_gauges_task: asyncio.Task[None] | None = None
         for warning in options.config.warnings:
             log.warning("config: %s", warning)
         log.info("scheduling configuration:\n%s", options.config.summary())
@@ -83,18 +102,33 @@ class EndpointPicker:
         self.scraper: MetricsScraper | None = None
         if components.scrape is not None:
             self.scraper = MetricsScraper(
-                self.datastore, interval=options.refresh_metrics_interval, settings=components.scrape
+                self.datastore,
+                interval=options.refresh_metrics_interval,
+                settings=options.scrape_overrides.apply(components.scrape),
+            )
+        elif options.scrape_overrides != ScrapeOverrides() or options.model_server_metrics_port:
+            log.warning(
+                "the config turns scraping off (an empty dataLayer): "
+                "the --model-server-metrics-* and *-metric flags have no effect"
             )
         self._file_discovery: FileDiscovery | None = None
         self._pool_discovery: k8s_discovery.PoolDiscovery | None = None
+        self._selector_discovery: k8s_discovery.SelectorDiscovery | None = None
         self._servers: list[grpc.aio.Server] = []
         self._stopping = False
+        self.elector: election.LeaderElector | None = None
+        self._kube: ApiClient | None = None  # for leader election and metrics auth (discovery has its own)
+        self.certificate = tls.ServingCertificate(options.tls_options)
+        self.failed = asyncio.Event()  # set when the picker must exit (leadership lost, as GIE)
         self.grpc_port = 0
         self.health_port = 0
 
     async def start(self) -> None:
         """Bind and serve. On failure, `stop` releases whatever had started."""
-        credentials = tls.server_credentials(self.options.tls_options)
+        if self.options.metrics_auth:
+            self.metrics_server.auth = metrics_auth.MetricsAuth(await self._metrics_auth_client())
+        credentials = self.certificate.credentials()
+        await self.certificate.start()
         if self.scraper is not None:
             await self.scraper.start()
         if self.options.pool is not None:
@@ -104,18 +138,38 @@ class EndpointPicker:
                 self._set_objectives,
                 self.options.kubeconfig,
                 on_model_rewrites=self.director.model_rewrites.replace,
+                metrics_port=self.options.model_server_metrics_port,
             )
             await self._pool_discovery.start()
+        elif self.options.selector is not None:
+            self._selector_discovery = k8s_discovery.SelectorDiscovery(
+                self.options.selector,
+                self.datastore,
+                self.options.kubeconfig,
+                metrics_port=self.options.model_server_metrics_port,
+            )
+            await self._selector_discovery.start()
         elif self.options.endpoints_file is not None:
-            self._file_discovery = FileDiscovery(self.options.endpoints_file, self.datastore)
+            self._file_discovery = FileDiscovery(
+                self.options.endpoints_file,
+                self.datastore,
+                metrics_port=self.options.model_server_metrics_port,
+            )
             await self._file_discovery.start()
         else:
-            specs = [parse_endpoint_flag(e, self.options.models) for e in self.options.endpoints]
+            metrics_port = self.options.model_server_metrics_port
+            specs = [
+                parse_endpoint_flag(e, self.options.models, metrics_port) for e in self.options.endpoints
+            ]
             self.datastore.replace_all(specs)
         if self.options.envoy_eds_file is not None:
             EdsFileWriter(self.datastore, self.options.envoy_eds_file).start()
-        health = Health(lambda: self.datastore.synced and not self._stopping)
-        grpc_server = ext_proc_server(self.director, self.options.stream, health)
+        leader = None
+        if self.options.leader_election is not None:
+            leader = await self._start_election(self.options.leader_election)
+        health = Health(lambda: self.datastore.synced and not self._stopping, leader)
+        ext_proc_health = health if self.options.health_checking else None
+        grpc_server = ext_proc_server(self.director, self.options.stream, ext_proc_health)
         probe_server = health_server(health)
         self.grpc_port = bind(grpc_server, f"{self.options.host}:{self.options.grpc_port}", credentials)
         self.health_port = bind(probe_server, f"{self.options.host}:{self.options.grpc_health_port}", None)
@@ -123,6 +177,10 @@ class EndpointPicker:
         for server in self._servers:
             await server.start()
         await self.metrics_server.start()
+        if self.options.pool_gauges_refresh > 0:
+            self._pool_gauges_task = asyncio.get_running_loop().create_task(
+                self.pool_gauges.refresh_every(self.options.pool_gauges_refresh), name="pool-gauges"
+            )
         if self.options.ready_file is not None:
             ports = {
                 "grpc_port": self.grpc_port,
@@ -142,14 +200,55 @@ class EndpointPicker:
         """Report NOT_SERVING, then let in-flight requests finish for up to the shutdown grace: an
         ext_proc stream lives as long as its response, so stopping at once would cut generations."""
         self._stopping = True
+        if self.elector is not None:
+            await self.elector.stop()  # release first: a standby takes over while this one drains
         await asyncio.gather(*(server.stop(self.options.shutdown_grace) for server in self._servers))
         await self.metrics_server.stop()
+        if self._pool_gauges_task is not None:
+            self._pool_gauges_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pool_gauges_task
+        await self.certificate.stop()
         if self._file_discovery is not None:
             await self._file_discovery.stop()
         if self._pool_discovery is not None:
             await self._pool_discovery.stop()
+        if self._selector_discovery is not None:
+            await self._selector_discovery.stop()
         if self.scraper is not None:
             await self.scraper.stop()
+        if self._kube is not None:
+            await self._kube.close()
+
+    async def _start_election(self, timing: election.LeaseTiming) -> Callable[[], bool]:
+        pool = self.options.pool
+        if pool is None:
+            raise ValueError("--ha-enable-leader-election needs --pool-name (the Lease is per pool)")
+        self.elector = election.LeaderElector(
+            await self._kube_client(),
+            election.lease_name(pool),
+            pool.namespace,
+            timing=timing,
+            on_lost=self.failed.set,
+        )
+        self.elector.start()
+        elector = self.elector
+        return lambda: elector.is_leader
+
+    async def _kube_client(self) -> ApiClient:
+        if self._kube is None:
+            self._kube = await api_client(self.options.kubeconfig)
+        return self._kube
+
+    async def _metrics_auth_client(self) -> ApiClient:
+        try:
+            return await self._kube_client()
+        except KubeConfigError as exc:
+            raise KubeConfigError(
+                "--metrics-endpoint-auth needs the Kubernetes API to review tokens (in a cluster, "
+                f"--kubeconfig or $KUBECONFIG): {exc}. Pass --metrics-endpoint-auth=false to serve "
+                "/metrics without authentication"
+            ) from exc
 
     def _set_objectives(self, priorities: Mapping[str, int]) -> None:
         self.director.objectives = priorities
@@ -167,6 +266,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=9090,
         help="Prometheus /metrics port for the EPP's own metrics (default 9090)",
     )
+    metrics_auth.add_arguments(parser)
     source = parser.add_argument_group("standalone endpoints")
     source.add_argument("--endpoints-file", type=Path, help="YAML endpoint list, re-read when it changes")
     parser.add_argument(
@@ -186,8 +286,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model served by --endpoint endpoints (repeatable; default any)",
     )
     k8s_discovery.add_arguments(parser)
+    election.add_arguments(parser)
     tls.add_arguments(parser)
     gieflags.add_arguments(parser)
+    gieflags.add_metrics_arguments(parser)
     scheduling = parser.add_argument_group("scheduling")
     config = scheduling.add_mutually_exclusive_group()
     config.add_argument(
@@ -242,8 +344,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--disable-endpoint-subset-filter",
-        action="store_true",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
         help="ignore the gateway's envoy.lb.subset_hint (GIE's flag, for scale-from-zero)",
+    )
+    parser.add_argument(
+        "--refresh-prometheus-metrics-interval",
+        default="0s",
+        help="recompute the inference_pool_* average and ready-pods gauges this often, Go duration "
+        "(GIE: 5s); default 0s: at every read of /metrics",
+    )
+    parser.add_argument(
+        "--health-checking",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=True,
+        metavar="BOOL",
+        help="also answer grpc.health.v1 on the ext_proc port (default true; GIE's default is false)",
     )
     parser.add_argument(
         "--metrics-staleness-threshold",
@@ -266,7 +387,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> ServeOptions:
+    gieflags.refuse_unsupported(args)
     pool = k8s_discovery.pool_ref_from_args(args, args.endpoints_file is not None or bool(args.endpoint))
+    selector = k8s_discovery.selector_from_args(args)
+    pool_name = pool.name if pool is not None else selector.name if selector is not None else "standalone"
     return ServeOptions(
         host=args.host,
         grpc_port=args.grpc_port,
@@ -283,15 +407,22 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
             "--metrics-staleness-threshold", args.metrics_staleness_threshold
         ),
         shutdown_grace=parse_duration(args.shutdown_grace),
+        pool_gauges_refresh=parse_duration(args.refresh_prometheus_metrics_interval),
+        health_checking=args.health_checking,
         ready_file=args.ready_file,
-        pool_name=pool.name if pool is not None else "standalone",
+        pool_name=pool_name,
         pool=pool,
+        selector=selector,
         kubeconfig=args.kubeconfig,
         tls_options=tls.options_from_args(args),
+        leader_election=_leader_election(args, pool),
+        metrics_auth=metrics_auth.enabled_from_args(args, in_cluster=pool is not None),
         config=load_config_file(args.config_file) if args.config_file else load_config(args.config_text),
         objectives=load_objectives_file(args.objectives_file) if args.objectives_file else {},
         model_rewrites=load_model_rewrites_file(args.model_rewrites_file) if args.model_rewrites_file else [],
         metrics_aliases=tuple(dict.fromkeys(args.metrics_aliases)),
+        scrape_overrides=gieflags.scrape_overrides(args),
+        model_server_metrics_port=args.model_server_metrics_port or None,
         stream=StreamOptions(
             max_body_bytes=args.max_body_bytes,
             error_prefix="inference gateway" if args.legacy_error_prefix else "inference error",
@@ -302,6 +433,15 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
     )
 
 
+def _leader_election(
+    args: argparse.Namespace, pool: k8s_discovery.PoolRef | None
+) -> election.LeaseTiming | None:
+    timing = election.timing_from_args(args)
+    if timing is not None and pool is None:
+        raise ValueError("--ha-enable-leader-election needs --pool-name (the Lease is per pool)")
+    return timing
+
+
 def _positive_duration(flag: str, text: str) -> float:
     seconds = parse_duration(text)
     if seconds <= 0:
@@ -310,10 +450,15 @@ def _positive_duration(flag: str, text: str) -> float:
 
 
 async def serve_until_signalled(picker: EndpointPicker) -> None:
+    """Serve until SIGTERM/SIGINT, or until the picker fails (leadership lost)."""
     stop = stop_event()
     try:
         await picker.start()
-        await stop.wait()
+        signalled = asyncio.create_task(stop.wait())
+        failed = asyncio.create_task(picker.failed.wait())
+        await asyncio.wait({signalled, failed}, return_when=asyncio.FIRST_COMPLETED)
+        signalled.cancel()
+        failed.cancel()
     finally:
         await picker.stop()
 
@@ -326,4 +471,7 @@ def run(args: argparse.Namespace) -> int:
     except (DiscoveryError, ValueError, OSError, KubeConfigError) as exc:
         log.error("%s", exc)
         return 2
+    if picker.failed.is_set():
+        log.error("exiting: leader election lost (the pod restarts and campaigns again, as GIE's EPP)")
+        return 1
     return 0

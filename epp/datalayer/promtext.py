@@ -11,8 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"')
-_SPEC = re.compile(r"^\s*([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(?:\{(.*)\})?\s*$")
-_UNQUOTED_LABEL = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*\"?([^\",]*)\"?")
+_SPEC = re.compile(r"^\s*([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(?:\{(.*)\})?\s*$", re.DOTALL)
+# One equality matcher of a selector, quoted (PromQL) or not (GIE accepts both), and its separator.
+_MATCHER = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^",}\s=!~]+))\s*(,|$)')
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,15 +31,30 @@ class MetricSpec:
 
     @classmethod
     def parse(cls, text: str) -> MetricSpec:
+        """GIE's syntax, strictly: a metric name and optional equality matchers, values quoted
+        or not; anything else (other matcher operators, a stray character) is an error."""
         match = _SPEC.match(text)
         if not match:
             raise ValueError(f"invalid metric spec {text!r}: expected name{{label=value,...}}")
-        name, labels = match.group(1), match.group(2) or ""
-        pairs = tuple((k, v) for k, v in _UNQUOTED_LABEL.findall(labels) if k)
-        return cls(name, pairs)
+        name, block = match.group(1), match.group(2)
+        pairs: list[tuple[str, str]] = []
+        position = 0
+        body = (block or "").strip()
+        while position < len(body):
+            matcher = _MATCHER.match(body, position)
+            if matcher is None:
+                raise ValueError(
+                    f"invalid metric spec {text!r}: label matchers must be label=value or "
+                    f'label="value", separated by commas (at {body[position:]!r})'
+                )
+            quoted, bare = matcher.group(2), matcher.group(3)
+            pairs.append((matcher.group(1), _unescape(quoted) if quoted is not None else bare))
+            position = matcher.end()
+        return cls(name, tuple(pairs))
 
     def matches(self, labels: dict[str, str]) -> bool:
-        return all(labels.get(k) == v for k, v in self.labels)
+        """PromQL equality: an absent label equals the empty string."""
+        return all(labels.get(k, "") == v for k, v in self.labels)
 
 
 def _unescape(value: str) -> str:

@@ -1,7 +1,8 @@
 """Kubernetes discovery, as GIE's EPP does it: the InferencePool named by --pool-name, the Ready
 pods its selector matches (one endpoint per target port), the InferenceObjectives that give
-requests their priority, and the InferenceModelRewrites that change the model they are sent to.
-Also the pool watch the routing sidecar's SSRF allowlist runs on.
+requests their priority, and the InferenceModelRewrites that change the model they are sent to;
+or, in GIE's standalone mode (--endpoint-selector), the Ready pods a label selector matches,
+without a pool. Also the pool watch the routing sidecar's SSRF allowlist runs on.
 
 See docs/kubernetes.md for the flags, RBAC and what is tested where."""
 
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,19 +21,24 @@ from typing import Any
 from kubernetes_asyncio.client import ApiClient
 
 from epp.datastore import Datastore, EndpointSpec
-from epp.discovery.k8s.client import api_client, model_rewrite_lister, objective_lister
+from epp.discovery.k8s.client import api_client, model_rewrite_lister, objective_lister, pod_lister
 from epp.discovery.k8s.model import (
     GROUP_V1,
     POOL_VERSIONS,
     FailureMode,
     PoolRef,
     PoolSpec,
+    SelectorRef,
     objective_priorities,
+    parse_label_selector,
+    parse_target_ports,
+    pool_endpoints,
     pool_model_rewrites,
 )
 from epp.discovery.k8s.poolwatch import PoolWatch
 from epp.discovery.k8s.reflector import Lister, Reflector, ResourceNotServed, WatchTiming
 from epp.discovery.static import DiscoveryError
+from epp.params.values import unquote
 from epp.requestcontrol.model_rewrite import ModelRewrite
 
 log = logging.getLogger(__name__)
@@ -45,9 +52,12 @@ __all__ = [
     "PoolDiscovery",
     "PoolEndpointsWatch",
     "PoolRef",
+    "SelectorDiscovery",
+    "SelectorRef",
     "WatchTiming",
     "add_arguments",
     "pool_ref_from_args",
+    "selector_from_args",
     "watch_pool_endpoints",
 ]
 
@@ -67,6 +77,7 @@ class PoolDiscovery:
         kubeconfig: Path | None = None,
         timing: WatchTiming | None = None,
         on_model_rewrites: Callable[[list[ModelRewrite]], None] | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self.ref = ref
         self.pool: PoolSpec | None = None
@@ -75,6 +86,7 @@ class PoolDiscovery:
         self._on_model_rewrites = on_model_rewrites
         self._kubeconfig = kubeconfig
         self._timing = timing or WatchTiming()
+        self._metrics_port = metrics_port
         self._api: ApiClient | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -100,7 +112,8 @@ class PoolDiscovery:
 
     async def _run(self, api: ApiClient) -> None:
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(PoolWatch(api, self.ref, self._endpoints_changed, self._timing).run())
+            watch = PoolWatch(api, self.ref, self._endpoints_changed, self._timing, self._metrics_port)
+            tasks.create_task(watch.run())
             namespace = self.ref.namespace
             tasks.create_task(
                 self._watch_optional(
@@ -165,6 +178,58 @@ class PoolDiscovery:
                 pool.app_protocol,
                 sorted(SUPPORTED_APP_PROTOCOLS),
             )
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.critical("Kubernetes discovery failed; not serving", exc_info=task.exception())
+            self._datastore.synced = False
+
+
+class SelectorDiscovery:
+    """GIE's standalone mode: the Ready pods of a namespace that a label selector matches, one
+    endpoint per target port, watched through the API like a pool's pods (no InferencePool, no
+    InferenceObjectives: as in GIE, priorities then come only from --objectives-file).
+    `datastore.synced` turns true once the pods have been listed."""
+
+    def __init__(
+        self,
+        ref: SelectorRef,
+        datastore: Datastore,
+        kubeconfig: Path | None = None,
+        timing: WatchTiming | None = None,
+        metrics_port: int | None = None,
+    ) -> None:
+        self.ref = ref
+        self._datastore = datastore
+        self._kubeconfig = kubeconfig
+        self._timing = timing or WatchTiming()
+        self._metrics_port = metrics_port
+        self._api: ApiClient | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Connect and start watching; returns at once (readiness follows the first list)."""
+        self._api = await api_client(self._kubeconfig)
+        log.info("endpoint selector: %s (no InferencePool)", self.ref)
+        pods = Reflector(
+            str(self.ref),
+            pod_lister(self._api, self.ref.namespace, self.ref.spec.label_selector),
+            self._pods_changed,
+            self._timing,
+        )
+        self._task = asyncio.get_running_loop().create_task(pods.run(), name="k8s-endpoint-selector")
+        self._task.add_done_callback(self._ended)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._api is not None:
+            await self._api.close()
+
+    def _pods_changed(self, pods: Reflector) -> None:
+        self._datastore.replace_all(pool_endpoints(pods.items.values(), self.ref.spec, self._metrics_port))
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -257,21 +322,77 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"the pool's API group: {GROUP_V1} (v1, default) or the older v1alpha2 group",
     )
     group.add_argument(
+        "--endpoint-selector",
+        metavar="KEY=VALUE[,...]",
+        help="GIE's standalone mode: serve the Ready pods of --pool-namespace that this label selector "
+        "matches, without an InferencePool (needs --endpoint-target-ports)",
+    )
+    group.add_argument(
+        "--endpoint-target-ports",
+        action="append",
+        default=[],
+        metavar="PORT[,...]",
+        help="with --endpoint-selector: the pods' serving ports, 1 to 8 (comma-separated or repeated)",
+    )
+    group.add_argument(
         "--kubeconfig",
         type=Path,
         help="kubeconfig file (default: the pod's service account, else $KUBECONFIG or ~/.kube/config)",
     )
 
 
-def pool_ref_from_args(args: argparse.Namespace, standalone: bool) -> PoolRef | None:
-    """The pool to follow, or None for standalone endpoints; exactly one of the two must be given."""
-    if args.pool_name and standalone:
-        raise DiscoveryError(
-            "--pool-name and standalone endpoints (--endpoints-file/--endpoint) exclude each other"
+def _namespace(args: argparse.Namespace) -> str:
+    """GIE's resolution: the flag, else env NAMESPACE, else `default`."""
+    return str(args.pool_namespace or os.environ.get("NAMESPACE") or "default")
+
+
+def _check_one_source(args: argparse.Namespace, standalone: bool) -> None:
+    given = [
+        name
+        for name, present in (
+            ("--pool-name", bool(args.pool_name)),
+            ("--endpoint-selector", args.endpoint_selector is not None),
+            ("standalone endpoints (--endpoints-file/--endpoint)", standalone),
         )
+        if present
+    ]
+    if len(given) > 1:
+        raise DiscoveryError(f"{' and '.join(given)} exclude each other")
+    if not given:
+        raise DiscoveryError(
+            "no endpoints: give --pool-name, --endpoint-selector, --endpoints-file or --endpoint HOST:PORT"
+        )
+
+
+def pool_ref_from_args(args: argparse.Namespace, standalone: bool) -> PoolRef | None:
+    """The pool to follow, or None for an endpoint selector or standalone endpoints; exactly one
+    of the three must be given."""
+    _check_one_source(args, standalone)
+    if args.endpoint_target_ports and args.endpoint_selector is None:
+        raise DiscoveryError("--endpoint-target-ports goes with --endpoint-selector")
     if not args.pool_name:
-        if not standalone:
-            raise DiscoveryError("no endpoints: give --pool-name, --endpoints-file or --endpoint HOST:PORT")
         return None
-    namespace = args.pool_namespace or os.environ.get("NAMESPACE") or "default"
-    return PoolRef(args.pool_name, namespace, args.pool_group)
+    return PoolRef(args.pool_name, _namespace(args), args.pool_group)
+
+
+# GIE names the standalone pool after the EPP's Deployment: its pod name less the two
+# generated suffixes (ReplicaSet hash, pod id).
+_DEPLOYMENT_POD_NAME = re.compile(r"^(.+)-[a-z0-9]+-[a-z0-9]+$")
+
+
+def selector_from_args(args: argparse.Namespace) -> SelectorRef | None:
+    """GIE's standalone mode from --endpoint-selector and --endpoint-target-ports, or None."""
+    if args.endpoint_selector is None:
+        return None
+    try:
+        selector = parse_label_selector(unquote(args.endpoint_selector))
+    except ValueError as exc:
+        raise DiscoveryError(f"--endpoint-selector: {exc}") from None
+    try:
+        ports = parse_target_ports(unquote(value) for value in args.endpoint_target_ports)
+    except ValueError as exc:
+        raise DiscoveryError(str(exc)) from None
+    pod_name = os.environ.get("POD_NAME", "")
+    match = _DEPLOYMENT_POD_NAME.match(pod_name)
+    name = match.group(1) if match else pod_name or "standalone"
+    return SelectorRef(selector, ports, _namespace(args), name)

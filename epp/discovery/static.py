@@ -53,18 +53,21 @@ class DiscoveryError(ValueError):
     """The endpoint file or flag is malformed; the message names the field."""
 
 
-def _spec(entry: _EndpointEntry) -> EndpointSpec:
+def _spec(entry: _EndpointEntry, metrics_port: int | None) -> EndpointSpec:
     return EndpointSpec(
         name=entry.name or join_host_port(str(entry.address), entry.port),
         address=str(entry.address),
         port=entry.port,
         labels=MappingProxyType(dict(entry.labels)),
         models=frozenset(entry.models),
-        metrics_port=entry.metrics_port,
+        metrics_port=entry.metrics_port or metrics_port,
     )
 
 
-def parse_endpoint_file(text: str, source: str = "<text>") -> list[EndpointSpec]:
+def parse_endpoint_file(
+    text: str, source: str = "<text>", metrics_port: int | None = None
+) -> list[EndpointSpec]:
+    """`metrics_port` (--model-server-metrics-port) applies to entries without a metricsPort."""
     try:
         data: Any = yaml.safe_load(text)
         parsed = _EndpointFile.model_validate(data)
@@ -73,7 +76,7 @@ def parse_endpoint_file(text: str, source: str = "<text>") -> list[EndpointSpec]
     except ValidationError as exc:
         details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise DiscoveryError(f"{source}: {details}") from None
-    specs = [_spec(entry) for entry in parsed.endpoints]
+    specs = [_spec(entry, metrics_port or None) for entry in parsed.endpoints]
     names = [s.name for s in specs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -81,8 +84,11 @@ def parse_endpoint_file(text: str, source: str = "<text>") -> list[EndpointSpec]
     return specs
 
 
-def parse_endpoint_flag(value: str, models: Sequence[str] = ()) -> EndpointSpec:
-    """`host:port` (IPv6 as `[addr]:port`) from a repeated --endpoint flag."""
+def parse_endpoint_flag(
+    value: str, models: Sequence[str] = (), metrics_port: int | None = None
+) -> EndpointSpec:
+    """`host:port` (IPv6 as `[addr]:port`) from a repeated --endpoint flag, scraped on
+    `metrics_port` (--model-server-metrics-port) if given."""
     try:
         host, port = split_host_port(value)
     except ValueError:
@@ -93,24 +99,34 @@ def parse_endpoint_flag(value: str, models: Sequence[str] = ()) -> EndpointSpec:
         ipaddress.ip_address(host)
     except ValueError:
         raise DiscoveryError(f"--endpoint {value!r}: the host must be an IP address") from None
-    return EndpointSpec(name=join_host_port(host, port), address=host, port=port, models=frozenset(models))
+    return EndpointSpec(
+        name=join_host_port(host, port),
+        address=host,
+        port=port,
+        models=frozenset(models),
+        metrics_port=metrics_port or None,
+    )
 
 
 class FileDiscovery:
     """Loads the file into the datastore, then polls its mtime and reloads on change. A broken
     edit is logged and ignored: the last good endpoint set stays in force."""
 
-    def __init__(self, path: Path, datastore: Datastore, poll_interval: float = 1.0) -> None:
+    def __init__(
+        self, path: Path, datastore: Datastore, poll_interval: float = 1.0, metrics_port: int | None = None
+    ) -> None:
         self._path = path
         self._datastore = datastore
         self._poll_interval = poll_interval
+        self._metrics_port = metrics_port
         self._stamp: tuple[float, int] | None = None
         self._task: asyncio.Task[None] | None = None
 
     def load(self) -> None:
         """First load: errors propagate so the EPP refuses to start on a broken file."""
         self._stamp = self._file_stamp()
-        self._datastore.replace_all(parse_endpoint_file(self._path.read_text(), str(self._path)))
+        text = self._path.read_text()
+        self._datastore.replace_all(parse_endpoint_file(text, str(self._path), self._metrics_port))
 
     async def start(self) -> None:
         self.load()
@@ -138,7 +154,7 @@ class FileDiscovery:
             self._stamp = stamp
             try:
                 text = await asyncio.to_thread(self._path.read_text)
-                specs = parse_endpoint_file(text, str(self._path))
+                specs = parse_endpoint_file(text, str(self._path), self._metrics_port)
             except (DiscoveryError, OSError, UnicodeDecodeError) as exc:
                 log.error("keeping the previous endpoints: %s", exc)
                 continue

@@ -55,27 +55,51 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
             stream.close()
 
 
+EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+LIVENESS_SERVICE = "liveness"
+READINESS_SERVICE = "readiness"
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
 class Health(health_pb2_grpc.HealthServicer):
-    """SERVING for any service name once the endpoint pool is known, as GIE's EPP answers
-    without leader election; probes use `inference-extension`, Envoy the ext_proc name."""
+    """GIE's EPP health answers. Without leader election: SERVING for any service name once the
+    endpoint pool is known (probes use `inference-extension`, Envoy the ext_proc name). With it
+    (`leader` given): `liveness` is always SERVING; `readiness`, `""` and the ext_proc service
+    are SERVING only on the leader once synced, so the gateway's Service routes to the leader
+    alone; any other name is SERVICE_UNKNOWN."""
 
-    def __init__(self, ready: Callable[[], bool]) -> None:
+    def __init__(self, ready: Callable[[], bool], leader: Callable[[], bool] | None = None) -> None:
         self._ready = ready
+        self._leader = leader
 
-    def _status(self) -> health_pb2.HealthCheckResponse:
-        serving = (
-            health_pb2.HealthCheckResponse.SERVING
-            if self._ready()
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        return health_pb2.HealthCheckResponse(status=serving)
+    def status(self, service: str) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
+        if self._leader is None:
+            return _SERVING if self._ready() else _NOT_SERVING
+        if service == LIVENESS_SERVICE:
+            return _SERVING
+        if service in (READINESS_SERVICE, "", EXT_PROC_SERVICE):
+            return _SERVING if self._ready() and self._leader() else _NOT_SERVING
+        return health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 
     async def Check(
         self,
         request: health_pb2.HealthCheckRequest,
         context: grpc.aio.ServicerContext,
     ) -> health_pb2.HealthCheckResponse:
-        return self._status()
+        return health_pb2.HealthCheckResponse(status=self.status(request.service))
+
+    async def List(
+        self,
+        request: health_pb2.HealthListRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> health_pb2.HealthListResponse:
+        """GIE's: the ext_proc service, and with leader election `liveness` and `readiness`."""
+        services = [EXT_PROC_SERVICE]
+        if self._leader is not None:
+            services += [LIVENESS_SERVICE, READINESS_SERVICE]
+        statuses = {name: health_pb2.HealthCheckResponse(status=self.status(name)) for name in services}
+        return health_pb2.HealthListResponse(statuses=statuses)
 
     async def Watch(
         self,
@@ -84,10 +108,10 @@ class Health(health_pb2_grpc.HealthServicer):
     ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
         last = None
         while True:
-            current = self._status()
-            if current.status != last:
-                last = current.status
-                yield current
+            current = self.status(request.service)
+            if current != last:
+                last = current
+                yield health_pb2.HealthCheckResponse(status=current)
             await asyncio.sleep(1.0)
 
 
@@ -102,10 +126,12 @@ def bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredenti
     return port
 
 
-def ext_proc_server(director: Director, options: StreamOptions, health: Health) -> grpc.aio.Server:
+def ext_proc_server(director: Director, options: StreamOptions, health: Health | None) -> grpc.aio.Server:
+    """ext_proc, and grpc.health.v1 beside it unless `health` is None (GIE's --health-checking)."""
     server = grpc.aio.server(options=_GRPC_OPTIONS)
     ext_proc_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(director, options), server)
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    if health is not None:
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
     return server
 
 

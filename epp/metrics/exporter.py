@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 from collections.abc import Iterable, Iterator
@@ -11,7 +12,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from epp import __version__
-from epp.datastore import Datastore
+from epp.datastore import Datastore, Endpoint
 from epp.metrics.aliases import NAME_SETS, AliasCollector
 from epp.requests import Usage
 
@@ -43,49 +44,72 @@ HIT_RATIO_BUCKETS = [i / 10 for i in range(11)]
 HIT_BYTES_BUCKETS = [0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]
 
 
-class _PoolCollector(Collector):
-    """Pool gauges computed at scrape time from endpoints with fresh metrics (GIE's 2 s staleness)."""
+_POOL_GAUGES = {
+    "inference_pool_average_kv_cache_utilization": "average KV-cache utilisation of the pool's endpoints",
+    "inference_pool_average_queue_size": "average waiting-queue length of the pool's endpoints",
+    "inference_pool_average_running_requests": "average running requests of the pool's endpoints",
+    "inference_pool_ready_pods": "endpoints with fresh metrics",
+}
+
+
+class PoolCollector(Collector):
+    """Pool gauges from endpoints with fresh metrics (GIE's 2 s staleness). The pool-wide gauges
+    are computed when /metrics is read, or, once `refresh` has been called (GIE's
+    --refresh-prometheus-metrics-interval loop), hold the values of the last refresh; the per-pod
+    queue gauge is always current, as in GIE."""
 
     def __init__(self, datastore: Datastore, pool_name: str, staleness: float, std_dev: bool) -> None:
         self._datastore = datastore
         self._pool = pool_name
         self._staleness = staleness
         self._std_dev = std_dev  # llm-d's router also reports the spread, under its names only
+        self._snapshot: dict[str, tuple[str, float]] | None = None
 
-    def collect(self) -> Iterator[Metric]:
+    def _fresh(self) -> list[Endpoint]:
         now = time.monotonic()
-        fresh = [
-            e for e in self._datastore.endpoints() if e.healthy and e.metrics.age(now) <= self._staleness
-        ]
+        return [e for e in self._datastore.endpoints() if e.healthy and e.metrics.age(now) <= self._staleness]
+
+    def pool_values(self) -> dict[str, tuple[str, float]]:
+        """Gauge name -> (help, value) of the pool-wide gauges, now."""
+        fresh = self._fresh()
         count = len(fresh)
 
         def average(values: list[float]) -> float:
             return sum(values) / count if count else 0.0
 
-        gauges = {
-            "inference_pool_average_kv_cache_utilization": (
-                "average KV-cache utilisation of the pool's endpoints",
-                average([e.metrics.kv_cache_usage for e in fresh]),
+        values = {
+            "inference_pool_average_kv_cache_utilization": average([e.metrics.kv_cache_usage for e in fresh]),
+            "inference_pool_average_queue_size": average(
+                [float(e.metrics.waiting_queue_size) for e in fresh]
             ),
-            "inference_pool_average_queue_size": (
-                "average waiting-queue length of the pool's endpoints",
-                average([float(e.metrics.waiting_queue_size) for e in fresh]),
+            "inference_pool_average_running_requests": average(
+                [float(e.metrics.running_requests_size) for e in fresh]
             ),
-            "inference_pool_average_running_requests": (
-                "average running requests of the pool's endpoints",
-                average([float(e.metrics.running_requests_size) for e in fresh]),
-            ),
-            "inference_pool_ready_pods": ("endpoints with fresh metrics", float(count)),
+            "inference_pool_ready_pods": float(count),
         }
+        gauges = {name: (_POOL_GAUGES[name], value) for name, value in values.items()}
         if self._std_dev:
             spreads = {
                 "kv_cache_utilization": [e.metrics.kv_cache_usage for e in fresh],
                 "queue_size": [float(e.metrics.waiting_queue_size) for e in fresh],
                 "running_requests": [float(e.metrics.running_requests_size) for e in fresh],
             }
-            for what, values in spreads.items():
-                spread = statistics.pstdev(values) if values else 0.0
+            for what, samples in spreads.items():
+                spread = statistics.pstdev(samples) if samples else 0.0
                 gauges[f"llm_d_epp_std_dev_{what}"] = (f"standard deviation of the endpoints' {what}", spread)
+        return gauges
+
+    def refresh(self) -> None:
+        self._snapshot = self.pool_values()
+
+    async def refresh_every(self, interval: float) -> None:
+        """Refresh now, then every `interval` seconds until cancelled."""
+        while True:
+            self.refresh()
+            await asyncio.sleep(interval)
+
+    def collect(self) -> Iterator[Metric]:
+        gauges = self._snapshot if self._snapshot is not None else self.pool_values()
         for name, (help_text, value) in gauges.items():
             family = GaugeMetricFamily(name, _alpha(help_text), labels=["name"])
             family.add_metric([self._pool], value)
@@ -95,7 +119,7 @@ class _PoolCollector(Collector):
             _alpha("waiting queue per endpoint"),
             labels=["name", "model_server_pod"],
         )
-        for endpoint in fresh:
+        for endpoint in self._fresh():
             per_pod.add_metric([self._pool, endpoint.name], float(endpoint.metrics.waiting_queue_size))
         yield per_pod
 
@@ -236,9 +260,10 @@ class EppMetrics:
         for the registry a server exposes, since it describes the whole process."""
         ProcessCollector(registry=self.registry)
 
-    def watch_pool(self, datastore: Datastore, pool_name: str, staleness: float = 2.0) -> None:
-        collector = _PoolCollector(datastore, pool_name, staleness, std_dev="llm-d" in self.aliases)
+    def watch_pool(self, datastore: Datastore, pool_name: str, staleness: float = 2.0) -> PoolCollector:
+        collector = PoolCollector(datastore, pool_name, staleness, std_dev="llm-d" in self.aliases)
         self.registry.register(collector)
+        return collector
 
     def model_rewritten(self, rewrite: str, model: str, target: str) -> None:
         """Count one rewrite decision. A generic rule matches any model a client names, so model

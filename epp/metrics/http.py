@@ -1,9 +1,15 @@
-"""Serves a Prometheus registry on /metrics from the event loop (aiohttp, no extra thread)."""
+"""Serves a Prometheus registry on /metrics from the event loop (aiohttp, no extra thread),
+optionally behind Kubernetes authentication and authorization (epp.metrics.auth)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+if TYPE_CHECKING:
+    from epp.metrics.auth import MetricsAuth
 
 
 class MetricsServer:
@@ -13,13 +19,14 @@ class MetricsServer:
         self._port = port
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self.auth: MetricsAuth | None = None  # set before start: reviews every request
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self._registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[self.auth.middleware] if self.auth is not None else [])
         app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()

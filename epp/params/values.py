@@ -55,3 +55,11 @@ Duration = Annotated[float, BeforeValidator(_duration)]
 
 Quantity = Annotated[int, BeforeValidator(_quantity)]
 """A Kubernetes quantity (`1Gi`, `500`), as an integer."""
+
+
+def unquote(value: str) -> str:
+    """`value` without one pair of matching surrounding quotes (`"x"` or `'x'`): Helm charts
+    render flags such as `--x="sglang:num_queue_reqs"` into argv with the quotes inside."""
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        return value[1:-1]
+    return value

@@ -6,6 +6,7 @@ while the real discovery runs against the manifests' own pool and objectives).""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import shutil
 import subprocess
@@ -18,19 +19,23 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from epp.cli import build_parser
+from epp.cli import parse_args
 from epp.config.loader import load_config
 from epp.datastore import Datastore
+from epp.discovery.k8s.client import api_client
+from epp.discovery.k8s.leader import LeaderElector, LeaseTiming, lease_name
 from epp.discovery.kubernetes import PoolDiscovery, PoolRef
+from epp.metrics.auth import MetricsAuth
 from epp.stack.envoy import DEFAULT_ALLOWED_PATHS, EnvoyOptions, render_bootstrap
 from epp.stack.processes import wait_until
-from tests.k8s_double import PODS, ApiServerDouble, Resource
+from tests.k8s_double import LEASES, PODS, SERVICE_ACCOUNT, ApiServerDouble, Resource
 from tests.k8s_double.objects import pod
 from tests.k8s_double.schemas import crd_files, has_schema, validate_custom_resource
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES_VERSION = "1.33.0"
 OVERLAYS = ["manifests/overlays/aggregated", "manifests/overlays/pd", "manifests/overlays/agentgateway"]
+HA = "manifests/overlays/ha"  # aggregated with two leader-electing EPP replicas
 GATEWAYS = {
     "gateway-api/agentgateway": "agentgateway",
     "gateway-api/envoy-gateway": "envoy-gateway",
@@ -56,7 +61,7 @@ def render(directory: str) -> list[Doc]:
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
-RENDERED = {directory: render(directory) for directory in [*OVERLAYS, *GATEWAYS]} if KUBECTL else {}
+RENDERED = {directory: render(directory) for directory in [*OVERLAYS, HA, *GATEWAYS]} if KUBECTL else {}
 
 
 def of_kind(docs: list[Doc], kind: str) -> list[Doc]:
@@ -75,8 +80,7 @@ def containers(deployment: Doc) -> list[Doc]:
 
 def cli_args(container: Doc) -> Any:
     """The container's args parsed by the `epp` CLI itself: an unknown flag fails here."""
-    args = container["args"]
-    return build_parser(args[0]).parse_args(args)
+    return parse_args(container["args"])
 
 
 def model_servers(docs: list[Doc]) -> list[Doc]:
@@ -87,7 +91,7 @@ def epp_deployment(docs: list[Doc]) -> Doc:
     return one(docs, "Deployment", "vllm-sim-epp")
 
 
-@pytest.mark.parametrize("directory", [*OVERLAYS, *GATEWAYS])
+@pytest.mark.parametrize("directory", [*OVERLAYS, HA, *GATEWAYS])
 def test_objects_validate_against_their_schemas(directory: str) -> None:
     kinds = set()
     for doc in RENDERED[directory]:
@@ -166,7 +170,11 @@ def test_epp_ports_line_up(directory: str) -> None:
     docs = RENDERED[directory]
     deployment = epp_deployment(docs)
     (container,) = containers(deployment)
+    # GIE's chart convention: no command, flags only (the image's entrypoint serves).
+    assert "command" not in container
+    assert container["args"][0].startswith("--")
     args = cli_args(container)
+    assert args.command == "serve"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {
         "grpc": args.grpc_port,
@@ -257,6 +265,77 @@ async def test_the_role_is_enough_for_discovery_of_the_manifests_pool(tmp_path: 
         assert objectives == {"interactive": 10, "batch": -1}
     finally:
         await discovery.stop()
+        await api.stop()
+
+
+def test_the_epp_may_review_metrics_callers_cluster_wide() -> None:
+    docs = RENDERED[OVERLAYS[0]]
+    assert cli_args(containers(epp_deployment(docs))[0]).metrics_endpoint_auth is None  # GIE's default: on
+    binding = one(docs, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == one(docs, "ClusterRole")["metadata"]["name"]
+    (subject,) = binding["subjects"]
+    assert (subject["kind"], subject["name"], subject["namespace"]) == (
+        "ServiceAccount",
+        "vllm-sim-epp",
+        "default",
+    )
+
+
+async def test_the_cluster_role_is_enough_for_metrics_auth(tmp_path: Path) -> None:
+    """Under the ClusterRole's rules the EPP's reviews go through, and its own service account
+    (bound to the ClusterRole's nonResourceURLs rule) may read /metrics."""
+    docs = RENDERED[OVERLAYS[0]]
+    rules = one(docs, "ClusterRole")["rules"]
+    api = ApiServerDouble(rbac=rules)
+    await api.start()
+    (subject,) = one(docs, "ClusterRoleBinding")["subjects"]
+    assert f"system:serviceaccount:{subject['namespace']}:{subject['name']}" == SERVICE_ACCOUNT
+    for rule in rules:
+        for url in rule.get("nonResourceURLs", []):
+            for verb in rule["verbs"]:
+                api.grant(SERVICE_ACCOUNT, verb, url)
+    client = await api_client(api.write_kubeconfig(tmp_path / "kc"))
+    try:
+        auth = MetricsAuth(client)
+        user = await auth.authenticate("double-token")
+        assert user is not None and user.username == SERVICE_ACCOUNT
+        assert await auth.authorize(user, "get", "/metrics")
+    finally:
+        await client.close()
+        await api.stop()
+
+
+def test_the_ha_overlay_runs_two_leader_electing_replicas() -> None:
+    deployment = epp_deployment(RENDERED[HA])
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    (container,) = containers(deployment)
+    assert cli_args(container).ha_enable_leader_election is True
+    assert container["readinessProbe"]["grpc"]["service"] == "readiness"
+    assert container["livenessProbe"]["grpc"]["service"] == "liveness"
+
+
+async def test_the_ha_roles_are_enough_for_leader_election(tmp_path: Path) -> None:
+    docs = RENDERED[HA]
+    account = epp_deployment(docs)["spec"]["template"]["spec"]["serviceAccountName"]
+    roles = {role["metadata"]["name"]: role["rules"] for role in of_kind(docs, "Role")}
+    bound = [
+        b["roleRef"]["name"] for b in of_kind(docs, "RoleBinding") if b["subjects"][0]["name"] == account
+    ]
+    api = ApiServerDouble(rbac=[rule for name in bound for rule in roles[name]])
+    await api.start()
+    client = await api_client(api.write_kubeconfig(tmp_path / "kc"))
+    pool = PoolRef(one(docs, "InferencePool")["metadata"]["name"])
+    timing = LeaseTiming(lease_duration=1, renew_deadline=0.5, retry_period=0.05)
+    elector = LeaderElector(client, lease_name(pool), pool.namespace, "a", timing)
+    elector.start()
+    try:
+        await asyncio.wait_for(elector.elected.wait(), 10)
+        await elector.stop()  # and release: update after get
+        assert api.get(LEASES, lease_name(pool))["spec"]["holderIdentity"] == ""
+    finally:
+        await elector.stop()
+        await client.close()
         await api.stop()
 
 

@@ -1,6 +1,7 @@
 """A wire-level double of the Kubernetes API server: just enough of its list and watch contract
-for pods, InferencePools and InferenceObjectives that the real `kubernetes_asyncio` client, pointed
-at it through a kubeconfig, cannot tell the difference on the paths the EPP uses.
+for pods, InferencePools and InferenceObjectives, of get/create/replace for Leases, and of the
+TokenReview and SubjectAccessReview APIs, that the real `kubernetes_asyncio` client, pointed at it
+through a kubeconfig, cannot tell the difference on the paths the EPP uses.
 
 What it implements, as the real server does:
 - list: `labelSelector` (equality and existence terms), `fieldSelector` (metadata.name /
@@ -10,13 +11,18 @@ What it implements, as the real server does:
   (replayed from history, then live), ADDED/DELETED when a relabel moves an object in or out
   of the label selector, BOOKMARK events when `allowWatchBookmarks` is set, the stream ending
   after `timeoutSeconds`, and `{"type":"ERROR"}` with a 410 Status for a compacted version;
+- get, create (POST; 409 AlreadyExists) and replace (PUT; 409 Conflict when the body's
+  metadata.resourceVersion is not the stored one, unconditional without one) of single objects
+  under /apis (the EPP's leader-election Lease);
+- TokenReview (tokens registered with `add_user`) and SubjectAccessReview of non-resource URLs
+  (allowed by `grant`), as the metrics endpoint's authentication delegates to them;
 - bearer-token authentication (401 without it), RBAC from a Role's rules (403), and 404 for
   resources it is told not to serve;
 - custom resources checked against GIE's CRD schemas (tests/data/upstream/crds/) when stored (apply raises).
 
 And the failures a test needs to inject: `expire_watches()` (410 on open watches),
 `drop_watches()` (connections cut mid-stream, no final chunk), `compact()`, and `hold()` to
-keep a list waiting."""
+keep a list waiting; `review_failures` to make the next reviews answer 500."""
 
 from __future__ import annotations
 
@@ -61,7 +67,21 @@ OBJECTIVES = Resource(
 MODEL_REWRITES = Resource(
     "inference.networking.x-k8s.io", "v1alpha2", "inferencemodelrewrites", "InferenceModelRewrite"
 )
-ALL_RESOURCES = (PODS, POOLS_V1, POOLS_ALPHA, OBJECTIVES, MODEL_REWRITES)
+LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
+ALL_RESOURCES = (PODS, POOLS_V1, POOLS_ALPHA, OBJECTIVES, MODEL_REWRITES, LEASES)
+TOKEN_REVIEWS = Resource("authentication.k8s.io", "v1", "tokenreviews", "TokenReview")
+ACCESS_REVIEWS = Resource("authorization.k8s.io", "v1", "subjectaccessreviews", "SubjectAccessReview")
+# The identity the double's own TOKEN stands for (the EPP's service account).
+SERVICE_ACCOUNT = "system:serviceaccount:default:vllm-sim-epp"
+
+
+@dataclass(frozen=True)
+class User:
+    """What a TokenReview says about a token."""
+
+    username: str
+    uid: str = ""
+    groups: tuple[str, ...] = ("system:authenticated",)
 
 
 @dataclass
@@ -77,6 +97,7 @@ class Event:
 class RequestRecord:
     path: str
     query: dict[str, str]
+    method: str = "GET"
 
     @property
     def watch(self) -> bool:
@@ -105,6 +126,14 @@ def _status(code: int, reason: str, message: str) -> Object:
         "reason": reason,
         "code": code,
     }
+
+
+def _json(code: int, body: Object) -> web.Response:
+    return web.Response(status=code, body=orjson.dumps(body), content_type="application/json")
+
+
+def _not_found(resource: Resource, name: str) -> web.Response:
+    return _status_response(404, "NotFound", f'{resource.plural}.{resource.group} "{name}" not found')
 
 
 def _status_response(code: int, reason: str, message: str) -> web.Response:
@@ -168,9 +197,14 @@ class _Query:
 
 class ApiServerDouble:
     def __init__(self, served: Iterable[Resource] = ALL_RESOURCES, rbac: list[Object] | None = None) -> None:
-        """`rbac`: the rules of a Role; when given, a list or watch it does not allow gets 403."""
+        """`rbac`: the rules of a Role (and ClusterRole); when given, a request they do not allow
+        gets 403."""
         self.served = set(served)
         self._rbac = rbac
+        # TokenReview: token -> user; SubjectAccessReview: (user or group, verb, path) allowed.
+        self.users: dict[str, User] = {TOKEN: User(SERVICE_ACCOUNT, "sa-uid")}
+        self.non_resource_grants: set[tuple[str, str, str]] = set()
+        self.review_failures = 0  # the next N reviews answer 500
         self.requests: list[RequestRecord] = []
         self._objects: dict[Resource, dict[tuple[str, str], Object]] = {r: {} for r in ALL_RESOURCES}
         self._history: list[Event] = []
@@ -184,6 +218,11 @@ class ApiServerDouble:
         app = web.Application()
         app.router.add_get("/api/v1/namespaces/{namespace}/pods", self._core)
         app.router.add_get("/apis/{group}/{version}/namespaces/{namespace}/{plural}", self._custom)
+        app.router.add_post("/apis/{group}/{version}/namespaces/{namespace}/{plural}", self._create)
+        app.router.add_get("/apis/{group}/{version}/namespaces/{namespace}/{plural}/{name}", self._read)
+        app.router.add_put("/apis/{group}/{version}/namespaces/{namespace}/{plural}/{name}", self._replace)
+        app.router.add_post("/apis/authentication.k8s.io/v1/tokenreviews", self._token_review)
+        app.router.add_post("/apis/authorization.k8s.io/v1/subjectaccessreviews", self._access_review)
         self._app = app
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -241,6 +280,19 @@ class ApiServerDouble:
 
     def get(self, resource: Resource, name: str, namespace: str = "default") -> Object:
         return copy.deepcopy(self._objects[resource][(namespace, name)])
+
+    def find(self, resource: Resource, name: str, namespace: str = "default") -> Object | None:
+        obj = self._objects[resource].get((namespace, name))
+        return copy.deepcopy(obj) if obj is not None else None
+
+    def add_user(self, token: str, user: User) -> None:
+        """A bearer token that TokenReviews authenticate as `user`."""
+        self.users[token] = user
+
+    def grant(self, subject: str, verb: str, path: str) -> None:
+        """Let a user or group `verb` the non-resource URL `path` (a ClusterRole rule's
+        nonResourceURLs), as SubjectAccessReviews will then answer."""
+        self.non_resource_grants.add((subject, verb, path))
 
     def update(
         self, resource: Resource, name: str, change: Callable[[Object], None], namespace: str = "default"
@@ -314,19 +366,10 @@ class ApiServerDouble:
         return await self._serve(request, info["group"], info["version"], info["plural"])
 
     async def _serve(self, request: web.Request, group: str, version: str, plural: str) -> web.StreamResponse:
-        self.requests.append(RequestRecord(request.path, dict(request.query)))
-        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
-            return _status_response(401, "Unauthorized", "Unauthorized")
-        resource = next(
-            (r for r in self.served if (r.group, r.version, r.plural) == (group, version, plural)), None
-        )
-        if resource is None:
-            return _status_response(404, "NotFound", "the server could not find the requested resource")
         verb = "watch" if _flag(request, "watch") else "list"
-        if not self._allowed(resource, verb):
-            return _status_response(
-                403, "Forbidden", f"cannot {verb} {resource.plural} in {resource.group!r}"
-            )
+        resource = self._admit(request, group, version, plural, verb)
+        if isinstance(resource, web.Response):
+            return resource
         try:
             query = _Query(request)
         except ValueError as exc:
@@ -338,6 +381,119 @@ class ApiServerDouble:
         if gate is not None:
             await gate.wait()
         return self._list(request, resource, namespace, query)
+
+    def _admit(
+        self, request: web.Request, group: str, version: str, plural: str, verb: str
+    ) -> Resource | web.Response:
+        """The resource a request names, or the error the API server would answer: 401 without
+        the token, 404 for a resource not served, 403 for a verb RBAC does not allow."""
+        self.requests.append(RequestRecord(request.path, dict(request.query), request.method))
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return _status_response(401, "Unauthorized", "Unauthorized")
+        served = [*self.served, TOKEN_REVIEWS, ACCESS_REVIEWS]
+        resource = next(
+            (r for r in served if (r.group, r.version, r.plural) == (group, version, plural)), None
+        )
+        if resource is None:
+            return _status_response(404, "NotFound", "the server could not find the requested resource")
+        if not self._allowed(resource, verb):
+            return _status_response(
+                403, "Forbidden", f"cannot {verb} {resource.plural} in {resource.group!r}"
+            )
+        return resource
+
+    # --- single objects: get, create, replace (optimistic concurrency on resourceVersion) ---------
+
+    async def _read(self, request: web.Request) -> web.Response:
+        info = request.match_info
+        resource = self._admit(request, info["group"], info["version"], info["plural"], "get")
+        if isinstance(resource, web.Response):
+            return resource
+        obj = self.find(resource, info["name"], info["namespace"])
+        if obj is None:
+            return _not_found(resource, info["name"])
+        return _json(200, obj)
+
+    async def _create(self, request: web.Request) -> web.Response:
+        info = request.match_info
+        resource = self._admit(request, info["group"], info["version"], info["plural"], "create")
+        if isinstance(resource, web.Response):
+            return resource
+        body = await request.json()
+        meta = body.setdefault("metadata", {})
+        name = meta.get("name")
+        if not name:
+            return _status_response(422, "Invalid", "metadata.name: Required value")
+        if meta.get("resourceVersion"):
+            return _status_response(
+                400, "BadRequest", "resourceVersion should not be set on objects to be created"
+            )
+        meta["namespace"] = info["namespace"]
+        if self.find(resource, name, info["namespace"]) is not None:
+            message = f'{resource.plural}.{resource.group} "{name}" already exists'
+            return _status_response(409, "AlreadyExists", message)
+        return _json(201, self.apply(resource, body))
+
+    async def _replace(self, request: web.Request) -> web.Response:
+        info = request.match_info
+        resource = self._admit(request, info["group"], info["version"], info["plural"], "update")
+        if isinstance(resource, web.Response):
+            return resource
+        body = await request.json()
+        meta = body.setdefault("metadata", {})
+        name, namespace = info["name"], info["namespace"]
+        if meta.get("name") != name:
+            return _status_response(400, "BadRequest", "the name of the object does not match the URL")
+        current = self.find(resource, name, namespace)
+        if current is None:
+            return _not_found(resource, name)
+        expected = meta.get("resourceVersion")
+        if expected and expected != current["metadata"]["resourceVersion"]:
+            message = (
+                f'Operation cannot be fulfilled on {resource.plural}.{resource.group} "{name}": the object '
+                "has been modified; please apply your changes to the latest version and try again"
+            )
+            return _status_response(409, "Conflict", message)
+        meta["namespace"] = namespace
+        return _json(200, self.apply(resource, body))
+
+    # --- reviews (authentication.k8s.io, authorization.k8s.io) -----------------------------------
+
+    async def _token_review(self, request: web.Request) -> web.Response:
+        resource = self._admit(request, TOKEN_REVIEWS.group, "v1", TOKEN_REVIEWS.plural, "create")
+        if isinstance(resource, web.Response):
+            return resource
+        if self.review_failures > 0:
+            self.review_failures -= 1
+            return _status_response(500, "InternalError", "the review webhook failed")
+        review = await request.json()
+        user = self.users.get(review.get("spec", {}).get("token", ""))
+        status: Object = {"authenticated": user is not None}
+        if user is not None:
+            status["user"] = {"username": user.username, "uid": user.uid, "groups": list(user.groups)}
+        else:
+            status["error"] = "invalid bearer token"
+        review["status"] = status
+        return _json(201, review)
+
+    async def _access_review(self, request: web.Request) -> web.Response:
+        resource = self._admit(request, ACCESS_REVIEWS.group, "v1", ACCESS_REVIEWS.plural, "create")
+        if isinstance(resource, web.Response):
+            return resource
+        if self.review_failures > 0:
+            self.review_failures -= 1
+            return _status_response(500, "InternalError", "the review webhook failed")
+        review = await request.json()
+        spec = review.get("spec", {})
+        target = spec.get("nonResourceAttributes")
+        if target is None:
+            return _status_response(400, "BadRequest", "the double only reviews non-resource URLs")
+        subjects = [spec.get("user", ""), *spec.get("groups", [])]
+        allowed = any(
+            (s, target.get("verb"), target.get("path")) in self.non_resource_grants for s in subjects
+        )
+        review["status"] = {"allowed": allowed, "reason": "granted" if allowed else "no rule allows it"}
+        return _json(201, review)
 
     def _allowed(self, resource: Resource, verb: str) -> bool:
         if self._rbac is None:

@@ -8,6 +8,7 @@ deserialisation of every pod event."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -79,6 +80,72 @@ class PoolSpec:
         return ",".join(f"{key}={value}" for key, value in sorted(self.selector.items()))
 
 
+# Kubernetes label syntax: an optional DNS-subdomain prefix and a name of up to 63 characters.
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class SelectorRef:
+    """GIE's standalone mode (--endpoint-selector, --endpoint-target-ports): the pods of a
+    namespace matching a label selector, without an InferencePool. `name` stands for the pool in
+    the EPP's own metrics (GIE: the EPP Deployment's name, from POD_NAME)."""
+
+    selector: Mapping[str, str]
+    target_ports: tuple[int, ...]
+    namespace: str = "default"
+    name: str = "standalone"
+
+    @property
+    def spec(self) -> PoolSpec:
+        return PoolSpec(selector=self.selector, target_ports=self.target_ports)
+
+    def __str__(self) -> str:
+        return f"pods {self.namespace}/{self.spec.label_selector} on ports {list(self.target_ports)}"
+
+
+def parse_label_selector(text: str) -> dict[str, str]:
+    """`key=value[,key=value...]`, GIE's --endpoint-selector syntax (equality terms only)."""
+    selector: dict[str, str] = {}
+    for term in text.split(","):
+        key, equals, value = term.partition("=")
+        key, value = key.strip(), value.strip()
+        if not equals or not key or value.startswith("=") or not _valid_label_key(key):
+            raise ValueError(f"{text!r}: expected key=value[,key=value...] with Kubernetes label keys")
+        if not _LABEL_NAME.match(value):
+            raise ValueError(f"{text!r}: {value!r} is not a valid label value")
+        if key in selector and selector[key] != value:
+            raise ValueError(f"{text!r}: {key!r} is given twice")
+        selector[key] = value
+    return selector
+
+
+def _valid_label_key(key: str) -> bool:
+    prefix, slash, name = key.rpartition("/")
+    if slash and not _LABEL_PREFIX.match(prefix):
+        return False
+    return bool(name) and bool(_LABEL_NAME.match(name))
+
+
+def parse_target_ports(values: Iterable[str]) -> tuple[int, ...]:
+    """GIE's --endpoint-target-ports: comma-separated (or repeated) port numbers, 1 to 8 of them,
+    duplicates dropped in order."""
+    ports: list[int] = []
+    for value in values:
+        for part in value.split(","):
+            try:
+                port = int(part.strip())
+            except ValueError:
+                raise ValueError(f"--endpoint-target-ports: {part.strip()!r} is not a port number") from None
+            if not 0 < port < 65536:
+                raise ValueError(f"--endpoint-target-ports: {port} is not a port number")
+            if port not in ports:
+                ports.append(port)
+    if not 0 < len(ports) <= MAX_TARGET_PORTS:
+        raise ValueError(f"--endpoint-target-ports must give 1 to {MAX_TARGET_PORTS} ports, not {len(ports)}")
+    return tuple(ports)
+
+
 def _port(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
         raise PoolSpecError(f"{where}: {value!r} is not a port number")
@@ -148,10 +215,13 @@ def _active_ports(annotations: Mapping[str, str] | None, target_ports: tuple[int
     return active
 
 
-def pod_endpoints(pod: Object, pool: PoolSpec) -> list[EndpointSpec]:
+def pod_endpoints(pod: Object, pool: PoolSpec, metrics_port: int | None = None) -> list[EndpointSpec]:
     """One endpoint per active target port of a pod that can take traffic now: it matches the
     selector, is Ready, has an IP and is not being deleted. Named `<pod>-rank-<i>` by port index,
-    so a rank keeps its name (and its load accounting) while other ranks come and go."""
+    so a rank keeps its name (and its load accounting) while other ranks come and go.
+
+    `metrics_port` (GIE's --model-server-metrics-port) is where a pool with a single target port
+    is scraped; with several target ports each rank is scraped on its own port, as in GIE."""
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
     labels: dict[str, str] = meta.get("labels") or {}
@@ -162,12 +232,14 @@ def pod_endpoints(pod: Object, pool: PoolSpec) -> list[EndpointSpec]:
         return []
     active = _active_ports(meta.get("annotations"), pool.target_ports)
     frozen_labels = MappingProxyType(dict(labels))
+    scrape_port = (metrics_port or None) if len(pool.target_ports) == 1 else None
     return [
         EndpointSpec(
             name=f"{meta['name']}-rank-{index}",
             address=address,
             port=port,
             labels=frozen_labels,
+            metrics_port=scrape_port,
             namespace=meta.get("namespace", "default"),
         )
         for index, port in enumerate(pool.target_ports)
@@ -175,8 +247,10 @@ def pod_endpoints(pod: Object, pool: PoolSpec) -> list[EndpointSpec]:
     ]
 
 
-def pool_endpoints(pods: Iterable[Object], pool: PoolSpec) -> list[EndpointSpec]:
-    return [endpoint for pod in pods for endpoint in pod_endpoints(pod, pool)]
+def pool_endpoints(
+    pods: Iterable[Object], pool: PoolSpec, metrics_port: int | None = None
+) -> list[EndpointSpec]:
+    return [endpoint for pod in pods for endpoint in pod_endpoints(pod, pool, metrics_port)]
 
 
 def objective_priorities(objectives: Iterable[Object], pool: PoolRef) -> dict[str, int]:

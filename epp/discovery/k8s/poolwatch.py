@@ -33,12 +33,14 @@ class PoolWatch:
         ref: PoolRef,
         on_endpoints: EndpointsCallback,
         timing: WatchTiming | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self.ref = ref
         self.pool: PoolSpec | None = None
         self._api = api
         self._on_endpoints = on_endpoints
         self._timing = timing or WatchTiming()
+        self._metrics_port = metrics_port
         self._pods: Reflector | None = None
         self._pods_task: asyncio.Task[None] | None = None
         self._tasks: asyncio.TaskGroup | None = None
@@ -100,4 +102,4 @@ class PoolWatch:
 
     def _publish(self, pods: Reflector) -> None:
         assert self.pool is not None
-        self._on_endpoints(self.pool, pool_endpoints(pods.items.values(), self.pool))
+        self._on_endpoints(self.pool, pool_endpoints(pods.items.values(), self.pool, self._metrics_port))

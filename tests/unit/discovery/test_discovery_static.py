@@ -61,6 +61,13 @@ def test_bad_files_name_the_field(text: str, message: str) -> None:
     assert message in str(caught.value)
 
 
+def test_model_server_metrics_port_fills_in_for_entries_without_their_own() -> None:
+    first, second = parse_endpoint_file(FILE, metrics_port=9400)
+    assert (first.metrics_hostport, second.metrics_hostport) == ("10.0.0.1:9400", "10.0.0.2:9000")
+    assert parse_endpoint_flag("127.0.0.1:8000", metrics_port=9400).metrics_hostport == "127.0.0.1:9400"
+    assert parse_endpoint_flag("127.0.0.1:8000").metrics_port is None
+
+
 def test_endpoint_flags_including_ipv6() -> None:
     assert parse_endpoint_flag("127.0.0.1:8000", ["m"]).models == {"m"}
     v6 = parse_endpoint_flag("[::1]:8000")

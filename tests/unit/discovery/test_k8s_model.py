@@ -79,6 +79,20 @@ def test_pod_endpoints_per_rank_with_labels_and_namespace() -> None:
     assert endpoints[0].labels["llm-d.ai/role"] == "decode"
 
 
+def test_model_server_metrics_port_applies_to_single_port_pools_only() -> None:
+    """GIE's --model-server-metrics-port: with one target port the pod is scraped there; with
+    several, each rank is scraped on its own port."""
+    single = PoolSpec(selector={"app": "vllm"}, target_ports=(8000,))
+    obj = pod("p", "10.0.0.1", labels={"app": "vllm"})
+    (endpoint,) = pod_endpoints(obj, single, metrics_port=9400)
+    assert (endpoint.hostport, endpoint.metrics_hostport) == ("10.0.0.1:8000", "10.0.0.1:9400")
+    assert [e.metrics_hostport for e in pod_endpoints(obj, POOL, metrics_port=9400)] == [
+        "10.0.0.1:8000",
+        "10.0.0.1:8001",
+    ]
+    assert pod_endpoints(obj, single)[0].metrics_hostport == "10.0.0.1:8000"
+
+
 def test_ipv6_pod_addresses_are_bracketed() -> None:
     assert pod_endpoints(pod("p", "fd00::1", labels={"app": "vllm"}), POOL)[0].hostport == "[fd00::1]:8000"
 

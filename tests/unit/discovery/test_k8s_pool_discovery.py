@@ -258,3 +258,24 @@ async def test_the_v1alpha2_pool_group(api: ApiServerDouble, start_epp: EppFacto
     assert epp.endpoints() == {"a-rank-0": "10.0.0.1:8000"}
     assert epp.discovery.failure_mode is FailureMode.FAIL_CLOSE
     assert epp.objectives == {"legacy": 3}
+
+
+async def test_model_server_metrics_port_reaches_a_single_port_pools_endpoints(
+    api: ApiServerDouble, kubeconfig: Path
+) -> None:
+    api.apply(POOLS_V1, pool_v1("pool", {"app": "vllm"}, [8000]))
+    api.apply(PODS, ready_pod("a", "10.0.0.1"))
+    datastore = Datastore()
+    discovery = PoolDiscovery(
+        PoolRef("pool"), datastore, lambda _: None, kubeconfig, timing=FAST, metrics_port=9400
+    )
+    await discovery.start()
+    try:
+        await until(lambda: datastore.synced, "the first sync")
+        (endpoint,) = datastore.endpoints()
+        assert (endpoint.hostport, endpoint.spec.metrics_hostport) == ("10.0.0.1:8000", "10.0.0.1:9400")
+        api.apply(POOLS_V1, pool_v1("pool", {"app": "vllm"}, [8000, 8001]))  # several ports: each its own
+        await until(lambda: len(datastore.endpoints()) == 2, "the second rank")
+        assert {e.spec.metrics_hostport for e in datastore.endpoints()} == {"10.0.0.1:8000", "10.0.0.1:8001"}
+    finally:
+        await discovery.stop()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import generate_latest
 
+from epp.datastore import Datastore, EndpointMetrics, EndpointSpec
 from epp.metrics.exporter import MAX_MODEL_NAME_LENGTH, MAX_MODEL_SERIES, OVERFLOW_MODEL, EppMetrics
 
 
@@ -37,3 +40,25 @@ def test_a_huge_model_name_is_counted_under_overflow_and_keeps_the_page_small() 
     )
     assert overflow == 2
     assert len(generate_latest(metrics.registry)) < page_before + 100_000
+
+
+def test_pool_gauges_hold_the_last_refresh_once_refreshing() -> None:
+    """GIE's --refresh-prometheus-metrics-interval: the pool-wide gauges change only when refreshed;
+    without refreshes they are computed at every read. The per-pod queue is always current."""
+    datastore = Datastore()
+    metrics = EppMetrics()
+    collector = metrics.watch_pool(datastore, "pool")
+    endpoint = datastore.upsert(EndpointSpec("e", "10.0.0.1", 8000))
+    endpoint.metrics = EndpointMetrics(waiting_queue_size=4, update_time=time.monotonic())
+
+    def sample(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, {"name": "pool", **labels})
+
+    assert sample("inference_pool_average_queue_size") == 4  # at read time
+    collector.refresh()
+    endpoint.metrics = EndpointMetrics(waiting_queue_size=10, update_time=time.monotonic())
+    assert sample("inference_pool_average_queue_size") == 4  # the refreshed value
+    assert sample("inference_pool_per_pod_queue_size", model_server_pod="e") == 10
+    collector.refresh()
+    assert sample("inference_pool_average_queue_size") == 10
+    assert sample("inference_pool_ready_pods") == 1

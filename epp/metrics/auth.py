@@ -1,0 +1,196 @@
+"""`--metrics-endpoint-auth`: /metrics only for callers the cluster says may read it, as GIE's EPP
+guards its metrics port with controller-runtime's `filters.WithAuthenticationAndAuthorization`.
+
+A request must carry `Authorization: Bearer <token>`. The token is checked with a TokenReview
+(authentication.k8s.io/v1), the user it names with a SubjectAccessReview (authorization.k8s.io/v1)
+for the non-resource URL of the request (`/metrics`, verb `get`: the method lowercased). Answers
+as controller-runtime's filter: 401 `Unauthorized` without a token or with one the review rejects,
+403 `Authorization denied for user <name>` when not allowed, 500 when a review fails. Results are
+cached as its delegating authenticator and authorizer cache them: tokens 1 min, allowed 5 min,
+denied 30 s (failed reviews are not cached). The EPP's service account needs `create` on
+tokenreviews and subjectaccessreviews (a ClusterRole; see docs/kubernetes.md); Prometheus's needs
+`get` on the nonResourceURL /metrics."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from kubernetes_asyncio.client import (
+    ApiClient,
+    AuthenticationV1Api,
+    AuthorizationV1Api,
+    V1NonResourceAttributes,
+    V1SubjectAccessReview,
+    V1SubjectAccessReviewSpec,
+    V1TokenReview,
+    V1TokenReviewSpec,
+)
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from epp.tls import parse_bool
+
+log = logging.getLogger(__name__)
+
+TOKEN_TTL = 60.0
+ALLOW_TTL = 300.0
+DENY_TTL = 30.0
+CACHE_LIMIT = 4096  # entries per cache; the oldest half is dropped past it
+_REVIEW_ERRORS = (ApiException, aiohttp.ClientError, OSError, TimeoutError)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ReviewFailed(Exception):
+    """The API server could not answer a review (not a rejection)."""
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    username: str
+    uid: str
+    groups: tuple[str, ...]
+    extra: tuple[tuple[str, tuple[str, ...]], ...]
+
+
+class _TtlCache:
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._entries: dict[Any, tuple[float, Any]] = {}
+
+    def get(self, key: Any) -> tuple[bool, Any]:
+        entry = self._entries.get(key)
+        if entry is None or entry[0] <= self._clock():
+            self._entries.pop(key, None)
+            return False, None
+        return True, entry[1]
+
+    def put(self, key: Any, value: Any, ttl: float) -> None:
+        if len(self._entries) >= CACHE_LIMIT:
+            for stale in list(self._entries)[: CACHE_LIMIT // 2]:
+                del self._entries[stale]
+        self._entries[key] = (self._clock() + ttl, value)
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of `Authorization: Bearer <token>`, as Kubernetes' bearer-token authenticator
+    reads it (scheme case-insensitive, nothing after the token)."""
+    if not header:
+        return None
+    parts = header.strip().split(" ")
+    if len(parts) != 2 or parts[0].lower() != "bearer" or not parts[1]:
+        return None
+    return parts[1]
+
+
+class MetricsAuth:
+    """TokenReview + SubjectAccessReview in front of the metrics handler, with their caches."""
+
+    def __init__(self, api: ApiClient, clock: Callable[[], float] = time.monotonic) -> None:
+        self._authentication = AuthenticationV1Api(api)
+        self._authorization = AuthorizationV1Api(api)
+        self._tokens = _TtlCache(clock)
+        self._decisions = _TtlCache(clock)
+        self.reviews = 0  # TokenReviews and SubjectAccessReviews sent (for tests and debugging)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            user = await self.authenticate(bearer_token(request.headers.get("Authorization")))
+            if user is None:
+                return web.Response(status=401, text="Unauthorized\n")
+            if not await self.authorize(user, request.method.lower(), request.path):
+                log.debug("metrics: authorization denied for user %s", user.username)
+                return web.Response(status=403, text=f"Authorization denied for user {user.username}\n")
+        except ReviewFailed as exc:
+            log.error("metrics: %s", exc)
+            return web.Response(status=500, text=f"{exc}\n")
+        return await handler(request)
+
+    async def authenticate(self, token: str | None) -> UserInfo | None:
+        if token is None:
+            return None
+        key = hashlib.sha256(token.encode()).digest()  # no raw tokens kept in memory
+        cached, user = self._tokens.get(key)
+        if cached:
+            return user
+        body = V1TokenReview(
+            api_version="authentication.k8s.io/v1", kind="TokenReview", spec=V1TokenReviewSpec(token=token)
+        )
+        try:
+            self.reviews += 1
+            review = await self._authentication.create_token_review(body)
+        except _REVIEW_ERRORS as exc:
+            raise ReviewFailed(f"Authentication failed: TokenReview: {_reason(exc)}") from exc
+        status = review.status
+        user = None
+        if status is not None and status.authenticated and status.user is not None:
+            extra = status.user.extra or {}
+            user = UserInfo(
+                username=status.user.username or "",
+                uid=status.user.uid or "",
+                groups=tuple(status.user.groups or ()),
+                extra=tuple(sorted((key, tuple(values)) for key, values in extra.items())),
+            )
+        self._tokens.put(key, user, TOKEN_TTL)
+        return user
+
+    async def authorize(self, user: UserInfo, verb: str, path: str) -> bool:
+        key = (user, verb, path)
+        cached, allowed = self._decisions.get(key)
+        if cached:
+            return bool(allowed)
+        body = V1SubjectAccessReview(
+            api_version="authorization.k8s.io/v1",
+            kind="SubjectAccessReview",
+            spec=V1SubjectAccessReviewSpec(
+                user=user.username,
+                uid=user.uid or None,
+                groups=list(user.groups),
+                extra={key: list(values) for key, values in user.extra} or None,
+                non_resource_attributes=V1NonResourceAttributes(path=path, verb=verb),
+            ),
+        )
+        try:
+            self.reviews += 1
+            review = await self._authorization.create_subject_access_review(body)
+        except _REVIEW_ERRORS as exc:
+            raise ReviewFailed(f"Authorization for user {user.username} failed: {_reason(exc)}") from exc
+        allowed = bool(review.status is not None and review.status.allowed)
+        self._decisions.put(key, allowed, ALLOW_TTL if allowed else DENY_TTL)
+        return allowed
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ApiException):
+        return f"{exc.status} {exc.reason}"
+    return str(exc) or type(exc).__name__
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-endpoint-auth",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="BOOL",
+        help="serve /metrics only to bearer tokens a TokenReview accepts whose user a "
+        "SubjectAccessReview allows `get` on /metrics (GIE's default: on with --pool-name; off for "
+        "standalone endpoints, where there is no API server, unless asked for)",
+    )
+
+
+def enabled_from_args(args: argparse.Namespace, in_cluster: bool) -> bool:
+    """GIE's default is true, and GIE always runs against an API server; a standalone EPP here
+    has none unless one is configured, so the default follows --pool-name."""
+    if args.metrics_endpoint_auth is None:
+        return in_cluster
+    return bool(args.metrics_endpoint_auth)

@@ -1,0 +1,86 @@
+"""`epp`'s dispatch: a first argument that is a flag means `serve` (the image's entrypoint under
+GIE's and llm-d's charts, which pass flags only); a subcommand name runs that subcommand."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from epp import cli
+
+
+@pytest.mark.parametrize(
+    ("argv", "command", "resolved"),
+    [
+        # GIE's chart: flags only.
+        (["--pool-name", "p", "--v", "1"], "serve", ["serve", "--pool-name", "p", "--v", "1"]),
+        (["--endpoint-selector=app=x"], "serve", ["serve", "--endpoint-selector=app=x"]),
+        (["-v", "3"], "serve", ["serve", "-v", "3"]),
+        # Top-level options stay in front of the implied command.
+        (
+            ["--log-level", "DEBUG", "--pool-name", "p"],
+            "serve",
+            ["--log-level", "DEBUG", "serve", "--pool-name", "p"],
+        ),
+        (["--log-level=DEBUG", "--pool-name=p"], "serve", ["--log-level=DEBUG", "serve", "--pool-name=p"]),
+        # Explicit subcommands are untouched, whatever their flags' values are.
+        (["serve", "--pool-name", "sim"], "serve", ["serve", "--pool-name", "sim"]),
+        (["sim", "--count", "2"], "sim", ["sim", "--count", "2"]),
+        (["--log-level", "WARNING", "sim"], "sim", ["--log-level", "WARNING", "sim"]),
+        (["sidecar", "--port=8000"], "sidecar", ["sidecar", "--port=8000"]),
+        (["bench", "--help"], "bench", ["bench", "--help"]),
+        # Neither: left to argparse (help, or an error naming the choices).
+        (["--help"], None, ["--help"]),
+        (["-h"], None, ["-h"]),
+        ([], None, []),
+        (["vllm"], None, ["vllm"]),
+    ],
+)
+def test_resolve(argv: list[str], command: str | None, resolved: list[str]) -> None:
+    assert cli.resolve(argv) == (command, resolved)
+
+
+def test_flags_only_parse_as_serve() -> None:
+    args = cli.parse_args(["--endpoint", "10.0.0.1:8000", "--grpc-port", "9100"])
+    assert (args.command, args.endpoint, args.grpc_port) == ("serve", ["10.0.0.1:8000"], 9100)
+    assert args._module.__name__ == "epp.serve"
+
+
+def test_a_subcommand_first_still_runs_it() -> None:
+    args = cli.parse_args(["sim", "--count", "2", "--port", "0"])
+    assert (args.command, args.count) == ("sim", 2)
+
+
+def test_top_level_help_lists_the_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.parse_args(["--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in cli.SUBCOMMANDS)
+    assert "runs `epp serve --flag ...`" in out
+
+
+def test_an_unknown_first_word_is_an_error_naming_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.parse_args(["vllm"])
+    assert exited.value.code == 2
+    assert "invalid choice: 'vllm'" in capsys.readouterr().err
+
+
+def test_the_images_entrypoint_serves_flag_only_args(capsys: pytest.CaptureFixture[str]) -> None:
+    """The Dockerfile's ENTRYPOINT is the `epp` console script (epp.cli:main) and its CMD only the
+    help; a chart's args replace CMD and reach `epp serve`'s own parser (here its error for a bad
+    value, where an unknown subcommand would have been `invalid choice`)."""
+    root = Path(__file__).resolve().parents[2]
+    lines = (root / "Dockerfile").read_text().splitlines()
+    assert json.loads(next(x for x in lines if x.startswith("ENTRYPOINT ")).split(" ", 1)[1]) == ["epp"]
+    assert json.loads(next(x for x in lines if x.startswith("CMD ")).split(" ", 1)[1]) == ["--help"]
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["epp"] == "epp.cli:main"
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--pool-name", "p", "--grpc-port", "not-a-port"])
+    assert exited.value.code == 2
+    assert "epp serve: error: argument --grpc-port: invalid int value" in capsys.readouterr().err
