@@ -352,6 +352,17 @@ class Stack:
         self.baseline_port = ports.get("baseline", 0)
         return True
 
+    async def envoy_pool_hosts(self) -> set[str]:
+        """The host:ports in Envoy's pool cluster now (from the EDS file the EPP keeps)."""
+        assert self._session is not None
+        async with self._session.get(f"{self.admin_url}/clusters") as response:
+            text = await response.text()
+        return {
+            line.split("::")[1]
+            for line in text.splitlines()
+            if line.startswith("pool::") and "::cx_active::" in line
+        }
+
     async def envoy_stats(self, prefix: str) -> dict[str, int]:
         assert self._session is not None
         async with self._session.get(f"{self.admin_url}/stats", params={"filter": prefix}) as response:

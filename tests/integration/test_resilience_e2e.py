@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from epp.stack.envoy import EnvoyOptions
-from epp.stack.processes import free_port
+from epp.stack.processes import free_port, wait_until
 from epp.stack.stack import SimEndpoint, Stack
 from tests.integration.conftest import FAST_SIM, StackFactory
 
@@ -83,6 +83,11 @@ async def test_a_failing_primary_is_served_by_the_epps_fallback(make_stack: Stac
     ):
         stack.write_endpoints_file([broken, *stack.sims])
         sim = stack.sims[0]
+
+        async def envoy_has_it() -> bool | None:  # the EPP rewrites Envoy's EDS file, Envoy reloads
+            return True if broken.hostport in await stack.envoy_pool_hosts() else None
+
+        await wait_until(envoy_has_it, "Envoy's pool to list the broken endpoint", 10)
         rescued = 0
         async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client:
             for i in range(200):
