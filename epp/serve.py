@@ -25,6 +25,7 @@ from epp.datalayer.overrides import ScrapeOverrides
 from epp.datalayer.scraper import DEFAULT_INTERVAL, MetricsScraper
 from epp.datastore import Datastore
 from epp.discovery import kubernetes as k8s_discovery
+from epp.discovery.eds import EdsFileWriter
 from epp.discovery.k8s import leader as election
 from epp.discovery.k8s.client import api_client
 from epp.discovery.static import DiscoveryError, FileDiscovery, parse_endpoint_flag
@@ -55,6 +56,7 @@ class ServeOptions:
     metrics_port: int = 9090
     pool_name: str = "standalone"
     endpoints_file: Path | None = None
+    envoy_eds_file: Path | None = None  # set: keep the pool there as an Envoy EDS file
     endpoints: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
     refresh_metrics_interval: float = DEFAULT_INTERVAL
@@ -177,6 +179,8 @@ class EndpointPicker:
                 parse_endpoint_flag(e, self.options.models, metrics_port) for e in self.options.endpoints
             ]
             self.datastore.replace_all(specs)
+        if self.options.envoy_eds_file is not None:
+            EdsFileWriter(self.datastore, self.options.envoy_eds_file).start()
         leader = None
         if self.options.leader_election is not None:
             leader = await self._start_election(self.options.leader_election)
@@ -284,6 +288,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     metrics_auth.add_arguments(parser)
     source = parser.add_argument_group("standalone endpoints")
     source.add_argument("--endpoints-file", type=Path, help="YAML endpoint list, re-read when it changes")
+    parser.add_argument(
+        "--envoy-eds-file",
+        type=Path,
+        metavar="FILE",
+        help="keep the pool (from any discovery) in this Envoy EDS file, for a gateway whose pool cluster "
+        "reads it (the fallback list needs one; see docs/operations.md)",
+    )
     source.add_argument(
         "--endpoint", action="append", default=[], metavar="HOST:PORT", help="an endpoint (repeatable)"
     )
@@ -412,6 +423,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         grpc_health_port=args.grpc_health_port,
         metrics_port=args.metrics_port,
         endpoints_file=args.endpoints_file,
+        envoy_eds_file=args.envoy_eds_file,
         endpoints=args.endpoint,
         models=args.model,
         refresh_metrics_interval=_positive_duration(

@@ -14,8 +14,10 @@ from epp.extproc import messages
 from epp.extproc.pb import BodyMode, HeaderMode, ext_proc, processing_mode
 from epp.headers import (
     DESTINATION_HEADER,
+    LB_NAMESPACE,
     OWNED_HEADERS,
     REQUEST_ID_HEADER,
+    SERVED_KEY,
 )
 from epp.requestcontrol import Director, RoutedRequest
 from epp.requests import ErrorCode, RequestError
@@ -170,7 +172,7 @@ class ExtProcStream:
         self._routed = self._director.handle_body(raw, self._headers, self._subset, self._trace)
         body = self._routed.body if self._routed.body is not None else raw
         common = self._routing_common(new_body_size=len(body) if self._routed.body is not None else None)
-        metadata = messages.destination_metadata(self._routed.destination)
+        metadata = messages.destination_metadata(self._routed.destination, self._routed.request.stream)
         if self._request_mode == FULL_DUPLEX:
             yield ext_proc.ProcessingResponse(
                 request_headers=ext_proc.HeadersResponse(response=common), dynamic_metadata=metadata
@@ -198,21 +200,31 @@ class ExtProcStream:
     def _response_headers(
         self, headers: ext_proc.HttpHeaders, metadata: dict[str, dict[str, Any]]
     ) -> Iterator[ext_proc.ProcessingResponse]:
+        """`metadata`: the data plane's, by namespace. The endpoint that served comes as GIE's
+        `envoy.lb` metadata key, or (our bootstrap: Envoy 1.40 cannot set that metadata) as a
+        response header of the same name; plugins see it as the metadata either way."""
         response_headers = messages.read_headers(headers)
         event_stream = "text/event-stream" in response_headers.get("content-type", "")
         if self._routed is not None:
+            lb = metadata.get(LB_NAMESPACE, {})
+            served = lb.get(SERVED_KEY) or response_headers.get(SERVED_KEY)
+            if isinstance(served, str) and served:
+                self._routed.served_by(served)
+                if SERVED_KEY not in lb:
+                    metadata = {**metadata, LB_NAMESPACE: {**lb, SERVED_KEY: served}}
             status_text = response_headers.get(":status", "")
             status = int(status_text) if status_text.isdigit() else 0
             self._routed.response_started(status, event_stream, metadata)
             if self._trace is not None:
                 self._trace.response_started(status)
         reply = ext_proc.HeadersResponse()
-        if self._routed is not None:
-            added = dict(self._routed.result.response_headers)
-            if self._options.served_header:
-                added[self._options.served_header] = self._routed.destination
-            if added:
-                reply.response.header_mutation.CopyFrom(messages.header_mutation(added, ()))
+        # The gateway's report is for the EPP: clients need not learn pod addresses from it.
+        removed = (SERVED_KEY,) if SERVED_KEY in response_headers else ()
+        added = dict(self._routed.result.response_headers) if self._routed is not None else {}
+        if self._routed is not None and self._options.served_header:
+            added[self._options.served_header] = self._routed.destination
+        if added or removed:
+            reply.response.header_mutation.CopyFrom(messages.header_mutation(added, removed))
         response = ext_proc.ProcessingResponse(response_headers=reply)
         if event_stream and self._skip_streamed_body():
             response.mode_override.CopyFrom(SKIP_RESPONSE_BODY)

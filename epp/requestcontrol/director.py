@@ -66,6 +66,7 @@ class RoutedRequest:
         "response_metadata",
         "response_status",
         "result",
+        "served",
         "started",
         "usage_reader",
     )
@@ -79,6 +80,7 @@ class RoutedRequest:
         self.response_bytes = 0
         # Dynamic metadata the response-body plugins return when the body ends.
         self.response_metadata: dict[str, dict[str, Any]] = {}
+        self.served: Endpoint | None = None  # when the gateway says so
         self.body: bytes | None = None
         self.record: DecisionRecord | None = None
         self._usage: UsageReader | None = None
@@ -111,7 +113,8 @@ class RoutedRequest:
         with _plugin_errors_logged("ResponseHeader"):
             self._director.hooks.response_headers(self.request, self.result, metadata or {})
         if status == 503:
-            self._director.note_upstream_unavailable(self.result.targets[:1])
+            answered = [self.served] if self.served is not None else self.result.targets[:1]
+            self._director.note_upstream_unavailable(answered)
 
     def response_body(self, chunk: bytes, end_of_stream: bool) -> None:
         self.response_bytes += len(chunk)
@@ -125,6 +128,31 @@ class RoutedRequest:
                         self.request, self.result, self._usage.usage
                     )
             self.finish()
+
+    def served_by(self, hostport: str) -> None:
+        """The gateway says which endpoint served, after its retries. Not the primary: the listed
+        endpoints tried before it failed (refused, reset, 503, no first byte in time) and are
+        suspended, and the primary's load moves to the one that serves."""
+        targets = self.result.targets
+        if targets and targets[0].hostport == hostport:
+            self.served = targets[0]
+            return
+        self.served = self._director.endpoint_at(hostport)
+        if self._finished or not targets:
+            return
+        listed = [e.hostport for e in targets]
+        tried = targets[: listed.index(hostport)] if hostport in listed else targets
+        self._director.note_upstream_unavailable(tried, f"the gateway retried on {hostport}")
+        primary, served = targets[0], self.served
+        if primary not in self.loaded:
+            return
+        primary.inflight_requests -= 1
+        primary.inflight_tokens -= self._charged_tokens
+        self.loaded = [e for e in self.loaded if e is not primary]
+        if served is not None and served not in self.loaded:
+            served.inflight_requests += 1
+            served.inflight_tokens += self._charged_tokens
+            self.loaded.append(served)
 
     @property
     def rewrites_model(self) -> bool:
@@ -428,16 +456,25 @@ class Director:
         with _plugin_errors_logged("ResponseComplete"):
             self.hooks.response_complete(request, routed.result, usage)
 
-    def note_upstream_unavailable(self, endpoints: Sequence[Endpoint]) -> None:
-        """A 503 from the data plane often means the endpoint died: stop choosing it for
-        SUSPEND_SECONDS, or until the metrics scraper sees it answer again, whichever is first."""
+    def note_upstream_unavailable(
+        self, endpoints: Sequence[Endpoint], reason: str = "it answered 503"
+    ) -> None:
+        """A 503 from the data plane, or a gateway retry away from an endpoint, often means the
+        endpoint died or hangs: stop choosing it for SUSPEND_SECONDS, or until the metrics scraper
+        sees it answer again, whichever is first."""
         until = time.monotonic() + SUSPEND_SECONDS
         for endpoint in endpoints:
             if endpoint.suspended_until < until:
                 log.warning(
-                    "endpoint %s answered 503; not choosing it for up to %ds", endpoint, SUSPEND_SECONDS
+                    "endpoint %s failed (%s); not choosing it for up to %ds",
+                    endpoint,
+                    reason,
+                    SUSPEND_SECONDS,
                 )
                 endpoint.suspended_until = until
+
+    def endpoint_at(self, hostport: str) -> Endpoint | None:
+        return next((e for e in self.datastore.endpoints() if e.hostport == hostport), None)
 
 
 def _host_of(hostport: str) -> str:
