@@ -166,8 +166,13 @@ def _fields(raw: Any, names: tuple[str, ...]) -> list[Any]:
 
 
 def _int_list(value: Any) -> list[int]:
-    if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
+    """`value` if it is a list of unsigned 64-bit integers (checked in C by `array`)."""
+    if not isinstance(value, list):
         raise KVEventError("expected a list of integers")
+    try:
+        array("Q", value)
+    except (TypeError, OverflowError):
+        raise KVEventError("expected a list of integers") from None
     return value
 
 

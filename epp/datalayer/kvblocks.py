@@ -60,8 +60,21 @@ def _cbor_uint(value: int, major: int = 0) -> bytes:
     return bytes((top | 27,)) + value.to_bytes(8, "big")
 
 
+_TOKEN_CBOR: dict[int, bytes] = {}
+
+
+def _cbor_token(token: int) -> bytes:
+    encoded = _TOKEN_CBOR.get(token)
+    if encoded is None:
+        encoded = _cbor_uint(token)
+        if len(_TOKEN_CBOR) < 1 << 20:  # a vocabulary's worth
+            _TOKEN_CBOR[token] = encoded
+    return encoded
+
+
 def _cbor_tokens(tokens: Sequence[int]) -> bytes:
-    return _cbor_uint(len(tokens), 4) + b"".join(map(_cbor_uint, tokens))
+    get = _TOKEN_CBOR.get
+    return _cbor_uint(len(tokens), 4) + b"".join([get(t) or _cbor_token(t) for t in tokens])
 
 
 class TokenProcessor:
@@ -249,6 +262,7 @@ class KVBlockIndex:
         self.metrics = metrics
         self._entries: OrderedDict[int, dict[str, float]] = OrderedDict()
         self._pods: dict[str, _PodState] = {}
+        self._unit_weights = True  # until a block is held in a tier weighing other than 1
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -336,6 +350,8 @@ class KVBlockIndex:
                     self.metrics.admissions.inc()
             else:
                 entries.move_to_end(key)
+            if weight != 1.0:
+                self._unit_weights = False
             if holders.get(pod, 0.0) < weight:
                 holders.pop(pod, None)
                 holders[pod] = weight
@@ -396,22 +412,40 @@ class KVBlockIndex:
         started = time.perf_counter()
         entries = self._entries
         scores: dict[str, float] = {}
-        alive: dict[str, float] | None = None
         depth = 0
-        for key in keys:
-            holders = entries.get(key)
-            if not holders:
-                break
-            if alive is None:
-                alive = {pod: weight for pod, weight in holders.items() if pod in pods}
-            else:
-                alive = {pod: weight for pod, weight in holders.items() if pod in alive}
-            if not alive:
-                break
-            entries.move_to_end(key)
-            depth += 1
-            for pod, weight in alive.items():
-                scores[pod] = scores.get(pod, 0.0) + weight
+        if self._unit_weights:  # every holder weighs 1: a pod's score is where its run ends
+            first = entries.get(keys[0]) if keys else None
+            alive = {pod for pod in first if pod in pods} if first else set()
+            for key in keys:
+                holders = entries.get(key)
+                if not holders or not alive:
+                    break
+                held = holders.keys()
+                if not alive <= held:
+                    for pod in alive - held:
+                        scores[pod] = float(depth)
+                    alive &= held
+                    if not alive:
+                        break
+                entries.move_to_end(key)
+                depth += 1
+            for pod in alive:
+                scores[pod] = float(depth)
+        else:
+            weighted: dict[str, float] | None = None
+            for key in keys:
+                holders = entries.get(key)
+                if not holders:
+                    break
+                source = pods if weighted is None else weighted
+                weighted = {
+                    pod: (weighted or {}).get(pod, 0.0) + w for pod, w in holders.items() if pod in source
+                }
+                if not weighted:
+                    break
+                entries.move_to_end(key)
+                depth += 1
+                scores.update(weighted)
         if self.metrics is not None:
             self.metrics.lookups.inc()
             self.metrics.lookup_hits.inc(depth)
