@@ -129,7 +129,9 @@ def outcome(key: RunKey, result: RunResult) -> RunOutcome:
 
 
 def virtual_cluster(workload: WorkloadSpec, scrape_interval: float, seed: int) -> VirtualCluster:
-    profile = get_profile(workload.cluster.profile)
+    profile = get_profile(workload.cluster.profile).with_overrides(
+        num_gpu_blocks=workload.cluster.num_gpu_blocks
+    )
     return VirtualCluster(workload.cluster.endpoints, profile, scrape_interval=scrape_interval, seed=seed)
 
 

@@ -18,7 +18,7 @@ import struct
 import time
 import weakref
 from array import array
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -263,6 +263,9 @@ class KVBlockIndex:
         self._entries: OrderedDict[int, dict[str, float]] = OrderedDict()
         self._pods: dict[str, _PodState] = {}
         self._unit_weights = True  # until a block is held in a tier weighing other than 1
+        # Speculative entries (llm-d's speculativeIndexing): key -> {pod: expiry}, expiring in order.
+        self._speculative: dict[int, dict[str, float]] = {}
+        self._expiries: deque[tuple[float, Sequence[int], str]] = deque()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -401,6 +404,33 @@ class KVBlockIndex:
             if holders is not None and holders.pop(pod, None) is not None and not holders:
                 del entries[key]
 
+    # --- speculative entries ------------------------------------------------------------------
+
+    def add_speculative(self, keys: Sequence[int], pod: str, now: float, ttl: float) -> None:
+        """`pod` is about to compute `keys` (a request was just sent there): count them as held
+        until `now + ttl`, so the requests right behind it find it before its KV events arrive."""
+        self.expire(now)
+        expiry = now + ttl
+        speculative = self._speculative
+        for key in keys:
+            holders = speculative.get(key)
+            if holders is None:
+                speculative[key] = {pod: expiry}
+            else:
+                holders[pod] = expiry
+        self._expiries.append((expiry, keys, pod))
+
+    def expire(self, now: float) -> None:
+        expiries, speculative = self._expiries, self._speculative
+        while expiries and expiries[0][0] <= now:
+            _, keys, pod = expiries.popleft()
+            for key in keys:
+                holders = speculative.get(key)
+                if holders is not None and holders.get(pod, now + 1) <= now:
+                    del holders[pod]
+                    if not holders:
+                        del speculative[key]
+
     # --- lookups ------------------------------------------------------------------------------
 
     def keys_for(self, tokens: Sequence[int], model: str) -> list[int]:
@@ -413,11 +443,14 @@ class KVBlockIndex:
         entries = self._entries
         scores: dict[str, float] = {}
         depth = 0
+        speculative = self._speculative
+        if speculative:
+            merged = self._merged
         if self._unit_weights:  # every holder weighs 1: a pod's score is where its run ends
-            first = entries.get(keys[0]) if keys else None
+            first = (merged(keys[0]) if speculative else entries.get(keys[0])) if keys else None
             alive = {pod for pod in first if pod in pods} if first else set()
             for key in keys:
-                holders = entries.get(key)
+                holders = merged(key) if speculative else entries.get(key)
                 if not holders or not alive:
                     break
                 held = holders.keys()
@@ -427,14 +460,15 @@ class KVBlockIndex:
                     alive &= held
                     if not alive:
                         break
-                entries.move_to_end(key)
+                if key in entries:
+                    entries.move_to_end(key)
                 depth += 1
             for pod in alive:
                 scores[pod] = float(depth)
         else:
             weighted: dict[str, float] | None = None
             for key in keys:
-                holders = entries.get(key)
+                holders = merged(key) if speculative else entries.get(key)
                 if not holders:
                     break
                 source = pods if weighted is None else weighted
@@ -443,7 +477,8 @@ class KVBlockIndex:
                 }
                 if not weighted:
                     break
-                entries.move_to_end(key)
+                if key in entries:
+                    entries.move_to_end(key)
                 depth += 1
                 scores.update(weighted)
         if self.metrics is not None:
@@ -452,6 +487,17 @@ class KVBlockIndex:
             self.metrics.max_pod_hits.inc(depth)
             self.metrics.lookup_latency.observe(time.perf_counter() - started)
         return scores
+
+    def _merged(self, key: int) -> dict[str, float] | None:
+        """Confirmed holders of `key` and speculative ones (weight 1)."""
+        confirmed = self._entries.get(key)
+        guessed = self._speculative.get(key)
+        if guessed is None:
+            return confirmed
+        merged = dict.fromkeys(guessed, 1.0)
+        if confirmed:
+            merged.update(confirmed)
+        return merged
 
     def sample_keys(self, count: int) -> list[int]:
         """Up to `count` most recent keys (for tests and diagnostics)."""

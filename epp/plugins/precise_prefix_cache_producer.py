@@ -13,13 +13,17 @@ from epp.datalayer.tokenize import TOKENIZED_PROMPT
 from epp.datastore import Datastore, Endpoint
 from epp.framework import DataConsumer, Plugin, PluginContext, register
 from epp.kvevents import KVEvent
+from epp.requestcontrol import PreRequest
 from epp.requests import InferenceRequest
 from epp.scheduling.prefix import PREFIX_MATCH
 from epp.scheduling.prefix.precise import PreciseParams, PrecisePrefixCache
+from epp.scheduling.types import SchedulingResult
 
 
 @register
-class PrecisePrefixCacheProducer(Plugin, DataProducer, DataConsumer, EndpointObserver, BackgroundService):
+class PrecisePrefixCacheProducer(
+    Plugin, DataProducer, DataConsumer, PreRequest, EndpointObserver, BackgroundService
+):
     type_name = "precise-prefix-cache-producer"
     Params = PreciseParams
     produces = PREFIX_MATCH
@@ -27,11 +31,16 @@ class PrecisePrefixCacheProducer(Plugin, DataProducer, DataConsumer, EndpointObs
 
     def __init__(self, name: str, params: PreciseParams, context: PluginContext) -> None:
         super().__init__(name, params, context)
-        self.cache = PrecisePrefixCache(name, params, KVIndexMetrics.for_registry(context.metrics.registry))
+        self.cache = PrecisePrefixCache(
+            name, params, KVIndexMetrics.for_registry(context.metrics.registry), context.clock
+        )
 
     def prepare(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
         tokenized = self.consumed(request, TOKENIZED_PROMPT)
         request.attributes[self.name] = self.cache.match(request, tokenized, candidates)
+
+    def pre_request(self, request: InferenceRequest, result: SchedulingResult) -> None:
+        self.cache.speculate(request.attributes.get(self.name), result)
 
     def apply_kv_events(self, pod: str, events: Iterable[KVEvent], model: str = "") -> None:
         """Events of one engine, straight from the virtual-time benchmark (no ZMQ)."""

@@ -19,6 +19,7 @@ from epp.requests import InferenceRequest
 from epp.scheduling.framework import Scorer
 from epp.scheduling.prefix import PREFIX_MATCH, PrefixMatch
 from epp.scheduling.prefix.precise import PreciseParams, PrecisePrefixCache
+from epp.scheduling.types import SchedulingResult
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,9 @@ class PrecisePrefixCacheScorer(
             "prefix-cache-scorer (prefixMatchInfoProducerName) instead",
             name,
         )
-        self.cache = PrecisePrefixCache(name, params, KVIndexMetrics.for_registry(context.metrics.registry))
+        self.cache = PrecisePrefixCache(
+            name, params, KVIndexMetrics.for_registry(context.metrics.registry), context.clock
+        )
 
     def prepare(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
         tokenized = self.consumed(request, TOKENIZED_PROMPT)
@@ -51,6 +54,9 @@ class PrecisePrefixCacheScorer(
             return [0.0] * len(candidates)
         total = match.total_blocks
         return [match.matched_blocks(e) / total for e in candidates]
+
+    def pre_request(self, request: InferenceRequest, result: SchedulingResult) -> None:
+        self.cache.speculate(request.attributes.get(self.name), result)
 
     def apply_kv_events(self, pod: str, events: Iterable[KVEvent], model: str = "") -> None:
         self.cache.apply_kv_events(pod, events, model)

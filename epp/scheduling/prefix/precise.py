@@ -5,7 +5,7 @@ events, and the per-request `PrefixMatch` computed from the prompt's token ids."
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
@@ -19,6 +19,7 @@ from epp.params.strict import StrictModel
 from epp.params.values import Duration
 from epp.requests import InferenceRequest
 from epp.scheduling.prefix.match import PrefixMatch
+from epp.scheduling.types import SchedulingResult
 
 if TYPE_CHECKING:
     from epp.datalayer.kvsubscriber import KVEventIngester, Subscriber
@@ -105,8 +106,6 @@ class PreciseParams(PluginParams):
             out.append("tokenizersPoolConfig is ignored (as in llm-d): token ids come from token-producer")
         if self.kv_events_config.engine_type == "sglang":
             out.append("engineType sglang: SGLang's events are read as vLLM's (same wire format here)")
-        if self.speculative_indexing:
-            out.append("speculativeIndexing is not implemented: only the engines' events fill the index")
         if self.kv_events_config.pod_discovery_config.replay_socket_port:
             out.append("replaySocketPort: replay is not implemented; a sequence gap resynchronises the pod")
         return out
@@ -115,8 +114,11 @@ class PreciseParams(PluginParams):
 class PrecisePrefixCache:
     """The index, its event subscribers and the per-request lookup."""
 
-    def __init__(self, name: str, params: PreciseParams, metrics: KVIndexMetrics) -> None:
+    def __init__(
+        self, name: str, params: PreciseParams, metrics: KVIndexMetrics, clock: Callable[[], float]
+    ) -> None:
         self.name = name
+        self.clock = clock
         self.params = params
         self.metrics = metrics
         processor = params.processor()
@@ -152,12 +154,23 @@ class PrecisePrefixCache:
         if self.max_blocks:
             tokens = tokens[: self.max_blocks * self.block_size]
         keys = self.index.keys_for(tokens, request.target_model)
+        if self.params.speculative_indexing:
+            self.index.expire(self.clock())
         if not keys:
             return PrefixMatch([], {}, self.block_size)
         by_pod = {e.hostport: e for e in candidates}
         scores = self.index.longest_prefix(keys, by_pod)
         matched = {by_pod[pod]: int(score) for pod, score in scores.items() if score >= 1}
         return PrefixMatch(keys, matched, self.block_size)
+
+    def speculate(self, match: object, result: SchedulingResult) -> None:
+        """llm-d's speculativeIndexing: the chosen endpoints hold the prompt's blocks for
+        `speculativeTTL`, until their KV events confirm (or the TTL ends)."""
+        if not self.params.speculative_indexing or not isinstance(match, PrefixMatch) or not match.hashes:
+            return
+        now = self.clock()
+        for endpoint in result.cache_holders():
+            self.index.add_speculative(match.hashes, endpoint.hostport, now, self.params.speculative_ttl)
 
     # --- events -------------------------------------------------------------------------------
 

@@ -201,3 +201,16 @@ def test_the_index_follows_the_engines_cache_under_eviction() -> None:
             assert idx.longest_prefix(keys, {pod}).get(pod, 0.0) == held, (n, pod)
             checked += held > 0
     assert checked > 0
+
+
+def test_speculative_entries_count_until_they_expire() -> None:
+    idx = index(16)
+    tokens = list(range(48))
+    keys = idx.keys_for(tokens, M)
+    idx.apply("confirmed", M, [stored(tokens[:16], 16)])
+    idx.add_speculative(keys, "guess", now=10.0, ttl=2.0)
+    assert idx.longest_prefix(keys, {"guess", "confirmed"}) == {"guess": 3.0, "confirmed": 1.0}
+    idx.expire(11.9)
+    assert idx.longest_prefix(keys, {"guess"}) == {"guess": 3.0}
+    idx.expire(12.0)
+    assert idx.longest_prefix(keys, {"guess", "confirmed"}) == {"confirmed": 1.0}

@@ -234,3 +234,29 @@ async def test_director_awaits_tokenization_and_survives_its_failure(sim_url: st
         for plugin_ in components.plugins.values():
             if isinstance(plugin_, TokenProducer):
                 await plugin_.stop()
+
+
+def test_speculative_indexing_marks_the_pick_until_events_arrive() -> None:
+    from epp.scheduling.types import ProfileResult, SchedulingResult
+    from tests.unit.plugin_helpers import FakeClock
+
+    clock = FakeClock(100.0)
+    producer = plugin(
+        PrecisePrefixCacheProducer,
+        {"speculativeIndexing": True, "speculativeTTL": "2s", "tokenProcessorConfig": {"blockSize": 16}},
+        context(clock=clock),
+    )
+    producer.bind_producer(next(iter(producer.consumes)), "tok")
+    pods = endpoints(2)
+    request = chat_request("x")
+    request.attributes["tok"] = TokenizedPrompt(list(range(64)), "render")
+    producer.prepare(request, pods)
+    producer.pre_request(request, SchedulingResult({"default": ProfileResult([pods[1]])}, "default"))
+    follower = chat_request("x")
+    follower.attributes["tok"] = TokenizedPrompt(list(range(64)), "render")
+    producer.prepare(follower, pods)
+    assert follower.attributes[producer.name].matched_blocks(pods[1]) == 4
+    clock.now = 102.5
+    producer.cache.index.expire(clock.now)
+    producer.prepare(follower, pods)
+    assert follower.attributes[producer.name].matched_blocks(pods[1]) == 0
