@@ -4,6 +4,7 @@ events, and the per-request `PrefixMatch` computed from the prompt's token ids."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -141,6 +142,7 @@ class PrecisePrefixCache:
         self._ingester: KVEventIngester | None = None
         self._central: Subscriber | None = None
         self._per_pod: dict[str, Subscriber] = {}
+        self._stopping: set[asyncio.Task[None]] = set()
 
     # --- per request --------------------------------------------------------------------------
 
@@ -186,9 +188,9 @@ class PrecisePrefixCache:
             self.index.clear_pod(pod)
         subscriber = self._per_pod.pop(pod, None)
         if subscriber is not None:
-            import asyncio
-
-            asyncio.get_running_loop().create_task(subscriber.stop())
+            task = asyncio.get_running_loop().create_task(subscriber.stop())
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
 
     def _endpoint_added(self, endpoint: Endpoint) -> None:
         pod = endpoint.hostport
@@ -237,3 +239,5 @@ class PrecisePrefixCache:
         self._central = None
         for subscriber in subscribers:
             await subscriber.stop()
+        if self._stopping:
+            await asyncio.gather(*self._stopping)

@@ -260,3 +260,41 @@ def test_speculative_indexing_marks_the_pick_until_events_arrive() -> None:
     producer.cache.index.expire(clock.now)
     producer.prepare(follower, pods)
     assert follower.attributes[producer.name].matched_blocks(pods[1]) == 0
+
+
+async def test_per_pod_mode_follows_the_pool() -> None:
+    import asyncio
+
+    import zmq
+    import zmq.asyncio
+
+    from epp.kvevents import encode_batch
+
+    publisher = zmq.asyncio.Context.instance().socket(zmq.PUB)
+    publisher.setsockopt(zmq.LINGER, 0)
+    port = publisher.bind_to_random_port("tcp://127.0.0.1")
+    producer = plugin(
+        PrecisePrefixCacheProducer,
+        {"kvEventsConfig": {"discoverPods": True, "podDiscoveryConfig": {"socketPort": port}}},
+    )
+    datastore = Datastore()
+    datastore.subscribe(on_removed=producer.endpoint_removed)
+    await producer.start(datastore)
+    try:
+        datastore.replace_all([EndpointSpec(name="p0", address="127.0.0.1", port=8000)])
+        assert list(producer.cache._per_pod) == ["127.0.0.1:8000"]
+        tokens = list(range(32))
+        payload = encode_batch(
+            [BlockStored(prompt_block_hashes(tokens, 16, "e"), None, tokens, None)], 0.0, 16, {}
+        )
+        for seq in range(400):  # until the connection is up
+            await publisher.send_multipart([b"kv@ignored@m", seq.to_bytes(8, "big"), payload])
+            if producer.cache.index.pods():
+                break
+            await asyncio.sleep(0.01)
+        assert producer.cache.index.pods() == ["127.0.0.1:8000"]
+        datastore.replace_all([])
+        assert producer.cache.index.pods() == [] and not producer.cache._per_pod
+    finally:
+        await producer.stop()
+        publisher.close()
