@@ -87,6 +87,10 @@ class KVEventIngester:
             return
         if pod_override is not None:
             pod = pod_override
+        elif pod.count(":") > 1 and not pod.startswith("["):
+            # llm-d writes IPv6 pod ids unbracketed (`kv@fd00::1:8000@m`); endpoints are bracketed.
+            host, _, port = pod.rpartition(":")
+            pod = f"[{host}]:{port}"
         seq = int.from_bytes(frames[1][-8:], "big")
         self.message(Message(pod, model, seq, frames[2]))
 
@@ -174,7 +178,6 @@ class Subscriber:
 
     async def _run(self, socket: zmq.asyncio.Socket, label: str) -> None:
         ingester = self.ingester
-        override = self.pod_override
         while True:
             try:
                 frames = await socket.recv_multipart()
@@ -182,7 +185,7 @@ class Subscriber:
                 ingester.metrics.zmq_errors.labels(label, "recv").inc()
                 await asyncio.sleep(0.1)
                 continue
-            ingester.frames(frames, override)
+            self._apply(frames, label)
             # Drain what is already queued without awaiting the loop for each message, then yield.
             for _ in range(YIELD_EVERY - 1):
                 try:
@@ -192,8 +195,16 @@ class Subscriber:
                 except zmq.ZMQError:
                     ingester.metrics.zmq_errors.labels(label, "recv").inc()
                     break
-                ingester.frames(frames, override)
+                self._apply(frames, label)
             await asyncio.sleep(0)
+
+    def _apply(self, frames: list[bytes], label: str) -> None:
+        """One message; a bug in applying it is logged and counted, never the reader's end."""
+        try:
+            self.ingester.frames(frames, self.pod_override)
+        except Exception:
+            log.exception("KV events from %s: failed to apply a message; skipped", label)
+            self.ingester.metrics.dropped.labels("apply_error").inc()
 
 
 def _now(pending: Any) -> list[bytes]:

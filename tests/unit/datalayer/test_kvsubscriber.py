@@ -128,3 +128,9 @@ async def test_per_pod_mode_names_the_pod_by_its_endpoint() -> None:
     finally:
         publisher.close()
         await subscriber.stop()
+
+
+def test_ipv6_topics_name_the_bracketed_endpoint() -> None:
+    ing = ingester(known={"[fd00::1]:8000"})
+    ing.frames(frames(0, store(0), topic=b"kv@fd00::1:8000@m"))
+    assert ing.index.pods() == ["[fd00::1]:8000"]
