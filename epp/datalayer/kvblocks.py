@@ -233,6 +233,12 @@ class _EngineBlock:
     refs: int = 1
 
 
+def _as_map(holders: str | dict[str, float] | None) -> dict[str, float]:
+    if holders is None:
+        return {}
+    return {holders: 1.0} if isinstance(holders, str) else holders
+
+
 class _PodState:
     __slots__ = ("blocks", "keys")
 
@@ -260,7 +266,9 @@ class KVBlockIndex:
         self.pod_cache_size = pod_cache_size
         self.tier_weights = dict(tier_weights)
         self.metrics = metrics
-        self._entries: OrderedDict[int, dict[str, float]] = OrderedDict()
+        # key -> its holders: a pod's name when one pod holds it at weight 1 (most keys; a dict per
+        # key would double the index's memory), else {pod: weight}.
+        self._entries: OrderedDict[int, str | dict[str, float]] = OrderedDict()
         self._pods: dict[str, _PodState] = {}
         self._unit_weights = True  # until a block is held in a tier weighing other than 1
         # Speculative entries (llm-d's speculativeIndexing): key -> {pod: expiry}, expiring in order.
@@ -274,7 +282,7 @@ class KVBlockIndex:
         return list(self._pods)
 
     def holders(self, key: int) -> Mapping[str, float]:
-        return self._entries.get(key, {})
+        return _as_map(self._entries.get(key))
 
     # --- events -------------------------------------------------------------------------------
 
@@ -345,23 +353,27 @@ class KVBlockIndex:
 
     def _admit(self, keys: Sequence[int], pod: str, weight: float, state: _PodState, count: bool) -> None:
         entries = self._entries
+        if weight != 1.0:
+            self._unit_weights = False
         for key in keys:
+            if count:
+                state.keys[key] = state.keys.get(key, 0) + 1
             holders = entries.get(key)
             if holders is None:
-                holders = entries[key] = {}
+                entries[key] = pod if weight == 1.0 else {pod: weight}
                 if self.metrics is not None:
                     self.metrics.admissions.inc()
-            else:
-                entries.move_to_end(key)
-            if weight != 1.0:
-                self._unit_weights = False
+                continue
+            entries.move_to_end(key)
+            if isinstance(holders, str):
+                if holders == pod:
+                    continue  # held at weight 1 already, the highest
+                holders = entries[key] = {holders: 1.0}
             if holders.get(pod, 0.0) < weight:
                 holders.pop(pod, None)
                 holders[pod] = weight
                 while len(holders) > self.pod_cache_size:
                     del holders[next(iter(holders))]
-            if count:
-                state.keys[key] = state.keys.get(key, 0) + 1
         while len(entries) > self.size:
             entries.popitem(last=False)
             if self.metrics is not None:
@@ -389,20 +401,26 @@ class KVBlockIndex:
                 state.keys[key] = count
                 continue
             state.keys.pop(key, None)
-            holders = self._entries.get(key)
-            if holders is not None and holders.pop(pod, None) is not None and not holders:
-                del self._entries[key]
+            self._drop_holder(key, pod)
 
     def clear_pod(self, pod: str) -> None:
         """Forget everything `pod` holds (AllBlocksCleared, a resync, or the pod left the pool)."""
         state = self._pods.pop(pod, None)
         if state is None:
             return
-        entries = self._entries
         for key in state.keys:
-            holders = entries.get(key)
-            if holders is not None and holders.pop(pod, None) is not None and not holders:
+            self._drop_holder(key, pod)
+
+    def _drop_holder(self, key: int, pod: str) -> None:
+        entries = self._entries
+        holders = entries.get(key)
+        if holders is None:
+            return
+        if isinstance(holders, str):
+            if holders == pod:
                 del entries[key]
+        elif holders.pop(pod, None) is not None and not holders:
+            del entries[key]
 
     # --- speculative entries ------------------------------------------------------------------
 
@@ -448,11 +466,26 @@ class KVBlockIndex:
             merged = self._merged
         if self._unit_weights:  # every holder weighs 1: a pod's score is where its run ends
             first = (merged(keys[0]) if speculative else entries.get(keys[0])) if keys else None
-            alive = {pod for pod in first if pod in pods} if first else set()
+            if isinstance(first, str):
+                alive = {first} if first in pods else set()
+            else:
+                alive = {pod for pod in first if pod in pods} if first else set()
             for key in keys:
                 holders = merged(key) if speculative else entries.get(key)
                 if not holders or not alive:
                     break
+                if isinstance(holders, str):  # one holder
+                    if holders not in alive:
+                        break
+                    if len(alive) > 1:
+                        for pod in alive:
+                            if pod != holders:
+                                scores[pod] = float(depth)
+                        alive = {holders}
+                    if key in entries:
+                        entries.move_to_end(key)
+                    depth += 1
+                    continue
                 held = holders.keys()
                 if not alive <= held:
                     for pod in alive - held:
@@ -473,7 +506,9 @@ class KVBlockIndex:
                     break
                 source = pods if weighted is None else weighted
                 weighted = {
-                    pod: (weighted or {}).get(pod, 0.0) + w for pod, w in holders.items() if pod in source
+                    pod: (weighted or {}).get(pod, 0.0) + w
+                    for pod, w in _as_map(holders).items()
+                    if pod in source
                 }
                 if not weighted:
                     break
@@ -488,15 +523,14 @@ class KVBlockIndex:
             self.metrics.lookup_latency.observe(time.perf_counter() - started)
         return scores
 
-    def _merged(self, key: int) -> dict[str, float] | None:
+    def _merged(self, key: int) -> str | dict[str, float] | None:
         """Confirmed holders of `key` and speculative ones (weight 1)."""
         confirmed = self._entries.get(key)
         guessed = self._speculative.get(key)
         if guessed is None:
             return confirmed
         merged = dict.fromkeys(guessed, 1.0)
-        if confirmed:
-            merged.update(confirmed)
+        merged.update(_as_map(confirmed))
         return merged
 
     def sample_keys(self, count: int) -> list[int]:

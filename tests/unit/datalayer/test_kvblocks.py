@@ -214,3 +214,21 @@ def test_speculative_entries_count_until_they_expire() -> None:
     assert idx.longest_prefix(keys, {"guess"}) == {"guess": 3.0}
     idx.expire(12.0)
     assert idx.longest_prefix(keys, {"guess", "confirmed"}) == {"confirmed": 1.0}
+
+
+def test_holders_grow_and_shrink_between_one_and_several() -> None:
+    idx = index(16)
+    tokens = list(range(16))
+    first, second = stored(tokens, 16), stored(tokens, 16)
+    idx.apply("a", M, [first])
+    (key,) = idx.keys_for(tokens, M)
+    assert idx.holders(key) == {"a": 1.0}
+    idx.apply("b", M, [second])
+    idx.apply("a", M, [stored(tokens, 16, medium="CPU")])  # a lower tier does not lower a's weight
+    assert idx.holders(key) == {"a": 1.0, "b": 1.0}
+    idx.apply("a", M, [BlockRemoved(first.block_hashes)])  # the GPU copy: the CPU one remains
+    assert set(idx.holders(key)) == {"a", "b"}
+    idx.apply("a", M, [BlockRemoved(first.block_hashes, medium="CPU")])
+    assert idx.longest_prefix([key], {"a", "b"}) == {"b": 1.0}
+    idx.apply("b", M, [BlockRemoved(second.block_hashes)])
+    assert len(idx) == 0
