@@ -160,6 +160,11 @@ async def scenario(stack: Stack, precise: bool) -> tuple[str, str, int, int]:
         if precise:
             await settled(client, stack, lost)
         final, cached_final = await chat(client, gateway, PROMPT)
+        if precise:  # the render API tokenized every request, and lookups found blocks
+            page = (await client.get(f"http://127.0.0.1:{stack.epp_ports['metrics_port']}/metrics")).text
+            assert "llm_d_epp_tokenization_fallbacks_total{" not in page
+            hits = re.search(r"^llm_d_epp_kv_cache_index_lookup_hits_total (\S+)$", page, re.MULTILINE)
+            assert hits is not None and float(hits.group(1)) > 0
         return first, final, cached_again, cached_final
 
 
