@@ -298,3 +298,44 @@ async def test_per_pod_mode_follows_the_pool() -> None:
     finally:
         await producer.stop()
         publisher.close()
+
+
+def test_two_epps_fed_the_same_events_route_the_same_requests_the_same_way() -> None:
+    from epp.sim.engine import Engine, Request
+
+    text = (UPSTREAM / "llmd-router-ebab687__deploy__config__sim-epp-kvcache-config.yaml").read_text()
+    text = text.replace("tcp://0.0.0.0:5557", '""')  # no socket: events are applied directly
+    specs = [EndpointSpec(name=f"p{i}", address=f"10.0.0.{i + 1}", port=8000) for i in range(3)]
+    directors = []
+    for _ in range(2):
+        datastore = Datastore()
+        datastore.replace_all(specs)
+        directors.append(build_director(load_config(text), datastore, context(seed=5)))
+    engines = [Engine(TINY_TEST.with_overrides(num_gpu_blocks=40), "m", record_kv_events=True) for _ in specs]
+    now = 0.0
+    decisions: list[list[str]] = [[], []]
+    for n in range(30):
+        content = f"group {n % 4} shares this system prompt " * 12 + f"question {n}"
+        raw = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": content}]})
+        headers = {":path": "/v1/chat/completions", ":method": "POST"}
+        tokens = tokenize(render_chat([("user", content)]))
+        for copy, (director, components) in enumerate(directors):
+            producer = components.plugins["token-producer"]
+            assert isinstance(producer, TokenProducer)
+            producer.sync_tokenizer = lambda _request, tokens=tokens: tokens  # the render API's answer
+            routed = director.handle_body(raw, headers, None)
+            decisions[copy].append(routed.result.targets[0].name)
+            routed.finish()
+        engine = engines[int(decisions[0][-1][1:])]
+        engine.add(Request(f"r{n}", tokens, 2, now))
+        while engine.has_work():
+            now = max(now, engine.step(now).end)
+            events = engine.drain_kv_events()
+            for _, components in directors:
+                cache = components.plugins["precise-prefix-cache-producer"]
+                assert isinstance(cache, PrecisePrefixCacheProducer)
+                cache.apply_kv_events(f"10.0.0.{int(decisions[0][-1][1:]) + 1}:8000", events, "m")
+    assert decisions[0] == decisions[1]
+    assert len(set(decisions[0])) > 1
+    hits = directors[0][0].metrics.registry.get_sample_value("llm_d_epp_kv_cache_index_lookup_hits_total")
+    assert hits is not None and hits > 0  # the decisions did follow cached blocks
