@@ -58,6 +58,8 @@ class BlockStored:
     lora_id: int | None = field(default=None, repr=False)
     group_idx: int | None = field(default=None, repr=False)
     kv_cache_spec_kind: str | None = field(default=None, repr=False)
+    # Per block: what else vLLM hashed into it (multimodal hashes, cache_salt in block 0), or None.
+    extra_keys: list[Any] | None = field(default=None, repr=False)
 
 
 @dataclass(slots=True)
@@ -194,7 +196,7 @@ def decode_event(raw: Any) -> KVEvent | None:
     else:
         raise KVEventError("an event is neither an array nor a map")
     if tag == "BlockStored":
-        hashes, parent, tokens, size, lora_id, medium, lora, _, group, kind = _fields(raw, _STORED_FIELDS)
+        hashes, parent, tokens, size, lora_id, medium, lora, extra, group, kind = _fields(raw, _STORED_FIELDS)
         if not isinstance(hashes, list):
             raise KVEventError("BlockStored without block_hashes")
         return BlockStored(
@@ -207,6 +209,7 @@ def decode_event(raw: Any) -> KVEvent | None:
             _opt_int(lora_id),
             _opt_int(group),
             _opt_str(kind),
+            extra if isinstance(extra, list) else None,
         )
     if tag == "BlockRemoved":
         hashes, medium, group = _fields(raw, _REMOVED_FIELDS)

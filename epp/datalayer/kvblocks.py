@@ -311,6 +311,12 @@ class KVBlockIndex:
         if len(tokens) % len(hashes):
             self._skip(event, "non_dense_block_span")
             return
+        if event.extra_keys and any(extra is not None for extra in event.extra_keys):
+            # Salted or multimodal blocks: vLLM keyed them by more than their tokens, which these
+            # keys do not include; indexing them would match unsalted text prompts. Their children
+            # then have an unknown parent and are skipped too.
+            self._skip(event, "extra_keys")
+            return
         per_block = len(tokens) // len(hashes)
         if per_block == 0 or (event.block_size and per_block != event.block_size):
             self._skip(event, "invalid_block_size")

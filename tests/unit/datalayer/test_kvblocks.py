@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
+import msgpack
 import pytest
 import xxhash
 from prometheus_client import CollectorRegistry
@@ -232,3 +233,18 @@ def test_holders_grow_and_shrink_between_one_and_several() -> None:
     assert idx.longest_prefix([key], {"a", "b"}) == {"b": 1.0}
     idx.apply("b", M, [BlockRemoved(second.block_hashes)])
     assert len(idx) == 0
+
+
+def test_salted_or_multimodal_blocks_are_not_indexed_as_plain_text() -> None:
+    from epp.kvevents import decode_events
+
+    idx = index(16)
+    tokens = list(range(32))
+    raw = ["BlockStored", [1, 2], None, tokens, 16, None, "GPU", None, [["salt-abc"], None]]
+    (event,) = decode_events(msgpack.packb([0.0, [raw]]))
+    idx.apply("p", M, [event])
+    idx.apply("p", M, [BlockStored([3], 2, list(range(32, 48)), None)])  # its child: unknown parent
+    assert len(idx) == 0
+    plain = ["BlockStored", [4, 5], None, tokens, 16, None, "GPU", None, [None, None]]
+    idx.apply("p", M, decode_events(msgpack.packb([0.0, [plain]])))
+    assert len(idx) == 2
