@@ -52,33 +52,24 @@ def filler(n: int) -> str:
     return f"Unrelated filler {n}: " + " ".join(f"word{n}x{i} padding text here" for i in range(110))
 
 
-class KVStack(Stack):
-    """A stack whose EPP config is written once the simulators' ports are known."""
-
-    config_text = ""
-
-    def __init__(self, run_dir: Path, events_port: int, config_text: str) -> None:
-        super().__init__(
-            stack_config(
-                run_dir,
-                sims=2,
-                sim_args=[
-                    "--profile=tiny-test",
-                    f"--num-gpu-blocks={BLOCKS}",
-                    f"--kv-events-endpoint=tcp://127.0.0.1:{events_port}",
-                ],
-            )
+def kv_stack(run_dir: Path, events_port: int, config_text: str) -> Stack:
+    """Two simulators with small KV caches publishing to `events_port`; the EPP's config has the
+    first simulator's URL for the render API and binds the central socket on `events_port`."""
+    text = config_text.replace("http://localhost:8000", "${SIM_URL}")
+    text = text.replace("tcp://0.0.0.0:5557", f"tcp://127.0.0.1:{events_port}")
+    text = text.replace("TinyLlama/TinyLlama-1.1B-Chat-v1.0", MODEL)
+    return Stack(
+        stack_config(
+            run_dir,
+            sims=2,
+            sim_args=[
+                "--profile=tiny-test",
+                f"--num-gpu-blocks={BLOCKS}",
+                f"--kv-events-endpoint=tcp://127.0.0.1:{events_port}",
+            ],
+            epp_config_template=text,
         )
-        self.events_port = events_port
-        self.template = config_text
-
-    async def start_epp(self) -> None:
-        render = f"http://{self.sims[0].host}:{self.sims[0].port}"
-        text = self.template.replace("http://localhost:8000", render)
-        text = text.replace("tcp://0.0.0.0:5557", f"tcp://127.0.0.1:{self.events_port}")
-        text = text.replace("TinyLlama/TinyLlama-1.1B-Chat-v1.0", MODEL)
-        self.config.epp_args = [*self.config.epp_args, "--config-text", text]
-        await super().start_epp()
+    )
 
 
 async def chat(client: httpx.AsyncClient, url: str, content: str) -> tuple[str, int]:
@@ -169,13 +160,13 @@ async def scenario(stack: Stack, precise: bool) -> tuple[str, str, int, int]:
 
 
 async def test_precise_routing_follows_eviction_where_approximate_does_not(tmp_path: Path) -> None:
-    async with KVStack(tmp_path / "precise", free_port(), PRECISE_CONFIG.read_text()) as stack:
+    async with kv_stack(tmp_path / "precise", free_port(), PRECISE_CONFIG.read_text()) as stack:
         x, final, again, cached = await scenario(stack, precise=True)
     assert again > 0, "the second request should hit the first one's blocks"
     assert final != x, "precise routing should leave the simulator that evicted the prompt"
     assert cached >= again, (cached, again)
 
-    async with KVStack(tmp_path / "approx", free_port(), APPROX_CONFIG) as stack:
+    async with kv_stack(tmp_path / "approx", free_port(), APPROX_CONFIG) as stack:
         x, final, again, cached = await scenario(stack, precise=False)
     assert again > 0
     assert final == x, "the approximate index only knows where it sent the prompt"
