@@ -326,7 +326,7 @@ class KVBlockIndex:
             state = self._pods[pod] = _PodState()
         model = event.lora_name or model
         processor = self.processor
-        if event.parent_block_hash is None:
+        if not event.parent_block_hash:  # None, or 0 as older engines write the root (as llm-d reads it)
             chain = processor.root(model)
             tail: tuple[int, ...] = ()
         else:
