@@ -120,6 +120,8 @@ class TokenProducer(Plugin, DataProducer, AsyncDataProducer, BackgroundService):
     async def prepare_async(self, request: InferenceRequest) -> None:
         if self.remote is None or request.api not in (ApiKind.CHAT, ApiKind.COMPLETIONS):
             return
+        if _token_prompt(request) is not None:
+            return  # already token ids: `prepare` takes them as they are
         try:
             result = await self.remote.tokenize(request.body, request.api is ApiKind.CHAT)
         except TokenizeError as exc:
@@ -131,6 +133,10 @@ class TokenProducer(Plugin, DataProducer, AsyncDataProducer, BackgroundService):
         if self.name in request.attributes or request.api not in (ApiKind.CHAT, ApiKind.COMPLETIONS):
             return
         chat = request.api is ApiKind.CHAT
+        given = _token_prompt(request)
+        if given is not None:
+            request.attributes[self.name] = TokenizedPrompt(given, "prompt")
+            return
         if self.sync_tokenizer is not None:
             ids = self.sync_tokenizer(request)
             if ids is not None:
@@ -138,9 +144,6 @@ class TokenProducer(Plugin, DataProducer, AsyncDataProducer, BackgroundService):
             return
         if self.local is not None and not chat:
             prompt = request.body.get("prompt")
-            if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-                request.attributes[self.name] = TokenizedPrompt(list(prompt), "local")
-                return
             if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
                 prompt = prompt[0]
             if isinstance(prompt, str):
@@ -165,3 +168,19 @@ class TokenProducer(Plugin, DataProducer, AsyncDataProducer, BackgroundService):
                 self.name,
                 detail,
             )
+
+
+def _token_prompt(request: InferenceRequest) -> list[int] | None:
+    """A completions prompt given as token ids (one prompt, or the first of several)."""
+    if request.api is not ApiKind.COMPLETIONS:
+        return None
+    prompt = request.body.get("prompt")
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], list):
+        prompt = prompt[0]
+    if (
+        isinstance(prompt, list)
+        and prompt
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+    ):
+        return list(prompt)
+    return None

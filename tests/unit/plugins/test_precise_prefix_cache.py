@@ -339,3 +339,15 @@ def test_two_epps_fed_the_same_events_route_the_same_requests_the_same_way() -> 
     assert len(set(decisions[0])) > 1
     hits = directors[0][0].metrics.registry.get_sample_value("llm_d_epp_kv_cache_index_lookup_hits_total")
     assert hits is not None and hits > 0  # the decisions did follow cached blocks
+
+
+async def test_token_id_prompts_are_taken_as_they_are() -> None:
+    producer = plugin(TokenProducer, {"modelName": "m", "vllm": {"url": "http://127.0.0.1:9"}})
+    request = InferenceRequest(
+        "r", ApiKind.COMPLETIONS, "/v1/completions", "m", {}, body={"model": "m", "prompt": [[5, 6, 7]]}
+    )
+    await producer.prepare_async(request)  # no round trip (nothing listens there)
+    producer.prepare(request, [])
+    assert request.attributes[producer.name] == TokenizedPrompt([5, 6, 7], "prompt")
+    assert producer.metrics.tokenization_fallbacks.labels("vllm", "connection")._value.get() == 0
+    await producer.stop()
