@@ -37,6 +37,7 @@ class RealtimeCluster:
     profile: str
     time_scale: float = 1.0
     scrape_interval: float = 0.05  # wall seconds
+    num_gpu_blocks: int | None = None  # the workload's KV-cache override
 
 
 def stack_config(policy: RealtimePolicy, cluster: RealtimeCluster, run_dir: Path) -> StackConfig:
@@ -49,6 +50,8 @@ def stack_config(policy: RealtimePolicy, cluster: RealtimeCluster, run_dir: Path
         else:
             epp_args.append(f"--config-file={policy.config.resolve()}")
     sim_args = [f"--profile={cluster.profile}", f"--time-scale={cluster.time_scale:g}"]
+    if cluster.num_gpu_blocks is not None:
+        sim_args.append(f"--num-gpu-blocks={cluster.num_gpu_blocks}")
     if policy.kv_events_endpoint:
         sim_args.append(f"--kv-events-endpoint={policy.kv_events_endpoint}")
     return StackConfig(

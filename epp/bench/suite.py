@@ -212,6 +212,7 @@ class SuiteRunner:
             cluster = RealtimeCluster(
                 endpoints=workload.cluster.endpoints,
                 profile=workload.cluster.profile,
+                num_gpu_blocks=workload.cluster.num_gpu_blocks,
                 time_scale=self.time_scale,
                 scrape_interval=self.scrape_interval * self.time_scale,
             )
