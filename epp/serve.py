@@ -21,6 +21,7 @@ from epp.config.loader import load_config, load_config_file
 from epp.config.model import PickerConfig
 from epp.config.objectives import load_objectives_file
 from epp.config.rewrites import load_model_rewrites_file
+from epp.datalayer import BackgroundService
 from epp.datalayer.overrides import ScrapeOverrides
 from epp.datalayer.scraper import DEFAULT_INTERVAL, MetricsScraper
 from epp.datastore import Datastore
@@ -115,6 +116,7 @@ class EndpointPicker:
             self.live_view.routes(),
             self.live_view.on_shutdown,
         )
+        self.services = [p for p in components.plugins.values() if isinstance(p, BackgroundService)]
         self.scraper: MetricsScraper | None = None
         if components.scrape is not None:
             self.scraper = MetricsScraper(
@@ -146,6 +148,8 @@ class EndpointPicker:
         credentials = self.certificate.credentials()
         await self.certificate.start()
         tracing.configure(self.options.observe.tracing)
+        for service in self.services:  # before discovery, so they hear of every endpoint
+            await service.start(self.datastore)
         if self.scraper is not None:
             await self.scraper.start()
         if self.options.pool is not None:
@@ -236,6 +240,8 @@ class EndpointPicker:
             await self._selector_discovery.stop()
         if self.scraper is not None:
             await self.scraper.stop()
+        for service in self.services:
+            await service.stop()
         if self._kube is not None:
             await self._kube.close()
 

@@ -20,6 +20,7 @@ from epp.headers import (
     SERVED_KEY,
 )
 from epp.requestcontrol import Director, RoutedRequest
+from epp.requestcontrol.director import ParsedBody
 from epp.requests import ErrorCode, RequestError
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class ExtProcStream:
         # The request's headers or body ended, or its trailers came: nothing of it may follow.
         self._request_ended = False
         self._trace: RequestTrace | None = None  # tracing on: this exchange's spans
+        self._prepared: ParsedBody | None = None
         self.done = False
 
     # --- entry point -------------------------------------------------------------------------
@@ -95,6 +97,27 @@ class ExtProcStream:
                 yield from self._response_trailers()
         except RequestError as error:
             yield self._reject(error)
+
+    async def prepare(self, message: ext_proc.ProcessingRequest) -> None:
+        """Await the director's async data producers (tokenization) when `message` completes the
+        request body, before `handle` routes it. A no-op unless such producers are configured."""
+        if not self._director.prepares_async or self._routed is not None or self._trailers_seen:
+            return
+        kind = message.WhichOneof("request")
+        if self._request_ended and kind == "request_body":
+            return  # a protocol violation `handle` answers
+        if kind == "request_body":
+            body = message.request_body
+            if not (body.end_of_stream or self._request_mode == BodyMode.BUFFERED):
+                return
+            raw = bytes(self._body) + body.body
+        elif kind == "request_trailers":
+            raw = bytes(self._body)
+        else:
+            return
+        if len(raw) > self._options.max_body_bytes:
+            return
+        self._prepared = await self._director.prepare_body(raw, self._headers, self._trace)
 
     def close(self) -> None:
         """The stream ended, however it ended: release the request's load exactly once."""
@@ -169,7 +192,8 @@ class ExtProcStream:
 
     def _route(self, end_of_stream: bool) -> Iterator[ext_proc.ProcessingResponse]:
         raw = bytes(self._body)
-        self._routed = self._director.handle_body(raw, self._headers, self._subset, self._trace)
+        prepared, self._prepared = self._prepared, None
+        self._routed = self._director.handle_body(raw, self._headers, self._subset, self._trace, prepared)
         body = self._routed.body if self._routed.body is not None else raw
         common = self._routing_common(new_body_size=len(body) if self._routed.body is not None else None)
         metadata = messages.destination_metadata(self._routed.destination, self._routed.request.stream)

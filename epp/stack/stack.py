@@ -75,6 +75,10 @@ class StackConfig:
     # Mutual TLS between Envoy and the EPP (with envoy.epp_tls): a CA made for this run issues the
     # EPP's certificate (SAN "epp") and Envoy's client certificate; each verifies the other.
     mutual_tls: bool = True
+    # EPP config text naming `${SIM_URL}` (the first simulator's base URL, e.g. token-producer's
+    # render API): written to the run directory once the simulators are up and passed as
+    # --config-file.
+    epp_config_template: str = ""
 
 
 class Stack:
@@ -272,10 +276,20 @@ class Stack:
             f"--envoy-eds-file={self.pool_eds_file}",
             f"--ready-file={ready}",
             *self.config.epp_args,
+            *self._templated_config(),
         )
         self.epp = ManagedProcess("epp", argv, self.run_dir / "epp.log")
         await self.epp.start()
         self.epp_ports = await wait_until(ready_file_probe(ready), "the EPP", STARTUP_TIMEOUT, [self.epp])
+
+    def _templated_config(self) -> list[str]:
+        if not self.config.epp_config_template:
+            return []
+        first = self.serving_endpoints[0]
+        text = self.config.epp_config_template.replace("${SIM_URL}", f"http://{first.host}:{first.port}")
+        path = self.run_dir / "epp-config.yaml"
+        path.write_text(text)
+        return [f"--config-file={path}"]
 
     async def stop_epp(self) -> None:
         if self.epp is not None:
