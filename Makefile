@@ -6,10 +6,16 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install chromium redis run test lint typecheck unit e2e kind-e2e bench bench-quick clean
 
+# xds-protos ships an older copy of OpenTelemetry's generated protos under the same module paths,
+# and whichever package pip installs last wins; reinstalling opentelemetry-proto's own files makes
+# the OTLP exporters (--tracing) import the protos they were built against.
+OTEL_PROTO_VERSION = $(BIN)/python -c "import importlib.metadata as m; print(m.version('opentelemetry-proto'))"
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --force-reinstall --no-deps "opentelemetry-proto==$$($(OTEL_PROTO_VERSION))"
 	touch $(STAMP)
 
 install: $(STAMP) chromium redis

@@ -24,10 +24,12 @@ from epp.config.loader import load_config, load_config_file
 from epp.config.model import PickerConfig
 from epp.config.objectives import load_objectives_file
 from epp.config.rewrites import load_model_rewrites_file
+from epp.datalayer import BackgroundService
 from epp.datalayer.overrides import ScrapeOverrides
 from epp.datalayer.scraper import DEFAULT_INTERVAL, MetricsScraper
 from epp.datastore import Datastore
 from epp.discovery import kubernetes as k8s_discovery
+from epp.discovery.eds import EdsFileWriter
 from epp.discovery.k8s import leader as election
 from epp.discovery.k8s.client import api_client
 from epp.discovery.static import DiscoveryError, FileDiscovery, parse_endpoint_flag
@@ -63,6 +65,7 @@ class ServeOptions:
     metrics_port: int = 9090
     pool_name: str = "standalone"
     endpoints_file: Path | None = None
+    envoy_eds_file: Path | None = None  # set: keep the pool there as an Envoy EDS file
     endpoints: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
     refresh_metrics_interval: float = DEFAULT_INTERVAL
@@ -135,6 +138,7 @@ class EndpointPicker:
             self.live_view.routes(),
             self.live_view.on_shutdown,
         )
+        self.services = [p for p in components.plugins.values() if isinstance(p, BackgroundService)]
         self.scraper: MetricsScraper | None = None
         if components.scrape is not None:
             self.scraper = MetricsScraper(
@@ -166,6 +170,8 @@ class EndpointPicker:
         credentials = self.certificate.credentials()
         await self.certificate.start()
         tracing.configure(self.options.observe.tracing)
+        for service in self.services:  # before discovery, so they hear of every endpoint
+            await service.start(self.datastore)
         if self.scraper is not None:
             await self.scraper.start()
         if self.options.pool is not None:
@@ -199,6 +205,8 @@ class EndpointPicker:
                 parse_endpoint_flag(e, self.options.models, metrics_port) for e in self.options.endpoints
             ]
             self.datastore.replace_all(specs)
+        if self.options.envoy_eds_file is not None:
+            EdsFileWriter(self.datastore, self.options.envoy_eds_file).start()
         if self.replica_sync is not None:
             await self.replica_sync.start()
         leader = None
@@ -260,6 +268,8 @@ class EndpointPicker:
             await self._selector_discovery.stop()
         if self.scraper is not None:
             await self.scraper.stop()
+        for service in self.services:
+            await service.stop()
         if self._kube is not None:
             await self._kube.close()
 
@@ -312,6 +322,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     metrics_auth.add_arguments(parser)
     source = parser.add_argument_group("standalone endpoints")
     source.add_argument("--endpoints-file", type=Path, help="YAML endpoint list, re-read when it changes")
+    parser.add_argument(
+        "--envoy-eds-file",
+        type=Path,
+        metavar="FILE",
+        help="keep the pool (from any discovery) in this Envoy EDS file, for a gateway whose pool cluster "
+        "reads it (the fallback list needs one; see docs/operations.md)",
+    )
     source.add_argument(
         "--endpoint", action="append", default=[], metavar="HOST:PORT", help="an endpoint (repeatable)"
     )
@@ -441,6 +458,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         grpc_health_port=args.grpc_health_port,
         metrics_port=args.metrics_port,
         endpoints_file=args.endpoints_file,
+        envoy_eds_file=args.envoy_eds_file,
         endpoints=args.endpoint,
         models=args.model,
         refresh_metrics_interval=_positive_duration(

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from epp.config.model import PickerConfig
-from epp.datalayer import DataProducer, EndpointObserver, MetricsExtractor, MetricsSource
+from epp.datalayer import AsyncDataProducer, DataProducer, EndpointObserver, MetricsExtractor, MetricsSource
 from epp.datalayer.scraper import ScrapeSettings
 from epp.datastore import Datastore
 from epp.flowcontrol import LegacyAdmission, SaturationDetector
@@ -85,6 +85,7 @@ def build_director(
         context.metrics,
         context.rng,
         components.parsers,
+        async_producers=[p for p in components.plugins.values() if isinstance(p, AsyncDataProducer)],
     )
     return director, components
 

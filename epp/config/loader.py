@@ -21,7 +21,7 @@ from epp.config.schema import (
     SaturationDetectorDoc,
 )
 from epp.config.unavailable import TEST_ONLY_FEATURE_GATES, unavailable
-from epp.datalayer import DataProducer, MetricsExtractor, MetricsSource
+from epp.datalayer import DataProducer, EndpointObserver, MetricsExtractor, MetricsSource, NotificationSource
 from epp.flowcontrol import SaturationDetector
 from epp.framework import DataConsumer, DataKey, ImpliedPlugin, Plugin, PluginUser
 from epp.framework.registry import canonical_type_names, find_plugin_type
@@ -365,6 +365,25 @@ class _Loader:
         return self._configured_data_layer("data", self.doc.data)
 
     def _configured_data_layer(self, key: str, doc: DataLayerDoc) -> tuple[str | None, str | None]:
+        sources = []
+        for index, source_doc in enumerate(doc.sources):
+            spec = self.plugins.get(source_doc.plugin_ref)
+            if spec is None or not issubclass(spec.cls, NotificationSource):
+                sources.append(source_doc)
+                continue
+            for number, observer in enumerate(source_doc.extractors):
+                self._ref(
+                    f"{key}.sources[{index}].extractors[{number}].pluginRef",
+                    observer.plugin_ref,
+                    EndpointObserver,
+                    "an endpoint observer",
+                )
+        notifications_only = bool(doc.sources) and not sources
+        doc = doc.model_copy(update={"sources": sources})
+        if notifications_only and doc.inject_defaults is not False:
+            # llm-d router: with no metrics source listed, the default one is injected
+            # (injectDefaults defaults to true there).
+            doc = doc.model_copy(update={"inject_defaults": True})
         if doc.discovery is not None:
             self.problems.append(
                 f"{key}.discovery: endpoint discovery plugins (llm-d router) are not supported; endpoints "

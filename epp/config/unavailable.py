@@ -68,27 +68,6 @@ def _entries() -> dict[str, UnavailableType]:
         _LATENCY,
     )
     add(
-        ("precise-prefix-cache-producer", "precise-prefix-cache-scorer"),
-        other,
-        "llm-d's precise prefix cache: an index of the engines' KV blocks fed by vLLM KV events over "
-        "ZMQ, keyed by real token ids from token-producer",
-        _PRECISE,
-    )
-    add(
-        ("token-producer", "tokenizer"),
-        other,
-        "llm-d's token producer: tokenizes prompts with the model's tokenizer (vLLM's /render endpoints "
-        "or a tokenizer sidecar) for the precise prefix cache and token-based deciders",
-        "nothing: the EPP estimates prompt tokens (bytes / 4), as llm-d's `estimate` backend does",
-    )
-    add(
-        ("endpoint-notification-source",),
-        other,
-        "GIE/llm-d data source that forwards endpoint add/remove events to extractors; configs use it "
-        "to feed precise-prefix-cache-producer",
-        "nothing: endpoint removals already reach every plugin that keeps per-endpoint state",
-    )
-    add(
         ("k8s-notification-source",),
         todo,
         "GIE/llm-d data source streaming Kubernetes object events (e.g. pods) to extractors; llm-d's "

@@ -9,7 +9,14 @@ from google.protobuf import struct_pb2
 from google.protobuf.json_format import MessageToDict
 
 from epp.extproc.pb import core, ext_proc, http_status
-from epp.headers import DESTINATION_HEADER, EPP_ERROR_KEY, LB_NAMESPACE, SUBSET_KEY, SUBSET_NAMESPACE
+from epp.headers import (
+    DESTINATION_HEADER,
+    EPP_ERROR_KEY,
+    LB_NAMESPACE,
+    STREAMING_KEY,
+    SUBSET_KEY,
+    SUBSET_NAMESPACE,
+)
 from epp.requests import RequestError
 
 # Envoy's per-message body limit is 64 KiB; GIE answers in chunks a little under it.
@@ -30,9 +37,14 @@ def header_mutation(set_headers: Mapping[str, str], remove: Sequence[str]) -> ex
     )
 
 
-def destination_metadata(destination: str) -> struct_pb2.Struct:
+def destination_metadata(destination: str, streaming: bool = False) -> struct_pb2.Struct:
+    """GIE's destination (`primary,fallback,...`) in envoy.lb; a streaming request is marked so a
+    gateway can bound its time to first byte apart from its length."""
     metadata = struct_pb2.Struct()
-    metadata.get_or_create_struct(LB_NAMESPACE)[DESTINATION_HEADER] = destination
+    lb = metadata.get_or_create_struct(LB_NAMESPACE)
+    lb[DESTINATION_HEADER] = destination
+    if streaming:
+        lb[STREAMING_KEY] = "true"
     return metadata
 
 

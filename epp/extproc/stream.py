@@ -14,10 +14,13 @@ from epp.extproc import messages
 from epp.extproc.pb import BodyMode, HeaderMode, ext_proc, processing_mode
 from epp.headers import (
     DESTINATION_HEADER,
+    LB_NAMESPACE,
     OWNED_HEADERS,
     REQUEST_ID_HEADER,
+    SERVED_KEY,
 )
 from epp.requestcontrol import Director, RoutedRequest
+from epp.requestcontrol.director import ParsedBody
 from epp.requests import ErrorCode, RequestError
 
 if TYPE_CHECKING:
@@ -64,6 +67,7 @@ class ExtProcStream:
         # The request's headers or body ended, or its trailers came: nothing of it may follow.
         self._request_ended = False
         self._trace: RequestTrace | None = None  # tracing on: this exchange's spans
+        self._prepared: ParsedBody | None = None
         self.done = False
 
     # --- entry point -------------------------------------------------------------------------
@@ -93,6 +97,27 @@ class ExtProcStream:
                 yield from self._response_trailers()
         except RequestError as error:
             yield self._reject(error)
+
+    async def prepare(self, message: ext_proc.ProcessingRequest) -> None:
+        """Await the director's async data producers (tokenization) when `message` completes the
+        request body, before `handle` routes it. A no-op unless such producers are configured."""
+        if not self._director.prepares_async or self._routed is not None or self._trailers_seen:
+            return
+        kind = message.WhichOneof("request")
+        if self._request_ended and kind == "request_body":
+            return  # a protocol violation `handle` answers
+        if kind == "request_body":
+            body = message.request_body
+            if not (body.end_of_stream or self._request_mode == BodyMode.BUFFERED):
+                return
+            raw = bytes(self._body) + body.body
+        elif kind == "request_trailers":
+            raw = bytes(self._body)
+        else:
+            return
+        if len(raw) > self._options.max_body_bytes:
+            return
+        self._prepared = await self._director.prepare_body(raw, self._headers, self._trace)
 
     def close(self) -> None:
         """The stream ended, however it ended: release the request's load exactly once."""
@@ -167,10 +192,11 @@ class ExtProcStream:
 
     def _route(self, end_of_stream: bool) -> Iterator[ext_proc.ProcessingResponse]:
         raw = bytes(self._body)
-        self._routed = self._director.handle_body(raw, self._headers, self._subset, self._trace)
+        prepared, self._prepared = self._prepared, None
+        self._routed = self._director.handle_body(raw, self._headers, self._subset, self._trace, prepared)
         body = self._routed.body if self._routed.body is not None else raw
         common = self._routing_common(new_body_size=len(body) if self._routed.body is not None else None)
-        metadata = messages.destination_metadata(self._routed.destination)
+        metadata = messages.destination_metadata(self._routed.destination, self._routed.request.stream)
         if self._request_mode == FULL_DUPLEX:
             yield ext_proc.ProcessingResponse(
                 request_headers=ext_proc.HeadersResponse(response=common), dynamic_metadata=metadata
@@ -198,21 +224,31 @@ class ExtProcStream:
     def _response_headers(
         self, headers: ext_proc.HttpHeaders, metadata: dict[str, dict[str, Any]]
     ) -> Iterator[ext_proc.ProcessingResponse]:
+        """`metadata`: the data plane's, by namespace. The endpoint that served comes as GIE's
+        `envoy.lb` metadata key, or (our bootstrap: Envoy 1.40 cannot set that metadata) as a
+        response header of the same name; plugins see it as the metadata either way."""
         response_headers = messages.read_headers(headers)
         event_stream = "text/event-stream" in response_headers.get("content-type", "")
         if self._routed is not None:
+            lb = metadata.get(LB_NAMESPACE, {})
+            served = lb.get(SERVED_KEY) or response_headers.get(SERVED_KEY)
+            if isinstance(served, str) and served:
+                self._routed.served_by(served)
+                if SERVED_KEY not in lb:
+                    metadata = {**metadata, LB_NAMESPACE: {**lb, SERVED_KEY: served}}
             status_text = response_headers.get(":status", "")
             status = int(status_text) if status_text.isdigit() else 0
             self._routed.response_started(status, event_stream, metadata)
             if self._trace is not None:
                 self._trace.response_started(status)
         reply = ext_proc.HeadersResponse()
-        if self._routed is not None:
-            added = dict(self._routed.result.response_headers)
-            if self._options.served_header:
-                added[self._options.served_header] = self._routed.destination
-            if added:
-                reply.response.header_mutation.CopyFrom(messages.header_mutation(added, ()))
+        # The gateway's report is for the EPP: clients need not learn pod addresses from it.
+        removed = (SERVED_KEY,) if SERVED_KEY in response_headers else ()
+        added = dict(self._routed.result.response_headers) if self._routed is not None else {}
+        if self._routed is not None and self._options.served_header:
+            added[self._options.served_header] = self._routed.destination
+        if added or removed:
+            reply.response.header_mutation.CopyFrom(messages.header_mutation(added, removed))
         response = ext_proc.ProcessingResponse(response_headers=reply)
         if event_stream and self._skip_streamed_body():
             response.mode_override.CopyFrom(SKIP_RESPONSE_BODY)

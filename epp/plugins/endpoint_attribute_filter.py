@@ -10,13 +10,13 @@ them), `fallbackOnEmpty` (false; true keeps every candidate when none passes), `
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from epp.datastore import Endpoint
-from epp.framework import ParameterUpgrade, Plugin, PluginContext, PluginParams, register
+from epp.framework import Plugin, PluginContext, register
 from epp.params.strict import StrictModel
 from epp.requests import InferenceRequest
 from epp.scheduling import endpoint_attributes
@@ -48,21 +48,11 @@ class ThresholdAlgorithm(StrictModel):
         return self
 
 
-class EndpointAttributeFilterParams(PluginParams):
+class EndpointAttributeFilterParams(endpoint_attributes.AttributeParams):
     attribute: str = Field(min_length=1)
-    producer: str | None = None
     on_missing: Literal["Pass", "Fail"] = "Pass"
     fallback_on_empty: bool = False
     algorithm: ThresholdAlgorithm
-
-    @classmethod
-    def upgrade(cls, raw: Mapping[str, Any], type_name: str = "") -> ParameterUpgrade:
-        upgrade = super().upgrade(raw, type_name)
-        producer = raw.get("producer")
-        warning = endpoint_attributes.producer_warning(producer if isinstance(producer, str) else None)
-        if warning:
-            upgrade.warnings.append(warning)
-        return upgrade
 
     @model_validator(mode="after")
     def _resolvable(self) -> EndpointAttributeFilterParams:

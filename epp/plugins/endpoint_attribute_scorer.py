@@ -9,13 +9,13 @@ equal → 1.0). Lower-is-better scores 1 - that. Endpoints without the attribute
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from epp.datastore import Endpoint
-from epp.framework import ParameterUpgrade, Plugin, PluginContext, PluginParams, register
+from epp.framework import Plugin, PluginContext, register
 from epp.params.strict import StrictModel
 from epp.requests import InferenceRequest
 from epp.scheduling import endpoint_attributes
@@ -52,19 +52,9 @@ class ScorerAlgorithm(StrictModel):
     normalization: Normalization = Normalization()
 
 
-class EndpointAttributeScorerParams(PluginParams):
+class EndpointAttributeScorerParams(endpoint_attributes.AttributeParams):
     attribute_key: str = Field(min_length=1)
-    producer: str | None = None
     algorithm: ScorerAlgorithm
-
-    @classmethod
-    def upgrade(cls, raw: Mapping[str, Any], type_name: str = "") -> ParameterUpgrade:
-        upgrade = super().upgrade(raw, type_name)
-        producer = raw.get("producer")
-        warning = endpoint_attributes.producer_warning(producer if isinstance(producer, str) else None)
-        if warning:
-            upgrade.warnings.append(warning)
-        return upgrade
 
     @model_validator(mode="after")
     def _resolvable(self) -> EndpointAttributeScorerParams:

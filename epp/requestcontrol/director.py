@@ -8,10 +8,12 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from epp.datalayer import AsyncDataProducer
 from epp.datastore import Datastore, Endpoint
 from epp.datastore.endpoint import split_host_port
 from epp.explain import DecisionRecord, DecisionRecorder
@@ -66,6 +68,7 @@ class RoutedRequest:
         "response_metadata",
         "response_status",
         "result",
+        "served",
         "started",
         "usage_reader",
     )
@@ -79,6 +82,7 @@ class RoutedRequest:
         self.response_bytes = 0
         # Dynamic metadata the response-body plugins return when the body ends.
         self.response_metadata: dict[str, dict[str, Any]] = {}
+        self.served: Endpoint | None = None  # when the gateway says so
         self.body: bytes | None = None
         self.record: DecisionRecord | None = None
         self._usage: UsageReader | None = None
@@ -111,7 +115,8 @@ class RoutedRequest:
         with _plugin_errors_logged("ResponseHeader"):
             self._director.hooks.response_headers(self.request, self.result, metadata or {})
         if status == 503:
-            self._director.note_upstream_unavailable(self.result.targets[:1])
+            answered = [self.served] if self.served is not None else self.result.targets[:1]
+            self._director.note_upstream_unavailable(answered)
 
     def response_body(self, chunk: bytes, end_of_stream: bool) -> None:
         self.response_bytes += len(chunk)
@@ -125,6 +130,31 @@ class RoutedRequest:
                         self.request, self.result, self._usage.usage
                     )
             self.finish()
+
+    def served_by(self, hostport: str) -> None:
+        """The gateway says which endpoint served, after its retries. Not the primary: the listed
+        endpoints tried before it failed (refused, reset, 503, no first byte in time) and are
+        suspended, and the primary's load moves to the one that serves."""
+        targets = self.result.targets
+        if targets and targets[0].hostport == hostport:
+            self.served = targets[0]
+            return
+        self.served = self._director.endpoint_at(hostport)
+        if self._finished or not targets:
+            return
+        listed = [e.hostport for e in targets]
+        tried = targets[: listed.index(hostport)] if hostport in listed else targets
+        self._director.note_upstream_unavailable(tried, f"the gateway retried on {hostport}")
+        primary, served = targets[0], self.served
+        if primary not in self.loaded:
+            return
+        primary.inflight_requests -= 1
+        primary.inflight_tokens -= self._charged_tokens
+        self.loaded = [e for e in self.loaded if e is not primary]
+        if served is not None and served not in self.loaded:
+            served.inflight_requests += 1
+            served.inflight_tokens += self._charged_tokens
+            self.loaded.append(served)
 
     @property
     def rewrites_model(self) -> bool:
@@ -175,6 +205,14 @@ def _model_swap(target: str, incoming: str) -> tuple[tuple[bytes, bytes], ...] |
     )
 
 
+@dataclass(slots=True)
+class ParsedBody:
+    """A request body parsed (and prepared) ahead of routing, and how its usage will be read."""
+
+    request: InferenceRequest | None = None
+    usage_reader: Callable[[bool], UsageReader] = UsageReader
+
+
 class Director:
     def __init__(
         self,
@@ -186,9 +224,11 @@ class Director:
         metrics: EppMetrics | None = None,
         rng: random.Random | None = None,
         parsers: Parsers | None = None,
+        async_producers: Sequence[AsyncDataProducer] = (),
     ) -> None:
         self.datastore = datastore
         self.parsers = parsers
+        self.async_producers = list(async_producers)
         self.scheduler = scheduler
         self.admission = admission or AdmitAll()
         self.objectives: Mapping[str, int] = objectives or {}
@@ -208,45 +248,58 @@ class Director:
         headers: dict[str, str],
         subset: Sequence[str] | None,
         trace: RequestTrace | None = None,
+        prepared: ParsedBody | None = None,
     ) -> RoutedRequest:
         """Parse a complete request body and route it. Raises RequestError for every refusal,
-        after counting it."""
-        request: InferenceRequest | None = None
+        after counting it. `prepared`: what `prepare_body` already parsed (and its async data
+        producers prepared)."""
+        parsed = prepared or ParsedBody()
         try:
-            path, request_id = headers.get(":path", ""), headers.get(REQUEST_ID_HEADER, "")
-            usage_reader: Callable[[bool], UsageReader] = UsageReader
-            rewritable = True
-            with _NO_SPAN if trace is None else trace.step("epp.parse"):
-                if self.parsers is None:
-                    request = parse_request(raw, path, headers, request_id)
-                else:
-                    parser = self.parsers.resolve(path)
-                    request = parser.parse(raw, path, headers, request_id)
-                    usage_reader, rewritable = parser.usage_reader, parser.rewrites_body
-            request.objective = headers.get(OBJECTIVE_HEADER, "")
-            request.priority = self.objectives.get(request.objective, 0)
-            self.hooks.request_headers(request)
-            agent = request.attributes.get(AGENT_IDENTITY)
-            request.fairness_id = headers.get(FAIRNESS_HEADER) or (agent if agent else request.fairness_id)
-            # A body the parser did not read (no model) is forwarded unchanged.
-            rewrite = (
-                self._target_model(request.model, headers.get(MODEL_REWRITE_HEADER))
-                if request.model and rewritable
-                else None
-            )
+            if prepared is None:
+                self._parse_body(raw, headers, trace, parsed)
+            request = parsed.request
+            assert request is not None
             body: bytes | None = None
-            if rewrite and rewrite != request.model:
-                request.target_model = rewrite
-                request.body["model"] = rewrite
+            if request.target_model != request.model:
                 # Written before scheduling: whatever fails here must fail with no load taken.
                 body = orjson.dumps(request.body)
             routed = self.route(request, subset, trace)
-            routed.usage_reader = usage_reader
+            routed.usage_reader = parsed.usage_reader
         except RequestError as error:
-            self.record_error(error, request)
+            self.record_error(error, parsed.request)
             raise
         routed.body = body
         return routed
+
+    def _parse_body(
+        self, raw: bytes, headers: dict[str, str], trace: RequestTrace | None, parsed: ParsedBody
+    ) -> None:
+        """Parse into `parsed` (the request as soon as it parses, so a later refusal is counted
+        under its model) and apply the gateway's headers: objective, fairness, model rewrite."""
+        path, request_id = headers.get(":path", ""), headers.get(REQUEST_ID_HEADER, "")
+        rewritable = True
+        with _NO_SPAN if trace is None else trace.step("epp.parse"):
+            if self.parsers is None:
+                request = parse_request(raw, path, headers, request_id)
+            else:
+                parser = self.parsers.resolve(path)
+                request = parser.parse(raw, path, headers, request_id)
+                parsed.usage_reader, rewritable = parser.usage_reader, parser.rewrites_body
+        parsed.request = request
+        request.objective = headers.get(OBJECTIVE_HEADER, "")
+        request.priority = self.objectives.get(request.objective, 0)
+        self.hooks.request_headers(request)
+        agent = request.attributes.get(AGENT_IDENTITY)
+        request.fairness_id = headers.get(FAIRNESS_HEADER) or (agent if agent else request.fairness_id)
+        # A body the parser did not read (no model) is forwarded unchanged.
+        rewrite = (
+            self._target_model(request.model, headers.get(MODEL_REWRITE_HEADER))
+            if request.model and rewritable
+            else None
+        )
+        if rewrite and rewrite != request.model:
+            request.target_model = rewrite
+            request.body["model"] = rewrite
 
     def _target_model(self, model: str, header: str | None) -> str | None:
         """An InferenceModelRewrite rule for the model wins over the rewrite header, as in GIE."""
@@ -257,6 +310,30 @@ class Director:
                 self.metrics.model_rewritten(rewrite_name, model, target)
                 return target
         return header
+
+    @property
+    def prepares_async(self) -> bool:
+        """Whether requests need `prepare_body` (an async data producer is configured)."""
+        return bool(self.async_producers)
+
+    async def prepare_body(
+        self, raw: bytes, headers: dict[str, str], trace: RequestTrace | None = None
+    ) -> ParsedBody | None:
+        """Parse the body and await the async data producers (tokenization through the model
+        server) before `handle_body` routes it. None when the body is refused: `handle_body` then
+        refuses it as usual, and counts it once."""
+        parsed = ParsedBody()
+        try:
+            self._parse_body(raw, headers, trace, parsed)
+        except RequestError:
+            return None
+        assert parsed.request is not None
+        for producer in self.async_producers:
+            try:
+                await producer.prepare_async(parsed.request)
+            except Exception:
+                log.exception("async data producer %s failed; scheduling without its data", producer.name)
+        return parsed
 
     def handle_bodyless(self, headers: dict[str, str], subset: Sequence[str] | None) -> RoutedRequest:
         """Requests that end at their headers (GET /v1/models): any ready endpoint, uniformly. A
@@ -428,16 +505,25 @@ class Director:
         with _plugin_errors_logged("ResponseComplete"):
             self.hooks.response_complete(request, routed.result, usage)
 
-    def note_upstream_unavailable(self, endpoints: Sequence[Endpoint]) -> None:
-        """A 503 from the data plane often means the endpoint died: stop choosing it for
-        SUSPEND_SECONDS, or until the metrics scraper sees it answer again, whichever is first."""
+    def note_upstream_unavailable(
+        self, endpoints: Sequence[Endpoint], reason: str = "it answered 503"
+    ) -> None:
+        """A 503 from the data plane, or a gateway retry away from an endpoint, often means the
+        endpoint died or hangs: stop choosing it for SUSPEND_SECONDS, or until the metrics scraper
+        sees it answer again, whichever is first."""
         until = time.monotonic() + SUSPEND_SECONDS
         for endpoint in endpoints:
             if endpoint.suspended_until < until:
                 log.warning(
-                    "endpoint %s answered 503; not choosing it for up to %ds", endpoint, SUSPEND_SECONDS
+                    "endpoint %s failed (%s); not choosing it for up to %ds",
+                    endpoint,
+                    reason,
+                    SUSPEND_SECONDS,
                 )
                 endpoint.suspended_until = until
+
+    def endpoint_at(self, hostport: str) -> Endpoint | None:
+        return next((e for e in self.datastore.endpoints() if e.hostport == hostport), None)
 
 
 def _host_of(hostport: str) -> str:

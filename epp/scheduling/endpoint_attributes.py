@@ -5,9 +5,28 @@ an attribute key (EndpointMetrics.scalars)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from epp.datastore import Endpoint
+from epp.framework import ParameterUpgrade, PluginParams
 
 PRODUCER = "core-metrics-extractor"
+
+
+class AttributeParams(PluginParams):
+    """The `producer` parameter both plugins take; naming one nothing here stands for warns."""
+
+    producer: str | None = None
+
+    @classmethod
+    def upgrade(cls, raw: Mapping[str, Any], type_name: str = "") -> ParameterUpgrade:
+        upgrade = super().upgrade(raw, type_name)
+        producer = raw.get("producer")
+        warning = producer_warning(producer if isinstance(producer, str) else None)
+        if warning:
+            upgrade.warnings.append(warning)
+        return upgrade
 
 
 def check_attribute(plugin: str, attribute: str, producer: str | None) -> None:

@@ -11,13 +11,13 @@ quoted, for one of these reasons:
 - DOCS: a docs placeholder type (`custom-scorer`) or typo (the `-pluginRef:` profile key);
 - GO_REFUSES: invalid for the Go EPP as well (an unrendered `${PRIMARY_PORT}` template value, a
   profile naming an undefined plugin, a type no GIE or llm-d release registers);
-- OTHER_ISSUE: flow-control policies and the precise prefix cache with its token producer, which
-  are tracked by other issues and only have their config shape accepted here;
+- OTHER_ISSUE: flow-control policies and llm-d's burst-prefix producer, which are tracked by
+  other issues and only have their config shape accepted here;
 - MISSING: an upstream plugin this EPP does not implement yet (the error says what it does and
   what to use instead).
 
-Counts (174 documents): 99 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 5 GO_REFUSES,
-41 OTHER_ISSUE, 4 MISSING. `test_summary` prints them and checks them against this docstring. The 5
+Counts (174 documents): 130 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 5 GO_REFUSES,
+9 OTHER_ISSUE, 5 MISSING. `test_summary` prints them and checks them against this docstring. The 5
 snippets in configs_nonstandard/ (another or no apiVersion) are refused, as by the Go decoder."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class Reason(enum.Enum):
     TEST_ONLY = "upstream test-only type or feature gate"
     DOCS = "upstream docs placeholder or typo"
     GO_REFUSES = "invalid for the Go EPP too"
-    OTHER_ISSUE = "flow control / precise prefix cache (other issues)"
+    OTHER_ISSUE = "flow control / burst prefix (other issues)"
     MISSING = "upstream plugin not implemented yet"
 
 
@@ -160,9 +160,8 @@ EXPECTED: dict[str, Loads | Refused] = {
         SERVICE,
         "plugins[3].type: plugin type 'predicted-latency-scorer' is not available in this EPP (needs a service this EPP cannot run)",
     ),
-    "llmd-076e65d__guides__precise-prefix-cache-routing__router__precise-prefix-cache-routing.values.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'tokenizer' is not available in this EPP (tracked separately, not implemented yet)",
+    "llmd-076e65d__guides__precise-prefix-cache-routing__router__precise-prefix-cache-routing.values.yaml": Loads(
+        "plugins[0].type: 'tokenizer' is a deprecated name of 'token-producer'",
     ),
     "llmd-0a3b0c9__guides__optimized-baseline__router__optimized-baseline.values.yaml": Loads(
         "plugins[3].parameters: unknown field 'maxTokensInFlightPenalty' ignored; did you mean 'maxTTFTPenalt"
@@ -173,26 +172,21 @@ EXPECTED: dict[str, Loads | Refused] = {
         "plugins[4].parameters: hashBlockSize (llm-d <= v0.5) is ignored: the prefix block size is a paramete",
         "plugins[4].parameters: threshold 0 (llm-d <= v0.5) is deprecated: read as decider always-disagg-pd-d",
     ),
-    "llmd-126f65d__guides__precise-prefix-cache-aware__gaie-kv-events__values.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[1].type: plugin type 'precise-prefix-cache-scorer' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
+    "llmd-126f65d__guides__precise-prefix-cache-aware__gaie-kv-events__values.yaml": Loads(),
     "llmd-126f65d__guides__wide-ep-lws__manifests__inferencepool.values.yaml": Loads(
         "plugins[0].type: 'prefill-header-handler' is a deprecated name of 'disagg-headers-handler'",
         "plugins[4].type: 'pd-profile-handler' is a deprecated name of 'disagg-profile-handler'",
         "plugins[4].parameters: hashBlockSize (llm-d <= v0.5) is ignored: the prefix block size is a paramete",
         "plugins[4].parameters: threshold 0 (llm-d <= v0.5) is deprecated: read as decider always-disagg-pd-d",
     ),
-    "llmd-bench-8bc9f1d__config__README.md.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'token-producer' is not available in this EPP (tracked separately, not implemented yet)",
+    "llmd-bench-8bc9f1d__config__README.md.yaml": Loads(
+        "schedulingProfiles[0].plugins[0].pluginRef: plugin 'token-producer' is a token-producer, which is",
     ),
     "llmd-bench-8bc9f1d__config__scenarios__cicd__ocp-keda-fma-hotstart.yaml": Loads(
         "feature gate flowControl: flow control is not implemented; legacy admission is used (sheddable reque"
     ),
-    "llmd-bench-8bc9f1d__config__scenarios__examples__gpu.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'token-producer' is not available in this EPP (tracked separately, not implemented yet)",
+    "llmd-bench-8bc9f1d__config__scenarios__examples__gpu.yaml": Loads(
+        "schedulingProfiles[0].plugins[0].pluginRef: plugin 'token-producer' is a token-producer, which is",
     ),
     "llmd-bench-8bc9f1d__config__scenarios__examples__multi-model-optimized-baseline.yaml": Loads(),
     "llmd-bench-8bc9f1d__config__scenarios__experimental__kimi-k3-h100.yaml": Loads(),
@@ -201,17 +195,11 @@ EXPECTED: dict[str, Loads | Refused] = {
         OTHER_ISSUE,
         "plugins[3].type: plugin type 'round-robin-fairness-policy' is not available in this EPP (tracked separately, not implemented yet)",
     ),
-    "llmd-bench-8bc9f1d__config__scenarios__guides__multimodal-serving-aggregation.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'token-producer' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
+    "llmd-bench-8bc9f1d__config__scenarios__guides__multimodal-serving-aggregation.yaml": Loads(),
     "llmd-bench-8bc9f1d__config__scenarios__guides__pd-disaggregation.yaml": Loads(
         "plugins[2].parameters: deciderPluginName is deprecated: read as prefillDeciderPluginName"
     ),
-    "llmd-bench-8bc9f1d__config__scenarios__guides__precise-prefix-cache-routing.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'token-producer' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
+    "llmd-bench-8bc9f1d__config__scenarios__guides__precise-prefix-cache-routing.yaml": Loads(),
     "llmd-bench-8bc9f1d__config__scenarios__guides__predicted-latency-routing.yaml": Refused(
         SERVICE,
         "plugins[1].type: plugin type 'predicted-latency-producer' is not available in this EPP (needs a service this EPP cannot run)",
@@ -249,10 +237,7 @@ EXPECTED: dict[str, Loads | Refused] = {
         "plugins[5].parameters: hashBlockSize (llm-d <= v0.5) is ignored: the prefix block size is a paramete",
         "plugins[5].parameters: threshold 0 (llm-d <= v0.5) is deprecated: read as decider always-disagg-pd-d",
     ),
-    "llmd-bench-v0.5.0__setup__presets__gaie__precise-prefix-cache-aware.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[1].type: plugin type 'precise-prefix-cache-scorer' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
+    "llmd-bench-v0.5.0__setup__presets__gaie__precise-prefix-cache-aware.yaml": Loads(),
     "llmd-bench-v0.5.0__setup__presets__gaie__prefix-cache-estimate-config.yaml": Loads(
         "plugins[1].type: 'kv-cache-scorer' is a deprecated name of 'kv-cache-utilization-scorer'",
         "plugins[2].parameters: hashBlockSize is deprecated: read as blockSize",
@@ -262,9 +247,9 @@ EXPECTED: dict[str, Loads | Refused] = {
         OTHER_ISSUE,
         "plugins[2].parameters: mode cache_tracking is llm-d v0.2-v0.5's precise prefix cache (vLLM KV events over ZMQ and real t",
     ),
-    "llmd-bench-v0.7.0__config__scenarios__examples__spyre.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'tokenizer' is not available in this EPP (tracked separately, not implemented yet)",
+    "llmd-bench-v0.7.0__config__scenarios__examples__spyre.yaml": Loads(
+        "plugins[0].type: 'tokenizer' is a deprecated name of 'token-producer'",
+        "schedulingProfiles[0].plugins[0].pluginRef: plugin 'tokenizer' is a token-producer, which is not a",
     ),
     "llmd-router-ebab687__config__charts__README.md.yaml": Refused(
         DOCS,
@@ -278,18 +263,15 @@ EXPECTED: dict[str, Loads | Refused] = {
     "llmd-router-ebab687__deploy__config__dp-epp-config.yaml": Loads(),
     "llmd-router-ebab687__deploy__config__epp-burst-prefix-cache-config.yaml": Refused(
         OTHER_ISSUE,
-        "plugins[0].type: plugin type 'token-producer' is not available in this EPP (tracked separately, not implemented yet)",
+        "plugins[3].type: plugin type 'burst-prefix-cache-producer' is not available in this EPP (tracked separately, not implemented yet)",
     ),
     "llmd-router-ebab687__deploy__config__epp-config.yaml": Loads(),
     "llmd-router-ebab687__deploy__config__epp-estimate-prefix-cache-config.yaml": Loads(),
     "llmd-router-ebab687__deploy__config__epp-mm-embeddings-cache-config.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'token-producer' is not available in this EPP (tracked separately, not implemented yet)",
+        MISSING,
+        "plugins[4].type: plugin type 'mm-embeddings-cache-producer' is not available in this EPP (not implemented yet)",
     ),
-    "llmd-router-ebab687__deploy__config__epp-precise-prefix-cache-config.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'token-producer' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
+    "llmd-router-ebab687__deploy__config__epp-precise-prefix-cache-config.yaml": Loads(),
     "llmd-router-ebab687__deploy__config__pd-epp-config.yaml": Loads(),
     "llmd-router-ebab687__deploy__config__pd-topology-epp-config.yaml": Loads(),
     "llmd-router-ebab687__deploy__config__probabilistic-admitter-epp-config.yaml": Loads(),
@@ -300,18 +282,9 @@ EXPECTED: dict[str, Loads | Refused] = {
         SERVICE,
         "plugins[0].type: plugin type 'dcgm-data-source' is not available in this EPP (needs a service this EPP cannot run)",
     ),
-    "llmd-router-ebab687__deploy__config__sim-epp-kvcache-config.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'token-producer' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
-    "llmd-router-ebab687__deploy__config__sim-epp-no-hit-lru.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'precise-prefix-cache-producer' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
-    "llmd-router-ebab687__deploy__config__sim-epp-tokenizer-vllm-http-config.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'token-producer' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
+    "llmd-router-ebab687__deploy__config__sim-epp-kvcache-config.yaml": Loads(),
+    "llmd-router-ebab687__deploy__config__sim-epp-no-hit-lru.yaml": Loads(),
+    "llmd-router-ebab687__deploy__config__sim-epp-tokenizer-vllm-http-config.yaml": Loads(),
     "llmd-router-ebab687__deploy__config__sim-pd-epp-config.yaml": Loads(),
     "llmd-router-ebab687__deploy__config__sim-program-aware-config.yaml": Refused(
         OTHER_ISSUE,
@@ -321,10 +294,7 @@ EXPECTED: dict[str, Loads | Refused] = {
         OTHER_ISSUE,
         "plugins[3].type: plugin type 'soft-reflective-ceiling-policy' is not available in this EPP (tracked separately, not implemented yet)",
     ),
-    "llmd-router-ebab687__docs__architecture.md__2.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'precise-prefix-cache-producer' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
+    "llmd-router-ebab687__docs__architecture.md__2.yaml": Loads(),
     "llmd-router-ebab687__docs__create_new_filter.md.yaml": Loads(),
     "llmd-router-ebab687__docs__disaggregation.md__1.yaml": Loads(),
     "llmd-router-ebab687__docs__disaggregation.md__2.yaml": Loads(),
@@ -374,10 +344,7 @@ EXPECTED: dict[str, Loads | Refused] = {
         "plugins[1].type: plugin type 'mock-metrics-source' is not available in this EPP (a test-only type of the upstream Go tests)",
     ),
     "llmd-router-ebab687__test__perf__config__router-configs__optimized-baseline.yaml": Loads(),
-    "llmd-router-ebab687__test__perf__config__router-configs__precise-prefix.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'token-producer' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
+    "llmd-router-ebab687__test__perf__config__router-configs__precise-prefix.yaml": Loads(),
     "llmd-router-ebab687__test__perf__config__router-configs__random-only-default-parsers.yaml": Loads(),
     "llmd-router-ebab687__test__perf__config__router-configs__random-passthrough-parser.yaml": Loads(),
     "llmd-router-ebab687__test__testdata__configloader_1_test.yaml": Refused(
@@ -388,10 +355,7 @@ EXPECTED: dict[str, Loads | Refused] = {
         SERVICE,
         "plugins[0].type: plugin type 'dcgm-data-source' is not available in this EPP (needs a service this EPP cannot run)",
     ),
-    "llmd-router-v0.10.0__deploy__config__sim-epp-kvcache-config.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'token-producer' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
+    "llmd-router-v0.10.0__deploy__config__sim-epp-kvcache-config.yaml": Loads(),
     "llmd-router-v0.10.0__pkg__epp__framework__plugins__datalayer__extractor__dcgm__README.md.yaml": Refused(
         SERVICE,
         "plugins[0].type: plugin type 'dcgm-data-source' is not available in this EPP (needs a service this EPP cannot run)",
@@ -399,15 +363,9 @@ EXPECTED: dict[str, Loads | Refused] = {
     "llmd-router-v0.9.0__deploy__config__pd-epp-config.yaml": Loads(),
     "llmd-router-v0.9.0__deploy__config__sim-e-p-d-epp-config.yaml": Loads(),
     "llmd-router-v0.9.0__deploy__config__sim-epp-config.yaml": Loads(),
-    "llmd-router-v0.9.0__deploy__config__sim-epp-no-hit-lru.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'precise-prefix-cache-producer' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
+    "llmd-router-v0.9.0__deploy__config__sim-epp-no-hit-lru.yaml": Loads(),
     "llmd-router-v0.9.0__deploy__config__sim-pd-epp-config.yaml": Loads(),
-    "llmd-router-v0.9.0__docs__architecture.md__2.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'precise-prefix-cache-producer' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
+    "llmd-router-v0.9.0__docs__architecture.md__2.yaml": Loads(),
     "llmd-router-v0.9.0__docs__disaggregation.md__1.yaml": Loads(),
     "llmd-router-v0.9.0__docs__disaggregation.md__2.yaml": Loads(),
     "llmd-router-v0.9.0__pkg__epp__framework__plugins__datalayer__source__models__README.md.yaml": Refused(
@@ -418,30 +376,15 @@ EXPECTED: dict[str, Loads | Refused] = {
         TEST_ONLY,
         "plugins[0].type: plugin type 'test-one' is not available in this EPP (a test-only type of the upstream Go tests)",
     ),
-    "llmd-sched-520af47__deploy__config__epp-precise-prefix-cache-config.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'token-producer' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
+    "llmd-sched-520af47__deploy__config__epp-precise-prefix-cache-config.yaml": Loads(),
     "llmd-sched-520af47__deploy__config__pd-epp-config.yaml": Loads(),
     "llmd-sched-520af47__deploy__config__probabilistic-admitter-epp-config.yaml": Loads(),
     "llmd-sched-520af47__deploy__config__sim-epp-config.yaml": Loads(),
-    "llmd-sched-520af47__deploy__config__sim-epp-kvcache-config.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'token-producer' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
-    "llmd-sched-520af47__deploy__config__sim-epp-no-hit-lru.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'precise-prefix-cache-scorer' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
-    "llmd-sched-520af47__deploy__config__sim-epp-tokenizer-vllm-http-config.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'token-producer' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
+    "llmd-sched-520af47__deploy__config__sim-epp-kvcache-config.yaml": Loads(),
+    "llmd-sched-520af47__deploy__config__sim-epp-no-hit-lru.yaml": Loads(),
+    "llmd-sched-520af47__deploy__config__sim-epp-tokenizer-vllm-http-config.yaml": Loads(),
     "llmd-sched-520af47__deploy__config__sim-pd-epp-config.yaml": Loads(),
-    "llmd-sched-520af47__docs__architecture.md__2.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'precise-prefix-cache-scorer' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
+    "llmd-sched-520af47__docs__architecture.md__2.yaml": Loads(),
     "llmd-sched-520af47__pkg__epp__framework__plugins__datalayer__source__models__README.md.yaml": Refused(
         MISSING,
         "plugins[0].type: plugin type 'models-data-source' is not available in this EPP (not implemented yet)",
@@ -455,9 +398,8 @@ EXPECTED: dict[str, Loads | Refused] = {
         "plugins[2].parameters: mode cache_tracking is llm-d v0.2-v0.5's precise prefix cache (vLLM KV events over ZMQ and real t",
     ),
     "llmd-sched-v0.2.0__deploy__config__epp-prefix-estimate-config.yaml": Loads(),
-    "llmd-sched-v0.3.0__deploy__config__epp-precise-prefix-cache-config.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[2].type: plugin type 'precise-prefix-cache-scorer' is not available in this EPP (tracked separately, not implemented yet)",
+    "llmd-sched-v0.3.0__deploy__config__epp-precise-prefix-cache-config.yaml": Loads(
+        "plugins[3].type: 'kv-cache-scorer' is a deprecated name of 'kv-cache-utilization-scorer'",
     ),
     "llmd-sched-v0.3.0__deploy__config__sim-epp-kvcache-config.yaml": Refused(
         OTHER_ISSUE,
@@ -471,10 +413,7 @@ EXPECTED: dict[str, Loads | Refused] = {
         "plugins[5].parameters: hashBlockSize (llm-d <= v0.5) is ignored: the prefix block size is a paramete",
         "plugins[5].parameters: threshold 10 (llm-d <= v0.5) is deprecated: read as decider prefix-based-pd-d",
     ),
-    "llmd-sched-v0.4.0__deploy__config__epp-precise-prefix-cache-config.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[2].type: plugin type 'precise-prefix-cache-scorer' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
+    "llmd-sched-v0.4.0__deploy__config__epp-precise-prefix-cache-config.yaml": Loads(),
     "llmd-sched-v0.4.0__deploy__config__sim-epp-kvcache-config.yaml": Refused(
         OTHER_ISSUE,
         "plugins[0].parameters: mode cache_tracking is llm-d v0.2-v0.5's precise prefix cache (vLLM KV events over ZMQ and real t",
@@ -514,10 +453,7 @@ EXPECTED: dict[str, Loads | Refused] = {
         "plugins[5].parameters: hashBlockSize (llm-d <= v0.5) is ignored: the prefix block size is a paramete",
         "plugins[5].parameters: threshold 0 (llm-d <= v0.5) is deprecated: read as decider always-disagg-pd-d",
     ),
-    "llmd-sched-v0.6.0__deploy__config__dp-epp-config.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'precise-prefix-cache-scorer' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
+    "llmd-sched-v0.6.0__deploy__config__dp-epp-config.yaml": Loads(),
     "llmd-sched-v0.6.0__deploy__config__pd-epp-config.yaml": Refused(
         GO_REFUSES, "plugins[7].parameters.primaryPort: Input should be a valid integer"
     ),
@@ -542,37 +478,24 @@ EXPECTED: dict[str, Loads | Refused] = {
         "plugins[6].type: 'pd-profile-handler' is a deprecated name of 'disagg-profile-handler'",
         "plugins[6].parameters: deciderPluginName is deprecated: read as prefillDeciderPluginName",
     ),
-    "llmd-sched-v0.7.0__deploy__config__epp-precise-prefix-cache-config.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[2].type: plugin type 'precise-prefix-cache-scorer' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
+    "llmd-sched-v0.7.0__deploy__config__epp-precise-prefix-cache-config.yaml": Loads(),
     "llmd-sched-v0.8.0__deploy__config__dp-epp-config.yaml": Loads(),
     "llmd-sched-v0.8.0__deploy__config__epp-config.yaml": Loads(),
     "llmd-sched-v0.8.0__deploy__config__epp-estimate-prefix-cache-config.yaml": Loads(),
-    "llmd-sched-v0.8.0__deploy__config__epp-precise-prefix-cache-config.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'tokenizer' is not available in this EPP (tracked separately, not implemented yet)",
+    "llmd-sched-v0.8.0__deploy__config__epp-precise-prefix-cache-config.yaml": Loads(
+        "plugins[0].type: 'tokenizer' is a deprecated name of 'token-producer'",
+        "schedulingProfiles[0].plugins[1].pluginRef: plugin 'tokenizer' is a token-producer, which is not a",
     ),
     "llmd-sched-v0.8.0__deploy__config__pd-epp-config.yaml": Loads(),
     "llmd-sched-v0.8.0__deploy__config__sim-epd-epp-config.yaml": Loads(),
     "llmd-sched-v0.8.0__deploy__config__sim-epp-config.yaml": Loads(),
-    "llmd-sched-v0.8.0__deploy__config__sim-epp-external-tokenizer-config.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'tokenizer' is not available in this EPP (tracked separately, not implemented yet)",
+    "llmd-sched-v0.8.0__deploy__config__sim-epp-external-tokenizer-config.yaml": Loads(
+        "plugins[0].type: 'tokenizer' is a deprecated name of 'token-producer'",
     ),
-    "llmd-sched-v0.8.0__deploy__config__sim-epp-kvcache-config.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'precise-prefix-cache-scorer' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
-    "llmd-sched-v0.8.0__deploy__config__sim-epp-no-hit-lru.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'precise-prefix-cache-scorer' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
+    "llmd-sched-v0.8.0__deploy__config__sim-epp-kvcache-config.yaml": Loads(),
+    "llmd-sched-v0.8.0__deploy__config__sim-epp-no-hit-lru.yaml": Loads(),
     "llmd-sched-v0.8.0__deploy__config__sim-pd-epp-config.yaml": Loads(),
-    "llmd-sched-v0.8.0__docs__architecture.md__2.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'precise-prefix-cache-scorer' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
+    "llmd-sched-v0.8.0__docs__architecture.md__2.yaml": Loads(),
     "llmd-sched-v0.8.0__docs__disaggregation.md__1.yaml": Loads(),
     "llmd-sched-v0.8.0__docs__disaggregation.md__2.yaml": Loads(),
 }
