@@ -28,7 +28,14 @@ from typing import Literal
 from epp.bench.records import RunResult
 from epp.bench.suite import virtual_cluster
 from epp.bench.summary import Summary, summarize
-from epp.bench.virtual import KVEventSink, VirtualCluster, VirtualRun, _FixedPoolDirector, endpoint_specs
+from epp.bench.virtual import (
+    KVEventSink,
+    VirtualCluster,
+    VirtualRun,
+    _FixedPoolDirector,
+    endpoint_specs,
+    engine_token_ids,
+)
 from epp.bench.workload import BenchRequest, generate, load_spec
 from epp.config.build import build_director
 from epp.config.loader import load_config_file
@@ -36,6 +43,7 @@ from epp.config.model import PickerConfig
 from epp.datastore import Datastore
 from epp.framework import PluginContext
 from epp.metrics.exporter import EppMetrics
+from epp.plugins.token_producer import TokenProducer
 from epp.replicas import EndpointLoad, ReplicaState, RouteMessage
 from epp.requestcontrol import Director
 
@@ -78,6 +86,9 @@ class ReplicatedVirtualRun(VirtualRun):
             self.datastores.append(datastore)
             plugin_sets.append(list(components.plugins.values()))
             self.sinks.extend(p for p in components.plugins.values() if isinstance(p, KVEventSink))
+            for plugin in components.plugins.values():
+                if isinstance(plugin, TokenProducer):  # as VirtualRun does for the first replica
+                    plugin.sync_tokenizer = engine_token_ids
         for index, (datastore, plugins) in enumerate(zip(self.datastores, plugin_sets, strict=True)):
             state = ReplicaState(f"r{index}", datastore, plugins)
             if settings.sync in ("routes", "full"):
