@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install chromium run test lint typecheck unit e2e kind-e2e bench bench-quick clean
+.PHONY: install chromium redis run test lint typecheck unit e2e kind-e2e bench bench-quick clean
 
 # xds-protos ships an older copy of OpenTelemetry's generated protos under the same module paths,
 # and whichever package pip installs last wins; reinstalling opentelemetry-proto's own files makes
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --force-reinstall --no-deps "opentelemetry-proto==$$($(OTEL_PROTO_VERSION))"
 	touch $(STAMP)
 
-install: $(STAMP) chromium
+install: $(STAMP) chromium redis
 
 ## Debian's chromium, which the live view's browser test drives through Playwright (Playwright's
 ## own browser download is not used). Installed with apt-get when missing, as root (CI); otherwise
@@ -29,6 +29,17 @@ chromium:
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 		else \
 			echo "note: /usr/bin/chromium is missing; the browser test needs: sudo apt-get install -y chromium"; \
+		fi; \
+	fi
+
+## Debian's redis-server: the shared state of active-active EPP replicas (--replica-sync, --workers),
+## which the replica tests start on a free 127.0.0.1 port. Installed as chromium is, when missing.
+redis:
+	@if ! command -v redis-server >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
+		else \
+			echo "note: redis-server is missing; the replica tests need: sudo apt-get install -y redis-server"; \
 		fi; \
 	fi
 

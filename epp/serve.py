@@ -7,9 +7,12 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from kubernetes_asyncio.client import ApiClient
@@ -42,9 +45,14 @@ from epp.observe import LiveView, prefix_indexes
 from epp.observe import flags as observe_flags
 from epp.params.duration import parse_duration
 from epp.readyfile import write_ready_file
+from epp.replicas import ReplicaState
+from epp.replicas import flags as replica_flags
 from epp.requestcontrol.model_rewrite import ModelRewrite
 from epp.signals import stop_event
 from epp.tls import parse_bool
+
+if TYPE_CHECKING:
+    from epp.replicas.redis_sync import RedisReplicaSync
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +90,7 @@ class ServeOptions:
     scrape_overrides: ScrapeOverrides = field(default_factory=ScrapeOverrides)
     model_server_metrics_port: int | None = None
     observe: observe_flags.ObserveOptions = field(default_factory=observe_flags.ObserveOptions)
+    replicas: replica_flags.ReplicaOptions = field(default_factory=replica_flags.ReplicaOptions)
 
 
 class EndpointPicker:
@@ -103,6 +112,19 @@ class EndpointPicker:
             options.config, self.datastore, PluginContext(self.metrics), options.objectives
         )
         self.director.model_rewrites.replace(options.model_rewrites)
+        self.replica_sync: RedisReplicaSync | None = None
+        if options.replicas.sync_url:
+            from epp.replicas.redis_sync import RedisReplicaSync  # only with --replica-sync
+
+            state = ReplicaState(options.replicas.resolved_id(), self.datastore, components.plugins.values())
+            self.replica_sync = RedisReplicaSync(
+                options.replicas.sync_url,
+                state,
+                options.replicas.resolved_namespace(options.pool_name),
+                self.metrics.registry,
+                options.replicas.interval,
+                options.replicas.ttl,
+            )
         self.recorder = DecisionRecorder(options.observe.records)
         if self.recorder.enabled:
             self.director.recorder = self.recorder
@@ -185,13 +207,16 @@ class EndpointPicker:
             self.datastore.replace_all(specs)
         if self.options.envoy_eds_file is not None:
             EdsFileWriter(self.datastore, self.options.envoy_eds_file).start()
+        if self.replica_sync is not None:
+            await self.replica_sync.start()
         leader = None
         if self.options.leader_election is not None:
             leader = await self._start_election(self.options.leader_election)
         health = Health(lambda: self.datastore.synced and not self._stopping, leader)
         ext_proc_health = health if self.options.health_checking else None
-        grpc_server = ext_proc_server(self.director, self.options.stream, ext_proc_health)
-        probe_server = health_server(health)
+        reuse_port = self.options.replicas.reuse_port
+        grpc_server = ext_proc_server(self.director, self.options.stream, ext_proc_health, reuse_port)
+        probe_server = health_server(health, reuse_port)
         self.grpc_port = bind(grpc_server, f"{self.options.host}:{self.options.grpc_port}", credentials)
         self.health_port = bind(probe_server, f"{self.options.host}:{self.options.grpc_health_port}", None)
         self._servers = [grpc_server, probe_server]
@@ -207,6 +232,7 @@ class EndpointPicker:
                 "grpc_port": self.grpc_port,
                 "health_port": self.health_port,
                 "metrics_port": self.metrics_server.port,
+                "pid": os.getpid(),  # which worker, under `epp serve --workers`
             }
             write_ready_file(self.options.ready_file, ports)
         log.info(
@@ -225,6 +251,8 @@ class EndpointPicker:
             await self.elector.stop()  # release first: a standby takes over while this one drains
         await asyncio.gather(*(server.stop(self.options.shutdown_grace) for server in self._servers))
         await self.metrics_server.stop()
+        if self.replica_sync is not None:
+            await self.replica_sync.stop()
         if self._pool_gauges_task is not None:
             self._pool_gauges_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -316,6 +344,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gieflags.add_arguments(parser)
     gieflags.add_metrics_arguments(parser)
     observe_flags.add_arguments(parser)
+    replica_flags.add_arguments(parser)
     scheduling = parser.add_argument_group("scheduling")
     config = scheduling.add_mutually_exclusive_group()
     config.add_argument(
@@ -460,6 +489,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         scrape_overrides=gieflags.scrape_overrides(args),
         model_server_metrics_port=args.model_server_metrics_port or None,
         observe=observe_flags.options_from_args(args),
+        replicas=replica_flags.options_from_args(args),
         stream=StreamOptions(
             max_body_bytes=args.max_body_bytes,
             error_prefix="inference gateway" if args.legacy_error_prefix else "inference error",
@@ -502,6 +532,8 @@ async def serve_until_signalled(picker: EndpointPicker) -> None:
 
 def run(args: argparse.Namespace) -> int:
     gieflags.apply(args)
+    if args.workers > 1:
+        return _run_workers(args)
     try:
         picker = EndpointPicker(options_from_args(args))
         asyncio.run(serve_until_signalled(picker))
@@ -512,3 +544,30 @@ def run(args: argparse.Namespace) -> int:
         log.error("exiting: leader election lost (the pod restarts and campaigns again, as GIE's EPP)")
         return 1
     return 0
+
+
+def _run_workers(args: argparse.Namespace) -> int:
+    """`--workers N`: a supervisor of N `epp serve` processes sharing the ports (epp.replicas.workers)."""
+    from epp.replicas import workers
+
+    try:
+        options = options_from_args(args)  # refuse bad flags here, once, rather than in N workers
+    except (DiscoveryError, ValueError, OSError, KubeConfigError) as exc:
+        log.error("%s", exc)
+        return 2
+    plan = workers.WorkerPlan(
+        workers=args.workers,
+        host=options.host,
+        grpc_port=options.grpc_port,
+        health_port=options.grpc_health_port,
+        metrics_port=options.metrics_port,
+        ready_file=options.ready_file,
+        sync_url=options.replicas.sync_url,
+        replica_id=options.replicas.replica_id or f"{socket.gethostname()}-{os.getpid()}",
+        shutdown_grace=options.shutdown_grace,
+    )
+
+    async def supervise() -> int:
+        return await workers.Supervisor(plan, workers.serve_argv()).run(stop_event())
+
+    return asyncio.run(supervise())

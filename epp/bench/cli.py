@@ -7,6 +7,7 @@ the report in docs/benchmarks.md, the two engines' agreement, and the EPP's over
   epp bench agree               one workload through both engines, compared
   epp bench overhead            Envoy with and without the EPP at fixed request rates
   epp bench scale               1,000 endpoints x 100,000 requests in virtual time, timed
+  epp bench replicas            N active-active EPP replicas in virtual time, synced or naive
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from epp.bench import agree, overhead, scale
+from epp.bench import agree, overhead, replicas, scale
 from epp.bench.report import load_results, render_results, save_results, write_block
 from epp.bench.suite import RunOutcome, Suite, SuiteRunner
 
@@ -55,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         commands.add_parser("overhead", help="Envoy with and without the EPP at fixed rates")
     )
     scale.add_arguments(commands.add_parser("scale", help="time a large virtual-time run"))
+    replicas.add_arguments(
+        commands.add_parser("replicas", help="N active-active EPP replicas in virtual time, synced or not")
+    )
 
 
 def _progress(outcome: RunOutcome) -> None:
@@ -103,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     if command == "report":
         return report(args)
     args.command_line = "epp bench " + shlex.join(sys.argv[sys.argv.index("bench") + 1 :])
-    module = {"agree": agree, "overhead": overhead, "scale": scale}[command]
+    module = {"agree": agree, "overhead": overhead, "scale": scale, "replicas": replicas}[command]
     return (
         asyncio.run(module.main(args)) if asyncio.iscoroutinefunction(module.main) else int(module.main(args))
     )

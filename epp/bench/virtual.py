@@ -157,8 +157,9 @@ class VirtualRun:
             config, self.datastore, context, director_type=_FixedPoolDirector
         )
         self.endpoints = list(self.datastore.endpoints())
-        self.sinks = [p for p in components.plugins.values() if isinstance(p, KVEventSink)]
-        for plugin in components.plugins.values():
+        self.plugins = list(components.plugins.values())
+        self.sinks: list[KVEventSink] = [p for p in self.plugins if isinstance(p, KVEventSink)]
+        for plugin in self.plugins:
             if isinstance(plugin, TokenProducer):  # no render server here: the engines' tokenizer
                 plugin.sync_tokenizer = engine_token_ids
         self.servers = {

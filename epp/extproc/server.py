@@ -127,16 +127,24 @@ def bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredenti
     return port
 
 
-def ext_proc_server(director: Director, options: StreamOptions, health: Health | None) -> grpc.aio.Server:
+def _options(reuse_port: bool) -> list[tuple[str, int]]:
+    """SO_REUSEPORT stays off (a second EPP on a taken port fails loudly) unless worker processes
+    share the ports on purpose (`epp serve --workers`)."""
+    return [*_GRPC_OPTIONS[:-1], ("grpc.so_reuseport", int(reuse_port))]
+
+
+def ext_proc_server(
+    director: Director, options: StreamOptions, health: Health | None, reuse_port: bool = False
+) -> grpc.aio.Server:
     """ext_proc, and grpc.health.v1 beside it unless `health` is None (GIE's --health-checking)."""
-    server = grpc.aio.server(options=_GRPC_OPTIONS)
+    server = grpc.aio.server(options=_options(reuse_port))
     ext_proc_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(director, options), server)
     if health is not None:
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
     return server
 
 
-def health_server(health: Health) -> grpc.aio.Server:
-    server = grpc.aio.server(options=_GRPC_OPTIONS)
+def health_server(health: Health, reuse_port: bool = False) -> grpc.aio.Server:
+    server = grpc.aio.server(options=_options(reuse_port))
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     return server

@@ -1,10 +1,12 @@
 """`approx-prefix-cache-producer`: estimates, per candidate, how much of the prompt is already in
 its KV cache, from what this EPP sent where. The index learns in PreRequest, before the request is
-forwarded, so a burst of requests sharing a prefix already sees the first one's placement."""
+forwarded, so a burst of requests sharing a prefix already sees the first one's placement. With
+active-active replicas (`epp.replicas`) each local route also goes to `route_listeners`, and
+`learn` takes the routes other replicas made, so every replica's index sees every decision."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from epp.datalayer import DataProducer, EndpointObserver
 from epp.datastore import Endpoint
@@ -34,6 +36,7 @@ class ApproxPrefixCacheProducer(Plugin, DataProducer, PreRequest, EndpointObserv
         super().__init__(name, params, context)
         self.params = params
         self.index = PrefixIndex()
+        self.route_listeners: list[Callable[[Endpoint, Sequence[int]], None]] = []
         self._block_tokens = params.configured_block_tokens()
         self._hit_ratio = context.metrics.prefix_hit_ratio.observe
         self._hit_bytes = context.metrics.prefix_hit_bytes.observe
@@ -68,6 +71,12 @@ class ApproxPrefixCacheProducer(Plugin, DataProducer, PreRequest, EndpointObserv
             return
         for endpoint in result.cache_holders():
             self.index.add(endpoint, match.hashes, self._capacity(endpoint))
+            for listener in self.route_listeners:
+                listener(endpoint, match.hashes)
+
+    def learn(self, endpoint: Endpoint, hashes: Sequence[int]) -> None:
+        """A route another replica made: `endpoint` now holds these blocks."""
+        self.index.add(endpoint, hashes, self._capacity(endpoint))
 
     def _capacity(self, endpoint: Endpoint) -> int:
         if self.params.auto_tune and endpoint.metrics.cache_num_blocks > 0:

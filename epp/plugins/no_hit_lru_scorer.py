@@ -1,11 +1,13 @@
 """`no-hit-lru-scorer` (llm-d): spread cold requests (no candidate has any of the prompt cached)
 over the endpoints that have gone longest without one, so new prefixes do not pile onto the same
-pod. Warm requests score 0.5 everywhere and leave the choice to the other scorers."""
+pod. Warm requests score 0.5 everywhere and leave the choice to the other scorers. With
+active-active replicas (`epp.replicas`) each cold placement goes to `route_listeners` and `learn`
+takes the other replicas' ones, so all replicas spread new prefixes over one LRU order."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import Field, model_validator
@@ -48,6 +50,7 @@ class NoHitLruScorer(Plugin, Scorer, DataConsumer, PreRequest, EndpointObserver)
         super().__init__(name, params, context)
         self.lru_size = params.lru_size
         self.recent: OrderedDict[str, None] = OrderedDict()  # endpoints given cold requests, oldest first
+        self.route_listeners: list[Callable[[Endpoint, Sequence[int]], None]] = []
 
     def is_cold(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> bool:
         match = self.consumed(request, PREFIX_MATCH)
@@ -72,8 +75,14 @@ class NoHitLruScorer(Plugin, Scorer, DataConsumer, PreRequest, EndpointObserver)
         if not request.attributes.get(self.name):
             return
         for endpoint in result.cache_holders():
-            self.recent[endpoint.name] = None
-            self.recent.move_to_end(endpoint.name)
+            self.learn(endpoint, ())
+            for listener in self.route_listeners:
+                listener(endpoint, ())
+
+    def learn(self, endpoint: Endpoint, hashes: Sequence[int]) -> None:
+        """`endpoint` was given a cold request (here or by another replica)."""
+        self.recent[endpoint.name] = None
+        self.recent.move_to_end(endpoint.name)
         while len(self.recent) > self.lru_size:
             self.recent.popitem(last=False)
 

@@ -55,6 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--epp-arg", action="append", default=[], help="extra `epp serve` argument (repeatable)"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="EPP worker processes sharing its port, each a synced replica (`epp serve --workers`); "
+        "Envoy opens two connections per worker (default 1)",
+    )
     add_resilience_arguments(parser)
 
 
@@ -174,7 +181,8 @@ def _epp_args(args: argparse.Namespace) -> list[str]:
     extra: list[str] = args.epp_arg
     names_config = any(a.startswith(("--config-file", "--config-text")) for a in extra)
     pd_config = [f"--config-file={PD_SAMPLE_CONFIG}"] if args.pd and not names_config else []
-    return ["--served-header=x-epp-destination", *pd_config, *extra]
+    workers = [f"--workers={args.workers}"] if args.workers > 1 else []
+    return ["--served-header=x-epp-destination", *pd_config, *workers, *extra]
 
 
 async def _main(args: argparse.Namespace) -> None:
@@ -191,6 +199,7 @@ async def _main(args: argparse.Namespace) -> None:
         gateway_port=args.port,
         prefill_sims=prefill_sims,
         decode_sims=decode_sims,
+        epp_connections=2 * args.workers if args.workers > 1 else 1,
     )
     stop = stop_event()
     pool = (

@@ -66,6 +66,11 @@ class EnvoyOptions:
     listen_address: str = "127.0.0.1"
     epp_address: str = "127.0.0.1"
     epp_port: int = 9002
+    # Active-active EPP replicas: more EPP ports on epp_address (each a host of the EPP cluster),
+    # and how many hosts to list per port, i.e. how many HTTP/2 connections Envoy opens to it (a
+    # port served by `epp serve --workers N` spreads connections, not streams, over its workers).
+    epp_extra_ports: tuple[int, ...] = ()
+    epp_connections: int = 1
     # GIE's EPP serves TLS (self-signed) by default and gateways skip verification; so do we
     # unless `epp_ca_path` is set.
     epp_tls: bool = True
@@ -127,6 +132,35 @@ class EnvoyOptions:
 
 def _typed(type_name: str, **config: Any) -> dict[str, Any]:
     return {"@type": f"type.googleapis.com/{type_name}", **config}
+
+
+def _epp_failover() -> dict[str, Any]:
+    """Several EPP hosts: a dead one (connection refused) is ejected after two local failures and
+    found unhealthy by a gRPC health check within 500 ms, so new ext_proc streams go to the others;
+    it returns when it answers again."""
+    return {
+        "health_checks": [
+            {
+                "timeout": "0.25s",
+                "interval": "0.5s",
+                # ext_proc's streams do not count as traffic, so without these the checks would
+                # run at the 60 s no-traffic default
+                "no_traffic_interval": "0.5s",
+                "no_traffic_healthy_interval": "0.5s",
+                "unhealthy_threshold": 1,
+                "healthy_threshold": 1,
+                "grpc_health_check": {},
+            }
+        ],
+        "outlier_detection": {
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 2,
+            "interval": "0.5s",
+            "base_ejection_time": "2s",
+            "max_ejection_percent": 100,
+        },
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
+    }
 
 
 def _socket(address: str, port: int) -> dict[str, Any]:
@@ -295,10 +329,18 @@ def _clusters(options: EnvoyOptions) -> list[dict[str, Any]]:
         "load_assignment": {
             "cluster_name": "epp",
             "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": _socket(options.epp_address, options.epp_port)}}]}
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": _socket(options.epp_address, port)}}
+                        for port in (options.epp_port, *options.epp_extra_ports)
+                        for _ in range(max(options.epp_connections, 1))
+                    ]
+                }
             ],
         },
     }
+    if options.epp_extra_ports or options.epp_connections > 1:
+        epp.update(_epp_failover())
     if options.epp_tls:
         epp["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": _epp_tls(options)}
     clusters = [epp, _pool_cluster(options)]

@@ -4,7 +4,10 @@ order, each polled until ready. Used by `epp run`, the end-to-end tests and the 
 Two pool shapes: aggregated (`sims` unlabelled simulators), or disaggregated (`decode_sims` > 0):
 `prefill_sims` simulators labelled `llm-d.ai/role: prefill`, and `decode_sims` decode simulators
 each behind a real `epp sidecar` whose port is the pool endpoint, as in an llm-d decode pod. The
-sidecars' SSRF allowlist is the EPP's own endpoint file, so both see the same pool."""
+sidecars' SSRF allowlist is the EPP's own endpoint file, so both see the same pool.
+
+`epp_replicas` > 1: that many `epp serve` processes, active-active through a redis-server the stack
+starts on a free 127.0.0.1 port (`--replica-sync`), all of them hosts of Envoy's EPP cluster."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from epp.replicas.local_redis import LocalRedis, free_port
 from epp.stack.envoy import EnvoyOptions, render_bootstrap
 from epp.stack.processes import ManagedProcess, epp_command, ready_file_probe, wait_until
 from epp.tls import CERT_FILE, KEY_FILE, Authority
@@ -79,6 +83,9 @@ class StackConfig:
     # render API): written to the run directory once the simulators are up and passed as
     # --config-file.
     epp_config_template: str = ""
+    epp_replicas: int = 1  # > 1: active-active EPP processes sharing state through a redis-server
+    epp_replica_sync: bool = True  # False: the replicas run side by side without sharing (benchmarks)
+    epp_connections: int = 1  # HTTP/2 connections Envoy opens per EPP port (for `--workers`)
 
 
 class Stack:
@@ -89,6 +96,9 @@ class Stack:
         self.sim_processes: list[ManagedProcess] = []
         self.sidecar_processes: list[ManagedProcess] = []
         self.epp: ManagedProcess | None = None
+        self.epps: list[ManagedProcess] = []  # every EPP replica (epp is the first)
+        self.replica_ports: list[dict[str, int]] = []
+        self.redis: LocalRedis | None = None
         self.envoy: ManagedProcess | None = None
         self.epp_ports: dict[str, int] = {}
         self.gateway_port = 0
@@ -140,9 +150,11 @@ class Stack:
         await self.start_envoy()
 
     async def stop(self) -> None:
-        for process in [self.envoy, self.epp, *self.sidecar_processes, *self.sim_processes]:
+        for process in [self.envoy, *self.epps, *self.sidecar_processes, *self.sim_processes]:
             if process is not None:
                 await process.stop()
+        if self.redis is not None:
+            await self.redis.stop()
         if self._session is not None:
             await self._session.close()
 
@@ -257,10 +269,47 @@ class Stack:
             (path / CERT_FILE).write_bytes(cert)
 
     async def start_epp(self) -> None:
+        if self.config.epp_replicas > 1:
+            await self._start_replicas()
+            return
         ready = self.run_dir / "epp.ready.json"
         ready.unlink(missing_ok=True)
-        grpc_port = self.epp_ports.get("grpc_port", 0)
-        argv = epp_command(
+        argv = self._serve_argv(ready, self.epp_ports.get("grpc_port", 0))
+        self.epp = ManagedProcess("epp", argv, self.run_dir / "epp.log")
+        self.epps = [self.epp]
+        await self.epp.start()
+        self.epp_ports = await wait_until(ready_file_probe(ready), "the EPP", STARTUP_TIMEOUT, [self.epp])
+        self.replica_ports = [self.epp_ports]
+
+    async def _start_replicas(self) -> None:
+        if self.redis is None:
+            self.redis = LocalRedis(port=free_port())
+            await self.redis.start()
+        started = [self._start_replica(i) for i in range(self.config.epp_replicas)]
+        self.replica_ports = list(await asyncio.gather(*started))
+        self.epp = self.epps[0]
+        self.epp_ports = self.replica_ports[0]
+
+    async def _start_replica(self, index: int) -> dict[str, int]:
+        assert self.redis is not None
+        name = f"epp-{index}"
+        ready = self.run_dir / f"{name}.ready.json"
+        ready.unlink(missing_ok=True)
+        argv = self._serve_argv(
+            ready,
+            0,
+            *([f"--replica-sync={self.redis.url}"] if self.config.epp_replica_sync else []),
+            f"--replica-id={name}",
+            eds=index == 0,  # one writer of Envoy's pool file is enough
+        )
+        process = ManagedProcess(name, argv, self.run_dir / f"{name}.log")
+        self.epps.append(process)
+        await process.start()
+        ports: dict[str, int] = await wait_until(ready_file_probe(ready), name, STARTUP_TIMEOUT, [process])
+        return ports
+
+    def _serve_argv(self, ready: Path, grpc_port: int, *extra: str, eds: bool = True) -> list[str]:
+        return epp_command(
             "serve",
             "--host=127.0.0.1",
             f"--grpc-port={grpc_port}",
@@ -273,14 +322,12 @@ class Stack:
                 else []
             ),
             f"--endpoints-file={self.endpoints_file}",
-            f"--envoy-eds-file={self.pool_eds_file}",
+            *([f"--envoy-eds-file={self.pool_eds_file}"] if eds else []),
             f"--ready-file={ready}",
+            *extra,
             *self.config.epp_args,
             *self._templated_config(),
         )
-        self.epp = ManagedProcess("epp", argv, self.run_dir / "epp.log")
-        await self.epp.start()
-        self.epp_ports = await wait_until(ready_file_probe(ready), "the EPP", STARTUP_TIMEOUT, [self.epp])
 
     def _templated_config(self) -> list[str]:
         if not self.config.epp_config_template:
@@ -314,6 +361,8 @@ class Stack:
             admin_port=0,
             baseline_port=0 if self.config.baseline_listener else None,
             epp_port=self.epp_ports["grpc_port"],
+            epp_extra_ports=tuple(p["grpc_port"] for p in self.replica_ports[1:]),
+            epp_connections=self.config.epp_connections,
             fallback_endpoints=tuple(s.hostport for s in self.serving_endpoints),
             pool_eds_path=str(self.pool_eds_file),
         )

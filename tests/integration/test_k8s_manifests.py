@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import kubernetes_validate
@@ -36,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES_VERSION = "1.33.0"
 OVERLAYS = ["manifests/overlays/aggregated", "manifests/overlays/pd", "manifests/overlays/agentgateway"]
 HA = "manifests/overlays/ha"  # aggregated with two leader-electing EPP replicas
+ACTIVE = "manifests/overlays/active-active"  # aggregated with three EPP replicas synced through Redis
 GATEWAYS = {
     "gateway-api/agentgateway": "agentgateway",
     "gateway-api/envoy-gateway": "envoy-gateway",
@@ -61,7 +63,8 @@ def render(directory: str) -> list[Doc]:
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
-RENDERED = {directory: render(directory) for directory in [*OVERLAYS, HA, *GATEWAYS]} if KUBECTL else {}
+ALL = [*OVERLAYS, HA, ACTIVE, *GATEWAYS]
+RENDERED = {directory: render(directory) for directory in ALL} if KUBECTL else {}
 
 
 def of_kind(docs: list[Doc], kind: str) -> list[Doc]:
@@ -91,7 +94,7 @@ def epp_deployment(docs: list[Doc]) -> Doc:
     return one(docs, "Deployment", "vllm-sim-epp")
 
 
-@pytest.mark.parametrize("directory", [*OVERLAYS, HA, *GATEWAYS])
+@pytest.mark.parametrize("directory", [*OVERLAYS, HA, ACTIVE, *GATEWAYS])
 def test_objects_validate_against_their_schemas(directory: str) -> None:
     kinds = set()
     for doc in RENDERED[directory]:
@@ -313,6 +316,21 @@ def test_the_ha_overlay_runs_two_leader_electing_replicas() -> None:
     assert cli_args(container).ha_enable_leader_election is True
     assert container["readinessProbe"]["grpc"]["service"] == "readiness"
     assert container["livenessProbe"]["grpc"]["service"] == "liveness"
+
+
+def test_the_active_active_overlay_syncs_replicas_through_its_redis() -> None:
+    docs = RENDERED[ACTIVE]
+    deployment = epp_deployment(docs)
+    assert deployment["spec"]["replicas"] == 3
+    (container,) = containers(deployment)
+    url = urlsplit(cli_args(container).replica_sync)
+    assert url.scheme == "redis"
+    (service,) = [s for s in of_kind(docs, "Service") if s["metadata"]["name"] == url.hostname]
+    assert [p["port"] for p in service["spec"]["ports"]] == [url.port]
+    (redis,) = [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"] == url.hostname]
+    labels = redis["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert containers(redis)[0]["ports"][0]["containerPort"] == 6379
 
 
 async def test_the_ha_roles_are_enough_for_leader_election(tmp_path: Path) -> None:

@@ -168,6 +168,7 @@ def test_fail_open_needs_buffered_mode_and_fallback_endpoints() -> None:
         EnvoyOptions(allowed_paths=("/v1/rerank",), baseline_port=0, fallback_endpoints=("127.0.0.1:8000",)),
         EnvoyOptions(body_mode="full-duplex", pool_eds_path=None),
         EnvoyOptions(epp_ca_path="ca.crt", client_cert_path="c.crt", client_key_path="c.key"),
+        EnvoyOptions(epp_extra_ports=(9004,), epp_connections=2),
     ],
 )
 def test_envoy_accepts_every_variant(options: EnvoyOptions, tmp_path: Path) -> None:
@@ -279,3 +280,20 @@ def test_epp_run_allow_path_adds_to_the_defaults() -> None:
     assert envoy_options(args).allowed_paths == (*DEFAULT_ALLOWED_PATHS, "/v1/rerank", "/tokenize")
     with pytest.raises(SystemExit):
         build_parser("run").parse_args(["run", "--allow-path", "metrics"])
+
+
+def test_several_epp_hosts_are_health_checked_and_ejected_when_dead() -> None:
+    (single,) = [
+        c for c in render_bootstrap(EnvoyOptions())["static_resources"]["clusters"] if c["name"] == "epp"
+    ]
+    assert "health_checks" not in single and "outlier_detection" not in single
+    options = EnvoyOptions(epp_port=9002, epp_extra_ports=(9004,), epp_connections=2)
+    (epp,) = [c for c in render_bootstrap(options)["static_resources"]["clusters"] if c["name"] == "epp"]
+    hosts = [
+        e["endpoint"]["address"]["socket_address"]["port_value"]
+        for e in epp["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    ]
+    assert hosts == [9002, 9002, 9004, 9004]  # two connections to each replica
+    (check,) = epp["health_checks"]
+    assert "grpc_health_check" in check and check["no_traffic_interval"] == "0.5s"
+    assert epp["outlier_detection"]["consecutive_local_origin_failure"] == 2

@@ -1,0 +1,11 @@
+"""Active-active EPP replicas: what one replica shares with the others so N of them route as one.
+
+`ReplicaState` (transport-free) is the replica's side: the prefix blocks it routes, taken from every
+plugin that learns routes (`RouteLearner`, e.g. `approx-prefix-cache-producer`), and its own
+per-endpoint in-flight load; peers' routes are learned into the same indexes and peers' in-flight
+load is added to the endpoints' counts. `RedisReplicaSync` carries both through Redis (pub/sub for
+routes, per-replica keys with a TTL for load); the virtual-time engine carries them itself."""
+
+from epp.replicas.state import EndpointLoad, ReplicaState, RouteLearner, RouteMessage
+
+__all__ = ["EndpointLoad", "ReplicaState", "RouteLearner", "RouteMessage"]

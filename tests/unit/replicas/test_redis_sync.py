@@ -1,0 +1,124 @@
+"""Two replicas through a real redis-server: routes and load shared; Redis gone and back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry
+
+from epp.datastore import Datastore, EndpointSpec
+from epp.plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
+from epp.replicas import ReplicaState
+from epp.replicas.local_redis import LocalRedis, free_port
+from epp.replicas.redis_sync import RedisReplicaSync
+from epp.scheduling.types import ProfileResult, SchedulingResult
+from tests.unit.plugin_helpers import plugin, request
+
+PROMPT = "y" * 4096
+
+
+class Replica:
+    def __init__(self, name: str, url: str) -> None:
+        self.store = Datastore()
+        self.store.replace_all(
+            EndpointSpec(name=f"e{i}", address=f"10.0.0.{i + 1}", port=8000) for i in range(2)
+        )
+        self.producer = plugin(ApproxPrefixCacheProducer)
+        self.state = ReplicaState(name, self.store, [self.producer])
+        self.registry = CollectorRegistry()
+        self.sync = RedisReplicaSync(url, self.state, "epp:test", self.registry, interval=0.02, ttl=0.4)
+
+    def route(self, prompt: str, endpoint: str) -> None:
+        req = request(prompt)
+        self.producer.prepare(req, self.store.endpoints())
+        target = self.store.get(endpoint)
+        assert target is not None
+        self.producer.pre_request(req, SchedulingResult({"default": ProfileResult([target])}, "default"))
+
+    def matched(self, prompt: str) -> dict[str, int]:
+        req = request(prompt)
+        self.producer.prepare(req, self.store.endpoints())
+        return {
+            e.name: n for e, n in self.producer.index.match(req.attributes[self.producer.name].hashes).items()
+        }
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_two_replicas_share_routes_and_load(redis_server: LocalRedis) -> None:
+    a, b = Replica("a", redis_server.url), Replica("b", redis_server.url)
+    await a.sync.start()
+    await b.sync.start()
+    try:
+        await until(lambda: a.sync.connected and b.sync.connected and b.sync.subscribed)
+        await until(
+            lambda: a.metric("epp_replica_sync_peers") == 1 and b.metric("epp_replica_sync_peers") == 1
+        )
+        a.route(PROMPT, "e1")
+        assert a.matched(PROMPT) == {"e1": 64}  # 4096 bytes in 64-byte blocks
+        await until(lambda: b.matched(PROMPT) == {"e1": 64})
+        assert a.metric("epp_replica_sync_routes_total", direction="sent") == 1
+        assert b.metric("epp_replica_sync_routes_total", direction="received") == 1
+        a_e0 = a.store.get("e0")
+        b_e0 = b.store.get("e0")
+        assert a_e0 is not None and b_e0 is not None
+        a_e0.inflight_requests += 3  # as the director charges routed requests
+        a_e0.inflight_tokens += 300
+        await until(lambda: (b_e0.inflight_requests, b_e0.inflight_tokens) == (3, 300))
+        a_e0.inflight_requests -= 3
+        a_e0.inflight_tokens -= 300
+        await until(lambda: (b_e0.inflight_requests, b_e0.inflight_tokens) == (0, 0))
+        # a replica that stops (or dies: its key's TTL) stops counting
+        a_e0.inflight_requests += 2
+        await until(lambda: b_e0.inflight_requests == 2)
+        await a.sync.stop()
+        await until(lambda: b_e0.inflight_requests == 0)
+        assert a_e0.inflight_requests == 2  # its own count untouched
+    finally:
+        await a.sync.stop()
+        await b.sync.stop()
+
+
+async def test_redis_down_then_back_degrades_to_local_state_and_recovers() -> None:
+    port = free_port()
+    a, b = Replica("a", f"redis://127.0.0.1:{port}/0"), Replica("b", f"redis://127.0.0.1:{port}/0")
+    await a.sync.start()  # no Redis yet: start returns, the replica routes alone
+    await b.sync.start()
+    try:
+        await until(lambda: a.metric("epp_replica_sync_errors_total", operation="load") > 0)
+        assert not a.sync.connected
+        a.route(PROMPT, "e0")  # routing goes on with local state
+        assert a.matched(PROMPT) == {"e0": 64}
+        async with LocalRedis(port=port):
+            await until(lambda: a.sync.connected and b.sync.connected)
+            b_e1 = b.store.get("e1")
+            a_e1 = a.store.get("e1")
+            assert a_e1 is not None and b_e1 is not None
+            a_e1.inflight_requests += 1
+            await until(lambda: b_e1.inflight_requests == 1)
+            await until(lambda: b.sync.subscribed)  # resubscribed after the outage: routes flow again
+            await until(lambda: _routes_flow(a, b))
+        await until(lambda: not b.sync.connected)  # Redis killed: peers' load dropped
+        assert b_e1.inflight_requests == 0
+        assert b.metric("epp_replica_sync_connected") == 0
+    finally:
+        await a.sync.stop()
+        await b.sync.stop()
+
+
+def _routes_flow(a: Replica, b: Replica) -> bool:
+    prompt = "z" * 4096
+    if b.matched(prompt).get("e1"):
+        return True
+    a.route(prompt, "e1")
+    return False
