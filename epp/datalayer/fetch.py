@@ -16,6 +16,7 @@ from epp.datastore.endpoint import join_host_port
 _HEADER_END = b"\r\n\r\n"
 _MAX_HEADER = 64 * 1024
 _MAX_BODY = 64 * 1024 * 1024
+_READ_SIZE = 64 * 1024
 
 
 class FetchError(Exception):
@@ -108,10 +109,15 @@ class _Response:
             self._chunk_left = -1
 
 
-class _GetProtocol(asyncio.Protocol):
+class _GetProtocol(asyncio.BufferedProtocol):
+    """Reads into one reused buffer (`recv_into`): a plain Protocol gets a fresh bytes object per
+    read, which asyncio allocates at 256 KiB and shrinks, and that allocation alone cost more than
+    parsing the page (about 23 us of a 27 KB page's scrape)."""
+
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self._read_view = memoryview(bytearray(_READ_SIZE))
         self._buffer = bytearray()
         self._response: _Response | None = None
         self._waiter: asyncio.Future[tuple[int, bytes]] | None = None
@@ -130,7 +136,13 @@ class _GetProtocol(asyncio.Protocol):
         self.transport.write(raw)
         return self._waiter
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._read_view[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if self._response is None:
             return
         self._buffer += data

@@ -64,24 +64,34 @@ def _unescape(value: str) -> str:
 
 
 class Extractor:
-    """Finds the sample lines of a fixed set of metric names in one regex pass. The pattern starts
-    with the literal newline + the names' common prefix (`\nvllm:`), which lets the regex engine
-    jump between candidate lines instead of trying every character: 6x cheaper than an anchored
-    multiline pattern on a 27 KB vLLM page."""
+    """Finds the sample lines of a fixed set of metric names in one regex pass over the page's
+    bytes, decoding only the lines found. The pattern starts with the literal newline + the names'
+    common prefix (`\nvllm:`), which lets the regex engine jump between candidate lines instead of
+    trying every character: 6x cheaper than an anchored multiline pattern on a 27 KB vLLM page."""
 
     def __init__(self, names: Iterable[str]) -> None:
         wanted = sorted(set(names), key=len, reverse=True)
         prefix = os.path.commonprefix(wanted) if wanted else ""  # noqa: RUF071 - a character prefix is meant
         suffixes = "|".join(re.escape(n[len(prefix) :]) for n in wanted) if wanted else "(?!)"
         self._prefix = prefix
-        self._pattern = re.compile(rf"\n{re.escape(prefix)}({suffixes})([{{ \t][^\n]*)")
+        line = rf"{re.escape(prefix)}({suffixes})([{{ \t][^\n]*)".encode()
+        self._pattern = re.compile(b"\n" + line)
+        self._first = re.compile(line)  # the page's first line has no newline before it
 
     def extract(self, text: str) -> dict[str, list[Sample]]:
+        return self.extract_bytes(text.encode("utf-8", "surrogatepass"))
+
+    def extract_bytes(self, page: bytes) -> dict[str, list[Sample]]:
         found: dict[str, list[Sample]] = {}
-        for suffix, rest in self._pattern.findall("\n" + text):
-            sample = _sample(rest)
+        matches = self._pattern.findall(page)
+        first = self._first.match(page)
+        if first is not None:
+            matches.insert(0, first.groups())
+        prefix = self._prefix
+        for suffix, rest in matches:
+            sample = _sample(rest.decode("utf-8", "replace"))
             if sample is not None:
-                found.setdefault(self._prefix + suffix, []).append(sample)
+                found.setdefault(prefix + suffix.decode(), []).append(sample)
         return found
 
 
@@ -92,7 +102,10 @@ def _sample(rest: str) -> Sample | None:
         close = rest.rfind("}")
         if close < 0:
             return None
-        labels = {k: _unescape(v) for k, v in _LABEL.findall(rest, 1, close)}
+        if "\\" in rest:
+            labels = {k: _unescape(v) for k, v in _LABEL.findall(rest, 1, close)}
+        else:
+            labels = dict(_LABEL.findall(rest, 1, close))
         rest = rest[close + 1 :]
     parts = rest.split()
     if not parts:

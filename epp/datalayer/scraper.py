@@ -142,5 +142,5 @@ class MetricsScraper:
         if status != 200:
             raise ValueError(f"HTTP {status} from {endpoint.spec.metrics_hostport}{self._path}")
         self.scrapes += 1
-        samples = self._extractors[engine].extract(body.decode("utf-8", "replace"))
+        samples = self._extractors[engine].extract_bytes(body)
         endpoint.metrics = self._engines[engine].read(samples, time.monotonic())

@@ -5,6 +5,7 @@ is not outranked by a short prompt's full match."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import repeat
 
 from pydantic import Field
 
@@ -42,7 +43,9 @@ class PrefixCacheScorer(Plugin, Scorer, DataConsumer):
             return [0.0] * len(candidates)
         total = match.total_blocks
         matched = match.matched
-        ratios = [matched.get(e, 0) / total for e in candidates]
+        # Only the endpoints holding blocks are divided; the rest get 0 / total = 0.0 from a C map.
+        ratio_of = {e: blocks / total for e, blocks in matched.items()}
+        ratios = list(map(ratio_of.get, candidates, repeat(0.0)))
         if self.length_weight == 0.0:
             return ratios
         scale = match.block_size_tokens / self.scale_tokens

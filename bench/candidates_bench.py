@@ -1,0 +1,100 @@
+"""CPU per scheduling decision over many candidates: GIE's default configuration, N endpoints
+(default 1,000, as `epp bench scale`), ~1,100-token prompts from 100 shared 1,000-token prefixes.
+
+Times `schedule` + `pre_request` with `time.thread_time` (CPU of this thread only, so other
+processes on a shared machine do not inflate it), mean of each round of decisions, after a
+warm-up round. A crude server model feeds the picks back into queue and KV-cache use. The last
+field is a digest of every pick: equal digests mean the same decisions.
+
+    .venv/bin/python bench/candidates_bench.py [--endpoints N] [--requests N] [--rounds N] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import hashlib
+import pstats
+import random
+import time
+from types import MappingProxyType
+
+from epp.config.build import build_director
+from epp.config.loader import load_config
+from epp.datastore import Datastore, EndpointSpec
+from epp.framework import PluginContext
+from epp.metrics.exporter import EppMetrics
+from epp.requests import ApiKind, InferenceRequest
+
+MODEL = "m"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--endpoints", type=int, default=1000)
+    parser.add_argument("--requests", type=int, default=2000, help="decisions per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="print a cProfile of one round instead")
+    args = parser.parse_args()
+    rng = random.Random(1)
+    datastore = Datastore()
+    for i in range(args.endpoints):
+        spec = EndpointSpec(
+            name=f"e{i}",
+            address=f"10.{i // 250}.0.{i % 250 + 1}",
+            port=8000,
+            labels=MappingProxyType({}),
+            models=frozenset({MODEL}),
+        )
+        metrics = datastore.upsert(spec).metrics
+        metrics.waiting_queue_size = rng.randrange(0, 4)
+        metrics.kv_cache_usage = rng.uniform(0, 0.5)
+        metrics.cache_block_size = 16
+        metrics.cache_num_blocks = 4096
+        metrics.update_time = time.monotonic()
+    datastore.synced = True
+    _, components = build_director(load_config(), datastore, PluginContext(EppMetrics(), random.Random(1)))
+    scheduler, hooks = components.scheduler, components.hooks
+    endpoints = datastore.ready_endpoints()
+    prefixes = [rng.randbytes(2000).hex().encode() for _ in range(100)]
+    picks: list[str] = []
+
+    def round_of(count: int) -> float:
+        cpu = 0.0
+        for i in range(count):
+            prompt = rng.choice(prefixes) + rng.randbytes(200).hex().encode()
+            request = InferenceRequest(str(i), ApiKind.COMPLETIONS, "/v1/completions", MODEL, prompt=prompt)
+            started = time.thread_time()
+            result = scheduler.schedule(request, endpoints)
+            hooks.pre_request(request, result)
+            cpu += time.thread_time() - started
+            chosen = result.targets[0]
+            picks.append(chosen.name)
+            chosen.metrics.waiting_queue_size += 1
+            chosen.metrics.kv_cache_usage = min(0.95, chosen.metrics.kv_cache_usage + 0.01)
+            if i % 32 == 0:
+                for endpoint in endpoints:
+                    endpoint.metrics.waiting_queue_size //= 2
+                    endpoint.metrics.kv_cache_usage *= 0.9
+        return cpu / count
+
+    round_of(args.requests)  # warm-up: the prefix index fills, the picks spread
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        round_of(args.requests)
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+        return
+    means = [round_of(args.requests) * 1e6 for _ in range(args.rounds)]
+    digest = hashlib.sha256(",".join(picks).encode()).hexdigest()[:12]
+    print(
+        f"{args.endpoints} endpoints: " + ", ".join(f"{m:.0f}" for m in means) + " us CPU per decision "
+        f"(rounds of {args.requests}); picks digest {digest}"
+    )
+
+
+if __name__ == "__main__":
+    main()
