@@ -93,7 +93,11 @@ class EndpointPicker:
             log.warning("config: %s", warning)
         log.info("scheduling configuration:\n%s", options.config.summary())
         self.director, components = build_director(
-            options.config, self.datastore, PluginContext(self.metrics), options.objectives
+            options.config,
+            self.datastore,
+            PluginContext(self.metrics),
+            options.objectives,
+            pool_name=options.pool_name,
         )
         self.director.model_rewrites.replace(options.model_rewrites)
         self.metrics_server = MetricsServer(self.metrics.registry, options.host, options.metrics_port)
@@ -199,6 +203,8 @@ class EndpointPicker:
         if self.elector is not None:
             await self.elector.stop()  # release first: a standby takes over while this one drains
         await asyncio.gather(*(server.stop(self.options.shutdown_grace) for server in self._servers))
+        if self.director.flow_control is not None:
+            await self.director.flow_control.stop()  # queued requests still dispatch while draining
         await self.metrics_server.stop()
         if self._pool_gauges_task is not None:
             self._pool_gauges_task.cancel()

@@ -12,12 +12,12 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from epp.config.model import PickerConfig, PluginSpec, ProfileSpec
-from epp.config.schema import DataLayerDoc, EndpointPickerConfigDoc, ProfileDoc
+from epp.config.model import BandSpec, FlowControlSpec, PickerConfig, PluginSpec, ProfileSpec
+from epp.config.schema import BandLimitsDoc, DataLayerDoc, EndpointPickerConfigDoc, FlowControlDoc, ProfileDoc
 from epp.datalayer import DataProducer, MetricsExtractor, MetricsSource
-from epp.flowcontrol import SaturationDetector
+from epp.flowcontrol import FairnessPolicy, OrderingPolicy, SaturationDetector, UsageLimitPolicy
 from epp.framework import DataConsumer, DataKey, Plugin, PluginUser
-from epp.framework.registry import canonical_type_names, find_plugin_type
+from epp.framework.registry import canonical_type_names, find_plugin_type, plugin_types
 from epp.params.strict import ConfigError, describe
 from epp.requestcontrol import RequestParser
 from epp.scheduling.framework import Filter, Picker, ProfileHandler, Scorer
@@ -29,20 +29,13 @@ DEFAULT_SATURATION_DETECTOR = "utilization-detector"
 DEFAULT_METRICS_SOURCE = "metrics-data-source"
 DEFAULT_METRICS_EXTRACTOR = "core-metrics-extractor"
 DEFAULT_PARSER = "openai-parser"
+DEFAULT_FAIRNESS_POLICY = "global-strict-fairness-policy"
+DEFAULT_ORDERING_POLICY = "fcfs-ordering-policy"
+DEFAULT_USAGE_LIMIT_POLICY = "static-usage-limit-policy"
+DEFAULT_BAND_MAX_BYTES = 1_000_000_000  # GIE: a band's maxBytes when 0 or omitted
 
 # GIE types that are known but not implemented here, with the reason users need to hear.
 UNSUPPORTED_TYPES = {
-    **dict.fromkeys(
-        (
-            "fcfs-ordering-policy",
-            "edf-ordering-policy",
-            "slo-deadline-ordering-policy",
-            "global-strict-fairness-policy",
-            "round-robin-fairness-policy",
-            "static-usage-limit-policy",
-        ),
-        "a flow-control policy; flow control is not implemented (requests use legacy admission)",
-    ),
     **dict.fromkeys(
         (
             "latency-scorer",
@@ -116,7 +109,7 @@ class _Loader:
         detector = self._saturation_detector()
         source, extractor = self._data_layer()
         parser = self._parser()
-        self._flow_control()
+        flow_control = self._flow_control(detector)
         self._check()
         bindings = self._bind_producers()
         self._check()
@@ -136,6 +129,7 @@ class _Loader:
             producer_bindings=bindings,
             producer_order=producer_order,
             warnings=tuple(self.warnings),
+            flow_control_spec=flow_control,
         )
 
     def _check(self) -> None:
@@ -333,21 +327,79 @@ class _Loader:
             self._ref("parser.pluginRef", self.doc.parser.plugin_ref, RequestParser, "a request parser") or ""
         )
 
-    def _flow_control(self) -> None:
+    def _flow_control(self, detector: str) -> FlowControlSpec | None:
         gate = "flowControl" in self.doc.feature_gates
-        if gate:
-            self.warnings.append(
-                "feature gate flowControl: flow control is not implemented; legacy admission is used "
-                "(sheddable requests are rejected while the pool is saturated)"
-            )
         section = self.doc.flow_control
-        if section is None:
-            return
         if not gate:
-            self.warnings.append("flowControl is ignored without the flowControl feature gate (as in GIE)")
-        for path, name in section.plugin_refs():
-            if name not in self.plugins:
-                self.problems.append(f"{path}: no plugin named {name!r} (defined: {_names(self.plugins)})")
+            if section is not None:
+                self.warnings.append(
+                    "flowControl is ignored without the flowControl feature gate (as in GIE)"
+                )
+            return None
+        doc = section or FlowControlDoc()
+        usage = DEFAULT_USAGE_LIMIT_POLICY
+        if doc.usage_limit_policy_plugin_ref:
+            usage = self._policy(
+                "flowControl.usageLimitPolicyPluginRef", doc.usage_limit_policy_plugin_ref, UsageLimitPolicy
+            )
+        else:
+            usage = self._first_of_type(usage) or self._implicit(usage)
+        if doc.saturation_detector is not None:
+            sub = doc.saturation_detector
+            if sub.plugin_ref is not None:
+                detector = (
+                    self._ref(
+                        "flowControl.saturationDetector.pluginRef",
+                        sub.plugin_ref,
+                        SaturationDetector,
+                        "a saturation detector",
+                    )
+                    or detector
+                )
+            elif sub.inline_thresholds():
+                self.problems.append(
+                    "flowControl.saturationDetector: inline thresholds are not supported here; define a "
+                    "utilization-detector plugin and give its name as pluginRef"
+                )
+        default_doc = doc.default_priority_band or BandLimitsDoc()
+        default_band = self._band("flowControl.defaultPriorityBand", default_doc, None)
+        bands = {
+            band.priority: self._band(f"flowControl.priorityBands[{i}]", band, default_band)
+            for i, band in enumerate(doc.priority_bands)
+        }
+        return FlowControlSpec(
+            default_band=default_band,
+            bands=bands,
+            max_bytes=doc.max_bytes or 0,
+            max_requests=doc.max_requests or 0,
+            default_request_ttl=doc.default_request_ttl or 0.0,
+            usage_limit_policy=usage,
+            saturation_detector=detector,
+        )
+
+    def _band(self, path: str, doc: BandLimitsDoc, default: BandSpec | None) -> BandSpec:
+        """A band's limits and policies; omitted policies are GIE's defaults (not the template's)."""
+        fairness = self._policy(
+            f"{path}.fairnessPolicyRef", doc.fairness_policy_ref or DEFAULT_FAIRNESS_POLICY, FairnessPolicy
+        )
+        ordering = self._policy(
+            f"{path}.orderingPolicyRef", doc.ordering_policy_ref or DEFAULT_ORDERING_POLICY, OrderingPolicy
+        )
+        return BandSpec(doc.max_bytes or DEFAULT_BAND_MAX_BYTES, doc.max_requests or 0, fairness, ordering)
+
+    def _policy(self, path: str, name: str, role: type) -> str:
+        """A policy reference: a plugin defined under that name, or else a policy type, created
+        with its defaults (GIE registers its flow-control policies under their type names)."""
+        if name in self.plugins:
+            return self._ref(path, name, role, f"a {_role_text(role)}") or name
+        cls = _registered(name)
+        if cls is None or not issubclass(cls, role):
+            self.problems.append(
+                f"{path}: no plugin named {name!r} and no {_role_text(role)} of that type "
+                f"(defined: {_names(self.plugins)}; types: {', '.join(_types_of(role))})"
+            )
+            return name
+        return self._implicit(name)
 
     # --- data producers -------------------------------------------------------------------------
 
@@ -466,3 +518,20 @@ def _known_type(type_name: str) -> type[Plugin]:
     if cls is None:
         raise LookupError(f"built-in plugin type {type_name!r} is not registered")
     return cls
+
+
+def _role_text(role: type) -> str:
+    texts: dict[type, str] = {
+        FairnessPolicy: "fairness policy",
+        OrderingPolicy: "ordering policy",
+        UsageLimitPolicy: "usage-limit policy",
+    }
+    return texts.get(role, role.__name__)
+
+
+def _registered(type_name: str) -> type[Plugin] | None:
+    return plugin_types().get(type_name)
+
+
+def _types_of(role: type) -> list[str]:
+    return sorted({cls.type_name for cls in plugin_types().values() if issubclass(cls, role)})

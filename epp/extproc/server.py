@@ -38,6 +38,7 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
         try:
             async for message in request_iterator:
                 try:
+                    await stream.admit(message, context.time_remaining())
                     replies = list(stream.handle(message))
                 except Exception:
                     log.exception("ext_proc stream failed; answering 500")

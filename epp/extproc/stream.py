@@ -16,6 +16,7 @@ from epp.headers import (
     REQUEST_ID_HEADER,
 )
 from epp.requestcontrol import Director, RoutedRequest
+from epp.requestcontrol.director import Parsed
 from epp.requests import ErrorCode, RequestError
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ class ExtProcStream:
         self._body = bytearray()
         self._subset: list[str] | None = None
         self._routed: RoutedRequest | None = None
+        # What the awaited admission step (flow control) decided for the body: parsed, or refused.
+        self._admitted: Parsed | None = None
+        self._refusal: RequestError | None = None
         self._headers_seen = False
         self._trailers_seen = False
         # The request's headers or body ended, or its trailers came: nothing of it may follow.
@@ -83,6 +87,29 @@ class ExtProcStream:
                 yield from self._response_trailers()
         except RequestError as error:
             yield self._reject(error)
+
+    async def admit(self, message: ext_proc.ProcessingRequest, deadline: float | None = None) -> None:
+        """The awaited step between the body's arrival and the synchronous routing in `handle`:
+        for the message that completes the request body, flow control's queue (a no-op without
+        it). A refusal is kept and answered by `handle`; a cancelled wait (the client gone)
+        propagates, leaving no load taken."""
+        if self._director.flow_control is None or not self._completes_body(message):
+            return
+        body = bytes(self._body) + (message.request_body.body if message.HasField("request_body") else b"")
+        if len(body) > self._options.max_body_bytes:
+            return  # handle() refuses it
+        try:
+            self._admitted = await self._director.admit_body(body, self._headers, deadline)
+        except RequestError as error:
+            self._refusal = error
+
+    def _completes_body(self, message: ext_proc.ProcessingRequest) -> bool:
+        if not self._headers_seen or self._request_ended or self._routed is not None:
+            return False
+        kind = message.WhichOneof("request")
+        if kind == "request_body":
+            return message.request_body.end_of_stream or self._request_mode == BodyMode.BUFFERED
+        return kind == "request_trailers"
 
     def close(self) -> None:
         """The stream ended, however it ended: release the request's load exactly once."""
@@ -152,8 +179,10 @@ class ExtProcStream:
         yield ext_proc.ProcessingResponse(request_trailers=ext_proc.TrailersResponse())
 
     def _route(self, end_of_stream: bool) -> Iterator[ext_proc.ProcessingResponse]:
+        if self._refusal is not None:
+            raise self._refusal  # already counted by the director
         raw = bytes(self._body)
-        self._routed = self._director.handle_body(raw, self._headers, self._subset)
+        self._routed = self._director.handle_body(raw, self._headers, self._subset, self._admitted)
         body = self._routed.body if self._routed.body is not None else raw
         common = self._routing_common(new_body_size=len(body) if self._routed.body is not None else None)
         metadata = messages.destination_metadata(self._routed.destination)

@@ -7,12 +7,14 @@ import logging
 import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import orjson
 
 from epp.datastore import Datastore, Endpoint
 from epp.datastore.endpoint import split_host_port
 from epp.flowcontrol import Admission, AdmitAll
+from epp.flowcontrol.controller import FlowController, bound_fairness_id
 from epp.headers import FAIRNESS_HEADER, MODEL_REWRITE_HEADER, OBJECTIVE_HEADER, REQUEST_ID_HEADER
 from epp.metrics.exporter import EppMetrics
 from epp.requestcontrol.hooks import RequestControlHooks
@@ -136,6 +138,14 @@ def _model_swap(target: str, incoming: str) -> tuple[tuple[bytes, bytes], ...] |
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """A parsed request and, when its model was rewritten, the body to send upstream."""
+
+    request: InferenceRequest
+    body: bytes | None
+
+
 class Director:
     def __init__(
         self,
@@ -146,8 +156,11 @@ class Director:
         objectives: Mapping[str, int] | None = None,
         metrics: EppMetrics | None = None,
         rng: random.Random | None = None,
+        flow_control: FlowController | None = None,
     ) -> None:
         self.datastore = datastore
+        # GIE's flow-control layer: requests wait in its queues (admit_body) before routing.
+        self.flow_control = flow_control
         self.scheduler = scheduler
         self.admission = admission or AdmitAll()
         self.objectives: Mapping[str, int] = objectives or {}
@@ -158,9 +171,25 @@ class Director:
 
     # --- entry points from the protocol layer --------------------------------------------------
 
-    def handle_body(self, raw: bytes, headers: dict[str, str], subset: Sequence[str] | None) -> RoutedRequest:
-        """Parse a complete request body and route it. Raises RequestError for every refusal,
-        after counting it."""
+    async def admit_body(
+        self, raw: bytes, headers: dict[str, str], deadline: float | None = None
+    ) -> Parsed | None:
+        """The awaited step between a complete body and its routing: with flow control on, parse
+        the request and wait in its flow's queue until dispatched (`deadline`: the caller's
+        seconds remaining). Returns what handle_body needs, or None without flow control.
+        Raises RequestError (counted) for a bad body and every flow-control refusal."""
+        if self.flow_control is None:
+            return None
+        parsed = self.parse_body(raw, headers)
+        try:
+            await self.flow_control.enqueue_and_wait(parsed.request, deadline)
+        except RequestError as error:
+            self.record_error(error, parsed.request)
+            raise
+        return parsed
+
+    def parse_body(self, raw: bytes, headers: dict[str, str]) -> Parsed:
+        """Parse a complete body and decide its model. Raises RequestError, counted."""
         request: InferenceRequest | None = None
         try:
             request = parse_request(
@@ -168,7 +197,7 @@ class Director:
             )
             request.objective = headers.get(OBJECTIVE_HEADER, "")
             request.priority = self.objectives.get(request.objective, 0)
-            request.fairness_id = headers.get(FAIRNESS_HEADER) or request.fairness_id
+            request.fairness_id = bound_fairness_id(headers.get(FAIRNESS_HEADER) or request.fairness_id)
             rewrite = self._target_model(request.model, headers.get(MODEL_REWRITE_HEADER))
             body: bytes | None = None
             if rewrite and rewrite != request.model:
@@ -176,11 +205,28 @@ class Director:
                 request.body["model"] = rewrite
                 # Written before scheduling: whatever fails here must fail with no load taken.
                 body = orjson.dumps(request.body)
-            routed = self.route(request, subset)
         except RequestError as error:
             self.record_error(error, request)
             raise
-        routed.body = body
+        return Parsed(request, body)
+
+    def handle_body(
+        self,
+        raw: bytes,
+        headers: dict[str, str],
+        subset: Sequence[str] | None,
+        parsed: Parsed | None = None,
+    ) -> RoutedRequest:
+        """Parse a complete request body (unless admit_body did) and route it. Raises
+        RequestError for every refusal, after counting it."""
+        if parsed is None:
+            parsed = self.parse_body(raw, headers)
+        try:
+            routed = self.route(parsed.request, subset)
+        except RequestError as error:
+            self.record_error(error, parsed.request)
+            raise
+        routed.body = parsed.body
         return routed
 
     def _target_model(self, model: str, header: str | None) -> str | None:

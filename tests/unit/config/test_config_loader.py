@@ -200,7 +200,7 @@ def test_existing_picker_and_detector_plugins_are_reused() -> None:
     assert implicit == {"single-profile-handler", "metrics-data-source", "core-metrics-extractor"}
 
 
-def test_flow_control_is_accepted_and_validated_but_not_implemented() -> None:
+def test_flow_control_section_is_resolved_with_gies_defaults() -> None:
     text = (
         HEADER
         + QUEUE
@@ -218,7 +218,16 @@ def test_flow_control_is_accepted_and_validated_but_not_implemented() -> None:
     assert config.flow_control is not None
     assert config.flow_control.max_bytes == 2**30 and config.flow_control.max_requests == 2000
     assert config.flow_control.default_request_ttl == 30.0
-    assert "flow control is not implemented" in config.warnings[0]
+    spec = config.flow_control_spec
+    assert spec is not None and config.warnings == ()
+    assert (spec.max_bytes, spec.max_requests, spec.default_request_ttl) == (2**30, 2000, 30.0)
+    band = spec.bands[10]
+    assert (band.max_bytes, band.max_requests) == (1_000_000_000, 500)  # GIE's band default bytes
+    assert (band.fairness, band.ordering) == ("global-strict-fairness-policy", "fcfs-ordering-policy")
+    assert spec.usage_limit_policy == "static-usage-limit-policy"
+    assert spec.saturation_detector == config.saturation_detector
+    implicit = {name for name, s in config.plugins.items() if s.implicit}
+    assert {"global-strict-fairness-policy", "fcfs-ordering-policy", "static-usage-limit-policy"} <= implicit
     ungated = load_config(HEADER + QUEUE + ONE_PROFILE + "flowControl: {maxRequests: 10}\n")
     assert ungated.warnings == ("flowControl is ignored without the flowControl feature gate (as in GIE)",)
 
@@ -264,12 +273,6 @@ TWO_PROFILES = "schedulingProfiles: [{name: a}, {name: b}]"
             cfg("featureGates: [superFast]"),
             "featureGates[0]: Input should be "
             "'flowControl', 'enableLegacyMetrics', 'dataLayer' or 'prepareDataPlugins'",
-        ),
-        (
-            cfg("plugins: [{type: fcfs-ordering-policy}]"),
-            "plugins[0].type: plugin type 'fcfs-ordering-policy' is not supported: "
-            "it is a flow-control policy; "
-            "flow control is not implemented (requests use legacy admission)",
         ),
         (
             cfg("plugins: [{type: precise-prefix-cache-producer}]"),
