@@ -68,6 +68,18 @@ class EnvoyOptions:
     # Path prefixes routed, each matching whole segments (`/v1/models` and `/v1/models/x`, not
     # `/v1/modelsx`); every other path gets Envoy's 404. `/` routes everything.
     allowed_paths: tuple[str, ...] = DEFAULT_ALLOWED_PATHS
+    # Circuit breakers (max_requests, max_pending_requests, max_connections each) of the pool
+    # clusters and of the epp cluster (one ext_proc stream per request, for its whole response):
+    # Envoy's default of 1,024 turned the 1,025th concurrent generation into a 500; a limit
+    # reached is a JSON 503 naming it (LIMIT_MESSAGES).
+    pool_max_requests: int = 100_000
+    epp_max_requests: int = 100_000
+    # Downstream connections Envoy accepts (overload manager); beyond, new connections are closed.
+    max_downstream_connections: int = 50_000
+    # Slow clients: all headers within this, the whole request (headers and body, until the EPP
+    # answers and it goes upstream) within request_timeout; neither limits a streamed response.
+    request_headers_timeout: str = "10s"
+    request_timeout: str = "300s"
 
     def __post_init__(self) -> None:
         paths = tuple(dict.fromkeys(check_path_prefix(p) for p in self.allowed_paths))
@@ -120,6 +132,8 @@ def _http_filters(options: EnvoyOptions) -> list[dict[str, Any]]:
             "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
             grpc_service={"envoy_grpc": {"cluster_name": "epp"}, "timeout": "10s"},
             failure_mode_allow=options.failure_mode == "open",
+            # The EPP unreachable or at the gateway's limit is unavailability, not a server error.
+            status_on_error={"code": 503},
             message_timeout=options.message_timeout,
             # Lets the EPP stop Envoy sending a streamed response's chunks once it has its headers.
             allow_mode_override=True,
@@ -227,6 +241,8 @@ def _clusters(options: EnvoyOptions) -> list[dict[str, Any]]:
         "connect_timeout": "1s",
         "original_dst_lb_config": {"metadata_key": {"key": LB_NAMESPACE, **_DESTINATION_PATH}},
     }
+    epp["circuit_breakers"] = _circuit_breakers(options.epp_max_requests)
+    pool["circuit_breakers"] = _circuit_breakers(options.pool_max_requests)
     clusters = [epp, pool]
     if options.failure_mode == "open" or options.baseline_port is not None:
         endpoints = []
@@ -241,6 +257,7 @@ def _clusters(options: EnvoyOptions) -> list[dict[str, Any]]:
                 "type": "STATIC",
                 "lb_policy": "ROUND_ROBIN",
                 "connect_timeout": "1s",
+                "circuit_breakers": _circuit_breakers(options.pool_max_requests),
                 "load_assignment": {
                     "cluster_name": "pool_fallback",
                     "endpoints": [{"lb_endpoints": endpoints}],
@@ -248,6 +265,20 @@ def _clusters(options: EnvoyOptions) -> list[dict[str, Any]]:
             }
         )
     return clusters
+
+
+def _circuit_breakers(limit: int) -> dict[str, Any]:
+    return {
+        "thresholds": [
+            {
+                "priority": "DEFAULT",
+                "max_connections": limit,
+                "max_pending_requests": limit,
+                "max_requests": limit,
+                "track_remaining": True,
+            }
+        ]
+    }
 
 
 def render_bootstrap(options: EnvoyOptions) -> dict[str, Any]:
@@ -267,6 +298,18 @@ def render_bootstrap(options: EnvoyOptions) -> dict[str, Any]:
     return {
         "admin": {"address": _socket("127.0.0.1", options.admin_port)},
         "static_resources": {"listeners": listeners, "clusters": _clusters(options)},
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": _typed(
+                        "envoy.extensions.resource_monitors.downstream_connections.v3."
+                        "DownstreamConnectionsConfig",
+                        max_active_downstream_connections=options.max_downstream_connections,
+                    ),
+                }
+            ]
+        },
     }
 
 
@@ -287,26 +330,57 @@ def _local_replies() -> dict[str, Any]:
     }
 
     def mapper(
-        message: str, status: int | None = None, kind: str = "%RESPONSE_CODE_DETAILS%"
+        message: str,
+        status: int | None = None,
+        kind: str = "%RESPONSE_CODE_DETAILS%",
+        also: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         error = {"message": message, "type": kind, "code": "%RESPONSE_CODE%"}
         body = {"json_format": {"error": error}, "content_type": "application/json"}
         if status is None:
             return {"filter": not_from_epp, "body_format_override": body}
         comparison = {"op": "EQ", "value": {"default_value": status, "runtime_key": f"epp.reply_{status}"}}
-        both = [not_from_epp, {"status_code_filter": {"comparison": comparison}}]
+        both: list[dict[str, Any]] = [not_from_epp, {"status_code_filter": {"comparison": comparison}}]
+        if also is not None:
+            both.append(also)
         return {"filter": {"and_filter": {"filters": both}}, "body_format_override": body}
 
-    # ext_proc's failures have an empty body; in this bootstrap only ext_proc answers 500.
+    def overflow(message: str) -> dict[str, Any]:
+        error = {"message": message, "type": "Overflow - %RESPONSE_CODE_DETAILS%", "code": 503}
+        return {
+            "filter": {"response_flag_filter": {"flags": ["UO"]}},
+            "status_code": 503,
+            "headers_to_add": [
+                {
+                    "header": {"key": "retry-after", "value": "1"},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                }
+            ],
+            "body_format_override": {"json_format": {"error": error}, "content_type": "application/json"},
+        }
+
+    # ext_proc's failures (status_on_error 503) have an empty body and no response flag.
     return {
         "mappers": [
-            mapper("the endpoint picker is unreachable or failed", 500),
+            overflow(LIMIT_MESSAGES["pool"]),
+            # The router's 503s (a reset, a refused connection) carry a response flag ...
+            mapper("%LOCAL_REPLY_BODY%", 503, also={"response_flag_filter": {}}),
+            # ... ext_proc's failures none.
+            mapper(LIMIT_MESSAGES["epp"], 503),
             mapper("no answer in time from the endpoint picker or the model server", 504),
             # Only a path outside the policy is a local 404 here: the EPP's own carry its key.
             mapper("inference error: NotFound - %LOCAL_REPLY_BODY%", 404, kind="NotFound"),
             mapper("%LOCAL_REPLY_BODY%"),
         ]
     }
+
+
+LIMIT_MESSAGES = {
+    "pool": "the gateway's limit of concurrent requests to the model servers was reached "
+    "(circuit breaker of cluster pool: max_requests / max_pending_requests / max_connections); retry later",
+    "epp": "the endpoint picker is unreachable or failed, or the gateway's limit of concurrent calls to it "
+    "was reached (circuit breaker of cluster epp)",
+}
 
 
 def _listener(
@@ -322,6 +396,8 @@ def _listener(
         route_config={"virtual_hosts": [{"name": "pool", "domains": ["*"], "routes": routes}]},
         http_filters=filters,
         local_reply_config=_local_replies(),
+        request_headers_timeout=options.request_headers_timeout,
+        request_timeout=options.request_timeout,
     )
     return {
         "name": name,

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from epp.stack.envoy import DEFAULT_ALLOWED_PATHS, EnvoyOptions
+from epp.stack.envoy import DEFAULT_ALLOWED_PATHS, LIMIT_MESSAGES, EnvoyOptions
 from epp.stack.stack import SimEndpoint, Stack
 from tests.integration.conftest import StackFactory
 from tests.unit.deep_json import deep_body
@@ -201,12 +201,12 @@ def assert_gateway_json_error(response: httpx.Response, status: int, type_prefix
     assert error["type"].startswith(type_prefix), error
 
 
-async def test_epp_down_fail_closed_gives_500(make_stack: StackFactory) -> None:
+async def test_epp_down_fail_closed_gives_503(make_stack: StackFactory) -> None:
     async with make_stack("fail-closed", sims=1) as stack:
         await stack.stop_epp()
         response = await post(stack, "/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 1})
-        assert_gateway_json_error(response, 500, "ext_proc_error_gRPC_error_14")
-        assert response.json()["error"]["message"] == "the endpoint picker is unreachable or failed"
+        assert_gateway_json_error(response, 503, "ext_proc_error_gRPC_error_14")
+        assert response.json()["error"]["message"] == LIMIT_MESSAGES["epp"]
 
 
 async def test_a_body_over_envoys_buffer_limit_gets_a_json_413(make_stack: StackFactory) -> None:
