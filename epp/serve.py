@@ -30,6 +30,7 @@ from epp.discovery.k8s.client import api_client
 from epp.discovery.static import DiscoveryError, FileDiscovery, parse_endpoint_flag
 from epp.extproc.server import Health, bind, ext_proc_server, health_server
 from epp.extproc.stream import StreamOptions
+from epp.flowcontrol.overload import OverloadGuard
 from epp.framework import PluginContext
 from epp.metrics import auth as metrics_auth
 from epp.metrics.aliases import NAME_SETS
@@ -61,6 +62,9 @@ class ServeOptions:
     health_checking: bool = True  # GIE's --health-checking: grpc.health.v1 on the ext_proc port too
     ready_file: Path | None = None
     shutdown_grace: float = 120.0
+    # Overload protection of the EPP itself (epp.flowcontrol.overload): 0 turns a limit off.
+    max_concurrent_streams: int = 10_000
+    max_event_loop_lag: float = 0.25
     stream: StreamOptions = field(default_factory=StreamOptions)
     pool: k8s_discovery.PoolRef | None = None  # set: discover endpoints from this InferencePool
     selector: k8s_discovery.SelectorRef | None = None  # set: from the pods this selector matches
@@ -100,6 +104,7 @@ class EndpointPicker:
             pool_name=options.pool_name,
         )
         self.director.model_rewrites.replace(options.model_rewrites)
+        self.overload = OverloadGuard(options.max_concurrent_streams, options.max_event_loop_lag)
         self.metrics_server = MetricsServer(self.metrics.registry, options.host, options.metrics_port)
         self.scraper: MetricsScraper | None = None
         if components.scrape is not None:
@@ -169,7 +174,8 @@ class EndpointPicker:
             leader = await self._start_election(self.options.leader_election)
         health = Health(lambda: self.datastore.synced and not self._stopping, leader)
         ext_proc_health = health if self.options.health_checking else None
-        grpc_server = ext_proc_server(self.director, self.options.stream, ext_proc_health)
+        self.overload.start()
+        grpc_server = ext_proc_server(self.director, self.options.stream, ext_proc_health, self.overload)
         probe_server = health_server(health)
         self.grpc_port = bind(grpc_server, f"{self.options.host}:{self.options.grpc_port}", credentials)
         self.health_port = bind(probe_server, f"{self.options.host}:{self.options.grpc_health_port}", None)
@@ -205,6 +211,7 @@ class EndpointPicker:
         await asyncio.gather(*(server.stop(self.options.shutdown_grace) for server in self._servers))
         if self.director.flow_control is not None:
             await self.director.flow_control.stop()  # queued requests still dispatch while draining
+        await self.overload.stop()
         await self.metrics_server.stop()
         if self._pool_gauges_task is not None:
             self._pool_gauges_task.cancel()
@@ -333,6 +340,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "token (default: ask Envoy to stop sending them after the headers; requires allow_mode_override)",
     )
     parser.add_argument(
+        "--max-concurrent-streams",
+        type=int,
+        default=10_000,
+        help="requests (ext_proc streams, each as long as its response) the EPP holds at once; beyond, a new "
+        "request is answered 429 with Retry-After at once (0: no limit; default 10000)",
+    )
+    parser.add_argument(
+        "--max-event-loop-lag",
+        default="250ms",
+        help="while the EPP's event loop lags more than this (it is out of CPU), new requests are answered "
+        "429 with Retry-After at once instead of waiting into Envoy's message timeout "
+        "(0: off; default 250ms)",
+    )
+    parser.add_argument(
         "--shutdown-grace",
         default="120s",
         help="on SIGTERM, how long in-flight requests may finish (Go duration, default 120s)",
@@ -401,6 +422,8 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
             "--metrics-staleness-threshold", args.metrics_staleness_threshold
         ),
         shutdown_grace=parse_duration(args.shutdown_grace),
+        max_concurrent_streams=_non_negative("--max-concurrent-streams", args.max_concurrent_streams),
+        max_event_loop_lag=_non_negative_duration("--max-event-loop-lag", args.max_event_loop_lag),
         pool_gauges_refresh=parse_duration(args.refresh_prometheus_metrics_interval),
         health_checking=args.health_checking,
         ready_file=args.ready_file,
@@ -441,6 +464,19 @@ def _positive_duration(flag: str, text: str) -> float:
     if seconds <= 0:
         raise ValueError(f"{flag} must be a positive duration, not {text!r}")
     return seconds
+
+
+def _non_negative_duration(flag: str, text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds < 0:
+        raise ValueError(f"{flag} must be 0 (off) or a positive duration, not {text!r}")
+    return seconds
+
+
+def _non_negative(flag: str, value: int) -> int:
+    if value < 0:
+        raise ValueError(f"{flag} must be 0 (no limit) or more, not {value}")
+    return value
 
 
 async def serve_until_signalled(picker: EndpointPicker) -> None:
