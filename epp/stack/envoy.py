@@ -8,8 +8,8 @@ Two body modes:
   fallback endpoints instead of failing.
 - `full-duplex` (GIE's contract): FULL_DUPLEX_STREAMED both ways, every response chunk through the
   EPP (Envoy ignores mode overrides in this mode), fail-closed only: Envoy ignores
-  `failure_mode_allow` with full-duplex streaming, so the EPP down -> 500. No body size limit in
-  Envoy (the EPP enforces its own).
+  `failure_mode_allow` with full-duplex streaming, so the EPP down -> 503 (status_on_error). No
+  body size limit in Envoy (the EPP enforces its own).
 Routing keys on the `envoy.lb` dynamic metadata the EPP sets (with the same value as its
 `x-gateway-destination-endpoint` header): clients cannot forge metadata, so a client-sent
 destination header never steers Envoy, not even when the EPP is down and Envoy fails open.
@@ -92,7 +92,7 @@ class EnvoyOptions:
             raise ValueError(f"failure_mode must be one of {FAILURE_MODES}, not {self.failure_mode!r}")
         if self.failure_mode == "open" and self.body_mode == "full-duplex":
             raise ValueError(
-                "Envoy ignores failure_mode_allow with full-duplex streaming (the EPP down still gives 500): "
+                "Envoy ignores failure_mode_allow with full-duplex streaming (the EPP down still gives 503): "
                 "use body mode 'buffered' for fail-open"
             )
 

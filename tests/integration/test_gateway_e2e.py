@@ -201,8 +201,10 @@ def assert_gateway_json_error(response: httpx.Response, status: int, type_prefix
     assert error["type"].startswith(type_prefix), error
 
 
-async def test_epp_down_fail_closed_gives_503(make_stack: StackFactory) -> None:
-    async with make_stack("fail-closed", sims=1) as stack:
+@pytest.mark.parametrize("body_mode", ["buffered", "full-duplex"])
+async def test_epp_down_fail_closed_gives_503(make_stack: StackFactory, body_mode: str) -> None:
+    envoy = EnvoyOptions(listen_port=0, admin_port=0, body_mode=body_mode)
+    async with make_stack("fail-closed", sims=1, envoy=envoy) as stack:
         await stack.stop_epp()
         response = await post(stack, "/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 1})
         assert_gateway_json_error(response, 503, "ext_proc_error_gRPC_error_14")
