@@ -129,7 +129,8 @@ class FlowController:
         loop = asyncio.get_running_loop()
         ttl = self.config.default_request_ttl
         if deadline is not None and deadline > 0:
-            ttl = deadline  # GIE: the caller's deadline wins over the default TTL
+            # GIE waits under a context with both deadlines: whichever comes first.
+            ttl = min(ttl, deadline) if ttl > 0 else deadline
         item = QueuedRequest(
             request=request,
             fairness_id=fairness_id,

@@ -24,7 +24,7 @@ from epp.flowcontrol.controller import FlowController, bound_fairness_id
 from epp.framework import PluginContext
 from epp.metrics.exporter import EppMetrics
 from epp.requestcontrol import Director
-from epp.requests import ApiKind, InferenceRequest
+from epp.requests import ApiKind, InferenceRequest, RequestError
 
 BUF = BodyMode.BUFFERED
 GIE_DOCS = Path(__file__).parents[2] / "data" / "flowcontrol"
@@ -403,3 +403,19 @@ async def test_ungated_config_sheds_instead_of_queueing() -> None:
     text = CONFIG.format(max_requests=3, ttl="0s").replace("featureGates: [flowControl]\n", "")
     director, _ = build_director(load_config(text), Datastore(), PluginContext(EppMetrics()))
     assert director.flow_control is None
+
+
+async def test_the_callers_deadline_bounds_the_wait() -> None:
+    """GIE waits under the caller's context: its deadline (the ext_proc call's) cuts a longer TTL."""
+    director, _ = build_director(
+        load_config(CONFIG.format(max_requests=0, ttl="60s")), Datastore(), PluginContext(EppMetrics())
+    )
+    controller = director.flow_control
+    assert controller is not None
+    request = InferenceRequest(request_id="r", api=ApiKind.COMPLETIONS, path="", model="m", headers={})
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(RequestError) as caught:
+        await controller.enqueue_and_wait(request, deadline=0.05)
+    assert caught.value.status == 503 and "request TTL expired" in caught.value.message
+    assert asyncio.get_running_loop().time() - started < 5
+    await controller.stop()
