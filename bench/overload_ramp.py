@@ -4,8 +4,8 @@ Envoy (buffered, TLS), `epp serve` and simulators at time scale 0.001 (their own
 microseconds, so the EPP is the bottleneck) on 127.0.0.1; open-loop load from several load
 generator processes (one asyncio loop each, aiohttp), each request a non-streamed completion with
 a prompt of --prompt-bytes and one output token. Per rate: how many were served, shed (429 from
-the EPP's overload protection or flow control), and failed with a 5xx (504 = Envoy's ext_proc
-message timeout), with latency percentiles of each kind.
+the EPP's overload protection or flow control, or Envoy's --rate-limit), and failed with a 5xx
+(504 = Envoy's ext_proc message timeout), with latency percentiles of each kind.
 
     .venv/bin/python bench/overload_ramp.py --base 400 --seconds 10
     .venv/bin/python bench/overload_ramp.py --base 300 --rates 1 --config-file flow.yaml  # flow control
@@ -98,7 +98,7 @@ async def main(args: argparse.Namespace) -> None:
         model=MODEL,
         sim_args=["--profile=tiny-test", "--time-scale=0.001"],
         epp_args=epp_args,
-        envoy=EnvoyOptions(listen_port=0, admin_port=0),
+        envoy=EnvoyOptions(listen_port=0, admin_port=0, rate_limit=args.rate_limit),
     )
     prompt = ("lorem ipsum dolor sit amet " * (args.prompt_bytes // 27 + 1))[: args.prompt_bytes]
     print(
@@ -138,5 +138,6 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=int, default=2, help="load generator processes")
     parser.add_argument("--prompt-bytes", type=int, default=4096)
     parser.add_argument("--config-file", type=Path)
+    parser.add_argument("--rate-limit", type=int, default=0, help="Envoy's local rate limit (req/s; 0: none)")
     parser.add_argument("--epp-arg", action="append", default=[], help="extra `epp serve` flag")
     asyncio.run(main(parser.parse_args()))

@@ -80,6 +80,10 @@ class EnvoyOptions:
     # answers and it goes upstream) within request_timeout; neither limits a streamed response.
     request_headers_timeout: str = "10s"
     request_timeout: str = "300s"
+    # Requests per second the gateway admits before calling the EPP (0: no limit). Set it to the
+    # rate the EPP serves (docs/benchmarks.md): the excess is Envoy's 429 with Retry-After,
+    # answered in C++ without a call to the EPP, so an overloaded EPP never sees it.
+    rate_limit: int = 0
 
     def __post_init__(self) -> None:
         paths = tuple(dict.fromkeys(check_path_prefix(p) for p in self.allowed_paths))
@@ -148,7 +152,30 @@ def _http_filters(options: EnvoyOptions) -> list[dict[str, Any]]:
         "name": "envoy.filters.http.router",
         "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router"),
     }
-    return [ext_proc, router]
+    if options.rate_limit <= 0:
+        return [ext_proc, router]
+    per_fill = max(1, options.rate_limit // 10)  # refilled every 100 ms: bursts of a tenth of a second
+    everyone = {
+        "runtime_key": "epp.rate_limit",
+        "default_value": {"numerator": 100, "denominator": "HUNDRED"},
+    }
+    rate_limit = {
+        "name": "envoy.filters.http.local_ratelimit",
+        "typed_config": _typed(
+            "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            stat_prefix="gateway_rate_limit",
+            token_bucket={"max_tokens": per_fill, "tokens_per_fill": per_fill, "fill_interval": "0.1s"},
+            filter_enabled=everyone,
+            filter_enforced=everyone,
+            response_headers_to_add=[
+                {
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                    "header": {"key": "retry-after", "value": "1"},
+                }
+            ],
+        ),
+    }
+    return [rate_limit, ext_proc, router]
 
 
 def _path_match(prefix: str) -> dict[str, str]:
@@ -313,7 +340,7 @@ def render_bootstrap(options: EnvoyOptions) -> dict[str, Any]:
     }
 
 
-def _local_replies() -> dict[str, Any]:
+def _local_replies(options: EnvoyOptions) -> dict[str, Any]:
     """Envoy's own error replies (upstream reset or refused, the EPP unreachable or too slow, a body
     over the buffer limit, no route) as JSON in the EPP's error shape instead of plain text or an
     empty body, with Envoy's response code details as the type. The EPP's own errors carry
@@ -345,11 +372,19 @@ def _local_replies() -> dict[str, Any]:
             both.append(also)
         return {"filter": {"and_filter": {"filters": both}}, "body_format_override": body}
 
-    def overflow(message: str) -> dict[str, Any]:
-        error = {"message": message, "type": "Overflow - %RESPONSE_CODE_DETAILS%", "code": 503}
+    def overflow(message: str, flag: str = "UO", status: int = 503) -> dict[str, Any]:
+        kind = "Overflow" if flag == "UO" else "RateLimited"
+        error = {"message": message, "type": f"{kind} - %RESPONSE_CODE_DETAILS%", "code": status}
+        matcher: dict[str, Any] = {"response_flag_filter": {"flags": [flag]}}
+        if flag == "RL":
+            # Envoy's local rate limit sets no response flag; the EPP's own 429s carry its key.
+            comparison = {"op": "EQ", "value": {"default_value": 429, "runtime_key": "epp.reply_429"}}
+            matcher = {
+                "and_filter": {"filters": [not_from_epp, {"status_code_filter": {"comparison": comparison}}]}
+            }
         return {
-            "filter": {"response_flag_filter": {"flags": ["UO"]}},
-            "status_code": 503,
+            "filter": matcher,
+            "status_code": status,
             "headers_to_add": [
                 {
                     "header": {"key": "retry-after", "value": "1"},
@@ -362,6 +397,7 @@ def _local_replies() -> dict[str, Any]:
     # ext_proc's failures (status_on_error 503) have an empty body and no response flag.
     return {
         "mappers": [
+            overflow(LIMIT_MESSAGES["rate"].format(rate=options.rate_limit), "RL", 429),
             overflow(LIMIT_MESSAGES["pool"]),
             # The router's 503s (a reset, a refused connection) carry a response flag ...
             mapper("%LOCAL_REPLY_BODY%", 503, also={"response_flag_filter": {}}),
@@ -376,6 +412,8 @@ def _local_replies() -> dict[str, Any]:
 
 
 LIMIT_MESSAGES = {
+    "rate": "the gateway's limit of {rate} requests per second was reached (local rate limit before the "
+    "endpoint picker); retry later",
     "pool": "the gateway's limit of concurrent requests to the model servers was reached "
     "(circuit breaker of cluster pool: max_requests / max_pending_requests / max_connections); retry later",
     "epp": "the endpoint picker is unreachable or failed, or the gateway's limit of concurrent calls to it "
@@ -395,7 +433,7 @@ def _listener(
         merge_slashes=True,
         route_config={"virtual_hosts": [{"name": "pool", "domains": ["*"], "routes": routes}]},
         http_filters=filters,
-        local_reply_config=_local_replies(),
+        local_reply_config=_local_replies(options),
         request_headers_timeout=options.request_headers_timeout,
         request_timeout=options.request_timeout,
     )

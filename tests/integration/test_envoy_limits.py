@@ -61,3 +61,18 @@ async def poll_stat(client: httpx.AsyncClient, admin: str, name: str, value: int
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"{name} never reached {value}: {stats}")
+
+
+async def test_the_gateways_rate_limit_is_a_json_429_without_the_epp(make_stack: StackFactory) -> None:
+    envoy = EnvoyOptions(listen_port=0, admin_port=0, rate_limit=1)  # one token per 100 ms
+    async with (
+        make_stack("rate-limit", sims=1, envoy=envoy) as stack,
+        httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client,
+    ):
+        answers = await asyncio.gather(*(client.post("/v1/completions", json=SHORT) for _ in range(5)))
+        statuses = sorted(r.status_code for r in answers)
+        assert statuses[0] == 200 and statuses[-1] == 429, statuses
+        refused = next(r for r in answers if r.status_code == 429)
+        assert refused.headers["content-type"] == "application/json"
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["message"] == LIMIT_MESSAGES["rate"].format(rate=1)
