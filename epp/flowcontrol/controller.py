@@ -240,6 +240,7 @@ class FlowController:
                 if flow is None:
                     continue
                 item = flow.pop()
+                band.fairness.dispatched(band, item)
                 item.outcome = Outcome.DISPATCHED
                 self._left(
                     item, self.metrics.flow_labels(item.fairness_id, item.priority), Outcome.DISPATCHED

@@ -57,6 +57,9 @@ class FairnessPolicy(Extension):
     def pick(self, band: Band) -> Flow | None:
         """A flow with queued requests, or None when the band is empty."""
 
+    def dispatched(self, band: Band, item: QueuedRequest) -> None:
+        """Told of each request the band dispatched (after `pick`)."""
+
 
 class UsageLimitPolicy(Extension):
     """The saturation ceiling of each priority band: a band dispatches only while the pool's
