@@ -3,6 +3,7 @@ and per-request bookkeeping."""
 
 from epp.requestcontrol.director import Director, RoutedRequest
 from epp.requestcontrol.hooks import (
+    AdmitRequest,
     PreRequest,
     RequestControlHooks,
     RequestParser,
@@ -11,6 +12,7 @@ from epp.requestcontrol.hooks import (
 )
 
 __all__ = [
+    "AdmitRequest",
     "Director",
     "PreRequest",
     "RequestControlHooks",

@@ -205,6 +205,7 @@ class Director:
                 request.body["model"] = rewrite
                 # Written before scheduling: whatever fails here must fail with no load taken.
                 body = orjson.dumps(request.body)
+            self.hooks.admit(request)
         except RequestError as error:
             self.record_error(error, request)
             raise

@@ -12,8 +12,16 @@ from time import perf_counter
 
 from epp.framework import Extension, Plugin, timing
 from epp.metrics.exporter import EppMetrics
-from epp.requests import InferenceRequest, Usage
+from epp.requests import InferenceRequest, RequestError, Usage
 from epp.scheduling.types import SchedulingResult
+
+
+class AdmitRequest(Extension):
+    """GIE's AdmitRequest point: asked once per parsed request, before flow control's queue and
+    scheduling. None admits; a RequestError (status, message, Retry-After) refuses."""
+
+    @abstractmethod
+    def admit_request(self, request: InferenceRequest) -> RequestError | None: ...
 
 
 class PreRequest(Extension):
@@ -44,6 +52,7 @@ class RequestControlHooks:
     """The configured hook plugins, in config order."""
 
     def __init__(self, plugins: Sequence[Plugin], metrics: EppMetrics) -> None:
+        self._admit = [p for p in plugins if isinstance(p, AdmitRequest)]
         self._pre_request = [
             (p, timing.observer(metrics, timing.PRE_REQUEST, p)) for p in plugins if isinstance(p, PreRequest)
         ]
@@ -57,6 +66,13 @@ class RequestControlHooks:
             for p in plugins
             if isinstance(p, ResponseComplete)
         ]
+
+    def admit(self, request: InferenceRequest) -> None:
+        """Raise the first admission plugin's refusal."""
+        for plugin in self._admit:
+            refusal = plugin.admit_request(request)
+            if refusal is not None:
+                raise refusal
 
     def pre_request(self, request: InferenceRequest, result: SchedulingResult) -> None:
         for plugin, observe in self._pre_request:
