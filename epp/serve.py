@@ -340,6 +340,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "token (default: ask Envoy to stop sending them after the headers; requires allow_mode_override)",
     )
     parser.add_argument(
+        "--queue-message-timeout",
+        default="300s",
+        help="with flow control busy, a request whose body Envoy BUFFERS asks Envoy to wait up to this for "
+        "the EPP's answer (override_message_timeout; at most Envoy's max_message_timeout), so a queued "
+        "request is not cut by Envoy's message_timeout (0: never ask; default 300s)",
+    )
+    parser.add_argument(
         "--max-concurrent-streams",
         type=int,
         default=10_000,
@@ -446,6 +453,9 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
             served_header=args.served_header,
             use_subset_hint=not args.disable_endpoint_subset_filter,
             read_streamed_responses=args.read_streamed_responses,
+            queue_message_timeout=_non_negative_duration(
+                "--queue-message-timeout", args.queue_message_timeout
+            ),
         ),
     )
 

@@ -52,6 +52,9 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
         try:
             async for message in request_iterator:
                 try:
+                    extend = stream.extend_message_timeout(message)
+                    if extend is not None:
+                        yield extend
                     await stream.admit(message, context.time_remaining())
                     replies = list(stream.handle(message))
                 except Exception:

@@ -4,9 +4,12 @@ director calls and answers in the order Envoy expects for the negotiated body mo
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+from google.protobuf import duration_pb2
 
 from epp.extproc import messages
 from epp.extproc.pb import BodyMode, HeaderMode, ext_proc, processing_mode
@@ -37,6 +40,10 @@ class StreamOptions:
     # Read streamed (SSE) response bodies for their usage: one ext_proc round trip per chunk,
     # i.e. per generated token. Off, the EPP asks Envoy to stop sending them (see _response_headers).
     read_streamed_responses: bool = False
+    # While flow control is busy, a request whose body is BUFFERED asks Envoy to wait this long
+    # for the answer (override_message_timeout; Envoy honours up to its max_message_timeout) so a
+    # queued request is not cut by Envoy's message_timeout. 0: never ask.
+    queue_message_timeout: float = 300.0
 
 
 class ExtProcStream:
@@ -87,6 +94,23 @@ class ExtProcStream:
                 yield from self._response_trailers()
         except RequestError as error:
             yield self._reject(error)
+
+    def extend_message_timeout(
+        self, message: ext_proc.ProcessingRequest
+    ) -> ext_proc.ProcessingResponse | None:
+        """Before a body that may wait in flow control's queue (BUFFERED mode has Envoy's message
+        timeout, FULL_DUPLEX_STREAMED none): ask Envoy to wait as long as the queue may hold it."""
+        flow_control = self._director.flow_control
+        limit = self._options.queue_message_timeout
+        if flow_control is None or limit <= 0 or self._request_mode == BodyMode.FULL_DUPLEX_STREAMED:
+            return None
+        if not flow_control.busy or not self._completes_body(message):
+            return None
+        ttl = flow_control.config.default_request_ttl
+        seconds = min(limit, ttl + 1.0) if ttl > 0 else limit
+        return ext_proc.ProcessingResponse(
+            override_message_timeout=duration_pb2.Duration(seconds=math.ceil(seconds))
+        )
 
     async def admit(self, message: ext_proc.ProcessingRequest, deadline: float | None = None) -> None:
         """The awaited step between the body's arrival and the synchronous routing in `handle`:

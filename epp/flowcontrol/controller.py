@@ -114,6 +114,16 @@ class FlowController:
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
 
+    @property
+    def busy(self) -> bool:
+        """Whether a request arriving now would probably wait: requests are queued, or the pool
+        is saturated for some band."""
+        if self.length > 0:
+            return True
+        saturation = self.detector.saturation(self._pool())
+        ceilings = self.usage_limit.ceilings(saturation, self._ordered or [0])
+        return saturation >= min(ceilings)
+
     # --- the caller's side -----------------------------------------------------------------------
 
     async def enqueue_and_wait(self, request: InferenceRequest, deadline: float | None = None) -> None:

@@ -64,6 +64,9 @@ class EnvoyOptions:
     # (Envoy's own load balancing, the benchmarks' "no EPP" baseline).
     baseline_port: int | None = None
     message_timeout: str = "10s"
+    # The longest the EPP may extend message_timeout for one message (override_message_timeout):
+    # a request waiting in flow control's queue in buffered mode (the EPP's --queue-message-timeout).
+    max_message_timeout: str = "300s"
     buffer_limit_bytes: int = 16 * 1024 * 1024
     # Path prefixes routed, each matching whole segments (`/v1/models` and `/v1/models/x`, not
     # `/v1/modelsx`); every other path gets Envoy's 404. `/` routes everything.
@@ -139,6 +142,7 @@ def _http_filters(options: EnvoyOptions) -> list[dict[str, Any]]:
             # The EPP unreachable or at the gateway's limit is unavailability, not a server error.
             status_on_error={"code": 503},
             message_timeout=options.message_timeout,
+            max_message_timeout=options.max_message_timeout,
             # Lets the EPP stop Envoy sending a streamed response's chunks once it has its headers.
             allow_mode_override=True,
             processing_mode=_processing_mode(options),
