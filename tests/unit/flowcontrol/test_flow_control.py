@@ -126,8 +126,20 @@ def body_msg(body: bytes) -> ext_proc.ProcessingRequest:
     return ext_proc.ProcessingRequest(request_body=ext_proc.HttpBody(body=body, end_of_stream=True))
 
 
-async def read(call: grpc.aio.StreamStreamCall, timeout: float = 5.0) -> ext_proc.ProcessingResponse:
-    return await asyncio.wait_for(call.read(), timeout=timeout)
+async def read(
+    call: grpc.aio.StreamStreamCall, timeout: float = 5.0, skip_extensions: bool = True
+) -> ext_proc.ProcessingResponse:
+    """The next reply; by default past the EPP's override_message_timeout replies (buffered mode
+    while flow control is busy), which tests/integration/test_flow_control_e2e.py covers."""
+    while True:
+        reply = await asyncio.wait_for(call.read(), timeout=timeout)
+        if (
+            skip_extensions
+            and reply.WhichOneof("response") is None
+            and reply.HasField("override_message_timeout")
+        ):
+            continue
+        return reply
 
 
 async def routed(call: grpc.aio.StreamStreamCall) -> None:
@@ -191,6 +203,9 @@ async def test_queued_request_is_dispatched_when_the_pool_has_room(harness: Harn
     first = await harness.send()
     await routed(first)
     second = await harness.send()
+    extension = await read(second, skip_extensions=False)  # buffered: ask Envoy to wait
+    assert extension.WhichOneof("response") is None
+    assert extension.override_message_timeout.seconds == 300
     await harness.wait_queued(1)
     assert harness.sample(
         "inference_extension_flow_control_queue_size",
