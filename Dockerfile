@@ -7,6 +7,11 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY epp ./epp
 RUN pip install --no-cache-dir --prefix=/install .
+# xds-protos overwrites OpenTelemetry's generated protos with an older copy (same module paths):
+# put opentelemetry-proto's own back, or the OTLP exporters behind --tracing fail to import.
+RUN version=$(PYTHONPATH=/install/lib/python3.11/site-packages python -c \
+        "import importlib.metadata as m; print(m.version('opentelemetry-proto'))") && \
+    pip install --no-cache-dir --prefix=/install --force-reinstall --no-deps "opentelemetry-proto==$version"
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \

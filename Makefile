@@ -4,18 +4,36 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck unit e2e kind-e2e bench bench-quick clean
+.PHONY: install chromium run test lint typecheck unit e2e kind-e2e bench bench-quick clean
+
+# xds-protos ships an older copy of OpenTelemetry's generated protos under the same module paths,
+# and whichever package pip installs last wins; reinstalling opentelemetry-proto's own files makes
+# the OTLP exporters (--tracing) import the protos they were built against.
+OTEL_PROTO_VERSION = $(BIN)/python -c "import importlib.metadata as m; print(m.version('opentelemetry-proto'))"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --force-reinstall --no-deps "opentelemetry-proto==$$($(OTEL_PROTO_VERSION))"
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) chromium
+
+## Debian's chromium, which the live view's browser test drives through Playwright (Playwright's
+## own browser download is not used). Installed with apt-get when missing, as root (CI); otherwise
+## the test says what to install.
+chromium:
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+		else \
+			echo "note: /usr/bin/chromium is missing; the browser test needs: sudo apt-get install -y chromium"; \
+		fi; \
+	fi
 
 ## Envoy + EPP + 4 simulated vLLM servers on 127.0.0.1; prints how to send a request. Ctrl-C stops it.
-run: install
+run: $(STAMP)
 	$(BIN)/epp run
 
 ## The whole suite: lint, types, unit and end-to-end tests.

@@ -18,6 +18,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("epp.stack.cli", "run Envoy + EPP + simulated model servers on 127.0.0.1"),
     "bench": ("epp.bench.cli", "benchmark routing policies, the two benchmark engines and the EPP overhead"),
     "sidecar": ("epp.sidecar.cli", "run the P/D routing sidecar in front of a decode engine"),
+    "config": (
+        "epp.config.cli",
+        "check an EndpointPickerConfig: print what it resolves to (`epp config check`)",
+    ),
 }
 IMPLIED_COMMAND = "serve"
 _HELP = ("-h", "--help")

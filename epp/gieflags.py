@@ -5,8 +5,8 @@ Logging flags map onto Python logging (`-v`, `--zap-log-level`, `--zap-encoder j
 (`--total-queued-requests-metric`, `--model-server-metrics-path`, ...) override the data layer's
 settings (epp/datalayer/overrides.py); `--enable-pprof=true` stops the EPP (there is no pprof in
 Python: use py-spy). Leader election, certificate reload and metrics authentication are
-implemented (epp.discovery.k8s.leader, epp.tls, epp.metrics.auth); `--tracing` is accepted and
-enabling it logs a warning instead of failing the pod.
+implemented (epp.discovery.k8s.leader, epp.tls, epp.metrics.auth), and so is `--tracing`
+(epp.observe.flags, epp.tracing).
 
 The chart writes some values with literal quotes (`--total-queued-requests-metric="sglang:num_queue_reqs"`
 arrives as `"sglang:num_queue_reqs"`, quotes included, since no shell is involved): string values
@@ -34,9 +34,8 @@ _ZAP_LEVELS = {
     "error": logging.ERROR,
     "panic": logging.CRITICAL,
 }
-UNSUPPORTED = {
-    "tracing": "OpenTelemetry tracing",
-}
+# Flags GIE's charts pass for features this EPP lacks: accepted, and asking for one logs a warning.
+UNSUPPORTED: dict[str, str] = {}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

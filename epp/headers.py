@@ -10,7 +10,12 @@ EPP_ERROR_KEY = "x-epp-error"
 # The data plane's hint restricting candidates (metadata namespace and key).
 SUBSET_NAMESPACE = "envoy.lb.subset_hint"
 SUBSET_KEY = "x-gateway-destination-endpoint-subset"
+# The endpoint that served the request, after the gateway's retries (GIE's key; our Envoy bootstrap
+# sets it as a response header from %UPSTREAM_HOST%).
 SERVED_KEY = "x-gateway-destination-endpoint-served"
+# Set by the EPP in the envoy.lb metadata of a streaming request (our Envoy bootstrap bounds its
+# time to first byte per attempt instead of the whole response).
+STREAMING_KEY = "x-epp-streaming"
 # Set on a request the decode endpoint's routing sidecar must prefill on this endpoint first.
 PREFILLER_HEADER = "x-prefiller-host-port"
 # The P/D and data-parallel routing instructions llm-d's sidecar reads (besides PREFILLER_HEADER).
@@ -40,3 +45,8 @@ MODEL_REWRITE_HEADER = "x-gateway-model-name-rewrite"
 SIM_POD_HEADER = "x-inference-pod"
 SIM_PORT_HEADER = "x-inference-port"
 SIM_HOST_HEADER = "x-inference-host"
+
+# A client asking for the explanation of its routing decision (honoured only with
+# `--decision-explain-header`), and the response header that carries it (JSON).
+EXPLAIN_HEADER = "x-epp-explain"
+EXPLANATION_HEADER = "x-epp-explanation"

@@ -15,19 +15,22 @@ import grpc
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.config import ConfigException as KubeConfigError
 
-from epp import gieflags, tls
+from epp import gieflags, tls, tracing
 from epp.config.build import build_director
 from epp.config.loader import load_config, load_config_file
 from epp.config.model import PickerConfig
 from epp.config.objectives import load_objectives_file
 from epp.config.rewrites import load_model_rewrites_file
+from epp.datalayer import BackgroundService
 from epp.datalayer.overrides import ScrapeOverrides
 from epp.datalayer.scraper import DEFAULT_INTERVAL, MetricsScraper
 from epp.datastore import Datastore
 from epp.discovery import kubernetes as k8s_discovery
+from epp.discovery.eds import EdsFileWriter
 from epp.discovery.k8s import leader as election
 from epp.discovery.k8s.client import api_client
 from epp.discovery.static import DiscoveryError, FileDiscovery, parse_endpoint_flag
+from epp.explain import DecisionRecorder
 from epp.extproc.server import Health, bind, ext_proc_server, health_server
 from epp.extproc.stream import StreamOptions
 from epp.flowcontrol.overload import OverloadGuard
@@ -36,6 +39,8 @@ from epp.metrics import auth as metrics_auth
 from epp.metrics.aliases import NAME_SETS
 from epp.metrics.exporter import EppMetrics
 from epp.metrics.http import MetricsServer
+from epp.observe import LiveView, prefix_indexes
+from epp.observe import flags as observe_flags
 from epp.params.duration import parse_duration
 from epp.readyfile import write_ready_file
 from epp.requestcontrol.model_rewrite import ModelRewrite
@@ -53,6 +58,7 @@ class ServeOptions:
     metrics_port: int = 9090
     pool_name: str = "standalone"
     endpoints_file: Path | None = None
+    envoy_eds_file: Path | None = None  # set: keep the pool there as an Envoy EDS file
     endpoints: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
     refresh_metrics_interval: float = DEFAULT_INTERVAL
@@ -79,6 +85,7 @@ class ServeOptions:
     # GIE's model-server metrics flags: over the config's data layer, and the port scraped.
     scrape_overrides: ScrapeOverrides = field(default_factory=ScrapeOverrides)
     model_server_metrics_port: int | None = None
+    observe: observe_flags.ObserveOptions = field(default_factory=observe_flags.ObserveOptions)
 
 
 class EndpointPicker:
@@ -105,7 +112,20 @@ class EndpointPicker:
         )
         self.director.model_rewrites.replace(options.model_rewrites)
         self.overload = OverloadGuard(options.max_concurrent_streams, options.max_event_loop_lag)
-        self.metrics_server = MetricsServer(self.metrics.registry, options.host, options.metrics_port)
+        self.recorder = DecisionRecorder(options.observe.records)
+        if self.recorder.enabled:
+            self.director.recorder = self.recorder
+        self.live_view = LiveView(
+            self.datastore, self.recorder, options.pool_name, prefix_indexes(components.plugins)
+        )
+        self.metrics_server = MetricsServer(
+            self.metrics.registry,
+            options.host,
+            options.metrics_port,
+            self.live_view.routes(),
+            self.live_view.on_shutdown,
+        )
+        self.services = [p for p in components.plugins.values() if isinstance(p, BackgroundService)]
         self.scraper: MetricsScraper | None = None
         if components.scrape is not None:
             self.scraper = MetricsScraper(
@@ -136,6 +156,9 @@ class EndpointPicker:
             self.metrics_server.auth = metrics_auth.MetricsAuth(await self._metrics_auth_client())
         credentials = self.certificate.credentials()
         await self.certificate.start()
+        tracing.configure(self.options.observe.tracing)
+        for service in self.services:  # before discovery, so they hear of every endpoint
+            await service.start(self.datastore)
         if self.scraper is not None:
             await self.scraper.start()
         if self.options.pool is not None:
@@ -169,6 +192,8 @@ class EndpointPicker:
                 parse_endpoint_flag(e, self.options.models, metrics_port) for e in self.options.endpoints
             ]
             self.datastore.replace_all(specs)
+        if self.options.envoy_eds_file is not None:
+            EdsFileWriter(self.datastore, self.options.envoy_eds_file).start()
         leader = None
         if self.options.leader_election is not None:
             leader = await self._start_election(self.options.leader_election)
@@ -218,6 +243,8 @@ class EndpointPicker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pool_gauges_task
         await self.certificate.stop()
+        if tracing.active is not None:
+            await asyncio.to_thread(tracing.shutdown)
         if self._file_discovery is not None:
             await self._file_discovery.stop()
         if self._pool_discovery is not None:
@@ -226,6 +253,8 @@ class EndpointPicker:
             await self._selector_discovery.stop()
         if self.scraper is not None:
             await self.scraper.stop()
+        for service in self.services:
+            await service.stop()
         if self._kube is not None:
             await self._kube.close()
 
@@ -278,6 +307,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     metrics_auth.add_arguments(parser)
     source = parser.add_argument_group("standalone endpoints")
     source.add_argument("--endpoints-file", type=Path, help="YAML endpoint list, re-read when it changes")
+    parser.add_argument(
+        "--envoy-eds-file",
+        type=Path,
+        metavar="FILE",
+        help="keep the pool (from any discovery) in this Envoy EDS file, for a gateway whose pool cluster "
+        "reads it (the fallback list needs one; see docs/operations.md)",
+    )
     source.add_argument(
         "--endpoint", action="append", default=[], metavar="HOST:PORT", help="an endpoint (repeatable)"
     )
@@ -292,6 +328,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tls.add_arguments(parser)
     gieflags.add_arguments(parser)
     gieflags.add_metrics_arguments(parser)
+    observe_flags.add_arguments(parser)
     scheduling = parser.add_argument_group("scheduling")
     config = scheduling.add_mutually_exclusive_group()
     config.add_argument(
@@ -301,6 +338,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(queue 2, kv-cache 2, prefix-cache 3)",
     )
     config.add_argument("--config-text", metavar="YAML", help="the EndpointPickerConfig itself, inline")
+    scheduling.add_argument(
+        "--strict-config",
+        action="store_true",
+        help="refuse a config the EPP would load with warnings (unknown plugin parameters, deprecated "
+        "names or shapes); default: load it as the Go EPPs do and log each warning",
+    )
     scheduling.add_argument(
         "--objectives-file",
         type=Path,
@@ -420,6 +463,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         grpc_health_port=args.grpc_health_port,
         metrics_port=args.metrics_port,
         endpoints_file=args.endpoints_file,
+        envoy_eds_file=args.envoy_eds_file,
         endpoints=args.endpoint,
         models=args.model,
         refresh_metrics_interval=_positive_duration(
@@ -441,12 +485,17 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         tls_options=tls.options_from_args(args),
         leader_election=_leader_election(args, pool),
         metrics_auth=metrics_auth.enabled_from_args(args, in_cluster=pool is not None),
-        config=load_config_file(args.config_file) if args.config_file else load_config(args.config_text),
+        config=(
+            load_config_file(args.config_file, args.strict_config)
+            if args.config_file
+            else load_config(args.config_text, args.strict_config)
+        ),
         objectives=load_objectives_file(args.objectives_file) if args.objectives_file else {},
         model_rewrites=load_model_rewrites_file(args.model_rewrites_file) if args.model_rewrites_file else [],
         metrics_aliases=tuple(dict.fromkeys(args.metrics_aliases)),
         scrape_overrides=gieflags.scrape_overrides(args),
         model_server_metrics_port=args.model_server_metrics_port or None,
+        observe=observe_flags.options_from_args(args),
         stream=StreamOptions(
             max_body_bytes=args.max_body_bytes,
             error_prefix="inference gateway" if args.legacy_error_prefix else "inference error",

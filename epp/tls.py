@@ -9,7 +9,11 @@ With --enable-cert-reload the --cert-path pair is re-read when it changes, as GI
 certificate, open ones keep theirs, and a pair that does not load (half written, key and
 certificate not matching) is logged and the previous one kept. gRPC asks for the certificate on
 every handshake (`dynamic_ssl_server_credentials`), from its own threads; the poll that notices a
-change runs on the event loop and does its file reads in a worker thread."""
+change runs on the event loop and does its file reads in a worker thread.
+
+Beyond GIE: --client-ca-path makes it mutual TLS, refusing any client without a certificate from
+that CA, so only the gateway can ask for routing decisions (or learn the pool from them).
+`Authority` issues such a CA and its certificates (what `epp run` uses)."""
 
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,7 @@ class TlsOptions:
     cert_path: Path | None = None
     reload: bool = False  # --enable-cert-reload: re-read cert_path when it changes
     reload_interval: float = RELOAD_POLL_INTERVAL
+    client_ca_path: Path | None = None  # set: mutual TLS, clients must present a certificate from it
 
 
 def parse_bool(value: str) -> bool:
@@ -83,17 +88,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="re-read the --cert-path pair when it changes (new connections get the new certificate; "
         "a pair that fails to load is logged and the previous one kept)",
     )
+    group.add_argument(
+        "--client-ca-path",
+        type=Path,
+        metavar="FILE",
+        help="PEM file of the CA(s) whose client certificates the ext_proc port accepts: mutual TLS, "
+        "a client without such a certificate is refused (default: any client; GIE has no such option)",
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> TlsOptions:
     if args.cert_path is not None and not args.secure_serving:
         raise ValueError("--cert-path needs --secure-serving")
+    if args.client_ca_path is not None and not args.secure_serving:
+        raise ValueError("--client-ca-path needs --secure-serving")
     if args.enable_cert_reload and args.cert_path is None:
         log.warning("--enable-cert-reload without --cert-path: nothing to reload (as GIE, ignored)")
     return TlsOptions(
         secure_serving=args.secure_serving,
         cert_path=args.cert_path,
         reload=args.enable_cert_reload and args.cert_path is not None,
+        client_ca_path=args.client_ca_path,
     )
 
 
@@ -156,25 +171,43 @@ class ServingCertificate:
         self._pending: grpc.ServerCertificateConfiguration | None = None
         self._stamp: tuple[tuple[int, int, int], ...] = ()
         self._task: asyncio.Task[None] | None = None
+        self._client_ca: bytes | None = None
 
     def credentials(self) -> grpc.ServerCredentials | None:
         """None for plaintext. Reads the files (startup, before the loop serves anything)."""
         options = self.options
         if not options.secure_serving:
             return None
+        if options.client_ca_path is not None:
+            self._client_ca = options.client_ca_path.read_bytes()
+            log.info("ext_proc mutual TLS: clients need a certificate from %s", options.client_ca_path)
         if options.cert_path is None:
             key_pem, cert_pem = self_signed_certificate()
             log.info("ext_proc TLS with a self-signed certificate (no --cert-path)")
-            return grpc.ssl_server_credentials([(key_pem, cert_pem)])
+            return self._static([(key_pem, cert_pem)])
         self._stamp = _stamp(options.cert_path)
         key_pem, cert_pem = load_pair(options.cert_path)
         self.loads = 1
         if not options.reload:
             log.info("ext_proc TLS with the certificate in %s", options.cert_path)
-            return grpc.ssl_server_credentials([(key_pem, cert_pem)])
+            return self._static([(key_pem, cert_pem)])
         log.info("ext_proc TLS with the certificate in %s, reloaded when it changes", options.cert_path)
-        initial = grpc.ssl_server_certificate_configuration([(key_pem, cert_pem)])
-        return grpc.dynamic_ssl_server_credentials(initial, self._fetch)
+        return grpc.dynamic_ssl_server_credentials(
+            self._configuration(key_pem, cert_pem),
+            self._fetch,
+            require_client_authentication=self._client_ca is not None,
+        )
+
+    def _static(self, pairs: list[tuple[bytes, bytes]]) -> grpc.ServerCredentials:
+        if self._client_ca is None:
+            return grpc.ssl_server_credentials(pairs)
+        return grpc.ssl_server_credentials(pairs, root_certificates=self._client_ca, require_client_auth=True)
+
+    def _configuration(self, key_pem: bytes, cert_pem: bytes) -> grpc.ServerCertificateConfiguration:
+        """A reloadable pair, with the client CA when clients must present a certificate."""
+        return grpc.ssl_server_certificate_configuration(
+            [(key_pem, cert_pem)], root_certificates=self._client_ca
+        )
 
     async def start(self) -> None:
         if self.options.reload and self.options.cert_path is not None:
@@ -213,7 +246,7 @@ class ServingCertificate:
             except (OSError, ValueError) as exc:
                 log.error("ext_proc certificate not reloaded, keeping the previous one: %s", exc)
                 continue
-            configuration = grpc.ssl_server_certificate_configuration([(key_pem, cert_pem)])
+            configuration = self._configuration(key_pem, cert_pem)
             with self._lock:
                 self._pending = configuration
             self.loads += 1
@@ -223,3 +256,64 @@ class ServingCertificate:
 def server_credentials(options: TlsOptions) -> grpc.ServerCredentials | None:
     """None for plaintext. Read once: for reloading, use a started ServingCertificate."""
     return ServingCertificate(options).credentials()
+
+
+class Authority:
+    """A certificate authority made in memory (ECDSA P-256) that issues server and client
+    certificates: for `epp run` and tests, where no PKI exists."""
+
+    def __init__(
+        self, common_name: str = "epp-run-ca", validity: datetime.timedelta = SELF_SIGNED_VALIDITY
+    ) -> None:
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        self._name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        self._validity = validity
+        self.certificate = (
+            self._builder(self._name, self._key.public_key())
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                    encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(self._key, hashes.SHA256())
+        )  # fmt: skip
+
+    @property
+    def certificate_pem(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    def _builder(self, subject: x509.Name, public_key: ec.EllipticCurvePublicKey) -> x509.CertificateBuilder:
+        now = datetime.datetime.now(datetime.UTC)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self._name)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + self._validity)
+        )
+
+    def issue(
+        self, common_name: str, dns_names: tuple[str, ...] = (), client: bool = False
+    ) -> tuple[bytes, bytes]:
+        """(private key PEM, certificate PEM) for a server (`dns_names` its SANs) or a client."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+        builder = self._builder(subject, key.public_key()).add_extension(
+            x509.ExtendedKeyUsage([usage]), critical=False
+        )
+        if dns_names:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False
+            )
+        certificate = builder.sign(self._key, hashes.SHA256())
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        return key_pem, certificate.public_bytes(serialization.Encoding.PEM)

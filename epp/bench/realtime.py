@@ -37,13 +37,21 @@ class RealtimeCluster:
     profile: str
     time_scale: float = 1.0
     scrape_interval: float = 0.05  # wall seconds
+    num_gpu_blocks: int | None = None  # the workload's KV-cache override
 
 
 def stack_config(policy: RealtimePolicy, cluster: RealtimeCluster, run_dir: Path) -> StackConfig:
     epp_args = [f"--refresh-metrics-interval={cluster.scrape_interval * 1000:g}ms"]
+    template = ""
     if policy.config is not None:
-        epp_args.append(f"--config-file={policy.config.resolve()}")
+        text = policy.config.read_text()
+        if "${SIM_URL}" in text:  # e.g. token-producer's render API: known once the sims run
+            template = text
+        else:
+            epp_args.append(f"--config-file={policy.config.resolve()}")
     sim_args = [f"--profile={cluster.profile}", f"--time-scale={cluster.time_scale:g}"]
+    if cluster.num_gpu_blocks is not None:
+        sim_args.append(f"--num-gpu-blocks={cluster.num_gpu_blocks}")
     if policy.kv_events_endpoint:
         sim_args.append(f"--kv-events-endpoint={policy.kv_events_endpoint}")
     return StackConfig(
@@ -53,6 +61,7 @@ def stack_config(policy: RealtimePolicy, cluster: RealtimeCluster, run_dir: Path
         sim_args=sim_args,
         epp_args=epp_args,
         baseline_listener=policy.envoy_round_robin,
+        epp_config_template=template,
     )
 
 

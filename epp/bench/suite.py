@@ -129,7 +129,9 @@ def outcome(key: RunKey, result: RunResult) -> RunOutcome:
 
 
 def virtual_cluster(workload: WorkloadSpec, scrape_interval: float, seed: int) -> VirtualCluster:
-    profile = get_profile(workload.cluster.profile)
+    profile = get_profile(workload.cluster.profile).with_overrides(
+        num_gpu_blocks=workload.cluster.num_gpu_blocks
+    )
     return VirtualCluster(workload.cluster.endpoints, profile, scrape_interval=scrape_interval, seed=seed)
 
 
@@ -210,6 +212,7 @@ class SuiteRunner:
             cluster = RealtimeCluster(
                 endpoints=workload.cluster.endpoints,
                 profile=workload.cluster.profile,
+                num_gpu_blocks=workload.cluster.num_gpu_blocks,
                 time_scale=self.time_scale,
                 scrape_interval=self.scrape_interval * self.time_scale,
             )

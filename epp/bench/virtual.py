@@ -36,11 +36,12 @@ from epp.datastore import Datastore, Endpoint, EndpointMetrics, EndpointSpec
 from epp.framework import PluginContext
 from epp.kvevents import KVEvent
 from epp.metrics.exporter import EppMetrics
+from epp.plugins.token_producer import TokenProducer
 from epp.requestcontrol import Director
 from epp.requestcontrol.director import RoutedRequest
-from epp.requests import InferenceRequest, RequestError
+from epp.requests import ApiKind, InferenceRequest, RequestError
 from epp.sim.engine import Engine, Rejection, Request, StepOutcome
-from epp.sim.openai_api import usage
+from epp.sim.openai_api import ApiError, parse_chat, parse_completion, usage
 from epp.sim.profiles import Profile
 
 _REJECTION_STATUS = {Rejection.QUEUE_FULL: 429, Rejection.TOO_LONG: 400}
@@ -86,7 +87,18 @@ def scraped_metrics(engine: Engine, now: float) -> EndpointMetrics:
 class KVEventSink(Protocol):
     """A plugin that follows the engines' prefix caches through their KV events."""
 
-    def apply_kv_events(self, pod: str, events: Iterable[KVEvent]) -> None: ...
+    def apply_kv_events(self, pod: str, events: Iterable[KVEvent], model: str = "") -> None:
+        """`model`: the engine's served model (the topic's `<model>`)."""
+
+
+def engine_token_ids(request: InferenceRequest) -> list[int] | None:
+    """The prompt's token ids as the simulated engine computes them (its tokenizer and chat
+    template): what vLLM's render API would answer."""
+    try:
+        parse = parse_chat if request.api is ApiKind.CHAT else parse_completion
+        return parse(request.body).prompts[0]
+    except (ApiError, IndexError, AttributeError):
+        return None
 
 
 class _FixedPoolDirector(Director):
@@ -146,6 +158,9 @@ class VirtualRun:
         )
         self.endpoints = list(self.datastore.endpoints())
         self.sinks = [p for p in components.plugins.values() if isinstance(p, KVEventSink)]
+        for plugin in components.plugins.values():
+            if isinstance(plugin, TokenProducer):  # no render server here: the engines' tokenizer
+                plugin.sync_tokenizer = engine_token_ids
         self.servers = {
             e.name: _Server(
                 Engine(cluster.profile, cluster.model, record_kv_events=bool(self.sinks)), e.hostport
@@ -306,7 +321,7 @@ class VirtualRun:
         if self.sinks:
             events = engine.drain_kv_events()  # published as the step starts, as epp sim does
             for sink in self.sinks:
-                sink.apply_kv_events(server.pod, events)
+                sink.apply_kv_events(server.pod, events, self.cluster.model)
         if outcome.batch_size:
             server.pending = outcome
             server.stepping = True  # also when a timer, not an arrival, woke the idle engine

@@ -104,6 +104,7 @@ class Load(_Spec):
 class Cluster(_Spec):
     endpoints: int = Field(default=8, ge=1)
     profile: str = "llama-3.1-8b-h100"
+    num_gpu_blocks: int | None = Field(default=None, ge=1, description="override the profile's KV cache")
 
 
 class WorkloadSpec(_Spec):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from epp.config.model import BandSpec, FlowControlSpec, PickerConfig
-from epp.datalayer import DataProducer, EndpointObserver, MetricsExtractor, MetricsSource
+from epp.datalayer import AsyncDataProducer, DataProducer, EndpointObserver, MetricsExtractor, MetricsSource
 from epp.datalayer.scraper import ScrapeSettings
 from epp.datastore import Datastore
 from epp.flowcontrol import (
@@ -25,7 +25,7 @@ from epp.flowcontrol import (
 from epp.flowcontrol.controller import BandConfig, FlowControlConfig, FlowController
 from epp.flowcontrol.queues import BandLimits
 from epp.framework import DataConsumer, Plugin, PluginContext, PluginUser
-from epp.requestcontrol import Director, RequestControlHooks
+from epp.requestcontrol import Director, Parsers, RequestControlHooks, RequestParser
 from epp.scheduling.framework import Filter, Picker, PluginScheduler, ProfileHandler, SchedulerProfile, Scorer
 
 
@@ -36,6 +36,7 @@ class EndpointPickerComponents:
     hooks: RequestControlHooks
     saturation_detector: SaturationDetector
     scrape: ScrapeSettings | None  # None: the config turned scraping off
+    parsers: Parsers
 
 
 def build_components(config: PickerConfig, context: PluginContext) -> EndpointPickerComponents:
@@ -66,7 +67,10 @@ def build_components(config: PickerConfig, context: PluginContext) -> EndpointPi
     )
     hooks = RequestControlHooks(list(plugins.values()), context.metrics)
     detector = _role(plugins[config.saturation_detector], SaturationDetector)
-    return EndpointPickerComponents(plugins, scheduler, hooks, detector, _scrape_settings(config, plugins))
+    parsers = Parsers([_role(plugins[name], RequestParser) for name in config.parsers])
+    return EndpointPickerComponents(
+        plugins, scheduler, hooks, detector, _scrape_settings(config, plugins), parsers
+    )
 
 
 def build_director(
@@ -97,7 +101,9 @@ def build_director(
         objectives,
         context.metrics,
         context.rng,
-        flow_control,
+        components.parsers,
+        async_producers=[p for p in components.plugins.values() if isinstance(p, AsyncDataProducer)],
+        flow_control=flow_control,
     )
     return director, components
 

@@ -7,19 +7,29 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
 from epp.config.model import BandSpec, FlowControlSpec, PickerConfig, PluginSpec, ProfileSpec
-from epp.config.schema import BandLimitsDoc, DataLayerDoc, EndpointPickerConfigDoc, FlowControlDoc, ProfileDoc
-from epp.datalayer import DataProducer, MetricsExtractor, MetricsSource
+from epp.config.schema import (
+    BandLimitsDoc,
+    DataLayerDoc,
+    EndpointPickerConfigDoc,
+    FlowControlDoc,
+    ProfileDoc,
+    SaturationDetectorDoc,
+)
+from epp.config.unavailable import TEST_ONLY_FEATURE_GATES, unavailable
+from epp.datalayer import DataProducer, EndpointObserver, MetricsExtractor, MetricsSource, NotificationSource
 from epp.flowcontrol import FairnessPolicy, OrderingPolicy, SaturationDetector, UsageLimitPolicy
-from epp.framework import DataConsumer, DataKey, Plugin, PluginUser
+from epp.framework import DataConsumer, DataKey, ImpliedPlugin, Plugin, PluginUser
 from epp.framework.registry import canonical_type_names, find_plugin_type, plugin_types
-from epp.params.strict import ConfigError, describe
+from epp.params.strict import ConfigError, closest_field, describe, lenient_unknown_fields
 from epp.requestcontrol import RequestParser
+from epp.requestcontrol.hooks import effective_parsers
 from epp.scheduling.framework import Filter, Picker, ProfileHandler, Scorer
 
 DEFAULT_CONFIG_RESOURCE = "default-plugins.yaml"
@@ -34,26 +44,7 @@ DEFAULT_ORDERING_POLICY = "fcfs-ordering-policy"
 DEFAULT_USAGE_LIMIT_POLICY = "static-usage-limit-policy"
 DEFAULT_BAND_MAX_BYTES = 1_000_000_000  # GIE: a band's maxBytes when 0 or omitted
 
-# GIE types that are known but not implemented here, with the reason users need to hear.
-UNSUPPORTED_TYPES = {
-    **dict.fromkeys(
-        (
-            "latency-scorer",
-            "predicted-latency-producer",
-            "latency-slo-admitter",
-            "slo-headroom-tier-filter",
-            "prefix-cache-affinity-filter",
-            "predicted-latency-scorer",
-            "slo-aware-routing",
-        ),
-        "part of the latency-predictor family, which needs GIE's external predictor service",
-    ),
-    **dict.fromkeys(
-        ("precise-prefix-cache-producer", "precise-prefix-cache-scorer", "token-producer", "tokenizer"),
-        "part of llm-d's precise prefix cache (engine KV events, real tokenization), not implemented yet; "
-        "approx-prefix-cache-producer is the default prefix source",
-    ),
-}
+KNOWN_FEATURE_GATES = ("flowControl", "enableLegacyMetrics", "dataLayer", "prepareDataPlugins")
 
 
 def default_config_text() -> str:
@@ -61,8 +52,11 @@ def default_config_text() -> str:
     return resources.files("epp.config").joinpath(DEFAULT_CONFIG_RESOURCE).read_text()
 
 
-def load_config(text: str | None = None) -> PickerConfig:
-    """Parse and validate config YAML; None means GIE's default. Raises ConfigError."""
+def load_config(text: str | None = None, strict: bool = False) -> PickerConfig:
+    """Parse and validate config YAML; None means GIE's default. Raises ConfigError.
+
+    Lenient where the Go EPPs are (unknown plugin parameters, older names): each such leniency is
+    a warning in the result. `strict` turns every warning into an error."""
     source = default_config_text() if text is None else text
     try:
         raw = yaml.safe_load(source)
@@ -74,15 +68,18 @@ def load_config(text: str | None = None) -> PickerConfig:
         doc = EndpointPickerConfigDoc.model_validate(raw)
     except ValidationError as exc:
         raise _config_error(describe(exc)) from None
-    return _Loader(doc).load()
+    config = _Loader(doc, strict).load()
+    if strict and config.warnings:
+        raise _config_error(f"{w} (an error with strict config checking)" for w in config.warnings)
+    return config
 
 
-def load_config_file(path: Path) -> PickerConfig:
+def load_config_file(path: Path, strict: bool = False) -> PickerConfig:
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    return load_config(text)
+    return load_config(text, strict)
 
 
 def _config_error(problems: Iterable[str]) -> ConfigError:
@@ -93,13 +90,16 @@ def _config_error(problems: Iterable[str]) -> ConfigError:
 
 
 class _Loader:
-    def __init__(self, doc: EndpointPickerConfigDoc) -> None:
+    def __init__(self, doc: EndpointPickerConfigDoc, strict: bool = False) -> None:
         self.doc = doc
+        self.strict = strict
         self.plugins: dict[str, PluginSpec] = {}
         self.problems: list[str] = []
         self.warnings: list[str] = []
 
     def load(self) -> PickerConfig:
+        self._feature_gates()
+        self._check()
         self._define_plugins()
         self._check()
         self._check_plugin_references()
@@ -108,7 +108,7 @@ class _Loader:
         handler = self._profile_handler(profiles)
         detector = self._saturation_detector()
         source, extractor = self._data_layer()
-        parser = self._parser()
+        parsers = self._parsers()
         flow_control = self._flow_control(detector)
         self._check()
         bindings = self._bind_producers()
@@ -123,8 +123,8 @@ class _Loader:
             saturation_detector=detector,
             metrics_source=source,
             metrics_extractor=extractor,
-            parser=parser,
-            feature_gates=frozenset(self.doc.feature_gates),
+            parsers=parsers,
+            feature_gates=frozenset(name for name, on in _gates(self.doc.feature_gates).items() if on),
             flow_control=self.doc.flow_control,
             producer_bindings=bindings,
             producer_order=producer_order,
@@ -138,7 +138,23 @@ class _Loader:
 
     # --- plugins --------------------------------------------------------------------------------
 
+    def _feature_gates(self) -> None:
+        for i, gate in enumerate(self.doc.feature_gates):
+            name = gate.partition("=")[0].strip()
+            if name in KNOWN_FEATURE_GATES:
+                continue
+            if name in TEST_ONLY_FEATURE_GATES:
+                self.problems.append(
+                    f"featureGates[{i}]: {name!r} is a test-only gate of the upstream Go config-loader tests"
+                )
+                continue
+            closest = closest_field(name, list(KNOWN_FEATURE_GATES))
+            hint = f"; did you mean {closest!r}?" if closest else ""
+            known = ", ".join(KNOWN_FEATURE_GATES)
+            self.problems.append(f"featureGates[{i}]: unknown feature gate {name!r} (known: {known}){hint}")
+
     def _define_plugins(self) -> None:
+        implied: list[tuple[str, ImpliedPlugin]] = []
         for i, plugin in enumerate(self.doc.plugins):
             name = plugin.name or plugin.type
             cls = find_plugin_type(plugin.type)
@@ -148,12 +164,39 @@ class _Loader:
             if name in self.plugins:
                 self.problems.append(f"plugins[{i}].name: duplicate plugin name {name!r}")
                 continue
+            if plugin.type != cls.type_name:
+                self.warnings.append(
+                    f"plugins[{i}].type: {plugin.type!r} is a deprecated name of {cls.type_name!r}"
+                )
+            upgrade = cls.Params.upgrade(plugin.parameters or {}, plugin.type)
+            path = f"plugins[{i}].parameters"
+            self.warnings.extend(f"{path}: {warning}" for warning in upgrade.warnings)
+            self.problems.extend(f"{path}: {problem}" for problem in upgrade.problems)
             try:
-                params = cls.Params.model_validate(plugin.parameters or {})
+                params = self._parameters(cls, upgrade.parameters, path)
             except ValidationError as exc:
-                self.problems.extend(describe(exc, f"plugins[{i}].parameters"))
+                self.problems.extend(describe(exc, path))
                 continue
             self.plugins[name] = PluginSpec(name, cls.type_name, cls, params)
+            implied.extend((f"plugins[{i}]", p) for p in upgrade.implied)
+        for path, wanted in implied:
+            if wanted.type_name not in self.plugins:
+                self._implicit(wanted.type_name, wanted.parameters)
+            elif self.plugins[wanted.type_name].type_name != wanted.type_name:
+                self.problems.append(
+                    f"{path}.parameters: the name {wanted.type_name!r} is needed for the "
+                    f"{wanted.type_name} its legacy parameters stand for, but another plugin has it"
+                )
+
+    def _parameters(self, cls: type[Plugin], raw: Mapping[str, Any], path: str) -> Any:
+        """Go decodes plugin parameters with json.Unmarshal: unknown fields are ignored. Here they
+        are warnings naming the closest known field (errors with strict checking)."""
+        if self.strict:
+            return cls.Params.model_validate(raw)
+        with lenient_unknown_fields() as dropped:
+            params = cls.Params.model_validate(raw)
+        self.warnings.extend(f"{path}: {message}" for message in dropped)
+        return params
 
     def _implicit(self, type_name: str, parameters: Mapping[str, Any] | None = None) -> str:
         """Add a default plugin named after its type (as GIE does) and return its name."""
@@ -193,12 +236,10 @@ class _Loader:
     # --- scheduling profiles --------------------------------------------------------------------
 
     def _profiles(self) -> list[ProfileSpec]:
-        if not self.doc.scheduling_profiles:
-            self.problems.append("schedulingProfiles: at least one scheduling profile is required")
-            return []
+        docs = self.doc.scheduling_profiles or [self._default_profile()]
         seen: set[str] = set()
         profiles = []
-        for i, doc in enumerate(self.doc.scheduling_profiles):
+        for i, doc in enumerate(docs):
             if doc.name in seen:
                 self.problems.append(f"schedulingProfiles[{i}].name: duplicate profile name {doc.name!r}")
             seen.add(doc.name)
@@ -206,6 +247,20 @@ class _Loader:
             if profile is not None:
                 profiles.append(profile)
         return profiles
+
+    def _default_profile(self) -> ProfileDoc:
+        """GIE (v1.4+) without schedulingProfiles: one profile `default` running every configured
+        filter, scorer and picker (scorers at weight 1), in config order."""
+        members = [
+            s.name
+            for s in self.plugins.values()
+            if not s.implicit and issubclass(s.cls, (Filter, Scorer, Picker))
+        ]
+        self.warnings.append(
+            "schedulingProfiles: none given; profile 'default' runs every configured filter, scorer and "
+            f"picker ({', '.join(members) or 'none'}), as GIE does"
+        )
+        return ProfileDoc.model_validate({"name": "default", "plugins": [{"pluginRef": m} for m in members]})
 
     def _profile(self, index: int, doc: ProfileDoc) -> ProfileSpec | None:
         filters: list[str] = []
@@ -218,16 +273,19 @@ class _Loader:
                 self.problems.append(
                     f"{path}: no plugin named {entry.plugin_ref!r} (defined: {_names(self.plugins)})"
                 )
-            elif issubclass(spec.cls, Filter):
-                filters.append(spec.name)
-            elif issubclass(spec.cls, Scorer):
-                scorers.append((spec.name, 1.0 if entry.weight is None else entry.weight))
-            elif issubclass(spec.cls, Picker):
-                pickers.append(spec.name)
+            elif issubclass(spec.cls, (Filter, Scorer, Picker)):
+                # As GIE's SchedulerProfile.AddPlugins: a plugin takes every role it implements.
+                if issubclass(spec.cls, Filter):
+                    filters.append(spec.name)
+                if issubclass(spec.cls, Scorer):
+                    scorers.append((spec.name, 1.0 if entry.weight is None else entry.weight))
+                if issubclass(spec.cls, Picker):
+                    pickers.append(spec.name)
             else:
-                self.problems.append(
+                # GIE's SchedulerProfile.AddPlugins skips what is none of the three.
+                self.warnings.append(
                     f"{path}: plugin {spec.name!r} is a {spec.type_name}, which is not a filter, scorer or "
-                    "picker and cannot be part of a profile"
+                    "picker: ignored in the profile (as GIE)"
                 )
         if len(pickers) > 1:
             self.problems.append(
@@ -269,19 +327,30 @@ class _Loader:
 
     # --- saturation detector, data layer, parser, flow control ----------------------------------
 
+    def _saturation_detector_doc(self) -> tuple[str, SaturationDetectorDoc | None]:
+        """llm-d router: `flowControl.saturationDetector` replaces the top-level key (which still
+        loads); when both are given the new one wins, as there."""
+        nested = self.doc.flow_control.saturation_detector if self.doc.flow_control is not None else None
+        if nested is not None:
+            if self.doc.saturation_detector is not None:
+                self.warnings.append(
+                    "saturationDetector is ignored because flowControl.saturationDetector is set "
+                    "(llm-d router)"
+                )
+            return "flowControl.saturationDetector", nested
+        return "saturationDetector", self.doc.saturation_detector
+
     def _saturation_detector(self) -> str:
-        doc = self.doc.saturation_detector
+        key, doc = self._saturation_detector_doc()
         if doc is not None and doc.plugin_ref is not None:
-            ref = self._ref(
-                "saturationDetector.pluginRef", doc.plugin_ref, SaturationDetector, "a saturation detector"
-            )
+            ref = self._ref(f"{key}.pluginRef", doc.plugin_ref, SaturationDetector, "a saturation detector")
             return ref or doc.plugin_ref
         thresholds = doc.inline_thresholds() if doc is not None else {}
         if thresholds:
             existing = self.plugins.get(DEFAULT_SATURATION_DETECTOR)
             if existing is not None and not existing.implicit:
                 self.problems.append(
-                    "saturationDetector: inline thresholds create a utilization-detector plugin, but one "
+                    f"{key}: inline thresholds create a utilization-detector plugin, but one "
                     f"named {DEFAULT_SATURATION_DETECTOR!r} is already defined; use pluginRef instead"
                 )
                 return DEFAULT_SATURATION_DETECTOR
@@ -300,6 +369,37 @@ class _Loader:
         return self._configured_data_layer("data", self.doc.data)
 
     def _configured_data_layer(self, key: str, doc: DataLayerDoc) -> tuple[str | None, str | None]:
+        sources = []
+        for index, source_doc in enumerate(doc.sources):
+            spec = self.plugins.get(source_doc.plugin_ref)
+            if spec is None or not issubclass(spec.cls, NotificationSource):
+                sources.append(source_doc)
+                continue
+            for number, observer in enumerate(source_doc.extractors):
+                self._ref(
+                    f"{key}.sources[{index}].extractors[{number}].pluginRef",
+                    observer.plugin_ref,
+                    EndpointObserver,
+                    "an endpoint observer",
+                )
+        notifications_only = bool(doc.sources) and not sources
+        doc = doc.model_copy(update={"sources": sources})
+        if notifications_only and doc.inject_defaults is not False:
+            # llm-d router: with no metrics source listed, the default one is injected
+            # (injectDefaults defaults to true there).
+            doc = doc.model_copy(update={"inject_defaults": True})
+        if doc.discovery is not None:
+            self.problems.append(
+                f"{key}.discovery: endpoint discovery plugins (llm-d router) are not supported; endpoints "
+                "come from --endpoint, --endpoints-file or --pool-name"
+            )
+        if not doc.sources and doc.inject_defaults:
+            # llm-d router: injectDefaults (default true there) adds the default source/extractor.
+            default_source = self._first_of_type(DEFAULT_METRICS_SOURCE) or self._implicit(
+                DEFAULT_METRICS_SOURCE
+            )
+            default_extractor = self._first_of_type(DEFAULT_METRICS_EXTRACTOR)
+            return default_source, default_extractor or self._implicit(DEFAULT_METRICS_EXTRACTOR)
         if not doc.sources:
             self.warnings.append(f"{key} has no sources: endpoint metrics will not be scraped")
             return None, None
@@ -320,18 +420,48 @@ class _Loader:
         )
         return source, extractor
 
-    def _parser(self) -> str:
-        if self.doc.parser is None:
-            return DEFAULT_PARSER
-        return (
-            self._ref("parser.pluginRef", self.doc.parser.plugin_ref, RequestParser, "a request parser") or ""
-        )
+    def _parsers(self) -> tuple[str, ...]:
+        """`parser` (GIE v1.5) or llm-d router's `requestHandler.parsers` (which wins when both are
+        set, as there); none: an `openai-parser` (configured, else a default one)."""
+        handler = self.doc.request_handler
+        if handler is not None and handler.parsers:
+            if self.doc.parser is not None:
+                self.warnings.append("parser is ignored because requestHandler.parsers is set (llm-d router)")
+            refs = [
+                self._ref(f"requestHandler.parsers[{i}].pluginRef", p.plugin_ref, RequestParser, "a parser")
+                for i, p in enumerate(handler.parsers)
+            ]
+            names = [ref for ref in refs if ref is not None]
+            listed = [
+                SimpleNamespace(
+                    name=n,
+                    type_name=self.plugins[n].type_name,
+                    paths=getattr(self.plugins[n].cls, "paths", ()),
+                )
+                for n in names
+            ]
+            kept = {p.name for p in effective_parsers(listed)}
+            for name in names:
+                if name not in kept:
+                    self.warnings.append(
+                        f"requestHandler.parsers: {name!r} is skipped, as llm-d router skips a second parser "
+                        "of a type and every parser after the one that claims no path (the fallback)"
+                    )
+            return tuple(n for n in names if n in kept)
+        if self.doc.parser is not None:
+            ref = self._ref("parser.pluginRef", self.doc.parser.plugin_ref, RequestParser, "a request parser")
+            return (ref,) if ref is not None else ()
+        return (self._first_of_type(DEFAULT_PARSER) or self._implicit(DEFAULT_PARSER),)
 
     def _flow_control(self, detector: str) -> FlowControlSpec | None:
-        gate = "flowControl" in self.doc.feature_gates
+        """GIE's flow-control layer, behind its feature gate. `detector`: the saturation detector
+        already resolved (flowControl.saturationDetector, llm-d router's place, wins there)."""
+        gate = _gates(self.doc.feature_gates).get("flowControl", False)
         section = self.doc.flow_control
         if not gate:
-            if section is not None:
+            # flowControl.saturationDetector alone is llm-d router's detector, not queueing.
+            queueing = section is not None and bool(section.model_fields_set - {"saturation_detector"})
+            if queueing:
                 self.warnings.append(
                     "flowControl is ignored without the flowControl feature gate (as in GIE)"
                 )
@@ -344,23 +474,13 @@ class _Loader:
             )
         else:
             usage = self._first_of_type(usage) or self._implicit(usage)
-        if doc.saturation_detector is not None:
-            sub = doc.saturation_detector
-            if sub.plugin_ref is not None:
-                detector = (
-                    self._ref(
-                        "flowControl.saturationDetector.pluginRef",
-                        sub.plugin_ref,
-                        SaturationDetector,
-                        "a saturation detector",
-                    )
-                    or detector
-                )
-            elif sub.inline_thresholds():
-                self.problems.append(
-                    "flowControl.saturationDetector: inline thresholds are not supported here; define a "
-                    "utilization-detector plugin and give its name as pluginRef"
-                )
+        for path, field in (
+            ("noEndpointRequestTTL", "no_endpoint_request_ttl"),
+            ("defaultNegativePriorityBand", "default_negative_priority_band"),
+            ("enableEviction", "enable_eviction"),
+        ):
+            if field in doc.model_fields_set:
+                self.warnings.append(f"flowControl.{path} is not implemented here and is ignored")
         default_doc = doc.default_priority_band or BandLimitsDoc()
         default_band = self._band("flowControl.defaultPriorityBand", default_doc, None)
         bands = {
@@ -429,12 +549,22 @@ class _Loader:
             return self._named_producer(consumer, key, f"{field.alias}", named, visited | {consumer.name})
         producers = [s.name for s in self.plugins.values() if _produces(s.cls, key)]
         if len(producers) > 1:
-            hint = f"; name one with {field.alias}" if field is not None else ""
-            self.problems.append(
-                f"plugins: {consumer.name!r} reads {key.name}, which {len(producers)} plugins produce "
-                f"({', '.join(producers)}){hint}"
-            )
-            return None
+            # As the Go EPPs: data not asked for by producer name comes from the producer with the
+            # default name, created with defaults when no configured plugin has that name.
+            default = self.plugins.get(key.default_producer)
+            if default is not None and not _produces(default.cls, key):
+                hint = f"; name one with {field.alias}" if field is not None else ""
+                self.problems.append(
+                    f"plugins: {consumer.name!r} reads {key.name}, which {len(producers)} plugins produce "
+                    f"({', '.join(producers)}){hint}"
+                )
+                return None
+            if default is None:
+                self.warnings.append(
+                    f"plugins: {consumer.name!r} reads {key.name} from a default {key.default_producer} "
+                    f"(several producers are configured: {', '.join(producers)}, none named for it)"
+                )
+            return key.default_producer if default is not None else self._implicit(key.default_producer)
         if producers:
             self._warn_ignored_producer_params(consumer, producers[0])
             return producers[0]
@@ -493,6 +623,15 @@ class _Loader:
             )
 
 
+def _gates(written: Iterable[str]) -> dict[str, bool]:
+    """Feature gates by name: `name` or `name=true` turns one on, `name=false` off (llm-d router)."""
+    gates: dict[str, bool] = {}
+    for gate in written:
+        name, _, value = gate.partition("=")
+        gates[name.strip()] = value.strip().lower() not in ("false", "0", "f")
+    return gates
+
+
 def _consumes(cls: type[Plugin]) -> Mapping[DataKey, str]:
     return cls.consumes if issubclass(cls, DataConsumer) else {}
 
@@ -506,10 +645,13 @@ def _names(plugins: Mapping[str, PluginSpec]) -> str:
 
 
 def _unknown_type(type_name: str) -> str:
-    reason = UNSUPPORTED_TYPES.get(type_name)
-    if reason is not None:
-        return f"plugin type {type_name!r} is not supported: it is {reason}"
-    return f"unknown plugin type {type_name!r}; known types: {', '.join(canonical_type_names())}"
+    entry = unavailable(type_name)
+    if entry is not None:
+        return entry.message(type_name)
+    known = canonical_type_names()
+    closest = closest_field(type_name, known)
+    hint = f"did you mean {closest!r}? " if closest else ""
+    return f"unknown plugin type {type_name!r}; {hint}known types: {', '.join(known)}"
 
 
 def _known_type(type_name: str) -> type[Plugin]:

@@ -57,13 +57,18 @@ class PickerConfig:
     saturation_detector: str
     metrics_source: str | None  # None: the config disabled metrics scraping
     metrics_extractor: str | None
-    parser: str
+    parsers: tuple[str, ...]  # request parser plugins; resolved per request path
     feature_gates: frozenset[str]
     flow_control: FlowControlDoc | None
     producer_bindings: Mapping[tuple[str, str], str]  # (consumer plugin, data key) -> producer plugin
     producer_order: tuple[str, ...]  # producers, each after those whose data it reads
     warnings: tuple[str, ...] = ()
     flow_control_spec: FlowControlSpec | None = None  # set: the flowControl feature gate is on
+
+    @property
+    def parser(self) -> str:
+        """The first (usually only) parser."""
+        return self.parsers[0]
 
     def summary(self) -> str:
         """One line per plugin and profile, for the startup log."""

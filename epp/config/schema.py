@@ -67,6 +67,16 @@ class DataSourceDoc(StrictModel):
 
 class DataLayerDoc(StrictModel):
     sources: list[DataSourceDoc] = []
+    # llm-d router: pluggable endpoint discovery and default injection (the loader refuses
+    # discovery plugins: endpoints come from --endpoint, --endpoints-file or --pool-name).
+    inject_defaults: bool | None = None
+    discovery: PluginRefDoc | None = None
+
+
+class RequestHandlerDoc(StrictModel):
+    """llm-d router: `requestHandler.parsers` replaces the top-level `parser`."""
+
+    parsers: list[PluginRefDoc] = []
 
 
 class BandLimitsDoc(StrictModel):
@@ -87,11 +97,15 @@ class FlowControlDoc(StrictModel):
     max_bytes: Quantity | None = None
     max_requests: Quantity | None = None
     default_request_ttl: Duration | None = Field(default=None, alias="defaultRequestTTL")
+    no_endpoint_request_ttl: Duration | None = Field(default=None, alias="noEndpointRequestTTL")
     default_priority_band: BandLimitsDoc | None = None
+    default_negative_priority_band: BandLimitsDoc | None = None
     priority_bands: list[PriorityBandDoc] = []
     usage_limit_policy_plugin_ref: str | None = None
-    # llm-d-router: the detector that gates dispatch, instead of the top-level saturationDetector.
+    # llm-d router: the saturation detector that gates dispatch moved here (the top-level key
+    # still loads).
     saturation_detector: SaturationDetectorDoc | None = None
+    enable_eviction: bool | None = None
 
     @field_validator("default_request_ttl")
     @classmethod
@@ -121,6 +135,8 @@ class FlowControlDoc(StrictModel):
         ]
         if self.default_priority_band is not None:
             bands.append(("flowControl.defaultPriorityBand", self.default_priority_band))
+        if self.default_negative_priority_band is not None:
+            bands.append(("flowControl.defaultNegativePriorityBand", self.default_negative_priority_band))
         for path, band in bands:
             if band.fairness_policy_ref:
                 refs.append((f"{path}.fairnessPolicyRef", band.fairness_policy_ref))
@@ -132,13 +148,14 @@ class FlowControlDoc(StrictModel):
 class EndpointPickerConfigDoc(StrictModel):
     api_version: Literal["inference.networking.x-k8s.io/v1alpha1", "llm-d.ai/v1alpha1"]
     kind: Literal["EndpointPickerConfig"]
-    feature_gates: list[Literal["flowControl", "enableLegacyMetrics", "dataLayer", "prepareDataPlugins"]] = []
+    feature_gates: list[str] = []  # names checked by the loader; llm-d router allows `name=false`
     plugins: list[PluginDoc] = []
     scheduling_profiles: list[ProfileDoc] = []
     saturation_detector: SaturationDetectorDoc | None = None
     data_layer: DataLayerDoc | None = None
     data: DataLayerDoc | None = Field(default=None, description="GIE v1.3-v1.4 name of dataLayer")
     parser: PluginRefDoc | None = None
+    request_handler: RequestHandlerDoc | None = None
     flow_control: FlowControlDoc | None = None
 
     @model_validator(mode="after")

@@ -27,6 +27,8 @@ class EngineMetrics:
     cache_num_blocks_label: str = ""
     cache_block_size: tuple[MetricSpec, ...] = ()
     cache_num_blocks: tuple[MetricSpec, ...] = ()
+    # llm-d's customMetrics: (endpoint attribute key, selector) scalars kept as they are.
+    custom: tuple[tuple[str, MetricSpec], ...] = ()
 
     def names(self) -> set[str]:
         specs = (
@@ -38,7 +40,7 @@ class EngineMetrics:
             + self.cache_block_size
             + self.cache_num_blocks
         )
-        return {s.name for s in specs}
+        return {s.name for s in specs} | {spec.name for _, spec in self.custom}
 
     def read(self, samples: Mapping[str, list[Sample]], now: float) -> EndpointMetrics:
         metrics = EndpointMetrics(update_time=now)
@@ -58,6 +60,10 @@ class EngineMetrics:
             metrics.cache_block_size = int(_highest(samples, self.cache_block_size))
         if self.cache_num_blocks:
             metrics.cache_num_blocks = int(_highest(samples, self.cache_num_blocks))
+        for key, spec in self.custom:
+            sample = _first(samples, (spec,))
+            if sample is not None and math.isfinite(sample.value):
+                metrics.scalars[key] = sample.value
         return metrics
 
 

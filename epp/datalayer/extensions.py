@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from epp.datalayer.engines import EngineMetrics
-from epp.datastore import Endpoint
+from epp.datastore import Datastore, Endpoint
 from epp.framework import DataKey, Extension
 from epp.requests import InferenceRequest
 
@@ -41,6 +41,34 @@ class DataProducer(Extension):
     def prepare(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
         """Compute this request's data once, before any profile runs, and store it in
         `request.attributes[self.name]`."""
+
+
+class AsyncDataProducer(Extension):
+    """Per-request data that needs I/O (tokenizing through a model server's render API). The
+    director awaits `prepare_async` once, after parsing and before scheduling; it must store its
+    result in `request.attributes[self.name]`, finish within its own timeout and never raise —
+    a failure leaves the data out, and the plugin's sync `prepare` (if any) falls back."""
+
+    @abstractmethod
+    async def prepare_async(self, request: InferenceRequest) -> None: ...
+
+
+class BackgroundService(Extension):
+    """A plugin with background work (reading KV events): started with the service, before
+    endpoints are discovered, and stopped with it. `datastore` is the pool it serves."""
+
+    @abstractmethod
+    async def start(self, datastore: Datastore) -> None: ...
+
+    @abstractmethod
+    async def stop(self) -> None: ...
+
+
+class NotificationSource(Extension):
+    """A `dataLayer` source of endpoint add/delete notifications (llm-d's
+    `endpoint-notification-source`); its extractors are endpoint observers. Here every endpoint
+    observer and background service is told of pool changes anyway, so the source only validates
+    the wiring."""
 
 
 class EndpointObserver(Extension):

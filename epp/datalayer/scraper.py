@@ -41,8 +41,9 @@ def _tls_context(settings: ScrapeSettings) -> ssl.SSLContext:
 class MetricsScraper:
     """One polling task per endpoint, each on its own keep-alive connection.
 
-    Health: a refused connection marks the endpoint unhealthy at once (the server is gone); other
-    failures (timeouts, non-200) after `failures_before_unhealthy` in a row. The first good scrape
+    Health: a refused connection (the server is gone) or a scrape timeout (it hangs) marks the
+    endpoint unhealthy at once; other failures (non-200, a malformed or cut page) after
+    `failures_before_unhealthy` in a row. The first good scrape
     makes it healthy again. GIE relies on Kubernetes readiness for this; standalone mode has none."""
 
     def __init__(
@@ -115,6 +116,11 @@ class MetricsScraper:
                     endpoint.suspended_until = 0.0
                 except ConnectionRefusedError as exc:
                     failures = self._failed(endpoint, failures, f"connection refused: {exc}", immediate=True)
+                except TimeoutError:
+                    # A server that cannot answer /metrics within the timeout is hung or stalled
+                    # (e.g. SIGSTOP): requests sent there now would wait for the gateway's bounds.
+                    reason = f"no answer within {self._timeout:g}s"
+                    failures = self._failed(endpoint, failures, reason, immediate=True)
                 except Exception as exc:  # anything a page or a connection can throw is a failed scrape
                     failures = self._failed(
                         endpoint, failures, f"{type(exc).__name__}: {exc}", immediate=False

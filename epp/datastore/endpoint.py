@@ -63,6 +63,9 @@ class EndpointMetrics:
     cache_block_size: int = 0
     cache_num_blocks: int = 0
     update_time: float = 0.0
+    # Engine-specific scalars a core-metrics-extractor `customMetrics` entry names (attribute key ->
+    # value); what llm-d's endpoint-attribute filter and scorer read.
+    scalars: dict[str, float] = field(default_factory=dict)
 
     def age(self, now: float | None = None) -> float:
         """Seconds since the last successful scrape; infinite when never scraped."""

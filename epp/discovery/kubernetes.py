@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,44 @@ __all__ = [
 ]
 
 
-class PoolDiscovery:
+class _ClusterDiscovery:
+    """What both discovery modes share: one background task over one API client, stopped
+    together; if the task dies, the datastore stops counting as synced (readiness drops)."""
+
+    def __init__(
+        self,
+        datastore: Datastore,
+        kubeconfig: Path | None,
+        timing: WatchTiming | None,
+        metrics_port: int | None,
+    ) -> None:
+        self._datastore = datastore
+        self._kubeconfig = kubeconfig
+        self._timing = timing or WatchTiming()
+        self._metrics_port = metrics_port
+        self._api: ApiClient | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def _launch(self, run: Callable[[ApiClient], Coroutine[Any, Any, None]], name: str) -> None:
+        self._api = await api_client(self._kubeconfig)
+        self._task = asyncio.get_running_loop().create_task(run(self._api), name=name)
+        self._task.add_done_callback(self._ended)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._api is not None:
+            await self._api.close()
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.critical("Kubernetes discovery failed; not serving", exc_info=task.exception())
+            self._datastore.synced = False
+
+
+class PoolDiscovery(_ClusterDiscovery):
     """The EPP's discovery from a cluster: endpoints into the datastore, objective priorities
     to `on_objectives` and the pool's model rewrites to `on_model_rewrites`. `datastore.synced`
     turns true only once the pool and its pods have been listed, and false again while the pool
@@ -79,16 +116,11 @@ class PoolDiscovery:
         on_model_rewrites: Callable[[list[ModelRewrite]], None] | None = None,
         metrics_port: int | None = None,
     ) -> None:
+        super().__init__(datastore, kubeconfig, timing, metrics_port)
         self.ref = ref
         self.pool: PoolSpec | None = None
-        self._datastore = datastore
         self._on_objectives = on_objectives
         self._on_model_rewrites = on_model_rewrites
-        self._kubeconfig = kubeconfig
-        self._timing = timing or WatchTiming()
-        self._metrics_port = metrics_port
-        self._api: ApiClient | None = None
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def failure_mode(self) -> FailureMode | None:
@@ -98,17 +130,7 @@ class PoolDiscovery:
 
     async def start(self) -> None:
         """Connect and start watching; returns at once (readiness follows the first sync)."""
-        self._api = await api_client(self._kubeconfig)
-        self._task = asyncio.get_running_loop().create_task(self._run(self._api), name="k8s-discovery")
-        self._task.add_done_callback(self._ended)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._api is not None:
-            await self._api.close()
+        await self._launch(self._run, "k8s-discovery")
 
     async def _run(self, api: ApiClient) -> None:
         async with asyncio.TaskGroup() as tasks:
@@ -179,13 +201,8 @@ class PoolDiscovery:
                 sorted(SUPPORTED_APP_PROTOCOLS),
             )
 
-    def _ended(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.critical("Kubernetes discovery failed; not serving", exc_info=task.exception())
-            self._datastore.synced = False
 
-
-class SelectorDiscovery:
+class SelectorDiscovery(_ClusterDiscovery):
     """GIE's standalone mode: the Ready pods of a namespace that a label selector matches, one
     endpoint per target port, watched through the API like a pool's pods (no InferencePool, no
     InferenceObjectives: as in GIE, priorities then come only from --objectives-file).
@@ -199,42 +216,20 @@ class SelectorDiscovery:
         timing: WatchTiming | None = None,
         metrics_port: int | None = None,
     ) -> None:
+        super().__init__(datastore, kubeconfig, timing, metrics_port)
         self.ref = ref
-        self._datastore = datastore
-        self._kubeconfig = kubeconfig
-        self._timing = timing or WatchTiming()
-        self._metrics_port = metrics_port
-        self._api: ApiClient | None = None
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Connect and start watching; returns at once (readiness follows the first list)."""
-        self._api = await api_client(self._kubeconfig)
         log.info("endpoint selector: %s (no InferencePool)", self.ref)
-        pods = Reflector(
-            str(self.ref),
-            pod_lister(self._api, self.ref.namespace, self.ref.spec.label_selector),
-            self._pods_changed,
-            self._timing,
-        )
-        self._task = asyncio.get_running_loop().create_task(pods.run(), name="k8s-endpoint-selector")
-        self._task.add_done_callback(self._ended)
+        await self._launch(self._watch_pods, "k8s-endpoint-selector")
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._api is not None:
-            await self._api.close()
+    async def _watch_pods(self, api: ApiClient) -> None:
+        lister = pod_lister(api, self.ref.namespace, self.ref.spec.label_selector)
+        await Reflector(str(self.ref), lister, self._pods_changed, self._timing).run()
 
     def _pods_changed(self, pods: Reflector) -> None:
         self._datastore.replace_all(pool_endpoints(pods.items.values(), self.ref.spec, self._metrics_port))
-
-    def _ended(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.critical("Kubernetes discovery failed; not serving", exc_info=task.exception())
-            self._datastore.synced = False
 
 
 async def watch_pool_endpoints(

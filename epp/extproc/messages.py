@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 from google.protobuf import struct_pb2
+from google.protobuf.json_format import MessageToDict
 
 from epp.extproc.pb import core, ext_proc, http_status
-from epp.headers import DESTINATION_HEADER, EPP_ERROR_KEY, LB_NAMESPACE, SUBSET_KEY, SUBSET_NAMESPACE
+from epp.headers import (
+    DESTINATION_HEADER,
+    EPP_ERROR_KEY,
+    LB_NAMESPACE,
+    STREAMING_KEY,
+    SUBSET_KEY,
+    SUBSET_NAMESPACE,
+)
 from epp.requests import RequestError
 
 # Envoy's per-message body limit is 64 KiB; GIE answers in chunks a little under it.
@@ -28,9 +37,14 @@ def header_mutation(set_headers: Mapping[str, str], remove: Sequence[str]) -> ex
     )
 
 
-def destination_metadata(destination: str) -> struct_pb2.Struct:
+def destination_metadata(destination: str, streaming: bool = False) -> struct_pb2.Struct:
+    """GIE's destination (`primary,fallback,...`) in envoy.lb; a streaming request is marked so a
+    gateway can bound its time to first byte apart from its length."""
     metadata = struct_pb2.Struct()
-    metadata.get_or_create_struct(LB_NAMESPACE)[DESTINATION_HEADER] = destination
+    lb = metadata.get_or_create_struct(LB_NAMESPACE)
+    lb[DESTINATION_HEADER] = destination
+    if streaming:
+        lb[STREAMING_KEY] = "true"
     return metadata
 
 
@@ -38,23 +52,32 @@ def routing_common(mutation: ext_proc.HeaderMutation) -> ext_proc.CommonResponse
     return ext_proc.CommonResponse(header_mutation=mutation, clear_route_cache=True)
 
 
+def _body_template(request: bool) -> ext_proc.ProcessingResponse:
+    template = ext_proc.ProcessingResponse()
+    body = template.request_body if request else template.response_body
+    body.response.body_mutation.streamed_response.SetInParent()
+    return template
+
+
+# Copying a prebuilt message and setting the chunk costs about a seventh of building the five
+# nested messages from keyword arguments, and under Envoy AI Gateway this runs once per token.
+_BODY_TEMPLATES = {True: _body_template(True), False: _body_template(False)}
+
+
 def streamed_body(
     body: bytes, end_of_stream: bool, *, request: bool
 ) -> Iterator[ext_proc.ProcessingResponse]:
     """The body as FULL_DUPLEX_STREAMED replies: chunks under Envoy's limit, EoS on the last."""
-    chunks = [body[i : i + BODY_CHUNK_BYTES] for i in range(0, len(body), BODY_CHUNK_BYTES)] or [b""]
-    last = len(chunks) - 1
-    for i, chunk in enumerate(chunks):
-        mutation = ext_proc.BodyMutation(
-            streamed_response=ext_proc.StreamedBodyResponse(
-                body=chunk, end_of_stream=end_of_stream and i == last
-            )
-        )
-        response = ext_proc.BodyResponse(response=ext_proc.CommonResponse(body_mutation=mutation))
-        if request:
-            yield ext_proc.ProcessingResponse(request_body=response)
-        else:
-            yield ext_proc.ProcessingResponse(response_body=response)
+    template = _BODY_TEMPLATES[request]
+    size = len(body)
+    for start in range(0, size, BODY_CHUNK_BYTES) if size else (0,):
+        response = ext_proc.ProcessingResponse()
+        response.CopyFrom(template)
+        reply = response.request_body if request else response.response_body
+        streamed = reply.response.body_mutation.streamed_response
+        streamed.body = body[start : start + BODY_CHUNK_BYTES] if size > BODY_CHUNK_BYTES else body
+        streamed.end_of_stream = end_of_stream and start + BODY_CHUNK_BYTES >= size
+        yield response
 
 
 def immediate_error(error: RequestError, prefix: str) -> ext_proc.ProcessingResponse:
@@ -84,6 +107,11 @@ def read_headers(headers: ext_proc.HttpHeaders) -> dict[str, str]:
         h.key: (h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value)
         for h in headers.headers.headers
     }
+
+
+def read_metadata(metadata: core.Metadata) -> dict[str, dict[str, Any]]:
+    """Every namespace of the data plane's metadata as plain values (`{namespace: {key: value}}`)."""
+    return {namespace: MessageToDict(struct) for namespace, struct in metadata.filter_metadata.items()}
 
 
 def read_subset_hint(metadata: core.Metadata) -> list[str] | None:

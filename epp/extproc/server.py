@@ -55,7 +55,8 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
                     extend = stream.extend_message_timeout(message)
                     if extend is not None:
                         yield extend
-                    await stream.admit(message, context.time_remaining())
+                    # One awaited step per body: flow control's queue, then async data producers.
+                    await stream.prepare(message, context.time_remaining())
                     replies = list(stream.handle(message))
                 except Exception:
                     log.exception("ext_proc stream failed; answering 500")

@@ -8,22 +8,32 @@ import math
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import duration_pb2
 
+from epp import tracing
 from epp.extproc import messages
 from epp.extproc.pb import BodyMode, HeaderMode, ext_proc, processing_mode
 from epp.headers import (
     DESTINATION_HEADER,
+    LB_NAMESPACE,
     OWNED_HEADERS,
     REQUEST_ID_HEADER,
+    SERVED_KEY,
 )
 from epp.requestcontrol import Director, RoutedRequest
-from epp.requestcontrol.director import Parsed
+from epp.requestcontrol.director import ParsedBody
 from epp.requests import ErrorCode, RequestError
+
+if TYPE_CHECKING:
+    from epp.tracing.spans import RequestTrace
 
 log = logging.getLogger(__name__)
 
+# Enum values read once: the protobuf enum wrapper looks each attribute up by name, per access.
+FULL_DUPLEX = BodyMode.FULL_DUPLEX_STREAMED
+BUFFERED = BodyMode.BUFFERED
 SKIP_RESPONSE_BODY = processing_mode.ProcessingMode(
     response_body_mode=BodyMode.NONE, response_trailer_mode=HeaderMode.SKIP
 )
@@ -59,13 +69,15 @@ class ExtProcStream:
         self._body = bytearray()
         self._subset: list[str] | None = None
         self._routed: RoutedRequest | None = None
-        # What the awaited admission step (flow control) decided for the body: parsed, or refused.
-        self._admitted: Parsed | None = None
+        # A refusal from the awaited step (admission, flow control), answered by `handle`.
         self._refusal: RequestError | None = None
         self._headers_seen = False
         self._trailers_seen = False
         # The request's headers or body ended, or its trailers came: nothing of it may follow.
         self._request_ended = False
+        self._trace: RequestTrace | None = None  # tracing on: this exchange's spans
+        # What the awaited step (`prepare`) parsed, admitted and prepared for the body.
+        self._prepared: ParsedBody | None = None
         self.done = False
 
     # --- entry point -------------------------------------------------------------------------
@@ -87,7 +99,8 @@ class ExtProcStream:
             elif kind == "request_trailers":
                 yield from self._request_trailers()
             elif kind == "response_headers":
-                yield from self._response_headers(message.response_headers)
+                metadata = messages.read_metadata(message.metadata_context)
+                yield from self._response_headers(message.response_headers, metadata)
             elif kind == "response_body":
                 yield from self._response_body(message.response_body)
             elif kind == "response_trailers":
@@ -112,18 +125,21 @@ class ExtProcStream:
             override_message_timeout=duration_pb2.Duration(seconds=math.ceil(seconds))
         )
 
-    async def admit(self, message: ext_proc.ProcessingRequest, deadline: float | None = None) -> None:
-        """The awaited step between the body's arrival and the synchronous routing in `handle`:
-        for the message that completes the request body, flow control's queue (a no-op without
-        it). A refusal is kept and answered by `handle`; a cancelled wait (the client gone)
-        propagates, leaving no load taken."""
-        if self._director.flow_control is None or not self._completes_body(message):
+    async def prepare(self, message: ext_proc.ProcessingRequest, deadline: float | None = None) -> None:
+        """The awaited step between the body's arrival and the synchronous routing in `handle`,
+        for the message that completes the request body: the director's `prepare_body` (flow
+        control's queue, then the async data producers such as tokenization). A no-op when
+        neither is configured. A refusal is kept and answered by `handle`; a cancelled wait (the
+        client gone) propagates, leaving no load taken."""
+        if not self._director.prepares_async or not self._completes_body(message):
             return
         body = bytes(self._body) + (message.request_body.body if message.HasField("request_body") else b"")
         if len(body) > self._options.max_body_bytes:
             return  # handle() refuses it
         try:
-            self._admitted = await self._director.admit_body(body, self._headers, deadline)
+            self._prepared = await self._director.prepare_body(
+                body, self._headers, self._trace, self._subset, deadline
+            )
         except RequestError as error:
             self._refusal = error
 
@@ -139,6 +155,8 @@ class ExtProcStream:
         """The stream ended, however it ended: release the request's load exactly once."""
         if self._routed is not None:
             self._routed.finish()
+        if self._trace is not None:
+            self._trace.end()
 
     # --- request path --------------------------------------------------------------------------
 
@@ -158,16 +176,18 @@ class ExtProcStream:
         if not self._headers.get(REQUEST_ID_HEADER):
             self._generated_request_id = str(uuid.uuid4())
             self._headers[REQUEST_ID_HEADER] = self._generated_request_id
+        if tracing.active is not None:
+            self._trace = tracing.active.start_request(self._headers)
         if headers.end_of_stream:
             self._routed = self._director.handle_bodyless(self._headers, self._subset)
             yield ext_proc.ProcessingResponse(
                 request_headers=ext_proc.HeadersResponse(response=self._routing_common()),
                 dynamic_metadata=messages.destination_metadata(self._routed.destination),
             )
-        elif self._request_mode == BodyMode.BUFFERED:
+        elif self._request_mode == BUFFERED:
             # Envoy will not send the body until the headers are answered; route on the body reply.
             yield ext_proc.ProcessingResponse(request_headers=ext_proc.HeadersResponse())
-        elif self._request_mode != BodyMode.FULL_DUPLEX_STREAMED:
+        elif self._request_mode != FULL_DUPLEX:
             # STREAMED forwards body chunks (and, with header routing, opens the upstream) before
             # the whole body is here; NONE never shows the body. Refuse rather than route blind.
             mode = BodyMode.Name(self._request_mode)
@@ -189,7 +209,7 @@ class ExtProcStream:
             )
         if body.end_of_stream:
             yield from self._route(end_of_stream=True)
-        elif self._request_mode == BodyMode.BUFFERED:
+        elif self._request_mode == BUFFERED:
             # The one buffered body message is the whole body; end_of_stream is false only
             # because trailers follow.
             yield from self._route(end_of_stream=False)
@@ -206,11 +226,12 @@ class ExtProcStream:
         if self._refusal is not None:
             raise self._refusal  # already counted by the director
         raw = bytes(self._body)
-        self._routed = self._director.handle_body(raw, self._headers, self._subset, self._admitted)
+        prepared, self._prepared = self._prepared, None
+        self._routed = self._director.handle_body(raw, self._headers, self._subset, self._trace, prepared)
         body = self._routed.body if self._routed.body is not None else raw
         common = self._routing_common(new_body_size=len(body) if self._routed.body is not None else None)
-        metadata = messages.destination_metadata(self._routed.destination)
-        if self._request_mode == BodyMode.FULL_DUPLEX_STREAMED:
+        metadata = messages.destination_metadata(self._routed.destination, self._routed.request.stream)
+        if self._request_mode == FULL_DUPLEX:
             yield ext_proc.ProcessingResponse(
                 request_headers=ext_proc.HeadersResponse(response=common), dynamic_metadata=metadata
             )
@@ -234,20 +255,34 @@ class ExtProcStream:
 
     # --- response path -------------------------------------------------------------------------
 
-    def _response_headers(self, headers: ext_proc.HttpHeaders) -> Iterator[ext_proc.ProcessingResponse]:
+    def _response_headers(
+        self, headers: ext_proc.HttpHeaders, metadata: dict[str, dict[str, Any]]
+    ) -> Iterator[ext_proc.ProcessingResponse]:
+        """`metadata`: the data plane's, by namespace. The endpoint that served comes as GIE's
+        `envoy.lb` metadata key, or (our bootstrap: Envoy 1.40 cannot set that metadata) as a
+        response header of the same name; plugins see it as the metadata either way."""
         response_headers = messages.read_headers(headers)
         event_stream = "text/event-stream" in response_headers.get("content-type", "")
         if self._routed is not None:
+            lb = metadata.get(LB_NAMESPACE, {})
+            served = lb.get(SERVED_KEY) or response_headers.get(SERVED_KEY)
+            if isinstance(served, str) and served:
+                self._routed.served_by(served)
+                if SERVED_KEY not in lb:
+                    metadata = {**metadata, LB_NAMESPACE: {**lb, SERVED_KEY: served}}
             status_text = response_headers.get(":status", "")
             status = int(status_text) if status_text.isdigit() else 0
-            self._routed.response_started(status, event_stream)
+            self._routed.response_started(status, event_stream, metadata)
+            if self._trace is not None:
+                self._trace.response_started(status)
         reply = ext_proc.HeadersResponse()
-        if self._routed is not None:
-            added = dict(self._routed.result.response_headers)
-            if self._options.served_header:
-                added[self._options.served_header] = self._routed.destination
-            if added:
-                reply.response.header_mutation.CopyFrom(messages.header_mutation(added, ()))
+        # The gateway's report is for the EPP: clients need not learn pod addresses from it.
+        removed = (SERVED_KEY,) if SERVED_KEY in response_headers else ()
+        added = dict(self._routed.result.response_headers) if self._routed is not None else {}
+        if self._routed is not None and self._options.served_header:
+            added[self._options.served_header] = self._routed.destination
+        if added or removed:
+            reply.response.header_mutation.CopyFrom(messages.header_mutation(added, removed))
         response = ext_proc.ProcessingResponse(response_headers=reply)
         if event_stream and self._skip_streamed_body():
             response.mode_override.CopyFrom(SKIP_RESPONSE_BODY)
@@ -260,7 +295,7 @@ class ExtProcStream:
         every token's chunk would spend most of its CPU there; the request's end is then the
         stream's end. Envoy honours the override only with `allow_mode_override` and not in
         FULL_DUPLEX_STREAMED mode; a restored model name needs the chunks."""
-        if self._options.read_streamed_responses or self._response_mode == BodyMode.FULL_DUPLEX_STREAMED:
+        if self._options.read_streamed_responses or self._response_mode == FULL_DUPLEX:
             return False
         return self._routed is None or not self._routed.rewrites_model
 
@@ -269,17 +304,21 @@ class ExtProcStream:
         if self._routed is not None:
             self._routed.response_body(original, body.end_of_stream)
             chunk = self._routed.restore_model(original)
-        if self._response_mode == BodyMode.FULL_DUPLEX_STREAMED:
-            yield from messages.streamed_body(chunk, body.end_of_stream, request=False)
+        replies: list[ext_proc.ProcessingResponse]
+        if self._response_mode == FULL_DUPLEX:
+            replies = list(messages.streamed_body(chunk, body.end_of_stream, request=False))
         elif chunk is not original:
             mutation = ext_proc.CommonResponse(body_mutation=ext_proc.BodyMutation(body=chunk))
-            if self._response_mode == BodyMode.BUFFERED:
+            if self._response_mode == BUFFERED:
                 # Envoy rejects a buffered body mutation whose length disagrees with the headers.
                 length = messages.header_mutation({"content-length": str(len(chunk))}, ())
                 mutation.header_mutation.CopyFrom(length)
-            yield ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse(response=mutation))
+            replies = [ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse(response=mutation))]
         else:
-            yield ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse())
+            replies = [ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse())]
+        if body.end_of_stream and self._routed is not None and self._routed.response_metadata:
+            replies[-1].dynamic_metadata.update(self._routed.response_metadata)
+        yield from replies
         if body.end_of_stream:
             self._finish()
 
@@ -293,4 +332,6 @@ class ExtProcStream:
 
     def _reject(self, error: RequestError) -> ext_proc.ProcessingResponse:
         self.done = True
+        if self._trace is not None:
+            self._trace.failed(f"{error.status} {error.message}")
         return messages.immediate_error(error, self._options.error_prefix)

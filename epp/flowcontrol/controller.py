@@ -255,7 +255,10 @@ class FlowController:
                 self._left(
                     item, self.metrics.flow_labels(item.fairness_id, item.priority), Outcome.DISPATCHED
                 )
-                item.future.set_result(Outcome.DISPATCHED)
+                # Its waiter may have been cancelled this instant (the client gone): the future
+                # is then already done and the waiter's handler sees the outcome.
+                if not item.future.done():
+                    item.future.set_result(Outcome.DISPATCHED)
                 return True
             return False
         finally:

@@ -21,8 +21,49 @@ from epp.params.strict import StrictModel
 from epp.requests import InferenceRequest
 
 
+@dataclass(frozen=True)
+class ImpliedPlugin:
+    """A plugin an old parameter stands for (e.g. the v0.5 P/D handler's `threshold` is a decider
+    now): the loader adds it, named after its type, unless a plugin of that name exists."""
+
+    type_name: str
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ParameterUpgrade:
+    """Parameters as written, translated to the current names; what changed, in words."""
+
+    parameters: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # refused outright (each a config error)
+    implied: list[ImpliedPlugin] = field(default_factory=list)
+
+
 class PluginParams(StrictModel):
-    """Base of every plugin's `parameters` model."""
+    """Base of every plugin's `parameters` model. The loader decodes them leniently (unknown
+    fields are warnings, as Go's json.Unmarshal ignores them) unless --strict-config is given."""
+
+    is_parameters_root: ClassVar[bool] = True
+    # Older parameter names (camelCase, as written) and the current name each one means.
+    renamed: ClassVar[Mapping[str, str]] = {}
+
+    @classmethod
+    def upgrade(cls, raw: Mapping[str, Any], type_name: str = "") -> ParameterUpgrade:
+        """Translate renamed parameters, each with a deprecation warning. Subclasses with older
+        shapes than a rename extend this; `type_name` is the type as the config wrote it (an
+        older alias may imply older defaults)."""
+        upgrade = ParameterUpgrade(dict(raw))
+        for old, new in cls.renamed.items():
+            if old not in upgrade.parameters:
+                continue
+            value = upgrade.parameters.pop(old)
+            if new in upgrade.parameters:
+                upgrade.warnings.append(f"{old} is deprecated and ignored because {new} is also set")
+            else:
+                upgrade.parameters[new] = value
+                upgrade.warnings.append(f"{old} is deprecated: read as {new}")
+        return upgrade
 
 
 class NoParams(PluginParams):

@@ -19,6 +19,8 @@ SCORER = "Scorer"
 PICKER = "Picker"
 PROCESS_RESULTS = "ProcessProfilesResults"
 PRE_REQUEST = "PreRequest"
+ADMIT_REQUEST = "AdmitRequest"
+REQUEST_HEADER = "RequestHeader"
 RESPONSE_RECEIVED = "ResponseReceived"
 RESPONSE_COMPLETE = "ResponseComplete"
 

@@ -3,6 +3,7 @@ optionally behind Kubernetes authentication and authorization (epp.metrics.auth)
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -13,8 +14,18 @@ if TYPE_CHECKING:
 
 
 class MetricsServer:
-    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        host: str,
+        port: int,
+        routes: Sequence[web.RouteDef] = (),
+        on_shutdown: Callable[[web.Application], Awaitable[None]] | None = None,
+    ) -> None:
+        """`routes` are served beside /metrics (the decision API and live view)."""
         self._registry = registry
+        self._routes = routes
+        self._on_shutdown = on_shutdown
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
@@ -28,6 +39,9 @@ class MetricsServer:
     async def start(self) -> None:
         app = web.Application(middlewares=[self.auth.middleware] if self.auth is not None else [])
         app.router.add_get("/metrics", self._metrics)
+        app.add_routes(self._routes)
+        if self._on_shutdown is not None:
+            app.on_shutdown.append(self._on_shutdown)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, self._host, self._port).start()

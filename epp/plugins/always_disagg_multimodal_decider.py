@@ -19,7 +19,7 @@ MEDIA_PART_TYPES = frozenset({"image_url", "video_url", "input_audio", "audio_ur
 class AlwaysDisaggMultimodalDecider(Plugin, PrefillDecider):
     type_name = "always-disagg-multimodal-decider"
 
-    def disaggregate(self, request: InferenceRequest, decode: Endpoint) -> bool:
+    def disaggregate(self, request: InferenceRequest, decode: Endpoint | None) -> bool:
         messages = request.body.get("messages")
         return isinstance(messages, list) and any(_has_media(message) for message in messages)
 

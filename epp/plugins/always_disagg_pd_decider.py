@@ -13,5 +13,5 @@ from epp.scheduling.disagg import PrefillDecider
 class AlwaysDisaggPDDecider(Plugin, PrefillDecider):
     type_name = "always-disagg-pd-decider"
 
-    def disaggregate(self, request: InferenceRequest, decode: Endpoint) -> bool:
+    def disaggregate(self, request: InferenceRequest, decode: Endpoint | None) -> bool:
         return True

@@ -24,6 +24,19 @@ SPEC_FIELDS = (
 )
 
 
+class CustomMetricConfig(PluginParams):
+    """llm-d router: a scalar metric kept as an endpoint attribute (for endpoint-attribute-*)."""
+
+    attribute_key: str = Field(min_length=1)
+    metric_spec: str = Field(min_length=1)
+
+    @field_validator("metric_spec")
+    @classmethod
+    def _parses(cls, spec: str) -> str:
+        MetricSpec.parse(spec)
+        return spec
+
+
 class EngineConfig(PluginParams):
     name: str = Field(min_length=1)
     queued_requests_spec: str = ""
@@ -35,6 +48,7 @@ class EngineConfig(PluginParams):
     cache_num_blocks_label_name: str = ""
     cache_block_size_spec: str = ""
     cache_num_blocks_spec: str = ""
+    custom_metrics: list[CustomMetricConfig] = []
 
     @field_validator("name")
     @classmethod
@@ -65,6 +79,7 @@ class EngineConfig(PluginParams):
             cache_num_blocks_label=self.cache_num_blocks_label_name,
             cache_block_size=specs(self.cache_block_size_spec),
             cache_num_blocks=specs(self.cache_num_blocks_spec),
+            custom=tuple((c.attribute_key, MetricSpec.parse(c.metric_spec)) for c in self.custom_metrics),
         )
 
 

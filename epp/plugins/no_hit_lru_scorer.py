@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from epp.datalayer import EndpointObserver
 from epp.datastore import Endpoint
@@ -24,7 +25,17 @@ WARM_SCORE = 0.5
 class NoHitLruParams(PluginParams):
     prefix_plugin_type: str = "prefix-cache-scorer"
     prefix_plugin_name: str = "prefix-cache-scorer"
+    prefix_match_info_producer_name: str = Field(default="", description="llm-d >= v0.10: the producer")
     lru_size: int = Field(default=1024, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _producer_name(cls, data: Any) -> Any:
+        """llm-d's newer `prefixMatchInfoProducerName` names the producer directly; it takes the
+        place of `prefixPluginName` (which may name the scorer or the producer)."""
+        if isinstance(data, dict) and data.get("prefixMatchInfoProducerName"):
+            data = {**data, "prefixPluginName": data["prefixMatchInfoProducerName"]}
+        return data
 
 
 @register

@@ -41,8 +41,8 @@ class PrefixBasedPDDecider(Plugin, PrefillDecider, DataConsumer):
         self.non_cached_tokens = params.non_cached_tokens
         self.min_prompt_tokens = params.prompt_tokens
 
-    def disaggregate(self, request: InferenceRequest, decode: Endpoint) -> bool:
-        if self.non_cached_tokens == 0:
+    def disaggregate(self, request: InferenceRequest, decode: Endpoint | None) -> bool:
+        if self.non_cached_tokens == 0 or decode is None:
             return False
         prompt = request.prompt_tokens
         if prompt < self.min_prompt_tokens or prompt < self.non_cached_tokens:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from pydantic import Field
 
+from epp.datastore import Endpoint
 from epp.framework import Plugin, PluginContext, PluginParams, register
 from epp.params.values import Duration
 from epp.requestcontrol import AdmitRequest, ResponseComplete
@@ -55,13 +57,13 @@ class TokenRateLimitAdmitter(Plugin, AdmitRequest, ResponseComplete):
         window, tokens = self._used.get(key, (0.0, 0))
         return tokens if window == self._window() else 0
 
-    def admit_request(self, request: InferenceRequest) -> RequestError | None:
+    def admit_request(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
         budgets = self._budgets(request)
         for key, budget in budgets:
             used = self.used(key)
             if used >= budget:
                 left = self._window() + self.params.window - self._clock()
-                return RequestError(
+                raise RequestError(
                     ErrorCode.RESOURCE_EXHAUSTED,
                     f"token budget exhausted: {key[0]} {key[1]!r} used {used} of its {budget} tokens "
                     f"per {self.params.window:g}s window; retry in {math.ceil(left)}s",
@@ -69,7 +71,6 @@ class TokenRateLimitAdmitter(Plugin, AdmitRequest, ResponseComplete):
                 )
         for key, _ in budgets:
             self._charge(key, request.prompt_tokens)
-        return None
 
     def response_complete(
         self, request: InferenceRequest, result: SchedulingResult, usage: Usage | None

@@ -3,21 +3,31 @@ and per-request bookkeeping."""
 
 from epp.requestcontrol.director import Director, RoutedRequest
 from epp.requestcontrol.hooks import (
+    AGENT_IDENTITY,
     AdmitRequest,
+    Parsers,
     PreRequest,
     RequestControlHooks,
+    RequestHeaderProcessor,
     RequestParser,
+    ResponseBodyProcessor,
     ResponseComplete,
+    ResponseHeaderProcessor,
     ResponseReceived,
 )
 
 __all__ = [
+    "AGENT_IDENTITY",
     "AdmitRequest",
     "Director",
+    "Parsers",
     "PreRequest",
     "RequestControlHooks",
+    "RequestHeaderProcessor",
     "RequestParser",
+    "ResponseBodyProcessor",
     "ResponseComplete",
+    "ResponseHeaderProcessor",
     "ResponseReceived",
     "RoutedRequest",
 ]

@@ -3,30 +3,52 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from epp.datalayer import AsyncDataProducer
 from epp.datastore import Datastore, Endpoint
 from epp.datastore.endpoint import split_host_port
+from epp.explain import DecisionRecord, DecisionRecorder
+from epp.explain.records import PROMPT_LIMIT
 from epp.flowcontrol import Admission, AdmitAll
 from epp.flowcontrol.controller import FlowController, bound_fairness_id
-from epp.headers import FAIRNESS_HEADER, MODEL_REWRITE_HEADER, OBJECTIVE_HEADER, REQUEST_ID_HEADER
+from epp.headers import (
+    EXPLAIN_HEADER,
+    EXPLANATION_HEADER,
+    FAIRNESS_HEADER,
+    MODEL_REWRITE_HEADER,
+    OBJECTIVE_HEADER,
+    REQUEST_ID_HEADER,
+)
 from epp.metrics.exporter import EppMetrics
-from epp.requestcontrol.hooks import RequestControlHooks
+from epp.requestcontrol.hooks import AGENT_IDENTITY, Parsers, RequestControlHooks
 from epp.requestcontrol.model_rewrite import ModelRewrites
 from epp.requests import ApiKind, ErrorCode, InferenceRequest, RequestError, Usage
 from epp.requests.parser import api_kind, parse_request
 from epp.requests.usage import UsageReader
-from epp.scheduling.types import ProfileResult, Scheduler, SchedulingError, SchedulingResult
+from epp.scheduling.types import (
+    PREFILL_PROFILE,
+    ProfileResult,
+    Scheduler,
+    SchedulingError,
+    SchedulingResult,
+)
+
+if TYPE_CHECKING:
+    from epp.tracing.spans import RequestTrace
 
 log = logging.getLogger(__name__)
 
 SUSPEND_SECONDS = 10
+_NO_SPAN = contextlib.nullcontext()  # stands for a span when tracing is off (reusable)
 
 
 class RoutedRequest:
@@ -41,11 +63,15 @@ class RoutedRequest:
         "_usage",
         "body",
         "loaded",
+        "record",
         "request",
         "response_bytes",
+        "response_metadata",
         "response_status",
         "result",
+        "served",
         "started",
+        "usage_reader",
     )
 
     def __init__(self, director: Director, request: InferenceRequest, result: SchedulingResult) -> None:
@@ -55,8 +81,14 @@ class RoutedRequest:
         self.started = time.monotonic()
         self.response_status: int | None = None
         self.response_bytes = 0
+        # Dynamic metadata the response-body plugins return when the body ends.
+        self.response_metadata: dict[str, dict[str, Any]] = {}
+        self.served: Endpoint | None = None  # when the gateway says so
         self.body: bytes | None = None
+        self.record: DecisionRecord | None = None
         self._usage: UsageReader | None = None
+        # How this request's responses report usage (the parser's API; OpenAI's by default).
+        self.usage_reader: Callable[[bool], UsageReader] = UsageReader
         self._finished = False
         self._model_swap = _model_swap(request.target_model, request.model)
         self.loaded = result.first_targets()
@@ -67,27 +99,63 @@ class RoutedRequest:
 
     @property
     def destination(self) -> str:
-        return ",".join(e.hostport for e in self.result.targets)
+        return self.result.destination
 
     @property
     def headers(self) -> dict[str, str]:
         return self.result.headers
 
-    def response_started(self, status: int, event_stream: bool) -> None:
+    def response_started(
+        self, status: int, event_stream: bool, metadata: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> None:
+        """Response headers arrived; `metadata` is what the data plane sent with them."""
         self.response_status = status
-        self._usage = UsageReader(streaming=event_stream or self.request.stream)
+        self._usage = self.usage_reader(event_stream or self.request.stream)
         with _plugin_errors_logged("ResponseReceived"):
             self._director.hooks.response_received(self.request, self.result)
+        with _plugin_errors_logged("ResponseHeader"):
+            self._director.hooks.response_headers(self.request, self.result, metadata or {})
         if status == 503:
-            self._director.note_upstream_unavailable(self.result.targets[:1])
+            answered = [self.served] if self.served is not None else self.result.targets[:1]
+            self._director.note_upstream_unavailable(answered)
 
     def response_body(self, chunk: bytes, end_of_stream: bool) -> None:
         self.response_bytes += len(chunk)
         if self._usage is None:
-            self._usage = UsageReader(streaming=self.request.stream)
+            self._usage = self.usage_reader(self.request.stream)
         self._usage.feed(chunk, end_of_stream)
         if end_of_stream:
+            if not self._finished:
+                with _plugin_errors_logged("ResponseBody"):
+                    self.response_metadata = self._director.hooks.response_body_done(
+                        self.request, self.result, self._usage.usage
+                    )
             self.finish()
+
+    def served_by(self, hostport: str) -> None:
+        """The gateway says which endpoint served, after its retries. Not the primary: the listed
+        endpoints tried before it failed (refused, reset, 503, no first byte in time) and are
+        suspended, and the primary's load moves to the one that serves."""
+        targets = self.result.targets
+        if targets and targets[0].hostport == hostport:
+            self.served = targets[0]
+            return
+        self.served = self._director.endpoint_at(hostport)
+        if self._finished or not targets:
+            return
+        listed = [e.hostport for e in targets]
+        tried = targets[: listed.index(hostport)] if hostport in listed else targets
+        self._director.note_upstream_unavailable(tried, f"the gateway retried on {hostport}")
+        primary, served = targets[0], self.served
+        if primary not in self.loaded:
+            return
+        primary.inflight_requests -= 1
+        primary.inflight_tokens -= self._charged_tokens
+        self.loaded = [e for e in self.loaded if e is not primary]
+        if served is not None and served not in self.loaded:
+            served.inflight_requests += 1
+            served.inflight_tokens += self._charged_tokens
+            self.loaded.append(served)
 
     @property
     def rewrites_model(self) -> bool:
@@ -138,12 +206,14 @@ def _model_swap(target: str, incoming: str) -> tuple[tuple[bytes, bytes], ...] |
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Parsed:
-    """A parsed request and, when its model was rewritten, the body to send upstream."""
+@dataclass(slots=True)
+class ParsedBody:
+    """A request body parsed (and prepared) ahead of routing, and how its usage will be read."""
 
-    request: InferenceRequest
-    body: bytes | None
+    request: InferenceRequest | None = None
+    usage_reader: Callable[[bool], UsageReader] = UsageReader
+    # The AdmitRequest plugins already admitted it (before flow control's queue).
+    admitted: bool = False
 
 
 class Director:
@@ -156,10 +226,14 @@ class Director:
         objectives: Mapping[str, int] | None = None,
         metrics: EppMetrics | None = None,
         rng: random.Random | None = None,
+        parsers: Parsers | None = None,
+        async_producers: Sequence[AsyncDataProducer] = (),
         flow_control: FlowController | None = None,
     ) -> None:
         self.datastore = datastore
-        # GIE's flow-control layer: requests wait in its queues (admit_body) before routing.
+        self.parsers = parsers
+        self.async_producers = list(async_producers)
+        # GIE's flow-control layer: requests wait in its queues (prepare_body) before routing.
         self.flow_control = flow_control
         self.scheduler = scheduler
         self.admission = admission or AdmitAll()
@@ -168,67 +242,72 @@ class Director:
         self.metrics = metrics or EppMetrics()
         self.hooks = hooks or RequestControlHooks((), self.metrics)
         self._rng = rng or random.Random()
+        # Decision records (set by `epp serve`); None: none kept.
+        self.recorder: DecisionRecorder | None = None
+        self._pd_pool = PREFILL_PROFILE in getattr(scheduler, "profiles", ())
 
     # --- entry points from the protocol layer --------------------------------------------------
-
-    async def admit_body(
-        self, raw: bytes, headers: dict[str, str], deadline: float | None = None
-    ) -> Parsed | None:
-        """The awaited step between a complete body and its routing: with flow control on, parse
-        the request and wait in its flow's queue until dispatched (`deadline`: the caller's
-        seconds remaining). Returns what handle_body needs, or None without flow control.
-        Raises RequestError (counted) for a bad body and every flow-control refusal."""
-        if self.flow_control is None:
-            return None
-        parsed = self.parse_body(raw, headers)
-        try:
-            await self.flow_control.enqueue_and_wait(parsed.request, deadline)
-        except RequestError as error:
-            self.record_error(error, parsed.request)
-            raise
-        return parsed
-
-    def parse_body(self, raw: bytes, headers: dict[str, str]) -> Parsed:
-        """Parse a complete body and decide its model. Raises RequestError, counted."""
-        request: InferenceRequest | None = None
-        try:
-            request = parse_request(
-                raw, headers.get(":path", ""), headers, headers.get(REQUEST_ID_HEADER, "")
-            )
-            request.objective = headers.get(OBJECTIVE_HEADER, "")
-            request.priority = self.objectives.get(request.objective, 0)
-            request.fairness_id = bound_fairness_id(headers.get(FAIRNESS_HEADER) or request.fairness_id)
-            rewrite = self._target_model(request.model, headers.get(MODEL_REWRITE_HEADER))
-            body: bytes | None = None
-            if rewrite and rewrite != request.model:
-                request.target_model = rewrite
-                request.body["model"] = rewrite
-                # Written before scheduling: whatever fails here must fail with no load taken.
-                body = orjson.dumps(request.body)
-            self.hooks.admit(request)
-        except RequestError as error:
-            self.record_error(error, request)
-            raise
-        return Parsed(request, body)
 
     def handle_body(
         self,
         raw: bytes,
         headers: dict[str, str],
         subset: Sequence[str] | None,
-        parsed: Parsed | None = None,
+        trace: RequestTrace | None = None,
+        prepared: ParsedBody | None = None,
     ) -> RoutedRequest:
-        """Parse a complete request body (unless admit_body did) and route it. Raises
-        RequestError for every refusal, after counting it."""
-        if parsed is None:
-            parsed = self.parse_body(raw, headers)
+        """Parse a complete request body and route it. Raises RequestError for every refusal,
+        after counting it. `prepared`: what `prepare_body` already parsed (and its async data
+        producers prepared)."""
+        parsed = prepared or ParsedBody()
         try:
-            routed = self.route(parsed.request, subset)
+            if prepared is None:
+                self._parse_body(raw, headers, trace, parsed)
+            request = parsed.request
+            assert request is not None
+            body: bytes | None = None
+            if request.target_model != request.model:
+                # Written before scheduling: whatever fails here must fail with no load taken.
+                body = orjson.dumps(request.body)
+            routed = self.route(request, subset, trace, admitted=parsed.admitted)
+            routed.usage_reader = parsed.usage_reader
         except RequestError as error:
             self.record_error(error, parsed.request)
             raise
-        routed.body = parsed.body
+        routed.body = body
         return routed
+
+    def _parse_body(
+        self, raw: bytes, headers: dict[str, str], trace: RequestTrace | None, parsed: ParsedBody
+    ) -> None:
+        """Parse into `parsed` (the request as soon as it parses, so a later refusal is counted
+        under its model) and apply the gateway's headers: objective, fairness, model rewrite."""
+        path, request_id = headers.get(":path", ""), headers.get(REQUEST_ID_HEADER, "")
+        rewritable = True
+        with _NO_SPAN if trace is None else trace.step("epp.parse"):
+            if self.parsers is None:
+                request = parse_request(raw, path, headers, request_id)
+            else:
+                parser = self.parsers.resolve(path)
+                request = parser.parse(raw, path, headers, request_id)
+                parsed.usage_reader, rewritable = parser.usage_reader, parser.rewrites_body
+        parsed.request = request
+        request.objective = headers.get(OBJECTIVE_HEADER, "")
+        request.priority = self.objectives.get(request.objective, 0)
+        self.hooks.request_headers(request)
+        agent = request.attributes.get(AGENT_IDENTITY)
+        request.fairness_id = bound_fairness_id(
+            headers.get(FAIRNESS_HEADER) or (agent if agent else request.fairness_id)
+        )
+        # A body the parser did not read (no model) is forwarded unchanged.
+        rewrite = (
+            self._target_model(request.model, headers.get(MODEL_REWRITE_HEADER))
+            if request.model and rewritable
+            else None
+        )
+        if rewrite and rewrite != request.model:
+            request.target_model = rewrite
+            request.body["model"] = rewrite
 
     def _target_model(self, model: str, header: str | None) -> str | None:
         """An InferenceModelRewrite rule for the model wins over the rewrite header, as in GIE."""
@@ -239,6 +318,62 @@ class Director:
                 self.metrics.model_rewritten(rewrite_name, model, target)
                 return target
         return header
+
+    @property
+    def prepares_async(self) -> bool:
+        """Whether requests need the awaited `prepare_body` before `handle_body`: flow control's
+        queue or an async data producer is configured."""
+        return self.flow_control is not None or bool(self.async_producers)
+
+    async def prepare_body(
+        self,
+        raw: bytes,
+        headers: dict[str, str],
+        trace: RequestTrace | None = None,
+        subset: Sequence[str] | None = None,
+        deadline: float | None = None,
+    ) -> ParsedBody | None:
+        """The awaited step between a complete body and its routing, parsing it once. With flow
+        control on: the AdmitRequest plugins, then the wait in the flow's queue until dispatched
+        (`deadline`: the caller's seconds remaining). Then the async data producers
+        (tokenization through the model server). Flow control comes first: a queued request may
+        be rejected, evicted or time out, and tokenizing it beforehand would spend a render round
+        trip on it for nothing (and on a request held back because the pool is saturated); the
+        producers' data (prefix-cache blocks) is also fresher at dispatch.
+
+        None when the body does not parse: `handle_body` then refuses it as usual, and counts it
+        once. Raises RequestError (counted) for every admission and flow-control refusal."""
+        parsed = ParsedBody()
+        try:
+            self._parse_body(raw, headers, trace, parsed)
+        except RequestError:
+            return None
+        request = parsed.request
+        assert request is not None
+        if self.flow_control is not None:
+            try:
+                # The AdmitRequest plugins before the queue, with the candidates: a request they
+                # refuse (a token budget spent) does not wait first. With no candidate yet (an
+                # empty pool) the request queues until one comes, and they are asked at routing.
+                try:
+                    candidates = self.candidates(request, subset)
+                except RequestError:
+                    candidates = None
+                if candidates is not None:
+                    with _NO_SPAN if trace is None else trace.step("epp.admission"):
+                        self.hooks.admit(request, candidates)
+                    parsed.admitted = True
+                with _NO_SPAN if trace is None else trace.step("epp.flow_control"):
+                    await self.flow_control.enqueue_and_wait(request, deadline)
+            except RequestError as error:
+                self.record_error(error, request)
+                raise
+        for producer in self.async_producers:
+            try:
+                await producer.prepare_async(request)
+            except Exception:
+                log.exception("async data producer %s failed; scheduling without its data", producer.name)
+        return parsed
 
     def handle_bodyless(self, headers: dict[str, str], subset: Sequence[str] | None) -> RoutedRequest:
         """Requests that end at their headers (GET /v1/models): any ready endpoint, uniformly. A
@@ -283,6 +418,8 @@ class Director:
             raise RequestError(
                 ErrorCode.SERVICE_UNAVAILABLE, "failed to find endpoint candidates for serving the request"
             )
+        if not request.target_model:  # a body the parser did not read (passthrough-parser)
+            return endpoints
         serving = [e for e in endpoints if e.serves(request.target_model)]
         if not serving:
             raise RequestError(
@@ -291,13 +428,54 @@ class Director:
             )
         return serving
 
-    def route(self, request: InferenceRequest, subset: Sequence[str] | None = None) -> RoutedRequest:
-        """Pick endpoints for a parsed request. Raises RequestError for every refusal."""
+    def route(
+        self,
+        request: InferenceRequest,
+        subset: Sequence[str] | None = None,
+        trace: RequestTrace | None = None,
+        admitted: bool = False,
+    ) -> RoutedRequest:
+        """Pick endpoints for a parsed request. Raises RequestError for every refusal. A sampled
+        request's decision record is kept whatever the outcome. `admitted`: the AdmitRequest
+        plugins already admitted it (before flow control's queue)."""
+        record = self._start_record(request) if self.recorder is not None else None
+        if record is None:
+            return self._route(request, subset, None, trace, admitted)
+        try:
+            routed = self._route(request, subset, record, trace, admitted)
+        except RequestError as error:
+            record.refused(error.code.label, error.status, error.message)
+            if record.admission == "pending":
+                record.admission = "rejected"
+            raise
+        finally:
+            assert self.recorder is not None
+            self.recorder.commit(record)
+        routed.record = record
+        return routed
+
+    def _route(
+        self,
+        request: InferenceRequest,
+        subset: Sequence[str] | None,
+        record: DecisionRecord | None,
+        trace: RequestTrace | None,
+        admitted: bool = False,
+    ) -> RoutedRequest:
         candidates = self.candidates(request, subset)
-        self.admission.admit(request, candidates)
+        if record is not None:
+            record.candidates = candidates
+            record.admission = "pending"
+        with _NO_SPAN if trace is None else trace.step("epp.admission"):
+            self.admission.admit(request, candidates)
+            if not admitted:
+                self.hooks.admit(request, candidates)
+        if record is not None:
+            record.admission = "admitted"
         started = time.perf_counter()
         try:
-            result = self.scheduler.schedule(request, candidates)
+            with _NO_SPAN if trace is None else trace.step("epp.schedule", candidates=len(candidates)):
+                result = self.scheduler.schedule(request, candidates, record, trace)
             if not result.targets:
                 raise SchedulingError("no endpoint picked")
         except SchedulingError as exc:
@@ -306,8 +484,14 @@ class Director:
                 ErrorCode.RESOURCE_EXHAUSTED, f"failed to find target endpoint: {exc}"
             ) from None
         finally:
-            self.metrics.scheduler_e2e.observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.metrics.scheduler_e2e.observe(elapsed)
         primary = result.targets[0]
+        if record is not None:
+            self._record_result(record, result, elapsed)
+        if trace is not None:
+            trace.set(**{"epp.destination": primary.hostport, "gen_ai.request.model": request.model})
+            result.headers.update(trace.propagation_headers())
         self.metrics.series(request.model, request.target_model).scheduled(
             request.priority, request.body_size, primary.name, primary.spec.namespace, primary.port
         )
@@ -319,10 +503,44 @@ class Director:
             raise
         return routed
 
+    # --- decision records ----------------------------------------------------------------------
+
+    def _start_record(self, request: InferenceRequest) -> DecisionRecord | None:
+        recorder = self.recorder
+        assert recorder is not None
+        options = recorder.options
+        explain = options.explain_header and request.headers.get(EXPLAIN_HEADER, "").lower() in ("1", "true")
+        record = recorder.start(
+            request.request_id, request.model, request.target_model, request.api.value, explain
+        )
+        if record is not None:
+            record.explain = explain
+            record.objective = request.objective
+            record.priority = request.priority
+            if options.record_prompts:
+                record.prompt = request.prompt[:PROMPT_LIMIT].decode(errors="replace")
+        return record
+
+    def _record_result(self, record: DecisionRecord, result: SchedulingResult, seconds: float) -> None:
+        record.schedule_seconds = seconds
+        record.destination = result.targets[0]
+        record.fallbacks = result.targets[1:]
+        prefill = result.profile_results.get(PREFILL_PROFILE)
+        if prefill is not None and prefill.targets:
+            record.pd, record.prefill = "prefill-decode", prefill.targets[0]
+        elif self._pd_pool:
+            record.pd = "decode-only"
+        if record.explain:
+            # ASCII JSON: a header value must survive any gateway.
+            result.response_headers[EXPLANATION_HEADER] = json.dumps(record.summary(), separators=(",", ":"))
+
     # --- feedback ------------------------------------------------------------------------------
 
     def finished(self, routed: RoutedRequest, usage: Usage | None) -> None:
         request = routed.request
+        if routed.record is not None:
+            routed.record.response_status = routed.response_status
+            routed.record.response_seconds = time.monotonic() - routed.started
         if request.model:
             series = self.metrics.series(request.model, request.target_model)
             series.finished(time.monotonic() - routed.started, routed.response_bytes, usage)
@@ -331,16 +549,25 @@ class Director:
         with _plugin_errors_logged("ResponseComplete"):
             self.hooks.response_complete(request, routed.result, usage)
 
-    def note_upstream_unavailable(self, endpoints: Sequence[Endpoint]) -> None:
-        """A 503 from the data plane often means the endpoint died: stop choosing it for
-        SUSPEND_SECONDS, or until the metrics scraper sees it answer again, whichever is first."""
+    def note_upstream_unavailable(
+        self, endpoints: Sequence[Endpoint], reason: str = "it answered 503"
+    ) -> None:
+        """A 503 from the data plane, or a gateway retry away from an endpoint, often means the
+        endpoint died or hangs: stop choosing it for SUSPEND_SECONDS, or until the metrics scraper
+        sees it answer again, whichever is first."""
         until = time.monotonic() + SUSPEND_SECONDS
         for endpoint in endpoints:
             if endpoint.suspended_until < until:
                 log.warning(
-                    "endpoint %s answered 503; not choosing it for up to %ds", endpoint, SUSPEND_SECONDS
+                    "endpoint %s failed (%s); not choosing it for up to %ds",
+                    endpoint,
+                    reason,
+                    SUSPEND_SECONDS,
                 )
                 endpoint.suspended_until = until
+
+    def endpoint_at(self, hostport: str) -> Endpoint | None:
+        return next((e for e in self.datastore.endpoints() if e.hostport == hostport), None)
 
 
 def _host_of(hostport: str) -> str:

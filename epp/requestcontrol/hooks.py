@@ -7,21 +7,35 @@ into `inference_extension_plugin_duration_seconds`."""
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from time import perf_counter
+from typing import Any, ClassVar
 
+from epp.datastore import Endpoint
 from epp.framework import Extension, Plugin, timing
 from epp.metrics.exporter import EppMetrics
-from epp.requests import InferenceRequest, RequestError, Usage
+from epp.requests import InferenceRequest, Usage
+from epp.requests.usage import UsageReader
 from epp.scheduling.types import SchedulingResult
+
+# Request attribute holding an agent session's identity (llm-d's `agent-identity` plugin); the
+# director uses it as the fairness id when the request names none.
+AGENT_IDENTITY = "agent-identity"
+
+
+class RequestHeaderProcessor(Extension):
+    @abstractmethod
+    def request_headers(self, request: InferenceRequest) -> None:
+        """The request is parsed, before admission: derive attributes from its headers."""
 
 
 class AdmitRequest(Extension):
-    """GIE's AdmitRequest point: asked once per parsed request, before flow control's queue and
-    scheduling. None admits; a RequestError (status, message, Retry-After) refuses."""
+    """GIE's AdmitRequest point (its AdmissionPlugin): asked once per parsed request with the
+    candidate endpoints, before flow control's queue (when flow control is on) and before
+    scheduling. Returning admits; raising RequestError (status, message, Retry-After) refuses."""
 
     @abstractmethod
-    def admit_request(self, request: InferenceRequest) -> RequestError | None: ...
+    def admit_request(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None: ...
 
 
 class PreRequest(Extension):
@@ -36,6 +50,29 @@ class ResponseReceived(Extension):
         """The model server's response headers arrived."""
 
 
+class ResponseHeaderProcessor(Extension):
+    @abstractmethod
+    def response_headers(
+        self,
+        request: InferenceRequest,
+        result: SchedulingResult,
+        metadata: Mapping[str, Mapping[str, Any]],
+    ) -> None:
+        """The model server's response headers arrived, with the data plane's metadata for the
+        response (`metadata[namespace][key]`, e.g. envoy.lb's served endpoint); headers to add to
+        the client's response go into `result.response_headers` (GIE's ResponseHeader plugins)."""
+
+
+class ResponseBodyProcessor(Extension):
+    @abstractmethod
+    def response_body_done(
+        self, request: InferenceRequest, result: SchedulingResult, usage: Usage | None
+    ) -> Mapping[str, Mapping[str, Any]]:
+        """The response body ended (as seen by the EPP) with this usage; the answer is dynamic
+        metadata for the gateway (`{namespace: {key: value}}`), sent with the body's last reply
+        (GIE's ResponseBody plugins)."""
+
+
 class ResponseComplete(Extension):
     @abstractmethod
     def response_complete(
@@ -45,14 +82,78 @@ class ResponseComplete(Extension):
 
 
 class RequestParser(Extension):
-    """Marks the plugins a config's `parser` section may name."""
+    """Turns a request body into an InferenceRequest (GIE's and llm-d's parser plugins). `paths`
+    are the path suffixes it claims when several parsers are configured (llm-d router's
+    `requestHandler.parsers`); a parser claiming none is the fallback."""
+
+    paths: ClassVar[tuple[str, ...]] = ()
+    # Whether the director may re-serialise `request.body` as JSON (model rewrites): not for a
+    # body the parser only unwrapped (gRPC envelopes).
+    rewrites_body: ClassVar[bool] = True
+
+    @abstractmethod
+    def parse(self, raw: bytes, path: str, headers: dict[str, str], request_id: str) -> InferenceRequest:
+        """Parse the body; raise RequestError (400) for input this parser refuses."""
+
+    def usage_reader(self, streaming: bool) -> UsageReader:
+        """Reads token usage from this API's responses (OpenAI's shapes unless overridden)."""
+        return UsageReader(streaming)
+
+
+def effective_parsers(parsers: Sequence[Any]) -> list[Any]:
+    """As llm-d router's ParserRegistry: a second parser of a type already listed is skipped, and so
+    is every parser after the first one that claims no path (the fallback ends the list)."""
+    kept: list[Any] = []
+    types: set[str] = set()
+    for parser in parsers:
+        if parser.type_name in types:
+            continue
+        types.add(parser.type_name)
+        kept.append(parser)
+        if not parser.paths:
+            break
+    return kept
+
+
+class Parsers:
+    """The configured parsers, resolved per request path as llm-d router's ParserRegistry: the
+    parser claiming the longest matching path suffix, else the fallback (a parser claiming no
+    path). With no match and no fallback the first parser parses everything, as GIE's single
+    `parser` does."""
+
+    def __init__(self, parsers: Sequence[RequestParser]) -> None:
+        if not parsers:
+            raise ValueError("at least one parser is needed")
+        self.parsers = tuple(effective_parsers(parsers))
+        fallback = [p for p in self.parsers if not p.paths]
+        self._fallback = fallback[0] if fallback else self.parsers[0]
+
+    def resolve(self, path: str) -> RequestParser:
+        clean = path.split("?", 1)[0].strip().rstrip("/")
+        best: RequestParser | None = None
+        longest = 0
+        for parser in self.parsers:
+            for suffix in parser.paths:
+                suffix = suffix.strip().strip("/")
+                if clean.endswith(suffix) and len(suffix) > longest:
+                    best, longest = parser, len(suffix)
+        return best or self._fallback
 
 
 class RequestControlHooks:
     """The configured hook plugins, in config order."""
 
     def __init__(self, plugins: Sequence[Plugin], metrics: EppMetrics) -> None:
-        self._admit = [p for p in plugins if isinstance(p, AdmitRequest)]
+        self._request_headers = [
+            (p, timing.observer(metrics, timing.REQUEST_HEADER, p))
+            for p in plugins
+            if isinstance(p, RequestHeaderProcessor)
+        ]
+        self._admit = [
+            (p, timing.observer(metrics, timing.ADMIT_REQUEST, p))
+            for p in plugins
+            if isinstance(p, AdmitRequest)
+        ]
         self._pre_request = [
             (p, timing.observer(metrics, timing.PRE_REQUEST, p)) for p in plugins if isinstance(p, PreRequest)
         ]
@@ -61,18 +162,38 @@ class RequestControlHooks:
             for p in plugins
             if isinstance(p, ResponseReceived)
         ]
+        self._response_headers = [
+            (p, timing.observer(metrics, timing.RESPONSE_RECEIVED, p))
+            for p in plugins
+            if isinstance(p, ResponseHeaderProcessor)
+        ]
+        self._response_body = [
+            (p, timing.observer(metrics, timing.RESPONSE_COMPLETE, p))
+            for p in plugins
+            if isinstance(p, ResponseBodyProcessor)
+        ]
         self._response_complete = [
             (p, timing.observer(metrics, timing.RESPONSE_COMPLETE, p))
             for p in plugins
             if isinstance(p, ResponseComplete)
         ]
 
-    def admit(self, request: InferenceRequest) -> None:
-        """Raise the first admission plugin's refusal."""
-        for plugin in self._admit:
-            refusal = plugin.admit_request(request)
-            if refusal is not None:
-                raise refusal
+    def request_headers(self, request: InferenceRequest) -> None:
+        for plugin, observe in self._request_headers:
+            started = perf_counter()
+            try:
+                plugin.request_headers(request)
+            finally:
+                observe(perf_counter() - started)
+
+    def admit(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
+        """Raise the first AdmitRequest plugin's refusal."""
+        for plugin, observe in self._admit:
+            started = perf_counter()
+            try:
+                plugin.admit_request(request, candidates)
+            finally:
+                observe(perf_counter() - started)
 
     def pre_request(self, request: InferenceRequest, result: SchedulingResult) -> None:
         for plugin, observe in self._pre_request:
@@ -85,6 +206,25 @@ class RequestControlHooks:
             started = perf_counter()
             plugin.response_received(request, result)
             observe(perf_counter() - started)
+
+    def response_headers(
+        self, request: InferenceRequest, result: SchedulingResult, metadata: Mapping[str, Mapping[str, Any]]
+    ) -> None:
+        for plugin, observe in self._response_headers:
+            started = perf_counter()
+            plugin.response_headers(request, result, metadata)
+            observe(perf_counter() - started)
+
+    def response_body_done(
+        self, request: InferenceRequest, result: SchedulingResult, usage: Usage | None
+    ) -> dict[str, dict[str, Any]]:
+        metadata: dict[str, dict[str, Any]] = {}
+        for plugin, observe in self._response_body:
+            started = perf_counter()
+            for namespace, values in plugin.response_body_done(request, result, usage).items():
+                metadata.setdefault(namespace, {}).update(values)
+            observe(perf_counter() - started)
+        return metadata
 
     def response_complete(
         self, request: InferenceRequest, result: SchedulingResult, usage: Usage | None

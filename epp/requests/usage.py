@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -49,6 +49,8 @@ class UsageReader:
     across chunks (GIE requires usage to sit inside one chunk; we do not)."""
 
     __slots__ = ("_buffer", "_partial", "streaming", "usage")
+    # Only SSE events containing this are decoded (the cheap pre-filter on every chunk).
+    marker: ClassVar[bytes] = b'"usage"'
 
     def __init__(self, streaming: bool) -> None:
         self.streaming = streaming
@@ -67,27 +69,37 @@ class UsageReader:
 
     def _feed_sse(self, chunk: bytes, end_of_stream: bool) -> None:
         data = self._partial + chunk if self._partial else chunk
+        if self.marker not in data:
+            # Most chunks (every token's but the last) carry no usage: keep only the unfinished
+            # line, without splitting the chunk into lines.
+            tail = data[data.rfind(b"\n") + 1 :]
+            self._partial = b"" if end_of_stream or len(tail) > _MAX_PARTIAL_LINE else tail
+            return
         lines = data.split(b"\n")
         self._partial = b"" if end_of_stream else lines.pop()
         if len(self._partial) > _MAX_PARTIAL_LINE:
             self._partial = b""
         for line in lines:
-            if line.startswith(b"data:") and b'"usage"' in line:
+            if line.startswith(b"data:") and self.marker in line:
                 payload = line[5:].strip()
                 try:
-                    found = usage_from_object(orjson.loads(payload))
+                    document = orjson.loads(payload)
                 except orjson.JSONDecodeError:
                     continue
-                if found is not None:
-                    self.usage = found
+                self.found(document)
 
     def _finish_json(self) -> None:
         if not self._buffer:
             return
         try:
-            found = usage_from_object(orjson.loads(bytes(self._buffer)))
+            document = orjson.loads(bytes(self._buffer))
         except orjson.JSONDecodeError:
-            found = None
-        if found is not None:
-            self.usage = found
+            document = None
+        self.found(document)
         self._buffer.clear()
+
+    def found(self, document: Any) -> None:
+        """A response document or SSE event that may carry usage (an API's reader overrides this)."""
+        usage = usage_from_object(document)
+        if usage is not None:
+            self.usage = usage

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from epp.datastore import Endpoint
+from epp.datastore.endpoint import join_host_port
+from epp.explain import DecisionRecord
 from epp.requests import InferenceRequest
+
+if TYPE_CHECKING:
+    from epp.tracing.spans import RequestTrace
 
 # GIE and llm-d treat the pick of a profile literally named "prefill" as computing the prompt's KV.
 PREFILL_PROFILE = "prefill"
@@ -27,12 +32,22 @@ class SchedulingResult:
     """Per-profile picks; the primary profile's targets are the destination, primary first.
 
     `headers` are added to the request forwarded upstream (e.g. `x-prefiller-host-port`);
-    `response_headers` are added to the response the client receives (e.g. `x-session-token`)."""
+    `response_headers` are added to the response the client receives (e.g. `x-session-token`).
+    `destination_port`, when set, replaces the targets' own port in the destination (llm-d's
+    data-parallel routing sends every rank's requests to the pod's primary port)."""
 
     profile_results: dict[str, ProfileResult | None]
     primary_profile: str
     headers: dict[str, str] = field(default_factory=dict)
     response_headers: dict[str, str] = field(default_factory=dict)
+    destination_port: int | None = None
+
+    @property
+    def destination(self) -> str:
+        """The primary targets as `host:port,...`, GIE's destination header value."""
+        if self.destination_port is None:
+            return ",".join(e.hostport for e in self.targets)
+        return ",".join(join_host_port(e.address, self.destination_port) for e in self.targets)
 
     @property
     def targets(self) -> list[Endpoint]:
@@ -62,4 +77,10 @@ class Scheduler(Protocol):
     """Picks endpoints for a parsed request. Implementations see only parsed requests and
     endpoint state; learning from traffic is the request-control hooks' part."""
 
-    def schedule(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> SchedulingResult: ...
+    def schedule(
+        self,
+        request: InferenceRequest,
+        candidates: Sequence[Endpoint],
+        record: DecisionRecord | None = None,
+        trace: RequestTrace | None = None,
+    ) -> SchedulingResult: ...

@@ -41,6 +41,11 @@ class KVEventPublisher:
             raise
         self._socket = socket
 
+    @property
+    def sent(self) -> int:
+        """Messages published so far (the next sequence number)."""
+        return self._seq
+
     def close(self) -> None:
         if self._socket is not None:
             self._socket.close()

@@ -330,6 +330,28 @@ def usage_chunk(rid: str, created: int, model: str, kind: Kind, usage_: dict[str
     return {"id": rid, "object": obj, "created": created, "model": model, "choices": [], "usage": usage_}
 
 
+def render_body(gen: Generation, prompt: list[int], request_id: str) -> dict[str, Any]:
+    """One prompt as vLLM's render API answers it: the `GenerateRequest` the server would run
+    (token ids after the chat template, sampling parameters, model)."""
+    return {
+        "request_id": request_id,
+        "token_ids": prompt,
+        "features": None,
+        "sampling_params": {"max_tokens": gen.max_tokens, "min_tokens": gen.min_tokens, "n": gen.n},
+        "model": gen.model,
+        "stream": False,
+        "stream_options": None,
+        "cache_salt": None,
+        "priority": 0,
+        "kv_transfer_params": gen.kv_transfer_params,
+    }
+
+
+def tokenize_body(token_ids: list[int], max_model_len: int) -> dict[str, Any]:
+    """vLLM's `/tokenize` answer."""
+    return {"count": len(token_ids), "max_model_len": max_model_len, "tokens": token_ids, "token_strs": None}
+
+
 def embedding_vector(token_ids: list[int], dimensions: int) -> list[float]:
     """A unit vector that depends only on the token ids (same input, same embedding)."""
     seed = xxhash.xxh3_64_intdigest(repr(token_ids).encode())

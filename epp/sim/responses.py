@@ -23,7 +23,7 @@ from epp.sim.openai_api import (
 from epp.sim.sequences import SequenceGroup
 
 
-def json_response(body: dict[str, Any], status: int = 200) -> web.Response:
+def json_response(body: dict[str, Any] | list[Any], status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 

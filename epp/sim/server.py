@@ -34,6 +34,8 @@ from epp.sim.openai_api import (
     parse_completion,
     parse_embedding_input,
     parse_responses,
+    render_body,
+    tokenize_body,
 )
 from epp.sim.pd import (
     RELEASE_PATH,
@@ -157,6 +159,9 @@ class SimServer:
         app.router.add_post("/v1/chat/completions", self._handler(parse_chat))
         app.router.add_post("/v1/responses", self._handler(parse_responses))
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/v1/completions/render", self._render_completion)
+        app.router.add_post("/v1/chat/completions/render", self._render_chat)
+        app.router.add_post("/tokenize", self._tokenize)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/health/ready", self._ready)
@@ -348,6 +353,29 @@ class SimServer:
             group.abort_unfinished(self.driver)
         return json_response(embeddings_body(model, prompts, dimensions))
 
+    async def _render_completion(self, http: web.Request) -> web.Response:
+        """vLLM's `/v1/completions/render`: one GenerateRequest per prompt, nothing generated."""
+        gen = parse_completion(await _json_body(http))
+        self._lora_for(gen.model)
+        rid = f"cmpl-{self.config.name}-{next(self._ids)}"
+        return json_response([render_body(gen, prompt, f"{rid}-{i}") for i, prompt in enumerate(gen.prompts)])
+
+    async def _render_chat(self, http: web.Request) -> web.Response:
+        """vLLM's `/v1/chat/completions/render`: the chat template applied, as token ids."""
+        gen = parse_chat(await _json_body(http))
+        self._lora_for(gen.model)
+        return json_response(
+            render_body(gen, gen.prompts[0], f"chatcmpl-{self.config.name}-{next(self._ids)}")
+        )
+
+    async def _tokenize(self, http: web.Request) -> web.Response:
+        """vLLM's `/tokenize`: a `prompt` string, or chat `messages` through the template."""
+        body = await _json_body(http)
+        body.setdefault("model", self.config.model)
+        gen = parse_chat(body) if "messages" in body else parse_completion(body)
+        self._lora_for(gen.model)
+        return json_response(tokenize_body(gen.prompts[0], self.config.profile.max_model_len))
+
     async def _models(self, http: web.Request) -> web.Response:
         config = self.config
         return json_response(
@@ -384,6 +412,7 @@ class SimServer:
             "role": self.config.role,
             "profile": self.config.profile.name,
             "requests": stats.requests_added,
+            "kv_event_messages": self._publisher.sent if self._publisher is not None else 0,
             "prefill_only": stats.prefill_only,
             "remote_decode": stats.remote_decode,
             "rejected": stats.requests_rejected,

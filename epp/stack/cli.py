@@ -10,7 +10,7 @@ from pathlib import Path
 
 from epp.signals import stop_event
 from epp.stack.envoy import BODY_MODES, DEFAULT_ALLOWED_PATHS, FAILURE_MODES, EnvoyOptions, check_path_prefix
-from epp.stack.processes import ProcessFailed
+from epp.stack.processes import ProcessFailed, RestartBackoff
 from epp.stack.stack import PREFILL, Stack, StackConfig
 
 PD_SAMPLE_CONFIG = Path(__file__).parents[1] / "config" / "samples" / "sim-pd-epp-config.yaml"
@@ -55,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--epp-arg", action="append", default=[], help="extra `epp serve` argument (repeatable)"
     )
+    add_resilience_arguments(parser)
 
 
 def _path_prefix(text: str) -> str:
@@ -64,14 +65,62 @@ def _path_prefix(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, not {value!r}") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {value!r}")
+    return seconds
+
+
+def _retries(value: str) -> int:
+    count = int(value)
+    if not 0 <= count <= 10:
+        raise argparse.ArgumentTypeError(f"retries must be between 0 and 10, not {count}")
+    return count
+
+
+def add_resilience_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = EnvoyOptions()
+    group = parser.add_argument_group("retries and timeouts (Envoy; see docs/operations.md)")
+    group.add_argument(
+        "--retries",
+        type=_retries,
+        default=defaults.retries,
+        help=f"retries of an attempt that failed before its first byte, on the EPP's next endpoint "
+        f"(default {defaults.retries})",
+    )
+    for flag, field_name, what in (
+        ("--first-byte-timeout", "first_byte_timeout", "streaming request: each attempt's wait for headers"),
+        ("--stream-idle-timeout", "stream_idle_timeout", "streaming request: longest gap between bytes"),
+        ("--response-timeout", "response_timeout", "non-streaming request: the whole response"),
+    ):
+        default = getattr(defaults, field_name)
+        group.add_argument(
+            flag, type=_seconds, metavar="SECONDS", help=f"{what} (default {default.removesuffix('s')})"
+        )
+
+
 def envoy_options(args: argparse.Namespace) -> EnvoyOptions:
-    """Envoy's part of `epp run`: free ports, the chosen modes, the default paths plus --allow-path."""
+    """Envoy's part of `epp run`: free ports, the chosen modes, the default paths plus --allow-path,
+    retries and timeouts."""
+    defaults = EnvoyOptions()
+
+    def duration(seconds: float | None, default: str) -> str:
+        return default if seconds is None else f"{seconds:g}s"
+
     return EnvoyOptions(
         listen_port=0,
         admin_port=0,
         body_mode=args.body_mode,
         failure_mode=args.failure_mode,
         allowed_paths=(*DEFAULT_ALLOWED_PATHS, *args.allow_path),
+        retries=args.retries,
+        first_byte_timeout=duration(args.first_byte_timeout, defaults.first_byte_timeout),
+        stream_idle_timeout=duration(args.stream_idle_timeout, defaults.stream_idle_timeout),
+        response_timeout=duration(args.response_timeout, defaults.response_timeout),
     )
 
 
@@ -82,7 +131,8 @@ def instructions(stack: Stack, model: str) -> str:
     )
     return f"""
 Gateway (Envoy)        {url}
-Endpoint picker        ext_proc on 127.0.0.1:{stack.epp_ports["grpc_port"]}
+Endpoint picker        ext_proc on 127.0.0.1:{stack.epp_ports["grpc_port"]}{_tls_note(stack)}
+Live view              {stack.view_url}/ui/   (why each request went where it did; JSON: /api/decisions)
 Simulated vLLM servers
 {sims}
 Logs and config        {stack.run_dir}/
@@ -104,6 +154,12 @@ With the openai SDK:
 
 Ctrl-C stops everything.
 """
+
+
+def _tls_note(stack: Stack) -> str:
+    if stack.mutual_tls:
+        return f" (mutual TLS with Envoy: CA and certificates in {stack.tls_dir}/)"
+    return " (TLS)" if stack.config.envoy.epp_tls else " (plaintext)"
 
 
 def _role_note(role: str | None, engine_port: int | None) -> str:
@@ -143,18 +199,43 @@ async def _main(args: argparse.Namespace) -> None:
     print(f"starting {pool}, the EPP and Envoy (logs in {config.run_dir}) ...", flush=True)
     async with Stack(config) as stack:
         print(instructions(stack, args.model), flush=True)
-        spine = [p for p in (stack.envoy, stack.epp) if p is not None]
         servers = [*stack.sidecar_processes, *stack.sim_processes]
+        backoff = RestartBackoff()
         while not stop.is_set():
-            for process in spine:
-                process.check_alive()
+            assert stack.envoy is not None and stack.epp is not None
+            stack.envoy.check_alive()
+            if not stack.epp.running:
+                await _restart_epp(stack, backoff, stop)
             for process in [p for p in servers if not p.running]:
                 # Losing a model server is what the EPP is for: it leaves rotation, the rest serve on.
                 print(f"{process.name} exited with {process.returncode}; the others keep serving", flush=True)
                 servers.remove(process)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
+                await asyncio.wait_for(stop.wait(), timeout=0.2)
     print("stopped.")
+
+
+async def _restart_epp(stack: Stack, backoff: RestartBackoff, stop: asyncio.Event) -> None:
+    """Envoy keeps the streams it has routed when the EPP dies and answers new requests 503 until
+    the EPP is back: restart it (with backoff if it keeps dying) rather than stop everything."""
+    assert stack.epp is not None
+    delay = backoff.next_delay()
+    print(
+        f"the EPP exited with {stack.epp.returncode}; restarting it in {delay:g}s "
+        f"(log {stack.epp.log_path}; streams already routed go on)",
+        flush=True,
+    )
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=delay)
+    if stop.is_set():
+        return
+    try:
+        await stack.restart_epp()
+    except ProcessFailed as exc:
+        print(f"the EPP did not come back: {exc}", flush=True)
+        return
+    backoff.started()
+    print(f"the EPP is back (restart {backoff.restarts})", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:

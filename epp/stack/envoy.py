@@ -1,18 +1,30 @@
-"""The standalone Envoy bootstrap: listener -> ext_proc (the EPP) -> router -> ORIGINAL_DST pool.
+"""The standalone Envoy bootstrap: listener -> ext_proc (the EPP) -> router -> the pool.
 
 Two body modes:
 - `buffered` (default): request body BUFFERED (Envoy answers 413 beyond its buffer limit itself),
   response headers SEND and body STREAMED. The EPP answers a streamed (SSE) response's headers with
   a mode override that stops Envoy sending its chunks, so a long generation costs the EPP three
-  messages, not one per token. Allows fail-open: with the EPP down, requests go round-robin to the
-  fallback endpoints instead of failing.
+  messages, not one per token. ext_proc fails open, so a response already routed outlives an EPP
+  crash; a request the EPP has not routed has no destination metadata and gets a 503
+  (`--failure-mode closed`: the EPP unavailable is unavailability, as status_on_error says) or
+  goes round-robin to the fallback endpoints (`open`).
 - `full-duplex` (GIE's contract): FULL_DUPLEX_STREAMED both ways, every response chunk through the
   EPP (Envoy ignores mode overrides in this mode), fail-closed only: Envoy ignores
-  `failure_mode_allow` with full-duplex streaming, so the EPP down -> 503 (status_on_error). No
-  body size limit in Envoy (the EPP enforces its own).
+  `failure_mode_allow` with full-duplex streaming, so the EPP down -> 503 (status_on_error), and
+  streams in flight when the EPP dies can be cut. No body size limit in Envoy (the EPP enforces its
+  own).
 Routing keys on the `envoy.lb` dynamic metadata the EPP sets (with the same value as its
 `x-gateway-destination-endpoint` header): clients cannot forge metadata, so a client-sent
 destination header never steers Envoy, not even when the EPP is down and Envoy fails open.
+
+With `pool_eds_path` (the default), the pool cluster's hosts come from an EDS file the EPP keeps
+(`epp serve --envoy-eds-file`) and the override-host load-balancing policy takes the EPP's
+`primary,fallback,...` list in order: a retry
+(connect failure, reset, 503, no first byte in time on a streaming request) goes to the next
+endpoint listed, then round robin over hosts not tried yet. Envoy reports the endpoint that served
+in the `x-gateway-destination-endpoint-served` response header, which the EPP reads for its load
+accounting. Without it (`pool_eds_path=None`), an ORIGINAL_DST cluster reaches any address but
+only the first listed.
 
 Only the paths of `allowed_paths` (by default the OpenAI APIs and /v1/models) reach the EPP and
 the pool; any other path is Envoy's own JSON 404, so a model server's /metrics, /reset_prefix_cache
@@ -22,14 +34,16 @@ or LoRA-loading endpoints are not open to the gateway's clients. Paths are norma
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 from epp.datastore.endpoint import split_host_port
-from epp.headers import DESTINATION_HEADER, EPP_ERROR_KEY, LB_NAMESPACE
+from epp.headers import DESTINATION_HEADER, EPP_ERROR_KEY, LB_NAMESPACE, SERVED_KEY, STREAMING_KEY
 from epp.requests.parser import INFERENCE_API_PATHS
 
 _DESTINATION_PATH = {"path": [{"key": DESTINATION_HEADER}]}
 BODY_MODES = ("full-duplex", "buffered")
+EPP_UNREACHABLE = "the endpoint picker is unreachable or failed"
 FAILURE_MODES = ("closed", "open")
 DEFAULT_ALLOWED_PATHS = (*INFERENCE_API_PATHS, "/v1/models")
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
@@ -54,8 +68,15 @@ class EnvoyOptions:
     listen_address: str = "127.0.0.1"
     epp_address: str = "127.0.0.1"
     epp_port: int = 9002
-    # GIE's EPP serves TLS (self-signed) by default and gateways skip verification; so do we.
+    # GIE's EPP serves TLS (self-signed) by default and gateways skip verification; so do we
+    # unless `epp_ca_path` is set.
     epp_tls: bool = True
+    # Set: verify the EPP's certificate against this CA (PEM file) and its DNS SAN `epp_san`.
+    epp_ca_path: str | None = None
+    epp_san: str = "epp"
+    # Set (both): present this client certificate to the EPP (for `epp serve --client-ca-path`).
+    client_cert_path: str | None = None
+    client_key_path: str | None = None
     body_mode: str = "buffered"
     failure_mode: str = "closed"
     # host:port list used only by fail-open when the EPP is unreachable, and by the baseline listener.
@@ -87,6 +108,23 @@ class EnvoyOptions:
     # rate the EPP serves (docs/benchmarks.md): the excess is Envoy's 429 with Retry-After,
     # answered in C++ without a call to the EPP, so an overloaded EPP never sees it.
     rate_limit: int = 0
+    # Set: the pool cluster's hosts come from this EDS file (a DiscoveryResponse holding one
+    # ClusterLoadAssignment, epp.discovery.eds: `epp serve --envoy-eds-file` keeps it; Envoy re-reads
+    # it when it is replaced, and refuses to start without it; relative to Envoy's working
+    # directory) and the override-host policy routes on the EPP's list `primary,fallback,...`,
+    # retrying on the next. None: an ORIGINAL_DST cluster that needs no file and reaches any
+    # address, but only the first of the list (an EPP that cannot write the file: GIE's).
+    pool_eds_path: str | None = "pool/endpoints.yaml"
+    # Retries of a request whose attempt failed before a response byte reached the client: connect
+    # failure, reset, a 503 from the pod, a streaming attempt without response headers in time.
+    retries: int = 2
+    # Streaming requests: time to the response headers of one attempt (a hung pod), then the
+    # longest gap between bytes; no total bound, a generation streams as long as it produces.
+    first_byte_timeout: str = "30s"
+    stream_idle_timeout: str = "60s"
+    # A non-streaming response's first byte is its end: one bound on the whole response.
+    response_timeout: str = "300s"
+    connect_timeout: str = "1s"
 
     def __post_init__(self) -> None:
         paths = tuple(dict.fromkeys(check_path_prefix(p) for p in self.allowed_paths))
@@ -97,6 +135,10 @@ class EnvoyOptions:
             raise ValueError(f"body_mode must be one of {BODY_MODES}, not {self.body_mode!r}")
         if self.failure_mode not in FAILURE_MODES:
             raise ValueError(f"failure_mode must be one of {FAILURE_MODES}, not {self.failure_mode!r}")
+        if (self.client_cert_path is None) != (self.client_key_path is None):
+            raise ValueError("client_cert_path and client_key_path go together")
+        if not self.epp_tls and (self.epp_ca_path or self.client_cert_path):
+            raise ValueError("verifying the EPP or presenting a client certificate needs epp_tls")
         if self.failure_mode == "open" and self.body_mode == "full-duplex":
             raise ValueError(
                 "Envoy ignores failure_mode_allow with full-duplex streaming (the EPP down still gives 503): "
@@ -138,8 +180,13 @@ def _http_filters(options: EnvoyOptions) -> list[dict[str, Any]]:
         "typed_config": _typed(
             "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
             grpc_service={"envoy_grpc": {"cluster_name": "epp"}, "timeout": "10s"},
-            failure_mode_allow=options.failure_mode == "open",
-            # The EPP unreachable or at the gateway's limit is unavailability, not a server error.
+            # Fail open even when failing closed: a routed response must outlive the EPP (with it
+            # closed, an EPP crash resets every generation in flight). A request the EPP did not
+            # route carries no destination metadata and gets the fail-closed route's 503. Envoy
+            # ignores this with full-duplex streaming (an EPP crash resets streams in flight).
+            failure_mode_allow=options.body_mode == "buffered",
+            # Where ext_proc fails closed (full-duplex): the EPP unreachable or at the gateway's
+            # limit is unavailability, not a server error.
             status_on_error={"code": 503},
             message_timeout=options.message_timeout,
             max_message_timeout=options.max_message_timeout,
@@ -187,33 +234,78 @@ def _path_match(prefix: str) -> dict[str, str]:
     return {"prefix": "/"} if prefix == "/" else {"path_separated_prefix": prefix}
 
 
+def _picked(*keys: str) -> list[dict[str, Any]]:
+    return [
+        {"filter": LB_NAMESPACE, "path": [{"key": key}], "value": {"present_match": True}} for key in keys
+    ]
+
+
+def _retry_policy(options: EnvoyOptions, per_try_timeout: str | None) -> dict[str, Any]:
+    """Retry an attempt that failed before any response byte reached the client (Envoy never
+    retries once the response has started) on the next host of the EPP's list: the override-host
+    policy hands out `primary,fallback,...` in order, and the previous-hosts predicate keeps a retry
+    off a host already tried (so with the list used up, the round-robin fallback picks a new one)."""
+    policy: dict[str, Any] = {
+        "retry_on": "connect-failure,refused-stream,reset,retriable-status-codes",
+        "retriable_status_codes": [503],
+        "num_retries": options.retries,
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": _typed(
+                    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                ),
+            }
+        ],
+        "host_selection_retry_max_attempts": 5,
+        "retry_back_off": {"base_interval": "0.005s", "max_interval": "0.05s"},
+    }
+    if per_try_timeout is not None:
+        policy["per_try_timeout"] = per_try_timeout
+    return policy
+
+
 def _routes(options: EnvoyOptions) -> list[dict[str, Any]]:
     """Per allowed path: route on the EPP's dynamic metadata, which clients cannot forge (the EPP's
     answer clears the route cache, so the request is re-matched once the metadata is there), else
-    the fallback. Then the 404 for every other path."""
+    the fallback. Then the 404 for every other path.
+
+    Streaming requests (the EPP marks them) get a time-to-first-byte bound per attempt, after which
+    the next endpoint is tried, and an idle bound between bytes, but no total: a generation streams
+    for as long as it produces tokens. A non-streaming response's first byte is its end, so it gets
+    one bound on the whole response and is not retried on timeout (the generation would restart)."""
     routes: list[dict[str, Any]] = []
     for prefix in options.allowed_paths:
-        picked = {
-            "match": {
-                **_path_match(prefix),
-                "dynamic_metadata": [
-                    {"filter": LB_NAMESPACE, **_DESTINATION_PATH, "value": {"present_match": True}}
-                ],
+        streaming: dict[str, Any] = {
+            "match": {**_path_match(prefix), "dynamic_metadata": _picked(DESTINATION_HEADER, STREAMING_KEY)},
+            "route": {
+                "cluster": "pool",
+                "timeout": "0s",
+                "idle_timeout": options.stream_idle_timeout,
+                "retry_policy": _retry_policy(options, options.first_byte_timeout),
             },
-            "route": {"cluster": "pool", "timeout": "0s", "idle_timeout": "300s"},
+        }
+        whole: dict[str, Any] = {
+            "match": {**_path_match(prefix), "dynamic_metadata": _picked(DESTINATION_HEADER)},
+            "route": {
+                "cluster": "pool",
+                "timeout": options.response_timeout,
+                "idle_timeout": options.response_timeout,
+                "retry_policy": _retry_policy(options, None),
+            },
         }
         fallback: dict[str, Any]
         if options.failure_mode == "open":
             fallback = {"match": _path_match(prefix), "route": {"cluster": "pool_fallback", "timeout": "0s"}}
         else:
+            # The EPP unreachable (ext_proc fails open so that a routed response outlives the
+            # EPP): no metadata, so this answer, a 503 as status_on_error gives where ext_proc
+            # fails closed (the EPP unavailable is unavailability, not a server error).
             fallback = {
                 "match": _path_match(prefix),
-                "direct_response": {
-                    "status": 503,
-                    "body": {"inline_string": "no endpoint was picked"},
-                },
+                "direct_response": {"status": 503, "body": {"inline_string": EPP_UNREACHABLE}},
             }
-        routes += [picked, fallback]
+        routes += [streaming, whole, fallback]
     return routes + _not_routed(options, ext_proc=True)
 
 
@@ -257,24 +349,9 @@ def _clusters(options: EnvoyOptions) -> list[dict[str, Any]]:
         },
     }
     if options.epp_tls:
-        # GIE's EPP serves a self-signed certificate by default; gateways skip verification.
-        epp["transport_socket"] = {
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": _typed(
-                "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                common_tls_context={"alpn_protocols": ["h2"]},
-            ),
-        }
-    pool = {
-        "name": "pool",
-        "type": "ORIGINAL_DST",
-        "lb_policy": "CLUSTER_PROVIDED",
-        "connect_timeout": "1s",
-        "original_dst_lb_config": {"metadata_key": {"key": LB_NAMESPACE, **_DESTINATION_PATH}},
-    }
+        epp["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": _epp_tls(options)}
     epp["circuit_breakers"] = _circuit_breakers(options.epp_max_requests)
-    pool["circuit_breakers"] = _circuit_breakers(options.pool_max_requests)
-    clusters = [epp, pool]
+    clusters = [epp, _pool_cluster(options)]
     if options.failure_mode == "open" or options.baseline_port is not None:
         endpoints = []
         for hostport in options.fallback_endpoints:
@@ -287,7 +364,7 @@ def _clusters(options: EnvoyOptions) -> list[dict[str, Any]]:
                 "name": "pool_fallback",
                 "type": "STATIC",
                 "lb_policy": "ROUND_ROBIN",
-                "connect_timeout": "1s",
+                "connect_timeout": options.connect_timeout,
                 "circuit_breakers": _circuit_breakers(options.pool_max_requests),
                 "load_assignment": {
                     "cluster_name": "pool_fallback",
@@ -298,17 +375,105 @@ def _clusters(options: EnvoyOptions) -> list[dict[str, Any]]:
     return clusters
 
 
-def _circuit_breakers(limit: int) -> dict[str, Any]:
-    return {
-        "thresholds": [
+def _circuit_breakers(limit: int, max_retries: int | None = None) -> dict[str, Any]:
+    threshold: dict[str, Any] = {
+        "priority": "DEFAULT",
+        "max_connections": limit,
+        "max_pending_requests": limit,
+        "max_requests": limit,
+    }
+    if max_retries is not None:
+        threshold["max_retries"] = max_retries
+    threshold["track_remaining"] = True
+    return {"thresholds": [threshold]}
+
+
+def _epp_tls(options: EnvoyOptions) -> dict[str, Any]:
+    """GIE's EPP serves a self-signed certificate by default and gateways skip verification. With
+    a CA, Envoy verifies the EPP's certificate and its SAN; with a client certificate, the EPP can
+    verify Envoy (mutual TLS)."""
+    common: dict[str, Any] = {"alpn_protocols": ["h2"]}
+    extra: dict[str, Any] = {}
+    if options.client_cert_path is not None:
+        common["tls_certificates"] = [
             {
-                "priority": "DEFAULT",
-                "max_connections": limit,
-                "max_pending_requests": limit,
-                "max_requests": limit,
-                "track_remaining": True,
+                "certificate_chain": {"filename": options.client_cert_path},
+                "private_key": {"filename": options.client_key_path},
             }
         ]
+    if options.epp_ca_path is not None:
+        common["validation_context"] = {
+            "trusted_ca": {"filename": options.epp_ca_path},
+            "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": options.epp_san}}],
+        }
+        extra["sni"] = options.epp_san
+    return _typed(
+        "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", common_tls_context=common, **extra
+    )
+
+
+def _pool_cluster(options: EnvoyOptions) -> dict[str, Any]:
+    cluster = _pool_hosts(options)
+    # Envoy's default circuit breaker allows 3 retries in flight per cluster: a pod dying under a few
+    # dozen streams then turns all but 3 of their retries into 503/504 (`upstream_rq_retry_overflow`).
+    # Each request's retries are bounded by `retries` already.
+    # Same thresholds entry as the concurrency limits (LIMIT_MESSAGES["pool"]).
+    cluster["circuit_breakers"] = _circuit_breakers(options.pool_max_requests, max_retries=4096)
+    return cluster
+
+
+def _pool_hosts(options: EnvoyOptions) -> dict[str, Any]:
+    if options.pool_eds_path is None:
+        # Reaches any address, but takes only the first of a `primary,fallback` list as it is: no
+        # fallback, a retry goes back to the same address.
+        return {
+            "name": "pool",
+            "type": "ORIGINAL_DST",
+            "lb_policy": "CLUSTER_PROVIDED",
+            "connect_timeout": options.connect_timeout,
+            "original_dst_lb_config": {"metadata_key": {"key": LB_NAMESPACE, **_DESTINATION_PATH}},
+        }
+    # The override-host policy picks among the cluster's own hosts (ORIGINAL_DST cannot use it:
+    # Envoy 1.40 allows only CLUSTER_PROVIDED there), so the hosts are the pool, from an EDS file.
+    # It takes the EPP's list in order, one host per attempt; a listed host not in the cluster is
+    # skipped; with the list used up, round robin over the pool.
+    round_robin = _typed("envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin")
+    override_host = _typed(
+        "envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost",
+        override_host_sources=[{"metadata": {"key": LB_NAMESPACE, **_DESTINATION_PATH}}],
+        fallback_policy={
+            "policies": [
+                {
+                    "typed_extension_config": {
+                        "name": "envoy.load_balancing_policies.round_robin",
+                        "typed_config": round_robin,
+                    }
+                }
+            ]
+        },
+    )
+    watched = str(PurePath(options.pool_eds_path).parent)
+    return {
+        "name": "pool",
+        "type": "EDS",
+        "connect_timeout": options.connect_timeout,
+        "eds_cluster_config": {
+            "eds_config": {
+                "resource_api_version": "V3",
+                # Re-read when the file is replaced by a rename into this directory.
+                "path_config_source": {"path": options.pool_eds_path, "watched_directory": {"path": watched}},
+            }
+        },
+        "load_balancing_policy": {
+            "policies": [
+                {
+                    "typed_extension_config": {
+                        "name": "envoy.load_balancing_policies.override_host",
+                        "typed_config": override_host,
+                    }
+                }
+            ]
+        },
     }
 
 
@@ -327,6 +492,8 @@ def render_bootstrap(options: EnvoyOptions) -> dict[str, Any]:
         router = _http_filters(options)[-1:]
         listeners.append(_listener("baseline", options.baseline_port, to_pool, router, options))
     return {
+        # Envoy requires a node identity for file-based EDS.
+        "node": {"id": "epp-gateway", "cluster": "epp-gateway"},
         "admin": {"address": _socket("127.0.0.1", options.admin_port)},
         "static_resources": {"listeners": listeners, "clusters": _clusters(options)},
         "overload_manager": {
@@ -405,7 +572,7 @@ def _local_replies(options: EnvoyOptions) -> dict[str, Any]:
             overflow(LIMIT_MESSAGES["pool"]),
             # The router's 503s (a reset, a refused connection) carry a response flag ...
             mapper("%LOCAL_REPLY_BODY%", 503, also={"response_flag_filter": {}}),
-            # ... ext_proc's failures none.
+            # ... ext_proc's failures (status_on_error) and the fail-closed route's reply none.
             mapper(LIMIT_MESSAGES["epp"], 503),
             mapper("no answer in time from the endpoint picker or the model server", 504),
             # Only a path outside the policy is a local 404 here: the EPP's own carry its key.
@@ -420,7 +587,7 @@ LIMIT_MESSAGES = {
     "endpoint picker); retry later",
     "pool": "the gateway's limit of concurrent requests to the model servers was reached "
     "(circuit breaker of cluster pool: max_requests / max_pending_requests / max_connections); retry later",
-    "epp": "the endpoint picker is unreachable or failed, or the gateway's limit of concurrent calls to it "
+    "epp": f"{EPP_UNREACHABLE}, or the gateway's limit of concurrent calls to it "
     "was reached (circuit breaker of cluster epp)",
 }
 
@@ -435,7 +602,22 @@ def _listener(
         # The path policy matches the path as the model server will see it.
         normalize_path=True,
         merge_slashes=True,
-        route_config={"virtual_hosts": [{"name": "pool", "domains": ["*"], "routes": routes}]},
+        route_config={
+            "virtual_hosts": [
+                {
+                    "name": "pool",
+                    "domains": ["*"],
+                    "routes": routes,
+                    # Which endpoint served, after retries: the EPP reads it on the response path.
+                    "response_headers_to_add": [
+                        {
+                            "header": {"key": SERVED_KEY, "value": "%UPSTREAM_HOST%"},
+                            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                        }
+                    ],
+                }
+            ]
+        },
         http_filters=filters,
         local_reply_config=_local_replies(options),
         request_headers_timeout=options.request_headers_timeout,

@@ -18,6 +18,38 @@ from epp.readyfile import read_ready_file
 T = TypeVar("T")
 
 
+class RestartBackoff:
+    """Delays between restarts of a process that keeps dying: `initial`, doubling up to `maximum`;
+    back to `initial` once a restart has stayed up for `reset_after` seconds."""
+
+    def __init__(
+        self,
+        initial: float = 0.5,
+        maximum: float = 30.0,
+        reset_after: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.reset_after = reset_after
+        self._clock = clock
+        self._next = initial
+        self._started: float | None = None
+        self.restarts = 0
+
+    def next_delay(self) -> float:
+        """The wait before the next start of a process that just died."""
+        if self._started is not None and self._clock() - self._started >= self.reset_after:
+            self._next = self.initial
+        delay = self._next
+        self._next = min(self._next * 2, self.maximum)
+        return delay
+
+    def started(self) -> None:
+        self.restarts += 1
+        self._started = self._clock()
+
+
 class ProcessFailed(RuntimeError):
     """A child exited or never became ready; the message carries the tail of its log."""
 

@@ -20,9 +20,11 @@ import yaml
 
 from epp.stack.envoy import EnvoyOptions, render_bootstrap
 from epp.stack.processes import ManagedProcess, epp_command, ready_file_probe, wait_until
+from epp.tls import CERT_FILE, KEY_FILE, Authority
 
 STARTUP_TIMEOUT = 60.0
 PREFILL = "prefill"
+EPP_SAN = "epp"  # the DNS name in the EPP's certificate (EnvoyOptions.epp_san checks it)
 DECODE = "decode"
 
 
@@ -50,6 +52,7 @@ class SimEndpoint:
     port: int
     role: str | None = None
     engine_port: int | None = None  # a decode endpoint's simulator, behind its sidecar on `port`
+    metrics_port: int | None = None  # /metrics elsewhere than `port`
 
     @property
     def hostport(self) -> str:
@@ -69,6 +72,13 @@ class StackConfig:
     prefill_sims: int = 0
     decode_sims: int = 0  # > 0: the disaggregated pool; `sims` is not used
     sidecar_args: list[str] = field(default_factory=list)
+    # Mutual TLS between Envoy and the EPP (with envoy.epp_tls): a CA made for this run issues the
+    # EPP's certificate (SAN "epp") and Envoy's client certificate; each verifies the other.
+    mutual_tls: bool = True
+    # EPP config text naming `${SIM_URL}` (the first simulator's base URL, e.g. token-producer's
+    # render API): written to the run directory once the simulators are up and passed as
+    # --config-file.
+    epp_config_template: str = ""
 
 
 class Stack:
@@ -85,6 +95,8 @@ class Stack:
         self.baseline_port = 0
         self.admin_port = 0
         self.endpoints_file = self.run_dir / "endpoints.yaml"
+        # Envoy's pool hosts (the override-host policy picks among them), kept by the EPP.
+        self.pool_eds_file = self.run_dir / "pool" / "endpoints.yaml"
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -95,6 +107,11 @@ class Stack:
     def baseline_url(self) -> str:
         """Envoy's own round-robin over the simulators, no EPP (needs `baseline_listener`)."""
         return f"http://127.0.0.1:{self.baseline_port}"
+
+    @property
+    def view_url(self) -> str:
+        """The EPP's metrics port: /metrics, the decision API and the live view (/ui/)."""
+        return f"http://127.0.0.1:{self.epp_ports['metrics_port']}"
 
     @property
     def admin_url(self) -> str:
@@ -118,6 +135,7 @@ class Stack:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
         await self.start_sims()
         self.write_endpoints_file(self.sims)
+        self._write_tls()
         await self.start_epp()
         await self.start_envoy()
 
@@ -207,12 +225,36 @@ class Stack:
             }
             if sim.role:
                 entry["labels"] = {"llm-d.ai/role": sim.role}
+            if sim.metrics_port is not None:
+                entry["metricsPort"] = sim.metrics_port
             entries.append(entry)
-        tmp = self.endpoints_file.with_name(self.endpoints_file.name + ".tmp")
-        tmp.write_text(yaml.safe_dump({"endpoints": entries}, sort_keys=False))
-        tmp.replace(self.endpoints_file)
+        _replace(self.endpoints_file, {"endpoints": entries})
 
     # --- endpoint picker -----------------------------------------------------------------------
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.run_dir / "tls"
+
+    @property
+    def mutual_tls(self) -> bool:
+        return self.config.mutual_tls and self.config.envoy.epp_tls
+
+    def _write_tls(self) -> None:
+        """The run's CA, the EPP's certificate and Envoy's client certificate, in `tls_dir`."""
+        if not self.mutual_tls:
+            return
+        authority = Authority()
+        self.tls_dir.mkdir(parents=True, exist_ok=True)
+        (self.tls_dir / "ca.crt").write_bytes(authority.certificate_pem)
+        for path, (key, cert) in (
+            (self.tls_dir / "epp", authority.issue("epp", (EPP_SAN, "localhost"))),
+            (self.tls_dir / "gateway", authority.issue("gateway", client=True)),
+        ):
+            path.mkdir(parents=True, exist_ok=True)
+            (path / KEY_FILE).write_bytes(key)
+            (path / KEY_FILE).chmod(0o600)
+            (path / CERT_FILE).write_bytes(cert)
 
     async def start_epp(self) -> None:
         ready = self.run_dir / "epp.ready.json"
@@ -225,17 +267,39 @@ class Stack:
             "--grpc-health-port=0",
             "--metrics-port=0",
             f"--secure-serving={'true' if self.config.envoy.epp_tls else 'false'}",
+            *(
+                [f"--cert-path={self.tls_dir / 'epp'}", f"--client-ca-path={self.tls_dir / 'ca.crt'}"]
+                if self.mutual_tls
+                else []
+            ),
             f"--endpoints-file={self.endpoints_file}",
+            f"--envoy-eds-file={self.pool_eds_file}",
             f"--ready-file={ready}",
             *self.config.epp_args,
+            *self._templated_config(),
         )
         self.epp = ManagedProcess("epp", argv, self.run_dir / "epp.log")
         await self.epp.start()
         self.epp_ports = await wait_until(ready_file_probe(ready), "the EPP", STARTUP_TIMEOUT, [self.epp])
 
+    def _templated_config(self) -> list[str]:
+        if not self.config.epp_config_template:
+            return []
+        first = self.serving_endpoints[0]
+        text = self.config.epp_config_template.replace("${SIM_URL}", f"http://{first.host}:{first.port}")
+        path = self.run_dir / "epp-config.yaml"
+        path.write_text(text)
+        return [f"--config-file={path}"]
+
     async def stop_epp(self) -> None:
         if self.epp is not None:
             await self.epp.stop()
+
+    async def restart_epp(self) -> None:
+        """A new EPP on the same ext_proc port, so Envoy reconnects to it without a config change.
+        Streams Envoy had routed go on meanwhile (the bootstrap fails open); new requests get 503."""
+        await self.stop_epp()
+        await self.start_epp()
 
     # --- Envoy ---------------------------------------------------------------------------------
 
@@ -251,7 +315,16 @@ class Stack:
             baseline_port=0 if self.config.baseline_listener else None,
             epp_port=self.epp_ports["grpc_port"],
             fallback_endpoints=tuple(s.hostport for s in self.serving_endpoints),
+            pool_eds_path=str(self.pool_eds_file),
         )
+        if self.mutual_tls:
+            options = replace(
+                options,
+                epp_ca_path=str(self.tls_dir / "ca.crt"),
+                epp_san=self.config.envoy.epp_san,  # "epp", unless a test wants a mismatch
+                client_cert_path=str(self.tls_dir / "gateway" / CERT_FILE),
+                client_key_path=str(self.tls_dir / "gateway" / KEY_FILE),
+            )
         bootstrap = self.run_dir / "envoy.yaml"
         bootstrap.write_text(yaml.safe_dump(render_bootstrap(options), sort_keys=False))
         argv = [
@@ -298,6 +371,17 @@ class Stack:
         self.baseline_port = ports.get("baseline", 0)
         return True
 
+    async def envoy_pool_hosts(self) -> set[str]:
+        """The host:ports in Envoy's pool cluster now (from the EDS file the EPP keeps)."""
+        assert self._session is not None
+        async with self._session.get(f"{self.admin_url}/clusters") as response:
+            text = await response.text()
+        return {
+            line.split("::")[1]
+            for line in text.splitlines()
+            if line.startswith("pool::") and "::cx_active::" in line
+        }
+
     async def envoy_stats(self, prefix: str) -> dict[str, int]:
         assert self._session is not None
         async with self._session.get(f"{self.admin_url}/stats", params={"filter": prefix}) as response:
@@ -308,6 +392,13 @@ class Stack:
             if value.strip().isdigit():
                 stats[name] = int(value)
         return stats
+
+
+def _replace(path: Path, document: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(document, sort_keys=False))
+    tmp.replace(path)
 
 
 def _read_text(path: Path) -> str:

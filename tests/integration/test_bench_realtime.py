@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from epp.bench.realtime import RealtimeCluster, run_stack
+from epp.bench.realtime import RealtimeCluster, RealtimePolicy, run_stack
 from epp.bench.suite import Suite
 from epp.bench.summary import summarize
 from epp.bench.virtual import VirtualCluster, run_virtual
 from epp.bench.workload import WorkloadSpec, generate
 from epp.config.loader import load_config
 from epp.sim.profiles import TINY_TEST
+from epp.stack.processes import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio]
 
@@ -62,3 +63,20 @@ async def test_envoy_round_robin_baseline_spreads_evenly_without_the_epp(tmp_pat
     assert all(r.ok for r in result.records)
     served = [sum(1 for r in result.records if r.endpoint == name) for name in result.endpoints]
     assert max(served) - min(served) <= 1, served
+
+
+async def test_precise_policy_in_real_time_reads_render_and_kv_events(tmp_path: Path) -> None:
+    """llm-d's precise config through the real stack: token-producer on a simulator's render API,
+    the simulators' KV events over ZMQ into the EPP's central socket."""
+    requests = generate(SPEC, 40.0)
+    suite_policy = SUITE.realtime_policy(SUITE.policy("llm-d-precise"))
+    assert suite_policy.config is not None and suite_policy.kv_events_endpoint == "tcp://127.0.0.1:5557"
+    port = free_port()  # not the suite's 5557: other stacks may run on this machine
+    config = tmp_path / "precise.yaml"
+    config.write_text(suite_policy.config.read_text().replace("127.0.0.1:5557", f"127.0.0.1:{port}"))
+    policy = RealtimePolicy(config, kv_events_endpoint=f"tcp://127.0.0.1:{port}")
+    result = await run_stack(requests, policy, CLUSTER, tmp_path / "stack")
+    assert all(r.ok for r in result.records), [r.error for r in result.records]
+    assert summarize(result).hit_rate > 0.3
+    log = (tmp_path / "stack" / "epp.log").read_text()
+    assert "tokenization failed" not in log and f"reading KV events on tcp://127.0.0.1:{port}" in log

@@ -46,17 +46,53 @@ async def test_epp_run_serves_survives_a_dead_simulator_and_stops_on_ctrl_c(tmp_
     assert process.stdout is not None
     seen: list[str] = []
     try:
+        view = (await read_until(process.stdout, r"Live view\s+(http://127\.0\.0\.1:\d+)/ui/", seen))[1]
         victim = (await read_until(process.stdout, r"(sim-\d+)\s+http://127\.0\.0\.1:\d+", seen))[1]
         gateway = (
             await read_until(process.stdout, r"curl -si (http://127\.0\.0\.1:\d+)/v1/completions", seen)
         )[1]
         async with httpx.AsyncClient(base_url=gateway, timeout=30) as client:
-            assert (await client.post("/v1/completions", json=BODY)).status_code == 200
+            first = await client.post("/v1/completions", json=BODY)
+            assert first.status_code == 200
+            decisions = (await client.get(f"{view}/api/decisions")).json()["decisions"]
+            assert decisions[0]["destination"]["endpoint"] == first.headers["x-inference-pod"]
             os.kill(child_pid(process.pid, f"--name={victim}"), signal.SIGKILL)
             await read_until(process.stdout, rf"{victim} exited with -9; the others keep serving", seen)
             statuses = [(await client.post("/v1/completions", json=BODY)) for _ in range(10)]
         assert [r.status_code for r in statuses[-5:]] == [200] * 5
         assert victim not in {r.headers["x-inference-pod"] for r in statuses[-5:]}
+        process.send_signal(signal.SIGINT)
+        await read_until(process.stdout, r"^stopped\.$", seen)
+        assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_epp_run_restarts_a_dead_epp(tmp_path: Path) -> None:
+    """kill -9 the EPP under `epp run`: it is restarted (Envoy and the simulators stay) and the
+    gateway routes again, instead of the whole stack stopping."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "epp.cli", "run", "--sims=1", f"--run-dir={tmp_path}",
+        "--sim-arg=--profile=tiny-test", "--epp-arg=--refresh-metrics-interval=50ms",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert process.stdout is not None
+    seen: list[str] = []
+    try:
+        gateway = (
+            await read_until(process.stdout, r"curl -si (http://127\.0\.0\.1:\d+)/v1/completions", seen)
+        )[1]
+        assert any("ext_proc on 127.0.0.1:" in line and "mutual TLS with Envoy" in line for line in seen)
+        envoy = child_pid(process.pid, "--use-dynamic-base-id")
+        async with httpx.AsyncClient(base_url=gateway, timeout=30) as client:
+            assert (await client.post("/v1/completions", json=BODY)).status_code == 200
+            os.kill(child_pid(process.pid, "epp.cli serve"), signal.SIGKILL)
+            await read_until(process.stdout, r"the EPP exited with -9; restarting it in", seen)
+            await read_until(process.stdout, r"the EPP is back \(restart 1\)", seen)
+            assert (await client.post("/v1/completions", json=BODY)).status_code == 200
+        assert child_pid(process.pid, "--use-dynamic-base-id") == envoy
         process.send_signal(signal.SIGINT)
         await read_until(process.stdout, r"^stopped\.$", seen)
         assert await asyncio.wait_for(process.wait(), timeout=30) == 0

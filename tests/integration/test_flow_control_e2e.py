@@ -68,13 +68,14 @@ async def test_a_burst_queues_in_the_epp_and_a_full_queue_is_a_429(
         assert queue_outcomes(metrics, "RejectedCapacity") == len(refused)
 
 
-@pytest.mark.parametrize(("extend", "status"), [("300s", 200), ("0", 504)])
+@pytest.mark.parametrize(("extend", "status"), [("300s", 200), ("0", 503)])
 async def test_a_queued_request_outlives_envoys_message_timeout(
     make_stack: StackFactory, tmp_path: Path, extend: str, status: int
 ) -> None:
     """Buffered mode: Envoy gives the EPP message_timeout (1 s here) per message; a request that
     waits longer in the queue asks for more (override_message_timeout) and is served; without
-    asking (--queue-message-timeout=0) it is Envoy's 504."""
+    asking (--queue-message-timeout=0) Envoy's message timeout cuts it: ext_proc fails open in
+    buffered mode, and the request, not routed, gets the fail-closed route's 503."""
     config = tmp_path / "flow.yaml"
     config.write_text(CONFIG)
     epp_args = [

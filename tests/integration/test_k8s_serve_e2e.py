@@ -57,6 +57,7 @@ class PoolStack(Stack):
             "--grpc-health-port=0",
             "--metrics-port=0",
             "--served-header=x-epp-destination",
+            f"--envoy-eds-file={self.pool_eds_file}",  # Envoy's pool, from the InferencePool's pods
             f"--ready-file={ready}",
         )
         self.epp = ManagedProcess("epp", argv, self.run_dir / "epp.log")
@@ -96,6 +97,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[PoolStack]:
         model=MODEL,
         sim_args=list(FAST_SIM),
         envoy=EnvoyOptions(listen_port=0, admin_port=0, epp_tls=True),
+        mutual_tls=False,  # GIE's setup: the EPP's self-signed certificate, not verified
     )
     try:
         async with PoolStack(config, api) as stack:

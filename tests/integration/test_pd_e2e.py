@@ -136,6 +136,20 @@ async def test_short_and_already_cached_prompts_stay_on_the_decode_pod(
     assert usage["prompt_tokens_details"]["cached_tokens"] > 0  # the decode pod's own cache
 
 
+async def epp_idle(http: aiohttp.ClientSession, stack: Stack) -> None:
+    """Wait until the EPP counts no request in flight: a response reaches the client slightly
+    before its ext_proc stream ends and the EPP releases its load."""
+    url = f"http://127.0.0.1:{stack.epp_ports['metrics_port']}/metrics"
+
+    async def idle() -> bool | None:
+        async with http.get(url) as response:
+            page = await response.text()
+        running = re.findall(r"^inference_objective_running_requests\{[^}]*\} (\S+)$", page, re.M)
+        return True if all(float(value) == 0 for value in running) else None
+
+    await wait_until(idle, "the EPP to release the first request", 10)
+
+
 async def test_the_client_sees_the_prefillers_cached_tokens(
     stack: Stack, http: aiohttp.ClientSession
 ) -> None:
@@ -144,6 +158,7 @@ async def test_the_client_sees_the_prefillers_cached_tokens(
     prefiller's figure, not the decoder's (which received the whole prompt's KV)."""
     prefix = long_prompt()
     first, _ = await complete(http, stack.gateway_url, prefix)
+    await epp_idle(http, stack)  # else the first request's load may still weigh on its decode pod
     before = await counters(http, stack.sims)
     response, usage = await complete(http, stack.gateway_url, prefix + long_prompt(), stream=True)
     after = await counters(http, stack.sims)

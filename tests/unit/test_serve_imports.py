@@ -1,5 +1,6 @@
 """`epp serve` with GIE's default profile loads only what it runs: not the simulator, not the
-benchmarks' peer plugins, not pyzmq (which only KV-event plugins need)."""
+benchmarks' peer plugins, not pyzmq (which only KV-event plugins need), not OpenTelemetry (which
+only `--tracing` needs)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ PROBE = """
 import sys
 from epp.serve import EndpointPicker, ServeOptions
 picker = EndpointPicker(ServeOptions())
-loaded = sorted(m for m in sys.modules if m == "zmq" or m.startswith(("zmq.", "epp.sim", "epp.bench")))
+prefixes = ("zmq.", "epp.sim", "epp.bench", "opentelemetry", "epp.tracing.")
+loaded = sorted(m for m in sys.modules if m == "zmq" or m.startswith(prefixes))
 print(",".join(loaded))
 """
 
@@ -22,7 +24,7 @@ def loaded_by_default_serve() -> list[str]:
     return [m for m in out.stdout.strip().split(",") if m]
 
 
-def test_default_serve_imports_neither_the_simulator_nor_pyzmq_nor_the_peer_plugins() -> None:
+def test_default_serve_imports_neither_the_simulator_nor_pyzmq_nor_the_peer_plugins_nor_otel() -> None:
     assert loaded_by_default_serve() == []
 
 

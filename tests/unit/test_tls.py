@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import os
@@ -22,8 +23,10 @@ from epp.stack.processes import wait_until
 from epp.tls import (
     CERT_FILE,
     KEY_FILE,
+    Authority,
     ServingCertificate,
     TlsOptions,
+    add_arguments,
     options_from_args,
     self_signed_certificate,
     server_credentials,
@@ -229,3 +232,105 @@ async def test_epp_serve_reloads_its_ext_proc_certificate(tmp_path: Path) -> Non
         await until_served(picker.grpc_port, cert)
     finally:
         await picker.stop()
+
+
+def mutual_tls_server(tmp_path: Path, authority: Authority) -> grpc.ServerCredentials:
+    key, cert = authority.issue("epp", ("epp",))
+    (tmp_path / "tls.key").write_bytes(key)
+    (tmp_path / "tls.crt").write_bytes(cert)
+    (tmp_path / "ca.crt").write_bytes(authority.certificate_pem)
+    credentials = server_credentials(TlsOptions(cert_path=tmp_path, client_ca_path=tmp_path / "ca.crt"))
+    assert credentials is not None
+    return credentials
+
+
+async def health_with_client_cert(
+    credentials: grpc.ServerCredentials, trusted: bytes, client: tuple[bytes, bytes] | None
+) -> int:
+    """A real TLS handshake and gRPC call, presenting `client` (key, certificate) or nothing."""
+    server = health_server(Health(lambda: True))
+    port = bind(server, "127.0.0.1:0", credentials)
+    await server.start()
+    try:
+        key, cert = client if client is not None else (None, None)
+        channel_credentials = grpc.ssl_channel_credentials(trusted, private_key=key, certificate_chain=cert)
+        options = [("grpc.ssl_target_name_override", "epp")]
+        async with grpc.aio.secure_channel(f"127.0.0.1:{port}", channel_credentials, options) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            response = await stub.Check(
+                health_pb2.HealthCheckRequest(service="inference-extension"), timeout=5
+            )
+            return int(response.status)
+    finally:
+        await server.stop(None)
+
+
+async def test_mutual_tls_serves_a_client_with_a_certificate_from_the_ca(tmp_path: Path) -> None:
+    authority = Authority()
+    credentials = mutual_tls_server(tmp_path, authority)
+    client = authority.issue("gateway", client=True)
+    status = await health_with_client_cert(credentials, authority.certificate_pem, client)
+    assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.parametrize("client", ["none", "another CA"])
+async def test_mutual_tls_refuses_a_client_without_a_certificate_from_the_ca(
+    tmp_path: Path, client: str
+) -> None:
+    authority = Authority()
+    credentials = mutual_tls_server(tmp_path, authority)
+    presented = None if client == "none" else Authority().issue("intruder", client=True)
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await health_with_client_cert(credentials, authority.certificate_pem, presented)
+    assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_client_ca_needs_secure_serving() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(ValueError, match="--client-ca-path needs --secure-serving"):
+        options_from_args(parser.parse_args(["--secure-serving=false", "--client-ca-path=/ca.crt"]))
+    options = options_from_args(parser.parse_args(["--client-ca-path=/ca.crt"]))
+    assert options.client_ca_path == Path("/ca.crt")
+
+
+async def test_mutual_tls_survives_a_certificate_reload(tmp_path: Path) -> None:
+    """With --enable-cert-reload the reloaded pair still asks clients for a certificate."""
+    authority = Authority()
+    mutual_tls_server(tmp_path, authority)
+    certificate = ServingCertificate(
+        TlsOptions(cert_path=tmp_path, client_ca_path=tmp_path / "ca.crt", reload=True, reload_interval=0.05)
+    )
+    credentials = certificate.credentials()
+    assert credentials is not None
+    server = health_server(Health(lambda: True))
+    port = bind(server, "127.0.0.1:0", credentials)
+    await server.start()
+    await certificate.start()
+
+    async def check(client: tuple[bytes, bytes] | None) -> int:
+        key, cert = client if client is not None else (None, None)
+        channel_credentials = grpc.ssl_channel_credentials(
+            authority.certificate_pem, private_key=key, certificate_chain=cert
+        )
+        options = [("grpc.ssl_target_name_override", "epp")]
+        async with grpc.aio.secure_channel(f"127.0.0.1:{port}", channel_credentials, options) as channel:
+            request = health_pb2.HealthCheckRequest(service="inference-extension")
+            return int((await health_pb2_grpc.HealthStub(channel).Check(request, timeout=5)).status)
+
+    try:
+        key, cert = authority.issue("epp", ("epp",))
+        (tmp_path / "tls.key").write_bytes(key)
+        (tmp_path / "tls.crt").write_bytes(cert)
+
+        async def reloaded() -> bool | None:
+            return True if certificate.loads == 2 else None
+
+        await wait_until(reloaded, "the certificate reload", 10)
+        assert await check(authority.issue("gateway", client=True)) == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await check(None)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await certificate.stop()
+        await server.stop(None)

@@ -55,7 +55,7 @@ class KthenaKVCacheAwareScorer(Plugin, Scorer):
         if params.zmq_endpoint:
             threading.Thread(target=self._subscribe, name=f"{name}-kv-events", daemon=True).start()
 
-    def apply_kv_events(self, pod: str, events: Iterable[KVEvent]) -> None:
+    def apply_kv_events(self, pod: str, events: Iterable[KVEvent], model: str = "") -> None:
         """Record what engine `pod` (its host:port) stored, evicted or cleared."""
         with self._lock:
             held = self._held.setdefault(pod, set())

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from time import perf_counter
 
 from epp.datastore import Endpoint
+from epp.explain import DecisionRecord
 from epp.framework import timing
 from epp.metrics.exporter import EppMetrics
 from epp.requests import InferenceRequest
@@ -32,19 +33,33 @@ class SchedulerProfile:
         self._picker = picker
         self._observe_picker = timing.observer(metrics, timing.PICKER, picker)
 
-    def run(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> ProfileResult | None:
+    def run(
+        self,
+        request: InferenceRequest,
+        candidates: Sequence[Endpoint],
+        record: DecisionRecord | None = None,
+    ) -> ProfileResult | None:
+        """With a `record` (a sampled request), what each step did is kept in it; without one the
+        loop allocates nothing more than it needs to decide."""
+        step = record.profile(self.name, candidates) if record is not None else None
         endpoints = list(candidates)
         for filter_plugin, observe in self._filters:
             started = perf_counter()
             endpoints = filter_plugin.filter(request, endpoints)
-            observe(perf_counter() - started)
+            elapsed = perf_counter() - started
+            observe(elapsed)
+            if step is not None:
+                step.filtered(filter_plugin, endpoints, elapsed)
             if not endpoints:
                 return None
         totals = [0.0] * len(endpoints)
         for scorer, weight, observe in self._scorers:
             started = perf_counter()
             scores = scorer.score(request, endpoints)
-            observe(perf_counter() - started)
+            elapsed = perf_counter() - started
+            observe(elapsed)
+            if step is not None:
+                step.scored_by(scorer, weight, endpoints, scores, elapsed)
             # `not s >= 0.0` also catches NaN, which would otherwise poison the sum.
             totals = [
                 total + weight * (0.0 if not s >= 0.0 else 1.0 if s > 1.0 else s)
@@ -52,5 +67,8 @@ class SchedulerProfile:
             ]
         started = perf_counter()
         picked = self._picker.pick(request, endpoints, totals)
-        self._observe_picker(perf_counter() - started)
+        elapsed = perf_counter() - started
+        self._observe_picker(elapsed)
+        if step is not None:
+            step.picked_by(self._picker, endpoints, totals, picked, elapsed)
         return ProfileResult(picked) if picked else None

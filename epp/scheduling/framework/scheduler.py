@@ -4,16 +4,22 @@ Implements the `Scheduler` protocol the request director drives."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from time import perf_counter
+from typing import TYPE_CHECKING
 
 from epp.datalayer import DataProducer
 from epp.datastore import Endpoint
+from epp.explain import DecisionRecord
 from epp.framework import timing
 from epp.metrics.exporter import EppMetrics
 from epp.requests import InferenceRequest
 from epp.scheduling.framework.extensions import ProfileHandler
 from epp.scheduling.framework.profile import SchedulerProfile
 from epp.scheduling.types import ProfileResult, SchedulingError, SchedulingResult
+
+if TYPE_CHECKING:
+    from epp.tracing.spans import RequestTrace
 
 
 class PluginScheduler:
@@ -37,7 +43,15 @@ class PluginScheduler:
             if isinstance(p, DataProducer)
         ]
 
-    def schedule(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> SchedulingResult:
+    def schedule(
+        self,
+        request: InferenceRequest,
+        candidates: Sequence[Endpoint],
+        record: DecisionRecord | None = None,
+        trace: RequestTrace | None = None,
+    ) -> SchedulingResult:
+        """`record` (a sampled request) keeps what every profile did; `trace` (tracing on) gets
+        one span per profile."""
         if not candidates:
             raise SchedulingError("no candidate endpoints")
         for producer, observe in self._producers:
@@ -58,8 +72,28 @@ class PluginScheduler:
                     raise SchedulingError(
                         f"profile handler {self.handler.name!r} picked {problem} profile {name!r}"
                     )
-                results[name] = profile.run(request, candidates)
+                if record is None and trace is None:
+                    results[name] = profile.run(request, candidates)
+                else:
+                    results[name] = self._run_observed(profile, request, candidates, record, trace)
         started = perf_counter()
         result = self.handler.process_results(request, results)
         self._observe_process(perf_counter() - started)
+        return result
+
+    @staticmethod
+    def _run_observed(
+        profile: SchedulerProfile,
+        request: InferenceRequest,
+        candidates: Sequence[Endpoint],
+        record: DecisionRecord | None,
+        trace: RequestTrace | None,
+    ) -> ProfileResult | None:
+        started = perf_counter()
+        with trace.step("epp.profile", **{"epp.profile": profile.name}) if trace else nullcontext() as span:
+            result = profile.run(request, candidates, record)
+            if span is not None:
+                span.set_attribute("epp.picked", [e.name for e in result.targets] if result else [])
+        if record is not None:
+            record.profiles[-1].seconds = perf_counter() - started
         return result

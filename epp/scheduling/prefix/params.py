@@ -3,18 +3,57 @@ older GIE on prefix-cache-scorer; both plugins accept them so configs from every
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
 from pydantic import Field
 
-from epp.framework import PluginParams
+from epp.framework import ParameterUpgrade, PluginParams
 
 
 class PrefixIndexParams(PluginParams):
+    # GIE v1.0-v1.2 (and llm-d <= v0.5): `hashBlockSize`, characters; v1.3: `blockSize`, characters;
+    # v1.4+: `blockSizeTokens`.
+    renamed: ClassVar[Mapping[str, str]] = {"hashBlockSize": "blockSize"}
+
     auto_tune: bool = True
     block_size_tokens: int = Field(default=16, gt=0)
     block_size: int | None = Field(default=None, gt=0, description="deprecated: block size in characters")
     max_prefix_blocks_to_match: int = Field(default=256, ge=0)
     max_prefix_tokens_to_match: int = Field(default=0, ge=0)
     lru_capacity_per_server: int = Field(default=31250, gt=0)
+
+    @classmethod
+    def upgrade(cls, raw: Mapping[str, Any], type_name: str = "") -> ParameterUpgrade:
+        upgrade = super().upgrade(raw, type_name)
+        params = upgrade.parameters
+        chars = params.get("blockSize")
+        if (
+            isinstance(chars, int)
+            and not isinstance(chars, bool)
+            and chars > 0
+            and "blockSizeTokens" not in params
+        ):
+            params["blockSizeTokens"] = max(1, chars // 4)
+            del params["blockSize"]
+            upgrade.warnings.append(
+                f"blockSize (characters, GIE <= v1.3) is deprecated: read as blockSizeTokens "
+                f"{params['blockSizeTokens']} (blockSize / 4 characters per token)"
+            )
+        # llm-d v0.2-v0.5 prefix-cache-scorer: `mode: estimate` is this index; `cache_tracking`
+        # was the precise (KV-event) prefix cache.
+        mode = params.pop("mode", None)
+        if mode == "cache_tracking":
+            upgrade.problems.append(
+                "mode cache_tracking is llm-d v0.2-v0.5's precise prefix cache (vLLM KV events over ZMQ "
+                "and real tokenization), which this EPP does not implement; remove mode to use the "
+                "approximate prefix index (what mode estimate meant)"
+            )
+        elif mode is not None:
+            upgrade.warnings.append(
+                f"mode {mode!r} (llm-d <= v0.5) is deprecated: the approximate prefix index is always used"
+            )
+        return upgrade
 
     def configured_block_tokens(self) -> int:
         """`blockSizeTokens`, or the deprecated character `blockSize` / 4 when only that is set."""

@@ -21,7 +21,9 @@ def filters(listener: dict[str, Any]) -> list[str]:
 
 
 def test_baseline_listener_round_robins_without_ext_proc(tmp_path: Path) -> None:
-    bootstrap = render_bootstrap(EnvoyOptions(baseline_port=10002, fallback_endpoints=SIMS))
+    # No pool EDS file here (the EPP keeps it): ORIGINAL_DST, which Envoy validates without one.
+    options = EnvoyOptions(baseline_port=10002, fallback_endpoints=SIMS, pool_eds_path=None)
+    bootstrap = render_bootstrap(options)
     gateway, baseline = bootstrap["static_resources"]["listeners"]
     assert "envoy.filters.http.ext_proc" in filters(gateway)
     assert filters(baseline) == ["envoy.filters.http.router"]

@@ -109,12 +109,15 @@ def test_legacy_flat_and_nested_forms_name_the_same_decider(params: str) -> None
     assert isinstance(handler.decider, PrefixBasedPDDecider)
 
 
-def test_the_legacy_alias_and_ignored_legacy_keys_load(caplog: pytest.LogCaptureFixture) -> None:
-    handler = handler_config(
-        "{primaryPort: 8000, prefixPluginName: prefix-cache-scorer}", "pd-profile-handler"
-    )
+def test_the_legacy_alias_and_ignored_legacy_keys_load() -> None:
+    text = HANDLER_ONLY.replace("HANDLER", "pd-profile-handler")
+    config = load_config(text.replace("PARAMS", "{primaryPort: 8000, prefixPluginName: prefix-cache-scorer}"))
+    handler = build_components(config, PluginContext()).plugins["handler"]
     assert handler.type_name == "disagg-profile-handler"
-    assert "legacy parameters primaryPort, prefixPluginName are ignored" in caplog.text
+    assert any(
+        w.endswith("prefixPluginName (llm-d <= v0.5: the prefix plugin of the old threshold logic) ignored")
+        for w in config.warnings
+    )
 
 
 @pytest.mark.parametrize(
@@ -129,13 +132,17 @@ def test_the_legacy_alias_and_ignored_legacy_keys_load(caplog: pytest.LogCapture
             "{deciderPluginName: a, prefillDeciderPluginName: b}",
             "deciderPluginName and prefillDeciderPluginName name different plugins",
         ),
-        ("{deciders: {encode: x}}", "the encode stage (E/P/D) is not implemented"),
+        ("{deciders: {encode: x}}", "plugins[3].parameters.deciders.encode: no plugin named 'x'"),
+        (
+            "{deciders: {encode: prefix-based-pd-decider}}",
+            "encode profile 'encode' is not among the scheduling profiles (decode, prefill)",
+        ),
+        ("{primaryPort: 0}", "plugins[3].parameters.primaryPort: Input should be greater than or equal to 1"),
         (
             "{stageOrder: prefill-first, deciders: {prefill: prefix-based-pd-decider}}",
             "a prefill decider needs stageOrder decode-first",
         ),
-        ("{threshold: 100}", "plugins[3].parameters.threshold: unknown field (allowed: stageOrder, profiles"),
-        ("{profiles: {dcode: x}}", "plugins[3].parameters.profiles.dcode: unknown field"),
+        ("{threshold: -1}", "plugins[3].parameters: threshold: expected a non-negative integer, got -1"),
     ],
 )
 def test_invalid_handler_parameters(params: str, message: str) -> None:

@@ -82,3 +82,14 @@ def test_help_describes_the_scheduling_flags(capsys: pytest.CaptureFixture[str])
     text = capsys.readouterr().out
     for flag in ("--config-file", "--config-text", "--objectives-file"):
         assert flag in text
+
+
+def test_strict_config_refuses_a_config_with_warnings(caplog: pytest.LogCaptureFixture) -> None:
+    lenient = CONFIG.replace("{type: queue-scorer}", "{type: queue-scorer, parameters: {queueDepth: 1}}")
+    assert lenient != CONFIG
+    config = serve.options_from_args(serve_args("--config-text", lenient)).config
+    assert config.warnings[0].startswith("plugins[0].parameters: unknown field 'queueDepth' ignored")
+    with caplog.at_level(logging.ERROR):
+        code = serve.run(serve_args("--config-text", lenient, "--strict-config"))
+    assert code == 2
+    assert "plugins[0].parameters.queueDepth: unknown field (allowed: none)" in caplog.text

@@ -88,10 +88,13 @@ class FakeServer:
     def __init__(self) -> None:
         self.page = VLLM_PAGE
         self.status = 200
+        self.answering = asyncio.Event()  # cleared: every request waits until it is set again
+        self.answering.set()
         self.runner: web.AppRunner | None = None
         self.port = 0
 
     async def handler(self, request: web.Request) -> web.Response:
+        await self.answering.wait()
         return web.Response(text=self.page, status=self.status)
 
     async def start(self, port: int = 0) -> None:
@@ -138,6 +141,25 @@ async def test_scraper_fills_metrics_and_tracks_health(server: FakeServer) -> No
         await server.stop()
         await until(lambda: not endpoint.healthy)  # connection refused: at once
         await server.start(port)
+        await until(lambda: endpoint.healthy)
+    finally:
+        await scraper.stop()
+
+
+async def test_one_scrape_timeout_takes_a_hung_endpoint_out_until_it_answers(server: FakeServer) -> None:
+    """A hung server (SIGSTOP, a stalled event loop) leaves rotation at its first timeout, not after
+    three of them in a row as other failures do, and returns with its first good scrape."""
+    datastore = Datastore()
+    scraper = MetricsScraper(datastore, interval=0.02, timeout=0.2, failures_before_unhealthy=3)
+    await scraper.start()
+    endpoint = datastore.upsert(EndpointSpec("e", "127.0.0.1", server.port))
+    try:
+        await until(lambda: endpoint.metrics.waiting_queue_size == 7)
+        failures = scraper.failures
+        server.answering.clear()
+        await until(lambda: not endpoint.healthy)
+        assert scraper.failures == failures + 1
+        server.answering.set()
         await until(lambda: endpoint.healthy)
     finally:
         await scraper.stop()

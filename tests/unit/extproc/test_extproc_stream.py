@@ -285,8 +285,10 @@ async def test_subset_hint_narrows_candidates_and_an_empty_one_gets_503(harness:
     assert (await read(call)).immediate_response.status.code == 503
 
 
-def response_headers_msg(content_type: str, status: str = "200") -> ext_proc.ProcessingRequest:
-    pairs = {":status": status, "content-type": content_type}
+def response_headers_msg(
+    content_type: str, status: str = "200", extra: dict[str, str] | None = None
+) -> ext_proc.ProcessingRequest:
+    pairs = {":status": status, "content-type": content_type, **(extra or {})}
     return ext_proc.ProcessingRequest(
         response_headers=ext_proc.HttpHeaders(
             headers=core.HeaderMap(
@@ -477,6 +479,55 @@ async def test_a_503_from_the_data_plane_suspends_the_endpoint(harness: Harness)
             set_headers((await read(call)).request_headers.response)["x-gateway-destination-endpoint"]
             == ready[0]
         )
+
+
+@pytest.mark.parametrize("reported_in", ["header", "metadata"])
+async def test_the_served_endpoint_carries_the_load_and_the_skipped_one_is_suspended(
+    harness: Harness, reported_in: str
+) -> None:
+    """The gateway retried away from the EPP's pick (refused, reset, 503, no first byte in time)
+    and says so in x-gateway-destination-endpoint-served: the load moves to the endpoint serving,
+    the one skipped leaves rotation, and the response's end releases the load exactly once."""
+    harness.add("a", 8000)
+    harness.add("b", 8001)
+    call = harness.open()
+    await call.write(headers_msg(mode=BodyMode.BUFFERED))
+    await read(call)
+    await call.write(body_msg(COMPLETION))
+    chosen = set_headers((await read(call)).request_body.response)["x-gateway-destination-endpoint"]
+    picked, other = (harness.datastore.get(n) for n in ("a", "b"))
+    assert picked is not None and other is not None
+    if picked.hostport != chosen:
+        picked, other = other, picked
+    assert (picked.inflight_requests, other.inflight_requests) == (1, 0)
+    served = {"x-gateway-destination-endpoint-served": other.hostport}
+    if reported_in == "header":  # our bootstrap
+        await call.write(response_headers_msg("application/json", extra=served))
+    else:  # GIE's protocol (Istio)
+        message = response_headers_msg("application/json")
+        metadata = struct_pb2.Struct()
+        metadata.update(served)
+        message.metadata_context.filter_metadata["envoy.lb"].CopyFrom(metadata)
+        await call.write(message)
+    reply = (await read(call)).response_headers.response
+    assert list(reply.header_mutation.remove_headers) == (
+        ["x-gateway-destination-endpoint-served"] if reported_in == "header" else []
+    )
+    assert (picked.inflight_requests, other.inflight_requests) == (0, 1)
+    assert [e.hostport for e in harness.datastore.ready_endpoints()] == [other.hostport]
+    await call.write(response_body_msg(b"{}", end_of_stream=True))
+    await read(call)
+    assert (picked.inflight_requests, other.inflight_requests) == (0, 0)
+
+
+async def test_a_streaming_request_is_marked_in_the_metadata(harness: Harness) -> None:
+    harness.add("a", 8000)
+    call = harness.open()
+    await call.write(headers_msg())
+    await call.write(body_msg(orjson.dumps({"model": "m", "prompt": "hi", "stream": True})))
+    assert lb_metadata(await read(call)) == {
+        "envoy.lb": {"x-gateway-destination-endpoint": "10.0.0.1:8000", "x-epp-streaming": "true"}
+    }
 
 
 def error_count(director: Director, code: str) -> float:

@@ -258,3 +258,100 @@ def test_legacy_pd_profile_handler_with_flat_keys_and_renamed_profiles() -> None
     result = route(sched, b"hi", POOL)
     assert result.primary_profile == "d" and result.headers == {"x-prefiller-host-port": "10.0.1.1:8000"}
     assert set(result.profile_results) == {"d", "p"}
+
+
+# --- E/P/D: the encode stage -----------------------------------------------------------------------
+
+EPD_CONFIG = (
+    PD_CONFIG.replace(
+        "- type: always-disagg-pd-decider\n",
+        "- type: always-disagg-pd-decider\n- type: always-disagg-multimodal-decider\n- type: encode-filter\n",
+    )
+    + "- name: encode\n  plugins: [{pluginRef: encode-filter}, pluginRef: queue-scorer]\n"
+)
+ENCODE, ENCODE2 = pod("e1", "encode", "10.0.2.1"), pod("e2", "encode", "10.0.2.2")  # queue-scored
+EPD_POOL = [DECODE, PREFILL, ENCODE]
+
+
+def media_chat() -> InferenceRequest:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    body = {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "?"}, image]}]}
+    return InferenceRequest("r", ApiKind.CHAT, "/v1/chat/completions", "m", body=body, prompt=b"x" * 400)
+
+
+def epd(params: str, metrics: EppMetrics | None = None) -> EndpointPickerComponents:
+    config = load_config(EPD_CONFIG.replace("HANDLER", "disagg-profile-handler").replace("PARAMS", params))
+    return build_components(config, context(metrics=metrics))
+
+
+def recorded_rounds(sched: EndpointPickerComponents, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    rounds: list[list[str]] = []
+    pick = sched.scheduler.handler.pick_profiles
+
+    def recording(
+        req: InferenceRequest, profiles: Sequence[str], results: Mapping[str, ProfileResult | None]
+    ) -> Sequence[str]:
+        rounds.append(list(pick(req, profiles, results)))
+        return rounds[-1]
+
+    monkeypatch.setattr(sched.scheduler.handler, "pick_profiles", recording)
+    return rounds
+
+
+def test_decode_first_encodes_media_requests_before_deciding_prefill(monkeypatch: pytest.MonkeyPatch) -> None:
+    metrics = EppMetrics()
+    sched = epd(
+        "{deciders: {prefill: always-disagg-pd-decider, encode: always-disagg-multimodal-decider}}", metrics
+    )
+    rounds = recorded_rounds(sched, monkeypatch)
+    busy_encoder = endpoint("e1", address="10.0.2.1", labels={ROLE: "encode"}, queue=5)
+    result = sched.scheduler.schedule(media_chat(), [DECODE, PREFILL, busy_encoder, ENCODE2])
+    assert rounds == [["decode"], ["encode"], ["prefill"], []]
+    assert result.targets == [DECODE] and set(result.profile_results) == {"decode", "prefill", "encode"}
+    assert result.headers == {
+        "x-prefiller-host-port": "10.0.1.1:8000",
+        "x-encoder-hosts-ports": "10.0.2.2:8000",
+    }
+    rounds.clear()
+    text_only = route(sched, LONG, EPD_POOL)  # no media: the encode decider says no, once
+    assert rounds == [["decode"], ["prefill"], []]
+    assert "x-encoder-hosts-ports" not in text_only.headers and "encode" not in text_only.profile_results
+    assert decisions(metrics, "encode-prefill-decode") == 1 and decisions(metrics, "prefill-decode") == 1
+
+
+def test_encode_only_decision_and_encoder_headers_by_the_headers_handler(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    metrics = EppMetrics()
+    sched = epd("{deciders: {encode: always-disagg-multimodal-decider}}", metrics)
+    result = sched.scheduler.schedule(media_chat(), EPD_POOL)
+    assert result.headers == {"x-encoder-hosts-ports": "10.0.2.1:8000"}
+    assert decisions(metrics, "encode-decode") == 1
+
+
+def test_prefill_first_asks_the_encode_decider_without_a_decode_endpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sched = epd("{stageOrder: prefill-first, deciders: {encode: always-disagg-multimodal-decider}}")
+    rounds = recorded_rounds(sched, monkeypatch)
+    result = sched.scheduler.schedule(media_chat(), EPD_POOL)
+    assert rounds == [["prefill"], ["encode"], ["decode"], []]
+    assert result.headers == {
+        "x-prefiller-host-port": "10.0.1.1:8000",
+        "x-encoder-hosts-ports": "10.0.2.1:8000",
+    }
+    assert plugin(PrefixBasedPDDecider, {"nonCachedTokens": 1}).disaggregate(media_chat(), None) is False
+
+
+def test_pd_profile_handler_primary_port_routes_the_decode_rank_through_it() -> None:
+    params = "{primaryPort: 8000, deciderPluginName: always-disagg-pd-decider}"
+    built = load_config(PD_CONFIG.replace("HANDLER", "pd-profile-handler").replace("PARAMS", params))
+    sched = build_components(built, context())
+    rank = pod("d1-rank1", "decode", "10.0.0.1")
+    rank = Endpoint(replace(rank.spec, port=8001))
+    result = route(sched, b"hi", [rank, PREFILL])
+    assert result.destination == "10.0.0.1:8000"
+    assert result.headers == {
+        "x-prefiller-host-port": "10.0.1.1:8000",
+        "x-data-parallel-host-port": "10.0.0.1:8001",
+    }

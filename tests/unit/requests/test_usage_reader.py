@@ -56,3 +56,18 @@ def test_no_usage_and_garbage_leave_usage_unset() -> None:
     json_reader = UsageReader(streaming=False)
     json_reader.feed(b"<html>bad gateway</html>", True)
     assert json_reader.usage is None
+
+
+def test_sse_usage_found_wherever_the_chunks_cut_it() -> None:
+    """Token chunks without usage take a shortcut; the usage line is found whatever byte the
+    chunk boundaries fall on, the word "usage" itself included."""
+    tokens = b"".join(b'data: {"choices":[{"text":" t%d"}]}\n\n' % i for i in range(5))
+    final = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5}}\n\ndata: [DONE]\n\n'
+    stream = tokens + final
+    for cut in range(1, len(stream)):
+        for step in (cut, 7):
+            reader = UsageReader(streaming=True)
+            pieces = [stream[:cut], *(stream[i : i + step] for i in range(cut, len(stream), step))]
+            for i, piece in enumerate(pieces):
+                reader.feed(piece, i == len(pieces) - 1)
+            assert reader.usage is not None and reader.usage.completion_tokens == 5, (cut, step)

@@ -142,8 +142,8 @@ def test_kv_event_wire_format() -> None:
         BlockRemoved([11]),
         AllBlocksCleared(),
     ]
-    ts, decoded, rank = msgpack.unpackb(encode_batch(events, 12.5, 16, {"alpha": 1}))
-    assert (ts, rank) == (12.5, None)
+    ts, decoded = msgpack.unpackb(encode_batch(events, 12.5, 16, {"alpha": 1}))  # dp rank omitted
+    assert ts == 12.5
     assert decoded == [
         ["BlockStored", [11, 12], None, list(range(32)), 16, 1, "GPU", "alpha"],
         ["BlockStored", [13], 12, list(range(16)), 16, None, "GPU", None],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,18 @@ import pytest
 import yaml
 
 from epp.cli import build_parser
+from epp.discovery.eds import eds_document
 from epp.requests import ApiKind
 from epp.requests.parser import api_kind
 from epp.stack.cli import envoy_options
-from epp.stack.envoy import DEFAULT_ALLOWED_PATHS, EnvoyOptions, check_path_prefix, render_bootstrap
+from epp.stack.envoy import (
+    DEFAULT_ALLOWED_PATHS,
+    EnvoyOptions,
+    check_path_prefix,
+    render_bootstrap,
+)
 from epp.stack.stack import envoy_binary
+from epp.tls import Authority
 
 
 def manager(bootstrap: dict[str, Any], listener: int = 0) -> dict[str, Any]:
@@ -42,9 +50,95 @@ def test_full_duplex_is_gies_contract() -> None:
 
 
 def test_pool_cluster_keys_on_metadata_not_on_the_forgeable_header() -> None:
-    clusters = {c["name"]: c for c in render_bootstrap(EnvoyOptions())["static_resources"]["clusters"]}
+    options = EnvoyOptions(pool_eds_path=None)  # ORIGINAL_DST, for an EPP that keeps no EDS file
+    clusters = {c["name"]: c for c in render_bootstrap(options)["static_resources"]["clusters"]}
     lb = clusters["pool"]["original_dst_lb_config"]
     assert lb == {"metadata_key": {"key": "envoy.lb", "path": [{"key": "x-gateway-destination-endpoint"}]}}
+
+
+def first_path_routes(options: EnvoyOptions) -> list[dict[str, Any]]:
+    """The routes of the first allowed path; the served endpoint is reported on every response."""
+    (host,) = manager(render_bootstrap(options))["route_config"]["virtual_hosts"]
+    assert host["response_headers_to_add"] == [
+        {
+            "header": {"key": "x-gateway-destination-endpoint-served", "value": "%UPSTREAM_HOST%"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        }
+    ]
+    return list(host["routes"][:3])
+
+
+def test_the_pool_from_an_eds_file_routes_on_the_epps_list_with_override_host() -> None:
+    bootstrap = render_bootstrap(EnvoyOptions(pool_eds_path="/run/pool/endpoints.yaml"))
+    clusters = {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
+    pool = clusters["pool"]
+    assert pool["type"] == "EDS"
+    assert pool["eds_cluster_config"]["eds_config"]["path_config_source"] == {
+        "path": "/run/pool/endpoints.yaml",
+        "watched_directory": {"path": "/run/pool"},
+    }
+    # Envoy's default (3 retries in flight per cluster) fails most retries when a busy pod dies.
+    assert pool["circuit_breakers"]["thresholds"][0]["max_retries"] >= 1024
+    (policy,) = pool["load_balancing_policy"]["policies"]
+    override = policy["typed_extension_config"]
+    assert override["name"] == "envoy.load_balancing_policies.override_host"
+    assert override["typed_config"]["override_host_sources"] == [
+        {"metadata": {"key": "envoy.lb", "path": [{"key": "x-gateway-destination-endpoint"}]}}
+    ]
+
+
+def test_retries_go_to_another_host_and_only_streams_get_a_first_byte_bound() -> None:
+    options = EnvoyOptions(
+        retries=3, first_byte_timeout="7s", stream_idle_timeout="20s", response_timeout="99s"
+    )
+    streaming, whole, fallback = first_path_routes(options)
+    keys = [[m["path"][0]["key"] for m in r["match"]["dynamic_metadata"]] for r in (streaming, whole)]
+    assert keys == [["x-gateway-destination-endpoint", "x-epp-streaming"], ["x-gateway-destination-endpoint"]]
+    for route in (streaming, whole):
+        retry = route["route"]["retry_policy"]
+        assert retry["num_retries"] == 3
+        assert set(retry["retry_on"].split(",")) >= {"connect-failure", "reset", "retriable-status-codes"}
+        assert retry["retriable_status_codes"] == [503]
+        (predicate,) = retry["retry_host_predicate"]
+        assert predicate["name"] == "envoy.retry_host_predicates.previous_hosts"
+    assert streaming["route"]["retry_policy"]["per_try_timeout"] == "7s"
+    assert (streaming["route"]["timeout"], streaming["route"]["idle_timeout"]) == ("0s", "20s")
+    assert "per_try_timeout" not in whole["route"]["retry_policy"]
+    assert (whole["route"]["timeout"], whole["route"]["idle_timeout"]) == ("99s", "99s")
+    assert fallback["direct_response"]["status"] == 503
+
+
+def test_buffered_mode_fails_open_so_a_routed_response_outlives_the_epp() -> None:
+    assert ext_proc_config(render_bootstrap(EnvoyOptions()))["failure_mode_allow"] is True
+
+
+def epp_transport(options: EnvoyOptions) -> dict[str, Any]:
+    clusters = {c["name"]: c for c in render_bootstrap(options)["static_resources"]["clusters"]}
+    return dict(clusters["epp"]["transport_socket"]["typed_config"])
+
+
+def test_the_epp_certificate_is_verified_and_a_client_certificate_presented_when_given() -> None:
+    assert epp_transport(EnvoyOptions())["common_tls_context"] == {"alpn_protocols": ["h2"]}  # as GIE
+    options = EnvoyOptions(
+        epp_ca_path="/tls/ca.crt",
+        epp_san="epp.ns.svc",
+        client_cert_path="/tls/c.crt",
+        client_key_path="/tls/c.key",
+    )
+    tls = epp_transport(options)
+    assert tls["sni"] == "epp.ns.svc"
+    context = tls["common_tls_context"]
+    assert context["validation_context"] == {
+        "trusted_ca": {"filename": "/tls/ca.crt"},
+        "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": "epp.ns.svc"}}],
+    }
+    assert context["tls_certificates"] == [
+        {"certificate_chain": {"filename": "/tls/c.crt"}, "private_key": {"filename": "/tls/c.key"}}
+    ]
+    with pytest.raises(ValueError, match="go together"):
+        EnvoyOptions(client_cert_path="/tls/c.crt")
+    with pytest.raises(ValueError, match="needs epp_tls"):
+        EnvoyOptions(epp_tls=False, epp_ca_path="/tls/ca.crt")
 
 
 def test_fail_open_needs_buffered_mode_and_fallback_endpoints() -> None:
@@ -72,13 +166,32 @@ def test_fail_open_needs_buffered_mode_and_fallback_endpoints() -> None:
         ),
         EnvoyOptions(allowed_paths=("/",), baseline_port=0, fallback_endpoints=("127.0.0.1:8000",)),
         EnvoyOptions(allowed_paths=("/v1/rerank",), baseline_port=0, fallback_endpoints=("127.0.0.1:8000",)),
+        EnvoyOptions(body_mode="full-duplex", pool_eds_path=None),
+        EnvoyOptions(epp_ca_path="ca.crt", client_cert_path="c.crt", client_key_path="c.key"),
     ],
 )
 def test_envoy_accepts_every_variant(options: EnvoyOptions, tmp_path: Path) -> None:
+    if options.pool_eds_path is not None:  # Envoy refuses a path that does not exist
+        eds = tmp_path / options.pool_eds_path  # relative: Envoy runs in tmp_path
+        eds.parent.mkdir()
+        eds.write_text(yaml.safe_dump(eds_document(["127.0.0.1:8000"])))
+    if options.epp_ca_path is not None:  # and the certificate files
+        authority = Authority()
+        key, cert = authority.issue("gateway", client=True)
+        (tmp_path / "ca.crt").write_bytes(authority.certificate_pem)
+        (tmp_path / "c.crt").write_bytes(cert)
+        (tmp_path / "c.key").write_bytes(key)
+        options = replace(
+            options,
+            epp_ca_path=str(tmp_path / "ca.crt"),
+            client_cert_path=str(tmp_path / "c.crt"),
+            client_key_path=str(tmp_path / "c.key"),
+        )
     path = tmp_path / "envoy.yaml"
     path.write_text(yaml.safe_dump(render_bootstrap(options)))
     result = subprocess.run(
         [envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "error"],
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=60,
@@ -104,7 +217,7 @@ def test_the_default_paths_are_every_api_the_parser_knows_and_the_model_list() -
 def test_only_allowed_paths_are_routed_and_the_rest_is_a_404_without_the_epp() -> None:
     table = routes(EnvoyOptions())
     matched = [r["match"].get("path_separated_prefix") for r in table[:-1]]
-    assert matched == [p for p in DEFAULT_ALLOWED_PATHS for _ in ("picked", "fallback")]
+    assert matched == [p for p in DEFAULT_ALLOWED_PATHS for _ in ("streaming", "whole", "fallback")]
     *_, last = table
     assert last["match"] == {"prefix": "/"}
     assert last["direct_response"]["status"] == 404
@@ -117,7 +230,7 @@ def test_only_allowed_paths_are_routed_and_the_rest_is_a_404_without_the_epp() -
 def test_a_slash_routes_every_path_and_the_baseline_listener_follows_the_policy() -> None:
     everything = EnvoyOptions(allowed_paths=(*DEFAULT_ALLOWED_PATHS, "/"))
     assert everything.allowed_paths == ("/",)
-    assert [r["match"]["prefix"] for r in routes(everything)] == ["/", "/"]
+    assert [r["match"]["prefix"] for r in routes(everything)] == ["/", "/", "/"]
     baseline = EnvoyOptions(
         allowed_paths=("/v1/rerank",), baseline_port=0, fallback_endpoints=("127.0.0.1:1",)
     )
@@ -141,6 +254,24 @@ def test_bad_allowed_paths_are_refused(bad: str) -> None:
         EnvoyOptions(allowed_paths=(bad,))
     with pytest.raises(ValueError, match="empty"):
         EnvoyOptions(allowed_paths=())
+
+
+def test_epp_run_sets_retries_and_timeouts() -> None:
+    defaults = envoy_options(build_parser("run").parse_args(["run"]))
+    assert (defaults.retries, defaults.first_byte_timeout, defaults.response_timeout) == (2, "30s", "300s")
+    argv = [
+        "run",
+        "--retries=1",
+        "--first-byte-timeout=2.5",
+        "--stream-idle-timeout=20",
+        "--response-timeout=600",
+    ]
+    options = envoy_options(build_parser("run").parse_args(argv))
+    assert (options.retries, options.first_byte_timeout, options.stream_idle_timeout) == (1, "2.5s", "20s")
+    assert options.response_timeout == "600s"
+    for bad in (["--first-byte-timeout=0"], ["--response-timeout=soon"], ["--retries=11"]):
+        with pytest.raises(SystemExit):
+            build_parser("run").parse_args(["run", *bad])
 
 
 def test_epp_run_allow_path_adds_to_the_defaults() -> None:

@@ -1,0 +1,183 @@
+"""Plugin types that exist upstream (GIE, llm-d) but that this EPP refuses, each with what it does
+upstream, why it is refused here and what to use instead. The loader quotes the entry in its error,
+so a config written for the Go EPP fails with an answer rather than "unknown type".
+
+Test-only types from the Go loaders' own test fixtures (`test-*`, `mock-metrics-source`) and
+illustrative placeholders from the docs (`custom-scorer`) are recognised too, so that their error
+says so instead of listing every known type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    SERVICE = "needs a service this EPP cannot run"
+    OTHER_ISSUE = "tracked separately, not implemented yet"
+    NOT_IMPLEMENTED = "not implemented yet"
+    TEST_ONLY = "a test-only type of the upstream Go tests"
+    PLACEHOLDER = "an illustrative placeholder from the upstream docs"
+    NOT_UPSTREAM = "registered by no GIE or llm-d release, so the Go EPPs refuse it too"
+
+
+@dataclass(frozen=True)
+class UnavailableType:
+    reason: Reason
+    upstream: str  # which project registers it and what it does there
+    instead: str  # what to configure here
+
+    def message(self, type_name: str) -> str:
+        return (
+            f"plugin type {type_name!r} is not available in this EPP ({self.reason.value}): upstream, "
+            f"{self.upstream}; instead: {self.instead}"
+        )
+
+
+_LATENCY = (
+    "use the load scorers (queue-scorer, kv-cache-utilization-scorer, token-load-scorer) "
+    "and prefix-cache-scorer"
+)
+_PRECISE = (
+    "approx-prefix-cache-producer (the default) with prefix-cache-scorer: the same PrefixCacheMatchInfo "
+    "from the EPP's own index of what it routed"
+)
+_FLOW = (
+    "one of the implemented policies: global-strict-fairness-policy, round-robin-fairness-policy, "
+    "least-tokens-served-fairness-policy, fcfs-ordering-policy, edf-ordering-policy, "
+    "slo-deadline-ordering-policy, static-usage-limit-policy"
+)
+_MULTICLUSTER = "run one EPP per cluster's InferencePool"
+
+
+def _entries() -> dict[str, UnavailableType]:
+    svc, other, todo = Reason.SERVICE, Reason.OTHER_ISSUE, Reason.NOT_IMPLEMENTED
+    table: dict[str, UnavailableType] = {}
+
+    def add(names: tuple[str, ...], reason: Reason, upstream: str, instead: str) -> None:
+        for name in names:
+            table[name] = UnavailableType(reason, upstream, instead)
+
+    add(
+        ("predicted-latency-producer", "latency-scorer", "latency-slo-admitter", "slo-headroom-tier-filter"),
+        svc,
+        "GIE/llm-d's latency-predictor family: per-request TTFT/TPOT predictions from the "
+        "latency-predictor training and prediction sidecars, used to score, tier and admit by SLO",
+        _LATENCY,
+    )
+    add(
+        ("predicted-latency-scorer", "slo-aware-routing"),
+        svc,
+        "GIE v1.2-v1.3 SLO-aware routing scorer over the latency-predictor sidecars' TTFT/TPOT predictions",
+        _LATENCY,
+    )
+    add(
+        ("k8s-notification-source",),
+        todo,
+        "GIE/llm-d data source streaming Kubernetes object events (e.g. pods) to extractors; llm-d's "
+        "topology-extractor uses it for a pod's spec.hostname",
+        "label the pods with their topology (topology-extractor reads pod labels)",
+    )
+    add(
+        ("burst-prefix-cache-producer",),
+        other,
+        "llm-d alpha producer predicting prefix hits of request bursts on top of token-producer",
+        _PRECISE,
+    )
+    add(
+        ("mm-embeddings-cache-producer", "mm-embeddings-cache-scorer"),
+        todo,
+        "llm-d alpha plugins tracking which endpoints hold a multimodal item's encoder embeddings "
+        "(needs token-producer's multimodal features)",
+        "prefix-cache-scorer (chat content blocks, images included, are part of the hashed prefix)",
+    )
+    add(
+        (
+            "program-aware-fairness",
+            "soft-reflective-ceiling-policy",
+            "priority-holdback-policy",
+            "sheddable-eviction-filter",
+            "priority-then-time-eviction-order-policy",
+        ),
+        other,
+        "a flow-control policy (fairness between flows, usage limits or eviction) of the GIE/llm-d "
+        "flow-control layer that this EPP's flow control does not implement",
+        _FLOW,
+    )
+    add(
+        (
+            "multicluster-file-discovery",
+            "multicluster-metrics-data-source",
+            "multicluster-metrics-extractor",
+            "multicluster-session-affinity-filter",
+            "multicluster-kv-cache-utilization-scorer",
+            "multicluster-queue-scorer",
+            "multicluster-prefix-cache-scorer",
+            "multicluster-approx-prefix-cache-producer",
+        ),
+        svc,
+        "llm-d's multi-cluster routing: endpoints and metrics of remote clusters' EPPs, scored as one pool",
+        _MULTICLUSTER,
+    )
+    add(
+        ("dcgm-data-source", "dcgm-extractor"),
+        svc,
+        "llm-d alpha data source scraping NVIDIA DCGM exporter GPU metrics (power, utilisation, memory) "
+        "per endpoint, for GPU-aware scoring",
+        "kv-cache-utilization-scorer and the queue scorers over the model servers' own metrics",
+    )
+    add(
+        ("models-data-source", "models-data-extractor"),
+        todo,
+        "llm-d data source polling each model server's /v1/models to learn the models and LoRA "
+        "adapters it serves",
+        "endpoint `models` in the endpoints file, or the model servers' LoRA metrics (lora-affinity-scorer)",
+    )
+    add(
+        ("disaggregatedset-rollout-screener", "disaggregatedset-rollout-pod-extractor"),
+        todo,
+        "llm-d alpha screener restricting candidates during a DisaggregatedSet rollout",
+        "label-selector-filter on the rollout's labels",
+    )
+    add(
+        ("p2p-source-producer",),
+        todo,
+        "llm-d alpha producer choosing a peer endpoint to pull KV cache from (x-kv-cache-source-host-port)",
+        "disagg-profile-handler with a prefill profile",
+    )
+    add(
+        ("queue-cache-scorer",),
+        Reason.NOT_UPSTREAM,
+        "named only by an llm-d-benchmark v0.5 preset; no GIE or llm-d scheduler release has it",
+        "queue-scorer and kv-cache-utilization-scorer",
+    )
+    add(
+        ("mock-metrics-source",),
+        Reason.TEST_ONLY,
+        "a stand-in metrics source registered only by the Go config-loader tests",
+        "metrics-data-source",
+    )
+    add(
+        ("custom-scorer",),
+        Reason.PLACEHOLDER,
+        "the docs' example of a user-written plugin",
+        "a real scorer type",
+    )
+    return table
+
+
+UNAVAILABLE_TYPES: dict[str, UnavailableType] = _entries()
+
+TEST_ONLY_FEATURE_GATES = frozenset({"test-feature-gate"})
+
+
+def unavailable(type_name: str) -> UnavailableType | None:
+    """The entry for a type upstream knows and this EPP refuses (None: never heard of it)."""
+    entry = UNAVAILABLE_TYPES.get(type_name)
+    if entry is None and type_name.startswith("test-"):
+        return UnavailableType(
+            Reason.TEST_ONLY,
+            "a type registered only by the Go config-loader tests' fixtures (test-one, test-picker, ...)",
+            "a real plugin type",
+        )
+    return entry

@@ -1,0 +1,544 @@
+"""The precise prefix-cache index: which pod holds which KV block, learned from the engines' own
+KV events (llm-d's `kvblock.Index` with its `chunkedTokenDatabase` keys).
+
+Block keys are computed here from token ids, the same way on both paths: a prompt's tokens when a
+request is scored, and the `token_ids` of every `BlockStored` event. Engine block hashes are only
+opaque names, kept per pod to find a stored block's parent key and what a `BlockRemoved` drops, so
+the engine's hash function, seed and block size never need to match the EPP's.
+
+Memory is bounded: at most `size` block keys, least recently stored or matched evicted first, each
+with at most `pod_cache_size` holders; each pod's engine-hash map is bounded by `size` too. A
+lookup walks the prompt's keys from the first and stops at the first key no remaining candidate
+holds, so it costs the prompt's block count, not the pool size.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+import weakref
+from array import array
+from collections import OrderedDict, deque
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import islice
+
+import xxhash
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from epp.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+
+HASH_CBOR_FNV = "cbor-fnv"
+HASH_XXH64 = "xxh64"
+_MASK64 = (1 << 64) - 1
+_FNV_OFFSET = 0xCBF29CE484222325
+_FNV_PRIME = 0x100000001B3
+_NULL = b"\xf6"
+MEMO_SIZE = 1 << 20
+
+# Cache kinds whose blocks form a prefix chain (vLLM's `kv_cache_spec_kind`); others are skipped.
+PREFIX_KINDS = frozenset({"full_attention", "mla_attention", "sink_full_attention"})
+
+
+def fnv1a64(data: bytes, h: int = _FNV_OFFSET) -> int:
+    for byte in data:
+        h = ((h ^ byte) * _FNV_PRIME) & _MASK64
+    return h
+
+
+def _cbor_uint(value: int, major: int = 0) -> bytes:
+    """A canonical (shortest) CBOR head for an unsigned value of major type `major`."""
+    top = major << 5
+    if value < 24:
+        return bytes((top | value,))
+    if value < 0x100:
+        return bytes((top | 24, value))
+    if value < 0x10000:
+        return bytes((top | 25,)) + value.to_bytes(2, "big")
+    if value < 0x100000000:
+        return bytes((top | 26,)) + value.to_bytes(4, "big")
+    return bytes((top | 27,)) + value.to_bytes(8, "big")
+
+
+_TOKEN_CBOR: dict[int, bytes] = {}
+
+
+def _cbor_token(token: int) -> bytes:
+    encoded = _TOKEN_CBOR.get(token)
+    if encoded is None:
+        encoded = _cbor_uint(token)
+        if len(_TOKEN_CBOR) < 1 << 20:  # a vocabulary's worth
+            _TOKEN_CBOR[token] = encoded
+    return encoded
+
+
+def _cbor_tokens(tokens: Sequence[int]) -> bytes:
+    get = _TOKEN_CBOR.get
+    return _cbor_uint(len(tokens), 4) + b"".join([get(t) or _cbor_token(t) for t in tokens])
+
+
+class TokenProcessor:
+    """llm-d's `chunkedTokenDatabase`: tokens cut into `block_size` chunks (a trailing partial
+    chunk has no key), each chunk's key chained on its parent's.
+
+    `cbor-fnv` (llm-d's default): seed = FNV-1a-64(hashSeed); root = FNV-1a-64(CBOR [seed, null,
+    model]); key = FNV-1a-64(CBOR [parent, [tokens], null]). `xxh64`: seed = XXH64(hashSeed); root =
+    XXH64(LE64 seed ‖ LE64 len(model) ‖ model); key = XXH64(LE64 parent ‖ LE32 tokens)."""
+
+    def __init__(self, block_size: int, hash_seed: str = "", algorithm: str = HASH_CBOR_FNV) -> None:
+        if block_size <= 0:
+            raise ValueError("block size must be positive")
+        if algorithm not in (HASH_CBOR_FNV, HASH_XXH64):
+            raise ValueError(f"unsupported hash algorithm {algorithm!r}")
+        self.block_size = block_size
+        self.algorithm = algorithm
+        if algorithm == HASH_XXH64:
+            self._seed = xxhash.xxh64_intdigest(hash_seed.encode())
+        else:
+            self._seed = fnv1a64(hash_seed.encode())
+        self._roots: dict[str, int] = {}
+        # (parent, chunk) -> key, so a shared prefix is hashed once: FNV-1a runs in Python.
+        self._memo: dict[int, int] = {}
+
+    def root(self, model: str) -> int:
+        root = self._roots.get(model)
+        if root is None:
+            encoded = model.encode()
+            if self.algorithm == HASH_XXH64:
+                root = xxhash.xxh64_intdigest(struct.pack("<QQ", self._seed, len(encoded)) + encoded)
+            else:
+                root = fnv1a64(
+                    b"\x83" + _cbor_uint(self._seed) + _NULL + _cbor_uint(len(encoded), 3) + encoded
+                )
+            self._roots[model] = root
+        return root
+
+    def keys(self, tokens: Sequence[int], model: str, parent: int | None = None) -> list[int]:
+        """Keys of every full block of `tokens`, chained on `parent` (None: the model's root)."""
+        size = self.block_size
+        count = len(tokens) // size
+        prefix = self.root(model) if parent is None else parent
+        out: list[int] = []
+        if self.algorithm == HASH_XXH64:
+            digest = xxhash.xxh64_intdigest
+            data = struct.pack(f"<{count * size}I", *tokens[: count * size])
+            step = 4 * size
+            for start in range(0, count * step, step):
+                prefix = digest(prefix.to_bytes(8, "little") + data[start : start + step])
+                out.append(prefix)
+            return out
+        memo = self._memo
+        data = array("I", tokens[: count * size]).tobytes()
+        step = 4 * size
+        memo_key = xxhash.xxh3_64_intdigest
+        for index, start in enumerate(range(0, count * step, step)):
+            tag = memo_key(data[start : start + step], prefix)
+            key = memo.get(tag)
+            if key is None:
+                chunk = tokens[index * size : (index + 1) * size]
+                key = fnv1a64(b"\x83" + _cbor_uint(prefix) + _cbor_tokens(chunk) + _NULL)
+                if len(memo) >= MEMO_SIZE:
+                    memo.clear()
+                memo[tag] = key
+            prefix = key
+            out.append(key)
+        return out
+
+
+# ----- metrics ------------------------------------------------------------------------------------
+
+
+class KVIndexMetrics:
+    """llm-d's KV-cache index and KV-event metrics (`llm_d_epp_kv_cache_*`), plus the EPP's own
+    counts of what it refused or resynchronised. One set per registry."""
+
+    _by_registry: weakref.WeakKeyDictionary[CollectorRegistry, KVIndexMetrics] = weakref.WeakKeyDictionary()
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        r = registry
+        p = "llm_d_epp_kv_cache_"
+        self.admissions = Counter(p + "index_admissions_total", "KV-block admissions", registry=r)
+        self.evictions = Counter(p + "index_evictions_total", "KV-block evictions", registry=r)
+        self.lookups = Counter(p + "index_lookup_requests_total", "lookup calls", registry=r)
+        self.lookup_hits = Counter(
+            p + "index_lookup_hits_total",
+            "contiguous prefix blocks matched by the best pod per lookup",
+            registry=r,
+        )
+        self.max_pod_hits = Counter(
+            p + "index_max_pod_hit_count_total",
+            "longest contiguous per-pod prefix chain observed per lookup",
+            registry=r,
+        )
+        self.lookup_latency = Histogram(p + "index_lookup_latency_seconds", "lookup latency", registry=r)
+        self.blocks = Gauge(p + "index_blocks", "block keys held by the index", registry=r)
+        self.messages = Counter(
+            p + "events_messages_received_total", "KV-event messages received", ["pod_identifier"], registry=r
+        )
+        self.zmq_errors = Counter(
+            p + "events_zmq_errors_total", "ZMQ errors", ["pod_identifier", "operation"], registry=r
+        )
+        self.reconnections = Counter(
+            p + "events_subscriber_reconnections_total",
+            "subscriber reconnections",
+            ["pod_identifier"],
+            registry=r,
+        )
+        self.subscribers = Gauge(p + "events_active_subscribers", "active KV-event subscribers", registry=r)
+        self.stores_skipped = Counter(
+            p + "events_stores_skipped_total",
+            "BlockStored events that cannot be indexed",
+            ["cache_kind", "reason"],
+            registry=r,
+        )
+        self.dropped = Counter(
+            p + "events_dropped_total",
+            "KV-event messages or events skipped (malformed, unknown tag, unknown pod)",
+            ["reason"],
+            registry=r,
+        )
+        self.tokenization_fallbacks = Counter(
+            "llm_d_epp_tokenization_fallbacks_total",
+            "requests scheduled without token ids because tokenization failed",
+            ["backend", "reason"],
+            registry=r,
+        )
+        self.resyncs = Counter(
+            p + "events_resyncs_total",
+            "pods whose blocks were dropped to resynchronise (sequence gap, publisher restart)",
+            ["reason"],
+            registry=r,
+        )
+
+    @classmethod
+    def for_registry(cls, registry: CollectorRegistry) -> KVIndexMetrics:
+        metrics = cls._by_registry.get(registry)
+        if metrics is None:
+            metrics = cls._by_registry[registry] = cls(registry)
+        return metrics
+
+
+# ----- the index ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _EngineBlock:
+    """What one engine block hash of a pod stands for: the request keys its tokens completed, the
+    chain position after it (last request key and the tokens not yet forming a request block),
+    and how many stores reference it (a block announced for two media is removed twice)."""
+
+    keys: tuple[int, ...]
+    chain: int
+    tail: tuple[int, ...]
+    refs: int = 1
+
+
+def _as_map(holders: str | dict[str, float] | None) -> dict[str, float]:
+    if holders is None:
+        return {}
+    return {holders: 1.0} if isinstance(holders, str) else holders
+
+
+class _PodState:
+    __slots__ = ("blocks", "keys")
+
+    def __init__(self) -> None:
+        self.blocks: OrderedDict[int, _EngineBlock] = OrderedDict()  # engine hash -> block
+        self.keys: dict[int, int] = {}  # request key -> engine blocks completing it on this pod
+
+
+DEFAULT_TIER_WEIGHTS: Mapping[str, float] = {"gpu": 1.0, "cpu": 0.8}
+
+
+class KVBlockIndex:
+    """Request block key -> {pod: device-tier weight}, LRU-bounded, fed by KV events."""
+
+    def __init__(
+        self,
+        processor: TokenProcessor,
+        size: int = 100_000_000,
+        pod_cache_size: int = 10,
+        tier_weights: Mapping[str, float] = DEFAULT_TIER_WEIGHTS,
+        metrics: KVIndexMetrics | None = None,
+    ) -> None:
+        self.processor = processor
+        self.size = size
+        self.pod_cache_size = pod_cache_size
+        self.tier_weights = dict(tier_weights)
+        self.metrics = metrics
+        # key -> its holders: a pod's name when one pod holds it at weight 1 (most keys; a dict per
+        # key would double the index's memory), else {pod: weight}.
+        self._entries: OrderedDict[int, str | dict[str, float]] = OrderedDict()
+        self._pods: dict[str, _PodState] = {}
+        self._unit_weights = True  # until a block is held in a tier weighing other than 1
+        # Speculative entries (llm-d's speculativeIndexing): key -> {pod: expiry}, expiring in order.
+        self._speculative: dict[int, dict[str, float]] = {}
+        self._expiries: deque[tuple[float, Sequence[int], str]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def pods(self) -> list[str]:
+        return list(self._pods)
+
+    def holders(self, key: int) -> Mapping[str, float]:
+        return _as_map(self._entries.get(key))
+
+    # --- events -------------------------------------------------------------------------------
+
+    def apply(self, pod: str, model: str, events: Iterable[KVEvent]) -> None:
+        """Apply one pod's events in order; `model` is the topic's (a LoRA name overrides it)."""
+        for event in events:
+            if isinstance(event, BlockStored):
+                self._stored(pod, model, event)
+            elif isinstance(event, BlockRemoved):
+                self._removed(pod, event.block_hashes)
+            elif isinstance(event, AllBlocksCleared):
+                self.clear_pod(pod)
+
+    def _skip(self, event: BlockStored, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.stores_skipped.labels(event.kv_cache_spec_kind or "", reason).inc()
+
+    def _stored(self, pod: str, model: str, event: BlockStored) -> None:
+        hashes = event.block_hashes
+        tokens = event.token_ids
+        if not hashes:
+            return
+        if event.group_idx is not None and (event.kv_cache_spec_kind or "full_attention") not in PREFIX_KINDS:
+            self._skip(event, "unsupported_cache_kind")
+            return
+        if len(tokens) % len(hashes):
+            self._skip(event, "non_dense_block_span")
+            return
+        if event.extra_keys and any(extra is not None for extra in event.extra_keys):
+            # Salted or multimodal blocks: vLLM keyed them by more than their tokens, which these
+            # keys do not include; indexing them would match unsalted text prompts. Their children
+            # then have an unknown parent and are skipped too.
+            self._skip(event, "extra_keys")
+            return
+        per_block = len(tokens) // len(hashes)
+        if per_block == 0 or (event.block_size and per_block != event.block_size):
+            self._skip(event, "invalid_block_size")
+            return
+        state = self._pods.get(pod)
+        if state is None:
+            state = self._pods[pod] = _PodState()
+        model = event.lora_name or model
+        processor = self.processor
+        if not event.parent_block_hash:  # None, or 0 as older engines write the root (as llm-d reads it)
+            chain = processor.root(model)
+            tail: tuple[int, ...] = ()
+        else:
+            parent = state.blocks.get(event.parent_block_hash)
+            if parent is None:  # the parent's store was missed (or evicted from this map)
+                self._skip(event, "unknown_parent")
+                return
+            chain, tail = parent.chain, parent.tail
+        weight = self.tier_weights.get((event.medium or "gpu").lower(), 1.0)
+        size = processor.block_size
+        for index, engine_hash in enumerate(hashes):
+            existing = state.blocks.get(engine_hash)
+            if existing is not None:  # announced again (another medium): one more reference
+                existing.refs += 1
+                state.blocks.move_to_end(engine_hash)
+                self._admit(existing.keys, pod, weight, state, count=False)
+                chain, tail = existing.chain, existing.tail
+                continue
+            pending = tail + tuple(tokens[index * per_block : (index + 1) * per_block])
+            full = len(pending) // size * size
+            keys = tuple(processor.keys(pending[:full], model, chain)) if full else ()
+            if keys:
+                chain = keys[-1]
+            tail = pending[full:]
+            state.blocks[engine_hash] = _EngineBlock(keys, chain, tail)
+            self._admit(keys, pod, weight, state, count=True)
+        while len(state.blocks) > self.size:
+            _, dropped = state.blocks.popitem(last=False)
+            self._release(pod, state, dropped.keys)
+
+    def _admit(self, keys: Sequence[int], pod: str, weight: float, state: _PodState, count: bool) -> None:
+        entries = self._entries
+        if weight != 1.0:
+            self._unit_weights = False
+        for key in keys:
+            if count:
+                state.keys[key] = state.keys.get(key, 0) + 1
+            holders = entries.get(key)
+            if holders is None:
+                entries[key] = pod if weight == 1.0 else {pod: weight}
+                if self.metrics is not None:
+                    self.metrics.admissions.inc()
+                continue
+            entries.move_to_end(key)
+            if isinstance(holders, str):
+                if holders == pod:
+                    continue  # held at weight 1 already, the highest
+                holders = entries[key] = {holders: 1.0}
+            if holders.get(pod, 0.0) < weight:
+                holders.pop(pod, None)
+                holders[pod] = weight
+                while len(holders) > self.pod_cache_size:
+                    del holders[next(iter(holders))]
+        while len(entries) > self.size:
+            entries.popitem(last=False)
+            if self.metrics is not None:
+                self.metrics.evictions.inc()
+
+    def _removed(self, pod: str, hashes: Iterable[int]) -> None:
+        state = self._pods.get(pod)
+        if state is None:
+            return
+        for engine_hash in hashes:
+            block = state.blocks.get(engine_hash)
+            if block is None:
+                continue
+            block.refs -= 1
+            if block.refs > 0:
+                continue
+            del state.blocks[engine_hash]
+            self._release(pod, state, block.keys)
+
+    def _release(self, pod: str, state: _PodState, keys: Iterable[int]) -> None:
+        """`pod` no longer holds the engine block that completed `keys`."""
+        for key in keys:
+            count = state.keys.get(key, 0) - 1
+            if count > 0:
+                state.keys[key] = count
+                continue
+            state.keys.pop(key, None)
+            self._drop_holder(key, pod)
+
+    def clear_pod(self, pod: str) -> None:
+        """Forget everything `pod` holds (AllBlocksCleared, a resync, or the pod left the pool)."""
+        state = self._pods.pop(pod, None)
+        if state is None:
+            return
+        for key in state.keys:
+            self._drop_holder(key, pod)
+
+    def _drop_holder(self, key: int, pod: str) -> None:
+        entries = self._entries
+        holders = entries.get(key)
+        if holders is None:
+            return
+        if isinstance(holders, str):
+            if holders == pod:
+                del entries[key]
+        elif holders.pop(pod, None) is not None and not holders:
+            del entries[key]
+
+    # --- speculative entries ------------------------------------------------------------------
+
+    def add_speculative(self, keys: Sequence[int], pod: str, now: float, ttl: float) -> None:
+        """`pod` is about to compute `keys` (a request was just sent there): count them as held
+        until `now + ttl`, so the requests right behind it find it before its KV events arrive."""
+        self.expire(now)
+        expiry = now + ttl
+        speculative = self._speculative
+        for key in keys:
+            holders = speculative.get(key)
+            if holders is None:
+                speculative[key] = {pod: expiry}
+            else:
+                holders[pod] = expiry
+        self._expiries.append((expiry, keys, pod))
+
+    def expire(self, now: float) -> None:
+        expiries, speculative = self._expiries, self._speculative
+        while expiries and expiries[0][0] <= now:
+            _, keys, pod = expiries.popleft()
+            for key in keys:
+                holders = speculative.get(key)
+                if holders is not None and holders.get(pod, now + 1) <= now:
+                    del holders[pod]
+                    if not holders:
+                        del speculative[key]
+
+    # --- lookups ------------------------------------------------------------------------------
+
+    def keys_for(self, tokens: Sequence[int], model: str) -> list[int]:
+        return self.processor.keys(tokens, model)
+
+    def longest_prefix(self, keys: Sequence[int], pods: Collection[str]) -> dict[str, float]:
+        """llm-d's LongestPrefix score for each of `pods`: the tier-weighted length of the run of
+        keys it holds from the first one. Stops at the first key no remaining pod holds."""
+        started = time.perf_counter()
+        entries = self._entries
+        scores: dict[str, float] = {}
+        depth = 0
+        speculative = self._speculative
+        if speculative:
+            merged = self._merged
+        if self._unit_weights:  # every holder weighs 1: a pod's score is where its run ends
+            first = (merged(keys[0]) if speculative else entries.get(keys[0])) if keys else None
+            if isinstance(first, str):
+                alive = {first} if first in pods else set()
+            else:
+                alive = {pod for pod in first if pod in pods} if first else set()
+            for key in keys:
+                holders = merged(key) if speculative else entries.get(key)
+                if not holders or not alive:
+                    break
+                if isinstance(holders, str):  # one holder
+                    if holders not in alive:
+                        break
+                    if len(alive) > 1:
+                        for pod in alive:
+                            if pod != holders:
+                                scores[pod] = float(depth)
+                        alive = {holders}
+                    if key in entries:
+                        entries.move_to_end(key)
+                    depth += 1
+                    continue
+                held = holders.keys()
+                if not alive <= held:
+                    for pod in alive - held:
+                        scores[pod] = float(depth)
+                    alive &= held
+                    if not alive:
+                        break
+                if key in entries:
+                    entries.move_to_end(key)
+                depth += 1
+            for pod in alive:
+                scores[pod] = float(depth)
+        else:
+            weighted: dict[str, float] | None = None
+            for key in keys:
+                holders = merged(key) if speculative else entries.get(key)
+                if not holders:
+                    break
+                source = pods if weighted is None else weighted
+                weighted = {
+                    pod: (weighted or {}).get(pod, 0.0) + w
+                    for pod, w in _as_map(holders).items()
+                    if pod in source
+                }
+                if not weighted:
+                    break
+                if key in entries:
+                    entries.move_to_end(key)
+                depth += 1
+                scores.update(weighted)
+        if self.metrics is not None:
+            self.metrics.lookups.inc()
+            self.metrics.lookup_hits.inc(depth)
+            self.metrics.max_pod_hits.inc(depth)
+            self.metrics.lookup_latency.observe(time.perf_counter() - started)
+        return scores
+
+    def _merged(self, key: int) -> str | dict[str, float] | None:
+        """Confirmed holders of `key` and speculative ones (weight 1)."""
+        confirmed = self._entries.get(key)
+        guessed = self._speculative.get(key)
+        if guessed is None:
+            return confirmed
+        merged = dict.fromkeys(guessed, 1.0)
+        merged.update(_as_map(confirmed))
+        return merged
+
+    def sample_keys(self, count: int) -> list[int]:
+        """Up to `count` most recent keys (for tests and diagnostics)."""
+        return list(islice(reversed(self._entries), count))

@@ -1,0 +1,299 @@
+"""Tokenizing prompts the way the engine does, for the precise prefix cache.
+
+Backends, tried in this order for a request:
+
+- **render** (llm-d's `vllm` backend): vLLM's `POST /v1/completions/render` and
+  `/v1/chat/completions/render`, which apply the chat template and return the prompt's token ids
+  (`[{"token_ids": [...]}, ...]` per completions prompt, `{"token_ids": [...]}` for chat);
+- **tokenize**: vLLM's `POST /tokenize` (`{"model", "prompt"}` or `{"model", "messages",
+  "add_generation_prompt": true}` → `{"tokens": [...]}`), when the server has no render API (404);
+- **local**: a `tokenizer.json` loaded with the `tokenizers` library (completions text prompts
+  only: a chat template needs the model's Jinja template, which only the server applies);
+- **estimate** (llm-d's zero-config backend): 4 bytes of prompt per "token" — only good for the
+  approximate index and length checks, never matching the engine's blocks.
+
+All HTTP is async (aiohttp, one pooled session) with a per-request timeout. Results are cached:
+remote ones by the exact request (a retried or repeated prompt costs no round trip), local ones
+by text prefix (the tokens of a long shared system prompt are reused and only the rest is
+tokenized; see `PrefixTokenCache`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+import xxhash
+
+from epp.framework import DataKey
+
+log = logging.getLogger(__name__)
+
+TOKENIZED_PROMPT = DataKey("TokenizedPrompt", default_producer="token-producer")
+
+COMPLETIONS_RENDER_PATH = "/v1/completions/render"
+CHAT_RENDER_PATH = "/v1/chat/completions/render"
+TOKENIZE_PATH = "/tokenize"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizedPrompt:
+    token_ids: list[int]
+    source: str  # render | tokenize | local | estimate
+
+
+class TokenizeError(Exception):
+    """Tokenization failed; `reason` is a short metric label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class LRU:
+    """A small bounded map, least recently used out first."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+
+    def get(self, key: Any) -> Any:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: Any, value: Any) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _render_body(body: dict[str, Any], model: str, chat: bool) -> dict[str, Any]:
+    """The request as vLLM's render API takes it: the client's own body (so the chat template sees
+    every field it would in the real request) with the model the render server serves."""
+    out = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+    out["model"] = model or body.get("model", "")
+    return out
+
+
+def _token_list(value: Any) -> list[int]:
+    if isinstance(value, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+        return value
+    raise TokenizeError("bad_response", "token ids are not a list of integers")
+
+
+class VLLMTokenizer:
+    """vLLM's render API, falling back to `/tokenize` when the server has no render route."""
+
+    def __init__(
+        self, url: str, model: str, timeout: float, mm_timeout: float, cache_size: int = 4096
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.model = model
+        self.timeout = timeout
+        self.mm_timeout = mm_timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._cache = LRU(cache_size)
+        self._no_render = False  # learnt from a 404/405: use /tokenize from then on
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=90),
+                json_serialize=lambda obj: orjson.dumps(obj).decode(),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _timeout_for(self, body: dict[str, Any]) -> float:
+        messages = body.get("messages")
+        if isinstance(messages, list) and any(
+            isinstance(m, dict) and isinstance(m.get("content"), list) and m["content"] for m in messages
+        ):
+            return self.mm_timeout
+        return self.timeout
+
+    async def tokenize(self, body: dict[str, Any], chat: bool) -> TokenizedPrompt:
+        request = _render_body(body, self.model, chat)
+        key = (chat, xxhash.xxh3_128_intdigest(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)))
+        cached: TokenizedPrompt | None = self._cache.get(key)
+        if cached is not None:
+            return cached
+        timeout = self._timeout_for(body)
+        result: TokenizedPrompt | None = None
+        if not self._no_render:
+            path = CHAT_RENDER_PATH if chat else COMPLETIONS_RENDER_PATH
+            status, reply = await self._post(path, request, timeout)
+            if status in (404, 405):
+                log.warning("%s%s answered %d: using %s instead", self.url, path, status, TOKENIZE_PATH)
+                self._no_render = True
+            elif status != 200:
+                raise TokenizeError("http_status", f"{path} answered {status}")
+            else:
+                result = TokenizedPrompt(self._render_tokens(reply, chat), "render")
+        if result is None:
+            status, reply = await self._post(TOKENIZE_PATH, self._tokenize_body(request, chat), timeout)
+            if status != 200:
+                raise TokenizeError("http_status", f"{TOKENIZE_PATH} answered {status}")
+            if not isinstance(reply, dict):
+                raise TokenizeError("bad_response", "/tokenize did not answer an object")
+            result = TokenizedPrompt(_token_list(reply.get("tokens")), "tokenize")
+        self._cache.put(key, result)
+        return result
+
+    @staticmethod
+    def _render_tokens(reply: Any, chat: bool) -> list[int]:
+        if not chat:  # one GenerateRequest per prompt; the first prompt is the one scored
+            if not isinstance(reply, list) or not reply:
+                raise TokenizeError("bad_response", "completions render did not answer a non-empty list")
+            reply = reply[0]
+        if not isinstance(reply, dict):
+            raise TokenizeError("bad_response", "render did not answer an object")
+        return _token_list(reply.get("token_ids"))
+
+    @staticmethod
+    def _tokenize_body(request: dict[str, Any], chat: bool) -> dict[str, Any]:
+        if chat:
+            out = {"model": request["model"], "messages": request.get("messages", [])}
+            out["add_generation_prompt"] = request.get("add_generation_prompt", True)
+            for key in ("continue_final_message", "chat_template", "chat_template_kwargs", "tools"):
+                if key in request:
+                    out[key] = request[key]
+            return out
+        prompt = request.get("prompt", "")
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        return {"model": request["model"], "prompt": prompt}
+
+    async def _post(self, path: str, body: dict[str, Any], timeout: float) -> tuple[int, Any]:
+        try:
+            async with self._client().post(
+                self.url + path,
+                data=orjson.dumps(body),
+                headers={"content-type": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as response:
+                raw = await response.read()
+                if response.status != 200:
+                    return response.status, None
+        except TimeoutError:
+            raise TokenizeError("timeout", f"{self.url}{path} after {timeout:g}s") from None
+        except aiohttp.ClientError as exc:
+            raise TokenizeError("connection", f"{self.url}{path}: {exc}") from None
+        try:
+            return 200, orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise TokenizeError("bad_response", f"{path} answered invalid JSON") from None
+
+
+class PrefixTokenCache:
+    """Token ids of text prefixes, so text sharing a long prefix with earlier text is tokenized
+    only past it. Text is hashed in `chunk`-character steps (each step's hash chained on the
+    previous one); for each step boundary it keeps the ids of the tokens before the last
+    word-initial token (one starting at whitespace, a pre-tokenizer boundary) at or before it.
+    A lookup reuses the longest stored prefix and tokenizes only the rest."""
+
+    def __init__(self, chunk: int = 256, capacity: int = 16_384) -> None:
+        self.chunk = chunk
+        self._store = LRU(capacity)
+        self.hits = 0
+
+    def _hashes(self, text: str) -> list[int]:
+        out: list[int] = []
+        h = 0
+        data = text.encode("utf-32-le")
+        step = 4 * self.chunk
+        for start in range(0, len(data) - step + 1, step):
+            h = xxhash.xxh3_64_intdigest(data[start : start + step], h)
+            out.append(h)
+        return out
+
+    def lookup(self, text: str) -> tuple[list[int], int, list[int]]:
+        """(cached ids, characters they cover, every step hash of `text`)."""
+        hashes = self._hashes(text)
+        for step in range(len(hashes) - 1, -1, -1):
+            found = self._store.get(hashes[step])
+            if found is not None:
+                self.hits += 1
+                ids, cut, covered = found
+                return list(ids[:cut]), covered, hashes
+        return [], 0, hashes
+
+    def store(self, text: str, ids: Sequence[int], starts: Sequence[int], hashes: Sequence[int]) -> None:
+        """Remember cut points of `text` tokenized as `ids` (character start offsets `starts`, -1
+        where unknown): for each step boundary, the last word-initial token at or before it."""
+        shared = tuple(ids)
+        cuts = [i for i in range(1, len(ids)) if starts[i] >= 0 and text[starts[i] : starts[i] + 1].isspace()]
+        best = next_cut = 0
+        for step, h in enumerate(hashes, start=1):
+            boundary = step * self.chunk
+            while next_cut < len(cuts) and starts[cuts[next_cut]] <= boundary:
+                best = cuts[next_cut]
+                next_cut += 1
+            if best:
+                self._store.put(h, (shared, best, starts[best]))
+
+
+class LocalTokenizer:
+    """A mounted `tokenizer.json` (HuggingFace `tokenizers`), with the prefix cache."""
+
+    def __init__(self, path: str, cache: PrefixTokenCache | None = None) -> None:
+        from tokenizers import Tokenizer  # imported only when a file is configured
+
+        self.tokenizer = Tokenizer.from_file(path)
+        self.cache = cache or PrefixTokenCache()
+
+    def encode(self, text: str) -> list[int]:
+        cached, covered, hashes = self.cache.lookup(text)
+        encoding = self.tokenizer.encode(text[covered:], add_special_tokens=covered == 0)
+        ids = cached + list(encoding.ids)
+        starts = [-1] * len(cached) + [covered + start for start, _ in encoding.offsets]
+        if hashes:
+            self.cache.store(text, ids, starts, hashes)
+        return ids
+
+
+def estimate_tokens(body: dict[str, Any], chat: bool) -> list[int]:
+    """llm-d's `estimate` backend: the prompt's bytes (chat: each message's role then its text),
+    zero-padded to a multiple of 4, read as little-endian uint32 "tokens"."""
+    if chat:
+        parts: list[bytes] = []
+        for message in body.get("messages") or []:
+            if not isinstance(message, dict):
+                continue
+            parts.append(str(message.get("role", "")).encode())
+            content = message.get("content")
+            if isinstance(content, str):
+                parts.append(content.encode())
+            elif isinstance(content, list):
+                parts.extend(
+                    str(p.get("text", "")).encode()
+                    for p in content
+                    if isinstance(p, dict) and p.get("type") == "text"
+                )
+        if body.get("tools"):
+            parts.append(orjson.dumps(body["tools"]))
+        data = b"".join(parts)
+    else:
+        prompt = body.get("prompt", "")
+        if isinstance(prompt, list):
+            if prompt and all(isinstance(t, int) for t in prompt):
+                return list(prompt)
+            prompt = prompt[0] if prompt and isinstance(prompt[0], str) else ""
+        data = str(prompt).encode()
+    data += b"\0" * (-len(data) % 4)
+    return [int.from_bytes(data[i : i + 4], "little") for i in range(0, len(data), 4)]

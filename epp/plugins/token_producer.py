@@ -1,0 +1,186 @@
+"""`token-producer` (legacy name `tokenizer`): the prompt's token ids, as the engine will see them,
+for the precise prefix cache (llm-d's `TokenizedPrompt`).
+
+With `vllm` (or `modelName`) set, the director awaits the model server's render API before
+scheduling (`epp.datalayer.tokenize`: render, then `/tokenize` on servers without it); with
+`tokenizerFile` (this EPP's addition) a mounted `tokenizer.json` tokenizes completions prompts
+locally, and is the fallback when the server fails; with neither, llm-d's `estimate` backend packs
+4 prompt bytes per "token" — enough for length checks, never matching the engine's blocks. A
+failure never fails the request: it is counted (`llm_d_epp_tokenization_fallbacks_total`) and
+logged, and the request is scheduled without precise prefix data.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from epp.datalayer import AsyncDataProducer, BackgroundService, DataProducer
+from epp.datalayer.kvblocks import KVIndexMetrics
+from epp.datalayer.tokenize import (
+    TOKENIZED_PROMPT,
+    LocalTokenizer,
+    TokenizedPrompt,
+    TokenizeError,
+    VLLMTokenizer,
+    estimate_tokens,
+)
+from epp.datastore import Datastore, Endpoint
+from epp.framework import Plugin, PluginContext, PluginParams, register
+from epp.params.strict import StrictModel
+from epp.params.values import Duration
+from epp.requests import ApiKind, InferenceRequest
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RENDER_URL = "http://localhost:8000"
+LOG_EVERY = 60.0  # seconds between repeated warnings of one failure reason
+
+
+class VLLMParams(StrictModel):
+    url: str = ""
+    http: str = Field(default="", description="older name of url")
+    timeout: Duration = 5.0
+    mm_timeout: Duration = 30.0
+
+
+class UdsParams(StrictModel):
+    socket_file: str = ""
+
+
+class TokenProducerParams(PluginParams):
+    model_name: str = ""
+    vllm: VLLMParams | None = None
+    estimate: dict[str, Any] | None = None  # multimodal placeholder tuning: text prompts ignore it
+    uds_tokenizer_config: UdsParams | None = None
+    tokenizer_file: str = Field(default="", description="a tokenizer.json for local tokenization")
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> TokenProducerParams:
+        uds = self.uds_tokenizer_config is not None
+        # modelName alone selects vllm (llm-d >= v0.9); beside udsTokenizerConfig it names the
+        # sidecar's model, as older configs write it.
+        vllm = self.vllm is not None or (bool(self.model_name) and not uds)
+        if sum((self.estimate is not None, vllm, uds)) > 1:
+            raise ValueError(
+                "only one of 'estimate', 'vllm' (or 'modelName') and 'udsTokenizerConfig' may be set"
+            )
+        if uds and not self.model_name:
+            raise ValueError("'modelName' must be specified with udsTokenizerConfig")
+        return self
+
+
+SyncTokenizer = Callable[[InferenceRequest], list[int] | None]
+
+
+@register
+class TokenProducer(Plugin, DataProducer, AsyncDataProducer, BackgroundService):
+    type_name = "token-producer"
+    aliases = ("tokenizer",)
+    Params = TokenProducerParams
+    produces = TOKENIZED_PROMPT
+
+    def __init__(self, name: str, params: TokenProducerParams, context: PluginContext) -> None:
+        super().__init__(name, params, context)
+        self.params = params
+        self.metrics = KVIndexMetrics.for_registry(context.metrics.registry)
+        self.remote: VLLMTokenizer | None = None
+        if params.vllm is not None or (params.model_name and params.uds_tokenizer_config is None):
+            vllm = params.vllm or VLLMParams()
+            url = vllm.url or vllm.http or DEFAULT_RENDER_URL
+            self.remote = VLLMTokenizer(url, params.model_name, vllm.timeout, vllm.mm_timeout)
+        elif params.uds_tokenizer_config is not None:
+            log.warning(
+                "%s: udsTokenizerConfig (llm-d's deprecated tokenizer sidecar) is not supported; "
+                "configure vllm.url (the render API) or tokenizerFile. Using the estimate backend.",
+                name,
+            )
+        self.local = LocalTokenizer(params.tokenizer_file) if params.tokenizer_file else None
+        # Set by the virtual-time benchmark: the simulated engines' own tokenizer.
+        self.sync_tokenizer: SyncTokenizer | None = None
+        self._last_warning: dict[str, float] = {}
+
+    @property
+    def backend(self) -> str:
+        if self.remote is not None:
+            return "vllm"
+        return "local" if self.local is not None else "estimate"
+
+    async def start(self, datastore: Datastore) -> None:
+        return None
+
+    async def stop(self) -> None:
+        if self.remote is not None:
+            await self.remote.close()
+
+    async def prepare_async(self, request: InferenceRequest) -> None:
+        if self.remote is None or request.api not in (ApiKind.CHAT, ApiKind.COMPLETIONS):
+            return
+        if _token_prompt(request) is not None:
+            return  # already token ids: `prepare` takes them as they are
+        try:
+            result = await self.remote.tokenize(request.body, request.api is ApiKind.CHAT)
+        except TokenizeError as exc:
+            self._failed("vllm", exc.reason, str(exc))
+            return
+        request.attributes[self.name] = result
+
+    def prepare(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
+        if self.name in request.attributes or request.api not in (ApiKind.CHAT, ApiKind.COMPLETIONS):
+            return
+        chat = request.api is ApiKind.CHAT
+        given = _token_prompt(request)
+        if given is not None:
+            request.attributes[self.name] = TokenizedPrompt(given, "prompt")
+            return
+        if self.sync_tokenizer is not None:
+            ids = self.sync_tokenizer(request)
+            if ids is not None:
+                request.attributes[self.name] = TokenizedPrompt(ids, "simulator")
+            return
+        if self.local is not None and not chat:
+            prompt = request.body.get("prompt")
+            if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+                prompt = prompt[0]
+            if isinstance(prompt, str):
+                try:
+                    ids = self.local.encode(prompt)
+                except Exception as exc:  # the tokenizers library raises plain Exceptions
+                    self._failed("local", "error", str(exc))
+                    return
+                request.attributes[self.name] = TokenizedPrompt(ids, "local")
+            return
+        if self.remote is None:
+            request.attributes[self.name] = TokenizedPrompt(estimate_tokens(request.body, chat), "estimate")
+
+    def _failed(self, backend: str, reason: str, detail: str) -> None:
+        self.metrics.tokenization_fallbacks.labels(backend, reason).inc()
+        now = time.monotonic()
+        if now - self._last_warning.get(reason, -LOG_EVERY) >= LOG_EVERY:
+            self._last_warning[reason] = now
+            log.warning(
+                "%s: tokenization failed (%s); scheduling without precise prefix data "
+                "(repeats are counted in llm_d_epp_tokenization_fallbacks_total)",
+                self.name,
+                detail,
+            )
+
+
+def _token_prompt(request: InferenceRequest) -> list[int] | None:
+    """A completions prompt given as token ids (one prompt, or the first of several)."""
+    if request.api is not ApiKind.COMPLETIONS:
+        return None
+    prompt = request.body.get("prompt")
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], list):
+        prompt = prompt[0]
+    if (
+        isinstance(prompt, list)
+        and prompt
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+    ):
+        return list(prompt)
+    return None

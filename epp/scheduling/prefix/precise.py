@@ -1,0 +1,243 @@
+"""The precise prefix cache shared by `precise-prefix-cache-producer` and its deprecated wrapper
+`precise-prefix-cache-scorer`: llm-d's parameters, the KV-block index fed by the engines' KV
+events, and the per-request `PrefixMatch` computed from the prompt's token ids."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from epp.datalayer.kvblocks import HASH_CBOR_FNV, KVBlockIndex, KVIndexMetrics, TokenProcessor
+from epp.datalayer.tokenize import TokenizedPrompt
+from epp.datastore import Datastore, Endpoint
+from epp.framework import PluginParams
+from epp.kvevents import KVEvent
+from epp.params.strict import StrictModel
+from epp.params.values import Duration
+from epp.requests import InferenceRequest
+from epp.scheduling.prefix.match import PrefixMatch
+from epp.scheduling.types import SchedulingResult
+
+if TYPE_CHECKING:
+    from epp.datalayer.kvsubscriber import KVEventIngester, Subscriber
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BLOCK_SIZE = 16
+
+
+class TokenProcessorParams(StrictModel):
+    block_size: int | None = Field(default=None, gt=0, description="deprecated name of blockSizeTokens")
+    block_size_tokens: int = Field(default=0, ge=0)
+    hash_seed: str = ""
+    hash_algorithm: Literal["", "cbor-fnv", "xxh64"] = ""
+
+    def tokens(self) -> int:
+        return self.block_size_tokens or self.block_size or DEFAULT_BLOCK_SIZE
+
+
+class InMemoryParams(StrictModel):
+    size: int = Field(default=100_000_000, gt=0)
+    pod_cache_size: int = Field(default=10, gt=0)
+
+
+class KVBlockIndexParams(StrictModel):
+    in_memory_config: InMemoryParams | None = None
+    redis_config: dict[str, Any] | None = None
+    cost_aware_memory_config: dict[str, Any] | None = None
+    enable_metrics: bool = False
+    metrics_logging_interval: int | str = 0
+    max_prefix_blocks_to_match: int = Field(default=0, ge=0, description="llm-d <= v0.5")
+
+
+class BackendParams(StrictModel):
+    name: str
+    weight: float = Field(ge=0)
+
+
+class IndexerParams(StrictModel):
+    kv_block_index_config: KVBlockIndexParams = KVBlockIndexParams()
+    kv_cache_backend_configs: list[BackendParams] | None = None
+    tokenizers_pool_config: dict[str, Any] | None = None  # llm-d's deprecated in-process tokenizers
+    token_processor_config: TokenProcessorParams | None = None  # llm-d <= v0.3 put it here
+
+
+class PodDiscoveryParams(StrictModel):
+    pod_label_selector: str = "llm-d.ai/inference-serving=true"
+    pod_namespace: str = ""
+    socket_port: int = Field(default=5557, gt=0, lt=65536)
+    replay_socket_port: int = 0
+
+
+class KVEventsParams(StrictModel):
+    zmq_endpoint: str = ""
+    topic_filter: str = "kv@"
+    concurrency: int = Field(default=4, gt=0)
+    engine_type: Literal["vllm", "sglang"] = "vllm"
+    discover_pods: bool = True
+    pod_discovery_config: PodDiscoveryParams = PodDiscoveryParams()
+
+
+class PreciseParams(PluginParams):
+    token_processor_config: TokenProcessorParams | None = None
+    indexer_config: IndexerParams = IndexerParams()
+    kv_events_config: KVEventsParams = KVEventsParams()
+    speculative_indexing: bool = False
+    speculative_ttl: Duration = Field(default=2.0, alias="speculativeTTL")
+
+    def processor(self) -> TokenProcessorParams:
+        return (
+            self.token_processor_config
+            or self.indexer_config.token_processor_config
+            or TokenProcessorParams()
+        )
+
+    def warnings(self) -> list[str]:
+        out = []
+        index = self.indexer_config.kv_block_index_config
+        if index.redis_config is not None:
+            out.append("redisConfig: the shared Redis index is not implemented; using the in-memory index")
+        if index.cost_aware_memory_config is not None:
+            out.append("costAwareMemoryConfig: using the in-memory index (bounded by block count)")
+        if self.indexer_config.tokenizers_pool_config is not None:
+            out.append("tokenizersPoolConfig is ignored (as in llm-d): token ids come from token-producer")
+        if self.kv_events_config.engine_type == "sglang":
+            out.append("engineType sglang: SGLang's events are read as vLLM's (same wire format here)")
+        if self.kv_events_config.pod_discovery_config.replay_socket_port:
+            out.append("replaySocketPort: replay is not implemented; a sequence gap resynchronises the pod")
+        return out
+
+
+class PrecisePrefixCache:
+    """The index, its event subscribers and the per-request lookup."""
+
+    def __init__(
+        self, name: str, params: PreciseParams, metrics: KVIndexMetrics, clock: Callable[[], float]
+    ) -> None:
+        self.name = name
+        self.clock = clock
+        self.params = params
+        self.metrics = metrics
+        processor = params.processor()
+        self.block_size = processor.tokens()
+        memory = params.indexer_config.kv_block_index_config.in_memory_config or InMemoryParams()
+        backends = params.indexer_config.kv_cache_backend_configs
+        weights = {b.name.lower(): b.weight for b in backends} if backends else {"gpu": 1.0, "cpu": 0.8}
+        self.index = KVBlockIndex(
+            TokenProcessor(self.block_size, processor.hash_seed, processor.hash_algorithm or HASH_CBOR_FNV),
+            memory.size,
+            memory.pod_cache_size,
+            weights,
+            metrics,
+        )
+        self.max_blocks = params.indexer_config.kv_block_index_config.max_prefix_blocks_to_match
+        for warning in params.warnings():
+            log.warning("%s: %s", name, warning)
+        self._datastore: Datastore | None = None
+        self._known: set[str] = set()
+        self._ingester: KVEventIngester | None = None
+        self._central: Subscriber | None = None
+        self._per_pod: dict[str, Subscriber] = {}
+        self._stopping: set[asyncio.Task[None]] = set()
+
+    # --- per request --------------------------------------------------------------------------
+
+    def match(
+        self, request: InferenceRequest, tokenized: object, candidates: Sequence[Endpoint]
+    ) -> PrefixMatch:
+        if not isinstance(tokenized, TokenizedPrompt) or request.cache_salt:
+            # No token ids, or a salted prompt (vLLM keys salted blocks apart): no precise data.
+            return PrefixMatch([], {}, self.block_size)
+        tokens = tokenized.token_ids
+        if self.max_blocks:
+            tokens = tokens[: self.max_blocks * self.block_size]
+        keys = self.index.keys_for(tokens, request.target_model)
+        if self.params.speculative_indexing:
+            self.index.expire(self.clock())
+        if not keys:
+            return PrefixMatch([], {}, self.block_size)
+        by_pod = {e.hostport: e for e in candidates}
+        scores = self.index.longest_prefix(keys, by_pod)
+        matched = {by_pod[pod]: int(score) for pod, score in scores.items() if score >= 1}
+        return PrefixMatch(keys, matched, self.block_size)
+
+    def speculate(self, match: object, result: SchedulingResult) -> None:
+        """llm-d's speculativeIndexing: the chosen endpoints hold the prompt's blocks for
+        `speculativeTTL`, until their KV events confirm (or the TTL ends)."""
+        if not self.params.speculative_indexing or not isinstance(match, PrefixMatch) or not match.hashes:
+            return
+        now = self.clock()
+        for endpoint in result.cache_holders():
+            self.index.add_speculative(match.hashes, endpoint.hostport, now, self.params.speculative_ttl)
+
+    # --- events -------------------------------------------------------------------------------
+
+    def apply_kv_events(self, pod: str, events: Iterable[KVEvent], model: str = "") -> None:
+        self.index.apply(pod, model, events)
+
+    def endpoint_removed(self, endpoint: Endpoint) -> None:
+        pod = endpoint.hostport
+        self._known.discard(pod)
+        if self._ingester is not None:
+            self._ingester.pod_removed(pod)
+        else:
+            self.index.clear_pod(pod)
+        subscriber = self._per_pod.pop(pod, None)
+        if subscriber is not None:
+            task = asyncio.get_running_loop().create_task(subscriber.stop())
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+
+    def _endpoint_added(self, endpoint: Endpoint) -> None:
+        pod = endpoint.hostport
+        self._known.add(pod)
+        config = self.params.kv_events_config
+        if config.zmq_endpoint or not config.discover_pods or pod in self._per_pod:
+            return
+        from epp.datalayer.kvsubscriber import Subscriber
+
+        assert self._ingester is not None
+        host = f"[{endpoint.address}]" if ":" in endpoint.address else endpoint.address
+        subscriber = Subscriber(
+            self._ingester,
+            f"tcp://{host}:{config.pod_discovery_config.socket_port}",
+            bind=False,
+            topic_filter=config.topic_filter,
+            pod_override=pod,
+        )
+        subscriber.start()
+        self._per_pod[pod] = subscriber
+
+    async def start(self, datastore: Datastore) -> None:
+        """Central mode binds `zmqEndpoint`; otherwise (with discoverPods) one subscriber per
+        pool endpoint connects to its publisher. pyzmq is imported only here."""
+        from epp.datalayer.kvsubscriber import KVEventIngester, Subscriber
+
+        self._datastore = datastore
+        self._ingester = KVEventIngester(self.index, self.metrics, self._known.__contains__)
+        config = self.params.kv_events_config
+        if config.zmq_endpoint:
+            self._central = Subscriber(
+                self._ingester, config.zmq_endpoint, bind=True, topic_filter=config.topic_filter
+            )
+            self._central.start()
+            log.info("%s: reading KV events on %s", self.name, self._central.bound_endpoint)
+        datastore.subscribe(on_added=self._endpoint_added)
+
+    @property
+    def events_endpoint(self) -> str:
+        """The bound central endpoint (a port 0 resolved), "" when not in central mode."""
+        return self._central.bound_endpoint if self._central is not None else ""
+
+    async def stop(self) -> None:
+        subscribers = [*self._per_pod.values(), *([self._central] if self._central else [])]
+        self._per_pod.clear()
+        self._central = None
+        for subscriber in subscribers:
+            await subscriber.stop()
+        if self._stopping:
+            await asyncio.gather(*self._stopping)

@@ -1,0 +1,183 @@
+"""Failures through real Envoy: the EPP's fallback endpoints and Envoy's retries, a hung model
+server, the EPP killed under streaming load. Every wait polls and is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+from aiohttp import web
+
+from epp.stack.envoy import EnvoyOptions
+from epp.stack.processes import free_port, wait_until
+from epp.stack.stack import SimEndpoint, Stack
+from tests.integration.conftest import FAST_SIM, StackFactory
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio]
+
+MODEL = "sim-model"
+TWO_ENDPOINTS = """
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: queue-scorer
+- type: max-score-picker
+  parameters: {maxNumOfEndpoints: 2}
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: queue-scorer
+  - pluginRef: max-score-picker
+"""
+
+
+def epp_args(*extra: str) -> list[str]:
+    return ["--served-header=x-epp-destination", "--refresh-metrics-interval=50ms", *extra]
+
+
+@asynccontextmanager
+async def broken_server(kind: str) -> AsyncIterator[SimEndpoint]:
+    """A pool member whose /metrics looks healthy but whose inference port answers 503
+    (`kind="503"`) or refuses connections (`kind="refuses"`: its port is closed, /metrics elsewhere)."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text="vllm:num_requests_waiting 0\n")
+
+    async def unavailable(_: web.Request) -> web.Response:
+        return web.Response(status=503, text="overloaded")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/v1/completions", unavailable)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = int(runner.addresses[0][1])
+    try:
+        if kind == "503":
+            yield SimEndpoint("broken", "127.0.0.1", port)
+        else:
+            yield SimEndpoint("broken", "127.0.0.1", free_port(), metrics_port=port)
+    finally:
+        await runner.cleanup()
+
+
+async def retries(stack: Stack) -> int:
+    return (await stack.envoy_stats("cluster.pool.upstream_rq_retry_success"))[
+        "cluster.pool.upstream_rq_retry_success"
+    ]
+
+
+@pytest.mark.parametrize("kind", ["503", "refuses"])
+async def test_a_failing_primary_is_served_by_the_epps_fallback(make_stack: StackFactory, kind: str) -> None:
+    """The EPP lists two endpoints; when the first answers 503 or refuses the connection, Envoy
+    retries on the second, and the EPP learns which one served."""
+    async with (
+        broken_server(kind) as broken,
+        make_stack(f"fallback-{kind}", sims=1, epp_args=epp_args(f"--config-text={TWO_ENDPOINTS}")) as stack,
+    ):
+        stack.write_endpoints_file([broken, *stack.sims])
+        sim = stack.sims[0]
+
+        async def envoy_has_it() -> bool | None:  # the EPP rewrites Envoy's EDS file, Envoy reloads
+            return True if broken.hostport in await stack.envoy_pool_hosts() else None
+
+        await wait_until(envoy_has_it, "Envoy's pool to list the broken endpoint", 10)
+        rescued = 0
+        async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client:
+            for i in range(200):
+                body = {"model": MODEL, "prompt": f"p{i}", "max_tokens": 1}
+                response = await client.post("/v1/completions", json=body)
+                assert response.status_code == 200, response.text
+                assert response.headers["x-inference-pod"] == sim.name
+                assert "x-gateway-destination-endpoint-served" not in response.headers  # the EPP's only
+                listed = response.headers["x-epp-destination"].split(",")
+                if listed == [broken.hostport, sim.hostport]:
+                    rescued += 1
+                    if rescued == 3:
+                        break
+                await asyncio.sleep(0.02)  # the EPP re-reads the endpoints file, the scraper sees /metrics
+        assert rescued == 3, "the broken endpoint was never the EPP's first choice"
+        assert await retries(stack) >= 3
+
+
+async def test_a_hung_server_gets_no_new_request_after_the_first_timeout(make_stack: StackFactory) -> None:
+    """SIGSTOP one of two simulators. The streaming requests routed there get no first byte within
+    the bound and are retried on the other; after that the EPP routes nothing new to it, until it
+    runs again (SIGCONT) and comes back into rotation."""
+    envoy = EnvoyOptions(listen_port=0, admin_port=0, first_byte_timeout="1s")
+    async with make_stack("hung", sims=2, envoy=envoy) as stack:
+        victim, other = stack.sims
+        process = stack.sim_process(victim.name)
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client:
+
+                async def one(i: int) -> str:
+                    body = {"model": MODEL, "prompt": f"question {i}", "max_tokens": 2, "stream": True}
+                    response = await client.post("/v1/completions", json=body)
+                    assert response.status_code == 200, response.text
+                    assert response.headers["x-inference-pod"] == other.name
+                    return response.headers["x-epp-destination"]
+
+                # Equal scores are broken at random: some of 16 land on the stopped server (all
+                # but with probability 2^-16), before its first /metrics timeout.
+                routed = await asyncio.gather(*(one(i) for i in range(16)))
+                assert victim.hostport in routed
+                assert await retries(stack) >= routed.count(victim.hostport)
+                after = [await one(100 + i) for i in range(10)]
+                assert set(after) == {other.hostport}
+                os.kill(process.pid, signal.SIGCONT)
+                # Back in rotation with its first good scrape: ties are broken at random again.
+                for i in range(200):
+                    body = {"model": MODEL, "prompt": f"again {i}", "max_tokens": 1}
+                    response = await client.post("/v1/completions", json=body)
+                    assert response.status_code == 200, response.text
+                    if response.headers["x-inference-pod"] == victim.name:
+                        break
+                    await asyncio.sleep(0.02)
+                assert response.headers["x-inference-pod"] == victim.name
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+
+
+async def test_killing_the_epp_leaves_streams_in_flight_whole(make_stack: StackFactory) -> None:
+    """kill -9 the EPP while generations stream: every one of them still ends with [DONE];
+    a new request gets the fail-closed 503 until the EPP is back, then 200 again."""
+    async with make_stack("epp-kill", sims=2, sim_args=[*FAST_SIM, "--time-scale=20"]) as stack:
+        flowing = 0
+        async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client:
+
+            async def generation(i: int) -> list[str]:
+                nonlocal flowing
+                body = {"model": MODEL, "prompt": f"story {i}", "max_tokens": 20, "stream": True}
+                body["ignore_eos"] = True
+                lines = []
+                async with client.stream("POST", "/v1/completions", json=body) as response:
+                    assert response.status_code == 200
+                    async for line in response.aiter_lines():
+                        if line.startswith("data: "):
+                            lines.append(line)
+                            if len(lines) == 1:
+                                flowing += 1
+                return lines
+
+            streams = [asyncio.create_task(generation(i)) for i in range(8)]
+            for _ in range(500):
+                if flowing == len(streams):
+                    break
+                await asyncio.sleep(0.01)
+            assert flowing == len(streams)
+            assert stack.epp is not None
+            await stack.epp.kill()
+            for lines in await asyncio.gather(*streams):
+                assert len(lines) == 21 and lines[-1] == "data: [DONE]"
+            body = {"model": MODEL, "prompt": "hi", "max_tokens": 1}
+            assert (await client.post("/v1/completions", json=body)).status_code == 503
+            await stack.restart_epp()
+            assert (await client.post("/v1/completions", json=body)).status_code == 200

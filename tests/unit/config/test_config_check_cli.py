@@ -1,0 +1,68 @@
+"""`epp config check FILE [--strict]`: what a config resolves to, exit 1 when it is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from epp.cli import main
+
+UPSTREAM = Path(__file__).parents[2] / "data" / "upstream" / "configs"
+V04_PD = UPSTREAM / "llmd-sched-v0.4.0__docs__disagg_pd.md.yaml"
+
+
+def test_check_prints_plugins_with_effective_parameters_profiles_and_warnings(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["config", "check", str(V04_PD)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"config {V04_PD}: inference.networking.x-k8s.io/v1alpha1, 12 plugins\nplugins:\n")
+    assert "  prefix-cache-scorer: prefix-cache-scorer\n    autoTune: true (default)\n" in out
+    assert "    blockSizeTokens: 1\n" in out  # hashBlockSize 5 characters -> blockSize 5 -> 1 token
+    assert "    maxPrefixBlocksToMatch: 256\n" in out  # set in the config: no (default)
+    assert "  always-disagg-pd-decider: always-disagg-pd-decider (added by default)\n" in out
+    assert "  prefill:\n    filters: prefill-pods\n    scorers: prefix-cache-scorer x2\n" in out
+    assert "profile handler: pd-profile-handler\n" in out
+    assert "data: prefix-cache-scorer reads PrefixCacheMatchInfo from approx-prefix-cache-producer\n" in out
+    assert "warnings: 6\n" in out
+    assert "    primaryPort: 8000\n" in out
+    assert (
+        "  - plugins[4].type: 'prefill-header-handler' is a deprecated name of 'disagg-headers-handler'\n"
+        in out
+    )
+
+
+def test_check_strict_refuses_warnings(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "check", "--strict", str(V04_PD)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"{V04_PD}: invalid EndpointPickerConfig:\n")
+    assert (
+        "hashBlockSize is deprecated: read as blockSize (an error with strict config checking)"
+        in captured.err
+    )
+
+
+def test_check_refused_config_exits_1(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins: [{type: nope}]\n")
+    assert main(["config", "check", str(broken)]) == 1
+    assert "plugins[0].type: unknown plugin type 'nope'" in capsys.readouterr().err
+    assert main(["config", "check", str(tmp_path / "missing.yaml")]) == 1
+    assert "cannot read config file" in capsys.readouterr().err
+
+
+def test_check_of_the_default_like_config_without_warnings(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins: [{type: queue-scorer}]\n"
+        "schedulingProfiles: [{name: d, plugins: [{pluginRef: queue-scorer, weight: 2}]}]\n"
+    )
+    assert main(["config", "check", "--strict", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "  queue-scorer: queue-scorer\n    (no parameters)\n" in out
+    assert "    scorers: queue-scorer x2\n    picker: max-score-picker\n" in out
+    assert out.endswith("warnings: none\n")

@@ -1,0 +1,250 @@
+"""The precise KV-block index: llm-d's block keys, events applied in every block-size mapping,
+bounded memory, longest-prefix lookups, and determinism across index instances."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+import msgpack
+import pytest
+import xxhash
+from prometheus_client import CollectorRegistry
+
+from epp.datalayer.kvblocks import (
+    HASH_XXH64,
+    KVBlockIndex,
+    KVIndexMetrics,
+    TokenProcessor,
+    _cbor_tokens,
+    _cbor_uint,
+    fnv1a64,
+)
+from epp.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, prompt_block_hashes
+from epp.sim.engine import Engine, Request
+from epp.sim.profiles import TINY_TEST
+
+M = "model"
+
+
+def index(block: int = 16, **kw: object) -> KVBlockIndex:
+    return KVBlockIndex(TokenProcessor(block), metrics=KVIndexMetrics(CollectorRegistry()), **kw)  # type: ignore[arg-type]
+
+
+def stored(
+    tokens: Sequence[int], engine_block: int, parent: int | None = None, model: str = M, **kw: object
+) -> BlockStored:
+    """What an engine with `engine_block`-token blocks announces for `tokens` (its own hashes)."""
+    hashes = prompt_block_hashes(tokens, engine_block, f"engine:{model}:{parent}")
+    return BlockStored(hashes, parent, list(tokens), None, **kw)  # type: ignore[arg-type]
+
+
+def test_fnv_and_canonical_cbor_are_the_reference_ones() -> None:
+    assert fnv1a64(b"") == 0xCBF29CE484222325
+    assert fnv1a64(b"a") == 0xAF63DC4C8601EC8C
+    assert [_cbor_uint(v) for v in (0, 23, 24, 255, 256, 65536, 2**32)] == [
+        b"\x00",
+        b"\x17",
+        b"\x18\x18",
+        b"\x18\xff",
+        b"\x19\x01\x00",
+        b"\x1a\x00\x01\x00\x00",
+        b"\x1b\x00\x00\x00\x01\x00\x00\x00\x00",
+    ]
+    assert b"\x83\x01" + _cbor_tokens([2, 3]) + b"\xf6" == bytes.fromhex("83018202 03f6".replace(" ", ""))
+
+
+def test_cbor_fnv_chain_as_llm_d_computes_it() -> None:
+    processor = TokenProcessor(2, hash_seed="42")
+    seed = fnv1a64(b"42")
+    root = fnv1a64(b"\x83" + _cbor_uint(seed) + b"\xf6" + b"\x65model")
+    first = fnv1a64(b"\x83" + _cbor_uint(root) + b"\x82\x01\x02" + b"\xf6")
+    second = fnv1a64(b"\x83" + _cbor_uint(first) + b"\x82\x03\x04" + b"\xf6")
+    assert processor.keys([1, 2, 3, 4, 5], "model") == [first, second]  # the partial block has no key
+    assert processor.keys([1, 2, 3, 4], "model") == [first, second]  # memoised: same answer
+
+
+def test_xxh64_chain_as_llm_d_computes_it() -> None:
+    processor = TokenProcessor(2, algorithm=HASH_XXH64)
+    seed = xxhash.xxh64_intdigest(b"")
+    root = xxhash.xxh64_intdigest(struct.pack("<QQ", seed, 5) + b"model")
+    first = xxhash.xxh64_intdigest(struct.pack("<QII", root, 1, 2))
+    assert processor.keys([1, 2], "model") == [first]
+
+
+@pytest.mark.parametrize("engine_block", [16, 4, 64, 48])
+def test_keys_do_not_depend_on_the_engine_block_size(engine_block: int) -> None:
+    """1:1, many:1 and 1:many engine-to-EPP block mappings give the EPP's own keys."""
+    idx = index(16)
+    tokens = list(range(1000, 1000 + 192))
+    # two events, the second chained on the first's last engine block
+    split = 96
+    first = stored(tokens[:split], engine_block)
+    idx.apply("p", M, [first])
+    second = BlockStored(
+        prompt_block_hashes(tokens[split:], engine_block, "second"),
+        first.block_hashes[-1],
+        tokens[split:],
+        None,
+    )
+    idx.apply("p", M, [second])
+    keys = idx.keys_for(tokens, M)
+    assert len(keys) == 12
+    assert idx.longest_prefix(keys, {"p"}) == {"p": 12.0}
+
+
+def test_removal_allblockscleared_and_unknown_parents() -> None:
+    idx = index(16)
+    metrics = idx.metrics
+    assert metrics is not None
+    tokens = list(range(64))
+    event = stored(tokens, 16)
+    idx.apply("p", M, [event])
+    keys = idx.keys_for(tokens, M)
+    idx.apply("p", M, [BlockRemoved(event.block_hashes[2:3])])
+    assert idx.longest_prefix(keys, {"p"}) == {"p": 2.0}  # the run stops at the removed block
+    idx.apply("p", M, [AllBlocksCleared()])
+    assert idx.longest_prefix(keys, {"p"}) == {} and len(idx) == 0
+    orphan = BlockStored([99], 12345, list(range(16)), None)
+    idx.apply("p", M, [orphan])
+    assert len(idx) == 0
+    assert metrics.stores_skipped.labels("", "unknown_parent")._value.get() == 1
+
+
+def test_lookups_restrict_to_candidates_and_weigh_tiers() -> None:
+    idx = index(16)
+    tokens = list(range(48))
+    idx.apply("gpu-pod", M, [stored(tokens, 16, medium="GPU")])
+    idx.apply("cpu-pod", M, [stored(tokens, 16, medium="CPU")])
+    idx.apply("short", M, [stored(tokens[:16], 16)])
+    keys = idx.keys_for(tokens, M)
+    assert idx.longest_prefix(keys, {"gpu-pod", "cpu-pod", "short"}) == pytest.approx(
+        {"gpu-pod": 3.0, "cpu-pod": 2.4, "short": 1.0}
+    )
+    assert idx.longest_prefix(keys, {"short"}) == {"short": 1.0}
+    assert idx.longest_prefix(keys, {"elsewhere"}) == {}
+
+
+def test_lora_and_model_namespaces_are_apart() -> None:
+    idx = index(16)
+    tokens = list(range(32))
+    event = stored(tokens, 16)
+    event.lora_name = "adapter"
+    idx.apply("p", M, [event])
+    assert idx.longest_prefix(idx.keys_for(tokens, M), {"p"}) == {}
+    assert idx.longest_prefix(idx.keys_for(tokens, "adapter"), {"p"}) == {"p": 2.0}
+
+
+def test_memory_is_bounded() -> None:
+    idx = index(16, size=10, pod_cache_size=2)
+    for n in range(8):
+        idx.apply("p", M, [stored(list(range(n * 1000, n * 1000 + 64)), 16)])
+    assert len(idx) == 10
+    assert idx.metrics is not None and idx.metrics.evictions._value.get() == 22
+    shared = list(range(16))
+    for pod in ("a", "b", "c"):
+        idx.apply(pod, M, [stored(shared, 16)])
+    (key,) = idx.keys_for(shared, M)
+    assert set(idx.holders(key)) == {"b", "c"}
+
+
+def test_non_prefix_cache_groups_are_skipped() -> None:
+    idx = index(16)
+    event = stored(list(range(32)), 16, group_idx=1, kv_cache_spec_kind="sliding_window")
+    idx.apply("p", M, [event])
+    assert len(idx) == 0
+
+
+def engine_events(seed: int, engines: dict[str, Engine] | None = None) -> list[tuple[str, list[object]]]:
+    """Real simulator engines under eviction pressure: (pod, events) in publication order."""
+    out: list[tuple[str, list[object]]] = []
+    engines = engines if engines is not None else {}
+    engines |= {
+        f"pod-{i}": Engine(TINY_TEST.with_overrides(num_gpu_blocks=24), M, record_kv_events=True)
+        for i in range(2)
+    }
+    now = 0.0
+    for n in range(12):
+        pod = f"pod-{(n * 7 + seed) % 2}"
+        engine = engines[pod]
+        prompt = [1, 2, 3] * 30 + list(range(n * 100, n * 100 + 60 + n % 3 * 16))
+        engine.add(Request(f"r{n}", prompt, 2, now))
+        while engine.has_work():
+            now = max(now, engine.step(now).end)
+            out.append((pod, list(engine.drain_kv_events())))
+    return out
+
+
+def test_two_indexes_fed_the_same_events_agree() -> None:
+    first, second = index(16), index(16)
+    for pod, events in engine_events(3):
+        first.apply(pod, M, events)  # type: ignore[arg-type]
+        second.apply(pod, M, events)  # type: ignore[arg-type]
+    pods = {"pod-0", "pod-1"}
+    for n in range(12):
+        prompt = [1, 2, 3] * 30 + list(range(n * 100, n * 100 + 60))
+        keys = first.keys_for(prompt, M)
+        assert first.longest_prefix(keys, pods) == second.longest_prefix(keys, pods)
+    assert len(first) == len(second) > 0
+
+
+def test_the_index_follows_the_engines_cache_under_eviction() -> None:
+    engines: dict[str, Engine] = {}
+    idx = index(16)
+    for pod, events in engine_events(1, engines):
+        idx.apply(pod, M, events)  # type: ignore[arg-type]
+    checked = 0
+    for n in range(12):
+        prompt = [1, 2, 3] * 30 + list(range(n * 100, n * 100 + 60))
+        keys = idx.keys_for(prompt, M)
+        for pod, engine in engines.items():
+            held, _ = engine.pool.match(prompt_block_hashes(prompt, 16, M), len(keys))
+            assert idx.longest_prefix(keys, {pod}).get(pod, 0.0) == held, (n, pod)
+            checked += held > 0
+    assert checked > 0
+
+
+def test_speculative_entries_count_until_they_expire() -> None:
+    idx = index(16)
+    tokens = list(range(48))
+    keys = idx.keys_for(tokens, M)
+    idx.apply("confirmed", M, [stored(tokens[:16], 16)])
+    idx.add_speculative(keys, "guess", now=10.0, ttl=2.0)
+    assert idx.longest_prefix(keys, {"guess", "confirmed"}) == {"guess": 3.0, "confirmed": 1.0}
+    idx.expire(11.9)
+    assert idx.longest_prefix(keys, {"guess"}) == {"guess": 3.0}
+    idx.expire(12.0)
+    assert idx.longest_prefix(keys, {"guess", "confirmed"}) == {"confirmed": 1.0}
+
+
+def test_holders_grow_and_shrink_between_one_and_several() -> None:
+    idx = index(16)
+    tokens = list(range(16))
+    first, second = stored(tokens, 16), stored(tokens, 16)
+    idx.apply("a", M, [first])
+    (key,) = idx.keys_for(tokens, M)
+    assert idx.holders(key) == {"a": 1.0}
+    idx.apply("b", M, [second])
+    idx.apply("a", M, [stored(tokens, 16, medium="CPU")])  # a lower tier does not lower a's weight
+    assert idx.holders(key) == {"a": 1.0, "b": 1.0}
+    idx.apply("a", M, [BlockRemoved(first.block_hashes)])  # the GPU copy: the CPU one remains
+    assert set(idx.holders(key)) == {"a", "b"}
+    idx.apply("a", M, [BlockRemoved(first.block_hashes, medium="CPU")])
+    assert idx.longest_prefix([key], {"a", "b"}) == {"b": 1.0}
+    idx.apply("b", M, [BlockRemoved(second.block_hashes)])
+    assert len(idx) == 0
+
+
+def test_salted_or_multimodal_blocks_are_not_indexed_as_plain_text() -> None:
+    from epp.kvevents import decode_events
+
+    idx = index(16)
+    tokens = list(range(32))
+    raw = ["BlockStored", [1, 2], None, tokens, 16, None, "GPU", None, [["salt-abc"], None]]
+    (event,) = decode_events(msgpack.packb([0.0, [raw]]))
+    idx.apply("p", M, [event])
+    idx.apply("p", M, [BlockStored([3], 2, list(range(32, 48)), None)])  # its child: unknown parent
+    assert len(idx) == 0
+    plain = ["BlockStored", [4, 5], None, tokens, 16, None, "GPU", None, [None, None]]
+    idx.apply("p", M, decode_events(msgpack.packb([0.0, [plain]])))
+    assert len(idx) == 2

@@ -1,0 +1,139 @@
+"""The metrics port's JSON API, event stream and web view, over a real aiohttp server."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from importlib import resources
+
+import orjson
+import pytest
+from aiohttp import ClientSession, ClientTimeout
+from prometheus_client import CollectorRegistry
+
+from epp.config.build import build_director
+from epp.config.loader import load_config
+from epp.datastore import Datastore, EndpointSpec
+from epp.explain import DecisionRecorder, RecordOptions
+from epp.framework import PluginContext
+from epp.metrics.http import MetricsServer
+from epp.observe import LiveView, prefix_indexes
+from epp.requestcontrol import Director
+
+
+class Served:
+    def __init__(self, director: Director, view: LiveView, server: MetricsServer) -> None:
+        self.director = director
+        self.view = view
+        self.url = f"http://127.0.0.1:{server.port}"
+
+    def route(self, request_id: str, prompt: str = "hello " * 40) -> None:
+        body = orjson.dumps({"model": "m", "prompt": prompt})
+        self.director.handle_body(body, {":path": "/v1/completions", "x-request-id": request_id}, None)
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[Served]:
+    datastore = Datastore()
+    for i in range(3):
+        endpoint = datastore.upsert(EndpointSpec(name=f"pod-{i}", address="10.0.0.1", port=8000 + i))
+        endpoint.metrics.waiting_queue_size = i
+        endpoint.metrics.kv_cache_usage = 0.25 * i
+        endpoint.metrics.active_models = frozenset({"lora-a"} if i == 1 else ())
+    datastore.get("pod-2").healthy = False  # type: ignore[union-attr]
+    director, components = build_director(load_config(), datastore, PluginContext())
+    recorder = DecisionRecorder(RecordOptions(capacity=100))
+    director.recorder = recorder
+    view = LiveView(datastore, recorder, "pool-a", prefix_indexes(components.plugins))
+    server = MetricsServer(CollectorRegistry(), "127.0.0.1", 0, view.routes(), view.on_shutdown)
+    await server.start()
+    try:
+        yield Served(director, view, server)
+    finally:
+        await asyncio.wait_for(server.stop(), 10)
+
+
+async def get_json(url: str) -> tuple[int, dict]:
+    async with ClientSession(timeout=ClientTimeout(total=5)) as session, session.get(url) as response:
+        return response.status, await response.json()
+
+
+async def test_endpoints_show_live_state_and_prefix_share(served: Served) -> None:
+    served.route("r1")
+    status, data = await get_json(served.url + "/api/endpoints")
+    assert status == 200 and data["pool"] == "pool-a"
+    rows = {e["name"]: e for e in data["endpoints"]}
+    assert rows["pod-1"]["waiting"] == 1 and rows["pod-1"]["kv_cache"] == 0.25
+    assert rows["pod-1"]["lora_active"] == ["lora-a"]
+    assert rows["pod-2"]["health"] == "unreachable" and not rows["pod-2"]["ready"]
+    chosen = served.director.recorder.by_request_id("r1")[0].destination_name  # type: ignore[union-attr]
+    assert chosen is not None
+    assert rows[chosen]["prefix_share"] == 1.0 and rows[chosen]["prefix_blocks"] > 0
+    assert data["records"]["kept"] == 1
+
+
+async def test_decisions_recent_by_id_and_by_endpoint(served: Served) -> None:
+    for i in range(4):
+        served.route(f"r{i}")
+    _, data = await get_json(served.url + "/api/decisions?limit=2")
+    assert [d["request_id"] for d in data["decisions"]] == ["r3", "r2"]
+    status, data = await get_json(served.url + "/api/decisions/r1")
+    assert status == 200 and data["decisions"][0]["profiles"][0]["endpoints"]
+    status, _ = await get_json(served.url + "/api/decisions/nope")
+    assert status == 404
+    status, _ = await get_json(served.url + "/api/decisions?limit=x")
+    assert status == 400
+    _, data = await get_json(served.url + "/api/decisions?endpoint=pod-2")
+    assert data["decisions"] == []  # unreachable: never a candidate
+
+
+async def test_the_event_stream_sends_endpoints_then_each_new_decision(served: Served) -> None:
+    async with (
+        ClientSession(timeout=ClientTimeout(total=10)) as session,
+        session.get(served.url + "/api/events") as response,
+    ):
+        assert response.headers["Content-Type"] == "text/event-stream"
+        seen: list[tuple[str, dict]] = []
+        event = ""
+        async for raw in response.content:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                seen.append((event, orjson.loads(line[6:])))
+                if event == "endpoints" and len(seen) == 1:
+                    served.route("live-1")
+                if event == "decision":
+                    break
+    assert seen[0][0] == "endpoints" and len(seen[0][1]["endpoints"]) == 3
+    assert seen[-1][1]["request_id"] == "live-1"
+
+
+async def test_the_page_and_its_assets_are_served_and_need_nothing_from_the_internet(served: Served) -> None:
+    async with ClientSession(timeout=ClientTimeout(total=5)) as session:
+        async with session.get(served.url + "/", allow_redirects=False) as response:
+            assert response.status == 302 and response.headers["Location"] == "/ui/"
+        for path, kind in (
+            ("/ui/", "text/html"),
+            ("/ui/app.js", "text/javascript"),
+            ("/ui/app.css", "text/css"),
+        ):
+            async with session.get(served.url + path) as response:
+                assert response.status == 200 and response.content_type == kind
+        async with session.get(served.url + "/ui/../serve.py") as response:
+            assert response.status == 404
+    for name in ("index.html", "app.js", "app.css"):
+        text = resources.files("epp.observe").joinpath("static", name).read_text()
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text), name
+
+
+async def test_an_open_event_stream_does_not_hold_up_shutdown(served: Served) -> None:
+    session = ClientSession(timeout=ClientTimeout(total=10))
+    response = await session.get(served.url + "/api/events")
+    await response.content.readline()
+    # The fixture's stop (bounded by wait_for) must return although this stream is open.
+    await served.view.on_shutdown(None)  # type: ignore[arg-type]
+    await asyncio.wait_for(response.read(), 5)
+    response.release()
+    await session.close()
