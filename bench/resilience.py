@@ -8,7 +8,7 @@ Three scenarios, each under an open-loop stream of streaming completions (`--rat
   sim-stop   SIGSTOP one simulator for `--stop-seconds`, then SIGCONT. After the first request that
              timed out on it, none may be routed to it; none may wait for its first byte longer
              than the first-byte bound (`--first-byte-timeout`) plus the retry.
-  epp-kill   kill -9 the EPP mid-run. Streams in flight must complete; new requests get 500 until
+  epp-kill   kill -9 the EPP mid-run. Streams in flight must complete; new requests get 503 until
              the EPP is back (restarted here after `--epp-down-seconds`, as `epp run` does).
 
 Bounded (`--seconds` of load per scenario), loopback only; prints one JSON line per scenario:
@@ -193,7 +193,7 @@ async def scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 result["longest_wait_for_first_byte_after_stop_s"] = round(max(waits, default=0.0), 2)
                 result["first_byte_bound_s"] = args.first_byte_timeout
             if name == "epp-kill":
-                result["new_requests_500_while_down"] = sum(o.status == 500 for o in outcomes)
+                result["new_requests_503_while_down"] = sum(o.status == 503 for o in outcomes)
             stats = await stack.envoy_stats("cluster.pool.upstream_rq_retry")
             result["envoy_retries"] = stats.get("cluster.pool.upstream_rq_retry", 0)
             result["envoy_retry_success"] = stats.get("cluster.pool.upstream_rq_retry_success", 0)

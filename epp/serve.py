@@ -36,6 +36,7 @@ from epp.discovery.static import DiscoveryError, FileDiscovery, parse_endpoint_f
 from epp.explain import DecisionRecorder
 from epp.extproc.server import Health, bind, ext_proc_server, health_server
 from epp.extproc.stream import StreamOptions
+from epp.flowcontrol.overload import OverloadGuard
 from epp.framework import PluginContext
 from epp.metrics import auth as metrics_auth
 from epp.metrics.aliases import NAME_SETS
@@ -75,6 +76,9 @@ class ServeOptions:
     health_checking: bool = True  # GIE's --health-checking: grpc.health.v1 on the ext_proc port too
     ready_file: Path | None = None
     shutdown_grace: float = 120.0
+    # Overload protection of the EPP itself (epp.flowcontrol.overload): 0 turns a limit off.
+    max_concurrent_streams: int = 10_000
+    max_event_loop_lag: float = 0.25
     stream: StreamOptions = field(default_factory=StreamOptions)
     pool: k8s_discovery.PoolRef | None = None  # set: discover endpoints from this InferencePool
     selector: k8s_discovery.SelectorRef | None = None  # set: from the pods this selector matches
@@ -109,7 +113,11 @@ class EndpointPicker:
             log.warning("config: %s", warning)
         log.info("scheduling configuration:\n%s", options.config.summary())
         self.director, components = build_director(
-            options.config, self.datastore, PluginContext(self.metrics), options.objectives
+            options.config,
+            self.datastore,
+            PluginContext(self.metrics),
+            options.objectives,
+            pool_name=options.pool_name,
         )
         self.director.model_rewrites.replace(options.model_rewrites)
         self.replica_sync: RedisReplicaSync | None = None
@@ -125,6 +133,7 @@ class EndpointPicker:
                 options.replicas.interval,
                 options.replicas.ttl,
             )
+        self.overload = OverloadGuard(options.max_concurrent_streams, options.max_event_loop_lag)
         self.recorder = DecisionRecorder(options.observe.records)
         if self.recorder.enabled:
             self.director.recorder = self.recorder
@@ -215,7 +224,10 @@ class EndpointPicker:
         health = Health(lambda: self.datastore.synced and not self._stopping, leader)
         ext_proc_health = health if self.options.health_checking else None
         reuse_port = self.options.replicas.reuse_port
-        grpc_server = ext_proc_server(self.director, self.options.stream, ext_proc_health, reuse_port)
+        self.overload.start()
+        grpc_server = ext_proc_server(
+            self.director, self.options.stream, ext_proc_health, self.overload, reuse_port
+        )
         probe_server = health_server(health, reuse_port)
         self.grpc_port = bind(grpc_server, f"{self.options.host}:{self.options.grpc_port}", credentials)
         self.health_port = bind(probe_server, f"{self.options.host}:{self.options.grpc_health_port}", None)
@@ -250,6 +262,9 @@ class EndpointPicker:
         if self.elector is not None:
             await self.elector.stop()  # release first: a standby takes over while this one drains
         await asyncio.gather(*(server.stop(self.options.shutdown_grace) for server in self._servers))
+        if self.director.flow_control is not None:
+            await self.director.flow_control.stop()  # queued requests still dispatch while draining
+        await self.overload.stop()
         await self.metrics_server.stop()
         if self.replica_sync is not None:
             await self.replica_sync.stop()
@@ -399,6 +414,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "token (default: ask Envoy to stop sending them after the headers; requires allow_mode_override)",
     )
     parser.add_argument(
+        "--queue-message-timeout",
+        default="300s",
+        help="with flow control busy, a request whose body Envoy BUFFERS asks Envoy to wait up to this for "
+        "the EPP's answer (override_message_timeout; at most Envoy's max_message_timeout), so a queued "
+        "request is not cut by Envoy's message_timeout (0: never ask; default 300s)",
+    )
+    parser.add_argument(
+        "--max-concurrent-streams",
+        type=int,
+        default=10_000,
+        help="requests (ext_proc streams, each as long as its response) the EPP holds at once; beyond, a new "
+        "request is answered 429 with Retry-After at once (0: no limit; default 10000)",
+    )
+    parser.add_argument(
+        "--max-event-loop-lag",
+        default="250ms",
+        help="while the EPP's event loop lags more than this (it is out of CPU), new requests are answered "
+        "429 with Retry-After at once instead of waiting into Envoy's message timeout "
+        "(0: off; default 250ms)",
+    )
+    parser.add_argument(
         "--shutdown-grace",
         default="120s",
         help="on SIGTERM, how long in-flight requests may finish (Go duration, default 120s)",
@@ -468,6 +504,8 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
             "--metrics-staleness-threshold", args.metrics_staleness_threshold
         ),
         shutdown_grace=parse_duration(args.shutdown_grace),
+        max_concurrent_streams=_non_negative("--max-concurrent-streams", args.max_concurrent_streams),
+        max_event_loop_lag=_non_negative_duration("--max-event-loop-lag", args.max_event_loop_lag),
         pool_gauges_refresh=parse_duration(args.refresh_prometheus_metrics_interval),
         health_checking=args.health_checking,
         ready_file=args.ready_file,
@@ -496,6 +534,9 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
             served_header=args.served_header,
             use_subset_hint=not args.disable_endpoint_subset_filter,
             read_streamed_responses=args.read_streamed_responses,
+            queue_message_timeout=_non_negative_duration(
+                "--queue-message-timeout", args.queue_message_timeout
+            ),
         ),
     )
 
@@ -514,6 +555,19 @@ def _positive_duration(flag: str, text: str) -> float:
     if seconds <= 0:
         raise ValueError(f"{flag} must be a positive duration, not {text!r}")
     return seconds
+
+
+def _non_negative_duration(flag: str, text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds < 0:
+        raise ValueError(f"{flag} must be 0 (off) or a positive duration, not {text!r}")
+    return seconds
+
+
+def _non_negative(flag: str, value: int) -> int:
+    if value < 0:
+        raise ValueError(f"{flag} must be 0 (no limit) or more, not {value}")
+    return value
 
 
 async def serve_until_signalled(picker: EndpointPicker) -> None:

@@ -9,11 +9,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from epp.config.model import PickerConfig
+from epp.config.model import BandSpec, FlowControlSpec, PickerConfig
 from epp.datalayer import AsyncDataProducer, DataProducer, EndpointObserver, MetricsExtractor, MetricsSource
 from epp.datalayer.scraper import ScrapeSettings
 from epp.datastore import Datastore
-from epp.flowcontrol import LegacyAdmission, SaturationDetector
+from epp.flowcontrol import (
+    Admission,
+    AdmitAll,
+    FairnessPolicy,
+    LegacyAdmission,
+    OrderingPolicy,
+    SaturationDetector,
+    UsageLimitPolicy,
+)
+from epp.flowcontrol.controller import BandConfig, FlowControlConfig, FlowController
+from epp.flowcontrol.queues import BandLimits
 from epp.framework import DataConsumer, Plugin, PluginContext, PluginUser
 from epp.requestcontrol import Director, Parsers, RequestControlHooks, RequestParser
 from epp.scheduling.framework import Filter, Picker, PluginScheduler, ProfileHandler, SchedulerProfile, Scorer
@@ -69,6 +79,7 @@ def build_director(
     context: PluginContext,
     objectives: Mapping[str, int] | None = None,
     director_type: type[Director] = Director,
+    pool_name: str = "standalone",
 ) -> tuple[Director, EndpointPickerComponents]:
     """The director for `config` over `datastore`, with its plugins told of endpoints that leave
     the pool. `director_type` lets a benchmark narrow how candidates are found (a fixed pool)."""
@@ -76,18 +87,58 @@ def build_director(
     for plugin in components.plugins.values():
         if isinstance(plugin, EndpointObserver):
             datastore.subscribe(on_removed=plugin.endpoint_removed)
+    flow_control: FlowController | None = None
+    admission: Admission = LegacyAdmission(components.saturation_detector)
+    if config.flow_control_spec is not None:
+        # GIE: with the gate on, flow control replaces legacy admission (nothing is shed at once).
+        flow_control = _flow_controller(config.flow_control_spec, components, datastore, context, pool_name)
+        admission = AdmitAll()
     director = director_type(
         datastore,
         components.scheduler,
         components.hooks,
-        LegacyAdmission(components.saturation_detector),
+        admission,
         objectives,
         context.metrics,
         context.rng,
         components.parsers,
         async_producers=[p for p in components.plugins.values() if isinstance(p, AsyncDataProducer)],
+        flow_control=flow_control,
     )
     return director, components
+
+
+def _flow_controller(
+    spec: FlowControlSpec,
+    components: EndpointPickerComponents,
+    datastore: Datastore,
+    context: PluginContext,
+    pool_name: str,
+) -> FlowController:
+    plugins = components.plugins
+
+    def band(b: BandSpec) -> BandConfig:
+        return BandConfig(
+            BandLimits(b.max_bytes, b.max_requests),
+            _role(plugins[b.fairness], FairnessPolicy),
+            _role(plugins[b.ordering], OrderingPolicy),
+        )
+
+    config = FlowControlConfig(
+        default_band=band(spec.default_band),
+        bands={priority: band(b) for priority, b in spec.bands.items()},
+        max_bytes=spec.max_bytes,
+        max_requests=spec.max_requests,
+        default_request_ttl=spec.default_request_ttl,
+    )
+    return FlowController(
+        config,
+        _role(plugins[spec.saturation_detector], SaturationDetector),
+        _role(plugins[spec.usage_limit_policy], UsageLimitPolicy),
+        datastore.ready_endpoints,
+        context.metrics.flow_control,
+        pool_name,
+    )
 
 
 def _role(plugin: Plugin, role: type) -> Any:

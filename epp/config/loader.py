@@ -13,18 +13,20 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from epp.config.model import PickerConfig, PluginSpec, ProfileSpec
+from epp.config.model import BandSpec, FlowControlSpec, PickerConfig, PluginSpec, ProfileSpec
 from epp.config.schema import (
+    BandLimitsDoc,
     DataLayerDoc,
     EndpointPickerConfigDoc,
+    FlowControlDoc,
     ProfileDoc,
     SaturationDetectorDoc,
 )
 from epp.config.unavailable import TEST_ONLY_FEATURE_GATES, unavailable
 from epp.datalayer import DataProducer, EndpointObserver, MetricsExtractor, MetricsSource, NotificationSource
-from epp.flowcontrol import SaturationDetector
+from epp.flowcontrol import FairnessPolicy, OrderingPolicy, SaturationDetector, UsageLimitPolicy
 from epp.framework import DataConsumer, DataKey, ImpliedPlugin, Plugin, PluginUser
-from epp.framework.registry import canonical_type_names, find_plugin_type
+from epp.framework.registry import canonical_type_names, find_plugin_type, plugin_types
 from epp.params.strict import ConfigError, closest_field, describe, lenient_unknown_fields
 from epp.requestcontrol import RequestParser
 from epp.requestcontrol.hooks import effective_parsers
@@ -37,10 +39,11 @@ DEFAULT_SATURATION_DETECTOR = "utilization-detector"
 DEFAULT_METRICS_SOURCE = "metrics-data-source"
 DEFAULT_METRICS_EXTRACTOR = "core-metrics-extractor"
 DEFAULT_PARSER = "openai-parser"
+DEFAULT_FAIRNESS_POLICY = "global-strict-fairness-policy"
+DEFAULT_ORDERING_POLICY = "fcfs-ordering-policy"
+DEFAULT_USAGE_LIMIT_POLICY = "static-usage-limit-policy"
+DEFAULT_BAND_MAX_BYTES = 1_000_000_000  # GIE: a band's maxBytes when 0 or omitted
 
-# The flow-control policies GIE adds as system defaults, so a flowControl section may name them
-# without defining them.
-DEFAULT_FLOW_POLICIES = ("fcfs-ordering-policy", "global-strict-fairness-policy", "static-usage-limit-policy")
 KNOWN_FEATURE_GATES = ("flowControl", "enableLegacyMetrics", "dataLayer", "prepareDataPlugins")
 
 
@@ -106,7 +109,7 @@ class _Loader:
         detector = self._saturation_detector()
         source, extractor = self._data_layer()
         parsers = self._parsers()
-        self._flow_control()
+        flow_control = self._flow_control(detector)
         self._check()
         bindings = self._bind_producers()
         self._check()
@@ -126,6 +129,7 @@ class _Loader:
             producer_bindings=bindings,
             producer_order=producer_order,
             warnings=tuple(self.warnings),
+            flow_control_spec=flow_control,
         )
 
     def _check(self) -> None:
@@ -449,25 +453,73 @@ class _Loader:
             return (ref,) if ref is not None else ()
         return (self._first_of_type(DEFAULT_PARSER) or self._implicit(DEFAULT_PARSER),)
 
-    def _flow_control(self) -> None:
+    def _flow_control(self, detector: str) -> FlowControlSpec | None:
+        """GIE's flow-control layer, behind its feature gate. `detector`: the saturation detector
+        already resolved (flowControl.saturationDetector, llm-d router's place, wins there)."""
         gate = _gates(self.doc.feature_gates).get("flowControl", False)
-        if gate:
-            self.warnings.append(
-                "feature gate flowControl: flow control is not implemented; legacy admission is used "
-                "(sheddable requests are rejected while the pool is saturated)"
-            )
         section = self.doc.flow_control
-        if section is None:
-            return
-        queueing = section.model_fields_set - {"saturation_detector"}
-        if not gate and queueing:
-            self.warnings.append("flowControl is ignored without the flowControl feature gate (as in GIE)")
-        for path, name in section.plugin_refs():
-            if name in self.plugins:
-                continue
-            if name in DEFAULT_FLOW_POLICIES:
-                continue  # GIE's system defaults define these; flow control itself is not implemented
-            self.problems.append(f"{path}: no plugin named {name!r} (defined: {_names(self.plugins)})")
+        if not gate:
+            # flowControl.saturationDetector alone is llm-d router's detector, not queueing.
+            queueing = section is not None and bool(section.model_fields_set - {"saturation_detector"})
+            if queueing:
+                self.warnings.append(
+                    "flowControl is ignored without the flowControl feature gate (as in GIE)"
+                )
+            return None
+        doc = section or FlowControlDoc()
+        usage = DEFAULT_USAGE_LIMIT_POLICY
+        if doc.usage_limit_policy_plugin_ref:
+            usage = self._policy(
+                "flowControl.usageLimitPolicyPluginRef", doc.usage_limit_policy_plugin_ref, UsageLimitPolicy
+            )
+        else:
+            usage = self._first_of_type(usage) or self._implicit(usage)
+        for path, field in (
+            ("noEndpointRequestTTL", "no_endpoint_request_ttl"),
+            ("defaultNegativePriorityBand", "default_negative_priority_band"),
+            ("enableEviction", "enable_eviction"),
+        ):
+            if field in doc.model_fields_set:
+                self.warnings.append(f"flowControl.{path} is not implemented here and is ignored")
+        default_doc = doc.default_priority_band or BandLimitsDoc()
+        default_band = self._band("flowControl.defaultPriorityBand", default_doc, None)
+        bands = {
+            band.priority: self._band(f"flowControl.priorityBands[{i}]", band, default_band)
+            for i, band in enumerate(doc.priority_bands)
+        }
+        return FlowControlSpec(
+            default_band=default_band,
+            bands=bands,
+            max_bytes=doc.max_bytes or 0,
+            max_requests=doc.max_requests or 0,
+            default_request_ttl=doc.default_request_ttl or 0.0,
+            usage_limit_policy=usage,
+            saturation_detector=detector,
+        )
+
+    def _band(self, path: str, doc: BandLimitsDoc, default: BandSpec | None) -> BandSpec:
+        """A band's limits and policies; omitted policies are GIE's defaults (not the template's)."""
+        fairness = self._policy(
+            f"{path}.fairnessPolicyRef", doc.fairness_policy_ref or DEFAULT_FAIRNESS_POLICY, FairnessPolicy
+        )
+        ordering = self._policy(
+            f"{path}.orderingPolicyRef", doc.ordering_policy_ref or DEFAULT_ORDERING_POLICY, OrderingPolicy
+        )
+        return BandSpec(doc.max_bytes or DEFAULT_BAND_MAX_BYTES, doc.max_requests or 0, fairness, ordering)
+
+    def _policy(self, path: str, name: str, role: type) -> str:
+        """A policy reference: a plugin defined under that name, or else a policy type, created
+        with its defaults (GIE registers its flow-control policies under their type names)."""
+        if name in self.plugins:
+            return self._ref(path, name, role, f"a {_role_text(role)}") or name
+        cls = _registered(name)
+        if cls is None or not issubclass(cls, role):
+            self.problems.append(
+                f"{path}: no plugin named {name!r} and no {_role_text(role)} of that type "
+                f"(defined: {_names(self.plugins)}; types: {', '.join(_types_of(role))})"
+            )
+            return name
+        return self._implicit(name)
 
     # --- data producers -------------------------------------------------------------------------
 
@@ -608,3 +660,20 @@ def _known_type(type_name: str) -> type[Plugin]:
     if cls is None:
         raise LookupError(f"built-in plugin type {type_name!r} is not registered")
     return cls
+
+
+def _role_text(role: type) -> str:
+    texts: dict[type, str] = {
+        FairnessPolicy: "fairness policy",
+        OrderingPolicy: "ordering policy",
+        UsageLimitPolicy: "usage-limit policy",
+    }
+    return texts.get(role, role.__name__)
+
+
+def _registered(type_name: str) -> type[Plugin] | None:
+    return plugin_types().get(type_name)
+
+
+def _types_of(role: type) -> list[str]:
+    return sorted({cls.type_name for cls in plugin_types().values() if issubclass(cls, role)})

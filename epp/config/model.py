@@ -28,6 +28,27 @@ class ProfileSpec:
 
 
 @dataclass(frozen=True)
+class BandSpec:
+    max_bytes: int  # 0 = unlimited
+    max_requests: int  # 0 = unlimited
+    fairness: str  # plugin names
+    ordering: str
+
+
+@dataclass(frozen=True)
+class FlowControlSpec:
+    """The `flowControl` section resolved (feature gate on): limits, TTL and policy plugins."""
+
+    default_band: BandSpec
+    bands: Mapping[int, BandSpec]
+    max_bytes: int
+    max_requests: int
+    default_request_ttl: float
+    usage_limit_policy: str
+    saturation_detector: str
+
+
+@dataclass(frozen=True)
 class PickerConfig:
     api_version: str
     plugins: Mapping[str, PluginSpec]  # in config order, implicit ones last
@@ -42,6 +63,7 @@ class PickerConfig:
     producer_bindings: Mapping[tuple[str, str], str]  # (consumer plugin, data key) -> producer plugin
     producer_order: tuple[str, ...]  # producers, each after those whose data it reads
     warnings: tuple[str, ...] = ()
+    flow_control_spec: FlowControlSpec | None = None  # set: the flowControl feature gate is on
 
     @property
     def parser(self) -> str:

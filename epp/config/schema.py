@@ -90,6 +90,9 @@ class PriorityBandDoc(BandLimitsDoc):
     priority: int
 
 
+MAX_REQUEST_TTL = 24 * 3600.0
+
+
 class FlowControlDoc(StrictModel):
     max_bytes: Quantity | None = None
     max_requests: Quantity | None = None
@@ -99,9 +102,28 @@ class FlowControlDoc(StrictModel):
     default_negative_priority_band: BandLimitsDoc | None = None
     priority_bands: list[PriorityBandDoc] = []
     usage_limit_policy_plugin_ref: str | None = None
-    # llm-d router: the saturation detector moved here (the top-level key still loads).
+    # llm-d router: the saturation detector that gates dispatch moved here (the top-level key
+    # still loads).
     saturation_detector: SaturationDetectorDoc | None = None
     enable_eviction: bool | None = None
+
+    @field_validator("default_request_ttl")
+    @classmethod
+    def _sane_ttl(cls, ttl: float | None) -> float | None:
+        if ttl is not None and not ttl <= MAX_REQUEST_TTL:
+            raise ValueError(
+                f"{ttl:g}s is more than 24h; a request waiting that long in the EPP's queue has lost its "
+                "client (0 or omitted: the client's deadline)"
+            )
+        return ttl
+
+    @model_validator(mode="after")
+    def _distinct_bands(self) -> FlowControlDoc:
+        seen = [band.priority for band in self.priority_bands]
+        duplicates = sorted({p for p in seen if seen.count(p) > 1})
+        if duplicates:
+            raise ValueError(f"priorityBands: priority {duplicates[0]} is configured more than once")
+        return self
 
     def plugin_refs(self) -> list[tuple[str, str]]:
         """(field path, referenced plugin name) for every policy reference."""

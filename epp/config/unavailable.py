@@ -42,7 +42,11 @@ _PRECISE = (
     "approx-prefix-cache-producer (the default) with prefix-cache-scorer: the same PrefixCacheMatchInfo "
     "from the EPP's own index of what it routed"
 )
-_FLOW = "omit it: requests use legacy admission (sheddable requests get 429 while saturated)"
+_FLOW = (
+    "one of the implemented policies: global-strict-fairness-policy, round-robin-fairness-policy, "
+    "least-tokens-served-fairness-policy, fcfs-ordering-policy, edf-ordering-policy, "
+    "slo-deadline-ordering-policy, static-usage-limit-policy"
+)
 _MULTICLUSTER = "run one EPP per cluster's InferencePool"
 
 
@@ -89,12 +93,6 @@ def _entries() -> dict[str, UnavailableType]:
     )
     add(
         (
-            "fcfs-ordering-policy",
-            "edf-ordering-policy",
-            "slo-deadline-ordering-policy",
-            "global-strict-fairness-policy",
-            "round-robin-fairness-policy",
-            "static-usage-limit-policy",
             "program-aware-fairness",
             "soft-reflective-ceiling-policy",
             "priority-holdback-policy",
@@ -102,8 +100,8 @@ def _entries() -> dict[str, UnavailableType]:
             "priority-then-time-eviction-order-policy",
         ),
         other,
-        "a flow-control policy (queue ordering, fairness between flows, usage limits or eviction) of the "
-        "GIE/llm-d flow-control layer",
+        "a flow-control policy (fairness between flows, usage limits or eviction) of the GIE/llm-d "
+        "flow-control layer that this EPP's flow control does not implement",
         _FLOW,
     )
     add(

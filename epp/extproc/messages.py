@@ -87,11 +87,18 @@ def immediate_error(error: RequestError, prefix: str) -> ext_proc.ProcessingResp
         dynamic_metadata=metadata,
         immediate_response=ext_proc.ImmediateResponse(
             status=http_status.HttpStatus(code=error.status),
-            headers=header_mutation({"content-type": "application/json"}, ()),
+            headers=header_mutation(_error_headers(error), ()),
             body=error.body(prefix),
             details=f"epp_{error.code.label}",
         ),
     )
+
+
+def _error_headers(error: RequestError) -> dict[str, str]:
+    headers = {"content-type": "application/json"}
+    if error.retry_after is not None:
+        headers["retry-after"] = str(error.retry_after)
+    return headers
 
 
 def read_headers(headers: ext_proc.HttpHeaders) -> dict[str, str]:

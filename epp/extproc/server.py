@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from epp.extproc import messages
 from epp.extproc.pb import ext_proc, ext_proc_grpc
 from epp.extproc.stream import ExtProcStream, StreamOptions
+from epp.flowcontrol.overload import OverloadGuard
 from epp.requestcontrol import Director
 from epp.requests import ErrorCode, RequestError
 
@@ -25,20 +26,37 @@ _GRPC_OPTIONS = [
 
 
 class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
-    def __init__(self, director: Director, options: StreamOptions) -> None:
+    def __init__(
+        self, director: Director, options: StreamOptions, guard: OverloadGuard | None = None
+    ) -> None:
         self._director = director
         self._options = options
+        self._guard = guard
 
     async def Process(
         self,
         request_iterator: AsyncIterator[ext_proc.ProcessingRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[ext_proc.ProcessingResponse]:
+        guard = self._guard
+        if guard is not None:
+            refusal = guard.enter()
+            if refusal is not None:
+                # Shed before any work: the request's first message is answered at once.
+                self._director.record_error(refusal, None)
+                async for _ in request_iterator:
+                    yield messages.immediate_error(refusal, self._options.error_prefix)
+                    break
+                return
         stream = ExtProcStream(self._director, self._options)
         try:
             async for message in request_iterator:
                 try:
-                    await stream.prepare(message)
+                    extend = stream.extend_message_timeout(message)
+                    if extend is not None:
+                        yield extend
+                    # One awaited step per body: flow control's queue, then async data producers.
+                    await stream.prepare(message, context.time_remaining())
                     replies = list(stream.handle(message))
                 except Exception:
                     log.exception("ext_proc stream failed; answering 500")
@@ -54,6 +72,8 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
                     return
         finally:
             stream.close()
+            if guard is not None:
+                guard.leave()
 
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
@@ -134,11 +154,15 @@ def _options(reuse_port: bool) -> list[tuple[str, int]]:
 
 
 def ext_proc_server(
-    director: Director, options: StreamOptions, health: Health | None, reuse_port: bool = False
+    director: Director,
+    options: StreamOptions,
+    health: Health | None,
+    guard: OverloadGuard | None = None,
+    reuse_port: bool = False,
 ) -> grpc.aio.Server:
     """ext_proc, and grpc.health.v1 beside it unless `health` is None (GIE's --health-checking)."""
     server = grpc.aio.server(options=_options(reuse_port))
-    ext_proc_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(director, options), server)
+    ext_proc_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(director, options, guard), server)
     if health is not None:
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
     return server

@@ -4,10 +4,13 @@ director calls and answers in the order Envoy expects for the negotiated body mo
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from google.protobuf import duration_pb2
 
 from epp import tracing
 from epp.extproc import messages
@@ -47,6 +50,10 @@ class StreamOptions:
     # Read streamed (SSE) response bodies for their usage: one ext_proc round trip per chunk,
     # i.e. per generated token. Off, the EPP asks Envoy to stop sending them (see _response_headers).
     read_streamed_responses: bool = False
+    # While flow control is busy, a request whose body is BUFFERED asks Envoy to wait this long
+    # for the answer (override_message_timeout; Envoy honours up to its max_message_timeout) so a
+    # queued request is not cut by Envoy's message_timeout. 0: never ask.
+    queue_message_timeout: float = 300.0
 
 
 class ExtProcStream:
@@ -62,11 +69,14 @@ class ExtProcStream:
         self._body = bytearray()
         self._subset: list[str] | None = None
         self._routed: RoutedRequest | None = None
+        # A refusal from the awaited step (admission, flow control), answered by `handle`.
+        self._refusal: RequestError | None = None
         self._headers_seen = False
         self._trailers_seen = False
         # The request's headers or body ended, or its trailers came: nothing of it may follow.
         self._request_ended = False
         self._trace: RequestTrace | None = None  # tracing on: this exchange's spans
+        # What the awaited step (`prepare`) parsed, admitted and prepared for the body.
         self._prepared: ParsedBody | None = None
         self.done = False
 
@@ -98,26 +108,48 @@ class ExtProcStream:
         except RequestError as error:
             yield self._reject(error)
 
-    async def prepare(self, message: ext_proc.ProcessingRequest) -> None:
-        """Await the director's async data producers (tokenization) when `message` completes the
-        request body, before `handle` routes it. A no-op unless such producers are configured."""
-        if not self._director.prepares_async or self._routed is not None or self._trailers_seen:
+    def extend_message_timeout(
+        self, message: ext_proc.ProcessingRequest
+    ) -> ext_proc.ProcessingResponse | None:
+        """Before a body that may wait in flow control's queue (BUFFERED mode has Envoy's message
+        timeout, FULL_DUPLEX_STREAMED none): ask Envoy to wait as long as the queue may hold it."""
+        flow_control = self._director.flow_control
+        limit = self._options.queue_message_timeout
+        if flow_control is None or limit <= 0 or self._request_mode == BodyMode.FULL_DUPLEX_STREAMED:
+            return None
+        if not flow_control.busy or not self._completes_body(message):
+            return None
+        ttl = flow_control.config.default_request_ttl
+        seconds = min(limit, ttl + 1.0) if ttl > 0 else limit
+        return ext_proc.ProcessingResponse(
+            override_message_timeout=duration_pb2.Duration(seconds=math.ceil(seconds))
+        )
+
+    async def prepare(self, message: ext_proc.ProcessingRequest, deadline: float | None = None) -> None:
+        """The awaited step between the body's arrival and the synchronous routing in `handle`,
+        for the message that completes the request body: the director's `prepare_body` (flow
+        control's queue, then the async data producers such as tokenization). A no-op when
+        neither is configured. A refusal is kept and answered by `handle`; a cancelled wait (the
+        client gone) propagates, leaving no load taken."""
+        if not self._director.prepares_async or not self._completes_body(message):
             return
+        body = bytes(self._body) + (message.request_body.body if message.HasField("request_body") else b"")
+        if len(body) > self._options.max_body_bytes:
+            return  # handle() refuses it
+        try:
+            self._prepared = await self._director.prepare_body(
+                body, self._headers, self._trace, self._subset, deadline
+            )
+        except RequestError as error:
+            self._refusal = error
+
+    def _completes_body(self, message: ext_proc.ProcessingRequest) -> bool:
+        if not self._headers_seen or self._request_ended or self._routed is not None:
+            return False
         kind = message.WhichOneof("request")
-        if self._request_ended and kind == "request_body":
-            return  # a protocol violation `handle` answers
         if kind == "request_body":
-            body = message.request_body
-            if not (body.end_of_stream or self._request_mode == BodyMode.BUFFERED):
-                return
-            raw = bytes(self._body) + body.body
-        elif kind == "request_trailers":
-            raw = bytes(self._body)
-        else:
-            return
-        if len(raw) > self._options.max_body_bytes:
-            return
-        self._prepared = await self._director.prepare_body(raw, self._headers, self._trace)
+            return message.request_body.end_of_stream or self._request_mode == BodyMode.BUFFERED
+        return kind == "request_trailers"
 
     def close(self) -> None:
         """The stream ended, however it ended: release the request's load exactly once."""
@@ -191,6 +223,8 @@ class ExtProcStream:
         yield ext_proc.ProcessingResponse(request_trailers=ext_proc.TrailersResponse())
 
     def _route(self, end_of_stream: bool) -> Iterator[ext_proc.ProcessingResponse]:
+        if self._refusal is not None:
+            raise self._refusal  # already counted by the director
         raw = bytes(self._body)
         prepared, self._prepared = self._prepared, None
         self._routed = self._director.handle_body(raw, self._headers, self._subset, self._trace, prepared)

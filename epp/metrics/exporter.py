@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import enum
 import statistics
 import time
 from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -14,7 +17,7 @@ from prometheus_client.registry import Collector
 from epp import __version__
 from epp.datastore import Datastore, Endpoint
 from epp.metrics.aliases import NAME_SETS, AliasCollector
-from epp.requests import Usage
+from epp.requests import InferenceRequest, Usage
 
 
 def _alpha(text: str) -> str:
@@ -252,6 +255,7 @@ class EppMetrics:
         )
         self._rewrites: dict[tuple[str, str, str], Counter] = {}
         self._series: dict[tuple[str, str], ModelSeries] = {}
+        self.flow_control = FlowControlMetrics(self)
         for name in self.aliases:
             r.register(AliasCollector(r, NAME_SETS[name]))
 
@@ -296,6 +300,7 @@ class EppMetrics:
 
 
 MAX_MODEL_SERIES = 256
+MAX_FAIRNESS_LABELS = 256  # distinct fairness ids labelled; later ones are counted as OVERFLOW_MODEL
 MAX_MODEL_NAME_LENGTH = 256  # above any Kubernetes name (253) or Hugging Face model id seen
 OVERFLOW_MODEL = "other"
 
@@ -335,6 +340,10 @@ class ModelSeries:
         self.requests: dict[int, Counter] = {}
         self.errors: dict[str, Counter] = {}
         self.attempts: dict[tuple[str, str, int], Counter] = {}
+
+    @property
+    def model_label(self) -> str:
+        return self._model
 
     @property
     def target_label(self) -> str:
@@ -379,3 +388,119 @@ class ModelSeries:
             self.output_tokens.observe(usage.completion_tokens)
             self.ntpot.observe(latency / usage.completion_tokens)
         self.cached_tokens.observe(usage.cached_tokens)
+
+
+FLOW_QUEUE_DURATION_BUCKETS = [
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+]  # fmt: skip
+
+
+class _Queued(Protocol):
+    """What the flow-control metrics read of a queued request."""
+
+    byte_size: int
+
+    @property
+    def request(self) -> InferenceRequest: ...
+
+
+_QUEUE_DURATION_HELP = "Distribution of total time requests spend in the Flow Control layer " + (
+    "(from enqueue to final outcome)."
+)
+
+
+class FlowControlMetrics:
+    """GIE's `inference_extension_flow_control_*` metrics. Fairness ids come from clients: past
+    MAX_FAIRNESS_LABELS distinct ids they are labelled `other`, and a queue gauge series is
+    removed when its queue empties, so invented ids cannot grow /metrics without bound."""
+
+    def __init__(self, metrics: EppMetrics) -> None:
+        self._metrics = metrics
+        r = metrics.registry
+        model = ["model_name", "target_model_name"]
+        flow = ["fairness_id", "priority"]
+        self.queue_duration = Histogram(
+            "inference_extension_flow_control_request_queue_duration_seconds",
+            _alpha(_QUEUE_DURATION_HELP),
+            [*flow, "outcome", "inference_pool", *model],
+            buckets=FLOW_QUEUE_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.dispatch_cycle = Histogram(
+            "inference_extension_flow_control_dispatch_cycle_duration_seconds",
+            _alpha("Distribution of time taken for each internal dispatch cycle in the Flow Control layer."),
+            buckets=SCHEDULER_BUCKETS,
+            registry=r,
+        )
+        self.enqueue_duration = Histogram(
+            "inference_extension_flow_control_request_enqueue_duration_seconds",
+            _alpha("Distribution of time taken to enqueue requests into the Flow Control layer."),
+            [*flow, "outcome"],
+            buckets=SCHEDULER_BUCKETS,
+            registry=r,
+        )
+        self.queue_size = Gauge(
+            "inference_extension_flow_control_queue_size",
+            _alpha("Current number of requests actively held in the Flow Control queue."),
+            [*flow, "inference_pool", *model],
+            registry=r,
+        )
+        self.queue_bytes = Gauge(
+            "inference_extension_flow_control_queue_bytes",
+            _alpha("Current total size in bytes of requests actively held in the Flow Control queue."),
+            [*flow, "inference_pool", *model],
+            registry=r,
+        )
+        self.pool_saturation = Gauge(
+            "inference_extension_flow_control_pool_saturation",
+            _alpha("Current saturation level of the inference pool (0.0 = empty, 1.0 = fully saturated)."),
+            ["inference_pool"],
+            registry=r,
+        )
+        self._fairness_labels: set[str] = set()
+        self._children: dict[tuple[str, ...], Any] = {}  # histogram children, made once
+        self._queued: dict[tuple[str, ...], list[int]] = {}  # labels -> [requests, bytes]
+
+    def flow_labels(self, fairness_id: str, priority: int) -> tuple[str, str]:
+        if fairness_id not in self._fairness_labels:
+            if len(self._fairness_labels) >= MAX_FAIRNESS_LABELS or len(fairness_id) > MAX_MODEL_NAME_LENGTH:
+                return OVERFLOW_MODEL, str(priority)
+            self._fairness_labels.add(fairness_id)
+        return fairness_id, str(priority)
+
+    def _model_labels(self, item: _Queued) -> tuple[str, str]:
+        series = self._metrics.series(item.request.model, item.request.target_model)
+        return series.model_label, series.target_label
+
+    def enqueued(self, labels: tuple[str, str], outcome: enum.Enum, seconds: float) -> None:
+        key = ("enqueue", *labels, outcome.value)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.enqueue_duration.labels(*key[1:])
+        child.observe(seconds)
+
+    def queued(self, item: _Queued, labels: tuple[str, str], pool: str, delta: int) -> None:
+        key = (*labels, pool, *self._model_labels(item))
+        counts = self._queued.setdefault(key, [0, 0])
+        counts[0] += delta
+        counts[1] += delta * item.byte_size
+        if counts[0] <= 0:
+            del self._queued[key]
+            with contextlib.suppress(KeyError):
+                self.queue_size.remove(*key)
+                self.queue_bytes.remove(*key)
+            return
+        self.queue_size.labels(*key).set(counts[0])
+        self.queue_bytes.labels(*key).set(counts[1])
+
+    def finalized(
+        self, item: _Queued, labels: tuple[str, str], outcome: enum.Enum, pool: str, seconds: float
+    ) -> None:
+        key = ("queue", *labels, outcome.value, pool, *self._model_labels(item))
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.queue_duration.labels(*key[1:])
+        child.observe(seconds)
+
+    def saturation(self, pool: str, value: float) -> None:
+        self.pool_saturation.labels(pool).set(value)

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from epp.datastore import Endpoint
 from epp.framework import Plugin, PluginContext, PluginParams, register
-from epp.requestcontrol import Admitter
+from epp.requestcontrol import AdmitRequest
 from epp.requests import ErrorCode, InferenceRequest, RequestError
 
 
@@ -28,7 +28,7 @@ class ProbabilisticAdmitterParams(PluginParams):
 
 
 @register
-class ProbabilisticAdmitter(Plugin, Admitter):
+class ProbabilisticAdmitter(Plugin, AdmitRequest):
     type_name = "probabilistic-admitter"
     Params = ProbabilisticAdmitterParams
 
@@ -48,7 +48,7 @@ class ProbabilisticAdmitter(Plugin, Admitter):
         )
         return sum(loads) / len(candidates)
 
-    def admit(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
+    def admit_request(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
         if request.priority >= 0 or not candidates:
             return
         saturation = self.saturation(candidates)

@@ -4,7 +4,7 @@ and per-request bookkeeping."""
 from epp.requestcontrol.director import Director, RoutedRequest
 from epp.requestcontrol.hooks import (
     AGENT_IDENTITY,
-    Admitter,
+    AdmitRequest,
     Parsers,
     PreRequest,
     RequestControlHooks,
@@ -18,7 +18,7 @@ from epp.requestcontrol.hooks import (
 
 __all__ = [
     "AGENT_IDENTITY",
-    "Admitter",
+    "AdmitRequest",
     "Director",
     "Parsers",
     "PreRequest",

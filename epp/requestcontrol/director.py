@@ -19,6 +19,7 @@ from epp.datastore.endpoint import split_host_port
 from epp.explain import DecisionRecord, DecisionRecorder
 from epp.explain.records import PROMPT_LIMIT
 from epp.flowcontrol import Admission, AdmitAll
+from epp.flowcontrol.controller import FlowController, bound_fairness_id
 from epp.headers import (
     EXPLAIN_HEADER,
     EXPLANATION_HEADER,
@@ -211,6 +212,8 @@ class ParsedBody:
 
     request: InferenceRequest | None = None
     usage_reader: Callable[[bool], UsageReader] = UsageReader
+    # The AdmitRequest plugins already admitted it (before flow control's queue).
+    admitted: bool = False
 
 
 class Director:
@@ -225,10 +228,13 @@ class Director:
         rng: random.Random | None = None,
         parsers: Parsers | None = None,
         async_producers: Sequence[AsyncDataProducer] = (),
+        flow_control: FlowController | None = None,
     ) -> None:
         self.datastore = datastore
         self.parsers = parsers
         self.async_producers = list(async_producers)
+        # GIE's flow-control layer: requests wait in its queues (prepare_body) before routing.
+        self.flow_control = flow_control
         self.scheduler = scheduler
         self.admission = admission or AdmitAll()
         self.objectives: Mapping[str, int] = objectives or {}
@@ -263,7 +269,7 @@ class Director:
             if request.target_model != request.model:
                 # Written before scheduling: whatever fails here must fail with no load taken.
                 body = orjson.dumps(request.body)
-            routed = self.route(request, subset, trace)
+            routed = self.route(request, subset, trace, admitted=parsed.admitted)
             routed.usage_reader = parsed.usage_reader
         except RequestError as error:
             self.record_error(error, parsed.request)
@@ -290,7 +296,9 @@ class Director:
         request.priority = self.objectives.get(request.objective, 0)
         self.hooks.request_headers(request)
         agent = request.attributes.get(AGENT_IDENTITY)
-        request.fairness_id = headers.get(FAIRNESS_HEADER) or (agent if agent else request.fairness_id)
+        request.fairness_id = bound_fairness_id(
+            headers.get(FAIRNESS_HEADER) or (agent if agent else request.fairness_id)
+        )
         # A body the parser did not read (no model) is forwarded unchanged.
         rewrite = (
             self._target_model(request.model, headers.get(MODEL_REWRITE_HEADER))
@@ -313,24 +321,56 @@ class Director:
 
     @property
     def prepares_async(self) -> bool:
-        """Whether requests need `prepare_body` (an async data producer is configured)."""
-        return bool(self.async_producers)
+        """Whether requests need the awaited `prepare_body` before `handle_body`: flow control's
+        queue or an async data producer is configured."""
+        return self.flow_control is not None or bool(self.async_producers)
 
     async def prepare_body(
-        self, raw: bytes, headers: dict[str, str], trace: RequestTrace | None = None
+        self,
+        raw: bytes,
+        headers: dict[str, str],
+        trace: RequestTrace | None = None,
+        subset: Sequence[str] | None = None,
+        deadline: float | None = None,
     ) -> ParsedBody | None:
-        """Parse the body and await the async data producers (tokenization through the model
-        server) before `handle_body` routes it. None when the body is refused: `handle_body` then
-        refuses it as usual, and counts it once."""
+        """The awaited step between a complete body and its routing, parsing it once. With flow
+        control on: the AdmitRequest plugins, then the wait in the flow's queue until dispatched
+        (`deadline`: the caller's seconds remaining). Then the async data producers
+        (tokenization through the model server). Flow control comes first: a queued request may
+        be rejected, evicted or time out, and tokenizing it beforehand would spend a render round
+        trip on it for nothing (and on a request held back because the pool is saturated); the
+        producers' data (prefix-cache blocks) is also fresher at dispatch.
+
+        None when the body does not parse: `handle_body` then refuses it as usual, and counts it
+        once. Raises RequestError (counted) for every admission and flow-control refusal."""
         parsed = ParsedBody()
         try:
             self._parse_body(raw, headers, trace, parsed)
         except RequestError:
             return None
-        assert parsed.request is not None
+        request = parsed.request
+        assert request is not None
+        if self.flow_control is not None:
+            try:
+                # The AdmitRequest plugins before the queue, with the candidates: a request they
+                # refuse (a token budget spent) does not wait first. With no candidate yet (an
+                # empty pool) the request queues until one comes, and they are asked at routing.
+                try:
+                    candidates = self.candidates(request, subset)
+                except RequestError:
+                    candidates = None
+                if candidates is not None:
+                    with _NO_SPAN if trace is None else trace.step("epp.admission"):
+                        self.hooks.admit(request, candidates)
+                    parsed.admitted = True
+                with _NO_SPAN if trace is None else trace.step("epp.flow_control"):
+                    await self.flow_control.enqueue_and_wait(request, deadline)
+            except RequestError as error:
+                self.record_error(error, request)
+                raise
         for producer in self.async_producers:
             try:
-                await producer.prepare_async(parsed.request)
+                await producer.prepare_async(request)
             except Exception:
                 log.exception("async data producer %s failed; scheduling without its data", producer.name)
         return parsed
@@ -393,14 +433,16 @@ class Director:
         request: InferenceRequest,
         subset: Sequence[str] | None = None,
         trace: RequestTrace | None = None,
+        admitted: bool = False,
     ) -> RoutedRequest:
         """Pick endpoints for a parsed request. Raises RequestError for every refusal. A sampled
-        request's decision record is kept whatever the outcome."""
+        request's decision record is kept whatever the outcome. `admitted`: the AdmitRequest
+        plugins already admitted it (before flow control's queue)."""
         record = self._start_record(request) if self.recorder is not None else None
         if record is None:
-            return self._route(request, subset, None, trace)
+            return self._route(request, subset, None, trace, admitted)
         try:
-            routed = self._route(request, subset, record, trace)
+            routed = self._route(request, subset, record, trace, admitted)
         except RequestError as error:
             record.refused(error.code.label, error.status, error.message)
             if record.admission == "pending":
@@ -418,6 +460,7 @@ class Director:
         subset: Sequence[str] | None,
         record: DecisionRecord | None,
         trace: RequestTrace | None,
+        admitted: bool = False,
     ) -> RoutedRequest:
         candidates = self.candidates(request, subset)
         if record is not None:
@@ -425,7 +468,8 @@ class Director:
             record.admission = "pending"
         with _NO_SPAN if trace is None else trace.step("epp.admission"):
             self.admission.admit(request, candidates)
-            self.hooks.admit(request, candidates)
+            if not admitted:
+                self.hooks.admit(request, candidates)
         if record is not None:
             record.admission = "admitted"
         started = time.perf_counter()

@@ -29,10 +29,13 @@ class RequestHeaderProcessor(Extension):
         """The request is parsed, before admission: derive attributes from its headers."""
 
 
-class Admitter(Extension):
+class AdmitRequest(Extension):
+    """GIE's AdmitRequest point (its AdmissionPlugin): asked once per parsed request with the
+    candidate endpoints, before flow control's queue (when flow control is on) and before
+    scheduling. Returning admits; raising RequestError (status, message, Retry-After) refuses."""
+
     @abstractmethod
-    def admit(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
-        """Before scheduling: raise RequestError to refuse the request (GIE's AdmitRequest)."""
+    def admit_request(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None: ...
 
 
 class PreRequest(Extension):
@@ -147,7 +150,9 @@ class RequestControlHooks:
             if isinstance(p, RequestHeaderProcessor)
         ]
         self._admit = [
-            (p, timing.observer(metrics, timing.ADMIT_REQUEST, p)) for p in plugins if isinstance(p, Admitter)
+            (p, timing.observer(metrics, timing.ADMIT_REQUEST, p))
+            for p in plugins
+            if isinstance(p, AdmitRequest)
         ]
         self._pre_request = [
             (p, timing.observer(metrics, timing.PRE_REQUEST, p)) for p in plugins if isinstance(p, PreRequest)
@@ -182,10 +187,11 @@ class RequestControlHooks:
                 observe(perf_counter() - started)
 
     def admit(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
+        """Raise the first AdmitRequest plugin's refusal."""
         for plugin, observe in self._admit:
             started = perf_counter()
             try:
-                plugin.admit(request, candidates)
+                plugin.admit_request(request, candidates)
             finally:
                 observe(perf_counter() - started)
 

@@ -25,10 +25,11 @@ class ErrorCode(enum.Enum):
 class RequestError(Exception):
     """A request the EPP answers itself instead of routing; never a traceback to the client."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after = retry_after  # seconds, for a Retry-After header
 
     @property
     def status(self) -> int:

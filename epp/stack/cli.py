@@ -225,7 +225,7 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 async def _restart_epp(stack: Stack, backoff: RestartBackoff, stop: asyncio.Event) -> None:
-    """Envoy keeps the streams it has routed when the EPP dies and answers new requests 500 until
+    """Envoy keeps the streams it has routed when the EPP dies and answers new requests 503 until
     the EPP is back: restart it (with backoff if it keeps dying) rather than stop everything."""
     assert stack.epp is not None
     delay = backoff.next_delay()

@@ -5,12 +5,14 @@ Two body modes:
   response headers SEND and body STREAMED. The EPP answers a streamed (SSE) response's headers with
   a mode override that stops Envoy sending its chunks, so a long generation costs the EPP three
   messages, not one per token. ext_proc fails open, so a response already routed outlives an EPP
-  crash; a request the EPP has not routed has no destination metadata and gets a 500
-  (`--failure-mode closed`) or goes round-robin to the fallback endpoints (`open`).
+  crash; a request the EPP has not routed has no destination metadata and gets a 503
+  (`--failure-mode closed`: the EPP unavailable is unavailability, as status_on_error says) or
+  goes round-robin to the fallback endpoints (`open`).
 - `full-duplex` (GIE's contract): FULL_DUPLEX_STREAMED both ways, every response chunk through the
   EPP (Envoy ignores mode overrides in this mode), fail-closed only: Envoy ignores
-  `failure_mode_allow` with full-duplex streaming, so the EPP down -> 500, and streams in flight
-  when the EPP dies can be cut. No body size limit in Envoy (the EPP enforces its own).
+  `failure_mode_allow` with full-duplex streaming, so the EPP down -> 503 (status_on_error), and
+  streams in flight when the EPP dies can be cut. No body size limit in Envoy (the EPP enforces its
+  own).
 Routing keys on the `envoy.lb` dynamic metadata the EPP sets (with the same value as its
 `x-gateway-destination-endpoint` header): clients cannot forge metadata, so a client-sent
 destination header never steers Envoy, not even when the EPP is down and Envoy fails open.
@@ -88,10 +90,29 @@ class EnvoyOptions:
     # (Envoy's own load balancing, the benchmarks' "no EPP" baseline).
     baseline_port: int | None = None
     message_timeout: str = "10s"
+    # The longest the EPP may extend message_timeout for one message (override_message_timeout):
+    # a request waiting in flow control's queue in buffered mode (the EPP's --queue-message-timeout).
+    max_message_timeout: str = "300s"
     buffer_limit_bytes: int = 16 * 1024 * 1024
     # Path prefixes routed, each matching whole segments (`/v1/models` and `/v1/models/x`, not
     # `/v1/modelsx`); every other path gets Envoy's 404. `/` routes everything.
     allowed_paths: tuple[str, ...] = DEFAULT_ALLOWED_PATHS
+    # Circuit breakers (max_requests, max_pending_requests, max_connections each) of the pool
+    # clusters and of the epp cluster (one ext_proc stream per request, for its whole response):
+    # Envoy's default of 1,024 turned the 1,025th concurrent generation into a 500; a limit
+    # reached is a JSON 503 naming it (LIMIT_MESSAGES).
+    pool_max_requests: int = 100_000
+    epp_max_requests: int = 100_000
+    # Downstream connections Envoy accepts (overload manager); beyond, new connections are closed.
+    max_downstream_connections: int = 50_000
+    # Slow clients: all headers within this, the whole request (headers and body, until the EPP
+    # answers and it goes upstream) within request_timeout; neither limits a streamed response.
+    request_headers_timeout: str = "10s"
+    request_timeout: str = "300s"
+    # Requests per second the gateway admits before calling the EPP (0: no limit). Set it to the
+    # rate the EPP serves (docs/benchmarks.md): the excess is Envoy's 429 with Retry-After,
+    # answered in C++ without a call to the EPP, so an overloaded EPP never sees it.
+    rate_limit: int = 0
     # Set: the pool cluster's hosts come from this EDS file (a DiscoveryResponse holding one
     # ClusterLoadAssignment, epp.discovery.eds: `epp serve --envoy-eds-file` keeps it; Envoy re-reads
     # it when it is replaced, and refuses to start without it; relative to Envoy's working
@@ -125,7 +146,7 @@ class EnvoyOptions:
             raise ValueError("verifying the EPP or presenting a client certificate needs epp_tls")
         if self.failure_mode == "open" and self.body_mode == "full-duplex":
             raise ValueError(
-                "Envoy ignores failure_mode_allow with full-duplex streaming (the EPP down still gives 500): "
+                "Envoy ignores failure_mode_allow with full-duplex streaming (the EPP down still gives 503): "
                 "use body mode 'buffered' for fail-open"
             )
 
@@ -195,10 +216,14 @@ def _http_filters(options: EnvoyOptions) -> list[dict[str, Any]]:
             grpc_service={"envoy_grpc": {"cluster_name": "epp"}, "timeout": "10s"},
             # Fail open even when failing closed: a routed response must outlive the EPP (with it
             # closed, an EPP crash resets every generation in flight). A request the EPP did not
-            # route carries no destination metadata and gets the fail-closed route's 500. Envoy
+            # route carries no destination metadata and gets the fail-closed route's 503. Envoy
             # ignores this with full-duplex streaming (an EPP crash resets streams in flight).
             failure_mode_allow=options.body_mode == "buffered",
+            # Where ext_proc fails closed (full-duplex): the EPP unreachable or at the gateway's
+            # limit is unavailability, not a server error.
+            status_on_error={"code": 503},
             message_timeout=options.message_timeout,
+            max_message_timeout=options.max_message_timeout,
             # Lets the EPP stop Envoy sending a streamed response's chunks once it has its headers.
             allow_mode_override=True,
             processing_mode=_processing_mode(options),
@@ -212,7 +237,30 @@ def _http_filters(options: EnvoyOptions) -> list[dict[str, Any]]:
         "name": "envoy.filters.http.router",
         "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router"),
     }
-    return [ext_proc, router]
+    if options.rate_limit <= 0:
+        return [ext_proc, router]
+    per_fill = max(1, options.rate_limit // 10)  # refilled every 100 ms: bursts of a tenth of a second
+    everyone = {
+        "runtime_key": "epp.rate_limit",
+        "default_value": {"numerator": 100, "denominator": "HUNDRED"},
+    }
+    rate_limit = {
+        "name": "envoy.filters.http.local_ratelimit",
+        "typed_config": _typed(
+            "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            stat_prefix="gateway_rate_limit",
+            token_bucket={"max_tokens": per_fill, "tokens_per_fill": per_fill, "fill_interval": "0.1s"},
+            filter_enabled=everyone,
+            filter_enforced=everyone,
+            response_headers_to_add=[
+                {
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                    "header": {"key": "retry-after", "value": "1"},
+                }
+            ],
+        ),
+    }
+    return [rate_limit, ext_proc, router]
 
 
 def _path_match(prefix: str) -> dict[str, str]:
@@ -285,10 +333,11 @@ def _routes(options: EnvoyOptions) -> list[dict[str, Any]]:
             fallback = {"match": _path_match(prefix), "route": {"cluster": "pool_fallback", "timeout": "0s"}}
         else:
             # The EPP unreachable (ext_proc fails open so that a routed response outlives the
-            # EPP): no metadata, so this answer, with the message of Envoy's own ext_proc failure.
+            # EPP): no metadata, so this answer, a 503 as status_on_error gives where ext_proc
+            # fails closed (the EPP unavailable is unavailability, not a server error).
             fallback = {
                 "match": _path_match(prefix),
-                "direct_response": {"status": 500, "body": {"inline_string": EPP_UNREACHABLE}},
+                "direct_response": {"status": 503, "body": {"inline_string": EPP_UNREACHABLE}},
             }
         routes += [streaming, whole, fallback]
     return routes + _not_routed(options, ext_proc=True)
@@ -343,6 +392,7 @@ def _clusters(options: EnvoyOptions) -> list[dict[str, Any]]:
         epp.update(_epp_failover())
     if options.epp_tls:
         epp["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": _epp_tls(options)}
+    epp["circuit_breakers"] = _circuit_breakers(options.epp_max_requests)
     clusters = [epp, _pool_cluster(options)]
     if options.failure_mode == "open" or options.baseline_port is not None:
         endpoints = []
@@ -357,6 +407,7 @@ def _clusters(options: EnvoyOptions) -> list[dict[str, Any]]:
                 "type": "STATIC",
                 "lb_policy": "ROUND_ROBIN",
                 "connect_timeout": options.connect_timeout,
+                "circuit_breakers": _circuit_breakers(options.pool_max_requests),
                 "load_assignment": {
                     "cluster_name": "pool_fallback",
                     "endpoints": [{"lb_endpoints": endpoints}],
@@ -364,6 +415,19 @@ def _clusters(options: EnvoyOptions) -> list[dict[str, Any]]:
             }
         )
     return clusters
+
+
+def _circuit_breakers(limit: int, max_retries: int | None = None) -> dict[str, Any]:
+    threshold: dict[str, Any] = {
+        "priority": "DEFAULT",
+        "max_connections": limit,
+        "max_pending_requests": limit,
+        "max_requests": limit,
+    }
+    if max_retries is not None:
+        threshold["max_retries"] = max_retries
+    threshold["track_remaining"] = True
+    return {"thresholds": [threshold]}
 
 
 def _epp_tls(options: EnvoyOptions) -> dict[str, Any]:
@@ -395,7 +459,8 @@ def _pool_cluster(options: EnvoyOptions) -> dict[str, Any]:
     # Envoy's default circuit breaker allows 3 retries in flight per cluster: a pod dying under a few
     # dozen streams then turns all but 3 of their retries into 503/504 (`upstream_rq_retry_overflow`).
     # Each request's retries are bounded by `retries` already.
-    cluster["circuit_breakers"] = {"thresholds": [{"priority": "DEFAULT", "max_retries": 4096}]}
+    # Same thresholds entry as the concurrency limits (LIMIT_MESSAGES["pool"]).
+    cluster["circuit_breakers"] = _circuit_breakers(options.pool_max_requests, max_retries=4096)
     return cluster
 
 
@@ -473,10 +538,22 @@ def render_bootstrap(options: EnvoyOptions) -> dict[str, Any]:
         "node": {"id": "epp-gateway", "cluster": "epp-gateway"},
         "admin": {"address": _socket("127.0.0.1", options.admin_port)},
         "static_resources": {"listeners": listeners, "clusters": _clusters(options)},
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": _typed(
+                        "envoy.extensions.resource_monitors.downstream_connections.v3."
+                        "DownstreamConnectionsConfig",
+                        max_active_downstream_connections=options.max_downstream_connections,
+                    ),
+                }
+            ]
+        },
     }
 
 
-def _local_replies() -> dict[str, Any]:
+def _local_replies(options: EnvoyOptions) -> dict[str, Any]:
     """Envoy's own error replies (upstream reset or refused, the EPP unreachable or too slow, a body
     over the buffer limit, no route) as JSON in the EPP's error shape instead of plain text or an
     empty body, with Envoy's response code details as the type. The EPP's own errors carry
@@ -493,26 +570,68 @@ def _local_replies() -> dict[str, Any]:
     }
 
     def mapper(
-        message: str, status: int | None = None, kind: str = "%RESPONSE_CODE_DETAILS%"
+        message: str,
+        status: int | None = None,
+        kind: str = "%RESPONSE_CODE_DETAILS%",
+        also: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         error = {"message": message, "type": kind, "code": "%RESPONSE_CODE%"}
         body = {"json_format": {"error": error}, "content_type": "application/json"}
         if status is None:
             return {"filter": not_from_epp, "body_format_override": body}
         comparison = {"op": "EQ", "value": {"default_value": status, "runtime_key": f"epp.reply_{status}"}}
-        both = [not_from_epp, {"status_code_filter": {"comparison": comparison}}]
+        both: list[dict[str, Any]] = [not_from_epp, {"status_code_filter": {"comparison": comparison}}]
+        if also is not None:
+            both.append(also)
         return {"filter": {"and_filter": {"filters": both}}, "body_format_override": body}
 
-    # ext_proc's failures have an empty body; in this bootstrap only ext_proc answers 500.
+    def overflow(message: str, flag: str = "UO", status: int = 503) -> dict[str, Any]:
+        kind = "Overflow" if flag == "UO" else "RateLimited"
+        error = {"message": message, "type": f"{kind} - %RESPONSE_CODE_DETAILS%", "code": status}
+        matcher: dict[str, Any] = {"response_flag_filter": {"flags": [flag]}}
+        if flag == "RL":
+            # Envoy's local rate limit sets no response flag; the EPP's own 429s carry its key.
+            comparison = {"op": "EQ", "value": {"default_value": 429, "runtime_key": "epp.reply_429"}}
+            matcher = {
+                "and_filter": {"filters": [not_from_epp, {"status_code_filter": {"comparison": comparison}}]}
+            }
+        return {
+            "filter": matcher,
+            "status_code": status,
+            "headers_to_add": [
+                {
+                    "header": {"key": "retry-after", "value": "1"},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                }
+            ],
+            "body_format_override": {"json_format": {"error": error}, "content_type": "application/json"},
+        }
+
+    # ext_proc's failures (status_on_error 503) have an empty body and no response flag.
     return {
         "mappers": [
-            mapper(EPP_UNREACHABLE, 500),
+            overflow(LIMIT_MESSAGES["rate"].format(rate=options.rate_limit), "RL", 429),
+            overflow(LIMIT_MESSAGES["pool"]),
+            # The router's 503s (a reset, a refused connection) carry a response flag ...
+            mapper("%LOCAL_REPLY_BODY%", 503, also={"response_flag_filter": {}}),
+            # ... ext_proc's failures (status_on_error) and the fail-closed route's reply none.
+            mapper(LIMIT_MESSAGES["epp"], 503),
             mapper("no answer in time from the endpoint picker or the model server", 504),
             # Only a path outside the policy is a local 404 here: the EPP's own carry its key.
             mapper("inference error: NotFound - %LOCAL_REPLY_BODY%", 404, kind="NotFound"),
             mapper("%LOCAL_REPLY_BODY%"),
         ]
     }
+
+
+LIMIT_MESSAGES = {
+    "rate": "the gateway's limit of {rate} requests per second was reached (local rate limit before the "
+    "endpoint picker); retry later",
+    "pool": "the gateway's limit of concurrent requests to the model servers was reached "
+    "(circuit breaker of cluster pool: max_requests / max_pending_requests / max_connections); retry later",
+    "epp": f"{EPP_UNREACHABLE}, or the gateway's limit of concurrent calls to it "
+    "was reached (circuit breaker of cluster epp)",
+}
 
 
 def _listener(
@@ -542,7 +661,9 @@ def _listener(
             ]
         },
         http_filters=filters,
-        local_reply_config=_local_replies(),
+        local_reply_config=_local_replies(options),
+        request_headers_timeout=options.request_headers_timeout,
+        request_timeout=options.request_timeout,
     )
     return {
         "name": name,

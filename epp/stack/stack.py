@@ -344,7 +344,7 @@ class Stack:
 
     async def restart_epp(self) -> None:
         """A new EPP on the same ext_proc port, so Envoy reconnects to it without a config change.
-        Streams Envoy had routed go on meanwhile (the bootstrap fails open); new requests get 500."""
+        Streams Envoy had routed go on meanwhile (the bootstrap fails open); new requests get 503."""
         await self.stop_epp()
         await self.start_epp()
 

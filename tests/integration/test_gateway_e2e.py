@@ -11,7 +11,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from epp.stack.envoy import DEFAULT_ALLOWED_PATHS, EnvoyOptions
+from epp.stack.envoy import DEFAULT_ALLOWED_PATHS, EPP_UNREACHABLE, LIMIT_MESSAGES, EnvoyOptions
 from epp.stack.stack import SimEndpoint, Stack
 from tests.integration.conftest import StackFactory
 from tests.unit.deep_json import deep_body
@@ -203,14 +203,20 @@ def assert_gateway_json_error(response: httpx.Response, status: int, type_prefix
     assert error["type"].startswith(type_prefix), error
 
 
-async def test_epp_down_fail_closed_gives_500(make_stack: StackFactory) -> None:
-    """ext_proc fails open so that routed responses outlive the EPP; a request nobody routed has no
-    destination metadata and gets the fail-closed route's 500."""
-    async with make_stack("fail-closed", sims=1) as stack:
+@pytest.mark.parametrize(
+    ("body_mode", "kind"), [("buffered", "direct_response"), ("full-duplex", "ext_proc_error_gRPC_error_14")]
+)
+async def test_epp_down_fail_closed_gives_503(make_stack: StackFactory, body_mode: str, kind: str) -> None:
+    """The EPP unreachable is unavailability: 503 in both body modes. Buffered, ext_proc fails open
+    so that routed responses outlive the EPP, and a request nobody routed has no destination
+    metadata and gets the fail-closed route's 503; full-duplex, ext_proc's status_on_error."""
+    envoy = EnvoyOptions(listen_port=0, admin_port=0, body_mode=body_mode)
+    async with make_stack("fail-closed", sims=1, envoy=envoy) as stack:
         await stack.stop_epp()
         response = await post(stack, "/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 1})
-        assert_gateway_json_error(response, 500, "direct_response")
-        assert response.json()["error"]["message"] == "the endpoint picker is unreachable or failed"
+        assert_gateway_json_error(response, 503, kind)
+        message = response.json()["error"]["message"]
+        assert message == LIMIT_MESSAGES["epp"] and message.startswith(EPP_UNREACHABLE)
 
 
 async def test_a_body_over_envoys_buffer_limit_gets_a_json_413(make_stack: StackFactory) -> None:

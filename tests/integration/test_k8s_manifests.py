@@ -45,7 +45,14 @@ GATEWAYS = {
     "gateway-api/kgateway": "kgateway",
 }
 # Third-party kinds with no schema here (Gateway API, Istio): cross-checked below instead.
-UNSCHEMED = {"Gateway", "GatewayClass", "HTTPRoute", "DestinationRule"}
+UNSCHEMED = {
+    "Gateway",
+    "GatewayClass",
+    "HTTPRoute",
+    "DestinationRule",
+    "BackendTrafficPolicy",
+    "ClientTrafficPolicy",
+}
 KUBECTL = shutil.which("kubectl")
 
 pytestmark = pytest.mark.skipif(
@@ -417,3 +424,24 @@ def test_every_pod_runs_as_the_images_non_root_user_on_a_read_only_root() -> Non
             assert container["securityContext"]["readOnlyRootFilesystem"] is True
             assert container["securityContext"]["allowPrivilegeEscalation"] is False
             assert container["image"] == "epp:dev"
+
+
+def test_gateways_set_envoys_limits_deliberately() -> None:
+    """Envoy's default circuit breaker (1,024) must not be what limits a gateway of long streams."""
+    pool = one(RENDERED["gateway-api/istio"], "DestinationRule")["spec"]["trafficPolicy"]["connectionPool"]
+    assert pool["http"]["http2MaxRequests"] >= 10_000 and pool["tcp"]["maxConnections"] >= 10_000
+    backend = one(RENDERED["gateway-api/envoy-gateway"], "BackendTrafficPolicy")["spec"]
+    assert (
+        backend["targetRefs"][0]["name"]
+        == one(RENDERED["gateway-api/envoy-gateway"], "HTTPRoute")["metadata"]["name"]
+    )
+    assert min(backend["circuitBreaker"].values()) >= 10_000
+    client = one(RENDERED["gateway-api/envoy-gateway"], "ClientTrafficPolicy")["spec"]
+    assert (
+        client["targetRefs"][0]["name"]
+        == one(RENDERED["gateway-api/envoy-gateway"], "Gateway")["metadata"]["name"]
+    )
+    standalone = render_bootstrap(EnvoyOptions())
+    for cluster in standalone["static_resources"]["clusters"]:
+        (threshold,) = cluster["circuit_breakers"]["thresholds"]
+        assert threshold["max_requests"] >= 10_000, cluster["name"]

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from epp.stack.envoy import EnvoyOptions
+from epp.stack.envoy import LIMIT_MESSAGES, EnvoyOptions
 from epp.stack.stack import Stack
 from epp.tls import CERT_FILE, KEY_FILE
 from tests.integration.conftest import StackFactory
@@ -54,7 +54,7 @@ async def test_envoy_refuses_an_epp_certificate_without_the_expected_name(make_s
     async with make_stack("mtls-san", sims=1, envoy=envoy) as stack:
         async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client:
             response = await client.post("/v1/completions", json=BODY)
-        assert response.status_code == 500
-        assert response.json()["error"]["message"] == "the endpoint picker is unreachable or failed"
+        assert response.status_code == 503
+        assert response.json()["error"]["message"] == LIMIT_MESSAGES["epp"]
         stats = await stack.envoy_stats("cluster.epp.ssl.fail_verify_san")
         assert stats["cluster.epp.ssl.fail_verify_san"] >= 1

@@ -148,7 +148,7 @@ async def test_a_hung_server_gets_no_new_request_after_the_first_timeout(make_st
 
 async def test_killing_the_epp_leaves_streams_in_flight_whole(make_stack: StackFactory) -> None:
     """kill -9 the EPP while generations stream: every one of them still ends with [DONE];
-    a new request gets the fail-closed 500 until the EPP is back, then 200 again."""
+    a new request gets the fail-closed 503 until the EPP is back, then 200 again."""
     async with make_stack("epp-kill", sims=2, sim_args=[*FAST_SIM, "--time-scale=20"]) as stack:
         flowing = 0
         async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client:
@@ -178,6 +178,6 @@ async def test_killing_the_epp_leaves_streams_in_flight_whole(make_stack: StackF
             for lines in await asyncio.gather(*streams):
                 assert len(lines) == 21 and lines[-1] == "data: [DONE]"
             body = {"model": MODEL, "prompt": "hi", "max_tokens": 1}
-            assert (await client.post("/v1/completions", json=body)).status_code == 500
+            assert (await client.post("/v1/completions", json=body)).status_code == 503
             await stack.restart_epp()
             assert (await client.post("/v1/completions", json=body)).status_code == 200

@@ -248,13 +248,9 @@ def test_default_flow_control_policies_are_implied_and_gates_take_values() -> No
     )
     config = load_config(text)
     assert config.feature_gates == frozenset({"flowControl"})
-    assert any(
-        w.startswith("feature gate flowControl: flow control is not implemented") for w in config.warnings
-    )
-    with pytest.raises(
-        ConfigError, match=r"fairnessPolicyRef: no plugin named 'round-robin-fairness-policy'"
-    ):
-        load_config(text.replace("global-strict-fairness-policy", "round-robin-fairness-policy"))
+    assert config.flow_control_spec is not None and not any("flowControl" in w for w in config.warnings)
+    with pytest.raises(ConfigError, match=r"fairnessPolicyRef: no plugin named 'no-such-fairness-policy'"):
+        load_config(text.replace("global-strict-fairness-policy", "no-such-fairness-policy"))
     off = load_config(text.replace("flowControl=true", "flowControl=false"))
     assert "flowControl is ignored without the flowControl feature gate (as in GIE)" in off.warnings
     assert off.feature_gates == frozenset()

@@ -206,7 +206,7 @@ def test_existing_picker_and_detector_plugins_are_reused() -> None:
     }
 
 
-def test_flow_control_is_accepted_and_validated_but_not_implemented() -> None:
+def test_flow_control_section_is_resolved_with_gies_defaults() -> None:
     text = (
         HEADER
         + QUEUE
@@ -224,7 +224,16 @@ def test_flow_control_is_accepted_and_validated_but_not_implemented() -> None:
     assert config.flow_control is not None
     assert config.flow_control.max_bytes == 2**30 and config.flow_control.max_requests == 2000
     assert config.flow_control.default_request_ttl == 30.0
-    assert "flow control is not implemented" in config.warnings[0]
+    spec = config.flow_control_spec
+    assert spec is not None and config.warnings == ()
+    assert (spec.max_bytes, spec.max_requests, spec.default_request_ttl) == (2**30, 2000, 30.0)
+    band = spec.bands[10]
+    assert (band.max_bytes, band.max_requests) == (1_000_000_000, 500)  # GIE's band default bytes
+    assert (band.fairness, band.ordering) == ("global-strict-fairness-policy", "fcfs-ordering-policy")
+    assert spec.usage_limit_policy == "static-usage-limit-policy"
+    assert spec.saturation_detector == config.saturation_detector
+    implicit = {name for name, s in config.plugins.items() if s.implicit}
+    assert {"global-strict-fairness-policy", "fcfs-ordering-policy", "static-usage-limit-policy"} <= implicit
     ungated = load_config(HEADER + QUEUE + ONE_PROFILE + "flowControl: {maxRequests: 10}\n")
     assert ungated.warnings == ("flowControl is ignored without the flowControl feature gate (as in GIE)",)
 
@@ -279,11 +288,14 @@ TWO_PROFILES = "schedulingProfiles: [{name: a}, {name: b}]"
             "did you mean 'flowControl'?",
         ),
         (
-            cfg("plugins: [{type: fcfs-ordering-policy}]"),
-            "plugins[0].type: plugin type 'fcfs-ordering-policy' is not available in this EPP "
-            "(tracked separately, not implemented yet): upstream, a flow-control policy (queue ordering, "
-            "fairness between flows, usage limits or eviction) of the GIE/llm-d flow-control layer; "
-            "instead: omit it: requests use legacy admission (sheddable requests get 429 while saturated)",
+            cfg("plugins: [{type: program-aware-fairness}]"),
+            "plugins[0].type: plugin type 'program-aware-fairness' is not available in this EPP "
+            "(tracked separately, not implemented yet): upstream, a flow-control policy (fairness between "
+            "flows, usage limits or eviction) of the GIE/llm-d flow-control layer that this EPP's flow "
+            "control does not implement; instead: one of the implemented policies: "
+            "global-strict-fairness-policy, round-robin-fairness-policy, "
+            "least-tokens-served-fairness-policy, fcfs-ordering-policy, edf-ordering-policy, "
+            "slo-deadline-ordering-policy, static-usage-limit-policy",
         ),
         (
             cfg("plugins: [{type: latency-scorer}]"),

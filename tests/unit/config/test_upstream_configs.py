@@ -11,13 +11,14 @@ quoted, for one of these reasons:
 - DOCS: a docs placeholder type (`custom-scorer`) or typo (the `-pluginRef:` profile key);
 - GO_REFUSES: invalid for the Go EPP as well (an unrendered `${PRIMARY_PORT}` template value, a
   profile naming an undefined plugin, a type no GIE or llm-d release registers);
-- OTHER_ISSUE: flow-control policies and llm-d's burst-prefix producer, which are tracked by
-  other issues and only have their config shape accepted here;
+- OTHER_ISSUE: the flow-control policies this EPP's flow control does not implement
+  (program-aware-fairness, soft-reflective-ceiling-policy), llm-d's burst-prefix producer and the
+  old cache_tracking prefix mode, which are tracked by other issues;
 - MISSING: an upstream plugin this EPP does not implement yet (the error says what it does and
   what to use instead).
 
-Counts (174 documents): 130 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 5 GO_REFUSES,
-9 OTHER_ISSUE, 5 MISSING. `test_summary` prints them and checks them against this docstring. The 5
+Counts (174 documents): 131 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 5 GO_REFUSES,
+8 OTHER_ISSUE, 5 MISSING. `test_summary` prints them and checks them against this docstring. The 5
 snippets in configs_nonstandard/ (another or no apiVersion) are refused, as by the Go decoder."""
 
 from __future__ import annotations
@@ -182,19 +183,14 @@ EXPECTED: dict[str, Loads | Refused] = {
     "llmd-bench-8bc9f1d__config__README.md.yaml": Loads(
         "schedulingProfiles[0].plugins[0].pluginRef: plugin 'token-producer' is a token-producer, which is",
     ),
-    "llmd-bench-8bc9f1d__config__scenarios__cicd__ocp-keda-fma-hotstart.yaml": Loads(
-        "feature gate flowControl: flow control is not implemented; legacy admission is used (sheddable reque"
-    ),
+    "llmd-bench-8bc9f1d__config__scenarios__cicd__ocp-keda-fma-hotstart.yaml": Loads(),
     "llmd-bench-8bc9f1d__config__scenarios__examples__gpu.yaml": Loads(
         "schedulingProfiles[0].plugins[0].pluginRef: plugin 'token-producer' is a token-producer, which is",
     ),
     "llmd-bench-8bc9f1d__config__scenarios__examples__multi-model-optimized-baseline.yaml": Loads(),
     "llmd-bench-8bc9f1d__config__scenarios__experimental__kimi-k3-h100.yaml": Loads(),
     "llmd-bench-8bc9f1d__config__scenarios__guides__agentic-serving.yaml": Loads(),
-    "llmd-bench-8bc9f1d__config__scenarios__guides__flow-control.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[3].type: plugin type 'round-robin-fairness-policy' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
+    "llmd-bench-8bc9f1d__config__scenarios__guides__flow-control.yaml": Loads(),
     "llmd-bench-8bc9f1d__config__scenarios__guides__multimodal-serving-aggregation.yaml": Loads(),
     "llmd-bench-8bc9f1d__config__scenarios__guides__pd-disaggregation.yaml": Loads(
         "plugins[2].parameters: deciderPluginName is deprecated: read as prefillDeciderPluginName"
@@ -210,9 +206,7 @@ EXPECTED: dict[str, Loads | Refused] = {
     "llmd-bench-8bc9f1d__config__scenarios__guides__wide-ep-lws.yaml": Loads(
         "plugins[2].parameters: deciderPluginName is deprecated: read as prefillDeciderPluginName"
     ),
-    "llmd-bench-8bc9f1d__config__scenarios__guides__workload-autoscaling.yaml": Loads(
-        "feature gate flowControl: flow control is not implemented; legacy admission is used (sheddable reque"
-    ),
+    "llmd-bench-8bc9f1d__config__scenarios__guides__workload-autoscaling.yaml": Loads(),
     "llmd-bench-v0.5.0__setup__presets__gaie__default.yaml": Loads(),
     "llmd-bench-v0.5.0__setup__presets__gaie__inf-sche-kv.yaml": Loads(
         "plugins[0].type: 'kv-cache-scorer' is a deprecated name of 'kv-cache-utilization-scorer'"

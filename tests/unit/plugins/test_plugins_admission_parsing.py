@@ -61,18 +61,18 @@ def test_sheddable_requests_are_refused_with_the_probability(queue: int, draw: f
     req = sheddable()
     pool = endpoints(2, queue=queue)
     if not shed:
-        admitter(draw).admit(req, pool)
+        admitter(draw).admit_request(req, pool)
         return
     with pytest.raises(RequestError) as caught:
-        admitter(draw).admit(req, pool)
+        admitter(draw).admit_request(req, pool)
     assert caught.value.code.status == 429
     assert str(caught.value.message).startswith("probabilistic-admitter: rejected, saturation=")
 
 
 def test_non_sheddable_requests_and_empty_pools_are_always_admitted() -> None:
     saturated = endpoints(2, queue=100)
-    admitter(0.0).admit(request(), saturated)
-    admitter(0.0).admit(sheddable(), [])
+    admitter(0.0).admit_request(request(), saturated)
+    admitter(0.0).admit_request(sheddable(), [])
 
 
 def test_parameters_are_validated_as_upstream() -> None:

@@ -105,7 +105,7 @@ def test_retries_go_to_another_host_and_only_streams_get_a_first_byte_bound() ->
     assert (streaming["route"]["timeout"], streaming["route"]["idle_timeout"]) == ("0s", "20s")
     assert "per_try_timeout" not in whole["route"]["retry_policy"]
     assert (whole["route"]["timeout"], whole["route"]["idle_timeout"]) == ("99s", "99s")
-    assert fallback["direct_response"]["status"] == 500
+    assert fallback["direct_response"]["status"] == 503
 
 
 def test_buffered_mode_fails_open_so_a_routed_response_outlives_the_epp() -> None:

@@ -1,0 +1,280 @@
+"""GIE's flow-control layer (feature gate `flowControl`): requests wait in per-flow queues inside
+the EPP and are released to the scheduler only while the pool has room.
+
+A flow is (fairness id, priority). One dispatch loop (an asyncio task, GIE's shard processor)
+runs a cycle whenever a request arrives and every TICK while requests wait: it reads the pool's
+saturation from the saturation detector, asks the usage-limit policy for each band's ceiling, and
+walks the bands from the highest priority down; the first band whose ceiling the saturation
+reaches stops the cycle (head-of-line blocking, so a lower band never takes capacity a higher
+one waits for); otherwise the band's fairness policy picks a flow and that flow's head (by the
+band's ordering policy) is dispatched. One request per cycle, and the loop yields before the next,
+so the dispatched request is routed (and its load counted) before saturation is read again.
+
+Outcomes, as GIE's EnqueueAndWait: dispatched; rejected at capacity (global or band maxBytes /
+maxRequests) → 429; TTL expired (`defaultRequestTTL`, else the caller's deadline) → 503; the
+caller gone (client disconnected) → the wait is cancelled, the request leaves its queue; the
+controller stopping → every queued request evicted (500)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from epp.datastore import Endpoint
+from epp.flowcontrol.queues import (
+    Band,
+    BandLimits,
+    FairnessPolicy,
+    OrderingPolicy,
+    Outcome,
+    QueuedRequest,
+    UsageLimitPolicy,
+)
+from epp.flowcontrol.saturation import SaturationDetector
+from epp.metrics.exporter import FlowControlMetrics
+from epp.requests import ErrorCode, InferenceRequest, RequestError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FAIRNESS_ID = "default-flow"
+DEFAULT_BAND_MAX_BYTES = 1_000_000_000  # GIE: a band's maxBytes when 0 or omitted
+TICK = 0.002  # seconds between dispatch cycles while requests wait and the pool is saturated
+MAX_FAIRNESS_ID_LENGTH = 128
+
+# GIE's error texts (Go's wrapped errors: `<ErrRejected|ErrEvicted>: <cause>`).
+REJECTED = "request rejected pre-queue"
+EVICTED = "request evicted from queue"
+AT_CAPACITY = f"{REJECTED}: queue at capacity"
+TTL_EXPIRED = f"request timed out in queue: {EVICTED}: request TTL expired"
+CLIENT_GONE = f"client disconnected: {EVICTED}: request context cancelled: context canceled"
+NOT_RUNNING = "flow controller is not running"
+
+
+def bound_fairness_id(raw: str | None) -> str:
+    """The fairness id of a request: the header's value, `default-flow` when absent or empty.
+    Clients choose it, so a long one is cut to its first 64 characters plus a hash of the whole
+    (distinct ids stay distinct; a 1 MB header costs 96 bytes of key and label)."""
+    if not raw:
+        return DEFAULT_FAIRNESS_ID
+    if len(raw) <= MAX_FAIRNESS_ID_LENGTH:
+        return raw
+    digest = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"{raw[:64]}~{digest}"
+
+
+@dataclass(frozen=True)
+class BandConfig:
+    limits: BandLimits
+    fairness: FairnessPolicy
+    ordering: OrderingPolicy
+
+
+@dataclass(frozen=True)
+class FlowControlConfig:
+    """The `flowControl` section, resolved: limits in bytes/requests (0 = unlimited), TTL in
+    seconds (0 = the caller's deadline, else none), policies as plugin instances."""
+
+    default_band: BandConfig
+    bands: Mapping[int, BandConfig] = field(default_factory=dict)
+    max_bytes: int = 0
+    max_requests: int = 0
+    default_request_ttl: float = 0.0
+
+
+class FlowController:
+    def __init__(
+        self,
+        config: FlowControlConfig,
+        detector: SaturationDetector,
+        usage_limit: UsageLimitPolicy,
+        pool: Callable[[], Sequence[Endpoint]],
+        metrics: FlowControlMetrics,
+        pool_name: str = "standalone",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.detector = detector
+        self.usage_limit = usage_limit
+        self._pool = pool
+        self.metrics = metrics
+        self.pool_name = pool_name
+        self._clock = clock
+        self.bands: dict[int, Band] = {}
+        for priority, band in config.bands.items():
+            self._band(priority, band)
+        self._ordered: list[int] = sorted(self.bands, reverse=True)
+        self.length = 0
+        self.bytes = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    @property
+    def busy(self) -> bool:
+        """Whether a request arriving now would probably wait: requests are queued, or the pool
+        is saturated for some band."""
+        if self.length > 0:
+            return True
+        saturation = self.detector.saturation(self._pool())
+        ceilings = self.usage_limit.ceilings(saturation, self._ordered or [0])
+        return saturation >= min(ceilings)
+
+    # --- the caller's side -----------------------------------------------------------------------
+
+    async def enqueue_and_wait(self, request: InferenceRequest, deadline: float | None = None) -> None:
+        """Wait until the request is dispatched; raise RequestError for every other outcome.
+        `deadline` is the caller's time remaining in seconds (None: no deadline)."""
+        started = time.perf_counter()
+        fairness_id = request.fairness_id or DEFAULT_FAIRNESS_ID
+        priority = request.priority
+        labels = self.metrics.flow_labels(fairness_id, priority)
+        if self._stopped:
+            self.metrics.enqueued(labels, Outcome.REJECTED_OTHER, time.perf_counter() - started)
+            raise RequestError(ErrorCode.INTERNAL, f"internal flow control error: {REJECTED}: {NOT_RUNNING}")
+        loop = asyncio.get_running_loop()
+        ttl = self.config.default_request_ttl
+        if deadline is not None and deadline > 0:
+            # GIE waits under a context with both deadlines: whichever comes first.
+            ttl = min(ttl, deadline) if ttl > 0 else deadline
+        item = QueuedRequest(
+            request=request,
+            fairness_id=fairness_id,
+            priority=priority,
+            byte_size=request.body_size,
+            enqueued=self._clock(),
+            ttl=ttl,
+            future=loop.create_future(),
+        )
+        band = self._band(priority)
+        if not self._has_capacity(band, item.byte_size):
+            self.metrics.enqueued(labels, Outcome.REJECTED_CAPACITY, time.perf_counter() - started)
+            self.metrics.finalized(item, labels, Outcome.REJECTED_CAPACITY, self.pool_name, 0.0)
+            raise RequestError(ErrorCode.RESOURCE_EXHAUSTED, AT_CAPACITY)
+        band.add(item)
+        self.length += 1
+        self.bytes += item.byte_size
+        self.metrics.queued(item, labels, self.pool_name, +1)
+        self.metrics.enqueued(labels, Outcome.NOT_YET_FINALIZED, time.perf_counter() - started)
+        self._ensure_running(loop)
+        self._wake.set()
+        try:
+            if ttl > 0:
+                async with asyncio.timeout(ttl):
+                    await item.future
+            else:
+                await item.future
+        except TimeoutError:
+            if item.outcome is Outcome.DISPATCHED:
+                return  # dispatched in the same instant the TTL ran out: it goes on
+            self._finalize(item, labels, Outcome.EVICTED_TTL)
+            raise RequestError(ErrorCode.SERVICE_UNAVAILABLE, TTL_EXPIRED) from None
+        except asyncio.CancelledError:
+            if item.outcome is Outcome.NOT_YET_FINALIZED:
+                self._finalize(item, labels, Outcome.EVICTED_CONTEXT_CANCELLED)
+            raise
+        if item.outcome is Outcome.EVICTED_OTHER:
+            raise RequestError(ErrorCode.INTERNAL, f"internal flow control error: {EVICTED}: {NOT_RUNNING}")
+
+    def _has_capacity(self, band: Band, size: int) -> bool:
+        config = self.config
+        if config.max_bytes and self.bytes + size > config.max_bytes:
+            return False
+        if config.max_requests and self.length + 1 > config.max_requests:
+            return False
+        limits = band.limits
+        if limits.max_bytes and band.bytes + size > limits.max_bytes:
+            return False
+        return not (limits.max_requests and band.length + 1 > limits.max_requests)
+
+    def _band(self, priority: int, config: BandConfig | None = None) -> Band:
+        """The band of a priority; bands not configured are made from `defaultPriorityBand`."""
+        band = self.bands.get(priority)
+        if band is None:
+            config = config or self.config.default_band
+            band = self.bands[priority] = Band(priority, config.limits, config.fairness, config.ordering)
+            self._ordered = sorted(self.bands, reverse=True)
+        return band
+
+    def _finalize(self, item: QueuedRequest, labels: tuple[str, str], outcome: Outcome) -> None:
+        item.outcome = outcome
+        if item.flow is not None:
+            item.flow.remove(item)
+        self._left(item, labels, outcome)
+
+    def _left(self, item: QueuedRequest, labels: tuple[str, str], outcome: Outcome) -> None:
+        self.length -= 1
+        self.bytes -= item.byte_size
+        self.metrics.queued(item, labels, self.pool_name, -1)
+        self.metrics.finalized(item, labels, outcome, self.pool_name, self._clock() - item.enqueued)
+
+    # --- the dispatch loop -----------------------------------------------------------------------
+
+    def _ensure_running(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._run(), name="flow-control-dispatch")
+
+    async def _run(self) -> None:
+        while not self._stopped:
+            if self.length == 0:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if self.dispatch_cycle():
+                await asyncio.sleep(0)  # the dispatched request routes (takes its load) first
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TICK):
+                    await self._wake.wait()
+
+    def dispatch_cycle(self) -> bool:
+        """One cycle; True when a request was dispatched."""
+        started = time.perf_counter()
+        try:
+            saturation = self.detector.saturation(self._pool())
+            self.metrics.saturation(self.pool_name, saturation)
+            priorities = self._ordered
+            ceilings = self.usage_limit.ceilings(saturation, priorities)
+            for priority, ceiling in zip(priorities, ceilings, strict=True):
+                if saturation >= ceiling:
+                    return False  # head-of-line blocking: nothing below may pass
+                band = self.bands[priority]
+                if band.length == 0:
+                    continue
+                flow = band.fairness.pick(band)
+                if flow is None:
+                    continue
+                item = flow.pop()
+                band.fairness.dispatched(band, item)
+                item.outcome = Outcome.DISPATCHED
+                self._left(
+                    item, self.metrics.flow_labels(item.fairness_id, item.priority), Outcome.DISPATCHED
+                )
+                # Its waiter may have been cancelled this instant (the client gone): the future
+                # is then already done and the waiter's handler sees the outcome.
+                if not item.future.done():
+                    item.future.set_result(Outcome.DISPATCHED)
+                return True
+            return False
+        finally:
+            self.metrics.dispatch_cycle.observe(time.perf_counter() - started)
+
+    async def stop(self) -> None:
+        """Evict every queued request (GIE: EvictedOther, `flow controller is not running`)."""
+        self._stopped = True
+        for band in self.bands.values():
+            for flow in list(band.flows.values()):
+                while flow.head() is not None:
+                    item = flow.pop()
+                    item.outcome = Outcome.EVICTED_OTHER
+                    self._left(item, self.metrics.flow_labels(item.fairness_id, item.priority), item.outcome)
+                    item.future.set_result(Outcome.EVICTED_OTHER)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

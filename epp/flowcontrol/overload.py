@@ -1,0 +1,78 @@
+"""Overload protection of the EPP itself. Past its own capacity a Python EPP gets slower for
+everyone: every ext_proc message waits behind the others on the event loop, until Envoy's
+message timeout turns requests into 504s. The guard sheds instead, at a new request's first
+message, before any parsing: a request is refused at once (429 with Retry-After) while the EPP
+holds `max_streams` ext_proc streams, or while its event loop lags more than `max_lag` behind.
+Requests admitted before go on; health answers (another gRPC service) are never refused; it
+recovers as soon as the lag is measured below the limit again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from epp.requests import ErrorCode, RequestError
+
+log = logging.getLogger(__name__)
+
+LAG_INTERVAL = 0.025  # seconds between event-loop lag measurements
+RETRY_AFTER_SECONDS = 1
+
+
+class OverloadGuard:
+    def __init__(self, max_streams: int = 0, max_lag: float = 0.0) -> None:
+        self.max_streams = max_streams  # 0: no limit
+        self.max_lag = max_lag  # seconds; 0: not measured
+        self.streams = 0
+        self.lag = 0.0
+        self.refused = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def enter(self) -> RequestError | None:
+        """Admit a new stream (the caller must `leave` it once) or say why not."""
+        if self.max_streams and self.streams >= self.max_streams:
+            return self._refuse(
+                f"the endpoint picker is at its limit of {self.max_streams} concurrent requests "
+                "(--max-concurrent-streams); retry later"
+            )
+        if self.max_lag and self.lag > self.max_lag:
+            return self._refuse(
+                f"the endpoint picker is overloaded: its event loop lags {self.lag * 1000:.0f} ms, "
+                f"over its limit of {self.max_lag * 1000:.0f} ms (--max-event-loop-lag); retry later"
+            )
+        self.streams += 1
+        return None
+
+    def leave(self) -> None:
+        self.streams -= 1
+
+    def _refuse(self, message: str) -> RequestError:
+        self.refused += 1
+        return RequestError(ErrorCode.RESOURCE_EXHAUSTED, message, retry_after=RETRY_AFTER_SECONDS)
+
+    def start(self) -> None:
+        if self.max_lag and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._measure(), name="event-loop-lag")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _measure(self) -> None:
+        """How late a sleep of LAG_INTERVAL wakes up: the time a callback waits for the loop."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(LAG_INTERVAL)
+            lag = max(0.0, loop.time() - started - LAG_INTERVAL)
+            if (lag > self.max_lag) != (self.lag > self.max_lag):
+                log.warning(
+                    "event loop lag %.0f ms: %s new requests",
+                    lag * 1000,
+                    "shedding" if lag > self.max_lag else "admitting",
+                )
+            self.lag = lag

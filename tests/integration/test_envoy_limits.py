@@ -1,0 +1,78 @@
+"""Envoy's limits through real Envoy: a circuit breaker reached is a JSON 503 that names the limit
+(with Retry-After for the pool's), not a 500 blaming the EPP."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from epp.stack.envoy import LIMIT_MESSAGES, EnvoyOptions
+from tests.integration.conftest import StackFactory
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
+
+MODEL = "sim-model"
+SLOW_SIM = ["--time-scale=1"]  # the default profile's real-time decode: 2,000 tokens take seconds
+LONG = {"model": MODEL, "prompt": "a long one", "max_tokens": 2000, "stream": True}
+SHORT = {"model": MODEL, "prompt": "hi", "max_tokens": 1}
+
+
+@pytest.mark.parametrize(
+    ("limits", "message", "retry_after"),
+    [
+        ({"pool_max_requests": 1}, LIMIT_MESSAGES["pool"], "1"),
+        ({"epp_max_requests": 1}, LIMIT_MESSAGES["epp"], None),
+    ],
+    ids=["pool", "epp"],
+)
+async def test_a_circuit_breaker_reached_is_a_json_503_naming_it(
+    make_stack: StackFactory, limits: dict[str, int], message: str, retry_after: str | None
+) -> None:
+    envoy = EnvoyOptions(listen_port=0, admin_port=0, **limits)  # type: ignore[arg-type]
+    async with (
+        make_stack("limits", sims=1, sim_args=SLOW_SIM, envoy=envoy) as stack,
+        httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client,
+        client.stream("POST", "/v1/completions", json=LONG) as held,
+    ):
+        assert held.status_code == 200
+        lines = held.aiter_lines()
+        assert (await anext(lines)).startswith("data: ")  # the generation is under way
+        # HTTP/1.1 upstream: over max_connections a request waits as pending; one more than
+        # max_pending_requests overflows. (The EPP's cluster is HTTP/2: max_requests.)
+        pending = asyncio.ensure_future(client.post("/v1/completions", json=SHORT))
+        if "pool_max_requests" in limits:
+            await poll_stat(client, stack.admin_url, "cluster.pool.upstream_rq_pending_active", 1)
+        refused = await client.post("/v1/completions", json=SHORT)
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["content-type"] == "application/json"
+        error = refused.json()["error"]
+        assert error["message"] == message
+        assert error["code"] == 503
+        assert refused.headers.get("retry-after") == retry_after
+        pending.cancel()
+
+
+async def poll_stat(client: httpx.AsyncClient, admin: str, name: str, value: int) -> None:
+    for _ in range(500):
+        stats = (await client.get(f"{admin}/stats", params={"filter": f"^{name}$"})).text
+        if f"{name}: {value}" in stats:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{name} never reached {value}: {stats}")
+
+
+async def test_the_gateways_rate_limit_is_a_json_429_without_the_epp(make_stack: StackFactory) -> None:
+    envoy = EnvoyOptions(listen_port=0, admin_port=0, rate_limit=1)  # one token per 100 ms
+    async with (
+        make_stack("rate-limit", sims=1, envoy=envoy) as stack,
+        httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client,
+    ):
+        answers = await asyncio.gather(*(client.post("/v1/completions", json=SHORT) for _ in range(5)))
+        statuses = sorted(r.status_code for r in answers)
+        assert statuses[0] == 200 and statuses[-1] == 429, statuses
+        refused = next(r for r in answers if r.status_code == 429)
+        assert refused.headers["content-type"] == "application/json"
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["message"] == LIMIT_MESSAGES["rate"].format(rate=1)
