@@ -137,17 +137,21 @@ async def test_short_and_already_cached_prompts_stay_on_the_decode_pod(
 
 
 async def epp_idle(http: aiohttp.ClientSession, stack: Stack) -> None:
-    """Wait until the EPP counts no request in flight: a response reaches the client slightly
-    before its ext_proc stream ends and the EPP releases its load."""
-    url = f"http://127.0.0.1:{stack.epp_ports['metrics_port']}/metrics"
+    """Wait until the EPP counts no request in flight and its latest scrapes show every queue
+    empty: a response reaches the client slightly before its ext_proc stream ends, and a scrape
+    taken while the first request queued would tie the queue scorer against the prefix score."""
+    base = f"http://127.0.0.1:{stack.epp_ports['metrics_port']}"
 
     async def idle() -> bool | None:
-        async with http.get(url) as response:
+        async with http.get(f"{base}/metrics") as response:
             page = await response.text()
         running = re.findall(r"^inference_objective_running_requests\{[^}]*\} (\S+)$", page, re.M)
-        return True if all(float(value) == 0 for value in running) else None
+        async with http.get(f"{base}/api/endpoints") as response:
+            endpoints = (await response.json())["endpoints"]
+        quiet = all(e["waiting"] == 0 and e["running"] == 0 for e in endpoints)
+        return True if quiet and all(float(value) == 0 for value in running) else None
 
-    await wait_until(idle, "the EPP to release the first request", 10)
+    await wait_until(idle, "the EPP to release the first request and see quiet servers", 10)
 
 
 async def test_the_client_sees_the_prefillers_cached_tokens(
