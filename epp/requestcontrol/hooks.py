@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from time import perf_counter
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from epp.datastore import Endpoint
 from epp.framework import Extension, Plugin, timing
@@ -144,39 +144,18 @@ class RequestControlHooks:
     """The configured hook plugins, in config order."""
 
     def __init__(self, plugins: Sequence[Plugin], metrics: EppMetrics) -> None:
-        self._request_headers = [
-            (p, timing.observer(metrics, timing.REQUEST_HEADER, p))
-            for p in plugins
-            if isinstance(p, RequestHeaderProcessor)
-        ]
-        self._admit = [
-            (p, timing.observer(metrics, timing.ADMIT_REQUEST, p))
-            for p in plugins
-            if isinstance(p, AdmitRequest)
-        ]
-        self._pre_request = [
-            (p, timing.observer(metrics, timing.PRE_REQUEST, p)) for p in plugins if isinstance(p, PreRequest)
-        ]
-        self._response_received = [
-            (p, timing.observer(metrics, timing.RESPONSE_RECEIVED, p))
-            for p in plugins
-            if isinstance(p, ResponseReceived)
-        ]
-        self._response_headers = [
-            (p, timing.observer(metrics, timing.RESPONSE_RECEIVED, p))
-            for p in plugins
-            if isinstance(p, ResponseHeaderProcessor)
-        ]
-        self._response_body = [
-            (p, timing.observer(metrics, timing.RESPONSE_COMPLETE, p))
-            for p in plugins
-            if isinstance(p, ResponseBodyProcessor)
-        ]
-        self._response_complete = [
-            (p, timing.observer(metrics, timing.RESPONSE_COMPLETE, p))
-            for p in plugins
-            if isinstance(p, ResponseComplete)
-        ]
+        def timed(role: type, point: str) -> list[tuple[Any, timing.Observe]]:
+            """The plugins taking `role`, each with its latency observer bound once."""
+            chosen = [p for p in plugins if isinstance(p, role)]
+            return [(p, timing.observer(metrics, point, cast(Extension, p))) for p in chosen]
+
+        self._request_headers = timed(RequestHeaderProcessor, timing.REQUEST_HEADER)
+        self._admit = timed(AdmitRequest, timing.ADMIT_REQUEST)
+        self._pre_request = timed(PreRequest, timing.PRE_REQUEST)
+        self._response_received = timed(ResponseReceived, timing.RESPONSE_RECEIVED)
+        self._response_headers = timed(ResponseHeaderProcessor, timing.RESPONSE_RECEIVED)
+        self._response_body = timed(ResponseBodyProcessor, timing.RESPONSE_COMPLETE)
+        self._response_complete = timed(ResponseComplete, timing.RESPONSE_COMPLETE)
 
     def request_headers(self, request: InferenceRequest) -> None:
         for plugin, observe in self._request_headers:
