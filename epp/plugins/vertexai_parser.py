@@ -17,7 +17,7 @@ import orjson
 from epp.framework import Plugin, register
 from epp.requestcontrol import RequestParser
 from epp.requests import ApiKind, ErrorCode, InferenceRequest, RequestError
-from epp.requests.grpcwire import FrameBuffer, field_bytes, grpc_payload
+from epp.requests.grpcwire import FramedUsageReader, field_bytes, grpc_payload
 from epp.requests.parser import parse_request
 from epp.requests.usage import UsageReader
 
@@ -60,23 +60,15 @@ class VertexAIParser(Plugin, RequestParser):
         return GrpcHttpBodyUsageReader(streaming)
 
 
-class GrpcHttpBodyUsageReader(UsageReader):
-    """Reassembles the response's gRPC frames; each `HttpBody.data` is OpenAI JSON or SSE lines."""
+class GrpcHttpBodyUsageReader(FramedUsageReader):
+    """Each response frame's `HttpBody.data` is OpenAI JSON or SSE lines."""
 
-    __slots__ = ("_frames",)
+    __slots__ = ()
 
-    def __init__(self, streaming: bool) -> None:
-        super().__init__(streaming)
-        self._frames = FrameBuffer()
-
-    def feed(self, chunk: bytes, end_of_stream: bool) -> None:
-        for payload in self._frames.feed(chunk):
-            try:
-                data = field_bytes(payload, DATA_FIELD)
-            except ValueError:
-                continue
-            if data:
-                self._read(data)
+    def frame(self, payload: bytes) -> None:
+        data = field_bytes(payload, DATA_FIELD)
+        if data:
+            self._read(data)
 
     def _read(self, data: bytes) -> None:
         if data.lstrip().startswith(b"data:"):

@@ -18,7 +18,7 @@ from __future__ import annotations
 from epp.framework import Plugin, register
 from epp.requestcontrol import RequestParser
 from epp.requests import ApiKind, ErrorCode, InferenceRequest, RequestError, Usage
-from epp.requests.grpcwire import FrameBuffer, field_bytes, fields, grpc_payload, varints
+from epp.requests.grpcwire import FramedUsageReader, field_bytes, fields, grpc_payload, varints
 from epp.requests.usage import UsageReader
 
 GENERATE = "vllm.grpc.engine.VllmEngine/Generate"
@@ -74,23 +74,12 @@ class VllmGRPCParser(Plugin, RequestParser):
         return VllmGrpcUsageReader(streaming)
 
 
-class VllmGrpcUsageReader(UsageReader):
-    """Usage from the response's gRPC frames: GenerateResponse chunk/complete, or EmbedResponse."""
+class VllmGrpcUsageReader(FramedUsageReader):
+    """Usage from the response's messages: GenerateResponse chunk/complete, or EmbedResponse."""
 
-    __slots__ = ("_frames",)
+    __slots__ = ()
 
-    def __init__(self, streaming: bool) -> None:
-        super().__init__(streaming)
-        self._frames = FrameBuffer()
-
-    def feed(self, chunk: bytes, end_of_stream: bool) -> None:
-        for payload in self._frames.feed(chunk):
-            try:
-                self._message(payload)
-            except ValueError:
-                continue
-
-    def _message(self, payload: bytes) -> None:
+    def frame(self, payload: bytes) -> None:
         top = list(fields(payload))
         embed_tokens = [v for n, v in top if n == 2 and isinstance(v, int)]
         if embed_tokens:  # EmbedResponse.prompt_tokens (a varint where GenerateResponse has a message)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from epp.requests.usage import UsageReader
+
 
 def grpc_payload(body: bytes) -> bytes:
     """The message of one gRPC length-prefixed frame (compression flag 0)."""
@@ -111,3 +113,25 @@ class FrameBuffer:
             del self._pending[: 5 + length]
             if not compressed:
                 yield payload
+
+
+class FramedUsageReader(UsageReader):
+    """Usage from a gRPC response's body: frames are reassembled across chunks and each message
+    handed to `frame`; a message that does not decode (ValueError) is skipped."""
+
+    __slots__ = ("_frames",)
+
+    def __init__(self, streaming: bool) -> None:
+        super().__init__(streaming)
+        self._frames = FrameBuffer()
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> None:
+        for payload in self._frames.feed(chunk):
+            try:
+                self.frame(payload)
+            except ValueError:
+                continue
+
+    def frame(self, payload: bytes) -> None:
+        """Read one message of the response stream."""
+        raise NotImplementedError
