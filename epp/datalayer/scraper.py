@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from epp.datalayer.engines import BUILTIN_ENGINES, ENGINE_LABEL, EngineMetrics
-from epp.datalayer.fetch import KeepAliveGetter, insecure_tls_context
+from epp.datalayer.fetch import KeepAliveGetter, Result, insecure_tls_context
 from epp.datalayer.promtext import Extractor
 from epp.datastore import Datastore, Endpoint
 
@@ -38,8 +39,30 @@ def _tls_context(settings: ScrapeSettings) -> ssl.SSLContext:
     return insecure_tls_context() if settings.insecure_skip_verify else ssl.create_default_context()
 
 
+class _Target:
+    """One endpoint being scraped: its connection, how to read its page, and its scrape state."""
+
+    __slots__ = ("endpoint", "engine", "extractor", "failures", "getter", "overdue", "sent_at")
+
+    def __init__(
+        self, endpoint: Endpoint, getter: KeepAliveGetter, engine: EngineMetrics, extractor: Extractor
+    ) -> None:
+        self.endpoint = endpoint
+        self.getter = getter
+        self.engine = engine
+        self.extractor = extractor
+        self.failures = 0
+        self.sent_at: float | None = None  # loop time the GET under way was started
+        self.overdue = False  # an interval passed while the GET was under way
+
+
 class MetricsScraper:
-    """One polling task per endpoint, each on its own keep-alive connection.
+    """One task scrapes every endpoint, each on its own keep-alive connection: every interval it
+    starts a GET on each idle connection and handles each answer in the connection's read
+    callback. A task with its own timeout and sleep per endpoint cost more event-loop work than
+    the scrape itself (docs/benchmarks.md). A GET still under way at a tick is not repeated but
+    followed by the next one as soon as it ends; one unanswered for `timeout` fails, noticed at
+    the first tick or known deadline after it.
 
     Health: a refused connection (the server is gone) or a scrape timeout (it hangs) marks the
     endpoint unhealthy at once; other failures (non-200, a malformed or cut page) after
@@ -70,77 +93,117 @@ class MetricsScraper:
         self._tls = _tls_context(settings) if settings.scheme == "https" else None
         self._path = settings.path
         self._failures_before_unhealthy = failures_before_unhealthy
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._targets: dict[str, _Target] = {}
+        self._ticker: asyncio.Task[None] | None = None
         self.scrapes = 0
         self.failures = 0
 
     async def start(self) -> None:
+        self._ticker = asyncio.get_running_loop().create_task(self._tick_forever(), name="scraper")
         self._datastore.subscribe(on_added=self._watch, on_removed=self._unwatch)
 
     async def stop(self) -> None:
-        tasks = list(self._tasks.values())
-        self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
+        ticker, self._ticker = self._ticker, None
+        if ticker is not None:
+            ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await ticker
+        targets = list(self._targets.values())
+        self._targets.clear()
+        for target in targets:
+            target.getter.close()
 
     def engine_for(self, endpoint: Endpoint) -> str:
         engine = endpoint.labels.get(self._engine_label_key, self._default_engine)
         return engine if engine in self._engines else self._default_engine
 
     def _watch(self, endpoint: Endpoint) -> None:
-        self._tasks[endpoint.name] = asyncio.get_running_loop().create_task(
-            self._poll(endpoint), name=f"scrape-{endpoint.name}"
-        )
-
-    def _unwatch(self, endpoint: Endpoint) -> None:
-        task = self._tasks.pop(endpoint.name, None)
-        if task is not None:
-            task.cancel()
-
-    async def _poll(self, endpoint: Endpoint) -> None:
+        engine = self.engine_for(endpoint)
         getter = KeepAliveGetter(
             endpoint.address, endpoint.spec.metrics_port or endpoint.port, self._path, self._tls
         )
-        engine = self.engine_for(endpoint)
-        failures = 0
-        try:
-            while True:
-                started = time.monotonic()
+        target = _Target(endpoint, getter, self._engines[engine], self._extractors[engine])
+        previous = self._targets.pop(endpoint.name, None)
+        if previous is not None:
+            previous.getter.close()
+        self._targets[endpoint.name] = target
+        self._begin(target, asyncio.get_running_loop().time())
+
+    def _unwatch(self, endpoint: Endpoint) -> None:
+        target = self._targets.pop(endpoint.name, None)
+        if target is not None:
+            target.getter.close()
+
+    async def _tick_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time() + self.interval
+        while True:
+            now = loop.time()
+            tick = now >= next_tick
+            if tick:
+                next_tick = max(next_tick + self.interval, now)
+            wake = next_tick
+            for target in list(self._targets.values()):
                 try:
-                    await self.scrape_once(endpoint, getter, engine)
-                    failures = 0
-                    endpoint.healthy = True
-                    endpoint.suspended_until = 0.0
-                except ConnectionRefusedError as exc:
-                    failures = self._failed(endpoint, failures, f"connection refused: {exc}", immediate=True)
-                except TimeoutError:
-                    # A server that cannot answer /metrics within the timeout is hung or stalled
-                    # (e.g. SIGSTOP): requests sent there now would wait for the gateway's bounds.
-                    reason = f"no answer within {self._timeout:g}s"
-                    failures = self._failed(endpoint, failures, reason, immediate=True)
-                except Exception as exc:  # anything a page or a connection can throw is a failed scrape
-                    failures = self._failed(
-                        endpoint, failures, f"{type(exc).__name__}: {exc}", immediate=False
-                    )
-                await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
-        finally:
-            getter.close()
+                    wake = min(wake, self._visit(target, now, tick))
+                except Exception:  # one endpoint's trouble must not stop the scraping of all
+                    log.exception("scraping endpoint %s", target.endpoint)
+            await asyncio.sleep(wake - loop.time())
 
-    def _failed(self, endpoint: Endpoint, failures: int, reason: str, immediate: bool) -> int:
+    def _visit(self, target: _Target, now: float, tick: bool) -> float:
+        """Fail a GET past its deadline; at a tick, start the next one. Returns when this endpoint
+        next needs a look (infinity: at the next tick)."""
+        if target.sent_at is not None:
+            deadline = target.sent_at + self._timeout
+            if now < deadline:
+                target.overdue = target.overdue or tick
+                return deadline
+            # A server that cannot answer /metrics within the timeout is hung or stalled
+            # (e.g. SIGSTOP): requests sent there now would wait for the gateway's bounds.
+            target.getter.close()
+            target.sent_at = None
+            self._failed(target, f"no answer within {self._timeout:g}s", immediate=True)
+        if tick:
+            self._begin(target, now)
+        return math.inf
+
+    def _begin(self, target: _Target, now: float) -> None:
+        target.sent_at = now
+        target.overdue = False
+        target.getter.start(lambda result: self._answered(target, result))
+
+    def _answered(self, target: _Target, result: Result) -> None:
+        if self._targets.get(target.endpoint.name) is not target:
+            return
+        target.sent_at = None
+        endpoint = target.endpoint
+        try:
+            if isinstance(result, BaseException):
+                raise result
+            status, body = result
+            if status != 200:
+                raise ValueError(f"HTTP {status} from {endpoint.spec.metrics_hostport}{self._path}")
+            self.scrapes += 1
+            endpoint.metrics = target.engine.read(target.extractor.extract_bytes(body), time.monotonic())
+        except ConnectionRefusedError as exc:
+            self._failed(target, f"connection refused: {exc}", immediate=True)
+        except TimeoutError as exc:
+            self._failed(target, f"timed out: {exc}", immediate=True)
+        except Exception as exc:  # anything a page or a connection can throw is a failed scrape
+            self._failed(target, f"{type(exc).__name__}: {exc}", immediate=False)
+        else:
+            target.failures = 0
+            endpoint.healthy = True
+            endpoint.suspended_until = 0.0
+        if target.overdue:
+            self._begin(target, asyncio.get_running_loop().time())
+
+    def _failed(self, target: _Target, reason: str, immediate: bool) -> None:
         self.failures += 1
-        failures += 1
-        if endpoint.healthy and (immediate or failures >= self._failures_before_unhealthy):
-            log.warning("endpoint %s unhealthy after %d failed scrape(s): %s", endpoint, failures, reason)
+        target.failures += 1
+        endpoint = target.endpoint
+        if endpoint.healthy and (immediate or target.failures >= self._failures_before_unhealthy):
+            log.warning(
+                "endpoint %s unhealthy after %d failed scrape(s): %s", endpoint, target.failures, reason
+            )
             endpoint.healthy = False
-        return failures
-
-    async def scrape_once(self, endpoint: Endpoint, getter: KeepAliveGetter, engine: str) -> None:
-        status, body = await getter.get(self._timeout)
-        if status != 200:
-            raise ValueError(f"HTTP {status} from {endpoint.spec.metrics_hostport}{self._path}")
-        self.scrapes += 1
-        samples = self._extractors[engine].extract_bytes(body)
-        endpoint.metrics = self._engines[engine].read(samples, time.monotonic())

@@ -224,3 +224,32 @@ async def test_a_bad_page_is_a_failed_scrape_not_a_dead_poller(server: FakeServe
         await until(lambda: endpoint.healthy and endpoint.suspended_until == 0.0)
     finally:
         await scraper.stop()
+
+
+async def test_a_hung_endpoint_does_not_hold_up_the_others(server: FakeServer) -> None:
+    """One task scrapes every endpoint: a GET left unanswered fails on its own deadline while
+    the other endpoints go on being scraped every interval."""
+    healthy_server = FakeServer()
+    await healthy_server.start()
+    datastore = Datastore()
+    scraper = MetricsScraper(datastore, interval=0.02, timeout=0.3)
+    await scraper.start()
+    hung = datastore.upsert(EndpointSpec("hung", "127.0.0.1", server.port))
+    fine = datastore.upsert(EndpointSpec("fine", "127.0.0.1", healthy_server.port))
+    try:
+        await until(lambda: hung.metrics.waiting_queue_size == 7 and fine.metrics.waiting_queue_size == 7)
+        server.answering.clear()
+        hung_since = asyncio.get_running_loop().time()
+        updated = fine.metrics.update_time
+        await until(lambda: fine.metrics.update_time > updated)
+        await until(lambda: not hung.healthy)
+        # Not before its timeout (less an interval: a GET sent just before the server hung).
+        assert asyncio.get_running_loop().time() - hung_since >= 0.3 - 0.02
+        assert fine.healthy
+        updated = fine.metrics.update_time
+        await until(lambda: fine.metrics.update_time > updated)
+        server.answering.set()
+        await until(lambda: hung.healthy)
+    finally:
+        await scraper.stop()
+        await healthy_server.stop()
