@@ -69,7 +69,9 @@ class EngineMetrics:
 
 def _matching(samples: Mapping[str, list[Sample]], specs: tuple[MetricSpec, ...]) -> list[Sample]:
     for spec in specs:
-        series = [s for s in samples.get(spec.name, ()) if spec.matches(s.labels)]
+        series = samples.get(spec.name)
+        if series and spec.labels:
+            series = [s for s in series if spec.matches(s.labels)]
         if series:
             return series
     return []
@@ -82,8 +84,9 @@ def _first(samples: Mapping[str, list[Sample]], specs: tuple[MetricSpec, ...]) -
 
 def _finite(series: list[Sample]) -> list[float]:
     values = [s.value for s in series]
-    if not all(math.isfinite(v) for v in values):
-        raise ValueError(f"non-finite metric value in {values}")
+    for value in values:
+        if not math.isfinite(value):
+            raise ValueError(f"non-finite metric value in {values}")
     return values
 
 
