@@ -23,6 +23,8 @@ import asyncio
 import json
 import os
 import resource
+import selectors
+import socket
 import statistics
 import subprocess
 import sys
@@ -134,6 +136,47 @@ async def scrape_with_aiohttp(ports: list[int], seconds: float) -> tuple[float, 
     return cpu / wall, counts["scrapes"] - scrapes0, counts["failures"]
 
 
+def scrape_with_sockets(ports: list[int], seconds: float) -> tuple[float, int, int]:
+    """The I/O floor: blocking sockets and epoll, no event loop, no parsing. Every interval each
+    connection sends its GET, then every response is read whole (by its Content-Length)."""
+    connections = [socket.create_connection(("127.0.0.1", port)) for port in ports]
+    selector = selectors.DefaultSelector()
+    for connection in connections:
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connection.setblocking(False)
+        selector.register(connection, selectors.EVENT_READ, bytearray())
+    request = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    view = memoryview(bytearray(1 << 16))
+    scrapes, measured_from, cpu0, wall0 = 0, time.monotonic() + 1.0, 0.0, 0.0
+    next_tick = time.monotonic()
+    while True:
+        now = time.monotonic()
+        if cpu0 == 0.0 and now >= measured_from:
+            cpu0, wall0, scrapes = time.process_time(), now, 0
+        if cpu0 and now - wall0 >= seconds:
+            break
+        for connection in connections:
+            connection.send(request)
+        pending = len(connections)
+        while pending:
+            for key, _ in selector.select():
+                buffer = key.data
+                buffer += view[: key.fileobj.recv_into(view)]  # type: ignore[union-attr]
+                head = buffer.find(b"\r\n\r\n")
+                if head >= 0:
+                    length = int(buffer[buffer.find(b"Content-Length: ") + 16 : head].split(b"\r")[0])
+                    if len(buffer) >= head + 4 + length:
+                        del buffer[:]
+                        pending -= 1
+                        scrapes += 1
+        next_tick += INTERVAL
+        time.sleep(max(0.0, next_tick - time.monotonic()))
+    cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+    for connection in connections:
+        connection.close()
+    return cpu / wall, scrapes, 0
+
+
 def page_read_cost(page: str) -> dict[str, float]:
     """µs to read one page in process: this process's extractor + engine mapping, and
     prometheus_client's full text parser."""
@@ -164,9 +207,11 @@ def child(variant: str, info: dict[str, object], seconds: float) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (8192, 8192))
     ports = info["ports"]
     assert isinstance(ports, list)
+    costs: dict[str, float] = {}
     if variant == "aiohttp-get":
         share, scrapes, failures = asyncio.run(scrape_with_aiohttp(ports, seconds))
-        costs: dict[str, float] = {}
+    elif variant == "socket-floor":
+        share, scrapes, failures = scrape_with_sockets(ports, seconds)
     else:
         share, scrapes, failures = asyncio.run(scrape_with_epp(ports, seconds))
         costs = page_read_cost(str(info["page"]))
@@ -215,6 +260,7 @@ def main() -> None:
             Path(info_file).write_text(server.stdout.readline())
             baseline = checkout(args.baseline, scratch)
             variants = {
+                "socket-floor": str(ROOT),
                 "aiohttp-get": str(ROOT),
                 f"baseline ({args.baseline})": baseline,
                 "this tree": str(ROOT),
@@ -222,7 +268,7 @@ def main() -> None:
             results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
             for _ in range(args.rounds):
                 for name, pythonpath in variants.items():
-                    kind = "aiohttp-get" if name == "aiohttp-get" else "epp"
+                    kind = name if name in ("socket-floor", "aiohttp-get") else "epp"
                     results[name].append(run_variant(kind, pythonpath, info_file, args.seconds))
                     print(name, results[name][-1], file=sys.stderr)
         finally:

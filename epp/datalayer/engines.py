@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -107,10 +108,12 @@ def _latest(samples: Mapping[str, list[Sample]], specs: tuple[MetricSpec, ...]) 
     return max(series, key=lambda s: s.value) if series else None
 
 
+@functools.lru_cache(maxsize=1024)  # label values repeat scrape after scrape
 def _adapters(text: str) -> frozenset[str]:
     return frozenset(a.strip() for a in text.split(",") if a.strip())
 
 
+@functools.lru_cache(maxsize=1024)
 def _int(text: str) -> int:
     try:
         return int(float(text))

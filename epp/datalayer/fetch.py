@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import threading
 import zlib
 from collections.abc import Callable
+from typing import NamedTuple
 
 from epp.datastore.endpoint import join_host_port
 
@@ -21,75 +23,94 @@ _HEADER_END = b"\r\n\r\n"
 _MAX_HEADER = 64 * 1024
 _MAX_BODY = 64 * 1024 * 1024
 _READ_SIZE = 64 * 1024
+_thread = threading.local()
 
 Result = tuple[int, bytes] | BaseException
 """(status, body) of one GET, or what went wrong."""
 Done = Callable[[Result], None]
 
 
+def _read_buffer() -> tuple[bytearray, memoryview]:
+    """This thread's read buffer (created on first use)."""
+    buffer: tuple[bytearray, memoryview] | None = getattr(_thread, "read_buffer", None)
+    if buffer is None:
+        array = bytearray(_READ_SIZE)
+        buffer = _thread.read_buffer = (array, memoryview(array))
+    return buffer
+
+
 class FetchError(Exception):
     """The response was malformed or the connection failed mid-response."""
+
+
+class _Head(NamedTuple):
+    """What a response's status line and headers say about reading it."""
+
+    status: int
+    length: int | None
+    chunked: bool
+    close: bool
+    gzip: bool
+
+    @classmethod
+    def parse(cls, head: bytes) -> _Head:
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise FetchError(f"bad status line {lines[0][:80]!r}")
+        length: int | None = None
+        chunked = gzip = False
+        close = parts[0] == "HTTP/1.0"
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            name, value = name.strip().lower(), value.strip().lower()
+            if name == "content-length":
+                length = int(value)
+            elif name == "transfer-encoding" and "chunked" in value:
+                chunked = True
+            elif name == "connection" and value == "close":
+                close = True
+            elif name == "content-encoding" and value in ("gzip", "x-gzip"):
+                gzip = True
+        if length is not None and length > _MAX_BODY:
+            raise FetchError("response body too large")
+        until_close = not chunked and length is None
+        return cls(int(parts[1]), length, chunked, close or until_close, gzip)
+
+
+def _decoded(head: _Head, body: bytes) -> tuple[int, bytes]:
+    if head.gzip:
+        try:
+            body = zlib.decompress(body, wbits=31)
+        except zlib.error as exc:
+            raise FetchError(f"bad gzip body: {exc}") from exc
+    return head.status, body
 
 
 class _Response:
     """Incremental parser for one HTTP/1.1 response; `body_start` is where its body begins in
     the connection's buffer."""
 
-    __slots__ = (
-        "_chunk_left",
-        "body",
-        "body_start",
-        "chunked",
-        "close",
-        "gzip",
-        "length",
-        "status",
-        "until_close",
-    )
+    __slots__ = ("_chunk_left", "body", "body_start", "head", "until_close")
 
-    def __init__(self, head: bytes, body_start: int) -> None:
+    def __init__(self, head: _Head, body_start: int) -> None:
+        self.head = head
         self.body = bytearray()
         self.body_start = body_start
-        self.length: int | None = None
-        self.chunked = False
-        self.close = False
-        self.gzip = False
+        self.until_close = not head.chunked and head.length is None
         self._chunk_left = -1
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            raise FetchError(f"bad status line {lines[0][:80]!r}")
-        self.status = int(parts[1])
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            name, value = name.strip().lower(), value.strip().lower()
-            if name == "content-length":
-                self.length = int(value)
-            elif name == "transfer-encoding" and "chunked" in value:
-                self.chunked = True
-            elif name == "connection" and value == "close":
-                self.close = True
-            elif name == "content-encoding" and value in ("gzip", "x-gzip"):
-                self.gzip = True
-        if parts[0] == "HTTP/1.0":
-            self.close = True
-        self.until_close = not self.chunked and self.length is None
-        if self.until_close:
-            self.close = True
-        if self.length is not None and self.length > _MAX_BODY:
-            raise FetchError("response body too large")
 
     def take(self, data: bytearray) -> bool:
         """Consume what belongs to this response from `data` (in place); True once it is whole."""
-        if self.chunked:
+        if self.head.chunked:
             del data[: self.body_start]
             self.body_start = 0
             complete = self._take_chunked(data)
         elif self.until_close:
             return False  # the body is the buffer at connection close
         else:
-            assert self.length is not None
-            end = self.body_start + self.length
+            assert self.head.length is not None
+            end = self.body_start + self.head.length
             if len(data) < end:
                 return False
             self.body = data[self.body_start : end]
@@ -129,27 +150,24 @@ class _Response:
             self._chunk_left = -1
 
     def result(self) -> tuple[int, bytes]:
-        body = bytes(self.body)
-        if self.gzip:
-            try:
-                body = zlib.decompress(body, wbits=31)
-            except zlib.error as exc:
-                raise FetchError(f"bad gzip body: {exc}") from exc
-        return self.status, body
+        return _decoded(self.head, bytes(self.body))
 
 
 class _GetProtocol(asyncio.BufferedProtocol):
-    """Reads into one reused buffer (`recv_into`): a plain Protocol gets a fresh bytes object per
+    """Reads into a reused buffer (`recv_into`): a plain Protocol gets a fresh bytes object per
     read, which asyncio allocates at 256 KiB and shrinks, and that allocation alone cost more than
-    parsing the page (about 23 us of a 27 KB page's scrape)."""
+    parsing the page (about 23 us of a 27 KB page's scrape). The buffer is the thread's (one
+    event loop's): each read is consumed before the next one starts, so connections share it.
+    A whole response in one read, the usual case, has its body copied out once."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self._read_view = memoryview(bytearray(_READ_SIZE))
+        self._read_array, self._read_view = _read_buffer()
         self._buffer = bytearray()
         self._response: _Response | None = None
         self._done: Done | None = None
+        self._last_head = (b"", _Head(0, None, False, False, False))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -166,19 +184,47 @@ class _GetProtocol(asyncio.BufferedProtocol):
         return self._read_view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self._read_view[:nbytes])
-
-    def data_received(self, data: bytes | memoryview) -> None:
         if self._done is None:
             return
-        self._buffer += data
         try:
-            result: Result | None = self._advance()
+            whole = self._response is None and not self._buffer
+            result: Result | None = self._whole(nbytes) if whole else None
+            if result is None:
+                self._buffer += self._read_view[:nbytes]
+                result = self._advance()
         except (FetchError, ValueError) as exc:
             result = FetchError(str(exc))
             self.abort()
         if result is not None:
             self._deliver(result)
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        """Only TLS transports that do not support buffered reads call this."""
+        self._buffer += data
+        self.buffer_updated(0)
+
+    def _head(self, raw: bytes) -> _Head:
+        """A server sends the same headers response after response (a Date header changes once a
+        second): the last ones parsed are kept."""
+        last_raw, last = self._last_head
+        if raw == last_raw:
+            return last
+        head = _Head.parse(raw)
+        self._last_head = (raw, head)
+        return head
+
+    def _whole(self, nbytes: int) -> tuple[int, bytes] | None:
+        """The response, if this read holds all of it and its length is known."""
+        end = self._read_array.find(_HEADER_END, 0, nbytes)
+        if end < 0:
+            return None
+        head = self._head(bytes(self._read_view[:end]))
+        start = end + len(_HEADER_END)
+        if head.length is None or head.chunked or start + head.length > nbytes:
+            return None
+        if head.close:
+            self.abort()
+        return _decoded(head, bytes(self._read_view[start : start + head.length]))
 
     def _advance(self) -> tuple[int, bytes] | None:
         response = self._response
@@ -188,10 +234,11 @@ class _GetProtocol(asyncio.BufferedProtocol):
                 if len(self._buffer) > _MAX_HEADER:
                     raise FetchError("response headers too large")
                 return None
-            response = self._response = _Response(bytes(self._buffer[:end]), end + len(_HEADER_END))
+            head = self._head(bytes(self._buffer[:end]))
+            response = self._response = _Response(head, end + len(_HEADER_END))
         if not response.take(self._buffer):
             return None
-        if response.close:
+        if response.head.close:
             self.abort()
         return response.result()
 
