@@ -118,6 +118,8 @@ class MetricsScraper:
         return engine if engine in self._engines else self._default_engine
 
     def _watch(self, endpoint: Endpoint) -> None:
+        if self._ticker is None:  # stopped: the datastore still reports endpoints
+            return
         engine = self.engine_for(endpoint)
         getter = KeepAliveGetter(
             endpoint.address, endpoint.spec.metrics_port or endpoint.port, self._path, self._tls
