@@ -4,14 +4,16 @@ A child process serves a fixed vLLM-like page (gauges plus histograms, about the
 replica serves) on N ports of 127.0.0.1. Each variant then runs in its own process against the
 same servers, in turn, for a few rounds, and reports its own CPU per scrape:
 
+- `socket-floor`: blocking sockets and epoll, no event loop, no parsing: the kernel's share;
 - `aiohttp-get`: aiohttp's client GETs each page on a keep-alive session and reads the body, no
-  parsing (a task per endpoint, as a plain Python scraper would do it): the floor of the obvious way;
+  parsing (a task per endpoint, as a plain Python scraper would do it);
 - `baseline`: the EPP's `MetricsScraper` as of a git revision (`--baseline`, default `main`);
 - `this tree`: the `MetricsScraper` of the working tree.
 
 Each scraper variant also reports the in-process cost of reading one page (extracting the
 configured series and mapping them to endpoint metrics, no I/O), next to prometheus_client's text
-parser on the same page (a full parse, the reference the extractor must agree with). Run:
+parser on the same page (a full parse, the reference the extractor must agree with). Progress
+goes to stderr. Run:
 
     .venv/bin/python bench/scrape_cost.py --endpoints 100 --seconds 5 --rounds 3
 """
