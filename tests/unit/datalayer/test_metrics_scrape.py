@@ -11,7 +11,7 @@ from aiohttp import web
 
 from epp.datalayer.engines import BUILTIN_ENGINES, ENGINE_LABEL
 from epp.datalayer.promtext import Extractor, MetricSpec
-from epp.datalayer.scraper import MetricsScraper, ScrapeSettings
+from epp.datalayer.scraper import SLICE_SIZE, MetricsScraper, ScrapeSettings
 from epp.datastore import Datastore, EndpointSpec
 
 VLLM_PAGE = """\
@@ -253,3 +253,24 @@ async def test_a_hung_endpoint_does_not_hold_up_the_others(server: FakeServer) -
     finally:
         await scraper.stop()
         await healthy_server.stop()
+
+
+async def test_many_endpoints_are_dealt_into_slices_each_scraped_every_interval(server: FakeServer) -> None:
+    """Past SLICE_SIZE endpoints the fleet is split into slices scraped at different offsets;
+    every endpoint is still scraped about once an interval."""
+    count = SLICE_SIZE * 2 + 5
+    datastore = Datastore()
+    scraper = MetricsScraper(datastore, interval=0.05, timeout=1.0)
+    await scraper.start()
+    endpoints = [datastore.upsert(EndpointSpec(f"e{i}", "127.0.0.1", server.port)) for i in range(count)]
+    try:
+        await until(lambda: all(e.metrics.waiting_queue_size == 7 for e in endpoints))
+        used = [len(group) for group in scraper._slices if group]
+        assert len(used) == 3 and sum(used) == count and max(used) - min(used) <= SLICE_SIZE
+        updated = [e.metrics.update_time for e in endpoints]
+        await until(lambda: all(e.metrics.update_time > t for e, t in zip(endpoints, updated, strict=True)))
+        for endpoint in endpoints[: SLICE_SIZE + 1]:
+            datastore.remove(endpoint.name)
+        assert sum(len(group) for group in scraper._slices) == count - SLICE_SIZE - 1
+    finally:
+        await scraper.stop()
