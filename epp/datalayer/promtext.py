@@ -17,7 +17,7 @@ _SPEC = re.compile(r"^\s*([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(?:\{(.*)\})?\s*$", re.DOT
 _MATCHER = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^",}\s=!~]+))\s*(,|$)')
 _ESCAPE = re.compile(r'\\[\\n"]')
 _ESCAPED = {"\\\\": "\\", "\\n": "\n", '\\"': '"'}
-_LABEL_CACHE_SIZE = 4096
+_LABEL_CACHE_SIZE = 16384  # a few blocks per endpoint for a thousand endpoints; ~8 MB at most
 _BLANK = r"[ \t\r\f\v]"  # whitespace within a line
 
 
