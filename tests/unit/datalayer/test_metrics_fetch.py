@@ -158,3 +158,15 @@ async def test_start_calls_back_once_and_close_silences_it() -> None:
         await asyncio.sleep(0.05)
         assert len(results) == 2
     assert len(connections) == 1
+
+
+async def test_a_body_larger_than_the_read_buffer_is_read_whole() -> None:
+    body = bytes(range(256)) * 800  # 200 KB: several reads of the 64 KiB buffer
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    handler, connections = answering(response, response)
+    async with raw_server(handler) as port:
+        getter = KeepAliveGetter("127.0.0.1", port, "/metrics")
+        assert await getter.get(2) == (200, body)
+        assert await getter.get(2) == (200, body)
+        getter.close()
+    assert len(connections) == 1
