@@ -44,8 +44,9 @@ _PRECISE = (
 )
 _FLOW = (
     "one of the implemented policies: global-strict-fairness-policy, round-robin-fairness-policy, "
-    "least-tokens-served-fairness-policy, fcfs-ordering-policy, edf-ordering-policy, "
-    "slo-deadline-ordering-policy, static-usage-limit-policy"
+    "least-tokens-served-fairness-policy, program-aware-fairness, fcfs-ordering-policy, "
+    "edf-ordering-policy, slo-deadline-ordering-policy, static-usage-limit-policy, "
+    "soft-reflective-ceiling-policy"
 )
 _MULTICLUSTER = "run one EPP per cluster's InferencePool"
 
@@ -93,8 +94,6 @@ def _entries() -> dict[str, UnavailableType]:
     )
     add(
         (
-            "program-aware-fairness",
-            "soft-reflective-ceiling-policy",
             "priority-holdback-policy",
             "sheddable-eviction-filter",
             "priority-then-time-eviction-order-policy",

@@ -121,8 +121,7 @@ class FlowController:
         if self.length > 0:
             return True
         saturation = self.detector.saturation(self._pool())
-        ceilings = self.usage_limit.ceilings(saturation, self._ordered or [0])
-        return saturation >= min(ceilings)
+        return saturation >= self.usage_limit.lowest_ceiling(saturation, self._ordered or [0])
 
     # --- the caller's side -----------------------------------------------------------------------
 
