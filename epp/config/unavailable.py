@@ -42,12 +42,6 @@ _PRECISE = (
     "approx-prefix-cache-producer (the default) with prefix-cache-scorer: the same PrefixCacheMatchInfo "
     "from the EPP's own index of what it routed"
 )
-_FLOW = (
-    "one of the implemented policies: global-strict-fairness-policy, round-robin-fairness-policy, "
-    "least-tokens-served-fairness-policy, program-aware-fairness, fcfs-ordering-policy, "
-    "edf-ordering-policy, slo-deadline-ordering-policy, static-usage-limit-policy, "
-    "soft-reflective-ceiling-policy"
-)
 _MULTICLUSTER = "run one EPP per cluster's InferencePool"
 
 
@@ -91,17 +85,6 @@ def _entries() -> dict[str, UnavailableType]:
         "llm-d alpha plugins tracking which endpoints hold a multimodal item's encoder embeddings "
         "(needs token-producer's multimodal features)",
         "prefix-cache-scorer (chat content blocks, images included, are part of the hashed prefix)",
-    )
-    add(
-        (
-            "priority-holdback-policy",
-            "sheddable-eviction-filter",
-            "priority-then-time-eviction-order-policy",
-        ),
-        other,
-        "a flow-control policy (fairness between flows, usage limits or eviction) of the GIE/llm-d "
-        "flow-control layer that this EPP's flow control does not implement",
-        _FLOW,
     )
     add(
         (

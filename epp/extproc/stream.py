@@ -3,6 +3,7 @@ director calls and answers in the order Envoy expects for the negotiated body mo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import uuid
@@ -15,6 +16,7 @@ from google.protobuf import duration_pb2
 from epp import tracing
 from epp.extproc import messages
 from epp.extproc.pb import BodyMode, HeaderMode, ext_proc, processing_mode
+from epp.flowcontrol.eviction import DROPPED_REASON_EVICTED, DROPPED_REASON_HEADER, EVICTED_MESSAGE
 from epp.headers import (
     DESTINATION_HEADER,
     LB_NAMESPACE,
@@ -330,8 +332,28 @@ class ExtProcStream:
         self.close()
         self.done = True
 
-    def _reject(self, error: RequestError) -> ext_proc.ProcessingResponse:
+    def _reject(
+        self, error: RequestError, headers: dict[str, str] | None = None
+    ) -> ext_proc.ProcessingResponse:
         self.done = True
         if self._trace is not None:
             self._trace.failed(f"{error.status} {error.message}")
-        return messages.immediate_error(error, self._options.error_prefix)
+        return messages.immediate_error(error, self._options.error_prefix, headers)
+
+    # --- in-flight eviction --------------------------------------------------------------------
+
+    @property
+    def eviction_signal(self) -> asyncio.Future[None] | None:
+        """Resolved when flow control evicts this routed request; None while there is nothing to
+        evict (not routed yet, not evictable, or the response already ended)."""
+        routed = self._routed
+        if self.done or routed is None or routed.eviction is None or not routed.eviction.evictable:
+            return None
+        return routed.eviction.signal
+
+    def evicted(self) -> ext_proc.ProcessingResponse:
+        """Flow control took the request back: the client gets llm-d router's 429 at once, and the
+        gateway drops the upstream request."""
+        log.info("request %s evicted by flow control", self._headers.get(REQUEST_ID_HEADER, ""))
+        error = RequestError(ErrorCode.RESOURCE_EXHAUSTED, EVICTED_MESSAGE)
+        return self._reject(error, {DROPPED_REASON_HEADER: DROPPED_REASON_EVICTED})

@@ -288,15 +288,10 @@ TWO_PROFILES = "schedulingProfiles: [{name: a}, {name: b}]"
             "did you mean 'flowControl'?",
         ),
         (
-            cfg("plugins: [{type: priority-holdback-policy}]"),
-            "plugins[0].type: plugin type 'priority-holdback-policy' is not available in this EPP "
-            "(tracked separately, not implemented yet): upstream, a flow-control policy (fairness between "
-            "flows, usage limits or eviction) of the GIE/llm-d flow-control layer that this EPP's flow "
-            "control does not implement; instead: one of the implemented policies: "
-            "global-strict-fairness-policy, round-robin-fairness-policy, "
-            "least-tokens-served-fairness-policy, program-aware-fairness, fcfs-ordering-policy, "
-            "edf-ordering-policy, slo-deadline-ordering-policy, static-usage-limit-policy, "
-            "soft-reflective-ceiling-policy",
+            cfg("plugins: [{type: disaggregatedset-rollout-screener}]"),
+            "plugins[0].type: plugin type 'disaggregatedset-rollout-screener' is not available in this EPP "
+            "(not implemented yet): upstream, llm-d alpha screener restricting candidates during a "
+            "DisaggregatedSet rollout; instead: label-selector-filter on the rollout's labels",
         ),
         (
             cfg("plugins: [{type: latency-scorer}]"),
