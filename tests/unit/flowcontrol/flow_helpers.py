@@ -11,6 +11,7 @@ from epp.config.build import EndpointPickerComponents, build_director
 from epp.config.loader import load_config, load_config_file
 from epp.datastore import Datastore
 from epp.flowcontrol.controller import FlowController
+from epp.flowcontrol.eviction import EvictionItem
 from epp.framework import PluginContext
 from epp.metrics.exporter import EppMetrics
 from epp.requests import ApiKind, InferenceRequest
@@ -48,6 +49,13 @@ def queued_request(name: str, fairness_id: str, priority: int = 0) -> InferenceR
     r.fairness_id = fairness_id
     r.priority = priority
     return r
+
+
+def in_flight(name: str, priority: int, dispatched: float = 0.0) -> EvictionItem:
+    """A routed request as the evictor tracks it (inside a running event loop)."""
+    request = queued_request(name, "t", priority)
+    signal = asyncio.get_running_loop().create_future()
+    return EvictionItem(request, priority, dispatched, "10.0.0.1:8000", signal)
 
 
 class Queue:

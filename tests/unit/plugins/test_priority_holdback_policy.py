@@ -33,7 +33,9 @@ README = "{shape: linear, domain: rank, minCeiling: 0.4, maxCeiling: 0.9}"
 
 def test_rank_spaces_the_ceilings_evenly() -> None:
     policy = plugin(PriorityHoldbackPolicy, {"minCeiling": 0.4, "maxCeiling": 0.9})
-    assert policy.ceilings(0.5, [100, 50, 0, -1, -100, -1000]) == pytest.approx([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    assert policy.ceilings(0.5, [100, 50, 0, -1, -100, -1000]) == pytest.approx(
+        [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
+    )
     assert policy.ceilings(0.5, [7]) == [0.9]
     assert policy.ceilings(0.5, []) == []
 
@@ -49,7 +51,10 @@ def test_value_places_the_ceilings_by_priority() -> None:
     [
         ("{}", "minCeiling: Field required"),
         ("{minCeiling: 1.0}", "minCeiling: Input should be less than 1"),
-        ("{minCeiling: 0.5, maxCeiling: 0.5}", "minCeiling (0.5) must be strictly less than maxCeiling (0.5)"),
+        (
+            "{minCeiling: 0.5, maxCeiling: 0.5}",
+            "minCeiling (0.5) must be strictly less than maxCeiling (0.5)",
+        ),
         ("{minCeiling: 0.1, domain: ordinal}", "domain: Input should be 'rank' or 'value'"),
         ("{minCeiling: 0.1, shape: sigmoid}", "shape: Input should be 'linear'"),
     ],
