@@ -51,7 +51,19 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
         stream = ExtProcStream(self._director, self._options)
         incoming = aiter(request_iterator)
         try:
-            while (message := await _next_message(incoming, stream.eviction_signal)) is not None:
+            while True:
+                eviction = stream.eviction_signal
+                if eviction is None:  # the common case, kept cheap: one plain read
+                    try:
+                        message = await anext(incoming)
+                    except StopAsyncIteration:
+                        return
+                else:
+                    message = await _message_or_eviction(incoming, eviction)
+                    if message is None:
+                        if eviction.done():
+                            yield stream.evicted()
+                        return
                 try:
                     extend = stream.extend_message_timeout(message)
                     if extend is not None:
@@ -71,23 +83,18 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
                     yield reply
                 if stream.done:
                     return
-            signal = stream.eviction_signal
-            if signal is not None and signal.done():
-                yield stream.evicted()
         finally:
             stream.close()
             if guard is not None:
                 guard.leave()
 
 
-async def _next_message(
-    incoming: AsyncIterator[ext_proc.ProcessingRequest], eviction: asyncio.Future[None] | None
+async def _message_or_eviction(
+    incoming: AsyncIterator[ext_proc.ProcessingRequest], eviction: asyncio.Future[None]
 ) -> ext_proc.ProcessingRequest | None:
     """The stream's next message; None at its end, or when `eviction` (flow control taking the
     routed request back) comes first. A message that arrives with the eviction goes first: it
     may end the response, and an ended response is not evicted."""
-    if eviction is None:
-        return await anext(incoming, None)
     reading = asyncio.ensure_future(anext(incoming, None))
     await asyncio.wait((reading, eviction), return_when=asyncio.FIRST_COMPLETED)
     if reading.done():

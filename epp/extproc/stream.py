@@ -81,6 +81,9 @@ class ExtProcStream:
         # What the awaited step (`prepare`) parsed, admitted and prepared for the body.
         self._prepared: ParsedBody | None = None
         self.done = False
+        # Resolved when flow control evicts the routed request; None while there is nothing to
+        # evict (not routed yet, not evictable, or the stream done).
+        self.eviction_signal: asyncio.Future[None] | None = None
 
     # --- entry point -------------------------------------------------------------------------
 
@@ -230,6 +233,9 @@ class ExtProcStream:
         raw = bytes(self._body)
         prepared, self._prepared = self._prepared, None
         self._routed = self._director.handle_body(raw, self._headers, self._subset, self._trace, prepared)
+        eviction = self._routed.eviction
+        if eviction is not None and eviction.evictable:
+            self.eviction_signal = eviction.signal
         body = self._routed.body if self._routed.body is not None else raw
         common = self._routing_common(new_body_size=len(body) if self._routed.body is not None else None)
         metadata = messages.destination_metadata(self._routed.destination, self._routed.request.stream)
@@ -331,25 +337,18 @@ class ExtProcStream:
     def _finish(self) -> None:
         self.close()
         self.done = True
+        self.eviction_signal = None
 
     def _reject(
         self, error: RequestError, headers: dict[str, str] | None = None
     ) -> ext_proc.ProcessingResponse:
         self.done = True
+        self.eviction_signal = None
         if self._trace is not None:
             self._trace.failed(f"{error.status} {error.message}")
         return messages.immediate_error(error, self._options.error_prefix, headers)
 
     # --- in-flight eviction --------------------------------------------------------------------
-
-    @property
-    def eviction_signal(self) -> asyncio.Future[None] | None:
-        """Resolved when flow control evicts this routed request; None while there is nothing to
-        evict (not routed yet, not evictable, or the response already ended)."""
-        routed = self._routed
-        if self.done or routed is None or routed.eviction is None or not routed.eviction.evictable:
-            return None
-        return routed.eviction.signal
 
     def evicted(self) -> ext_proc.ProcessingResponse:
         """Flow control took the request back: the client gets llm-d router's 429 at once, and the
