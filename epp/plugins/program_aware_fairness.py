@@ -3,7 +3,7 @@ programs (agentic workflows, tenants: one fairness id each), and the band serves
 has received the least service lately, LAS (Least Attained Service) over weighted tokens.
 
 Each program's attained service is prompt tokens + 2 x completion tokens of its completed
-requests (the usage the model server reports at the end of the response), decaying with a
+requests (the usage the model server reports in the response; none read, nothing charged), decaying with a
 half-life of `lasHalfLifeSeconds` of wall-clock time (0: never), so a program back from idling
 competes on near-equal footing. A pick scores every waiting program
 
@@ -15,18 +15,21 @@ goes next: the least served program, the longest waiting one breaking ties.
 
 A program's state is forgotten once it has had nothing in flight and no completion for
 `evictionTtlSeconds` (0: never), checked every `evictionSweepSeconds` (here on the next request
-or pick after that interval rather than by a timer). As upstream, a request that never completes
-keeps its program's state. Metrics (llm-d's names): `llm_d_epp_program_aware_attained_service_tokens`
-and `llm_d_epp_program_aware_avg_wait_time_milliseconds` per program, and
+or pick after that interval rather than by a timer). Completion is the end of the response however
+it ends (upstream: the end of the response body only, so an abandoned request keeps its program
+in flight, and so would every SSE response whose body the EPP skips here).
+
+Metrics (llm-d's names): `llm_d_epp_program_aware_attained_service_tokens` and
+`llm_d_epp_program_aware_avg_wait_time_milliseconds` per program, and
 `llm_d_epp_program_aware_jains_fairness_index` over the programs' average waits."""
 
 from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from prometheus_client import CollectorRegistry, Gauge
 from pydantic import Field, field_validator
@@ -34,7 +37,7 @@ from pydantic import Field, field_validator
 from epp.flowcontrol.queues import Band, FairnessPolicy, Flow, QueuedRequest
 from epp.framework import Plugin, PluginContext, PluginParams, register
 from epp.metrics.exporter import FlowControlMetrics
-from epp.requestcontrol.hooks import PreRequest, ResponseBodyProcessor
+from epp.requestcontrol.hooks import PreRequest, ResponseComplete
 from epp.requests import InferenceRequest, Usage
 from epp.scheduling.types import SchedulingResult
 
@@ -121,7 +124,7 @@ def _normalised(value: float, low: float, high: float) -> float:
 
 
 @register
-class ProgramAwareFairness(Plugin, FairnessPolicy, PreRequest, ResponseBodyProcessor):
+class ProgramAwareFairness(Plugin, FairnessPolicy, PreRequest, ResponseComplete):
     type_name = "program-aware-fairness"
     Params = ProgramAwareFairnessParams
 
@@ -221,9 +224,9 @@ class ProgramAwareFairness(Plugin, FairnessPolicy, PreRequest, ResponseBodyProce
             state.average_wait_ms += (wait_ms - state.average_wait_ms) / state.waits
         self._gauges.average_wait.labels(self._label(program_id)).set(state.average_wait_ms)
 
-    def response_body_done(
+    def response_complete(
         self, request: InferenceRequest, result: SchedulingResult, usage: Usage | None
-    ) -> Mapping[str, Mapping[str, Any]]:
+    ) -> None:
         program_id = request.fairness_id or DEFAULT_PROGRAM
         state = self.program(program_id)
         now = self.clock()
@@ -233,4 +236,3 @@ class ProgramAwareFairness(Plugin, FairnessPolicy, PreRequest, ResponseBodyProce
         self._gauges.attained_service.labels(self._label(program_id)).set(state.service)
         state.in_flight -= 1
         state.last_completion = now
-        return {}

@@ -9,20 +9,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import grpc
 import orjson
 import pytest
 
-from epp.config.build import build_director
 from epp.config.loader import load_config
-from epp.datastore import Datastore
-from epp.extproc.pb import ext_proc_grpc
-from epp.extproc.server import bind, ext_proc_server
-from epp.extproc.stream import StreamOptions
 from epp.flowcontrol.reclamation import LEADING_SENSOR_GRACE
-from epp.framework import PluginContext
-from epp.metrics.exporter import EppMetrics
-from tests.unit.flowcontrol.test_flow_control import Harness, finish, read, routed
+from tests.unit.flowcontrol.test_flow_control import Harness, finish, make_harness, read, routed
 
 CONFIG = """
 apiVersion: inference.networking.x-k8s.io/v1alpha1
@@ -44,16 +36,7 @@ OBJECTIVES = {"critical": 10, "standard": 0, "batch": -1}
 
 @pytest.fixture
 async def harness() -> AsyncIterator[Harness]:
-    datastore = Datastore()
-    datastore.synced = True
-    config = load_config(CONFIG)
-    assert config.warnings == ()
-    director, _ = build_director(config, datastore, PluginContext(EppMetrics()), OBJECTIVES)
-    server = ext_proc_server(director, StreamOptions(), None)
-    port = bind(server, "127.0.0.1:0", None)
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    h = Harness(director, ext_proc_grpc.ExternalProcessorStub(channel))
+    h, server, channel = await make_harness(objectives=OBJECTIVES, config_text=CONFIG)
     h.add()
     yield h
     await channel.close()
@@ -66,6 +49,7 @@ def revocations(h: Harness, outcome: str) -> float:
 
 
 async def test_a_sheddable_request_in_flight_is_evicted_for_a_critical_one(harness: Harness) -> None:
+    assert load_config(CONFIG).warnings == ()  # enableEviction is implemented, not ignored
     batch = await harness.send("tenant-b", "batch")
     await routed(batch)
     critical = await harness.send("tenant-c", "critical")

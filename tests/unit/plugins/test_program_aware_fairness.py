@@ -3,6 +3,9 @@ sample config (deploy/config/sim-program-aware-config.yaml, loaded unchanged).""
 
 from __future__ import annotations
 
+import asyncio
+
+import orjson
 import pytest
 
 from epp.config.loader import load_config
@@ -11,7 +14,8 @@ from epp.params.strict import ConfigError
 from epp.plugins.program_aware_fairness import ProgramAwareFairness, jains_index
 from epp.requests import InferenceRequest, Usage
 from epp.scheduling.types import SchedulingResult
-from tests.unit.flowcontrol.flow_helpers import UPSTREAM_CONFIGS, Queue, built, queued_request
+from tests.unit.flowcontrol.flow_helpers import UPSTREAM_CONFIGS, Queue, Saturation, built, queued_request
+from tests.unit.flowcontrol.test_flow_control import finish, make_harness, routed
 from tests.unit.plugin_helpers import FakeClock, context, plugin
 
 UPSTREAM = UPSTREAM_CONFIGS / "llmd-router-ebab687__deploy__config__sim-program-aware-config.yaml"
@@ -22,7 +26,7 @@ def served(policy: ProgramAwareFairness, program: str, prompt: int, completion: 
     """One request of `program` dispatched and completed with this usage."""
     request = queued_request("done", program)
     policy.pre_request(request, RESULT)
-    policy.response_body_done(request, RESULT, Usage(prompt_tokens=prompt, completion_tokens=completion))
+    policy.response_complete(request, RESULT, Usage(prompt_tokens=prompt, completion_tokens=completion))
 
 
 async def test_the_least_served_program_goes_first_though_it_arrived_last() -> None:
@@ -148,3 +152,46 @@ def test_bad_parameters_are_refused(parameters: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(config)
     assert message in str(caught.value)
+
+
+def usage(prompt: int, completion: int) -> bytes:
+    """A response body carrying the usage the model server reports."""
+    return orjson.dumps({"usage": {"prompt_tokens": prompt, "completion_tokens": completion}})
+
+
+async def test_through_ext_proc_completed_usage_decides_the_next_program() -> None:
+    """The upstream config behind the EPP's ext_proc server: usage read from real responses is
+    each program's service; queued requests of the least served program go first, and each
+    dispatched request's queue wait is its program's average."""
+    h, server, channel = await make_harness(config_text=UPSTREAM.read_text())
+    detector = Saturation(0.0)
+    h.flow_control.detector = detector
+    h.add()
+    try:
+        for program, prompt, completion in (("heavy", 1000, 500), ("light", 10, 5)):
+            call = await h.send(program)
+            await routed(call)
+            await finish(call, usage(prompt, completion))
+        assert h.sample("llm_d_epp_program_aware_attained_service_tokens", program_id="heavy") == 2000.0
+        detector.value = 1.0
+        order: list[str] = []
+
+        async def one(program: str) -> None:
+            call = await h.send(program)
+            await routed(call)
+            order.append(program)
+            await finish(call, usage(1, 1))
+
+        tasks = []
+        for program in ("heavy", "heavy", "light", "light"):
+            tasks.append(asyncio.ensure_future(one(program)))
+            await h.wait_queued(len(tasks))
+        detector.value = 0.0
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        assert order == ["light", "light", "heavy", "heavy"]
+        # The first two requests did not queue (no wait observed); the queued ones did.
+        assert h.sample("llm_d_epp_program_aware_avg_wait_time_milliseconds", program_id="heavy") > 0
+    finally:
+        await channel.close()
+        await server.stop(0)
+        await h.flow_control.stop()
