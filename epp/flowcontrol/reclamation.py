@@ -74,6 +74,7 @@ class ReclamationController:
         self.grace = eviction_grace(self.detector_type, refresh_interval, staleness)
 
     def gate_open(self, now: float) -> bool:
+        """Whether a decision may run: every eviction confirmed (or timed out) and its grace over."""
         for request_id, revocation in list(self.outstanding.items()):
             if now - revocation.issued >= CONFIRMATION_TIMEOUT:
                 del self.outstanding[request_id]
