@@ -23,7 +23,7 @@ from epp.config.schema import (
     SaturationDetectorDoc,
 )
 from epp.config.unavailable import TEST_ONLY_FEATURE_GATES, unavailable
-from epp.datalayer import DataProducer, EndpointObserver, MetricsExtractor, MetricsSource, NotificationSource
+from epp.datalayer import DataProducer, DataSource, MetricsExtractor, MetricsSource
 from epp.flowcontrol import FairnessPolicy, OrderingPolicy, SaturationDetector, UsageLimitPolicy
 from epp.framework import DataConsumer, DataKey, ImpliedPlugin, Plugin, PluginUser
 from epp.framework.registry import canonical_type_names, find_plugin_type, plugin_types
@@ -96,6 +96,7 @@ class _Loader:
         self.plugins: dict[str, PluginSpec] = {}
         self.problems: list[str] = []
         self.warnings: list[str] = []
+        self.data_sources: dict[str, tuple[str, ...]] = {}  # dataLayer source -> its extractors
 
     def load(self) -> PickerConfig:
         self._feature_gates()
@@ -130,6 +131,7 @@ class _Loader:
             producer_order=producer_order,
             warnings=tuple(self.warnings),
             flow_control_spec=flow_control,
+            data_sources=self.data_sources,
         )
 
     def _check(self) -> None:
@@ -372,16 +374,20 @@ class _Loader:
         sources = []
         for index, source_doc in enumerate(doc.sources):
             spec = self.plugins.get(source_doc.plugin_ref)
-            if spec is None or not issubclass(spec.cls, NotificationSource):
+            if spec is None or not issubclass(spec.cls, DataSource):
                 sources.append(source_doc)
                 continue
-            for number, observer in enumerate(source_doc.extractors):
+            refs = [
                 self._ref(
                     f"{key}.sources[{index}].extractors[{number}].pluginRef",
-                    observer.plugin_ref,
-                    EndpointObserver,
-                    "an endpoint observer",
+                    extractor.plugin_ref,
+                    spec.cls.extractor_role,
+                    spec.cls.extractor_role_text,
                 )
+                for number, extractor in enumerate(source_doc.extractors)
+            ]
+            wired = self.data_sources.setdefault(source_doc.plugin_ref, ())
+            self.data_sources[source_doc.plugin_ref] = wired + tuple(r for r in refs if r is not None)
         notifications_only = bool(doc.sources) and not sources
         doc = doc.model_copy(update={"sources": sources})
         if notifications_only and doc.inject_defaults is not False:

@@ -127,13 +127,6 @@ def _entries() -> dict[str, UnavailableType]:
         "kv-cache-utilization-scorer and the queue scorers over the model servers' own metrics",
     )
     add(
-        ("models-data-source", "models-data-extractor"),
-        todo,
-        "llm-d data source polling each model server's /v1/models to learn the models and LoRA "
-        "adapters it serves",
-        "endpoint `models` in the endpoints file, or the model servers' LoRA metrics (lora-affinity-scorer)",
-    )
-    add(
         ("disaggregatedset-rollout-screener", "disaggregatedset-rollout-pod-extractor"),
         todo,
         "llm-d alpha screener restricting candidates during a DisaggregatedSet rollout",

@@ -5,9 +5,11 @@ from epp.datalayer.extensions import (
     AsyncDataProducer,
     BackgroundService,
     DataProducer,
+    DataSource,
     EndpointObserver,
     MetricsExtractor,
     MetricsSource,
+    ModelsExtractor,
     NotificationSource,
 )
 
@@ -15,8 +17,10 @@ __all__ = [
     "AsyncDataProducer",
     "BackgroundService",
     "DataProducer",
+    "DataSource",
     "EndpointObserver",
     "MetricsExtractor",
     "MetricsSource",
+    "ModelsExtractor",
     "NotificationSource",
 ]

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from epp.datalayer.engines import EngineMetrics
+from epp.datalayer.models import ServedModel
 from epp.datastore import Datastore, Endpoint
 from epp.framework import DataKey, Extension
 from epp.requests import InferenceRequest
@@ -64,14 +65,37 @@ class BackgroundService(Extension):
     async def stop(self) -> None: ...
 
 
-class NotificationSource(Extension):
-    """A `dataLayer` source of endpoint add/delete notifications (llm-d's
-    `endpoint-notification-source`); its extractors are endpoint observers. Here every endpoint
-    observer and background service is told of pool changes anyway, so the source only validates
-    the wiring."""
+class DataSource(Extension):
+    """A `dataLayer` source besides the metrics page. The config wires extractors to it
+    (`sources[].extractors[]`), each of which must be an `extractor_role`; the builder hands them
+    over once, before the service starts."""
+
+    extractor_role: ClassVar[type[Extension]]
+    extractor_role_text: ClassVar[str]  # in words, for the loader's errors
+    extractors: list[Extension]
+
+    def use_extractors(self, extractors: Sequence[Extension]) -> None:
+        self.extractors = list(extractors)
 
 
 class EndpointObserver(Extension):
     @abstractmethod
     def endpoint_removed(self, endpoint: Endpoint) -> None:
         """Drop state kept about an endpoint that left the pool."""
+
+
+class NotificationSource(DataSource):
+    """A `dataLayer` source of endpoint add/delete notifications (llm-d's
+    `endpoint-notification-source`); its extractors are endpoint observers. Here every endpoint
+    observer and background service is told of pool changes anyway, so the source only validates
+    the wiring."""
+
+    extractor_role = EndpointObserver
+    extractor_role_text = "an endpoint observer"
+
+
+class ModelsExtractor(Extension):
+    """Takes what a `models-data-source` read from one endpoint's model list."""
+
+    @abstractmethod
+    def extract_models(self, endpoint: Endpoint, models: Sequence[ServedModel]) -> None: ...
