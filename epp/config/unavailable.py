@@ -127,16 +127,17 @@ def _entries() -> dict[str, UnavailableType]:
         "kv-cache-utilization-scorer and the queue scorers over the model servers' own metrics",
     )
     add(
-        ("disaggregatedset-rollout-screener", "disaggregatedset-rollout-pod-extractor"),
-        todo,
-        "llm-d alpha screener restricting candidates during a DisaggregatedSet rollout",
-        "label-selector-filter on the rollout's labels",
-    )
-    add(
         ("p2p-source-producer",),
         todo,
         "llm-d alpha producer choosing a peer endpoint to pull KV cache from (x-kv-cache-source-host-port)",
         "disagg-profile-handler with a prefill profile",
+    )
+    add(
+        ("disaggregatedset-rollout-pod-extractor",),
+        Reason.NOT_UPSTREAM,
+        "the pod handler disaggregatedset-rollout-screener registers for itself; llm-d registers no "
+        "plugin type of that name",
+        "disaggregatedset-rollout-screener alone (it watches the pods it needs)",
     )
     add(
         ("queue-cache-scorer",),

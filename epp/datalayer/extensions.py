@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from epp.datalayer.engines import EngineMetrics
+from epp.datalayer.k8sobjects import GroupVersionKind, ObjectEvent
 from epp.datalayer.models import ServedModel
 from epp.datastore import Datastore, Endpoint
 from epp.framework import DataKey, Extension
@@ -92,6 +93,43 @@ class NotificationSource(DataSource):
 
     extractor_role = EndpointObserver
     extractor_role_text = "an endpoint observer"
+
+
+class KubernetesObjectObserver(Extension):
+    """Hears of every add, update and delete of one kind of Kubernetes object in the pool's
+    namespace (llm-d's NotificationExtractor), through a `k8s-notification-source` for that kind:
+    one the config lists, else one the loader adds (named `<observer>/<kind>`), as llm-d does."""
+
+    watched_kind: ClassVar[GroupVersionKind]
+
+    @classmethod
+    def watches_objects(cls, params: Any) -> bool:
+        """Whether these parameters need the objects at all (a source is added only then)."""
+        return True
+
+    @abstractmethod
+    def object_event(self, event: ObjectEvent) -> None: ...
+
+
+class KubernetesSource(DataSource):
+    """Streams one kind of Kubernetes object to its observers; the server runs the watch (in the
+    namespace it discovers endpoints in) and calls `notify` for every change."""
+
+    extractor_role = KubernetesObjectObserver
+    extractor_role_text = "a Kubernetes object observer"
+
+    @classmethod
+    @abstractmethod
+    def kind_of(cls, params: Any) -> GroupVersionKind:
+        """The kind these parameters watch (the loader matches observers to sources by it)."""
+
+    @property
+    @abstractmethod
+    def kind(self) -> GroupVersionKind: ...
+
+    @abstractmethod
+    def notify(self, event: ObjectEvent) -> None:
+        """Hand one change to every observer."""
 
 
 class ModelsExtractor(Extension):
