@@ -72,13 +72,6 @@ def _entries() -> dict[str, UnavailableType]:
         _LATENCY,
     )
     add(
-        ("k8s-notification-source",),
-        todo,
-        "GIE/llm-d data source streaming Kubernetes object events (e.g. pods) to extractors; llm-d's "
-        "topology-extractor uses it for a pod's spec.hostname",
-        "label the pods with their topology (topology-extractor reads pod labels)",
-    )
-    add(
         ("burst-prefix-cache-producer",),
         other,
         "llm-d alpha producer predicting prefix hits of request bursts on top of token-producer",
@@ -125,12 +118,6 @@ def _entries() -> dict[str, UnavailableType]:
         "llm-d alpha data source scraping NVIDIA DCGM exporter GPU metrics (power, utilisation, memory) "
         "per endpoint, for GPU-aware scoring",
         "kv-cache-utilization-scorer and the queue scorers over the model servers' own metrics",
-    )
-    add(
-        ("p2p-source-producer",),
-        todo,
-        "llm-d alpha producer choosing a peer endpoint to pull KV cache from (x-kv-cache-source-host-port)",
-        "disagg-profile-handler with a prefill profile",
     )
     add(
         ("disaggregatedset-rollout-pod-extractor",),
