@@ -21,16 +21,16 @@ _VALUE_ONLY = re.compile(rf"^{_VALUE}$")
 @dataclass(frozen=True, slots=True)
 class Requirement:
     key: str
-    operator: str  # "in", "notin", "exists", "!"
+    operator: str  # a matchExpressions operator: In, NotIn, Exists, DoesNotExist
     values: frozenset[str] = frozenset()
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         value = labels.get(self.key)
-        if self.operator == "in":
+        if self.operator == "In":
             return value is not None and value in self.values
-        if self.operator == "notin":
+        if self.operator == "NotIn":
             return value is None or value not in self.values
-        if self.operator == "exists":
+        if self.operator == "Exists":
             return value is not None
         return value is None
 
@@ -59,14 +59,14 @@ def parse_selector(text: str) -> LabelSelector:
 
 def _requirement(text: str, match: re.Match[str]) -> Requirement:
     if match["absent"]:
-        return Requirement(match["absent"], "!")
+        return Requirement(match["absent"], "DoesNotExist")
     key = match["key"]
     if match["op"]:
-        operator = "notin" if match["op"] == "!=" else "in"
+        operator = "NotIn" if match["op"] == "!=" else "In"
         return Requirement(key, operator, frozenset({match["value"]}))
     if match["set"]:
         values = [v.strip() for v in match["values"].split(",")]
         if not all(v and _VALUE_ONLY.match(v) for v in values):
             raise ValueError(f"{text!r} is not a valid label selector (values of {key!r})")
-        return Requirement(key, match["set"], frozenset(values))
-    return Requirement(key, "exists")
+        return Requirement(key, "In" if match["set"] == "in" else "NotIn", frozenset(values))
+    return Requirement(key, "Exists")

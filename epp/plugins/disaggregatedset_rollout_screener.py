@@ -15,10 +15,8 @@ heard of, gating refuses every request (503), as llm-d does."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Literal
-from weakref import WeakKeyDictionary
+from typing import Any, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import Field, field_validator, model_validator
 
 from epp.datalayer import KubernetesObjectObserver
@@ -103,34 +101,6 @@ class RolloutScreenerParams(PluginParams):
         return self
 
 
-class _Metrics:
-    """llm-d's two series, registered once per registry."""
-
-    _by_registry: ClassVar[WeakKeyDictionary[CollectorRegistry, _Metrics]] = WeakKeyDictionary()
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        prefix = "llm_d_epp_disaggregatedset_"
-        self.no_match = Counter(
-            prefix + "strict_header_no_match_total",
-            "Strict header selections that matched no endpoint and failed closed.",
-            ["plugin_type", "plugin_name", "selector"],
-            registry=registry,
-        )
-        self.share = Gauge(
-            prefix + "revision_gating_share",
-            "Current weighted revision gating share from 0 to 1; incomplete revisions have share 0.",
-            ["plugin_type", "plugin_name", "mode", "revision"],
-            registry=registry,
-        )
-
-    @classmethod
-    def of(cls, registry: CollectorRegistry) -> _Metrics:
-        metrics = cls._by_registry.get(registry)
-        if metrics is None:
-            metrics = cls._by_registry[registry] = cls(registry)
-        return metrics
-
-
 def revision_shares(
     role_counts: Mapping[str, Mapping[str, int]], roles: Sequence[str], mode: str
 ) -> dict[str, float]:
@@ -177,7 +147,8 @@ class DisaggregatedSetRolloutScreener(Plugin, Screener, ResponseHeaderProcessor,
         ]
         self.strict = [s for s in self.selectors if s[3] == "strict"]
         self._rng = context.rng
-        self._metrics = _Metrics.of(context.metrics.registry)
+        self._no_match = context.metrics.rollout_no_match
+        self._share = context.metrics.rollout_share
         self._pods: dict[tuple[str, str], tuple[str, str]] = {}  # (namespace, name) -> (revision, role)
         self.role_counts: dict[str, dict[str, int]] = {}
         self.shares: dict[str, float] = {}
@@ -208,7 +179,7 @@ class DisaggregatedSetRolloutScreener(Plugin, Screener, ResponseHeaderProcessor,
             per_role = counts.setdefault(revision, {})
             per_role[role] = per_role.get(role, 0) + 1
         shares = revision_shares(counts, self.roles, self.gating.mode)
-        gauge = self._metrics.share
+        gauge = self._share
         for gone in self.shares.keys() - shares.keys():
             gauge.remove(self.type_name, self.name, self.gating.mode, gone)
         for revision, share in shares.items():
@@ -243,7 +214,7 @@ class DisaggregatedSetRolloutScreener(Plugin, Screener, ResponseHeaderProcessor,
                 continue
             kept = [e for e in kept if e.labels.get(label) == wanted]
             if not kept:
-                self._metrics.no_match.labels(self.type_name, self.name, name).inc()
+                self._no_match.labels(self.type_name, self.name, name).inc()
                 return kept
         return kept
 

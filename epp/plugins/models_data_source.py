@@ -10,7 +10,6 @@ list) keeps what was learned before and leaves the endpoint's health to the metr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
@@ -19,6 +18,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from epp.datalayer import BackgroundService, DataSource, ModelsExtractor
+from epp.datalayer.endpointtasks import EndpointTasks
 from epp.datalayer.fetch import KeepAliveGetter, insecure_tls_context
 from epp.datalayer.models import parse_models
 from epp.datalayer.scraper import DEFAULT_INTERVAL, DEFAULT_TIMEOUT
@@ -82,37 +82,16 @@ class ModelsDataSource(Plugin, DataSource, BackgroundService):
         self.params = params
         self.interval = round_to_ticks(params.interval)
         self._tls = params.tls_context()
-        self._datastore: Datastore | None = None
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks = EndpointTasks("models", self._poll)
         self.extractors = []
         self.polls = 0
         self.failures = 0
 
     async def start(self, datastore: Datastore) -> None:
-        self._datastore = datastore
-        datastore.subscribe(on_added=self._watch, on_removed=self._unwatch)
+        self._tasks.follow(datastore)
 
     async def stop(self) -> None:
-        tasks = list(self._tasks.values())
-        self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    def _watch(self, endpoint: Endpoint) -> None:
-        previous = self._tasks.pop(endpoint.name, None)
-        if previous is not None:
-            previous.cancel()
-        self._tasks[endpoint.name] = asyncio.get_running_loop().create_task(
-            self._poll(endpoint), name=f"models-{endpoint.name}"
-        )
-
-    def _unwatch(self, endpoint: Endpoint) -> None:
-        task = self._tasks.pop(endpoint.name, None)
-        if task is not None:
-            task.cancel()
+        await self._tasks.stop()
 
     async def _poll(self, endpoint: Endpoint) -> None:
         getter = KeepAliveGetter(
