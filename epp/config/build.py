@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from epp.config.model import BandSpec, FlowControlSpec, PickerConfig
-from epp.datalayer import AsyncDataProducer, DataProducer, EndpointObserver, MetricsExtractor, MetricsSource
+from epp.datalayer import (
+    AsyncDataProducer,
+    DataProducer,
+    DataSource,
+    EndpointObserver,
+    MetricsExtractor,
+    MetricsSource,
+)
 from epp.datalayer.scraper import ScrapeSettings
 from epp.datastore import Datastore
 from epp.flowcontrol import (
@@ -52,6 +59,8 @@ def build_components(config: PickerConfig, context: PluginContext) -> EndpointPi
     for plugin in plugins.values():
         if isinstance(plugin, PluginUser):
             plugin.use_plugins(plugins)
+    for source, extractors in config.data_sources.items():
+        _role(plugins[source], DataSource).use_extractors([plugins[name] for name in extractors])
     profiles = [
         SchedulerProfile(
             profile.name,

@@ -23,7 +23,14 @@ from epp.config.schema import (
     SaturationDetectorDoc,
 )
 from epp.config.unavailable import TEST_ONLY_FEATURE_GATES, unavailable
-from epp.datalayer import DataProducer, EndpointObserver, MetricsExtractor, MetricsSource, NotificationSource
+from epp.datalayer import (
+    DataProducer,
+    DataSource,
+    KubernetesObjectObserver,
+    KubernetesSource,
+    MetricsExtractor,
+    MetricsSource,
+)
 from epp.flowcontrol import FairnessPolicy, OrderingPolicy, SaturationDetector, UsageLimitPolicy
 from epp.framework import DataConsumer, DataKey, ImpliedPlugin, Plugin, PluginUser
 from epp.framework.registry import canonical_type_names, find_plugin_type, plugin_types
@@ -38,6 +45,7 @@ DEFAULT_PICKER = "max-score-picker"
 DEFAULT_SATURATION_DETECTOR = "utilization-detector"
 DEFAULT_METRICS_SOURCE = "metrics-data-source"
 DEFAULT_METRICS_EXTRACTOR = "core-metrics-extractor"
+DEFAULT_OBJECT_SOURCE = "k8s-notification-source"
 DEFAULT_PARSER = "openai-parser"
 DEFAULT_FAIRNESS_POLICY = "global-strict-fairness-policy"
 DEFAULT_ORDERING_POLICY = "fcfs-ordering-policy"
@@ -98,6 +106,7 @@ class _Loader:
         self.plugins: dict[str, PluginSpec] = {}
         self.problems: list[str] = []
         self.warnings: list[str] = []
+        self.data_sources: dict[str, tuple[str, ...]] = {}  # dataLayer source -> its extractors
 
     def load(self) -> PickerConfig:
         self._feature_gates()
@@ -110,6 +119,7 @@ class _Loader:
         handler = self._profile_handler(profiles)
         detector = self._saturation_detector()
         source, extractor = self._data_layer()
+        self._object_observers()
         parsers = self._parsers()
         flow_control = self._flow_control(detector)
         self._check()
@@ -132,6 +142,7 @@ class _Loader:
             producer_order=producer_order,
             warnings=tuple(self.warnings),
             flow_control_spec=flow_control,
+            data_sources=self.data_sources,
         )
 
     def _check(self) -> None:
@@ -374,16 +385,22 @@ class _Loader:
         sources = []
         for index, source_doc in enumerate(doc.sources):
             spec = self.plugins.get(source_doc.plugin_ref)
-            if spec is None or not issubclass(spec.cls, NotificationSource):
+            if spec is None or not issubclass(spec.cls, DataSource):
                 sources.append(source_doc)
                 continue
-            for number, observer in enumerate(source_doc.extractors):
+            refs = [
                 self._ref(
                     f"{key}.sources[{index}].extractors[{number}].pluginRef",
-                    observer.plugin_ref,
-                    EndpointObserver,
-                    "an endpoint observer",
+                    extractor.plugin_ref,
+                    spec.cls.extractor_role,
+                    spec.cls.extractor_role_text,
                 )
+                for number, extractor in enumerate(source_doc.extractors)
+            ]
+            wired = tuple(r for r in refs if r is not None)
+            if issubclass(spec.cls, KubernetesSource):
+                self._check_kinds(f"{key}.sources[{index}]", spec, wired)
+            self._wire(source_doc.plugin_ref, wired)
         notifications_only = bool(doc.sources) and not sources
         doc = doc.model_copy(update={"sources": sources})
         if notifications_only and doc.inject_defaults is not False:
@@ -421,6 +438,49 @@ class _Loader:
             f"{path}.extractors[0].pluginRef", extractor_ref, MetricsExtractor, "a metrics extractor"
         )
         return source, extractor
+
+    def _wire(self, source: str, extractors: tuple[str, ...]) -> None:
+        self.data_sources[source] = self.data_sources.get(source, ()) + extractors
+
+    def _check_kinds(self, path: str, source: PluginSpec, observers: tuple[str, ...]) -> None:
+        assert issubclass(source.cls, KubernetesSource)
+        kind = source.cls.kind_of(source.params)
+        for name in observers:
+            observer = self.plugins[name].cls
+            assert issubclass(observer, KubernetesObjectObserver)
+            if observer.watched_kind != kind:
+                self.problems.append(
+                    f"{path}: {name!r} observes {observer.watched_kind}, but {source.name!r} watches {kind}"
+                )
+
+    def _object_observers(self) -> None:
+        """Give every plugin that needs Kubernetes objects and is not wired to a source the
+        configured `k8s-notification-source` of its kind, else a new one named `<plugin>/<kind>`
+        (llm-d's default-source registration)."""
+        wired = {name for names in self.data_sources.values() for name in names}
+        for spec in list(self.plugins.values()):
+            cls = spec.cls
+            if not issubclass(cls, KubernetesObjectObserver) or spec.name in wired:
+                continue
+            if not cls.watches_objects(spec.params):
+                continue
+            source = next(
+                (
+                    s.name
+                    for s in self.plugins.values()
+                    if issubclass(s.cls, KubernetesSource) and s.cls.kind_of(s.params) == cls.watched_kind
+                ),
+                None,
+            )
+            if source is None:
+                kind = cls.watched_kind
+                source = f"{spec.name}/{kind.kind.lower()}"
+                source_cls = _known_type(DEFAULT_OBJECT_SOURCE)
+                params = {"group": kind.group, "version": kind.version, "kind": kind.kind}
+                self.plugins[source] = PluginSpec(
+                    source, DEFAULT_OBJECT_SOURCE, source_cls, source_cls.Params.model_validate(params), True
+                )
+            self._wire(source, (spec.name,))
 
     def _parsers(self) -> tuple[str, ...]:
         """`parser` (GIE v1.5) or llm-d router's `requestHandler.parsers` (which wins when both are

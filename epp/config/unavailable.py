@@ -67,13 +67,6 @@ def _entries() -> dict[str, UnavailableType]:
         _LATENCY,
     )
     add(
-        ("k8s-notification-source",),
-        todo,
-        "GIE/llm-d data source streaming Kubernetes object events (e.g. pods) to extractors; llm-d's "
-        "topology-extractor uses it for a pod's spec.hostname",
-        "label the pods with their topology (topology-extractor reads pod labels)",
-    )
-    add(
         ("burst-prefix-cache-producer",),
         other,
         "llm-d alpha producer predicting prefix hits of request bursts on top of token-producer",
@@ -109,23 +102,11 @@ def _entries() -> dict[str, UnavailableType]:
         "kv-cache-utilization-scorer and the queue scorers over the model servers' own metrics",
     )
     add(
-        ("models-data-source", "models-data-extractor"),
-        todo,
-        "llm-d data source polling each model server's /v1/models to learn the models and LoRA "
-        "adapters it serves",
-        "endpoint `models` in the endpoints file, or the model servers' LoRA metrics (lora-affinity-scorer)",
-    )
-    add(
-        ("disaggregatedset-rollout-screener", "disaggregatedset-rollout-pod-extractor"),
-        todo,
-        "llm-d alpha screener restricting candidates during a DisaggregatedSet rollout",
-        "label-selector-filter on the rollout's labels",
-    )
-    add(
-        ("p2p-source-producer",),
-        todo,
-        "llm-d alpha producer choosing a peer endpoint to pull KV cache from (x-kv-cache-source-host-port)",
-        "disagg-profile-handler with a prefill profile",
+        ("disaggregatedset-rollout-pod-extractor",),
+        Reason.NOT_UPSTREAM,
+        "the pod handler disaggregatedset-rollout-screener registers for itself; llm-d registers no "
+        "plugin type of that name",
+        "disaggregatedset-rollout-screener alone (it watches the pods it needs)",
     )
     add(
         ("queue-cache-scorer",),

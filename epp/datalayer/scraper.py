@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from epp.datalayer.endpointtasks import EndpointTasks
 from epp.datalayer.engines import BUILTIN_ENGINES, ENGINE_LABEL, EngineMetrics
 from epp.datalayer.fetch import KeepAliveGetter, insecure_tls_context
 from epp.datalayer.promtext import Extractor
@@ -70,35 +70,19 @@ class MetricsScraper:
         self._tls = _tls_context(settings) if settings.scheme == "https" else None
         self._path = settings.path
         self._failures_before_unhealthy = failures_before_unhealthy
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks = EndpointTasks("scrape", self._poll)
         self.scrapes = 0
         self.failures = 0
 
     async def start(self) -> None:
-        self._datastore.subscribe(on_added=self._watch, on_removed=self._unwatch)
+        self._tasks.follow(self._datastore)
 
     async def stop(self) -> None:
-        tasks = list(self._tasks.values())
-        self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._tasks.stop()
 
     def engine_for(self, endpoint: Endpoint) -> str:
         engine = endpoint.labels.get(self._engine_label_key, self._default_engine)
         return engine if engine in self._engines else self._default_engine
-
-    def _watch(self, endpoint: Endpoint) -> None:
-        self._tasks[endpoint.name] = asyncio.get_running_loop().create_task(
-            self._poll(endpoint), name=f"scrape-{endpoint.name}"
-        )
-
-    def _unwatch(self, endpoint: Endpoint) -> None:
-        task = self._tasks.pop(endpoint.name, None)
-        if task is not None:
-            task.cancel()
 
     async def _poll(self, endpoint: Endpoint) -> None:
         getter = KeepAliveGetter(

@@ -243,6 +243,18 @@ class EppMetrics:
         self.disagg_decisions = Counter(  # llm-d's newer name for the same count
             "llm_d_epp_disagg_decision_total", "disaggregation decisions", decision_labels, registry=r
         )
+        self.rollout_no_match = Counter(  # disaggregatedset-rollout-screener (llm-d)
+            "llm_d_epp_disaggregatedset_strict_header_no_match_total",
+            "Strict header selections that matched no endpoint and failed closed.",
+            ["plugin_type", "plugin_name", "selector"],
+            registry=r,
+        )
+        self.rollout_share = Gauge(
+            "llm_d_epp_disaggregatedset_revision_gating_share",
+            "Current weighted revision gating share from 0 to 1; incomplete revisions have share 0.",
+            ["plugin_type", "plugin_name", "mode", "revision"],
+            registry=r,
+        )
         info = Gauge(
             "inference_extension_info", _alpha("build information"), ["commit", "build_ref"], registry=r
         )

@@ -466,7 +466,9 @@ class Director:
         trace: RequestTrace | None,
         admitted: bool = False,
     ) -> RoutedRequest:
-        candidates = self.candidates(request, subset)
+        candidates = self.hooks.screen(request, self.candidates(request, subset))
+        if not candidates:
+            raise RequestError(ErrorCode.SERVICE_UNAVAILABLE, "screeners eliminated all endpoint candidates")
         if record is not None:
             record.candidates = candidates
             record.admission = "pending"

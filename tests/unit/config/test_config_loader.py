@@ -288,10 +288,11 @@ TWO_PROFILES = "schedulingProfiles: [{name: a}, {name: b}]"
             "did you mean 'flowControl'?",
         ),
         (
-            cfg("plugins: [{type: disaggregatedset-rollout-screener}]"),
-            "plugins[0].type: plugin type 'disaggregatedset-rollout-screener' is not available in this EPP "
-            "(not implemented yet): upstream, llm-d alpha screener restricting candidates during a "
-            "DisaggregatedSet rollout; instead: label-selector-filter on the rollout's labels",
+            cfg("plugins: [{type: predicted-latency-scorer}]"),
+            "plugins[0].type: plugin type 'predicted-latency-scorer' is not available in this EPP "
+            "(needs a service this EPP cannot run): upstream, GIE v1.2-v1.3 SLO-aware routing scorer "
+            "over the latency-predictor sidecars' TTFT/TPOT predictions; instead: use the load scorers "
+            "(queue-scorer, kv-cache-utilization-scorer, token-load-scorer) and prefix-cache-scorer",
         ),
         (
             cfg("plugins: [{type: latency-scorer}]"),

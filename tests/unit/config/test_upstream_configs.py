@@ -16,8 +16,8 @@ quoted, for one of these reasons:
 - MISSING: an upstream plugin this EPP does not implement yet (the error says what it does and
   what to use instead).
 
-Counts (174 documents): 133 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 5 GO_REFUSES,
-6 OTHER_ISSUE, 5 MISSING. `test_summary` prints them and checks them against this docstring. The 5
+Counts (174 documents): 137 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 5 GO_REFUSES,
+6 OTHER_ISSUE, 1 MISSING. `test_summary` prints them and checks them against this docstring. The 5
 snippets in configs_nonstandard/ (another or no apiVersion) are refused, as by the Go decoder."""
 
 from __future__ import annotations
@@ -297,9 +297,8 @@ EXPECTED: dict[str, Loads | Refused] = {
         SERVICE,
         "plugins[0].type: plugin type 'dcgm-data-source' is not available in this EPP (needs a service this EPP cannot run)",
     ),
-    "llmd-router-ebab687__pkg__epp__framework__plugins__datalayer__source__models__README.md.yaml": Refused(
-        MISSING,
-        "plugins[0].type: plugin type 'models-data-source' is not available in this EPP (not implemented yet)",
+    "llmd-router-ebab687__pkg__epp__framework__plugins__datalayer__source__models__README.md.yaml": Loads(
+        "schedulingProfiles: none given; profile 'default' runs every configured filter, scorer and picker (n"
     ),
     "llmd-router-ebab687__pkg__epp__framework__plugins__requestcontrol__admitter__probabilisticadmitter__README.md.yaml": Loads(),
     "llmd-router-ebab687__pkg__epp__framework__plugins__requestcontrol__requestattributereporter__README.md.yaml": Loads(
@@ -311,10 +310,7 @@ EXPECTED: dict[str, Loads | Refused] = {
     "llmd-router-ebab687__pkg__epp__framework__plugins__requestcontrol__requestheader__agentidentity__README.md__2.yaml": Loads(
         "schedulingProfiles: none given; profile 'default' runs every configured filter, scorer and picker (n"
     ),
-    "llmd-router-ebab687__pkg__epp__framework__plugins__requestcontrol__screener__disaggregatedsetrollout__README.md.yaml": Refused(
-        MISSING,
-        "plugins[0].type: plugin type 'disaggregatedset-rollout-screener' is not available in this EPP (not implemented yet)",
-    ),
+    "llmd-router-ebab687__pkg__epp__framework__plugins__requestcontrol__screener__disaggregatedsetrollout__README.md.yaml": Loads(),
     "llmd-router-ebab687__pkg__epp__framework__plugins__requesthandling__parsers__README.md__1.yaml": Loads(),
     "llmd-router-ebab687__pkg__epp__framework__plugins__requesthandling__parsers__README.md__2.yaml": Loads(),
     "llmd-router-ebab687__pkg__epp__framework__plugins__requesthandling__parsers__README.md__3.yaml": Loads(),
@@ -355,9 +351,8 @@ EXPECTED: dict[str, Loads | Refused] = {
     "llmd-router-v0.9.0__docs__architecture.md__2.yaml": Loads(),
     "llmd-router-v0.9.0__docs__disaggregation.md__1.yaml": Loads(),
     "llmd-router-v0.9.0__docs__disaggregation.md__2.yaml": Loads(),
-    "llmd-router-v0.9.0__pkg__epp__framework__plugins__datalayer__source__models__README.md.yaml": Refused(
-        MISSING,
-        "plugins[0].type: plugin type 'models-data-source' is not available in this EPP (not implemented yet)",
+    "llmd-router-v0.9.0__pkg__epp__framework__plugins__datalayer__source__models__README.md.yaml": Loads(
+        "schedulingProfiles: none given; profile 'default' runs every configured filter, scorer and picker (n"
     ),
     "llmd-router-v0.9.0__test__testdata__configloader_1_test.yaml": Refused(
         TEST_ONLY,
@@ -372,9 +367,8 @@ EXPECTED: dict[str, Loads | Refused] = {
     "llmd-sched-520af47__deploy__config__sim-epp-tokenizer-vllm-http-config.yaml": Loads(),
     "llmd-sched-520af47__deploy__config__sim-pd-epp-config.yaml": Loads(),
     "llmd-sched-520af47__docs__architecture.md__2.yaml": Loads(),
-    "llmd-sched-520af47__pkg__epp__framework__plugins__datalayer__source__models__README.md.yaml": Refused(
-        MISSING,
-        "plugins[0].type: plugin type 'models-data-source' is not available in this EPP (not implemented yet)",
+    "llmd-sched-520af47__pkg__epp__framework__plugins__datalayer__source__models__README.md.yaml": Loads(
+        "schedulingProfiles: none given; profile 'default' runs every configured filter, scorer and picker (n"
     ),
     "llmd-sched-520af47__pkg__epp__framework__plugins__requestcontrol__requestattributereporter__README.md.yaml": Loads(
         "schedulingProfiles: none given; profile 'default' runs every configured filter, scorer and picker (n"
