@@ -38,10 +38,6 @@ _LATENCY = (
     "use the load scorers (queue-scorer, kv-cache-utilization-scorer, token-load-scorer) "
     "and prefix-cache-scorer"
 )
-_PRECISE = (
-    "approx-prefix-cache-producer (the default) with prefix-cache-scorer: the same PrefixCacheMatchInfo "
-    "from the EPP's own index of what it routed"
-)
 _FLOW = (
     "one of the implemented policies: global-strict-fairness-policy, round-robin-fairness-policy, "
     "least-tokens-served-fairness-policy, fcfs-ordering-policy, edf-ordering-policy, "
@@ -77,12 +73,6 @@ def _entries() -> dict[str, UnavailableType]:
         "GIE/llm-d data source streaming Kubernetes object events (e.g. pods) to extractors; llm-d's "
         "topology-extractor uses it for a pod's spec.hostname",
         "label the pods with their topology (topology-extractor reads pod labels)",
-    )
-    add(
-        ("burst-prefix-cache-producer",),
-        other,
-        "llm-d alpha producer predicting prefix hits of request bursts on top of token-producer",
-        _PRECISE,
     )
     add(
         ("mm-embeddings-cache-producer", "mm-embeddings-cache-scorer"),

@@ -12,13 +12,12 @@ quoted, for one of these reasons:
 - GO_REFUSES: invalid for the Go EPP as well (an unrendered `${PRIMARY_PORT}` template value, a
   profile naming an undefined plugin, a type no GIE or llm-d release registers);
 - OTHER_ISSUE: the flow-control policies this EPP's flow control does not implement
-  (program-aware-fairness, soft-reflective-ceiling-policy) and llm-d's burst-prefix producer, which
-  are tracked by other issues;
+  (program-aware-fairness, soft-reflective-ceiling-policy), which are tracked by other issues;
 - MISSING: an upstream plugin this EPP does not implement yet (the error says what it does and
   what to use instead).
 
-Counts (174 documents): 136 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 5 GO_REFUSES,
-3 OTHER_ISSUE, 5 MISSING. `test_summary` prints them and checks them against this docstring. The 5
+Counts (174 documents): 137 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 5 GO_REFUSES,
+2 OTHER_ISSUE, 5 MISSING. `test_summary` prints them and checks them against this docstring. The 5
 snippets in configs_nonstandard/ (another or no apiVersion) are refused, as by the Go decoder."""
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ class Reason(enum.Enum):
     TEST_ONLY = "upstream test-only type or feature gate"
     DOCS = "upstream docs placeholder or typo"
     GO_REFUSES = "invalid for the Go EPP too"
-    OTHER_ISSUE = "flow control / burst prefix (other issues)"
+    OTHER_ISSUE = "flow control (other issues)"
     MISSING = "upstream plugin not implemented yet"
 
 
@@ -256,10 +255,7 @@ EXPECTED: dict[str, Loads | Refused] = {
     "llmd-router-ebab687__config__charts__llm-d-router-gateway__helm-triton-tensorrt-llm__default-plugins.yaml": Loads(),
     "llmd-router-ebab687__config__charts__llm-d-router-gateway__helm-trtllm-serve__default-plugins.yaml": Loads(),
     "llmd-router-ebab687__deploy__config__dp-epp-config.yaml": Loads(),
-    "llmd-router-ebab687__deploy__config__epp-burst-prefix-cache-config.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[3].type: plugin type 'burst-prefix-cache-producer' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
+    "llmd-router-ebab687__deploy__config__epp-burst-prefix-cache-config.yaml": Loads(),
     "llmd-router-ebab687__deploy__config__epp-config.yaml": Loads(),
     "llmd-router-ebab687__deploy__config__epp-estimate-prefix-cache-config.yaml": Loads(),
     "llmd-router-ebab687__deploy__config__epp-mm-embeddings-cache-config.yaml": Refused(
