@@ -75,13 +75,6 @@ def _entries() -> dict[str, UnavailableType]:
         "label the pods with their topology (topology-extractor reads pod labels)",
     )
     add(
-        ("mm-embeddings-cache-producer", "mm-embeddings-cache-scorer"),
-        todo,
-        "llm-d alpha plugins tracking which endpoints hold a multimodal item's encoder embeddings "
-        "(needs token-producer's multimodal features)",
-        "prefix-cache-scorer (chat content blocks, images included, are part of the hashed prefix)",
-    )
-    add(
         (
             "program-aware-fairness",
             "soft-reflective-ceiling-policy",

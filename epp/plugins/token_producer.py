@@ -27,7 +27,7 @@ from epp.datalayer.tokenize import (
     TokenizedPrompt,
     TokenizeError,
     VLLMTokenizer,
-    estimate_tokens,
+    estimate_prompt,
 )
 from epp.datastore import Datastore, Endpoint
 from epp.framework import Plugin, PluginContext, PluginParams, register
@@ -158,7 +158,7 @@ class TokenProducer(Plugin, DataProducer, AsyncDataProducer, BackgroundService):
                 request.attributes[self.name] = TokenizedPrompt(ids, "local")
             return
         if self.remote is None:
-            request.attributes[self.name] = TokenizedPrompt(estimate_tokens(request.body, chat), "estimate")
+            request.attributes[self.name] = estimate_prompt(request.body, chat)
 
     def _failed(self, backend: str, reason: str, detail: str) -> None:
         self.metrics.tokenization_fallbacks.labels(backend, reason).inc()

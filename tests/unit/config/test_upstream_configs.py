@@ -16,8 +16,8 @@ quoted, for one of these reasons:
 - MISSING: an upstream plugin this EPP does not implement yet (the error says what it does and
   what to use instead).
 
-Counts (174 documents): 137 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 5 GO_REFUSES,
-2 OTHER_ISSUE, 5 MISSING. `test_summary` prints them and checks them against this docstring. The 5
+Counts (174 documents): 138 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 5 GO_REFUSES,
+2 OTHER_ISSUE, 4 MISSING. `test_summary` prints them and checks them against this docstring. The 5
 snippets in configs_nonstandard/ (another or no apiVersion) are refused, as by the Go decoder."""
 
 from __future__ import annotations
@@ -258,9 +258,8 @@ EXPECTED: dict[str, Loads | Refused] = {
     "llmd-router-ebab687__deploy__config__epp-burst-prefix-cache-config.yaml": Loads(),
     "llmd-router-ebab687__deploy__config__epp-config.yaml": Loads(),
     "llmd-router-ebab687__deploy__config__epp-estimate-prefix-cache-config.yaml": Loads(),
-    "llmd-router-ebab687__deploy__config__epp-mm-embeddings-cache-config.yaml": Refused(
-        MISSING,
-        "plugins[4].type: plugin type 'mm-embeddings-cache-producer' is not available in this EPP (not implemented yet)",
+    "llmd-router-ebab687__deploy__config__epp-mm-embeddings-cache-config.yaml": Loads(
+        "plugins[4].parameters: unknown field 'cacheSizeInMB' ignored; did you mean 'cacheSizeInMBPerServer'?",
     ),
     "llmd-router-ebab687__deploy__config__epp-precise-prefix-cache-config.yaml": Loads(),
     "llmd-router-ebab687__deploy__config__pd-epp-config.yaml": Loads(),
