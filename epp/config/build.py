@@ -114,10 +114,17 @@ def build_director(
         context.metrics,
         context.rng,
         components.parsers,
-        async_producers=[p for p in components.plugins.values() if isinstance(p, AsyncDataProducer)],
+        async_producers=_async_producers(config, components.plugins),
         flow_control=flow_control,
     )
     return director, components
+
+
+def _async_producers(config: PickerConfig, plugins: Mapping[str, Plugin]) -> list[AsyncDataProducer]:
+    """Awaited in the producers' dependency order: one reading another's data runs after it."""
+    rank = {name: i for i, name in enumerate(config.producer_order)}
+    found = [p for p in plugins.values() if isinstance(p, AsyncDataProducer)]
+    return sorted(found, key=lambda p: rank.get(p.name, len(rank)))
 
 
 def _flow_controller(

@@ -32,7 +32,7 @@ from epp.datalayer import (
     MetricsSource,
 )
 from epp.flowcontrol import FairnessPolicy, OrderingPolicy, SaturationDetector, UsageLimitPolicy
-from epp.framework import DataConsumer, DataKey, ImpliedPlugin, Plugin, PluginUser
+from epp.framework import DataConsumer, DataKey, ImpliedPlugin, ParameterUpgrade, Plugin, PluginUser
 from epp.framework.registry import canonical_type_names, find_plugin_type, plugin_types
 from epp.params.strict import ConfigError, closest_field, describe, lenient_unknown_fields
 from epp.requestcontrol import RequestParser
@@ -181,7 +181,7 @@ class _Loader:
                 self.warnings.append(
                     f"plugins[{i}].type: {plugin.type!r} is a deprecated name of {cls.type_name!r}"
                 )
-            upgrade = cls.Params.upgrade(plugin.parameters or {}, plugin.type)
+            cls, upgrade = _upgrade(cls, plugin.parameters or {}, plugin.type)
             path = f"plugins[{i}].parameters"
             self.warnings.extend(f"{path}: {warning}" for warning in upgrade.warnings)
             self.problems.extend(f"{path}: {problem}" for problem in upgrade.problems)
@@ -692,6 +692,21 @@ class _Loader:
                 f"plugin {consumer.name!r}: parameters {', '.join(sorted(shared))} are ignored because "
                 f"{spec.type_name} {producer!r} is configured; set them there"
             )
+
+
+def _upgrade(
+    cls: type[Plugin], parameters: Mapping[str, Any], written_type: str
+) -> tuple[type[Plugin], ParameterUpgrade]:
+    """The parameters as `cls` reads them, or, when they stand for another type, as that type does."""
+    upgrade = cls.Params.upgrade(parameters, written_type)
+    if not upgrade.read_as:
+        return cls, upgrade
+    target = _known_type(upgrade.read_as)
+    again = target.Params.upgrade(upgrade.parameters, target.type_name)
+    again.warnings[:0] = upgrade.warnings
+    again.problems[:0] = upgrade.problems
+    again.implied[:0] = upgrade.implied
+    return target, again
 
 
 def _gates(written: Iterable[str]) -> dict[str, bool]:

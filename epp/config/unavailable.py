@@ -14,8 +14,6 @@ from enum import StrEnum
 
 class Reason(StrEnum):
     SERVICE = "needs a service this EPP cannot run"
-    OTHER_ISSUE = "tracked separately, not implemented yet"
-    NOT_IMPLEMENTED = "not implemented yet"
     TEST_ONLY = "a test-only type of the upstream Go tests"
     PLACEHOLDER = "an illustrative placeholder from the upstream docs"
     NOT_UPSTREAM = "registered by no GIE or llm-d release, so the Go EPPs refuse it too"
@@ -38,15 +36,11 @@ _LATENCY = (
     "use the load scorers (queue-scorer, kv-cache-utilization-scorer, token-load-scorer) "
     "and prefix-cache-scorer"
 )
-_PRECISE = (
-    "approx-prefix-cache-producer (the default) with prefix-cache-scorer: the same PrefixCacheMatchInfo "
-    "from the EPP's own index of what it routed"
-)
 _MULTICLUSTER = "run one EPP per cluster's InferencePool"
 
 
 def _entries() -> dict[str, UnavailableType]:
-    svc, other, todo = Reason.SERVICE, Reason.OTHER_ISSUE, Reason.NOT_IMPLEMENTED
+    svc = Reason.SERVICE
     table: dict[str, UnavailableType] = {}
 
     def add(names: tuple[str, ...], reason: Reason, upstream: str, instead: str) -> None:
@@ -65,19 +59,6 @@ def _entries() -> dict[str, UnavailableType]:
         svc,
         "GIE v1.2-v1.3 SLO-aware routing scorer over the latency-predictor sidecars' TTFT/TPOT predictions",
         _LATENCY,
-    )
-    add(
-        ("burst-prefix-cache-producer",),
-        other,
-        "llm-d alpha producer predicting prefix hits of request bursts on top of token-producer",
-        _PRECISE,
-    )
-    add(
-        ("mm-embeddings-cache-producer", "mm-embeddings-cache-scorer"),
-        todo,
-        "llm-d alpha plugins tracking which endpoints hold a multimodal item's encoder embeddings "
-        "(needs token-producer's multimodal features)",
-        "prefix-cache-scorer (chat content blocks, images included, are part of the hashed prefix)",
     )
     add(
         (

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import struct
 import time
-import weakref
 from array import array
 from collections import OrderedDict, deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -27,6 +26,7 @@ import xxhash
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from epp.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+from epp.metrics.per_registry import PerRegistry
 
 HASH_CBOR_FNV = "cbor-fnv"
 HASH_XXH64 = "xxh64"
@@ -148,11 +148,9 @@ class TokenProcessor:
 # ----- metrics ------------------------------------------------------------------------------------
 
 
-class KVIndexMetrics:
+class KVIndexMetrics(PerRegistry):
     """llm-d's KV-cache index and KV-event metrics (`llm_d_epp_kv_cache_*`), plus the EPP's own
     counts of what it refused or resynchronised. One set per registry."""
-
-    _by_registry: weakref.WeakKeyDictionary[CollectorRegistry, KVIndexMetrics] = weakref.WeakKeyDictionary()
 
     def __init__(self, registry: CollectorRegistry | None) -> None:
         r = registry
@@ -209,13 +207,6 @@ class KVIndexMetrics:
             ["reason"],
             registry=r,
         )
-
-    @classmethod
-    def for_registry(cls, registry: CollectorRegistry) -> KVIndexMetrics:
-        metrics = cls._by_registry.get(registry)
-        if metrics is None:
-            metrics = cls._by_registry[registry] = cls(registry)
-        return metrics
 
 
 # ----- the index ----------------------------------------------------------------------------------

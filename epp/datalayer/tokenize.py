@@ -42,9 +42,21 @@ TOKENIZE_PATH = "/tokenize"
 
 
 @dataclass(frozen=True, slots=True)
+class MultiModalFeature:
+    """One multimodal item of a prompt (llm-d's `MultiModalFeature`): its modality (image, video,
+    audio), its content hash, and the placeholder tokens it occupies in the token ids."""
+
+    modality: str
+    hash: str
+    offset: int = 0
+    length: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class TokenizedPrompt:
     token_ids: list[int]
     source: str  # render | tokenize | local | estimate
+    mm_features: tuple[MultiModalFeature, ...] = ()  # in token order
 
 
 class TokenizeError(Exception):
@@ -144,7 +156,7 @@ class VLLMTokenizer:
             elif status != 200:
                 raise TokenizeError("http_status", f"{path} answered {status}")
             else:
-                result = TokenizedPrompt(self._render_tokens(reply, chat), "render")
+                result = self._rendered(reply, chat)
         if result is None:
             status, reply = await self._post(TOKENIZE_PATH, self._tokenize_body(request, chat), timeout)
             if status != 200:
@@ -156,14 +168,14 @@ class VLLMTokenizer:
         return result
 
     @staticmethod
-    def _render_tokens(reply: Any, chat: bool) -> list[int]:
+    def _rendered(reply: Any, chat: bool) -> TokenizedPrompt:
         if not chat:  # one GenerateRequest per prompt; the first prompt is the one scored
             if not isinstance(reply, list) or not reply:
                 raise TokenizeError("bad_response", "completions render did not answer a non-empty list")
             reply = reply[0]
         if not isinstance(reply, dict):
             raise TokenizeError("bad_response", "render did not answer an object")
-        return _token_list(reply.get("token_ids"))
+        return TokenizedPrompt(_token_list(reply.get("token_ids")), "render", _render_features(reply))
 
     @staticmethod
     def _tokenize_body(request: dict[str, Any], chat: bool) -> dict[str, Any]:
@@ -198,6 +210,29 @@ class VLLMTokenizer:
             return 200, orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise TokenizeError("bad_response", f"{path} answered invalid JSON") from None
+
+
+def _render_features(reply: dict[str, Any]) -> tuple[MultiModalFeature, ...]:
+    """vLLM's `features` {`mm_hashes`: {modality: [hash]}, `mm_placeholders`: {modality:
+    [{offset, length}]}}, paired per modality up to the shorter list (as llm-d), in token order.
+    Malformed entries are skipped: the features are a routing hint, never worth a failure."""
+    features = reply.get("features")
+    if not isinstance(features, dict):
+        return ()
+    hashes, places = features.get("mm_hashes"), features.get("mm_placeholders")
+    if not isinstance(hashes, dict) or not isinstance(places, dict):
+        return ()
+    found = []
+    for modality, items in hashes.items():
+        ranges = places.get(modality)
+        if not isinstance(items, list) or not isinstance(ranges, list):
+            continue
+        for item, span in zip(items, ranges, strict=False):
+            if isinstance(item, str) and item and isinstance(span, dict):
+                offset, length = span.get("offset"), span.get("length")
+                if isinstance(offset, int) and isinstance(length, int):
+                    found.append(MultiModalFeature(str(modality), item, offset, length))
+    return tuple(sorted(found, key=lambda f: f.offset))
 
 
 class PrefixTokenCache:
@@ -267,33 +302,66 @@ class LocalTokenizer:
         return ids
 
 
-def estimate_tokens(body: dict[str, Any], chat: bool) -> list[int]:
+def estimate_prompt(body: dict[str, Any], chat: bool) -> TokenizedPrompt:
     """llm-d's `estimate` backend: the prompt's bytes (chat: each message's role then its text),
-    zero-padded to a multiple of 4, read as little-endian uint32 "tokens"."""
+    zero-padded to a multiple of 4, read as little-endian uint32 "tokens". A chat's media blocks
+    become multimodal features with llm-d's estimate hashes (xxHash64 of the image or video URL,
+    or of the audio's data and format, in hex); unlike llm-d, no placeholder tokens stand for
+    them in the ids (length 0; offset: the token position they appear at)."""
+    features: list[MultiModalFeature] = []
     if chat:
-        parts: list[bytes] = []
-        for message in body.get("messages") or []:
-            if not isinstance(message, dict):
-                continue
-            parts.append(str(message.get("role", "")).encode())
-            content = message.get("content")
-            if isinstance(content, str):
-                parts.append(content.encode())
-            elif isinstance(content, list):
-                parts.extend(
-                    str(p.get("text", "")).encode()
-                    for p in content
-                    if isinstance(p, dict) and p.get("type") == "text"
-                )
-        if body.get("tools"):
-            parts.append(orjson.dumps(body["tools"]))
-        data = b"".join(parts)
+        data = _chat_bytes(body, features)
     else:
         prompt = body.get("prompt", "")
         if isinstance(prompt, list):
             if prompt and all(isinstance(t, int) for t in prompt):
-                return list(prompt)
+                return TokenizedPrompt(list(prompt), "estimate")
             prompt = prompt[0] if prompt and isinstance(prompt[0], str) else ""
         data = str(prompt).encode()
     data += b"\0" * (-len(data) % 4)
-    return [int.from_bytes(data[i : i + 4], "little") for i in range(0, len(data), 4)]
+    tokens = [int.from_bytes(data[i : i + 4], "little") for i in range(0, len(data), 4)]
+    return TokenizedPrompt(tokens, "estimate", tuple(features))
+
+
+def _chat_bytes(body: dict[str, Any], features: list[MultiModalFeature]) -> bytes:
+    data = bytearray()
+    for message in body.get("messages") or []:
+        if not isinstance(message, dict):
+            continue
+        data += str(message.get("role", "")).encode()
+        content = message.get("content")
+        if isinstance(content, str):
+            data += content.encode()
+            continue
+        for part in content if isinstance(content, list) else []:
+            if not isinstance(part, dict):
+                continue
+            if part.get("type") == "text":
+                data += str(part.get("text", "")).encode()
+            elif (media := _media_item(part)) is not None:
+                features.append(MultiModalFeature(media[0], media[1], len(data) // 4))
+    if body.get("tools"):
+        data += orjson.dumps(body["tools"])
+    return bytes(data)
+
+
+_MEDIA_MODALITY = {"image_url": "image", "video_url": "video", "audio_url": "audio", "input_audio": "audio"}
+
+
+def _media_item(part: dict[str, Any]) -> tuple[str, str] | None:
+    """A chat content block's (modality, estimate hash), None for other blocks or empty media."""
+    kind = part.get("type")
+    if not isinstance(kind, str) or (modality := _MEDIA_MODALITY.get(kind)) is None:
+        return None
+    value = part.get(kind)
+    if isinstance(value, str):  # a bare URL string, as some clients send
+        content = value
+    elif isinstance(value, dict) and kind == "input_audio":
+        content = f"{value.get('data', '')}{value.get('format', '')}"
+    elif isinstance(value, dict):
+        content = str(value.get("url", ""))
+    else:
+        return None
+    if not content:
+        return None
+    return modality, format(xxhash.xxh64_intdigest(content.encode()), "x")

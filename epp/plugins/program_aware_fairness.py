@@ -26,7 +26,6 @@ Metrics (llm-d's names): `llm_d_epp_program_aware_attained_service_tokens` and
 from __future__ import annotations
 
 import contextlib
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -37,6 +36,7 @@ from pydantic import Field, field_validator
 from epp.flowcontrol.queues import Band, FairnessPolicy, Flow, QueuedRequest
 from epp.framework import Plugin, PluginContext, PluginParams, register
 from epp.metrics.exporter import FlowControlMetrics
+from epp.metrics.per_registry import PerRegistry
 from epp.requestcontrol.hooks import PreRequest, ResponseComplete
 from epp.requests import InferenceRequest, Usage
 from epp.scheduling.types import SchedulingResult
@@ -77,7 +77,7 @@ class ProgramState:
     average_wait_ms: float = 0.0
 
 
-class _Gauges:
+class _Gauges(PerRegistry):
     """The plugin's gauges, one set per metrics registry (several instances share them)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -99,16 +99,6 @@ class _Gauges:
             ["program_id"],
             registry=registry,
         )
-
-
-_gauges: weakref.WeakKeyDictionary[CollectorRegistry, _Gauges] = weakref.WeakKeyDictionary()
-
-
-def _gauges_of(registry: CollectorRegistry) -> _Gauges:
-    found = _gauges.get(registry)
-    if found is None:
-        found = _gauges[registry] = _Gauges(registry)
-    return found
 
 
 def jains_index(values: list[float]) -> float:
@@ -134,7 +124,7 @@ class ProgramAwareFairness(Plugin, FairnessPolicy, PreRequest, ResponseComplete)
         self.clock: Callable[[], float] = context.clock
         self.programs: dict[str, ProgramState] = {}
         self._flow_metrics: FlowControlMetrics = context.metrics.flow_control
-        self._gauges = _gauges_of(context.metrics.registry)
+        self._gauges = _Gauges.for_registry(context.metrics.registry)
         self._next_sweep = self.clock() + params.eviction_sweep_seconds
 
     # --- state ---------------------------------------------------------------------------------

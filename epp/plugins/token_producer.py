@@ -27,7 +27,7 @@ from epp.datalayer.tokenize import (
     TokenizedPrompt,
     TokenizeError,
     VLLMTokenizer,
-    estimate_tokens,
+    estimate_prompt,
 )
 from epp.datastore import Datastore, Endpoint
 from epp.framework import Plugin, PluginContext, PluginParams, register
@@ -118,16 +118,19 @@ class TokenProducer(Plugin, DataProducer, AsyncDataProducer, BackgroundService):
             await self.remote.close()
 
     async def prepare_async(self, request: InferenceRequest) -> None:
-        if self.remote is None or request.api not in (ApiKind.CHAT, ApiKind.COMPLETIONS):
-            return
-        if _token_prompt(request) is not None:
-            return  # already token ids: `prepare` takes them as they are
-        try:
-            result = await self.remote.tokenize(request.body, request.api is ApiKind.CHAT)
-        except TokenizeError as exc:
-            self._failed("vllm", exc.reason, str(exc))
-            return
-        request.attributes[self.name] = result
+        if (
+            self.remote is not None
+            and request.api in (ApiKind.CHAT, ApiKind.COMPLETIONS)
+            and _token_prompt(request) is None  # token ids: `prepare` takes them as they are
+        ):
+            try:
+                request.attributes[self.name] = await self.remote.tokenize(
+                    request.body, request.api is ApiKind.CHAT
+                )
+            except TokenizeError as exc:
+                self._failed("vllm", exc.reason, str(exc))
+        # The other backends now too, so async producers awaited after this one (burst) see the ids.
+        self.prepare(request, ())
 
     def prepare(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
         if self.name in request.attributes or request.api not in (ApiKind.CHAT, ApiKind.COMPLETIONS):
@@ -155,7 +158,7 @@ class TokenProducer(Plugin, DataProducer, AsyncDataProducer, BackgroundService):
                 request.attributes[self.name] = TokenizedPrompt(ids, "local")
             return
         if self.remote is None:
-            request.attributes[self.name] = TokenizedPrompt(estimate_tokens(request.body, chat), "estimate")
+            request.attributes[self.name] = estimate_prompt(request.body, chat)
 
     def _failed(self, backend: str, reason: str, detail: str) -> None:
         self.metrics.tokenization_fallbacks.labels(backend, reason).inc()
