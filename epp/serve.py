@@ -121,6 +121,10 @@ class EndpointPicker:
             pool_name=options.pool_name,
         )
         self.director.model_rewrites.replace(options.model_rewrites)
+        flow_control = self.director.flow_control
+        if flow_control is not None and flow_control.reclamation is not None:
+            reclamation = flow_control.reclamation
+            reclamation.scrape_timing(options.refresh_metrics_interval, options.metrics_staleness)
         self.replica_sync: RedisReplicaSync | None = None
         if options.replicas.sync_url:
             from epp.replicas.redis_sync import RedisReplicaSync  # only with --replica-sync

@@ -23,6 +23,8 @@ from epp.datastore import Datastore
 from epp.flowcontrol import (
     Admission,
     AdmitAll,
+    EvictionFilterPolicy,
+    EvictionOrderingPolicy,
     FairnessPolicy,
     LegacyAdmission,
     OrderingPolicy,
@@ -30,6 +32,7 @@ from epp.flowcontrol import (
     UsageLimitPolicy,
 )
 from epp.flowcontrol.controller import BandConfig, FlowControlConfig, FlowController
+from epp.flowcontrol.eviction import RequestEvictor
 from epp.flowcontrol.queues import BandLimits
 from epp.framework import DataConsumer, Plugin, PluginContext, PluginUser
 from epp.requestcontrol import Director, Parsers, RequestControlHooks, RequestParser
@@ -147,14 +150,25 @@ def _flow_controller(
         max_requests=spec.max_requests,
         default_request_ttl=spec.default_request_ttl,
     )
-    return FlowController(
+    detector = _role(plugins[spec.saturation_detector], SaturationDetector)
+    controller = FlowController(
         config,
-        _role(plugins[spec.saturation_detector], SaturationDetector),
+        detector,
         _role(plugins[spec.usage_limit_policy], UsageLimitPolicy),
         datastore.ready_endpoints,
         context.metrics.flow_control,
         pool_name,
+        context.clock,
     )
+    if spec.eviction is not None:
+        accepts, ordering = spec.eviction
+        evictor = RequestEvictor(
+            _role(plugins[ordering], EvictionOrderingPolicy),
+            _role(plugins[accepts], EvictionFilterPolicy),
+            context.clock,
+        )
+        controller.enable_eviction(evictor, detector.type_name)
+    return controller
 
 
 def _role(plugin: Plugin, role: type) -> Any:

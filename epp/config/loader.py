@@ -50,6 +50,8 @@ DEFAULT_PARSER = "openai-parser"
 DEFAULT_FAIRNESS_POLICY = "global-strict-fairness-policy"
 DEFAULT_ORDERING_POLICY = "fcfs-ordering-policy"
 DEFAULT_USAGE_LIMIT_POLICY = "static-usage-limit-policy"
+EVICTION_FILTER_POLICY = "sheddable-eviction-filter"
+EVICTION_ORDERING_POLICY = "priority-then-time-eviction-order-policy"
 DEFAULT_BAND_MAX_BYTES = 1_000_000_000  # GIE: a band's maxBytes when 0 or omitted
 
 KNOWN_FEATURE_GATES = ("flowControl", "enableLegacyMetrics", "dataLayer", "prepareDataPlugins")
@@ -537,7 +539,6 @@ class _Loader:
         for path, field in (
             ("noEndpointRequestTTL", "no_endpoint_request_ttl"),
             ("defaultNegativePriorityBand", "default_negative_priority_band"),
-            ("enableEviction", "enable_eviction"),
         ):
             if field in doc.model_fields_set:
                 self.warnings.append(f"flowControl.{path} is not implemented here and is ignored")
@@ -555,7 +556,17 @@ class _Loader:
             default_request_ttl=doc.default_request_ttl or 0.0,
             usage_limit_policy=usage,
             saturation_detector=detector,
+            eviction=self._eviction_policies() if doc.enable_eviction else None,
         )
+
+    def _eviction_policies(self) -> tuple[str, str]:
+        """As llm-d router: in-flight eviction always uses its sheddable filter and priority-then-time
+        ordering (those declared under `plugins`, else created with their defaults)."""
+        accepts, ordering = (
+            self._first_of_type(name) or self._implicit(name)
+            for name in (EVICTION_FILTER_POLICY, EVICTION_ORDERING_POLICY)
+        )
+        return accepts, ordering
 
     def _band(self, path: str, doc: BandLimitsDoc, default: BandSpec | None) -> BandSpec:
         """A band's limits and policies; omitted policies are GIE's defaults (not the template's)."""

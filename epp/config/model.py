@@ -46,6 +46,8 @@ class FlowControlSpec:
     default_request_ttl: float
     usage_limit_policy: str
     saturation_detector: str
+    # llm-d router's enableEviction: the eviction (filter, ordering) policy plugins; None: off.
+    eviction: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)

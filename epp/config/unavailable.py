@@ -14,7 +14,6 @@ from enum import StrEnum
 
 class Reason(StrEnum):
     SERVICE = "needs a service this EPP cannot run"
-    OTHER_ISSUE = "tracked separately, not implemented yet"
     TEST_ONLY = "a test-only type of the upstream Go tests"
     PLACEHOLDER = "an illustrative placeholder from the upstream docs"
     NOT_UPSTREAM = "registered by no GIE or llm-d release, so the Go EPPs refuse it too"
@@ -37,16 +36,11 @@ _LATENCY = (
     "use the load scorers (queue-scorer, kv-cache-utilization-scorer, token-load-scorer) "
     "and prefix-cache-scorer"
 )
-_FLOW = (
-    "one of the implemented policies: global-strict-fairness-policy, round-robin-fairness-policy, "
-    "least-tokens-served-fairness-policy, fcfs-ordering-policy, edf-ordering-policy, "
-    "slo-deadline-ordering-policy, static-usage-limit-policy"
-)
 _MULTICLUSTER = "run one EPP per cluster's InferencePool"
 
 
 def _entries() -> dict[str, UnavailableType]:
-    svc, other = Reason.SERVICE, Reason.OTHER_ISSUE
+    svc = Reason.SERVICE
     table: dict[str, UnavailableType] = {}
 
     def add(names: tuple[str, ...], reason: Reason, upstream: str, instead: str) -> None:
@@ -65,19 +59,6 @@ def _entries() -> dict[str, UnavailableType]:
         svc,
         "GIE v1.2-v1.3 SLO-aware routing scorer over the latency-predictor sidecars' TTFT/TPOT predictions",
         _LATENCY,
-    )
-    add(
-        (
-            "program-aware-fairness",
-            "soft-reflective-ceiling-policy",
-            "priority-holdback-policy",
-            "sheddable-eviction-filter",
-            "priority-then-time-eviction-order-policy",
-        ),
-        other,
-        "a flow-control policy (fairness between flows, usage limits or eviction) of the GIE/llm-d "
-        "flow-control layer that this EPP's flow control does not implement",
-        _FLOW,
     )
     add(
         (

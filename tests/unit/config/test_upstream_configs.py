@@ -11,13 +11,12 @@ quoted, for one of these reasons:
 - DOCS: a docs placeholder type (`custom-scorer`) or typo (the `-pluginRef:` profile key);
 - GO_REFUSES: invalid for the Go EPP as well (an unrendered `${PRIMARY_PORT}` template value, a
   profile naming an undefined plugin, a type no GIE or llm-d release registers);
-- OTHER_ISSUE: the flow-control policies this EPP's flow control does not implement
-  (program-aware-fairness, soft-reflective-ceiling-policy), which are tracked by other issues;
+- OTHER_ISSUE: none left (the flow-control policies and llm-d's burst-prefix producer were);
 - MISSING: an upstream plugin this EPP does not implement yet (the error says what it does and
   what to use instead).
 
-Counts (174 documents): 142 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 5 GO_REFUSES,
-2 OTHER_ISSUE, 0 MISSING. `test_summary` prints them and checks them against this docstring. The 5
+Counts (174 documents): 144 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 5 GO_REFUSES,
+0 OTHER_ISSUE, 0 MISSING. `test_summary` prints them and checks them against this docstring. The 5
 snippets in configs_nonstandard/ (another or no apiVersion) are refused, as by the Go decoder."""
 
 from __future__ import annotations
@@ -276,14 +275,8 @@ EXPECTED: dict[str, Loads | Refused] = {
     "llmd-router-ebab687__deploy__config__sim-epp-no-hit-lru.yaml": Loads(),
     "llmd-router-ebab687__deploy__config__sim-epp-tokenizer-vllm-http-config.yaml": Loads(),
     "llmd-router-ebab687__deploy__config__sim-pd-epp-config.yaml": Loads(),
-    "llmd-router-ebab687__deploy__config__sim-program-aware-config.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'program-aware-fairness' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
-    "llmd-router-ebab687__deploy__config__soft-reflective-ceiling-epp-config.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[3].type: plugin type 'soft-reflective-ceiling-policy' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
+    "llmd-router-ebab687__deploy__config__sim-program-aware-config.yaml": Loads(),
+    "llmd-router-ebab687__deploy__config__soft-reflective-ceiling-epp-config.yaml": Loads(),
     "llmd-router-ebab687__docs__architecture.md__2.yaml": Loads(),
     "llmd-router-ebab687__docs__create_new_filter.md.yaml": Loads(),
     "llmd-router-ebab687__docs__disaggregation.md__1.yaml": Loads(),
