@@ -7,8 +7,9 @@ Backends, tried in this order for a request:
   (`[{"token_ids": [...]}, ...]` per completions prompt, `{"token_ids": [...]}` for chat);
 - **tokenize**: vLLM's `POST /tokenize` (`{"model", "prompt"}` or `{"model", "messages",
   "add_generation_prompt": true}` → `{"tokens": [...]}`), when the server has no render API (404);
-- **local**: a `tokenizer.json` loaded with the `tokenizers` library (completions text prompts
-  only: a chat template needs the model's Jinja template, which only the server applies);
+- **local**: a `tokenizer.json` loaded with the `tokenizers` library; chat requests are first
+  rendered with the model's chat template from the same directory (`epp.datalayer.chat_template`)
+  and encoded without added special tokens, as vLLM does;
 - **estimate** (llm-d's zero-config backend): 4 bytes of prompt per "token" — only good for the
   approximate index and length checks, never matching the engine's blocks.
 
@@ -284,21 +285,27 @@ class PrefixTokenCache:
 
 
 class LocalTokenizer:
-    """A mounted `tokenizer.json` (HuggingFace `tokenizers`), with the prefix cache."""
+    """A mounted `tokenizer.json` (HuggingFace `tokenizers`), with prefix caches (one for text
+    encoded with the tokenizer's special tokens, as completions prompts are, one without, as
+    rendered chat prompts are: the template writes them)."""
 
     def __init__(self, path: str, cache: PrefixTokenCache | None = None) -> None:
         from tokenizers import Tokenizer  # imported only when a file is configured
 
         self.tokenizer = Tokenizer.from_file(path)
         self.cache = cache or PrefixTokenCache()
+        self.chat_cache = PrefixTokenCache(self.cache.chunk)
 
-    def encode(self, text: str) -> list[int]:
-        cached, covered, hashes = self.cache.lookup(text)
-        encoding = self.tokenizer.encode(text[covered:], add_special_tokens=covered == 0)
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        cache = self.cache if add_special_tokens else self.chat_cache
+        cached, covered, hashes = cache.lookup(text)
+        encoding = self.tokenizer.encode(
+            text[covered:], add_special_tokens=add_special_tokens and covered == 0
+        )
         ids = cached + list(encoding.ids)
         starts = [-1] * len(cached) + [covered + start for start, _ in encoding.offsets]
         if hashes:
-            self.cache.store(text, ids, starts, hashes)
+            cache.store(text, ids, starts, hashes)
         return ids
 
 

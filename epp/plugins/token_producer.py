@@ -3,8 +3,9 @@ for the precise prefix cache (llm-d's `TokenizedPrompt`).
 
 With `vllm` (or `modelName`) set, the director awaits the model server's render API before
 scheduling (`epp.datalayer.tokenize`: render, then `/tokenize` on servers without it); with
-`tokenizerFile` (this EPP's addition) a mounted `tokenizer.json` tokenizes completions prompts
-locally, and is the fallback when the server fails; with neither, llm-d's `estimate` backend packs
+`tokenizerFile` (this EPP's addition) a mounted `tokenizer.json` tokenizes prompts locally (chat
+requests rendered first with the chat template of the file's directory, as vLLM renders them),
+and is the fallback when the server fails; with neither, llm-d's `estimate` backend packs
 4 prompt bytes per "token" — enough for length checks, never matching the engine's blocks. A
 failure never fails the request: it is counted (`llm_d_epp_tokenization_fallbacks_total`) and
 logged, and the request is scheduled without precise prefix data.
@@ -13,6 +14,7 @@ logged, and the request is scheduled without precise prefix data.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,6 +22,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from epp.datalayer import AsyncDataProducer, BackgroundService, DataProducer
+from epp.datalayer.chat_template import ChatTemplate, ChatTemplateError
 from epp.datalayer.kvblocks import KVIndexMetrics
 from epp.datalayer.tokenize import (
     TOKENIZED_PROMPT,
@@ -100,6 +103,16 @@ class TokenProducer(Plugin, DataProducer, AsyncDataProducer, BackgroundService):
                 name,
             )
         self.local = LocalTokenizer(params.tokenizer_file) if params.tokenizer_file else None
+        self.chat_template: ChatTemplate | None = None
+        self._no_template = ""  # why chat requests cannot be tokenized locally
+        if self.local is not None:
+            try:
+                self.chat_template = ChatTemplate.from_directory(
+                    os.path.dirname(params.tokenizer_file) or "."
+                )
+            except (ChatTemplateError, OSError, ValueError) as exc:
+                self._no_template = str(exc)
+                log.warning("%s: chat requests cannot be tokenized locally: %s", name, exc)
         # Set by the virtual-time benchmark: the simulated engines' own tokenizer.
         self.sync_tokenizer: SyncTokenizer | None = None
         self._last_warning: dict[str, float] = {}
@@ -145,20 +158,37 @@ class TokenProducer(Plugin, DataProducer, AsyncDataProducer, BackgroundService):
             if ids is not None:
                 request.attributes[self.name] = TokenizedPrompt(ids, "simulator")
             return
-        if self.local is not None and not chat:
-            prompt = request.body.get("prompt")
-            if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
-                prompt = prompt[0]
-            if isinstance(prompt, str):
-                try:
-                    ids = self.local.encode(prompt)
-                except Exception as exc:  # the tokenizers library raises plain Exceptions
-                    self._failed("local", "error", str(exc))
-                    return
-                request.attributes[self.name] = TokenizedPrompt(ids, "local")
+        if self.local is not None:
+            self._tokenize_locally(request, self.local, chat)
             return
         if self.remote is None:
             request.attributes[self.name] = estimate_prompt(request.body, chat)
+
+    def _tokenize_locally(self, request: InferenceRequest, local: LocalTokenizer, chat: bool) -> None:
+        """Completions text as it is (with the tokenizer's special tokens); chat rendered with the
+        model's chat template, its special tokens written by the template (as vLLM does)."""
+        if chat:
+            if self.chat_template is None:
+                self._failed("local", "no_chat_template", self._no_template)
+                return
+            try:
+                text = self.chat_template.render(request.body)
+            except ChatTemplateError as exc:
+                self._failed("local", "chat_template", str(exc))
+                return
+        else:
+            prompt = request.body.get("prompt")
+            if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+                prompt = prompt[0]
+            if not isinstance(prompt, str):
+                return
+            text = prompt
+        try:
+            ids = local.encode(text, add_special_tokens=not chat)
+        except Exception as exc:  # the tokenizers library raises plain Exceptions
+            self._failed("local", "error", str(exc))
+            return
+        request.attributes[self.name] = TokenizedPrompt(ids, "local")
 
     def _failed(self, backend: str, reason: str, detail: str) -> None:
         self.metrics.tokenization_fallbacks.labels(backend, reason).inc()
