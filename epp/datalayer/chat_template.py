@@ -156,6 +156,8 @@ class ChatTemplate:
             raise ChatTemplateError("continue_final_message and add_generation_prompt are exclusive")
         kwargs = body.get("chat_template_kwargs")
         extra = {k: v for k, v in kwargs.items() if k in self.variables} if isinstance(kwargs, dict) else {}
+        if body.get("reasoning_effort") is not None and "reasoning_effort" in self.variables:
+            extra["reasoning_effort"] = body["reasoning_effort"]  # vLLM passes it over the kwargs
         variables = {
             **self.special_tokens,
             **extra,

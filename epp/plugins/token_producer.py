@@ -184,7 +184,10 @@ class TokenProducer(Plugin, DataProducer, AsyncDataProducer, BackgroundService):
                 return
             text = prompt
         try:
-            ids = local.encode(text, add_special_tokens=not chat)
+            # vLLM's default: chat text carries the template's special tokens, completions get
+            # the tokenizer's; a request may ask otherwise.
+            add_special = request.body.get("add_special_tokens", not chat)
+            ids = local.encode(text, add_special_tokens=add_special is True)
         except Exception as exc:  # the tokenizers library raises plain Exceptions
             self._failed("local", "error", str(exc))
             return

@@ -66,6 +66,9 @@ def test_templates_iterating_content_get_openai_parts_and_kwargs_only_they_read(
     template = ChatTemplate(source)
     body = {"messages": [{"role": "user", "content": "hi"}], "chat_template_kwargs": {"flag": "F", "x": 1}}
     assert template.render(body) == "<text:hi>F-"
+    effort = ChatTemplate("{{ reasoning_effort | default('none') }}")
+    assert effort.render({"messages": [], "reasoning_effort": "high"}) == "high"
+    assert effort.render({"messages": []}) == "none"
 
 
 def test_sandbox_blocks_unsafe_attribute_access() -> None:

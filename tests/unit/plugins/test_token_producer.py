@@ -67,6 +67,10 @@ def test_chat_is_rendered_with_the_template_and_encoded_without_added_tokens(qwe
     )
     producer.prepare(completion, [])
     assert completion.attributes[producer.name].token_ids[0] == 0  # completions keep the BOS
+    asked = _chat(MESSAGES)
+    asked.body["add_special_tokens"] = True  # as vLLM, a chat request may ask for them
+    producer.prepare(asked, [])
+    assert asked.attributes[producer.name].token_ids == [0, *expected]
 
 
 def test_without_a_template_chat_falls_back_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
