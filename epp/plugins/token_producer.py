@@ -3,12 +3,14 @@ for the precise prefix cache (llm-d's `TokenizedPrompt`).
 
 With `vllm` (or `modelName`) set, the director awaits the model server's render API before
 scheduling (`epp.datalayer.tokenize`: render, then `/tokenize` on servers without it); with
-`tokenizerFile` (this EPP's addition) a mounted `tokenizer.json` tokenizes prompts locally (chat
-requests rendered first with the chat template of the file's directory, as vLLM renders them),
-and is the fallback when the server fails; with neither, llm-d's `estimate` backend packs
-4 prompt bytes per "token" — enough for length checks, never matching the engine's blocks. A
-failure never fails the request: it is counted (`llm_d_epp_tokenization_fallbacks_total`) and
-logged, and the request is scheduled without precise prefix data.
+`udsTokenizerConfig`, llm-d's tokenizer sidecar over its Unix socket
+(`epp.datalayer.uds_tokenizer`); with `tokenizerFile` (this EPP's addition) a mounted
+`tokenizer.json` tokenizes prompts locally (chat requests rendered first with the chat template of
+the file's directory, as vLLM renders them), and is the fallback when the server fails; with none,
+llm-d's `estimate` backend packs 4 prompt bytes per "token" — enough for length checks, never
+matching the engine's blocks. A failure never fails the request: it is counted
+(`llm_d_epp_tokenization_fallbacks_total`) and logged, and the request is scheduled without
+precise prefix data.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from epp.datalayer.chat_template import ChatTemplate, ChatTemplateError
 from epp.datalayer.kvblocks import KVIndexMetrics
 from epp.datalayer.tokenize import (
     TOKENIZED_PROMPT,
+    CachedTokenizer,
     LocalTokenizer,
     TokenizedPrompt,
     TokenizeError,
+    UdsTokenizer,
     VLLMTokenizer,
     estimate_prompt,
 )
@@ -41,6 +45,7 @@ from epp.requests import ApiKind, InferenceRequest
 log = logging.getLogger(__name__)
 
 DEFAULT_RENDER_URL = "http://localhost:8000"
+UDS_TIMEOUT, UDS_MM_TIMEOUT = 5.0, 30.0  # llm-d's UDS client: text, requests with media
 LOG_EVERY = 60.0  # seconds between repeated warnings of one failure reason
 
 
@@ -53,6 +58,17 @@ class VLLMParams(StrictModel):
 
 class UdsParams(StrictModel):
     socket_file: str = ""
+    use_tcp: bool = Field(default=False, description="socketFile is host:port (llm-d: testing only)")
+    model_tokenizer_map: dict[str, str] = Field(default_factory=dict)
+
+    def model_for(self, model: str) -> str:
+        """llm-d's resolution: the model's mapped tokenizer (a tokenizer.json names its directory)."""
+        if not self.model_tokenizer_map:
+            return model
+        path = self.model_tokenizer_map.get(model)
+        if path is None:
+            raise ValueError(f"udsTokenizerConfig.modelTokenizerMap has no tokenizer for model {model!r}")
+        return os.path.dirname(path) if os.path.basename(path) == "tokenizer.json" else path
 
 
 class TokenProducerParams(PluginParams):
@@ -91,17 +107,17 @@ class TokenProducer(Plugin, DataProducer, AsyncDataProducer, BackgroundService):
         super().__init__(name, params, context)
         self.params = params
         self.metrics = KVIndexMetrics.for_registry(context.metrics.registry)
-        self.remote: VLLMTokenizer | None = None
+        self.remote: CachedTokenizer | None = None
+        self._remote_backend = ""
         if params.vllm is not None or (params.model_name and params.uds_tokenizer_config is None):
             vllm = params.vllm or VLLMParams()
             url = vllm.url or vllm.http or DEFAULT_RENDER_URL
             self.remote = VLLMTokenizer(url, params.model_name, vllm.timeout, vllm.mm_timeout)
-        elif params.uds_tokenizer_config is not None:
-            log.warning(
-                "%s: udsTokenizerConfig (llm-d's deprecated tokenizer sidecar) is not supported; "
-                "configure vllm.url (the render API) or tokenizerFile. Using the estimate backend.",
-                name,
-            )
+            self._remote_backend = "vllm"
+        elif (uds := params.uds_tokenizer_config) is not None:
+            model = uds.model_for(params.model_name)
+            self.remote = UdsTokenizer(uds.socket_file, model, UDS_TIMEOUT, UDS_MM_TIMEOUT, uds.use_tcp)
+            self._remote_backend = "uds"
         self.local = LocalTokenizer(params.tokenizer_file) if params.tokenizer_file else None
         self.chat_template: ChatTemplate | None = None
         self._no_template = ""  # why chat requests cannot be tokenized locally
@@ -120,7 +136,7 @@ class TokenProducer(Plugin, DataProducer, AsyncDataProducer, BackgroundService):
     @property
     def backend(self) -> str:
         if self.remote is not None:
-            return "vllm"
+            return self._remote_backend
         return "local" if self.local is not None else "estimate"
 
     async def start(self, datastore: Datastore) -> None:
@@ -141,7 +157,7 @@ class TokenProducer(Plugin, DataProducer, AsyncDataProducer, BackgroundService):
                     request.body, request.api is ApiKind.CHAT
                 )
             except TokenizeError as exc:
-                self._failed("vllm", exc.reason, str(exc))
+                self._failed(self._remote_backend, exc.reason, str(exc))
         # The other backends now too, so async producers awaited after this one (burst) see the ids.
         self.prepare(request, ())
 

@@ -180,8 +180,7 @@ def test_token_producer_backends_and_validation() -> None:
     assert request.attributes[estimate.name].source == "estimate"
     assert plugin(TokenProducer, {"modelName": "m"}).backend == "vllm"
     assert (
-        plugin(TokenProducer, {"modelName": "m", "udsTokenizerConfig": {"socketFile": "/s"}}).backend
-        == "estimate"
+        plugin(TokenProducer, {"modelName": "m", "udsTokenizerConfig": {"socketFile": "/s"}}).backend == "uds"
     )
     with pytest.raises(ValueError, match="only one of"):
         plugin(TokenProducer, {"estimate": {}, "vllm": {"url": "http://x"}})
