@@ -141,19 +141,18 @@ class TokenProcessor:
                 prefix = digest(prefix.to_bytes(8, "little") + data[start : start + step] + extra)
                 out.append(prefix)
             return out
+        if extras is not None:  # blocks keyed by more than their tokens: not memoised
+            for index in range(count):
+                chunk = tokens[index * size : (index + 1) * size]
+                tail = _cbor_extras(block) if (block := extras[index]) else _NULL
+                prefix = fnv1a64(b"\x83" + _cbor_uint(prefix) + _cbor_tokens(chunk) + tail)
+                out.append(prefix)
+            return out
         memo = self._memo
         data = array("I", tokens[: count * size]).tobytes()
         step = 4 * size
         memo_key = xxhash.xxh3_64_intdigest
         for index, start in enumerate(range(0, count * step, step)):
-            chunk_extras = extras[index] if extras is not None else None
-            if chunk_extras:
-                chunk = tokens[index * size : (index + 1) * size]
-                prefix = fnv1a64(
-                    b"\x83" + _cbor_uint(prefix) + _cbor_tokens(chunk) + _cbor_extras(chunk_extras)
-                )
-                out.append(prefix)
-                continue
             tag = memo_key(data[start : start + step], prefix)
             key = memo.get(tag)
             if key is None:
@@ -556,11 +555,13 @@ class KVBlockIndex:
         self,
         tokens: Sequence[int],
         model: str,
-        features: Iterable[tuple[int, int, str]] = (),
+        features: Sequence[tuple[int, int, str]] = (),
         cache_salt: str = "",
     ) -> list[int]:
         """A prompt's keys, its multimodal items (offset, length, hash) and cache salt folded
         into the blocks they touch, as llm-d's precise producer computes them."""
+        if not features and not cache_salt:
+            return self.processor.keys(tokens, model)
         size = self.processor.block_size
         extras = block_extras_from_features(features, size, len(tokens))
         extras = fold_cache_salt(extras, cache_salt, len(tokens) // size)
