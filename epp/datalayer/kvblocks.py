@@ -83,8 +83,10 @@ class TokenProcessor:
     chunk has no key), each chunk's key chained on its parent's.
 
     `cbor-fnv` (llm-d's default): seed = FNV-1a-64(hashSeed); root = FNV-1a-64(CBOR [seed, null,
-    model]); key = FNV-1a-64(CBOR [parent, [tokens], null]). `xxh64`: seed = XXH64(hashSeed); root =
-    XXH64(LE64 seed ‖ LE64 len(model) ‖ model); key = XXH64(LE64 parent ‖ LE32 tokens)."""
+    model]); key = FNV-1a-64(CBOR [parent, [tokens], extras]) with extras null, or for a block
+    carrying identifiers (multimodal hashes, cache salt) `[{"Hash": h}, ...]`. `xxh64`: seed =
+    XXH64(hashSeed); root = XXH64(LE64 seed ‖ LE64 len(model) ‖ model); key = XXH64(LE64 parent ‖
+    LE32 tokens ‖ (LE64 len(h) ‖ h)...)."""
 
     def __init__(self, block_size: int, hash_seed: str = "", algorithm: str = HASH_CBOR_FNV) -> None:
         if block_size <= 0:
