@@ -5,10 +5,13 @@ Backends, tried in this order for a request:
 - **render** (llm-d's `vllm` backend): vLLM's `POST /v1/completions/render` and
   `/v1/chat/completions/render`, which apply the chat template and return the prompt's token ids
   (`[{"token_ids": [...]}, ...]` per completions prompt, `{"token_ids": [...]}` for chat);
+- **uds** (llm-d's `udsTokenizerConfig`): llm-d's tokenizer sidecar, gRPC over a Unix domain
+  socket (`epp.datalayer.uds_tokenizer`), which renders with vLLM's code;
 - **tokenize**: vLLM's `POST /tokenize` (`{"model", "prompt"}` or `{"model", "messages",
   "add_generation_prompt": true}` → `{"tokens": [...]}`), when the server has no render API (404);
-- **local**: a `tokenizer.json` loaded with the `tokenizers` library (completions text prompts
-  only: a chat template needs the model's Jinja template, which only the server applies);
+- **local**: a `tokenizer.json` loaded with the `tokenizers` library; chat requests are first
+  rendered with the model's chat template from the same directory (`epp.datalayer.chat_template`)
+  and encoded without added special tokens, as vLLM does;
 - **estimate** (llm-d's zero-config backend): 4 bytes of prompt per "token" — only good for the
   approximate index and length checks, never matching the engine's blocks.
 
@@ -21,6 +24,7 @@ tokenized; see `PrefixTokenCache`).
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +34,7 @@ import aiohttp
 import orjson
 import xxhash
 
+from epp.datalayer.uds_tokenizer import UdsTokenizerClient, UdsTokenizerError
 from epp.framework import DataKey
 
 log = logging.getLogger(__name__)
@@ -104,32 +109,15 @@ def _token_list(value: Any) -> list[int]:
     raise TokenizeError("bad_response", "token ids are not a list of integers")
 
 
-class VLLMTokenizer:
-    """vLLM's render API, falling back to `/tokenize` when the server has no render route."""
+class CachedTokenizer(ABC):
+    """A remote backend's results cached by the exact request (the client's body with the served
+    model), with the longer timeout for requests carrying media."""
 
-    def __init__(
-        self, url: str, model: str, timeout: float, mm_timeout: float, cache_size: int = 4096
-    ) -> None:
-        self.url = url.rstrip("/")
+    def __init__(self, model: str, timeout: float, mm_timeout: float, cache_size: int = 4096) -> None:
         self.model = model
         self.timeout = timeout
         self.mm_timeout = mm_timeout
-        self._session: aiohttp.ClientSession | None = None
         self._cache = LRU(cache_size)
-        self._no_render = False  # learnt from a 404/405: use /tokenize from then on
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=90),
-                json_serialize=lambda obj: orjson.dumps(obj).decode(),
-            )
-        return self._session
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     def _timeout_for(self, body: dict[str, Any]) -> float:
         messages = body.get("messages")
@@ -145,8 +133,62 @@ class VLLMTokenizer:
         cached: TokenizedPrompt | None = self._cache.get(key)
         if cached is not None:
             return cached
-        timeout = self._timeout_for(body)
-        result: TokenizedPrompt | None = None
+        result = await self._fetch(request, chat, self._timeout_for(body))
+        self._cache.put(key, result)
+        return result
+
+    @abstractmethod
+    async def _fetch(self, request: dict[str, Any], chat: bool, timeout: float) -> TokenizedPrompt: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+class UdsTokenizer(CachedTokenizer):
+    """llm-d's tokenizer sidecar over a Unix domain socket (`epp.datalayer.uds_tokenizer`)."""
+
+    def __init__(
+        self, socket_file: str, model: str, timeout: float, mm_timeout: float, use_tcp: bool = False
+    ) -> None:
+        super().__init__(model, timeout, mm_timeout)
+        self.client = UdsTokenizerClient(socket_file, model, use_tcp)
+
+    async def _fetch(self, request: dict[str, Any], chat: bool, timeout: float) -> TokenizedPrompt:
+        try:
+            ids, features = await self.client.render(request, chat, timeout)
+        except UdsTokenizerError as exc:
+            raise TokenizeError(exc.reason, str(exc)) from None
+        return TokenizedPrompt(ids, "uds", _render_features({"features": features}))
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+class VLLMTokenizer(CachedTokenizer):
+    """vLLM's render API, falling back to `/tokenize` when the server has no render route."""
+
+    def __init__(
+        self, url: str, model: str, timeout: float, mm_timeout: float, cache_size: int = 4096
+    ) -> None:
+        super().__init__(model, timeout, mm_timeout, cache_size)
+        self.url = url.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+        self._no_render = False  # learnt from a 404/405: use /tokenize from then on
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=90),
+                json_serialize=lambda obj: orjson.dumps(obj).decode(),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _fetch(self, request: dict[str, Any], chat: bool, timeout: float) -> TokenizedPrompt:
         if not self._no_render:
             path = CHAT_RENDER_PATH if chat else COMPLETIONS_RENDER_PATH
             status, reply = await self._post(path, request, timeout)
@@ -156,16 +198,13 @@ class VLLMTokenizer:
             elif status != 200:
                 raise TokenizeError("http_status", f"{path} answered {status}")
             else:
-                result = self._rendered(reply, chat)
-        if result is None:
-            status, reply = await self._post(TOKENIZE_PATH, self._tokenize_body(request, chat), timeout)
-            if status != 200:
-                raise TokenizeError("http_status", f"{TOKENIZE_PATH} answered {status}")
-            if not isinstance(reply, dict):
-                raise TokenizeError("bad_response", "/tokenize did not answer an object")
-            result = TokenizedPrompt(_token_list(reply.get("tokens")), "tokenize")
-        self._cache.put(key, result)
-        return result
+                return self._rendered(reply, chat)
+        status, reply = await self._post(TOKENIZE_PATH, self._tokenize_body(request, chat), timeout)
+        if status != 200:
+            raise TokenizeError("http_status", f"{TOKENIZE_PATH} answered {status}")
+        if not isinstance(reply, dict):
+            raise TokenizeError("bad_response", "/tokenize did not answer an object")
+        return TokenizedPrompt(_token_list(reply.get("tokens")), "tokenize")
 
     @staticmethod
     def _rendered(reply: Any, chat: bool) -> TokenizedPrompt:
@@ -284,21 +323,27 @@ class PrefixTokenCache:
 
 
 class LocalTokenizer:
-    """A mounted `tokenizer.json` (HuggingFace `tokenizers`), with the prefix cache."""
+    """A mounted `tokenizer.json` (HuggingFace `tokenizers`), with prefix caches (one for text
+    encoded with the tokenizer's special tokens, as completions prompts are, one without, as
+    rendered chat prompts are: the template writes them)."""
 
     def __init__(self, path: str, cache: PrefixTokenCache | None = None) -> None:
         from tokenizers import Tokenizer  # imported only when a file is configured
 
         self.tokenizer = Tokenizer.from_file(path)
         self.cache = cache or PrefixTokenCache()
+        self.chat_cache = PrefixTokenCache(self.cache.chunk)
 
-    def encode(self, text: str) -> list[int]:
-        cached, covered, hashes = self.cache.lookup(text)
-        encoding = self.tokenizer.encode(text[covered:], add_special_tokens=covered == 0)
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        cache = self.cache if add_special_tokens else self.chat_cache
+        cached, covered, hashes = cache.lookup(text)
+        encoding = self.tokenizer.encode(
+            text[covered:], add_special_tokens=add_special_tokens and covered == 0
+        )
         ids = cached + list(encoding.ids)
         starts = [-1] * len(cached) + [covered + start for start, _ in encoding.offsets]
         if hashes:
-            self.cache.store(text, ids, starts, hashes)
+            cache.store(text, ids, starts, hashes)
         return ids
 
 

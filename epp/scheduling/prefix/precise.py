@@ -181,13 +181,13 @@ class PrecisePrefixCache:
     def match(
         self, request: InferenceRequest, tokenized: object, candidates: Sequence[Endpoint]
     ) -> PrefixMatch:
-        if not isinstance(tokenized, TokenizedPrompt) or request.cache_salt:
-            # No token ids, or a salted prompt (vLLM keys salted blocks apart): no precise data.
+        if not isinstance(tokenized, TokenizedPrompt):
             return PrefixMatch([], {}, self.block_size)
         tokens = tokenized.token_ids
         if self.max_blocks:
             tokens = tokens[: self.max_blocks * self.block_size]
-        keys = self.index.keys_for(tokens, request.target_model)
+        features = [(f.offset, f.length, f.hash) for f in tokenized.mm_features]
+        keys = self.index.keys_for(tokens, request.target_model, features, request.cache_salt or "")
         if self.params.speculative_indexing:
             self.index.expire(self.clock())
         if not keys:
