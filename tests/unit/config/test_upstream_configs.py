@@ -525,7 +525,8 @@ def test_summary(capsys: pytest.CaptureFixture[str]) -> None:
     assert f"Counts ({len(EXPECTED)} documents): {loaded} load;" in doc
     readme = " ".join((CONFIGS.parents[3] / "README.md").read_text().split())
     assert f"Of the {len(EXPECTED)} configs" in readme and f"{loaded} load;" in readme
-    assert f"and {refused[Reason.MISSING]} needing plugins not implemented yet" in readme
+    assert f"{refused[Reason.MISSING]} are refused for a plugin missing here" in readme
+    assert f"cannot run ({refused[Reason.SERVICE]})" in readme
     stated = re.findall(r"(\d+) (SERVICE|TEST_ONLY|DOCS|GO_REFUSES|OTHER_ISSUE|MISSING)", doc)
     assert {Reason[name]: int(count) for count, name in stated} == {r: refused[r] for r in Reason}
 
