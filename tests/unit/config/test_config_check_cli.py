@@ -66,3 +66,17 @@ def test_check_of_the_default_like_config_without_warnings(
     assert "  queue-scorer: queue-scorer\n    (no parameters)\n" in out
     assert "    scorers: queue-scorer x2\n    picker: max-score-picker\n" in out
     assert out.endswith("warnings: none\n")
+
+
+def test_check_shows_the_data_sources_and_the_extractors_wired_to_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rollout = UPSTREAM / (
+        "llmd-router-ebab687__pkg__epp__framework__plugins__requestcontrol__screener__"
+        "disaggregatedsetrollout__README.md.yaml"
+    )
+    assert main(["config", "check", str(rollout)]) == 0
+    out = capsys.readouterr().out
+    assert "  rollout-screener/pod: k8s-notification-source (added by default)\n" in out
+    assert "data layer: source metrics-data-source, extractor core-metrics-extractor\n" in out
+    assert "data layer: source rollout-screener/pod, extractors rollout-screener\n" in out
