@@ -1,5 +1,6 @@
 """One polling task per endpoint of the pool: started when the endpoint joins, cancelled when it
-leaves or when the poller stops (the metrics scraper and `models-data-source` poll this way)."""
+leaves or when the poller stops (`models-data-source` polls this way; the metrics scraper drives
+all its connections from one task instead, see epp.datalayer.scraper)."""
 
 from __future__ import annotations
 
