@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 MAX_OUTBOX = 10_000  # routes waiting for Redis; beyond this (Redis slow or gone) the oldest drop
 BATCH = 256  # routes per pipelined round trip
 ROUTES_KEPT = 10_000  # entries the routes stream keeps (approximately): how far a reader can lag
+STOP_TIMEOUT = 2.0  # seconds each step of stop() may take
 REPLAY_AGE = 30.0  # seconds: older routes are neither appended late nor learned on catching up
 
 
@@ -109,19 +110,27 @@ class RedisReplicaSync:
         ]
 
     async def stop(self) -> None:
+        """Stops the tasks and leaves the peers, each step bounded: a Redis that hangs (or a
+        client left mid-command by the cancellation) never holds up the EPP's shutdown."""
         self.state.on_route = None
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT)
+            if pending:
+                log.warning(
+                    "replica sync: %d task(s) still running %.0f s after stop", len(pending), STOP_TIMEOUT
+                )
         self._tasks = []
-        if self._client is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await self._client.delete(self._own_key)
-                await self._client.srem(self._members, self.state.replica_id)
-            await self._client.aclose()
-            self._client = None
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(STOP_TIMEOUT):
+                    await client.delete(self._own_key)
+                    await client.srem(self._members, self.state.replica_id)
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(STOP_TIMEOUT):
+                    await client.aclose()
         self.state.apply_peer_load(())
 
     def _enqueue(self, message: RouteMessage) -> None:
