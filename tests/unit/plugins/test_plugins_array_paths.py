@@ -1,0 +1,63 @@
+"""Over many candidates a profile asks scorers for `score_array` and the picker for `pick_array`:
+each must give exactly what the list methods give (the same floats, the same pick from the same
+random state), or decisions would change with the number of candidates."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from epp.datastore import Endpoint
+from epp.plugins.kv_cache_utilization_scorer import KvCacheUtilizationScorer
+from epp.plugins.max_score_picker import MaxScorePicker
+from epp.plugins.queue_scorer import QueueScorer
+from epp.scheduling.framework import Scorer
+from tests.unit.plugin_helpers import context, endpoint, plugin, request
+
+
+def crowd(seed: int, count: int = 300) -> list[Endpoint]:
+    rng = random.Random(seed)
+    return [
+        endpoint(f"e{i}", address=f"10.0.{i // 250}.{i % 250 + 1}", queue=rng.randrange(5), kv=rng.random())
+        for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize("cls", [QueueScorer, KvCacheUtilizationScorer])
+@pytest.mark.parametrize("seed", range(3))
+def test_score_array_is_the_same_floats_as_score(cls: type[Scorer], seed: int) -> None:
+    scorer = plugin(cls)  # type: ignore[type-var]
+    candidates = crowd(seed)
+    array = scorer.score_array(request(), candidates)
+    assert array.dtype == np.float64
+    assert array.tolist() == list(scorer.score(request(), candidates))
+
+
+def test_queue_score_array_all_equal_is_all_ones() -> None:
+    candidates = [endpoint(f"e{i}", queue=3) for i in range(200)]
+    assert plugin(QueueScorer).score_array(request(), candidates).tolist() == [1.0] * 200
+
+
+@pytest.mark.parametrize("count", [1, 3])
+@pytest.mark.parametrize("seed", range(4))
+def test_pick_array_picks_what_pick_picks(count: int, seed: int) -> None:
+    rng = random.Random(seed)
+    candidates = crowd(seed)
+    # few distinct totals, so there are ties to break at random
+    totals = [rng.choice([0.0, 1.5, 2.0, 2.0, 7.0]) for _ in candidates]
+    totals[rng.randrange(len(totals))] = 7.0
+    by_list = plugin(MaxScorePicker, {"maxNumOfEndpoints": count}, context(seed))
+    by_array = plugin(MaxScorePicker, {"maxNumOfEndpoints": count}, context(seed))
+    for _ in range(20):
+        assert by_array.pick_array(request(), candidates, np.array(totals)) == by_list.pick(
+            request(), candidates, totals
+        )
+
+
+def test_pick_array_unique_best() -> None:
+    candidates = crowd(0)
+    totals = np.zeros(len(candidates))
+    totals[123] = 0.5
+    assert plugin(MaxScorePicker).pick_array(request(), candidates, totals) == [candidates[123]]
