@@ -15,6 +15,7 @@ from epp.plugins.max_score_picker import MaxScorePicker
 from epp.plugins.queue_scorer import QueueScorer
 from epp.scheduling.framework import Scorer
 from tests.unit.plugin_helpers import context, endpoint, plugin, request
+from tests.unit.plugins.test_plugins_prefix import producer_and_scorer, route
 
 
 def crowd(seed: int, count: int = 300) -> list[Endpoint]:
@@ -61,3 +62,23 @@ def test_pick_array_unique_best() -> None:
     totals = np.zeros(len(candidates))
     totals[123] = 0.5
     assert plugin(MaxScorePicker).pick_array(request(), candidates, totals) == [candidates[123]]
+
+
+@pytest.mark.parametrize("scorer_params", [{}, {"matchLengthWeight": 0.5}])
+def test_prefix_score_array_is_the_same_floats_as_score(scorer_params: dict[str, float]) -> None:
+    producer, scorer = producer_and_scorer({"blockSizeTokens": 4, "autoTune": False}, scorer_params)
+    candidates = crowd(0)
+    rng = random.Random(5)
+    prompts = [rng.randbytes(40 * rng.randrange(1, 6)) for _ in range(30)]
+    for prompt in prompts:  # every prompt placed on two random endpoints
+        for chosen in rng.sample(candidates, 2):
+            route(producer, prompt, candidates, chosen)
+    hits = 0
+    for prompt in [*prompts, b"x" * 100, b""]:
+        req = request(prompt[: rng.randrange(len(prompt) + 1)] + b"tail")
+        producer.prepare(req, candidates)
+        array = scorer.score_array(req, candidates)
+        assert array.dtype == np.float64
+        assert array.tolist() == scorer.score(req, candidates)
+        hits += int(np.count_nonzero(array))
+    assert hits > len(prompts)  # most prompts matched somewhere
