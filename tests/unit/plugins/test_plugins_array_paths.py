@@ -12,8 +12,11 @@ import pytest
 from epp.datastore import Endpoint
 from epp.plugins.kv_cache_utilization_scorer import KvCacheUtilizationScorer
 from epp.plugins.max_score_picker import MaxScorePicker
+from epp.plugins.no_hit_lru_scorer import NoHitLruScorer
 from epp.plugins.queue_scorer import QueueScorer
 from epp.scheduling.framework import Scorer
+from epp.scheduling.prefix import PREFIX_MATCH, PrefixMatch
+from epp.scheduling.types import ProfileResult, SchedulingResult
 from tests.unit.plugin_helpers import context, endpoint, plugin, request
 from tests.unit.plugins.test_plugins_prefix import producer_and_scorer, route
 
@@ -82,3 +85,23 @@ def test_prefix_score_array_is_the_same_floats_as_score(scorer_params: dict[str,
         assert array.tolist() == scorer.score(req, candidates)
         hits += int(np.count_nonzero(array))
     assert hits > len(prompts)  # most prompts matched somewhere
+
+
+def test_no_hit_lru_score_array_is_the_same_floats_as_score() -> None:
+    candidates = crowd(1)
+    scorers = []
+    for _ in range(2):
+        scorer = plugin(NoHitLruScorer)
+        scorer.bind_producer(PREFIX_MATCH, "producer")
+        scorers.append(scorer)
+    by_array, by_list = scorers
+    for matched in ({}, {candidates[7]: 2}, {endpoint("outsider"): 3}, {}):
+        arrays, lists = request(), request()
+        for req in (arrays, lists):
+            req.attributes["producer"] = PrefixMatch([1, 2, 3], matched, 16)
+        assert by_array.score_array(arrays, candidates).tolist() == by_list.score(lists, candidates)
+        assert arrays.attributes.get(by_array.name) == lists.attributes.get(by_list.name)
+        chosen = SchedulingResult({"default": ProfileResult([candidates[len(matched) * 9]])}, "default")
+        by_array.pre_request(arrays, chosen)
+        by_list.pre_request(lists, chosen)
+    assert list(by_array.recent) == list(by_list.recent) != []
