@@ -1,4 +1,4 @@
-"""CPU per scheduling decision over many candidates: GIE's default configuration, N endpoints
+"""CPU per scheduling decision over many candidates: GIE's default configuration (or --config), N endpoints
 (default 1,000, as `epp bench scale`), ~1,100-token prompts from 100 shared 1,000-token prefixes.
 
 Times `schedule` + `pre_request` with `time.thread_time` (CPU of this thread only, so other
@@ -7,6 +7,7 @@ warm-up round. A crude server model feeds the picks back into queue and KV-cache
 field is a digest of every pick: equal digests mean the same decisions.
 
     .venv/bin/python bench/candidates_bench.py [--endpoints N] [--requests N] [--rounds N] [--profile]
+        [--config bench/configs/ours.yaml]
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import hashlib
 import pstats
 import random
 import time
+from pathlib import Path
 from types import MappingProxyType
 
 from epp.config.build import build_director
-from epp.config.loader import load_config
+from epp.config.loader import load_config, load_config_file
 from epp.datastore import Datastore, EndpointSpec
 from epp.framework import PluginContext
 from epp.metrics.exporter import EppMetrics
@@ -37,6 +39,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="decisions per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="print a cProfile of one round instead")
+    parser.add_argument("--config", type=Path, help="an EndpointPickerConfig file (default: GIE's default)")
     args = parser.parse_args()
     rng = random.Random(1)
     datastore = Datastore()
@@ -55,7 +58,8 @@ def main() -> None:
         metrics.cache_num_blocks = 4096
         metrics.update_time = time.monotonic()
     datastore.synced = True
-    _, components = build_director(load_config(), datastore, PluginContext(EppMetrics(), random.Random(1)))
+    config = load_config_file(args.config) if args.config else load_config()
+    _, components = build_director(config, datastore, PluginContext(EppMetrics(), random.Random(1)))
     scheduler, hooks = components.scheduler, components.hooks
     endpoints = datastore.ready_endpoints()
     prefixes = [rng.randbytes(2000).hex().encode() for _ in range(100)]

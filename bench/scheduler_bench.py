@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import hashlib
 import os
 import pstats
 import random
@@ -99,6 +100,7 @@ def run(args: argparse.Namespace) -> None:
     endpoints = datastore.ready_endpoints()
     next_request = prompt_source(rng)
     picks: Counter[str] = Counter()
+    digest = hashlib.sha256()  # of every pick, warm-up included: equal digests, same decisions
     cpu_clock, wall_clock = time.thread_time, time.perf_counter
 
     def decide(request: InferenceRequest) -> tuple[Endpoint, float, float]:
@@ -120,7 +122,9 @@ def run(args: argparse.Namespace) -> None:
     warmup = 0
     while sum(producer.index.blocks_held(e) for e in endpoints) < capacity * 0.99:
         for _ in range(1000):
-            serve(endpoints, decide(next_request(warmup))[0], warmup)
+            chosen = decide(next_request(warmup))[0]
+            digest.update(chosen.name.encode())
+            serve(endpoints, chosen, warmup)
             warmup += 1
     what = (
         "director.route (candidates, admission, schedule, pre_request)"
@@ -144,6 +148,7 @@ def run(args: argparse.Namespace) -> None:
             cpu.append(cpu_time)
             wall.append(wall_time)
             picks[chosen.name] += 1
+            digest.update(chosen.name.encode())
             serve(endpoints, chosen, decision)
             decision += 1
         if profiler is not None:
@@ -163,6 +168,7 @@ def run(args: argparse.Namespace) -> None:
     )
     busiest = picks.most_common(1)[0][1] / sum(picks.values())
     print(f"load spread: {len(picks)} endpoints chosen, the busiest took {busiest:.1%} of requests")
+    print(f"picks digest {digest.hexdigest()[:12]}")
     if profiler is not None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(18)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from epp.datastore import Endpoint
 from epp.framework import Plugin, register
 from epp.requests import InferenceRequest
@@ -17,3 +19,6 @@ class KvCacheUtilizationScorer(Plugin, Scorer):
 
     def score(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> list[float]:
         return [1.0 - e.metrics.kv_cache_usage for e in candidates]
+
+    def score_array(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> np.ndarray:
+        return 1.0 - np.array([e.metrics.kv_cache_usage for e in candidates], dtype=np.float64)

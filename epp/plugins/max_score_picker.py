@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from epp.datastore import Endpoint
 from epp.framework import register
 from epp.requests import InferenceRequest
@@ -22,6 +24,17 @@ class MaxScorePicker(CountedPicker):
             best = max(scores)
             tied = [e for e, s in zip(candidates, scores, strict=True) if s == best]
             return [tied[0] if len(tied) == 1 else self.rng.choice(tied)]
+        return self._ranked(candidates, scores)
+
+    def pick_array(
+        self, request: InferenceRequest, candidates: Sequence[Endpoint], scores: np.ndarray
+    ) -> list[Endpoint]:
+        if self.count == 1:
+            tied = np.flatnonzero(scores == scores.max()).tolist()
+            return [candidates[tied[0]] if len(tied) == 1 else self.rng.choice([candidates[i] for i in tied])]
+        return self._ranked(candidates, scores.tolist())
+
+    def _ranked(self, candidates: Sequence[Endpoint], scores: Sequence[float]) -> list[Endpoint]:
         ranked = sorted(zip(candidates, scores, strict=True), key=self._ranking_key)
         return [endpoint for endpoint, _ in ranked[: self.count]]
 

@@ -10,6 +10,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from epp.datalayer import EndpointObserver
@@ -56,7 +57,10 @@ class NoHitLruScorer(Plugin, Scorer, DataConsumer, PreRequest, EndpointObserver)
         match = self.consumed(request, PREFIX_MATCH)
         if not isinstance(match, PrefixMatch) or not match.matched:
             return True
-        return not any(match.matched_blocks(e) > 0 for e in candidates)
+        # From the few endpoints holding blocks, not a call per candidate: over 1,000 candidates
+        # the set probe is C-level and stops at the first holder.
+        holders = frozenset(e for e, blocks in match.matched.items() if blocks > 0)
+        return holders.isdisjoint(candidates)
 
     def score(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> list[float]:
         if not self.is_cold(request, candidates):
@@ -70,6 +74,11 @@ class NoHitLruScorer(Plugin, Scorer, DataConsumer, PreRequest, EndpointObserver)
         step = 1.0 / (len(candidates) - 1)
         rank = {name: i for i, name in enumerate(ranked)}
         return [max(0.0, 1.0 - rank[e.name] * step) for e in candidates]
+
+    def score_array(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> np.ndarray:
+        if self.is_cold(request, candidates):
+            return super().score_array(request, candidates)
+        return np.full(len(candidates), WARM_SCORE)
 
     def pre_request(self, request: InferenceRequest, result: SchedulingResult) -> None:
         if not request.attributes.get(self.name):

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from itertools import repeat
 from typing import Any
 
+import numpy as np
 from pydantic import Field
 
 from epp.datastore import Endpoint
@@ -50,16 +51,27 @@ class PrefixCacheScorer(Plugin, Scorer, DataConsumer):
         match = self.consumed(request, PREFIX_MATCH)
         if not isinstance(match, PrefixMatch) or not match.hashes:
             return [0.0] * len(candidates)
-        total = match.total_blocks
-        matched = match.matched
-        # Only the endpoints holding blocks are divided; the rest get 0 / total = 0.0 from a C map.
-        ratio_of = {e: blocks / total for e, blocks in matched.items()}
-        ratios = list(map(ratio_of.get, candidates, repeat(0.0)))
+        ratios = list(map(self._ratio_of(match).get, candidates, repeat(0.0)))
         if self.length_weight == 0.0:
             return ratios
+        matched = match.matched
         scale = match.block_size_tokens / self.scale_tokens
         weight = self.length_weight
         return [
             weight * min(1.0, matched.get(e, 0) * scale) ** 2 + (1.0 - weight) * ratio
             for e, ratio in zip(candidates, ratios, strict=True)
         ]
+
+    def score_array(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> np.ndarray:
+        match = self.consumed(request, PREFIX_MATCH)
+        if self.length_weight != 0.0 or not isinstance(match, PrefixMatch) or not match.hashes:
+            return super().score_array(request, candidates)
+        # the array filled straight from the C-level map, no list in between
+        ratios = map(self._ratio_of(match).get, candidates, repeat(0.0))
+        return np.fromiter(ratios, np.float64, len(candidates))
+
+    @staticmethod
+    def _ratio_of(match: PrefixMatch) -> dict[Endpoint, float]:
+        """Only the endpoints holding blocks are divided; a lookup gives the rest 0 / total = 0.0."""
+        total = match.total_blocks
+        return {e: blocks / total for e, blocks in match.matched.items()}

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from epp.datastore import Endpoint
 from epp.framework import Plugin, register
 from epp.requests import InferenceRequest
 from epp.scheduling.framework import Scorer
-from epp.scheduling.scoring import min_max_scores
+from epp.scheduling.scoring import min_max_score_array, min_max_scores
 
 
 @register
@@ -17,3 +19,6 @@ class QueueScorer(Plugin, Scorer):
 
     def score(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> list[float]:
         return min_max_scores([e.metrics.waiting_queue_size for e in candidates])
+
+    def score_array(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> np.ndarray:
+        return min_max_score_array([e.metrics.waiting_queue_size for e in candidates])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 
 def min_max_scores(values: Sequence[float]) -> list[float]:
     """Lower is better, normalised over the candidates: (max - v) / (max - min); all equal -> 1.0."""
@@ -12,3 +14,14 @@ def min_max_scores(values: Sequence[float]) -> list[float]:
         return [1.0] * len(values)
     span = high - low
     return [(high - v) / span for v in values]
+
+
+def min_max_score_array(values: Sequence[float]) -> np.ndarray:
+    """`min_max_scores` as array operations (the same float operations, so the same scores)."""
+    array = np.array(values, dtype=np.float64)
+    low, high = array.min(), array.max()
+    if high == low:
+        return np.ones(len(array))
+    array = high - array
+    array /= high - low
+    return array

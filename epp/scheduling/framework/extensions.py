@@ -7,6 +7,8 @@ from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from epp.datastore import Endpoint
 from epp.framework import Extension
 from epp.requests import InferenceRequest
@@ -24,6 +26,12 @@ class Scorer(Extension):
     def score(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> Sequence[float]:
         """One score per candidate, same order; the framework clamps each to [0, 1]."""
 
+    def score_array(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> np.ndarray:
+        """The same scores as a new float64 array (the profile clamps it in place), which a
+        profile asks for over many candidates; a scorer that can compute them as array
+        operations overrides this to skip building a list."""
+        return np.array(self.score(request, candidates), dtype=np.float64)
+
 
 class Picker(Extension):
     @abstractmethod
@@ -31,6 +39,13 @@ class Picker(Extension):
         self, request: InferenceRequest, candidates: Sequence[Endpoint], scores: Sequence[float]
     ) -> list[Endpoint]:
         """The chosen endpoints, best first; `scores` are the weighted totals per candidate."""
+
+    def pick_array(
+        self, request: InferenceRequest, candidates: Sequence[Endpoint], scores: np.ndarray
+    ) -> list[Endpoint]:
+        """`pick` with the totals as a float64 array (a profile over many candidates); the same
+        choice, which a picker can make with array operations instead of a loop."""
+        return self.pick(request, candidates, scores.tolist())
 
 
 class ProfileHandler(Extension):

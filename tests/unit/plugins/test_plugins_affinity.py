@@ -148,6 +148,13 @@ def test_cold_requests_prefer_never_used_then_least_recently_used() -> None:
     ]
 
 
+def test_a_candidate_matched_with_zero_blocks_is_no_hit() -> None:
+    scorer = no_hit_lru()
+    a, b = endpoints(2)
+    assert scorer.score(with_match(request(), {b: 0, endpoint("outsider"): 4}), [a, b]) == [1.0, 0.0]
+    assert scorer.score(with_match(request(), {b: 0, a: 1}), [a, b]) == [0.5, 0.5]
+
+
 def test_no_hit_lru_single_candidate_and_missing_data() -> None:
     scorer = no_hit_lru()
     assert scorer.score(request(), endpoints(1)) == [1.0]
