@@ -21,6 +21,7 @@ import asyncio
 import os
 import random
 import statistics
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,9 +111,10 @@ class PathRun:
     p99: float
     wall: float
     served: int
-    errors: int
+    errors: Counter[str]  # by kind (`http 429`, a client exception)
     server_cpu: float  # seconds of the ext_proc server's CPU over the run (0 for plain Envoy)
     envoy_cpu: float  # seconds
+    sims_cpu: float  # seconds, every simulator process
 
     @property
     def achieved(self) -> float:
@@ -132,19 +134,20 @@ async def measure(
     assert stack.envoy is not None
     names = [s.name for s in stack.sims]
     server0 = cpu_seconds(server.pid) if server else 0.0
-    envoy0 = cpu_seconds(stack.envoy.pid)
+    envoy0, sims0 = cpu_seconds(stack.envoy.pid), sum(cpu_seconds(p.pid) for p in stack.sim_processes)
     result = await run_realtime(requests, url, MODEL, names)
     server1 = cpu_seconds(server.pid) if server else 0.0
-    envoy1 = cpu_seconds(stack.envoy.pid)
+    envoy1, sims1 = cpu_seconds(stack.envoy.pid), sum(cpu_seconds(p.pid) for p in stack.sim_processes)
     latencies = [r.e2e for r in result.records if r.ok and r.e2e is not None]
     return PathRun(
         p50=percentile(latencies, 50),
         p99=percentile(latencies, 99),
         wall=result.wall_seconds,
         served=len(latencies),
-        errors=sum(1 for r in result.records if not r.ok),
+        errors=Counter(r.error or "incomplete" for r in result.records if not r.ok),
         server_cpu=server1 - server0,
         envoy_cpu=envoy1 - envoy0,
+        sims_cpu=sims1 - sims0,
     )
 
 
@@ -164,7 +167,8 @@ class PathFigures:
     achieved: float
     cpu_per_request: float  # seconds of the ext_proc server's busy CPU (nan for plain Envoy)
     envoy_per_request: float
-    errors: int
+    sims_per_request: float
+    errors: Counter[str]
 
 
 def figures(runs: list[PathRun], idle: float) -> PathFigures:
@@ -174,7 +178,8 @@ def figures(runs: list[PathRun], idle: float) -> PathFigures:
         achieved=statistics.median(r.achieved for r in runs),
         cpu_per_request=statistics.median(r.busy_per_request(idle) for r in runs),
         envoy_per_request=statistics.median(r.per_request(r.envoy_cpu) for r in runs),
-        errors=sum(r.errors for r in runs),
+        sims_per_request=statistics.median(r.per_request(r.sims_cpu) for r in runs),
+        errors=sum((r.errors for r in runs), Counter()),
     )
 
 
@@ -200,7 +205,8 @@ def rows_for(rate: float, by_path: dict[str, PathFigures], idle: dict[str, float
                 f"{per_core:,.0f}" if per_core else "—",
                 f"{f.cpu_per_request / floor.cpu_per_request:.2f}x" if has_server else "—",
                 f"{f.envoy_per_request * 1e3:.3f} ms",
-                str(f.errors),
+                f"{f.sims_per_request * 1e3:.3f} ms",
+                ", ".join(f"{n} {kind}" for kind, n in f.errors.most_common()) or "0",
             ]
         )
     return rows
@@ -216,6 +222,7 @@ HEADER = [
     "req/s per core",
     "CPU vs minimal",
     "Envoy CPU per request",
+    "simulators CPU per request",
     "errors",
 ]
 
