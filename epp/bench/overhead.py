@@ -38,6 +38,7 @@ from epp.stack.stack import Stack, StackConfig
 MODEL = "sim-model"
 IDLE_SECONDS = 3.0
 PATHS = ("plain Envoy", "minimal ext_proc", "EPP")
+SIMS = "simulators"
 PROMPT_GROUPS = 16  # distinct shared prefixes (system prompts) the requests are spread over
 
 
@@ -151,11 +152,16 @@ async def measure(
     )
 
 
-async def idle_cores(process: ManagedProcess) -> float:
-    """The share of a core a server uses with no requests (the EPP's scraping and timers)."""
-    before = cpu_seconds(process.pid)
+async def idle_cores(groups: dict[str, list[ManagedProcess]]) -> dict[str, float]:
+    """The share of a core each group of processes uses with no requests, over one window (the
+    EPP's scraping and timers; the simulators answering the scrapes)."""
+
+    def cpu(processes: list[ManagedProcess]) -> float:
+        return sum(cpu_seconds(p.pid) for p in processes)
+
+    before = {name: cpu(processes) for name, processes in groups.items()}
     await asyncio.sleep(IDLE_SECONDS)
-    return (cpu_seconds(process.pid) - before) / IDLE_SECONDS
+    return {name: (cpu(processes) - before[name]) / IDLE_SECONDS for name, processes in groups.items()}
 
 
 @dataclass
@@ -268,11 +274,8 @@ async def main(args: argparse.Namespace) -> int:
         servers = {PATHS[0]: None, PATHS[1]: stack.reference, PATHS[2]: stack.epp}
         for path in PATHS:  # warm connections, code paths and the EPP's view of the endpoints
             await measure(stack, urls[path], servers[path], prompts.requests(50.0, 2.0))
-        idle = {
-            PATHS[0]: 0.0,
-            PATHS[1]: await idle_cores(stack.reference),
-            PATHS[2]: await idle_cores(stack.epp),
-        }
+        groups = {PATHS[0]: [], PATHS[1]: [stack.reference], PATHS[2]: [stack.epp], SIMS: stack.sim_processes}
+        idle = await idle_cores(groups)
         for rate in rates:
             runs: dict[str, list[PathRun]] = {path: [] for path in PATHS}
             for _ in range(args.rounds):
@@ -311,7 +314,8 @@ def _document(
             f"rate, path and round, {args.rounds} round(s) in shuffled path order, medians shown",
             f"- idle, the EPP (scraping {args.endpoints} endpoints every 50 ms) uses {idle[PATHS[2]]:.1%} of "
             f"a core and the minimal server {idle[PATHS[1]]:.1%}; CPU per request is the rest divided by "
-            "the requests served; one core holds (1 - idle) / that",
+            f"the requests served; one core holds (1 - idle) / that; the simulators, idle but answering "
+            f"the EPP's scrapes, use {idle[SIMS]:.0%} of a core",
             "",
             table(HEADER, rows),
         ]
