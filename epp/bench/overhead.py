@@ -189,6 +189,11 @@ def figures(runs: list[PathRun], idle: float) -> PathFigures:
     )
 
 
+def ratio(cpu: float, floor: float) -> float:
+    """The EPP's CPU per request over the minimal server's; NaN when the floor measured none."""
+    return cpu / floor if floor > 0 else float("nan")
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.2f}"
 
@@ -209,7 +214,7 @@ def rows_for(rate: float, by_path: dict[str, PathFigures], idle: dict[str, float
                 f"{f.achieved:.0f}",
                 f"{f.cpu_per_request * 1e3:.3f} ms" if has_server else "—",
                 f"{per_core:,.0f}" if per_core else "—",
-                f"{f.cpu_per_request / floor.cpu_per_request:.2f}x" if has_server else "—",
+                f"{ratio(f.cpu_per_request, floor.cpu_per_request):.2f}x" if has_server else "—",
                 f"{f.envoy_per_request * 1e3:.3f} ms",
                 f"{f.sims_per_request * 1e3:.3f} ms",
                 ", ".join(f"{n} {kind}" for kind, n in f.errors.most_common()) or "0",
@@ -284,10 +289,9 @@ async def main(args: argparse.Namespace) -> int:
                     requests = prompts.requests(rate, args.seconds)
                     runs[path].append(await measure(stack, urls[path], servers[path], requests))
                 epp, floor = runs[PATHS[2]][-1], runs[PATHS[1]][-1]
-                ratio = epp.busy_per_request(idle[PATHS[2]]) / floor.busy_per_request(idle[PATHS[1]])
-                print(
-                    f"rate {rate:g} round {len(runs[PATHS[0]])}: EPP / minimal CPU per request {ratio:.2f}x"
-                )
+                times = ratio(epp.busy_per_request(idle[PATHS[2]]), floor.busy_per_request(idle[PATHS[1]]))
+                done = len(runs[PATHS[0]])
+                print(f"rate {rate:g} round {done}: EPP / minimal CPU per request {times:.2f}x")
             by_path = {path: figures(runs[path], idle[path]) for path in PATHS}
             for row in rows_for(rate, by_path, idle):
                 print(" | ".join(row), flush=True)
