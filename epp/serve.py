@@ -251,7 +251,6 @@ class EndpointPicker:
             self._pool_gauges_task = asyncio.get_running_loop().create_task(
                 self.pool_gauges.refresh_every(self.options.pool_gauges_refresh), name="pool-gauges"
             )
-        freeze_startup_objects()
         if self.options.ready_file is not None:
             ports = {
                 "grpc_port": self.grpc_port,
@@ -605,6 +604,7 @@ async def serve_until_signalled(picker: EndpointPicker) -> None:
     stop = stop_event()
     try:
         await picker.start()
+        freeze_startup_objects()
         signalled = asyncio.create_task(stop.wait())
         failed = asyncio.create_task(picker.failed.wait())
         await asyncio.wait({signalled, failed}, return_when=asyncio.FIRST_COMPLETED)
@@ -618,7 +618,8 @@ def freeze_startup_objects() -> None:
     """Move what startup made (modules, plugins, protobuf descriptors, the config: most of the
     EPP's ~120k objects) out of the collector's reach. They live as long as the process, yet every
     full collection walked them all: under load, one every few seconds, each long enough to stall
-    the requests in flight. After this, collections scan only what requests leave behind."""
+    the requests in flight. After this, collections scan only what requests leave behind. Done by
+    the `epp serve` process itself, not by `EndpointPicker.start` (tests start pickers in process)."""
     gc.collect()
     gc.freeze()
 
