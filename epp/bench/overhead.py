@@ -22,6 +22,7 @@ import os
 import random
 import statistics
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,19 +43,41 @@ SIMS = "simulators"
 PROMPT_GROUPS = 16  # distinct shared prefixes (system prompts) the requests are spread over
 
 
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, not {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, not {text!r}")
+        return value
+
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--rate", action="append", type=float, default=[], help="req/s (default 100, 300, 500)"
+        "--rate", action="append", type=_positive(float), default=[], help="req/s (default 100, 300, 500)"
     )
-    parser.add_argument("--seconds", type=float, default=10.0, help="per rate, path and round (default 10)")
     parser.add_argument(
-        "--rounds", type=int, default=1, help="repeat every rate; medians reported (default 1)"
+        "--seconds", type=_positive(float), default=10.0, help="per rate, path and round (default 10)"
     )
-    parser.add_argument("--endpoints", type=int, default=64, help="simulated endpoints (default 64)")
     parser.add_argument(
-        "--endpoints-per-process", type=int, default=32, help="simulated endpoints per simulator process"
+        "--rounds", type=_positive(int), default=1, help="repeat every rate; medians reported (default 1)"
     )
-    parser.add_argument("--prompt-tokens", type=int, default=4096, help="tokens per prompt (default 4096)")
+    parser.add_argument(
+        "--endpoints", type=_positive(int), default=64, help="simulated endpoints (default 64)"
+    )
+    parser.add_argument(
+        "--endpoints-per-process",
+        type=_positive(int),
+        default=32,
+        help="simulated endpoints per simulator process",
+    )
+    parser.add_argument(
+        "--prompt-tokens", type=_positive(int), default=4096, help="tokens per prompt (default 4096)"
+    )
     parser.add_argument(
         "--shared-tokens",
         type=int,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections import Counter
 
 import pytest
 
-from epp.bench.overhead import PROMPT_GROUPS, PathRun, Prompts, ratio
+from epp.bench.overhead import PROMPT_GROUPS, PathRun, Prompts, add_arguments, ratio
 from epp.sim.tokens import tokenize
 
 
@@ -34,3 +35,12 @@ def test_busy_cpu_per_request_subtracts_what_the_server_spends_idle() -> None:
     assert run.busy_per_request(idle=0.1) == pytest.approx((3.0 - 1.0) / 1000)
     assert run.busy_per_request(idle=0.5) == 0.0  # never negative
     assert math.isnan(ratio(0.001, 0.0)) and ratio(0.0015, 0.001) == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--rounds", "0"), ("--endpoints", "-3"), ("--rate", "x")])
+def test_counts_and_rates_must_be_positive(flag: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser(prog="epp bench overhead")
+    add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args([f"{flag}={value}"])
+    assert f"argument {flag}: expected a positive" in capsys.readouterr().err
