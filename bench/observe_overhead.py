@@ -203,6 +203,7 @@ async def run_stack(args: argparse.Namespace) -> None:
     results: dict[str, list[float]] = {name: [] for name, _, _ in STACK_VARIANTS}
     errors = dict.fromkeys(results, 0)
     rng = random.Random(args.seed)
+    prompts = overhead.Prompts(tokens=5, shared=0, seed=args.seed)  # tiny requests
     async with Stack(config) as stack:
         for _ in range(args.rounds):
             order = list(STACK_VARIANTS)
@@ -213,11 +214,13 @@ async def run_stack(args: argparse.Namespace) -> None:
                 await stack.stop_epp()
                 stack.config.epp_args = [*base_args, *flags]
                 await stack.start_epp()
-                await overhead.measure(stack, stack.gateway_url, 50.0, 1.0)  # warm up
-                run = await overhead.measure(stack, stack.gateway_url, args.rate, args.seconds)
-                errors[name] += run.errors
-                results[name].append(run.epp_cpu / run.achieved)
-                print(f"{name}: {run.epp_cpu / run.achieved * 1e3:.3f} ms/request", flush=True)
+                await overhead.measure(stack, stack.gateway_url, stack.epp, prompts.requests(50.0, 1.0))
+                run = await overhead.measure(
+                    stack, stack.gateway_url, stack.epp, prompts.requests(args.rate, args.seconds)
+                )
+                errors[name] += sum(run.errors.values())
+                results[name].append(run.per_request(run.server_cpu))
+                print(f"{name}: {run.per_request(run.server_cpu) * 1e3:.3f} ms/request", flush=True)
     await receiver.cleanup()
     base = statistics.median(results[STACK_VARIANTS[0][0]])
     print(

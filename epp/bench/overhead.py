@@ -1,11 +1,17 @@
-"""What the EPP costs: the same simulators behind the same Envoy, with and without ext_proc.
+"""What the EPP costs: the same simulators behind the same Envoy, without ext_proc, with a minimal
+ext_proc server, and with the EPP.
 
-One stack serves both paths: Envoy's gateway listener consults the EPP, its baseline listener
-round-robins without it. Tiny streamed requests (a few prompt tokens, one output token, simulators
-at a time scale that makes their own latency microseconds) are sent at fixed rates to each path in
-turn; the difference in client latency is what the EPP adds, and the EPP process's CPU time over
-the run (utime + stime from /proc/<pid>/stat) is its CPU share. One EPP process is one core at
-most, so CPU seconds per request give the rate it could hold on one core.
+One stack serves the three paths: Envoy's baseline listener round-robins without ext_proc, its
+reference listener consults a minimal grpc.aio ext_proc server (epp.bench.minimal_extproc: the
+floor for any Python ext_proc server, answering the same messages with the same reply shape over
+the same TLS) and its gateway listener the EPP. Streamed requests with one output token (the
+simulators at a time scale that makes their own latency microseconds) are sent at fixed rates to
+each path in turn, in a new order every round; the difference in client latency is what the
+ext_proc server adds, and its process's CPU time over the run (utime + stime from
+/proc/<pid>/stat), less what it spends idle (the EPP scraping its endpoints), divided by the
+requests served is its CPU per request. One server process is one core at most, so that figure
+gives the rate it could hold on one core. The two servers are compared by the ratio of their CPU
+per request in the same run, which holds up on a shared machine where absolute figures move.
 """
 
 from __future__ import annotations
@@ -13,34 +19,82 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
+import statistics
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from epp.bench import minimal_extproc
 from epp.bench.loadgen import run_realtime
 from epp.bench.report import publish, table
 from epp.bench.summary import percentile
+from epp.bench.text import TextGenerator
 from epp.bench.workload import BenchRequest
 from epp.stack.envoy import BODY_MODES, EnvoyOptions
+from epp.stack.processes import ManagedProcess
 from epp.stack.stack import Stack, StackConfig
 
 MODEL = "sim-model"
 IDLE_SECONDS = 3.0
+PATHS = ("plain Envoy", "minimal ext_proc", "EPP")
+SIMS = "simulators"
+PROMPT_GROUPS = 16  # distinct shared prefixes (system prompts) the requests are spread over
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, not {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, not {text!r}")
+        return value
+
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rate", action="append", type=float, default=[], help="req/s (default 50..1000)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="per rate and path (default 10)")
-    parser.add_argument("--sims", type=int, default=2)
+    parser.add_argument(
+        "--rate", action="append", type=_positive(float), default=[], help="req/s (default 100, 300, 500)"
+    )
+    parser.add_argument(
+        "--seconds", type=_positive(float), default=10.0, help="per rate, path and round (default 10)"
+    )
+    parser.add_argument(
+        "--rounds", type=_positive(int), default=1, help="repeat every rate; medians reported (default 1)"
+    )
+    parser.add_argument(
+        "--endpoints", type=_positive(int), default=64, help="simulated endpoints (default 64)"
+    )
+    parser.add_argument(
+        "--endpoints-per-process",
+        type=_positive(int),
+        default=32,
+        help="simulated endpoints per simulator process",
+    )
+    parser.add_argument(
+        "--prompt-tokens", type=_positive(int), default=4096, help="tokens per prompt (default 4096)"
+    )
+    parser.add_argument(
+        "--shared-tokens",
+        type=int,
+        default=3072,
+        help=f"of which a prefix shared with the other requests of its group ({PROMPT_GROUPS} groups)",
+    )
     parser.add_argument("--config-file", type=Path, help="EPP config (default: GIE's default profile)")
     parser.add_argument(
         "--body-mode",
         choices=BODY_MODES,
         default="buffered",
-        help="Envoy ext_proc body mode (default buffered)",
+        help="Envoy ext_proc body mode (default buffered; the minimal server answers buffered only)",
     )
     parser.add_argument(
-        "--plaintext", action="store_true", help="Envoy -> EPP without TLS (default TLS, as GIE)"
+        "--plaintext", action="store_true", help="Envoy -> ext_proc without TLS (default TLS, as GIE)"
     )
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", type=Path, default=Path("run/bench-overhead"))
     parser.add_argument("--doc", type=Path, help="also write the table into this document's overhead block")
 
@@ -51,108 +105,245 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def tiny_requests(rate: float, seconds: float) -> list[BenchRequest]:
-    count = int(rate * seconds)
-    return [BenchRequest(i, i / rate, "tiny", 1, prompt=("Say hello in one word",)) for i in range(count)]
+class Prompts:
+    """Prompts of `tokens` tokens: one of PROMPT_GROUPS shared prefixes of `shared` tokens, then
+    text of this request alone (so the prefix-cache scorer sees both hits and new blocks)."""
+
+    def __init__(self, tokens: int, shared: int, seed: int) -> None:
+        if not 0 <= shared < tokens:
+            raise ValueError(f"--shared-tokens must be below --prompt-tokens ({tokens}), not {shared}")
+        self._text = TextGenerator(seed)
+        self._prefixes = [self._text.text(shared) for _ in range(PROMPT_GROUPS)] if shared else []
+        self._own = tokens - shared
+
+    def requests(self, rate: float, seconds: float) -> list[BenchRequest]:
+        count = int(rate * seconds)
+        requests = []
+        for i in range(count):
+            prompt: tuple[str, ...]
+            if self._prefixes:
+                prompt = (self._prefixes[i % PROMPT_GROUPS], self._text.continuation(self._own))
+            else:
+                prompt = (self._text.text(self._own),)
+            requests.append(BenchRequest(i, i / rate, "overhead", 1, prompt=prompt))
+        return requests
 
 
 @dataclass
 class PathRun:
     p50: float
     p99: float
-    achieved: float
-    errors: int
-    epp_cpu: float  # cores
-    envoy_cpu: float  # cores
+    wall: float
+    served: int
+    errors: Counter[str]  # by kind (`http 429`, a client exception)
+    server_cpu: float  # seconds of the ext_proc server's CPU over the run (0 for plain Envoy)
+    envoy_cpu: float  # seconds
+    sims_cpu: float  # seconds, every simulator process
+
+    @property
+    def achieved(self) -> float:
+        return self.served / self.wall if self.wall else 0.0
+
+    def per_request(self, cpu: float) -> float:
+        return cpu / self.served if self.served else float("nan")
+
+    def busy_per_request(self, idle: float) -> float:
+        """The server's CPU per request less what it would have spent idle over the run."""
+        return self.per_request(max(self.server_cpu - idle * self.wall, 0.0))
 
 
-async def measure(stack: Stack, url: str, rate: float, seconds: float) -> PathRun:
-    assert stack.epp is not None and stack.envoy is not None
+async def measure(
+    stack: Stack, url: str, server: ManagedProcess | None, requests: list[BenchRequest]
+) -> PathRun:
+    assert stack.envoy is not None
     names = [s.name for s in stack.sims]
-    epp0, envoy0 = cpu_seconds(stack.epp.pid), cpu_seconds(stack.envoy.pid)
-    result = await run_realtime(tiny_requests(rate, seconds), url, MODEL, names)
-    epp1, envoy1 = cpu_seconds(stack.epp.pid), cpu_seconds(stack.envoy.pid)
-    wall = result.wall_seconds
+    server0 = cpu_seconds(server.pid) if server else 0.0
+    envoy0, sims0 = cpu_seconds(stack.envoy.pid), sum(cpu_seconds(p.pid) for p in stack.sim_processes)
+    result = await run_realtime(requests, url, MODEL, names)
+    server1 = cpu_seconds(server.pid) if server else 0.0
+    envoy1, sims1 = cpu_seconds(stack.envoy.pid), sum(cpu_seconds(p.pid) for p in stack.sim_processes)
     latencies = [r.e2e for r in result.records if r.ok and r.e2e is not None]
     return PathRun(
         p50=percentile(latencies, 50),
         p99=percentile(latencies, 99),
-        achieved=len(latencies) / wall,
-        errors=sum(1 for r in result.records if not r.ok),
-        epp_cpu=(epp1 - epp0) / wall,
-        envoy_cpu=(envoy1 - envoy0) / wall,
+        wall=result.wall_seconds,
+        served=len(latencies),
+        errors=Counter(r.error or "incomplete" for r in result.records if not r.ok),
+        server_cpu=server1 - server0,
+        envoy_cpu=envoy1 - envoy0,
+        sims_cpu=sims1 - sims0,
+    )
+
+
+async def idle_cores(groups: dict[str, list[ManagedProcess]]) -> dict[str, float]:
+    """The share of a core each group of processes uses with no requests, over one window (the
+    EPP's scraping and timers; the simulators answering the scrapes)."""
+
+    def cpu(processes: list[ManagedProcess]) -> float:
+        return sum(cpu_seconds(p.pid) for p in processes)
+
+    before = {name: cpu(processes) for name, processes in groups.items()}
+    await asyncio.sleep(IDLE_SECONDS)
+    return {name: (cpu(processes) - before[name]) / IDLE_SECONDS for name, processes in groups.items()}
+
+
+@dataclass
+class PathFigures:
+    """One path at one rate, medians over the rounds."""
+
+    p50: float
+    p99: float
+    achieved: float
+    cpu_per_request: float  # seconds of the ext_proc server's busy CPU (nan for plain Envoy)
+    envoy_per_request: float
+    sims_per_request: float
+    errors: Counter[str]
+
+
+def figures(runs: list[PathRun], idle: float) -> PathFigures:
+    return PathFigures(
+        p50=statistics.median(r.p50 for r in runs),
+        p99=statistics.median(r.p99 for r in runs),
+        achieved=statistics.median(r.achieved for r in runs),
+        cpu_per_request=statistics.median(r.busy_per_request(idle) for r in runs),
+        envoy_per_request=statistics.median(r.per_request(r.envoy_cpu) for r in runs),
+        sims_per_request=statistics.median(r.per_request(r.sims_cpu) for r in runs),
+        errors=sum((r.errors for r in runs), Counter()),
+    )
+
+
+def ratio(cpu: float, floor: float) -> float:
+    """The EPP's CPU per request over the minimal server's; NaN when the floor measured none."""
+    return cpu / floor if floor > 0 else float("nan")
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f}"
+
+
+def rows_for(rate: float, by_path: dict[str, PathFigures], idle: dict[str, float]) -> list[list[str]]:
+    plain, floor = by_path[PATHS[0]], by_path[PATHS[1]]
+    rows = []
+    for path in PATHS:
+        f = by_path[path]
+        has_server = path != PATHS[0]
+        per_core = (1 - idle[path]) / f.cpu_per_request if has_server and f.cpu_per_request > 0 else 0.0
+        rows.append(
+            [
+                f"{rate:g}",
+                path,
+                f"{_ms(f.p50)} / {_ms(f.p99)}",
+                f"{(f.p50 - plain.p50) * 1e3:+.2f} / {(f.p99 - plain.p99) * 1e3:+.2f}" if has_server else "—",
+                f"{f.achieved:.0f}",
+                f"{f.cpu_per_request * 1e3:.3f} ms" if has_server else "—",
+                f"{per_core:,.0f}" if per_core else "—",
+                f"{ratio(f.cpu_per_request, floor.cpu_per_request):.2f}x" if has_server else "—",
+                f"{f.envoy_per_request * 1e3:.3f} ms",
+                f"{f.sims_per_request * 1e3:.3f} ms",
+                ", ".join(f"{n} {kind}" for kind, n in f.errors.most_common()) or "0",
+            ]
+        )
+    return rows
+
+
+HEADER = [
+    "offered req/s",
+    "path",
+    "p50 / p99 (ms)",
+    "added p50 / p99 (ms)",
+    "achieved req/s",
+    "ext_proc CPU per request",
+    "req/s per core",
+    "CPU vs minimal",
+    "Envoy CPU per request",
+    "simulators CPU per request",
+    "errors",
+]
+
+
+def stack_config(args: argparse.Namespace) -> StackConfig:
+    """Envoy with its three listeners, the EPP, the minimal server and the simulators."""
+    epp_args = ["--refresh-metrics-interval=50ms"]
+    if args.config_file:
+        epp_args.append(f"--config-file={args.config_file.resolve()}")
+    context = args.prompt_tokens * 2
+    return StackConfig(
+        run_dir=args.run_dir,
+        sims=args.endpoints,
+        sims_per_process=args.endpoints_per_process,
+        model=MODEL,
+        sim_args=[
+            "--profile=tiny-test",
+            "--time-scale=0.001",
+            f"--max-model-len={context}",
+            f"--max-num-batched-tokens={context}",
+            f"--num-gpu-blocks={context // 4}",  # 16-token blocks: room for eight prompts
+        ],
+        epp_args=epp_args,
+        baseline_listener=True,
+        reference_ext_proc=minimal_extproc.__name__,
+        envoy=EnvoyOptions(listen_port=0, admin_port=0, body_mode=args.body_mode, epp_tls=not args.plaintext),
     )
 
 
 async def main(args: argparse.Namespace) -> int:
-    rates = args.rate or [50.0, 100.0, 200.0, 300.0, 500.0, 800.0, 1000.0]
-    epp_args = ["--refresh-metrics-interval=50ms"]
-    if args.config_file:
-        epp_args.append(f"--config-file={args.config_file.resolve()}")
-    config = StackConfig(
-        run_dir=args.run_dir,
-        sims=args.sims,
-        model=MODEL,
-        sim_args=["--profile=tiny-test", "--time-scale=0.001"],
-        epp_args=epp_args,
-        baseline_listener=True,
-        envoy=EnvoyOptions(listen_port=0, admin_port=0, body_mode=args.body_mode, epp_tls=not args.plaintext),
-    )
-    rows = []
-    async with Stack(config) as stack:
-        assert stack.epp is not None
-        await measure(stack, stack.gateway_url, 50.0, 2.0)  # warm connections and code paths
-        await measure(stack, stack.baseline_url, 50.0, 2.0)
-        before = cpu_seconds(stack.epp.pid)
-        await asyncio.sleep(IDLE_SECONDS)
-        idle = (cpu_seconds(stack.epp.pid) - before) / IDLE_SECONDS  # scraping the servers, timers
+    if args.body_mode != "buffered":
+        raise SystemExit(
+            "the minimal ext_proc server answers the buffered bootstrap only (--body-mode buffered)"
+        )
+    rates = args.rate or [100.0, 300.0, 500.0]
+    prompts = Prompts(args.prompt_tokens, args.shared_tokens, args.seed)
+    order = list(PATHS)
+    shuffle = random.Random(args.seed).shuffle
+    table_rows: list[list[str]] = []
+    async with Stack(stack_config(args)) as stack:
+        assert stack.epp is not None and stack.reference is not None
+        urls = {PATHS[0]: stack.baseline_url, PATHS[1]: stack.reference_url, PATHS[2]: stack.gateway_url}
+        servers = {PATHS[0]: None, PATHS[1]: stack.reference, PATHS[2]: stack.epp}
+        for path in PATHS:  # warm connections, code paths and the EPP's view of the endpoints
+            await measure(stack, urls[path], servers[path], prompts.requests(50.0, 2.0))
+        groups = {PATHS[0]: [], PATHS[1]: [stack.reference], PATHS[2]: [stack.epp], SIMS: stack.sim_processes}
+        idle = await idle_cores(groups)
         for rate in rates:
-            plain = await measure(stack, stack.baseline_url, rate, args.seconds)
-            picked = await measure(stack, stack.gateway_url, rate, args.seconds)
-            busy = max(picked.epp_cpu - idle, 0.0)
-            per_request = busy / picked.achieved if picked.achieved else float("nan")
-            rows.append(
-                [
-                    f"{rate:g}",
-                    f"{plain.p50 * 1e3:.2f} / {plain.p99 * 1e3:.2f}",
-                    f"{picked.p50 * 1e3:.2f} / {picked.p99 * 1e3:.2f}",
-                    f"{(picked.p50 - plain.p50) * 1e3:+.2f} / {(picked.p99 - plain.p99) * 1e3:+.2f}",
-                    f"{plain.achieved:.0f} / {picked.achieved:.0f}",
-                    f"{picked.epp_cpu:.0%}",
-                    f"{per_request * 1e3:.2f} ms",
-                    f"{(1 - idle) / per_request:,.0f}" if per_request > 0 else "n/a",
-                    f"{plain.envoy_cpu:.0%} / {picked.envoy_cpu:.0%}",
-                    f"{plain.errors} / {picked.errors}",
-                ]
-            )
-            print(" | ".join(rows[-1]), flush=True)
+            runs: dict[str, list[PathRun]] = {path: [] for path in PATHS}
+            for _ in range(args.rounds):
+                shuffle(order)
+                for path in order:
+                    requests = prompts.requests(rate, args.seconds)
+                    runs[path].append(await measure(stack, urls[path], servers[path], requests))
+                epp, floor = runs[PATHS[2]][-1], runs[PATHS[1]][-1]
+                times = ratio(epp.busy_per_request(idle[PATHS[2]]), floor.busy_per_request(idle[PATHS[1]]))
+                done = len(runs[PATHS[0]])
+                print(f"rate {rate:g} round {done}: EPP / minimal CPU per request {times:.2f}x")
+            by_path = {path: figures(runs[path], idle[path]) for path in PATHS}
+            for row in rows_for(rate, by_path, idle):
+                print(" | ".join(row), flush=True)
+                table_rows.append(row)
+    publish(_document(args, idle, table_rows, os.getloadavg()), args.doc, "overhead")
+    return 0
+
+
+def _document(
+    args: argparse.Namespace, idle: dict[str, float], rows: list[list[str]], load: tuple[float, float, float]
+) -> str:
     policy = f"`{args.config_file}`" if args.config_file else "GIE's default profile"
     transport = f"{args.body_mode}, {'plaintext' if args.plaintext else 'TLS'}"
-    text = "\n".join(
+    return "\n".join(
         [
             f"- command: `{args.command_line}`",
-            f"- {args.sims} simulators (tiny-test profile at time scale 0.001), Envoy `--concurrency 1`, "
-            f"the EPP with {policy} ({transport}); {args.seconds:g} s per rate and path; load generator, "
-            "Envoy, EPP and simulators share the machine",
-            f"- the idle EPP (scraping {args.sims} servers every 50 ms) uses {idle:.1%} of a core; "
-            "per-request CPU is the rest divided by the achieved rate; one core holds (1 - idle) / that",
+            f"- machine: {os.cpu_count()} cores shared by load generator, Envoy (`--concurrency 1`), both "
+            f"ext_proc servers and the simulators; load average at the end {load[0]:.1f} / {load[1]:.1f} / "
+            f"{load[2]:.1f} (1 / 5 / 15 min)",
+            f"- {args.endpoints} simulated endpoints ({args.endpoints_per_process} per process, tiny-test "
+            f"profile at time scale 0.001), streamed requests of {args.prompt_tokens}-token prompts "
+            f"({args.shared_tokens} shared within {PROMPT_GROUPS} groups) and one output token; the EPP "
+            f"with {policy} ({transport}), the minimal server the same transport; {args.seconds:g} s per "
+            f"rate, path and round, {args.rounds} round(s) in shuffled path order, medians shown",
+            f"- idle, the EPP (scraping {args.endpoints} endpoints every 50 ms) uses {idle[PATHS[2]]:.1%} of "
+            f"a core and the minimal server {idle[PATHS[1]]:.1%}; CPU per request is the rest divided by "
+            f"the requests served; one core holds (1 - idle) / that; the simulators, idle but answering "
+            f"the EPP's scrapes, use {idle[SIMS]:.0%} of a core",
             "",
-            table(
-                [
-                    "offered req/s",
-                    "no EPP p50 / p99 (ms)",
-                    "with EPP p50 / p99 (ms)",
-                    "added p50 / p99 (ms)",
-                    "achieved req/s (no EPP / EPP)",
-                    "EPP CPU",
-                    "EPP CPU per request",
-                    "req/s on one core (extrapolated)",
-                    "Envoy CPU (no EPP / EPP)",
-                    "errors",
-                ],
-                rows,
-            ),
+            table(HEADER, rows),
         ]
     )
-    publish(text, args.doc, "overhead")
-    return 0

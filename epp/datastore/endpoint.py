@@ -79,9 +79,11 @@ class Endpoint:
 
     __slots__ = (
         "healthy",
+        "hostport",
         "inflight_requests",
         "inflight_tokens",
         "metrics",
+        "name",
         "served_models",
         "spec",
         "suspended_until",
@@ -89,6 +91,10 @@ class Endpoint:
 
     def __init__(self, spec: EndpointSpec) -> None:
         self.spec = spec
+        # Fixed for the endpoint's life (a new address is a new Endpoint) and read per candidate
+        # per request (decision records, destinations): plain attributes, not properties.
+        self.name = spec.name
+        self.hostport = spec.hostport
         self.metrics = EndpointMetrics()
         # `healthy` follows the metrics scraper; `suspended_until` (monotonic seconds) is a short
         # quarantine after the data plane reported the endpoint unreachable.
@@ -101,20 +107,12 @@ class Endpoint:
         self.served_models: frozenset[str] | None = None
 
     @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
     def address(self) -> str:
         return self.spec.address
 
     @property
     def port(self) -> int:
         return self.spec.port
-
-    @property
-    def hostport(self) -> str:
-        return self.spec.hostport
 
     @property
     def labels(self) -> Mapping[str, str]:

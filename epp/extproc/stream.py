@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 # Enum values read once: the protobuf enum wrapper looks each attribute up by name, per access.
 FULL_DUPLEX = BodyMode.FULL_DUPLEX_STREAMED
 BUFFERED = BodyMode.BUFFERED
+NO_BODY = BodyMode.NONE
 SKIP_RESPONSE_BODY = processing_mode.ProcessingMode(
-    response_body_mode=BodyMode.NONE, response_trailer_mode=HeaderMode.SKIP
+    response_body_mode=NO_BODY, response_trailer_mode=HeaderMode.SKIP
 )
 
 
@@ -64,8 +65,8 @@ class ExtProcStream:
     def __init__(self, director: Director, options: StreamOptions) -> None:
         self._director = director
         self._options = options
-        self._request_mode = BodyMode.FULL_DUPLEX_STREAMED
-        self._response_mode = BodyMode.NONE
+        self._request_mode = FULL_DUPLEX
+        self._response_mode = NO_BODY
         self._headers: dict[str, str] = {}
         self._generated_request_id: str | None = None
         self._body = bytearray()
@@ -120,7 +121,7 @@ class ExtProcStream:
         timeout, FULL_DUPLEX_STREAMED none): ask Envoy to wait as long as the queue may hold it."""
         flow_control = self._director.flow_control
         limit = self._options.queue_message_timeout
-        if flow_control is None or limit <= 0 or self._request_mode == BodyMode.FULL_DUPLEX_STREAMED:
+        if flow_control is None or limit <= 0 or self._request_mode == FULL_DUPLEX:
             return None
         if not flow_control.busy or not self._completes_body(message):
             return None
@@ -153,7 +154,7 @@ class ExtProcStream:
             return False
         kind = message.WhichOneof("request")
         if kind == "request_body":
-            return message.request_body.end_of_stream or self._request_mode == BodyMode.BUFFERED
+            return message.request_body.end_of_stream or self._request_mode == BUFFERED
         return kind == "request_trailers"
 
     def close(self) -> None:
@@ -185,10 +186,7 @@ class ExtProcStream:
             self._trace = tracing.active.start_request(self._headers)
         if headers.end_of_stream:
             self._routed = self._director.handle_bodyless(self._headers, self._subset)
-            yield ext_proc.ProcessingResponse(
-                request_headers=ext_proc.HeadersResponse(response=self._routing_common()),
-                dynamic_metadata=messages.destination_metadata(self._routed.destination),
-            )
+            yield self._routing_response("request_headers", streaming=False)
         elif self._request_mode == BUFFERED:
             # Envoy will not send the body until the headers are answered; route on the body reply.
             yield ext_proc.ProcessingResponse(request_headers=ext_proc.HeadersResponse())
@@ -236,30 +234,32 @@ class ExtProcStream:
         eviction = self._routed.eviction
         if eviction is not None and eviction.evictable:
             self.eviction_signal = eviction.signal
-        body = self._routed.body if self._routed.body is not None else raw
-        common = self._routing_common(new_body_size=len(body) if self._routed.body is not None else None)
-        metadata = messages.destination_metadata(self._routed.destination, self._routed.request.stream)
+        rewritten = self._routed.body
+        body = rewritten if rewritten is not None else raw
+        streaming = self._routed.request.stream
         if self._request_mode == FULL_DUPLEX:
-            yield ext_proc.ProcessingResponse(
-                request_headers=ext_proc.HeadersResponse(response=common), dynamic_metadata=metadata
-            )
+            yield self._routing_response("request_headers", streaming, rewritten)
             yield from messages.streamed_body(body, end_of_stream, request=True)
         else:
-            if self._routed.body is not None:
-                common.body_mutation.body = body
-            yield ext_proc.ProcessingResponse(
-                request_body=ext_proc.BodyResponse(response=common), dynamic_metadata=metadata
-            )
+            response = self._routing_response("request_body", streaming, rewritten)
+            if rewritten is not None:
+                response.request_body.response.body_mutation.body = rewritten
+            yield response
 
-    def _routing_common(self, new_body_size: int | None = None) -> ext_proc.CommonResponse:
+    def _routing_response(
+        self, reply: str, streaming: bool, new_body: bytes | None = None
+    ) -> ext_proc.ProcessingResponse:
+        """The routed reply: destination and the director's headers set, a client's copies of the
+        EPP's own headers removed, content-length for a rewritten body."""
         assert self._routed is not None
-        set_headers = {DESTINATION_HEADER: self._routed.destination, **self._routed.headers}
+        destination = self._routed.destination
+        set_headers = {DESTINATION_HEADER: destination, **self._routed.headers}
         if self._generated_request_id:
             set_headers[REQUEST_ID_HEADER] = self._generated_request_id
-        if new_body_size is not None:
-            set_headers["content-length"] = str(new_body_size)
+        if new_body is not None:
+            set_headers["content-length"] = str(len(new_body))
         remove = [h for h in OWNED_HEADERS if h in self._headers and h not in set_headers]
-        return messages.routing_common(messages.header_mutation(set_headers, remove))
+        return messages.routing_response(reply, set_headers, remove, destination, streaming)
 
     # --- response path -------------------------------------------------------------------------
 
@@ -283,15 +283,16 @@ class ExtProcStream:
             self._routed.response_started(status, event_stream, metadata)
             if self._trace is not None:
                 self._trace.response_started(status)
-        reply = ext_proc.HeadersResponse()
+        response = ext_proc.ProcessingResponse()
+        reply = response.response_headers
+        reply.SetInParent()
         # The gateway's report is for the EPP: clients need not learn pod addresses from it.
         removed = (SERVED_KEY,) if SERVED_KEY in response_headers else ()
         added = dict(self._routed.result.response_headers) if self._routed is not None else {}
         if self._routed is not None and self._options.served_header:
             added[self._options.served_header] = self._routed.destination
         if added or removed:
-            reply.response.header_mutation.CopyFrom(messages.header_mutation(added, removed))
-        response = ext_proc.ProcessingResponse(response_headers=reply)
+            messages.fill_header_mutation(reply.response.header_mutation, added, removed)
         if event_stream and self._skip_streamed_body():
             response.mode_override.CopyFrom(SKIP_RESPONSE_BODY)
         yield response

@@ -10,13 +10,14 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from epp import __version__
 from epp.datastore import Datastore, Endpoint
 from epp.metrics.aliases import NAME_SETS, AliasCollector
+from epp.metrics.histogram import Histogram
 from epp.requests import InferenceRequest, Usage
 
 

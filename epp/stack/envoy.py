@@ -47,6 +47,7 @@ EPP_UNREACHABLE = "the endpoint picker is unreachable or failed"
 FAILURE_MODES = ("closed", "open")
 DEFAULT_ALLOWED_PATHS = (*INFERENCE_API_PATHS, "/v1/models")
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
+REFERENCE_CLUSTER = "epp_reference"
 
 
 def check_path_prefix(path: str) -> str:
@@ -89,6 +90,11 @@ class EnvoyOptions:
     # Set: also listen here (0 = a free port) WITHOUT ext_proc, round-robin over fallback_endpoints
     # (Envoy's own load balancing, the benchmarks' "no EPP" baseline).
     baseline_port: int | None = None
+    # Set: a second ext_proc server on epp_address at this port, consulted by listener `reference`
+    # (reference_port, 0 = a free port) with the gateway's filters, routes, TLS and processing
+    # mode (the benchmarks' minimal ext_proc server beside the EPP).
+    reference_epp_port: int | None = None
+    reference_port: int = 0
     message_timeout: str = "10s"
     # The longest the EPP may extend message_timeout for one message (override_message_timeout):
     # a request waiting in flow control's queue in buffered mode (the EPP's --queue-message-timeout).
@@ -208,12 +214,12 @@ def _processing_mode(options: EnvoyOptions) -> dict[str, str]:
     }
 
 
-def _http_filters(options: EnvoyOptions) -> list[dict[str, Any]]:
+def _http_filters(options: EnvoyOptions, cluster: str = "epp") -> list[dict[str, Any]]:
     ext_proc = {
         "name": EXT_PROC_FILTER,
         "typed_config": _typed(
             "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
-            grpc_service={"envoy_grpc": {"cluster_name": "epp"}, "timeout": "10s"},
+            grpc_service={"envoy_grpc": {"cluster_name": cluster}, "timeout": "10s"},
             # Fail open even when failing closed: a routed response must outlive the EPP (with it
             # closed, an EPP crash resets every generation in flight). A request the EPP did not
             # route carries no destination metadata and gets the fail-closed route's 503. Envoy
@@ -365,8 +371,18 @@ def _not_routed(options: EnvoyOptions, ext_proc: bool) -> list[dict[str, Any]]:
 
 
 def _clusters(options: EnvoyOptions) -> list[dict[str, Any]]:
+    epp_ports = (options.epp_port, *options.epp_extra_ports)
+    clusters = [_epp_cluster(options, "epp", epp_ports), _pool_cluster(options)]
+    if options.reference_epp_port is not None:
+        clusters.append(_epp_cluster(options, REFERENCE_CLUSTER, (options.reference_epp_port,)))
+    if options.failure_mode == "open" or options.baseline_port is not None:
+        clusters.append(_fallback_cluster(options))
+    return clusters
+
+
+def _epp_cluster(options: EnvoyOptions, name: str, ports: tuple[int, ...]) -> dict[str, Any]:
     epp: dict[str, Any] = {
-        "name": "epp",
+        "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
         "typed_extension_protocol_options": {
@@ -376,45 +392,41 @@ def _clusters(options: EnvoyOptions) -> list[dict[str, Any]]:
             )
         },
         "load_assignment": {
-            "cluster_name": "epp",
+            "cluster_name": name,
             "endpoints": [
                 {
                     "lb_endpoints": [
                         {"endpoint": {"address": _socket(options.epp_address, port)}}
-                        for port in (options.epp_port, *options.epp_extra_ports)
+                        for port in ports
                         for _ in range(max(options.epp_connections, 1))
                     ]
                 }
             ],
         },
     }
-    if options.epp_extra_ports or options.epp_connections > 1:
+    if len(ports) > 1 or options.epp_connections > 1:
         epp.update(_epp_failover())
     if options.epp_tls:
         epp["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": _epp_tls(options)}
     epp["circuit_breakers"] = _circuit_breakers(options.epp_max_requests)
-    clusters = [epp, _pool_cluster(options)]
-    if options.failure_mode == "open" or options.baseline_port is not None:
-        endpoints = []
-        for hostport in options.fallback_endpoints:
-            host, port = split_host_port(hostport)
-            if port is None:
-                raise ValueError(f"fallback endpoint {hostport!r} needs a port")
-            endpoints.append({"endpoint": {"address": _socket(host, port)}})
-        clusters.append(
-            {
-                "name": "pool_fallback",
-                "type": "STATIC",
-                "lb_policy": "ROUND_ROBIN",
-                "connect_timeout": options.connect_timeout,
-                "circuit_breakers": _circuit_breakers(options.pool_max_requests),
-                "load_assignment": {
-                    "cluster_name": "pool_fallback",
-                    "endpoints": [{"lb_endpoints": endpoints}],
-                },
-            }
-        )
-    return clusters
+    return epp
+
+
+def _fallback_cluster(options: EnvoyOptions) -> dict[str, Any]:
+    endpoints = []
+    for hostport in options.fallback_endpoints:
+        host, port = split_host_port(hostport)
+        if port is None:
+            raise ValueError(f"fallback endpoint {hostport!r} needs a port")
+        endpoints.append({"endpoint": {"address": _socket(host, port)}})
+    return {
+        "name": "pool_fallback",
+        "type": "STATIC",
+        "lb_policy": "ROUND_ROBIN",
+        "connect_timeout": options.connect_timeout,
+        "circuit_breakers": _circuit_breakers(options.pool_max_requests),
+        "load_assignment": {"cluster_name": "pool_fallback", "endpoints": [{"lb_endpoints": endpoints}]},
+    }
 
 
 def _circuit_breakers(limit: int, max_retries: int | None = None) -> dict[str, Any]:
@@ -533,6 +545,9 @@ def render_bootstrap(options: EnvoyOptions) -> dict[str, Any]:
         ] + _not_routed(options, ext_proc=False)
         router = _http_filters(options)[-1:]
         listeners.append(_listener("baseline", options.baseline_port, to_pool, router, options))
+    if options.reference_epp_port is not None:
+        filters = _http_filters(options, REFERENCE_CLUSTER)
+        listeners.append(_listener("reference", options.reference_port, _routes(options), filters, options))
     return {
         # Envoy requires a node identity for file-based EDS.
         "node": {"id": "epp-gateway", "cluster": "epp-gateway"},

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -86,6 +87,12 @@ class StackConfig:
     epp_replicas: int = 1  # > 1: active-active EPP processes sharing state through a redis-server
     epp_replica_sync: bool = True  # False: the replicas run side by side without sharing (benchmarks)
     epp_connections: int = 1  # HTTP/2 connections Envoy opens per EPP port (for `--workers`)
+    # Simulated endpoints per simulator process (`epp sim --count`): many endpoints, few processes.
+    sims_per_process: int = 1
+    # A Python module run as a second ext_proc server beside the EPP, with the EPP's TLS and
+    # --endpoints-file flags and a --ready-file naming its `grpc_port`; Envoy's `reference`
+    # listener consults it (the benchmarks' minimal ext_proc server, epp.bench.minimal_extproc).
+    reference_ext_proc: str | None = None
 
 
 class Stack:
@@ -100,6 +107,9 @@ class Stack:
         self.replica_ports: list[dict[str, int]] = []
         self.redis: LocalRedis | None = None
         self.envoy: ManagedProcess | None = None
+        self.reference: ManagedProcess | None = None  # the reference_ext_proc server
+        self.reference_grpc_port: int | None = None
+        self.reference_port = 0  # Envoy's listener consulting it
         self.epp_ports: dict[str, int] = {}
         self.gateway_port = 0
         self.baseline_port = 0
@@ -117,6 +127,11 @@ class Stack:
     def baseline_url(self) -> str:
         """Envoy's own round-robin over the simulators, no EPP (needs `baseline_listener`)."""
         return f"http://127.0.0.1:{self.baseline_port}"
+
+    @property
+    def reference_url(self) -> str:
+        """Envoy consulting the reference ext_proc server instead of the EPP (`reference_ext_proc`)."""
+        return f"http://127.0.0.1:{self.reference_port}"
 
     @property
     def view_url(self) -> str:
@@ -147,10 +162,12 @@ class Stack:
         self.write_endpoints_file(self.sims)
         self._write_tls()
         await self.start_epp()
+        await self.start_reference()
         await self.start_envoy()
 
     async def stop(self) -> None:
-        for process in [self.envoy, *self.epps, *self.sidecar_processes, *self.sim_processes]:
+        processes = [self.envoy, self.reference, *self.epps, *self.sidecar_processes, *self.sim_processes]
+        for process in processes:
             if process is not None:
                 await process.stop()
         if self.redis is not None:
@@ -164,8 +181,16 @@ class Stack:
         if self.config.decode_sims > 0:
             await self._start_disaggregated_pool()
             return
-        started = [self._start_sim(f"sim-{i}") for i in range(self.config.sims)]
-        self.sims = list(await asyncio.gather(*started))
+        per_process = max(self.config.sims_per_process, 1)
+        if per_process == 1:
+            started = [self._start_sim(f"sim-{i}") for i in range(self.config.sims)]
+            self.sims = list(await asyncio.gather(*started))
+            return
+        counts = [
+            min(per_process, self.config.sims - first) for first in range(0, self.config.sims, per_process)
+        ]
+        groups = await asyncio.gather(*(self._start_sim_group(f"sims-{i}", n) for i, n in enumerate(counts)))
+        self.sims = [endpoint for group in groups for endpoint in group]
 
     async def _start_child(self, name: str, into: list[ManagedProcess], *args: str) -> Any:
         """Start `epp <args>` as `name`, kept in `into`; its ready file once it is serving."""
@@ -192,6 +217,20 @@ class Stack:
         )
         endpoint = info["endpoints"][0]
         return SimEndpoint(name=endpoint["name"], host=endpoint["host"], port=endpoint["port"], role=role)
+
+    async def _start_sim_group(self, name: str, count: int) -> list[SimEndpoint]:
+        """One simulator process serving `count` endpoints, named `<name>-0`, `<name>-1`, ..."""
+        info = await self._start_child(
+            name,
+            self.sim_processes,
+            "sim",
+            f"--count={count}",
+            "--port=0",
+            f"--model={self.config.model}",
+            f"--name-prefix={name}",
+            *self.config.sim_args,
+        )
+        return [SimEndpoint(name=e["name"], host=e["host"], port=e["port"]) for e in info["endpoints"]]
 
     async def _start_disaggregated_pool(self) -> None:
         prefill = [self._start_sim(f"prefill-{i}", PREFILL) for i in range(self.config.prefill_sims)]
@@ -315,12 +354,7 @@ class Stack:
             f"--grpc-port={grpc_port}",
             "--grpc-health-port=0",
             "--metrics-port=0",
-            f"--secure-serving={'true' if self.config.envoy.epp_tls else 'false'}",
-            *(
-                [f"--cert-path={self.tls_dir / 'epp'}", f"--client-ca-path={self.tls_dir / 'ca.crt'}"]
-                if self.mutual_tls
-                else []
-            ),
+            *self._tls_argv(),
             f"--endpoints-file={self.endpoints_file}",
             *([f"--envoy-eds-file={self.pool_eds_file}"] if eds else []),
             f"--ready-file={ready}",
@@ -328,6 +362,13 @@ class Stack:
             *self.config.epp_args,
             *self._templated_config(),
         )
+
+    def _tls_argv(self) -> list[str]:
+        """An ext_proc server's TLS flags (`epp serve`'s): the run's certificate under mutual TLS."""
+        secure = [f"--secure-serving={'true' if self.config.envoy.epp_tls else 'false'}"]
+        if not self.mutual_tls:
+            return secure
+        return [*secure, f"--cert-path={self.tls_dir / 'epp'}", f"--client-ca-path={self.tls_dir / 'ca.crt'}"]
 
     def _templated_config(self) -> list[str]:
         if not self.config.epp_config_template:
@@ -337,6 +378,26 @@ class Stack:
         path = self.run_dir / "epp-config.yaml"
         path.write_text(text)
         return [f"--config-file={path}"]
+
+    async def start_reference(self) -> None:
+        module = self.config.reference_ext_proc
+        if module is None:
+            return
+        ready = self.run_dir / "reference.ready.json"
+        ready.unlink(missing_ok=True)
+        argv = [
+            sys.executable,
+            "-m",
+            module,
+            "--host=127.0.0.1",
+            f"--endpoints-file={self.endpoints_file}",
+            f"--ready-file={ready}",
+            *self._tls_argv(),
+        ]
+        self.reference = ManagedProcess("reference", argv, self.run_dir / "reference.log")
+        await self.reference.start()
+        info = await wait_until(ready_file_probe(ready), module, STARTUP_TIMEOUT, [self.reference])
+        self.reference_grpc_port = info["grpc_port"]
 
     async def stop_epp(self) -> None:
         if self.epp is not None:
@@ -360,6 +421,7 @@ class Stack:
             listen_port=self.config.gateway_port,
             admin_port=0,
             baseline_port=0 if self.config.baseline_listener else None,
+            reference_epp_port=self.reference_grpc_port,
             epp_port=self.epp_ports["grpc_port"],
             epp_extra_ports=tuple(p["grpc_port"] for p in self.replica_ports[1:]),
             epp_connections=self.config.epp_connections,
@@ -418,6 +480,7 @@ class Stack:
         ports = {item["name"]: item["local_address"]["socket_address"]["port_value"] for item in listeners}
         self.gateway_port = ports["gateway"]
         self.baseline_port = ports.get("baseline", 0)
+        self.reference_port = ports.get("reference", 0)
         return True
 
     async def envoy_pool_hosts(self) -> set[str]:

@@ -49,3 +49,38 @@ def test_no_baseline_listener_by_default_and_none_without_endpoints() -> None:
     assert len(render_bootstrap(EnvoyOptions())["static_resources"]["listeners"]) == 1
     with pytest.raises(ValueError, match="baseline listener needs fallback_endpoints"):
         render_bootstrap(EnvoyOptions(baseline_port=10002))
+
+
+def test_reference_listener_consults_its_own_ext_proc_cluster_like_the_gateway(tmp_path: Path) -> None:
+    """The minimal ext_proc server's listener: the gateway's filters, routes and TLS, another cluster."""
+    options = EnvoyOptions(reference_epp_port=9100, reference_port=10003, pool_eds_path=None)
+    bootstrap = render_bootstrap(options)
+    gateway, reference = bootstrap["static_resources"]["listeners"]
+    assert reference["name"] == "reference"
+    assert reference["address"]["socket_address"]["port_value"] == 10003
+    manager, gateway_manager = (
+        listener["filter_chains"][0]["filters"][0]["typed_config"] for listener in (reference, gateway)
+    )
+    assert manager["route_config"] == gateway_manager["route_config"]
+    ext_proc, gateway_ext_proc = manager["http_filters"][0], gateway_manager["http_filters"][0]
+    assert ext_proc["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] == "epp_reference"
+
+    def without_service(config: dict[str, Any]) -> dict[str, Any]:
+        return {key: value for key, value in config.items() if key != "grpc_service"}
+
+    assert without_service(ext_proc["typed_config"]) == without_service(gateway_ext_proc["typed_config"])
+    clusters = {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
+    epp, reference_cluster = clusters["epp"], clusters["epp_reference"]
+    assert reference_cluster["transport_socket"] == epp["transport_socket"]
+    hosts = reference_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert [h["endpoint"]["address"]["socket_address"]["port_value"] for h in hosts] == [9100]
+    path = tmp_path / "envoy.yaml"
+    path.write_text(yaml.safe_dump(bootstrap))
+    validated = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "error"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert validated.returncode == 0, validated.stdout + validated.stderr

@@ -1,0 +1,46 @@
+"""The overhead benchmark's prompts and per-request arithmetic."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections import Counter
+
+import pytest
+
+from epp.bench.overhead import PROMPT_GROUPS, PathRun, Prompts, add_arguments, ratio
+from epp.sim.tokens import tokenize
+
+
+def test_prompts_have_the_stated_tokens_and_share_a_prefix_within_a_group() -> None:
+    requests = Prompts(tokens=96, shared=64, seed=3).requests(rate=40.0, seconds=1.0)
+    assert len(requests) == 40 and requests[1].arrival == pytest.approx(1 / 40)
+    texts = ["".join(r.prompt) for r in requests]
+    assert all(len(tokenize(text)) == 96 for text in texts)
+    same_group = requests[0].prompt[0], requests[PROMPT_GROUPS].prompt[0]
+    assert same_group[0] == same_group[1] and requests[0].prompt[0] != requests[1].prompt[0]
+    assert len(set(texts)) == len(texts)  # each request's own tail differs
+
+
+def test_prompts_refuse_a_shared_prefix_as_long_as_the_prompt() -> None:
+    with pytest.raises(ValueError, match="--shared-tokens must be below --prompt-tokens"):
+        Prompts(tokens=64, shared=64, seed=0)
+
+
+def test_busy_cpu_per_request_subtracts_what_the_server_spends_idle() -> None:
+    run = PathRun(
+        p50=0.0, p99=0.0, wall=10.0, served=1000, errors=Counter(), server_cpu=3.0, envoy_cpu=0, sims_cpu=0
+    )
+    assert run.achieved == 100.0
+    assert run.busy_per_request(idle=0.1) == pytest.approx((3.0 - 1.0) / 1000)
+    assert run.busy_per_request(idle=0.5) == 0.0  # never negative
+    assert math.isnan(ratio(0.001, 0.0)) and ratio(0.0015, 0.001) == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--rounds", "0"), ("--endpoints", "-3"), ("--rate", "x")])
+def test_counts_and_rates_must_be_positive(flag: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser(prog="epp bench overhead")
+    add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args([f"{flag}={value}"])
+    assert f"argument {flag}: expected a positive" in capsys.readouterr().err
