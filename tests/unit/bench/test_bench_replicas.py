@@ -10,7 +10,7 @@ from epp.bench.workload import BenchRequest, WorkloadSpec, generate
 from epp.config.loader import load_config_file
 from epp.sim.profiles import TINY_TEST
 
-CONFIG = load_config_file(Path(__file__).parents[3] / "bench" / "configs" / "ours.yaml")
+CONFIG = load_config_file(Path(__file__).parents[3] / "bench" / "configs" / "ours-approximate.yaml")
 CLUSTER = VirtualCluster(endpoints=4, profile=TINY_TEST)
 
 
