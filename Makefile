@@ -74,6 +74,7 @@ kind-e2e:
 bench: install
 	$(BIN)/epp bench run --jobs 2
 	$(BIN)/epp bench report
+	$(BIN)/epp bench report --versus
 	$(BIN)/epp bench agree --time-scale 2 --doc docs/benchmarks.md
 	$(BIN)/epp bench overhead --rate 100 --rate 300 --rounds 5 --seconds 6 --doc docs/benchmarks.md
 	$(BIN)/epp bench scale --policy random --policy gie-default --doc docs/benchmarks.md

@@ -54,7 +54,7 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workload", type=Path, default=ROOT / "bench/workloads/agreement.yaml")
-    parser.add_argument("--config", type=Path, default=ROOT / "bench/configs/ours.yaml")
+    parser.add_argument("--config", type=Path, default=ROOT / "bench/configs/ours-approximate.yaml")
     parser.add_argument("--rate", type=float, default=0.0, help="default: the workload's first rate")
     parser.add_argument("--replicas", type=int, action="append", default=[])
     parser.add_argument("--time-scale", type=float, default=2.0)

@@ -20,7 +20,15 @@ import sys
 from pathlib import Path
 
 from epp.bench import agree, overhead, replicas, scale
-from epp.bench.report import load_results, render_results, save_results, write_block
+from epp.bench.report import (
+    Results,
+    load_results,
+    machine_notes,
+    render_results,
+    save_results,
+    versus_section,
+    write_block,
+)
 from epp.bench.suite import RunOutcome, Suite, SuiteRunner
 
 SUITE = Path("bench/suite.yaml")
@@ -50,6 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     report.add_argument("--doc", type=Path, default=DOC)
     report.add_argument("--images", type=Path, default=IMAGES)
     report.add_argument("--command", default="make bench", help="the command line to quote in the notes")
+    report.add_argument(
+        "--versus",
+        action="store_true",
+        help="only every policy against GIE's default on every workload, into the versus block",
+    )
 
     agree.add_arguments(commands.add_parser("agree", help="one workload through both engines, compared"))
     overhead.add_arguments(
@@ -92,6 +105,12 @@ def run_suite(args: argparse.Namespace) -> int:
 
 def report(args: argparse.Namespace) -> int:
     suite = Suite.load(args.suite)
+    if args.versus:
+        outcomes = load_results(args.results)
+        content = machine_notes(args.command) + "\n\n" + versus_section(suite, Results(outcomes))
+        write_block(args.doc, "versus", content)
+        print(content)
+        return 0
     content = render_results(suite, load_results(args.results), args.images, args.doc, args.command)
     write_block(args.doc, "results", content)
     print(f"wrote the results block of {args.doc} and plots under {args.images}")

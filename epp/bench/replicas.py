@@ -139,7 +139,7 @@ def run_replicated(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workload", type=Path, default=ROOT / "bench/workloads/shared-prefix.yaml")
-    parser.add_argument("--config", type=Path, default=ROOT / "bench/configs/ours.yaml")
+    parser.add_argument("--config", type=Path, default=ROOT / "bench/configs/ours-approximate.yaml")
     parser.add_argument("--rate", type=float, action="append", default=[], help="requests/s (repeatable)")
     parser.add_argument("--replicas", type=int, action="append", default=[], help="default 2 and 4")
     parser.add_argument("--sync", choices=SYNC_MODES, action="append", default=[], help="default none, full")

@@ -199,6 +199,80 @@ def goals_section(suite: Suite, results: Results, workload: str) -> str:
     )
 
 
+BASELINE = "gie-default"
+PRESSURE_GOALS = (0.85, 1.10)
+"""Under cache pressure the headline policy's TTFT p90 at most 0.85x the baseline's, at the highest
+rate where the baseline meets the SLO, and its output tokens/s at the SLO at least 1.10x."""
+PAR = 0.03
+"""Elsewhere, both figures within 3 % of the baseline's (nothing lost where there is no pressure)."""
+
+
+def versus_section(suite: Suite, results: Results, baseline: str = BASELINE) -> str:
+    """Every policy against `baseline` on every workload, in the two figures the precise-prefix goals
+    name: TTFT p90 at the highest tested rate where the baseline meets the SLO, and output tokens/s
+    at the SLO (best over the tested rates); the headline policy's row carries the verdict."""
+    slo = suite.spec.slo_ttft_p90
+    rows = []
+    for workload in (w.name for w in suite.workloads()):
+        meeting = [
+            o
+            for o in results.series(workload, baseline)
+            if o.summary.ttft_p90 <= slo and not o.summary.errors
+        ]
+        base_best = results.throughput_at_slo(workload, baseline, slo)
+        if not meeting or base_best is None:
+            continue
+        base_at = meeting[-1]  # the series is sorted by rate
+        rate = base_at.key.rate
+        for policy in (p.name for p in suite.spec.policies):
+            at = results.get(workload, policy, rate)
+            if at is None:
+                continue
+            best = results.throughput_at_slo(workload, policy, slo)
+            ttft_ratio = at.summary.ttft_p90 / base_at.summary.ttft_p90
+            tps = best.summary.output_tokens_per_s if best else 0.0
+            tps_ratio = tps / base_best.summary.output_tokens_per_s
+            verdict = ""
+            if policy == suite.spec.headline:
+                verdict = _verdict(workload in suite.spec.pressure_workloads, ttft_ratio, tps_ratio)
+            rows.append(
+                [
+                    workload,
+                    policy,
+                    f"{rate:g}",
+                    seconds(at.summary.ttft_p90),
+                    f"{ttft_ratio:.2f}x",
+                    NONE if best is None else f"{tps:,.0f} (at {best.key.rate:g})",
+                    f"{tps_ratio:.2f}x",
+                    f"{at.summary.hit_rate:.0%}",
+                    verdict,
+                ]
+            )
+    header = [
+        "workload",
+        "policy",
+        f"rate (req/s): {baseline}'s highest meeting the SLO",
+        "TTFT p90 there",
+        f"/ {baseline}",
+        f"out tok/s at SLO ({slo:g} s)",
+        f"/ {baseline}",
+        "hit there",
+        f"headline ({suite.spec.headline}) goal",
+    ]
+    return table(header, rows)
+
+
+def _verdict(pressure: bool, ttft_ratio: float, tps_ratio: float) -> str:
+    if pressure:
+        want_ttft, want_tps = PRESSURE_GOALS
+        return (
+            f"TTFT {'met' if ttft_ratio <= want_ttft else 'SHORT'} (≤ {want_ttft:g}x); "
+            f"throughput {'met' if tps_ratio >= want_tps else 'SHORT'} (≥ {want_tps:g}x)"
+        )
+    met = ttft_ratio <= 1 + PAR and tps_ratio >= 1 - PAR
+    return f"within {PAR:.0%}: {'met' if met else 'SHORT'}"
+
+
 SENSITIVITY_SLOS = (0.5, 1.0, 2.0, 5.0)
 
 

@@ -54,6 +54,9 @@ class SuiteSpec(BaseModel):
     workloads: list[str] = Field(min_length=1)
     slo_ttft_p90: float = Field(default=2.0, gt=0, description="seconds; throughput is compared at this SLO")
     headline: str = Field(default="", description="the policy the goals are checked for")
+    pressure_workloads: list[str] = Field(
+        default=[], description="where the headline must beat GIE's default; elsewhere match it"
+    )
 
 
 @dataclass(frozen=True)

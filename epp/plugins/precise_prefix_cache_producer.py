@@ -1,11 +1,17 @@
 """`precise-prefix-cache-producer`: llm-d's precise prefix cache. Per request, how many of the
 prompt's leading KV blocks each candidate actually holds, from an index the engines' own KV events
 keep (`epp.scheduling.prefix.precise`); `prefix-cache-scorer` reads it through
-`prefixMatchInfoProducerName`. The prompt's token ids come from `token-producer`."""
+`prefixMatchInfoProducerName`. The prompt's token ids come from `token-producer`.
+
+`approximateFallback` (ours, not llm-d's) keeps an approximate prefix index beside it, learned from
+this EPP's own picks, for the endpoints the events say nothing about: a pool where some engines
+publish no KV events, or none do, still routes by prefix instead of by load alone."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+
+from pydantic import Field
 
 from epp.datalayer import BackgroundService, DataProducer, EndpointObserver
 from epp.datalayer.kvblocks import KVIndexMetrics
@@ -13,11 +19,20 @@ from epp.datalayer.tokenize import TOKENIZED_PROMPT
 from epp.datastore import Datastore, Endpoint
 from epp.framework import DataConsumer, Plugin, PluginContext, register
 from epp.kvevents import KVEvent
+from epp.plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
 from epp.requestcontrol import PreRequest
 from epp.requests import InferenceRequest
-from epp.scheduling.prefix import PREFIX_MATCH
+from epp.scheduling.prefix import PREFIX_MATCH, PrefixMatch
+from epp.scheduling.prefix.params import PrefixIndexParams
 from epp.scheduling.prefix.precise import PreciseParams, PrecisePrefixCache
 from epp.scheduling.types import SchedulingResult
+
+
+class PreciseProducerParams(PreciseParams):
+    approximate_fallback: bool = Field(
+        default=False,
+        description="ours: endpoints holding no blocks by their KV events get the approximate index's match",
+    )
 
 
 @register
@@ -25,22 +40,58 @@ class PrecisePrefixCacheProducer(
     Plugin, DataProducer, DataConsumer, PreRequest, EndpointObserver, BackgroundService
 ):
     type_name = "precise-prefix-cache-producer"
-    Params = PreciseParams
+    Params = PreciseProducerParams
     produces = PREFIX_MATCH
     consumes = {TOKENIZED_PROMPT: ""}
 
-    def __init__(self, name: str, params: PreciseParams, context: PluginContext) -> None:
+    def __init__(self, name: str, params: PreciseProducerParams, context: PluginContext) -> None:
         super().__init__(name, params, context)
         self.cache = PrecisePrefixCache(
             name, params, KVIndexMetrics.for_registry(context.metrics.registry), context.clock
         )
+        self.fallback = (
+            ApproxPrefixCacheProducer(f"{name}-approximate", PrefixIndexParams(), context)
+            if params.approximate_fallback
+            else None
+        )
 
     def prepare(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
         tokenized = self.consumed(request, TOKENIZED_PROMPT)
-        request.attributes[self.name] = self.cache.match(request, tokenized, candidates)
+        match = self.cache.match(request, tokenized, candidates)
+        if self.fallback is not None:
+            self.fallback.prepare(request, candidates)
+            approximate = request.attributes[self.fallback.name]
+            assert isinstance(approximate, PrefixMatch)
+            match = self.with_fallback(match, approximate, candidates)
+        request.attributes[self.name] = match
+
+    def with_fallback(
+        self, match: PrefixMatch, approximate: PrefixMatch, candidates: Sequence[Endpoint]
+    ) -> PrefixMatch:
+        """Candidates of which the index holds no block (their engines published nothing, or
+        nothing yet) get the approximate index's share of the prompt, in this match's blocks. A
+        prompt without token ids (a tokenization fallback, a salted prompt) is matched
+        approximately for every candidate."""
+        if not match.hashes:
+            return approximate
+        if not approximate.matched:
+            return match
+        publishing = set(self.cache.index.pods())
+        considered = set(candidates)
+        matched = dict(match.matched)
+        total, approximate_total = match.total_blocks, approximate.total_blocks
+        for endpoint, blocks in approximate.matched.items():
+            if endpoint in considered and endpoint.hostport not in publishing:
+                matched[endpoint] = blocks * total // approximate_total
+        return PrefixMatch(match.hashes, matched, match.block_size_tokens)
 
     def pre_request(self, request: InferenceRequest, result: SchedulingResult) -> None:
-        self.cache.speculate(request.attributes.get(self.name), result)
+        match = request.attributes.get(self.name)
+        if self.fallback is not None:
+            self.fallback.pre_request(request, result)
+            if match is request.attributes.get(self.fallback.name):
+                return  # approximate keys: nothing the KV events could confirm
+        self.cache.speculate(match, result)
 
     def apply_kv_events(self, pod: str, events: Iterable[KVEvent], model: str = "") -> None:
         """Events of one engine, straight from the virtual-time benchmark (no ZMQ)."""
@@ -48,6 +99,8 @@ class PrecisePrefixCacheProducer(
 
     def endpoint_removed(self, endpoint: Endpoint) -> None:
         self.cache.endpoint_removed(endpoint)
+        if self.fallback is not None:
+            self.fallback.endpoint_removed(endpoint)
 
     async def start(self, datastore: Datastore) -> None:
         await self.cache.start(datastore)

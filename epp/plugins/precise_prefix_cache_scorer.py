@@ -12,11 +12,10 @@ from collections.abc import Sequence
 
 from epp.datastore import Endpoint
 from epp.framework import PluginContext, register
-from epp.plugins.precise_prefix_cache_producer import PrecisePrefixCacheProducer
+from epp.plugins.precise_prefix_cache_producer import PrecisePrefixCacheProducer, PreciseProducerParams
 from epp.requests import InferenceRequest
 from epp.scheduling.framework import Scorer
 from epp.scheduling.prefix import PrefixMatch
-from epp.scheduling.prefix.precise import PreciseParams
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +24,7 @@ log = logging.getLogger(__name__)
 class PrecisePrefixCacheScorer(PrecisePrefixCacheProducer, Scorer):
     type_name = "precise-prefix-cache-scorer"
 
-    def __init__(self, name: str, params: PreciseParams, context: PluginContext) -> None:
+    def __init__(self, name: str, params: PreciseProducerParams, context: PluginContext) -> None:
         super().__init__(name, params, context)
         log.warning(
             "%s: precise-prefix-cache-scorer is deprecated; configure precise-prefix-cache-producer and "

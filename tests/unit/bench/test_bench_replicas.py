@@ -10,7 +10,7 @@ from epp.bench.workload import BenchRequest, WorkloadSpec, generate
 from epp.config.loader import load_config_file
 from epp.sim.profiles import TINY_TEST
 
-CONFIG = load_config_file(Path(__file__).parents[3] / "bench" / "configs" / "ours.yaml")
+CONFIG = load_config_file(Path(__file__).parents[3] / "bench" / "configs" / "ours-approximate.yaml")
 CLUSTER = VirtualCluster(endpoints=4, profile=TINY_TEST)
 
 
@@ -48,3 +48,15 @@ def test_synced_replicas_hit_the_cache_as_one_does_and_naive_ones_miss() -> None
     synced = run_replicated(reqs, CONFIG, CLUSTER, ReplicaSettings(4, "full"))
     assert synced.hit_rate >= one.hit_rate - 0.02
     assert naive.hit_rate < synced.hit_rate - 0.05
+
+
+def test_precise_replicas_need_no_sync_their_index_comes_from_the_engines() -> None:
+    """ours.yaml: every replica's index is filled by the same engines' KV events, so replicas that
+    share nothing still find the prefixes (the approximate index above needs the sync)."""
+    precise = load_config_file(Path(__file__).parents[3] / "bench" / "configs" / "ours.yaml")
+    reqs = requests()
+    one = run_replicated(reqs, precise, CLUSTER, ReplicaSettings(1, "none"))
+    naive = run_replicated(reqs, precise, CLUSTER, ReplicaSettings(4, "none"))
+    approximate_naive = run_replicated(reqs, CONFIG, CLUSTER, ReplicaSettings(4, "none"))
+    assert naive.hit_rate >= one.hit_rate - 0.02
+    assert naive.hit_rate > approximate_naive.hit_rate + 0.05

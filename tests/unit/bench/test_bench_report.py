@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from epp.bench.report import Results, goals_section, load_results, render_results, save_results, write_block
+from epp.bench.report import (
+    Results,
+    goals_section,
+    load_results,
+    render_results,
+    save_results,
+    versus_section,
+    write_block,
+)
 from epp.bench.suite import PolicySpec, RunKey, RunOutcome, Suite, SuiteSpec
 from epp.bench.summary import Summary
 
@@ -92,3 +100,35 @@ def test_rendered_results_have_tables_and_a_plot(tmp_path: Path) -> None:
     assert "### shared-prefix" in text and "| ours | 8,000 | 100 ms | 500 ms |" in text
     assert (tmp_path / "img" / "bench-shared-prefix.png").stat().st_size > 10_000
     assert "![shared-prefix" in text and "(img/bench-shared-prefix.png)" in text
+
+
+def test_versus_compares_at_the_baselines_highest_rate_meeting_the_slo() -> None:
+    def at(workload: str, policy: str, rate: float, tps: float, ttft_p90: float) -> RunOutcome:
+        outcome = run(policy, rate, tps, ttft_p90)
+        return replace(outcome, key=replace(outcome.key, workload=workload))
+
+    suite = Suite(
+        SuiteSpec(
+            policies=[PolicySpec(name=n) for n in ("gie-default", "ours")],
+            workloads=["workloads/cache-pressure.yaml", "workloads/mixed.yaml"],
+            headline="ours",
+            pressure_workloads=["cache-pressure"],
+        ),
+        Path(__file__).parents[3] / "bench",
+    )
+    results = Results(
+        [
+            at("cache-pressure", "gie-default", 1, 100, 0.5),
+            at("cache-pressure", "gie-default", 2, 200, 1.5),
+            at("cache-pressure", "gie-default", 3, 210, 9.0),
+            at("cache-pressure", "ours", 2, 200, 0.3),
+            at("cache-pressure", "ours", 3, 230, 1.9),
+            at("mixed", "gie-default", 5, 500, 0.100),
+            at("mixed", "ours", 5, 490, 0.104),
+        ]
+    )
+    text = versus_section(suite, results)
+    assert "| cache-pressure | ours | 2 | 300 ms | 0.20x | 230 (at 3) | 1.15x | 50% | TTFT met" in text
+    assert "throughput met (≥ 1.1x)" in text
+    assert "| mixed | ours | 5 | 104 ms | 1.04x | 490 (at 5) | 0.98x | 50% | within 3%: SHORT |" in text
+    assert "| mixed | gie-default | 5 | 100 ms | 1.00x | 500 (at 5) | 1.00x | 50% |  |" in text

@@ -28,6 +28,7 @@ from epp.sim.cluster import SimCluster, make_configs
 from epp.sim.profiles import TINY_TEST
 from epp.sim.tokens import render_chat, tokenize
 from tests.unit.plugin_helpers import context, endpoints, plugin
+from tests.unit.plugin_helpers import request as make_request
 
 SCORER = (
     "- type: prefix-cache-scorer\n"
@@ -363,3 +364,51 @@ async def test_token_id_prompts_are_taken_as_they_are() -> None:
     assert request.attributes[producer.name] == TokenizedPrompt([5, 6, 7], "prompt")
     assert producer.metrics.tokenization_fallbacks.labels("vllm", "connection")._value.get() == 0
     await producer.stop()
+
+
+def test_approximate_fallback_scores_the_endpoints_that_publish_no_events() -> None:
+    from epp.scheduling.types import ProfileResult, SchedulingResult
+
+    ctx = context()
+    producer = plugin(
+        PrecisePrefixCacheProducer,
+        {"tokenProcessorConfig": {"blockSize": 16}, "approximateFallback": True},
+        ctx,
+    )
+    producer.bind_producer(next(iter(producer.consumes)), "tok")
+    scorer = plugin(PrefixCacheScorer, {"prefixMatchInfoProducerName": producer.name}, ctx)
+    scorer.bind_producer(next(iter(scorer.consumes)), producer.name)
+    pods = endpoints(3)
+    tokens = list(range(5000, 5080))  # five blocks
+    stored = [BlockStored(prompt_block_hashes(tokens[:32], 16, "e"), None, tokens[:32], None)]
+    producer.apply_kv_events(pods[0].hostport, stored, "m")
+
+    def routed_to_second_pod(with_tokens: bool = True) -> InferenceRequest:
+        request = make_request("the shared system prompt of this group " * 20)
+        if with_tokens:
+            request.attributes["tok"] = TokenizedPrompt(tokens, "render")
+        producer.prepare(request, pods)
+        producer.pre_request(request, SchedulingResult({"default": ProfileResult([pods[1]])}, "default"))
+        return request
+
+    def matched(request: InferenceRequest) -> list[int]:
+        match = request.attributes[producer.name]
+        assert isinstance(match, PrefixMatch)
+        return [match.matched_blocks(e) for e in pods]
+
+    assert matched(routed_to_second_pod()) == [2, 0, 0]  # pods[1] got it: only the approximate index knows
+    second = routed_to_second_pod()
+    assert matched(second) == [2, 5, 0]
+    assert scorer.score(second, pods) == [0.4, 1.0, 0.0]
+    # without token ids every candidate is matched approximately, and nothing is speculated
+    bare = routed_to_second_pod(with_tokens=False).attributes[producer.name]
+    assert isinstance(bare, PrefixMatch) and bare.matched_blocks(pods[1]) == bare.total_blocks > 5
+    assert producer.cache.index.longest_prefix(bare.hashes, [pods[1].hostport]) == {}
+    # once pods[1] publishes, its events rule: it holds none of this prompt
+    other = list(range(9000, 9032))
+    producer.apply_kv_events(
+        pods[1].hostport, [BlockStored(prompt_block_hashes(other, 16, "e"), None, other, None)], "m"
+    )
+    assert matched(routed_to_second_pod()) == [2, 0, 0]
+    # llm-d's behaviour without the option: no approximate index
+    assert plugin(PrecisePrefixCacheProducer).fallback is None
