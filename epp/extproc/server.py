@@ -52,11 +52,10 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
         if guard is not None:
             refusal = guard.enter()
             if refusal is not None:
-                # Shed before any work: the request's first message is answered at once.
+                # Shed before any work, without even reading the request's first message (Envoy
+                # sends it with the stream and takes this answer for it): one loop round trip less.
                 self._director.record_error(refusal, None)
-                async for _ in request_iterator:
-                    yield messages.immediate_error(refusal, self._options.error_prefix)
-                    break
+                yield messages.immediate_error(refusal, self._options.error_prefix)
                 return
         stream = ExtProcStream(self._director, self._options)
         incoming = aiter(request_iterator)
