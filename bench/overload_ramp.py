@@ -4,10 +4,9 @@ Envoy (buffered, TLS), `epp serve` and simulators at time scale 0.001 (their own
 microseconds, and their waiting queue unbounded, so the EPP is the bottleneck) on 127.0.0.1;
 open-loop load, each request a non-streamed completion with a prompt of --prompt-bytes and one
 output token, from either
-- `--loadgen h2load` (nghttp2's C load generator, `make install` gets it): cleartext HTTP/2, a few
-  connections (--clients; with 4, h2load sent 1,034 of 2,000 req/s) with many streams each, paced
-  by --rps; every request the same body. It offers 5x
-  on a 2-core machine, where the Python one cannot;
+- `--loadgen h2load` (nghttp2's C load generator, `make install` gets it): cleartext HTTP/2,
+  --clients connections (with 4, it sent 1,034 of 2,000 req/s) with many streams each, paced by
+  --rps; every request the same body. It offers 5x on a 2-core machine, where Python cannot;
 - `--loadgen python`: several processes, one asyncio loop each (aiohttp, HTTP/1.1, a connection per
   request in flight); every prompt distinct.
 Per rate: how many were served, shed (429 from the EPP's overload protection or flow control, or
