@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install chromium redis run test lint typecheck unit e2e kind-e2e bench bench-overhead bench-quick clean
+.PHONY: install chromium redis h2load run test lint typecheck unit e2e kind-e2e bench bench-overhead bench-quick clean
 
 # xds-protos ships an older copy of OpenTelemetry's generated protos under the same module paths,
 # and whichever package pip installs last wins; reinstalling opentelemetry-proto's own files makes
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --force-reinstall --no-deps "opentelemetry-proto==$$($(OTEL_PROTO_VERSION))"
 	touch $(STAMP)
 
-install: $(STAMP) chromium redis
+install: $(STAMP) chromium redis h2load
 
 ## Debian's chromium, which the live view's browser test drives through Playwright (Playwright's
 ## own browser download is not used). Installed with apt-get when missing, as root (CI); otherwise
@@ -40,6 +40,18 @@ redis:
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
 		else \
 			echo "note: redis-server is missing; the replica tests need: sudo apt-get install -y redis-server"; \
+		fi; \
+	fi
+
+## Debian's nghttp2-client for h2load, the C load generator of the overload ramp
+## (bench/overload_ramp.py --loadgen h2load): a Python one cannot offer 5x the EPP's rate on a
+## small machine. Installed as chromium is, when missing.
+h2load:
+	@if ! command -v h2load >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client; \
+		else \
+			echo "note: h2load is missing; the overload ramp's C load generator needs: sudo apt-get install -y nghttp2-client"; \
 		fi; \
 	fi
 

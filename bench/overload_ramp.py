@@ -1,13 +1,20 @@
 """An overload ramp through real Envoy: 0.5x, 1x, 2x and 5x the rate one EPP process serves.
 
 Envoy (buffered, TLS), `epp serve` and simulators at time scale 0.001 (their own latency is
-microseconds, so the EPP is the bottleneck) on 127.0.0.1; open-loop load from several load
-generator processes (one asyncio loop each, aiohttp), each request a non-streamed completion with
-a prompt of --prompt-bytes and one output token. Per rate: how many were served, shed (429 from
-the EPP's overload protection or flow control, or Envoy's --rate-limit), and failed with a 5xx
-(504 = Envoy's ext_proc message timeout), with latency percentiles of each kind.
+microseconds, and their waiting queue unbounded, so the EPP is the bottleneck) on 127.0.0.1;
+open-loop load, each request a non-streamed completion with a prompt of --prompt-bytes and one
+output token, from either
+- `--loadgen h2load` (nghttp2's C load generator, `make install` gets it): cleartext HTTP/2,
+  --clients connections (with 4, it sent 1,034 of 2,000 req/s) with many streams each, paced by
+  --rps; every request the same body. It offers 5x on a 2-core machine, where Python cannot;
+- `--loadgen python`: several processes, one asyncio loop each (aiohttp, HTTP/1.1, a connection per
+  request in flight); every prompt distinct.
+Per rate: how many were served, shed (429 from the EPP's overload protection or flow control, or
+Envoy's --rate-limit; "of which EPP" counts the EPP's own answers in Envoy's ext_proc stats), and
+failed with a 5xx (504 = Envoy's ext_proc message timeout), with latency percentiles of each kind,
+the EPP's CPU time per request sent and the machine's load average.
 
-    .venv/bin/python bench/overload_ramp.py --base 400 --seconds 10
+    .venv/bin/python bench/overload_ramp.py --base 300 --seconds 10 --loadgen h2load
     .venv/bin/python bench/overload_ramp.py --base 300 --rates 1 --config-file flow.yaml  # flow control
 """
 
@@ -16,6 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -29,6 +38,8 @@ from epp.stack.envoy import EnvoyOptions
 from epp.stack.stack import Stack, StackConfig
 
 MODEL = "sim-model"
+H2_STREAMS = 10_000  # streams per h2load connection: enough to stay open-loop through seconds of latency
+EXT_PROC_ANSWERS = "http.gateway.ext_proc.immediate_responses_sent"
 
 
 def worker(
@@ -84,6 +95,61 @@ def ramp_point(url: str, rate: float, seconds: float, prompt: str, workers: int)
     return results
 
 
+async def h2load_point(
+    url: str, rate: float, seconds: float, body: Path, clients: int, log: Path
+) -> tuple[list[tuple[int, float]], float]:
+    """One rate through h2load; (status, seconds) per request from its per-request log, and the
+    rate it sent at. A request that got no response is not in the log: status -1."""
+    count = max(int(rate * seconds), clients)
+    argv = [
+        "h2load",
+        f"--requests={count}",
+        f"--clients={clients}",
+        f"--max-concurrent-streams={H2_STREAMS}",
+        f"--rps={rate / clients:g}",
+        f"--data={body}",
+        "--header=content-type: application/json",
+        f"--log-file={log}",
+        url,
+    ]
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    output, _ = await process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"h2load failed ({process.returncode}): {output.decode()[-2000:]}")
+    starts: list[int] = []
+    results: list[tuple[int, float]] = []
+    for line in (await asyncio.to_thread(log.read_text)).splitlines():
+        start, status, micros = line.split("\t")
+        starts.append(int(start))
+        results.append((int(status), int(micros) / 1e6))
+    results += [(-1, 0.0)] * (count - len(results))
+    span = (max(starts) - min(starts)) / 1e6 if starts else 0.0
+    return results, (len(starts) - 1) / span if span > 0 else 0.0
+
+
+class Counters:
+    """The EPP's CPU time (from /proc) and Envoy's count of the EPP's own answers, read per rate."""
+
+    def __init__(self, stack: Stack) -> None:
+        self._stack = stack
+        assert stack.epp is not None and stack.epp.process is not None
+        self._stat = Path(f"/proc/{stack.epp.process.pid}/stat")
+
+    def cpu_seconds(self) -> float:
+        utime, stime = self._stat.read_text().rsplit(")", 1)[1].split()[11:13]
+        return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
+
+    async def epp_answers(self) -> int:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{self._stack.admin_url}/stats", params={"filter": f"^{EXT_PROC_ANSWERS}$"}) as r,
+        ):
+            text = await r.text()
+        return int(text.split(":")[1]) if ":" in text else 0
+
+
 def ms(values: list[float], q: float) -> str:
     return f"{percentile(values, q) * 1e3:.1f}" if values else "-"
 
@@ -92,36 +158,49 @@ async def main(args: argparse.Namespace) -> None:
     epp_args = ["--refresh-metrics-interval=50ms", *args.epp_arg]
     if args.config_file:
         epp_args.append(f"--config-file={args.config_file.resolve()}")
+    if args.loadgen == "h2load" and shutil.which("h2load") is None:
+        raise SystemExit("h2load is missing: make install (or apt-get install nghttp2-client)")
+    run_dir = Path(tempfile.mkdtemp(prefix="overload-"))
     config = StackConfig(
-        run_dir=Path(tempfile.mkdtemp(prefix="overload-")),
+        run_dir=run_dir,
         sims=args.sims,
         model=MODEL,
-        sim_args=["--profile=tiny-test", "--time-scale=0.001"],
+        sim_args=["--profile=tiny-test", "--time-scale=0.001", "--max-waiting=1000000"],
         epp_args=epp_args,
         envoy=EnvoyOptions(listen_port=0, admin_port=0, rate_limit=args.rate_limit),
     )
     prompt = ("lorem ipsum dolor sit amet " * (args.prompt_bytes // 27 + 1))[: args.prompt_bytes]
+    body = run_dir / "request.json"
+    body.write_bytes(orjson.dumps({"model": MODEL, "prompt": prompt, "max_tokens": 1}))
     print(
-        "| offered | sent req/s | 200 | 429 | 5xx (504) | client errors "
-        "| p50 / p99 200 (ms) | p50 / p99 429 (ms) |"
+        "| offered | sent req/s | 200 | 429 (of which EPP) | 5xx (504) | client errors "
+        "| p50 / p99 200 (ms) | p50 / p99 429 (ms) | EPP CPU ms / request | load average |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     async with Stack(config) as stack:
         url = stack.gateway_url + "/v1/completions"
+        counters = Counters(stack)
         await asyncio.to_thread(ramp_point, url, 50, 1.0, prompt, 1)  # warm up
         for multiplier in args.rates:
             rate = args.base * multiplier
-            began = time.perf_counter()
-            results = await asyncio.to_thread(ramp_point, url, rate, args.seconds, prompt, args.workers)
-            wall = time.perf_counter() - began
+            cpu, answers, began = counters.cpu_seconds(), await counters.epp_answers(), time.perf_counter()
+            if args.loadgen == "h2load":
+                log = run_dir / f"h2load-{multiplier:g}x.log"
+                results, sent = await h2load_point(url, rate, args.seconds, body, args.clients, log)
+            else:
+                results = await asyncio.to_thread(ramp_point, url, rate, args.seconds, prompt, args.workers)
+                sent = len(results) / (time.perf_counter() - began)
+            cpu = counters.cpu_seconds() - cpu
+            answers = await counters.epp_answers() - answers
             statuses = Counter(status for status, _ in results)
             ok = [t for s, t in results if s == 200]
             shed = [t for s, t in results if s == 429]
             fivexx = sum(n for s, n in statuses.items() if s >= 500)
             print(
-                f"| {multiplier:g}x = {rate:g} req/s | {len(results) / wall:.0f} | {len(ok)} | {len(shed)} | "
+                f"| {multiplier:g}x = {rate:g} req/s | {sent:.0f} | {len(ok)} | {len(shed)} ({answers}) | "
                 f"{fivexx} ({statuses.get(504, 0)}) | {statuses.get(-1, 0)} | {ms(ok, 50)} / {ms(ok, 99)} | "
-                f"{ms(shed, 50)} / {ms(shed, 99)} |",
+                f"{ms(shed, 50)} / {ms(shed, 99)} | {cpu * 1e3 / max(len(results), 1):.2f} | "
+                f"{os.getloadavg()[0]:.1f} |",
                 flush=True,
             )
             await asyncio.sleep(2)  # let the EPP's queues drain between rates
@@ -135,7 +214,9 @@ if __name__ == "__main__":
     parser.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")], default=[0.5, 1, 2, 5])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--sims", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=2, help="load generator processes")
+    parser.add_argument("--loadgen", choices=("h2load", "python"), default="python")
+    parser.add_argument("--workers", type=int, default=2, help="python: load generator processes")
+    parser.add_argument("--clients", type=int, default=32, help="h2load: HTTP/2 connections")
     parser.add_argument("--prompt-bytes", type=int, default=4096)
     parser.add_argument("--config-file", type=Path)
     parser.add_argument("--rate-limit", type=int, default=0, help="Envoy's local rate limit (req/s; 0: none)")

@@ -18,9 +18,19 @@ from epp.requests import ErrorCode, RequestError
 
 log = logging.getLogger(__name__)
 
+# grpc.aio asks gRPC core for the next call only once the event loop has run the previous one's
+# accept (a few loop iterations each): while the loop is saturated, new ext_proc streams wait in
+# core's queue of calls not yet requested. Past 1,000 of them core drops new ones at random, past
+# 3,000 all of them, each with a bare gRPC CANCELLED that Envoy turns into an opaque 503. Raised so
+# every stream reaches the EPP, whose overload guard answers the excess itself (429, Retry-After).
+# Envoy's message_timeout still bounds how long one waits.
+MAX_PENDING_CALLS = 1_000_000
+
 _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+    ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
     ("grpc.so_reuseport", 0),
 ]
 
@@ -42,11 +52,10 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
         if guard is not None:
             refusal = guard.enter()
             if refusal is not None:
-                # Shed before any work: the request's first message is answered at once.
+                # Shed before any work, without even reading the request's first message (Envoy
+                # sends it with the stream and takes this answer for it): one loop round trip less.
                 self._director.record_error(refusal, None)
-                async for _ in request_iterator:
-                    yield messages.immediate_error(refusal, self._options.error_prefix)
-                    break
+                yield messages.immediate_error(refusal, self._options.error_prefix)
                 return
         stream = ExtProcStream(self._director, self._options)
         incoming = aiter(request_iterator)
