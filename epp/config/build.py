@@ -138,6 +138,7 @@ def _flow_controller(
         datastore.ready_endpoints,
         context.metrics.flow_control,
         pool_name,
+        clock=context.clock,
     )
 
 
