@@ -66,3 +66,21 @@ def test_check_of_the_default_like_config_without_warnings(
     assert "  queue-scorer: queue-scorer\n    (no parameters)\n" in out
     assert "    scorers: queue-scorer x2\n    picker: max-score-picker\n" in out
     assert out.endswith("warnings: none\n")
+
+
+def test_check_describes_flow_control_on_and_off(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    sample = Path(__file__).parents[3] / "epp" / "config" / "samples" / "flow-control.yaml"
+    assert main(["config", "check", str(sample)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "flow control: on (saturation detector concurrency-detector, usage limit static-usage-limit-policy, "
+        "maxRequests 1000, maxBytes unlimited, request TTL 8s)\n"
+        "  default band: fairness round-robin-fairness-policy, ordering fcfs-ordering-policy, "
+        "maxRequests unlimited, maxBytes 1000000000\n"
+    ) in out
+    gate_off = tmp_path / "off.yaml"
+    gate_off.write_text(sample.read_text().replace("featureGates: [flowControl]\n", ""))
+    assert main(["config", "check", str(gate_off)]) == 0
+    assert "flow control: off (section validated; the flowControl feature gate is not set)\n" in (
+        capsys.readouterr().out
+    )
