@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import math
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -102,8 +103,8 @@ class Row:
 class Measured:
     ttft_p50: float
     ttft_p90: float
+    queued_p90: float  # of the TTFT, the wait in the EPP (virtual time only; NaN in real time)
     tokens_per_s: float
-    sent: int
     errors: dict[str, int]
 
 
@@ -155,12 +156,14 @@ class Bench:
             tagged.append(stream.tag(request))
         return tagged
 
-    def run(self, config: str, requests: list[BenchRequest]) -> RunResult:
+    def run(self, config: str, requests: list[BenchRequest]) -> tuple[RunResult, Sequence[float]]:
+        """The run's records, and when the EPP routed each request (NaN where not known)."""
         kept = [dataclasses.replace(r, index=i) for i, r in enumerate(requests)]
         if self.args.engine == "virtual":
             cluster = virtual_cluster(self.spec, 0.05, 0)
-            return VirtualRun(kept, load_config(self.configs[config]), cluster, self.objectives).run()
-        return asyncio.run(self._run_realtime(config, kept))
+            run = VirtualRun(kept, load_config(self.configs[config]), cluster, self.objectives)
+            return run.run(), run.routed_at
+        return asyncio.run(self._run_realtime(config, kept)), [math.nan] * len(kept)
 
     async def _run_realtime(self, config: str, requests: list[BenchRequest]) -> RunResult:
         spec, scale = self.spec.cluster, self.args.time_scale
@@ -173,10 +176,12 @@ class Bench:
             policy = RealtimePolicy(config_file, epp_args=(objectives,))
             return await run_stack(requests, policy, cluster, run_dir)
 
-    def measure(self, result: RunResult, stream: str) -> Measured:
+    def measure(self, result: RunResult, routed: Sequence[float], stream: str) -> Measured:
         start, end = self.args.warmup, self.args.seconds
         records = [r for r in result.records if r.group == stream]
-        ttft = [r.ttft for r in records if r.ok and r.ttft is not None and start <= r.sent <= end]
+        steady = [r for r in records if r.ok and r.ttft is not None and start <= r.sent <= end]
+        ttft = [r.ttft for r in steady if r.ttft is not None]
+        queued = [routed[r.index] - r.sent for r in steady if not math.isnan(routed[r.index])]
         tokens = 0.0
         for r in records:
             if not r.ok or r.first_token is None or r.done is None:
@@ -192,7 +197,7 @@ class Bench:
             if r.error is not None:
                 errors[r.error] = errors.get(r.error, 0) + 1
         return Measured(
-            percentile(ttft, 50), percentile(ttft, 90), tokens / (end - start), len(records), errors
+            percentile(ttft, 50), percentile(ttft, 90), percentile(queued, 90), tokens / (end - start), errors
         )
 
 
@@ -275,14 +280,15 @@ def side_by_side(bench: Bench, streams: tuple[Stream, Stream], rows: Sequence[Ro
     lines = []
     reference = None
     for row in rows:
-        result = bench.run(row.config, alone if len(row.streams) == 1 else requests)
-        measured = {s: bench.measure(result, s) for s in row.streams}
+        result, routed = bench.run(row.config, alone if len(row.streams) == 1 else requests)
+        measured = {s: bench.measure(result, routed, s) for s in row.streams}
         p, f = measured[protected.name], measured.get(flood.name)
         reference = reference or p.ttft_p90
         line = [
             row.label,
             f"{_ms(p.ttft_p50)} / {_ms(p.ttft_p90)}",
             f"{p.ttft_p90 / reference - 1:+.0%}",
+            _ms(p.queued_p90) if not math.isnan(p.queued_p90) else "-",
             _ms(f.ttft_p90) if f else "-",
             f"{p.tokens_per_s:,.0f}",
             f"{f.tokens_per_s:,.0f}" if f else "-",
@@ -296,6 +302,7 @@ def side_by_side(bench: Bench, streams: tuple[Stream, Stream], rows: Sequence[Ro
         "run",
         f"{protected.name} TTFT p50 / p90",
         f"{protected.name} p90 vs alone",
+        f"{protected.name} wait in the EPP p90",
         f"{flood.name} TTFT p90",
         f"{protected.name} out tok/s",
         f"{flood.name} out tok/s",

@@ -177,6 +177,8 @@ class VirtualRun:
             for e in self.endpoints
         }
         self.records = [RequestRecord(r.index, r.group) for r in requests]
+        # When the EPP routed each request (after flow control's queue, when it is on); NaN: never.
+        self.routed_at = array("d", [math.nan]) * len(requests)
         self.itl: array[float] = array("d")
         self._tokens = PromptTokenizer()
         self._followers: dict[int, list[BenchRequest]] = {}
@@ -338,6 +340,7 @@ class VirtualRun:
         self, routed: RoutedRequest, request: BenchRequest, record: RequestRecord, now: float
     ) -> None:
         record.endpoint = routed.result.targets[0].name
+        self.routed_at[record.index] = now
         token_ids = self._tokens.token_ids(request)
         record.prompt_tokens = len(token_ids)
         self.dispatch(routed, request, token_ids, record, now)
