@@ -53,7 +53,6 @@ FAIRNESS_POLICIES = (
     "least-tokens-served-fairness-policy",
 )
 ENGINES = {"virtual": "virtual time", "realtime": "real time, through Envoy and epp serve"}
-GROUPS_PER_SHARE = 25  # prompt groups per share of the offered load (each tenant its own groups)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=("virtual", "realtime"), default="virtual")
     parser.add_argument("--time-scale", type=float, default=1.0, help="real time: simulators' time scale")
     parser.add_argument("--endpoints", type=int, help="override the workload's cluster size")
+    parser.add_argument(
+        "--groups-per-share",
+        type=int,
+        default=25,
+        help="prompt groups per share of the offered rate (fewer for a smaller cluster's KV cache)",
+    )
     parser.add_argument("--doc", type=Path, help="also write the tables into this document's block")
 
 
@@ -145,7 +150,7 @@ class Bench:
         rate = sum(s.rate for s in streams)
         data = self.data.model_copy(
             update={
-                "num_groups": GROUPS_PER_SHARE * total_units,
+                "num_groups": self.args.groups_per_share * total_units,
                 "output_len": self.args.output_len,
                 "requests": round(rate * self.args.seconds),
             }
