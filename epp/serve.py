@@ -24,7 +24,7 @@ from epp.config.loader import load_config, load_config_file
 from epp.config.model import PickerConfig
 from epp.config.objectives import load_objectives_file
 from epp.config.rewrites import load_model_rewrites_file
-from epp.datalayer import BackgroundService
+from epp.datalayer import BackgroundService, KubernetesSource
 from epp.datalayer.overrides import ScrapeOverrides
 from epp.datalayer.scraper import DEFAULT_INTERVAL, MetricsScraper
 from epp.datastore import Datastore
@@ -32,6 +32,7 @@ from epp.discovery import kubernetes as k8s_discovery
 from epp.discovery.eds import EdsFileWriter
 from epp.discovery.k8s import leader as election
 from epp.discovery.k8s.client import api_client
+from epp.discovery.k8s.objectwatch import ObjectWatch
 from epp.discovery.static import DiscoveryError, FileDiscovery, parse_endpoint_flag
 from epp.explain import DecisionRecorder
 from epp.extproc.server import Health, bind, ext_proc_server, health_server
@@ -120,6 +121,10 @@ class EndpointPicker:
             pool_name=options.pool_name,
         )
         self.director.model_rewrites.replace(options.model_rewrites)
+        flow_control = self.director.flow_control
+        if flow_control is not None and flow_control.reclamation is not None:
+            reclamation = flow_control.reclamation
+            reclamation.scrape_timing(options.refresh_metrics_interval, options.metrics_staleness)
         self.replica_sync: RedisReplicaSync | None = None
         if options.replicas.sync_url:
             from epp.replicas.redis_sync import RedisReplicaSync  # only with --replica-sync
@@ -148,6 +153,10 @@ class EndpointPicker:
             self.live_view.on_shutdown,
         )
         self.services = [p for p in components.plugins.values() if isinstance(p, BackgroundService)]
+        self.object_sources = [
+            p for p in components.plugins.values() if isinstance(p, KubernetesSource) and p.extractors
+        ]
+        self._object_watches: list[ObjectWatch] = []
         self.scraper: MetricsScraper | None = None
         if components.scrape is not None:
             self.scraper = MetricsScraper(
@@ -181,6 +190,8 @@ class EndpointPicker:
         tracing.configure(self.options.observe.tracing)
         for service in self.services:  # before discovery, so they hear of every endpoint
             await service.start(self.datastore)
+        if self.object_sources:
+            await self._watch_objects()
         if self.scraper is not None:
             await self.scraper.start()
         if self.options.pool is not None:
@@ -285,6 +296,8 @@ class EndpointPicker:
             await self.scraper.stop()
         for service in self.services:
             await service.stop()
+        for watch in self._object_watches:
+            await watch.stop()
         if self._kube is not None:
             await self._kube.close()
 
@@ -302,6 +315,21 @@ class EndpointPicker:
         self.elector.start()
         elector = self.elector
         return lambda: elector.is_leader
+
+    async def _watch_objects(self) -> None:
+        """Run each k8s-notification-source's watch in the namespace endpoints are discovered in."""
+        where = self.options.pool or self.options.selector
+        if where is None:
+            names = ", ".join(source.name for source in self.object_sources)
+            raise ValueError(
+                f"k8s-notification-source {names} watches Kubernetes objects: it needs Kubernetes "
+                "discovery (--pool-name or --endpoint-selector), not --endpoint or --endpoints-file"
+            )
+        api = await self._kube_client()
+        for source in self.object_sources:
+            watch = ObjectWatch(api, source.kind, where.namespace, source.notify)
+            watch.start()
+            self._object_watches.append(watch)
 
     async def _kube_client(self) -> ApiClient:
         if self._kube is None:

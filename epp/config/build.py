@@ -10,12 +10,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from epp.config.model import BandSpec, FlowControlSpec, PickerConfig
-from epp.datalayer import AsyncDataProducer, DataProducer, EndpointObserver, MetricsExtractor, MetricsSource
+from epp.datalayer import (
+    AsyncDataProducer,
+    DataProducer,
+    DataSource,
+    EndpointObserver,
+    MetricsExtractor,
+    MetricsSource,
+)
 from epp.datalayer.scraper import ScrapeSettings
 from epp.datastore import Datastore
 from epp.flowcontrol import (
     Admission,
     AdmitAll,
+    EvictionFilterPolicy,
+    EvictionOrderingPolicy,
     FairnessPolicy,
     LegacyAdmission,
     OrderingPolicy,
@@ -23,6 +32,7 @@ from epp.flowcontrol import (
     UsageLimitPolicy,
 )
 from epp.flowcontrol.controller import BandConfig, FlowControlConfig, FlowController
+from epp.flowcontrol.eviction import RequestEvictor
 from epp.flowcontrol.queues import BandLimits
 from epp.framework import DataConsumer, Plugin, PluginContext, PluginUser
 from epp.requestcontrol import Director, Parsers, RequestControlHooks, RequestParser
@@ -49,6 +59,8 @@ def build_components(config: PickerConfig, context: PluginContext) -> EndpointPi
     for plugin in plugins.values():
         if isinstance(plugin, PluginUser):
             plugin.use_plugins(plugins)
+    for source, extractors in config.data_sources.items():
+        _role(plugins[source], DataSource).use_extractors([plugins[name] for name in extractors])
     profiles = [
         SchedulerProfile(
             profile.name,
@@ -102,10 +114,17 @@ def build_director(
         context.metrics,
         context.rng,
         components.parsers,
-        async_producers=[p for p in components.plugins.values() if isinstance(p, AsyncDataProducer)],
+        async_producers=_async_producers(config, components.plugins),
         flow_control=flow_control,
     )
     return director, components
+
+
+def _async_producers(config: PickerConfig, plugins: Mapping[str, Plugin]) -> list[AsyncDataProducer]:
+    """Awaited in the producers' dependency order: one reading another's data runs after it."""
+    rank = {name: i for i, name in enumerate(config.producer_order)}
+    found = [p for p in plugins.values() if isinstance(p, AsyncDataProducer)]
+    return sorted(found, key=lambda p: rank.get(p.name, len(rank)))
 
 
 def _flow_controller(
@@ -131,15 +150,25 @@ def _flow_controller(
         max_requests=spec.max_requests,
         default_request_ttl=spec.default_request_ttl,
     )
-    return FlowController(
+    detector = _role(plugins[spec.saturation_detector], SaturationDetector)
+    controller = FlowController(
         config,
-        _role(plugins[spec.saturation_detector], SaturationDetector),
+        detector,
         _role(plugins[spec.usage_limit_policy], UsageLimitPolicy),
         datastore.ready_endpoints,
         context.metrics.flow_control,
         pool_name,
-        clock=context.clock,
+        context.clock,
     )
+    if spec.eviction is not None:
+        accepts, ordering = spec.eviction
+        evictor = RequestEvictor(
+            _role(plugins[ordering], EvictionOrderingPolicy),
+            _role(plugins[accepts], EvictionFilterPolicy),
+            context.clock,
+        )
+        controller.enable_eviction(evictor, detector.type_name)
+    return controller
 
 
 def _role(plugin: Plugin, role: type) -> Any:

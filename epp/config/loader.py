@@ -23,9 +23,16 @@ from epp.config.schema import (
     SaturationDetectorDoc,
 )
 from epp.config.unavailable import TEST_ONLY_FEATURE_GATES, unavailable
-from epp.datalayer import DataProducer, EndpointObserver, MetricsExtractor, MetricsSource, NotificationSource
+from epp.datalayer import (
+    DataProducer,
+    DataSource,
+    KubernetesObjectObserver,
+    KubernetesSource,
+    MetricsExtractor,
+    MetricsSource,
+)
 from epp.flowcontrol import FairnessPolicy, OrderingPolicy, SaturationDetector, UsageLimitPolicy
-from epp.framework import DataConsumer, DataKey, ImpliedPlugin, Plugin, PluginUser
+from epp.framework import DataConsumer, DataKey, ImpliedPlugin, ParameterUpgrade, Plugin, PluginUser
 from epp.framework.registry import canonical_type_names, find_plugin_type, plugin_types
 from epp.params.strict import ConfigError, closest_field, describe, lenient_unknown_fields
 from epp.requestcontrol import RequestParser
@@ -38,10 +45,13 @@ DEFAULT_PICKER = "max-score-picker"
 DEFAULT_SATURATION_DETECTOR = "utilization-detector"
 DEFAULT_METRICS_SOURCE = "metrics-data-source"
 DEFAULT_METRICS_EXTRACTOR = "core-metrics-extractor"
+DEFAULT_OBJECT_SOURCE = "k8s-notification-source"
 DEFAULT_PARSER = "openai-parser"
 DEFAULT_FAIRNESS_POLICY = "global-strict-fairness-policy"
 DEFAULT_ORDERING_POLICY = "fcfs-ordering-policy"
 DEFAULT_USAGE_LIMIT_POLICY = "static-usage-limit-policy"
+EVICTION_FILTER_POLICY = "sheddable-eviction-filter"
+EVICTION_ORDERING_POLICY = "priority-then-time-eviction-order-policy"
 DEFAULT_BAND_MAX_BYTES = 1_000_000_000  # GIE: a band's maxBytes when 0 or omitted
 
 KNOWN_FEATURE_GATES = ("flowControl", "enableLegacyMetrics", "dataLayer", "prepareDataPlugins")
@@ -96,6 +106,7 @@ class _Loader:
         self.plugins: dict[str, PluginSpec] = {}
         self.problems: list[str] = []
         self.warnings: list[str] = []
+        self.data_sources: dict[str, tuple[str, ...]] = {}  # dataLayer source -> its extractors
 
     def load(self) -> PickerConfig:
         self._feature_gates()
@@ -108,6 +119,7 @@ class _Loader:
         handler = self._profile_handler(profiles)
         detector = self._saturation_detector()
         source, extractor = self._data_layer()
+        self._object_observers()
         parsers = self._parsers()
         flow_control = self._flow_control(detector)
         self._check()
@@ -130,6 +142,7 @@ class _Loader:
             producer_order=producer_order,
             warnings=tuple(self.warnings),
             flow_control_spec=flow_control,
+            data_sources=self.data_sources,
         )
 
     def _check(self) -> None:
@@ -168,7 +181,7 @@ class _Loader:
                 self.warnings.append(
                     f"plugins[{i}].type: {plugin.type!r} is a deprecated name of {cls.type_name!r}"
                 )
-            upgrade = cls.Params.upgrade(plugin.parameters or {}, plugin.type)
+            cls, upgrade = _upgrade(cls, plugin.parameters or {}, plugin.type)
             path = f"plugins[{i}].parameters"
             self.warnings.extend(f"{path}: {warning}" for warning in upgrade.warnings)
             self.problems.extend(f"{path}: {problem}" for problem in upgrade.problems)
@@ -372,16 +385,22 @@ class _Loader:
         sources = []
         for index, source_doc in enumerate(doc.sources):
             spec = self.plugins.get(source_doc.plugin_ref)
-            if spec is None or not issubclass(spec.cls, NotificationSource):
+            if spec is None or not issubclass(spec.cls, DataSource):
                 sources.append(source_doc)
                 continue
-            for number, observer in enumerate(source_doc.extractors):
+            refs = [
                 self._ref(
                     f"{key}.sources[{index}].extractors[{number}].pluginRef",
-                    observer.plugin_ref,
-                    EndpointObserver,
-                    "an endpoint observer",
+                    extractor.plugin_ref,
+                    spec.cls.extractor_role,
+                    spec.cls.extractor_role_text,
                 )
+                for number, extractor in enumerate(source_doc.extractors)
+            ]
+            wired = tuple(r for r in refs if r is not None)
+            if issubclass(spec.cls, KubernetesSource):
+                self._check_kinds(f"{key}.sources[{index}]", spec, wired)
+            self._wire(source_doc.plugin_ref, wired)
         notifications_only = bool(doc.sources) and not sources
         doc = doc.model_copy(update={"sources": sources})
         if notifications_only and doc.inject_defaults is not False:
@@ -419,6 +438,49 @@ class _Loader:
             f"{path}.extractors[0].pluginRef", extractor_ref, MetricsExtractor, "a metrics extractor"
         )
         return source, extractor
+
+    def _wire(self, source: str, extractors: tuple[str, ...]) -> None:
+        self.data_sources[source] = self.data_sources.get(source, ()) + extractors
+
+    def _check_kinds(self, path: str, source: PluginSpec, observers: tuple[str, ...]) -> None:
+        assert issubclass(source.cls, KubernetesSource)
+        kind = source.cls.kind_of(source.params)
+        for name in observers:
+            observer = self.plugins[name].cls
+            assert issubclass(observer, KubernetesObjectObserver)
+            if observer.watched_kind != kind:
+                self.problems.append(
+                    f"{path}: {name!r} observes {observer.watched_kind}, but {source.name!r} watches {kind}"
+                )
+
+    def _object_observers(self) -> None:
+        """Give every plugin that needs Kubernetes objects and is not wired to a source the
+        configured `k8s-notification-source` of its kind, else a new one named `<plugin>/<kind>`
+        (llm-d's default-source registration)."""
+        wired = {name for names in self.data_sources.values() for name in names}
+        for spec in list(self.plugins.values()):
+            cls = spec.cls
+            if not issubclass(cls, KubernetesObjectObserver) or spec.name in wired:
+                continue
+            if not cls.watches_objects(spec.params):
+                continue
+            source = next(
+                (
+                    s.name
+                    for s in self.plugins.values()
+                    if issubclass(s.cls, KubernetesSource) and s.cls.kind_of(s.params) == cls.watched_kind
+                ),
+                None,
+            )
+            if source is None:
+                kind = cls.watched_kind
+                source = f"{spec.name}/{kind.kind.lower()}"
+                source_cls = _known_type(DEFAULT_OBJECT_SOURCE)
+                params = {"group": kind.group, "version": kind.version, "kind": kind.kind}
+                self.plugins[source] = PluginSpec(
+                    source, DEFAULT_OBJECT_SOURCE, source_cls, source_cls.Params.model_validate(params), True
+                )
+            self._wire(source, (spec.name,))
 
     def _parsers(self) -> tuple[str, ...]:
         """`parser` (GIE v1.5) or llm-d router's `requestHandler.parsers` (which wins when both are
@@ -477,7 +539,6 @@ class _Loader:
         for path, field in (
             ("noEndpointRequestTTL", "no_endpoint_request_ttl"),
             ("defaultNegativePriorityBand", "default_negative_priority_band"),
-            ("enableEviction", "enable_eviction"),
         ):
             if field in doc.model_fields_set:
                 self.warnings.append(f"flowControl.{path} is not implemented here and is ignored")
@@ -495,7 +556,17 @@ class _Loader:
             default_request_ttl=doc.default_request_ttl or 0.0,
             usage_limit_policy=usage,
             saturation_detector=detector,
+            eviction=self._eviction_policies() if doc.enable_eviction else None,
         )
+
+    def _eviction_policies(self) -> tuple[str, str]:
+        """As llm-d router: in-flight eviction always uses its sheddable filter and priority-then-time
+        ordering (those declared under `plugins`, else created with their defaults)."""
+        accepts, ordering = (
+            self._first_of_type(name) or self._implicit(name)
+            for name in (EVICTION_FILTER_POLICY, EVICTION_ORDERING_POLICY)
+        )
+        return accepts, ordering
 
     def _band(self, path: str, doc: BandLimitsDoc, default: BandSpec | None) -> BandSpec:
         """A band's limits and policies; omitted policies are GIE's defaults (not the template's)."""
@@ -621,6 +692,21 @@ class _Loader:
                 f"plugin {consumer.name!r}: parameters {', '.join(sorted(shared))} are ignored because "
                 f"{spec.type_name} {producer!r} is configured; set them there"
             )
+
+
+def _upgrade(
+    cls: type[Plugin], parameters: Mapping[str, Any], written_type: str
+) -> tuple[type[Plugin], ParameterUpgrade]:
+    """The parameters as `cls` reads them, or, when they stand for another type, as that type does."""
+    upgrade = cls.Params.upgrade(parameters, written_type)
+    if not upgrade.read_as:
+        return cls, upgrade
+    target = _known_type(upgrade.read_as)
+    again = target.Params.upgrade(upgrade.parameters, target.type_name)
+    again.warnings[:0] = upgrade.warnings
+    again.problems[:0] = upgrade.problems
+    again.implied[:0] = upgrade.implied
+    return target, again
 
 
 def _gates(written: Iterable[str]) -> dict[str, bool]:

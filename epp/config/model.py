@@ -4,7 +4,7 @@ will actually run. Built by `epp.config.loader`, turned into live objects by `ep
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from epp.config.schema import FlowControlDoc
 from epp.framework import Plugin, PluginParams
@@ -46,6 +46,8 @@ class FlowControlSpec:
     default_request_ttl: float
     usage_limit_policy: str
     saturation_detector: str
+    # llm-d router's enableEviction: the eviction (filter, ordering) policy plugins; None: off.
+    eviction: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ class PickerConfig:
     producer_order: tuple[str, ...]  # producers, each after those whose data it reads
     warnings: tuple[str, ...] = ()
     flow_control_spec: FlowControlSpec | None = None  # set: the flowControl feature gate is on
+    # dataLayer sources besides the metrics page (DataSource plugins) -> the extractors wired to each
+    data_sources: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def parser(self) -> str:

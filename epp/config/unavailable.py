@@ -14,8 +14,6 @@ from enum import StrEnum
 
 class Reason(StrEnum):
     SERVICE = "needs a service this EPP cannot run"
-    OTHER_ISSUE = "tracked separately, not implemented yet"
-    NOT_IMPLEMENTED = "not implemented yet"
     TEST_ONLY = "a test-only type of the upstream Go tests"
     PLACEHOLDER = "an illustrative placeholder from the upstream docs"
     NOT_UPSTREAM = "registered by no GIE or llm-d release, so the Go EPPs refuse it too"
@@ -38,20 +36,11 @@ _LATENCY = (
     "use the load scorers (queue-scorer, kv-cache-utilization-scorer, token-load-scorer) "
     "and prefix-cache-scorer"
 )
-_PRECISE = (
-    "approx-prefix-cache-producer (the default) with prefix-cache-scorer: the same PrefixCacheMatchInfo "
-    "from the EPP's own index of what it routed"
-)
-_FLOW = (
-    "one of the implemented policies: global-strict-fairness-policy, round-robin-fairness-policy, "
-    "least-tokens-served-fairness-policy, fcfs-ordering-policy, edf-ordering-policy, "
-    "slo-deadline-ordering-policy, static-usage-limit-policy"
-)
 _MULTICLUSTER = "run one EPP per cluster's InferencePool"
 
 
 def _entries() -> dict[str, UnavailableType]:
-    svc, other, todo = Reason.SERVICE, Reason.OTHER_ISSUE, Reason.NOT_IMPLEMENTED
+    svc = Reason.SERVICE
     table: dict[str, UnavailableType] = {}
 
     def add(names: tuple[str, ...], reason: Reason, upstream: str, instead: str) -> None:
@@ -70,39 +59,6 @@ def _entries() -> dict[str, UnavailableType]:
         svc,
         "GIE v1.2-v1.3 SLO-aware routing scorer over the latency-predictor sidecars' TTFT/TPOT predictions",
         _LATENCY,
-    )
-    add(
-        ("k8s-notification-source",),
-        todo,
-        "GIE/llm-d data source streaming Kubernetes object events (e.g. pods) to extractors; llm-d's "
-        "topology-extractor uses it for a pod's spec.hostname",
-        "label the pods with their topology (topology-extractor reads pod labels)",
-    )
-    add(
-        ("burst-prefix-cache-producer",),
-        other,
-        "llm-d alpha producer predicting prefix hits of request bursts on top of token-producer",
-        _PRECISE,
-    )
-    add(
-        ("mm-embeddings-cache-producer", "mm-embeddings-cache-scorer"),
-        todo,
-        "llm-d alpha plugins tracking which endpoints hold a multimodal item's encoder embeddings "
-        "(needs token-producer's multimodal features)",
-        "prefix-cache-scorer (chat content blocks, images included, are part of the hashed prefix)",
-    )
-    add(
-        (
-            "program-aware-fairness",
-            "soft-reflective-ceiling-policy",
-            "priority-holdback-policy",
-            "sheddable-eviction-filter",
-            "priority-then-time-eviction-order-policy",
-        ),
-        other,
-        "a flow-control policy (fairness between flows, usage limits or eviction) of the GIE/llm-d "
-        "flow-control layer that this EPP's flow control does not implement",
-        _FLOW,
     )
     add(
         (
@@ -127,23 +83,11 @@ def _entries() -> dict[str, UnavailableType]:
         "kv-cache-utilization-scorer and the queue scorers over the model servers' own metrics",
     )
     add(
-        ("models-data-source", "models-data-extractor"),
-        todo,
-        "llm-d data source polling each model server's /v1/models to learn the models and LoRA "
-        "adapters it serves",
-        "endpoint `models` in the endpoints file, or the model servers' LoRA metrics (lora-affinity-scorer)",
-    )
-    add(
-        ("disaggregatedset-rollout-screener", "disaggregatedset-rollout-pod-extractor"),
-        todo,
-        "llm-d alpha screener restricting candidates during a DisaggregatedSet rollout",
-        "label-selector-filter on the rollout's labels",
-    )
-    add(
-        ("p2p-source-producer",),
-        todo,
-        "llm-d alpha producer choosing a peer endpoint to pull KV cache from (x-kv-cache-source-host-port)",
-        "disagg-profile-handler with a prefill profile",
+        ("disaggregatedset-rollout-pod-extractor",),
+        Reason.NOT_UPSTREAM,
+        "the pod handler disaggregatedset-rollout-screener registers for itself; llm-d registers no "
+        "plugin type of that name",
+        "disaggregatedset-rollout-screener alone (it watches the pods it needs)",
     )
     add(
         ("queue-cache-scorer",),

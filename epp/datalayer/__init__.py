@@ -5,9 +5,13 @@ from epp.datalayer.extensions import (
     AsyncDataProducer,
     BackgroundService,
     DataProducer,
+    DataSource,
     EndpointObserver,
+    KubernetesObjectObserver,
+    KubernetesSource,
     MetricsExtractor,
     MetricsSource,
+    ModelsExtractor,
     NotificationSource,
 )
 
@@ -15,8 +19,12 @@ __all__ = [
     "AsyncDataProducer",
     "BackgroundService",
     "DataProducer",
+    "DataSource",
     "EndpointObserver",
+    "KubernetesObjectObserver",
+    "KubernetesSource",
     "MetricsExtractor",
     "MetricsSource",
+    "ModelsExtractor",
     "NotificationSource",
 ]

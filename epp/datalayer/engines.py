@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -69,7 +70,9 @@ class EngineMetrics:
 
 def _matching(samples: Mapping[str, list[Sample]], specs: tuple[MetricSpec, ...]) -> list[Sample]:
     for spec in specs:
-        series = [s for s in samples.get(spec.name, ()) if spec.matches(s.labels)]
+        series = samples.get(spec.name)
+        if series and spec.labels:
+            series = [s for s in series if spec.matches(s.labels)]
         if series:
             return series
     return []
@@ -82,8 +85,9 @@ def _first(samples: Mapping[str, list[Sample]], specs: tuple[MetricSpec, ...]) -
 
 def _finite(series: list[Sample]) -> list[float]:
     values = [s.value for s in series]
-    if not all(math.isfinite(v) for v in values):
-        raise ValueError(f"non-finite metric value in {values}")
+    for value in values:
+        if not math.isfinite(value):
+            raise ValueError(f"non-finite metric value in {values}")
     return values
 
 
@@ -104,10 +108,12 @@ def _latest(samples: Mapping[str, list[Sample]], specs: tuple[MetricSpec, ...]) 
     return max(series, key=lambda s: s.value) if series else None
 
 
+@functools.lru_cache(maxsize=1024)  # label values repeat scrape after scrape
 def _adapters(text: str) -> frozenset[str]:
     return frozenset(a.strip() for a in text.split(",") if a.strip())
 
 
+@functools.lru_cache(maxsize=1024)
 def _int(text: str) -> int:
     try:
         return int(float(text))

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from epp.datalayer.engines import EngineMetrics
+from epp.datalayer.k8sobjects import GroupVersionKind, ObjectEvent
+from epp.datalayer.models import ServedModel
 from epp.datastore import Datastore, Endpoint
 from epp.framework import DataKey, Extension
 from epp.requests import InferenceRequest
@@ -64,14 +66,74 @@ class BackgroundService(Extension):
     async def stop(self) -> None: ...
 
 
-class NotificationSource(Extension):
-    """A `dataLayer` source of endpoint add/delete notifications (llm-d's
-    `endpoint-notification-source`); its extractors are endpoint observers. Here every endpoint
-    observer and background service is told of pool changes anyway, so the source only validates
-    the wiring."""
+class DataSource(Extension):
+    """A `dataLayer` source besides the metrics page. The config wires extractors to it
+    (`sources[].extractors[]`), each of which must be an `extractor_role`; the builder hands them
+    over once, before the service starts."""
+
+    extractor_role: ClassVar[type[Extension]]
+    extractor_role_text: ClassVar[str]  # in words, for the loader's errors
+    extractors: list[Extension]
+
+    def use_extractors(self, extractors: Sequence[Extension]) -> None:
+        self.extractors = list(extractors)
 
 
 class EndpointObserver(Extension):
     @abstractmethod
     def endpoint_removed(self, endpoint: Endpoint) -> None:
         """Drop state kept about an endpoint that left the pool."""
+
+
+class NotificationSource(DataSource):
+    """A `dataLayer` source of endpoint add/delete notifications (llm-d's
+    `endpoint-notification-source`); its extractors are endpoint observers. Here every endpoint
+    observer and background service is told of pool changes anyway, so the source only validates
+    the wiring."""
+
+    extractor_role = EndpointObserver
+    extractor_role_text = "an endpoint observer"
+
+
+class KubernetesObjectObserver(Extension):
+    """Hears of every add, update and delete of one kind of Kubernetes object in the pool's
+    namespace (llm-d's NotificationExtractor), through a `k8s-notification-source` for that kind:
+    one the config lists, else one the loader adds (named `<observer>/<kind>`), as llm-d does."""
+
+    watched_kind: ClassVar[GroupVersionKind]
+
+    @classmethod
+    def watches_objects(cls, params: Any) -> bool:
+        """Whether these parameters need the objects at all (a source is added only then)."""
+        return True
+
+    @abstractmethod
+    def object_event(self, event: ObjectEvent) -> None: ...
+
+
+class KubernetesSource(DataSource):
+    """Streams one kind of Kubernetes object to its observers; the server runs the watch (in the
+    namespace it discovers endpoints in) and calls `notify` for every change."""
+
+    extractor_role = KubernetesObjectObserver
+    extractor_role_text = "a Kubernetes object observer"
+
+    @classmethod
+    @abstractmethod
+    def kind_of(cls, params: Any) -> GroupVersionKind:
+        """The kind these parameters watch (the loader matches observers to sources by it)."""
+
+    @property
+    @abstractmethod
+    def kind(self) -> GroupVersionKind: ...
+
+    @abstractmethod
+    def notify(self, event: ObjectEvent) -> None:
+        """Hand one change to every observer."""
+
+
+class ModelsExtractor(Extension):
+    """Takes what a `models-data-source` read from one endpoint's model list."""
+
+    @abstractmethod
+    def extract_models(self, endpoint: Endpoint, models: Sequence[ServedModel]) -> None: ...

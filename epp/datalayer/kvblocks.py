@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import struct
 import time
-import weakref
 from array import array
 from collections import OrderedDict, deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
+from typing import Any
 
 import xxhash
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from epp.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+from epp.metrics.per_registry import PerRegistry
 
 HASH_CBOR_FNV = "cbor-fnv"
 HASH_XXH64 = "xxh64"
@@ -82,8 +83,10 @@ class TokenProcessor:
     chunk has no key), each chunk's key chained on its parent's.
 
     `cbor-fnv` (llm-d's default): seed = FNV-1a-64(hashSeed); root = FNV-1a-64(CBOR [seed, null,
-    model]); key = FNV-1a-64(CBOR [parent, [tokens], null]). `xxh64`: seed = XXH64(hashSeed); root =
-    XXH64(LE64 seed ‖ LE64 len(model) ‖ model); key = XXH64(LE64 parent ‖ LE32 tokens)."""
+    model]); key = FNV-1a-64(CBOR [parent, [tokens], extras]) with extras null, or for a block
+    carrying identifiers (multimodal hashes, cache salt) `[{"Hash": h}, ...]`. `xxh64`: seed =
+    XXH64(hashSeed); root = XXH64(LE64 seed ‖ LE64 len(model) ‖ model); key = XXH64(LE64 parent ‖
+    LE32 tokens ‖ (LE64 len(h) ‖ h)...)."""
 
     def __init__(self, block_size: int, hash_seed: str = "", algorithm: str = HASH_CBOR_FNV) -> None:
         if block_size <= 0:
@@ -113,18 +116,38 @@ class TokenProcessor:
             self._roots[model] = root
         return root
 
-    def keys(self, tokens: Sequence[int], model: str, parent: int | None = None) -> list[int]:
-        """Keys of every full block of `tokens`, chained on `parent` (None: the model's root)."""
+    def keys(
+        self,
+        tokens: Sequence[int],
+        model: str,
+        parent: int | None = None,
+        extras: Sequence[BlockExtras] | None = None,
+    ) -> list[int]:
+        """Keys of every full block of `tokens`, chained on `parent` (None: the model's root).
+        `extras` (one entry per full block, None for a plain text block) are the identifiers
+        vLLM folded into each block: multimodal hashes, the cache salt in block 0."""
         size = self.block_size
         count = len(tokens) // size
+        if extras is not None and len(extras) != count:
+            raise ValueError(f"{len(extras)} block extras for {count} blocks")
+        if extras is not None and not any(extras):
+            extras = None
         prefix = self.root(model) if parent is None else parent
         out: list[int] = []
         if self.algorithm == HASH_XXH64:
             digest = xxhash.xxh64_intdigest
             data = struct.pack(f"<{count * size}I", *tokens[: count * size])
             step = 4 * size
-            for start in range(0, count * step, step):
-                prefix = digest(prefix.to_bytes(8, "little") + data[start : start + step])
+            for index, start in enumerate(range(0, count * step, step)):
+                extra = _xxh_extras(extras[index]) if extras is not None else b""
+                prefix = digest(prefix.to_bytes(8, "little") + data[start : start + step] + extra)
+                out.append(prefix)
+            return out
+        if extras is not None:  # blocks keyed by more than their tokens: not memoised
+            for index in range(count):
+                chunk = tokens[index * size : (index + 1) * size]
+                tail = _cbor_extras(block) if (block := extras[index]) else _NULL
+                prefix = fnv1a64(b"\x83" + _cbor_uint(prefix) + _cbor_tokens(chunk) + tail)
                 out.append(prefix)
             return out
         memo = self._memo
@@ -145,14 +168,79 @@ class TokenProcessor:
         return out
 
 
+BlockExtras = tuple[str, ...] | None
+_HASH_FIELD = b"\xa1" + _cbor_uint(4, 3) + b"Hash"
+
+
+def _cbor_extras(hashes: Sequence[str]) -> bytes:
+    """llm-d's `[]MMHash` as Go's canonical CBOR writes it: an array of `{"Hash": h}` maps."""
+    out = [_cbor_uint(len(hashes), 4)]
+    for h in hashes:
+        encoded = h.encode()
+        out.append(_HASH_FIELD + _cbor_uint(len(encoded), 3) + encoded)
+    return b"".join(out)
+
+
+def _xxh_extras(hashes: BlockExtras) -> bytes:
+    """llm-d's xxh64 chain: each extra string after the tokens, prefixed by its LE64 length."""
+    return b"".join(struct.pack("<Q", len(e := h.encode())) + e for h in hashes or ())
+
+
+def block_extras_from_features(
+    features: Iterable[tuple[int, int, str]], block_size: int, token_count: int
+) -> list[BlockExtras] | None:
+    """llm-d's `ComputeBlockExtraFeatures` (vLLM's `_gen_mm_extra_hash_keys`): for each full
+    block, the hashes of the multimodal items (offset, length, hash) whose placeholder tokens
+    overlap it, in placeholder order; None when there are no items."""
+    items = sorted(features, key=lambda f: f[0])
+    blocks = token_count // block_size
+    if not items or block_size <= 0 or blocks <= 0:
+        return None
+    out: list[BlockExtras] = []
+    for index in range(blocks):
+        start, end = index * block_size, (index + 1) * block_size
+        hashes = []
+        for offset, length, item in items:
+            if offset + length <= start:
+                continue
+            if offset >= end:
+                break
+            hashes.append(item)
+        out.append(tuple(hashes) or None)
+    return out
+
+
+def fold_cache_salt(extras: list[BlockExtras] | None, salt: str, blocks: int) -> list[BlockExtras] | None:
+    """llm-d's `foldCacheSalt`: the salt joins block 0's extras, after its multimodal hashes
+    (vLLM puts `cache_salt` in block 0's extra keys)."""
+    if not salt or blocks <= 0:
+        return extras
+    extras = list(extras) if extras is not None else [None] * blocks
+    extras[0] = (*(extras[0] or ()), salt)
+    return extras
+
+
+def parse_extra_keys(raw: Sequence[Any]) -> list[BlockExtras]:
+    """llm-d's `ParseRawExtraKeys`: per engine block, its string identifiers (vLLM >= 0.18) or
+    the first element of `[hash, offset]` pairs (older vLLM); other entries are skipped."""
+    out: list[BlockExtras] = []
+    for block in raw:
+        hashes: list[str] = []
+        for entry in block if isinstance(block, list) else ():
+            if isinstance(entry, str):
+                hashes.append(entry)
+            elif isinstance(entry, list | tuple) and entry and isinstance(entry[0], str):
+                hashes.append(entry[0])
+        out.append(tuple(hashes) or None)
+    return out
+
+
 # ----- metrics ------------------------------------------------------------------------------------
 
 
-class KVIndexMetrics:
+class KVIndexMetrics(PerRegistry):
     """llm-d's KV-cache index and KV-event metrics (`llm_d_epp_kv_cache_*`), plus the EPP's own
     counts of what it refused or resynchronised. One set per registry."""
-
-    _by_registry: weakref.WeakKeyDictionary[CollectorRegistry, KVIndexMetrics] = weakref.WeakKeyDictionary()
 
     def __init__(self, registry: CollectorRegistry | None) -> None:
         r = registry
@@ -210,13 +298,6 @@ class KVIndexMetrics:
             registry=r,
         )
 
-    @classmethod
-    def for_registry(cls, registry: CollectorRegistry) -> KVIndexMetrics:
-        metrics = cls._by_registry.get(registry)
-        if metrics is None:
-            metrics = cls._by_registry[registry] = cls(registry)
-        return metrics
-
 
 # ----- the index ----------------------------------------------------------------------------------
 
@@ -230,6 +311,7 @@ class _EngineBlock:
     keys: tuple[int, ...]
     chain: int
     tail: tuple[int, ...]
+    tail_extras: tuple[str, ...] = ()  # identifiers of the engine blocks the tail came from
     refs: int = 1
 
 
@@ -311,31 +393,37 @@ class KVBlockIndex:
         if len(tokens) % len(hashes):
             self._skip(event, "non_dense_block_span")
             return
-        if event.extra_keys and any(extra is not None for extra in event.extra_keys):
-            # Salted or multimodal blocks: vLLM keyed them by more than their tokens, which these
-            # keys do not include; indexing them would match unsalted text prompts. Their children
-            # then have an unknown parent and are skipped too.
-            self._skip(event, "extra_keys")
-            return
-        per_block = len(tokens) // len(hashes)
-        if per_block == 0 or (event.block_size and per_block != event.block_size):
-            self._skip(event, "invalid_block_size")
+        extras = parse_extra_keys(event.extra_keys) if event.extra_keys else None
+        if extras is not None and len(extras) != len(hashes):
+            self._skip(event, "extra_keys_mismatch")
             return
         state = self._pods.get(pod)
         if state is None:
             state = self._pods[pod] = _PodState()
+        weight = self.tier_weights.get((event.medium or "gpu").lower(), 1.0)
+        if not tokens:  # a device-tier update (offloading): blocks this pod already announced
+            for engine_hash in hashes:
+                if (existing := state.blocks.get(engine_hash)) is not None:
+                    existing.refs += 1
+                    state.blocks.move_to_end(engine_hash)
+                    self._admit(existing.keys, pod, weight, state, count=False)
+            return
+        per_block = len(tokens) // len(hashes)
+        if event.block_size and per_block != event.block_size:
+            self._skip(event, "invalid_block_size")
+            return
         model = event.lora_name or model
         processor = self.processor
         if not event.parent_block_hash:  # None, or 0 as older engines write the root (as llm-d reads it)
             chain = processor.root(model)
             tail: tuple[int, ...] = ()
+            tail_extras: tuple[str, ...] = ()
         else:
             parent = state.blocks.get(event.parent_block_hash)
             if parent is None:  # the parent's store was missed (or evicted from this map)
                 self._skip(event, "unknown_parent")
                 return
-            chain, tail = parent.chain, parent.tail
-        weight = self.tier_weights.get((event.medium or "gpu").lower(), 1.0)
+            chain, tail, tail_extras = parent.chain, parent.tail, parent.tail_extras
         size = processor.block_size
         for index, engine_hash in enumerate(hashes):
             existing = state.blocks.get(engine_hash)
@@ -343,15 +431,23 @@ class KVBlockIndex:
                 existing.refs += 1
                 state.blocks.move_to_end(engine_hash)
                 self._admit(existing.keys, pod, weight, state, count=False)
-                chain, tail = existing.chain, existing.tail
+                chain, tail, tail_extras = existing.chain, existing.tail, existing.tail_extras
                 continue
+            own = (extras[index] or ()) if extras is not None else ()
             pending = tail + tuple(tokens[index * per_block : (index + 1) * per_block])
             full = len(pending) // size * size
-            keys = tuple(processor.keys(pending[:full], model, chain)) if full else ()
-            if keys:
+            keys: tuple[int, ...] = ()
+            if full:
+                # llm-d's realignment: a request block made of several engine blocks carries all
+                # their identifiers; one cut from a larger engine block carries that block's.
+                block_extras: list[BlockExtras] = [(*tail_extras, *own) or None]
+                block_extras += [own or None] * (full // size - 1)
+                keys = tuple(processor.keys(pending[:full], model, chain, block_extras))
                 chain = keys[-1]
+                tail_extras = ()
             tail = pending[full:]
-            state.blocks[engine_hash] = _EngineBlock(keys, chain, tail)
+            tail_extras = (*tail_extras, *own) if tail else ()
+            state.blocks[engine_hash] = _EngineBlock(keys, chain, tail, tail_extras)
             self._admit(keys, pod, weight, state, count=True)
         while len(state.blocks) > self.size:
             _, dropped = state.blocks.popitem(last=False)
@@ -457,8 +553,21 @@ class KVBlockIndex:
 
     # --- lookups ------------------------------------------------------------------------------
 
-    def keys_for(self, tokens: Sequence[int], model: str) -> list[int]:
-        return self.processor.keys(tokens, model)
+    def keys_for(
+        self,
+        tokens: Sequence[int],
+        model: str,
+        features: Sequence[tuple[int, int, str]] = (),
+        cache_salt: str = "",
+    ) -> list[int]:
+        """A prompt's keys, its multimodal items (offset, length, hash) and cache salt folded
+        into the blocks they touch, as llm-d's precise producer computes them."""
+        if not features and not cache_salt:
+            return self.processor.keys(tokens, model)
+        size = self.processor.block_size
+        extras = block_extras_from_features(features, size, len(tokens))
+        extras = fold_cache_salt(extras, cache_salt, len(tokens) // size)
+        return self.processor.keys(tokens, model, extras=extras)
 
     def longest_prefix(self, keys: Sequence[int], pods: Collection[str]) -> dict[str, float]:
         """llm-d's LongestPrefix score for each of `pods`: the tier-weighted length of the run of

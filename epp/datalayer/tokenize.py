@@ -5,10 +5,13 @@ Backends, tried in this order for a request:
 - **render** (llm-d's `vllm` backend): vLLM's `POST /v1/completions/render` and
   `/v1/chat/completions/render`, which apply the chat template and return the prompt's token ids
   (`[{"token_ids": [...]}, ...]` per completions prompt, `{"token_ids": [...]}` for chat);
+- **uds** (llm-d's `udsTokenizerConfig`): llm-d's tokenizer sidecar, gRPC over a Unix domain
+  socket (`epp.datalayer.uds_tokenizer`), which renders with vLLM's code;
 - **tokenize**: vLLM's `POST /tokenize` (`{"model", "prompt"}` or `{"model", "messages",
   "add_generation_prompt": true}` → `{"tokens": [...]}`), when the server has no render API (404);
-- **local**: a `tokenizer.json` loaded with the `tokenizers` library (completions text prompts
-  only: a chat template needs the model's Jinja template, which only the server applies);
+- **local**: a `tokenizer.json` loaded with the `tokenizers` library; chat requests are first
+  rendered with the model's chat template from the same directory (`epp.datalayer.chat_template`)
+  and encoded without added special tokens, as vLLM does;
 - **estimate** (llm-d's zero-config backend): 4 bytes of prompt per "token" — only good for the
   approximate index and length checks, never matching the engine's blocks.
 
@@ -21,6 +24,7 @@ tokenized; see `PrefixTokenCache`).
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +34,7 @@ import aiohttp
 import orjson
 import xxhash
 
+from epp.datalayer.uds_tokenizer import UdsTokenizerClient, UdsTokenizerError
 from epp.framework import DataKey
 
 log = logging.getLogger(__name__)
@@ -42,9 +47,21 @@ TOKENIZE_PATH = "/tokenize"
 
 
 @dataclass(frozen=True, slots=True)
+class MultiModalFeature:
+    """One multimodal item of a prompt (llm-d's `MultiModalFeature`): its modality (image, video,
+    audio), its content hash, and the placeholder tokens it occupies in the token ids."""
+
+    modality: str
+    hash: str
+    offset: int = 0
+    length: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class TokenizedPrompt:
     token_ids: list[int]
     source: str  # render | tokenize | local | estimate
+    mm_features: tuple[MultiModalFeature, ...] = ()  # in token order
 
 
 class TokenizeError(Exception):
@@ -92,32 +109,15 @@ def _token_list(value: Any) -> list[int]:
     raise TokenizeError("bad_response", "token ids are not a list of integers")
 
 
-class VLLMTokenizer:
-    """vLLM's render API, falling back to `/tokenize` when the server has no render route."""
+class CachedTokenizer(ABC):
+    """A remote backend's results cached by the exact request (the client's body with the served
+    model), with the longer timeout for requests carrying media."""
 
-    def __init__(
-        self, url: str, model: str, timeout: float, mm_timeout: float, cache_size: int = 4096
-    ) -> None:
-        self.url = url.rstrip("/")
+    def __init__(self, model: str, timeout: float, mm_timeout: float, cache_size: int = 4096) -> None:
         self.model = model
         self.timeout = timeout
         self.mm_timeout = mm_timeout
-        self._session: aiohttp.ClientSession | None = None
         self._cache = LRU(cache_size)
-        self._no_render = False  # learnt from a 404/405: use /tokenize from then on
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=90),
-                json_serialize=lambda obj: orjson.dumps(obj).decode(),
-            )
-        return self._session
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     def _timeout_for(self, body: dict[str, Any]) -> float:
         messages = body.get("messages")
@@ -133,8 +133,62 @@ class VLLMTokenizer:
         cached: TokenizedPrompt | None = self._cache.get(key)
         if cached is not None:
             return cached
-        timeout = self._timeout_for(body)
-        result: TokenizedPrompt | None = None
+        result = await self._fetch(request, chat, self._timeout_for(body))
+        self._cache.put(key, result)
+        return result
+
+    @abstractmethod
+    async def _fetch(self, request: dict[str, Any], chat: bool, timeout: float) -> TokenizedPrompt: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+class UdsTokenizer(CachedTokenizer):
+    """llm-d's tokenizer sidecar over a Unix domain socket (`epp.datalayer.uds_tokenizer`)."""
+
+    def __init__(
+        self, socket_file: str, model: str, timeout: float, mm_timeout: float, use_tcp: bool = False
+    ) -> None:
+        super().__init__(model, timeout, mm_timeout)
+        self.client = UdsTokenizerClient(socket_file, model, use_tcp)
+
+    async def _fetch(self, request: dict[str, Any], chat: bool, timeout: float) -> TokenizedPrompt:
+        try:
+            ids, features = await self.client.render(request, chat, timeout)
+        except UdsTokenizerError as exc:
+            raise TokenizeError(exc.reason, str(exc)) from None
+        return TokenizedPrompt(ids, "uds", _render_features({"features": features}))
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+class VLLMTokenizer(CachedTokenizer):
+    """vLLM's render API, falling back to `/tokenize` when the server has no render route."""
+
+    def __init__(
+        self, url: str, model: str, timeout: float, mm_timeout: float, cache_size: int = 4096
+    ) -> None:
+        super().__init__(model, timeout, mm_timeout, cache_size)
+        self.url = url.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+        self._no_render = False  # learnt from a 404/405: use /tokenize from then on
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=90),
+                json_serialize=lambda obj: orjson.dumps(obj).decode(),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _fetch(self, request: dict[str, Any], chat: bool, timeout: float) -> TokenizedPrompt:
         if not self._no_render:
             path = CHAT_RENDER_PATH if chat else COMPLETIONS_RENDER_PATH
             status, reply = await self._post(path, request, timeout)
@@ -144,26 +198,23 @@ class VLLMTokenizer:
             elif status != 200:
                 raise TokenizeError("http_status", f"{path} answered {status}")
             else:
-                result = TokenizedPrompt(self._render_tokens(reply, chat), "render")
-        if result is None:
-            status, reply = await self._post(TOKENIZE_PATH, self._tokenize_body(request, chat), timeout)
-            if status != 200:
-                raise TokenizeError("http_status", f"{TOKENIZE_PATH} answered {status}")
-            if not isinstance(reply, dict):
-                raise TokenizeError("bad_response", "/tokenize did not answer an object")
-            result = TokenizedPrompt(_token_list(reply.get("tokens")), "tokenize")
-        self._cache.put(key, result)
-        return result
+                return self._rendered(reply, chat)
+        status, reply = await self._post(TOKENIZE_PATH, self._tokenize_body(request, chat), timeout)
+        if status != 200:
+            raise TokenizeError("http_status", f"{TOKENIZE_PATH} answered {status}")
+        if not isinstance(reply, dict):
+            raise TokenizeError("bad_response", "/tokenize did not answer an object")
+        return TokenizedPrompt(_token_list(reply.get("tokens")), "tokenize")
 
     @staticmethod
-    def _render_tokens(reply: Any, chat: bool) -> list[int]:
+    def _rendered(reply: Any, chat: bool) -> TokenizedPrompt:
         if not chat:  # one GenerateRequest per prompt; the first prompt is the one scored
             if not isinstance(reply, list) or not reply:
                 raise TokenizeError("bad_response", "completions render did not answer a non-empty list")
             reply = reply[0]
         if not isinstance(reply, dict):
             raise TokenizeError("bad_response", "render did not answer an object")
-        return _token_list(reply.get("token_ids"))
+        return TokenizedPrompt(_token_list(reply.get("token_ids")), "render", _render_features(reply))
 
     @staticmethod
     def _tokenize_body(request: dict[str, Any], chat: bool) -> dict[str, Any]:
@@ -198,6 +249,29 @@ class VLLMTokenizer:
             return 200, orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise TokenizeError("bad_response", f"{path} answered invalid JSON") from None
+
+
+def _render_features(reply: dict[str, Any]) -> tuple[MultiModalFeature, ...]:
+    """vLLM's `features` {`mm_hashes`: {modality: [hash]}, `mm_placeholders`: {modality:
+    [{offset, length}]}}, paired per modality up to the shorter list (as llm-d), in token order.
+    Malformed entries are skipped: the features are a routing hint, never worth a failure."""
+    features = reply.get("features")
+    if not isinstance(features, dict):
+        return ()
+    hashes, places = features.get("mm_hashes"), features.get("mm_placeholders")
+    if not isinstance(hashes, dict) or not isinstance(places, dict):
+        return ()
+    found = []
+    for modality, items in hashes.items():
+        ranges = places.get(modality)
+        if not isinstance(items, list) or not isinstance(ranges, list):
+            continue
+        for item, span in zip(items, ranges, strict=False):
+            if isinstance(item, str) and item and isinstance(span, dict):
+                offset, length = span.get("offset"), span.get("length")
+                if isinstance(offset, int) and isinstance(length, int):
+                    found.append(MultiModalFeature(str(modality), item, offset, length))
+    return tuple(sorted(found, key=lambda f: f.offset))
 
 
 class PrefixTokenCache:
@@ -249,51 +323,90 @@ class PrefixTokenCache:
 
 
 class LocalTokenizer:
-    """A mounted `tokenizer.json` (HuggingFace `tokenizers`), with the prefix cache."""
+    """A mounted `tokenizer.json` (HuggingFace `tokenizers`), with prefix caches (one for text
+    encoded with the tokenizer's special tokens, as completions prompts are, one without, as
+    rendered chat prompts are: the template writes them)."""
 
     def __init__(self, path: str, cache: PrefixTokenCache | None = None) -> None:
         from tokenizers import Tokenizer  # imported only when a file is configured
 
         self.tokenizer = Tokenizer.from_file(path)
         self.cache = cache or PrefixTokenCache()
+        self.chat_cache = PrefixTokenCache(self.cache.chunk)
 
-    def encode(self, text: str) -> list[int]:
-        cached, covered, hashes = self.cache.lookup(text)
-        encoding = self.tokenizer.encode(text[covered:], add_special_tokens=covered == 0)
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        cache = self.cache if add_special_tokens else self.chat_cache
+        cached, covered, hashes = cache.lookup(text)
+        encoding = self.tokenizer.encode(
+            text[covered:], add_special_tokens=add_special_tokens and covered == 0
+        )
         ids = cached + list(encoding.ids)
         starts = [-1] * len(cached) + [covered + start for start, _ in encoding.offsets]
         if hashes:
-            self.cache.store(text, ids, starts, hashes)
+            cache.store(text, ids, starts, hashes)
         return ids
 
 
-def estimate_tokens(body: dict[str, Any], chat: bool) -> list[int]:
+def estimate_prompt(body: dict[str, Any], chat: bool) -> TokenizedPrompt:
     """llm-d's `estimate` backend: the prompt's bytes (chat: each message's role then its text),
-    zero-padded to a multiple of 4, read as little-endian uint32 "tokens"."""
+    zero-padded to a multiple of 4, read as little-endian uint32 "tokens". A chat's media blocks
+    become multimodal features with llm-d's estimate hashes (xxHash64 of the image or video URL,
+    or of the audio's data and format, in hex); unlike llm-d, no placeholder tokens stand for
+    them in the ids (length 0; offset: the token position they appear at)."""
+    features: list[MultiModalFeature] = []
     if chat:
-        parts: list[bytes] = []
-        for message in body.get("messages") or []:
-            if not isinstance(message, dict):
-                continue
-            parts.append(str(message.get("role", "")).encode())
-            content = message.get("content")
-            if isinstance(content, str):
-                parts.append(content.encode())
-            elif isinstance(content, list):
-                parts.extend(
-                    str(p.get("text", "")).encode()
-                    for p in content
-                    if isinstance(p, dict) and p.get("type") == "text"
-                )
-        if body.get("tools"):
-            parts.append(orjson.dumps(body["tools"]))
-        data = b"".join(parts)
+        data = _chat_bytes(body, features)
     else:
         prompt = body.get("prompt", "")
         if isinstance(prompt, list):
             if prompt and all(isinstance(t, int) for t in prompt):
-                return list(prompt)
+                return TokenizedPrompt(list(prompt), "estimate")
             prompt = prompt[0] if prompt and isinstance(prompt[0], str) else ""
         data = str(prompt).encode()
     data += b"\0" * (-len(data) % 4)
-    return [int.from_bytes(data[i : i + 4], "little") for i in range(0, len(data), 4)]
+    tokens = [int.from_bytes(data[i : i + 4], "little") for i in range(0, len(data), 4)]
+    return TokenizedPrompt(tokens, "estimate", tuple(features))
+
+
+def _chat_bytes(body: dict[str, Any], features: list[MultiModalFeature]) -> bytes:
+    data = bytearray()
+    for message in body.get("messages") or []:
+        if not isinstance(message, dict):
+            continue
+        data += str(message.get("role", "")).encode()
+        content = message.get("content")
+        if isinstance(content, str):
+            data += content.encode()
+            continue
+        for part in content if isinstance(content, list) else []:
+            if not isinstance(part, dict):
+                continue
+            if part.get("type") == "text":
+                data += str(part.get("text", "")).encode()
+            elif (media := _media_item(part)) is not None:
+                features.append(MultiModalFeature(media[0], media[1], len(data) // 4))
+    if body.get("tools"):
+        data += orjson.dumps(body["tools"])
+    return bytes(data)
+
+
+_MEDIA_MODALITY = {"image_url": "image", "video_url": "video", "audio_url": "audio", "input_audio": "audio"}
+
+
+def _media_item(part: dict[str, Any]) -> tuple[str, str] | None:
+    """A chat content block's (modality, estimate hash), None for other blocks or empty media."""
+    kind = part.get("type")
+    if not isinstance(kind, str) or (modality := _MEDIA_MODALITY.get(kind)) is None:
+        return None
+    value = part.get(kind)
+    if isinstance(value, str):  # a bare URL string, as some clients send
+        content = value
+    elif isinstance(value, dict) and kind == "input_audio":
+        content = f"{value.get('data', '')}{value.get('format', '')}"
+    elif isinstance(value, dict):
+        content = str(value.get("url", ""))
+    else:
+        return None
+    if not content:
+        return None
+    return modality, format(xxhash.xxh64_intdigest(content.encode()), "x")

@@ -77,7 +77,15 @@ class EndpointMetrics:
 class Endpoint:
     """One schedulable target. Identity is fixed; metrics, health and load change over time."""
 
-    __slots__ = ("healthy", "inflight_requests", "inflight_tokens", "metrics", "spec", "suspended_until")
+    __slots__ = (
+        "healthy",
+        "inflight_requests",
+        "inflight_tokens",
+        "metrics",
+        "served_models",
+        "spec",
+        "suspended_until",
+    )
 
     def __init__(self, spec: EndpointSpec) -> None:
         self.spec = spec
@@ -88,6 +96,9 @@ class Endpoint:
         self.suspended_until = 0.0
         self.inflight_requests = 0
         self.inflight_tokens = 0
+        # What the server's own model list (`/v1/models`, read by a models-data-source) names:
+        # base model and adapters. None: nobody reads it.
+        self.served_models: frozenset[str] | None = None
 
     @property
     def name(self) -> str:
@@ -114,9 +125,14 @@ class Endpoint:
         return self.spec.labels.get(ROLE_LABEL)
 
     def serves(self, model: str) -> bool:
-        """True when the endpoint lists no models (serves whatever it is sent) or lists this one."""
-        models = self.spec.models
-        return not models or model in models or model in self.metrics.active_models
+        """True when neither discovery nor the server's model list names any models (it serves
+        whatever it is sent), or either names this one, or it runs it as a LoRA adapter now."""
+        listed, reported = self.spec.models, self.served_models
+        if not listed and reported is None:
+            return True
+        if model in listed or model in self.metrics.active_models:
+            return True
+        return reported is not None and model in reported
 
     def __repr__(self) -> str:
         return f"Endpoint({self.name}@{self.hostport})"

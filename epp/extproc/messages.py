@@ -80,14 +80,17 @@ def streamed_body(
         yield response
 
 
-def immediate_error(error: RequestError, prefix: str) -> ext_proc.ProcessingResponse:
+def immediate_error(
+    error: RequestError, prefix: str, headers: Mapping[str, str] | None = None
+) -> ext_proc.ProcessingResponse:
+    """The client's answer to a refused request; `headers`: more headers for it."""
     metadata = struct_pb2.Struct()
     metadata.get_or_create_struct(LB_NAMESPACE)[EPP_ERROR_KEY] = error.code.label
     return ext_proc.ProcessingResponse(
         dynamic_metadata=metadata,
         immediate_response=ext_proc.ImmediateResponse(
             status=http_status.HttpStatus(code=error.status),
-            headers=header_mutation(_error_headers(error), ()),
+            headers=header_mutation({**_error_headers(error), **(headers or {})}, ()),
             body=error.body(prefix),
             details=f"epp_{error.code.label}",
         ),

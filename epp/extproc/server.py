@@ -49,8 +49,21 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
                     break
                 return
         stream = ExtProcStream(self._director, self._options)
+        incoming = aiter(request_iterator)
         try:
-            async for message in request_iterator:
+            while True:
+                eviction = stream.eviction_signal
+                if eviction is None:  # the common case, kept cheap: one plain read
+                    try:
+                        message = await anext(incoming)
+                    except StopAsyncIteration:
+                        return
+                else:
+                    message = await _message_or_eviction(incoming, eviction)
+                    if message is None:
+                        if eviction.done():
+                            yield stream.evicted()
+                        return
                 try:
                     extend = stream.extend_message_timeout(message)
                     if extend is not None:
@@ -74,6 +87,20 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
             stream.close()
             if guard is not None:
                 guard.leave()
+
+
+async def _message_or_eviction(
+    incoming: AsyncIterator[ext_proc.ProcessingRequest], eviction: asyncio.Future[None]
+) -> ext_proc.ProcessingRequest | None:
+    """The stream's next message; None at its end, or when `eviction` (flow control taking the
+    routed request back) comes first. A message that arrives with the eviction goes first: it
+    may end the response, and an ended response is not evicted."""
+    reading = asyncio.ensure_future(anext(incoming, None))
+    await asyncio.wait((reading, eviction), return_when=asyncio.FIRST_COMPLETED)
+    if reading.done():
+        return reading.result()
+    reading.cancel()
+    return None
 
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"

@@ -3,6 +3,7 @@ director calls and answers in the order Envoy expects for the negotiated body mo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import uuid
@@ -15,6 +16,7 @@ from google.protobuf import duration_pb2
 from epp import tracing
 from epp.extproc import messages
 from epp.extproc.pb import BodyMode, HeaderMode, ext_proc, processing_mode
+from epp.flowcontrol.eviction import DROPPED_REASON_EVICTED, DROPPED_REASON_HEADER, EVICTED_MESSAGE
 from epp.headers import (
     DESTINATION_HEADER,
     LB_NAMESPACE,
@@ -79,6 +81,9 @@ class ExtProcStream:
         # What the awaited step (`prepare`) parsed, admitted and prepared for the body.
         self._prepared: ParsedBody | None = None
         self.done = False
+        # Resolved when flow control evicts the routed request; None while there is nothing to
+        # evict (not routed yet, not evictable, or the stream done).
+        self.eviction_signal: asyncio.Future[None] | None = None
 
     # --- entry point -------------------------------------------------------------------------
 
@@ -228,6 +233,9 @@ class ExtProcStream:
         raw = bytes(self._body)
         prepared, self._prepared = self._prepared, None
         self._routed = self._director.handle_body(raw, self._headers, self._subset, self._trace, prepared)
+        eviction = self._routed.eviction
+        if eviction is not None and eviction.evictable:
+            self.eviction_signal = eviction.signal
         body = self._routed.body if self._routed.body is not None else raw
         common = self._routing_common(new_body_size=len(body) if self._routed.body is not None else None)
         metadata = messages.destination_metadata(self._routed.destination, self._routed.request.stream)
@@ -329,9 +337,22 @@ class ExtProcStream:
     def _finish(self) -> None:
         self.close()
         self.done = True
+        self.eviction_signal = None
 
-    def _reject(self, error: RequestError) -> ext_proc.ProcessingResponse:
+    def _reject(
+        self, error: RequestError, headers: dict[str, str] | None = None
+    ) -> ext_proc.ProcessingResponse:
         self.done = True
+        self.eviction_signal = None
         if self._trace is not None:
             self._trace.failed(f"{error.status} {error.message}")
-        return messages.immediate_error(error, self._options.error_prefix)
+        return messages.immediate_error(error, self._options.error_prefix, headers)
+
+    # --- in-flight eviction --------------------------------------------------------------------
+
+    def evicted(self) -> ext_proc.ProcessingResponse:
+        """Flow control took the request back: the client gets llm-d router's 429 at once, and the
+        gateway drops the upstream request."""
+        log.info("request %s evicted by flow control", self._headers.get(REQUEST_ID_HEADER, ""))
+        error = RequestError(ErrorCode.RESOURCE_EXHAUSTED, EVICTED_MESSAGE)
+        return self._reject(error, {DROPPED_REASON_HEADER: DROPPED_REASON_EVICTED})

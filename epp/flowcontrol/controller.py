@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from epp.datastore import Endpoint
+from epp.flowcontrol.eviction import EvictionItem, RequestEvictor
 from epp.flowcontrol.queues import (
     Band,
     BandLimits,
@@ -35,6 +36,7 @@ from epp.flowcontrol.queues import (
     QueuedRequest,
     UsageLimitPolicy,
 )
+from epp.flowcontrol.reclamation import ReclamationController
 from epp.flowcontrol.saturation import SaturationDetector
 from epp.metrics.exporter import FlowControlMetrics
 from epp.requests import ErrorCode, InferenceRequest, RequestError
@@ -113,6 +115,28 @@ class FlowController:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
+        self.reclamation: ReclamationController | None = None  # in-flight eviction on
+
+    def enable_eviction(self, evictor: RequestEvictor, detector_type: str) -> None:
+        """Turn on in-flight eviction (llm-d router's enableEviction): routed requests are tracked
+        (`track`) and the dispatch loop evicts sheddable ones for higher-priority waiting work."""
+        self.reclamation = ReclamationController(
+            evictor,
+            lambda priority: self.bands[priority].length > 0,
+            detector_type,
+            self.metrics,
+            self.pool_name,
+            self._clock,
+        )
+
+    def track(self, request: InferenceRequest, target: str) -> EvictionItem | None:
+        """A request routed to `target` (host:port): tracked while in flight when eviction is on.
+        The caller `untrack`s it when its stream ends, however it ends."""
+        return None if self.reclamation is None else self.reclamation.evictor.track(request, target)
+
+    def untrack(self, item: EvictionItem) -> None:
+        if self.reclamation is not None:
+            self.reclamation.evictor.untrack(item.request_id)
 
     @property
     def busy(self) -> bool:
@@ -121,8 +145,7 @@ class FlowController:
         if self.length > 0:
             return True
         saturation = self.detector.saturation(self._pool())
-        ceilings = self.usage_limit.ceilings(saturation, self._ordered or [0])
-        return saturation >= min(ceilings)
+        return saturation >= self.usage_limit.lowest_ceiling(saturation, self._ordered or [0])
 
     # --- the caller's side -----------------------------------------------------------------------
 
@@ -240,8 +263,10 @@ class FlowController:
             self.metrics.saturation(self.pool_name, saturation)
             priorities = self._ordered
             ceilings = self.usage_limit.ceilings(saturation, priorities)
-            for priority, ceiling in zip(priorities, ceilings, strict=True):
+            for index, (priority, ceiling) in enumerate(zip(priorities, ceilings, strict=True)):
                 if saturation >= ceiling:
+                    if self.reclamation is not None:
+                        self.reclamation.consider(saturation, priorities, ceilings, index)
                     return False  # head-of-line blocking: nothing below may pass
                 band = self.bands[priority]
                 if band.length == 0:

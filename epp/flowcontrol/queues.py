@@ -67,7 +67,13 @@ class UsageLimitPolicy(Extension):
 
     @abstractmethod
     def ceilings(self, saturation: float, priorities: Sequence[int]) -> list[float]:
-        """One ceiling per priority, in the order given (highest priority first)."""
+        """One ceiling per priority, in the order given (highest priority first). Called once
+        per dispatch cycle, so a policy may keep state across cycles (a duty cycle)."""
+
+    def lowest_ceiling(self, saturation: float, priorities: Sequence[int]) -> float:
+        """The lowest ceiling, for a caller that only asks (not a dispatch cycle): a stateful
+        policy overrides this so that asking changes nothing."""
+        return min(self.ceilings(saturation, priorities))
 
 
 _sequence = itertools.count()

@@ -38,6 +38,9 @@ class ParameterUpgrade:
     warnings: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # refused outright (each a config error)
     implied: list[ImpliedPlugin] = field(default_factory=list)
+    # Another type these parameters stand for (e.g. llm-d v0.2's `mode: cache_tracking`): the
+    # loader builds that type instead, upgrading the parameters with its Params.
+    read_as: str = ""
 
 
 class PluginParams(StrictModel):

@@ -243,6 +243,18 @@ class EppMetrics:
         self.disagg_decisions = Counter(  # llm-d's newer name for the same count
             "llm_d_epp_disagg_decision_total", "disaggregation decisions", decision_labels, registry=r
         )
+        self.rollout_no_match = Counter(  # disaggregatedset-rollout-screener (llm-d)
+            "llm_d_epp_disaggregatedset_strict_header_no_match_total",
+            "Strict header selections that matched no endpoint and failed closed.",
+            ["plugin_type", "plugin_name", "selector"],
+            registry=r,
+        )
+        self.rollout_share = Gauge(
+            "llm_d_epp_disaggregatedset_revision_gating_share",
+            "Current weighted revision gating share from 0 to 1; incomplete revisions have share 0.",
+            ["plugin_type", "plugin_name", "mode", "revision"],
+            registry=r,
+        )
         info = Gauge(
             "inference_extension_info", _alpha("build information"), ["commit", "build_ref"], registry=r
         )
@@ -393,6 +405,7 @@ class ModelSeries:
 FLOW_QUEUE_DURATION_BUCKETS = [
     0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ]  # fmt: skip
+REVOCATION_CONFIRMATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 
 
 class _Queued(Protocol):
@@ -457,6 +470,43 @@ class FlowControlMetrics:
             ["inference_pool"],
             registry=r,
         )
+        # llm-d router's in-flight eviction (flowControl.enableEviction).
+        self.revocations_issued_total = Counter(
+            "llm_d_epp_flow_control_revocations_issued_total",
+            _alpha(
+                "Total number of in-flight eviction revocations issued, "
+                "labeled by the demand band's priority."
+            ),
+            ["priority", "inference_pool"],
+            registry=r,
+        )
+        self.revocations_total = Counter(
+            "llm_d_epp_flow_control_revocations_total",
+            _alpha(
+                "Total number of in-flight eviction revocations by terminal outcome (confirmed, timed_out)."
+            ),
+            ["outcome", "inference_pool"],
+            registry=r,
+        )
+        self.reclaim_target_gauge = Gauge(
+            "llm_d_epp_flow_control_reclaim_target",
+            _alpha("Last computed reclamation deficit, in saturation-gauge units."),
+            ["inference_pool"],
+            registry=r,
+        )
+        self.pending_reclaim_gauge = Gauge(
+            "llm_d_epp_flow_control_pending_reclaim",
+            _alpha("Sum of outstanding and cooling pending-reclaim debits, in saturation-gauge units."),
+            ["inference_pool"],
+            registry=r,
+        )
+        self.revocation_confirmation = Histogram(
+            "llm_d_epp_flow_control_revocation_confirmation_seconds",
+            _alpha("Time from revocation issue to confirmed stream termination."),
+            ["inference_pool"],
+            buckets=REVOCATION_CONFIRMATION_BUCKETS,
+            registry=r,
+        )
         self._fairness_labels: set[str] = set()
         self._children: dict[tuple[str, ...], Any] = {}  # histogram children, made once
         self._queued: dict[tuple[str, ...], list[int]] = {}  # labels -> [requests, bytes]
@@ -504,3 +554,18 @@ class FlowControlMetrics:
 
     def saturation(self, pool: str, value: float) -> None:
         self.pool_saturation.labels(pool).set(value)
+
+    def revocations_issued(self, pool: str, priority: int, count: int) -> None:
+        self.revocations_issued_total.labels(str(priority), pool).inc(count)
+
+    def revoked(self, pool: str, outcome: str, seconds: float | None) -> None:
+        """An eviction's terminal outcome; `seconds` from issue to its stream's end if confirmed."""
+        self.revocations_total.labels(outcome, pool).inc()
+        if seconds is not None:
+            self.revocation_confirmation.labels(pool).observe(seconds)
+
+    def reclaim_target(self, pool: str, value: float) -> None:
+        self.reclaim_target_gauge.labels(pool).set(value)
+
+    def pending_reclaim(self, pool: str, value: float) -> None:
+        self.pending_reclaim_gauge.labels(pool).set(value)

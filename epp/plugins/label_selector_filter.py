@@ -10,6 +10,7 @@ from pydantic import model_validator
 
 from epp.datastore import Endpoint
 from epp.framework import Plugin, PluginContext, PluginParams, register
+from epp.params.labelselector import LabelSelector, Requirement
 from epp.requests import InferenceRequest
 from epp.scheduling.framework import Filter
 
@@ -27,15 +28,8 @@ class LabelRequirement(PluginParams):
             raise ValueError(f"operator {self.operator} takes no values")
         return self
 
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        value = labels.get(self.key)
-        if self.operator == "In":
-            return value is not None and value in self.values
-        if self.operator == "NotIn":
-            return value is None or value not in self.values
-        if self.operator == "Exists":
-            return value is not None
-        return value is None
+    def requirement(self) -> Requirement:
+        return Requirement(self.key, self.operator, frozenset(self.values))
 
 
 class LabelSelectorParams(PluginParams):
@@ -52,12 +46,10 @@ class LabelSelectorFilter(Plugin, Filter):
     def __init__(self, name: str, params: LabelSelectorParams, context: PluginContext) -> None:
         super().__init__(name, params, context)
         self.match_labels = tuple(params.match_labels.items())
-        self.requirements = tuple(params.match_expressions)
+        self.selector = LabelSelector(tuple(r.requirement() for r in params.match_expressions))
 
     def selects(self, labels: Mapping[str, str]) -> bool:
-        return all(labels.get(k) == v for k, v in self.match_labels) and all(
-            r.matches(labels) for r in self.requirements
-        )
+        return all(labels.get(k) == v for k, v in self.match_labels) and self.selector.matches(labels)
 
     def filter(self, request: InferenceRequest, candidates: list[Endpoint]) -> list[Endpoint]:
         return [e for e in candidates if self.selects(e.labels)]

@@ -1,20 +1,23 @@
 """`prefix-cache-scorer`: the share of the prompt's blocks each candidate probably has cached,
 optionally blended (llm-d's `matchLengthWeight`) with the absolute cached length, so a long match
-is not outranked by a short prompt's full match."""
+is not outranked by a short prompt's full match. llm-d v0.2's `mode: cache_tracking` builds a
+`precise-prefix-cache-scorer` instead (`from_cache_tracking`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import repeat
+from typing import Any
 
 from pydantic import Field
 
 from epp.datastore import Endpoint
-from epp.framework import DataConsumer, Plugin, PluginContext, register
+from epp.framework import DataConsumer, ParameterUpgrade, Plugin, PluginContext, register
 from epp.requests import InferenceRequest
 from epp.scheduling.framework import Scorer
 from epp.scheduling.prefix import PREFIX_MATCH, PrefixMatch
 from epp.scheduling.prefix.params import PrefixIndexParams
+from epp.scheduling.prefix.precise import from_cache_tracking
 
 
 class PrefixCacheScorerParams(PrefixIndexParams):
@@ -24,6 +27,12 @@ class PrefixCacheScorerParams(PrefixIndexParams):
     match_length_weight: float = Field(default=0.0, ge=0.0, le=1.0)
     match_length_scale_tokens: int = Field(default=8192, gt=0)
     prefix_match_info_producer_name: str = ""
+
+    @classmethod
+    def upgrade(cls, raw: Mapping[str, Any], type_name: str = "") -> ParameterUpgrade:
+        if raw.get("mode") == "cache_tracking":
+            return from_cache_tracking(raw)
+        return super().upgrade(raw, type_name)
 
 
 @register

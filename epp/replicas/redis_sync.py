@@ -1,8 +1,12 @@
 """`RedisReplicaSync`: a replica's shared state through Redis, the engine operators already run
 for this (Kthena and AIBrix keep router state there).
 
-- Routes: every routed request's prefix blocks are published on the channel `<ns>:routes`
-  (batched, pipelined, one message per route); every replica subscribes and learns the others'.
+- Routes: every routed request's prefix blocks are appended to the Redis stream `<ns>:routes`
+  (batched, pipelined, one entry per route, the stream capped at `ROUTES_KEPT` entries); every
+  replica reads the stream from where it left off. A stream rather than pub/sub, so nothing is lost
+  to a gap: a replica that starts learns its peers' routes of the last `REPLAY_AGE` seconds, one
+  whose connection dropped catches up on what the peers routed meanwhile, and the routes a replica
+  made while Redis was unreachable are kept (bounded) and appended when it answers again.
 - In-flight load: every `interval` each replica writes its own per-endpoint counts to
   `<ns>:load:<replica>` with a TTL of `ttl`, registers in the set `<ns>:replicas`, reads every
   registered replica's key and adds the others' sum to its endpoints (a dead replica's key expires,
@@ -16,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import time
 from collections import deque
 from typing import Any
 
@@ -31,6 +37,8 @@ log = logging.getLogger(__name__)
 
 MAX_OUTBOX = 10_000  # routes waiting for Redis; beyond this (Redis slow or gone) the oldest drop
 BATCH = 256  # routes per pipelined round trip
+ROUTES_KEPT = 10_000  # entries the routes stream keeps (approximately): how far a reader can lag
+REPLAY_AGE = 30.0  # seconds: older routes are neither appended late nor learned on catching up
 
 
 class ReplicaSyncMetrics:
@@ -43,7 +51,7 @@ class ReplicaSyncMetrics:
         )
         self.routes = Counter(
             "epp_replica_sync_routes_total",
-            "prefix routes shared with other replicas: sent, received, dropped (outbox full)",
+            "prefix routes shared with other replicas: sent, received, dropped (outbox full or too old)",
             ["direction"],
             registry=registry,
         )
@@ -72,13 +80,15 @@ class RedisReplicaSync:
         self.ttl = ttl
         self.metrics = ReplicaSyncMetrics(registry)
         self.connected = False
-        self.subscribed = False  # to the routes channel, right now
+        self.subscribed = False  # reading the routes stream, right now
         self._outage_logged = False
         self._client: aioredis.Redis | None = None
-        self._outbox: deque[RouteMessage] = deque()
+        self._outbox: deque[tuple[float, RouteMessage]] = deque()  # (when routed, route)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._channel = f"{namespace}:routes"
+        self._stream = f"{namespace}:routes"
+        self._read_from: str | None = None  # the last stream entry read; None before the first
+        self._socket_timeout = max(interval * 5, 0.5)
         self._members = f"{namespace}:replicas"
         self._own_key = self._load_key(state.replica_id)
 
@@ -88,13 +98,13 @@ class RedisReplicaSync:
     async def start(self) -> None:
         """Starts the background tasks and returns at once, Redis reachable or not."""
         self._client = aioredis.from_url(
-            self.url, socket_timeout=max(self.interval * 5, 0.5), socket_connect_timeout=1.0
+            self.url, socket_timeout=self._socket_timeout, socket_connect_timeout=1.0
         )
         self.state.on_route = self._enqueue
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._publish_routes(), name="replica-sync-publish"),
-            loop.create_task(self._subscribe_routes(), name="replica-sync-subscribe"),
+            loop.create_task(self._read_routes(), name="replica-sync-read"),
             loop.create_task(self._exchange_load(), name="replica-sync-load"),
         ]
 
@@ -118,7 +128,7 @@ class RedisReplicaSync:
         if len(self._outbox) >= MAX_OUTBOX:
             self._outbox.popleft()
             self.metrics.routes.labels("dropped").inc()
-        self._outbox.append(message)
+        self._outbox.append((time.monotonic(), message))
         self._wake.set()
 
     # ----- health ----------------------------------------------------------------------------
@@ -149,46 +159,76 @@ class RedisReplicaSync:
     # ----- routes ----------------------------------------------------------------------------
 
     async def _publish_routes(self) -> None:
-        assert self._client is not None
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._outbox:
-                batch = [self._outbox.popleft() for _ in range(min(BATCH, len(self._outbox)))]
+                self._drop_stale()
+                batch = [message for _, message in itertools.islice(self._outbox, BATCH)]
+                if not batch:
+                    break
                 try:
-                    async with self._client.pipeline(transaction=False) as pipe:
-                        for message in batch:
-                            pipe.publish(self._channel, message.encode())
-                        await pipe.execute()
+                    await self._append(batch)
                 except (RedisError, OSError) as error:
                     self._failed("publish", error)
-                    self._outbox.clear()  # stale by the time Redis is back
-                    self.metrics.routes.labels("dropped").inc(len(batch))
-                    break
+                    await asyncio.sleep(self.interval)  # kept: appended once Redis answers
+                    continue
+                for _ in batch:
+                    self._outbox.popleft()
                 self.metrics.routes.labels("sent").inc(len(batch))
 
-    async def _subscribe_routes(self) -> None:
+    def _drop_stale(self) -> None:
+        oldest = time.monotonic() - REPLAY_AGE
+        while self._outbox and self._outbox[0][0] < oldest:
+            self._outbox.popleft()
+            self.metrics.routes.labels("dropped").inc()
+
+    async def _append(self, batch: list[RouteMessage]) -> None:
         assert self._client is not None
+        async with self._client.pipeline(transaction=False) as pipe:
+            for message in batch:
+                pipe.xadd(self._stream, {"r": message.encode()}, maxlen=ROUTES_KEPT, approximate=True)
+            await pipe.execute()
+
+    async def _read_routes(self) -> None:
+        client = self._client
+        assert client is not None
         received = self.metrics.routes.labels("received")
+        block_ms = int(self._socket_timeout * 500)  # well inside the socket timeout
         while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self._channel)
+                if self._read_from is None:
+                    self._read_from = await self._replay_start()
                 self.subscribed = True
                 while True:
-                    message = await pubsub.get_message(timeout=None)
-                    if message is None or message.get("type") != "message":
-                        continue
-                    route = RouteMessage.decode(message["data"])
-                    if self.state.apply_route(route):
-                        received.inc()
-            except (RedisError, OSError, ValueError) as error:
-                self._failed("subscribe", error)
+                    answer: Any = await client.xread(
+                        {self._stream: self._read_from}, count=BATCH, block=block_ms
+                    )
+                    for _, entries in answer or ():
+                        for entry_id, fields in entries:
+                            self._read_from = entry_id
+                            if self._learn(fields):
+                                received.inc()
+            except (RedisError, OSError) as error:
+                self._failed("read", error)
             finally:
                 self.subscribed = False
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
-            await asyncio.sleep(self.interval)  # back off before resubscribing
+            await asyncio.sleep(self.interval)  # back off, then resume where reading stopped
+
+    def _learn(self, fields: dict[bytes, bytes]) -> bool:
+        try:
+            route = RouteMessage.decode(fields[b"r"])
+        except (KeyError, ValueError):  # not written by a replica: skipped, counted
+            self.metrics.errors.labels("decode").inc()
+            return False
+        return self.state.apply_route(route)
+
+    async def _replay_start(self) -> str:
+        """The stream id of `REPLAY_AGE` seconds ago by Redis's clock: a starting replica learns
+        its peers' recent routes, not ones so old their blocks are likely evicted."""
+        assert self._client is not None
+        seconds, micros = await self._client.time()
+        return f"{max(0, int((seconds + micros / 1e6 - REPLAY_AGE) * 1000))}-0"
 
     # ----- in-flight load --------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from epp.requestcontrol.hooks import (
     ResponseComplete,
     ResponseHeaderProcessor,
     ResponseReceived,
+    Screener,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "ResponseHeaderProcessor",
     "ResponseReceived",
     "RoutedRequest",
+    "Screener",
 ]

@@ -20,6 +20,7 @@ from epp.explain import DecisionRecord, DecisionRecorder
 from epp.explain.records import PROMPT_LIMIT
 from epp.flowcontrol import Admission, AdmitAll
 from epp.flowcontrol.controller import FlowController, bound_fairness_id
+from epp.flowcontrol.eviction import EvictionItem
 from epp.headers import (
     EXPLAIN_HEADER,
     EXPLANATION_HEADER,
@@ -62,6 +63,7 @@ class RoutedRequest:
         "_model_swap",
         "_usage",
         "body",
+        "eviction",
         "loaded",
         "record",
         "request",
@@ -92,6 +94,8 @@ class RoutedRequest:
         self._finished = False
         self._model_swap = _model_swap(request.target_model, request.model)
         self.loaded = result.first_targets()
+        # Tracked for flow control's in-flight eviction (None: not tracked, eviction off).
+        self.eviction: EvictionItem | None = None
         self._charged_tokens = request.prompt_tokens
         for endpoint in self.loaded:
             endpoint.inflight_requests += 1
@@ -462,7 +466,9 @@ class Director:
         trace: RequestTrace | None,
         admitted: bool = False,
     ) -> RoutedRequest:
-        candidates = self.candidates(request, subset)
+        candidates = self.hooks.screen(request, self.candidates(request, subset))
+        if not candidates:
+            raise RequestError(ErrorCode.SERVICE_UNAVAILABLE, "screeners eliminated all endpoint candidates")
         if record is not None:
             record.candidates = candidates
             record.admission = "pending"
@@ -501,6 +507,8 @@ class Director:
         except BaseException:
             routed.finish()
             raise
+        if self.flow_control is not None:
+            routed.eviction = self.flow_control.track(request, primary.hostport)
         return routed
 
     # --- decision records ----------------------------------------------------------------------
@@ -538,6 +546,8 @@ class Director:
 
     def finished(self, routed: RoutedRequest, usage: Usage | None) -> None:
         request = routed.request
+        if routed.eviction is not None and self.flow_control is not None:
+            self.flow_control.untrack(routed.eviction)
         if routed.record is not None:
             routed.record.response_status = routed.response_status
             routed.record.response_seconds = time.monotonic() - routed.started

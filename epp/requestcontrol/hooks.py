@@ -38,6 +38,15 @@ class AdmitRequest(Extension):
     def admit_request(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None: ...
 
 
+class Screener(Extension):
+    """llm-d's Screener point: narrows the located candidates once per request, before admission,
+    data producers and every scheduling profile, so no later filter can undo it. Every screener
+    sees the same input; the director keeps the endpoints all of them keep (none: 503)."""
+
+    @abstractmethod
+    def screen(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> Sequence[Endpoint]: ...
+
+
 class PreRequest(Extension):
     @abstractmethod
     def pre_request(self, request: InferenceRequest, result: SchedulingResult) -> None:
@@ -151,6 +160,7 @@ class RequestControlHooks:
 
         self._request_headers = timed(RequestHeaderProcessor, timing.REQUEST_HEADER)
         self._admit = timed(AdmitRequest, timing.ADMIT_REQUEST)
+        self._screen = timed(Screener, timing.SCREENER)
         self._pre_request = timed(PreRequest, timing.PRE_REQUEST)
         self._response_received = timed(ResponseReceived, timing.RESPONSE_RECEIVED)
         self._response_headers = timed(ResponseHeaderProcessor, timing.RESPONSE_RECEIVED)
@@ -173,6 +183,16 @@ class RequestControlHooks:
                 plugin.admit_request(request, candidates)
             finally:
                 observe(perf_counter() - started)
+
+    def screen(self, request: InferenceRequest, candidates: list[Endpoint]) -> list[Endpoint]:
+        """The candidates every Screener keeps, in their order."""
+        kept = candidates
+        for plugin, observe in self._screen:
+            started = perf_counter()
+            allowed = {id(e) for e in plugin.screen(request, candidates)}
+            observe(perf_counter() - started)
+            kept = [e for e in kept if id(e) in allowed]
+        return kept
 
     def pre_request(self, request: InferenceRequest, result: SchedulingResult) -> None:
         for plugin, observe in self._pre_request:

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from epp.stack.envoy import EnvoyOptions
+from epp.stack.envoy import BODY_MODES, EnvoyOptions
 from tests.integration.conftest import StackFactory, stack_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
@@ -102,3 +102,73 @@ async def test_a_queued_request_outlives_envoys_message_timeout(
         assert time.monotonic() - started > 1.5  # the queued request waited past the message timeout
         answer = await queued
         assert answer.status_code == status, answer.text
+
+
+EVICTION_CONFIG = CONFIG.replace("flowControl:\n", "flowControl:\n  enableEviction: true\n")
+OBJECTIVES = """
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceObjective
+metadata: {name: batch}
+spec: {priority: -1}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceObjective
+metadata: {name: critical}
+spec: {priority: 10}
+"""
+
+
+@pytest.mark.parametrize("body_mode", BODY_MODES)
+async def test_a_sheddable_request_in_flight_is_evicted_for_a_critical_one(
+    make_stack: StackFactory, tmp_path: Path, body_mode: str
+) -> None:
+    """llm-d router's enableEviction through Envoy: a sheddable (priority -1) request generating on
+    the only slot is taken back when a critical one queues; its client gets the 429 and header at
+    once, and the critical request is served."""
+    config, objectives = tmp_path / "flow.yaml", tmp_path / "objectives.yaml"
+    config.write_text(EVICTION_CONFIG)
+    objectives.write_text(OBJECTIVES)
+    epp_args = [
+        *stack_config(tmp_path).epp_args,
+        f"--config-file={config}",
+        f"--objectives-file={objectives}",
+    ]
+    async with (
+        make_stack(
+            "evict",
+            sims=1,
+            epp_args=epp_args,
+            sim_args=["--time-scale=10"],
+            envoy=EnvoyOptions(listen_port=0, admin_port=0, body_mode=body_mode),
+        ) as stack,
+        httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client,
+    ):
+        metrics_url = f"http://127.0.0.1:{stack.epp_ports['metrics_port']}/metrics"
+
+        async def post(objective: str, max_tokens: int) -> httpx.Response:
+            body = {"model": MODEL, "prompt": "hi", "max_tokens": max_tokens}
+            headers = {"x-gateway-inference-objective": objective}
+            return await client.post("/v1/completions", json=body, headers=headers)
+
+        started = time.monotonic()
+        batch = asyncio.ensure_future(post("batch", 1500))  # ~5 s of generation
+        for _ in range(500):  # bounded: until it is in flight
+            if "inference_objective_running_requests{" in (await client.get(metrics_url)).text:
+                break
+            await asyncio.sleep(0.01)
+        critical = await post("critical", 1)
+        evicted = await batch
+        assert time.monotonic() - started < 4  # not waiting for the generation to end
+        assert critical.status_code == 200, critical.text
+        assert evicted.status_code == 429, evicted.text
+        assert evicted.headers["x-llm-d-request-dropped-reason"] == "evicted"
+        assert evicted.json()["error"]["message"] == (
+            "inference error: ResourceExhausted - request evicted by flow control"
+        )
+        metrics = (await client.get(metrics_url)).text
+        confirmed = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("llm_d_epp_flow_control_revocations_total") and 'outcome="confirmed"' in line
+        ]
+        assert confirmed and confirmed[0].endswith(" 1.0"), confirmed

@@ -41,13 +41,12 @@ class PrefixIndexParams(PluginParams):
                 f"{params['blockSizeTokens']} (blockSize / 4 characters per token)"
             )
         # llm-d v0.2-v0.5 prefix-cache-scorer: `mode: estimate` is this index; `cache_tracking`
-        # was the precise (KV-event) prefix cache.
+        # was the precise (KV-event) prefix cache, which that scorer reads as precise-prefix-cache-scorer.
         mode = params.pop("mode", None)
         if mode == "cache_tracking":
             upgrade.problems.append(
-                "mode cache_tracking is llm-d v0.2-v0.5's precise prefix cache (vLLM KV events over ZMQ "
-                "and real tokenization), which this EPP does not implement; remove mode to use the "
-                "approximate prefix index (what mode estimate meant)"
+                "mode cache_tracking (llm-d v0.2-v0.5) is a prefix-cache-scorer setting that selects the "
+                "precise (KV-event) prefix cache; here use precise-prefix-cache-producer"
             )
         elif mode is not None:
             upgrade.warnings.append(

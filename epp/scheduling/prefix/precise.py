@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
@@ -14,7 +14,7 @@ from pydantic import Field
 from epp.datalayer.kvblocks import HASH_CBOR_FNV, KVBlockIndex, KVIndexMetrics, TokenProcessor
 from epp.datalayer.tokenize import TokenizedPrompt
 from epp.datastore import Datastore, Endpoint
-from epp.framework import PluginParams
+from epp.framework import ParameterUpgrade, PluginParams
 from epp.kvevents import KVEvent
 from epp.params.strict import StrictModel
 from epp.params.values import Duration
@@ -63,6 +63,7 @@ class IndexerParams(StrictModel):
     kv_block_index_config: KVBlockIndexParams = KVBlockIndexParams()
     kv_cache_backend_configs: list[BackendParams] | None = None
     tokenizers_pool_config: dict[str, Any] | None = None  # llm-d's deprecated in-process tokenizers
+    prefix_store_config: dict[str, Any] | None = None  # llm-d <= v0.5: its cache of tokenized prompts
     token_processor_config: TokenProcessorParams | None = None  # llm-d <= v0.3 put it here
 
 
@@ -105,11 +106,42 @@ class PreciseParams(PluginParams):
             out.append("costAwareMemoryConfig: using the in-memory index (bounded by block count)")
         if self.indexer_config.tokenizers_pool_config is not None:
             out.append("tokenizersPoolConfig is ignored (as in llm-d): token ids come from token-producer")
+        if self.indexer_config.prefix_store_config is not None:
+            out.append("prefixStoreConfig (llm-d <= v0.5) is ignored: token ids come from token-producer")
         if self.kv_events_config.engine_type == "sglang":
             out.append("engineType sglang: SGLang's events are read as vLLM's (same wire format here)")
         if self.kv_events_config.pod_discovery_config.replay_socket_port:
             out.append("replaySocketPort: replay is not implemented; a sequence gap resynchronises the pod")
         return out
+
+
+PRECISE_SCORER = "precise-prefix-cache-scorer"
+# llm-d v0.2's KV-event defaults (kv-cache-manager v0.2): one socket bound for every engine to
+# publish to; per-pod discovery came later.
+CACHE_TRACKING_EVENTS = {"zmqEndpoint": "tcp://*:5557", "discoverPods": False}
+
+
+def from_cache_tracking(raw: Mapping[str, Any]) -> ParameterUpgrade:
+    """llm-d v0.2's `prefix-cache-scorer` with `mode: cache_tracking`: the KV-event prefix cache
+    that llm-d v0.3 renamed `precise-prefix-cache-scorer`, with the same parameters (llm-d's own
+    migration of these configs only renamed the type). Read as that type, with v0.2's defaults."""
+    params = {key: value for key, value in raw.items() if key != "mode"}
+    upgrade = ParameterUpgrade(params, read_as=PRECISE_SCORER)
+    upgrade.warnings.append(
+        f"mode cache_tracking (llm-d v0.2-v0.5) is deprecated: read as {PRECISE_SCORER}, the KV-event "
+        "prefix cache it became; today's equivalent is token-producer, precise-prefix-cache-producer "
+        "and prefix-cache-scorer with prefixMatchInfoProducerName. Token ids come from token-producer "
+        "(give it vllm.url, a model server's render API), not from tokenizersPoolConfig"
+    )
+    events = params.get("kvEventsConfig")
+    if events is None or isinstance(events, Mapping):
+        params["kvEventsConfig"] = {**CACHE_TRACKING_EVENTS, **(events or {})}
+        if "zmqEndpoint" not in (events or {}):
+            upgrade.warnings.append(
+                f"kvEventsConfig.zmqEndpoint not set: cache_tracking's default "
+                f"{CACHE_TRACKING_EVENTS['zmqEndpoint']} is bound for the engines to publish to"
+            )
+    return upgrade
 
 
 class PrecisePrefixCache:
@@ -149,13 +181,13 @@ class PrecisePrefixCache:
     def match(
         self, request: InferenceRequest, tokenized: object, candidates: Sequence[Endpoint]
     ) -> PrefixMatch:
-        if not isinstance(tokenized, TokenizedPrompt) or request.cache_salt:
-            # No token ids, or a salted prompt (vLLM keys salted blocks apart): no precise data.
+        if not isinstance(tokenized, TokenizedPrompt):
             return PrefixMatch([], {}, self.block_size)
         tokens = tokenized.token_ids
         if self.max_blocks:
             tokens = tokens[: self.max_blocks * self.block_size]
-        keys = self.index.keys_for(tokens, request.target_model)
+        features = [(f.offset, f.length, f.hash) for f in tokenized.mm_features]
+        keys = self.index.keys_for(tokens, request.target_model, features, request.cache_salt or "")
         if self.params.speculative_indexing:
             self.index.expire(self.clock())
         if not keys:

@@ -68,6 +68,20 @@ def test_check_of_the_default_like_config_without_warnings(
     assert out.endswith("warnings: none\n")
 
 
+def test_check_shows_the_data_sources_and_the_extractors_wired_to_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rollout = UPSTREAM / (
+        "llmd-router-ebab687__pkg__epp__framework__plugins__requestcontrol__screener__"
+        "disaggregatedsetrollout__README.md.yaml"
+    )
+    assert main(["config", "check", str(rollout)]) == 0
+    out = capsys.readouterr().out
+    assert "  rollout-screener/pod: k8s-notification-source (added by default)\n" in out
+    assert "data layer: source metrics-data-source, extractor core-metrics-extractor\n" in out
+    assert "data layer: source rollout-screener/pod, extractors rollout-screener\n" in out
+
+
 def test_check_describes_flow_control_on_and_off(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     sample = Path(__file__).parents[3] / "epp" / "config" / "samples" / "flow-control.yaml"
     assert main(["config", "check", str(sample)]) == 0

@@ -97,9 +97,10 @@ def test_prefix_block_size_renames(parameters: str, tokens: int, warning: str | 
         assert any(warning in w for w in config.warnings), config.warnings
 
 
-def test_prefix_cache_tracking_mode_is_refused_with_the_reason() -> None:
-    with pytest.raises(ConfigError, match=r"mode cache_tracking is llm-d v0\.2-v0\.5's precise prefix cache"):
-        load_config(prefix_config("{mode: cache_tracking}"))
+def test_prefix_cache_tracking_mode_is_read_as_the_precise_scorer() -> None:
+    config = load_config(prefix_config("{mode: cache_tracking}"))
+    assert config.plugins["p"].type_name == "precise-prefix-cache-scorer"
+    assert "mode cache_tracking (llm-d v0.2-v0.5) is deprecated" in config.warnings[0]
 
 
 PD = (

@@ -288,14 +288,11 @@ TWO_PROFILES = "schedulingProfiles: [{name: a}, {name: b}]"
             "did you mean 'flowControl'?",
         ),
         (
-            cfg("plugins: [{type: program-aware-fairness}]"),
-            "plugins[0].type: plugin type 'program-aware-fairness' is not available in this EPP "
-            "(tracked separately, not implemented yet): upstream, a flow-control policy (fairness between "
-            "flows, usage limits or eviction) of the GIE/llm-d flow-control layer that this EPP's flow "
-            "control does not implement; instead: one of the implemented policies: "
-            "global-strict-fairness-policy, round-robin-fairness-policy, "
-            "least-tokens-served-fairness-policy, fcfs-ordering-policy, edf-ordering-policy, "
-            "slo-deadline-ordering-policy, static-usage-limit-policy",
+            cfg("plugins: [{type: predicted-latency-scorer}]"),
+            "plugins[0].type: plugin type 'predicted-latency-scorer' is not available in this EPP "
+            "(needs a service this EPP cannot run): upstream, GIE v1.2-v1.3 SLO-aware routing scorer "
+            "over the latency-predictor sidecars' TTFT/TPOT predictions; instead: use the load scorers "
+            "(queue-scorer, kv-cache-utilization-scorer, token-load-scorer) and prefix-cache-scorer",
         ),
         (
             cfg("plugins: [{type: latency-scorer}]"),

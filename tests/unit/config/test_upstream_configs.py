@@ -11,14 +11,12 @@ quoted, for one of these reasons:
 - DOCS: a docs placeholder type (`custom-scorer`) or typo (the `-pluginRef:` profile key);
 - GO_REFUSES: invalid for the Go EPP as well (an unrendered `${PRIMARY_PORT}` template value, a
   profile naming an undefined plugin, a type no GIE or llm-d release registers);
-- OTHER_ISSUE: the flow-control policies this EPP's flow control does not implement
-  (program-aware-fairness, soft-reflective-ceiling-policy), llm-d's burst-prefix producer and the
-  old cache_tracking prefix mode, which are tracked by other issues;
+- OTHER_ISSUE: none left (the flow-control policies and llm-d's burst-prefix producer were);
 - MISSING: an upstream plugin this EPP does not implement yet (the error says what it does and
   what to use instead).
 
-Counts (174 documents): 131 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 5 GO_REFUSES,
-8 OTHER_ISSUE, 5 MISSING. `test_summary` prints them and checks them against this docstring. The 5
+Counts (174 documents): 144 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 5 GO_REFUSES,
+0 OTHER_ISSUE, 0 MISSING. `test_summary` prints them and checks them against this docstring. The 5
 snippets in configs_nonstandard/ (another or no apiVersion) are refused, as by the Go decoder."""
 
 from __future__ import annotations
@@ -44,7 +42,7 @@ class Reason(enum.Enum):
     TEST_ONLY = "upstream test-only type or feature gate"
     DOCS = "upstream docs placeholder or typo"
     GO_REFUSES = "invalid for the Go EPP too"
-    OTHER_ISSUE = "flow control / burst prefix (other issues)"
+    OTHER_ISSUE = "flow control (other issues)"
     MISSING = "upstream plugin not implemented yet"
 
 
@@ -237,9 +235,10 @@ EXPECTED: dict[str, Loads | Refused] = {
         "plugins[2].parameters: hashBlockSize is deprecated: read as blockSize",
         "plugins[2].parameters: blockSize (characters, GIE <= v1.3) is deprecated: read as blockSizeTokens 16",
     ),
-    "llmd-bench-v0.5.0__setup__presets__gaie__prefix-cache-tracking-config.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[2].parameters: mode cache_tracking is llm-d v0.2-v0.5's precise prefix cache (vLLM KV events over ZMQ and real t",
+    "llmd-bench-v0.5.0__setup__presets__gaie__prefix-cache-tracking-config.yaml": Loads(
+        "plugins[2].parameters: mode cache_tracking (llm-d v0.2-v0.5) is deprecated: read as precise-prefix-cache-scorer",
+        "plugins[2].parameters: kvEventsConfig.zmqEndpoint not set: cache_tracking's default tcp://*:5557 is bound",
+        "plugins[3].type: 'kv-cache-scorer' is a deprecated name of 'kv-cache-utilization-scorer'",
     ),
     "llmd-bench-v0.7.0__config__scenarios__examples__spyre.yaml": Loads(
         "plugins[0].type: 'tokenizer' is a deprecated name of 'token-producer'",
@@ -255,15 +254,11 @@ EXPECTED: dict[str, Loads | Refused] = {
     "llmd-router-ebab687__config__charts__llm-d-router-gateway__helm-triton-tensorrt-llm__default-plugins.yaml": Loads(),
     "llmd-router-ebab687__config__charts__llm-d-router-gateway__helm-trtllm-serve__default-plugins.yaml": Loads(),
     "llmd-router-ebab687__deploy__config__dp-epp-config.yaml": Loads(),
-    "llmd-router-ebab687__deploy__config__epp-burst-prefix-cache-config.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[3].type: plugin type 'burst-prefix-cache-producer' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
+    "llmd-router-ebab687__deploy__config__epp-burst-prefix-cache-config.yaml": Loads(),
     "llmd-router-ebab687__deploy__config__epp-config.yaml": Loads(),
     "llmd-router-ebab687__deploy__config__epp-estimate-prefix-cache-config.yaml": Loads(),
-    "llmd-router-ebab687__deploy__config__epp-mm-embeddings-cache-config.yaml": Refused(
-        MISSING,
-        "plugins[4].type: plugin type 'mm-embeddings-cache-producer' is not available in this EPP (not implemented yet)",
+    "llmd-router-ebab687__deploy__config__epp-mm-embeddings-cache-config.yaml": Loads(
+        "plugins[4].parameters: unknown field 'cacheSizeInMB' ignored; did you mean 'cacheSizeInMBPerServer'?",
     ),
     "llmd-router-ebab687__deploy__config__epp-precise-prefix-cache-config.yaml": Loads(),
     "llmd-router-ebab687__deploy__config__pd-epp-config.yaml": Loads(),
@@ -280,14 +275,8 @@ EXPECTED: dict[str, Loads | Refused] = {
     "llmd-router-ebab687__deploy__config__sim-epp-no-hit-lru.yaml": Loads(),
     "llmd-router-ebab687__deploy__config__sim-epp-tokenizer-vllm-http-config.yaml": Loads(),
     "llmd-router-ebab687__deploy__config__sim-pd-epp-config.yaml": Loads(),
-    "llmd-router-ebab687__deploy__config__sim-program-aware-config.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].type: plugin type 'program-aware-fairness' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
-    "llmd-router-ebab687__deploy__config__soft-reflective-ceiling-epp-config.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[3].type: plugin type 'soft-reflective-ceiling-policy' is not available in this EPP (tracked separately, not implemented yet)",
-    ),
+    "llmd-router-ebab687__deploy__config__sim-program-aware-config.yaml": Loads(),
+    "llmd-router-ebab687__deploy__config__soft-reflective-ceiling-epp-config.yaml": Loads(),
     "llmd-router-ebab687__docs__architecture.md__2.yaml": Loads(),
     "llmd-router-ebab687__docs__create_new_filter.md.yaml": Loads(),
     "llmd-router-ebab687__docs__disaggregation.md__1.yaml": Loads(),
@@ -304,9 +293,8 @@ EXPECTED: dict[str, Loads | Refused] = {
         SERVICE,
         "plugins[0].type: plugin type 'dcgm-data-source' is not available in this EPP (needs a service this EPP cannot run)",
     ),
-    "llmd-router-ebab687__pkg__epp__framework__plugins__datalayer__source__models__README.md.yaml": Refused(
-        MISSING,
-        "plugins[0].type: plugin type 'models-data-source' is not available in this EPP (not implemented yet)",
+    "llmd-router-ebab687__pkg__epp__framework__plugins__datalayer__source__models__README.md.yaml": Loads(
+        "schedulingProfiles: none given; profile 'default' runs every configured filter, scorer and picker (n"
     ),
     "llmd-router-ebab687__pkg__epp__framework__plugins__requestcontrol__admitter__probabilisticadmitter__README.md.yaml": Loads(),
     "llmd-router-ebab687__pkg__epp__framework__plugins__requestcontrol__requestattributereporter__README.md.yaml": Loads(
@@ -318,10 +306,7 @@ EXPECTED: dict[str, Loads | Refused] = {
     "llmd-router-ebab687__pkg__epp__framework__plugins__requestcontrol__requestheader__agentidentity__README.md__2.yaml": Loads(
         "schedulingProfiles: none given; profile 'default' runs every configured filter, scorer and picker (n"
     ),
-    "llmd-router-ebab687__pkg__epp__framework__plugins__requestcontrol__screener__disaggregatedsetrollout__README.md.yaml": Refused(
-        MISSING,
-        "plugins[0].type: plugin type 'disaggregatedset-rollout-screener' is not available in this EPP (not implemented yet)",
-    ),
+    "llmd-router-ebab687__pkg__epp__framework__plugins__requestcontrol__screener__disaggregatedsetrollout__README.md.yaml": Loads(),
     "llmd-router-ebab687__pkg__epp__framework__plugins__requesthandling__parsers__README.md__1.yaml": Loads(),
     "llmd-router-ebab687__pkg__epp__framework__plugins__requesthandling__parsers__README.md__2.yaml": Loads(),
     "llmd-router-ebab687__pkg__epp__framework__plugins__requesthandling__parsers__README.md__3.yaml": Loads(),
@@ -362,9 +347,8 @@ EXPECTED: dict[str, Loads | Refused] = {
     "llmd-router-v0.9.0__docs__architecture.md__2.yaml": Loads(),
     "llmd-router-v0.9.0__docs__disaggregation.md__1.yaml": Loads(),
     "llmd-router-v0.9.0__docs__disaggregation.md__2.yaml": Loads(),
-    "llmd-router-v0.9.0__pkg__epp__framework__plugins__datalayer__source__models__README.md.yaml": Refused(
-        MISSING,
-        "plugins[0].type: plugin type 'models-data-source' is not available in this EPP (not implemented yet)",
+    "llmd-router-v0.9.0__pkg__epp__framework__plugins__datalayer__source__models__README.md.yaml": Loads(
+        "schedulingProfiles: none given; profile 'default' runs every configured filter, scorer and picker (n"
     ),
     "llmd-router-v0.9.0__test__testdata__configloader_1_test.yaml": Refused(
         TEST_ONLY,
@@ -379,25 +363,24 @@ EXPECTED: dict[str, Loads | Refused] = {
     "llmd-sched-520af47__deploy__config__sim-epp-tokenizer-vllm-http-config.yaml": Loads(),
     "llmd-sched-520af47__deploy__config__sim-pd-epp-config.yaml": Loads(),
     "llmd-sched-520af47__docs__architecture.md__2.yaml": Loads(),
-    "llmd-sched-520af47__pkg__epp__framework__plugins__datalayer__source__models__README.md.yaml": Refused(
-        MISSING,
-        "plugins[0].type: plugin type 'models-data-source' is not available in this EPP (not implemented yet)",
+    "llmd-sched-520af47__pkg__epp__framework__plugins__datalayer__source__models__README.md.yaml": Loads(
+        "schedulingProfiles: none given; profile 'default' runs every configured filter, scorer and picker (n"
     ),
     "llmd-sched-520af47__pkg__epp__framework__plugins__requestcontrol__requestattributereporter__README.md.yaml": Loads(
         "schedulingProfiles: none given; profile 'default' runs every configured filter, scorer and picker (n"
     ),
     "llmd-sched-520af47__pkg__epp__framework__plugins__requesthandling__parsers__README.md.yaml": Loads(),
-    "llmd-sched-v0.2.0__deploy__config__epp-prefix-cache-tracking-config.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[2].parameters: mode cache_tracking is llm-d v0.2-v0.5's precise prefix cache (vLLM KV events over ZMQ and real t",
+    "llmd-sched-v0.2.0__deploy__config__epp-prefix-cache-tracking-config.yaml": Loads(
+        "plugins[2].parameters: mode cache_tracking (llm-d v0.2-v0.5) is deprecated: read as precise-prefix-cache-scorer",
+        "plugins[2].parameters: kvEventsConfig.zmqEndpoint not set: cache_tracking's default tcp://*:5557 is bound",
+        "plugins[3].type: 'kv-cache-scorer' is a deprecated name of 'kv-cache-utilization-scorer'",
     ),
     "llmd-sched-v0.2.0__deploy__config__epp-prefix-estimate-config.yaml": Loads(),
     "llmd-sched-v0.3.0__deploy__config__epp-precise-prefix-cache-config.yaml": Loads(
         "plugins[3].type: 'kv-cache-scorer' is a deprecated name of 'kv-cache-utilization-scorer'",
     ),
-    "llmd-sched-v0.3.0__deploy__config__sim-epp-kvcache-config.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].parameters: mode cache_tracking is llm-d v0.2-v0.5's precise prefix cache (vLLM KV events over ZMQ and real t",
+    "llmd-sched-v0.3.0__deploy__config__sim-epp-kvcache-config.yaml": Loads(
+        "plugins[0].parameters: mode cache_tracking (llm-d v0.2-v0.5) is deprecated: read as precise-prefix-cache-scorer",
     ),
     "llmd-sched-v0.3.0__deploy__config__sim-pd-epp-config.yaml": Loads(
         "plugins[0].type: 'prefill-header-handler' is a deprecated name of 'disagg-headers-handler'",
@@ -408,9 +391,8 @@ EXPECTED: dict[str, Loads | Refused] = {
         "plugins[5].parameters: threshold 10 (llm-d <= v0.5) is deprecated: read as decider prefix-based-pd-d",
     ),
     "llmd-sched-v0.4.0__deploy__config__epp-precise-prefix-cache-config.yaml": Loads(),
-    "llmd-sched-v0.4.0__deploy__config__sim-epp-kvcache-config.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].parameters: mode cache_tracking is llm-d v0.2-v0.5's precise prefix cache (vLLM KV events over ZMQ and real t",
+    "llmd-sched-v0.4.0__deploy__config__sim-epp-kvcache-config.yaml": Loads(
+        "plugins[0].parameters: mode cache_tracking (llm-d v0.2-v0.5) is deprecated: read as precise-prefix-cache-scorer",
     ),
     "llmd-sched-v0.4.0__docs__disagg_pd.md.yaml": Loads(
         "plugins[2].parameters: hashBlockSize is deprecated: read as blockSize",
@@ -425,9 +407,8 @@ EXPECTED: dict[str, Loads | Refused] = {
         "plugins[5].type: 'pd-profile-handler' is a deprecated name of 'disagg-profile-handler'",
         "plugins[5].parameters: pd-profile-handler names no decider: read as an always-disagg-pd-decider (llm",
     ),
-    "llmd-sched-v0.5.0__deploy__config__sim-epp-kvcache-config.yaml": Refused(
-        OTHER_ISSUE,
-        "plugins[0].parameters: mode cache_tracking is llm-d v0.2-v0.5's precise prefix cache (vLLM KV events over ZMQ and real t",
+    "llmd-sched-v0.5.0__deploy__config__sim-epp-kvcache-config.yaml": Loads(
+        "plugins[0].parameters: mode cache_tracking (llm-d v0.2-v0.5) is deprecated: read as precise-prefix-cache-scorer",
     ),
     "llmd-sched-v0.5.0__deploy__config__sim-epp-no-hit-lru.yaml": Loads(
         "plugins[0].parameters: hashBlockSize is deprecated: read as blockSize",
@@ -544,7 +525,8 @@ def test_summary(capsys: pytest.CaptureFixture[str]) -> None:
     assert f"Counts ({len(EXPECTED)} documents): {loaded} load;" in doc
     readme = " ".join((CONFIGS.parents[3] / "README.md").read_text().split())
     assert f"Of the {len(EXPECTED)} configs" in readme and f"{loaded} load;" in readme
-    assert f"and {refused[Reason.MISSING]} needing plugins not implemented yet" in readme
+    assert f"{refused[Reason.MISSING]} are refused for a plugin missing here" in readme
+    assert f"cannot run ({refused[Reason.SERVICE]})" in readme
     stated = re.findall(r"(\d+) (SERVICE|TEST_ONLY|DOCS|GO_REFUSES|OTHER_ISSUE|MISSING)", doc)
     assert {Reason[name]: int(count) for count, name in stated} == {r: refused[r] for r in Reason}
 

@@ -235,16 +235,85 @@ def test_holders_grow_and_shrink_between_one_and_several() -> None:
     assert len(idx) == 0
 
 
-def test_salted_or_multimodal_blocks_are_not_indexed_as_plain_text() -> None:
+def _event(raw: list[object]) -> BlockStored:
     from epp.kvevents import decode_events
 
+    (event,) = decode_events(msgpack.packb([0.0, [raw]]))
+    assert isinstance(event, BlockStored)
+    return event
+
+
+def test_salted_and_multimodal_blocks_are_keyed_with_their_extra_keys() -> None:
+    idx = index(16)
+    tokens = list(range(48))
+    salted = idx.keys_for(tokens, M, cache_salt="salt-abc")
+    assert salted[0] != idx.keys_for(tokens, M)[0]  # the salt makes every key differ from plain text
+    idx.apply(
+        "p",
+        M,
+        [_event(["BlockStored", [1, 2], None, tokens[:32], 16, None, "GPU", None, [["salt-abc"], None]])],
+    )
+    idx.apply("p", M, [BlockStored([3], 2, tokens[32:], None)])  # its child continues the salted chain
+    assert idx.longest_prefix(salted, {"p"}) == {"p": 3.0}
+    assert idx.longest_prefix(idx.keys_for(tokens, M), {"p"}) == {}
+    # An image spanning tokens 10..21 touches blocks 0 and 1; vLLM >= 0.18 writes bare identifiers,
+    # older vLLM [identifier, offset] pairs (llm-d's ParseRawExtraKeys reads both).
+    image = idx.keys_for(tokens, M, [(10, 12, "img-1")])
+    raw = ["BlockStored", [7, 8, 9], None, tokens, 16, None, "GPU", None, [["img-1"], [["img-1", 10]], None]]
+    idx.apply("q", M, [_event(raw)])
+    assert idx.longest_prefix(image, {"q"}) == {"q": 3.0}
+    assert image[:1] != idx.keys_for(tokens, M)[:1] and image[2] != idx.keys_for(tokens, M)[2]
+
+
+def test_block_extras_follow_llm_d_realignment_across_block_sizes() -> None:
     idx = index(16)
     tokens = list(range(32))
-    raw = ["BlockStored", [1, 2], None, tokens, 16, None, "GPU", None, [["salt-abc"], None]]
-    (event,) = decode_events(msgpack.packb([0.0, [raw]]))
-    idx.apply("p", M, [event])
-    idx.apply("p", M, [BlockStored([3], 2, list(range(32, 48)), None)])  # its child: unknown parent
+    # many:1 - two 8-token engine blocks make one request block carrying both identifiers
+    idx.apply(
+        "a",
+        M,
+        [
+            _event(
+                ["BlockStored", [1, 2, 3, 4], None, tokens, 8, None, "GPU", None, [["x"], ["y"], None, None]]
+            )
+        ],
+    )
+    merged = idx.processor.keys(tokens, M, extras=[("x", "y"), None])
+    assert idx.longest_prefix(merged, {"a"}) == {"a": 2.0}
+    # 1:many - one 32-token engine block cut into two request blocks, each carrying its identifier
+    idx.apply("b", M, [_event(["BlockStored", [5], None, tokens, 32, None, "GPU", None, [["z"]]])])
+    replicated = idx.processor.keys(tokens, M, extras=[("z",), ("z",)])
+    assert idx.longest_prefix(replicated, {"b"}) == {"b": 2.0}
+
+
+def test_extra_keys_hash_as_llm_d_encodes_them() -> None:
+    """Vectors from the algorithm of llm-d-router's kvblock/token_processor.go (@ebab68792): CBOR
+    [parent, [tokens], [{"Hash": h}, ...]] under FNV-1a-64; xxh64 appends LE64 len ‖ h."""
+    tokens = list(range(16))
+    cbor = TokenProcessor(16)
+    root = cbor.root(M)
+    head = b"\x83" + _cbor_uint(root) + _cbor_tokens(tokens)
+    extra = b"\x82" + b"\xa1\x64Hash\x69mm-hash-a" + b"\xa1\x64Hash\x61c"
+    assert cbor.keys(tokens, M, extras=[("mm-hash-a", "c")]) == [fnv1a64(head + extra)]
+    assert cbor.keys(tokens, M, extras=[None]) == [fnv1a64(head + b"\xf6")] == cbor.keys(tokens, M)
+    xxh = TokenProcessor(16, algorithm=HASH_XXH64)
+    data = struct.pack("<Q", xxh.root(M)) + struct.pack("<16I", *tokens)
+    assert xxh.keys(tokens, M, extras=[("ab", "c")]) == [
+        xxhash.xxh64_intdigest(data + struct.pack("<Q", 2) + b"ab" + struct.pack("<Q", 1) + b"c")
+    ]
+    with pytest.raises(ValueError, match="2 block extras for 1 blocks"):
+        cbor.keys(tokens, M, extras=[None, None])
+
+
+def test_a_token_less_store_adds_a_device_tier_to_known_blocks() -> None:
+    idx = index(16)
+    tokens = list(range(16))
+    gpu = stored(tokens, 16)
+    idx.apply("a", M, [gpu])
+    (key,) = idx.keys_for(tokens, M)
+    idx.apply("a", M, [BlockStored(gpu.block_hashes, None, [], None, medium="CPU")])  # offloaded
+    idx.apply("a", M, [BlockStored([999], None, [], None, medium="CPU")])  # unknown: nothing to add
+    idx.apply("a", M, [BlockRemoved(gpu.block_hashes, medium="GPU")])
+    assert idx.holders(key) == {"a": 1.0}  # still held (the CPU copy)
+    idx.apply("a", M, [BlockRemoved(gpu.block_hashes, medium="CPU")])
     assert len(idx) == 0
-    plain = ["BlockStored", [4, 5], None, tokens, 16, None, "GPU", None, [None, None]]
-    idx.apply("p", M, decode_events(msgpack.packb([0.0, [plain]])))
-    assert len(idx) == 2

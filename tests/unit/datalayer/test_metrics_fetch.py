@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -118,3 +119,54 @@ async def test_refused_connection_and_timeout() -> None:
     async with raw_server(silent) as port:
         with pytest.raises(TimeoutError):
             await KeepAliveGetter("127.0.0.1", port, "/m").get(0.05)
+
+
+async def test_gzip_body_is_decoded_and_a_bad_one_fails() -> None:
+    page = b"vllm:num_requests_waiting 3\n"
+    packed = gzip.compress(page)
+    good = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(packed) + packed
+    bad = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc"
+    handler, _ = answering(good, bad)
+    async with raw_server(handler) as port:
+        getter = KeepAliveGetter("127.0.0.1", port, "/metrics")
+        assert await getter.get(2) == (200, page)
+        with pytest.raises(FetchError, match="bad gzip body"):
+            await getter.get(2)
+        getter.close()
+
+
+async def test_start_calls_back_once_and_close_silences_it() -> None:
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    handler, connections = answering(response, response)
+    async with raw_server(handler) as port:
+        getter = KeepAliveGetter("127.0.0.1", port, "/metrics")
+        results: list[object] = []
+        answered = asyncio.Event()
+
+        def done(result: object) -> None:
+            results.append(result)
+            answered.set()
+
+        getter.start(done)  # connects first
+        await asyncio.wait_for(answered.wait(), 2)
+        answered.clear()
+        getter.start(done)  # on the open connection
+        await asyncio.wait_for(answered.wait(), 2)
+        assert results == [(200, b"ok"), (200, b"ok")]
+        getter.start(done)  # the server answers no third request
+        getter.close()
+        await asyncio.sleep(0.05)
+        assert len(results) == 2
+    assert len(connections) == 1
+
+
+async def test_a_body_larger_than_the_read_buffer_is_read_whole() -> None:
+    body = bytes(range(256)) * 800  # 200 KB: several reads of the 64 KiB buffer
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    handler, connections = answering(response, response)
+    async with raw_server(handler) as port:
+        getter = KeepAliveGetter("127.0.0.1", port, "/metrics")
+        assert await getter.get(2) == (200, body)
+        assert await getter.get(2) == (200, body)
+        getter.close()
+    assert len(connections) == 1

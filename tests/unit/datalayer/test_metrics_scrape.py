@@ -11,7 +11,7 @@ from aiohttp import web
 
 from epp.datalayer.engines import BUILTIN_ENGINES, ENGINE_LABEL
 from epp.datalayer.promtext import Extractor, MetricSpec
-from epp.datalayer.scraper import MetricsScraper, ScrapeSettings
+from epp.datalayer.scraper import SLICE_SIZE, MetricsScraper, ScrapeSettings
 from epp.datastore import Datastore, EndpointSpec
 
 VLLM_PAGE = """\
@@ -222,5 +222,55 @@ async def test_a_bad_page_is_a_failed_scrape_not_a_dead_poller(server: FakeServe
         endpoint.suspended_until = float("inf")
         server.page = VLLM_PAGE
         await until(lambda: endpoint.healthy and endpoint.suspended_until == 0.0)
+    finally:
+        await scraper.stop()
+
+
+async def test_a_hung_endpoint_does_not_hold_up_the_others(server: FakeServer) -> None:
+    """One task scrapes every endpoint: a GET left unanswered fails on its own deadline while
+    the other endpoints go on being scraped every interval."""
+    healthy_server = FakeServer()
+    await healthy_server.start()
+    datastore = Datastore()
+    scraper = MetricsScraper(datastore, interval=0.02, timeout=0.3)
+    await scraper.start()
+    hung = datastore.upsert(EndpointSpec("hung", "127.0.0.1", server.port))
+    fine = datastore.upsert(EndpointSpec("fine", "127.0.0.1", healthy_server.port))
+    try:
+        await until(lambda: hung.metrics.waiting_queue_size == 7 and fine.metrics.waiting_queue_size == 7)
+        server.answering.clear()
+        hung_since = asyncio.get_running_loop().time()
+        updated = fine.metrics.update_time
+        await until(lambda: fine.metrics.update_time > updated)
+        await until(lambda: not hung.healthy)
+        # Not before its timeout (less an interval: a GET sent just before the server hung).
+        assert asyncio.get_running_loop().time() - hung_since >= 0.3 - 0.02
+        assert fine.healthy
+        updated = fine.metrics.update_time
+        await until(lambda: fine.metrics.update_time > updated)
+        server.answering.set()
+        await until(lambda: hung.healthy)
+    finally:
+        await scraper.stop()
+        await healthy_server.stop()
+
+
+async def test_many_endpoints_are_dealt_into_slices_each_scraped_every_interval(server: FakeServer) -> None:
+    """Past SLICE_SIZE endpoints the fleet is split into slices scraped at different offsets;
+    every endpoint is still scraped about once an interval."""
+    count = SLICE_SIZE * 2 + 5
+    datastore = Datastore()
+    scraper = MetricsScraper(datastore, interval=0.05, timeout=1.0)
+    await scraper.start()
+    endpoints = [datastore.upsert(EndpointSpec(f"e{i}", "127.0.0.1", server.port)) for i in range(count)]
+    try:
+        await until(lambda: all(e.metrics.waiting_queue_size == 7 for e in endpoints))
+        used = [len(group) for group in scraper._slices if group]
+        assert len(used) == 3 and sum(used) == count and max(used) - min(used) <= SLICE_SIZE
+        updated = [e.metrics.update_time for e in endpoints]
+        await until(lambda: all(e.metrics.update_time > t for e, t in zip(endpoints, updated, strict=True)))
+        for endpoint in endpoints[: SLICE_SIZE + 1]:
+            datastore.remove(endpoint.name)
+        assert sum(len(group) for group in scraper._slices) == count - SLICE_SIZE - 1
     finally:
         await scraper.stop()

@@ -6,14 +6,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+import xxhash
 from aiohttp import web
 
 from epp.datalayer.tokenize import (
     LocalTokenizer,
+    MultiModalFeature,
     PrefixTokenCache,
     TokenizeError,
     VLLMTokenizer,
-    estimate_tokens,
+    estimate_prompt,
 )
 from epp.sim.cluster import SimCluster, make_configs
 from epp.sim.profiles import TINY_TEST
@@ -105,14 +107,50 @@ async def test_failures_are_tokenize_errors() -> None:
 
 
 def test_estimate_backend_packs_four_bytes_per_token() -> None:
-    assert estimate_tokens({"prompt": "abcde"}, chat=False) == [
+    assert estimate_prompt({"prompt": "abcde"}, chat=False).token_ids == [
         int.from_bytes(b"abcd", "little"),
         int.from_bytes(b"e\0\0\0", "little"),
     ]
-    assert estimate_tokens({"prompt": [5, 6]}, chat=False) == [5, 6]
-    assert estimate_tokens({"messages": [{"role": "u", "content": "hey"}]}, chat=True) == [
+    assert estimate_prompt({"prompt": [5, 6]}, chat=False).token_ids == [5, 6]
+    assert estimate_prompt({"messages": [{"role": "u", "content": "hey"}]}, chat=True).token_ids == [
         int.from_bytes(b"uhey", "little")
     ]
+
+
+def test_render_replies_carry_their_multimodal_features() -> None:
+    reply = {
+        "token_ids": [1, 2, 3, 4, 5, 6],
+        "features": {
+            "mm_hashes": {"image": ["b", "a", "extra"], "audio": "not a list"},
+            "mm_placeholders": {"image": [{"offset": 4, "length": 2}, {"offset": 1, "length": 2}]},
+        },
+    }
+    rendered = VLLMTokenizer._rendered(reply, chat=True)
+    # Paired per modality up to the shorter list, in token order; the malformed audio is skipped.
+    assert rendered.mm_features == (
+        MultiModalFeature("image", "a", 1, 2),
+        MultiModalFeature("image", "b", 4, 2),
+    )
+    assert VLLMTokenizer._rendered([{"token_ids": [1]}], chat=False).mm_features == ()
+
+
+def test_estimate_backend_hashes_chat_media_as_llm_d_does() -> None:
+    url = "https://example.com/cat.png"
+    content = [
+        {"type": "text", "text": "look"},
+        {"type": "image_url", "image_url": {"url": url}},
+        {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+        {"type": "video_url", "video_url": {"url": ""}},  # nothing to hash
+    ]
+    prompt = estimate_prompt({"messages": [{"role": "user", "content": content}]}, chat=True)
+    assert (
+        prompt.token_ids
+        == estimate_prompt({"messages": [{"role": "user", "content": "look"}]}, True).token_ids
+    )
+    assert prompt.mm_features == (
+        MultiModalFeature("image", format(xxhash.xxh64_intdigest(url.encode()), "x"), 2),
+        MultiModalFeature("audio", format(xxhash.xxh64_intdigest(b"AAAAwav"), "x"), 2),
+    )
 
 
 @pytest.fixture(scope="module")

@@ -154,8 +154,8 @@ async def refused(call: grpc.aio.StreamStreamCall) -> tuple[int, str]:
     return reply.immediate_response.status.code, error["message"]
 
 
-async def finish(call: grpc.aio.StreamStreamCall) -> None:
-    """The response ends: the request's load is released."""
+async def finish(call: grpc.aio.StreamStreamCall, body: bytes = b"{}") -> None:
+    """The response (`body`) ends: the request's load is released."""
     await call.write(
         ext_proc.ProcessingRequest(
             response_headers=ext_proc.HttpHeaders(
@@ -170,17 +170,21 @@ async def finish(call: grpc.aio.StreamStreamCall) -> None:
     )
     await read(call)
     await call.write(
-        ext_proc.ProcessingRequest(response_body=ext_proc.HttpBody(body=b"{}", end_of_stream=True))
+        ext_proc.ProcessingRequest(response_body=ext_proc.HttpBody(body=body, end_of_stream=True))
     )
     await read(call)
 
 
 async def make_harness(
-    max_requests: int = 3, ttl: str = "0s", objectives: dict[str, int] | None = None
+    max_requests: int = 3,
+    ttl: str = "0s",
+    objectives: dict[str, int] | None = None,
+    config_text: str | None = None,
 ) -> tuple[Harness, grpc.aio.Server, grpc.aio.Channel]:
+    """The EPP's ext_proc server on a free port with CONFIG (or `config_text`), and a client."""
     datastore = Datastore()
     datastore.synced = True
-    config = load_config(CONFIG.format(max_requests=max_requests, ttl=ttl))
+    config = load_config(config_text or CONFIG.format(max_requests=max_requests, ttl=ttl))
     director, _ = build_director(config, datastore, PluginContext(EppMetrics()), objectives)
     server = ext_proc_server(director, StreamOptions(), None)
     port = bind(server, "127.0.0.1:0", None)

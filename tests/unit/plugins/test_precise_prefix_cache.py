@@ -40,6 +40,7 @@ LOADING = [
     "llmd-076e65d__guides__precise-prefix-cache-routing__router__precise-prefix-cache-routing.values.yaml",
     "llmd-bench-8bc9f1d__config__scenarios__guides__precise-prefix-cache-routing.yaml",
     "llmd-bench-v0.5.0__setup__presets__gaie__precise-prefix-cache-aware.yaml",
+    "llmd-bench-v0.5.0__setup__presets__gaie__prefix-cache-tracking-config.yaml",
     "llmd-router-ebab687__deploy__config__epp-precise-prefix-cache-config.yaml",
     "llmd-router-ebab687__deploy__config__sim-epp-kvcache-config.yaml",
     "llmd-router-ebab687__deploy__config__sim-epp-no-hit-lru.yaml",
@@ -54,8 +55,12 @@ LOADING = [
     "llmd-sched-520af47__deploy__config__sim-epp-no-hit-lru.yaml",
     "llmd-sched-520af47__deploy__config__sim-epp-tokenizer-vllm-http-config.yaml",
     "llmd-sched-520af47__docs__architecture.md__2.yaml",
+    "llmd-sched-v0.2.0__deploy__config__epp-prefix-cache-tracking-config.yaml",
     "llmd-sched-v0.3.0__deploy__config__epp-precise-prefix-cache-config.yaml",
+    "llmd-sched-v0.3.0__deploy__config__sim-epp-kvcache-config.yaml",
     "llmd-sched-v0.4.0__deploy__config__epp-precise-prefix-cache-config.yaml",
+    "llmd-sched-v0.4.0__deploy__config__sim-epp-kvcache-config.yaml",
+    "llmd-sched-v0.5.0__deploy__config__sim-epp-kvcache-config.yaml",
     "llmd-sched-v0.7.0__deploy__config__epp-precise-prefix-cache-config.yaml",
     "llmd-sched-v0.8.0__deploy__config__epp-precise-prefix-cache-config.yaml",
     "llmd-sched-v0.8.0__deploy__config__sim-epp-external-tokenizer-config.yaml",
@@ -139,10 +144,18 @@ def test_producer_reports_what_the_engines_hold_and_the_scorer_reads_it() -> Non
     producer.endpoint_removed(pods[0])
     producer.prepare(request, pods)
     assert request.attributes[producer.name].matched_blocks(pods[0]) == 0
-    # no token ids, or a salted prompt: no precise data
+    # no token ids: no precise data
     bare = chat_request("x")
     producer.prepare(bare, pods)
     assert bare.attributes[producer.name].hashes == []
+    # a salted prompt is keyed apart (the salt folded into block 0, as vLLM's extra keys): the
+    # unsalted blocks the pods hold do not match it
+    salted = chat_request("ignored")
+    salted.cache_salt = "tenant"
+    salted.attributes["token-producer"] = TokenizedPrompt([*tokens, 1, 2, 3], "render")
+    producer.prepare(salted, pods)
+    assert salted.attributes[producer.name].total_blocks == 5
+    assert [salted.attributes[producer.name].matched_blocks(e) for e in pods] == [0, 0, 0]
 
 
 def test_legacy_scorer_wraps_producer_and_scorer() -> None:
@@ -167,8 +180,7 @@ def test_token_producer_backends_and_validation() -> None:
     assert request.attributes[estimate.name].source == "estimate"
     assert plugin(TokenProducer, {"modelName": "m"}).backend == "vllm"
     assert (
-        plugin(TokenProducer, {"modelName": "m", "udsTokenizerConfig": {"socketFile": "/s"}}).backend
-        == "estimate"
+        plugin(TokenProducer, {"modelName": "m", "udsTokenizerConfig": {"socketFile": "/s"}}).backend == "uds"
     )
     with pytest.raises(ValueError, match="only one of"):
         plugin(TokenProducer, {"estimate": {}, "vllm": {"url": "http://x"}})

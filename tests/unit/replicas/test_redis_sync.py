@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from prometheus_client import CollectorRegistry
 
@@ -46,6 +47,17 @@ class Replica:
 
     def metric(self, name: str, **labels: str) -> float:
         return self.registry.get_sample_value(name, labels) or 0.0
+
+
+@contextlib.asynccontextmanager
+async def running(*replicas: Replica) -> AsyncIterator[None]:
+    for replica in replicas:
+        await replica.sync.start()
+    try:
+        yield
+    finally:
+        for replica in replicas:
+            await replica.sync.stop()
 
 
 async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -122,3 +134,52 @@ def _routes_flow(a: Replica, b: Replica) -> bool:
         return True
     a.route(prompt, "e1")
     return False
+
+
+async def test_routes_made_while_redis_was_down_reach_the_peers_when_it_returns() -> None:
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    a, b = Replica("a", url), Replica("b", url)
+    await a.sync.start()
+    try:
+        a.route(PROMPT, "e1")  # no Redis: kept in the outbox
+        await until(lambda: a.metric("epp_replica_sync_errors_total", operation="publish") > 0)
+        assert a.metric("epp_replica_sync_routes_total", direction="sent") == 0
+        async with LocalRedis(port=port):
+            await until(lambda: a.metric("epp_replica_sync_routes_total", direction="sent") == 1)
+            await b.sync.start()  # b starts after the route was appended: it reads the recent past
+            await until(lambda: b.matched(PROMPT) == {"e1": 64})
+        assert a.metric("epp_replica_sync_routes_total", direction="dropped") == 0
+    finally:
+        await a.sync.stop()
+        await b.sync.stop()
+
+
+async def test_a_reader_cut_off_catches_up_on_the_routes_it_missed(redis_server: LocalRedis) -> None:
+    a, b = Replica("a", redis_server.url), Replica("b", redis_server.url)
+    async with running(a, b):
+        await until(lambda: a.sync.connected and b.sync.subscribed)
+        a.route("w" * 4096, "e1")
+        await until(lambda: b.metric("epp_replica_sync_routes_total", direction="received") == 1)
+        await b.sync.stop()  # b away (its connection gone) while a routes
+        a.route(PROMPT, "e0")
+        await until(lambda: a.metric("epp_replica_sync_routes_total", direction="sent") == 2)
+        assert b.matched(PROMPT) == {}
+        await b.sync.start()
+        await until(lambda: b.matched(PROMPT) == {"e0": 64})
+        await until(lambda: b.sync.subscribed)
+        # resumed after the last entry it had read: the first route is not learned twice
+        assert b.metric("epp_replica_sync_routes_total", direction="received") == 2
+
+
+async def test_a_foreign_entry_in_the_routes_stream_is_skipped_and_counted(redis_server: LocalRedis) -> None:
+    a, b = Replica("a", redis_server.url), Replica("b", redis_server.url)
+    async with running(a, b):
+        await until(lambda: a.sync.connected and b.sync.subscribed)
+        assert a.sync._client is not None
+        await a.sync._client.xadd("epp:test:routes", {"other": b"x"})
+        await a.sync._client.xadd("epp:test:routes", {"r": b"\x05\x00ab"})
+        a.route(PROMPT, "e1")  # routes after the bad entries still flow
+        await until(lambda: b.matched(PROMPT) == {"e1": 64})
+        assert b.metric("epp_replica_sync_errors_total", operation="decode") == 2
+        assert b.sync.connected

@@ -1,0 +1,122 @@
+"""In-flight eviction (llm-d router's `flowControl.enableEviction`) through the real path: Envoy's
+ext_proc messages over gRPC into the EPP, the flow controller's dispatch loop, the reclamation
+controller and the eviction policies. A sheddable request in flight fills the pool; a critical one
+queues; the sheddable one is evicted (429 with llm-d's message and header) and the critical one
+goes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+
+from epp.config.loader import load_config
+from epp.flowcontrol.reclamation import LEADING_SENSOR_GRACE
+from tests.unit.flowcontrol.test_flow_control import Harness, finish, make_harness, read, routed
+
+CONFIG = """
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+featureGates: [flowControl]
+plugins:
+- type: queue-scorer
+- type: concurrency-detector
+  parameters: {maxConcurrency: 1}
+saturationDetector: {pluginRef: concurrency-detector}
+schedulingProfiles:
+- name: default
+  plugins: [{pluginRef: queue-scorer}]
+flowControl:
+  enableEviction: true
+"""
+OBJECTIVES = {"critical": 10, "standard": 0, "batch": -1}
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    h, server, channel = await make_harness(objectives=OBJECTIVES, config_text=CONFIG)
+    h.add()
+    yield h
+    await channel.close()
+    await server.stop(0)
+    await h.flow_control.stop()
+
+
+def revocations(h: Harness, outcome: str) -> float:
+    return h.sample("llm_d_epp_flow_control_revocations_total", outcome=outcome, inference_pool="standalone")
+
+
+async def test_a_sheddable_request_in_flight_is_evicted_for_a_critical_one(harness: Harness) -> None:
+    assert load_config(CONFIG).warnings == ()  # enableEviction is implemented, not ignored
+    batch = await harness.send("tenant-b", "batch")
+    await routed(batch)
+    critical = await harness.send("tenant-c", "critical")
+
+    reply = await read(critical, timeout=5.0)  # the critical request is routed once batch's stream ends
+    assert reply.WhichOneof("response") == "request_body", reply
+
+    evicted = await read(batch)
+    assert evicted.WhichOneof("response") == "immediate_response", evicted
+    answer = evicted.immediate_response
+    assert answer.status.code == 429
+    headers = {h.header.key: h.header.raw_value.decode() for h in answer.headers.set_headers}
+    assert headers["x-llm-d-request-dropped-reason"] == "evicted"
+    assert orjson.loads(answer.body)["error"]["message"] == (
+        "inference error: ResourceExhausted - request evicted by flow control"
+    )
+    assert harness.sample(
+        "llm_d_epp_flow_control_revocations_issued_total", priority="10", inference_pool="standalone"
+    ) == (1.0)
+    assert revocations(harness, "confirmed") == 1.0
+    assert revocations(harness, "timed_out") == 0.0
+    assert harness.sample(
+        "llm_d_epp_flow_control_revocation_confirmation_seconds_count", inference_pool="standalone"
+    ) == (1.0)
+    # The reclaim target was the deficit at the ceiling: saturation 1.0 - ceiling 1.0.
+    assert harness.sample("llm_d_epp_flow_control_reclaim_target", inference_pool="standalone") == 0.0
+    reclamation = harness.flow_control.reclamation
+    assert reclamation is not None and reclamation.grace == LEADING_SENSOR_GRACE
+    assert harness.datastore.get("a").inflight_requests == 1  # type: ignore[union-attr]  # critical only
+    await finish(critical)
+    assert reclamation.evictor.in_flight == {}
+
+
+async def cycles_pass(h: Harness, count: int) -> None:
+    """Wait until the dispatch loop has run `count` more cycles (bounded)."""
+    name = "inference_extension_flow_control_dispatch_cycle_duration_seconds_count"
+    start = h.sample(name)
+    for _ in range(1000):
+        if h.sample(name) >= start + count:
+            return
+        await asyncio.sleep(0.002)
+    raise AssertionError(f"the dispatch loop ran {h.sample(name) - start} cycles, expected {count}")
+
+
+@pytest.mark.parametrize(
+    ("running", "waiting"),
+    [("standard", "critical"), ("batch", "batch")],  # not sheddable; or not of a higher priority
+)
+async def test_no_eviction_without_a_sheddable_request_of_lower_priority(
+    harness: Harness, running: str, waiting: str
+) -> None:
+    holder = await harness.send("a", running)
+    await routed(holder)
+    queued = await harness.send("b", waiting)
+    await harness.wait_queued(1)
+    await cycles_pass(harness, 20)
+    assert harness.flow_control.length == 1
+    assert revocations(harness, "confirmed") == 0.0
+    await finish(holder)
+    await routed(queued)
+    await finish(queued)
+
+
+async def test_a_completed_response_is_not_evicted_and_leaves_nothing_tracked(harness: Harness) -> None:
+    batch = await harness.send("b", "batch")
+    await routed(batch)
+    await finish(batch)
+    reclamation = harness.flow_control.reclamation
+    assert reclamation is not None
+    assert reclamation.evictor.in_flight == {} and reclamation.evictor.victim_priority() is None
