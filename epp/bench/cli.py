@@ -8,6 +8,7 @@ the report in docs/benchmarks.md, the two engines' agreement, and the EPP's over
   epp bench overhead            Envoy with and without the EPP at fixed request rates
   epp bench scale               1,000 endpoints x 100,000 requests in virtual time, timed
   epp bench replicas            N active-active EPP replicas in virtual time, synced or naive
+  epp bench fairness            two tenants, and a sheddable flood, with and without flow control
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from epp.bench import agree, overhead, replicas, scale
+from epp.bench import agree, fairness, overhead, replicas, scale
 from epp.bench.report import (
     Results,
     load_results,
@@ -71,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scale.add_arguments(commands.add_parser("scale", help="time a large virtual-time run"))
     replicas.add_arguments(
         commands.add_parser("replicas", help="N active-active EPP replicas in virtual time, synced or not")
+    )
+    fairness.add_arguments(
+        commands.add_parser("fairness", help="tenants and priorities under overload, flow control on and off")
     )
 
 
@@ -126,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
     if command == "report":
         return report(args)
     args.command_line = "epp bench " + shlex.join(sys.argv[sys.argv.index("bench") + 1 :])
-    module = {"agree": agree, "overhead": overhead, "scale": scale, "replicas": replicas}[command]
+    modules = (agree, overhead, scale, replicas, fairness)
+    module = next(m for m in modules if m.__name__.rsplit(".", 1)[1] == command)
     return (
         asyncio.run(module.main(args)) if asyncio.iscoroutinefunction(module.main) else int(module.main(args))
     )

@@ -117,7 +117,7 @@ class LoadGenerator:
     ) -> None:
         body = orjson.dumps(request.body(self.model))
         record.sent = self._now()
-        headers = {"content-type": "application/json"}
+        headers = {"content-type": "application/json", **request.gateway_headers()}
         async with session.post(self.base_url + request.path, data=body, headers=headers) as response:
             record.endpoint = response.headers.get(SIM_POD_HEADER, "")
             if response.status != 200:

@@ -29,6 +29,7 @@ class RealtimePolicy:
     config: Path | None
     kv_events_endpoint: str = ""
     envoy_round_robin: bool = False
+    epp_args: tuple[str, ...] = ()  # more `epp serve` flags (e.g. --objectives-file)
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class RealtimeCluster:
 
 
 def stack_config(policy: RealtimePolicy, cluster: RealtimeCluster, run_dir: Path) -> StackConfig:
-    epp_args = [f"--refresh-metrics-interval={cluster.scrape_interval * 1000:g}ms"]
+    epp_args = [f"--refresh-metrics-interval={cluster.scrape_interval * 1000:g}ms", *policy.epp_args]
     template = ""
     if policy.config is not None:
         text = policy.config.read_text()

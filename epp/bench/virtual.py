@@ -15,13 +15,15 @@ time. What the real-time path adds and this leaves out is the wire: HTTP, Envoy 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import heapq
 import math
 import random
 import time
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -29,6 +31,7 @@ import orjson
 
 from epp.bench.prompts import PromptTokenizer
 from epp.bench.records import RequestRecord, RunResult
+from epp.bench.vloop import VirtualTimeLoop
 from epp.bench.workload import BenchRequest
 from epp.config.build import build_director
 from epp.config.model import PickerConfig
@@ -145,8 +148,13 @@ class VirtualRun:
     builds it, on a fresh cluster. Use `run()` once."""
 
     def __init__(
-        self, requests: Sequence[BenchRequest], config: PickerConfig, cluster: VirtualCluster
+        self,
+        requests: Sequence[BenchRequest],
+        config: PickerConfig,
+        cluster: VirtualCluster,
+        objectives: Mapping[str, int] | None = None,
     ) -> None:
+        """`objectives`: InferenceObjective name -> priority, as `--objectives-file` gives them."""
         self.requests = requests
         self.cluster = cluster
         self.now = 0.0
@@ -154,7 +162,7 @@ class VirtualRun:
         self.datastore.replace_all(endpoint_specs(cluster))
         context = PluginContext(EppMetrics(), random.Random(cluster.seed), clock=lambda: self.now)
         self.director, components = build_director(
-            config, self.datastore, context, director_type=_FixedPoolDirector
+            config, self.datastore, context, objectives, director_type=_FixedPoolDirector
         )
         self.endpoints = list(self.datastore.endpoints())
         self.plugins = list(components.plugins.values())
@@ -169,12 +177,17 @@ class VirtualRun:
             for e in self.endpoints
         }
         self.records = [RequestRecord(r.index, r.group) for r in requests]
+        # When the EPP routed each request (after flow control's queue, when it is on); NaN: never.
+        self.routed_at = array("d", [math.nan]) * len(requests)
         self.itl: array[float] = array("d")
         self._tokens = PromptTokenizer()
         self._followers: dict[int, list[BenchRequest]] = {}
         self._events: list[tuple[float, int, Callable[[float, Any], None], Any]] = []
         self._seq = 0
         self._open = 0  # requests not yet finished (or failed)
+        # With flow control: set when a request leaving the EPP's queue schedules an event.
+        self._scheduled: asyncio.Event | None = None
+        self._admitting: set[asyncio.Task[None]] = set()
 
     def run(self) -> RunResult:
         """Process events in (time, order of scheduling) order until every request is done.
@@ -198,7 +211,10 @@ class VirtualRun:
         collecting = gc.isenabled()
         gc.disable()
         try:
-            self._loop(arrivals, arrival_times)
+            if self.director.flow_control is None:
+                self._loop(arrivals, arrival_times)
+            else:
+                self._run_queued(arrivals, arrival_times)
         finally:
             if collecting:
                 gc.enable()
@@ -233,9 +249,51 @@ class VirtualRun:
             else:
                 break
 
+    def _run_queued(self, arrivals: list[BenchRequest], arrival_times: list[float]) -> None:
+        """With flow control, requests wait in the EPP's queue (the awaited `prepare_body`, as in
+        `epp serve`), so the run is driven from an asyncio loop on the model clock: the same
+        events in the same order, while the flow controller's tasks and timers run between them."""
+        loop = VirtualTimeLoop(self)
+        try:
+            loop.run_until_complete(self._loop_queued(arrivals, arrival_times))
+        finally:
+            assert self.director.flow_control is not None
+            loop.run_until_complete(self.director.flow_control.stop())
+            loop.close()
+
+    async def _loop_queued(self, arrivals: list[BenchRequest], arrival_times: list[float]) -> None:
+        """`_loop`, awaiting the model time of each next event. Meanwhile the loop runs the flow
+        controller; a request it dispatches schedules its engine step at that moment, which
+        `_scheduled` reports, so the step is taken then and not at the awaited time."""
+        events = self._events
+        scheduled = self._scheduled = asyncio.Event()
+        next_arrival = 0
+        while self._open:
+            at = arrival_times[next_arrival]
+            from_heap = bool(events) and events[0][0] < at
+            when = events[0][0] if from_heap else at
+            if when == math.inf:
+                break
+            if when > self.now:
+                scheduled.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(when):
+                        await scheduled.wait()
+                if scheduled.is_set():
+                    continue  # something earlier than `when` was scheduled meanwhile
+            self.now = when
+            if from_heap:
+                _, _, handler, payload = heapq.heappop(events)
+                handler(when, payload)
+            else:
+                self._arrive(when, arrivals[next_arrival])
+                next_arrival += 1
+
     def _push(self, at: float, handler: Callable[[float, Any], None], payload: Any) -> None:
         self._seq += 1
         heapq.heappush(self._events, (at, self._seq, handler, payload))
+        if self._scheduled is not None:
+            self._scheduled.set()
 
     def _scrape(self, now: float, _: None) -> None:
         for endpoint in self.endpoints:
@@ -247,13 +305,42 @@ class VirtualRun:
     def _arrive(self, now: float, request: BenchRequest) -> None:
         record = self.records[request.index]
         record.sent = now
-        headers = {":method": "POST", ":path": request.path, "x-request-id": str(request.index)}
+        headers = {
+            ":method": "POST",
+            ":path": request.path,
+            "x-request-id": str(request.index),
+            **request.gateway_headers(),
+        }
+        raw = orjson.dumps(request.body(self.cluster.model))
+        if self._scheduled is not None:
+            task = asyncio.get_running_loop().create_task(self._arrive_queued(raw, headers, request, record))
+            self._admitting.add(task)
+            task.add_done_callback(self._admitting.discard)
+            return
         try:
-            routed = self.director.handle_body(orjson.dumps(request.body(self.cluster.model)), headers, None)
+            routed = self.director.handle_body(raw, headers, None)
         except RequestError as error:
             self._failed(record, now, error.code.label)
             return
+        self._routed(routed, request, record, now)
+
+    async def _arrive_queued(
+        self, raw: bytes, headers: dict[str, str], request: BenchRequest, record: RequestRecord
+    ) -> None:
+        """As ext_proc's stream does with flow control on: await the queue, then route."""
+        try:
+            prepared = await self.director.prepare_body(raw, headers)
+            routed = self.director.handle_body(raw, headers, None, prepared=prepared)
+        except RequestError as error:
+            self._failed(record, self.now, error.code.label)
+            return
+        self._routed(routed, request, record, self.now)
+
+    def _routed(
+        self, routed: RoutedRequest, request: BenchRequest, record: RequestRecord, now: float
+    ) -> None:
         record.endpoint = routed.result.targets[0].name
+        self.routed_at[record.index] = now
         token_ids = self._tokens.token_ids(request)
         record.prompt_tokens = len(token_ids)
         self.dispatch(routed, request, token_ids, record, now)

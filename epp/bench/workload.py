@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from epp.bench.text import TextGenerator
+from epp.headers import FAIRNESS_HEADER, OBJECTIVE_HEADER
 
 Api = Literal["completion", "chat"]
 COMPLETIONS_PATH = "/v1/completions"
@@ -130,7 +131,8 @@ def load_spec(path: Path) -> WorkloadSpec:
 @dataclass(frozen=True, slots=True)
 class BenchRequest:
     """One request to send. Completions send `"".join(prompt)`; chat sends `messages`. `arrival` is
-    seconds after the run starts or, when `follows` is set, after that request's response ended."""
+    seconds after the run starts or, when `follows` is set, after that request's response ended.
+    `tenant` and `objective` go out as GIE's fairness-id and objective headers when set."""
 
     index: int
     arrival: float
@@ -139,10 +141,21 @@ class BenchRequest:
     prompt: tuple[str, ...] = ()
     messages: tuple[tuple[str, str], ...] = ()
     follows: int | None = None
+    tenant: str = ""
+    objective: str = ""
 
     @property
     def path(self) -> str:
         return CHAT_PATH if self.messages else COMPLETIONS_PATH
+
+    def gateway_headers(self) -> dict[str, str]:
+        """The flow-control headers this request carries: its tenant and its objective."""
+        headers = {}
+        if self.tenant:
+            headers[FAIRNESS_HEADER] = self.tenant
+        if self.objective:
+            headers[OBJECTIVE_HEADER] = self.objective
+        return headers
 
     def body(self, model: str) -> dict[str, Any]:
         """The OpenAI body both engines send: streamed, with usage, exactly `max_tokens` out."""

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from epp.config.build import build_components
 from epp.config.loader import load_config_file
-from epp.config.model import PickerConfig
+from epp.config.model import BandSpec, PickerConfig
 from epp.framework import PluginContext
 from epp.params.strict import ConfigError
 
@@ -77,11 +77,34 @@ def describe(config: PickerConfig, source: str) -> str:
     if config.producer_order:
         lines.append(f"data producers run in order: {', '.join(config.producer_order)}")
     lines.append(f"feature gates: {', '.join(sorted(config.feature_gates)) or 'none'}")
-    if config.flow_control is not None:
-        lines.append("flow control: section validated; flow control itself is not implemented")
+    lines.extend(_flow_control(config))
     lines.append(f"warnings: {len(config.warnings) or 'none'}")
     lines.extend(f"  - {warning}" for warning in config.warnings)
     return "\n".join(lines) + "\n"
+
+
+def _flow_control(config: PickerConfig) -> list[str]:
+    spec = config.flow_control_spec
+    if spec is None:
+        if config.flow_control is None:
+            return []
+        return ["flow control: off (section validated; the flowControl feature gate is not set)"]
+    ttl = f"{spec.default_request_ttl:g}s" if spec.default_request_ttl else "the caller's deadline"
+    lines = [
+        f"flow control: on (saturation detector {spec.saturation_detector}, usage limit "
+        f"{spec.usage_limit_policy}, maxRequests {spec.max_requests or 'unlimited'}, maxBytes "
+        f"{spec.max_bytes or 'unlimited'}, request TTL {ttl})",
+        f"  default band: {_band(spec.default_band)}",
+    ]
+    lines.extend(f"  band {priority}: {_band(band)}" for priority, band in sorted(spec.bands.items()))
+    return lines
+
+
+def _band(band: BandSpec) -> str:
+    return (
+        f"fairness {band.fairness}, ordering {band.ordering}, maxRequests "
+        f"{band.max_requests or 'unlimited'}, maxBytes {band.max_bytes or 'unlimited'}"
+    )
 
 
 def _parameters(params: BaseModel) -> list[str]:

@@ -177,9 +177,12 @@ class Band:
         self.ordering = ordering
         self.fairness_state: Any = fairness.new_state()
         self.flows: dict[str, Flow] = {}
-        # Fairness ids in the order their flows became non-empty: round robin's rotation.
+        # Fairness ids in the order their flows became non-empty: round robin's rotation. The one
+        # served last is moved to the back; a flow that starts waiting joins just before it, so it
+        # gets its turn before the flow just served gets another.
         self.rotation: deque[str] = deque()
         self._rotating: set[str] = set()
+        self._served_last: str | None = None
         self.length = 0
         self.bytes = 0
 
@@ -189,7 +192,11 @@ class Band:
             found = self.flows[fairness_id] = Flow(self, fairness_id)
             if fairness_id not in self._rotating:
                 self._rotating.add(fairness_id)
-                self.rotation.append(fairness_id)
+                rotation = self.rotation
+                if rotation and rotation[-1] == self._served_last:
+                    rotation.insert(len(rotation) - 1, fairness_id)
+                else:
+                    rotation.append(fairness_id)
         return found
 
     def next_in_rotation(self) -> Flow | None:
@@ -201,6 +208,7 @@ class Band:
                 self._rotating.discard(fairness_id)
                 continue
             self.rotation.append(fairness_id)
+            self._served_last = fairness_id
             return found
         return None
 

@@ -80,3 +80,21 @@ def test_check_shows_the_data_sources_and_the_extractors_wired_to_them(
     assert "  rollout-screener/pod: k8s-notification-source (added by default)\n" in out
     assert "data layer: source metrics-data-source, extractor core-metrics-extractor\n" in out
     assert "data layer: source rollout-screener/pod, extractors rollout-screener\n" in out
+
+
+def test_check_describes_flow_control_on_and_off(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    sample = Path(__file__).parents[3] / "epp" / "config" / "samples" / "flow-control.yaml"
+    assert main(["config", "check", str(sample)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "flow control: on (saturation detector concurrency-detector, usage limit static-usage-limit-policy, "
+        "maxRequests 1000, maxBytes unlimited, request TTL 8s)\n"
+        "  default band: fairness round-robin-fairness-policy, ordering fcfs-ordering-policy, "
+        "maxRequests unlimited, maxBytes 1000000000\n"
+    ) in out
+    gate_off = tmp_path / "off.yaml"
+    gate_off.write_text(sample.read_text().replace("featureGates: [flowControl]\n", ""))
+    assert main(["config", "check", str(gate_off)]) == 0
+    assert "flow control: off (section validated; the flowControl feature gate is not set)\n" in (
+        capsys.readouterr().out
+    )

@@ -12,7 +12,7 @@ from epp.datastore import Datastore
 from epp.flowcontrol.controller import FlowController
 from epp.framework import PluginContext
 from epp.metrics.exporter import EppMetrics
-from epp.requests import ApiKind, InferenceRequest
+from epp.requests import ApiKind, InferenceRequest, RequestError
 
 CONFIG = """
 apiVersion: inference.networking.x-k8s.io/v1alpha1
@@ -113,3 +113,84 @@ async def test_edf_and_slo_deadline_ordering() -> None:
     assert order == ["soon", "late", "none"]
     fcfs = await dispatch_order(controller("global-strict-fairness-policy", "edf-ordering-policy"), A3B3)
     assert fcfs == ["a1", "a2", "a3", "b1"]  # no TTL: no deadline, first come first served
+
+
+async def test_round_robin_gives_a_flow_that_starts_waiting_its_turn_before_the_one_just_served() -> None:
+    fc = controller("round-robin-fairness-policy")
+    order: list[str] = []
+
+    async def wait(r: InferenceRequest) -> None:
+        await fc.enqueue_and_wait(r)
+        order.append(r.request_id)
+
+    async def arrive(r: InferenceRequest) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(wait(r))
+        await asyncio.sleep(0)  # queued
+        return task
+
+    tasks = [await arrive(request(f"b{i}", "b")) for i in range(4)]
+    fc.detector = Open()
+    assert fc.dispatch_cycle()  # b0: b was served last
+    fc.detector = Shut()  # the controller's own dispatch loop must not run meanwhile
+    tasks.append(await arrive(request("a0", "a")))  # a starts waiting
+    tasks.append(await arrive(request("c0", "c")))  # then c
+    fc.detector = Open()
+    while fc.length:
+        assert fc.dispatch_cycle()
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    await fc.stop()
+    assert order == ["b0", "a0", "c0", "b1", "b2", "b3"]
+
+
+async def test_least_tokens_served_lifts_a_tenant_back_from_idle_to_the_waiting_minimum() -> None:
+    """VTC's lift: tenant a was served once, then b alone for a while; when a waits again it
+    counts from b's level, not from its old low count, so it does not take the next dispatches
+    in a row; at an equal count it goes first (served less recently)."""
+    fc = controller("least-tokens-served-fairness-policy")
+    order: list[str] = []
+
+    async def wait(r: InferenceRequest) -> None:
+        await fc.enqueue_and_wait(r)
+        order.append(r.request_id)
+
+    async def arrive(*requests: InferenceRequest) -> list[asyncio.Task[None]]:
+        tasks = [asyncio.ensure_future(wait(r)) for r in requests]
+        await asyncio.sleep(0)
+        return tasks
+
+    async def dispatch(count: int) -> None:
+        fc.detector = Open()
+        for _ in range(count):
+            assert fc.dispatch_cycle()
+        fc.detector = Shut()
+        await asyncio.sleep(0)
+
+    tasks = await arrive(request("a0", "a"))
+    await dispatch(1)  # a: 10 tokens
+    tasks += await arrive(*(request(f"b{i}", "b") for i in range(8)))
+    await dispatch(4)  # b alone: 40 tokens, 4 still waiting
+    tasks += await arrive(*(request(f"a{i}", "a") for i in range(1, 4)))
+    fc.detector = Open()
+    while fc.length:
+        assert fc.dispatch_cycle()
+    await asyncio.gather(*tasks)
+    await fc.stop()
+    assert order == ["a0", "b0", "b1", "b2", "b3", "a1", "b4", "a2", "b5", "a3", "b6", "b7"]
+
+
+async def test_the_controller_reads_the_plugins_clock() -> None:
+    """Queue times (FCFS order, the queue-duration metric) are on the EPP's clock: model time
+    in a virtual-time benchmark, where wall time would order requests by when the host ran them."""
+    text = CONFIG.format(fairness="global-strict-fairness-policy", ordering="fcfs-ordering-policy")
+    context = PluginContext(EppMetrics(), clock=lambda: 42.0)
+    director, _ = build_director(load_config(text), Datastore(), context)
+    fc = director.flow_control
+    assert fc is not None
+    waiting = asyncio.ensure_future(fc.enqueue_and_wait(request("r", "t")))  # no endpoint: it waits
+    await asyncio.sleep(0)
+    head = fc.bands[0].flows["t"].head()
+    assert head is not None and head.enqueued == 42.0
+    await fc.stop()
+    with pytest.raises(RequestError, match="flow controller is not running"):
+        await waiting

@@ -1,0 +1,101 @@
+"""`epp bench fairness`: max-min shares, Jain's index, tenant tagging and the side-by-side tables."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from epp.bench.fairness import NOISY, WELL_BEHAVED, Bench, Stream, add_arguments, jain, max_min_shares
+from epp.cli import main
+
+CONFIGS = Path(__file__).parents[3] / "bench" / "configs"
+
+
+def test_max_min_shares_give_the_small_demand_all_it_asks_and_split_the_rest() -> None:
+    assert max_min_shares(100.0, [20.0, 500.0]) == [20.0, 80.0]
+    assert max_min_shares(100.0, [60.0, 500.0]) == [50.0, 50.0]
+    assert max_min_shares(90.0, [10.0, 40.0, 100.0]) == [10.0, 40.0, 40.0]
+
+
+def test_jain_is_one_when_every_tenant_gets_its_fair_share_and_lower_otherwise() -> None:
+    assert jain([20.0, 80.0], [20.0, 500.0]) == pytest.approx(1.0)
+    # the small tenant starved to half its demand, the large one took the rest
+    assert jain([10.0, 90.0], [20.0, 500.0]) == pytest.approx((0.5 + 1.125) ** 2 / (2 * (0.25 + 1.265625)))
+
+
+@pytest.fixture
+def tiny_workload(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny-shared",
+                "seed": 3,
+                "data": {
+                    "type": "shared_prefix",
+                    "num_groups": 4,
+                    "num_prompts_per_group": 2,
+                    "system_prompt_len": 40,
+                    "question_len": 8,
+                    "output_len": 4,
+                },
+                "load": {"rates": [1]},
+                "cluster": {"endpoints": 2, "profile": "tiny-test"},
+            }
+        )
+    )
+    return path
+
+
+def test_streams_own_prompt_groups_in_proportion_to_their_rates(tiny_workload: Path) -> None:
+    bench = Bench(_args(tiny_workload, seconds=100.0))
+    requests = bench.requests(
+        [Stream(WELL_BEHAVED, 1.0, tenant=WELL_BEHAVED), Stream(NOISY, 5.0, tenant=NOISY)]
+    )
+    assert len(requests) == 600
+    mine = [r for r in requests if r.tenant == WELL_BEHAVED]
+    assert 70 < len(mine) < 130  # a sixth, as a Poisson split
+    assert {r.group for r in mine} == {WELL_BEHAVED}
+    assert {r.gateway_headers()["x-gateway-inference-fairness-id"] for r in requests} == {WELL_BEHAVED, NOISY}
+    prefixes: dict[str, set[str]] = {r.tenant: set() for r in requests}
+    for r in requests:
+        prefixes[r.tenant].add(r.prompt[0])
+    assert not prefixes[WELL_BEHAVED] & prefixes[NOISY]  # each its own shared prefixes
+
+
+def test_the_command_prints_both_scenarios_side_by_side(
+    tiny_workload: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    doc = tmp_path / "doc.md"
+    argv = ["bench", "fairness", "--workload", str(tiny_workload), "--capacity", "4", "--seconds", "20"]
+    argv += ["--warmup", "5", "--output-len", "8", "--doc", str(doc)]
+    monkeypatch.setattr(sys, "argv", ["epp", *argv])
+    assert main(argv) == 0
+    text = doc.read_text()
+    assert "<!-- BEGIN GENERATED: fairness -->" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| run")]
+    labels = [row.split(" | ")[0][2:] for row in rows]
+    assert labels == [
+        "tenant-a alone, no flow control",
+        "both, no flow control",
+        "both, flow control, global-strict-fairness-policy",
+        "both, flow control, round-robin-fairness-policy",
+        "both, flow control, least-tokens-served-fairness-policy",
+        "critical alone, no flow control",
+        "critical alone, flow control",
+        "both, no flow control (legacy shedding)",
+        "both, flow control (bands)",
+    ]
+    assert rows[0].split(" | ")[2] == "+0%"
+    assert rows[2].split(" | ")[3].count(" ms") == 2  # p90 in the EPP's queue / after routing
+    assert "tenant-a alone" in capsys.readouterr().out
+
+
+def _args(workload: Path, seconds: float) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(["--workload", str(workload), "--seconds", str(seconds), "--warmup", "0"])
