@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install chromium redis h2load run test lint typecheck unit e2e kind-e2e bench bench-overhead bench-quick clean
+.PHONY: install chromium redis h2load run test lint typecheck unit e2e kind-e2e bench bench-overhead bench-overload bench-quick clean
 
 # xds-protos ships an older copy of OpenTelemetry's generated protos under the same module paths,
 # and whichever package pip installs last wins; reinstalling opentelemetry-proto's own files makes
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --force-reinstall --no-deps "opentelemetry-proto==$$($(OTEL_PROTO_VERSION))"
 	touch $(STAMP)
 
-install: $(STAMP) chromium redis h2load
+install: $(STAMP) chromium redis
 
 ## Debian's chromium, which the live view's browser test drives through Playwright (Playwright's
 ## own browser download is not used). Installed with apt-get when missing, as root (CI); otherwise
@@ -97,6 +97,11 @@ bench-overhead: install
 	$(BIN)/epp bench overhead --rate 100 --rate 300 --rounds 5 --seconds 6 --doc docs/benchmarks.md
 
 ## A few minutes: the headline workload at two rates, printed (docs untouched).
+## The overload ramp through real Envoy with h2load as the load generator (docs/benchmarks.md,
+## "Flow control and overload"); several minutes.
+bench-overload: install h2load
+	$(BIN)/python bench/overload_ramp.py --base 1000 --seconds 8 --prompt-bytes 1024 --loadgen h2load
+
 bench-quick: install
 	$(BIN)/epp bench run --workload shared-prefix --rate 10 --rate 20 --results run/bench-quick.json
 

@@ -4,7 +4,7 @@ Envoy (buffered, TLS), `epp serve` and simulators at time scale 0.001 (their own
 microseconds, and their waiting queue unbounded, so the EPP is the bottleneck) on 127.0.0.1;
 open-loop load, each request a non-streamed completion with a prompt of --prompt-bytes and one
 output token, from either
-- `--loadgen h2load` (nghttp2's C load generator, `make install` gets it): cleartext HTTP/2,
+- `--loadgen h2load` (nghttp2's C load generator, `make bench-overload` installs it): cleartext HTTP/2,
   --clients connections (with 4, it sent 1,034 of 2,000 req/s) with many streams each, paced by
   --rps; every request the same body. It offers 5x on a 2-core machine, where Python cannot;
 - `--loadgen python`: several processes, one asyncio loop each (aiohttp, HTTP/1.1, a connection per
@@ -159,7 +159,7 @@ async def main(args: argparse.Namespace) -> None:
     if args.config_file:
         epp_args.append(f"--config-file={args.config_file.resolve()}")
     if args.loadgen == "h2load" and shutil.which("h2load") is None:
-        raise SystemExit("h2load is missing: make install (or apt-get install nghttp2-client)")
+        raise SystemExit("h2load is missing: make h2load (or apt-get install nghttp2-client)")
     run_dir = Path(tempfile.mkdtemp(prefix="overload-"))
     config = StackConfig(
         run_dir=run_dir,
