@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 from collections import deque
@@ -88,7 +87,7 @@ class RedisReplicaSync:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stream = f"{namespace}:routes"
-        self._read_from: str | None = None  # the last stream entry read; None before the first
+        self._read_from: str | bytes | None = None  # the last stream entry read; None before the first
         self._socket_timeout = max(interval * 5, 0.5)
         self._members = f"{namespace}:replicas"
         self._own_key = self._load_key(state.replica_id)
@@ -173,18 +172,23 @@ class RedisReplicaSync:
             self._wake.clear()
             while self._outbox:
                 self._drop_stale()
-                batch = [message for _, message in itertools.islice(self._outbox, BATCH)]
-                if not batch:
-                    break
+                batch = [self._outbox.popleft() for _ in range(min(BATCH, len(self._outbox)))]
                 try:
-                    await self._append(batch)
+                    await self._append([message for _, message in batch])
                 except (RedisError, OSError) as error:
                     self._failed("publish", error)
-                    await asyncio.sleep(self.interval)  # kept: appended once Redis answers
+                    self._requeue(batch)  # appended once Redis answers
+                    await asyncio.sleep(self.interval)
                     continue
-                for _ in batch:
-                    self._outbox.popleft()
                 self.metrics.routes.labels("sent").inc(len(batch))
+
+    def _requeue(self, batch: list[tuple[float, RouteMessage]]) -> None:
+        """Puts a batch that failed back in front of the routes made since, the oldest dropping
+        first if that overfills the outbox."""
+        self._outbox.extendleft(reversed(batch))
+        while len(self._outbox) > MAX_OUTBOX:
+            self._outbox.popleft()
+            self.metrics.routes.labels("dropped").inc()
 
     def _drop_stale(self) -> None:
         oldest = time.monotonic() - REPLAY_AGE
@@ -206,8 +210,9 @@ class RedisReplicaSync:
         block_ms = int(self._socket_timeout * 500)  # well inside the socket timeout
         while True:
             try:
-                if self._read_from is None:
-                    self._read_from = await self._replay_start()
+                # From where reading stopped, but never from before REPLAY_AGE: after a long
+                # outage the routes missed are too old to steer by.
+                self._read_from = _later(self._read_from, await self._replay_start())
                 self.subscribed = True
                 while True:
                     answer: Any = await client.xread(
@@ -275,3 +280,12 @@ class RedisReplicaSync:
         self._succeeded()
         self.metrics.peers.set(len(loads))
         self.state.apply_peer_load(loads)
+
+
+def _later(entry: str | bytes | None, other: str) -> str:
+    """The later of two Redis stream ids (`<ms>-<seq>`)."""
+    if entry is None:
+        return other
+    text = entry.decode() if isinstance(entry, bytes) else entry
+    key = tuple(int(part) for part in text.split("-"))
+    return text if key > tuple(int(part) for part in other.split("-")) else other

@@ -13,7 +13,7 @@ from epp.datastore import Datastore, EndpointSpec
 from epp.plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
 from epp.replicas import ReplicaState
 from epp.replicas.local_redis import LocalRedis, free_port
-from epp.replicas.redis_sync import RedisReplicaSync
+from epp.replicas.redis_sync import RedisReplicaSync, _later
 from epp.scheduling.types import ProfileResult, SchedulingResult
 from tests.unit.plugin_helpers import plugin, request
 
@@ -183,3 +183,10 @@ async def test_a_foreign_entry_in_the_routes_stream_is_skipped_and_counted(redis
         await until(lambda: b.matched(PROMPT) == {"e1": 64})
         assert b.metric("epp_replica_sync_errors_total", operation="decode") == 2
         assert b.sync.connected
+
+
+def test_reading_resumes_from_the_later_of_the_last_entry_read_and_the_replay_horizon() -> None:
+    assert _later(None, "1000-0") == "1000-0"  # first start: the horizon
+    assert _later(b"2000-3", "1000-0") == "2000-3"  # a short gap: where reading stopped
+    assert _later(b"999-7", "1000-0") == "1000-0"  # a long outage: nothing older than the horizon
+    assert _later("1000-1", "1000-0") == "1000-1"
