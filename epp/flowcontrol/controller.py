@@ -136,7 +136,7 @@ class FlowController:
 
     def untrack(self, item: EvictionItem) -> None:
         if self.reclamation is not None:
-            self.reclamation.evictor.untrack(item.request_id)
+            self.reclamation.evictor.release(item)
 
     @property
     def busy(self) -> bool:

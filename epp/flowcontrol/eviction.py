@@ -82,10 +82,15 @@ class RequestEvictor:
         self.on_terminated: Callable[[str], None] | None = None
 
     def track(self, request: InferenceRequest, target: str) -> EvictionItem | None:
-        """Start tracking a routed request; None when it has no id to be known by."""
-        if not request.request_id:
+        """Start tracking a routed request; None when it has no id to be known by, or when a
+        request with the same id (a client reusing `x-request-id`) is in flight already: ids are
+        how evictions are confirmed, so only the first of them is evictable."""
+        if (
+            not request.request_id
+            or request.request_id in self.in_flight
+            or request.request_id in self._pending
+        ):
             return None
-        self.untrack(request.request_id)  # the same id routed again replaces the old entry
         item = EvictionItem(
             request, request.priority, self._clock(), target, asyncio.get_running_loop().create_future()
         )
@@ -94,6 +99,12 @@ class RequestEvictor:
         if item.evictable:
             self._push(item)
         return item
+
+    def release(self, item: EvictionItem) -> None:
+        """`item`'s stream ended: untracked if it is still the entry for its id (tracked, or
+        evicted and awaiting that end)."""
+        if self.in_flight.get(item.request_id) is item or item.request_id in self._pending:
+            self.untrack(item.request_id)
 
     def untrack(self, request_id: str) -> None:
         """The request's stream ended (completed, failed, client gone, or evicted)."""

@@ -136,3 +136,30 @@ async def test_no_eviction_when_it_cannot_help(
 def test_grace_follows_the_saturation_detector() -> None:
     assert eviction_grace("concurrency-detector", 0.05, 2.0) == LEADING_SENSOR_GRACE
     assert eviction_grace("utilization-detector", 0.05, 2.0) == 0.05 + 2.0 + ENGINE_RECLAIM_BUDGET
+
+
+async def test_a_reused_request_id_tracks_only_the_first_and_its_end_leaves_the_other_alone() -> None:
+    clock = FakeClock(0.0)
+    tracker = evictor(clock)
+    confirmed: list[str] = []
+    tracker.on_terminated = confirmed.append
+    first = tracker.track(queued_request("dup", "t", -1), "h:1")
+    second = tracker.track(queued_request("dup", "t", -1), "h:2")  # same x-request-id, in flight
+    assert first is not None and second is None
+    assert len(tracker.in_flight) == 1 and tracker.evictable == 1
+    assert tracker.evict(5, 0) == ["dup"]
+    assert confirmed == []  # the evicted stream has not ended: nothing confirmed early
+    tracker.untrack("dup")
+    assert confirmed == ["dup"] and tracker.evictable == 0
+
+
+async def test_a_reused_id_is_not_tracked_while_the_evicted_one_awaits_its_end() -> None:
+    tracker = evictor(FakeClock(0.0))
+    confirmed: list[str] = []
+    tracker.on_terminated = confirmed.append
+    first = tracker.track(queued_request("dup", "t", -1), "h:1")
+    assert first is not None and tracker.evict(1, 0) == ["dup"]
+    assert tracker.track(queued_request("dup", "t", -1), "h:2") is None
+    assert confirmed == []
+    tracker.release(first)
+    assert confirmed == ["dup"]
