@@ -19,11 +19,13 @@ class EndpointTasks:
         self._prefix = prefix
         self._poll = poll
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stopped = False  # endpoints that arrive during shutdown start nothing
 
     def follow(self, datastore: Datastore) -> None:
         datastore.subscribe(on_added=self._start, on_removed=self._cancel)
 
     async def stop(self) -> None:
+        self._stopped = True
         tasks = list(self._tasks.values())
         self._tasks.clear()
         for task in tasks:
@@ -34,6 +36,8 @@ class EndpointTasks:
 
     def _start(self, endpoint: Endpoint) -> None:
         self._cancel(endpoint)
+        if self._stopped:
+            return
         self._tasks[endpoint.name] = asyncio.get_running_loop().create_task(
             self._poll(endpoint), name=f"{self._prefix}-{endpoint.name}"
         )

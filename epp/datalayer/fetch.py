@@ -192,6 +192,8 @@ class _GetProtocol(asyncio.BufferedProtocol):
             result: Result | None = self._whole(nbytes) if whole else None
             if result is None:
                 self._buffer += self._read_view[:nbytes]
+                if len(self._buffer) > _MAX_HEADER + _MAX_BODY:  # no length, or an endless chunk line
+                    raise FetchError("response too large")
                 result = self._advance()
         except (FetchError, ValueError) as exc:
             result = FetchError(str(exc))

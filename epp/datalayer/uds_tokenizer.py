@@ -156,7 +156,8 @@ def chat_request(body: dict[str, Any], model: str) -> Message:
                     message.content_parts.add(type="text", text=str(part.get("text", "")))
                 elif part.get("type") == "image_url":
                     image = part.get("image_url")
-                    url = image.get("url", "") if isinstance(image, dict) else str(image or "")
+                    url = image.get("url", "") if isinstance(image, dict) else image
+                    url = url if isinstance(url, str) else ""  # a client's non-string url: no image
                     message.content_parts.add(type="image_url", image_url={"url": url})
         else:
             message.content = content if isinstance(content, str) else ""

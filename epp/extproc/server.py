@@ -93,9 +93,11 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
                 if stream.done:
                     return
         finally:
-            stream.close()
-            if guard is not None:
-                guard.leave()
+            try:
+                stream.close()
+            finally:  # the guard's slot is given back even if closing the stream failed
+                if guard is not None:
+                    guard.leave()
 
 
 async def _message_or_eviction(

@@ -224,5 +224,6 @@ class ProgramAwareFairness(Plugin, FairnessPolicy, PreRequest, ResponseComplete)
         cost = INPUT_TOKEN_WEIGHT * usage.prompt_tokens + OUTPUT_TOKEN_WEIGHT * usage.completion_tokens
         state.service = self.service(state, now) + cost
         self._gauges.attained_service.labels(self._label(program_id)).set(state.service)
-        state.in_flight -= 1
+        # max: a request whose pre_request never ran (an earlier plugin failed) ends here too
+        state.in_flight = max(0, state.in_flight - 1)
         state.last_completion = now

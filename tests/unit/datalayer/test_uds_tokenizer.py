@@ -170,3 +170,9 @@ async def test_model_tokenizer_map_names_the_sidecars_model(sidecar: Sidecar) ->
     await producer.stop()
     with pytest.raises(ValueError, match="no tokenizer for model 'other'"):
         plugin(TokenProducer, {"modelName": "other", "udsTokenizerConfig": config})
+
+
+def test_an_image_part_with_a_non_string_url_is_sent_without_one() -> None:
+    body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": 5}}]}]}
+    request = chat_request(body, "m")  # a client's bad part: no TypeError from protobuf
+    assert request.messages[0].content_parts[0].image_url.url == ""
