@@ -13,6 +13,7 @@ import time
 import httpx
 import pytest
 
+from epp.stack.envoy import BODY_MODES, EnvoyOptions
 from tests.integration.conftest import StackFactory, stack_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
@@ -23,16 +24,18 @@ HELD = 8  # requests that arrive while the EPP is stopped
 BODY = {"model": MODEL, "prompt": "hi", "max_tokens": 1}
 
 
+@pytest.mark.parametrize("body_mode", BODY_MODES)
 async def test_requests_that_waited_for_a_stopped_epp_get_the_guards_429(
-    make_stack: StackFactory, tmp_path_factory: pytest.TempPathFactory
+    make_stack: StackFactory, tmp_path_factory: pytest.TempPathFactory, body_mode: str
 ) -> None:
     epp_args = [
         *stack_config(tmp_path_factory.mktemp("args")).epp_args,
         f"--max-queue-wait={BOUND_MS}ms",
         "--max-event-loop-lag=0",  # a stopped process lags too: this test is about the queue wait
     ]
+    envoy = EnvoyOptions(listen_port=0, admin_port=0, body_mode=body_mode)
     async with (
-        make_stack("queue-wait", sims=1, epp_args=epp_args) as stack,
+        make_stack("queue-wait", sims=1, epp_args=epp_args, envoy=envoy) as stack,
         httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client,
     ):
         assert stack.epp is not None and stack.epp.process is not None
