@@ -81,6 +81,8 @@ class ServeOptions:
     # Overload protection of the EPP itself (epp.flowcontrol.overload): 0 turns a limit off.
     max_concurrent_streams: int = 10_000
     max_event_loop_lag: float = 0.25
+    # How long a request may have waited (since the gateway received it) before the EPP saw it.
+    max_queue_wait: float = 1.0
     stream: StreamOptions = field(default_factory=StreamOptions)
     pool: k8s_discovery.PoolRef | None = None  # set: discover endpoints from this InferencePool
     selector: k8s_discovery.SelectorRef | None = None  # set: from the pods this selector matches
@@ -139,7 +141,12 @@ class EndpointPicker:
                 options.replicas.interval,
                 options.replicas.ttl,
             )
-        self.overload = OverloadGuard(options.max_concurrent_streams, options.max_event_loop_lag)
+        self.overload = OverloadGuard(
+            options.max_concurrent_streams,
+            options.max_event_loop_lag,
+            options.max_queue_wait,
+            self.metrics.overload_refused,
+        )
         self.recorder = DecisionRecorder(options.observe.records)
         if self.recorder.enabled:
             self.director.recorder = self.recorder
@@ -464,6 +471,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(0: off; default 250ms)",
     )
     parser.add_argument(
+        "--max-queue-wait",
+        default="1s",
+        help="a request whose headers reach the EPP more than this after the gateway received it (it waited "
+        "in Envoy or gRPC behind an overloaded EPP) is answered 429 with Retry-After at once; needs Envoy's "
+        "request.time attribute (request_attributes of the ext_proc filter; without it, no check) and "
+        "compares the gateway's wall clock with the EPP's (0: off; default 1s, a tenth of Envoy's "
+        "message_timeout)",
+    )
+    parser.add_argument(
         "--shutdown-grace",
         default="120s",
         help="on SIGTERM, how long in-flight requests may finish (Go duration, default 120s)",
@@ -535,6 +551,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         shutdown_grace=parse_duration(args.shutdown_grace),
         max_concurrent_streams=_non_negative("--max-concurrent-streams", args.max_concurrent_streams),
         max_event_loop_lag=_non_negative_duration("--max-event-loop-lag", args.max_event_loop_lag),
+        max_queue_wait=_non_negative_duration("--max-queue-wait", args.max_queue_wait),
         pool_gauges_refresh=parse_duration(args.refresh_prometheus_metrics_interval),
         health_checking=args.health_checking,
         ready_file=args.ready_file,

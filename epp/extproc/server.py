@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from epp.extproc import messages
+from epp.extproc import attributes, messages
 from epp.extproc.pb import ext_proc, ext_proc_grpc
 from epp.extproc.stream import ExtProcStream, StreamOptions
 from epp.flowcontrol.overload import OverloadGuard
@@ -57,22 +58,21 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
                 self._director.record_error(refusal, None)
                 yield messages.immediate_error(refusal, self._options.error_prefix)
                 return
-        stream = ExtProcStream(self._director, self._options)
         incoming = aiter(request_iterator)
+        stream: ExtProcStream | None = None
         try:
+            try:
+                message = await anext(incoming)
+            except StopAsyncIteration:
+                return
+            if guard is not None and guard.max_wait:
+                refusal = _waited_too_long(guard, message)
+                if refusal is not None:
+                    self._director.record_error(refusal, None)
+                    yield messages.immediate_error(refusal, self._options.error_prefix)
+                    return
+            stream = ExtProcStream(self._director, self._options)
             while True:
-                eviction = stream.eviction_signal
-                if eviction is None:  # the common case, kept cheap: one plain read
-                    try:
-                        message = await anext(incoming)
-                    except StopAsyncIteration:
-                        return
-                else:
-                    message = await _message_or_eviction(incoming, eviction)
-                    if message is None:
-                        if eviction.done():
-                            yield stream.evicted()
-                        return
                 try:
                     extend = stream.extend_message_timeout(message)
                     if extend is not None:
@@ -92,12 +92,34 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
                     yield reply
                 if stream.done:
                     return
+                eviction = stream.eviction_signal
+                if eviction is None:  # the common case, kept cheap: one plain read
+                    try:
+                        message = await anext(incoming)
+                    except StopAsyncIteration:
+                        return
+                else:
+                    next_message = await _message_or_eviction(incoming, eviction)
+                    if next_message is None:
+                        if eviction.done():
+                            yield stream.evicted()
+                        return
+                    message = next_message
         finally:
             try:
-                stream.close()
+                if stream is not None:
+                    stream.close()
             finally:  # the guard's slot is given back even if closing the stream failed
                 if guard is not None:
                     guard.leave()
+
+
+def _waited_too_long(guard: OverloadGuard, message: ext_proc.ProcessingRequest) -> RequestError | None:
+    """The guard's refusal of a request that waited too long before its headers reached the EPP
+    (the gateway's `request.time` against this host's clock); None when it did not, or when the
+    gateway does not send the attribute."""
+    received = attributes.request_time(message)
+    return None if received is None else guard.waited(time.time() - received)
 
 
 async def _message_or_eviction(

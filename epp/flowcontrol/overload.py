@@ -4,13 +4,19 @@ message timeout turns requests into 504s. The guard sheds instead, at a new requ
 message, before any parsing: a request is refused at once (429 with Retry-After) while the EPP
 holds `max_streams` ext_proc streams, or while its event loop lags more than `max_lag` behind.
 Requests admitted before go on; health answers (another gRPC service) are never refused; it
-recovers as soon as the lag is measured below the limit again."""
+recovers as soon as the lag is measured below the limit again.
+
+Under overload the backlog sits mostly before the event loop (in gRPC core and in Envoy), where
+neither the lag nor the stream count sees it; so a request is also refused at its request headers
+when it already waited more than `max_wait` since the gateway received it (Envoy's `request.time`
+attribute, a wall clock compared with this host's)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from epp.requests import ErrorCode, RequestError
 
@@ -19,11 +25,28 @@ log = logging.getLogger(__name__)
 LAG_INTERVAL = 0.025  # seconds between event-loop lag measurements
 RETRY_AFTER_SECONDS = 1
 
+# Reasons of a refusal, the `reason` label of the refusal count.
+STREAMS = "concurrent_streams"
+LAG = "event_loop_lag"
+QUEUE_WAIT = "queue_wait"
+
+
+def _uncounted(reason: str) -> None:
+    return None
+
 
 class OverloadGuard:
-    def __init__(self, max_streams: int = 0, max_lag: float = 0.0) -> None:
+    def __init__(
+        self,
+        max_streams: int = 0,
+        max_lag: float = 0.0,
+        max_wait: float = 0.0,
+        count: Callable[[str], None] = _uncounted,
+    ) -> None:
         self.max_streams = max_streams  # 0: no limit
         self.max_lag = max_lag  # seconds; 0: not measured
+        self.max_wait = max_wait  # seconds; 0: not checked
+        self._count = count  # called with the reason of each refusal
         self.streams = 0
         self.lag = 0.0
         self.refused = 0
@@ -33,13 +56,15 @@ class OverloadGuard:
         """Admit a new stream (the caller must `leave` it once) or say why not."""
         if self.max_streams and self.streams >= self.max_streams:
             return self._refuse(
+                STREAMS,
                 f"the endpoint picker is at its limit of {self.max_streams} concurrent requests "
-                "(--max-concurrent-streams); retry later"
+                "(--max-concurrent-streams); retry later",
             )
         if self.max_lag and self.lag > self.max_lag:
             return self._refuse(
+                LAG,
                 f"the endpoint picker is overloaded: its event loop lags {self.lag * 1000:.0f} ms, "
-                f"over its limit of {self.max_lag * 1000:.0f} ms (--max-event-loop-lag); retry later"
+                f"over its limit of {self.max_lag * 1000:.0f} ms (--max-event-loop-lag); retry later",
             )
         self.streams += 1
         return None
@@ -47,8 +72,20 @@ class OverloadGuard:
     def leave(self) -> None:
         self.streams -= 1
 
-    def _refuse(self, message: str) -> RequestError:
+    def waited(self, seconds: float) -> RequestError | None:
+        """Refuse an admitted request that waited `seconds` before the EPP saw it, if too long."""
+        if self.max_wait and seconds > self.max_wait:
+            return self._refuse(
+                QUEUE_WAIT,
+                f"the endpoint picker is overloaded: the request waited {seconds * 1000:.0f} ms "
+                f"before it reached it, over its limit of {self.max_wait * 1000:.0f} ms "
+                "(--max-queue-wait); retry later",
+            )
+        return None
+
+    def _refuse(self, reason: str, message: str) -> RequestError:
         self.refused += 1
+        self._count(reason)
         return RequestError(ErrorCode.RESOURCE_EXHAUSTED, message, retry_after=RETRY_AFTER_SECONDS)
 
     def start(self) -> None:

@@ -266,6 +266,12 @@ class EppMetrics:
             ["model_rewrite_name", "model_name", "target_model"],
             registry=r,
         )
+        self.overload_refusals = Counter(
+            "llm_d_epp_overload_refused_total",
+            "new requests the EPP's overload guard answered 429, by reason",
+            ["reason"],
+            registry=r,
+        )
         self._rewrites: dict[tuple[str, str, str], Counter] = {}
         self._series: dict[tuple[str, str], ModelSeries] = {}
         self.flow_control = FlowControlMetrics(self)
@@ -281,6 +287,9 @@ class EppMetrics:
         collector = PoolCollector(datastore, pool_name, staleness, std_dev="llm-d" in self.aliases)
         self.registry.register(collector)
         return collector
+
+    def overload_refused(self, reason: str) -> None:
+        self.overload_refusals.labels(reason).inc()
 
     def model_rewritten(self, rewrite: str, model: str, target: str) -> None:
         """Count one rewrite decision. A generic rule matches any model a client names, so model

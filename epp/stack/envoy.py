@@ -233,6 +233,9 @@ def _http_filters(options: EnvoyOptions, cluster: str = "epp") -> list[dict[str,
             # Lets the EPP stop Envoy sending a streamed response's chunks once it has its headers.
             allow_mode_override=True,
             processing_mode=_processing_mode(options),
+            # When Envoy received the request, sent with its headers: the EPP refuses a request
+            # that already waited too long for it (--max-queue-wait).
+            request_attributes=["request.time"],
             metadata_options={
                 "receiving_namespaces": {"untyped": [LB_NAMESPACE]},
                 "forwarding_namespaces": {"untyped": ["envoy.lb.subset_hint"]},

@@ -93,3 +93,12 @@ def test_strict_config_refuses_a_config_with_warnings(caplog: pytest.LogCaptureF
         code = serve.run(serve_args("--config-text", lenient, "--strict-config"))
     assert code == 2
     assert "plugins[0].parameters.queueDepth: unknown field (allowed: none)" in caplog.text
+
+
+def test_the_queue_wait_bound_defaults_to_a_second_and_reaches_the_guard() -> None:
+    assert serve.options_from_args(serve_args()).max_queue_wait == 1.0
+    picker = serve.EndpointPicker(serve.options_from_args(serve_args("--max-queue-wait", "250ms")))
+    assert picker.overload.max_wait == 0.25
+    assert serve.options_from_args(serve_args("--max-queue-wait=0")).max_queue_wait == 0.0
+    with pytest.raises(ValueError, match=r"invalid duration '-1s': use Go syntax"):
+        serve.options_from_args(serve_args("--max-queue-wait=-1s"))

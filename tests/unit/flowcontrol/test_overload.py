@@ -1,6 +1,8 @@
 """The EPP's own overload protection over a real gRPC channel: past its stream limit or while its
-event loop lags, a new request is a 429 with Retry-After at its first message; requests admitted
-before go on, health keeps answering, and it recovers as soon as the load drops."""
+event loop lags, a new request is a 429 with Retry-After at its first message, as is one whose
+headers reached the EPP too long after the gateway received it; requests admitted before go on,
+health keeps answering, it recovers as soon as the load drops, and each refusal is counted by
+reason."""
 
 from __future__ import annotations
 
@@ -21,12 +23,15 @@ from epp.extproc.server import Health, bind, ext_proc_server
 from epp.extproc.stream import StreamOptions
 from epp.flowcontrol.overload import OverloadGuard
 from epp.framework import PluginContext
+from epp.metrics.exporter import EppMetrics
+from tests.unit.extproc.test_attributes import received_at
 from tests.unit.flowcontrol.test_flow_control import body_msg, headers_msg, read
 
 
 class Setup:
-    def __init__(self, guard: OverloadGuard, channel: grpc.aio.Channel) -> None:
+    def __init__(self, guard: OverloadGuard, channel: grpc.aio.Channel, metrics: EppMetrics) -> None:
         self.guard = guard
+        self.metrics = metrics
         self.stub = ext_proc_grpc.ExternalProcessorStub(channel)
         self.health = health_pb2_grpc.HealthStub(channel)
 
@@ -36,12 +41,13 @@ async def setup() -> AsyncIterator[Setup]:
     datastore = Datastore()
     datastore.synced = True
     director, _ = build_director(load_config(), datastore, PluginContext())
-    guard = OverloadGuard(max_streams=1, max_lag=0.25)
+    metrics = EppMetrics()
+    guard = OverloadGuard(max_streams=1, max_lag=0.25, max_wait=1.0, count=metrics.overload_refused)
     server = ext_proc_server(director, StreamOptions(), Health(lambda: True), guard)
     port = bind(server, "127.0.0.1:0", None)
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    yield Setup(guard, channel)
+    yield Setup(guard, channel, metrics)
     await channel.close()
     await server.stop(0)
     await guard.stop()
@@ -88,9 +94,60 @@ async def test_a_lagging_event_loop_sheds_and_recovers(setup: Setup) -> None:
     reply = (await read(call)).immediate_response
     assert reply.status.code == 429
     assert "its event loop lags 300 ms, over its limit of 250 ms (--max-event-loop-lag)" in str(reply.body)
+    assert refusals(setup) == {"event_loop_lag": 1.0}
     setup.guard.lag = 0.01
     _, kind = await first_reply(setup)
     assert kind == "request_headers"
+
+
+def refusals(setup: Setup) -> dict[str, float]:
+    """The refusal count by reason, as scraped."""
+    (family,) = (f for f in setup.metrics.registry.collect() if f.name == "llm_d_epp_overload_refused")
+    return {s.labels["reason"]: s.value for s in family.samples if s.name.endswith("_total")}
+
+
+async def test_a_request_that_waited_too_long_before_the_epp_is_a_429_with_retry_after(
+    setup: Setup,
+) -> None:
+    late = setup.stub.Process()
+    message = headers_msg({})
+    message.attributes["envoy.filters.http.ext_proc"].CopyFrom(received_at(time.time() - 3))
+    await late.write(message)
+    reply = (await read(late)).immediate_response
+    assert reply.status.code == 429
+    headers = {h.header.key: h.header.raw_value.decode() for h in reply.headers.set_headers}
+    assert headers["retry-after"] == "1"
+    text = orjson.loads(reply.body)["error"]["message"]
+    assert text.startswith("inference error: ResourceExhausted - the endpoint picker is overloaded: ")
+    assert text.endswith(" before it reached it, over its limit of 1000 ms (--max-queue-wait); retry later")
+    assert refusals(setup) == {"queue_wait": 1.0}
+    # The refused stream is no longer held: the next one (limit 1) is admitted, as is a request
+    # that arrived in time or whose gateway sends no request.time.
+    for _ in range(500):
+        if setup.guard.streams == 0:
+            break
+        await asyncio.sleep(0.01)
+    timely = setup.stub.Process()
+    message = headers_msg({})
+    message.attributes["envoy.filters.http.ext_proc"].CopyFrom(received_at(time.time() - 0.05))
+    await timely.write(message)
+    assert (await read(timely)).WhichOneof("response") == "request_headers"
+    timely.cancel()
+    for _ in range(500):
+        if setup.guard.streams == 0:
+            break
+        await asyncio.sleep(0.01)
+    _, kind = await first_reply(setup)
+    assert kind == "request_headers"
+    assert refusals(setup) == {"queue_wait": 1.0}
+
+
+def test_the_queue_wait_is_not_checked_at_zero() -> None:
+    assert OverloadGuard(max_wait=0.0).waited(3600.0) is None
+    assert OverloadGuard(max_wait=1.0).waited(0.999) is None
+    refusal = OverloadGuard(max_wait=1.0).waited(1.5)
+    assert refusal is not None and refusal.status == 429 and refusal.retry_after == 1
+    assert "waited 1500 ms before it reached it, over its limit of 1000 ms" in refusal.message
 
 
 async def test_the_lag_is_measured() -> None:
