@@ -203,7 +203,7 @@ class PrecisePrefixCache:
 
     def speculate(self, match: object, result: SchedulingResult) -> None:
         """llm-d's speculativeIndexing: the chosen endpoints hold the prompt's blocks for
-        `speculativeTTL`, until their KV events confirm (or the TTL ends)."""
+        `speculativeTTL` (with `speculativeUntilConfirmed`, until their KV events store them)."""
         if not self.params.speculative_indexing or not isinstance(match, PrefixMatch) or not match.hashes:
             return
         now = self.clock()
