@@ -342,12 +342,16 @@ class KVBlockIndex:
         pod_cache_size: int = 10,
         tier_weights: Mapping[str, float] = DEFAULT_TIER_WEIGHTS,
         metrics: KVIndexMetrics | None = None,
+        confirmation_ends_speculation: bool = False,
     ) -> None:
+        """`confirmation_ends_speculation`: a pod's stored block ends its speculative entry for the
+        block's keys, so the block's later removal shows at once (llm-d keeps it to its TTL)."""
         self.processor = processor
         self.size = size
         self.pod_cache_size = pod_cache_size
         self.tier_weights = dict(tier_weights)
         self.metrics = metrics
+        self.confirmation_ends_speculation = confirmation_ends_speculation
         # key -> its holders: a pod's name when one pod holds it at weight 1 (most keys; a dict per
         # key would double the index's memory), else {pod: weight}.
         self._entries: OrderedDict[int, str | dict[str, float]] = OrderedDict()
@@ -457,9 +461,13 @@ class KVBlockIndex:
         entries = self._entries
         if weight != 1.0:
             self._unit_weights = False
+        speculative = self._speculative if self.confirmation_ends_speculation else None
         for key in keys:
             if count:
                 state.keys[key] = state.keys.get(key, 0) + 1
+            guessed = speculative.get(key) if speculative else None
+            if guessed is not None and guessed.pop(pod, None) is not None and not guessed:
+                del self._speculative[key]
             holders = entries.get(key)
             if holders is None:
                 entries[key] = pod if weight == 1.0 else {pod: weight}

@@ -89,6 +89,9 @@ class PreciseParams(PluginParams):
     kv_events_config: KVEventsParams = KVEventsParams()
     speculative_indexing: bool = False
     speculative_ttl: Duration = Field(default=2.0, alias="speculativeTTL")
+    speculative_until_confirmed: bool = Field(
+        default=False, description="ours: an endpoint's KV event storing the blocks ends the entry"
+    )
 
     def processor(self) -> TokenProcessorParams:
         return (
@@ -165,6 +168,7 @@ class PrecisePrefixCache:
             memory.pod_cache_size,
             weights,
             metrics,
+            confirmation_ends_speculation=params.speculative_until_confirmed,
         )
         self.max_blocks = params.indexer_config.kv_block_index_config.max_prefix_blocks_to_match
         for warning in params.warnings():
@@ -199,7 +203,7 @@ class PrecisePrefixCache:
 
     def speculate(self, match: object, result: SchedulingResult) -> None:
         """llm-d's speculativeIndexing: the chosen endpoints hold the prompt's blocks for
-        `speculativeTTL`, until their KV events confirm (or the TTL ends)."""
+        `speculativeTTL` (with `speculativeUntilConfirmed`, until their KV events store them)."""
         if not self.params.speculative_indexing or not isinstance(match, PrefixMatch) or not match.hashes:
             return
         now = self.clock()

@@ -217,6 +217,25 @@ def test_speculative_entries_count_until_they_expire() -> None:
     assert idx.longest_prefix(keys, {"guess", "confirmed"}) == {"confirmed": 1.0}
 
 
+@pytest.mark.parametrize("until_confirmed", [False, True])
+def test_an_evicted_block_stays_speculative_until_its_ttl_unless_confirmation_ended_it(
+    until_confirmed: bool,
+) -> None:
+    """llm-d keeps a speculative entry to its TTL, past the engine's store and eviction of the
+    blocks; with `confirmation_ends_speculation` the store ends it, so the eviction shows at once."""
+    idx = index(16, confirmation_ends_speculation=until_confirmed)
+    tokens = list(range(48))
+    keys = idx.keys_for(tokens, M)
+    idx.add_speculative(keys, "p", now=10.0, ttl=2.0)
+    event = stored(tokens, 16)
+    idx.apply("p", M, [event])
+    assert idx.longest_prefix(keys, {"p"}) == {"p": 3.0}
+    idx.apply("p", M, [BlockRemoved(event.block_hashes)])
+    assert idx.longest_prefix(keys, {"p"}) == ({} if until_confirmed else {"p": 3.0})
+    idx.expire(12.0)
+    assert idx.longest_prefix(keys, {"p"}) == {}
+
+
 def test_holders_grow_and_shrink_between_one_and_several() -> None:
     idx = index(16)
     tokens = list(range(16))

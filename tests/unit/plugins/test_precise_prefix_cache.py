@@ -275,6 +275,15 @@ def test_speculative_indexing_marks_the_pick_until_events_arrive() -> None:
     assert follower.attributes[producer.name].matched_blocks(pods[1]) == 0
 
 
+def test_speculative_until_confirmed_reaches_the_index() -> None:
+    """`speculativeUntilConfirmed` (ours) is off unless asked for, so llm-d's configs keep its TTL."""
+    params = {"speculativeIndexing": True, "tokenProcessorConfig": {"blockSize": 16}}
+    llm_d = plugin(PrecisePrefixCacheProducer, params, context())
+    ours = plugin(PrecisePrefixCacheProducer, {**params, "speculativeUntilConfirmed": True}, context())
+    assert not llm_d.cache.index.confirmation_ends_speculation
+    assert ours.cache.index.confirmation_ends_speculation
+
+
 async def test_per_pod_mode_follows_the_pool() -> None:
     import asyncio
 
