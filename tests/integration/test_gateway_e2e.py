@@ -156,7 +156,10 @@ async def test_a_forged_destination_header_never_steers_envoy(shared_stack: Stac
 
 
 async def test_client_disconnect_mid_stream_releases_the_request(shared_stack: Stack) -> None:
-    body = {"model": MODEL, "prompt": "long story", "max_tokens": 400, "stream": True, "ignore_eos": True}
+    # ~2 s of generation at the test profile's 1 ms a step: the stream must still be running when
+    # the first chunk reaches the client. With 400 tokens (0.4 s) a response-headers round trip
+    # delayed by a loaded machine let the whole response finish first (running 0, not 1).
+    body = {"model": MODEL, "prompt": "long story", "max_tokens": 2000, "stream": True, "ignore_eos": True}
     async with (
         httpx.AsyncClient(base_url=shared_stack.gateway_url, timeout=30) as client,
         client.stream("POST", "/v1/completions", json=body) as response,
