@@ -166,7 +166,9 @@ class Stack:
         await self.start_envoy()
 
     async def stop(self) -> None:
-        processes = [self.envoy, self.reference, *self.epps, *self.sidecar_processes, *self.sim_processes]
+        # `epp` too: a subclass that starts its own EPP (tests' API-server stacks) sets only it
+        epps = [*self.epps, *([self.epp] if self.epp is not None and self.epp not in self.epps else [])]
+        processes = [self.envoy, self.reference, *epps, *self.sidecar_processes, *self.sim_processes]
         for process in processes:
             if process is not None:
                 await process.stop()
