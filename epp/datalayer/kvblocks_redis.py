@@ -124,44 +124,57 @@ return created
 """
 )
 
-# ARGV: prefix, ttl ms, n, n keys, then (key position, pod) pairs of speculative holders.
-# Returns {depth, pod, score, pod, score, ...}: each pod's tier-weighted run from the first key.
+# ARGV: prefix, ttl ms, the keys (decimal, space-separated), then (key position, pod) pairs of
+# speculative holders. Returns {depth, pod, score, pod, score, ...}: each pod's tier-weighted run
+# from the first key. `reached[pod]` is how many keys the pod's run covers (no table per key); a
+# value written as "<current generation>:1.0" is recognised without parsing it.
 LOOKUP_SCRIPT = (
     _GENERATION
     + """
-local prefix, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local prefix, ttl = ARGV[1], tonumber(ARGV[2])
 local guessed = {}
-for j = 4 + n, #ARGV, 2 do
+for j = 4, #ARGV, 2 do
   local at = tonumber(ARGV[j])
   guessed[at] = guessed[at] or {}
-  guessed[at][ARGV[j + 1]] = true
+  guessed[at][#guessed[at] + 1] = ARGV[j + 1]
 end
-local alive, scores, order, depth = nil, {}, {}, 0
-for i = 1, n do
-  local key = prefix .. ARGV[3 + i]
+local unit, reached, scores, order, depth = {}, {}, {}, {}, 0
+local function extend(pod, w)
+  if (reached[pod] or 0) == depth then
+    reached[pod] = depth + 1
+    if scores[pod] == nil then order[#order + 1] = pod end
+    scores[pod] = (scores[pod] or 0) + w
+    return true
+  end
+  return false
+end
+for block in string.gmatch(ARGV[3], '%d+') do
+  local key = prefix .. block
   local held = redis.pcall('HGETALL', key)
   if held.err then held = {} end
-  local now = {}
+  local any = false
   for j = 1, #held, 2 do
-    local pod = held[j]
-    local g, w = string.match(held[j + 1], '^(%d+):(.*)$')
-    if g == gen(prefix, pod) and tonumber(w) then now[pod] = tonumber(w) else redis.call('HDEL', key, pod) end
-  end
-  for pod in pairs(guessed[i] or {}) do
-    if now[pod] == nil then now[pod] = 1 end
-  end
-  local next_alive, any = {}, false
-  for pod, w in pairs(now) do
-    if alive == nil or alive[pod] then
-      next_alive[pod] = true
-      any = true
-      if scores[pod] == nil then order[#order + 1] = pod end
-      scores[pod] = (scores[pod] or 0) + w
+    local pod, value = held[j], held[j + 1]
+    local expected = unit[pod]
+    if expected == nil then
+      expected = gen(prefix, pod) .. ':1.0'
+      unit[pod] = expected
     end
+    local w = nil
+    if value == expected then
+      w = 1
+    else
+      local g, text = string.match(value, '^(%d+):(.*)$')
+      if g == gen(prefix, pod) then w = tonumber(text) end
+      if w == nil then redis.call('HDEL', key, pod) end
+    end
+    if w ~= nil and extend(pod, w) then any = true end
+  end
+  for _, pod in ipairs(guessed[depth + 1] or {}) do
+    if extend(pod, 1) then any = true end
   end
   if not any then break end
   if ttl > 0 and #held > 0 then redis.call('PEXPIRE', key, ttl) end
-  alive = next_alive
   depth = depth + 1
 end
 local out = {depth}
@@ -375,7 +388,7 @@ class RedisKVBlockIndex(KVBlockIndexBase):
         if time.monotonic() < self._retry_at:
             self.redis_metrics.skipped.inc()
             return None
-        args: list[str | int] = [self.key_prefix, self._header[1], len(keys), *map(str, keys)]
+        args: list[str | int] = [self.key_prefix, self._header[1], " ".join(map(str, keys))]
         if self._speculative:
             args += self._guessed(keys)
         started = time.perf_counter()
