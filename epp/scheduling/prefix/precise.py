@@ -219,9 +219,7 @@ class PrecisePrefixCache:
         shared = index_config.shared()
         self.index: KVBlockIndexBase
         if shared is None:
-            self.index = KVBlockIndex(
-                keyer, memory.size, memory.pod_cache_size, weights, metrics, confirm
-            )
+            self.index = KVBlockIndex(keyer, memory.size, memory.pod_cache_size, weights, metrics, confirm)
         else:
             self.index = RedisKVBlockIndex(
                 keyer,
