@@ -15,7 +15,15 @@ from redis import asyncio as aioredis
 
 from epp.datalayer.kvblocks import KVBlockIndex, KVIndexMetrics, TokenProcessor
 from epp.datalayer.kvblocks_redis import RETRY_INTERVAL, RedisIndexMetrics, RedisKVBlockIndex, redis_url
-from epp.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent, prompt_block_hashes
+from epp.datalayer.kvsubscriber import KVEventIngester
+from epp.kvevents import (
+    AllBlocksCleared,
+    BlockRemoved,
+    BlockStored,
+    KVEvent,
+    encode_batch,
+    prompt_block_hashes,
+)
 from epp.replicas.local_redis import LocalRedis
 
 BLOCK = 16
@@ -197,6 +205,27 @@ async def test_foreign_or_malformed_data_under_the_prefix_is_ignored_or_replaced
         assert set(await client.hkeys(f"{a.key_prefix}{keys[1]}")) == {b"p1"}  # malformed holders gone
     finally:
         await client.aclose()
+
+
+async def test_malformed_messages_are_counted_and_the_shared_index_keeps_the_rest(
+    pair: tuple[RedisKVBlockIndex, RedisKVBlockIndex],
+) -> None:
+    a, b = pair
+    metrics = a.metrics
+    assert metrics is not None
+    ingester = KVEventIngester(a, metrics, {"p1"}.__contains__)
+    tokens = list(range(32))
+    batch = encode_batch([stored(tokens)], 0.0, BLOCK, {})
+    ingester.frames([b"kv@p1@m"])  # one frame, not three
+    ingester.frames([b"kv@p1@m", (0).to_bytes(8, "big"), b"\xc1 not msgpack"])
+    ingester.frames([b"kv@p9@m", (0).to_bytes(8, "big"), batch])  # not a pool member
+    ingester.frames([b"kv@p1@m", (1).to_bytes(8, "big"), batch])
+    await a.flushed()
+    dropped = {
+        s.labels["reason"]: s.value for s in metrics.dropped.collect()[0].samples if s.name.endswith("_total")
+    }
+    assert dropped == {"malformed_frames": 1.0, "malformed_message": 1.0, "unknown_pod": 1.0}
+    assert await b.lookup(b.keys_for(tokens, "m")) == {"p1": 2.0}
 
 
 def test_addresses_as_llm_d_reads_them() -> None:

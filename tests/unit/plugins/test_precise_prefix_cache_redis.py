@@ -84,6 +84,15 @@ async def test_two_epps_share_what_one_of_them_learned(redis_server: LocalRedis)
                 assert [await route(director, content) for content in held.values()] == ["p1", "p2"]
         hits = epps[1][0].metrics.registry.get_sample_value("llm_d_epp_kv_cache_index_lookup_hits_total")
         assert hits is not None and hits > 0
+        # p1 leaves the pool of the EPP that never read its events: gone for both
+        epps[1][2].replace_all(
+            [EndpointSpec(name=n, address="10.0.0.1", port=8000 + i) for i, n in ((0, "p0"), (2, "p2"))]
+        )
+        other = epps[1][1].cache.index
+        assert isinstance(other, RedisKVBlockIndex)
+        await other.flushed()
+        tokens = tokenize(render_chat([("user", held["p1"])]))
+        assert await learner.cache.index.lookup(learner.cache.index.keys_for(tokens, "m")) == {}
     finally:
         for _, producer, _ in epps:
             await producer.stop()
