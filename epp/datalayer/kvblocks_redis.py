@@ -94,7 +94,10 @@ while i <= #ARGV do
     if cg ~= g or (tonumber(cw) or 0) < tonumber(weight) then
       redis.call('HSET', key, pod, g .. ':' .. weight)
       local size = redis.call('HLEN', key)
-      if size == 1 then created = created + 1 end
+      if size == 1 then
+        created = created + 1
+        if ttl > 0 then redis.call('PEXPIRE', key, ttl) end  -- from then on, lookups refresh it
+      end
       if size > cap then
         local held = redis.call('HGETALL', key)
         for j = 1, #held, 2 do  -- stale generations first, then the oldest other holder
@@ -109,7 +112,6 @@ while i <= #ARGV do
         end
       end
     end
-    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
     i = i + 4
   elseif op == 'd' then
     redis.pcall('HDEL', prefix .. ARGV[i + 1], ARGV[i + 2])

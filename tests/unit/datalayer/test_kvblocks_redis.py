@@ -129,6 +129,7 @@ async def test_bounded_holders_and_ttl_refreshed_by_matches(redis_server: LocalR
         assert await index.lookup(keys) == {"p2": 2.0, "p3": 2.0}  # the oldest holder went
         client = aioredis.from_url(redis_server.url)
         name = f"{index.key_prefix}{keys[0]}"
+        assert 55_000 < await client.pttl(name) <= 60_000  # set when the key was created
         await client.pexpire(name, 1000)
         await index.lookup(keys)
         assert 55_000 < await client.pttl(name) <= 60_000  # a match refreshed it
