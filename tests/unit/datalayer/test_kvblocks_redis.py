@@ -227,6 +227,9 @@ async def test_malformed_messages_are_counted_and_the_shared_index_keeps_the_res
     }
     assert dropped == {"malformed_frames": 1.0, "malformed_message": 1.0, "unknown_pod": 1.0}
     assert await b.lookup(b.keys_for(tokens, "m")) == {"p1": 2.0}
+    a.apply("bad pod", "m", [stored(tokens)])  # not an endpoint name: kept out of the shared index
+    await a.flushed()
+    assert await b.lookup(b.keys_for(tokens, "m")) == {"p1": 2.0}
 
 
 def test_addresses_as_llm_d_reads_them() -> None:
