@@ -37,7 +37,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from epp.datalayer.kvblocks import (
     DEFAULT_TIER_WEIGHTS,
@@ -267,6 +267,7 @@ class RedisKVBlockIndex(KVBlockIndexBase):
         self._retry_at = 0.0
         self._down = False
         self._in_flight = 0  # writes taken off the queue, not yet acknowledged
+        self._refusal_logged = False
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -360,6 +361,10 @@ class RedisKVBlockIndex(KVBlockIndexBase):
                     created = await self._write_script(  # type: ignore[operator]
                         args=[*self._header, "\n".join(batch)], client=self._writes
                     )
+                except ResponseError as exc:  # Redis answered: the batch itself was refused
+                    self._in_flight = 0
+                    self._refused("write", exc, len(batch))
+                    continue
                 except (RedisError, OSError) as exc:
                     self._in_flight = 0
                     self._failed("write", exc)
@@ -401,6 +406,9 @@ class RedisKVBlockIndex(KVBlockIndexBase):
         started = time.perf_counter()
         try:
             reply = await self._lookup_script(args=args, client=self._lookups)  # type: ignore[operator]
+        except ResponseError as exc:
+            self._refused("lookup", exc, 0)
+            return None
         except (RedisError, OSError) as exc:
             self._failed("lookup", exc)
             return None
@@ -438,6 +446,17 @@ class RedisKVBlockIndex(KVBlockIndexBase):
                 type(exc).__name__,
                 exc,
                 MAX_PENDING,
+            )
+
+    def _refused(self, operation: str, exc: ResponseError, dropped: int) -> None:
+        """Redis answered with an error (a script refused by the server, a read-only replica):
+        not an outage, so nothing waits for it; counted, logged once."""
+        self.redis_metrics.errors.labels(operation).inc()
+        self.redis_metrics.dropped.inc(dropped)
+        if not self._refusal_logged:
+            self._refusal_logged = True
+            log.error(
+                "KV-block index: Redis refused a %s (%s); counted and skipped from now on", operation, exc
             )
 
     def _recovered(self) -> None:

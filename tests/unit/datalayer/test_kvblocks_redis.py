@@ -178,6 +178,28 @@ async def test_redis_down_then_back(caplog: pytest.LogCaptureFixture, redis_serv
         await index.stop()
 
 
+async def test_a_full_redis_refuses_writes_which_are_dropped_not_retried(
+    pair: tuple[RedisKVBlockIndex, RedisKVBlockIndex], redis_server: LocalRedis
+) -> None:
+    a, b = pair
+    client = aioredis.from_url(redis_server.url)
+    tokens = list(range(48))
+    try:
+        await client.config_set("maxmemory-policy", "noeviction")
+        await client.config_set("maxmemory", 1)  # full: writes refused with OOM
+        a.apply("p1", "m", [stored(tokens)])
+        await a.flushed()  # dropped, not queued forever
+        assert a.redis_metrics.errors.labels("write")._value.get() == 1
+        assert a.redis_metrics.dropped._value.get() == 3
+        assert a.redis_metrics.up._value.get() == 1  # Redis answers: not an outage
+        await client.config_set("maxmemory", 0)
+        a.apply("p2", "m", [stored(tokens)])
+        await a.flushed()
+        assert await b.lookup(b.keys_for(tokens, "m")) == {"p2": 3.0}
+    finally:
+        await client.aclose()
+
+
 async def test_redis_unreachable_from_the_start(caplog: pytest.LogCaptureFixture) -> None:
     index = redis_index("redis://127.0.0.1:9/0", lookup_timeout=0.2)
     await index.start()  # does not raise: the EPP starts and scores without the index
