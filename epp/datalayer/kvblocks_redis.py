@@ -152,21 +152,26 @@ for block in string.gmatch(ARGV[3], '%d+') do
   if held.err then held = {} end
   local any = false
   for j = 1, #held, 2 do
-    local pod, value = held[j], held[j + 1]
-    local expected = unit[pod]
-    if expected == nil then
-      expected = gen(prefix, pod) .. ':1.0'
-      unit[pod] = expected
+    local pod = held[j]
+    if (reached[pod] or 0) == depth then  -- a pod whose run already ended is not even parsed
+      local value, expected = held[j + 1], unit[pod]
+      if expected == nil then
+        expected = gen(prefix, pod) .. ':1.0'
+        unit[pod] = expected
+      end
+      local w = 1
+      if value ~= expected then
+        local g, text = string.match(value, '^(%d+):(.*)$')
+        w = g == gen(prefix, pod) and tonumber(text) or nil
+        if w == nil then redis.call('HDEL', key, pod) end
+      end
+      if w ~= nil then
+        reached[pod] = depth + 1
+        if depth == 0 then order[#order + 1] = pod end
+        scores[pod] = (scores[pod] or 0) + w
+        any = true
+      end
     end
-    local w = nil
-    if value == expected then
-      w = 1
-    else
-      local g, text = string.match(value, '^(%d+):(.*)$')
-      if g == gen(prefix, pod) then w = tonumber(text) end
-      if w == nil then redis.call('HDEL', key, pod) end
-    end
-    if w ~= nil and extend(pod, w) then any = true end
   end
   for _, pod in ipairs(guessed[depth + 1] or {}) do
     if extend(pod, 1) then any = true end

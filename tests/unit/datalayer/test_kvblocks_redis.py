@@ -225,7 +225,10 @@ async def test_foreign_or_malformed_data_under_the_prefix_is_ignored_or_replaced
         a.apply("p1", "m", [stored(tokens)])
         await a.flushed()
         assert await b.lookup(keys) == {"p1": 3.0}
-        assert set(await client.hkeys(f"{a.key_prefix}{keys[1]}")) == {b"p1"}  # malformed holders gone
+        await client.hset(f"{a.key_prefix}{keys[0]}", "p9", "0:1.0")  # p9's run: one block
+        assert await b.lookup(keys) == {"p1": 3.0, "p9": 1.0}
+        # p9's malformed holder, met on its run, is deleted; p8's, never reached, is only ignored
+        assert set(await client.hkeys(f"{a.key_prefix}{keys[1]}")) == {b"p1", b"p8"}
     finally:
         await client.aclose()
 
