@@ -37,6 +37,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
 from epp.datalayer.kvblocks import (
@@ -227,7 +228,7 @@ class RedisIndexMetrics(PerRegistry):
         )
         self.dropped = Counter(
             p + "writes_dropped_total",
-            "index writes dropped: the queue waiting for Redis was full",
+            "index writes dropped: the queue waiting for Redis was full, or Redis refused their batch",
             registry=registry,
         )
         self.pending = Gauge(p + "pending_writes", "index writes waiting to be sent", registry=registry)
@@ -266,8 +267,8 @@ class RedisKVBlockIndex(KVBlockIndexBase):
         self._wake = asyncio.Event()
         self._lookups: aioredis.Redis | None = None
         self._writes: aioredis.Redis | None = None
-        self._lookup_script: object = None
-        self._write_script: object = None
+        self._lookup_script: AsyncScript | None = None
+        self._write_script: AsyncScript | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._retry_at = 0.0
         self._down = False
@@ -314,6 +315,7 @@ class RedisKVBlockIndex(KVBlockIndexBase):
             if client is not None:
                 await client.aclose()
         self._lookups = self._writes = None
+        self._lookup_script = self._write_script = None
 
     # --- writes -------------------------------------------------------------------------------
 
@@ -356,6 +358,7 @@ class RedisKVBlockIndex(KVBlockIndexBase):
 
     async def _flush_forever(self) -> None:
         pending = self._pending
+        assert self._write_script is not None
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -363,7 +366,7 @@ class RedisKVBlockIndex(KVBlockIndexBase):
                 batch = [pending.popleft() for _ in range(min(BATCH, len(pending)))]
                 self._in_flight = len(batch)
                 try:
-                    created = await self._write_script(  # type: ignore[operator]
+                    created = await self._write_script(
                         args=[*self._header, "\n".join(batch)], client=self._writes
                     )
                 except ResponseError as exc:  # Redis answered: the batch itself was refused
@@ -400,7 +403,7 @@ class RedisKVBlockIndex(KVBlockIndexBase):
         every pod; the caller keeps its candidates). None when Redis does not answer."""
         if not keys:
             return {}
-        if self._lookups is None:
+        if self._lookup_script is None:
             raise RuntimeError("RedisKVBlockIndex.lookup before start()")
         if time.monotonic() < self._retry_at:
             self.redis_metrics.skipped.inc()
@@ -410,7 +413,7 @@ class RedisKVBlockIndex(KVBlockIndexBase):
             args += self._guessed(keys)
         started = time.perf_counter()
         try:
-            reply = await self._lookup_script(args=args, client=self._lookups)  # type: ignore[operator]
+            reply = await self._lookup_script(args=args, client=self._lookups)
         except ResponseError as exc:
             self._refused("lookup", exc, 0)
             return None
