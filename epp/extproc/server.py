@@ -43,6 +43,9 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
         self._director = director
         self._options = options
         self._guard = guard
+        # The last refusal answered and its reply: the guard answers every request it sheds under
+        # a standing queue with the same RequestError, whose reply is then built once.
+        self._refusal: tuple[RequestError, ext_proc.ProcessingResponse] | None = None
 
     async def Process(
         self,
@@ -55,8 +58,7 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
             if refusal is not None:
                 # Shed before any work, without even reading the request's first message (Envoy
                 # sends it with the stream and takes this answer for it): one loop round trip less.
-                self._director.record_error(refusal, None)
-                yield messages.immediate_error(refusal, self._options.error_prefix)
+                yield self._refuse(refusal)
                 return
         incoming = aiter(request_iterator)
         stream: ExtProcStream | None = None
@@ -65,11 +67,10 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
                 message = await anext(incoming)
             except StopAsyncIteration:
                 return
-            if guard is not None and guard.max_wait:
+            if guard is not None and guard.checks_wait:
                 refusal = _waited_too_long(guard, message)
                 if refusal is not None:
-                    self._director.record_error(refusal, None)
-                    yield messages.immediate_error(refusal, self._options.error_prefix)
+                    yield self._refuse(refusal)
                     return
             stream = ExtProcStream(self._director, self._options)
             while True:
@@ -112,6 +113,15 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
             finally:  # the guard's slot is given back even if closing the stream failed
                 if guard is not None:
                     guard.leave()
+
+    def _refuse(self, refusal: RequestError) -> ext_proc.ProcessingResponse:
+        """The overload guard's answer, counted as every error answer."""
+        self._director.record_error(refusal, None)
+        if self._refusal is not None and self._refusal[0] is refusal:
+            return self._refusal[1]
+        reply = messages.immediate_error(refusal, self._options.error_prefix)
+        self._refusal = (refusal, reply)
+        return reply
 
 
 def _waited_too_long(guard: OverloadGuard, message: ext_proc.ProcessingRequest) -> RequestError | None:

@@ -9,7 +9,9 @@ recovers as soon as the lag is measured below the limit again.
 Under overload the backlog sits mostly before the event loop (in gRPC core and in Envoy), where
 neither the lag nor the stream count sees it; so a request is also refused at its request headers
 when it already waited more than `max_wait` since the gateway received it (Envoy's `request.time`
-attribute, a wall clock compared with this host's)."""
+attribute, a wall clock compared with this host's), and, with a `standing` controller, when it
+waited past that controller's small target while a queue stands (epp.flowcontrol.standing_queue):
+the bound is the ceiling, the controller keeps the queue short below it."""
 
 from __future__ import annotations
 
@@ -18,17 +20,18 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from epp.flowcontrol.standing_queue import RETRY_AFTER_SECONDS, StandingQueue
 from epp.requests import ErrorCode, RequestError
 
 log = logging.getLogger(__name__)
 
 LAG_INTERVAL = 0.025  # seconds between event-loop lag measurements
-RETRY_AFTER_SECONDS = 1
 
 # Reasons of a refusal, the `reason` label of the refusal count.
 STREAMS = "concurrent_streams"
 LAG = "event_loop_lag"
 QUEUE_WAIT = "queue_wait"
+STANDING_QUEUE = "standing_queue"
 
 
 def _uncounted(reason: str) -> None:
@@ -42,11 +45,13 @@ class OverloadGuard:
         max_lag: float = 0.0,
         max_wait: float = 0.0,
         count: Callable[[str], None] = _uncounted,
+        standing: StandingQueue | None = None,
     ) -> None:
         self.max_streams = max_streams  # 0: no limit
         self.max_lag = max_lag  # seconds; 0: not measured
         self.max_wait = max_wait  # seconds; 0: not checked
         self._count = count  # called with the reason of each refusal
+        self.standing = standing  # None: only the max_wait bound
         self.streams = 0
         self.lag = 0.0
         self.refused = 0
@@ -74,6 +79,7 @@ class OverloadGuard:
 
     def waited(self, seconds: float) -> RequestError | None:
         """Refuse an admitted request that waited `seconds` before the EPP saw it, if too long."""
+        standing = self.standing is not None and self.standing.shed(seconds)  # sees every wait
         if self.max_wait and seconds > self.max_wait:
             return self._refuse(
                 QUEUE_WAIT,
@@ -81,7 +87,16 @@ class OverloadGuard:
                 f"before it reached it, over its limit of {self.max_wait * 1000:.0f} ms "
                 "(--max-queue-wait); retry later",
             )
+        if standing and self.standing is not None:
+            self.refused += 1
+            self._count(STANDING_QUEUE)
+            return self.standing.refusal
         return None
+
+    @property
+    def checks_wait(self) -> bool:
+        """Whether a request's wait before the EPP is looked at at all."""
+        return bool(self.max_wait) or self.standing is not None
 
     def _refuse(self, reason: str, message: str) -> RequestError:
         self.refused += 1

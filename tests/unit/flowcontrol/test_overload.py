@@ -22,6 +22,7 @@ from epp.extproc.pb import ext_proc_grpc
 from epp.extproc.server import Health, bind, ext_proc_server
 from epp.extproc.stream import StreamOptions
 from epp.flowcontrol.overload import OverloadGuard
+from epp.flowcontrol.standing_queue import StandingQueue
 from epp.framework import PluginContext
 from epp.metrics.exporter import EppMetrics
 from tests.unit.extproc.test_attributes import received_at
@@ -166,3 +167,54 @@ async def test_the_lag_is_measured() -> None:
         await asyncio.sleep(0.01)
     assert guard.lag < 0.25
     await guard.stop()
+
+
+def test_below_the_bound_the_standing_queue_controller_sheds_with_one_answer() -> None:
+    now = [0.0]
+    counted: list[str] = []
+    standing = StandingQueue(0.005, 0.1, lambda: now[0])
+    guard = OverloadGuard(max_wait=1.0, count=counted.append, standing=standing)
+    assert guard.checks_wait and not OverloadGuard().checks_wait
+    assert guard.waited(0.0) is None
+    refusals = []
+    for _ in range(300):  # 300 ms of requests that each waited 20 ms: a standing queue
+        now[0] += 0.001
+        refusals.append(guard.waited(0.02))
+    shed = [r for r in refusals if r is not None]
+    assert len(shed) == 200 and all(r is shed[0] for r in shed)
+    assert shed[0].status == 429 and shed[0].retry_after == 1
+    assert shed[0].message == (
+        "the endpoint picker is overloaded: requests have waited over 5 ms to reach it for 100 ms "
+        "(--queue-wait-target, --queue-wait-interval); retry later"
+    )
+    # Past the bound the bound's own answer; a request on time ends the shedding.
+    assert "over its limit of 1000 ms (--max-queue-wait)" in str(guard.waited(1.5))
+    assert guard.waited(0.001) is None and guard.waited(0.02) is None
+    assert counted == ["standing_queue"] * 200 + ["queue_wait"]
+
+
+async def test_a_request_shed_under_a_standing_queue_is_a_429_with_retry_after(setup: Setup) -> None:
+    now = [0.0]
+    setup.guard.standing = standing = StandingQueue(0.005, 0.1, lambda: now[0])
+    standing.shed(0.0)
+    standing.shed(0.3)
+    now[0] = 0.1  # an interval of late requests
+    replies = []
+    for _ in range(2):
+        late = setup.stub.Process()
+        message = headers_msg({})
+        message.attributes["envoy.filters.http.ext_proc"].CopyFrom(received_at(time.time() - 0.3))
+        await late.write(message)
+        replies.append((await read(late)).immediate_response)
+        for _ in range(500):
+            if setup.guard.streams == 0:
+                break
+            await asyncio.sleep(0.01)
+    assert [r.status.code for r in replies] == [429, 429]
+    assert replies[0] == replies[1]
+    headers = {h.header.key: h.header.raw_value.decode() for h in replies[0].headers.set_headers}
+    assert headers["retry-after"] == "1"
+    assert orjson.loads(replies[0].body)["error"]["message"].startswith(
+        "inference error: ResourceExhausted - the endpoint picker is overloaded: requests have waited over"
+    )
+    assert refusals(setup) == {"standing_queue": 2.0}
