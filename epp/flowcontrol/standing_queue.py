@@ -50,6 +50,7 @@ class StandingQueue:
             f"it for {interval * 1000:g} ms (--queue-wait-target, --queue-wait-interval); retry later",
             retry_after=RETRY_AFTER_SECONDS,
         )
+        self._next_sample = 0.0  # while shedding, when the next request's wait is read
         self._above_until: float | None = None  # when waits above target since then make a standing queue
         self._epoch_end = clock() + FLOOR_EPOCH
         self._epoch_floor = float("inf")
@@ -71,6 +72,15 @@ class StandingQueue:
         elif now >= self._above_until:
             self.shedding = True
         return self.shedding
+
+    def sample_due(self) -> bool:
+        """While shedding: whether to read the next request's wait (one per target) rather than
+        refuse it unread."""
+        now = self._clock()
+        if now < self._next_sample:
+            return False
+        self._next_sample = now + self.target
+        return True
 
     def _learn_floor(self, now: float, wait: float) -> None:
         if now >= self._epoch_end:

@@ -64,8 +64,7 @@ async def first_reply(setup: Setup) -> tuple[grpc.aio.StreamStreamCall, str]:
 async def test_past_the_stream_limit_a_new_request_is_a_429_with_retry_after(setup: Setup) -> None:
     held, kind = await first_reply(setup)
     assert kind == "request_headers" and setup.guard.streams == 1
-    refused = setup.stub.Process()
-    await refused.write(headers_msg({}))
+    refused = setup.stub.Process(iter([headers_msg({})]))  # answered at dispatch: a write could come late
     reply = (await read(refused)).immediate_response
     assert reply.status.code == 429
     headers = {h.header.key: h.header.raw_value.decode() for h in reply.headers.set_headers}
@@ -90,8 +89,7 @@ async def test_past_the_stream_limit_a_new_request_is_a_429_with_retry_after(set
 
 async def test_a_lagging_event_loop_sheds_and_recovers(setup: Setup) -> None:
     setup.guard.lag = 0.3  # as measured while the loop is out of CPU
-    call = setup.stub.Process()
-    await call.write(headers_msg({}))
+    call = setup.stub.Process(iter([headers_msg({})]))
     reply = (await read(call)).immediate_response
     assert reply.status.code == 429
     assert "its event loop lags 300 ms, over its limit of 250 ms (--max-event-loop-lag)" in str(reply.body)
@@ -187,10 +185,17 @@ def test_below_the_bound_the_standing_queue_controller_sheds_with_one_answer() -
         "the endpoint picker is overloaded: requests have waited over 5 ms to reach it for 100 ms "
         "(--queue-wait-target, --queue-wait-interval); retry later"
     )
+    # While shedding, admit() refuses new calls unread, but for one per target, read for its wait.
+    assert guard.admit() is None  # a sample
+    assert guard.admit() is shed[0]
+    now[0] += 0.005
+    assert guard.admit() is None
+    assert counted.count("standing_queue") == 201
     # Past the bound the bound's own answer; a request on time ends the shedding.
     assert "over its limit of 1000 ms (--max-queue-wait)" in str(guard.waited(1.5))
     assert guard.waited(0.001) is None and guard.waited(0.02) is None
-    assert counted == ["standing_queue"] * 200 + ["queue_wait"]
+    assert counted == ["standing_queue"] * 201 + ["queue_wait"]
+    assert guard.admit() is None
 
 
 async def test_a_request_shed_under_a_standing_queue_is_a_429_with_retry_after(setup: Setup) -> None:
@@ -218,3 +223,17 @@ async def test_a_request_shed_under_a_standing_queue_is_a_429_with_retry_after(s
         "inference error: ResourceExhausted - the endpoint picker is overloaded: requests have waited over"
     )
     assert refusals(setup) == {"standing_queue": 2.0}
+    # While shedding, all but one call per target are refused at dispatch, before (without) any
+    # message read: this one sends none.
+    unread = setup.stub.Process()
+    assert (await read(unread)).immediate_response == replies[0]
+    assert refusals(setup) == {"standing_queue": 3.0} and setup.guard.streams == 0
+    # One target later a call is read again: on time, it is served and ends the shedding.
+    now[0] += 0.005
+    timely = setup.stub.Process()
+    message = headers_msg({})
+    message.attributes["envoy.filters.http.ext_proc"].CopyFrom(received_at(time.time()))
+    await timely.write(message)
+    assert (await read(timely)).WhichOneof("response") == "request_headers"
+    assert not standing.shedding
+    timely.cancel()
