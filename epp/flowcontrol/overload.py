@@ -1,8 +1,9 @@
 """Overload protection of the EPP itself. Past its own capacity a Python EPP gets slower for
 everyone: every ext_proc message waits behind the others on the event loop, until Envoy's
-message timeout turns requests into 504s. The guard sheds instead, at a new request's first
-message, before any parsing: a request is refused at once (429 with Retry-After) while the EPP
-holds `max_streams` ext_proc streams, or while its event loop lags more than `max_lag` behind.
+message timeout turns requests into 504s. The guard sheds instead, as a new request's ext_proc
+call arrives, before any of its messages is read: it is refused at once (429 with Retry-After)
+while the EPP holds `max_streams` ext_proc streams, or while its event loop lags more than
+`max_lag` behind.
 Requests admitted before go on; health answers (another gRPC service) are never refused; it
 recovers as soon as the lag is measured below the limit again.
 
@@ -77,9 +78,7 @@ class OverloadGuard:
                 f"over its limit of {self.max_lag * 1000:.0f} ms (--max-event-loop-lag); retry later",
             )
         if self.standing is not None and self.standing.shedding and not self.standing.sample_due():
-            self.refused += 1
-            self._count(STANDING_QUEUE)
-            return self.standing.refusal
+            return self._shed(self.standing)
         return None
 
     def enter(self) -> None:
@@ -91,7 +90,8 @@ class OverloadGuard:
 
     def waited(self, seconds: float) -> RequestError | None:
         """Refuse an admitted request that waited `seconds` before the EPP saw it, if too long."""
-        standing = self.standing is not None and self.standing.shed(seconds)  # sees every wait
+        standing = self.standing
+        late = standing is not None and standing.shed(seconds)  # the controller sees every wait
         if self.max_wait and seconds > self.max_wait:
             return self._refuse(
                 QUEUE_WAIT,
@@ -99,16 +99,19 @@ class OverloadGuard:
                 f"before it reached it, over its limit of {self.max_wait * 1000:.0f} ms "
                 "(--max-queue-wait); retry later",
             )
-        if standing and self.standing is not None:
-            self.refused += 1
-            self._count(STANDING_QUEUE)
-            return self.standing.refusal
+        if late and standing is not None:
+            return self._shed(standing)
         return None
 
     @property
     def checks_wait(self) -> bool:
         """Whether a request's wait before the EPP is looked at at all."""
         return bool(self.max_wait) or self.standing is not None
+
+    def _shed(self, standing: StandingQueue) -> RequestError:
+        self.refused += 1
+        self._count(STANDING_QUEUE)
+        return standing.refusal
 
     def _refuse(self, reason: str, message: str) -> RequestError:
         self.refused += 1
