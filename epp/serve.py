@@ -85,7 +85,7 @@ class ServeOptions:
     # How long a request may have waited (since the gateway received it) before the EPP saw it.
     max_queue_wait: float = 1.0
     # Below that ceiling, the standing-queue controller (epp.flowcontrol.standing_queue): 0 target: off.
-    queue_wait_target: float = 0.05
+    queue_wait_target: float = 0.0
     queue_wait_interval: float = 0.1
     stream: StreamOptions = field(default_factory=StreamOptions)
     pool: k8s_discovery.PoolRef | None = None  # set: discover endpoints from this InferencePool
@@ -488,12 +488,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--queue-wait-target",
-        default="50ms",
+        default="0",
         help="below --max-queue-wait, keep the queue before the EPP short: once every request for "
         "--queue-wait-interval waited more than this before the EPP saw it (a standing queue, not a burst), "
         "each request that waited more is answered 429 with Retry-After at once, until one waits less "
         "(CoDel's rule; waits taken from the shortest seen lately, so a constant clock skew under the "
-        "interval does not count; 0: off; default 50ms)",
+        "interval does not count; 0: off, the default; 50ms suits a shared host)",
     )
     parser.add_argument(
         "--queue-wait-interval",
