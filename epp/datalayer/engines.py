@@ -82,29 +82,39 @@ def _first(samples: SeriesByName, specs: tuple[MetricSpec, ...]) -> Sample | Non
     return series[0] if series else None
 
 
-def _finite(series: list[Sample]) -> list[float]:
-    values = [s.value for s in series]
-    for value in values:
-        if not math.isfinite(value):
-            raise ValueError(f"non-finite metric value in {values}")
-    return values
+def _finite(value: float, series: list[Sample]) -> float:
+    if value - value != 0.0:  # NaN or infinite: math.isfinite without a call
+        raise ValueError(f"non-finite metric value in {[s.value for s in series]}")
+    return value
 
 
 def _total(samples: SeriesByName, specs: tuple[MetricSpec, ...]) -> float:
     """Counts add up over series: one per model normally; a multi-model server reports several."""
-    return sum(_finite(_matching(samples, specs)))
+    series = _matching(samples, specs)
+    total = 0.0
+    for sample in series:
+        total += _finite(sample.value, series)
+    return total
 
 
 def _highest(samples: SeriesByName, specs: tuple[MetricSpec, ...]) -> float:
     """Ratios and sizes do not add up: with several series (data-parallel ranks) the fullest one
     speaks for the endpoint."""
-    return max(_finite(_matching(samples, specs)), default=0.0)
+    series = _matching(samples, specs)
+    if not series:
+        return 0.0
+    highest = _finite(series[0].value, series)
+    for sample in series[1:]:
+        highest = max(highest, _finite(sample.value, series))
+    return highest
 
 
 def _latest(samples: SeriesByName, specs: tuple[MetricSpec, ...]) -> Sample | None:
     """vLLM's LoRA info gauge carries a timestamp as its value: the newest series is current."""
     series = _matching(samples, specs)
-    return max(series, key=lambda s: s.value) if series else None
+    if len(series) < 2:
+        return series[0] if series else None
+    return max(series, key=lambda s: s.value)
 
 
 @functools.lru_cache(maxsize=1024)  # label values repeat scrape after scrape
