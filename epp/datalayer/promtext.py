@@ -80,7 +80,6 @@ def _unescape(value: str) -> str:
 _SAMPLE_SUFFIXES = ("_total", "_created", "_bucket", "_count", "_sum", "_gcount", "_gsum", "_info")
 _AFTER_NAME = (b"{", b" ", b"\t")  # what follows a sample's name on its line
 _HELP_OR_TYPE = (b"# HELP ", b"# TYPE ")
-_NEWLINE = ord("\n")
 # A name found on an endpoint's last page is searched for from this far before where it was: values
 # change length between scrapes, and series come and go.
 HINT_SLACK = 1024
@@ -124,14 +123,12 @@ class _Wanted:
         """The (label block, value) of each of the name's sample lines, and where the first one
         found starts (-1 if the page has none). Looked for at `hint` first, then from a little
         before it, then from the page's start."""
-        head = self.head
         if (
-            hint >= 0
-            and page.startswith(head, hint)
-            and page.startswith(_AFTER_NAME, hint + len(head))
-            and (hint == 0 or page[hint - 1] == _NEWLINE)
+            hint > 0
+            and page.startswith(self.needle, hint - 1)
+            and page.startswith(_AFTER_NAME, hint + len(self.head))
         ):
-            at, walk = hint, hint > 0
+            at, walk = hint, True
         else:
             at, walk = self._search(page, hint)
             if at < 0:
