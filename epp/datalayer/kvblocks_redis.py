@@ -46,14 +46,17 @@ from epp.datalayer.kvblocks import (
     KVIndexMetrics,
     TokenProcessor,
 )
+from epp.datalayer.redis_address import (
+    DEFAULT_ADDRESS,
+    DEFAULT_LOOKUP_TIMEOUT,
+    DEFAULT_PREFIX,
+    DEFAULT_TTL,
+    redis_url,
+)
 from epp.metrics.per_registry import PerRegistry
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ADDRESS = "redis://127.0.0.1:6379"  # llm-d's default
-DEFAULT_PREFIX = "epp:kvblock:"
-DEFAULT_TTL = 3600.0
-DEFAULT_LOOKUP_TIMEOUT = 0.05
 BATCH = 2048  # queued writes per script call
 MAX_PENDING = 500_000  # queued writes kept while Redis is slow or gone
 RETRY_INTERVAL = 1.0  # seconds between attempts while Redis does not answer
@@ -189,18 +192,6 @@ end
 return out
 """
 )
-
-
-def redis_url(address: str) -> str:
-    """llm-d's address forms: a bare `host:port` is `redis://`, `valkey://` and `valkeys://` are
-    `redis://` and `rediss://`; `redis://`, `rediss://` and `unix://` are taken as they are."""
-    scheme, sep, rest = address.partition("://")
-    if not sep:
-        return f"redis://{address}"
-    scheme = {"valkey": "redis", "valkeys": "rediss"}.get(scheme.lower(), scheme.lower())
-    if scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"unsupported scheme {scheme!r}: use redis://, rediss://, valkey://, or unix://")
-    return f"{scheme}://{rest}"
 
 
 def redacted(url: str) -> str:

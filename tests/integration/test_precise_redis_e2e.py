@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from redis import asyncio as aioredis
 
-from epp.datalayer.kvblocks_redis import DEFAULT_PREFIX
+from epp.datalayer.redis_address import DEFAULT_PREFIX
 from epp.replicas.local_redis import LocalRedis, free_port, redis_server_path
 from tests.integration.test_precise_prefix_e2e import PRECISE_CONFIG, kv_stack, scenario
 

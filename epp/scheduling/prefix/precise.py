@@ -19,13 +19,11 @@ from epp.datalayer.kvblocks import (
     KVIndexMetrics,
     TokenProcessor,
 )
-from epp.datalayer.kvblocks_redis import (
+from epp.datalayer.redis_address import (
     DEFAULT_ADDRESS,
     DEFAULT_LOOKUP_TIMEOUT,
     DEFAULT_PREFIX,
     DEFAULT_TTL,
-    RedisIndexMetrics,
-    RedisKVBlockIndex,
     redis_url,
 )
 from epp.datalayer.tokenize import TokenizedPrompt
@@ -39,6 +37,7 @@ from epp.scheduling.prefix.match import PrefixMatch
 from epp.scheduling.types import SchedulingResult
 
 if TYPE_CHECKING:
+    from epp.datalayer.kvblocks_redis import RedisKVBlockIndex
     from epp.datalayer.kvsubscriber import KVEventIngester, Subscriber
 
 log = logging.getLogger(__name__)
@@ -218,10 +217,13 @@ class PrecisePrefixCache:
         confirm = params.speculative_until_confirmed
         shared = index_config.shared()
         self.index: KVBlockIndexBase
+        self.shared_index: RedisKVBlockIndex | None = None
         if shared is None:
             self.index = KVBlockIndex(keyer, memory.size, memory.pod_cache_size, weights, metrics, confirm)
-        else:
-            self.index = RedisKVBlockIndex(
+        else:  # redis-py is imported only when a config keeps the index there
+            from epp.datalayer.kvblocks_redis import RedisIndexMetrics, RedisKVBlockIndex
+
+            self.index = self.shared_index = RedisKVBlockIndex(
                 keyer,
                 shared.address,
                 key_prefix=shared.key_prefix,
@@ -259,8 +261,8 @@ class PrecisePrefixCache:
     async def lookup(self, request: InferenceRequest, tokenized: object) -> None:
         """The shared (Redis) index is asked before scheduling, every pod's run at once; `match`
         keeps the candidates'. Nothing to do for the in-memory index."""
-        index = self.index
-        if not isinstance(index, RedisKVBlockIndex):
+        index = self.shared_index
+        if index is None:
             return
         keys = self._keys(request, tokenized)
         if not keys:
@@ -343,8 +345,8 @@ class PrecisePrefixCache:
         from epp.datalayer.kvsubscriber import KVEventIngester, Subscriber
 
         self._datastore = datastore
-        if isinstance(self.index, RedisKVBlockIndex):
-            await self.index.start()
+        if self.shared_index is not None:
+            await self.shared_index.start()
         self._ingester = KVEventIngester(self.index, self.metrics, self._known.__contains__)
         config = self.params.kv_events_config
         if config.zmq_endpoint:
@@ -368,5 +370,5 @@ class PrecisePrefixCache:
             await subscriber.stop()
         if self._stopping:
             await asyncio.gather(*self._stopping)
-        if isinstance(self.index, RedisKVBlockIndex):
-            await self.index.stop()
+        if self.shared_index is not None:
+            await self.shared_index.stop()

@@ -14,8 +14,9 @@ from prometheus_client import CollectorRegistry
 from redis import asyncio as aioredis
 
 from epp.datalayer.kvblocks import KVBlockIndex, KVIndexMetrics, TokenProcessor
-from epp.datalayer.kvblocks_redis import RETRY_INTERVAL, RedisIndexMetrics, RedisKVBlockIndex, redis_url
+from epp.datalayer.kvblocks_redis import RETRY_INTERVAL, RedisIndexMetrics, RedisKVBlockIndex
 from epp.datalayer.kvsubscriber import KVEventIngester
+from epp.datalayer.redis_address import redis_url
 from epp.kvevents import (
     AllBlocksCleared,
     BlockRemoved,
