@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pytest
+from xxhash import xxh64_intdigest
 
 from epp.datastore import Endpoint
 from epp.metrics.exporter import EppMetrics
@@ -36,6 +37,16 @@ def test_hashes_are_chained_so_equal_hashes_mean_equal_prefixes() -> None:
     changed_last = block_hashes(TEXT[:-1] + b"X", 1, BLOCK, 256)
     assert not set(base) & set(changed_first)
     assert changed_last[:-1] == base[:-1] and changed_last[-1] != base[-1]
+
+
+@pytest.mark.parametrize(("data", "max_blocks"), [(TEXT + b"tail", 0), (TEXT + b"tail", 5), (TEXT, 16)])
+def test_each_hash_is_its_block_hashed_with_the_previous_hash_as_seed(data: bytes, max_blocks: int) -> None:
+    """The values, not only their properties: the one-call chain equals the definition."""
+    expected, previous = [], 7
+    for start in range(0, min(len(data), BLOCK * (max_blocks or len(data))), BLOCK):
+        previous = xxh64_intdigest(data[start : start + BLOCK], previous)
+        expected.append(previous)
+    assert block_hashes(data, 7, BLOCK, max_blocks) == expected
 
 
 def test_hash_chain_starts_from_model_and_cache_salt() -> None:
