@@ -135,7 +135,9 @@ def virtual_cluster(workload: WorkloadSpec, scrape_interval: float, seed: int) -
     profile = get_profile(workload.cluster.profile).with_overrides(
         num_gpu_blocks=workload.cluster.num_gpu_blocks
     )
-    return VirtualCluster(workload.cluster.endpoints, profile, scrape_interval=scrape_interval, seed=seed)
+    return VirtualCluster(
+        workload.cluster.endpoints, profile, scrape_interval=scrape_interval, seed=seed, churn=workload.churn
+    )
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,8 @@ class SuiteRunner:
     async def _run_realtime(self) -> list[RunOutcome]:
         outcomes = []
         for workload, policy, rate in self.selected():
+            if workload.churn is not None:
+                raise ValueError(f"{workload.name}: workloads with churn run in virtual time only")
             key = RunKey(workload.name, policy.name, rate, "realtime")
             cluster = RealtimeCluster(
                 endpoints=workload.cluster.endpoints,
