@@ -150,10 +150,8 @@ def test_report_versus_writes_the_named_block_against_the_named_baseline(tmp_pat
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     suite = Path(__file__).parents[3] / "bench" / "suite.yaml"
-    args = parser.parse_args(
-        ["report", "--versus", "--suite", str(suite), "--results", str(results), "--doc", str(doc)]
-        + ["--baseline", "gie-upstream", "--block", "churn"]
-    )
+    files = ["--suite", str(suite), "--results", str(results), "--doc", str(doc)]
+    args = parser.parse_args(["report", "--versus", *files, "--baseline", "gie-upstream", "--block", "churn"])
     assert report(args) == 0
     text = doc.read_text()
     assert "<!-- BEGIN GENERATED: churn -->" in text
