@@ -9,8 +9,9 @@ cache. Scaling sets the number of pods: new ones start empty, removed ones (the 
 as a StatefulSet scales in) leave and drain the same way.
 
 Times are fractions of the span over which the workload's requests arrive, so every rate sees the
-same number of changes at the same points of its request stream; restart times and pods are drawn
-from the churn's own seed, so every policy meets the same schedule.
+same number of changes at the same points of its request stream; restart times and the order of
+the pods are drawn from the churn's own seed, so every policy meets the same schedule. A restart
+due while its pod is still down (a long drain) is skipped.
 """
 
 from __future__ import annotations
@@ -60,16 +61,20 @@ class ChurnEvent:
 
 def schedule(churn: Churn, span: float, endpoints: int) -> list[ChurnEvent]:
     """The pool changes over `span` seconds of arrivals on a pool that starts with `endpoints`
-    pods, in time order (a scale step before a restart at the same time). Restarts are spread as
-    failures over a long run would be, one at a seeded time in each equal slice of the span, and
-    each picks one of the pods the scale steps say are in the pool at its time."""
+    pods, in time order (a scale step before a restart at the same time). Restarts come one at a
+    seeded time in each equal slice of the span, in rounds as a rollout makes them: each picks,
+    in a seeded order, a pod (of those the scale steps put in the pool at its time) not restarted
+    yet in this round."""
     rng = random.Random(churn.seed)
     events = [ChurnEvent(step.at * span, "scale", endpoints=step.endpoints) for step in churn.scale]
     slice_ = span / churn.restarts if churn.restarts else 0.0
+    unrestarted: list[int] = []  # this round's pods not restarted yet
     for at in (slice_ * (k + rng.random()) for k in range(churn.restarts)):
         size = endpoints
         for step in churn.scale:
             if step.at * span <= at:
                 size = step.endpoints
-        events.append(ChurnEvent(at, "restart", pod=rng.randrange(size)))
+        unrestarted = [pod for pod in unrestarted if pod < size] or list(range(size))
+        pod = unrestarted.pop(rng.randrange(len(unrestarted)))
+        events.append(ChurnEvent(at, "restart", pod=pod))
     return sorted(events, key=lambda e: (e.at, e.kind != "scale"))

@@ -59,6 +59,13 @@ def test_the_schedule_is_seeded_one_restart_per_slice_and_scale_steps_at_their_f
     assert all(e.pod < (4 if e.at < 20 else 8) for e in restarts)
 
 
+def test_restarts_come_in_rounds_each_pod_once() -> None:
+    events = schedule(Churn(seed=1, restarts=8), 80.0, 4)
+    pods = [e.pod for e in events]
+    assert sorted(pods[:4]) == sorted(pods[4:]) == [0, 1, 2, 3]
+    assert pods != [e.pod for e in schedule(Churn(seed=2, restarts=8), 80.0, 4)]  # the order is seeded
+
+
 def test_scale_steps_out_of_order_are_refused() -> None:
     with pytest.raises(ValidationError, match="scale steps must be in time order"):
         Churn(scale=({"at": 0.6, "endpoints": 2}, {"at": 0.2, "endpoints": 3}))
