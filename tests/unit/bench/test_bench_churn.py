@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from epp.bench.churn import Churn, ChurnEvent, ScaleStep, schedule
+from epp.bench.suite import Suite, SuiteRunner
 from epp.bench.summary import summarize
 from epp.bench.virtual import VirtualCluster, VirtualRun
 from epp.bench.workload import BenchRequest, WorkloadSpec, generate, load_spec
@@ -223,3 +224,9 @@ def test_a_churn_workload_is_deterministic() -> None:
     assert first.churn_log == second.churn_log
     assert [r.endpoint for r in first.records] == [r.endpoint for r in second.records]
     assert sum(what == "joined" for _, what, _ in first.churn_log) >= 2
+
+
+def test_real_time_refuses_a_churn_workload_before_starting_anything() -> None:
+    runner = SuiteRunner(Suite.load(ROOT / "bench" / "suite.yaml"), engine="realtime", workloads=["restarts"])
+    with pytest.raises(ValueError, match="restarts: workloads with churn run in virtual time only"):
+        runner.run()
