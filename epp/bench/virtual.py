@@ -149,11 +149,12 @@ class EngineSequence(Request):
 class _Server:
     """One simulated endpoint: its engine, and the step in progress whose tokens are due."""
 
-    __slots__ = ("engine", "epoch", "exited", "leaving", "name", "pending", "pod", "stepping")
+    __slots__ = ("engine", "epoch", "exited", "leaving", "name", "number", "pending", "pod", "stepping")
 
-    def __init__(self, engine: Engine, spec: EndpointSpec) -> None:
+    def __init__(self, engine: Engine, spec: EndpointSpec, number: int) -> None:
         self.engine = engine
         self.name = spec.name
+        self.number = number  # the pod's number in the cluster (`endpoint_spec`)
         self.pod = spec.hostport  # host:port, as KV events name their engine
         self.pending: StepOutcome | None = None
         self.stepping = False  # a step or a timer wake-up is scheduled
@@ -188,7 +189,7 @@ class VirtualRun:
         for plugin in self.plugins:
             if isinstance(plugin, TokenProducer):  # no render server here: the engines' tokenizer
                 plugin.sync_tokenizer = engine_token_ids
-        self.servers = {e.name: self._new_server(e.spec) for e in self.datastore.endpoints()}
+        self.servers = {s.name: s for s in map(self._new_server, range(cluster.endpoints))}
         # every director's datastore (active-active replicas add theirs): pool changes reach all
         self.datastores = [self.datastore]
         self.members = list(range(cluster.endpoints))  # pod numbers in the pool or restarting
@@ -477,9 +478,9 @@ class VirtualRun:
 
     # ----- pods leaving, restarting and joining ---------------------------------------------------
 
-    def _new_server(self, spec: EndpointSpec) -> _Server:
+    def _new_server(self, pod: int) -> _Server:
         engine = Engine(self.cluster.profile, self.cluster.model, record_kv_events=bool(self.sinks))
-        return _Server(engine, spec)
+        return _Server(engine, endpoint_spec(self.cluster, pod), pod)
 
     def _churn(self, now: float, event: ChurnEvent) -> None:
         if event.kind == "scale":
@@ -509,10 +510,10 @@ class VirtualRun:
                 self._leave(server, now)
 
     def _join(self, now: float, pod: int) -> None:
-        spec = endpoint_spec(self.cluster, pod)
-        server = self.servers[spec.name] = self._new_server(spec)
+        server = self._new_server(pod)
+        self.servers[server.name] = server
         for datastore in self.datastores:
-            datastore.upsert(spec)
+            datastore.upsert(endpoint_spec(self.cluster, pod))
         self.churn_log.append((now, "joined", server.name))
 
     def _leave(self, server: _Server, now: float) -> None:
@@ -545,10 +546,9 @@ class VirtualRun:
         server.epoch += 1  # voids a scheduled step or timer
         server.pending = None
         self.churn_log.append((now, "exited", server.name))
-        pod = int(server.name.rsplit("-", 1)[1])
-        if pod in self.members:  # restarting, not scaled in
+        if server.number in self.members:  # restarting, not scaled in
             assert self.cluster.churn is not None
-            self._push(now + self.cluster.churn.startup, self._return, pod)
+            self._push(now + self.cluster.churn.startup, self._return, server.number)
 
     def _return(self, now: float, pod: int) -> None:
         if pod in self.members:  # not scaled in while it was down
