@@ -524,6 +524,16 @@ class KVBlockIndexBase(ABC):
                 holders[pod] = expiry
         self._expiries.append((expiry, keys, pod))
 
+    def forget_speculative(self, pod: str) -> None:
+        """Drop `pod`'s speculative entries (it left the pool: what it was about to compute is
+        gone with it). Their expiry records stay queued and find nothing to expire."""
+        speculative = self._speculative
+        for key in [key for key, holders in speculative.items() if pod in holders]:
+            holders = speculative[key]
+            del holders[pod]
+            if not holders:
+                del speculative[key]
+
     def expire(self, now: float) -> None:
         expiries, speculative = self._expiries, self._speculative
         while expiries and expiries[0][0] <= now:

@@ -313,6 +313,7 @@ class PrecisePrefixCache:
             self._ingester.pod_removed(pod)
         else:
             self.index.clear_pod(pod)
+        self.index.forget_speculative(pod)
         subscriber = self._per_pod.pop(pod, None)
         if subscriber is not None:
             task = asyncio.get_running_loop().create_task(subscriber.stop())

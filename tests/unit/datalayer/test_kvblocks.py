@@ -217,6 +217,17 @@ def test_speculative_entries_count_until_they_expire() -> None:
     assert idx.longest_prefix(keys, {"guess", "confirmed"}) == {"confirmed": 1.0}
 
 
+def test_a_pod_that_left_has_no_speculative_entries() -> None:
+    idx = index(16)
+    keys = idx.keys_for(list(range(48)), M)
+    idx.add_speculative(keys, "left", now=10.0, ttl=2.0)
+    idx.add_speculative(keys[:1], "stays", now=10.0, ttl=2.0)
+    idx.forget_speculative("left")
+    assert idx.longest_prefix(keys, {"left", "stays"}) == {"stays": 1.0}
+    idx.expire(12.0)  # the queued expiry of the forgotten entries finds nothing
+    assert idx.longest_prefix(keys, {"left", "stays"}) == {}
+
+
 @pytest.mark.parametrize("until_confirmed", [False, True])
 def test_an_evicted_block_stays_speculative_until_its_ttl_unless_confirmation_ended_it(
     until_confirmed: bool,

@@ -124,6 +124,18 @@ def test_removing_an_endpoint_forgets_it_and_recycles_its_slot() -> None:
     assert names(index.match([1, 2])) == {"e1": 1, "e2": 1}
 
 
+def test_rekey_hands_an_endpoints_blocks_to_another() -> None:
+    index = PrefixIndex()
+    a, b, c = endpoints(3)
+    index.add(a, [1, 2], 10)
+    index.add(b, [1, 3], 10)  # b's own blocks give way to a's
+    index.rekey(a, b)
+    assert names(index.match([1, 2])) == {"e1": 2} and names(index.match([3])) == {}
+    assert index.endpoints() == [b] and index.blocks_held(b) == 2
+    index.rekey(c, b)  # c holds nothing: nothing changes
+    assert index.blocks_held(b) == 2
+
+
 # --- producer and scorer ---------------------------------------------------------------------------
 
 

@@ -269,6 +269,10 @@ def test_speculative_indexing_marks_the_pick_until_events_arrive() -> None:
     follower.attributes["tok"] = TokenizedPrompt(list(range(64)), "render")
     producer.prepare(follower, pods)
     assert follower.attributes[producer.name].matched_blocks(pods[1]) == 4
+    producer.endpoint_removed(pods[1])  # the pod left (and may come back empty): its guesses go
+    producer.prepare(follower, pods)
+    assert follower.attributes[producer.name].matched_blocks(pods[1]) == 0
+    producer.pre_request(request, SchedulingResult({"default": ProfileResult([pods[1]])}, "default"))
     clock.now = 102.5
     producer.cache.index.expire(clock.now)
     producer.prepare(follower, pods)
