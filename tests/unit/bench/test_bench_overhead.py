@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from epp.bench.overhead import PROMPT_GROUPS, PathRun, Prompts, add_arguments, ratio
+from epp.bench.overhead import PROMPT_GROUPS, PathRun, Prompts, add_arguments, paired, paired_rows, ratio
 from epp.sim.tokens import tokenize
 
 
@@ -27,10 +27,15 @@ def test_prompts_refuse_a_shared_prefix_as_long_as_the_prompt() -> None:
         Prompts(tokens=64, shared=64, seed=0)
 
 
-def test_busy_cpu_per_request_subtracts_what_the_server_spends_idle() -> None:
-    run = PathRun(
-        p50=0.0, p99=0.0, wall=10.0, served=1000, errors=Counter(), server_cpu=3.0, envoy_cpu=0, sims_cpu=0
+def path_run(p50: float = 0.0, p99: float = 0.0, server_cpu: float = 3.0) -> PathRun:
+    """1,000 requests served in 10 s."""
+    return PathRun(
+        p50, p99, wall=10.0, served=1000, errors=Counter(), server_cpu=server_cpu, envoy_cpu=0, sims_cpu=0
     )
+
+
+def test_busy_cpu_per_request_subtracts_what_the_server_spends_idle() -> None:
+    run = path_run()
     assert run.achieved == 100.0
     assert run.busy_per_request(idle=0.1) == pytest.approx((3.0 - 1.0) / 1000)
     assert run.busy_per_request(idle=0.5) == 0.0  # never negative
@@ -44,3 +49,22 @@ def test_counts_and_rates_must_be_positive(flag: str, value: str, capsys: pytest
     with pytest.raises(SystemExit):
         parser.parse_args([f"{flag}={value}"])
     assert f"argument {flag}: expected a positive" in capsys.readouterr().err
+
+
+def test_versus_rows_give_each_rounds_difference_and_the_median_of_the_differences() -> None:
+    """Round 1 is slow for both paths (a busy machine), so the difference of the medians (+5 ms)
+    says nothing; the median of the paired differences (+0.5 ms) does."""
+    first = [path_run(0.010, 0.020, 2.0), path_run(0.002, 0.004, 2.0), path_run(0.003, 0.005, 2.0)]
+    versus = [path_run(0.0105, 0.030, 2.5), path_run(0.0021, 0.005, 2.1), path_run(0.0040, 0.006, 3.0)]
+    rounds = [paired(a, b, base_idle=0.1, versus_idle=0.1) for a, b in zip(first, versus, strict=True)]
+    assert rounds[0].p50 == pytest.approx(0.0005) and rounds[0].cpu == pytest.approx(0.0005)
+    rows = paired_rows(300.0, rounds)
+    assert [row[:4] for row in rows] == [
+        ["300", "1", "+0.50", "+10.00"],
+        ["300", "2", "+0.10", "+1.00"],
+        ["300", "3", "+1.00", "+1.00"],
+        ["300", "median", "+0.50", "+1.00"],
+    ]
+    # busy CPU per request: (2.0 - 0.1 * 10 s) / 1,000 requests = 1 ms for the first EPP
+    assert rows[0][4:] == ["1.000 / 1.500 ms", "+0.500 ms (1.50x)"]
+    assert rows[-1][4:] == ["1.000 / 1.500 ms", "+0.500 ms (1.50x)"]
