@@ -8,7 +8,10 @@ walks the bands from the highest priority down; the first band whose ceiling the
 reaches stops the cycle (head-of-line blocking, so a lower band never takes capacity a higher
 one waits for); otherwise the band's fairness policy picks a flow and that flow's head (by the
 band's ordering policy) is dispatched. One request per cycle, and the loop yields before the next,
-so the dispatched request is routed (and its load counted) before saturation is read again.
+so the dispatched request is routed (and its load counted) before saturation is read again. A
+request arriving when nothing else waits runs that cycle itself, in its own call: dispatched at
+once when the pool has room, with the same policies and metrics and without a round trip through
+the loop (the common case, not saturated, then costs no event-loop hop); otherwise it waits.
 
 Outcomes, as GIE's EnqueueAndWait: dispatched; rejected at capacity (global or band maxBytes /
 maxRequests) → 429; TTL expired (`defaultRequestTTL`, else the caller's deadline) → 503; the
@@ -183,6 +186,8 @@ class FlowController:
         self.bytes += item.byte_size
         self.metrics.queued(item, labels, self.pool_name, +1)
         self.metrics.enqueued(labels, Outcome.NOT_YET_FINALIZED, time.perf_counter() - started)
+        if self.length == 1 and self.dispatch_cycle():
+            return  # it alone waited and the pool had room: the cycle the loop would run, run here
         self._ensure_running(loop)
         self._wake.set()
         try:

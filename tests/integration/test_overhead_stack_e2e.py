@@ -13,6 +13,7 @@ from epp.bench.loadgen import run_realtime
 from epp.stack.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio]
+TINY_RUN = ("--endpoints=2", "--prompt-tokens=64", "--shared-tokens=32", "--rate=20", "--seconds=1")
 
 
 def arguments(tmp_path: Path, *argv: str) -> argparse.Namespace:
@@ -41,14 +42,7 @@ async def test_the_minimal_server_routes_round_robin_through_the_gateways_envoy(
 
 
 async def test_one_table_with_the_three_paths_and_the_ratio(tmp_path: Path) -> None:
-    args = arguments(
-        tmp_path,
-        "--endpoints=2",
-        "--prompt-tokens=64",
-        "--shared-tokens=32",
-        "--rate=20",
-        "--seconds=1",
-    )
+    args = arguments(tmp_path, *TINY_RUN)
     assert await overhead.main(args) == 0
     text = (tmp_path / "doc.md").read_text()
     rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| 20 |")]
@@ -62,16 +56,7 @@ async def test_a_versus_config_adds_a_second_epp_and_the_rounds_differences(tmp_
     """Flow control on (the versus EPP) against off (the EPP) in one run: four paths, every request
     served, and a second table pairing the two EPPs round by round."""
     config = Path(__file__).parents[2] / "bench" / "configs" / "gie-default-flow-control.yaml"
-    args = arguments(
-        tmp_path,
-        "--endpoints=2",
-        "--prompt-tokens=64",
-        "--shared-tokens=32",
-        "--rate=20",
-        "--seconds=1",
-        "--rounds=2",
-        f"--versus-config={config}",
-    )
+    args = arguments(tmp_path, *TINY_RUN, "--rounds=2", f"--versus-config={config}")
     assert await overhead.main(args) == 0
     text = (tmp_path / "doc.md").read_text()
     assert "<!-- BEGIN GENERATED: overhead-versus -->" in text
