@@ -52,9 +52,10 @@ def test_counts_and_rates_must_be_positive(flag: str, value: str, capsys: pytest
 
 
 def test_versus_rows_give_each_rounds_difference_and_the_median_of_the_differences() -> None:
-    """Round 1 is slow for both paths (a busy machine), so the difference of the medians (+5 ms)
-    says nothing; the median of the paired differences (+0.5 ms) does."""
-    first = [path_run(0.010, 0.020, 2.0), path_run(0.002, 0.004, 2.0), path_run(0.003, 0.005, 2.0)]
+    """Round 1 is slow for both paths (a busy machine): each round's difference pairs the two paths
+    under the same conditions, and the median is of those differences (+0.5 ms p50), not the
+    difference of the paths' medians (4.0 - 3.0 = +1.0 ms)."""
+    first = [path_run(0.010, 0.020, 2.0), path_run(0.002, 0.004, 2.0), path_run(0.003, 0.005, 3.0)]
     versus = [path_run(0.0105, 0.030, 2.5), path_run(0.0021, 0.005, 2.1), path_run(0.0040, 0.006, 3.0)]
     rounds = [paired(a, b, base_idle=0.1, versus_idle=0.1) for a, b in zip(first, versus, strict=True)]
     assert rounds[0].p50 == pytest.approx(0.0005) and rounds[0].cpu == pytest.approx(0.0005)
@@ -67,4 +68,6 @@ def test_versus_rows_give_each_rounds_difference_and_the_median_of_the_differenc
     ]
     # busy CPU per request: (2.0 - 0.1 * 10 s) / 1,000 requests = 1 ms for the first EPP
     assert rows[0][4:] == ["1.000 / 1.500 ms", "+0.500 ms (1.50x)"]
-    assert rows[-1][4:] == ["1.000 / 1.500 ms", "+0.500 ms (1.50x)"]
+    # the medians of the rounds' added CPU (0.5, 0.1, 0 ms) and ratios (1.5, 1.1, 1.0), not the
+    # difference (0.5 ms) or ratio (1.5) of the medians
+    assert rows[-1][4:] == ["1.000 / 1.500 ms", "+0.100 ms (1.10x)"]
