@@ -32,6 +32,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
 from epp.bench import minimal_extproc
 from epp.bench.loadgen import run_realtime
 from epp.bench.report import publish, table
@@ -47,6 +50,8 @@ IDLE_SECONDS = 3.0
 PATHS = ("plain Envoy", "minimal ext_proc", "EPP")
 SIMS = "simulators"
 PROMPT_GROUPS = 16  # distinct shared prefixes (system prompts) the requests are spread over
+QUEUE_DURATION = "inference_extension_flow_control_request_queue_duration_seconds"
+HELD = "0.001"  # a queue-duration bucket bound (s): a dispatched request that waited longer was held
 
 
 def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
@@ -258,6 +263,33 @@ def rows_for(rate: float, by_path: dict[str, PathFigures], idle: dict[str, float
     return rows
 
 
+def queue_counts(metrics_text: str) -> tuple[float, float]:
+    """From an EPP's /metrics: requests flow control dispatched, and of them those that waited
+    over HELD seconds in its queue (the pool read as saturated, or others waited first)."""
+    dispatched = prompt = 0.0
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != QUEUE_DURATION:
+            continue
+        for sample in family.samples:
+            if sample.name != f"{QUEUE_DURATION}_bucket" or sample.labels.get("outcome") != "Dispatched":
+                continue
+            if sample.labels["le"] == "+Inf":
+                dispatched += sample.value
+            elif sample.labels["le"] == HELD:
+                prompt += sample.value
+    return dispatched, dispatched - prompt
+
+
+async def scrape_queue_counts(url: str) -> tuple[float, float]:
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as response:
+        return queue_counts(await response.text())
+
+
+def held_share(before: tuple[float, float], after: tuple[float, float]) -> float:
+    dispatched, held = after[0] - before[0], after[1] - before[1]
+    return held / dispatched if dispatched else float("nan")
+
+
 def versus_label(config: Path) -> str:
     return f"EPP ({config.name})"
 
@@ -272,9 +304,12 @@ class Paired:
     times: float  # the versus EPP's busy CPU per request over the first's
     base_cpu: float
     versus_cpu: float
+    held: float  # share of the versus EPP's dispatched requests that waited over HELD s in its queue
 
 
-def paired(base: PathRun, versus: PathRun, base_idle: float, versus_idle: float) -> Paired:
+def paired(
+    base: PathRun, versus: PathRun, base_idle: float, versus_idle: float, held: float = float("nan")
+) -> Paired:
     base_cpu, versus_cpu = base.busy_per_request(base_idle), versus.busy_per_request(versus_idle)
     return Paired(
         p50=versus.p50 - base.p50,
@@ -283,6 +318,7 @@ def paired(base: PathRun, versus: PathRun, base_idle: float, versus_idle: float)
         times=ratio(versus_cpu, base_cpu),
         base_cpu=base_cpu,
         versus_cpu=versus_cpu,
+        held=held,
     )
 
 
@@ -298,10 +334,16 @@ def paired_rows(rate: float, rounds: list[Paired]) -> list[list[str]]:
             f"{d.p99 * 1e3:+.2f}",
             f"{d.base_cpu * 1e3:.3f} / {d.versus_cpu * 1e3:.3f} ms",
             f"{d.cpu * 1e3:+.3f} ms ({d.times:.2f}x)",
+            "—" if d.held != d.held else f"{d.held:.1%}",
         ]
 
+    def median(values: list[float]) -> float:
+        """Over the rounds that measured it (NaN: nothing served, or nothing flow control dispatched)."""
+        measured = [v for v in values if v == v]
+        return statistics.median(measured) if measured else float("nan")
+
     middle = Paired(
-        *(statistics.median(getattr(d, field.name) for d in rounds) for field in dataclasses.fields(Paired))
+        *(median([getattr(d, field.name) for d in rounds]) for field in dataclasses.fields(Paired))
     )
     return [*(row(str(i), d) for i, d in enumerate(rounds, 1)), row("median", middle)]
 
@@ -313,6 +355,7 @@ PAIRED_HEADER = [
     "added p99 (ms)",
     "EPP CPU per request, first / versus",
     "added CPU per request",
+    f"versus EPP: dispatched after over {float(HELD) * 1e3:g} ms queued",
 ]
 
 HEADER = [
@@ -388,16 +431,23 @@ async def main(args: argparse.Namespace) -> int:
             rounds: list[Paired] = []
             for done in range(1, args.rounds + 1):
                 shuffle(order)
+                held = float("nan")
                 for path in order:
                     requests = prompts.requests(rate, args.seconds)
+                    before = await scrape_queue_counts(stack.versus_view_url) if path == versus else None
                     runs[path].append(await measure(stack, urls[path], servers[path], requests))
+                    if before is not None:
+                        held = held_share(before, await scrape_queue_counts(stack.versus_view_url))
                 epp, floor = runs[PATHS[2]][-1], runs[PATHS[1]][-1]
                 times = ratio(epp.busy_per_request(idle[PATHS[2]]), floor.busy_per_request(idle[PATHS[1]]))
                 line = f"rate {rate:g} round {done}: EPP / minimal CPU per request {times:.2f}x"
                 if versus:
-                    rounds.append(paired(epp, runs[versus][-1], idle[PATHS[2]], idle[versus]))
-                    p50, p99, cpu, added = paired_rows(rate, rounds[-1:])[0][2:]
-                    line += f"; {versus} less EPP: p50 {p50} ms, p99 {p99} ms, CPU per request {cpu}, {added}"
+                    rounds.append(paired(epp, runs[versus][-1], idle[PATHS[2]], idle[versus], held))
+                    p50, p99, cpu, added, queued = paired_rows(rate, rounds[-1:])[0][2:]
+                    line += (
+                        f"; {versus} less EPP: p50 {p50} ms, p99 {p99} ms, CPU per request {cpu}, {added}; "
+                        f"{queued} of its requests held in its queue"
+                    )
                 print(line, flush=True)
             by_path = {path: figures(runs[path], idle[path]) for path in paths}
             for row in rows_for(rate, by_path, idle):

@@ -116,6 +116,7 @@ class Stack:
         self.reference_port = 0  # Envoy's listener consulting it
         self.versus: ManagedProcess | None = None  # the versus_epp_args EPP
         self.versus_grpc_port: int | None = None
+        self.versus_ports: dict[str, int] = {}
         self.versus_port = 0  # Envoy's listener consulting it
         self.epp_ports: dict[str, int] = {}
         self.gateway_port = 0
@@ -144,6 +145,11 @@ class Stack:
     def versus_url(self) -> str:
         """Envoy consulting the second EPP (`versus_epp_args`) instead of the first."""
         return f"http://127.0.0.1:{self.versus_port}"
+
+    @property
+    def versus_view_url(self) -> str:
+        """The second EPP's metrics port (/metrics)."""
+        return f"http://127.0.0.1:{self.versus_ports['metrics_port']}"
 
     @property
     def view_url(self) -> str:
@@ -431,8 +437,10 @@ class Stack:
         argv = self._serve_argv(ready, 0, eds=False, settings=self.config.versus_epp_args)
         self.versus = ManagedProcess("epp-versus", argv, self.run_dir / "epp-versus.log")
         await self.versus.start()
-        info = await wait_until(ready_file_probe(ready), "the versus EPP", STARTUP_TIMEOUT, [self.versus])
-        self.versus_grpc_port = info["grpc_port"]
+        self.versus_ports = await wait_until(
+            ready_file_probe(ready), "the versus EPP", STARTUP_TIMEOUT, [self.versus]
+        )
+        self.versus_grpc_port = self.versus_ports["grpc_port"]
 
     async def stop_epp(self) -> None:
         if self.epp is not None:

@@ -54,7 +54,8 @@ async def test_one_table_with_the_three_paths_and_the_ratio(tmp_path: Path) -> N
 
 async def test_a_versus_config_adds_a_second_epp_and_the_rounds_differences(tmp_path: Path) -> None:
     """Flow control on (the versus EPP) against off (the EPP) in one run: four paths, every request
-    served, and a second table pairing the two EPPs round by round."""
+    served, and a second table pairing the two EPPs round by round, with the share of the versus
+    EPP's requests its queue held (read from its /metrics)."""
     config = Path(__file__).parents[2] / "bench" / "configs" / "gie-default-flow-control.yaml"
     args = arguments(tmp_path, *TINY_RUN, "--rounds=2", f"--versus-config={config}")
     assert await overhead.main(args) == 0
@@ -65,7 +66,7 @@ async def test_a_versus_config_adds_a_second_epp_and_the_rounds_differences(tmp_
     assert [row[1] for row in rows[:4]] == paths
     assert all(row[-1] == "0 |" for row in rows[:4]), rows
     assert [row[1] for row in rows[4:]] == ["1", "2", "median"]
-    assert all(row[-1].endswith("x) |") for row in rows[4:]), rows
+    assert all(row[-2].endswith("x)") and row[-1].endswith("% |") for row in rows[4:]), rows
     assert overhead.stack_config(args).versus_epp_args == [
         "--refresh-metrics-interval=50ms",
         f"--config-file={config.resolve()}",

@@ -5,10 +5,25 @@ from __future__ import annotations
 import argparse
 import math
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
+from prometheus_client import generate_latest
 
-from epp.bench.overhead import PROMPT_GROUPS, PathRun, Prompts, add_arguments, paired, paired_rows, ratio
+from epp.bench.overhead import (
+    PROMPT_GROUPS,
+    PathRun,
+    Prompts,
+    add_arguments,
+    held_share,
+    paired,
+    paired_rows,
+    queue_counts,
+    ratio,
+)
+from epp.flowcontrol.queues import Outcome
+from epp.metrics.exporter import EppMetrics
+from epp.requests import ApiKind, InferenceRequest
 from epp.sim.tokens import tokenize
 
 
@@ -57,7 +72,11 @@ def test_versus_rows_give_each_rounds_difference_and_the_median_of_the_differenc
     difference of the paths' medians (4.0 - 3.0 = +1.0 ms)."""
     first = [path_run(0.010, 0.020, 2.0), path_run(0.002, 0.004, 2.0), path_run(0.003, 0.005, 3.0)]
     versus = [path_run(0.0105, 0.030, 2.5), path_run(0.0021, 0.005, 2.1), path_run(0.0040, 0.006, 3.0)]
-    rounds = [paired(a, b, base_idle=0.1, versus_idle=0.1) for a, b in zip(first, versus, strict=True)]
+    held = [0.0, 0.25, float("nan")]
+    rounds = [
+        paired(a, b, base_idle=0.1, versus_idle=0.1, held=h)
+        for a, b, h in zip(first, versus, held, strict=True)
+    ]
     assert rounds[0].p50 == pytest.approx(0.0005) and rounds[0].cpu == pytest.approx(0.0005)
     rows = paired_rows(300.0, rounds)
     assert [row[:4] for row in rows] == [
@@ -67,7 +86,25 @@ def test_versus_rows_give_each_rounds_difference_and_the_median_of_the_differenc
         ["300", "median", "+0.50", "+1.00"],
     ]
     # busy CPU per request: (2.0 - 0.1 * 10 s) / 1,000 requests = 1 ms for the first EPP
-    assert rows[0][4:] == ["1.000 / 1.500 ms", "+0.500 ms (1.50x)"]
+    assert rows[0][4:] == ["1.000 / 1.500 ms", "+0.500 ms (1.50x)", "0.0%"]
+    assert rows[1][6] == "25.0%" and rows[2][6] == "—"  # nothing dispatched by flow control
     # the medians of the rounds' added CPU (0.5, 0.1, 0 ms) and ratios (1.5, 1.1, 1.0), not the
     # difference (0.5 ms) or ratio (1.5) of the medians
-    assert rows[-1][4:] == ["1.000 / 1.500 ms", "+0.100 ms (1.10x)"]
+    assert rows[-1][4:] == ["1.000 / 1.500 ms", "+0.100 ms (1.10x)", "12.5%"]  # of the rounds measured
+
+
+def test_queue_counts_read_the_requests_flow_control_held_from_the_epps_metrics_page() -> None:
+    metrics = EppMetrics()
+    request = InferenceRequest(request_id="r", api=ApiKind.COMPLETIONS, path="", model="m")
+    item = SimpleNamespace(request=request, byte_size=10)
+    for fairness_id, outcome, waited in [
+        ("a", Outcome.DISPATCHED, 0.0002),  # through at once
+        ("b", Outcome.DISPATCHED, 0.0009),
+        ("b", Outcome.DISPATCHED, 0.02),  # held while the pool read as saturated
+        ("a", Outcome.EVICTED_TTL, 8.0),  # not dispatched: not counted
+    ]:
+        metrics.flow_control.finalized(item, (fairness_id, "0"), outcome, "pool", waited)
+    counts = queue_counts(generate_latest(metrics.registry).decode())
+    assert counts == (3.0, 1.0)
+    assert held_share((1.0, 0.0), counts) == 0.5  # of the two dispatched since, one was held
+    assert math.isnan(held_share(counts, counts)) and queue_counts("") == (0.0, 0.0)
