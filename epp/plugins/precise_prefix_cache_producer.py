@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 from pydantic import Field
 
-from epp.datalayer import BackgroundService, DataProducer, EndpointObserver
+from epp.datalayer import AsyncDataProducer, BackgroundService, DataProducer, EndpointObserver
 from epp.datalayer.kvblocks import KVIndexMetrics
 from epp.datalayer.tokenize import TOKENIZED_PROMPT
 from epp.datastore import Datastore, Endpoint
@@ -37,7 +37,7 @@ class PreciseProducerParams(PreciseParams):
 
 @register
 class PrecisePrefixCacheProducer(
-    Plugin, DataProducer, DataConsumer, PreRequest, EndpointObserver, BackgroundService
+    Plugin, DataProducer, AsyncDataProducer, DataConsumer, PreRequest, EndpointObserver, BackgroundService
 ):
     type_name = "precise-prefix-cache-producer"
     Params = PreciseProducerParams
@@ -46,14 +46,19 @@ class PrecisePrefixCacheProducer(
 
     def __init__(self, name: str, params: PreciseProducerParams, context: PluginContext) -> None:
         super().__init__(name, params, context)
+        registry = context.metrics.registry
         self.cache = PrecisePrefixCache(
-            name, params, KVIndexMetrics.for_registry(context.metrics.registry), context.clock
+            name, params, KVIndexMetrics.for_registry(registry), context.clock, registry
         )
         self.fallback = (
             ApproxPrefixCacheProducer(f"{name}-approximate", PrefixIndexParams(), context)
             if params.approximate_fallback
             else None
         )
+
+    async def prepare_async(self, request: InferenceRequest) -> None:
+        """With the Redis index (`redisConfig`), its lookup; nothing for the in-memory one."""
+        await self.cache.lookup(request, self.consumed(request, TOKENIZED_PROMPT))
 
     def prepare(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
         tokenized = self.consumed(request, TOKENIZED_PROMPT)
