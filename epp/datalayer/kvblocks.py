@@ -331,6 +331,7 @@ class _PodState:
 
 
 DEFAULT_TIER_WEIGHTS: Mapping[str, float] = {"gpu": 1.0, "cpu": 0.8}
+_PINNED = float("inf")  # a speculative entry's expiry while requests in flight pin it
 
 
 class KVBlockIndexBase(ABC):
@@ -359,9 +360,11 @@ class KVBlockIndexBase(ABC):
         self.confirmation_ends_speculation = confirmation_ends_speculation
         self._pods: dict[str, _PodState] = {}
         self._unit_weights = True  # until a block is held in a tier weighing other than 1
-        # Speculative entries (llm-d's speculativeIndexing): key -> {pod: expiry}, expiring in order.
+        # Speculative entries (llm-d's speculativeIndexing): key -> {pod: expiry}, expiring in order;
+        # a pinned entry's expiry is infinite until the last request pinning it ends.
         self._speculative: dict[int, dict[str, float]] = {}
         self._expiries: deque[tuple[float, Sequence[int], str]] = deque()
+        self._pins: dict[tuple[int, str], int] = {}  # (key, pod) -> requests in flight pinning it
 
     def pods(self) -> list[str]:
         """The pods whose events this index applied (and not cleared since)."""
@@ -533,6 +536,36 @@ class KVBlockIndexBase(ABC):
             del holders[pod]
             if not holders:
                 del speculative[key]
+
+    def pin_speculative(self, keys: Sequence[int], pod: str) -> None:
+        """`pod` is about to compute `keys` for a request: count them as held until its KV events
+        store them or, failing that, until `release_speculative` for every request pinning them.
+        A running request's blocks cannot be evicted, so the entry is true while it runs."""
+        speculative, pins = self._speculative, self._pins
+        for key in keys:
+            holders = speculative.get(key)
+            if holders is None:
+                speculative[key] = {pod: _PINNED}
+            else:
+                holders[pod] = _PINNED
+            pins[key, pod] = pins.get((key, pod), 0) + 1
+
+    def release_speculative(self, keys: Sequence[int], pod: str, expiry: float) -> None:
+        """A request that pinned `keys` on `pod` ended: the entries no other request pins and no
+        KV event confirmed end at `expiry` (a grace for events still on their way)."""
+        speculative, pins = self._speculative, self._pins
+        released = False
+        for key in keys:
+            count = pins.pop((key, pod), 0) - 1
+            if count > 0:
+                pins[key, pod] = count
+                continue
+            holders = speculative.get(key)
+            if holders is not None and holders.get(pod) == _PINNED:
+                holders[pod] = expiry
+                released = True
+        if released:
+            self._expiries.append((expiry, keys, pod))
 
     def expire(self, now: float) -> None:
         expiries, speculative = self._expiries, self._speculative

@@ -20,11 +20,11 @@ from epp.datastore import Datastore, Endpoint
 from epp.framework import DataConsumer, Plugin, PluginContext, register
 from epp.kvevents import KVEvent
 from epp.plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
-from epp.requestcontrol import PreRequest
-from epp.requests import InferenceRequest
+from epp.requestcontrol import PreRequest, ResponseComplete
+from epp.requests import InferenceRequest, Usage
 from epp.scheduling.prefix import PREFIX_MATCH, PrefixMatch
 from epp.scheduling.prefix.params import PrefixIndexParams
-from epp.scheduling.prefix.precise import PreciseParams, PrecisePrefixCache
+from epp.scheduling.prefix.precise import Pinned, PreciseParams, PrecisePrefixCache
 from epp.scheduling.types import SchedulingResult
 
 
@@ -37,7 +37,14 @@ class PreciseProducerParams(PreciseParams):
 
 @register
 class PrecisePrefixCacheProducer(
-    Plugin, DataProducer, AsyncDataProducer, DataConsumer, PreRequest, EndpointObserver, BackgroundService
+    Plugin,
+    DataProducer,
+    AsyncDataProducer,
+    DataConsumer,
+    PreRequest,
+    ResponseComplete,
+    EndpointObserver,
+    BackgroundService,
 ):
     type_name = "precise-prefix-cache-producer"
     Params = PreciseProducerParams
@@ -96,7 +103,20 @@ class PrecisePrefixCacheProducer(
             self.fallback.pre_request(request, result)
             if match is request.attributes.get(self.fallback.name):
                 return  # approximate keys: nothing the KV events could confirm
-        self.cache.speculate(match, result)
+        pinned = self.cache.speculate(match, result)
+        if pinned is not None:
+            request.attributes[self.pinned_attribute] = pinned
+
+    def response_complete(
+        self, request: InferenceRequest, result: SchedulingResult, usage: Usage | None
+    ) -> None:
+        pinned = request.attributes.pop(self.pinned_attribute, None)
+        if isinstance(pinned, Pinned):
+            self.cache.release(pinned)
+
+    @property
+    def pinned_attribute(self) -> str:
+        return f"{self.name}.pinned"
 
     def apply_kv_events(self, pod: str, events: Iterable[KVEvent], model: str = "") -> None:
         """Events of one engine, straight from the virtual-time benchmark (no ZMQ)."""

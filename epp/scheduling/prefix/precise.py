@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import CollectorRegistry
@@ -131,7 +132,9 @@ class PreciseParams(PluginParams):
     speculative_indexing: bool = False
     speculative_ttl: Duration = Field(default=2.0, alias="speculativeTTL")
     speculative_until_confirmed: bool = Field(
-        default=False, description="ours: an endpoint's KV event storing the blocks ends the entry"
+        default=False,
+        description="ours: an entry lasts until the endpoint's KV event stores its block, or until "
+        "speculativeTTL after its request ends, instead of speculativeTTL after the pick",
     )
 
     def processor(self) -> TokenProcessorParams:
@@ -187,6 +190,14 @@ def from_cache_tracking(raw: Mapping[str, Any]) -> ParameterUpgrade:
                 f"{CACHE_TRACKING_EVENTS['zmqEndpoint']} is bound for the engines to publish to"
             )
     return upgrade
+
+
+@dataclass(frozen=True, slots=True)
+class Pinned:
+    """A request's speculative entries under `speculativeUntilConfirmed`: its keys on its pods."""
+
+    keys: Sequence[int]
+    pods: Sequence[str]
 
 
 class PrecisePrefixCache:
@@ -292,14 +303,28 @@ class PrecisePrefixCache:
         matched = {by_pod[pod]: int(score) for pod, score in scores.items() if score >= 1 and pod in by_pod}
         return PrefixMatch(keys, matched, self.block_size)
 
-    def speculate(self, match: object, result: SchedulingResult) -> None:
+    def speculate(self, match: object, result: SchedulingResult) -> Pinned | None:
         """llm-d's speculativeIndexing: the chosen endpoints hold the prompt's blocks for
-        `speculativeTTL` (with `speculativeUntilConfirmed`, until their KV events store them)."""
+        `speculativeTTL`. With `speculativeUntilConfirmed` they hold them until their KV events
+        store them or the request ends: the answer is what `release` must be given then."""
         if not self.params.speculative_indexing or not isinstance(match, PrefixMatch) or not match.hashes:
-            return
+            return None
+        pods = [endpoint.hostport for endpoint in result.cache_holders()]
+        if self.params.speculative_until_confirmed:
+            for pod in pods:
+                self.index.pin_speculative(match.hashes, pod)
+            return Pinned(match.hashes, pods)
         now = self.clock()
-        for endpoint in result.cache_holders():
-            self.index.add_speculative(match.hashes, endpoint.hostport, now, self.params.speculative_ttl)
+        for pod in pods:
+            self.index.add_speculative(match.hashes, pod, now, self.params.speculative_ttl)
+        return None
+
+    def release(self, pinned: Pinned) -> None:
+        """The request that pinned these entries ended (however it ended): what its endpoints'
+        KV events have not confirmed by now lasts `speculativeTTL` more, for events on their way."""
+        expiry = self.clock() + self.params.speculative_ttl
+        for pod in pinned.pods:
+            self.index.release_speculative(pinned.keys, pod, expiry)
 
     # --- events -------------------------------------------------------------------------------
 

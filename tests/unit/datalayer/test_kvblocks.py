@@ -247,6 +247,32 @@ def test_an_evicted_block_stays_speculative_until_its_ttl_unless_confirmation_en
     assert idx.longest_prefix(keys, {"p"}) == {}
 
 
+def test_a_pinned_entry_lasts_until_its_last_request_ends_or_a_store_confirms_it() -> None:
+    idx = index(16, confirmation_ends_speculation=True)
+    tokens = list(range(48))
+    keys = idx.keys_for(tokens, M)
+    idx.pin_speculative(keys, "p")
+    idx.pin_speculative(keys, "p")  # a second request for the same prompt on the same pod
+    idx.expire(1e9)
+    assert idx.longest_prefix(keys, {"p"}) == {"p": 3.0}
+    idx.release_speculative(keys, "p", expiry=10.0)  # the other request still runs
+    idx.expire(11.0)
+    assert idx.longest_prefix(keys, {"p"}) == {"p": 3.0}
+    idx.release_speculative(keys, "p", expiry=12.0)
+    idx.expire(11.9)
+    assert idx.longest_prefix(keys, {"p"}) == {"p": 3.0}
+    idx.expire(12.0)
+    assert idx.longest_prefix(keys, {"p"}) == {}
+    # a store ends the entry at once, so an eviction right after it shows
+    idx.pin_speculative(keys, "p")
+    event = stored(tokens, 16)
+    idx.apply("p", M, [event, BlockRemoved(event.block_hashes)])
+    assert idx.longest_prefix(keys, {"p"}) == {}
+    idx.release_speculative(keys, "p", expiry=20.0)
+    assert idx.longest_prefix(keys, {"p"}) == {}
+    assert not idx._pins
+
+
 def test_holders_grow_and_shrink_between_one_and_several() -> None:
     idx = index(16)
     tokens = list(range(16))
