@@ -6,6 +6,7 @@ into `inference_extension_plugin_duration_seconds`."""
 
 from __future__ import annotations
 
+import logging
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from time import perf_counter
@@ -17,6 +18,8 @@ from epp.metrics.exporter import EppMetrics
 from epp.requests import InferenceRequest, Usage
 from epp.requests.usage import UsageReader
 from epp.scheduling.types import SchedulingResult
+
+log = logging.getLogger(__name__)
 
 # Request attribute holding an agent session's identity (llm-d's `agent-identity` plugin); the
 # director uses it as the fairness id when the request names none.
@@ -228,7 +231,12 @@ class RequestControlHooks:
     def response_complete(
         self, request: InferenceRequest, result: SchedulingResult, usage: Usage | None
     ) -> None:
+        """Each plugin hears it even if one before it fails: what it holds for the request (pins,
+        in-flight counts) would otherwise never be released."""
         for plugin, observe in self._response_complete:
             started = perf_counter()
-            plugin.response_complete(request, result, usage)
+            try:
+                plugin.response_complete(request, result, usage)
+            except Exception:
+                log.exception("ResponseComplete plugin %s failed; the others go on", plugin.name)
             observe(perf_counter() - started)

@@ -1,0 +1,61 @@
+"""The request-control hooks: a ResponseComplete plugin that fails does not keep the plugins after
+it from hearing that the response ended (their per-request state would never be released)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from epp.datalayer.tokenize import TokenizedPrompt
+from epp.framework import Plugin
+from epp.metrics.exporter import EppMetrics
+from epp.plugins.precise_prefix_cache_producer import PrecisePrefixCacheProducer
+from epp.requestcontrol import RequestControlHooks, ResponseComplete
+from epp.requests import InferenceRequest, Usage
+from epp.scheduling.types import ProfileResult, SchedulingResult
+from tests.unit.plugin_helpers import FakeClock, context, endpoints, plugin
+from tests.unit.plugin_helpers import request as make_request
+
+
+class Failing(Plugin, ResponseComplete):
+    type_name = "failing-response-complete"
+
+    def __init__(self) -> None:
+        super().__init__("failing", None, context())
+
+    def response_complete(
+        self, request: InferenceRequest, result: SchedulingResult, usage: Usage | None
+    ) -> None:
+        raise RuntimeError("broken plugin")
+
+
+def test_a_failing_response_complete_plugin_does_not_leave_later_ones_unreleased(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock(100.0)
+    producer = plugin(
+        PrecisePrefixCacheProducer,
+        {
+            "speculativeIndexing": True,
+            "speculativeTTL": "500ms",
+            "speculativeUntilConfirmed": True,
+            "tokenProcessorConfig": {"blockSize": 16},
+        },
+        context(clock=clock),
+    )
+    producer.bind_producer(next(iter(producer.consumes)), "tok")
+    hooks = RequestControlHooks([Failing(), producer], EppMetrics())
+    pods = endpoints(2)
+    request = make_request(b"x")
+    request.attributes["tok"] = TokenizedPrompt(list(range(64)), "render")
+    producer.prepare(request, pods)
+    result = SchedulingResult({"default": ProfileResult([pods[1]])}, "default")
+    hooks.pre_request(request, result)
+    assert producer.cache.index._pins  # pinned while the request runs
+
+    with caplog.at_level(logging.ERROR):
+        hooks.response_complete(request, result, None)
+    # The broken plugin is logged; the producer after it still released the request's pins.
+    assert "failing" in caplog.text and "broken plugin" in caplog.text
+    assert not producer.cache.index._pins
