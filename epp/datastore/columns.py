@@ -10,6 +10,7 @@ endpoint the process ever created.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -27,19 +28,16 @@ class HasRow(Protocol):
 
 
 class _Table:
+    """One `array('d')` per column: a row write is a C-level store, cheaper than numpy's."""
+
     def __init__(self) -> None:
-        self.columns = {name: np.zeros(1024, dtype=np.float64) for name in COLUMN_FIELDS}
-        self.rows = 0
+        self.waiting_queue_size = array("d")
+        self.kv_cache_usage = array("d")
 
     def allocate(self) -> int:
-        row = self.rows
-        self.rows += 1
-        size = len(self.columns["kv_cache_usage"])
-        if row >= size:
-            for name, column in self.columns.items():
-                grown = np.zeros(2 * size, dtype=np.float64)
-                grown[:size] = column
-                self.columns[name] = grown
+        row = len(self.kv_cache_usage)
+        self.waiting_queue_size.append(0.0)
+        self.kv_cache_usage.append(0.0)
         return row
 
 
@@ -52,15 +50,14 @@ def allocate_row() -> int:
 
 
 def write_row(row: int, waiting_queue_size: float, kv_cache_usage: float) -> None:
-    columns = _table.columns
-    columns["waiting_queue_size"][row] = waiting_queue_size
-    columns["kv_cache_usage"][row] = kv_cache_usage
+    _table.waiting_queue_size[row] = waiting_queue_size
+    _table.kv_cache_usage[row] = kv_cache_usage
 
 
 def write_rows(rows: tuple[int, ...], name: str, value: Any) -> None:
-    column = _table.columns[name]
+    values: array[float] = getattr(_table, name)
     for row in rows:
-        column[row] = value
+        values[row] = value
 
 
 def _rows_of(candidates: Sequence[HasRow]) -> np.ndarray:
@@ -78,4 +75,5 @@ def _rows_of(candidates: Sequence[HasRow]) -> np.ndarray:
 
 def column(candidates: Sequence[HasRow], name: str) -> np.ndarray:
     """The candidates' `name` (one of COLUMN_FIELDS) as a new float64 array, in candidate order."""
-    return _table.columns[name][_rows_of(candidates)]
+    # a view for the gather only: the table can grow again once it is dropped
+    return np.frombuffer(getattr(_table, name), dtype=np.float64)[_rows_of(candidates)]

@@ -136,15 +136,19 @@ class Endpoint:
 
     def _attach(self, metrics: EndpointMetrics) -> None:
         """This endpoint's column row follows `metrics` from now on, and no longer the object it
-        replaces (which another endpoint may still hold)."""
+        replaces (which another endpoint may still hold). Once per scrape: kept short."""
         row = self.column_row
         previous: EndpointMetrics | None = getattr(self, "metrics", None)
         if previous is not None and previous is not metrics:
-            previous.column_rows = tuple(r for r in previous.column_rows if r != row)
-        if row not in metrics.column_rows:
-            metrics.column_rows = (*metrics.column_rows, row)
-        if type(metrics) is EndpointMetrics:
-            metrics.__class__ = _AttachedEndpointMetrics
+            held = previous.column_rows
+            _set(previous, "column_rows", () if held == (row,) else tuple(r for r in held if r != row))
+        held = metrics.column_rows
+        if not held:
+            _set(metrics, "column_rows", (row,))
+            if type(metrics) is EndpointMetrics:
+                _set(metrics, "__class__", _AttachedEndpointMetrics)
+        elif row not in held:
+            _set(metrics, "column_rows", (*held, row))
         write_row(row, metrics.waiting_queue_size, metrics.kv_cache_usage)
 
     def __init__(self, spec: EndpointSpec) -> None:
