@@ -57,3 +57,13 @@ def test_copies_of_attached_metrics_are_plain_and_compare_by_value() -> None:
         duplicate.waiting_queue_size = 9  # not the endpoint's metrics: its row is untouched
         assert column([endpoint], "waiting_queue_size").tolist() == [2.0]
     assert endpoint.metrics != EndpointMetrics(waiting_queue_size=3)
+
+
+def test_positions_index_each_candidate_and_show_a_duplicate() -> None:
+    from epp.datastore.columns import positions
+
+    pool = endpoints(4)
+    assert positions(pool) == {e: i for i, e in enumerate(pool)}
+    reordered = [pool[3], pool[1], pool[2], pool[0]]
+    assert positions(reordered)[pool[3]] == 0
+    assert len(positions([pool[0], pool[1], pool[0]])) == 2  # fewer than the candidates
