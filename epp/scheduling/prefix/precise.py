@@ -178,6 +178,7 @@ class PrecisePrefixCache:
         self._ingester: KVEventIngester | None = None
         self._central: Subscriber | None = None
         self._per_pod: dict[str, Subscriber] = {}
+        self._candidates: tuple[list[Endpoint], dict[str, Endpoint]] = ([], {})
         self._stopping: set[asyncio.Task[None]] = set()
 
     # --- per request --------------------------------------------------------------------------
@@ -196,10 +197,19 @@ class PrecisePrefixCache:
             self.index.expire(self.clock())
         if not keys:
             return PrefixMatch([], {}, self.block_size)
-        by_pod = {e.hostport: e for e in candidates}
+        by_pod = self._by_pod(candidates)
         scores = self.index.longest_prefix(keys, by_pod)
         matched = {by_pod[pod]: int(score) for pod, score in scores.items() if score >= 1}
         return PrefixMatch(keys, matched, self.block_size)
+
+    def _by_pod(self, candidates: Sequence[Endpoint]) -> dict[str, Endpoint]:
+        """Candidates by `host:port`, kept while the candidate list holds the same endpoints (a
+        C-level identity comparison instead of a thousand-entry dictionary per request)."""
+        known, by_pod = self._candidates
+        if known != candidates:
+            by_pod = {e.hostport: e for e in candidates}
+            self._candidates = (list(candidates), by_pod)
+        return by_pod
 
     def speculate(self, match: object, result: SchedulingResult) -> None:
         """llm-d's speculativeIndexing: the chosen endpoints hold the prompt's blocks for
