@@ -367,6 +367,10 @@ class KVBlockIndex:
     def pods(self) -> list[str]:
         return list(self._pods)
 
+    def publishes(self, pod: str) -> bool:
+        """Whether `pod`'s engine has stored blocks here (its KV events are followed)."""
+        return pod in self._pods
+
     def holders(self, key: int) -> Mapping[str, float]:
         return _as_map(self._entries.get(key))
 
