@@ -74,8 +74,11 @@ def _cbor_token(token: int) -> bytes:
 
 
 def _cbor_tokens(tokens: Sequence[int]) -> bytes:
-    get = _TOKEN_CBOR.get
-    return _cbor_uint(len(tokens), 4) + b"".join([get(t) or _cbor_token(t) for t in tokens])
+    try:  # every token seen before (a vocabulary is small): one C-level pass
+        body = b"".join(map(_TOKEN_CBOR.__getitem__, tokens))
+    except KeyError:
+        body = b"".join([_cbor_token(t) for t in tokens])
+    return _cbor_uint(len(tokens), 4) + body
 
 
 class TokenProcessor:
