@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install chromium redis h2load run test lint typecheck unit e2e kind-e2e bench bench-overhead bench-overload bench-quick clean
+.PHONY: install chromium redis h2load run test lint typecheck unit e2e kind-e2e bench bench-overhead bench-overhead-flow-control bench-overload bench-quick clean
 
 # xds-protos ships an older copy of OpenTelemetry's generated protos under the same module paths,
 # and whichever package pip installs last wins; reinstalling opentelemetry-proto's own files makes
@@ -95,6 +95,14 @@ bench: install
 ## (64 endpoints, 4k-token prompts, 100 and 300 req/s, five rounds); the table into docs/benchmarks.md.
 bench-overhead: install
 	$(BIN)/epp bench overhead --rate 100 --rate 300 --rounds 5 --seconds 6 --doc docs/benchmarks.md
+
+## About three minutes: flow control on against off, two EPPs behind one Envoy (GIE's default
+## profile with and without the flowControl gate; 2 endpoints, 256-token prompts, 300 req/s, five
+## rounds, differences paired per round); the tables into docs/benchmarks.md.
+bench-overhead-flow-control: install
+	$(BIN)/epp bench overhead --rate 300 --rounds 5 --seconds 6 --endpoints 2 --endpoints-per-process 1 \
+	    --prompt-tokens 256 --shared-tokens 128 --versus-config bench/configs/gie-default-flow-control.yaml \
+	    --doc docs/benchmarks.md
 
 ## A few minutes: the headline workload at two rates, printed (docs untouched).
 ## The overload ramp through real Envoy with h2load as the load generator (docs/benchmarks.md,

@@ -19,13 +19,9 @@ import pstats
 import random
 import time
 from pathlib import Path
-from types import MappingProxyType
 
-from epp.config.build import build_director
-from epp.config.loader import load_config, load_config_file
-from epp.datastore import Datastore, EndpointSpec
-from epp.framework import PluginContext
-from epp.metrics.exporter import EppMetrics
+from decision_setup import build, make_pool, serve
+
 from epp.requests import ApiKind, InferenceRequest
 
 MODEL = "m"
@@ -42,24 +38,15 @@ def main() -> None:
     parser.add_argument("--config", type=Path, help="an EndpointPickerConfig file (default: GIE's default)")
     args = parser.parse_args()
     rng = random.Random(1)
-    datastore = Datastore()
-    for i in range(args.endpoints):
-        spec = EndpointSpec(
-            name=f"e{i}",
-            address=f"10.{i // 250}.0.{i % 250 + 1}",
-            port=8000,
-            labels=MappingProxyType({}),
-            models=frozenset({MODEL}),
-        )
-        metrics = datastore.upsert(spec).metrics
-        metrics.waiting_queue_size = rng.randrange(0, 4)
-        metrics.kv_cache_usage = rng.uniform(0, 0.5)
-        metrics.cache_block_size = 16
-        metrics.cache_num_blocks = 4096
-        metrics.update_time = time.monotonic()
-    datastore.synced = True
-    config = load_config_file(args.config) if args.config else load_config()
-    _, components = build_director(config, datastore, PluginContext(EppMetrics(), random.Random(1)))
+    datastore = make_pool(
+        args.endpoints,
+        MODEL,
+        rng,
+        4096,
+        name=lambda i: f"e{i}",
+        address=lambda i: f"10.{i // 250}.0.{i % 250 + 1}",
+    )
+    _, components = build(datastore, 1, args.config)
     scheduler, hooks = components.scheduler, components.hooks
     endpoints = datastore.ready_endpoints()
     prefixes = [rng.randbytes(2000).hex().encode() for _ in range(100)]
@@ -76,12 +63,7 @@ def main() -> None:
             cpu += time.thread_time() - started
             chosen = result.targets[0]
             picks.append(chosen.name)
-            chosen.metrics.waiting_queue_size += 1
-            chosen.metrics.kv_cache_usage = min(0.95, chosen.metrics.kv_cache_usage + 0.01)
-            if i % 32 == 0:
-                for endpoint in endpoints:
-                    endpoint.metrics.waiting_queue_size //= 2
-                    endpoint.metrics.kv_cache_usage *= 0.9
+            serve(endpoints, chosen, i, stamp=False)
         return cpu / count
 
     round_of(args.requests)  # warm-up: the prefix index fills, the picks spread

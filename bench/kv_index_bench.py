@@ -8,10 +8,15 @@ request's shared system prompt) and, once a pod's cache is full, the blocks it e
 timed part is what the EPP does per message: frame and sequence checks, msgpack decoding, block
 keys from the token ids (llm-d's cbor-fnv chain) and the index update. CPU time on one core.
 
-    .venv/bin/python bench/kv_index_bench.py [--pods 100] [--messages 20000] [--capacity 4096] [--zmq]
+    .venv/bin/python bench/kv_index_bench.py [--pods 100] [--messages 20000] [--capacity 4096] \
+        [--zmq] [--redis]
 
 `--zmq` also pushes the same messages through real PUB sockets into the EPP's bound SUB socket
-(central mode) and reports the rate the subscriber task keeps up with.
+(central mode) and reports the rate the subscriber task keeps up with. `--redis` also runs the
+ingestion and the lookups against the Redis index backend (`redisConfig`), on a redis-server this
+starts on a free port: both processes' CPU time for the ingestion (and the wall time until every
+write was acknowledged), Redis memory per million blocks, and the lookup: its round trip and both
+processes' CPU time per call, beside the in-memory figures.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from collections import deque
 
 from prometheus_client import CollectorRegistry
 
-from epp.datalayer.kvblocks import KVBlockIndex, KVIndexMetrics, TokenProcessor
+from epp.datalayer.kvblocks import KVBlockIndex, KVBlockIndexBase, KVIndexMetrics, TokenProcessor
 from epp.datalayer.kvsubscriber import KVEventIngester
 from epp.kvevents import BlockRemoved, BlockStored, KVEvent, encode_batch, prompt_block_hashes
 
@@ -112,16 +117,23 @@ def memory_per_million(messages: list[list[bytes]]) -> tuple[float, int]:
     return (after - before) / blocks * 1e6, blocks
 
 
+def held_prompt(index: KVBlockIndexBase, tokens: int = 6000) -> list[int]:
+    """A prompt that 10 of the pods hold entirely; its block keys."""
+    rng = random.Random(1)
+    prompt = [rng.randrange(128_000) for _ in range(tokens)]
+    hashes = prompt_block_hashes(prompt, BLOCK, "lookup")
+    for pod in sorted(index.pods())[:10]:
+        index.apply(pod, MODEL, [BlockStored(hashes, None, prompt, None)])
+    return prompt
+
+
 def lookup_cost(ingester: KVEventIngester, rounds: int = 2000) -> tuple[float, float]:
     """(keys, lookup) seconds for a 6,000-token prompt that 10 pods hold entirely: the lookup
     walks all 375 blocks. Keys are memoised after the first computation, as in the EPP."""
-    rng = random.Random(1)
     index = ingester.index
+    assert isinstance(index, KVBlockIndex)
     names = set(index.pods())
-    prompt = [rng.randrange(128_000) for _ in range(6000)]
-    hashes = prompt_block_hashes(prompt, BLOCK, "lookup")
-    for pod in sorted(names)[:10]:
-        index.apply(pod, MODEL, [BlockStored(hashes, None, prompt, None)])
+    prompt = held_prompt(index)
     started = time.process_time()
     keys = index.keys_for(prompt, MODEL)
     for _ in range(rounds - 1):
@@ -173,6 +185,66 @@ async def through_zmq(messages: list[list[bytes]], pods: int) -> float:
     return (ingester.applied - base) / elapsed
 
 
+async def redis_figures(messages: list[list[bytes]], memory_seconds: float, memory_lookup: float) -> None:
+    """The same ingestion and lookups through the Redis backend, beside the in-memory figures."""
+    from redis import asyncio as aioredis
+
+    from epp.datalayer.kvblocks_redis import RedisKVBlockIndex
+    from epp.replicas.local_redis import LocalRedis, free_port
+
+    async with LocalRedis(port=free_port()) as server:
+        client = aioredis.from_url(server.url)
+
+        async def redis_cpu() -> float:
+            info = await client.info("cpu")
+            return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+        metrics = KVIndexMetrics(CollectorRegistry())
+        index = RedisKVBlockIndex(
+            TokenProcessor(BLOCK, algorithm=HASH), server.url, lookup_timeout=5.0, metrics=metrics
+        )
+        await index.start()
+        ingester = KVEventIngester(index, metrics)
+        base_memory = int((await client.info("memory"))["used_memory"])
+        gc.collect()
+        server_cpu, cpu, wall = await redis_cpu(), time.process_time(), time.perf_counter()
+        for n, frames in enumerate(messages):
+            ingester.frames(frames)
+            if n % 64 == 63:
+                await asyncio.sleep(0)  # the writer sends while events keep coming, as in the EPP
+        await index.flushed(timeout=600)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        server_cpu = await redis_cpu() - server_cpu
+        keys = sum(1 for _ in [k async for k in client.scan_iter(match=f"{index.key_prefix}[0-9]*")])
+        used = int((await client.info("memory"))["used_memory"]) - base_memory
+        print(
+            f"redis ingestion (EPP CPU time): {len(messages) / cpu:,.0f} messages/s "
+            f"(in memory {len(messages) / memory_seconds:,.0f}); redis-server CPU "
+            f"{server_cpu / len(messages) * 1e6:,.0f} µs per message; wall {len(messages) / wall:,.0f} "
+            "messages/s until every write was acknowledged"
+        )
+        print(f"redis memory: {used / keys * 1e6 / 2**20:,.0f} MiB per million block keys ({keys:,} keys)")
+        for tokens in (6000, 1024):
+            prompt = held_prompt(index, tokens)
+            await index.flushed(timeout=60)
+            block_keys = index.keys_for(prompt, MODEL)
+            rounds = 300
+            await index.lookup(block_keys)  # the script loaded
+            server_cpu, cpu, wall = await redis_cpu(), time.process_time(), time.perf_counter()
+            for _ in range(rounds):
+                scores = await index.lookup(block_keys)
+            wall, cpu = (time.perf_counter() - wall) / rounds, (time.process_time() - cpu) / rounds
+            server_cpu = (await redis_cpu() - server_cpu) / rounds
+            assert scores is not None and max(scores.values()) == len(block_keys)
+            baseline = f"; in memory {memory_lookup * 1e6:,.0f} µs" if tokens == 6000 else ""
+            print(
+                f"redis lookup over {len(block_keys)} blocks held by 10 pods: {wall * 1e6:,.0f} µs round "
+                f"trip, {cpu * 1e6:,.0f} µs EPP CPU, {server_cpu * 1e6:,.0f} µs redis-server CPU{baseline}"
+            )
+        await index.stop()
+        await client.aclose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pods", type=int, default=100)
@@ -180,6 +252,7 @@ def main() -> None:
     parser.add_argument("--capacity", type=int, default=4096, help="KV blocks per pod")
     parser.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
     parser.add_argument("--zmq", action="store_true")
+    parser.add_argument("--redis", action="store_true", help="also the Redis index backend")
     parser.add_argument("--hash", choices=["cbor-fnv", "xxh64"], default="cbor-fnv", help="hashAlgorithm")
     args = parser.parse_args()
     global HASH
@@ -208,6 +281,8 @@ def main() -> None:
         f"6,000-token prompt held by 10 of {args.pods} pods: block keys {keyed * 1e6:,.0f} µs (memoised), "
         f"lookup over 375 blocks {looked_up * 1e6:,.0f} µs"
     )
+    if args.redis:
+        asyncio.run(redis_figures(messages, seconds, looked_up))
     if args.zmq:
         rate = asyncio.run(through_zmq(messages, args.pods))
         print(f"through ZMQ (PUB x {args.pods} -> bound SUB, one event loop): {rate:,.0f} messages/s")

@@ -49,6 +49,7 @@ from epp import tracing
 from epp.bench import overhead
 from epp.config.build import build_director
 from epp.config.loader import load_config
+from epp.config.model import PickerConfig
 from epp.datastore import Datastore, EndpointSpec
 from epp.explain import DecisionRecorder, RecordOptions
 from epp.extproc.pb import BodyMode, core, ext_proc
@@ -104,7 +105,8 @@ VARIANTS = [
 ]
 
 
-def make_director(endpoints: int, rng: random.Random) -> Director:
+def make_director(endpoints: int, rng: random.Random, config: PickerConfig | None = None) -> Director:
+    """GIE's default profile (or `config`) over `endpoints` fresh endpoints that never saturate."""
     datastore = Datastore()
     for i in range(endpoints):
         spec = EndpointSpec(f"vllm-{i}", f"10.0.0.{i + 1}", 8000, MappingProxyType({}), frozenset({MODEL}))
@@ -113,7 +115,7 @@ def make_director(endpoints: int, rng: random.Random) -> Director:
         metrics.kv_cache_usage = rng.uniform(0.0, 0.5)
         metrics.update_time = time.monotonic() + 1e9  # never stale during the run
     datastore.synced = True
-    return build_director(load_config(), datastore, PluginContext())[0]
+    return build_director(config or load_config(), datastore, PluginContext())[0]
 
 
 def messages(rng: random.Random) -> Callable[[int], list[ext_proc.ProcessingRequest]]:

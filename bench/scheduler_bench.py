@@ -23,13 +23,10 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from types import MappingProxyType
 
-from epp.config.build import build_director
-from epp.config.loader import load_config
-from epp.datastore import Datastore, Endpoint, EndpointSpec
-from epp.framework import PluginContext
-from epp.metrics.exporter import EppMetrics
+from decision_setup import build, make_pool, serve
+
+from epp.datastore import Endpoint
 from epp.plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
 from epp.requests import ApiKind, InferenceRequest
 
@@ -37,42 +34,8 @@ ENDPOINTS = 64
 PROMPT_BYTES = 16 * 1024  # ~4k tokens at GIE's 4 characters per token
 SHARED_PREFIX_BYTES = 12 * 1024
 PREFIX_GROUPS = 200
-ENGINE_BLOCK_TOKENS = 16  # vLLM's default block size, picked up by autoTune
 ENGINE_CACHE_BLOCKS = 32_768  # ~0.5M tokens of KV cache per endpoint: the index's LRU capacity
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
-
-
-def make_endpoints(rng: random.Random) -> Datastore:
-    datastore = Datastore()
-    for i in range(ENDPOINTS):
-        spec = EndpointSpec(
-            name=f"vllm-{i}-rank-0",
-            address=f"10.0.{i // 250}.{i % 250 + 1}",
-            port=8000,
-            labels=MappingProxyType({}),
-            models=frozenset({MODEL}),
-        )
-        metrics = datastore.upsert(spec).metrics
-        metrics.waiting_queue_size = rng.randrange(0, 4)
-        metrics.running_requests_size = rng.randrange(0, 64)
-        metrics.kv_cache_usage = rng.uniform(0.0, 0.5)
-        metrics.cache_block_size = ENGINE_BLOCK_TOKENS
-        metrics.cache_num_blocks = ENGINE_CACHE_BLOCKS
-        metrics.update_time = time.monotonic()
-    datastore.synced = True
-    return datastore
-
-
-def serve(endpoints: list[Endpoint], chosen: Endpoint, decisions: int) -> None:
-    """Crude server model so load feeds back into scores as in production: the chosen endpoint's
-    queue and cache use grow, and every endpoint drains a little each 32 decisions (a scrape)."""
-    chosen.metrics.waiting_queue_size += 1
-    chosen.metrics.kv_cache_usage = min(0.95, chosen.metrics.kv_cache_usage + 0.01)
-    if decisions % 32 == 0:
-        for endpoint in endpoints:
-            endpoint.metrics.waiting_queue_size //= 2
-            endpoint.metrics.kv_cache_usage *= 0.9
-            endpoint.metrics.update_time = time.monotonic()
 
 
 def prompt_source(rng: random.Random) -> Callable[[int], InferenceRequest]:
@@ -89,11 +52,16 @@ def prompt_source(rng: random.Random) -> Callable[[int], InferenceRequest]:
 
 def run(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
-    datastore = make_endpoints(rng)
-    metrics = EppMetrics()
-    director, components = build_director(
-        load_config(), datastore, PluginContext(metrics, random.Random(args.seed))
+    datastore = make_pool(
+        ENDPOINTS,
+        MODEL,
+        rng,
+        ENGINE_CACHE_BLOCKS,
+        name=lambda i: f"vllm-{i}-rank-0",
+        address=lambda i: f"10.0.{i // 250}.{i % 250 + 1}",
+        running=True,
     )
+    director, components = build(datastore, args.seed)
     scheduler, hooks = components.scheduler, components.hooks
     producer = components.plugins["approx-prefix-cache-producer"]
     assert isinstance(producer, ApproxPrefixCacheProducer)

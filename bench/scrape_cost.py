@@ -1,7 +1,8 @@
 """CPU cost of scraping model-server /metrics: N endpoints at the default 50 ms interval.
 
-A child process serves a fixed vLLM-like page (gauges plus histograms, about the size a real vLLM
-replica serves) on N ports of 127.0.0.1. Each variant then runs in its own process against the
+A child process serves a fixed vLLM-like page (`--page`: a synthetic 27 KB page with the wanted
+series first, or one laid out as vLLM 0.11 serves it, 42 KB, with or without the LoRA gauge) on N
+ports of 127.0.0.1. Each variant then runs in its own process against the
 same servers, in turn, for a few rounds, and reports its own CPU per scrape:
 
 - `socket-floor`: blocking sockets and epoll, no event loop, no parsing: the kernel's share;
@@ -41,25 +42,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVER = r"""
 import asyncio, json, sys
 
-def page() -> bytes:
-    lines = [
-        'vllm:num_requests_running{model_name="m"} 12.0',
-        'vllm:num_requests_waiting{model_name="m"} 3.0',
-        'vllm:kv_cache_usage_perc{model_name="m"} 0.42',
-        'vllm:lora_requests_info{max_lora="4",running_lora_adapters="a,b",waiting_lora_adapters=""} 1.7e9',
-        'vllm:cache_config_info{block_size="16",num_gpu_blocks="26000",model_name="m"} 1.0',
-    ]
-    for h in range(12):
-        name = f"vllm:histogram_{h}_seconds"
-        lines.append(f"# HELP {name} a histogram")
-        lines.append(f"# TYPE {name} histogram")
-        for b in range(30):
-            lines.append(f'{name}_bucket{{le="{0.001 * 2 ** b:.4g}",model_name="m"}} {b * 17}.0')
-        lines.append(f'{name}_bucket{{le="+Inf",model_name="m"}} 510.0')
-        lines.append(f'{name}_count{{model_name="m"}} 510.0')
-        lines.append(f'{name}_sum{{model_name="m"}} 123.4')
-    return ("\n".join(lines) + "\n").encode()
-
 class Static(asyncio.Protocol):
     # Answers every request on the connection with the same response (the cheapest server
     # Python has, so that more of the schedule is met on a small machine).
@@ -73,8 +55,9 @@ class Static(asyncio.Protocol):
             self.pending = self.pending[self.pending.rfind(b"\r\n\r\n") + 4:]
             self.transport.write(self.response * requests)
 
-async def main(count: int) -> None:
-    body = page()
+async def main(count: int, page_file: str) -> None:
+    with open(page_file, "rb") as file:
+        body = file.read()
     Static.response = (
         b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
         b"Content-Length: %d\r\n\r\n" % len(body) + body
@@ -87,8 +70,113 @@ async def main(count: int) -> None:
     print(json.dumps({"ports": ports, "page": body.decode()}), flush=True)
     await asyncio.Event().wait()
 
-asyncio.run(main(int(sys.argv[1])))
+asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
 """
+
+
+def synthetic_page() -> bytes:
+    """27 KB: the five series vLLM's extractor reads first, then twelve 30-bucket histograms."""
+    lines = [
+        'vllm:num_requests_running{model_name="m"} 12.0',
+        'vllm:num_requests_waiting{model_name="m"} 3.0',
+        'vllm:kv_cache_usage_perc{model_name="m"} 0.42',
+        'vllm:lora_requests_info{max_lora="4",running_lora_adapters="a,b",waiting_lora_adapters=""} 1.7e9',
+        'vllm:cache_config_info{block_size="16",num_gpu_blocks="26000",model_name="m"} 1.0',
+    ]
+    for h in range(12):
+        name = f"vllm:histogram_{h}_seconds"
+        lines.append(f"# HELP {name} a histogram")
+        lines.append(f"# TYPE {name} histogram")
+        for b in range(30):
+            lines.append(f'{name}_bucket{{le="{0.001 * 2**b:.4g}",model_name="m"}} {b * 17}.0')
+        lines.append(f'{name}_bucket{{le="+Inf",model_name="m"}} 510.0')
+        lines.append(f'{name}_count{{model_name="m"}} 510.0')
+        lines.append(f'{name}_sum{{model_name="m"}} 123.4')
+    return ("\n".join(lines) + "\n").encode()
+
+
+def vllm_page(lora: bool) -> bytes:
+    """42 KB laid out as vLLM 0.11 serves it: prometheus_client's process and GC collectors, the
+    engine's gauges, counters and histograms (vLLM's buckets, `_created` series off), the HTTP
+    instrumentator's families; the LoRA gauge only with `lora`, as vLLM serves it only then."""
+    import prometheus_client as p
+
+    p.disable_created_metrics()
+    registry = p.CollectorRegistry()
+    p.GCCollector(registry=registry)
+    p.PlatformCollector(registry=registry)
+    p.ProcessCollector(registry=registry)
+    names, model = ["model_name", "engine"], ("meta-llama/Llama-3.1-8B-Instruct", "0")
+
+    def gauge(name: str, value: float) -> None:
+        p.Gauge(f"vllm:{name}", f"{name} now.", names, registry=registry).labels(*model).set(value)
+
+    gauge("num_requests_running", 12)
+    gauge("num_requests_waiting", 3)
+    gauge("engine_sleep_state", 1)
+    gauge("kv_cache_usage_perc", 0.42)
+    for name in ("prefix_cache_queries", "prefix_cache_hits", "num_preemptions", "prompt_tokens"):
+        p.Counter(f"vllm:{name}", f"{name} so far.", names, registry=registry).labels(*model).inc(12345)
+    success = p.Counter(
+        "vllm:request_success", "Finished requests.", [*names, "finished_reason"], registry=registry
+    )
+    for reason in ("stop", "length", "abort", "error"):
+        success.labels(*model, reason).inc(100)
+    tokens = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000]
+    latency = [0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50, 60, 120, 240, 480, 960, 1920, 7680]
+    fine = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80]
+    histograms = {
+        "request_prompt_tokens": tokens,
+        "request_generation_tokens": tokens,
+        "iteration_tokens_total": [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384],
+        "request_max_num_generation_tokens": tokens,
+        "request_params_n": [1, 2, 5, 10, 20],
+        "request_params_max_tokens": tokens,
+        "time_to_first_token_seconds": fine,
+        "time_per_output_token_seconds": fine,
+        "inter_token_latency_seconds": fine,
+        **{f"{phase}_seconds": latency for phase in ("e2e_request_latency", "request_queue_time")},
+        **{f"request_{phase}_time_seconds": latency for phase in ("inference", "prefill", "decode")},
+    }
+    for name, buckets in histograms.items():
+        series = p.Histogram(f"vllm:{name}", f"{name}.", names, buckets=buckets, registry=registry)
+        for bound in buckets[::3]:
+            series.labels(*model).observe(bound * 0.9)
+    if lora:
+        p.Gauge(
+            "vllm:lora_requests_info",
+            "Running stats on lora requests.",
+            ["max_lora", "running_lora_adapters", "waiting_lora_adapters"],
+            registry=registry,
+        ).labels("4", "a,b", "").set(1.7e9)
+    config = {"block_size": "16", "cache_dtype": "auto", "enable_prefix_caching": "True"}
+    config |= {"gpu_memory_utilization": "0.9", "num_gpu_blocks": "26000", "swap_space": "4"}
+    info = p.Gauge("vllm:cache_config_info", "CacheConfig.", list(config), registry=registry)
+    info.labels(**config).set(1)
+    handlers = ("/v1/chat/completions", "/v1/completions", "/metrics", "/health")
+    requests = p.Counter("http_requests", "Requests.", ["handler", "method", "status"], registry=registry)
+    sizes = p.Summary("http_request_size_bytes", "Request sizes.", ["handler"], registry=registry)
+    durations = p.Histogram(
+        "http_request_duration_seconds",
+        "Latency.",
+        ["handler", "method"],
+        buckets=[0.1, 0.5, 1],
+        registry=registry,
+    )
+    for handler in handlers:
+        requests.labels(handler, "POST", "2xx").inc(1000)
+        sizes.labels(handler).observe(1000)
+        durations.labels(handler, "POST").observe(0.3)
+    highr = p.Histogram("http_request_duration_highr_seconds", "Latency.", buckets=fine, registry=registry)
+    highr.observe(0.2)
+    return p.generate_latest(registry)
+
+
+PAGES = {
+    "synthetic": synthetic_page,
+    "vllm": lambda: vllm_page(lora=False),
+    "vllm-lora": lambda: vllm_page(lora=True),
+}
 
 
 async def scrape_with_epp(ports: list[int], seconds: float) -> tuple[float, int, int]:
@@ -191,8 +279,15 @@ def page_read_cost(page: str) -> dict[str, float]:
     extractor = Extractor(engine.names())
     body = page.encode()
 
+    hints: dict[str, int] = {}
+
     def epp() -> None:
-        engine.read(extractor.extract_bytes(body), 0.0)
+        # As the scraper reads a page: lazily, from where the last page had each series (a tree
+        # from before that has only the one-pass extraction).
+        if hasattr(extractor, "series"):
+            engine.read(extractor.series(body, hints), 0.0)
+        else:
+            engine.read(extractor.extract_bytes(body), 0.0)
 
     def reference() -> None:
         for _ in text_string_to_metric_families(page):
@@ -245,6 +340,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline", default="main", help="git revision of the baseline scraper")
+    parser.add_argument(
+        "--page",
+        choices=sorted(PAGES),
+        default="synthetic",
+        help="synthetic: the wanted series first, then histograms (27 KB); vllm, vllm-lora: "
+        "vLLM 0.11's layout, the wanted series among the rest (42 KB), the LoRA gauge absent or not",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--info", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -252,10 +354,12 @@ def main() -> None:
         child(args.child, json.loads(Path(args.info).read_text()), args.seconds)
         return
     resource.setrlimit(resource.RLIMIT_NOFILE, (8192, 8192))
-    server = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(args.endpoints)], stdout=subprocess.PIPE, text=True
-    )
     with tempfile.TemporaryDirectory() as scratch:
+        page_file = os.path.join(scratch, "page.txt")
+        Path(page_file).write_bytes(PAGES[args.page]())
+        server = subprocess.Popen(
+            [sys.executable, "-c", SERVER, str(args.endpoints), page_file], stdout=subprocess.PIPE, text=True
+        )
         try:
             assert server.stdout is not None
             info_file = os.path.join(scratch, "info.json")
@@ -282,8 +386,10 @@ def main() -> None:
 def report(args: argparse.Namespace, results: dict[str, list[dict[str, float]]]) -> None:
     expected = args.endpoints * args.seconds / INTERVAL
     print(
-        f"endpoints={args.endpoints} interval={INTERVAL * 1000:.0f}ms seconds={args.seconds} "
-        f"rounds={args.rounds} (µs of CPU per scrape, each round; median)"
+        f"endpoints={args.endpoints} page={args.page} interval={INTERVAL * 1000:.0f}ms "
+        f"seconds={args.seconds} rounds={args.rounds} (µs of CPU per scrape, each round; median; "
+        "the share of a core measured, at the share of the schedule the page server met, and "
+        "projected to the full schedule)"
     )
     for name, runs in results.items():
         per_scrape = [r["share"] / max(r["scrapes"] / args.seconds, 1e-9) * 1e6 for r in runs]
@@ -291,7 +397,8 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, float]]])
         rounds = " / ".join(f"{u:.0f}" for u in per_scrape)
         line = (
             f"{name:>18}: {rounds} µs; median {statistics.median(per_scrape):.0f} µs, "
-            f"{statistics.median(r['share'] for r in runs):.1%} of a core at {schedule:.0%} of schedule, "
+            f"{statistics.median(r['share'] for r in runs):.1%} of a core at {schedule:.0%} of schedule "
+            f"({statistics.median(per_scrape) * 1e-6 * expected / args.seconds:.0%} at 100 %), "
             f"failures {sum(int(r['failures']) for r in runs)}"
         )
         if "read_us" in runs[0]:

@@ -39,6 +39,7 @@ from epp.explain import DecisionRecorder
 from epp.extproc.server import Health, bind, ext_proc_server, health_server
 from epp.extproc.stream import StreamOptions
 from epp.flowcontrol.overload import OverloadGuard
+from epp.flowcontrol.standing_queue import StandingQueue
 from epp.framework import PluginContext
 from epp.metrics import auth as metrics_auth
 from epp.metrics.aliases import NAME_SETS
@@ -83,6 +84,9 @@ class ServeOptions:
     max_event_loop_lag: float = 0.25
     # How long a request may have waited (since the gateway received it) before the EPP saw it.
     max_queue_wait: float = 1.0
+    # Below that ceiling, the standing-queue controller (epp.flowcontrol.standing_queue): 0 target: off.
+    queue_wait_target: float = 0.0
+    queue_wait_interval: float = 0.1
     stream: StreamOptions = field(default_factory=StreamOptions)
     pool: k8s_discovery.PoolRef | None = None  # set: discover endpoints from this InferencePool
     selector: k8s_discovery.SelectorRef | None = None  # set: from the pods this selector matches
@@ -146,6 +150,9 @@ class EndpointPicker:
             options.max_event_loop_lag,
             options.max_queue_wait,
             self.metrics.overload_refused,
+            StandingQueue(options.queue_wait_target, options.queue_wait_interval)
+            if options.queue_wait_target
+            else None,
         )
         self.recorder = DecisionRecorder(options.observe.records)
         if self.recorder.enabled:
@@ -480,6 +487,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "message_timeout)",
     )
     parser.add_argument(
+        "--queue-wait-target",
+        default="0",
+        help="below --max-queue-wait, keep the queue before the EPP short: once every request for "
+        "--queue-wait-interval waited more than this before the EPP saw it (a standing queue, not a burst), "
+        "each request that waited more is answered 429 with Retry-After at once, until one waits less "
+        "(CoDel's rule; waits taken from the shortest seen lately, so a constant clock skew under the "
+        "interval does not count; 0: off, the default; 50ms suits a shared host)",
+    )
+    parser.add_argument(
+        "--queue-wait-interval",
+        default="100ms",
+        help="how long waits must all exceed --queue-wait-target before the EPP sheds, longer than the "
+        "target (a burst that drains within it is served; default 100ms)",
+    )
+    parser.add_argument(
         "--shutdown-grace",
         default="120s",
         help="on SIGTERM, how long in-flight requests may finish (Go duration, default 120s)",
@@ -552,6 +574,8 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         max_concurrent_streams=_non_negative("--max-concurrent-streams", args.max_concurrent_streams),
         max_event_loop_lag=_non_negative_duration("--max-event-loop-lag", args.max_event_loop_lag),
         max_queue_wait=_non_negative_duration("--max-queue-wait", args.max_queue_wait),
+        queue_wait_target=_non_negative_duration("--queue-wait-target", args.queue_wait_target),
+        queue_wait_interval=_queue_wait_interval(args),
         pool_gauges_refresh=parse_duration(args.refresh_prometheus_metrics_interval),
         health_checking=args.health_checking,
         ready_file=args.ready_file,
@@ -608,6 +632,17 @@ def _non_negative_duration(flag: str, text: str) -> float:
     if seconds < 0:
         raise ValueError(f"{flag} must be 0 (off) or a positive duration, not {text!r}")
     return seconds
+
+
+def _queue_wait_interval(args: argparse.Namespace) -> float:
+    interval = _positive_duration("--queue-wait-interval", args.queue_wait_interval)
+    target = parse_duration(args.queue_wait_target)
+    if target > 0 and interval <= target:
+        raise ValueError(
+            f"--queue-wait-interval ({args.queue_wait_interval}) must be longer than "
+            f"--queue-wait-target ({args.queue_wait_target})"
+        )
+    return interval
 
 
 def _non_negative(flag: str, value: int) -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from epp.bench import agree, fairness, overhead, replicas, scale
 from epp.bench.report import (
+    BASELINE,
     Results,
     load_results,
     machine_notes,
@@ -64,6 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="only every policy against GIE's default on every workload, into the versus block",
     )
+    report.add_argument("--baseline", default=BASELINE, help="--versus: the policy compared against")
+    report.add_argument("--block", default="versus", help="--versus: the generated block to write")
 
     agree.add_arguments(commands.add_parser("agree", help="one workload through both engines, compared"))
     overhead.add_arguments(
@@ -111,8 +114,9 @@ def report(args: argparse.Namespace) -> int:
     suite = Suite.load(args.suite)
     if args.versus:
         outcomes = load_results(args.results)
-        content = machine_notes(args.command) + "\n\n" + versus_section(suite, Results(outcomes))
-        write_block(args.doc, "versus", content)
+        table = versus_section(suite, Results(outcomes), args.baseline)
+        content = machine_notes(args.command) + "\n\n" + table
+        write_block(args.doc, args.block, content)
         print(content)
         return 0
     content = render_results(suite, load_results(args.results), args.images, args.doc, args.command)

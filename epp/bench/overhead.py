@@ -12,12 +12,18 @@ ext_proc server adds, and its process's CPU time over the run (utime + stime fro
 requests served is its CPU per request. One server process is one core at most, so that figure
 gives the rate it could hold on one core. The two servers are compared by the ratio of their CPU
 per request in the same run, which holds up on a shared machine where absolute figures move.
+
+`--versus-config FILE` adds a fourth path: a second EPP with that config behind Envoy's `versus`
+listener (two configurations in one run, e.g. flow control on against off). Its figures are also
+compared with the first EPP's round by round (both paths measured in the same round, minutes
+apart at most), since paired differences hold up on a loaded machine better than medians do.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import random
 import statistics
@@ -25,6 +31,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from epp.bench import minimal_extproc
 from epp.bench.loadgen import run_realtime
@@ -41,6 +50,8 @@ IDLE_SECONDS = 3.0
 PATHS = ("plain Envoy", "minimal ext_proc", "EPP")
 SIMS = "simulators"
 PROMPT_GROUPS = 16  # distinct shared prefixes (system prompts) the requests are spread over
+QUEUE_DURATION = "inference_extension_flow_control_request_queue_duration_seconds"
+HELD = "0.001"  # a queue-duration bucket bound (s): a dispatched request that waited longer was held
 
 
 def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
@@ -85,6 +96,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"of which a prefix shared with the other requests of its group ({PROMPT_GROUPS} groups)",
     )
     parser.add_argument("--config-file", type=Path, help="EPP config (default: GIE's default profile)")
+    parser.add_argument(
+        "--versus-config",
+        type=Path,
+        help="also a second EPP with this config, compared with the first round by round "
+        "(--doc then writes the overhead-versus block)",
+    )
     parser.add_argument(
         "--body-mode",
         choices=BODY_MODES,
@@ -222,10 +239,10 @@ def _ms(seconds: float) -> str:
 
 
 def rows_for(rate: float, by_path: dict[str, PathFigures], idle: dict[str, float]) -> list[list[str]]:
+    """One row per path, in `by_path`'s order; plain Envoy and the minimal server among them."""
     plain, floor = by_path[PATHS[0]], by_path[PATHS[1]]
     rows = []
-    for path in PATHS:
-        f = by_path[path]
+    for path, f in by_path.items():
         has_server = path != PATHS[0]
         per_core = (1 - idle[path]) / f.cpu_per_request if has_server and f.cpu_per_request > 0 else 0.0
         rows.append(
@@ -246,6 +263,101 @@ def rows_for(rate: float, by_path: dict[str, PathFigures], idle: dict[str, float
     return rows
 
 
+def queue_counts(metrics_text: str) -> tuple[float, float]:
+    """From an EPP's /metrics: requests flow control dispatched, and of them those that waited
+    over HELD seconds in its queue (the pool read as saturated, or others waited first)."""
+    dispatched = prompt = 0.0
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != QUEUE_DURATION:
+            continue
+        for sample in family.samples:
+            if sample.name != f"{QUEUE_DURATION}_bucket" or sample.labels.get("outcome") != "Dispatched":
+                continue
+            if sample.labels["le"] == "+Inf":
+                dispatched += sample.value
+            elif sample.labels["le"] == HELD:
+                prompt += sample.value
+    return dispatched, dispatched - prompt
+
+
+async def scrape_queue_counts(url: str) -> tuple[float, float]:
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as response:
+        return queue_counts(await response.text())
+
+
+def held_share(before: tuple[float, float], after: tuple[float, float]) -> float:
+    dispatched, held = after[0] - before[0], after[1] - before[1]
+    return held / dispatched if dispatched else float("nan")
+
+
+def versus_label(config: Path) -> str:
+    return f"EPP ({config.name})"
+
+
+@dataclass(frozen=True)
+class Paired:
+    """The versus EPP less the first EPP, in one round."""
+
+    p50: float  # seconds
+    p99: float
+    cpu: float  # busy CPU per request, seconds
+    times: float  # the versus EPP's busy CPU per request over the first's
+    base_cpu: float
+    versus_cpu: float
+    held: float  # share of the versus EPP's dispatched requests that waited over HELD s in its queue
+
+
+def paired(
+    base: PathRun, versus: PathRun, base_idle: float, versus_idle: float, held: float = float("nan")
+) -> Paired:
+    base_cpu, versus_cpu = base.busy_per_request(base_idle), versus.busy_per_request(versus_idle)
+    return Paired(
+        p50=versus.p50 - base.p50,
+        p99=versus.p99 - base.p99,
+        cpu=versus_cpu - base_cpu,
+        times=ratio(versus_cpu, base_cpu),
+        base_cpu=base_cpu,
+        versus_cpu=versus_cpu,
+        held=held,
+    )
+
+
+def paired_rows(rate: float, rounds: list[Paired]) -> list[list[str]]:
+    """A row per round, then the medians of the rounds' differences and ratios (not differences
+    of medians)."""
+
+    def row(label: str, d: Paired) -> list[str]:
+        return [
+            f"{rate:g}",
+            label,
+            f"{d.p50 * 1e3:+.2f}",
+            f"{d.p99 * 1e3:+.2f}",
+            f"{d.base_cpu * 1e3:.3f} / {d.versus_cpu * 1e3:.3f} ms",
+            f"{d.cpu * 1e3:+.3f} ms ({d.times:.2f}x)",
+            "—" if d.held != d.held else f"{d.held:.1%}",
+        ]
+
+    def median(values: list[float]) -> float:
+        """Over the rounds that measured it (NaN: nothing served, or nothing flow control dispatched)."""
+        measured = [v for v in values if v == v]
+        return statistics.median(measured) if measured else float("nan")
+
+    middle = Paired(
+        *(median([getattr(d, field.name) for d in rounds]) for field in dataclasses.fields(Paired))
+    )
+    return [*(row(str(i), d) for i, d in enumerate(rounds, 1)), row("median", middle)]
+
+
+PAIRED_HEADER = [
+    "offered req/s",
+    "round",
+    "added p50 (ms)",
+    "added p99 (ms)",
+    "EPP CPU per request, first / versus",
+    "added CPU per request",
+    f"versus EPP: dispatched after over {float(HELD) * 1e3:g} ms queued",
+]
+
 HEADER = [
     "offered req/s",
     "path",
@@ -262,10 +374,10 @@ HEADER = [
 
 
 def stack_config(args: argparse.Namespace) -> StackConfig:
-    """Envoy with its three listeners, the EPP, the minimal server and the simulators."""
-    epp_args = ["--refresh-metrics-interval=50ms"]
-    if args.config_file:
-        epp_args.append(f"--config-file={args.config_file.resolve()}")
+    """Envoy with its three listeners (four with --versus-config), the EPP (and the versus EPP), the
+    minimal server and the simulators."""
+    common = ["--refresh-metrics-interval=50ms"]
+    epp_args = [*common, *([f"--config-file={args.config_file.resolve()}"] if args.config_file else [])]
     context = args.prompt_tokens * 2
     return StackConfig(
         run_dir=args.run_dir,
@@ -280,6 +392,9 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
             f"--num-gpu-blocks={context // 4}",  # 16-token blocks: room for eight prompts
         ],
         epp_args=epp_args,
+        versus_epp_args=[*common, f"--config-file={args.versus_config.resolve()}"]
+        if args.versus_config
+        else None,
         baseline_listener=True,
         reference_ext_proc=minimal_extproc.__name__,
         envoy=EnvoyOptions(listen_port=0, admin_port=0, body_mode=args.body_mode, epp_tls=not args.plaintext),
@@ -293,40 +408,76 @@ async def main(args: argparse.Namespace) -> int:
         )
     rates = args.rate or [100.0, 300.0, 500.0]
     prompts = Prompts(args.prompt_tokens, args.shared_tokens, args.seed)
-    order = list(PATHS)
+    versus = versus_label(args.versus_config) if args.versus_config else None
+    paths = [*PATHS, *([versus] if versus else [])]
+    order = list(paths)
     shuffle = random.Random(args.seed).shuffle
     table_rows: list[list[str]] = []
+    versus_rows: list[list[str]] = []
     async with Stack(stack_config(args)) as stack:
         assert stack.epp is not None and stack.reference is not None
         urls = {PATHS[0]: stack.baseline_url, PATHS[1]: stack.reference_url, PATHS[2]: stack.gateway_url}
         servers = {PATHS[0]: None, PATHS[1]: stack.reference, PATHS[2]: stack.epp}
-        for path in PATHS:  # warm connections, code paths and the EPP's view of the endpoints
+        if versus:
+            urls[versus], servers[versus] = stack.versus_url, stack.versus
+        for path in paths:  # warm connections, code paths and the EPPs' view of the endpoints
             await measure(stack, urls[path], servers[path], prompts.requests(50.0, 2.0))
-        groups = {PATHS[0]: [], PATHS[1]: [stack.reference], PATHS[2]: [stack.epp], SIMS: stack.sim_processes}
-        idle = await idle_cores(groups)
+        groups: dict[str, list[ManagedProcess]] = {
+            path: [server] if (server := servers[path]) else [] for path in paths
+        }
+        idle = await idle_cores({**groups, SIMS: stack.sim_processes})
         for rate in rates:
-            runs: dict[str, list[PathRun]] = {path: [] for path in PATHS}
-            for _ in range(args.rounds):
+            runs: dict[str, list[PathRun]] = {path: [] for path in paths}
+            rounds: list[Paired] = []
+            for done in range(1, args.rounds + 1):
                 shuffle(order)
+                held = float("nan")
                 for path in order:
                     requests = prompts.requests(rate, args.seconds)
+                    before = await scrape_queue_counts(stack.versus_view_url) if path == versus else None
                     runs[path].append(await measure(stack, urls[path], servers[path], requests))
+                    if before is not None:
+                        held = held_share(before, await scrape_queue_counts(stack.versus_view_url))
                 epp, floor = runs[PATHS[2]][-1], runs[PATHS[1]][-1]
                 times = ratio(epp.busy_per_request(idle[PATHS[2]]), floor.busy_per_request(idle[PATHS[1]]))
-                done = len(runs[PATHS[0]])
-                print(f"rate {rate:g} round {done}: EPP / minimal CPU per request {times:.2f}x")
-            by_path = {path: figures(runs[path], idle[path]) for path in PATHS}
+                line = f"rate {rate:g} round {done}: EPP / minimal CPU per request {times:.2f}x"
+                if versus:
+                    rounds.append(paired(epp, runs[versus][-1], idle[PATHS[2]], idle[versus], held))
+                    p50, p99, cpu, added, queued = paired_rows(rate, rounds[-1:])[0][2:]
+                    line += (
+                        f"; {versus} less EPP: p50 {p50} ms, p99 {p99} ms, CPU per request {cpu}, {added}; "
+                        f"{queued} of its requests held in its queue"
+                    )
+                print(line, flush=True)
+            by_path = {path: figures(runs[path], idle[path]) for path in paths}
             for row in rows_for(rate, by_path, idle):
                 print(" | ".join(row), flush=True)
                 table_rows.append(row)
-    publish(_document(args, idle, table_rows, os.getloadavg()), args.doc, "overhead")
+            if versus:
+                versus_rows += paired_rows(rate, rounds)
+    document = _document(args, idle, table_rows, os.getloadavg())
+    if versus:
+        document += "\n\n" + _versus_document(args, versus, versus_rows)
+    publish(document, args.doc, "overhead-versus" if versus else "overhead")
     return 0
+
+
+def _versus_document(args: argparse.Namespace, versus: str, rows: list[list[str]]) -> str:
+    return "\n".join(
+        [
+            f"{versus} less the EPP, round by round (both measured in the same round, in shuffled order):",
+            "",
+            table(PAIRED_HEADER, rows),
+        ]
+    )
 
 
 def _document(
     args: argparse.Namespace, idle: dict[str, float], rows: list[list[str]], load: tuple[float, float, float]
 ) -> str:
     policy = f"`{args.config_file}`" if args.config_file else "GIE's default profile"
+    if args.versus_config:
+        policy += f", the versus EPP with `{args.versus_config}`"
     transport = f"{args.body_mode}, {'plaintext' if args.plaintext else 'TLS'}"
     return "\n".join(
         [
@@ -340,10 +491,16 @@ def _document(
             f"with {policy} ({transport}), the minimal server the same transport; {args.seconds:g} s per "
             f"rate, path and round, {args.rounds} round(s) in shuffled path order, medians shown",
             f"- idle, the EPP (scraping {args.endpoints} endpoints every 50 ms) uses {idle[PATHS[2]]:.1%} of "
-            f"a core and the minimal server {idle[PATHS[1]]:.1%}; CPU per request is the rest divided by "
-            f"the requests served; one core holds (1 - idle) / that; the simulators, idle but answering "
-            f"the EPP's scrapes, use {idle[SIMS]:.0%} of a core",
+            f"a core{_versus_idle(args, idle)} and the minimal server {idle[PATHS[1]]:.1%}; CPU per "
+            f"request is the rest divided by the requests served; one core holds (1 - idle) / that; the "
+            f"simulators, idle but answering the EPP's scrapes, use {idle[SIMS]:.0%} of a core",
             "",
             table(HEADER, rows),
         ]
     )
+
+
+def _versus_idle(args: argparse.Namespace, idle: dict[str, float]) -> str:
+    if not args.versus_config:
+        return ""
+    return f", the versus EPP {idle[versus_label(args.versus_config)]:.1%}"

@@ -107,7 +107,7 @@ class ReplicatedVirtualRun(VirtualRun):
 
     def _scrape(self, now: float, _: None) -> None:
         super()._scrape(now, None)
-        primary = {e.name: e.metrics for e in self.endpoints}
+        primary = {e.name: e.metrics for e in self.datastore.endpoints()}
         for datastore in self.datastores[1:]:
             for endpoint in datastore.endpoints():
                 endpoint.metrics = primary[endpoint.name]

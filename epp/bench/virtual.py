@@ -11,6 +11,11 @@ scraper would read the simulator's `/metrics` (same gauges: queue, running, KV u
 Plugins get the virtual clock through their PluginContext, so TTLs and metric ages run in model
 time. What the real-time path adds and this leaves out is the wire: HTTP, Envoy and ext_proc latency
 (a millisecond or two) and CPU contention between processes. Latencies here are pure model time.
+
+A workload's `churn` (epp.bench.churn) restarts and scales pods during the run through the
+datastore, as discovery would: a leaving pod is removed from it (the EPP's plugins hear of it as
+of any pool change, and its KV events go unheard, as the event reader drops a pod outside the
+pool), drains, exits, and a restarted one comes back with a fresh engine (an empty cache).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
+from epp.bench.churn import Churn, ChurnEvent, schedule
 from epp.bench.prompts import PromptTokenizer
 from epp.bench.records import RequestRecord, RunResult
 from epp.bench.vloop import VirtualTimeLoop
@@ -58,19 +64,21 @@ class VirtualCluster:
     model: str = "sim-model"
     scrape_interval: float = 0.05
     seed: int = 0
+    churn: Churn | None = None
+
+
+def endpoint_spec(cluster: VirtualCluster, index: int) -> EndpointSpec:
+    """Pod number `index`: a distinct address and one server port, as a pod network would give."""
+    return EndpointSpec(
+        name=f"sim-{index}",
+        address=f"10.{(index >> 16) & 255}.{(index >> 8) & 255}.{index & 255}",
+        port=SERVER_PORT,
+        models=frozenset({cluster.model}),
+    )
 
 
 def endpoint_specs(cluster: VirtualCluster) -> list[EndpointSpec]:
-    """Distinct addresses, one server port each, as a pod network would give."""
-    return [
-        EndpointSpec(
-            name=f"sim-{i}",
-            address=f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}",
-            port=SERVER_PORT,
-            models=frozenset({cluster.model}),
-        )
-        for i in range(cluster.endpoints)
-    ]
+    return [endpoint_spec(cluster, i) for i in range(cluster.endpoints)]
 
 
 def scraped_metrics(engine: Engine, now: float) -> EndpointMetrics:
@@ -105,15 +113,23 @@ def engine_token_ids(request: InferenceRequest) -> list[int] | None:
 
 
 class _FixedPoolDirector(Director):
-    """The pool never changes and every endpoint serves the model, so candidates are computed
-    once; the base class filters every endpoint per request, which at 1,000 endpoints would cost
-    more than most schedulers."""
+    """Every endpoint serves the model, so candidates are the pool, computed again only when the
+    pool changes; the base class filters every endpoint per request, which at 1,000 endpoints
+    would cost more than most schedulers."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._pool = self.datastore.ready_endpoints()
+        self._pool: list[Endpoint] = []
+        self._stale = True
+        self.datastore.subscribe(on_added=self._pool_changed, on_removed=self._pool_changed)
+
+    def _pool_changed(self, _: Endpoint) -> None:
+        self._stale = True
 
     def candidates(self, request: InferenceRequest, subset: Sequence[str] | None) -> list[Endpoint]:
+        if self._stale:
+            self._pool = self.datastore.ready_endpoints()
+            self._stale = False
         return self._pool
 
 
@@ -133,14 +149,18 @@ class EngineSequence(Request):
 class _Server:
     """One simulated endpoint: its engine, and the step in progress whose tokens are due."""
 
-    __slots__ = ("engine", "epoch", "pending", "pod", "stepping")
+    __slots__ = ("engine", "epoch", "exited", "leaving", "name", "number", "pending", "pod", "stepping")
 
-    def __init__(self, engine: Engine, pod: str) -> None:
+    def __init__(self, engine: Engine, spec: EndpointSpec, number: int) -> None:
         self.engine = engine
-        self.pod = pod  # host:port, as KV events name their engine
+        self.name = spec.name
+        self.number = number  # the pod's number in the cluster (`endpoint_spec`)
+        self.pod = spec.hostport  # host:port, as KV events name their engine
         self.pending: StepOutcome | None = None
         self.stepping = False  # a step or a timer wake-up is scheduled
         self.epoch = 0  # bumps cancel a scheduled timer wake-up
+        self.leaving = False  # out of the pool, draining its requests before it exits
+        self.exited = False
 
 
 class VirtualRun:
@@ -164,18 +184,17 @@ class VirtualRun:
         self.director, components = build_director(
             config, self.datastore, context, objectives, director_type=_FixedPoolDirector
         )
-        self.endpoints = list(self.datastore.endpoints())
         self.plugins = list(components.plugins.values())
         self.sinks: list[KVEventSink] = [p for p in self.plugins if isinstance(p, KVEventSink)]
         for plugin in self.plugins:
             if isinstance(plugin, TokenProducer):  # no render server here: the engines' tokenizer
                 plugin.sync_tokenizer = self.prompt_token_ids
-        self.servers = {
-            e.name: _Server(
-                Engine(cluster.profile, cluster.model, record_kv_events=bool(self.sinks)), e.hostport
-            )
-            for e in self.endpoints
-        }
+        self.servers = {s.name: s for s in map(self._new_server, range(cluster.endpoints))}
+        # every director's datastore (active-active replicas add theirs): pool changes reach all
+        self.datastores = [self.datastore]
+        self.members = list(range(cluster.endpoints))  # pod numbers in the pool or restarting
+        self._next_pod = cluster.endpoints
+        self.churn_log: list[tuple[float, str, str]] = []  # (time, what, pod): what the churn did
         self.records = [RequestRecord(r.index, r.group) for r in requests]
         # When the EPP routed each request (after flow control's queue, when it is on); NaN: never.
         self.routed_at = array("d", [math.nan]) * len(requests)
@@ -189,6 +208,11 @@ class VirtualRun:
         # With flow control: set when a request leaving the EPP's queue schedules an event.
         self._scheduled: asyncio.Event | None = None
         self._admitting: set[asyncio.Task[None]] = set()
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        """The pool now (the primary datastore's endpoints)."""
+        return list(self.datastore.endpoints())
 
     def run(self) -> RunResult:
         """Process events in (time, order of scheduling) order until every request is done.
@@ -209,6 +233,11 @@ class VirtualRun:
         arrival_times.append(math.inf)
         self._open = len(self.requests)
         self._scrape(0.0, None)
+        if self.cluster.churn is not None:
+            for event in schedule(
+                self.cluster.churn, arrival_times[-2] if arrivals else 0.0, len(self.members)
+            ):
+                self._push(event.at, self._churn, event)
         collecting = gc.isenabled()
         gc.disable()
         try:
@@ -222,7 +251,7 @@ class VirtualRun:
         return RunResult(
             engine="virtual",
             records=self.records,
-            endpoints=[e.name for e in self.endpoints],
+            endpoints=list(self.servers),
             itl=self.itl,
             wall_seconds=time.perf_counter() - started,
         )
@@ -314,7 +343,7 @@ class VirtualRun:
             self._scheduled.set()
 
     def _scrape(self, now: float, _: None) -> None:
-        for endpoint in self.endpoints:
+        for endpoint in self.datastore.endpoints():
             endpoint.metrics = scraped_metrics(self.servers[endpoint.name].engine, now)
         self._push(now + self.cluster.scrape_interval, self._scrape, None)
 
@@ -428,8 +457,9 @@ class VirtualRun:
         outcome = engine.step(now)
         if self.sinks:
             events = engine.drain_kv_events()  # published as the step starts, as epp sim does
-            for sink in self.sinks:
-                sink.apply_kv_events(server.pod, events, self.cluster.model)
+            if not server.leaving:  # the EPP's reader drops events of a pod outside the pool
+                for sink in self.sinks:
+                    sink.apply_kv_events(server.pod, events, self.cluster.model)
         if outcome.batch_size:
             server.pending = outcome
             server.stepping = True  # also when a timer, not an arrival, woke the idle engine
@@ -438,6 +468,9 @@ class VirtualRun:
             return
         # idle: the next arrival wakes it (bumping the epoch voids this timer), else the timer does
         server.stepping = False
+        if server.leaving and not engine.has_work():
+            self._exit(server, now)
+            return
         timer = engine.next_timer()
         if timer is not None:
             self._push(max(timer, now), self._step, payload)
@@ -462,6 +495,84 @@ class VirtualRun:
             assert sequence.routed is not None
             sequence.routed.response_body(b"data: " + orjson.dumps({"usage": reported}) + b"\n\n", True)
             self._done(record.index, now)
+
+    # ----- pods leaving, restarting and joining ---------------------------------------------------
+
+    def _new_server(self, pod: int) -> _Server:
+        engine = Engine(self.cluster.profile, self.cluster.model, record_kv_events=bool(self.sinks))
+        return _Server(engine, endpoint_spec(self.cluster, pod), pod)
+
+    def _churn(self, now: float, event: ChurnEvent) -> None:
+        if event.kind == "scale":
+            self.scale(now, event.endpoints)
+        elif event.pod < len(self.members):
+            self.restart(now, self.members[event.pod])
+
+    def restart(self, now: float, pod: int) -> None:
+        """Pod number `pod` leaves the pool, drains, exits and returns empty `startup` later; a
+        pod already restarting is left alone."""
+        server = self.servers[endpoint_spec(self.cluster, pod).name]
+        if server.leaving:
+            self.churn_log.append((now, "restart skipped: already down", server.name))
+            return
+        self._leave(server, now)
+
+    def scale(self, now: float, endpoints: int) -> None:
+        """New pods join with fresh engines; the highest-numbered leave (and do not return)."""
+        while len(self.members) < endpoints:
+            pod = self._next_pod
+            self._next_pod += 1
+            self.members.append(pod)
+            self._join(now, pod)
+        while len(self.members) > endpoints:
+            server = self.servers[endpoint_spec(self.cluster, self.members.pop()).name]
+            if not server.leaving:
+                self._leave(server, now)
+
+    def _join(self, now: float, pod: int) -> None:
+        server = self._new_server(pod)
+        self.servers[server.name] = server
+        for datastore in self.datastores:
+            datastore.upsert(endpoint_spec(self.cluster, pod))
+        self.churn_log.append((now, "joined", server.name))
+
+    def _leave(self, server: _Server, now: float) -> None:
+        """Out of the pool at once (the EPP routes nothing more there); in-flight requests get
+        the churn's `shutdown_timeout` to finish."""
+        server.leaving = True
+        for datastore in self.datastores:
+            datastore.remove(server.name)
+        self.churn_log.append((now, "left", server.name))
+        if not server.engine.has_work():
+            self._exit(server, now)
+            return
+        assert self.cluster.churn is not None
+        self._push(now + self.cluster.churn.shutdown_timeout, self._shutdown, server)
+
+    def _shutdown(self, now: float, server: _Server) -> None:
+        """The drain bound: what is still in the engine is aborted (its client sees the stream
+        cut, an error), as vLLM aborts in-flight requests at its --shutdown-timeout."""
+        if server.exited:
+            return
+        for sequence in server.engine.abort_all():
+            assert isinstance(sequence, EngineSequence)
+            if sequence.routed is not None:
+                sequence.routed.finish()
+            self._failed(sequence.record, now, "shutdown")
+        self._exit(server, now)
+
+    def _exit(self, server: _Server, now: float) -> None:
+        server.exited = True
+        server.epoch += 1  # voids a scheduled step or timer
+        server.pending = None
+        self.churn_log.append((now, "exited", server.name))
+        if server.number in self.members:  # restarting, not scaled in
+            assert self.cluster.churn is not None
+            self._push(now + self.cluster.churn.startup, self._return, server.number)
+
+    def _return(self, now: float, pod: int) -> None:
+        if pod in self.members:  # not scaled in while it was down
+            self._join(now, pod)
 
 
 def run_virtual(requests: Sequence[BenchRequest], config: PickerConfig, cluster: VirtualCluster) -> RunResult:

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from epp.bench.churn import Churn
 from epp.bench.text import TextGenerator
 from epp.headers import FAIRNESS_HEADER, OBJECTIVE_HEADER
 
@@ -116,6 +117,7 @@ class WorkloadSpec(_Spec):
     data: Annotated[SharedPrefix | MultiTurn | Mixed, Field(discriminator="type")]
     load: Load
     cluster: Cluster = Cluster()
+    churn: Churn | None = Field(default=None, description="pods restarting and scaling during each run")
 
     @model_validator(mode="after")
     def _chat_for_conversations(self) -> WorkloadSpec:

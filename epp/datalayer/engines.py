@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-from epp.datalayer.promtext import MetricSpec, Sample
+from epp.datalayer.promtext import MetricSpec, Sample, SeriesByName
 from epp.datastore import EndpointMetrics
 
 ENGINE_LABEL = "inference.networking.k8s.io/engine-type"
@@ -43,7 +42,7 @@ class EngineMetrics:
         )
         return {s.name for s in specs} | {spec.name for _, spec in self.custom}
 
-    def read(self, samples: Mapping[str, list[Sample]], now: float) -> EndpointMetrics:
+    def read(self, samples: SeriesByName, now: float) -> EndpointMetrics:
         metrics = EndpointMetrics(update_time=now)
         metrics.waiting_queue_size = int(_total(samples, self.waiting))
         metrics.running_requests_size = int(_total(samples, self.running))
@@ -68,7 +67,7 @@ class EngineMetrics:
         return metrics
 
 
-def _matching(samples: Mapping[str, list[Sample]], specs: tuple[MetricSpec, ...]) -> list[Sample]:
+def _matching(samples: SeriesByName, specs: tuple[MetricSpec, ...]) -> list[Sample]:
     for spec in specs:
         series = samples.get(spec.name)
         if series and spec.labels:
@@ -78,34 +77,44 @@ def _matching(samples: Mapping[str, list[Sample]], specs: tuple[MetricSpec, ...]
     return []
 
 
-def _first(samples: Mapping[str, list[Sample]], specs: tuple[MetricSpec, ...]) -> Sample | None:
+def _first(samples: SeriesByName, specs: tuple[MetricSpec, ...]) -> Sample | None:
     series = _matching(samples, specs)
     return series[0] if series else None
 
 
-def _finite(series: list[Sample]) -> list[float]:
-    values = [s.value for s in series]
-    for value in values:
-        if not math.isfinite(value):
-            raise ValueError(f"non-finite metric value in {values}")
-    return values
+def _finite(value: float, series: list[Sample]) -> float:
+    if value - value != 0.0:  # NaN or infinite: math.isfinite without a call
+        raise ValueError(f"non-finite metric value in {[s.value for s in series]}")
+    return value
 
 
-def _total(samples: Mapping[str, list[Sample]], specs: tuple[MetricSpec, ...]) -> float:
+def _total(samples: SeriesByName, specs: tuple[MetricSpec, ...]) -> float:
     """Counts add up over series: one per model normally; a multi-model server reports several."""
-    return sum(_finite(_matching(samples, specs)))
+    series = _matching(samples, specs)
+    total = 0.0
+    for sample in series:
+        total += _finite(sample.value, series)
+    return total
 
 
-def _highest(samples: Mapping[str, list[Sample]], specs: tuple[MetricSpec, ...]) -> float:
+def _highest(samples: SeriesByName, specs: tuple[MetricSpec, ...]) -> float:
     """Ratios and sizes do not add up: with several series (data-parallel ranks) the fullest one
     speaks for the endpoint."""
-    return max(_finite(_matching(samples, specs)), default=0.0)
+    series = _matching(samples, specs)
+    if not series:
+        return 0.0
+    highest = _finite(series[0].value, series)
+    for sample in series[1:]:
+        highest = max(highest, _finite(sample.value, series))
+    return highest
 
 
-def _latest(samples: Mapping[str, list[Sample]], specs: tuple[MetricSpec, ...]) -> Sample | None:
+def _latest(samples: SeriesByName, specs: tuple[MetricSpec, ...]) -> Sample | None:
     """vLLM's LoRA info gauge carries a timestamp as its value: the newest series is current."""
     series = _matching(samples, specs)
-    return max(series, key=lambda s: s.value) if series else None
+    if len(series) < 2:
+        return series[0] if series else None
+    return max(series, key=lambda s: s.value)
 
 
 @functools.lru_cache(maxsize=1024)  # label values repeat scrape after scrape

@@ -2,7 +2,7 @@
 
 Why not aiohttp's client: at GIE's 50 ms interval, 100 endpoints mean 2,000 scrapes a second.
 aiohttp's client alone, reading a 27 KB page without parsing it, costs about 120 us of CPU a
-scrape; a whole scrape with this client, parsing included, about 50 (bench/scrape_cost.py). It
+scrape; a whole scrape with this client, parsing included, about 40 (bench/scrape_cost.py). It
 does only what scraping needs: one GET at a time on a persistent connection; Content-Length,
 chunked or close-delimited bodies, gzip-encoded if the server sends it so; optional TLS. A GET is
 started with a callback (`KeepAliveGetter.start`) so that one scheduler can drive every

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 import time
+from abc import ABC, abstractmethod
 from array import array
 from collections import OrderedDict, deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -333,10 +334,14 @@ class _PodState:
 
 
 DEFAULT_TIER_WEIGHTS: Mapping[str, float] = {"gpu": 1.0, "cpu": 0.8}
+_PINNED = float("inf")  # a speculative entry's expiry while requests in flight pin it
 
 
-class KVBlockIndex:
-    """Request block key -> {pod: device-tier weight}, LRU-bounded, fed by KV events."""
+class KVBlockIndexBase(ABC):
+    """What each pod's engine blocks stand for, learned from its KV events, and the speculative
+    entries: shared by the in-memory index and the Redis one (`epp.datalayer.kvblocks_redis`),
+    which differ only in where `request key -> {pod: tier weight}` is kept (`_hold`,
+    `_drop_holder`, `_forget_pod`) and how it is looked up."""
 
     def __init__(
         self,
@@ -347,7 +352,8 @@ class KVBlockIndex:
         metrics: KVIndexMetrics | None = None,
         confirmation_ends_speculation: bool = False,
     ) -> None:
-        """`confirmation_ends_speculation`: a pod's stored block ends its speculative entry for the
+        """`size` bounds each pod's engine-block map (and the in-memory index's keys);
+        `confirmation_ends_speculation`: a pod's stored block ends its speculative entry for the
         block's keys, so the block's later removal shows at once (llm-d keeps it to its TTL)."""
         self.processor = processor
         self.size = size
@@ -355,27 +361,33 @@ class KVBlockIndex:
         self.tier_weights = dict(tier_weights)
         self.metrics = metrics
         self.confirmation_ends_speculation = confirmation_ends_speculation
-        # key -> its holders: a pod's name when one pod holds it at weight 1 (most keys; a dict per
-        # key would double the index's memory), else {pod: weight}.
-        self._entries: OrderedDict[int, str | dict[str, float]] = OrderedDict()
         self._pods: dict[str, _PodState] = {}
         self._unit_weights = True  # until a block is held in a tier weighing other than 1
-        # Speculative entries (llm-d's speculativeIndexing): key -> {pod: expiry}, expiring in order.
+        # Speculative entries (llm-d's speculativeIndexing): key -> {pod: expiry}, expiring in order;
+        # a pinned entry's expiry is infinite until the last request pinning it ends.
         self._speculative: dict[int, dict[str, float]] = {}
         self._expiries: deque[tuple[float, Sequence[int], str]] = deque()
-
-    def __len__(self) -> int:
-        return len(self._entries)
+        self._pins: dict[tuple[int, str], int] = {}  # (key, pod) -> requests in flight pinning it
 
     def pods(self) -> list[str]:
+        """The pods whose events this index applied (and not cleared since)."""
         return list(self._pods)
 
     def publishes(self, pod: str) -> bool:
-        """Whether `pod`'s engine has stored blocks here (its KV events are followed)."""
+        """Whether `pod` is one of `pods()` (its KV events are followed), without the list."""
         return pod in self._pods
 
-    def holders(self, key: int) -> Mapping[str, float]:
-        return _as_map(self._entries.get(key))
+    @abstractmethod
+    def _hold(self, keys: Sequence[int], pod: str, weight: float) -> None:
+        """`pod` holds `keys` in a tier weighing `weight` (a holder keeps its highest weight)."""
+
+    @abstractmethod
+    def _drop_holder(self, key: int, pod: str) -> None:
+        """`pod` no longer holds `key`."""
+
+    @abstractmethod
+    def _forget_pod(self, pod: str, keys: Iterable[int]) -> None:
+        """`pod` holds nothing any more; `keys` are those its applied events gave it."""
 
     # --- events -------------------------------------------------------------------------------
 
@@ -465,36 +477,17 @@ class KVBlockIndex:
             self._release(pod, state, dropped.keys)
 
     def _admit(self, keys: Sequence[int], pod: str, weight: float, state: _PodState, count: bool) -> None:
-        entries = self._entries
         if weight != 1.0:
             self._unit_weights = False
         speculative = self._speculative if self.confirmation_ends_speculation else None
-        for key in keys:
-            if count:
-                state.keys[key] = state.keys.get(key, 0) + 1
-            guessed = speculative.get(key) if speculative else None
-            if guessed is not None and guessed.pop(pod, None) is not None and not guessed:
-                del self._speculative[key]
-            holders = entries.get(key)
-            if holders is None:
-                entries[key] = pod if weight == 1.0 else {pod: weight}
-                if self.metrics is not None:
-                    self.metrics.admissions.inc()
-                continue
-            entries.move_to_end(key)
-            if isinstance(holders, str):
-                if holders == pod:
-                    continue  # held at weight 1 already, the highest
-                holders = entries[key] = {holders: 1.0}
-            if holders.get(pod, 0.0) < weight:
-                holders.pop(pod, None)
-                holders[pod] = weight
-                while len(holders) > self.pod_cache_size:
-                    del holders[next(iter(holders))]
-        while len(entries) > self.size:
-            entries.popitem(last=False)
-            if self.metrics is not None:
-                self.metrics.evictions.inc()
+        if count or speculative:
+            for key in keys:
+                if count:
+                    state.keys[key] = state.keys.get(key, 0) + 1
+                guessed = speculative.get(key) if speculative else None
+                if guessed is not None and guessed.pop(pod, None) is not None and not guessed:
+                    del self._speculative[key]
+        self._hold(keys, pod, weight)
 
     def _removed(self, pod: str, hashes: Iterable[int]) -> None:
         state = self._pods.get(pod)
@@ -523,21 +516,7 @@ class KVBlockIndex:
     def clear_pod(self, pod: str) -> None:
         """Forget everything `pod` holds (AllBlocksCleared, a resync, or the pod left the pool)."""
         state = self._pods.pop(pod, None)
-        if state is None:
-            return
-        for key in state.keys:
-            self._drop_holder(key, pod)
-
-    def _drop_holder(self, key: int, pod: str) -> None:
-        entries = self._entries
-        holders = entries.get(key)
-        if holders is None:
-            return
-        if isinstance(holders, str):
-            if holders == pod:
-                del entries[key]
-        elif holders.pop(pod, None) is not None and not holders:
-            del entries[key]
+        self._forget_pod(pod, state.keys if state is not None else ())
 
     # --- speculative entries ------------------------------------------------------------------
 
@@ -554,6 +533,46 @@ class KVBlockIndex:
             else:
                 holders[pod] = expiry
         self._expiries.append((expiry, keys, pod))
+
+    def forget_speculative(self, pod: str) -> None:
+        """Drop `pod`'s speculative entries (it left the pool: what it was about to compute is
+        gone with it). Their expiry records stay queued and find nothing to expire."""
+        speculative = self._speculative
+        for key in [key for key, holders in speculative.items() if pod in holders]:
+            holders = speculative[key]
+            del holders[pod]
+            if not holders:
+                del speculative[key]
+
+    def pin_speculative(self, keys: Sequence[int], pod: str) -> None:
+        """`pod` is about to compute `keys` for a request: count them as held until its KV events
+        store them or, failing that, until `release_speculative` for every request pinning them.
+        A running request's blocks cannot be evicted, so the entry is true while it runs."""
+        speculative, pins = self._speculative, self._pins
+        for key in keys:
+            holders = speculative.get(key)
+            if holders is None:
+                speculative[key] = {pod: _PINNED}
+            else:
+                holders[pod] = _PINNED
+            pins[key, pod] = pins.get((key, pod), 0) + 1
+
+    def release_speculative(self, keys: Sequence[int], pod: str, expiry: float) -> None:
+        """A request that pinned `keys` on `pod` ended: the entries no other request pins and no
+        KV event confirmed end at `expiry` (a grace for events still on their way)."""
+        speculative, pins = self._speculative, self._pins
+        released = False
+        for key in keys:
+            count = pins.pop((key, pod), 0) - 1
+            if count > 0:
+                pins[key, pod] = count
+                continue
+            holders = speculative.get(key)
+            if holders is not None and holders.get(pod) == _PINNED:
+                holders[pod] = expiry
+                released = True
+        if released:
+            self._expiries.append((expiry, keys, pod))
 
     def expire(self, now: float) -> None:
         expiries, speculative = self._expiries, self._speculative
@@ -583,6 +602,72 @@ class KVBlockIndex:
         extras = block_extras_from_features(features, size, len(tokens))
         extras = fold_cache_salt(extras, cache_salt, len(tokens) // size)
         return self.processor.keys(tokens, model, extras=extras)
+
+
+class KVBlockIndex(KVBlockIndexBase):
+    """Request block key -> {pod: device-tier weight} in this process, LRU-bounded to `size`
+    keys, fed by KV events."""
+
+    def __init__(
+        self,
+        processor: TokenProcessor,
+        size: int = 100_000_000,
+        pod_cache_size: int = 10,
+        tier_weights: Mapping[str, float] = DEFAULT_TIER_WEIGHTS,
+        metrics: KVIndexMetrics | None = None,
+        confirmation_ends_speculation: bool = False,
+    ) -> None:
+        super().__init__(
+            processor, size, pod_cache_size, tier_weights, metrics, confirmation_ends_speculation
+        )
+        # key -> its holders: a pod's name when one pod holds it at weight 1 (most keys; a dict per
+        # key would double the index's memory), else {pod: weight}.
+        self._entries: OrderedDict[int, str | dict[str, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def holders(self, key: int) -> Mapping[str, float]:
+        return _as_map(self._entries.get(key))
+
+    def _hold(self, keys: Sequence[int], pod: str, weight: float) -> None:
+        entries = self._entries
+        for key in keys:
+            holders = entries.get(key)
+            if holders is None:
+                entries[key] = pod if weight == 1.0 else {pod: weight}
+                if self.metrics is not None:
+                    self.metrics.admissions.inc()
+                continue
+            entries.move_to_end(key)
+            if isinstance(holders, str):
+                if holders == pod:
+                    continue  # held at weight 1 already, the highest
+                holders = entries[key] = {holders: 1.0}
+            if holders.get(pod, 0.0) < weight:
+                holders.pop(pod, None)
+                holders[pod] = weight
+                while len(holders) > self.pod_cache_size:
+                    del holders[next(iter(holders))]
+        while len(entries) > self.size:
+            entries.popitem(last=False)
+            if self.metrics is not None:
+                self.metrics.evictions.inc()
+
+    def _forget_pod(self, pod: str, keys: Iterable[int]) -> None:
+        for key in keys:
+            self._drop_holder(key, pod)
+
+    def _drop_holder(self, key: int, pod: str) -> None:
+        entries = self._entries
+        holders = entries.get(key)
+        if holders is None:
+            return
+        if isinstance(holders, str):
+            if holders == pod:
+                del entries[key]
+        elif holders.pop(pod, None) is not None and not holders:
+            del entries[key]
 
     def longest_prefix(self, keys: Sequence[int], pods: Collection[str]) -> dict[str, float]:
         """llm-d's LongestPrefix score for each of `pods`: the tier-weighted length of the run of

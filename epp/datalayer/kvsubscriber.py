@@ -1,4 +1,4 @@
-"""Reading vLLM's KV events off ZMQ into a `KVBlockIndex`, on the event loop (pyzmq's asyncio
+"""Reading vLLM's KV events off ZMQ into the KV-block index, on the event loop (pyzmq's asyncio
 sockets: a receive never blocks the loop).
 
 Two modes, as llm-d's: **central** — the EPP binds one SUB socket (`zmqEndpoint`) and every engine
@@ -26,7 +26,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from epp.datalayer.kvblocks import KVBlockIndex, KVIndexMetrics
+from epp.datalayer.kvblocks import KVBlockIndexBase, KVIndexMetrics
 from epp.kvevents import KVEventError, decode_batch, parse_topic
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class KVEventIngester:
 
     def __init__(
         self,
-        index: KVBlockIndex,
+        index: KVBlockIndexBase,
         metrics: KVIndexMetrics,
         known_pod: Callable[[str], bool] | None = None,
     ) -> None:

@@ -5,11 +5,10 @@ parser would cost more than the scrape, so only the wanted families' lines are l
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"')
 _SPEC = re.compile(r"^\s*([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(?:\{(.*)\})?\s*$", re.DOTALL)
@@ -27,6 +26,10 @@ class Sample(NamedTuple):
 
     labels: dict[str, str]
     value: float
+
+
+# Makes a Sample without the Python-level __new__ NamedTuple generates: half the cost.
+_new_sample = tuple.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,27 +75,132 @@ def _unescape(value: str) -> str:
     return _ESCAPE.sub(lambda m: _ESCAPED[m.group(0)], value)
 
 
+# What a family's sample names may add to the family's name: the lines of a wanted name's group
+# all start with the wanted name less one of these.
+_SAMPLE_SUFFIXES = ("_total", "_created", "_bucket", "_count", "_sum", "_gcount", "_gsum", "_info")
+_AFTER_NAME = (b"{", b" ", b"\t")  # what follows a sample's name on its line
+_HELP_OR_TYPE = (b"# HELP ", b"# TYPE ")
+# A name found on an endpoint's last page is searched for from this far before where it was: values
+# change length between scrapes, and series come and go.
+HINT_SLACK = 1024
+
+Hints = dict[str, int]
+"""Where each wanted name's lines began on one endpoint's last page."""
+
+
+class SeriesByName(Protocol):
+    """A page's series by metric name, as an engine reads them (a dict, or `PageSeries`)."""
+
+    def get(self, name: str, /) -> list[Sample] | None: ...
+
+
+class _Wanted:
+    """How to find one wanted name's lines on a page."""
+
+    __slots__ = ("alone", "family", "first", "group", "head", "line", "needle")
+
+    def __init__(self, name: str) -> None:
+        family = next((name[: -len(s)] for s in _SAMPLE_SUFFIXES if name.endswith(s)), name)
+        self.family = family.encode()
+        self.head = name.encode()
+        self.needle = b"\n" + self.head
+        # A line that may belong to the group: it starts with the family's name, or is blank, or a
+        # comment other than another family's HELP or TYPE.
+        escaped = re.escape(self.family)
+        more = rb"(?:" + escaped + rb"|# (?:HELP|TYPE) " + escaped + rb"|#(?! (?:HELP|TYPE) )|\n)"
+        # From a line of the group on, the lines that may belong to it: ends at the newline after
+        # the group's last line.
+        self.group = re.compile(rb"[^\n]*(?:\n(?=" + more + rb")[^\n]*)*")
+        labelled = rf"\{{([^\n]*)\}}(?![^\n]*\}}){_BLANK}*"  # `{labels}`, to the line's last brace
+        unlabelled = rf"[ \t]{_BLANK}*"
+        line = rf"{re.escape(name)}(?:{labelled}|{unlabelled})(\S+)".encode()
+        self.line = re.compile(b"\n" + line)
+        self.first = re.compile(line)  # the page's first line
+        # One sample line from its start, when the line after it ends the group.
+        self.alone = re.compile(line + rb"[^\n]*(?=\n(?!" + more + rb")|\Z)")
+
+    def lines(self, page: bytes, hint: int) -> tuple[list[tuple[bytes, ...]], int]:
+        """The (label block, value) of each of the name's sample lines, and where the first one
+        found starts (-1 if the page has none). Looked for at `hint` first, then from a little
+        before it, then from the page's start."""
+        if (
+            hint > 0
+            and page.startswith(self.needle, hint - 1)
+            and page.startswith(_AFTER_NAME, hint + len(self.head))
+        ):
+            at, walk = hint, True
+        else:
+            at, walk = self._search(page, hint)
+            if at < 0:
+                return [], -1
+        start = at
+        if walk:
+            # Not necessarily the group's first sample line: walk back over the group's lines
+            # before it, up to the group's HELP or TYPE (which come first) or another family.
+            opens, family, line = (self.family, b"#", b"\n"), self.family, at
+            while line > 0:
+                line = page.rfind(b"\n", 0, line - 1) + 1
+                if page.startswith(_HELP_OR_TYPE, line) or not page.startswith(opens, line):
+                    break
+                if page.startswith(family, line):
+                    start = line
+        if start == at:
+            alone = self.alone.match(page, at)
+            if alone is not None:
+                return [alone.groups(b"")], at
+        end = self.group.match(page, start).end()  # type: ignore[union-attr]  # matches empty
+        found: list[tuple[bytes, ...]] = self.line.findall(page, start - 1 if start else 0, end)
+        if start == 0 and (first := self.first.match(page, 0, end)) is not None:
+            found.insert(0, first.groups(b""))
+        return found, at
+
+    def _search(self, page: bytes, hint: int) -> tuple[int, bool]:
+        """The start of a sample line of the name, and whether lines of its group may come before
+        it; (-1, False) if the page has none."""
+        head = self.head
+        at_start = page.startswith(head) and page.startswith(_AFTER_NAME, len(head))
+        begin = hint - HINT_SLACK if hint > HINT_SLACK else 0
+        if at_start and not begin:
+            return 0, False
+        at = self._find(page, begin, len(page))
+        if at >= 0:
+            return at, begin > 0
+        if not begin:
+            return -1, False
+        return (0, False) if at_start else (self._find(page, 0, begin + len(self.needle)), False)
+
+    def _find(self, page: bytes, begin: int, end: int) -> int:
+        """The start of the first of the name's sample lines whose newline is in page[begin:end]."""
+        needle = self.needle
+        at = page.find(needle, begin, end)
+        while at >= 0 and not page.startswith(_AFTER_NAME, at + len(needle)):
+            at = page.find(needle, at + 1, end)  # a longer name that starts with this one
+        return at + 1 if at >= 0 else -1
+
+
 class Extractor:
-    """Finds the sample lines of a fixed set of metric names in one regex pass over the page's
-    bytes; the same match splits each line into its label block and value, so only label blocks
-    are decoded. The pattern starts with the literal newline + the names' common prefix
-    (`\nvllm:`), which lets the regex engine jump between candidate lines instead of trying every
-    character: 6x cheaper than an anchored multiline pattern on a 27 KB vLLM page.
+    """Reads the sample lines of a fixed set of metric names without walking the whole page.
+
+    The exposition format puts all the lines of a metric family in one group (HELP and TYPE
+    first), so each wanted name is located with `bytes.find` of a newline and the name (a search
+    in C), and only its family's group is read: the lines from there that start with the family's
+    name (the wanted name less a `_total`, `_count`, ... suffix), comments and blank lines. One
+    regex match per line of the group yields its label block and value; label blocks are parsed
+    once and cached. A page that repeats a family in a second group, against the format, has only
+    the first group found read.
+
+    `bytes.find` still steps through the page byte by byte up to the name, so where each name was
+    found last time is kept (`Hints`, one per endpoint: a server's page keeps its layout) and the
+    search starts a little before it; a name the page lacks costs one pass over it. `series` reads
+    names as they are asked for, so an engine's fallback names (vLLM's old KV-cache gauge) are not
+    searched for when its first choice is there.
 
     A line is `name{labels} value [timestamp]` or `name value [timestamp]`: the label block runs
     to the line's last `}`, whitespace may follow it, and a line whose value does not parse as a
     float is skipped, as prometheus_client's parser would reject it."""
 
     def __init__(self, names: Iterable[str]) -> None:
-        wanted = sorted(set(names), key=len, reverse=True)
-        prefix = os.path.commonprefix(wanted) if wanted else ""  # noqa: RUF071 - a character prefix is meant
-        suffixes = "|".join(re.escape(n[len(prefix) :]) for n in wanted) if wanted else "(?!)"
-        self._names = {suffix.encode(): prefix + suffix for suffix in (n[len(prefix) :] for n in wanted)}
-        labelled = rf"\{{([^\n]*)\}}(?![^\n]*\}}){_BLANK}*"  # `{labels}`, to the line's last brace
-        unlabelled = rf"[ \t]{_BLANK}*"
-        line = rf"{re.escape(prefix)}({suffixes})(?:{labelled}|{unlabelled})(\S+)".encode()
-        self._pattern = re.compile(b"\n" + line)
-        self._first = re.compile(line)  # the page's first line has no newline before it
+        self._wanted = {name: _Wanted(name) for name in sorted(set(names))}
         # Label block -> its labels. A server repeats the same blocks scrape after scrape (and
         # replicas of one model share them), so most are parsed once; the dicts are shared, and
         # read-only. Cleared when full, so changing label values cannot grow it without bound.
@@ -101,14 +209,29 @@ class Extractor:
     def extract(self, text: str) -> dict[str, list[Sample]]:
         return self.extract_bytes(text.encode("utf-8", "surrogatepass"))
 
-    def extract_bytes(self, page: bytes) -> dict[str, list[Sample]]:
-        found: dict[str, list[Sample]] = {}
-        matches = self._pattern.findall(page)
-        first = self._first.match(page)
-        if first is not None:
-            matches.insert(0, first.groups(b""))
-        names, parsed = self._names, self._labels
-        for suffix, block, value in matches:
+    def extract_bytes(self, page: bytes, hints: Hints | None = None) -> dict[str, list[Sample]]:
+        """Every wanted name the page has, with its series."""
+        hints = {} if hints is None else hints
+        found = {}
+        for name in self._wanted:
+            series = self.read(page, name, hints)
+            if series:
+                found[name] = series
+        return found
+
+    def series(self, page: bytes, hints: Hints) -> PageSeries:
+        """The wanted names' series, each read from the page when first asked for."""
+        return PageSeries(self, page, hints)
+
+    def read(self, page: bytes, name: str, hints: Hints) -> list[Sample]:
+        """One name's series on the page: empty if the page lacks it or it is not wanted."""
+        wanted = self._wanted.get(name)
+        if wanted is None:
+            return []
+        lines, hints[name] = wanted.lines(page, hints.get(name, -1))
+        found: list[Sample] = []
+        parsed = self._labels
+        for block, value in lines:
             try:
                 number = float(value)
             except ValueError:
@@ -118,14 +241,22 @@ class Extractor:
                 if len(parsed) >= _LABEL_CACHE_SIZE:
                     parsed.clear()
                 labels = parsed[block] = _labels(block)
-            sample = Sample(labels, number)
-            name = names[suffix]
-            series = found.get(name)
-            if series is None:
-                found[name] = [sample]
-            else:
-                series.append(sample)
+            found.append(_new_sample(Sample, (labels, number)))
         return found
+
+
+class PageSeries:
+    """One page's wanted series by name, each read when asked for."""
+
+    __slots__ = ("_extractor", "_hints", "_page")
+
+    def __init__(self, extractor: Extractor, page: bytes, hints: Hints) -> None:
+        self._extractor = extractor
+        self._page = page
+        self._hints = hints
+
+    def get(self, name: str, /) -> list[Sample] | None:
+        return self._extractor.read(self._page, name, self._hints) or None
 
 
 def _labels(block: bytes) -> dict[str, str]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from epp.datalayer.engines import BUILTIN_ENGINES, ENGINE_LABEL, EngineMetrics
 from epp.datalayer.fetch import KeepAliveGetter, Result, insecure_tls_context
-from epp.datalayer.promtext import Extractor
+from epp.datalayer.promtext import Extractor, Hints
 from epp.datastore import Datastore, Endpoint
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,17 @@ def _tls_context(settings: ScrapeSettings) -> ssl.SSLContext:
 class _Target:
     """One endpoint being scraped: its connection, how to read its page, and its scrape state."""
 
-    __slots__ = ("endpoint", "engine", "extractor", "failures", "getter", "group", "overdue", "sent_at")
+    __slots__ = (
+        "endpoint",
+        "engine",
+        "extractor",
+        "failures",
+        "getter",
+        "group",
+        "hints",
+        "overdue",
+        "sent_at",
+    )
 
     def __init__(
         self,
@@ -63,6 +73,7 @@ class _Target:
         self.getter = getter
         self.engine = engine
         self.extractor = extractor
+        self.hints: Hints = {}  # where its page had each series last time
         self.failures = 0
         self.sent_at: float | None = None  # loop time the GET under way was started
         self.overdue = False  # an interval passed while the GET was under way
@@ -218,7 +229,8 @@ class MetricsScraper:
             if status != 200:
                 raise ValueError(f"HTTP {status} from {endpoint.spec.metrics_hostport}{self._path}")
             self.scrapes += 1
-            endpoint.metrics = target.engine.read(target.extractor.extract_bytes(body), time.monotonic())
+            series = target.extractor.series(body, target.hints)
+            endpoint.metrics = target.engine.read(series, time.monotonic())
         except ConnectionRefusedError as exc:
             self._failed(target, f"connection refused: {exc}", immediate=True)
         except TimeoutError as exc:

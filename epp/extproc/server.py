@@ -43,21 +43,18 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
         self._director = director
         self._options = options
         self._guard = guard
+        # The last refusal answered and its reply: the guard answers every request it sheds under
+        # a standing queue with the same RequestError, whose reply is then built once.
+        self._refusal: tuple[RequestError, ext_proc.ProcessingResponse] | None = None
 
     async def Process(
         self,
         request_iterator: AsyncIterator[ext_proc.ProcessingRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[ext_proc.ProcessingResponse]:
-        guard = self._guard
+        guard = self._guard  # its admit() ran at dispatch (ExtProcDispatch)
         if guard is not None:
-            refusal = guard.enter()
-            if refusal is not None:
-                # Shed before any work, without even reading the request's first message (Envoy
-                # sends it with the stream and takes this answer for it): one loop round trip less.
-                self._director.record_error(refusal, None)
-                yield messages.immediate_error(refusal, self._options.error_prefix)
-                return
+            guard.enter()
         incoming = aiter(request_iterator)
         stream: ExtProcStream | None = None
         try:
@@ -65,11 +62,10 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
                 message = await anext(incoming)
             except StopAsyncIteration:
                 return
-            if guard is not None and guard.max_wait:
+            if guard is not None and guard.checks_wait:
                 refusal = _waited_too_long(guard, message)
                 if refusal is not None:
-                    self._director.record_error(refusal, None)
-                    yield messages.immediate_error(refusal, self._options.error_prefix)
+                    yield self.refuse(refusal)
                     return
             stream = ExtProcStream(self._director, self._options)
             while True:
@@ -113,6 +109,57 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
                 if guard is not None:
                     guard.leave()
 
+    def refuse(self, refusal: RequestError) -> ext_proc.ProcessingResponse:
+        """The overload guard's answer, counted as every error answer."""
+        self._director.record_error(refusal, None)
+        if self._refusal is not None and self._refusal[0] is refusal:
+            return self._refusal[1]
+        reply = messages.immediate_error(refusal, self._options.error_prefix)
+        self._refusal = (refusal, reply)
+        return reply
+
+
+class ExtProcDispatch(grpc.GenericRpcHandler):
+    """Chooses each new ext_proc call's handler before any of its messages is read: the processor's
+    stream, or, when the overload guard refuses the call, an answer that reads nothing and sends
+    the reply with the call's status in one batch (Envoy sends its first message with the stream
+    and takes this answer for it). Measured in grpc.aio: about 0.25 ms of CPU per refusal, against
+    0.3 ms for a stream handler's refusal and 0.3 to 0.5 ms when it reads the first message."""
+
+    def __init__(self, processor: ExternalProcessor, guard: OverloadGuard | None) -> None:
+        self._processor = processor
+        self._guard = guard
+        self._stream = grpc.stream_stream_rpc_method_handler(
+            processor.Process,
+            request_deserializer=ext_proc.ProcessingRequest.FromString,
+            response_serializer=ext_proc.ProcessingResponse.SerializeToString,
+        )
+        # The last refusal and its handler: the same refusal object (the standing-queue shedding
+        # answer) reuses its handler.
+        self._refusal: tuple[RequestError, grpc.RpcMethodHandler] | None = None
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        if handler_call_details.method != PROCESS_METHOD:
+            return None
+        refusal = None if self._guard is None else self._guard.admit()
+        if refusal is None:
+            return self._stream
+        reply = self._processor.refuse(refusal)
+        if self._refusal is None or self._refusal[0] is not refusal:
+            self._refusal = (refusal, _answer(reply))
+        return self._refusal[1]
+
+
+def _answer(reply: ext_proc.ProcessingResponse) -> grpc.RpcMethodHandler:
+    async def answer(
+        request_iterator: AsyncIterator[ext_proc.ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> ext_proc.ProcessingResponse:
+        return reply
+
+    return grpc.stream_unary_rpc_method_handler(
+        answer, response_serializer=ext_proc.ProcessingResponse.SerializeToString
+    )
+
 
 def _waited_too_long(guard: OverloadGuard, message: ext_proc.ProcessingRequest) -> RequestError | None:
     """The guard's refusal of a request that waited too long before its headers reached the EPP
@@ -137,6 +184,7 @@ async def _message_or_eviction(
 
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+PROCESS_METHOD = f"/{EXT_PROC_SERVICE}/Process"
 LIVENESS_SERVICE = "liveness"
 READINESS_SERVICE = "readiness"
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -222,7 +270,7 @@ def ext_proc_server(
 ) -> grpc.aio.Server:
     """ext_proc, and grpc.health.v1 beside it unless `health` is None (GIE's --health-checking)."""
     server = grpc.aio.server(options=_options(reuse_port))
-    ext_proc_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(director, options, guard), server)
+    server.add_generic_rpc_handlers((ExtProcDispatch(ExternalProcessor(director, options, guard), guard),))
     if health is not None:
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
     return server

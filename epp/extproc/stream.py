@@ -123,7 +123,7 @@ class ExtProcStream:
         limit = self._options.queue_message_timeout
         if flow_control is None or limit <= 0 or self._request_mode == FULL_DUPLEX:
             return None
-        if not flow_control.busy or not self._completes_body(message):
+        if not self._completes_body(message) or not flow_control.busy:
             return None
         ttl = flow_control.config.default_request_ttl
         seconds = min(limit, ttl + 1.0) if ttl > 0 else limit

@@ -8,7 +8,11 @@ walks the bands from the highest priority down; the first band whose ceiling the
 reaches stops the cycle (head-of-line blocking, so a lower band never takes capacity a higher
 one waits for); otherwise the band's fairness policy picks a flow and that flow's head (by the
 band's ordering policy) is dispatched. One request per cycle, and the loop yields before the next,
-so the dispatched request is routed (and its load counted) before saturation is read again.
+so the dispatched request is routed (and its load counted) before saturation is read again. A
+request arriving when nothing else waits and the loop is idle (what it released last has routed)
+runs that cycle itself, in its own call: dispatched at once when the pool has room, with the same
+policies and metrics and without a round trip through the loop (the common case, not saturated,
+then costs no event-loop hop); otherwise it waits.
 
 Outcomes, as GIE's EnqueueAndWait: dispatched; rejected at capacity (global or band maxBytes /
 maxRequests) → 429; TTL expired (`defaultRequestTTL`, else the caller's deadline) → 503; the
@@ -114,6 +118,9 @@ class FlowController:
         self.bytes = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # The loop parked with nothing queued (or not started): the last request it released has
+        # resumed, and routed, so a request arriving now may run the dispatch cycle itself.
+        self._idle = True
         self._stopped = False
         self.reclamation: ReclamationController | None = None  # in-flight eviction on
 
@@ -183,6 +190,8 @@ class FlowController:
         self.bytes += item.byte_size
         self.metrics.queued(item, labels, self.pool_name, +1)
         self.metrics.enqueued(labels, Outcome.NOT_YET_FINALIZED, time.perf_counter() - started)
+        if self.length == 1 and self._idle and self.dispatch_cycle():
+            return  # it alone waited and the pool had room: the cycle the loop would run, run here
         self._ensure_running(loop)
         self._wake.set()
         try:
@@ -240,12 +249,15 @@ class FlowController:
     def _ensure_running(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._run(), name="flow-control-dispatch")
+            self._idle = False
 
     async def _run(self) -> None:
         while not self._stopped:
             if self.length == 0:
                 self._wake.clear()
+                self._idle = True
                 await self._wake.wait()
+                self._idle = False
                 continue
             if self.dispatch_cycle():
                 await asyncio.sleep(0)  # the dispatched request routes (takes its load) first

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import statistics
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
@@ -31,6 +30,26 @@ def _powers(start: float, stop: float, factor: float = 2.0) -> list[float]:
         buckets.append(value)
         value *= factor
     return buckets
+
+
+class _Families:
+    """Makes a registry's metric families from one row each (name, help, labels, buckets): GIE's
+    families carry its `[ALPHA]` help prefix, llm-d's (`alpha=False`) do not."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def counter(self, name: str, help_text: str, labels: Sequence[str] = (), alpha: bool = True) -> Counter:
+        return Counter(name, _alpha(help_text) if alpha else help_text, labels, registry=self.registry)
+
+    def gauge(self, name: str, help_text: str, labels: Sequence[str] = (), alpha: bool = True) -> Gauge:
+        return Gauge(name, _alpha(help_text) if alpha else help_text, labels, registry=self.registry)
+
+    def histogram(
+        self, name: str, help_text: str, labels: Sequence[str], buckets: Sequence[float], alpha: bool = True
+    ) -> Histogram:
+        text = _alpha(help_text) if alpha else help_text
+        return Histogram(name, text, labels, buckets=buckets, registry=self.registry)
 
 
 DURATION_BUCKETS = [
@@ -135,148 +154,116 @@ class EppMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, aliases: Iterable[str] = ()) -> None:
         self.registry = registry or CollectorRegistry()
         self.aliases = tuple(aliases)
-        r = self.registry
+        f = _Families(self.registry)
         model = ["model_name", "target_model_name"]
-        self.requests = Counter(
-            "inference_objective_request_total",
-            _alpha("requests scheduled"),
-            [*model, "priority"],
-            registry=r,
+        self.requests = f.counter(
+            "inference_objective_request_total", "requests scheduled", [*model, "priority"]
         )
-        self.errors = Counter(
+        self.errors = f.counter(
             "inference_objective_request_error_total",
-            _alpha("requests answered with an error"),
+            "requests answered with an error",
             [*model, "error_code"],
-            registry=r,
         )
-        self.duration = Histogram(
+        self.duration = f.histogram(
             "inference_objective_request_duration_seconds",
-            _alpha("request latency through the EPP"),
+            "request latency through the EPP",
             model,
-            buckets=DURATION_BUCKETS,
-            registry=r,
+            DURATION_BUCKETS,
         )
-        self.request_sizes = Histogram(
-            "inference_objective_request_sizes",
-            _alpha("request body bytes"),
-            model,
-            buckets=REQUEST_SIZE_BUCKETS,
-            registry=r,
+        self.request_sizes = f.histogram(
+            "inference_objective_request_sizes", "request body bytes", model, REQUEST_SIZE_BUCKETS
         )
-        self.response_sizes = Histogram(
-            "inference_objective_response_sizes",
-            _alpha("response body bytes"),
-            model,
-            buckets=RESPONSE_SIZE_BUCKETS,
-            registry=r,
+        self.response_sizes = f.histogram(
+            "inference_objective_response_sizes", "response body bytes", model, RESPONSE_SIZE_BUCKETS
         )
-        self.input_tokens = Histogram(
-            "inference_objective_input_tokens",
-            _alpha("prompt tokens"),
-            model,
-            buckets=INPUT_TOKEN_BUCKETS,
-            registry=r,
+        self.input_tokens = f.histogram(
+            "inference_objective_input_tokens", "prompt tokens", model, INPUT_TOKEN_BUCKETS
         )
-        self.output_tokens = Histogram(
-            "inference_objective_output_tokens",
-            _alpha("completion tokens"),
-            model,
-            buckets=OUTPUT_TOKEN_BUCKETS,
-            registry=r,
+        self.output_tokens = f.histogram(
+            "inference_objective_output_tokens", "completion tokens", model, OUTPUT_TOKEN_BUCKETS
         )
-        self.cached_tokens = Histogram(
+        self.cached_tokens = f.histogram(
             "inference_objective_prompt_cached_tokens",
-            _alpha("prompt tokens served from the prefix cache"),
+            "prompt tokens served from the prefix cache",
             model,
-            buckets=INPUT_TOKEN_BUCKETS,
-            registry=r,
+            INPUT_TOKEN_BUCKETS,
         )
-        self.running = Gauge(
-            "inference_objective_running_requests", _alpha("requests in flight"), ["model_name"], registry=r
-        )
-        self.ntpot = Histogram(
+        self.running = f.gauge("inference_objective_running_requests", "requests in flight", ["model_name"])
+        self.ntpot = f.histogram(
             "inference_objective_normalized_time_per_output_token_seconds",
-            _alpha("request latency divided by output tokens"),
+            "request latency divided by output tokens",
             model,
-            buckets=NTPOT_BUCKETS,
-            registry=r,
+            NTPOT_BUCKETS,
         )
-        self.scheduler_e2e = Histogram(
+        self.scheduler_e2e = f.histogram(
             "inference_extension_scheduler_e2e_duration_seconds",
-            _alpha("time to schedule one request"),
-            buckets=SCHEDULER_BUCKETS,
-            registry=r,
+            "time to schedule one request",
+            (),
+            SCHEDULER_BUCKETS,
         )
-        self.scheduler_attempts = Counter(
+        self.scheduler_attempts = f.counter(
             "inference_extension_scheduler_attempts_total",
-            _alpha("scheduling attempts by outcome"),
+            "scheduling attempts by outcome",
             ["status", "target_model_name", "pod_name", "namespace", "port"],
-            registry=r,
         )
-        self.plugin_duration = Histogram(
+        self.plugin_duration = f.histogram(
             "inference_extension_plugin_duration_seconds",
-            _alpha("time spent in each plugin"),
+            "time spent in each plugin",
             ["extension_point", "plugin_type", "plugin_name"],
-            buckets=SCHEDULER_BUCKETS,
-            registry=r,
+            SCHEDULER_BUCKETS,
         )
-        self.prefix_indexer_size = Gauge(
-            "inference_extension_prefix_indexer_size",
-            _alpha("entries in the approximate prefix index"),
-            registry=r,
+        self.prefix_indexer_size = f.gauge(
+            "inference_extension_prefix_indexer_size", "entries in the approximate prefix index"
         )
-        self.prefix_hit_ratio = Histogram(
+        self.prefix_hit_ratio = f.histogram(
             "inference_extension_prefix_indexer_hit_ratio",
-            _alpha("matched prefix blocks / prompt blocks"),
-            buckets=HIT_RATIO_BUCKETS,
-            registry=r,
+            "matched prefix blocks / prompt blocks",
+            (),
+            HIT_RATIO_BUCKETS,
         )
-        self.prefix_hit_bytes = Histogram(
+        self.prefix_hit_bytes = f.histogram(
             "inference_extension_prefix_indexer_hit_bytes",
-            _alpha("matched prefix length in bytes"),
-            buckets=HIT_BYTES_BUCKETS,
-            registry=r,
+            "matched prefix length in bytes",
+            (),
+            HIT_BYTES_BUCKETS,
         )
         decision_labels = ["plugin_name", "plugin_type", "model_name", "decision_type"]
-        self.pd_decisions = Counter(
-            "llm_d_epp_pd_decision_total", "prefill/decode decisions", decision_labels, registry=r
+        self.pd_decisions = f.counter(
+            "llm_d_epp_pd_decision_total", "prefill/decode decisions", decision_labels, alpha=False
         )
-        self.disagg_decisions = Counter(  # llm-d's newer name for the same count
-            "llm_d_epp_disagg_decision_total", "disaggregation decisions", decision_labels, registry=r
+        self.disagg_decisions = f.counter(  # llm-d's newer name for the same count
+            "llm_d_epp_disagg_decision_total", "disaggregation decisions", decision_labels, alpha=False
         )
-        self.rollout_no_match = Counter(  # disaggregatedset-rollout-screener (llm-d)
+        self.rollout_no_match = f.counter(  # disaggregatedset-rollout-screener (llm-d)
             "llm_d_epp_disaggregatedset_strict_header_no_match_total",
             "Strict header selections that matched no endpoint and failed closed.",
             ["plugin_type", "plugin_name", "selector"],
-            registry=r,
+            alpha=False,
         )
-        self.rollout_share = Gauge(
+        self.rollout_share = f.gauge(
             "llm_d_epp_disaggregatedset_revision_gating_share",
             "Current weighted revision gating share from 0 to 1; incomplete revisions have share 0.",
             ["plugin_type", "plugin_name", "mode", "revision"],
-            registry=r,
+            alpha=False,
         )
-        info = Gauge(
-            "inference_extension_info", _alpha("build information"), ["commit", "build_ref"], registry=r
-        )
+        info = f.gauge("inference_extension_info", "build information", ["commit", "build_ref"])
         info.labels(commit="", build_ref=__version__).set(1)
-        self.rewrite_decisions = Counter(
+        self.rewrite_decisions = f.counter(
             "inference_extension_model_rewrite_decisions_total",
-            _alpha("requests whose model an InferenceModelRewrite changed"),
+            "requests whose model an InferenceModelRewrite changed",
             ["model_rewrite_name", "model_name", "target_model"],
-            registry=r,
         )
-        self.overload_refusals = Counter(
+        self.overload_refusals = f.counter(
             "llm_d_epp_overload_refused_total",
             "new requests the EPP's overload guard answered 429, by reason",
             ["reason"],
-            registry=r,
+            alpha=False,
         )
         self._rewrites: dict[tuple[str, str, str], Counter] = {}
         self._series: dict[tuple[str, str], ModelSeries] = {}
         self.flow_control = FlowControlMetrics(self)
         for name in self.aliases:
-            r.register(AliasCollector(r, NAME_SETS[name]))
+            self.registry.register(AliasCollector(self.registry, NAME_SETS[name]))
 
     def expose_process_metrics(self) -> None:
         """`process_*` (CPU, memory, file descriptors), as GIE's controller-runtime exports; only
@@ -432,6 +419,36 @@ _QUEUE_DURATION_HELP = "Distribution of total time requests spend in the Flow Co
 )
 
 
+_QUEUE_LABELS = ["fairness_id", "priority", "inference_pool", "model_name", "target_model_name"]
+
+
+class QueueGauges(Collector):
+    """GIE's queue gauges (requests and bytes held, per flow and model), read from the flow
+    controller's counts when /metrics is read. Kept as labelled Gauges, each request passing
+    through an empty queue made and removed two series (~45 us, most of what flow control cost
+    a request); a count is now two dict updates, and a series exists while its queue holds any."""
+
+    def __init__(self, queued: dict[tuple[str, ...], list[int]]) -> None:
+        self._queued = queued
+
+    def collect(self) -> Iterator[Metric]:
+        size = GaugeMetricFamily(
+            "inference_extension_flow_control_queue_size",
+            _alpha("Current number of requests actively held in the Flow Control queue."),
+            labels=_QUEUE_LABELS,
+        )
+        held = GaugeMetricFamily(
+            "inference_extension_flow_control_queue_bytes",
+            _alpha("Current total size in bytes of requests actively held in the Flow Control queue."),
+            labels=_QUEUE_LABELS,
+        )
+        for key, (requests, size_bytes) in self._queued.items():
+            size.add_metric(list(key), requests)
+            held.add_metric(list(key), size_bytes)
+        yield size
+        yield held
+
+
 class FlowControlMetrics:
     """GIE's `inference_extension_flow_control_*` metrics. Fairness ids come from clients: past
     MAX_FAIRNESS_LABELS distinct ids they are labelled `other`, and a queue gauge series is
@@ -439,87 +456,63 @@ class FlowControlMetrics:
 
     def __init__(self, metrics: EppMetrics) -> None:
         self._metrics = metrics
-        r = metrics.registry
+        f = _Families(metrics.registry)
         model = ["model_name", "target_model_name"]
         flow = ["fairness_id", "priority"]
-        self.queue_duration = Histogram(
+        self.queue_duration = f.histogram(
             "inference_extension_flow_control_request_queue_duration_seconds",
-            _alpha(_QUEUE_DURATION_HELP),
+            _QUEUE_DURATION_HELP,
             [*flow, "outcome", "inference_pool", *model],
-            buckets=FLOW_QUEUE_DURATION_BUCKETS,
-            registry=r,
+            FLOW_QUEUE_DURATION_BUCKETS,
         )
-        self.dispatch_cycle = Histogram(
+        self.dispatch_cycle = f.histogram(
             "inference_extension_flow_control_dispatch_cycle_duration_seconds",
-            _alpha("Distribution of time taken for each internal dispatch cycle in the Flow Control layer."),
-            buckets=SCHEDULER_BUCKETS,
-            registry=r,
+            "Distribution of time taken for each internal dispatch cycle in the Flow Control layer.",
+            (),
+            SCHEDULER_BUCKETS,
         )
-        self.enqueue_duration = Histogram(
+        self.enqueue_duration = f.histogram(
             "inference_extension_flow_control_request_enqueue_duration_seconds",
-            _alpha("Distribution of time taken to enqueue requests into the Flow Control layer."),
+            "Distribution of time taken to enqueue requests into the Flow Control layer.",
             [*flow, "outcome"],
-            buckets=SCHEDULER_BUCKETS,
-            registry=r,
+            SCHEDULER_BUCKETS,
         )
-        self.queue_size = Gauge(
-            "inference_extension_flow_control_queue_size",
-            _alpha("Current number of requests actively held in the Flow Control queue."),
-            [*flow, "inference_pool", *model],
-            registry=r,
-        )
-        self.queue_bytes = Gauge(
-            "inference_extension_flow_control_queue_bytes",
-            _alpha("Current total size in bytes of requests actively held in the Flow Control queue."),
-            [*flow, "inference_pool", *model],
-            registry=r,
-        )
-        self.pool_saturation = Gauge(
+        self._queued: dict[tuple[str, ...], list[int]] = {}  # labels -> [requests, bytes]
+        metrics.registry.register(QueueGauges(self._queued))
+        self.pool_saturation = f.gauge(
             "inference_extension_flow_control_pool_saturation",
-            _alpha("Current saturation level of the inference pool (0.0 = empty, 1.0 = fully saturated)."),
+            "Current saturation level of the inference pool (0.0 = empty, 1.0 = fully saturated).",
             ["inference_pool"],
-            registry=r,
         )
         # llm-d router's in-flight eviction (flowControl.enableEviction).
-        self.revocations_issued_total = Counter(
+        self.revocations_issued_total = f.counter(
             "llm_d_epp_flow_control_revocations_issued_total",
-            _alpha(
-                "Total number of in-flight eviction revocations issued, "
-                "labeled by the demand band's priority."
-            ),
+            "Total number of in-flight eviction revocations issued, labeled by the demand band's priority.",
             ["priority", "inference_pool"],
-            registry=r,
         )
-        self.revocations_total = Counter(
+        self.revocations_total = f.counter(
             "llm_d_epp_flow_control_revocations_total",
-            _alpha(
-                "Total number of in-flight eviction revocations by terminal outcome (confirmed, timed_out)."
-            ),
+            "Total number of in-flight eviction revocations by terminal outcome (confirmed, timed_out).",
             ["outcome", "inference_pool"],
-            registry=r,
         )
-        self.reclaim_target_gauge = Gauge(
+        self.reclaim_target_gauge = f.gauge(
             "llm_d_epp_flow_control_reclaim_target",
-            _alpha("Last computed reclamation deficit, in saturation-gauge units."),
+            "Last computed reclamation deficit, in saturation-gauge units.",
             ["inference_pool"],
-            registry=r,
         )
-        self.pending_reclaim_gauge = Gauge(
+        self.pending_reclaim_gauge = f.gauge(
             "llm_d_epp_flow_control_pending_reclaim",
-            _alpha("Sum of outstanding and cooling pending-reclaim debits, in saturation-gauge units."),
+            "Sum of outstanding and cooling pending-reclaim debits, in saturation-gauge units.",
             ["inference_pool"],
-            registry=r,
         )
-        self.revocation_confirmation = Histogram(
+        self.revocation_confirmation = f.histogram(
             "llm_d_epp_flow_control_revocation_confirmation_seconds",
-            _alpha("Time from revocation issue to confirmed stream termination."),
+            "Time from revocation issue to confirmed stream termination.",
             ["inference_pool"],
-            buckets=REVOCATION_CONFIRMATION_BUCKETS,
-            registry=r,
+            REVOCATION_CONFIRMATION_BUCKETS,
         )
         self._fairness_labels: set[str] = set()
-        self._children: dict[tuple[str, ...], Any] = {}  # histogram children, made once
-        self._queued: dict[tuple[str, ...], list[int]] = {}  # labels -> [requests, bytes]
+        self._children: dict[tuple[str, ...], Any] = {}  # histogram and gauge children, made once
 
     def flow_labels(self, fairness_id: str, priority: int) -> tuple[str, str]:
         if fairness_id not in self._fairness_labels:
@@ -540,18 +533,13 @@ class FlowControlMetrics:
         child.observe(seconds)
 
     def queued(self, item: _Queued, labels: tuple[str, str], pool: str, delta: int) -> None:
+        """A request in (+1) or out of (-1) its queue; a flow's series goes when its queue empties."""
         key = (*labels, pool, *self._model_labels(item))
         counts = self._queued.setdefault(key, [0, 0])
         counts[0] += delta
         counts[1] += delta * item.byte_size
         if counts[0] <= 0:
             del self._queued[key]
-            with contextlib.suppress(KeyError):
-                self.queue_size.remove(*key)
-                self.queue_bytes.remove(*key)
-            return
-        self.queue_size.labels(*key).set(counts[0])
-        self.queue_bytes.labels(*key).set(counts[1])
 
     def finalized(
         self, item: _Queued, labels: tuple[str, str], outcome: enum.Enum, pool: str, seconds: float
@@ -563,7 +551,11 @@ class FlowControlMetrics:
         child.observe(seconds)
 
     def saturation(self, pool: str, value: float) -> None:
-        self.pool_saturation.labels(pool).set(value)
+        key = ("saturation", pool)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.pool_saturation.labels(pool)
+        child.set(value)
 
     def revocations_issued(self, pool: str, priority: int, count: int) -> None:
         self.revocations_issued_total.labels(str(priority), pool).inc(count)

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 from pydantic import Field
 
-from epp.datalayer import BackgroundService, DataProducer, EndpointObserver
+from epp.datalayer import AsyncDataProducer, BackgroundService, DataProducer, EndpointObserver
 from epp.datalayer.kvblocks import KVIndexMetrics
 from epp.datalayer.tokenize import TOKENIZED_PROMPT
 from epp.datastore import Datastore, Endpoint
@@ -21,11 +21,11 @@ from epp.datastore.columns import positions
 from epp.framework import DataConsumer, Plugin, PluginContext, register
 from epp.kvevents import KVEvent
 from epp.plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
-from epp.requestcontrol import PreRequest
-from epp.requests import InferenceRequest
+from epp.requestcontrol import PreRequest, ResponseComplete
+from epp.requests import InferenceRequest, Usage
 from epp.scheduling.prefix import PREFIX_MATCH, PrefixMatch
 from epp.scheduling.prefix.params import PrefixIndexParams
-from epp.scheduling.prefix.precise import PreciseParams, PrecisePrefixCache
+from epp.scheduling.prefix.precise import Pinned, PreciseParams, PrecisePrefixCache
 from epp.scheduling.types import SchedulingResult
 
 
@@ -38,7 +38,14 @@ class PreciseProducerParams(PreciseParams):
 
 @register
 class PrecisePrefixCacheProducer(
-    Plugin, DataProducer, DataConsumer, PreRequest, EndpointObserver, BackgroundService
+    Plugin,
+    DataProducer,
+    AsyncDataProducer,
+    DataConsumer,
+    PreRequest,
+    ResponseComplete,
+    EndpointObserver,
+    BackgroundService,
 ):
     type_name = "precise-prefix-cache-producer"
     Params = PreciseProducerParams
@@ -47,14 +54,19 @@ class PrecisePrefixCacheProducer(
 
     def __init__(self, name: str, params: PreciseProducerParams, context: PluginContext) -> None:
         super().__init__(name, params, context)
+        registry = context.metrics.registry
         self.cache = PrecisePrefixCache(
-            name, params, KVIndexMetrics.for_registry(context.metrics.registry), context.clock
+            name, params, KVIndexMetrics.for_registry(registry), context.clock, registry
         )
         self.fallback = (
             ApproxPrefixCacheProducer(f"{name}-approximate", PrefixIndexParams(), context)
             if params.approximate_fallback
             else None
         )
+
+    async def prepare_async(self, request: InferenceRequest) -> None:
+        """With the Redis index (`redisConfig`), its lookup; nothing for the in-memory one."""
+        await self.cache.lookup(request, self.consumed(request, TOKENIZED_PROMPT))
 
     def prepare(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
         tokenized = self.consumed(request, TOKENIZED_PROMPT)
@@ -92,7 +104,20 @@ class PrecisePrefixCacheProducer(
             self.fallback.pre_request(request, result)
             if match is request.attributes.get(self.fallback.name):
                 return  # approximate keys: nothing the KV events could confirm
-        self.cache.speculate(match, result)
+        pinned = self.cache.speculate(match, result)
+        if pinned is not None:
+            request.attributes[self.pinned_attribute] = pinned
+
+    def response_complete(
+        self, request: InferenceRequest, result: SchedulingResult, usage: Usage | None
+    ) -> None:
+        pinned = request.attributes.pop(self.pinned_attribute, None)
+        if isinstance(pinned, Pinned):
+            self.cache.release(pinned)
+
+    @property
+    def pinned_attribute(self) -> str:
+        return f"{self.name}.pinned"
 
     def apply_kv_events(self, pod: str, events: Iterable[KVEvent], model: str = "") -> None:
         """Events of one engine, straight from the virtual-time benchmark (no ZMQ)."""

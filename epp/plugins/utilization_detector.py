@@ -42,16 +42,19 @@ class UtilizationDetector(Plugin, SaturationDetector, Filter):
     def saturation(self, candidates: Sequence[Endpoint]) -> float:
         if not candidates:
             return 1.0
-        now = self._clock()
+        # Read twice per request with flow control on (before the queue and at dispatch), over the
+        # whole pool: EndpointMetrics.age and max() inlined, the arithmetic unchanged.
+        now, staleness = self._clock(), self.staleness
+        queue_limit, kv_limit = self.queue_limit, self.kv_limit
         total = 0.0
         for endpoint in candidates:
             metrics = endpoint.metrics
-            if metrics.age(now) > self.staleness:
+            updated = metrics.update_time
+            if updated == 0.0 or now - updated > staleness:  # never scraped, or stale
                 total += 1.0
-            else:
-                total += max(
-                    metrics.waiting_queue_size / self.queue_limit, metrics.kv_cache_usage / self.kv_limit
-                )
+                continue
+            queue, kv = metrics.waiting_queue_size / queue_limit, metrics.kv_cache_usage / kv_limit
+            total += kv if kv > queue else queue  # max(queue, kv), NaN included
         return total / len(candidates)
 
     def filter(self, request: InferenceRequest, candidates: list[Endpoint]) -> list[Endpoint]:

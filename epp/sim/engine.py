@@ -323,6 +323,13 @@ class Engine:
         request.finish_reason = "abort"
         self.stats.requests_aborted += 1
 
+    def abort_all(self) -> list[Request]:
+        """Abort every request the engine holds (the server is shutting down); returns them."""
+        requests = [*self._running, *self._waiting, *self._transferring]
+        for request in requests:
+            self.abort(request)
+        return requests
+
     def reset_prefix_cache(self) -> bool:
         """Drop all cached blocks; False (nothing done) while requests or leases hold blocks."""
         return self.pool.clear_cache()

@@ -48,6 +48,7 @@ FAILURE_MODES = ("closed", "open")
 DEFAULT_ALLOWED_PATHS = (*INFERENCE_API_PATHS, "/v1/models")
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 REFERENCE_CLUSTER = "epp_reference"
+VERSUS_CLUSTER = "epp_versus"
 
 
 def check_path_prefix(path: str) -> str:
@@ -95,6 +96,10 @@ class EnvoyOptions:
     # mode (the benchmarks' minimal ext_proc server beside the EPP).
     reference_epp_port: int | None = None
     reference_port: int = 0
+    # Set: likewise a second EPP (another config) at this port, consulted by listener `versus`
+    # (versus_port): two EPP configurations side by side behind one Envoy (the benchmarks).
+    versus_epp_port: int | None = None
+    versus_port: int = 0
     message_timeout: str = "10s"
     # The longest the EPP may extend message_timeout for one message (override_message_timeout):
     # a request waiting in flow control's queue in buffered mode (the EPP's --queue-message-timeout).
@@ -376,8 +381,8 @@ def _not_routed(options: EnvoyOptions, ext_proc: bool) -> list[dict[str, Any]]:
 def _clusters(options: EnvoyOptions) -> list[dict[str, Any]]:
     epp_ports = (options.epp_port, *options.epp_extra_ports)
     clusters = [_epp_cluster(options, "epp", epp_ports), _pool_cluster(options)]
-    if options.reference_epp_port is not None:
-        clusters.append(_epp_cluster(options, REFERENCE_CLUSTER, (options.reference_epp_port,)))
+    for _, cluster, epp_port, _ in _side_ext_procs(options):
+        clusters.append(_epp_cluster(options, cluster, (epp_port,)))
     if options.failure_mode == "open" or options.baseline_port is not None:
         clusters.append(_fallback_cluster(options))
     return clusters
@@ -534,6 +539,16 @@ def _pool_hosts(options: EnvoyOptions) -> dict[str, Any]:
     }
 
 
+def _side_ext_procs(options: EnvoyOptions) -> list[tuple[str, str, int, int]]:
+    """The ext_proc servers beside the EPP, each consulted by its own listener with the gateway's
+    filters and routes: (listener, cluster, ext_proc port, listener port)."""
+    sides = [
+        ("reference", REFERENCE_CLUSTER, options.reference_epp_port, options.reference_port),
+        ("versus", VERSUS_CLUSTER, options.versus_epp_port, options.versus_port),
+    ]
+    return [(name, cluster, epp, port) for name, cluster, epp, port in sides if epp is not None]
+
+
 def render_bootstrap(options: EnvoyOptions) -> dict[str, Any]:
     """The Envoy v3 bootstrap as a dict (write it as YAML or JSON)."""
     if options.failure_mode == "open" and not options.fallback_endpoints:
@@ -548,9 +563,9 @@ def render_bootstrap(options: EnvoyOptions) -> dict[str, Any]:
         ] + _not_routed(options, ext_proc=False)
         router = _http_filters(options)[-1:]
         listeners.append(_listener("baseline", options.baseline_port, to_pool, router, options))
-    if options.reference_epp_port is not None:
-        filters = _http_filters(options, REFERENCE_CLUSTER)
-        listeners.append(_listener("reference", options.reference_port, _routes(options), filters, options))
+    for name, cluster, _, port in _side_ext_procs(options):
+        filters = _http_filters(options, cluster)
+        listeners.append(_listener(name, port, _routes(options), filters, options))
     return {
         # Envoy requires a node identity for file-based EDS.
         "node": {"id": "epp-gateway", "cluster": "epp-gateway"},

@@ -93,6 +93,10 @@ class StackConfig:
     # --endpoints-file flags and a --ready-file naming its `grpc_port`; Envoy's `reference`
     # listener consults it (the benchmarks' minimal ext_proc server, epp.bench.minimal_extproc).
     reference_ext_proc: str | None = None
+    # Set: a second `epp serve` with these flags in place of epp_args and the templated config
+    # (the same pool, TLS and endpoints file; the first EPP keeps Envoy's pool file), consulted by
+    # Envoy's `versus` listener: two EPP configurations compared in one run (the benchmarks).
+    versus_epp_args: list[str] | None = None
 
 
 class Stack:
@@ -110,6 +114,10 @@ class Stack:
         self.reference: ManagedProcess | None = None  # the reference_ext_proc server
         self.reference_grpc_port: int | None = None
         self.reference_port = 0  # Envoy's listener consulting it
+        self.versus: ManagedProcess | None = None  # the versus_epp_args EPP
+        self.versus_grpc_port: int | None = None
+        self.versus_ports: dict[str, int] = {}
+        self.versus_port = 0  # Envoy's listener consulting it
         self.epp_ports: dict[str, int] = {}
         self.gateway_port = 0
         self.baseline_port = 0
@@ -132,6 +140,16 @@ class Stack:
     def reference_url(self) -> str:
         """Envoy consulting the reference ext_proc server instead of the EPP (`reference_ext_proc`)."""
         return f"http://127.0.0.1:{self.reference_port}"
+
+    @property
+    def versus_url(self) -> str:
+        """Envoy consulting the second EPP (`versus_epp_args`) instead of the first."""
+        return f"http://127.0.0.1:{self.versus_port}"
+
+    @property
+    def versus_view_url(self) -> str:
+        """The second EPP's metrics port (/metrics)."""
+        return f"http://127.0.0.1:{self.versus_ports['metrics_port']}"
 
     @property
     def view_url(self) -> str:
@@ -163,12 +181,20 @@ class Stack:
         self._write_tls()
         await self.start_epp()
         await self.start_reference()
+        await self.start_versus()
         await self.start_envoy()
 
     async def stop(self) -> None:
         # `epp` too: a subclass that starts its own EPP (tests' API-server stacks) sets only it
         epps = [*self.epps, *([self.epp] if self.epp is not None and self.epp not in self.epps else [])]
-        processes = [self.envoy, self.reference, *epps, *self.sidecar_processes, *self.sim_processes]
+        processes = [
+            self.envoy,
+            self.reference,
+            self.versus,
+            *epps,
+            *self.sidecar_processes,
+            *self.sim_processes,
+        ]
         for process in processes:
             if process is not None:
                 await process.stop()
@@ -349,7 +375,10 @@ class Stack:
         ports: dict[str, int] = await wait_until(ready_file_probe(ready), name, STARTUP_TIMEOUT, [process])
         return ports
 
-    def _serve_argv(self, ready: Path, grpc_port: int, *extra: str, eds: bool = True) -> list[str]:
+    def _serve_argv(
+        self, ready: Path, grpc_port: int, *extra: str, eds: bool = True, settings: list[str] | None = None
+    ) -> list[str]:
+        """`epp serve`'s command line; `settings` in place of epp_args and the templated config."""
         return epp_command(
             "serve",
             "--host=127.0.0.1",
@@ -361,8 +390,7 @@ class Stack:
             *([f"--envoy-eds-file={self.pool_eds_file}"] if eds else []),
             f"--ready-file={ready}",
             *extra,
-            *self.config.epp_args,
-            *self._templated_config(),
+            *(settings if settings is not None else [*self.config.epp_args, *self._templated_config()]),
         )
 
     def _tls_argv(self) -> list[str]:
@@ -401,6 +429,19 @@ class Stack:
         info = await wait_until(ready_file_probe(ready), module, STARTUP_TIMEOUT, [self.reference])
         self.reference_grpc_port = info["grpc_port"]
 
+    async def start_versus(self) -> None:
+        if self.config.versus_epp_args is None:
+            return
+        ready = self.run_dir / "epp-versus.ready.json"
+        ready.unlink(missing_ok=True)
+        argv = self._serve_argv(ready, 0, eds=False, settings=self.config.versus_epp_args)
+        self.versus = ManagedProcess("epp-versus", argv, self.run_dir / "epp-versus.log")
+        await self.versus.start()
+        self.versus_ports = await wait_until(
+            ready_file_probe(ready), "the versus EPP", STARTUP_TIMEOUT, [self.versus]
+        )
+        self.versus_grpc_port = self.versus_ports["grpc_port"]
+
     async def stop_epp(self) -> None:
         if self.epp is not None:
             await self.epp.stop()
@@ -424,6 +465,7 @@ class Stack:
             admin_port=0,
             baseline_port=0 if self.config.baseline_listener else None,
             reference_epp_port=self.reference_grpc_port,
+            versus_epp_port=self.versus_grpc_port,
             epp_port=self.epp_ports["grpc_port"],
             epp_extra_ports=tuple(p["grpc_port"] for p in self.replica_ports[1:]),
             epp_connections=self.config.epp_connections,
@@ -483,6 +525,7 @@ class Stack:
         self.gateway_port = ports["gateway"]
         self.baseline_port = ports.get("baseline", 0)
         self.reference_port = ports.get("reference", 0)
+        self.versus_port = ports.get("versus", 0)
         return True
 
     async def envoy_pool_hosts(self) -> set[str]:

@@ -8,6 +8,8 @@ import os
 import re
 import signal
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -29,6 +31,23 @@ async def read_until(stream: asyncio.StreamReader, pattern: str, seen: list[str]
             return found
 
 
+@asynccontextmanager
+async def epp_run(tmp_path: Path, sims: int) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`epp run` in a session of its own: whatever the test's outcome, no process of it outlives
+    the test (killing `epp run` alone would leave its EPP and simulators running)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "epp.cli", "run", f"--sims={sims}", f"--run-dir={tmp_path}",
+        "--sim-arg=--profile=tiny-test", "--epp-arg=--refresh-metrics-interval=50ms",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+
+
 def child_pid(parent: int, cmdline_part: str) -> int:
     """The pid of `parent`'s child process whose command line contains `cmdline_part`."""
     for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
@@ -38,14 +57,9 @@ def child_pid(parent: int, cmdline_part: str) -> int:
 
 
 async def test_epp_run_serves_survives_a_dead_simulator_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "epp.cli", "run", "--sims=2", f"--run-dir={tmp_path}",
-        "--sim-arg=--profile=tiny-test", "--epp-arg=--refresh-metrics-interval=50ms",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    assert process.stdout is not None
-    seen: list[str] = []
-    try:
+    async with epp_run(tmp_path, sims=2) as process:
+        assert process.stdout is not None
+        seen: list[str] = []
         view = (await read_until(process.stdout, r"Live view\s+(http://127\.0\.0\.1:\d+)/ui/", seen))[1]
         victim = (await read_until(process.stdout, r"(sim-\d+)\s+http://127\.0\.0\.1:\d+", seen))[1]
         gateway = (
@@ -64,23 +78,14 @@ async def test_epp_run_serves_survives_a_dead_simulator_and_stops_on_ctrl_c(tmp_
         process.send_signal(signal.SIGINT)
         await read_until(process.stdout, r"^stopped\.$", seen)
         assert await asyncio.wait_for(process.wait(), timeout=30) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 async def test_epp_run_restarts_a_dead_epp(tmp_path: Path) -> None:
     """kill -9 the EPP under `epp run`: it is restarted (Envoy and the simulators stay) and the
     gateway routes again, instead of the whole stack stopping."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "epp.cli", "run", "--sims=1", f"--run-dir={tmp_path}",
-        "--sim-arg=--profile=tiny-test", "--epp-arg=--refresh-metrics-interval=50ms",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    assert process.stdout is not None
-    seen: list[str] = []
-    try:
+    async with epp_run(tmp_path, sims=1) as process:
+        assert process.stdout is not None
+        seen: list[str] = []
         gateway = (
             await read_until(process.stdout, r"curl -si (http://127\.0\.0\.1:\d+)/v1/completions", seen)
         )[1]
@@ -96,7 +101,3 @@ async def test_epp_run_restarts_a_dead_epp(tmp_path: Path) -> None:
         process.send_signal(signal.SIGINT)
         await read_until(process.stdout, r"^stopped\.$", seen)
         assert await asyncio.wait_for(process.wait(), timeout=30) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()

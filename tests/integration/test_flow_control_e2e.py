@@ -12,26 +12,13 @@ import pytest
 
 from epp.stack.envoy import BODY_MODES, EnvoyOptions
 from tests.integration.conftest import StackFactory, stack_config
+from tests.unit.flowcontrol.flow_helpers import flow_control_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
 MODEL = "sim-model"
-CONFIG = """
-apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: EndpointPickerConfig
-featureGates: [flowControl]
-plugins:
-- type: queue-scorer
-- type: concurrency-detector
-  parameters: {maxConcurrency: 1}
-saturationDetector: {pluginRef: concurrency-detector}
-schedulingProfiles:
-- name: default
-  plugins: [{pluginRef: queue-scorer}]
-flowControl:
-  maxRequests: 4
-  defaultRequestTTL: 8s
-"""
+QUEUE = {"maxRequests": 4, "defaultRequestTTL": "8s"}  # one request routes per endpoint, four wait
+CONFIG = flow_control_config(QUEUE)
 
 
 def queue_outcomes(text: str, outcome: str) -> float:
@@ -104,7 +91,7 @@ async def test_a_queued_request_outlives_envoys_message_timeout(
         assert answer.status_code == status, answer.text
 
 
-EVICTION_CONFIG = CONFIG.replace("flowControl:\n", "flowControl:\n  enableEviction: true\n")
+EVICTION_CONFIG = flow_control_config({"enableEviction": True, **QUEUE})
 OBJECTIVES = """
 apiVersion: inference.networking.x-k8s.io/v1alpha2
 kind: InferenceObjective

@@ -1,7 +1,9 @@
 """Shedding on the time a request waited before the EPP saw it, through real Envoy: with the EPP
 stopped (SIGSTOP: its backlog builds in Envoy and the kernel, where neither its event-loop lag nor
 its stream count sees it), the requests that arrive meanwhile reach it late, and Envoy's
-`request.time` attribute lets it answer them 429 with Retry-After at once, counted by reason."""
+`request.time` attribute lets it answer them 429 with Retry-After at once, counted by reason. Below
+that bound the standing-queue controller serves one such burst and sheds the next late ones (every
+wait above its target for a whole interval) until a request arrives on time."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import httpx
 import pytest
 
 from epp.stack.envoy import BODY_MODES, EnvoyOptions
+from epp.stack.stack import Stack
 from tests.integration.conftest import StackFactory, stack_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
@@ -41,16 +44,8 @@ async def test_requests_that_waited_for_a_stopped_epp_get_the_guards_429(
         assert stack.epp is not None and stack.epp.process is not None
         timely = await client.post("/v1/completions", json=BODY)
         assert timely.status_code == 200, timely.text
-        pid = stack.epp.process.pid
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            held = [asyncio.ensure_future(client.post("/v1/completions", json=BODY)) for _ in range(HELD)]
-            stopped = time.monotonic()
-            await poll_stat(client, stack.admin_url, "cluster.epp.upstream_rq_total", HELD + 1)
-            await asyncio.sleep(max(0.0, 2 * BOUND_MS / 1000 - (time.monotonic() - stopped)))
-        finally:
-            os.kill(pid, signal.SIGCONT)
-        for response in await asyncio.gather(*held):
+        held = await while_stopped(client, stack, HELD + 1, 2 * BOUND_MS / 1000)
+        for response in held:
             assert response.status_code == 429, response.text
             assert response.headers["retry-after"] == "1"
             message = response.json()["error"]["message"]
@@ -62,6 +57,62 @@ async def test_requests_that_waited_for_a_stopped_epp_get_the_guards_429(
         assert after.status_code == 200, after.text
         metrics = (await client.get(f"{stack.view_url}/metrics")).text
         assert f'llm_d_epp_overload_refused_total{{reason="queue_wait"}} {float(HELD)}' in metrics
+
+
+async def test_a_second_late_burst_is_shed_as_a_standing_queue_and_an_on_time_request_ends_it(
+    make_stack: StackFactory, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    epp_args = [
+        *stack_config(tmp_path_factory.mktemp("args")).epp_args,
+        "--max-queue-wait=0",  # the bound off: this test is about the controller below it
+        "--max-event-loop-lag=0",
+        "--queue-wait-target=100ms",
+        "--queue-wait-interval=1s",
+    ]
+    async with (
+        make_stack("standing-queue", sims=1, epp_args=epp_args) as stack,
+        httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client,
+    ):
+        assert stack.epp is not None and stack.epp.process is not None
+        timely = await client.post("/v1/completions", json=BODY)
+        assert timely.status_code == 200, timely.text
+        streams = 1
+        statuses = []
+        for _ in range(2):  # each burst waits 1.5 s for the stopped EPP: the second after an interval
+            streams += HELD
+            held = await while_stopped(client, stack, streams, 1.5)
+            statuses.append([response.status_code for response in held])
+        assert statuses == [[200] * HELD, [429] * HELD], [r.text for r in held]
+        assert held[0].headers["retry-after"] == "1"
+        assert held[0].json()["error"]["message"] == (
+            "inference error: ResourceExhausted - the endpoint picker is overloaded: requests have waited "
+            "over 100 ms to reach it for 1000 ms (--queue-wait-target, --queue-wait-interval); retry later"
+        )
+        # While shedding the EPP reads one request per target (the others are refused unread): the
+        # first read one target after the last, on time, is served and ends the shedding.
+        await asyncio.sleep(0.1)
+        after = await client.post("/v1/completions", json=BODY)
+        assert after.status_code == 200, after.text
+        metrics = (await client.get(f"{stack.view_url}/metrics")).text
+        assert f'llm_d_epp_overload_refused_total{{reason="standing_queue"}} {float(HELD)}' in metrics
+
+
+async def while_stopped(
+    client: httpx.AsyncClient, stack: Stack, streams: int, seconds: float
+) -> list[httpx.Response]:
+    """HELD requests sent while the EPP is stopped (SIGSTOP) for `seconds`, once all of them have
+    opened their ext_proc stream (`streams` in all so far); their responses."""
+    assert stack.epp is not None and stack.epp.process is not None
+    pid = stack.epp.process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        held = [asyncio.ensure_future(client.post("/v1/completions", json=BODY)) for _ in range(HELD)]
+        stopped = time.monotonic()
+        await poll_stat(client, stack.admin_url, "cluster.epp.upstream_rq_total", streams)
+        await asyncio.sleep(max(0.0, seconds - (time.monotonic() - stopped)))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    return list(await asyncio.gather(*held))
 
 
 async def poll_stat(client: httpx.AsyncClient, admin: str, name: str, at_least: int) -> None:

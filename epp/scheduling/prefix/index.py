@@ -78,6 +78,18 @@ class PrefixIndex:
         self._owners[index] = None
         self._free_bits.append(index)
 
+    def rekey(self, old: Endpoint, new: Endpoint) -> None:
+        """What `old` holds is held by `new` from now on (`new` takes its place in the index)."""
+        lru = self._lrus.pop(old, None)
+        index = self._bits.pop(old, None)
+        if index is None:
+            return
+        self.remove_endpoint(new)
+        if lru is not None:
+            self._lrus[new] = lru
+        self._bits[new] = index
+        self._owners[index] = new
+
     def _release(self, blocks: list[int], bit: int) -> None:
         """Clear `bit` from these blocks: one pop each, re-adding only blocks someone else holds."""
         holders = self._holders

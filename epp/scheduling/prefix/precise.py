@@ -7,11 +7,26 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
+from prometheus_client import CollectorRegistry
+from pydantic import Field, field_validator
 
-from epp.datalayer.kvblocks import HASH_CBOR_FNV, KVBlockIndex, KVIndexMetrics, TokenProcessor
+from epp.datalayer.kvblocks import (
+    HASH_CBOR_FNV,
+    KVBlockIndex,
+    KVBlockIndexBase,
+    KVIndexMetrics,
+    TokenProcessor,
+)
+from epp.datalayer.redis_address import (
+    DEFAULT_ADDRESS,
+    DEFAULT_LOOKUP_TIMEOUT,
+    DEFAULT_PREFIX,
+    DEFAULT_TTL,
+    redis_url,
+)
 from epp.datalayer.tokenize import TokenizedPrompt
 from epp.datastore import Datastore, Endpoint
 from epp.framework import ParameterUpgrade, PluginParams
@@ -23,6 +38,7 @@ from epp.scheduling.prefix.match import PrefixMatch
 from epp.scheduling.types import SchedulingResult
 
 if TYPE_CHECKING:
+    from epp.datalayer.kvblocks_redis import RedisKVBlockIndex
     from epp.datalayer.kvsubscriber import KVEventIngester, Subscriber
 
 log = logging.getLogger(__name__)
@@ -45,13 +61,39 @@ class InMemoryParams(StrictModel):
     pod_cache_size: int = Field(default=10, gt=0)
 
 
+class RedisParams(StrictModel):
+    """llm-d's `RedisIndexConfig` (`address`, `backendType`, `enableRDMA`), and ours: the key
+    prefix, the keys' TTL, the lookup timeout and the holders kept per key."""
+
+    address: str = DEFAULT_ADDRESS
+    backend_type: Literal["", "redis", "valkey"] = ""
+    enable_rdma: bool = Field(default=False, alias="enableRDMA")
+    key_prefix: str = Field(default=DEFAULT_PREFIX, description="ours")
+    ttl: Duration = Field(default=DEFAULT_TTL, ge=0, description="ours: 0 keeps keys until removed")
+    lookup_timeout: Duration = Field(default=DEFAULT_LOOKUP_TIMEOUT, gt=0, description="ours")
+    pod_cache_size: int = Field(default=10, gt=0, description="ours, as inMemoryConfig's")
+
+    @field_validator("address")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        redis_url(value)
+        return value
+
+
 class KVBlockIndexParams(StrictModel):
     in_memory_config: InMemoryParams | None = None
-    redis_config: dict[str, Any] | None = None
+    redis_config: RedisParams | None = None
+    valkey_config: RedisParams | None = None
     cost_aware_memory_config: dict[str, Any] | None = None
     enable_metrics: bool = False
     metrics_logging_interval: int | str = 0
     max_prefix_blocks_to_match: int = Field(default=0, ge=0, description="llm-d <= v0.5")
+
+    def shared(self) -> RedisParams | None:
+        """The Redis (or Valkey) backend, in llm-d's order: cost-aware, Valkey, Redis, in memory."""
+        if self.cost_aware_memory_config is not None:
+            return None
+        return self.valkey_config or self.redis_config
 
 
 class BackendParams(StrictModel):
@@ -90,7 +132,9 @@ class PreciseParams(PluginParams):
     speculative_indexing: bool = False
     speculative_ttl: Duration = Field(default=2.0, alias="speculativeTTL")
     speculative_until_confirmed: bool = Field(
-        default=False, description="ours: an endpoint's KV event storing the blocks ends the entry"
+        default=False,
+        description="ours: an entry lasts until the endpoint's KV event stores its block, or until "
+        "speculativeTTL after its request ends, instead of speculativeTTL after the pick",
     )
 
     def processor(self) -> TokenProcessorParams:
@@ -103,10 +147,11 @@ class PreciseParams(PluginParams):
     def warnings(self) -> list[str]:
         out = []
         index = self.indexer_config.kv_block_index_config
-        if index.redis_config is not None:
-            out.append("redisConfig: the shared Redis index is not implemented; using the in-memory index")
         if index.cost_aware_memory_config is not None:
             out.append("costAwareMemoryConfig: using the in-memory index (bounded by block count)")
+        shared = index.shared()
+        if shared is not None and shared.enable_rdma:
+            out.append("enableRDMA: RDMA transport is not available (as in llm-d's client); using TCP")
         if self.indexer_config.tokenizers_pool_config is not None:
             out.append("tokenizersPoolConfig is ignored (as in llm-d): token ids come from token-producer")
         if self.indexer_config.prefix_store_config is not None:
@@ -147,29 +192,62 @@ def from_cache_tracking(raw: Mapping[str, Any]) -> ParameterUpgrade:
     return upgrade
 
 
+@dataclass(frozen=True, slots=True)
+class Pinned:
+    """A request's speculative entries under `speculativeUntilConfirmed`: its keys on its pods."""
+
+    keys: Sequence[int]
+    pods: Sequence[str]
+
+
 class PrecisePrefixCache:
     """The index, its event subscribers and the per-request lookup."""
 
     def __init__(
-        self, name: str, params: PreciseParams, metrics: KVIndexMetrics, clock: Callable[[], float]
+        self,
+        name: str,
+        params: PreciseParams,
+        metrics: KVIndexMetrics,
+        clock: Callable[[], float],
+        registry: CollectorRegistry | None = None,
     ) -> None:
+        """`registry` takes the Redis backend's metrics, when it is configured."""
         self.name = name
         self.clock = clock
         self.params = params
         self.metrics = metrics
         processor = params.processor()
         self.block_size = processor.tokens()
-        memory = params.indexer_config.kv_block_index_config.in_memory_config or InMemoryParams()
+        index_config = params.indexer_config.kv_block_index_config
+        memory = index_config.in_memory_config or InMemoryParams()
         backends = params.indexer_config.kv_cache_backend_configs
         weights = {b.name.lower(): b.weight for b in backends} if backends else {"gpu": 1.0, "cpu": 0.8}
-        self.index = KVBlockIndex(
-            TokenProcessor(self.block_size, processor.hash_seed, processor.hash_algorithm or HASH_CBOR_FNV),
-            memory.size,
-            memory.pod_cache_size,
-            weights,
-            metrics,
-            confirmation_ends_speculation=params.speculative_until_confirmed,
+        keyer = TokenProcessor(
+            self.block_size, processor.hash_seed, processor.hash_algorithm or HASH_CBOR_FNV
         )
+        confirm = params.speculative_until_confirmed
+        shared = index_config.shared()
+        self.index: KVBlockIndexBase
+        self.shared_index: RedisKVBlockIndex | None = None
+        if shared is None:
+            self.index = KVBlockIndex(keyer, memory.size, memory.pod_cache_size, weights, metrics, confirm)
+        else:  # redis-py is imported only when a config keeps the index there
+            from epp.datalayer.kvblocks_redis import RedisIndexMetrics, RedisKVBlockIndex
+
+            self.index = self.shared_index = RedisKVBlockIndex(
+                keyer,
+                shared.address,
+                key_prefix=shared.key_prefix,
+                ttl=shared.ttl,
+                lookup_timeout=shared.lookup_timeout,
+                size=memory.size,
+                pod_cache_size=shared.pod_cache_size,
+                tier_weights=weights,
+                metrics=metrics,
+                redis_metrics=RedisIndexMetrics.for_registry(registry) if registry else None,
+                confirmation_ends_speculation=confirm,
+            )
+        self._lookup_key = f"{name}/shared-index-lookup"
         self.max_blocks = params.indexer_config.kv_block_index_config.max_prefix_blocks_to_match
         for warning in params.warnings():
             log.warning("%s: %s", name, warning)
@@ -183,23 +261,47 @@ class PrecisePrefixCache:
 
     # --- per request --------------------------------------------------------------------------
 
-    def match(
-        self, request: InferenceRequest, tokenized: object, candidates: Sequence[Endpoint]
-    ) -> PrefixMatch:
+    def _keys(self, request: InferenceRequest, tokenized: object) -> list[int]:
         if not isinstance(tokenized, TokenizedPrompt):
-            return PrefixMatch([], {}, self.block_size)
+            return []
         tokens = tokenized.token_ids
         if self.max_blocks:
             tokens = tokens[: self.max_blocks * self.block_size]
         features = [(f.offset, f.length, f.hash) for f in tokenized.mm_features]
-        keys = self.index.keys_for(tokens, request.target_model, features, request.cache_salt or "")
+        return self.index.keys_for(tokens, request.target_model, features, request.cache_salt or "")
+
+    async def lookup(self, request: InferenceRequest, tokenized: object) -> None:
+        """The shared (Redis) index is asked before scheduling, every pod's run at once; `match`
+        keeps the candidates'. Nothing to do for the in-memory index."""
+        index = self.shared_index
+        if index is None:
+            return
+        keys = self._keys(request, tokenized)
+        if not keys:
+            return
         if self.params.speculative_indexing:
-            self.index.expire(self.clock())
+            index.expire(self.clock())
+        request.attributes[self._lookup_key] = (keys, await index.lookup(keys))
+
+    def match(
+        self, request: InferenceRequest, tokenized: object, candidates: Sequence[Endpoint]
+    ) -> PrefixMatch:
+        """The prompt's keys and how many of them each candidate holds from the first. With the
+        shared index unreachable (or not asked), no keys: the request is scored without it."""
+        by_pod = self._by_pod(candidates)
+        if isinstance(self.index, KVBlockIndex):
+            keys = self._keys(request, tokenized)
+            if self.params.speculative_indexing:
+                self.index.expire(self.clock())
+            scores = self.index.longest_prefix(keys, by_pod) if keys else {}
+        else:
+            keys, found = request.attributes.get(self._lookup_key, ([], None))
+            if found is None:
+                return PrefixMatch([], {}, self.block_size)
+            scores = found
         if not keys:
             return PrefixMatch([], {}, self.block_size)
-        by_pod = self._by_pod(candidates)
-        scores = self.index.longest_prefix(keys, by_pod)
-        matched = {by_pod[pod]: int(score) for pod, score in scores.items() if score >= 1}
+        matched = {by_pod[pod]: int(score) for pod, score in scores.items() if score >= 1 and pod in by_pod}
         return PrefixMatch(keys, matched, self.block_size)
 
     def _by_pod(self, candidates: Sequence[Endpoint]) -> dict[str, Endpoint]:
@@ -211,14 +313,28 @@ class PrecisePrefixCache:
             self._candidates = (list(candidates), by_pod)
         return by_pod
 
-    def speculate(self, match: object, result: SchedulingResult) -> None:
+    def speculate(self, match: object, result: SchedulingResult) -> Pinned | None:
         """llm-d's speculativeIndexing: the chosen endpoints hold the prompt's blocks for
-        `speculativeTTL` (with `speculativeUntilConfirmed`, until their KV events store them)."""
+        `speculativeTTL`. With `speculativeUntilConfirmed` they hold them until their KV events
+        store them or the request ends: the answer is what `release` must be given then."""
         if not self.params.speculative_indexing or not isinstance(match, PrefixMatch) or not match.hashes:
-            return
+            return None
+        pods = [endpoint.hostport for endpoint in result.cache_holders()]
+        if self.params.speculative_until_confirmed:
+            for pod in pods:
+                self.index.pin_speculative(match.hashes, pod)
+            return Pinned(match.hashes, pods)
         now = self.clock()
-        for endpoint in result.cache_holders():
-            self.index.add_speculative(match.hashes, endpoint.hostport, now, self.params.speculative_ttl)
+        for pod in pods:
+            self.index.add_speculative(match.hashes, pod, now, self.params.speculative_ttl)
+        return None
+
+    def release(self, pinned: Pinned) -> None:
+        """The request that pinned these entries ended (however it ended): what its endpoints'
+        KV events have not confirmed by now lasts `speculativeTTL` more, for events on their way."""
+        expiry = self.clock() + self.params.speculative_ttl
+        for pod in pinned.pods:
+            self.index.release_speculative(pinned.keys, pod, expiry)
 
     # --- events -------------------------------------------------------------------------------
 
@@ -232,6 +348,7 @@ class PrecisePrefixCache:
             self._ingester.pod_removed(pod)
         else:
             self.index.clear_pod(pod)
+        self.index.forget_speculative(pod)
         subscriber = self._per_pod.pop(pod, None)
         if subscriber is not None:
             task = asyncio.get_running_loop().create_task(subscriber.stop())
@@ -264,6 +381,8 @@ class PrecisePrefixCache:
         from epp.datalayer.kvsubscriber import KVEventIngester, Subscriber
 
         self._datastore = datastore
+        if self.shared_index is not None:
+            await self.shared_index.start()
         self._ingester = KVEventIngester(self.index, self.metrics, self._known.__contains__)
         config = self.params.kv_events_config
         if config.zmq_endpoint:
@@ -287,3 +406,5 @@ class PrecisePrefixCache:
             await subscriber.stop()
         if self._stopping:
             await asyncio.gather(*self._stopping)
+        if self.shared_index is not None:
+            await self.shared_index.stop()

@@ -20,6 +20,20 @@ def filters(listener: dict[str, Any]) -> list[str]:
     return [f["name"] for f in manager["http_filters"]]
 
 
+def assert_envoy_accepts(bootstrap: dict[str, Any], tmp_path: Path) -> None:
+    """Envoy's own validation of the bootstrap."""
+    path = tmp_path / "envoy.yaml"
+    path.write_text(yaml.safe_dump(bootstrap))
+    validated = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "error"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert validated.returncode == 0, validated.stdout + validated.stderr
+
+
 def test_baseline_listener_round_robins_without_ext_proc(tmp_path: Path) -> None:
     # No pool EDS file here (the EPP keeps it): ORIGINAL_DST, which Envoy validates without one.
     options = EnvoyOptions(baseline_port=10002, fallback_endpoints=SIMS, pool_eds_path=None)
@@ -33,16 +47,7 @@ def test_baseline_listener_round_robins_without_ext_proc(tmp_path: Path) -> None
     clusters = {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
     assert clusters["pool_fallback"]["lb_policy"] == "ROUND_ROBIN"
     assert len(clusters["pool_fallback"]["load_assignment"]["endpoints"][0]["lb_endpoints"]) == 2
-    path = tmp_path / "envoy.yaml"
-    path.write_text(yaml.safe_dump(bootstrap))
-    validated = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "error"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert validated.returncode == 0, validated.stdout + validated.stderr
+    assert_envoy_accepts(bootstrap, tmp_path)
 
 
 def test_no_baseline_listener_by_default_and_none_without_endpoints() -> None:
@@ -74,13 +79,32 @@ def test_reference_listener_consults_its_own_ext_proc_cluster_like_the_gateway(t
     assert reference_cluster["transport_socket"] == epp["transport_socket"]
     hosts = reference_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
     assert [h["endpoint"]["address"]["socket_address"]["port_value"] for h in hosts] == [9100]
-    path = tmp_path / "envoy.yaml"
-    path.write_text(yaml.safe_dump(bootstrap))
-    validated = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "error"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    assert_envoy_accepts(bootstrap, tmp_path)
+
+
+def test_versus_listener_consults_a_second_epp_beside_the_reference(tmp_path: Path) -> None:
+    """Two configurations of the EPP compared behind one Envoy: each side listener its own cluster."""
+    options = EnvoyOptions(
+        reference_epp_port=9100,
+        reference_port=10003,
+        versus_epp_port=9200,
+        versus_port=10004,
+        pool_eds_path=None,
     )
-    assert validated.returncode == 0, validated.stdout + validated.stderr
+    bootstrap = render_bootstrap(options)
+    listeners = {item["name"]: item for item in bootstrap["static_resources"]["listeners"]}
+    assert list(listeners) == ["gateway", "reference", "versus"]
+    assert listeners["versus"]["address"]["socket_address"]["port_value"] == 10004
+    manager = listeners["versus"]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert (
+        manager["http_filters"][0]["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"]
+        == "epp_versus"
+    )
+    clusters = {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
+    hosts = clusters["epp_versus"]["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert [h["endpoint"]["address"]["socket_address"]["port_value"] for h in hosts] == [9200]
+    assert "versus" not in {
+        item["name"]
+        for item in render_bootstrap(EnvoyOptions(pool_eds_path=None))["static_resources"]["listeners"]
+    }
+    assert_envoy_accepts(bootstrap, tmp_path)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import replace
 from pathlib import Path
 
+from epp.bench.cli import add_arguments, report
 from epp.bench.report import (
     Results,
     goals_section,
@@ -132,3 +134,26 @@ def test_versus_compares_at_the_baselines_highest_rate_meeting_the_slo() -> None
     assert "throughput met (≥ 1.1x)" in text
     assert "| mixed | ours | 5 | 104 ms | 1.04x | 490 (at 5) | 0.98x | 50% | within 3%: SHORT |" in text
     assert "| mixed | gie-default | 5 | 100 ms | 1.00x | 500 (at 5) | 1.00x | 50% |  |" in text
+
+
+def test_report_versus_writes_the_named_block_against_the_named_baseline(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    save_results(
+        results,
+        [
+            replace(run(policy, 2, tps, ttft), key=RunKey("cache-pressure", policy, 2, "virtual"))
+            for policy, tps, ttft in (("gie-upstream", 200, 1.0), ("ours", 230, 0.5))
+        ],
+    )
+    doc = tmp_path / "doc.md"
+    doc.write_text("# doc\n")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    suite = Path(__file__).parents[3] / "bench" / "suite.yaml"
+    files = ["--suite", str(suite), "--results", str(results), "--doc", str(doc)]
+    args = parser.parse_args(["report", "--versus", *files, "--baseline", "gie-upstream", "--block", "churn"])
+    assert report(args) == 0
+    text = doc.read_text()
+    assert "<!-- BEGIN GENERATED: churn -->" in text
+    assert "| cache-pressure | ours | 2 | 500 ms | 0.50x | 230 (at 2) | 1.15x |" in text
+    assert "rate (req/s): gie-upstream's highest meeting the SLO" in text

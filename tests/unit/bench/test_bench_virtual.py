@@ -22,6 +22,7 @@ from epp.sim.metrics import build_registry, render
 from epp.sim.profiles import TINY_TEST
 
 TINY = VirtualCluster(endpoints=1, profile=TINY_TEST)
+TINY_2 = VirtualCluster(endpoints=2, profile=TINY_TEST)
 CONFIGS = Path(__file__).parents[3] / "bench" / "configs"
 
 
@@ -107,6 +108,21 @@ def test_every_request_goes_through_the_director_hooks_once_and_reports_cached_t
     assert sum(u.cached_tokens for u in usages) == sum(r.cached_tokens for r in result.records)
     summary = summarize(result)
     assert 0 < summary.hit_rate < 1
+
+
+def test_ours_releases_every_speculative_entry_its_requests_pinned() -> None:
+    """`ours` ties speculative entries to their requests: once every request has ended, none is
+    pinned and the ones left expire `speculativeTTL` after the last request's end."""
+    from epp.plugins.precise_prefix_cache_producer import PrecisePrefixCacheProducer
+
+    run = VirtualRun(workload(4, 6, rate=400.0), load_config_file(CONFIGS / "ours.yaml"), TINY_2)
+    result = run.run()
+    assert all(r.ok for r in result.records)
+    (producer,) = (p for p in run.plugins if isinstance(p, PrecisePrefixCacheProducer))
+    index = producer.cache.index
+    assert not index._pins
+    index.expire(max(r.done for r in result.records) + 2.0)
+    assert not index._speculative
 
 
 def test_runs_are_deterministic() -> None:

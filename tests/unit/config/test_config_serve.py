@@ -102,3 +102,25 @@ def test_the_queue_wait_bound_defaults_to_a_second_and_reaches_the_guard() -> No
     assert serve.options_from_args(serve_args("--max-queue-wait=0")).max_queue_wait == 0.0
     with pytest.raises(ValueError, match=r"invalid duration '-1s': use Go syntax"):
         serve.options_from_args(serve_args("--max-queue-wait=-1s"))
+
+
+def test_the_standing_queue_controller_is_off_by_default_and_reaches_the_guard_when_set() -> None:
+    assert serve.EndpointPicker(serve.options_from_args(serve_args())).overload.standing is None
+    picker = serve.EndpointPicker(serve.options_from_args(serve_args("--queue-wait-target=50ms")))
+    assert picker.overload.standing is not None
+    assert (picker.overload.standing.target, picker.overload.standing.interval) == (0.05, 0.1)
+    args = serve_args("--queue-wait-target=20ms", "--queue-wait-interval=1s")
+    standing = serve.EndpointPicker(serve.options_from_args(args)).overload.standing
+    assert standing is not None and (standing.target, standing.interval) == (0.02, 1.0)
+    assert (
+        serve.EndpointPicker(serve.options_from_args(serve_args("--queue-wait-target=0"))).overload.standing
+        is None
+    )
+    with pytest.raises(
+        ValueError, match=r"--queue-wait-interval \(50ms\) must be longer than --queue-wait-target \(50ms\)"
+    ):
+        serve.options_from_args(serve_args("--queue-wait-target=50ms", "--queue-wait-interval=50ms"))
+    with pytest.raises(ValueError, match=r"invalid duration '-1ms': use Go syntax"):
+        serve.options_from_args(serve_args("--queue-wait-target=-1ms"))
+    with pytest.raises(ValueError, match=r"--queue-wait-interval must be a positive duration, not '0'"):
+        serve.options_from_args(serve_args("--queue-wait-interval=0"))

@@ -217,6 +217,17 @@ def test_speculative_entries_count_until_they_expire() -> None:
     assert idx.longest_prefix(keys, {"guess", "confirmed"}) == {"confirmed": 1.0}
 
 
+def test_a_pod_that_left_has_no_speculative_entries() -> None:
+    idx = index(16)
+    keys = idx.keys_for(list(range(48)), M)
+    idx.add_speculative(keys, "left", now=10.0, ttl=2.0)
+    idx.add_speculative(keys[:1], "stays", now=10.0, ttl=2.0)
+    idx.forget_speculative("left")
+    assert idx.longest_prefix(keys, {"left", "stays"}) == {"stays": 1.0}
+    idx.expire(12.0)  # the queued expiry of the forgotten entries finds nothing
+    assert idx.longest_prefix(keys, {"left", "stays"}) == {}
+
+
 @pytest.mark.parametrize("until_confirmed", [False, True])
 def test_an_evicted_block_stays_speculative_until_its_ttl_unless_confirmation_ended_it(
     until_confirmed: bool,
@@ -234,6 +245,32 @@ def test_an_evicted_block_stays_speculative_until_its_ttl_unless_confirmation_en
     assert idx.longest_prefix(keys, {"p"}) == ({} if until_confirmed else {"p": 3.0})
     idx.expire(12.0)
     assert idx.longest_prefix(keys, {"p"}) == {}
+
+
+def test_a_pinned_entry_lasts_until_its_last_request_ends_or_a_store_confirms_it() -> None:
+    idx = index(16, confirmation_ends_speculation=True)
+    tokens = list(range(48))
+    keys = idx.keys_for(tokens, M)
+    idx.pin_speculative(keys, "p")
+    idx.pin_speculative(keys, "p")  # a second request for the same prompt on the same pod
+    idx.expire(1e9)
+    assert idx.longest_prefix(keys, {"p"}) == {"p": 3.0}
+    idx.release_speculative(keys, "p", expiry=10.0)  # the other request still runs
+    idx.expire(11.0)
+    assert idx.longest_prefix(keys, {"p"}) == {"p": 3.0}
+    idx.release_speculative(keys, "p", expiry=12.0)
+    idx.expire(11.9)
+    assert idx.longest_prefix(keys, {"p"}) == {"p": 3.0}
+    idx.expire(12.0)
+    assert idx.longest_prefix(keys, {"p"}) == {}
+    # a store ends the entry at once, so an eviction right after it shows
+    idx.pin_speculative(keys, "p")
+    event = stored(tokens, 16)
+    idx.apply("p", M, [event, BlockRemoved(event.block_hashes)])
+    assert idx.longest_prefix(keys, {"p"}) == {}
+    idx.release_speculative(keys, "p", expiry=20.0)
+    assert idx.longest_prefix(keys, {"p"}) == {}
+    assert not idx._pins
 
 
 def test_holders_grow_and_shrink_between_one_and_several() -> None:

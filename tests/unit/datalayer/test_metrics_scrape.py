@@ -82,6 +82,26 @@ def test_escaped_label_values() -> None:
     assert samples["vllm:lora_requests_info"][0].labels["running_lora_adapters"] == 'a"b'
 
 
+def test_a_family_repeated_in_a_second_group_has_its_first_group_read() -> None:
+    """The text format keeps a family's lines in one group; the extractor reads only the group it
+    finds rather than walk the whole page for more."""
+    page = (
+        'vllm:num_requests_waiting{model_name="a"} 1\nvllm:num_requests_running 2\n'
+        'vllm:num_requests_waiting{model_name="b"} 4\n'
+    )
+    samples = Extractor(["vllm:num_requests_waiting"]).extract(page)
+    assert [s.value for s in samples["vllm:num_requests_waiting"]] == [1.0]
+
+
+def test_a_fallback_name_is_not_searched_for_when_the_first_choice_is_there() -> None:
+    engine = BUILTIN_ENGINES["vllm"]
+    hints: dict[str, int] = {}
+    page = b'# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{model_name="m"} 0.5\n'
+    assert engine.read(Extractor(engine.names()).series(page, hints), 0).kv_cache_usage == 0.5
+    assert hints["vllm:kv_cache_usage_perc"] == 38  # where its line starts, for the next page
+    assert "vllm:gpu_cache_usage_perc" not in hints
+
+
 class FakeServer:
     """A real HTTP server on 127.0.0.1 whose /metrics text and status the test controls."""
 

@@ -4,6 +4,7 @@ endpoint metrics mapped from them."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from hypothesis import given, settings
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from epp.datalayer.engines import BUILTIN_ENGINES, EngineMetrics
-from epp.datalayer.promtext import Extractor, Sample
+from epp.datalayer.promtext import Extractor, MetricSpec, Sample, SeriesByName
 
 LABEL_NAMES = ("model_name", "engine", "request_type", "kv_cache_block_type", "max_lora", "block_size")
 LABEL_VALUES = ("m", "0", "1", "waiting", "scheduled", "fraction", "max", "tokens_per", "", "a,b")
@@ -62,32 +63,66 @@ def sample_lines(draw: st.DrawFn, name: str) -> str:
 
 
 @st.composite
-def families(draw: st.DrawFn, name: str) -> list[str]:
+def families(draw: st.DrawFn, name: str) -> tuple[str, list[str]]:
+    """A family's lines, and its name (a counter's gains `_total`)."""
     kind = draw(st.sampled_from(("gauge", "counter", "histogram", "untyped", None)))
     if kind == "counter" and not name.endswith("_total"):
         name += "_total"
+    family = name.removesuffix("_total")
     lines = []
     if kind is not None:
         if draw(st.booleans()):
             lines.append(f"# HELP {name} {_escape(draw(st.text(max_size=10)))}")
         lines.append(f"# TYPE {name} {kind}")
     if kind == "histogram":
-        for bound in ("0.1", "1", "+Inf"):
-            lines.append(f'{name}_bucket{{le="{bound}"}} {draw(values)}')
-        lines += [f"{name}_count {draw(values)}", f"{name}_sum {draw(values)}"]
+        # Series by series, as prometheus_client writes them: a wanted `_count` or `_sum` has
+        # other lines of its family between its own.
+        for labels in draw(st.lists(label_sets, min_size=1, max_size=3)):
+            block = "".join(f',{k}="{_escape(v)}"' for k, v in labels.items() if k != "le")
+            for bound in ("0.1", "1", "+Inf"):
+                lines.append(f'{name}_bucket{{le="{bound}"{block}}} {draw(values)}')
+            lines += [
+                f"{name}_count{{{block[1:]}}} {draw(values)}",
+                f"{name}_sum{{{block[1:]}}} {draw(values)}",
+            ]
+    elif kind == "counter":
+        for line in draw(st.lists(sample_lines(name), min_size=1, max_size=3)):
+            lines.append(line)
+            if draw(st.booleans()):  # a `_created` line after each series
+                lines.append(f"{family}_created{line[len(name) :].rsplit(' ', 1)[0]} 1.7e9")
     else:
         lines += draw(st.lists(sample_lines(name), min_size=1, max_size=3))
-    return lines
+    if draw(st.booleans()):  # comments and blank lines within a family's group
+        lines.insert(draw(st.integers(0, len(lines))), draw(st.sampled_from(("", "# a comment"))))
+    return name, lines
+
+
+# What a core-metrics-extractor's customMetrics may add to an engine's names: a histogram's count
+# and sum, a counter's total (their families' groups hold other sample names between theirs).
+CUSTOM = (
+    ("count", MetricSpec("vllm:e2e_seconds_count")),
+    ("sum", MetricSpec("vllm:e2e_seconds_sum")),
+    ("total", MetricSpec("vllm:prompt_tokens_total")),
+)
 
 
 @st.composite
 def pages(draw: st.DrawFn) -> tuple[EngineMetrics, str]:
     engine = BUILTIN_ENGINES[draw(st.sampled_from(sorted(BUILTIN_ENGINES)))]
-    wanted = sorted(engine.names())
+    if draw(st.booleans()):
+        engine = dataclasses.replace(engine, custom=CUSTOM)
+    wanted = sorted(engine.names() - {spec.name for _, spec in CUSTOM})
+    if engine.custom:
+        wanted += ["vllm:e2e_seconds", "vllm:prompt_tokens"]  # the custom names' families
     # Names the extractor must not take: the wanted ones extended or cut short, and others.
     decoys = [w + "_total" for w in wanted] + [w[:-1] for w in wanted] + ["process_cpu_seconds", "vllm:other"]
     names = draw(st.lists(st.sampled_from(wanted + decoys), unique=True, min_size=1, max_size=8))
-    lines = [line for name in names for line in draw(families(name))]
+    lines, seen = [], set()
+    for name in names:
+        family, family_lines = draw(families(name))
+        if family not in seen:  # a family is one group (two would be a malformed page)
+            seen.add(family)
+            lines += family_lines
     return engine, "\n".join(lines) + "\n"
 
 
@@ -104,7 +139,7 @@ def _reference(page: str, wanted: set[str]) -> dict[str, list[Sample]]:
     return found
 
 
-def _mapped(engine: EngineMetrics, samples: dict[str, list[Sample]]) -> object:
+def _mapped(engine: EngineMetrics, samples: SeriesByName) -> object:
     try:
         return engine.read(samples, now=1.0)
     except ValueError as exc:  # a non-finite count or ratio fails the scrape
@@ -131,3 +166,23 @@ def test_bytes_and_repeated_pages_read_the_same(case: tuple[EngineMetrics, str])
     first = _comparable(extractor.extract(page))
     assert _comparable(extractor.extract_bytes(page.encode())) == first
     assert _comparable(Extractor(engine.names()).extract(page)) == first
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(pages(), min_size=2, max_size=4), st.data())
+def test_where_series_were_last_time_does_not_change_what_is_read(
+    cases: list[tuple[EngineMetrics, str]], data: st.DataObject
+) -> None:
+    """An endpoint's hints, left by its earlier pages (whatever they were), only speed the search:
+    each page reads as it does with none, lazily or all at once."""
+    engine = cases[0][0]
+    extractor, hints = Extractor(engine.names()), {}
+    for _, page in cases:
+        body = page.encode()
+        if data.draw(st.booleans()):  # and the page shifted, as values change length
+            body = data.draw(st.sampled_from((b"", b"#" * 700 + b"\n", b"x 1\n" * 400))) + body
+        fresh = Extractor(engine.names()).extract_bytes(body)
+        assert _comparable(extractor.extract_bytes(body, hints)) == _comparable(fresh)
+        lazily = extractor.series(body, hints)
+        assert _comparable({n: s for n in engine.names() if (s := lazily.get(n))}) == _comparable(fresh)
+        assert repr(_mapped(engine, extractor.series(body, hints))) == repr(_mapped(engine, fresh))

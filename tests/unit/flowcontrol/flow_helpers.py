@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from epp.config.build import EndpointPickerComponents, build_director
 from epp.config.loader import load_config, load_config_file
@@ -18,6 +22,27 @@ from epp.requests import ApiKind, InferenceRequest
 from tests.unit.plugin_helpers import FakeClock
 
 UPSTREAM_CONFIGS = Path(__file__).parents[2] / "data" / "upstream" / "configs"
+
+
+def flow_control_config(flow_control: dict[str, Any], plugins: Sequence[str] = (), gated: bool = True) -> str:
+    """The flow-control tests' EndpointPickerConfig: the flowControl feature gate (unless not
+    `gated`), queue-scorer as the one profile's scorer, a concurrency-detector of maxConcurrency 1
+    (one request in flight per endpoint saturates the pool) as saturation detector, more plugins
+    by type, and this `flowControl` section."""
+    config: dict[str, Any] = {
+        "apiVersion": "inference.networking.x-k8s.io/v1alpha1",
+        "kind": "EndpointPickerConfig",
+        **({"featureGates": ["flowControl"]} if gated else {}),
+        "plugins": [
+            {"type": "queue-scorer"},
+            {"type": "concurrency-detector", "parameters": {"maxConcurrency": 1}},
+            *({"type": plugin} for plugin in plugins),
+        ],
+        "saturationDetector": {"pluginRef": "concurrency-detector"},
+        "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "queue-scorer"}]}],
+        "flowControl": flow_control,
+    }
+    return yaml.safe_dump(config, sort_keys=False)
 
 
 class Saturation:

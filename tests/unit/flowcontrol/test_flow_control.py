@@ -25,30 +25,17 @@ from epp.framework import PluginContext
 from epp.metrics.exporter import EppMetrics
 from epp.requestcontrol import Director
 from epp.requests import ApiKind, InferenceRequest, RequestError
+from tests.unit.flowcontrol.flow_helpers import flow_control_config
 
 BUF = BodyMode.BUFFERED
 GIE_DOCS = Path(__file__).parents[2] / "data" / "flowcontrol"
 
-CONFIG = """
-apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: EndpointPickerConfig
-featureGates: [flowControl]
-plugins:
-- type: queue-scorer
-- type: concurrency-detector
-  parameters: {{maxConcurrency: 1}}
-- type: round-robin-fairness-policy
-saturationDetector: {{pluginRef: concurrency-detector}}
-schedulingProfiles:
-- name: default
-  plugins: [{{pluginRef: queue-scorer}}]
-flowControl:
-  maxRequests: {max_requests}
-  defaultRequestTTL: {ttl}
-  priorityBands:
-  - priority: 0
-    fairnessPolicyRef: round-robin-fairness-policy
-"""
+
+def queue_config(max_requests: int, ttl: str, gated: bool = True) -> str:
+    """One band (priority 0) whose flows take turns; at most `max_requests` queued, each `ttl`."""
+    band = {"priority": 0, "fairnessPolicyRef": "round-robin-fairness-policy"}
+    section = {"maxRequests": max_requests, "defaultRequestTTL": ttl, "priorityBands": [band]}
+    return flow_control_config(section, ["round-robin-fairness-policy"], gated)
 
 
 class Harness:
@@ -181,10 +168,11 @@ async def make_harness(
     objectives: dict[str, int] | None = None,
     config_text: str | None = None,
 ) -> tuple[Harness, grpc.aio.Server, grpc.aio.Channel]:
-    """The EPP's ext_proc server on a free port with CONFIG (or `config_text`), and a client."""
+    """The EPP's ext_proc server on a free port with `queue_config(max_requests, ttl)` (or
+    `config_text`), and a client."""
     datastore = Datastore()
     datastore.synced = True
-    config = load_config(config_text or CONFIG.format(max_requests=max_requests, ttl=ttl))
+    config = load_config(config_text or queue_config(max_requests, ttl))
     director, _ = build_director(config, datastore, PluginContext(EppMetrics()), objectives)
     server = ext_proc_server(director, StreamOptions(), None)
     port = bind(server, "127.0.0.1:0", None)
@@ -362,7 +350,7 @@ async def test_5000_fairness_ids_leave_nothing_behind() -> None:
     small (docs/benchmarks.md measures 100,000 with bench/flow_control_memory.py)."""
     metrics = EppMetrics()
     datastore = Datastore()
-    config = load_config(CONFIG.format(max_requests=0, ttl="0s"))
+    config = load_config(queue_config(0, "0s"))
     director, _ = build_director(config, datastore, PluginContext(metrics))
     controller = director.flow_control
     assert controller is not None
@@ -419,7 +407,7 @@ def test_gie_flow_control_documentation_examples_load(example: Path) -> None:
 
 
 async def test_ungated_config_sheds_instead_of_queueing() -> None:
-    text = CONFIG.format(max_requests=3, ttl="0s").replace("featureGates: [flowControl]\n", "")
+    text = queue_config(3, "0s", gated=False)
     director, _ = build_director(load_config(text), Datastore(), PluginContext(EppMetrics()))
     assert director.flow_control is None
 
@@ -427,7 +415,7 @@ async def test_ungated_config_sheds_instead_of_queueing() -> None:
 async def test_the_callers_deadline_bounds_the_wait() -> None:
     """GIE waits under the caller's context: its deadline (the ext_proc call's) cuts a longer TTL."""
     director, _ = build_director(
-        load_config(CONFIG.format(max_requests=0, ttl="60s")), Datastore(), PluginContext(EppMetrics())
+        load_config(queue_config(0, "60s")), Datastore(), PluginContext(EppMetrics())
     )
     controller = director.flow_control
     assert controller is not None

@@ -14,23 +14,10 @@ import pytest
 
 from epp.config.loader import load_config
 from epp.flowcontrol.reclamation import LEADING_SENSOR_GRACE
+from tests.unit.flowcontrol.flow_helpers import flow_control_config
 from tests.unit.flowcontrol.test_flow_control import Harness, finish, make_harness, read, routed
 
-CONFIG = """
-apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: EndpointPickerConfig
-featureGates: [flowControl]
-plugins:
-- type: queue-scorer
-- type: concurrency-detector
-  parameters: {maxConcurrency: 1}
-saturationDetector: {pluginRef: concurrency-detector}
-schedulingProfiles:
-- name: default
-  plugins: [{pluginRef: queue-scorer}]
-flowControl:
-  enableEviction: true
-"""
+CONFIG = flow_control_config({"enableEviction": True})
 OBJECTIVES = {"critical": 10, "standard": 0, "batch": -1}
 
 

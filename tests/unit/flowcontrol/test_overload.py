@@ -22,6 +22,7 @@ from epp.extproc.pb import ext_proc_grpc
 from epp.extproc.server import Health, bind, ext_proc_server
 from epp.extproc.stream import StreamOptions
 from epp.flowcontrol.overload import OverloadGuard
+from epp.flowcontrol.standing_queue import StandingQueue
 from epp.framework import PluginContext
 from epp.metrics.exporter import EppMetrics
 from tests.unit.extproc.test_attributes import received_at
@@ -63,8 +64,7 @@ async def first_reply(setup: Setup) -> tuple[grpc.aio.StreamStreamCall, str]:
 async def test_past_the_stream_limit_a_new_request_is_a_429_with_retry_after(setup: Setup) -> None:
     held, kind = await first_reply(setup)
     assert kind == "request_headers" and setup.guard.streams == 1
-    refused = setup.stub.Process()
-    await refused.write(headers_msg({}))
+    refused = setup.stub.Process(iter([headers_msg({})]))  # answered at dispatch: a write could come late
     reply = (await read(refused)).immediate_response
     assert reply.status.code == 429
     headers = {h.header.key: h.header.raw_value.decode() for h in reply.headers.set_headers}
@@ -79,25 +79,30 @@ async def test_past_the_stream_limit_a_new_request_is_a_429_with_retry_after(set
     await held.write(body_msg(orjson.dumps({"model": "m", "prompt": "hi"})))
     assert (await read(held)).immediate_response.status.code == 503
     # ... and once it ends, new requests are admitted again.
-    for _ in range(500):
-        if setup.guard.streams == 0:
-            break
-        await asyncio.sleep(0.01)
+    await released(setup)
     _, kind = await first_reply(setup)
     assert kind == "request_headers"
 
 
 async def test_a_lagging_event_loop_sheds_and_recovers(setup: Setup) -> None:
     setup.guard.lag = 0.3  # as measured while the loop is out of CPU
-    call = setup.stub.Process()
-    await call.write(headers_msg({}))
+    call = setup.stub.Process(iter([headers_msg({})]))
     reply = (await read(call)).immediate_response
     assert reply.status.code == 429
     assert "its event loop lags 300 ms, over its limit of 250 ms (--max-event-loop-lag)" in str(reply.body)
     assert refusals(setup) == {"event_loop_lag": 1.0}
     setup.guard.lag = 0.01
+    await released(setup)  # the limit is one stream: the refused one must be let go first
     _, kind = await first_reply(setup)
     assert kind == "request_headers"
+
+
+async def released(setup: Setup) -> None:
+    """Until the guard holds no stream (a refused one is let go when its call ends), at most 5 s."""
+    for _ in range(500):
+        if setup.guard.streams == 0:
+            return
+        await asyncio.sleep(0.01)
 
 
 def refusals(setup: Setup) -> dict[str, float]:
@@ -123,20 +128,14 @@ async def test_a_request_that_waited_too_long_before_the_epp_is_a_429_with_retry
     assert refusals(setup) == {"queue_wait": 1.0}
     # The refused stream is no longer held: the next one (limit 1) is admitted, as is a request
     # that arrived in time or whose gateway sends no request.time.
-    for _ in range(500):
-        if setup.guard.streams == 0:
-            break
-        await asyncio.sleep(0.01)
+    await released(setup)
     timely = setup.stub.Process()
     message = headers_msg({})
     message.attributes["envoy.filters.http.ext_proc"].CopyFrom(received_at(time.time() - 0.05))
     await timely.write(message)
     assert (await read(timely)).WhichOneof("response") == "request_headers"
     timely.cancel()
-    for _ in range(500):
-        if setup.guard.streams == 0:
-            break
-        await asyncio.sleep(0.01)
+    await released(setup)
     _, kind = await first_reply(setup)
     assert kind == "request_headers"
     assert refusals(setup) == {"queue_wait": 1.0}
@@ -166,3 +165,72 @@ async def test_the_lag_is_measured() -> None:
         await asyncio.sleep(0.01)
     assert guard.lag < 0.25
     await guard.stop()
+
+
+def test_below_the_bound_the_standing_queue_controller_sheds_with_one_answer() -> None:
+    now = [0.0]
+    counted: list[str] = []
+    standing = StandingQueue(0.005, 0.1, lambda: now[0])
+    guard = OverloadGuard(max_wait=1.0, count=counted.append, standing=standing)
+    assert guard.checks_wait and not OverloadGuard().checks_wait
+    assert guard.waited(0.0) is None
+    refusals = []
+    for _ in range(300):  # 300 ms of requests that each waited 20 ms: a standing queue
+        now[0] += 0.001
+        refusals.append(guard.waited(0.02))
+    shed = [r for r in refusals if r is not None]
+    assert len(shed) == 200 and all(r is shed[0] for r in shed)
+    assert shed[0].status == 429 and shed[0].retry_after == 1
+    assert shed[0].message == (
+        "the endpoint picker is overloaded: requests have waited over 5 ms to reach it for 100 ms "
+        "(--queue-wait-target, --queue-wait-interval); retry later"
+    )
+    # While shedding, admit() refuses new calls unread, but for one per target, read for its wait.
+    assert guard.admit() is None  # a sample
+    assert guard.admit() is shed[0]
+    now[0] += 0.005
+    assert guard.admit() is None
+    assert counted.count("standing_queue") == 201
+    # Past the bound the bound's own answer; a request on time ends the shedding.
+    assert "over its limit of 1000 ms (--max-queue-wait)" in str(guard.waited(1.5))
+    assert guard.waited(0.001) is None and guard.waited(0.02) is None
+    assert counted == ["standing_queue"] * 201 + ["queue_wait"]
+    assert guard.admit() is None
+
+
+async def test_a_request_shed_under_a_standing_queue_is_a_429_with_retry_after(setup: Setup) -> None:
+    now = [0.0]
+    setup.guard.standing = standing = StandingQueue(0.005, 0.1, lambda: now[0])
+    standing.shed(0.0)
+    standing.shed(0.3)
+    now[0] = 0.1  # an interval of late requests
+    replies = []
+    for _ in range(2):
+        late = setup.stub.Process()
+        message = headers_msg({})
+        message.attributes["envoy.filters.http.ext_proc"].CopyFrom(received_at(time.time() - 0.3))
+        await late.write(message)
+        replies.append((await read(late)).immediate_response)
+        await released(setup)
+    assert [r.status.code for r in replies] == [429, 429]
+    assert replies[0] == replies[1]
+    headers = {h.header.key: h.header.raw_value.decode() for h in replies[0].headers.set_headers}
+    assert headers["retry-after"] == "1"
+    assert orjson.loads(replies[0].body)["error"]["message"].startswith(
+        "inference error: ResourceExhausted - the endpoint picker is overloaded: requests have waited over"
+    )
+    assert refusals(setup) == {"standing_queue": 2.0}
+    # While shedding, all but one call per target are refused at dispatch, before (without) any
+    # message read: this one sends none.
+    unread = setup.stub.Process()
+    assert (await read(unread)).immediate_response == replies[0]
+    assert refusals(setup) == {"standing_queue": 3.0} and setup.guard.streams == 0
+    # One target later a call is read again: on time, it is served and ends the shedding.
+    now[0] += 0.005
+    timely = setup.stub.Process()
+    message = headers_msg({})
+    message.attributes["envoy.filters.http.ext_proc"].CopyFrom(received_at(time.time()))
+    await timely.write(message)
+    assert (await read(timely)).WhichOneof("response") == "request_headers"
+    assert not standing.shedding
+    timely.cancel()

@@ -1,13 +1,16 @@
-"""The EPP's own metrics: one series per (model, target), bounded against invented model names."""
+"""The EPP's own metrics: one series per (model, target), bounded against invented model names;
+flow control's queue gauges."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from prometheus_client import generate_latest
 
 from epp.datastore import Datastore, EndpointMetrics, EndpointSpec
 from epp.metrics.exporter import MAX_MODEL_NAME_LENGTH, MAX_MODEL_SERIES, OVERFLOW_MODEL, EppMetrics
+from epp.requests import ApiKind, InferenceRequest
 
 
 def test_model_series_are_reused_and_capped() -> None:
@@ -62,3 +65,42 @@ def test_pool_gauges_hold_the_last_refresh_once_refreshing() -> None:
     collector.refresh()
     assert sample("inference_pool_average_queue_size") == 10
     assert sample("inference_pool_ready_pods") == 1
+
+
+@dataclass
+class Held:
+    """A queued request as the flow-control metrics read it."""
+
+    request: InferenceRequest
+    byte_size: int
+
+
+def test_queue_gauges_count_each_flows_requests_and_bytes_and_drop_an_empty_flow() -> None:
+    metrics = EppMetrics()
+    flow = metrics.flow_control
+    request = InferenceRequest(request_id="r", api=ApiKind.COMPLETIONS, path="", model="m")
+    labels = {
+        "fairness_id": "t",
+        "priority": "0",
+        "inference_pool": "p",
+        "model_name": "m",
+        "target_model_name": "m",
+    }
+    first, second = Held(request, 100), Held(request, 30)
+
+    def held() -> tuple[float | None, float | None]:
+        return tuple(  # type: ignore[return-value]
+            metrics.registry.get_sample_value(f"inference_extension_flow_control_queue_{what}", labels)
+            for what in ("size", "bytes")
+        )
+
+    flow.queued(first, ("t", "0"), "p", +1)
+    flow.queued(second, ("t", "0"), "p", +1)
+    assert held() == (2.0, 130.0)
+    flow.queued(first, ("t", "0"), "p", -1)
+    assert held() == (1.0, 30.0)
+    flow.queued(second, ("t", "0"), "p", -1)
+    assert held() == (None, None)  # the series goes with the flow's last request
+    page = generate_latest(metrics.registry).decode()
+    assert "# TYPE inference_extension_flow_control_queue_size gauge" in page
+    assert 'fairness_id="t"' not in page

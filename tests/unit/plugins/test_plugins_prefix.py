@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pytest
+from xxhash import xxh64_intdigest
 
 from epp.datastore import Endpoint
 from epp.metrics.exporter import EppMetrics
@@ -36,6 +37,16 @@ def test_hashes_are_chained_so_equal_hashes_mean_equal_prefixes() -> None:
     changed_last = block_hashes(TEXT[:-1] + b"X", 1, BLOCK, 256)
     assert not set(base) & set(changed_first)
     assert changed_last[:-1] == base[:-1] and changed_last[-1] != base[-1]
+
+
+@pytest.mark.parametrize(("data", "max_blocks"), [(TEXT + b"tail", 0), (TEXT + b"tail", 5), (TEXT, 16)])
+def test_each_hash_is_its_block_hashed_with_the_previous_hash_as_seed(data: bytes, max_blocks: int) -> None:
+    """The values, not only their properties: the one-call chain equals the definition."""
+    expected, previous = [], 7
+    for start in range(0, min(len(data), BLOCK * (max_blocks or len(data))), BLOCK):
+        previous = xxh64_intdigest(data[start : start + BLOCK], previous)
+        expected.append(previous)
+    assert block_hashes(data, 7, BLOCK, max_blocks) == expected
 
 
 def test_hash_chain_starts_from_model_and_cache_salt() -> None:
@@ -111,6 +122,18 @@ def test_removing_an_endpoint_forgets_it_and_recycles_its_slot() -> None:
     assert index.endpoints() == [b] and index.size() == 1
     index.add(c, [2], 10)
     assert names(index.match([1, 2])) == {"e1": 1, "e2": 1}
+
+
+def test_rekey_hands_an_endpoints_blocks_to_another() -> None:
+    index = PrefixIndex()
+    a, b, c = endpoints(3)
+    index.add(a, [1, 2], 10)
+    index.add(b, [1, 3], 10)  # b's own blocks give way to a's
+    index.rekey(a, b)
+    assert names(index.match([1, 2])) == {"e1": 2} and names(index.match([3])) == {}
+    assert index.endpoints() == [b] and index.blocks_held(b) == 2
+    index.rekey(c, b)  # c holds nothing: nothing changes
+    assert index.blocks_held(b) == 2
 
 
 # --- producer and scorer ---------------------------------------------------------------------------

@@ -269,10 +269,56 @@ def test_speculative_indexing_marks_the_pick_until_events_arrive() -> None:
     follower.attributes["tok"] = TokenizedPrompt(list(range(64)), "render")
     producer.prepare(follower, pods)
     assert follower.attributes[producer.name].matched_blocks(pods[1]) == 4
+    producer.endpoint_removed(pods[1])  # the pod left (and may come back empty): its guesses go
+    producer.prepare(follower, pods)
+    assert follower.attributes[producer.name].matched_blocks(pods[1]) == 0
+    producer.pre_request(request, SchedulingResult({"default": ProfileResult([pods[1]])}, "default"))
     clock.now = 102.5
     producer.cache.index.expire(clock.now)
     producer.prepare(follower, pods)
     assert follower.attributes[producer.name].matched_blocks(pods[1]) == 0
+
+
+def test_speculative_until_confirmed_lasts_as_long_as_the_request() -> None:
+    """With `speculativeUntilConfirmed` the pick holds the prompt however long the request waits
+    (no TTL from the pick), until the request ends; then `speculativeTTL` more."""
+    from epp.scheduling.types import ProfileResult, SchedulingResult
+    from tests.unit.plugin_helpers import FakeClock
+
+    clock = FakeClock(100.0)
+    producer = plugin(
+        PrecisePrefixCacheProducer,
+        {
+            "speculativeIndexing": True,
+            "speculativeTTL": "500ms",
+            "speculativeUntilConfirmed": True,
+            "tokenProcessorConfig": {"blockSize": 16},
+        },
+        context(clock=clock),
+    )
+    producer.bind_producer(next(iter(producer.consumes)), "tok")
+    pods = endpoints(2)
+
+    def matched_on_pick() -> int:
+        follower = chat_request("x")
+        follower.attributes["tok"] = TokenizedPrompt(list(range(64)), "render")
+        producer.prepare(follower, pods)
+        return int(follower.attributes[producer.name].matched_blocks(pods[1]))
+
+    request = chat_request("x")
+    request.attributes["tok"] = TokenizedPrompt(list(range(64)), "render")
+    producer.prepare(request, pods)
+    result = SchedulingResult({"default": ProfileResult([pods[1]])}, "default")
+    producer.pre_request(request, result)
+    clock.now = 160.0  # a minute queued behind a long prefill: still held
+    assert matched_on_pick() == 4
+    producer.response_complete(request, result, None)
+    clock.now = 160.4
+    assert matched_on_pick() == 4
+    clock.now = 160.5
+    assert matched_on_pick() == 0
+    producer.response_complete(request, result, None)  # a second call releases nothing
+    assert not producer.cache.index._pins
 
 
 def test_speculative_until_confirmed_reaches_the_index() -> None:

@@ -1,0 +1,70 @@
+"""A request arriving when nothing waits runs the dispatch cycle itself: dispatched at once when
+the pool has room, with the same metrics, and never ahead of requests already queued."""
+
+from __future__ import annotations
+
+import asyncio
+
+from epp.metrics.exporter import EppMetrics
+from tests.unit.flowcontrol.flow_helpers import built, flow_control_config, queued_request
+from tests.unit.plugin_helpers import FakeClock
+
+CONFIG = flow_control_config({"defaultRequestTTL": "8s"})
+
+
+def sample(metrics: EppMetrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+async def test_a_lone_request_on_a_pool_with_room_is_dispatched_without_the_loop() -> None:
+    metrics = EppMetrics()
+    fc, _, detector = built(CONFIG, FakeClock(), metrics)
+    detector.value = 0.5
+    await fc.enqueue_and_wait(queued_request("r", "tenant"))
+    assert fc._task is None  # the dispatch loop never started: no event-loop hop
+    assert fc.length == 0 and fc.bytes == 0
+    flow = {"fairness_id": "tenant", "priority": "0"}
+    queue = "inference_extension_flow_control_request_queue_duration_seconds_count"
+    models = {"inference_pool": "standalone", "model_name": "m", "target_model_name": "m"}
+    assert sample(metrics, queue, outcome="Dispatched", **flow, **models) == 1.0
+    enqueue = "inference_extension_flow_control_request_enqueue_duration_seconds_count"
+    assert sample(metrics, enqueue, outcome="NotYetFinalized", **flow) == 1.0
+    assert sample(metrics, "inference_extension_flow_control_dispatch_cycle_duration_seconds_count") == 1.0
+    assert (
+        sample(metrics, "inference_extension_flow_control_pool_saturation", inference_pool="standalone")
+        == 0.5
+    )
+    assert sample(metrics, "inference_extension_flow_control_queue_size", **flow, **models) is None
+
+
+async def test_a_request_arriving_behind_queued_ones_waits_its_turn() -> None:
+    clock = FakeClock()
+    fc, _, detector = built(CONFIG, clock)
+    order: list[str] = []
+
+    async def wait(name: str) -> None:
+        await fc.enqueue_and_wait(queued_request(name, "tenant"))
+        order.append(name)
+
+    first = asyncio.ensure_future(wait("first"))
+    await asyncio.sleep(0)
+    assert fc.length == 1  # the pool reads full: it waits
+    detector.value = 0.0  # room now; the next request finds `first` queued and queues behind it
+    clock.now += 1.0  # a later arrival (FCFS orders by arrival time)
+    second = asyncio.ensure_future(wait("second"))
+    async with asyncio.timeout(10):
+        await asyncio.gather(first, second)
+    assert order == ["first", "second"]
+    await fc.stop()
+
+
+async def test_a_lone_request_on_a_saturated_pool_waits_for_room() -> None:
+    fc, _, detector = built(CONFIG, FakeClock())
+    waiting = asyncio.ensure_future(fc.enqueue_and_wait(queued_request("r", "tenant")))
+    await asyncio.sleep(0)
+    assert fc.length == 1 and not waiting.done()
+    detector.value = 0.0
+    async with asyncio.timeout(10):
+        await waiting
+    assert fc.length == 0
+    await fc.stop()
