@@ -34,7 +34,6 @@ from epp.bench.virtual import (
     VirtualRun,
     _FixedPoolDirector,
     endpoint_specs,
-    engine_token_ids,
 )
 from epp.bench.workload import BenchRequest, generate, load_spec
 from epp.config.build import build_director
@@ -88,7 +87,7 @@ class ReplicatedVirtualRun(VirtualRun):
             self.sinks.extend(p for p in components.plugins.values() if isinstance(p, KVEventSink))
             for plugin in components.plugins.values():
                 if isinstance(plugin, TokenProducer):  # as VirtualRun does for the first replica
-                    plugin.sync_tokenizer = engine_token_ids
+                    plugin.sync_tokenizer = self.prompt_token_ids
         for index, (datastore, plugins) in enumerate(zip(self.datastores, plugin_sets, strict=True)):
             state = ReplicaState(f"r{index}", datastore, plugins)
             if settings.sync in ("routes", "full"):

@@ -188,7 +188,7 @@ class VirtualRun:
         self.sinks: list[KVEventSink] = [p for p in self.plugins if isinstance(p, KVEventSink)]
         for plugin in self.plugins:
             if isinstance(plugin, TokenProducer):  # no render server here: the engines' tokenizer
-                plugin.sync_tokenizer = engine_token_ids
+                plugin.sync_tokenizer = self.prompt_token_ids
         self.servers = {s.name: s for s in map(self._new_server, range(cluster.endpoints))}
         # every director's datastore (active-active replicas add theirs): pool changes reach all
         self.datastores = [self.datastore]
@@ -200,6 +200,7 @@ class VirtualRun:
         self.routed_at = array("d", [math.nan]) * len(requests)
         self.itl: array[float] = array("d")
         self._tokens = PromptTokenizer()
+        self._prompt_ids: dict[int, list[int]] = {}  # computed for the EPP, kept for the engine
         self._followers: dict[int, list[BenchRequest]] = {}
         self._events: list[tuple[float, int, Callable[[float, Any], None], Any]] = []
         self._seq = 0
@@ -318,6 +319,23 @@ class VirtualRun:
                 self._arrive(when, arrivals[next_arrival])
                 next_arrival += 1
 
+    def prompt_token_ids(self, request: InferenceRequest) -> list[int] | None:
+        """The token-producer's tokenizer here: the ids the engine will be given (the same as
+        `engine_token_ids` computes from the body, tested), memoised by piece and computed once
+        per request for both the EPP and the engine. A request id naming no benchmark request
+        falls back to parsing the body."""
+        try:
+            index = int(request.request_id)
+            bench_request = self.requests[index]
+        except (ValueError, IndexError):
+            return engine_token_ids(request)
+        if bench_request.index != index:
+            return engine_token_ids(request)
+        ids = self._prompt_ids.get(index)
+        if ids is None:
+            ids = self._prompt_ids[index] = self._tokens.token_ids(bench_request)
+        return list(ids)  # the EPP's copy: nothing it does can touch the engine's prompt
+
     def _push(self, at: float, handler: Callable[[float, Any], None], payload: Any) -> None:
         self._seq += 1
         heapq.heappush(self._events, (at, self._seq, handler, payload))
@@ -370,7 +388,9 @@ class VirtualRun:
     ) -> None:
         record.endpoint = routed.result.targets[0].name
         self.routed_at[record.index] = now
-        token_ids = self._tokens.token_ids(request)
+        token_ids = self._prompt_ids.pop(request.index, None)
+        if token_ids is None:
+            token_ids = self._tokens.token_ids(request)
         record.prompt_tokens = len(token_ids)
         self.dispatch(routed, request, token_ids, record, now)
 

@@ -75,8 +75,11 @@ def _cbor_token(token: int) -> bytes:
 
 
 def _cbor_tokens(tokens: Sequence[int]) -> bytes:
-    get = _TOKEN_CBOR.get
-    return _cbor_uint(len(tokens), 4) + b"".join([get(t) or _cbor_token(t) for t in tokens])
+    try:  # every token seen before (a vocabulary is small): one C-level pass
+        body = b"".join(map(_TOKEN_CBOR.__getitem__, tokens))
+    except KeyError:
+        body = b"".join([_cbor_token(t) for t in tokens])
+    return _cbor_uint(len(tokens), 4) + body
 
 
 class TokenProcessor:
@@ -369,6 +372,10 @@ class KVBlockIndexBase(ABC):
     def pods(self) -> list[str]:
         """The pods whose events this index applied (and not cleared since)."""
         return list(self._pods)
+
+    def publishes(self, pod: str) -> bool:
+        """Whether `pod` is one of `pods()` (its KV events are followed), without the list."""
+        return pod in self._pods
 
     @abstractmethod
     def _hold(self, keys: Sequence[int], pod: str, weight: float) -> None:

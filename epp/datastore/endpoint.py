@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
+from typing import Any
+
+from epp.datastore.columns import COLUMN_FIELDS, allocate_row, write_row, write_rows
 
 ROLE_LABEL = "llm-d.ai/role"
 
@@ -50,10 +53,12 @@ class EndpointSpec:
         return join_host_port(self.address, self.metrics_port or self.port)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class EndpointMetrics:
     """Model-server state in engine-neutral terms, replaced wholesale on every scrape."""
 
+    # Rows (in epp.datastore.columns) of the endpoints this object is the metrics of.
+    column_rows: tuple[int, ...] = field(default=(), init=False, repr=False, compare=False)
     waiting_queue_size: int = 0
     running_requests_size: int = 0
     kv_cache_usage: float = 0.0
@@ -73,11 +78,46 @@ class EndpointMetrics:
             return float("inf")
         return (time.monotonic() if now is None else now) - self.update_time
 
+    def __eq__(self, other: object) -> bool:
+        """Field by field, as a dataclass compares, whether or not either is attached."""
+        if not isinstance(other, EndpointMetrics):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in _COMPARED)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass default
+
+
+class _AttachedEndpointMetrics(EndpointMetrics):
+    """An `EndpointMetrics` some endpoint holds: setting a column field in place also writes its
+    endpoints' column rows. Objects switch to this class when first attached, so building one
+    (a scrape sets a dozen fields) pays nothing for it."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        _set(self, name, value)
+        if name in COLUMN_FIELDS and self.column_rows:
+            write_rows(self.column_rows, name, value)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Copies and pickles are plain, unattached metrics with the same fields."""
+        return (_unattached, ({f: getattr(self, f) for f in _INIT_FIELDS},))
+
+
+def _unattached(values: dict[str, Any]) -> EndpointMetrics:
+    return EndpointMetrics(**values)
+
+
+_COMPARED = tuple(f.name for f in fields(EndpointMetrics) if f.compare)
+_INIT_FIELDS = tuple(f.name for f in fields(EndpointMetrics) if f.init)
+_set = object.__setattr__
+
 
 class Endpoint:
     """One schedulable target. Identity is fixed; metrics, health and load change over time."""
 
     __slots__ = (
+        "column_row",
         "healthy",
         "hostport",
         "inflight_requests",
@@ -89,7 +129,30 @@ class Endpoint:
         "suspended_until",
     )
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "metrics":
+            self._attach(value)
+        _set(self, name, value)
+
+    def _attach(self, metrics: EndpointMetrics) -> None:
+        """This endpoint's column row follows `metrics` from now on, and no longer the object it
+        replaces (which another endpoint may still hold). Once per scrape: kept short."""
+        row = self.column_row
+        previous: EndpointMetrics | None = getattr(self, "metrics", None)
+        if previous is not None and previous is not metrics:
+            held = previous.column_rows
+            _set(previous, "column_rows", () if held == (row,) else tuple(r for r in held if r != row))
+        held = metrics.column_rows
+        if not held:
+            _set(metrics, "column_rows", (row,))
+            if type(metrics) is EndpointMetrics:
+                _set(metrics, "__class__", _AttachedEndpointMetrics)
+        elif row not in held:
+            _set(metrics, "column_rows", (*held, row))
+        write_row(row, metrics.waiting_queue_size, metrics.kv_cache_usage)
+
     def __init__(self, spec: EndpointSpec) -> None:
+        self.column_row = allocate_row()
         self.spec = spec
         # Fixed for the endpoint's life (a new address is a new Endpoint) and read per candidate
         # per request (decision records, destinations): plain attributes, not properties.

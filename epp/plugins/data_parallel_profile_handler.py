@@ -16,11 +16,11 @@ from typing import Any
 
 from pydantic import Field
 
-from epp.framework import Plugin, PluginContext, PluginParams, register
+from epp.framework import PluginContext, PluginParams, register
 from epp.headers import DATA_PARALLEL_HEADER
+from epp.plugins.single_profile_handler import SingleProfileHandler
 from epp.requests import InferenceRequest
-from epp.scheduling.framework import ProfileHandler
-from epp.scheduling.types import ProfileResult, SchedulingError, SchedulingResult
+from epp.scheduling.types import ProfileResult, SchedulingResult
 
 
 class DataParallelParams(PluginParams):
@@ -28,7 +28,9 @@ class DataParallelParams(PluginParams):
 
 
 @register
-class DataParallelProfileHandler(Plugin, ProfileHandler):
+class DataParallelProfileHandler(SingleProfileHandler):
+    """The single handler's run and result selection, then the primary port and the rank header."""
+
     type_name = "data-parallel-profile-handler"
     Params = DataParallelParams
 
@@ -42,22 +44,10 @@ class DataParallelProfileHandler(Plugin, ProfileHandler):
             return [f"{cls.type_name} needs exactly one scheduling profile, got {len(profiles)}"]
         return []
 
-    def pick_profiles(
-        self,
-        request: InferenceRequest,
-        profiles: Sequence[str],
-        results: Mapping[str, ProfileResult | None],
-    ) -> Sequence[str]:
-        return () if results else profiles
-
     def process_results(
         self, request: InferenceRequest, results: Mapping[str, ProfileResult | None]
     ) -> SchedulingResult:
-        if len(results) != 1:
-            raise SchedulingError(f"{self.type_name} needs exactly one profile result, got {len(results)}")
-        name, result = next(iter(results.items()))
-        if result is None or not result.targets:
-            raise SchedulingError(f"failed to run scheduler profile {name!r}")
-        decision = SchedulingResult({name: result}, name, destination_port=self.primary_port)
-        decision.headers[DATA_PARALLEL_HEADER] = result.targets[0].hostport
+        decision = super().process_results(request, results)
+        decision.destination_port = self.primary_port
+        decision.headers[DATA_PARALLEL_HEADER] = decision.targets[0].hostport
         return decision

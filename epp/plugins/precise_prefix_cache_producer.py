@@ -17,6 +17,7 @@ from epp.datalayer import AsyncDataProducer, BackgroundService, DataProducer, En
 from epp.datalayer.kvblocks import KVIndexMetrics
 from epp.datalayer.tokenize import TOKENIZED_PROMPT
 from epp.datastore import Datastore, Endpoint
+from epp.datastore.columns import positions
 from epp.framework import DataConsumer, Plugin, PluginContext, register
 from epp.kvevents import KVEvent
 from epp.plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
@@ -88,12 +89,12 @@ class PrecisePrefixCacheProducer(
             return approximate
         if not approximate.matched:
             return match
-        publishing = set(self.cache.index.pods())
-        considered = set(candidates)
+        # membership tests for the few approximately matched endpoints, not sets of a thousand
+        index, considered = self.cache.index, positions(candidates)
         matched = dict(match.matched)
         total, approximate_total = match.total_blocks, approximate.total_blocks
         for endpoint, blocks in approximate.matched.items():
-            if endpoint in considered and endpoint.hostport not in publishing:
+            if endpoint in considered and not index.publishes(endpoint.hostport):
                 matched[endpoint] = blocks * total // approximate_total
         return PrefixMatch(match.hashes, matched, match.block_size_tokens)
 

@@ -13,6 +13,7 @@ import numpy as np
 from pydantic import Field
 
 from epp.datastore import Endpoint
+from epp.datastore.columns import positions
 from epp.framework import DataConsumer, ParameterUpgrade, Plugin, PluginContext, register
 from epp.requests import InferenceRequest
 from epp.scheduling.framework import Scorer
@@ -66,9 +67,17 @@ class PrefixCacheScorer(Plugin, Scorer, DataConsumer):
         match = self.consumed(request, PREFIX_MATCH)
         if self.length_weight != 0.0 or not isinstance(match, PrefixMatch) or not match.hashes:
             return super().score_array(request, candidates)
-        # the array filled straight from the C-level map, no list in between
-        ratios = map(self._ratio_of(match).get, candidates, repeat(0.0))
-        return np.fromiter(ratios, np.float64, len(candidates))
+        # zeros, then only the few endpoints holding blocks, at their candidate positions
+        where = positions(candidates)
+        if len(where) != len(candidates):  # an endpoint listed twice: per candidate
+            ratios = map(self._ratio_of(match).get, candidates, repeat(0.0))
+            return np.fromiter(ratios, np.float64, len(candidates))
+        scores = np.zeros(len(candidates))
+        for endpoint, ratio in self._ratio_of(match).items():
+            position = where.get(endpoint)
+            if position is not None:
+                scores[position] = ratio
+        return scores
 
     @staticmethod
     def _ratio_of(match: PrefixMatch) -> dict[Endpoint, float]:

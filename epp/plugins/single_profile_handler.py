@@ -28,6 +28,6 @@ class SingleProfileHandler(Plugin, ProfileHandler):
         if len(results) != 1:
             raise SchedulingError(f"{self.type_name} needs exactly one profile result, got {len(results)}")
         name, result = next(iter(results.items()))
-        if result is None:
+        if result is None or not result.targets:
             raise SchedulingError(f"profile {name!r} found no endpoint for the request")
         return SchedulingResult({name: result}, name)

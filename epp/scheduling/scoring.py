@@ -16,7 +16,7 @@ def min_max_scores(values: Sequence[float]) -> list[float]:
     return [(high - v) / span for v in values]
 
 
-def min_max_score_array(values: Sequence[float]) -> np.ndarray:
+def min_max_score_array(values: Sequence[float] | np.ndarray) -> np.ndarray:
     """`min_max_scores` as array operations (the same float operations, so the same scores)."""
     array = np.array(values, dtype=np.float64)
     low, high = array.min(), array.max()

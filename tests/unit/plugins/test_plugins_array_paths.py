@@ -83,6 +83,8 @@ def test_prefix_score_array_is_the_same_floats_as_score(scorer_params: dict[str,
         array = scorer.score_array(req, candidates)
         assert array.dtype == np.float64
         assert array.tolist() == scorer.score(req, candidates)
+        listed_twice = [*candidates, candidates[5]]  # scored per candidate, not by position
+        assert scorer.score_array(req, listed_twice).tolist() == scorer.score(req, listed_twice)
         hits += int(np.count_nonzero(array))
     assert hits > len(prompts)  # most prompts matched somewhere
 
