@@ -62,6 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="EPP worker processes sharing its port, each a synced replica (`epp serve --workers`); "
         "Envoy opens two connections per worker (default 1)",
     )
+    parser.add_argument(
+        "--adaptive-concurrency",
+        action="store_true",
+        help="cap requests in flight with Envoy's adaptive concurrency filter before the EPP: the excess is "
+        "a JSON 429 with Retry-After and x-gateway-limit: concurrency, answered without the EPP "
+        '(docs/operations.md, "Limits and overload")',
+    )
     add_resilience_arguments(parser)
 
 
@@ -125,6 +132,7 @@ def envoy_options(args: argparse.Namespace) -> EnvoyOptions:
         failure_mode=args.failure_mode,
         allowed_paths=(*DEFAULT_ALLOWED_PATHS, *args.allow_path),
         retries=args.retries,
+        adaptive_concurrency=args.adaptive_concurrency,
         first_byte_timeout=duration(args.first_byte_timeout, defaults.first_byte_timeout),
         stream_idle_timeout=duration(args.stream_idle_timeout, defaults.stream_idle_timeout),
         response_timeout=duration(args.response_timeout, defaults.response_timeout),
