@@ -171,7 +171,8 @@ async def main(args: argparse.Namespace) -> None:
             listen_port=0,
             admin_port=0,
             rate_limit=args.rate_limit,
-            adaptive_concurrency=args.adaptive_concurrency,
+            adaptive_concurrency=args.adaptive_concurrency or args.adaptive_concurrency_latency is not None,
+            adaptive_concurrency_latency=args.adaptive_concurrency_latency,
         ),
     )
     prompt = ("lorem ipsum dolor sit amet " * (args.prompt_bytes // 27 + 1))[: args.prompt_bytes]
@@ -229,6 +230,11 @@ if __name__ == "__main__":
         "--adaptive-concurrency",
         action="store_true",
         help="Envoy's adaptive concurrency filter before ext_proc",
+    )
+    parser.add_argument(
+        "--adaptive-concurrency-latency",
+        metavar="DURATION",
+        help="the same with this fixed minRTT (a latency target, e.g. 0.1s) instead of measuring it",
     )
     parser.add_argument("--epp-arg", action="append", default=[], help="extra `epp serve` flag")
     asyncio.run(main(parser.parse_args()))

@@ -131,6 +131,9 @@ class EnvoyOptions:
     # call to the EPP. Off by default (docs/operations.md, "Limits and overload").
     adaptive_concurrency: bool = False
     adaptive_concurrency_min: int = 3
+    # Set ("0.1s"): take this as the minRTT instead of measuring it, a latency target (the limit
+    # shrinks while the p90 exceeds it by more than 25 %); no periodic windows at the minimum.
+    adaptive_concurrency_latency: str | None = None
     # Set: the pool cluster's hosts come from this EDS file (a DiscoveryResponse holding one
     # ClusterLoadAssignment, epp.discovery.eds: `epp serve --envoy-eds-file` keeps it; Envoy re-reads
     # it when it is replaced, and refuses to start without it; relative to Envoy's working
@@ -326,16 +329,19 @@ def _adaptive_concurrency(options: EnvoyOptions) -> dict[str, Any]:
                 # the tail, not the median: the EPP's queue shows there first
                 "sample_aggregate_percentile": {"value": 90},
                 "concurrency_limit_params": {"concurrency_update_interval": "0.1s"},
-                "min_rtt_calc_params": {
-                    "interval": "30s",
-                    "request_count": 50,
-                    "min_concurrency": options.adaptive_concurrency_min,
-                },
+                "min_rtt_calc_params": _min_rtt(options),
             },
             # a refusal to retry later, counted as shed (as the EPP's own): not a server error
             concurrency_limit_exceeded_status={"code": "TooManyRequests"},
         ),
     }
+
+
+def _min_rtt(options: EnvoyOptions) -> dict[str, Any]:
+    params: dict[str, Any] = {"min_concurrency": options.adaptive_concurrency_min}
+    if options.adaptive_concurrency_latency is not None:
+        return {**params, "fixed_value": options.adaptive_concurrency_latency}
+    return {**params, "interval": "30s", "request_count": 50}
 
 
 def _rate_limit(options: EnvoyOptions) -> dict[str, Any]:

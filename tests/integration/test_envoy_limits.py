@@ -94,6 +94,9 @@ async def test_the_adaptive_concurrency_limit_is_a_json_429_naming_it_without_th
         make_stack("adaptive", sims=1, sim_args=SLOW_SIM, envoy=envoy) as stack,
         httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client,
     ):
+        # the wrapped ext_proc still honours its per-route off switch (a path outside the policy)
+        assert (await client.get("/metrics")).status_code == 404
+        assert await stat(client, stack.admin_url, "http.gateway.ext_proc.streams_started") == 0
         held = asyncio.ensure_future(client.post("/v1/completions", json={**LONG, "stream": False}))
         await poll_stat(client, stack.admin_url, "cluster.pool.upstream_rq_active", 1)
         streams = await stat(client, stack.admin_url, "http.gateway.ext_proc.streams_started")

@@ -173,6 +173,7 @@ def test_fail_open_needs_buffered_mode_and_fallback_endpoints() -> None:
         EnvoyOptions(epp_extra_ports=(9004,), epp_connections=2),
         EnvoyOptions(adaptive_concurrency=True),
         EnvoyOptions(adaptive_concurrency=True, rate_limit=100, body_mode="full-duplex"),
+        EnvoyOptions(adaptive_concurrency=True, adaptive_concurrency_latency="0.1s"),
     ],
 )
 def test_envoy_accepts_every_variant(options: EnvoyOptions, tmp_path: Path) -> None:
@@ -318,6 +319,10 @@ def test_the_gateways_limits_come_before_ext_proc_which_skips_their_refusals() -
     controller = filters[limits[1]]["gradient_controller_config"]
     assert controller["min_rtt_calc_params"]["min_concurrency"] == 2
     assert filters[limits[1]]["concurrency_limit_exceeded_status"] == {"code": "TooManyRequests"}
+    assert controller["min_rtt_calc_params"]["interval"] == "30s"  # measured, at min_concurrency
+    target = replace(both, adaptive_concurrency_latency="0.1s")
+    fixed = manager(render_bootstrap(target))["http_filters"][1]["typed_config"]["gradient_controller_config"]
+    assert fixed["min_rtt_calc_params"] == {"min_concurrency": 2, "fixed_value": "0.1s"}
     # ext_proc itself, wrapped: skipped on a response naming a limit (a local reply passes every
     # encoder filter, and would otherwise open an ext_proc stream)
     wrapped = filters[EXT_PROC_FILTER]
@@ -338,5 +343,8 @@ def test_epp_run_adaptive_concurrency_is_opt_in() -> None:
     assert envoy_options(build_parser("run").parse_args(["run"])).adaptive_concurrency is False
     args = build_parser("run").parse_args(["run", "--adaptive-concurrency"])
     assert envoy_options(args).adaptive_concurrency is True
+    assert envoy_options(args).adaptive_concurrency_latency is None
+    target = envoy_options(build_parser("run").parse_args(["run", "--adaptive-concurrency-latency=0.1"]))
+    assert (target.adaptive_concurrency, target.adaptive_concurrency_latency) == (True, "0.1s")
     with pytest.raises(ValueError, match="adaptive_concurrency_min must be at least 1"):
         EnvoyOptions(adaptive_concurrency=True, adaptive_concurrency_min=0)
