@@ -728,17 +728,21 @@ def _local_replies(options: EnvoyOptions) -> dict[str, Any]:
     rate_limited = {
         "and_filter": {"filters": [not_from_epp, {"status_code_filter": {"comparison": comparison}}]}
     }
+    # Neither of the gateway's 429s sets a response flag: the adaptive concurrency filter's details
+    # name it (a CEL filter, evaluated only with the filter on), ...
+    concurrency = [
+        overflow(
+            LIMIT_MESSAGES["concurrency"],
+            "ConcurrencyLimited",
+            _details(CONCURRENCY_LIMITED),
+            429,
+            "concurrency",
+        )
+    ]
     # ext_proc's failures (status_on_error 503) have an empty body and no response flag.
     return {
         "mappers": [
-            # Neither sets a response flag: the adaptive concurrency filter's details name it, ...
-            overflow(
-                LIMIT_MESSAGES["concurrency"],
-                "ConcurrencyLimited",
-                _details(CONCURRENCY_LIMITED),
-                429,
-                "concurrency",
-            ),
+            *(concurrency if options.adaptive_concurrency else []),
             # ... and any other 429 not from the EPP (whose own carry its key) is the rate limit's.
             overflow(
                 LIMIT_MESSAGES["rate"].format(rate=options.rate_limit),
