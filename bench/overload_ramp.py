@@ -10,9 +10,9 @@ output token, from either
 - `--loadgen python`: several processes, one asyncio loop each (aiohttp, HTTP/1.1, a connection per
   request in flight); every prompt distinct.
 Per rate: how many were served, shed (429 from the EPP's overload protection or flow control, or
-Envoy's --rate-limit; "of which EPP" counts the EPP's own answers in Envoy's ext_proc stats), and
-failed with a 5xx (504 = Envoy's ext_proc message timeout), with latency percentiles of each kind,
-the EPP's CPU time per request sent and the machine's load average.
+Envoy's --rate-limit or --adaptive-concurrency; "of which EPP" counts the EPP's own answers in
+Envoy's ext_proc stats), and failed with a 5xx (504 = Envoy's ext_proc message timeout), with
+latency percentiles of each kind, the EPP's CPU time per request sent and the machine's load average.
 
     .venv/bin/python bench/overload_ramp.py --base 300 --seconds 10 --loadgen h2load
     .venv/bin/python bench/overload_ramp.py --base 300 --rates 1 --config-file flow.yaml  # flow control
@@ -167,7 +167,13 @@ async def main(args: argparse.Namespace) -> None:
         model=MODEL,
         sim_args=["--profile=tiny-test", "--time-scale=0.001", "--max-waiting=1000000"],
         epp_args=epp_args,
-        envoy=EnvoyOptions(listen_port=0, admin_port=0, rate_limit=args.rate_limit),
+        envoy=EnvoyOptions(
+            listen_port=0,
+            admin_port=0,
+            rate_limit=args.rate_limit,
+            adaptive_concurrency=args.adaptive_concurrency or args.adaptive_concurrency_latency is not None,
+            adaptive_concurrency_latency=args.adaptive_concurrency_latency,
+        ),
     )
     prompt = ("lorem ipsum dolor sit amet " * (args.prompt_bytes // 27 + 1))[: args.prompt_bytes]
     body = run_dir / "request.json"
@@ -220,5 +226,15 @@ if __name__ == "__main__":
     parser.add_argument("--prompt-bytes", type=int, default=4096)
     parser.add_argument("--config-file", type=Path)
     parser.add_argument("--rate-limit", type=int, default=0, help="Envoy's local rate limit (req/s; 0: none)")
+    parser.add_argument(
+        "--adaptive-concurrency",
+        action="store_true",
+        help="Envoy's adaptive concurrency filter before ext_proc",
+    )
+    parser.add_argument(
+        "--adaptive-concurrency-latency",
+        metavar="DURATION",
+        help="the same with this fixed minRTT (a latency target, e.g. 0.1s) instead of measuring it",
+    )
     parser.add_argument("--epp-arg", action="append", default=[], help="extra `epp serve` flag")
     asyncio.run(main(parser.parse_args()))

@@ -62,6 +62,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="EPP worker processes sharing its port, each a synced replica (`epp serve --workers`); "
         "Envoy opens two connections per worker (default 1)",
     )
+    parser.add_argument(
+        "--adaptive-concurrency",
+        action="store_true",
+        help="cap requests in flight with Envoy's adaptive concurrency filter before the EPP: the excess is "
+        "a JSON 429 with Retry-After and x-gateway-limit: concurrency, answered without the EPP "
+        '(docs/operations.md, "Limits and overload")',
+    )
+    parser.add_argument(
+        "--adaptive-concurrency-latency",
+        type=_seconds,
+        metavar="SECONDS",
+        help="the same, with this latency target (p90 through the EPP and the model servers, e.g. 0.1) "
+        "instead of the latency measured every 30 s at a concurrency of 3",
+    )
     add_resilience_arguments(parser)
 
 
@@ -118,6 +132,7 @@ def envoy_options(args: argparse.Namespace) -> EnvoyOptions:
     def duration(seconds: float | None, default: str) -> str:
         return default if seconds is None else f"{seconds:g}s"
 
+    latency = args.adaptive_concurrency_latency
     return EnvoyOptions(
         listen_port=0,
         admin_port=0,
@@ -125,6 +140,8 @@ def envoy_options(args: argparse.Namespace) -> EnvoyOptions:
         failure_mode=args.failure_mode,
         allowed_paths=(*DEFAULT_ALLOWED_PATHS, *args.allow_path),
         retries=args.retries,
+        adaptive_concurrency=args.adaptive_concurrency or latency is not None,
+        adaptive_concurrency_latency=None if latency is None else f"{latency:g}s",
         first_byte_timeout=duration(args.first_byte_timeout, defaults.first_byte_timeout),
         stream_idle_timeout=duration(args.stream_idle_timeout, defaults.stream_idle_timeout),
         response_timeout=duration(args.response_timeout, defaults.response_timeout),

@@ -124,6 +124,16 @@ class EnvoyOptions:
     # rate the EPP serves (docs/benchmarks.md): the excess is Envoy's 429 with Retry-After,
     # answered in C++ without a call to the EPP, so an overloaded EPP never sees it.
     rate_limit: int = 0
+    # Envoy's adaptive concurrency filter (gradient controller) before ext_proc: it samples each
+    # request's latency through the EPP and the model server, periodically measures the latency at
+    # a concurrency of `adaptive_concurrency_min` (minRTT), and caps requests in flight where the
+    # latency stays near it; the excess is Envoy's JSON 429 with Retry-After, answered without a
+    # call to the EPP. Off by default (docs/operations.md, "Limits and overload").
+    adaptive_concurrency: bool = False
+    adaptive_concurrency_min: int = 3
+    # Set ("0.1s"): take this as the minRTT instead of measuring it, a latency target (the limit
+    # shrinks while the p90 exceeds it by more than 25 %); no periodic windows at the minimum.
+    adaptive_concurrency_latency: str | None = None
     # Set: the pool cluster's hosts come from this EDS file (a DiscoveryResponse holding one
     # ClusterLoadAssignment, epp.discovery.eds: `epp serve --envoy-eds-file` keeps it; Envoy re-reads
     # it when it is replaced, and refuses to start without it; relative to Envoy's working
@@ -151,6 +161,10 @@ class EnvoyOptions:
             raise ValueError(f"body_mode must be one of {BODY_MODES}, not {self.body_mode!r}")
         if self.failure_mode not in FAILURE_MODES:
             raise ValueError(f"failure_mode must be one of {FAILURE_MODES}, not {self.failure_mode!r}")
+        if self.adaptive_concurrency_min < 1:
+            raise ValueError(
+                f"adaptive_concurrency_min must be at least 1, not {self.adaptive_concurrency_min}"
+            )
         if (self.client_cert_path is None) != (self.client_key_path is None):
             raise ValueError("client_cert_path and client_key_path go together")
         if not self.epp_tls and (self.epp_ca_path or self.client_cert_path):
@@ -251,14 +265,92 @@ def _http_filters(options: EnvoyOptions, cluster: str = "epp") -> list[dict[str,
         "name": "envoy.filters.http.router",
         "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router"),
     }
-    if options.rate_limit <= 0:
+    admission = _admission_filters(options)
+    if not admission:
         return [ext_proc, router]
+    return [*admission, _skipped_on_refusals(ext_proc), router]
+
+
+def _skipped_on_refusals(ext_proc: dict[str, Any]) -> dict[str, Any]:
+    """ext_proc that leaves alone a response carrying LIMIT_HEADER. Envoy passes a local reply
+    through every encoder filter, so without this a refusal before ext_proc would still open an
+    ext_proc stream for its response headers and wait in the EPP's queue for the answer."""
+    skip_when_refused = {
+        "matcher_list": {
+            "matchers": [
+                {
+                    "predicate": {
+                        "single_predicate": {
+                            "input": {
+                                "name": "refused",
+                                "typed_config": _typed(
+                                    "envoy.type.matcher.v3.HttpResponseHeaderMatchInput",
+                                    header_name=LIMIT_HEADER,
+                                ),
+                            },
+                            "value_match": {"safe_regex": {"google_re2": {}, "regex": ".+"}},
+                        }
+                    },
+                    "on_match": {
+                        "action": {
+                            "name": "skip",
+                            "typed_config": _typed(
+                                "envoy.extensions.filters.common.matcher.action.v3.SkipFilter"
+                            ),
+                        }
+                    },
+                }
+            ]
+        }
+    }
+    wrapped = _typed(
+        "envoy.extensions.common.matching.v3.ExtensionWithMatcher",
+        extension_config=ext_proc,
+        xds_matcher=skip_when_refused,
+    )
+    return {"name": ext_proc["name"], "typed_config": wrapped}
+
+
+def _admission_filters(options: EnvoyOptions) -> list[dict[str, Any]]:
+    """The gateway's own limits, before ext_proc: what they refuse never reaches the EPP, and the
+    adaptive concurrency filter's latency samples include the EPP's time."""
+    filters = [_rate_limit(options)] if options.rate_limit > 0 else []
+    if options.adaptive_concurrency:
+        filters.append(_adaptive_concurrency(options))
+    return filters
+
+
+def _adaptive_concurrency(options: EnvoyOptions) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.adaptive_concurrency",
+        "typed_config": _typed(
+            "envoy.extensions.filters.http.adaptive_concurrency.v3.AdaptiveConcurrency",
+            gradient_controller_config={
+                # the tail, not the median: the EPP's queue shows there first
+                "sample_aggregate_percentile": {"value": 90},
+                "concurrency_limit_params": {"concurrency_update_interval": "0.1s"},
+                "min_rtt_calc_params": _min_rtt(options),
+            },
+            # a refusal to retry later, counted as shed (as the EPP's own): not a server error
+            concurrency_limit_exceeded_status={"code": "TooManyRequests"},
+        ),
+    }
+
+
+def _min_rtt(options: EnvoyOptions) -> dict[str, Any]:
+    params: dict[str, Any] = {"min_concurrency": options.adaptive_concurrency_min}
+    if options.adaptive_concurrency_latency is not None:
+        return {**params, "fixed_value": options.adaptive_concurrency_latency}
+    return {**params, "interval": "30s", "request_count": 50}
+
+
+def _rate_limit(options: EnvoyOptions) -> dict[str, Any]:
     per_fill = max(1, options.rate_limit // 10)  # refilled every 100 ms: bursts of a tenth of a second
     everyone = {
         "runtime_key": "epp.rate_limit",
         "default_value": {"numerator": 100, "denominator": "HUNDRED"},
     }
-    rate_limit = {
+    return {
         "name": "envoy.filters.http.local_ratelimit",
         "typed_config": _typed(
             "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
@@ -274,7 +366,6 @@ def _http_filters(options: EnvoyOptions, cluster: str = "epp") -> list[dict[str,
             ],
         ),
     }
-    return [rate_limit, ext_proc, router]
 
 
 def _path_match(prefix: str) -> dict[str, str]:
@@ -618,33 +709,49 @@ def _local_replies(options: EnvoyOptions) -> dict[str, Any]:
             both.append(also)
         return {"filter": {"and_filter": {"filters": both}}, "body_format_override": body}
 
-    def overflow(message: str, flag: str = "UO", status: int = 503) -> dict[str, Any]:
-        kind = "Overflow" if flag == "UO" else "RateLimited"
+    def overflow(
+        message: str, kind: str, matcher: dict[str, Any], status: int = 503, limit: str | None = None
+    ) -> dict[str, Any]:
         error = {"message": message, "type": f"{kind} - %RESPONSE_CODE_DETAILS%", "code": status}
-        matcher: dict[str, Any] = {"response_flag_filter": {"flags": [flag]}}
-        if flag == "RL":
-            # Envoy's local rate limit sets no response flag; the EPP's own 429s carry its key.
-            comparison = {"op": "EQ", "value": {"default_value": 429, "runtime_key": "epp.reply_429"}}
-            matcher = {
-                "and_filter": {"filters": [not_from_epp, {"status_code_filter": {"comparison": comparison}}]}
-            }
+        headers = [("retry-after", "1")] if limit is None else [("retry-after", "1"), (LIMIT_HEADER, limit)]
         return {
             "filter": matcher,
             "status_code": status,
             "headers_to_add": [
-                {
-                    "header": {"key": "retry-after", "value": "1"},
-                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-                }
+                {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+                for key, value in headers
             ],
             "body_format_override": {"json_format": {"error": error}, "content_type": "application/json"},
         }
 
+    comparison = {"op": "EQ", "value": {"default_value": 429, "runtime_key": "epp.reply_429"}}
+    rate_limited = {
+        "and_filter": {"filters": [not_from_epp, {"status_code_filter": {"comparison": comparison}}]}
+    }
+    # Neither of the gateway's 429s sets a response flag: the adaptive concurrency filter's details
+    # name it (a CEL filter, evaluated only with the filter on), ...
+    concurrency = [
+        overflow(
+            LIMIT_MESSAGES["concurrency"],
+            "ConcurrencyLimited",
+            _details(CONCURRENCY_LIMITED),
+            429,
+            "concurrency",
+        )
+    ]
     # ext_proc's failures (status_on_error 503) have an empty body and no response flag.
     return {
         "mappers": [
-            overflow(LIMIT_MESSAGES["rate"].format(rate=options.rate_limit), "RL", 429),
-            overflow(LIMIT_MESSAGES["pool"]),
+            *(concurrency if options.adaptive_concurrency else []),
+            # ... and any other 429 not from the EPP (whose own carry its key) is the rate limit's.
+            overflow(
+                LIMIT_MESSAGES["rate"].format(rate=options.rate_limit),
+                "RateLimited",
+                rate_limited,
+                429,
+                "rate",
+            ),
+            overflow(LIMIT_MESSAGES["pool"], "Overflow", {"response_flag_filter": {"flags": ["UO"]}}),
             # The router's 503s (a reset, a refused connection) carry a response flag ...
             mapper("%LOCAL_REPLY_BODY%", 503, also={"response_flag_filter": {}}),
             # ... ext_proc's failures (status_on_error) and the fail-closed route's reply none.
@@ -657,7 +764,26 @@ def _local_replies(options: EnvoyOptions) -> dict[str, Any]:
     }
 
 
+def _details(details: str) -> dict[str, Any]:
+    """An access-log filter matching Envoy's response code details (a CEL expression)."""
+    return {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": _typed(
+                "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                expression=f"response.code_details == '{details}'",
+            ),
+        }
+    }
+
+
+# Names the gateway's limit that refused a request (`rate`, `concurrency`), on its 429.
+LIMIT_HEADER = "x-gateway-limit"
+# The adaptive concurrency filter's response code details for a request it refused.
+CONCURRENCY_LIMITED = "reached_concurrency_limit"
 LIMIT_MESSAGES = {
+    "concurrency": "the gateway's adaptive concurrency limit was reached (latency through the endpoint "
+    "picker and the model servers rose above what it measured at low concurrency); retry later",
     "rate": "the gateway's limit of {rate} requests per second was reached (local rate limit before the "
     "endpoint picker); retry later",
     "pool": "the gateway's limit of concurrent requests to the model servers was reached "

@@ -1,5 +1,6 @@
 """Envoy's limits through real Envoy: a circuit breaker reached is a JSON 503 that names the limit
-(with Retry-After for the pool's), not a 500 blaming the EPP."""
+(with Retry-After for the pool's), not a 500 blaming the EPP; the gateway's rate and adaptive
+concurrency limits are JSON 429s naming theirs, answered without the EPP."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import asyncio
 import httpx
 import pytest
 
-from epp.stack.envoy import LIMIT_MESSAGES, EnvoyOptions
+from epp.stack.envoy import LIMIT_HEADER, LIMIT_MESSAGES, EnvoyOptions
 from tests.integration.conftest import StackFactory
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
@@ -76,3 +77,47 @@ async def test_the_gateways_rate_limit_is_a_json_429_without_the_epp(make_stack:
         assert refused.headers["content-type"] == "application/json"
         assert refused.headers["retry-after"] == "1"
         assert refused.json()["error"]["message"] == LIMIT_MESSAGES["rate"].format(rate=1)
+        assert refused.headers[LIMIT_HEADER] == "rate"
+        # refused before ext_proc, and its response not sent to the EPP either: only the admitted
+        # requests opened an ext_proc stream
+        admitted = statuses.count(200)
+        assert await stat(client, stack.admin_url, "http.gateway.ext_proc.streams_started") == admitted
+
+
+async def test_the_adaptive_concurrency_limit_is_a_json_429_naming_it_without_the_epp(
+    make_stack: StackFactory,
+) -> None:
+    # The gradient controller starts by measuring the latency at its minimum concurrency (here 1):
+    # while one request waits for its response, the next is over the limit.
+    envoy = EnvoyOptions(listen_port=0, admin_port=0, adaptive_concurrency=True, adaptive_concurrency_min=1)
+    async with (
+        make_stack("adaptive", sims=1, sim_args=SLOW_SIM, envoy=envoy) as stack,
+        httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client,
+    ):
+        # the wrapped ext_proc still honours its per-route off switch (a path outside the policy)
+        assert (await client.get("/metrics")).status_code == 404
+        assert await stat(client, stack.admin_url, "http.gateway.ext_proc.streams_started") == 0
+        held = asyncio.ensure_future(client.post("/v1/completions", json={**LONG, "stream": False}))
+        await poll_stat(client, stack.admin_url, "cluster.pool.upstream_rq_active", 1)
+        streams = await stat(client, stack.admin_url, "http.gateway.ext_proc.streams_started")
+
+        refused = await client.post("/v1/completions", json=SHORT)
+        assert refused.status_code == 429, refused.text
+        assert refused.headers["content-type"] == "application/json"
+        assert refused.headers["retry-after"] == "1"
+        assert refused.headers[LIMIT_HEADER] == "concurrency"
+        error = refused.json()["error"]
+        assert error["message"] == LIMIT_MESSAGES["concurrency"]
+        assert error["type"] == "ConcurrencyLimited - reached_concurrency_limit"
+        assert error["code"] == 429
+        blocked = "http.gateway.adaptive_concurrency.gradient_controller.rq_blocked"
+        assert await stat(client, stack.admin_url, blocked) == 1
+        # refused before ext_proc, its response not sent to the EPP either: the EPP never saw it
+        assert await stat(client, stack.admin_url, "http.gateway.ext_proc.streams_started") == streams
+        held.cancel()
+
+
+async def stat(client: httpx.AsyncClient, admin: str, name: str) -> int:
+    text = (await client.get(f"{admin}/stats", params={"filter": f"^{name}$"})).text
+    assert text.startswith(f"{name}: "), text
+    return int(text.split(":")[1])

@@ -17,6 +17,8 @@ from epp.requests.parser import api_kind
 from epp.stack.cli import envoy_options
 from epp.stack.envoy import (
     DEFAULT_ALLOWED_PATHS,
+    EXT_PROC_FILTER,
+    LIMIT_HEADER,
     EnvoyOptions,
     check_path_prefix,
     render_bootstrap,
@@ -169,6 +171,9 @@ def test_fail_open_needs_buffered_mode_and_fallback_endpoints() -> None:
         EnvoyOptions(body_mode="full-duplex", pool_eds_path=None),
         EnvoyOptions(epp_ca_path="ca.crt", client_cert_path="c.crt", client_key_path="c.key"),
         EnvoyOptions(epp_extra_ports=(9004,), epp_connections=2),
+        EnvoyOptions(adaptive_concurrency=True),
+        EnvoyOptions(adaptive_concurrency=True, rate_limit=100, body_mode="full-duplex"),
+        EnvoyOptions(adaptive_concurrency=True, adaptive_concurrency_latency="0.1s"),
     ],
 )
 def test_envoy_accepts_every_variant(options: EnvoyOptions, tmp_path: Path) -> None:
@@ -297,3 +302,49 @@ def test_several_epp_hosts_are_health_checked_and_ejected_when_dead() -> None:
     (check,) = epp["health_checks"]
     assert "grpc_health_check" in check and check["no_traffic_interval"] == "0.5s"
     assert epp["outlier_detection"]["consecutive_local_origin_failure"] == 2
+
+
+def filter_names(options: EnvoyOptions) -> list[str]:
+    return [f["name"] for f in manager(render_bootstrap(options))["http_filters"]]
+
+
+def test_the_gateways_limits_come_before_ext_proc_which_skips_their_refusals() -> None:
+    router = "envoy.filters.http.router"
+    assert filter_names(EnvoyOptions()) == [EXT_PROC_FILTER, router]
+    assert "adaptive_concurrency" not in str(render_bootstrap(EnvoyOptions()))  # off by default
+    both = EnvoyOptions(adaptive_concurrency=True, rate_limit=100, adaptive_concurrency_min=2)
+    limits = ["envoy.filters.http.local_ratelimit", "envoy.filters.http.adaptive_concurrency"]
+    assert filter_names(both) == [*limits, EXT_PROC_FILTER, router]
+    filters = {f["name"]: f["typed_config"] for f in manager(render_bootstrap(both))["http_filters"]}
+    controller = filters[limits[1]]["gradient_controller_config"]
+    assert controller["min_rtt_calc_params"]["min_concurrency"] == 2
+    assert filters[limits[1]]["concurrency_limit_exceeded_status"] == {"code": "TooManyRequests"}
+    assert controller["min_rtt_calc_params"]["interval"] == "30s"  # measured, at min_concurrency
+    target = replace(both, adaptive_concurrency_latency="0.1s")
+    fixed = manager(render_bootstrap(target))["http_filters"][1]["typed_config"]["gradient_controller_config"]
+    assert fixed["min_rtt_calc_params"] == {"min_concurrency": 2, "fixed_value": "0.1s"}
+    # ext_proc itself, wrapped: skipped on a response naming a limit (a local reply passes every
+    # encoder filter, and would otherwise open an ext_proc stream)
+    wrapped = filters[EXT_PROC_FILTER]
+    assert wrapped["extension_config"]["typed_config"]["@type"].endswith("ExternalProcessor")
+    predicate = wrapped["xds_matcher"]["matcher_list"]["matchers"][0]["predicate"]["single_predicate"]
+    assert predicate["input"]["typed_config"]["header_name"] == LIMIT_HEADER
+    replies = manager(render_bootstrap(both))["local_reply_config"]["mappers"]
+    named = [
+        h["header"]["value"]
+        for m in replies
+        for h in m.get("headers_to_add", [])
+        if h["header"]["key"] == LIMIT_HEADER
+    ]
+    assert named == ["concurrency", "rate"]
+
+
+def test_epp_run_adaptive_concurrency_is_opt_in() -> None:
+    assert envoy_options(build_parser("run").parse_args(["run"])).adaptive_concurrency is False
+    args = build_parser("run").parse_args(["run", "--adaptive-concurrency"])
+    assert envoy_options(args).adaptive_concurrency is True
+    assert envoy_options(args).adaptive_concurrency_latency is None
+    target = envoy_options(build_parser("run").parse_args(["run", "--adaptive-concurrency-latency=0.1"]))
+    assert (target.adaptive_concurrency, target.adaptive_concurrency_latency) == (True, "0.1s")
+    with pytest.raises(ValueError, match="adaptive_concurrency_min must be at least 1"):
+        EnvoyOptions(adaptive_concurrency=True, adaptive_concurrency_min=0)
