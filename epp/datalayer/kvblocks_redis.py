@@ -7,7 +7,8 @@ every replica's lookups read what all of them wrote. Layout, under `keyPrefix`:
 
 - `<prefix><request key>` (decimal, as llm-d names its keys): a hash `{pod: "<generation>:<tier
   weight>"}`, a holder keeping its highest tier weight; at most `podCacheSize` holders (the oldest
-  goes), and a TTL refreshed whenever the key is stored or matched (an LRU by time);
+  goes), and a TTL set when the key is created and refreshed whenever a lookup matches it (an LRU by
+  time: a key no request matched for that long served none);
 - `<prefix>gen:<pod>`: the pod's generation. Clearing a pod (it left the pool, a sequence gap,
   `AllBlocksCleared`) increments it, which retires every entry it had at once, written by any
   replica; stale entries are deleted when a lookup or a write meets them.
