@@ -6,12 +6,15 @@ import random
 import time
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from epp.datastore import Endpoint, EndpointSpec
 from epp.framework import Plugin, PluginContext
 from epp.metrics.exporter import EppMetrics
 from epp.requests import ApiKind, InferenceRequest
+
+if TYPE_CHECKING:
+    from epp.plugins.precise_prefix_cache_producer import PrecisePrefixCacheProducer
 
 P = TypeVar("P", bound=Plugin)
 
@@ -99,3 +102,23 @@ def context(
 def plugin(cls: type[P], params: Mapping[str, Any] | None = None, ctx: PluginContext | None = None) -> P:
     """An instance configured exactly as a config file would (camelCase parameters, validated)."""
     return cls(cls.type_name, cls.Params.model_validate(dict(params or {})), ctx or context())
+
+
+def pinning_producer(clock: FakeClock) -> PrecisePrefixCacheProducer:
+    """A precise-prefix-cache-producer whose speculative entries last as long as their requests
+    (`speculativeUntilConfirmed`), 16-token blocks, `speculativeTTL` 500 ms after a request ends;
+    its tokens come from a producer named "tok"."""
+    from epp.plugins.precise_prefix_cache_producer import PrecisePrefixCacheProducer
+
+    producer = plugin(
+        PrecisePrefixCacheProducer,
+        {
+            "speculativeIndexing": True,
+            "speculativeTTL": "500ms",
+            "speculativeUntilConfirmed": True,
+            "tokenProcessorConfig": {"blockSize": 16},
+        },
+        context(clock=clock),
+    )
+    producer.bind_producer(next(iter(producer.consumes)), "tok")
+    return producer

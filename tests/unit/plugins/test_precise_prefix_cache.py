@@ -283,20 +283,10 @@ def test_speculative_until_confirmed_lasts_as_long_as_the_request() -> None:
     """With `speculativeUntilConfirmed` the pick holds the prompt however long the request waits
     (no TTL from the pick), until the request ends; then `speculativeTTL` more."""
     from epp.scheduling.types import ProfileResult, SchedulingResult
-    from tests.unit.plugin_helpers import FakeClock
+    from tests.unit.plugin_helpers import FakeClock, pinning_producer
 
     clock = FakeClock(100.0)
-    producer = plugin(
-        PrecisePrefixCacheProducer,
-        {
-            "speculativeIndexing": True,
-            "speculativeTTL": "500ms",
-            "speculativeUntilConfirmed": True,
-            "tokenProcessorConfig": {"blockSize": 16},
-        },
-        context(clock=clock),
-    )
-    producer.bind_producer(next(iter(producer.consumes)), "tok")
+    producer = pinning_producer(clock)
     pods = endpoints(2)
 
     def matched_on_pick() -> int:

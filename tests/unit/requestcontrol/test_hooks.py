@@ -10,11 +10,10 @@ import pytest
 from epp.datalayer.tokenize import TokenizedPrompt
 from epp.framework import Plugin
 from epp.metrics.exporter import EppMetrics
-from epp.plugins.precise_prefix_cache_producer import PrecisePrefixCacheProducer
 from epp.requestcontrol import RequestControlHooks, ResponseComplete
 from epp.requests import InferenceRequest, Usage
 from epp.scheduling.types import ProfileResult, SchedulingResult
-from tests.unit.plugin_helpers import FakeClock, context, endpoints, plugin
+from tests.unit.plugin_helpers import FakeClock, context, endpoints, pinning_producer
 from tests.unit.plugin_helpers import request as make_request
 
 
@@ -34,17 +33,7 @@ def test_a_failing_response_complete_plugin_does_not_leave_later_ones_unreleased
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock = FakeClock(100.0)
-    producer = plugin(
-        PrecisePrefixCacheProducer,
-        {
-            "speculativeIndexing": True,
-            "speculativeTTL": "500ms",
-            "speculativeUntilConfirmed": True,
-            "tokenProcessorConfig": {"blockSize": 16},
-        },
-        context(clock=clock),
-    )
-    producer.bind_producer(next(iter(producer.consumes)), "tok")
+    producer = pinning_producer(clock)
     hooks = RequestControlHooks([Failing(), producer], EppMetrics())
     pods = endpoints(2)
     request = make_request(b"x")
