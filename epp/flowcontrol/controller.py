@@ -190,7 +190,7 @@ class FlowController:
         self.bytes += item.byte_size
         self.metrics.queued(item, labels, self.pool_name, +1)
         self.metrics.enqueued(labels, Outcome.NOT_YET_FINALIZED, time.perf_counter() - started)
-        if self.length == 1 and self._idle and self.dispatch_cycle():
+        if self.length == 1 and self._idle and self._dispatch_inline(item, labels):
             return  # it alone waited and the pool had room: the cycle the loop would run, run here
         self._ensure_running(loop)
         self._wake.set()
@@ -211,6 +211,17 @@ class FlowController:
             raise
         if item.outcome is Outcome.EVICTED_OTHER:
             raise RequestError(ErrorCode.INTERNAL, f"internal flow control error: {EVICTED}: {NOT_RUNNING}")
+
+    def _dispatch_inline(self, item: QueuedRequest, labels: tuple[str, str]) -> bool:
+        """The dispatch cycle run in the request's own call. A plugin of the cycle that raises
+        (a detector, a policy) takes the request out of the queue before the error goes on, so
+        nothing is left queued that no loop is running to dispatch."""
+        try:
+            return self.dispatch_cycle()
+        except Exception:
+            if item.outcome is Outcome.NOT_YET_FINALIZED:
+                self._finalize(item, labels, Outcome.REJECTED_OTHER)
+            raise
 
     def _has_capacity(self, band: Band, size: int) -> bool:
         config = self.config

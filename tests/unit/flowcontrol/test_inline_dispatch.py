@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from epp.metrics.exporter import EppMetrics
 from tests.unit.flowcontrol.flow_helpers import built, flow_control_config, queued_request
 from tests.unit.plugin_helpers import FakeClock
@@ -34,6 +36,24 @@ async def test_a_lone_request_on_a_pool_with_room_is_dispatched_without_the_loop
         sample(metrics, "inference_extension_flow_control_pool_saturation", inference_pool="standalone")
         == 0.5
     )
+    assert sample(metrics, "inference_extension_flow_control_queue_size", **flow, **models) is None
+
+
+async def test_a_detector_that_raises_in_the_inline_cycle_leaves_nothing_queued() -> None:
+    metrics = EppMetrics()
+    fc, _, detector = built(CONFIG, FakeClock(), metrics)
+
+    def broken(candidates: object) -> float:
+        raise RuntimeError("broken detector")
+
+    detector.saturation = broken  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="broken detector"):
+        await fc.enqueue_and_wait(queued_request("r", "tenant"))
+    assert fc.length == 0 and fc.bytes == 0
+    flow = {"fairness_id": "tenant", "priority": "0"}
+    queue = "inference_extension_flow_control_request_queue_duration_seconds_count"
+    models = {"inference_pool": "standalone", "model_name": "m", "target_model_name": "m"}
+    assert sample(metrics, queue, outcome="RejectedOther", **flow, **models) == 1.0
     assert sample(metrics, "inference_extension_flow_control_queue_size", **flow, **models) is None
 
 
