@@ -8,28 +8,16 @@ from epp.bench.virtual import VirtualCluster, VirtualRun
 from epp.bench.workload import BenchRequest
 from epp.config.loader import load_config
 from epp.sim.profiles import TINY_TEST
+from tests.unit.flowcontrol.flow_helpers import flow_control_config
 
 ONE_SERVER = VirtualCluster(endpoints=1, profile=TINY_TEST)
 
 
 def config(fairness: str = "round-robin-fairness-policy", ttl: str = "0s") -> str:
     """Flow control releasing one request at a time (one in flight on the one endpoint)."""
-    return f"""
-apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: EndpointPickerConfig
-featureGates: [flowControl]
-plugins:
-- type: queue-scorer
-- type: concurrency-detector
-  parameters: {{maxConcurrency: 1}}
-saturationDetector: {{pluginRef: concurrency-detector}}
-schedulingProfiles:
-- name: default
-  plugins: [{{pluginRef: queue-scorer}}]
-flowControl:
-  defaultRequestTTL: {ttl}
-  defaultPriorityBand: {{fairnessPolicyRef: {fairness}}}
-"""
+    return flow_control_config(
+        {"defaultRequestTTL": ttl, "defaultPriorityBand": {"fairnessPolicyRef": fairness}}
+    )
 
 
 def request(index: int, arrival: float, tenant: str = "", objective: str = "", out: int = 4) -> BenchRequest:

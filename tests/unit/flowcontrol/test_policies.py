@@ -60,6 +60,17 @@ def request(name: str, tenant: str, prompt_chars: int = 40, **headers: str) -> I
     return r
 
 
+async def release_all(fc: FlowController, tasks: list[asyncio.Future[None]]) -> None:
+    """Open the pool and dispatch one request per cycle, letting each waiter run before the next,
+    until nothing is queued; then wait for every waiter and stop the controller."""
+    fc.detector = Open()
+    while fc.length:
+        assert fc.dispatch_cycle()
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    await fc.stop()
+
+
 async def dispatch_order(fc: FlowController, requests: list[InferenceRequest]) -> list[str]:
     order: list[str] = []
 
@@ -71,12 +82,7 @@ async def dispatch_order(fc: FlowController, requests: list[InferenceRequest]) -
     for r in requests:
         tasks.append(asyncio.ensure_future(wait(r)))
         await asyncio.sleep(0.001)  # distinct enqueue times
-    fc.detector = Open()
-    while fc.length:
-        assert fc.dispatch_cycle()
-        await asyncio.sleep(0)
-    await asyncio.gather(*tasks)
-    await fc.stop()
+    await release_all(fc, tasks)
     return order
 
 
@@ -134,12 +140,7 @@ async def test_round_robin_gives_a_flow_that_starts_waiting_its_turn_before_the_
     fc.detector = Shut()  # the controller's own dispatch loop must not run meanwhile
     tasks.append(await arrive(request("a0", "a")))  # a starts waiting
     tasks.append(await arrive(request("c0", "c")))  # then c
-    fc.detector = Open()
-    while fc.length:
-        assert fc.dispatch_cycle()
-        await asyncio.sleep(0)
-    await asyncio.gather(*tasks)
-    await fc.stop()
+    await release_all(fc, tasks)
     assert order == ["b0", "a0", "c0", "b1", "b2", "b3"]
 
 
