@@ -63,6 +63,7 @@ class PrecisePrefixCacheProducer(
             if params.approximate_fallback
             else None
         )
+        self.pinned_attribute = f"{name}.pinned"  # the request attribute holding what it pinned
 
     async def prepare_async(self, request: InferenceRequest) -> None:
         """With the Redis index (`redisConfig`), its lookup; nothing for the in-memory one."""
@@ -114,10 +115,6 @@ class PrecisePrefixCacheProducer(
         pinned = request.attributes.pop(self.pinned_attribute, None)
         if isinstance(pinned, Pinned):
             self.cache.release(pinned)
-
-    @property
-    def pinned_attribute(self) -> str:
-        return f"{self.name}.pinned"
 
     def apply_kv_events(self, pod: str, events: Iterable[KVEvent], model: str = "") -> None:
         """Events of one engine, straight from the virtual-time benchmark (no ZMQ)."""
