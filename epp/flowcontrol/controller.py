@@ -321,7 +321,10 @@ class FlowController:
                     item = flow.pop()
                     item.outcome = Outcome.EVICTED_OTHER
                     self._left(item, self.metrics.flow_labels(item.fairness_id, item.priority), item.outcome)
-                    item.future.set_result(Outcome.EVICTED_OTHER)
+                    # A waiter cancelled this instant (its client gone) has a done future and has
+                    # not run its handler yet: the outcome set above keeps it from releasing again.
+                    if not item.future.done():
+                        item.future.set_result(Outcome.EVICTED_OTHER)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

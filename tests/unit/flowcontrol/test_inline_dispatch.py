@@ -88,3 +88,23 @@ async def test_a_lone_request_on_a_saturated_pool_waits_for_room() -> None:
         await waiting
     assert fc.length == 0
     await fc.stop()
+
+
+async def test_stopping_in_the_instant_a_waiter_is_cancelled_releases_it_once() -> None:
+    """The waiter's future is cancelled before its handler runs; stop() evicts it then (seen
+    in CI as InvalidStateError when the test's calls were cancelled right before the stop)."""
+    metrics = EppMetrics()
+    fc, _, _ = built(CONFIG, FakeClock(), metrics)
+    waiting = asyncio.ensure_future(fc.enqueue_and_wait(queued_request("r", "tenant")))
+    await asyncio.sleep(0)
+    assert fc.length == 1
+    waiting.cancel()  # cancels the awaited future now; the waiter's handler runs on its next step
+    await fc.stop()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert fc.length == 0 and fc.bytes == 0
+    flow = {"fairness_id": "tenant", "priority": "0"}
+    models = {"inference_pool": "standalone", "model_name": "m", "target_model_name": "m"}
+    queue = "inference_extension_flow_control_request_queue_duration_seconds_count"
+    assert sample(metrics, queue, outcome="EvictedOther", **flow, **models) == 1.0
+    assert sample(metrics, queue, outcome="EvictedContextCancelled", **flow, **models) is None
