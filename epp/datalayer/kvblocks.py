@@ -22,7 +22,7 @@ from collections import OrderedDict, deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import xxhash
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -337,6 +337,17 @@ DEFAULT_TIER_WEIGHTS: Mapping[str, float] = {"gpu": 1.0, "cpu": 0.8}
 _PINNED = float("inf")  # a speculative entry's expiry while requests in flight pin it
 
 
+class IndexOptions(TypedDict, total=False):
+    """`KVBlockIndexBase`'s options after the processor (its signature holds the defaults), as a
+    subclass passes them on."""
+
+    size: int
+    pod_cache_size: int
+    tier_weights: Mapping[str, float]
+    metrics: KVIndexMetrics | None
+    confirmation_ends_speculation: bool
+
+
 class KVBlockIndexBase(ABC):
     """What each pod's engine blocks stand for, learned from its KV events, and the speculative
     entries: shared by the in-memory index and the Redis one (`epp.datalayer.kvblocks_redis`),
@@ -608,18 +619,8 @@ class KVBlockIndex(KVBlockIndexBase):
     """Request block key -> {pod: device-tier weight} in this process, LRU-bounded to `size`
     keys, fed by KV events."""
 
-    def __init__(
-        self,
-        processor: TokenProcessor,
-        size: int = 100_000_000,
-        pod_cache_size: int = 10,
-        tier_weights: Mapping[str, float] = DEFAULT_TIER_WEIGHTS,
-        metrics: KVIndexMetrics | None = None,
-        confirmation_ends_speculation: bool = False,
-    ) -> None:
-        super().__init__(
-            processor, size, pod_cache_size, tier_weights, metrics, confirmation_ends_speculation
-        )
+    def __init__(self, processor: TokenProcessor, **options: Unpack[IndexOptions]) -> None:
+        super().__init__(processor, **options)
         # key -> its holders: a pod's name when one pod holds it at weight 1 (most keys; a dict per
         # key would double the index's memory), else {pod: weight}.
         self._entries: OrderedDict[int, str | dict[str, float]] = OrderedDict()

@@ -31,7 +31,8 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Unpack
 from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -41,12 +42,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
-from epp.datalayer.kvblocks import (
-    DEFAULT_TIER_WEIGHTS,
-    KVBlockIndexBase,
-    KVIndexMetrics,
-    TokenProcessor,
-)
+from epp.datalayer.kvblocks import IndexOptions, KVBlockIndexBase, TokenProcessor
 from epp.datalayer.redis_address import (
     DEFAULT_ADDRESS,
     DEFAULT_LOOKUP_TIMEOUT,
@@ -238,22 +234,16 @@ class RedisKVBlockIndex(KVBlockIndexBase):
         key_prefix: str = DEFAULT_PREFIX,
         ttl: float = DEFAULT_TTL,
         lookup_timeout: float = DEFAULT_LOOKUP_TIMEOUT,
-        size: int = 100_000_000,
-        pod_cache_size: int = 10,
-        tier_weights: Mapping[str, float] = DEFAULT_TIER_WEIGHTS,
-        metrics: KVIndexMetrics | None = None,
         redis_metrics: RedisIndexMetrics | None = None,
-        confirmation_ends_speculation: bool = False,
+        **options: Unpack[IndexOptions],
     ) -> None:
-        super().__init__(
-            processor, size, pod_cache_size, tier_weights, metrics, confirmation_ends_speculation
-        )
+        super().__init__(processor, **options)
         self.url = redis_url(address)
         self.key_prefix = key_prefix
         self.ttl = ttl
         self.lookup_timeout = lookup_timeout
         self.redis_metrics = redis_metrics or RedisIndexMetrics(None)
-        self._header = (key_prefix, str(round(ttl * 1000)), str(pod_cache_size))
+        self._header = (key_prefix, str(round(ttl * 1000)), str(self.pod_cache_size))
         self._pending: deque[str] = deque()  # ops, one a line of the write script's argument
         self._unsafe_pods: set[str] = set()
         self._wake = asyncio.Event()

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator
 
 from epp.datalayer.kvblocks import (
     HASH_CBOR_FNV,
+    IndexOptions,
     KVBlockIndex,
     KVBlockIndexBase,
     KVIndexMetrics,
@@ -225,12 +226,18 @@ class PrecisePrefixCache:
         keyer = TokenProcessor(
             self.block_size, processor.hash_seed, processor.hash_algorithm or HASH_CBOR_FNV
         )
-        confirm = params.speculative_until_confirmed
         shared = index_config.shared()
         self.index: KVBlockIndexBase
         self.shared_index: RedisKVBlockIndex | None = None
+        options = IndexOptions(
+            size=memory.size,
+            pod_cache_size=(shared or memory).pod_cache_size,
+            tier_weights=weights,
+            metrics=metrics,
+            confirmation_ends_speculation=params.speculative_until_confirmed,
+        )
         if shared is None:
-            self.index = KVBlockIndex(keyer, memory.size, memory.pod_cache_size, weights, metrics, confirm)
+            self.index = KVBlockIndex(keyer, **options)
         else:  # redis-py is imported only when a config keeps the index there
             from epp.datalayer.kvblocks_redis import RedisIndexMetrics, RedisKVBlockIndex
 
@@ -240,12 +247,8 @@ class PrecisePrefixCache:
                 key_prefix=shared.key_prefix,
                 ttl=shared.ttl,
                 lookup_timeout=shared.lookup_timeout,
-                size=memory.size,
-                pod_cache_size=shared.pod_cache_size,
-                tier_weights=weights,
-                metrics=metrics,
                 redis_metrics=RedisIndexMetrics.for_registry(registry) if registry else None,
-                confirmation_ends_speculation=confirm,
+                **options,
             )
         self._lookup_key = f"{name}/shared-index-lookup"
         self.max_blocks = params.indexer_config.kv_block_index_config.max_prefix_blocks_to_match
