@@ -377,6 +377,7 @@ class KVBlockIndexBase(ABC):
         # Speculative entries (llm-d's speculativeIndexing): key -> {pod: expiry}, expiring in order;
         # a pinned entry's expiry is infinite until the last request pinning it ends.
         self._speculative: dict[int, dict[str, float]] = {}
+        self._guessed_keys: dict[str, set[int]] = {}  # pod -> the keys it holds in `_speculative`
         self._expiries: deque[tuple[float, Sequence[int], str]] = deque()
         self._pins: dict[tuple[int, str], int] = {}  # (key, pod) -> requests in flight pinning it
 
@@ -495,9 +496,8 @@ class KVBlockIndexBase(ABC):
             for key in keys:
                 if count:
                     state.keys[key] = state.keys.get(key, 0) + 1
-                guessed = speculative.get(key) if speculative else None
-                if guessed is not None and guessed.pop(pod, None) is not None and not guessed:
-                    del self._speculative[key]
+                if speculative and (guessed := speculative.get(key)) is not None and pod in guessed:
+                    self._unguess(key, pod, guessed)
         self._hold(keys, pod, weight)
 
     def _removed(self, pod: str, hashes: Iterable[int]) -> None:
@@ -536,6 +536,10 @@ class KVBlockIndexBase(ABC):
         until `now + ttl`, so the requests right behind it find it before its KV events arrive."""
         self.expire(now)
         expiry = now + ttl
+        self._guess(keys, pod, expiry)
+        self._expiries.append((expiry, keys, pod))
+
+    def _guess(self, keys: Sequence[int], pod: str, expiry: float) -> None:
         speculative = self._speculative
         for key in keys:
             holders = speculative.get(key)
@@ -543,13 +547,27 @@ class KVBlockIndexBase(ABC):
                 speculative[key] = {pod: expiry}
             else:
                 holders[pod] = expiry
-        self._expiries.append((expiry, keys, pod))
+        guessed = self._guessed_keys.get(pod)
+        if guessed is None:
+            self._guessed_keys[pod] = set(keys)
+        else:
+            guessed.update(keys)
+
+    def _unguess(self, key: int, pod: str, holders: dict[str, float]) -> None:
+        """`pod` no longer holds `key` speculatively (`holders` is the key's entry, `pod` in it)."""
+        del holders[pod]
+        if not holders:
+            del self._speculative[key]
+        guessed = self._guessed_keys[pod]
+        guessed.discard(key)
+        if not guessed:
+            del self._guessed_keys[pod]
 
     def forget_speculative(self, pod: str) -> None:
         """Drop `pod`'s speculative entries (it left the pool: what it was about to compute is
         gone with it). Their expiry records stay queued and find nothing to expire."""
         speculative = self._speculative
-        for key in [key for key, holders in speculative.items() if pod in holders]:
+        for key in self._guessed_keys.pop(pod, ()):
             holders = speculative[key]
             del holders[pod]
             if not holders:
@@ -559,13 +577,9 @@ class KVBlockIndexBase(ABC):
         """`pod` is about to compute `keys` for a request: count them as held until its KV events
         store them or, failing that, until `release_speculative` for every request pinning them.
         A running request's blocks cannot be evicted, so the entry is true while it runs."""
-        speculative, pins = self._speculative, self._pins
+        self._guess(keys, pod, _PINNED)
+        pins = self._pins
         for key in keys:
-            holders = speculative.get(key)
-            if holders is None:
-                speculative[key] = {pod: _PINNED}
-            else:
-                holders[pod] = _PINNED
             pins[key, pod] = pins.get((key, pod), 0) + 1
 
     def release_speculative(self, keys: Sequence[int], pod: str, expiry: float) -> None:
@@ -587,14 +601,21 @@ class KVBlockIndexBase(ABC):
 
     def expire(self, now: float) -> None:
         expiries, speculative = self._expiries, self._speculative
+        by_pod = self._guessed_keys
         while expiries and expiries[0][0] <= now:
             _, keys, pod = expiries.popleft()
+            guessed = by_pod.get(pod)
+            if guessed is None:  # none left (expired, confirmed or forgotten)
+                continue
             for key in keys:
                 holders = speculative.get(key)
                 if holders is not None and holders.get(pod, now + 1) <= now:
                     del holders[pod]
                     if not holders:
                         del speculative[key]
+                    guessed.discard(key)
+            if not guessed:
+                del by_pod[pod]
 
     # --- lookups ------------------------------------------------------------------------------
 
