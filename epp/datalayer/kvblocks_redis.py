@@ -9,9 +9,13 @@ every replica's lookups read what all of them wrote. Layout, under `keyPrefix`:
   weight>"}`, a holder keeping its highest tier weight; at most `podCacheSize` holders (the oldest
   goes), and a TTL set when the key is created and refreshed whenever a lookup matches it (an LRU by
   time: a key no request matched for that long served none);
-- `<prefix>gen:<pod>`: the pod's generation. Clearing a pod (it left the pool, a sequence gap,
-  `AllBlocksCleared`) increments it, which retires every entry it had at once, written by any
-  replica; stale entries are deleted when a lookup or a write meets them.
+- `<prefix>generation:<pod>`: the pod's generation, drawn from the counter `<prefix>generations`
+  when a write finds the pod without one, so none is issued twice. Clearing a pod (it left the
+  pool, its publisher restarted, `AllBlocksCleared`) deletes it, which retires every entry the pod
+  had at once, written by any replica; stale entries are deleted when a lookup or a write meets
+  them. Its TTL is the block keys', renewed by the pod's writes and by lookups its run matched: a
+  pod neither written nor matched for that long loses its entries, as an unmatched key does, and
+  an expired (or evicted) generation can never make stale entries valid again.
 
 Writes are queued by the (synchronous) event path and sent in batches by one task, one script
 call per batch. A lookup is one script call too: it walks the prompt's keys from the first and
@@ -60,12 +64,15 @@ RETRY_INTERVAL = 1.0  # seconds between attempts while Redis does not answer
 WRITE_TIMEOUT = 2.0
 STOP_TIMEOUT = 2.0
 
+# A pod's entries are valid under its current generation, `<prefix>generation:<pod>`: "g<n>", n
+# drawn from the counter `<prefix>generations`, so a generation is never issued twice and a pod
+# whose key is gone (cleared, expired, evicted) has no valid entries until a write makes a new one.
 _GENERATION = """
 local gens = {}
 local function gen(prefix, pod)
   local g = gens[pod]
   if g == nil then
-    g = redis.call('GET', prefix .. 'gen:' .. pod) or '0'
+    g = redis.call('GET', prefix .. 'generation:' .. pod) or ''
     gens[pod] = g
   end
   return g
@@ -79,18 +86,32 @@ WRITE_SCRIPT = (
     _GENERATION
     + """
 local prefix, ttl, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local created = 0
+local created, renewed = 0, {}
+local function own(pod)  -- the generation pod's writes use, made if it has none; its TTL renewed
+  local g = gen(prefix, pod)
+  if not renewed[pod] then
+    renewed[pod] = true
+    local name = prefix .. 'generation:' .. pod
+    if g == '' then
+      g = 'g' .. redis.call('INCR', prefix .. 'generations')
+      gens[pod] = g
+      redis.call('SET', name, g)
+    end
+    if ttl > 0 then redis.call('PEXPIRE', name, ttl) end
+  end
+  return g
+end
 for op, a, b, weight in string.gmatch(ARGV[4], '(%a) (%S+) ?(%S*) ?(%S*)') do
   if op == 'h' then
     local key, pod = prefix .. a, b
-    local g = gen(prefix, pod)
+    local g = own(pod)
     local current = redis.pcall('HGET', key, pod)
     if type(current) == 'table' and current.err then
       redis.call('DEL', key)  -- not a hash of ours: replaced
       current = false
     end
     local cg, cw = nil, nil
-    if current then cg, cw = string.match(current, '^(%d+):(.*)$') end
+    if current then cg, cw = string.match(current, '^(g%d+):(.*)$') end
     if cg ~= g or (tonumber(cw) or 0) < tonumber(weight) then
       redis.call('HSET', key, pod, g .. ':' .. weight)
       local size = redis.call('HLEN', key)
@@ -101,7 +122,7 @@ for op, a, b, weight in string.gmatch(ARGV[4], '(%a) (%S+) ?(%S*) ?(%S*)') do
       if size > cap then
         local held = redis.call('HGETALL', key)
         for j = 1, #held, 2 do  -- stale generations first, then the oldest other holder
-          if held[j] ~= pod and string.match(held[j + 1], '^(%d+):') ~= gen(prefix, held[j]) then
+          if held[j] ~= pod and string.match(held[j + 1], '^(g%d+):') ~= gen(prefix, held[j]) then
             redis.call('HDEL', key, held[j])
             size = size - 1
           end
@@ -115,8 +136,8 @@ for op, a, b, weight in string.gmatch(ARGV[4], '(%a) (%S+) ?(%S*) ?(%S*)') do
   elseif op == 'd' then
     redis.pcall('HDEL', prefix .. a, b)
   else
-    redis.call('INCR', prefix .. 'gen:' .. a)
-    gens[a] = nil
+    redis.call('DEL', prefix .. 'generation:' .. a)
+    gens[a], renewed[a] = '', nil
   end
 end
 return created
@@ -162,13 +183,16 @@ for block in string.gmatch(ARGV[3], '%d+') do
       end
       local w = 1
       if value ~= expected then
-        local g, text = string.match(value, '^(%d+):(.*)$')
+        local g, text = string.match(value, '^(g%d+):(.*)$')
         w = g == gen(prefix, pod) and tonumber(text) or nil
         if w == nil then redis.call('HDEL', key, pod) end
       end
       if w ~= nil then
         reached[pod] = depth + 1
-        if depth == 0 then order[#order + 1] = pod end
+        if depth == 0 then
+          order[#order + 1] = pod
+          if ttl > 0 then redis.call('PEXPIRE', prefix .. 'generation:' .. pod, ttl) end
+        end
         scores[pod] = (scores[pod] or 0) + w
         any = true
       end

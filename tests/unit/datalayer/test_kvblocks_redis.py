@@ -139,6 +139,32 @@ async def test_bounded_holders_and_ttl_refreshed_by_matches(redis_server: LocalR
         await index.stop()
 
 
+async def test_generations_live_as_long_as_the_block_keys_and_never_come_back(
+    redis_server: LocalRedis,
+) -> None:
+    index = redis_index(redis_server.url, ttl=60.0)
+    await index.start()
+    client = aioredis.from_url(redis_server.url)
+    try:
+        tokens = list(range(80))
+        index.apply("p1", "m", [stored(tokens)])
+        await index.flushed()
+        keys = index.keys_for(tokens, "m")
+        generation = f"{index.key_prefix}generation:p1"
+        assert 55_000 < await client.pttl(generation) <= 60_000  # set by the pod's write
+        await client.pexpire(generation, 1000)
+        assert await index.lookup(keys) == {"p1": 5.0}
+        assert 55_000 < await client.pttl(generation) <= 60_000  # a lookup its run matched renewed it
+        await client.delete(generation)  # as its expiry (or an eviction) would
+        assert await index.lookup(keys) == {}
+        index.apply("p1", "m", [stored(tokens[:16], "cpu")])  # a new write: a new generation
+        await index.flushed()
+        assert await index.lookup(keys) == {"p1": 0.8}  # the entries of the old one stay retired
+    finally:
+        await client.aclose()
+        await index.stop()
+
+
 async def test_speculative_holders_extend_what_redis_holds(
     pair: tuple[RedisKVBlockIndex, RedisKVBlockIndex],
 ) -> None:
@@ -221,12 +247,13 @@ async def test_foreign_or_malformed_data_under_the_prefix_is_ignored_or_replaced
     client = aioredis.from_url(redis_server.url)
     try:
         await client.set(f"{a.key_prefix}{keys[0]}", "not a hash")
-        await client.hset(f"{a.key_prefix}{keys[1]}", mapping={"p9": "garbage", "p8": "0:x"})
+        await client.hset(f"{a.key_prefix}{keys[1]}", mapping={"p9": "garbage", "p8": "g1:x"})
         assert await b.lookup(keys) == {}  # the chain breaks at the foreign key
         a.apply("p1", "m", [stored(tokens)])
         await a.flushed()
         assert await b.lookup(keys) == {"p1": 3.0}
-        await client.hset(f"{a.key_prefix}{keys[0]}", "p9", "0:1.0")  # p9's run: one block
+        await client.set(f"{a.key_prefix}generation:p9", "g99")
+        await client.hset(f"{a.key_prefix}{keys[0]}", "p9", "g99:1.0")  # p9's run: one block
         assert await b.lookup(keys) == {"p1": 3.0, "p9": 1.0}
         # p9's malformed holder, met on its run, is deleted; p8's, never reached, is only ignored
         assert set(await client.hkeys(f"{a.key_prefix}{keys[1]}")) == {b"p1", b"p8"}
