@@ -235,7 +235,8 @@ class RedisIndexMetrics(PerRegistry):
         )
         self.skipped = Counter(
             p + "lookups_skipped_total",
-            "lookups not tried because Redis did not answer the last attempt (scored without the index)",
+            "lookups not tried (scored without the index): Redis did not answer the last attempt, "
+            "or the index was not running (before start, after stop)",
             registry=registry,
         )
         self.dropped = Counter(
@@ -406,12 +407,12 @@ class RedisKVBlockIndex(KVBlockIndexBase):
 
     async def lookup(self, keys: Sequence[int]) -> dict[str, float] | None:
         """Each pod's tier-weighted run of `keys` from the first (llm-d's LongestPrefix, for
-        every pod; the caller keeps its candidates). None when Redis does not answer."""
+        every pod; the caller keeps its candidates). None when Redis does not answer, or the
+        index is not running (before `start`, after `stop`: requests still in flight at shutdown
+        are scored without it)."""
         if not keys:
             return {}
-        if self._lookup_script is None:
-            raise RuntimeError("RedisKVBlockIndex.lookup before start()")
-        if time.monotonic() < self._retry_at:
+        if self._lookup_script is None or time.monotonic() < self._retry_at:
             self.redis_metrics.skipped.inc()
             return None
         args: list[str | int] = [self.key_prefix, self._header[1], " ".join(map(str, keys))]

@@ -227,6 +227,20 @@ async def test_a_full_redis_refuses_writes_which_are_dropped_not_retried(
         await client.aclose()
 
 
+async def test_a_lookup_after_stop_finds_nothing_and_is_counted(redis_server: LocalRedis) -> None:
+    """Requests still in flight at shutdown go on without the index."""
+    index = redis_index(redis_server.url)
+    await index.start()
+    tokens = list(range(48))
+    index.apply("p1", "m", [stored(tokens)])
+    await index.stop()  # sends what is queued first
+    assert await index.lookup(index.keys_for(tokens, "m")) is None
+    assert index.redis_metrics.skipped._value.get() == 1
+    await index.start()
+    assert await index.lookup(index.keys_for(tokens, "m")) == {"p1": 3.0}
+    await index.stop()
+
+
 async def test_redis_unreachable_from_the_start(caplog: pytest.LogCaptureFixture) -> None:
     index = redis_index("redis://127.0.0.1:9/0", lookup_timeout=0.2)
     await index.start()  # does not raise: the EPP starts and scores without the index
