@@ -525,9 +525,15 @@ class KVBlockIndexBase(ABC):
             self._drop_holder(key, pod)
 
     def clear_pod(self, pod: str) -> None:
-        """Forget everything `pod` holds (AllBlocksCleared, a resync, or the pod left the pool)."""
+        """Forget everything `pod` holds (AllBlocksCleared, its publisher restarted, or the pod
+        left the pool)."""
         state = self._pods.pop(pod, None)
         self._forget_pod(pod, state.keys if state is not None else ())
+
+    def lost_events(self, pod: str) -> None:
+        """Some of `pod`'s events never reached this process (a sequence gap): what it holds is
+        relearned from its next stores."""
+        self.clear_pod(pod)
 
     # --- speculative entries ------------------------------------------------------------------
 

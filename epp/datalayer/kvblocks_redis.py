@@ -359,6 +359,13 @@ class RedisKVBlockIndex(KVBlockIndexBase):
         if self._safe(pod):
             self._queue((f"c {pod}",))
 
+    def lost_events(self, pod: str) -> None:
+        """Only this replica missed them (each receives the events itself): the others applied
+        them to the shared entries, which stay, as llm-d's index keeps them through any gap. This
+        replica forgets the pod's engine blocks, which it can no longer follow, and learns them
+        again from the next stores; a removal no replica received leaves its entries to the TTL."""
+        self._pods.pop(pod, None)
+
     @property
     def pending_writes(self) -> int:
         return len(self._pending)

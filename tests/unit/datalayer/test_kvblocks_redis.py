@@ -118,6 +118,33 @@ async def test_pod_removal_on_any_replica_retires_the_pods_entries(
     assert await b.lookup(keys) == {"p1": 1.0, "p2": 2.0}
 
 
+async def test_a_gap_one_replica_saw_keeps_the_shared_entries_a_publisher_restart_retires_them(
+    pair: tuple[RedisKVBlockIndex, RedisKVBlockIndex],
+) -> None:
+    """Each replica receives the pod's events: one replica's lost messages say nothing of what
+    the others applied; an engine that restarted lost its cache for every replica."""
+    a, b = pair
+    tokens, other = list(range(48)), list(range(100, 132))
+    keys = a.keys_for(tokens, "m")
+    ingesters = [KVEventIngester(index, index.metrics) for index in pair if index.metrics is not None]
+
+    def send(ingester: KVEventIngester, seq: int, prompt: list[int]) -> None:
+        ingester.frames([b"kv@p1@m", seq.to_bytes(8, "big"), encode_batch([stored(prompt)], 0.0, BLOCK, {})])
+
+    send(ingesters[1], 0, tokens)
+    send(ingesters[1], 1, other)
+    await b.flushed()
+    send(ingesters[0], 0, tokens)
+    send(ingesters[0], 2, other)  # a lost message 1
+    await a.flushed()
+    assert await a.lookup(keys) == {"p1": 3.0}
+    assert a.metrics is not None and a.metrics.resyncs.labels("gap")._value.get() == 1
+    send(ingesters[0], 0, other)  # the engine restarted
+    await a.flushed()
+    assert await b.lookup(keys) == {}
+    assert await b.lookup(b.keys_for(other, "m")) == {"p1": 2.0}
+
+
 async def test_bounded_holders_and_ttl_refreshed_by_matches(redis_server: LocalRedis) -> None:
     index = redis_index(redis_server.url, pod_cache_size=2, ttl=60.0)
     await index.start()
