@@ -25,9 +25,10 @@ from itertools import islice
 from typing import Any, TypedDict, Unpack
 
 import xxhash
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 
 from epp.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+from epp.metrics.families import Families
 from epp.metrics.per_registry import PerRegistry
 
 HASH_CBOR_FNV = "cbor-fnv"
@@ -247,59 +248,48 @@ class KVIndexMetrics(PerRegistry):
     counts of what it refused or resynchronised. One set per registry."""
 
     def __init__(self, registry: CollectorRegistry | None) -> None:
-        r = registry
-        p = "llm_d_epp_kv_cache_"
-        self.admissions = Counter(p + "index_admissions_total", "KV-block admissions", registry=r)
-        self.evictions = Counter(p + "index_evictions_total", "KV-block evictions", registry=r)
-        self.lookups = Counter(p + "index_lookup_requests_total", "lookup calls", registry=r)
-        self.lookup_hits = Counter(
-            p + "index_lookup_hits_total",
-            "contiguous prefix blocks matched by the best pod per lookup",
-            registry=r,
+        f = Families(registry, prefix="llm_d_epp_", alpha=False)
+        self.admissions = f.counter("kv_cache_index_admissions_total", "KV-block admissions")
+        self.evictions = f.counter("kv_cache_index_evictions_total", "KV-block evictions")
+        self.lookups = f.counter("kv_cache_index_lookup_requests_total", "lookup calls")
+        self.lookup_hits = f.counter(
+            "kv_cache_index_lookup_hits_total", "contiguous prefix blocks matched by the best pod per lookup"
         )
-        self.max_pod_hits = Counter(
-            p + "index_max_pod_hit_count_total",
+        self.max_pod_hits = f.counter(
+            "kv_cache_index_max_pod_hit_count_total",
             "longest contiguous per-pod prefix chain observed per lookup",
-            registry=r,
         )
-        self.lookup_latency = Histogram(p + "index_lookup_latency_seconds", "lookup latency", registry=r)
-        self.blocks = Gauge(p + "index_blocks", "block keys held by the index", registry=r)
-        self.messages = Counter(
-            p + "events_messages_received_total", "KV-event messages received", ["pod_identifier"], registry=r
+        self.lookup_latency = f.histogram("kv_cache_index_lookup_latency_seconds", "lookup latency")
+        self.blocks = f.gauge("kv_cache_index_blocks", "block keys held by the index")
+        self.messages = f.counter(
+            "kv_cache_events_messages_received_total", "KV-event messages received", ["pod_identifier"]
         )
-        self.zmq_errors = Counter(
-            p + "events_zmq_errors_total", "ZMQ errors", ["pod_identifier", "operation"], registry=r
+        self.zmq_errors = f.counter(
+            "kv_cache_events_zmq_errors_total", "ZMQ errors", ["pod_identifier", "operation"]
         )
-        self.reconnections = Counter(
-            p + "events_subscriber_reconnections_total",
-            "subscriber reconnections",
-            ["pod_identifier"],
-            registry=r,
+        self.reconnections = f.counter(
+            "kv_cache_events_subscriber_reconnections_total", "subscriber reconnections", ["pod_identifier"]
         )
-        self.subscribers = Gauge(p + "events_active_subscribers", "active KV-event subscribers", registry=r)
-        self.stores_skipped = Counter(
-            p + "events_stores_skipped_total",
+        self.subscribers = f.gauge("kv_cache_events_active_subscribers", "active KV-event subscribers")
+        self.stores_skipped = f.counter(
+            "kv_cache_events_stores_skipped_total",
             "BlockStored events that cannot be indexed",
             ["cache_kind", "reason"],
-            registry=r,
         )
-        self.dropped = Counter(
-            p + "events_dropped_total",
+        self.dropped = f.counter(
+            "kv_cache_events_dropped_total",
             "KV-event messages or events skipped (malformed, unknown tag, unknown pod)",
             ["reason"],
-            registry=r,
         )
-        self.tokenization_fallbacks = Counter(
-            "llm_d_epp_tokenization_fallbacks_total",
+        self.tokenization_fallbacks = f.counter(
+            "tokenization_fallbacks_total",
             "requests scheduled without token ids because tokenization failed",
             ["backend", "reason"],
-            registry=r,
         )
-        self.resyncs = Counter(
-            p + "events_resyncs_total",
+        self.resyncs = f.counter(
+            "kv_cache_events_resyncs_total",
             "pods whose blocks were dropped to resynchronise (sequence gap, publisher restart)",
             ["reason"],
-            registry=r,
         )
 
 

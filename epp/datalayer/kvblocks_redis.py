@@ -39,7 +39,7 @@ from collections.abc import Iterable, Sequence
 from typing import Unpack
 from urllib.parse import urlsplit, urlunsplit
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -54,6 +54,7 @@ from epp.datalayer.redis_address import (
     DEFAULT_TTL,
     redis_url,
 )
+from epp.metrics.families import Families
 from epp.metrics.per_registry import PerRegistry
 
 log = logging.getLogger(__name__)
@@ -229,23 +230,19 @@ class RedisIndexMetrics(PerRegistry):
     """The Redis backend's health (ours; llm-d's Redis index exports none)."""
 
     def __init__(self, registry: CollectorRegistry | None) -> None:
-        p = "epp_kv_index_redis_"
-        self.errors = Counter(
-            p + "errors_total", "Redis index operations that failed", ["operation"], registry=registry
-        )
-        self.skipped = Counter(
-            p + "lookups_skipped_total",
+        f = Families(registry, prefix="epp_kv_index_redis_", alpha=False)
+        self.errors = f.counter("errors_total", "Redis index operations that failed", ["operation"])
+        self.skipped = f.counter(
+            "lookups_skipped_total",
             "lookups not tried (scored without the index): Redis did not answer the last attempt, "
             "or the index was not running (before start, after stop)",
-            registry=registry,
         )
-        self.dropped = Counter(
-            p + "writes_dropped_total",
+        self.dropped = f.counter(
+            "writes_dropped_total",
             "index writes dropped: the queue waiting for Redis was full, or Redis refused their batch",
-            registry=registry,
         )
-        self.pending = Gauge(p + "pending_writes", "index writes waiting to be sent", registry=registry)
-        self.up = Gauge(p + "up", "1 while Redis answers the index, 0 while it does not", registry=registry)
+        self.pending = f.gauge("pending_writes", "index writes waiting to be sent")
+        self.up = f.gauge("up", "1 while Redis answers the index, 0 while it does not")
 
 
 class RedisKVBlockIndex(KVBlockIndexBase):
