@@ -30,6 +30,7 @@ from epp.datalayer.redis_address import (
 )
 from epp.datalayer.tokenize import TokenizedPrompt
 from epp.datastore import Datastore, Endpoint
+from epp.datastore.columns import by_hostport
 from epp.framework import ParameterUpgrade, PluginParams
 from epp.kvevents import KVEvent
 from epp.params.strict import StrictModel
@@ -259,7 +260,6 @@ class PrecisePrefixCache:
         self._ingester: KVEventIngester | None = None
         self._central: Subscriber | None = None
         self._per_pod: dict[str, Subscriber] = {}
-        self._candidates: tuple[list[Endpoint], dict[str, Endpoint]] = ([], {})
         self._stopping: set[asyncio.Task[None]] = set()
 
     # --- per request --------------------------------------------------------------------------
@@ -291,7 +291,7 @@ class PrecisePrefixCache:
     ) -> PrefixMatch:
         """The prompt's keys and how many of them each candidate holds from the first. With the
         shared index unreachable (or not asked), no keys: the request is scored without it."""
-        by_pod = self._by_pod(candidates)
+        by_pod = by_hostport(candidates)
         if isinstance(self.index, KVBlockIndex):
             keys = self._keys(request, tokenized)
             if self.params.speculative_indexing:
@@ -306,15 +306,6 @@ class PrecisePrefixCache:
             return PrefixMatch([], {}, self.block_size)
         matched = {by_pod[pod]: int(score) for pod, score in scores.items() if score >= 1 and pod in by_pod}
         return PrefixMatch(keys, matched, self.block_size)
-
-    def _by_pod(self, candidates: Sequence[Endpoint]) -> dict[str, Endpoint]:
-        """Candidates by `host:port`, kept while the candidate list holds the same endpoints (a
-        C-level identity comparison instead of a thousand-entry dictionary per request)."""
-        known, by_pod = self._candidates
-        if known != candidates:
-            by_pod = {e.hostport: e for e in candidates}
-            self._candidates = (list(candidates), by_pod)
-        return by_pod
 
     def speculate(self, match: object, result: SchedulingResult) -> Pinned | None:
         """llm-d's speculativeIndexing: the chosen endpoints hold the prompt's blocks for
