@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -43,9 +44,9 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
         self._director = director
         self._options = options
         self._guard = guard
-        # The last refusal answered and its reply: the guard answers every request it sheds under
-        # a standing queue with the same RequestError, whose reply is then built once.
-        self._refusal: tuple[RequestError, ext_proc.ProcessingResponse] | None = None
+        # The last refusal answered: the guard answers every request it sheds under a standing
+        # queue with the same RequestError, whose reply (and unread answer) is then built once.
+        self._refusal: _Refusal | None = None
 
     async def Process(
         self,
@@ -110,13 +111,30 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
                     guard.leave()
 
     def refuse(self, refusal: RequestError) -> ext_proc.ProcessingResponse:
-        """The overload guard's answer, counted as every error answer."""
+        """The overload guard's answer to a stream it read, counted as every error answer."""
+        return self._refused(refusal).reply
+
+    def refuse_unread(self, refusal: RequestError) -> grpc.RpcMethodHandler:
+        """The guard's answer to a call none of whose messages is read, as its handler."""
+        answer = self._refused(refusal)
+        if answer.handler is None:
+            answer.handler = _answer(answer.reply)
+        return answer.handler
+
+    def _refused(self, refusal: RequestError) -> _Refusal:
         self._director.record_error(refusal, None)
-        if self._refusal is not None and self._refusal[0] is refusal:
-            return self._refusal[1]
-        reply = messages.immediate_error(refusal, self._options.error_prefix)
-        self._refusal = (refusal, reply)
-        return reply
+        last = self._refusal
+        if last is None or last.error is not refusal:
+            reply = messages.immediate_error(refusal, self._options.error_prefix)
+            last = self._refusal = _Refusal(refusal, reply)
+        return last
+
+
+@dataclass(slots=True)
+class _Refusal:
+    error: RequestError
+    reply: ext_proc.ProcessingResponse
+    handler: grpc.RpcMethodHandler | None = None  # made when a call is refused unread
 
 
 class ExtProcDispatch(grpc.GenericRpcHandler):
@@ -134,9 +152,6 @@ class ExtProcDispatch(grpc.GenericRpcHandler):
             request_deserializer=ext_proc.ProcessingRequest.FromString,
             response_serializer=ext_proc.ProcessingResponse.SerializeToString,
         )
-        # The last refusal and its handler: the same refusal object (the standing-queue shedding
-        # answer) reuses its handler.
-        self._refusal: tuple[RequestError, grpc.RpcMethodHandler] | None = None
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         if handler_call_details.method != PROCESS_METHOD:
@@ -144,10 +159,7 @@ class ExtProcDispatch(grpc.GenericRpcHandler):
         refusal = None if self._guard is None else self._guard.admit()
         if refusal is None:
             return self._stream
-        reply = self._processor.refuse(refusal)
-        if self._refusal is None or self._refusal[0] is not refusal:
-            self._refusal = (refusal, _answer(reply))
-        return self._refusal[1]
+        return self._processor.refuse_unread(refusal)
 
 
 def _answer(reply: ext_proc.ProcessingResponse) -> grpc.RpcMethodHandler:
