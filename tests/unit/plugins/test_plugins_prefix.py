@@ -296,3 +296,15 @@ def test_chain_cache_forgets_the_least_recently_used_spans_beyond_its_capacity()
     cache.block_hashes(spans[2], 1, BLOCK, 0)  # evicts span 1, the least recently used
     assert cache.block_hashes(spans[0], 1, BLOCK, 0)[0] is kept[0]
     assert len(cache) == 2
+
+
+def test_chain_cache_keeps_the_objects_of_a_span_it_remembers_after_a_forgotten_one() -> None:
+    cache = ChainCache(capacity=2)
+    prompt = bytes(range(256)) * (2 * SPAN // 256)
+    first = cache.block_hashes(prompt, 1, BLOCK, 0)
+    cache.block_hashes(b"x" * SPAN, 1, BLOCK, 0)  # forgets the prompt's first span
+    again = cache.block_hashes(prompt, 1, BLOCK, 0)
+    assert again == first == block_hashes(prompt, 1, BLOCK, 0)
+    third = cache.block_hashes(prompt, 1, BLOCK, 0)
+    second_span = slice(ChainCache.SPAN_BLOCKS, None)
+    assert all(a is b for a, b in zip(third[second_span], first[second_span], strict=True))
