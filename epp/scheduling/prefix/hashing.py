@@ -90,9 +90,10 @@ class ChainCache:
     The values are `block_hashes`'s. What pays most is that they are the very `int` objects the
     prefix index stored when it first saw the prefix: its dict probes then find their keys by
     identity instead of reading the stored key to compare it, a cache miss per probe in a
-    multi-million-entry index (64 endpoints, 16 KB prompts: the index's match and update 338 ->
-    269 and 362 -> 315 µs; hashing itself 25.5 -> 20.2 µs, and 9.0 -> 9.3 µs for the 69-block
-    prompts of candidates_bench.py, where one 32-block span of the 62 shared is remembered)."""
+    multi-million-entry index. 64 endpoints, 16 KB prompts, on a loaded machine: a decision 468 ->
+    444 µs, of which the index 338 -> 269 µs and hashing 25.5 -> 20.2 µs; the 69-block prompts of
+    candidates_bench.py, where one 32-block span of the 62 shared is remembered, hash in 9.0 -> 9.3
+    µs (docs/scheduling.md, Performance)."""
 
     SPAN_BLOCKS = 32
 
