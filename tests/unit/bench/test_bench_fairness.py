@@ -72,7 +72,7 @@ def test_the_command_prints_both_scenarios_side_by_side(
 ) -> None:
     doc = tmp_path / "doc.md"
     argv = ["bench", "fairness", "--workload", str(tiny_workload), "--capacity", "4", "--seconds", "20"]
-    argv += ["--warmup", "5", "--output-len", "8", "--doc", str(doc)]
+    argv += ["--warmup", "5", "--output-len", "8", "--reserved", "1", "--doc", str(doc)]
     monkeypatch.setattr(sys, "argv", ["epp", *argv])
     assert main(argv) == 0
     text = doc.read_text()
@@ -85,14 +85,36 @@ def test_the_command_prints_both_scenarios_side_by_side(
         "both, flow control, global-strict-fairness-policy",
         "both, flow control, round-robin-fairness-policy",
         "both, flow control, least-tokens-served-fairness-policy",
+        "both, no flow control, 1 of 2 pods reserved for tenant-a",
         "critical alone, no flow control",
         "critical alone, flow control",
         "both, no flow control (legacy shedding)",
         "both, flow control (bands)",
+        "both, no flow control (legacy shedding), vLLM priority scheduling",
+        "both, flow control (bands), vLLM priority scheduling",
+        "both, flow control, soft-reflective-ceiling-policy",
+        "both, flow control, soft-reflective-ceiling-policy, vLLM priority scheduling",
+        "both, flow control, 1 of 2 pods reserved for critical",
     ]
     assert rows[0].split(" | ")[2] == "+0%"
     assert rows[2].split(" | ")[3].count(" ms") == 2  # p90 in the EPP's queue / after routing
     assert "tenant-a alone" in capsys.readouterr().out
+
+
+def test_row_runs_the_reference_and_the_rows_named(
+    tiny_workload: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv = ["bench", "fairness", "--workload", str(tiny_workload), "--capacity", "4", "--seconds", "20"]
+    argv += ["--warmup", "5", "--output-len", "8", "--scenario", "priority", "--row", "soft-reflective"]
+    monkeypatch.setattr(sys, "argv", ["epp", *argv])
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    printed = [line.split(" | ")[0] for line in out if " | " in line and not line.startswith("|")]
+    assert printed == [
+        "critical alone, no flow control",
+        "both, flow control, soft-reflective-ceiling-policy",
+        "both, flow control, soft-reflective-ceiling-policy, vLLM priority scheduling",
+    ]
 
 
 def _args(workload: Path, seconds: float) -> argparse.Namespace:
