@@ -98,7 +98,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the tenants scenario's row with pods reserved for the well-behaved tenant",
     )
     parser.add_argument(
-        "--reserved", type=int, default=6, help="pods labelled inference-tier=reserved in those rows"
+        "--reserved-tenant", type=int, default=5, help="pods labelled inference-tier=reserved for tenant-a"
+    )
+    parser.add_argument(
+        "--reserved-critical", type=int, default=6, help="pods labelled inference-tier=reserved for critical"
     )
     parser.add_argument(
         "--row",
@@ -128,7 +131,7 @@ class Row:
     config: str  # "baseline", a fairness policy's type name (flow control on), or a variant (Bench)
     streams: tuple[str, ...]  # which streams send in this run
     scheduling_policy: str = "fcfs"  # the servers' vLLM --scheduling-policy
-    reserved: bool = False  # label the first `--reserved` pods inference-tier=reserved, the rest shared
+    reserved: int = 0  # label this many pods inference-tier=reserved, the rest shared
 
 
 @dataclass(frozen=True)
@@ -212,7 +215,7 @@ class Bench:
             run = VirtualRun(kept, load_config(self.configs[config]), cluster, self.objectives)
             if row.reserved:
                 for index, endpoint in enumerate(run.endpoints):
-                    tier = "reserved" if index < self.args.reserved else "shared"
+                    tier = "reserved" if index < row.reserved else "shared"
                     run.datastore.upsert(dataclasses.replace(endpoint.spec, labels={TIER_LABEL: tier}))
             return run.run(), run.routed_at
         return asyncio.run(self._run_realtime(config, kept, scheduling_policy)), [math.nan] * len(kept)
@@ -320,11 +323,11 @@ def tenants(bench: Bench) -> str:
         Row("both, no flow control", "baseline", (WELL_BEHAVED, NOISY)),
         *(Row(f"both, flow control, {p}", p, (WELL_BEHAVED, NOISY)) for p in FAIRNESS_POLICIES),
         Row(
-            f"both, no flow control, {bench.args.reserved} of {bench.spec.cluster.endpoints} pods reserved "
-            f"for {WELL_BEHAVED}",
+            f"both, no flow control, {bench.args.reserved_tenant} of {bench.spec.cluster.endpoints} pods "
+            f"reserved for {WELL_BEHAVED}",
             RESERVED_TENANT,
             (WELL_BEHAVED, NOISY),
-            reserved=True,
+            reserved=bench.args.reserved_tenant,
         ),
     ]
     return side_by_side(bench, streams, rows, with_jain=True)
@@ -358,11 +361,11 @@ def priority(bench: Bench) -> str:
             "priority",
         ),
         Row(
-            f"both, flow control, {bench.args.reserved} of {bench.spec.cluster.endpoints} pods reserved "
-            f"for {CRITICAL}",
+            f"both, flow control, {bench.args.reserved_critical} of {bench.spec.cluster.endpoints} pods "
+            f"reserved for {CRITICAL}",
             RESERVED_CRITICAL,
             both,
-            reserved=True,
+            reserved=bench.args.reserved_critical,
         ),
     ]
     return side_by_side(bench, streams, rows, with_jain=False)

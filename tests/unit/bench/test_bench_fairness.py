@@ -72,7 +72,18 @@ def test_the_command_prints_both_scenarios_side_by_side(
 ) -> None:
     doc = tmp_path / "doc.md"
     argv = ["bench", "fairness", "--workload", str(tiny_workload), "--capacity", "4", "--seconds", "20"]
-    argv += ["--warmup", "5", "--output-len", "8", "--reserved", "1", "--doc", str(doc)]
+    argv += [
+        "--warmup",
+        "5",
+        "--output-len",
+        "8",
+        "--reserved-tenant",
+        "1",
+        "--reserved-critical",
+        "1",
+        "--doc",
+        str(doc),
+    ]
     monkeypatch.setattr(sys, "argv", ["epp", *argv])
     assert main(argv) == 0
     text = doc.read_text()
