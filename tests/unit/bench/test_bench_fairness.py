@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from epp.bench.fairness import NOISY, WELL_BEHAVED, Bench, Stream, add_arguments, jain, max_min_shares
+from epp.bench.realtime import RealtimeCluster, RealtimePolicy, stack_config
 from epp.cli import main
 
 CONFIGS = Path(__file__).parents[3] / "bench" / "configs"
@@ -132,3 +133,13 @@ def _args(workload: Path, seconds: float) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     return parser.parse_args(["--workload", str(workload), "--seconds", str(seconds), "--warmup", "0"])
+
+
+def test_real_time_simulators_get_the_rows_scheduling_policy(tmp_path: Path) -> None:
+    policy = RealtimePolicy(None)
+    fcfs = stack_config(policy, RealtimeCluster(2, "tiny-test"), tmp_path)
+    assert not [a for a in fcfs.sim_args if a.startswith("--scheduling-policy")]
+    by_priority = stack_config(
+        policy, RealtimeCluster(2, "tiny-test", scheduling_policy="priority"), tmp_path
+    )
+    assert "--scheduling-policy=priority" in by_priority.sim_args
