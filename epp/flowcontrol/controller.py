@@ -201,10 +201,11 @@ class FlowController:
             else:
                 await item.future
         except TimeoutError:
-            if item.outcome is Outcome.DISPATCHED:
-                return  # dispatched in the same instant the TTL ran out: it goes on
-            self._finalize(item, labels, Outcome.EVICTED_TTL)
-            raise RequestError(ErrorCode.SERVICE_UNAVAILABLE, TTL_EXPIRED) from None
+            if item.outcome is Outcome.NOT_YET_FINALIZED:
+                self._finalize(item, labels, Outcome.EVICTED_TTL)
+                raise RequestError(ErrorCode.SERVICE_UNAVAILABLE, TTL_EXPIRED) from None
+            # Dispatched, or evicted by stop(), in the same instant the TTL ran out: that outcome
+            # stands (it has released the request already).
         except asyncio.CancelledError:
             if item.outcome is Outcome.NOT_YET_FINALIZED:
                 self._finalize(item, labels, Outcome.EVICTED_CONTEXT_CANCELLED)

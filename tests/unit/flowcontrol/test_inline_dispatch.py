@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from epp.metrics.exporter import EppMetrics
+from epp.requests import RequestError
 from tests.unit.flowcontrol.flow_helpers import built, flow_control_config, queued_request
 from tests.unit.plugin_helpers import FakeClock
 
@@ -108,3 +109,29 @@ async def test_stopping_in_the_instant_a_waiter_is_cancelled_releases_it_once() 
     queue = "inference_extension_flow_control_request_queue_duration_seconds_count"
     assert sample(metrics, queue, outcome="EvictedOther", **flow, **models) == 1.0
     assert sample(metrics, queue, outcome="EvictedContextCancelled", **flow, **models) is None
+
+
+async def test_stopping_in_the_instant_a_waiters_ttl_runs_out_releases_it_once() -> None:
+    """The TTL's timer fires after stop() evicted the request and before its waiter resumes: the
+    waiter sees the TimeoutError with the request already released (it released it again: the
+    queue's length went to -1)."""
+    metrics = EppMetrics()
+    fc, _, _ = built(CONFIG, FakeClock(), metrics)
+    # A deadline this short is due at the loop's next timer check, after this test's next step.
+    waiting = asyncio.ensure_future(fc.enqueue_and_wait(queued_request("r", "tenant"), deadline=1e-9))
+    await asyncio.sleep(0)
+    assert fc.length == 1
+    await asyncio.sleep(0)  # now ready: this step, then the TTL's timer
+    await fc.stop()  # evicts it; the timer runs before the waiter resumes
+    with pytest.raises(RequestError) as raised:
+        await waiting
+    assert (raised.value.status, raised.value.message) == (
+        500,
+        "internal flow control error: request evicted from queue: flow controller is not running",
+    )
+    assert fc.length == 0 and fc.bytes == 0
+    flow = {"fairness_id": "tenant", "priority": "0"}
+    models = {"inference_pool": "standalone", "model_name": "m", "target_model_name": "m"}
+    queue = "inference_extension_flow_control_request_queue_duration_seconds_count"
+    assert sample(metrics, queue, outcome="EvictedOther", **flow, **models) == 1.0
+    assert sample(metrics, queue, outcome="EvictedTTL", **flow, **models) is None
