@@ -135,3 +135,37 @@ async def test_stopping_in_the_instant_a_waiters_ttl_runs_out_releases_it_once()
     queue = "inference_extension_flow_control_request_queue_duration_seconds_count"
     assert sample(metrics, queue, outcome="EvictedOther", **flow, **models) == 1.0
     assert sample(metrics, queue, outcome="EvictedTTL", **flow, **models) is None
+
+
+async def test_a_detector_raising_in_the_dispatch_loop_fails_the_queued_and_the_loop_goes_on() -> None:
+    """The loop's task died with the error: the requests queued stayed, with no TTL for ever, and
+    the error surfaced only as `Task exception was never retrieved`."""
+    metrics = EppMetrics()
+    fc, _, detector = built(flow_control_config({}), FakeClock(), metrics)
+    waiting = [asyncio.ensure_future(fc.enqueue_and_wait(queued_request(n, "tenant"))) for n in "ab"]
+    await asyncio.sleep(0)
+    assert fc.length == 2  # the pool reads full: both wait, and the loop runs
+
+    def broken(candidates: object) -> float:
+        raise RuntimeError("broken detector")
+
+    detector.saturation = broken  # type: ignore[method-assign]
+    async with asyncio.timeout(10):
+        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+    assert [(e.status, e.message) for e in outcomes if isinstance(e, RequestError)] == [
+        (500, "internal flow control error: request evicted from queue: the dispatch cycle failed"),
+    ] * 2
+    assert fc.length == 0 and fc.bytes == 0
+    flow = {"fairness_id": "tenant", "priority": "0"}
+    models = {"inference_pool": "standalone", "model_name": "m", "target_model_name": "m"}
+    queue = "inference_extension_flow_control_request_queue_duration_seconds_count"
+    assert sample(metrics, queue, outcome="RejectedOther", **flow, **models) == 2.0
+    del detector.saturation  # the detector works again: so does the loop
+    detector.value = 1.0
+    later = asyncio.ensure_future(fc.enqueue_and_wait(queued_request("c", "tenant")))
+    await asyncio.sleep(0)
+    assert fc.length == 1
+    detector.value = 0.0
+    async with asyncio.timeout(10):
+        await later
+    await fc.stop()
