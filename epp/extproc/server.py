@@ -176,11 +176,12 @@ async def _message_or_eviction(
     routed request back) comes first. A message that arrives with the eviction goes first: it
     may end the response, and an ended response is not evicted."""
     reading = asyncio.ensure_future(anext(incoming, None))
-    await asyncio.wait((reading, eviction), return_when=asyncio.FIRST_COMPLETED)
-    if reading.done():
-        return reading.result()
-    reading.cancel()
-    return None
+    try:
+        await asyncio.wait((reading, eviction), return_when=asyncio.FIRST_COMPLETED)
+    finally:  # evicted, or the stream cancelled (Envoy reset it): the read has no one to go to
+        if not reading.done():
+            reading.cancel()
+    return reading.result() if reading.done() else None
 
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
