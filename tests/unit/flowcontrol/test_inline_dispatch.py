@@ -169,3 +169,22 @@ async def test_a_detector_raising_in_the_dispatch_loop_fails_the_queued_and_the_
     async with asyncio.timeout(10):
         await later
     await fc.stop()
+
+
+async def test_a_request_dispatched_in_the_instant_its_ttl_runs_out_goes_on() -> None:
+    metrics = EppMetrics()
+    fc, _, detector = built(CONFIG, FakeClock(), metrics)
+    waiting = asyncio.ensure_future(fc.enqueue_and_wait(queued_request("r", "tenant"), deadline=1e-9))
+    await asyncio.sleep(0)
+    assert fc.length == 1
+    await asyncio.sleep(0)  # now ready: this step, then the TTL's timer
+    detector.value = 0.0
+    assert fc.dispatch_cycle()  # dispatches it; the timer runs before the waiter resumes
+    await waiting  # no 503: dispatched is dispatched
+    assert fc.length == 0 and fc.bytes == 0
+    flow = {"fairness_id": "tenant", "priority": "0"}
+    models = {"inference_pool": "standalone", "model_name": "m", "target_model_name": "m"}
+    queue = "inference_extension_flow_control_request_queue_duration_seconds_count"
+    assert sample(metrics, queue, outcome="Dispatched", **flow, **models) == 1.0
+    assert sample(metrics, queue, outcome="EvictedTTL", **flow, **models) is None
+    await fc.stop()
