@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
 from types import MappingProxyType
 from typing import cast
 
@@ -181,6 +180,9 @@ def scripts(draw: st.DrawFn) -> Script:
     return Script([first, *messages[1:]], draw(st.sampled_from(["runs out", "cancelled"])))
 
 
+DEFAULT_CONFIG = load_config(None)  # parsed once (60% of a director's making); built per example
+
+
 def make_director() -> Director:
     datastore = Datastore()
     datastore.synced = True
@@ -194,8 +196,17 @@ def make_director() -> Director:
                 labels=MappingProxyType({}),
             )
         )
-    scheduler = build_components(load_config(None), PluginContext()).scheduler
+    scheduler = build_components(DEFAULT_CONFIG, PluginContext()).scheduler
     return Director(datastore, scheduler)
+
+
+class NoDeadline:
+    """What the servicer reads of grpc.aio's call context: the call's time remaining (None: no
+    deadline). A bare None made every stream fail at its first message with a 500, before any
+    routing: the property held without a request ever taking load."""
+
+    def time_remaining(self) -> float | None:
+        return None
 
 
 async def run_stream(processor: ExternalProcessor, script: Script) -> None:
@@ -209,7 +220,7 @@ async def run_stream(processor: ExternalProcessor, script: Script) -> None:
         if script.ending == "cancelled":
             await asyncio.Event().wait()  # the client neither sends more nor half-closes
 
-    context = cast(grpc.aio.ServicerContext, None)
+    context = cast(grpc.aio.ServicerContext, NoDeadline())
 
     async def serve() -> None:
         async for _ in processor.Process(requests(), context):
@@ -233,11 +244,10 @@ async def run_all(scripts: list[Script]) -> Director:
     return director
 
 
-@settings(
-    max_examples=400,
-    deadline=timedelta(seconds=2),
-    suppress_health_check=[HealthCheck.too_slow],
-)
+# No per-example deadline: the first example builds the first director (plugin modules imported
+# then), which took 7-10 s on a loaded 2-core machine and failed as FlakyFailure; a hang is still
+# caught by run_all's bound on the streams.
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(scripts(), min_size=1, max_size=4))
 def test_every_ended_stream_leaves_no_in_flight_load(streams: list[Script]) -> None:
     director = asyncio.run(run_all(streams))
