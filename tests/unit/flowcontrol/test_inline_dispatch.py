@@ -19,6 +19,16 @@ def sample(metrics: EppMetrics, name: str, **labels: str) -> float | None:
     return metrics.registry.get_sample_value(name, labels)
 
 
+FLOW = {"fairness_id": "tenant", "priority": "0"}
+MODELS = {"inference_pool": "standalone", "model_name": "m", "target_model_name": "m"}
+
+
+def left_queue(metrics: EppMetrics, outcome: str) -> float | None:
+    """How many of flow `tenant`'s requests (model m) left the queue with `outcome`."""
+    queue = "inference_extension_flow_control_request_queue_duration_seconds_count"
+    return sample(metrics, queue, outcome=outcome, **FLOW, **MODELS)
+
+
 async def test_a_lone_request_on_a_pool_with_room_is_dispatched_without_the_loop() -> None:
     metrics = EppMetrics()
     fc, _, detector = built(CONFIG, FakeClock(), metrics)
@@ -26,18 +36,15 @@ async def test_a_lone_request_on_a_pool_with_room_is_dispatched_without_the_loop
     await fc.enqueue_and_wait(queued_request("r", "tenant"))
     assert fc._task is None  # the dispatch loop never started: no event-loop hop
     assert fc.length == 0 and fc.bytes == 0
-    flow = {"fairness_id": "tenant", "priority": "0"}
-    queue = "inference_extension_flow_control_request_queue_duration_seconds_count"
-    models = {"inference_pool": "standalone", "model_name": "m", "target_model_name": "m"}
-    assert sample(metrics, queue, outcome="Dispatched", **flow, **models) == 1.0
+    assert left_queue(metrics, "Dispatched") == 1.0
     enqueue = "inference_extension_flow_control_request_enqueue_duration_seconds_count"
-    assert sample(metrics, enqueue, outcome="NotYetFinalized", **flow) == 1.0
+    assert sample(metrics, enqueue, outcome="NotYetFinalized", **FLOW) == 1.0
     assert sample(metrics, "inference_extension_flow_control_dispatch_cycle_duration_seconds_count") == 1.0
     assert (
         sample(metrics, "inference_extension_flow_control_pool_saturation", inference_pool="standalone")
         == 0.5
     )
-    assert sample(metrics, "inference_extension_flow_control_queue_size", **flow, **models) is None
+    assert sample(metrics, "inference_extension_flow_control_queue_size", **FLOW, **MODELS) is None
 
 
 async def test_a_detector_that_raises_in_the_inline_cycle_leaves_nothing_queued() -> None:
@@ -51,11 +58,8 @@ async def test_a_detector_that_raises_in_the_inline_cycle_leaves_nothing_queued(
     with pytest.raises(RuntimeError, match="broken detector"):
         await fc.enqueue_and_wait(queued_request("r", "tenant"))
     assert fc.length == 0 and fc.bytes == 0
-    flow = {"fairness_id": "tenant", "priority": "0"}
-    queue = "inference_extension_flow_control_request_queue_duration_seconds_count"
-    models = {"inference_pool": "standalone", "model_name": "m", "target_model_name": "m"}
-    assert sample(metrics, queue, outcome="RejectedOther", **flow, **models) == 1.0
-    assert sample(metrics, "inference_extension_flow_control_queue_size", **flow, **models) is None
+    assert left_queue(metrics, "RejectedOther") == 1.0
+    assert sample(metrics, "inference_extension_flow_control_queue_size", **FLOW, **MODELS) is None
 
 
 async def test_a_request_arriving_behind_queued_ones_waits_its_turn() -> None:
@@ -104,11 +108,8 @@ async def test_stopping_in_the_instant_a_waiter_is_cancelled_releases_it_once() 
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert fc.length == 0 and fc.bytes == 0
-    flow = {"fairness_id": "tenant", "priority": "0"}
-    models = {"inference_pool": "standalone", "model_name": "m", "target_model_name": "m"}
-    queue = "inference_extension_flow_control_request_queue_duration_seconds_count"
-    assert sample(metrics, queue, outcome="EvictedOther", **flow, **models) == 1.0
-    assert sample(metrics, queue, outcome="EvictedContextCancelled", **flow, **models) is None
+    assert left_queue(metrics, "EvictedOther") == 1.0
+    assert left_queue(metrics, "EvictedContextCancelled") is None
 
 
 async def test_stopping_in_the_instant_a_waiters_ttl_runs_out_releases_it_once() -> None:
@@ -130,11 +131,8 @@ async def test_stopping_in_the_instant_a_waiters_ttl_runs_out_releases_it_once()
         "internal flow control error: request evicted from queue: flow controller is not running",
     )
     assert fc.length == 0 and fc.bytes == 0
-    flow = {"fairness_id": "tenant", "priority": "0"}
-    models = {"inference_pool": "standalone", "model_name": "m", "target_model_name": "m"}
-    queue = "inference_extension_flow_control_request_queue_duration_seconds_count"
-    assert sample(metrics, queue, outcome="EvictedOther", **flow, **models) == 1.0
-    assert sample(metrics, queue, outcome="EvictedTTL", **flow, **models) is None
+    assert left_queue(metrics, "EvictedOther") == 1.0
+    assert left_queue(metrics, "EvictedTTL") is None
 
 
 async def test_a_detector_raising_in_the_dispatch_loop_fails_the_queued_and_the_loop_goes_on() -> None:
@@ -156,10 +154,7 @@ async def test_a_detector_raising_in_the_dispatch_loop_fails_the_queued_and_the_
         (500, "internal flow control error: request evicted from queue: the dispatch cycle failed"),
     ] * 2
     assert fc.length == 0 and fc.bytes == 0
-    flow = {"fairness_id": "tenant", "priority": "0"}
-    models = {"inference_pool": "standalone", "model_name": "m", "target_model_name": "m"}
-    queue = "inference_extension_flow_control_request_queue_duration_seconds_count"
-    assert sample(metrics, queue, outcome="RejectedOther", **flow, **models) == 2.0
+    assert left_queue(metrics, "RejectedOther") == 2.0
     del detector.saturation  # the detector works again: so does the loop
     detector.value = 1.0
     later = asyncio.ensure_future(fc.enqueue_and_wait(queued_request("c", "tenant")))
@@ -182,9 +177,6 @@ async def test_a_request_dispatched_in_the_instant_its_ttl_runs_out_goes_on() ->
     assert fc.dispatch_cycle()  # dispatches it; the timer runs before the waiter resumes
     await waiting  # no 503: dispatched is dispatched
     assert fc.length == 0 and fc.bytes == 0
-    flow = {"fairness_id": "tenant", "priority": "0"}
-    models = {"inference_pool": "standalone", "model_name": "m", "target_model_name": "m"}
-    queue = "inference_extension_flow_control_request_queue_duration_seconds_count"
-    assert sample(metrics, queue, outcome="Dispatched", **flow, **models) == 1.0
-    assert sample(metrics, queue, outcome="EvictedTTL", **flow, **models) is None
+    assert left_queue(metrics, "Dispatched") == 1.0
+    assert left_queue(metrics, "EvictedTTL") is None
     await fc.stop()
