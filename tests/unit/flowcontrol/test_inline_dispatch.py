@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from epp.flowcontrol.controller import FlowController
 from epp.metrics.exporter import EppMetrics
 from epp.requests import RequestError
 from tests.unit.flowcontrol.flow_helpers import built, flow_control_config, queued_request
@@ -112,17 +113,24 @@ async def test_stopping_in_the_instant_a_waiter_is_cancelled_releases_it_once() 
     assert left_queue(metrics, "EvictedContextCancelled") is None
 
 
+async def queued_as_its_ttl_runs_out(fc: FlowController) -> asyncio.Future[None]:
+    """A request waiting on the saturated pool whose TTL's timer is due: the caller's next
+    synchronous step runs just before the timer, and the timer before the waiter resumes."""
+    # A deadline this short is due at the loop's first timer check after the wait begins.
+    waiting = asyncio.ensure_future(fc.enqueue_and_wait(queued_request("r", "tenant"), deadline=1e-9))
+    await asyncio.sleep(0)
+    assert fc.length == 1
+    await asyncio.sleep(0)  # the caller resumes in the iteration that runs the timer next
+    return waiting
+
+
 async def test_stopping_in_the_instant_a_waiters_ttl_runs_out_releases_it_once() -> None:
     """The TTL's timer fires after stop() evicted the request and before its waiter resumes: the
     waiter sees the TimeoutError with the request already released (it released it again: the
     queue's length went to -1)."""
     metrics = EppMetrics()
     fc, _, _ = built(CONFIG, FakeClock(), metrics)
-    # A deadline this short is due at the loop's next timer check, after this test's next step.
-    waiting = asyncio.ensure_future(fc.enqueue_and_wait(queued_request("r", "tenant"), deadline=1e-9))
-    await asyncio.sleep(0)
-    assert fc.length == 1
-    await asyncio.sleep(0)  # now ready: this step, then the TTL's timer
+    waiting = await queued_as_its_ttl_runs_out(fc)
     await fc.stop()  # evicts it; the timer runs before the waiter resumes
     with pytest.raises(RequestError) as raised:
         await waiting
@@ -169,10 +177,7 @@ async def test_a_detector_raising_in_the_dispatch_loop_fails_the_queued_and_the_
 async def test_a_request_dispatched_in_the_instant_its_ttl_runs_out_goes_on() -> None:
     metrics = EppMetrics()
     fc, _, detector = built(CONFIG, FakeClock(), metrics)
-    waiting = asyncio.ensure_future(fc.enqueue_and_wait(queued_request("r", "tenant"), deadline=1e-9))
-    await asyncio.sleep(0)
-    assert fc.length == 1
-    await asyncio.sleep(0)  # now ready: this step, then the TTL's timer
+    waiting = await queued_as_its_ttl_runs_out(fc)
     detector.value = 0.0
     assert fc.dispatch_cycle()  # dispatches it; the timer runs before the waiter resumes
     await waiting  # no 503: dispatched is dispatched
