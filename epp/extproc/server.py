@@ -27,12 +27,18 @@ log = logging.getLogger(__name__)
 # every stream reaches the EPP, whose overload guard answers the excess itself (429, Retry-After).
 # Envoy's message_timeout still bounds how long one waits.
 MAX_PENDING_CALLS = 1_000_000
+# Core also cancels (bare CANCELLED) a call left waiting there over 30 s by default: a backlog that
+# takes the loop longer to accept lost its tail that way (seen under load in
+# test_streams_queued_behind_a_saturated_loop_all_get_the_guards_429). The gateway bounds the wait
+# instead: a call whose client gave up is cancelled by its reset, whatever this allows.
+MAX_UNREQUESTED_SECONDS = 3600
 
 _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
     ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
+    ("grpc.server_max_unrequested_time_in_server", MAX_UNREQUESTED_SECONDS),
     ("grpc.so_reuseport", 0),
 ]
 
@@ -188,11 +194,12 @@ async def _message_or_eviction(
     routed request back) comes first. A message that arrives with the eviction goes first: it
     may end the response, and an ended response is not evicted."""
     reading = asyncio.ensure_future(anext(incoming, None))
-    await asyncio.wait((reading, eviction), return_when=asyncio.FIRST_COMPLETED)
-    if reading.done():
-        return reading.result()
-    reading.cancel()
-    return None
+    try:
+        await asyncio.wait((reading, eviction), return_when=asyncio.FIRST_COMPLETED)
+    finally:  # evicted, or the stream cancelled (Envoy reset it): the read has no one to go to
+        if not reading.done():
+            reading.cancel()
+    return reading.result() if reading.done() else None
 
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"

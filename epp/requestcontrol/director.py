@@ -507,11 +507,11 @@ class Director:
         routed = RoutedRequest(self, request, result)
         try:
             self.hooks.pre_request(request, result)
+            if self.flow_control is not None:  # its eviction policies are plugins too
+                routed.eviction = self.flow_control.track(request, primary.hostport)
         except BaseException:
             routed.finish()
             raise
-        if self.flow_control is not None:
-            routed.eviction = self.flow_control.track(request, primary.hostport)
         return routed
 
     # --- decision records ----------------------------------------------------------------------
