@@ -1,9 +1,11 @@
 """CPU cost of scraping model-server /metrics: N endpoints at the default 50 ms interval.
 
-A child process serves a fixed vLLM-like page (`--page`: a synthetic 27 KB page with the wanted
-series first, or one laid out as vLLM 0.11 serves it, 42 KB, with or without the LoRA gauge) on N
-ports of 127.0.0.1. Each variant then runs in its own process against the
-same servers, in turn, for a few rounds, and reports its own CPU per scrape:
+A child process serves a vLLM-like page (`--page`: a synthetic 27 KB page with the wanted series
+first, or one laid out as vLLM 0.11 serves it, 42 KB, with or without the LoRA gauge) on N ports
+of 127.0.0.1: the same page every time, as an idle server's, or with `--changing` the wanted
+gauges' values changing from one answer to the next, as a busy server's. Each variant then runs in
+its own process against the same servers, in turn, for a few rounds, and reports its own CPU per
+scrape:
 
 - `socket-floor`: blocking sockets and epoll, no event loop, no parsing: the kernel's share;
 - `aiohttp-get`: aiohttp's client GETs each page on a keep-alive session and reads the body, no
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import resource
@@ -43,35 +46,66 @@ SERVER = r"""
 import asyncio, json, sys
 
 class Static(asyncio.Protocol):
-    # Answers every request on the connection with the same response (the cheapest server
+    # Answers the requests on a connection with the responses in turn (the cheapest server
     # Python has, so that more of the schedule is met on a small machine).
-    response = b""
+    responses = [b""]
     def connection_made(self, transport):
-        self.transport, self.pending = transport, b""
+        self.transport, self.pending, self.turn = transport, b"", 0
     def data_received(self, data):
         self.pending += data
         requests = self.pending.count(b"\r\n\r\n")
         if requests:
             self.pending = self.pending[self.pending.rfind(b"\r\n\r\n") + 4:]
-            self.transport.write(self.response * requests)
+            count = len(self.responses)
+            answers = [self.responses[(self.turn + i) % count] for i in range(requests)]
+            self.turn += requests
+            self.transport.write(b"".join(answers))
 
-async def main(count: int, page_file: str) -> None:
-    with open(page_file, "rb") as file:
-        body = file.read()
-    Static.response = (
+async def main(count: int, page_files: list[str]) -> None:
+    bodies = []
+    for page_file in page_files:
+        with open(page_file, "rb") as file:
+            bodies.append(file.read())
+    Static.responses = [
         b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
         b"Content-Length: %d\r\n\r\n" % len(body) + body
-    )
+        for body in bodies
+    ]
     loop = asyncio.get_running_loop()
     ports = []
     for _ in range(count):
         server = await loop.create_server(Static, "127.0.0.1", 0)
         ports.append(server.sockets[0].getsockname()[1])
-    print(json.dumps({"ports": ports, "page": body.decode()}), flush=True)
+    print(json.dumps({"ports": ports, "pages": [body.decode() for body in bodies]}), flush=True)
     await asyncio.Event().wait()
 
-asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
+asyncio.run(main(int(sys.argv[1]), sys.argv[2:]))
 """
+
+# The values the wanted gauges take in turn with `--changing` (different lengths, so what follows
+# them on the page moves too), and the process counter that changes on every page of a real server.
+CHANGING = {
+    b"vllm:num_requests_running": (b"12.0", b"7.0", b"131.0", b"0.0", b"12.0", b"9.0", b"64.0"),
+    b"vllm:num_requests_waiting": (b"3.0", b"0.0", b"18.0", b"0.0", b"4.0", b"3.0", b"102.0"),
+    b"vllm:kv_cache_usage_perc": (b"0.42", b"0.3719", b"0.9", b"0.0", b"0.4375", b"0.42", b"0.87109375"),
+    b"process_cpu_seconds_total": (b"1.5", b"1.52", b"1.55", b"1.59", b"1.61", b"1.66", b"1.7"),
+}
+
+
+def changing(page: bytes) -> list[bytes]:
+    """The page as a busy server serves it scrape after scrape: the values of the `CHANGING`
+    lines in turn (a name missing from the page is left alone)."""
+    lines = page.split(b"\n")
+    pages = []
+    for turn in range(len(next(iter(CHANGING.values())))):
+        changed = []
+        for line in lines:
+            for name, values in CHANGING.items():
+                if line.startswith(name) and line[len(name) : len(name) + 1] in (b"{", b" "):
+                    line = line[: line.rindex(b" ") + 1] + values[turn]
+            changed.append(line)
+        pages.append(b"\n".join(changed))
+    return pages
 
 
 def synthetic_page() -> bytes:
@@ -267,9 +301,9 @@ def scrape_with_sockets(ports: list[int], seconds: float) -> tuple[float, int, i
     return cpu / wall, scrapes, 0
 
 
-def page_read_cost(page: str) -> dict[str, float]:
-    """µs to read one page in process: this process's extractor + engine mapping, and
-    prometheus_client's full text parser."""
+def page_read_cost(pages: list[str]) -> dict[str, float]:
+    """µs to read one page in process, the pages in turn: this process's extractor + engine
+    mapping, and prometheus_client's full text parser."""
     from prometheus_client.parser import text_string_to_metric_families
 
     from epp.datalayer.engines import BUILTIN_ENGINES
@@ -277,20 +311,20 @@ def page_read_cost(page: str) -> dict[str, float]:
 
     engine = BUILTIN_ENGINES["vllm"]
     extractor = Extractor(engine.names())
-    body = page.encode()
-
-    hints: dict[str, int] = {}
+    bodies = itertools.cycle([page.encode() for page in pages])
+    hints: dict[str, object] = {}
 
     def epp() -> None:
         # As the scraper reads a page: lazily, from where the last page had each series (a tree
         # from before that has only the one-pass extraction).
+        body = next(bodies)
         if hasattr(extractor, "series"):
-            engine.read(extractor.series(body, hints), 0.0)
+            engine.read(extractor.series(body, hints), 0.0)  # type: ignore[arg-type]
         else:
             engine.read(extractor.extract_bytes(body), 0.0)
 
     def reference() -> None:
-        for _ in text_string_to_metric_families(page):
+        for _ in text_string_to_metric_families(pages[0]):
             pass
 
     def best(function: object, number: int) -> float:
@@ -311,7 +345,9 @@ def child(variant: str, info: dict[str, object], seconds: float) -> None:
         share, scrapes, failures = scrape_with_sockets(ports, seconds)
     else:
         share, scrapes, failures = asyncio.run(scrape_with_epp(ports, seconds))
-        costs = page_read_cost(str(info["page"]))
+        pages = info["pages"]
+        assert isinstance(pages, list)
+        costs = page_read_cost(pages)
     print(json.dumps({"share": share, "scrapes": scrapes, "failures": failures, **costs}))
 
 
@@ -347,6 +383,17 @@ def main() -> None:
         help="synthetic: the wanted series first, then histograms (27 KB); vllm, vllm-lora: "
         "vLLM 0.11's layout, the wanted series among the rest (42 KB), the LoRA gauge absent or not",
     )
+    parser.add_argument(
+        "--changing",
+        action="store_true",
+        help="the wanted gauges' values (and the process CPU counter) change from one answer to the "
+        "next, as a busy server's do; without it every answer is the same page, as an idle server's",
+    )
+    parser.add_argument(
+        "--scrapers-only",
+        action="store_true",
+        help="run only the baseline and this tree (not the socket floor and aiohttp's client)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--info", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -355,22 +402,23 @@ def main() -> None:
         return
     resource.setrlimit(resource.RLIMIT_NOFILE, (8192, 8192))
     with tempfile.TemporaryDirectory() as scratch:
-        page_file = os.path.join(scratch, "page.txt")
-        Path(page_file).write_bytes(PAGES[args.page]())
+        page = PAGES[args.page]()
+        page_files = []
+        for i, body in enumerate(changing(page) if args.changing else [page]):
+            page_files.append(os.path.join(scratch, f"page{i}.txt"))
+            Path(page_files[-1]).write_bytes(body)
         server = subprocess.Popen(
-            [sys.executable, "-c", SERVER, str(args.endpoints), page_file], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", SERVER, str(args.endpoints), *page_files],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         try:
             assert server.stdout is not None
             info_file = os.path.join(scratch, "info.json")
             Path(info_file).write_text(server.stdout.readline())
             baseline = checkout(args.baseline, scratch)
-            variants = {
-                "socket-floor": str(ROOT),
-                "aiohttp-get": str(ROOT),
-                f"baseline ({args.baseline})": baseline,
-                "this tree": str(ROOT),
-            }
+            floors = {} if args.scrapers_only else {"socket-floor": str(ROOT), "aiohttp-get": str(ROOT)}
+            variants = {**floors, f"baseline ({args.baseline})": baseline, "this tree": str(ROOT)}
             results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
             for _ in range(args.rounds):
                 for name, pythonpath in variants.items():
@@ -386,7 +434,8 @@ def main() -> None:
 def report(args: argparse.Namespace, results: dict[str, list[dict[str, float]]]) -> None:
     expected = args.endpoints * args.seconds / INTERVAL
     print(
-        f"endpoints={args.endpoints} page={args.page} interval={INTERVAL * 1000:.0f}ms "
+        f"endpoints={args.endpoints} page={args.page} changing={args.changing} "
+        f"interval={INTERVAL * 1000:.0f}ms "
         f"seconds={args.seconds} rounds={args.rounds} (µs of CPU per scrape, each round; median; "
         "the share of a core measured, at the share of the schedule the page server met, and "
         "projected to the full schedule)"
