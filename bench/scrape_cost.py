@@ -13,10 +13,10 @@ scrape:
 - `baseline`: the EPP's `MetricsScraper` as of a git revision (`--baseline`, default `main`);
 - `this tree`: the `MetricsScraper` of the working tree.
 
-Each scraper variant also reports the in-process cost of reading one page (extracting the
-configured series and mapping them to endpoint metrics, no I/O), next to prometheus_client's text
-parser on the same page (a full parse, the reference the extractor must agree with). Progress
-goes to stderr. Run:
+Each scraper variant also reports the in-process cost of handling one answer (extracting the
+configured series, mapping them to endpoint metrics and setting them on the endpoint, no I/O),
+next to prometheus_client's text parser on the same page (a full parse, the reference the
+extractor must agree with). Progress goes to stderr. Run:
 
     .venv/bin/python bench/scrape_cost.py --endpoints 100 --seconds 5 --rounds 3
 """
@@ -302,26 +302,24 @@ def scrape_with_sockets(ports: list[int], seconds: float) -> tuple[float, int, i
 
 
 def page_read_cost(pages: list[str]) -> dict[str, float]:
-    """µs to read one page in process, the pages in turn: this process's extractor + engine
-    mapping, and prometheus_client's full text parser."""
+    """µs to handle one answer in process, the pages in turn, as this process's scraper does
+    (find the series, map them to endpoint metrics, set them on the endpoint; no I/O), and
+    prometheus_client's full text parser on the first page."""
     from prometheus_client.parser import text_string_to_metric_families
 
     from epp.datalayer.engines import BUILTIN_ENGINES
     from epp.datalayer.promtext import Extractor
+    from epp.datalayer.scraper import MetricsScraper, _Target
+    from epp.datastore import Datastore, Endpoint, EndpointSpec
 
     engine = BUILTIN_ENGINES["vllm"]
-    extractor = Extractor(engine.names())
+    scraper = MetricsScraper(Datastore())
+    endpoint = Endpoint(EndpointSpec("e", "127.0.0.1", 1))
+    target = scraper._targets["e"] = _Target(endpoint, None, engine, Extractor(engine.names()), 0)  # type: ignore[arg-type]
     bodies = itertools.cycle([page.encode() for page in pages])
-    hints: dict[str, object] = {}
 
     def epp() -> None:
-        # As the scraper reads a page: lazily, from where the last page had each series (a tree
-        # from before that has only the one-pass extraction).
-        body = next(bodies)
-        if hasattr(extractor, "series"):
-            engine.read(extractor.series(body, hints), 0.0)  # type: ignore[arg-type]
-        else:
-            engine.read(extractor.extract_bytes(body), 0.0)
+        scraper._answered(target, (200, next(bodies)))
 
     def reference() -> None:
         for _ in text_string_to_metric_families(pages[0]):
@@ -452,7 +450,7 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, float]]])
         )
         if "read_us" in runs[0]:
             line += (
-                f"; page read in process {statistics.median(r['read_us'] for r in runs):.1f} µs "
+                f"; answer handled in process {statistics.median(r['read_us'] for r in runs):.1f} µs "
                 f"(prometheus_client parser {statistics.median(r['reference_us'] for r in runs):.0f} µs)"
             )
         print(line)
