@@ -11,7 +11,9 @@ scrape:
 - `aiohttp-get`: aiohttp's client GETs each page on a keep-alive session and reads the body, no
   parsing (a task per endpoint, as a plain Python scraper would do it);
 - `baseline`: the EPP's `MetricsScraper` as of a git revision (`--baseline`, default `main`);
-- `this tree`: the `MetricsScraper` of the working tree.
+- `this tree`: the `MetricsScraper` of the working tree;
+- with `--profile`, `no-answer` and `no-read`: this tree's scraper only counting each answer, and
+  handling it (status, health, timers) without reading the page.
 
 Each scraper variant also reports the in-process cost of handling one answer (extracting the
 configured series, mapping them to endpoint metrics and setting them on the endpoint, no I/O),
@@ -332,6 +334,24 @@ def page_read_cost(pages: list[str]) -> dict[str, float]:
     return {"read_us": best(epp, 2000), "reference_us": best(reference, 20)}
 
 
+def without_reading(variant: str) -> None:
+    """The scraper less part of its work, for `--profile`: `no-read` handles each answer but
+    does not read the page (status, health and timers only); `no-answer` only counts it."""
+    from epp.datalayer import scraper
+
+    if variant == "no-read":
+        scraper.MetricsScraper._read = staticmethod(lambda target, page: None)  # type: ignore[method-assign]
+        return
+
+    def count(self: scraper.MetricsScraper, target: scraper._Target, result: object) -> None:
+        target.sent_at = None
+        self.scrapes += 1
+        if target.overdue:
+            self._begin(target, asyncio.get_running_loop().time())
+
+    scraper.MetricsScraper._answered = count  # type: ignore[method-assign,assignment]
+
+
 def child(variant: str, info: dict[str, object], seconds: float) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (8192, 8192))
     ports = info["ports"]
@@ -341,6 +361,9 @@ def child(variant: str, info: dict[str, object], seconds: float) -> None:
         share, scrapes, failures = asyncio.run(scrape_with_aiohttp(ports, seconds))
     elif variant == "socket-floor":
         share, scrapes, failures = scrape_with_sockets(ports, seconds)
+    elif variant in ("no-read", "no-answer"):
+        without_reading(variant)
+        share, scrapes, failures = asyncio.run(scrape_with_epp(ports, seconds))
     else:
         share, scrapes, failures = asyncio.run(scrape_with_epp(ports, seconds))
         pages = info["pages"]
@@ -392,6 +415,12 @@ def main() -> None:
         action="store_true",
         help="run only the baseline and this tree (not the socket floor and aiohttp's client)",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also run this tree's scraper without reading pages, and only counting answers: "
+        "what the HTTP client and the event loop cost, and the scraper's bookkeeping",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--info", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -417,10 +446,12 @@ def main() -> None:
             baseline = checkout(args.baseline, scratch)
             floors = {} if args.scrapers_only else {"socket-floor": str(ROOT), "aiohttp-get": str(ROOT)}
             variants = {**floors, f"baseline ({args.baseline})": baseline, "this tree": str(ROOT)}
+            if args.profile:
+                variants |= {"no-answer": str(ROOT), "no-read": str(ROOT)}
             results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
             for _ in range(args.rounds):
                 for name, pythonpath in variants.items():
-                    kind = name if name in ("socket-floor", "aiohttp-get") else "epp"
+                    kind = name if name in ("socket-floor", "aiohttp-get", "no-answer", "no-read") else "epp"
                     results[name].append(run_variant(kind, pythonpath, info_file, args.seconds))
                     print(name, results[name][-1], file=sys.stderr)
         finally:
