@@ -2,8 +2,9 @@
 
 A child process serves a vLLM-like page (`--page`: a synthetic 27 KB page with the wanted series
 first, or one laid out as vLLM 0.11 serves it, 42 KB, with or without the LoRA gauge) on N ports
-of 127.0.0.1: the same page every time, as an idle server's, or with `--changing` the wanted
-gauges' values changing from one answer to the next, as a busy server's. Each variant then runs in
+of 127.0.0.1: the same page every time; with `--changing process` only the process CPU counter
+above the wanted series changing (and with it their place), as an idle vLLM's page does; with
+`--changing` the wanted gauges' values changing too, as a busy server's. Each variant then runs in
 its own process against the same servers, in turn, for a few rounds, and reports its own CPU per
 scrape:
 
@@ -94,15 +95,16 @@ CHANGING = {
 }
 
 
-def changing(page: bytes) -> list[bytes]:
-    """The page as a busy server serves it scrape after scrape: the values of the `CHANGING`
-    lines in turn (a name missing from the page is left alone)."""
+def changing(page: bytes, which: str = "all") -> list[bytes]:
+    """The page as a server serves it scrape after scrape: the values of the `CHANGING` lines in
+    turn (`process`: only the process CPU counter's; a name missing from the page is left alone)."""
     lines = page.split(b"\n")
     pages = []
+    names = {n: v for n, v in CHANGING.items() if which == "all" or n.startswith(b"process_")}
     for turn in range(len(next(iter(CHANGING.values())))):
         changed = []
         for line in lines:
-            for name, values in CHANGING.items():
+            for name, values in names.items():
                 if line.startswith(name) and line[len(name) : len(name) + 1] in (b"{", b" "):
                     line = line[: line.rindex(b" ") + 1] + values[turn]
             changed.append(line)
@@ -406,9 +408,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--changing",
-        action="store_true",
+        nargs="?",
+        const="all",
+        choices=("all", "process"),
         help="the wanted gauges' values (and the process CPU counter) change from one answer to the "
-        "next, as a busy server's do; without it every answer is the same page, as an idle server's",
+        "next, as a busy server's do; `process`: only the process CPU counter, as an idle vLLM's "
+        "page; without it every answer is the same page",
     )
     parser.add_argument(
         "--scrapers-only",
@@ -431,7 +436,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         page = PAGES[args.page]()
         page_files = []
-        for i, body in enumerate(changing(page) if args.changing else [page]):
+        for i, body in enumerate(changing(page, args.changing) if args.changing else [page]):
             page_files.append(os.path.join(scratch, f"page{i}.txt"))
             Path(page_files[-1]).write_bytes(body)
         server = subprocess.Popen(

@@ -300,17 +300,21 @@ class Extractor:
 
     def same(self, page: bytes, hints: Hints, names: Iterable[str]) -> bool:
         """Whether each of `names` reads on `page` what it read on the endpoint's last page: the
-        bytes its read looked at are there unchanged, or it is still absent (a pass over the
+        bytes its read looked at are around its line unchanged (wherever the line now is: values
+        before it, a process's CPU time, change length), or it is still absent (a pass over the
         page, so those come last)."""
         absent = []
         for name in names:
-            seen = hints.get(name)
-            if seen is None:
+            seen, wanted = hints.get(name), self._wanted.get(name)
+            if seen is None or wanted is None:
                 return False
             if seen.at < 0:
                 absent.append(name)
-            elif not seen.same(page, seen.at):
+                continue
+            at = wanted.locate(page, seen.at)[0]
+            if at < 0 or not seen.same(page, at):
                 return False
+            seen.at = at
         return not any(self.read(page, name, hints) for name in absent)
 
 

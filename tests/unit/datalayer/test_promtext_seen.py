@@ -108,3 +108,16 @@ def test_a_series_that_appears_is_found_where_it_was_absent() -> None:
     lora = b'vllm:lora_requests_info{max_lora="4",running_lora_adapters="a",waiting_lora_adapters=""} 1.7e9\n'
     assert not extractor.same(PAGE + lora, hints, names)
     assert ENGINE.read(_read_as_fresh(extractor, hints, PAGE + lora), 0).active_models == {"a"}
+
+
+def test_a_page_whose_series_moved_reads_the_same() -> None:
+    """An idle server's counters above the wanted series change length (its CPU time): the
+    series are where they were but for the shift, and read as before."""
+    extractor, hints = Extractor(ENGINE.names()), {}
+    _read_as_fresh(extractor, hints, PAGE)
+    before = _read_as_fresh(extractor, hints, PAGE)
+    moved = PAGE.replace(b"process_cpu_seconds_total 1.5", b"process_cpu_seconds_total 1.625")
+    assert extractor.same(moved, hints, sorted(ENGINE.names()))
+    after = _read_as_fresh(extractor, hints, moved)
+    assert all(after[name] is before[name] for name in before)
+    assert extractor.same(PAGE, hints, sorted(ENGINE.names()))
