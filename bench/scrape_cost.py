@@ -1,20 +1,25 @@
 """CPU cost of scraping model-server /metrics: N endpoints at the default 50 ms interval.
 
-A child process serves a fixed vLLM-like page (`--page`: a synthetic 27 KB page with the wanted
-series first, or one laid out as vLLM 0.11 serves it, 42 KB, with or without the LoRA gauge) on N
-ports of 127.0.0.1. Each variant then runs in its own process against the
-same servers, in turn, for a few rounds, and reports its own CPU per scrape:
+A child process serves a vLLM-like page (`--page`: a synthetic 27 KB page with the wanted series
+first, or one laid out as vLLM 0.11 serves it, 42 KB, with or without the LoRA gauge) on N ports
+of 127.0.0.1: the same page every time; with `--changing process` only the process CPU counter
+above the wanted series changing (and with it their place), as an idle vLLM's page does; with
+`--changing` the wanted gauges' values changing too, as a busy server's. Each variant then runs in
+its own process against the same servers, in turn, for a few rounds, and reports its own CPU per
+scrape:
 
 - `socket-floor`: blocking sockets and epoll, no event loop, no parsing: the kernel's share;
 - `aiohttp-get`: aiohttp's client GETs each page on a keep-alive session and reads the body, no
   parsing (a task per endpoint, as a plain Python scraper would do it);
 - `baseline`: the EPP's `MetricsScraper` as of a git revision (`--baseline`, default `main`);
-- `this tree`: the `MetricsScraper` of the working tree.
+- `this tree`: the `MetricsScraper` of the working tree;
+- with `--profile`, `no-answer` and `no-read`: this tree's scraper only counting each answer, and
+  handling it (status, health, timers) without reading the page.
 
-Each scraper variant also reports the in-process cost of reading one page (extracting the
-configured series and mapping them to endpoint metrics, no I/O), next to prometheus_client's text
-parser on the same page (a full parse, the reference the extractor must agree with). Progress
-goes to stderr. Run:
+Each scraper variant also reports the in-process cost of handling one answer (extracting the
+configured series, mapping them to endpoint metrics and setting them on the endpoint, no I/O),
+next to prometheus_client's text parser on the same page (a full parse, the reference the
+extractor must agree with). Progress goes to stderr. Run:
 
     .venv/bin/python bench/scrape_cost.py --endpoints 100 --seconds 5 --rounds 3
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import resource
@@ -43,35 +49,67 @@ SERVER = r"""
 import asyncio, json, sys
 
 class Static(asyncio.Protocol):
-    # Answers every request on the connection with the same response (the cheapest server
+    # Answers the requests on a connection with the responses in turn (the cheapest server
     # Python has, so that more of the schedule is met on a small machine).
-    response = b""
+    responses = [b""]
     def connection_made(self, transport):
-        self.transport, self.pending = transport, b""
+        self.transport, self.pending, self.turn = transport, b"", 0
     def data_received(self, data):
         self.pending += data
         requests = self.pending.count(b"\r\n\r\n")
         if requests:
             self.pending = self.pending[self.pending.rfind(b"\r\n\r\n") + 4:]
-            self.transport.write(self.response * requests)
+            count = len(self.responses)
+            answers = [self.responses[(self.turn + i) % count] for i in range(requests)]
+            self.turn += requests
+            self.transport.write(b"".join(answers))
 
-async def main(count: int, page_file: str) -> None:
-    with open(page_file, "rb") as file:
-        body = file.read()
-    Static.response = (
+async def main(count: int, page_files: list[str]) -> None:
+    bodies = []
+    for page_file in page_files:
+        with open(page_file, "rb") as file:
+            bodies.append(file.read())
+    Static.responses = [
         b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
         b"Content-Length: %d\r\n\r\n" % len(body) + body
-    )
+        for body in bodies
+    ]
     loop = asyncio.get_running_loop()
     ports = []
     for _ in range(count):
         server = await loop.create_server(Static, "127.0.0.1", 0)
         ports.append(server.sockets[0].getsockname()[1])
-    print(json.dumps({"ports": ports, "page": body.decode()}), flush=True)
+    print(json.dumps({"ports": ports, "pages": [body.decode() for body in bodies]}), flush=True)
     await asyncio.Event().wait()
 
-asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
+asyncio.run(main(int(sys.argv[1]), sys.argv[2:]))
 """
+
+# The values the wanted gauges take in turn with `--changing` (different lengths, so what follows
+# them on the page moves too), and the process counter that changes on every page of a real server.
+CHANGING = {
+    b"vllm:num_requests_running": (b"12.0", b"7.0", b"131.0", b"0.0", b"12.0", b"9.0", b"64.0"),
+    b"vllm:num_requests_waiting": (b"3.0", b"0.0", b"18.0", b"0.0", b"4.0", b"3.0", b"102.0"),
+    b"vllm:kv_cache_usage_perc": (b"0.42", b"0.3719", b"0.9", b"0.0", b"0.4375", b"0.42", b"0.87109375"),
+    b"process_cpu_seconds_total": (b"1.5", b"1.52", b"1.55", b"1.59", b"1.61", b"1.66", b"1.7"),
+}
+
+
+def changing(page: bytes, which: str = "all") -> list[bytes]:
+    """The page as a server serves it scrape after scrape: the values of the `CHANGING` lines in
+    turn (`process`: only the process CPU counter's; a name missing from the page is left alone)."""
+    lines = page.split(b"\n")
+    pages = []
+    names = {n: v for n, v in CHANGING.items() if which == "all" or n.startswith(b"process_")}
+    for turn in range(len(next(iter(CHANGING.values())))):
+        changed = []
+        for line in lines:
+            for name, values in names.items():
+                if line.startswith(name) and line[len(name) : len(name) + 1] in (b"{", b" "):
+                    line = line[: line.rindex(b" ") + 1] + values[turn]
+            changed.append(line)
+        pages.append(b"\n".join(changed))
+    return pages
 
 
 def synthetic_page() -> bytes:
@@ -267,30 +305,28 @@ def scrape_with_sockets(ports: list[int], seconds: float) -> tuple[float, int, i
     return cpu / wall, scrapes, 0
 
 
-def page_read_cost(page: str) -> dict[str, float]:
-    """µs to read one page in process: this process's extractor + engine mapping, and
-    prometheus_client's full text parser."""
+def page_read_cost(pages: list[str]) -> dict[str, float]:
+    """µs to handle one answer in process, the pages in turn, as this process's scraper does
+    (find the series, map them to endpoint metrics, set them on the endpoint; no I/O), and
+    prometheus_client's full text parser on the first page."""
     from prometheus_client.parser import text_string_to_metric_families
 
     from epp.datalayer.engines import BUILTIN_ENGINES
     from epp.datalayer.promtext import Extractor
+    from epp.datalayer.scraper import MetricsScraper, _Target
+    from epp.datastore import Datastore, Endpoint, EndpointSpec
 
     engine = BUILTIN_ENGINES["vllm"]
-    extractor = Extractor(engine.names())
-    body = page.encode()
-
-    hints: dict[str, int] = {}
+    scraper = MetricsScraper(Datastore())
+    endpoint = Endpoint(EndpointSpec("e", "127.0.0.1", 1))
+    target = scraper._targets["e"] = _Target(endpoint, None, engine, Extractor(engine.names()), 0)  # type: ignore[arg-type]
+    bodies = itertools.cycle([page.encode() for page in pages])
 
     def epp() -> None:
-        # As the scraper reads a page: lazily, from where the last page had each series (a tree
-        # from before that has only the one-pass extraction).
-        if hasattr(extractor, "series"):
-            engine.read(extractor.series(body, hints), 0.0)
-        else:
-            engine.read(extractor.extract_bytes(body), 0.0)
+        scraper._answered(target, (200, next(bodies)))
 
     def reference() -> None:
-        for _ in text_string_to_metric_families(page):
+        for _ in text_string_to_metric_families(pages[0]):
             pass
 
     def best(function: object, number: int) -> float:
@@ -298,6 +334,24 @@ def page_read_cost(page: str) -> dict[str, float]:
         return min(runs) / number * 1e6
 
     return {"read_us": best(epp, 2000), "reference_us": best(reference, 20)}
+
+
+def without_reading(variant: str) -> None:
+    """The scraper less part of its work, for `--profile`: `no-read` handles each answer but
+    does not read the page (status, health and timers only); `no-answer` only counts it."""
+    from epp.datalayer import scraper
+
+    if variant == "no-read":
+        scraper.MetricsScraper._read = staticmethod(lambda target, page: None)  # type: ignore[method-assign]
+        return
+
+    def count(self: scraper.MetricsScraper, target: scraper._Target, result: object) -> None:
+        target.sent_at = None
+        self.scrapes += 1
+        if target.overdue:
+            self._begin(target, asyncio.get_running_loop().time())
+
+    scraper.MetricsScraper._answered = count  # type: ignore[method-assign,assignment]
 
 
 def child(variant: str, info: dict[str, object], seconds: float) -> None:
@@ -309,9 +363,14 @@ def child(variant: str, info: dict[str, object], seconds: float) -> None:
         share, scrapes, failures = asyncio.run(scrape_with_aiohttp(ports, seconds))
     elif variant == "socket-floor":
         share, scrapes, failures = scrape_with_sockets(ports, seconds)
+    elif variant in ("no-read", "no-answer"):
+        without_reading(variant)
+        share, scrapes, failures = asyncio.run(scrape_with_epp(ports, seconds))
     else:
         share, scrapes, failures = asyncio.run(scrape_with_epp(ports, seconds))
-        costs = page_read_cost(str(info["page"]))
+        pages = info["pages"]
+        assert isinstance(pages, list)
+        costs = page_read_cost(pages)
     print(json.dumps({"share": share, "scrapes": scrapes, "failures": failures, **costs}))
 
 
@@ -347,6 +406,26 @@ def main() -> None:
         help="synthetic: the wanted series first, then histograms (27 KB); vllm, vllm-lora: "
         "vLLM 0.11's layout, the wanted series among the rest (42 KB), the LoRA gauge absent or not",
     )
+    parser.add_argument(
+        "--changing",
+        nargs="?",
+        const="all",
+        choices=("all", "process"),
+        help="the wanted gauges' values (and the process CPU counter) change from one answer to the "
+        "next, as a busy server's do; `process`: only the process CPU counter, as an idle vLLM's "
+        "page; without it every answer is the same page",
+    )
+    parser.add_argument(
+        "--scrapers-only",
+        action="store_true",
+        help="run only the baseline and this tree (not the socket floor and aiohttp's client)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also run this tree's scraper without reading pages, and only counting answers: "
+        "what the HTTP client and the event loop cost, and the scraper's bookkeeping",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--info", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -355,26 +434,29 @@ def main() -> None:
         return
     resource.setrlimit(resource.RLIMIT_NOFILE, (8192, 8192))
     with tempfile.TemporaryDirectory() as scratch:
-        page_file = os.path.join(scratch, "page.txt")
-        Path(page_file).write_bytes(PAGES[args.page]())
+        page = PAGES[args.page]()
+        page_files = []
+        for i, body in enumerate(changing(page, args.changing) if args.changing else [page]):
+            page_files.append(os.path.join(scratch, f"page{i}.txt"))
+            Path(page_files[-1]).write_bytes(body)
         server = subprocess.Popen(
-            [sys.executable, "-c", SERVER, str(args.endpoints), page_file], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", SERVER, str(args.endpoints), *page_files],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         try:
             assert server.stdout is not None
             info_file = os.path.join(scratch, "info.json")
             Path(info_file).write_text(server.stdout.readline())
             baseline = checkout(args.baseline, scratch)
-            variants = {
-                "socket-floor": str(ROOT),
-                "aiohttp-get": str(ROOT),
-                f"baseline ({args.baseline})": baseline,
-                "this tree": str(ROOT),
-            }
+            floors = {} if args.scrapers_only else {"socket-floor": str(ROOT), "aiohttp-get": str(ROOT)}
+            variants = {**floors, f"baseline ({args.baseline})": baseline, "this tree": str(ROOT)}
+            if args.profile:
+                variants |= {"no-answer": str(ROOT), "no-read": str(ROOT)}
             results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
             for _ in range(args.rounds):
                 for name, pythonpath in variants.items():
-                    kind = name if name in ("socket-floor", "aiohttp-get") else "epp"
+                    kind = name if name in ("socket-floor", "aiohttp-get", "no-answer", "no-read") else "epp"
                     results[name].append(run_variant(kind, pythonpath, info_file, args.seconds))
                     print(name, results[name][-1], file=sys.stderr)
         finally:
@@ -386,7 +468,8 @@ def main() -> None:
 def report(args: argparse.Namespace, results: dict[str, list[dict[str, float]]]) -> None:
     expected = args.endpoints * args.seconds / INTERVAL
     print(
-        f"endpoints={args.endpoints} page={args.page} interval={INTERVAL * 1000:.0f}ms "
+        f"endpoints={args.endpoints} page={args.page} changing={args.changing} "
+        f"interval={INTERVAL * 1000:.0f}ms "
         f"seconds={args.seconds} rounds={args.rounds} (µs of CPU per scrape, each round; median; "
         "the share of a core measured, at the share of the schedule the page server met, and "
         "projected to the full schedule)"
@@ -403,7 +486,7 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, float]]])
         )
         if "read_us" in runs[0]:
             line += (
-                f"; page read in process {statistics.median(r['read_us'] for r in runs):.1f} µs "
+                f"; answer handled in process {statistics.median(r['read_us'] for r in runs):.1f} µs "
                 f"(prometheus_client parser {statistics.median(r['reference_us'] for r in runs):.0f} µs)"
             )
         print(line)

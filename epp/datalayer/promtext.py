@@ -84,8 +84,39 @@ _HELP_OR_TYPE = (b"# HELP ", b"# TYPE ")
 # change length between scrapes, and series come and go.
 HINT_SLACK = 1024
 
-Hints = dict[str, int]
-"""Where each wanted name's lines began on one endpoint's last page."""
+
+class Seen:
+    """What reading one wanted name left for the endpoint's next page: where the name's first line
+    began (-1: not on the page), the samples read, and the bytes of the page that read depended
+    on (`window`, from `back` bytes before `at`; `to_end`: up to the page's end; None if the read
+    cannot be replayed). Which lines are the name's depends only on the bytes from the newline
+    the walk back over its group stopped after to the first byte past the group that shows it
+    ended; so a page with the same bytes around the name's line, wherever that line now is, reads
+    the same, and a series whose values did not change is not parsed again."""
+
+    __slots__ = ("at", "back", "changed", "samples", "to_end", "window")
+
+    def __init__(self) -> None:
+        self.at = -1
+        self.changed = True  # whether the last read parsed lines, or found the name gone
+        self.back = 0
+        self.window: bytes | None = None
+        self.to_end = False
+        self.samples: list[Sample] = []
+
+    def same(self, page: bytes, at: int) -> bool:
+        """Whether `page`, with the name's line at `at`, has the bytes the last read looked at."""
+        window = self.window
+        if window is None:
+            return False
+        lo = at - self.back
+        if lo < 0 or (at and not self.back):  # a read from the page's start replays only there
+            return False
+        return page.startswith(window, lo) and (not self.to_end or len(page) == lo + len(window))
+
+
+Hints = dict[str, Seen]
+"""What each wanted name's read left on one endpoint's last page."""
 
 
 class SeriesByName(Protocol):
@@ -97,13 +128,16 @@ class SeriesByName(Protocol):
 class _Wanted:
     """How to find one wanted name's lines on a page."""
 
-    __slots__ = ("alone", "family", "first", "group", "head", "line", "needle")
+    __slots__ = ("alone", "family", "first", "group", "head", "line", "lookahead", "needle")
 
     def __init__(self, name: str) -> None:
         family = next((name[: -len(s)] for s in _SAMPLE_SUFFIXES if name.endswith(s)), name)
         self.family = family.encode()
         self.head = name.encode()
         self.needle = b"\n" + self.head
+        # How far past the group's last line the patterns below look to see that the group ends:
+        # a newline and "# HELP " or "# TYPE " and the family's name, at most.
+        self.lookahead = 1 + len(_HELP_OR_TYPE[0]) + len(self.family)
         # A line that may belong to the group: it starts with the family's name, or is blank, or a
         # comment other than another family's HELP or TYPE.
         escaped = re.escape(self.family)
@@ -119,40 +153,44 @@ class _Wanted:
         # One sample line from its start, when the line after it ends the group.
         self.alone = re.compile(line + rb"[^\n]*(?=\n(?!" + more + rb")|\Z)")
 
-    def lines(self, page: bytes, hint: int) -> tuple[list[tuple[bytes, ...]], int]:
-        """The (label block, value) of each of the name's sample lines, and where the first one
-        found starts (-1 if the page has none). Looked for at `hint` first, then from a little
-        before it, then from the page's start."""
+    def locate(self, page: bytes, hint: int) -> tuple[int, bool]:
+        """The start of a sample line of the name (-1 if the page has none), looked for at
+        `hint` first, then from a little before it, then from the page's start; and whether lines
+        of its group may come before it."""
         if (
             hint > 0
             and page.startswith(self.needle, hint - 1)
             and page.startswith(_AFTER_NAME, hint + len(self.head))
         ):
-            at, walk = hint, True
-        else:
-            at, walk = self._search(page, hint)
-            if at < 0:
-                return [], -1
-        start = at
+            return hint, True
+        return self._search(page, hint)
+
+    def lines(self, page: bytes, at: int, walk: bool) -> tuple[list[tuple[bytes, ...]], int, int]:
+        """The (label block, value) of each of the name's sample lines in the group of the one
+        at `at`; and, when `walk` (or at the page's start), the part of the page [lo, hi) that
+        result depends on (lo is -1 otherwise)."""
+        start = line = at
         if walk:
             # Not necessarily the group's first sample line: walk back over the group's lines
             # before it, up to the group's HELP or TYPE (which come first) or another family.
-            opens, family, line = (self.family, b"#", b"\n"), self.family, at
+            opens, family = (self.family, b"#", b"\n"), self.family
             while line > 0:
                 line = page.rfind(b"\n", 0, line - 1) + 1
                 if page.startswith(_HELP_OR_TYPE, line) or not page.startswith(opens, line):
                     break
                 if page.startswith(family, line):
                     start = line
+        # From the newline the walk stopped after; at the page's start there is nothing before.
+        lo = (line - 1 if line > 0 else 0) if walk or not at else -1
         if start == at:
             alone = self.alone.match(page, at)
             if alone is not None:
-                return [alone.groups(b"")], at
+                return [alone.groups(b"")], lo, alone.end() + self.lookahead
         end = self.group.match(page, start).end()  # type: ignore[union-attr]  # matches empty
         found: list[tuple[bytes, ...]] = self.line.findall(page, start - 1 if start else 0, end)
         if start == 0 and (first := self.first.match(page, 0, end)) is not None:
             found.insert(0, first.groups(b""))
-        return found, at
+        return found, lo, end + self.lookahead
 
     def _search(self, page: bytes, hint: int) -> tuple[int, bool]:
         """The start of a sample line of the name, and whether lines of its group may come before
@@ -228,7 +266,18 @@ class Extractor:
         wanted = self._wanted.get(name)
         if wanted is None:
             return []
-        lines, hints[name] = wanted.lines(page, hints.get(name, -1))
+        seen = hints.get(name)
+        if seen is None:
+            seen = hints[name] = Seen()
+        at, walk = wanted.locate(page, seen.at)
+        if at < 0:
+            seen.changed = seen.at >= 0
+            seen.at, seen.window = -1, None
+            return []
+        if seen.same(page, at):
+            seen.at, seen.changed = at, False
+            return seen.samples
+        lines, lo, hi = wanted.lines(page, at, walk)
         found: list[Sample] = []
         parsed = self._labels
         for block, value in lines:
@@ -242,21 +291,54 @@ class Extractor:
                     parsed.clear()
                 labels = parsed[block] = _labels(block)
             found.append(_new_sample(Sample, (labels, number)))
+        seen.at, seen.samples, seen.changed = at, found, True
+        if lo < 0:
+            seen.window = None
+        else:
+            seen.back, seen.window, seen.to_end = at - lo, page[lo:hi], hi >= len(page)
         return found
+
+    def same(self, page: bytes, hints: Hints, names: Iterable[str]) -> bool:
+        """Whether each of `names` reads on `page` what it read on the endpoint's last page: the
+        bytes its read looked at are around its line unchanged (wherever the line now is: values
+        before it, a process's CPU time, change length), or it is still absent (a pass over the
+        page, so those come last)."""
+        absent = []
+        for name in names:
+            seen, wanted = hints.get(name), self._wanted.get(name)
+            if seen is None or wanted is None:
+                return False
+            if seen.at < 0:
+                absent.append(name)
+                continue
+            at = wanted.locate(page, seen.at)[0]
+            if at < 0 or not seen.same(page, at):
+                return False
+            seen.at = at
+        return not any(self.read(page, name, hints) for name in absent)
 
 
 class PageSeries:
-    """One page's wanted series by name, each read when asked for."""
+    """One page's wanted series by name, each read when asked for; `asked` lists the names asked
+    for, in order (what `Extractor.same` checks on the next page), and `changed` is False while
+    each was the series the last page read."""
 
-    __slots__ = ("_extractor", "_hints", "_page")
+    __slots__ = ("_extractor", "_hints", "_page", "asked", "changed")
 
     def __init__(self, extractor: Extractor, page: bytes, hints: Hints) -> None:
         self._extractor = extractor
         self._page = page
         self._hints = hints
+        self.asked: list[str] = []
+        self.changed = False
 
     def get(self, name: str, /) -> list[Sample] | None:
-        return self._extractor.read(self._page, name, self._hints) or None
+        self.asked.append(name)
+        found = self._extractor.read(self._page, name, self._hints)
+        seen = self._hints.get(name)
+        if seen is None or seen.changed:
+            self.changed = True
+        return found or None
 
 
 def _labels(block: bytes) -> dict[str, str]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from epp.datalayer.engines import BUILTIN_ENGINES, ENGINE_LABEL, EngineMetrics
 from epp.datalayer.fetch import KeepAliveGetter, Result, insecure_tls_context
 from epp.datalayer.promtext import Extractor, Hints
-from epp.datastore import Datastore, Endpoint
+from epp.datastore import Datastore, Endpoint, EndpointMetrics
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class _Target:
     """One endpoint being scraped: its connection, how to read its page, and its scrape state."""
 
     __slots__ = (
+        "asked",
         "endpoint",
         "engine",
         "extractor",
@@ -56,6 +57,8 @@ class _Target:
         "getter",
         "group",
         "hints",
+        "idle",
+        "metrics",
         "overdue",
         "sent_at",
     )
@@ -73,7 +76,12 @@ class _Target:
         self.getter = getter
         self.engine = engine
         self.extractor = extractor
-        self.hints: Hints = {}  # where its page had each series last time
+        self.hints: Hints = {}  # where its page had each series last time, and what they read
+        # The metrics its last page read to, the names the engine asked for on it, and whether
+        # each read as on the page before (then the next page is checked for the same first).
+        self.metrics: EndpointMetrics | None = None
+        self.asked: list[str] = []
+        self.idle = False
         self.failures = 0
         self.sent_at: float | None = None  # loop time the GET under way was started
         self.overdue = False  # an interval passed while the GET was under way
@@ -229,8 +237,7 @@ class MetricsScraper:
             if status != 200:
                 raise ValueError(f"HTTP {status} from {endpoint.spec.metrics_hostport}{self._path}")
             self.scrapes += 1
-            series = target.extractor.series(body, target.hints)
-            endpoint.metrics = target.engine.read(series, time.monotonic())
+            self._read(target, body)
         except ConnectionRefusedError as exc:
             self._failed(target, f"connection refused: {exc}", immediate=True)
         except TimeoutError as exc:
@@ -239,10 +246,33 @@ class MetricsScraper:
             self._failed(target, f"{type(exc).__name__}: {exc}", immediate=False)
         else:
             target.failures = 0
-            endpoint.healthy = True
-            endpoint.suspended_until = 0.0
+            if not endpoint.healthy:
+                endpoint.healthy = True
+            if endpoint.suspended_until:
+                endpoint.suspended_until = 0.0
         if target.overdue:
             self._begin(target, asyncio.get_running_loop().time())
+
+    @staticmethod
+    def _read(target: _Target, page: bytes) -> None:
+        """The endpoint's metrics from its page. An idle server's page (every series the engine
+        asked for read on the last page as on the one before, and reads so again) leaves the
+        endpoint its metrics object with a new update time: the engine is not run and no new
+        object is attached. A busy server's pages are not checked that way first."""
+        endpoint, now = target.endpoint, time.monotonic()
+        metrics, target.metrics = target.metrics, None  # until this page has read
+        if (
+            target.idle
+            and metrics is not None
+            and metrics is endpoint.metrics
+            and target.extractor.same(page, target.hints, target.asked)
+        ):
+            metrics.update_time = now
+        else:
+            series = target.extractor.series(page, target.hints)
+            endpoint.metrics = metrics = target.engine.read(series, now)
+            target.asked, target.idle = series.asked, not series.changed
+        target.metrics = metrics
 
     def _failed(self, target: _Target, reason: str, immediate: bool) -> None:
         self.failures += 1

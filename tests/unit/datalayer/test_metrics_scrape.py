@@ -98,7 +98,7 @@ def test_a_fallback_name_is_not_searched_for_when_the_first_choice_is_there() ->
     hints: dict[str, int] = {}
     page = b'# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{model_name="m"} 0.5\n'
     assert engine.read(Extractor(engine.names()).series(page, hints), 0).kv_cache_usage == 0.5
-    assert hints["vllm:kv_cache_usage_perc"] == 38  # where its line starts, for the next page
+    assert hints["vllm:kv_cache_usage_perc"].at == 38  # where its line starts, for the next page
     assert "vllm:gpu_cache_usage_perc" not in hints
 
 
@@ -292,5 +292,53 @@ async def test_many_endpoints_are_dealt_into_slices_each_scraped_every_interval(
         for endpoint in endpoints[: SLICE_SIZE + 1]:
             datastore.remove(endpoint.name)
         assert sum(len(group) for group in scraper._slices) == count - SLICE_SIZE - 1
+    finally:
+        await scraper.stop()
+
+
+async def test_an_unchanged_page_keeps_the_metrics_object_with_a_new_update_time(server: FakeServer) -> None:
+    """An idle server's page reads as before: the endpoint keeps its metrics object, its update
+    time moving on; a page where one value changes gets a new one with that value."""
+    datastore = Datastore()
+    scraper = MetricsScraper(datastore, interval=0.02)
+    await scraper.start()
+    endpoint = datastore.upsert(EndpointSpec("e", "127.0.0.1", server.port))
+    try:
+        await until(lambda: endpoint.metrics.waiting_queue_size == 7)
+        await until(lambda: scraper.scrapes >= 3)  # the series found, then read where they were
+        metrics, updated = endpoint.metrics, endpoint.metrics.update_time
+        await until(lambda: endpoint.metrics.update_time > updated)
+        assert endpoint.metrics is metrics
+        server.page = VLLM_PAGE.replace('{model_name="m"} 3.0', '{model_name="m"} 12.0')
+        await until(lambda: endpoint.metrics.running_requests_size == 12)
+        assert endpoint.metrics is not metrics
+        assert (endpoint.metrics.waiting_queue_size, endpoint.metrics.kv_cache_usage) == (7, 0.25)
+        assert endpoint.metrics.active_models == {"c"}
+    finally:
+        await scraper.stop()
+
+
+async def test_the_same_bad_page_fails_every_scrape(server: FakeServer) -> None:
+    """A page whose values fail the scrape is read again the next time, not taken as unchanged
+    (each series on a line of its own, so that no other series' read looks at the bad value)."""
+    server.page = "".join(
+        f'# TYPE vllm:{name} gauge\nvllm:{name}{{model_name="m"}} {value}\n'
+        for name, value in (
+            ("num_requests_running", "3.0"),
+            ("num_requests_waiting", "7.0"),
+            ("kv_cache_usage_perc", "0.25"),
+        )
+    )
+    datastore = Datastore()
+    scraper = MetricsScraper(datastore, interval=0.02, failures_before_unhealthy=3)
+    await scraper.start()
+    endpoint = datastore.upsert(EndpointSpec("e", "127.0.0.1", server.port))
+    try:
+        await until(lambda: scraper.scrapes >= 3)
+        server.page = server.page.replace("7.0", "NaN")  # the same length: nothing moves
+        await until(lambda: not endpoint.healthy)  # three failures in a row
+        failures = scraper.failures
+        await until(lambda: scraper.failures >= failures + 3)
+        assert endpoint.metrics.waiting_queue_size == 7  # the last good page's
     finally:
         await scraper.stop()
