@@ -196,8 +196,11 @@ class EndpointPicker:
         self.grpc_port = 0
         self.health_port = 0
 
-    async def start(self) -> None:
-        """Bind and serve. On failure, `stop` releases whatever had started."""
+    async def start(self, before_serving: Callable[[], None] | None = None) -> None:
+        """Bind and serve. On failure, `stop` releases whatever had started. `before_serving` runs
+        once everything is built, before the ports are bound and the event loop's lag is measured
+        (a step that stops the world, so no request waits behind it and the guard never counts
+        it as load)."""
         if self.options.metrics_auth:
             self.metrics_server.auth = metrics_auth.MetricsAuth(await self._metrics_auth_client())
         credentials = self.certificate.credentials()
@@ -250,6 +253,8 @@ class EndpointPicker:
         health = Health(lambda: self.datastore.synced and not self._stopping, leader)
         ext_proc_health = health if self.options.health_checking else None
         reuse_port = self.options.replicas.reuse_port
+        if before_serving is not None:
+            before_serving()
         self.overload.start()
         grpc_server = ext_proc_server(
             self.director, self.options.stream, ext_proc_health, self.overload, reuse_port
@@ -655,8 +660,7 @@ async def serve_until_signalled(picker: EndpointPicker) -> None:
     """Serve until SIGTERM/SIGINT, or until the picker fails (leadership lost)."""
     stop = stop_event()
     try:
-        await picker.start()
-        freeze_startup_objects()
+        await picker.start(before_serving=freeze_startup_objects)
         signalled = asyncio.create_task(stop.wait())
         failed = asyncio.create_task(picker.failed.wait())
         await asyncio.wait({signalled, failed}, return_when=asyncio.FIRST_COMPLETED)
@@ -671,7 +675,10 @@ def freeze_startup_objects() -> None:
     EPP's ~120k objects) out of the collector's reach. They live as long as the process, yet every
     full collection walked them all: under load, one every few seconds, each long enough to stall
     the requests in flight. After this, collections scan only what requests leave behind. Done by
-    the `epp serve` process itself, not by `EndpointPicker.start` (tests start pickers in process)."""
+    the `epp serve` process itself, not by `EndpointPicker.start` (tests start pickers in process),
+    and before it serves: the collection itself stalls the loop (over a second on a loaded
+    machine), which after readiness held the first requests and made the overload guard answer
+    the next ones 429."""
     gc.collect()
     gc.freeze()
 

@@ -53,6 +53,10 @@ FAIRNESS_POLICIES = (
     "least-tokens-served-fairness-policy",
 )
 ENGINES = {"virtual": "virtual time", "realtime": "real time, through Envoy and epp serve"}
+PRIORITY_FIELD = "vllm-priority-field"
+SOFT_CEILING = "soft-reflective-ceiling-policy"
+RESERVED_CRITICAL, RESERVED_TENANT = "reserved-critical", "reserved-tenant"
+TIER_LABEL = "inference-tier"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,6 +85,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=25,
         help="prompt groups per share of the offered rate (fewer for a smaller cluster's KV cache)",
     )
+    parser.add_argument(
+        "--reserved-critical-config",
+        type=Path,
+        default=Path("bench/configs/reserved-critical.yaml"),
+        help="the priority scenario's row with pods reserved for the critical objective",
+    )
+    parser.add_argument(
+        "--reserved-tenant-config",
+        type=Path,
+        default=Path("bench/configs/reserved-tenant.yaml"),
+        help="the tenants scenario's row with pods reserved for the well-behaved tenant",
+    )
+    parser.add_argument(
+        "--reserved-tenant", type=int, default=5, help="pods labelled inference-tier=reserved for tenant-a"
+    )
+    parser.add_argument(
+        "--reserved-critical", type=int, default=6, help="pods labelled inference-tier=reserved for critical"
+    )
+    parser.add_argument(
+        "--row",
+        action="append",
+        default=[],
+        help="run only the rows whose label contains this (and the first, the reference); repeatable",
+    )
     parser.add_argument("--doc", type=Path, help="also write the tables into this document's block")
 
 
@@ -100,8 +128,10 @@ class Stream:
 @dataclass(frozen=True)
 class Row:
     label: str
-    config: str  # "baseline", or a fairness policy's type name (flow control on)
+    config: str  # "baseline", a fairness policy's type name (flow control on), or a variant (Bench)
     streams: tuple[str, ...]  # which streams send in this run
+    scheduling_policy: str = "fcfs"  # the servers' vLLM --scheduling-policy
+    reserved: int = 0  # label this many pods inference-tier=reserved, the rest shared
 
 
 @dataclass(frozen=True)
@@ -139,6 +169,18 @@ class Bench:
         for policy in FAIRNESS_POLICIES:
             document["flowControl"]["defaultPriorityBand"]["fairnessPolicyRef"] = policy
             self.configs[policy] = yaml.safe_dump(document, sort_keys=False)
+        # the priority scenario's variants, on the last policy's config
+        self.configs["baseline+" + PRIORITY_FIELD] = _with_plugin(self.configs["baseline"], PRIORITY_FIELD)
+        self.configs["bands+" + PRIORITY_FIELD] = _with_plugin(
+            self.configs[FAIRNESS_POLICIES[-1]], PRIORITY_FIELD
+        )
+        document["flowControl"]["usageLimitPolicyPluginRef"] = SOFT_CEILING
+        self.configs[SOFT_CEILING] = yaml.safe_dump(document, sort_keys=False)
+        self.configs[SOFT_CEILING + "+" + PRIORITY_FIELD] = _with_plugin(
+            self.configs[SOFT_CEILING], PRIORITY_FIELD
+        )
+        self.configs[RESERVED_CRITICAL] = args.reserved_critical_config.read_text()
+        self.configs[RESERVED_TENANT] = args.reserved_tenant_config.read_text()
 
     def requests(self, streams: Sequence[Stream]) -> list[BenchRequest]:
         """Every stream's requests, tagged, in one Poisson process split by prompt group: stream i
@@ -162,18 +204,29 @@ class Bench:
             tagged.append(stream.tag(request))
         return tagged
 
-    def run(self, config: str, requests: list[BenchRequest]) -> tuple[RunResult, Sequence[float]]:
+    def run(self, row: Row, requests: list[BenchRequest]) -> tuple[RunResult, Sequence[float]]:
         """The run's records, and when the EPP routed each request (NaN where not known)."""
         kept = [dataclasses.replace(r, index=i) for i, r in enumerate(requests)]
+        config, scheduling_policy = row.config, row.scheduling_policy
         if self.args.engine == "virtual":
-            cluster = virtual_cluster(self.spec, 0.05, 0)
+            cluster = dataclasses.replace(
+                virtual_cluster(self.spec, 0.05, 0), scheduling_policy=scheduling_policy
+            )
             run = VirtualRun(kept, load_config(self.configs[config]), cluster, self.objectives)
+            if row.reserved:
+                for index, endpoint in enumerate(run.endpoints):
+                    tier = "reserved" if index < row.reserved else "shared"
+                    run.datastore.upsert(dataclasses.replace(endpoint.spec, labels={TIER_LABEL: tier}))
             return run.run(), run.routed_at
-        return asyncio.run(self._run_realtime(config, kept)), [math.nan] * len(kept)
+        return asyncio.run(self._run_realtime(config, kept, scheduling_policy)), [math.nan] * len(kept)
 
-    async def _run_realtime(self, config: str, requests: list[BenchRequest]) -> RunResult:
+    async def _run_realtime(
+        self, config: str, requests: list[BenchRequest], scheduling_policy: str
+    ) -> RunResult:
         spec, scale = self.spec.cluster, self.args.time_scale
-        cluster = RealtimeCluster(spec.endpoints, spec.profile, scale, 0.05 * scale, spec.num_gpu_blocks)
+        cluster = RealtimeCluster(
+            spec.endpoints, spec.profile, scale, 0.05 * scale, spec.num_gpu_blocks, scheduling_policy
+        )
         with tempfile.TemporaryDirectory(prefix="epp-fairness-") as directory:
             run_dir = Path(directory)
             config_file = run_dir / "config.yaml"
@@ -212,6 +265,12 @@ class Bench:
             tokens / (end - start),
             errors,
         )
+
+
+def _with_plugin(config: str, plugin: str) -> str:
+    document = yaml.safe_load(config)
+    document["plugins"].append({"type": plugin})
+    return yaml.safe_dump(document, sort_keys=False)
 
 
 def jain(throughputs: Sequence[float], demands: Sequence[float]) -> float:
@@ -263,6 +322,13 @@ def tenants(bench: Bench) -> str:
         Row(f"{WELL_BEHAVED} alone, no flow control", "baseline", (WELL_BEHAVED,)),
         Row("both, no flow control", "baseline", (WELL_BEHAVED, NOISY)),
         *(Row(f"both, flow control, {p}", p, (WELL_BEHAVED, NOISY)) for p in FAIRNESS_POLICIES),
+        Row(
+            f"both, no flow control, {bench.args.reserved_tenant} of {bench.spec.cluster.endpoints} pods "
+            f"reserved for {WELL_BEHAVED}",
+            RESERVED_TENANT,
+            (WELL_BEHAVED, NOISY),
+            reserved=bench.args.reserved_tenant,
+        ),
     ]
     return side_by_side(bench, streams, rows, with_jain=True)
 
@@ -274,11 +340,33 @@ def priority(bench: Bench) -> str:
         Stream(SHEDDABLE, 3 * capacity, objective=SHEDDABLE),
     )
     policy = FAIRNESS_POLICIES[-1]
+    both = (CRITICAL, SHEDDABLE)
     rows = [
         Row(f"{CRITICAL} alone, no flow control", "baseline", (CRITICAL,)),
         Row(f"{CRITICAL} alone, flow control", policy, (CRITICAL,)),
         Row("both, no flow control (legacy shedding)", "baseline", (CRITICAL, SHEDDABLE)),
         Row("both, flow control (bands)", policy, (CRITICAL, SHEDDABLE)),
+        *(
+            Row(f"{label}, vLLM priority scheduling", f"{config}+{PRIORITY_FIELD}", both, "priority")
+            for label, config in (
+                ("both, no flow control (legacy shedding)", "baseline"),
+                ("both, flow control (bands)", "bands"),
+            )
+        ),
+        Row(f"both, flow control, {SOFT_CEILING}", SOFT_CEILING, both),
+        Row(
+            f"both, flow control, {SOFT_CEILING}, vLLM priority scheduling",
+            f"{SOFT_CEILING}+{PRIORITY_FIELD}",
+            both,
+            "priority",
+        ),
+        Row(
+            f"both, flow control, {bench.args.reserved_critical} of {bench.spec.cluster.endpoints} pods "
+            f"reserved for {CRITICAL}",
+            RESERVED_CRITICAL,
+            both,
+            reserved=bench.args.reserved_critical,
+        ),
     ]
     return side_by_side(bench, streams, rows, with_jain=False)
 
@@ -292,8 +380,12 @@ def side_by_side(bench: Bench, streams: tuple[Stream, Stream], rows: Sequence[Ro
     demands = [s.rate * bench.args.output_len for s in streams]
     lines = []
     reference = None
+    if bench.args.engine == "realtime":  # pod labels are set in virtual time only
+        rows = [r for r in rows if not r.reserved]
+    if bench.args.row:
+        rows = [rows[0], *(r for r in rows[1:] if any(part in r.label for part in bench.args.row))]
     for row in rows:
-        result, routed = bench.run(row.config, alone if len(row.streams) == 1 else requests)
+        result, routed = bench.run(row, alone if len(row.streams) == 1 else requests)
         measured = {s: bench.measure(result, routed, s) for s in row.streams}
         p, f = measured[protected.name], measured.get(flood.name)
         reference = reference or p.ttft_p90

@@ -39,6 +39,7 @@ class RealtimeCluster:
     time_scale: float = 1.0
     scrape_interval: float = 0.05  # wall seconds
     num_gpu_blocks: int | None = None  # the workload's KV-cache override
+    scheduling_policy: str = "fcfs"  # the simulators' vLLM --scheduling-policy
 
 
 def stack_config(policy: RealtimePolicy, cluster: RealtimeCluster, run_dir: Path) -> StackConfig:
@@ -53,6 +54,8 @@ def stack_config(policy: RealtimePolicy, cluster: RealtimeCluster, run_dir: Path
     sim_args = [f"--profile={cluster.profile}", f"--time-scale={cluster.time_scale:g}"]
     if cluster.num_gpu_blocks is not None:
         sim_args.append(f"--num-gpu-blocks={cluster.num_gpu_blocks}")
+    if cluster.scheduling_policy != "fcfs":
+        sim_args.append(f"--scheduling-policy={cluster.scheduling_policy}")
     if policy.kv_events_endpoint:
         sim_args.append(f"--kv-events-endpoint={policy.kv_events_endpoint}")
     return StackConfig(

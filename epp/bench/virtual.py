@@ -65,6 +65,8 @@ class VirtualCluster:
     scrape_interval: float = 0.05
     seed: int = 0
     churn: Churn | None = None
+    # vLLM's --scheduling-policy on every server ("priority": the body's `priority` orders them).
+    scheduling_policy: str = "fcfs"
 
 
 def endpoint_spec(cluster: VirtualCluster, index: int) -> EndpointSpec:
@@ -92,6 +94,15 @@ def scraped_metrics(engine: Engine, now: float) -> EndpointMetrics:
         cache_num_blocks=engine.pool.num_blocks,
         update_time=now,
     )
+
+
+def forwarded_priority(routed: RoutedRequest) -> int:
+    """vLLM's `priority` in the body the EPP forwards (0 when it forwards the client's, which the
+    benchmark's requests never set)."""
+    if routed.body is None:
+        return 0
+    value = orjson.loads(routed.body).get("priority", 0)
+    return value if isinstance(value, int) else 0
 
 
 @runtime_checkable
@@ -139,8 +150,10 @@ class EngineSequence(Request):
 
     __slots__ = ("last_token", "record", "routed")
 
-    def __init__(self, token_ids: list[int], max_output: int, now: float, record: RequestRecord) -> None:
-        super().__init__(str(record.index), token_ids, max_output, now)
+    def __init__(
+        self, token_ids: list[int], max_output: int, now: float, record: RequestRecord, priority: int = 0
+    ) -> None:
+        super().__init__(str(record.index), token_ids, max_output, now, priority=priority)
         self.record = record
         self.routed: RoutedRequest | None = None
         self.last_token = 0.0
@@ -403,7 +416,7 @@ class VirtualRun:
         now: float,
     ) -> None:
         """Hand the routed request to its server (a P/D run overrides this to add a prefill leg)."""
-        sequence = EngineSequence(token_ids, request.max_tokens, now, record)
+        sequence = EngineSequence(token_ids, request.max_tokens, now, record, forwarded_priority(routed))
         self.admit_to_engine(sequence, routed.result.targets[0], routed, now, starts_response=True)
 
     def admit_to_engine(
@@ -417,6 +430,12 @@ class VirtualRun:
         """Queue `sequence` on `endpoint`'s engine; a rejection ends the request with its status.
         `starts_response`: the engine's admission is when the client's response begins."""
         server = self.servers[endpoint.name]
+        if sequence.priority and server.engine.scheduling_policy != "priority":
+            # vLLM: "Got priority N but Priority scheduling is not enabled."
+            routed.response_started(400, False)
+            routed.finish()
+            self._failed(sequence.record, now, "priority_not_enabled")
+            return
         rejection = server.engine.add(sequence)
         if rejection is not None:
             routed.response_started(_REJECTION_STATUS[rejection], False)
@@ -499,7 +518,12 @@ class VirtualRun:
     # ----- pods leaving, restarting and joining ---------------------------------------------------
 
     def _new_server(self, pod: int) -> _Server:
-        engine = Engine(self.cluster.profile, self.cluster.model, record_kv_events=bool(self.sinks))
+        engine = Engine(
+            self.cluster.profile,
+            self.cluster.model,
+            record_kv_events=bool(self.sinks),
+            scheduling_policy=self.cluster.scheduling_policy,
+        )
         return _Server(engine, endpoint_spec(self.cluster, pod), pod)
 
     def _churn(self, now: float, event: ChurnEvent) -> None:

@@ -22,12 +22,13 @@ from collections import OrderedDict, deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import xxhash
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 
 from epp.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+from epp.metrics.families import Families
 from epp.metrics.per_registry import PerRegistry
 
 HASH_CBOR_FNV = "cbor-fnv"
@@ -247,59 +248,48 @@ class KVIndexMetrics(PerRegistry):
     counts of what it refused or resynchronised. One set per registry."""
 
     def __init__(self, registry: CollectorRegistry | None) -> None:
-        r = registry
-        p = "llm_d_epp_kv_cache_"
-        self.admissions = Counter(p + "index_admissions_total", "KV-block admissions", registry=r)
-        self.evictions = Counter(p + "index_evictions_total", "KV-block evictions", registry=r)
-        self.lookups = Counter(p + "index_lookup_requests_total", "lookup calls", registry=r)
-        self.lookup_hits = Counter(
-            p + "index_lookup_hits_total",
-            "contiguous prefix blocks matched by the best pod per lookup",
-            registry=r,
+        f = Families(registry, prefix="llm_d_epp_", alpha=False)
+        self.admissions = f.counter("kv_cache_index_admissions_total", "KV-block admissions")
+        self.evictions = f.counter("kv_cache_index_evictions_total", "KV-block evictions")
+        self.lookups = f.counter("kv_cache_index_lookup_requests_total", "lookup calls")
+        self.lookup_hits = f.counter(
+            "kv_cache_index_lookup_hits_total", "contiguous prefix blocks matched by the best pod per lookup"
         )
-        self.max_pod_hits = Counter(
-            p + "index_max_pod_hit_count_total",
+        self.max_pod_hits = f.counter(
+            "kv_cache_index_max_pod_hit_count_total",
             "longest contiguous per-pod prefix chain observed per lookup",
-            registry=r,
         )
-        self.lookup_latency = Histogram(p + "index_lookup_latency_seconds", "lookup latency", registry=r)
-        self.blocks = Gauge(p + "index_blocks", "block keys held by the index", registry=r)
-        self.messages = Counter(
-            p + "events_messages_received_total", "KV-event messages received", ["pod_identifier"], registry=r
+        self.lookup_latency = f.histogram("kv_cache_index_lookup_latency_seconds", "lookup latency")
+        self.blocks = f.gauge("kv_cache_index_blocks", "block keys held by the index")
+        self.messages = f.counter(
+            "kv_cache_events_messages_received_total", "KV-event messages received", ["pod_identifier"]
         )
-        self.zmq_errors = Counter(
-            p + "events_zmq_errors_total", "ZMQ errors", ["pod_identifier", "operation"], registry=r
+        self.zmq_errors = f.counter(
+            "kv_cache_events_zmq_errors_total", "ZMQ errors", ["pod_identifier", "operation"]
         )
-        self.reconnections = Counter(
-            p + "events_subscriber_reconnections_total",
-            "subscriber reconnections",
-            ["pod_identifier"],
-            registry=r,
+        self.reconnections = f.counter(
+            "kv_cache_events_subscriber_reconnections_total", "subscriber reconnections", ["pod_identifier"]
         )
-        self.subscribers = Gauge(p + "events_active_subscribers", "active KV-event subscribers", registry=r)
-        self.stores_skipped = Counter(
-            p + "events_stores_skipped_total",
+        self.subscribers = f.gauge("kv_cache_events_active_subscribers", "active KV-event subscribers")
+        self.stores_skipped = f.counter(
+            "kv_cache_events_stores_skipped_total",
             "BlockStored events that cannot be indexed",
             ["cache_kind", "reason"],
-            registry=r,
         )
-        self.dropped = Counter(
-            p + "events_dropped_total",
+        self.dropped = f.counter(
+            "kv_cache_events_dropped_total",
             "KV-event messages or events skipped (malformed, unknown tag, unknown pod)",
             ["reason"],
-            registry=r,
         )
-        self.tokenization_fallbacks = Counter(
-            "llm_d_epp_tokenization_fallbacks_total",
+        self.tokenization_fallbacks = f.counter(
+            "tokenization_fallbacks_total",
             "requests scheduled without token ids because tokenization failed",
             ["backend", "reason"],
-            registry=r,
         )
-        self.resyncs = Counter(
-            p + "events_resyncs_total",
+        self.resyncs = f.counter(
+            "kv_cache_events_resyncs_total",
             "pods whose blocks were dropped to resynchronise (sequence gap, publisher restart)",
             ["reason"],
-            registry=r,
         )
 
 
@@ -337,6 +327,17 @@ DEFAULT_TIER_WEIGHTS: Mapping[str, float] = {"gpu": 1.0, "cpu": 0.8}
 _PINNED = float("inf")  # a speculative entry's expiry while requests in flight pin it
 
 
+class IndexOptions(TypedDict, total=False):
+    """`KVBlockIndexBase`'s options after the processor (its signature holds the defaults), as a
+    subclass passes them on."""
+
+    size: int
+    pod_cache_size: int
+    tier_weights: Mapping[str, float]
+    metrics: KVIndexMetrics | None
+    confirmation_ends_speculation: bool
+
+
 class KVBlockIndexBase(ABC):
     """What each pod's engine blocks stand for, learned from its KV events, and the speculative
     entries: shared by the in-memory index and the Redis one (`epp.datalayer.kvblocks_redis`),
@@ -366,6 +367,7 @@ class KVBlockIndexBase(ABC):
         # Speculative entries (llm-d's speculativeIndexing): key -> {pod: expiry}, expiring in order;
         # a pinned entry's expiry is infinite until the last request pinning it ends.
         self._speculative: dict[int, dict[str, float]] = {}
+        self._guessed_keys: dict[str, set[int]] = {}  # pod -> the keys it holds in `_speculative`
         self._expiries: deque[tuple[float, Sequence[int], str]] = deque()
         self._pins: dict[tuple[int, str], int] = {}  # (key, pod) -> requests in flight pinning it
 
@@ -484,9 +486,8 @@ class KVBlockIndexBase(ABC):
             for key in keys:
                 if count:
                     state.keys[key] = state.keys.get(key, 0) + 1
-                guessed = speculative.get(key) if speculative else None
-                if guessed is not None and guessed.pop(pod, None) is not None and not guessed:
-                    del self._speculative[key]
+                if speculative and (guessed := speculative.get(key)) is not None and pod in guessed:
+                    self._unguess(key, pod, guessed)
         self._hold(keys, pod, weight)
 
     def _removed(self, pod: str, hashes: Iterable[int]) -> None:
@@ -514,9 +515,15 @@ class KVBlockIndexBase(ABC):
             self._drop_holder(key, pod)
 
     def clear_pod(self, pod: str) -> None:
-        """Forget everything `pod` holds (AllBlocksCleared, a resync, or the pod left the pool)."""
+        """Forget everything `pod` holds (AllBlocksCleared, its publisher restarted, or the pod
+        left the pool)."""
         state = self._pods.pop(pod, None)
         self._forget_pod(pod, state.keys if state is not None else ())
+
+    def lost_events(self, pod: str) -> None:
+        """Some of `pod`'s events never reached this process (a sequence gap): what it holds is
+        relearned from its next stores."""
+        self.clear_pod(pod)
 
     # --- speculative entries ------------------------------------------------------------------
 
@@ -525,6 +532,10 @@ class KVBlockIndexBase(ABC):
         until `now + ttl`, so the requests right behind it find it before its KV events arrive."""
         self.expire(now)
         expiry = now + ttl
+        self._guess(keys, pod, expiry)
+        self._expiries.append((expiry, keys, pod))
+
+    def _guess(self, keys: Sequence[int], pod: str, expiry: float) -> None:
         speculative = self._speculative
         for key in keys:
             holders = speculative.get(key)
@@ -532,13 +543,27 @@ class KVBlockIndexBase(ABC):
                 speculative[key] = {pod: expiry}
             else:
                 holders[pod] = expiry
-        self._expiries.append((expiry, keys, pod))
+        guessed = self._guessed_keys.get(pod)
+        if guessed is None:
+            self._guessed_keys[pod] = set(keys)
+        else:
+            guessed.update(keys)
+
+    def _unguess(self, key: int, pod: str, holders: dict[str, float]) -> None:
+        """`pod` no longer holds `key` speculatively (`holders` is the key's entry, `pod` in it)."""
+        del holders[pod]
+        if not holders:
+            del self._speculative[key]
+        guessed = self._guessed_keys[pod]
+        guessed.discard(key)
+        if not guessed:
+            del self._guessed_keys[pod]
 
     def forget_speculative(self, pod: str) -> None:
         """Drop `pod`'s speculative entries (it left the pool: what it was about to compute is
         gone with it). Their expiry records stay queued and find nothing to expire."""
         speculative = self._speculative
-        for key in [key for key, holders in speculative.items() if pod in holders]:
+        for key in self._guessed_keys.pop(pod, ()):
             holders = speculative[key]
             del holders[pod]
             if not holders:
@@ -548,13 +573,9 @@ class KVBlockIndexBase(ABC):
         """`pod` is about to compute `keys` for a request: count them as held until its KV events
         store them or, failing that, until `release_speculative` for every request pinning them.
         A running request's blocks cannot be evicted, so the entry is true while it runs."""
-        speculative, pins = self._speculative, self._pins
+        self._guess(keys, pod, _PINNED)
+        pins = self._pins
         for key in keys:
-            holders = speculative.get(key)
-            if holders is None:
-                speculative[key] = {pod: _PINNED}
-            else:
-                holders[pod] = _PINNED
             pins[key, pod] = pins.get((key, pod), 0) + 1
 
     def release_speculative(self, keys: Sequence[int], pod: str, expiry: float) -> None:
@@ -576,14 +597,21 @@ class KVBlockIndexBase(ABC):
 
     def expire(self, now: float) -> None:
         expiries, speculative = self._expiries, self._speculative
+        by_pod = self._guessed_keys
         while expiries and expiries[0][0] <= now:
             _, keys, pod = expiries.popleft()
+            guessed = by_pod.get(pod)
+            if guessed is None:  # none left (expired, confirmed or forgotten)
+                continue
             for key in keys:
                 holders = speculative.get(key)
                 if holders is not None and holders.get(pod, now + 1) <= now:
                     del holders[pod]
                     if not holders:
                         del speculative[key]
+                    guessed.discard(key)
+            if not guessed:
+                del by_pod[pod]
 
     # --- lookups ------------------------------------------------------------------------------
 
@@ -608,18 +636,8 @@ class KVBlockIndex(KVBlockIndexBase):
     """Request block key -> {pod: device-tier weight} in this process, LRU-bounded to `size`
     keys, fed by KV events."""
 
-    def __init__(
-        self,
-        processor: TokenProcessor,
-        size: int = 100_000_000,
-        pod_cache_size: int = 10,
-        tier_weights: Mapping[str, float] = DEFAULT_TIER_WEIGHTS,
-        metrics: KVIndexMetrics | None = None,
-        confirmation_ends_speculation: bool = False,
-    ) -> None:
-        super().__init__(
-            processor, size, pod_cache_size, tier_weights, metrics, confirmation_ends_speculation
-        )
+    def __init__(self, processor: TokenProcessor, **options: Unpack[IndexOptions]) -> None:
+        super().__init__(processor, **options)
         # key -> its holders: a pod's name when one pod holds it at weight 1 (most keys; a dict per
         # key would double the index's memory), else {pod: weight}.
         self._entries: OrderedDict[int, str | dict[str, float]] = OrderedDict()

@@ -9,9 +9,13 @@ every replica's lookups read what all of them wrote. Layout, under `keyPrefix`:
   weight>"}`, a holder keeping its highest tier weight; at most `podCacheSize` holders (the oldest
   goes), and a TTL set when the key is created and refreshed whenever a lookup matches it (an LRU by
   time: a key no request matched for that long served none);
-- `<prefix>gen:<pod>`: the pod's generation. Clearing a pod (it left the pool, a sequence gap,
-  `AllBlocksCleared`) increments it, which retires every entry it had at once, written by any
-  replica; stale entries are deleted when a lookup or a write meets them.
+- `<prefix>generation:<pod>`: the pod's generation, drawn from the counter `<prefix>generations`
+  when a write finds the pod without one, so none is issued twice. Clearing a pod (it left the
+  pool, its publisher restarted, `AllBlocksCleared`) deletes it, which retires every entry the pod
+  had at once, written by any replica; stale entries are deleted when a lookup or a write meets
+  them. Its TTL is the block keys', renewed by the pod's writes and by lookups its run matched: a
+  pod neither written nor matched for that long loses its entries, as an unmatched key does, and
+  an expired (or evicted) generation can never make stale entries valid again.
 
 Writes are queued by the (synchronous) event path and sent in batches by one task, one script
 call per batch. A lookup is one script call too: it walks the prompt's keys from the first and
@@ -31,22 +35,18 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Unpack
 from urllib.parse import urlsplit, urlunsplit
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
-from epp.datalayer.kvblocks import (
-    DEFAULT_TIER_WEIGHTS,
-    KVBlockIndexBase,
-    KVIndexMetrics,
-    TokenProcessor,
-)
+from epp.datalayer.kvblocks import IndexOptions, KVBlockIndexBase, TokenProcessor
 from epp.datalayer.redis_address import (
     DEFAULT_ADDRESS,
     DEFAULT_LOOKUP_TIMEOUT,
@@ -54,6 +54,7 @@ from epp.datalayer.redis_address import (
     DEFAULT_TTL,
     redis_url,
 )
+from epp.metrics.families import Families
 from epp.metrics.per_registry import PerRegistry
 
 log = logging.getLogger(__name__)
@@ -64,12 +65,15 @@ RETRY_INTERVAL = 1.0  # seconds between attempts while Redis does not answer
 WRITE_TIMEOUT = 2.0
 STOP_TIMEOUT = 2.0
 
+# A pod's entries are valid under its current generation, `<prefix>generation:<pod>`: "g<n>", n
+# drawn from the counter `<prefix>generations`, so a generation is never issued twice and a pod
+# whose key is gone (cleared, expired, evicted) has no valid entries until a write makes a new one.
 _GENERATION = """
 local gens = {}
 local function gen(prefix, pod)
   local g = gens[pod]
   if g == nil then
-    g = redis.call('GET', prefix .. 'gen:' .. pod) or '0'
+    g = redis.call('GET', prefix .. 'generation:' .. pod) or ''
     gens[pod] = g
   end
   return g
@@ -83,18 +87,32 @@ WRITE_SCRIPT = (
     _GENERATION
     + """
 local prefix, ttl, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local created = 0
+local created, renewed = 0, {}
+local function own(pod)  -- the generation pod's writes use, made if it has none; its TTL renewed
+  local g = gen(prefix, pod)
+  if not renewed[pod] then
+    renewed[pod] = true
+    local name = prefix .. 'generation:' .. pod
+    if g == '' then
+      g = 'g' .. redis.call('INCR', prefix .. 'generations')
+      gens[pod] = g
+      redis.call('SET', name, g)
+    end
+    if ttl > 0 then redis.call('PEXPIRE', name, ttl) end
+  end
+  return g
+end
 for op, a, b, weight in string.gmatch(ARGV[4], '(%a) (%S+) ?(%S*) ?(%S*)') do
   if op == 'h' then
     local key, pod = prefix .. a, b
-    local g = gen(prefix, pod)
+    local g = own(pod)
     local current = redis.pcall('HGET', key, pod)
     if type(current) == 'table' and current.err then
       redis.call('DEL', key)  -- not a hash of ours: replaced
       current = false
     end
     local cg, cw = nil, nil
-    if current then cg, cw = string.match(current, '^(%d+):(.*)$') end
+    if current then cg, cw = string.match(current, '^(g%d+):(.*)$') end
     if cg ~= g or (tonumber(cw) or 0) < tonumber(weight) then
       redis.call('HSET', key, pod, g .. ':' .. weight)
       local size = redis.call('HLEN', key)
@@ -105,7 +123,7 @@ for op, a, b, weight in string.gmatch(ARGV[4], '(%a) (%S+) ?(%S*) ?(%S*)') do
       if size > cap then
         local held = redis.call('HGETALL', key)
         for j = 1, #held, 2 do  -- stale generations first, then the oldest other holder
-          if held[j] ~= pod and string.match(held[j + 1], '^(%d+):') ~= gen(prefix, held[j]) then
+          if held[j] ~= pod and string.match(held[j + 1], '^(g%d+):') ~= gen(prefix, held[j]) then
             redis.call('HDEL', key, held[j])
             size = size - 1
           end
@@ -119,8 +137,8 @@ for op, a, b, weight in string.gmatch(ARGV[4], '(%a) (%S+) ?(%S*) ?(%S*)') do
   elseif op == 'd' then
     redis.pcall('HDEL', prefix .. a, b)
   else
-    redis.call('INCR', prefix .. 'gen:' .. a)
-    gens[a] = nil
+    redis.call('DEL', prefix .. 'generation:' .. a)
+    gens[a], renewed[a] = '', nil
   end
 end
 return created
@@ -166,13 +184,16 @@ for block in string.gmatch(ARGV[3], '%d+') do
       end
       local w = 1
       if value ~= expected then
-        local g, text = string.match(value, '^(%d+):(.*)$')
+        local g, text = string.match(value, '^(g%d+):(.*)$')
         w = g == gen(prefix, pod) and tonumber(text) or nil
         if w == nil then redis.call('HDEL', key, pod) end
       end
       if w ~= nil then
         reached[pod] = depth + 1
-        if depth == 0 then order[#order + 1] = pod end
+        if depth == 0 then
+          order[#order + 1] = pod
+          if ttl > 0 then redis.call('PEXPIRE', prefix .. 'generation:' .. pod, ttl) end
+        end
         scores[pod] = (scores[pod] or 0) + w
         any = true
       end
@@ -209,22 +230,19 @@ class RedisIndexMetrics(PerRegistry):
     """The Redis backend's health (ours; llm-d's Redis index exports none)."""
 
     def __init__(self, registry: CollectorRegistry | None) -> None:
-        p = "epp_kv_index_redis_"
-        self.errors = Counter(
-            p + "errors_total", "Redis index operations that failed", ["operation"], registry=registry
+        f = Families(registry, prefix="epp_kv_index_redis_", alpha=False)
+        self.errors = f.counter("errors_total", "Redis index operations that failed", ["operation"])
+        self.skipped = f.counter(
+            "lookups_skipped_total",
+            "lookups not tried (scored without the index): Redis did not answer the last attempt, "
+            "or the index was not running (before start, after stop)",
         )
-        self.skipped = Counter(
-            p + "lookups_skipped_total",
-            "lookups not tried because Redis did not answer the last attempt (scored without the index)",
-            registry=registry,
-        )
-        self.dropped = Counter(
-            p + "writes_dropped_total",
+        self.dropped = f.counter(
+            "writes_dropped_total",
             "index writes dropped: the queue waiting for Redis was full, or Redis refused their batch",
-            registry=registry,
         )
-        self.pending = Gauge(p + "pending_writes", "index writes waiting to be sent", registry=registry)
-        self.up = Gauge(p + "up", "1 while Redis answers the index, 0 while it does not", registry=registry)
+        self.pending = f.gauge("pending_writes", "index writes waiting to be sent")
+        self.up = f.gauge("up", "1 while Redis answers the index, 0 while it does not")
 
 
 class RedisKVBlockIndex(KVBlockIndexBase):
@@ -238,22 +256,16 @@ class RedisKVBlockIndex(KVBlockIndexBase):
         key_prefix: str = DEFAULT_PREFIX,
         ttl: float = DEFAULT_TTL,
         lookup_timeout: float = DEFAULT_LOOKUP_TIMEOUT,
-        size: int = 100_000_000,
-        pod_cache_size: int = 10,
-        tier_weights: Mapping[str, float] = DEFAULT_TIER_WEIGHTS,
-        metrics: KVIndexMetrics | None = None,
         redis_metrics: RedisIndexMetrics | None = None,
-        confirmation_ends_speculation: bool = False,
+        **options: Unpack[IndexOptions],
     ) -> None:
-        super().__init__(
-            processor, size, pod_cache_size, tier_weights, metrics, confirmation_ends_speculation
-        )
+        super().__init__(processor, **options)
         self.url = redis_url(address)
         self.key_prefix = key_prefix
         self.ttl = ttl
         self.lookup_timeout = lookup_timeout
         self.redis_metrics = redis_metrics or RedisIndexMetrics(None)
-        self._header = (key_prefix, str(round(ttl * 1000)), str(pod_cache_size))
+        self._header = (key_prefix, str(round(ttl * 1000)), str(self.pod_cache_size))
         self._pending: deque[str] = deque()  # ops, one a line of the write script's argument
         self._unsafe_pods: set[str] = set()
         self._wake = asyncio.Event()
@@ -344,6 +356,13 @@ class RedisKVBlockIndex(KVBlockIndexBase):
         if self._safe(pod):
             self._queue((f"c {pod}",))
 
+    def lost_events(self, pod: str) -> None:
+        """Only this replica missed them (each receives the events itself): the others applied
+        them to the shared entries, which stay, as llm-d's index keeps them through any gap. This
+        replica forgets the pod's engine blocks, which it can no longer follow, and learns them
+        again from the next stores; a removal no replica received leaves its entries to the TTL."""
+        self._pods.pop(pod, None)
+
     @property
     def pending_writes(self) -> int:
         return len(self._pending)
@@ -392,12 +411,12 @@ class RedisKVBlockIndex(KVBlockIndexBase):
 
     async def lookup(self, keys: Sequence[int]) -> dict[str, float] | None:
         """Each pod's tier-weighted run of `keys` from the first (llm-d's LongestPrefix, for
-        every pod; the caller keeps its candidates). None when Redis does not answer."""
+        every pod; the caller keeps its candidates). None when Redis does not answer, or the
+        index is not running (before `start`, after `stop`: requests still in flight at shutdown
+        are scored without it)."""
         if not keys:
             return {}
-        if self._lookup_script is None:
-            raise RuntimeError("RedisKVBlockIndex.lookup before start()")
-        if time.monotonic() < self._retry_at:
+        if self._lookup_script is None or time.monotonic() < self._retry_at:
             self.redis_metrics.skipped.inc()
             return None
         args: list[str | int] = [self.key_prefix, self._header[1], " ".join(map(str, keys))]

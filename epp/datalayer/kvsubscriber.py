@@ -9,9 +9,10 @@ pod is the endpoint itself, whatever the topic says.
 Each message is `[topic, seq (8 bytes big-endian), msgpack EventBatch]`. Per pod the sequence must
 grow by one: a gap (messages lost, e.g. to the high-water mark) or a decrease (the publisher
 restarted) drops that pod's blocks — the index then relearns them from the next stores — and is
-counted. Malformed messages and events, and events from pods outside the pool, are counted and
-skipped. A flooding publisher cannot starve the loop: the reader yields after every batch of
-`YIELD_EVERY` messages, and ZMQ drops what exceeds the receive high-water mark (seen as a gap).
+counted; with the index in Redis a gap drops only this replica's view (`lost_events`). Malformed
+messages and events, and events from pods outside the pool, are counted and skipped. A flooding
+publisher cannot starve the loop: the reader yields after every batch of `YIELD_EVERY` messages,
+and ZMQ drops what exceeds the receive high-water mark (seen as a gap).
 """
 
 from __future__ import annotations
@@ -106,7 +107,10 @@ class KVEventIngester:
             log.info(
                 "KV events from %s: %s (seq %d); dropping its blocks to resync", pod, reason, message.seq
             )
-            self.index.clear_pod(pod)
+            if reason == "gap":
+                self.index.lost_events(pod)
+            else:  # the engine restarted: its cache is gone
+                self.index.clear_pod(pod)
         try:
             batch = decode_batch(message.payload)
         except KVEventError as exc:

@@ -4,7 +4,8 @@ Over a thousand candidates, reading `endpoint.metrics.<field>` per candidate is 
 queue and KV-cache scorers cost. Instead each `Endpoint` owns a row, written when it is given a
 metrics object (every scrape) and when a column field of that object is set in place; a
 decision gathers its candidates' rows with one numpy index (the row indices of a candidate list,
-and each candidate's position in it, are kept while the list holds the same endpoints). Rows
+each candidate's position in it and, once asked for, the candidates by `host:port` are kept while
+the list holds the same endpoints). Rows
 are not reused: 16 bytes for every endpoint the process ever created.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -25,6 +26,12 @@ class HasRow(Protocol):
 
     @property
     def column_row(self) -> int: ...
+
+    @property
+    def hostport(self) -> str: ...
+
+
+E = TypeVar("E", bound=HasRow)
 
 
 class _Table:
@@ -60,15 +67,16 @@ def write_rows(rows: tuple[int, ...], name: str, value: Any) -> None:
 
 
 class _CandidateList:
-    """What is kept of a candidate list: its endpoints (to recognise it), their rows, and each
-    endpoint's position in it."""
+    """What is kept of a candidate list: its endpoints (to recognise it), their rows, each
+    endpoint's position in it, and the endpoints by `host:port` once asked for."""
 
-    __slots__ = ("endpoints", "positions", "rows")
+    __slots__ = ("by_hostport", "endpoints", "positions", "rows")
 
     def __init__(self, candidates: Sequence[HasRow]) -> None:
         self.endpoints = list(candidates)
         self.rows = np.fromiter((e.column_row for e in candidates), dtype=np.intp, count=len(candidates))
         self.positions = {e: i for i, e in enumerate(candidates)}
+        self.by_hostport: dict[str, Any] | None = None
 
 
 _lists: dict[tuple[int, int, int], _CandidateList] = {}
@@ -89,6 +97,14 @@ def _known(candidates: Sequence[HasRow]) -> _CandidateList:
 def positions(candidates: Sequence[HasRow]) -> Mapping[HasRow, int]:
     """Each candidate's index in `candidates` (fewer entries than candidates: one is listed twice)."""
     return _known(candidates).positions
+
+
+def by_hostport(candidates: Sequence[E]) -> Mapping[str, E]:
+    """The candidates by `host:port` (the KV-event pod names)."""
+    known = _known(candidates)
+    if known.by_hostport is None:
+        known.by_hostport = {e.hostport: e for e in candidates}
+    return known.by_hostport
 
 
 def column(candidates: Sequence[HasRow], name: str) -> np.ndarray:

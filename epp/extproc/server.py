@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -26,12 +27,18 @@ log = logging.getLogger(__name__)
 # every stream reaches the EPP, whose overload guard answers the excess itself (429, Retry-After).
 # Envoy's message_timeout still bounds how long one waits.
 MAX_PENDING_CALLS = 1_000_000
+# Core also cancels (bare CANCELLED) a call left waiting there over 30 s by default: a backlog that
+# takes the loop longer to accept lost its tail that way (seen under load in
+# test_streams_queued_behind_a_saturated_loop_all_get_the_guards_429). The gateway bounds the wait
+# instead: a call whose client gave up is cancelled by its reset, whatever this allows.
+MAX_UNREQUESTED_SECONDS = 3600
 
 _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
     ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
+    ("grpc.server_max_unrequested_time_in_server", MAX_UNREQUESTED_SECONDS),
     ("grpc.so_reuseport", 0),
 ]
 
@@ -43,9 +50,9 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
         self._director = director
         self._options = options
         self._guard = guard
-        # The last refusal answered and its reply: the guard answers every request it sheds under
-        # a standing queue with the same RequestError, whose reply is then built once.
-        self._refusal: tuple[RequestError, ext_proc.ProcessingResponse] | None = None
+        # The last refusal answered: the guard answers every request it sheds under a standing
+        # queue with the same RequestError, whose reply (and unread answer) is then built once.
+        self._refusal: _Refusal | None = None
 
     async def Process(
         self,
@@ -110,13 +117,30 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
                     guard.leave()
 
     def refuse(self, refusal: RequestError) -> ext_proc.ProcessingResponse:
-        """The overload guard's answer, counted as every error answer."""
+        """The overload guard's answer to a stream it read, counted as every error answer."""
+        return self._refused(refusal).reply
+
+    def refuse_unread(self, refusal: RequestError) -> grpc.RpcMethodHandler:
+        """The guard's answer to a call none of whose messages is read, as its handler."""
+        answer = self._refused(refusal)
+        if answer.handler is None:
+            answer.handler = _answer(answer.reply)
+        return answer.handler
+
+    def _refused(self, refusal: RequestError) -> _Refusal:
         self._director.record_error(refusal, None)
-        if self._refusal is not None and self._refusal[0] is refusal:
-            return self._refusal[1]
-        reply = messages.immediate_error(refusal, self._options.error_prefix)
-        self._refusal = (refusal, reply)
-        return reply
+        last = self._refusal
+        if last is None or last.error is not refusal:
+            reply = messages.immediate_error(refusal, self._options.error_prefix)
+            last = self._refusal = _Refusal(refusal, reply)
+        return last
+
+
+@dataclass(slots=True)
+class _Refusal:
+    error: RequestError
+    reply: ext_proc.ProcessingResponse
+    handler: grpc.RpcMethodHandler | None = None  # made when a call is refused unread
 
 
 class ExtProcDispatch(grpc.GenericRpcHandler):
@@ -134,9 +158,6 @@ class ExtProcDispatch(grpc.GenericRpcHandler):
             request_deserializer=ext_proc.ProcessingRequest.FromString,
             response_serializer=ext_proc.ProcessingResponse.SerializeToString,
         )
-        # The last refusal and its handler: the same refusal object (the standing-queue shedding
-        # answer) reuses its handler.
-        self._refusal: tuple[RequestError, grpc.RpcMethodHandler] | None = None
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         if handler_call_details.method != PROCESS_METHOD:
@@ -144,10 +165,7 @@ class ExtProcDispatch(grpc.GenericRpcHandler):
         refusal = None if self._guard is None else self._guard.admit()
         if refusal is None:
             return self._stream
-        reply = self._processor.refuse(refusal)
-        if self._refusal is None or self._refusal[0] is not refusal:
-            self._refusal = (refusal, _answer(reply))
-        return self._refusal[1]
+        return self._processor.refuse_unread(refusal)
 
 
 def _answer(reply: ext_proc.ProcessingResponse) -> grpc.RpcMethodHandler:
@@ -176,11 +194,12 @@ async def _message_or_eviction(
     routed request back) comes first. A message that arrives with the eviction goes first: it
     may end the response, and an ended response is not evicted."""
     reading = asyncio.ensure_future(anext(incoming, None))
-    await asyncio.wait((reading, eviction), return_when=asyncio.FIRST_COMPLETED)
-    if reading.done():
-        return reading.result()
-    reading.cancel()
-    return None
+    try:
+        await asyncio.wait((reading, eviction), return_when=asyncio.FIRST_COMPLETED)
+    finally:  # evicted, or the stream cancelled (Envoy reset it): the read has no one to go to
+        if not reading.done():
+            reading.cancel()
+    return reading.result() if reading.done() else None
 
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"

@@ -17,7 +17,8 @@ then costs no event-loop hop); otherwise it waits.
 Outcomes, as GIE's EnqueueAndWait: dispatched; rejected at capacity (global or band maxBytes /
 maxRequests) → 429; TTL expired (`defaultRequestTTL`, else the caller's deadline) → 503; the
 caller gone (client disconnected) → the wait is cancelled, the request leaves its queue; the
-controller stopping → every queued request evicted (500)."""
+controller stopping → every queued request evicted (500); a plugin of the dispatch cycle raising
+→ the request dispatching inline gets that error, or, in the loop, every queued request a 500."""
 
 from __future__ import annotations
 
@@ -59,6 +60,12 @@ AT_CAPACITY = f"{REJECTED}: queue at capacity"
 TTL_EXPIRED = f"request timed out in queue: {EVICTED}: request TTL expired"
 CLIENT_GONE = f"client disconnected: {EVICTED}: request context cancelled: context canceled"
 NOT_RUNNING = "flow controller is not running"
+CYCLE_FAILED = "the dispatch cycle failed"
+# Why a queued request left its queue other than dispatched, by outcome (its waiter's 500).
+LEFT_QUEUE = {
+    Outcome.EVICTED_OTHER: f"internal flow control error: {EVICTED}: {NOT_RUNNING}",
+    Outcome.REJECTED_OTHER: f"internal flow control error: {EVICTED}: {CYCLE_FAILED}",
+}
 
 
 def bound_fairness_id(raw: str | None) -> str:
@@ -201,16 +208,17 @@ class FlowController:
             else:
                 await item.future
         except TimeoutError:
-            if item.outcome is Outcome.DISPATCHED:
-                return  # dispatched in the same instant the TTL ran out: it goes on
-            self._finalize(item, labels, Outcome.EVICTED_TTL)
-            raise RequestError(ErrorCode.SERVICE_UNAVAILABLE, TTL_EXPIRED) from None
+            if item.outcome is Outcome.NOT_YET_FINALIZED:
+                self._finalize(item, labels, Outcome.EVICTED_TTL)
+                raise RequestError(ErrorCode.SERVICE_UNAVAILABLE, TTL_EXPIRED) from None
+            # Dispatched, or evicted by stop(), in the same instant the TTL ran out: that outcome
+            # stands (it has released the request already).
         except asyncio.CancelledError:
             if item.outcome is Outcome.NOT_YET_FINALIZED:
                 self._finalize(item, labels, Outcome.EVICTED_CONTEXT_CANCELLED)
             raise
-        if item.outcome is Outcome.EVICTED_OTHER:
-            raise RequestError(ErrorCode.INTERNAL, f"internal flow control error: {EVICTED}: {NOT_RUNNING}")
+        if item.outcome is not Outcome.DISPATCHED:
+            raise RequestError(ErrorCode.INTERNAL, LEFT_QUEUE[item.outcome])
 
     def _dispatch_inline(self, item: QueuedRequest, labels: tuple[str, str]) -> bool:
         """The dispatch cycle run in the request's own call. A plugin of the cycle that raises
@@ -270,7 +278,18 @@ class FlowController:
                 await self._wake.wait()
                 self._idle = False
                 continue
-            if self.dispatch_cycle():
+            try:
+                dispatched = self.dispatch_cycle()
+            except Exception:
+                # A plugin of the cycle (a detector, a policy) failed. Nothing queued could be
+                # dispatched past it: the requests get their 500 now, rather than wait for a TTL
+                # (or for ever without one), and the loop goes on for those that come next.
+                log.exception(
+                    "flow control's dispatch cycle failed; failing the %d queued requests", self.length
+                )
+                self._evict_all(Outcome.REJECTED_OTHER)
+                continue
+            if dispatched:
                 await asyncio.sleep(0)  # the dispatched request routes (takes its load) first
                 continue
             self._wake.clear()
@@ -312,19 +331,23 @@ class FlowController:
         finally:
             self.metrics.dispatch_cycle.observe(time.perf_counter() - started)
 
-    async def stop(self) -> None:
-        """Evict every queued request (GIE: EvictedOther, `flow controller is not running`)."""
-        self._stopped = True
+    def _evict_all(self, outcome: Outcome) -> None:
+        """Take every queued request out with `outcome`; each waiter raises its LEFT_QUEUE error."""
         for band in self.bands.values():
             for flow in list(band.flows.values()):
                 while flow.head() is not None:
                     item = flow.pop()
-                    item.outcome = Outcome.EVICTED_OTHER
-                    self._left(item, self.metrics.flow_labels(item.fairness_id, item.priority), item.outcome)
+                    item.outcome = outcome
+                    self._left(item, self.metrics.flow_labels(item.fairness_id, item.priority), outcome)
                     # A waiter cancelled this instant (its client gone) has a done future and has
                     # not run its handler yet: the outcome set above keeps it from releasing again.
                     if not item.future.done():
-                        item.future.set_result(Outcome.EVICTED_OTHER)
+                        item.future.set_result(outcome)
+
+    async def stop(self) -> None:
+        """Evict every queued request (GIE: EvictedOther, `flow controller is not running`)."""
+        self._stopped = True
+        self._evict_all(Outcome.EVICTED_OTHER)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -94,10 +94,11 @@ class RequestEvictor:
         item = EvictionItem(
             request, request.priority, self._clock(), target, asyncio.get_running_loop().create_future()
         )
-        self.in_flight[item.request_id] = item
+        # The policies (plugins) first: one that raises leaves nothing tracked.
         item.evictable = self.filter.accept(item)
         if item.evictable:
             self._push(item)
+        self.in_flight[item.request_id] = item
         return item
 
     def release(self, item: EvictionItem) -> None:
@@ -142,9 +143,9 @@ class RequestEvictor:
         return evicted
 
     def _push(self, item: EvictionItem) -> None:
+        heapq.heappush(self._heap, (self.ordering.key(item), item.seq, item))
         item.queued = True
         self.evictable += 1
-        heapq.heappush(self._heap, (self.ordering.key(item), item.seq, item))
 
     def _head(self) -> EvictionItem | None:
         heap = self._heap

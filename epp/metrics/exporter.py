@@ -6,22 +6,18 @@ import asyncio
 import enum
 import statistics
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from epp import __version__
 from epp.datastore import Datastore, Endpoint
 from epp.metrics.aliases import NAME_SETS, AliasCollector
-from epp.metrics.histogram import Histogram
+from epp.metrics.families import Families, alpha
 from epp.requests import InferenceRequest, Usage
-
-
-def _alpha(text: str) -> str:
-    return f"[ALPHA] {text}"
 
 
 def _powers(start: float, stop: float, factor: float = 2.0) -> list[float]:
@@ -30,26 +26,6 @@ def _powers(start: float, stop: float, factor: float = 2.0) -> list[float]:
         buckets.append(value)
         value *= factor
     return buckets
-
-
-class _Families:
-    """Makes a registry's metric families from one row each (name, help, labels, buckets): GIE's
-    families carry its `[ALPHA]` help prefix, llm-d's (`alpha=False`) do not."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
-
-    def counter(self, name: str, help_text: str, labels: Sequence[str] = (), alpha: bool = True) -> Counter:
-        return Counter(name, _alpha(help_text) if alpha else help_text, labels, registry=self.registry)
-
-    def gauge(self, name: str, help_text: str, labels: Sequence[str] = (), alpha: bool = True) -> Gauge:
-        return Gauge(name, _alpha(help_text) if alpha else help_text, labels, registry=self.registry)
-
-    def histogram(
-        self, name: str, help_text: str, labels: Sequence[str], buckets: Sequence[float], alpha: bool = True
-    ) -> Histogram:
-        text = _alpha(help_text) if alpha else help_text
-        return Histogram(name, text, labels, buckets=buckets, registry=self.registry)
 
 
 DURATION_BUCKETS = [
@@ -134,12 +110,12 @@ class PoolCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         gauges = self._snapshot if self._snapshot is not None else self.pool_values()
         for name, (help_text, value) in gauges.items():
-            family = GaugeMetricFamily(name, _alpha(help_text), labels=["name"])
+            family = GaugeMetricFamily(name, alpha(help_text), labels=["name"])
             family.add_metric([self._pool], value)
             yield family
         per_pod = GaugeMetricFamily(
             "inference_pool_per_pod_queue_size",
-            _alpha("waiting queue per endpoint"),
+            alpha("waiting queue per endpoint"),
             labels=["name", "model_server_pod"],
         )
         for endpoint in self._fresh():
@@ -154,7 +130,7 @@ class EppMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, aliases: Iterable[str] = ()) -> None:
         self.registry = registry or CollectorRegistry()
         self.aliases = tuple(aliases)
-        f = _Families(self.registry)
+        f = Families(self.registry)
         model = ["model_name", "target_model_name"]
         self.requests = f.counter(
             "inference_objective_request_total", "requests scheduled", [*model, "priority"]
@@ -434,12 +410,12 @@ class QueueGauges(Collector):
     def collect(self) -> Iterator[Metric]:
         size = GaugeMetricFamily(
             "inference_extension_flow_control_queue_size",
-            _alpha("Current number of requests actively held in the Flow Control queue."),
+            alpha("Current number of requests actively held in the Flow Control queue."),
             labels=_QUEUE_LABELS,
         )
         held = GaugeMetricFamily(
             "inference_extension_flow_control_queue_bytes",
-            _alpha("Current total size in bytes of requests actively held in the Flow Control queue."),
+            alpha("Current total size in bytes of requests actively held in the Flow Control queue."),
             labels=_QUEUE_LABELS,
         )
         for key, (requests, size_bytes) in self._queued.items():
@@ -456,7 +432,7 @@ class FlowControlMetrics:
 
     def __init__(self, metrics: EppMetrics) -> None:
         self._metrics = metrics
-        f = _Families(metrics.registry)
+        f = Families(metrics.registry)
         model = ["model_name", "target_model_name"]
         flow = ["fairness_id", "priority"]
         self.queue_duration = f.histogram(

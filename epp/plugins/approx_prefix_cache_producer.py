@@ -15,9 +15,9 @@ from epp.requestcontrol import PreRequest
 from epp.requests import InferenceRequest
 from epp.scheduling.prefix import (
     PREFIX_MATCH,
+    ChainCache,
     PrefixIndex,
     PrefixMatch,
-    block_hashes,
     model_seed,
     prompt_bytes,
 )
@@ -36,6 +36,7 @@ class ApproxPrefixCacheProducer(Plugin, DataProducer, PreRequest, EndpointObserv
         super().__init__(name, params, context)
         self.params = params
         self.index = PrefixIndex()
+        self._hashes = ChainCache()
         self.route_listeners: list[Callable[[Endpoint, Sequence[int]], None]] = []
         self._block_tokens = params.configured_block_tokens()
         self._hit_ratio = context.metrics.prefix_hit_ratio.observe
@@ -52,7 +53,7 @@ class ApproxPrefixCacheProducer(Plugin, DataProducer, PreRequest, EndpointObserv
 
     def prepare(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
         block_tokens = self.block_tokens(candidates)
-        hashes = block_hashes(
+        hashes = self._hashes.block_hashes(
             prompt_bytes(request),
             model_seed(request.target_model, request.cache_salt),
             block_bytes(block_tokens),

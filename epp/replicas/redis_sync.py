@@ -26,10 +26,11 @@ from collections import deque
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
+from epp.metrics.families import Families
 from epp.replicas.state import EndpointLoad, ReplicaState, RouteMessage
 
 log = logging.getLogger(__name__)
@@ -43,24 +44,19 @@ REPLAY_AGE = 30.0  # seconds: older routes are neither appended late nor learned
 
 class ReplicaSyncMetrics:
     def __init__(self, registry: CollectorRegistry | None) -> None:
-        self.errors = Counter(
-            "epp_replica_sync_errors_total",
+        f = Families(registry, prefix="epp_replica_sync_", alpha=False)
+        self.errors = f.counter(
+            "errors_total",
             "Redis operations of the replica sync that failed (the replica routes on local state)",
             ["operation"],
-            registry=registry,
         )
-        self.routes = Counter(
-            "epp_replica_sync_routes_total",
+        self.routes = f.counter(
+            "routes_total",
             "prefix routes shared with other replicas: sent, received, dropped (outbox full or too old)",
             ["direction"],
-            registry=registry,
         )
-        self.connected = Gauge(
-            "epp_replica_sync_connected", "1 while Redis answers, 0 while on local state", registry=registry
-        )
-        self.peers = Gauge(
-            "epp_replica_sync_peers", "other replicas whose load is counted", registry=registry
-        )
+        self.connected = f.gauge("connected", "1 while Redis answers, 0 while on local state")
+        self.peers = f.gauge("peers", "other replicas whose load is counted")
 
 
 class RedisReplicaSync:

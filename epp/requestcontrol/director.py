@@ -218,6 +218,8 @@ class ParsedBody:
     usage_reader: Callable[[bool], UsageReader] = UsageReader
     # The AdmitRequest plugins already admitted it (before flow control's queue).
     admitted: bool = False
+    # Whether the parser lets the director re-serialise the body (RequestParser.rewrites_body).
+    rewritable: bool = True
 
 
 class Director:
@@ -270,7 +272,7 @@ class Director:
             request = parsed.request
             assert request is not None
             body: bytes | None = None
-            if request.target_model != request.model:
+            if request.target_model != request.model or (request.body_changed and parsed.rewritable):
                 # Written before scheduling: whatever fails here must fail with no load taken.
                 body = orjson.dumps(request.body)
             routed = self.route(request, subset, trace, admitted=parsed.admitted)
@@ -296,6 +298,7 @@ class Director:
                 request = parser.parse(raw, path, headers, request_id)
                 parsed.usage_reader, rewritable = parser.usage_reader, parser.rewrites_body
         parsed.request = request
+        parsed.rewritable = rewritable
         request.objective = headers.get(OBJECTIVE_HEADER, "")
         request.priority = self.objectives.get(request.objective, 0)
         self.hooks.request_headers(request)
@@ -504,11 +507,11 @@ class Director:
         routed = RoutedRequest(self, request, result)
         try:
             self.hooks.pre_request(request, result)
+            if self.flow_control is not None:  # its eviction policies are plugins too
+                routed.eviction = self.flow_control.track(request, primary.hostport)
         except BaseException:
             routed.finish()
             raise
-        if self.flow_control is not None:
-            routed.eviction = self.flow_control.track(request, primary.hostport)
         return routed
 
     # --- decision records ----------------------------------------------------------------------

@@ -48,6 +48,8 @@ class InferenceRequest:
     priority: int = 0
     fairness_id: str = "default-flow"
     attributes: dict[str, Any] = field(default_factory=dict)
+    # A plugin changed `body`: the director forwards it re-serialised (when the parser allows).
+    body_changed: bool = False
 
     def __post_init__(self) -> None:
         if not self.target_model:

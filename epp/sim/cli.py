@@ -18,6 +18,7 @@ from dataclasses import replace
 from epp.signals import stop_event
 from epp.sim.cluster import SimCluster, make_configs
 from epp.sim.config import ROLES, parse_lora_modules
+from epp.sim.engine import SCHEDULING_POLICIES
 from epp.sim.profiles import DEFAULT_PROFILE, PROFILES, get_profile
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         help="how long prefill legs keep their KV, in simulated seconds (scaled by --time-scale)",
     )
+    parser.add_argument(
+        "--scheduling-policy",
+        choices=SCHEDULING_POLICIES,
+        default="fcfs",
+        help="vLLM's: fcfs (default), or priority (the request body's `priority`, lower first)",
+    )
     parser.add_argument("--ready-file", help="write the endpoints as JSON here once every server listens")
 
 
@@ -141,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         kv_events_endpoint=args.kv_events_endpoint,
         lease_seconds=args.lease_seconds,
         max_n_sequences=args.max_n_sequences,
+        scheduling_policy=args.scheduling_policy,
     )
     if args.name:
         configs = [replace(configs[0], name=args.name)]

@@ -37,6 +37,8 @@ class EndpointConfig:
     lease_seconds: float = 30.0
     # Most samples (`n`) one request may ask for: vLLM's VLLM_MAX_N_SEQUENCES and its default.
     max_n_sequences: int = 16384
+    # vLLM's --scheduling-policy: "fcfs", or "priority" (the body's `priority` orders the queue).
+    scheduling_policy: str = "fcfs"
 
 
 def parse_lora_modules(values: Iterable[str]) -> tuple[LoraModule, ...]:

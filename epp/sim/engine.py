@@ -7,17 +7,23 @@ step takes and what it produced. The HTTP server sleeps ``duration`` (scaled) be
 tokens to clients; a discrete-event simulator instead schedules the next step at ``outcome.end``.
 
 Scheduling follows vLLM V1: running requests first (a decode token, or the next prefill chunk) in
-admission order, then waiting requests FIFO while a token budget, ``max_num_seqs`` and free blocks
-last. When a running request needs a block and none is free, the most recently admitted running
-request is preempted to the head of the waiting queue and recomputed later (its cached full blocks
-usually survive, so recomputation is mostly a prefix-cache hit).
+admission order, then waiting requests while a token budget, ``max_num_seqs`` and free blocks
+last. When a running request needs a block and none is free, a running request is preempted back
+to the waiting queue and recomputed later (its cached full blocks usually survive, so
+recomputation is mostly a prefix-cache hit). Which one, and the waiting order, is vLLM's
+``--scheduling-policy``: ``fcfs`` (the default) waits in arrival order and preempts the most
+recently admitted request to the head of the queue; ``priority`` waits in (``priority``,
+arrival) order, lower values first, and preempts the running request last in that order, even
+one already scheduled in this step (its tokens go back to the budget).
 """
 
 from __future__ import annotations
 
 import enum
+import heapq
+import itertools
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from epp.kvevents import KVEvent, prompt_block_hashes
@@ -31,6 +37,10 @@ class Rejection(enum.Enum):
 
     QUEUE_FULL = "queue_full"
     TOO_LONG = "too_long"
+
+
+SCHEDULING_POLICIES = ("fcfs", "priority")
+"""vLLM's ``--scheduling-policy`` values."""
 
 
 class State(enum.Enum):
@@ -64,6 +74,7 @@ class Request:
         "next_hash",
         "output_done",
         "pending_tokens",
+        "priority",
         "prompt_len",
         "prompt_tokens",
         "ready_at",
@@ -87,12 +98,15 @@ class Request:
         remote_prefill: bool = False,
         hold_blocks: bool = False,
         block_hashes: list[int] | None = None,
+        priority: int = 0,
     ) -> None:
         """``max_output`` is the exact number of tokens to generate (0: prefill only, no token, as
         for embeddings); ``stop_reason`` is the finish reason reported when it is reached.
         ``remote_prefill``: decode leg whose prompt KV is pulled from a prefill server.
         ``hold_blocks``: prefill leg whose blocks stay leased for a decode server after it ends.
-        ``block_hashes``: precomputed prompt block hashes (the engine computes them otherwise)."""
+        ``block_hashes``: precomputed prompt block hashes (the engine computes them otherwise).
+        ``priority``: vLLM's per-request priority (lower is served first under the priority
+        scheduling policy; ignored under FCFS)."""
         self.id = id
         self.prompt_tokens = prompt_tokens
         self.prompt_len = len(prompt_tokens)
@@ -103,6 +117,7 @@ class Request:
         self.remote_prefill = remote_prefill
         self.hold_blocks = hold_blocks
         self.block_hashes = block_hashes
+        self.priority = priority
         self.state = State.WAITING
         self.output_done = 0
         # The per-step work on a running request reads only these small counters, never the
@@ -183,6 +198,65 @@ class EngineStats:
     queue_time: Histogram = field(default_factory=lambda: Histogram(REQUEST_LATENCY_BUCKETS))
 
 
+class FcfsQueue(deque[Request]):
+    """vLLM's FCFS waiting queue: arrival order; a request coming back (preempted, or its KV
+    transfer done) goes to the head."""
+
+    def add(self, request: Request) -> None:
+        self.append(request)
+
+    def prepend(self, request: Request) -> None:
+        self.appendleft(request)
+
+    def prepend_all(self, requests: list[Request]) -> None:
+        """Put back requests taken from the head, in their order."""
+        self.extendleft(reversed(requests))
+
+    def peek(self) -> Request:
+        return self[0]
+
+    def pop_first(self) -> Request:
+        return self.popleft()
+
+
+class PriorityQueue:
+    """vLLM's priority waiting queue: always (``priority``, arrival) order, lower first, however a
+    request comes back (ties: the order they were queued)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, float, int, Request]] = []
+        self._order = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def __iter__(self) -> Iterator[Request]:
+        return (entry[3] for entry in self._heap)
+
+    def add(self, request: Request) -> None:
+        heapq.heappush(self._heap, (request.priority, request.arrival, next(self._order), request))
+
+    prepend = add
+
+    def prepend_all(self, requests: list[Request]) -> None:
+        for request in requests:
+            self.add(request)
+
+    def peek(self) -> Request:
+        return self._heap[0][3]
+
+    def pop_first(self) -> Request:
+        return heapq.heappop(self._heap)[3]
+
+    def remove(self, request: Request) -> None:
+        self._heap = [entry for entry in self._heap if entry[3] is not request]
+        heapq.heapify(self._heap)
+
+
+def _priority_order(request: Request) -> tuple[int, float]:
+    return request.priority, request.arrival
+
+
 class _Batch:
     """The requests one step runs and the batch composition its duration depends on, summed while
     scheduling so the step needs no second pass over the batch to price it."""
@@ -227,14 +301,23 @@ class Engine:
         *,
         lease_seconds: float = 30.0,
         record_kv_events: bool = False,
+        scheduling_policy: str = "fcfs",
     ) -> None:
+        """``scheduling_policy``: vLLM's ``--scheduling-policy`` (see the module docstring)."""
+        if scheduling_policy not in SCHEDULING_POLICIES:
+            raise ValueError(
+                f"unknown scheduling policy {scheduling_policy!r}; known: {', '.join(SCHEDULING_POLICIES)}"
+            )
+        self.scheduling_policy = scheduling_policy
         self.profile = profile
         self.namespace = namespace
         self.lease_seconds = lease_seconds
         self.block_size = profile.block_size
         self.pool = BlockPool(profile.num_gpu_blocks, profile.block_size, record_kv_events)
         self.stats = EngineStats()
-        self._waiting: deque[Request] = deque()
+        self._waiting: FcfsQueue | PriorityQueue = (
+            PriorityQueue() if scheduling_policy == "priority" else FcfsQueue()
+        )
         self._running: list[Request] = []
         self._transferring: list[Request] = []
         self._running_loras: dict[str, int] = {}
@@ -303,7 +386,7 @@ class Engine:
         self.stats.requests_added += 1
         self.stats.prefill_only += request.hold_blocks
         self.stats.remote_decode += request.remote_prefill
-        self._waiting.append(request)
+        self._waiting.add(request)
         return None
 
     def abort(self, request: Request) -> None:
@@ -359,7 +442,10 @@ class Engine:
         outcome = StepOutcome(now)
         batch = _Batch(self.profile.max_num_batched_tokens)
         if self._running:
-            self._schedule_running(batch, outcome)
+            if self.scheduling_policy == "priority":
+                self._schedule_running_by_priority(batch, outcome)
+            else:
+                self._schedule_running(batch, outcome)
         if (
             self._waiting
             and not outcome.preempted
@@ -421,6 +507,40 @@ class Engine:
         request.free_slots += need * self.block_size
         return True
 
+    def _schedule_running_by_priority(self, batch: _Batch, outcome: StepOutcome) -> None:
+        """`_schedule_running` under the priority policy: while blocks are short, the running
+        request last in (priority, arrival) order is preempted, wherever it is in the running
+        list; one already scheduled in this step leaves the batch and gives its tokens back."""
+        running = self._running
+        chosen: list[Request] = []
+        budget = batch.budget
+        index = 0
+        while index < len(running) and budget > 0:
+            request = running[index]
+            n = min(request.pending_tokens, budget)
+            if n > request.free_slots:
+                need = -((request.free_slots - n) // self.block_size)
+                while need > self.pool.num_free():
+                    victim = max(running, key=_priority_order)
+                    running.remove(victim)
+                    if victim in chosen:
+                        chosen.remove(victim)
+                        budget += victim.step_tokens
+                        index -= 1
+                    self._preempt(victim, outcome)
+                    if victim is request:
+                        break
+                if request.state is not State.RUNNING:
+                    break
+                self.pool.allocate(request.table, need)
+                request.free_slots += need * self.block_size
+            request.step_tokens = n
+            chosen.append(request)
+            budget -= n
+            index += 1
+        for request in chosen:
+            batch.add(request, request.step_tokens)
+
     def _preempt(self, request: Request, outcome: StepOutcome) -> None:
         self.pool.release(request.table)
         self._lora_stopped(request)
@@ -429,7 +549,7 @@ class Engine:
         request.free_slots = 0
         request.next_hash = 0
         request.state = State.WAITING
-        self._waiting.appendleft(request)
+        self._waiting.prepend(request)
         outcome.preempted.append(request)
         self.stats.preemptions += 1
 
@@ -439,20 +559,20 @@ class Engine:
         max_seqs = self.profile.max_num_seqs
         max_loras = self.profile.max_loras
         while waiting and batch.budget > 0 and len(self._running) < max_seqs:
-            request = waiting[0]
+            request = waiting.peek()
             lora = request.lora
             if lora and lora not in self._running_loras and len(self._running_loras) >= max_loras:
-                skipped.append(waiting.popleft())
+                skipped.append(waiting.pop_first())
                 continue
             if request.remote_prefill:
                 if not self._start_transfer(request, now):
                     break
-                waiting.popleft()
+                waiting.pop_first()
                 continue
             n = self._admit(request, now, batch.budget)
             if n == 0:
                 break
-            waiting.popleft()
+            waiting.pop_first()
             request.state = State.RUNNING
             self._running.append(request)
             self._running_context += request.computed
@@ -460,7 +580,7 @@ class Engine:
                 self._running_loras[lora] = self._running_loras.get(lora, 0) + 1
             batch.add(request, n)
         if skipped:
-            waiting.extendleft(reversed(skipped))
+            waiting.prepend_all(skipped)
 
     def _admit(self, request: Request, now: float, budget: int) -> int:
         """Reserve blocks for the next chunk of a waiting request, after a prefix-cache lookup if
@@ -524,7 +644,7 @@ class Engine:
             request.remote_prefill = False
             request.state = State.WAITING
             self._cache_full_blocks(request)
-            self._waiting.appendleft(request)
+            self._waiting.prepend(request)
 
     def _expire_leases(self, now: float) -> None:
         expired = [key for key, lease in self._leases.items() if lease.expires_at <= now]

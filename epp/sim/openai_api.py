@@ -65,6 +65,7 @@ class Generation:
     include_usage: bool
     kv_transfer_params: Any
     n: int = 1  # choices per prompt
+    priority: int = 0  # vLLM's per-request priority (lower first under --scheduling-policy priority)
 
 
 def parse_completion(body: dict[str, Any]) -> Generation:
@@ -128,7 +129,15 @@ def _generation(
         include_usage=stream and bool(options and options.get("include_usage")),
         kv_transfer_params=body.get("kv_transfer_params"),
         n=1 if kind == "responses" else _optional_int(body, "n", minimum=1) or 1,
+        priority=_priority(body),
     )
+
+
+def _priority(body: dict[str, Any]) -> int:
+    value = body.get("priority", 0)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError(400, "'priority' must be an integer", "priority")
+    return value
 
 
 def _optional_int(body: dict[str, Any], field: str, minimum: int) -> int | None:

@@ -86,6 +86,7 @@ class SimServer:
             config.model,
             lease_seconds=config.lease_seconds,
             record_kv_events=config.kv_events_endpoint is not None,
+            scheduling_policy=config.scheduling_policy,
         )
         self._loras = {m.name: m for m in config.lora_modules}
         self._publisher = (
@@ -208,6 +209,10 @@ class SimServer:
         if (role.prefill_leg or role.remote) and len(gen.prompts) * gen.n > 1:
             raise ApiError(400, "P/D transfer supports a single prompt and n=1 per request", "prompt")
         self._check_sequences(gen)
+        if gen.priority and self.config.scheduling_policy != "priority":
+            raise ApiError(
+                400, f"Got priority {gen.priority} but Priority scheduling is not enabled.", "priority"
+            )
         sequences = [
             self._sequence(gen, i * gen.n + sample, prompt, lora, role, sample)
             for i, prompt in enumerate(gen.prompts)
@@ -290,6 +295,7 @@ class SimServer:
             lora=lora,
             remote_prefill=role.remote is not None,
             hold_blocks=role.prefill_leg,
+            priority=gen.priority,
         )
         return OutputSequence(index, request, seed)
 

@@ -157,6 +157,37 @@ async def test_n_beyond_the_limit_is_a_400_before_any_sequence_is_built(http: ai
         assert status == 400 and data["message"].startswith("n must be at most 4, got 5.")
 
 
+async def test_priority_field_needs_the_priority_scheduling_policy(
+    http: aiohttp.ClientSession, cluster: SimCluster
+) -> None:
+    """As vLLM: a non-zero `priority` on an FCFS server is a 400; 0 (the default) is accepted;
+    with --scheduling-policy priority the field reaches the engine's request."""
+    url = base(cluster) + "/v1/completions"
+    status, _, data = await post(http, url, {"model": MODEL, "prompt": "x", "max_tokens": 1, "priority": -1})
+    assert (status, data["param"], data["message"]) == (
+        400,
+        "priority",
+        "Got priority -1 but Priority scheduling is not enabled.",
+    )
+    status, _, data = await post(http, url, {"model": MODEL, "prompt": "x", "priority": "high"})
+    assert (status, data["param"], data["message"]) == (400, "priority", "'priority' must be an integer")
+    assert (await post(http, url, {"model": MODEL, "prompt": "x", "max_tokens": 1, "priority": 0}))[0] == 200
+    configs = make_configs(1, profile=TINY_TEST, model=MODEL, scheduling_policy="priority")
+    async with SimCluster(configs) as sims:
+        server = sims.servers[0]
+        added: list[int] = []
+        submit = server.driver.submit
+
+        def recording(request: Any, wake: Any) -> Any:
+            added.append(request.priority)
+            return submit(request, wake)
+
+        server.driver.submit = recording  # type: ignore[method-assign]
+        body = {"model": MODEL, "prompt": "x", "max_tokens": 1, "priority": -1}
+        assert (await post(http, base(sims) + "/v1/completions", body))[0] == 200
+        assert added == [-1]
+
+
 @pytest.mark.parametrize(
     ("path", "body", "param", "count"),
     [

@@ -1,11 +1,12 @@
 """The approximate prefix-cache index: prompt block hashing, the per-endpoint index, match data."""
 
-from epp.scheduling.prefix.hashing import block_hashes, model_seed, prompt_bytes
+from epp.scheduling.prefix.hashing import ChainCache, block_hashes, model_seed, prompt_bytes
 from epp.scheduling.prefix.index import PrefixIndex
 from epp.scheduling.prefix.match import PREFIX_MATCH, PrefixMatch, leading_matches
 
 __all__ = [
     "PREFIX_MATCH",
+    "ChainCache",
     "PrefixIndex",
     "PrefixMatch",
     "block_hashes",

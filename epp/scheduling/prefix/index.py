@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Sequence
-from itertools import compress, repeat
+from itertools import compress, islice, repeat
 
 from epp.datastore import Endpoint
 
@@ -65,8 +65,9 @@ class PrefixIndex:
             holders.update(zip(new, map(bit.__or__, map(holders.get, new, repeat(0))), strict=True))
         excess = len(lru) - max(capacity, 1)
         if excess > 0:
-            oldest = lru.popitem
-            self._release([oldest(last=False)[0] for _ in range(excess)], bit)
+            oldest = list(islice(lru, excess))
+            _consume(map(lru.__delitem__, oldest))
+            self._release(oldest, bit)
 
     def remove_endpoint(self, endpoint: Endpoint) -> None:
         lru = self._lrus.pop(endpoint, None)

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator
 
 from epp.datalayer.kvblocks import (
     HASH_CBOR_FNV,
+    IndexOptions,
     KVBlockIndex,
     KVBlockIndexBase,
     KVIndexMetrics,
@@ -29,6 +30,7 @@ from epp.datalayer.redis_address import (
 )
 from epp.datalayer.tokenize import TokenizedPrompt
 from epp.datastore import Datastore, Endpoint
+from epp.datastore.columns import by_hostport
 from epp.framework import ParameterUpgrade, PluginParams
 from epp.kvevents import KVEvent
 from epp.params.strict import StrictModel
@@ -225,12 +227,18 @@ class PrecisePrefixCache:
         keyer = TokenProcessor(
             self.block_size, processor.hash_seed, processor.hash_algorithm or HASH_CBOR_FNV
         )
-        confirm = params.speculative_until_confirmed
         shared = index_config.shared()
         self.index: KVBlockIndexBase
         self.shared_index: RedisKVBlockIndex | None = None
+        options = IndexOptions(
+            size=memory.size,
+            pod_cache_size=(shared or memory).pod_cache_size,
+            tier_weights=weights,
+            metrics=metrics,
+            confirmation_ends_speculation=params.speculative_until_confirmed,
+        )
         if shared is None:
-            self.index = KVBlockIndex(keyer, memory.size, memory.pod_cache_size, weights, metrics, confirm)
+            self.index = KVBlockIndex(keyer, **options)
         else:  # redis-py is imported only when a config keeps the index there
             from epp.datalayer.kvblocks_redis import RedisIndexMetrics, RedisKVBlockIndex
 
@@ -240,12 +248,8 @@ class PrecisePrefixCache:
                 key_prefix=shared.key_prefix,
                 ttl=shared.ttl,
                 lookup_timeout=shared.lookup_timeout,
-                size=memory.size,
-                pod_cache_size=shared.pod_cache_size,
-                tier_weights=weights,
-                metrics=metrics,
                 redis_metrics=RedisIndexMetrics.for_registry(registry) if registry else None,
-                confirmation_ends_speculation=confirm,
+                **options,
             )
         self._lookup_key = f"{name}/shared-index-lookup"
         self.max_blocks = params.indexer_config.kv_block_index_config.max_prefix_blocks_to_match
@@ -256,7 +260,6 @@ class PrecisePrefixCache:
         self._ingester: KVEventIngester | None = None
         self._central: Subscriber | None = None
         self._per_pod: dict[str, Subscriber] = {}
-        self._candidates: tuple[list[Endpoint], dict[str, Endpoint]] = ([], {})
         self._stopping: set[asyncio.Task[None]] = set()
 
     # --- per request --------------------------------------------------------------------------
@@ -288,7 +291,7 @@ class PrecisePrefixCache:
     ) -> PrefixMatch:
         """The prompt's keys and how many of them each candidate holds from the first. With the
         shared index unreachable (or not asked), no keys: the request is scored without it."""
-        by_pod = self._by_pod(candidates)
+        by_pod = by_hostport(candidates)
         if isinstance(self.index, KVBlockIndex):
             keys = self._keys(request, tokenized)
             if self.params.speculative_indexing:
@@ -303,15 +306,6 @@ class PrecisePrefixCache:
             return PrefixMatch([], {}, self.block_size)
         matched = {by_pod[pod]: int(score) for pod, score in scores.items() if score >= 1 and pod in by_pod}
         return PrefixMatch(keys, matched, self.block_size)
-
-    def _by_pod(self, candidates: Sequence[Endpoint]) -> dict[str, Endpoint]:
-        """Candidates by `host:port`, kept while the candidate list holds the same endpoints (a
-        C-level identity comparison instead of a thousand-entry dictionary per request)."""
-        known, by_pod = self._candidates
-        if known != candidates:
-            by_pod = {e.hostport: e for e in candidates}
-            self._candidates = (list(candidates), by_pod)
-        return by_pod
 
     def speculate(self, match: object, result: SchedulingResult) -> Pinned | None:
         """llm-d's speculativeIndexing: the chosen endpoints hold the prompt's blocks for

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from epp.bench.fairness import NOISY, WELL_BEHAVED, Bench, Stream, add_arguments, jain, max_min_shares
+from epp.bench.realtime import RealtimeCluster, RealtimePolicy, stack_config
 from epp.cli import main
 
 CONFIGS = Path(__file__).parents[3] / "bench" / "configs"
@@ -72,7 +73,18 @@ def test_the_command_prints_both_scenarios_side_by_side(
 ) -> None:
     doc = tmp_path / "doc.md"
     argv = ["bench", "fairness", "--workload", str(tiny_workload), "--capacity", "4", "--seconds", "20"]
-    argv += ["--warmup", "5", "--output-len", "8", "--doc", str(doc)]
+    argv += [
+        "--warmup",
+        "5",
+        "--output-len",
+        "8",
+        "--reserved-tenant",
+        "1",
+        "--reserved-critical",
+        "1",
+        "--doc",
+        str(doc),
+    ]
     monkeypatch.setattr(sys, "argv", ["epp", *argv])
     assert main(argv) == 0
     text = doc.read_text()
@@ -85,17 +97,49 @@ def test_the_command_prints_both_scenarios_side_by_side(
         "both, flow control, global-strict-fairness-policy",
         "both, flow control, round-robin-fairness-policy",
         "both, flow control, least-tokens-served-fairness-policy",
+        "both, no flow control, 1 of 2 pods reserved for tenant-a",
         "critical alone, no flow control",
         "critical alone, flow control",
         "both, no flow control (legacy shedding)",
         "both, flow control (bands)",
+        "both, no flow control (legacy shedding), vLLM priority scheduling",
+        "both, flow control (bands), vLLM priority scheduling",
+        "both, flow control, soft-reflective-ceiling-policy",
+        "both, flow control, soft-reflective-ceiling-policy, vLLM priority scheduling",
+        "both, flow control, 1 of 2 pods reserved for critical",
     ]
     assert rows[0].split(" | ")[2] == "+0%"
     assert rows[2].split(" | ")[3].count(" ms") == 2  # p90 in the EPP's queue / after routing
     assert "tenant-a alone" in capsys.readouterr().out
 
 
+def test_row_runs_the_reference_and_the_rows_named(
+    tiny_workload: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv = ["bench", "fairness", "--workload", str(tiny_workload), "--capacity", "4", "--seconds", "20"]
+    argv += ["--warmup", "5", "--output-len", "8", "--scenario", "priority", "--row", "soft-reflective"]
+    monkeypatch.setattr(sys, "argv", ["epp", *argv])
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    printed = [line.split(" | ")[0] for line in out if " | " in line and not line.startswith("|")]
+    assert printed == [
+        "critical alone, no flow control",
+        "both, flow control, soft-reflective-ceiling-policy",
+        "both, flow control, soft-reflective-ceiling-policy, vLLM priority scheduling",
+    ]
+
+
 def _args(workload: Path, seconds: float) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     return parser.parse_args(["--workload", str(workload), "--seconds", str(seconds), "--warmup", "0"])
+
+
+def test_real_time_simulators_get_the_rows_scheduling_policy(tmp_path: Path) -> None:
+    policy = RealtimePolicy(None)
+    fcfs = stack_config(policy, RealtimeCluster(2, "tiny-test"), tmp_path)
+    assert not [a for a in fcfs.sim_args if a.startswith("--scheduling-policy")]
+    by_priority = stack_config(
+        policy, RealtimeCluster(2, "tiny-test", scheduling_policy="priority"), tmp_path
+    )
+    assert "--scheduling-policy=priority" in by_priority.sim_args

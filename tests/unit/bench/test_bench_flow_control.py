@@ -76,3 +76,34 @@ def test_runs_with_flow_control_are_deterministic() -> None:
         (r.first_token, r.done, r.endpoint) for r in second.records
     ]
     assert all(r.ok for r in first.records)
+
+
+PRIORITY_FIELD_CONFIG = """
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: vllm-priority-field
+- type: queue-scorer
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: queue-scorer
+"""
+
+
+def test_the_priority_body_field_orders_a_priority_server_queue() -> None:
+    """No flow control: the server queues (one sequence at a time); with `vllm-priority-field`
+    and vLLM's priority policy the critical request, sent last, is served right after the one
+    already running. Under FCFS the server refuses it, as vLLM does (400)."""
+    requests = flood_then_one("objective", "standard", "critical")  # sheddable would be shed
+    objectives = {"critical": 1, "standard": 0}
+    one_at_a_time = TINY_TEST.with_overrides(max_num_seqs=1)
+    by_priority = VirtualCluster(endpoints=1, profile=one_at_a_time, scheduling_policy="priority")
+    result = VirtualRun(requests, load_config(PRIORITY_FIELD_CONFIG), by_priority, objectives).run()
+    assert dispatch_order(result) == [0, 5, 1, 2, 3, 4]
+    without_field = PRIORITY_FIELD_CONFIG.replace("- type: vllm-priority-field\n", "")
+    result = VirtualRun(requests, load_config(without_field), by_priority, objectives).run()
+    assert dispatch_order(result) == [0, 1, 2, 3, 4, 5]
+    fcfs = VirtualCluster(endpoints=1, profile=one_at_a_time)
+    result = VirtualRun(requests, load_config(PRIORITY_FIELD_CONFIG), fcfs, objectives).run()
+    assert [r.error for r in result.records] == [None] * 5 + ["priority_not_enabled"]

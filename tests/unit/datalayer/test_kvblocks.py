@@ -228,6 +228,27 @@ def test_a_pod_that_left_has_no_speculative_entries() -> None:
     assert idx.longest_prefix(keys, {"left", "stays"}) == {}
 
 
+def test_the_speculative_entries_by_pod_follow_every_way_an_entry_ends() -> None:
+    """`forget_speculative` reads a pod's keys from its own index instead of scanning every entry:
+    that index must lose each key as the entry ends (expiry, confirmation, forgetting)."""
+    idx = index(16, confirmation_ends_speculation=True)
+    tokens = list(range(48))
+    keys = idx.keys_for(tokens, M)
+    idx.add_speculative(keys, "expires", now=10.0, ttl=2.0)
+    idx.add_speculative(keys[:1], "expires", now=11.0, ttl=2.0)  # renewed: outlives the first expiry
+    idx.pin_speculative(keys, "confirms")
+    idx.add_speculative(keys, "forgotten", now=10.0, ttl=2.0)
+    idx.expire(12.0)
+    assert idx._guessed_keys["expires"] == {keys[0]}
+    idx.apply("confirms", M, [stored(tokens[:32], 16)])
+    assert idx._guessed_keys["confirms"] == {keys[2]}
+    idx.forget_speculative("forgotten")
+    idx.forget_speculative("confirms")
+    idx.expire(13.0)
+    assert idx._guessed_keys == {}
+    assert idx._speculative == {}
+
+
 @pytest.mark.parametrize("until_confirmed", [False, True])
 def test_an_evicted_block_stays_speculative_until_its_ttl_unless_confirmation_ended_it(
     until_confirmed: bool,

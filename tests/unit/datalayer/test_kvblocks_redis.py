@@ -118,6 +118,33 @@ async def test_pod_removal_on_any_replica_retires_the_pods_entries(
     assert await b.lookup(keys) == {"p1": 1.0, "p2": 2.0}
 
 
+async def test_a_gap_one_replica_saw_keeps_the_shared_entries_a_publisher_restart_retires_them(
+    pair: tuple[RedisKVBlockIndex, RedisKVBlockIndex],
+) -> None:
+    """Each replica receives the pod's events: one replica's lost messages say nothing of what
+    the others applied; an engine that restarted lost its cache for every replica."""
+    a, b = pair
+    tokens, other = list(range(48)), list(range(100, 132))
+    keys = a.keys_for(tokens, "m")
+    ingesters = [KVEventIngester(index, index.metrics) for index in pair if index.metrics is not None]
+
+    def send(ingester: KVEventIngester, seq: int, prompt: list[int]) -> None:
+        ingester.frames([b"kv@p1@m", seq.to_bytes(8, "big"), encode_batch([stored(prompt)], 0.0, BLOCK, {})])
+
+    send(ingesters[1], 0, tokens)
+    send(ingesters[1], 1, other)
+    await b.flushed()
+    send(ingesters[0], 0, tokens)
+    send(ingesters[0], 2, other)  # a lost message 1
+    await a.flushed()
+    assert await a.lookup(keys) == {"p1": 3.0}
+    assert a.metrics is not None and a.metrics.resyncs.labels("gap")._value.get() == 1
+    send(ingesters[0], 0, other)  # the engine restarted
+    await a.flushed()
+    assert await b.lookup(keys) == {}
+    assert await b.lookup(b.keys_for(other, "m")) == {"p1": 2.0}
+
+
 async def test_bounded_holders_and_ttl_refreshed_by_matches(redis_server: LocalRedis) -> None:
     index = redis_index(redis_server.url, pod_cache_size=2, ttl=60.0)
     await index.start()
@@ -136,6 +163,32 @@ async def test_bounded_holders_and_ttl_refreshed_by_matches(redis_server: LocalR
         assert 55_000 < await client.pttl(name) <= 60_000  # a match refreshed it
         await client.aclose()
     finally:
+        await index.stop()
+
+
+async def test_generations_live_as_long_as_the_block_keys_and_never_come_back(
+    redis_server: LocalRedis,
+) -> None:
+    index = redis_index(redis_server.url, ttl=60.0)
+    await index.start()
+    client = aioredis.from_url(redis_server.url)
+    try:
+        tokens = list(range(80))
+        index.apply("p1", "m", [stored(tokens)])
+        await index.flushed()
+        keys = index.keys_for(tokens, "m")
+        generation = f"{index.key_prefix}generation:p1"
+        assert 55_000 < await client.pttl(generation) <= 60_000  # set by the pod's write
+        await client.pexpire(generation, 1000)
+        assert await index.lookup(keys) == {"p1": 5.0}
+        assert 55_000 < await client.pttl(generation) <= 60_000  # a lookup its run matched renewed it
+        await client.delete(generation)  # as its expiry (or an eviction) would
+        assert await index.lookup(keys) == {}
+        index.apply("p1", "m", [stored(tokens[:16], "cpu")])  # a new write: a new generation
+        await index.flushed()
+        assert await index.lookup(keys) == {"p1": 0.8}  # the entries of the old one stay retired
+    finally:
+        await client.aclose()
         await index.stop()
 
 
@@ -201,6 +254,20 @@ async def test_a_full_redis_refuses_writes_which_are_dropped_not_retried(
         await client.aclose()
 
 
+async def test_a_lookup_after_stop_finds_nothing_and_is_counted(redis_server: LocalRedis) -> None:
+    """Requests still in flight at shutdown go on without the index."""
+    index = redis_index(redis_server.url)
+    await index.start()
+    tokens = list(range(48))
+    index.apply("p1", "m", [stored(tokens)])
+    await index.stop()  # sends what is queued first
+    assert await index.lookup(index.keys_for(tokens, "m")) is None
+    assert index.redis_metrics.skipped._value.get() == 1
+    await index.start()
+    assert await index.lookup(index.keys_for(tokens, "m")) == {"p1": 3.0}
+    await index.stop()
+
+
 async def test_redis_unreachable_from_the_start(caplog: pytest.LogCaptureFixture) -> None:
     index = redis_index("redis://127.0.0.1:9/0", lookup_timeout=0.2)
     await index.start()  # does not raise: the EPP starts and scores without the index
@@ -221,12 +288,13 @@ async def test_foreign_or_malformed_data_under_the_prefix_is_ignored_or_replaced
     client = aioredis.from_url(redis_server.url)
     try:
         await client.set(f"{a.key_prefix}{keys[0]}", "not a hash")
-        await client.hset(f"{a.key_prefix}{keys[1]}", mapping={"p9": "garbage", "p8": "0:x"})
+        await client.hset(f"{a.key_prefix}{keys[1]}", mapping={"p9": "garbage", "p8": "g1:x"})
         assert await b.lookup(keys) == {}  # the chain breaks at the foreign key
         a.apply("p1", "m", [stored(tokens)])
         await a.flushed()
         assert await b.lookup(keys) == {"p1": 3.0}
-        await client.hset(f"{a.key_prefix}{keys[0]}", "p9", "0:1.0")  # p9's run: one block
+        await client.set(f"{a.key_prefix}generation:p9", "g99")
+        await client.hset(f"{a.key_prefix}{keys[0]}", "p9", "g99:1.0")  # p9's run: one block
         assert await b.lookup(keys) == {"p1": 3.0, "p9": 1.0}
         # p9's malformed holder, met on its run, is deleted; p8's, never reached, is only ignored
         assert set(await client.hkeys(f"{a.key_prefix}{keys[1]}")) == {b"p1", b"p8"}

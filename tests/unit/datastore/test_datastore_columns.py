@@ -67,3 +67,16 @@ def test_positions_index_each_candidate_and_show_a_duplicate() -> None:
     reordered = [pool[3], pool[1], pool[2], pool[0]]
     assert positions(reordered)[pool[3]] == 0
     assert len(positions([pool[0], pool[1], pool[0]])) == 2  # fewer than the candidates
+
+
+def test_candidates_by_hostport_follow_the_candidate_list() -> None:
+    from epp.datastore.columns import by_hostport
+
+    pool = endpoints(4)
+    found = by_hostport(pool)
+    assert found == {e.hostport: e for e in pool}
+    assert by_hostport(list(pool)) is found  # the same endpoints: kept
+    moved = Endpoint(EndpointSpec("e2", "10.0.9.9", 8000))  # same ends and length, another middle
+    assert by_hostport([pool[0], pool[1], moved, pool[3]]) == {
+        e.hostport: e for e in (*pool[:2], moved, pool[3])
+    }

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
 from types import MappingProxyType
 from typing import cast
 
@@ -17,7 +16,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from epp.config.build import build_components
+from epp.config.build import build_components, build_director
 from epp.config.loader import load_config
 from epp.datastore import Datastore, EndpointSpec
 from epp.extproc.pb import BodyMode, core, ext_proc
@@ -26,6 +25,7 @@ from epp.extproc.stream import StreamOptions
 from epp.framework import PluginContext
 from epp.requestcontrol import Director
 from tests.unit.deep_json import deep_body
+from tests.unit.flowcontrol.flow_helpers import flow_control_config
 
 COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
 # Request bodies with the path they are meant for (sometimes sent to another path).
@@ -79,14 +79,17 @@ def request_headers(
     )
 
 
-def response_headers() -> st.SearchStrategy[ext_proc.ProcessingRequest]:
+STATUSES = ("200", "200", "503", "500", "x")
+
+
+def response_headers(statuses: tuple[str, ...] = STATUSES) -> st.SearchStrategy[ext_proc.ProcessingRequest]:
     return st.builds(
         lambda status, content_type, eos: ext_proc.ProcessingRequest(
             response_headers=ext_proc.HttpHeaders(
                 headers=header_map({":status": status, "content-type": content_type}), end_of_stream=eos
             )
         ),
-        st.sampled_from(["200", "200", "503", "500", "x"]),
+        st.sampled_from(statuses),
         st.sampled_from(["application/json", "text/event-stream"]),
         st.booleans(),
     )
@@ -123,7 +126,7 @@ ANY_MESSAGE = st.one_of(
 
 
 @st.composite
-def envoy_order(draw: st.DrawFn) -> list[ext_proc.ProcessingRequest]:
+def envoy_order(draw: st.DrawFn, statuses: tuple[str, ...] = STATUSES) -> list[ext_proc.ProcessingRequest]:
     """A request and its response in the order Envoy sends them."""
     path, data = draw(st.sampled_from(REQUESTS))
     path = path if draw(st.integers(0, 9)) else None
@@ -133,7 +136,7 @@ def envoy_order(draw: st.DrawFn) -> list[ext_proc.ProcessingRequest]:
     ]
     if draw(st.booleans()):
         messages.append(TRAILERS["request_trailers"])
-    messages.append(draw(response_headers()))
+    messages.append(draw(response_headers(statuses)))
     messages += draw(split_body("response_body", RESPONSE_BODIES))
     if draw(st.booleans()):
         messages.append(TRAILERS["response_trailers"])
@@ -162,15 +165,25 @@ def mutated(draw: st.DrawFn, messages: list[ext_proc.ProcessingRequest]) -> list
 @dataclass
 class Script:
     messages: list[ext_proc.ProcessingRequest]
-    ending: str  # "runs out": the client half-closes; "cancelled": the call is cancelled mid-stream
+    # "runs out": the client half-closes; "cancelled": the call is cancelled once every message is
+    # read; "reset": cancelled `reset_after` event-loop steps in, wherever the stream is then
+    # (waiting in flow control's queue, between two messages)
+    ending: str
+    reset_after: int = 0
 
 
 @st.composite
-def scripts(draw: st.DrawFn) -> Script:
-    base = draw(st.one_of(envoy_order(), st.lists(ANY_MESSAGE, min_size=1, max_size=10)))
-    messages = draw(mutated(base)) if draw(st.booleans()) else base
-    if draw(st.booleans()):
-        messages = messages[: draw(st.integers(1, len(messages)))]  # the stream may end anywhere
+def scripts(draw: st.DrawFn, orderly: bool = False) -> Script:
+    """A stream's messages and how it ends; `orderly`: a whole exchange in Envoy's order, never
+    answered 503 (which suspends the endpoint for 10 s: with one endpoint, flow control then sees
+    an empty pool and holds what it queued, as GIE's does, past the test's bound)."""
+    if orderly:
+        messages = draw(envoy_order(tuple(s for s in STATUSES if s != "503")))
+    else:
+        base = draw(st.one_of(envoy_order(), st.lists(ANY_MESSAGE, min_size=1, max_size=10)))
+        messages = draw(mutated(base)) if draw(st.booleans()) else base
+        if draw(st.booleans()):
+            messages = messages[: draw(st.integers(1, len(messages)))]  # the stream may end anywhere
     # Envoy sends the protocol config with the first message.
     first = ext_proc.ProcessingRequest()
     first.CopyFrom(messages[0])
@@ -178,13 +191,22 @@ def scripts(draw: st.DrawFn) -> Script:
     first.protocol_config.CopyFrom(
         ext_proc.ProtocolConfiguration(request_body_mode=mode, response_body_mode=mode)
     )
-    return Script([first, *messages[1:]], draw(st.sampled_from(["runs out", "cancelled"])))
+    ending = draw(st.sampled_from(["runs out", "cancelled", "reset"]))
+    return Script([first, *messages[1:]], ending, draw(st.integers(0, 40)) if ending == "reset" else 0)
 
 
-def make_director() -> Director:
+DEFAULT_CONFIG = load_config(None)  # parsed once (60% of a director's making); built per example
+# Flow control on, and a pool saturated by one request in flight (one endpoint, maxConcurrency 1):
+# with up to four streams at once, some wait in its queue and end there (run out, cancelled) or
+# once dispatched.
+FLOW_CONTROL_CONFIG = load_config(flow_control_config({}))
+
+
+def make_director(flow_control: bool = False) -> Director:
     datastore = Datastore()
     datastore.synced = True
-    for i, models in enumerate([("m", "m-v2"), ("m",), ("m-v2",)]):
+    pool = [("m", "m-v2")] if flow_control else [("m", "m-v2"), ("m",), ("m-v2",)]
+    for i, models in enumerate(pool):
         datastore.upsert(
             EndpointSpec(
                 name=f"e{i}",
@@ -194,8 +216,19 @@ def make_director() -> Director:
                 labels=MappingProxyType({}),
             )
         )
-    scheduler = build_components(load_config(None), PluginContext()).scheduler
+    if flow_control:
+        return build_director(FLOW_CONTROL_CONFIG, datastore, PluginContext())[0]
+    scheduler = build_components(DEFAULT_CONFIG, PluginContext()).scheduler
     return Director(datastore, scheduler)
+
+
+class NoDeadline:
+    """What the servicer reads of grpc.aio's call context: the call's time remaining (None: no
+    deadline). A bare None made every stream fail at its first message with a 500, before any
+    routing: the property held without a request ever taking load."""
+
+    def time_remaining(self) -> float | None:
+        return None
 
 
 async def run_stream(processor: ExternalProcessor, script: Script) -> None:
@@ -206,10 +239,10 @@ async def run_stream(processor: ExternalProcessor, script: Script) -> None:
             yield message
             await asyncio.sleep(0)  # let the other streams interleave
         sent_all.set()
-        if script.ending == "cancelled":
+        if script.ending != "runs out":
             await asyncio.Event().wait()  # the client neither sends more nor half-closes
 
-    context = cast(grpc.aio.ServicerContext, None)
+    context = cast(grpc.aio.ServicerContext, NoDeadline())
 
     async def serve() -> None:
         async for _ in processor.Process(requests(), context):
@@ -219,6 +252,12 @@ async def run_stream(processor: ExternalProcessor, script: Script) -> None:
     if script.ending == "runs out":
         await task
         return
+    if script.ending == "reset":
+        for _ in range(script.reset_after):
+            await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return
     waiter = asyncio.create_task(sent_all.wait())
     await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
     task.cancel()  # as grpc.aio does when the client cancels; a no-op when the stream had ended
@@ -226,20 +265,35 @@ async def run_stream(processor: ExternalProcessor, script: Script) -> None:
     await asyncio.gather(task, waiter, return_exceptions=True)
 
 
-async def run_all(scripts: list[Script]) -> Director:
-    director = make_director()
+async def run_all(scripts: list[Script], flow_control: bool = False) -> Director:
+    director = make_director(flow_control)
     processor = ExternalProcessor(director, StreamOptions(max_body_bytes=100_000))
-    await asyncio.wait_for(asyncio.gather(*(run_stream(processor, s) for s in scripts)), timeout=10)
+    try:
+        await asyncio.wait_for(asyncio.gather(*(run_stream(processor, s) for s in scripts)), timeout=10)
+    finally:
+        if director.flow_control is not None:
+            await director.flow_control.stop()
     return director
 
 
-@settings(
-    max_examples=400,
-    deadline=timedelta(seconds=2),
-    suppress_health_check=[HealthCheck.too_slow],
-)
-@given(st.lists(scripts(), min_size=1, max_size=4))
-def test_every_ended_stream_leaves_no_in_flight_load(streams: list[Script]) -> None:
-    director = asyncio.run(run_all(streams))
+def assert_no_load(director: Director) -> None:
     load = {e.name: (e.inflight_requests, e.inflight_tokens) for e in director.datastore.endpoints()}
     assert load == {name: (0, 0) for name in load}
+
+
+# No per-example deadline: the first example builds the first director (plugin modules imported
+# then), which took 7-10 s on a loaded 2-core machine and failed as FlakyFailure; a hang is still
+# caught by run_all's bound on the streams.
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(scripts(), min_size=1, max_size=4))
+def test_every_ended_stream_leaves_no_in_flight_load(streams: list[Script]) -> None:
+    assert_no_load(asyncio.run(run_all(streams)))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(scripts(orderly=True), min_size=2, max_size=4))
+def test_with_flow_control_every_ended_stream_leaves_no_queue_and_no_load(streams: list[Script]) -> None:
+    director = asyncio.run(run_all(streams, flow_control=True))
+    assert_no_load(director)
+    assert director.flow_control is not None
+    assert (director.flow_control.length, director.flow_control.bytes) == (0, 0)

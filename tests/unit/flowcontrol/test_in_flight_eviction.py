@@ -107,3 +107,28 @@ async def test_a_completed_response_is_not_evicted_and_leaves_nothing_tracked(ha
     reclamation = harness.flow_control.reclamation
     assert reclamation is not None
     assert reclamation.evictor.in_flight == {} and reclamation.evictor.victim_priority() is None
+
+
+@pytest.mark.parametrize(("policy", "method"), [("filter", "accept"), ("ordering", "key")])
+async def test_an_eviction_policy_that_raises_leaves_no_load_and_nothing_tracked(
+    harness: Harness, policy: str, method: str
+) -> None:
+    """Tracking runs after the endpoint took the request's load: a policy plugin raising there
+    left the endpoint loaded for good (the stream had no routed request to release) and the
+    request tracked as in flight, evictable by nobody."""
+    reclamation = harness.flow_control.reclamation
+    assert reclamation is not None
+
+    def broken(item: object) -> bool:
+        raise RuntimeError(f"broken {policy}")
+
+    setattr(getattr(reclamation.evictor, policy), method, broken)
+    call = await harness.send("tenant-b", "batch")
+    reply = await read(call)
+    assert reply.immediate_response.status.code == 500
+    assert orjson.loads(reply.immediate_response.body)["error"]["message"] == (
+        "inference error: Internal - the endpoint picker failed to process the request"
+    )
+    assert harness.datastore.get("a").inflight_requests == 0  # type: ignore[union-attr]
+    assert reclamation.evictor.in_flight == {}
+    assert reclamation.evictor.evictable == 0

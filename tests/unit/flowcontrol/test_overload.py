@@ -200,10 +200,13 @@ def test_below_the_bound_the_standing_queue_controller_sheds_with_one_answer() -
 
 async def test_a_request_shed_under_a_standing_queue_is_a_429_with_retry_after(setup: Setup) -> None:
     now = [0.0]
-    setup.guard.standing = standing = StandingQueue(0.005, 0.1, lambda: now[0])
+    # A target well above what a message takes from this client to the server on a loaded
+    # machine: with 5 ms, the call sent "on time" below was often late and shed again.
+    target, interval = 0.2, 0.25
+    setup.guard.standing = standing = StandingQueue(target, interval, lambda: now[0])
     standing.shed(0.0)
     standing.shed(0.3)
-    now[0] = 0.1  # an interval of late requests
+    now[0] = interval  # an interval of late requests
     replies = []
     for _ in range(2):
         late = setup.stub.Process()
@@ -226,7 +229,7 @@ async def test_a_request_shed_under_a_standing_queue_is_a_429_with_retry_after(s
     assert (await read(unread)).immediate_response == replies[0]
     assert refusals(setup) == {"standing_queue": 3.0} and setup.guard.streams == 0
     # One target later a call is read again: on time, it is served and ends the shedding.
-    now[0] += 0.005
+    now[0] += target
     timely = setup.stub.Process()
     message = headers_msg({})
     message.attributes["envoy.filters.http.ext_proc"].CopyFrom(received_at(time.time()))

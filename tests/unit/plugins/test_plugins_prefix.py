@@ -12,6 +12,7 @@ from epp.plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
 from epp.plugins.prefix_cache_scorer import PrefixCacheScorer
 from epp.scheduling.prefix import (
     PREFIX_MATCH,
+    ChainCache,
     PrefixIndex,
     PrefixMatch,
     block_hashes,
@@ -257,3 +258,53 @@ def test_prefix_metrics_are_recorded() -> None:
     assert sample("inference_extension_prefix_indexer_hit_ratio_sum") == pytest.approx(0.5)
     assert sample("inference_extension_prefix_indexer_hit_bytes_sum") == 8 * BLOCK
     assert sample("inference_extension_prefix_indexer_size") == 24
+
+
+# --- chain cache -----------------------------------------------------------------------------------
+
+
+SPAN = ChainCache.SPAN_BLOCKS * BLOCK
+
+
+@pytest.mark.parametrize("length", [BLOCK - 1, BLOCK, SPAN - 1, SPAN, SPAN + 1, 3 * SPAN + BLOCK + 5])
+@pytest.mark.parametrize("max_blocks", [0, 1, ChainCache.SPAN_BLOCKS, ChainCache.SPAN_BLOCKS + 3, 256])
+def test_chain_cache_gives_block_hashes_values(length: int, max_blocks: int) -> None:
+    data = (TEXT * (length // len(TEXT) + 1))[:length]
+    cache = ChainCache()
+    for _ in range(2):  # cold, then from the cache
+        assert cache.block_hashes(data, 7, BLOCK, max_blocks) == block_hashes(data, 7, BLOCK, max_blocks)
+
+
+def test_chain_cache_shares_a_prefix_and_tells_seeds_and_block_sizes_apart() -> None:
+    cache = ChainCache()
+    prefix = TEXT * (2 * SPAN // len(TEXT))
+    first = cache.block_hashes(prefix + b"a" * 300, 7, BLOCK, 0)
+    second = cache.block_hashes(prefix + b"b" * 300, 7, BLOCK, 0)
+    shared = 2 * ChainCache.SPAN_BLOCKS
+    assert all(a is b for a, b in zip(first[:shared], second[:shared], strict=True))  # the same objects
+    assert second == block_hashes(prefix + b"b" * 300, 7, BLOCK, 0)
+    assert cache.block_hashes(prefix, 8, BLOCK, 0) == block_hashes(prefix, 8, BLOCK, 0)
+    assert cache.block_hashes(prefix, 7, BLOCK // 2, 0) == block_hashes(prefix, 7, BLOCK // 2, 0)
+
+
+def test_chain_cache_forgets_the_least_recently_used_spans_beyond_its_capacity() -> None:
+    cache = ChainCache(capacity=2)
+    spans = [bytes([i]) * SPAN for i in range(3)]
+    kept = cache.block_hashes(spans[0], 1, BLOCK, 0)
+    cache.block_hashes(spans[1], 1, BLOCK, 0)
+    assert cache.block_hashes(spans[0], 1, BLOCK, 0)[0] is kept[0]  # a hit refreshes span 0
+    cache.block_hashes(spans[2], 1, BLOCK, 0)  # evicts span 1, the least recently used
+    assert cache.block_hashes(spans[0], 1, BLOCK, 0)[0] is kept[0]
+    assert len(cache) == 2
+
+
+def test_chain_cache_keeps_the_objects_of_a_span_it_remembers_after_a_forgotten_one() -> None:
+    cache = ChainCache(capacity=2)
+    prompt = bytes(range(256)) * (2 * SPAN // 256)
+    first = cache.block_hashes(prompt, 1, BLOCK, 0)
+    cache.block_hashes(b"x" * SPAN, 1, BLOCK, 0)  # forgets the prompt's first span
+    again = cache.block_hashes(prompt, 1, BLOCK, 0)
+    assert again == first == block_hashes(prompt, 1, BLOCK, 0)
+    third = cache.block_hashes(prompt, 1, BLOCK, 0)
+    second_span = slice(ChainCache.SPAN_BLOCKS, None)
+    assert all(a is b for a, b in zip(third[second_span], first[second_span], strict=True))

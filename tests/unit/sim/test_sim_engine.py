@@ -277,3 +277,82 @@ def test_embedding_style_request_produces_no_tokens(profile_factory: ProfileFact
     steps = run(engine)
     assert len(steps) == 1 and r.output_done == 0 and r.finish_reason == "stop"
     assert engine.stats.generation_tokens == 0 and engine.stats.prompt_tokens == 30
+
+
+def _served_order(engine: Engine, run: RunFn, requests: list[Request]) -> list[str]:
+    for r in requests:
+        engine.add(r)
+    run(engine)
+    return [r.id for r in sorted(requests, key=lambda r: r.first_token_at or 0.0)]
+
+
+def test_fcfs_serves_in_arrival_order_ignoring_priority(profile_factory: ProfileFactory, run: RunFn) -> None:
+    engine = Engine(profile_factory(max_num_seqs=1), "m")
+    requests = [
+        req("low", tokens(16, 0), at=0.0, priority=5),
+        req("mid-late", tokens(16, 100), at=3.0),
+        req("high", tokens(16, 200), at=1.0, priority=-1),
+        req("mid-early", tokens(16, 300), at=2.0),
+    ]
+    assert _served_order(engine, run, requests) == ["low", "mid-late", "high", "mid-early"]
+
+
+def test_priority_policy_serves_lower_priority_value_first_then_earlier_arrival(
+    profile_factory: ProfileFactory, run: RunFn
+) -> None:
+    engine = Engine(profile_factory(max_num_seqs=1), "m", scheduling_policy="priority")
+    requests = [
+        req("low", tokens(16, 0), at=0.0, priority=5),
+        req("mid-late", tokens(16, 100), at=3.0),
+        req("high", tokens(16, 200), at=1.0, priority=-1),
+        req("mid-early", tokens(16, 300), at=2.0),
+    ]
+    assert _served_order(engine, run, requests) == ["high", "mid-early", "mid-late", "low"]
+
+
+def test_unknown_scheduling_policy_is_refused(profile_factory: ProfileFactory) -> None:
+    with pytest.raises(ValueError, match="unknown scheduling policy 'lifo'; known: fcfs, priority"):
+        Engine(profile_factory(), "m", scheduling_policy="lifo")
+
+
+def test_priority_policy_preempts_the_lowest_priority_even_if_admitted_first(
+    profile_factory: ProfileFactory, run: RunFn
+) -> None:
+    # As test_preemption_under_block_pressure, where FCFS preempts `second` (admitted last); here
+    # `first` has the higher priority value, so it is the one preempted, and finishes last.
+    engine = Engine(profile_factory(num_gpu_blocks=6), "m", scheduling_policy="priority")
+    first = req("first", tokens(16, 0), out=40, at=0.0, priority=1)
+    second = req("second", tokens(16, 1000), out=40, at=1.0, priority=0)
+    engine.add(first)
+    engine.add(second)
+    steps = run(engine)
+    preempted = [r.id for s in steps for r in s.preempted]
+    assert preempted and set(preempted) == {"first"}
+    assert engine.stats.preemptions == len(preempted)
+    assert first.output_done == 40 and second.output_done == 40
+    assert first.finished_at > second.finished_at  # type: ignore[operator]
+    assert engine.kv_usage() == 0.0
+
+
+def test_priority_preemption_takes_a_request_already_scheduled_in_the_step(
+    profile_factory: ProfileFactory,
+) -> None:
+    """The victim is earlier in the running list than the request short of a block: it leaves
+    the step's batch and its token goes back to the budget (vLLM's `req_index -= 1`). `low` is
+    admitted a step before `high`; both need a new block in step 18 (`low` for position 32, `high`,
+    with a 33-token prompt, for 48) when one block of 6 is free: `low` takes it, then `high` is
+    short and `low`, last in priority order, is preempted out of the batch."""
+    engine = Engine(profile_factory(num_gpu_blocks=6), "m", scheduling_policy="priority")
+    low = req("low", tokens(16, 0), out=40, at=0.0, priority=1)
+    high = req("high", tokens(33, 1000), out=40, at=1.0, priority=0)
+    engine.add(low)
+    outcome = engine.step(0.0)
+    engine.add(high)
+    steps = 1
+    while not (outcome := engine.step(outcome.end)).preempted:
+        steps += 1
+    assert steps + 1 == 18
+    assert [r.id for r in outcome.preempted] == ["low"]
+    assert (outcome.batch_size, outcome.decode_seqs) == (1, 1)  # `high` decodes alone
+    assert low.state is State.WAITING and low.computed == 0 and low.output_done == 17
+    assert high.state is State.RUNNING and high.output_done == 17
