@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from epp.bench.realtime import RealtimeCluster, run_stack
+from epp.bench.realtime import run_stack
 from epp.bench.report import publish, seconds, table
-from epp.bench.suite import Suite, virtual_cluster
+from epp.bench.suite import Suite, realtime_cluster, virtual_cluster
 from epp.bench.summary import Summary, summarize
 from epp.bench.virtual import run_virtual
 from epp.bench.workload import generate, load_spec
@@ -82,12 +82,7 @@ async def main(args: argparse.Namespace) -> int:
         virtual = summarize(
             run_virtual(requests, suite.picker_config(policy), virtual_cluster(spec, args.scrape_interval, 0))
         )
-        cluster = RealtimeCluster(
-            spec.cluster.endpoints,
-            spec.cluster.profile,
-            args.time_scale,
-            args.scrape_interval * args.time_scale,
-        )
+        cluster = realtime_cluster(spec, args.time_scale, args.scrape_interval)
         realtime = suite.realtime_policy(policy)
         real = summarize(await run_stack(requests, realtime, cluster, args.run_dir / name))
         found = gaps(real, virtual)

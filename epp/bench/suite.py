@@ -140,6 +140,18 @@ def virtual_cluster(workload: WorkloadSpec, scrape_interval: float, seed: int) -
     )
 
 
+def realtime_cluster(workload: WorkloadSpec, time_scale: float, scrape_interval: float) -> RealtimeCluster:
+    """The workload's cluster as real `epp sim` processes, its KV-cache size included (without it
+    the simulators take the profile's, and a cache-pressure workload has no pressure)."""
+    return RealtimeCluster(
+        endpoints=workload.cluster.endpoints,
+        profile=workload.cluster.profile,
+        num_gpu_blocks=workload.cluster.num_gpu_blocks,
+        time_scale=time_scale,
+        scrape_interval=scrape_interval * time_scale,
+    )
+
+
 @dataclass(frozen=True)
 class _VirtualJob:
     key: RunKey
@@ -220,13 +232,7 @@ class SuiteRunner:
             if workload.churn is not None:
                 continue  # virtual time only; named explicitly, `run` refused it
             key = RunKey(workload.name, policy.name, rate, "realtime")
-            cluster = RealtimeCluster(
-                endpoints=workload.cluster.endpoints,
-                profile=workload.cluster.profile,
-                num_gpu_blocks=workload.cluster.num_gpu_blocks,
-                time_scale=self.time_scale,
-                scrape_interval=self.scrape_interval * self.time_scale,
-            )
+            cluster = realtime_cluster(workload, self.time_scale, self.scrape_interval)
             run_dir = self.run_dir / f"{workload.name}-{policy.name}-{rate:g}-{int(time.time())}"
             realtime = self.suite.realtime_policy(policy)
             result = await run_stack(generate(workload, rate), realtime, cluster, run_dir)

@@ -578,7 +578,10 @@ class VirtualRun:
         cut, an error), as vLLM aborts in-flight requests at its --shutdown-timeout."""
         if server.exited:
             return
-        for sequence in server.engine.abort_all():
+        cut = server.engine.abort_all()
+        if server.pending is not None:  # finished in the step the deadline cuts: never delivered
+            cut += server.pending.finished
+        for sequence in cut:
             assert isinstance(sequence, EngineSequence)
             if sequence.routed is not None:
                 sequence.routed.finish()

@@ -170,6 +170,27 @@ def test_requests_in_flight_drain_within_the_shutdown_timeout_else_are_aborted(
     assert left is not None and left.inflight_requests == 0
 
 
+def test_a_request_finishing_in_the_step_the_shutdown_cuts_is_aborted_not_lost() -> None:
+    """The engine drops a request from its queues when the step that ends it starts; if the drain
+    deadline falls inside that step, the step never ends, so the request is aborted with the rest
+    (it used to be lost with the step, and the run waited for it forever)."""
+    plain = VirtualRun([chat(0, 0.0, out=400)], GIE, cluster(endpoints=1))
+    plain.run()
+    done = plain.records[0].done
+    assert done is not None
+    last_step_start = done - plain.itl[-1]
+    deadline = (last_step_start + done) / 2
+    run = VirtualRun([chat(0, 0.0, out=400)], GIE, cluster(endpoints=1, shutdown_timeout=deadline - 0.05))
+    left = run.datastore.get("sim-0")
+    at(run, 0.05, lambda now: run.restart(now, 0))
+    lost = "the request neither finished nor failed"
+    at(run, done + 60.0, lambda now: pytest.fail(lost) if run.records[0].error is None else None)
+    run.run()
+    record = run.records[0]
+    assert record.error == "shutdown" and record.output_tokens == 0
+    assert left is not None and left.inflight_requests == 0
+
+
 def test_nothing_is_routed_to_a_pod_after_it_leaves() -> None:
     run = VirtualRun([chat(i, i * 0.05) for i in range(60)], ROUND_ROBIN, cluster(startup=1.0))
     at(run, 0.52, lambda now: run.restart(now, 0))
