@@ -367,7 +367,8 @@ class KVBlockIndexBase(ABC):
         # a pinned entry's expiry is infinite until the last request pinning it ends.
         self._speculative: dict[int, dict[str, float]] = {}
         self._expiries: deque[tuple[float, Sequence[int], str]] = deque()
-        self._pins: dict[tuple[int, str], int] = {}  # (key, pod) -> requests in flight pinning it
+        # pod -> {key: requests in flight pinning it}: per pod, so counting a key makes no tuple
+        self._pins: dict[str, dict[int, int]] = {}
 
     def pods(self) -> list[str]:
         """The pods whose events this index applied (and not cleared since)."""
@@ -548,29 +549,35 @@ class KVBlockIndexBase(ABC):
         """`pod` is about to compute `keys` for a request: count them as held until its KV events
         store them or, failing that, until `release_speculative` for every request pinning them.
         A running request's blocks cannot be evicted, so the entry is true while it runs."""
-        speculative, pins = self._speculative, self._pins
+        speculative = self._speculative
+        pins = self._pins.get(pod)
+        if pins is None:
+            pins = self._pins[pod] = {}
         for key in keys:
             holders = speculative.get(key)
             if holders is None:
                 speculative[key] = {pod: _PINNED}
             else:
                 holders[pod] = _PINNED
-            pins[key, pod] = pins.get((key, pod), 0) + 1
+            pins[key] = pins.get(key, 0) + 1
 
     def release_speculative(self, keys: Sequence[int], pod: str, expiry: float) -> None:
         """A request that pinned `keys` on `pod` ended: the entries no other request pins and no
         KV event confirmed end at `expiry` (a grace for events still on their way)."""
-        speculative, pins = self._speculative, self._pins
+        speculative = self._speculative
+        pins = self._pins.get(pod, {})
         released = False
         for key in keys:
-            count = pins.pop((key, pod), 0) - 1
+            count = pins.pop(key, 0) - 1
             if count > 0:
-                pins[key, pod] = count
+                pins[key] = count
                 continue
             holders = speculative.get(key)
             if holders is not None and holders.get(pod) == _PINNED:
                 holders[pod] = expiry
                 released = True
+        if not pins:
+            self._pins.pop(pod, None)
         if released:
             self._expiries.append((expiry, keys, pod))
 
@@ -677,42 +684,9 @@ class KVBlockIndex(KVBlockIndexBase):
         scores: dict[str, float] = {}
         depth = 0
         speculative = self._speculative
-        if speculative:
-            merged = self._merged
+        merged = self._merged
         if self._unit_weights:  # every holder weighs 1: a pod's score is where its run ends
-            first = (merged(keys[0]) if speculative else entries.get(keys[0])) if keys else None
-            if isinstance(first, str):
-                alive = {first} if first in pods else set()
-            else:
-                alive = {pod for pod in first if pod in pods} if first else set()
-            for key in keys:
-                holders = merged(key) if speculative else entries.get(key)
-                if not holders or not alive:
-                    break
-                if isinstance(holders, str):  # one holder
-                    if holders not in alive:
-                        break
-                    if len(alive) > 1:
-                        for pod in alive:
-                            if pod != holders:
-                                scores[pod] = float(depth)
-                        alive = {holders}
-                    if key in entries:
-                        entries.move_to_end(key)
-                    depth += 1
-                    continue
-                held = holders.keys()
-                if not alive <= held:
-                    for pod in alive - held:
-                        scores[pod] = float(depth)
-                    alive &= held
-                    if not alive:
-                        break
-                if key in entries:
-                    entries.move_to_end(key)
-                depth += 1
-            for pod in alive:
-                scores[pod] = float(depth)
+            depth = self._unit_runs(keys, pods, scores)
         else:
             weighted: dict[str, float] | None = None
             for key in keys:
@@ -737,6 +711,46 @@ class KVBlockIndex(KVBlockIndexBase):
             self.metrics.max_pod_hits.inc(depth)
             self.metrics.lookup_latency.observe(time.perf_counter() - started)
         return scores
+
+    def _unit_runs(self, keys: Sequence[int], pods: Collection[str], scores: dict[str, float]) -> int:
+        """`longest_prefix` when every holder weighs 1: writes each pod's run length into `scores`
+        and returns the depth reached. A key's holders are its confirmed entry and its speculative
+        ones, tested in place rather than merged into a dictionary per key."""
+        entries, speculative = self._entries, self._speculative
+        depth = 0
+        if not keys:
+            return depth
+        first = entries.get(keys[0])
+        alive = {first} if isinstance(first, str) else set(first or ())
+        alive.update(speculative.get(keys[0]) or ())
+        alive = {pod for pod in alive if pod in pods}
+        for key in keys:
+            holders = entries.get(key)
+            guessed = speculative.get(key)
+            if (holders is None and guessed is None) or not alive:
+                break
+            if isinstance(holders, str):  # one confirmed holder (most keys)
+                if guessed is not None:
+                    lost = alive.difference(guessed)
+                    lost.discard(holders)
+                elif holders not in alive:
+                    break
+                else:
+                    lost = alive - {holders} if len(alive) > 1 else set()
+            else:
+                lost = alive.difference(holders or (), guessed or ())
+            if lost:
+                for pod in lost:
+                    scores[pod] = float(depth)
+                alive -= lost
+                if not alive:
+                    break
+            if holders is not None:
+                entries.move_to_end(key)
+            depth += 1
+        for pod in alive:
+            scores[pod] = float(depth)
+        return depth
 
     def _merged(self, key: int) -> str | dict[str, float] | None:
         """Confirmed holders of `key` and speculative ones (weight 1)."""
