@@ -19,11 +19,12 @@ import time
 from abc import ABC, abstractmethod
 from array import array
 from collections import OrderedDict, deque
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
+import fnv_c
 import xxhash
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -32,9 +33,6 @@ from epp.metrics.per_registry import PerRegistry
 
 HASH_CBOR_FNV = "cbor-fnv"
 HASH_XXH64 = "xxh64"
-_MASK64 = (1 << 64) - 1
-_FNV_OFFSET = 0xCBF29CE484222325
-_FNV_PRIME = 0x100000001B3
 _NULL = b"\xf6"
 MEMO_SIZE = 1 << 20
 
@@ -42,10 +40,9 @@ MEMO_SIZE = 1 << 20
 PREFIX_KINDS = frozenset({"full_attention", "mla_attention", "sink_full_attention"})
 
 
-def fnv1a64(data: bytes, h: int = _FNV_OFFSET) -> int:
-    for byte in data:
-        h = ((h ^ byte) * _FNV_PRIME) & _MASK64
-    return h
+fnv1a64: Callable[[bytes], int] = fnv_c.fnv1a_64
+"""FNV-1a-64 with the standard offset basis, in C: a prompt's uncached blocks are hashed per
+request, and the byte loop in Python cost about 15 us a block."""
 
 
 def _cbor_uint(value: int, major: int = 0) -> bytes:
