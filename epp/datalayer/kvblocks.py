@@ -19,11 +19,12 @@ import time
 from abc import ABC, abstractmethod
 from array import array
 from collections import OrderedDict, deque
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, TypedDict, Unpack
 
+import fnv_c
 import xxhash
 from prometheus_client import CollectorRegistry
 
@@ -33,9 +34,6 @@ from epp.metrics.per_registry import PerRegistry
 
 HASH_CBOR_FNV = "cbor-fnv"
 HASH_XXH64 = "xxh64"
-_MASK64 = (1 << 64) - 1
-_FNV_OFFSET = 0xCBF29CE484222325
-_FNV_PRIME = 0x100000001B3
 _NULL = b"\xf6"
 MEMO_SIZE = 1 << 20
 
@@ -43,10 +41,9 @@ MEMO_SIZE = 1 << 20
 PREFIX_KINDS = frozenset({"full_attention", "mla_attention", "sink_full_attention"})
 
 
-def fnv1a64(data: bytes, h: int = _FNV_OFFSET) -> int:
-    for byte in data:
-        h = ((h ^ byte) * _FNV_PRIME) & _MASK64
-    return h
+fnv1a64: Callable[[bytes], int] = fnv_c.fnv1a_64
+"""FNV-1a-64 with the standard offset basis, in C: a prompt's uncached blocks are hashed per
+request, and the byte loop in Python cost about 15 us a block."""
 
 
 def _cbor_uint(value: int, major: int = 0) -> bytes:
@@ -369,7 +366,8 @@ class KVBlockIndexBase(ABC):
         self._speculative: dict[int, dict[str, float]] = {}
         self._guessed_keys: dict[str, set[int]] = {}  # pod -> the keys it holds in `_speculative`
         self._expiries: deque[tuple[float, Sequence[int], str]] = deque()
-        self._pins: dict[tuple[int, str], int] = {}  # (key, pod) -> requests in flight pinning it
+        # pod -> {key: requests in flight pinning it}: per pod, so counting a key makes no tuple
+        self._pins: dict[str, dict[int, int]] = {}
 
     def pods(self) -> list[str]:
         """The pods whose events this index applied (and not cleared since)."""
@@ -574,24 +572,29 @@ class KVBlockIndexBase(ABC):
         store them or, failing that, until `release_speculative` for every request pinning them.
         A running request's blocks cannot be evicted, so the entry is true while it runs."""
         self._guess(keys, pod, _PINNED)
-        pins = self._pins
+        pins = self._pins.get(pod)
+        if pins is None:
+            pins = self._pins[pod] = {}
         for key in keys:
-            pins[key, pod] = pins.get((key, pod), 0) + 1
+            pins[key] = pins.get(key, 0) + 1
 
     def release_speculative(self, keys: Sequence[int], pod: str, expiry: float) -> None:
         """A request that pinned `keys` on `pod` ended: the entries no other request pins and no
         KV event confirmed end at `expiry` (a grace for events still on their way)."""
-        speculative, pins = self._speculative, self._pins
+        speculative = self._speculative
+        pins = self._pins.get(pod, {})
         released = False
         for key in keys:
-            count = pins.pop((key, pod), 0) - 1
+            count = pins.pop(key, 0) - 1
             if count > 0:
-                pins[key, pod] = count
+                pins[key] = count
                 continue
             holders = speculative.get(key)
             if holders is not None and holders.get(pod) == _PINNED:
                 holders[pod] = expiry
                 released = True
+        if not pins:
+            self._pins.pop(pod, None)
         if released:
             self._expiries.append((expiry, keys, pod))
 
@@ -695,42 +698,9 @@ class KVBlockIndex(KVBlockIndexBase):
         scores: dict[str, float] = {}
         depth = 0
         speculative = self._speculative
-        if speculative:
-            merged = self._merged
+        merged = self._merged
         if self._unit_weights:  # every holder weighs 1: a pod's score is where its run ends
-            first = (merged(keys[0]) if speculative else entries.get(keys[0])) if keys else None
-            if isinstance(first, str):
-                alive = {first} if first in pods else set()
-            else:
-                alive = {pod for pod in first if pod in pods} if first else set()
-            for key in keys:
-                holders = merged(key) if speculative else entries.get(key)
-                if not holders or not alive:
-                    break
-                if isinstance(holders, str):  # one holder
-                    if holders not in alive:
-                        break
-                    if len(alive) > 1:
-                        for pod in alive:
-                            if pod != holders:
-                                scores[pod] = float(depth)
-                        alive = {holders}
-                    if key in entries:
-                        entries.move_to_end(key)
-                    depth += 1
-                    continue
-                held = holders.keys()
-                if not alive <= held:
-                    for pod in alive - held:
-                        scores[pod] = float(depth)
-                    alive &= held
-                    if not alive:
-                        break
-                if key in entries:
-                    entries.move_to_end(key)
-                depth += 1
-            for pod in alive:
-                scores[pod] = float(depth)
+            depth = self._unit_runs(keys, pods, scores)
         else:
             weighted: dict[str, float] | None = None
             for key in keys:
@@ -755,6 +725,46 @@ class KVBlockIndex(KVBlockIndexBase):
             self.metrics.max_pod_hits.inc(depth)
             self.metrics.lookup_latency.observe(time.perf_counter() - started)
         return scores
+
+    def _unit_runs(self, keys: Sequence[int], pods: Collection[str], scores: dict[str, float]) -> int:
+        """`longest_prefix` when every holder weighs 1: writes each pod's run length into `scores`
+        and returns the depth reached. A key's holders are its confirmed entry and its speculative
+        ones, tested in place rather than merged into a dictionary per key."""
+        entries, speculative = self._entries, self._speculative
+        depth = 0
+        if not keys:
+            return depth
+        first = entries.get(keys[0])
+        alive = {first} if isinstance(first, str) else set(first or ())
+        alive.update(speculative.get(keys[0]) or ())
+        alive = {pod for pod in alive if pod in pods}
+        for key in keys:
+            holders = entries.get(key)
+            guessed = speculative.get(key)
+            if (holders is None and guessed is None) or not alive:
+                break
+            if isinstance(holders, str):  # one confirmed holder (most keys)
+                if guessed is not None:
+                    lost = alive.difference(guessed)
+                    lost.discard(holders)
+                elif holders not in alive:
+                    break
+                else:
+                    lost = alive - {holders} if len(alive) > 1 else set()
+            else:
+                lost = alive.difference(holders or (), guessed or ())
+            if lost:
+                for pod in lost:
+                    scores[pod] = float(depth)
+                alive -= lost
+                if not alive:
+                    break
+            if holders is not None:
+                entries.move_to_end(key)
+            depth += 1
+        for pod in alive:
+            scores[pod] = float(depth)
+        return depth
 
     def _merged(self, key: int) -> str | dict[str, float] | None:
         """Confirmed holders of `key` and speculative ones (weight 1)."""

@@ -12,7 +12,7 @@ every block, so a thousand engines with tens of thousands of blocks each stay ch
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Sequence
 
 from epp.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
@@ -40,7 +40,13 @@ class BlockPool:
     Cached blocks are known by hash. One is either in the eviction order (held by nobody), or
     pinned: by one table, or by several, whose count ``_shared`` keeps. Most pinned blocks have one
     holder, so caching a chunk's blocks is one dictionary update and releasing a table moves its
-    cached blocks to the eviction order without a reference count to update for each."""
+    cached blocks to the eviction order without a reference count to update for each.
+
+    The eviction order is kept as the releases that freed the blocks, oldest first: each with the
+    hashes it freed (evicted from the end, as vLLM frees a table's blocks in reverse) and its
+    number, which ``_evictable`` records per hash. A hash pinned again, or freed again by a later
+    release, is skipped where the number no longer matches. Freeing a table is then a plain
+    dictionary update and one append, where an ordered dictionary linked a node per block."""
 
     def __init__(self, num_blocks: int, block_size: int, record_events: bool = False) -> None:
         self.num_blocks = num_blocks
@@ -49,7 +55,10 @@ class BlockPool:
         self._free_ids: list[int] = []
         self._by_hash: dict[int, int] = {}  # cached block hash -> block id
         self._shared: dict[int, int] = {}  # cached block hash -> holders, when more than one
-        self._evictable: OrderedDict[int, None] = OrderedDict()  # cached-unused hashes, oldest first
+        self._evictable: dict[int, int] = {}  # cached-unused hash -> the release that freed it
+        self._released: deque[tuple[int, list[int]]] = deque()  # (release, hashes freed): oldest first
+        self._releases = 0
+        self._queued = 0  # hashes in _released, stale ones included (bounded by compaction)
         self.events: list[KVEvent] | None = [] if record_events else None
 
     def num_free(self) -> int:
@@ -86,7 +95,7 @@ class BlockPool:
         if len(ids) != len(held):
             table.held_first = False
         for h in hashes:
-            if evictable.pop(h, 0) is not None:  # it was not unused: one more holder
+            if evictable.pop(h, None) is None:  # it was not unused: one more holder
                 shared[h] = shared.get(h, 1) + 1
             ids.append(by_hash[h])
             held.append(h)
@@ -112,7 +121,21 @@ class BlockPool:
             ids.append(self._evict())
 
     def _evict(self) -> int:
-        victim, _ = self._evictable.popitem(last=False)
+        evictable, released = self._evictable, self._released
+        while True:
+            release, hashes = released[0]
+            while hashes:
+                victim = hashes.pop()
+                self._queued -= 1
+                if evictable.get(victim) == release:
+                    del evictable[victim]
+                    break
+            else:
+                released.popleft()
+                continue
+            if not hashes:
+                released.popleft()
+            break
         if self.events is not None:
             self.events.append(BlockRemoved([victim]))
         return self._by_hash.pop(victim)
@@ -154,17 +177,27 @@ class BlockPool:
         evictable, shared = self._evictable, self._shared
         held = table.held
         if shared and not shared.keys().isdisjoint(held):
+            freed = []
             for h in reversed(held):
                 count = shared.get(h)
                 if count is None:
-                    evictable[h] = None
+                    freed.append(h)
                 elif count == 2:
                     del shared[h]
                 else:
                     shared[h] = count - 1
+            freed.reverse()  # evicted from the end
         else:  # this table was the only holder of each of its cached blocks
-            for h in reversed(held):
-                evictable[h] = None
+            freed = held
+        if freed:
+            self._releases += 1
+            release = self._releases
+            for h in reversed(freed):
+                evictable[h] = release
+            self._released.append((release, freed))  # the table gets a new list below
+            self._queued += len(freed)
+            if self._queued > 2 * len(evictable) + 1024:
+                self._compact()
         if table.held_first:
             self._free_ids += table.ids[len(held) :]
         else:
@@ -182,11 +215,24 @@ class BlockPool:
             return False
         self._by_hash.clear()
         self._evictable.clear()
+        self._released.clear()
+        self._queued = 0
         self._fresh = 0
         self._free_ids.clear()
         if self.events is not None:
             self.events.append(AllBlocksCleared())
         return True
+
+    def _compact(self) -> None:
+        """Drop the stale entries of the eviction order: the live ones, in order, become one
+        release (memory stays within a few times the number of cached-unused blocks)."""
+        self._releases += 1
+        release = self._releases
+        order = list(self._evictable)
+        self._evictable = dict.fromkeys(order, release)
+        order.reverse()
+        self._released = deque([(release, order)])
+        self._queued = len(order)
 
     def drain_events(self) -> list[KVEvent]:
         """KV events recorded since the last drain (empty when recording is off)."""

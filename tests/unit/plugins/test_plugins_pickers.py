@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from epp.plugins.max_score_picker import MaxScorePicker
@@ -64,6 +65,18 @@ def test_random_picker_ignores_scores_and_returns_distinct_endpoints() -> None:
         assert len(set(picked)) == 2
         firsts[picked[0]] += 1
     assert all(850 < n < 1150 for n in firsts.values())
+
+
+def test_random_picker_over_an_array_picks_as_over_a_list() -> None:
+    """A profile over many candidates hands the totals as an array: the same picks, same seed."""
+    candidates = endpoints(200)
+    listed = plugin(RandomPicker, {"maxNumOfEndpoints": 3}, context(seed=5))
+    arrayed = plugin(RandomPicker, {"maxNumOfEndpoints": 3}, context(seed=5))
+    scores = np.linspace(0.0, 1.0, len(candidates))
+    for _ in range(50):
+        assert names(arrayed.pick_array(REQ, candidates, scores)) == names(
+            listed.pick(REQ, candidates, scores.tolist())
+        )
 
 
 def test_weighted_random_picks_in_proportion_to_scores() -> None:

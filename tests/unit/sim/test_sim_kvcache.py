@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+from collections import OrderedDict
+
 from epp.kvevents import AllBlocksCleared, BlockRemoved, prompt_block_hashes
 from epp.sim.kvcache import BlockPool, BlockTable
 
@@ -84,3 +87,32 @@ def test_a_block_held_twice_stays_pinned_until_its_last_holder_lets_go() -> None
     assert pool.match([7], 1) == (1, 0) and pool.num_in_use() == 1
     pool.release(second)
     assert pool.match([7], 1) == (1, 1) and pool.num_in_use() == 0
+
+
+def test_eviction_order_survives_many_re_pinned_blocks() -> None:
+    """Blocks pinned and freed again over and over leave stale places in the eviction order
+    (enough to compact it several times): evictions still take the least recently freed first,
+    as an ordered set of the unused blocks would give them."""
+    rng = random.Random(3)
+    pool = BlockPool(num_blocks=96, block_size=16, record_events=True)
+    expected: OrderedDict[int, None] = OrderedDict()  # the unused cached blocks, least recent first
+    cached: list[int] = []
+    next_hash = 1000
+    for step in range(3000):
+        table = BlockTable()
+        hit = [h for h in rng.sample(cached, min(len(cached), rng.randrange(0, 12))) if h in expected]
+        pool.acquire(table, hit)
+        for h in hit:
+            del expected[h]
+        fresh = rng.choice([0, 0, 0, 0, 1, 3]) if step // 400 % 2 else 0  # phases without evictions
+        pool.allocate(table, fresh)
+        evicted = [e.block_hashes[0] for e in pool.drain_events() if isinstance(e, BlockRemoved)]
+        assert evicted == [expected.popitem(last=False)[0] for _ in evicted]
+        hashes = list(range(next_hash, next_hash + fresh))
+        next_hash += fresh
+        pool.promote(table, len(hit), hashes)
+        cached = [h for h in cached if h not in evicted] + hashes
+        pool.release(table)
+        for h in reversed(hit + hashes):
+            expected[h] = None
+        assert pool.num_free() == 96 and pool.match(list(expected), len(expected))[1] == len(expected)
