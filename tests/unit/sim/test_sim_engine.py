@@ -286,28 +286,24 @@ def _served_order(engine: Engine, run: RunFn, requests: list[Request]) -> list[s
     return [r.id for r in sorted(requests, key=lambda r: r.first_token_at or 0.0)]
 
 
-def test_fcfs_serves_in_arrival_order_ignoring_priority(profile_factory: ProfileFactory, run: RunFn) -> None:
-    engine = Engine(profile_factory(max_num_seqs=1), "m")
-    requests = [
-        req("low", tokens(16, 0), at=0.0, priority=5),
-        req("mid-late", tokens(16, 100), at=3.0),
-        req("high", tokens(16, 200), at=1.0, priority=-1),
-        req("mid-early", tokens(16, 300), at=2.0),
-    ]
-    assert _served_order(engine, run, requests) == ["low", "mid-late", "high", "mid-early"]
-
-
-def test_priority_policy_serves_lower_priority_value_first_then_earlier_arrival(
-    profile_factory: ProfileFactory, run: RunFn
+@pytest.mark.parametrize(
+    ("policy", "served"),
+    [
+        ("fcfs", ["low", "mid-late", "high", "mid-early"]),  # arrival order, priority ignored
+        ("priority", ["high", "mid-early", "mid-late", "low"]),  # lower value first, then arrival
+    ],
+)
+def test_a_scheduling_policy_orders_the_waiting_queue(
+    profile_factory: ProfileFactory, run: RunFn, policy: str, served: list[str]
 ) -> None:
-    engine = Engine(profile_factory(max_num_seqs=1), "m", scheduling_policy="priority")
+    engine = Engine(profile_factory(max_num_seqs=1), "m", scheduling_policy=policy)
     requests = [
         req("low", tokens(16, 0), at=0.0, priority=5),
         req("mid-late", tokens(16, 100), at=3.0),
         req("high", tokens(16, 200), at=1.0, priority=-1),
         req("mid-early", tokens(16, 300), at=2.0),
     ]
-    assert _served_order(engine, run, requests) == ["high", "mid-early", "mid-late", "low"]
+    assert _served_order(engine, run, requests) == served
 
 
 def test_unknown_scheduling_policy_is_refused(profile_factory: ProfileFactory) -> None:
