@@ -94,7 +94,7 @@ class Seen:
     ended; so a page with the same bytes around the name's line, wherever that line now is, reads
     the same, and a series whose values did not change is not parsed again."""
 
-    __slots__ = ("at", "back", "changed", "samples", "to_end", "window")
+    __slots__ = ("at", "back", "changed", "from_start", "samples", "to_end", "window")
 
     def __init__(self) -> None:
         self.at = -1
@@ -102,6 +102,7 @@ class Seen:
         self.back = 0
         self.window: bytes | None = None
         self.to_end = False
+        self.from_start = False  # the window began at the page's first byte
         self.samples: list[Sample] = []
 
     def same(self, page: bytes, at: int) -> bool:
@@ -110,7 +111,9 @@ class Seen:
         if window is None:
             return False
         lo = at - self.back
-        if lo < 0 or (at and not self.back):  # a read from the page's start replays only there
+        # A read whose window began at the page's start replays only there: elsewhere, lines of
+        # the group may come before it (the walk back stopped at the page's start, not a boundary).
+        if lo < 0 or (lo and self.from_start):
             return False
         return page.startswith(window, lo) and (not self.to_end or len(page) == lo + len(window))
 
@@ -296,6 +299,7 @@ class Extractor:
             seen.window = None
         else:
             seen.back, seen.window, seen.to_end = at - lo, page[lo:hi], hi >= len(page)
+            seen.from_start = lo == 0
         return found
 
     def same(self, page: bytes, hints: Hints, names: Iterable[str]) -> bool:

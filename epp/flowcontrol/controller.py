@@ -317,7 +317,6 @@ class FlowController:
                 if flow is None:
                     continue
                 item = flow.pop()
-                band.fairness.dispatched(band, item)
                 item.outcome = Outcome.DISPATCHED
                 self._left(
                     item, self.metrics.flow_labels(item.fairness_id, item.priority), Outcome.DISPATCHED
@@ -326,6 +325,9 @@ class FlowController:
                 # is then already done and the waiter's handler sees the outcome.
                 if not item.future.done():
                     item.future.set_result(Outcome.DISPATCHED)
+                # The policy (a plugin) is told last: one that raises finds the request out of
+                # its flow and already dispatched, not lost between the two.
+                band.fairness.dispatched(band, item)
                 return True
             return False
         finally:

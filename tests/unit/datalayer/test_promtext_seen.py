@@ -121,3 +121,19 @@ def test_a_page_whose_series_moved_reads_the_same() -> None:
     after = _read_as_fresh(extractor, hints, moved)
     assert all(after[name] is before[name] for name in before)
     assert extractor.same(PAGE, hints, sorted(ENGINE.names()))
+
+
+def test_a_group_read_from_the_pages_start_is_not_replayed_further_in() -> None:
+    """The walk back over the group stopped at the page's first byte (comments are the group's):
+    a later page with more of the family's lines before it read only the old line, where a fresh
+    read found both."""
+    waiting = b'vllm:num_requests_waiting{engine="0",model_name="m"} 3.0\n'
+    comments = b"".join(b"# note %03d ..............................\n" % i for i in range(30))
+    rest = PAGE[PAGE.index(b"# HELP vllm:kv_cache_usage_perc") :]  # no other group of the family
+    page = comments + waiting + rest
+    extractor, hints = Extractor(ENGINE.names()), {}
+    _read_as_fresh(extractor, hints, page)
+    _read_as_fresh(extractor, hints, page)
+    before = waiting.replace(b'engine="0"', b'engine="1"').replace(b"3.0", b"1.0")
+    later = _read_as_fresh(extractor, hints, before + page)
+    assert [s.value for s in later[WAITING]] == [1.0, 3.0]

@@ -4,6 +4,7 @@ the pool has room, with the same metrics, and never ahead of requests already qu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -184,4 +185,28 @@ async def test_a_request_dispatched_in_the_instant_its_ttl_runs_out_goes_on() ->
     assert fc.length == 0 and fc.bytes == 0
     assert left_queue(metrics, "Dispatched") == 1.0
     assert left_queue(metrics, "EvictedTTL") is None
+    await fc.stop()
+
+
+async def test_a_fairness_policy_raising_on_dispatched_in_the_loop_loses_no_request() -> None:
+    """The cycle had popped the request from its flow when the fairness policy's `dispatched`
+    raised: no flow held it any more, so the loop's eviction of the queued missed it; with no TTL
+    its waiter waited for ever and the queue's length stayed 1 (flow control busy for good)."""
+    metrics = EppMetrics()
+    fc, _, detector = built(flow_control_config({}), FakeClock(), metrics)
+    waiting = asyncio.ensure_future(fc.enqueue_and_wait(queued_request("a", "tenant")))
+    await asyncio.sleep(0)
+    assert fc.length == 1  # the pool reads full: it waits, and the loop runs
+    band = fc.bands[0]
+
+    def broken(band: object, item: object) -> None:
+        raise RuntimeError("broken fairness policy")
+
+    band.fairness.dispatched = broken  # type: ignore[method-assign]
+    detector.value = 0.0
+    with contextlib.suppress(RequestError):
+        async with asyncio.timeout(5):
+            await waiting
+    assert waiting.done()
+    assert fc.length == 0 and fc.bytes == 0
     await fc.stop()
