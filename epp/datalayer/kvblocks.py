@@ -618,6 +618,14 @@ class KVBlockIndexBase(ABC):
 
     # --- lookups ------------------------------------------------------------------------------
 
+    def _count_lookup(self, depth: int, started: float) -> None:
+        """A lookup's metrics: `depth` keys matched, begun at perf_counter `started`."""
+        if self.metrics is not None:
+            self.metrics.lookups.inc()
+            self.metrics.lookup_hits.inc(depth)
+            self.metrics.max_pod_hits.inc(depth)
+            self.metrics.lookup_latency.observe(time.perf_counter() - started)
+
     def keys_for(
         self,
         tokens: Sequence[int],
@@ -719,11 +727,7 @@ class KVBlockIndex(KVBlockIndexBase):
                     entries.move_to_end(key)
                 depth += 1
                 scores.update(weighted)
-        if self.metrics is not None:
-            self.metrics.lookups.inc()
-            self.metrics.lookup_hits.inc(depth)
-            self.metrics.max_pod_hits.inc(depth)
-            self.metrics.lookup_latency.observe(time.perf_counter() - started)
+        self._count_lookup(depth, started)
         return scores
 
     def _unit_runs(self, keys: Sequence[int], pods: Collection[str], scores: dict[str, float]) -> int:

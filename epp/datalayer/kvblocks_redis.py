@@ -434,11 +434,7 @@ class RedisKVBlockIndex(KVBlockIndexBase):
         self._recovered()
         depth = int(reply[0])
         scores = {pod.decode(): float(score) for pod, score in zip(reply[1::2], reply[2::2], strict=True)}
-        if self.metrics is not None:
-            self.metrics.lookups.inc()
-            self.metrics.lookup_hits.inc(depth)
-            self.metrics.max_pod_hits.inc(depth)
-            self.metrics.lookup_latency.observe(time.perf_counter() - started)
+        self._count_lookup(depth, started)
         return scores
 
     def _guessed(self, keys: Sequence[int]) -> list[str | int]:
