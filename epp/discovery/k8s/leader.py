@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
 import logging
 import socket
@@ -30,6 +29,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from epp.discovery.k8s.model import PoolRef
 from epp.params.duration import parse_duration
+from epp.tasks import cancel_and_wait
 from epp.tls import parse_bool
 
 log = logging.getLogger(__name__)
@@ -106,10 +106,7 @@ class LeaderElector:
 
     async def stop(self, release: bool = True) -> None:
         """Stop campaigning; the leader releases the Lease unless `release` is false (a crash)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         was_leader, self._leader = self._leader, False
         if was_leader and release:
             await self._release()
