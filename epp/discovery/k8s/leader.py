@@ -19,7 +19,7 @@ import datetime
 import logging
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,32 +206,34 @@ class LeaderElector:
                 lease_transitions=0,
             ),
         )
-        try:
-            created = await self._leases.create_namespaced_lease(self.namespace, lease)
-        except ApiException as exc:
-            log.info(
-                "leader election: creating Lease %s/%s failed: %s", self.namespace, self.name, exc.reason
-            )
-            return False
-        except _UNREACHABLE as exc:
-            log.warning("leader election: API server unreachable: %s", exc)
-            return False
-        self._remember(created)
-        return True
+        return await self._write(
+            "creating", logging.INFO, self._leases.create_namespaced_lease(self.namespace, lease)
+        )
 
     async def _replace(self, lease: V1Lease) -> bool:
         """Write back with the resourceVersion read: 409 if anyone wrote in between."""
+        replace = self._leases.replace_namespaced_lease(self.name, self.namespace, lease)
+        return await self._write("updating", logging.DEBUG, replace)
+
+    async def _write(self, verb: str, level: int, write: Awaitable[V1Lease]) -> bool:
+        """Await `write` (a create or a replace) and remember the Lease it stored; False if the
+        API server refused it (logged at `level`: a lost race is routine) or was unreachable."""
         try:
-            replaced = await self._leases.replace_namespaced_lease(self.name, self.namespace, lease)
+            written = await write
         except ApiException as exc:
-            log.debug(
-                "leader election: updating Lease %s/%s failed: %s", self.namespace, self.name, exc.reason
+            log.log(
+                level,
+                "leader election: %s Lease %s/%s failed: %s",
+                verb,
+                self.namespace,
+                self.name,
+                exc.reason,
             )
             return False
         except _UNREACHABLE as exc:
             log.warning("leader election: API server unreachable: %s", exc)
             return False
-        self._remember(replaced)
+        self._remember(written)
         return True
 
     def _remember(self, lease: V1Lease) -> None:
