@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import logging
 import os
@@ -53,6 +52,7 @@ from epp.replicas import ReplicaState
 from epp.replicas import flags as replica_flags
 from epp.requestcontrol.model_rewrite import ModelRewrite
 from epp.signals import stop_event
+from epp.tasks import cancel_and_wait
 from epp.tls import parse_bool
 
 if TYPE_CHECKING:
@@ -299,10 +299,7 @@ class EndpointPicker:
         await self.metrics_server.stop()
         if self.replica_sync is not None:
             await self.replica_sync.stop()
-        if self._pool_gauges_task is not None:
-            self._pool_gauges_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pool_gauges_task
+        await cancel_and_wait(self._pool_gauges_task)
         await self.certificate.stop()
         if tracing.active is not None:
             await asyncio.to_thread(tracing.shutdown)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
 import logging
 import os
@@ -32,6 +31,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from epp.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -215,10 +216,7 @@ class ServingCertificate:
             self._task = loop.create_task(self._watch(self.options.cert_path), name="cert-reload")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """gRPC's per-handshake question, from its threads: a new configuration, or None to keep

@@ -4,13 +4,16 @@ objects a cluster would hold from such files."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+from pydantic import ValidationError
 
-from epp.params.strict import ConfigError
+from epp.params.strict import ConfigError, describe
+
+T = TypeVar("T")
 
 
 def read_text(path: Path, what: str) -> str:
@@ -38,7 +41,30 @@ def objects(text: str, source: str, kind: str) -> Iterator[tuple[str, Any]]:
             yield where, document
 
 
-def kind_problem(path: str, item: Any, kind: str) -> str | None:
+def parsed_objects(
+    text: str, source: str, kind: str, parse: Callable[[Any], T], problems: list[str]
+) -> Iterator[tuple[str, T]]:
+    """(location for messages, `parse(object)`) for every object of `kind` in the file. An
+    object of another kind, or one `parse` refuses (pydantic's ValidationError, or a ValueError
+    whose message starts with the field), is added to `problems` instead, so that a file's
+    problems are all reported at once."""
+    for path, item in objects(text, source, kind):
+        problem = _kind_problem(path, item, kind)
+        if problem is not None:
+            problems.append(problem)
+            continue
+        try:
+            parsed = parse(item)
+        except ValidationError as exc:
+            problems.extend(describe(exc, path))
+            continue
+        except ValueError as exc:
+            problems.append(f"{path}.{exc}")
+            continue
+        yield path, parsed
+
+
+def _kind_problem(path: str, item: Any, kind: str) -> str | None:
     """Why `item` is not an object of `kind`, or None."""
     if isinstance(item, dict) and item.get("kind") == kind:
         return None

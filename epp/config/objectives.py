@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from epp.config.k8s_objects import kind_problem, objects, read_text
-from epp.params.strict import ConfigError, StrictModel, describe
+from epp.config.k8s_objects import parsed_objects, read_text
+from epp.params.strict import ConfigError, StrictModel
 
 API_GROUP = "inference.networking.x-k8s.io/"
 KIND = "InferenceObjective"
@@ -47,16 +47,7 @@ class _Objective(BaseModel):
 def load_objectives(text: str, source: str = "objectives") -> dict[str, int]:
     priorities: dict[str, int] = {}
     problems: list[str] = []
-    for path, item in objects(text, source, KIND):
-        problem = kind_problem(path, item, KIND)
-        if problem is not None:
-            problems.append(problem)
-            continue
-        try:
-            objective = _Objective.model_validate(item)
-        except ValidationError as exc:
-            problems.extend(describe(exc, path))
-            continue
+    for path, objective in parsed_objects(text, source, KIND, _Objective.model_validate, problems):
         if not objective.api_version.startswith(API_GROUP):
             problems.append(
                 f"{path}.apiVersion: expected {API_GROUP}<version>, got {objective.api_version!r}"

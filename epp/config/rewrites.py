@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from epp.config.k8s_objects import kind_problem, objects, read_text
-from epp.params.strict import ConfigError, describe
+from epp.config.k8s_objects import parsed_objects, read_text
+from epp.params.strict import ConfigError
 from epp.requestcontrol.model_rewrite import KIND, ModelRewrite, parse_model_rewrite
 
 
@@ -16,19 +14,7 @@ def load_model_rewrites(text: str, source: str = "model rewrites") -> list[Model
     rewrites: list[ModelRewrite] = []
     problems: list[str] = []
     names: set[str] = set()
-    for path, item in objects(text, source, KIND):
-        problem = kind_problem(path, item, KIND)
-        if problem is not None:
-            problems.append(problem)
-            continue
-        try:
-            rewrite = parse_model_rewrite(item)
-        except ValidationError as exc:
-            problems.extend(describe(exc, path))
-            continue
-        except ValueError as exc:
-            problems.append(f"{path}.{exc}")
-            continue
+    for path, rewrite in parsed_objects(text, source, KIND, parse_model_rewrite, problems):
         if rewrite.name in names:
             problems.append(f"{path}.metadata.name: InferenceModelRewrite {rewrite.name!r} is defined twice")
         names.add(rewrite.name)

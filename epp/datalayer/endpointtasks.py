@@ -5,11 +5,11 @@ all its connections from one task instead, see epp.datalayer.scraper)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from epp.datastore import Datastore, Endpoint
+from epp.tasks import cancel_and_wait
 
 Poll = Callable[[Endpoint], Coroutine[Any, Any, None]]
 
@@ -28,11 +28,7 @@ class EndpointTasks:
         self._stopped = True
         tasks = list(self._tasks.values())
         self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*tasks)
 
     def _start(self, endpoint: Endpoint) -> None:
         self._cancel(endpoint)

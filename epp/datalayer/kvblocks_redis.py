@@ -31,7 +31,6 @@ Scripts address keys they are not given as KEYS: one Redis server (or a primary)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -56,6 +55,7 @@ from epp.datalayer.redis_address import (
 )
 from epp.metrics.families import Families
 from epp.metrics.per_registry import PerRegistry
+from epp.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -311,9 +311,7 @@ class RedisKVBlockIndex(KVBlockIndexBase):
             while (self._pending or self._in_flight) and not self._down and time.monotonic() < deadline:
                 self._wake.set()
                 await asyncio.sleep(0.01)
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            await cancel_and_wait(self._flusher)
             self._flusher = None
         for client in (self._lookups, self._writes):
             if client is not None:

@@ -18,7 +18,6 @@ and ZMQ drops what exceeds the receive high-water mark (seen as a gap).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import zmq.asyncio
 
 from epp.datalayer.kvblocks import KVBlockIndexBase, KVIndexMetrics
 from epp.kvevents import KVEventError, decode_batch, parse_topic
+from epp.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -172,9 +172,7 @@ class Subscriber:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
             self.ingester.metrics.subscribers.dec()
         if self._socket is not None:
             self._socket.close()

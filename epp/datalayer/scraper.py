@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import ssl
@@ -15,6 +14,7 @@ from epp.datalayer.engines import BUILTIN_ENGINES, ENGINE_LABEL, EngineMetrics
 from epp.datalayer.fetch import KeepAliveGetter, Result, insecure_tls_context
 from epp.datalayer.promtext import Extractor, Hints
 from epp.datastore import Datastore, Endpoint, EndpointMetrics
+from epp.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +137,7 @@ class MetricsScraper:
 
     async def stop(self) -> None:
         ticker, self._ticker = self._ticker, None
-        if ticker is not None:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+        await cancel_and_wait(ticker)
         targets = list(self._targets.values())
         self._targets.clear()
         for group in self._slices:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import re
@@ -40,6 +39,7 @@ from epp.discovery.k8s.reflector import Lister, Reflector, ResourceNotServed, Wa
 from epp.discovery.static import DiscoveryError
 from epp.params.values import unquote
 from epp.requestcontrol.model_rewrite import ModelRewrite
+from epp.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +86,7 @@ class _ClusterDiscovery:
         self._task.add_done_callback(self._ended)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         if self._api is not None:
             await self._api.close()
 
@@ -291,10 +288,7 @@ class PoolEndpointsWatch:
         raise TimeoutError(f"InferencePool {self.ref} could not be listed within {timeout:.0f}s")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     def _report(self, hostports: set[str]) -> None:
         self._on_change(hostports)

@@ -14,7 +14,6 @@ File format:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import os
@@ -28,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationErro
 
 from epp.datastore import Datastore, EndpointSpec
 from epp.datastore.endpoint import join_host_port, split_host_port
+from epp.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +133,7 @@ class FileDiscovery:
         self._task = asyncio.get_running_loop().create_task(self._watch(), name="endpoint-file-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     def _file_stamp(self) -> tuple[float, int] | None:
         try:

@@ -45,6 +45,7 @@ from epp.flowcontrol.reclamation import ReclamationController
 from epp.flowcontrol.saturation import SaturationDetector
 from epp.metrics.exporter import FlowControlMetrics
 from epp.requests import ErrorCode, InferenceRequest, RequestError
+from epp.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +351,4 @@ class FlowController:
         """Evict every queued request (GIE: EvictedOther, `flow controller is not running`)."""
         self._stopped = True
         self._evict_all(Outcome.EVICTED_OTHER)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)

@@ -17,12 +17,12 @@ the bound is the ceiling, the controller keeps the queue short below it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
 from epp.flowcontrol.standing_queue import RETRY_AFTER_SECONDS, StandingQueue
 from epp.requests import ErrorCode, RequestError
+from epp.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +123,8 @@ class OverloadGuard:
             self._task = asyncio.get_running_loop().create_task(self._measure(), name="event-loop-lag")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _measure(self) -> None:
         """How late a sleep of LAG_INTERVAL wakes up: the time a callback waits for the loop."""

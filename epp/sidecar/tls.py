@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import ssl
 import tempfile
 from pathlib import Path
 
+from epp.tasks import cancel_and_wait
 from epp.tls import CERT_FILE, KEY_FILE, self_signed_certificate
 
 log = logging.getLogger(__name__)
@@ -80,10 +80,7 @@ class ServerTls:
         self._task = asyncio.get_running_loop().create_task(self._watch(self._cert_dir), name="cert-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _load(self, directory: Path) -> None:
         """The stamp moves only after a good load: a half-written pair is tried again next poll."""

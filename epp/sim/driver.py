@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from epp.kvevents import KVEvent
 from epp.sim.engine import Engine, Rejection, Request, StepOutcome
+from epp.tasks import cancel_and_wait
 
 Listener = Callable[[], None]
 EventSink = Callable[[list[KVEvent], float], Awaitable[None]]
@@ -45,11 +46,8 @@ class EngineDriver:
         self._task = asyncio.create_task(self._loop(), name="sim-engine")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def submit(self, request: Request, listener: Listener) -> Rejection | None:
         """Queue ``request``; ``listener`` is called after every step that changes it."""

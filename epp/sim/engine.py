@@ -221,20 +221,27 @@ class FcfsQueue(deque[Request]):
 
 class PriorityQueue:
     """vLLM's priority waiting queue: always (``priority``, arrival) order, lower first, however a
-    request comes back (ties: the order they were queued)."""
+    request comes back (ties: the order they were queued). Removal only forgets the request: its
+    heap entry, now dead, is dropped when it reaches the head, or in a sweep once the dead
+    outnumber the live, so aborting n waiting requests costs O(n log n), not O(n²)."""
 
     def __init__(self) -> None:
         self._heap: list[tuple[int, float, int, Request]] = []
+        self._live: dict[Request, int] = {}  # request -> queue number of its live heap entry
         self._order = itertools.count()
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return len(self._live)
 
     def __iter__(self) -> Iterator[Request]:
-        return (entry[3] for entry in self._heap)
+        """In serving order, as vLLM iterates it."""
+        live = self._live
+        return (entry[3] for entry in sorted(self._heap) if live.get(entry[3]) == entry[2])
 
     def add(self, request: Request) -> None:
-        heapq.heappush(self._heap, (request.priority, request.arrival, next(self._order), request))
+        order = next(self._order)
+        self._live[request] = order
+        heapq.heappush(self._heap, (request.priority, request.arrival, order, request))
 
     prepend = add
 
@@ -246,11 +253,26 @@ class PriorityQueue:
         return self._heap[0][3]
 
     def pop_first(self) -> Request:
-        return heapq.heappop(self._heap)[3]
+        request = heapq.heappop(self._heap)[3]
+        del self._live[request]
+        self._drop_dead_head()
+        return request
 
     def remove(self, request: Request) -> None:
-        self._heap = [entry for entry in self._heap if entry[3] is not request]
-        heapq.heapify(self._heap)
+        if self._live.pop(request, None) is None:
+            return
+        if len(self._heap) > 2 * len(self._live):
+            live = self._live
+            self._heap = [entry for entry in self._heap if live.get(entry[3]) == entry[2]]
+            heapq.heapify(self._heap)
+        else:
+            self._drop_dead_head()
+
+    def _drop_dead_head(self) -> None:
+        """Keep a live entry at the head, so ``peek`` reads it directly."""
+        heap, live = self._heap, self._live
+        while heap and live.get(heap[0][3]) != heap[0][2]:
+            heapq.heappop(heap)
 
 
 def _priority_order(request: Request) -> tuple[int, float]:

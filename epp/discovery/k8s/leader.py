@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
 import logging
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +29,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from epp.discovery.k8s.model import PoolRef
 from epp.params.duration import parse_duration
+from epp.tasks import cancel_and_wait
 from epp.tls import parse_bool
 
 log = logging.getLogger(__name__)
@@ -106,10 +106,7 @@ class LeaderElector:
 
     async def stop(self, release: bool = True) -> None:
         """Stop campaigning; the leader releases the Lease unless `release` is false (a crash)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         was_leader, self._leader = self._leader, False
         if was_leader and release:
             await self._release()
@@ -209,32 +206,34 @@ class LeaderElector:
                 lease_transitions=0,
             ),
         )
-        try:
-            created = await self._leases.create_namespaced_lease(self.namespace, lease)
-        except ApiException as exc:
-            log.info(
-                "leader election: creating Lease %s/%s failed: %s", self.namespace, self.name, exc.reason
-            )
-            return False
-        except _UNREACHABLE as exc:
-            log.warning("leader election: API server unreachable: %s", exc)
-            return False
-        self._remember(created)
-        return True
+        return await self._write(
+            "creating", logging.INFO, self._leases.create_namespaced_lease(self.namespace, lease)
+        )
 
     async def _replace(self, lease: V1Lease) -> bool:
         """Write back with the resourceVersion read: 409 if anyone wrote in between."""
+        replace = self._leases.replace_namespaced_lease(self.name, self.namespace, lease)
+        return await self._write("updating", logging.DEBUG, replace)
+
+    async def _write(self, verb: str, level: int, write: Awaitable[V1Lease]) -> bool:
+        """Await `write` (a create or a replace) and remember the Lease it stored; False if the
+        API server refused it (logged at `level`: a lost race is routine) or was unreachable."""
         try:
-            replaced = await self._leases.replace_namespaced_lease(self.name, self.namespace, lease)
+            written = await write
         except ApiException as exc:
-            log.debug(
-                "leader election: updating Lease %s/%s failed: %s", self.namespace, self.name, exc.reason
+            log.log(
+                level,
+                "leader election: %s Lease %s/%s failed: %s",
+                verb,
+                self.namespace,
+                self.name,
+                exc.reason,
             )
             return False
         except _UNREACHABLE as exc:
             log.warning("leader election: API server unreachable: %s", exc)
             return False
-        self._remember(replaced)
+        self._remember(written)
         return True
 
     def _remember(self, lease: V1Lease) -> None:

@@ -6,7 +6,6 @@ relist after a dropped watch reports exactly what changed meanwhile."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import re
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from kubernetes_asyncio.client import ApiClient, CoreV1Api, CustomObjectsApi
 from epp.datalayer.k8sobjects import GroupVersionKind, ObjectEvent
 from epp.discovery.k8s.model import Object
 from epp.discovery.k8s.reflector import Lister, Reflector, WatchTiming
+from epp.tasks import cancel_and_wait
 
 
 def plural(kind: str) -> str:
@@ -71,10 +71,7 @@ class ObjectWatch:
         self._task = asyncio.get_running_loop().create_task(self.reflector.run(), name=self.reflector.what)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     def _changed(self, reflector: Reflector) -> None:
         items, reported = reflector.items, self._reported

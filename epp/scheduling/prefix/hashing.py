@@ -59,10 +59,16 @@ def block_hashes(data: bytes, seed: int, block_size: int, max_blocks: int) -> li
     No Python frame runs per block: `struct.iter_unpack` cuts the full blocks in C, and the chain
     is a `map` whose seeds are read from the very list it is extending (each hash becomes the next
     block's seed). 256 blocks: 22 µs against 36 µs for a loop over memoryview slices."""
+    end = _hashed_end(data, block_size, max_blocks)
+    return _chain(memoryview(data)[:end], seed, block_size) if end else []
+
+
+def _hashed_end(data: bytes, block_size: int, max_blocks: int) -> int:
+    """How many leading bytes of `data` `block_hashes` hashes: none when it is shorter than one
+    block, at most `max_blocks` blocks (0 = no limit)."""
     if len(data) < block_size:
-        return []
-    end = len(data) if max_blocks <= 0 else min(len(data), block_size * max_blocks)
-    return _chain(memoryview(data)[:end], seed, block_size)
+        return 0
+    return len(data) if max_blocks <= 0 else min(len(data), block_size * max_blocks)
 
 
 def _chain(view: memoryview, seed: int, block_size: int) -> list[int]:
@@ -102,9 +108,9 @@ class ChainCache:
         self._capacity = capacity
 
     def block_hashes(self, data: bytes, seed: int, block_size: int, max_blocks: int) -> list[int]:
-        if len(data) < block_size:
+        end = _hashed_end(data, block_size, max_blocks)
+        if not end:
             return []
-        end = len(data) if max_blocks <= 0 else min(len(data), block_size * max_blocks)
         view = memoryview(data)
         span_blocks = self.SPAN_BLOCKS
         span = block_size * span_blocks

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from epp.kvevents import BlockRemoved, BlockStored
-from epp.sim.engine import Engine, Rejection, Request, State, StepOutcome
+from epp.sim.engine import Engine, PriorityQueue, Rejection, Request, State, StepOutcome
 from epp.sim.profiles import Profile
 
 ProfileFactory = Callable[..., Profile]
@@ -304,6 +304,27 @@ def test_a_scheduling_policy_orders_the_waiting_queue(
         req("mid-early", tokens(16, 300), at=2.0),
     ]
     assert _served_order(engine, run, requests) == served
+
+
+def test_priority_queue_keeps_its_order_through_removals() -> None:
+    """Removed requests leave dead heap entries behind, skipped at the head or swept out;
+    what remains comes out in (priority, arrival, queue order), and a removed request can
+    be queued again (preempted requests come back)."""
+    queue = PriorityQueue()
+    requests = [req(f"r{i}", tokens(4), at=float(i % 7), priority=i % 3) for i in range(60)]
+    for r in requests:
+        queue.add(r)
+    removed = requests[::2] + requests[1::6] + [requests[1]]  # r1 twice: the second is a no-op
+    for r in removed:
+        queue.remove(r)
+    queue.add(requests[0])  # back after removal: queued last among its equals
+    kept = [r for r in requests if r not in removed] + [requests[0]]
+    expected = sorted(kept, key=lambda r: (r.priority, r.arrival))  # stable: ties in queue order
+    assert len(queue) == len(expected)
+    assert [r.id for r in queue] == [r.id for r in expected]
+    assert queue.peek() is expected[0]
+    assert [queue.pop_first().id for _ in expected] == [r.id for r in expected]
+    assert len(queue) == 0 and not queue
 
 
 def test_unknown_scheduling_policy_is_refused(profile_factory: ProfileFactory) -> None:

@@ -20,13 +20,16 @@ from epp.sim.histogram import Histogram
 from epp.sim.profiles import TINY_TEST
 
 
-def trace(seed: int, check: Callable[[Engine], None] = lambda engine: None) -> list[Any]:
-    """Drive an engine with random arrivals and aborts; ``check`` runs after every step."""
+def trace(
+    seed: int, check: Callable[[Engine], None] = lambda engine: None, policy: str = "fcfs"
+) -> list[Any]:
+    """Drive an engine with random arrivals and aborts; ``check`` runs after every step. Under
+    the priority policy each request draws a priority too."""
     rng = random.Random(seed)
     profile = (
         TINY_TEST if seed % 2 == 0 else dataclasses.replace(TINY_TEST, num_gpu_blocks=64, max_num_seqs=16)
     )
-    engine = Engine(profile, "m", record_kv_events=True, lease_seconds=0.05)
+    engine = Engine(profile, "m", record_kv_events=True, lease_seconds=0.05, scheduling_policy=policy)
     prefixes = [[rng.randrange(1000) for _ in range(rng.randrange(10, 120))] for _ in range(5)]
     live: list[Request] = []
     out: list[Any] = []
@@ -42,6 +45,7 @@ def trace(seed: int, check: Callable[[Engine], None] = lambda engine: None) -> l
                 lora=rng.choice([None, None, "a", "b", "c"]),
                 remote_prefill=kind < 0.1,
                 hold_blocks=0.1 <= kind < 0.2,
+                priority=rng.randrange(-2, 3) if policy == "priority" else 0,
             )
             rejection = engine.add(request)
             out.append(["add", request.id, rejection and rejection.value])
@@ -88,8 +92,8 @@ def outcome_record(engine: Engine, step: StepOutcome) -> list[Any]:
     ]
 
 
-def digest(seed: int) -> str:
-    return hashlib.sha256(json.dumps(trace(seed)).encode()).hexdigest()[:16]
+def digest(seed: int, policy: str = "fcfs") -> str:
+    return hashlib.sha256(json.dumps(trace(seed, policy=policy)).encode()).hexdigest()[:16]
 
 
 @pytest.mark.parametrize(
@@ -98,6 +102,15 @@ def digest(seed: int) -> str:
 )
 def test_engine_reproduces_its_pinned_trace(seed: int, expected: str) -> None:
     assert digest(seed) == expected
+
+
+@pytest.mark.parametrize(
+    ("seed", "expected"),
+    [(0, "f8a548e100924df8"), (1, "1988399a48d77cd8"), (2, "21dafe9c4f667c7c"), (3, "8c01163fb5ba8c8d")],
+)
+def test_priority_engine_reproduces_its_pinned_trace(seed: int, expected: str) -> None:
+    """The waiting queue ordered by priority, with aborts out of its middle and preemption."""
+    assert digest(seed, "priority") == expected
 
 
 def test_running_counters_match_the_requests() -> None:
