@@ -375,11 +375,19 @@ class Director:
             except RequestError as error:
                 self.record_error(error, request)
                 raise
-        for producer in self.async_producers:
-            try:
-                await producer.prepare_async(request)
-            except Exception:
-                log.exception("async data producer %s failed; scheduling without its data", producer.name)
+        if not self.async_producers:
+            return parsed
+        # Dispatched, not routed until the producers finish (routing follows on the same step):
+        # counted by flow control as in flight meanwhile.
+        preparing = (
+            contextlib.nullcontext() if self.flow_control is None else self.flow_control.preparing(request)
+        )
+        with preparing:
+            for producer in self.async_producers:
+                try:
+                    await producer.prepare_async(request)
+                except Exception:
+                    log.exception("async data producer %s failed; scheduling without its data", producer.name)
         return parsed
 
     def handle_bodyless(self, headers: dict[str, str], subset: Sequence[str] | None) -> RoutedRequest:
