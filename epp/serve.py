@@ -475,7 +475,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-event-loop-lag",
         default="250ms",
-        help="while the EPP's event loop lags more than this (it is out of CPU), new requests are answered "
+        help="while the EPP's event loop lags more than this in two measurements in a row (it is out of "
+        "CPU; one slow callback is not), new requests are answered "
         "429 with Retry-After at once instead of waiting into Envoy's message timeout "
         "(0: off; default 250ms)",
     )

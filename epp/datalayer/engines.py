@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from epp.datalayer.promtext import MetricSpec, Sample, SeriesByName
@@ -67,14 +68,14 @@ class EngineMetrics:
         return metrics
 
 
-def _matching(samples: SeriesByName, specs: tuple[MetricSpec, ...]) -> list[Sample]:
+def _matching(samples: SeriesByName, specs: tuple[MetricSpec, ...]) -> Sequence[Sample]:
     for spec in specs:
         series = samples.get(spec.name)
         if series and spec.labels:
             series = [s for s in series if spec.matches(s.labels)]
         if series:
             return series
-    return []
+    return ()
 
 
 def _first(samples: SeriesByName, specs: tuple[MetricSpec, ...]) -> Sample | None:
@@ -82,7 +83,7 @@ def _first(samples: SeriesByName, specs: tuple[MetricSpec, ...]) -> Sample | Non
     return series[0] if series else None
 
 
-def _finite(value: float, series: list[Sample]) -> float:
+def _finite(value: float, series: Sequence[Sample]) -> float:
     if value - value != 0.0:  # NaN or infinite: math.isfinite without a call
         raise ValueError(f"non-finite metric value in {[s.value for s in series]}")
     return value

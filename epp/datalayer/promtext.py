@@ -6,7 +6,7 @@ parser would cost more than the scrape, so only the wanted families' lines are l
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -103,7 +103,8 @@ class Seen:
         self.window: bytes | None = None
         self.to_end = False
         self.from_start = False  # the window began at the page's first byte
-        self.samples: list[Sample] = []
+        # A tuple: a replayed read hands this very object to the next scrape's consumers.
+        self.samples: tuple[Sample, ...] = ()
 
     def same(self, page: bytes, at: int) -> bool:
         """Whether `page`, with the name's line at `at`, has the bytes the last read looked at."""
@@ -125,7 +126,7 @@ Hints = dict[str, Seen]
 class SeriesByName(Protocol):
     """A page's series by metric name, as an engine reads them (a dict, or `PageSeries`)."""
 
-    def get(self, name: str, /) -> list[Sample] | None: ...
+    def get(self, name: str, /) -> Sequence[Sample] | None: ...
 
 
 class _Wanted:
@@ -247,10 +248,10 @@ class Extractor:
         # read-only. Cleared when full, so changing label values cannot grow it without bound.
         self._labels: dict[bytes, dict[str, str]] = {}
 
-    def extract(self, text: str) -> dict[str, list[Sample]]:
+    def extract(self, text: str) -> dict[str, Sequence[Sample]]:
         return self.extract_bytes(text.encode("utf-8", "surrogatepass"))
 
-    def extract_bytes(self, page: bytes, hints: Hints | None = None) -> dict[str, list[Sample]]:
+    def extract_bytes(self, page: bytes, hints: Hints | None = None) -> dict[str, Sequence[Sample]]:
         """Every wanted name the page has, with its series."""
         hints = {} if hints is None else hints
         found = {}
@@ -264,11 +265,13 @@ class Extractor:
         """The wanted names' series, each read from the page when first asked for."""
         return PageSeries(self, page, hints)
 
-    def read(self, page: bytes, name: str, hints: Hints) -> list[Sample]:
-        """One name's series on the page: empty if the page lacks it or it is not wanted."""
+    def read(self, page: bytes, name: str, hints: Hints) -> Sequence[Sample]:
+        """One name's series on the page: empty if the page lacks it or it is not wanted. A
+        tuple, as a page whose bytes did not change gives the same one again: no scrape's
+        consumer can change another scrape's series."""
         wanted = self._wanted.get(name)
         if wanted is None:
-            return []
+            return ()
         seen = hints.get(name)
         if seen is None:
             seen = hints[name] = Seen()
@@ -276,7 +279,7 @@ class Extractor:
         if at < 0:
             seen.changed = seen.at >= 0
             seen.at, seen.window = -1, None
-            return []
+            return ()
         if seen.same(page, at):
             seen.at, seen.changed = at, False
             return seen.samples
@@ -294,13 +297,14 @@ class Extractor:
                     parsed.clear()
                 labels = parsed[block] = _labels(block)
             found.append(_new_sample(Sample, (labels, number)))
-        seen.at, seen.samples, seen.changed = at, found, True
+        samples = tuple(found)
+        seen.at, seen.samples, seen.changed = at, samples, True
         if lo < 0:
             seen.window = None
         else:
             seen.back, seen.window, seen.to_end = at - lo, page[lo:hi], hi >= len(page)
             seen.from_start = lo == 0
-        return found
+        return samples
 
     def same(self, page: bytes, hints: Hints, names: Iterable[str]) -> bool:
         """Whether each of `names` reads on `page` what it read on the endpoint's last page: the
@@ -336,7 +340,7 @@ class PageSeries:
         self.asked: list[str] = []
         self.changed = False
 
-    def get(self, name: str, /) -> list[Sample] | None:
+    def get(self, name: str, /) -> Sequence[Sample] | None:
         self.asked.append(name)
         found = self._extractor.read(self._page, name, self._hints)
         seen = self._hints.get(name)

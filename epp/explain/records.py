@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
+
+log = logging.getLogger(__name__)
 
 PROMPT_LIMIT = 4096  # characters of the prompt kept when prompts are recorded
 
@@ -362,7 +365,12 @@ class DecisionRecorder:
         record.seq = self.last_seq = next(self._seq)
         self._records.append(record)
         for listener in self._listeners:
-            listener()
+            # The request was decided already (and may hold load): an observer that fails is
+            # its own problem, logged, and the request and the other listeners go on.
+            try:
+                listener()
+            except Exception:
+                log.exception("a decision-record listener failed; the request goes on")
 
     def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call `listener` after every commit; returns the function that unsubscribes."""

@@ -8,7 +8,9 @@ walks the bands from the highest priority down; the first band whose ceiling the
 reaches stops the cycle (head-of-line blocking, so a lower band never takes capacity a higher
 one waits for); otherwise the band's fairness policy picks a flow and that flow's head (by the
 band's ordering policy) is dispatched. One request per cycle, and the loop yields before the next,
-so the dispatched request is routed (and its load counted) before saturation is read again. A
+so the dispatched request is routed (and its load counted) before saturation is read again; one
+whose async data producers still run (routing waits for them) is counted meanwhile as in flight
+(`preparing`, `SaturationDetector.saturation_with`), so a slow producer lets no more through. A
 request arriving when nothing else waits and the loop is idle (what it released last has routed)
 runs that cycle itself, in its own call: dispatched at once when the pool has room, with the same
 policies and metrics and without a round trip through the loop (the common case, not saturated,
@@ -27,7 +29,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from epp.datastore import Endpoint
@@ -131,6 +133,10 @@ class FlowController:
         self._idle = True
         self._stopped = False
         self.reclamation: ReclamationController | None = None  # in-flight eviction on
+        # Dispatched requests not routed yet (their async data producers run): counted as in
+        # flight by the saturation read, so a slow producer cannot let more through than room.
+        self.preparing_requests = 0
+        self.preparing_tokens = 0
 
     def enable_eviction(self, evictor: RequestEvictor, detector_type: str) -> None:
         """Turn on in-flight eviction (llm-d router's enableEviction): routed requests are tracked
@@ -159,10 +165,30 @@ class FlowController:
         is saturated for some band."""
         if self.length > 0:
             return True
-        saturation = self.detector.saturation(self._pool())
+        saturation = self._saturation()
         return saturation >= self.usage_limit.lowest_ceiling(saturation, self._ordered or [0])
 
+    def _saturation(self) -> float:
+        pool = self._pool()
+        if self.preparing_requests:
+            return self.detector.saturation_with(pool, self.preparing_requests, self.preparing_tokens)
+        return self.detector.saturation(pool)
+
     # --- the caller's side -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def preparing(self, request: InferenceRequest) -> Iterator[None]:
+        """A dispatched request between its dispatch and its routing (its async data producers
+        run): entered at once when its wait returns, before the dispatch loop's next cycle, and
+        left on the step it routes (and takes its load), fails or is cancelled."""
+        tokens = request.prompt_tokens
+        self.preparing_requests += 1
+        self.preparing_tokens += tokens
+        try:
+            yield
+        finally:
+            self.preparing_requests -= 1
+            self.preparing_tokens -= tokens
 
     async def enqueue_and_wait(self, request: InferenceRequest, deadline: float | None = None) -> None:
         """Wait until the request is dispatched; raise RequestError for every other outcome.
@@ -302,7 +328,7 @@ class FlowController:
         """One cycle; True when a request was dispatched."""
         started = time.perf_counter()
         try:
-            saturation = self.detector.saturation(self._pool())
+            saturation = self._saturation()
             self.metrics.saturation(self.pool_name, saturation)
             priorities = self._ordered
             ceilings = self.usage_limit.ceilings(saturation, priorities)

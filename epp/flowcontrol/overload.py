@@ -3,9 +3,12 @@ everyone: every ext_proc message waits behind the others on the event loop, unti
 message timeout turns requests into 504s. The guard sheds instead, as a new request's ext_proc
 call arrives, before any of its messages is read: it is refused at once (429 with Retry-After)
 while the EPP holds `max_streams` ext_proc streams, or while its event loop lags more than
-`max_lag` behind.
+`max_lag` behind. The lag counts as sustained only when two measurements in a row are over the
+limit: one late measurement is one long callback or garbage-collection pause that is over by the
+time it is measured, and refusing on it would turn away the requests of the next interval for a
+loop that already caught up.
 Requests admitted before go on; health answers (another gRPC service) are never refused; it
-recovers as soon as the lag is measured below the limit again.
+recovers at the first measurement below the limit.
 
 Under overload the backlog sits mostly before the event loop (in gRPC core and in Envoy), where
 neither the lag nor the stream count sees it; so a request is also refused at its request headers
@@ -54,7 +57,8 @@ class OverloadGuard:
         self._count = count  # called with the reason of each refusal
         self.standing = standing  # None: only the max_wait bound
         self.streams = 0
-        self.lag = 0.0
+        self.last = 0.0  # seconds: the last measurement
+        self.lag = 0.0  # the sustained lag: the lower of the last two measurements
         self.refused = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -132,7 +136,9 @@ class OverloadGuard:
         while True:
             started = loop.time()
             await asyncio.sleep(LAG_INTERVAL)
-            lag = max(0.0, loop.time() - started - LAG_INTERVAL)
+            last = max(0.0, loop.time() - started - LAG_INTERVAL)
+            lag = min(last, self.last)
+            self.last = last
             if (lag > self.max_lag) != (self.lag > self.max_lag):
                 log.warning(
                     "event loop lag %.0f ms: %s new requests",

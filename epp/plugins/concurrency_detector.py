@@ -39,9 +39,13 @@ class ConcurrencyDetector(Plugin, SaturationDetector, Filter):
         return endpoint.inflight_tokens if self.count_tokens else endpoint.inflight_requests
 
     def saturation(self, candidates: Sequence[Endpoint]) -> float:
+        return self.saturation_with(candidates, 0, 0)
+
+    def saturation_with(self, candidates: Sequence[Endpoint], requests: int, tokens: int) -> float:
         if not candidates:
             return 1.0
-        return sum(self.in_flight(e) for e in candidates) / (self.capacity * len(candidates))
+        in_flight = sum(self.in_flight(e) for e in candidates) + (tokens if self.count_tokens else requests)
+        return in_flight / (self.capacity * len(candidates))
 
     def filter(self, request: InferenceRequest, candidates: list[Endpoint]) -> list[Endpoint]:
         limit = self.capacity * (1.0 + self.headroom)

@@ -375,11 +375,19 @@ class Director:
             except RequestError as error:
                 self.record_error(error, request)
                 raise
-        for producer in self.async_producers:
-            try:
-                await producer.prepare_async(request)
-            except Exception:
-                log.exception("async data producer %s failed; scheduling without its data", producer.name)
+        if not self.async_producers:
+            return parsed
+        # Dispatched, not routed until the producers finish (routing follows on the same step):
+        # counted by flow control as in flight meanwhile.
+        preparing = (
+            contextlib.nullcontext() if self.flow_control is None else self.flow_control.preparing(request)
+        )
+        with preparing:
+            for producer in self.async_producers:
+                try:
+                    await producer.prepare_async(request)
+                except Exception:
+                    log.exception("async data producer %s failed; scheduling without its data", producer.name)
         return parsed
 
     def handle_bodyless(self, headers: dict[str, str], subset: Sequence[str] | None) -> RoutedRequest:
@@ -445,19 +453,25 @@ class Director:
         """Pick endpoints for a parsed request. Raises RequestError for every refusal. A sampled
         request's decision record is kept whatever the outcome. `admitted`: the AdmitRequest
         plugins already admitted it (before flow control's queue)."""
-        record = self._start_record(request) if self.recorder is not None else None
+        recorder = self.recorder
+        record = self._start_record(request) if recorder is not None else None
         if record is None:
             return self._route(request, subset, None, trace, admitted)
+        assert recorder is not None
         try:
             routed = self._route(request, subset, record, trace, admitted)
-        except RequestError as error:
-            record.refused(error.code.label, error.status, error.message)
-            if record.admission == "pending":
-                record.admission = "rejected"
+        except BaseException as error:
+            if isinstance(error, RequestError):
+                record.refused(error.code.label, error.status, error.message)
+                if record.admission == "pending":
+                    record.admission = "rejected"
+            recorder.commit(record)
             raise
-        finally:
-            assert self.recorder is not None
-            self.recorder.commit(record)
+        try:
+            recorder.commit(record)
+        except BaseException:
+            routed.finish()  # the load is taken: a request that fails here must not keep it
+            raise
         routed.record = record
         return routed
 

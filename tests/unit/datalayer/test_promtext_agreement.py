@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping, Sequence
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -126,7 +127,7 @@ def pages(draw: st.DrawFn) -> tuple[EngineMetrics, str]:
     return engine, "\n".join(lines) + "\n"
 
 
-def _comparable(samples: dict[str, list[Sample]]) -> dict[str, list[tuple[dict[str, str], str]]]:
+def _comparable(samples: Mapping[str, Sequence[Sample]]) -> dict[str, list[tuple[dict[str, str], str]]]:
     return {n: [(dict(s.labels), repr(float(s.value))) for s in series] for n, series in samples.items()}
 
 

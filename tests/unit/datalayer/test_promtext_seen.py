@@ -3,6 +3,9 @@ again, and any change that matters to it, wherever on the page, is read."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Mapping, Sequence
+
 from epp.datalayer.engines import BUILTIN_ENGINES
 from epp.datalayer.promtext import Extractor, Hints, Sample
 
@@ -27,11 +30,11 @@ vllm:cache_config_info{block_size="16",num_gpu_blocks="26000"} 1.0
 WAITING = "vllm:num_requests_waiting"
 
 
-def _values(samples: dict[str, list[Sample]]) -> dict[str, list[tuple[dict[str, str], float]]]:
+def _values(samples: Mapping[str, Sequence[Sample]]) -> dict[str, list[tuple[dict[str, str], float]]]:
     return {name: [(dict(s.labels), s.value) for s in series] for name, series in samples.items()}
 
 
-def _read_as_fresh(extractor: Extractor, hints: Hints, page: bytes) -> dict[str, list[Sample]]:
+def _read_as_fresh(extractor: Extractor, hints: Hints, page: bytes) -> dict[str, Sequence[Sample]]:
     """The page read with the endpoint's hints, checked against a read with none."""
     read = extractor.extract_bytes(page, hints)
     assert _values(read) == _values(Extractor(ENGINE.names()).extract_bytes(page))
@@ -45,6 +48,20 @@ def test_an_unchanged_page_returns_the_series_read_last_time() -> None:
     third = _read_as_fresh(extractor, hints, PAGE)
     assert all(third[name] is second[name] for name in second)
     assert extractor.same(PAGE, hints, sorted(ENGINE.names()))
+
+
+def test_a_consumer_cannot_change_an_unchanged_pages_series_for_the_scrapes_before_or_after() -> None:
+    """A replayed read hands out the series the last read parsed: what one scrape's consumer does
+    to it must not reach an earlier scrape's result or the next scrape's."""
+    extractor, hints = Extractor(ENGINE.names()), {}
+    earlier = extractor.read(PAGE, WAITING, hints)
+    replayed = extractor.read(PAGE, WAITING, hints)
+    with contextlib.suppress(TypeError):  # a consumer trying to change what it was given
+        replayed[0] = Sample({}, 99.0)  # type: ignore[index]
+    expected = [({"engine": "0", "model_name": "m"}, 3.0)]
+    assert [(dict(s.labels), s.value) for s in earlier] == expected
+    assert [(dict(s.labels), s.value) for s in extractor.read(PAGE, WAITING, hints)] == expected
+    assert _values(extractor.extract_bytes(PAGE, hints))[WAITING] == expected
 
 
 def test_a_page_where_only_one_needed_value_changes() -> None:

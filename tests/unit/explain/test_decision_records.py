@@ -205,3 +205,47 @@ def test_an_unsampled_request_allocates_nothing_for_records() -> None:
     records_file = tracemalloc.Filter(True, records.__file__)
     assert snapshot.filter_traces([records_file]).statistics("filename") == []
     assert d.recorder is not None and len(d.recorder) == 0
+
+
+def in_flight(d: Director) -> int:
+    return sum(e.inflight_requests for e in d.datastore.endpoints())
+
+
+def test_a_listener_that_raises_loses_no_load(caplog: pytest.LogCaptureFixture) -> None:
+    d = director()
+    assert d.recorder is not None
+    calls: list[int] = []
+
+    def broken() -> None:
+        calls.append(d.recorder.last_seq if d.recorder is not None else 0)
+        raise RuntimeError("broken listener")
+
+    d.recorder.subscribe(broken)
+    # Routed: the listener's error is logged, the request keeps its route and its record.
+    routed = d.handle_body(body(), {":path": "/v1/completions", "x-request-id": "r1"}, None)
+    assert routed.result.targets[0].name == "pod-0" and in_flight(d) == 1
+    assert [r.request_id for r in d.recorder.recent()] == ["r1"] and calls == [1]
+    assert "a decision-record listener failed" in caplog.text and "broken listener" in caplog.text
+    routed.finish()
+    assert in_flight(d) == 0
+    # Refused: the request's own error is what the client gets, and no load was taken.
+    for endpoint in d.datastore.endpoints():
+        if endpoint.role == "decode":
+            d.datastore.remove(endpoint.name)
+    with pytest.raises(RequestError) as refused:
+        d.handle_body(body(), {":path": "/v1/completions", "x-request-id": "r2"}, None)
+    assert refused.value.status == 429 and "failed to find target endpoint" in refused.value.message
+    assert in_flight(d) == 0 and calls == [1, 2]
+
+
+def test_a_record_that_fails_to_commit_releases_the_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    d = director()
+    assert d.recorder is not None
+
+    def broken(record: object) -> None:
+        raise RuntimeError("commit failed")
+
+    monkeypatch.setattr(d.recorder, "commit", broken)
+    with pytest.raises(RuntimeError, match="commit failed"):
+        d.handle_body(body(), {":path": "/v1/completions", "x-request-id": "r1"}, None)
+    assert in_flight(d) == 0

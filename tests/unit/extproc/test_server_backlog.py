@@ -82,8 +82,10 @@ async def test_streams_queued_behind_a_saturated_loop_all_get_the_guards_429(por
     answers: multiprocessing.Queue = spawn.Queue()
     client = spawn.Process(target=open_streams, args=(port, sent, answers))
     client.start()
-    # The saturated loop: it runs nothing while the streams arrive and queue in gRPC core.
+    # The saturated loop: it runs nothing while the streams arrive and queue in gRPC core, and
+    # stays saturated past the guard's next measurement (one late measurement alone does not shed).
     assert sent.wait(timeout=120)  # blocking the loop is the point
+    await asyncio.sleep(0.001)  # the guard's overdue measurement runs
     time.sleep(0.5)  # noqa: ASYNC251 - the last writes reach the server meanwhile
     got = await asyncio.to_thread(answers.get, timeout=120)
     client.join()

@@ -149,21 +149,40 @@ def test_the_queue_wait_is_not_checked_at_zero() -> None:
     assert "waited 1500 ms before it reached it, over its limit of 1000 ms" in refusal.message
 
 
-async def test_the_lag_is_measured() -> None:
+async def measured_late(guard: OverloadGuard, seconds: float) -> None:
+    """Block the event loop for `seconds` (as a slow callback or a GC pause does) and return once
+    the guard took its measurement: its overdue timer fires before this one, due later."""
+    time.sleep(seconds)  # noqa: ASYNC251 - blocking the loop on purpose: this is the overload
+    await asyncio.sleep(0.001)
+
+
+async def test_one_slow_callback_does_not_shed() -> None:
     guard = OverloadGuard(max_lag=0.25)
     guard.start()
-    await asyncio.sleep(0)
-    time.sleep(0.4)  # noqa: ASYNC251 - blocking the loop on purpose: this is the overload
-    for _ in range(500):
-        if guard.lag > 0.25:
-            break
-        await asyncio.sleep(0.001)
+    await asyncio.sleep(0.05)  # measuring, on time
+    await measured_late(guard, 0.4)
+    # One late measurement: the loop already caught up when it was taken; nothing is refused.
+    assert guard.admit() is None
+    assert guard.refused == 0
+    await guard.stop()
+
+
+async def test_a_sustained_lag_sheds_and_recovers_at_the_first_measurement_under_the_limit() -> None:
+    guard = OverloadGuard(max_lag=0.25)
+    guard.start()
+    await asyncio.sleep(0.05)
+    await measured_late(guard, 0.4)
+    await measured_late(guard, 0.4)  # the next measurement is late too: the loop stays behind
     assert guard.lag > 0.25
+    refusal = guard.admit()
+    assert refusal is not None and refusal.status == 429 and refusal.retry_after == 1
+    assert "its event loop lags" in refusal.message and "(--max-event-loop-lag)" in refusal.message
     for _ in range(500):  # recovers at the next measurement
         if guard.lag < 0.25:
             break
         await asyncio.sleep(0.01)
     assert guard.lag < 0.25
+    assert guard.admit() is None
     await guard.stop()
 
 
