@@ -91,24 +91,34 @@ class DemandSizedReservationParams(PluginParams):
 
 
 class DemandPeak:
-    """The peak of a count over a sliding window: each change is kept with its time until a later
-    change is older than the window (the value in force at the window's start stays)."""
+    """The peak of a count over a sliding window (the value in force at the window's start counts).
+    Each value replaced is kept with the time it stopped being in force, but only while no later
+    one is at least as high (that one stays in the window longer): the values kept fall from the
+    oldest to the newest, so the peak is the oldest still in the window, read in O(1) amortised
+    however many requests the window holds."""
 
     def __init__(self, window: float) -> None:
         self.window = window
-        self.changes: deque[tuple[float, int]] = deque([(-math.inf, 0)])
+        self.current = 0
+        # (when it stopped being in force, value): values strictly falling, times rising
+        self.changes: deque[tuple[float, int]] = deque()
 
     def record(self, now: float, value: int) -> None:
-        self.changes.append((now, value))
+        changes, replaced = self.changes, self.current
+        while changes and changes[-1][1] <= replaced:
+            changes.pop()
+        changes.append((now, replaced))
+        self.current = value
         self._forget(now)
 
     def peak(self, now: float) -> int:
         self._forget(now)
-        return max(value for _, value in self.changes)
+        changes = self.changes
+        return max(changes[0][1], self.current) if changes else self.current
 
     def _forget(self, now: float) -> None:
         start, changes = now - self.window, self.changes
-        while len(changes) > 1 and changes[1][0] <= start:
+        while changes and changes[0][0] <= start:
             changes.popleft()
 
 

@@ -242,7 +242,7 @@ def test_the_peak_keeps_the_value_in_force_at_the_window_start() -> None:
     assert peak.peak(10.5) == 7  # in force from 0 to 1, inside the window [0.5, 10.5]
     assert peak.peak(11.0) == 2  # ended as the window [1, 11] starts
     peak.record(20.0, 3)
-    assert peak.peak(25.0) == 3 and len(peak.changes) == 2
+    assert peak.peak(25.0) == 3 and len(peak.changes) == 1
 
 
 CONFIG = """
@@ -324,3 +324,16 @@ def test_the_bench_configs_load_with_the_plugin_as_filter_and_scorer(
     assert sum(weight for _, weight in profile.scorers[1:]) < 10.0
     params = config.plugins["demand-sized-reservation"].params
     assert {key: getattr(params, key) for key in selector} == selector
+
+
+def test_the_peak_keeps_no_history_a_higher_later_value_covers() -> None:
+    """Every protected request's routing reads the peak: a window holding thousands of changes
+    (requests starting and ending) must not be scanned whole each time."""
+    peak = DemandPeak(10.0)
+    for step in range(10_000):
+        peak.record(step * 1e-4, 5 + step % 2)  # in flight going 5, 6, 5, 6, ... within the window
+    assert peak.peak(1.0) == 6
+    assert len(peak.changes) <= 2
+    for step in range(5):
+        peak.record(2.0 + step, 4 - step)  # falling: each value stays until the window passes it
+    assert [peak.peak(t) for t in (11.9, 12.5, 13.5, 14.5, 15.5, 16.5)] == [6, 4, 3, 2, 1, 0]
