@@ -152,11 +152,16 @@ class DemandSizedReservation(Plugin, Filter, Scorer, PreRequest, ResponseComplet
         return request.headers.get(self.header, "").strip() in self.header_values
 
     def ceiling(self, pool_size: int) -> int:
-        return max(1, math.floor(pool_size * self.params.max_pods_fraction))
+        """At most this many pods reserved: none when the cap is under one pod (one pod at 0.75),
+        since the rest of the pool stays open to the others."""
+        return math.floor(pool_size * self.params.max_pods_fraction)
+
+    def idle(self, now: float, arriving: int) -> bool:
+        return self.in_flight == 0 and arriving == 0 and now - self.last_active >= self.params.idle_release
 
     def wanted(self, now: float, pool_size: int, arriving: int, extra: float = 1.0) -> int:
         """Pods the class should hold now, `arriving` of its requests about to be routed."""
-        if self.in_flight == 0 and arriving == 0 and now - self.last_active >= self.params.idle_release:
+        if self.idle(now, arriving):
             return 0
         peak = max(self.demand.peak(now), self.in_flight + arriving)
         needed = math.ceil(peak * (1.0 + extra * self.params.headroom) / self.params.requests_per_pod)
@@ -177,7 +182,7 @@ class DemandSizedReservation(Plugin, Filter, Scorer, PreRequest, ResponseComplet
             free = [e for e in candidates if e.name not in self.reserved]
             free.sort(key=lambda e: (e.inflight_requests - self.protected_on.get(e.name, 0), e.name))
             self.reserved.update(e.name for e in free[: wanted - held])
-        elif wanted == 0 and held:
+        elif held and self.idle(now, arriving):
             self.released = held
             self.reserved.clear()
         elif (

@@ -337,3 +337,27 @@ def test_the_peak_keeps_no_history_a_higher_later_value_covers() -> None:
     for step in range(5):
         peak.record(2.0 + step, 4 - step)  # falling: each value stays until the window passes it
     assert [peak.peak(t) for t in (11.9, 12.5, 13.5, 14.5, 15.5, 16.5)] == [6, 4, 3, 2, 1, 0]
+
+
+@pytest.mark.parametrize(("pods", "fraction"), [(1, 0.75), (2, 0.4), (3, 0.25)])
+def test_a_cap_below_one_pod_reserves_none(pods: int, fraction: float) -> None:
+    """maxPodsFraction below 1 keeps the rest of the pool open to the others: a pool too small for
+    even one reserved pod under the cap (one pod at 0.75) must not be handed whole to the class,
+    or every other request would be refused while it is active."""
+    clock, pool = FakeClock(0.0), endpoints(pods)
+    res = reservation(clock, maxPodsFraction=fraction)
+    route(res, prioritised(1), pool)
+    assert res.reserved == set()
+    assert res.filter(prioritised(-1), list(pool)) == pool
+
+
+def test_a_pool_shrunk_under_the_cap_gives_pods_back_without_waiting_for_idle() -> None:
+    clock, pool = FakeClock(0.0), endpoints(4)
+    res = reservation(clock, maxPodsFraction=0.5)
+    flights = [(req, route(res, req, pool)) for req in (prioritised(1) for _ in range(8))]
+    assert len(res.reserved) == 2
+    clock.now = 10.0  # the pool down to one pod (a rollout) while the class is still active
+    res.filter(prioritised(1), pool[:1])
+    assert len(res.reserved) == 1 and res.released == 0  # shrinks as capped, not released as idle
+    for req, result in flights:
+        finish(res, req, result)
