@@ -164,8 +164,12 @@ class DemandSizedReservation(Plugin, Filter, Scorer, PreRequest, ResponseComplet
         if self.idle(now, arriving):
             return 0
         peak = max(self.demand.peak(now), self.in_flight + arriving)
-        needed = math.ceil(peak * (1.0 + extra * self.params.headroom) / self.params.requests_per_pod)
-        return min(max(self.params.min_pods, needed), self.ceiling(pool_size))
+        ceiling = self.ceiling(pool_size)
+        # Compared with the cap before rounding: extreme parameters make it infinite.
+        needed = peak * (1.0 + extra * self.params.headroom) / self.params.requests_per_pod if peak else 0.0
+        if needed >= ceiling:
+            return ceiling
+        return min(max(self.params.min_pods, math.ceil(needed)), ceiling)
 
     def resize(self, candidates: Sequence[Endpoint], arriving: int) -> None:
         """Grow to what the demand needs at once; shrink one pod per window, when the peak over a

@@ -361,3 +361,15 @@ def test_a_pool_shrunk_under_the_cap_gives_pods_back_without_waiting_for_idle() 
     assert len(res.reserved) == 1 and res.released == 0  # shrinks as capped, not released as idle
     for req, result in flights:
         finish(res, req, result)
+
+
+@pytest.mark.parametrize("overrides", [{"requestsPerPod": 1e-320}, {"headroom": 1e308}])
+def test_extreme_sizing_parameters_reserve_the_cap_instead_of_failing(overrides: dict[str, float]) -> None:
+    """A demand that overflows to infinity (a tiny requestsPerPod, a huge headroom) asks for the
+    cap: ceil(inf) raising OverflowError would fail every request the filter sees."""
+    clock, pool = FakeClock(0.0), endpoints(4)
+    res = reservation(clock, **overrides)
+    for _ in range(2):
+        route(res, prioritised(1), pool)
+    assert len(res.reserved) == 3
+    assert len(res.filter(prioritised(-1), list(pool))) == 1
