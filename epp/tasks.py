@@ -26,6 +26,7 @@ async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
             if current is not None and current.cancelling() > cancelling:
                 raise
         except Exception as exc:
-            error = error or exc
+            if error is None:
+                error = exc
     if error is not None:
         raise error
