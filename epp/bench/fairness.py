@@ -209,8 +209,8 @@ class Bench:
         self.configs[RESERVED_TENANT] = args.reserved_tenant_config.read_text()
         self.configs[DEMAND_CRITICAL] = args.demand_reserved_critical_config.read_text()
         self.configs[DEMAND_TENANT] = args.demand_reserved_tenant_config.read_text()
-        if args.burst and (args.burst[0] <= 0 or args.burst[1] < 0):
-            raise SystemExit("--burst: ON must be positive and OFF not negative")
+        if args.burst and not (0 < args.burst[0] < math.inf and 0 <= args.burst[1] < math.inf):
+            raise SystemExit("--burst: ON must be positive and OFF not negative, both finite")
 
     def requests(self, streams: Sequence[Stream]) -> list[BenchRequest]:
         """Every stream's requests, tagged, in one Poisson process split by prompt group: stream i

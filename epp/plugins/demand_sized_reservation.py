@@ -91,24 +91,34 @@ class DemandSizedReservationParams(PluginParams):
 
 
 class DemandPeak:
-    """The peak of a count over a sliding window: each change is kept with its time until a later
-    change is older than the window (the value in force at the window's start stays)."""
+    """The peak of a count over a sliding window (the value in force at the window's start counts).
+    Each value replaced is kept with the time it stopped being in force, but only while no later
+    one is at least as high (that one stays in the window longer): the values kept fall from the
+    oldest to the newest, so the peak is the oldest still in the window, read in O(1) amortised
+    however many requests the window holds."""
 
     def __init__(self, window: float) -> None:
         self.window = window
-        self.changes: deque[tuple[float, int]] = deque([(-math.inf, 0)])
+        self.current = 0
+        # (when it stopped being in force, value): values strictly falling, times rising
+        self.changes: deque[tuple[float, int]] = deque()
 
     def record(self, now: float, value: int) -> None:
-        self.changes.append((now, value))
+        changes, replaced = self.changes, self.current
+        while changes and changes[-1][1] <= replaced:
+            changes.pop()
+        changes.append((now, replaced))
+        self.current = value
         self._forget(now)
 
     def peak(self, now: float) -> int:
         self._forget(now)
-        return max(value for _, value in self.changes)
+        changes = self.changes
+        return max(changes[0][1], self.current) if changes else self.current
 
     def _forget(self, now: float) -> None:
         start, changes = now - self.window, self.changes
-        while len(changes) > 1 and changes[1][0] <= start:
+        while changes and changes[0][0] <= start:
             changes.popleft()
 
 
@@ -142,15 +152,24 @@ class DemandSizedReservation(Plugin, Filter, Scorer, PreRequest, ResponseComplet
         return request.headers.get(self.header, "").strip() in self.header_values
 
     def ceiling(self, pool_size: int) -> int:
-        return max(1, math.floor(pool_size * self.params.max_pods_fraction))
+        """At most this many pods reserved: none when the cap is under one pod (one pod at 0.75),
+        since the rest of the pool stays open to the others."""
+        return math.floor(pool_size * self.params.max_pods_fraction)
+
+    def idle(self, now: float, arriving: int) -> bool:
+        return self.in_flight == 0 and arriving == 0 and now - self.last_active >= self.params.idle_release
 
     def wanted(self, now: float, pool_size: int, arriving: int, extra: float = 1.0) -> int:
         """Pods the class should hold now, `arriving` of its requests about to be routed."""
-        if self.in_flight == 0 and arriving == 0 and now - self.last_active >= self.params.idle_release:
+        if self.idle(now, arriving):
             return 0
         peak = max(self.demand.peak(now), self.in_flight + arriving)
-        needed = math.ceil(peak * (1.0 + extra * self.params.headroom) / self.params.requests_per_pod)
-        return min(max(self.params.min_pods, needed), self.ceiling(pool_size))
+        ceiling = self.ceiling(pool_size)
+        # Compared with the cap before rounding: extreme parameters make it infinite.
+        needed = peak * (1.0 + extra * self.params.headroom) / self.params.requests_per_pod if peak else 0.0
+        if needed >= ceiling:
+            return ceiling
+        return min(max(self.params.min_pods, math.ceil(needed)), ceiling)
 
     def resize(self, candidates: Sequence[Endpoint], arriving: int) -> None:
         """Grow to what the demand needs at once; shrink one pod per window, when the peak over a
@@ -167,7 +186,7 @@ class DemandSizedReservation(Plugin, Filter, Scorer, PreRequest, ResponseComplet
             free = [e for e in candidates if e.name not in self.reserved]
             free.sort(key=lambda e: (e.inflight_requests - self.protected_on.get(e.name, 0), e.name))
             self.reserved.update(e.name for e in free[: wanted - held])
-        elif wanted == 0 and held:
+        elif held and self.idle(now, arriving):
             self.released = held
             self.reserved.clear()
         elif (

@@ -240,9 +240,13 @@ class RequestControlHooks:
         return bool(self._response_streaming)
 
     def response_streaming(self, request: InferenceRequest, result: SchedulingResult, chunk: bytes) -> None:
+        """Each plugin hears every chunk even if one before it fails (it may act on the first)."""
         for plugin, observe in self._response_streaming:
             started = perf_counter()
-            plugin.response_streaming(request, result, chunk)
+            try:
+                plugin.response_streaming(request, result, chunk)
+            except Exception:
+                log.exception("ResponseStreaming plugin %s failed; the others go on", plugin.name)
             observe(perf_counter() - started)
 
     def response_body_done(

@@ -43,9 +43,15 @@ def test_burst_sends_the_protected_stream_only_in_its_on_phases(tiny_workload: P
     assert bench.duty() == 0.25
 
 
-def test_a_burst_needs_a_positive_on_phase(tiny_workload: Path) -> None:
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("burst", [[0.0, 10.0], [NAN, 10.0], [10.0, NAN], [INF, 1.0]])
+def test_a_burst_needs_a_positive_on_phase(tiny_workload: Path, burst: list[float]) -> None:
+    """Not a number or infinite phases would silently drop the protected stream (NaN) or make
+    its fair share NaN (inf / inf): refused like a zero ON phase."""
     args = _args(tiny_workload, seconds=10.0)
-    args.burst = [0.0, 10.0]
+    args.burst = burst
     with pytest.raises(SystemExit, match="--burst: ON must be positive"):
         Bench(args)
 

@@ -242,7 +242,7 @@ def test_the_peak_keeps_the_value_in_force_at_the_window_start() -> None:
     assert peak.peak(10.5) == 7  # in force from 0 to 1, inside the window [0.5, 10.5]
     assert peak.peak(11.0) == 2  # ended as the window [1, 11] starts
     peak.record(20.0, 3)
-    assert peak.peak(25.0) == 3 and len(peak.changes) == 2
+    assert peak.peak(25.0) == 3 and len(peak.changes) == 1
 
 
 CONFIG = """
@@ -324,3 +324,52 @@ def test_the_bench_configs_load_with_the_plugin_as_filter_and_scorer(
     assert sum(weight for _, weight in profile.scorers[1:]) < 10.0
     params = config.plugins["demand-sized-reservation"].params
     assert {key: getattr(params, key) for key in selector} == selector
+
+
+def test_the_peak_keeps_no_history_a_higher_later_value_covers() -> None:
+    """Every protected request's routing reads the peak: a window holding thousands of changes
+    (requests starting and ending) must not be scanned whole each time."""
+    peak = DemandPeak(10.0)
+    for step in range(10_000):
+        peak.record(step * 1e-4, 5 + step % 2)  # in flight going 5, 6, 5, 6, ... within the window
+    assert peak.peak(1.0) == 6
+    assert len(peak.changes) <= 2
+    for step in range(5):
+        peak.record(2.0 + step, 4 - step)  # falling: each value stays until the window passes it
+    assert [peak.peak(t) for t in (11.9, 12.5, 13.5, 14.5, 15.5, 16.5)] == [6, 4, 3, 2, 1, 0]
+
+
+@pytest.mark.parametrize(("pods", "fraction"), [(1, 0.75), (2, 0.4), (3, 0.25)])
+def test_a_cap_below_one_pod_reserves_none(pods: int, fraction: float) -> None:
+    """maxPodsFraction below 1 keeps the rest of the pool open to the others: a pool too small for
+    even one reserved pod under the cap (one pod at 0.75) must not be handed whole to the class,
+    or every other request would be refused while it is active."""
+    clock, pool = FakeClock(0.0), endpoints(pods)
+    res = reservation(clock, maxPodsFraction=fraction)
+    route(res, prioritised(1), pool)
+    assert res.reserved == set()
+    assert res.filter(prioritised(-1), list(pool)) == pool
+
+
+def test_a_pool_shrunk_under_the_cap_gives_pods_back_without_waiting_for_idle() -> None:
+    clock, pool = FakeClock(0.0), endpoints(4)
+    res = reservation(clock, maxPodsFraction=0.5)
+    flights = [(req, route(res, req, pool)) for req in (prioritised(1) for _ in range(8))]
+    assert len(res.reserved) == 2
+    clock.now = 10.0  # the pool down to one pod (a rollout) while the class is still active
+    res.filter(prioritised(1), pool[:1])
+    assert len(res.reserved) == 1 and res.released == 0  # shrinks as capped, not released as idle
+    for req, result in flights:
+        finish(res, req, result)
+
+
+@pytest.mark.parametrize("overrides", [{"requestsPerPod": 1e-320}, {"headroom": 1e308}])
+def test_extreme_sizing_parameters_reserve_the_cap_instead_of_failing(overrides: dict[str, float]) -> None:
+    """A demand that overflows to infinity (a tiny requestsPerPod, a huge headroom) asks for the
+    cap: ceil(inf) raising OverflowError would fail every request the filter sees."""
+    clock, pool = FakeClock(0.0), endpoints(4)
+    res = reservation(clock, **overrides)
+    for _ in range(2):
+        route(res, prioritised(1), pool)
+    assert len(res.reserved) == 3
+    assert len(res.filter(prioritised(-1), list(pool))) == 1
