@@ -558,9 +558,7 @@ class Engine:
         stats.busy_seconds += duration
         stats.itl.observe(duration, n)
         stats.generation_tokens += n
-        outcome = StepOutcome(now, duration, n, 0, n, running)
-        outcome.gaps = [end - now] * n
-        return outcome
+        return StepOutcome(now, duration, n, 0, n, running, [], [end - now] * n, [], [])
 
     def _schedule_running(self, batch: _Batch, outcome: StepOutcome) -> None:
         """Running requests in admission order, one decode token or the next prefill chunk each,
