@@ -125,7 +125,7 @@ class PDVirtualRun(VirtualRun):
         if legs:  # a prefill leg's single token never reaches the client
             outcome = replace(
                 outcome,
-                emitted=[s for s in outcome.emitted if not isinstance(s, _PrefillLeg)],
+                first_tokens=[s for s in outcome.first_tokens if not isinstance(s, _PrefillLeg)],
                 finished=[s for s in outcome.finished if not isinstance(s, _PrefillLeg)],
             )
         super().deliver(outcome, now)

@@ -147,10 +147,10 @@ class _FixedPoolDirector(Director):
 
 
 class EngineSequence(Request):
-    """The engine's request plus where its record is and when its last token came out: carried on
-    the sequence itself, so the per-token path needs no lookup."""
+    """The engine's request plus where its record is: carried on the sequence itself, so the
+    per-token path needs no lookup."""
 
-    __slots__ = ("last_token", "record", "routed")
+    __slots__ = ("record", "routed")
 
     def __init__(
         self, token_ids: list[int], max_output: int, now: float, record: RequestRecord, priority: int = 0
@@ -158,7 +158,6 @@ class EngineSequence(Request):
         super().__init__(str(record.index), token_ids, max_output, now, priority=priority)
         self.record = record
         self.routed: RoutedRequest | None = None
-        self.last_token = 0.0
 
 
 class _Server:
@@ -478,7 +477,7 @@ class VirtualRun:
         outcome = engine.step(now)
         if self.sinks:
             events = engine.drain_kv_events()  # published as the step starts, as epp sim does
-            if not server.leaving:  # the EPP's reader drops events of a pod outside the pool
+            if events and not server.leaving:  # the EPP's reader drops events of a pod outside the pool
                 for sink in self.sinks:
                     sink.apply_kv_events(server.pod, events, self.cluster.model)
         if outcome.batch_size:
@@ -497,16 +496,13 @@ class VirtualRun:
             self._push(max(timer, now), self._step, payload)
 
     def deliver(self, outcome: StepOutcome, now: float) -> None:
-        """The step ended: hand out its tokens and finish its completed requests."""
-        gap = self.itl.append
-        emitted: list[EngineSequence] = outcome.emitted  # type: ignore[assignment]
-        for sequence in emitted:
-            if sequence.output_done == 1:
-                sequence.record.first_token = now
-                self.first_chunk(sequence)
-            else:
-                gap(now - sequence.last_token)
-            sequence.last_token = now
+        """The step ended (``now`` is its end): hand out its tokens and finish its completed
+        requests. The inter-token gaps are the engine's, so a decode step touches no sequence."""
+        self.itl.extend(outcome.gaps)
+        first: list[EngineSequence] = outcome.first_tokens  # type: ignore[assignment]
+        for sequence in first:
+            sequence.record.first_token = now
+            self.first_chunk(sequence)
         finished: list[EngineSequence] = outcome.finished  # type: ignore[assignment]
         for sequence in finished:
             record = sequence.record
@@ -535,6 +531,7 @@ class VirtualRun:
             self.cluster.model,
             record_kv_events=bool(self.sinks),
             scheduling_policy=self.cluster.scheduling_policy,
+            lazy_counters=True,  # only first tokens and finished requests are read
         )
         return _Server(engine, endpoint_spec(self.cluster, pod), pod)
 

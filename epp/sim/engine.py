@@ -156,7 +156,10 @@ class Request:
 @dataclass(slots=True)
 class StepOutcome:
     """One scheduled step: its duration and what it produced by its end (``start + duration``).
-    ``emitted`` got one new token each; ``finished`` ended (reason in ``finish_reason``)."""
+    ``emitted`` got one new token each (do not modify it: a decode-only step may hand out the
+    engine's own running list); of them, ``first_tokens`` got their first, and ``gaps`` holds the
+    others' inter-token gaps (``end`` less their previous token's end), in ``emitted`` order.
+    ``finished`` ended (reason in ``finish_reason``)."""
 
     start: float
     duration: float = 0.0
@@ -164,6 +167,8 @@ class StepOutcome:
     prefill_tokens: int = 0
     decode_seqs: int = 0
     emitted: list[Request] = field(default_factory=list)
+    first_tokens: list[Request] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)
     finished: list[Request] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
 
@@ -324,8 +329,14 @@ class Engine:
         lease_seconds: float = 30.0,
         record_kv_events: bool = False,
         scheduling_policy: str = "fcfs",
+        lazy_counters: bool = False,
     ) -> None:
-        """``scheduling_policy``: vLLM's ``--scheduling-policy`` (see the module docstring)."""
+        """``scheduling_policy``: vLLM's ``--scheduling-policy`` (see the module docstring).
+        ``lazy_counters``: step a batch of steady decoders without touching its requests (see
+        ``_decode_step``); their ``output_done``, ``free_slots``, ``last_token_at`` and
+        ``computed`` are then stale between steps, except for requests in the outcome's
+        ``first_tokens`` and ``finished``, until ``sync_counters()``. For a caller that reads
+        only those (the virtual-time benchmark), not one streaming running requests' tokens."""
         if scheduling_policy not in SCHEDULING_POLICIES:
             raise ValueError(
                 f"unknown scheduling policy {scheduling_policy!r}; known: {', '.join(SCHEDULING_POLICIES)}"
@@ -346,6 +357,15 @@ class Engine:
         self._leases: dict[str, _Lease] = {}
         # sum of ``computed`` over _running, so pricing a step's decode context reads no request
         self._running_context = 0
+        self.lazy_counters = lazy_counters
+        # A cohort: every running request is a steady decoder whose counters were last written
+        # ``_ticks`` steps ago (see ``_decode_step``).
+        self._cohort = False
+        self._ticks = 0
+        self._last_end = 0.0
+        self._finish_tick = 0
+        self._next_block_tick = 0
+        self._block_due: list[tuple[int, int, Request]] = []  # (tick, position, request) heap
 
     # ----- read-only state -------------------------------------------------------------------
 
@@ -413,6 +433,7 @@ class Engine:
 
     def abort(self, request: Request) -> None:
         """Drop ``request`` wherever it is (client went away) and free its blocks."""
+        self.sync_counters()
         if request.state is State.DONE:
             return
         if request.state is State.RUNNING:
@@ -457,6 +478,18 @@ class Engine:
     def step(self, now: float) -> StepOutcome:
         """Schedule and run one step starting at ``now``. ``batch_size == 0`` means nothing could
         run (idle; wait for new input or ``next_timer()``)."""
+        if self._cohort:
+            if (
+                now == self._last_end
+                and self._ticks < self._finish_tick
+                and not self._leases
+                and not self._transferring
+                and not (self._waiting and len(self._running) < self.profile.max_num_seqs)
+            ):
+                outcome = self._decode_step(now)
+                if outcome is not None:
+                    return outcome
+            self.sync_counters()
         if self._leases:
             self._expire_leases(now)
         if self._transferring:
@@ -478,6 +511,76 @@ class Engine:
         if batch.requests:
             self._run(batch, outcome)
         return outcome
+
+    def sync_counters(self) -> None:
+        """End the cohort, if any: write each running request's counters as of the last step."""
+        if not self._cohort:
+            return
+        self._cohort = False
+        self._block_due.clear()
+        ticks = self._ticks
+        if not ticks:
+            return
+        end = self._last_end
+        for request in self._running:
+            request.output_done += ticks
+            request.free_slots -= ticks
+            request.last_token_at = end
+        self._running = list(self._running)  # step outcomes hold the old one as ``emitted``
+
+    def _start_cohort(self, end: float) -> None:
+        """After a step in which every running request emitted a token: they all decode one token
+        a step from now on, until one finishes, runs out of blocks or another is admitted. Which
+        request needs a block when is worked out only if the cohort lasts until the first does."""
+        first_block = finish = self.profile.max_model_len
+        for request in self._running:
+            if request.free_slots < first_block:
+                first_block = request.free_slots
+            left = request.max_output - request.output_done
+            if left < finish:
+                finish = left
+        self._cohort = True
+        self._ticks = 0
+        self._last_end = end
+        self._next_block_tick = first_block  # at that tick some request needs a block
+        self._finish_tick = finish - 1  # at that tick some request emits its last token
+
+    def _decode_step(self, now: float) -> StepOutcome | None:
+        """A step of the cohort, from the engine's counters: each request's own are advanced
+        when the cohort ends (``sync_counters``), and read only for the requests needing a block
+        now, the same in number and order as ``_schedule_running`` would allocate them. None if
+        blocks are short (the step preempts: the general path takes it)."""
+        ticks = self._ticks
+        running = self._running
+        if ticks == self._next_block_tick:
+            due = self._block_due
+            if not due:  # the requests' ticks of need, relative to the cohort's start
+                due.extend((r.free_slots, position, r) for position, r in enumerate(running))
+                heapq.heapify(due)
+            needing = []
+            while due and due[0][0] == ticks:
+                needing.append(heapq.heappop(due))
+            if len(needing) > self.pool.num_free():
+                return None
+            bs = self.block_size
+            for _, position, request in needing:  # in running order, as the step would
+                self.pool.allocate(request.table, 1)
+                request.free_slots += bs
+                heapq.heappush(due, (ticks + bs, position, request))
+            self._next_block_tick = due[0][0]
+        n = len(running)
+        context = self._running_context + n
+        duration = self.profile.step_seconds(n, context, 0, 0)
+        end = now + duration
+        self._running_context = context
+        self._ticks = ticks + 1
+        self._last_end = end
+        stats = self.stats
+        stats.steps += 1
+        stats.busy_seconds += duration
+        stats.itl.observe(duration, n)
+        stats.generation_tokens += n
+        return StepOutcome(now, duration, n, 0, n, running, [], [end - now] * n, [], [])
 
     def _schedule_running(self, batch: _Batch, outcome: StepOutcome) -> None:
         """Running requests in admission order, one decode token or the next prefill chunk each,
@@ -694,6 +797,8 @@ class Engine:
         self._running_context += self.profile.max_num_batched_tokens - batch.budget
         emitted = outcome.emitted
         emit = emitted.append
+        gap = outcome.gaps.append
+        steady_gap = end - start
         steady = 0  # decoding sequences whose previous token came at the end of the previous step
         for request in scheduled:
             n = request.step_tokens
@@ -705,10 +810,12 @@ class Engine:
                 continue
             output_done = request.output_done
             if output_done == 0:
-                self._first_output(request, end)
+                self._first_output(request, end, outcome)
             elif request.last_token_at == start:
                 steady += 1
+                gap(steady_gap)
             else:
+                gap(end - request.last_token_at)
                 stats.itl.observe(end - request.last_token_at)
             if request.max_output:
                 output_done = request.output_done = output_done + 1
@@ -720,8 +827,11 @@ class Engine:
         if steady:
             stats.itl.observe(duration, steady)
         stats.generation_tokens += len(emitted)
+        every_running_emitted = len(emitted) == len(scheduled) == len(self._running)
         if outcome.finished:
             self._running = [r for r in self._running if r.state is State.RUNNING]
+        if every_running_emitted and self.lazy_counters and self._running:
+            self._start_cohort(end)
 
     def _cache_full_blocks(self, request: Request) -> None:
         """Promote the request's newly completed full prompt blocks into the prefix cache, and
@@ -750,7 +860,7 @@ class Engine:
             request.lora,
         )
 
-    def _first_output(self, request: Request, end: float) -> None:
+    def _first_output(self, request: Request, end: float, outcome: StepOutcome) -> None:
         """Prefill done: count the prompt, and the first token's latency if one is generated."""
         stats = self.stats
         stats.prompt_tokens += request.prompt_len
@@ -758,6 +868,7 @@ class Engine:
         if request.max_output:
             request.first_token_at = end
             stats.ttft.observe(end - request.arrival)
+            outcome.first_tokens.append(request)
 
     def _finish(self, request: Request, end: float, outcome: StepOutcome) -> None:
         self._lora_stopped(request)

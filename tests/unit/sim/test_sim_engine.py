@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import pytest
 
 from epp.kvevents import BlockRemoved, BlockStored
 from epp.sim.engine import Engine, PriorityQueue, Rejection, Request, State, StepOutcome
+from epp.sim.histogram import Histogram
 from epp.sim.profiles import Profile
 
 ProfileFactory = Callable[..., Profile]
@@ -373,3 +375,43 @@ def test_priority_preemption_takes_a_request_already_scheduled_in_the_step(
     assert (outcome.batch_size, outcome.decode_seqs) == (1, 1)  # `high` decodes alone
     assert low.state is State.WAITING and low.computed == 0 and low.output_done == 17
     assert high.state is State.RUNNING and high.output_done == 17
+
+
+def lazy_and_eager_steps(
+    run: RunFn, profile: Profile, requests: Callable[[], list[Request]]
+) -> list[list[object]]:
+    """Run the same requests through an eager engine and a ``lazy_counters`` one; assert every
+    step, the KV events and the finished requests' counters agree, and return the steps."""
+    traces = []
+    for lazy in (False, True):
+        engine = Engine(profile, "m", record_kv_events=True, lazy_counters=lazy)
+        batch = requests()
+        for r in batch:
+            assert engine.add(r) is None
+        steps: list[list[object]] = []
+        for s in run(engine):
+            ids = [[r.id for r in group] for group in (s.emitted, s.first_tokens, s.finished, s.preempted)]
+            steps.append([s.start, s.duration, s.gaps, *ids])
+        stats = [getattr(engine.stats, f.name) for f in dataclasses.fields(engine.stats)]
+        stats = [[s.counts, s.total, s.count] if isinstance(s, Histogram) else s for s in stats]
+        steps.append([engine.drain_kv_events(), stats])
+        steps.append([(r.output_done, r.first_token_at, r.finished_at, r.free_slots) for r in batch])
+        traces.append(steps)
+    assert traces[0] == traces[1]
+    return traces[1]
+
+
+def test_lazy_counters_allocate_a_lone_decoders_blocks(profile_factory: ProfileFactory, run: RunFn) -> None:
+    """A cohort of one request crossing block boundaries: each block at the step it is needed."""
+    steps = lazy_and_eager_steps(run, profile_factory(), lambda: [req("a", tokens(20), out=70)])
+    assert len(steps) == 70 + 2
+
+
+def test_lazy_counters_give_way_to_preemption(profile_factory: ProfileFactory, run: RunFn) -> None:
+    """Decoders that run out of blocks together: the step that preempts is the general one."""
+    steps = lazy_and_eager_steps(
+        run,
+        profile_factory(num_gpu_blocks=12),
+        lambda: [req(f"r{i}", tokens(30, 1000 * i), out=60) for i in range(3)],
+    )
+    assert any(step[6] for step in steps[:-2])  # something was preempted

@@ -21,15 +21,29 @@ from epp.sim.profiles import TINY_TEST
 
 
 def trace(
-    seed: int, check: Callable[[Engine], None] = lambda engine: None, policy: str = "fcfs"
+    seed: int,
+    check: Callable[[Engine], None] = lambda engine: None,
+    lazy: bool = False,
+    record: Callable[[Engine, StepOutcome], list[Any]] | None = None,
+    policy: str = "fcfs",
 ) -> list[Any]:
-    """Drive an engine with random arrivals and aborts; ``check`` runs after every step. Under
-    the priority policy each request draws a priority too."""
+    """Drive an engine with random arrivals and aborts; ``check`` runs after every step.
+    ``lazy``: the engine's ``lazy_counters``, which must not change a thing the trace records.
+    ``record``: what to trace of each step (``outcome_record`` by default). Under the priority
+    ``policy`` each request draws a priority too."""
+    record = record or outcome_record
     rng = random.Random(seed)
     profile = (
         TINY_TEST if seed % 2 == 0 else dataclasses.replace(TINY_TEST, num_gpu_blocks=64, max_num_seqs=16)
     )
-    engine = Engine(profile, "m", record_kv_events=True, lease_seconds=0.05, scheduling_policy=policy)
+    engine = Engine(
+        profile,
+        "m",
+        record_kv_events=True,
+        lease_seconds=0.05,
+        scheduling_policy=policy,
+        lazy_counters=lazy,
+    )
     prefixes = [[rng.randrange(1000) for _ in range(rng.randrange(10, 120))] for _ in range(5)]
     live: list[Request] = []
     out: list[Any] = []
@@ -59,7 +73,7 @@ def trace(
             out.extend(["release", r.id, engine.release_lease(r.id)] for r in live if r.lease_key)
         step = engine.step(now)
         check(engine)
-        out.append(outcome_record(engine, step))
+        out.append(record(engine, step))
         if step.batch_size:
             now = step.end
         else:
@@ -92,31 +106,88 @@ def outcome_record(engine: Engine, step: StepOutcome) -> list[Any]:
     ]
 
 
-def digest(seed: int, policy: str = "fcfs") -> str:
-    return hashlib.sha256(json.dumps(trace(seed, policy=policy)).encode()).hexdigest()[:16]
+def tokens_record(engine: Engine, step: StepOutcome) -> list[Any]:
+    """``outcome_record`` and what the step's tokens tell a client (added after the digests)."""
+    first = [r.id for r in step.first_tokens]
+    return [*outcome_record(engine, step), first, [repr(gap) for gap in step.gaps]]
 
 
+def digest(seed: int, lazy: bool = False, policy: str = "fcfs") -> str:
+    return hashlib.sha256(json.dumps(trace(seed, lazy=lazy, policy=policy)).encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("lazy", [False, True])
 @pytest.mark.parametrize(
     ("seed", "expected"),
     [(0, "5e2f689a14545c0b"), (1, "f2899c3f4c7bd98e"), (2, "68212fb138eaaa4a"), (3, "b4535da977f97647")],
 )
-def test_engine_reproduces_its_pinned_trace(seed: int, expected: str) -> None:
-    assert digest(seed) == expected
+def test_engine_reproduces_its_pinned_trace(seed: int, expected: str, lazy: bool) -> None:
+    assert digest(seed, lazy) == expected
 
 
 @pytest.mark.parametrize(
     ("seed", "expected"),
     [(0, "f8a548e100924df8"), (1, "1988399a48d77cd8"), (2, "21dafe9c4f667c7c"), (3, "8c01163fb5ba8c8d")],
 )
-def test_priority_engine_reproduces_its_pinned_trace(seed: int, expected: str) -> None:
+@pytest.mark.parametrize("lazy", [False, True])
+def test_priority_engine_reproduces_its_pinned_trace(seed: int, expected: str, lazy: bool) -> None:
     """The waiting queue ordered by priority, with aborts out of its middle and preemption."""
-    assert digest(seed, "priority") == expected
+    assert digest(seed, lazy, "priority") == expected
 
 
-def test_running_counters_match_the_requests() -> None:
+def test_lazy_counters_step_cohorts_and_sync_to_the_eager_values() -> None:
+    """The traces above go through cohort steps (so the lazy digests test them), and syncing a
+    cohort at any step writes the counters an eager engine has."""
+    cohort_steps = 0
+
+    def check(engine: Engine) -> None:
+        nonlocal cohort_steps
+        cohort_steps += engine._cohort and engine._ticks > 0
+        if engine._ticks % 3 == 2:  # sync some cohorts mid-way, which must change nothing
+            engine.sync_counters()
+
+    for seed in range(4):
+        lazy = trace(seed, check, lazy=True, record=tokens_record)
+        assert json.dumps(lazy) == json.dumps(trace(seed, record=tokens_record))
+    assert cohort_steps > 100
+
+
+@pytest.mark.parametrize("seed", range(4, 24))
+def test_lazy_counters_change_nothing(seed: int) -> None:
+    """More workloads than the pinned ones, eager against lazy (a cohort of one request that
+    needs a block, for one, is not in those)."""
+    lazy = trace(seed, lazy=True, record=tokens_record)
+    assert json.dumps(lazy) == json.dumps(trace(seed, record=tokens_record))
+
+
+def test_gaps_and_first_tokens_account_for_every_emitted_token() -> None:
+    """Each emitted request gets its first token (listed) or an inter-token gap: the time since
+    its previous token's step ended."""
+    last: dict[str, float] = {}
+
+    def record(engine: Engine, step: StepOutcome) -> list[Any]:
+        first = {r.id for r in step.first_tokens}
+        expected = []
+        for r in step.emitted:
+            if r.id not in first:
+                expected.append(step.end - last[r.id])
+            last[r.id] = step.end
+        assert step.gaps == expected
+        assert first <= {r.id for r in step.emitted}
+        return []
+
+    for seed in range(4):
+        for lazy in (False, True):
+            last.clear()
+            trace(seed, lazy=lazy, record=record)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_running_counters_match_the_requests(lazy: bool) -> None:
     """The small counters the step reads instead of the requests' tables and token counts."""
 
     def check(engine: Engine) -> None:
+        engine.sync_counters()
         running = engine._running
         assert engine._running_context == sum(r.computed for r in running)
         for r in running:
@@ -125,4 +196,4 @@ def test_running_counters_match_the_requests() -> None:
             assert r.hashed_blocks == len(r.block_hashes or ())
 
     for seed in range(4):
-        trace(seed, check)
+        trace(seed, check, lazy)
