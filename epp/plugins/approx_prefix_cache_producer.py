@@ -16,9 +16,9 @@ from epp.requests import InferenceRequest
 from epp.scheduling.prefix import (
     PREFIX_MATCH,
     ChainCache,
-    PrefixIndex,
     PrefixMatch,
     model_seed,
+    new_prefix_index,
     prompt_bytes,
 )
 from epp.scheduling.prefix.hashing import block_bytes
@@ -35,7 +35,7 @@ class ApproxPrefixCacheProducer(Plugin, DataProducer, PreRequest, EndpointObserv
     def __init__(self, name: str, params: PrefixIndexParams, context: PluginContext) -> None:
         super().__init__(name, params, context)
         self.params = params
-        self.index = PrefixIndex()
+        self.index = new_prefix_index()
         self._hashes = ChainCache()
         self.route_listeners: list[Callable[[Endpoint, Sequence[int]], None]] = []
         self._block_tokens = params.configured_block_tokens()

@@ -1,0 +1,470 @@
+/* The prefix index's tables in C: which endpoints hold which prompt blocks, and each endpoint's
+ * blocks in least-recently-used order.
+ *
+ * The pure-Python index (`index.py`) spends most of a 64-endpoint decision on cache misses on
+ * per-block Python objects (dict entries, boxed int keys, OrderedDict nodes). Here a block is a
+ * 16-byte record found through an open-addressing table of unboxed 64-bit keys, and each
+ * (block, endpoint) pair is one 24-byte node that is at once in the endpoint's LRU list and in
+ * the block's list of holders, found through a second table keyed by (block, endpoint). Endpoints
+ * are small integer ids the Python wrapper hands out; the semantics are `index.py`'s, operation for
+ * operation (see its docstrings), including the order of `match`'s result. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    uint64_t key;
+    uint32_t value; /* 0 = empty slot */
+    uint32_t unused;
+} Slot;
+
+typedef struct {
+    Slot *slots;
+    size_t mask; /* capacity - 1, capacity a power of two */
+    size_t used;
+} Table;
+
+typedef struct {
+    uint64_t key;
+    uint32_t holders; /* first node of its holder list, or next free block */
+    uint32_t count;   /* endpoints holding it */
+} Block;
+
+typedef struct {
+    uint32_t block, endpoint;
+    uint32_t older, newer;     /* the endpoint's LRU list (0 = none); newer = next free node */
+    uint32_t prev_holder, next_holder;
+} Node;
+
+typedef struct {
+    uint32_t oldest, newest;
+    uint32_t held;
+    uint32_t seen_at; /* match's scratch: walk position + 1 where first seen, 0 = not seen */
+} Owner;
+
+typedef struct {
+    PyObject_HEAD
+    Table blocks_by_key, nodes_by_pair;
+    Block *blocks;
+    size_t blocks_cap, blocks_next, free_block;
+    Node *nodes;
+    size_t nodes_cap, nodes_next, free_node;
+    Owner *owners;
+    size_t owners_cap;
+    size_t live_blocks;
+    uint32_t *counts; /* match's scratch, one per owner */
+} BlockIndex;
+
+static inline uint64_t mix(uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return x;
+}
+
+static int table_init(Table *t, size_t capacity) {
+    t->slots = PyMem_Calloc(capacity, sizeof(Slot));
+    if (t->slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    t->mask = capacity - 1;
+    t->used = 0;
+    return 0;
+}
+
+static inline uint32_t table_get(const Table *t, uint64_t key) {
+    size_t i = mix(key) & t->mask;
+    for (;;) {
+        const Slot *s = &t->slots[i];
+        if (s->value == 0) return 0;
+        if (s->key == key) return s->value;
+        i = (i + 1) & t->mask;
+    }
+}
+
+static void table_place(Table *t, uint64_t key, uint32_t value) {
+    size_t i = mix(key) & t->mask;
+    while (t->slots[i].value != 0) i = (i + 1) & t->mask;
+    t->slots[i].key = key;
+    t->slots[i].value = value;
+}
+
+/* `key` must be absent. Kept at most half full. */
+static int table_put(Table *t, uint64_t key, uint32_t value) {
+    if ((t->used + 1) * 2 > t->mask + 1) {
+        size_t old_cap = t->mask + 1;
+        Slot *old = t->slots;
+        if (table_init(t, old_cap * 2) < 0) {
+            t->slots = old;
+            t->mask = old_cap - 1;
+            return -1;
+        }
+        for (size_t i = 0; i < old_cap; i++) {
+            if (old[i].value != 0) {
+                table_place(t, old[i].key, old[i].value);
+                t->used++;
+            }
+        }
+        PyMem_Free(old);
+    }
+    table_place(t, key, value);
+    t->used++;
+    return 0;
+}
+
+/* Linear probing's backward-shift deletion: no tombstones. `key` must be present. */
+static void table_del(Table *t, uint64_t key) {
+    size_t i = mix(key) & t->mask;
+    while (t->slots[i].key != key || t->slots[i].value == 0) i = (i + 1) & t->mask;
+    size_t hole = i;
+    for (;;) {
+        i = (i + 1) & t->mask;
+        Slot *s = &t->slots[i];
+        if (s->value == 0) break;
+        size_t home = mix(s->key) & t->mask;
+        /* move s into the hole unless its home lies cyclically in (hole, i] */
+        if (((i - home) & t->mask) >= ((i - hole) & t->mask)) {
+            t->slots[hole] = *s;
+            hole = i;
+        }
+    }
+    t->slots[hole].value = 0;
+    t->used--;
+}
+
+static inline uint64_t pair_key(uint32_t block, uint32_t endpoint) {
+    return ((uint64_t)block << 32) | endpoint;
+}
+
+static int grow(void **items, size_t *cap, size_t size, size_t needed) {
+    if (needed < *cap) return 0;
+    size_t new_cap = *cap ? *cap : 1024;
+    while (new_cap <= needed) new_cap *= 2;
+    void *grown = PyMem_Realloc(*items, new_cap * size);
+    if (grown == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memset((char *)grown + *cap * size, 0, (new_cap - *cap) * size);
+    *items = grown;
+    *cap = new_cap;
+    return 0;
+}
+
+static int ensure_owner(BlockIndex *self, Py_ssize_t endpoint) {
+    if (endpoint < 0 || endpoint >= UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "endpoint id out of range");
+        return -1;
+    }
+    size_t cap = self->owners_cap;
+    if (grow((void **)&self->owners, &self->owners_cap, sizeof(Owner), (size_t)endpoint) < 0) return -1;
+    if (self->owners_cap != cap) {
+        size_t grown_cap = cap;
+        if (grow((void **)&self->counts, &grown_cap, sizeof(uint32_t), self->owners_cap - 1) < 0) return -1;
+    }
+    return 0;
+}
+
+/* Hashes as unboxed keys; NULL with an exception set on a non-int or a value outside 64 bits. */
+static uint64_t *unbox(PyObject *hashes, Py_ssize_t *n) {
+    PyObject *seq = PySequence_Fast(hashes, "hashes must be a sequence");
+    if (seq == NULL) return NULL;
+    *n = PySequence_Fast_GET_SIZE(seq);
+    uint64_t *keys = PyMem_Malloc((*n ? *n : 1) * sizeof(uint64_t));
+    if (keys == NULL) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < *n; i++) {
+        keys[i] = PyLong_AsUnsignedLongLong(items[i]);
+        if (keys[i] == (uint64_t)-1 && PyErr_Occurred()) {
+            PyMem_Free(keys);
+            Py_DECREF(seq);
+            return NULL;
+        }
+    }
+    Py_DECREF(seq);
+    return keys;
+}
+
+static void unlink_lru(BlockIndex *self, uint32_t id) {
+    Node *node = &self->nodes[id];
+    Owner *owner = &self->owners[node->endpoint];
+    if (node->older) self->nodes[node->older].newer = node->newer;
+    else owner->oldest = node->newer;
+    if (node->newer) self->nodes[node->newer].older = node->older;
+    else owner->newest = node->older;
+}
+
+static void append_lru(BlockIndex *self, uint32_t id) {
+    Node *node = &self->nodes[id];
+    Owner *owner = &self->owners[node->endpoint];
+    node->older = owner->newest;
+    node->newer = 0;
+    if (owner->newest) self->nodes[owner->newest].newer = id;
+    else owner->oldest = id;
+    owner->newest = id;
+}
+
+/* The (block, endpoint) node, adding the block and the node if new; 0 with an exception set. */
+static uint32_t insert(BlockIndex *self, uint64_t key, uint32_t endpoint) {
+    uint32_t b = table_get(&self->blocks_by_key, key);
+    if (b == 0) {
+        if (self->free_block) {
+            b = (uint32_t)self->free_block;
+            self->free_block = self->blocks[b].holders;
+        } else {
+            if (self->blocks_next >= UINT32_MAX - 1 ||
+                grow((void **)&self->blocks, &self->blocks_cap, sizeof(Block), self->blocks_next + 1) < 0) {
+                if (!PyErr_Occurred()) PyErr_NoMemory();
+                return 0;
+            }
+            b = (uint32_t)++self->blocks_next;
+        }
+        self->blocks[b] = (Block){key, 0, 0};
+        if (table_put(&self->blocks_by_key, key, b) < 0) return 0;
+        self->live_blocks++;
+    }
+    uint32_t id;
+    if (self->free_node) {
+        id = (uint32_t)self->free_node;
+        self->free_node = self->nodes[id].newer;
+    } else {
+        if (self->nodes_next >= UINT32_MAX - 1 ||
+            grow((void **)&self->nodes, &self->nodes_cap, sizeof(Node), self->nodes_next + 1) < 0) {
+            if (!PyErr_Occurred()) PyErr_NoMemory();
+            return 0;
+        }
+        id = (uint32_t)++self->nodes_next;
+    }
+    if (table_put(&self->nodes_by_pair, pair_key(b, endpoint), id) < 0) return 0;
+    Block *block = &self->blocks[b];
+    self->nodes[id] = (Node){b, endpoint, 0, 0, 0, block->holders};
+    if (block->holders) self->nodes[block->holders].prev_holder = id;
+    block->holders = id;
+    block->count++;
+    append_lru(self, id);
+    self->owners[endpoint].held++;
+    return id;
+}
+
+static void evict_oldest(BlockIndex *self, uint32_t endpoint) {
+    uint32_t id = self->owners[endpoint].oldest;
+    Node *node = &self->nodes[id];
+    uint32_t b = node->block;
+    Block *block = &self->blocks[b];
+    unlink_lru(self, id);
+    if (node->prev_holder) self->nodes[node->prev_holder].next_holder = node->next_holder;
+    else block->holders = node->next_holder;
+    if (node->next_holder) self->nodes[node->next_holder].prev_holder = node->prev_holder;
+    table_del(&self->nodes_by_pair, pair_key(b, endpoint));
+    node->newer = (uint32_t)self->free_node;
+    self->free_node = id;
+    self->owners[endpoint].held--;
+    if (--block->count == 0) {
+        table_del(&self->blocks_by_key, block->key);
+        block->holders = (uint32_t)self->free_block;
+        self->free_block = b;
+        self->live_blocks--;
+    }
+}
+
+static PyObject *BlockIndex_add(BlockIndex *self, PyObject *args) {
+    Py_ssize_t endpoint, capacity;
+    PyObject *hashes;
+    if (!PyArg_ParseTuple(args, "nOn", &endpoint, &hashes, &capacity)) return NULL;
+    if (ensure_owner(self, endpoint) < 0) return NULL;
+    Py_ssize_t n;
+    uint64_t *keys = unbox(hashes, &n);
+    if (keys == NULL) return NULL;
+    uint32_t e = (uint32_t)endpoint;
+    char *is_new = PyMem_Malloc(n ? n : 1);
+    if (is_new == NULL) {
+        PyMem_Free(keys);
+        return PyErr_NoMemory();
+    }
+    /* Held blocks are refreshed first, in prompt order; the new ones appended after. */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint32_t b = table_get(&self->blocks_by_key, keys[i]);
+        uint32_t id = b ? table_get(&self->nodes_by_pair, pair_key(b, e)) : 0;
+        is_new[i] = id == 0;
+        if (id) {
+            unlink_lru(self, id);
+            append_lru(self, id);
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!is_new[i]) continue;
+        uint32_t b = table_get(&self->blocks_by_key, keys[i]);
+        if (b && table_get(&self->nodes_by_pair, pair_key(b, e))) continue; /* listed twice */
+        if (insert(self, keys[i], e) == 0) {
+            PyMem_Free(is_new);
+            PyMem_Free(keys);
+            return NULL;
+        }
+    }
+    PyMem_Free(is_new);
+    PyMem_Free(keys);
+    size_t limit = capacity > 1 ? (size_t)capacity : 1;
+    while (self->owners[e].held > limit) evict_oldest(self, e);
+    Py_RETURN_NONE;
+}
+
+static const Owner *sort_owners; /* qsort's context (the GIL is held) */
+
+static int by_first_seen(const void *a, const void *b) {
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    if (sort_owners[x].seen_at != sort_owners[y].seen_at) return sort_owners[x].seen_at < sort_owners[y].seen_at ? -1 : 1;
+    return x < y ? -1 : x > y;
+}
+
+static PyObject *BlockIndex_match(BlockIndex *self, PyObject *args) {
+    PyObject *hashes, *owners;
+    if (!PyArg_ParseTuple(args, "OO!", &hashes, &PyList_Type, &owners)) return NULL;
+    Py_ssize_t n;
+    uint64_t *keys = unbox(hashes, &n);
+    if (keys == NULL) return NULL;
+    uint32_t *seen = PyMem_Malloc((self->owners_cap ? self->owners_cap : 1) * sizeof(uint32_t));
+    if (seen == NULL) {
+        PyMem_Free(keys);
+        return PyErr_NoMemory();
+    }
+    size_t found = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint32_t b = table_get(&self->blocks_by_key, keys[i]);
+        if (b == 0) break;
+        for (uint32_t id = self->blocks[b].holders; id; id = self->nodes[id].next_holder) {
+            uint32_t e = self->nodes[id].endpoint;
+            if (self->counts[e]++ == 0) {
+                self->owners[e].seen_at = (uint32_t)i + 1;
+                seen[found++] = e;
+            }
+        }
+    }
+    PyMem_Free(keys);
+    /* Result order as index.py's: by the first block holding the endpoint, then by id. */
+    sort_owners = self->owners;
+    qsort(seen, found, sizeof(uint32_t), by_first_seen);
+    PyObject *result = PyDict_New();
+    for (size_t j = 0; j < found; j++) {
+        uint32_t e = seen[j];
+        if (result != NULL) {
+            PyObject *count = PyLong_FromUnsignedLong(self->counts[e]);
+            PyObject *owner = (Py_ssize_t)e < PyList_GET_SIZE(owners) ? PyList_GET_ITEM(owners, e) : NULL;
+            if (owner == NULL) PyErr_SetString(PyExc_IndexError, "an endpoint id without an owner");
+            if (count == NULL || owner == NULL || PyDict_SetItem(result, owner, count) < 0) Py_CLEAR(result);
+            Py_XDECREF(count);
+        }
+        self->counts[e] = 0;
+        self->owners[e].seen_at = 0;
+    }
+    PyMem_Free(seen);
+    return result;
+}
+
+static PyObject *BlockIndex_remove(BlockIndex *self, PyObject *arg) {
+    Py_ssize_t endpoint = PyLong_AsSsize_t(arg);
+    if (endpoint == -1 && PyErr_Occurred()) return NULL;
+    if (endpoint >= 0 && (size_t)endpoint < self->owners_cap) {
+        while (self->owners[endpoint].held) evict_oldest(self, (uint32_t)endpoint);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *BlockIndex_held(BlockIndex *self, PyObject *arg) {
+    Py_ssize_t endpoint = PyLong_AsSsize_t(arg);
+    if (endpoint == -1 && PyErr_Occurred()) return NULL;
+    size_t held = endpoint >= 0 && (size_t)endpoint < self->owners_cap ? self->owners[endpoint].held : 0;
+    return PyLong_FromSize_t(held);
+}
+
+static PyObject *BlockIndex_size(BlockIndex *self, PyObject *Py_UNUSED(ignored)) {
+    return PyLong_FromSize_t(self->live_blocks);
+}
+
+static PyObject *BlockIndex_lru(BlockIndex *self, PyObject *arg) {
+    Py_ssize_t endpoint = PyLong_AsSsize_t(arg);
+    if (endpoint == -1 && PyErr_Occurred()) return NULL;
+    PyObject *blocks = PyList_New(0);
+    if (blocks == NULL || endpoint < 0 || (size_t)endpoint >= self->owners_cap) return blocks;
+    for (uint32_t id = self->owners[endpoint].oldest; id; id = self->nodes[id].newer) {
+        PyObject *key = PyLong_FromUnsignedLongLong(self->blocks[self->nodes[id].block].key);
+        if (key == NULL || PyList_Append(blocks, key) < 0) {
+            Py_XDECREF(key);
+            Py_DECREF(blocks);
+            return NULL;
+        }
+        Py_DECREF(key);
+    }
+    return blocks;
+}
+
+static int BlockIndex_init(BlockIndex *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "", kwlist)) return -1;
+    if (self->blocks_by_key.slots != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "BlockIndex is initialised once");
+        return -1;
+    }
+    if (table_init(&self->blocks_by_key, 1024) < 0 || table_init(&self->nodes_by_pair, 1024) < 0) return -1;
+    return 0;
+}
+
+static void BlockIndex_dealloc(BlockIndex *self) {
+    PyMem_Free(self->blocks_by_key.slots);
+    PyMem_Free(self->nodes_by_pair.slots);
+    PyMem_Free(self->blocks);
+    PyMem_Free(self->nodes);
+    PyMem_Free(self->owners);
+    PyMem_Free(self->counts);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef BlockIndex_methods[] = {
+    {"add", (PyCFunction)BlockIndex_add, METH_VARARGS,
+     "add(endpoint_id, hashes, capacity): refresh held blocks, append new ones, evict beyond capacity"},
+    {"match", (PyCFunction)BlockIndex_match, METH_VARARGS,
+     "match(hashes, owners): {owners[id]: matched blocks}, walking until a block nobody holds"},
+    {"remove", (PyCFunction)BlockIndex_remove, METH_O, "remove(endpoint_id): forget what it holds"},
+    {"held", (PyCFunction)BlockIndex_held, METH_O, "held(endpoint_id): blocks it holds"},
+    {"lru", (PyCFunction)BlockIndex_lru, METH_O, "lru(endpoint_id): its blocks, least recently used first"},
+    {"size", (PyCFunction)BlockIndex_size, METH_NOARGS, "distinct blocks held by anyone"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject BlockIndexType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "epp.scheduling.prefix._blockindex.BlockIndex",
+    .tp_basicsize = sizeof(BlockIndex),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Prefix index tables: blocks by 64-bit key, per-endpoint LRU lists, holder lists.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)BlockIndex_init,
+    .tp_dealloc = (destructor)BlockIndex_dealloc,
+    .tp_methods = BlockIndex_methods,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_blockindex", "The prefix index's tables in C.", -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__blockindex(void) {
+    if (PyType_Ready(&BlockIndexType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    Py_INCREF(&BlockIndexType);
+    if (PyModule_AddObject(m, "BlockIndex", (PyObject *)&BlockIndexType) < 0) {
+        Py_DECREF(&BlockIndexType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
