@@ -58,6 +58,12 @@ typedef struct {
     uint32_t *counts; /* match's scratch, one per owner */
 } BlockIndex;
 
+#if defined(__GNUC__) || defined(__clang__)
+#define PREFETCH(address) __builtin_prefetch(address)
+#else
+#define PREFETCH(address) ((void)(address))
+#endif
+
 static inline uint64_t mix(uint64_t x) {
     x ^= x >> 33;
     x *= 0xff51afd7ed558ccdULL;
@@ -277,6 +283,29 @@ static void evict_oldest(BlockIndex *self, uint32_t endpoint) {
     }
 }
 
+/* Evict the endpoint's oldest blocks beyond `limit`. The victims' records are fetched for all of
+ * them before the first is unlinked, so their cache misses overlap instead of following each
+ * other. */
+static void evict(BlockIndex *self, uint32_t e, size_t limit) {
+    Owner *owner = &self->owners[e];
+    if (owner->held <= limit) return;
+    size_t excess = owner->held - limit;
+    uint32_t id = owner->oldest;
+    for (size_t k = 0; k < excess; k++, id = self->nodes[id].newer) {
+        const Node *node = &self->nodes[id];
+        PREFETCH(&self->blocks[node->block]);
+        PREFETCH(&self->nodes_by_pair.slots[mix(pair_key(node->block, e)) & self->nodes_by_pair.mask]);
+        PREFETCH(&self->nodes[node->prev_holder]);
+        PREFETCH(&self->nodes[node->next_holder]);
+    }
+    id = owner->oldest;
+    for (size_t k = 0; k < excess; k++, id = self->nodes[id].newer) {
+        uint64_t key = self->blocks[self->nodes[id].block].key;
+        PREFETCH(&self->blocks_by_key.slots[mix(key) & self->blocks_by_key.mask]);
+    }
+    while (owner->held > limit) evict_oldest(self, e);
+}
+
 static PyObject *BlockIndex_add(BlockIndex *self, PyObject *args) {
     Py_ssize_t endpoint, capacity;
     PyObject *hashes;
@@ -286,35 +315,47 @@ static PyObject *BlockIndex_add(BlockIndex *self, PyObject *args) {
     uint64_t *keys = unbox(hashes, &n);
     if (keys == NULL) return NULL;
     uint32_t e = (uint32_t)endpoint;
-    char *is_new = PyMem_Malloc(n ? n : 1);
-    if (is_new == NULL) {
+    uint32_t *held = PyMem_Malloc((n ? n : 1) * sizeof(uint32_t)); /* node id, 0 = not held */
+    if (held == NULL) {
         PyMem_Free(keys);
         return PyErr_NoMemory();
     }
+    /* Lookups in stages, each prefetching what the next reads, so misses overlap. */
+    for (Py_ssize_t i = 0; i < n; i++) PREFETCH(&self->blocks_by_key.slots[mix(keys[i]) & self->blocks_by_key.mask]);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        held[i] = table_get(&self->blocks_by_key, keys[i]);
+        if (held[i]) PREFETCH(&self->nodes_by_pair.slots[mix(pair_key(held[i], e)) & self->nodes_by_pair.mask]);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (held[i]) held[i] = table_get(&self->nodes_by_pair, pair_key(held[i], e));
+        if (held[i]) PREFETCH(&self->nodes[held[i]]);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (held[i]) {
+            PREFETCH(&self->nodes[self->nodes[held[i]].older]);
+            PREFETCH(&self->nodes[self->nodes[held[i]].newer]);
+        }
+    }
     /* Held blocks are refreshed first, in prompt order; the new ones appended after. */
     for (Py_ssize_t i = 0; i < n; i++) {
-        uint32_t b = table_get(&self->blocks_by_key, keys[i]);
-        uint32_t id = b ? table_get(&self->nodes_by_pair, pair_key(b, e)) : 0;
-        is_new[i] = id == 0;
-        if (id) {
-            unlink_lru(self, id);
-            append_lru(self, id);
+        if (held[i]) {
+            unlink_lru(self, held[i]);
+            append_lru(self, held[i]);
         }
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (!is_new[i]) continue;
+        if (held[i]) continue;
         uint32_t b = table_get(&self->blocks_by_key, keys[i]);
         if (b && table_get(&self->nodes_by_pair, pair_key(b, e))) continue; /* listed twice */
         if (insert(self, keys[i], e) == 0) {
-            PyMem_Free(is_new);
+            PyMem_Free(held);
             PyMem_Free(keys);
             return NULL;
         }
     }
-    PyMem_Free(is_new);
+    PyMem_Free(held);
     PyMem_Free(keys);
-    size_t limit = capacity > 1 ? (size_t)capacity : 1;
-    while (self->owners[e].held > limit) evict_oldest(self, e);
+    evict(self, e, capacity > 1 ? (size_t)capacity : 1);
     Py_RETURN_NONE;
 }
 
@@ -338,6 +379,7 @@ static PyObject *BlockIndex_match(BlockIndex *self, PyObject *args) {
         return PyErr_NoMemory();
     }
     size_t found = 0;
+    for (Py_ssize_t i = 0; i < n; i++) PREFETCH(&self->blocks_by_key.slots[mix(keys[i]) & self->blocks_by_key.mask]);
     for (Py_ssize_t i = 0; i < n; i++) {
         uint32_t b = table_get(&self->blocks_by_key, keys[i]);
         if (b == 0) break;
