@@ -283,6 +283,11 @@ static void evict_oldest(BlockIndex *self, uint32_t endpoint) {
     }
 }
 
+static int by_value(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 /* Evict the endpoint's oldest blocks beyond `limit`. The victims' records are fetched for all of
  * them before the first is unlinked, so their cache misses overlap instead of following each
  * other. */
@@ -316,7 +321,10 @@ static PyObject *BlockIndex_add(BlockIndex *self, PyObject *args) {
     if (keys == NULL) return NULL;
     uint32_t e = (uint32_t)endpoint;
     uint32_t *held = PyMem_Malloc((n ? n : 1) * sizeof(uint32_t)); /* node id, 0 = not held */
-    if (held == NULL) {
+    uint64_t *fresh = PyMem_Malloc((n ? n : 1) * sizeof(uint64_t));   /* the keys not held */
+    if (held == NULL || fresh == NULL) {
+        PyMem_Free(held);
+        PyMem_Free(fresh);
         PyMem_Free(keys);
         return PyErr_NoMemory();
     }
@@ -343,19 +351,34 @@ static PyObject *BlockIndex_add(BlockIndex *self, PyObject *args) {
             append_lru(self, held[i]);
         }
     }
+    /* Evicting before inserting picks the same victims (the oldest blocks, none of them new) and
+     * leaves their freed records warm for the inserts to reuse; what the inserts push over the
+     * capacity is evicted after them. */
+    size_t limit = capacity > 1 ? (size_t)capacity : 1, inserts = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (held[i] == 0) fresh[inserts++] = keys[i];
+    }
+    qsort(fresh, inserts, sizeof(uint64_t), by_value);
+    size_t distinct = inserts ? 1 : 0;
+    for (size_t j = 1; j < inserts; j++) distinct += fresh[j] != fresh[j - 1];
+    inserts = distinct;
+    size_t current = self->owners[e].held;
+    if (current + inserts > limit) evict(self, e, current + inserts - limit < current ? limit - inserts : 0);
     for (Py_ssize_t i = 0; i < n; i++) {
         if (held[i]) continue;
         uint32_t b = table_get(&self->blocks_by_key, keys[i]);
         if (b && table_get(&self->nodes_by_pair, pair_key(b, e))) continue; /* listed twice */
         if (insert(self, keys[i], e) == 0) {
             PyMem_Free(held);
+            PyMem_Free(fresh);
             PyMem_Free(keys);
             return NULL;
         }
     }
     PyMem_Free(held);
+    PyMem_Free(fresh);
     PyMem_Free(keys);
-    evict(self, e, capacity > 1 ? (size_t)capacity : 1);
+    evict(self, e, limit);
     Py_RETURN_NONE;
 }
 
