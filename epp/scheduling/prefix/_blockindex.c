@@ -1,5 +1,5 @@
 /* The prefix index's tables in C: which endpoints hold which prompt blocks, and each endpoint's
- * blocks in least-recently-used order.
+ * blocks in least-recently-used order; and the prompt's chained block hashes (at the end).
  *
  * The pure-Python index (`index.py`) spends most of a 64-endpoint decision on cache misses on
  * per-block Python objects (dict entries, boxed int keys, OrderedDict nodes). Here a block is a
@@ -517,8 +517,103 @@ static PyTypeObject BlockIndexType = {
     .tp_methods = BlockIndex_methods,
 };
 
+
+/* --- chained block hashes: XXH64 as its specification defines it, one block after another, each
+ * seeded with the hash before it (hashing.py's `_python_chain`, the same values as the xxhash package) */
+
+#define XXH_P1 0x9E3779B185EBCA87ULL
+#define XXH_P2 0xC2B2AE3D27D4EB4FULL
+#define XXH_P3 0x165667B19E3779F9ULL
+#define XXH_P4 0x85EBCA77C2B2AE63ULL
+#define XXH_P5 0x27D4EB2F165667C5ULL
+
+static inline uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+
+static inline uint64_t read_le64(const unsigned char *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+static inline uint32_t read_le32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static inline uint64_t xxh_round(uint64_t acc, uint64_t input) {
+    return rotl64(acc + input * XXH_P2, 31) * XXH_P1;
+}
+
+static inline uint64_t xxh_merge(uint64_t acc, uint64_t lane) {
+    return (acc ^ xxh_round(0, lane)) * XXH_P1 + XXH_P4;
+}
+
+static uint64_t xxh64(const unsigned char *p, size_t len, uint64_t seed) {
+    const unsigned char *end = p + len;
+    uint64_t h;
+    if (len >= 32) {
+        uint64_t v1 = seed + XXH_P1 + XXH_P2, v2 = seed + XXH_P2, v3 = seed, v4 = seed - XXH_P1;
+        do {
+            v1 = xxh_round(v1, read_le64(p));
+            v2 = xxh_round(v2, read_le64(p + 8));
+            v3 = xxh_round(v3, read_le64(p + 16));
+            v4 = xxh_round(v4, read_le64(p + 24));
+            p += 32;
+        } while ((size_t)(end - p) >= 32);
+        h = rotl64(v1, 1) + rotl64(v2, 7) + rotl64(v3, 12) + rotl64(v4, 18);
+        h = xxh_merge(xxh_merge(xxh_merge(xxh_merge(h, v1), v2), v3), v4);
+    } else {
+        h = seed + XXH_P5;
+    }
+    h += (uint64_t)len;
+    for (; end - p >= 8; p += 8) h = rotl64(h ^ xxh_round(0, read_le64(p)), 27) * XXH_P1 + XXH_P4;
+    if (end - p >= 4) {
+        h = rotl64(h ^ (uint64_t)read_le32(p) * XXH_P1, 23) * XXH_P2 + XXH_P3;
+        p += 4;
+    }
+    for (; p < end; p++) h = rotl64(h ^ (uint64_t)*p * XXH_P5, 11) * XXH_P1;
+    h ^= h >> 33;
+    h *= XXH_P2;
+    h ^= h >> 29;
+    h *= XXH_P3;
+    h ^= h >> 32;
+    return h;
+}
+
+static PyObject *chain_hashes(PyObject *Py_UNUSED(module), PyObject *args) {
+    Py_buffer data;
+    PyObject *seed_object;
+    Py_ssize_t block_size;
+    if (!PyArg_ParseTuple(args, "y*On", &data, &seed_object, &block_size)) return NULL;
+    uint64_t seed = PyLong_AsUnsignedLongLong(seed_object);
+    if ((seed == (uint64_t)-1 && PyErr_Occurred()) || block_size <= 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "block_size must be positive");
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    Py_ssize_t count = (data.len + block_size - 1) / block_size;
+    PyObject *chain = PyList_New(count);
+    const unsigned char *bytes = data.buf;
+    for (Py_ssize_t i = 0; chain != NULL && i < count; i++) {
+        Py_ssize_t start = i * block_size;
+        Py_ssize_t size = data.len - start < block_size ? data.len - start : block_size;
+        seed = xxh64(bytes + start, (size_t)size, seed);
+        PyObject *hash = PyLong_FromUnsignedLongLong(seed);
+        if (hash == NULL) Py_CLEAR(chain);
+        else PyList_SET_ITEM(chain, i, hash);
+    }
+    PyBuffer_Release(&data);
+    return chain;
+}
+
+static PyMethodDef module_methods[] = {
+    {"chain_hashes", chain_hashes, METH_VARARGS,
+     "chain_hashes(data, seed, block_size): XXH64 of each block, seeded with the hash before it "
+     "(the first with seed); a trailing partial block is hashed too"},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_blockindex", "The prefix index's tables in C.", -1, NULL,
+    PyModuleDef_HEAD_INIT, "_blockindex", "The prefix index's tables and block hashing in C.", -1, module_methods,
 };
 
 PyMODINIT_FUNC PyInit__blockindex(void) {

@@ -16,6 +16,7 @@ import struct
 import sys
 from array import array
 from collections import OrderedDict
+from collections.abc import Callable
 from operator import itemgetter
 
 from xxhash import xxh3_128_intdigest, xxh64_intdigest
@@ -71,7 +72,7 @@ def _hashed_end(data: bytes, block_size: int, max_blocks: int) -> int:
     return len(data) if max_blocks <= 0 else min(len(data), block_size * max_blocks)
 
 
-def _chain(view: memoryview, seed: int, block_size: int) -> list[int]:
+def _python_chain(view: memoryview, seed: int, block_size: int) -> list[int]:
     """The chain over all of `view`: its full blocks, then what is left as one last block."""
     full = len(view) - len(view) % block_size
     chain = [seed]
@@ -81,6 +82,23 @@ def _chain(view: memoryview, seed: int, block_size: int) -> list[int]:
         chain.append(xxh64_intdigest(view[full:], chain[-1]))
     del chain[0]
     return chain
+
+
+try:  # the same chain in C (_blockindex.c)
+    from epp.scheduling.prefix._blockindex import chain_hashes as _chain
+
+    COMPILED_CHAIN = True
+except ImportError:  # built without a C compiler
+    _chain = _python_chain
+    COMPILED_CHAIN = False
+
+
+def prompt_hasher() -> Callable[[bytes, int, int, int], list[int]]:
+    """`block_hashes` for a producer, through a `ChainCache` only when the chain runs in Python:
+    in C, hashing a whole prompt is cheaper than finding its remembered spans (16 KB prompts from
+    shared 12 KB prefixes: 13.5 against 14.8 us; candidates_bench's prompts 4.6 against 5.9 us;
+    in Python the cache wins, 28.9 against 33.8 us)."""
+    return block_hashes if COMPILED_CHAIN else ChainCache().block_hashes
 
 
 class ChainCache:

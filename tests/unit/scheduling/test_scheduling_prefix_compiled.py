@@ -1,6 +1,7 @@
-"""The prefix index's C tables against its pure-Python tables: the same calls give the same
-matches (order included), LRU orders, sizes and holdings, through growth, eviction, removal and
-rekeying; bad hashes are refused without changing anything."""
+"""The prefix index's C parts (_blockindex.c) against their pure-Python versions: the tables give
+the same matches (order included), LRU orders, sizes and holdings through growth, eviction,
+removal and rekeying, and refuse bad hashes without changing anything; the block-hash chain gives
+the xxhash package's values."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import random
 
 import pytest
 
+from epp.scheduling.prefix._blockindex import chain_hashes
+from epp.scheduling.prefix.hashing import _python_chain
 from epp.scheduling.prefix.index import CompiledPrefixIndex, PythonPrefixIndex, new_prefix_index
 from tests.unit.plugin_helpers import endpoints
 
@@ -85,3 +88,22 @@ def test_hashes_outside_unsigned_64_bits_are_refused_and_change_nothing(
     with pytest.raises(error):
         index.match(hashes)  # type: ignore[arg-type]
     assert index.lru(a) == [1] and index.size() == 1
+
+
+@pytest.mark.parametrize("block_size", [1, 4, 7, 32, 33, 64, 100])
+def test_the_compiled_chain_gives_xxhashs_values(block_size: int) -> None:
+    """Every length around XXH64's 4-, 8- and 32-byte steps, full and trailing partial blocks."""
+    rng = random.Random(block_size)
+    for length in [*range(300), 4096, 16_390]:
+        data = rng.randbytes(length)
+        seed = rng.getrandbits(64)
+        assert chain_hashes(memoryview(data), seed, block_size) == _python_chain(
+            memoryview(data), seed, block_size
+        ), length
+
+
+def test_the_compiled_chain_refuses_a_bad_seed_or_block_size() -> None:
+    with pytest.raises(OverflowError):
+        chain_hashes(memoryview(b"abcd"), -1, 2)
+    with pytest.raises(ValueError, match="block_size must be positive"):
+        chain_hashes(memoryview(b"abcd"), 1, 0)
