@@ -1,5 +1,6 @@
-"""The one compiled part: the prefix index's tables (epp/scheduling/prefix/_blockindex.c). Optional:
-without a C compiler the install goes on and the index uses its pure-Python tables."""
+"""The one compiled part: the prefix index's tables and block hashing (epp/scheduling/prefix/
+_blockindex.c). Optional: without a C compiler the install goes on and the index and the hashing
+use their pure-Python versions."""
 
 from setuptools import Extension, setup
 
@@ -8,7 +9,6 @@ setup(
         Extension(
             "epp.scheduling.prefix._blockindex",
             ["epp/scheduling/prefix/_blockindex.c"],
-            extra_compile_args=["-O2"],
             optional=True,
         )
     ]
