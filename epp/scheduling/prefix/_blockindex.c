@@ -3,7 +3,7 @@
  *
  * The pure-Python index (`index.py`) spends most of a 64-endpoint decision on cache misses on
  * per-block Python objects (dict entries, boxed int keys, OrderedDict nodes). Here a block is a
- * 16-byte record found through an open-addressing table of unboxed 64-bit keys, and each
+ * 32-byte record found through an open-addressing table of unboxed 64-bit keys, and each
  * (block, endpoint) pair is one 24-byte node that is at once in the endpoint's LRU list and in
  * the block's list of holders, found through a second table keyed by (block, endpoint). Endpoints
  * are small integer ids the Python wrapper hands out; the semantics are `index.py`'s, operation for
@@ -29,8 +29,11 @@ typedef struct {
 
 typedef struct {
     uint64_t key;
+    uint64_t low;     /* holders with ids below 64, as a bitmask: match counts them per run of blocks */
     uint32_t holders; /* first node of its holder list, or next free block */
     uint32_t count;   /* endpoints holding it */
+    uint32_t high;    /* holders with ids from 64 on (match walks the list for those) */
+    uint32_t unused;
 } Block;
 
 typedef struct {
@@ -60,8 +63,14 @@ typedef struct {
 
 #if defined(__GNUC__) || defined(__clang__)
 #define PREFETCH(address) __builtin_prefetch(address)
+#define LOWEST_BIT(mask) ((uint32_t)__builtin_ctzll(mask))
 #else
 #define PREFETCH(address) ((void)(address))
+static inline uint32_t LOWEST_BIT(uint64_t mask) {
+    uint32_t bit = 0;
+    while (!(mask & 1)) mask >>= 1, bit++;
+    return bit;
+}
 #endif
 
 static inline uint64_t mix(uint64_t x) {
@@ -235,7 +244,7 @@ static uint32_t insert(BlockIndex *self, uint64_t key, uint32_t endpoint) {
             }
             b = (uint32_t)++self->blocks_next;
         }
-        self->blocks[b] = (Block){key, 0, 0};
+        self->blocks[b] = (Block){.key = key};
         if (table_put(&self->blocks_by_key, key, b) < 0) return 0;
         self->live_blocks++;
     }
@@ -257,6 +266,8 @@ static uint32_t insert(BlockIndex *self, uint64_t key, uint32_t endpoint) {
     if (block->holders) self->nodes[block->holders].prev_holder = id;
     block->holders = id;
     block->count++;
+    if (endpoint < 64) block->low |= 1ULL << endpoint;
+    else block->high++;
     append_lru(self, id);
     self->owners[endpoint].held++;
     return id;
@@ -275,6 +286,8 @@ static void evict_oldest(BlockIndex *self, uint32_t endpoint) {
     node->newer = (uint32_t)self->free_node;
     self->free_node = id;
     self->owners[endpoint].held--;
+    if (endpoint < 64) block->low &= ~(1ULL << endpoint);
+    else block->high--;
     if (--block->count == 0) {
         table_del(&self->blocks_by_key, block->key);
         block->holders = (uint32_t)self->free_block;
@@ -390,6 +403,19 @@ static int by_first_seen(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+/* Add `blocks` to the count of every endpoint in `mask`, noting those first seen at `start`. */
+static size_t credit(BlockIndex *self, uint64_t mask, uint32_t blocks, uint32_t start, uint32_t *seen, size_t found) {
+    for (; mask; mask &= mask - 1) {
+        uint32_t e = LOWEST_BIT(mask);
+        if (self->counts[e] == 0) {
+            self->owners[e].seen_at = start + 1;
+            seen[found++] = e;
+        }
+        self->counts[e] += blocks;
+    }
+    return found;
+}
+
 static PyObject *BlockIndex_match(BlockIndex *self, PyObject *args) {
     PyObject *hashes, *owners;
     if (!PyArg_ParseTuple(args, "OO!", &hashes, &PyList_Type, &owners)) return NULL;
@@ -403,17 +429,31 @@ static PyObject *BlockIndex_match(BlockIndex *self, PyObject *args) {
     }
     size_t found = 0;
     for (Py_ssize_t i = 0; i < n; i++) PREFETCH(&self->blocks_by_key.slots[mix(keys[i]) & self->blocks_by_key.mask]);
+    /* Holders below id 64 are credited once per run of blocks with the same bitmask (a prompt's
+     * blocks come in long runs held by the same endpoints); the others one node at a time. */
+    uint64_t run_mask = 0;
+    uint32_t run_blocks = 0, run_start = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         uint32_t b = table_get(&self->blocks_by_key, keys[i]);
         if (b == 0) break;
-        for (uint32_t id = self->blocks[b].holders; id; id = self->nodes[id].next_holder) {
+        const Block *block = &self->blocks[b];
+        if (block->low != run_mask) {
+            found = credit(self, run_mask, run_blocks, run_start, seen, found);
+            run_mask = block->low;
+            run_blocks = 0;
+            run_start = (uint32_t)i;
+        }
+        run_blocks++;
+        if (block->high == 0) continue;
+        for (uint32_t id = block->holders; id; id = self->nodes[id].next_holder) {
             uint32_t e = self->nodes[id].endpoint;
-            if (self->counts[e]++ == 0) {
+            if (e >= 64 && self->counts[e]++ == 0) {
                 self->owners[e].seen_at = (uint32_t)i + 1;
                 seen[found++] = e;
             }
         }
     }
+    found = credit(self, run_mask, run_blocks, run_start, seen, found);
     PyMem_Free(keys);
     /* Result order as index.py's: by the first block holding the endpoint, then by id. */
     sort_owners = self->owners;

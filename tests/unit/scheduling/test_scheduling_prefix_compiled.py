@@ -22,9 +22,10 @@ def test_the_compiled_index_is_the_one_in_use() -> None:
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_random_operations_give_the_same_state_in_both(seed: int) -> None:
+@pytest.mark.parametrize("pool_size", [12, 90])  # 90: ids past 64, which match counts per node
+def test_random_operations_give_the_same_state_in_both(seed: int, pool_size: int) -> None:
     rng = random.Random(seed)
-    pool = endpoints(12)
+    pool = endpoints(pool_size)
     compiled, python = CompiledPrefixIndex(), PythonPrefixIndex()
     # Chains of shared prefixes (as prompts hash) plus, sometimes, a repeated or wide 64-bit block.
     prefixes = [[rng.getrandbits(64) for _ in range(rng.randrange(1, 40))] for _ in range(30)]
