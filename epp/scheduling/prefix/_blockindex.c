@@ -58,7 +58,8 @@ typedef struct {
     Owner *owners;
     size_t owners_cap;
     size_t live_blocks;
-    uint32_t *counts; /* match's scratch, one per owner */
+    uint32_t *counts; /* match's scratch, one per owner (at least as many as owners) */
+    size_t counts_cap;
 } BlockIndex;
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -177,13 +178,8 @@ static int ensure_owner(BlockIndex *self, Py_ssize_t endpoint) {
         PyErr_SetString(PyExc_ValueError, "endpoint id out of range");
         return -1;
     }
-    size_t cap = self->owners_cap;
-    if (grow((void **)&self->owners, &self->owners_cap, sizeof(Owner), (size_t)endpoint) < 0) return -1;
-    if (self->owners_cap != cap) {
-        size_t grown_cap = cap;
-        if (grow((void **)&self->counts, &grown_cap, sizeof(uint32_t), self->owners_cap - 1) < 0) return -1;
-    }
-    return 0;
+    if (grow((void **)&self->counts, &self->counts_cap, sizeof(uint32_t), (size_t)endpoint) < 0) return -1;
+    return grow((void **)&self->owners, &self->owners_cap, sizeof(Owner), (size_t)endpoint);
 }
 
 /* Hashes as unboxed keys; NULL with an exception set on a non-int or a value outside 64 bits. */
