@@ -182,8 +182,28 @@ static int ensure_owner(BlockIndex *self, Py_ssize_t endpoint) {
     return grow((void **)&self->owners, &self->owners_cap, sizeof(Owner), (size_t)endpoint);
 }
 
-/* Hashes as unboxed keys; NULL with an exception set on a non-int or a value outside 64 bits. */
+/* Hashes as unboxed keys; NULL with an exception set on a non-int or a value outside 64 bits. An
+ * array('Q') (what `chain_keys` gives) is copied as it is, without an int per block. */
 static uint64_t *unbox(PyObject *hashes, Py_ssize_t *n) {
+    if (PyObject_CheckBuffer(hashes)) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(hashes, &view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) return NULL;
+        if (view.itemsize != 8 || view.format == NULL || strcmp(view.format, "Q") != 0) {
+            PyBuffer_Release(&view);
+            PyErr_SetString(PyExc_TypeError, "hashes as a buffer must be unsigned 64-bit ('Q')");
+            return NULL;
+        }
+        *n = view.len / 8;
+        uint64_t *keys = PyMem_Malloc(view.len ? view.len : 1);
+        if (keys == NULL) {
+            PyBuffer_Release(&view);
+            PyErr_NoMemory();
+            return NULL;
+        }
+        memcpy(keys, view.buf, view.len);
+        PyBuffer_Release(&view);
+        return keys;
+    }
     PyObject *seq = PySequence_Fast(hashes, "hashes must be a sequence");
     if (seq == NULL) return NULL;
     *n = PySequence_Fast_GET_SIZE(seq);
@@ -623,36 +643,69 @@ static uint64_t xxh64(const unsigned char *p, size_t len, uint64_t seed) {
     return h;
 }
 
+/* The chain over `data`'s blocks into `out` (ceil(len / block_size) entries). */
+static void chain(const unsigned char *data, Py_ssize_t len, uint64_t seed, Py_ssize_t block_size, uint64_t *out) {
+    for (Py_ssize_t start = 0, i = 0; start < len; start += block_size, i++) {
+        Py_ssize_t size = len - start < block_size ? len - start : block_size;
+        out[i] = seed = xxh64(data + start, (size_t)size, seed);
+    }
+}
+
+/* chain_hashes' and chain_keys' arguments; -1 with an exception set. */
+static int chain_args(PyObject *args, Py_buffer *data, uint64_t *seed, Py_ssize_t *block_size) {
+    PyObject *seed_object;
+    if (!PyArg_ParseTuple(args, "y*On", data, &seed_object, block_size)) return -1;
+    *seed = PyLong_AsUnsignedLongLong(seed_object);
+    if ((*seed == (uint64_t)-1 && PyErr_Occurred()) || *block_size <= 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "block_size must be positive");
+        PyBuffer_Release(data);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *chain_keys(PyObject *Py_UNUSED(module), PyObject *args) {
+    Py_buffer data;
+    uint64_t seed;
+    Py_ssize_t block_size;
+    if (chain_args(args, &data, &seed, &block_size) < 0) return NULL;
+    Py_ssize_t count = (data.len + block_size - 1) / block_size;
+    PyObject *packed = PyBytes_FromStringAndSize(NULL, count * 8);
+    if (packed != NULL) chain(data.buf, data.len, seed, block_size, (uint64_t *)PyBytes_AS_STRING(packed));
+    PyBuffer_Release(&data);
+    return packed;
+}
+
 static PyObject *chain_hashes(PyObject *Py_UNUSED(module), PyObject *args) {
     Py_buffer data;
-    PyObject *seed_object;
+    uint64_t seed;
     Py_ssize_t block_size;
-    if (!PyArg_ParseTuple(args, "y*On", &data, &seed_object, &block_size)) return NULL;
-    uint64_t seed = PyLong_AsUnsignedLongLong(seed_object);
-    if ((seed == (uint64_t)-1 && PyErr_Occurred()) || block_size <= 0) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "block_size must be positive");
-        PyBuffer_Release(&data);
-        return NULL;
-    }
+    if (chain_args(args, &data, &seed, &block_size) < 0) return NULL;
     Py_ssize_t count = (data.len + block_size - 1) / block_size;
-    PyObject *chain = PyList_New(count);
-    const unsigned char *bytes = data.buf;
-    for (Py_ssize_t i = 0; chain != NULL && i < count; i++) {
-        Py_ssize_t start = i * block_size;
-        Py_ssize_t size = data.len - start < block_size ? data.len - start : block_size;
-        seed = xxh64(bytes + start, (size_t)size, seed);
-        PyObject *hash = PyLong_FromUnsignedLongLong(seed);
-        if (hash == NULL) Py_CLEAR(chain);
-        else PyList_SET_ITEM(chain, i, hash);
+    uint64_t *keys = PyMem_Malloc((count ? count : 1) * sizeof(uint64_t));
+    if (keys == NULL) {
+        PyBuffer_Release(&data);
+        return PyErr_NoMemory();
     }
+    chain(data.buf, data.len, seed, block_size, keys);
     PyBuffer_Release(&data);
-    return chain;
+    PyObject *hashes = PyList_New(count);
+    for (Py_ssize_t i = 0; hashes != NULL && i < count; i++) {
+        PyObject *hash = PyLong_FromUnsignedLongLong(keys[i]);
+        if (hash == NULL) Py_CLEAR(hashes);
+        else PyList_SET_ITEM(hashes, i, hash);
+    }
+    PyMem_Free(keys);
+    return hashes;
 }
 
 static PyMethodDef module_methods[] = {
     {"chain_hashes", chain_hashes, METH_VARARGS,
      "chain_hashes(data, seed, block_size): XXH64 of each block, seeded with the hash before it "
      "(the first with seed); a trailing partial block is hashed too"},
+    {"chain_keys", chain_keys, METH_VARARGS,
+     "chain_keys(data, seed, block_size): chain_hashes' values packed as native unsigned 64-bit "
+     "ints (array('Q') bytes), with no int object per block"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -6,11 +6,12 @@ the xxhash package's values."""
 from __future__ import annotations
 
 import random
+from array import array
 
 import pytest
 
 from epp.scheduling.prefix._blockindex import chain_hashes
-from epp.scheduling.prefix.hashing import _python_chain
+from epp.scheduling.prefix.hashing import _python_chain, block_hashes, block_keys
 from epp.scheduling.prefix.index import CompiledPrefixIndex, PythonPrefixIndex, new_prefix_index
 from tests.unit.plugin_helpers import endpoints
 
@@ -108,3 +109,29 @@ def test_the_compiled_chain_refuses_a_bad_seed_or_block_size() -> None:
         chain_hashes(memoryview(b"abcd"), -1, 2)
     with pytest.raises(ValueError, match="block_size must be positive"):
         chain_hashes(memoryview(b"abcd"), 1, 0)
+
+
+def test_packed_keys_are_the_chains_values_and_the_index_takes_them_as_they_are() -> None:
+    rng = random.Random(5)
+    compiled, python = CompiledPrefixIndex(), PythonPrefixIndex()
+    a, b = endpoints(2)
+    for length in (0, 63, 64, 1000, 16_390):
+        data = rng.randbytes(length)
+        keys = block_keys(data, 9, 64, 0)
+        assert isinstance(keys, array) and list(keys) == block_hashes(data, 9, 64, 0)
+        assert list(block_keys(data, 9, 64, 3)) == block_hashes(data, 9, 64, 3)
+        compiled.add(a, keys, 100)
+        python.add(a, list(keys), 100)
+        compiled.add(b, keys[:5], 100)
+        python.add(b, list(keys[:5]), 100)
+        assert compiled.match(keys) == python.match(list(keys)) == compiled.match(list(keys))
+    assert compiled.lru(a) == python.lru(a) and compiled.size() == python.size()
+
+
+@pytest.mark.parametrize("packed", [array("q", [1, 2]), b"\x01" * 16, array("I", [1, 2])])
+def test_a_buffer_of_another_type_is_refused(packed: object) -> None:
+    index = CompiledPrefixIndex()
+    (a,) = endpoints(1)
+    with pytest.raises(TypeError, match=r"unsigned 64-bit \('Q'\)"):
+        index.add(a, packed, 10)  # type: ignore[arg-type]
+    assert index.size() == 0
