@@ -18,7 +18,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --force-reinstall --no-deps "opentelemetry-proto==$$($(OTEL_PROTO_VERSION))"
 	touch $(STAMP)
 
-install: $(STAMP) chromium redis
+# The prefix index's C tables (epp/scheduling/prefix/_blockindex.c), built in place: the editable
+# install builds them once; this rebuilds them when their source changes.
+EXTENSION := $(VENV)/.blockindex
+$(EXTENSION): $(STAMP) setup.py epp/scheduling/prefix/_blockindex.c
+	$(BIN)/python setup.py --quiet build_ext --inplace
+	touch $(EXTENSION)
+
+install: $(STAMP) $(EXTENSION) chromium redis
 
 ## Debian's chromium, which the live view's browser test drives through Playwright (Playwright's
 ## own browser download is not used). Installed with apt-get when missing, as root (CI); otherwise

@@ -1,5 +1,5 @@
 """Scheduling decisions per second on one core: 64 endpoints, ~4k-token (~16 KB) prompts, GIE's
-default configuration (queue 2, kv-cache 2, prefix-cache 3, max-score picker).
+default configuration (queue 2, kv-cache 2, prefix-cache 3, max-score picker) unless --config.
 
 A decision is what the EPP does per request once the body is parsed: `schedule` (prefix hashing and
 matching, three scorers, the picker) plus `pre_request` (recording the prompt's blocks for the chosen
@@ -10,6 +10,7 @@ full (every endpoint's LRU at the capacity its `cache_num_blocks` allows): an em
 faster and would flatter the figures.
 
     .venv/bin/python bench/scheduler_bench.py [--requests N] [--rounds N] [--cpu N] [--director] [--profile]
+        [--config bench/configs/ours.yaml]
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import pstats
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from decision_setup import build, make_pool, serve
 
 from epp.datastore import Endpoint
 from epp.plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
+from epp.plugins.precise_prefix_cache_producer import PrecisePrefixCacheProducer
 from epp.requests import ApiKind, InferenceRequest
 
 ENDPOINTS = 64
@@ -61,10 +64,9 @@ def run(args: argparse.Namespace) -> None:
         address=lambda i: f"10.0.{i // 250}.{i % 250 + 1}",
         running=True,
     )
-    director, components = build(datastore, args.seed)
+    director, components = build(datastore, args.seed, args.config)
     scheduler, hooks = components.scheduler, components.hooks
-    producer = components.plugins["approx-prefix-cache-producer"]
-    assert isinstance(producer, ApproxPrefixCacheProducer)
+    producer = approximate_index(components.plugins.values())
     endpoints = datastore.ready_endpoints()
     next_request = prompt_source(rng)
     picks: Counter[str] = Counter()
@@ -101,7 +103,7 @@ def run(args: argparse.Namespace) -> None:
     )
     print(
         f"{args.requests} decisions x {args.rounds} rounds, {ENDPOINTS} endpoints, {PROMPT_BYTES // 1024} KB "
-        f"prompts, default config: {what}\n"
+        f"prompts, {args.config or 'default config'}: {what}\n"
         f"prefix index full after {warmup} warm-up decisions: {producer.index.size():,} blocks"
     )
     profiler = cProfile.Profile() if args.profile else None
@@ -141,6 +143,16 @@ def run(args: argparse.Namespace) -> None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(18)
 
 
+def approximate_index(plugins: Iterable[object]) -> ApproxPrefixCacheProducer:
+    """The approximate prefix producer whose index the warm-up fills: the config's own, or the
+    precise producer's fallback."""
+    for plugin in plugins:
+        producer = plugin.fallback if isinstance(plugin, PrecisePrefixCacheProducer) else plugin
+        if isinstance(producer, ApproxPrefixCacheProducer):
+            return producer
+    raise SystemExit("the config has no approximate prefix index to fill")
+
+
 def percentile(ordered: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
@@ -157,6 +169,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--director", action="store_true", help="time the director's whole route()")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the measured rounds")
+    parser.add_argument("--config", type=Path, help="an EndpointPickerConfig file (default: GIE's default)")
     args = parser.parse_args()
     if args.cpu >= 0 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})

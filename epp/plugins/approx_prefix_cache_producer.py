@@ -15,13 +15,12 @@ from epp.requestcontrol import PreRequest
 from epp.requests import InferenceRequest
 from epp.scheduling.prefix import (
     PREFIX_MATCH,
-    ChainCache,
-    PrefixIndex,
     PrefixMatch,
     model_seed,
+    new_prefix_index,
     prompt_bytes,
 )
-from epp.scheduling.prefix.hashing import block_bytes
+from epp.scheduling.prefix.hashing import block_bytes, prompt_hasher
 from epp.scheduling.prefix.params import PrefixIndexParams
 from epp.scheduling.types import SchedulingResult
 
@@ -35,8 +34,8 @@ class ApproxPrefixCacheProducer(Plugin, DataProducer, PreRequest, EndpointObserv
     def __init__(self, name: str, params: PrefixIndexParams, context: PluginContext) -> None:
         super().__init__(name, params, context)
         self.params = params
-        self.index = PrefixIndex()
-        self._hashes = ChainCache()
+        self.index = new_prefix_index()
+        self._block_hashes = prompt_hasher()
         self.route_listeners: list[Callable[[Endpoint, Sequence[int]], None]] = []
         self._block_tokens = params.configured_block_tokens()
         self._hit_ratio = context.metrics.prefix_hit_ratio.observe
@@ -53,7 +52,7 @@ class ApproxPrefixCacheProducer(Plugin, DataProducer, PreRequest, EndpointObserv
 
     def prepare(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
         block_tokens = self.block_tokens(candidates)
-        hashes = self._hashes.block_hashes(
+        hashes = self._block_hashes(
             prompt_bytes(request),
             model_seed(request.target_model, request.cache_salt),
             block_bytes(block_tokens),

@@ -14,7 +14,7 @@ PREFIX_MATCH = DataKey("PrefixCacheMatchInfo", default_producer="approx-prefix-c
 
 @dataclass(frozen=True, slots=True)
 class PrefixMatch:
-    hashes: list[int]
+    hashes: Sequence[int]  # a list, or an array('Q') from the compiled chain
     matched: Mapping[Endpoint, int]  # matched blocks per endpoint; absent = 0
     block_size_tokens: int
 

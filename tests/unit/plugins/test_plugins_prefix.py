@@ -13,12 +13,12 @@ from epp.plugins.prefix_cache_scorer import PrefixCacheScorer
 from epp.scheduling.prefix import (
     PREFIX_MATCH,
     ChainCache,
-    PrefixIndex,
     PrefixMatch,
     block_hashes,
     model_seed,
     prompt_bytes,
 )
+from epp.scheduling.prefix.index import CompiledPrefixIndex, PrefixIndex, PythonPrefixIndex
 from epp.scheduling.types import ProfileResult, SchedulingResult
 from tests.unit.plugin_helpers import context, endpoint, endpoints, plugin, request
 
@@ -74,12 +74,18 @@ def test_token_id_prompts_hash_their_ids_little_endian() -> None:
 # --- index -----------------------------------------------------------------------------------------
 
 
+# Both implementations of the same semantics: the C tables (built at install; `python setup.py
+# build_ext --inplace` in a work tree) and the pure-Python fallback.
+INDEXES = pytest.mark.parametrize("kind", [CompiledPrefixIndex, PythonPrefixIndex])
+
+
 def names(counts: dict[Endpoint, int]) -> dict[str, int]:
     return {e.name: n for e, n in counts.items()}
 
 
-def test_match_walks_until_the_first_block_nobody_holds() -> None:
-    index = PrefixIndex()
+@INDEXES
+def test_match_walks_until_the_first_block_nobody_holds(kind: type[PrefixIndex]) -> None:
+    index = kind()
     a, b = endpoints(2)
     index.add(a, [1, 2, 3, 4], 100)
     index.add(b, [1, 2, 9], 100)
@@ -90,8 +96,9 @@ def test_match_walks_until_the_first_block_nobody_holds() -> None:
     assert names(index.match([1, 10, 5, 2])) == {"e0": 1, "e1": 2}
 
 
-def test_lru_evicts_least_recently_used_beyond_capacity() -> None:
-    index = PrefixIndex()
+@INDEXES
+def test_lru_evicts_least_recently_used_beyond_capacity(kind: type[PrefixIndex]) -> None:
+    index = kind()
     a = endpoint("a")
     index.add(a, [1, 2, 3], 4)
     index.add(a, [1], 4)  # refresh 1: now 2 is the oldest
@@ -102,8 +109,9 @@ def test_lru_evicts_least_recently_used_beyond_capacity() -> None:
     assert index.size() == 4
 
 
-def test_eviction_keeps_blocks_other_endpoints_hold() -> None:
-    index = PrefixIndex()
+@INDEXES
+def test_eviction_keeps_blocks_other_endpoints_hold(kind: type[PrefixIndex]) -> None:
+    index = kind()
     a, b = endpoints(2)
     index.add(a, [1, 2], 10)
     index.add(b, [1], 1)
@@ -112,8 +120,9 @@ def test_eviction_keeps_blocks_other_endpoints_hold() -> None:
     assert names(index.match([3])) == {"e1": 1}
 
 
-def test_removing_an_endpoint_forgets_it_and_recycles_its_slot() -> None:
-    index = PrefixIndex()
+@INDEXES
+def test_removing_an_endpoint_forgets_it_and_recycles_its_slot(kind: type[PrefixIndex]) -> None:
+    index = kind()
     a, b, c = endpoints(3)
     index.add(a, [1, 2], 10)
     index.add(b, [1], 10)
@@ -125,8 +134,9 @@ def test_removing_an_endpoint_forgets_it_and_recycles_its_slot() -> None:
     assert names(index.match([1, 2])) == {"e1": 1, "e2": 1}
 
 
-def test_rekey_hands_an_endpoints_blocks_to_another() -> None:
-    index = PrefixIndex()
+@INDEXES
+def test_rekey_hands_an_endpoints_blocks_to_another(kind: type[PrefixIndex]) -> None:
+    index = kind()
     a, b, c = endpoints(3)
     index.add(a, [1, 2], 10)
     index.add(b, [1, 3], 10)  # b's own blocks give way to a's
