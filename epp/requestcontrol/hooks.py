@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from time import perf_counter
 from typing import Any, ClassVar, cast
 
@@ -241,13 +241,9 @@ class RequestControlHooks:
 
     def response_streaming(self, request: InferenceRequest, result: SchedulingResult, chunk: bytes) -> None:
         """Each plugin hears every chunk even if one before it fails (it may act on the first)."""
-        for plugin, observe in self._response_streaming:
-            started = perf_counter()
-            try:
-                plugin.response_streaming(request, result, chunk)
-            except Exception:
-                log.exception("ResponseStreaming plugin %s failed; the others go on", plugin.name)
-            observe(perf_counter() - started)
+        _each_despite_errors(
+            self._response_streaming, "ResponseStreaming", "response_streaming", request, result, chunk
+        )
 
     def response_body_done(
         self, request: InferenceRequest, result: SchedulingResult, usage: Usage | None
@@ -265,10 +261,20 @@ class RequestControlHooks:
     ) -> None:
         """Each plugin hears it even if one before it fails: what it holds for the request (pins,
         in-flight counts) would otherwise never be released."""
-        for plugin, observe in self._response_complete:
-            started = perf_counter()
-            try:
-                plugin.response_complete(request, result, usage)
-            except Exception:
-                log.exception("ResponseComplete plugin %s failed; the others go on", plugin.name)
-            observe(perf_counter() - started)
+        _each_despite_errors(
+            self._response_complete, "ResponseComplete", "response_complete", request, result, usage
+        )
+
+
+def _each_despite_errors(
+    plugins: Sequence[tuple[Any, Callable[[float], None]]], point: str, hook: str, *args: Any
+) -> None:
+    """Call `hook` on every plugin of extension `point`, timing each; one that raises is logged
+    and the others go on."""
+    for plugin, observe in plugins:
+        started = perf_counter()
+        try:
+            getattr(plugin, hook)(*args)
+        except Exception:
+            log.exception("%s plugin %s failed; the others go on", point, plugin.name)
+        observe(perf_counter() - started)
