@@ -528,15 +528,18 @@ static PyObject *BlockIndex_lru(BlockIndex *self, PyObject *arg) {
     return blocks;
 }
 
-static int BlockIndex_init(BlockIndex *self, PyObject *args, PyObject *kwargs) {
+/* The tables are made with the object, so one made without `__init__` (`BlockIndex.__new__`) has
+ * them too. */
+static PyObject *BlockIndex_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "", kwlist)) return -1;
-    if (self->blocks_by_key.slots != NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "BlockIndex is initialised once");
-        return -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "", kwlist)) return NULL;
+    BlockIndex *self = (BlockIndex *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    if (table_init(&self->blocks_by_key, 1024) < 0 || table_init(&self->nodes_by_pair, 1024) < 0) {
+        Py_DECREF(self);
+        return NULL;
     }
-    if (table_init(&self->blocks_by_key, 1024) < 0 || table_init(&self->nodes_by_pair, 1024) < 0) return -1;
-    return 0;
+    return (PyObject *)self;
 }
 
 static void BlockIndex_dealloc(BlockIndex *self) {
@@ -567,8 +570,7 @@ static PyTypeObject BlockIndexType = {
     .tp_basicsize = sizeof(BlockIndex),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Prefix index tables: blocks by 64-bit key, per-endpoint LRU lists, holder lists.",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)BlockIndex_init,
+    .tp_new = BlockIndex_new,
     .tp_dealloc = (destructor)BlockIndex_dealloc,
     .tp_methods = BlockIndex_methods,
 };
