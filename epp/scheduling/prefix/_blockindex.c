@@ -111,8 +111,8 @@ static void table_place(Table *t, uint64_t key, uint32_t value) {
     t->slots[i].value = value;
 }
 
-/* `key` must be absent. Kept at most half full. */
-static int table_put(Table *t, uint64_t key, uint32_t value) {
+/* Room for one more key, so the `table_put` after it cannot fail. Kept at most half full. */
+static int table_reserve(Table *t) {
     if ((t->used + 1) * 2 > t->mask + 1) {
         size_t old_cap = t->mask + 1;
         Slot *old = t->slots;
@@ -129,9 +129,13 @@ static int table_put(Table *t, uint64_t key, uint32_t value) {
         }
         PyMem_Free(old);
     }
+    return 0;
+}
+
+/* `key` must be absent, and room reserved. */
+static void table_put(Table *t, uint64_t key, uint32_t value) {
     table_place(t, key, value);
     t->used++;
-    return 0;
 }
 
 /* Linear probing's backward-shift deletion: no tombstones. `key` must be present. */
@@ -246,22 +250,34 @@ static void append_lru(BlockIndex *self, uint32_t id) {
 }
 
 /* The (block, endpoint) node, adding the block and the node if new; 0 with an exception set. */
+/* Room for record `next + 1` (records are numbered from 1, 0 meaning none). */
+static int reserve_record(void **items, size_t *cap, size_t size, size_t next) {
+    if (next >= UINT32_MAX - 1) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return grow(items, cap, size, next + 1);
+}
+
 static uint32_t insert(BlockIndex *self, uint64_t key, uint32_t endpoint) {
     uint32_t b = table_get(&self->blocks_by_key, key);
+    /* What can fail comes first: a MemoryError leaves no block without holders, nor a lost record. */
+    if ((b == 0 && (table_reserve(&self->blocks_by_key) < 0 ||
+                    (!self->free_block &&
+                     reserve_record((void **)&self->blocks, &self->blocks_cap, sizeof(Block), self->blocks_next) < 0))) ||
+        table_reserve(&self->nodes_by_pair) < 0 ||
+        (!self->free_node &&
+         reserve_record((void **)&self->nodes, &self->nodes_cap, sizeof(Node), self->nodes_next) < 0))
+        return 0;
     if (b == 0) {
         if (self->free_block) {
             b = (uint32_t)self->free_block;
             self->free_block = self->blocks[b].holders;
         } else {
-            if (self->blocks_next >= UINT32_MAX - 1 ||
-                grow((void **)&self->blocks, &self->blocks_cap, sizeof(Block), self->blocks_next + 1) < 0) {
-                if (!PyErr_Occurred()) PyErr_NoMemory();
-                return 0;
-            }
             b = (uint32_t)++self->blocks_next;
         }
         self->blocks[b] = (Block){.key = key};
-        if (table_put(&self->blocks_by_key, key, b) < 0) return 0;
+        table_put(&self->blocks_by_key, key, b);
         self->live_blocks++;
     }
     uint32_t id;
@@ -269,14 +285,9 @@ static uint32_t insert(BlockIndex *self, uint64_t key, uint32_t endpoint) {
         id = (uint32_t)self->free_node;
         self->free_node = self->nodes[id].newer;
     } else {
-        if (self->nodes_next >= UINT32_MAX - 1 ||
-            grow((void **)&self->nodes, &self->nodes_cap, sizeof(Node), self->nodes_next + 1) < 0) {
-            if (!PyErr_Occurred()) PyErr_NoMemory();
-            return 0;
-        }
         id = (uint32_t)++self->nodes_next;
     }
-    if (table_put(&self->nodes_by_pair, pair_key(b, endpoint), id) < 0) return 0;
+    table_put(&self->nodes_by_pair, pair_key(b, endpoint), id);
     Block *block = &self->blocks[b];
     self->nodes[id] = (Node){b, endpoint, 0, 0, 0, block->holders};
     if (block->holders) self->nodes[block->holders].prev_holder = id;

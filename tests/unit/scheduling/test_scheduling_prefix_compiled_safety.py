@@ -47,3 +47,33 @@ def test_an_index_made_without_init_is_usable() -> None:
 def test_arguments_to_the_constructor_are_refused() -> None:
     with pytest.raises(TypeError):
         BlockIndex(1)  # type: ignore[call-arg]
+
+
+def consistent(tables: BlockIndex, ids: range) -> None:
+    """Every block indexed is held by someone, and each endpoint's count is its LRU's length."""
+    lrus = [tables.lru(e) for e in ids]
+    assert [len(lru) for lru in lrus] == [tables.held(e) for e in ids]
+    assert tables.size() == len(set().union(*lrus))
+
+
+@pytest.mark.parametrize("failing", range(40))
+def test_a_failed_allocation_leaves_no_block_without_holders(failing: int) -> None:
+    """An add that runs out of memory while growing the (block, endpoint) table after making a new
+    block record must not leave that block indexed with no holder: match would walk past it as if
+    held (here crediting both endpoints with block 1 behind it) and the size gauge would count it
+    for good."""
+    testcapi = pytest.importorskip("_testcapi")
+    tables = BlockIndex()
+    tables.add(0, list(range(1, 501)), 1000)  # 500 blocks, 500 nodes
+    tables.add(1, list(range(1, 13)), 1000)  # 512 nodes: the next one grows their table
+    hashes = [9999]
+    testcapi.set_nomemory(failing, failing + 1)
+    try:
+        tables.add(1, hashes, 1000)
+    except MemoryError:
+        pass
+    finally:
+        testcapi.remove_mem_hooks()
+    consistent(tables, range(2))
+    held = tables.lru(1)[-1] == 9999
+    assert tables.match([9999, 1], ["a", "b"]) == ({"b": 2, "a": 1} if held else {})
