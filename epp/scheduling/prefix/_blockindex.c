@@ -682,7 +682,7 @@ static PyObject *chain_keys(PyObject *Py_UNUSED(module), PyObject *args) {
     uint64_t seed;
     Py_ssize_t block_size;
     if (chain_args(args, &data, &seed, &block_size) < 0) return NULL;
-    Py_ssize_t count = (data.len + block_size - 1) / block_size;
+    Py_ssize_t count = data.len / block_size + (data.len % block_size != 0); /* no overflow */
     PyObject *packed = PyBytes_FromStringAndSize(NULL, count * 8);
     if (packed != NULL) chain(data.buf, data.len, seed, block_size, (uint64_t *)PyBytes_AS_STRING(packed));
     PyBuffer_Release(&data);
@@ -694,7 +694,7 @@ static PyObject *chain_hashes(PyObject *Py_UNUSED(module), PyObject *args) {
     uint64_t seed;
     Py_ssize_t block_size;
     if (chain_args(args, &data, &seed, &block_size) < 0) return NULL;
-    Py_ssize_t count = (data.len + block_size - 1) / block_size;
+    Py_ssize_t count = data.len / block_size + (data.len % block_size != 0); /* no overflow */
     uint64_t *keys = PyMem_Malloc((count ? count : 1) * sizeof(uint64_t));
     if (keys == NULL) {
         PyBuffer_Release(&data);

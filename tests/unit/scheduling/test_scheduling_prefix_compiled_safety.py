@@ -9,12 +9,14 @@ import os
 import subprocess
 import sys
 import textwrap
+from array import array
 
 import pytest
 
 pytest.importorskip("epp.scheduling.prefix._blockindex")
 
-from epp.scheduling.prefix._blockindex import BlockIndex
+from epp.scheduling.prefix._blockindex import BlockIndex, chain_hashes, chain_keys
+from epp.scheduling.prefix.hashing import _python_chain
 
 
 def run_isolated(code: str) -> str:
@@ -77,3 +79,13 @@ def test_a_failed_allocation_leaves_no_block_without_holders(failing: int) -> No
     consistent(tables, range(2))
     held = tables.lru(1)[-1] == 9999
     assert tables.match([9999, 1], ["a", "b"]) == ({"b": 2, "a": 1} if held else {})
+
+
+@pytest.mark.parametrize("block_size", [sys.maxsize, sys.maxsize - 1, 2**62])
+def test_a_block_larger_than_the_data_is_one_trailing_block(block_size: int) -> None:
+    """The block count was rounded up as (len + block_size - 1) / block_size, which wraps for a
+    huge block size: a MemoryError or SystemError instead of the one hash Python gives."""
+    expected = _python_chain(memoryview(b"abc"), 7, block_size)
+    assert len(expected) == 1
+    assert chain_hashes(memoryview(b"abc"), 7, block_size) == expected
+    assert list(array("Q", chain_keys(memoryview(b"abc"), 7, block_size))) == expected
