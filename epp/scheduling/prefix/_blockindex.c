@@ -353,8 +353,12 @@ static void evict(BlockIndex *self, uint32_t e, size_t limit) {
 
 static PyObject *BlockIndex_add(BlockIndex *self, PyObject *args) {
     Py_ssize_t endpoint, capacity;
-    PyObject *hashes;
-    if (!PyArg_ParseTuple(args, "nOn", &endpoint, &hashes, &capacity)) return NULL;
+    PyObject *hashes, *capacity_object;
+    if (!PyArg_ParseTuple(args, "nOO", &endpoint, &hashes, &capacity_object)) return NULL;
+    /* Clipped, not refused, beyond Py_ssize_t: no endpoint holds that many blocks (index.py's
+     * semantics for any int, such as a configured or engine-reported 1e19). */
+    capacity = PyNumber_AsSsize_t(capacity_object, NULL);
+    if (capacity == -1 && PyErr_Occurred()) return NULL;
     if (ensure_owner(self, endpoint) < 0) return NULL;
     Py_ssize_t n;
     uint64_t *keys = unbox(hashes, &n);

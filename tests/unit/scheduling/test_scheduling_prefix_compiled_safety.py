@@ -17,6 +17,8 @@ pytest.importorskip("epp.scheduling.prefix._blockindex")
 
 from epp.scheduling.prefix._blockindex import BlockIndex, chain_hashes, chain_keys
 from epp.scheduling.prefix.hashing import _python_chain
+from epp.scheduling.prefix.index import CompiledPrefixIndex, PythonPrefixIndex
+from tests.unit.plugin_helpers import endpoints
 
 
 def run_isolated(code: str) -> str:
@@ -89,3 +91,21 @@ def test_a_block_larger_than_the_data_is_one_trailing_block(block_size: int) -> 
     assert len(expected) == 1
     assert chain_hashes(memoryview(b"abc"), 7, block_size) == expected
     assert list(array("Q", chain_keys(memoryview(b"abc"), 7, block_size))) == expected
+
+
+@pytest.mark.parametrize("capacity", [2**63, 10**30, -(2**63) - 1])
+def test_a_capacity_beyond_64_bits_is_taken_as_the_python_index_takes_it(capacity: int) -> None:
+    """`lruCapacityPerServer` has no upper bound and autoTune takes the engine's reported block count
+    (num_gpu_blocks="1e19" is int 10**19): the C tables refused such a capacity with an
+    OverflowError on every request's PreRequest, where the Python index simply never evicts (or,
+    below zero, keeps one block)."""
+    compiled, python = CompiledPrefixIndex(), PythonPrefixIndex()
+    (a,) = endpoints(1)
+    for index in (compiled, python):
+        index.add(a, [1, 2, 3], capacity)
+    assert compiled.lru(a) == python.lru(a) == ([1, 2, 3] if capacity > 0 else [3])
+
+
+def test_a_capacity_that_is_not_an_int_is_refused() -> None:
+    with pytest.raises(TypeError):
+        BlockIndex().add(0, [1], 2.0)  # type: ignore[arg-type]
