@@ -5,10 +5,12 @@ test rather than a dead test run. Skipped when the extension is not built."""
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 from array import array
 
 import pytest
@@ -109,3 +111,69 @@ def test_a_capacity_beyond_64_bits_is_taken_as_the_python_index_takes_it(capacit
 def test_a_capacity_that_is_not_an_int_is_refused() -> None:
     with pytest.raises(TypeError):
         BlockIndex().add(0, [1], 2.0)  # type: ignore[arg-type]
+
+
+def exercise(tables: BlockIndex, owners: list[object], hashes: list[int], data: bytes) -> None:
+    """Every entry point once, through its success and its error paths."""
+    packed = array("Q", hashes)
+    tables.add(0, hashes, 5)
+    tables.add(1, packed, 2)
+    tables.add(70, memoryview(packed), 3)
+    tables.add(2, hashes, 1000)  # matched in full: a count past the small ints CPython shares
+    tables.match(hashes, owners)
+    tables.match(packed, owners)
+    tables.lru(0)
+    tables.held(0)
+    refused: list[tuple[object, ...]] = [
+        (0, [1, "x"], 3),
+        (0, [2**64], 3),
+        (0, 5, 3),
+        (0, array("I", [1]), 3),
+        (-1, hashes, 3),
+        (0, hashes, "3"),
+    ]
+    for args in refused:
+        with pytest.raises((TypeError, OverflowError, ValueError)):
+            tables.add(*args)
+    with pytest.raises(IndexError, match="an endpoint id without an owner"):
+        tables.match(hashes, owners[:1])
+    with pytest.raises(TypeError):
+        tables.match(hashes, [[]] * len(owners))  # unhashable owners
+    chain_hashes(data, 7, 64)
+    chain_keys(data, 7, 64)
+    for chain in (chain_hashes, chain_keys):
+        with pytest.raises((TypeError, ValueError, OverflowError)):
+            chain(data, -1, 4)
+        with pytest.raises(ValueError, match="block_size must be positive"):
+            chain(data, 1, 0)
+    tables.remove(1)
+
+
+def test_no_references_or_memory_are_leaked() -> None:
+    """Reference counts of what the calls are given stay as they were, and thousands of rounds of
+    every call (error paths included) on the same tables do not grow the traced heap."""
+    owners: list[object] = [object() for _ in range(71)]
+    hashes = [2**63 + 12345, 7, *range(2**40, 2**40 + 300)]
+    data = b"x" * 1000
+    tables = BlockIndex()
+    watched = (owners[0], owners[70], owners, hashes, hashes[0], data)
+    for _ in range(100):
+        exercise(tables, owners, hashes, data)
+    gc.collect()
+    before = [sys.getrefcount(item) for item in watched]
+    tracemalloc.start()
+    try:
+        for _ in range(100):
+            exercise(tables, owners, hashes, data)
+        gc.collect()
+        start = tracemalloc.get_traced_memory()[0]
+        for _ in range(2000):
+            exercise(tables, owners, hashes, data)
+        for _ in range(200):
+            BlockIndex().add(3, hashes, 2)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    assert [sys.getrefcount(item) for item in watched] == before
+    assert grown < 20_000, grown
