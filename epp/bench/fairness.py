@@ -8,11 +8,16 @@ request rate at the suite's SLO for that shape.
 
 - tenants: a well-behaved tenant sends its share (half the capacity), another five times its
   share; each tenant has its own prompt groups. Rows: the well-behaved tenant alone; both without
-  flow control; both with flow control under each fairness policy.
+  flow control; both with flow control under each fairness policy; pods reserved for the
+  well-behaved tenant, statically and sized to its demand.
 - priority: a critical objective (band 1) at half the capacity, and a sheddable one (band -1)
   flooding at three times the capacity. Rows: critical alone; both without flow control (GIE's
   legacy admission: sheddable requests get 429 while the pool is saturated); both with flow
-  control (bands dispatched highest first).
+  control (bands dispatched highest first); the remedies measured beside them, down to pods
+  reserved for the critical band, statically and sized to its demand.
+
+`--burst ON OFF` has the protected stream (the first) send only in the first ON seconds of every
+ON + OFF, the flood all the time: where a static reservation idles.
 
 Requests go through the real director and flow controller (in virtual time, on a model-clock
 asyncio loop; `--engine realtime`: through Envoy and `epp serve`). Latency percentiles and
@@ -56,7 +61,9 @@ ENGINES = {"virtual": "virtual time", "realtime": "real time, through Envoy and 
 PRIORITY_FIELD = "vllm-priority-field"
 SOFT_CEILING = "soft-reflective-ceiling-policy"
 RESERVED_CRITICAL, RESERVED_TENANT = "reserved-critical", "reserved-tenant"
+DEMAND_CRITICAL, DEMAND_TENANT = "demand-reserved-critical", "demand-reserved-tenant"
 TIER_LABEL = "inference-tier"
+DEMAND_LABEL = "pods reserved by demand (demand-sized-reservation)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,6 +103,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=Path("bench/configs/reserved-tenant.yaml"),
         help="the tenants scenario's row with pods reserved for the well-behaved tenant",
+    )
+    parser.add_argument(
+        "--demand-reserved-critical-config",
+        type=Path,
+        default=Path("bench/configs/demand-reserved-critical.yaml"),
+        help="the priority scenario's row with a reservation sized to the critical objective's demand",
+    )
+    parser.add_argument(
+        "--demand-reserved-tenant-config",
+        type=Path,
+        default=Path("bench/configs/demand-reserved-tenant.yaml"),
+        help="the tenants scenario's row with a reservation sized to the well-behaved tenant's demand",
+    )
+    parser.add_argument(
+        "--burst",
+        nargs=2,
+        type=float,
+        metavar=("ON", "OFF"),
+        help="the protected stream sends only ON model seconds of every ON + OFF, from the start",
     )
     parser.add_argument(
         "--reserved-tenant", type=int, default=5, help="pods labelled inference-tier=reserved for tenant-a"
@@ -181,6 +207,10 @@ class Bench:
         )
         self.configs[RESERVED_CRITICAL] = args.reserved_critical_config.read_text()
         self.configs[RESERVED_TENANT] = args.reserved_tenant_config.read_text()
+        self.configs[DEMAND_CRITICAL] = args.demand_reserved_critical_config.read_text()
+        self.configs[DEMAND_TENANT] = args.demand_reserved_tenant_config.read_text()
+        if args.burst and not (0 < args.burst[0] < math.inf and 0 <= args.burst[1] < math.inf):
+            raise SystemExit("--burst: ON must be positive and OFF not negative, both finite")
 
     def requests(self, streams: Sequence[Stream]) -> list[BenchRequest]:
         """Every stream's requests, tagged, in one Poisson process split by prompt group: stream i
@@ -201,8 +231,21 @@ class Bench:
         tagged = []
         for request in generate(spec, rate):
             stream = owner[int(request.group[1:]) % total_units]
+            if stream is streams[0] and not self.sends(request.arrival):
+                continue
             tagged.append(stream.tag(request))
         return tagged
+
+    def sends(self, at: float) -> bool:
+        """Whether the protected stream sends at model time `at` (always, unless --burst)."""
+        if not self.args.burst:
+            return True
+        on, off = self.args.burst
+        return at % (on + off) < on
+
+    def duty(self) -> float:
+        """The protected stream's share of the time it sends (1 unless --burst)."""
+        return self.args.burst[0] / sum(self.args.burst) if self.args.burst else 1.0
 
     def run(self, row: Row, requests: list[BenchRequest]) -> tuple[RunResult, Sequence[float]]:
         """The run's records, and when the EPP routed each request (NaN where not known)."""
@@ -329,6 +372,9 @@ def tenants(bench: Bench) -> str:
             (WELL_BEHAVED, NOISY),
             reserved=bench.args.reserved_tenant,
         ),
+        Row(
+            f"both, no flow control, {DEMAND_LABEL} for {WELL_BEHAVED}", DEMAND_TENANT, (WELL_BEHAVED, NOISY)
+        ),
     ]
     return side_by_side(bench, streams, rows, with_jain=True)
 
@@ -367,6 +413,7 @@ def priority(bench: Bench) -> str:
             both,
             reserved=bench.args.reserved_critical,
         ),
+        Row(f"both, flow control, {DEMAND_LABEL} for {CRITICAL}", DEMAND_CRITICAL, both),
     ]
     return side_by_side(bench, streams, rows, with_jain=False)
 
@@ -377,7 +424,7 @@ def side_by_side(bench: Bench, streams: tuple[Stream, Stream], rows: Sequence[Ro
     protected, flood = streams
     requests = bench.requests(streams)
     alone = [r for r in requests if r.group == protected.name]
-    demands = [s.rate * bench.args.output_len for s in streams]
+    demands = [protected.rate * bench.duty() * bench.args.output_len, flood.rate * bench.args.output_len]
     lines = []
     reference = None
     if bench.args.engine == "realtime":  # pod labels are set in virtual time only
@@ -427,7 +474,13 @@ def main(args: argparse.Namespace) -> int:
         f"{bench.data.question_len}-token question), {args.output_len} output tokens; "
         f"capacity taken as {args.capacity:g} req/s; arrivals for {args.seconds:g} s, figures over "
         f"{args.warmup:g}-{args.seconds:g} s; flow control: {args.config}"
-        + (f" with maxConcurrency {args.max_concurrency}" if args.max_concurrency is not None else ""),
+        + (f" with maxConcurrency {args.max_concurrency}" if args.max_concurrency is not None else "")
+        + (
+            f"; the protected stream (tenant-a, critical) sends only in the first {args.burst[0]:g} s of "
+            f"every {sum(args.burst):g} s"
+            if args.burst
+            else ""
+        ),
     ]
     for scenario in args.scenario or ["tenants", "priority"]:
         print(f"{scenario}:", flush=True)

@@ -55,6 +55,8 @@ from epp.sim.profiles import Profile
 
 _REJECTION_STATUS = {Rejection.QUEUE_FULL: 429, Rejection.TOO_LONG: 400}
 SERVER_PORT = 8000
+# A streamed chat response's first frame, as vLLM sends it with the first output.
+_FIRST_CHUNK = b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
 
 
 @dataclass(frozen=True, slots=True)
@@ -501,6 +503,7 @@ class VirtualRun:
         for sequence in emitted:
             if sequence.output_done == 1:
                 sequence.record.first_token = now
+                self.first_chunk(sequence)
             else:
                 gap(now - sequence.last_token)
             sequence.last_token = now
@@ -514,6 +517,15 @@ class VirtualRun:
             assert sequence.routed is not None
             sequence.routed.response_body(b"data: " + orjson.dumps({"usage": reported}) + b"\n\n", True)
             self._done(record.index, now)
+
+    @staticmethod
+    def first_chunk(sequence: EngineSequence) -> None:
+        """The response's first body chunk, at its first token (vLLM sends its opening frame with
+        the first output), to the EPP when a ResponseStreaming plugin asks for chunks. Later
+        tokens' chunks are not handed over one by one: the usage at the end carries their count."""
+        routed = sequence.routed
+        if routed is not None and routed.response_status == 200 and routed.reads_response_chunks:
+            routed.response_body(_FIRST_CHUNK, False)
 
     # ----- pods leaving, restarting and joining ---------------------------------------------------
 

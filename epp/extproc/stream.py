@@ -303,10 +303,11 @@ class ExtProcStream:
         """Whether to ask Envoy to stop sending this SSE response's chunks. A Python EPP answering
         every token's chunk would spend most of its CPU there; the request's end is then the
         stream's end. Envoy honours the override only with `allow_mode_override` and not in
-        FULL_DUPLEX_STREAMED mode; a restored model name needs the chunks."""
+        FULL_DUPLEX_STREAMED mode; a restored model name and ResponseStreaming plugins need the
+        chunks."""
         if self._options.read_streamed_responses or self._response_mode == FULL_DUPLEX:
             return False
-        return self._routed is None or not self._routed.rewrites_model
+        return self._routed is None or not (self._routed.rewrites_model or self._routed.reads_response_chunks)
 
     def _response_body(self, body: ext_proc.HttpBody) -> Iterator[ext_proc.ProcessingResponse]:
         original = chunk = body.body

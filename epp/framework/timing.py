@@ -23,6 +23,7 @@ ADMIT_REQUEST = "AdmitRequest"
 SCREENER = "Screener"
 REQUEST_HEADER = "RequestHeader"
 RESPONSE_RECEIVED = "ResponseReceived"
+RESPONSE_STREAMING = "ResponseStreaming"
 RESPONSE_COMPLETE = "ResponseComplete"
 
 

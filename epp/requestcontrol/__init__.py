@@ -14,6 +14,7 @@ from epp.requestcontrol.hooks import (
     ResponseComplete,
     ResponseHeaderProcessor,
     ResponseReceived,
+    ResponseStreaming,
     Screener,
 )
 
@@ -30,6 +31,7 @@ __all__ = [
     "ResponseComplete",
     "ResponseHeaderProcessor",
     "ResponseReceived",
+    "ResponseStreaming",
     "RoutedRequest",
     "Screener",
 ]

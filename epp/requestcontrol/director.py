@@ -128,6 +128,9 @@ class RoutedRequest:
         if self._usage is None:
             self._usage = self.usage_reader(self.request.stream)
         self._usage.feed(chunk, end_of_stream)
+        if chunk and not end_of_stream and not self._finished:
+            with _plugin_errors_logged("ResponseStreaming"):
+                self._director.hooks.response_streaming(self.request, self.result, chunk)
         if end_of_stream:
             if not self._finished:
                 with _plugin_errors_logged("ResponseBody"):
@@ -160,6 +163,11 @@ class RoutedRequest:
             served.inflight_requests += 1
             served.inflight_tokens += self._charged_tokens
             self.loaded.append(served)
+
+    @property
+    def reads_response_chunks(self) -> bool:
+        """Whether a ResponseStreaming plugin wants this response's chunks."""
+        return self._director.hooks.reads_response_chunks
 
     @property
     def rewrites_model(self) -> bool:

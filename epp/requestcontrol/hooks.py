@@ -75,6 +75,20 @@ class ResponseHeaderProcessor(Extension):
         the client's response go into `result.response_headers` (GIE's ResponseHeader plugins)."""
 
 
+class ResponseStreaming(Extension):
+    """GIE's and llm-d's ResponseStreaming point: each response body chunk before the last, as
+    the data plane hands it over. The EPP then asks Envoy for a streamed (SSE) response's chunks
+    instead of skipping them, so a chunk per token costs a message each."""
+
+    # False: this instance needs no chunks (a plugin whose configuration does not use them), so it
+    # is not called and does not make the EPP ask for them.
+    reads_response_chunks: bool = True
+
+    @abstractmethod
+    def response_streaming(self, request: InferenceRequest, result: SchedulingResult, chunk: bytes) -> None:
+        """A chunk of the response body arrived; more follow."""
+
+
 class ResponseBodyProcessor(Extension):
     @abstractmethod
     def response_body_done(
@@ -159,6 +173,8 @@ class RequestControlHooks:
         def timed(role: type, point: str) -> list[tuple[Any, timing.Observe]]:
             """The plugins taking `role`, each with its latency observer bound once."""
             chosen = [p for p in plugins if isinstance(p, role)]
+            if role is ResponseStreaming:
+                chosen = [p for p in chosen if cast(ResponseStreaming, p).reads_response_chunks]
             return [(p, timing.observer(metrics, point, cast(Extension, p))) for p in chosen]
 
         self._request_headers = timed(RequestHeaderProcessor, timing.REQUEST_HEADER)
@@ -167,6 +183,7 @@ class RequestControlHooks:
         self._pre_request = timed(PreRequest, timing.PRE_REQUEST)
         self._response_received = timed(ResponseReceived, timing.RESPONSE_RECEIVED)
         self._response_headers = timed(ResponseHeaderProcessor, timing.RESPONSE_RECEIVED)
+        self._response_streaming = timed(ResponseStreaming, timing.RESPONSE_STREAMING)
         self._response_body = timed(ResponseBodyProcessor, timing.RESPONSE_COMPLETE)
         self._response_complete = timed(ResponseComplete, timing.RESPONSE_COMPLETE)
 
@@ -215,6 +232,21 @@ class RequestControlHooks:
         for plugin, observe in self._response_headers:
             started = perf_counter()
             plugin.response_headers(request, result, metadata)
+            observe(perf_counter() - started)
+
+    @property
+    def reads_response_chunks(self) -> bool:
+        """Whether a plugin wants the response body's chunks as they come."""
+        return bool(self._response_streaming)
+
+    def response_streaming(self, request: InferenceRequest, result: SchedulingResult, chunk: bytes) -> None:
+        """Each plugin hears every chunk even if one before it fails (it may act on the first)."""
+        for plugin, observe in self._response_streaming:
+            started = perf_counter()
+            try:
+                plugin.response_streaming(request, result, chunk)
+            except Exception:
+                log.exception("ResponseStreaming plugin %s failed; the others go on", plugin.name)
             observe(perf_counter() - started)
 
     def response_body_done(

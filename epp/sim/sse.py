@@ -35,7 +35,12 @@ async def stream_response(http: web.Request, gen: Generation, group: SequenceGro
 
 
 async def _send(response: web.StreamResponse, writer: SseWriter, group: SequenceGroup) -> None:
-    await response.write(writer.opening())
+    # vLLM sends a chat stream's role frame with the first output, so the body's first bytes come
+    # with the first token (what an EPP reading the chunks takes as the end of the prefill).
+    opening = writer.opening()
+    if not writer.opens_with_first_output:
+        await response.write(opening)
+        opening = b""
     while True:
         # Clear before reading, so a step that ends during the write below sets the event again;
         # the group may have finished before the stream started (a slow KV pull), so the tokens
@@ -44,11 +49,12 @@ async def _send(response: web.StreamResponse, writer: SseWriter, group: Sequence
         finished = group.finished()
         frames = writer.new_tokens()
         if frames:
-            await response.write(frames)
+            await response.write(opening + frames)
+            opening = b""
         if finished:
             break
         await group.event.wait()
-    await response.write(writer.closing())
+    await response.write(opening + writer.closing())
     await response.write_eof()
 
 
@@ -61,6 +67,11 @@ class SseWriter:
         self._created = int(time.time())
         prefix = {"chat": "chatcmpl-", "responses": "resp_", "completion": "cmpl-"}[gen.kind]
         self._id = prefix + uuid.uuid4().hex
+
+    @property
+    def opens_with_first_output(self) -> bool:
+        """Whether the opening frames wait for the first output (chat's role frame, as vLLM's)."""
+        return self._gen.kind == "chat"
 
     def opening(self) -> bytes:
         gen = self._gen

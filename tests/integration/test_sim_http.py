@@ -277,6 +277,20 @@ async def test_chat_stream_role_frame_first(cluster: SimCluster, http: aiohttp.C
     assert frames[-1] == "[DONE]" and len(frames) == 1 + 3 + 1
 
 
+async def test_chat_stream_body_starts_with_the_first_token(
+    cluster: SimCluster, http: aiohttp.ClientSession
+) -> None:
+    """As vLLM: the role frame is not sent ahead of the prefill but with the first output, so the
+    body's first bytes (which an EPP reading the chunks takes as the first token) carry a token."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True}
+    async with http.post(base(cluster) + "/v1/chat/completions", json=body) as response:
+        first = await response.content.readany()
+        await response.read()
+    frames = [json.loads(line[6:]) for line in first.split(b"\n\n") if line.startswith(b"data: {")]
+    assert frames[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert frames[1]["choices"][0]["delta"]["content"]
+
+
 async def test_models_and_lora(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
     async with http.get(base(cluster) + "/v1/models") as response:
         models = await response.json()

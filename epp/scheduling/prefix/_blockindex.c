@@ -323,9 +323,22 @@ static void evict_oldest(BlockIndex *self, uint32_t endpoint) {
     }
 }
 
-static int by_value(const void *a, const void *b) {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
+/* How many distinct keys among the `count` not held (a prompt may list a block twice); 0 with an
+ * exception set when the scratch set cannot be allocated. */
+static size_t distinct_new(const uint64_t *keys, const uint32_t *held, Py_ssize_t n, size_t count) {
+    size_t capacity = 16;
+    while (capacity < 2 * count) capacity *= 2;
+    Table seen;
+    if (table_init(&seen, capacity) < 0) return 0;
+    size_t distinct = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (held[i] == 0 && table_get(&seen, keys[i]) == 0) {
+            table_place(&seen, keys[i], 1);
+            distinct++;
+        }
+    }
+    PyMem_Free(seen.slots);
+    return distinct;
 }
 
 /* Evict the endpoint's oldest blocks beyond `limit`. The victims' records are fetched for all of
@@ -365,10 +378,7 @@ static PyObject *BlockIndex_add(BlockIndex *self, PyObject *args) {
     if (keys == NULL) return NULL;
     uint32_t e = (uint32_t)endpoint;
     uint32_t *held = PyMem_Malloc((n ? n : 1) * sizeof(uint32_t)); /* node id, 0 = not held */
-    uint64_t *fresh = PyMem_Malloc((n ? n : 1) * sizeof(uint64_t));   /* the keys not held */
-    if (held == NULL || fresh == NULL) {
-        PyMem_Free(held);
-        PyMem_Free(fresh);
+    if (held == NULL) {
         PyMem_Free(keys);
         return PyErr_NoMemory();
     }
@@ -399,13 +409,12 @@ static PyObject *BlockIndex_add(BlockIndex *self, PyObject *args) {
      * leaves their freed records warm for the inserts to reuse; what the inserts push over the
      * capacity is evicted after them. */
     size_t limit = capacity > 1 ? (size_t)capacity : 1, inserts = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (held[i] == 0) fresh[inserts++] = keys[i];
+    for (Py_ssize_t i = 0; i < n; i++) inserts += held[i] == 0;
+    if (inserts > 1 && (inserts = distinct_new(keys, held, n, inserts)) == 0) {
+        PyMem_Free(held);
+        PyMem_Free(keys);
+        return PyErr_NoMemory();
     }
-    qsort(fresh, inserts, sizeof(uint64_t), by_value);
-    size_t distinct = inserts ? 1 : 0;
-    for (size_t j = 1; j < inserts; j++) distinct += fresh[j] != fresh[j - 1];
-    inserts = distinct;
     size_t current = self->owners[e].held;
     if (current + inserts > limit) evict(self, e, current + inserts - limit < current ? limit - inserts : 0);
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -414,13 +423,11 @@ static PyObject *BlockIndex_add(BlockIndex *self, PyObject *args) {
         if (b && table_get(&self->nodes_by_pair, pair_key(b, e))) continue; /* listed twice */
         if (insert(self, keys[i], e) == 0) {
             PyMem_Free(held);
-            PyMem_Free(fresh);
             PyMem_Free(keys);
             return NULL;
         }
     }
     PyMem_Free(held);
-    PyMem_Free(fresh);
     PyMem_Free(keys);
     evict(self, e, limit);
     Py_RETURN_NONE;

@@ -57,8 +57,9 @@ def block_hashes(data: bytes, seed: int, block_size: int, max_blocks: int) -> li
     limit). A trailing partial block is hashed too (GIE after v1.5); data shorter than one block
     gives nothing, as in GIE.
 
-    No Python frame runs per block: `struct.iter_unpack` cuts the full blocks in C, and the chain
-    is a `map` whose seeds are read from the very list it is extending (each hash becomes the next
+    The chain runs in C when the extension is built (`_blockindex.chain_hashes`); otherwise no
+    Python frame runs per block: `struct.iter_unpack` cuts the full blocks in C, and the chain is
+    a `map` whose seeds are read from the very list it is extending (each hash becomes the next
     block's seed). 256 blocks: 22 µs against 36 µs for a loop over memoryview slices."""
     end = _hashed_end(data, block_size, max_blocks)
     return _chain(memoryview(data)[:end], seed, block_size) if end else []
@@ -120,13 +121,13 @@ class ChainCache:
     one chain (later spans cannot be known after an unknown one, short of an evicted span) whose
     whole spans are then remembered.
 
-    The values are `block_hashes`'s. What pays most is that they are the very `int` objects the
-    prefix index stored when it first saw the prefix: its dict probes then find their keys by
-    identity instead of reading the stored key to compare it, a cache miss per probe in a
-    multi-million-entry index. 64 endpoints, 16 KB prompts, on a loaded machine: a decision 468 ->
-    444 µs, of which the index 338 -> 269 µs and hashing 25.5 -> 20.2 µs; the 69-block prompts of
-    candidates_bench.py, where one 32-block span of the 62 shared is remembered, hash in 9.0 -> 9.3
-    µs (docs/scheduling.md, Performance)."""
+    The values are `block_hashes`'s. Used only with the Python chain (`prompt_hasher`); with it,
+    what paid most was that they are the very `int` objects the Python index stored when it first
+    saw the prefix: its dict probes then find their keys by identity instead of reading the stored
+    key to compare it, a cache miss per probe in a multi-million-entry index. 64 endpoints, 16 KB
+    prompts, on a loaded machine: a decision 468 -> 444 µs, of which the index 338 -> 269 µs and
+    hashing 25.5 -> 20.2 µs; the 69-block prompts of candidates_bench.py, where one 32-block span
+    of the 62 shared is remembered, hash in 9.0 -> 9.3 µs (docs/scheduling.md, Performance)."""
 
     SPAN_BLOCKS = 32
 

@@ -28,6 +28,34 @@ def test_jain_is_one_when_every_tenant_gets_its_fair_share_and_lower_otherwise()
     assert jain([10.0, 90.0], [20.0, 500.0]) == pytest.approx((0.5 + 1.125) ** 2 / (2 * (0.25 + 1.265625)))
 
 
+def test_burst_sends_the_protected_stream_only_in_its_on_phases(tiny_workload: Path) -> None:
+    args = _args(tiny_workload, seconds=100.0)
+    args.burst = [10.0, 30.0]
+    bench = Bench(args)
+    streams = [Stream(WELL_BEHAVED, 1.0, tenant=WELL_BEHAVED), Stream(NOISY, 5.0, tenant=NOISY)]
+    requests = bench.requests(streams)
+    mine = [r.arrival for r in requests if r.tenant == WELL_BEHAVED]
+    assert mine and all(at % 40 < 10 for at in mine)
+    assert any(at > 80 for at in mine)  # every cycle, not only the first
+    assert len([r for r in requests if r.tenant == NOISY]) == len(
+        [r for r in Bench(_args(tiny_workload, seconds=100.0)).requests(streams) if r.tenant == NOISY]
+    )  # the flood unchanged
+    assert bench.duty() == 0.25
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("burst", [[0.0, 10.0], [NAN, 10.0], [10.0, NAN], [INF, 1.0]])
+def test_a_burst_needs_a_positive_on_phase(tiny_workload: Path, burst: list[float]) -> None:
+    """Not a number or infinite phases would silently drop the protected stream (NaN) or make
+    its fair share NaN (inf / inf): refused like a zero ON phase."""
+    args = _args(tiny_workload, seconds=10.0)
+    args.burst = burst
+    with pytest.raises(SystemExit, match="--burst: ON must be positive"):
+        Bench(args)
+
+
 @pytest.fixture
 def tiny_workload(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"
@@ -98,6 +126,7 @@ def test_the_command_prints_both_scenarios_side_by_side(
         "both, flow control, round-robin-fairness-policy",
         "both, flow control, least-tokens-served-fairness-policy",
         "both, no flow control, 1 of 2 pods reserved for tenant-a",
+        "both, no flow control, pods reserved by demand (demand-sized-reservation) for tenant-a",
         "critical alone, no flow control",
         "critical alone, flow control",
         "both, no flow control (legacy shedding)",
@@ -107,6 +136,7 @@ def test_the_command_prints_both_scenarios_side_by_side(
         "both, flow control, soft-reflective-ceiling-policy",
         "both, flow control, soft-reflective-ceiling-policy, vLLM priority scheduling",
         "both, flow control, 1 of 2 pods reserved for critical",
+        "both, flow control, pods reserved by demand (demand-sized-reservation) for critical",
     ]
     assert rows[0].split(" | ")[2] == "+0%"
     assert rows[2].split(" | ")[3].count(" ms") == 2  # p90 in the EPP's queue / after routing

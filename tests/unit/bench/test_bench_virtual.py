@@ -14,7 +14,7 @@ from epp.config.loader import load_config, load_config_file
 from epp.datalayer.engines import BUILTIN_ENGINES
 from epp.datalayer.promtext import Extractor
 from epp.framework import Plugin, PluginContext, register
-from epp.requestcontrol import PreRequest, ResponseComplete, ResponseReceived
+from epp.requestcontrol import PreRequest, ResponseComplete, ResponseReceived, ResponseStreaming
 from epp.requests import InferenceRequest, Usage
 from epp.scheduling.types import SchedulingResult
 from epp.sim.engine import Engine, Request
@@ -73,6 +73,42 @@ class Recorder(Plugin, PreRequest, ResponseReceived, ResponseComplete):
     ) -> None:
         self.calls["complete"] += 1
         self.usages.append(usage)
+
+
+CHUNKS = "bench-test-chunks"
+
+
+@register
+class ChunkClock(Plugin, ResponseStreaming):
+    """When (model time) each request's response chunks before the last reached the EPP."""
+
+    type_name = CHUNKS
+    last: ChunkClock | None = None
+
+    def __init__(self, name: str, params: object, context: PluginContext) -> None:
+        super().__init__(name, params, context)
+        self.clock = context.clock
+        self.seen: dict[str, list[float]] = {}
+        ChunkClock.last = self
+
+    def response_streaming(self, request: InferenceRequest, result: SchedulingResult, chunk: bytes) -> None:
+        self.seen.setdefault(request.request_id, []).append(self.clock())
+
+
+def test_the_first_response_chunk_reaches_the_epp_at_the_first_token() -> None:
+    config = load_config(
+        f"""
+        apiVersion: inference.networking.x-k8s.io/v1alpha1
+        kind: EndpointPickerConfig
+        plugins: [{{type: {CHUNKS}}}, {{type: random-picker}}]
+        schedulingProfiles: [{{name: default, plugins: [{{pluginRef: random-picker}}]}}]
+        """
+    )
+    result = VirtualRun(workload(), config, TINY_2).run()
+    clock = ChunkClock.last
+    assert clock is not None
+    assert clock.seen == {str(r.index): [r.first_token] for r in result.records}
+    assert all(r.first_token < r.done for r in result.records)
 
 
 def test_lone_request_takes_exactly_the_engine_model_time() -> None:

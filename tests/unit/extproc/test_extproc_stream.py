@@ -19,8 +19,10 @@ from epp.extproc.messages import BODY_CHUNK_BYTES
 from epp.extproc.pb import BodyMode, core, ext_proc, ext_proc_grpc
 from epp.extproc.server import Health, bind, ext_proc_server
 from epp.extproc.stream import StreamOptions
-from epp.framework import PluginContext
-from epp.requestcontrol import Director
+from epp.framework import Plugin, PluginContext
+from epp.requestcontrol import Director, RequestControlHooks, ResponseStreaming
+from epp.requests import InferenceRequest
+from epp.scheduling.types import SchedulingResult
 from tests.unit.deep_json import DEEP_FIELDS, deep_body
 
 FDS = BodyMode.FULL_DUPLEX_STREAMED
@@ -625,6 +627,44 @@ async def test_streamed_response_bodies_are_skipped_where_envoy_allows_it(
     assert reply.HasField("mode_override") is skipped
     if skipped:
         assert reply.mode_override.response_body_mode == BodyMode.NONE
+
+
+class ChunkReader(Plugin, ResponseStreaming):
+    """Records the response chunks it is handed before the last."""
+
+    type_name = "chunk-reader"
+
+    def __init__(self, reads: bool) -> None:
+        super().__init__("chunk-reader", None, PluginContext())
+        self.reads_response_chunks = reads
+        self.chunks: list[bytes] = []
+
+    def response_streaming(self, request: InferenceRequest, result: SchedulingResult, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+
+
+@pytest.mark.parametrize("reads", [True, False])
+async def test_streamed_response_bodies_are_read_for_a_response_streaming_plugin(
+    harness: Harness, reads: bool
+) -> None:
+    """Buffered mode skips an SSE response's chunks unless a ResponseStreaming plugin reads them
+    (one whose configuration needs none does not count)."""
+    reader = ChunkReader(reads)
+    harness.director.hooks = RequestControlHooks([reader], harness.director.metrics)
+    harness.add("a", 8000)
+    reply = await response_headers_reply(harness, BodyMode.BUFFERED, "text/event-stream")
+    assert reply.HasField("mode_override") is not reads
+
+
+async def test_response_chunks_reach_the_streaming_plugin_until_the_end(harness: Harness) -> None:
+    reader = ChunkReader(True)
+    harness.director.hooks = RequestControlHooks([reader], harness.director.metrics)
+    call, endpoint = await streaming_request(harness)
+    for i, chunk in enumerate(SSE):
+        await call.write(response_body_msg(chunk, end_of_stream=i == len(SSE) - 1))
+        await read(call)
+    assert reader.chunks == SSE[:-1]
+    assert endpoint.inflight_requests == 0
 
 
 def load(harness: Harness) -> list[tuple[int, int]]:

@@ -10,7 +10,7 @@ import pytest
 from epp.datalayer.tokenize import TokenizedPrompt
 from epp.framework import Plugin
 from epp.metrics.exporter import EppMetrics
-from epp.requestcontrol import RequestControlHooks, ResponseComplete
+from epp.requestcontrol import RequestControlHooks, ResponseComplete, ResponseStreaming
 from epp.requests import InferenceRequest, Usage
 from epp.scheduling.types import ProfileResult, SchedulingResult
 from tests.unit.plugin_helpers import FakeClock, context, endpoints, pinning_producer
@@ -48,3 +48,32 @@ def test_a_failing_response_complete_plugin_does_not_leave_later_ones_unreleased
     # The broken plugin is logged; the producer after it still released the request's pins.
     assert "failing" in caplog.text and "broken plugin" in caplog.text
     assert not producer.cache.index._pins
+
+
+class Chunks(Plugin, ResponseStreaming):
+    type_name = "chunk-recorder"
+
+    def __init__(self, name: str, fails: bool = False) -> None:
+        super().__init__(name, None, context())
+        self.fails = fails
+        self.chunks: list[bytes] = []
+
+    def response_streaming(self, request: InferenceRequest, result: SchedulingResult, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        if self.fails:
+            raise RuntimeError("broken chunk reader")
+
+
+def test_a_failing_response_streaming_plugin_does_not_keep_chunks_from_later_ones(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A plugin acting on a response's first chunk (its first token) would otherwise never hear
+    it while one configured before it fails on every chunk."""
+    broken, reader = Chunks("broken", fails=True), Chunks("reader")
+    hooks = RequestControlHooks([broken, reader], EppMetrics())
+    result = SchedulingResult({"default": ProfileResult(endpoints(1))}, "default")
+    with caplog.at_level(logging.ERROR):
+        for chunk in (b"data: 1\n\n", b"data: 2\n\n"):
+            hooks.response_streaming(make_request(b"x"), result, chunk)
+    assert reader.chunks == broken.chunks == [b"data: 1\n\n", b"data: 2\n\n"]
+    assert "broken" in caplog.text and "broken chunk reader" in caplog.text
