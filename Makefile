@@ -33,7 +33,7 @@ install: $(STAMP) $(EXTENSION) chromium redis
 ASAN_DIR := build/asan
 ASAN_CFLAGS := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 asan-check: $(STAMP)
-	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR) && cp -r epp tests pyproject.toml setup.py $(ASAN_DIR)/
+	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR) && cp -r epp tests pyproject.toml setup.py README.md $(ASAN_DIR)/
 	cd $(ASAN_DIR) && CFLAGS="$(ASAN_CFLAGS)" LDFLAGS="-fsanitize=address,undefined" \
 		$(CURDIR)/$(BIN)/python setup.py --quiet build_ext --inplace --force
 	cd $(ASAN_DIR) && ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc \
