@@ -74,7 +74,13 @@ static inline uint32_t LOWEST_BIT(uint64_t mask) {
 }
 #endif
 
+/* Keys the mixer per process (from Python's randomised hash of bytes, so PYTHONHASHSEED fixes it as
+ * it fixes dicts' string hashes): block contents cannot be ground towards one home slot, whose
+ * linear-probing cluster every later insert and lookup near it would walk. */
+static uint64_t mix_key;
+
 static inline uint64_t mix(uint64_t x) {
+    x ^= mix_key;
     x ^= x >> 33;
     x *= 0xff51afd7ed558ccdULL;
     x ^= x >> 33;
@@ -738,6 +744,12 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__blockindex(void) {
+    PyObject *salt = PyBytes_FromString("epp.scheduling.prefix._blockindex");
+    if (salt == NULL) return NULL;
+    Py_hash_t salt_hash = PyObject_Hash(salt);
+    Py_DECREF(salt);
+    if (salt_hash == -1 && PyErr_Occurred()) return NULL;
+    mix_key = mix((uint64_t)salt_hash);
     if (PyType_Ready(&BlockIndexType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import tracemalloc
 from array import array
 
@@ -177,3 +178,37 @@ def test_no_references_or_memory_are_leaked() -> None:
         tracemalloc.stop()
     assert [sys.getrefcount(item) for item in watched] == before
     assert grown < 20_000, grown
+
+
+def unmix(position: int) -> int:
+    """The key the tables' unkeyed mixer (MurmurHash3's fmix64) sends to `position`: what someone
+    who knows the algorithm can grind block contents towards (the chain's seed is the model name
+    and the client's own cache_salt)."""
+    mask = 2**64 - 1
+    x = position ^ (position >> 33)
+    x = (x * pow(0xC4CEB9FE1A85EC53, -1, 2**64)) & mask
+    x ^= x >> 33
+    x = (x * pow(0xFF51AFD7ED558CCD, -1, 2**64)) & mask
+    return x ^ (x >> 33)
+
+
+def test_keys_aimed_at_one_table_slot_do_not_make_one_probe_chain() -> None:
+    """With an unkeyed mixer and linear probing, blocks ground to share a home slot pile into one
+    cluster that every later insert and lookup near it walks: quadratic time, where Python's
+    dicts (perturbed probing) stay linear. The mixer is keyed per process, so aimed keys scatter
+    like any others. CPU time of the same count of aimed and random keys, generous bound."""
+    count = 20_000
+    aimed = [unmix(i << 40) for i in range(1, count + 1)]  # all home to slot 0 unkeyed
+    spread = [unmix(i) for i in range(1, count + 1)]
+
+    def cpu(keys: list[int]) -> float:
+        tables = BlockIndex()
+        started = time.process_time()
+        tables.add(0, keys, count)
+        tables.match(keys, ["a"])
+        return time.process_time() - started
+
+    cpu(spread)  # warm
+    baseline = min(cpu(spread) for _ in range(3))
+    seconds = cpu(aimed)
+    assert seconds < 20 * baseline + 0.05, (seconds, baseline)
