@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install chromium redis h2load run test lint typecheck unit e2e kind-e2e bench bench-overhead bench-overhead-flow-control bench-overload bench-quick clean
+.PHONY: install chromium redis h2load run test lint typecheck unit e2e kind-e2e bench bench-overhead bench-overhead-flow-control bench-overload bench-quick asan-check clean
 
 # xds-protos ships an older copy of OpenTelemetry's generated protos under the same module paths,
 # and whichever package pip installs last wins; reinstalling opentelemetry-proto's own files makes
@@ -26,6 +26,19 @@ $(EXTENSION): $(STAMP) setup.py epp/scheduling/prefix/_blockindex.c
 	touch $(EXTENSION)
 
 install: $(STAMP) $(EXTENSION) chromium redis
+
+## The C extension under AddressSanitizer and UndefinedBehaviorSanitizer, built in a scratch copy of
+## the project (the in-place build is left alone) and run through its tests there, every allocation
+## visible to ASan (PYTHONMALLOC=malloc). Needs gcc's libasan and libubsan.
+ASAN_DIR := build/asan
+ASAN_CFLAGS := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+asan-check: $(STAMP)
+	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR) && cp -r epp tests pyproject.toml setup.py README.md $(ASAN_DIR)/
+	cd $(ASAN_DIR) && CFLAGS="$(ASAN_CFLAGS)" LDFLAGS="-fsanitize=address,undefined" \
+		$(CURDIR)/$(BIN)/python setup.py --quiet build_ext --inplace --force
+	cd $(ASAN_DIR) && ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc \
+		LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+		$(CURDIR)/$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/scheduling/test_scheduling_prefix_compiled*.py
 
 ## Debian's chromium, which the live view's browser test drives through Playwright (Playwright's
 ## own browser download is not used). Installed with apt-get when missing, as root (CI); otherwise

@@ -74,7 +74,13 @@ static inline uint32_t LOWEST_BIT(uint64_t mask) {
 }
 #endif
 
+/* Keys the mixer per process (from Python's randomised hash of bytes, so PYTHONHASHSEED fixes it as
+ * it fixes dicts' string hashes): block contents cannot be ground towards one home slot, whose
+ * linear-probing cluster every later insert and lookup near it would walk. */
+static uint64_t mix_key;
+
 static inline uint64_t mix(uint64_t x) {
+    x ^= mix_key;
     x ^= x >> 33;
     x *= 0xff51afd7ed558ccdULL;
     x ^= x >> 33;
@@ -111,8 +117,8 @@ static void table_place(Table *t, uint64_t key, uint32_t value) {
     t->slots[i].value = value;
 }
 
-/* `key` must be absent. Kept at most half full. */
-static int table_put(Table *t, uint64_t key, uint32_t value) {
+/* Room for one more key, so the `table_put` after it cannot fail. Kept at most half full. */
+static int table_reserve(Table *t) {
     if ((t->used + 1) * 2 > t->mask + 1) {
         size_t old_cap = t->mask + 1;
         Slot *old = t->slots;
@@ -129,9 +135,13 @@ static int table_put(Table *t, uint64_t key, uint32_t value) {
         }
         PyMem_Free(old);
     }
+    return 0;
+}
+
+/* `key` must be absent, and room reserved. */
+static void table_put(Table *t, uint64_t key, uint32_t value) {
     table_place(t, key, value);
     t->used++;
-    return 0;
 }
 
 /* Linear probing's backward-shift deletion: no tombstones. `key` must be present. */
@@ -246,22 +256,34 @@ static void append_lru(BlockIndex *self, uint32_t id) {
 }
 
 /* The (block, endpoint) node, adding the block and the node if new; 0 with an exception set. */
+/* Room for record `next + 1` (records are numbered from 1, 0 meaning none). */
+static int reserve_record(void **items, size_t *cap, size_t size, size_t next) {
+    if (next >= UINT32_MAX - 1) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return grow(items, cap, size, next + 1);
+}
+
 static uint32_t insert(BlockIndex *self, uint64_t key, uint32_t endpoint) {
     uint32_t b = table_get(&self->blocks_by_key, key);
+    /* What can fail comes first: a MemoryError leaves no block without holders, nor a lost record. */
+    if ((b == 0 && (table_reserve(&self->blocks_by_key) < 0 ||
+                    (!self->free_block &&
+                     reserve_record((void **)&self->blocks, &self->blocks_cap, sizeof(Block), self->blocks_next) < 0))) ||
+        table_reserve(&self->nodes_by_pair) < 0 ||
+        (!self->free_node &&
+         reserve_record((void **)&self->nodes, &self->nodes_cap, sizeof(Node), self->nodes_next) < 0))
+        return 0;
     if (b == 0) {
         if (self->free_block) {
             b = (uint32_t)self->free_block;
             self->free_block = self->blocks[b].holders;
         } else {
-            if (self->blocks_next >= UINT32_MAX - 1 ||
-                grow((void **)&self->blocks, &self->blocks_cap, sizeof(Block), self->blocks_next + 1) < 0) {
-                if (!PyErr_Occurred()) PyErr_NoMemory();
-                return 0;
-            }
             b = (uint32_t)++self->blocks_next;
         }
         self->blocks[b] = (Block){.key = key};
-        if (table_put(&self->blocks_by_key, key, b) < 0) return 0;
+        table_put(&self->blocks_by_key, key, b);
         self->live_blocks++;
     }
     uint32_t id;
@@ -269,14 +291,9 @@ static uint32_t insert(BlockIndex *self, uint64_t key, uint32_t endpoint) {
         id = (uint32_t)self->free_node;
         self->free_node = self->nodes[id].newer;
     } else {
-        if (self->nodes_next >= UINT32_MAX - 1 ||
-            grow((void **)&self->nodes, &self->nodes_cap, sizeof(Node), self->nodes_next + 1) < 0) {
-            if (!PyErr_Occurred()) PyErr_NoMemory();
-            return 0;
-        }
         id = (uint32_t)++self->nodes_next;
     }
-    if (table_put(&self->nodes_by_pair, pair_key(b, endpoint), id) < 0) return 0;
+    table_put(&self->nodes_by_pair, pair_key(b, endpoint), id);
     Block *block = &self->blocks[b];
     self->nodes[id] = (Node){b, endpoint, 0, 0, 0, block->holders};
     if (block->holders) self->nodes[block->holders].prev_holder = id;
@@ -355,8 +372,12 @@ static void evict(BlockIndex *self, uint32_t e, size_t limit) {
 
 static PyObject *BlockIndex_add(BlockIndex *self, PyObject *args) {
     Py_ssize_t endpoint, capacity;
-    PyObject *hashes;
-    if (!PyArg_ParseTuple(args, "nOn", &endpoint, &hashes, &capacity)) return NULL;
+    PyObject *hashes, *capacity_object;
+    if (!PyArg_ParseTuple(args, "nOO", &endpoint, &hashes, &capacity_object)) return NULL;
+    /* Clipped, not refused, beyond Py_ssize_t: no endpoint holds that many blocks (index.py's
+     * semantics for any int, such as a configured or engine-reported 1e19). */
+    capacity = PyNumber_AsSsize_t(capacity_object, NULL);
+    if (capacity == -1 && PyErr_Occurred()) return NULL;
     if (ensure_owner(self, endpoint) < 0) return NULL;
     Py_ssize_t n;
     uint64_t *keys = unbox(hashes, &n);
@@ -535,15 +556,18 @@ static PyObject *BlockIndex_lru(BlockIndex *self, PyObject *arg) {
     return blocks;
 }
 
-static int BlockIndex_init(BlockIndex *self, PyObject *args, PyObject *kwargs) {
+/* The tables are made with the object, so one made without `__init__` (`BlockIndex.__new__`) has
+ * them too. */
+static PyObject *BlockIndex_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "", kwlist)) return -1;
-    if (self->blocks_by_key.slots != NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "BlockIndex is initialised once");
-        return -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "", kwlist)) return NULL;
+    BlockIndex *self = (BlockIndex *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    if (table_init(&self->blocks_by_key, 1024) < 0 || table_init(&self->nodes_by_pair, 1024) < 0) {
+        Py_DECREF(self);
+        return NULL;
     }
-    if (table_init(&self->blocks_by_key, 1024) < 0 || table_init(&self->nodes_by_pair, 1024) < 0) return -1;
-    return 0;
+    return (PyObject *)self;
 }
 
 static void BlockIndex_dealloc(BlockIndex *self) {
@@ -574,8 +598,7 @@ static PyTypeObject BlockIndexType = {
     .tp_basicsize = sizeof(BlockIndex),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Prefix index tables: blocks by 64-bit key, per-endpoint LRU lists, holder lists.",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)BlockIndex_init,
+    .tp_new = BlockIndex_new,
     .tp_dealloc = (destructor)BlockIndex_dealloc,
     .tp_methods = BlockIndex_methods,
 };
@@ -676,7 +699,7 @@ static PyObject *chain_keys(PyObject *Py_UNUSED(module), PyObject *args) {
     uint64_t seed;
     Py_ssize_t block_size;
     if (chain_args(args, &data, &seed, &block_size) < 0) return NULL;
-    Py_ssize_t count = (data.len + block_size - 1) / block_size;
+    Py_ssize_t count = data.len / block_size + (data.len % block_size != 0); /* no overflow */
     PyObject *packed = PyBytes_FromStringAndSize(NULL, count * 8);
     if (packed != NULL) chain(data.buf, data.len, seed, block_size, (uint64_t *)PyBytes_AS_STRING(packed));
     PyBuffer_Release(&data);
@@ -688,7 +711,7 @@ static PyObject *chain_hashes(PyObject *Py_UNUSED(module), PyObject *args) {
     uint64_t seed;
     Py_ssize_t block_size;
     if (chain_args(args, &data, &seed, &block_size) < 0) return NULL;
-    Py_ssize_t count = (data.len + block_size - 1) / block_size;
+    Py_ssize_t count = data.len / block_size + (data.len % block_size != 0); /* no overflow */
     uint64_t *keys = PyMem_Malloc((count ? count : 1) * sizeof(uint64_t));
     if (keys == NULL) {
         PyBuffer_Release(&data);
@@ -721,6 +744,12 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__blockindex(void) {
+    PyObject *salt = PyBytes_FromString("epp.scheduling.prefix._blockindex");
+    if (salt == NULL) return NULL;
+    Py_hash_t salt_hash = PyObject_Hash(salt);
+    Py_DECREF(salt);
+    if (salt_hash == -1 && PyErr_Occurred()) return NULL;
+    mix_key = mix((uint64_t)salt_hash);
     if (PyType_Ready(&BlockIndexType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
