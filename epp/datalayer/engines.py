@@ -125,9 +125,10 @@ def _adapters(text: str) -> frozenset[str]:
 
 @functools.lru_cache(maxsize=1024)
 def _int(text: str) -> int:
+    """A label's number; 0 (unknown) for one that is not a finite number."""
     try:
         return int(float(text))
-    except ValueError:
+    except (ValueError, OverflowError):  # "nan" / garbage; "inf"
         return 0
 
 

@@ -379,3 +379,13 @@ async def test_verification_on_refuses_an_untrusted_certificate_and_accepts_a_tr
         await until("a verified https scrape", lambda: endpoint.metrics.waiting_queue_size == 4)
     finally:
         await picker.stop()
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e400", "lots"])
+def test_a_cache_info_label_that_is_no_finite_number_reads_as_unknown(value: str) -> None:
+    """An engine reporting `num_gpu_blocks="inf"` (or garbage) leaves the geometry unknown (0)
+    instead of failing the endpoint's every scrape with OverflowError."""
+    engine = ScrapeSettings(default_engine="vllm").engines["vllm"]
+    page = f'vllm:cache_config_info{{block_size="16",num_gpu_blocks="{value}"}} 1\n'
+    metrics = engine.read(Extractor(engine.names()).extract(page), 0)
+    assert (metrics.cache_block_size, metrics.cache_num_blocks) == (16, 0)
