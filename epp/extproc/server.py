@@ -20,6 +20,21 @@ from epp.requests import ErrorCode, RequestError
 
 log = logging.getLogger(__name__)
 
+
+class _LateStatusIsDebug(logging.Filter):
+    """grpc.aio logs ERROR with a traceback when it cannot send a stream's final status because
+    Envoy already closed the stream (the request is done by then; nothing is lost). Operators
+    alert on ERROR, so that one message is logged at DEBUG instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("ExecuteBatchError raised in core by servicer method"):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+logging.getLogger("grpc._cython.cygrpc").addFilter(_LateStatusIsDebug())
+
 # grpc.aio asks gRPC core for the next call only once the event loop has run the previous one's
 # accept (a few loop iterations each): while the loop is saturated, new ext_proc streams wait in
 # core's queue of calls not yet requested. Past 1,000 of them core drops new ones at random, past
