@@ -30,7 +30,7 @@ class MaxScorePicker(CountedPicker):
         self, request: InferenceRequest, candidates: Sequence[Endpoint], scores: np.ndarray
     ) -> list[Endpoint]:
         if self.count == 1:
-            tied = np.flatnonzero(scores == scores.max()).tolist()
+            tied = (scores == np.maximum.reduce(scores)).nonzero()[0].tolist()
             return [candidates[tied[0]] if len(tied) == 1 else self.rng.choice([candidates[i] for i in tied])]
         return self._ranked(candidates, scores.tolist())
 

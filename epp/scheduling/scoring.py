@@ -18,8 +18,8 @@ def min_max_scores(values: Sequence[float]) -> list[float]:
 
 def min_max_score_array(values: Sequence[float] | np.ndarray) -> np.ndarray:
     """`min_max_scores` as array operations (the same float operations, so the same scores)."""
-    array = np.array(values, dtype=np.float64)
-    low, high = array.min(), array.max()
+    array = np.asarray(values, dtype=np.float64)  # not copied: it is only read before `high - array`
+    low, high = np.minimum.reduce(array), np.maximum.reduce(array)
     if high == low:
         return np.ones(len(array))
     array = high - array

@@ -27,7 +27,7 @@ class Scorer(Extension):
         """One score per candidate, same order; the framework clamps each to [0, 1]."""
 
     def score_array(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> np.ndarray:
-        """The same scores as a new float64 array (the profile clamps it in place), which a
+        """The same scores as a float64 array of one score per candidate, which a
         profile asks for over many candidates; a scorer that can compute them as array
         operations overrides this to skip building a list."""
         return np.array(self.score(request, candidates), dtype=np.float64)

@@ -36,6 +36,7 @@ class SchedulerProfile:
         self.name = name
         self._filters = [(f, timing.observer(metrics, timing.FILTER, f)) for f in filters]
         self._scorers = [(s, weight, timing.observer(metrics, timing.SCORER, s)) for s, weight in scorers]
+        self._weights = np.array([[weight] for _, weight in scorers], dtype=np.float64)  # one per row
         self._picker = picker
         self._observe_picker = timing.observer(metrics, timing.PICKER, picker)
 
@@ -81,21 +82,31 @@ class SchedulerProfile:
         """The same sums with scores, clamping, weighting and the pick as array operations: over
         1,000 candidates a Python loop per scorer cost about 50 us, these a fraction of that.
         Every operation is the same IEEE double operation in the same order (`total + weight *
-        score`, NaN and negatives to 0, above 1 to 1), so the totals are the same floats."""
-        totals = np.zeros(len(endpoints))
+        score`, NaN and negatives to 0, above 1 to 1), so the totals are the same floats. The
+        scorers' rows are clamped, weighted and summed as one matrix: five numpy calls whatever
+        the number of scorers, where a pass per scorer took six."""
+        count = len(endpoints)
+        rows = []
         for scorer, weight, observe in self._scorers:
             started = perf_counter()
-            clamped = scorer.score_array(request, endpoints)
+            scores = scorer.score_array(request, endpoints)
             elapsed = perf_counter() - started
             observe(elapsed)
             if step is not None:
-                step.scored_by(scorer, weight, endpoints, clamped.tolist(), elapsed)
-            if clamped.shape != totals.shape:
-                raise ValueError(f"{len(clamped)} scores for {len(endpoints)} candidates")
-            clamped[~(clamped >= 0.0)] = 0.0  # NaN too
-            np.minimum(clamped, 1.0, out=clamped)
-            clamped *= weight
-            totals += clamped
+                step.scored_by(scorer, weight, endpoints, scores.tolist(), elapsed)
+            if scores.shape != (count,):
+                raise ValueError(f"{len(scores)} scores for {count} candidates")
+            rows.append(scores)
+        if rows:
+            weighted = np.concatenate(rows).reshape(len(rows), count)
+            # fmax turns NaN and negatives into 0.0 (a -0.0 into either zero: no sum keeps its sign)
+            np.fmax(weighted, 0.0, out=weighted)
+            np.minimum(weighted, 1.0, out=weighted)
+            weighted *= self._weights
+            # row by row from 0.0, in scorer order: ((0 + w1 s1) + w2 s2) + ...
+            totals = np.add.reduce(weighted, axis=0, initial=0.0)
+        else:
+            totals = np.zeros(count)
         started = perf_counter()
         picked = self._picker.pick_array(request, endpoints, totals)
         return self._picked(endpoints, totals.tolist() if step is not None else (), picked, started, step)

@@ -36,7 +36,14 @@ def test_array_totals_equal_the_loop(seed: int) -> None:
     _, totals = run_profile([], scorers, endpoints(count))
     expected = loop_totals(columns, count)
     assert totals == expected
+    # the signs of zeros too
+    assert {e: repr(t) for e, t in totals.items()} == {e: repr(t) for e, t in expected.items()}
     assert all(type(t) is float for t in totals.values())
+
+
+def test_no_scorers_leave_every_total_at_zero() -> None:
+    _, totals = run_profile([], [], endpoints(VECTOR_MIN_CANDIDATES))
+    assert set(map(repr, totals.values())) == {"0.0"}
 
 
 def test_wrong_length_is_an_error_on_the_array_path_too() -> None:
