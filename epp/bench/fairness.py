@@ -63,6 +63,15 @@ SOFT_CEILING = "soft-reflective-ceiling-policy"
 RESERVED_CRITICAL, RESERVED_TENANT = "reserved-critical", "reserved-tenant"
 DEMAND_CRITICAL, DEMAND_TENANT = "demand-reserved-critical", "demand-reserved-tenant"
 TIER_LABEL = "inference-tier"
+# Rows whose config is a file (`--ROW-config`, default bench/configs/ROW.yaml), with its help.
+FILE_ROWS = {
+    RESERVED_CRITICAL: "the priority scenario's row with pods reserved for the critical objective",
+    RESERVED_TENANT: "the tenants scenario's row with pods reserved for the well-behaved tenant",
+    DEMAND_CRITICAL: (
+        "the priority scenario's row with a reservation sized to the critical objective's demand"
+    ),
+    DEMAND_TENANT: "the tenants scenario's row with a reservation sized to the well-behaved tenant's demand",
+}
 DEMAND_LABEL = "pods reserved by demand (demand-sized-reservation)"
 
 
@@ -92,30 +101,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=25,
         help="prompt groups per share of the offered rate (fewer for a smaller cluster's KV cache)",
     )
-    parser.add_argument(
-        "--reserved-critical-config",
-        type=Path,
-        default=Path("bench/configs/reserved-critical.yaml"),
-        help="the priority scenario's row with pods reserved for the critical objective",
-    )
-    parser.add_argument(
-        "--reserved-tenant-config",
-        type=Path,
-        default=Path("bench/configs/reserved-tenant.yaml"),
-        help="the tenants scenario's row with pods reserved for the well-behaved tenant",
-    )
-    parser.add_argument(
-        "--demand-reserved-critical-config",
-        type=Path,
-        default=Path("bench/configs/demand-reserved-critical.yaml"),
-        help="the priority scenario's row with a reservation sized to the critical objective's demand",
-    )
-    parser.add_argument(
-        "--demand-reserved-tenant-config",
-        type=Path,
-        default=Path("bench/configs/demand-reserved-tenant.yaml"),
-        help="the tenants scenario's row with a reservation sized to the well-behaved tenant's demand",
-    )
+    for row, help_text in FILE_ROWS.items():
+        parser.add_argument(
+            f"--{row}-config", type=Path, default=Path(f"bench/configs/{row}.yaml"), help=help_text
+        )
     parser.add_argument(
         "--burst",
         nargs=2,
@@ -205,10 +194,8 @@ class Bench:
         self.configs[SOFT_CEILING + "+" + PRIORITY_FIELD] = _with_plugin(
             self.configs[SOFT_CEILING], PRIORITY_FIELD
         )
-        self.configs[RESERVED_CRITICAL] = args.reserved_critical_config.read_text()
-        self.configs[RESERVED_TENANT] = args.reserved_tenant_config.read_text()
-        self.configs[DEMAND_CRITICAL] = args.demand_reserved_critical_config.read_text()
-        self.configs[DEMAND_TENANT] = args.demand_reserved_tenant_config.read_text()
+        for row in FILE_ROWS:
+            self.configs[row] = getattr(args, row.replace("-", "_") + "_config").read_text()
         if args.burst and not (0 < args.burst[0] < math.inf and 0 <= args.burst[1] < math.inf):
             raise SystemExit("--burst: ON must be positive and OFF not negative, both finite")
 
