@@ -28,7 +28,10 @@ candidate, and to any other pod otherwise; among reserved pods a busy one loses 
 a pod added to the set later would otherwise get none of the class's prompts (the prefix-cache
 scorer keeps them on the pods that served them first) and one just taken from the others, still
 serving their requests, would get them at once. The state is this EPP replica's
-own: each sizes from the requests it routes, and sees the pods its filter is given."""
+own: each sizes from the requests it routes, and sees the pods its filter is given; the cap applies
+to each request's candidates (in a pool serving several models, to that model's pods). A reserved
+pod that turns unhealthy is not counted as held, so the class gets a replacement at once; when
+it recovers, the set shrinks as usual, and at once if it now breaks the cap."""
 
 from __future__ import annotations
 
@@ -134,7 +137,7 @@ class DemandSizedReservation(Plugin, Filter, Scorer, PreRequest, ResponseComplet
         self.fairness_ids = frozenset(params.fairness_ids)
         self.header = params.header_name.strip().lower()
         self.header_values = frozenset(params.header_values)
-        self.reserved: set[str] = set()
+        self.reserved: dict[str, Endpoint] = {}
         self.protected_on: dict[str, int] = {}  # protected requests in flight per endpoint name
         self.in_flight = 0
         self.demand = DemandPeak(params.window)
@@ -178,14 +181,14 @@ class DemandSizedReservation(Plugin, Filter, Scorer, PreRequest, ResponseComplet
         now = self.clock()
         if arriving:
             self.last_active = now
-        pool_size, held = len(candidates), len(self.reserved)
+        pool_size, held = len(candidates), self.held()
         wanted = self.wanted(now, pool_size, arriving)
         if wanted and not held:
             wanted = min(max(wanted, self.released), self.ceiling(pool_size))
         if wanted > held:
             free = [e for e in candidates if e.name not in self.reserved]
             free.sort(key=lambda e: (e.inflight_requests - self.protected_on.get(e.name, 0), e.name))
-            self.reserved.update(e.name for e in free[: wanted - held])
+            self.reserved.update((e.name, e) for e in free[: wanted - held])
         elif held and self.idle(now, arriving):
             self.released = held
             self.reserved.clear()
@@ -193,14 +196,28 @@ class DemandSizedReservation(Plugin, Filter, Scorer, PreRequest, ResponseComplet
             now - self.last_resize >= self.params.window
             and self.wanted(now, pool_size, arriving, SHRINK_HEADROOM) < held
         ):
-            quietest = min(self.reserved, key=lambda n: (self.protected_on.get(n, 0), n))
-            self.reserved.discard(quietest)
+            self._release_quietest([n for n, e in self.reserved.items() if e.healthy], 1)
+        elif held > (ceiling := self.ceiling(pool_size)):
+            names = {e.name for e in candidates}
+            here = [n for n, e in self.reserved.items() if e.healthy and n in names]
+            if len(here) <= ceiling:
+                return
+            self._release_quietest(here, len(here) - ceiling)
         else:
             return
         self.last_resize = now
         log.debug(
-            "%s: %d pods reserved (wanted %d): %s", self.name, len(self.reserved), wanted, self.reserved
+            "%s: %d pods reserved (wanted %d): %s", self.name, len(self.reserved), wanted, list(self.reserved)
         )
+
+    def held(self) -> int:
+        """Reserved pods able to serve the class: one gone unhealthy is replaced, not counted."""
+        return sum(1 for e in self.reserved.values() if e.healthy)
+
+    def _release_quietest(self, names: list[str], count: int) -> None:
+        names.sort(key=lambda n: (self.protected_on.get(n, 0), n))
+        for name in names[:count]:
+            del self.reserved[name]
 
     def filter(self, request: InferenceRequest, candidates: list[Endpoint]) -> list[Endpoint]:
         protected = self.protects(request)
@@ -248,5 +265,5 @@ class DemandSizedReservation(Plugin, Filter, Scorer, PreRequest, ResponseComplet
         self.demand.record(now, self.in_flight)
 
     def endpoint_removed(self, endpoint: Endpoint) -> None:
-        self.reserved.discard(endpoint.name)
+        self.reserved.pop(endpoint.name, None)
         self.protected_on.pop(endpoint.name, None)

@@ -76,9 +76,34 @@ def _chat_prompt(body: Mapping[str, Any]) -> bytes:
         content = message.get("content")
         if content is not None and not isinstance(content, str | list):
             raise _bad(f"invalid chat completions request: messages[{i}].content must be a string or a list")
-        if isinstance(content, list) and not all(isinstance(part, dict) for part in content):
-            raise _bad(f"invalid chat completions request: messages[{i}].content parts must be objects")
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                _check_content_part(part, f"messages[{i}].content[{j}]")
     return orjson.dumps(messages)
+
+
+_PART_STRINGS = ("type", "text")
+_PART_BLOCKS = {"image_url": ("url",), "input_audio": ("data", "format"), "video_url": ("url",)}
+"""A content part's fields GIE's parser types (its ContentBlock): each may be absent or null, but a
+value of another JSON type fails its parse, and vLLM's, with a 400; forwarding it would cost a model
+server round trip and the decision made for a prompt the server refuses."""
+
+
+def _check_content_part(part: object, where: str) -> None:
+    if not isinstance(part, dict):
+        raise _bad(f"invalid chat completions request: {where} must be an object")
+    for name in _PART_STRINGS:
+        if part.get(name) is not None and not isinstance(part[name], str):
+            raise _bad(f"invalid chat completions request: {where}.{name} must be a string")
+    for block, fields in _PART_BLOCKS.items():
+        value = part.get(block)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise _bad(f"invalid chat completions request: {where}.{block} must be an object")
+        for name in fields:
+            if value.get(name) is not None and not isinstance(value[name], str):
+                raise _bad(f"invalid chat completions request: {where}.{block}.{name} must be a string")
 
 
 def _responses_prompt(body: Mapping[str, Any]) -> bytes:

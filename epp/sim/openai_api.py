@@ -190,9 +190,15 @@ def _content(content: Any, field: str) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(
-            str(part.get("text", "")) for part in content if isinstance(part, dict) and "text" in part
-        )
+        texts = []
+        for part in content:
+            if not isinstance(part, dict):
+                raise ApiError(400, "content parts must be objects", field)
+            if "text" in part:
+                if not isinstance(part["text"], str):
+                    raise ApiError(400, "a content part's 'text' must be a string", field)
+                texts.append(part["text"])
+        return "".join(texts)
     raise ApiError(400, "message content must be a string or a list of content parts", field)
 
 

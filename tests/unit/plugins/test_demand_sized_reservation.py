@@ -66,7 +66,7 @@ def test_the_set_is_sized_to_the_peak_in_flight_with_headroom() -> None:
         # ceil(in flight x 1.25 / 4), at least 1, at most 0.75 x 8 = 6
         assert len(res.reserved) == min(max(1, -(-count * 5 // 16)), 6), count
     # every protected request went to a reserved pod
-    assert {r.targets[0].name for _, r in routed} <= res.reserved
+    assert {r.targets[0].name for _, r in routed} <= res.reserved.keys()
 
 
 def test_growth_takes_the_pods_with_the_fewest_other_requests() -> None:
@@ -75,9 +75,9 @@ def test_growth_takes_the_pods_with_the_fewest_other_requests() -> None:
         e.inflight_requests = busy
     res = reservation(clock, requestsPerPod=1, headroom=0)
     route(res, prioritised(1), pool)
-    assert res.reserved == {"e1"}
+    assert res.reserved.keys() == {"e1"}
     route(res, prioritised(1), pool)  # e1 now carries a protected request: not counted as other load
-    assert res.reserved == {"e1", "e3"}
+    assert res.reserved.keys() == {"e1", "e3"}
 
 
 def test_shrinking_waits_for_the_window_and_goes_one_pod_at_a_time() -> None:
@@ -148,18 +148,18 @@ def test_an_idle_class_releases_every_pod_after_idle_release() -> None:
     assert len(res.filter(prioritised(-1), list(pool))) == 8 - len(res.reserved) == 5
     clock.now = 7.0
     assert res.filter(prioritised(-1), list(pool)) == pool
-    assert res.reserved == set()
+    assert not res.reserved
     # back: the pods it held, at once, those with the fewest other requests
     pool[0].inflight_requests, pool[1].inflight_requests = 3, 0
     for e in pool[2:]:
         e.inflight_requests = 5
     req = prioritised(1)
     result = route(res, req, pool)
-    assert res.reserved == {"e1", "e0", "e2"} and result.targets[0].name == "e1"
+    assert res.reserved.keys() == {"e1", "e0", "e2"} and result.targets[0].name == "e1"
     # and the demand a window later decides whether it keeps them
     clock.now = 17.0
     res.filter(prioritised(-1), list(pool))
-    assert res.reserved == {"e1", "e2"}  # e1 serves the request; of the other two, e0 by name
+    assert res.reserved.keys() == {"e1", "e2"}  # e1 serves the request; of the other two, e0 by name
     finish(res, req, result)
 
 
@@ -185,11 +185,34 @@ def test_the_filter_keeps_others_off_reserved_pods_and_the_scorer_prefers_them()
     assert res.score(prioritised(1), [reserved]) == [1.0]
 
 
+def test_a_reserved_pod_gone_unhealthy_is_replaced_and_trimmed_at_once_when_back_over_the_cap() -> None:
+    clock, pool = FakeClock(0.0), endpoints(5)
+    res = reservation(clock, maxPodsFraction=0.5)
+    for _ in range(5):  # ceil(5 x 1.25 / 4) = 2 pods: the cap, 0.5 x 5 rounded down
+        route(res, prioritised(1), pool)
+    first = set(res.reserved)
+    assert len(first) == 2
+    sick = next(e for e in pool if e.name in first)
+    sick.healthy = False
+    ready = [e for e in pool if e is not sick]  # what the director offers while it is unhealthy
+    # the next protected request finds one reserved pod able to serve: a replacement joins at once
+    route(res, prioritised(1), ready)
+    assert res.held() == 2 and len(res.reserved) == 3 and sick.name in res.reserved
+    assert len(res.filter(prioritised(-1), list(ready))) == 2  # the others keep the rest
+    # back: three healthy reserved pods break the cap of 2, so the quietest goes at once
+    sick.healthy = True
+    three = set(res.reserved)
+    quietest = min(three, key=lambda n: (res.protected_on.get(n, 0), n))
+    assert len(res.filter(prioritised(-1), list(pool))) == 3
+    assert res.held() == len(res.reserved) == 2
+    assert set(res.reserved) == three - {quietest}
+
+
 def test_a_pool_of_one_is_shared_when_the_cap_leaves_nothing() -> None:
     clock, pool = FakeClock(0.0), endpoints(1)
     res = reservation(clock, maxPodsFraction=1.0)
     route(res, prioritised(1), pool)
-    assert res.reserved == {"e0"}
+    assert res.reserved.keys() == {"e0"}
     assert res.filter(prioritised(-1), list(pool)) == []  # the profile then fails the request
 
 
@@ -228,9 +251,9 @@ def test_unrouted_completions_and_removed_endpoints_leave_no_state() -> None:
     req = prioritised(1)
     result = route(res, req, pool)
     name = result.targets[0].name
-    assert res.protected_on == {name: 1} and res.reserved == {name}
+    assert res.protected_on == {name: 1} and res.reserved.keys() == {name}
     res.endpoint_removed(result.targets[0])
-    assert res.reserved == set() and res.protected_on == {}
+    assert not res.reserved and res.protected_on == {}
     finish(res, req, result)
     assert res.in_flight == 0 and res.protected_on == {}
 
@@ -347,7 +370,7 @@ def test_a_cap_below_one_pod_reserves_none(pods: int, fraction: float) -> None:
     clock, pool = FakeClock(0.0), endpoints(pods)
     res = reservation(clock, maxPodsFraction=fraction)
     route(res, prioritised(1), pool)
-    assert res.reserved == set()
+    assert not res.reserved
     assert res.filter(prioritised(-1), list(pool)) == pool
 
 

@@ -117,7 +117,49 @@ def test_smallest_token_limit_wins() -> None:
         (
             {"model": "m", "messages": [{"role": "u", "content": [1]}]},
             "/v1/chat/completions",
-            "parts must be",
+            "messages[0].content[0] must be an object",
+        ),
+        (
+            {"model": "m", "messages": [{"role": "u", "content": [{"type": "text", "text": 5}]}]},
+            "/v1/chat/completions",
+            "messages[0].content[0].text must be a string",
+        ),
+        (
+            {"model": "m", "messages": [{"role": "u", "content": [{"type": 1}]}]},
+            "/v1/chat/completions",
+            "messages[0].content[0].type must be a string",
+        ),
+        (
+            {
+                "model": "m",
+                "messages": [{"role": "u", "content": ["x", {"type": "image_url", "image_url": "u"}]}],
+            },
+            "/v1/chat/completions",
+            "messages[0].content[0] must be an object",
+        ),
+        (
+            {"model": "m", "messages": [{"role": "u", "content": [{"type": "image_url", "image_url": "u"}]}]},
+            "/v1/chat/completions",
+            "messages[0].content[0].image_url must be an object",
+        ),
+        (
+            {
+                "model": "m",
+                "messages": [{"role": "u", "content": [{"type": "input_audio", "input_audio": {"data": 3}}]}],
+            },
+            "/v1/chat/completions",
+            "messages[0].content[0].input_audio.data must be a string",
+        ),
+        (
+            {
+                "model": "m",
+                "messages": [
+                    {"role": "u", "content": "x"},
+                    {"role": "u", "content": [{"video_url": {"url": []}}]},
+                ],
+            },
+            "/v1/chat/completions",
+            "messages[1].content[0].video_url.url must be a string",
         ),
         ({"model": "m"}, "/v1/responses", "must have input field"),
         ({"model": "m", "input": 5}, "/v1/responses", "input must be a string or a list"),
@@ -166,3 +208,16 @@ def test_a_body_at_the_depth_limit_parses(field: int) -> None:
     assert raw.count(b"[") > 200
     request = parse_request(raw, DEEP_FIELDS[field][0], {}, "rid")
     assert request.prompt
+
+
+def test_content_parts_with_null_or_absent_typed_fields_are_accepted() -> None:
+    """GIE's and vLLM's parsers take null for a typed part field, and fields they do not type."""
+    parts = [
+        {"type": "text", "text": None},
+        {"type": "image_url", "image_url": {"url": None, "detail": 3}},
+        {"type": "input_audio", "input_audio": None},
+        {"type": "text", "text": "hi", "extra": 1},
+    ]
+    body = {"model": "m", "messages": [{"role": "user", "content": parts}]}
+    request = parse_request(orjson.dumps(body), "/v1/chat/completions", {}, "rid")
+    assert b'"extra":1' in request.prompt

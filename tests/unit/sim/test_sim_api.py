@@ -84,6 +84,20 @@ def test_chat_and_responses_render_the_same_template() -> None:
         parse_chat({"model": "m", "messages": [{"content": "no role"}]})
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ([{"type": "text", "text": 5}], "a content part's 'text' must be a string"),
+        (["hi"], "content parts must be objects"),
+        (3, "message content must be a string or a list of content parts"),
+    ],
+)
+def test_chat_content_parts_are_checked_as_vllm_does(content: object, message: str) -> None:
+    with pytest.raises(ApiError) as info:
+        parse_chat({"model": "m", "messages": [{"role": "user", "content": content}]})
+    assert info.value.status == 400 and message in str(info.value.body())
+
+
 def test_embedding_input() -> None:
     assert parse_embedding_input({"input": ["a b", [5, 6]]}) == [tokenize("a b"), [5, 6]]
     with pytest.raises(ApiError):
