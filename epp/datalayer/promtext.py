@@ -5,10 +5,20 @@ parser would cost more than the scrape, so only the wanted families' lines are l
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import NamedTuple, Protocol
+
+try:  # the same read in C (_promscan.c), built at install
+    from epp.datalayer import _promscan
+except ImportError:  # built without a C compiler
+    _promscan = None  # type: ignore[assignment]
+
+COMPILED = _promscan is not None
+log = logging.getLogger(__name__)
 
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"')
 _SPEC = re.compile(r"^\s*([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(?:\{(.*)\})?\s*$", re.DOTALL)
@@ -196,6 +206,27 @@ class _Wanted:
             found.insert(0, first.groups(b""))
         return found, lo, end + self.lookahead
 
+    def samples(
+        self, page: bytes, at: int, walk: bool, parsed: dict[bytes, dict[str, str]]
+    ) -> tuple[tuple[Sample, ...], int, int]:
+        """The Samples of `lines` (a line whose value does not parse as a float is skipped;
+        label blocks looked up in `parsed`, the extractor's cache), and the part of the page
+        [lo, hi) they depend on."""
+        lines, lo, hi = self.lines(page, at, walk)
+        found: list[Sample] = []
+        for block, value in lines:
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            labels = parsed.get(block)
+            if labels is None:
+                if len(parsed) >= _LABEL_CACHE_SIZE:
+                    parsed.clear()
+                labels = parsed[block] = _labels(block)
+            found.append(_new_sample(Sample, (labels, number)))
+        return tuple(found), lo, hi
+
     def _search(self, page: bytes, hint: int) -> tuple[int, bool]:
         """The start of a sample line of the name, and whether lines of its group may come before
         it; (-1, False) if the page has none."""
@@ -220,6 +251,28 @@ class _Wanted:
         return at + 1 if at >= 0 else -1
 
 
+class _CompiledWanted(_Wanted):
+    """`_Wanted` with its search and its group's read in C (`_promscan`): the same results."""
+
+    __slots__ = ()
+
+    def locate(self, page: bytes, hint: int) -> tuple[int, bool]:
+        return _promscan.locate(page, self.needle, hint)
+
+    def samples(
+        self, page: bytes, at: int, walk: bool, parsed: dict[bytes, dict[str, str]]
+    ) -> tuple[tuple[Sample, ...], int, int]:
+        return _promscan.samples(page, at, walk, self.head, self.family, parsed, _labels, Sample)
+
+
+@cache
+def _warn_python_fallback() -> None:
+    log.warning(
+        "the metrics page reader's C extension was not built (no C compiler at install): using "
+        "the pure-Python reader, same results at more CPU per scrape"
+    )
+
+
 class Extractor:
     """Reads the sample lines of a fixed set of metric names without walking the whole page.
 
@@ -241,8 +294,15 @@ class Extractor:
     to the line's last `}`, whitespace may follow it, and a line whose value does not parse as a
     float is skipped, as prometheus_client's parser would reject it."""
 
-    def __init__(self, names: Iterable[str]) -> None:
-        self._wanted = {name: _Wanted(name) for name in sorted(set(names))}
+    def __init__(self, names: Iterable[str], *, compiled: bool = COMPILED) -> None:
+        """`compiled`: read with the C extension (the default when it was built) or in Python
+        (the reference, and the fallback without it)."""
+        if compiled and not COMPILED:
+            raise RuntimeError("epp.datalayer._promscan was not built (make install)")
+        if not COMPILED:
+            _warn_python_fallback()
+        kind = _CompiledWanted if compiled else _Wanted
+        self._wanted = {name: kind(name) for name in sorted(set(names))}
         # Label block -> its labels. A server repeats the same blocks scrape after scrape (and
         # replicas of one model share them), so most are parsed once; the dicts are shared, and
         # read-only. Cleared when full, so changing label values cannot grow it without bound.
@@ -283,21 +343,7 @@ class Extractor:
         if seen.same(page, at):
             seen.at, seen.changed = at, False
             return seen.samples
-        lines, lo, hi = wanted.lines(page, at, walk)
-        found: list[Sample] = []
-        parsed = self._labels
-        for block, value in lines:
-            try:
-                number = float(value)
-            except ValueError:
-                continue
-            labels = parsed.get(block)
-            if labels is None:
-                if len(parsed) >= _LABEL_CACHE_SIZE:
-                    parsed.clear()
-                labels = parsed[block] = _labels(block)
-            found.append(_new_sample(Sample, (labels, number)))
-        samples = tuple(found)
+        samples, lo, hi = wanted.samples(page, at, walk, self._labels)
         seen.at, seen.samples, seen.changed = at, samples, True
         if lo < 0:
             seen.window = None
