@@ -1,6 +1,7 @@
 /* The page read of epp/datalayer/promtext.py in C: where a wanted name's sample line is
- * (`locate`, `_Wanted.locate` and its searches) and the samples of its family's group (`samples`,
- * `_Wanted.lines` and the loop of `Extractor.read` that turns lines into `Sample`s). The same
+ * (`locate`: `_Wanted.locate` and its searches) and one wanted name's read (`read`:
+ * `_Wanted.read`, the replay of what did not change, the samples of the family's group, what
+ * the read leaves in its `Seen` for the next page). The same
  * results as the Python path, which stays as the reference and the fallback (a Hypothesis
  * differential test checks both give the same on generated and hostile pages).
  *
@@ -328,41 +329,13 @@ locate(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
-PyDoc_STRVAR(samples_doc,
-"samples(page, at, walk, name, family, cache, parse_labels, sample_type, /) -> (samples, lo, hi)\n\n"
-"The Samples of the name's lines in the group of its line at `at` (values that do not parse\n"
-"skipped; label blocks looked up in `cache`, parsed by `parse_labels` when missing), and the\n"
-"part of the page [lo, hi) they depend on (lo -1: not known). promtext._Wanted.lines and the\n"
-"loop of Extractor.read.");
-
+/* The Samples of the name's lines in the group of its line at `at`, as a tuple, and the part of
+ * the page [*lo, *hi) they depend on (*lo -1: not known). */
 static PyObject *
-samples(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+read_group(Reader *r, Py_ssize_t n, Py_ssize_t at, int walk, const char *name, Py_ssize_t nlen,
+           const char *family, Py_ssize_t flen, Py_ssize_t *lo, Py_ssize_t *hi)
 {
-    const char *p, *name, *family;
-    Py_ssize_t n, nlen, flen;
-    if (arity("samples", nargs, 8) < 0)
-        return NULL;
-    if (bytes_arg(args[0], "page", &p, &n) < 0 || bytes_arg(args[3], "name", &name, &nlen) < 0 ||
-        bytes_arg(args[4], "family", &family, &flen) < 0)
-        return NULL;
-    Py_ssize_t at = PyLong_AsSsize_t(args[1]);
-    if (at == -1 && PyErr_Occurred())
-        return NULL;
-    int walk = PyObject_IsTrue(args[2]);
-    if (walk < 0)
-        return NULL;
-    if (!PyDict_Check(args[5])) {
-        PyErr_SetString(PyExc_TypeError, "cache must be a dict");
-        return NULL;
-    }
-    if (!PyType_Check(args[7]) || !PyType_IsSubtype((PyTypeObject *)args[7], &PyTuple_Type)) {
-        PyErr_SetString(PyExc_TypeError, "sample_type must be a tuple subclass");
-        return NULL;
-    }
-    if (at < 0 || at > n || (at > 0 && p[at - 1] != '\n')) {
-        PyErr_SetString(PyExc_ValueError, "at must be the start of a line of the page");
-        return NULL;
-    }
+    const char *p = r->page;
     Py_ssize_t lookahead = 1 + HELP_OR_TYPE_LENGTH + flen;
     Py_ssize_t start = at, line = at;
     if (walk) {
@@ -383,9 +356,9 @@ samples(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 start = line;
         }
     }
-    Py_ssize_t lo = (walk || !at) ? (line > 0 ? line - 1 : 0) : -1, hi;
-    Reader r = {p, args[5], args[6], args[7], PyList_New(0)};
-    if (r.found == NULL)
+    *lo = (walk || !at) ? (line > 0 ? line - 1 : 0) : -1;
+    r->found = PyList_New(0);
+    if (r->found == NULL)
         return NULL;
     Line one;
     int alone = 0;
@@ -394,8 +367,8 @@ samples(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_ssize_t eol = line_end(p, one.value_end, n);
         if (eol == n || !may_belong(p, n, eol + 1, family, flen)) {
             alone = 1;
-            hi = eol + lookahead;
-            if (add_sample(&r, &one) < 0)
+            *hi = eol + lookahead;
+            if (add_sample(r, &one) < 0)
                 goto fail;
         }
     }
@@ -403,9 +376,9 @@ samples(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_ssize_t end = line_end(p, start, n);
         while (end < n && may_belong(p, n, end + 1, family, flen))
             end = line_end(p, end + 1, n);
-        hi = end + lookahead;
+        *hi = end + lookahead;
         for (Py_ssize_t q = start; q < end;) {
-            if (read_line(p, end, q, name, nlen, &one) && add_sample(&r, &one) < 0)
+            if (read_line(p, end, q, name, nlen, &one) && add_sample(r, &one) < 0)
                 goto fail;
             const char *newline = memchr(p + q, '\n', (size_t)(end - q));
             if (newline == NULL)
@@ -413,19 +386,175 @@ samples(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             q = newline - p + 1;
         }
     }
-    PyObject *found = PyList_AsTuple(r.found);
-    Py_DECREF(r.found);
+    PyObject *found = PyList_AsTuple(r->found);
+    Py_CLEAR(r->found);
+    return found;
+fail:
+    Py_CLEAR(r->found);
+    return NULL;
+}
+
+static int
+check_reader_args(PyObject *cache, PyObject *sample_type)
+{
+    if (!PyDict_Check(cache)) {
+        PyErr_SetString(PyExc_TypeError, "cache must be a dict");
+        return -1;
+    }
+    if (!PyType_Check(sample_type) || !PyType_IsSubtype((PyTypeObject *)sample_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "sample_type must be a tuple subclass");
+        return -1;
+    }
+    return 0;
+}
+
+/* Seen's attribute names, interned at import. */
+static PyObject *s_at, *s_back, *s_changed, *s_from_start, *s_samples, *s_to_end, *s_window;
+
+static int
+get_ssize(PyObject *object, PyObject *attribute, Py_ssize_t *value)
+{
+    PyObject *number = PyObject_GetAttr(object, attribute);
+    if (number == NULL)
+        return -1;
+    *value = PyLong_AsSsize_t(number);
+    Py_DECREF(number);
+    return (*value == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int
+set_ssize(PyObject *object, PyObject *attribute, Py_ssize_t value)
+{
+    PyObject *number = PyLong_FromSsize_t(value);
+    if (number == NULL)
+        return -1;
+    int failed = PyObject_SetAttr(object, attribute, number);
+    Py_DECREF(number);
+    return failed;
+}
+
+static int
+get_bool(PyObject *object, PyObject *attribute)
+{
+    PyObject *value = PyObject_GetAttr(object, attribute);
+    if (value == NULL)
+        return -1;
+    int truth = PyObject_IsTrue(value);
+    Py_DECREF(value);
+    return truth;
+}
+
+/* Seen.same: whether the page, with the name's line at `at`, has the bytes the last read looked
+ * at (1), not (0), or an error (-1). */
+static int
+seen_same(PyObject *seen, const char *p, Py_ssize_t n, Py_ssize_t at)
+{
+    PyObject *window = PyObject_GetAttr(seen, s_window);
+    if (window == NULL)
+        return -1;
+    int same = 0;
+    Py_ssize_t back, lo;
+    if (window == Py_None)
+        goto done;
+    if (!PyBytes_Check(window)) {
+        PyErr_SetString(PyExc_TypeError, "Seen.window must be bytes or None");
+        same = -1;
+        goto done;
+    }
+    if (get_ssize(seen, s_back, &back) < 0) {
+        same = -1;
+        goto done;
+    }
+    lo = at - back;
+    if (lo < 0)
+        goto done;
+    if (lo) {
+        int from_start = get_bool(seen, s_from_start);
+        if (from_start != 0) {
+            same = from_start < 0 ? -1 : 0;
+            goto done;
+        }
+    }
+    Py_ssize_t length = PyBytes_GET_SIZE(window);
+    if (!starts(p, n, lo, PyBytes_AS_STRING(window), length))
+        goto done;
+    int to_end = get_bool(seen, s_to_end);
+    same = to_end < 0 ? -1 : (!to_end || n == lo + length);
+done:
+    Py_DECREF(window);
+    return same;
+}
+
+PyDoc_STRVAR(read_doc,
+"read(page, seen, needle, family, cache, parse_labels, sample_type, /) -> samples\n\n"
+"One wanted name's Samples on the page (needle: a newline and the name), found from where\n"
+"`seen` (a promtext.Seen) says it was; the samples `seen` holds when the bytes they depend on\n"
+"did not change; `seen` updated for the next page. promtext._Wanted.read.");
+
+static PyObject *
+read_name(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    const char *p, *needle, *family;
+    Py_ssize_t n, nlen, flen, hint;
+    if (arity("read", nargs, 7) < 0)
+        return NULL;
+    PyObject *page = args[0], *seen = args[1];
+    if (bytes_arg(page, "page", &p, &n) < 0 || bytes_arg(args[2], "needle", &needle, &nlen) < 0 ||
+        bytes_arg(args[3], "family", &family, &flen) < 0 || check_reader_args(args[4], args[6]) < 0)
+        return NULL;
+    if (nlen < 1 || needle[0] != '\n') {
+        PyErr_SetString(PyExc_ValueError, "needle must be a newline and a name");
+        return NULL;
+    }
+    if (get_ssize(seen, s_at, &hint) < 0)
+        return NULL;
+    int walk;
+    Py_ssize_t at = locate_line(p, n, needle, nlen, hint, &walk);
+    if (at < 0) {
+        if (PyObject_SetAttr(seen, s_changed, hint >= 0 ? Py_True : Py_False) < 0 ||
+            set_ssize(seen, s_at, -1) < 0 || PyObject_SetAttr(seen, s_window, Py_None) < 0)
+            return NULL;
+        return PyTuple_New(0);
+    }
+    int same = seen_same(seen, p, n, at);
+    if (same < 0)
+        return NULL;
+    if (same) {
+        if (set_ssize(seen, s_at, at) < 0 || PyObject_SetAttr(seen, s_changed, Py_False) < 0)
+            return NULL;
+        return PyObject_GetAttr(seen, s_samples);
+    }
+    Reader r = {p, args[4], args[5], args[6], NULL};
+    Py_ssize_t lo, hi;
+    PyObject *found = read_group(&r, n, at, walk, needle + 1, nlen - 1, family, flen, &lo, &hi);
     if (found == NULL)
         return NULL;
-    return Py_BuildValue("(Nnn)", found, lo, hi);
+    if (set_ssize(seen, s_at, at) < 0 || PyObject_SetAttr(seen, s_samples, found) < 0 ||
+        PyObject_SetAttr(seen, s_changed, Py_True) < 0)
+        goto fail;
+    if (lo < 0) {
+        if (PyObject_SetAttr(seen, s_window, Py_None) < 0)
+            goto fail;
+        return found;
+    }
+    PyObject *window = PyBytes_FromStringAndSize(p + lo, (hi < n ? hi : n) - lo);
+    if (window == NULL)
+        goto fail;
+    int failed = set_ssize(seen, s_back, at - lo) < 0 || PyObject_SetAttr(seen, s_window, window) < 0 ||
+                 PyObject_SetAttr(seen, s_to_end, hi >= n ? Py_True : Py_False) < 0 ||
+                 PyObject_SetAttr(seen, s_from_start, lo == 0 ? Py_True : Py_False) < 0;
+    Py_DECREF(window);
+    if (failed)
+        goto fail;
+    return found;
 fail:
-    Py_DECREF(r.found);
+    Py_DECREF(found);
     return NULL;
 }
 
 static PyMethodDef methods[] = {
     {"locate", (PyCFunction)(void (*)(void))locate, METH_FASTCALL, locate_doc},
-    {"samples", (PyCFunction)(void (*)(void))samples, METH_FASTCALL, samples_doc},
+    {"read", (PyCFunction)(void (*)(void))read_name, METH_FASTCALL, read_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -438,5 +567,15 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__promscan(void)
 {
-    return PyModuleDef_Init(&module);
+    struct {
+        PyObject **name;
+        const char *text;
+    } names[] = {
+        {&s_at, "at"}, {&s_back, "back"}, {&s_changed, "changed"}, {&s_from_start, "from_start"},
+        {&s_samples, "samples"}, {&s_to_end, "to_end"}, {&s_window, "window"},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (*names[i].name == NULL && (*names[i].name = PyUnicode_InternFromString(names[i].text)) == NULL)
+            return NULL;
+    return PyModule_Create(&module);
 }

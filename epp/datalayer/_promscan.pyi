@@ -1,17 +1,24 @@
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 _Sample = TypeVar("_Sample", bound=tuple[dict[str, str], float])
 
+class _Seen(Protocol):
+    at: int
+    back: int
+    changed: bool
+    from_start: bool
+    to_end: bool
+    window: bytes | None
+
 def locate(page: bytes, needle: bytes, hint: int, /) -> tuple[int, bool]: ...
-def samples(
+def read(
     page: bytes,
-    at: int,
-    walk: bool,
-    name: bytes,
+    seen: _Seen,
+    needle: bytes,
     family: bytes,
     cache: dict[bytes, dict[str, str]],
     parse_labels: Callable[[bytes], dict[str, str]],
     sample_type: type[_Sample],
     /,
-) -> tuple[tuple[_Sample, ...], int, int]: ...
+) -> tuple[_Sample, ...]: ...

@@ -206,12 +206,19 @@ class _Wanted:
             found.insert(0, first.groups(b""))
         return found, lo, end + self.lookahead
 
-    def samples(
-        self, page: bytes, at: int, walk: bool, parsed: dict[bytes, dict[str, str]]
-    ) -> tuple[tuple[Sample, ...], int, int]:
-        """The Samples of `lines` (a line whose value does not parse as a float is skipped;
-        label blocks looked up in `parsed`, the extractor's cache), and the part of the page
-        [lo, hi) they depend on."""
+    def read(self, page: bytes, seen: Seen, parsed: dict[bytes, dict[str, str]]) -> tuple[Sample, ...]:
+        """The name's series on the page, found from where `seen` says it was last time; the
+        samples `seen` holds when the bytes they depend on did not change; `seen` updated for the
+        next page. A line whose value does not parse as a float is skipped; label blocks are
+        looked up in `parsed`, the extractor's cache."""
+        at, walk = self.locate(page, seen.at)
+        if at < 0:
+            seen.changed = seen.at >= 0
+            seen.at, seen.window = -1, None
+            return ()
+        if seen.same(page, at):
+            seen.at, seen.changed = at, False
+            return seen.samples
         lines, lo, hi = self.lines(page, at, walk)
         found: list[Sample] = []
         for block, value in lines:
@@ -225,7 +232,14 @@ class _Wanted:
                     parsed.clear()
                 labels = parsed[block] = _labels(block)
             found.append(_new_sample(Sample, (labels, number)))
-        return tuple(found), lo, hi
+        samples = tuple(found)
+        seen.at, seen.samples, seen.changed = at, samples, True
+        if lo < 0:
+            seen.window = None
+        else:
+            seen.back, seen.window, seen.to_end = at - lo, page[lo:hi], hi >= len(page)
+            seen.from_start = lo == 0
+        return samples
 
     def _search(self, page: bytes, hint: int) -> tuple[int, bool]:
         """The start of a sample line of the name, and whether lines of its group may come before
@@ -252,17 +266,15 @@ class _Wanted:
 
 
 class _CompiledWanted(_Wanted):
-    """`_Wanted` with its search and its group's read in C (`_promscan`): the same results."""
+    """`_Wanted` with its search and its read in C (`_promscan`): the same results and hints."""
 
     __slots__ = ()
 
     def locate(self, page: bytes, hint: int) -> tuple[int, bool]:
         return _promscan.locate(page, self.needle, hint)
 
-    def samples(
-        self, page: bytes, at: int, walk: bool, parsed: dict[bytes, dict[str, str]]
-    ) -> tuple[tuple[Sample, ...], int, int]:
-        return _promscan.samples(page, at, walk, self.head, self.family, parsed, _labels, Sample)
+    def read(self, page: bytes, seen: Seen, parsed: dict[bytes, dict[str, str]]) -> tuple[Sample, ...]:
+        return _promscan.read(page, seen, self.needle, self.family, parsed, _labels, Sample)
 
 
 @cache
@@ -335,22 +347,7 @@ class Extractor:
         seen = hints.get(name)
         if seen is None:
             seen = hints[name] = Seen()
-        at, walk = wanted.locate(page, seen.at)
-        if at < 0:
-            seen.changed = seen.at >= 0
-            seen.at, seen.window = -1, None
-            return ()
-        if seen.same(page, at):
-            seen.at, seen.changed = at, False
-            return seen.samples
-        samples, lo, hi = wanted.samples(page, at, walk, self._labels)
-        seen.at, seen.samples, seen.changed = at, samples, True
-        if lo < 0:
-            seen.window = None
-        else:
-            seen.back, seen.window, seen.to_end = at - lo, page[lo:hi], hi >= len(page)
-            seen.from_start = lo == 0
-        return samples
+        return wanted.read(page, seen, self._labels)
 
     def same(self, page: bytes, hints: Hints, names: Iterable[str]) -> bool:
         """Whether each of `names` reads on `page` what it read on the endpoint's last page: the

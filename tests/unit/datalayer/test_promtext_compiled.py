@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 pytest.importorskip("epp.datalayer._promscan")
 
-from epp.datalayer.promtext import Extractor, Hints, Sample, _CompiledWanted, _Wanted
+from epp.datalayer.promtext import Extractor, Hints, Sample, Seen, _CompiledWanted, _Wanted
 from tests.unit.datalayer.test_promtext_agreement import pages as engine_pages
 
 NAMES = ("vllm:num_requests_running", "vllm:kv_cache_usage_perc", "vllm:e2e_seconds_count", "m_total")
@@ -157,24 +157,22 @@ def test_compiled_read_is_the_python_read(pages: list[bytes], names: list[str]) 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(any_pages, st.sampled_from(NAMES + LOOKALIKES), st.lists(st.integers(-5, 80_000), max_size=6))
-def test_compiled_search_and_group_read_match_at_any_hint(page: bytes, name: str, hints: list[int]) -> None:
-    """`locate` from any hint (before, inside or past the page), and the group read from there
-    with or without the walk back, give the same positions, samples and window."""
+def test_compiled_search_and_read_match_at_any_hint(page: bytes, name: str, hints: list[int]) -> None:
+    """`locate` from any hint (before, inside or past the page, at a line of the name or not), and
+    the read from there, give the same position, samples and hints."""
     python, compiled = _Wanted(name), _CompiledWanted(name)
     for hint in [-1, 0, 1, len(page), *hints]:
-        at, walk = python.locate(page, hint)
-        assert compiled.locate(page, hint) == (at, walk)
-        if at < 0:
-            continue
-        for walked in {walk, True, False}:
-            python_cache: dict[bytes, dict[str, str]] = {}
-            compiled_cache: dict[bytes, dict[str, str]] = {}
-            samples, lo, hi = python.samples(page, at, walked, python_cache)
-            compiled_samples, compiled_lo, compiled_hi = compiled.samples(page, at, walked, compiled_cache)
-            assert (compiled_lo, compiled_hi) == (lo, hi)
-            assert _comparable(compiled_samples) == _comparable(samples)
-            assert all(type(s) is Sample for s in compiled_samples)
-            assert compiled_cache == python_cache
+        assert compiled.locate(page, hint) == python.locate(page, hint)
+        python_seen, compiled_seen = Seen(), Seen()
+        python_seen.at = compiled_seen.at = hint
+        python_cache: dict[bytes, dict[str, str]] = {}
+        compiled_cache: dict[bytes, dict[str, str]] = {}
+        samples = python.read(page, python_seen, python_cache)
+        compiled_samples = compiled.read(page, compiled_seen, compiled_cache)
+        assert _comparable(compiled_samples) == _comparable(samples)
+        assert all(type(s) is Sample for s in compiled_samples)
+        assert _hints({name: compiled_seen}) == _hints({name: python_seen})
+        assert compiled_cache == python_cache
 
 
 @settings(
@@ -206,7 +204,9 @@ def test_bad_arguments_are_refused() -> None:
         _promscan.locate("text", b"\nm", 0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="needle must be a newline and a name"):
         _promscan.locate(b"m 1\n", b"m", 0)
-    with pytest.raises(ValueError, match="at must be the start of a line"):
-        _promscan.samples(b"m 1\nm 2\n", 2, True, b"m", b"m", {}, dict, Sample)
-    with pytest.raises(TypeError, match="samples expected 8 arguments, got 2"):
-        _promscan.samples(b"", 0)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="sample_type must be a tuple subclass"):
+        _promscan.read(b"m 1\n", Seen(), b"\nm", b"m", {}, dict, dict)  # type: ignore[type-var]
+    with pytest.raises(AttributeError):
+        _promscan.read(b"m 1\n", object(), b"\nm", b"m", {}, dict, Sample)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="read expected 7 arguments, got 2"):
+        _promscan.read(b"", Seen())  # type: ignore[call-arg]
