@@ -8,7 +8,7 @@
  * Why: CPython's multi-byte bytes.find steps through the page at ~0.2 ns a byte (a series a
  * page lacks costs a pass over 42 KB, ~9 us), and each line read costs a few Python calls (a
  * startswith, a regex match, float, the label cache, the Sample). Here the search compares 16
- * bytes at a time (the needle's first and last bytes, then memcmp) and a line is read with
+ * or 32 bytes at a time (the needle's first and last bytes, then memcmp) and a line is read with
  * memchr and byte tests. Label blocks are still parsed by the Python function given (once per
  * distinct block: the cache is the extractor's dict). */
 
@@ -18,6 +18,10 @@
 
 #ifdef __SSE2__
 #include <emmintrin.h>
+#endif
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_AVX2_PATH 1
 #endif
 
 #define HINT_SLACK 1024            /* promtext.HINT_SLACK */
@@ -95,6 +99,32 @@ search(const char *p, Py_ssize_t begin, Py_ssize_t end, const char *needle, Py_s
     return -1;
 }
 
+#ifdef HAVE_AVX2_PATH
+static int avx2; /* whether this CPU has AVX2, set at import */
+
+/* `search`, 32 positions at a time where the CPU can. */
+__attribute__((target("avx2"))) static Py_ssize_t
+search_avx2(const char *p, Py_ssize_t begin, Py_ssize_t end, const char *needle, Py_ssize_t nlen)
+{
+    Py_ssize_t i = begin, last = end - nlen;
+    const __m256i first_byte = _mm256_set1_epi8(needle[0]);
+    const __m256i last_byte = _mm256_set1_epi8(needle[nlen - 1]);
+    for (; nlen >= 2 && i + 31 <= last; i += 32) {
+        __m256i head = _mm256_loadu_si256((const __m256i *)(p + i));
+        __m256i tail = _mm256_loadu_si256((const __m256i *)(p + i + nlen - 1));
+        unsigned mask = (unsigned)_mm256_movemask_epi8(
+            _mm256_and_si256(_mm256_cmpeq_epi8(head, first_byte), _mm256_cmpeq_epi8(tail, last_byte)));
+        while (mask) {
+            int bit = __builtin_ctz(mask);
+            if (memcmp(p + i + bit + 1, needle + 1, (size_t)(nlen - 2)) == 0)
+                return i + bit;
+            mask &= mask - 1;
+        }
+    }
+    return search(p, i, end, needle, nlen);
+}
+#endif
+
 /* The start of the first of the name's sample lines whose newline is in page[begin:end]
  * (`_Wanted._find`): needle is the newline and the name. */
 static Py_ssize_t
@@ -104,7 +134,11 @@ find_line(const char *p, Py_ssize_t n, const char *needle, Py_ssize_t nlen, Py_s
     if (end > n)
         end = n;
     while (begin <= end - nlen) {
+#ifdef HAVE_AVX2_PATH
+        Py_ssize_t at = avx2 ? search_avx2(p, begin, end, needle, nlen) : search(p, begin, end, needle, nlen);
+#else
         Py_ssize_t at = search(p, begin, end, needle, nlen);
+#endif
         if (at < 0)
             return -1;
         if (after_name(p, n, at + nlen))
@@ -577,5 +611,9 @@ PyInit__promscan(void)
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (*names[i].name == NULL && (*names[i].name = PyUnicode_InternFromString(names[i].text)) == NULL)
             return NULL;
+#ifdef HAVE_AVX2_PATH
+    __builtin_cpu_init();
+    avx2 = __builtin_cpu_supports("avx2");
+#endif
     return PyModule_Create(&module);
 }
