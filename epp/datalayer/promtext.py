@@ -1,7 +1,9 @@
 """Cheap extraction of a few series from Prometheus text exposition.
 
 A model server's /metrics page is tens of kilobytes, mostly histograms the EPP never reads; a full
-parser would cost more than the scrape, so only the wanted families' lines are located and parsed."""
+parser would cost more than the scrape, so only the wanted families' lines are located and parsed.
+Each wanted name's search and read run in C (`_promscan.c`, built at install) when the extension
+was built; the Python below is the reference it is tested against, and the fallback."""
 
 from __future__ import annotations
 
@@ -304,15 +306,21 @@ class Extractor:
 
     A line is `name{labels} value [timestamp]` or `name value [timestamp]`: the label block runs
     to the line's last `}`, whitespace may follow it, and a line whose value does not parse as a
-    float is skipped, as prometheus_client's parser would reject it."""
+    float is skipped, as prometheus_client's parser would reject it.
 
-    def __init__(self, names: Iterable[str], *, compiled: bool = COMPILED) -> None:
-        """`compiled`: read with the C extension (the default when it was built) or in Python
-        (the reference, and the fallback without it)."""
-        if compiled and not COMPILED:
+    With the C extension (`compiled`) each name's read is one call: the search compares 16 or 32
+    bytes at a time (a name the page lacks costs ~1.7 µs on 42 KB, not ~9), and a present
+    series costs ~0.8 µs instead of ~2-3."""
+
+    def __init__(self, names: Iterable[str], *, compiled: bool | None = None) -> None:
+        """`compiled`: read with the C extension or in Python (the reference); by default with
+        the extension when it was built, else in Python, said once a process."""
+        if compiled is None:
+            compiled = COMPILED
+            if not compiled:
+                _warn_python_fallback()
+        elif compiled and _promscan is None:
             raise RuntimeError("epp.datalayer._promscan was not built (make install)")
-        if not COMPILED:
-            _warn_python_fallback()
         kind = _CompiledWanted if compiled else _Wanted
         self._wanted = {name: kind(name) for name in sorted(set(names))}
         # Label block -> its labels. A server repeats the same blocks scrape after scrape (and

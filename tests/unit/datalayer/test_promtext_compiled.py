@@ -8,6 +8,7 @@ is not built."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 pytest.importorskip("epp.datalayer._promscan")
 
+from epp.datalayer import promtext
 from epp.datalayer.promtext import Extractor, Hints, Sample, Seen, _CompiledWanted, _Wanted
 from tests.unit.datalayer.test_promtext_agreement import pages as engine_pages
 
@@ -142,7 +144,7 @@ def _extractors(names: list[str]) -> dict[str, tuple[Extractor, Hints]]:
     }
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(any_pages, min_size=1, max_size=4),
     st.lists(st.sampled_from(NAMES + LOOKALIKES[:-1]), min_size=1),
@@ -155,7 +157,7 @@ def test_compiled_read_is_the_python_read(pages: list[bytes], names: list[str]) 
         _read_both(page, names, state)  # the same page again: replayed, or read again, alike
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(any_pages, st.sampled_from(NAMES + LOOKALIKES), st.lists(st.integers(-5, 80_000), max_size=6))
 def test_compiled_search_and_read_match_at_any_hint(page: bytes, name: str, hints: list[int]) -> None:
     """`locate` from any hint (before, inside or past the page, at a line of the name or not), and
@@ -210,3 +212,18 @@ def test_bad_arguments_are_refused() -> None:
         _promscan.read(b"m 1\n", object(), b"\nm", b"m", {}, dict, Sample)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="read expected 7 arguments, got 2"):
         _promscan.read(b"", Seen())  # type: ignore[call-arg]
+
+
+def test_without_the_extension_the_python_read_is_used_and_said_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(promtext, "COMPILED", False)
+    promtext._warn_python_fallback.cache_clear()
+    with caplog.at_level(logging.WARNING, logger=promtext.__name__):
+        first, second = Extractor(NAMES), Extractor(NAMES)
+    assert all(type(w) is _Wanted for e in (first, second) for w in e._wanted.values())
+    assert [r.getMessage() for r in caplog.records].count(
+        "the metrics page reader's C extension was not built (no C compiler at install): using "
+        "the pure-Python reader, same results at more CPU per scrape"
+    ) == 1
+    assert all(type(w) is _CompiledWanted for w in Extractor(NAMES, compiled=True)._wanted.values())
