@@ -658,6 +658,8 @@ def _non_negative(flag: str, value: int) -> int:
 async def serve_until_signalled(picker: EndpointPicker) -> None:
     """Serve until SIGTERM/SIGINT, or until the picker fails (leadership lost)."""
     stop = stop_event()
+    loop = type(asyncio.get_running_loop())
+    log.info("event loop: %s.%s", loop.__module__, loop.__qualname__)
     try:
         await picker.start(before_serving=freeze_startup_objects)
         signalled = asyncio.create_task(stop.wait())

@@ -44,9 +44,14 @@ def test_an_unknown_loop_is_an_error_naming_the_choices() -> None:
         eventloop.run(loop_kind(), "trio")
 
 
-def test_serve_refuses_an_unknown_loop_on_its_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("command", ["serve", "sim", "sidecar"])
+def test_each_server_takes_the_flag_and_refuses_an_unknown_loop(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert parse_args([command]).event_loop == "auto"
+    assert parse_args([command, "--event-loop", "asyncio"]).event_loop == "asyncio"
     with pytest.raises(SystemExit) as exited:
-        parse_args(["serve", "--event-loop", "trio"])
+        parse_args([command, "--event-loop", "trio"])
     assert exited.value.code == 2
     assert "argument --event-loop: invalid choice: 'trio'" in capsys.readouterr().err
 
