@@ -16,6 +16,10 @@ scrape:
 - with `--profile`, `no-answer` and `no-read`: this tree's scraper only counting each answer, and
   handling it (status, health, timers) without reading the page.
 
+`--loop uvloop` runs the event-loop variants (all but `socket-floor` and the baseline, which is
+asyncio's as `main` ran it) on uvloop; `--loop asyncio --loop uvloop` runs each on both, in turn
+within every round, so the two loops are compared on the same servers minutes apart at most.
+
 Each scraper variant also reports the in-process cost of handling one answer (extracting the
 configured series, mapping them to endpoint metrics and setting them on the endpoint, no I/O),
 next to prometheus_client's text parser on the same page (a full parse, the reference the
@@ -354,20 +358,23 @@ def without_reading(variant: str) -> None:
     scraper.MetricsScraper._answered = count  # type: ignore[method-assign,assignment]
 
 
-def child(variant: str, info: dict[str, object], seconds: float) -> None:
+def child(variant: str, info: dict[str, object], seconds: float, loop: str) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (8192, 8192))
     ports = info["ports"]
     assert isinstance(ports, list)
     costs: dict[str, float] = {}
+    # The loop made here, not by epp.eventloop: the baseline's tree may not have it.
+    factory = asyncio.new_event_loop if loop == "asyncio" else __import__("uvloop").new_event_loop
+    runner = asyncio.Runner(loop_factory=factory)
     if variant == "aiohttp-get":
-        share, scrapes, failures = asyncio.run(scrape_with_aiohttp(ports, seconds))
+        share, scrapes, failures = runner.run(scrape_with_aiohttp(ports, seconds))
     elif variant == "socket-floor":
         share, scrapes, failures = scrape_with_sockets(ports, seconds)
     elif variant in ("no-read", "no-answer"):
         without_reading(variant)
-        share, scrapes, failures = asyncio.run(scrape_with_epp(ports, seconds))
+        share, scrapes, failures = runner.run(scrape_with_epp(ports, seconds))
     else:
-        share, scrapes, failures = asyncio.run(scrape_with_epp(ports, seconds))
+        share, scrapes, failures = runner.run(scrape_with_epp(ports, seconds))
         pages = info["pages"]
         assert isinstance(pages, list)
         costs = page_read_cost(pages)
@@ -383,9 +390,10 @@ def checkout(revision: str, into: str) -> str:
     return into
 
 
-def run_variant(variant: str, pythonpath: str, info_file: str, seconds: float) -> dict[str, float]:
+def run_variant(variant: str, pythonpath: str, info_file: str, seconds: float, loop: str) -> dict[str, float]:
     environment = {**os.environ, "PYTHONPATH": pythonpath}
     command = [sys.executable, __file__, "--child", variant, "--info", info_file, "--seconds", str(seconds)]
+    command += ["--loop", loop]
     output = subprocess.run(command, env=environment, check=True, capture_output=True, text=True).stdout
     result: dict[str, float] = json.loads(output.strip().splitlines()[-1])
     return result
@@ -426,12 +434,20 @@ def main() -> None:
         help="also run this tree's scraper without reading pages, and only counting answers: "
         "what the HTTP client and the event loop cost, and the scraper's bookkeeping",
     )
+    parser.add_argument(
+        "--loop",
+        action="append",
+        choices=("asyncio", "uvloop"),
+        help="the event loop of the event-loop variants; twice: each variant on both, in turn "
+        "(default asyncio)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--info", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, json.loads(Path(args.info).read_text()), args.seconds)
+        child(args.child, json.loads(Path(args.info).read_text()), args.seconds, args.loop[0])
         return
+    loops = args.loop or ["asyncio"]
     resource.setrlimit(resource.RLIMIT_NOFILE, (8192, 8192))
     with tempfile.TemporaryDirectory() as scratch:
         page = PAGES[args.page]()
@@ -448,21 +464,31 @@ def main() -> None:
             assert server.stdout is not None
             info_file = os.path.join(scratch, "info.json")
             Path(info_file).write_text(server.stdout.readline())
-            baseline = checkout(args.baseline, scratch)
-            floors = {} if args.scrapers_only else {"socket-floor": str(ROOT), "aiohttp-get": str(ROOT)}
-            variants = {**floors, f"baseline ({args.baseline})": baseline, "this tree": str(ROOT)}
-            if args.profile:
-                variants |= {"no-answer": str(ROOT), "no-read": str(ROOT)}
+            variants = variants_to_run(args, loops, checkout(args.baseline, scratch))
             results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
             for _ in range(args.rounds):
-                for name, pythonpath in variants.items():
-                    kind = name if name in ("socket-floor", "aiohttp-get", "no-answer", "no-read") else "epp"
-                    results[name].append(run_variant(kind, pythonpath, info_file, args.seconds))
+                for name, (kind, pythonpath, loop) in variants.items():
+                    results[name].append(run_variant(kind, pythonpath, info_file, args.seconds, loop))
                     print(name, results[name][-1], file=sys.stderr)
         finally:
             server.terminate()
             server.wait()
     report(args, results)
+
+
+def variants_to_run(
+    args: argparse.Namespace, loops: list[str], baseline: str
+) -> dict[str, tuple[str, str, str]]:
+    """name -> (the child's variant, its PYTHONPATH, its event loop), in the order they run."""
+    variants = {} if args.scrapers_only else {"socket-floor": ("socket-floor", str(ROOT), "asyncio")}
+    variants[f"baseline ({args.baseline})"] = ("epp", baseline, "asyncio")
+    on_loop = ([] if args.scrapers_only else ["aiohttp-get"]) + ["this tree"]
+    on_loop += ["no-answer", "no-read"] if args.profile else []
+    for name in on_loop:
+        for loop in loops:
+            label = name if loops == ["asyncio"] else f"{name} [{loop}]"
+            variants[label] = ("epp" if name == "this tree" else name, str(ROOT), loop)
+    return variants
 
 
 def report(args: argparse.Namespace, results: dict[str, list[dict[str, float]]]) -> None:
@@ -479,7 +505,7 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, float]]])
         schedule = statistics.median(r["scrapes"] / expected for r in runs)
         rounds = " / ".join(f"{u:.0f}" for u in per_scrape)
         line = (
-            f"{name:>18}: {rounds} µs; median {statistics.median(per_scrape):.0f} µs, "
+            f"{name:>22}: {rounds} µs; median {statistics.median(per_scrape):.0f} µs, "
             f"{statistics.median(r['share'] for r in runs):.1%} of a core at {schedule:.0%} of schedule "
             f"({statistics.median(per_scrape) * 1e-6 * expected / args.seconds:.0%} at 100 %), "
             f"failures {sum(int(r['failures']) for r in runs)}"

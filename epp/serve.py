@@ -18,7 +18,7 @@ import grpc
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.config import ConfigException as KubeConfigError
 
-from epp import gieflags, tls, tracing
+from epp import eventloop, gieflags, tls, tracing
 from epp.config.build import build_director
 from epp.config.loader import load_config, load_config_file
 from epp.config.model import PickerConfig
@@ -480,6 +480,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "429 with Retry-After at once instead of waiting into Envoy's message timeout "
         "(0: off; default 250ms)",
     )
+    eventloop.add_argument(parser)
     parser.add_argument(
         "--max-queue-wait",
         default="1s",
@@ -657,6 +658,8 @@ def _non_negative(flag: str, value: int) -> int:
 async def serve_until_signalled(picker: EndpointPicker) -> None:
     """Serve until SIGTERM/SIGINT, or until the picker fails (leadership lost)."""
     stop = stop_event()
+    loop = type(asyncio.get_running_loop())
+    log.info("event loop: %s.%s", loop.__module__, loop.__qualname__)
     try:
         await picker.start(before_serving=freeze_startup_objects)
         signalled = asyncio.create_task(stop.wait())
@@ -687,7 +690,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_workers(args)
     try:
         picker = EndpointPicker(options_from_args(args))
-        asyncio.run(serve_until_signalled(picker))
+        eventloop.run(serve_until_signalled(picker), args.event_loop)
     except (DiscoveryError, ValueError, OSError, KubeConfigError) as exc:
         log.error("%s", exc)
         return 2
@@ -721,4 +724,8 @@ def _run_workers(args: argparse.Namespace) -> int:
     async def supervise() -> int:
         return await workers.Supervisor(plan, workers.serve_argv()).run(stop_event())
 
-    return asyncio.run(supervise())
+    try:
+        return eventloop.run(supervise(), args.event_loop)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2

@@ -5,15 +5,14 @@ routes the request the way the EPP's does: the request headers with an empty rep
 sends the body), the body with the EPP's shape (the destination header set, the route cache
 cleared, the destination in the `envoy.lb` metadata), the response headers by removing the served
 header and stopping Envoy sending the body (the EPP's mode override). Endpoints are taken round
-robin from the EPP's endpoints file; every reply is built once at startup. Same TLS flags as
-`epp serve`, so Envoy's connection to it is the EPP's. Run as
+robin from the EPP's endpoints file; every reply is built once at startup. Same TLS and
+`--event-loop` flags as `epp serve`, so Envoy's connection to it is the EPP's. Run as
 `python -m epp.bench.minimal_extproc --endpoints-file F --ready-file R [TLS flags]`.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import grpc
 import yaml
 
-from epp import tls
+from epp import eventloop, tls
 from epp.extproc.pb import BodyMode, HeaderMode, core, ext_proc, ext_proc_grpc, processing_mode
 from epp.extproc.server import bind
 from epp.headers import DESTINATION_HEADER, LB_NAMESPACE, SERVED_KEY
@@ -109,7 +108,9 @@ def main() -> None:
     parser.add_argument("--endpoints-file", type=Path, required=True)
     parser.add_argument("--ready-file", type=Path, required=True)
     tls.add_arguments(parser)
-    asyncio.run(serve(parser.parse_args()))
+    eventloop.add_argument(parser)
+    args = parser.parse_args()
+    eventloop.run(serve(args), args.event_loop)
 
 
 if __name__ == "__main__":

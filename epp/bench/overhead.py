@@ -35,6 +35,7 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from epp import eventloop
 from epp.bench import minimal_extproc
 from epp.bench.loadgen import run_realtime
 from epp.bench.report import publish, table
@@ -110,6 +111,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--plaintext", action="store_true", help="Envoy -> ext_proc without TLS (default TLS, as GIE)"
+    )
+    parser.add_argument(
+        "--event-loop",
+        choices=eventloop.CHOICES,
+        default=eventloop.DEFAULT,
+        help="the event loop of the EPP and the minimal server (`epp serve --event-loop`); the versus "
+        "EPP keeps the default, so `--event-loop asyncio --versus-config` on the same config compares "
+        "the two loops round by round",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", type=Path, default=Path("run/bench-overhead"))
@@ -377,7 +386,8 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
     """Envoy with its three listeners (four with --versus-config), the EPP (and the versus EPP), the
     minimal server and the simulators."""
     common = ["--refresh-metrics-interval=50ms"]
-    epp_args = [*common, *([f"--config-file={args.config_file.resolve()}"] if args.config_file else [])]
+    config = [f"--config-file={args.config_file.resolve()}"] if args.config_file else []
+    epp_args = [*common, f"--event-loop={args.event_loop}", *config]
     context = args.prompt_tokens * 2
     return StackConfig(
         run_dir=args.run_dir,
@@ -397,6 +407,7 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
         else None,
         baseline_listener=True,
         reference_ext_proc=minimal_extproc.__name__,
+        reference_args=[f"--event-loop={args.event_loop}"],
         envoy=EnvoyOptions(listen_port=0, admin_port=0, body_mode=args.body_mode, epp_tls=not args.plaintext),
     )
 

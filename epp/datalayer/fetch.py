@@ -16,7 +16,7 @@ import ssl
 import threading
 import zlib
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from epp.datastore.endpoint import join_host_port
 
@@ -171,8 +171,9 @@ class _GetProtocol(asyncio.BufferedProtocol):
         self._last_head = (b"", _Head(0, None, False, False, False))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport, though not by class under uvloop (its transports subclass none of
+        # asyncio's): `create_connection` hands a stream protocol nothing else.
+        self.transport = cast(asyncio.Transport, transport)
 
     def request(self, raw: bytes, done: Done) -> None:
         assert self.transport is not None

@@ -5,12 +5,12 @@ decode on the local engine; everything else is proxied to the local engine uncha
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import math
 import os
 from pathlib import Path
 
+from epp import eventloop
 from epp.params.duration import parse_duration
 from epp.sidecar.connectors import Connector
 from epp.sidecar.options import DEFAULT_SGLANG_BOOTSTRAP_PORT, SidecarOptions
@@ -161,6 +161,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest P/D request body the sidecar reads, else 413 (default 64 MiB)",
     )
     parser.add_argument("--ready-file", type=Path, help="once serving, write the bound port here as JSON")
+    eventloop.add_argument(parser)
 
 
 def options_from_args(args: argparse.Namespace) -> SidecarOptions:
@@ -214,7 +215,7 @@ async def serve_until_signalled(sidecar: Sidecar) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         sidecar = Sidecar(options_from_args(args))
-        asyncio.run(serve_until_signalled(sidecar))
+        eventloop.run(serve_until_signalled(sidecar), args.event_loop)
     except (ValueError, OSError) as exc:  # ConfigError and DiscoveryError are ValueErrors
         log.error("%s", exc)
         return 2

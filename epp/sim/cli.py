@@ -8,13 +8,13 @@ metric names, and optional ZMQ KV events. See docs/simulator.md.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import math
 from collections.abc import Callable
 from dataclasses import replace
 
+from epp import eventloop
 from epp.signals import stop_event
 from epp.sim.cluster import SimCluster, make_configs
 from epp.sim.config import ROLES, parse_lora_modules
@@ -116,6 +116,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="vLLM's: fcfs (default), or priority (the request body's `priority`, lower first)",
     )
     parser.add_argument("--ready-file", help="write the endpoints as JSON here once every server listens")
+    eventloop.add_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -152,7 +153,11 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.name:
         configs = [replace(configs[0], name=args.name)]
-    asyncio.run(_serve(SimCluster(configs), args.ready_file))
+    try:
+        eventloop.run(_serve(SimCluster(configs), args.ready_file), args.event_loop)
+    except ValueError as exc:  # --event-loop uvloop without uvloop
+        log.error("%s", exc)
+        return 2
     return 0
 
 

@@ -93,6 +93,7 @@ class StackConfig:
     # --endpoints-file flags and a --ready-file naming its `grpc_port`; Envoy's `reference`
     # listener consults it (the benchmarks' minimal ext_proc server, epp.bench.minimal_extproc).
     reference_ext_proc: str | None = None
+    reference_args: list[str] = field(default_factory=list)  # its further flags
     # Set: a second `epp serve` with these flags in place of epp_args and the templated config
     # (the same pool, TLS and endpoints file; the first EPP keeps Envoy's pool file), consulted by
     # Envoy's `versus` listener: two EPP configurations compared in one run (the benchmarks).
@@ -423,6 +424,7 @@ class Stack:
             f"--endpoints-file={self.endpoints_file}",
             f"--ready-file={ready}",
             *self._tls_argv(),
+            *self.config.reference_args,
         ]
         self.reference = ManagedProcess("reference", argv, self.run_dir / "reference.log")
         await self.reference.start()
