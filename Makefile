@@ -18,16 +18,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --force-reinstall --no-deps "opentelemetry-proto==$$($(OTEL_PROTO_VERSION))"
 	touch $(STAMP)
 
-# The prefix index's C tables (epp/scheduling/prefix/_blockindex.c), built in place: the editable
-# install builds them once; this rebuilds them when their source changes.
+# The C extensions (the prefix index's tables, epp/scheduling/prefix/_blockindex.c; the precise
+# index's block keys, epp/datalayer/_blockkeys.c), built in place: the editable install builds them
+# once; this rebuilds them when their source changes.
 EXTENSION := $(VENV)/.blockindex
-$(EXTENSION): $(STAMP) setup.py epp/scheduling/prefix/_blockindex.c
+$(EXTENSION): $(STAMP) setup.py epp/scheduling/prefix/_blockindex.c epp/datalayer/_blockkeys.c
 	$(BIN)/python setup.py --quiet build_ext --inplace
 	touch $(EXTENSION)
 
 install: $(STAMP) $(EXTENSION) chromium redis
 
-## The C extension under AddressSanitizer and UndefinedBehaviorSanitizer, built in a scratch copy of
+## The C extensions under AddressSanitizer and UndefinedBehaviorSanitizer, built in a scratch copy of
 ## the project (the in-place build is left alone) and run through its tests there, every allocation
 ## visible to ASan (PYTHONMALLOC=malloc). Needs gcc's libasan and libubsan.
 ASAN_DIR := build/asan
@@ -38,7 +39,8 @@ asan-check: $(STAMP)
 		$(CURDIR)/$(BIN)/python setup.py --quiet build_ext --inplace --force
 	cd $(ASAN_DIR) && ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc \
 		LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
-		$(CURDIR)/$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/scheduling/test_scheduling_prefix_compiled*.py
+		$(CURDIR)/$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/scheduling/test_scheduling_prefix_compiled*.py \
+		tests/unit/datalayer/test_blockkeys.py
 
 ## Debian's chromium, which the live view's browser test drives through Playwright (Playwright's
 ## own browser download is not used). Installed with apt-get when missing, as root (CI); otherwise
