@@ -3,9 +3,9 @@
 # charts pass flags only: `args: [--pool-name, ..., --config-file, ...]`); a first arg naming a
 # subcommand (`sim ...`, `sidecar ...`, `serve ...`) runs that one.
 FROM python:3.11-slim AS build
-# gcc builds the prefix index's C tables and the metrics page reader (setup.py); only this stage has
-# it. The install would fall back to the pure-Python versions without one, so the build checks that
-# the extensions are there.
+# gcc builds the C extensions (setup.py: the prefix index's tables, the precise index's block keys,
+# the metrics page reader); only this stage has it. The install would fall back to the pure-Python
+# versions without one, so the build checks that the extensions are there.
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && \
     rm -rf /var/lib/apt/lists/*
 WORKDIR /src
@@ -13,7 +13,7 @@ COPY pyproject.toml setup.py README.md ./
 COPY epp ./epp
 RUN pip install --no-cache-dir --prefix=/install . && \
     cd / && PYTHONPATH=/install/lib/python3.11/site-packages python -c \
-        "import epp.scheduling.prefix._blockindex, epp.datalayer._promscan"
+        "import epp.scheduling.prefix._blockindex, epp.datalayer._blockkeys, epp.datalayer._promscan"
 # xds-protos overwrites OpenTelemetry's generated protos with an older copy (same module paths):
 # put opentelemetry-proto's own back, or the OTLP exporters behind --tracing fail to import.
 RUN version=$(PYTHONPATH=/install/lib/python3.11/site-packages python -c \

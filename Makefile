@@ -18,11 +18,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --force-reinstall --no-deps "opentelemetry-proto==$$($(OTEL_PROTO_VERSION))"
 	touch $(STAMP)
 
-# The C extensions (the prefix index's tables, epp/scheduling/prefix/_blockindex.c, and the
-# metrics page reader, epp/datalayer/_promscan.c), built in place: the editable install builds
-# them once; this rebuilds them when their sources change.
+# The C extensions (the prefix index's tables, epp/scheduling/prefix/_blockindex.c; the precise
+# index's block keys, epp/datalayer/_blockkeys.c; the metrics page reader,
+# epp/datalayer/_promscan.c), built in place: the editable install builds them once; this rebuilds
+# them when their sources change.
 EXTENSION := $(VENV)/.blockindex
-$(EXTENSION): $(STAMP) setup.py epp/scheduling/prefix/_blockindex.c epp/datalayer/_promscan.c
+$(EXTENSION): $(STAMP) setup.py epp/scheduling/prefix/_blockindex.c epp/datalayer/_blockkeys.c epp/datalayer/_promscan.c
 	$(BIN)/python setup.py --quiet build_ext --inplace
 	touch $(EXTENSION)
 
@@ -40,6 +41,7 @@ asan-check: $(STAMP)
 	cd $(ASAN_DIR) && ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc \
 		LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 		$(CURDIR)/$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/scheduling/test_scheduling_prefix_compiled*.py \
+		tests/unit/datalayer/test_blockkeys.py \
 		tests/unit/datalayer/test_promtext_compiled.py
 
 ## Debian's chromium, which the live view's browser test drives through Playwright (Playwright's

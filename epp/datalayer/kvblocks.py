@@ -45,6 +45,11 @@ fnv1a64: Callable[[bytes], int] = fnv_c.fnv1a_64
 """FNV-1a-64 with the standard offset basis, in C: a prompt's uncached blocks are hashed per
 request, and the byte loop in Python cost about 15 us a block."""
 
+try:  # the whole `cbor-fnv` chain in C (_blockkeys.c): no memo probe or CBOR join per block
+    from epp.datalayer._blockkeys import cbor_fnv_keys as _compiled_cbor_fnv_keys
+except ImportError:  # built without a C compiler: the chain below, memoised
+    _compiled_cbor_fnv_keys = None  # type: ignore[assignment]
+
 
 def _cbor_uint(value: int, major: int = 0) -> bytes:
     """A canonical (shortest) CBOR head for an unsigned value of major type `major`."""
@@ -90,7 +95,11 @@ class TokenProcessor:
     XXH64(hashSeed); root = XXH64(LE64 seed ‖ LE64 len(model) ‖ model); key = XXH64(LE64 parent ‖
     LE32 tokens ‖ (LE64 len(h) ‖ h)...)."""
 
-    def __init__(self, block_size: int, hash_seed: str = "", algorithm: str = HASH_CBOR_FNV) -> None:
+    def __init__(
+        self, block_size: int, hash_seed: str = "", algorithm: str = HASH_CBOR_FNV, compiled: bool = True
+    ) -> None:
+        """`compiled`: plain `cbor-fnv` chains run in C when the extension is built (False: always
+        the Python chain, which tests compare it with)."""
         if block_size <= 0:
             raise ValueError("block size must be positive")
         if algorithm not in (HASH_CBOR_FNV, HASH_XXH64):
@@ -102,7 +111,8 @@ class TokenProcessor:
         else:
             self._seed = fnv1a64(hash_seed.encode())
         self._roots: dict[str, int] = {}
-        # (parent, chunk) -> key, so a shared prefix is hashed once: FNV-1a runs in Python.
+        self._compiled = _compiled_cbor_fnv_keys if compiled else None
+        # (parent, chunk) -> key for the Python chain, so a shared prefix is hashed once.
         self._memo: dict[int, int] = {}
 
     def root(self, model: str) -> int:
@@ -152,6 +162,8 @@ class TokenProcessor:
                 prefix = fnv1a64(b"\x83" + _cbor_uint(prefix) + _cbor_tokens(chunk) + tail)
                 out.append(prefix)
             return out
+        if self._compiled is not None:
+            return self._compiled(array("I", tokens[: count * size]), size, prefix)
         memo = self._memo
         data = array("I", tokens[: count * size]).tobytes()
         step = 4 * size
@@ -448,6 +460,8 @@ class KVBlockIndexBase(ABC):
                 return
             chain, tail, tail_extras = parent.chain, parent.tail, parent.tail_extras
         size = processor.block_size
+        if not tail and extras is None and self._stored_aligned(pod, model, state, weight, event, chain):
+            return
         for index, engine_hash in enumerate(hashes):
             existing = state.blocks.get(engine_hash)
             if existing is not None:  # announced again (another medium): one more reference
@@ -475,6 +489,43 @@ class KVBlockIndexBase(ABC):
         while len(state.blocks) > self.size:
             _, dropped = state.blocks.popitem(last=False)
             self._release(pod, state, dropped.keys)
+
+    def _stored_aligned(
+        self, pod: str, model: str, state: _PodState, weight: float, event: BlockStored, chain: int
+    ) -> bool:
+        """`_stored` when each engine block is one request block (the engine's block size is the
+        index's, no tail pending, no extra keys) and none was announced before: the event's keys
+        in one chain, held as if block by block (the same counts, confirmations and LRU order).
+        False, having done nothing, when the event is not such a one."""
+        hashes, tokens, blocks = event.block_hashes, event.token_ids, state.blocks
+        if len(tokens) != len(hashes) * self.processor.block_size or any(map(blocks.__contains__, hashes)):
+            return False
+        if len(set(hashes)) != len(hashes):  # a block announced twice in the event: the second adds a ref
+            return False
+        keys = self.processor.keys(tokens, model, chain)
+        for engine_hash, key in zip(hashes, keys, strict=True):
+            blocks[engine_hash] = _EngineBlock((key,), key, ())
+        if weight != 1.0:
+            self._unit_weights = False
+        counts = state.keys
+        for key in keys:
+            counts[key] = counts.get(key, 0) + 1
+        speculative = self._speculative if self.confirmation_ends_speculation else None
+        if speculative:
+            for key in keys:
+                if (guessed := speculative.get(key)) is not None and pod in guessed:
+                    self._unguess(key, pod, guessed)
+        self._hold_each(keys, pod, weight)
+        while len(blocks) > self.size:
+            _, dropped = blocks.popitem(last=False)
+            self._release(pod, state, dropped.keys)
+        return True
+
+    def _hold_each(self, keys: Sequence[int], pod: str, weight: float) -> None:
+        """`_hold` of each key on its own, in order (an index bounding its keys may do it in one
+        call when nothing can be evicted between them)."""
+        for key in keys:
+            self._hold((key,), pod, weight)
 
     def _admit(self, keys: Sequence[int], pod: str, weight: float, state: _PodState, count: bool) -> None:
         if weight != 1.0:
@@ -659,14 +710,20 @@ class KVBlockIndex(KVBlockIndexBase):
     def holders(self, key: int) -> Mapping[str, float]:
         return _as_map(self._entries.get(key))
 
+    def _hold_each(self, keys: Sequence[int], pod: str, weight: float) -> None:
+        if len(self._entries) + len(keys) <= self.size:  # no eviction between two keys
+            self._hold(keys, pod, weight)
+        else:
+            super()._hold_each(keys, pod, weight)
+
     def _hold(self, keys: Sequence[int], pod: str, weight: float) -> None:
         entries = self._entries
+        admitted = 0
         for key in keys:
             holders = entries.get(key)
             if holders is None:
                 entries[key] = pod if weight == 1.0 else {pod: weight}
-                if self.metrics is not None:
-                    self.metrics.admissions.inc()
+                admitted += 1
                 continue
             entries.move_to_end(key)
             if isinstance(holders, str):
@@ -678,6 +735,8 @@ class KVBlockIndex(KVBlockIndexBase):
                 holders[pod] = weight
                 while len(holders) > self.pod_cache_size:
                     del holders[next(iter(holders))]
+        if admitted and self.metrics is not None:
+            self.metrics.admissions.inc(admitted)
         while len(entries) > self.size:
             entries.popitem(last=False)
             if self.metrics is not None:
@@ -742,7 +801,12 @@ class KVBlockIndex(KVBlockIndexBase):
         alive = {first} if isinstance(first, str) else set(first or ())
         alive.update(speculative.get(keys[0]) or ())
         alive = {pod for pod in alive if pod in pods}
-        for key in keys:
+        for index, key in enumerate(keys):
+            if len(alive) == 1:
+                (pod,) = alive
+                depth = self._single_run(keys, index, pod, depth)
+                scores[pod] = float(depth)
+                return depth
             holders = entries.get(key)
             guessed = speculative.get(key)
             if (holders is None and guessed is None) or not alive:
@@ -768,6 +832,26 @@ class KVBlockIndex(KVBlockIndexBase):
             depth += 1
         for pod in alive:
             scores[pod] = float(depth)
+        return depth
+
+    def _single_run(self, keys: Sequence[int], start: int, pod: str, depth: int) -> int:
+        """`_unit_runs` from `keys[start]` on, once `pod` is the only candidate left: the depth
+        where its run ends. A key it holds confirmed needs no probe of the speculative entries."""
+        entries, speculative = self._entries, self._speculative
+        for key in islice(keys, start, None):
+            holders = entries.get(key)
+            if holders is None:
+                guessed = speculative.get(key)
+                if guessed is None or pod not in guessed:
+                    break
+                depth += 1
+                continue
+            if holders != pod and (isinstance(holders, str) or pod not in holders):
+                guessed = speculative.get(key)
+                if guessed is None or pod not in guessed:
+                    break
+            entries.move_to_end(key)
+            depth += 1
         return depth
 
     def _merged(self, key: int) -> str | dict[str, float] | None:

@@ -78,9 +78,22 @@ class NoHitLruScorer(Plugin, Scorer, DataConsumer, PreRequest, EndpointObserver)
         return [max(0.0, 1.0 - rank[e.name] * step) for e in candidates]
 
     def score_array(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> np.ndarray:
-        if self.is_cold(request, candidates):
+        if not self.is_cold(request, candidates):
+            return np.full(len(candidates), WARM_SCORE)
+        names = [e.name for e in candidates]
+        where = {name: i for i, name in enumerate(names)}
+        if len(names) == 1 or len(where) != len(names):  # one candidate, or one listed twice
             return super().score_array(request, candidates)
-        return np.full(len(candidates), WARM_SCORE)
+        request.attributes[self.name] = True
+        # `score`'s ranks as arrays: the candidates never given a cold request first, in order,
+        # then the others from least to most recently given one; the same floats.
+        recent = self.recent
+        given = np.fromiter(map(recent.__contains__, names), dtype=bool, count=len(names))
+        rank = np.empty(len(names), dtype=np.int64)
+        fresh = len(names) - int(np.count_nonzero(given))
+        rank[~given] = np.arange(fresh)
+        rank[[where[name] for name in recent if name in where]] = np.arange(fresh, len(names))
+        return np.maximum(0.0, 1.0 - rank * (1.0 / (len(names) - 1)))
 
     def pre_request(self, request: InferenceRequest, result: SchedulingResult) -> None:
         if not request.attributes.get(self.name):

@@ -107,3 +107,28 @@ def test_no_hit_lru_score_array_is_the_same_floats_as_score() -> None:
         by_array.pre_request(arrays, chosen)
         by_list.pre_request(lists, chosen)
     assert list(by_array.recent) == list(by_list.recent) != []
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_no_hit_lru_cold_ranks_as_arrays_are_the_lists(seed: int) -> None:
+    """Many cold requests over changing candidate lists (subsets, a candidate listed twice, one
+    candidate) with a short LRU that forgets: the same floats and the same LRU as `score`."""
+    rng = random.Random(seed)
+    pool = crowd(seed, 200)
+    size = rng.choice([3, 50, 1024])
+    by_array, by_list = (plugin(NoHitLruScorer, {"lruSize": size}) for _ in range(2))
+    for scorer in (by_array, by_list):
+        scorer.bind_producer(PREFIX_MATCH, "producer")
+    for _ in range(60):
+        candidates = rng.sample(pool, rng.choice([1, 2, 150, 200]))
+        if rng.random() < 0.1:
+            candidates.append(candidates[0])
+        arrays, lists = request(), request()
+        for req in (arrays, lists):
+            req.attributes["producer"] = PrefixMatch([1, 2, 3], {}, 16)
+        assert by_array.score_array(arrays, candidates).tolist() == by_list.score(lists, candidates)
+        assert arrays.attributes.get(by_array.name) == lists.attributes.get(by_list.name) is True
+        chosen = SchedulingResult({"default": ProfileResult([rng.choice(candidates)])}, "default")
+        by_array.pre_request(arrays, chosen)
+        by_list.pre_request(lists, chosen)
+        assert list(by_array.recent) == list(by_list.recent)

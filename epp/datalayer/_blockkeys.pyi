@@ -1,0 +1,3 @@
+from array import array
+
+def cbor_fnv_keys(data: array[int] | bytes, block_size: int, parent: int, /) -> list[int]: ...

@@ -1,0 +1,52 @@
+"""The precise index's `cbor-fnv` keys in C (`_blockkeys.c`) against the Python chain they
+replace: tokens at every CBOR head width (up to 2**32 - 1), parents at the ends of 64 bits, block
+sizes whose CBOR array head is one, two or three bytes, partial trailing blocks, empty prompts.
+Skipped when the extension is not built."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("epp.datalayer._blockkeys")
+
+from epp.datalayer._blockkeys import cbor_fnv_keys
+from epp.datalayer.kvblocks import TokenProcessor
+
+EDGES = [0, 1, 23, 24, 255, 256, 65535, 65536, 2**32 - 1]
+tokens = st.lists(st.one_of(st.sampled_from(EDGES), st.integers(0, 2**32 - 1)), max_size=300)
+parents = st.one_of(st.none(), st.sampled_from([0, 23, 24, 2**32, 2**64 - 1]), st.integers(0, 2**64 - 1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(tokens, parents, st.sampled_from([1, 2, 3, 16, 23, 24, 64, 256]), st.text(max_size=5))
+def test_compiled_keys_are_the_python_chains(
+    prompt: list[int], parent: int | None, size: int, seed: str
+) -> None:
+    compiled = TokenProcessor(size, hash_seed=seed)
+    python = TokenProcessor(size, hash_seed=seed, compiled=False)
+    assert compiled._compiled is not None and python._compiled is None
+    expected = python.keys(prompt, "model", parent)
+    assert compiled.keys(prompt, "model", parent) == expected
+    assert python.keys(prompt, "model", parent) == expected  # and again from the Python memo
+
+
+def test_out_of_range_tokens_fail_as_the_python_chain_does() -> None:
+    for processor in (TokenProcessor(2), TokenProcessor(2, compiled=False)):
+        with pytest.raises(OverflowError):
+            processor.keys([1, 2**32], "model")
+        with pytest.raises(OverflowError):
+            processor.keys([-1, 2], "model")
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="block_size must be positive"):
+        cbor_fnv_keys(b"\0" * 8, 0, 1)
+    with pytest.raises(ValueError, match="whole 32-bit tokens"):
+        cbor_fnv_keys(b"\0" * 7, 1, 1)
+    with pytest.raises(OverflowError):
+        cbor_fnv_keys(b"", 1, -1)
+    with pytest.raises(OverflowError):
+        cbor_fnv_keys(b"", 1, 2**64)
+    assert cbor_fnv_keys(b"\0" * 12, 4, 0) == []
