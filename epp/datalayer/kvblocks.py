@@ -28,6 +28,7 @@ import fnv_c
 import xxhash
 from prometheus_client import CollectorRegistry
 
+from epp.compiled import warn_python_fallback
 from epp.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 from epp.metrics.families import Families
 from epp.metrics.per_registry import PerRegistry
@@ -44,6 +45,8 @@ PREFIX_KINDS = frozenset({"full_attention", "mla_attention", "sink_full_attentio
 fnv1a64: Callable[[bytes], int] = fnv_c.fnv1a_64
 """FNV-1a-64 with the standard offset basis, in C: a prompt's uncached blocks are hashed per
 request, and the byte loop in Python cost about 15 us a block."""
+
+BLOCK_KEYS = "the precise prefix index's block keys"
 
 try:  # the whole `cbor-fnv` chain in C (_blockkeys.c): no memo probe or CBOR join per block
     from epp.datalayer._blockkeys import cbor_fnv_keys as _compiled_cbor_fnv_keys
@@ -112,6 +115,8 @@ class TokenProcessor:
             self._seed = fnv1a64(hash_seed.encode())
         self._roots: dict[str, int] = {}
         self._compiled = _compiled_cbor_fnv_keys if compiled else None
+        if compiled and algorithm == HASH_CBOR_FNV and _compiled_cbor_fnv_keys is None:
+            warn_python_fallback(BLOCK_KEYS, "about 8x the CPU per prompt's block keys")
         # (parent, chunk) -> key for the Python chain, so a shared prefix is hashed once.
         self._memo: dict[int, int] = {}
 

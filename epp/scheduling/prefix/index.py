@@ -16,16 +16,15 @@ endpoints there are. Two implementations of the same semantics, operation for op
 
 from __future__ import annotations
 
-import logging
 from abc import ABC, abstractmethod
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Sequence
-from functools import cache
 from itertools import compress, islice, repeat
 
+from epp.compiled import warn_python_fallback
 from epp.datastore import Endpoint
 
-log = logging.getLogger(__name__)
+PREFIX_INDEX = "the approximate prefix index"
 
 try:
     from epp.scheduling.prefix._blockindex import BlockIndex
@@ -218,13 +217,5 @@ def new_prefix_index() -> PrefixIndex:
     process, since routing stays the same and only its cost per decision rises)."""
     if COMPILED:
         return CompiledPrefixIndex()
-    _warn_python_fallback()
+    warn_python_fallback(PREFIX_INDEX, "about 3x the CPU per decision")
     return PythonPrefixIndex()
-
-
-@cache
-def _warn_python_fallback() -> None:
-    log.warning(
-        "the prefix index's C extension was not built (no C compiler at install): using the "
-        "pure-Python index, same routing at about 3x the CPU per decision"
-    )
