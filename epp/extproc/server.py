@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 
 class _LateStatusIsDebug(logging.Filter):
     """grpc.aio logs ERROR with a traceback when it cannot send a stream's final status because
-    Envoy already closed the stream (the request is done by then; nothing is lost). Operators
-    alert on ERROR, so that one message is logged at DEBUG instead."""
+    Envoy already closed the stream (the request is done by then; rare since streams wait for
+    Envoy's reset, GATEWAY_CLOSE_WAIT). Operators alert on ERROR, so that one message is logged
+    at DEBUG instead."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not str(record.msg).startswith("ExecuteBatchError raised in core by servicer method"):
