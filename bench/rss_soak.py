@@ -6,9 +6,10 @@ prefix block), paced at --rate over keep-alive connections. Every --every reques
 ext_proc server's VmRSS, split into anonymous and file-backed pages (/proc/PID/status), and the
 growth per request since the previous row and since warm-up (the first row).
 
-`--target reference` sends the same load through Envoy's `reference` listener to
-epp.bench.minimal_extproc instead (a grpc.aio ext_proc server that only answers, with the EPP's TLS):
-if that creeps too, the growth is not the EPP's code. `--same-prompt` sends one prompt throughout.
+`--stream` asks for SSE responses (the EPP's last reply is then to the response headers, and Envoy
+half-closes the stream when the response ends). `--target reference` sends the same load through
+Envoy's `reference` listener to epp.bench.minimal_extproc instead (a grpc.aio ext_proc server that
+only answers, with the EPP's TLS). `--same-prompt` sends one prompt throughout.
 Environment variables (MALLOC_ARENA_MAX, LD_PRELOAD, ...) reach every process the stack starts.
 
     .venv/bin/python bench/rss_soak.py --requests 300000 --rate 300 --every 25000
@@ -50,11 +51,11 @@ def memory(pid: int) -> dict[str, int]:
 class Prompts:
     """Distinct prompts cheaply: a unique number, then a random slice of a fixed random text."""
 
-    def __init__(self, low: int, high: int, same: bool, seed: int = 1) -> None:
+    def __init__(self, low: int, high: int, same: bool, stream: bool, seed: int = 1) -> None:
         rng = random.Random(seed)
         self._text = " ".join(rng.choice(WORDS) for _ in range(200_000))
         self._rng = rng
-        self._low, self._high, self._same = low, high, same
+        self._low, self._high, self._same, self._stream = low, high, same, stream
 
     def body(self, i: int) -> bytes:
         if self._same:
@@ -63,7 +64,7 @@ class Prompts:
             size = self._rng.randint(self._low, self._high)
             start = self._rng.randrange(len(self._text) - size)
             prompt = f"{i} {self._text[start : start + size]}"
-        return orjson.dumps({"model": MODEL, "prompt": prompt, "max_tokens": 1})
+        return orjson.dumps({"model": MODEL, "prompt": prompt, "max_tokens": 1, "stream": self._stream})
 
 
 async def send(
@@ -124,7 +125,7 @@ async def main(args: argparse.Namespace) -> None:
         epp_args=["--served-header=x-epp-destination", *args.epp_arg],
         reference_ext_proc="epp.bench.minimal_extproc" if reference else None,
     )
-    prompts = Prompts(args.prompt_min, args.prompt_max, args.same_prompt)
+    prompts = Prompts(args.prompt_min, args.prompt_max, args.same_prompt, args.stream)
     main_task = asyncio.current_task()
     assert main_task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)  # stop the stack too
@@ -169,6 +170,9 @@ if __name__ == "__main__":
     parser.add_argument("--prompt-max", type=int, default=8192)
     parser.add_argument(
         "--same-prompt", action="store_true", help="one prompt (--prompt-min bytes) throughout"
+    )
+    parser.add_argument(
+        "--stream", action="store_true", help="streamed (SSE) completions: the EPP skips their chunks"
     )
     parser.add_argument("--target", choices=("epp", "reference"), default="epp")
     parser.add_argument("--idle", type=float, default=0.0, help="then wait this long and sample once more")
