@@ -6,19 +6,21 @@ streams at once, with the real director and scheduler; no network."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import cast
 
 import grpc
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from epp.config.build import build_components, build_director
 from epp.config.loader import load_config
 from epp.datastore import Datastore, EndpointSpec
+from epp.extproc import server
 from epp.extproc.pb import BodyMode, core, ext_proc
 from epp.extproc.server import ExternalProcessor
 from epp.extproc.stream import StreamOptions
@@ -220,6 +222,15 @@ def make_director(flow_control: bool = False) -> Director:
         return build_director(FLOW_CONTROL_CONFIG, datastore, PluginContext())[0]
     scheduler = build_components(DEFAULT_CONFIG, PluginContext()).scheduler
     return Director(datastore, scheduler)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_wait_for_a_reset() -> Iterator[None]:
+    """No script resets its stream after the last reply as Envoy does, so none need wait for it
+    (tests/unit/extproc/test_stream_end.py covers the wait): 400 examples would wait 40 s."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(server, "GATEWAY_CLOSE_WAIT", 0.0)
+        yield
 
 
 class NoDeadline:
