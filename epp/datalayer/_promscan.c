@@ -172,7 +172,9 @@ locate_line(const char *p, Py_ssize_t n, const char *needle, Py_ssize_t nlen, Py
     }
     if (!begin)
         return -1;
-    return at_start ? 0 : find_line(p, n, needle, nlen, 0, begin + nlen);
+    /* From a hint past the page (or near the largest index) the search ends at the page's end:
+     * begin + nlen there could pass the largest index and wrap below 0. */
+    return at_start ? 0 : find_line(p, n, needle, nlen, 0, begin < n ? begin + nlen : n);
 }
 
 /* Whether a line starting at q may belong to the family's group (the `more` of

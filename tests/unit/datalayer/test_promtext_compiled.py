@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 pytest.importorskip("epp.datalayer._promscan")
@@ -66,6 +67,9 @@ VALUES = (
     b"12345678901234567890",
 )
 BLANKS = (b" ", b"\t", b"  \t", b"\r", b"\x0b", b"\x0c", b"")
+# A name longer than HINT_SLACK: from a hint near the largest index, the search that starts over
+# from the page's start ends past that index.
+LONG_NAME = "vllm:" + "x" * 2 * promtext.HINT_SLACK
 
 
 @st.composite
@@ -159,9 +163,11 @@ def test_compiled_read_is_the_python_read(pages: list[bytes], names: list[str]) 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(any_pages, st.sampled_from(NAMES + LOOKALIKES), st.lists(st.integers(-5, 80_000), max_size=6))
+@example(b"x 1\n" + b"y" * 100 + b"\n", LONG_NAME, [sys.maxsize, sys.maxsize - promtext.HINT_SLACK])
+@example(b"x 1\n" + LONG_NAME.encode() + b" 2\n", LONG_NAME, [sys.maxsize])
 def test_compiled_search_and_read_match_at_any_hint(page: bytes, name: str, hints: list[int]) -> None:
-    """`locate` from any hint (before, inside or past the page, at a line of the name or not), and
-    the read from there, give the same position, samples and hints."""
+    """`locate` from any hint (before, inside or past the page, at a line of the name or not, near
+    the largest index), and the read from there, give the same position, samples and hints."""
     python, compiled = _Wanted(name), _CompiledWanted(name)
     for hint in [-1, 0, 1, len(page), *hints]:
         assert compiled.locate(page, hint) == python.locate(page, hint)
