@@ -66,6 +66,14 @@ VALUES = (
     b"e5",
     b"1e",
     b"12345678901234567890",
+    b"+1",
+    b"+.5",
+    b"1.",
+    b"1E5",
+    b"1e+",
+    b"-iNfInItY",
+    b"nan(1)",
+    b"1\x1c",
 )
 BLANKS = (b" ", b"\t", b"  \t", b"\r", b"\x0b", b"\x0c", b"")
 # A name longer than HINT_SLACK: from a hint near the largest index, the search that starts over
