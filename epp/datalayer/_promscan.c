@@ -172,7 +172,9 @@ locate_line(const char *p, Py_ssize_t n, const char *needle, Py_ssize_t nlen, Py
     }
     if (!begin)
         return -1;
-    return at_start ? 0 : find_line(p, n, needle, nlen, 0, begin + nlen);
+    /* From a hint past the page (or near the largest index) the search ends at the page's end:
+     * begin + nlen there could pass the largest index and wrap below 0. */
+    return at_start ? 0 : find_line(p, n, needle, nlen, 0, begin < n ? begin + nlen : n);
 }
 
 /* Whether a line starting at q may belong to the family's group (the `more` of
@@ -428,6 +430,9 @@ fail:
     return NULL;
 }
 
+/* The last sample_type tuple.__new__ made an instance of (a strong reference). */
+static PyObject *checked_sample_type;
+
 static int
 check_reader_args(PyObject *cache, PyObject *sample_type)
 {
@@ -435,10 +440,20 @@ check_reader_args(PyObject *cache, PyObject *sample_type)
         PyErr_SetString(PyExc_TypeError, "cache must be a dict");
         return -1;
     }
+    if (sample_type == checked_sample_type)
+        return 0;
     if (!PyType_Check(sample_type) || !PyType_IsSubtype((PyTypeObject *)sample_type, &PyTuple_Type)) {
         PyErr_SetString(PyExc_TypeError, "sample_type must be a tuple subclass");
         return -1;
     }
+    /* Samples are made as tuple.__new__ makes them, which refuses a subclass whose instances are
+     * more than a tuple (a struct sequence: its deallocator reads fields past the two items). */
+    PyObject *probe = PyObject_CallMethod((PyObject *)&PyTuple_Type, "__new__", "O()", sample_type);
+    if (probe == NULL)
+        return -1;
+    Py_DECREF(probe);
+    Py_INCREF(sample_type);
+    Py_XSETREF(checked_sample_type, sample_type);
     return 0;
 }
 

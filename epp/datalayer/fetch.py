@@ -81,10 +81,16 @@ class _Head(NamedTuple):
 
 def _decoded(head: _Head, body: bytes) -> tuple[int, bytes]:
     if head.gzip:
+        # Unpacked to the same limit as a plain body: a few kilobytes can unpack to gigabytes.
+        unpacker = zlib.decompressobj(wbits=31)
         try:
-            body = zlib.decompress(body, wbits=31)
+            body = unpacker.decompress(body, _MAX_BODY + 1)
         except zlib.error as exc:
             raise FetchError(f"bad gzip body: {exc}") from exc
+        if len(body) > _MAX_BODY:
+            raise FetchError("response body too large")
+        if not unpacker.eof:
+            raise FetchError("bad gzip body: incomplete or truncated stream")
     return head.status, body
 
 

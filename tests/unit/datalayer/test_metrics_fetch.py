@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
+from epp.datalayer import fetch
 from epp.datalayer.fetch import FetchError, KeepAliveGetter
 from epp.stack.processes import free_port
 
@@ -133,6 +134,31 @@ async def test_gzip_body_is_decoded_and_a_bad_one_fails() -> None:
         with pytest.raises(FetchError, match="bad gzip body"):
             await getter.get(2)
         getter.close()
+
+
+async def test_a_gzip_body_that_unpacks_past_the_body_limit_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server's gzip body is held to the same limit once unpacked: a few kilobytes that unpack to
+    gigabytes (a decompression bomb) fail the scrape instead of exhausting the EPP's memory; a
+    body cut short still fails as a bad one."""
+    monkeypatch.setattr(fetch, "_MAX_BODY", 64 * 1024)
+    page = b"vllm:num_requests_waiting 3\n"
+    bomb = gzip.compress(b"\n" * (fetch._MAX_BODY + 1))
+    cut = gzip.compress(page * 1000)[:-20]
+    for body, error in (
+        (bomb, "response body too large"),
+        (cut, "bad gzip body"),
+        (gzip.compress(page), None),
+    ):
+        response = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(body)
+        handler, _ = answering(response + body)
+        async with raw_server(handler) as port:
+            getter = KeepAliveGetter("127.0.0.1", port, "/metrics")
+            if error is None:
+                assert await getter.get(2) == (200, page)
+            else:
+                with pytest.raises(FetchError, match=error):
+                    await getter.get(2)
+            getter.close()
 
 
 async def test_start_calls_back_once_and_close_silences_it() -> None:

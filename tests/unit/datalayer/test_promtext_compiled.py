@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
+import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 pytest.importorskip("epp.datalayer._promscan")
@@ -65,8 +67,19 @@ VALUES = (
     b"e5",
     b"1e",
     b"12345678901234567890",
+    b"+1",
+    b"+.5",
+    b"1.",
+    b"1E5",
+    b"1e+",
+    b"-iNfInItY",
+    b"nan(1)",
+    b"1\x1c",
 )
 BLANKS = (b" ", b"\t", b"  \t", b"\r", b"\x0b", b"\x0c", b"")
+# A name longer than HINT_SLACK: from a hint near the largest index, the search that starts over
+# from the page's start ends past that index.
+LONG_NAME = "vllm:" + "x" * 2 * promtext.HINT_SLACK
 
 
 @st.composite
@@ -160,9 +173,11 @@ def test_compiled_read_is_the_python_read(pages: list[bytes], names: list[str]) 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(any_pages, st.sampled_from(NAMES + LOOKALIKES), st.lists(st.integers(-5, 80_000), max_size=6))
+@example(b"x 1\n" + b"y" * 100 + b"\n", LONG_NAME, [sys.maxsize, sys.maxsize - promtext.HINT_SLACK])
+@example(b"x 1\n" + LONG_NAME.encode() + b" 2\n", LONG_NAME, [sys.maxsize])
 def test_compiled_search_and_read_match_at_any_hint(page: bytes, name: str, hints: list[int]) -> None:
-    """`locate` from any hint (before, inside or past the page, at a line of the name or not), and
-    the read from there, give the same position, samples and hints."""
+    """`locate` from any hint (before, inside or past the page, at a line of the name or not, near
+    the largest index), and the read from there, give the same position, samples and hints."""
     python, compiled = _Wanted(name), _CompiledWanted(name)
     for hint in [-1, 0, 1, len(page), *hints]:
         assert compiled.locate(page, hint) == python.locate(page, hint)
@@ -209,6 +224,10 @@ def test_bad_arguments_are_refused() -> None:
         _promscan.locate(b"m 1\n", b"m", 0)
     with pytest.raises(TypeError, match="sample_type must be a tuple subclass"):
         _promscan.read(b"m 1\n", Seen(), b"\nm", b"m", {}, dict, dict)  # type: ignore[type-var]
+    # A tuple subclass whose instances are more than a tuple: refused as tuple.__new__ refuses it
+    # (made as a tuple, its deallocator read fields past the two items).
+    with pytest.raises(TypeError, match=r"tuple.__new__\(time.struct_time\) is not safe"):
+        _promscan.read(b"m 1\n", Seen(), b"\nm", b"m", {}, dict, time.struct_time)  # type: ignore[type-var]
     with pytest.raises(AttributeError):
         _promscan.read(b"m 1\n", object(), b"\nm", b"m", {}, dict, Sample)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="read expected 7 arguments, got 2"):
