@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
+from epp.datalayer import fetch
 from epp.datalayer.fetch import FetchError, KeepAliveGetter
 from epp.stack.processes import free_port
 
@@ -132,6 +133,20 @@ async def test_gzip_body_is_decoded_and_a_bad_one_fails() -> None:
         assert await getter.get(2) == (200, page)
         with pytest.raises(FetchError, match="bad gzip body"):
             await getter.get(2)
+        getter.close()
+
+
+async def test_gzip_body_that_inflates_past_the_body_limit_fails() -> None:
+    """A small gzip body can inflate to gigabytes (a decompression bomb); decoding stops at the
+    body limit instead of holding the event loop and memory for the whole of it."""
+    packed = gzip.compress(bytes(fetch._MAX_BODY + 1), compresslevel=1)
+    assert len(packed) < fetch._MAX_BODY // 100
+    bomb = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(packed) + packed
+    handler, _ = answering(bomb)
+    async with raw_server(handler) as port:
+        getter = KeepAliveGetter("127.0.0.1", port, "/metrics")
+        with pytest.raises(FetchError, match="gzip body inflates past 67108864 bytes"):
+            await getter.get(5)
         getter.close()
 
 
