@@ -81,10 +81,15 @@ class _Head(NamedTuple):
 
 def _decoded(head: _Head, body: bytes) -> tuple[int, bytes]:
     if head.gzip:
+        inflater = zlib.decompressobj(wbits=31)
         try:
-            body = zlib.decompress(body, wbits=31)
+            body = inflater.decompress(body, _MAX_BODY)  # a decompression bomb stops here
         except zlib.error as exc:
             raise FetchError(f"bad gzip body: {exc}") from exc
+        if inflater.unconsumed_tail:
+            raise FetchError(f"gzip body inflates past {_MAX_BODY} bytes")
+        if not inflater.eof:
+            raise FetchError("bad gzip body: truncated")
     return head.status, body
 
 

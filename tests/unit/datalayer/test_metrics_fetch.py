@@ -127,6 +127,7 @@ async def test_gzip_body_is_decoded_and_a_bad_one_fails() -> None:
     packed = gzip.compress(page)
     good = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(packed) + packed
     bad = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc"
+    cut = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 20\r\n\r\n" + packed[:20]
     handler, _ = answering(good, bad)
     async with raw_server(handler) as port:
         getter = KeepAliveGetter("127.0.0.1", port, "/metrics")
@@ -134,6 +135,10 @@ async def test_gzip_body_is_decoded_and_a_bad_one_fails() -> None:
         with pytest.raises(FetchError, match="bad gzip body"):
             await getter.get(2)
         getter.close()
+    handler, _ = answering(cut)
+    async with raw_server(handler) as port:
+        with pytest.raises(FetchError, match="bad gzip body: truncated"):
+            await KeepAliveGetter("127.0.0.1", port, "/metrics").get(2)
 
 
 async def test_gzip_body_that_inflates_past_the_body_limit_fails() -> None:
