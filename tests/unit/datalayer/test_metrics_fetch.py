@@ -81,6 +81,22 @@ async def test_chunked_body_split_across_writes() -> None:
         getter.close()
 
 
+async def test_chunked_body_with_trailer_fields() -> None:
+    """Trailer fields after the last chunk (RFC 9112 7.1.2) end the body; the next response on
+    the connection reads as usual."""
+    response = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\nX-Checksum: 1\r\nX-Other: 2\r\n\r\n"
+    )
+    handler, connections = answering(response, response)
+    async with raw_server(handler) as port:
+        getter = KeepAliveGetter("127.0.0.1", port, "/metrics")
+        assert await getter.get(2) == (200, b"abc")
+        assert await getter.get(2) == (200, b"abc")
+        getter.close()
+    assert len(connections) == 1
+
+
 async def test_close_delimited_body_and_reconnect() -> None:
     handler, connections = answering(b"HTTP/1.0 200 OK\r\n\r\nbody until close", close=True)
     async with raw_server(handler) as port:
