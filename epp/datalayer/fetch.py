@@ -128,7 +128,7 @@ class _Response:
 
     def _take_chunked(self, data: bytearray) -> bool:
         while True:
-            if self._chunk_left < 0:
+            if self._chunk_left == -1:  # a chunk-size line (-2: the trailer section)
                 line_end = data.find(b"\r\n")
                 if line_end < 0:
                     return False
