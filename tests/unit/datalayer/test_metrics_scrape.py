@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from types import MappingProxyType
 
@@ -183,6 +184,29 @@ async def test_one_scrape_timeout_takes_a_hung_endpoint_out_until_it_answers(ser
         await until(lambda: endpoint.healthy)
     finally:
         await scraper.stop()
+
+
+async def test_leaving_and_returning_to_rotation_are_both_logged(
+    server: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator reading the log sees an endpoint come back, not only each time it left (a
+    flapping server otherwise reads as one that never recovered)."""
+    caplog.set_level(logging.INFO, logger="epp.datalayer.scraper")
+    datastore = Datastore()
+    scraper = MetricsScraper(datastore, interval=0.02, timeout=0.5, failures_before_unhealthy=1)
+    await scraper.start()
+    endpoint = datastore.upsert(EndpointSpec("e", "127.0.0.1", server.port))
+    try:
+        await until(lambda: endpoint.metrics.waiting_queue_size == 7)
+        server.status = 500
+        await until(lambda: not endpoint.healthy)
+        server.status = 200
+        await until(lambda: endpoint.healthy)
+    finally:
+        await scraper.stop()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("unhealthy after 1 failed scrape(s)" in m for m in messages)
+    assert any(m == f"endpoint {endpoint} healthy again: its /metrics answered" for m in messages)
 
 
 async def test_engine_label_selects_the_metric_names(server: FakeServer) -> None:
