@@ -245,6 +245,7 @@ class MetricsScraper:
             target.failures = 0
             if not endpoint.healthy:
                 endpoint.healthy = True
+                log.info("endpoint %s healthy again: its /metrics answered", endpoint)
             if endpoint.suspended_until:
                 endpoint.suspended_until = 0.0
         if target.overdue:
