@@ -209,6 +209,37 @@ async def test_leaving_and_returning_to_rotation_are_both_logged(
     assert any(m == f"endpoint {endpoint} healthy again: its /metrics answered" for m in messages)
 
 
+async def test_an_unhealthy_endpoint_is_scraped_less_often_until_it_answers(server: FakeServer) -> None:
+    """Each failed scrape of an endpoint out of rotation doubles the wait before its next one (up
+    to a second): a server whose every answer is costly to read (a gzip body that inflates to the
+    body limit, a 60 MB page) must not take the event loop from routing at every interval."""
+    requests = 0
+    handler = server.handler
+
+    async def counting(request: web.Request) -> web.Response:
+        nonlocal requests
+        requests += 1
+        return await handler(request)
+
+    server.handler = counting  # type: ignore[method-assign]
+    await server.stop()
+    await server.start(server.port)
+    server.status = 500
+    datastore = Datastore()
+    scraper = MetricsScraper(datastore, interval=0.02, timeout=0.5, failures_before_unhealthy=1)
+    await scraper.start()
+    endpoint = datastore.upsert(EndpointSpec("e", "127.0.0.1", server.port))
+    try:
+        await until(lambda: not endpoint.healthy)
+        before = requests
+        await asyncio.sleep(1.0)
+        assert requests - before <= 8  # 50 at the interval
+        server.status = 200
+        await until(lambda: endpoint.healthy, timeout=3)
+    finally:
+        await scraper.stop()
+
+
 async def test_engine_label_selects_the_metric_names(server: FakeServer) -> None:
     server.page = 'sglang:num_queue_reqs{model_name="m"} 9\n'
     datastore = Datastore()
