@@ -81,16 +81,17 @@ class _Head(NamedTuple):
 
 def _decoded(head: _Head, body: bytes) -> tuple[int, bytes]:
     if head.gzip:
-        # Unpacked to the same limit as a plain body: a few kilobytes can unpack to gigabytes.
-        unpacker = zlib.decompressobj(wbits=31)
+        # Inflated to the same limit as a plain body: a few kilobytes can inflate to gigabytes (a
+        # decompression bomb), which would hold the event loop and the memory for all of it.
+        inflater = zlib.decompressobj(wbits=31)
         try:
-            body = unpacker.decompress(body, _MAX_BODY + 1)
+            body = inflater.decompress(body, _MAX_BODY + 1)
         except zlib.error as exc:
             raise FetchError(f"bad gzip body: {exc}") from exc
         if len(body) > _MAX_BODY:
-            raise FetchError("response body too large")
-        if not unpacker.eof:
-            raise FetchError("bad gzip body: incomplete or truncated stream")
+            raise FetchError(f"gzip body inflates past {_MAX_BODY} bytes")
+        if not inflater.eof:
+            raise FetchError("bad gzip body: truncated")
     return head.status, body
 
 
@@ -129,7 +130,7 @@ class _Response:
 
     def _take_chunked(self, data: bytearray) -> bool:
         while True:
-            if self._chunk_left < 0:
+            if self._chunk_left == -1:  # a chunk-size line (-2: the trailer section)
                 line_end = data.find(b"\r\n")
                 if line_end < 0:
                     return False

@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL = 0.05  # GIE's --refresh-metrics-interval
 DEFAULT_TIMEOUT = 1.0  # GIE's per-poll timeout
+# The longest wait between scrapes of an endpoint out of rotation that keeps failing: its wait
+# doubles from the interval with each failure, so a page that is costly to read and still refused
+# (a gzip body inflating to the body limit, a page of tens of MB) cannot hold the event loop.
+FAILING_BACKOFF_MAX = 1.0
 # The endpoints are dealt into up to SLICES groups of about SLICE_SIZE, scraped at even offsets
 # within each interval: answers then arrive in batches of tens rather than all at once, so a
 # request the EPP is routing waits behind a few page reads at most. Batches much smaller than that
@@ -60,6 +64,7 @@ class _Target:
         "idle",
         "metrics",
         "overdue",
+        "resume_at",
         "sent_at",
     )
 
@@ -85,6 +90,7 @@ class _Target:
         self.failures = 0
         self.sent_at: float | None = None  # loop time the GET under way was started
         self.overdue = False  # an interval passed while the GET was under way
+        self.resume_at = 0.0  # loop time before which a failing endpoint is not scraped again
 
 
 class MetricsScraper:
@@ -193,7 +199,8 @@ class MetricsScraper:
         for target in list(group.values()):
             try:
                 if target.sent_at is None:
-                    self._begin(target, now)
+                    if now >= target.resume_at:
+                        self._begin(target, now)
                 else:
                     target.overdue = True
             except Exception:  # one endpoint's trouble must not stop the scraping of all
@@ -245,6 +252,7 @@ class MetricsScraper:
             target.failures = 0
             if not endpoint.healthy:
                 endpoint.healthy = True
+                log.info("endpoint %s healthy again: its /metrics answered", endpoint)
             if endpoint.suspended_until:
                 endpoint.suspended_until = 0.0
         if target.overdue:
@@ -280,3 +288,7 @@ class MetricsScraper:
                 "endpoint %s unhealthy after %d failed scrape(s): %s", endpoint, target.failures, reason
             )
             endpoint.healthy = False
+        if not endpoint.healthy:
+            target.overdue = False
+            backoff = min(self.interval * 2 ** min(target.failures, 16), FAILING_BACKOFF_MAX)
+            target.resume_at = asyncio.get_running_loop().time() + backoff

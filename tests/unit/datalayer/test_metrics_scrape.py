@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from types import MappingProxyType
 
@@ -181,6 +182,60 @@ async def test_one_scrape_timeout_takes_a_hung_endpoint_out_until_it_answers(ser
         assert scraper.failures == failures + 1
         server.answering.set()
         await until(lambda: endpoint.healthy)
+    finally:
+        await scraper.stop()
+
+
+async def test_leaving_and_returning_to_rotation_are_both_logged(
+    server: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator reading the log sees an endpoint come back, not only each time it left (a
+    flapping server otherwise reads as one that never recovered)."""
+    caplog.set_level(logging.INFO, logger="epp.datalayer.scraper")
+    datastore = Datastore()
+    scraper = MetricsScraper(datastore, interval=0.02, timeout=0.5, failures_before_unhealthy=1)
+    await scraper.start()
+    endpoint = datastore.upsert(EndpointSpec("e", "127.0.0.1", server.port))
+    try:
+        await until(lambda: endpoint.metrics.waiting_queue_size == 7)
+        server.status = 500
+        await until(lambda: not endpoint.healthy)
+        server.status = 200
+        await until(lambda: endpoint.healthy)
+    finally:
+        await scraper.stop()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("unhealthy after 1 failed scrape(s)" in m for m in messages)
+    assert any(m == f"endpoint {endpoint} healthy again: its /metrics answered" for m in messages)
+
+
+async def test_an_unhealthy_endpoint_is_scraped_less_often_until_it_answers(server: FakeServer) -> None:
+    """Each failed scrape of an endpoint out of rotation doubles the wait before its next one (up
+    to a second): a server whose every answer is costly to read (a gzip body that inflates to the
+    body limit, a 60 MB page) must not take the event loop from routing at every interval."""
+    requests = 0
+    handler = server.handler
+
+    async def counting(request: web.Request) -> web.Response:
+        nonlocal requests
+        requests += 1
+        return await handler(request)
+
+    server.handler = counting  # type: ignore[method-assign]
+    await server.stop()
+    await server.start(server.port)
+    server.status = 500
+    datastore = Datastore()
+    scraper = MetricsScraper(datastore, interval=0.02, timeout=0.5, failures_before_unhealthy=1)
+    await scraper.start()
+    endpoint = datastore.upsert(EndpointSpec("e", "127.0.0.1", server.port))
+    try:
+        await until(lambda: not endpoint.healthy)
+        before = requests
+        await asyncio.sleep(1.0)
+        assert requests - before <= 8  # 50 at the interval
+        server.status = 200
+        await until(lambda: endpoint.healthy, timeout=3)
     finally:
         await scraper.stop()
 
