@@ -217,3 +217,16 @@ async def test_a_body_larger_than_the_read_buffer_is_read_whole() -> None:
         assert await getter.get(2) == (200, body)
         getter.close()
     assert len(connections) == 1
+
+
+async def test_a_chunk_size_that_is_not_a_hex_number_fails() -> None:
+    """A chunk-size line is hex digits (RFC 9112 7.1), optionally with extensions: a signed or
+    prefixed size fails the scrape instead of being read as some other length."""
+    for size in (b"-3", b"+3", b"0x3", b"3_0", b""):
+        response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + size + b"\r\nabc\r\n0\r\n\r\n"
+        handler, _ = answering(response)
+        async with raw_server(handler) as port:
+            getter = KeepAliveGetter("127.0.0.1", port, "/metrics")
+            with pytest.raises(FetchError, match="bad chunk size"):
+                await getter.get(2)
+            getter.close()
