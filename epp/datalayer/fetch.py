@@ -95,6 +95,18 @@ def _decoded(head: _Head, body: bytes) -> tuple[int, bytes]:
     return head.status, body
 
 
+def _chunk_size(line: bytes) -> int:
+    """A chunk-size line's size: hex digits before any extension (`int(_, 16)` alone would also
+    take a sign, a `0x` or underscores, and a negative size would be read as a length)."""
+    digits = line.split(b";", 1)[0].strip(b" \t")
+    if not digits or digits.strip(_HEX_DIGITS):
+        raise FetchError(f"bad chunk size {digits[:32]!r}")
+    return int(digits, 16)
+
+
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
+
+
 class _Response:
     """Incremental parser for one HTTP/1.1 response; `body_start` is where its body begins in
     the connection's buffer."""
@@ -134,7 +146,7 @@ class _Response:
                 line_end = data.find(b"\r\n")
                 if line_end < 0:
                     return False
-                size = int(bytes(data[:line_end]).split(b";")[0], 16)
+                size = _chunk_size(bytes(data[:line_end]))
                 del data[: line_end + 2]
                 self._chunk_left = -2 if size == 0 else size
             if self._chunk_left == -2:
