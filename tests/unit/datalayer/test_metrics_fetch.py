@@ -230,3 +230,19 @@ async def test_a_chunk_size_that_is_not_a_hex_number_fails() -> None:
             with pytest.raises(FetchError, match="bad chunk size"):
                 await getter.get(2)
             getter.close()
+
+
+@pytest.mark.parametrize("where", ["chunk size", "trailer"])
+async def test_a_chunk_size_or_trailer_line_past_the_header_limit_fails_at_once(where: str) -> None:
+    """A chunk-size or trailer line is held to the header limit: one that never ends fails as soon
+    as it passes it, rather than growing the buffer (each read scanning all of it again) to the
+    64 MiB body limit or the timeout."""
+    line = b"X-Padding: " if where == "trailer" else b"1"
+    start = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+    endless = start + (b"0\r\n" if where == "trailer" else b"") + line + b"0" * (2 * fetch._MAX_HEADER)
+    handler, _ = answering(endless)
+    async with raw_server(handler) as port:
+        getter = KeepAliveGetter("127.0.0.1", port, "/metrics")
+        with pytest.raises(FetchError, match=f"{where} line too long"):
+            await getter.get(2)
+        getter.close()
