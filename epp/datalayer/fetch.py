@@ -95,6 +95,27 @@ def _decoded(head: _Head, body: bytes) -> tuple[int, bytes]:
     return head.status, body
 
 
+def _line_end(data: bytearray, what: str) -> int:
+    """Where the line at the start of `data` ends (-1: not yet), held to the header limit: an
+    endless line would otherwise grow the buffer, rescanned at each read, to the body limit."""
+    end = data.find(b"\r\n", 0, _MAX_HEADER + 2)
+    if end < 0 and len(data) > _MAX_HEADER:
+        raise FetchError(f"response {what} line too long")
+    return end
+
+
+def _chunk_size(line: bytes) -> int:
+    """A chunk-size line's size: hex digits before any extension (`int(_, 16)` alone would also
+    take a sign, a `0x` or underscores, and a negative size would be read as a length)."""
+    digits = line.split(b";", 1)[0].strip(b" \t")
+    if not digits or digits.strip(_HEX_DIGITS):
+        raise FetchError(f"bad chunk size {digits[:32]!r}")
+    return int(digits, 16)
+
+
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
+
+
 class _Response:
     """Incremental parser for one HTTP/1.1 response; `body_start` is where its body begins in
     the connection's buffer."""
@@ -131,14 +152,14 @@ class _Response:
     def _take_chunked(self, data: bytearray) -> bool:
         while True:
             if self._chunk_left == -1:  # a chunk-size line (-2: the trailer section)
-                line_end = data.find(b"\r\n")
+                line_end = _line_end(data, "chunk size")
                 if line_end < 0:
                     return False
-                size = int(bytes(data[:line_end]).split(b";")[0], 16)
+                size = _chunk_size(bytes(data[:line_end]))
                 del data[: line_end + 2]
                 self._chunk_left = -2 if size == 0 else size
             if self._chunk_left == -2:
-                trailer_end = data.find(b"\r\n")
+                trailer_end = _line_end(data, "trailer")
                 if trailer_end < 0:
                     return False
                 del data[: trailer_end + 2]

@@ -134,10 +134,10 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
                         return
                 else:
                     next_message = await _message_or_eviction(incoming, eviction)
-                    if next_message is None:
+                    if next_message is None:  # evicted, or Envoy half-closes (then resets at once)
                         if eviction.done():
                             yield stream.evicted()
-                            wait_for_reset = True
+                        wait_for_reset = True
                         return
                     message = next_message
         finally:

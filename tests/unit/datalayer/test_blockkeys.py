@@ -6,6 +6,7 @@ Skipped when the extension is not built."""
 from __future__ import annotations
 
 import logging
+from array import array
 
 import pytest
 from hypothesis import given, settings
@@ -68,3 +69,22 @@ def test_without_the_extension_the_python_chain_is_used_and_said_once(
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 1 and said[0].startswith("the precise prefix index's block keys: its C extension")
     assert first.keys([1] * 32, "m") == TokenProcessor(16, compiled=False).keys([1] * 32, "m")
+
+
+@pytest.mark.parametrize("size", [65535, 65536, 70001])
+def test_block_sizes_whose_array_head_is_three_or_five_bytes(size: int) -> None:
+    """A block size at or past 2**16 writes the CBOR array head on three or five bytes."""
+    prompt = [(n * 2654435761) % 2**32 for n in range(2 * size + 7)]
+    for parent in (None, 2**64 - 1):
+        python = TokenProcessor(size, compiled=False).keys(prompt, "model", parent)
+        assert TokenProcessor(size).keys(prompt, "model", parent) == python and len(python) == 2
+
+
+def test_a_huge_block_size_yields_no_key_and_reads_nothing_past_the_data() -> None:
+    assert cbor_fnv_keys(array("I", [1, 2, 3]), 2**62, 0) == []
+    with pytest.raises(OverflowError):
+        cbor_fnv_keys(b"", 2**63, 0)
+    with pytest.raises(TypeError):
+        cbor_fnv_keys(b"", 1, 1.0)
+    with pytest.raises(TypeError):
+        cbor_fnv_keys([1, 2], 1, 0)  # a list, not a buffer

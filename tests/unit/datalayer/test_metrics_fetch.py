@@ -217,3 +217,32 @@ async def test_a_body_larger_than_the_read_buffer_is_read_whole() -> None:
         assert await getter.get(2) == (200, body)
         getter.close()
     assert len(connections) == 1
+
+
+async def test_a_chunk_size_that_is_not_a_hex_number_fails() -> None:
+    """A chunk-size line is hex digits (RFC 9112 7.1), optionally with extensions: a signed or
+    prefixed size fails the scrape instead of being read as some other length."""
+    for size in (b"-3", b"+3", b"0x3", b"3_0", b""):
+        response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + size + b"\r\nabc\r\n0\r\n\r\n"
+        handler, _ = answering(response)
+        async with raw_server(handler) as port:
+            getter = KeepAliveGetter("127.0.0.1", port, "/metrics")
+            with pytest.raises(FetchError, match="bad chunk size"):
+                await getter.get(2)
+            getter.close()
+
+
+@pytest.mark.parametrize("where", ["chunk size", "trailer"])
+async def test_a_chunk_size_or_trailer_line_past_the_header_limit_fails_at_once(where: str) -> None:
+    """A chunk-size or trailer line is held to the header limit: one that never ends fails as soon
+    as it passes it, rather than growing the buffer (each read scanning all of it again) to the
+    64 MiB body limit or the timeout."""
+    line = b"X-Padding: " if where == "trailer" else b"1"
+    start = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+    endless = start + (b"0\r\n" if where == "trailer" else b"") + line + b"0" * (2 * fetch._MAX_HEADER)
+    handler, _ = answering(endless)
+    async with raw_server(handler) as port:
+        getter = KeepAliveGetter("127.0.0.1", port, "/metrics")
+        with pytest.raises(FetchError, match=f"{where} line too long"):
+            await getter.get(2)
+        getter.close()

@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import grpc
 import orjson
 import pytest
 
 from epp.config.loader import load_config
+from epp.extproc import server as extproc_server
+from epp.extproc.pb import core, ext_proc
 from epp.flowcontrol.reclamation import LEADING_SENSOR_GRACE
 from tests.unit.flowcontrol.flow_helpers import flow_control_config
 from tests.unit.flowcontrol.test_flow_control import Harness, finish, make_harness, read, routed
@@ -132,3 +135,37 @@ async def test_an_eviction_policy_that_raises_leaves_no_load_and_nothing_tracked
     assert harness.datastore.get("a").inflight_requests == 0  # type: ignore[union-attr]
     assert reclamation.evictor.in_flight == {}
     assert reclamation.evictor.evictable == 0
+
+
+@pytest.mark.parametrize("objective", ["batch", "standard"], ids=["evictable", "not-evictable"])
+async def test_a_streamed_response_half_closed_waits_for_the_reset_evictable_or_not(
+    harness: Harness, objective: str
+) -> None:
+    """A streamed response's stream is half-closed by Envoy after the response headers (it sends
+    no chunks) and reset at once; the stream waits GATEWAY_CLOSE_WAIT for that reset instead of
+    sending a status into it (grpc.aio leaks the failed batch), whether or not flow control may
+    still evict the request (an evictable request's reads also watch for its eviction)."""
+    call = await harness.send("tenant", objective)
+    await routed(call)
+    reclamation = harness.flow_control.reclamation
+    assert reclamation is not None
+    assert any(item.evictable for item in reclamation.evictor.in_flight.values()) is (objective == "batch")
+    await call.write(
+        ext_proc.ProcessingRequest(
+            response_headers=ext_proc.HttpHeaders(
+                headers=core.HeaderMap(
+                    headers=[
+                        core.HeaderValue(key=":status", raw_value=b"200"),
+                        core.HeaderValue(key="content-type", raw_value=b"text/event-stream"),
+                    ]
+                )
+            )
+        )
+    )
+    assert (await read(call)).WhichOneof("response") == "response_headers"
+    await call.done_writing()  # Envoy's half-close
+    status = asyncio.ensure_future(call.code())
+    done, _ = await asyncio.wait([status], timeout=extproc_server.GATEWAY_CLOSE_WAIT / 2)
+    assert not done, "the stream sent its status before the gateway could reset it"
+    assert harness.datastore.get("a").inflight_requests == 0  # type: ignore[union-attr]
+    assert await asyncio.wait_for(status, timeout=5.0) == grpc.StatusCode.OK
