@@ -87,6 +87,9 @@ _PART_BLOCKS = {"image_url": ("url",), "input_audio": ("data", "format"), "video
 """A content part's fields GIE's parser types (its ContentBlock): each may be absent or null, but a
 value of another JSON type fails its parse, and vLLM's, with a 400; forwarding it would cost a model
 server round trip and the decision made for a prompt the server refuses."""
+_PART_URL_STRINGS = frozenset({"image_url", "video_url"})
+"""Blocks vLLM also takes as a bare URL string (its "simple" parts, `{"image_url": "https://..."}`),
+which GIE's typed parse refuses: accepted here, since the server serves them."""
 
 
 def _check_content_part(part: object, where: str) -> None:
@@ -97,7 +100,7 @@ def _check_content_part(part: object, where: str) -> None:
             raise _bad(f"invalid chat completions request: {where}.{name} must be a string")
     for block, fields in _PART_BLOCKS.items():
         value = part.get(block)
-        if value is None:
+        if value is None or (block in _PART_URL_STRINGS and isinstance(value, str)):
             continue
         if not isinstance(value, dict):
             raise _bad(f"invalid chat completions request: {where}.{block} must be an object")

@@ -138,7 +138,7 @@ def test_smallest_token_limit_wins() -> None:
             "messages[0].content[0] must be an object",
         ),
         (
-            {"model": "m", "messages": [{"role": "u", "content": [{"type": "image_url", "image_url": "u"}]}]},
+            {"model": "m", "messages": [{"role": "u", "content": [{"type": "image_url", "image_url": 7}]}]},
             "/v1/chat/completions",
             "messages[0].content[0].image_url must be an object",
         ),
@@ -217,6 +217,8 @@ def test_content_parts_with_null_or_absent_typed_fields_are_accepted() -> None:
         {"type": "image_url", "image_url": {"url": None, "detail": 3}},
         {"type": "input_audio", "input_audio": None},
         {"type": "text", "text": "hi", "extra": 1},
+        {"image_url": "https://example.com/cat.png"},  # vLLM's bare-URL forms
+        {"video_url": "https://example.com/cat.mp4"},
     ]
     body = {"model": "m", "messages": [{"role": "user", "content": parts}]}
     request = parse_request(orjson.dumps(body), "/v1/chat/completions", {}, "rid")
