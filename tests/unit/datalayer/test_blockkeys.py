@@ -5,7 +5,6 @@ Skipped when the extension is not built."""
 
 from __future__ import annotations
 
-import logging
 from array import array
 
 import pytest
@@ -14,8 +13,6 @@ from hypothesis import strategies as st
 
 pytest.importorskip("epp.datalayer._blockkeys")
 
-from epp.compiled import warn_python_fallback
-from epp.datalayer import kvblocks
 from epp.datalayer._blockkeys import cbor_fnv_keys
 from epp.datalayer.kvblocks import TokenProcessor
 
@@ -55,20 +52,6 @@ def test_bad_arguments_are_refused() -> None:
     with pytest.raises(OverflowError):
         cbor_fnv_keys(b"", 1, 2**64)
     assert cbor_fnv_keys(b"\0" * 12, 4, 0) == []
-
-
-def test_without_the_extension_the_python_chain_is_used_and_said_once(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    monkeypatch.setattr(kvblocks, "_compiled_cbor_fnv_keys", None)
-    warn_python_fallback.cache_clear()
-    with caplog.at_level(logging.WARNING, logger="epp.compiled"):
-        first, second = TokenProcessor(16), TokenProcessor(16)
-        TokenProcessor(16, compiled=False)  # asked for the Python chain: nothing to say
-    assert first._compiled is None and second._compiled is None
-    said = [r.getMessage() for r in caplog.records]
-    assert len(said) == 1 and said[0].startswith("the precise prefix index's block keys: its C extension")
-    assert first.keys([1] * 32, "m") == TokenProcessor(16, compiled=False).keys([1] * 32, "m")
 
 
 @pytest.mark.parametrize("size", [65535, 65536, 70001])

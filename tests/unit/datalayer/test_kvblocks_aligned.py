@@ -65,11 +65,8 @@ def state(idx: KVBlockIndex) -> object:
     )
 
 
-@pytest.mark.parametrize("seed", range(200))
-def test_aligned_stores_are_the_block_by_block_ones(seed: int) -> None:
-    rng = random.Random(seed)
-    size = rng.choice([3, 8, 1000])
-    confirm = rng.random() < 0.5
+def index_pair(size: int, confirm: bool) -> tuple[KVBlockIndex, KVBlockIndex]:
+    """The index with its aligned-store fast path, and one that applies every store block by block."""
     fast, slow = (
         cls(
             TokenProcessor(4),
@@ -79,6 +76,15 @@ def test_aligned_stores_are_the_block_by_block_ones(seed: int) -> None:
         )
         for cls in (KVBlockIndex, BlockByBlock)
     )
+    return fast, slow
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_aligned_stores_are_the_block_by_block_ones(seed: int) -> None:
+    rng = random.Random(seed)
+    size = rng.choice([3, 8, 1000])
+    confirm = rng.random() < 0.5
+    fast, slow = index_pair(size, confirm)
     for index in (fast, slow):
         guess = random.Random(seed)
         for pod in PODS:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import random
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from epp.datalayer.kvblocks import KVBlockIndex, KVIndexMetrics, TokenProcessor
+from epp.datalayer.kvblocks import KVBlockIndex
 from epp.kvevents import AllBlocksCleared, BlockRemoved, BlockStored
-from tests.unit.datalayer.test_kvblocks_aligned import BlockByBlock, state
+from tests.unit.datalayer.test_kvblocks_aligned import index_pair, state
 
 PODS = ["a", "b", "c", "d"]
 
@@ -77,15 +76,7 @@ def step(
 def test_mixed_streams_with_lookups_leave_the_same_index(seed: int) -> None:
     rng = random.Random(seed)
     size, confirm = rng.choice([4, 10, 1000]), rng.random() < 0.5
-    fast, slow = (
-        cls(
-            TokenProcessor(4),
-            size=size,
-            metrics=KVIndexMetrics(CollectorRegistry()),
-            confirmation_ends_speculation=confirm,
-        )
-        for cls in (KVBlockIndex, BlockByBlock)
-    )
+    fast, slow = index_pair(size, confirm)
     for index in (fast, slow):
         index.pin_speculative(index.keys_for([0, 1, 2, 0, 1, 2, 0, 1], "m"), "b")
         index.pin_speculative(index.keys_for([1, 1, 1, 1], "lora-x"), "c")

@@ -8,7 +8,6 @@ is not built."""
 
 from __future__ import annotations
 
-import logging
 import math
 import sys
 import time
@@ -19,7 +18,6 @@ from hypothesis import strategies as st
 
 pytest.importorskip("epp.datalayer._promscan")
 
-from epp.compiled import warn_python_fallback
 from epp.datalayer import promtext
 from epp.datalayer.promtext import Extractor, Hints, Sample, Seen, _CompiledWanted, _Wanted
 from tests.unit.datalayer.test_promtext_agreement import pages as engine_pages
@@ -232,16 +230,3 @@ def test_bad_arguments_are_refused() -> None:
         _promscan.read(b"m 1\n", object(), b"\nm", b"m", {}, dict, Sample)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="read expected 7 arguments, got 2"):
         _promscan.read(b"", Seen())  # type: ignore[call-arg]
-
-
-def test_without_the_extension_the_python_read_is_used_and_said_once(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    monkeypatch.setattr(promtext, "COMPILED", False)
-    warn_python_fallback.cache_clear()
-    with caplog.at_level(logging.WARNING, logger="epp.compiled"):
-        first, second = Extractor(NAMES), Extractor(NAMES)
-    assert all(type(w) is _Wanted for e in (first, second) for w in e._wanted.values())
-    said = [r.getMessage() for r in caplog.records]
-    assert len(said) == 1 and said[0].startswith("the metrics page reader: its C extension was not built")
-    assert all(type(w) is _CompiledWanted for w in Extractor(NAMES, compiled=True)._wanted.values())

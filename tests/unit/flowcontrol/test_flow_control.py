@@ -141,20 +141,23 @@ async def refused(call: grpc.aio.StreamStreamCall) -> tuple[int, str]:
     return reply.immediate_response.status.code, error["message"]
 
 
-async def finish(call: grpc.aio.StreamStreamCall, body: bytes = b"{}") -> None:
-    """The response (`body`) ends: the request's load is released."""
-    await call.write(
-        ext_proc.ProcessingRequest(
-            response_headers=ext_proc.HttpHeaders(
-                headers=core.HeaderMap(
-                    headers=[
-                        core.HeaderValue(key=":status", raw_value=b"200"),
-                        core.HeaderValue(key="content-type", raw_value=b"application/json"),
-                    ]
-                )
+def response_headers(content_type: bytes = b"application/json") -> ext_proc.ProcessingRequest:
+    """The model server's 200 response headers, as Envoy sends them to the EPP."""
+    return ext_proc.ProcessingRequest(
+        response_headers=ext_proc.HttpHeaders(
+            headers=core.HeaderMap(
+                headers=[
+                    core.HeaderValue(key=":status", raw_value=b"200"),
+                    core.HeaderValue(key="content-type", raw_value=content_type),
+                ]
             )
         )
     )
+
+
+async def finish(call: grpc.aio.StreamStreamCall, body: bytes = b"{}") -> None:
+    """The response (`body`) ends: the request's load is released."""
+    await call.write(response_headers())
     await read(call)
     await call.write(
         ext_proc.ProcessingRequest(response_body=ext_proc.HttpBody(body=body, end_of_stream=True))

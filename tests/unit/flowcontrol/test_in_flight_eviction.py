@@ -15,10 +15,16 @@ import pytest
 
 from epp.config.loader import load_config
 from epp.extproc import server as extproc_server
-from epp.extproc.pb import core, ext_proc
 from epp.flowcontrol.reclamation import LEADING_SENSOR_GRACE
 from tests.unit.flowcontrol.flow_helpers import flow_control_config
-from tests.unit.flowcontrol.test_flow_control import Harness, finish, make_harness, read, routed
+from tests.unit.flowcontrol.test_flow_control import (
+    Harness,
+    finish,
+    make_harness,
+    read,
+    response_headers,
+    routed,
+)
 
 CONFIG = flow_control_config({"enableEviction": True})
 OBJECTIVES = {"critical": 10, "standard": 0, "batch": -1}
@@ -150,18 +156,7 @@ async def test_a_streamed_response_half_closed_waits_for_the_reset_evictable_or_
     reclamation = harness.flow_control.reclamation
     assert reclamation is not None
     assert any(item.evictable for item in reclamation.evictor.in_flight.values()) is (objective == "batch")
-    await call.write(
-        ext_proc.ProcessingRequest(
-            response_headers=ext_proc.HttpHeaders(
-                headers=core.HeaderMap(
-                    headers=[
-                        core.HeaderValue(key=":status", raw_value=b"200"),
-                        core.HeaderValue(key="content-type", raw_value=b"text/event-stream"),
-                    ]
-                )
-            )
-        )
-    )
+    await call.write(response_headers(b"text/event-stream"))
     assert (await read(call)).WhichOneof("response") == "response_headers"
     await call.done_writing()  # Envoy's half-close
     status = asyncio.ensure_future(call.code())

@@ -5,14 +5,11 @@ the xxhash package's values."""
 
 from __future__ import annotations
 
-import logging
 import random
 from array import array
 
 import pytest
 
-from epp.compiled import warn_python_fallback
-from epp.scheduling.prefix import index as index_module
 from epp.scheduling.prefix._blockindex import chain_hashes
 from epp.scheduling.prefix.hashing import _python_chain, block_hashes, block_keys
 from epp.scheduling.prefix.index import CompiledPrefixIndex, PythonPrefixIndex, new_prefix_index
@@ -138,18 +135,3 @@ def test_a_buffer_of_another_type_is_refused(packed: object) -> None:
     with pytest.raises(TypeError, match=r"unsigned 64-bit \('Q'\)"):
         index.add(a, packed, 10)  # type: ignore[arg-type]
     assert index.size() == 0
-
-
-def test_without_the_extension_the_python_index_is_used_and_said_once(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    monkeypatch.setattr(index_module, "COMPILED", False)
-    warn_python_fallback.cache_clear()
-    with caplog.at_level(logging.WARNING, logger="epp.compiled"):
-        first, second = new_prefix_index(), new_prefix_index()
-    assert isinstance(first, PythonPrefixIndex) and isinstance(second, PythonPrefixIndex)
-    said = [r.getMessage() for r in caplog.records]
-    assert len(said) == 1 and said[0].startswith(
-        "the approximate prefix index: its C extension was not built"
-    )
-    assert said[0].endswith("same results at about 3x the CPU per decision")

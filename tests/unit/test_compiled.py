@@ -1,0 +1,70 @@
+"""Each C extension's fallback: a part whose extension was not built runs its Python version and
+says so once a process, naming itself and the cost. Runs whether or not the extensions are built
+(the module attribute that holds the extension is patched away)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import pytest
+
+from epp.compiled import warn_python_fallback
+from epp.datalayer import kvblocks, promtext
+from epp.scheduling.prefix import index
+
+PARTS: list[tuple[object, str, object, Callable[[], object], Callable[[object], bool], str]] = [
+    (
+        index,
+        "COMPILED",
+        False,
+        index.new_prefix_index,
+        lambda made: isinstance(made, index.PythonPrefixIndex),
+        "the approximate prefix index: its C extension was not built",
+    ),
+    (
+        promtext,
+        "COMPILED",
+        False,
+        lambda: promtext.Extractor(["vllm:num_requests_running", "m_total"]),
+        lambda made: all(type(w) is promtext._Wanted for w in made._wanted.values()),  # type: ignore[attr-defined]
+        "the metrics page reader: its C extension was not built",
+    ),
+    (
+        kvblocks,
+        "_compiled_cbor_fnv_keys",
+        None,
+        lambda: kvblocks.TokenProcessor(16),
+        lambda made: made._compiled is None,  # type: ignore[attr-defined]
+        "the precise prefix index's block keys: its C extension was not built",
+    ),
+]
+
+
+@pytest.mark.parametrize(("module", "attribute", "missing", "make", "in_python", "said"), PARTS)
+def test_without_its_extension_a_part_runs_in_python_and_says_so_once(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    module: object,
+    attribute: str,
+    missing: object,
+    make: Callable[[], object],
+    in_python: Callable[[object], bool],
+    said: str,
+) -> None:
+    monkeypatch.setattr(module, attribute, missing)
+    warn_python_fallback.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="epp.compiled"):
+        first, second = make(), make()
+    assert in_python(first) and in_python(second)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and messages[0].startswith(said), messages
+    assert "same results at about" in messages[0]
+
+
+def test_a_part_asked_for_in_python_says_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    warn_python_fallback.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="epp.compiled"):
+        kvblocks.TokenProcessor(16, compiled=False)
+        promtext.Extractor(["m_total"], compiled=False)
+    assert not caplog.records
