@@ -290,9 +290,14 @@ class EndpointPicker:
         """Report NOT_SERVING, then let in-flight requests finish for up to the shutdown grace: an
         ext_proc stream lives as long as its response, so stopping at once would cut generations."""
         self._stopping = True
+        log.info(
+            "stopping: NOT_SERVING; in-flight requests may finish for up to %gs (--shutdown-grace)",
+            self.options.shutdown_grace,
+        )
         if self.elector is not None:
             await self.elector.stop()  # release first: a standby takes over while this one drains
         await asyncio.gather(*(server.stop(self.options.shutdown_grace) for server in self._servers))
+        log.info("drained: ext_proc stopped")
         if self.director.flow_control is not None:
             await self.director.flow_control.stop()  # queued requests still dispatch while draining
         await self.overload.stop()

@@ -58,10 +58,11 @@ def test_each_server_takes_the_flag_and_refuses_an_unknown_loop(
 
 @pytest.mark.parametrize("name, kind", [("auto", uvloop.Loop), ("asyncio", asyncio.BaseEventLoop)])
 def test_serve_runs_on_the_chosen_loop_and_drains_on_sigterm(
-    name: str, kind: type, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    name: str, kind: type, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """`epp serve` whole: it starts on the chosen loop, and SIGTERM (the loop's signal handler)
-    stops it cleanly (exit 0)."""
+    stops it cleanly (exit 0), saying when the drain starts and ends."""
+    caplog.set_level(logging.INFO, logger=serve.log.name)
     ports = ("--grpc-port=0", "--grpc-health-port=0", "--metrics-port=0", "--host=127.0.0.1")
     args = serve_args("--config-text", CONFIG, *ports, f"--event-loop={name}")
     seen: list[type] = []
@@ -73,6 +74,9 @@ def test_serve_runs_on_the_chosen_loop_and_drains_on_sigterm(
     monkeypatch.setattr(serve, "freeze_startup_objects", started)
     assert serve.run(args) == 0
     assert len(seen) == 1 and issubclass(seen[0], kind)
+    messages = [r.getMessage() for r in caplog.records]
+    drain = "stopping: NOT_SERVING; in-flight requests may finish for up to 120s (--shutdown-grace)"
+    assert messages.index(drain) < messages.index("drained: ext_proc stopped")
 
 
 def test_serve_without_uvloop_installed_exits_2_saying_so(
