@@ -31,9 +31,10 @@ install: $(STAMP) $(EXTENSION) chromium redis
 
 ## The C extensions under AddressSanitizer and UndefinedBehaviorSanitizer, built in a scratch copy of
 ## the project (the in-place build is left alone) and run through its tests there, every allocation
-## visible to ASan (PYTHONMALLOC=malloc). Needs gcc's libasan and libubsan.
+## visible to ASan (PYTHONMALLOC=malloc). Needs gcc's libasan and libubsan. -fno-wrapv undoes Python's
+## -fwrapv (it comes first), so UBSan sees signed overflow: it found the page reader's wrapped search end.
 ASAN_DIR := build/asan
-ASAN_CFLAGS := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+ASAN_CFLAGS := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -fno-wrapv
 asan-check: $(STAMP)
 	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR) && cp -r epp tests pyproject.toml setup.py README.md $(ASAN_DIR)/
 	cd $(ASAN_DIR) && CFLAGS="$(ASAN_CFLAGS)" LDFLAGS="-fsanitize=address,undefined" \
