@@ -731,6 +731,6 @@ def _run_workers(args: argparse.Namespace) -> int:
 
     try:
         return eventloop.run(supervise(), args.event_loop)
-    except ValueError as exc:
+    except eventloop.UnavailableLoop as exc:
         log.error("%s", exc)
         return 2

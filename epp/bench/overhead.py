@@ -112,10 +112,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--plaintext", action="store_true", help="Envoy -> ext_proc without TLS (default TLS, as GIE)"
     )
-    parser.add_argument(
-        "--event-loop",
-        choices=eventloop.CHOICES,
-        default=eventloop.DEFAULT,
+    eventloop.add_argument(
+        parser,
         help="the event loop of the EPP and the minimal server (`epp serve --event-loop`); the versus "
         "EPP keeps the default, so `--event-loop asyncio --versus-config` on the same config compares "
         "the two loops round by round",

@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         configs = [replace(configs[0], name=args.name)]
     try:
         eventloop.run(_serve(SimCluster(configs), args.ready_file), args.event_loop)
-    except ValueError as exc:  # --event-loop uvloop without uvloop
+    except eventloop.UnavailableLoop as exc:  # --event-loop uvloop without uvloop
         log.error("%s", exc)
         return 2
     return 0
