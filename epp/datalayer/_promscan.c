@@ -66,6 +66,20 @@ line_end(const char *p, Py_ssize_t i, Py_ssize_t end)
     return newline ? newline - p : end;
 }
 
+/* Of the positions at + bit for each bit set in `mask` (where the needle's first and last bytes
+ * are), the first where the whole needle (nlen >= 2) is, or -1. */
+static inline Py_ssize_t
+first_whole(const char *p, Py_ssize_t at, unsigned mask, const char *needle, Py_ssize_t nlen)
+{
+    while (mask) {
+        int bit = __builtin_ctz(mask);
+        if (memcmp(p + at + bit + 1, needle + 1, (size_t)(nlen - 2)) == 0)
+            return at + bit;
+        mask &= mask - 1;
+    }
+    return -1;
+}
+
 /* The first occurrence of needle (nlen >= 1) in p[begin:end], or -1: candidates are where both
  * its first and its last byte are, 16 positions at a time, then compared whole. */
 static Py_ssize_t
@@ -80,12 +94,9 @@ search(const char *p, Py_ssize_t begin, Py_ssize_t end, const char *needle, Py_s
         __m128i tail = _mm_loadu_si128((const __m128i *)(p + i + nlen - 1));
         unsigned mask = (unsigned)_mm_movemask_epi8(
             _mm_and_si128(_mm_cmpeq_epi8(head, first_byte), _mm_cmpeq_epi8(tail, last_byte)));
-        while (mask) {
-            int bit = __builtin_ctz(mask);
-            if (memcmp(p + i + bit + 1, needle + 1, (size_t)(nlen - 2)) == 0)
-                return i + bit;
-            mask &= mask - 1;
-        }
+        Py_ssize_t hit = first_whole(p, i, mask, needle, nlen);
+        if (hit >= 0)
+            return hit;
     }
 #endif
     for (; i <= last; i++) {
@@ -114,12 +125,9 @@ search_avx2(const char *p, Py_ssize_t begin, Py_ssize_t end, const char *needle,
         __m256i tail = _mm256_loadu_si256((const __m256i *)(p + i + nlen - 1));
         unsigned mask = (unsigned)_mm256_movemask_epi8(
             _mm256_and_si256(_mm256_cmpeq_epi8(head, first_byte), _mm256_cmpeq_epi8(tail, last_byte)));
-        while (mask) {
-            int bit = __builtin_ctz(mask);
-            if (memcmp(p + i + bit + 1, needle + 1, (size_t)(nlen - 2)) == 0)
-                return i + bit;
-            mask &= mask - 1;
-        }
+        Py_ssize_t hit = first_whole(p, i, mask, needle, nlen);
+        if (hit >= 0)
+            return hit;
     }
     return search(p, i, end, needle, nlen);
 }
