@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from epp import eventloop
+from epp.discovery.k8s.model import GROUP_V1, POOL_VERSIONS, PoolRef
 from epp.params.duration import parse_duration
 from epp.sidecar.connectors import Connector
 from epp.sidecar.options import DEFAULT_SGLANG_BOOTSTRAP_PORT, SidecarOptions
@@ -71,6 +72,28 @@ def _seconds(flag: str, text: str) -> float:
     return value
 
 
+def _pool_ref(args: argparse.Namespace) -> PoolRef | None:
+    """llm-d's resolution: --inference-pool (or INFERENCE_POOL) as NAMESPACE/NAME or NAME in
+    `default`; else the deprecated separate name and namespace, which must then both be given."""
+    text = args.inference_pool
+    if text:
+        if text.count("/") > 1:
+            raise ConfigError(f"--inference-pool must be 'namespace/name' or 'name', not {text!r}")
+        namespace, _, name = text.rpartition("/") if "/" in text else ("default", "", text)
+        if not namespace or not name:
+            raise ConfigError(f"--inference-pool cannot have an empty namespace or name: {text!r}")
+        return PoolRef(name, namespace, args.pool_group)
+    name, namespace = args.inference_pool_name, args.inference_pool_namespace
+    if name is None and namespace is None:
+        return None
+    log.warning("--inference-pool-name and --inference-pool-namespace are deprecated: use --inference-pool")
+    if not name or not namespace:
+        raise ConfigError(
+            "--inference-pool-name and --inference-pool-namespace go together (or use --inference-pool)"
+        )
+    return PoolRef(name, namespace, args.pool_group)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     parser.add_argument(
@@ -99,15 +122,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parse_bool(os.environ.get("ENABLE_PREFILLER_SAMPLING", "false")),
         "pick a random prefiller when the header lists several (env ENABLE_PREFILLER_SAMPLING)",
     )
-    ssrf = parser.add_argument_group("SSRF protection")
-    _add_switch(
-        ssrf,
-        "enable-ssrf-protection",
-        True,
-        "only call prefillers that are current endpoints of the pool, host AND port",
+    ssrf = parser.add_argument_group(
+        "SSRF protection",
+        "Only call prefillers that are current endpoints of the pool, host AND port: the Ready pods "
+        "of --inference-pool (watched through the Kubernetes API) or the entries of --endpoints-file.",
+    )
+    _add_switch(ssrf, "enable-ssrf-protection", False, "refuse prefill targets outside the pool (403)")
+    ssrf.add_argument(
+        "--inference-pool",
+        default=os.environ.get("INFERENCE_POOL") or None,
+        metavar="[NAMESPACE/]NAME",
+        help="the InferencePool whose Ready pods may be prefill targets; a bare NAME is in namespace "
+        "'default' (env INFERENCE_POOL)",
     )
     ssrf.add_argument(
-        "--endpoints-file", type=Path, help="the EPP's endpoint file: the allowed prefill targets"
+        "--pool-group",
+        default=GROUP_V1,
+        choices=sorted(POOL_VERSIONS),
+        help=f"the pool's API group: {GROUP_V1} (v1, default) or the deprecated v1alpha2 group",
+    )
+    for flag, env in (("name", "INFERENCE_POOL_NAME"), ("namespace", "INFERENCE_POOL_NAMESPACE")):
+        ssrf.add_argument(
+            f"--inference-pool-{flag}",
+            default=os.environ.get(env) or None,
+            help=f"deprecated (llm-d removed it): use --inference-pool (env {env})",
+        )
+    ssrf.add_argument(
+        "--kubeconfig",
+        type=Path,
+        help="kubeconfig file (default: the pod's service account, else $KUBECONFIG or ~/.kube/config)",
+    )
+    ssrf.add_argument(
+        "--endpoints-file",
+        type=Path,
+        help="without Kubernetes: the EPP's endpoint file, whose entries are the allowed prefill targets",
     )
     prefill = parser.add_argument_group("prefill leg")
     prefill.add_argument(
@@ -184,6 +232,8 @@ def options_from_args(args: argparse.Namespace) -> SidecarOptions:
         connector=Connector(args.kv_connector),
         prefiller_sampling=args.enable_prefiller_sampling,
         ssrf_protection=args.enable_ssrf_protection,
+        pool=_pool_ref(args),
+        kubeconfig=args.kubeconfig,
         endpoints_file=args.endpoints_file,
         prefill=RetryPolicy(
             timeout=_seconds("--prefill-timeout", args.prefill_timeout),
