@@ -28,10 +28,14 @@ MAX_PORT = 65535
 
 
 def _add_switch(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, default: bool, help_text: str
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    name: str,
+    default: bool | None,
+    help_text: str,
+    default_text: str | None = None,
 ) -> None:
     """`--NAME`, `--NAME=BOOL` (Go flag syntax, so llm-d manifests' `--secure-proxy=false` work
-    unchanged) and `--no-NAME`."""
+    unchanged) and `--no-NAME`. A None default means "not given" (`default_text` says what then)."""
     dest = name.replace("-", "_")
     parser.add_argument(
         f"--{name}",
@@ -41,7 +45,7 @@ def _add_switch(
         default=default,
         type=parse_bool,
         metavar="BOOL",
-        help=f"{help_text} (default {str(default).lower()})",
+        help=f"{help_text} (default {default_text or str(default).lower()})",
     )
     parser.add_argument(f"--no-{name}", dest=dest, action="store_false", help=argparse.SUPPRESS)
 
@@ -70,6 +74,14 @@ def _seconds(flag: str, text: str) -> float:
     if not (math.isfinite(value) and value >= 0):
         raise ConfigError(f"{flag} must be a duration of 0 or more, got {text!r}")
     return value
+
+
+def _ssrf_protection(args: argparse.Namespace) -> bool:
+    """As given; else off, as llm-d's default, except that an endpoints file (ours, not llm-d's)
+    is only ever given to be the allowlist."""
+    if args.enable_ssrf_protection is not None:
+        return bool(args.enable_ssrf_protection)
+    return args.endpoints_file is not None
 
 
 def _pool_ref(args: argparse.Namespace) -> PoolRef | None:
@@ -127,7 +139,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Only call prefillers that are current endpoints of the pool, host AND port: the Ready pods "
         "of --inference-pool (watched through the Kubernetes API) or the entries of --endpoints-file.",
     )
-    _add_switch(ssrf, "enable-ssrf-protection", False, "refuse prefill targets outside the pool (403)")
+    _add_switch(
+        ssrf,
+        "enable-ssrf-protection",
+        None,
+        "refuse prefill targets outside the pool (403)",
+        "false, as in llm-d; true when --endpoints-file is given",
+    )
     ssrf.add_argument(
         "--inference-pool",
         default=os.environ.get("INFERENCE_POOL") or None,
@@ -231,7 +249,7 @@ def options_from_args(args: argparse.Namespace) -> SidecarOptions:
         model_server_port=args.model_server_port or args.vllm_port or DEFAULT_MODEL_SERVER_PORT,
         connector=Connector(args.kv_connector),
         prefiller_sampling=args.enable_prefiller_sampling,
-        ssrf_protection=args.enable_ssrf_protection,
+        ssrf_protection=_ssrf_protection(args),
         pool=_pool_ref(args),
         kubeconfig=args.kubeconfig,
         endpoints_file=args.endpoints_file,

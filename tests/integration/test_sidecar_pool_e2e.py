@@ -26,7 +26,7 @@ from tests.k8s_double.objects import pod, pool_v1
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
-# The sidecar's Role in manifests/overlays/pd (test_k8s_manifests checks the manifest says so).
+# The rules of the sidecar's Role in manifests/overlays/pd (test_k8s_manifests checks they are).
 SIDECAR_RULES = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {

@@ -102,6 +102,15 @@ def test_ssrf_protection_without_an_allowlist_source_refuses_to_start(tmp_path: 
     assert Sidecar(file_source).allowlist is not None
 
 
+def test_an_endpoints_file_turns_ssrf_protection_on_unless_turned_off(tmp_path: Path) -> None:
+    """Ours, not llm-d's: given only to be the allowlist, so it must not go unused by default."""
+    assert options(f"--endpoints-file={tmp_path / 'e.yaml'}").ssrf_protection
+    assert not options(
+        f"--endpoints-file={tmp_path / 'e.yaml'}", "--enable-ssrf-protection=false"
+    ).ssrf_protection
+    assert not options("--inference-pool=p").ssrf_protection, "llm-d: the pool alone does not turn it on"
+
+
 @pytest.mark.parametrize(
     ("argv", "env", "pool"),
     [
