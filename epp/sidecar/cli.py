@@ -58,6 +58,15 @@ def _stages(values: list[str]) -> frozenset[Stage]:
     return frozenset(Stage(name) for name in names)
 
 
+def _deprecated_stages(args: argparse.Namespace, suffix: str, replacement: str) -> frozenset[Stage]:
+    """The stages llm-d's removed `--<stage>-use-tls` / `--<stage>-tls-insecure-skip-verify`
+    switches turn on, with a warning naming the flag that replaces them."""
+    stages = frozenset(stage for stage in Stage if getattr(args, f"{stage}_{suffix}"))
+    for stage in sorted(stages):
+        log.warning("--%s-%s is deprecated: use %s=%s", stage, suffix.replace("_", "-"), replacement, stage)
+    return stages
+
+
 def _in_range(flag: str, value: int, low: int, high: int | None = None) -> int:
     if value < low or (high is not None and value > high):
         bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
@@ -207,6 +216,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="STAGES",
         help="don't verify these upstreams' certificates: prefiller,decoder (repeatable)",
     )
+    for stage in Stage:  # llm-d's per-stage switches, still in older charts (KServe's, for one)
+        _add_switch(tls, f"{stage}-use-tls", False, f"deprecated: --enable-tls={stage}")
+        _add_switch(
+            tls, f"{stage}-tls-insecure-skip-verify", False, f"deprecated: --tls-insecure-skip-verify={stage}"
+        )
     _add_switch(tls, "secure-proxy", False, "serve HTTPS (llm-d defaults to true; see docs/sidecar.md)")
     tls.add_argument(
         "--cert-path", type=Path, help="directory with tls.crt and tls.key (default: self-signed)"
@@ -242,6 +256,8 @@ def options_from_args(args: argparse.Namespace) -> SidecarOptions:
         if engine_port is not None:
             _in_range(flag, engine_port, 1, MAX_PORT)
     tls_on, skip_verify = _stages(args.enable_tls), _stages(args.tls_insecure_skip_verify)
+    tls_on |= _deprecated_stages(args, "use_tls", "--enable-tls")
+    skip_verify |= _deprecated_stages(args, "tls_insecure_skip_verify", "--tls-insecure-skip-verify")
     return SidecarOptions(
         host=args.host,
         port=_in_range("--port", args.port, 0, MAX_PORT),

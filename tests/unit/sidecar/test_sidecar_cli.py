@@ -72,6 +72,24 @@ def test_durations_and_tls_stages() -> None:
     assert parsed.decoder_tls == StageTls(enabled=True, skip_verify=True)
 
 
+def test_llm_d_removed_tls_switches_still_work(caplog: pytest.LogCaptureFixture) -> None:
+    """Removed from llm-d in July 2026; KServe's decode template still passes the first two."""
+    parsed = options(
+        "--decoder-use-tls=true",
+        "--prefiller-use-tls",
+        "--prefiller-tls-insecure-skip-verify=true",
+        "--decoder-tls-insecure-skip-verify=false",
+    )
+    assert parsed.prefiller_tls == StageTls(enabled=True, skip_verify=True)
+    assert parsed.decoder_tls == StageTls(enabled=True, skip_verify=False)
+    assert "--decoder-use-tls is deprecated: use --enable-tls=decoder" in caplog.text
+    assert (
+        "--prefiller-tls-insecure-skip-verify is deprecated: use --tls-insecure-skip-verify=prefiller"
+        in caplog.text
+    )
+    assert options("--decoder-use-tls=false").decoder_tls == StageTls()
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
