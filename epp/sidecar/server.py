@@ -28,6 +28,12 @@ class ConfigError(ValueError):
 
 def _allowlist_source(options: SidecarOptions, given: AllowListSource | None) -> AllowListSource | None:
     if not options.ssrf_protection:
+        if options.pool is not None:
+            log.warning(
+                "InferencePool %s given but SSRF protection is off (llm-d's default): prefill "
+                "targets are not checked; add --enable-ssrf-protection=true to check them",
+                options.pool,
+            )
         return None
     if given is not None:
         return given

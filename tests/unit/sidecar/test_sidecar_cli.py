@@ -107,7 +107,9 @@ def test_ssrf_protection_is_off_by_default_as_in_llm_d() -> None:
     assert Sidecar(options()).allowlist is None
 
 
-def test_ssrf_protection_without_an_allowlist_source_refuses_to_start(tmp_path: Path) -> None:
+def test_ssrf_protection_without_an_allowlist_source_refuses_to_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with pytest.raises(
         ConfigError, match=r"^--inference-pool flag or INFERENCE_POOL environment variable is"
     ):
@@ -115,6 +117,7 @@ def test_ssrf_protection_without_an_allowlist_source_refuses_to_start(tmp_path: 
     with pytest.raises(ConfigError, match="--inference-pool and --endpoints-file exclude each other"):
         Sidecar(options("--enable-ssrf-protection", "--inference-pool=p", f"--endpoints-file={tmp_path}"))
     assert Sidecar(options("--no-enable-ssrf-protection", "--inference-pool=p")).allowlist is None
+    assert "SSRF protection is off (llm-d's default): prefill targets are not checked" in caplog.text
     assert Sidecar(options("--enable-ssrf-protection", "--inference-pool=p")).allowlist is not None
     file_source = options("--enable-ssrf-protection", f"--endpoints-file={tmp_path / 'e.yaml'}")
     assert Sidecar(file_source).allowlist is not None
