@@ -3,9 +3,10 @@
 matched on host AND port (llm-d matches the host only, llm-d-router#979, which lets a client reach
 any port of a pool pod).
 
-An AllowListSource owns an AllowList and feeds it with `replace()`: PoolSource follows the
-InferencePool through the Kubernetes API (llm-d's `--inference-pool`), EndpointFileSource the
-standalone EPP's endpoint file; `follow()` keeps a list in step with any Datastore."""
+An AllowListSource owns an AllowList and feeds it with `replace()`: PoolSource (poolsource.py)
+follows the InferencePool through the Kubernetes API (llm-d's `--inference-pool`),
+EndpointFileSource the standalone EPP's endpoint file; `follow()` keeps a list in step with any
+Datastore."""
 
 from __future__ import annotations
 
@@ -15,9 +16,6 @@ from pathlib import Path
 from typing import Protocol
 
 from epp.datastore import Datastore, Endpoint
-from epp.discovery.k8s.model import PoolRef
-from epp.discovery.k8s.poolwatch import PoolEndpointsWatch
-from epp.discovery.k8s.reflector import WatchTiming
 from epp.discovery.static import FileDiscovery
 from epp.sidecar.hostport import HostPort
 
@@ -87,33 +85,3 @@ class EndpointFileSource:
 
     async def stop(self) -> None:
         await self._discovery.stop()
-
-
-class PoolSource:
-    """The Ready pods of an InferencePool, `ip:port` for each active target port (the endpoints
-    the EPP picks prefillers from), followed through the Kubernetes API as the EPP follows its
-    pool. `start` waits up to `sync_timeout` for the first list, then raises TimeoutError (no
-    CRD, RBAC refusing the list): serving before it would refuse every prefill. A pool that does
-    not exist, or is deleted later, allows nothing until it exists again."""
-
-    def __init__(
-        self,
-        ref: PoolRef,
-        kubeconfig: Path | None = None,
-        timing: WatchTiming | None = None,
-        sync_timeout: float = 30.0,
-    ) -> None:
-        self.allowlist = AllowList()
-        self._watch = PoolEndpointsWatch(ref, self._changed, kubeconfig, timing)
-        self._sync_timeout = sync_timeout
-
-    async def start(self) -> None:
-        await self._watch.start(self._sync_timeout)
-
-    async def stop(self) -> None:
-        await self._watch.stop()
-
-    def _changed(self, hostports: set[str]) -> None:
-        self.allowlist.replace(hostports)
-        log.info("SSRF allowlist from InferencePool %s: %d prefill targets", self._watch.ref, len(hostports))
-        log.debug("SSRF allowlist: %s", sorted(hostports))

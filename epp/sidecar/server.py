@@ -9,7 +9,7 @@ import random
 from aiohttp import web
 
 from epp.readyfile import write_ready_file
-from epp.sidecar.allowlist import AllowListSource, EndpointFileSource, PoolSource
+from epp.sidecar.allowlist import AllowListSource, EndpointFileSource
 from epp.sidecar.options import SidecarOptions
 from epp.sidecar.prefill import PrefillClient
 from epp.sidecar.proxy import RoutingProxy
@@ -40,6 +40,8 @@ def _allowlist_source(options: SidecarOptions, given: AllowListSource | None) ->
     if options.pool is not None and options.endpoints_file is not None:
         raise ConfigError("--inference-pool and --endpoints-file exclude each other: give one of them")
     if options.pool is not None:
+        from epp.sidecar.poolsource import PoolSource  # only now: it loads the Kubernetes client
+
         return PoolSource(options.pool, options.kubeconfig, sync_timeout=options.pool_sync_timeout)
     if options.endpoints_file is not None:
         return EndpointFileSource(options.endpoints_file)

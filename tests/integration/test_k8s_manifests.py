@@ -28,10 +28,10 @@ from epp.discovery.k8s.client import api_client
 from epp.discovery.k8s.leader import LeaderElector, LeaseTiming, lease_name
 from epp.discovery.kubernetes import PoolDiscovery, PoolRef
 from epp.metrics.auth import MetricsAuth
-from epp.sidecar.allowlist import PoolSource
 from epp.sidecar.cli import options_from_args as sidecar_options
 from epp.sidecar.hostport import HostPort
 from epp.sidecar.options import SidecarOptions
+from epp.sidecar.poolsource import PoolSource
 from epp.stack.envoy import DEFAULT_ALLOWED_PATHS, EnvoyOptions, render_bootstrap
 from epp.stack.processes import wait_until
 from tests.integration.test_sidecar_pool_e2e import SIDECAR_RULES

@@ -10,8 +10,9 @@ import pytest
 from epp.discovery.k8s.model import GROUP_ALPHA
 from epp.discovery.kubernetes import PoolEndpointsWatch, PoolRef
 from epp.discovery.static import DiscoveryError
-from epp.sidecar.allowlist import AllowList, PoolSource
+from epp.sidecar.allowlist import AllowList
 from epp.sidecar.hostport import HostPort
+from epp.sidecar.poolsource import PoolSource
 from tests.k8s_double import PODS, POOLS_ALPHA, POOLS_V1, ApiServerDouble
 from tests.k8s_double.objects import pod, pool_alpha, pool_v1
 from tests.unit.discovery.conftest import FAST, until
