@@ -137,6 +137,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=Connector.NIXLV2.value,
         help="how prefill hands the KV cache to decode (default nixlv2; nixl is the legacy v1 flat form)",
     )
+    parser.add_argument(
+        "--mooncake-bootstrap-port",
+        type=int,
+        metavar="PORT",
+        help="llm-d's, read only by its mooncake connector, which this sidecar does not have; checked "
+        "(1..65535) and otherwise unused, as in llm-d with any other connector: its P/D manifests "
+        "pass it whatever the connector",
+    )
     _add_switch(
         parser,
         "enable-prefiller-sampling",
@@ -249,12 +257,13 @@ def options_from_args(args: argparse.Namespace) -> SidecarOptions:
         raise ConfigError("--data-parallel-size > 1 is not supported: run one sidecar per data-parallel rank")
     if args.vllm_port is not None:
         log.warning("--vllm-port is deprecated: use --model-server-port")
-    for flag, engine_port in (
+    for flag, port in (
         ("--model-server-port", args.model_server_port),
         ("--vllm-port", args.vllm_port),
+        ("--mooncake-bootstrap-port", args.mooncake_bootstrap_port),
     ):
-        if engine_port is not None:
-            _in_range(flag, engine_port, 1, MAX_PORT)
+        if port is not None:
+            _in_range(flag, port, 1, MAX_PORT)
     tls_on, skip_verify = _stages(args.enable_tls), _stages(args.tls_insecure_skip_verify)
     tls_on |= _deprecated_stages(args, "use_tls", "--enable-tls")
     skip_verify |= _deprecated_stages(args, "tls_insecure_skip_verify", "--tls-insecure-skip-verify")

@@ -205,6 +205,7 @@ def test_without_uvloop_installed_event_loop_uvloop_exits_2_saying_so(
         ["--port=-1"],
         ["--model-server-port=0"],
         ["--vllm-port=65536"],
+        ["--mooncake-bootstrap-port=0"],
     ],
 )
 def test_values_that_would_hang_or_crash_exit_2_naming_the_flag(
