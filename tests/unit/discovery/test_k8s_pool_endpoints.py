@@ -49,7 +49,7 @@ async def test_start_fails_when_the_pool_cannot_be_listed(api: ApiServerDouble, 
     api.served.discard(POOLS_V1)  # as with the CRD missing, or RBAC refusing the list
     watch = PoolEndpointsWatch(PoolRef("pool"), AllowList().replace, kubeconfig, FAST)
     with pytest.raises(TimeoutError):
-        await watch.start(timeout=0.5)
+        await watch.start(timeout=2)
     assert len([r for r in api.requests if "inferencepools" in r.path]) > 1, "it retried until the deadline"
 
 
@@ -85,7 +85,7 @@ async def test_the_sidecars_pool_source_refuses_to_start_without_rbac_for_pools(
     try:
         api.apply(POOLS_V1, pool_v1("pool", {"app": "vllm"}, [8000]))
         kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
-        source = PoolSource(PoolRef("pool"), kubeconfig, FAST, sync_timeout=0.5)
+        source = PoolSource(PoolRef("pool"), kubeconfig, FAST, sync_timeout=2)
         with pytest.raises(TimeoutError, match="may list and watch inferencepools and pods"):
             await source.start()
         assert any("inferencepools" in r.path for r in api.requests), "it asked, and was refused"
