@@ -22,7 +22,6 @@ NOT_EPP_FLAGS = {
     "--ec-connector": "llm-d's sidecar, not implemented",
     "--decode-chunk-size": "llm-d's sidecar, not implemented",
     "--configuration": "llm-d's sidecar, not implemented",
-    "--inference-pool": "llm-d's sidecar, not implemented",
 }
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 EPP_LINE = re.compile(r"^(?:\.venv/bin/)?(?:epp|python -m epp\.cli) ")
