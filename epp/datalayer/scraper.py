@@ -22,7 +22,7 @@ DEFAULT_INTERVAL = 0.05  # GIE's --refresh-metrics-interval
 DEFAULT_TIMEOUT = 1.0  # GIE's per-poll timeout
 # The longest wait between scrapes of an endpoint out of rotation that keeps failing: its wait
 # doubles from the interval with each failure, so a page that is costly to read and still refused
-# (a gzip body inflating to the body limit, a page of tens of MB) cannot hold the event loop.
+# (a page of tens of MB, a large gzip page inflating to its limit) cannot hold the event loop.
 FAILING_BACKOFF_MAX = 1.0
 # The endpoints are dealt into up to SLICES groups of about SLICE_SIZE, scraped at even offsets
 # within each interval: answers then arrive in batches of tens rather than all at once, so a
