@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import gzip
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -28,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from scrape_cost import checkout, vllm_page
+from scrape_cost import checkout, run_child, vllm_page
 
 PLAIN_BODY_LIMIT = 64 * 1024 * 1024
 INFLATED_LIMIT = 4 * 1024 * 1024  # this tree's, for gzip bodies
@@ -113,14 +112,6 @@ def with_extensions(tree: str, built: Path) -> str:
     return tree
 
 
-def run_variant(pythonpath: str, port: int, seconds: float) -> dict[str, float]:
-    environment = {**os.environ, "PYTHONPATH": pythonpath}
-    command = [sys.executable, __file__, "--child", str(port), "--seconds", str(seconds)]
-    output = subprocess.run(command, env=environment, check=True, capture_output=True, text=True).stdout
-    result: dict[str, float] = json.loads(output.strip().splitlines()[-1])
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -152,7 +143,8 @@ def main() -> None:
             )
             for round_ in range(args.rounds):
                 for name, pythonpath in variants.items():
-                    result = run_variant(pythonpath, port, args.seconds)
+                    arguments = ["--child", str(port), "--seconds", str(args.seconds)]
+                    result = run_child(__file__, pythonpath, arguments)
                     print(
                         f"round {round_ + 1} {name:>16}: {result['answered']:5.0f} scrapes answered, "
                         f"loop late by {result['worst_ms']:7.1f} ms at worst, "
