@@ -123,15 +123,17 @@ async def test_retries_past_the_epps_list_reach_only_endpoints_it_would_route_to
     """The EPP lists one endpoint; when it answers 503, Envoy's retry has used up the list and
     falls back to its own choice: only among the endpoints the EPP would route the request to.
     Two pool members answer requests but must never get one: `down` (its scrapes fail, so the EPP
-    has it out of rotation) and `other` (a server of another model)."""
+    has it out of rotation) and `other` (a server of another model). And the only server of a
+    third model answering 503 leaves its requests nowhere else to go: the client gets the 503."""
     async with (
         fake_server("unavailable", 200, 503) as unavailable,
         fake_server("down", 500, 200) as down,
         fake_server("other", 200, 200, model="other-model") as other,
+        fake_server("lonely", 200, 503, model="lonely-model") as lonely,
         make_stack("scoped", sims=2, epp_args=epp_args()) as stack,
     ):
-        stack.write_endpoints_file([*stack.sims, unavailable, down, other])
-        listed = {unavailable.hostport, down.hostport, other.hostport}
+        stack.write_endpoints_file([*stack.sims, unavailable, down, other, lonely])
+        listed = {unavailable.hostport, down.hostport, other.hostport, lonely.hostport}
 
         async def envoy_has_them() -> bool | None:  # EDS rewritten, Envoy reloaded, `down` out
             clusters = await stack.envoy_clusters_text()
@@ -150,6 +152,12 @@ async def test_retries_past_the_epps_list_reach_only_endpoints_it_would_route_to
                         break
         assert rescued == 40, "the unavailable endpoint was seldom the EPP's choice"
         assert await retries(stack) >= rescued
+        async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client:
+            body = {"model": "lonely-model", "prompt": "hi", "max_tokens": 1}
+            response = await client.post("/v1/completions", json=body)
+        assert response.status_code == 503, response.text
+        assert response.headers["x-epp-destination"] == lonely.hostport
+        assert response.headers.get("x-inference-pod") in (None, "lonely"), response.headers
 
 
 async def test_a_hung_server_gets_no_new_request_after_the_first_timeout(make_stack: StackFactory) -> None:
