@@ -391,7 +391,8 @@ def _retry_policy(options: EnvoyOptions, per_try_timeout: str | None) -> dict[st
     """Retry an attempt that failed before any response byte reached the client (Envoy never
     retries once the response has started) on the next host of the EPP's list: the override-host
     policy hands out `primary,fallback,...` in order, and the previous-hosts predicate keeps a retry
-    off a host already tried (so with the list used up, the round-robin fallback picks a new one)."""
+    off a host already tried (so with the list used up, the fallback's round robin over the healthy
+    hosts of the request's group picks a new one, or, after 5 picks, the last one it found)."""
     policy: dict[str, Any] = {
         "retry_on": "connect-failure,refused-stream,reset,retriable-status-codes",
         "retriable_status_codes": [503],
