@@ -204,14 +204,16 @@ class Endpoint:
         """Which endpoints may stand in for this one once the gateway's retries have used up the
         EPP's list (`epp.discovery.eds`): those naming the same models, by discovery and by their
         own model list (`any` for those naming none). Read once per routed request: cached."""
-        return _fallback_group(self.spec.models, self.served_models)
+        return fallback_group(self.spec.models, self.served_models)
 
     def __repr__(self) -> str:
         return f"Endpoint({self.name}@{self.hostport})"
 
 
 @functools.lru_cache(maxsize=1024)
-def _fallback_group(listed: frozenset[str], reported: frozenset[str] | None) -> str:
+def fallback_group(listed: frozenset[str], reported: frozenset[str] | None) -> str:
+    """The group of an endpoint whose discovery names `listed` and whose own model list (None:
+    not read) names `reported`."""
     if not listed and reported is None:
         return ANY_MODEL_GROUP
     names = "\n".join(sorted(listed | (reported or frozenset())))
