@@ -12,6 +12,7 @@ from epp.extproc.pb import core, ext_proc, http_status
 from epp.headers import (
     DESTINATION_HEADER,
     EPP_ERROR_KEY,
+    FALLBACK_GROUP_KEY,
     LB_NAMESPACE,
     STREAMING_KEY,
     SUBSET_KEY,
@@ -48,10 +49,16 @@ def header_mutation(set_headers: Mapping[str, str], remove: Sequence[str]) -> ex
 
 
 def routing_response(
-    reply: str, set_headers: Mapping[str, str], remove: Sequence[str], destination: str, streaming: bool
+    reply: str,
+    set_headers: Mapping[str, str],
+    remove: Sequence[str],
+    destination: str,
+    streaming: bool,
+    fallback_group: str,
 ) -> ext_proc.ProcessingResponse:
     """The reply (`request_headers` or `request_body`) that routes: the headers set and removed,
-    the route cache cleared, and GIE's destination (`primary,fallback,...`) in envoy.lb; a
+    the route cache cleared, and GIE's destination (`primary,fallback,...`) in envoy.lb with the
+    primary's fallback group (where our bootstrap's retries may go once the list is used up); a
     streaming request is marked so a gateway can bound its time to first byte apart from its
     length."""
     response = ext_proc.ProcessingResponse()
@@ -60,6 +67,7 @@ def routing_response(
     fill_header_mutation(common.header_mutation, set_headers, remove)
     lb = response.dynamic_metadata.get_or_create_struct(LB_NAMESPACE)
     lb[DESTINATION_HEADER] = destination
+    lb[FALLBACK_GROUP_KEY] = fallback_group
     if streaming:
         lb[STREAMING_KEY] = "true"
     return response

@@ -259,7 +259,8 @@ class ExtProcStream:
         if new_body is not None:
             set_headers["content-length"] = str(len(new_body))
         remove = [h for h in OWNED_HEADERS if h in self._headers and h not in set_headers]
-        return messages.routing_response(reply, set_headers, remove, destination, streaming)
+        group = self._routed.result.targets[0].fallback_group
+        return messages.routing_response(reply, set_headers, remove, destination, streaming, group)
 
     # --- response path -------------------------------------------------------------------------
 
