@@ -728,6 +728,7 @@ def _run_workers(args: argparse.Namespace) -> int:
         sync_url=options.replicas.sync_url,
         replica_id=options.replicas.replica_id or f"{socket.gethostname()}-{os.getpid()}",
         shutdown_grace=options.shutdown_grace,
+        log_level=args.log_level,
     )
 
     async def supervise() -> int:
