@@ -259,7 +259,7 @@ class ExtProcStream:
         if new_body is not None:
             set_headers["content-length"] = str(len(new_body))
         remove = [h for h in OWNED_HEADERS if h in self._headers and h not in set_headers]
-        group = self._routed.result.targets[0].fallback_group
+        group = self._routed.result.targets[0].fallback_group_for(self._routed.request.target_model)
         return messages.routing_response(reply, set_headers, remove, destination, streaming, group)
 
     # --- response path -------------------------------------------------------------------------
