@@ -10,13 +10,14 @@ quoted, for one of these reasons:
   `mock-metrics-source`, `test-feature-gate`);
 - DOCS: a docs placeholder type (`custom-scorer`) or typo (the `-pluginRef:` profile key);
 - GO_REFUSES: invalid for the Go EPP as well (an unrendered `${PRIMARY_PORT}` template value, a
-  profile naming an undefined plugin, a type no GIE or llm-d release registers);
+  profile naming an undefined plugin, a type no GIE or llm-d release registers, a field the
+  router's strict decoder does not know);
 - OTHER_ISSUE: none left (the flow-control policies and llm-d's burst-prefix producer were);
 - MISSING: an upstream plugin this EPP does not implement yet (the error says what it does and
   what to use instead).
 
-Counts (174 documents): 144 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 5 GO_REFUSES,
-0 OTHER_ISSUE, 0 MISSING. `test_summary` prints them and checks them against this docstring. The 5
+Counts (181 documents): 149 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 7 GO_REFUSES,
+0 OTHER_ISSUE, 0 MISSING. `test_summary` prints them and checks them against this docstring. The 6
 snippets in configs_nonstandard/ (another or no apiVersion) are refused, as by the Go decoder."""
 
 from __future__ import annotations
@@ -159,6 +160,8 @@ EXPECTED: dict[str, Loads | Refused] = {
         SERVICE,
         "plugins[3].type: plugin type 'predicted-latency-scorer' is not available in this EPP (needs a service this EPP cannot run)",
     ),
+    "llmd-04ca254__guides__coord-disaggregation__router__coord-disaggregation.values.yaml": Loads(),
+    "llmd-0b25b12__guides__p2p-kv-cache-sharing__router__p2p-kv-cache-sharing.values.yaml": Loads(),
     "llmd-076e65d__guides__precise-prefix-cache-routing__router__precise-prefix-cache-routing.values.yaml": Loads(
         "plugins[0].type: 'tokenizer' is a deprecated name of 'token-producer'",
     ),
@@ -177,6 +180,23 @@ EXPECTED: dict[str, Loads | Refused] = {
         "plugins[4].type: 'pd-profile-handler' is a deprecated name of 'disagg-profile-handler'",
         "plugins[4].parameters: hashBlockSize (llm-d <= v0.5) is ignored: the prefix block size is a paramete",
         "plugins[4].parameters: threshold 0 (llm-d <= v0.5) is deprecated: read as decider always-disagg-pd-d",
+    ),
+    "llmd-1456868__guides__turn-priority-fairness__router__turn-priority-fairness.values.yaml": Refused(
+        GO_REFUSES,
+        "flowControl.priorityBands[0].defaultRequestTTL: unknown field (allowed: maxBytes, maxRequests, fairnessPolicyRef,",
+    ),
+    "llmd-1aaa821__guides__agentic-serving__router__agentic-serving-gpu.values.yaml": Refused(
+        GO_REFUSES,
+        "schedulingProfiles[1].plugins[1].pluginRef: no plugin named 'active-request-scorer' (defined: disagg-headers-handler,",
+    ),
+    "llmd-28097b1__guides__tiered-prefix-cache__router__multi-host__tiered-prefix-cache-cpu.values.yaml": Loads(
+        "plugins: 'no-hit-lru-scorer' reads PrefixCacheMatchInfo from a default approx-prefix-cache-producer "
+    ),
+    "llmd-3ed9c2d__guides__pd-disaggregation__router__pd-multi-tier.values.yaml": Loads(
+        "plugins[2].parameters: deciderPluginName is deprecated: read as prefillDeciderPluginName"
+    ),
+    "llmd-6f9e065__guides__context-length-aware-pd__router.values.yaml": Loads(
+        "plugins[2].parameters: deciderPluginName is deprecated: read as prefillDeciderPluginName"
     ),
     "llmd-bench-8bc9f1d__config__README.md.yaml": Loads(
         "schedulingProfiles[0].plugins[0].pluginRef: plugin 'token-producer' is a token-producer, which is",
