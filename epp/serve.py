@@ -24,6 +24,7 @@ from epp.config.loader import load_config, load_config_file
 from epp.config.model import PickerConfig
 from epp.config.objectives import load_objectives_file
 from epp.config.rewrites import load_model_rewrites_file
+from epp.config.stability import check_experimental
 from epp.datalayer import BackgroundService, KubernetesSource
 from epp.datalayer.overrides import ScrapeOverrides
 from epp.datalayer.scraper import DEFAULT_INTERVAL, MetricsScraper
@@ -79,6 +80,10 @@ class ServeOptions:
     health_checking: bool = True  # GIE's --health-checking: grpc.health.v1 on the ext_proc port too
     ready_file: Path | None = None
     shutdown_grace: float = 120.0
+    # llm-d's --drain-timeout: after SIGTERM, ext_proc keeps accepting streams this long first.
+    drain_window: float = 0.0
+    # llm-d's --grpc-max-recv-msg-size / --grpc-max-send-msg-size (0: the server's default).
+    grpc_message_limits: tuple[int, int] = (0, 0)
     # Overload protection of the EPP itself (epp.flowcontrol.overload): 0 turns a limit off.
     max_concurrent_streams: int = 10_000
     max_event_loop_lag: float = 0.25
@@ -257,7 +262,12 @@ class EndpointPicker:
             before_serving()
         self.overload.start()
         grpc_server = ext_proc_server(
-            self.director, self.options.stream, ext_proc_health, self.overload, reuse_port
+            self.director,
+            self.options.stream,
+            ext_proc_health,
+            self.overload,
+            reuse_port,
+            self.options.grpc_message_limits,
         )
         probe_server = health_server(health, reuse_port)
         self.grpc_port = bind(grpc_server, f"{self.options.host}:{self.options.grpc_port}", credentials)
@@ -296,6 +306,11 @@ class EndpointPicker:
         )
         if self.elector is not None:
             await self.elector.stop()  # release first: a standby takes over while this one drains
+        if self.options.drain_window > 0:
+            # As llm-d's router: clients that have not yet seen NOT_SERVING (or a DNS refresh)
+            # still get their new streams served during the window.
+            log.info("draining: still serving ext_proc for %gs (--drain-timeout)", self.options.drain_window)
+            await asyncio.sleep(self.options.drain_window)
         await asyncio.gather(*(server.stop(self.options.shutdown_grace) for server in self._servers))
         log.info("drained: ext_proc stopped")
         if self.director.flow_control is not None:
@@ -580,6 +595,8 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
             "--metrics-staleness-threshold", args.metrics_staleness_threshold
         ),
         shutdown_grace=parse_duration(args.shutdown_grace),
+        drain_window=_non_negative_duration("--drain-timeout", args.drain_timeout or "0s"),
+        grpc_message_limits=(args.grpc_max_recv_msg_size, args.grpc_max_send_msg_size),
         max_concurrent_streams=_non_negative("--max-concurrent-streams", args.max_concurrent_streams),
         max_event_loop_lag=_non_negative_duration("--max-event-loop-lag", args.max_event_loop_lag),
         max_queue_wait=_non_negative_duration("--max-queue-wait", args.max_queue_wait),
@@ -595,11 +612,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         tls_options=tls.options_from_args(args),
         leader_election=_leader_election(args, pool),
         metrics_auth=metrics_auth.enabled_from_args(args, in_cluster=pool is not None),
-        config=(
-            load_config_file(args.config_file, args.strict_config)
-            if args.config_file
-            else load_config(args.config_text, args.strict_config)
-        ),
+        config=_config_from_args(args),
         objectives=load_objectives_file(args.objectives_file) if args.objectives_file else {},
         model_rewrites=load_model_rewrites_file(args.model_rewrites_file) if args.model_rewrites_file else [],
         metrics_aliases=tuple(dict.fromkeys(args.metrics_aliases)),
@@ -629,15 +642,22 @@ def _leader_election(
     return timing
 
 
+def _flag_duration(flag: str, text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ValueError(f"{flag}: {exc}") from None
+
+
 def _positive_duration(flag: str, text: str) -> float:
-    seconds = parse_duration(text)
+    seconds = _flag_duration(flag, text)
     if seconds <= 0:
         raise ValueError(f"{flag} must be a positive duration, not {text!r}")
     return seconds
 
 
 def _non_negative_duration(flag: str, text: str) -> float:
-    seconds = parse_duration(text)
+    seconds = _flag_duration(flag, text)
     if seconds < 0:
         raise ValueError(f"{flag} must be 0 (off) or a positive duration, not {text!r}")
     return seconds
@@ -652,6 +672,18 @@ def _queue_wait_interval(args: argparse.Namespace) -> float:
             f"--queue-wait-target ({args.queue_wait_target})"
         )
     return interval
+
+
+def _config_from_args(args: argparse.Namespace) -> PickerConfig:
+    config = (
+        load_config_file(args.config_file, args.strict_config)
+        if args.config_file
+        else load_config(args.config_text, args.strict_config)
+    )
+    warning = check_experimental(config, args.allow_experimental_plugins, args.strict_config)
+    if warning is not None:
+        log.warning("%s", warning)
+    return config
 
 
 def _non_negative(flag: str, value: int) -> int:

@@ -308,10 +308,18 @@ def bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredenti
     return port
 
 
-def _options(reuse_port: bool) -> list[tuple[str, int]]:
+def _options(reuse_port: bool, message_limits: tuple[int, int] = (0, 0)) -> list[tuple[str, int]]:
     """SO_REUSEPORT stays off (a second EPP on a taken port fails loudly) unless worker processes
-    share the ports on purpose (`epp serve --workers`)."""
-    return [*_GRPC_OPTIONS[:-1], ("grpc.so_reuseport", int(reuse_port))]
+    share the ports on purpose (`epp serve --workers`). A message limit above 0 (llm-d's
+    --grpc-max-recv-msg-size / --grpc-max-send-msg-size) replaces the default for its direction."""
+    receive, send = message_limits
+    options = dict(_GRPC_OPTIONS)
+    options["grpc.so_reuseport"] = int(reuse_port)
+    if receive > 0:
+        options["grpc.max_receive_message_length"] = receive
+    if send > 0:
+        options["grpc.max_send_message_length"] = send
+    return list(options.items())
 
 
 def ext_proc_server(
@@ -320,9 +328,10 @@ def ext_proc_server(
     health: Health | None,
     guard: OverloadGuard | None = None,
     reuse_port: bool = False,
+    message_limits: tuple[int, int] = (0, 0),
 ) -> grpc.aio.Server:
     """ext_proc, and grpc.health.v1 beside it unless `health` is None (GIE's --health-checking)."""
-    server = grpc.aio.server(options=_options(reuse_port))
+    server = grpc.aio.server(options=_options(reuse_port, message_limits))
     server.add_generic_rpc_handlers((ExtProcDispatch(ExternalProcessor(director, options, guard), guard),))
     if health is not None:
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
