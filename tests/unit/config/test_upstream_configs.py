@@ -1,5 +1,6 @@
 """Every EndpointPickerConfig collected verbatim from upstream (tests/data/upstream/configs/: GIE
-v1.0-v1.5 and main, llm-d-inference-scheduler, llm-d-router, llm-d-benchmark) is loaded unchanged
+v1.0-v1.5 and main, llm-d-inference-scheduler, llm-d-router, llm-d's guides, llm-d-benchmark,
+llm-d-kv-cache) is loaded unchanged
 with the real loader and built, one test per file. Each file's outcome is explicit below: it loads
 (with exactly the warnings listed, each given by its start), or it is refused with the message
 quoted, for one of these reasons:
@@ -16,7 +17,7 @@ quoted, for one of these reasons:
 - MISSING: an upstream plugin this EPP does not implement yet (the error says what it does and
   what to use instead).
 
-Counts (181 documents): 149 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 7 GO_REFUSES,
+Counts (189 documents): 157 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 7 GO_REFUSES,
 0 OTHER_ISSUE, 0 MISSING. `test_summary` prints them and checks them against this docstring. The 6
 snippets in configs_nonstandard/ (another or no apiVersion) are refused, as by the Go decoder."""
 
@@ -263,6 +264,36 @@ EXPECTED: dict[str, Loads | Refused] = {
     "llmd-bench-v0.7.0__config__scenarios__examples__spyre.yaml": Loads(
         "plugins[0].type: 'tokenizer' is a deprecated name of 'token-producer'",
         "schedulingProfiles[0].plugins[0].pluginRef: plugin 'tokenizer' is a token-producer, which is not a",
+    ),
+    "llmd-kvcache-7be76e1__benchmarking__37-capacity__README.md__1.yaml": Loads(
+        "plugins[1].type: 'kv-cache-scorer' is a deprecated name of 'kv-cache-utilization-scorer'",
+    ),
+    "llmd-kvcache-7be76e1__benchmarking__37-capacity__README.md__2.yaml": Loads(
+        "plugins[1].type: 'kv-cache-scorer' is a deprecated name of 'kv-cache-utilization-scorer'",
+    ),
+    "llmd-kvcache-7be76e1__benchmarking__37-capacity__README.md__3.yaml": Loads(
+        "plugins[1].parameters: mode cache_tracking (llm-d v0.2-v0.5) is deprecated: read as precise-prefix-c",
+        "plugins[1].parameters: kvEventsConfig.zmqEndpoint not set: cache_tracking's default tcp://*:5557 is bound",
+        "plugins[2].type: 'kv-cache-scorer' is a deprecated name of 'kv-cache-utilization-scorer'",
+    ),
+    "llmd-kvcache-7be76e1__benchmarking__37-capacity__README.md__4.yaml": Loads(),
+    "llmd-kvcache-7be76e1__benchmarking__73-capacity__README.md__1.yaml": Loads(
+        "plugins[2].type: 'kv-cache-scorer' is a deprecated name of 'kv-cache-utilization-scorer'",
+    ),
+    "llmd-kvcache-7be76e1__benchmarking__73-capacity__README.md__3.yaml": Loads(
+        "plugins[1].parameters: mode cache_tracking (llm-d v0.2-v0.5) is deprecated: read as precise-prefix-c",
+        "plugins[1].parameters: kvEventsConfig.zmqEndpoint not set: cache_tracking's default tcp://*:5557 is bound",
+        "plugins[2].type: 'kv-cache-scorer' is a deprecated name of 'kv-cache-utilization-scorer'",
+    ),
+    "llmd-kvcache-v0.8.0__benchmarking__37-capacity__README.md__3.yaml": Loads(
+        "plugins[1].parameters: mode cache_tracking (llm-d v0.2-v0.5) is deprecated: read as precise-prefix-c",
+        "plugins[1].parameters: kvEventsConfig.zmqEndpoint not set: cache_tracking's default tcp://*:5557 is bound",
+        "plugins[2].type: 'kv-cache-scorer' is a deprecated name of 'kv-cache-utilization-scorer'",
+    ),
+    "llmd-kvcache-v0.8.0__benchmarking__73-capacity__README.md__3.yaml": Loads(
+        "plugins[1].parameters: mode cache_tracking (llm-d v0.2-v0.5) is deprecated: read as precise-prefix-c",
+        "plugins[1].parameters: kvEventsConfig.zmqEndpoint not set: cache_tracking's default tcp://*:5557 is bound",
+        "plugins[2].type: 'kv-cache-scorer' is a deprecated name of 'kv-cache-utilization-scorer'",
     ),
     "llmd-router-ebab687__config__charts__README.md.yaml": Refused(
         DOCS,
