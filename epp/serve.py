@@ -25,7 +25,7 @@ from epp.config.model import PickerConfig
 from epp.config.objectives import load_objectives_file
 from epp.config.rewrites import load_model_rewrites_file
 from epp.config.stability import check_experimental
-from epp.datalayer import BackgroundService, KubernetesSource
+from epp.datalayer import BackgroundService, EndpointDiscovery, KubernetesSource
 from epp.datalayer.overrides import ScrapeOverrides
 from epp.datalayer.scraper import DEFAULT_INTERVAL, MetricsScraper
 from epp.datastore import Datastore
@@ -173,6 +173,8 @@ class EndpointPicker:
             self.live_view.on_shutdown,
         )
         self.services = [p for p in components.plugins.values() if isinstance(p, BackgroundService)]
+        discovery = components.plugins.get(options.config.discovery or "")
+        self.discovery = discovery if isinstance(discovery, EndpointDiscovery) else None
         self.object_sources = [
             p for p in components.plugins.values() if isinstance(p, KubernetesSource) and p.extractors
         ]
@@ -217,7 +219,22 @@ class EndpointPicker:
             await self._watch_objects()
         if self.scraper is not None:
             await self.scraper.start()
-        if self.options.pool is not None:
+        discovery = self.discovery
+        if discovery is not None:
+            log.info(
+                "endpoints from %s (%s), not Kubernetes: InferenceObjective and InferenceModelRewrite "
+                "are not followed",
+                discovery.endpoints_file,
+                discovery.name,
+            )
+            self._file_discovery = FileDiscovery(
+                discovery.endpoints_file,
+                self.datastore,
+                parse=discovery.parse_endpoints,
+                watch=discovery.watch_file,
+            )
+            await self._file_discovery.start()
+        elif self.options.pool is not None:
             self._pool_discovery = k8s_discovery.PoolDiscovery(
                 self.options.pool,
                 self.datastore,
@@ -576,9 +593,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace) -> ServeOptions:
     gieflags.refuse_unsupported(args)
-    pool = k8s_discovery.pool_ref_from_args(args, args.endpoints_file is not None or bool(args.endpoint))
-    selector = k8s_discovery.selector_from_args(args)
-    pool_name = pool.name if pool is not None else selector.name if selector is not None else "standalone"
+    config = _config_from_args(args)
+    if config.discovery is not None:
+        _check_no_other_source(args, config.discovery)
+        pool, selector = None, None
+        pool_name = args.pool_name or "epp"  # llm-d's name for a pool without Kubernetes
+    else:
+        pool = k8s_discovery.pool_ref_from_args(args, args.endpoints_file is not None or bool(args.endpoint))
+        selector = k8s_discovery.selector_from_args(args)
+        pool_name = pool.name if pool is not None else selector.name if selector is not None else "standalone"
     return ServeOptions(
         host=args.host,
         grpc_port=args.grpc_port,
@@ -612,7 +635,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         tls_options=tls.options_from_args(args),
         leader_election=_leader_election(args, pool),
         metrics_auth=metrics_auth.enabled_from_args(args, in_cluster=pool is not None),
-        config=_config_from_args(args),
+        config=config,
         objectives=load_objectives_file(args.objectives_file) if args.objectives_file else {},
         model_rewrites=load_model_rewrites_file(args.model_rewrites_file) if args.model_rewrites_file else [],
         metrics_aliases=tuple(dict.fromkeys(args.metrics_aliases)),
@@ -672,6 +695,24 @@ def _queue_wait_interval(args: argparse.Namespace) -> float:
             f"--queue-wait-target ({args.queue_wait_target})"
         )
     return interval
+
+
+def _check_no_other_source(args: argparse.Namespace, plugin: str) -> None:
+    """The config's discovery plugin is where endpoints come from; --pool-name only names them."""
+    given = [
+        flag
+        for flag, present in (
+            ("--endpoint-selector", args.endpoint_selector is not None),
+            ("--endpoints-file", args.endpoints_file is not None),
+            ("--endpoint", bool(args.endpoint)),
+        )
+        if present
+    ]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)}: the config's dataLayer.discovery ({plugin}) already says where the "
+            "endpoints come from; give one or the other"
+        )
 
 
 def _config_from_args(args: argparse.Namespace) -> PickerConfig:

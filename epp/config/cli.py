@@ -69,6 +69,8 @@ def describe(config: PickerConfig, source: str) -> str:
         lines.append("data layer: off (endpoint metrics are not scraped)")
     else:
         lines.append(f"data layer: source {config.metrics_source}, extractor {config.metrics_extractor}")
+    if config.discovery is not None:
+        lines.append(f"endpoints: from {config.discovery} (dataLayer.discovery), not Kubernetes or flags")
     for source, extractors in config.data_sources.items():
         lines.append(f"data layer: source {source}, extractors {', '.join(extractors) or 'none'}")
     lines.append(f"parsers: {', '.join(config.parsers)}")

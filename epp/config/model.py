@@ -68,6 +68,7 @@ class PickerConfig:
     flow_control_spec: FlowControlSpec | None = None  # set: the flowControl feature gate is on
     # dataLayer sources besides the metrics page (DataSource plugins) -> the extractors wired to each
     data_sources: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    discovery: str | None = None  # llm-d's dataLayer.discovery: the EndpointDiscovery plugin
 
     @property
     def parser(self) -> str:
