@@ -117,6 +117,16 @@ def _add_router_arguments(group: argparse._ArgumentGroup) -> None:
         help="llm-d router: on SIGTERM, keep serving ext_proc this long (NOT_SERVING, lease "
         "released) before --shutdown-grace starts (Go duration; default 0s, the router's is 30s)",
     )
+    group.add_argument(
+        "--enable-grpc-stream-metrics",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="llm-d router: export llm_d_epp_extproc_streams_inflight, _stream_duration_seconds and "
+        "_streams_total{code}",
+    )
     for direction in ("recv", "send"):
         group.add_argument(
             f"--grpc-max-{direction}-msg-size",

@@ -38,6 +38,7 @@ from epp.discovery.static import DiscoveryError, FileDiscovery, parse_endpoint_f
 from epp.explain import DecisionRecorder
 from epp.extproc.server import Health, bind, ext_proc_server, health_server
 from epp.extproc.stream import StreamOptions
+from epp.extproc.stream_metrics import StreamMetrics
 from epp.flowcontrol.overload import OverloadGuard
 from epp.flowcontrol.standing_queue import StandingQueue
 from epp.framework import PluginContext
@@ -84,6 +85,7 @@ class ServeOptions:
     drain_window: float = 0.0
     # llm-d's --grpc-max-recv-msg-size / --grpc-max-send-msg-size (0: the server's default).
     grpc_message_limits: tuple[int, int] = (0, 0)
+    grpc_stream_metrics: bool = False  # llm-d's --enable-grpc-stream-metrics
     # Overload protection of the EPP itself (epp.flowcontrol.overload): 0 turns a limit off.
     max_concurrent_streams: int = 10_000
     max_event_loop_lag: float = 0.25
@@ -285,6 +287,7 @@ class EndpointPicker:
             self.overload,
             reuse_port,
             self.options.grpc_message_limits,
+            StreamMetrics(self.metrics.registry) if self.options.grpc_stream_metrics else None,
         )
         probe_server = health_server(health, reuse_port)
         self.grpc_port = bind(grpc_server, f"{self.options.host}:{self.options.grpc_port}", credentials)
@@ -620,6 +623,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         shutdown_grace=parse_duration(args.shutdown_grace),
         drain_window=_non_negative_duration("--drain-timeout", args.drain_timeout or "0s"),
         grpc_message_limits=(args.grpc_max_recv_msg_size, args.grpc_max_send_msg_size),
+        grpc_stream_metrics=args.enable_grpc_stream_metrics,
         max_concurrent_streams=_non_negative("--max-concurrent-streams", args.max_concurrent_streams),
         max_event_loop_lag=_non_negative_duration("--max-event-loop-lag", args.max_event_loop_lag),
         max_queue_wait=_non_negative_duration("--max-queue-wait", args.max_queue_wait),

@@ -128,3 +128,15 @@ def test_strict_config_refuses_alpha_plugins_without_the_flag_as_the_router_does
     with pytest.raises(ValueError, match=r"agent-identity \(agent-identity\) are Alpha .*--strict-config"):
         serve.options_from_args(parse_args(argv))
     serve.options_from_args(parse_args([*argv, "--allow-experimental-plugins=true"]))
+
+
+@pytest.mark.parametrize(("flag", "exported"), [((), False), (("--enable-grpc-stream-metrics",), True)])
+async def test_grpc_stream_metrics_are_exported_only_when_asked(
+    flag: tuple[str, ...], exported: bool
+) -> None:
+    picker = await running_picker("--endpoint=127.0.0.1:1", *flag)
+    try:
+        inflight = picker.metrics.registry.get_sample_value("llm_d_epp_extproc_streams_inflight")
+        assert (inflight is not None) == exported
+    finally:
+        await picker.stop()
