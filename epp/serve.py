@@ -9,6 +9,7 @@ import gc
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ from epp.flowcontrol.overload import OverloadGuard
 from epp.flowcontrol.standing_queue import StandingQueue
 from epp.framework import PluginContext
 from epp.metrics import auth as metrics_auth
+from epp.metrics import secure as metrics_secure
 from epp.metrics.aliases import NAME_SETS
 from epp.metrics.exporter import EppMetrics
 from epp.metrics.http import MetricsServer
@@ -101,6 +103,7 @@ class ServeOptions:
     tls_options: tls.TlsOptions = field(default_factory=tls.TlsOptions)
     leader_election: election.LeaseTiming | None = None  # set: active-passive over the pool's Lease
     metrics_auth: bool = False  # /metrics behind TokenReview + SubjectAccessReview
+    metrics_tls: ssl.SSLContext | None = None  # llm-d's --metrics-cert-dir (+ --metrics-client-ca-file)
     config: PickerConfig = field(default_factory=load_config)  # default: GIE's default profile
     objectives: dict[str, int] = field(default_factory=dict)  # objective name -> priority
     model_rewrites: list[ModelRewrite] = field(default_factory=list)  # standalone: from a file
@@ -174,6 +177,7 @@ class EndpointPicker:
             self.live_view.routes(),
             self.live_view.on_shutdown,
         )
+        self.metrics_server.ssl_context = options.metrics_tls
         self.services = [p for p in components.plugins.values() if isinstance(p, BackgroundService)]
         discovery = components.plugins.get(options.config.discovery or "")
         self.discovery = discovery if isinstance(discovery, EndpointDiscovery) else None
@@ -420,6 +424,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Prometheus /metrics port for the EPP's own metrics (default 9090)",
     )
     metrics_auth.add_arguments(parser)
+    metrics_secure.add_arguments(parser)
     source = parser.add_argument_group("standalone endpoints")
     source.add_argument("--endpoints-file", type=Path, help="YAML endpoint list, re-read when it changes")
     parser.add_argument(
@@ -605,6 +610,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         pool = k8s_discovery.pool_ref_from_args(args, args.endpoints_file is not None or bool(args.endpoint))
         selector = k8s_discovery.selector_from_args(args)
         pool_name = pool.name if pool is not None else selector.name if selector is not None else "standalone"
+    endpoint_auth = metrics_auth.enabled_from_args(args, in_cluster=pool is not None)
     return ServeOptions(
         host=args.host,
         grpc_port=args.grpc_port,
@@ -638,7 +644,8 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         kubeconfig=args.kubeconfig,
         tls_options=tls.options_from_args(args),
         leader_election=_leader_election(args, pool),
-        metrics_auth=metrics_auth.enabled_from_args(args, in_cluster=pool is not None),
+        metrics_auth=endpoint_auth,
+        metrics_tls=metrics_secure.context_from_args(args, endpoint_auth),
         config=config,
         objectives=load_objectives_file(args.objectives_file) if args.objectives_file else {},
         model_rewrites=load_model_rewrites_file(args.model_rewrites_file) if args.model_rewrites_file else [],
