@@ -118,6 +118,16 @@ def _add_router_arguments(group: argparse._ArgumentGroup) -> None:
         "released) before --shutdown-grace starts (Go duration; default 0s, the router's is 30s)",
     )
     group.add_argument(
+        "--emit-endpoint-scores",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="llm-d router: put the primary profile's total per scored endpoint in the envoy.lb "
+        "metadata, key x-gateway-destination-endpoint-scores ({host:port: total})",
+    )
+    group.add_argument(
         "--enable-grpc-stream-metrics",
         type=parse_bool,
         nargs="?",

@@ -138,6 +138,8 @@ class EndpointPicker:
             pool_name=options.pool_name,
         )
         self.director.model_rewrites.replace(options.model_rewrites)
+        for profile in components.scheduler.profiles.values():
+            profile.keep_scores = options.stream.emit_endpoint_scores
         flow_control = self.director.flow_control
         if flow_control is not None and flow_control.reclamation is not None:
             reclamation = flow_control.reclamation
@@ -663,6 +665,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
             queue_message_timeout=_non_negative_duration(
                 "--queue-message-timeout", args.queue_message_timeout
             ),
+            emit_endpoint_scores=args.emit_endpoint_scores,
         ),
     )
 

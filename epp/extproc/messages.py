@@ -11,6 +11,7 @@ from google.protobuf.json_format import MessageToDict
 from epp.extproc.pb import core, ext_proc, http_status
 from epp.headers import (
     DESTINATION_HEADER,
+    DESTINATION_SCORES_KEY,
     EPP_ERROR_KEY,
     LB_NAMESPACE,
     STREAMING_KEY,
@@ -48,12 +49,17 @@ def header_mutation(set_headers: Mapping[str, str], remove: Sequence[str]) -> ex
 
 
 def routing_response(
-    reply: str, set_headers: Mapping[str, str], remove: Sequence[str], destination: str, streaming: bool
+    reply: str,
+    set_headers: Mapping[str, str],
+    remove: Sequence[str],
+    destination: str,
+    streaming: bool,
+    scores: Mapping[str, float] | None = None,
 ) -> ext_proc.ProcessingResponse:
     """The reply (`request_headers` or `request_body`) that routes: the headers set and removed,
     the route cache cleared, and GIE's destination (`primary,fallback,...`) in envoy.lb; a
     streaming request is marked so a gateway can bound its time to first byte apart from its
-    length."""
+    length. `scores` (llm-d's --emit-endpoint-scores): each scored candidate's total, by host:port."""
     response = ext_proc.ProcessingResponse()
     common = getattr(response, reply).response
     common.clear_route_cache = True
@@ -62,6 +68,8 @@ def routing_response(
     lb[DESTINATION_HEADER] = destination
     if streaming:
         lb[STREAMING_KEY] = "true"
+    if scores:
+        lb[DESTINATION_SCORES_KEY] = dict(scores)
     return response
 
 

@@ -140,3 +140,13 @@ async def test_grpc_stream_metrics_are_exported_only_when_asked(
         assert (inflight is not None) == exported
     finally:
         await picker.stop()
+
+
+@pytest.mark.parametrize("flag", ["--emit-endpoint-scores", "--emit-endpoint-scores=true"])
+def test_emit_endpoint_scores_makes_every_profile_keep_its_totals(flag: str) -> None:
+    options = serve.options_from_args(parse_args(["--endpoint=127.0.0.1:1", flag]))
+    assert options.stream.emit_endpoint_scores
+    picker = serve.EndpointPicker(options)
+    assert all(p.keep_scores for p in picker.director.scheduler.profiles.values())
+    plain = serve.EndpointPicker(serve.options_from_args(parse_args(["--endpoint=127.0.0.1:1"])))
+    assert not any(p.keep_scores for p in plain.director.scheduler.profiles.values())
