@@ -12,13 +12,13 @@ quoted, for one of these reasons:
 - DOCS: a docs placeholder type (`custom-scorer`) or typo (the `-pluginRef:` profile key);
 - GO_REFUSES: invalid for the Go EPP as well (an unrendered `${PRIMARY_PORT}` template value, a
   profile naming an undefined plugin, a type no GIE or llm-d release registers, a field the
-  router's strict decoder does not know);
+  router's strict decoder does not know, a type only an unreleased router build registers);
 - OTHER_ISSUE: none left (the flow-control policies and llm-d's burst-prefix producer were);
 - MISSING: an upstream plugin this EPP does not implement yet (the error says what it does and
   what to use instead).
 
-Counts (189 documents): 157 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 7 GO_REFUSES,
-0 OTHER_ISSUE, 0 MISSING. `test_summary` prints them and checks them against this docstring. The 6
+Counts (193 documents): 159 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 9 GO_REFUSES,
+0 OTHER_ISSUE, 0 MISSING. `test_summary` prints them and checks them against this docstring. The 7
 snippets in configs_nonstandard/ (another or no apiVersion) are refused, as by the Go decoder."""
 
 from __future__ import annotations
@@ -161,6 +161,10 @@ EXPECTED: dict[str, Loads | Refused] = {
         SERVICE,
         "plugins[3].type: plugin type 'predicted-latency-scorer' is not available in this EPP (needs a service this EPP cannot run)",
     ),
+    "llmd-0b8e5ad__guides__coordinator-epd__router__coordinator-epd.values.yaml": Refused(
+        GO_REFUSES,
+        "plugins[3].type: plugin type 'header-phase-profile-handler' is not available in this EPP (registered by no GIE",
+    ),
     "llmd-04ca254__guides__coord-disaggregation__router__coord-disaggregation.values.yaml": Loads(),
     "llmd-0b25b12__guides__p2p-kv-cache-sharing__router__p2p-kv-cache-sharing.values.yaml": Loads(),
     "llmd-076e65d__guides__precise-prefix-cache-routing__router__precise-prefix-cache-routing.values.yaml": Loads(
@@ -196,9 +200,15 @@ EXPECTED: dict[str, Loads | Refused] = {
     "llmd-3ed9c2d__guides__pd-disaggregation__router__pd-multi-tier.values.yaml": Loads(
         "plugins[2].parameters: deciderPluginName is deprecated: read as prefillDeciderPluginName"
     ),
+    "llmd-3440ef3__guides__precise-prefix-cache-routing__router__lmetric.values.yaml": Refused(
+        GO_REFUSES,
+        "plugins[4].type: plugin type 'lmetric-scorer' is not available in this EPP (registered by no GIE or llm-d",
+    ),
+    "llmd-5c4a203__guides__multimodal-serving__precise-affinity__router__precise-affinity.values.yaml": Loads(),
     "llmd-6f9e065__guides__context-length-aware-pd__router.values.yaml": Loads(
         "plugins[2].parameters: deciderPluginName is deprecated: read as prefillDeciderPluginName"
     ),
+    "llmd-b568fd3__guides__agentic-serving__router__agentic-serving-gpu-program-aware.values.yaml": Loads(),
     "llmd-bench-8bc9f1d__config__README.md.yaml": Loads(
         "schedulingProfiles[0].plugins[0].pluginRef: plugin 'token-producer' is a token-producer, which is",
     ),
