@@ -280,6 +280,9 @@ class EndpointPicker:
         leader = None
         if self.options.leader_election is not None:
             leader = await self._start_election(self.options.leader_election)
+            if not self.options.config.standby_routes:
+                is_leader = leader
+                self.director.standby = lambda: not is_leader()
         health = Health(lambda: self.datastore.synced and not self._stopping, leader)
         ext_proc_health = health if self.options.health_checking else None
         reuse_port = self.options.replicas.reuse_port

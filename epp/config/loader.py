@@ -55,7 +55,13 @@ EVICTION_FILTER_POLICY = "sheddable-eviction-filter"
 EVICTION_ORDERING_POLICY = "priority-then-time-eviction-order-policy"
 DEFAULT_BAND_MAX_BYTES = 1_000_000_000  # GIE: a band's maxBytes when 0 or omitted
 
-KNOWN_FEATURE_GATES = ("flowControl", "enableLegacyMetrics", "dataLayer", "prepareDataPlugins")
+KNOWN_FEATURE_GATES = (
+    "flowControl",
+    "enableLegacyMetrics",
+    "dataLayer",
+    "prepareDataPlugins",
+    "haPopulateNonLeaderDatastore",  # llm-d router, on by default: standbys keep a datastore and route
+)
 
 
 def default_config_text() -> str:
@@ -146,6 +152,7 @@ class _Loader:
             flow_control_spec=flow_control,
             data_sources=self.data_sources,
             discovery=self.discovery,
+            standby_routes=_gates(self.doc.feature_gates).get("haPopulateNonLeaderDatastore", True),
         )
 
     def _check(self) -> None:

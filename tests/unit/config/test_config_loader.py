@@ -279,12 +279,14 @@ TWO_PROFILES = "schedulingProfiles: [{name: a}, {name: b}]"
         (
             cfg("featureGates: [superFast]"),
             "featureGates[0]: unknown feature gate 'superFast' "
-            "(known: flowControl, enableLegacyMetrics, dataLayer, prepareDataPlugins)",
+            "(known: flowControl, enableLegacyMetrics, dataLayer, prepareDataPlugins, "
+            "haPopulateNonLeaderDatastore)",
         ),
         (
             cfg("featureGates: [flowcontrol]"),
             "featureGates[0]: unknown feature gate 'flowcontrol' "
-            "(known: flowControl, enableLegacyMetrics, dataLayer, prepareDataPlugins); "
+            "(known: flowControl, enableLegacyMetrics, dataLayer, prepareDataPlugins, "
+            "haPopulateNonLeaderDatastore); "
             "did you mean 'flowControl'?",
         ),
         (
