@@ -314,7 +314,7 @@ TWO_PROFILES = "schedulingProfiles: [{name: a}, {name: b}]"
         ),
         (
             cfg("plugins: [{type: concurrency-detector, parameters: {concurrencyMode: magic}}]"),
-            "plugins[0].parameters.concurrencyMode: Input should be 'requests' or 'tokens'",
+            "plugins[0].parameters.concurrencyMode: Input should be 'requests', 'tokens' or 'hybrid'",
         ),
         (
             cfg("plugins: [{type: prefix-cache-scorer, parameters: {blockSizeTokens: 0}}]"),
