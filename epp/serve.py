@@ -61,6 +61,7 @@ from epp.tls import parse_bool
 
 if TYPE_CHECKING:
     from epp.replicas.redis_sync import RedisReplicaSync
+    from epp.replicas.workers import WorkerPlan
 
 log = logging.getLogger(__name__)
 
@@ -795,6 +796,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def worker_plan(count: int, options: ServeOptions) -> WorkerPlan:
+    """The supervisor's plan; it waits for a worker's whole stop (drain window, then grace)."""
+    from epp.replicas.workers import WorkerPlan
+
+    return WorkerPlan(
+        workers=count,
+        host=options.host,
+        grpc_port=options.grpc_port,
+        health_port=options.grpc_health_port,
+        metrics_port=options.metrics_port,
+        ready_file=options.ready_file,
+        sync_url=options.replicas.sync_url,
+        replica_id=options.replicas.replica_id or f"{socket.gethostname()}-{os.getpid()}",
+        shutdown_grace=options.drain_window + options.shutdown_grace,
+    )
+
+
 def _run_workers(args: argparse.Namespace) -> int:
     """`--workers N`: a supervisor of N `epp serve` processes sharing the ports (epp.replicas.workers)."""
     from epp.replicas import workers
@@ -804,17 +822,7 @@ def _run_workers(args: argparse.Namespace) -> int:
     except (DiscoveryError, ValueError, OSError, KubeConfigError) as exc:
         log.error("%s", exc)
         return 2
-    plan = workers.WorkerPlan(
-        workers=args.workers,
-        host=options.host,
-        grpc_port=options.grpc_port,
-        health_port=options.grpc_health_port,
-        metrics_port=options.metrics_port,
-        ready_file=options.ready_file,
-        sync_url=options.replicas.sync_url,
-        replica_id=options.replicas.replica_id or f"{socket.gethostname()}-{os.getpid()}",
-        shutdown_grace=options.shutdown_grace,
-    )
+    plan = worker_plan(args.workers, options)
 
     async def supervise() -> int:
         return await workers.Supervisor(plan, workers.serve_argv()).run(stop_event())

@@ -150,3 +150,8 @@ def test_emit_endpoint_scores_makes_every_profile_keep_its_totals(flag: str) -> 
     assert all(p.keep_scores for p in picker.director.scheduler.profiles.values())
     plain = serve.EndpointPicker(serve.options_from_args(parse_args(["--endpoint=127.0.0.1:1"])))
     assert not any(p.keep_scores for p in plain.director.scheduler.profiles.values())
+
+
+def test_the_workers_supervisor_waits_for_the_drain_window_and_the_grace() -> None:
+    argv = ["--endpoint=127.0.0.1:1", "--drain-timeout=30s", "--shutdown-grace=90s"]
+    assert serve.worker_plan(2, serve.options_from_args(parse_args(argv))).shutdown_grace == 120
