@@ -114,7 +114,7 @@ bench: install
 	$(BIN)/epp bench report --versus
 	$(BIN)/epp bench agree --time-scale 2 --doc docs/benchmarks.md
 	$(BIN)/epp bench overhead --rate 100 --rate 300 --rounds 5 --seconds 6 --doc docs/benchmarks.md
-	$(BIN)/epp bench scale --policy random --policy gie-default --doc docs/benchmarks.md
+	$(BIN)/epp bench scale --policy random --policy gie-default --policy ours --doc docs/benchmarks.md
 
 ## About five minutes: plain Envoy, a minimal grpc.aio ext_proc server and the EPP side by side
 ## (64 endpoints, 4k-token prompts, 100 and 300 req/s, five rounds); the table into docs/benchmarks.md.
@@ -129,12 +129,12 @@ bench-overhead-flow-control: install
 	    --prompt-tokens 256 --shared-tokens 128 --versus-config bench/configs/gie-default-flow-control.yaml \
 	    --doc docs/benchmarks.md
 
-## A few minutes: the headline workload at two rates, printed (docs untouched).
 ## The overload ramp through real Envoy with h2load as the load generator (docs/benchmarks.md,
 ## "Flow control and overload"); several minutes.
 bench-overload: install h2load
 	$(BIN)/python bench/overload_ramp.py --base 1000 --seconds 8 --prompt-bytes 1024 --loadgen h2load
 
+## A few minutes: the headline workload at two rates, printed (docs untouched).
 bench-quick: install
 	$(BIN)/epp bench run --workload shared-prefix --rate 10 --rate 20 --results run/bench-quick.json
 

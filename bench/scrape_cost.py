@@ -391,9 +391,15 @@ def checkout(revision: str, into: str) -> str:
 
 
 def run_variant(variant: str, pythonpath: str, info_file: str, seconds: float, loop: str) -> dict[str, float]:
+    arguments = ["--child", variant, "--info", info_file, "--seconds", str(seconds), "--loop", loop]
+    return run_child(__file__, pythonpath, arguments)
+
+
+def run_child(script: str, pythonpath: str, arguments: list[str]) -> dict[str, float]:
+    """`script` run with `arguments` against the `epp` package in `pythonpath`: the JSON object
+    its last line of output holds."""
     environment = {**os.environ, "PYTHONPATH": pythonpath}
-    command = [sys.executable, __file__, "--child", variant, "--info", info_file, "--seconds", str(seconds)]
-    command += ["--loop", loop]
+    command = [sys.executable, script, *arguments]
     output = subprocess.run(command, env=environment, check=True, capture_output=True, text=True).stdout
     result: dict[str, float] = json.loads(output.strip().splitlines()[-1])
     return result

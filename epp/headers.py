@@ -18,6 +18,10 @@ SERVED_KEY = "x-gateway-destination-endpoint-served"
 # Set by the EPP in the envoy.lb metadata of a streaming request (our Envoy bootstrap bounds its
 # time to first byte per attempt instead of the whole response).
 STREAMING_KEY = "x-epp-streaming"
+# Set by the EPP in the envoy.lb metadata of a routed request, and in its Envoy EDS file on each
+# host: the primary endpoint's fallback group (the models it serves). Our bootstrap's retries,
+# once the EPP's list is used up, go only to healthy hosts of that group.
+FALLBACK_GROUP_KEY = "x-epp-fallback-group"
 # Set on a request the decode endpoint's routing sidecar must prefill on this endpoint first.
 PREFILLER_HEADER = "x-prefiller-host-port"
 # The P/D and data-parallel routing instructions llm-d's sidecar reads (besides PREFILLER_HEADER).

@@ -202,6 +202,7 @@ class EndpointPicker:
             )
         self._file_discovery: FileDiscovery | None = None
         self._pool_discovery: k8s_discovery.PoolDiscovery | None = None
+        self._eds_writer: EdsFileWriter | None = None
         self._selector_discovery: k8s_discovery.SelectorDiscovery | None = None
         self._servers: list[grpc.aio.Server] = []
         self._stopping = False
@@ -275,7 +276,8 @@ class EndpointPicker:
             ]
             self.datastore.replace_all(specs)
         if self.options.envoy_eds_file is not None:
-            EdsFileWriter(self.datastore, self.options.envoy_eds_file).start()
+            self._eds_writer = EdsFileWriter(self.datastore, self.options.envoy_eds_file)
+            self._eds_writer.start()
         if self.replica_sync is not None:
             await self.replica_sync.start()
         leader = None
@@ -353,6 +355,8 @@ class EndpointPicker:
         await self.certificate.stop()
         if tracing.active is not None:
             await asyncio.to_thread(tracing.shutdown)
+        if self._eds_writer is not None:
+            await self._eds_writer.stop()
         if self._file_discovery is not None:
             await self._file_discovery.stop()
         if self._pool_discovery is not None:

@@ -3,11 +3,11 @@
 It answers each message Envoy sends in the buffered bootstrap with the smallest reply that still
 routes the request the way the EPP's does: the request headers with an empty reply (Envoy then
 sends the body), the body with the EPP's shape (the destination header set, the route cache
-cleared, the destination in the `envoy.lb` metadata), the response headers by removing the served
-header and stopping Envoy sending the body (the EPP's mode override). Endpoints are taken round
-robin from the EPP's endpoints file; every reply is built once at startup. Same TLS and
-`--event-loop` flags as `epp serve`, so Envoy's connection to it is the EPP's. Run as
-`python -m epp.bench.minimal_extproc --endpoints-file F --ready-file R [TLS flags]`.
+cleared, the destination and its fallback group in the `envoy.lb` metadata), the response
+headers by removing the served header and stopping Envoy sending the body (the EPP's mode
+override). Endpoints are taken round robin from the EPP's endpoints file; every reply is built
+once at startup. Same TLS and `--event-loop` flags as `epp serve`, so Envoy's connection to it is
+the EPP's. Run as `python -m epp.bench.minimal_extproc --endpoints-file F --ready-file R [TLS flags]`.
 """
 
 from __future__ import annotations
@@ -21,14 +21,15 @@ import grpc
 import yaml
 
 from epp import eventloop, tls
+from epp.datastore.endpoint import fallback_group
 from epp.extproc.pb import BodyMode, HeaderMode, core, ext_proc, ext_proc_grpc, processing_mode
 from epp.extproc.server import bind
-from epp.headers import DESTINATION_HEADER, LB_NAMESPACE, SERVED_KEY
+from epp.headers import DESTINATION_HEADER, FALLBACK_GROUP_KEY, LB_NAMESPACE, SERVED_KEY
 from epp.readyfile import write_ready_file
 from epp.signals import stop_event
 
 
-def routed_reply(destination: str) -> ext_proc.ProcessingResponse:
+def routed_reply(destination: str, group: str) -> ext_proc.ProcessingResponse:
     reply = ext_proc.ProcessingResponse()
     common = reply.request_body.response
     common.clear_route_cache = True
@@ -36,7 +37,9 @@ def routed_reply(destination: str) -> ext_proc.ProcessingResponse:
     option.header.key = DESTINATION_HEADER
     option.header.raw_value = destination.encode()
     option.append_action = core.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-    reply.dynamic_metadata.get_or_create_struct(LB_NAMESPACE)[DESTINATION_HEADER] = destination
+    lb = reply.dynamic_metadata.get_or_create_struct(LB_NAMESPACE)
+    lb[DESTINATION_HEADER] = destination
+    lb[FALLBACK_GROUP_KEY] = group
     return reply
 
 
@@ -52,8 +55,8 @@ def response_headers_reply() -> ext_proc.ProcessingResponse:
 
 
 class MinimalProcessor(ext_proc_grpc.ExternalProcessorServicer):
-    def __init__(self, destinations: list[str]) -> None:
-        self._routed = itertools.cycle([routed_reply(d) for d in destinations])
+    def __init__(self, destinations: list[tuple[str, str]]) -> None:
+        self._routed = itertools.cycle([routed_reply(d, group) for d, group in destinations])
         self._headers = ext_proc.ProcessingResponse(request_headers=ext_proc.HeadersResponse())
         self._response_headers = response_headers_reply()
         self._body = ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse())
@@ -81,9 +84,13 @@ class MinimalProcessor(ext_proc_grpc.ExternalProcessorServicer):
                 raise ValueError(f"the buffered bootstrap never sends {kind}")
 
 
-def destinations(endpoints_file: Path) -> list[str]:
+def destinations(endpoints_file: Path) -> list[tuple[str, str]]:
+    """Each endpoint's host:port and fallback group (as the EPP sets them)."""
     entries = yaml.safe_load(endpoints_file.read_text())["endpoints"]
-    return [f"{entry['address']}:{entry['port']}" for entry in entries]
+    return [
+        (f"{entry['address']}:{entry['port']}", fallback_group(frozenset(entry.get("models") or ()), None))
+        for entry in entries
+    ]
 
 
 async def serve(args: argparse.Namespace) -> None:

@@ -4,7 +4,8 @@ Why not aiohttp's client: at GIE's 50 ms interval, 100 endpoints mean 2,000 scra
 aiohttp's client alone, reading a 27 KB page without parsing it, costs about 120 us of CPU a
 scrape; a whole scrape with this client, parsing included, about 40 (bench/scrape_cost.py). It
 does only what scraping needs: one GET at a time on a persistent connection; Content-Length,
-chunked or close-delimited bodies, gzip-encoded if the server sends it so; optional TLS. A GET is
+chunked or close-delimited bodies, gzip-encoded if the server sends it so (inflated in a worker
+thread, to a lower limit than a plain body: see `_MAX_INFLATED`); optional TLS. A GET is
 started with a callback (`KeepAliveGetter.start`) so that one scheduler can drive every
 connection without a task, a future and a timer per scrape; `get` wraps that in a future for
 one-off use."""
@@ -12,10 +13,12 @@ one-off use."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 import threading
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple, cast
 
 from epp.datastore.endpoint import join_host_port
@@ -23,8 +26,14 @@ from epp.datastore.endpoint import join_host_port
 _HEADER_END = b"\r\n\r\n"
 _MAX_HEADER = 64 * 1024
 _MAX_BODY = 64 * 1024 * 1024
+# A gzip body's limit once inflated. A few kilobytes can inflate to the plain limit (64 MiB cost
+# 0.4-1.4 s of CPU here), so the inflating runs in a worker thread (zlib releases the GIL), and
+# to 4 MiB: more than ten times the largest real metrics page (a vLLM page is 10-300 KB), while a
+# page that inflates below it is still read on the event loop (docs/benchmarks.md, "Scraping cost").
+_MAX_INFLATED = 4 * 1024 * 1024
 _READ_SIZE = 64 * 1024
 _thread = threading.local()
+_inflating_pool: ThreadPoolExecutor | None = None
 
 Result = tuple[int, bytes] | BaseException
 """(status, body) of one GET, or what went wrong."""
@@ -79,20 +88,38 @@ class _Head(NamedTuple):
         return cls(int(parts[1]), length, chunked, close or until_close, gzip)
 
 
-def _decoded(head: _Head, body: bytes) -> tuple[int, bytes]:
-    if head.gzip:
-        # Inflated to the same limit as a plain body: a few kilobytes can inflate to gigabytes (a
-        # decompression bomb), which would hold the event loop and the memory for all of it.
-        inflater = zlib.decompressobj(wbits=31)
-        try:
-            body = inflater.decompress(body, _MAX_BODY + 1)
-        except zlib.error as exc:
-            raise FetchError(f"bad gzip body: {exc}") from exc
-        if len(body) > _MAX_BODY:
-            raise FetchError(f"gzip body inflates past {_MAX_BODY} bytes")
-        if not inflater.eof:
-            raise FetchError("bad gzip body: truncated")
-    return head.status, body
+class _Gzipped(NamedTuple):
+    """A whole response whose body is still to be inflated (off the event loop)."""
+
+    status: int
+    body: bytes
+
+
+def _decoded(head: _Head, body: bytes) -> tuple[int, bytes] | _Gzipped:
+    return _Gzipped(head.status, body) if head.gzip else (head.status, body)
+
+
+def _inflate(body: bytes) -> bytes:
+    """The gzip body inflated, up to `_MAX_INFLATED` (run in the worker thread)."""
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        page = inflater.decompress(body, _MAX_INFLATED + 1)
+    except zlib.error as exc:
+        raise FetchError(f"bad gzip body: {exc}") from exc
+    if len(page) > _MAX_INFLATED:
+        raise FetchError(f"gzip body inflates past {_MAX_INFLATED} bytes")
+    if not inflater.eof:
+        raise FetchError("bad gzip body: truncated")
+    return page
+
+
+def _inflating() -> ThreadPoolExecutor:
+    """One thread for the process: a hostile endpoint's pages queue behind each other there
+    instead of taking more cores."""
+    global _inflating_pool
+    if _inflating_pool is None:
+        _inflating_pool = ThreadPoolExecutor(1, thread_name_prefix="epp-gzip")
+    return _inflating_pool
 
 
 def _line_end(data: bytearray, what: str) -> int:
@@ -178,7 +205,7 @@ class _Response:
             del data[:2]
             self._chunk_left = -1
 
-    def result(self) -> tuple[int, bytes]:
+    def result(self) -> tuple[int, bytes] | _Gzipped:
         return _decoded(self.head, bytes(self.body))
 
 
@@ -196,6 +223,7 @@ class _GetProtocol(asyncio.BufferedProtocol):
         self._buffer = bytearray()
         self._response: _Response | None = None
         self._done: Done | None = None
+        self._inflating: Done | None = None  # whose response is being inflated
         self._last_head = (b"", _Head(0, None, False, False, False))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -218,7 +246,7 @@ class _GetProtocol(asyncio.BufferedProtocol):
             return
         try:
             whole = self._response is None and not self._buffer
-            result: Result | None = self._whole(nbytes) if whole else None
+            result: Result | _Gzipped | None = self._whole(nbytes) if whole else None
             if result is None:
                 self._buffer += self._read_view[:nbytes]
                 if len(self._buffer) > _MAX_HEADER + _MAX_BODY:  # no length, or an endless chunk line
@@ -245,7 +273,7 @@ class _GetProtocol(asyncio.BufferedProtocol):
         self._last_head = (raw, head)
         return head
 
-    def _whole(self, nbytes: int) -> tuple[int, bytes] | None:
+    def _whole(self, nbytes: int) -> tuple[int, bytes] | _Gzipped | None:
         """The response, if this read holds all of it and its length is known."""
         end = self._read_array.find(_HEADER_END, 0, nbytes)
         if end < 0:
@@ -258,7 +286,7 @@ class _GetProtocol(asyncio.BufferedProtocol):
             self.abort()
         return _decoded(head, bytes(self._read_view[start : start + head.length]))
 
-    def _advance(self) -> tuple[int, bytes] | None:
+    def _advance(self) -> tuple[int, bytes] | _Gzipped | None:
         response = self._response
         if response is None:
             end = self._buffer.find(_HEADER_END)
@@ -274,10 +302,23 @@ class _GetProtocol(asyncio.BufferedProtocol):
             self.abort()
         return response.result()
 
-    def _deliver(self, result: Result) -> None:
+    def _deliver(self, result: Result | _Gzipped) -> None:
         done, self._done, self._response = self._done, None, None
-        if done is not None:
+        if done is None:
+            return
+        if not isinstance(result, _Gzipped):
             done(result)
+            return
+        self._inflating = done
+        inflated = asyncio.get_running_loop().run_in_executor(_inflating(), _inflate, result.body)
+        inflated.add_done_callback(functools.partial(self._inflated, done, result.status))
+
+    def _inflated(self, done: Done, status: int, inflated: asyncio.Future[bytes]) -> None:
+        if self._inflating is not done:  # dropped meanwhile
+            return
+        self._inflating = None
+        error = FetchError("gzip inflation cancelled") if inflated.cancelled() else inflated.exception()
+        done((status, inflated.result()) if error is None else error)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -285,11 +326,7 @@ class _GetProtocol(asyncio.BufferedProtocol):
         if response is not None and response.until_close:
             del self._buffer[: response.body_start]
             response.body = self._buffer
-            try:
-                result: Result = response.result()
-            except FetchError as error:
-                result = error
-            self._deliver(result)
+            self._deliver(response.result())
         else:
             self._deliver(FetchError(f"connection closed before the response ended: {exc or 'EOF'}"))
 
@@ -300,7 +337,7 @@ class _GetProtocol(asyncio.BufferedProtocol):
 
     def drop(self) -> None:
         """Abort without telling the caller (it has given up on this GET)."""
-        self._done = None
+        self._done = self._inflating = None
         self.abort()
 
 

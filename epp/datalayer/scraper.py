@@ -22,7 +22,7 @@ DEFAULT_INTERVAL = 0.05  # GIE's --refresh-metrics-interval
 DEFAULT_TIMEOUT = 1.0  # GIE's per-poll timeout
 # The longest wait between scrapes of an endpoint out of rotation that keeps failing: its wait
 # doubles from the interval with each failure, so a page that is costly to read and still refused
-# (a gzip body inflating to the body limit, a page of tens of MB) cannot hold the event loop.
+# (a page of tens of MB, a large gzip page inflating to its limit) cannot hold the event loop.
 FAILING_BACKOFF_MAX = 1.0
 # The endpoints are dealt into up to SLICES groups of about SLICE_SIZE, scraped at even offsets
 # within each interval: answers then arrive in batches of tens rather than all at once, so a
@@ -30,6 +30,11 @@ FAILING_BACKOFF_MAX = 1.0
 # cost more CPU per scrape (a wake-up and an epoll call shared by fewer answers).
 SLICES = 16
 SLICE_SIZE = 32
+# While an endpoint stays out of rotation, a new failure reason (refused -> HTTP 500 -> timeout) is
+# logged at most once per this many seconds per endpoint; the changes not logged are counted in the
+# next line about it (the next reason logged, or its recovery). Its failing scrapes run up to once
+# a second (FAILING_BACKOFF_MAX), so a flapping server could otherwise log a line a second.
+REASON_LOG_INTERVAL = 30.0
 
 
 @dataclass(frozen=True)
@@ -62,10 +67,14 @@ class _Target:
         "group",
         "hints",
         "idle",
+        "logged_at",
+        "logged_reason",
         "metrics",
         "overdue",
+        "reason",
         "resume_at",
         "sent_at",
+        "unlogged",
     )
 
     def __init__(
@@ -91,6 +100,12 @@ class _Target:
         self.sent_at: float | None = None  # loop time the GET under way was started
         self.overdue = False  # an interval passed while the GET was under way
         self.resume_at = 0.0  # loop time before which a failing endpoint is not scraped again
+        # Out of rotation: its last failure reason, the last one logged and when (loop time), and
+        # how many changes of reason were not logged since (REASON_LOG_INTERVAL).
+        self.reason = ""
+        self.logged_reason = ""
+        self.logged_at = -math.inf
+        self.unlogged = 0
 
 
 class MetricsScraper:
@@ -113,6 +128,7 @@ class MetricsScraper:
         timeout: float = DEFAULT_TIMEOUT,
         settings: ScrapeSettings | None = None,
         failures_before_unhealthy: int = 3,
+        reason_log_interval: float = REASON_LOG_INTERVAL,
     ) -> None:
         settings = settings or ScrapeSettings()
         if settings.default_engine not in settings.engines:
@@ -130,6 +146,7 @@ class MetricsScraper:
         self._tls = _tls_context(settings) if settings.scheme == "https" else None
         self._path = settings.path
         self._failures_before_unhealthy = failures_before_unhealthy
+        self._reason_log_interval = reason_log_interval
         self._targets: dict[str, _Target] = {}
         self._slices: list[dict[str, _Target]] = [{} for _ in range(SLICES)]
         self._next_deadline = math.inf  # of the oldest GET under way, or earlier
@@ -252,7 +269,9 @@ class MetricsScraper:
             target.failures = 0
             if not endpoint.healthy:
                 endpoint.healthy = True
-                log.info("endpoint %s healthy again: its /metrics answered", endpoint)
+                log.info("endpoint %s healthy again: its /metrics answered%s", endpoint, _unlogged(target))
+                target.reason = target.logged_reason = ""
+                target.unlogged = 0
             if endpoint.suspended_until:
                 endpoint.suspended_until = 0.0
         if target.overdue:
@@ -283,12 +302,33 @@ class MetricsScraper:
         self.failures += 1
         target.failures += 1
         endpoint = target.endpoint
+        now = asyncio.get_running_loop().time()
         if endpoint.healthy and (immediate or target.failures >= self._failures_before_unhealthy):
             log.warning(
                 "endpoint %s unhealthy after %d failed scrape(s): %s", endpoint, target.failures, reason
             )
             endpoint.healthy = False
+            target.reason = target.logged_reason = reason
+            target.logged_at = now
+        elif not endpoint.healthy:
+            self._reason_seen(target, reason, now)
         if not endpoint.healthy:
             target.overdue = False
             backoff = min(self.interval * 2 ** min(target.failures, 16), FAILING_BACKOFF_MAX)
-            target.resume_at = asyncio.get_running_loop().time() + backoff
+            target.resume_at = now + backoff
+
+    def _reason_seen(self, target: _Target, reason: str, now: float) -> None:
+        """An endpoint out of rotation failed again: a reason other than the last one logged is
+        logged, unless a line about it was logged less than `reason_log_interval` ago."""
+        changed, target.reason = reason != target.reason, reason
+        if reason != target.logged_reason and now - target.logged_at >= self._reason_log_interval:
+            log.warning("endpoint %s still unhealthy, now: %s%s", target.endpoint, reason, _unlogged(target))
+            target.logged_reason, target.logged_at, target.unlogged = reason, now, 0
+        elif changed:
+            target.unlogged += 1
+
+
+def _unlogged(target: _Target) -> str:
+    if not target.unlogged:
+        return ""
+    return f" ({target.unlogged} change(s) of failure reason not logged since the last line)"

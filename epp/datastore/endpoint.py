@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -11,6 +13,8 @@ from typing import Any
 from epp.datastore.columns import COLUMN_FIELDS, allocate_row, write_row, write_rows
 
 ROLE_LABEL = "llm-d.ai/role"
+# The fallback group of an endpoint that names no models: it serves whatever it is sent.
+ANY_MODEL_GROUP = "any"
 
 
 def join_host_port(host: str, port: int) -> str:
@@ -195,5 +199,22 @@ class Endpoint:
             return True
         return reported is not None and model in reported
 
+    @property
+    def fallback_group(self) -> str:
+        """Which endpoints may stand in for this one once the gateway's retries have used up the
+        EPP's list (`epp.discovery.eds`): those naming the same models, by discovery and by their
+        own model list (`any` for those naming none). Read once per routed request: cached."""
+        return fallback_group(self.spec.models, self.served_models)
+
     def __repr__(self) -> str:
         return f"Endpoint({self.name}@{self.hostport})"
+
+
+@functools.lru_cache(maxsize=1024)
+def fallback_group(listed: frozenset[str], reported: frozenset[str] | None) -> str:
+    """The group of an endpoint whose discovery names `listed` and whose own model list (None:
+    not read) names `reported`."""
+    if not listed and reported is None:
+        return ANY_MODEL_GROUP
+    names = "\n".join(sorted(listed | (reported or frozenset())))
+    return "models-" + hashlib.blake2b(names.encode(), digest_size=8).hexdigest()

@@ -2,7 +2,8 @@
 pods its selector matches (one endpoint per target port), the InferenceObjectives that give
 requests their priority, and the InferenceModelRewrites that change the model they are sent to;
 or, in GIE's standalone mode (--endpoint-selector), the Ready pods a label selector matches,
-without a pool. Also the pool watch the routing sidecar's SSRF allowlist runs on.
+without a pool. Re-exports PoolEndpointsWatch (k8s/poolwatch.py), the same pool watch that the
+routing sidecar's SSRF allowlist runs on (`epp sidecar --enable-ssrf-protection --inference-pool`).
 
 See docs/kubernetes.md for the flags, RBAC and what is tested where."""
 
@@ -32,10 +33,10 @@ from epp.discovery.k8s.model import (
     parse_label_selector,
     parse_target_ports,
     pool_endpoints,
-    pool_model_rewrites,
 )
-from epp.discovery.k8s.poolwatch import PoolWatch
+from epp.discovery.k8s.poolwatch import PoolEndpointsWatch, PoolWatch, watch_pool_endpoints
 from epp.discovery.k8s.reflector import Lister, Reflector, ResourceNotServed, WatchTiming
+from epp.discovery.k8s.rewrites import pool_model_rewrites
 from epp.discovery.static import DiscoveryError
 from epp.params.values import unquote
 from epp.requestcontrol.model_rewrite import ModelRewrite
@@ -227,72 +228,6 @@ class SelectorDiscovery(_ClusterDiscovery):
 
     def _pods_changed(self, pods: Reflector) -> None:
         self._datastore.replace_all(pool_endpoints(pods.items.values(), self.ref.spec, self._metrics_port))
-
-
-async def watch_pool_endpoints(
-    ref: PoolRef,
-    on_change: Callable[[set[str]], None],
-    kubeconfig: Path | None = None,
-    timing: WatchTiming | None = None,
-) -> None:
-    """Keep `on_change` told of the pool's `ip:port` set (Ready pods by active target ports, as
-    the EPP picks from), until cancelled. Called with an empty set while the pool is absent;
-    called again only when the set changes. For the sidecar's SSRF allowlist."""
-    current: set[str] | None = None
-
-    def changed(pool: PoolSpec | None, endpoints: list[EndpointSpec]) -> None:
-        nonlocal current
-        hostports = {endpoint.hostport for endpoint in endpoints}
-        if hostports != current:
-            current = hostports
-            on_change(set(hostports))
-
-    async with await api_client(kubeconfig) as api:
-        await PoolWatch(api, ref, changed, timing).run()
-
-
-class PoolEndpointsWatch:
-    """`watch_pool_endpoints` as a service with start/stop, shaped for the sidecar's allowlist
-    source (`PoolEndpointsWatch(ref, allowlist.replace)`): `start` returns once the first set
-    has been reported, and raises TimeoutError if the pool cannot be listed in time (RBAC,
-    wrong group), as llm-d's sidecar refuses to start when its pool cache does not sync."""
-
-    def __init__(
-        self,
-        ref: PoolRef,
-        on_change: Callable[[set[str]], None],
-        kubeconfig: Path | None = None,
-        timing: WatchTiming | None = None,
-    ) -> None:
-        self.ref = ref
-        self._on_change = on_change
-        self._kubeconfig = kubeconfig
-        self._timing = timing
-        self._reported = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self, timeout: float = 30.0) -> None:
-        loop = asyncio.get_running_loop()
-        watch = watch_pool_endpoints(self.ref, self._report, self._kubeconfig, self._timing)
-        self._task = loop.create_task(watch, name=f"pool endpoints {self.ref}")
-        reported = loop.create_task(self._reported.wait())
-        done, _ = await asyncio.wait(
-            {reported, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-        )
-        reported.cancel()
-        if self._reported.is_set():
-            return
-        if self._task in done:
-            self._task.result()  # the watch's own error (a bad kubeconfig, say)
-        await self.stop()
-        raise TimeoutError(f"InferencePool {self.ref} could not be listed within {timeout:.0f}s")
-
-    async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-
-    def _report(self, hostports: set[str]) -> None:
-        self._on_change(hostports)
-        self._reported.set()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

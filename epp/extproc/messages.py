@@ -13,6 +13,7 @@ from epp.headers import (
     DESTINATION_HEADER,
     DESTINATION_SCORES_KEY,
     EPP_ERROR_KEY,
+    FALLBACK_GROUP_KEY,
     LB_NAMESPACE,
     STREAMING_KEY,
     SUBSET_KEY,
@@ -54,10 +55,12 @@ def routing_response(
     remove: Sequence[str],
     destination: str,
     streaming: bool,
+    fallback_group: str,
     scores: Mapping[str, float] | None = None,
 ) -> ext_proc.ProcessingResponse:
     """The reply (`request_headers` or `request_body`) that routes: the headers set and removed,
-    the route cache cleared, and GIE's destination (`primary,fallback,...`) in envoy.lb; a
+    the route cache cleared, and GIE's destination (`primary,fallback,...`) in envoy.lb with the
+    primary's fallback group (where our bootstrap's retries may go once the list is used up); a
     streaming request is marked so a gateway can bound its time to first byte apart from its
     length. `scores` (llm-d's --emit-endpoint-scores): each scored candidate's total, by host:port."""
     response = ext_proc.ProcessingResponse()
@@ -66,6 +69,7 @@ def routing_response(
     fill_header_mutation(common.header_mutation, set_headers, remove)
     lb = response.dynamic_metadata.get_or_create_struct(LB_NAMESPACE)
     lb[DESTINATION_HEADER] = destination
+    lb[FALLBACK_GROUP_KEY] = fallback_group
     if streaming:
         lb[STREAMING_KEY] = "true"
     if scores:

@@ -73,8 +73,9 @@ LEFT_QUEUE = {
 
 def bound_fairness_id(raw: str | None) -> str:
     """The fairness id of a request: the header's value, `default-flow` when absent or empty.
-    Clients choose it, so a long one is cut to its first 64 characters plus a hash of the whole
-    (distinct ids stay distinct; a 1 MB header costs 96 bytes of key and label)."""
+    Clients choose it, so one longer than MAX_FAIRNESS_ID_LENGTH is cut to its first 64
+    characters, `~` and 32 hex digits of a hash of the whole: 97 characters (distinct ids stay
+    distinct; a 1 MB header costs 97 characters of key and label)."""
     if not raw:
         return DEFAULT_FAIRNESS_ID
     if len(raw) <= MAX_FAIRNESS_ID_LENGTH:

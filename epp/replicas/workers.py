@@ -101,12 +101,15 @@ class Supervisor:
     def worker_argv(self, index: int) -> list[str]:
         plan = self.plan
         metrics_port = plan.metrics_port + index if plan.metrics_port else 0
+        # One writer of Envoy's EDS file: each worker scrapes on its own, and files written from
+        # views a scrape apart would flip the hosts' health to and fro.
+        base = self.base_argv if index == 0 else strip_flags(self.base_argv, ("--envoy-eds-file",))
         argv = [
             sys.executable,
             "-m",
             "epp.cli",
             "serve",
-            *self.base_argv,
+            *base,
             f"--grpc-port={self.grpc_port}",
             f"--grpc-health-port={self.health_port}",
             f"--metrics-port={metrics_port}",

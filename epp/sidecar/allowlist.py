@@ -3,9 +3,10 @@
 matched on host AND port (llm-d matches the host only, llm-d-router#979, which lets a client reach
 any port of a pool pod).
 
-An AllowListSource owns an AllowList and feeds it with `replace()`: the standalone source below
-follows the EPP's endpoint file; a Kubernetes InferencePool watch can call `replace()` on every
-change, or populate a Datastore and let `follow()` keep the list in step."""
+An AllowListSource owns an AllowList and feeds it with `replace()`: PoolSource (poolsource.py)
+follows the InferencePool through the Kubernetes API (llm-d's `--inference-pool`),
+EndpointFileSource the standalone EPP's endpoint file; `follow()` keeps a list in step with any
+Datastore."""
 
 from __future__ import annotations
 

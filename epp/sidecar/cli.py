@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from epp import eventloop
+from epp.discovery.k8s.model import GROUP_V1, POOL_VERSIONS, PoolRef
 from epp.params.duration import parse_duration
 from epp.sidecar.connectors import Connector
 from epp.sidecar.options import DEFAULT_SGLANG_BOOTSTRAP_PORT, SidecarOptions
@@ -27,10 +28,14 @@ MAX_PORT = 65535
 
 
 def _add_switch(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, default: bool, help_text: str
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    name: str,
+    default: bool | None,
+    help_text: str,
+    default_text: str | None = None,
 ) -> None:
     """`--NAME`, `--NAME=BOOL` (Go flag syntax, so llm-d manifests' `--secure-proxy=false` work
-    unchanged) and `--no-NAME`."""
+    unchanged) and `--no-NAME`. A None default means "not given" (`default_text` says what then)."""
     dest = name.replace("-", "_")
     parser.add_argument(
         f"--{name}",
@@ -40,7 +45,7 @@ def _add_switch(
         default=default,
         type=parse_bool,
         metavar="BOOL",
-        help=f"{help_text} (default {str(default).lower()})",
+        help=f"{help_text} (default {default_text or str(default).lower()})",
     )
     parser.add_argument(f"--no-{name}", dest=dest, action="store_false", help=argparse.SUPPRESS)
 
@@ -51,6 +56,15 @@ def _stages(values: list[str]) -> frozenset[Stage]:
     if unknown:
         raise ConfigError(f"unknown TLS stage(s) {sorted(unknown)}: use prefiller and/or decoder")
     return frozenset(Stage(name) for name in names)
+
+
+def _deprecated_stages(args: argparse.Namespace, suffix: str, replacement: str) -> frozenset[Stage]:
+    """The stages llm-d's removed `--<stage>-use-tls` / `--<stage>-tls-insecure-skip-verify`
+    switches turn on, with a warning naming the flag that replaces them."""
+    stages = frozenset(stage for stage in Stage if getattr(args, f"{stage}_{suffix}"))
+    for stage in sorted(stages):
+        log.warning("--%s-%s is deprecated: use %s=%s", stage, suffix.replace("_", "-"), replacement, stage)
+    return stages
 
 
 def _in_range(flag: str, value: int, low: int, high: int | None = None) -> int:
@@ -69,6 +83,36 @@ def _seconds(flag: str, text: str) -> float:
     if not (math.isfinite(value) and value >= 0):
         raise ConfigError(f"{flag} must be a duration of 0 or more, got {text!r}")
     return value
+
+
+def _ssrf_protection(args: argparse.Namespace) -> bool:
+    """As given; else off, as llm-d's default, except that an endpoints file (ours, not llm-d's)
+    is only ever given to be the allowlist."""
+    if args.enable_ssrf_protection is not None:
+        return bool(args.enable_ssrf_protection)
+    return args.endpoints_file is not None
+
+
+def _pool_ref(args: argparse.Namespace) -> PoolRef | None:
+    """llm-d's resolution: --inference-pool (or INFERENCE_POOL) as NAMESPACE/NAME or NAME in
+    `default`; else the deprecated separate name and namespace, which must then both be given."""
+    text = args.inference_pool
+    if text:
+        if text.count("/") > 1:
+            raise ConfigError(f"--inference-pool must be 'namespace/name' or 'name', not {text!r}")
+        namespace, _, name = text.rpartition("/") if "/" in text else ("default", "", text)
+        if not namespace or not name:
+            raise ConfigError(f"--inference-pool cannot have an empty namespace or name: {text!r}")
+        return PoolRef(name, namespace, args.pool_group)
+    name, namespace = args.inference_pool_name, args.inference_pool_namespace
+    if name is None and namespace is None:
+        return None
+    log.warning("--inference-pool-name and --inference-pool-namespace are deprecated: use --inference-pool")
+    if not name or not namespace:
+        raise ConfigError(
+            "--inference-pool-name and --inference-pool-namespace go together (or use --inference-pool)"
+        )
+    return PoolRef(name, namespace, args.pool_group)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,21 +137,60 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=Connector.NIXLV2.value,
         help="how prefill hands the KV cache to decode (default nixlv2; nixl is the legacy v1 flat form)",
     )
+    parser.add_argument(
+        "--mooncake-bootstrap-port",
+        type=int,
+        metavar="PORT",
+        help="llm-d's, read only by its mooncake connector, which this sidecar does not have; checked "
+        "(1..65535) and otherwise unused, as in llm-d with any other connector: its P/D manifests "
+        "pass it whatever the connector",
+    )
     _add_switch(
         parser,
         "enable-prefiller-sampling",
         parse_bool(os.environ.get("ENABLE_PREFILLER_SAMPLING", "false")),
         "pick a random prefiller when the header lists several (env ENABLE_PREFILLER_SAMPLING)",
     )
-    ssrf = parser.add_argument_group("SSRF protection")
+    ssrf = parser.add_argument_group(
+        "SSRF protection",
+        "Only call prefillers that are current endpoints of the pool, host AND port: the Ready pods "
+        "of --inference-pool (watched through the Kubernetes API) or the entries of --endpoints-file.",
+    )
     _add_switch(
         ssrf,
         "enable-ssrf-protection",
-        True,
-        "only call prefillers that are current endpoints of the pool, host AND port",
+        None,
+        "refuse prefill targets outside the pool (403)",
+        "false, as in llm-d; true when --endpoints-file is given",
     )
     ssrf.add_argument(
-        "--endpoints-file", type=Path, help="the EPP's endpoint file: the allowed prefill targets"
+        "--inference-pool",
+        default=os.environ.get("INFERENCE_POOL") or None,
+        metavar="[NAMESPACE/]NAME",
+        help="the InferencePool whose Ready pods may be prefill targets; a bare NAME is in namespace "
+        "'default' (env INFERENCE_POOL)",
+    )
+    ssrf.add_argument(
+        "--pool-group",
+        default=GROUP_V1,
+        choices=sorted(POOL_VERSIONS),
+        help=f"the pool's API group: {GROUP_V1} (v1, default) or the deprecated v1alpha2 group",
+    )
+    for flag, env in (("name", "INFERENCE_POOL_NAME"), ("namespace", "INFERENCE_POOL_NAMESPACE")):
+        ssrf.add_argument(
+            f"--inference-pool-{flag}",
+            default=os.environ.get(env) or None,
+            help=f"deprecated (llm-d removed it): use --inference-pool (env {env})",
+        )
+    ssrf.add_argument(
+        "--kubeconfig",
+        type=Path,
+        help="kubeconfig file (default: the pod's service account, else $KUBECONFIG or ~/.kube/config)",
+    )
+    ssrf.add_argument(
+        "--endpoints-file",
+        type=Path,
+        help="without Kubernetes: the EPP's endpoint file, whose entries are the allowed prefill targets",
     )
     prefill = parser.add_argument_group("prefill leg")
     prefill.add_argument(
@@ -141,6 +224,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="STAGES",
         help="don't verify these upstreams' certificates: prefiller,decoder (repeatable)",
     )
+    for stage in Stage:  # llm-d's per-stage switches, still in older charts (KServe's, for one)
+        _add_switch(tls, f"{stage}-use-tls", False, f"deprecated: --enable-tls={stage}")
+        _add_switch(
+            tls, f"{stage}-tls-insecure-skip-verify", False, f"deprecated: --tls-insecure-skip-verify={stage}"
+        )
     _add_switch(tls, "secure-proxy", False, "serve HTTPS (llm-d defaults to true; see docs/sidecar.md)")
     tls.add_argument(
         "--cert-path", type=Path, help="directory with tls.crt and tls.key (default: self-signed)"
@@ -169,13 +257,16 @@ def options_from_args(args: argparse.Namespace) -> SidecarOptions:
         raise ConfigError("--data-parallel-size > 1 is not supported: run one sidecar per data-parallel rank")
     if args.vllm_port is not None:
         log.warning("--vllm-port is deprecated: use --model-server-port")
-    for flag, engine_port in (
+    for flag, port in (
         ("--model-server-port", args.model_server_port),
         ("--vllm-port", args.vllm_port),
+        ("--mooncake-bootstrap-port", args.mooncake_bootstrap_port),
     ):
-        if engine_port is not None:
-            _in_range(flag, engine_port, 1, MAX_PORT)
+        if port is not None:
+            _in_range(flag, port, 1, MAX_PORT)
     tls_on, skip_verify = _stages(args.enable_tls), _stages(args.tls_insecure_skip_verify)
+    tls_on |= _deprecated_stages(args, "use_tls", "--enable-tls")
+    skip_verify |= _deprecated_stages(args, "tls_insecure_skip_verify", "--tls-insecure-skip-verify")
     return SidecarOptions(
         host=args.host,
         port=_in_range("--port", args.port, 0, MAX_PORT),
@@ -183,7 +274,9 @@ def options_from_args(args: argparse.Namespace) -> SidecarOptions:
         model_server_port=args.model_server_port or args.vllm_port or DEFAULT_MODEL_SERVER_PORT,
         connector=Connector(args.kv_connector),
         prefiller_sampling=args.enable_prefiller_sampling,
-        ssrf_protection=args.enable_ssrf_protection,
+        ssrf_protection=_ssrf_protection(args),
+        pool=_pool_ref(args),
+        kubeconfig=args.kubeconfig,
         endpoints_file=args.endpoints_file,
         prefill=RetryPolicy(
             timeout=_seconds("--prefill-timeout", args.prefill_timeout),

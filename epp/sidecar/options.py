@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from epp.discovery.k8s.model import PoolRef
 from epp.sidecar.connectors import Connector
 from epp.sidecar.prefill import RetryPolicy
 from epp.sidecar.upstream import StageTls
@@ -20,7 +21,12 @@ class SidecarOptions:
     model_server_port: int = 8200
     connector: Connector = Connector.NIXLV2
     prefiller_sampling: bool = False
-    ssrf_protection: bool = True
+    # SSRF protection is off unless asked for, as in llm-d; when on, the allowed prefill targets
+    # come from `pool` (through the Kubernetes API) or from `endpoints_file`.
+    ssrf_protection: bool = False
+    pool: PoolRef | None = None
+    kubeconfig: Path | None = None
+    pool_sync_timeout: float = 30.0
     endpoints_file: Path | None = None
     prefill: RetryPolicy = field(default_factory=RetryPolicy)
     prefiller_tls: StageTls = field(default_factory=StageTls)

@@ -28,21 +28,34 @@ class ConfigError(ValueError):
 
 def _allowlist_source(options: SidecarOptions, given: AllowListSource | None) -> AllowListSource | None:
     if not options.ssrf_protection:
+        if options.pool is not None:
+            log.warning(
+                "InferencePool %s given but SSRF protection is off (llm-d's default): prefill "
+                "targets are not checked; add --enable-ssrf-protection=true to check them",
+                options.pool,
+            )
         return None
     if given is not None:
         return given
-    if options.endpoints_file is None:
-        raise ConfigError(
-            "SSRF protection is on but nothing says which prefill targets are allowed: give "
-            "--endpoints-file (the EPP's endpoint file) or turn it off with --no-enable-ssrf-protection"
-        )
-    return EndpointFileSource(options.endpoints_file)
+    if options.pool is not None and options.endpoints_file is not None:
+        raise ConfigError("--inference-pool and --endpoints-file exclude each other: give one of them")
+    if options.pool is not None:
+        from epp.sidecar.poolsource import PoolSource  # only now: it loads the Kubernetes client
+
+        return PoolSource(options.pool, options.kubeconfig, sync_timeout=options.pool_sync_timeout)
+    if options.endpoints_file is not None:
+        return EndpointFileSource(options.endpoints_file)
+    raise ConfigError(
+        "--inference-pool flag or INFERENCE_POOL environment variable is required when "
+        "--enable-ssrf-protection is true (or, without Kubernetes, --endpoints-file: the EPP's "
+        "endpoint file)"
+    )
 
 
 class Sidecar:
     """`start` binds the port (0 = a free one) and returns once serving; `stop` drains in-flight
-    requests for up to `shutdown_timeout` before cutting them. `allowlist_source` replaces the
-    endpoint file as the SSRF allowlist (a Kubernetes InferencePool watch, for instance)."""
+    requests for up to `shutdown_timeout` before cutting them. `allowlist_source`, when given, is the
+    SSRF allowlist's source instead of the one the options name (a test's, for instance)."""
 
     def __init__(
         self,

@@ -21,10 +21,11 @@ With `pool_eds_path` (the default), the pool cluster's hosts come from an EDS fi
 (`epp serve --envoy-eds-file`) and the override-host load-balancing policy takes the EPP's
 `primary,fallback,...` list in order: a retry
 (connect failure, reset, 503, no first byte in time on a streaming request) goes to the next
-endpoint listed, then round robin over hosts not tried yet. Envoy reports the endpoint that served
-in the `x-gateway-destination-endpoint-served` response header, which the EPP reads for its load
-accounting. Without it (`pool_eds_path=None`), an ORIGINAL_DST cluster reaches any address but
-only the first listed.
+endpoint listed, then round robin over the hosts not tried yet that the EPP would route the
+request to (healthy in its view and serving the same models: epp.discovery.eds). Envoy reports
+the endpoint that served in the `x-gateway-destination-endpoint-served` response header, which the
+EPP reads for its load accounting. Without it (`pool_eds_path=None`), an ORIGINAL_DST cluster
+reaches any address but only the first listed.
 
 Only the paths of `allowed_paths` (by default the OpenAI APIs and /v1/models) reach the EPP and
 the pool; any other path is Envoy's own JSON 404, so a model server's /metrics, /reset_prefix_cache
@@ -38,7 +39,14 @@ from pathlib import PurePath
 from typing import Any
 
 from epp.datastore.endpoint import split_host_port
-from epp.headers import DESTINATION_HEADER, EPP_ERROR_KEY, LB_NAMESPACE, SERVED_KEY, STREAMING_KEY
+from epp.headers import (
+    DESTINATION_HEADER,
+    EPP_ERROR_KEY,
+    FALLBACK_GROUP_KEY,
+    LB_NAMESPACE,
+    SERVED_KEY,
+    STREAMING_KEY,
+)
 from epp.requests.parser import INFERENCE_API_PATHS
 
 _DESTINATION_PATH = {"path": [{"key": DESTINATION_HEADER}]}
@@ -383,7 +391,8 @@ def _retry_policy(options: EnvoyOptions, per_try_timeout: str | None) -> dict[st
     """Retry an attempt that failed before any response byte reached the client (Envoy never
     retries once the response has started) on the next host of the EPP's list: the override-host
     policy hands out `primary,fallback,...` in order, and the previous-hosts predicate keeps a retry
-    off a host already tried (so with the list used up, the round-robin fallback picks a new one)."""
+    off a host already tried (so with the list used up, the fallback's round robin over the healthy
+    hosts of the request's group picks a new one, or, after 5 picks, the last one it found)."""
     policy: dict[str, Any] = {
         "retry_on": "connect-failure,refused-stream,reset,retriable-status-codes",
         "retriable_status_codes": [503],
@@ -588,22 +597,24 @@ def _pool_hosts(options: EnvoyOptions) -> dict[str, Any]:
         }
     # The override-host policy picks among the cluster's own hosts (ORIGINAL_DST cannot use it:
     # Envoy 1.40 allows only CLUSTER_PROVIDED there), so the hosts are the pool, from an EDS file.
-    # It takes the EPP's list in order, one host per attempt; a listed host not in the cluster is
-    # skipped; with the list used up, round robin over the pool.
+    # It takes the EPP's list in order, one host per attempt (health unchecked: the EPP chose
+    # them); a listed host not in the cluster is skipped. With the list used up, round robin over
+    # the hosts the EPP would route the request to: the subset of its fallback group (the envoy.lb
+    # metadata the EPP sets on the request and the EDS file on each host; the request's other keys
+    # ignored), HEALTHY hosts only (panic threshold 0: never every host when most are out). A
+    # request without a group, or a group without a healthy host, gets no host: Envoy's 503.
     round_robin = _typed("envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin")
+    same_group = _typed(
+        "envoy.extensions.load_balancing_policies.subset.v3.Subset",
+        fallback_policy="NO_FALLBACK",
+        subset_selectors=[{"keys": [FALLBACK_GROUP_KEY]}],
+        allow_redundant_keys=True,
+        subset_lb_policy=_policy("envoy.load_balancing_policies.round_robin", round_robin),
+    )
     override_host = _typed(
         "envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost",
         override_host_sources=[{"metadata": {"key": LB_NAMESPACE, **_DESTINATION_PATH}}],
-        fallback_policy={
-            "policies": [
-                {
-                    "typed_extension_config": {
-                        "name": "envoy.load_balancing_policies.round_robin",
-                        "typed_config": round_robin,
-                    }
-                }
-            ]
-        },
+        fallback_policy=_policy("envoy.load_balancing_policies.subset", same_group),
     )
     watched = str(PurePath(options.pool_eds_path).parent)
     return {
@@ -617,17 +628,14 @@ def _pool_hosts(options: EnvoyOptions) -> dict[str, Any]:
                 "path_config_source": {"path": options.pool_eds_path, "watched_directory": {"path": watched}},
             }
         },
-        "load_balancing_policy": {
-            "policies": [
-                {
-                    "typed_extension_config": {
-                        "name": "envoy.load_balancing_policies.override_host",
-                        "typed_config": override_host,
-                    }
-                }
-            ]
-        },
+        "load_balancing_policy": _policy("envoy.load_balancing_policies.override_host", override_host),
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
     }
+
+
+def _policy(name: str, config: dict[str, Any]) -> dict[str, Any]:
+    """A load-balancing policy field holding one typed extension."""
+    return {"policies": [{"typed_extension_config": {"name": name, "typed_config": config}}]}
 
 
 def _side_ext_procs(options: EnvoyOptions) -> list[tuple[str, str, int, int]]:

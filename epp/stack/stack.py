@@ -58,6 +58,7 @@ class SimEndpoint:
     role: str | None = None
     engine_port: int | None = None  # a decode endpoint's simulator, behind its sidecar on `port`
     metrics_port: int | None = None  # /metrics elsewhere than `port`
+    model: str | None = None  # the model it serves, when not the stack's
 
     @property
     def hostport(self) -> str:
@@ -301,7 +302,7 @@ class Stack:
                 "name": sim.name,
                 "address": sim.host,
                 "port": sim.port,
-                "models": [self.config.model],
+                "models": [sim.model or self.config.model],
             }
             if sim.role:
                 entry["labels"] = {"llm-d.ai/role": sim.role}
@@ -530,11 +531,15 @@ class Stack:
         self.versus_port = ports.get("versus", 0)
         return True
 
-    async def envoy_pool_hosts(self) -> set[str]:
-        """The host:ports in Envoy's pool cluster now (from the EDS file the EPP keeps)."""
+    async def envoy_clusters_text(self) -> str:
+        """Envoy's admin /clusters: each cluster's hosts, with their stats and health flags."""
         assert self._session is not None
         async with self._session.get(f"{self.admin_url}/clusters") as response:
-            text = await response.text()
+            return await response.text()
+
+    async def envoy_pool_hosts(self) -> set[str]:
+        """The host:ports in Envoy's pool cluster now (from the EDS file the EPP keeps)."""
+        text = await self.envoy_clusters_text()
         return {
             line.split("::")[1]
             for line in text.splitlines()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -27,9 +28,14 @@ from epp.discovery.k8s.client import api_client
 from epp.discovery.k8s.leader import LeaderElector, LeaseTiming, lease_name
 from epp.discovery.kubernetes import PoolDiscovery, PoolRef
 from epp.metrics.auth import MetricsAuth
+from epp.sidecar.cli import options_from_args as sidecar_options
+from epp.sidecar.hostport import HostPort
+from epp.sidecar.options import SidecarOptions
+from epp.sidecar.poolsource import PoolSource
 from epp.stack.envoy import DEFAULT_ALLOWED_PATHS, EnvoyOptions, render_bootstrap
 from epp.stack.processes import wait_until
-from tests.k8s_double import LEASES, PODS, SERVICE_ACCOUNT, ApiServerDouble, Resource
+from tests.integration.test_sidecar_pool_e2e import SIDECAR_RULES
+from tests.k8s_double import LEASES, PODS, POOLS_V1, SERVICE_ACCOUNT, ApiServerDouble, Resource
 from tests.k8s_double.objects import pod
 from tests.k8s_double.schemas import crd_files, has_schema, validate_custom_resource
 
@@ -173,6 +179,64 @@ def test_model_servers_listen_on_the_pools_target_port(directory: str) -> None:
             assert engine_args.role == "decode"
         else:
             assert behind == []
+
+
+def kubelet_args(container: Doc, namespace: str = "default") -> list[str]:
+    """The container's args as the kubelet passes them: `$(VAR)` expanded from the container's env,
+    its downward-API fields resolved for a pod in `namespace`."""
+    fields = {"metadata.namespace": namespace}
+    env = {
+        e["name"]: e["value"] if "value" in e else fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
+        for e in container.get("env", [])
+    }
+    return [
+        re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), arg) for arg in container["args"]
+    ]
+
+
+def pd_sidecar(docs: list[Doc]) -> tuple[Doc, SidecarOptions]:
+    """The decode pods' spec and their routing sidecar's options, as the kubelet would start it."""
+    decode = one(docs, "Deployment", "vllm-sim-decode")["spec"]["template"]["spec"]
+    return decode, sidecar_options(parse_args(kubelet_args(decode["containers"][0])))
+
+
+def test_the_pd_sidecar_guards_prefill_targets_with_the_pool() -> None:
+    docs = RENDERED[OVERLAYS[1]]
+    decode, options = pd_sidecar(docs)
+    pool = one(docs, "InferencePool")
+    assert options.ssrf_protection
+    assert options.pool == PoolRef(pool["metadata"]["name"], "default", pool["apiVersion"].split("/")[0])
+    in_team = sidecar_options(parse_args(kubelet_args(decode["containers"][0], namespace="team"))).pool
+    assert in_team is not None and in_team.namespace == "team", "the pool of the pod's own namespace"
+
+
+async def test_the_sidecars_role_is_enough_for_its_pool_watch(tmp_path: Path) -> None:
+    """Under the Role bound to the decode pods' service account, the sidecar's own allowlist
+    source syncs on the manifests' pool and allows exactly its pods, on its target port."""
+    docs = RENDERED[OVERLAYS[1]]
+    decode, options = pd_sidecar(docs)
+    account = decode["serviceAccountName"]
+    assert one(docs, "ServiceAccount", account) and decode.get("automountServiceAccountToken", True)
+    (binding,) = [b for b in of_kind(docs, "RoleBinding") if b["subjects"][0]["name"] == account]
+    role = one(docs, "Role", binding["roleRef"]["name"])
+    assert role["rules"] == SIDECAR_RULES, "the rules the sidecar's end-to-end test runs under"
+    api = ApiServerDouble(rbac=role["rules"])
+    await api.start()
+    assert options.pool is not None
+    source = PoolSource(options.pool, api.write_kubeconfig(tmp_path / "kc"), sync_timeout=10)
+    try:
+        api.apply(POOLS_V1, one(docs, "InferencePool"))
+        for index, deployment in enumerate(model_servers(docs)):
+            labels = deployment["spec"]["template"]["metadata"]["labels"]
+            api.apply(PODS, pod(f"server-{index}", f"10.0.0.{index + 1}", labels=labels))
+        api.apply(PODS, pod("other", "10.0.0.9", labels={"app": "other"}))
+        await source.start()
+        allowed = {f"10.0.0.{index + 1}:8000" for index in range(len(model_servers(docs)))}
+        assert {t for t in ["10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.9:8000", "10.0.0.1:8200"]
+                if source.allowlist.allows(HostPort.parse(t))} == allowed  # fmt: skip
+    finally:
+        await source.stop()
+        await api.stop()
 
 
 @pytest.mark.parametrize("directory", OVERLAYS)

@@ -7,7 +7,7 @@ import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 
 import httpx
 import pytest
@@ -40,31 +40,14 @@ def epp_args(*extra: str) -> list[str]:
     return ["--served-header=x-epp-destination", "--refresh-metrics-interval=50ms", *extra]
 
 
-@asynccontextmanager
-async def broken_server(kind: str) -> AsyncIterator[SimEndpoint]:
-    """A pool member whose /metrics looks healthy but whose inference port answers 503
-    (`kind="503"`) or refuses connections (`kind="refuses"`: its port is closed, /metrics elsewhere)."""
-
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(text="vllm:num_requests_waiting 0\n")
-
-    async def unavailable(_: web.Request) -> web.Response:
-        return web.Response(status=503, text="overloaded")
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    app.router.add_post("/v1/completions", unavailable)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = int(runner.addresses[0][1])
-    try:
-        if kind == "503":
-            yield SimEndpoint("broken", "127.0.0.1", port)
-        else:
-            yield SimEndpoint("broken", "127.0.0.1", free_port(), metrics_port=port)
-    finally:
-        await runner.cleanup()
+async def completions(stack: Stack, count: int) -> AsyncIterator[httpx.Response]:
+    """Up to `count` completions through the gateway, one at a time, each a 200."""
+    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client:
+        for i in range(count):
+            body = {"model": MODEL, "prompt": f"p{i}", "max_tokens": 1}
+            response = await client.post("/v1/completions", json=body)
+            assert response.status_code == 200, response.text
+            yield response
 
 
 async def retries(stack: Stack) -> int:
@@ -78,7 +61,7 @@ async def test_a_failing_primary_is_served_by_the_epps_fallback(make_stack: Stac
     """The EPP lists two endpoints; when the first answers 503 or refuses the connection, Envoy
     retries on the second, and the EPP learns which one served."""
     async with (
-        broken_server(kind) as broken,
+        fake_server("broken", 200, 503, refuses=kind == "refuses") as broken,
         make_stack(f"fallback-{kind}", sims=1, epp_args=epp_args(f"--config-text={TWO_ENDPOINTS}")) as stack,
     ):
         stack.write_endpoints_file([broken, *stack.sims])
@@ -89,11 +72,8 @@ async def test_a_failing_primary_is_served_by_the_epps_fallback(make_stack: Stac
 
         await wait_until(envoy_has_it, "Envoy's pool to list the broken endpoint", 10)
         rescued = 0
-        async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client:
-            for i in range(200):
-                body = {"model": MODEL, "prompt": f"p{i}", "max_tokens": 1}
-                response = await client.post("/v1/completions", json=body)
-                assert response.status_code == 200, response.text
+        async with aclosing(completions(stack, 200)) as responses:
+            async for response in responses:
                 assert response.headers["x-inference-pod"] == sim.name
                 assert "x-gateway-destination-endpoint-served" not in response.headers  # the EPP's only
                 listed = response.headers["x-epp-destination"].split(",")
@@ -104,6 +84,80 @@ async def test_a_failing_primary_is_served_by_the_epps_fallback(make_stack: Stac
                 await asyncio.sleep(0.02)  # the EPP re-reads the endpoints file, the scraper sees /metrics
         assert rescued == 3, "the broken endpoint was never the EPP's first choice"
         assert await retries(stack) >= 3
+
+
+@asynccontextmanager
+async def fake_server(
+    name: str, metrics_status: int, inference_status: int, model: str | None = None, refuses: bool = False
+) -> AsyncIterator[SimEndpoint]:
+    """A pool member whose /metrics answers `metrics_status` (its scrape fails unless 200) and
+    whose /v1/completions answers `inference_status`, naming itself as the simulator does; with
+    `refuses`, its inference port is closed (connections refused, /metrics elsewhere)."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(status=metrics_status, text="vllm:num_requests_waiting 0\n")
+
+    async def completions(_: web.Request) -> web.Response:
+        body = {"choices": [{"text": name}]} if inference_status == 200 else {"error": "unavailable"}
+        return web.json_response(body, status=inference_status, headers={"x-inference-pod": name})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/v1/completions", completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = int(runner.addresses[0][1])
+    try:
+        if refuses:
+            yield SimEndpoint(name, "127.0.0.1", free_port(), metrics_port=port, model=model)
+        else:
+            yield SimEndpoint(name, "127.0.0.1", port, model=model)
+    finally:
+        await runner.cleanup()
+
+
+async def test_retries_past_the_epps_list_reach_only_endpoints_it_would_route_to(
+    make_stack: StackFactory,
+) -> None:
+    """The EPP lists one endpoint; when it answers 503, Envoy's retry has used up the list and
+    falls back to its own choice: only among the endpoints the EPP would route the request to.
+    Two pool members answer requests but must never get one: `down` (its scrapes fail, so the EPP
+    has it out of rotation) and `other` (a server of another model). And the only server of a
+    third model answering 503 leaves its requests nowhere else to go: the client gets the 503."""
+    async with (
+        fake_server("unavailable", 200, 503) as unavailable,
+        fake_server("down", 500, 200) as down,
+        fake_server("other", 200, 200, model="other-model") as other,
+        fake_server("lonely", 200, 503, model="lonely-model") as lonely,
+        make_stack("scoped", sims=2, epp_args=epp_args()) as stack,
+    ):
+        stack.write_endpoints_file([*stack.sims, unavailable, down, other, lonely])
+        listed = {unavailable.hostport, down.hostport, other.hostport, lonely.hostport}
+
+        async def envoy_has_them() -> bool | None:  # EDS rewritten, Envoy reloaded, `down` out
+            clusters = await stack.envoy_clusters_text()
+            failed = f"pool::{down.hostport}::health_flags::/failed_eds_health" in clusters
+            return True if failed and listed <= await stack.envoy_pool_hosts() else None
+
+        await wait_until(envoy_has_them, "Envoy's pool to hold the fakes, `down` unhealthy", 10)
+        sims = {sim.name for sim in stack.sims}
+        rescued = 0
+        async with aclosing(completions(stack, 600)) as responses:
+            async for response in responses:
+                assert response.headers["x-inference-pod"] in sims, response.headers
+                if response.headers["x-epp-destination"] == unavailable.hostport:
+                    rescued += 1
+                    if rescued == 40:
+                        break
+        assert rescued == 40, "the unavailable endpoint was seldom the EPP's choice"
+        assert await retries(stack) >= rescued
+        async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client:
+            body = {"model": "lonely-model", "prompt": "hi", "max_tokens": 1}
+            response = await client.post("/v1/completions", json=body)
+        assert response.status_code == 503, response.text
+        assert response.headers["x-epp-destination"] == lonely.hostport
+        assert response.headers.get("x-inference-pod") in (None, "lonely"), response.headers
 
 
 async def test_a_hung_server_gets_no_new_request_after_the_first_timeout(make_stack: StackFactory) -> None:

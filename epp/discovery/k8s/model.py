@@ -1,5 +1,7 @@
 """Kubernetes objects, as the API server's JSON, turned into what the EPP acts on: the pool's spec,
-one endpoint per ready pod and target port, and the priority of each InferenceObjective.
+one endpoint per ready pod and target port, and the priority of each InferenceObjective. (The
+model rewrites are in rewrites.py: the routing sidecar reads pools through this module and must
+not pull in the request-control layer.)
 
 Plain dicts rather than client model classes: pools and objectives are custom resources the client
 has no models for, and treating pods the same way keeps one code path and skips a costly
@@ -16,7 +18,6 @@ from types import MappingProxyType
 from typing import Any
 
 from epp.datastore import EndpointSpec
-from epp.requestcontrol.model_rewrite import ModelRewrite, for_pool, parse_model_rewrite
 
 log = logging.getLogger(__name__)
 
@@ -268,17 +269,3 @@ def objective_priorities(objectives: Iterable[Object], pool: PoolRef) -> dict[st
             priority = spec.get("priority")
             priorities[obj["metadata"]["name"]] = priority if isinstance(priority, int) else 0
     return priorities
-
-
-def pool_model_rewrites(objects: Iterable[Object], pool: PoolRef) -> list[ModelRewrite]:
-    """The InferenceModelRewrites whose poolRef names this pool. One the API server accepted but
-    we cannot read is logged and skipped rather than stopping the others."""
-    rewrites = []
-    listed = {"apiVersion": f"{REWRITE_GROUP}/{REWRITE_VERSION}", "kind": "InferenceModelRewrite"}
-    for obj in objects:
-        try:
-            rewrites.append(parse_model_rewrite({**listed, **obj}))  # list items may omit both
-        except ValueError as exc:  # pydantic's ValidationError is a ValueError
-            name = (obj.get("metadata") or {}).get("name")
-            log.warning("ignoring InferenceModelRewrite %s: %s", name, exc)
-    return for_pool(rewrites, pool.name, pool.group)

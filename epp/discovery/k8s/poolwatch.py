@@ -1,19 +1,24 @@
 """Follow one InferencePool and the pods its selector matches, and report the pool's endpoints
-whenever they may have changed. Shared by the EPP (endpoints into its datastore) and the routing
-sidecar (its SSRF allowlist), so both see the pool the same way."""
+whenever they may have changed. Shared by the EPP (PoolWatch: endpoints into its datastore) and
+the routing sidecar (PoolEndpointsWatch: its SSRF allowlist, with `--enable-ssrf-protection
+--inference-pool`), so both see the pool the same way."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio.config import ConfigException
 
 from epp.datastore import EndpointSpec
-from epp.discovery.k8s.client import pod_lister, pool_lister
+from epp.discovery.k8s.client import api_client, pod_lister, pool_lister
 from epp.discovery.k8s.model import PoolRef, PoolSpec, PoolSpecError, parse_pool, pool_endpoints
 from epp.discovery.k8s.reflector import Reflector, WatchTiming
+from epp.discovery.static import DiscoveryError
+from epp.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -103,3 +108,81 @@ class PoolWatch:
     def _publish(self, pods: Reflector) -> None:
         assert self.pool is not None
         self._on_endpoints(self.pool, pool_endpoints(pods.items.values(), self.pool, self._metrics_port))
+
+
+async def watch_pool_endpoints(
+    ref: PoolRef,
+    on_change: Callable[[set[str]], None],
+    kubeconfig: Path | None = None,
+    timing: WatchTiming | None = None,
+) -> None:
+    """Keep `on_change` told of the pool's `ip:port` set (Ready pods by active target ports, as
+    the EPP picks from), until cancelled. Called with an empty set while the pool is absent;
+    called again only when the set changes. The routing sidecar's SSRF allowlist runs on this."""
+    current: set[str] | None = None
+
+    def changed(pool: PoolSpec | None, endpoints: list[EndpointSpec]) -> None:
+        nonlocal current
+        hostports = {endpoint.hostport for endpoint in endpoints}
+        if hostports != current:
+            current = hostports
+            on_change(set(hostports))
+
+    try:
+        api = await api_client(kubeconfig)
+    except ConfigException as exc:
+        raise DiscoveryError(
+            f"InferencePool {ref}: no Kubernetes API to watch it from (in a cluster, the pod's "
+            f"service account; else --kubeconfig or $KUBECONFIG): {exc}"
+        ) from exc
+    async with api:
+        await PoolWatch(api, ref, changed, timing).run()
+
+
+class PoolEndpointsWatch:
+    """`watch_pool_endpoints` as a service with start/stop, shaped for the sidecar's allowlist
+    source (`PoolEndpointsWatch(ref, allowlist.replace)`): `start` returns once the first set
+    has been reported (the pool and its pods listed, or the pool found absent), and raises
+    TimeoutError if the pool cannot be listed in time (RBAC, wrong group, no CRD): llm-d's
+    sidecar likewise does not serve until its pool cache has synced."""
+
+    def __init__(
+        self,
+        ref: PoolRef,
+        on_change: Callable[[set[str]], None],
+        kubeconfig: Path | None = None,
+        timing: WatchTiming | None = None,
+    ) -> None:
+        self.ref = ref
+        self._on_change = on_change
+        self._kubeconfig = kubeconfig
+        self._timing = timing
+        self._reported = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, timeout: float = 30.0) -> None:
+        loop = asyncio.get_running_loop()
+        watch = watch_pool_endpoints(self.ref, self._report, self._kubeconfig, self._timing)
+        self._task = loop.create_task(watch, name=f"pool endpoints {self.ref}")
+        reported = loop.create_task(self._reported.wait())
+        done, _ = await asyncio.wait(
+            {reported, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        reported.cancel()
+        if self._reported.is_set():
+            return
+        if self._task in done:
+            self._task.result()  # the watch's own error (a bad kubeconfig, say)
+        await self.stop()
+        raise TimeoutError(
+            f"InferencePool {self.ref} could not be listed within {timeout:.0f}s: check that its CRD "
+            "is installed and that this pod's service account may list and watch inferencepools "
+            "and pods in its namespace"
+        )
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+
+    def _report(self, hostports: set[str]) -> None:
+        self._on_change(hostports)
+        self._reported.set()

@@ -175,6 +175,55 @@ async def test_scraper_fills_metrics_and_tracks_health(
     assert messages.count(f"endpoint {endpoint} healthy again: its /metrics answered") == 2
 
 
+async def failing_through(
+    server: FakeServer, statuses: list[int], reason_log_interval: float, caplog: pytest.LogCaptureFixture
+) -> list[str]:
+    """The scraper's log lines about one endpoint whose /metrics answers each of `statuses` (at
+    least twice each) and then 200 again."""
+    caplog.set_level(logging.INFO, logger="epp.datalayer.scraper")
+    datastore = Datastore()
+    scraper = MetricsScraper(
+        datastore, 0.01, 0.5, failures_before_unhealthy=1, reason_log_interval=reason_log_interval
+    )
+    await scraper.start()
+    endpoint = datastore.upsert(EndpointSpec("e", "127.0.0.1", server.port))
+    try:
+        for status in statuses:
+            server.status = status
+            await until(lambda seen=scraper.failures: scraper.failures >= seen + 2)  # one was under way
+        server.status = 200
+        await until(lambda: endpoint.healthy)
+    finally:
+        await scraper.stop()
+    return [f"{r.levelname} {r.getMessage()}" for r in caplog.records]
+
+
+async def test_each_new_failure_reason_of_an_unhealthy_endpoint_is_logged(
+    server: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not only the first: an operator sees HTTP 500 turn into 503 and back while it stays out."""
+    logged = await failing_through(server, [500, 503, 500], 0, caplog)
+    assert len(logged) == 4, logged
+    assert logged[0].startswith("WARNING endpoint Endpoint(e@") and "unhealthy after 1 failed" in logged[0]
+    for line, status in zip(logged[1:3], (503, 500), strict=True):
+        assert line.startswith("WARNING endpoint Endpoint(e@") and "still unhealthy, now: " in line
+        assert line.endswith(f"HTTP {status} from 127.0.0.1:{server.port}/metrics"), line
+    assert logged[3].endswith("healthy again: its /metrics answered")
+
+
+async def test_failure_reasons_are_logged_at_most_once_per_interval_and_the_rest_counted(
+    server: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flapping server cannot flood the log: changes within the interval are not logged, and the
+    recovery line says how many were left out."""
+    logged = await failing_through(server, [500, 503, 500], 3600, caplog)
+    assert len(logged) == 2, logged
+    assert "unhealthy after 1 failed scrape(s): ValueError: HTTP 500" in logged[0]
+    assert logged[1].endswith(
+        "healthy again: its /metrics answered (2 change(s) of failure reason not logged since the last line)"
+    )
+
+
 async def test_one_scrape_timeout_takes_a_hung_endpoint_out_until_it_answers(server: FakeServer) -> None:
     """A hung server (SIGSTOP, a stalled event loop) leaves rotation at its first timeout, not after
     three of them in a row as other failures do, and returns with its first good scrape."""

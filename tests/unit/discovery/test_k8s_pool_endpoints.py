@@ -1,18 +1,20 @@
 """The pool watch behind the sidecar's SSRF allowlist: the sidecar's own AllowList, fed by
-PoolEndpointsWatch from the API server double."""
+PoolEndpointsWatch (and the sidecar's PoolSource around it) from the API server double."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from kubernetes_asyncio.config import ConfigException
 
+from epp.discovery.k8s.model import GROUP_ALPHA
 from epp.discovery.kubernetes import PoolEndpointsWatch, PoolRef
+from epp.discovery.static import DiscoveryError
 from epp.sidecar.allowlist import AllowList
 from epp.sidecar.hostport import HostPort
-from tests.k8s_double import PODS, POOLS_V1, ApiServerDouble
-from tests.k8s_double.objects import pod, pool_v1
+from epp.sidecar.poolsource import PoolSource
+from tests.k8s_double import PODS, POOLS_ALPHA, POOLS_V1, ApiServerDouble
+from tests.k8s_double.objects import pod, pool_alpha, pool_v1
 from tests.unit.discovery.conftest import FAST, until
 
 
@@ -47,11 +49,45 @@ async def test_start_fails_when_the_pool_cannot_be_listed(api: ApiServerDouble, 
     api.served.discard(POOLS_V1)  # as with the CRD missing, or RBAC refusing the list
     watch = PoolEndpointsWatch(PoolRef("pool"), AllowList().replace, kubeconfig, FAST)
     with pytest.raises(TimeoutError):
-        await watch.start(timeout=0.5)
+        await watch.start(timeout=2)
     assert len([r for r in api.requests if "inferencepools" in r.path]) > 1, "it retried until the deadline"
 
 
 async def test_start_raises_the_watch_error(tmp_path: Path) -> None:
     watch = PoolEndpointsWatch(PoolRef("pool"), AllowList().replace, tmp_path / "missing-kubeconfig", FAST)
-    with pytest.raises(ConfigException):
+    with pytest.raises(
+        DiscoveryError, match=r"^InferencePool default/pool \(inference.networking.k8s.io/v1\): no "
+    ):
         await watch.start(timeout=5)
+
+
+async def test_the_sidecars_pool_source_follows_an_alpha_pool(api: ApiServerDouble, kubeconfig: Path) -> None:
+    """The deprecated v1alpha2 group: a flat selector and one targetPortNumber. A pod relabelled
+    out of the pool leaves the allowlist, one relabelled in joins it."""
+    api.apply(POOLS_ALPHA, pool_alpha("pool", {"app": "vllm"}, 8000))
+    api.apply(PODS, pod("prefill", "10.0.0.1", labels={"app": "vllm"}))
+    api.apply(PODS, pod("stranger", "10.0.0.2", labels={"app": "other"}))
+    source = PoolSource(PoolRef("pool", group=GROUP_ALPHA), kubeconfig, FAST)
+    await source.start()
+    try:
+        assert allows(source.allowlist, "10.0.0.1:8000") and len(source.allowlist) == 1
+        api.update(PODS, "prefill", lambda p: p["metadata"]["labels"].update(app="gone"))
+        api.update(PODS, "stranger", lambda p: p["metadata"]["labels"].update(app="vllm"))
+        await until(lambda: allows(source.allowlist, "10.0.0.2:8000"), "the pod relabelled into the pool")
+        assert not allows(source.allowlist, "10.0.0.1:8000"), "the pod relabelled out of it"
+    finally:
+        await source.stop()
+
+
+async def test_the_sidecars_pool_source_refuses_to_start_without_rbac_for_pools(tmp_path: Path) -> None:
+    api = ApiServerDouble(rbac=[{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}])
+    await api.start()
+    try:
+        api.apply(POOLS_V1, pool_v1("pool", {"app": "vllm"}, [8000]))
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+        source = PoolSource(PoolRef("pool"), kubeconfig, FAST, sync_timeout=2)
+        with pytest.raises(TimeoutError, match="may list and watch inferencepools and pods"):
+            await source.start()
+        assert any("inferencepools" in r.path for r in api.requests), "it asked, and was refused"
+    finally:
+        await api.stop()

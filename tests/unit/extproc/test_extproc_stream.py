@@ -105,6 +105,13 @@ def lb_metadata(reply: ext_proc.ProcessingResponse) -> dict[str, object]:
     return json_format.MessageToDict(reply.dynamic_metadata)
 
 
+def group(harness: Harness, name: str) -> str:
+    """The endpoint's fallback group, which the EPP sets beside the destination."""
+    endpoint = harness.datastore.get(name)
+    assert endpoint is not None
+    return endpoint.fallback_group
+
+
 COMPLETION = orjson.dumps({"model": "m", "prompt": "hello world", "max_tokens": 5})
 
 
@@ -123,7 +130,12 @@ async def test_full_duplex_routes_after_the_whole_body(harness: Harness) -> None
     common = first.request_headers.response
     assert common.clear_route_cache
     assert set_headers(common)["x-gateway-destination-endpoint"] == "10.0.0.1:8000"
-    assert lb_metadata(first) == {"envoy.lb": {"x-gateway-destination-endpoint": "10.0.0.1:8000"}}
+    assert lb_metadata(first) == {
+        "envoy.lb": {
+            "x-gateway-destination-endpoint": "10.0.0.1:8000",
+            "x-epp-fallback-group": group(harness, "a"),
+        }
+    }
     second = await read(call)
     streamed = second.request_body.response.body_mutation.streamed_response
     assert streamed.body == COMPLETION and streamed.end_of_stream
@@ -162,7 +174,10 @@ async def test_buffered_mode_answers_headers_at_once_and_routes_on_the_body(harn
     assert second.WhichOneof("response") == "request_body"
     assert set_headers(second.request_body.response)["x-gateway-destination-endpoint"] == "10.0.0.1:8000"
     assert not second.request_body.response.HasField("body_mutation")
-    assert lb_metadata(second)["envoy.lb"] == {"x-gateway-destination-endpoint": "10.0.0.1:8000"}
+    assert lb_metadata(second)["envoy.lb"] == {
+        "x-gateway-destination-endpoint": "10.0.0.1:8000",
+        "x-epp-fallback-group": group(harness, "a"),
+    }
 
 
 async def test_bodyless_request_is_routed_on_its_headers(harness: Harness) -> None:
@@ -528,7 +543,11 @@ async def test_a_streaming_request_is_marked_in_the_metadata(harness: Harness) -
     await call.write(headers_msg())
     await call.write(body_msg(orjson.dumps({"model": "m", "prompt": "hi", "stream": True})))
     assert lb_metadata(await read(call)) == {
-        "envoy.lb": {"x-gateway-destination-endpoint": "10.0.0.1:8000", "x-epp-streaming": "true"}
+        "envoy.lb": {
+            "x-gateway-destination-endpoint": "10.0.0.1:8000",
+            "x-epp-fallback-group": group(harness, "a"),
+            "x-epp-streaming": "true",
+        }
     }
 
 

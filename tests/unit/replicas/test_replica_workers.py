@@ -46,6 +46,17 @@ def test_worker_argv_shares_the_ports_and_names_each_replica(tmp_path: Path) -> 
     assert not any(a.startswith("--workers") for a in argv)
 
 
+def test_only_the_first_worker_writes_envoys_eds_file(tmp_path: Path) -> None:
+    """Each worker has its own view of the endpoints' health: two writers would flip the file."""
+    plan = WorkerPlan(2, "127.0.0.1", 9002, 9003, 0, tmp_path / "ready.json", None, "pod", 1.0)
+    argv = ["--workers=2", "--envoy-eds-file", "pool/endpoints.yaml", "--endpoint", "a:1"]
+    supervisor = Supervisor(plan, argv)
+    first, second = supervisor.worker_argv(0), supervisor.worker_argv(1)
+    assert first[first.index("--envoy-eds-file") + 1] == "pool/endpoints.yaml"
+    assert "--envoy-eds-file" not in second and "pool/endpoints.yaml" not in second
+    assert second[second.index("serve") + 1 : second.index("serve") + 3] == ["--endpoint", "a:1"]
+
+
 def test_replica_flags() -> None:
     args = parse_args(
         ["serve", "--replica-sync", "redis://h:6379/1", "--replica-id", "a", "--replica-load-interval", "0.2"]

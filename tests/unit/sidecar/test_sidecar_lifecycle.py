@@ -39,7 +39,11 @@ async def test_a_sidecar_that_cannot_listen_stops_what_it_had_started(tmp_path: 
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         options = SidecarOptions(
-            host="127.0.0.1", port=busy.getsockname()[1], secure_proxy=True, cert_path=tmp_path
+            host="127.0.0.1",
+            port=busy.getsockname()[1],
+            secure_proxy=True,
+            cert_path=tmp_path,
+            ssrf_protection=True,
         )
         with pytest.raises(OSError):
             await Sidecar(options, allowlist_source=source).start()
