@@ -20,7 +20,7 @@ import logging
 from epp import zapflags
 from epp.datalayer.overrides import METRIC_FLAGS, ScrapeOverrides
 from epp.datalayer.promtext import MetricSpec
-from epp.params.values import unquote
+from epp.params.values import parse_quantity, unquote
 from epp.tls import parse_bool
 
 _ZAP_HELP = {
@@ -51,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="BOOL",
         help="refused when true: Go's pprof does not exist in this Python EPP (profile it with py-spy)",
     )
+    _add_router_arguments(group)
     for name in UNSUPPORTED:
         group.add_argument(
             "--" + name.replace("_", "-"),
@@ -61,6 +62,66 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             metavar="BOOL",
             help="accepted; not implemented (asking for it logs a warning)",
         )
+
+
+def _add_router_arguments(group: argparse._ArgumentGroup) -> None:
+    """The llm-d router's own `epp` flags (v0.10), which its chart passes from `router.epp.flags`."""
+    group.add_argument(
+        "--allow-experimental-plugins",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="llm-d router: allow its Alpha plugin types; without it they run with a warning "
+        "(refused under --strict-config, as the router refuses them)",
+    )
+    group.add_argument(
+        "--drain-timeout",
+        metavar="DURATION",
+        help="llm-d router: on SIGTERM, keep serving ext_proc this long (NOT_SERVING, lease "
+        "released) before --shutdown-grace starts (Go duration; default 0s, the router's is 30s)",
+    )
+    group.add_argument(
+        "--emit-endpoint-scores",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="llm-d router: put the primary profile's total per scored endpoint in the envoy.lb "
+        "metadata, key x-gateway-destination-endpoint-scores ({host:port: total})",
+    )
+    group.add_argument(
+        "--enable-grpc-stream-metrics",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="llm-d router: export llm_d_epp_extproc_streams_inflight, _stream_duration_seconds and "
+        "_streams_total{code}",
+    )
+    for direction in ("recv", "send"):
+        group.add_argument(
+            f"--grpc-max-{direction}-msg-size",
+            type=message_size,
+            default=0,
+            metavar="SIZE",
+            help=f"llm-d router: largest ext_proc message to {'receive' if direction == 'recv' else 'send'} "
+            "(10MiB, 25MB, bytes; default 0: 64MiB here, gRPC's 4MiB in the router)",
+        )
+
+
+def message_size(value: str) -> int:
+    """The router's size flags: a Kubernetes quantity, with an optional trailing B (`25MB`, `10MiB`)."""
+    text = value.strip()
+    if len(text) > 1 and text[-1] in "Bb":
+        text = text[:-1]
+    try:
+        return parse_quantity(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def refuse_unsupported(args: argparse.Namespace) -> None:
