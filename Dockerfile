@@ -1,7 +1,8 @@
 # One image for the endpoint picker (`epp serve`), the P/D routing sidecar (`epp sidecar`) and the
 # vLLM simulator (`epp sim`). Args that start with a flag run `epp serve` (GIE's and llm-d's Helm
 # charts pass flags only: `args: [--pool-name, ..., --config-file, ...]`); a first arg naming a
-# subcommand (`sim ...`, `sidecar ...`, `serve ...`) runs that one.
+# subcommand (`sim ...`, `sidecar ...`, `serve ...`) runs that one. /app/pd-sidecar runs `epp sidecar`
+# with its args, for pods written for llm-d's sidecar image (`command: [/app/pd-sidecar]`).
 FROM python:3.11-slim AS build
 # gcc builds the C extensions (setup.py: the prefix index's tables, the precise index's block keys,
 # the metrics page reader); only this stage has it. The install would fall back to the pure-Python
@@ -24,6 +25,9 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 COPY --from=build /install /usr/local
+# llm-d's sidecar image has its binary at /app/pd-sidecar (its ENTRYPOINT), and KServe's and some
+# llm-d manifests name it in `command:`; here it is the `pd-sidecar` console script (epp.cli:pd_sidecar).
+RUN test -x /usr/local/bin/pd-sidecar && mkdir /app && ln -s /usr/local/bin/pd-sidecar /app/pd-sidecar
 # A fixed non-root UID (the manifests' runAsUser); nothing in the image needs to be written to,
 # so the root filesystem can be mounted read-only.
 USER 65532:65532

@@ -98,5 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     return int(args._module.run(args))
 
 
+def pd_sidecar() -> int:
+    """The `pd-sidecar` console script: `epp sidecar` under the name of llm-d's sidecar binary, so
+    pods that give `command: [/app/pd-sidecar]` (the image has it there) run with llm-d's args."""
+    return main(["sidecar", *sys.argv[1:]])
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,24 +15,20 @@ lose one pair of surrounding quotes."""
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import logging
-import traceback
-from collections.abc import Callable
 
+from epp import zapflags
 from epp.datalayer.overrides import METRIC_FLAGS, ScrapeOverrides
 from epp.datalayer.promtext import MetricSpec
-from epp.params.values import unquote
+from epp.params.values import parse_quantity, unquote
 from epp.tls import parse_bool
 
-# GIE's verbosity: 2 is the default (info), 3 verbose, 4 debug, 5 trace.
-_VERBOSITY_DEBUG = 4
-_ZAP_LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "error": logging.ERROR,
-    "panic": logging.CRITICAL,
+_ZAP_HELP = {
+    "zap-log-level": "log level (overrides -v): debug is verbosity 1, as in GIE; debug lines need 4",
+    "zap-encoder": "log format (default console; json with --zap-devel=false)",
+    "zap-devel": "development logging, GIE's default: console lines unless --zap-encoder; false: JSON lines",
+    "zap-stacktrace-level": "log records at or above this level carry the call stack (default: none)",
+    "zap-time-encoding": "the `ts` of JSON log lines (default iso8601)",
 }
 # Flags GIE's charts pass for features this EPP lacks: accepted, and asking for one logs a warning.
 UNSUPPORTED: dict[str, str] = {}
@@ -42,41 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "GIE compatibility (accepted so GIE's charts and manifests run unchanged)"
     )
-    group.add_argument(
+    group.add_argument(  # GIE's verbosity: 2 is the default (info), 3 verbose, 4 debug, 5 trace.
         "-v", "--v", type=int, default=2, metavar="N", help="verbosity: 2 info (default), 4+ debug"
     )
-    group.add_argument(
-        "--zap-log-level",
-        type=_zap_level,
-        metavar="debug|info|error|panic|N",
-        help="log level (overrides -v; a number N is verbosity N)",
-    )
-    group.add_argument(
-        "--zap-encoder",
-        choices=("json", "console"),
-        default=None,
-        help="log format (default console; json with --zap-devel=false)",
-    )
-    group.add_argument(
-        "--zap-devel",
-        type=parse_bool,
-        nargs="?",
-        const=True,
-        default=True,
-        metavar="BOOL",
-        help="development logging, GIE's default: console lines unless --zap-encoder; false: JSON lines",
-    )
-    group.add_argument(
-        "--zap-stacktrace-level",
-        choices=sorted(_ZAP_LEVELS.keys() - {"debug"}),
-        help="log records at or above this level carry the call stack (default: none)",
-    )
-    group.add_argument(
-        "--zap-time-encoding",
-        choices=sorted(_TIME_ENCODINGS),
-        default="iso8601",
-        help="the `ts` of JSON log lines (default iso8601)",
-    )
+    zapflags.add_arguments(group, development=True, time_encoding="iso8601", helps=_ZAP_HELP)
     group.add_argument(
         "--enable-pprof",
         type=parse_bool,
@@ -86,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="BOOL",
         help="refused when true: Go's pprof does not exist in this Python EPP (profile it with py-spy)",
     )
+    _add_router_arguments(group)
     for name in UNSUPPORTED:
         group.add_argument(
             "--" + name.replace("_", "-"),
@@ -98,63 +64,64 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def _zap_level(value: str) -> int:
-    """controller-runtime's --zap-log-level: a level name, or an integer verbosity."""
-    if value in _ZAP_LEVELS:
-        return _ZAP_LEVELS[value]
-    try:
-        verbosity = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{value!r}: expected debug, info, error, panic or a number"
-        ) from None
-    if verbosity < 1:
-        raise argparse.ArgumentTypeError(f"{value!r}: a verbosity must be greater than 0")
-    return _verbosity_level(verbosity)
-
-
-def _verbosity_level(verbosity: int) -> int:
-    return logging.DEBUG if verbosity >= _VERBOSITY_DEBUG else logging.INFO
-
-
-def _epoch(created: float) -> float:
-    return created
-
-
-def _millis(created: float) -> float:
-    return created * 1000
-
-
-def _nanos(created: float) -> int:
-    return int(created * 1e9)
-
-
-def _iso8601(created: float) -> str:
-    """zap's ISO8601 (millisecond precision), in UTC."""
-    moment = datetime.datetime.fromtimestamp(created, datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def _rfc3339(created: float) -> str:
-    return datetime.datetime.fromtimestamp(created, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _rfc3339nano(created: float) -> str:
-    moment = datetime.datetime.fromtimestamp(created, datetime.UTC)
-    return (
-        moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(created * 1e9) % 1_000_000_000:09d}".rstrip("0") + "Z"
+def _add_router_arguments(group: argparse._ArgumentGroup) -> None:
+    """The llm-d router's own `epp` flags (v0.10), which its chart passes from `router.epp.flags`."""
+    group.add_argument(
+        "--allow-experimental-plugins",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="llm-d router: allow its Alpha plugin types; without it they run with a warning "
+        "(refused under --strict-config, as the router refuses them)",
     )
+    group.add_argument(
+        "--drain-timeout",
+        metavar="DURATION",
+        help="llm-d router: on SIGTERM, keep serving ext_proc this long (NOT_SERVING, lease "
+        "released) before --shutdown-grace starts (Go duration; default 0s, the router's is 30s)",
+    )
+    group.add_argument(
+        "--emit-endpoint-scores",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="llm-d router: put the primary profile's total per scored endpoint in the envoy.lb "
+        "metadata, key x-gateway-destination-endpoint-scores ({host:port: total})",
+    )
+    group.add_argument(
+        "--enable-grpc-stream-metrics",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="llm-d router: export llm_d_epp_extproc_streams_inflight, _stream_duration_seconds and "
+        "_streams_total{code}",
+    )
+    for direction in ("recv", "send"):
+        group.add_argument(
+            f"--grpc-max-{direction}-msg-size",
+            type=message_size,
+            default=0,
+            metavar="SIZE",
+            help=f"llm-d router: largest ext_proc message to {'receive' if direction == 'recv' else 'send'} "
+            "(10MiB, 25MB, bytes; default 0: 64MiB here, gRPC's 4MiB in the router)",
+        )
 
 
-# controller-runtime's --zap-time-encoding values -> the JSON `ts` they give.
-_TIME_ENCODINGS: dict[str, Callable[[float], float | int | str]] = {
-    "epoch": _epoch,
-    "millis": _millis,
-    "nano": _nanos,
-    "iso8601": _iso8601,
-    "rfc3339": _rfc3339,
-    "rfc3339nano": _rfc3339nano,
-}
+def message_size(value: str) -> int:
+    """The router's size flags: a Kubernetes quantity, with an optional trailing B (`25MB`, `10MiB`)."""
+    text = value.strip()
+    if len(text) > 1 and text[-1] in "Bb":
+        text = text[:-1]
+    try:
+        return parse_quantity(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def refuse_unsupported(args: argparse.Namespace) -> None:
@@ -262,55 +229,17 @@ def scrape_overrides(args: argparse.Namespace) -> ScrapeOverrides:
     )
 
 
-class _JsonFormatter(logging.Formatter):
-    """One JSON object per line, as GIE's `--zap-encoder json` writes them."""
-
-    def __init__(self, time_encoding: str = "iso8601") -> None:
-        super().__init__()
-        self._ts = _TIME_ENCODINGS[time_encoding]
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "ts": self._ts(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
-        if record.stack_info:
-            entry["stacktrace"] = record.stack_info
-        return json.dumps(entry)
-
-
-class _StackFilter(logging.Filter):
-    """zap's stacktrace level: records at or above it carry the stack of the logging call."""
-
-    def __init__(self, level: int) -> None:
-        super().__init__()
-        self._level = level
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= self._level and not record.stack_info and not record.exc_info:
-            internal = {logging.__file__, __file__}
-            frames = [frame for frame in traceback.extract_stack() if frame.filename not in internal]
-            record.stack_info = "Stack (most recent call last):\n" + "".join(traceback.format_list(frames))
-        return True
-
-
 def apply(args: argparse.Namespace) -> None:
     """Configure logging from the GIE flags and warn about requested features we lack."""
-    root = logging.getLogger()
-    if args.zap_log_level is not None:
-        root.setLevel(args.zap_log_level)
-    elif args.v >= _VERBOSITY_DEBUG:
-        root.setLevel(logging.DEBUG)
+    level = args.zap_log_level
+    if level is None and args.v >= zapflags.DEBUG_VERBOSITY:  # -v below 4 leaves --log-level alone
+        level = logging.DEBUG
     encoder = args.zap_encoder or ("console" if args.zap_devel else "json")
-    for handler in root.handlers:
-        if encoder == "json":
-            handler.setFormatter(_JsonFormatter(args.zap_time_encoding))
-        if args.zap_stacktrace_level:
-            handler.addFilter(_StackFilter(_ZAP_LEVELS[args.zap_stacktrace_level]))
+    zapflags.configure(
+        level=level,
+        json_time=args.zap_time_encoding if encoder == "json" else None,
+        stack_level=zapflags.STACK_LEVELS.get(args.zap_stacktrace_level or ""),
+    )
     for name, feature in UNSUPPORTED.items():
         if getattr(args, name):
             logging.getLogger(__name__).warning(

@@ -3,6 +3,8 @@
 
 # The endpoint the EPP picked: request header and, with the same value, envoy.lb dynamic metadata.
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
+# llm-d's --emit-endpoint-scores: the primary profile's total per `host:port`, in envoy.lb too.
+DESTINATION_SCORES_KEY = "x-gateway-destination-endpoint-scores"
 LB_NAMESPACE = "envoy.lb"
 # Set in that namespace with every error the EPP answers itself, so the gateway can tell them from
 # its own local replies (which it rewrites as JSON) and leave them as they are.

@@ -9,6 +9,7 @@ import gc
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,8 @@ from epp.config.loader import load_config, load_config_file
 from epp.config.model import PickerConfig
 from epp.config.objectives import load_objectives_file
 from epp.config.rewrites import load_model_rewrites_file
-from epp.datalayer import BackgroundService, KubernetesSource
+from epp.config.stability import check_experimental
+from epp.datalayer import BackgroundService, EndpointDiscovery, KubernetesSource
 from epp.datalayer.overrides import ScrapeOverrides
 from epp.datalayer.scraper import DEFAULT_INTERVAL, MetricsScraper
 from epp.datastore import Datastore
@@ -37,10 +39,12 @@ from epp.discovery.static import DiscoveryError, FileDiscovery, parse_endpoint_f
 from epp.explain import DecisionRecorder
 from epp.extproc.server import Health, bind, ext_proc_server, health_server
 from epp.extproc.stream import StreamOptions
+from epp.extproc.stream_metrics import StreamMetrics
 from epp.flowcontrol.overload import OverloadGuard
 from epp.flowcontrol.standing_queue import StandingQueue
 from epp.framework import PluginContext
 from epp.metrics import auth as metrics_auth
+from epp.metrics import secure as metrics_secure
 from epp.metrics.aliases import NAME_SETS
 from epp.metrics.exporter import EppMetrics
 from epp.metrics.http import MetricsServer
@@ -57,6 +61,7 @@ from epp.tls import parse_bool
 
 if TYPE_CHECKING:
     from epp.replicas.redis_sync import RedisReplicaSync
+    from epp.replicas.workers import WorkerPlan
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +84,11 @@ class ServeOptions:
     health_checking: bool = True  # GIE's --health-checking: grpc.health.v1 on the ext_proc port too
     ready_file: Path | None = None
     shutdown_grace: float = 120.0
+    # llm-d's --drain-timeout: after SIGTERM, ext_proc keeps accepting streams this long first.
+    drain_window: float = 0.0
+    # llm-d's --grpc-max-recv-msg-size / --grpc-max-send-msg-size (0: the server's default).
+    grpc_message_limits: tuple[int, int] = (0, 0)
+    grpc_stream_metrics: bool = False  # llm-d's --enable-grpc-stream-metrics
     # Overload protection of the EPP itself (epp.flowcontrol.overload): 0 turns a limit off.
     max_concurrent_streams: int = 10_000
     max_event_loop_lag: float = 0.25
@@ -94,6 +104,7 @@ class ServeOptions:
     tls_options: tls.TlsOptions = field(default_factory=tls.TlsOptions)
     leader_election: election.LeaseTiming | None = None  # set: active-passive over the pool's Lease
     metrics_auth: bool = False  # /metrics behind TokenReview + SubjectAccessReview
+    metrics_tls: ssl.SSLContext | None = None  # llm-d's --metrics-cert-dir (+ --metrics-client-ca-file)
     config: PickerConfig = field(default_factory=load_config)  # default: GIE's default profile
     objectives: dict[str, int] = field(default_factory=dict)  # objective name -> priority
     model_rewrites: list[ModelRewrite] = field(default_factory=list)  # standalone: from a file
@@ -128,6 +139,8 @@ class EndpointPicker:
             pool_name=options.pool_name,
         )
         self.director.model_rewrites.replace(options.model_rewrites)
+        for profile in components.scheduler.profiles.values():
+            profile.keep_scores = options.stream.emit_endpoint_scores
         flow_control = self.director.flow_control
         if flow_control is not None and flow_control.reclamation is not None:
             reclamation = flow_control.reclamation
@@ -167,7 +180,10 @@ class EndpointPicker:
             self.live_view.routes(),
             self.live_view.on_shutdown,
         )
+        self.metrics_server.ssl_context = options.metrics_tls
         self.services = [p for p in components.plugins.values() if isinstance(p, BackgroundService)]
+        discovery = components.plugins.get(options.config.discovery or "")
+        self.discovery = discovery if isinstance(discovery, EndpointDiscovery) else None
         self.object_sources = [
             p for p in components.plugins.values() if isinstance(p, KubernetesSource) and p.extractors
         ]
@@ -213,7 +229,22 @@ class EndpointPicker:
             await self._watch_objects()
         if self.scraper is not None:
             await self.scraper.start()
-        if self.options.pool is not None:
+        discovery = self.discovery
+        if discovery is not None:
+            log.info(
+                "endpoints from %s (%s), not Kubernetes: InferenceObjective and InferenceModelRewrite "
+                "are not followed",
+                discovery.endpoints_file,
+                discovery.name,
+            )
+            self._file_discovery = FileDiscovery(
+                discovery.endpoints_file,
+                self.datastore,
+                parse=discovery.parse_endpoints,
+                watch=discovery.watch_file,
+            )
+            await self._file_discovery.start()
+        elif self.options.pool is not None:
             self._pool_discovery = k8s_discovery.PoolDiscovery(
                 self.options.pool,
                 self.datastore,
@@ -252,6 +283,9 @@ class EndpointPicker:
         leader = None
         if self.options.leader_election is not None:
             leader = await self._start_election(self.options.leader_election)
+            if not self.options.config.standby_routes:
+                is_leader = leader
+                self.director.standby = lambda: not is_leader()
         health = Health(lambda: self.datastore.synced and not self._stopping, leader)
         ext_proc_health = health if self.options.health_checking else None
         reuse_port = self.options.replicas.reuse_port
@@ -259,7 +293,13 @@ class EndpointPicker:
             before_serving()
         self.overload.start()
         grpc_server = ext_proc_server(
-            self.director, self.options.stream, ext_proc_health, self.overload, reuse_port
+            self.director,
+            self.options.stream,
+            ext_proc_health,
+            self.overload,
+            reuse_port,
+            self.options.grpc_message_limits,
+            StreamMetrics(self.metrics.registry) if self.options.grpc_stream_metrics else None,
         )
         probe_server = health_server(health, reuse_port)
         self.grpc_port = bind(grpc_server, f"{self.options.host}:{self.options.grpc_port}", credentials)
@@ -298,6 +338,11 @@ class EndpointPicker:
         )
         if self.elector is not None:
             await self.elector.stop()  # release first: a standby takes over while this one drains
+        if self.options.drain_window > 0:
+            # As llm-d's router: clients that have not yet seen NOT_SERVING (or a DNS refresh)
+            # still get their new streams served during the window.
+            log.info("draining: still serving ext_proc for %gs (--drain-timeout)", self.options.drain_window)
+            await asyncio.sleep(self.options.drain_window)
         await asyncio.gather(*(server.stop(self.options.shutdown_grace) for server in self._servers))
         log.info("drained: ext_proc stopped")
         if self.director.flow_control is not None:
@@ -389,6 +434,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Prometheus /metrics port for the EPP's own metrics (default 9090)",
     )
     metrics_auth.add_arguments(parser)
+    metrics_secure.add_arguments(parser)
     source = parser.add_argument_group("standalone endpoints")
     source.add_argument("--endpoints-file", type=Path, help="YAML endpoint list, re-read when it changes")
     parser.add_argument(
@@ -565,9 +611,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace) -> ServeOptions:
     gieflags.refuse_unsupported(args)
-    pool = k8s_discovery.pool_ref_from_args(args, args.endpoints_file is not None or bool(args.endpoint))
-    selector = k8s_discovery.selector_from_args(args)
-    pool_name = pool.name if pool is not None else selector.name if selector is not None else "standalone"
+    config = _config_from_args(args)
+    if config.discovery is not None:
+        _check_no_other_source(args, config.discovery)
+        pool, selector = None, None
+        pool_name = args.pool_name or "epp"  # llm-d's name for a pool without Kubernetes
+    else:
+        pool = k8s_discovery.pool_ref_from_args(args, args.endpoints_file is not None or bool(args.endpoint))
+        selector = k8s_discovery.selector_from_args(args)
+        pool_name = pool.name if pool is not None else selector.name if selector is not None else "standalone"
+    endpoint_auth = metrics_auth.enabled_from_args(args, in_cluster=pool is not None)
     return ServeOptions(
         host=args.host,
         grpc_port=args.grpc_port,
@@ -584,6 +637,9 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
             "--metrics-staleness-threshold", args.metrics_staleness_threshold
         ),
         shutdown_grace=parse_duration(args.shutdown_grace),
+        drain_window=_non_negative_duration("--drain-timeout", args.drain_timeout or "0s"),
+        grpc_message_limits=(args.grpc_max_recv_msg_size, args.grpc_max_send_msg_size),
+        grpc_stream_metrics=args.enable_grpc_stream_metrics,
         max_concurrent_streams=_non_negative("--max-concurrent-streams", args.max_concurrent_streams),
         max_event_loop_lag=_non_negative_duration("--max-event-loop-lag", args.max_event_loop_lag),
         max_queue_wait=_non_negative_duration("--max-queue-wait", args.max_queue_wait),
@@ -598,12 +654,9 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         kubeconfig=args.kubeconfig,
         tls_options=tls.options_from_args(args),
         leader_election=_leader_election(args, pool),
-        metrics_auth=metrics_auth.enabled_from_args(args, in_cluster=pool is not None),
-        config=(
-            load_config_file(args.config_file, args.strict_config)
-            if args.config_file
-            else load_config(args.config_text, args.strict_config)
-        ),
+        metrics_auth=endpoint_auth,
+        metrics_tls=metrics_secure.context_from_args(args, endpoint_auth),
+        config=config,
         objectives=load_objectives_file(args.objectives_file) if args.objectives_file else {},
         model_rewrites=load_model_rewrites_file(args.model_rewrites_file) if args.model_rewrites_file else [],
         metrics_aliases=tuple(dict.fromkeys(args.metrics_aliases)),
@@ -620,6 +673,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
             queue_message_timeout=_non_negative_duration(
                 "--queue-message-timeout", args.queue_message_timeout
             ),
+            emit_endpoint_scores=args.emit_endpoint_scores,
         ),
     )
 
@@ -633,15 +687,22 @@ def _leader_election(
     return timing
 
 
+def _flag_duration(flag: str, text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ValueError(f"{flag}: {exc}") from None
+
+
 def _positive_duration(flag: str, text: str) -> float:
-    seconds = parse_duration(text)
+    seconds = _flag_duration(flag, text)
     if seconds <= 0:
         raise ValueError(f"{flag} must be a positive duration, not {text!r}")
     return seconds
 
 
 def _non_negative_duration(flag: str, text: str) -> float:
-    seconds = parse_duration(text)
+    seconds = _flag_duration(flag, text)
     if seconds < 0:
         raise ValueError(f"{flag} must be 0 (off) or a positive duration, not {text!r}")
     return seconds
@@ -656,6 +717,36 @@ def _queue_wait_interval(args: argparse.Namespace) -> float:
             f"--queue-wait-target ({args.queue_wait_target})"
         )
     return interval
+
+
+def _check_no_other_source(args: argparse.Namespace, plugin: str) -> None:
+    """The config's discovery plugin is where endpoints come from; --pool-name only names them."""
+    given = [
+        flag
+        for flag, present in (
+            ("--endpoint-selector", args.endpoint_selector is not None),
+            ("--endpoints-file", args.endpoints_file is not None),
+            ("--endpoint", bool(args.endpoint)),
+        )
+        if present
+    ]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)}: the config's dataLayer.discovery ({plugin}) already says where the "
+            "endpoints come from; give one or the other"
+        )
+
+
+def _config_from_args(args: argparse.Namespace) -> PickerConfig:
+    config = (
+        load_config_file(args.config_file, args.strict_config)
+        if args.config_file
+        else load_config(args.config_text, args.strict_config)
+    )
+    warning = check_experimental(config, args.allow_experimental_plugins, args.strict_config)
+    if warning is not None:
+        log.warning("%s", warning)
+    return config
 
 
 def _non_negative(flag: str, value: int) -> int:
@@ -709,6 +800,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def worker_plan(count: int, options: ServeOptions, log_level: str = "INFO") -> WorkerPlan:
+    """The supervisor's plan; it waits for a worker's whole stop (drain window, then grace), and
+    starts each worker at its own `epp --log-level`."""
+    from epp.replicas.workers import WorkerPlan
+
+    return WorkerPlan(
+        workers=count,
+        host=options.host,
+        grpc_port=options.grpc_port,
+        health_port=options.grpc_health_port,
+        metrics_port=options.metrics_port,
+        ready_file=options.ready_file,
+        sync_url=options.replicas.sync_url,
+        replica_id=options.replicas.replica_id or f"{socket.gethostname()}-{os.getpid()}",
+        shutdown_grace=options.drain_window + options.shutdown_grace,
+        log_level=log_level,
+    )
+
+
 def _run_workers(args: argparse.Namespace) -> int:
     """`--workers N`: a supervisor of N `epp serve` processes sharing the ports (epp.replicas.workers)."""
     from epp.replicas import workers
@@ -718,18 +828,7 @@ def _run_workers(args: argparse.Namespace) -> int:
     except (DiscoveryError, ValueError, OSError, KubeConfigError) as exc:
         log.error("%s", exc)
         return 2
-    plan = workers.WorkerPlan(
-        workers=args.workers,
-        host=options.host,
-        grpc_port=options.grpc_port,
-        health_port=options.grpc_health_port,
-        metrics_port=options.metrics_port,
-        ready_file=options.ready_file,
-        sync_url=options.replicas.sync_url,
-        replica_id=options.replicas.replica_id or f"{socket.gethostname()}-{os.getpid()}",
-        shutdown_grace=options.shutdown_grace,
-        log_level=args.log_level,
-    )
+    plan = worker_plan(args.workers, options, args.log_level)
 
     async def supervise() -> int:
         return await workers.Supervisor(plan, workers.serve_argv()).run(stop_event())

@@ -63,7 +63,7 @@ def parse_bool(value: str) -> bool:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("TLS (ext_proc port only; health and metrics stay plaintext)")
+    group = parser.add_argument_group("TLS (ext_proc port; the metrics port: --metrics-cert-dir)")
     group.add_argument(
         "--secure-serving",
         type=parse_bool,
@@ -90,6 +90,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "a pair that fails to load is logged and the previous one kept)",
     )
     group.add_argument(
+        "--tls-min-version",
+        metavar="VERSION",
+        help="llm-d router: VersionTLS10 to VersionTLS12 hold (gRPC serves TLS 1.2 and 1.3); "
+        "VersionTLS13 is refused, as gRPC cannot be limited to it",
+    )
+    group.add_argument(
+        "--tls-cipher-suites",
+        action="append",
+        metavar="NAMES",
+        help="llm-d router: Go cipher suite names, comma-separated or repeated; held when they include "
+        "gRPC's four ECDHE AES-GCM suites for TLS 1.2, refused otherwise (its suites cannot be narrowed)",
+    )
+    group.add_argument(
         "--client-ca-path",
         type=Path,
         metavar="FILE",
@@ -98,7 +111,68 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# llm-d router v0.10's --tls-min-version values (Go's crypto/tls constant names).
+TLS_VERSIONS = ("VersionTLS10", "VersionTLS11", "VersionTLS12", "VersionTLS13")
+# Go's crypto/tls cipher suite names (CipherSuites and InsecureCipherSuites), which
+# --tls-cipher-suites takes; the first three are TLS 1.3's, which Go does not let it limit.
+GO_CIPHER_SUITES = frozenset(
+    {
+        *("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"),
+        *("TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA", "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA"),
+        *("TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA", "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA"),
+        *("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"),
+        *("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"),
+        *("TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256", "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"),
+        *("TLS_RSA_WITH_RC4_128_SHA", "TLS_RSA_WITH_3DES_EDE_CBC_SHA", "TLS_RSA_WITH_AES_128_CBC_SHA"),
+        *("TLS_RSA_WITH_AES_256_CBC_SHA", "TLS_RSA_WITH_AES_128_CBC_SHA256"),
+        *("TLS_RSA_WITH_AES_128_GCM_SHA256", "TLS_RSA_WITH_AES_256_GCM_SHA384"),
+        *("TLS_ECDHE_ECDSA_WITH_RC4_128_SHA", "TLS_ECDHE_RSA_WITH_RC4_128_SHA"),
+        *("TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA", "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256"),
+        "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256",
+    }
+)
+# What gRPC's own TLS (grpc.aio, 1.85) offers for TLS 1.2, in Go's names: it serves 1.2 and 1.3
+# and its suites cannot be chosen per server, so a --tls-cipher-suites list holds only if it
+# allows all of these.
+GRPC_TLS12_SUITES = (
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+)
+
+
+def check_tls_policy(min_version: str | None, cipher_suites: list[str] | None) -> None:
+    """llm-d's --tls-min-version and --tls-cipher-suites hold for the ext_proc port only if
+    gRPC's TLS already keeps to them (it serves TLS 1.2 and 1.3 with GRPC_TLS12_SUITES), which
+    cannot be narrowed here; a policy it would break is refused rather than ignored."""
+    if min_version is not None and min_version.strip():
+        version = min_version.strip()
+        if version not in TLS_VERSIONS:
+            supported = ", ".join(TLS_VERSIONS)
+            raise ValueError(
+                f"--tls-min-version: unknown TLS version {version!r}; supported values: {supported}"
+            )
+        if version == "VersionTLS13":
+            raise ValueError(
+                "--tls-min-version=VersionTLS13: gRPC's TLS here serves TLS 1.2 and 1.3 and cannot be "
+                "limited to 1.3; leave the flag unset or VersionTLS12, or require TLS 1.3 at the gateway"
+            )
+    names = [name.strip() for value in cipher_suites or () for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in GO_CIPHER_SUITES]
+    if unknown:
+        raise ValueError(f"--tls-cipher-suites: unknown cipher suite {unknown[0]!r} (Go's crypto/tls names)")
+    missing = [suite for suite in GRPC_TLS12_SUITES if names and suite not in names]
+    if missing:
+        raise ValueError(
+            f"--tls-cipher-suites leaves out {', '.join(missing)}, which gRPC's TLS here offers for TLS "
+            "1.2 and cannot drop; allow them too, or leave the flag unset"
+        )
+
+
 def options_from_args(args: argparse.Namespace) -> TlsOptions:
+    if args.secure_serving:
+        check_tls_policy(args.tls_min_version, args.tls_cipher_suites)
     if args.cert_path is not None and not args.secure_serving:
         raise ValueError("--cert-path needs --secure-serving")
     if args.client_ca_path is not None and not args.secure_serving:

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from epp.config.build import build_components
 from epp.config.loader import load_config_file
 from epp.config.model import BandSpec, PickerConfig
+from epp.config.stability import experimental_plugins
 from epp.framework import PluginContext
 from epp.params.strict import ConfigError
 
@@ -69,6 +70,8 @@ def describe(config: PickerConfig, source: str) -> str:
         lines.append("data layer: off (endpoint metrics are not scraped)")
     else:
         lines.append(f"data layer: source {config.metrics_source}, extractor {config.metrics_extractor}")
+    if config.discovery is not None:
+        lines.append(f"endpoints: from {config.discovery} (dataLayer.discovery), not Kubernetes or flags")
     for source, extractors in config.data_sources.items():
         lines.append(f"data layer: source {source}, extractors {', '.join(extractors) or 'none'}")
     lines.append(f"parsers: {', '.join(config.parsers)}")
@@ -77,6 +80,9 @@ def describe(config: PickerConfig, source: str) -> str:
     if config.producer_order:
         lines.append(f"data producers run in order: {', '.join(config.producer_order)}")
     lines.append(f"feature gates: {', '.join(sorted(config.feature_gates)) or 'none'}")
+    alpha = experimental_plugins(config)
+    if alpha:
+        lines.append(f"llm-d Alpha types (its router needs --allow-experimental-plugins): {', '.join(alpha)}")
     lines.extend(_flow_control(config))
     lines.append(f"warnings: {len(config.warnings) or 'none'}")
     lines.extend(f"  - {warning}" for warning in config.warnings)

@@ -26,6 +26,7 @@ from epp.config.unavailable import TEST_ONLY_FEATURE_GATES, unavailable
 from epp.datalayer import (
     DataProducer,
     DataSource,
+    EndpointDiscovery,
     KubernetesObjectObserver,
     KubernetesSource,
     MetricsExtractor,
@@ -54,7 +55,13 @@ EVICTION_FILTER_POLICY = "sheddable-eviction-filter"
 EVICTION_ORDERING_POLICY = "priority-then-time-eviction-order-policy"
 DEFAULT_BAND_MAX_BYTES = 1_000_000_000  # GIE: a band's maxBytes when 0 or omitted
 
-KNOWN_FEATURE_GATES = ("flowControl", "enableLegacyMetrics", "dataLayer", "prepareDataPlugins")
+KNOWN_FEATURE_GATES = (
+    "flowControl",
+    "enableLegacyMetrics",
+    "dataLayer",
+    "prepareDataPlugins",
+    "haPopulateNonLeaderDatastore",  # llm-d router, on by default: standbys keep a datastore and route
+)
 
 
 def default_config_text() -> str:
@@ -107,6 +114,7 @@ class _Loader:
         self.problems: list[str] = []
         self.warnings: list[str] = []
         self.data_sources: dict[str, tuple[str, ...]] = {}  # dataLayer source -> its extractors
+        self.discovery: str | None = None
 
     def load(self) -> PickerConfig:
         self._feature_gates()
@@ -143,6 +151,8 @@ class _Loader:
             warnings=tuple(self.warnings),
             flow_control_spec=flow_control,
             data_sources=self.data_sources,
+            discovery=self.discovery,
+            standby_routes=_gates(self.doc.feature_gates).get("haPopulateNonLeaderDatastore", True),
         )
 
     def _check(self) -> None:
@@ -381,6 +391,21 @@ class _Loader:
         assert self.doc.data is not None
         return self._configured_data_layer("data", self.doc.data)
 
+    def _unsupported_peer_sync(self, key: str, doc: DataLayerDoc) -> None:
+        """llm-d's router has the config fields but registers no plugin type for them (only its
+        tests' mocks), so a config naming one fails there too."""
+        refs = [
+            (f"{key}.peerDiscovery.pluginRef", doc.peer_discovery.plugin_ref if doc.peer_discovery else None),
+            (f"{key}.crossReplicaSyncerPluginRef", doc.cross_replica_syncer_plugin_ref),
+        ]
+        for path, name in refs:
+            if name:
+                self.problems.append(
+                    f"{path}: {name!r} would have to be a peer-discovery or cross-replica-syncer plugin; "
+                    "llm-d's router registers no such type and neither does this EPP (EPP replicas share "
+                    "state here with --replica-sync)"
+                )
+
     def _configured_data_layer(self, key: str, doc: DataLayerDoc) -> tuple[str | None, str | None]:
         sources = []
         for index, source_doc in enumerate(doc.sources):
@@ -403,15 +428,14 @@ class _Loader:
             self._wire(source_doc.plugin_ref, wired)
         notifications_only = bool(doc.sources) and not sources
         doc = doc.model_copy(update={"sources": sources})
-        if notifications_only and doc.inject_defaults is not False:
+        if (notifications_only or doc.discovery is not None) and doc.inject_defaults is not False:
             # llm-d router: with no metrics source listed, the default one is injected
-            # (injectDefaults defaults to true there).
+            # (injectDefaults defaults to true there; a discovery plugin makes it llm-d's config).
             doc = doc.model_copy(update={"inject_defaults": True})
         if doc.discovery is not None:
-            self.problems.append(
-                f"{key}.discovery: endpoint discovery plugins (llm-d router) are not supported; endpoints "
-                "come from --endpoint, --endpoints-file or --pool-name"
-            )
+            path, name = f"{key}.discovery.pluginRef", doc.discovery.plugin_ref
+            self.discovery = self._ref(path, name, EndpointDiscovery, "an endpoint discovery plugin")
+        self._unsupported_peer_sync(key, doc)
         if not doc.sources and doc.inject_defaults:
             # llm-d router: injectDefaults (default true there) adds the default source/extractor.
             default_source = self._first_of_type(DEFAULT_METRICS_SOURCE) or self._implicit(

@@ -68,6 +68,10 @@ class PickerConfig:
     flow_control_spec: FlowControlSpec | None = None  # set: the flowControl feature gate is on
     # dataLayer sources besides the metrics page (DataSource plugins) -> the extractors wired to each
     data_sources: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    discovery: str | None = None  # llm-d's dataLayer.discovery: the EndpointDiscovery plugin
+    # llm-d's haPopulateNonLeaderDatastore gate (default on): with leader election, a standby
+    # routes the requests that reach it; off, it answers them 503 as the router's empty standby does.
+    standby_routes: bool = True
 
     @property
     def parser(self) -> str:

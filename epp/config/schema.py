@@ -67,10 +67,15 @@ class DataSourceDoc(StrictModel):
 
 class DataLayerDoc(StrictModel):
     sources: list[DataSourceDoc] = []
-    # llm-d router: pluggable endpoint discovery and default injection (the loader refuses
-    # discovery plugins: endpoints come from --endpoint, --endpoints-file or --pool-name).
+    # llm-d router: default injection, and where endpoints come from (file-discovery) instead of
+    # Kubernetes or the command line.
     inject_defaults: bool | None = None
     discovery: PluginRefDoc | None = None
+    # llm-d router (main): peer EPP discovery and cross-replica state sync, for which it registers
+    # no plugin type yet (the loader says so); the interval means nothing without a syncer.
+    peer_discovery: PluginRefDoc | None = None
+    cross_replica_syncer_plugin_ref: str | None = None
+    cross_replica_sync_interval: Duration | None = None
 
 
 class RequestHandlerDoc(StrictModel):

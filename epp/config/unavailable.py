@@ -96,6 +96,21 @@ def _entries() -> dict[str, UnavailableType]:
         "queue-scorer and kv-cache-utilization-scorer",
     )
     add(
+        ("header-phase-profile-handler",),
+        Reason.NOT_UPSTREAM,
+        "the profile handler of an llm-d-router pull-request build (#2134) that llm-d's coordinator-epd "
+        "guide pins: one profile per call, named by the coordinator's EPP-Phase header; llm-d-router "
+        "v0.10.0 and main ebab687 register header-profile-handler for that job (header EPP-Profile)",
+        "header-profile-handler with parameters {headerName: EPP-Phase}",
+    )
+    add(
+        ("lmetric-scorer",),
+        Reason.NOT_UPSTREAM,
+        "a scorer an llm-d guide overlay (precise-prefix-cache-routing/router/lmetric.values.yaml) asks "
+        "for from an unreleased router image; llm-d-router v0.10.0 and main ebab687 register no such type",
+        "prefix-cache-scorer with the precise producer, and the load scorers",
+    )
+    add(
         ("mock-metrics-source",),
         Reason.TEST_ONLY,
         "a stand-in metrics source registered only by the Go config-loader tests",

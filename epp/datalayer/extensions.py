@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 from epp.datalayer.engines import EngineMetrics
 from epp.datalayer.k8sobjects import GroupVersionKind, ObjectEvent
 from epp.datalayer.models import ServedModel
-from epp.datastore import Datastore, Endpoint
+from epp.datastore import Datastore, Endpoint, EndpointSpec
 from epp.framework import DataKey, Extension
 from epp.requests import InferenceRequest
 
@@ -20,6 +21,20 @@ class MetricsSource(Extension):
     @abstractmethod
     def url_parts(self) -> tuple[str, str, bool]:
         """(scheme, path, insecure_skip_verify) of each endpoint's metrics page."""
+
+
+class EndpointDiscovery(Extension):
+    """llm-d's `dataLayer.discovery`: the endpoints come from this plugin's file instead of
+    Kubernetes or the command line. The file is read before serving (a bad one stops the EPP) and,
+    with `watch_file`, again whenever it changes (a bad one keeps the endpoints in force)."""
+
+    endpoints_file: Path
+    watch_file: bool
+
+    @abstractmethod
+    def parse_endpoints(self, text: str, source: str) -> tuple[list[EndpointSpec], list[str]]:
+        """The file's endpoints, and one problem per entry left out; ValueError for a file that
+        cannot be read as a whole."""
 
 
 class MetricsExtractor(Extension):

@@ -17,7 +17,7 @@ import asyncio
 import ipaddress
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -108,29 +108,50 @@ def parse_endpoint_flag(
     )
 
 
+# A file's text and its name -> its endpoints and one problem per entry left out (raises
+# ValueError for a file that cannot be used at all).
+EndpointParser = Callable[[str, str], tuple[list[EndpointSpec], list[str]]]
+
+
 class FileDiscovery:
     """Loads the file into the datastore, then polls its mtime and reloads on change. A broken
-    edit is logged and ignored: the last good endpoint set stays in force."""
+    edit is logged and ignored: the last good endpoint set stays in force. `parse` reads another
+    format (llm-d's file-discovery plugin): at start a problem with any entry stops the EPP; on a
+    reload the entries with problems are left out and logged. `watch` False: read once."""
 
     def __init__(
-        self, path: Path, datastore: Datastore, poll_interval: float = 1.0, metrics_port: int | None = None
+        self,
+        path: Path,
+        datastore: Datastore,
+        poll_interval: float = 1.0,
+        metrics_port: int | None = None,
+        parse: EndpointParser | None = None,
+        watch: bool = True,
     ) -> None:
         self._path = path
         self._datastore = datastore
         self._poll_interval = poll_interval
-        self._metrics_port = metrics_port
+        self._parse = parse or (lambda text, source: (parse_endpoint_file(text, source, metrics_port), []))
+        self._watch_file = watch
         self._stamp: tuple[float, int] | None = None
         self._task: asyncio.Task[None] | None = None
 
     def load(self) -> None:
         """First load: errors propagate so the EPP refuses to start on a broken file."""
         self._stamp = self._file_stamp()
-        text = self._path.read_text()
-        self._datastore.replace_all(parse_endpoint_file(text, str(self._path), self._metrics_port))
+        try:
+            text = self._path.read_text()
+        except OSError as exc:
+            raise DiscoveryError(f"{self._path}: cannot read the endpoints file: {exc.strerror}") from None
+        specs, problems = self._parse(text, str(self._path))
+        if problems:
+            raise DiscoveryError("; ".join(problems))
+        self._datastore.replace_all(specs)
 
     async def start(self) -> None:
         self.load()
-        self._task = asyncio.get_running_loop().create_task(self._watch(), name="endpoint-file-watch")
+        if self._watch_file:
+            self._task = asyncio.get_running_loop().create_task(self._watch(), name="endpoint-file-watch")
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
@@ -151,9 +172,11 @@ class FileDiscovery:
             self._stamp = stamp
             try:
                 text = await asyncio.to_thread(self._path.read_text)
-                specs = parse_endpoint_file(text, str(self._path), self._metrics_port)
-            except (DiscoveryError, OSError, UnicodeDecodeError) as exc:
+                specs, problems = self._parse(text, str(self._path))
+            except (ValueError, OSError) as exc:
                 log.error("keeping the previous endpoints: %s", exc)
                 continue
+            for problem in problems:
+                log.error("left out: %s", problem)
             log.info("endpoint file changed: %d endpoints", len(specs))
             self._datastore.replace_all(specs)

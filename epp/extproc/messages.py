@@ -11,6 +11,7 @@ from google.protobuf.json_format import MessageToDict
 from epp.extproc.pb import core, ext_proc, http_status
 from epp.headers import (
     DESTINATION_HEADER,
+    DESTINATION_SCORES_KEY,
     EPP_ERROR_KEY,
     FALLBACK_GROUP_KEY,
     LB_NAMESPACE,
@@ -55,12 +56,13 @@ def routing_response(
     destination: str,
     streaming: bool,
     fallback_group: str,
+    scores: Mapping[str, float] | None = None,
 ) -> ext_proc.ProcessingResponse:
     """The reply (`request_headers` or `request_body`) that routes: the headers set and removed,
     the route cache cleared, and GIE's destination (`primary,fallback,...`) in envoy.lb with the
     primary's fallback group (where our bootstrap's retries may go once the list is used up); a
     streaming request is marked so a gateway can bound its time to first byte apart from its
-    length."""
+    length. `scores` (llm-d's --emit-endpoint-scores): each scored candidate's total, by host:port."""
     response = ext_proc.ProcessingResponse()
     common = getattr(response, reply).response
     common.clear_route_cache = True
@@ -70,6 +72,8 @@ def routing_response(
     lb[FALLBACK_GROUP_KEY] = fallback_group
     if streaming:
         lb[STREAMING_KEY] = "true"
+    if scores:
+        lb[DESTINATION_SCORES_KEY] = dict(scores)
     return response
 
 

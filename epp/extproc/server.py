@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -14,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from epp.extproc import attributes, messages
 from epp.extproc.pb import ext_proc, ext_proc_grpc
 from epp.extproc.stream import ExtProcStream, StreamOptions
+from epp.extproc.stream_metrics import StreamMetrics
 from epp.flowcontrol.overload import OverloadGuard
 from epp.requestcontrol import Director
 from epp.requests import ErrorCode, RequestError
@@ -184,11 +186,20 @@ class ExtProcDispatch(grpc.GenericRpcHandler):
     and takes this answer for it). Measured in grpc.aio: about 0.25 ms of CPU per refusal, against
     0.3 ms for a stream handler's refusal and 0.3 to 0.5 ms when it reads the first message."""
 
-    def __init__(self, processor: ExternalProcessor, guard: OverloadGuard | None) -> None:
+    def __init__(
+        self,
+        processor: ExternalProcessor,
+        guard: OverloadGuard | None,
+        stream_metrics: StreamMetrics | None = None,
+    ) -> None:
         self._processor = processor
         self._guard = guard
+        self._stream_metrics = stream_metrics
+        process: Any = processor.Process
+        if stream_metrics is not None:
+            process = stream_metrics.counted(processor.Process)
         self._stream = grpc.stream_stream_rpc_method_handler(
-            processor.Process,
+            process,
             request_deserializer=ext_proc.ProcessingRequest.FromString,
             response_serializer=ext_proc.ProcessingResponse.SerializeToString,
         )
@@ -199,6 +210,9 @@ class ExtProcDispatch(grpc.GenericRpcHandler):
         refusal = None if self._guard is None else self._guard.admit()
         if refusal is None:
             return self._stream
+        if self._stream_metrics is not None:  # answered at once, with an OK status
+            self._stream_metrics.inflight.inc()
+            self._stream_metrics.finished(grpc.StatusCode.OK, 0.0)
         return self._processor.refuse_unread(refusal)
 
 
@@ -308,10 +322,18 @@ def bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredenti
     return port
 
 
-def _options(reuse_port: bool) -> list[tuple[str, int]]:
+def _options(reuse_port: bool, message_limits: tuple[int, int] = (0, 0)) -> list[tuple[str, int]]:
     """SO_REUSEPORT stays off (a second EPP on a taken port fails loudly) unless worker processes
-    share the ports on purpose (`epp serve --workers`)."""
-    return [*_GRPC_OPTIONS[:-1], ("grpc.so_reuseport", int(reuse_port))]
+    share the ports on purpose (`epp serve --workers`). A message limit above 0 (llm-d's
+    --grpc-max-recv-msg-size / --grpc-max-send-msg-size) replaces the default for its direction."""
+    receive, send = message_limits
+    options = dict(_GRPC_OPTIONS)
+    options["grpc.so_reuseport"] = int(reuse_port)
+    if receive > 0:
+        options["grpc.max_receive_message_length"] = receive
+    if send > 0:
+        options["grpc.max_send_message_length"] = send
+    return list(options.items())
 
 
 def ext_proc_server(
@@ -320,10 +342,13 @@ def ext_proc_server(
     health: Health | None,
     guard: OverloadGuard | None = None,
     reuse_port: bool = False,
+    message_limits: tuple[int, int] = (0, 0),
+    stream_metrics: StreamMetrics | None = None,
 ) -> grpc.aio.Server:
     """ext_proc, and grpc.health.v1 beside it unless `health` is None (GIE's --health-checking)."""
-    server = grpc.aio.server(options=_options(reuse_port))
-    server.add_generic_rpc_handlers((ExtProcDispatch(ExternalProcessor(director, options, guard), guard),))
+    server = grpc.aio.server(options=_options(reuse_port, message_limits))
+    processor = ExternalProcessor(director, options, guard)
+    server.add_generic_rpc_handlers((ExtProcDispatch(processor, guard, stream_metrics),))
     if health is not None:
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
     return server

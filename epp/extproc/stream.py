@@ -57,6 +57,9 @@ class StreamOptions:
     # for the answer (override_message_timeout; Envoy honours up to its max_message_timeout) so a
     # queued request is not cut by Envoy's message_timeout. 0: never ask.
     queue_message_timeout: float = 300.0
+    # llm-d's --emit-endpoint-scores: the primary profile's totals in envoy.lb (its profiles must
+    # keep them: SchedulerProfile.keep_scores).
+    emit_endpoint_scores: bool = False
 
 
 class ExtProcStream:
@@ -259,8 +262,13 @@ class ExtProcStream:
         if new_body is not None:
             set_headers["content-length"] = str(len(new_body))
         remove = [h for h in OWNED_HEADERS if h in self._headers and h not in set_headers]
+        scores = None
+        if self._options.emit_endpoint_scores:
+            result = self._routed.result
+            primary = result.profile_results.get(result.primary_profile)
+            scores = primary.scores if primary is not None else None
         group = self._routed.result.targets[0].fallback_group_for(self._routed.request.target_model)
-        return messages.routing_response(reply, set_headers, remove, destination, streaming, group)
+        return messages.routing_response(reply, set_headers, remove, destination, streaming, group, scores)
 
     # --- response path -------------------------------------------------------------------------
 

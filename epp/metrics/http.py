@@ -3,6 +3,7 @@ optionally behind Kubernetes authentication and authorization (epp.metrics.auth)
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,7 @@ class MetricsServer:
         self._runner: web.AppRunner | None = None
         self.port = 0
         self.auth: MetricsAuth | None = None  # set before start: reviews every request
+        self.ssl_context: ssl.SSLContext | None = None  # set before start: serve over TLS
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self._registry)
@@ -44,7 +46,7 @@ class MetricsServer:
             app.on_shutdown.append(self._on_shutdown)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self._host, self._port).start()
+        await web.TCPSite(self._runner, self._host, self._port, ssl_context=self.ssl_context).start()
         self.port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:

@@ -1,7 +1,10 @@
-"""`concurrency-detector`: saturation as in-flight work over capacity, summed over candidates
-(requests, or prompt tokens with `concurrencyMode: tokens`); above 1.0 when overloaded, 1.0 with
-no candidates. Used in a profile it drops endpoints at or over capacity x (1 + headroom); unlike
-utilization-detector it may leave none."""
+"""`concurrency-detector`: saturation as in-flight work over capacity. `concurrencyMode: requests`
+(default) or `tokens` sums the in-flight requests or prompt tokens of the candidates over their
+summed capacity; `hybrid` (llm-d router v0.10) averages, per endpoint, the larger of its request
+and token ratios. Above 1.0 when overloaded, 1.0 with no candidates. Used in a profile it drops
+endpoints at or over capacity x (1 + headroom), truncated to a whole number as llm-d does (hybrid:
+either limit); unlike utilization-detector it may leave none. Tokens are the director's count, or
+with `inFlightLoadProducerName` that inflight-load-producer's (its output estimates included)."""
 
 from __future__ import annotations
 
@@ -13,40 +16,62 @@ from pydantic import Field
 from epp.datastore import Endpoint
 from epp.flowcontrol import SaturationDetector
 from epp.framework import Plugin, PluginContext, PluginParams, register
+from epp.plugins.inflight_load_producer import InFlightLoadUser
 from epp.requests import InferenceRequest
 from epp.scheduling.framework import Filter
 
 
 class ConcurrencyDetectorParams(PluginParams):
-    concurrency_mode: Literal["requests", "tokens"] = "requests"
+    concurrency_mode: Literal["requests", "tokens", "hybrid"] = "requests"
     max_concurrency: int = Field(default=100, gt=0)
     max_token_concurrency: int = Field(default=1_000_000, gt=0)
     headroom: float = Field(default=0.0, ge=0.0)
+    in_flight_load_producer_name: str = ""
 
 
 @register
-class ConcurrencyDetector(Plugin, SaturationDetector, Filter):
+class ConcurrencyDetector(Plugin, SaturationDetector, Filter, InFlightLoadUser):
     type_name = "concurrency-detector"
     Params = ConcurrencyDetectorParams
 
     def __init__(self, name: str, params: ConcurrencyDetectorParams, context: PluginContext) -> None:
         super().__init__(name, params, context)
-        self.count_tokens = params.concurrency_mode == "tokens"
-        self.capacity = params.max_token_concurrency if self.count_tokens else params.max_concurrency
-        self.headroom = params.headroom
-
-    def in_flight(self, endpoint: Endpoint) -> int:
-        return endpoint.inflight_tokens if self.count_tokens else endpoint.inflight_requests
+        self.mode = params.concurrency_mode
+        self.max_requests = params.max_concurrency
+        self.max_tokens = params.max_token_concurrency
+        self.request_limit = int(params.max_concurrency * (1.0 + params.headroom))
+        self.token_limit = int(params.max_token_concurrency * (1.0 + params.headroom))
+        self.load_producer_name = params.in_flight_load_producer_name
 
     def saturation(self, candidates: Sequence[Endpoint]) -> float:
         return self.saturation_with(candidates, 0, 0)
 
     def saturation_with(self, candidates: Sequence[Endpoint], requests: int, tokens: int) -> float:
+        """`requests` and `tokens` not yet on an endpoint count as spread evenly over them."""
         if not candidates:
             return 1.0
-        in_flight = sum(self.in_flight(e) for e in candidates) + (tokens if self.count_tokens else requests)
-        return in_flight / (self.capacity * len(candidates))
+        count = len(candidates)
+        if self.mode == "hybrid":
+            extra_requests, extra_tokens = requests / count, tokens / count
+            ratios = [
+                max(
+                    (e.inflight_requests + extra_requests) / self.max_requests,
+                    (self.in_flight_tokens(e) + extra_tokens) / self.max_tokens,
+                )
+                for e in candidates
+            ]
+            return sum(ratios) / count
+        if self.mode == "tokens":
+            return (sum(self.in_flight_tokens(e) for e in candidates) + tokens) / (self.max_tokens * count)
+        return (sum(e.inflight_requests for e in candidates) + requests) / (self.max_requests * count)
 
     def filter(self, request: InferenceRequest, candidates: list[Endpoint]) -> list[Endpoint]:
-        limit = self.capacity * (1.0 + self.headroom)
-        return [e for e in candidates if self.in_flight(e) < limit]
+        return [e for e in candidates if self._admits(e)]
+
+    def _admits(self, endpoint: Endpoint) -> bool:
+        if self.mode == "tokens":
+            return self.in_flight_tokens(endpoint) < self.token_limit
+        below_requests = endpoint.inflight_requests < self.request_limit
+        if self.mode == "hybrid":
+            return below_requests and self.in_flight_tokens(endpoint) < self.token_limit
+        return below_requests

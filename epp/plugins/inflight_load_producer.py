@@ -4,14 +4,15 @@ routed request an output estimate (prompt tokens x `outputRatio`) until its resp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from pydantic import Field
 
 from epp.datalayer import DataProducer, EndpointObserver
 from epp.datalayer.inflight import INFLIGHT_LOAD, InFlightLoad
 from epp.datastore import Endpoint
-from epp.framework import Plugin, PluginContext, PluginParams, register
+from epp.framework import Plugin, PluginContext, PluginParams, PluginReference, PluginUser, register
 from epp.requestcontrol import PreRequest, ResponseComplete
 from epp.requests import InferenceRequest, Usage
 from epp.scheduling.types import SchedulingResult
@@ -71,3 +72,25 @@ class InFlightLoadProducer(Plugin, DataProducer, PreRequest, ResponseComplete, E
 
     def endpoint_removed(self, endpoint: Endpoint) -> None:
         self.load.estimated_output_tokens.pop(endpoint.name, None)
+
+
+class InFlightLoadUser(PluginUser):
+    """A plugin whose `inFlightLoadProducerName` parameter names the inflight-load-producer whose
+    load it reads (llm-d's concurrency-detector and utilization-filter); "" is the director's own
+    counts, which every producer shares for requests and adds its output estimates to for tokens."""
+
+    load_producer_name = ""  # the parameter, set by the plugin
+    load: InFlightLoad | None = None
+
+    @classmethod
+    def referenced_plugins(cls, params: Any) -> list[PluginReference]:
+        name = params.in_flight_load_producer_name
+        role = "an inflight-load-producer"
+        return [PluginReference("inFlightLoadProducerName", name, InFlightLoadProducer, role)] if name else []
+
+    def use_plugins(self, plugins: Mapping[str, Plugin]) -> None:
+        producer = plugins.get(self.load_producer_name)
+        self.load = producer.load if isinstance(producer, InFlightLoadProducer) else None
+
+    def in_flight_tokens(self, endpoint: Endpoint) -> int:
+        return self.load.tokens(endpoint) if self.load is not None else endpoint.inflight_tokens

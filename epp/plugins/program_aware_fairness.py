@@ -26,15 +26,15 @@ Metrics (llm-d's names): `llm_d_epp_program_aware_attained_service_tokens` and
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Gauge
 from pydantic import Field, field_validator
 
 from epp.flowcontrol.queues import Band, FairnessPolicy, Flow, QueuedRequest
-from epp.framework import Plugin, PluginContext, PluginParams, register
+from epp.framework import ParameterUpgrade, Plugin, PluginContext, PluginParams, register
 from epp.metrics.exporter import FlowControlMetrics
 from epp.metrics.per_registry import PerRegistry
 from epp.requestcontrol.hooks import PreRequest, ResponseComplete
@@ -55,6 +55,19 @@ class ProgramAwareFairnessParams(PluginParams):
     las_weight_service: float = Field(default=0.8, ge=0.0, allow_inf_nan=False)
     las_weight_head_wait: float = Field(default=0.2, ge=0.0, allow_inf_nan=False)
     las_half_life_seconds: float = Field(default=60.0, ge=0.0, allow_inf_nan=False)
+
+    @classmethod
+    def upgrade(cls, raw: Mapping[str, Any], type_name: str = "") -> ParameterUpgrade:
+        """llm-d v0.10's `lasDecayFactor` (a per-dispatch decay) is gone from main, where a config
+        setting it fails: read as the default half-life, with a warning that says so."""
+        upgrade = super().upgrade(raw, type_name)
+        if "lasDecayFactor" in upgrade.parameters:
+            upgrade.parameters.pop("lasDecayFactor")
+            upgrade.warnings.append(
+                "lasDecayFactor (llm-d v0.10) is ignored: llm-d main removed it and refuses a config "
+                "that sets it; attained service decays with lasHalfLifeSeconds"
+            )
+        return upgrade
 
     @field_validator("strategy")
     @classmethod

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from epp.datastore import Endpoint
 from epp.framework import Plugin, PluginContext, PluginParams, register
+from epp.plugins.inflight_load_producer import InFlightLoadUser
 from epp.requests import InferenceRequest
 from epp.scheduling.framework import Filter
 
@@ -29,10 +30,13 @@ class UtilizationCondition(PluginParams):
 class UtilizationFilterParams(PluginParams):
     conditions: list[UtilizationCondition] = Field(min_length=1)
     fallback_on_empty: bool = False
+    # llm-d: whose count `active-requests` reads; every inflight-load-producer here counts the
+    # director's requests, so it only has to name one.
+    in_flight_load_producer_name: str = ""
 
 
 @register
-class UtilizationFilter(Plugin, Filter):
+class UtilizationFilter(Plugin, Filter, InFlightLoadUser):
     type_name = "utilization-filter"
     Params = UtilizationFilterParams
 
@@ -40,6 +44,7 @@ class UtilizationFilter(Plugin, Filter):
         super().__init__(name, params, context)
         self.limits = [(METRICS[c.metric], c.max_value) for c in params.conditions]
         self.fallback_on_empty = params.fallback_on_empty
+        self.load_producer_name = params.in_flight_load_producer_name
 
     def filter(self, request: InferenceRequest, candidates: list[Endpoint]) -> list[Endpoint]:
         kept = [e for e in candidates if all(value(e) <= limit for value, limit in self.limits)]

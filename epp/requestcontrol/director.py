@@ -258,6 +258,8 @@ class Director:
         self._rng = rng or random.Random()
         # Decision records (set by `epp serve`); None: none kept.
         self.recorder: DecisionRecorder | None = None
+        # Set by `epp serve` when a standby must not route (llm-d's haPopulateNonLeaderDatastore=false).
+        self.standby: Callable[[], bool] | None = None
         self._pd_pool = PREFILL_PROFILE in getattr(scheduler, "profiles", ())
 
     # --- entry points from the protocol layer --------------------------------------------------
@@ -433,6 +435,11 @@ class Director:
 
     def candidates(self, request: InferenceRequest, subset: Sequence[str] | None) -> list[Endpoint]:
         """Ready endpoints, narrowed by the data plane's subset hint and by the model served."""
+        if self.standby is not None and self.standby():
+            raise RequestError(
+                ErrorCode.SERVICE_UNAVAILABLE,
+                "this EPP replica is a standby and keeps no endpoints (haPopulateNonLeaderDatastore=false)",
+            )
         endpoints = self.datastore.ready_endpoints()
         if subset is not None:
             allowed_ips = {_host_of(hostport) for hostport in subset}

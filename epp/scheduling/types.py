@@ -25,6 +25,9 @@ class SchedulingError(Exception):
 @dataclass(slots=True)
 class ProfileResult:
     targets: list[Endpoint]
+    # Every scored candidate's weighted total by `host:port`, kept only when asked for
+    # (llm-d's --emit-endpoint-scores) and only by a profile that has scorers.
+    scores: dict[str, float] | None = None
 
 
 @dataclass(slots=True)

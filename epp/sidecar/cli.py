@@ -10,7 +10,7 @@ import math
 import os
 from pathlib import Path
 
-from epp import eventloop
+from epp import eventloop, zapflags
 from epp.discovery.k8s.model import GROUP_V1, POOL_VERSIONS, PoolRef
 from epp.params.duration import parse_duration
 from epp.sidecar.connectors import Connector
@@ -25,6 +25,20 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_SERVER_PORT = 8200
 MAX_PORT = 65535
+# llm-d's sidecar binds controller-runtime's zap flags onto a logger whose encoder is fixed: JSON
+# with zap's production encoder config (`ts` in epoch seconds), so --zap-encoder and
+# --zap-time-encoding parse but change nothing there, nor here.
+_ZAP_HELP = {
+    "zap-log-level": "debug, info, error, panic or a verbosity N (default info); debug is verbosity 1, "
+    "as in llm-d, which logs nothing more than info: the per-request debug lines need 4",
+    "zap-devel": "development mode (default false, as llm-d's sidecar): stack traces from warnings "
+    "up rather than errors; the level is then debug (verbosity 1)",
+    "zap-encoder": "accepted and ignored, as by llm-d's sidecar: it always logs JSON lines",
+    "zap-stacktrace-level": "records at or above this level carry the call stack (default error; "
+    "warn with --zap-devel)",
+    "zap-time-encoding": "accepted and ignored, as by llm-d's sidecar: `ts` is always epoch seconds",
+}
+_JSON_TIME = "epoch"
 
 
 def _add_switch(
@@ -113,6 +127,23 @@ def _pool_ref(args: argparse.Namespace) -> PoolRef | None:
             "--inference-pool-name and --inference-pool-namespace go together (or use --inference-pool)"
         )
     return PoolRef(name, namespace, args.pool_group)
+
+
+def _add_logging_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "logging", "JSON lines on stderr (ts, level, logger, msg, stacktrace), as llm-d's sidecar writes them"
+    )
+    zapflags.add_arguments(group, development=False, time_encoding=None, helps=_ZAP_HELP)
+
+
+def configure_logging(args: argparse.Namespace) -> None:
+    """llm-d's sidecar logger: JSON always; the level if given (else --log-level's, info by
+    default); stacks from errors up, or from warnings up in development mode."""
+    if args.zap_stacktrace_level is not None:
+        stack_level = zapflags.STACK_LEVELS[args.zap_stacktrace_level]
+    else:
+        stack_level = logging.WARNING if args.zap_devel else logging.ERROR
+    zapflags.configure(level=args.zap_log_level, json_time=_JSON_TIME, stack_level=stack_level)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -250,6 +281,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--ready-file", type=Path, help="once serving, write the bound port here as JSON")
     eventloop.add_argument(parser)
+    _add_logging_arguments(parser)
 
 
 def options_from_args(args: argparse.Namespace) -> SidecarOptions:
@@ -306,6 +338,7 @@ async def serve_until_signalled(sidecar: Sidecar) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    configure_logging(args)
     try:
         sidecar = Sidecar(options_from_args(args))
         eventloop.run(serve_until_signalled(sidecar), args.event_loop)

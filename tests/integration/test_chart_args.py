@@ -91,6 +91,16 @@ CASES = [
         6,
         {"inference_pool_average_kv_cache_utilization": 0.75},
     ),
+    # llm-d router-gateway chart at main with the coord-disaggregation guide's values: one EPP for
+    # the encode, prefill and decode roles, header-profile-handler (Alpha in the router) included.
+    Case(
+        "llm-d-router-gateway-main-ebab687-llmd-guide-coord-disaggregation.yaml",
+        "/metrics",
+        'vllm:num_requests_waiting{model_name="m"} 2\nvllm:kv_cache_usage_perc{model_name="m"} 0.5\n',
+        "coord-disaggregation",
+        2,
+        {"inference_pool_average_kv_cache_utilization": 0.5},
+    ),
     # llm-d router-standalone chart v0.10.0: --endpoint-selector with two target ports (two ranks).
     Case(
         "llm-d-router-standalone-v0.10.0-endpoint-selector.yaml",

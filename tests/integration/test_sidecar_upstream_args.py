@@ -12,12 +12,19 @@ from a cluster, and nothing else:
   sim's free port: in the pod the engine is on llm-d's default 8200) and `--ready-file` are
   appended;
 - llm-d's image runs the sidecar as its entrypoint; ours is `epp`, so the subcommand comes first
-  (a pod gives `command: [epp, sidecar]`)."""
+  (a pod gives `command: [epp, sidecar]`), or the pod names llm-d's binary, /app/pd-sidecar, which
+  in our image is the `pd-sidecar` console script (run here as pip's generated script runs it).
+
+The sidecar logs JSON lines, as llm-d's does, at the level of llm-d's --zap-log-level."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
+import subprocess
+import sys
+import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +42,8 @@ from tests.integration.test_sidecar import chat, port_of, sim_stats, start_sim
 
 pytestmark = pytest.mark.e2e
 
-MANIFESTS = Path(__file__).resolve().parents[1] / "data" / "upstream" / "manifests"
+ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = ROOT / "tests" / "data" / "upstream" / "manifests"
 BASE = MANIFESTS / "llmd-router-ebab687__deploy__components__vllm-decode__deployment.yaml"
 PD_PATCH = MANIFESTS / "llmd-router-ebab687__deploy__environments__dev__p-d__patch-decode.yaml"
 # scripts/kind-dev-env.sh at the same commit: VLLM_DATA_PARALLEL_SIZE:-1, CONNECTOR_TYPE:-nixlv2 (P/D).
@@ -51,6 +59,15 @@ def routing_sidecar_args(path: Path) -> list[str]:
 
 
 CASES = {"base": routing_sidecar_args(BASE), "p-d": routing_sidecar_args(PD_PATCH)}
+
+
+def console_script(name: str) -> list[str]:
+    """pyproject.toml's console script `name`, run as the script pip writes for it runs it."""
+    module, _, function = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"][
+        name
+    ].partition(":")
+    code = f"import sys; from {module} import {function}; sys.argv[0] = {name!r}; sys.exit({function}())"
+    return [sys.executable, "-c", code]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -69,14 +86,14 @@ async def engines(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tup
         yield run_dir, prefill, decode
 
 
-@pytest.mark.asyncio(loop_scope="module")
-@pytest.mark.parametrize("case", sorted(CASES))
-async def test_the_sidecar_serves_pd_with_llm_ds_own_args(case: str, engines: tuple[Path, str, str]) -> None:
+async def serve_pd(name: str, command: list[str], engines: tuple[Path, str, str]) -> list[dict[str, Any]]:
+    """Start the sidecar by `command` plus the test's own args, prefill one request remotely
+    through it, and return its log: JSON lines only."""
     run_dir, prefill, decode = engines
-    ready = run_dir / f"{case}.ready.json"
-    args = ["--port=0" if arg == "--port=8000" else arg for arg in CASES[case]]
+    ready = run_dir / f"{name}.ready.json"
+    command = ["--port=0" if arg == "--port=8000" else arg for arg in command]
     extra = ["--host=127.0.0.1", f"--model-server-port={port_of(decode)}", f"--ready-file={ready}"]
-    process = ManagedProcess(case, epp_command("sidecar", *args, *extra), run_dir / f"{case}.log")
+    process = ManagedProcess(name, [*command, *extra], run_dir / f"{name}.log")
     await process.start()
     try:
         document: dict[str, Any] = await wait_until(ready_file_probe(ready), "the sidecar", 30, [process])
@@ -84,7 +101,7 @@ async def test_the_sidecar_serves_pd_with_llm_ds_own_args(case: str, engines: tu
             before = await sim_stats(http, prefill)
             url = f"http://127.0.0.1:{document['port']}/v1/chat/completions"
             headers = {"x-prefiller-host-port": prefill}
-            async with http.post(url, json=chat(4, case), headers=headers) as response:
+            async with http.post(url, json=chat(4, name), headers=headers) as response:
                 reply = await response.json()
                 assert response.status == 200, reply
             after = await sim_stats(http, prefill)
@@ -92,3 +109,35 @@ async def test_the_sidecar_serves_pd_with_llm_ds_own_args(case: str, engines: tu
         assert after["prefill_only"] - before["prefill_only"] == 1, "prefilled remotely over nixlv2"
     finally:
         await process.stop()
+    return [json.loads(line) for line in process.log_path.read_text().splitlines()]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize("case", sorted(CASES))
+async def test_the_sidecar_serves_pd_with_llm_ds_own_args(case: str, engines: tuple[Path, str, str]) -> None:
+    log = await serve_pd(case, epp_command("sidecar", *CASES[case]), engines)
+    assert any(line["msg"].startswith("sidecar on http://127.0.0.1:") for line in log)
+    assert {line["level"] for line in log} <= {"info", "warn"}, "info by default, as llm-d's"
+    assert all(isinstance(line["ts"], float) for line in log), "epoch seconds, as llm-d's"
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_llm_ds_binary_path_runs_it_logging_at_the_given_level(engines: tuple[Path, str, str]) -> None:
+    """`command: [/app/pd-sidecar]` with llm-d's args and its logging flags: verbosity 4 is
+    llm-d's DEBUG, which shows the per-request lines; the encoder flag changes nothing, as there."""
+    flags = ["--zap-log-level=4", "--zap-devel=true", "--zap-encoder=console"]
+    log = await serve_pd("pd-sidecar", [*console_script("pd-sidecar"), *CASES["p-d"], *flags], engines)
+    (prefill,) = [line for line in log if "prefill on 127.0.0.1:" in line["msg"]]
+    assert prefill["level"] == "debug" and prefill["logger"] == "epp.sidecar.proxy"
+
+
+def test_a_bad_logging_value_exits_2_naming_the_flag() -> None:
+    ran = subprocess.run(
+        [*console_script("pd-sidecar"), *CASES["p-d"], "--zap-log-level=verbose"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ran.returncode == 2
+    assert "error: argument --zap-log-level: invalid log level 'verbose'" in ran.stderr

@@ -84,3 +84,28 @@ def test_the_images_entrypoint_serves_flag_only_args(capsys: pytest.CaptureFixtu
         cli.main(["--pool-name", "p", "--grpc-port", "not-a-port"])
     assert exited.value.code == 2
     assert "epp serve: error: argument --grpc-port: invalid int value" in capsys.readouterr().err
+
+
+def test_the_image_has_llm_ds_sidecar_path_running_epp_sidecar(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """llm-d's sidecar image runs /app/pd-sidecar, and pods name it in `command:`. Ours links it,
+    in the final stage and as root (before USER), to the `pd-sidecar` console script, which pip
+    puts in the prefix's bin (/install/bin, copied to /usr/local); that script runs `epp sidecar`
+    with its args (here its error for a bad value)."""
+    root = Path(__file__).resolve().parents[2]
+    final_stage = (root / "Dockerfile").read_text().rpartition("\nFROM ")[2].splitlines()
+    link = next(
+        i for i, line in enumerate(final_stage) if "/app/pd-sidecar" in line and line.startswith("RUN ")
+    )
+    assert "ln -s /usr/local/bin/pd-sidecar /app/pd-sidecar" in final_stage[link]
+    assert "test -x /usr/local/bin/pd-sidecar" in final_stage[link], "a dangling link fails the build"
+    assert link < next(i for i, line in enumerate(final_stage) if line.startswith("USER "))
+    assert "COPY --from=build /install /usr/local" in final_stage[:link]
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["pd-sidecar"] == "epp.cli:pd_sidecar"
+    monkeypatch.setattr("sys.argv", ["/app/pd-sidecar", "--port=8000", "--zap-log-level=loud"])
+    with pytest.raises(SystemExit) as exited:
+        cli.pd_sidecar()
+    assert exited.value.code == 2
+    assert "epp sidecar: error: argument --zap-log-level: invalid log level 'loud'" in capsys.readouterr().err

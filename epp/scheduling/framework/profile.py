@@ -39,6 +39,7 @@ class SchedulerProfile:
         self._weights = np.array([[weight] for _, weight in scorers], dtype=np.float64)  # one per row
         self._picker = picker
         self._observe_picker = timing.observer(metrics, timing.PICKER, picker)
+        self.keep_scores = False  # put each candidate's total in the result (--emit-endpoint-scores)
 
     def run(
         self,
@@ -109,7 +110,8 @@ class SchedulerProfile:
             totals = np.zeros(count)
         started = perf_counter()
         picked = self._picker.pick_array(request, endpoints, totals)
-        return self._picked(endpoints, totals.tolist() if step is not None else (), picked, started, step)
+        listed = totals.tolist() if step is not None or self.keep_scores else ()
+        return self._picked(endpoints, listed, picked, started, step)
 
     def _pick(
         self,
@@ -134,4 +136,8 @@ class SchedulerProfile:
         self._observe_picker(elapsed)
         if step is not None:
             step.picked_by(self._picker, endpoints, totals, picked, elapsed)
-        return ProfileResult(picked) if picked else None
+        if not picked:
+            return None
+        if self.keep_scores and self._scorers:
+            return ProfileResult(picked, {e.hostport: t for e, t in zip(endpoints, totals, strict=True)})
+        return ProfileResult(picked)

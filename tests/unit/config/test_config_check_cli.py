@@ -98,3 +98,17 @@ def test_check_describes_flow_control_on_and_off(capsys: pytest.CaptureFixture[s
     assert "flow control: off (section validated; the flowControl feature gate is not set)\n" in (
         capsys.readouterr().out
     )
+
+
+def test_check_names_the_types_llm_ds_router_only_runs_with_allow_experimental_plugins(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    coord = UPSTREAM / "llmd-04ca254__guides__coord-disaggregation__router__coord-disaggregation.values.yaml"
+    assert main(["config", "check", str(coord)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "llm-d Alpha types (its router needs --allow-experimental-plugins): "
+        "header-profile-handler (header-profile-handler)\n"
+    ) in out
+    assert main(["config", "check", str(V04_PD)]) == 0
+    assert "Alpha" not in capsys.readouterr().out

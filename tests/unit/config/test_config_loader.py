@@ -279,12 +279,14 @@ TWO_PROFILES = "schedulingProfiles: [{name: a}, {name: b}]"
         (
             cfg("featureGates: [superFast]"),
             "featureGates[0]: unknown feature gate 'superFast' "
-            "(known: flowControl, enableLegacyMetrics, dataLayer, prepareDataPlugins)",
+            "(known: flowControl, enableLegacyMetrics, dataLayer, prepareDataPlugins, "
+            "haPopulateNonLeaderDatastore)",
         ),
         (
             cfg("featureGates: [flowcontrol]"),
             "featureGates[0]: unknown feature gate 'flowcontrol' "
-            "(known: flowControl, enableLegacyMetrics, dataLayer, prepareDataPlugins); "
+            "(known: flowControl, enableLegacyMetrics, dataLayer, prepareDataPlugins, "
+            "haPopulateNonLeaderDatastore); "
             "did you mean 'flowControl'?",
         ),
         (
@@ -312,7 +314,7 @@ TWO_PROFILES = "schedulingProfiles: [{name: a}, {name: b}]"
         ),
         (
             cfg("plugins: [{type: concurrency-detector, parameters: {concurrencyMode: magic}}]"),
-            "plugins[0].parameters.concurrencyMode: Input should be 'requests' or 'tokens'",
+            "plugins[0].parameters.concurrencyMode: Input should be 'requests', 'tokens' or 'hybrid'",
         ),
         (
             cfg("plugins: [{type: prefix-cache-scorer, parameters: {blockSizeTokens: 0}}]"),

@@ -1,5 +1,6 @@
 """Every EndpointPickerConfig collected verbatim from upstream (tests/data/upstream/configs/: GIE
-v1.0-v1.5 and main, llm-d-inference-scheduler, llm-d-router, llm-d-benchmark) is loaded unchanged
+v1.0-v1.5 and main, llm-d-inference-scheduler, llm-d-router, llm-d's guides, llm-d-benchmark,
+llm-d-kv-cache) is loaded unchanged
 with the real loader and built, one test per file. Each file's outcome is explicit below: it loads
 (with exactly the warnings listed, each given by its start), or it is refused with the message
 quoted, for one of these reasons:
@@ -10,13 +11,14 @@ quoted, for one of these reasons:
   `mock-metrics-source`, `test-feature-gate`);
 - DOCS: a docs placeholder type (`custom-scorer`) or typo (the `-pluginRef:` profile key);
 - GO_REFUSES: invalid for the Go EPP as well (an unrendered `${PRIMARY_PORT}` template value, a
-  profile naming an undefined plugin, a type no GIE or llm-d release registers);
+  profile naming an undefined plugin, a type no GIE or llm-d release registers, a field the
+  router's strict decoder does not know, a type only an unreleased router build registers);
 - OTHER_ISSUE: none left (the flow-control policies and llm-d's burst-prefix producer were);
 - MISSING: an upstream plugin this EPP does not implement yet (the error says what it does and
   what to use instead).
 
-Counts (174 documents): 144 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 5 GO_REFUSES,
-0 OTHER_ISSUE, 0 MISSING. `test_summary` prints them and checks them against this docstring. The 5
+Counts (195 documents): 161 load; refused: 11 SERVICE, 10 TEST_ONLY, 4 DOCS, 9 GO_REFUSES,
+0 OTHER_ISSUE, 0 MISSING. `test_summary` prints them and checks them against this docstring. The 9
 snippets in configs_nonstandard/ (another or no apiVersion) are refused, as by the Go decoder."""
 
 from __future__ import annotations
@@ -159,6 +161,12 @@ EXPECTED: dict[str, Loads | Refused] = {
         SERVICE,
         "plugins[3].type: plugin type 'predicted-latency-scorer' is not available in this EPP (needs a service this EPP cannot run)",
     ),
+    "llmd-0b8e5ad__guides__coordinator-epd__router__coordinator-epd.values.yaml": Refused(
+        GO_REFUSES,
+        "plugins[3].type: plugin type 'header-phase-profile-handler' is not available in this EPP (registered by no GIE",
+    ),
+    "llmd-04ca254__guides__coord-disaggregation__router__coord-disaggregation.values.yaml": Loads(),
+    "llmd-0b25b12__guides__p2p-kv-cache-sharing__router__p2p-kv-cache-sharing.values.yaml": Loads(),
     "llmd-076e65d__guides__precise-prefix-cache-routing__router__precise-prefix-cache-routing.values.yaml": Loads(
         "plugins[0].type: 'tokenizer' is a deprecated name of 'token-producer'",
     ),
@@ -178,6 +186,35 @@ EXPECTED: dict[str, Loads | Refused] = {
         "plugins[4].parameters: hashBlockSize (llm-d <= v0.5) is ignored: the prefix block size is a paramete",
         "plugins[4].parameters: threshold 0 (llm-d <= v0.5) is deprecated: read as decider always-disagg-pd-d",
     ),
+    "llmd-1456868__guides__turn-priority-fairness__router__turn-priority-fairness.values.yaml": Refused(
+        GO_REFUSES,
+        "flowControl.priorityBands[0].defaultRequestTTL: unknown field (allowed: maxBytes, maxRequests, fairnessPolicyRef,",
+    ),
+    "llmd-1aaa821__guides__agentic-serving__router__agentic-serving-gpu.values.yaml": Refused(
+        GO_REFUSES,
+        "schedulingProfiles[1].plugins[1].pluginRef: no plugin named 'active-request-scorer' (defined: disagg-headers-handler,",
+    ),
+    "llmd-28097b1__guides__tiered-prefix-cache__router__multi-host__tiered-prefix-cache-cpu.values.yaml": Loads(
+        "plugins: 'no-hit-lru-scorer' reads PrefixCacheMatchInfo from a default approx-prefix-cache-producer "
+    ),
+    "llmd-3ed9c2d__guides__pd-disaggregation__router__pd-multi-tier.values.yaml": Loads(
+        "plugins[2].parameters: deciderPluginName is deprecated: read as prefillDeciderPluginName"
+    ),
+    "llmd-3440ef3__guides__precise-prefix-cache-routing__router__lmetric.values.yaml": Refused(
+        GO_REFUSES,
+        "plugins[4].type: plugin type 'lmetric-scorer' is not available in this EPP (registered by no GIE or llm-d",
+    ),
+    "llmd-5c4a203__guides__multimodal-serving__precise-affinity__router__precise-affinity.values.yaml": Loads(),
+    "llmd-6f9e065__guides__context-length-aware-pd__router.values.yaml": Loads(
+        "plugins[2].parameters: deciderPluginName is deprecated: read as prefillDeciderPluginName"
+    ),
+    "llmd-7f95e05__guides__agentic-serving__router__fairness-las-plugins.yaml": Loads(
+        "plugins[4].parameters: lasDecayFactor (llm-d v0.10) is ignored: llm-d main removed it",
+    ),
+    "llmd-a874822__guides__precise-prefix-cache-routing__router__sglang.values.yaml": Loads(
+        "plugins[3].parameters: unknown field 'prefixMatchInfoProducerName' ignored",
+    ),
+    "llmd-b568fd3__guides__agentic-serving__router__agentic-serving-gpu-program-aware.values.yaml": Loads(),
     "llmd-bench-8bc9f1d__config__README.md.yaml": Loads(
         "schedulingProfiles[0].plugins[0].pluginRef: plugin 'token-producer' is a token-producer, which is",
     ),
@@ -243,6 +280,36 @@ EXPECTED: dict[str, Loads | Refused] = {
     "llmd-bench-v0.7.0__config__scenarios__examples__spyre.yaml": Loads(
         "plugins[0].type: 'tokenizer' is a deprecated name of 'token-producer'",
         "schedulingProfiles[0].plugins[0].pluginRef: plugin 'tokenizer' is a token-producer, which is not a",
+    ),
+    "llmd-kvcache-7be76e1__benchmarking__37-capacity__README.md__1.yaml": Loads(
+        "plugins[1].type: 'kv-cache-scorer' is a deprecated name of 'kv-cache-utilization-scorer'",
+    ),
+    "llmd-kvcache-7be76e1__benchmarking__37-capacity__README.md__2.yaml": Loads(
+        "plugins[1].type: 'kv-cache-scorer' is a deprecated name of 'kv-cache-utilization-scorer'",
+    ),
+    "llmd-kvcache-7be76e1__benchmarking__37-capacity__README.md__3.yaml": Loads(
+        "plugins[1].parameters: mode cache_tracking (llm-d v0.2-v0.5) is deprecated: read as precise-prefix-c",
+        "plugins[1].parameters: kvEventsConfig.zmqEndpoint not set: cache_tracking's default tcp://*:5557 is bound",
+        "plugins[2].type: 'kv-cache-scorer' is a deprecated name of 'kv-cache-utilization-scorer'",
+    ),
+    "llmd-kvcache-7be76e1__benchmarking__37-capacity__README.md__4.yaml": Loads(),
+    "llmd-kvcache-7be76e1__benchmarking__73-capacity__README.md__1.yaml": Loads(
+        "plugins[2].type: 'kv-cache-scorer' is a deprecated name of 'kv-cache-utilization-scorer'",
+    ),
+    "llmd-kvcache-7be76e1__benchmarking__73-capacity__README.md__3.yaml": Loads(
+        "plugins[1].parameters: mode cache_tracking (llm-d v0.2-v0.5) is deprecated: read as precise-prefix-c",
+        "plugins[1].parameters: kvEventsConfig.zmqEndpoint not set: cache_tracking's default tcp://*:5557 is bound",
+        "plugins[2].type: 'kv-cache-scorer' is a deprecated name of 'kv-cache-utilization-scorer'",
+    ),
+    "llmd-kvcache-v0.8.0__benchmarking__37-capacity__README.md__3.yaml": Loads(
+        "plugins[1].parameters: mode cache_tracking (llm-d v0.2-v0.5) is deprecated: read as precise-prefix-c",
+        "plugins[1].parameters: kvEventsConfig.zmqEndpoint not set: cache_tracking's default tcp://*:5557 is bound",
+        "plugins[2].type: 'kv-cache-scorer' is a deprecated name of 'kv-cache-utilization-scorer'",
+    ),
+    "llmd-kvcache-v0.8.0__benchmarking__73-capacity__README.md__3.yaml": Loads(
+        "plugins[1].parameters: mode cache_tracking (llm-d v0.2-v0.5) is deprecated: read as precise-prefix-c",
+        "plugins[1].parameters: kvEventsConfig.zmqEndpoint not set: cache_tracking's default tcp://*:5557 is bound",
+        "plugins[2].type: 'kv-cache-scorer' is a deprecated name of 'kv-cache-utilization-scorer'",
     ),
     "llmd-router-ebab687__config__charts__README.md.yaml": Refused(
         DOCS,

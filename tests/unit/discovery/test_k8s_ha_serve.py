@@ -19,6 +19,7 @@ from epp.config.loader import load_config
 from epp.discovery.k8s.leader import LeaseTiming, lease_name
 from epp.discovery.kubernetes import PoolRef
 from epp.extproc.server import EXT_PROC_SERVICE
+from epp.requests import ErrorCode, RequestError
 from tests.k8s_double import LEASES, PODS, POOLS_V1, ApiServerDouble
 from tests.k8s_double.objects import pod, pool_v1
 from tests.unit.discovery.conftest import until
@@ -162,3 +163,50 @@ async def test_leader_election_needs_a_pool() -> None:
     )
     with pytest.raises(ValueError, match="needs --pool-name"):
         serve.options_from_args(args)
+
+
+@pytest.mark.parametrize("populate", [True, False])
+async def test_a_standby_routes_unless_ha_populate_non_leader_datastore_is_off(
+    api: ApiServerDouble, kubeconfig: Path, populate: bool
+) -> None:
+    """llm-d's haPopulateNonLeaderDatastore gate (default on): a request that reaches the standby
+    is routed; off, the router's standby keeps no endpoints, so it answers 503."""
+    api.apply(POOLS_V1, pool_v1("pool", {"app": "vllm"}, [8000]))
+    api.apply(PODS, pod("a", "10.0.0.1", labels={"app": "vllm"}))
+    gates = "" if populate else "featureGates: [haPopulateNonLeaderDatastore=false]\n"
+    config = load_config(
+        NO_SCRAPING.replace("kind: EndpointPickerConfig\n", f"kind: EndpointPickerConfig\n{gates}")
+    )
+    assert config.standby_routes is populate
+    pickers = []
+    try:
+        for _ in range(2):
+            options = serve.ServeOptions(
+                host="127.0.0.1",
+                grpc_port=0,
+                grpc_health_port=0,
+                metrics_port=0,
+                pool=POOL,
+                pool_name=POOL.name,
+                kubeconfig=kubeconfig,
+                leader_election=FAST,
+                config=config,
+                shutdown_grace=1.0,
+            )
+            pickers.append(serve.EndpointPicker(options))
+            await pickers[-1].start()
+            await until(lambda: pickers[-1].datastore.synced, "discovery")
+        leader, standby = pickers
+        await until_ready(leader)
+        body = b'{"model": "m", "prompt": "hi"}'
+        headers = {":path": "/v1/completions", "x-request-id": "r"}
+        assert leader.director.handle_body(body, headers, None).destination == "10.0.0.1:8000"
+        if populate:
+            assert standby.director.handle_body(body, headers, None).destination == "10.0.0.1:8000"
+        else:
+            with pytest.raises(RequestError, match="standby and keeps no endpoints") as refused:
+                standby.director.handle_body(body, headers, None)
+            assert refused.value.code is ErrorCode.SERVICE_UNAVAILABLE
+    finally:
+        for picker in pickers:
+            await picker.stop()

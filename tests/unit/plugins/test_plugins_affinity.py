@@ -88,7 +88,7 @@ def test_session_id_sweep_drops_expired_sessions() -> None:
         scorer.pre_request(request(headers={"x-session-id": f"s{i}"}), result(a))
     clock.now += 301
     scorer.pre_request(request(headers={"x-session-id": "fresh"}), result(a))
-    assert list(scorer.sessions) == ["fresh"]
+    assert list(scorer.pins.sessions) == ["fresh"]
 
 
 def test_session_id_sources_in_order_header_then_attribute() -> None:
@@ -98,8 +98,8 @@ def test_session_id_sources_in_order_header_then_attribute() -> None:
     by_attribute.attributes["session"] = "from-attribute"
     scorer.pre_request(by_attribute, result(a))
     assert scorer.score(by_attribute, [a]) == [1.0]
-    assert scorer.session_id(request(headers={"x-user": "u"})) == "u"
-    assert scorer.session_id(request()) is None
+    assert scorer.pins.session_id(request(headers={"x-user": "u"})) == "u"
+    assert scorer.pins.session_id(request()) is None
 
 
 def test_session_source_must_name_exactly_one_place() -> None:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from epp.config.build import build_components
+from epp.config.loader import load_config
 from epp.datastore import Endpoint
+from epp.framework import PluginContext
+from epp.params.strict import ConfigError
 from epp.plugins.by_label_filter import ByLabelFilter
 from epp.plugins.concurrency_detector import ConcurrencyDetector
 from epp.plugins.decode_filter import DecodeFilter
 from epp.plugins.encode_filter import EncodeFilter
 from epp.plugins.header_based_testing_filter import HeaderBasedTestingFilter
+from epp.plugins.inflight_load_producer import InFlightLoadProducer
 from epp.plugins.label_selector_filter import LabelSelectorFilter
 from epp.plugins.prefill_filter import PrefillFilter
 from epp.plugins.utilization_detector import UtilizationDetector
@@ -226,5 +231,55 @@ def test_concurrency_detector_tokens_mode() -> None:
 
 
 def test_concurrency_detector_rejects_unknown_mode() -> None:
-    with pytest.raises(ValidationError, match="'requests' or 'tokens'"):
+    with pytest.raises(ValidationError, match="'requests', 'tokens' or 'hybrid'"):
         ConcurrencyDetector.Params.model_validate({"concurrencyMode": "magic"})
+
+
+def test_concurrency_detector_hybrid_mode_as_llm_d() -> None:
+    """The mean over endpoints of each one's larger ratio; an endpoint goes at either limit."""
+    detector = plugin(
+        ConcurrencyDetector,
+        {"concurrencyMode": "hybrid", "maxConcurrency": 10, "maxTokenConcurrency": 100, "headroom": 0.15},
+    )
+    busy_requests = endpoint("r", inflight=8, inflight_tokens=10)  # max(0.8, 0.1)
+    busy_tokens = endpoint("t", inflight=1, inflight_tokens=60)  # max(0.1, 0.6)
+    assert detector.saturation([busy_requests, busy_tokens]) == pytest.approx(0.7)
+    assert detector.saturation([]) == 1.0
+    # limits: int(10 x 1.15) = 11 requests, int(100 x 1.15) = 114 tokens (llm-d truncates)
+    candidates = [
+        endpoint("ok", inflight=10, inflight_tokens=113),
+        endpoint("requests", inflight=11, inflight_tokens=0),
+        endpoint("tokens", inflight=0, inflight_tokens=114),
+    ]
+    assert kept(detector, candidates) == ["ok"]
+    # two requests waiting to be placed, spread over the two endpoints
+    assert detector.saturation_with([busy_requests, busy_tokens], 2, 0) == pytest.approx((0.9 + 0.6) / 2)
+
+
+def test_concurrency_detector_counts_the_named_producers_tokens() -> None:
+    """With inFlightLoadProducerName the token count is that producer's, its output estimates in."""
+    config = load_config(
+        """\
+apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- {type: inflight-load-producer, name: outputs, parameters: {addEstimatedOutputTokens: true}}
+- type: concurrency-detector
+  parameters: {concurrencyMode: tokens, maxTokenConcurrency: 100, inFlightLoadProducerName: outputs}
+- type: utilization-filter
+  parameters:
+    conditions: [{metric: active-requests, maxValue: 1}]
+    inFlightLoadProducerName: outputs
+"""
+    )
+    plugins = build_components(config, PluginContext()).plugins
+    detector, producer = plugins["concurrency-detector"], plugins["outputs"]
+    assert isinstance(detector, ConcurrencyDetector) and isinstance(producer, InFlightLoadProducer)
+    e = endpoint("e", inflight_tokens=20)
+    producer.load.estimated_output_tokens["e"] = 30
+    assert detector.saturation([e]) == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match=r"inFlightLoadProducerName: no plugin named 'nobody'"):
+        load_config(
+            "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
+            "plugins: [{type: concurrency-detector, parameters: {inFlightLoadProducerName: nobody}}]\n"
+        )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from epp.config.loader import load_config
 from epp.datalayer.inflight import INFLIGHT_LOAD
+from epp.params.strict import ConfigError
 from epp.plugins.active_request_scorer import ActiveRequestScorer
 from epp.plugins.inflight_load_producer import InFlightLoadProducer
 from epp.plugins.kv_cache_utilization_scorer import KvCacheUtilizationScorer
@@ -139,3 +141,33 @@ def test_inflight_producer_without_estimates_reads_the_director_counters() -> No
     target = endpoint("a", inflight=3, inflight_tokens=42)
     producer.pre_request(request("y" * 400), SchedulingResult({"d": ProfileResult([target])}, "d"))
     assert (producer.load.requests(target), producer.load.tokens(target)) == (3, 42)
+
+
+def test_token_load_scorer_threshold_of_zero_or_less_is_the_default_as_in_llm_d() -> None:
+    for threshold in (0, -5):
+        assert plugin(TokenLoadScorer, {"queueThresholdTokens": threshold}).threshold == 4_194_304
+
+
+def test_token_load_scorer_reads_the_named_inflight_load_producer() -> None:
+    config = load_config(
+        """\
+apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- {type: inflight-load-producer, name: plain}
+- {type: inflight-load-producer, name: with-outputs, parameters: {addEstimatedOutputTokens: true}}
+- {type: token-load-scorer, parameters: {inFlightLoadProducerName: with-outputs}}
+schedulingProfiles:
+- {name: default, plugins: [{pluginRef: token-load-scorer}]}
+"""
+    )
+    assert config.producer_bindings[("token-load-scorer", "InFlightLoad")] == "with-outputs"
+    with pytest.raises(ConfigError, match="inFlightLoadProducerName names 'nobody'"):
+        load_config(
+            """\
+apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- {type: token-load-scorer, parameters: {inFlightLoadProducerName: nobody}}
+"""
+        )

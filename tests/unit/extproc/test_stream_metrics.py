@@ -1,0 +1,83 @@
+"""llm-d's --enable-grpc-stream-metrics: real ext_proc streams over a real grpc.aio server,
+counted by how they end."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from prometheus_client import CollectorRegistry
+
+from epp.extproc.pb import ext_proc, ext_proc_grpc
+from epp.extproc.server import bind, ext_proc_server
+from epp.extproc.stream import StreamOptions
+from epp.extproc.stream_metrics import StreamMetrics, go_code_name
+from epp.stack.processes import wait_until
+from tests.unit.extproc.test_stream_end import exchange, make_director
+
+
+@pytest.mark.parametrize(
+    ("code", "name"),
+    [
+        (grpc.StatusCode.OK, "OK"),
+        (grpc.StatusCode.CANCELLED, "Canceled"),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "ResourceExhausted"),
+        (grpc.StatusCode.UNKNOWN, "Unknown"),
+    ],
+)
+def test_codes_carry_grpc_gos_names(code: grpc.StatusCode, name: str) -> None:
+    assert go_code_name(code) == name
+
+
+def value(registry: CollectorRegistry, name: str, labels: dict[str, str] | None = None) -> float | None:
+    return registry.get_sample_value(name, labels or {})
+
+
+async def test_streams_are_counted_open_then_by_how_they_ended() -> None:
+    registry = CollectorRegistry()
+    server = ext_proc_server(make_director(), StreamOptions(), None, stream_metrics=StreamMetrics(registry))
+    port = bind(server, "127.0.0.1:0", None)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = ext_proc_grpc.ExternalProcessorStub(channel)
+            # A whole exchange, then the gateway half-closes: the stream ends OK.
+            finished = stub.Process(iter(exchange()))
+            replies = [reply async for reply in finished]
+            assert len(replies) == 4
+            assert value(registry, "llm_d_epp_extproc_streams_total", {"code": "OK"}) == 1
+
+            # A stream the gateway cancels while it is open.
+            open_until = asyncio.Event()
+
+            async def headers_then_wait() -> AsyncIterator[ext_proc.ProcessingRequest]:
+                yield exchange()[0]
+                await open_until.wait()
+
+            cancelled = stub.Process(headers_then_wait())
+            await cancelled.read()  # the reply to the headers: the stream is open
+
+            async def open_now() -> bool | None:
+                return True if value(registry, "llm_d_epp_extproc_streams_inflight") == 1 else None
+
+            await wait_until(open_now, "one open stream", 5, interval=0.01)
+            cancelled.cancel()
+
+            async def counted() -> bool | None:
+                done = value(registry, "llm_d_epp_extproc_streams_total", {"code": "Canceled"})
+                return True if done == 1 else None
+
+            await wait_until(counted, "the cancelled stream's count", 5, interval=0.01)
+            open_until.set()
+    finally:
+        await server.stop(None)
+    assert value(registry, "llm_d_epp_extproc_streams_inflight") == 0
+    assert value(registry, "llm_d_epp_extproc_stream_duration_seconds_count") == 2
+
+
+async def test_nothing_is_registered_unless_asked() -> None:
+    registry = CollectorRegistry()
+    ext_proc_server(make_director(), StreamOptions(), None)
+    assert value(registry, "llm_d_epp_extproc_streams_inflight") is None
