@@ -96,7 +96,8 @@ def parse_endpoint_flag(
     if not host or port is None or not 0 < port < 65536:
         raise DiscoveryError(f"--endpoint {value!r}: expected host:port")
     try:
-        ipaddress.ip_address(host)
+        # As Envoy writes it (the file's entries are too): the host:port it reports is compared.
+        host = ipaddress.ip_address(host).compressed
     except ValueError:
         raise DiscoveryError(f"--endpoint {value!r}: the host must be an IP address") from None
     return EndpointSpec(
