@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import ipaddress
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -17,6 +18,17 @@ ROLE_LABEL = "llm-d.ai/role"
 ANY_MODEL_GROUP = "any"
 # The fallback group of a request no other endpoint is known to serve: no host carries it.
 NO_FALLBACK_GROUP = "none"
+
+
+def canonical_ip(text: str) -> str:
+    """An IP address as Envoy writes it in the host:port it names hosts by (its destination
+    lookups and the served-endpoint header): compressed lower-case IPv6, an IPv4-mapped one in
+    dotted form (Python 3.11's `compressed` writes `::ffff:a00:1`, Envoy `::ffff:10.0.0.1`).
+    Raises ValueError for anything but an IP address."""
+    ip = ipaddress.ip_address(text)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None and ip.scope_id is None:
+        return f"::ffff:{ip.ipv4_mapped}"
+    return ip.compressed
 
 
 def join_host_port(host: str, port: int) -> str:
