@@ -70,6 +70,10 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
         chosen = sub.add_parser(
             name,
             help=help_text,
+            # `epp serve --workers` hands its command line on to its workers, which must read it
+            # as it was meant (`--worker=2` is not `--workers=2` there); GIE's Go flags take no
+            # abbreviations either.
+            allow_abbrev=name != IMPLIED_COMMAND,
             description=module.__doc__,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )

@@ -800,8 +800,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def worker_plan(count: int, options: ServeOptions) -> WorkerPlan:
-    """The supervisor's plan; it waits for a worker's whole stop (drain window, then grace)."""
+def worker_plan(count: int, options: ServeOptions, log_level: str = "INFO") -> WorkerPlan:
+    """The supervisor's plan; it waits for a worker's whole stop (drain window, then grace), and
+    starts each worker at its own `epp --log-level`."""
     from epp.replicas.workers import WorkerPlan
 
     return WorkerPlan(
@@ -814,6 +815,7 @@ def worker_plan(count: int, options: ServeOptions) -> WorkerPlan:
         sync_url=options.replicas.sync_url,
         replica_id=options.replicas.replica_id or f"{socket.gethostname()}-{os.getpid()}",
         shutdown_grace=options.drain_window + options.shutdown_grace,
+        log_level=log_level,
     )
 
 
@@ -826,7 +828,7 @@ def _run_workers(args: argparse.Namespace) -> int:
     except (DiscoveryError, ValueError, OSError, KubeConfigError) as exc:
         log.error("%s", exc)
         return 2
-    plan = worker_plan(args.workers, options)
+    plan = worker_plan(args.workers, options, args.log_level)
 
     async def supervise() -> int:
         return await workers.Supervisor(plan, workers.serve_argv()).run(stop_event())

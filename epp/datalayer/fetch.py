@@ -18,7 +18,7 @@ import ssl
 import threading
 import zlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple, cast
 
 from epp.datastore.endpoint import join_host_port
@@ -224,6 +224,7 @@ class _GetProtocol(asyncio.BufferedProtocol):
         self._response: _Response | None = None
         self._done: Done | None = None
         self._inflating: Done | None = None  # whose response is being inflated
+        self._inflation: Future[bytes] | None = None  # and the worker thread's job
         self._last_head = (b"", _Head(0, None, False, False, False))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -310,13 +311,14 @@ class _GetProtocol(asyncio.BufferedProtocol):
             done(result)
             return
         self._inflating = done
-        inflated = asyncio.get_running_loop().run_in_executor(_inflating(), _inflate, result.body)
+        self._inflation = _inflating().submit(_inflate, result.body)
+        inflated = asyncio.wrap_future(self._inflation)
         inflated.add_done_callback(functools.partial(self._inflated, done, result.status))
 
     def _inflated(self, done: Done, status: int, inflated: asyncio.Future[bytes]) -> None:
         if self._inflating is not done:  # dropped meanwhile
             return
-        self._inflating = None
+        self._inflating = self._inflation = None
         error = FetchError("gzip inflation cancelled") if inflated.cancelled() else inflated.exception()
         done((status, inflated.result()) if error is None else error)
 
@@ -336,8 +338,13 @@ class _GetProtocol(asyncio.BufferedProtocol):
             self.transport.abort()
 
     def drop(self) -> None:
-        """Abort without telling the caller (it has given up on this GET)."""
+        """Abort without telling the caller (it has given up on this GET). A page still waiting
+        for the inflating thread is taken off its queue at once (one being inflated runs to its
+        end)."""
+        inflation, self._inflation = self._inflation, None
         self._done = self._inflating = None
+        if inflation is not None:
+            inflation.cancel()
         self.abort()
 
 

@@ -30,10 +30,12 @@ FAILING_BACKOFF_MAX = 1.0
 # cost more CPU per scrape (a wake-up and an epoll call shared by fewer answers).
 SLICES = 16
 SLICE_SIZE = 32
-# While an endpoint stays out of rotation, a new failure reason (refused -> HTTP 500 -> timeout) is
-# logged at most once per this many seconds per endpoint; the changes not logged are counted in the
-# next line about it (the next reason logged, or its recovery). Its failing scrapes run up to once
-# a second (FAILING_BACKOFF_MAX), so a flapping server could otherwise log a line a second.
+# The lines about an endpoint's health come at most once per this many seconds per endpoint, but
+# for its first outage and the recovery from a logged one: a new failure reason while it stays out
+# of rotation (refused -> HTTP 500 -> timeout; its failing scrapes run up to once a second,
+# FAILING_BACKOFF_MAX), and its turns out of and back into rotation (a server restarting in a loop
+# turns ten times a second). The state changes not logged are counted in the next line about it;
+# an outage not logged is logged once it has lasted past the interval.
 REASON_LOG_INTERVAL = 30.0
 
 
@@ -100,8 +102,9 @@ class _Target:
         self.sent_at: float | None = None  # loop time the GET under way was started
         self.overdue = False  # an interval passed while the GET was under way
         self.resume_at = 0.0  # loop time before which a failing endpoint is not scraped again
-        # Out of rotation: its last failure reason, the last one logged and when (loop time), and
-        # how many changes of reason were not logged since (REASON_LOG_INTERVAL).
+        # Out of rotation: its last failure reason, the last one logged ("": this outage not
+        # logged), when the last line about it was logged (loop time), and how many state changes
+        # were not logged since (REASON_LOG_INTERVAL).
         self.reason = ""
         self.logged_reason = ""
         self.logged_at = -math.inf
@@ -269,9 +272,7 @@ class MetricsScraper:
             target.failures = 0
             if not endpoint.healthy:
                 endpoint.healthy = True
-                log.info("endpoint %s healthy again: its /metrics answered%s", endpoint, _unlogged(target))
-                target.reason = target.logged_reason = ""
-                target.unlogged = 0
+                self._recovered(target)
             if endpoint.suspended_until:
                 endpoint.suspended_until = 0.0
         if target.overdue:
@@ -304,12 +305,20 @@ class MetricsScraper:
         endpoint = target.endpoint
         now = asyncio.get_running_loop().time()
         if endpoint.healthy and (immediate or target.failures >= self._failures_before_unhealthy):
-            log.warning(
-                "endpoint %s unhealthy after %d failed scrape(s): %s", endpoint, target.failures, reason
-            )
             endpoint.healthy = False
             target.reason = target.logged_reason = reason
-            target.logged_at = now
+            if now - target.logged_at >= self._reason_log_interval:
+                log.warning(
+                    "endpoint %s unhealthy after %d failed scrape(s): %s%s",
+                    endpoint,
+                    target.failures,
+                    reason,
+                    _unlogged(target),
+                )
+                target.logged_at, target.unlogged = now, 0
+            else:  # back in rotation less than an interval ago: a flap, counted
+                target.logged_reason = ""
+                target.unlogged += 1
         elif not endpoint.healthy:
             self._reason_seen(target, reason, now)
         if not endpoint.healthy:
@@ -317,9 +326,19 @@ class MetricsScraper:
             backoff = min(self.interval * 2 ** min(target.failures, 16), FAILING_BACKOFF_MAX)
             target.resume_at = now + backoff
 
+    def _recovered(self, target: _Target) -> None:
+        """Back in rotation: logged if its outage was, else counted with it."""
+        if target.logged_reason:
+            log.info("endpoint %s healthy again: its /metrics answered%s", target.endpoint, _unlogged(target))
+            target.logged_at, target.unlogged = asyncio.get_running_loop().time(), 0
+        else:
+            target.unlogged += 1
+        target.reason = target.logged_reason = ""
+
     def _reason_seen(self, target: _Target, reason: str, now: float) -> None:
-        """An endpoint out of rotation failed again: a reason other than the last one logged is
-        logged, unless a line about it was logged less than `reason_log_interval` ago."""
+        """An endpoint out of rotation failed again: a reason other than the last one logged (any,
+        if this outage was not logged) is logged, unless a line about it was logged less than
+        `reason_log_interval` ago."""
         changed, target.reason = reason != target.reason, reason
         if reason != target.logged_reason and now - target.logged_at >= self._reason_log_interval:
             log.warning("endpoint %s still unhealthy, now: %s%s", target.endpoint, reason, _unlogged(target))
@@ -331,4 +350,4 @@ class MetricsScraper:
 def _unlogged(target: _Target) -> str:
     if not target.unlogged:
         return ""
-    return f" ({target.unlogged} change(s) of failure reason not logged since the last line)"
+    return f" ({target.unlogged} state change(s) not logged since the last line)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import ipaddress
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -15,6 +16,19 @@ from epp.datastore.columns import COLUMN_FIELDS, allocate_row, write_row, write_
 ROLE_LABEL = "llm-d.ai/role"
 # The fallback group of an endpoint that names no models: it serves whatever it is sent.
 ANY_MODEL_GROUP = "any"
+# The fallback group of a request no other endpoint is known to serve: no host carries it.
+NO_FALLBACK_GROUP = "none"
+
+
+def canonical_ip(text: str) -> str:
+    """An IP address as Envoy writes it in the host:port it names hosts by (its destination
+    lookups and the served-endpoint header): compressed lower-case IPv6, an IPv4-mapped one in
+    dotted form (Python 3.11's `compressed` writes `::ffff:a00:1`, Envoy `::ffff:10.0.0.1`).
+    Raises ValueError for anything but an IP address."""
+    ip = ipaddress.ip_address(text)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None and ip.scope_id is None:
+        return f"::ffff:{ip.ipv4_mapped}"
+    return ip.compressed
 
 
 def join_host_port(host: str, port: int) -> str:
@@ -205,6 +219,15 @@ class Endpoint:
         EPP's list (`epp.discovery.eds`): those naming the same models, by discovery and by their
         own model list (`any` for those naming none). Read once per routed request: cached."""
         return fallback_group(self.spec.models, self.served_models)
+
+    def fallback_group_for(self, model: str | None) -> str:
+        """The fallback group of a request for `model` routed here: this endpoint's, unless it
+        serves the model only as a LoRA adapter it runs now (`serves`), which the others of its
+        group need not have loaded; then none, and no retry past the EPP's list."""
+        group = self.fallback_group
+        if not model or group == ANY_MODEL_GROUP or model in self.spec.models:
+            return group
+        return group if model in (self.served_models or ()) else NO_FALLBACK_GROUP
 
     def __repr__(self) -> str:
         return f"Endpoint({self.name}@{self.hostport})"

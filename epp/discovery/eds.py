@@ -122,6 +122,7 @@ class EdsFileWriter:
         self._version = 0
         self._written: list[EdsHost] | None = None
         self._inputs: tuple[object, ...] = ()
+        self._failing = False  # the last write failed: retried at each refresh, logged once
         self._pending: asyncio.Handle | None = None
         self._refreshing: asyncio.Task[None] | None = None
 
@@ -172,8 +173,19 @@ class EdsFileWriter:
         try:
             write_eds_file(self.path, hosts, str(self._version), self._cluster)
         except OSError as exc:
-            log.error("could not write the Envoy EDS file %s: %s", self.path, exc)
+            self._inputs = ()  # not written: the next refresh tries again
+            log.log(
+                logging.DEBUG if self._failing else logging.ERROR,
+                "could not write the Envoy EDS file %s: %s (retried every %gs)",
+                self.path,
+                exc,
+                self._refresh,
+            )
+            self._failing = True
             return
+        if self._failing:
+            self._failing = False
+            log.info("Envoy EDS file %s written again", self.path)
         written, self._written = self._written, hosts
         # Endpoints coming and going are news; health changes are the scraper's to log.
         same_pool = written is not None and [h.hostport for h in written] == [h.hostport for h in hosts]

@@ -14,7 +14,6 @@ File format:
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -26,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationError
 
 from epp.datastore import Datastore, EndpointSpec
-from epp.datastore.endpoint import join_host_port, split_host_port
+from epp.datastore.endpoint import canonical_ip, join_host_port, split_host_port
 from epp.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -54,9 +53,10 @@ class DiscoveryError(ValueError):
 
 
 def _spec(entry: _EndpointEntry, metrics_port: int | None) -> EndpointSpec:
+    address = canonical_ip(str(entry.address))
     return EndpointSpec(
-        name=entry.name or join_host_port(str(entry.address), entry.port),
-        address=str(entry.address),
+        name=entry.name or join_host_port(address, entry.port),
+        address=address,
         port=entry.port,
         labels=MappingProxyType(dict(entry.labels)),
         models=frozenset(entry.models),
@@ -96,7 +96,7 @@ def parse_endpoint_flag(
     if not host or port is None or not 0 < port < 65536:
         raise DiscoveryError(f"--endpoint {value!r}: expected host:port")
     try:
-        ipaddress.ip_address(host)
+        host = canonical_ip(host)  # as Envoy writes it: the host:port it reports is compared
     except ValueError:
         raise DiscoveryError(f"--endpoint {value!r}: the host must be an IP address") from None
     return EndpointSpec(

@@ -267,7 +267,7 @@ class ExtProcStream:
             result = self._routed.result
             primary = result.profile_results.get(result.primary_profile)
             scores = primary.scores if primary is not None else None
-        group = self._routed.result.targets[0].fallback_group
+        group = self._routed.result.targets[0].fallback_group_for(self._routed.request.target_model)
         return messages.routing_response(reply, set_headers, remove, destination, streaming, group, scores)
 
     # --- response path -------------------------------------------------------------------------

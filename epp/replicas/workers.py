@@ -81,6 +81,7 @@ class WorkerPlan:
     sync_url: str | None
     replica_id: str
     shutdown_grace: float
+    log_level: str = "INFO"  # `epp --log-level`, which each worker is started with
 
 
 class Supervisor:
@@ -108,6 +109,7 @@ class Supervisor:
             sys.executable,
             "-m",
             "epp.cli",
+            f"--log-level={plan.log_level}",
             "serve",
             *base,
             f"--grpc-port={self.grpc_port}",
@@ -210,7 +212,10 @@ class Supervisor:
             await asyncio.gather(*(p.wait() for p in running))
 
 
-def serve_argv() -> list[str]:
-    """This process's `epp serve` arguments (after the `serve` subcommand)."""
-    argv = sys.argv[1:]
-    return argv[argv.index("serve") + 1 :] if "serve" in argv else argv
+def serve_argv(argv: Sequence[str] | None = None) -> list[str]:
+    """This process's `epp serve` arguments: after `epp`'s own `--log-level` (given to the workers
+    apart, as `WorkerPlan.log_level`) and the `serve` subcommand, which may be implied."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    while args and args[0].split("=", 1)[0] == "--log-level":
+        del args[: 1 if "=" in args[0] else 2]
+    return args[1:] if args[:1] == ["serve"] else args

@@ -88,14 +88,24 @@ async def test_a_failing_primary_is_served_by_the_epps_fallback(make_stack: Stac
 
 @asynccontextmanager
 async def fake_server(
-    name: str, metrics_status: int, inference_status: int, model: str | None = None, refuses: bool = False
+    name: str,
+    metrics_status: int,
+    inference_status: int,
+    model: str | None = None,
+    refuses: bool = False,
+    running_adapter: str = "",
 ) -> AsyncIterator[SimEndpoint]:
     """A pool member whose /metrics answers `metrics_status` (its scrape fails unless 200) and
     whose /v1/completions answers `inference_status`, naming itself as the simulator does; with
-    `refuses`, its inference port is closed (connections refused, /metrics elsewhere)."""
+    `refuses`, its inference port is closed (connections refused, /metrics elsewhere); with
+    `running_adapter`, its metrics say it runs that LoRA adapter."""
+    page = "vllm:num_requests_waiting 0\n"
+    if running_adapter:
+        labels = f'max_lora="4",running_lora_adapters="{running_adapter}",waiting_lora_adapters=""'
+        page += f"vllm:lora_requests_info{{{labels}}} 1\n"
 
     async def metrics(_: web.Request) -> web.Response:
-        return web.Response(status=metrics_status, text="vllm:num_requests_waiting 0\n")
+        return web.Response(status=metrics_status, text=page)
 
     async def completions(_: web.Request) -> web.Response:
         body = {"choices": [{"text": name}]} if inference_status == 200 else {"error": "unavailable"}
@@ -158,6 +168,35 @@ async def test_retries_past_the_epps_list_reach_only_endpoints_it_would_route_to
         assert response.status_code == 503, response.text
         assert response.headers["x-epp-destination"] == lonely.hostport
         assert response.headers.get("x-inference-pod") in (None, "lonely"), response.headers
+
+
+async def test_a_lora_adapter_only_its_primary_runs_is_not_retried_on_its_group_mates(
+    make_stack: StackFactory,
+) -> None:
+    """`adapter` is the only server running `lora-1` (its metrics say so; its model list names the
+    base model, as the simulators' do) and answers 503: the retry past the EPP's list must not
+    reach a simulator of the same base model, which has no such adapter loaded; the client gets
+    the 503."""
+    async with (
+        fake_server("adapter", 200, 503, running_adapter="lora-1") as adapter,
+        make_stack("adapter", sims=2, epp_args=epp_args()) as stack,
+    ):
+        stack.write_endpoints_file([*stack.sims, adapter])
+
+        async def envoy_has_it() -> bool | None:
+            return True if adapter.hostport in await stack.envoy_pool_hosts() else None
+
+        await wait_until(envoy_has_it, "Envoy's pool to list the adapter's server", 10)
+        async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client:
+            body = {"model": "lora-1", "prompt": "hi", "max_tokens": 1}
+
+            async def routed_to_the_adapter() -> httpx.Response | None:  # once its metrics are read
+                response = await client.post("/v1/completions", json=body)
+                return response if response.headers.get("x-epp-destination") == adapter.hostport else None
+
+            response = await wait_until(routed_to_the_adapter, "a request routed to the adapter's server", 10)
+        assert response.status_code == 503, (response.status_code, response.headers)
+        assert response.headers.get("x-inference-pod") in (None, "adapter"), response.headers
 
 
 async def test_a_hung_server_gets_no_new_request_after_the_first_timeout(make_stack: StackFactory) -> None:

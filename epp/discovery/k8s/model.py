@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from epp.datastore import EndpointSpec
+from epp.datastore.endpoint import canonical_ip
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +231,13 @@ def pod_endpoints(pod: Object, pool: PoolSpec, metrics_port: int | None = None) 
     if meta.get("deletionTimestamp") or not address or not _is_ready(status):
         return []
     if any(labels.get(key) != value for key, value in pool.selector.items()):
+        return []
+    try:
+        # As Envoy writes it; and one address that is not an IP would make Envoy refuse the
+        # whole EDS file (epp.discovery.eds), freezing its pool.
+        address = canonical_ip(address)
+    except ValueError:
+        log.warning("pod %s: status.podIP %r is not an IP address; left out", meta.get("name"), address)
         return []
     active = _active_ports(meta.get("annotations"), pool.target_ports)
     frozen_labels = MappingProxyType(dict(labels))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import threading
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -216,6 +217,39 @@ async def test_a_decompression_bomb_is_inflated_off_the_event_loop() -> None:
             getter.close()
     assert stalls, "the probe never ran"
     assert max(stalls) < inline / 4, (max(stalls), inline)
+
+
+async def test_a_scrape_given_up_while_its_page_waits_to_be_inflated_is_not_inflated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The one inflating thread is busy: a scrape that times out meanwhile leaves nothing queued
+    behind it. Otherwise a backlog longer than the scrape timeout would stay one, every page
+    inflated after its scrape gave up, and every gzip endpoint out of rotation for good."""
+    inflated: list[int] = []
+    real_inflate = fetch._inflate
+
+    def counting(body: bytes) -> bytes:
+        inflated.append(len(body))
+        return real_inflate(body)
+
+    monkeypatch.setattr(fetch, "_inflate", counting)
+    page = gzip.compress(b"vllm:num_requests_waiting 3\n")
+    response = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(page)
+    handler, _ = answering(response + page, response + page)
+    busy = threading.Event()
+    blocker = fetch._inflating().submit(busy.wait, 30)  # the thread, taken
+    async with raw_server(handler) as port:
+        getter = KeepAliveGetter("127.0.0.1", port, "/metrics")
+        try:
+            with pytest.raises(TimeoutError):
+                await getter.get(0.3)  # answered at once, then waits for the thread
+            busy.set()
+            await asyncio.wrap_future(blocker)
+            assert await getter.get(5) == (200, b"vllm:num_requests_waiting 3\n")  # a new GET is served
+        finally:
+            busy.set()
+            getter.close()
+    assert inflated == [len(page)], "the page of the scrape given up was inflated anyway"
 
 
 async def test_start_calls_back_once_and_close_silences_it() -> None:

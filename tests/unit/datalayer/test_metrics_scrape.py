@@ -13,7 +13,7 @@ from aiohttp import web
 from epp.datalayer.engines import BUILTIN_ENGINES, ENGINE_LABEL
 from epp.datalayer.promtext import Extractor, MetricSpec
 from epp.datalayer.scraper import SLICE_SIZE, MetricsScraper, ScrapeSettings
-from epp.datastore import Datastore, EndpointSpec
+from epp.datastore import Datastore, Endpoint, EndpointSpec
 
 VLLM_PAGE = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -27,6 +27,8 @@ vllm:cache_config_info{block_size="16",num_gpu_blocks="2048",model_name="m"} 1.0
 vllm:time_to_first_token_seconds_bucket{le="0.1",model_name="m"} 4.0
 vllm:num_requests_waiting_total{model_name="m"} 99
 """
+
+SCRAPER_LOG = "epp.datalayer.scraper"
 
 
 def test_vllm_old_kv_name_lora_latest_series_and_cache_info() -> None:
@@ -151,10 +153,13 @@ async def test_scraper_fills_metrics_and_tracks_health(
     server: FakeServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Also logged both ways: an operator reading the log sees an endpoint come back, not only each
-    time it left (a flapping server otherwise reads as one that never recovered)."""
-    caplog.set_level(logging.INFO, logger="epp.datalayer.scraper")
+    time it left (a flapping server otherwise reads as one that never recovered). Without the
+    limit on lines per endpoint, which a flap within it would meet (below)."""
+    caplog.set_level(logging.INFO, logger=SCRAPER_LOG)
     datastore = Datastore()
-    scraper = MetricsScraper(datastore, interval=0.02, timeout=0.5, failures_before_unhealthy=2)
+    scraper = MetricsScraper(
+        datastore, interval=0.02, timeout=0.5, failures_before_unhealthy=2, reason_log_interval=0
+    )
     await scraper.start()
     endpoint = datastore.upsert(EndpointSpec("e", "127.0.0.1", server.port))
     try:
@@ -180,7 +185,7 @@ async def failing_through(
 ) -> list[str]:
     """The scraper's log lines about one endpoint whose /metrics answers each of `statuses` (at
     least twice each) and then 200 again."""
-    caplog.set_level(logging.INFO, logger="epp.datalayer.scraper")
+    caplog.set_level(logging.INFO, logger=SCRAPER_LOG)
     datastore = Datastore()
     scraper = MetricsScraper(
         datastore, 0.01, 0.5, failures_before_unhealthy=1, reason_log_interval=reason_log_interval
@@ -195,7 +200,7 @@ async def failing_through(
         await until(lambda: endpoint.healthy)
     finally:
         await scraper.stop()
-    return [f"{r.levelname} {r.getMessage()}" for r in caplog.records]
+    return [f"{r.levelname} {r.getMessage()}" for r in caplog.records if r.name == SCRAPER_LOG]
 
 
 async def test_each_new_failure_reason_of_an_unhealthy_endpoint_is_logged(
@@ -220,8 +225,67 @@ async def test_failure_reasons_are_logged_at_most_once_per_interval_and_the_rest
     assert len(logged) == 2, logged
     assert "unhealthy after 1 failed scrape(s): ValueError: HTTP 500" in logged[0]
     assert logged[1].endswith(
-        "healthy again: its /metrics answered (2 change(s) of failure reason not logged since the last line)"
+        "healthy again: its /metrics answered (2 state change(s) not logged since the last line)"
     )
+
+
+async def flapping(
+    server: FakeServer,
+    flips: int,
+    reason_log_interval: float,
+    caplog: pytest.LogCaptureFixture,
+    settle: float = 0.0,
+) -> tuple[list[str], Endpoint]:
+    """The scraper's log lines about one endpoint whose /metrics goes 500 and back to 200 `flips`
+    times (each turn seen by the scraper), then 500 again for good (three more failed scrapes,
+    then `settle` seconds)."""
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger=SCRAPER_LOG)
+    datastore = Datastore()
+    scraper = MetricsScraper(
+        datastore, 0.01, 0.5, failures_before_unhealthy=1, reason_log_interval=reason_log_interval
+    )
+    await scraper.start()
+    endpoint = datastore.upsert(EndpointSpec("e", "127.0.0.1", server.port))
+    try:
+        for _ in range(flips):
+            server.status = 500
+            await until(lambda: not endpoint.healthy)
+            server.status = 200
+            await until(lambda: endpoint.healthy)
+        server.status = 500
+        await until(lambda: not endpoint.healthy)
+        failures = scraper.failures
+        await until(lambda: scraper.failures >= failures + 3)
+        await asyncio.sleep(settle)
+    finally:
+        await scraper.stop()
+    return [f"{r.levelname} {r.getMessage()}" for r in caplog.records if r.name == SCRAPER_LOG], endpoint
+
+
+async def test_a_flapping_endpoint_logs_its_turns_at_most_once_per_interval(
+    server: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In and out of rotation ten times a second (a server restarting in a loop): the first outage
+    and recovery are logged, the turns after them within the interval only counted."""
+    logged, _ = await flapping(server, 5, 3600, caplog)
+    assert len(logged) == 2, logged
+    assert "unhealthy after 1 failed scrape(s)" in logged[0]
+    assert logged[1].endswith("healthy again: its /metrics answered")
+    every, _ = await flapping(server, 2, 0, caplog)  # without the limit, every turn
+    assert len(every) == 5, every
+
+
+async def test_an_outage_left_unlogged_as_a_flap_is_logged_once_the_interval_is_over(
+    server: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The last outage began within the interval of the recovery line; it lasts past it: logged
+    then, with the turns left out."""
+    logged, endpoint = await flapping(server, 1, 0.3, caplog, settle=1.5)
+    assert not endpoint.healthy
+    assert len(logged) == 3, logged
+    assert "still unhealthy" in logged[2] and "HTTP 500" in logged[2], logged
+    assert logged[2].endswith("(1 state change(s) not logged since the last line)"), logged
 
 
 async def test_one_scrape_timeout_takes_a_hung_endpoint_out_until_it_answers(server: FakeServer) -> None:

@@ -122,3 +122,32 @@ async def test_health_and_groups_are_kept_in_step_with_the_epps_view(tmp_path: P
         await written([("HEALTHY", "any"), ("HEALTHY", b.fallback_group)])
     finally:
         await writer.stop()
+
+
+async def test_a_failed_write_is_retried_until_it_succeeds(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A write that fails (the directory not there to write to, a full disk) is tried again at each
+    refresh, logged once as an error while it keeps failing, and once more when it succeeds: Envoy
+    must not keep a removed endpoint (or a stale health) for as long as nothing else changes."""
+    datastore = Datastore()
+    datastore.upsert(spec("a", 8000))
+    blocker = tmp_path / "pool"
+    path = blocker / "endpoints.yaml"
+    blocker.write_text("not a directory")  # mkdir and the write both fail
+    writer = EdsFileWriter(datastore, path, refresh=0.01)
+    with caplog.at_level("INFO", logger="epp.discovery.eds"):
+        writer.start()
+        try:
+            await asyncio.sleep(0.2)  # about 20 refreshes, all failing
+            errors = [r for r in caplog.records if r.levelname == "ERROR"]
+            assert len(errors) == 1, [r.getMessage() for r in errors]
+            blocker.unlink()
+            for _ in range(500):
+                if path.exists():
+                    break
+                await asyncio.sleep(0.01)
+            assert hosts(path)[1] == ["10.0.0.1:8000"]
+            assert any("written again" in r.getMessage() for r in caplog.records)
+        finally:
+            await writer.stop()

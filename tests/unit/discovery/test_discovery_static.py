@@ -79,6 +79,22 @@ def test_endpoint_flags_including_ipv6() -> None:
         parse_endpoint_flag("vllm.local:8000")
 
 
+def test_an_endpoint_flags_ip_is_written_as_envoy_writes_it() -> None:
+    """Envoy names a host by its address's canonical text (`[::1]:8000` for a cluster host given
+    as 0:0:0:0:0:0:0:1): the destination the EPP sends must be that text, or the override-host
+    policy finds no such host and the endpoint Envoy reports as having served (that same text) is
+    not the one the EPP picked, which it then suspends as if it had failed."""
+    for given, hostport in (
+        ("[0:0:0:0:0:0:0:1]:8000", "[::1]:8000"),
+        ("[FD00::AB]:8001", "[fd00::ab]:8001"),
+        ("[::ffff:a00:1]:8002", "[::ffff:10.0.0.1]:8002"),  # IPv4-mapped: dotted, as Envoy's
+    ):
+        spec = parse_endpoint_flag(given)
+        assert (spec.hostport, spec.name) == (hostport, hostport), given
+    (entry,) = parse_endpoint_file("endpoints:\n  - address: '0:0:0:0:0:ffff:a00:1'\n    port: 8000\n")
+    assert (entry.hostport, entry.name) == ("[::ffff:10.0.0.1]:8000", "[::ffff:10.0.0.1]:8000")
+
+
 async def test_file_is_reloaded_on_change_and_a_broken_edit_is_ignored(tmp_path: Path) -> None:
     path = tmp_path / "endpoints.yaml"
     path.write_text(FILE)

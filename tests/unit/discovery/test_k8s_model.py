@@ -97,6 +97,17 @@ def test_ipv6_pod_addresses_are_bracketed() -> None:
     assert pod_endpoints(pod("p", "fd00::1", labels={"app": "vllm"}), POOL)[0].hostport == "[fd00::1]:8000"
 
 
+def test_pod_ips_are_written_as_envoy_writes_them_and_a_non_ip_is_left_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Envoy names hosts by canonical IP text, and refuses a whole EDS file holding one address
+    that is not an IP (`malformed IP address`, its pool then frozen): a pod whose status.podIP is
+    not one is left out, with a warning naming it."""
+    assert pod_endpoints(pod("p", "FD00:0::1", labels={"app": "vllm"}), POOL)[0].hostport == "[fd00::1]:8000"
+    assert pod_endpoints(pod("evil", "evil.example.com", labels={"app": "vllm"}), POOL) == []
+    assert "pod evil: status.podIP 'evil.example.com' is not an IP address" in caplog.text
+
+
 @pytest.mark.parametrize(
     "obj",
     [

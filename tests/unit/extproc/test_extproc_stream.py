@@ -15,6 +15,7 @@ from google.protobuf import json_format, struct_pb2
 from epp.config.build import build_director
 from epp.config.loader import load_config
 from epp.datastore import Datastore, Endpoint, EndpointSpec
+from epp.datastore.endpoint import ANY_MODEL_GROUP, NO_FALLBACK_GROUP, EndpointMetrics
 from epp.extproc.messages import BODY_CHUNK_BYTES
 from epp.extproc.pb import BodyMode, core, ext_proc, ext_proc_grpc
 from epp.extproc.server import Health, bind, ext_proc_server
@@ -549,6 +550,28 @@ async def test_a_streaming_request_is_marked_in_the_metadata(harness: Harness) -
             "x-epp-streaming": "true",
         }
     }
+
+
+async def test_an_adapter_served_only_as_it_runs_now_gets_no_fallback_group(harness: Harness) -> None:
+    """`a` serves `lora-1` because it runs it now (its metrics), not because its model list names
+    it: `b`, of the same listed models, need not have it loaded, so the request's retries past
+    the EPP's list have no group to go to (Envoy's 503, not `b`'s 404 for an unknown model)."""
+    harness.add("a", 8000)
+    harness.add("b", 8001)
+    a = harness.datastore.get("a")
+    assert a is not None
+    a.metrics = EndpointMetrics(active_models=frozenset({"lora-1"}))
+    for model, expected in (("lora-1", NO_FALLBACK_GROUP), ("m", a.fallback_group)):
+        call = harness.open()
+        await call.write(headers_msg())
+        await call.write(body_msg(orjson.dumps({"model": model, "prompt": "hi"})))
+        lb = lb_metadata(await read(call))["envoy.lb"]
+        assert isinstance(lb, dict)
+        if model == "lora-1":  # only `a` runs it
+            assert lb["x-gateway-destination-endpoint"] == "10.0.0.1:8000"
+        assert lb["x-epp-fallback-group"] == expected, model  # `a` and `b` share theirs
+        call.cancel()
+    assert NO_FALLBACK_GROUP not in {a.fallback_group, ANY_MODEL_GROUP}
 
 
 def error_count(director: Director, code: str) -> float:

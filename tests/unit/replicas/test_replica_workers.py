@@ -6,7 +6,7 @@ import pytest
 
 from epp.cli import parse_args
 from epp.replicas import flags
-from epp.replicas.workers import Supervisor, WorkerPlan, strip_flags
+from epp.replicas.workers import Supervisor, WorkerPlan, serve_argv, strip_flags
 
 
 def test_strip_flags_removes_both_forms_and_keeps_the_rest() -> None:
@@ -66,3 +66,30 @@ def test_replica_flags() -> None:
     assert options.ttl == pytest.approx(4.0)
     assert options.resolved_namespace("pool") == "epp:pool"
     assert flags.options_from_args(parse_args(["serve"])).sync_url is None
+
+
+def test_each_workers_command_line_parses_as_epp_parses_it(tmp_path: Path) -> None:
+    """`epp --log-level=DEBUG --workers=2 ...` (serve implied): the top-level level is the
+    supervisor's, not a serve flag a worker would refuse; the workers log at that level."""
+    plan = WorkerPlan(2, "127.0.0.1", 9002, 9003, 0, tmp_path / "ready.json", None, "pod", 1.0, "DEBUG")
+    for command_line in (
+        ["--log-level=DEBUG", "--workers=2", "--endpoint", "a:1"],
+        ["--log-level", "DEBUG", "serve", "--workers", "2", "--endpoint", "a:1"],
+    ):
+        supervisor = Supervisor(plan, serve_argv(command_line))
+        for index in (0, 1):
+            argv = supervisor.worker_argv(index)
+            assert argv[1:3] == ["-m", "epp.cli"]
+            args = parse_args(argv[3:])
+            assert (args.workers, args.endpoint, args.log_level) == (1, ["a:1"], "DEBUG")
+
+
+def test_abbreviated_serve_flags_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """The workers get the supervisor's command line: `--worker=2` would make each of them a
+    supervisor of two more, and `--envoy-eds=...` a second writer of Envoy's file. GIE's Go flags
+    take no abbreviations either."""
+    for flag in ("--worker=2", "--envoy-eds=pool.yaml"):
+        with pytest.raises(SystemExit) as exited:
+            parse_args(["serve", flag, "--endpoint", "a:1"])
+        assert exited.value.code == 2
+        assert f"unrecognized arguments: {flag}" in capsys.readouterr().err
