@@ -6,10 +6,12 @@ prefix block), paced at --rate over keep-alive connections. Every --every reques
 ext_proc server's VmRSS, split into anonymous and file-backed pages (/proc/PID/status), and the
 growth per request since the previous row and since warm-up (the first row).
 
-`--stream` asks for SSE responses (the EPP's last reply is then to the response headers, and Envoy
-half-closes the stream when the response ends). `--target reference` sends the same load through
-Envoy's `reference` listener to epp.bench.minimal_extproc instead (a grpc.aio ext_proc server that
-only answers, with the EPP's TLS). `--same-prompt` sends one prompt throughout.
+`--stream` asks for SSE responses (in the buffered bootstrap the EPP's last reply is then to the
+response headers, and Envoy half-closes the stream when the response ends). `--body-mode
+full-duplex` runs Envoy as GIE's contract has it (every response chunk through the EPP).
+`--target reference` sends the same load through Envoy's `reference` listener to
+epp.bench.minimal_extproc instead (a grpc.aio ext_proc server that only answers, with the EPP's
+TLS). `--same-prompt` sends one prompt throughout.
 Environment variables (MALLOC_ARENA_MAX, LD_PRELOAD, ...) reach every process the stack starts.
 
     .venv/bin/python bench/rss_soak.py --requests 300000 --rate 300 --every 25000
@@ -31,6 +33,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
+from epp.stack.envoy import BODY_MODES, EnvoyOptions
 from epp.stack.stack import Stack, StackConfig
 
 MODEL = "sim-model"
@@ -124,6 +127,7 @@ async def main(args: argparse.Namespace) -> None:
         sim_args=["--time-scale=0.01", "--max-waiting=1000000"],
         epp_args=["--served-header=x-epp-destination", *args.epp_arg],
         reference_ext_proc="epp.bench.minimal_extproc" if reference else None,
+        envoy=EnvoyOptions(listen_port=0, admin_port=0, body_mode=args.body_mode),
     )
     prompts = Prompts(args.prompt_min, args.prompt_max, args.same_prompt, args.stream)
     main_task = asyncio.current_task()
@@ -135,7 +139,10 @@ async def main(args: argparse.Namespace) -> None:
         pid = server.process.pid
         url = (stack.reference_url if reference else stack.gateway_url) + "/v1/completions"
         allocator = {name: os.environ.get(name, "-") for name in ("MALLOC_ARENA_MAX", "LD_PRELOAD")}
-        print(f"{args.target} pid {pid}, {args.rate:g} req/s, {allocator}, run dir {run_dir}", flush=True)
+        print(
+            f"{args.target} pid {pid}, {args.body_mode}, {args.rate:g} req/s, {allocator}, run dir {run_dir}",
+            flush=True,
+        )
         statuses = await send(url, prompts, 0, WARMUP, args.rate, args.concurrency)
         base = last = memory(pid)
         began = time.perf_counter()
@@ -175,6 +182,9 @@ if __name__ == "__main__":
         "--stream", action="store_true", help="streamed (SSE) completions: the EPP skips their chunks"
     )
     parser.add_argument("--target", choices=("epp", "reference"), default="epp")
+    parser.add_argument(
+        "--body-mode", choices=BODY_MODES, default="buffered", help="Envoy's ext_proc body mode"
+    )
     parser.add_argument("--idle", type=float, default=0.0, help="then wait this long and sample once more")
     parser.add_argument("--epp-arg", action="append", default=[], help="extra `epp serve` flag")
     asyncio.run(main(parser.parse_args()))

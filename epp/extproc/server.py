@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -52,13 +52,14 @@ MAX_PENDING_CALLS = 1_000_000
 MAX_UNREQUESTED_SECONDS = 3600
 
 # Envoy ends an ext_proc stream by half-closing and resetting it (RST_STREAM) at once, as soon as
-# it has the last reply it needs, without waiting for a status. A status sent after that reset
-# fails in gRPC core, and grpc.aio (1.85) then never frees that batch's grpc_op array
-# (grpc/grpc#43360): 96 bytes of native heap each time, which was most streams under load, so the
-# EPP's RSS grew by ~55 bytes per request without end. After its last reply (or Envoy's half-close,
-# on a streamed response whose chunks Envoy no longer sends) the stream waits this long for the
-# reset instead: the reset cancels the wait with no batch in flight, and the stream ends without a
-# status, leaving nothing behind. A client that does not reset gets its status after the wait.
+# it has the last reply it needs, without waiting for a status. grpc.aio (1.85) never frees the
+# grpc_op array of a batch that fails, or whose awaiting task is cancelled (grpc/grpc#43360): 96
+# bytes of native heap each time, per request under load, growing the EPP's RSS without end. So
+# no batch may be left to that reset: after its last reply (or Envoy's half-close) the stream
+# waits this long for the reset instead of sending its status, and the reset cancels the wait with
+# no batch in flight (a client that does not reset gets its status after the wait); the last
+# reply's send, and a read after a reply that left Envoy nothing more to send, run where the reset
+# does not cancel them (_through_reset).
 GATEWAY_CLOSE_WAIT = 0.1
 
 _GRPC_OPTIONS = [
@@ -86,7 +87,7 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
         self,
         request_iterator: AsyncIterator[ext_proc.ProcessingRequest],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[ext_proc.ProcessingResponse]:
+    ) -> None:
         guard = self._guard  # its admit() ran at dispatch (ExtProcDispatch)
         if guard is not None:
             guard.enter()
@@ -101,7 +102,7 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
             if guard is not None and guard.checks_wait:
                 refusal = _waited_too_long(guard, message)
                 if refusal is not None:
-                    yield self.refuse(refusal)
+                    await _through_reset(context.write(self.refuse(refusal)))
                     wait_for_reset = True
                     return
             stream = ExtProcStream(self._director, self._options)
@@ -109,7 +110,7 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
                 try:
                     extend = stream.extend_message_timeout(message)
                     if extend is not None:
-                        yield extend
+                        await context.write(extend)
                     # One awaited step per body: flow control's queue, then async data producers.
                     await stream.prepare(message, context.time_remaining())
                     replies = list(stream.handle(message))
@@ -119,29 +120,32 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
                         ErrorCode.INTERNAL, "the endpoint picker failed to process the request"
                     )
                     self._director.record_error(error, None)
-                    yield messages.immediate_error(error, self._options.error_prefix)
+                    await _through_reset(
+                        context.write(messages.immediate_error(error, self._options.error_prefix))
+                    )
                     wait_for_reset = True
                     return
-                for reply in replies:
-                    yield reply
+                end_next = stream.done or stream.only_end_left  # Envoy may reset after these replies
+                for reply in replies[:-1] if end_next else replies:
+                    await context.write(reply)
+                if end_next and replies:
+                    await _through_reset(context.write(replies[-1]))
                 if stream.done:
                     wait_for_reset = True
                     return
                 eviction = stream.eviction_signal
                 if eviction is None:  # the common case, kept cheap: one plain read
-                    try:
-                        message = await anext(incoming)
-                    except StopAsyncIteration:  # Envoy half-closes, then resets at once
-                        wait_for_reset = True
-                        return
+                    next_message = await (
+                        _through_reset(anext(incoming, None)) if end_next else anext(incoming, None)
+                    )
                 else:
                     next_message = await _message_or_eviction(incoming, eviction)
-                    if next_message is None:  # evicted, or Envoy half-closes (then resets at once)
-                        if eviction.done():
-                            yield stream.evicted()
-                        wait_for_reset = True
-                        return
-                    message = next_message
+                    if next_message is None and eviction.done():
+                        await _through_reset(context.write(stream.evicted()))
+                if next_message is None:  # evicted, or Envoy half-closes (then resets at once)
+                    wait_for_reset = True
+                    return
+                message = next_message
         finally:
             try:
                 if stream is not None:
@@ -235,18 +239,45 @@ def _waited_too_long(guard: OverloadGuard, message: ext_proc.ProcessingRequest) 
     return None if received is None else guard.waited(time.time() - received)
 
 
+_T = TypeVar("_T")
+# Batches handed to _through_reset or left running by _message_or_eviction, until they end: the
+# event loop keeps only weak references to tasks.
+_unawaited: set[asyncio.Future[Any]] = set()
+
+
+def _keep(batch: Awaitable[_T]) -> asyncio.Future[_T]:
+    """`batch` (a read or a send) running in a task of its own, kept until it ends, its
+    outcome marked seen (after a reset it is the reset's error, which no one reads)."""
+    task = asyncio.ensure_future(batch)
+    _unawaited.add(task)
+    task.add_done_callback(_forget)
+    return task
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    _unawaited.discard(task)
+    if not task.cancelled():
+        task.exception()
+
+
+async def _through_reset(batch: Awaitable[_T]) -> _T:
+    """A read or send that Envoy's reset may interrupt, awaited so that the reset cancels only
+    the waiting: the batch completes and is freed (a batch whose awaiting task is cancelled keeps
+    its grpc_op array, grpc/grpc#43360). The stream's last reply, and a read after a reply that
+    left Envoy nothing more to send."""
+    return await asyncio.shield(_keep(batch))
+
+
 async def _message_or_eviction(
     incoming: AsyncIterator[ext_proc.ProcessingRequest], eviction: asyncio.Future[None]
 ) -> ext_proc.ProcessingRequest | None:
     """The stream's next message; None at its end, or when `eviction` (flow control taking the
     routed request back) comes first. A message that arrives with the eviction goes first: it
-    may end the response, and an ended response is not evicted."""
-    reading = asyncio.ensure_future(anext(incoming, None))
-    try:
-        await asyncio.wait((reading, eviction), return_when=asyncio.FIRST_COMPLETED)
-    finally:  # evicted, or the stream cancelled (Envoy reset it): the read has no one to go to
-        if not reading.done():
-            reading.cancel()
+    may end the response, and an ended response is not evicted. A read the eviction or a reset
+    leaves behind is not cancelled (that would leak its batch, as in _through_reset): it ends
+    with the stream."""
+    reading = _keep(anext(incoming, None))
+    await asyncio.wait((reading, eviction), return_when=asyncio.FIRST_COMPLETED)
     return reading.result() if reading.done() else None
 
 

@@ -85,6 +85,9 @@ class ExtProcStream:
         # What the awaited step (`prepare`) parsed, admitted and prepared for the body.
         self._prepared: ParsedBody | None = None
         self.done = False
+        # The last reply asked Envoy to skip the rest of the response (a streamed response's
+        # body and trailers): Envoy sends nothing more, only the stream's end follows.
+        self.only_end_left = False
         # Resolved when flow control evicts the routed request; None while there is nothing to
         # evict (not routed yet, not evictable, or the stream done).
         self.eviction_signal: asyncio.Future[None] | None = None
@@ -92,6 +95,7 @@ class ExtProcStream:
     # --- entry point -------------------------------------------------------------------------
 
     def handle(self, message: ext_proc.ProcessingRequest) -> Iterator[ext_proc.ProcessingResponse]:
+        self.only_end_left = False  # a message after the skip: the gateway did not honour it
         if message.HasField("protocol_config"):
             self._request_mode = message.protocol_config.request_body_mode
             self._response_mode = message.protocol_config.response_body_mode
@@ -304,6 +308,7 @@ class ExtProcStream:
             messages.fill_header_mutation(reply.response.header_mutation, added, removed)
         if event_stream and self._skip_streamed_body():
             response.mode_override.CopyFrom(SKIP_RESPONSE_BODY)
+            self.only_end_left = not headers.end_of_stream
         yield response
         if headers.end_of_stream:
             self._finish()

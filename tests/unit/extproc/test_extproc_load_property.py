@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import cast
+from typing import Any, cast
 
 import grpc
 import orjson
@@ -234,16 +234,20 @@ def no_wait_for_a_reset() -> Iterator[None]:
 
 
 class NoDeadline:
-    """What the servicer reads of grpc.aio's call context: the call's time remaining (None: no
-    deadline). A bare None made every stream fail at its first message with a 500, before any
-    routing: the property held without a request ever taking load."""
+    """What the servicer uses of grpc.aio's call context: the call's time remaining (None: no
+    deadline; a bare None made every stream fail at its first message with a 500, before any
+    routing: the property held without a request ever taking load), and its replies' sends."""
 
     def time_remaining(self) -> float | None:
         return None
 
+    async def write(self, reply: ext_proc.ProcessingResponse) -> None:
+        await asyncio.sleep(0)  # let the other streams interleave
+
 
 async def run_stream(processor: ExternalProcessor, script: Script) -> None:
     sent_all = asyncio.Event()
+    reset = asyncio.Event()
 
     async def requests() -> AsyncIterator[ext_proc.ProcessingRequest]:
         for message in script.messages:
@@ -251,29 +255,30 @@ async def run_stream(processor: ExternalProcessor, script: Script) -> None:
             await asyncio.sleep(0)  # let the other streams interleave
         sent_all.set()
         if script.ending != "runs out":
-            await asyncio.Event().wait()  # the client neither sends more nor half-closes
+            await reset.wait()  # the client neither sends more nor half-closes; a reset ends reads
 
     context = cast(grpc.aio.ServicerContext, NoDeadline())
+    task = asyncio.create_task(processor.Process(requests(), context))
 
-    async def serve() -> None:
-        async for _ in processor.Process(requests(), context):
-            await asyncio.sleep(0)
+    async def end(task: asyncio.Task[None], *others: asyncio.Task[Any]) -> None:
+        """As grpc.aio on the client's reset: the handler cancelled (a no-op when the stream had
+        ended), and a read left in flight ended."""
+        for each in (task, *others):
+            each.cancel()
+        reset.set()
+        await asyncio.gather(task, *others, return_exceptions=True)
 
-    task = asyncio.create_task(serve())
     if script.ending == "runs out":
         await task
         return
     if script.ending == "reset":
         for _ in range(script.reset_after):
             await asyncio.sleep(0)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await end(task)
         return
     waiter = asyncio.create_task(sent_all.wait())
     await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
-    task.cancel()  # as grpc.aio does when the client cancels; a no-op when the stream had ended
-    waiter.cancel()
-    await asyncio.gather(task, waiter, return_exceptions=True)
+    await end(task, waiter)
 
 
 async def run_all(scripts: list[Script], flow_control: bool = False) -> Director:
