@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -15,7 +16,8 @@ from epp.metrics.families import Families
 
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600)
 
-Handler = Callable[[AsyncIterator[object], grpc.aio.ServicerContext], AsyncIterator[object]]
+# The ext_proc handler writes its replies with `context.write` and returns nothing.
+Handler = Callable[[AsyncIterator[Any], grpc.aio.ServicerContext], Awaitable[None]]
 
 
 def go_code_name(code: grpc.StatusCode) -> str:
@@ -48,15 +50,12 @@ class StreamMetrics:
     def counted(self, handler: Handler) -> Handler:
         """`handler` (a stream-stream method) with each call measured, whichever way it ends."""
 
-        async def measured(
-            request_iterator: AsyncIterator[object], context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[object]:
+        async def measured(request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
             self.inflight.inc()
             start = time.monotonic()
             code: grpc.StatusCode | None = None
             try:
-                async for reply in handler(request_iterator, context):
-                    yield reply
+                await handler(request_iterator, context)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
