@@ -17,7 +17,7 @@ from epp.headers import DESTINATION_SCORES_KEY, LB_NAMESPACE
 from epp.metrics.exporter import EppMetrics
 from epp.scheduling.framework import SchedulerProfile
 from epp.scheduling.framework.profile import VECTOR_MIN_CANDIDATES
-from tests.unit.extproc.test_stream_end import NoDeadline, exchange, make_director
+from tests.unit.extproc.test_stream_end import Context, exchange, make_director
 from tests.unit.plugin_helpers import endpoints, request
 from tests.unit.scheduling.test_scheduling_framework import FixedScorer, RecordingPicker
 
@@ -52,8 +52,9 @@ async def routed_reply(emit: bool) -> ext_proc.ProcessingResponse:
         for message in exchange()[:2]:
             yield message
 
-    context = cast(grpc.aio.ServicerContext, NoDeadline())
-    replies = [reply async for reply in processor.Process(requests(), context)]
+    context = Context()
+    await processor.Process(requests(), cast(grpc.aio.ServicerContext, context))
+    replies = [context.sent.get_nowait() for _ in range(context.sent.qsize())]
     return next(r for r in replies if r.WhichOneof("response") == "request_body")
 
 
