@@ -418,7 +418,12 @@ class VirtualRun:
     ) -> None:
         """Hand the routed request to its server (a P/D run overrides this to add a prefill leg)."""
         sequence = EngineSequence(token_ids, request.max_tokens, now, record, forwarded_priority(routed))
-        self.admit_to_engine(sequence, routed.result.targets[0], routed, now, starts_response=True)
+        target = routed.result.targets[0]
+        engine = self.servers[target.name].engine
+        sequence.block_hashes = self._tokens.block_hashes(
+            request, token_ids, engine.block_size, engine.namespace
+        )
+        self.admit_to_engine(sequence, target, routed, now, starts_response=True)
 
     def admit_to_engine(
         self,
