@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
+from epp.bench import events
 from epp.compiled import warn_python_fallback
 from epp.datalayer import kvblocks, promtext
 from epp.scheduling.prefix import index
@@ -47,6 +48,14 @@ PARTS: list[tuple[object, str, object, Callable[[], object], Callable[[object], 
         lambda: tokens.tokenize(" ab cde"),
         lambda made: made == [zlib.crc32(piece) % tokens.VOCAB_SIZE for piece in (b" ab", b" cde")],
         "the simulator's tokenizer: its C extension was not built",
+    ),
+    (
+        events,
+        "_CompiledEventHeap",
+        None,
+        events.new_event_queue,
+        lambda made: isinstance(made, events.PythonEventHeap),
+        "the virtual-time run's event queue: its C extension was not built",
     ),
 ]
 
