@@ -31,13 +31,18 @@ def namespace_seed(namespace: str) -> int:
     return _hash(namespace.encode())
 
 
-def prompt_block_hashes(token_ids: Sequence[int], block_size: int, namespace: str) -> list[int]:
-    """Chained hashes of every FULL block of ``token_ids``; a trailing partial block has none."""
-    data = array("I", token_ids).tobytes()
+def prompt_block_hashes(
+    token_ids: Sequence[int], block_size: int, namespace: str, known: Sequence[int] = ()
+) -> list[int]:
+    """Chained hashes of every FULL block of ``token_ids``; a trailing partial block has none.
+    ``known``: the hashes of its leading blocks, already computed (a shared prefix's, at most
+    as many as the full blocks): the chain goes on from the last."""
+    done = len(known)
     step = 4 * block_size
-    parent = namespace_seed(namespace)
-    hashes: list[int] = []
-    for start in range(0, (len(token_ids) // block_size) * step, step):
+    data = array("I", token_ids[done * block_size :]).tobytes()
+    parent = known[-1] if known else namespace_seed(namespace)
+    hashes = list(known)
+    for start in range(0, (len(token_ids) // block_size - done) * step, step):
         parent = _hash(data[start : start + step], parent)
         hashes.append(parent)
     return hashes

@@ -16,28 +16,41 @@ import re
 from collections.abc import Sequence
 
 from epp.bench.workload import BenchRequest
+from epp.kvevents import prompt_block_hashes
 from epp.sim.tokens import CHAT_ROLE_CLOSE, render_chat, tokenize
 
 
 class PromptTokenizer:
     def __init__(self, max_memo: int = 50_000) -> None:
         self._memo: dict[str, list[int]] = {}
+        self._hashes: dict[tuple[str, int, str], list[int]] = {}
         self._max_memo = max_memo
 
     def token_ids(self, request: BenchRequest) -> list[int]:
-        if request.messages:
-            rendered = render_chat(request.messages)
-            first, *rest = rendered.split(CHAT_ROLE_CLOSE)
-            pieces = [first, *(CHAT_ROLE_CLOSE + piece for piece in rest)]
-        else:
-            pieces = list(request.prompt)
-        pieces = [piece for piece in pieces if piece]
+        pieces = _pieces(request)
         if not _clean_joins(pieces):
             return tokenize("".join(pieces))
         ids: list[int] = []
         for piece in pieces:
             ids.extend(self._piece(piece))
         return ids
+
+    def block_hashes(
+        self, request: BenchRequest, token_ids: list[int], block_size: int, namespace: str
+    ) -> list[int]:
+        """The engine's prompt block hashes of `token_ids` (what `token_ids(request)` gave): the
+        blocks of the leading piece (a group's system prompt, a conversation's first turn), which
+        then start `token_ids`, are hashed once per piece and the chain goes on from there."""
+        pieces = _pieces(request)
+        if not pieces or not _clean_joins(pieces):
+            return prompt_block_hashes(token_ids, block_size, namespace)
+        key = (pieces[0], block_size, namespace)
+        known = self._hashes.get(key)
+        if known is None:
+            if len(self._hashes) >= self._max_memo:
+                self._hashes.clear()
+            known = self._hashes[key] = prompt_block_hashes(self._piece(pieces[0]), block_size, namespace)
+        return prompt_block_hashes(token_ids, block_size, namespace, known)
 
     def _piece(self, piece: str) -> list[int]:
         ids = self._memo.get(piece)
@@ -46,6 +59,18 @@ class PromptTokenizer:
                 self._memo.clear()
             ids = self._memo[piece] = tokenize(piece)
         return ids
+
+
+def _pieces(request: BenchRequest) -> list[str]:
+    """The prompt's text in the pieces it was built from (chat: the rendered template cut at the
+    ends of turns), empty ones left out."""
+    if request.messages:
+        rendered = render_chat(request.messages)
+        first, *rest = rendered.split(CHAT_ROLE_CLOSE)
+        pieces = [first, *(CHAT_ROLE_CLOSE + piece for piece in rest)]
+    else:
+        pieces = list(request.prompt)
+    return [piece for piece in pieces if piece]
 
 
 _LETTER = re.compile(r"[^\W\d_]")

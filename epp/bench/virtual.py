@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import heapq
 import math
 import random
 import time
@@ -35,6 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 import orjson
 
 from epp.bench.churn import Churn, ChurnEvent, schedule
+from epp.bench.events import new_event_queue
 from epp.bench.prompts import PromptTokenizer
 from epp.bench.records import RequestRecord, RunResult
 from epp.bench.vloop import VirtualTimeLoop
@@ -216,8 +216,7 @@ class VirtualRun:
         self._tokens = PromptTokenizer()
         self._prompt_ids: dict[int, list[int]] = {}  # computed for the EPP, kept for the engine
         self._followers: dict[int, list[BenchRequest]] = {}
-        self._events: list[tuple[float, int, Callable[[float, Any], None], Any]] = []
-        self._seq = 0
+        self._events = new_event_queue()
         self._open = 0  # requests not yet finished (or failed)
         # With flow control: set when a request leaving the EPP's queue schedules an event.
         self._scheduled: asyncio.Event | None = None
@@ -277,13 +276,13 @@ class VirtualRun:
         drops (a collection after a run finds no cycle); any cycle a plugin makes waits for the
         collector until the run ends."""
         events = self._events
-        pop = heapq.heappop
+        pop, next_time = events.pop, events.next_time
         arrive = self._arrive
         next_arrival = 0
         while self._open:
             at = arrival_times[next_arrival]
-            if events and events[0][0] < at:
-                now, _, handler, payload = pop(events)
+            if next_time() < at:
+                now, handler, payload = pop()
                 self.now = now
                 handler(now, payload)
             elif next_arrival < len(arrivals):
@@ -314,8 +313,9 @@ class VirtualRun:
         next_arrival = 0
         while self._open:
             at = arrival_times[next_arrival]
-            from_heap = bool(events) and events[0][0] < at
-            when = events[0][0] if from_heap else at
+            first = events.next_time()
+            from_heap = first < at
+            when = first if from_heap else at
             if when == math.inf:
                 break
             if when > self.now:
@@ -327,7 +327,7 @@ class VirtualRun:
                     continue  # something earlier than `when` was scheduled meanwhile
             self.now = when
             if from_heap:
-                _, _, handler, payload = heapq.heappop(events)
+                _, handler, payload = events.pop()
                 handler(when, payload)
             else:
                 self._arrive(when, arrivals[next_arrival])
@@ -351,8 +351,7 @@ class VirtualRun:
         return list(ids)  # the EPP's copy: nothing it does can touch the engine's prompt
 
     def _push(self, at: float, handler: Callable[[float, Any], None], payload: Any) -> None:
-        self._seq += 1
-        heapq.heappush(self._events, (at, self._seq, handler, payload))
+        self._events.push(at, handler, payload)
         if self._scheduled is not None:
             self._scheduled.set()
 
@@ -418,7 +417,12 @@ class VirtualRun:
     ) -> None:
         """Hand the routed request to its server (a P/D run overrides this to add a prefill leg)."""
         sequence = EngineSequence(token_ids, request.max_tokens, now, record, forwarded_priority(routed))
-        self.admit_to_engine(sequence, routed.result.targets[0], routed, now, starts_response=True)
+        target = routed.result.targets[0]
+        engine = self.servers[target.name].engine
+        sequence.block_hashes = self._tokens.block_hashes(
+            request, token_ids, engine.block_size, engine.namespace
+        )
+        self.admit_to_engine(sequence, target, routed, now, starts_response=True)
 
     def admit_to_engine(
         self,
@@ -483,8 +487,7 @@ class VirtualRun:
         if outcome.batch_size:
             server.pending = outcome
             server.stepping = True  # also when a timer, not an arrival, woke the idle engine
-            self._seq += 1  # _push, inlined: once per engine step
-            heapq.heappush(self._events, (outcome.end, self._seq, self._step, payload))
+            self._events.push(outcome.end, self._step, payload)  # _push, inlined: once per engine step
             return
         # idle: the next arrival wakes it (bumping the epoch voids this timer), else the timer does
         server.stepping = False

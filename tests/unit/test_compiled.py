@@ -5,13 +5,16 @@ says so once a process, naming itself and the cost. Runs whether or not the exte
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Callable
 
 import pytest
 
+from epp.bench import events
 from epp.compiled import warn_python_fallback
 from epp.datalayer import kvblocks, promtext
 from epp.scheduling.prefix import index
+from epp.sim import tokens
 
 PARTS: list[tuple[object, str, object, Callable[[], object], Callable[[object], bool], str]] = [
     (
@@ -37,6 +40,22 @@ PARTS: list[tuple[object, str, object, Callable[[], object], Callable[[object], 
         lambda: kvblocks.TokenProcessor(16),
         lambda made: made._compiled is None,  # type: ignore[attr-defined]
         "the precise prefix index's block keys: its C extension was not built",
+    ),
+    (
+        tokens,
+        "_compiled_word_ids",
+        None,
+        lambda: tokens.tokenize(" ab cde"),
+        lambda made: made == [zlib.crc32(piece) % tokens.VOCAB_SIZE for piece in (b" ab", b" cde")],
+        "the simulator's tokenizer: its C extension was not built",
+    ),
+    (
+        events,
+        "_CompiledEventHeap",
+        None,
+        events.new_event_queue,
+        lambda made: isinstance(made, events.PythonEventHeap),
+        "the virtual-time run's event queue: its C extension was not built",
     ),
 ]
 

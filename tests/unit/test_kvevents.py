@@ -16,6 +16,7 @@ from epp.kvevents import (
     decode_events,
     encode_batch,
     parse_topic,
+    prompt_block_hashes,
 )
 
 
@@ -82,3 +83,15 @@ def test_topics_as_llm_d_reads_them() -> None:
     assert parse_topic("kv@10.0.0.1:8000@m") == ("10.0.0.1:8000", "m")
     assert parse_topic("kv@10.0.0.1@m") == ("10.0.0.1", "m")
     assert parse_topic("odd") == ("odd", "")
+
+
+def test_a_chain_goes_on_from_known_leading_hashes() -> None:
+    """A shared prefix's hashes, handed over as `known`, give the chain of the whole prompt."""
+    prompt = [(n * 2654435761) % 2**32 for n in range(53)]
+    for block_size in (1, 4, 16):
+        whole = prompt_block_hashes(prompt, block_size, "m")
+        assert len(whole) == len(prompt) // block_size
+        for cut in range(len(prompt) + 1):
+            known = prompt_block_hashes(prompt[:cut], block_size, "m")
+            assert prompt_block_hashes(prompt, block_size, "m", known) == whole
+        assert prompt_block_hashes(prompt, block_size, "other", ()) != whole

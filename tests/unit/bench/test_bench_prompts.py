@@ -1,9 +1,11 @@
-"""The virtual-time engine's token ids are exactly what `epp sim` derives from the same body."""
+"""The virtual-time engine's token ids are exactly what `epp sim` derives from the same body, and
+its block hashes (a leading piece's memoised) what the engine computes from those ids."""
 
 from __future__ import annotations
 
 from epp.bench.prompts import PromptTokenizer
 from epp.bench.workload import BenchRequest, WorkloadSpec, generate
+from epp.kvevents import prompt_block_hashes
 from epp.sim.openai_api import parse_chat, parse_completion
 
 
@@ -11,6 +13,17 @@ def sim_token_ids(request: BenchRequest) -> list[int]:
     body = request.body("m")
     parse = parse_chat if request.messages else parse_completion
     return parse(body).prompts[0]
+
+
+def assert_as_the_simulator(tokenizer: PromptTokenizer, request: BenchRequest) -> None:
+    ids = tokenizer.token_ids(request)
+    assert ids == sim_token_ids(request)
+    # block sizes that cut the leading piece inside, at its end and past it (no full block)
+    for block_size in (1, 4, 16, 64):
+        for namespace in ("m", "lora-a"):
+            expected = prompt_block_hashes(ids, block_size, namespace)
+            assert tokenizer.block_hashes(request, ids, block_size, namespace) == expected
+            assert tokenizer.block_hashes(request, ids, block_size, namespace) == expected  # memoised
 
 
 def test_completion_and_chat_match_the_simulator() -> None:
@@ -32,7 +45,7 @@ def test_completion_and_chat_match_the_simulator() -> None:
             }
         )
         for request in generate(spec, 1.0):
-            assert tokenizer.token_ids(request) == sim_token_ids(request)
+            assert_as_the_simulator(tokenizer, request)
 
 
 def test_multi_turn_histories_match_the_simulator() -> None:
@@ -53,7 +66,7 @@ def test_multi_turn_histories_match_the_simulator() -> None:
     )
     tokenizer = PromptTokenizer(max_memo=3)  # also exercises the memo being dropped when full
     for request in generate(spec, 1.0):
-        assert tokenizer.token_ids(request) == sim_token_ids(request)
+        assert_as_the_simulator(tokenizer, request)
 
 
 def test_text_that_does_not_split_cleanly_is_tokenized_whole() -> None:
@@ -61,4 +74,4 @@ def test_text_that_does_not_split_cleanly_is_tokenized_whole() -> None:
     # join is a letter followed by a non-letter, so the pieces are not tokenized separately.
     for parts in (("ab", "cd"), ("x.", "5 y"), ("hello", " world", "again")):
         request = BenchRequest(0, 0.0, "g", 1, prompt=parts)
-        assert PromptTokenizer().token_ids(request) == sim_token_ids(request)
+        assert_as_the_simulator(PromptTokenizer(), request)

@@ -36,3 +36,30 @@ def test_a_labelled_parent_still_refuses_observations() -> None:
     fast = Histogram("y", "help", ["a"], registry=CollectorRegistry())
     with pytest.raises(ValueError, match="missing label values"):
         fast.observe(1.0)
+
+
+def test_exemplars_and_exposition_as_the_library_in_openmetrics() -> None:
+    """Observations with an exemplar take the library's path through the lock-free values."""
+    theirs, ours = CollectorRegistry(), CollectorRegistry()
+    library = prometheus_client.Histogram("z", "help", registry=theirs, buckets=BUCKETS)
+    fast = Histogram("z", "help", registry=ours, buckets=BUCKETS)
+    for value, exemplar in [
+        (0.0003, {"trace_id": "a"}),
+        (0.0003, None),
+        (2.5, {"trace_id": "b"}),
+        (7.0, None),
+    ]:
+        library.observe(value, exemplar)
+        fast.observe(value, exemplar)
+
+    def openmetrics(registry: CollectorRegistry) -> list[str]:
+        text = prometheus_client.openmetrics.exposition.generate_latest(registry).decode()
+        # an exemplar carries the time it was taken; the two were taken microseconds apart
+        return [
+            line.rsplit(" ", 1)[0] if "#" in line else line
+            for line in text.splitlines()
+            if "_created" not in line
+        ]
+
+    assert openmetrics(ours) == openmetrics(theirs)
+    assert any('trace_id="b"' in line for line in openmetrics(ours))
