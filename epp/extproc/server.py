@@ -155,6 +155,7 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
                         wait_for_reset = True
                         return
                     message = next_message
+                    ended = False  # more came (a skip the gateway did not honour): not ended yet
             finally:
                 try:
                     if stream is not None:
