@@ -12,28 +12,11 @@ import pytest
 
 from epp.stack.processes import ManagedProcess, epp_command, ready_file_probe, wait_until
 from tests.integration.test_chart_args import ModelServer
+from tests.unit.plugins.test_plugins_file_discovery import config as file_discovery_config
 
 pytestmark = pytest.mark.e2e
 
 STARTUP = 30.0
-CONFIG = """\
-apiVersion: llm-d.ai/v1alpha1
-kind: EndpointPickerConfig
-plugins:
-  - name: file-disc
-    type: file-discovery
-    parameters:
-      path: {path}
-      watchFile: true
-  - type: queue-scorer
-schedulingProfiles:
-  - name: default
-    plugins:
-      - pluginRef: queue-scorer
-dataLayer:
-  discovery:
-    pluginRef: file-disc
-"""
 
 
 def endpoints_file(ports: list[int]) -> str:
@@ -53,7 +36,7 @@ async def test_serve_takes_its_endpoints_from_the_file_and_follows_it(tmp_path: 
     endpoints = tmp_path / "endpoints.yaml"
     endpoints.write_text(endpoints_file([servers[0].port]))
     config = tmp_path / "config.yaml"
-    config.write_text(CONFIG.format(path=endpoints))
+    config.write_text(file_discovery_config(str(endpoints)))
     args = [
         f"--config-file={config}",
         "--host=127.0.0.1",

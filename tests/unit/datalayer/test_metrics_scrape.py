@@ -180,18 +180,30 @@ async def test_scraper_fills_metrics_and_tracks_health(
     assert messages.count(f"endpoint {endpoint} healthy again: its /metrics answered") == 2
 
 
-async def failing_through(
-    server: FakeServer, statuses: list[int], reason_log_interval: float, caplog: pytest.LogCaptureFixture
-) -> list[str]:
-    """The scraper's log lines about one endpoint whose /metrics answers each of `statuses` (at
-    least twice each) and then 200 again."""
+async def logging_scraper(
+    server: FakeServer, reason_log_interval: float, caplog: pytest.LogCaptureFixture
+) -> tuple[MetricsScraper, Endpoint]:
+    """A started scraper failing at the first failed scrape, its log captured, over one endpoint
+    on `server`."""
     caplog.set_level(logging.INFO, logger=SCRAPER_LOG)
     datastore = Datastore()
     scraper = MetricsScraper(
         datastore, 0.01, 0.5, failures_before_unhealthy=1, reason_log_interval=reason_log_interval
     )
     await scraper.start()
-    endpoint = datastore.upsert(EndpointSpec("e", "127.0.0.1", server.port))
+    return scraper, datastore.upsert(EndpointSpec("e", "127.0.0.1", server.port))
+
+
+def scraper_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [f"{r.levelname} {r.getMessage()}" for r in caplog.records if r.name == SCRAPER_LOG]
+
+
+async def failing_through(
+    server: FakeServer, statuses: list[int], reason_log_interval: float, caplog: pytest.LogCaptureFixture
+) -> list[str]:
+    """The scraper's log lines about one endpoint whose /metrics answers each of `statuses` (at
+    least twice each) and then 200 again."""
+    scraper, endpoint = await logging_scraper(server, reason_log_interval, caplog)
     try:
         for status in statuses:
             server.status = status
@@ -200,7 +212,7 @@ async def failing_through(
         await until(lambda: endpoint.healthy)
     finally:
         await scraper.stop()
-    return [f"{r.levelname} {r.getMessage()}" for r in caplog.records if r.name == SCRAPER_LOG]
+    return scraper_lines(caplog)
 
 
 async def test_each_new_failure_reason_of_an_unhealthy_endpoint_is_logged(
@@ -240,13 +252,7 @@ async def flapping(
     times (each turn seen by the scraper), then 500 again for good (three more failed scrapes,
     then `settle` seconds)."""
     caplog.clear()
-    caplog.set_level(logging.INFO, logger=SCRAPER_LOG)
-    datastore = Datastore()
-    scraper = MetricsScraper(
-        datastore, 0.01, 0.5, failures_before_unhealthy=1, reason_log_interval=reason_log_interval
-    )
-    await scraper.start()
-    endpoint = datastore.upsert(EndpointSpec("e", "127.0.0.1", server.port))
+    scraper, endpoint = await logging_scraper(server, reason_log_interval, caplog)
     try:
         for _ in range(flips):
             server.status = 500
@@ -260,7 +266,7 @@ async def flapping(
         await asyncio.sleep(settle)
     finally:
         await scraper.stop()
-    return [f"{r.levelname} {r.getMessage()}" for r in caplog.records if r.name == SCRAPER_LOG], endpoint
+    return scraper_lines(caplog), endpoint
 
 
 async def test_a_flapping_endpoint_logs_its_turns_at_most_once_per_interval(

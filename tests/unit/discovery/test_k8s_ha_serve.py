@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from epp import serve
 from epp.cli import build_parser
 from epp.config.loader import load_config
+from epp.config.model import PickerConfig
 from epp.discovery.k8s.leader import LeaseTiming, lease_name
 from epp.discovery.kubernetes import PoolRef
 from epp.extproc.server import EXT_PROC_SERVICE
@@ -37,7 +38,7 @@ dataLayer: {sources: []}
 """
 POOL = PoolRef("pool", "default")
 
-PickerFactory = Callable[[LeaseTiming], Awaitable[serve.EndpointPicker]]
+PickerFactory = Callable[..., Awaitable[serve.EndpointPicker]]  # (timing, config=NO_SCRAPING's)
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ async def start_picker(api: ApiServerDouble, kubeconfig: Path) -> AsyncIterator[
     api.apply(PODS, pod("a", "10.0.0.1", labels={"app": "vllm"}))
     started: list[serve.EndpointPicker] = []
 
-    async def start(timing: LeaseTiming) -> serve.EndpointPicker:
+    async def start(timing: LeaseTiming, config: PickerConfig | None = None) -> serve.EndpointPicker:
         options = serve.ServeOptions(
             host="127.0.0.1",
             grpc_port=0,
@@ -56,7 +57,7 @@ async def start_picker(api: ApiServerDouble, kubeconfig: Path) -> AsyncIterator[
             pool_name=POOL.name,
             kubeconfig=kubeconfig,
             leader_election=timing,
-            config=load_config(NO_SCRAPING),
+            config=config or load_config(NO_SCRAPING),
             shutdown_grace=1.0,
         )
         picker = serve.EndpointPicker(options)
@@ -167,46 +168,27 @@ async def test_leader_election_needs_a_pool() -> None:
 
 @pytest.mark.parametrize("populate", [True, False])
 async def test_a_standby_routes_unless_ha_populate_non_leader_datastore_is_off(
-    api: ApiServerDouble, kubeconfig: Path, populate: bool
+    start_picker: PickerFactory, populate: bool
 ) -> None:
     """llm-d's haPopulateNonLeaderDatastore gate (default on): a request that reaches the standby
     is routed; off, the router's standby keeps no endpoints, so it answers 503."""
-    api.apply(POOLS_V1, pool_v1("pool", {"app": "vllm"}, [8000]))
-    api.apply(PODS, pod("a", "10.0.0.1", labels={"app": "vllm"}))
     gates = "" if populate else "featureGates: [haPopulateNonLeaderDatastore=false]\n"
     config = load_config(
         NO_SCRAPING.replace("kind: EndpointPickerConfig\n", f"kind: EndpointPickerConfig\n{gates}")
     )
     assert config.standby_routes is populate
     pickers = []
-    try:
-        for _ in range(2):
-            options = serve.ServeOptions(
-                host="127.0.0.1",
-                grpc_port=0,
-                grpc_health_port=0,
-                metrics_port=0,
-                pool=POOL,
-                pool_name=POOL.name,
-                kubeconfig=kubeconfig,
-                leader_election=FAST,
-                config=config,
-                shutdown_grace=1.0,
-            )
-            pickers.append(serve.EndpointPicker(options))
-            await pickers[-1].start()
-            await until(lambda: pickers[-1].datastore.synced, "discovery")
-        leader, standby = pickers
-        await until_ready(leader)
-        body = b'{"model": "m", "prompt": "hi"}'
-        headers = {":path": "/v1/completions", "x-request-id": "r"}
-        assert leader.director.handle_body(body, headers, None).destination == "10.0.0.1:8000"
-        if populate:
-            assert standby.director.handle_body(body, headers, None).destination == "10.0.0.1:8000"
-        else:
-            with pytest.raises(RequestError, match="standby and keeps no endpoints") as refused:
-                standby.director.handle_body(body, headers, None)
-            assert refused.value.code is ErrorCode.SERVICE_UNAVAILABLE
-    finally:
-        for picker in pickers:
-            await picker.stop()
+    for _ in range(2):
+        pickers.append(await start_picker(FAST, config))
+        await until(lambda: pickers[-1].datastore.synced, "discovery")
+    leader, standby = pickers
+    await until_ready(leader)
+    body = b'{"model": "m", "prompt": "hi"}'
+    headers = {":path": "/v1/completions", "x-request-id": "r"}
+    assert leader.director.handle_body(body, headers, None).destination == "10.0.0.1:8000"
+    if populate:
+        assert standby.director.handle_body(body, headers, None).destination == "10.0.0.1:8000"
+    else:
+        with pytest.raises(RequestError, match="standby and keeps no endpoints") as refused:
+            standby.director.handle_body(body, headers, None)
+        assert refused.value.code is ErrorCode.SERVICE_UNAVAILABLE
