@@ -9,7 +9,6 @@ import gc
 import logging
 import os
 import socket
-import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,7 +103,7 @@ class ServeOptions:
     tls_options: tls.TlsOptions = field(default_factory=tls.TlsOptions)
     leader_election: election.LeaseTiming | None = None  # set: active-passive over the pool's Lease
     metrics_auth: bool = False  # /metrics behind TokenReview + SubjectAccessReview
-    metrics_tls: ssl.SSLContext | None = None  # llm-d's --metrics-cert-dir (+ --metrics-client-ca-file)
+    metrics_tls: tls.ReloadedPair | None = None  # llm-d's --metrics-cert-dir (+ --metrics-client-ca-file)
     config: PickerConfig = field(default_factory=load_config)  # default: GIE's default profile
     objectives: dict[str, int] = field(default_factory=dict)  # objective name -> priority
     model_rewrites: list[ModelRewrite] = field(default_factory=list)  # standalone: from a file
@@ -180,7 +179,7 @@ class EndpointPicker:
             self.live_view.routes(),
             self.live_view.on_shutdown,
         )
-        self.metrics_server.ssl_context = options.metrics_tls
+        self.metrics_server.ssl_context = None if options.metrics_tls is None else options.metrics_tls.context
         self.services = [p for p in components.plugins.values() if isinstance(p, BackgroundService)]
         discovery = components.plugins.get(options.config.discovery or "")
         self.discovery = discovery if isinstance(discovery, EndpointDiscovery) else None
@@ -308,6 +307,8 @@ class EndpointPicker:
         for server in self._servers:
             await server.start()
         await self.metrics_server.start()
+        if self.options.metrics_tls is not None:
+            await self.options.metrics_tls.start()
         if self.options.pool_gauges_refresh > 0:
             self._pool_gauges_task = asyncio.get_running_loop().create_task(
                 self.pool_gauges.refresh_every(self.options.pool_gauges_refresh), name="pool-gauges"
@@ -349,6 +350,8 @@ class EndpointPicker:
             await self.director.flow_control.stop()  # queued requests still dispatch while draining
         await self.overload.stop()
         await self.metrics_server.stop()
+        if self.options.metrics_tls is not None:
+            await self.options.metrics_tls.stop()
         if self.replica_sync is not None:
             await self.replica_sync.stop()
         await cancel_and_wait(self._pool_gauges_task)

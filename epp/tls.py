@@ -22,6 +22,7 @@ import asyncio
 import datetime
 import logging
 import os
+import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -323,6 +324,45 @@ class ServingCertificate:
                 self._pending = configuration
             self.loads += 1
             log.info("ext_proc certificate reloaded from %s", directory)
+
+
+class ReloadedPair:
+    """A server SSLContext's pair from a certificate directory (a mounted Kubernetes TLS Secret),
+    loaded into the same context again when its files change, so new handshakes get a rotated
+    certificate without a restart (as controller-runtime's certificate watcher). A pair that does
+    not load is tried on a scratch context first and leaves the previous one in place."""
+
+    def __init__(self, context: ssl.SSLContext, directory: Path, poll_interval: float = RELOAD_POLL_INTERVAL):
+        self.context = context
+        self.directory = directory
+        self._poll_interval = poll_interval
+        self._stamp: tuple[tuple[int, int, int], ...] = ()
+        self._task: asyncio.Task[None] | None = None
+
+    def load(self) -> None:
+        """Load the pair now (blocking: before the loop serves, or in a thread). The stamp moves
+        only after a good load: a half-written pair is tried again at the next poll."""
+        stamp = _stamp(self.directory)
+        pair = (self.directory / CERT_FILE, self.directory / KEY_FILE)
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(*pair)
+        self.context.load_cert_chain(*pair)
+        self._stamp = stamp
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._watch(), name="cert-watch")
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_interval)
+            try:
+                if await asyncio.to_thread(_stamp, self.directory) != self._stamp:
+                    await asyncio.to_thread(self.load)
+                    log.info("TLS certificate reloaded from %s", self.directory)
+            except (OSError, ssl.SSLError) as exc:
+                log.error("keeping the previous TLS certificate: %s", exc)
 
 
 def server_credentials(options: TlsOptions) -> grpc.ServerCredentials | None:

@@ -163,6 +163,9 @@ class FileDiscovery:
             return None
         return (stat.st_mtime, stat.st_size)
 
+    def _read_and_parse(self) -> tuple[list[EndpointSpec], list[str]]:
+        return self._parse(self._path.read_text(), str(self._path))
+
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self._poll_interval)
@@ -170,9 +173,8 @@ class FileDiscovery:
             if stamp is None or stamp == self._stamp:
                 continue
             self._stamp = stamp
-            try:
-                text = await asyncio.to_thread(self._path.read_text)
-                specs, problems = self._parse(text, str(self._path))
+            try:  # read and parsed in a thread: a large file's YAML takes seconds of CPU
+                specs, problems = await asyncio.to_thread(self._read_and_parse)
             except (ValueError, OSError) as exc:
                 log.error("keeping the previous endpoints: %s", exc)
                 continue

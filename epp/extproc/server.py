@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from epp.extproc import attributes, messages
 from epp.extproc.pb import ext_proc, ext_proc_grpc
-from epp.extproc.stream import ExtProcStream, StreamOptions
+from epp.extproc.stream import ExtProcStream, ResetAfterEnd, StreamOptions
 from epp.extproc.stream_metrics import StreamMetrics
 from epp.flowcontrol.overload import OverloadGuard
 from epp.requestcontrol import Director
@@ -94,67 +94,81 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
         incoming = aiter(request_iterator)
         stream: ExtProcStream | None = None
         wait_for_reset = False  # ending after our last reply or the gateway's half-close
+        # Our last reply is on its way or sent: a reset from now on is the gateway's usual end of
+        # the stream (ResetAfterEnd), not a client gone mid-request.
+        ended = False
         try:
             try:
-                message = await anext(incoming)
-            except StopAsyncIteration:
-                return
-            if guard is not None and guard.checks_wait:
-                refusal = _waited_too_long(guard, message)
-                if refusal is not None:
-                    await _through_reset(context.write(self.refuse(refusal)))
-                    wait_for_reset = True
-                    return
-            stream = ExtProcStream(self._director, self._options)
-            while True:
                 try:
+                    message = await anext(incoming)
+                except StopAsyncIteration:
+                    return
+                if guard is not None and guard.checks_wait:
+                    refusal = _waited_too_long(guard, message)
+                    if refusal is not None:
+                        ended = True
+                        await _through_reset(context.write(self.refuse(refusal)))
+                        wait_for_reset = True
+                        return
+                stream = ExtProcStream(self._director, self._options)
+                while True:
+                    # A send: its failure (the gateway gone) is not the EPP's, answered below.
                     extend = stream.extend_message_timeout(message)
                     if extend is not None:
                         await context.write(extend)
-                    # One awaited step per body: flow control's queue, then async data producers.
-                    await stream.prepare(message, context.time_remaining())
-                    replies = list(stream.handle(message))
-                except Exception:
-                    log.exception("ext_proc stream failed; answering 500")
-                    error = RequestError(
-                        ErrorCode.INTERNAL, "the endpoint picker failed to process the request"
-                    )
-                    self._director.record_error(error, None)
-                    await _through_reset(
-                        context.write(messages.immediate_error(error, self._options.error_prefix))
-                    )
-                    wait_for_reset = True
-                    return
-                end_next = stream.done or stream.only_end_left  # Envoy may reset after these replies
-                for reply in replies[:-1] if end_next else replies:
-                    await context.write(reply)
-                if end_next and replies:
-                    await _through_reset(context.write(replies[-1]))
-                if stream.done:
-                    wait_for_reset = True
-                    return
-                eviction = stream.eviction_signal
-                if eviction is None:  # the common case, kept cheap: one plain read
-                    next_message = await (
-                        _through_reset(anext(incoming, None)) if end_next else anext(incoming, None)
-                    )
-                else:
-                    next_message = await _message_or_eviction(incoming, eviction)
-                    if next_message is None and eviction.done():
-                        await _through_reset(context.write(stream.evicted()))
-                if next_message is None:  # evicted, or Envoy half-closes (then resets at once)
-                    wait_for_reset = True
-                    return
-                message = next_message
-        finally:
-            try:
-                if stream is not None:
-                    stream.close()
-            finally:  # the guard's slot is given back even if closing the stream failed
-                if guard is not None:
-                    guard.leave()
-            if wait_for_reset:  # set only on an orderly way out, never by an error or a cancellation
-                await asyncio.sleep(GATEWAY_CLOSE_WAIT)
+                    try:
+                        # One awaited step per body: flow control's queue, then async data producers.
+                        await stream.prepare(message, context.time_remaining())
+                        replies = list(stream.handle(message))
+                    except Exception:
+                        log.exception("ext_proc stream failed; answering 500")
+                        error = RequestError(
+                            ErrorCode.INTERNAL, "the endpoint picker failed to process the request"
+                        )
+                        self._director.record_error(error, None)
+                        ended = True
+                        await _through_reset(
+                            context.write(messages.immediate_error(error, self._options.error_prefix))
+                        )
+                        wait_for_reset = True
+                        return
+                    end_next = stream.done or stream.only_end_left  # Envoy may reset after these replies
+                    for reply in replies[:-1] if end_next else replies:
+                        await context.write(reply)
+                    ended = end_next
+                    if end_next and replies:
+                        await _through_reset(context.write(replies[-1]))
+                    if stream.done:
+                        wait_for_reset = True
+                        return
+                    eviction = stream.eviction_signal
+                    if eviction is None:  # the common case, kept cheap: one plain read
+                        next_message = await (
+                            _through_reset(anext(incoming, None)) if end_next else anext(incoming, None)
+                        )
+                    else:
+                        next_message = await _message_or_eviction(incoming, eviction)
+                        if next_message is None and eviction.done():
+                            ended = True
+                            await _through_reset(context.write(stream.evicted()))
+                    if next_message is None:  # evicted, or Envoy half-closes (then resets at once)
+                        wait_for_reset = True
+                        return
+                    message = next_message
+                    ended = False  # more came (a skip the gateway did not honour): not ended yet
+            finally:
+                try:
+                    if stream is not None:
+                        stream.close()
+                finally:  # the guard's slot is given back even if closing the stream failed
+                    if guard is not None:
+                        guard.leave()
+                if wait_for_reset:  # set only on an orderly way out, never by an error or a cancellation
+                    await asyncio.sleep(GATEWAY_CLOSE_WAIT)
+        except asyncio.CancelledError as reset:
+            if not ended:
+                raise
+            raise ResetAfterEnd(*reset.args) from None
 
     def refuse(self, refusal: RequestError) -> ext_proc.ProcessingResponse:
         """The overload guard's answer to a stream it read, counted as every error answer."""

@@ -42,6 +42,13 @@ SKIP_RESPONSE_BODY = processing_mode.ProcessingMode(
 )
 
 
+class ResetAfterEnd(asyncio.CancelledError):
+    """The gateway's reset of a stream that had ended in order (its last reply sent, or the
+    gateway's half-close), which the stream waits for rather than sending a status. Still a
+    cancellation (grpc.aio must send nothing after a reset), but the stream did not fail: llm-d's
+    handler returns nil there, so its stream metrics count it OK."""
+
+
 @dataclass(frozen=True, slots=True)
 class StreamOptions:
     max_body_bytes: int = 16 * 1024 * 1024

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry
 
+from epp.extproc.stream import ResetAfterEnd
 from epp.metrics.families import Families
 
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600)
@@ -56,6 +57,8 @@ class StreamMetrics:
             code: grpc.StatusCode | None = None
             try:
                 await handler(request_iterator, context)
+            except ResetAfterEnd:  # the gateway's usual end of a stream: OK, as llm-d counts it
+                raise
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise

@@ -9,8 +9,7 @@ import argparse
 import ssl
 from pathlib import Path
 
-CERT_FILE = "tls.crt"
-KEY_FILE = "tls.key"
+from epp.tls import CERT_FILE, KEY_FILE, ReloadedPair
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def context_from_args(args: argparse.Namespace, endpoint_auth: bool) -> ssl.SSLContext | None:
-    """The metrics server's TLS context, or None for plaintext; ValueError names what is wrong."""
+def context_from_args(args: argparse.Namespace, endpoint_auth: bool) -> ReloadedPair | None:
+    """The metrics server's TLS context with its pair (reloaded when the files change once
+    started), or None for plaintext; ValueError names what is wrong."""
     cert_dir: Path | None = args.metrics_cert_dir
     client_ca: Path | None = args.metrics_client_ca_file
     if cert_dir is None:
@@ -43,8 +43,9 @@ def context_from_args(args: argparse.Namespace, endpoint_auth: bool) -> ssl.SSLC
         )
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    pair = ReloadedPair(context, cert_dir)
     try:
-        context.load_cert_chain(cert_dir / CERT_FILE, cert_dir / KEY_FILE)
+        pair.load()
     except (OSError, ssl.SSLError) as exc:
         what = f"--metrics-cert-dir {cert_dir}: cannot load {CERT_FILE} and {KEY_FILE}"
         raise ValueError(f"{what}: {exc}") from None
@@ -55,4 +56,4 @@ def context_from_args(args: argparse.Namespace, endpoint_auth: bool) -> ssl.SSLC
             what = f"--metrics-client-ca-file {client_ca}: no CA certificate loaded"
             raise ValueError(f"{what}: {exc}") from None
         context.verify_mode = ssl.CERT_REQUIRED
-    return context
+    return pair

@@ -9,8 +9,7 @@ import ssl
 import tempfile
 from pathlib import Path
 
-from epp.tasks import cancel_and_wait
-from epp.tls import CERT_FILE, KEY_FILE, self_signed_certificate
+from epp.tls import CERT_FILE, KEY_FILE, ReloadedPair, self_signed_certificate
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +45,6 @@ def _load_self_signed(context: ssl.SSLContext) -> None:
         context.load_cert_chain(cert_path, key_path)
 
 
-def _load_checked(context: ssl.SSLContext, directory: Path) -> None:
-    """A pair that fails to load can leave an SSLContext without a usable certificate, so it is
-    tried on a scratch context before the live one."""
-    pair = (directory / CERT_FILE, directory / KEY_FILE)
-    ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(*pair)
-    context.load_cert_chain(*pair)
-
-
-def _stamp(directory: Path) -> tuple[float, ...]:
-    return tuple(os.stat(directory / name).st_mtime for name in (CERT_FILE, KEY_FILE))
-
-
 class ServerTls:
     """The listener's SSLContext. With a certificate directory (a mounted Kubernetes TLS secret) the
     pair is reloaded into the same context when it changes, so rotation needs no restart; without
@@ -66,34 +53,17 @@ class ServerTls:
     def __init__(self, cert_dir: Path | None, poll_interval: float = 5.0) -> None:
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2
-        self._cert_dir = cert_dir
-        self._poll_interval = poll_interval
-        self._stamp: tuple[float, ...] = ()
-        self._task: asyncio.Task[None] | None = None
+        self._pair = None if cert_dir is None else ReloadedPair(self.context, cert_dir, poll_interval)
 
     async def start(self) -> None:
-        if self._cert_dir is None:
+        if self._pair is None:
             await asyncio.to_thread(_load_self_signed, self.context)
             log.info("serving TLS with a self-signed certificate")
             return
-        await self._load(self._cert_dir)
-        self._task = asyncio.get_running_loop().create_task(self._watch(self._cert_dir), name="cert-watch")
+        await asyncio.to_thread(self._pair.load)
+        log.info("serving TLS with the certificate in %s", self._pair.directory)
+        await self._pair.start()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-
-    async def _load(self, directory: Path) -> None:
-        """The stamp moves only after a good load: a half-written pair is tried again next poll."""
-        stamp = await asyncio.to_thread(_stamp, directory)
-        await asyncio.to_thread(_load_checked, self.context, directory)
-        self._stamp = stamp
-        log.info("serving TLS with the certificate in %s", directory)
-
-    async def _watch(self, directory: Path) -> None:
-        while True:
-            await asyncio.sleep(self._poll_interval)
-            try:
-                if await asyncio.to_thread(_stamp, directory) != self._stamp:
-                    await self._load(directory)
-            except (OSError, ssl.SSLError) as exc:
-                log.error("keeping the previous certificate: %s", exc)
+        if self._pair is not None:
+            await self._pair.stop()

@@ -101,16 +101,21 @@ def write_pair(directory: Path, pair: tuple[bytes, bytes]) -> None:
     (directory / "tls.crt").write_bytes(pair[1])
 
 
-async def test_metrics_over_mutual_tls(tmp_path: Path) -> None:
-    authority = Authority()
+async def mutual_tls_picker(tmp_path: Path, authority: Authority) -> serve.EndpointPicker:
+    """A running picker whose metrics port serves `authority`'s certificate from tmp_path/certs to
+    clients with one of its client certificates (tmp_path/client; its CA in tmp_path/ca.crt)."""
     write_pair(tmp_path / "certs", authority.issue("epp", ("localhost",)))
     (tmp_path / "ca.crt").write_bytes(authority.certificate_pem)
     write_pair(tmp_path / "client", authority.issue("prometheus", client=True))
-    picker = await running_picker(
+    return await running_picker(
         "--endpoint=127.0.0.1:1",
         f"--metrics-cert-dir={tmp_path / 'certs'}",
         f"--metrics-client-ca-file={tmp_path / 'ca.crt'}",
     )
+
+
+async def test_metrics_over_mutual_tls(tmp_path: Path) -> None:
+    picker = await mutual_tls_picker(tmp_path, Authority())
     url = f"https://localhost:{picker.metrics_server.port}/metrics"
     trust = ssl.create_default_context(cafile=tmp_path / "ca.crt")
     try:
@@ -151,3 +156,34 @@ def test_metrics_tls_mistakes_are_refused_naming_the_flag(
     args = parse_args(["--endpoint=127.0.0.1:1", *(a.format(dir=tmp_path) for a in argv)])
     with pytest.raises(ValueError, match=message):
         serve.options_from_args(args)
+
+
+async def test_a_rotated_metrics_certificate_is_served_without_a_restart(tmp_path: Path) -> None:
+    """As the router's metrics server (controller-runtime's certificate watcher): cert-manager
+    rewrites the Secret's pair and the next handshakes get it. Loaded once, the port kept serving
+    the old certificate until it expired (every scrape then failing)."""
+    second = Authority()
+    (tmp_path / "second-ca.crt").write_bytes(second.certificate_pem)
+    picker = await mutual_tls_picker(tmp_path, Authority())
+    url = f"https://localhost:{picker.metrics_server.port}/metrics"
+
+    async def scraped(ca: str) -> bool:
+        trust = ssl.create_default_context(cafile=tmp_path / ca)
+        trust.load_cert_chain(tmp_path / "client" / "tls.crt", tmp_path / "client" / "tls.key")
+        async with httpx.AsyncClient(verify=trust) as client:
+            try:
+                return (await client.get(url)).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+    try:
+        assert await scraped("ca.crt")
+        write_pair(tmp_path / "certs", second.issue("epp", ("localhost",)))
+        for _ in range(100):
+            if await scraped("second-ca.crt"):
+                break
+            await asyncio.sleep(0.1)
+        assert await scraped("second-ca.crt")
+        assert not await scraped("ca.crt")
+    finally:
+        await picker.stop()

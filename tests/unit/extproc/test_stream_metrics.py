@@ -81,3 +81,67 @@ async def test_nothing_is_registered_unless_asked() -> None:
     registry = CollectorRegistry()
     ext_proc_server(make_director(), StreamOptions(), None)
     assert value(registry, "llm_d_epp_extproc_streams_inflight") is None
+
+
+async def test_a_stream_the_gateway_resets_after_its_last_reply_ended_ok() -> None:
+    """Envoy ends every stream so: its last message answered, it resets the stream without waiting
+    for a status (the handler, waiting for that reset, is cancelled). llm-d's handler returns nil
+    on that reset, so its streams count OK; counting the reset as Canceled counted every stream."""
+    registry = CollectorRegistry()
+    server = ext_proc_server(make_director(), StreamOptions(), None, stream_metrics=StreamMetrics(registry))
+    port = bind(server, "127.0.0.1:0", None)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = ext_proc_grpc.ExternalProcessorStub(channel)
+            call = stub.Process()
+            for message in exchange():
+                await call.write(message)
+                await call.read()
+            call.cancel()  # the reset, at once after the last reply
+
+            async def counted() -> bool | None:
+                return True if value(registry, "llm_d_epp_extproc_streams_inflight") == 0 else None
+
+            await wait_until(counted, "the stream's end", 5, interval=0.01)
+    finally:
+        await server.stop(None)
+    assert value(registry, "llm_d_epp_extproc_streams_total", {"code": "OK"}) == 1
+    assert value(registry, "llm_d_epp_extproc_streams_total", {"code": "Canceled"}) is None
+
+
+async def test_an_aborted_stream_counts_its_abort_code() -> None:
+    """A handler that aborts (grpc.aio's AbortError) is counted under the code it aborted with,
+    as grpc-go's interceptor reads it from the handler's error; one that raises, Unknown."""
+    registry = CollectorRegistry()
+    metrics = StreamMetrics(registry)
+
+    async def aborts(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "full")
+
+    async def raises(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+        raise RuntimeError("a bug")
+
+    class Handlers(grpc.GenericRpcHandler):
+        def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+            handler = aborts if details.method == "/t/aborts" else raises
+            return grpc.stream_stream_rpc_method_handler(metrics.counted(handler))
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((Handlers(),))
+    port = bind(server, "127.0.0.1:0", None)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            for method, code in (
+                ("/t/aborts", grpc.StatusCode.RESOURCE_EXHAUSTED),
+                ("/t/raises", grpc.StatusCode.UNKNOWN),
+            ):
+                call = channel.stream_stream(method)()
+                await call.done_writing()
+                assert await call.code() == code
+    finally:
+        await server.stop(None)
+    assert value(registry, "llm_d_epp_extproc_streams_total", {"code": "ResourceExhausted"}) == 1
+    assert value(registry, "llm_d_epp_extproc_streams_total", {"code": "Unknown"}) == 1
+    assert value(registry, "llm_d_epp_extproc_streams_inflight") == 0

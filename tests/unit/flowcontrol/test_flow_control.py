@@ -9,16 +9,18 @@ import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import MappingProxyType
+from typing import cast
 
 import grpc
 import orjson
 import pytest
+from grpc._cython import cygrpc
 
 from epp.config.build import build_director
 from epp.config.loader import load_config
 from epp.datastore import Datastore, EndpointSpec
 from epp.extproc.pb import BodyMode, core, ext_proc, ext_proc_grpc
-from epp.extproc.server import bind, ext_proc_server
+from epp.extproc.server import ExternalProcessor, bind, ext_proc_server
 from epp.extproc.stream import StreamOptions
 from epp.flowcontrol.controller import FlowController, bound_fairness_id
 from epp.framework import PluginContext
@@ -431,3 +433,52 @@ async def test_the_callers_deadline_bounds_the_wait() -> None:
     assert caught.value.status == 503 and "request TTL expired" in caught.value.message
     assert asyncio.get_running_loop().time() - started < 5
     await controller.stop()
+
+
+class _GoneGateway:
+    """grpc.aio's call context whose gateway resets the stream while the EPP's request to wait
+    longer is being sent: that send fails in gRPC core (ExecuteBatchError), as every later one."""
+
+    def __init__(self) -> None:
+        self.writes: list[ext_proc.ProcessingResponse] = []
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    async def write(self, reply: ext_proc.ProcessingResponse) -> None:
+        self.writes.append(reply)
+        if reply.HasField("override_message_timeout") or len(self.writes) > 2:
+            raise cygrpc.ExecuteBatchError("Failed 'execute_batch': the stream was reset")
+
+
+async def test_a_failed_send_of_the_wait_extension_is_not_answered_as_the_epps_failure(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The gateway gone while the EPP asks it to wait longer (buffered body, flow control busy):
+    the send's failure ends the stream. It was taken for the EPP's own failure: logged as an
+    ERROR with its traceback, counted as an internal error (500) and answered by a second send
+    into the reset (the batch grpc.aio then leaks, grpc/grpc#43360)."""
+    harness.add()
+    first = await harness.send()
+    await routed(first)
+
+    async def requests() -> AsyncIterator[ext_proc.ProcessingRequest]:
+        yield headers_msg({})
+        yield body_msg(orjson.dumps({"model": "m", "prompt": "hi"}))
+
+    gateway = _GoneGateway()
+    processor = ExternalProcessor(harness.director, StreamOptions())
+    with pytest.raises(cygrpc.ExecuteBatchError):
+        await processor.Process(requests(), cast(grpc.aio.ServicerContext, gateway))
+    sent = [reply.WhichOneof("response") or "override_message_timeout" for reply in gateway.writes]
+    assert sent == ["request_headers", "override_message_timeout"]
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    errors = [
+        sample
+        for family in harness.metrics.registry.collect()
+        if family.name == "inference_objective_request_error"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    ]
+    assert errors == []
+    assert harness.flow_control.length == 0
