@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
@@ -117,8 +118,8 @@ class FileDiscovery(Plugin, EndpointDiscovery):
 def _unique_names(specs: list[EndpointSpec]) -> list[EndpointSpec]:
     """The datastore knows endpoints by name: one name in several namespaces becomes
     `namespace/name` for each of them."""
-    names = [spec.name for spec in specs]
+    uses = Counter(spec.name for spec in specs)
     return [
-        spec if names.count(spec.name) == 1 else replace(spec, name=f"{spec.namespace}/{spec.name}")
+        spec if uses[spec.name] == 1 else replace(spec, name=f"{spec.namespace}/{spec.name}")
         for spec in specs
     ]
