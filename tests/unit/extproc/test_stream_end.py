@@ -214,10 +214,11 @@ async def test_streams_reset_after_the_last_reply_leave_no_native_memory_behind(
 
     try:
         heap = [await streams(300)]  # grpc's pools and caches warm up
-        for _ in range(3):  # the smallest growth of three rounds: a one-off allocation is not a leak
+        for _ in range(5):  # the smallest growth of five rounds: a one-off allocation (an arena
+            # growing: 36 bytes a stream in one of three quiet rounds) is not a leak
             heap.append(await streams(STREAMS))
     finally:
         await channel.close()
         await server.stop(0)
-    left = min(after - before for before, after in itertools.pairwise(cast(list[int], heap))) / STREAMS
-    assert left < 25, f"{left:.1f} bytes of native heap left per stream"
+    growths = [(after - before) / STREAMS for before, after in itertools.pairwise(cast(list[int], heap))]
+    assert min(growths) < 25, f"bytes of native heap left per stream, by round: {growths}"
