@@ -4,6 +4,7 @@ counted by how they end."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -35,44 +36,51 @@ def value(registry: CollectorRegistry, name: str, labels: dict[str, str] | None 
     return registry.get_sample_value(name, labels or {})
 
 
-async def test_streams_are_counted_open_then_by_how_they_ended() -> None:
-    registry = CollectorRegistry()
+@contextlib.asynccontextmanager
+async def metered(registry: CollectorRegistry) -> AsyncIterator[ext_proc_grpc.ExternalProcessorStub]:
+    """A client of a real ext_proc server counting its streams into `registry`; the server is
+    stopped on the way out, so what it counted is final."""
     server = ext_proc_server(make_director(), StreamOptions(), None, stream_metrics=StreamMetrics(registry))
     port = bind(server, "127.0.0.1:0", None)
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = ext_proc_grpc.ExternalProcessorStub(channel)
-            # A whole exchange, then the gateway half-closes: the stream ends OK.
-            finished = stub.Process(iter(exchange()))
-            replies = [reply async for reply in finished]
-            assert len(replies) == 4
-            assert value(registry, "llm_d_epp_extproc_streams_total", {"code": "OK"}) == 1
-
-            # A stream the gateway cancels while it is open.
-            open_until = asyncio.Event()
-
-            async def headers_then_wait() -> AsyncIterator[ext_proc.ProcessingRequest]:
-                yield exchange()[0]
-                await open_until.wait()
-
-            cancelled = stub.Process(headers_then_wait())
-            await cancelled.read()  # the reply to the headers: the stream is open
-
-            async def open_now() -> bool | None:
-                return True if value(registry, "llm_d_epp_extproc_streams_inflight") == 1 else None
-
-            await wait_until(open_now, "one open stream", 5, interval=0.01)
-            cancelled.cancel()
-
-            async def counted() -> bool | None:
-                done = value(registry, "llm_d_epp_extproc_streams_total", {"code": "Canceled"})
-                return True if done == 1 else None
-
-            await wait_until(counted, "the cancelled stream's count", 5, interval=0.01)
-            open_until.set()
+            yield ext_proc_grpc.ExternalProcessorStub(channel)
     finally:
         await server.stop(None)
+
+
+async def test_streams_are_counted_open_then_by_how_they_ended() -> None:
+    registry = CollectorRegistry()
+    async with metered(registry) as stub:
+        # A whole exchange, then the gateway half-closes: the stream ends OK.
+        finished = stub.Process(iter(exchange()))
+        replies = [reply async for reply in finished]
+        assert len(replies) == 4
+        assert value(registry, "llm_d_epp_extproc_streams_total", {"code": "OK"}) == 1
+
+        # A stream the gateway cancels while it is open.
+        open_until = asyncio.Event()
+
+        async def headers_then_wait() -> AsyncIterator[ext_proc.ProcessingRequest]:
+            yield exchange()[0]
+            await open_until.wait()
+
+        cancelled = stub.Process(headers_then_wait())
+        await cancelled.read()  # the reply to the headers: the stream is open
+
+        async def open_now() -> bool | None:
+            return True if value(registry, "llm_d_epp_extproc_streams_inflight") == 1 else None
+
+        await wait_until(open_now, "one open stream", 5, interval=0.01)
+        cancelled.cancel()
+
+        async def counted() -> bool | None:
+            done = value(registry, "llm_d_epp_extproc_streams_total", {"code": "Canceled"})
+            return True if done == 1 else None
+
+        await wait_until(counted, "the cancelled stream's count", 5, interval=0.01)
+        open_until.set()
     assert value(registry, "llm_d_epp_extproc_streams_inflight") == 0
     assert value(registry, "llm_d_epp_extproc_stream_duration_seconds_count") == 2
 
@@ -88,24 +96,17 @@ async def test_a_stream_the_gateway_resets_after_its_last_reply_ended_ok() -> No
     for a status (the handler, waiting for that reset, is cancelled). llm-d's handler returns nil
     on that reset, so its streams count OK; counting the reset as Canceled counted every stream."""
     registry = CollectorRegistry()
-    server = ext_proc_server(make_director(), StreamOptions(), None, stream_metrics=StreamMetrics(registry))
-    port = bind(server, "127.0.0.1:0", None)
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = ext_proc_grpc.ExternalProcessorStub(channel)
-            call = stub.Process()
-            for message in exchange():
-                await call.write(message)
-                await call.read()
-            call.cancel()  # the reset, at once after the last reply
+    async with metered(registry) as stub:
+        call = stub.Process()
+        for message in exchange():
+            await call.write(message)
+            await call.read()
+        call.cancel()  # the reset, at once after the last reply
 
-            async def counted() -> bool | None:
-                return True if value(registry, "llm_d_epp_extproc_streams_inflight") == 0 else None
+        async def counted() -> bool | None:
+            return True if value(registry, "llm_d_epp_extproc_streams_inflight") == 0 else None
 
-            await wait_until(counted, "the stream's end", 5, interval=0.01)
-    finally:
-        await server.stop(None)
+        await wait_until(counted, "the stream's end", 5, interval=0.01)
     assert value(registry, "llm_d_epp_extproc_streams_total", {"code": "OK"}) == 1
     assert value(registry, "llm_d_epp_extproc_streams_total", {"code": "Canceled"}) is None
 
