@@ -7,7 +7,7 @@ compute and frees them at the first streamed chunk, so the two differ by design.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from epp.datastore import Endpoint
@@ -31,10 +31,13 @@ class LoadCell:
 
 
 class InFlightLoad:
-    """A producer's live counters by endpoint name."""
+    """A producer's live counters by endpoint name, plus what the other EPP replicas' producers of
+    the same name count (`peer`, replaced at each exchange; consumers read the sum, as llm-d's
+    cross-replica aggregate)."""
 
     def __init__(self) -> None:
         self._cells: dict[str, LoadCell] = {}
+        self.peer: Mapping[str, tuple[int, int]] = {}
 
     def cell(self, endpoint: Endpoint) -> LoadCell:
         cell = self._cells.get(endpoint.name)
@@ -47,14 +50,17 @@ class InFlightLoad:
 
     def requests(self, endpoint: Endpoint) -> int:
         cell = self._cells.get(endpoint.name)
-        return cell.requests if cell is not None else 0
+        own = cell.requests if cell is not None else 0
+        return own + self.peer[endpoint.name][0] if endpoint.name in self.peer else own
 
     def tokens(self, endpoint: Endpoint) -> int:
         cell = self._cells.get(endpoint.name)
-        return cell.tokens if cell is not None else 0
+        own = cell.tokens if cell is not None else 0
+        return own + self.peer[endpoint.name][1] if endpoint.name in self.peer else own
 
-    def items(self) -> Iterator[tuple[str, LoadCell]]:
-        return iter(self._cells.items())
+    def own(self) -> dict[str, tuple[int, int]]:
+        """This replica's counts by endpoint name, endpoints with none left out."""
+        return {name: (c.requests, c.tokens) for name, c in self._cells.items() if c.requests or c.tokens}
 
 
 @dataclass(frozen=True, slots=True)

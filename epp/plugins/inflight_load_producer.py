@@ -54,6 +54,8 @@ class InFlightLoadParams(PluginParams):
     # None: no cap (llm-d's unset pointer); 0 caps the estimate at zero, as in llm-d.
     max_estimated_output_tokens: int | None = Field(default=None, ge=0)
     prefix_match_info_producer_name: str = ""
+    # With --replica-sync: add the other replicas' counts (llm-d's cross-replica state).
+    sync_cross_replica_state: bool = True
 
 
 @dataclass(slots=True)
@@ -86,6 +88,7 @@ class InFlightLoadProducer(
         super().__init__(name, params, context)
         self.params = params
         self.load = InFlightLoad()
+        self.shares_load = params.sync_cross_replica_state
         self._charges_key = f"{name}/charges"
         # Gauge values by label set (INFLIGHT_LABELS order): [requests, tokens].
         self._series: dict[tuple[str, ...], list[int]] = {}
@@ -179,6 +182,14 @@ class InFlightLoadProducer(
         charge.requests -= requests
         charge.tokens -= tokens
         self._add_series(charge.series, -requests, -tokens)
+
+    # --- other EPP replicas (epp.replicas.LoadSharer) ----------------------------------------------
+
+    def own_load(self) -> Mapping[str, tuple[int, int]]:
+        return self.load.own()
+
+    def set_peer_load(self, load: Mapping[str, tuple[int, int]]) -> None:
+        self.load.peer = load
 
     def endpoint_removed(self, endpoint: Endpoint) -> None:
         """Requests still charged to it release into the dropped cell, not a successor's."""
