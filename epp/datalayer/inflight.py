@@ -7,8 +7,8 @@ compute and frees them at the first streamed chunk, so the two differ by design.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from epp.datastore import Endpoint
 from epp.framework import DataKey
@@ -63,13 +63,18 @@ class InFlightLoad:
         return {name: (c.requests, c.tokens) for name, c in self._cells.items() if c.requests or c.tokens}
 
 
+def _nothing(endpoint: Endpoint) -> int:
+    return 0
+
+
 @dataclass(frozen=True, slots=True)
 class RequestLoad:
     """What a consumer reads for one request: the live counters, plus the tokens this request
-    would add to each candidate (llm-d's UncachedRequestTokens, which token-load-scorer adds)."""
+    would add to a candidate (llm-d's UncachedRequestTokens, which token-load-scorer adds),
+    computed when asked: most readers never ask."""
 
     load: InFlightLoad
-    request_tokens_by_endpoint: Mapping[str, int] = field(default_factory=dict)
+    cost: Callable[[Endpoint], int] = _nothing
 
     def requests(self, endpoint: Endpoint) -> int:
         return self.load.requests(endpoint)
@@ -78,4 +83,4 @@ class RequestLoad:
         return self.load.tokens(endpoint)
 
     def request_tokens(self, endpoint: Endpoint) -> int:
-        return self.request_tokens_by_endpoint.get(endpoint.name, 0)
+        return self.cost(endpoint)

@@ -17,7 +17,7 @@ bytes / 4 (what llm-d's default `estimate` tokenizer counts)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,11 +97,7 @@ class InFlightLoadProducer(
     # --- what consumers read ------------------------------------------------------------------
 
     def prepare(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> None:
-        prompt = self.prompt_tokens(request)
-        match = self._prefix_match(request)
-        request.attributes[self.name] = RequestLoad(
-            self.load, {e.name: self.request_tokens(request, e, prompt, match) for e in candidates}
-        )
+        request.attributes[self.name] = RequestLoad(self.load, self.request_cost(request))
 
     def prompt_tokens(self, request: InferenceRequest) -> int:
         tokenized = self.consumed(request, TOKENIZED_PROMPT)
@@ -113,15 +109,18 @@ class InFlightLoadProducer(
         match = self.consumed(request, PREFIX_MATCH)
         return match if isinstance(match, PrefixMatch) and match.block_size_tokens > 0 else None
 
-    def request_tokens(
-        self, request: InferenceRequest, endpoint: Endpoint, prompt: int, match: PrefixMatch | None
-    ) -> int:
-        """The tokens charged to `endpoint` for this request: its uncached prompt, plus the
-        output estimate (from the whole prompt) when configured."""
-        tokens = uncached_prompt_tokens(endpoint, prompt, match)
+    def request_cost(self, request: InferenceRequest) -> Callable[[Endpoint], int]:
+        """The tokens this request charges an endpoint: its uncached prompt, plus the output
+        estimate (from the whole prompt) when configured."""
+        prompt = self.prompt_tokens(request)
+        match = self._prefix_match(request)
+        extra = 0
         if self.params.add_estimated_output_tokens:
-            tokens += self.estimate_output_tokens(prompt, request.max_tokens)
-        return tokens
+            extra = self.estimate_output_tokens(prompt, request.max_tokens)
+        if match is None:
+            whole = max(0, prompt) + extra
+            return lambda endpoint: whole
+        return lambda endpoint: uncached_prompt_tokens(endpoint, prompt, match) + extra
 
     def estimate_output_tokens(self, prompt: int, client_max: int | None) -> int:
         if prompt <= 0:
@@ -135,15 +134,15 @@ class InFlightLoadProducer(
     # --- the request's lifecycle --------------------------------------------------------------
 
     def pre_request(self, request: InferenceRequest, result: SchedulingResult) -> None:
-        prompt = self.prompt_tokens(request)
-        match = self._prefix_match(request)
+        prepared = request.attributes.get(self.name)
+        cost = prepared.cost if isinstance(prepared, RequestLoad) else self.request_cost(request)
         fairness, priority = request.fairness_id, str(request.priority)
         charges: dict[str, _Charge] = {}
         for profile, picked in result.profile_results.items():
             if picked is None or not picked.targets:
                 continue
             endpoint = picked.targets[0]
-            tokens = self.request_tokens(request, endpoint, prompt, match)
+            tokens = cost(endpoint)
             cell = self.load.cell(endpoint)
             cell.requests += 1
             cell.tokens += tokens
