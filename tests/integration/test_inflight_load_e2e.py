@@ -2,7 +2,8 @@
 optimized-baseline guide config (token-load-scorer + inflight-load-producer, verbatim) and
 simulators. The EPP's `llm_d_epp_inflight_requests` / `_inflight_tokens` gauges rise while a
 request is in flight, lose the prompt tokens at a stream's first chunk, and return to zero when
-the response ends or the client disconnects mid-stream."""
+the response ends or the client disconnects mid-stream; with llm-d's P/D guide config the prefill
+pick is freed whole at the first chunk."""
 
 from __future__ import annotations
 
