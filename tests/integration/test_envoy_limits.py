@@ -160,6 +160,9 @@ async def test_admission_control_refuses_at_the_door_what_the_epp_refuses_and_le
         assert error["code"] == 429
         rejected = "http.gateway.admission_control.rq_rejected"
         assert await stat(client, stack.admin_url, rejected) == len(at_the_door)
+        # only the EPP's 429s count as failures, not the filter's own refusals
+        failures = "http.gateway.admission_control.rq_failure"
+        assert await stat(client, stack.admin_url, failures) == len(by_the_epp)
         # refused before ext_proc, and its response not sent to the EPP either
         started = await stat(client, stack.admin_url, "http.gateway.ext_proc.streams_started")
         assert started == streams + len(by_the_epp)

@@ -478,8 +478,8 @@ def test_the_standalone_envoy_bootstrap_is_the_rendered_one() -> None:
 
 def test_the_gateways_admission_control_patches_are_the_bootstraps() -> None:
     """Opt-in files, outside the kustomizations: the same filter, first in the chain (before the
-    ext_proc filter), and the same JSON 429, as `epp run --admission-control 1`."""
-    rendered = admission_control_filter(EnvoyOptions(admission_control_aggression=1))
+    ext_proc filter), and the same JSON 429, as `epp run --admission-control 2`."""
+    rendered = admission_control_filter(EnvoyOptions(admission_control_aggression=2))
     (istio,) = yaml.safe_load_all((ROOT / "gateway-api/istio/admission-control.yaml").read_text())
     first, replies = istio["spec"]["configPatches"]
     assert (first["applyTo"], first["patch"]["operation"]) == ("HTTP_FILTER", "INSERT_FIRST")
