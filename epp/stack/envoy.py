@@ -347,8 +347,9 @@ def admission_control_filter(options: EnvoyOptions) -> dict[str, Any]:
     """Envoy's admission control filter, also in the gateway manifests' admission-control patches.
     The share of 429s among recent responses (the EPP's refusals, counted at the response
     headers, so a long generation counts when it starts) becomes the share refused before ext_proc.
-    Its own refusals are not counted, so at equilibrium the EPP refuses only the few that keep
-    the share up."""
+    Its own refusals are not counted, so it settles where the EPP still refuses a part of what
+    reaches it (a proportional control: about a fifth of all refusals at twice the EPP's rate
+    with aggression 2, docs/benchmarks.md)."""
     every_status_but_429 = [{"start": 100, "end": 429}, {"start": 430, "end": 600}]
     return {
         "name": "envoy.filters.http.admission_control",
@@ -360,7 +361,8 @@ def admission_control_filter(options: EnvoyOptions) -> dict[str, Any]:
                 "default_value": options.admission_control_aggression,
                 "runtime_key": "epp.admission",
             },
-            # refuse once any request in the window was refused: the rate alone says nothing
+            # every 429 in the window counts (below 100 %, a share of them would be ignored), and
+            # at any request rate
             sr_threshold={"default_value": {"value": 100.0}, "runtime_key": "epp.admission_threshold"},
             rps_threshold={"default_value": 0, "runtime_key": "epp.admission_rps"},
             max_rejection_probability={"default_value": {"value": 99.0}, "runtime_key": "epp.admission_max"},
