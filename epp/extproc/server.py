@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -148,9 +149,10 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
                         )
                     else:
                         next_message = await _message_or_eviction(incoming, eviction)
-                        if next_message is None and eviction.done():
+                        if next_message is Evicted.FIRST:
                             ended = True
                             await _through_reset(context.write(stream.evicted()))
+                            next_message = None
                     if next_message is None:  # evicted, or Envoy half-closes (then resets at once)
                         wait_for_reset = True
                         return
@@ -282,17 +284,22 @@ async def _through_reset(batch: Awaitable[_T]) -> _T:
     return await asyncio.shield(_keep(batch))
 
 
+class Evicted(enum.Enum):
+    FIRST = "flow control evicted the request before the stream's next message or end"
+
+
 async def _message_or_eviction(
     incoming: AsyncIterator[ext_proc.ProcessingRequest], eviction: asyncio.Future[None]
-) -> ext_proc.ProcessingRequest | None:
-    """The stream's next message; None at its end, or when `eviction` (flow control taking the
-    routed request back) comes first. A message that arrives with the eviction goes first: it
-    may end the response, and an ended response is not evicted. A read the eviction or a reset
-    leaves behind is not cancelled (that would leak its batch, as in _through_reset): it ends
-    with the stream."""
+) -> ext_proc.ProcessingRequest | Evicted | None:
+    """The stream's next message; None at its end; Evicted.FIRST when `eviction` (flow control
+    taking the routed request back) comes first. A message or the stream's end that arrives with
+    the eviction goes first: the message may end the response, the end has ended the request, and
+    an ended request is not evicted (no 429 into a finished stream). A read the eviction or a
+    reset leaves behind is not cancelled (that would leak its batch, as in _through_reset): it
+    ends with the stream."""
     reading = _keep(anext(incoming, None))
     await asyncio.wait((reading, eviction), return_when=asyncio.FIRST_COMPLETED)
-    return reading.result() if reading.done() else None
+    return reading.result() if reading.done() else Evicted.FIRST
 
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
