@@ -11,7 +11,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from epp.stack.envoy import DEFAULT_ALLOWED_PATHS, EPP_UNREACHABLE, LIMIT_MESSAGES, EnvoyOptions
+from epp.stack.envoy import BODY_MODES, DEFAULT_ALLOWED_PATHS, EPP_UNREACHABLE, LIMIT_MESSAGES, EnvoyOptions
 from epp.stack.stack import SimEndpoint, Stack
 from tests.integration.conftest import StackFactory
 from tests.unit.deep_json import deep_body
@@ -155,26 +155,40 @@ async def test_a_forged_destination_header_never_steers_envoy(shared_stack: Stac
     assert served_by(response) in {s.hostport for s in shared_stack.sims}
 
 
-async def test_client_disconnect_mid_stream_releases_the_request(shared_stack: Stack) -> None:
-    # ~2 s of generation at the test profile's 1 ms a step: the stream must still be running when
-    # the first chunk reaches the client. With 400 tokens (0.4 s) a response-headers round trip
-    # delayed by a loaded machine let the whole response finish first (running 0, not 1).
-    body = {"model": MODEL, "prompt": "long story", "max_tokens": 2000, "stream": True, "ignore_eos": True}
-    async with (
-        httpx.AsyncClient(base_url=shared_stack.gateway_url, timeout=30) as client,
-        client.stream("POST", "/v1/completions", json=body) as response,
-    ):
-        async for line in response.aiter_lines():
-            if line.startswith("data: "):
+@pytest.mark.parametrize("body_mode", BODY_MODES)
+async def test_client_disconnect_mid_stream_releases_the_request(
+    make_stack: StackFactory, body_mode: str
+) -> None:
+    # One simulator ten times slower than the test profile (10 ms a step: ~20 s for 2,000 tokens),
+    # so the stream is still running when its first chunk reaches the client. At 1 ms a step, on a
+    # loaded 2-core machine the whole response sometimes finished (Envoy buffers it for the client)
+    # before the client read its first line, and running read 0, not 1 (1 run in 3 at load 8).
+    envoy = EnvoyOptions(listen_port=0, admin_port=0, body_mode=body_mode)
+    async with make_stack(
+        "disconnect", sims=1, sim_args=["--profile=tiny-test", "--time-scale=10"], envoy=envoy
+    ) as stack:
+        body = {
+            "model": MODEL,
+            "prompt": "long story",
+            "max_tokens": 2000,
+            "stream": True,
+            "ignore_eos": True,
+        }
+        async with (
+            httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client,
+            client.stream("POST", "/v1/completions", json=body) as response,
+        ):
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    break
+            assert await epp_running_requests(stack) == 1.0
+        # Envoy resets the upstream and ends the ext_proc stream when the client goes; on a loaded
+        # 2-core machine that took over 5 s twice in 12 suite runs, so the poll allows 15.
+        for _ in range(300):
+            if await epp_running_requests(stack) == 0.0:
                 break
-        assert await epp_running_requests(shared_stack) == 1.0
-    # Envoy resets the upstream and ends the ext_proc stream when the client goes; on a loaded
-    # 2-core machine that took over 5 s twice in 12 suite runs, so the poll allows 15.
-    for _ in range(300):
-        if await epp_running_requests(shared_stack) == 0.0:
-            break
-        await asyncio.sleep(0.05)
-    assert await epp_running_requests(shared_stack) == 0.0
+            await asyncio.sleep(0.05)
+        assert await epp_running_requests(stack) == 0.0
 
 
 async def test_a_killed_simulator_stops_being_chosen(make_stack: StackFactory) -> None:
