@@ -51,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--scrape-interval", type=float, default=0.05, help="modelled seconds (default 0.05)")
     run.add_argument("--time-scale", type=float, default=1.0, help="real time: simulators' --time-scale")
     run.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="virtual time: the routing plugins' random seed (tie-breaks); the workload's draws keep its own",
+    )
+    run.add_argument(
         "--results", type=Path, help="results JSON to merge into (default bench/results/<engine>.json)"
     )
 
@@ -101,6 +107,7 @@ def run_suite(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         scrape_interval=args.scrape_interval,
         time_scale=args.time_scale,
+        seed=args.seed,
         progress=_progress,
     )
     outcomes = runner.run()
