@@ -343,7 +343,14 @@ class Stack:
             return
         ready = self.run_dir / "epp.ready.json"
         ready.unlink(missing_ok=True)
-        argv = self._serve_argv(ready, self.epp_ports.get("grpc_port", 0))
+        # A restart binds the ports of the EPP it replaces: Envoy's ext_proc cluster, the printed
+        # live view and a Prometheus scrape keep their addresses.
+        argv = self._serve_argv(
+            ready,
+            self.epp_ports.get("grpc_port", 0),
+            health_port=self.epp_ports.get("health_port", 0),
+            metrics_port=self.epp_ports.get("metrics_port", 0),
+        )
         self.epp = ManagedProcess("epp", argv, self.run_dir / "epp.log")
         self.epps = [self.epp]
         await self.epp.start()
@@ -378,15 +385,22 @@ class Stack:
         return ports
 
     def _serve_argv(
-        self, ready: Path, grpc_port: int, *extra: str, eds: bool = True, settings: list[str] | None = None
+        self,
+        ready: Path,
+        grpc_port: int,
+        *extra: str,
+        eds: bool = True,
+        settings: list[str] | None = None,
+        health_port: int = 0,
+        metrics_port: int = 0,
     ) -> list[str]:
         """`epp serve`'s command line; `settings` in place of epp_args and the templated config."""
         return epp_command(
             "serve",
             "--host=127.0.0.1",
             f"--grpc-port={grpc_port}",
-            "--grpc-health-port=0",
-            "--metrics-port=0",
+            f"--grpc-health-port={health_port}",
+            f"--metrics-port={metrics_port}",
             *self._tls_argv(),
             f"--endpoints-file={self.endpoints_file}",
             *([f"--envoy-eds-file={self.pool_eds_file}"] if eds else []),

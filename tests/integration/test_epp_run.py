@@ -82,10 +82,12 @@ async def test_epp_run_serves_survives_a_dead_simulator_and_stops_on_ctrl_c(tmp_
 
 async def test_epp_run_restarts_a_dead_epp(tmp_path: Path) -> None:
     """kill -9 the EPP under `epp run`: it is restarted (Envoy and the simulators stay) and the
-    gateway routes again, instead of the whole stack stopping."""
+    gateway routes again, instead of the whole stack stopping; the printed live view still answers
+    (the new EPP binds the same metrics port)."""
     async with epp_run(tmp_path, sims=1) as process:
         assert process.stdout is not None
         seen: list[str] = []
+        view = (await read_until(process.stdout, r"Live view\s+(http://127\.0\.0\.1:\d+)/ui/", seen))[1]
         gateway = (
             await read_until(process.stdout, r"curl -si (http://127\.0\.0\.1:\d+)/v1/completions", seen)
         )[1]
@@ -96,7 +98,10 @@ async def test_epp_run_restarts_a_dead_epp(tmp_path: Path) -> None:
             os.kill(child_pid(process.pid, "epp.cli serve"), signal.SIGKILL)
             await read_until(process.stdout, r"the EPP exited with -9; restarting it in", seen)
             await read_until(process.stdout, r"the EPP is back \(restart 1\)", seen)
-            assert (await client.post("/v1/completions", json=BODY)).status_code == 200
+            routed = await client.post("/v1/completions", json=BODY)
+            assert routed.status_code == 200
+            decisions = (await client.get(f"{view}/api/decisions")).json()["decisions"]
+            assert decisions[0]["destination"]["endpoint"] == routed.headers["x-inference-pod"]
         assert child_pid(process.pid, "--use-dynamic-base-id") == envoy
         process.send_signal(signal.SIGINT)
         await read_until(process.stdout, r"^stopped\.$", seen)
