@@ -151,11 +151,16 @@ def _conversations_prompt(body: Mapping[str, Any]) -> bytes:
 
 
 def _token_limit(body: Mapping[str, Any]) -> int | None:
+    """The smallest of the body's output-token limits. A whole number written as a float (`512.0`,
+    `1e3`: what a Python client computing the limit sends) counts, as vLLM's validation and Go's
+    MaxOutputTokensFromPayload take it; a fraction, a negative or a non-number is a 400."""
     limit: int | None = None
     for name in _TOKEN_LIMIT_FIELDS:
         value = body.get(name)
         if value is None:
             continue
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
         if not _is_int(value) or value < 0:
             raise _bad(f"{name} must be a non-negative integer")
         limit = value if limit is None else min(limit, value)

@@ -97,6 +97,24 @@ def test_smallest_token_limit_wins() -> None:
     assert parse({"model": "m", "prompt": "x", "max_tokens": 10, "max_completion_tokens": 4}).max_tokens == 4
 
 
+def test_a_whole_token_limit_written_as_a_float_counts() -> None:
+    """vLLM accepts `max_tokens: 512.0` (and `1e3`); the EPP answered them 400."""
+    assert (
+        parse_request(
+            b'{"model": "m", "prompt": "x", "max_tokens": 512.0}', "/v1/completions", {}, "r"
+        ).max_tokens
+        == 512
+    )
+    assert (
+        parse_request(
+            b'{"model": "m", "prompt": "x", "max_tokens": 1e3}', "/v1/completions", {}, "r"
+        ).max_tokens
+        == 1000
+    )
+    body = {"model": "m", "messages": [{"role": "u", "content": "x"}], "max_completion_tokens": 7.0}
+    assert parse(body, "/v1/chat/completions").max_tokens == 7
+
+
 @pytest.mark.parametrize(
     ("body", "path", "message"),
     [
@@ -170,6 +188,9 @@ def test_smallest_token_limit_wins() -> None:
         ({"model": "m", "items": []}, "/v1/conversations", "must have items field"),
         ({"model": "m", "prompt": "x", "max_tokens": -1}, "/v1/completions", "max_tokens must be"),
         ({"model": "m", "prompt": "x", "max_tokens": True}, "/v1/completions", "max_tokens must be"),
+        ({"model": "m", "prompt": "x", "max_tokens": 2.5}, "/v1/completions", "max_tokens must be"),
+        ({"model": "m", "prompt": "x", "max_tokens": -3.0}, "/v1/completions", "max_tokens must be"),
+        ({"model": "m", "prompt": "x", "max_tokens": "5"}, "/v1/completions", "max_tokens must be"),
         ({"model": "m", "prompt": "x", "cache_salt": 3}, "/v1/completions", "cache_salt must be"),
         ({"model": "", "prompt": "x"}, "/v1/completions", "model not found"),
     ],
