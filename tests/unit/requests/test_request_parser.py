@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 import orjson
 import pytest
 
@@ -200,6 +202,26 @@ def test_invalid_bodies_are_400_with_a_clear_message(body: object, path: str, me
         parse(body, path)
     assert caught.value.status == 400
     assert message in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b'{"model": "m", "prompt": "caf\xe9"}', "the body is not valid UTF-8 (byte 29)"),
+        (b'{"model": "m", "prompt": "\xed\xa0\x80"}', "the body is not valid UTF-8 (byte 26)"),
+        (
+            gzip.compress(b'{"model": "m", "prompt": "x"}'),
+            "the body is gzip-compressed; send it uncompressed",
+        ),
+    ],
+)
+def test_a_body_that_is_not_utf8_is_a_400_saying_where(raw: bytes, message: str) -> None:
+    """orjson's message for these ('str is not valid UTF-8: surrogates not allowed: line 1 column 1
+    (char 0)') pointed at the first byte and named surrogates whatever the fault."""
+    with pytest.raises(RequestError) as caught:
+        parse_request(raw, "/v1/completions", {}, "r")
+    assert caught.value.status == 400
+    assert caught.value.message.startswith(f"error unmarshaling request body: {message}")
 
 
 def test_error_body_is_openai_shaped_json() -> None:
