@@ -70,6 +70,9 @@ def parse_endpoint_file(
     """`metrics_port` (--model-server-metrics-port) applies to entries without a metricsPort."""
     try:
         data: Any = yaml.safe_load(text)
+        if not isinstance(data, dict):  # pydantic would name its private model: "instance of _EndpointFile"
+            found = "an empty file" if data is None else f"a YAML {type(data).__name__}"
+            raise DiscoveryError(f"{source}: expected a mapping with an `endpoints:` list, found {found}")
         parsed = _EndpointFile.model_validate(data)
     except yaml.YAMLError as exc:
         raise DiscoveryError(f"{source}: invalid YAML: {exc}") from None
