@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import MappingProxyType
@@ -80,8 +81,7 @@ def parse_endpoint_file(
         details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise DiscoveryError(f"{source}: {details}") from None
     specs = [_spec(entry, metrics_port or None) for entry in parsed.endpoints]
-    names = [s.name for s in specs]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    duplicates = sorted(name for name, count in Counter(s.name for s in specs).items() if count > 1)
     if duplicates:
         raise DiscoveryError(f"{source}: duplicate endpoint names {duplicates}")
     return specs
