@@ -68,6 +68,7 @@ class EndpointInfo:
     port: int
     engine_id: str
     model: str
+    adapters: tuple[str, ...] = ()  # the LoRA adapters it serves besides `model`
 
     @property
     def url(self) -> str:
@@ -111,7 +112,14 @@ class SimServer:
 
     @property
     def info(self) -> EndpointInfo:
-        return EndpointInfo(self.config.name, self.config.host, self.port, self.engine_id, self.config.model)
+        return EndpointInfo(
+            self.config.name,
+            self.config.host,
+            self.port,
+            self.engine_id,
+            self.config.model,
+            tuple(self._loras),
+        )
 
     async def start(self) -> None:
         """Listen and start the engine; if any part fails, what had started is stopped again."""

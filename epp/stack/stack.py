@@ -59,6 +59,7 @@ class SimEndpoint:
     engine_port: int | None = None  # a decode endpoint's simulator, behind its sidecar on `port`
     metrics_port: int | None = None  # /metrics elsewhere than `port`
     model: str | None = None  # the model it serves, when not the stack's
+    adapters: tuple[str, ...] = ()  # the LoRA adapters it serves besides its model
 
     @property
     def hostport(self) -> str:
@@ -245,8 +246,7 @@ class Stack:
             *([f"--role={role}"] if role else []),
             *self.config.sim_args,
         )
-        endpoint = info["endpoints"][0]
-        return SimEndpoint(name=endpoint["name"], host=endpoint["host"], port=endpoint["port"], role=role)
+        return _sim_endpoint(info["endpoints"][0], role)
 
     async def _start_sim_group(self, name: str, count: int) -> list[SimEndpoint]:
         """One simulator process serving `count` endpoints, named `<name>-0`, `<name>-1`, ..."""
@@ -260,7 +260,7 @@ class Stack:
             f"--name-prefix={name}",
             *self.config.sim_args,
         )
-        return [SimEndpoint(name=e["name"], host=e["host"], port=e["port"]) for e in info["endpoints"]]
+        return [_sim_endpoint(e) for e in info["endpoints"]]
 
     async def _start_disaggregated_pool(self) -> None:
         prefill = [self._start_sim(f"prefill-{i}", PREFILL) for i in range(self.config.prefill_sims)]
@@ -284,7 +284,7 @@ class Stack:
             f"--endpoints-file={self.endpoints_file}",
             *self.config.sidecar_args,
         )
-        return SimEndpoint(engine.name, "127.0.0.1", info["port"], DECODE, engine_port=engine.port)
+        return replace(engine, host="127.0.0.1", port=info["port"], role=DECODE, engine_port=engine.port)
 
     def sim_process(self, name: str) -> ManagedProcess:
         """The simulator process serving endpoint `name` (for a decode endpoint: its engine)."""
@@ -302,7 +302,7 @@ class Stack:
                 "name": sim.name,
                 "address": sim.host,
                 "port": sim.port,
-                "models": [sim.model or self.config.model],
+                "models": [sim.model or self.config.model, *sim.adapters],
             }
             if sim.role:
                 entry["labels"] = {"llm-d.ai/role": sim.role}
@@ -570,6 +570,19 @@ class Stack:
             if value.strip().isdigit():
                 stats[name] = int(value)
         return stats
+
+
+def _sim_endpoint(ready: dict[str, Any], role: str | None = None) -> SimEndpoint:
+    """An endpoint of a simulator's ready file, with the model and adapters it reports: the
+    endpoints file lists those, so `--sim-arg=--model=...` or `--lora-modules` route."""
+    return SimEndpoint(
+        name=ready["name"],
+        host=ready["host"],
+        port=ready["port"],
+        role=role,
+        model=ready["model"],
+        adapters=tuple(ready["adapters"]),
+    )
 
 
 def _replace(path: Path, document: Any) -> None:
