@@ -17,11 +17,11 @@ PD_SAMPLE_CONFIG = Path(__file__).parents[1] / "config" / "samples" / "sim-pd-ep
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sims", type=int, default=4, help="simulated model servers (default 4)")
+    parser.add_argument("--sims", type=_count, default=4, help="simulated model servers (default 4)")
     parser.add_argument(
         "--pd",
         nargs=2,
-        type=int,
+        type=_count,
         metavar=("PREFILL", "DECODE"),
         help="a P/D pool instead: PREFILL prefill simulators and DECODE decode simulators, each decode one "
         "behind an `epp sidecar`; the EPP runs llm-d's sim-pd-epp-config unless --epp-arg names a config",
@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=_count,
         default=1,
         help="EPP worker processes sharing its port, each a synced replica (`epp serve --workers`); "
         "Envoy opens two connections per worker (default 1)",
@@ -94,6 +94,15 @@ def _seconds(value: str) -> float:
     if not seconds > 0 or seconds == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {value!r}")
     return seconds
+
+
+def _count(value: str) -> int:
+    """A number of processes: `--sims 0` started a gateway with an empty pool and printed requests
+    that could only get 503, and `--sims -3` the same."""
+    count = int(value)
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, not {count}")
+    return count
 
 
 def _retries(value: str) -> int:
@@ -204,8 +213,6 @@ def _epp_args(args: argparse.Namespace) -> list[str]:
 
 async def _main(args: argparse.Namespace) -> None:
     prefill_sims, decode_sims = args.pd or (0, 0)
-    if args.pd and min(args.pd) < 1:
-        raise ValueError("--pd needs at least one prefill and one decode simulator")
     config = StackConfig(
         run_dir=args.run_dir.resolve(),
         sims=args.sims,

@@ -280,6 +280,15 @@ def test_epp_run_sets_retries_and_timeouts() -> None:
             build_parser("run").parse_args(["run", *bad])
 
 
+@pytest.mark.parametrize(
+    "bad", [["--sims=0"], ["--sims=-3"], ["--workers=0"], ["--pd", "0", "2"], ["--pd", "1", "-1"]]
+)
+def test_epp_run_refuses_fewer_than_one_process(bad: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser("run").parse_args(["run", *bad])
+    assert "expected at least 1, not " in capsys.readouterr().err
+
+
 def test_epp_run_allow_path_adds_to_the_defaults() -> None:
     args = build_parser("run").parse_args(["run", "--allow-path", "/v1/rerank/", "--allow-path", "/tokenize"])
     assert envoy_options(args).allowed_paths == (*DEFAULT_ALLOWED_PATHS, "/v1/rerank", "/tokenize")
