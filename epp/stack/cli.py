@@ -165,7 +165,7 @@ def instructions(stack: Stack, model: str) -> str:
     return f"""
 Gateway (Envoy)        {url}
 Endpoint picker        ext_proc on 127.0.0.1:{stack.epp_ports["grpc_port"]}{_tls_note(stack)}
-Live view              {stack.view_url}/ui/   (why each request went where it did; JSON: /api/decisions)
+Live view              {_live_views(stack)}
 Simulated vLLM servers
 {sims}
 Logs and config        {stack.run_dir}/
@@ -187,6 +187,19 @@ With the openai SDK:
 
 Ctrl-C stops everything.
 """
+
+
+def _live_views(stack: Stack) -> str:
+    """The live view's address; with --workers, each worker's (each records what it routed)."""
+    note = "(why each request went where it did; JSON: /api/decisions)"
+    workers: list[dict[str, int]] = stack.epp_ports.get("workers", [])
+    if len(workers) < 2:
+        return f"{stack.view_url}/ui/   {note}"
+    views = [f"http://127.0.0.1:{w['metrics_port']}/ui/" for w in workers]
+    lines = [f"{view}   worker {i}" for i, view in enumerate(views)]
+    return f"{note}; each worker shows the requests it routed:\n" + "\n".join(
+        f"{'':23}{line}" for line in lines
+    )
 
 
 def _tls_note(stack: Stack) -> str:

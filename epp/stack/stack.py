@@ -121,7 +121,7 @@ class Stack:
         self.versus_grpc_port: int | None = None
         self.versus_ports: dict[str, int] = {}
         self.versus_port = 0  # Envoy's listener consulting it
-        self.epp_ports: dict[str, int] = {}
+        self.epp_ports: dict[str, Any] = {}  # the EPP's ready file: its ports (and its workers')
         self.gateway_port = 0
         self.baseline_port = 0
         self.admin_port = 0
