@@ -274,9 +274,12 @@ def _http_filters(options: EnvoyOptions, cluster: str = "epp") -> list[dict[str,
         "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router"),
     }
     admission = _admission_filters(options)
-    if not admission:
-        return [ext_proc, router]
-    return [*admission, _skipped_on_refusals(ext_proc), router]
+    # Off unless the virtual host enables it (_listener): a request Envoy refuses before any route
+    # matches (a malformed request line, headers over the limit) gets its 400 or 431. With ext_proc
+    # on, that local reply waited for the EPP's answer about its headers and the connection, closed
+    # at once after an HTTP/1 protocol error, went with it: the client got an empty reply.
+    chain = [_skipped_on_refusals(ext_proc)] if admission else [ext_proc]
+    return [*admission, {**chain[0], "disabled": True}, router]
 
 
 def _skipped_on_refusals(ext_proc: dict[str, Any]) -> dict[str, Any]:
@@ -801,9 +804,19 @@ LIMIT_MESSAGES = {
 }
 
 
+EXT_PROC_ON = {
+    EXT_PROC_FILTER: _typed(
+        "envoy.config.route.v3.FilterConfig",
+        config=_typed("envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute", overrides={}),
+    )
+}
+"""The virtual host's switch for ext_proc, off in the filter chain: every routed request runs it."""
+
+
 def _listener(
     name: str, port: int, routes: list[dict[str, Any]], filters: list[dict[str, Any]], options: EnvoyOptions
 ) -> dict[str, Any]:
+    ext_proc = any(f["name"] == EXT_PROC_FILTER for f in filters)
     manager = _typed(
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         stat_prefix=name,
@@ -824,6 +837,7 @@ def _listener(
                             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
                         }
                     ],
+                    **({"typed_per_filter_config": EXT_PROC_ON} if ext_proc else {}),
                 }
             ]
         },

@@ -284,13 +284,19 @@ async def test_epp_down_fail_open_routes_round_robin(make_stack: StackFactory) -
 
 async def raw_request(port: int, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
     """One HTTP/1.1 request with the path sent exactly as given (clients resolve `..` themselves)."""
+    head = f"{method} {path} HTTP/1.1\r\nhost: gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    return await raw_exchange(port, head.encode())
+
+
+async def raw_exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """`request`'s bytes as they are, and the reply's status, headers and body."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        head = f"{method} {path} HTTP/1.1\r\nhost: gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-        writer.write(head.encode())
+        writer.write(request)
         data = await asyncio.wait_for(reader.read(), timeout=10)
     finally:
         writer.close()
+    assert data, "the gateway closed the connection without a reply"
     head_bytes, _, body = data.partition(b"\r\n\r\n")
     status_line, *lines = head_bytes.decode().split("\r\n")
     headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
@@ -322,6 +328,30 @@ async def test_paths_outside_the_policy_get_a_json_404_from_envoy(
     assert error["message"].startswith("inference error: NotFound - this gateway routes only /v1/completions")
     models, _, listing = await raw_request(shared_stack.gateway_port, "GET", "/v1/models")
     assert models == 200 and MODEL.encode() in listing
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "details"),
+    [
+        (b"GARBAGE\r\n\r\n", 400, "http1.codec_error"),
+        (
+            b"POST /v1/completions HTTP/1.1\r\nhost: g\r\nx-big: "
+            + b"a" * 70_000
+            + b"\r\ncontent-length: 2\r\n\r\n{}",
+            431,
+            "http1.headers_too_large",
+        ),
+    ],
+)
+async def test_a_request_envoy_refuses_before_routing_gets_its_json_error(
+    shared_stack: Stack, request_bytes: bytes, status: int, details: str
+) -> None:
+    """Envoy's own 400/431 for a malformed request or headers over its limit reach the client.
+    With ext_proc on every stream they were lost: the reply waited for the EPP, and Envoy closed
+    the connection at once after the protocol error, so the client read nothing."""
+    code, headers, body = await raw_exchange(shared_stack.gateway_port, request_bytes)
+    assert (code, headers["content-type"]) == (status, "application/json"), body
+    assert orjson.loads(body)["error"]["type"] == details
 
 
 async def test_an_allowed_path_reaches_the_pool(make_stack: StackFactory) -> None:

@@ -233,6 +233,18 @@ def test_only_allowed_paths_are_routed_and_the_rest_is_a_404_without_the_epp() -
     assert hcm["normalize_path"] is True and hcm["merge_slashes"] is True
 
 
+@pytest.mark.parametrize("options", [EnvoyOptions(), EnvoyOptions(rate_limit=10, adaptive_concurrency=True)])
+def test_ext_proc_runs_only_where_a_route_matched(options: EnvoyOptions) -> None:
+    """Off in the chain, on for the virtual host: a request refused before routing (Envoy's 400 or
+    431 for a malformed request) never waits for the EPP, which lost its reply."""
+    hcm = manager(render_bootstrap(options))
+    (ext_proc,) = [f for f in hcm["http_filters"] if f["name"] == EXT_PROC_FILTER]
+    assert ext_proc["disabled"] is True
+    (host,) = hcm["route_config"]["virtual_hosts"]
+    enabled = host["typed_per_filter_config"][EXT_PROC_FILTER]
+    assert enabled["@type"].endswith("route.v3.FilterConfig") and not enabled.get("disabled")
+
+
 def test_a_slash_routes_every_path_and_the_baseline_listener_follows_the_policy() -> None:
     everything = EnvoyOptions(allowed_paths=(*DEFAULT_ALLOWED_PATHS, "/"))
     assert everything.allowed_paths == ("/",)
