@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+from epp import gieflags
 from epp.signals import stop_event
 from epp.stack.envoy import BODY_MODES, DEFAULT_ALLOWED_PATHS, FAILURE_MODES, EnvoyOptions, check_path_prefix
 from epp.stack.processes import ProcessFailed, RestartBackoff
@@ -27,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "behind an `epp sidecar`; the EPP runs llm-d's sim-pd-epp-config unless --epp-arg names a config",
     )
     parser.add_argument("--model", default="sim-model", help="served model name (default sim-model)")
-    parser.add_argument("--port", type=int, default=0, help="gateway port (default: a free port)")
+    parser.add_argument(
+        "--port", type=gieflags.port_number, default=0, help="gateway port (default: a free port)"
+    )
     parser.add_argument(
         "--run-dir", type=Path, default=Path("run"), help="logs and generated config (default ./run)"
     )

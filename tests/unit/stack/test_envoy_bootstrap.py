@@ -292,6 +292,13 @@ def test_epp_run_sets_retries_and_timeouts() -> None:
             build_parser("run").parse_args(["run", *bad])
 
 
+def test_epp_run_refuses_a_gateway_port_past_65535(capsys: pytest.CaptureFixture[str]) -> None:
+    """It reached Envoy, whose answer was a page of proto validation errors."""
+    with pytest.raises(SystemExit):
+        build_parser("run").parse_args(["run", "--port=99999"])
+    assert "'99999' is not a port number" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "bad", [["--sims=0"], ["--sims=-3"], ["--workers=0"], ["--pd", "0", "2"], ["--pd", "1", "-1"]]
 )
