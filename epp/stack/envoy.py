@@ -767,6 +767,14 @@ def _local_replies(options: EnvoyOptions) -> dict[str, Any]:
             mapper("%LOCAL_REPLY_BODY%", 503, also={"response_flag_filter": {}}),
             # ... ext_proc's failures (status_on_error) and the fail-closed route's reply none.
             mapper(LIMIT_MESSAGES["epp"], 503),
+            # The route's timeouts set UT: the EPP had answered, the model server did not.
+            mapper(
+                f"the model server sent no response in time (the gateway waits {options.response_timeout} "
+                f"for a non-streaming response, {options.first_byte_timeout} for a streaming one's "
+                "first byte on each attempt)",
+                504,
+                also={"response_flag_filter": {"flags": ["UT"]}},
+            ),
             mapper("no answer in time from the endpoint picker or the model server", 504),
             # Only a path outside the policy is a local 404 here: the EPP's own carry its key.
             mapper("inference error: NotFound - %LOCAL_REPLY_BODY%", 404, kind="NotFound"),

@@ -264,6 +264,48 @@ async def test_an_endpoint_that_resets_gets_a_json_503_from_envoy(make_stack: St
         await runner.cleanup()
 
 
+async def test_a_model_server_too_slow_gets_a_504_naming_it(make_stack: StackFactory) -> None:
+    """A model server that takes the request and never answers: past the route's timeout the client
+    gets a 504 naming the model server and the bound, not "the endpoint picker or the model server"
+    (the EPP had answered)."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text="vllm:num_requests_waiting 0\n")
+
+    async def hang(_: web.Request) -> web.Response:
+        await asyncio.sleep(30)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/v1/completions", hang)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = int(runner.addresses[0][1])
+    envoy = EnvoyOptions(
+        listen_port=0, admin_port=0, response_timeout="1s", first_byte_timeout="1s", retries=0
+    )
+    try:
+        async with make_stack("slow", sims=1, envoy=envoy) as stack:
+            stack.write_endpoints_file([SimEndpoint("hangs", "127.0.0.1", port)])
+            body = {"model": MODEL, "prompt": "hi", "max_tokens": 1}
+            for _ in range(100):
+                response = await post(stack, "/v1/completions", body)
+                if response.status_code != 200:
+                    break
+                await asyncio.sleep(0.05)  # the EPP has not re-read the endpoints file yet
+            assert_gateway_json_error(response, 504, "response_timeout")
+            assert response.json()["error"]["message"].startswith(
+                "the model server sent no response in time (the gateway waits 1s for a non-streaming"
+            )
+            streamed = await post(stack, "/v1/completions", {**body, "stream": True})
+            assert_gateway_json_error(streamed, 504, "upstream_per_try_timeout")
+            assert streamed.json()["error"]["message"] == response.json()["error"]["message"]
+    finally:
+        await runner.cleanup()
+
+
 async def test_epp_down_fail_open_routes_round_robin(make_stack: StackFactory) -> None:
     envoy = EnvoyOptions(listen_port=0, admin_port=0, body_mode="buffered", failure_mode="open")
     async with make_stack("fail-open", sims=2, envoy=envoy) as stack:
