@@ -763,7 +763,16 @@ def _local_replies(options: EnvoyOptions) -> dict[str, Any]:
                 "rate",
             ),
             overflow(LIMIT_MESSAGES["pool"], "Overflow", {"response_flag_filter": {"flags": ["UO"]}}),
-            # The router's 503s (a reset, a refused connection) carry a response flag ...
+            # The router's 503s (a reset, a refused connection) carry a response flag: those of the
+            # model server's connection name it (Envoy's own text, "upstream connect error or
+            # disconnect/reset before headers", names nobody) ...
+            mapper(
+                "the model server %UPSTREAM_HOST% closed, reset or refused the connection before "
+                "responding, on every attempt: %LOCAL_REPLY_BODY%",
+                503,
+                also={"response_flag_filter": {"flags": ["UF", "UC", "UR", "URX", "UPE"]}},
+            ),
+            # ... the rest (no healthy upstream, ...) say what they are.
             mapper("%LOCAL_REPLY_BODY%", 503, also={"response_flag_filter": {}}),
             # ... ext_proc's failures (status_on_error) and the fail-closed route's reply none.
             mapper(LIMIT_MESSAGES["epp"], 503),

@@ -259,7 +259,11 @@ async def test_an_endpoint_that_resets_gets_a_json_503_from_envoy(make_stack: St
                     break
                 await asyncio.sleep(0.05)  # the EPP has not re-read the endpoints file yet
             assert_gateway_json_error(response, 503, "upstream_reset_before_response_started")
-            assert "reset" in response.json()["error"]["message"]
+            message = response.json()["error"]["message"]
+            assert message.startswith(
+                f"the model server 127.0.0.1:{port} closed, reset or refused the connection"
+            )
+            assert "reset" in message
     finally:
         await runner.cleanup()
 
