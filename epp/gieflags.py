@@ -168,7 +168,8 @@ def _path(value: str) -> str:
     return path
 
 
-def _port(value: str) -> int:
+def port_number(value: str) -> int:
+    """A TCP port flag: 0..65535 (0: any free port). A larger number would bind modulo 65,536."""
     try:
         port = int(unquote(value))
     except ValueError:
@@ -211,7 +212,7 @@ def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--model-server-metrics-port",
-        type=_port,
+        type=port_number,
         default=0,
         metavar="PORT",
         help="scrape this port instead of the serving port, for pools with one target port "

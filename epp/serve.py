@@ -430,13 +430,14 @@ class EndpointPicker:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-    parser.add_argument("--grpc-port", type=int, default=9002, help="ext_proc gRPC port (default 9002)")
+    port = gieflags.port_number
+    parser.add_argument("--grpc-port", type=port, default=9002, help="ext_proc gRPC port (default 9002)")
     parser.add_argument(
-        "--grpc-health-port", type=int, default=9003, help="grpc.health.v1 port for probes (default 9003)"
+        "--grpc-health-port", type=port, default=9003, help="grpc.health.v1 port for probes (default 9003)"
     )
     parser.add_argument(
         "--metrics-port",
-        type=int,
+        type=port,
         default=9090,
         help="Prometheus /metrics port for the EPP's own metrics (default 9090)",
     )

@@ -75,10 +75,7 @@ def load_config(text: str | None = None, strict: bool = False) -> PickerConfig:
     Lenient where the Go EPPs are (unknown plugin parameters, older names): each such leniency is
     a warning in the result. `strict` turns every warning into an error."""
     source = default_config_text() if text is None else text
-    try:
-        raw = yaml.safe_load(source)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid EndpointPickerConfig: not valid YAML: {exc}") from None
+    raw = _single_document(source)
     if not isinstance(raw, dict):
         raise ConfigError("invalid EndpointPickerConfig: expected a YAML mapping with apiVersion and kind")
     try:
@@ -89,6 +86,23 @@ def load_config(text: str | None = None, strict: bool = False) -> PickerConfig:
     if strict and config.warnings:
         raise _config_error(f"{w} (an error with strict config checking)" for w in config.warnings)
     return config
+
+
+def _single_document(source: str) -> Any:
+    """The config's one YAML document. Empty documents are skipped, so a file ending in `---` (as
+    one cut from a multi-document manifest) loads, as in Go; a second document with content is
+    refused by its line, where Go would read the first and silently drop the rest."""
+    try:
+        documents = [d for d in yaml.safe_load_all(source) if d is not None]
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid EndpointPickerConfig: not valid YAML: {exc}") from None
+    if len(documents) > 1:
+        lines = [n.start_mark.line + 1 for n in yaml.compose_all(source) if n is not None]
+        raise ConfigError(
+            f"invalid EndpointPickerConfig: the file holds {len(documents)} YAML documents (lines "
+            f"{', '.join(map(str, lines))}); it must hold one EndpointPickerConfig"
+        )
+    return documents[0] if documents else None
 
 
 def load_config_file(path: Path, strict: bool = False) -> PickerConfig:

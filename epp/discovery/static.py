@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import MappingProxyType
@@ -71,6 +72,9 @@ def parse_endpoint_file(
     """`metrics_port` (--model-server-metrics-port) applies to entries without a metricsPort."""
     try:
         data: Any = safe_yaml(text)
+        if not isinstance(data, dict):  # pydantic would name its private model: "instance of _EndpointFile"
+            found = "an empty file" if data is None else f"a YAML {type(data).__name__}"
+            raise DiscoveryError(f"{source}: expected a mapping with an `endpoints:` list, found {found}")
         parsed = _EndpointFile.model_validate(data)
     except yaml.YAMLError as exc:
         raise DiscoveryError(f"{source}: invalid YAML: {exc}") from None
@@ -78,8 +82,7 @@ def parse_endpoint_file(
         details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise DiscoveryError(f"{source}: {details}") from None
     specs = [_spec(entry, metrics_port or None) for entry in parsed.endpoints]
-    names = [s.name for s in specs]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    duplicates = sorted(name for name, count in Counter(s.name for s in specs).items() if count > 1)
     if duplicates:
         raise DiscoveryError(f"{source}: duplicate endpoint names {duplicates}")
     return specs

@@ -303,7 +303,7 @@ class DisaggProfileHandler(Plugin, ProfileHandler, PluginUser):
         if self.prefill_first:
             if decode in results:
                 return ()
-            if prefill in profiles and prefill not in results:
+            if prefill in profiles and prefill not in results and _one_sequence(request):
                 return (prefill,)
             if self._encode_now(request, profiles, results, None):
                 return (self.encode_profile,)
@@ -320,7 +320,7 @@ class DisaggProfileHandler(Plugin, ProfileHandler, PluginUser):
             return (self.encode_profile,)
         if prefill in results or prefill not in profiles or self.decider is None:
             return ()
-        if request.api is ApiKind.EMBEDDINGS:
+        if request.api is ApiKind.EMBEDDINGS or not _one_sequence(request):
             return ()
         if not self.decider.disaggregate(request, chosen.targets[0]):
             return ()
@@ -379,3 +379,15 @@ class DisaggProfileHandler(Plugin, ProfileHandler, PluginUser):
         for counter in self._counters:
             counter.labels(self.name, self.type_name, target, decision).inc()
         return result
+
+
+def _one_sequence(request: InferenceRequest) -> bool:
+    """Whether the request generates one sequence from one prompt, all a remote prefill can hand
+    over: vLLM's NixlConnector returns one request's KV blocks (its `n` > 1 support is unmerged,
+    vllm#38900), so `n` > 1 or a list of prompts goes decode-only instead of failing in P/D
+    (the simulator's prefill leg: 400 "P/D transfer supports a single prompt and n=1 per request")."""
+    n = request.body.get("n")
+    if isinstance(n, int | float) and n > 1:
+        return False
+    prompt = request.body.get("prompt") if request.api is ApiKind.COMPLETIONS else None
+    return not (isinstance(prompt, list) and len(prompt) > 1 and not all(isinstance(t, int) for t in prompt))

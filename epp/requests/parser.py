@@ -26,6 +26,7 @@ INFERENCE_API_PATHS = (
 )
 """The OpenAI paths of the APIs parsed here: what the gateway routes by default (with /v1/models)."""
 _TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_GZIP_MAGIC = b"\x1f\x8b"
 MAX_JSON_DEPTH = 254
 """Deepest nesting of objects and arrays (the body itself is level 1) the EPP accepts: orjson writes
 no deeper, and the EPP re-serialises parts of the body (the prompt it hashes, a body whose model it
@@ -151,11 +152,16 @@ def _conversations_prompt(body: Mapping[str, Any]) -> bytes:
 
 
 def _token_limit(body: Mapping[str, Any]) -> int | None:
+    """The smallest of the body's output-token limits. A whole number written as a float (`512.0`,
+    `1e3`: what a Python client computing the limit sends) counts, as vLLM's validation and Go's
+    MaxOutputTokensFromPayload take it; a fraction, a negative or a non-number is a 400."""
     limit: int | None = None
     for name in _TOKEN_LIMIT_FIELDS:
         value = body.get(name)
         if value is None:
             continue
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
         if not _is_int(value) or value < 0:
             raise _bad(f"{name} must be a non-negative integer")
         limit = value if limit is None else min(limit, value)
@@ -181,6 +187,21 @@ def _check_depth(raw: bytes, body: dict[str, Any]) -> None:
         raise _too_deep() from None
 
 
+def _not_utf8(raw: bytes) -> RequestError | None:
+    """A 400 saying where the body stops being UTF-8 (orjson's own message points at its first
+    byte whatever the place), or that it is gzip, which neither the gateway nor vLLM inflates."""
+    if raw.startswith(_GZIP_MAGIC):
+        return _bad(
+            "error unmarshaling request body: the body is gzip-compressed; send it uncompressed "
+            "(the gateway and the model servers do not decode a request's Content-Encoding)"
+        )
+    try:
+        raw.decode()
+    except UnicodeDecodeError as exc:
+        return _bad(f"error unmarshaling request body: the body is not valid UTF-8 (byte {exc.start})")
+    return None
+
+
 def decode_body(raw: bytes) -> dict[str, Any]:
     """The body as a JSON object, or a 400 naming what is wrong with it."""
     try:
@@ -188,7 +209,7 @@ def decode_body(raw: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:
         if str(exc).startswith("depth limit exceeded"):  # orjson's own reading limit, 1,024 levels
             raise _too_deep() from None
-        raise _bad(f"error unmarshaling request body: {exc}") from None
+        raise _not_utf8(raw) or _bad(f"error unmarshaling request body: {exc}") from None
     if not isinstance(body, dict):
         raise _bad("error unmarshaling request body: the body must be a JSON object")
     _check_depth(raw, body)

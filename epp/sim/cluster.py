@@ -74,12 +74,13 @@ class SimCluster:
                 {
                     key: value
                     for key, value in dataclasses.asdict(info).items()
-                    if key in ("name", "host", "port")
+                    if key in ("name", "host", "port", "model", "adapters")
                 }
                 for info in self.endpoints
             ]
         }
 
     def write_ready_file(self, path: str | os.PathLike[str]) -> None:
-        """Publish ``{"endpoints": [{"name", "host", "port"}, ...]}`` atomically for pollers."""
+        """Publish ``{"endpoints": [{"name", "host", "port", "model", "adapters"}, ...]}`` atomically
+        for pollers."""
         write_ready_file(Path(path), self.ready_document())

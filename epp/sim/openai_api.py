@@ -141,9 +141,12 @@ def _priority(body: dict[str, Any]) -> int:
 
 
 def _optional_int(body: dict[str, Any], field: str, minimum: int) -> int | None:
+    """An integer field; a whole float (`512.0`) counts, as vLLM's lax pydantic ints take it."""
     value = body.get(field)
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ApiError(400, f"'{field}' must be an integer >= {minimum}", field)
     return value

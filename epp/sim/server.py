@@ -55,6 +55,10 @@ STATS_PATH = "/internal/stats"
 SHUTDOWN_GRACE_SECONDS = 0.5
 """How long stopping waits for in-flight requests before cancelling them (aiohttp's default of
 60 s would make every stop with an open stream hang for a minute)."""
+MAX_HEADER_BYTES = 1024 * 1024
+"""Longest request line or header the server reads. vLLM's (uvicorn with httptools) sets no limit
+of its own; aiohttp's default, 8,190 bytes, answered a client's larger header (a long JWT, a big
+cookie) with a plain-text 400 that vLLM would never send."""
 
 Parser = Callable[[dict[str, Any]], Generation]
 
@@ -68,6 +72,7 @@ class EndpointInfo:
     port: int
     engine_id: str
     model: str
+    adapters: tuple[str, ...] = ()  # the LoRA adapters it serves besides `model`
 
     @property
     def url(self) -> str:
@@ -111,7 +116,14 @@ class SimServer:
 
     @property
     def info(self) -> EndpointInfo:
-        return EndpointInfo(self.config.name, self.config.host, self.port, self.engine_id, self.config.model)
+        return EndpointInfo(
+            self.config.name,
+            self.config.host,
+            self.port,
+            self.engine_id,
+            self.config.model,
+            tuple(self._loras),
+        )
 
     async def start(self) -> None:
         """Listen and start the engine; if any part fails, what had started is stopped again."""
@@ -127,6 +139,8 @@ class SimServer:
             handler_cancellation=True,
             access_log=None,
             shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+            max_line_size=MAX_HEADER_BYTES,
+            max_field_size=MAX_HEADER_BYTES,
         )
         await runner.setup()
         await web.TCPSite(runner, self.config.host, self.config.port).start()

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+from epp import gieflags
 from epp.signals import stop_event
 from epp.stack.envoy import BODY_MODES, DEFAULT_ALLOWED_PATHS, FAILURE_MODES, EnvoyOptions, check_path_prefix
 from epp.stack.processes import ProcessFailed, RestartBackoff
@@ -17,17 +18,19 @@ PD_SAMPLE_CONFIG = Path(__file__).parents[1] / "config" / "samples" / "sim-pd-ep
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sims", type=int, default=4, help="simulated model servers (default 4)")
+    parser.add_argument("--sims", type=_count, default=4, help="simulated model servers (default 4)")
     parser.add_argument(
         "--pd",
         nargs=2,
-        type=int,
+        type=_count,
         metavar=("PREFILL", "DECODE"),
         help="a P/D pool instead: PREFILL prefill simulators and DECODE decode simulators, each decode one "
         "behind an `epp sidecar`; the EPP runs llm-d's sim-pd-epp-config unless --epp-arg names a config",
     )
     parser.add_argument("--model", default="sim-model", help="served model name (default sim-model)")
-    parser.add_argument("--port", type=int, default=0, help="gateway port (default: a free port)")
+    parser.add_argument(
+        "--port", type=gieflags.port_number, default=0, help="gateway port (default: a free port)"
+    )
     parser.add_argument(
         "--run-dir", type=Path, default=Path("run"), help="logs and generated config (default ./run)"
     )
@@ -57,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=_count,
         default=1,
         help="EPP worker processes sharing its port, each a synced replica (`epp serve --workers`); "
         "Envoy opens two connections per worker (default 1)",
@@ -134,6 +137,15 @@ def _rate(value: str) -> int:
     return rate
 
 
+def _count(value: str) -> int:
+    """A number of processes: `--sims 0` started a gateway with an empty pool and printed requests
+    that could only get 503, and `--sims -3` the same."""
+    count = int(value)
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, not {count}")
+    return count
+
+
 def _retries(value: str) -> int:
     count = int(value)
     if not 0 <= count <= 10:
@@ -196,7 +208,7 @@ def instructions(stack: Stack, model: str) -> str:
     return f"""
 Gateway (Envoy)        {url}
 Endpoint picker        ext_proc on 127.0.0.1:{stack.epp_ports["grpc_port"]}{_tls_note(stack)}
-Live view              {stack.view_url}/ui/   (why each request went where it did; JSON: /api/decisions)
+Live view              {_live_views(stack)}
 Simulated vLLM servers
 {sims}
 Logs and config        {stack.run_dir}/
@@ -218,6 +230,19 @@ With the openai SDK:
 
 Ctrl-C stops everything.
 """
+
+
+def _live_views(stack: Stack) -> str:
+    """The live view's address; with --workers, each worker's (each records what it routed)."""
+    note = "(why each request went where it did; JSON: /api/decisions)"
+    workers: list[dict[str, int]] = stack.epp_ports.get("workers", [])
+    if len(workers) < 2:
+        return f"{stack.view_url}/ui/   {note}"
+    views = [f"http://127.0.0.1:{w['metrics_port']}/ui/" for w in workers]
+    lines = [f"{view}   worker {i}" for i, view in enumerate(views)]
+    return f"{note}; each worker shows the requests it routed:\n" + "\n".join(
+        f"{'':23}{line}" for line in lines
+    )
 
 
 def _tls_note(stack: Stack) -> str:
@@ -244,8 +269,6 @@ def _epp_args(args: argparse.Namespace) -> list[str]:
 
 async def _main(args: argparse.Namespace) -> None:
     prefill_sims, decode_sims = args.pd or (0, 0)
-    if args.pd and min(args.pd) < 1:
-        raise ValueError("--pd needs at least one prefill and one decode simulator")
     config = StackConfig(
         run_dir=args.run_dir.resolve(),
         sims=args.sims,

@@ -287,9 +287,12 @@ def _http_filters(options: EnvoyOptions, cluster: str = "epp") -> list[dict[str,
         "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router"),
     }
     admission = _admission_filters(options)
-    if not admission:
-        return [ext_proc, router]
-    return [*admission, _skipped_on_refusals(ext_proc), router]
+    # Off unless the virtual host enables it (_listener): a request Envoy refuses before any route
+    # matches (a malformed request line, headers over the limit) gets its 400 or 431. With ext_proc
+    # on, that local reply waited for the EPP's answer about its headers and the connection, closed
+    # at once after an HTTP/1 protocol error, went with it: the client got an empty reply.
+    chain = [_skipped_on_refusals(ext_proc)] if admission else [ext_proc]
+    return [*admission, {**chain[0], "disabled": True}, router]
 
 
 def _skipped_on_refusals(ext_proc: dict[str, Any]) -> dict[str, Any]:
@@ -789,10 +792,27 @@ def _local_replies(options: EnvoyOptions) -> dict[str, Any]:
                 "rate",
             ),
             _limit_reply(LIMIT_MESSAGES["pool"], "Overflow", {"response_flag_filter": {"flags": ["UO"]}}),
-            # The router's 503s (a reset, a refused connection) carry a response flag ...
+            # The router's 503s (a reset, a refused connection) carry a response flag: those of the
+            # model server's connection name it (Envoy's own text, "upstream connect error or
+            # disconnect/reset before headers", names nobody) ...
+            mapper(
+                "the model server %UPSTREAM_HOST% closed, reset or refused the connection before "
+                "responding, on every attempt: %LOCAL_REPLY_BODY%",
+                503,
+                also={"response_flag_filter": {"flags": ["UF", "UC", "UR", "URX", "UPE"]}},
+            ),
+            # ... the rest (no healthy upstream, ...) say what they are.
             mapper("%LOCAL_REPLY_BODY%", 503, also={"response_flag_filter": {}}),
             # ... ext_proc's failures (status_on_error) and the fail-closed route's reply none.
             mapper(LIMIT_MESSAGES["epp"], 503),
+            # The route's timeouts set UT: the EPP had answered, the model server did not.
+            mapper(
+                f"the model server sent no response in time (the gateway waits {options.response_timeout} "
+                f"for a non-streaming response, {options.first_byte_timeout} for a streaming one's "
+                "first byte on each attempt)",
+                504,
+                also={"response_flag_filter": {"flags": ["UT"]}},
+            ),
             mapper("no answer in time from the endpoint picker or the model server", 504),
             # Only a path outside the policy is a local 404 here: the EPP's own carry its key.
             mapper("inference error: NotFound - %LOCAL_REPLY_BODY%", 404, kind="NotFound"),
@@ -859,9 +879,19 @@ LIMIT_MESSAGES = {
 }
 
 
+EXT_PROC_ON = {
+    EXT_PROC_FILTER: _typed(
+        "envoy.config.route.v3.FilterConfig",
+        config=_typed("envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute", overrides={}),
+    )
+}
+"""The virtual host's switch for ext_proc, off in the filter chain: every routed request runs it."""
+
+
 def _listener(
     name: str, port: int, routes: list[dict[str, Any]], filters: list[dict[str, Any]], options: EnvoyOptions
 ) -> dict[str, Any]:
+    ext_proc = any(f["name"] == EXT_PROC_FILTER for f in filters)
     manager = _typed(
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         stat_prefix=name,
@@ -882,6 +912,7 @@ def _listener(
                             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
                         }
                     ],
+                    **({"typed_per_filter_config": EXT_PROC_ON} if ext_proc else {}),
                 }
             ]
         },

@@ -59,6 +59,7 @@ class SimEndpoint:
     engine_port: int | None = None  # a decode endpoint's simulator, behind its sidecar on `port`
     metrics_port: int | None = None  # /metrics elsewhere than `port`
     model: str | None = None  # the model it serves, when not the stack's
+    adapters: tuple[str, ...] = ()  # the LoRA adapters it serves besides its model
 
     @property
     def hostport(self) -> str:
@@ -120,7 +121,7 @@ class Stack:
         self.versus_grpc_port: int | None = None
         self.versus_ports: dict[str, int] = {}
         self.versus_port = 0  # Envoy's listener consulting it
-        self.epp_ports: dict[str, int] = {}
+        self.epp_ports: dict[str, Any] = {}  # the EPP's ready file: its ports (and its workers')
         self.gateway_port = 0
         self.baseline_port = 0
         self.admin_port = 0
@@ -245,8 +246,7 @@ class Stack:
             *([f"--role={role}"] if role else []),
             *self.config.sim_args,
         )
-        endpoint = info["endpoints"][0]
-        return SimEndpoint(name=endpoint["name"], host=endpoint["host"], port=endpoint["port"], role=role)
+        return _sim_endpoint(info["endpoints"][0], role)
 
     async def _start_sim_group(self, name: str, count: int) -> list[SimEndpoint]:
         """One simulator process serving `count` endpoints, named `<name>-0`, `<name>-1`, ..."""
@@ -260,7 +260,7 @@ class Stack:
             f"--name-prefix={name}",
             *self.config.sim_args,
         )
-        return [SimEndpoint(name=e["name"], host=e["host"], port=e["port"]) for e in info["endpoints"]]
+        return [_sim_endpoint(e) for e in info["endpoints"]]
 
     async def _start_disaggregated_pool(self) -> None:
         prefill = [self._start_sim(f"prefill-{i}", PREFILL) for i in range(self.config.prefill_sims)]
@@ -284,7 +284,7 @@ class Stack:
             f"--endpoints-file={self.endpoints_file}",
             *self.config.sidecar_args,
         )
-        return SimEndpoint(engine.name, "127.0.0.1", info["port"], DECODE, engine_port=engine.port)
+        return replace(engine, host="127.0.0.1", port=info["port"], role=DECODE, engine_port=engine.port)
 
     def sim_process(self, name: str) -> ManagedProcess:
         """The simulator process serving endpoint `name` (for a decode endpoint: its engine)."""
@@ -302,7 +302,7 @@ class Stack:
                 "name": sim.name,
                 "address": sim.host,
                 "port": sim.port,
-                "models": [sim.model or self.config.model],
+                "models": [sim.model or self.config.model, *sim.adapters],
             }
             if sim.role:
                 entry["labels"] = {"llm-d.ai/role": sim.role}
@@ -343,7 +343,14 @@ class Stack:
             return
         ready = self.run_dir / "epp.ready.json"
         ready.unlink(missing_ok=True)
-        argv = self._serve_argv(ready, self.epp_ports.get("grpc_port", 0))
+        # A restart binds the ports of the EPP it replaces: Envoy's ext_proc cluster, the printed
+        # live view and a Prometheus scrape keep their addresses.
+        argv = self._serve_argv(
+            ready,
+            self.epp_ports.get("grpc_port", 0),
+            health_port=self.epp_ports.get("health_port", 0),
+            metrics_port=self.epp_ports.get("metrics_port", 0),
+        )
         self.epp = ManagedProcess("epp", argv, self.run_dir / "epp.log")
         self.epps = [self.epp]
         await self.epp.start()
@@ -378,15 +385,22 @@ class Stack:
         return ports
 
     def _serve_argv(
-        self, ready: Path, grpc_port: int, *extra: str, eds: bool = True, settings: list[str] | None = None
+        self,
+        ready: Path,
+        grpc_port: int,
+        *extra: str,
+        eds: bool = True,
+        settings: list[str] | None = None,
+        health_port: int = 0,
+        metrics_port: int = 0,
     ) -> list[str]:
         """`epp serve`'s command line; `settings` in place of epp_args and the templated config."""
         return epp_command(
             "serve",
             "--host=127.0.0.1",
             f"--grpc-port={grpc_port}",
-            "--grpc-health-port=0",
-            "--metrics-port=0",
+            f"--grpc-health-port={health_port}",
+            f"--metrics-port={metrics_port}",
             *self._tls_argv(),
             f"--endpoints-file={self.endpoints_file}",
             *([f"--envoy-eds-file={self.pool_eds_file}"] if eds else []),
@@ -559,6 +573,19 @@ class Stack:
             if value.strip().isdigit():
                 stats[name] = int(value)
         return stats
+
+
+def _sim_endpoint(ready: dict[str, Any], role: str | None = None) -> SimEndpoint:
+    """An endpoint of a simulator's ready file, with the model and adapters it reports: the
+    endpoints file lists those, so `--sim-arg=--model=...` or `--lora-modules` route."""
+    return SimEndpoint(
+        name=ready["name"],
+        host=ready["host"],
+        port=ready["port"],
+        role=role,
+        model=ready["model"],
+        adapters=tuple(ready["adapters"]),
+    )
 
 
 def _replace(path: Path, document: Any) -> None:

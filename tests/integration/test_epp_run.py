@@ -32,12 +32,12 @@ async def read_until(stream: asyncio.StreamReader, pattern: str, seen: list[str]
 
 
 @asynccontextmanager
-async def epp_run(tmp_path: Path, sims: int) -> AsyncIterator[asyncio.subprocess.Process]:
+async def epp_run(tmp_path: Path, sims: int, *extra: str) -> AsyncIterator[asyncio.subprocess.Process]:
     """`epp run` in a session of its own: whatever the test's outcome, no process of it outlives
     the test (killing `epp run` alone would leave its EPP and simulators running)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "epp.cli", "run", f"--sims={sims}", f"--run-dir={tmp_path}",
-        "--sim-arg=--profile=tiny-test", "--epp-arg=--refresh-metrics-interval=50ms",
+        "--sim-arg=--profile=tiny-test", "--epp-arg=--refresh-metrics-interval=50ms", *extra,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
@@ -82,10 +82,12 @@ async def test_epp_run_serves_survives_a_dead_simulator_and_stops_on_ctrl_c(tmp_
 
 async def test_epp_run_restarts_a_dead_epp(tmp_path: Path) -> None:
     """kill -9 the EPP under `epp run`: it is restarted (Envoy and the simulators stay) and the
-    gateway routes again, instead of the whole stack stopping."""
+    gateway routes again, instead of the whole stack stopping; the printed live view still answers
+    (the new EPP binds the same metrics port)."""
     async with epp_run(tmp_path, sims=1) as process:
         assert process.stdout is not None
         seen: list[str] = []
+        view = (await read_until(process.stdout, r"Live view\s+(http://127\.0\.0\.1:\d+)/ui/", seen))[1]
         gateway = (
             await read_until(process.stdout, r"curl -si (http://127\.0\.0\.1:\d+)/v1/completions", seen)
         )[1]
@@ -96,8 +98,36 @@ async def test_epp_run_restarts_a_dead_epp(tmp_path: Path) -> None:
             os.kill(child_pid(process.pid, "epp.cli serve"), signal.SIGKILL)
             await read_until(process.stdout, r"the EPP exited with -9; restarting it in", seen)
             await read_until(process.stdout, r"the EPP is back \(restart 1\)", seen)
-            assert (await client.post("/v1/completions", json=BODY)).status_code == 200
+            routed = await client.post("/v1/completions", json=BODY)
+            assert routed.status_code == 200
+            decisions = (await client.get(f"{view}/api/decisions")).json()["decisions"]
+            assert decisions[0]["destination"]["endpoint"] == routed.headers["x-inference-pod"]
         assert child_pid(process.pid, "--use-dynamic-base-id") == envoy
         process.send_signal(signal.SIGINT)
         await read_until(process.stdout, r"^stopped\.$", seen)
         assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+
+
+async def test_epp_run_routes_the_models_its_simulators_serve(tmp_path: Path) -> None:
+    """The endpoints file `epp run` writes lists what each simulator reports serving: a model set
+    with --sim-arg and its LoRA adapters route (both were 404 'not served by any endpoint of the
+    pool', the file naming only --model), and a model no simulator serves is still the EPP's 404."""
+    adapters = ("--sim-arg=--lora-modules", "--sim-arg=food-v1", "--sim-arg=food-v2")
+    async with epp_run(tmp_path, 1, "--sim-arg=--model=base", *adapters) as process:
+        assert process.stdout is not None
+        seen: list[str] = []
+        gateway = (
+            await read_until(process.stdout, r"curl -si (http://127\.0\.0\.1:\d+)/v1/completions", seen)
+        )[1]
+        async with httpx.AsyncClient(base_url=gateway, timeout=30) as client:
+            for model in ("base", "food-v1", "food-v2"):
+                reply = await client.post("/v1/completions", json={**BODY, "model": model})
+                assert (reply.status_code, reply.json()["model"]) == (200, model)
+            missing = await client.post("/v1/completions", json={**BODY, "model": "sim-model"})
+        assert missing.status_code == 404
+        assert (
+            "model 'sim-model' is not served by any endpoint of the pool"
+            in missing.json()["error"]["message"]
+        )
+        process.send_signal(signal.SIGINT)
+        await read_until(process.stdout, r"^stopped\.$", seen)

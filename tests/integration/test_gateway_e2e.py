@@ -273,7 +273,53 @@ async def test_an_endpoint_that_resets_gets_a_json_503_from_envoy(make_stack: St
                     break
                 await asyncio.sleep(0.05)  # the EPP has not re-read the endpoints file yet
             assert_gateway_json_error(response, 503, "upstream_reset_before_response_started")
-            assert "reset" in response.json()["error"]["message"]
+            message = response.json()["error"]["message"]
+            assert message.startswith(
+                f"the model server 127.0.0.1:{port} closed, reset or refused the connection"
+            )
+            assert "reset" in message
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_model_server_too_slow_gets_a_504_naming_it(make_stack: StackFactory) -> None:
+    """A model server that takes the request and never answers: past the route's timeout the client
+    gets a 504 naming the model server and the bound, not "the endpoint picker or the model server"
+    (the EPP had answered)."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text="vllm:num_requests_waiting 0\n")
+
+    async def hang(_: web.Request) -> web.Response:
+        await asyncio.sleep(30)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/v1/completions", hang)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = int(runner.addresses[0][1])
+    envoy = EnvoyOptions(
+        listen_port=0, admin_port=0, response_timeout="1s", first_byte_timeout="1s", retries=0
+    )
+    try:
+        async with make_stack("slow", sims=1, envoy=envoy) as stack:
+            stack.write_endpoints_file([SimEndpoint("hangs", "127.0.0.1", port)])
+            body = {"model": MODEL, "prompt": "hi", "max_tokens": 1}
+            for _ in range(100):
+                response = await post(stack, "/v1/completions", body)
+                if response.status_code != 200:
+                    break
+                await asyncio.sleep(0.05)  # the EPP has not re-read the endpoints file yet
+            assert_gateway_json_error(response, 504, "response_timeout")
+            assert response.json()["error"]["message"].startswith(
+                "the model server sent no response in time (the gateway waits 1s for a non-streaming"
+            )
+            streamed = await post(stack, "/v1/completions", {**body, "stream": True})
+            assert_gateway_json_error(streamed, 504, "upstream_per_try_timeout")
+            assert streamed.json()["error"]["message"] == response.json()["error"]["message"]
     finally:
         await runner.cleanup()
 
@@ -298,13 +344,19 @@ async def test_epp_down_fail_open_routes_round_robin(make_stack: StackFactory) -
 
 async def raw_request(port: int, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
     """One HTTP/1.1 request with the path sent exactly as given (clients resolve `..` themselves)."""
+    head = f"{method} {path} HTTP/1.1\r\nhost: gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    return await raw_exchange(port, head.encode())
+
+
+async def raw_exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """`request`'s bytes as they are, and the reply's status, headers and body."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        head = f"{method} {path} HTTP/1.1\r\nhost: gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-        writer.write(head.encode())
+        writer.write(request)
         data = await asyncio.wait_for(reader.read(), timeout=10)
     finally:
         writer.close()
+    assert data, "the gateway closed the connection without a reply"
     head_bytes, _, body = data.partition(b"\r\n\r\n")
     status_line, *lines = head_bytes.decode().split("\r\n")
     headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
@@ -336,6 +388,30 @@ async def test_paths_outside_the_policy_get_a_json_404_from_envoy(
     assert error["message"].startswith("inference error: NotFound - this gateway routes only /v1/completions")
     models, _, listing = await raw_request(shared_stack.gateway_port, "GET", "/v1/models")
     assert models == 200 and MODEL.encode() in listing
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "details"),
+    [
+        (b"GARBAGE\r\n\r\n", 400, "http1.codec_error"),
+        (
+            b"POST /v1/completions HTTP/1.1\r\nhost: g\r\nx-big: "
+            + b"a" * 70_000
+            + b"\r\ncontent-length: 2\r\n\r\n{}",
+            431,
+            "http1.headers_too_large",
+        ),
+    ],
+)
+async def test_a_request_envoy_refuses_before_routing_gets_its_json_error(
+    shared_stack: Stack, request_bytes: bytes, status: int, details: str
+) -> None:
+    """Envoy's own 400/431 for a malformed request or headers over its limit reach the client.
+    With ext_proc on every stream they were lost: the reply waited for the EPP, and Envoy closed
+    the connection at once after the protocol error, so the client read nothing."""
+    code, headers, body = await raw_exchange(shared_stack.gateway_port, request_bytes)
+    assert (code, headers["content-type"]) == (status, "application/json"), body
+    assert orjson.loads(body)["error"]["type"] == details
 
 
 async def test_an_allowed_path_reaches_the_pool(make_stack: StackFactory) -> None:

@@ -89,6 +89,19 @@ async def metric_values(http: aiohttp.ClientSession, url: str) -> dict[str, floa
     return values
 
 
+async def test_a_header_past_aiohttps_default_limit_is_read(
+    cluster: SimCluster, http: aiohttp.ClientSession
+) -> None:
+    """A 20 KB header (a long bearer token) is what Envoy forwards and vLLM reads: it got a
+    plain-text 400 'Got more than 8190 bytes when reading'."""
+    body = {"model": MODEL, "prompt": "hi", "max_tokens": 1}
+    token = "Bearer " + "t" * 20_000
+    status, _, data = await post(
+        http, base(cluster) + "/v1/completions", body, headers={"authorization": token}
+    )
+    assert status == 200, data
+
+
 async def test_completion_non_stream(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
     endpoint = cluster.endpoints[1]
     prompt = "The capital of France is"

@@ -83,7 +83,9 @@ def test_the_images_entrypoint_serves_flag_only_args(capsys: pytest.CaptureFixtu
     with pytest.raises(SystemExit) as exited:
         cli.main(["--pool-name", "p", "--grpc-port", "not-a-port"])
     assert exited.value.code == 2
-    assert "epp serve: error: argument --grpc-port: invalid int value" in capsys.readouterr().err
+    assert (
+        "epp serve: error: argument --grpc-port: 'not-a-port' is not a port number" in capsys.readouterr().err
+    )
 
 
 def test_the_image_has_llm_ds_sidecar_path_running_epp_sidecar(

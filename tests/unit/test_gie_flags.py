@@ -149,6 +149,15 @@ def test_disable_endpoint_subset_filter_takes_go_booleans(argv: list[str], disab
     assert options.stream.use_subset_hint is not disabled
 
 
+@pytest.mark.parametrize("flag", ["--grpc-port", "--grpc-health-port", "--metrics-port"])
+def test_a_port_past_65535_is_refused(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """--grpc-port 99999 served on port 34463 (gRPC binds the number modulo 65,536)."""
+    with pytest.raises(SystemExit):
+        parse_args(["--endpoint=10.0.0.1:8000", f"{flag}=99999"])
+    assert "'99999' is not a port number" in capsys.readouterr().err
+    assert parse_args(["--endpoint=10.0.0.1:8000", f"{flag}=0"])
+
+
 def test_refresh_prometheus_metrics_interval_parses_go_durations() -> None:
     def refresh(*argv: str) -> float:
         return serve.options_from_args(parse_args(["--endpoint=10.0.0.1:8000", *argv])).pool_gauges_refresh

@@ -442,6 +442,20 @@ def test_several_problems_are_reported_together() -> None:
     assert lines[2:] == ["  plugins[2].parameters.maxNumOfEndpoints: Input should be a valid integer"]
 
 
+@pytest.mark.parametrize("text", [cfg(QUEUE) + "---\n", "---\n" + cfg(QUEUE) + "---\n# end\n...\n"])
+def test_empty_documents_beside_the_config_are_skipped(text: str) -> None:
+    """A config file ending in `---` loads, as Go's loader reads it (it failed: 'expected a single
+    document in the stream')."""
+    assert "queue-scorer" in load_config(text).plugins
+
+
+def test_a_second_document_is_refused_naming_its_line() -> None:
+    assert error(cfg(QUEUE) + "---\n" + cfg("plugins: []")) == (
+        "invalid EndpointPickerConfig: the file holds 2 YAML documents (lines 1, 7); it must hold one "
+        "EndpointPickerConfig"
+    )
+
+
 def test_invalid_yaml_and_unreadable_files(tmp_path: Path) -> None:
     assert error("a: [").startswith("invalid EndpointPickerConfig: not valid YAML: ")
     with pytest.raises(ConfigError, match="cannot read config file"):

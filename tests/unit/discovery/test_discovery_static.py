@@ -47,6 +47,8 @@ def test_file_entries_become_specs() -> None:
             "endpoints.0.colour: Extra inputs are not permitted",
         ),
         ("hosts: []", "endpoints: Field required"),
+        ("", "f.yaml: expected a mapping with an `endpoints:` list, found an empty file"),
+        ("- address: 10.0.0.1", "f.yaml: expected a mapping with an `endpoints:` list, found a YAML list"),
         ("endpoints: [", "invalid YAML"),
         (
             "endpoints: [{address: 10.0.0.1, port: 1, name: x}, {address: 10.0.0.2, port: 2, name: x}]",

@@ -201,6 +201,18 @@ def test_short_prompts_and_embeddings_stay_decode_only() -> None:
     assert sched.scheduler.schedule(embedding, POOL).headers == {}
 
 
+@pytest.mark.parametrize("params", [PREFIX_DECIDER, "{stageOrder: prefill-first}"])
+def test_requests_for_several_sequences_stay_decode_only(params: str) -> None:
+    """A remote prefill hands over one sequence's KV blocks: n > 1 or a list of prompts went to the
+    prefiller, which refuses them (400 through the sidecar) where decode-only serves them."""
+    sched = scheduler(params)
+    for body in ({"n": 2}, {"n": 3.0}, {"prompt": ["a", "b"]}, {"prompt": [[1, 2], [3]]}):
+        assert sched.scheduler.schedule(replace(request(LONG), body=body), POOL).headers == {}, body
+    for body in ({"n": 1}, {"prompt": [1, 2, 3]}, {"prompt": ["one"]}):
+        headers = sched.scheduler.schedule(replace(request(LONG), body=body), POOL).headers
+        assert set(headers) == {"x-prefiller-host-port"}, body
+
+
 def test_a_failed_prefill_profile_degrades_to_decode_only() -> None:
     metrics = EppMetrics()
     result = route(scheduler(metrics=metrics), LONG, [DECODE])  # no prefill pod at all

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 import orjson
 import pytest
 
@@ -97,6 +99,24 @@ def test_smallest_token_limit_wins() -> None:
     assert parse({"model": "m", "prompt": "x", "max_tokens": 10, "max_completion_tokens": 4}).max_tokens == 4
 
 
+def test_a_whole_token_limit_written_as_a_float_counts() -> None:
+    """vLLM accepts `max_tokens: 512.0` (and `1e3`); the EPP answered them 400."""
+    assert (
+        parse_request(
+            b'{"model": "m", "prompt": "x", "max_tokens": 512.0}', "/v1/completions", {}, "r"
+        ).max_tokens
+        == 512
+    )
+    assert (
+        parse_request(
+            b'{"model": "m", "prompt": "x", "max_tokens": 1e3}', "/v1/completions", {}, "r"
+        ).max_tokens
+        == 1000
+    )
+    body = {"model": "m", "messages": [{"role": "u", "content": "x"}], "max_completion_tokens": 7.0}
+    assert parse(body, "/v1/chat/completions").max_tokens == 7
+
+
 @pytest.mark.parametrize(
     ("body", "path", "message"),
     [
@@ -170,6 +190,9 @@ def test_smallest_token_limit_wins() -> None:
         ({"model": "m", "items": []}, "/v1/conversations", "must have items field"),
         ({"model": "m", "prompt": "x", "max_tokens": -1}, "/v1/completions", "max_tokens must be"),
         ({"model": "m", "prompt": "x", "max_tokens": True}, "/v1/completions", "max_tokens must be"),
+        ({"model": "m", "prompt": "x", "max_tokens": 2.5}, "/v1/completions", "max_tokens must be"),
+        ({"model": "m", "prompt": "x", "max_tokens": -3.0}, "/v1/completions", "max_tokens must be"),
+        ({"model": "m", "prompt": "x", "max_tokens": "5"}, "/v1/completions", "max_tokens must be"),
         ({"model": "m", "prompt": "x", "cache_salt": 3}, "/v1/completions", "cache_salt must be"),
         ({"model": "", "prompt": "x"}, "/v1/completions", "model not found"),
     ],
@@ -179,6 +202,26 @@ def test_invalid_bodies_are_400_with_a_clear_message(body: object, path: str, me
         parse(body, path)
     assert caught.value.status == 400
     assert message in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b'{"model": "m", "prompt": "caf\xe9"}', "the body is not valid UTF-8 (byte 29)"),
+        (b'{"model": "m", "prompt": "\xed\xa0\x80"}', "the body is not valid UTF-8 (byte 26)"),
+        (
+            gzip.compress(b'{"model": "m", "prompt": "x"}'),
+            "the body is gzip-compressed; send it uncompressed",
+        ),
+    ],
+)
+def test_a_body_that_is_not_utf8_is_a_400_saying_where(raw: bytes, message: str) -> None:
+    """orjson's message for these ('str is not valid UTF-8: surrogates not allowed: line 1 column 1
+    (char 0)') pointed at the first byte and named surrogates whatever the fault."""
+    with pytest.raises(RequestError) as caught:
+        parse_request(raw, "/v1/completions", {}, "r")
+    assert caught.value.status == 400
+    assert caught.value.message.startswith(f"error unmarshaling request body: {message}")
 
 
 def test_error_body_is_openai_shaped_json() -> None:

@@ -45,6 +45,13 @@ def test_completion_prompt_forms_and_defaults() -> None:
     assert streamed.stream and streamed.include_usage and streamed.max_tokens == 3
 
 
+def test_whole_floats_count_as_integers_as_in_vllm() -> None:
+    """`max_tokens: 512.0` (a Python client's computed limit) got 400 "'max_tokens' must be an
+    integer >= 1", which vLLM's pydantic model accepts."""
+    parsed = parse_completion({"model": "m", "prompt": "x", "max_tokens": 512.0, "n": 2.0, "min_tokens": 1e1})
+    assert (parsed.max_tokens, parsed.n, parsed.min_tokens) == (512, 2, 10)
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
@@ -55,6 +62,7 @@ def test_completion_prompt_forms_and_defaults() -> None:
         ({"model": "m", "prompt": [1, "a"]}, "prompt"),
         ({"model": "m", "prompt": "x", "max_tokens": -1}, "max_tokens"),
         ({"model": "m", "prompt": "x", "max_tokens": True}, "max_tokens"),
+        ({"model": "m", "prompt": "x", "max_tokens": 2.5}, "max_tokens"),
         ({"model": "m", "prompt": "x", "stream_options": 3}, "stream_options"),
     ],
 )

@@ -234,6 +234,18 @@ def test_only_allowed_paths_are_routed_and_the_rest_is_a_404_without_the_epp() -
     assert hcm["normalize_path"] is True and hcm["merge_slashes"] is True
 
 
+@pytest.mark.parametrize("options", [EnvoyOptions(), EnvoyOptions(rate_limit=10, adaptive_concurrency=True)])
+def test_ext_proc_runs_only_where_a_route_matched(options: EnvoyOptions) -> None:
+    """Off in the chain, on for the virtual host: a request refused before routing (Envoy's 400 or
+    431 for a malformed request) never waits for the EPP, which lost its reply."""
+    hcm = manager(render_bootstrap(options))
+    (ext_proc,) = [f for f in hcm["http_filters"] if f["name"] == EXT_PROC_FILTER]
+    assert ext_proc["disabled"] is True
+    (host,) = hcm["route_config"]["virtual_hosts"]
+    enabled = host["typed_per_filter_config"][EXT_PROC_FILTER]
+    assert enabled["@type"].endswith("route.v3.FilterConfig") and not enabled.get("disabled")
+
+
 def test_a_slash_routes_every_path_and_the_baseline_listener_follows_the_policy() -> None:
     everything = EnvoyOptions(allowed_paths=(*DEFAULT_ALLOWED_PATHS, "/"))
     assert everything.allowed_paths == ("/",)
@@ -279,6 +291,22 @@ def test_epp_run_sets_retries_and_timeouts() -> None:
     for bad in (["--first-byte-timeout=0"], ["--response-timeout=soon"], ["--retries=11"]):
         with pytest.raises(SystemExit):
             build_parser("run").parse_args(["run", *bad])
+
+
+def test_epp_run_refuses_a_gateway_port_past_65535(capsys: pytest.CaptureFixture[str]) -> None:
+    """It reached Envoy, whose answer was a page of proto validation errors."""
+    with pytest.raises(SystemExit):
+        build_parser("run").parse_args(["run", "--port=99999"])
+    assert "'99999' is not a port number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "bad", [["--sims=0"], ["--sims=-3"], ["--workers=0"], ["--pd", "0", "2"], ["--pd", "1", "-1"]]
+)
+def test_epp_run_refuses_fewer_than_one_process(bad: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser("run").parse_args(["run", *bad])
+    assert "expected at least 1, not " in capsys.readouterr().err
 
 
 def test_epp_run_allow_path_adds_to_the_defaults() -> None:
