@@ -168,7 +168,7 @@ class TokenProcessor:
                 out.append(prefix)
             return out
         if self._compiled is not None:
-            return self._compiled(array("I", tokens[: count * size]), size, prefix)
+            return self._compiled(tokens, size, prefix)  # full blocks only, read from the list in place
         memo = self._memo
         data = array("I", tokens[: count * size]).tobytes()
         step = 4 * size
