@@ -153,12 +153,19 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def through_envoy(body_mode: str, tokens: int, requests: int) -> float:
+async def through_envoy(body_mode: str, tokens: int, requests: int, epp_config: str = "") -> float:
     """EPP CPU seconds per streamed completion of `tokens` tokens, through real Envoy, less
-    what the idle EPP spends in the same wall time (scraping the simulators)."""
+    what the idle EPP spends in the same wall time (scraping the simulators). `epp_config`: the
+    EPP's config text (default GIE's default profile)."""
     with tempfile.TemporaryDirectory() as run_dir:
         envoy = EnvoyOptions(listen_port=0, admin_port=0, body_mode=body_mode)
-        config = StackConfig(run_dir=Path(run_dir), sims=2, sim_args=["--profile=tiny-test"], envoy=envoy)
+        config = StackConfig(
+            run_dir=Path(run_dir),
+            sims=2,
+            sim_args=["--profile=tiny-test"],
+            envoy=envoy,
+            epp_config_template=epp_config,
+        )
         async with (
             Stack(config) as stack,
             httpx.AsyncClient(base_url=stack.gateway_url, timeout=60) as client,
@@ -192,10 +199,14 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=1000, help="tokens (chunks) per streamed response")
     parser.add_argument("--requests", type=int, default=200, help="exchanges per mode")
     parser.add_argument("--through-envoy", action="store_true", help="the EPP process behind real Envoy")
+    parser.add_argument(
+        "--config", type=Path, help="with --through-envoy: the EPP's config (default GIE's default profile)"
+    )
     args = parser.parse_args()
     if args.through_envoy:
+        epp_config = args.config.read_text() if args.config else ""
         for mode in ("buffered", "full-duplex"):
-            cpu = asyncio.run(through_envoy(mode, args.tokens, args.requests))
+            cpu = asyncio.run(through_envoy(mode, args.tokens, args.requests, epp_config))
             print(
                 f"{mode:12} EPP process: {cpu * 1e3:7.2f} ms CPU per {args.tokens}-token streamed completion"
             )

@@ -43,7 +43,7 @@ from epp.datastore import Datastore
 from epp.framework import PluginContext
 from epp.metrics.exporter import EppMetrics
 from epp.plugins.token_producer import TokenProducer
-from epp.replicas import EndpointLoad, ReplicaState, RouteMessage
+from epp.replicas import ReplicaLoad, ReplicaState, RouteMessage
 from epp.requestcontrol import Director
 
 Sync = Literal["none", "routes", "load", "full"]
@@ -125,7 +125,7 @@ class ReplicatedVirtualRun(VirtualRun):
         if self._open:
             self._push(now + self.settings.interval, self._exchange_load, None)
 
-    def _apply_load(self, now: float, snapshot: list[dict[str, EndpointLoad]]) -> None:
+    def _apply_load(self, now: float, snapshot: list[ReplicaLoad]) -> None:
         for index, state in enumerate(self.states):
             state.apply_peer_load(load for other, load in enumerate(snapshot) if other != index)
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from pydantic import ValidationError
@@ -623,26 +623,29 @@ class _Loader:
         one configured, else a default producer created with the parameters it shares with the
         consumer (so GIE <= v1.4 prefix parameters on prefix-cache-scorer still take effect)."""
         bindings: dict[tuple[str, str], str] = {}
-        pending = [s for s in self.plugins.values() if _consumes(s.cls)]
+        pending = [s for s in self.plugins.values() if _consumes(s)]
         while pending:
             consumer = pending.pop(0)
-            for key in _consumes(consumer.cls):
+            for key in _consumes(consumer):
                 producer = self._producer_for(consumer, key, set())
                 if producer is None:
                     continue
                 bindings[(consumer.name, key.name)] = producer
                 spec = self.plugins[producer]
-                if spec.implicit and _consumes(spec.cls) and spec not in pending:
+                if spec.implicit and _consumes(spec) and spec not in pending:
                     pending.append(spec)
         return bindings
 
     def _producer_for(self, consumer: PluginSpec, key: DataKey, visited: set[str]) -> str | None:
-        param = _consumes(consumer.cls)[key]
+        param = _consumes(consumer)[key]
         field = type(consumer.params).model_fields[param] if param else None
         named = str(getattr(consumer.params, param)) if param else ""
         if field is not None and named and (named in self.plugins or named != field.default):
             return self._named_producer(consumer, key, f"{field.alias}", named, visited | {consumer.name})
         producers = [s.name for s in self.plugins.values() if _produces(s.cls, key)]
+        optional = key in cast(type[DataConsumer], consumer.cls).optional_consumes
+        if optional and (not producers or (len(producers) > 1 and key.default_producer not in self.plugins)):
+            return None  # optional data: read when configured, never created for this reader
         if len(producers) > 1:
             # As the Go EPPs: data not asked for by producer name comes from the producer with the
             # default name, created with defaults when no configured plugin has that name.
@@ -672,7 +675,7 @@ class _Loader:
         if spec is not None and _produces(spec.cls, key):
             self._warn_ignored_producer_params(consumer, named)
             return named
-        if spec is not None and key in _consumes(spec.cls) and named not in visited:
+        if spec is not None and key in _consumes(spec) and named not in visited:
             # llm-d lets the parameter name another reader of the data, e.g. the prefix-cache-scorer.
             return self._producer_for(spec, key, visited)
         what = "no plugin by that name" if spec is None else f"{spec.type_name} does not provide {key.name}"
@@ -704,7 +707,10 @@ class _Loader:
         return tuple(ordered)
 
     def _shared_params(self, consumer: PluginSpec, producer_type: str) -> dict[str, Any]:
-        accepted = _known_type(producer_type).Params.model_fields
+        params = _known_type(producer_type).Params
+        if not params.takes_consumer_parameters:
+            return {}
+        accepted = params.model_fields
         shared = consumer.params.model_fields_set & set(accepted)
         return consumer.params.model_dump(by_alias=True, include=shared)
 
@@ -742,8 +748,9 @@ def _gates(written: Iterable[str]) -> dict[str, bool]:
     return gates
 
 
-def _consumes(cls: type[Plugin]) -> Mapping[DataKey, str]:
-    return cls.consumes if issubclass(cls, DataConsumer) else {}
+def _consumes(spec: PluginSpec) -> Mapping[DataKey, str]:
+    cls = spec.cls
+    return cls.consumed_keys(spec.params) if issubclass(cls, DataConsumer) else {}
 
 
 def _produces(cls: type[Plugin], key: DataKey) -> bool:

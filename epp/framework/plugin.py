@@ -50,6 +50,9 @@ class PluginParams(StrictModel):
     is_parameters_root: ClassVar[bool] = True
     # Older parameter names (camelCase, as written) and the current name each one means.
     renamed: ClassVar[Mapping[str, str]] = {}
+    # Whether a consumer's parameters of the same name configure this plugin when the loader creates
+    # it as a default producer (GIE <= v1.4's prefix parameters on prefix-cache-scorer).
+    takes_consumer_parameters: ClassVar[bool] = True
 
     @classmethod
     def upgrade(cls, raw: Mapping[str, Any], type_name: str = "") -> ParameterUpgrade:
@@ -120,7 +123,15 @@ class DataConsumer(Extension):
     producer per key before the first request."""
 
     consumes: ClassVar[Mapping[DataKey, str]]
+    # Keys read only when a producer of them is configured: none is created for this reader
+    # (llm-d's optional data dependencies).
+    optional_consumes: ClassVar[frozenset[DataKey]] = frozenset()
     producers: dict[DataKey, str]
+
+    @classmethod
+    def consumed_keys(cls, params: Any) -> Mapping[DataKey, str]:
+        """The keys a plugin with these parameters reads: all of `consumes` unless it says less."""
+        return cls.consumes
 
     def bind_producer(self, key: DataKey, producer: str) -> None:
         self.producers[key] = producer

@@ -17,6 +17,7 @@ from epp import __version__
 from epp.datastore import Datastore, Endpoint
 from epp.metrics.aliases import NAME_SETS, AliasCollector
 from epp.metrics.families import Families, alpha
+from epp.metrics.inflight import InFlightLoadGauges
 from epp.requests import InferenceRequest, Usage
 
 
@@ -235,6 +236,9 @@ class EppMetrics:
             ["reason"],
             alpha=False,
         )
+        # llm-d router's inflight-load-producer gauges; each producer adds itself as a source.
+        self.inflight_load = InFlightLoadGauges()
+        self.registry.register(self.inflight_load)
         self._rewrites: dict[tuple[str, str, str], Counter] = {}
         self._series: dict[tuple[str, str], ModelSeries] = {}
         self.flow_control = FlowControlMetrics(self)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from epp.datalayer.inflight import INFLIGHT_LOAD, InFlightLoad
+from epp.datalayer.inflight import INFLIGHT_LOAD, RequestLoad
 from epp.datastore import Endpoint
 from epp.framework import DataConsumer, Plugin, PluginContext, PluginParams, register
 from epp.params.values import Duration
@@ -35,7 +35,7 @@ class ActiveRequestScorer(Plugin, Scorer, DataConsumer):
 
     def score(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> list[float]:
         load = self.consumed(request, INFLIGHT_LOAD)
-        if not isinstance(load, InFlightLoad):
+        if not isinstance(load, RequestLoad):
             return [0.0] * len(candidates)
         counts = [load.requests(e) for e in candidates]
         busiest = max(counts)

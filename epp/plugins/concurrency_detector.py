@@ -3,8 +3,8 @@
 summed capacity; `hybrid` (llm-d router v0.10) averages, per endpoint, the larger of its request
 and token ratios. Above 1.0 when overloaded, 1.0 with no candidates. Used in a profile it drops
 endpoints at or over capacity x (1 + headroom), truncated to a whole number as llm-d does (hybrid:
-either limit); unlike utilization-detector it may leave none. Tokens are the director's count, or
-with `inFlightLoadProducerName` that inflight-load-producer's (its output estimates included)."""
+either limit); unlike utilization-detector it may leave none. Requests and tokens are an
+inflight-load-producer's (`inFlightLoadProducerName`, else the only or the default one), as llm-d's."""
 
 from __future__ import annotations
 
@@ -41,7 +41,6 @@ class ConcurrencyDetector(Plugin, SaturationDetector, Filter, InFlightLoadUser):
         self.max_tokens = params.max_token_concurrency
         self.request_limit = int(params.max_concurrency * (1.0 + params.headroom))
         self.token_limit = int(params.max_token_concurrency * (1.0 + params.headroom))
-        self.load_producer_name = params.in_flight_load_producer_name
 
     def saturation(self, candidates: Sequence[Endpoint]) -> float:
         return self.saturation_with(candidates, 0, 0)
@@ -55,7 +54,7 @@ class ConcurrencyDetector(Plugin, SaturationDetector, Filter, InFlightLoadUser):
             extra_requests, extra_tokens = requests / count, tokens / count
             ratios = [
                 max(
-                    (e.inflight_requests + extra_requests) / self.max_requests,
+                    (self.in_flight_requests(e) + extra_requests) / self.max_requests,
                     (self.in_flight_tokens(e) + extra_tokens) / self.max_tokens,
                 )
                 for e in candidates
@@ -63,7 +62,7 @@ class ConcurrencyDetector(Plugin, SaturationDetector, Filter, InFlightLoadUser):
             return sum(ratios) / count
         if self.mode == "tokens":
             return (sum(self.in_flight_tokens(e) for e in candidates) + tokens) / (self.max_tokens * count)
-        return (sum(e.inflight_requests for e in candidates) + requests) / (self.max_requests * count)
+        return (sum(self.in_flight_requests(e) for e in candidates) + requests) / (self.max_requests * count)
 
     def filter(self, request: InferenceRequest, candidates: list[Endpoint]) -> list[Endpoint]:
         return [e for e in candidates if self._admits(e)]
@@ -71,7 +70,7 @@ class ConcurrencyDetector(Plugin, SaturationDetector, Filter, InFlightLoadUser):
     def _admits(self, endpoint: Endpoint) -> bool:
         if self.mode == "tokens":
             return self.in_flight_tokens(endpoint) < self.token_limit
-        below_requests = endpoint.inflight_requests < self.request_limit
+        below_requests = self.in_flight_requests(endpoint) < self.request_limit
         if self.mode == "hybrid":
             return below_requests and self.in_flight_tokens(endpoint) < self.token_limit
         return below_requests

@@ -16,13 +16,14 @@ config is refused."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import Field, model_validator
 
-from epp.datalayer.inflight import INFLIGHT_LOAD, InFlightLoad
+from epp.datalayer.inflight import INFLIGHT_LOAD, RequestLoad
 from epp.datastore import Endpoint
-from epp.framework import DataConsumer, Plugin, PluginContext, PluginParams, register
+from epp.framework import DataConsumer, DataKey, Plugin, PluginContext, PluginParams, register
 from epp.requests import InferenceRequest
 from epp.scheduling.framework import Filter
 from epp.scheduling.prefix import PREFIX_MATCH, PrefixMatch
@@ -59,6 +60,13 @@ class PrefixCacheAffinityFilter(Plugin, Filter, DataConsumer):
         INFLIGHT_LOAD: "in_flight_load_producer_name",
     }
 
+    @classmethod
+    def consumed_keys(cls, params: PrefixCacheAffinityParams) -> Mapping[DataKey, str]:
+        """As llm-d: the in-flight load only gates stickiness with a TTFT penalty set."""
+        if params.max_ttft_penalty_ms > 0:
+            return cls.consumes
+        return {PREFIX_MATCH: cls.consumes[PREFIX_MATCH]}
+
     def __init__(self, name: str, params: PrefixCacheAffinityParams, context: PluginContext) -> None:
         super().__init__(name, params, context)
         self.params = params
@@ -83,7 +91,7 @@ class PrefixCacheAffinityFilter(Plugin, Filter, DataConsumer):
         return sticky
 
     def _best_ttft(self, load: object, endpoints: list[Endpoint]) -> float:
-        tokens = (load.tokens(e) if isinstance(load, InFlightLoad) else 0 for e in endpoints)
+        tokens = (load.tokens(e) if isinstance(load, RequestLoad) else 0 for e in endpoints)
         return min(tokens) / self.params.peak_prefill_throughput * 1000.0
 
 

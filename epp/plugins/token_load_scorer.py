@@ -1,11 +1,12 @@
-"""`token-load-scorer`: fewer tokens in flight scores higher, linearly down to 0 at
-`queueThresholdTokens`."""
+"""`token-load-scorer` (llm-d): fewer tokens in flight scores higher, linearly down to 0 at
+`queueThresholdTokens`. An endpoint's tokens are its inflight-load-producer count plus what this
+request would add there (its uncached prompt), as llm-d adds UncachedRequestTokens."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from epp.datalayer.inflight import INFLIGHT_LOAD, InFlightLoad
+from epp.datalayer.inflight import INFLIGHT_LOAD, RequestLoad
 from epp.datastore import Endpoint
 from epp.framework import DataConsumer, Plugin, PluginContext, PluginParams, register
 from epp.requests import InferenceRequest
@@ -34,7 +35,10 @@ class TokenLoadScorer(Plugin, Scorer, DataConsumer):
 
     def score(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> list[float]:
         load = self.consumed(request, INFLIGHT_LOAD)
-        if not isinstance(load, InFlightLoad):
+        if not isinstance(load, RequestLoad):
             return [0.0] * len(candidates)
         threshold = self.threshold
-        return [1.0 - min(max(load.tokens(e), 0), threshold) / threshold for e in candidates]
+        return [
+            1.0 - min(max(load.tokens(e) + load.request_tokens(e), 0), threshold) / threshold
+            for e in candidates
+        ]

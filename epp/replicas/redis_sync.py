@@ -31,7 +31,7 @@ from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 from epp.metrics.families import Families
-from epp.replicas.state import EndpointLoad, ReplicaState, RouteMessage
+from epp.replicas.state import EndpointLoad, ReplicaLoad, ReplicaState, RouteMessage
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,11 @@ class RedisReplicaSync:
     def _load_key(self, replica: str) -> str:
         return f"{self.namespace}:load:{replica}"
 
+    def _plugin_load_key(self, replica: str) -> str:
+        """The load-sharing plugins' counts, apart from the director's (an older replica reads
+        only those)."""
+        return f"{self._load_key(replica)}:plugins"
+
     async def start(self) -> None:
         """Starts the background tasks and returns at once, Redis reachable or not."""
         self._client = aioredis.from_url(
@@ -121,7 +126,7 @@ class RedisReplicaSync:
         if client is not None:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(STOP_TIMEOUT):
-                    await client.delete(self._own_key)
+                    await client.delete(self._own_key, self._plugin_load_key(self.state.replica_id))
                     await client.srem(self._members, self.state.replica_id)
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(STOP_TIMEOUT):
@@ -255,27 +260,38 @@ class RedisReplicaSync:
         client = self._client
         assert client is not None
         replica = self.state.replica_id
-        own = orjson.dumps(self.state.local_load())
+        own = self.state.local_load()
+        ttl = int(self.ttl * 1000)
         async with client.pipeline(transaction=False) as pipe:
-            pipe.set(self._own_key, own, px=int(self.ttl * 1000))
+            pipe.set(self._own_key, orjson.dumps(own.endpoints), px=ttl)
+            pipe.set(self._plugin_load_key(replica), orjson.dumps(own.plugins), px=ttl)
             pipe.sadd(self._members, replica)
             pipe.smembers(self._members)
             results: list[Any] = await pipe.execute()
-        members = sorted(m.decode() for m in results[2] if m.decode() != replica)
-        loads: list[dict[str, EndpointLoad]] = []
+        members = sorted(m.decode() for m in results[3] if m.decode() != replica)
+        loads: list[ReplicaLoad] = []
         if members:
-            values = await client.mget([self._load_key(m) for m in members])
-            gone = [m for m, value in zip(members, values, strict=True) if value is None]
+            keys = [key for m in members for key in (self._load_key(m), self._plugin_load_key(m))]
+            values = await client.mget(keys)
+            pairs = list(zip(values[::2], values[1::2], strict=True))
+            gone = [m for m, (value, _) in zip(members, pairs, strict=True) if value is None]
             if gone:
                 await client.srem(self._members, *gone)
             loads = [
-                {name: (int(v[0]), int(v[1])) for name, v in orjson.loads(value).items()}
-                for value in values
+                ReplicaLoad(
+                    _endpoint_load(orjson.loads(value)),
+                    {name: _endpoint_load(load) for name, load in orjson.loads(plugins or b"{}").items()},
+                )
+                for value, plugins in pairs
                 if value is not None
             ]
         self._succeeded()
         self.metrics.peers.set(len(loads))
         self.state.apply_peer_load(loads)
+
+
+def _endpoint_load(load: dict[str, Any]) -> dict[str, EndpointLoad]:
+    return {name: (int(v[0]), int(v[1])) for name, v in load.items()}
 
 
 def _later(entry: str | bytes | None, other: str) -> str:

@@ -5,13 +5,37 @@ from __future__ import annotations
 import sys
 from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from epp.datastore import Datastore, Endpoint
 
 RouteListener = Callable[[Endpoint, Sequence[int]], None]
 EndpointLoad = tuple[int, int]  # (in-flight requests, in-flight tokens)
+
+
+@runtime_checkable
+class LoadSharer(Protocol):
+    """A plugin keeping its own per-endpoint in-flight counts that every replica adds up (llm-d's
+    cross-replica state: the inflight-load-producer, unless `syncCrossReplicaState: false`)."""
+
+    name: str
+    shares_load: bool
+
+    def own_load(self) -> Mapping[str, EndpointLoad]:
+        """This replica's counts by endpoint name (endpoints with none left out)."""
+
+    def set_peer_load(self, load: Mapping[str, EndpointLoad]) -> None:
+        """The other replicas' summed counts, replacing the last ones."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaLoad:
+    """What one replica publishes: the director's counts by endpoint, and each load-sharing
+    plugin's by plugin instance name (every replica runs the same config)."""
+
+    endpoints: Mapping[str, EndpointLoad]
+    plugins: Mapping[str, Mapping[str, EndpointLoad]] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -65,7 +89,9 @@ class ReplicaState:
     def __init__(self, replica_id: str, datastore: Datastore, plugins: Iterable[object]) -> None:
         self.replica_id = replica_id
         self.datastore = datastore
+        plugins = list(plugins)
         self.learners = {p.name: p for p in plugins if isinstance(p, RouteLearner)}
+        self.sharers = {p.name: p for p in plugins if isinstance(p, LoadSharer) and p.shares_load}
         self.on_route: Callable[[RouteMessage], None] | None = None
         self._peer_load: dict[Endpoint, EndpointLoad] = {}
         for learner in self.learners.values():
@@ -87,7 +113,7 @@ class ReplicaState:
         learner.learn(endpoint, message.hashes)
         return True
 
-    def local_load(self) -> dict[str, EndpointLoad]:
+    def local_load(self) -> ReplicaLoad:
         """This replica's own in-flight load per endpoint (endpoints with none left out)."""
         load: dict[str, EndpointLoad] = {}
         peer = self._peer_load
@@ -96,17 +122,16 @@ class ReplicaState:
             own = (endpoint.inflight_requests - requests, endpoint.inflight_tokens - tokens)
             if own != (0, 0):
                 load[endpoint.name] = own
-        return load
+        return ReplicaLoad(load, {name: dict(s.own_load()) for name, s in self.sharers.items()})
 
-    def apply_peer_load(self, peers: Iterable[Mapping[str, EndpointLoad]]) -> None:
-        """Replace the peers' part of every endpoint's in-flight counts with the sum of `peers`
-        (each a peer's `local_load`); an empty iterable removes it (no peer, or no Redis)."""
-        totals: dict[str, list[int]] = {}
-        for load in peers:
-            for name, (requests, tokens) in load.items():
-                total = totals.setdefault(name, [0, 0])
-                total[0] += requests
-                total[1] += tokens
+    def apply_peer_load(self, peers: Iterable[ReplicaLoad]) -> None:
+        """Replace the peers' part of every endpoint's in-flight counts, and of every load-sharing
+        plugin's, with the sum of `peers` (each a peer's `local_load`); an empty iterable removes
+        it (no peer, or no Redis)."""
+        peers = list(peers)
+        for name, sharer in self.sharers.items():
+            sharer.set_peer_load(_summed(peer.plugins.get(name, {}) for peer in peers))
+        totals = _summed(peer.endpoints for peer in peers)
         previous = self._peer_load
         current: dict[Endpoint, EndpointLoad] = {}
         for endpoint in self.datastore.endpoints():
@@ -120,3 +145,12 @@ class ReplicaState:
 
     def peer_load(self, endpoint: Endpoint) -> EndpointLoad:
         return self._peer_load.get(endpoint, (0, 0))
+
+
+def _summed(loads: Iterable[Mapping[str, EndpointLoad]]) -> dict[str, EndpointLoad]:
+    totals: dict[str, EndpointLoad] = {}
+    for load in loads:
+        for name, (requests, tokens) in load.items():
+            old_requests, old_tokens = totals.get(name, (0, 0))
+            totals[name] = (old_requests + requests, old_tokens + tokens)
+    return totals

@@ -4,6 +4,7 @@ and per-request bookkeeping."""
 from epp.requestcontrol.director import Director, RoutedRequest
 from epp.requestcontrol.hooks import (
     AGENT_IDENTITY,
+    RESPONSE_EVENT_STREAM,
     AdmitRequest,
     Parsers,
     PreRequest,
@@ -20,6 +21,7 @@ from epp.requestcontrol.hooks import (
 
 __all__ = [
     "AGENT_IDENTITY",
+    "RESPONSE_EVENT_STREAM",
     "AdmitRequest",
     "Director",
     "Parsers",

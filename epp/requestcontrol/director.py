@@ -30,7 +30,7 @@ from epp.headers import (
     REQUEST_ID_HEADER,
 )
 from epp.metrics.exporter import EppMetrics
-from epp.requestcontrol.hooks import AGENT_IDENTITY, Parsers, RequestControlHooks
+from epp.requestcontrol.hooks import AGENT_IDENTITY, RESPONSE_EVENT_STREAM, Parsers, RequestControlHooks
 from epp.requestcontrol.model_rewrite import ModelRewrites
 from epp.requests import ApiKind, ErrorCode, InferenceRequest, RequestError, Usage
 from epp.requests.parser import api_kind, parse_request
@@ -114,6 +114,7 @@ class RoutedRequest:
     ) -> None:
         """Response headers arrived; `metadata` is what the data plane sent with them."""
         self.response_status = status
+        self.request.attributes[RESPONSE_EVENT_STREAM] = event_stream
         self._usage = self.usage_reader(event_stream or self.request.stream)
         with _plugin_errors_logged("ResponseReceived"):
             self._director.hooks.response_received(self.request, self.result)

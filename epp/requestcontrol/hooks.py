@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 # Request attribute holding an agent session's identity (llm-d's `agent-identity` plugin); the
 # director uses it as the fairness id when the request names none.
 AGENT_IDENTITY = "agent-identity"
+# Request attribute set when the response headers arrive: whether the model server streams the
+# response as server-sent events (llm-d's StartOfStream exists only for such responses).
+RESPONSE_EVENT_STREAM = "response-event-stream"
 
 
 class RequestHeaderProcessor(Extension):

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from epp.datalayer.inflight import InFlightLoad
 from epp.datastore import Endpoint, EndpointSpec
 from epp.framework import Plugin, PluginContext
 from epp.metrics.exporter import EppMetrics
@@ -67,6 +68,16 @@ def endpoint(
     result.inflight_requests = inflight
     result.inflight_tokens = inflight_tokens
     return result
+
+
+def producer_counts(candidates: Iterable[Endpoint], load: InFlightLoad | None = None) -> InFlightLoad:
+    """An inflight-load-producer's counters holding what `endpoint(inflight=, inflight_tokens=)`
+    set on each candidate (the llm-d consumers read the producer's counts, not the director's)."""
+    load = load if load is not None else InFlightLoad()
+    for e in candidates:
+        cell = load.cell(e)
+        cell.requests, cell.tokens = e.inflight_requests, e.inflight_tokens
+    return load
 
 
 def endpoints(count: int, **metrics: Any) -> list[Endpoint]:

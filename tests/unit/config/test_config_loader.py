@@ -96,6 +96,9 @@ def test_load_and_affinity_sample_builds_and_schedules() -> None:
         ("active-request-scorer", "InFlightLoad"): "inflight-load-producer",
         ("token-load-scorer", "InFlightLoad"): "inflight-load-producer",
         ("no-hit-lru-scorer", "PrefixCacheMatchInfo"): "approx-prefix-cache-producer",
+        ("concurrency", "InFlightLoad"): "inflight-load-producer",
+        # optional for the producer: bound because one is configured (the uncached-prompt discount)
+        ("inflight-load-producer", "PrefixCacheMatchInfo"): "approx-prefix-cache-producer",
     }
     components = build_components(config, PluginContext())
     assert isinstance(components.saturation_detector, ConcurrencyDetector)

@@ -211,9 +211,7 @@ EXPECTED: dict[str, Loads | Refused] = {
     "llmd-7f95e05__guides__agentic-serving__router__fairness-las-plugins.yaml": Loads(
         "plugins[4].parameters: lasDecayFactor (llm-d v0.10) is ignored: llm-d main removed it",
     ),
-    "llmd-a874822__guides__precise-prefix-cache-routing__router__sglang.values.yaml": Loads(
-        "plugins[3].parameters: unknown field 'prefixMatchInfoProducerName' ignored",
-    ),
+    "llmd-a874822__guides__precise-prefix-cache-routing__router__sglang.values.yaml": Loads(),
     "llmd-b568fd3__guides__agentic-serving__router__agentic-serving-gpu-program-aware.values.yaml": Loads(),
     "llmd-bench-8bc9f1d__config__README.md.yaml": Loads(
         "schedulingProfiles[0].plugins[0].pluginRef: plugin 'token-producer' is a token-producer, which is",

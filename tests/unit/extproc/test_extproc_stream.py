@@ -664,11 +664,22 @@ async def response_headers_reply(
 async def test_streamed_response_bodies_are_skipped_where_envoy_allows_it(
     harness: Harness, mode: int, content_type: str, extra: dict[str, str] | None, skipped: bool
 ) -> None:
+    # No ResponseStreaming plugin (the harness's active-request-scorer brings an
+    # inflight-load-producer, which reads the first chunk: see the test below).
+    harness.director.hooks = RequestControlHooks([], harness.director.metrics)
     harness.add("a", 8000, models=("m", "m2"))
     reply = await response_headers_reply(harness, mode, content_type, extra)
     assert reply.HasField("mode_override") is skipped
     if skipped:
         assert reply.mode_override.response_body_mode == BodyMode.NONE
+
+
+async def test_streamed_response_bodies_are_read_for_an_inflight_load_producer(harness: Harness) -> None:
+    """llm-d's inflight-load-producer frees a request's prompt tokens at the first SSE chunk, so
+    a config with one (here the default one active-request-scorer reads) keeps the chunks coming."""
+    harness.add("a", 8000)
+    reply = await response_headers_reply(harness, BodyMode.BUFFERED, "text/event-stream")
+    assert not reply.HasField("mode_override")
 
 
 class ChunkReader(Plugin, ResponseStreaming):

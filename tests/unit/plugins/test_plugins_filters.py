@@ -20,7 +20,8 @@ from epp.plugins.label_selector_filter import LabelSelectorFilter
 from epp.plugins.prefill_filter import PrefillFilter
 from epp.plugins.utilization_detector import UtilizationDetector
 from epp.plugins.utilization_filter import UtilizationFilter
-from tests.unit.plugin_helpers import FakeClock, context, endpoint, plugin, request
+from epp.scheduling.types import ProfileResult, SchedulingResult
+from tests.unit.plugin_helpers import FakeClock, context, endpoint, plugin, producer_counts, request
 
 REQ = request()
 ROLES = [
@@ -125,7 +126,19 @@ def test_utilization_filter_drops_endpoints_over_any_limit() -> None:
         endpoint("active", inflight=11),
         endpoint("running", running=21),
     ]
-    assert kept(plugin(UtilizationFilter, params), candidates) == ["ok"]
+    utilization_filter = plugin(UtilizationFilter, params)
+    utilization_filter.load = producer_counts(candidates)
+    assert kept(utilization_filter, candidates) == ["ok"]
+
+
+def test_utilization_filter_reads_an_inflight_load_producer_only_for_active_requests() -> None:
+    """As llm-d: only an `active-requests` condition makes the filter a consumer of InFlightLoad
+    (so only then is a default inflight-load-producer created for it)."""
+    base = "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n- type: utilization-filter\n"
+    active = load_config(base + "  parameters: {conditions: [{metric: active-requests, maxValue: 2}]}\n")
+    assert active.producer_bindings[("utilization-filter", "InFlightLoad")] == "inflight-load-producer"
+    queue = load_config(base + "  parameters: {conditions: [{metric: waiting-queue, maxValue: 2}]}\n")
+    assert "inflight-load-producer" not in queue.plugins
 
 
 def test_utilization_filter_fallback_on_empty() -> None:
@@ -213,21 +226,28 @@ def test_utilization_detector_rejects_bad_thresholds() -> None:
             UtilizationDetector.Params.model_validate(bad)
 
 
+def counted(detector: ConcurrencyDetector, candidates: list[Endpoint]) -> list[Endpoint]:
+    """The candidates, their helper-set counts made the detector's producer's."""
+    detector.load = producer_counts(candidates, detector.load)
+    return candidates
+
+
 def test_concurrency_detector_requests_mode() -> None:
     detector = plugin(ConcurrencyDetector, {"maxConcurrency": 10, "headroom": 0.2})
     a, b = endpoint("a", inflight=10), endpoint("b", inflight=0)
-    assert detector.saturation([a, b]) == pytest.approx(0.5)
-    assert detector.saturation([endpoint("c", inflight=15), endpoint("d", inflight=15)]) == pytest.approx(1.5)
+    assert detector.saturation(counted(detector, [a, b])) == pytest.approx(0.5)
+    both = counted(detector, [endpoint("c", inflight=15), endpoint("d", inflight=15)])
+    assert detector.saturation(both) == pytest.approx(1.5)
     assert detector.saturation([]) == 1.0
-    assert kept(detector, [endpoint("under", inflight=11), endpoint("at", inflight=12)]) == ["under"]
-    assert kept(detector, [endpoint("at", inflight=12)]) == []
+    under_and_at = counted(detector, [endpoint("under", inflight=11), endpoint("at", inflight=12)])
+    assert kept(detector, under_and_at) == ["under"]
+    assert kept(detector, under_and_at[1:]) == []
 
 
 def test_concurrency_detector_tokens_mode() -> None:
     detector = plugin(ConcurrencyDetector, {"concurrencyMode": "tokens", "maxTokenConcurrency": 100})
-    assert detector.saturation(
-        [endpoint("a", inflight_tokens=50, inflight=99), endpoint("b")]
-    ) == pytest.approx(0.25)
+    candidates = counted(detector, [endpoint("a", inflight_tokens=50, inflight=99), endpoint("b")])
+    assert detector.saturation(candidates) == pytest.approx(0.25)
 
 
 def test_concurrency_detector_rejects_unknown_mode() -> None:
@@ -243,6 +263,7 @@ def test_concurrency_detector_hybrid_mode_as_llm_d() -> None:
     )
     busy_requests = endpoint("r", inflight=8, inflight_tokens=10)  # max(0.8, 0.1)
     busy_tokens = endpoint("t", inflight=1, inflight_tokens=60)  # max(0.1, 0.6)
+    counted(detector, [busy_requests, busy_tokens])
     assert detector.saturation([busy_requests, busy_tokens]) == pytest.approx(0.7)
     assert detector.saturation([]) == 1.0
     # limits: int(10 x 1.15) = 11 requests, int(100 x 1.15) = 114 tokens (llm-d truncates)
@@ -251,18 +272,20 @@ def test_concurrency_detector_hybrid_mode_as_llm_d() -> None:
         endpoint("requests", inflight=11, inflight_tokens=0),
         endpoint("tokens", inflight=0, inflight_tokens=114),
     ]
+    counted(detector, candidates)
     assert kept(detector, candidates) == ["ok"]
     # two requests waiting to be placed, spread over the two endpoints
     assert detector.saturation_with([busy_requests, busy_tokens], 2, 0) == pytest.approx((0.9 + 0.6) / 2)
 
 
-def test_concurrency_detector_counts_the_named_producers_tokens() -> None:
-    """With inFlightLoadProducerName the token count is that producer's, its output estimates in."""
+def test_concurrency_detector_counts_the_named_producers_load() -> None:
+    """With inFlightLoadProducerName the counts are that producer's, its output estimates in."""
     config = load_config(
         """\
 apiVersion: llm-d.ai/v1alpha1
 kind: EndpointPickerConfig
 plugins:
+- {type: inflight-load-producer, name: plain}
 - {type: inflight-load-producer, name: outputs, parameters: {addEstimatedOutputTokens: true}}
 - type: concurrency-detector
   parameters: {concurrencyMode: tokens, maxTokenConcurrency: 100, inFlightLoadProducerName: outputs}
@@ -273,12 +296,23 @@ plugins:
 """
     )
     plugins = build_components(config, PluginContext()).plugins
-    detector, producer = plugins["concurrency-detector"], plugins["outputs"]
+    detector, producer, flt = (
+        plugins["concurrency-detector"],
+        plugins["outputs"],
+        plugins["utilization-filter"],
+    )
     assert isinstance(detector, ConcurrencyDetector) and isinstance(producer, InFlightLoadProducer)
-    e = endpoint("e", inflight_tokens=20)
-    producer.load.estimated_output_tokens["e"] = 30
+    e = endpoint("e", inflight_tokens=999, inflight=5)  # the director's counts: not read
+    first, second = request("x" * 80), request("x" * 80)  # 20 prompt tokens, 30 estimated output
+    result = SchedulingResult({"d": ProfileResult([e])}, "d")
+    producer.pre_request(first, result)
     assert detector.saturation([e]) == pytest.approx(0.5)
-    with pytest.raises(ConfigError, match=r"inFlightLoadProducerName: no plugin named 'nobody'"):
+    assert kept(flt, [e]) == ["e"]
+    producer.pre_request(second, result)
+    assert kept(flt, [e]) == []
+    producer.response_complete(first, result, None)
+    assert detector.saturation([e]) == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match=r"inFlightLoadProducerName names 'nobody'"):
         load_config(
             "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
             "plugins: [{type: concurrency-detector, parameters: {inFlightLoadProducerName: nobody}}]\n"

@@ -8,13 +8,13 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from epp.datalayer.inflight import INFLIGHT_LOAD, InFlightLoad
+from epp.datalayer.inflight import INFLIGHT_LOAD, RequestLoad
 from epp.datastore import Endpoint
 from epp.framework import PluginContext
 from epp.plugins.prefix_cache_affinity_filter import PrefixCacheAffinityFilter
 from epp.requests import InferenceRequest
 from epp.scheduling.prefix import PREFIX_MATCH, PrefixMatch
-from tests.unit.plugin_helpers import context, endpoint, plugin, request
+from tests.unit.plugin_helpers import context, endpoint, plugin, producer_counts, request
 
 
 def setup(
@@ -29,7 +29,7 @@ def setup(
     pool = [endpoint(f"e{i}", inflight_tokens=t) for i, t in enumerate(inflight_tokens)]
     req = request("x" * 640)
     req.attributes["prefix"] = PrefixMatch(list(range(10)), dict(zip(pool, matched, strict=True)), 16)
-    req.attributes["load"] = InFlightLoad()
+    req.attributes["load"] = RequestLoad(producer_counts(pool))
     return flt, pool, req
 
 

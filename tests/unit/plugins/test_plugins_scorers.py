@@ -15,8 +15,8 @@ from epp.plugins.lora_affinity_scorer import LoraAffinityScorer
 from epp.plugins.queue_scorer import QueueScorer
 from epp.plugins.running_requests_size_scorer import RunningRequestsSizeScorer
 from epp.plugins.token_load_scorer import TokenLoadScorer
-from epp.scheduling.types import ProfileResult, SchedulingResult
-from tests.unit.plugin_helpers import endpoint, endpoints, plugin, request
+from epp.scheduling.prefix import PREFIX_MATCH, PrefixMatch
+from tests.unit.plugin_helpers import endpoint, endpoints, plugin, producer_counts, request
 
 REQ = request()
 
@@ -88,6 +88,7 @@ def bound_to_inflight(
 def test_active_request_scorer_idle_and_busy() -> None:
     producer, scorer = bound_to_inflight(ActiveRequestScorer, {"idleThreshold": 1, "maxBusyScore": 0.5})
     candidates = [endpoint(f"e{i}", inflight=n) for i, n in enumerate([0, 1, 2, 4])]
+    producer_counts(candidates, producer.load)
     req = request()
     producer.prepare(req, candidates)
     assert scorer.score(req, candidates) == [1.0, 1.0, 0.25, 0.0]
@@ -100,7 +101,17 @@ def test_active_request_scorer_all_idle_or_all_equal() -> None:
     producer.prepare(req, idle)
     assert scorer.score(req, idle) == [1.0, 1.0]
     busy = endpoints(2, inflight=3)
+    producer_counts(busy, producer.load)
     assert scorer.score(req, busy) == [0.0, 0.0]
+
+
+def test_active_request_scorer_reads_the_producer_not_the_director() -> None:
+    """llm-d's scorer counts what the inflight-load-producer charged, whatever else is in flight."""
+    producer, scorer = bound_to_inflight(ActiveRequestScorer)
+    candidates = [endpoint("busy", inflight=9), endpoint("idle")]
+    req = request()
+    producer.prepare(req, candidates)
+    assert scorer.score(req, candidates) == [1.0, 1.0]
 
 
 def test_load_scorers_score_zero_without_producer_data() -> None:
@@ -112,35 +123,23 @@ def test_load_scorers_score_zero_without_producer_data() -> None:
 def test_token_load_scorer() -> None:
     producer, scorer = bound_to_inflight(TokenLoadScorer, {"queueThresholdTokens": 1000})
     candidates = [endpoint(f"e{i}", inflight_tokens=t) for i, t in enumerate([0, 250, 1000, 5000, -3])]
-    req = request()
+    producer_counts(candidates, producer.load)
+    req = request()  # an empty prompt adds nothing
     producer.prepare(req, candidates)
     assert scorer.score(req, candidates) == [1.0, 0.75, 0.0, 0.0, 1.0]
 
 
-def test_inflight_producer_charges_estimated_output_tokens_until_the_response_ends() -> None:
-    producer, _ = bound_to_inflight(
-        TokenLoadScorer,
-        {"queueThresholdTokens": 1000},
-        {"addEstimatedOutputTokens": True, "outputRatio": 1.5, "maxEstimatedOutputTokens": 120},
-    )
-    decode, prefill = endpoint("decode", inflight_tokens=100), endpoint("prefill", inflight_tokens=100)
-    req = request("x" * 400)  # 100 prompt tokens -> 150 estimated, capped at 120
-    result = SchedulingResult(
-        {"decode": ProfileResult([decode]), "prefill": ProfileResult([prefill])}, "decode"
-    )
-    producer.pre_request(req, result)
-    producer.prepare(request(), [decode, prefill])
-    assert producer.load.tokens(decode) == 220 and producer.load.tokens(prefill) == 220
-    producer.response_complete(req, result, None)
-    producer.response_complete(req, result, None)  # a second completion must not release twice
-    assert producer.load.tokens(decode) == 100 and producer.load.estimated_output_tokens == {}
-
-
-def test_inflight_producer_without_estimates_reads_the_director_counters() -> None:
-    producer = plugin(InFlightLoadProducer)
-    target = endpoint("a", inflight=3, inflight_tokens=42)
-    producer.pre_request(request("y" * 400), SchedulingResult({"d": ProfileResult([target])}, "d"))
-    assert (producer.load.requests(target), producer.load.tokens(target)) == (3, 42)
+def test_token_load_scorer_adds_the_requests_own_uncached_tokens() -> None:
+    """llm-d adds UncachedRequestTokens: the prompt minus what each candidate has cached."""
+    producer, scorer = bound_to_inflight(TokenLoadScorer, {"queueThresholdTokens": 1000})
+    producer.bind_producer(PREFIX_MATCH, "prefix")
+    warm, cold = endpoint("warm", inflight_tokens=100), endpoint("cold", inflight_tokens=100)
+    producer_counts([warm, cold], producer.load)
+    req = request("x" * 800)  # 200 tokens: 12 blocks of 16 indexed, 8 tokens of tail
+    req.attributes["prefix"] = PrefixMatch(list(range(12)), {warm: 10}, 16)
+    producer.prepare(req, [warm, cold])
+    # warm: 100 + (2 x 16 + 8) = 140; cold: 100 + 200 = 300
+    assert scorer.score(req, [warm, cold]) == [pytest.approx(0.86), pytest.approx(0.7)]
 
 
 def test_token_load_scorer_threshold_of_zero_or_less_is_the_default_as_in_llm_d() -> None:

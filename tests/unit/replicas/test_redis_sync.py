@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from epp.datastore import Datastore, EndpointSpec
 from epp.plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
+from epp.plugins.inflight_load_producer import InFlightLoadProducer
 from epp.replicas import ReplicaState
 from epp.replicas.local_redis import LocalRedis, free_port
 from epp.replicas.redis_sync import RedisReplicaSync, _later
@@ -27,7 +28,8 @@ class Replica:
             EndpointSpec(name=f"e{i}", address=f"10.0.0.{i + 1}", port=8000) for i in range(2)
         )
         self.producer = plugin(ApproxPrefixCacheProducer)
-        self.state = ReplicaState(name, self.store, [self.producer])
+        self.load = plugin(InFlightLoadProducer)
+        self.state = ReplicaState(name, self.store, [self.producer, self.load])
         self.registry = CollectorRegistry()
         self.sync = RedisReplicaSync(url, self.state, "epp:test", self.registry, interval=0.02, ttl=0.4)
 
@@ -90,12 +92,21 @@ async def test_two_replicas_share_routes_and_load(redis_server: LocalRedis) -> N
         a_e0.inflight_requests -= 3
         a_e0.inflight_tokens -= 300
         await until(lambda: (b_e0.inflight_requests, b_e0.inflight_tokens) == (0, 0))
+        # the inflight-load-producer's counts too (llm-d's cross-replica state)
+        routed = request("z" * 80)
+        result = SchedulingResult({"default": ProfileResult([a_e0])}, "default")
+        a.load.pre_request(routed, result)
+        await until(lambda: (b.load.load.requests(b_e0), b.load.load.tokens(b_e0)) == (1, 20))
+        a.load.response_complete(routed, result, None)
+        await until(lambda: (b.load.load.requests(b_e0), b.load.load.tokens(b_e0)) == (0, 0))
         # a replica that stops (or dies: its key's TTL) stops counting
         a_e0.inflight_requests += 2
-        await until(lambda: b_e0.inflight_requests == 2)
+        a.load.pre_request(request("z" * 80), result)
+        await until(lambda: b_e0.inflight_requests == 2 and b.load.load.requests(b_e0) == 1)
         await a.sync.stop()
-        await until(lambda: b_e0.inflight_requests == 0)
+        await until(lambda: b_e0.inflight_requests == 0 and b.load.load.requests(b_e0) == 0)
         assert a_e0.inflight_requests == 2  # its own count untouched
+        assert a.load.load.requests(a_e0) == 1
     finally:
         await a.sync.stop()
         await b.sync.stop()

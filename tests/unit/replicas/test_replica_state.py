@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from epp.datastore import Datastore, EndpointSpec
 from epp.plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
-from epp.replicas import ReplicaState, RouteMessage
+from epp.plugins.inflight_load_producer import InFlightLoadProducer
+from epp.replicas import ReplicaLoad, ReplicaState, RouteMessage
 from epp.scheduling.types import ProfileResult, SchedulingResult
 from tests.unit.plugin_helpers import plugin, request
 
@@ -55,11 +56,35 @@ def test_peer_load_is_added_and_replaced_and_own_load_stays_apart() -> None:
     e1 = store.get("e1")
     assert e0 is not None and e1 is not None
     e0.inflight_requests, e0.inflight_tokens = 2, 200  # this replica's own
-    state.apply_peer_load([{"e0": (1, 10), "e1": (3, 30)}, {"e1": (1, 5)}])
+    state.apply_peer_load([ReplicaLoad({"e0": (1, 10), "e1": (3, 30)}), ReplicaLoad({"e1": (1, 5)})])
     assert (e0.inflight_requests, e0.inflight_tokens) == (3, 210)
     assert (e1.inflight_requests, e1.inflight_tokens) == (4, 35)
-    assert state.local_load() == {"e0": (2, 200)}
-    state.apply_peer_load([{"e1": (1, 1)}])
+    assert state.local_load() == ReplicaLoad({"e0": (2, 200)})
+    state.apply_peer_load([ReplicaLoad({"e1": (1, 1)})])
     assert (e0.inflight_requests, e1.inflight_requests, e1.inflight_tokens) == (2, 1, 1)
     state.apply_peer_load(())
     assert (e0.inflight_requests, e1.inflight_requests) == (2, 0)
+
+
+def test_inflight_load_producers_share_their_counts_unless_told_not_to() -> None:
+    """llm-d's cross-replica state: each producer's consumers see every replica's requests;
+    `syncCrossReplicaState: false` keeps one local."""
+    store = datastore()
+    shared, local = (
+        plugin(InFlightLoadProducer),
+        plugin(InFlightLoadProducer, {"syncCrossReplicaState": False}),
+    )
+    local.name = "local"
+    state = ReplicaState("a", store, [shared, local])
+    e0 = store.get("e0")
+    assert e0 is not None
+    for producer in (shared, local):
+        producer.pre_request(request("x" * 40), SchedulingResult({"d": ProfileResult([e0])}, "d"))
+    assert state.local_load().plugins == {shared.name: {"e0": (1, 10)}}
+    peer = ReplicaLoad({}, {shared.name: {"e0": (2, 30)}, "local": {"e0": (5, 5)}})
+    state.apply_peer_load([peer, peer])
+    assert (shared.load.requests(e0), shared.load.tokens(e0)) == (5, 70)
+    assert (local.load.requests(e0), local.load.tokens(e0)) == (1, 10)
+    assert state.local_load().plugins == {shared.name: {"e0": (1, 10)}}  # its own only
+    state.apply_peer_load(())
+    assert (shared.load.requests(e0), shared.load.tokens(e0)) == (1, 10)
