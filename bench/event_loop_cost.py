@@ -73,7 +73,7 @@ def server_argv(kind: str, loop: str, endpoints: Path, ready: Path) -> list[str]
     ]
     if kind == "minimal":
         return [sys.executable, "-m", "epp.bench.minimal_extproc", *common]
-    return epp_command("serve", *common, "--grpc-health-port=0", "--metrics-port=0")
+    return epp_command("serve", *common, "--grpc-health-port=0", "--metrics-port=0", "--drain-timeout=0s")
 
 
 async def start(name: str, argv: list[str], ready: Path, scratch: Path) -> tuple[ManagedProcess, object]:

@@ -10,9 +10,10 @@ output token, from either
 - `--loadgen python`: several processes, one asyncio loop each (aiohttp, HTTP/1.1, a connection per
   request in flight); every prompt distinct.
 Per rate: how many were served, shed (429 from the EPP's overload protection or flow control, or
-Envoy's --rate-limit or --adaptive-concurrency; "of which EPP" counts the EPP's own answers in
-Envoy's ext_proc stats), and failed with a 5xx (504 = Envoy's ext_proc message timeout), with
-latency percentiles of each kind, the EPP's CPU time per request sent and the machine's load average.
+Envoy's --rate-limit, --adaptive-concurrency or --admission-control; "of which EPP" counts the
+EPP's own answers in Envoy's ext_proc stats), and failed with a 5xx (504 = Envoy's ext_proc
+message timeout), with latency percentiles of each kind, the EPP's CPU time per request sent and
+the machine's load average.
 
     .venv/bin/python bench/overload_ramp.py --base 300 --seconds 10 --loadgen h2load
     .venv/bin/python bench/overload_ramp.py --base 300 --rates 1 --config-file flow.yaml  # flow control
@@ -173,6 +174,7 @@ async def main(args: argparse.Namespace) -> None:
             rate_limit=args.rate_limit,
             adaptive_concurrency=args.adaptive_concurrency or args.adaptive_concurrency_latency is not None,
             adaptive_concurrency_latency=args.adaptive_concurrency_latency,
+            admission_control_aggression=args.admission_control,
         ),
     )
     prompt = ("lorem ipsum dolor sit amet " * (args.prompt_bytes // 27 + 1))[: args.prompt_bytes]
@@ -235,6 +237,13 @@ if __name__ == "__main__":
         "--adaptive-concurrency-latency",
         metavar="DURATION",
         help="the same with this fixed minRTT (a latency target, e.g. 0.1s) instead of measuring it",
+    )
+    parser.add_argument(
+        "--admission-control",
+        type=float,
+        default=0.0,
+        metavar="AGGRESSION",
+        help="Envoy's admission control before ext_proc, fed by the EPP's 429s (0: off)",
     )
     parser.add_argument("--epp-arg", action="append", default=[], help="extra `epp serve` flag")
     asyncio.run(main(parser.parse_args()))

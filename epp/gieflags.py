@@ -79,8 +79,9 @@ def _add_router_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--drain-timeout",
         metavar="DURATION",
+        default="30s",
         help="llm-d router: on SIGTERM, keep serving ext_proc this long (NOT_SERVING, lease "
-        "released) before --shutdown-grace starts (Go duration; default 0s, the router's is 30s)",
+        "released) before --shutdown-grace starts (Go duration; default 30s, as the router's; 0s: none)",
     )
     group.add_argument(
         "--emit-endpoint-scores",

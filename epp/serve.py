@@ -83,8 +83,9 @@ class ServeOptions:
     health_checking: bool = True  # GIE's --health-checking: grpc.health.v1 on the ext_proc port too
     ready_file: Path | None = None
     shutdown_grace: float = 120.0
-    # llm-d's --drain-timeout: after SIGTERM, ext_proc keeps accepting streams this long first.
-    drain_window: float = 0.0
+    # llm-d's --drain-timeout: after SIGTERM, ext_proc keeps accepting streams this long first
+    # (the router's default, 30 s).
+    drain_window: float = 30.0
     # llm-d's --grpc-max-recv-msg-size / --grpc-max-send-msg-size (0: the server's default).
     grpc_message_limits: tuple[int, int] = (0, 0)
     grpc_stream_metrics: bool = False  # llm-d's --enable-grpc-stream-metrics
@@ -205,6 +206,7 @@ class EndpointPicker:
         self._selector_discovery: k8s_discovery.SelectorDiscovery | None = None
         self._servers: list[grpc.aio.Server] = []
         self._stopping = False
+        self._serving = False  # start() completed: a stop drains (--drain-timeout) only then
         self.elector: election.LeaderElector | None = None
         self._kube: ApiClient | None = None  # for leader election and metrics auth (discovery has its own)
         self.certificate = tls.ServingCertificate(options.tls_options)
@@ -321,6 +323,7 @@ class EndpointPicker:
                 "pid": os.getpid(),  # which worker, under `epp serve --workers`
             }
             write_ready_file(self.options.ready_file, ports)
+        self._serving = True
         log.info(
             "endpoint picker serving ext_proc on %s:%d (health %d) with %d endpoints",
             self.options.host,
@@ -339,9 +342,10 @@ class EndpointPicker:
         )
         if self.elector is not None:
             await self.elector.stop()  # release first: a standby takes over while this one drains
-        if self.options.drain_window > 0:
+        if self.options.drain_window > 0 and self._serving:
             # As llm-d's router: clients that have not yet seen NOT_SERVING (or a DNS refresh)
-            # still get their new streams served during the window.
+            # still get their new streams served during the window. A start that failed has
+            # served no one: it stops at once, as the router does when its manager fails.
             log.info("draining: still serving ext_proc for %gs (--drain-timeout)", self.options.drain_window)
             await asyncio.sleep(self.options.drain_window)
         await asyncio.gather(*(server.stop(self.options.shutdown_grace) for server in self._servers))
@@ -640,7 +644,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
             "--metrics-staleness-threshold", args.metrics_staleness_threshold
         ),
         shutdown_grace=parse_duration(args.shutdown_grace),
-        drain_window=_non_negative_duration("--drain-timeout", args.drain_timeout or "0s"),
+        drain_window=_non_negative_duration("--drain-timeout", args.drain_timeout),
         grpc_message_limits=(args.grpc_max_recv_msg_size, args.grpc_max_send_msg_size),
         grpc_stream_metrics=args.enable_grpc_stream_metrics,
         max_concurrent_streams=_non_negative("--max-concurrent-streams", args.max_concurrent_streams),

@@ -28,12 +28,12 @@ _MAX_HEADER = 64 * 1024
 _MAX_BODY = 64 * 1024 * 1024
 # A gzip body's limit once inflated. A few kilobytes can inflate to the plain limit (64 MiB cost
 # 0.4-1.4 s of CPU here), so the inflating runs in a worker thread (zlib releases the GIL), and
-# to 4 MiB: more than ten times the largest real metrics page (a vLLM page is 10-300 KB), while a
-# page that inflates below it is still read on the event loop (docs/benchmarks.md, "Scraping cost").
+# to 4 MiB: more than ten times the largest real metrics page (a vLLM page is 10-300 KB). A page
+# under it but past the scraper's OFF_LOOP_PAGE_BYTES is read in the same thread (scraper.py).
 _MAX_INFLATED = 4 * 1024 * 1024
 _READ_SIZE = 64 * 1024
 _thread = threading.local()
-_inflating_pool: ThreadPoolExecutor | None = None
+_page_pool: ThreadPoolExecutor | None = None
 
 Result = tuple[int, bytes] | BaseException
 """(status, body) of one GET, or what went wrong."""
@@ -113,13 +113,14 @@ def _inflate(body: bytes) -> bytes:
     return page
 
 
-def _inflating() -> ThreadPoolExecutor:
-    """One thread for the process: a hostile endpoint's pages queue behind each other there
-    instead of taking more cores."""
-    global _inflating_pool
-    if _inflating_pool is None:
-        _inflating_pool = ThreadPoolExecutor(1, thread_name_prefix="epp-gzip")
-    return _inflating_pool
+def page_worker() -> ThreadPoolExecutor:
+    """The thread a page's costly steps run in, off the event loop (inflating a gzip body here,
+    reading a large page in the scraper). One for the process: a hostile endpoint's pages queue
+    behind each other there instead of taking more cores."""
+    global _page_pool
+    if _page_pool is None:
+        _page_pool = ThreadPoolExecutor(1, thread_name_prefix="epp-pages")
+    return _page_pool
 
 
 def _line_end(data: bytearray, what: str) -> int:
@@ -311,7 +312,7 @@ class _GetProtocol(asyncio.BufferedProtocol):
             done(result)
             return
         self._inflating = done
-        self._inflation = _inflating().submit(_inflate, result.body)
+        self._inflation = page_worker().submit(_inflate, result.body)
         inflated = asyncio.wrap_future(self._inflation)
         inflated.add_done_callback(functools.partial(self._inflated, done, result.status))
 

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationError
 
+from epp.compiled import safe_yaml
 from epp.datastore import Datastore, EndpointSpec
 from epp.datastore.endpoint import canonical_ip, join_host_port, split_host_port
 from epp.tasks import cancel_and_wait
@@ -69,7 +70,7 @@ def parse_endpoint_file(
 ) -> list[EndpointSpec]:
     """`metrics_port` (--model-server-metrics-port) applies to entries without a metricsPort."""
     try:
-        data: Any = yaml.safe_load(text)
+        data: Any = safe_yaml(text)
         parsed = _EndpointFile.model_validate(data)
     except yaml.YAMLError as exc:
         raise DiscoveryError(f"{source}: invalid YAML: {exc}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -88,87 +89,74 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
         request_iterator: AsyncIterator[ext_proc.ProcessingRequest],
         context: grpc.aio.ServicerContext,
     ) -> None:
-        guard = self._guard  # its admit() ran at dispatch (ExtProcDispatch)
-        if guard is not None:
-            guard.enter()
-        incoming = aiter(request_iterator)
-        stream: ExtProcStream | None = None
-        wait_for_reset = False  # ending after our last reply or the gateway's half-close
-        # Our last reply is on its way or sent: a reset from now on is the gateway's usual end of
-        # the stream (ResetAfterEnd), not a client gone mid-request.
-        ended = False
+        """One stream, one way out: the last reply sent (through a reset), the request released,
+        then a wait for the gateway's reset (GATEWAY_CLOSE_WAIT), which ends the call as
+        ResetAfterEnd; a reset before the last reply is a client gone (CancelledError)."""
+        call = _Call(context, aiter(request_iterator), self._guard)  # its admit() ran at dispatch
         try:
             try:
-                try:
-                    message = await anext(incoming)
-                except StopAsyncIteration:
-                    return
-                if guard is not None and guard.checks_wait:
-                    refusal = _waited_too_long(guard, message)
-                    if refusal is not None:
-                        ended = True
-                        await _through_reset(context.write(self.refuse(refusal)))
-                        wait_for_reset = True
-                        return
-                stream = ExtProcStream(self._director, self._options)
-                while True:
-                    # A send: its failure (the gateway gone) is not the EPP's, answered below.
-                    extend = stream.extend_message_timeout(message)
-                    if extend is not None:
-                        await context.write(extend)
-                    try:
-                        # One awaited step per body: flow control's queue, then async data producers.
-                        await stream.prepare(message, context.time_remaining())
-                        replies = list(stream.handle(message))
-                    except Exception:
-                        log.exception("ext_proc stream failed; answering 500")
-                        error = RequestError(
-                            ErrorCode.INTERNAL, "the endpoint picker failed to process the request"
-                        )
-                        self._director.record_error(error, None)
-                        ended = True
-                        await _through_reset(
-                            context.write(messages.immediate_error(error, self._options.error_prefix))
-                        )
-                        wait_for_reset = True
-                        return
-                    end_next = stream.done or stream.only_end_left  # Envoy may reset after these replies
-                    for reply in replies[:-1] if end_next else replies:
-                        await context.write(reply)
-                    ended = end_next
-                    if end_next and replies:
-                        await _through_reset(context.write(replies[-1]))
-                    if stream.done:
-                        wait_for_reset = True
-                        return
-                    eviction = stream.eviction_signal
-                    if eviction is None:  # the common case, kept cheap: one plain read
-                        next_message = await (
-                            _through_reset(anext(incoming, None)) if end_next else anext(incoming, None)
-                        )
-                    else:
-                        next_message = await _message_or_eviction(incoming, eviction)
-                        if next_message is None and eviction.done():
-                            ended = True
-                            await _through_reset(context.write(stream.evicted()))
-                    if next_message is None:  # evicted, or Envoy half-closes (then resets at once)
-                        wait_for_reset = True
-                        return
-                    message = next_message
-                    ended = False  # more came (a skip the gateway did not honour): not ended yet
+                message = await anext(call.incoming, None)
+                if message is not None:
+                    last = await self._exchange(call, message)
+                    if last is not None:
+                        await call.send_last(last)
             finally:
-                try:
-                    if stream is not None:
-                        stream.close()
-                finally:  # the guard's slot is given back even if closing the stream failed
-                    if guard is not None:
-                        guard.leave()
-                if wait_for_reset:  # set only on an orderly way out, never by an error or a cancellation
-                    await asyncio.sleep(GATEWAY_CLOSE_WAIT)
+                call.close()
+            if message is not None:  # an orderly end (never an error or a cancellation)
+                await asyncio.sleep(GATEWAY_CLOSE_WAIT)
         except asyncio.CancelledError as reset:
-            if not ended:
+            if not call.ended:
                 raise
             raise ResetAfterEnd(*reset.args) from None
+
+    async def _exchange(
+        self, call: _Call, message: ext_proc.ProcessingRequest
+    ) -> ext_proc.ProcessingResponse | None:
+        """Answer the stream's messages from `message` on, until it ends. Returns the reply that
+        ends it early (the guard's refusal, a 500, an eviction's 429) for the caller to send last;
+        None once the stream is done or Envoy half-closed it."""
+        guard = self._guard
+        if guard is not None and guard.checks_wait:
+            refusal = _waited_too_long(guard, message)
+            if refusal is not None:
+                return self.refuse(refusal)
+        context, incoming = call.context, call.incoming
+        stream = call.stream = ExtProcStream(self._director, self._options)
+        while True:
+            # A send: its failure (the gateway gone) is not the EPP's, answered below.
+            extend = stream.extend_message_timeout(message)
+            if extend is not None:
+                await context.write(extend)
+            try:
+                # One awaited step per body: flow control's queue, then async data producers.
+                await stream.prepare(message, context.time_remaining())
+                replies = list(stream.handle(message))
+            except Exception:
+                log.exception("ext_proc stream failed; answering 500")
+                error = RequestError(ErrorCode.INTERNAL, "the endpoint picker failed to process the request")
+                self._director.record_error(error, None)
+                return messages.immediate_error(error, self._options.error_prefix)
+            end_next = stream.done or stream.only_end_left  # Envoy may reset after these replies
+            for reply in replies[:-1] if end_next else replies:
+                await context.write(reply)
+            call.ended = end_next
+            if end_next and replies:
+                await call.send_last(replies[-1])
+            if stream.done:
+                return None
+            eviction = stream.eviction_signal
+            if eviction is None:  # the common case, kept cheap: one plain read
+                next_message = await (
+                    _through_reset(anext(incoming, None)) if end_next else anext(incoming, None)
+                )
+            else:
+                next_message = await _message_or_eviction(incoming, eviction)
+                if next_message is Evicted.FIRST:
+                    return stream.evicted()
+            if next_message is None:  # Envoy half-closes (then resets at once)
+                return None
+            message = next_message
+            call.ended = False  # more came (a skip the gateway did not honour): not ended yet
 
     def refuse(self, refusal: RequestError) -> ext_proc.ProcessingResponse:
         """The overload guard's answer to a stream it read, counted as every error answer."""
@@ -188,6 +176,37 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
             reply = messages.immediate_error(refusal, self._options.error_prefix)
             last = self._refusal = _Refusal(refusal, reply)
         return last
+
+
+@dataclass(slots=True)
+class _Call:
+    """One ext_proc call: what its single way out needs. Enters the overload guard's count."""
+
+    context: grpc.aio.ServicerContext
+    incoming: AsyncIterator[ext_proc.ProcessingRequest]
+    guard: OverloadGuard | None
+    stream: ExtProcStream | None = None
+    # Our last reply is on its way or sent: a reset from now on is the gateway's usual end of
+    # the stream (ResetAfterEnd), not a client gone mid-request.
+    ended: bool = False
+
+    def __post_init__(self) -> None:
+        if self.guard is not None:
+            self.guard.enter()
+
+    async def send_last(self, reply: ext_proc.ProcessingResponse) -> None:
+        self.ended = True
+        await _through_reset(self.context.write(reply))
+
+    def close(self) -> None:
+        """However the call ended: the request's load released, and the guard's slot given back
+        even if closing the stream failed."""
+        try:
+            if self.stream is not None:
+                self.stream.close()
+        finally:
+            if self.guard is not None:
+                self.guard.leave()
 
 
 @dataclass(slots=True)
@@ -282,17 +301,22 @@ async def _through_reset(batch: Awaitable[_T]) -> _T:
     return await asyncio.shield(_keep(batch))
 
 
+class Evicted(enum.Enum):
+    FIRST = "flow control evicted the request before the stream's next message or end"
+
+
 async def _message_or_eviction(
     incoming: AsyncIterator[ext_proc.ProcessingRequest], eviction: asyncio.Future[None]
-) -> ext_proc.ProcessingRequest | None:
-    """The stream's next message; None at its end, or when `eviction` (flow control taking the
-    routed request back) comes first. A message that arrives with the eviction goes first: it
-    may end the response, and an ended response is not evicted. A read the eviction or a reset
-    leaves behind is not cancelled (that would leak its batch, as in _through_reset): it ends
-    with the stream."""
+) -> ext_proc.ProcessingRequest | Evicted | None:
+    """The stream's next message; None at its end; Evicted.FIRST when `eviction` (flow control
+    taking the routed request back) comes first. A message or the stream's end that arrives with
+    the eviction goes first: the message may end the response, the end has ended the request, and
+    an ended request is not evicted (no 429 into a finished stream). A read the eviction or a
+    reset leaves behind is not cancelled (that would leak its batch, as in _through_reset): it
+    ends with the stream."""
     reading = _keep(anext(incoming, None))
     await asyncio.wait((reading, eviction), return_when=asyncio.FIRST_COMPLETED)
-    return reading.result() if reading.done() else None
+    return reading.result() if reading.done() else Evicted.FIRST
 
 
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 from pydantic import Field
 
+from epp.compiled import safe_yaml
 from epp.datalayer import EndpointDiscovery
 from epp.datastore import EndpointSpec
 from epp.framework import Plugin, PluginContext, PluginParams, register
@@ -57,7 +58,7 @@ def _entries(text: str, source: str) -> list[dict[str, Any]]:
     if len(text.encode()) > MAX_FILE_BYTES:
         raise ValueError(f"{source}: endpoints file exceeds the 1 MiB limit")
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml(text)
     except yaml.YAMLError as exc:
         raise ValueError(f"{source}: not YAML or JSON: {exc}") from None
     endpoints = data.get("endpoints") if isinstance(data, dict) else None

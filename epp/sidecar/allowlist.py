@@ -10,6 +10,7 @@ Datastore."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,11 +24,18 @@ log = logging.getLogger(__name__)
 
 
 class AllowList:
-    """The current set of allowed `host:port` targets. Empty and unsynced until a source reports."""
+    """The current set of allowed `host:port` targets. Empty and unsynced until a source reports.
 
-    def __init__(self) -> None:
+    `catch_up` (seconds) is how long `admits` waits for a target that is not allowed yet: a
+    source that follows the pool by a watch learns of a pod turning Ready a little after the EPP
+    may have picked it, and refusing in that gap would fail a request the pool allows."""
+
+    def __init__(self, catch_up: float = 0.0) -> None:
         self._allowed: frozenset[HostPort] = frozenset()
         self.synced = False
+        self._catch_up = catch_up
+        # Resolved by the next `replace`; every waiting miss shares it.
+        self._next_change: asyncio.Future[None] | None = None
 
     def replace(self, targets: Iterable[HostPort | str]) -> None:
         """Make exactly these targets allowed. Strings are `host:port` (the `ip:port` sets a pool
@@ -41,9 +49,30 @@ class AllowList:
         self._allowed = frozenset(allowed)
         self.synced = True
         log.debug("SSRF allowlist: %d prefill targets", len(self._allowed))
+        changed, self._next_change = self._next_change, None
+        if changed is not None and not changed.done():
+            changed.set_result(None)
 
     def allows(self, target: HostPort) -> bool:
         return target in self._allowed
+
+    async def admits(self, target: HostPort) -> bool:
+        """Whether `target` is allowed now or becomes allowed within `catch_up` seconds. The
+        protection is unchanged (only what the source reports is ever admitted); a target that
+        never appears is refused `catch_up` seconds late."""
+        if target in self._allowed or self._catch_up <= 0:
+            return target in self._allowed
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._catch_up
+        while target not in self._allowed:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            if self._next_change is None:
+                self._next_change = loop.create_future()
+            # wait(), not wait_for(): a waiter timing out must not cancel the shared future.
+            await asyncio.wait((self._next_change,), timeout=remaining)
+        return True
 
     def __len__(self) -> int:
         return len(self._allowed)

@@ -92,7 +92,7 @@ class RoutingProxy:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         try:
             if is_disaggregated_route(request.method, request.path):
-                prefiller = self._prefill_target(request)
+                prefiller = await self._prefill_target(request)
                 if prefiller is not None:
                     return await self._disaggregate(request, prefiller)
             return await self._proxy(request)
@@ -100,13 +100,13 @@ class RoutingProxy:
             log.info("%s %s -> %d: %s", request.method, request.path, error.status, error.message)
             return error_response(error)
 
-    def _prefill_target(self, request: web.Request) -> HostPort | None:
+    async def _prefill_target(self, request: web.Request) -> HostPort | None:
         candidates = prefiller_candidates(request.headers)
         try:
             target = choose_prefiller(candidates, self._options.prefiller_sampling, self._rng)
         except ValueError as exc:
             raise ProxyError(400, f"invalid {PREFILLER_HEADER}: {exc}") from None
-        if target is not None and self._allowlist is not None and not self._allowlist.allows(target):
+        if target is not None and self._allowlist is not None and not await self._allowlist.admits(target):
             log.warning("refused prefill target %s: not an endpoint of the pool", target)
             raise ProxyError(403, SSRF_REFUSED)
         return target

@@ -63,6 +63,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Envoy opens two connections per worker (default 1)",
     )
     parser.add_argument(
+        "--rate-limit",
+        type=_rate,
+        default=EnvoyOptions().rate_limit,
+        metavar="REQUESTS_PER_SECOND",
+        help="admit at most this many requests per second in Envoy before the EPP (0: no limit, the "
+        "default): the excess is a JSON 429 with Retry-After and x-gateway-limit: rate, answered without "
+        'the EPP; set it to the rate the EPP serves (docs/operations.md, "Limits and overload")',
+    )
+    parser.add_argument(
         "--adaptive-concurrency",
         action="store_true",
         help="cap requests in flight with Envoy's adaptive concurrency filter before the EPP: the excess is "
@@ -76,7 +85,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the same, with this latency target (p90 through the EPP and the model servers, e.g. 0.1) "
         "instead of the latency measured every 30 s at a concurrency of 3",
     )
+    parser.add_argument(
+        "--admission-control",
+        type=_aggression,
+        default=EnvoyOptions().admission_control_aggression,
+        metavar="AGGRESSION",
+        help="refuse in Envoy, before the EPP, the share of new requests that the EPP itself refused "
+        "(429) over the last 2 s, sharpened by AGGRESSION (the share to the power 1/AGGRESSION; 0: off, "
+        "the default): a JSON 429 with Retry-After and x-gateway-limit: admission",
+    )
     add_resilience_arguments(parser)
+
+
+def _aggression(value: str) -> float:
+    try:
+        aggression = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {value!r}") from None
+    if not (aggression == 0 or 1 <= aggression <= 100):
+        raise argparse.ArgumentTypeError(f"the aggression must be 0 (off) or 1 to 100, not {value!r}")
+    return aggression
 
 
 def _path_prefix(text: str) -> str:
@@ -94,6 +122,16 @@ def _seconds(value: str) -> float:
     if not seconds > 0 or seconds == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {value!r}")
     return seconds
+
+
+def _rate(value: str) -> int:
+    try:
+        rate = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole requests per second, not {value!r}") from None
+    if rate < 0:
+        raise argparse.ArgumentTypeError(f"the rate limit must be 0 (none) or more, not {rate}")
+    return rate
 
 
 def _retries(value: str) -> int:
@@ -140,6 +178,8 @@ def envoy_options(args: argparse.Namespace) -> EnvoyOptions:
         failure_mode=args.failure_mode,
         allowed_paths=(*DEFAULT_ALLOWED_PATHS, *args.allow_path),
         retries=args.retries,
+        rate_limit=args.rate_limit,
+        admission_control_aggression=args.admission_control,
         adaptive_concurrency=args.adaptive_concurrency or latency is not None,
         adaptive_concurrency_latency=None if latency is None else f"{latency:g}s",
         first_byte_timeout=duration(args.first_byte_timeout, defaults.first_byte_timeout),

@@ -142,6 +142,14 @@ class EnvoyOptions:
     # Set ("0.1s"): take this as the minRTT instead of measuring it, a latency target (the limit
     # shrinks while the p90 exceeds it by more than 25 %); no periodic windows at the minimum.
     adaptive_concurrency_latency: str | None = None
+    # Envoy's admission control filter before ext_proc, fed by the EPP's own refusals: it counts the
+    # 429s among the responses of the last `admission_control_window` and refuses that share of new
+    # requests at once (sharpened by `admission_control_aggression`: the share to the power
+    # 1/aggression), so the excess the EPP would refuse late, after queueing, is refused at the
+    # door instead, a JSON 429 with Retry-After answered without a call to the EPP. Any 429 counts,
+    # the model servers' and flow control's too. 0: off, the default (docs/operations.md).
+    admission_control_aggression: float = 0.0
+    admission_control_window: str = "2s"
     # Set: the pool cluster's hosts come from this EDS file (a DiscoveryResponse holding one
     # ClusterLoadAssignment, epp.discovery.eds: `epp serve --envoy-eds-file` keeps it; Envoy re-reads
     # it when it is replaced, and refuses to start without it; relative to Envoy's working
@@ -172,6 +180,11 @@ class EnvoyOptions:
         if self.adaptive_concurrency_min < 1:
             raise ValueError(
                 f"adaptive_concurrency_min must be at least 1, not {self.adaptive_concurrency_min}"
+            )
+        if not (self.admission_control_aggression == 0 or 1 <= self.admission_control_aggression <= 100):
+            raise ValueError(
+                "admission_control_aggression must be 0 (off) or 1 to 100, "
+                f"not {self.admission_control_aggression}"
             )
         if (self.client_cert_path is None) != (self.client_key_path is None):
             raise ValueError("client_cert_path and client_key_path go together")
@@ -325,7 +338,36 @@ def _admission_filters(options: EnvoyOptions) -> list[dict[str, Any]]:
     filters = [_rate_limit(options)] if options.rate_limit > 0 else []
     if options.adaptive_concurrency:
         filters.append(_adaptive_concurrency(options))
+    if options.admission_control_aggression > 0:
+        filters.append(admission_control_filter(options))
     return filters
+
+
+def admission_control_filter(options: EnvoyOptions) -> dict[str, Any]:
+    """Envoy's admission control filter, also in the gateway manifests' admission-control patches.
+    The share of 429s among recent responses (the EPP's refusals, counted at the response
+    headers, so a long generation counts when it starts) becomes the share refused before ext_proc.
+    Its own refusals are not counted, so it settles where the EPP still refuses a part of what
+    reaches it (a proportional control: about a fifth of all refusals at twice the EPP's rate
+    with aggression 2, docs/benchmarks.md)."""
+    every_status_but_429 = [{"start": 100, "end": 429}, {"start": 430, "end": 600}]
+    return {
+        "name": "envoy.filters.http.admission_control",
+        "typed_config": _typed(
+            "envoy.extensions.filters.http.admission_control.v3.AdmissionControl",
+            success_criteria={"http_criteria": {"http_success_status": every_status_but_429}},
+            sampling_window=options.admission_control_window,
+            aggression={
+                "default_value": options.admission_control_aggression,
+                "runtime_key": "epp.admission",
+            },
+            # every 429 in the window counts (below 100 %, a share of them would be ignored), and
+            # at any request rate
+            sr_threshold={"default_value": {"value": 100.0}, "runtime_key": "epp.admission_threshold"},
+            rps_threshold={"default_value": 0, "runtime_key": "epp.admission_rps"},
+            max_rejection_probability={"default_value": {"value": 99.0}, "runtime_key": "epp.admission_max"},
+        ),
+    }
 
 
 def _adaptive_concurrency(options: EnvoyOptions) -> dict[str, Any]:
@@ -717,21 +759,6 @@ def _local_replies(options: EnvoyOptions) -> dict[str, Any]:
             both.append(also)
         return {"filter": {"and_filter": {"filters": both}}, "body_format_override": body}
 
-    def overflow(
-        message: str, kind: str, matcher: dict[str, Any], status: int = 503, limit: str | None = None
-    ) -> dict[str, Any]:
-        error = {"message": message, "type": f"{kind} - %RESPONSE_CODE_DETAILS%", "code": status}
-        headers = [("retry-after", "1")] if limit is None else [("retry-after", "1"), (LIMIT_HEADER, limit)]
-        return {
-            "filter": matcher,
-            "status_code": status,
-            "headers_to_add": [
-                {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
-                for key, value in headers
-            ],
-            "body_format_override": {"json_format": {"error": error}, "content_type": "application/json"},
-        }
-
     comparison = {"op": "EQ", "value": {"default_value": 429, "runtime_key": "epp.reply_429"}}
     rate_limited = {
         "and_filter": {"filters": [not_from_epp, {"status_code_filter": {"comparison": comparison}}]}
@@ -739,7 +766,7 @@ def _local_replies(options: EnvoyOptions) -> dict[str, Any]:
     # Neither of the gateway's 429s sets a response flag: the adaptive concurrency filter's details
     # name it (a CEL filter, evaluated only with the filter on), ...
     concurrency = [
-        overflow(
+        _limit_reply(
             LIMIT_MESSAGES["concurrency"],
             "ConcurrencyLimited",
             _details(CONCURRENCY_LIMITED),
@@ -747,19 +774,21 @@ def _local_replies(options: EnvoyOptions) -> dict[str, Any]:
             "concurrency",
         )
     ]
+    admission = [admission_control_reply()]
     # ext_proc's failures (status_on_error 503) have an empty body and no response flag.
     return {
         "mappers": [
             *(concurrency if options.adaptive_concurrency else []),
+            *(admission if options.admission_control_aggression > 0 else []),
             # ... and any other 429 not from the EPP (whose own carry its key) is the rate limit's.
-            overflow(
+            _limit_reply(
                 LIMIT_MESSAGES["rate"].format(rate=options.rate_limit),
                 "RateLimited",
                 rate_limited,
                 429,
                 "rate",
             ),
-            overflow(LIMIT_MESSAGES["pool"], "Overflow", {"response_flag_filter": {"flags": ["UO"]}}),
+            _limit_reply(LIMIT_MESSAGES["pool"], "Overflow", {"response_flag_filter": {"flags": ["UO"]}}),
             # The router's 503s (a reset, a refused connection) carry a response flag ...
             mapper("%LOCAL_REPLY_BODY%", 503, also={"response_flag_filter": {}}),
             # ... ext_proc's failures (status_on_error) and the fail-closed route's reply none.
@@ -770,6 +799,31 @@ def _local_replies(options: EnvoyOptions) -> dict[str, Any]:
             mapper("%LOCAL_REPLY_BODY%"),
         ]
     }
+
+
+def _limit_reply(
+    message: str, kind: str, matcher: dict[str, Any], status: int = 503, limit: str | None = None
+) -> dict[str, Any]:
+    """A local reply mapper: a limit's refusal as JSON naming it, with Retry-After (and LIMIT_HEADER)."""
+    error = {"message": message, "type": f"{kind} - %RESPONSE_CODE_DETAILS%", "code": status}
+    headers = [("retry-after", "1")] if limit is None else [("retry-after", "1"), (LIMIT_HEADER, limit)]
+    return {
+        "filter": matcher,
+        "status_code": status,
+        "headers_to_add": [
+            {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+            for key, value in headers
+        ],
+        "body_format_override": {"json_format": {"error": error}, "content_type": "application/json"},
+    }
+
+
+def admission_control_reply() -> dict[str, Any]:
+    """The admission control filter's refusal (Envoy's 503, which names it only in its details) as
+    a JSON 429 naming the limit. Also in the gateway manifests' admission-control patches."""
+    return _limit_reply(
+        LIMIT_MESSAGES["admission"], "AdmissionControl", _details(ADMISSION_REFUSED), 429, "admission"
+    )
 
 
 def _details(details: str) -> dict[str, Any]:
@@ -789,7 +843,11 @@ def _details(details: str) -> dict[str, Any]:
 LIMIT_HEADER = "x-gateway-limit"
 # The adaptive concurrency filter's response code details for a request it refused.
 CONCURRENCY_LIMITED = "reached_concurrency_limit"
+# The admission control filter's response code details for a request it refused.
+ADMISSION_REFUSED = "denied_by_admission_control"
 LIMIT_MESSAGES = {
+    "admission": "the gateway refused the request before the endpoint picker, as the endpoint picker "
+    "refused recent requests for overload (admission control); retry later",
     "concurrency": "the gateway's adaptive concurrency limit was reached (latency through the endpoint "
     "picker and the model servers rose above what it measured at low concurrency); retry later",
     "rate": "the gateway's limit of {rate} requests per second was reached (local rate limit before the "

@@ -391,6 +391,9 @@ class Stack:
             f"--endpoints-file={self.endpoints_file}",
             *([f"--envoy-eds-file={self.pool_eds_file}"] if eds else []),
             f"--ready-file={ready}",
+            # No drain window (the router's default is 30 s): nothing routes here by DNS or a
+            # Service, and the stack stops its processes within seconds. epp_args may set one.
+            "--drain-timeout=0s",
             *extra,
             *(settings if settings is not None else [*self.config.epp_args, *self._templated_config()]),
         )

@@ -253,7 +253,8 @@ async def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             await server.start()
             servers.append(server)
         args, env = deploy(docs, api, servers, tmp_path)
-        epp = ManagedProcess("epp", epp_command(*args), tmp_path / "epp.log", env=env)
+        # No drain window on stop (the charts leave the router's 30 s default).
+        epp = ManagedProcess("epp", epp_command(*args, "--drain-timeout=0s"), tmp_path / "epp.log", env=env)
         await epp.start()
         ports = await wait_until(ready_file_probe(tmp_path / "epp.ready.json"), "the EPP", STARTUP, [epp])
         yield case, Cluster(api, servers, epp, ports)

@@ -121,3 +121,61 @@ async def stat(client: httpx.AsyncClient, admin: str, name: str) -> int:
     text = (await client.get(f"{admin}/stats", params={"filter": f"^{name}$"})).text
     assert text.startswith(f"{name}: "), text
     return int(text.split(":")[1])
+
+
+async def test_admission_control_refuses_at_the_door_what_the_epp_refuses_and_lets_the_rest_through(
+    make_stack: StackFactory,
+) -> None:
+    # The EPP admits one stream at a time: while a long response holds it, the EPP refuses every new
+    # request itself (429), and Envoy's admission control, fed by those 429s, refuses the next ones
+    # before ext_proc; once the long response is over the EPP serves again and Envoy lets all through.
+    envoy = EnvoyOptions(
+        listen_port=0, admin_port=0, admission_control_aggression=1, admission_control_window="1s"
+    )
+    async with (
+        make_stack(
+            "admission", sims=1, sim_args=SLOW_SIM, epp_args=["--max-concurrent-streams=1"], envoy=envoy
+        ) as stack,
+        httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client,
+    ):
+        held = asyncio.ensure_future(client.post("/v1/completions", json={**LONG, "stream": False}))
+        await poll_stat(client, stack.admin_url, "cluster.pool.upstream_rq_active", 1)
+        streams = await stat(client, stack.admin_url, "http.gateway.ext_proc.streams_started")
+
+        refusals = [await client.post("/v1/completions", json=SHORT) for _ in range(40)]
+        assert {r.status_code for r in refusals} == {429}
+        at_the_door = [r for r in refusals if r.headers.get(LIMIT_HEADER) == "admission"]
+        by_the_epp = [r for r in refusals if LIMIT_HEADER not in r.headers]
+        assert len(at_the_door) + len(by_the_epp) == 40
+        assert by_the_epp[0] is refusals[0]  # nothing refused yet: the first reaches the EPP
+        assert "--max-concurrent-streams" in by_the_epp[0].json()["error"]["message"]
+        # each refusal at the door raises the share; with the EPP's refusals only, it stays above half
+        assert len(at_the_door) >= 20, (len(at_the_door), len(by_the_epp))
+        refused = at_the_door[0]
+        assert refused.headers["content-type"] == "application/json"
+        assert refused.headers["retry-after"] == "1"
+        error = refused.json()["error"]
+        assert error["message"] == LIMIT_MESSAGES["admission"]
+        assert error["type"] == "AdmissionControl - denied_by_admission_control"
+        assert error["code"] == 429
+        rejected = "http.gateway.admission_control.rq_rejected"
+        assert await stat(client, stack.admin_url, rejected) == len(at_the_door)
+        # only the EPP's 429s count as failures, not the filter's own refusals
+        failures = "http.gateway.admission_control.rq_failure"
+        assert await stat(client, stack.admin_url, failures) == len(by_the_epp)
+        # refused before ext_proc, and its response not sent to the EPP either
+        started = await stat(client, stack.admin_url, "http.gateway.ext_proc.streams_started")
+        assert started == streams + len(by_the_epp)
+
+        held.cancel()
+        await poll_stat(client, stack.admin_url, "cluster.pool.upstream_rq_active", 0)
+        # the 429s leave the window: every request is served again (refusals meanwhile are Envoy's
+        # or the EPP's 429s, never a failure)
+        served = 0
+        for _ in range(2000):
+            response = await client.post("/v1/completions", json=SHORT)
+            assert response.status_code in (200, 429), response.text
+            served = served + 1 if response.status_code == 200 else 0
+            if served == 20:
+                break
+        assert served == 20

@@ -44,6 +44,7 @@ async def test_serve_takes_its_endpoints_from_the_file_and_follows_it(tmp_path: 
         "--grpc-health-port=0",
         "--metrics-port=0",
         "--secure-serving=false",
+        "--drain-timeout=0s",
         f"--ready-file={tmp_path / 'ready.json'}",
     ]
     epp = ManagedProcess("epp", epp_command(*args), tmp_path / "epp.log")

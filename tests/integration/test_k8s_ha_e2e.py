@@ -50,6 +50,7 @@ class Replica:
             "--metrics-port=0",
             f"--config-text={NO_SCRAPING}",
             "--shutdown-grace=1s",
+            "--drain-timeout=0s",
             "--ha-enable-leader-election",
             f"--ha-lease-duration={lease_seconds}s",
             f"--ha-renew-deadline={lease_seconds / 2}s",

@@ -32,7 +32,13 @@ from epp.sidecar.cli import options_from_args as sidecar_options
 from epp.sidecar.hostport import HostPort
 from epp.sidecar.options import SidecarOptions
 from epp.sidecar.poolsource import PoolSource
-from epp.stack.envoy import DEFAULT_ALLOWED_PATHS, EnvoyOptions, render_bootstrap
+from epp.stack.envoy import (
+    DEFAULT_ALLOWED_PATHS,
+    EnvoyOptions,
+    admission_control_filter,
+    admission_control_reply,
+    render_bootstrap,
+)
 from epp.stack.processes import wait_until
 from tests.integration.test_sidecar_pool_e2e import SIDECAR_RULES
 from tests.k8s_double import LEASES, PODS, POOLS_V1, SERVICE_ACCOUNT, ApiServerDouble, Resource
@@ -468,6 +474,27 @@ def test_agentgateway_reaches_the_epp_in_plaintext() -> None:
 def test_the_standalone_envoy_bootstrap_is_the_rendered_one() -> None:
     checked_in = yaml.safe_load((ROOT / "gateway-api/envoy-standalone.yaml").read_text())
     assert checked_in == render_bootstrap(EnvoyOptions())
+
+
+def test_the_gateways_admission_control_patches_are_the_bootstraps() -> None:
+    """Opt-in files, outside the kustomizations: the same filter, first in the chain (before the
+    ext_proc filter), and the same JSON 429, as `epp run --admission-control 2`."""
+    rendered = admission_control_filter(EnvoyOptions(admission_control_aggression=2))
+    (istio,) = yaml.safe_load_all((ROOT / "gateway-api/istio/admission-control.yaml").read_text())
+    first, replies = istio["spec"]["configPatches"]
+    assert (first["applyTo"], first["patch"]["operation"]) == ("HTTP_FILTER", "INSERT_FIRST")
+    assert first["patch"]["value"] == rendered
+    assert replies["patch"]["value"]["typed_config"]["local_reply_config"] == {
+        "mappers": [admission_control_reply()]
+    }
+    (envoy_gateway,) = yaml.safe_load_all(
+        (ROOT / "gateway-api/envoy-gateway/admission-control.yaml").read_text()
+    )
+    inserted, reply = (p["operation"] for p in envoy_gateway["spec"]["jsonPatches"])
+    assert inserted["path"].endswith("/http_filters/0") and inserted["value"] == rendered
+    assert reply["value"] == {"mappers": [admission_control_reply()]}
+    for spec in (istio["spec"]["targetRefs"][0], envoy_gateway["spec"]["targetRef"]):
+        assert spec["name"] == one(RENDERED["gateway-api/istio"], "Gateway")["metadata"]["name"]
 
 
 def pod_specs() -> Iterator[Doc]:

@@ -57,6 +57,7 @@ class PoolStack(Stack):
             "--grpc-health-port=0",
             "--metrics-port=0",
             "--served-header=x-epp-destination",
+            "--drain-timeout=0s",
             f"--envoy-eds-file={self.pool_eds_file}",  # Envoy's pool, from the InferencePool's pods
             f"--ready-file={ready}",
         )

@@ -135,6 +135,24 @@ async def test_other_targets_get_the_ssrf_refusal(rig: Rig, http: aiohttp.Client
     assert (await sim_stats(http, rig.decode))["requests"] == decode_before["requests"], "not decoded either"
 
 
+async def test_a_pod_just_made_ready_is_prefilled_on_before_the_watch_tells(
+    rig: Rig, http: aiohttp.ClientSession
+) -> None:
+    """The EPP can pick a pod the moment it turns Ready, before the sidecar's own watch has said
+    so: the sidecar waits a little for its watch instead of answering 403. Here the watch lags
+    0.2 s and the request goes out at once."""
+    rig.api.watch_delay = 0.2
+    try:
+        rig.api.update(PODS, "rogue-0", lambda p: p["status"]["conditions"][0].update(status="True"))
+        status, reply = await prefill_via(rig, http, rig.rogue.hostport)
+        assert status == 200, reply
+        assert rig.rogue.requests == 1
+    finally:
+        rig.api.watch_delay = 0.0
+        rig.api.update(PODS, "rogue-0", lambda p: p["status"]["conditions"][0].update(status="False"))
+    await until_status(rig, http, rig.rogue.hostport, refused=True, what="the pod no longer Ready")
+
+
 async def test_the_allowlist_follows_the_pool_through_the_watch(
     rig: Rig, http: aiohttp.ClientSession
 ) -> None:

@@ -21,8 +21,9 @@ What it implements, as the real server does:
 - custom resources checked against GIE's CRD schemas (tests/data/upstream/crds/) when stored (apply raises).
 
 And the failures a test needs to inject: `expire_watches()` (410 on open watches),
-`drop_watches()` (connections cut mid-stream, no final chunk), `compact()`, and `hold()` to
-keep a list waiting; `review_failures` to make the next reviews answer 500."""
+`drop_watches()` (connections cut mid-stream, no final chunk), `compact()`, `hold()` to
+keep a list waiting, and `watch_delay` to deliver each watch event that many seconds late (a
+lagging watch cache); `review_failures` to make the next reviews answer 500."""
 
 from __future__ import annotations
 
@@ -205,6 +206,7 @@ class ApiServerDouble:
         self.users: dict[str, User] = {TOKEN: User(SERVICE_ACCOUNT, "sa-uid")}
         self.non_resource_grants: set[tuple[str, str, str]] = set()
         self.review_failures = 0  # the next N reviews answer 500
+        self.watch_delay = 0.0  # seconds each watch event is held before it is sent
         self.requests: list[RequestRecord] = []
         self._objects: dict[Resource, dict[tuple[str, str], Object]] = {r: {} for r in ALL_RESOURCES}
         self._history: list[Event] = []
@@ -572,6 +574,8 @@ class ApiServerDouble:
                         return response
                     line = item if isinstance(item, dict) else self._event_line(item, query)
                     if line is not None:
+                        if self.watch_delay:
+                            await asyncio.sleep(self.watch_delay)
                         await response.write(orjson.dumps(line) + b"\n")
                     if isinstance(item, dict) and item["type"] == "ERROR":
                         break

@@ -167,6 +167,7 @@ async def running_picker(*argv: str) -> serve.EndpointPicker:
         "--grpc-health-port=0",
         "--metrics-port=0",
         "--secure-serving=false",
+        "--drain-timeout=0s",
     ]
     picker = serve.EndpointPicker(serve.options_from_args(parse_args([*base, *argv])))
     await picker.start()

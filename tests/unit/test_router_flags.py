@@ -73,12 +73,32 @@ async def test_drain_timeout_keeps_serving_new_streams_while_reporting_not_servi
         await check(port, EXT_PROC)
 
 
-def test_drain_timeout_takes_go_durations_and_defaults_to_none() -> None:
+async def test_a_start_that_failed_stops_without_the_drain_window() -> None:
+    """The default 30 s window is for clients of a picker that served; one whose port was taken
+    served no one and stops at once (the router likewise skips its drain when its manager fails)."""
+    holder = await running_picker("--endpoint=127.0.0.1:1")
+    try:
+        argv = ["--endpoint=127.0.0.1:1", "--host=127.0.0.1", f"--grpc-port={holder.grpc_port}"]
+        options = serve.options_from_args(parse_args(argv))
+        assert options.drain_window == 30
+        picker = serve.EndpointPicker(options)
+        with pytest.raises(RuntimeError, match="Failed to bind"):  # grpc.aio's own error
+            await picker.start()
+        stopping = asyncio.ensure_future(picker.stop())
+        done, _ = await asyncio.wait([stopping], timeout=options.drain_window / 2)
+        assert done, "the failed start waited out the drain window"
+        await stopping
+    finally:
+        await holder.stop()
+
+
+def test_drain_timeout_takes_go_durations_and_defaults_to_the_routers_30s() -> None:
     def window(*argv: str) -> float:
         return serve.options_from_args(parse_args(["--endpoint=127.0.0.1:1", *argv])).drain_window
 
-    assert window() == 0
-    assert window("--drain-timeout=30s") == 30
+    assert window() == 30  # the router's DefaultDrainTimeout
+    assert window("--drain-timeout=0s") == 0
+    assert window("--drain-timeout=1m") == 60
     with pytest.raises(ValueError, match=r"^--drain-timeout: invalid duration '-1s'"):
         window("--drain-timeout=-1s")
 

@@ -218,6 +218,7 @@ async def test_epp_serve_reloads_its_ext_proc_certificate(tmp_path: Path) -> Non
             "--metrics-port=0",
             f"--cert-path={tmp_path}",
             "--enable-cert-reload",
+            "--drain-timeout=0s",
         ]
     )
     options = serve.options_from_args(args)

@@ -29,7 +29,9 @@ spec: {priority: -1}
 
 
 def serve_args(*extra: str) -> argparse.Namespace:
-    return build_parser("serve").parse_args(["serve", "--endpoint", "127.0.0.1:8000", *extra])
+    """`epp serve` with one endpoint and no drain window on stop (the router's default is 30 s)."""
+    argv = ["serve", "--endpoint", "127.0.0.1:8000", "--drain-timeout=0s", *extra]
+    return build_parser("serve").parse_args(argv)
 
 
 def test_config_text_and_objectives_file_reach_the_director(tmp_path: Path) -> None:

@@ -237,7 +237,7 @@ async def test_a_scrape_given_up_while_its_page_waits_to_be_inflated_is_not_infl
     response = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(page)
     handler, _ = answering(response + page, response + page)
     busy = threading.Event()
-    blocker = fetch._inflating().submit(busy.wait, 30)  # the thread, taken
+    blocker = fetch.page_worker().submit(busy.wait, 30)  # the thread, taken
     async with raw_server(handler) as port:
         getter = KeepAliveGetter("127.0.0.1", port, "/metrics")
         try:

@@ -59,6 +59,7 @@ async def start_picker(api: ApiServerDouble, kubeconfig: Path) -> AsyncIterator[
             leader_election=timing,
             config=config or load_config(NO_SCRAPING),
             shutdown_grace=1.0,
+            drain_window=0.0,
         )
         picker = serve.EndpointPicker(options)
         started.append(picker)

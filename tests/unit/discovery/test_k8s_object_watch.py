@@ -129,6 +129,7 @@ def options(kubeconfig: Path, **changes: object) -> serve.ServeOptions:
         "kubeconfig": kubeconfig,
         "config": load_config(SCREENED),
         "shutdown_grace": 0.5,
+        "drain_window": 0.0,
         **changes,
     }
     return serve.ServeOptions(**settings)  # type: ignore[arg-type]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from collections.abc import AsyncIterator
 from typing import Any
 
 from epp.extproc import server
 from epp.extproc.pb import ext_proc
-from epp.extproc.server import _message_or_eviction
+from epp.extproc.server import Evicted, _message_or_eviction
 
 
 class Incoming:
@@ -67,5 +68,18 @@ async def test_an_eviction_first_leaves_the_read_to_end_with_the_stream() -> Non
     incoming = Incoming()
     eviction: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     eviction.set_result(None)
-    assert await _message_or_eviction(incoming, eviction) is None
+    assert await _message_or_eviction(incoming, eviction) is Evicted.FIRST
     await left_to_end(incoming)
+
+
+async def test_the_streams_end_with_the_eviction_is_the_end_not_an_eviction() -> None:
+    """Envoy's half-close and the eviction in the same instant: the request is over."""
+
+    async def ended() -> AsyncIterator[ext_proc.ProcessingRequest]:
+        eviction.set_result(None)
+        return
+        yield
+
+    eviction: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    assert await _message_or_eviction(ended(), eviction) is None
+    assert eviction.done()

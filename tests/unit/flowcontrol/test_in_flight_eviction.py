@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import cast
 
 import grpc
 import orjson
@@ -15,11 +16,17 @@ import pytest
 
 from epp.config.loader import load_config
 from epp.extproc import server as extproc_server
+from epp.extproc.pb import ext_proc
+from epp.extproc.server import ExternalProcessor
+from epp.extproc.stream import StreamOptions
 from epp.flowcontrol.reclamation import LEADING_SENSOR_GRACE
+from tests.unit.extproc.test_stream_end import Context
 from tests.unit.flowcontrol.flow_helpers import flow_control_config
 from tests.unit.flowcontrol.test_flow_control import (
     Harness,
+    body_msg,
     finish,
+    headers_msg,
     make_harness,
     read,
     response_headers,
@@ -164,3 +171,33 @@ async def test_a_streamed_response_half_closed_waits_for_the_reset_evictable_or_
     assert not done, "the stream sent its status before the gateway could reset it"
     assert harness.datastore.get("a").inflight_requests == 0  # type: ignore[union-attr]
     assert await asyncio.wait_for(status, timeout=5.0) == grpc.StatusCode.OK
+
+
+async def test_an_eviction_landing_with_the_streams_end_is_not_answered(harness: Harness) -> None:
+    """Envoy half-closes a streamed response's stream when the response ends (the EPP asked it to
+    skip the chunks), and flow control evicts the request in that same instant: the request is
+    over, so the stream answers no 429 into its end; the eviction is confirmed by that end and
+    the endpoint's load is released once."""
+    reclamation = harness.flow_control.reclamation
+    assert reclamation is not None
+    evictor = reclamation.evictor
+    evicted: list[str] = []
+
+    async def envoy() -> AsyncIterator[ext_proc.ProcessingRequest]:
+        yield headers_msg({"x-gateway-inference-objective": "batch", "x-request-id": "r1"})
+        yield body_msg(orjson.dumps({"model": "m", "prompt": "hi"}))
+        yield response_headers(b"text/event-stream")
+        # The dispatch loop's decision (saturation 1.0 over a ceiling of 0.5), then the end.
+        evicted.extend(reclamation.reclaim(1.0, 0.5, 100))
+
+    context = Context()
+    handler = ExternalProcessor(harness.director, StreamOptions()).Process(
+        envoy(), cast(grpc.aio.ServicerContext, context)
+    )
+    await asyncio.wait_for(handler, timeout=5.0)
+    replies = [context.sent.get_nowait().WhichOneof("response") for _ in range(context.sent.qsize())]
+    assert evicted == ["r1"], "the eviction did land on the routed request"
+    assert replies == ["request_headers", "request_body", "response_headers"]
+    assert harness.datastore.get("a").inflight_requests == 0  # type: ignore[union-attr]
+    assert evictor.in_flight == {} and evictor.evictable == 0
+    assert revocations(harness, "confirmed") == 1.0

@@ -63,6 +63,7 @@ async def test_tracing_is_set_up_at_start_and_shut_down_at_stop(monkeypatch: pyt
         "--metrics-port=0",
         "--secure-serving=false",
         "--shutdown-grace=0s",
+        "--drain-timeout=0s",
     )
     try:
         await built.start()

@@ -171,7 +171,7 @@ def options(tmp_path: Path, *argv: str, watch: bool = True) -> serve.ServeOption
     conf = tmp_path / "config.yaml"
     conf.write_text(config(str(tmp_path / "endpoints.yaml"), watch))
     base = ["--host=127.0.0.1", "--grpc-port=0", "--grpc-health-port=0", "--metrics-port=0"]
-    argv = (*base, "--secure-serving=false", f"--config-file={conf}", *argv)
+    argv = (*base, "--secure-serving=false", "--drain-timeout=0s", f"--config-file={conf}", *argv)
     return serve.options_from_args(parse_args(list(argv)))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,43 @@ def test_allowlist_checks_host_and_port() -> None:
     assert allowlist.allows(HostPort.parse("[fd00:0::1]:8000"))
     assert not allowlist.allows(HostPort.parse("10.0.0.1:8200")), "another port of a pool pod"
     assert not allowlist.allows(HostPort.parse("10.0.0.2:8000"))
+
+
+async def test_a_miss_waits_for_the_next_change_that_allows_it() -> None:
+    """Many concurrent misses share one wait; each is admitted as soon as a change allows it."""
+    allowlist = AllowList(catch_up=30.0)
+    allowlist.replace(["10.0.0.1:8000"])
+    late = HostPort.parse("10.0.0.2:8000")
+    waiting = [asyncio.create_task(allowlist.admits(late)) for _ in range(50)]
+    await asyncio.sleep(0)
+    assert allowlist._next_change is not None, "the misses wait on one shared change"
+    allowlist.replace(["10.0.0.3:8000"])  # a change that does not allow it: they keep waiting
+    await asyncio.sleep(0)
+    assert not any(task.done() for task in waiting)
+    allowlist.replace(["10.0.0.2:8000"])
+    assert await asyncio.wait_for(asyncio.gather(*waiting), 5) == [True] * 50
+
+
+async def test_a_target_never_reported_is_refused_after_the_catch_up() -> None:
+    allowlist = AllowList(catch_up=0.05)
+    allowlist.replace(["10.0.0.1:8000"])
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    first, second = await asyncio.gather(
+        allowlist.admits(HostPort.parse("10.0.0.9:8000")), allowlist.admits(HostPort.parse("10.0.0.9:8000"))
+    )
+    assert (first, second) == (False, False)
+    assert loop.time() - started >= 0.05
+    allowlist.replace(["10.0.0.9:8000"])  # the shared future a timed-out waiter left is still usable
+    assert await allowlist.admits(HostPort.parse("10.0.0.9:8000"))
+
+
+async def test_without_catch_up_a_miss_is_refused_at_once() -> None:
+    allowlist = AllowList()
+    allowlist.replace(["10.0.0.1:8000"])
+    assert await allowlist.admits(HostPort.parse("10.0.0.1:8000"))
+    assert not await allowlist.admits(HostPort.parse("10.0.0.2:8000"))
+    assert allowlist._next_change is None
 
 
 def test_replace_swaps_the_whole_set_and_skips_malformed_entries() -> None:

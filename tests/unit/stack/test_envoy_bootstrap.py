@@ -174,6 +174,7 @@ def test_fail_open_needs_buffered_mode_and_fallback_endpoints() -> None:
         EnvoyOptions(adaptive_concurrency=True),
         EnvoyOptions(adaptive_concurrency=True, rate_limit=100, body_mode="full-duplex"),
         EnvoyOptions(adaptive_concurrency=True, adaptive_concurrency_latency="0.1s"),
+        EnvoyOptions(admission_control_aggression=3, rate_limit=100),
     ],
 )
 def test_envoy_accepts_every_variant(options: EnvoyOptions, tmp_path: Path) -> None:
@@ -348,3 +349,32 @@ def test_epp_run_adaptive_concurrency_is_opt_in() -> None:
     assert (target.adaptive_concurrency, target.adaptive_concurrency_latency) == (True, "0.1s")
     with pytest.raises(ValueError, match="adaptive_concurrency_min must be at least 1"):
         EnvoyOptions(adaptive_concurrency=True, adaptive_concurrency_min=0)
+
+
+def test_admission_control_counts_429s_only_and_comes_before_ext_proc() -> None:
+    assert "admission_control" not in str(render_bootstrap(EnvoyOptions()))  # off by default
+    options = EnvoyOptions(admission_control_aggression=3, admission_control_window="5s")
+    assert filter_names(options) == [
+        "envoy.filters.http.admission_control",
+        EXT_PROC_FILTER,
+        "envoy.filters.http.router",
+    ]
+    config = manager(render_bootstrap(options))["http_filters"][0]["typed_config"]
+    successes = config["success_criteria"]["http_criteria"]["http_success_status"]
+    assert successes == [{"start": 100, "end": 429}, {"start": 430, "end": 600}]  # end exclusive
+    assert (config["aggression"]["default_value"], config["sampling_window"]) == (3, "5s")
+    replies = manager(render_bootstrap(options))["local_reply_config"]["mappers"]
+    assert [m["status_code"] for m in replies if "admission" in str(m.get("headers_to_add"))] == [429]
+    for bad in (0.5, -1, 101):
+        with pytest.raises(ValueError, match="admission_control_aggression must be 0"):
+            EnvoyOptions(admission_control_aggression=bad)
+
+
+def test_epp_run_sets_the_gateways_rate_limit_and_admission_control() -> None:
+    defaults = envoy_options(build_parser("run").parse_args(["run"]))
+    assert (defaults.rate_limit, defaults.admission_control_aggression) == (0, 0)
+    args = build_parser("run").parse_args(["run", "--rate-limit=800", "--admission-control=3"])
+    assert (envoy_options(args).rate_limit, envoy_options(args).admission_control_aggression) == (800, 3)
+    for bad in (["--rate-limit=-1"], ["--rate-limit=fast"], ["--admission-control=0.5"]):
+        with pytest.raises(SystemExit):
+            build_parser("run").parse_args(["run", *bad])
