@@ -1,3 +1,4 @@
-from array import array
+from collections.abc import Sequence
+from typing import SupportsIndex
 
-def cbor_fnv_keys(data: array[int] | bytes, block_size: int, parent: int, /) -> list[int]: ...
+def cbor_fnv_keys(tokens: Sequence[SupportsIndex], block_size: int, parent: int, /) -> list[int]: ...

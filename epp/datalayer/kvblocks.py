@@ -168,7 +168,7 @@ class TokenProcessor:
                 out.append(prefix)
             return out
         if self._compiled is not None:
-            return self._compiled(array("I", tokens[: count * size]), size, prefix)
+            return self._compiled(tokens, size, prefix)  # full blocks only, read from the list in place
         memo = self._memo
         data = array("I", tokens[: count * size]).tobytes()
         step = 4 * size
@@ -383,8 +383,13 @@ class KVBlockIndexBase(ABC):
         self._speculative: dict[int, dict[str, float]] = {}
         self._guessed_keys: dict[str, set[int]] = {}  # pod -> the keys it holds in `_speculative`
         self._expiries: deque[tuple[float, Sequence[int], str]] = deque()
-        # pod -> {key: requests in flight pinning it}: per pod, so counting a key makes no tuple
+        # pod -> {key: requests in flight pinning it} for the pinned entries (expiry infinite): a
+        # key the pod pins already is counted here alone, without touching `_speculative`
         self._pins: dict[str, dict[int, int]] = {}
+        # the same for pins whose entry ended before them (a KV event confirmed its block, the
+        # pod was forgotten, `add_speculative` gave it an expiry): the last one's release is
+        # still counted, and a new pin of the key starts from their count
+        self._orphan_pins: dict[str, dict[int, int]] = {}
 
     def pods(self) -> list[str]:
         """The pods whose events this index applied (and not cleared since)."""
@@ -591,23 +596,45 @@ class KVBlockIndexBase(ABC):
 
     def _guess(self, keys: Sequence[int], pod: str, expiry: float) -> None:
         speculative = self._speculative
+        pinned = self._pins.get(pod)
         for key in keys:
+            if pinned and (count := pinned.pop(key, None)) is not None:
+                self._orphan(pod, key, count)  # an expiry replaces the pinned entry
             holders = speculative.get(key)
             if holders is None:
                 speculative[key] = {pod: expiry}
             else:
                 holders[pod] = expiry
+        if pinned is not None and not pinned:
+            del self._pins[pod]
+        self._track_guessed(pod, keys)
+
+    def _track_guessed(self, pod: str, keys: Iterable[int]) -> None:
+        """`keys` are in `_speculative` for `pod` now."""
         guessed = self._guessed_keys.get(pod)
         if guessed is None:
             self._guessed_keys[pod] = set(keys)
         else:
             guessed.update(keys)
 
+    def _orphan(self, pod: str, key: int, count: int) -> None:
+        """`count` requests in flight pin `key` on `pod`, whose pinned entry ended."""
+        orphans = self._orphan_pins.get(pod)
+        if orphans is None:
+            self._orphan_pins[pod] = {key: count}
+        else:
+            orphans[key] = count
+
     def _unguess(self, key: int, pod: str, holders: dict[str, float]) -> None:
         """`pod` no longer holds `key` speculatively (`holders` is the key's entry, `pod` in it)."""
         del holders[pod]
         if not holders:
             del self._speculative[key]
+        pinned = self._pins.get(pod)
+        if pinned and (count := pinned.pop(key, None)) is not None:
+            self._orphan(pod, key, count)
+            if not pinned:
+                del self._pins[pod]
         guessed = self._guessed_keys[pod]
         guessed.discard(key)
         if not guessed:
@@ -622,35 +649,61 @@ class KVBlockIndexBase(ABC):
             del holders[pod]
             if not holders:
                 del speculative[key]
+        pinned = self._pins.pop(pod, None)
+        if pinned:
+            self._orphan_pins.setdefault(pod, {}).update(pinned)
 
     def pin_speculative(self, keys: Sequence[int], pod: str) -> None:
         """`pod` is about to compute `keys` for a request: count them as held until its KV events
         store them or, failing that, until `release_speculative` for every request pinning them.
         A running request's blocks cannot be evicted, so the entry is true while it runs."""
-        self._guess(keys, pod, _PINNED)
-        pins = self._pins.get(pod)
-        if pins is None:
-            pins = self._pins[pod] = {}
+        pinned = self._pins.get(pod)
+        if pinned is None:
+            pinned = self._pins[pod] = {}
+        orphans = self._orphan_pins.get(pod)
+        speculative = self._speculative
+        fresh: list[int] = []
         for key in keys:
-            pins[key] = pins.get(key, 0) + 1
+            count = pinned.get(key)
+            if count is not None:  # pinned already (a shared prefix): one more request
+                pinned[key] = count + 1
+                continue
+            pinned[key] = (orphans.pop(key, 0) if orphans else 0) + 1
+            holders = speculative.get(key)
+            if holders is None:
+                speculative[key] = {pod: _PINNED}
+            else:
+                holders[pod] = _PINNED
+            fresh.append(key)
+        if fresh:
+            self._track_guessed(pod, fresh)
+        if not pinned:  # no keys
+            del self._pins[pod]
+        if orphans is not None and not orphans:
+            del self._orphan_pins[pod]
 
     def release_speculative(self, keys: Sequence[int], pod: str, expiry: float) -> None:
         """A request that pinned `keys` on `pod` ended: the entries no other request pins and no
         KV event confirmed end at `expiry` (a grace for events still on their way)."""
         speculative = self._speculative
-        pins = self._pins.get(pod, {})
+        pinned = self._pins.get(pod) or {}
+        orphans = self._orphan_pins.get(pod)
         released = False
         for key in keys:
-            count = pins.pop(key, 0) - 1
-            if count > 0:
-                pins[key] = count
-                continue
-            holders = speculative.get(key)
-            if holders is not None and holders.get(pod) == _PINNED:
-                holders[pod] = expiry
+            count = pinned.get(key)
+            if count is None:  # its entry ended before this request
+                if orphans and (left := orphans.pop(key, 0) - 1) > 0:
+                    orphans[key] = left
+            elif count > 1:
+                pinned[key] = count - 1
+            else:  # the last request pinning it: the entry expires
+                del pinned[key]
+                speculative[key][pod] = expiry
                 released = True
-        if not pins:
+        if not pinned:
             self._pins.pop(pod, None)
+        if orphans is not None and not orphans:
+            del self._orphan_pins[pod]
         if released:
             self._expiries.append((expiry, keys, pod))
 

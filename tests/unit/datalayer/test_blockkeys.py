@@ -1,6 +1,7 @@
 """The precise index's `cbor-fnv` keys in C (`_blockkeys.c`) against the Python chain they
 replace: tokens at every CBOR head width (up to 2**32 - 1), parents at the ends of 64 bits, block
-sizes whose CBOR array head is one, two or three bytes, partial trailing blocks, empty prompts.
+sizes whose CBOR array head is one, two or three bytes, partial trailing blocks, empty prompts;
+and the token sequences it reads in place.
 Skipped when the extension is not built."""
 
 from __future__ import annotations
@@ -44,14 +45,27 @@ def test_out_of_range_tokens_fail_as_the_python_chain_does() -> None:
 
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="block_size must be positive"):
-        cbor_fnv_keys(b"\0" * 8, 0, 1)
-    with pytest.raises(ValueError, match="whole 32-bit tokens"):
-        cbor_fnv_keys(b"\0" * 7, 1, 1)
+        cbor_fnv_keys([0, 0], 0, 1)
+    with pytest.raises(TypeError, match="sequence of integers"):
+        cbor_fnv_keys(5, 1, 1)
+    with pytest.raises(TypeError):
+        cbor_fnv_keys([1, 2.0], 1, 1)
     with pytest.raises(OverflowError):
-        cbor_fnv_keys(b"", 1, -1)
+        cbor_fnv_keys([], 1, -1)
     with pytest.raises(OverflowError):
-        cbor_fnv_keys(b"", 1, 2**64)
-    assert cbor_fnv_keys(b"\0" * 12, 4, 0) == []
+        cbor_fnv_keys([], 1, 2**64)
+    assert cbor_fnv_keys([0, 0, 0], 4, 0) == []
+
+
+def test_tokens_are_read_from_any_sequence_of_integers() -> None:
+    """A list or tuple in place, other sequences (an array, numpy's integers) as array('I') reads
+    them; only full blocks are read, so a bad token in the partial tail is not looked at."""
+    expected = TokenProcessor(2, compiled=False).keys([1, 2, 3, 4], "model", 7)
+    for tokens in ([1, 2, 3, 4], (1, 2, 3, 4), array("I", [1, 2, 3, 4]), [True, 2, 3, 4]):
+        assert cbor_fnv_keys(tokens, 2, 7) == expected
+    assert cbor_fnv_keys([1, 2, 3, 4, -1], 2, 7) == expected
+    numpy = pytest.importorskip("numpy")
+    assert cbor_fnv_keys(numpy.array([1, 2, 3, 4], dtype=numpy.int64), 2, 7) == expected
 
 
 @pytest.mark.parametrize("size", [65535, 65536, 70001])
@@ -66,8 +80,6 @@ def test_block_sizes_whose_array_head_is_three_or_five_bytes(size: int) -> None:
 def test_a_huge_block_size_yields_no_key_and_reads_nothing_past_the_data() -> None:
     assert cbor_fnv_keys(array("I", [1, 2, 3]), 2**62, 0) == []
     with pytest.raises(OverflowError):
-        cbor_fnv_keys(b"", 2**63, 0)
+        cbor_fnv_keys([], 2**63, 0)
     with pytest.raises(TypeError):
-        cbor_fnv_keys(b"", 1, 1.0)
-    with pytest.raises(TypeError):
-        cbor_fnv_keys([1, 2], 1, 0)  # a list, not a buffer
+        cbor_fnv_keys([], 1, 1.0)
