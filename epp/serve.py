@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -54,7 +55,7 @@ from epp.readyfile import write_ready_file
 from epp.replicas import ReplicaState
 from epp.replicas import flags as replica_flags
 from epp.requestcontrol.model_rewrite import ModelRewrite
-from epp.signals import stop_event
+from epp.signals import on_stop_signal, stop_event
 from epp.tasks import cancel_and_wait
 from epp.tls import parse_bool
 
@@ -207,6 +208,7 @@ class EndpointPicker:
         self._servers: list[grpc.aio.Server] = []
         self._stopping = False
         self._serving = False  # start() completed: a stop drains (--drain-timeout) only then
+        self._drain_cut = asyncio.Event()  # set by end_drain(): the drain window ends now
         self.elector: election.LeaderElector | None = None
         self._kube: ApiClient | None = None  # for leader election and metrics auth (discovery has its own)
         self.certificate = tls.ServingCertificate(options.tls_options)
@@ -332,6 +334,12 @@ class EndpointPicker:
             len(self.datastore.endpoints()),
         )
 
+    def end_drain(self) -> None:
+        """End the drain window now (a second SIGINT/SIGTERM, as the router's second signal)."""
+        if self._stopping and not self._drain_cut.is_set():
+            log.info("stop signal during the drain window: ending it now")
+        self._drain_cut.set()
+
     async def stop(self) -> None:
         """Report NOT_SERVING, then let in-flight requests finish for up to the shutdown grace: an
         ext_proc stream lives as long as its response, so stopping at once would cut generations."""
@@ -347,7 +355,8 @@ class EndpointPicker:
             # still get their new streams served during the window. A start that failed has
             # served no one: it stops at once, as the router does when its manager fails.
             log.info("draining: still serving ext_proc for %gs (--drain-timeout)", self.options.drain_window)
-            await asyncio.sleep(self.options.drain_window)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drain_cut.wait(), self.options.drain_window)
         await asyncio.gather(*(server.stop(self.options.shutdown_grace) for server in self._servers))
         log.info("drained: ext_proc stopped")
         if self.director.flow_control is not None:
@@ -775,6 +784,7 @@ async def serve_until_signalled(picker: EndpointPicker) -> None:
         signalled.cancel()
         failed.cancel()
     finally:
+        on_stop_signal(picker.end_drain)  # a second signal: stop without the rest of the window
         await picker.stop()
 
 

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,30 @@ def test_serve_without_uvloop_installed_exits_2_saying_so(
     with caplog.at_level(logging.ERROR, logger=serve.log.name):
         assert serve.run(args) == 2
     assert "--event-loop uvloop: uvloop is not installed" in caplog.text
+
+
+class _SignalAtDrain(logging.Handler):
+    """Sends the process a second SIGTERM when the drain window starts (a user's second Ctrl-C)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("draining:"):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_second_signal_ends_the_drain_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the router's 30 s drain by default, a second SIGINT/SIGTERM (Ctrl-C again) stops at
+    once, as the router's second signal does, instead of waiting out the window."""
+    ports = ("--grpc-port=0", "--grpc-health-port=0", "--metrics-port=0", "--host=127.0.0.1")
+    args = serve_args("--config-text", CONFIG, *ports, "--drain-timeout=30s")
+    monkeypatch.setattr(serve, "freeze_startup_objects", lambda: os.kill(os.getpid(), signal.SIGTERM))
+    handler = _SignalAtDrain()
+    serve.log.addHandler(handler)
+    level = serve.log.level
+    serve.log.setLevel(logging.INFO)
+    try:
+        started = time.monotonic()
+        assert serve.run(args) == 0
+        assert time.monotonic() - started < 15
+    finally:
+        serve.log.removeHandler(handler)
+        serve.log.setLevel(level)
