@@ -350,10 +350,11 @@ class EndpointPicker:
         )
         if self.elector is not None:
             await self.elector.stop()  # release first: a standby takes over while this one drains
-        if self.options.drain_window > 0 and self._serving:
+        if self.options.drain_window > 0 and self._serving and not self.failed.is_set():
             # As llm-d's router: clients that have not yet seen NOT_SERVING (or a DNS refresh)
             # still get their new streams served during the window. A start that failed has
-            # served no one: it stops at once, as the router does when its manager fails.
+            # served no one, and a lost lease is no longer this replica's to serve: it stops at
+            # once, as the router does when its manager fails (leader election lost included).
             log.info("draining: still serving ext_proc for %gs (--drain-timeout)", self.options.drain_window)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drain_cut.wait(), self.options.drain_window)
