@@ -292,10 +292,11 @@ def _http_filters(options: EnvoyOptions, cluster: str = "epp") -> list[dict[str,
     return [*admission, _skipped_on_refusals(ext_proc), router]
 
 
-def _skipped_on_refusals(ext_proc: dict[str, Any]) -> dict[str, Any]:
-    """ext_proc that leaves alone a response carrying LIMIT_HEADER. Envoy passes a local reply
+def _skipped_on_refusals(extension: dict[str, Any]) -> dict[str, Any]:
+    """A filter that leaves alone a response carrying LIMIT_HEADER. Envoy passes a local reply
     through every encoder filter, so without this a refusal before ext_proc would still open an
-    ext_proc stream for its response headers and wait in the EPP's queue for the answer."""
+    ext_proc stream for its response headers and wait in the EPP's queue for the answer, and the
+    admission control filter would count the rate limit's 429s as the EPP's."""
     skip_when_refused = {
         "matcher_list": {
             "matchers": [
@@ -326,10 +327,10 @@ def _skipped_on_refusals(ext_proc: dict[str, Any]) -> dict[str, Any]:
     }
     wrapped = _typed(
         "envoy.extensions.common.matching.v3.ExtensionWithMatcher",
-        extension_config=ext_proc,
+        extension_config=extension,
         xds_matcher=skip_when_refused,
     )
-    return {"name": ext_proc["name"], "typed_config": wrapped}
+    return {"name": extension["name"], "typed_config": wrapped}
 
 
 def _admission_filters(options: EnvoyOptions) -> list[dict[str, Any]]:
@@ -339,7 +340,8 @@ def _admission_filters(options: EnvoyOptions) -> list[dict[str, Any]]:
     if options.adaptive_concurrency:
         filters.append(_adaptive_concurrency(options))
     if options.admission_control_aggression > 0:
-        filters.append(admission_control_filter(options))
+        # after the other limits, which refuse first: their 429s are not the EPP's overload
+        filters.append(_skipped_on_refusals(admission_control_filter(options)))
     return filters
 
 

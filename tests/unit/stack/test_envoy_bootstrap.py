@@ -359,7 +359,10 @@ def test_admission_control_counts_429s_only_and_comes_before_ext_proc() -> None:
         EXT_PROC_FILTER,
         "envoy.filters.http.router",
     ]
-    config = manager(render_bootstrap(options))["http_filters"][0]["typed_config"]
+    wrapped = manager(render_bootstrap(options))["http_filters"][0]["typed_config"]
+    # skipped on a response that another limit refused (LIMIT_HEADER): those 429s are not the EPP's
+    assert LIMIT_HEADER in str(wrapped["xds_matcher"])
+    config = wrapped["extension_config"]["typed_config"]
     successes = config["success_criteria"]["http_criteria"]["http_success_status"]
     assert successes == [{"start": 100, "end": 429}, {"start": 430, "end": 600}]  # end exclusive
     assert (config["aggression"]["default_value"], config["sampling_window"]) == (3, "5s")
