@@ -10,6 +10,7 @@ import gc
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,9 @@ if TYPE_CHECKING:
     from epp.replicas.workers import WorkerPlan
 
 log = logging.getLogger(__name__)
+
+# Seconds after a stop began within which another SIGINT/SIGTERM is the same stop, not a second one.
+REPEATED_SIGNAL_WINDOW = 1.0
 
 
 @dataclass
@@ -209,6 +213,7 @@ class EndpointPicker:
         self._stopping = False
         self._serving = False  # start() completed: a stop drains (--drain-timeout) only then
         self._drain_cut = asyncio.Event()  # set by end_drain(): the drain window ends now
+        self._stop_started: float | None = None  # monotonic time stop() began
         self.elector: election.LeaderElector | None = None
         self._kube: ApiClient | None = None  # for leader election and metrics auth (discovery has its own)
         self.certificate = tls.ServingCertificate(options.tls_options)
@@ -335,8 +340,13 @@ class EndpointPicker:
         )
 
     def end_drain(self) -> None:
-        """End the drain window now (a second SIGINT/SIGTERM, as the router's second signal)."""
-        if self._stopping and not self._drain_cut.is_set():
+        """End the drain window now: a second SIGINT/SIGTERM, as the router's second signal. One
+        within REPEATED_SIGNAL_WINDOW of the stop is the same stop delivered twice (a terminal's
+        Ctrl-C reaches `--workers` processes and their supervisor, which passes it on; systemd
+        signals every process of the unit), not a request to hurry."""
+        if self._stop_started is None or time.monotonic() - self._stop_started < REPEATED_SIGNAL_WINDOW:
+            return
+        if not self._drain_cut.is_set():
             log.info("stop signal during the drain window: ending it now")
         self._drain_cut.set()
 
@@ -344,6 +354,7 @@ class EndpointPicker:
         """Report NOT_SERVING, then let in-flight requests finish for up to the shutdown grace: an
         ext_proc stream lives as long as its response, so stopping at once would cut generations."""
         self._stopping = True
+        self._stop_started = time.monotonic()
         log.info(
             "stopping: NOT_SERVING; in-flight requests may finish for up to %gs (--shutdown-grace)",
             self.options.shutdown_grace,
