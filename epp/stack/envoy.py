@@ -34,6 +34,7 @@ or LoRA-loading endpoints are not open to the gateway's clients. Paths are norma
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
@@ -397,7 +398,10 @@ def _min_rtt(options: EnvoyOptions) -> dict[str, Any]:
 
 
 def _rate_limit(options: EnvoyOptions) -> dict[str, Any]:
-    per_fill = max(1, options.rate_limit // 10)  # refilled every 100 ms: bursts of a tenth of a second
+    # Refilled every 100 ms when the rate allows it (bursts of a tenth of a second), else as often as
+    # whole tokens allow: the rate is exact (15/s is 3 every 200 ms, 1/s 1 every second).
+    fills = math.gcd(options.rate_limit, 10)  # per second
+    per_fill = options.rate_limit // fills
     everyone = {
         "runtime_key": "epp.rate_limit",
         "default_value": {"numerator": 100, "denominator": "HUNDRED"},
@@ -407,7 +411,11 @@ def _rate_limit(options: EnvoyOptions) -> dict[str, Any]:
         "typed_config": _typed(
             "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
             stat_prefix="gateway_rate_limit",
-            token_bucket={"max_tokens": per_fill, "tokens_per_fill": per_fill, "fill_interval": "0.1s"},
+            token_bucket={
+                "max_tokens": per_fill,
+                "tokens_per_fill": per_fill,
+                "fill_interval": f"{1 / fills:g}s",
+            },
             filter_enabled=everyone,
             filter_enforced=everyone,
             response_headers_to_add=[

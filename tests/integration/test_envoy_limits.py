@@ -65,7 +65,7 @@ async def poll_stat(client: httpx.AsyncClient, admin: str, name: str, value: int
 
 
 async def test_the_gateways_rate_limit_is_a_json_429_without_the_epp(make_stack: StackFactory) -> None:
-    envoy = EnvoyOptions(listen_port=0, admin_port=0, rate_limit=1)  # one token per 100 ms
+    envoy = EnvoyOptions(listen_port=0, admin_port=0, rate_limit=1)  # one token a second
     async with (
         make_stack("rate-limit", sims=1, envoy=envoy) as stack,
         httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client,
@@ -187,7 +187,7 @@ async def test_admission_control_does_not_count_the_gateways_own_limits_refusals
     # With the rate limit on too, its 429s (a local reply, which Envoy passes through every encoder
     # filter) must not feed admission control: counted, they made it refuse most of what the rate
     # limit let through, so the EPP saw a fraction of the rate it was limited to.
-    envoy = EnvoyOptions(listen_port=0, admin_port=0, rate_limit=1, admission_control_aggression=1)
+    envoy = EnvoyOptions(listen_port=0, admin_port=0, rate_limit=10, admission_control_aggression=1)
     async with (
         make_stack("admission-rate", sims=1, envoy=envoy) as stack,
         httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client,

@@ -381,3 +381,18 @@ def test_epp_run_sets_the_gateways_rate_limit_and_admission_control() -> None:
     for bad in (["--rate-limit=-1"], ["--rate-limit=fast"], ["--admission-control=0.5"]):
         with pytest.raises(SystemExit):
             build_parser("run").parse_args(["run", *bad])
+
+
+@pytest.mark.parametrize("rate", [1, 5, 15, 25, 100, 800, 1234])
+def test_the_rate_limit_admits_the_rate_asked_for(rate: int) -> None:
+    """Tokens per fill over the fill interval is the rate exactly (a rate under 10, or not a
+    multiple of 10, was rounded down to a multiple of 10 per second, and 1 to 5 admitted 10), the
+    bucket holds one fill, and the interval is never under Envoy's 50 ms minimum."""
+    limit = manager(render_bootstrap(EnvoyOptions(rate_limit=rate)))["http_filters"][0]["typed_config"]
+    bucket = limit["token_bucket"]
+    interval = float(bucket["fill_interval"].removesuffix("s"))
+    assert bucket["tokens_per_fill"] / interval == pytest.approx(rate)
+    assert bucket["max_tokens"] == bucket["tokens_per_fill"]
+    assert interval >= 0.05
+    if rate % 10 == 0:  # as before: a tenth of a second's worth at a time
+        assert interval == pytest.approx(0.1)
