@@ -284,7 +284,7 @@ async def test_a_hung_server_gets_no_new_request_once_its_scrape_is_overdue(
                 print(f"overdue intervals {overdue_intervals}: {hung} of 16 routed to the stopped server")
                 if overdue_intervals:
                     assert seen["health"] == "overdue" and not seen["ready"], seen
-                    assert hung == 0, routed
+                    assert hung == 0 and set(routed) == {other.hostport}, routed
                     # Routed while the timeout had not yet taken it out: the overdue check did it.
                     after = await victims_view(lambda s: True)
                     assert after is not None and after["health"] == "overdue", after
