@@ -168,7 +168,7 @@ class MetricsScraper:
         self._tls = _tls_context(settings) if settings.scheme == "https" else None
         self._path = settings.path
         self._failures_before_unhealthy = failures_before_unhealthy
-        self._overdue_turns = overdue_turns
+        self.overdue_turns = overdue_turns
         self._reason_log_interval = reason_log_interval
         self._targets: dict[str, _Target] = {}
         self._slices: list[dict[str, _Target]] = [{} for _ in range(SLICES)]
@@ -243,7 +243,7 @@ class MetricsScraper:
                         self._begin(target, now)
                 else:
                     target.missed += 1
-                    if target.missed == self._overdue_turns and target.sent_at is not None:
+                    if target.missed == self.overdue_turns and target.sent_at is not None:
                         target.endpoint.scrape_overdue = True
             except Exception:  # one endpoint's trouble must not stop the scraping of all
                 log.exception("scraping endpoint %s", target.endpoint)
