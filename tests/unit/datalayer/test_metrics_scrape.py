@@ -324,7 +324,7 @@ async def test_a_scrape_unanswered_for_its_overdue_turns_leaves_the_endpoint_out
     other = FakeServer()
     await other.start()
     datastore = Datastore()
-    scraper = MetricsScraper(datastore, interval=0.02, timeout=30.0, overdue_turns=4)
+    scraper = MetricsScraper(datastore, interval=0.05, timeout=30.0, overdue_turns=4)
     await scraper.start()
     hung = datastore.upsert(EndpointSpec("hung", "127.0.0.1", server.port))
     prompt = datastore.upsert(EndpointSpec("prompt", "127.0.0.1", other.port))
