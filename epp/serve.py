@@ -29,7 +29,7 @@ from epp.config.rewrites import load_model_rewrites_file
 from epp.config.stability import check_experimental
 from epp.datalayer import BackgroundService, EndpointDiscovery, KubernetesSource
 from epp.datalayer.overrides import ScrapeOverrides
-from epp.datalayer.scraper import DEFAULT_INTERVAL, MetricsScraper
+from epp.datalayer.scraper import DEFAULT_INTERVAL, DEFAULT_OVERDUE_TURNS, MetricsScraper
 from epp.datastore import Datastore
 from epp.discovery import kubernetes as k8s_discovery
 from epp.discovery.eds import EdsFileWriter
@@ -82,6 +82,8 @@ class ServeOptions:
     endpoints: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
     refresh_metrics_interval: float = DEFAULT_INTERVAL
+    # Scrape turns a /metrics GET may go unanswered before the endpoint counts as overdue (hung).
+    metrics_overdue_intervals: int = DEFAULT_OVERDUE_TURNS
     metrics_staleness: float = 2.0  # GIE's --metrics-staleness-threshold, for the pool gauges
     # GIE's --refresh-prometheus-metrics-interval: 0 computes the pool gauges at every read.
     pool_gauges_refresh: float = 0.0
@@ -198,6 +200,7 @@ class EndpointPicker:
             self.scraper = MetricsScraper(
                 self.datastore,
                 interval=options.refresh_metrics_interval,
+                overdue_turns=options.metrics_overdue_intervals,
                 settings=options.scrape_overrides.apply(components.scrape),
             )
         elif options.scrape_overrides != ScrapeOverrides() or options.model_server_metrics_port:
@@ -522,6 +525,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model-server /metrics scrape interval, Go duration (default 50ms, as GIE)",
     )
     parser.add_argument(
+        "--metrics-overdue-intervals",
+        type=int,
+        default=DEFAULT_OVERDUE_TURNS,
+        metavar="N",
+        help="an endpoint whose /metrics stays unanswered for N scrape intervals is hung: it gets "
+        f"requests only when no other endpoint is ready (default {DEFAULT_OVERDUE_TURNS}; 0: off)",
+    )
+    parser.add_argument(
         "--max-body-bytes",
         type=int,
         default=16 * 1024 * 1024,
@@ -661,6 +672,9 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         models=args.model,
         refresh_metrics_interval=_positive_duration(
             "--refresh-metrics-interval", args.refresh_metrics_interval
+        ),
+        metrics_overdue_intervals=_non_negative(
+            "--metrics-overdue-intervals", args.metrics_overdue_intervals
         ),
         metrics_staleness=_positive_duration(
             "--metrics-staleness-threshold", args.metrics_staleness_threshold
