@@ -15,7 +15,8 @@ TLS). `--same-prompt` sends one prompt throughout.
 
 `--shape` picks the traffic, one shape or several taken in turn (request i gets shape i mod n):
 `plain` (the above), `stream` (SSE), `disconnect` (a long SSE stream the client closes after its
-first line), `unknown-model` (a new model name each request, refused by the simulators with 404),
+first line), `unknown-model` (a new model name and fairness id each request, refused by the simulators with
+404),
 `bad-body` (a body that is not JSON, or a prompt that is not text: 400 from the EPP), `keys` (a new
 fairness id, session id, objective and request id each request: per-key state). `--config-file
 bench/configs/soak.yaml` turns on the plugins that keep such state. `--heap` runs the EPP with
@@ -105,8 +106,9 @@ class Traffic:
             body["stream"] = True
         elif shape == "disconnect":
             body |= {"stream": True, "max_tokens": 2000}
-        elif shape == "unknown-model":
+        elif shape == "unknown-model":  # and a new fairness id: the two label dimensions together
             body["model"] = f"adapter-{i}"
+            headers["x-gateway-inference-fairness-id"] = f"tenant-u{i}"
         elif shape == "bad-body":
             return (
                 (b"{not json %d" % i if i % 2 else orjson.dumps({"model": MODEL, "prompt": i})),
@@ -246,11 +248,9 @@ async def main(args: argparse.Namespace) -> None:
         sims=args.sims,
         model=MODEL,
         sim_args=["--time-scale=0.01", "--max-waiting=1000000"],
-        epp_args=[
-            "--served-header=x-epp-destination",
-            *([f"--config-file={args.config_file}"] if args.config_file else []),
-            *args.epp_arg,
-        ],
+        epp_args=["--served-header=x-epp-destination", *args.epp_arg],
+        # ${SIM_URL} (token-producer's render API) is known once the simulators run
+        epp_config_template=args.config_template,
         reference_ext_proc="epp.bench.minimal_extproc" if reference else None,
         envoy=EnvoyOptions(listen_port=0, admin_port=0, body_mode=args.body_mode),
     )
@@ -329,4 +329,5 @@ if __name__ == "__main__":
     parser.add_argument("--epp-arg", action="append", default=[], help="extra `epp serve` flag")
     arguments = parser.parse_args()
     arguments.shape = arguments.shape or ["plain"]
+    arguments.config_template = Path(arguments.config_file).read_text() if arguments.config_file else ""
     asyncio.run(main(arguments))
