@@ -141,7 +141,7 @@ bench-overload: install h2load
 bench-quick: install
 	$(BIN)/epp bench run --workload shared-prefix --rate 10 --rate 20 --results run/bench-quick.json
 
-## About ten minutes: Envoy + EPP + simulators, every traffic shape in turn (plain, streamed,
+## Envoy + EPP + simulators (15-25 minutes on a busy 2-core machine), every traffic shape in turn (plain, streamed,
 ## disconnected mid-stream, unknown models, bad bodies, a new fairness/session id each request),
 ## rounds of 5,000; per round the EPP's RSS, traced Python heap and what grew, /metrics samples.
 ## Not part of `make test`. Figures: docs/benchmarks.md (memory over a long run).
