@@ -177,6 +177,71 @@ def test_no_hit_lru_warm_requests_do_not_touch_the_lru_and_size_is_bounded() -> 
     assert list(scorer.recent) == ["e2"]
 
 
+def test_least_pending_prefill_ranks_cold_requests_by_prefill_not_yet_started() -> None:
+    """Each routed request's prompt tokens wait on its pod until its first response chunk (or its
+    end); a cold request goes to the pod with the least of them, LRU order among equals."""
+    scorer = no_hit_lru(coldPlacement="least-pending-prefill")
+    assert scorer.reads_response_chunks
+    a, b, c = endpoints(3)
+    first = with_match(request(token_ids=list(range(100))), {})
+    scorer.score(first, [a, b, c])
+    scorer.pre_request(first, result(a))
+    second = with_match(request(token_ids=list(range(40))), {})
+    scorer.score(second, [a, b, c])
+    scorer.pre_request(second, result(b))
+    assert scorer.pending_prefill == {"e0": 100, "e1": 40}
+    # c waits for nothing, then b (40) before a (100), though a was given a cold request first
+    assert scorer.score(with_match(request(), {}), [a, b, c]) == [0.0, 0.5, 1.0]
+    scorer.response_streaming(first, result(a), b"data: {}\n\n")
+    scorer.response_complete(first, result(a), None)  # released once, by the first chunk
+    assert scorer.pending_prefill == {"e1": 40}
+    assert scorer.score(with_match(request(), {}), [a, b, c]) == [0.5, 0.0, 1.0]
+
+
+def test_pending_prefill_is_what_the_pod_does_not_hold_and_ends_with_the_response() -> None:
+    """A warm request charges its pod the prompt tokens past the prefix the index says it holds
+    (64 tokens, 3 blocks of 16 held: 16); a response that ends without a chunk before its last
+    releases the charge too, and a fully cached prompt charges nothing."""
+    scorer = no_hit_lru(coldPlacement="least-pending-prefill")
+    a, b = endpoints(2)
+    warm = with_match(request(token_ids=list(range(64))), {a: 3})
+    scorer.score(warm, [a, b])
+    scorer.pre_request(warm, result(a))
+    assert scorer.pending_prefill == {"e0": 16}
+    scorer.response_complete(warm, result(a), None)
+    assert scorer.pending_prefill == {}
+    held = with_match(request(token_ids=list(range(48))), {b: 3})
+    scorer.pre_request(held, result(b))
+    assert scorer.pending_prefill == {}
+    scorer.pre_request(warm, result(b))
+    assert scorer.pending_prefill == {"e1": 64}
+    scorer.endpoint_removed(b)
+    assert scorer.pending_prefill == {}
+
+
+def test_least_pending_prefill_over_many_candidates_ranks_as_score_does() -> None:
+    """Over many candidates (the profile asks for `score_array`) the pending-prefill order holds."""
+    scorer = no_hit_lru(coldPlacement="least-pending-prefill")
+    pool = endpoints(200)
+    for i, pod in enumerate(pool[:3]):
+        cold = with_match(request(token_ids=list(range(10 * (3 - i)))), {})
+        scorer.score(cold, pool)
+        scorer.pre_request(cold, result(pod))
+    cold = with_match(request(), {})
+    array = scorer.score_array(cold, pool).tolist()
+    assert array == scorer.score(with_match(request(), {}), pool)
+    assert array[0] == 0.0 < array[1] < array[2] < array[3] == 1.0  # the most pending ranks last
+
+
+def test_lru_cold_placement_reads_no_response_chunks() -> None:
+    scorer = no_hit_lru()
+    a, b = endpoints(2)
+    cold = with_match(request(token_ids=list(range(64))), {})
+    scorer.score(cold, [a, b])
+    scorer.pre_request(cold, result(a))
+    assert not scorer.reads_response_chunks and scorer.pending_prefill == {}
+
+
 # --- single-profile-handler -----------------------------------------------------------------------
 
 
