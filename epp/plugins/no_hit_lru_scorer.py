@@ -2,19 +2,13 @@
 over the endpoints that have gone longest without one, so new prefixes do not pile onto the same
 pod. Warm requests score 0.5 everywhere and leave the choice to the other scorers. With
 active-active replicas (`epp.replicas`) each cold placement goes to `route_listeners` and `learn`
-takes the other replicas' ones, so all replicas spread new prefixes over one LRU order.
-
-`coldPlacement: least-pending-prefill` (an experiment) ranks the endpoints by the prefill this EPP sent them
-that has not produced a first token yet (each routed request's prompt tokens less the prefix the
-index says the endpoint holds, until its response's first body chunk or its end), the LRU order
-breaking ties: a cold prompt goes where the least prefill waits now, which the scraped queue
-shows only up to a scrape late. It needs the response body's chunks (ResponseStreaming)."""
+takes the other replicas' ones, so all replicas spread new prefixes over one LRU order."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -23,8 +17,8 @@ from epp.datalayer import EndpointObserver
 from epp.datastore import Endpoint
 from epp.datastore.columns import positions
 from epp.framework import DataConsumer, Plugin, PluginContext, PluginParams, register
-from epp.requestcontrol import PreRequest, ResponseComplete, ResponseStreaming
-from epp.requests import InferenceRequest, Usage
+from epp.requestcontrol import PreRequest
+from epp.requests import InferenceRequest
 from epp.scheduling.framework import Scorer
 from epp.scheduling.prefix import PREFIX_MATCH, PrefixMatch
 from epp.scheduling.types import SchedulingResult
@@ -37,10 +31,6 @@ class NoHitLruParams(PluginParams):
     prefix_plugin_name: str = "prefix-cache-scorer"
     prefix_match_info_producer_name: str = Field(default="", description="llm-d >= v0.10: the producer")
     lru_size: int = Field(default=1024, gt=0)
-    cold_placement: Literal["lru", "least-pending-prefill"] = Field(
-        default="lru",
-        description="lru (llm-d); least-pending-prefill: LRU among the least prefill waiting",
-    )
 
     @model_validator(mode="before")
     @classmethod
@@ -53,9 +43,7 @@ class NoHitLruParams(PluginParams):
 
 
 @register
-class NoHitLruScorer(
-    Plugin, Scorer, DataConsumer, PreRequest, ResponseStreaming, ResponseComplete, EndpointObserver
-):
+class NoHitLruScorer(Plugin, Scorer, DataConsumer, PreRequest, EndpointObserver):
     type_name = "no-hit-lru-scorer"
     Params = NoHitLruParams
     consumes = {PREFIX_MATCH: "prefix_plugin_name"}
@@ -65,10 +53,6 @@ class NoHitLruScorer(
         self.lru_size = params.lru_size
         self.recent: OrderedDict[str, None] = OrderedDict()  # endpoints given cold requests, oldest first
         self.route_listeners: list[Callable[[Endpoint, Sequence[int]], None]] = []
-        # least-pending-prefill: uncached prompt tokens routed to each endpoint, first token not seen
-        self.reads_response_chunks = params.cold_placement == "least-pending-prefill"
-        self.pending_prefill: dict[str, int] = {}
-        self._charge_key = f"{name}/prefill"
 
     def is_cold(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> bool:
         match = self.consumed(request, PREFIX_MATCH)
@@ -89,9 +73,6 @@ class NoHitLruScorer(
         by_name = {e.name: e for e in candidates}
         used = [name for name in self.recent if name in by_name]
         ranked = [e.name for e in candidates if e.name not in self.recent] + used
-        if self.reads_response_chunks:
-            pending = self.pending_prefill
-            ranked.sort(key=lambda name: pending.get(name, 0))  # stable: LRU order among equals
         step = 1.0 / (len(candidates) - 1)
         rank = {name: i for i, name in enumerate(ranked)}
         return [max(0.0, 1.0 - rank[e.name] * step) for e in candidates]
@@ -101,8 +82,7 @@ class NoHitLruScorer(
             return np.full(len(candidates), WARM_SCORE)
         names = [e.name for e in candidates]
         where = {name: i for i, name in enumerate(names)}
-        if len(names) == 1 or len(where) != len(names) or self.reads_response_chunks:
-            # one candidate, one listed twice, or the pending-prefill order: `score` ranks them
+        if len(names) == 1 or len(where) != len(names):  # one candidate, or one listed twice
             return super().score_array(request, candidates)
         request.attributes[self.name] = True
         # `score`'s ranks as arrays: the candidates never given a cold request first, in order,
@@ -116,47 +96,12 @@ class NoHitLruScorer(
         return np.maximum(0.0, 1.0 - rank * (1.0 / (len(names) - 1)))
 
     def pre_request(self, request: InferenceRequest, result: SchedulingResult) -> None:
-        if self.reads_response_chunks:
-            self.charge_prefill(request, result)
         if not request.attributes.get(self.name):
             return
         for endpoint in result.cache_holders():
             self.learn(endpoint, ())
             for listener in self.route_listeners:
                 listener(endpoint, ())
-
-    def charge_prefill(self, request: InferenceRequest, result: SchedulingResult) -> None:
-        """The request's prefill waits on its primary until the first token: the prompt tokens the
-        index does not say that endpoint holds (a same-prefix request still computing it counts as
-        holding it, through the producer's speculative entries)."""
-        if not result.targets:
-            return
-        target = result.targets[0]
-        match = self.consumed(request, PREFIX_MATCH)
-        cached = match.cached_tokens(target) if isinstance(match, PrefixMatch) else 0
-        tokens = max(request.prompt_tokens - cached, 0)
-        if tokens:
-            self.pending_prefill[target.name] = self.pending_prefill.get(target.name, 0) + tokens
-            request.attributes[self._charge_key] = (target.name, tokens)
-
-    def release_prefill(self, request: InferenceRequest) -> None:
-        charge = request.attributes.pop(self._charge_key, None)
-        if charge is None:
-            return
-        name, tokens = charge
-        left = self.pending_prefill.get(name, 0) - tokens
-        if left > 0:
-            self.pending_prefill[name] = left
-        else:
-            self.pending_prefill.pop(name, None)
-
-    def response_streaming(self, request: InferenceRequest, result: SchedulingResult, chunk: bytes) -> None:
-        self.release_prefill(request)  # the first chunk comes with the first token
-
-    def response_complete(
-        self, request: InferenceRequest, result: SchedulingResult, usage: Usage | None
-    ) -> None:
-        self.release_prefill(request)  # no chunk before the end (an error, a non-streamed answer)
 
     def learn(self, endpoint: Endpoint, hashes: Sequence[int]) -> None:
         """`endpoint` was given a cold request (here or by another replica)."""
@@ -167,4 +112,3 @@ class NoHitLruScorer(
 
     def endpoint_removed(self, endpoint: Endpoint) -> None:
         self.recent.pop(endpoint.name, None)
-        self.pending_prefill.pop(endpoint.name, None)
