@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install chromium redis h2load run test lint typecheck unit e2e kind-e2e bench bench-overhead bench-overhead-flow-control bench-overload bench-quick asan-check clean
+.PHONY: install chromium redis h2load run test lint typecheck unit e2e kind-e2e bench bench-overhead bench-overhead-flow-control bench-overload bench-quick soak asan-check clean
 
 # xds-protos ships an older copy of OpenTelemetry's generated protos under the same module paths,
 # and whichever package pip installs last wins; reinstalling opentelemetry-proto's own files makes
@@ -140,6 +140,14 @@ bench-overload: install h2load
 ## A few minutes: the headline workload at two rates, printed (docs untouched).
 bench-quick: install
 	$(BIN)/epp bench run --workload shared-prefix --rate 10 --rate 20 --results run/bench-quick.json
+
+## Envoy + EPP + simulators (15-25 minutes on a busy 2-core machine), every traffic shape in turn (plain, streamed,
+## disconnected mid-stream, unknown models, bad bodies, a new fairness/session id each request),
+## rounds of 5,000; per round the EPP's RSS, traced Python heap and what grew, /metrics samples.
+## Not part of `make test`. Figures: docs/benchmarks.md (memory over a long run).
+soak: install
+	$(BIN)/python bench/rss_soak.py --shape mix --heap --config-file bench/configs/soak.yaml \
+		--requests 37000 --every 5000 --rate 300
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,7 @@ from epp.config.rewrites import load_model_rewrites_file
 from epp.config.stability import check_experimental
 from epp.datalayer import BackgroundService, EndpointDiscovery, KubernetesSource
 from epp.datalayer.overrides import ScrapeOverrides
-from epp.datalayer.scraper import DEFAULT_INTERVAL, MetricsScraper
+from epp.datalayer.scraper import DEFAULT_INTERVAL, DEFAULT_OVERDUE_TURNS, MetricsScraper
 from epp.datastore import Datastore
 from epp.discovery import kubernetes as k8s_discovery
 from epp.discovery.eds import EdsFileWriter
@@ -54,7 +56,7 @@ from epp.readyfile import write_ready_file
 from epp.replicas import ReplicaState
 from epp.replicas import flags as replica_flags
 from epp.requestcontrol.model_rewrite import ModelRewrite
-from epp.signals import stop_event
+from epp.signals import on_stop_signal, stop_event
 from epp.tasks import cancel_and_wait
 from epp.tls import parse_bool
 
@@ -63,6 +65,9 @@ if TYPE_CHECKING:
     from epp.replicas.workers import WorkerPlan
 
 log = logging.getLogger(__name__)
+
+# Seconds after a stop began within which another SIGINT/SIGTERM is the same stop, not a second one.
+REPEATED_SIGNAL_WINDOW = 1.0
 
 
 @dataclass
@@ -77,6 +82,8 @@ class ServeOptions:
     endpoints: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
     refresh_metrics_interval: float = DEFAULT_INTERVAL
+    # Scrape turns a /metrics GET may go unanswered before the endpoint counts as overdue (hung).
+    metrics_overdue_intervals: int = DEFAULT_OVERDUE_TURNS
     metrics_staleness: float = 2.0  # GIE's --metrics-staleness-threshold, for the pool gauges
     # GIE's --refresh-prometheus-metrics-interval: 0 computes the pool gauges at every read.
     pool_gauges_refresh: float = 0.0
@@ -193,6 +200,7 @@ class EndpointPicker:
             self.scraper = MetricsScraper(
                 self.datastore,
                 interval=options.refresh_metrics_interval,
+                overdue_turns=options.metrics_overdue_intervals,
                 settings=options.scrape_overrides.apply(components.scrape),
             )
         elif options.scrape_overrides != ScrapeOverrides() or options.model_server_metrics_port:
@@ -207,6 +215,8 @@ class EndpointPicker:
         self._servers: list[grpc.aio.Server] = []
         self._stopping = False
         self._serving = False  # start() completed: a stop drains (--drain-timeout) only then
+        self._drain_cut = asyncio.Event()  # set by end_drain(): the drain window ends now
+        self._stop_started: float | None = None  # monotonic time stop() began
         self.elector: election.LeaderElector | None = None
         self._kube: ApiClient | None = None  # for leader election and metrics auth (discovery has its own)
         self.certificate = tls.ServingCertificate(options.tls_options)
@@ -332,22 +342,36 @@ class EndpointPicker:
             len(self.datastore.endpoints()),
         )
 
+    def end_drain(self) -> None:
+        """End the drain window now: a second SIGINT/SIGTERM, as the router's second signal. One
+        within REPEATED_SIGNAL_WINDOW of the stop is the same stop delivered twice (a terminal's
+        Ctrl-C reaches `--workers` processes and their supervisor, which passes it on; systemd
+        signals every process of the unit), not a request to hurry."""
+        if self._stop_started is None or time.monotonic() - self._stop_started < REPEATED_SIGNAL_WINDOW:
+            return
+        if not self._drain_cut.is_set():
+            log.info("stop signal during the drain window: ending it now")
+        self._drain_cut.set()
+
     async def stop(self) -> None:
         """Report NOT_SERVING, then let in-flight requests finish for up to the shutdown grace: an
         ext_proc stream lives as long as its response, so stopping at once would cut generations."""
         self._stopping = True
+        self._stop_started = time.monotonic()
         log.info(
             "stopping: NOT_SERVING; in-flight requests may finish for up to %gs (--shutdown-grace)",
             self.options.shutdown_grace,
         )
         if self.elector is not None:
             await self.elector.stop()  # release first: a standby takes over while this one drains
-        if self.options.drain_window > 0 and self._serving:
+        if self.options.drain_window > 0 and self._serving and not self.failed.is_set():
             # As llm-d's router: clients that have not yet seen NOT_SERVING (or a DNS refresh)
             # still get their new streams served during the window. A start that failed has
-            # served no one: it stops at once, as the router does when its manager fails.
+            # served no one, and a lost lease is no longer this replica's to serve: it stops at
+            # once, as the router does when its manager fails (leader election lost included).
             log.info("draining: still serving ext_proc for %gs (--drain-timeout)", self.options.drain_window)
-            await asyncio.sleep(self.options.drain_window)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drain_cut.wait(), self.options.drain_window)
         await asyncio.gather(*(server.stop(self.options.shutdown_grace) for server in self._servers))
         log.info("drained: ext_proc stopped")
         if self.director.flow_control is not None:
@@ -501,6 +525,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model-server /metrics scrape interval, Go duration (default 50ms, as GIE)",
     )
     parser.add_argument(
+        "--metrics-overdue-intervals",
+        type=int,
+        default=DEFAULT_OVERDUE_TURNS,
+        metavar="N",
+        help="an endpoint whose /metrics stays unanswered for N scrape intervals is hung: it gets "
+        f"requests only when no other endpoint is ready (default {DEFAULT_OVERDUE_TURNS}; 0: off)",
+    )
+    parser.add_argument(
         "--max-body-bytes",
         type=int,
         default=16 * 1024 * 1024,
@@ -641,6 +673,9 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         refresh_metrics_interval=_positive_duration(
             "--refresh-metrics-interval", args.refresh_metrics_interval
         ),
+        metrics_overdue_intervals=_non_negative(
+            "--metrics-overdue-intervals", args.metrics_overdue_intervals
+        ),
         metrics_staleness=_positive_duration(
             "--metrics-staleness-threshold", args.metrics_staleness_threshold
         ),
@@ -776,6 +811,7 @@ async def serve_until_signalled(picker: EndpointPicker) -> None:
         signalled.cancel()
         failed.cancel()
     finally:
+        on_stop_signal(picker.end_drain)  # a second signal: stop without the rest of the window
         await picker.stop()
 
 

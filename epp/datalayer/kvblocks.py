@@ -37,6 +37,8 @@ HASH_CBOR_FNV = "cbor-fnv"
 HASH_XXH64 = "xxh64"
 _NULL = b"\xf6"
 MEMO_SIZE = 1 << 20
+MAX_ROOTS = 1024  # root keys memoized, one per model name (names come from clients)
+MAX_ROOT_NAME = 256  # characters of a model name whose root is memoized
 
 # Cache kinds whose blocks form a prefix chain (vLLM's `kv_cache_spec_kind`); others are skipped.
 PREFIX_KINDS = frozenset({"full_attention", "mla_attention", "sink_full_attention"})
@@ -130,7 +132,10 @@ class TokenProcessor:
                 root = fnv1a64(
                     b"\x83" + _cbor_uint(self._seed) + _NULL + _cbor_uint(len(encoded), 3) + encoded
                 )
-            self._roots[model] = root
+            if len(model) <= MAX_ROOT_NAME:  # a longer name is a client's invention: not kept
+                if len(self._roots) >= MAX_ROOTS:  # a client inventing model names: start over
+                    self._roots.clear()
+                self._roots[model] = root
         return root
 
     def keys(

@@ -21,6 +21,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL = 0.05  # GIE's --refresh-metrics-interval
 DEFAULT_TIMEOUT = 1.0  # GIE's per-poll timeout
+# An endpoint whose GET is still unanswered after this many of its scrape turns (4 x 50 ms = 200
+# ms, the age at which GIE's utilization detector treats metrics as stale) is hung or stalled: its
+# last figures (an empty queue, a light KV cache) would otherwise look idle, so every scorer
+# preferred it until the timeout above took it out. The datastore leaves such an endpoint out of
+# the candidates while any other is ready (Datastore.ready_endpoints). A healthy server answers
+# within a turn or two; 0 turns this off.
+DEFAULT_OVERDUE_TURNS = 4
 # The longest wait between scrapes of an endpoint out of rotation that keeps failing: its wait
 # doubles from the interval with each failure, so a page that is costly to read and still refused
 # (a page of tens of MB, a large gzip page inflating to its limit) cannot hold the event loop.
@@ -78,7 +85,7 @@ class _Target:
         "logged_at",
         "logged_reason",
         "metrics",
-        "overdue",
+        "missed",
         "reading",
         "reason",
         "resume_at",
@@ -107,7 +114,7 @@ class _Target:
         self.idle = False
         self.failures = 0
         self.sent_at: float | None = None  # loop time the GET under way was started
-        self.overdue = False  # an interval passed while the GET was under way
+        self.missed = 0  # scrape turns that passed while the GET was under way
         self.reading = False  # its page is being read in the page worker: no GET until it is read
         self.resume_at = 0.0  # loop time before which a failing endpoint is not scraped again
         # Out of rotation: its last failure reason, the last one logged ("": this outage not
@@ -127,6 +134,9 @@ class MetricsScraper:
     the scrape itself (docs/benchmarks.md). A GET still under way at its turn is not repeated but
     followed by the next one as soon as it ends; one unanswered for `timeout` fails.
 
+    A GET unanswered for `overdue_turns` turns marks the endpoint `scrape_overdue` until it
+    answers: its metrics are stale, and it is chosen only when no other endpoint is ready.
+
     Health: a refused connection (the server is gone) or a scrape timeout (it hangs) marks the
     endpoint unhealthy at once; other failures (non-200, a malformed or cut page) after
     `failures_before_unhealthy` in a row. The first good scrape
@@ -140,6 +150,7 @@ class MetricsScraper:
         settings: ScrapeSettings | None = None,
         failures_before_unhealthy: int = 3,
         reason_log_interval: float = REASON_LOG_INTERVAL,
+        overdue_turns: int = DEFAULT_OVERDUE_TURNS,
     ) -> None:
         settings = settings or ScrapeSettings()
         if settings.default_engine not in settings.engines:
@@ -157,6 +168,7 @@ class MetricsScraper:
         self._tls = _tls_context(settings) if settings.scheme == "https" else None
         self._path = settings.path
         self._failures_before_unhealthy = failures_before_unhealthy
+        self.overdue_turns = overdue_turns
         self._reason_log_interval = reason_log_interval
         self._targets: dict[str, _Target] = {}
         self._slices: list[dict[str, _Target]] = [{} for _ in range(SLICES)]
@@ -230,7 +242,9 @@ class MetricsScraper:
                     if now >= target.resume_at:
                         self._begin(target, now)
                 else:
-                    target.overdue = True
+                    target.missed += 1
+                    if target.missed == self.overdue_turns and target.sent_at is not None:
+                        target.endpoint.scrape_overdue = True
             except Exception:  # one endpoint's trouble must not stop the scraping of all
                 log.exception("scraping endpoint %s", target.endpoint)
 
@@ -247,20 +261,20 @@ class MetricsScraper:
                 earliest = min(earliest, deadline)
                 continue
             target.getter.close()
-            target.sent_at = None
+            self._unanswered_no_more(target)
             self._failed(target, f"no answer within {self._timeout:g}s", immediate=True)
         self._next_deadline = earliest
 
     def _begin(self, target: _Target, now: float) -> None:
         target.sent_at = now
-        target.overdue = False
+        target.missed = 0
         self._next_deadline = min(self._next_deadline, now + self._timeout)
         target.getter.start(lambda result: self._answered(target, result))
 
     def _answered(self, target: _Target, result: Result) -> None:
         if self._targets.get(target.endpoint.name) is not target:
             return
-        target.sent_at = None
+        self._unanswered_no_more(target)
         try:
             page = self._page(target, result)
             if len(page) >= OFF_LOOP_PAGE_BYTES:
@@ -273,6 +287,12 @@ class MetricsScraper:
             self._settle(target, exc)
         else:
             self._settle(target, None)
+
+    @staticmethod
+    def _unanswered_no_more(target: _Target) -> None:
+        """The GET under way ended (answered, failed or timed out): the server is not overdue."""
+        target.sent_at = None
+        target.endpoint.scrape_overdue = False
 
     def _page(self, target: _Target, result: Result) -> bytes:
         """The page a GET brought, or the error it ended in."""
@@ -306,7 +326,7 @@ class MetricsScraper:
                 self._recovered(target)
             if endpoint.suspended_until:
                 endpoint.suspended_until = 0.0
-        if target.overdue:
+        if target.missed:
             self._begin(target, asyncio.get_running_loop().time())
 
     @staticmethod
@@ -353,7 +373,7 @@ class MetricsScraper:
         elif not endpoint.healthy:
             self._reason_seen(target, reason, now)
         if not endpoint.healthy:
-            target.overdue = False
+            target.missed = 0
             backoff = min(self.interval * 2 ** min(target.failures, 16), FAILING_BACKOFF_MAX)
             target.resume_at = now + backoff
 

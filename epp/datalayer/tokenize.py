@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,9 @@ TOKENIZED_PROMPT = DataKey("TokenizedPrompt", default_producer="token-producer")
 COMPLETIONS_RENDER_PATH = "/v1/completions/render"
 CHAT_RENDER_PATH = "/v1/chat/completions/render"
 TOKENIZE_PATH = "/tokenize"
+# Token ids a remote tokenizer's result cache holds in all (a list of Python ints, ~36 bytes a
+# token: ~38 MB). Its 4,096 entries alone did not bound it: 4,096 long prompts held gigabytes.
+CACHED_TOKENS = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,10 +76,14 @@ class TokenizeError(Exception):
 
 
 class LRU:
-    """A small bounded map, least recently used out first."""
+    """A small bounded map, least recently used out first: at most `capacity` entries and, with
+    `weigh`, at most `max_weight` in all (an entry heavier than that alone is not kept)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_weight: int = 0, weigh: Callable[[Any], int] | None = None) -> None:
         self.capacity = capacity
+        self.max_weight = max_weight
+        self._weigh = weigh
+        self.weight = 0
         self._items: OrderedDict[Any, Any] = OrderedDict()
 
     def get(self, key: Any) -> Any:
@@ -86,10 +93,16 @@ class LRU:
         return value
 
     def put(self, key: Any, value: Any) -> None:
+        weigh = self._weigh
+        if weigh is not None:
+            old = self._items.get(key)
+            self.weight += weigh(value) - (0 if old is None else weigh(old))
         self._items[key] = value
         self._items.move_to_end(key)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
+        while len(self._items) > self.capacity or (weigh is not None and self.weight > self.max_weight):
+            _, dropped = self._items.popitem(last=False)
+            if weigh is not None:
+                self.weight -= weigh(dropped)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -113,11 +126,18 @@ class CachedTokenizer(ABC):
     """A remote backend's results cached by the exact request (the client's body with the served
     model), with the longer timeout for requests carrying media."""
 
-    def __init__(self, model: str, timeout: float, mm_timeout: float, cache_size: int = 4096) -> None:
+    def __init__(
+        self,
+        model: str,
+        timeout: float,
+        mm_timeout: float,
+        cache_size: int = 4096,
+        cache_tokens: int = CACHED_TOKENS,
+    ) -> None:
         self.model = model
         self.timeout = timeout
         self.mm_timeout = mm_timeout
-        self._cache = LRU(cache_size)
+        self._cache = LRU(cache_size, cache_tokens, _token_count)
 
     def _timeout_for(self, body: dict[str, Any]) -> float:
         messages = body.get("messages")
@@ -144,6 +164,10 @@ class CachedTokenizer(ABC):
     async def close(self) -> None: ...
 
 
+def _token_count(prompt: TokenizedPrompt) -> int:
+    return len(prompt.token_ids)
+
+
 class UdsTokenizer(CachedTokenizer):
     """llm-d's tokenizer sidecar over a Unix domain socket (`epp.datalayer.uds_tokenizer`)."""
 
@@ -168,9 +192,15 @@ class VLLMTokenizer(CachedTokenizer):
     """vLLM's render API, falling back to `/tokenize` when the server has no render route."""
 
     def __init__(
-        self, url: str, model: str, timeout: float, mm_timeout: float, cache_size: int = 4096
+        self,
+        url: str,
+        model: str,
+        timeout: float,
+        mm_timeout: float,
+        cache_size: int = 4096,
+        cache_tokens: int = CACHED_TOKENS,
     ) -> None:
-        super().__init__(model, timeout, mm_timeout, cache_size)
+        super().__init__(model, timeout, mm_timeout, cache_size, cache_tokens)
         self.url = url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
         self._no_render = False  # learnt from a 404/405: use /tokenize from then on

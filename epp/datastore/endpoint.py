@@ -142,6 +142,7 @@ class Endpoint:
         "inflight_tokens",
         "metrics",
         "name",
+        "scrape_overdue",
         "served_models",
         "spec",
         "suspended_until",
@@ -181,6 +182,9 @@ class Endpoint:
         # quarantine after the data plane reported the endpoint unreachable.
         self.healthy = True
         self.suspended_until = 0.0
+        # The scraper's GET has gone unanswered for several intervals (a hung server): its
+        # metrics are stale, so it is chosen only when nothing else is ready.
+        self.scrape_overdue = False
         self.inflight_requests = 0
         self.inflight_tokens = 0
         # What the server's own model list (`/v1/models`, read by a models-data-source) names:

@@ -38,8 +38,13 @@ class Datastore:
         return self._snapshot
 
     def ready_endpoints(self) -> list[Endpoint]:
+        """Endpoints in rotation. One whose metrics scrape is overdue (a hung server, whose last
+        figures look idle) is left out while any other is in rotation, and kept as a last resort
+        so a pool of only slow servers still routes."""
         now = time.monotonic()
-        return [e for e in self._snapshot if e.healthy and e.suspended_until <= now]
+        snapshot = self._snapshot
+        prompt = [e for e in snapshot if e.healthy and e.suspended_until <= now and not e.scrape_overdue]
+        return prompt or [e for e in snapshot if e.healthy and e.suspended_until <= now]
 
     def get(self, name: str) -> Endpoint | None:
         return self._endpoints.get(name)

@@ -16,6 +16,7 @@ from epp.explain.records import (
     EndpointLike,
     ProfileRecord,
     RecordOptions,
+    clip,
 )
 
-__all__ = ["DecisionRecord", "DecisionRecorder", "EndpointLike", "ProfileRecord", "RecordOptions"]
+__all__ = ["DecisionRecord", "DecisionRecorder", "EndpointLike", "ProfileRecord", "RecordOptions", "clip"]

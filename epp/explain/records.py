@@ -14,6 +14,15 @@ from typing import Any, NamedTuple, Protocol
 log = logging.getLogger(__name__)
 
 PROMPT_LIMIT = 4096  # characters of the prompt kept when prompts are recorded
+# Characters kept of what clients name (model, target model, request id, objective) and of an
+# error's message: the ring holds its records for long, and a model name can be as long as a body.
+TEXT_LIMIT = 256
+MESSAGE_LIMIT = 1024
+
+
+def clip(text: str, limit: int = TEXT_LIMIT) -> str:
+    """`text`, or its first `limit` characters and "..." (ASCII: the string stays one byte a character)."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class EndpointLike(Protocol):
@@ -207,9 +216,9 @@ class DecisionRecord:
     def __init__(self, request_id: str, model: str, target_model: str, api: str) -> None:
         self.seq = 0
         self.time = time.time()
-        self.request_id = request_id
-        self.model = model
-        self.target_model = target_model
+        self.request_id = clip(request_id)
+        self.model = clip(model)
+        self.target_model = clip(target_model)
         self.api = api
         self.objective = ""
         self.priority = 0
@@ -234,7 +243,7 @@ class DecisionRecord:
         return record
 
     def refused(self, code: str, status: int, message: str) -> None:
-        self.error = (code, status, message)
+        self.error = (code, status, clip(message, MESSAGE_LIMIT))
 
     def freeze(self) -> FrozenDecision:
         if self.frozen is None:
@@ -405,4 +414,5 @@ class DecisionRecorder:
         return found
 
     def by_request_id(self, request_id: str) -> list[DecisionRecord]:
+        request_id = clip(request_id)  # as records keep it
         return [r for r in reversed(self._records) if r.request_id == request_id]

@@ -290,6 +290,9 @@ class EppMetrics:
 
 MAX_MODEL_SERIES = 256
 MAX_FAIRNESS_LABELS = 256  # distinct fairness ids labelled; later ones are counted as OVERFLOW_MODEL
+# Flow control's queue-duration children: labelled by fairness id and model, each capped at 256,
+# so invented pairs could make 256 x 256 of them; past this many, new ones are labelled `other`.
+MAX_FLOW_SERIES = 1024
 MAX_MODEL_NAME_LENGTH = 256  # above any Kubernetes name (253) or Hugging Face model id seen
 OVERFLOW_MODEL = "other"
 
@@ -431,8 +434,9 @@ class QueueGauges(Collector):
 
 class FlowControlMetrics:
     """GIE's `inference_extension_flow_control_*` metrics. Fairness ids come from clients: past
-    MAX_FAIRNESS_LABELS distinct ids they are labelled `other`, and a queue gauge series is
-    removed when its queue empties, so invented ids cannot grow /metrics without bound."""
+    MAX_FAIRNESS_LABELS distinct ids they are labelled `other`, past MAX_FLOW_SERIES queue-duration
+    series (fairness id x model) new ones are too, and a queue gauge series is removed when its
+    queue empties, so invented ids and model names cannot grow /metrics without bound."""
 
     def __init__(self, metrics: EppMetrics) -> None:
         self._metrics = metrics
@@ -493,6 +497,7 @@ class FlowControlMetrics:
         )
         self._fairness_labels: set[str] = set()
         self._children: dict[tuple[str, ...], Any] = {}  # histogram and gauge children, made once
+        self._queue_series = 0  # queue-duration children made (MAX_FLOW_SERIES)
 
     def flow_labels(self, fairness_id: str, priority: int) -> tuple[str, str]:
         if fairness_id not in self._fairness_labels:
@@ -527,7 +532,13 @@ class FlowControlMetrics:
         key = ("queue", *labels, outcome.value, pool, *self._model_labels(item))
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = self.queue_duration.labels(*key[1:])
+            if self._queue_series >= MAX_FLOW_SERIES:
+                other = OVERFLOW_MODEL
+                key = ("queue", other, labels[1], outcome.value, pool, other, other)
+                child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = self.queue_duration.labels(*key[1:])
+                self._queue_series += 1
         child.observe(seconds)
 
     def saturation(self, pool: str, value: float) -> None:

@@ -120,6 +120,8 @@ class LiveView:
             health = "unreachable"
         elif endpoint.suspended_until > now:
             health = "suspended"
+        elif endpoint.scrape_overdue:
+            health = "overdue"
         else:
             health = "ready"
         return {

@@ -5,7 +5,8 @@ used `tenantTokensPerWindow` tokens in the current `window`, or its model `model
 Admission charges the prompt's tokens; the end of the response charges the completion tokens the
 model server reported (so a budget can be overrun by the requests in flight when it runs out, as
 in Kthena). 0 turns a budget off. At most `maxKeys` tenants and models are tracked; past that the
-least recently charged ones are forgotten (they start the window afresh)."""
+least recently charged ones are forgotten (they start the window afresh); those last charged in a
+past window are forgotten as soon as the current window's are charged."""
 
 from __future__ import annotations
 
@@ -82,7 +83,13 @@ class TokenRateLimitAdmitter(Plugin, AdmitRequest, ResponseComplete):
 
     def _charge(self, key: tuple[str, str], tokens: int) -> None:
         window = self._window()
-        self._used[key] = (window, self.used(key) + tokens)
-        self._used.move_to_end(key)
-        while len(self._used) > self.params.max_keys:
-            self._used.popitem(last=False)
+        used = self._used
+        used[key] = (window, self.used(key) + tokens)
+        used.move_to_end(key)
+        # Least recently charged first: the entries of past windows lead, and count for nothing.
+        dropped = 0
+        while len(used) > self.params.max_keys or next(iter(used.values()))[0] != window:
+            used.popitem(last=False)
+            dropped += 1
+        if dropped > len(used):  # a dict keeps its table when emptied: copy what is left
+            self._used = OrderedDict(used)

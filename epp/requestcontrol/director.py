@@ -16,7 +16,7 @@ import orjson
 from epp.datalayer import AsyncDataProducer
 from epp.datastore import Datastore, Endpoint
 from epp.datastore.endpoint import split_host_port
-from epp.explain import DecisionRecord, DecisionRecorder
+from epp.explain import DecisionRecord, DecisionRecorder, clip
 from epp.explain.records import PROMPT_LIMIT
 from epp.flowcontrol import Admission, AdmitAll
 from epp.flowcontrol.controller import FlowController, bound_fairness_id
@@ -556,7 +556,7 @@ class Director:
         )
         if record is not None:
             record.explain = explain
-            record.objective = request.objective
+            record.objective = clip(request.objective)
             record.priority = request.priority
             if options.record_prompts:
                 record.prompt = request.prompt[:PROMPT_LIMIT].decode(errors="replace")

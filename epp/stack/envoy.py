@@ -34,6 +34,7 @@ or LoRA-loading endpoints are not open to the gateway's clients. Paths are norma
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
@@ -295,10 +296,11 @@ def _http_filters(options: EnvoyOptions, cluster: str = "epp") -> list[dict[str,
     return [*admission, {**chain[0], "disabled": True}, router]
 
 
-def _skipped_on_refusals(ext_proc: dict[str, Any]) -> dict[str, Any]:
-    """ext_proc that leaves alone a response carrying LIMIT_HEADER. Envoy passes a local reply
+def _skipped_on_refusals(extension: dict[str, Any]) -> dict[str, Any]:
+    """A filter that leaves alone a response carrying LIMIT_HEADER. Envoy passes a local reply
     through every encoder filter, so without this a refusal before ext_proc would still open an
-    ext_proc stream for its response headers and wait in the EPP's queue for the answer."""
+    ext_proc stream for its response headers and wait in the EPP's queue for the answer, and the
+    admission control filter would count the rate limit's 429s as the EPP's."""
     skip_when_refused = {
         "matcher_list": {
             "matchers": [
@@ -329,10 +331,10 @@ def _skipped_on_refusals(ext_proc: dict[str, Any]) -> dict[str, Any]:
     }
     wrapped = _typed(
         "envoy.extensions.common.matching.v3.ExtensionWithMatcher",
-        extension_config=ext_proc,
+        extension_config=extension,
         xds_matcher=skip_when_refused,
     )
-    return {"name": ext_proc["name"], "typed_config": wrapped}
+    return {"name": extension["name"], "typed_config": wrapped}
 
 
 def _admission_filters(options: EnvoyOptions) -> list[dict[str, Any]]:
@@ -342,7 +344,8 @@ def _admission_filters(options: EnvoyOptions) -> list[dict[str, Any]]:
     if options.adaptive_concurrency:
         filters.append(_adaptive_concurrency(options))
     if options.admission_control_aggression > 0:
-        filters.append(admission_control_filter(options))
+        # after the other limits, which refuse first: their 429s are not the EPP's overload
+        filters.append(_skipped_on_refusals(admission_control_filter(options)))
     return filters
 
 
@@ -398,7 +401,10 @@ def _min_rtt(options: EnvoyOptions) -> dict[str, Any]:
 
 
 def _rate_limit(options: EnvoyOptions) -> dict[str, Any]:
-    per_fill = max(1, options.rate_limit // 10)  # refilled every 100 ms: bursts of a tenth of a second
+    # Refilled every 100 ms when the rate allows it (bursts of a tenth of a second), else as often as
+    # whole tokens allow: the rate is exact (15/s is 3 every 200 ms, 1/s 1 every second).
+    fills = math.gcd(options.rate_limit, 10)  # per second
+    per_fill = options.rate_limit // fills
     everyone = {
         "runtime_key": "epp.rate_limit",
         "default_value": {"numerator": 100, "denominator": "HUNDRED"},
@@ -408,7 +414,11 @@ def _rate_limit(options: EnvoyOptions) -> dict[str, Any]:
         "typed_config": _typed(
             "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
             stat_prefix="gateway_rate_limit",
-            token_bucket={"max_tokens": per_fill, "tokens_per_fill": per_fill, "fill_interval": "0.1s"},
+            token_bucket={
+                "max_tokens": per_fill,
+                "tokens_per_fill": per_fill,
+                "fill_interval": f"{1 / fills:g}s",
+            },
             filter_enabled=everyone,
             filter_enforced=everyone,
             response_headers_to_add=[

@@ -65,7 +65,7 @@ async def poll_stat(client: httpx.AsyncClient, admin: str, name: str, value: int
 
 
 async def test_the_gateways_rate_limit_is_a_json_429_without_the_epp(make_stack: StackFactory) -> None:
-    envoy = EnvoyOptions(listen_port=0, admin_port=0, rate_limit=1)  # one token per 100 ms
+    envoy = EnvoyOptions(listen_port=0, admin_port=0, rate_limit=1)  # one token a second
     async with (
         make_stack("rate-limit", sims=1, envoy=envoy) as stack,
         httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client,
@@ -179,3 +179,26 @@ async def test_admission_control_refuses_at_the_door_what_the_epp_refuses_and_le
             if served == 20:
                 break
         assert served == 20
+
+
+async def test_admission_control_does_not_count_the_gateways_own_limits_refusals(
+    make_stack: StackFactory,
+) -> None:
+    # With the rate limit on too, its 429s (a local reply, which Envoy passes through every encoder
+    # filter) must not feed admission control: counted, they made it refuse most of what the rate
+    # limit let through, so the EPP saw a fraction of the rate it was limited to.
+    envoy = EnvoyOptions(listen_port=0, admin_port=0, rate_limit=10, admission_control_aggression=1)
+    async with (
+        make_stack("admission-rate", sims=1, envoy=envoy) as stack,
+        httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client,
+    ):
+        answers = await asyncio.gather(*(client.post("/v1/completions", json=SHORT) for _ in range(10)))
+        limits = sorted(r.headers.get(LIMIT_HEADER, "") for r in answers)
+        assert "rate" in limits and "" in limits, limits
+        assert {r.status_code for r in answers if not r.headers.get(LIMIT_HEADER)} == {200}
+        # the EPP refused nothing: nothing counts as a failure, and nothing after is refused at the door
+        assert await stat(client, stack.admin_url, "http.gateway.admission_control.rq_failure") == 0
+        for _ in range(5):
+            await asyncio.sleep(0.15)  # under the rate limit's one token a 100 ms
+            response = await client.post("/v1/completions", json=SHORT)
+            assert response.status_code == 200, (response.status_code, response.headers.get(LIMIT_HEADER))

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -202,9 +203,11 @@ async def test_a_lora_adapter_only_its_primary_runs_is_not_retried_on_its_group_
 async def test_a_hung_server_gets_no_new_request_after_the_first_timeout(make_stack: StackFactory) -> None:
     """SIGSTOP one of two simulators. The streaming requests routed there get no first byte within
     the bound and are retried on the other; after that the EPP routes nothing new to it, until it
-    runs again (SIGCONT) and comes back into rotation."""
+    runs again (SIGCONT) and comes back into rotation. The overdue check is off, so requests do
+    reach the stopped server (with it, none does once its scrape is 200 ms late: the next test)."""
     envoy = EnvoyOptions(listen_port=0, admin_port=0, first_byte_timeout="1s")
-    async with make_stack("hung", sims=2, envoy=envoy) as stack:
+    args = epp_args("--metrics-overdue-intervals=0")
+    async with make_stack("hung", sims=2, envoy=envoy, epp_args=args) as stack:
         victim, other = stack.sims
         process = stack.sim_process(victim.name)
         os.kill(process.pid, signal.SIGSTOP)
@@ -237,6 +240,62 @@ async def test_a_hung_server_gets_no_new_request_after_the_first_timeout(make_st
                 assert response.headers["x-inference-pod"] == victim.name
         finally:
             os.kill(process.pid, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("overdue_intervals", [4, 0])
+async def test_a_hung_server_gets_no_new_request_once_its_scrape_is_overdue(
+    make_stack: StackFactory, overdue_intervals: int
+) -> None:
+    """SIGSTOP one of two simulators. Its last metrics (no queue, a light KV cache) look idle, so
+    GIE's default profile (queue, KV-cache and prefix scorers) would prefer it until its scrape
+    times out (1 s). Once its /metrics GET has gone unanswered for the overdue intervals (200 ms),
+    the next requests all go to the other, while it is still in rotation by health (the
+    timeout has not fired). With the check off (0) requests sent at the same point land on it."""
+    envoy = EnvoyOptions(listen_port=0, admin_port=0, first_byte_timeout="1s")
+    args = epp_args(f"--metrics-overdue-intervals={overdue_intervals}")
+    async with make_stack("overdue", sims=2, envoy=envoy, epp_args=args) as stack:
+        victim, other = stack.sims
+        process = stack.sim_process(victim.name)
+        async with httpx.AsyncClient(timeout=30) as client:
+
+            async def victims_view(want: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+                endpoints = (await client.get(f"{stack.view_url}/api/endpoints")).json()["endpoints"]
+                state: dict[str, Any] = next(e for e in endpoints if e["address"] == victim.hostport)
+                return state if want(state) else None
+
+            def stale(state: dict[str, Any]) -> bool:
+                """Overdue (check on), or its metrics as old as an overdue server's (check off)."""
+                if overdue_intervals:
+                    return bool(state["health"] == "overdue")
+                age = state["metrics_age_seconds"]
+                return age is not None and age >= 0.25 and state["health"] != "unreachable"
+
+            async def one(i: int) -> str:
+                body = {"model": MODEL, "prompt": f"question {i}", "max_tokens": 2, "stream": True}
+                response = await client.post(f"{stack.gateway_url}/v1/completions", json=body)
+                assert response.status_code == 200, response.text
+                return response.headers["x-epp-destination"]
+
+            await wait_until(
+                lambda: victims_view(lambda s: s["metrics_age_seconds"] is not None), "scraped", 10
+            )
+            os.kill(process.pid, signal.SIGSTOP)
+            try:
+                seen = await wait_until(lambda: victims_view(stale), "the victim's metrics stale", 10)
+                routed = await asyncio.gather(*(one(i) for i in range(16)))
+                hung = routed.count(victim.hostport)
+                print(f"overdue intervals {overdue_intervals}: {hung} of 16 routed to the stopped server")
+                if overdue_intervals:
+                    assert not seen["ready"], seen
+                    assert hung == 0 and set(routed) == {other.hostport}, routed
+                    # Routed while the timeout had not yet taken it out: the overdue check did it.
+                    after = await victims_view(lambda s: True)
+                    assert after is not None and after["health"] == "overdue", after
+                else:
+                    assert seen["health"] == "ready" and seen["ready"], seen
+                    assert hung > 0, routed  # all 16 elsewhere with probability about 2^-16
+            finally:
+                os.kill(process.pid, signal.SIGCONT)
 
 
 async def test_killing_the_epp_leaves_streams_in_flight_whole(make_stack: StackFactory) -> None:

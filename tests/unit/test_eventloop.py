@@ -7,6 +7,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,46 @@ def test_serve_without_uvloop_installed_exits_2_saying_so(
     with caplog.at_level(logging.ERROR, logger=serve.log.name):
         assert serve.run(args) == 2
     assert "--event-loop uvloop: uvloop is not installed" in caplog.text
+
+
+class _SignalAtDrain(logging.Handler):
+    """Sends the process SIGTERM `after` seconds past the drain window's start."""
+
+    def __init__(self, after: float) -> None:
+        super().__init__()
+        self.after = after
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("draining:"):
+            threading.Timer(self.after, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
+
+def _serve_with_a_signal_in_the_drain(monkeypatch: pytest.MonkeyPatch, drain: str, after: float) -> float:
+    """`epp serve` stopped by SIGTERM once serving and signalled again `after` seconds into its
+    drain window: the seconds it ran."""
+    ports = ("--grpc-port=0", "--grpc-health-port=0", "--metrics-port=0", "--host=127.0.0.1")
+    args = serve_args("--config-text", CONFIG, *ports, f"--drain-timeout={drain}")
+    monkeypatch.setattr(serve, "freeze_startup_objects", lambda: os.kill(os.getpid(), signal.SIGTERM))
+    handler = _SignalAtDrain(after)
+    serve.log.addHandler(handler)
+    level = serve.log.level
+    serve.log.setLevel(logging.INFO)
+    try:
+        started = time.monotonic()
+        assert serve.run(args) == 0
+        return time.monotonic() - started
+    finally:
+        serve.log.removeHandler(handler)
+        serve.log.setLevel(level)
+
+
+def test_a_second_signal_ends_the_drain_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the router's 30 s drain by default, a second SIGINT/SIGTERM (Ctrl-C again) stops at
+    once, as the router's second signal does, instead of waiting out the window."""
+    assert _serve_with_a_signal_in_the_drain(monkeypatch, "30s", serve.REPEATED_SIGNAL_WINDOW + 0.5) < 15
+
+
+def test_the_same_stop_delivered_twice_keeps_the_drain_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker of `epp serve --workers` hears a terminal's Ctrl-C and its supervisor's SIGTERM, or
+    systemd's and the supervisor's, a moment apart: one stop, drained in full."""
+    assert _serve_with_a_signal_in_the_drain(monkeypatch, "2s", 0.0) >= 2

@@ -92,6 +92,22 @@ async def test_a_start_that_failed_stops_without_the_drain_window() -> None:
         await holder.stop()
 
 
+async def test_a_picker_that_lost_its_lease_exits_without_the_drain_window() -> None:
+    """Leadership lost ends the router's manager with an error, and the router then stops its
+    servers without the drain (runWithGracefulShutdown): a replica that is no longer the leader
+    does not keep routing for 30 s before it exits 1."""
+    argv = ["--endpoint=127.0.0.1:1", "--host=127.0.0.1", "--grpc-port=0", "--grpc-health-port=0"]
+    options = serve.options_from_args(parse_args([*argv, "--metrics-port=0"]))
+    assert options.drain_window == 30
+    picker = serve.EndpointPicker(options)
+    await picker.start()
+    picker.failed.set()  # the elector's on_lost
+    stopping = asyncio.ensure_future(picker.stop())
+    done, _ = await asyncio.wait([stopping], timeout=options.drain_window / 2)
+    assert done, "the picker that lost its lease waited out the drain window"
+    await stopping
+
+
 def test_drain_timeout_takes_go_durations_and_defaults_to_the_routers_30s() -> None:
     def window(*argv: str) -> float:
         return serve.options_from_args(parse_args(["--endpoint=127.0.0.1:1", *argv])).drain_window

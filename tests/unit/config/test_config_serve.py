@@ -97,6 +97,16 @@ def test_strict_config_refuses_a_config_with_warnings(caplog: pytest.LogCaptureF
     assert "plugins[0].parameters.queueDepth: unknown field (allowed: none)" in caplog.text
 
 
+def test_the_overdue_intervals_default_to_four_and_reach_the_scraper() -> None:
+    for args, turns in (((), 4), (("--metrics-overdue-intervals=0",), 0)):
+        picker = serve.EndpointPicker(serve.options_from_args(serve_args(*args)))
+        assert picker.scraper is not None and picker.scraper.overdue_turns == turns
+    with pytest.raises(
+        ValueError, match=r"--metrics-overdue-intervals must be 0 \(no limit\) or more, not -1"
+    ):
+        serve.options_from_args(serve_args("--metrics-overdue-intervals=-1"))
+
+
 def test_the_queue_wait_bound_defaults_to_a_second_and_reaches_the_guard() -> None:
     assert serve.options_from_args(serve_args()).max_queue_wait == 1.0
     picker = serve.EndpointPicker(serve.options_from_args(serve_args("--max-queue-wait", "250ms")))

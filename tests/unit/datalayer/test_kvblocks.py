@@ -3,7 +3,9 @@ bounded memory, longest-prefix lookups, and determinism across index instances."
 
 from __future__ import annotations
 
+import gc
 import struct
+import tracemalloc
 from collections.abc import Sequence
 
 import msgpack
@@ -13,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from epp.datalayer.kvblocks import (
     HASH_XXH64,
+    MAX_ROOTS,
     KVBlockIndex,
     KVIndexMetrics,
     TokenProcessor,
@@ -394,3 +397,33 @@ def test_a_token_less_store_adds_a_device_tier_to_known_blocks() -> None:
     assert idx.holders(key) == {"a": 1.0}  # still held (the CPU copy)
     idx.apply("a", M, [BlockRemoved(gpu.block_hashes, medium="CPU")])
     assert len(idx) == 0
+
+
+def _roots_growth(names: int, length: int = 20) -> int:
+    """Bytes a fresh processor still holds after the root keys of `names` model names of
+    `length` characters."""
+    processor = TokenProcessor(4)
+
+    def one(i: int) -> None:
+        processor.root(f"client-model-{i}-".ljust(length, "x"))
+
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(names):
+        one(i)
+    gc.collect()
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return grown
+
+
+def test_invented_model_names_do_not_grow_the_roots_memo() -> None:
+    """Each model's root key is memoized, and the model is the client's (the precise producer
+    keys a prompt under the request's target model): 20,000 invented names used to leave 20,000
+    roots. The memo is capped, so they hold no more than MAX_ROOTS names do (same run), and long
+    names (a model name can be as long as a body) are not kept at all."""
+    full = _roots_growth(MAX_ROOTS)
+    assert full > 0
+    assert _roots_growth(20 * MAX_ROOTS) <= 1.5 * full
+    assert _roots_growth(MAX_ROOTS, 50_000) <= 1.5 * full

@@ -315,6 +315,40 @@ async def test_one_scrape_timeout_takes_a_hung_endpoint_out_until_it_answers(ser
         await scraper.stop()
 
 
+async def test_a_scrape_unanswered_for_its_overdue_turns_leaves_the_endpoint_out_while_others_answer(
+    server: FakeServer,
+) -> None:
+    """A hung server's last metrics look idle. Once its GET has gone unanswered for the overdue
+    turns (well before the timeout), it stops being a candidate while another endpoint answers,
+    is the last resort when none does, and is a candidate again with its next answer."""
+    other = FakeServer()
+    await other.start()
+    datastore = Datastore()
+    scraper = MetricsScraper(datastore, interval=0.05, timeout=30.0, overdue_turns=4)
+    await scraper.start()
+    hung = datastore.upsert(EndpointSpec("hung", "127.0.0.1", server.port))
+    prompt = datastore.upsert(EndpointSpec("prompt", "127.0.0.1", other.port))
+    try:
+        await until(lambda: hung.metrics.waiting_queue_size == 7 and prompt.metrics.waiting_queue_size == 7)
+        assert datastore.ready_endpoints() == [hung, prompt]
+        server.answering.clear()
+        await until(lambda: hung.scrape_overdue)
+        assert datastore.ready_endpoints() == [prompt]
+        assert hung.healthy and scraper.failures == 0  # stale, not failed: the timeout is far off
+        other.answering.clear()
+        await until(lambda: prompt.scrape_overdue)
+        assert datastore.ready_endpoints() == [hung, prompt]  # a pool of only slow servers routes
+        server.answering.set()
+        await until(lambda: not hung.scrape_overdue)
+        assert datastore.ready_endpoints() == [hung]
+        other.answering.set()
+        await until(lambda: not prompt.scrape_overdue)
+        assert datastore.ready_endpoints() == [hung, prompt] and scraper.failures == 0
+    finally:
+        await scraper.stop()
+        await other.stop()
+
+
 async def test_an_unhealthy_endpoint_is_scraped_less_often_until_it_answers(server: FakeServer) -> None:
     """Each failed scrape of an endpoint out of rotation doubles the wait before its next one (up
     to a second): a server whose every answer is costly to read (a gzip body that inflates to the

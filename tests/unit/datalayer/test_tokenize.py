@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 from collections.abc import AsyncIterator
 
 import pytest
@@ -177,3 +179,33 @@ def test_local_prefix_cache_reuses_a_shared_prefix_exactly(tokenizer_file: str) 
         text = f"{system} question {question}: why politely?"
         assert local.encode(text) == reference.tokenizer.encode(text).ids
     assert local.cache.hits >= 4
+
+
+async def _held_by_cache(sim_url: str, words: int) -> int:
+    """Bytes a fresh client's result cache still holds after 200 distinct prompts of `words`
+    words, with a budget of 20,000 tokens."""
+    client = VLLMTokenizer(sim_url, "sim-model", 5.0, 30.0, cache_tokens=20_000)
+
+    async def one(i: int) -> None:
+        await client.tokenize({"model": "x", "prompt": f"{i} " + "word " * words}, chat=False)
+
+    try:
+        await one(-1)  # the session and the connection
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(200):
+            await one(i)
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        await client.close()
+
+
+async def test_the_result_cache_is_bounded_in_tokens_not_only_entries(sim_url: str) -> None:
+    """4,096 cached results of long prompts held gigabytes of token ids: the cache now holds
+    at most `cache_tokens` ids, so 200 prompts of 1,000 words hold about what 200 of 50 words
+    (10,000 tokens, all kept) do, in the same run, not 20 times as much."""
+    short = await _held_by_cache(sim_url, 50)
+    assert await _held_by_cache(sim_url, 1_000) <= 3 * short

@@ -38,6 +38,20 @@ def test_suspended_endpoints_are_not_ready() -> None:
     assert datastore.ready_endpoints() == [endpoint]
 
 
+def test_an_overdue_endpoint_is_ready_only_when_no_other_is() -> None:
+    datastore = Datastore()
+    hung, prompt, down = (
+        datastore.upsert(EndpointSpec(n, "10.0.0.1", p)) for n, p in (("a", 1), ("b", 2), ("c", 3))
+    )
+    down.healthy = False
+    hung.scrape_overdue = True
+    assert datastore.ready_endpoints() == [prompt]
+    prompt.suspended_until = float("inf")
+    assert datastore.ready_endpoints() == [hung]  # the last resort: a slow server, not a 503
+    down.healthy, prompt.suspended_until = True, 0.0
+    assert datastore.ready_endpoints() == [prompt, down]
+
+
 def test_split_host_port() -> None:
     assert split_host_port("10.0.0.1:8000") == ("10.0.0.1", 8000)
     assert split_host_port("[fd00::1]:8000") == ("fd00::1", 8000)

@@ -249,3 +249,34 @@ def test_a_record_that_fails_to_commit_releases_the_load(monkeypatch: pytest.Mon
     with pytest.raises(RuntimeError, match="commit failed"):
         d.handle_body(body(), {":path": "/v1/completions", "x-request-id": "r1"}, None)
     assert in_flight(d) == 0
+
+
+def _held_by_records(model_bytes: int) -> int:
+    """Bytes the ring still holds after 200 routed requests, each naming a new model of
+    `model_bytes` characters (with a request id and objective as long)."""
+    d = director()
+
+    def one(i: int) -> None:
+        name = f"{i}-".ljust(model_bytes, "x")
+        request = orjson.dumps({"model": name, "prompt": "hello", "max_tokens": 4})
+        headers = {":path": "/v1/completions", "x-request-id": name, "x-gateway-inference-objective": name}
+        d.handle_body(request, headers, None).finish()
+
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(200):
+        one(i)
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert d.recorder is not None and len(d.recorder) == 200
+    return held
+
+
+def test_records_keep_a_bounded_prefix_of_client_named_strings() -> None:
+    """Model names, request ids and objectives come from clients, and the ring keeps its last
+    1,000 records: whole 16 MB model names would hold 16 GB. Records keep a prefix of each, so 200
+    requests with 50,000-character names hold no more than with 300-character ones (same run)."""
+    short = _held_by_records(300)
+    assert _held_by_records(50_000) <= 1.5 * short

@@ -24,7 +24,7 @@ from epp.extproc.server import ExternalProcessor, bind, ext_proc_server
 from epp.extproc.stream import StreamOptions
 from epp.flowcontrol.controller import FlowController, bound_fairness_id
 from epp.framework import PluginContext
-from epp.metrics.exporter import EppMetrics
+from epp.metrics.exporter import MAX_FLOW_SERIES, EppMetrics
 from epp.requestcontrol import Director
 from epp.requests import ApiKind, InferenceRequest, RequestError
 from tests.unit.flowcontrol.flow_helpers import flow_control_config
@@ -392,6 +392,42 @@ async def test_5000_fairness_ids_leave_nothing_behind() -> None:
     assert series < 256 * 40  # 256 fairness labels at most (histogram buckets), no queue gauges left
     assert grown < 256 * 1024, grown  # what epp/ code still holds
     await controller.stop()
+
+
+async def _queue_series(pairs: int, models: int) -> int:
+    """Queue-duration histogram samples after `pairs` requests, each a distinct (fairness id,
+    model) pair drawn from 200 fairness ids and `models` model names, all served."""
+    metrics = EppMetrics()
+    datastore = Datastore()
+    director, _ = build_director(load_config(queue_config(0, "0s")), datastore, PluginContext(metrics))
+    controller = director.flow_control
+    assert controller is not None
+    datastore.upsert(
+        EndpointSpec(name="a", address="10.0.0.1", port=1, models=frozenset(), labels=MappingProxyType({}))
+    )
+    controller.detector = _Never()
+
+    async def one(i: int) -> None:
+        model = f"model-{i // 200 % models}"
+        request = InferenceRequest(str(i), ApiKind.COMPLETIONS, "", model=model, headers={})
+        request.fairness_id = bound_fairness_id(f"tenant-{i % 200}")
+        await controller.enqueue_and_wait(request)
+
+    await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(pairs))), 120)
+    await controller.stop()
+    name = "inference_extension_flow_control_request_queue_duration_seconds"
+    return sum(len(m.samples) for m in metrics.registry.collect() if m.name == name)
+
+
+async def test_distinct_fairness_and_model_pairs_do_not_multiply_the_queue_series() -> None:
+    """Fairness ids and model names are each capped at 256 labels, but the queue-duration
+    histogram is labelled by both: a client inventing both made up to 256 x 256 series (x
+    outcomes x ~20 samples each). Its children are capped too: 5,000 pairs (200 fairness ids x 25
+    models) cost no more series than MAX_FLOW_SERIES pairs, against 200 (one model) in this run."""
+    baseline = await _queue_series(200, 1)
+    per_pair = baseline / 200
+    assert per_pair > 10  # buckets, count, sum, created
+    assert await _queue_series(5_000, 25) <= (MAX_FLOW_SERIES + 1) * per_pair
 
 
 class _Never:

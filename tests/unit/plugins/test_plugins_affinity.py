@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import gc
+import tracemalloc
 
 import pytest
 
@@ -89,6 +91,39 @@ def test_session_id_sweep_drops_expired_sessions() -> None:
     clock.now += 301
     scorer.pre_request(request(headers={"x-session-id": "fresh"}), result(a))
     assert list(scorer.pins.sessions) == ["fresh"]
+
+
+def _held_by_sessions(length: int) -> int:
+    """Bytes a session-id scorer holds after pinning 500 sessions named with `length` characters."""
+    scorer = session_scorer(FakeClock())
+    a = endpoint("a")
+
+    def one(i: int) -> None:
+        scorer.pre_request(request(headers={"x-session-id": f"s{i}-".ljust(length, "x")}), result(a))
+
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(500):
+        one(i)
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert len(scorer.pins.sessions) == 500
+    return held
+
+
+def test_long_session_ids_are_pinned_by_digest() -> None:
+    """Session ids come from clients (a header can be 60 KB) and pins live `evictionTtlSeconds`:
+    an id longer than 256 characters is kept as its digest, so 500 sessions of 20,000-character
+    ids hold no more than 500 of 300 characters (same run), and still pin."""
+    scorer = session_scorer(FakeClock())
+    a, b = endpoints(2)
+    long_id = request(headers={"x-session-id": "y" * 20_000})
+    scorer.pre_request(long_id, result(b))
+    assert scorer.score(long_id, [a, b]) == [0.0, 1.0]
+    assert scorer.score(request(headers={"x-session-id": "y" * 19_999 + "z"}), [a, b]) == [0.0, 0.0]
+    assert _held_by_sessions(20_000) <= 1.5 * _held_by_sessions(300)
 
 
 def test_session_id_sources_in_order_header_then_attribute() -> None:

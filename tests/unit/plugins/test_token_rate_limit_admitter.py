@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 from types import MappingProxyType
 
 import orjson
@@ -35,13 +37,13 @@ def body(chars: int, model: str = "m") -> bytes:
     return orjson.dumps({"model": model, "prompt": "x" * chars, "max_tokens": 5})
 
 
-def setup() -> tuple[Director, FakeClock]:
+def setup(config: str = CONFIG) -> tuple[Director, FakeClock]:
     clock = FakeClock(1000.0)
     datastore = Datastore()
     datastore.upsert(
         EndpointSpec(name="a", address="10.0.0.1", port=1, models=frozenset(), labels=MappingProxyType({}))
     )
-    director, _ = build_director(load_config(CONFIG), datastore, PluginContext(EppMetrics(), clock=clock))
+    director, _ = build_director(load_config(config), datastore, PluginContext(EppMetrics(), clock=clock))
     return director, clock
 
 
@@ -72,3 +74,35 @@ def test_the_model_budget_counts_every_tenant() -> None:
     with pytest.raises(RequestError) as caught:
         director.handle_body(body(4), {**HEADERS, "x-gateway-inference-fairness-id": "t9"}, None)
     assert "model 'm' used 1000 of its 1000 tokens" in caught.value.message
+
+
+def _held_after_a_window(tenants: int) -> int:
+    """Bytes held after 10,000 requests from `tenants` fairness ids in one window, then one in
+    the next window."""
+    director, clock = setup(CONFIG.replace("100, model", "1000000, model").replace(": 1000}", ": 100000000}"))
+
+    def one(i: int) -> None:
+        tenant = {**HEADERS, "x-gateway-inference-fairness-id": f"tenant-{i % tenants}"}
+        director.handle_body(body(4), tenant, None).finish()
+
+    one(-1)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(10_000):
+        one(i)
+    clock.now += 10  # the next window
+    one(-1)
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return held
+
+
+def test_budgets_of_past_windows_are_dropped() -> None:
+    """A budget only counts in its window, but every tenant's stayed until `maxKeys` (100,000)
+    pushed it out: 10,000 tenants in one window, then a request in the next, held their 10,000
+    entries. Now past windows' entries go as the next window's are charged, so they hold what one
+    tenant's 10,000 requests do (same run)."""
+    one_tenant = _held_after_a_window(1)
+    assert _held_after_a_window(10_000) <= max(1.5 * one_tenant, one_tenant + 64 * 1024)

@@ -387,7 +387,10 @@ def test_admission_control_counts_429s_only_and_comes_before_ext_proc() -> None:
         EXT_PROC_FILTER,
         "envoy.filters.http.router",
     ]
-    config = manager(render_bootstrap(options))["http_filters"][0]["typed_config"]
+    wrapped = manager(render_bootstrap(options))["http_filters"][0]["typed_config"]
+    # skipped on a response that another limit refused (LIMIT_HEADER): those 429s are not the EPP's
+    assert LIMIT_HEADER in str(wrapped["xds_matcher"])
+    config = wrapped["extension_config"]["typed_config"]
     successes = config["success_criteria"]["http_criteria"]["http_success_status"]
     assert successes == [{"start": 100, "end": 429}, {"start": 430, "end": 600}]  # end exclusive
     assert (config["aggression"]["default_value"], config["sampling_window"]) == (3, "5s")
@@ -406,3 +409,18 @@ def test_epp_run_sets_the_gateways_rate_limit_and_admission_control() -> None:
     for bad in (["--rate-limit=-1"], ["--rate-limit=fast"], ["--admission-control=0.5"]):
         with pytest.raises(SystemExit):
             build_parser("run").parse_args(["run", *bad])
+
+
+@pytest.mark.parametrize("rate", [1, 5, 15, 25, 100, 800, 1234])
+def test_the_rate_limit_admits_the_rate_asked_for(rate: int) -> None:
+    """Tokens per fill over the fill interval is the rate exactly (a rate under 10, or not a
+    multiple of 10, was rounded down to a multiple of 10 per second, and 1 to 5 admitted 10), the
+    bucket holds one fill, and the interval is never under Envoy's 50 ms minimum."""
+    limit = manager(render_bootstrap(EnvoyOptions(rate_limit=rate)))["http_filters"][0]["typed_config"]
+    bucket = limit["token_bucket"]
+    interval = float(bucket["fill_interval"].removesuffix("s"))
+    assert bucket["tokens_per_fill"] / interval == pytest.approx(rate)
+    assert bucket["max_tokens"] == bucket["tokens_per_fill"]
+    assert interval >= 0.05
+    if rate % 10 == 0:  # as before: a tenth of a second's worth at a time
+        assert interval == pytest.approx(0.1)
