@@ -211,6 +211,19 @@ async def test_a_killed_simulator_stops_being_chosen(make_stack: StackFactory) -
         assert statuses[-10:] == [200] * 10
 
 
+async def first_failure_from(stack: Stack, endpoint: SimEndpoint) -> httpx.Response:
+    """Make `endpoint` the pool's only one and send until a request is not a 200 (the first are
+    served by the stack's own simulator until the EPP has re-read the endpoints file)."""
+    stack.write_endpoints_file([endpoint])
+    body = {"model": MODEL, "prompt": "hi", "max_tokens": 1}
+    for _ in range(100):
+        response = await post(stack, "/v1/completions", body)
+        if response.status_code != 200:
+            break
+        await asyncio.sleep(0.05)
+    return response
+
+
 def assert_gateway_json_error(response: httpx.Response, status: int, type_prefix: str) -> None:
     """Envoy's own error replies come as JSON in the EPP's error shape, not plain text."""
     assert response.status_code == status, response.text
@@ -265,13 +278,7 @@ async def test_an_endpoint_that_resets_gets_a_json_503_from_envoy(make_stack: St
     port = int(runner.addresses[0][1])
     try:
         async with make_stack("resets", sims=1) as stack:
-            stack.write_endpoints_file([SimEndpoint("dropper", "127.0.0.1", port)])
-            body = {"model": MODEL, "prompt": "hi", "max_tokens": 1}
-            for _ in range(100):
-                response = await post(stack, "/v1/completions", body)
-                if response.status_code != 200:
-                    break
-                await asyncio.sleep(0.05)  # the EPP has not re-read the endpoints file yet
+            response = await first_failure_from(stack, SimEndpoint("dropper", "127.0.0.1", port))
             assert_gateway_json_error(response, 503, "upstream_reset_before_response_started")
             message = response.json()["error"]["message"]
             assert message.startswith(
@@ -306,18 +313,13 @@ async def test_a_model_server_too_slow_gets_a_504_naming_it(make_stack: StackFac
     )
     try:
         async with make_stack("slow", sims=1, envoy=envoy) as stack:
-            stack.write_endpoints_file([SimEndpoint("hangs", "127.0.0.1", port)])
-            body = {"model": MODEL, "prompt": "hi", "max_tokens": 1}
-            for _ in range(100):
-                response = await post(stack, "/v1/completions", body)
-                if response.status_code != 200:
-                    break
-                await asyncio.sleep(0.05)  # the EPP has not re-read the endpoints file yet
+            response = await first_failure_from(stack, SimEndpoint("hangs", "127.0.0.1", port))
             assert_gateway_json_error(response, 504, "response_timeout")
             assert response.json()["error"]["message"].startswith(
                 "the model server sent no response in time (the gateway waits 1s for a non-streaming"
             )
-            streamed = await post(stack, "/v1/completions", {**body, "stream": True})
+            body = {"model": MODEL, "prompt": "hi", "max_tokens": 1, "stream": True}
+            streamed = await post(stack, "/v1/completions", body)
             assert_gateway_json_error(streamed, 504, "upstream_per_try_timeout")
             assert streamed.json()["error"]["message"] == response.json()["error"]["message"]
     finally:
