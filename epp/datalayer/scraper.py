@@ -91,6 +91,7 @@ class _Target:
         "resume_at",
         "sent_at",
         "unlogged",
+        "usual",
     )
 
     def __init__(
@@ -115,6 +116,7 @@ class _Target:
         self.failures = 0
         self.sent_at: float | None = None  # loop time the GET under way was started
         self.missed = 0  # scrape turns that passed while the GET was under way
+        self.usual = 0  # turns its last answered GET took: a server slow but steady is not hung
         self.reading = False  # its page is being read in the page worker: no GET until it is read
         self.resume_at = 0.0  # loop time before which a failing endpoint is not scraped again
         # Out of rotation: its last failure reason, the last one logged ("": this outage not
@@ -134,8 +136,10 @@ class MetricsScraper:
     the scrape itself (docs/benchmarks.md). A GET still under way at its turn is not repeated but
     followed by the next one as soon as it ends; one unanswered for `timeout` fails.
 
-    A GET unanswered for `overdue_turns` turns marks the endpoint `scrape_overdue` until it
-    answers: its metrics are stale, and it is chosen only when no other endpoint is ready.
+    A GET unanswered for `overdue_turns` turns more than the endpoint's last answer took marks it
+    `scrape_overdue` until it answers: its metrics are stale, and it is chosen only when no other
+    endpoint is ready. (A server whose every answer takes longer than `overdue_turns` is slow, not
+    hung: counted from zero it would leave the candidates for part of every scrape, at random.)
 
     Health: a refused connection (the server is gone) or a scrape timeout (it hangs) marks the
     endpoint unhealthy at once; other failures (non-200, a malformed or cut page) after
@@ -243,7 +247,8 @@ class MetricsScraper:
                         self._begin(target, now)
                 else:
                     target.missed += 1
-                    if target.missed == self.overdue_turns and target.sent_at is not None:
+                    overdue_at = self.overdue_turns + target.usual
+                    if self.overdue_turns and target.missed == overdue_at and target.sent_at is not None:
                         target.endpoint.scrape_overdue = True
             except Exception:  # one endpoint's trouble must not stop the scraping of all
                 log.exception("scraping endpoint %s", target.endpoint)
@@ -262,6 +267,7 @@ class MetricsScraper:
                 continue
             target.getter.close()
             self._unanswered_no_more(target)
+            target.usual = 0
             self._failed(target, f"no answer within {self._timeout:g}s", immediate=True)
         self._next_deadline = earliest
 
@@ -275,6 +281,7 @@ class MetricsScraper:
         if self._targets.get(target.endpoint.name) is not target:
             return
         self._unanswered_no_more(target)
+        target.usual = target.missed
         try:
             page = self._page(target, result)
             if len(page) >= OFF_LOOP_PAGE_BYTES:

@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
+import xxhash
+
 log = logging.getLogger(__name__)
 
 PROMPT_LIMIT = 4096  # characters of the prompt kept when prompts are recorded
@@ -23,6 +25,16 @@ MESSAGE_LIMIT = 1024
 def clip(text: str, limit: int = TEXT_LIMIT) -> str:
     """`text`, or its first `limit` characters and "..." (ASCII: the string stays one byte a character)."""
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def bounded_id(text: str) -> str:
+    """A request id as records keep it: one over TEXT_LIMIT characters becomes its start and its
+    digest, within TEXT_LIMIT (so the form a record shows finds it again) and unique to it (a
+    plain prefix would mix up the records of ids that share one)."""
+    if len(text) <= TEXT_LIMIT:
+        return text
+    digest = "...xxh3:" + xxhash.xxh3_128_hexdigest(text.encode(errors="surrogatepass"))
+    return text[: TEXT_LIMIT - len(digest)] + digest
 
 
 class EndpointLike(Protocol):
@@ -216,7 +228,7 @@ class DecisionRecord:
     def __init__(self, request_id: str, model: str, target_model: str, api: str) -> None:
         self.seq = 0
         self.time = time.time()
-        self.request_id = clip(request_id)
+        self.request_id = bounded_id(request_id)
         self.model = clip(model)
         self.target_model = clip(target_model)
         self.api = api
@@ -414,5 +426,5 @@ class DecisionRecorder:
         return found
 
     def by_request_id(self, request_id: str) -> list[DecisionRecord]:
-        request_id = clip(request_id)  # as records keep it
+        request_id = bounded_id(request_id)  # as records keep it
         return [r for r in reversed(self._records) if r.request_id == request_id]

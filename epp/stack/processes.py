@@ -116,24 +116,33 @@ class ManagedProcess:
             )
 
     async def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL after `timeout`."""
+        """SIGTERM, then SIGKILL after `timeout`; then SIGKILL to what is left of its session."""
         await self._signal_and_wait(signal.SIGTERM, timeout)
 
     async def kill(self) -> None:
         await self._signal_and_wait(signal.SIGKILL, 5.0)
 
     async def _signal_and_wait(self, sig: signal.Signals, timeout: float) -> None:
-        if not self.running:
+        if self.process is None:
             return
-        assert self.process is not None
-        with contextlib.suppress(ProcessLookupError):
-            self.process.send_signal(sig)
-        try:
-            await asyncio.wait_for(self.process.wait(), timeout)
-        except TimeoutError:
+        if self.running:
             with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
-            await self.process.wait()
+                self.process.send_signal(sig)
+            try:
+                await asyncio.wait_for(self.process.wait(), timeout)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.kill()
+                await self.process.wait()
+        self._end_leftovers()
+
+    def _end_leftovers(self) -> None:
+        """Kill what is left of the process's session (its own group: start_new_session). A
+        process that died without stopping its children (`epp serve --workers` killed with -9)
+        leaves them running, holding its ports and serving on its shared ext_proc port."""
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
 
 async def wait_until(

@@ -108,6 +108,24 @@ async def test_epp_run_restarts_a_dead_epp(tmp_path: Path) -> None:
         assert await asyncio.wait_for(process.wait(), timeout=30) == 0
 
 
+async def test_epp_run_restarts_a_dead_epp_with_workers(tmp_path: Path) -> None:
+    """kill -9 the supervisor of `--workers 2`: the EPP comes back and routes."""
+    async with epp_run(tmp_path, 1, "--workers=2") as process:
+        assert process.stdout is not None
+        seen: list[str] = []
+        gateway = (
+            await read_until(process.stdout, r"curl -si (http://127\.0\.0\.1:\d+)/v1/completions", seen)
+        )[1]
+        async with httpx.AsyncClient(base_url=gateway, timeout=30) as client:
+            assert (await client.post("/v1/completions", json=BODY)).status_code == 200
+            os.kill(child_pid(process.pid, "epp.cli serve"), signal.SIGKILL)
+            await read_until(process.stdout, r"the EPP exited with -9; restarting it in", seen)
+            await read_until(process.stdout, r"the EPP is back \(restart 1\)", seen)
+            assert (await client.post("/v1/completions", json=BODY)).status_code == 200
+        process.send_signal(signal.SIGINT)
+        await read_until(process.stdout, r"^stopped\.$", seen)
+
+
 async def test_epp_run_routes_the_models_its_simulators_serve(tmp_path: Path) -> None:
     """The endpoints file `epp run` writes lists what each simulator reports serving: a model set
     with --sim-arg and its LoRA adapters route (both were 404 'not served by any endpoint of the

@@ -349,6 +349,49 @@ async def test_a_scrape_unanswered_for_its_overdue_turns_leaves_the_endpoint_out
         await other.stop()
 
 
+class SlowServer(FakeServer):
+    """Answers every /metrics GET, each after `delay` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self.answers = 0
+
+    async def handler(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(self.delay)
+        response = await super().handler(request)
+        self.answers += 1
+        return response
+
+
+async def test_a_server_slow_but_steady_stays_a_candidate_and_is_overdue_once_it_hangs() -> None:
+    """Every answer takes 6 turns: overdue is counted from its usual answer, so it does not leave
+    the candidates for part of every scrape (it flapped, at random, against a prompt endpoint);
+    once it stops answering it is overdue after the usual turns and 4 more."""
+    slow = SlowServer(delay=0.12)
+    await slow.start()
+    datastore = Datastore()
+    scraper = MetricsScraper(datastore, interval=0.02, timeout=30.0, overdue_turns=4)
+    await scraper.start()
+    endpoint = datastore.upsert(EndpointSpec("slow", "127.0.0.1", slow.port))
+    try:
+        await until(lambda: slow.answers >= 2)
+        seen_overdue = 0
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 0.8  # 6 or more of its answers
+        while loop.time() < end:
+            seen_overdue += endpoint.scrape_overdue
+            await asyncio.sleep(0.005)
+        assert seen_overdue == 0 and datastore.ready_endpoints() == [endpoint]
+        slow.answering.clear()
+        await until(lambda: endpoint.scrape_overdue)
+        assert endpoint.healthy
+    finally:
+        slow.answering.set()
+        await scraper.stop()
+        await slow.stop()
+
+
 async def test_an_unhealthy_endpoint_is_scraped_less_often_until_it_answers(server: FakeServer) -> None:
     """Each failed scrape of an endpoint out of rotation doubles the wait before its next one (up
     to a second): a server whose every answer is costly to read (a gzip body that inflates to the

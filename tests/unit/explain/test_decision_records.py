@@ -280,3 +280,20 @@ def test_records_keep_a_bounded_prefix_of_client_named_strings() -> None:
     requests with 50,000-character names hold no more than with 300-character ones (same run)."""
     short = _held_by_records(300)
     assert _held_by_records(50_000) <= 1.5 * short
+
+
+def test_long_request_ids_sharing_a_prefix_keep_their_own_records() -> None:
+    """A request id over the kept length is shortened to a form unique to it: the records of one
+    are not returned for another with the same first characters (both were cut to one prefix),
+    and the shortened id a record shows finds it again."""
+    d = director()
+    first, second = "a" * 300, "a" * 299 + "b"
+    for request_id in (first, second):
+        request = orjson.dumps({"model": "m", "prompt": "hello", "max_tokens": 4})
+        d.handle_body(request, {":path": "/v1/completions", "x-request-id": request_id}, None).finish()
+    assert d.recorder is not None
+    (found,) = d.recorder.by_request_id(first)
+    assert len(found.request_id) <= records.TEXT_LIMIT and found.request_id.startswith("a" * 200)
+    assert d.recorder.by_request_id(found.request_id) == [found]
+    (other,) = d.recorder.by_request_id(second)
+    assert other is not found

@@ -1,8 +1,13 @@
-"""Restart backoff of `epp run`'s supervisor."""
+"""Restart backoff of `epp run`'s supervisor, and the processes it stops."""
 
 from __future__ import annotations
 
-from epp.stack.processes import RestartBackoff
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from epp.stack.processes import ManagedProcess, RestartBackoff
 
 
 def test_backoff_doubles_to_its_cap_and_resets_after_a_stable_run() -> None:
@@ -17,3 +22,34 @@ def test_backoff_doubles_to_its_cap_and_resets_after_a_stable_run() -> None:
     assert backoff.restarts == 6
     now[0] += 60.0  # the last restart stayed up a minute
     assert backoff.next_delay() == 0.5
+
+
+def sleeping(pid: int) -> bool:
+    """Whether `pid` still runs the test's sleep (a killed one is a zombie with no command line)."""
+    try:
+        return b"sleep" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+
+
+async def test_stopping_a_process_that_died_ends_the_children_it_left(tmp_path: Path) -> None:
+    """`epp serve --workers` killed with -9 leaves its workers running, holding its ports (the
+    restarted EPP failed to bind them, again and again) and serving ext_proc on the shared port
+    with the dead EPP's state. Stopping the dead process ends what is left of its session."""
+    child_pid = tmp_path / "child.pid"
+    leaver = (
+        "import subprocess, sys, pathlib; "
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        f"pathlib.Path({str(child_pid)!r}).write_text(str(p.pid))"
+    )
+    process = ManagedProcess("leaver", [sys.executable, "-c", leaver], tmp_path / "leaver.log")
+    await process.start()
+    assert process.process is not None
+    await asyncio.wait_for(process.process.wait(), timeout=30)
+    orphan = int(child_pid.read_text())
+    os.kill(orphan, 0)  # still running, its parent gone
+    await process.stop()
+    deadline = asyncio.get_running_loop().time() + 10
+    while sleeping(orphan):
+        assert asyncio.get_running_loop().time() < deadline, "the orphan is still running"
+        await asyncio.sleep(0.05)
