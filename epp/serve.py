@@ -872,6 +872,11 @@ def _run_workers(args: argparse.Namespace) -> int:
     except (DiscoveryError, ValueError, OSError, KubeConfigError) as exc:
         log.error("%s", exc)
         return 2
+    last_port = options.metrics_port + args.workers - 1  # worker i listens on --metrics-port + i
+    if options.metrics_port and last_port > 65535:
+        log.error("--metrics-port %d with --workers %d: the last worker's would be %d, past 65535",
+                  options.metrics_port, args.workers, last_port)  # fmt: skip
+        return 2
     plan = worker_plan(args.workers, options, args.log_level)
 
     async def supervise() -> int:

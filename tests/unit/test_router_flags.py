@@ -188,6 +188,14 @@ def test_emit_endpoint_scores_makes_every_profile_keep_its_totals(flag: str) -> 
     assert not any(p.keep_scores for p in plain.director.scheduler.profiles.values())
 
 
+def test_workers_whose_metrics_ports_would_pass_65535_are_refused(caplog: pytest.LogCaptureFixture) -> None:
+    """Worker i listens on --metrics-port + i: 65534 with three workers would give the last 65536."""
+    args = parse_args(["serve", "--endpoint=127.0.0.1:1", "--workers=3", "--metrics-port=65534"])
+    assert serve.run(args) == 2
+    refusal = "--metrics-port 65534 with --workers 3: the last worker's would be 65536, past 65535"
+    assert refusal in caplog.text
+
+
 def test_the_workers_supervisor_waits_for_the_drain_window_and_the_grace() -> None:
     argv = ["--endpoint=127.0.0.1:1", "--drain-timeout=30s", "--shutdown-grace=90s"]
     assert serve.worker_plan(2, serve.options_from_args(parse_args(argv))).shutdown_grace == 120
