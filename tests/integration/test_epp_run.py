@@ -4,6 +4,7 @@ that dies leaves rotation while the rest serve on, and Ctrl-C stops everything c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -34,7 +35,9 @@ async def read_until(stream: asyncio.StreamReader, pattern: str, seen: list[str]
 @asynccontextmanager
 async def epp_run(tmp_path: Path, sims: int, *extra: str) -> AsyncIterator[asyncio.subprocess.Process]:
     """`epp run` in a session of its own: whatever the test's outcome, no process of it outlives
-    the test (killing `epp run` alone would leave its EPP and simulators running)."""
+    the test. A test that failed while it ran stops it as a user would (SIGINT): its EPP and
+    simulators have sessions of their own, so killing `epp run`'s group alone left them running
+    (six sets of orphans from six failed runs)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "epp.cli", "run", f"--sims={sims}", f"--run-dir={tmp_path}",
         "--sim-arg=--profile=tiny-test", "--epp-arg=--refresh-metrics-interval=50ms", *extra,
@@ -43,6 +46,12 @@ async def epp_run(tmp_path: Path, sims: int, *extra: str) -> AsyncIterator[async
     try:
         yield process
     finally:
+        for stop in (None, signal.SIGINT):  # a test that stopped it waits for its exit only
+            if process.returncode is None:
+                if stop is not None:
+                    process.send_signal(stop)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(process.wait(), timeout=5 if stop is None else 60)
         if process.returncode is None:
             os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
