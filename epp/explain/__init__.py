@@ -16,7 +16,16 @@ from epp.explain.records import (
     EndpointLike,
     ProfileRecord,
     RecordOptions,
+    bounded_id,
     clip,
 )
 
-__all__ = ["DecisionRecord", "DecisionRecorder", "EndpointLike", "ProfileRecord", "RecordOptions", "clip"]
+__all__ = [
+    "DecisionRecord",
+    "DecisionRecorder",
+    "EndpointLike",
+    "ProfileRecord",
+    "RecordOptions",
+    "bounded_id",
+    "clip",
+]

@@ -28,9 +28,9 @@ def clip(text: str, limit: int = TEXT_LIMIT) -> str:
 
 
 def bounded_id(text: str) -> str:
-    """A request id as records keep it: one over TEXT_LIMIT characters becomes its start and its
-    digest, within TEXT_LIMIT (so the form a record shows finds it again) and unique to it (a
-    plain prefix would mix up the records of ids that share one)."""
+    """A client's id (a request or session id) as long-lived state keeps it: one over TEXT_LIMIT
+    characters becomes its start and its digest, within TEXT_LIMIT (so the form a record shows
+    finds it again) and unique to it (a plain prefix would mix up ids that share one)."""
     if len(text) <= TEXT_LIMIT:
         return text
     digest = "...xxh3:" + xxhash.xxh3_128_hexdigest(text.encode(errors="surrogatepass"))

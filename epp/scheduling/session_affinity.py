@@ -16,10 +16,10 @@ import binascii
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-import xxhash
 from pydantic import Field, model_validator
 
 from epp.datastore import Endpoint
+from epp.explain import bounded_id
 from epp.framework import PluginParams
 from epp.requests import InferenceRequest
 from epp.scheduling.types import SchedulingResult
@@ -54,14 +54,6 @@ class SessionAffinityParams(PluginParams):
     profile_name: str = ""  # whose pick pins the session (default: the primary profile's)
     encoded_endpoint_header_config: EncodedEndpointHeaderConfig = EncodedEndpointHeaderConfig()
     session_id_config: SessionIdConfig = SessionIdConfig()
-
-
-MAX_KEY_LENGTH = 256  # longer session and request ids (clients' headers) are kept as a digest
-
-
-def _bounded_key(text: str) -> str:
-    """`text`, or when longer than MAX_KEY_LENGTH its 128-bit digest: pins live for minutes."""
-    return text if len(text) <= MAX_KEY_LENGTH else "xxh3:" + xxhash.xxh3_128_hexdigest(text.encode())
 
 
 def endpoint_id(endpoint: Endpoint) -> str:
@@ -104,7 +96,7 @@ class SessionPins:
         for header, attribute in self.sources:
             value = request.headers.get(header) if header else request.attributes.get(attribute)
             if isinstance(value, str) and value.strip():
-                return _bounded_key(value.strip())
+                return bounded_id(value.strip())
         return None
 
     def choose(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> Endpoint | None:
@@ -119,7 +111,7 @@ class SessionPins:
             return None
         target = next((e for e in candidates if endpoint_id(e) == bound[0]), None)
         if target is None:
-            self._unavailable[_bounded_key(request.request_id)] = self._clock()
+            self._unavailable[bounded_id(request.request_id)] = self._clock()
         return target
 
     def record(self, request: InferenceRequest, result: SchedulingResult) -> None:
@@ -130,7 +122,7 @@ class SessionPins:
         if not self.by_session_id:
             result.response_headers[self.token_header] = endpoint_token(target)
             return
-        unavailable = self._unavailable.pop(_bounded_key(request.request_id), None) is not None
+        unavailable = self._unavailable.pop(bounded_id(request.request_id), None) is not None
         session = self.session_id(request)
         if session is None:
             return
