@@ -7,7 +7,8 @@ many prompt encodings; responses are plain dicts in the exact shape vLLM returns
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Literal
 
@@ -16,6 +17,8 @@ import xxhash
 from epp.sim.tokens import render_chat, tokenize
 
 Kind = Literal["completion", "chat", "responses"]
+Turn = tuple[str, str]
+"""One message of a conversation: (role, text)."""
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 """OpenAI's (and vLLM's) default ``max_tokens`` for legacy completions."""
@@ -25,17 +28,18 @@ EMBEDDING_DIMENSIONS = 256
 class ApiError(Exception):
     """An error answered in vLLM's shape: ``{"object": "error", "message", "type", "param", "code"}``."""
 
-    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
+        self.kind = kind  # vLLM's `err_type` where it names one; else from the status
 
     def body(self) -> dict[str, Any]:
         return {
             "object": "error",
             "message": self.message,
-            "type": error_type(self.status),
+            "type": self.kind or error_type(self.status),
             "param": self.param,
             "code": self.status,
         }
@@ -66,6 +70,30 @@ class Generation:
     kv_transfer_params: Any
     n: int = 1  # choices per prompt
     priority: int = 0  # vLLM's per-request priority (lower first under --scheduling-policy priority)
+    conversation: Conversation | None = None  # Responses API requests only
+
+
+@dataclass(slots=True)
+class Conversation:
+    """What a Responses API request adds to a conversation, and where it continues one."""
+
+    response_id: str  # the id its response will have (vLLM's `request_id` field, or a new one)
+    instructions: str | None
+    input: list[Turn]
+    previous_response_id: str | None
+    store: bool  # keep the response for a follow-up naming it
+    history: list[Turn] = field(default_factory=list)  # the previous response's conversation
+
+    def turns(self) -> list[Turn]:
+        """The messages rendered into the prompt, in vLLM's order: this request's instructions,
+        the stored conversation (its messages and output), then this request's input."""
+        system = [("system", self.instructions)] if self.instructions is not None else []
+        return [*system, *self.history, *self.input]
+
+    def stored(self, output: str) -> list[Turn]:
+        """The conversation a follow-up continues: without system messages (instructions do not
+        carry over, as in vLLM and OpenAI's API), with this response's output."""
+        return [t for t in self.turns() if t[0] != "system"] + [("assistant", output)]
 
 
 def parse_completion(body: dict[str, Any]) -> Generation:
@@ -88,16 +116,35 @@ def parse_chat(body: dict[str, Any]) -> Generation:
 
 def parse_responses(body: dict[str, Any]) -> Generation:
     raw = body.get("input")
-    turns: list[tuple[str, str]] = []
-    if isinstance(body.get("instructions"), str):
-        turns.append(("system", body["instructions"]))
+    turns: list[Turn] = []
     if isinstance(raw, str):
         turns.append(("user", raw))
     elif isinstance(raw, list) and raw:
         turns.extend((_role(item), _content(item.get("content"), "input")) for item in raw)
     else:
         raise ApiError(400, "'input' must be a string or a non-empty list of messages", "input")
-    return _generation("responses", body, [tokenize(render_chat(turns))], "max_output_tokens", None)
+    store = body.get("store", True)
+    if store is not None and not isinstance(store, bool):
+        raise ApiError(400, "'store' must be a boolean", "store")
+    conversation = Conversation(
+        response_id=_optional_str(body, "request_id") or f"resp_{uuid.uuid4().hex}",
+        instructions=body["instructions"] if isinstance(body.get("instructions"), str) else None,
+        input=turns,
+        previous_response_id=_optional_str(body, "previous_response_id"),
+        store=bool(store),
+    )
+    gen = _generation(
+        "responses", body, [tokenize(render_chat(conversation.turns()))], "max_output_tokens", None
+    )
+    gen.conversation = conversation
+    return gen
+
+
+def continue_conversation(gen: Generation, history: list[Turn]) -> None:
+    """Prepend a stored conversation to a Responses API request (its `previous_response_id`)."""
+    assert gen.conversation is not None
+    gen.conversation.history = history
+    gen.prompts = [tokenize(render_chat(gen.conversation.turns()))]
 
 
 def parse_embedding_input(body: dict[str, Any]) -> list[list[int]]:
@@ -138,6 +185,13 @@ def _priority(body: dict[str, Any]) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ApiError(400, "'priority' must be an integer", "priority")
     return value
+
+
+def _optional_str(body: dict[str, Any], field: str) -> str | None:
+    value = body.get(field)
+    if value is not None and not isinstance(value, str):
+        raise ApiError(400, f"'{field}' must be a string", field)
+    return value or None
 
 
 def _optional_int(body: dict[str, Any], field: str, minimum: int) -> int | None:

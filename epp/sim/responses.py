@@ -38,10 +38,10 @@ def generation_body(gen: Generation, group: SequenceGroup, kv: dict[str, Any] | 
     use = group.usage()
     if gen.kind == "chat":
         return chat_body(f"chatcmpl-{uuid.uuid4().hex}", created, gen.model, choices, use, kv)
-    if gen.kind == "responses":
+    if gen.conversation is not None:
         first = choices[0]
         return responses_body(
-            f"resp_{uuid.uuid4().hex}", created, gen.model, first.text, first.finish_reason, use, kv
+            gen.conversation.response_id, created, gen.model, first.text, first.finish_reason, use, kv
         )
     return completion_body(f"cmpl-{uuid.uuid4().hex}", created, gen.model, choices, use, kv)
 

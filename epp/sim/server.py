@@ -29,6 +29,7 @@ from epp.sim.openai_api import (
     EMBEDDING_DIMENSIONS,
     ApiError,
     Generation,
+    continue_conversation,
     output_length,
     parse_chat,
     parse_completion,
@@ -48,6 +49,7 @@ from epp.sim.pd import (
 from epp.sim.responses import embeddings_body, error_response, generation_body, json_response, models_body
 from epp.sim.sequences import OutputSequence, SequenceGroup
 from epp.sim.sse import stream_response
+from epp.sim.stored_responses import ResponseStore
 from epp.sim.tokens import sequence_seed
 
 RETURN_ERROR_HEADER = "X-Return-Error"
@@ -109,6 +111,7 @@ class SimServer:
         self._registry = registry if registry is not None else KVRegistry()
         self._metrics = build_registry(self.engine, config.model)
         self._ids = itertools.count()
+        self.stored_responses = ResponseStore()
         self._created = int(time.time())
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -217,6 +220,9 @@ class SimServer:
 
     async def _generate(self, http: web.Request, gen: Generation) -> web.StreamResponse:
         lora = self._lora_for(gen.model)
+        conversation = gen.conversation
+        if conversation is not None and conversation.previous_response_id is not None:
+            continue_conversation(gen, self.stored_responses.history(conversation.previous_response_id))
         role = parse_kv_transfer_params(gen.kv_transfer_params)
         if role.prefill_leg and gen.stream:
             raise ApiError(400, "Prefill does not support streaming", "stream")
@@ -239,12 +245,23 @@ class SimServer:
                 assert self._session is not None
                 await pull_remote_blocks(role.remote, self._registry, self._session)
             if gen.stream:
-                return await stream_response(http, gen, group)
+                response = await stream_response(http, gen, group)
+                self._store_response(gen, group)
+                return response
             await group.wait_finished()
             kv = self._prefill_params(group) if role.prefill_leg else None
-            return json_response(generation_body(gen, group, kv))
+            body = generation_body(gen, group, kv)
+            self._store_response(gen, group)
+            return json_response(body)
         finally:
             group.abort_unfinished(self.driver)
+
+    def _store_response(self, gen: Generation, group: SequenceGroup) -> None:
+        """Keep a finished Responses API answer for follow-ups (not one cut short by its client)."""
+        conversation = gen.conversation
+        if conversation is not None and conversation.store and group.finished():
+            text = group.sequences[0].text()
+            self.stored_responses.keep(conversation.response_id, conversation.stored(text))
 
     def _check_sequences(self, gen: Generation) -> None:
         """Refuse, before a single one is built, more sequences (one engine request per prompt and

@@ -65,8 +65,10 @@ class SseWriter:
         self._gen = gen
         self._group = group
         self._created = int(time.time())
-        prefix = {"chat": "chatcmpl-", "responses": "resp_", "completion": "cmpl-"}[gen.kind]
-        self._id = prefix + uuid.uuid4().hex
+        if gen.conversation is not None:
+            self._id = gen.conversation.response_id
+        else:
+            self._id = ("chatcmpl-" if gen.kind == "chat" else "cmpl-") + uuid.uuid4().hex
 
     @property
     def opens_with_first_output(self) -> bool:

@@ -468,6 +468,54 @@ async def test_embeddings_and_responses(cluster: SimCluster, http: aiohttp.Clien
     assert text.count("event: response.output_text.delta") == 4 and "event: response.completed" in text
 
 
+async def test_a_follow_up_continues_a_stored_response_on_its_server_only(
+    cluster: SimCluster, http: aiohttp.ClientSession
+) -> None:
+    """vLLM keeps stored responses in its process: a follow-up naming one continues the
+    conversation there (its prompt holds the earlier turns, served from the prefix cache) and gets
+    vLLM's 404 from any other server."""
+    first_url, other_url = base(cluster, 0), base(cluster, 1)
+    body = {"model": MODEL, "input": "Tell me about rivers", "max_output_tokens": 3, "ignore_eos": True}
+    status, _, first = await post(http, first_url + "/v1/responses", body)
+    assert status == 200 and first["id"].startswith("resp_")
+    follow = {**body, "input": "And lakes?", "previous_response_id": first["id"]}
+    status, _, second = await post(http, first_url + "/v1/responses", follow)
+    assert status == 200, second
+    alone = (await post(http, other_url + "/v1/responses", {**body, "input": "And lakes?"}))[2]
+    # The continuation's prompt is the stored conversation plus the new input, mostly cached.
+    assert (
+        second["usage"]["input_tokens"] > first["usage"]["input_tokens"] + alone["usage"]["input_tokens"] - 8
+    )
+    assert second["usage"]["input_tokens_details"]["cached_tokens"] >= first["usage"]["input_tokens"] - 4
+    # A streamed follow-up of the follow-up: the id of `response.created` is stored too.
+    async with http.post(
+        first_url + "/v1/responses", json={**follow, "previous_response_id": second["id"], "stream": True}
+    ) as response:
+        events = await read_sse(response)
+    third = events[0]["response"]["id"]
+    assert events[-1]["response"]["id"] == third
+    status, _, _ = await post(http, first_url + "/v1/responses", {**follow, "previous_response_id": third})
+    assert status == 200
+
+    status, _, error = await post(http, other_url + "/v1/responses", follow)
+    assert status == 404
+    assert error == {
+        "object": "error",
+        "message": f"Response with id '{first['id']}' not found.",
+        "type": "invalid_request_error",
+        "param": "response_id",
+        "code": 404,
+    }
+    # `store: false` keeps nothing; a non-string id is the client's 400.
+    unstored = (await post(http, first_url + "/v1/responses", {**body, "store": False}))[2]
+    status, _, error = await post(
+        http, first_url + "/v1/responses", {**follow, "previous_response_id": unstored["id"]}
+    )
+    assert status == 404 and error["param"] == "response_id"
+    status, _, error = await post(http, first_url + "/v1/responses", {**follow, "previous_response_id": 7})
+    assert status == 400 and error["param"] == "previous_response_id"
+
+
 async def test_openai_sdk(cluster: SimCluster) -> None:
     client = openai.AsyncOpenAI(base_url=base(cluster) + "/v1", api_key="unused")
     try:
