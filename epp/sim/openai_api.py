@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 import xxhash
 
-from epp.sim.tokens import render_chat, tokenize
+from epp.sim.logprobs import MAX_LOGPROBS
+from epp.sim.tokens import VOCAB_SIZE, render_chat, tokenize
 
 Kind = Literal["completion", "chat", "responses"]
 Turn = tuple[str, str]
@@ -71,6 +72,9 @@ class Generation:
     n: int = 1  # choices per prompt
     priority: int = 0  # vLLM's per-request priority (lower first under --scheduling-policy priority)
     conversation: Conversation | None = None  # Responses API requests only
+    # Alternatives per generated token the answer shows (vLLM's SamplingParams.logprobs: chat's
+    # `top_logprobs` when `logprobs` is true, completions' `logprobs`); None: no logprobs.
+    logprobs: int | None = None
 
 
 @dataclass(slots=True)
@@ -100,9 +104,14 @@ def parse_completion(body: dict[str, Any]) -> Generation:
     prompt = body.get("prompt")
     if prompt is None:
         raise ApiError(400, "'prompt' is required", "prompt")
-    return _generation(
+    gen = _generation(
         "completion", body, _prompts(prompt, "prompt"), "max_tokens", COMPLETIONS_DEFAULT_MAX_TOKENS
     )
+    count = _optional_int(body, "logprobs", minimum=None)
+    if count is not None and count < 0:
+        raise ApiError(400, "`logprobs` must be a positive value.", "logprobs")
+    gen.logprobs = _within_max_logprobs(count)
+    return gen
 
 
 def parse_chat(body: dict[str, Any]) -> Generation:
@@ -111,7 +120,31 @@ def parse_chat(body: dict[str, Any]) -> Generation:
         raise ApiError(400, "'messages' must be a non-empty list", "messages")
     turns = [(_role(m), _content(m.get("content"), "messages")) for m in messages]
     field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    return _generation("chat", body, [tokenize(render_chat(turns))], field, None)
+    gen = _generation("chat", body, [tokenize(render_chat(turns))], field, None)
+    wanted = body.get("logprobs")
+    if wanted is not None and not isinstance(wanted, bool):
+        raise ApiError(400, "'logprobs' must be a boolean", "logprobs")
+    top = _optional_int(body, "top_logprobs", minimum=None)
+    if top is not None and top < 0 and top != -1:
+        raise ApiError(400, "`top_logprobs` must be a positive value or -1.", "top_logprobs")
+    if top is not None and (top == -1 or top > 0) and not wanted:
+        raise ApiError(400, "when using `top_logprobs`, `logprobs` must be set to true.", "top_logprobs")
+    gen.logprobs = _within_max_logprobs(top or 0) if wanted else None
+    return gen
+
+
+def _within_max_logprobs(count: int | None) -> int | None:
+    """vLLM's engine check: -1 asks for the whole vocabulary, more than `--max-logprobs` is refused."""
+    if count == -1:
+        count = VOCAB_SIZE
+    if count is not None and count > MAX_LOGPROBS:
+        raise ApiError(
+            400,
+            f"Requested sample logprobs of {count}, which is greater than max allowed: {MAX_LOGPROBS} "
+            f"(parameter=logprobs, value={count})",
+            "logprobs",
+        )
+    return count
 
 
 def parse_responses(body: dict[str, Any]) -> Generation:
@@ -194,15 +227,17 @@ def _optional_str(body: dict[str, Any], field: str) -> str | None:
     return value or None
 
 
-def _optional_int(body: dict[str, Any], field: str, minimum: int) -> int | None:
+def _optional_int(body: dict[str, Any], field: str, minimum: int | None) -> int | None:
     """An integer field; a whole float (`512.0`) counts, as vLLM's lax pydantic ints take it."""
     value = body.get(field)
     if value is None:
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ApiError(400, f"'{field}' must be an integer >= {minimum}", field)
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        raise ApiError(
+            400, f"'{field}' must be an integer" + (f" >= {minimum}" if minimum is not None else ""), field
+        )
     return value
 
 
@@ -276,6 +311,7 @@ class Choice:
     index: int
     text: str
     finish_reason: str | None
+    logprobs: dict[str, Any] | None = None
 
 
 def _envelope(
@@ -308,7 +344,7 @@ def completion_body(
         {
             "index": c.index,
             "text": c.text,
-            "logprobs": None,
+            "logprobs": c.logprobs,
             "finish_reason": c.finish_reason,
             "stop_reason": None,
         }
@@ -324,7 +360,7 @@ def chat_body(
         {
             "index": c.index,
             "message": {"role": "assistant", "content": c.text, "tool_calls": []},
-            "logprobs": None,
+            "logprobs": c.logprobs,
             "finish_reason": c.finish_reason,
             "stop_reason": None,
         }
@@ -376,7 +412,7 @@ def completion_chunk(rid: str, created: int, model: str, choice: Choice) -> dict
             {
                 "index": choice.index,
                 "text": choice.text,
-                "logprobs": None,
+                "logprobs": choice.logprobs,
                 "finish_reason": choice.finish_reason,
                 "stop_reason": None,
             }
@@ -392,7 +428,12 @@ def chat_chunk(rid: str, created: int, model: str, choice: Choice, first: bool =
         "created": created,
         "model": model,
         "choices": [
-            {"index": choice.index, "delta": delta, "logprobs": None, "finish_reason": choice.finish_reason}
+            {
+                "index": choice.index,
+                "delta": delta,
+                "logprobs": None if first else choice.logprobs,
+                "finish_reason": choice.finish_reason,
+            }
         ],
     }
 

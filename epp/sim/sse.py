@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 
 from epp.sim.engine import State
+from epp.sim.logprobs import choice_logprobs
 from epp.sim.openai_api import (
     Choice,
     Generation,
@@ -65,6 +66,7 @@ class SseWriter:
         self._gen = gen
         self._group = group
         self._created = int(time.time())
+        self._offsets: dict[int, int] = {}  # per choice: the text sent so far (completions' text_offset)
         if gen.conversation is not None:
             self._id = gen.conversation.response_id
         else:
@@ -96,10 +98,16 @@ class SseWriter:
         for seq in self._group.sequences:
             request = seq.request
             while seq.sent < request.output_done:
-                text = output_text(seq.seed, seq.sent)
+                index = seq.sent
+                text = output_text(seq.seed, index)
                 seq.sent += 1
                 last = seq.sent == request.output_done and request.state is State.DONE
-                choice = Choice(seq.index, text, request.finish_reason if last else None)
+                logprobs = None
+                if gen.logprobs is not None:
+                    offset = self._offsets.get(seq.index, 0)
+                    self._offsets[seq.index] = offset + len(text)
+                    logprobs = choice_logprobs(gen.kind, seq.seed, index, index + 1, gen.logprobs, offset)
+                choice = Choice(seq.index, text, request.finish_reason if last else None, logprobs)
                 if gen.kind == "chat":
                     frames.append(_data(chat_chunk(self._id, self._created, gen.model, choice)))
                 elif gen.kind == "responses":

@@ -516,6 +516,102 @@ async def test_a_follow_up_continues_a_stored_response_on_its_server_only(
     assert status == 400 and error["param"] == "previous_response_id"
 
 
+async def test_logprobs_in_vllms_shapes_streamed_or_not(
+    cluster: SimCluster, http: aiohttp.ClientSession
+) -> None:
+    """Chat: `logprobs.content[]` with `top_logprobs` alternatives (sampled token first); completions:
+    `text_offset`, `token_logprobs`, `tokens`, `top_logprobs` (logprobs + 1 entries at most, the
+    sampled token among them). The same values streamed, token by token, and on every call."""
+    url = base(cluster)
+    chat = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Name three rivers"}],
+        "max_tokens": 4,
+        "ignore_eos": True,
+        "logprobs": True,
+        "top_logprobs": 3,
+    }
+    status, _, whole = await post(http, url + "/v1/chat/completions", chat)
+    assert status == 200, whole
+    choice = whole["choices"][0]
+    content = choice["logprobs"]["content"]
+    assert "".join(entry["token"] for entry in content) == choice["message"]["content"]
+    for entry in content:
+        assert set(entry) == {"token", "logprob", "bytes", "top_logprobs"}
+        assert entry["bytes"] == list(entry["token"].encode()) and -1 <= entry["logprob"] < 0
+        top = entry["top_logprobs"]
+        assert len(top) == 3 and top[0] == {k: entry[k] for k in ("token", "logprob", "bytes")}
+        assert [t["logprob"] for t in top] == sorted((t["logprob"] for t in top), reverse=True)
+        assert len({t["token"] for t in top}) == 3
+    assert (await post(http, url + "/v1/chat/completions", chat))[2]["choices"][0]["logprobs"] == choice[
+        "logprobs"
+    ]
+    async with http.post(url + "/v1/chat/completions", json={**chat, "stream": True}) as response:
+        frames = [f for f in await read_sse(response) if f != "[DONE]"]
+    assert frames[0]["choices"][0]["logprobs"] is None  # the role frame
+    assert [e for f in frames[1:] for e in f["choices"][0]["logprobs"]["content"]] == content
+    plain = {k: v for k, v in chat.items() if k not in ("logprobs", "top_logprobs")}
+    assert (await post(http, url + "/v1/chat/completions", plain))[2]["choices"][0]["logprobs"] is None
+
+    completion = {"model": MODEL, "prompt": "Rivers", "max_tokens": 5, "ignore_eos": True, "logprobs": 2}
+    status, _, whole = await post(http, url + "/v1/completions", completion)
+    assert status == 200, whole
+    logprobs = whole["choices"][0]["logprobs"]
+    text = whole["choices"][0]["text"]
+    assert "".join(logprobs["tokens"]) == text
+    offsets = [sum(len(t) for t in logprobs["tokens"][:i]) for i in range(len(logprobs["tokens"]))]
+    assert logprobs["text_offset"] == offsets
+    assert logprobs["text_offset"][0] == 0
+    for token, logprob, top in zip(
+        logprobs["tokens"], logprobs["token_logprobs"], logprobs["top_logprobs"], strict=True
+    ):
+        assert top[token] == logprob and len(top) == 2
+    async with http.post(url + "/v1/completions", json={**completion, "stream": True}) as response:
+        frames = [f for f in await read_sse(response) if f != "[DONE]"]
+    streamed = [f["choices"][0]["logprobs"] for f in frames]
+    assert {key: [v for part in streamed for v in part[key]] for key in logprobs} == logprobs
+
+    status, _, error = await post(http, url + "/v1/chat/completions", {**chat, "top_logprobs": 21})
+    assert status == 400 and error["param"] == "logprobs"
+    assert error["message"].startswith(
+        "Requested sample logprobs of 21, which is greater than max allowed: 20"
+    )
+
+
+async def test_openai_sdk_reads_logprobs(cluster: SimCluster) -> None:
+    client = openai.AsyncOpenAI(base_url=base(cluster) + "/v1", api_key="unused")
+    try:
+        chat = await client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "hello"}],
+            max_tokens=3,
+            logprobs=True,
+            top_logprobs=2,
+            extra_body={"ignore_eos": True},
+        )
+        content = chat.choices[0].logprobs.content if chat.choices[0].logprobs else None
+        assert content is not None and len(content) == 3
+        assert all(
+            len(entry.top_logprobs) == 2 and entry.top_logprobs[0].token == entry.token for entry in content
+        )
+        stream = await client.completions.create(
+            model=MODEL,
+            prompt="stream",
+            max_tokens=3,
+            logprobs=1,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+        parts = [chunk.choices[0].logprobs async for chunk in stream if chunk.choices]
+        assert [len(p.tokens or []) for p in parts if p is not None] == [1, 1, 1]
+        with pytest.raises(openai.BadRequestError):
+            await client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "x"}], top_logprobs=2
+            )
+    finally:
+        await client.close()
+
+
 async def test_openai_sdk(cluster: SimCluster) -> None:
     client = openai.AsyncOpenAI(base_url=base(cluster) + "/v1", api_key="unused")
     try:
