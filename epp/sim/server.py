@@ -8,6 +8,7 @@ it (``x-inference-pod``/``-port``/``-host``) so tests and benchmarks can see whe
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -40,7 +41,9 @@ from epp.sim.openai_api import (
 )
 from epp.sim.pd import (
     RELEASE_PATH,
+    KVLoadFailure,
     KVRegistry,
+    RemoteBlocks,
     TransferRole,
     parse_kv_transfer_params,
     prefill_result_params,
@@ -48,9 +51,11 @@ from epp.sim.pd import (
 )
 from epp.sim.responses import embeddings_body, error_response, generation_body, json_response, models_body
 from epp.sim.sequences import OutputSequence, SequenceGroup
-from epp.sim.sse import stream_response
+from epp.sim.sse import stream_error, stream_response
 from epp.sim.stored_responses import ResponseStore
 from epp.sim.tokens import sequence_seed
+
+log = logging.getLogger(__name__)
 
 RETURN_ERROR_HEADER = "X-Return-Error"
 STATS_PATH = "/internal/stats"
@@ -241,9 +246,9 @@ class SimServer:
         group = SequenceGroup(sequences, gen.n)
         self._submit(group)
         try:
-            if role.remote is not None:
-                assert self._session is not None
-                await pull_remote_blocks(role.remote, self._registry, self._session)
+            if role.remote is not None and not await self._pulled(role.remote, group):
+                failed = ApiError(500, "Internal server error")  # vLLM's answer to a failed generation
+                return await stream_error(http, failed) if gen.stream else error_response(failed)
             if gen.stream:
                 response = await stream_response(http, gen, group)
                 self._store_response(gen, group)
@@ -255,6 +260,24 @@ class SimServer:
             return json_response(body)
         finally:
             group.abort_unfinished(self.driver)
+
+    async def _pulled(self, remote: RemoteBlocks, group: SequenceGroup) -> bool:
+        """Read a decode leg's KV from its prefill server. When that fails, vLLM's
+        kv_load_failure_policy: `recompute` prefills the prompt here (True), `fail` ends the
+        request (False)."""
+        assert self._session is not None
+        try:
+            await pull_remote_blocks(remote, self._registry, self._session)
+        except KVLoadFailure as failure:
+            policy = self.config.kv_load_failure_policy
+            log.warning(
+                "%s: KV load failed (%s); kv_load_failure_policy %s", self.config.name, failure, policy
+            )
+            if policy != "recompute":
+                return False
+            for seq in group.sequences:
+                self.driver.recompute_locally(seq.request)
+        return True
 
     def _store_response(self, gen: Generation, group: SequenceGroup) -> None:
         """Keep a finished Responses API answer for follow-ups (not one cut short by its client)."""

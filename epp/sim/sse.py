@@ -14,6 +14,7 @@ from aiohttp import web
 from epp.sim.engine import State
 from epp.sim.logprobs import choice_logprobs
 from epp.sim.openai_api import (
+    ApiError,
     Choice,
     Generation,
     chat_chunk,
@@ -28,10 +29,26 @@ from epp.sim.tokens import output_text
 async def stream_response(http: web.Request, gen: Generation, group: SequenceGroup) -> web.StreamResponse:
     """Send ``group``'s tokens as they come, then the closing frames once every sequence is done.
     A client that goes away ends the stream quietly: the caller aborts what is left."""
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    await response.prepare(http)
+    response = await _open(http)
     with contextlib.suppress(ConnectionResetError):
         await _send(response, SseWriter(gen, group), group)
+    return response
+
+
+async def _open(http: web.Request) -> web.StreamResponse:
+    """The 200 and the event-stream headers, sent."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(http)
+    return response
+
+
+async def stream_error(http: web.Request, error: ApiError) -> web.StreamResponse:
+    """A stream that fails before its first token, as vLLM's does: the 200 and the event-stream
+    headers are already out, so the error comes as a data frame, then `[DONE]`."""
+    response = await _open(http)
+    with contextlib.suppress(ConnectionResetError):
+        await response.write(_data(error.body()) + b"data: [DONE]\n\n")
+        await response.write_eof()
     return response
 
 

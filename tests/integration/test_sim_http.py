@@ -30,6 +30,14 @@ from epp.stack.processes import free_port
 from tests.integration.helpers import read_sse
 
 MODEL = "sim-model"
+GENERATION_FAILED = {
+    "object": "error",
+    "message": "Internal server error",
+    "type": "InternalServerError",
+    "param": None,
+    "code": 500,
+}
+"""vLLM's answer to a request its engine ended with an error (a failed KV load, policy `fail`)."""
 POLL_INTERVAL = 0.01
 POLL_LIMIT = 1000
 
@@ -676,7 +684,9 @@ async def run_prefill_then_decode(
     assert decode_stats["prefix_cache_hits"] == 0
     assert decoded["usage"]["prompt_tokens_details"]["cached_tokens"] == decoded["usage"]["prompt_tokens"] - 1
     status, _, again = await post(http, decode_url + "/v1/completions", decode)
-    assert status == 400 and "holds no KV lease" in again["message"]
+    assert (status, again) == (500, GENERATION_FAILED), (
+        "the lease was read: vLLM's kv_load_failure_policy fail"
+    )
     return kv
 
 
@@ -724,10 +734,47 @@ async def test_a_replayed_decode_leg_cannot_take_a_later_lease_of_the_same_block
         blocks = [leg["kv_transfer_params"]["remote_block_ids"] for leg in (first, second)]
         assert blocks[0] == blocks[1], "the precondition: block ids recycled"
         status, _, replayed = await post(http, decode_url + "/v1/completions", first)
-        assert status == 400 and "holds no KV lease" in replayed["message"]
+        assert (status, replayed) == (500, GENERATION_FAILED)
         assert (await stats(http, prefill_url))["leases"] == 1
         assert (await post(http, decode_url + "/v1/completions", second))[0] == 200
         assert (await stats(http, prefill_url))["leases"] == 0
+
+
+@pytest.mark.parametrize("policy", ["fail", "recompute"])
+async def test_a_decode_leg_whose_prefill_server_is_gone(http: aiohttp.ClientSession, policy: str) -> None:
+    """vLLM's kv_load_failure_policy: `fail` (its default) ends the request with its generation
+    error (500; a stream has started, so an error frame); `recompute` computes the prompt on the
+    decode server and answers as if no P/D was asked for."""
+    prompt = "the prefill server of this request is gone " * 6
+    async with SimCluster(make_configs(1, name_prefix="p", profile=TINY_TEST, model=MODEL)) as prefill:
+        status, _, prefilled = await post(http, base(prefill) + "/v1/completions", prefill_body(prompt))
+        assert status == 200
+    configs = make_configs(1, name_prefix="d", profile=TINY_TEST, model=MODEL, kv_load_failure_policy=policy)
+    async with SimCluster(configs) as decode:
+        url = base(decode) + "/v1/completions"
+        body = {
+            "model": MODEL,
+            "prompt": prompt,
+            "max_tokens": 3,
+            "ignore_eos": True,
+            "kv_transfer_params": prefilled["kv_transfer_params"],
+        }
+        status, _, answer = await post(http, url, body)
+        async with http.post(url, json={**body, "stream": True}) as response:
+            stream_status, frames = response.status, await read_sse(response)
+        decode_stats = await stats(http, base(decode))
+    if policy == "fail":
+        assert (status, answer) == (500, GENERATION_FAILED)
+        assert (stream_status, frames) == (200, [GENERATION_FAILED, "[DONE]"])
+        assert decode_stats["running"] == decode_stats["waiting"] == 0 and decode_stats["kv_cache_usage"] == 0
+        return
+    assert status == 200 and answer["usage"]["completion_tokens"] == 3, answer
+    # Computed here, not transferred: nothing cached on the first call, all but the last token's
+    # block on the second (the prompt is this server's now).
+    assert answer["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    assert stream_status == 200 and frames[-1] == "[DONE]"
+    assert [f["choices"][0]["finish_reason"] for f in frames[:-1]] == [None, None, "length"]
+    assert decode_stats["prefix_cache_hits"] > 0 and decode_stats["finished"] == {"length": 2}
 
 
 async def test_stream_sends_tokens_generated_before_the_kv_pull_returned(
@@ -793,7 +840,7 @@ async def test_pd_validation(cluster: SimCluster, http: aiohttp.ClientSession) -
         "remote_port": cluster.endpoints[0].port,
     }
     status, _, data = await post(http, url, {"model": MODEL, "prompt": "x", "kv_transfer_params": unknown})
-    assert status == 400 and "holds no KV lease" in data["message"]
+    assert (status, data) == (500, GENERATION_FAILED)
     assert (await stats(http, base(cluster)))["running"] == 0
 
 
