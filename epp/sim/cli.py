@@ -89,6 +89,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="most samples (n) per request, as vLLM's VLLM_MAX_N_SEQUENCES (default 16384); beyond: 400",
     )
     parser.add_argument(
+        "--max-logprobs",
+        type=_integer(0),
+        default=20,
+        help="vLLM's: the most logprobs alternatives per token a request may ask for (default 20); more: 400",
+    )
+    parser.add_argument(
         "--lora-modules",
         nargs="*",
         default=[],
@@ -157,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
         kv_events_endpoint=args.kv_events_endpoint,
         lease_seconds=args.lease_seconds,
         max_n_sequences=args.max_n_sequences,
+        max_logprobs=args.max_logprobs,
         scheduling_policy=args.scheduling_policy,
         kv_load_failure_policy=args.kv_load_failure_policy,
     )

@@ -11,9 +11,6 @@ from typing import Any
 
 from epp.sim.tokens import output_text
 
-MAX_LOGPROBS = 20
-"""vLLM's `--max-logprobs` default: the most alternatives a request may ask for."""
-
 
 def position(seed: int, index: int, count: int) -> list[tuple[str, float]]:
     """(token text, logprob) at generated token `index`: the sampled token, then alternatives in

@@ -14,7 +14,6 @@ from typing import Any, Literal
 
 import xxhash
 
-from epp.sim.logprobs import MAX_LOGPROBS
 from epp.sim.tokens import VOCAB_SIZE, render_chat, tokenize
 
 Kind = Literal["completion", "chat", "responses"]
@@ -110,7 +109,7 @@ def parse_completion(body: dict[str, Any]) -> Generation:
     count = _optional_int(body, "logprobs", minimum=None)
     if count is not None and count < 0:
         raise ApiError(400, "`logprobs` must be a positive value.", "logprobs")
-    gen.logprobs = _within_max_logprobs(count)
+    gen.logprobs = count
     return gen
 
 
@@ -129,22 +128,13 @@ def parse_chat(body: dict[str, Any]) -> Generation:
         raise ApiError(400, "`top_logprobs` must be a positive value or -1.", "top_logprobs")
     if top is not None and (top == -1 or top > 0) and not wanted:
         raise ApiError(400, "when using `top_logprobs`, `logprobs` must be set to true.", "top_logprobs")
-    gen.logprobs = _within_max_logprobs(top or 0) if wanted else None
+    gen.logprobs = _whole_vocabulary(top or 0) if wanted else None
     return gen
 
 
-def _within_max_logprobs(count: int | None) -> int | None:
-    """vLLM's engine check: -1 asks for the whole vocabulary, more than `--max-logprobs` is refused."""
-    if count == -1:
-        count = VOCAB_SIZE
-    if count is not None and count > MAX_LOGPROBS:
-        raise ApiError(
-            400,
-            f"Requested sample logprobs of {count}, which is greater than max allowed: {MAX_LOGPROBS} "
-            f"(parameter=logprobs, value={count})",
-            "logprobs",
-        )
-    return count
+def _whole_vocabulary(count: int | None) -> int | None:
+    """vLLM's -1: as many alternatives as the vocabulary has (beyond any `--max-logprobs`)."""
+    return VOCAB_SIZE if count == -1 else count
 
 
 def parse_responses(body: dict[str, Any]) -> Generation:

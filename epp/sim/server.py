@@ -234,6 +234,7 @@ class SimServer:
         if (role.prefill_leg or role.remote) and len(gen.prompts) * gen.n > 1:
             raise ApiError(400, "P/D transfer supports a single prompt and n=1 per request", "prompt")
         self._check_sequences(gen)
+        self._check_logprobs(gen)
         if gen.priority and self.config.scheduling_policy != "priority":
             raise ApiError(
                 400, f"Got priority {gen.priority} but Priority scheduling is not enabled.", "priority"
@@ -304,6 +305,17 @@ class SimServer:
             f"{prompts * gen.n} sequences ({prompts} prompt{'s' if prompts > 1 else ''} x n={gen.n})",
             "n" if gen.n > 1 else "prompt",
         )
+
+    def _check_logprobs(self, gen: Generation) -> None:
+        """vLLM's engine-side check of `logprobs` (chat: `top_logprobs`) against `--max-logprobs`."""
+        limit = self.config.max_logprobs
+        if gen.logprobs is not None and gen.logprobs > limit:
+            raise ApiError(
+                400,
+                f"Requested sample logprobs of {gen.logprobs}, which is greater than max allowed: {limit} "
+                f"(parameter=logprobs, value={gen.logprobs})",
+                "logprobs",
+            )
 
     def _check_queue(self, sequences: int, what: str, param: str) -> None:
         """A request's sequences all enter the waiting queue at once: more than it holds could

@@ -579,11 +579,25 @@ async def test_logprobs_in_vllms_shapes_streamed_or_not(
     streamed = [f["choices"][0]["logprobs"] for f in frames]
     assert {key: [v for part in streamed for v in part[key]] for key in logprobs} == logprobs
 
-    status, _, error = await post(http, url + "/v1/chat/completions", {**chat, "top_logprobs": 21})
-    assert status == 400 and error["param"] == "logprobs"
-    assert error["message"].startswith(
-        "Requested sample logprobs of 21, which is greater than max allowed: 20"
-    )
+    # vLLM's engine-side limit, --max-logprobs (20); -1 asks for the whole vocabulary.
+    for body, asked in (
+        ({**chat, "top_logprobs": 21}, 21),
+        ({**chat, "top_logprobs": -1}, 128256),
+        ({**completion, "logprobs": 21}, 21),
+    ):
+        path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+        status, _, error = await post(http, url + path, body)
+        assert (status, error) == (
+            400,
+            {
+                "object": "error",
+                "message": f"Requested sample logprobs of {asked}, which is greater than max allowed: 20 "
+                f"(parameter=logprobs, value={asked})",
+                "type": "BadRequestError",
+                "param": "logprobs",
+                "code": 400,
+            },
+        )
 
 
 async def test_openai_sdk_reads_logprobs(cluster: SimCluster) -> None:

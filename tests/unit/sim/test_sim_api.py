@@ -226,35 +226,8 @@ def test_profiles() -> None:
             {"top_logprobs": -1},
             ("top_logprobs", "when using `top_logprobs`, `logprobs` must be set to true."),
         ),
-        (
-            parse_chat,
-            {"logprobs": True, "top_logprobs": 21},
-            (
-                "logprobs",
-                "Requested sample logprobs of 21, which is greater than max allowed: 20 "
-                "(parameter=logprobs, value=21)",
-            ),
-        ),
-        (
-            parse_chat,
-            {"logprobs": True, "top_logprobs": -1},
-            (
-                "logprobs",
-                "Requested sample logprobs of 128256, which is greater than max allowed: 20 "
-                "(parameter=logprobs, value=128256)",
-            ),
-        ),
         (parse_chat, {"logprobs": "yes"}, ("logprobs", "'logprobs' must be a boolean")),
         (parse_completion, {"logprobs": -1}, ("logprobs", "`logprobs` must be a positive value.")),
-        (
-            parse_completion,
-            {"logprobs": 21},
-            (
-                "logprobs",
-                "Requested sample logprobs of 21, which is greater than max allowed: 20 "
-                "(parameter=logprobs, value=21)",
-            ),
-        ),
     ],
 )
 def test_logprobs_are_refused_as_vllm_refuses_them(
@@ -272,6 +245,7 @@ def test_logprobs_counts_as_vllm_samples_them() -> None:
     assert parse_chat({**chat, "top_logprobs": 0}).logprobs is None  # 0 needs no `logprobs`
     assert parse_chat({**chat, "logprobs": True}).logprobs == 0
     assert parse_chat({**chat, "logprobs": True, "top_logprobs": 20}).logprobs == 20
+    assert parse_chat({**chat, "logprobs": True, "top_logprobs": -1}).logprobs == 128256  # the vocabulary
     assert parse_chat({**chat, "logprobs": False, "top_logprobs": 0}).logprobs is None
     assert parse_completion({"model": "m", "prompt": "x", "logprobs": 0}).logprobs == 0
     assert parse_completion({"model": "m", "prompt": "x", "logprobs": 5.0}).logprobs == 5
