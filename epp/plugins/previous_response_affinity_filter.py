@@ -7,20 +7,22 @@ The EPP learns response id -> endpoint from what passes through it: the id of th
 or of a stream's closing `response.completed` event (for those requests only, the EPP reads the
 streamed chunks it otherwise asks the gateway to skip: an ext_proc message per chunk), and the
 endpoint the gateway says served. Pins live in a bounded table (`maxEntries`, least recently set
-dropped first; `ttlSeconds`), as session-affinity's sessions do. A response whose endpoint is no
-longer a candidate (gone, unready, filtered out before) leaves every candidate: the request is
-scheduled as any other and the model server it reaches answers it (vLLM's 404, unless it holds
-the response), rather than the EPP refusing it."""
+dropped first; `ttlSeconds`), as session-affinity's sessions do, keyed by a 64-bit digest of the
+id (however long the client's id, 8 bytes; and what active-active replicas share: each pin is a
+route, `RouteLearner`, so a follow-up reaching another replica or `--workers` process finds it).
+A response whose endpoint is no longer a candidate (gone, unready, filtered out before) leaves
+every candidate: the request is scheduled as any other and the model server it reaches answers
+it (vLLM's 404, unless it holds the response), rather than the EPP refusing it."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import xxhash
 from pydantic import Field
 
 from epp.datastore import Endpoint
-from epp.explain import bounded_id
 from epp.framework import Plugin, PluginContext, PluginParams, register
 from epp.headers import LB_NAMESPACE, SERVED_KEY
 from epp.requestcontrol import RESPONSE_ID, ResponseBodyReader, ResponseComplete, ResponseHeaderProcessor
@@ -34,6 +36,10 @@ class PreviousResponseAffinityParams(PluginParams):
     ttl_seconds: float = Field(default=86400, gt=0)  # since the response (or a follow-up) was made
     max_entries: int = Field(default=100_000, ge=1)
     sweep_seconds: float = Field(default=60, gt=0)
+
+
+def response_key(response_id: str) -> int:
+    return xxhash.xxh3_64_intdigest(response_id.encode(errors="surrogatepass"))
 
 
 def previous_response_id(request: InferenceRequest) -> str | None:
@@ -50,11 +56,15 @@ class PreviousResponseAffinityFilter(
 
     def __init__(self, name: str, params: PreviousResponseAffinityParams, context: PluginContext) -> None:
         super().__init__(name, params, context)
-        self.pins = PinTable(params.ttl_seconds, params.sweep_seconds, context.clock, params.max_entries)
+        self.pins: PinTable[int] = PinTable(
+            params.ttl_seconds, params.sweep_seconds, context.clock, params.max_entries
+        )
+        # Active-active replicas: told each pin learned here (epp.replicas.RouteLearner).
+        self.route_listeners: list[Callable[[Endpoint, Sequence[int]], None]] = []
 
     def filter(self, request: InferenceRequest, candidates: list[Endpoint]) -> list[Endpoint]:
         previous = previous_response_id(request)
-        hostport = self.pins.get(bounded_id(previous)) if previous is not None else None
+        hostport = self.pins.get(response_key(previous)) if previous is not None else None
         if hostport is None:
             return candidates
         return [e for e in candidates if e.hostport == hostport] or candidates
@@ -74,8 +84,18 @@ class PreviousResponseAffinityFilter(
         self, request: InferenceRequest, result: SchedulingResult, usage: Usage | None
     ) -> None:
         response_id = request.attributes.get(RESPONSE_ID)
-        if not isinstance(response_id, str) or not self.reads_response_body(request):
+        if not isinstance(response_id, str) or not self.reads_response_body(request) or not result.targets:
             return
-        served = request.attributes.get(self.name) or (result.targets[0].hostport if result.targets else None)
-        if served:
-            self.pins.set(bounded_id(response_id), served)
+        served = request.attributes.get(self.name) or result.targets[0].hostport
+        key = response_key(response_id)
+        self.pins.set(key, served)
+        # Peers learn it by endpoint; one past the EPP's list (the gateway's own fallback) stays local.
+        endpoint = next((e for e in result.targets if e.hostport == served), None)
+        if endpoint is not None:
+            for listener in self.route_listeners:
+                listener(endpoint, (key,))
+
+    def learn(self, endpoint: Endpoint, hashes: Sequence[int]) -> None:
+        """Another replica pinned these responses to `endpoint`."""
+        for key in hashes:
+            self.pins.set(key, endpoint.hostport)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Sequence
-from typing import Literal
+from collections.abc import Callable, Hashable, Sequence
+from typing import Generic, Literal, TypeVar
 
 from pydantic import Field, model_validator
 
@@ -23,6 +23,8 @@ from epp.explain import bounded_id
 from epp.framework import PluginParams
 from epp.requests import InferenceRequest
 from epp.scheduling.types import SchedulingResult
+
+K = TypeVar("K", bound=Hashable)
 
 
 class EncodedEndpointHeaderConfig(PluginParams):
@@ -71,10 +73,10 @@ def _decode_token(token: str) -> str | None:
         return None
 
 
-class PinTable:
-    """Keys (client ids, kept through `bounded_id`) pinned to endpoints, each pin expiring `ttl`
-    seconds after it was last set; expired pins are dropped every `sweep_every` seconds, and past
-    `capacity` pins the least recently set go first."""
+class PinTable(Generic[K]):
+    """Keys (client ids kept through `bounded_id`, or their digests) pinned to endpoints, each pin
+    expiring `ttl` seconds after it was last set; expired pins are dropped every `sweep_every`
+    seconds, and past `capacity` pins the least recently set go first."""
 
     def __init__(
         self, ttl: float, sweep_every: float, clock: Callable[[], float], capacity: int | None = None
@@ -82,16 +84,16 @@ class PinTable:
         self.ttl = ttl
         self.sweep_every = sweep_every
         self.capacity = capacity
-        self.entries: dict[str, tuple[str, float]] = {}  # key -> (endpoint, expiry)
+        self.entries: dict[K, tuple[str, float]] = {}  # key -> (endpoint, expiry)
         self._clock = clock
         self._next_sweep = clock() + sweep_every
 
-    def get(self, key: str) -> str | None:
+    def get(self, key: K) -> str | None:
         """The endpoint `key` is pinned to, unless the pin expired."""
         entry = self.entries.get(key)
         return entry[0] if entry is not None and entry[1] >= self._clock() else None
 
-    def set(self, key: str, endpoint: str) -> None:
+    def set(self, key: K, endpoint: str) -> None:
         now = self._clock()
         self.entries.pop(key, None)
         self.entries[key] = (endpoint, now + self.ttl)
@@ -116,7 +118,9 @@ class SessionPins:
             for s in config.sources
         ]
         self.ttl = config.eviction_ttl_seconds
-        self.sessions = PinTable(self.ttl, config.eviction_sweep_seconds, clock)  # session -> endpoint id
+        self.sessions: PinTable[str] = PinTable(
+            self.ttl, config.eviction_sweep_seconds, clock
+        )  # -> endpoint id
         # Requests whose session's endpoint was missing from the candidates, when seen: only
         # those may move their session to the endpoint they end up on.
         self._unavailable: dict[str, float] = {}

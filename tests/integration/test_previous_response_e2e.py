@@ -11,6 +11,7 @@ import httpx
 import orjson
 import pytest
 
+from epp.replicas.local_redis import redis_server_path
 from epp.stack.envoy import BODY_MODES, EnvoyOptions
 from tests.integration.conftest import RANDOM_ONLY, StackFactory
 
@@ -90,3 +91,21 @@ async def test_without_it_follow_ups_spread_and_get_vllms_404(make_stack: StackF
             "param": "response_id",
             "code": 404,
         }
+
+
+@pytest.mark.skipif(redis_server_path() is None, reason="needs redis-server (apt-get install redis-server)")
+async def test_worker_processes_share_the_pins(make_stack: StackFactory) -> None:
+    """`--workers 2` behind Envoy's 4 connections: a follow-up often reaches the worker that did
+    not see its response, which knows the pin from the other through their Redis."""
+    stack_context = make_stack(
+        "workers", epp_args=["--workers=2", "--config-text", WITH_AFFINITY], epp_connections=4
+    )
+    async with stack_context as stack, httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client:
+        first, previous = await respond(client, stream=False, input="Where do rivers start?")
+        assert first.status_code == 200, first.text
+        for turn in range(FOLLOW_UPS):
+            response, previous = await respond(
+                client, stream=turn % 2 == 0, input=f"And then {turn}?", previous_response_id=previous
+            )
+            assert response.status_code == 200, (turn, response.text)
+            assert response.headers["x-inference-pod"] == first.headers["x-inference-pod"], turn

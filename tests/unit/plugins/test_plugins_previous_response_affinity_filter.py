@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from epp.datastore import Endpoint
-from epp.plugins.previous_response_affinity_filter import PreviousResponseAffinityFilter
+from epp.plugins.previous_response_affinity_filter import PreviousResponseAffinityFilter, response_key
+from epp.replicas.state import RouteLearner
 from epp.requestcontrol import RESPONSE_ID
 from epp.requests import ApiKind, InferenceRequest
 from epp.scheduling.types import ProfileResult, SchedulingResult
@@ -74,12 +75,28 @@ def test_pins_are_bounded_in_number_time_and_id_length() -> None:
     a, b = endpoints(2)
     for i in range(5):
         served(filter_, responses_request(), b, response_id=f"resp_{i}")
-    assert list(filter_.pins.entries) == ["resp_2", "resp_3", "resp_4"]
+    assert list(filter_.pins.entries) == [response_key(f"resp_{i}") for i in (2, 3, 4)]
     assert filter_.filter(responses_request(previous_response_id="resp_0"), [a, b]) == [a, b]
     assert filter_.filter(responses_request(previous_response_id="resp_4"), [a, b]) == [b]
     clock.now += 61
     assert filter_.filter(responses_request(previous_response_id="resp_4"), [a, b]) == [a, b]
+    # A client's id of any length is pinned by its 64-bit digest; ids sharing a long start differ.
     long_id = "resp_" + "x" * 20_000
-    served(filter_, responses_request(), b, response_id=long_id)
-    assert all(len(key) <= 256 for key in filter_.pins.entries)
-    assert filter_.filter(responses_request(previous_response_id=long_id), [a, b]) == [b]
+    served(filter_, responses_request(), b, response_id=long_id + "1")
+    assert filter_.filter(responses_request(previous_response_id=long_id + "1"), [a, b]) == [b]
+    assert filter_.filter(responses_request(previous_response_id=long_id + "2"), [a, b]) == [a, b]
+    assert all(isinstance(key, int) for key in filter_.pins.entries)
+
+
+def test_pins_are_routes_active_active_replicas_share() -> None:
+    """Each pin learned here goes to the replica listeners (as the prefix index's routes do); a
+    peer's pin is learned; the replicas find the plugin by the RouteLearner protocol."""
+    here, peer = plugin(PreviousResponseAffinityFilter), plugin(PreviousResponseAffinityFilter)
+    assert isinstance(here, RouteLearner)
+    a, b = endpoints(2)
+    heard: list[tuple[Endpoint, tuple[int, ...]]] = []
+    here.route_listeners.append(lambda endpoint, keys: heard.append((endpoint, tuple(keys))))
+    served(here, responses_request(), b, response_id="resp_1")
+    assert heard == [(b, (response_key("resp_1"),))]
+    peer.learn(*heard[0])
+    assert peer.filter(responses_request(previous_response_id="resp_1"), [a, b]) == [b]
