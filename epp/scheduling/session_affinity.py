@@ -118,9 +118,8 @@ class SessionPins:
             for s in config.sources
         ]
         self.ttl = config.eviction_ttl_seconds
-        self.sessions: PinTable[str] = PinTable(
-            self.ttl, config.eviction_sweep_seconds, clock
-        )  # -> endpoint id
+        # session id -> endpoint id
+        self.sessions: PinTable[str] = PinTable(self.ttl, config.eviction_sweep_seconds, clock)
         # Requests whose session's endpoint was missing from the candidates, when seen: only
         # those may move their session to the endpoint they end up on.
         self._unavailable: dict[str, float] = {}
