@@ -40,7 +40,8 @@ class ReplicaLoad:
 
 @runtime_checkable
 class RouteLearner(Protocol):
-    """A plugin whose state is learned from routing decisions (the approximate prefix index).
+    """A plugin whose state is learned from routing decisions (the approximate prefix index; a
+    Responses API response's endpoint, one 64-bit key).
     It calls every `route_listeners` entry with each route it learns locally, and `learn` takes a
     route another replica made."""
 

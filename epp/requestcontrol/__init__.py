@@ -5,6 +5,7 @@ from epp.requestcontrol.director import Director, RoutedRequest
 from epp.requestcontrol.hooks import (
     AGENT_IDENTITY,
     RESPONSE_EVENT_STREAM,
+    RESPONSE_ID,
     AdmitRequest,
     Parsers,
     PreRequest,
@@ -12,6 +13,7 @@ from epp.requestcontrol.hooks import (
     RequestHeaderProcessor,
     RequestParser,
     ResponseBodyProcessor,
+    ResponseBodyReader,
     ResponseComplete,
     ResponseHeaderProcessor,
     ResponseReceived,
@@ -22,6 +24,7 @@ from epp.requestcontrol.hooks import (
 __all__ = [
     "AGENT_IDENTITY",
     "RESPONSE_EVENT_STREAM",
+    "RESPONSE_ID",
     "AdmitRequest",
     "Director",
     "Parsers",
@@ -30,6 +33,7 @@ __all__ = [
     "RequestHeaderProcessor",
     "RequestParser",
     "ResponseBodyProcessor",
+    "ResponseBodyReader",
     "ResponseComplete",
     "ResponseHeaderProcessor",
     "ResponseReceived",

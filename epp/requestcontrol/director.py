@@ -30,7 +30,13 @@ from epp.headers import (
     REQUEST_ID_HEADER,
 )
 from epp.metrics.exporter import EppMetrics
-from epp.requestcontrol.hooks import AGENT_IDENTITY, RESPONSE_EVENT_STREAM, Parsers, RequestControlHooks
+from epp.requestcontrol.hooks import (
+    AGENT_IDENTITY,
+    RESPONSE_EVENT_STREAM,
+    RESPONSE_ID,
+    Parsers,
+    RequestControlHooks,
+)
 from epp.requestcontrol.model_rewrite import ModelRewrites
 from epp.requests import ApiKind, ErrorCode, InferenceRequest, RequestError, Usage
 from epp.requests.parser import api_kind, parse_request
@@ -167,8 +173,8 @@ class RoutedRequest:
 
     @property
     def reads_response_chunks(self) -> bool:
-        """Whether a ResponseStreaming plugin wants this response's chunks."""
-        return self._director.hooks.reads_response_chunks
+        """Whether a plugin wants this response's chunks."""
+        return self._director.hooks.reads_response_body(self.request)
 
     @property
     def rewrites_model(self) -> bool:
@@ -194,6 +200,8 @@ class RoutedRequest:
             endpoint.inflight_requests -= 1
             endpoint.inflight_tokens -= self._charged_tokens
         usage = self._usage.usage if self._usage else None
+        if self._usage is not None and self._usage.response_id is not None:
+            self.request.attributes[RESPONSE_ID] = self._usage.response_id
         self._director.finished(self, usage)
 
 

@@ -27,6 +27,9 @@ AGENT_IDENTITY = "agent-identity"
 # Request attribute set when the response headers arrive: whether the model server streams the
 # response as server-sent events (llm-d's StartOfStream exists only for such responses).
 RESPONSE_EVENT_STREAM = "response-event-stream"
+# Request attribute set when the response ends: the id of the Responses API response the model
+# server made (as its answer or its stream's closing event says), for plugins that route follow-ups.
+RESPONSE_ID = "response-id"
 
 
 class RequestHeaderProcessor(Extension):
@@ -90,6 +93,16 @@ class ResponseStreaming(Extension):
     @abstractmethod
     def response_streaming(self, request: InferenceRequest, result: SchedulingResult, chunk: bytes) -> None:
         """A chunk of the response body arrived; more follow."""
+
+
+class ResponseBodyReader(Extension):
+    """Needs the response body of some requests to pass through the EPP even when the model server
+    streams it (SSE), which the EPP otherwise asks the gateway to skip: what it needs is read by
+    the EPP's response reader (usage, and the `RESPONSE_ID` attribute). Each streamed chunk then
+    costs an ext_proc message, so a plugin asks only for the requests it needs."""
+
+    @abstractmethod
+    def reads_response_body(self, request: InferenceRequest) -> bool: ...
 
 
 class ResponseBodyProcessor(Extension):
@@ -188,6 +201,7 @@ class RequestControlHooks:
         self._response_headers = timed(ResponseHeaderProcessor, timing.RESPONSE_RECEIVED)
         self._response_streaming = timed(ResponseStreaming, timing.RESPONSE_STREAMING)
         self._response_body = timed(ResponseBodyProcessor, timing.RESPONSE_COMPLETE)
+        self._body_readers = [p for p in plugins if isinstance(p, ResponseBodyReader)]
         self._response_complete = timed(ResponseComplete, timing.RESPONSE_COMPLETE)
 
     def request_headers(self, request: InferenceRequest) -> None:
@@ -237,10 +251,12 @@ class RequestControlHooks:
             plugin.response_headers(request, result, metadata)
             observe(perf_counter() - started)
 
-    @property
-    def reads_response_chunks(self) -> bool:
-        """Whether a plugin wants the response body's chunks as they come."""
-        return bool(self._response_streaming)
+    def reads_response_body(self, request: InferenceRequest) -> bool:
+        """Whether a ResponseStreaming plugin, or a ResponseBodyReader for this request, wants
+        its streamed response's chunks."""
+        return bool(self._response_streaming) or any(
+            p.reads_response_body(request) for p in self._body_readers
+        )
 
     def response_streaming(self, request: InferenceRequest, result: SchedulingResult, chunk: bytes) -> None:
         """Each plugin hears every chunk even if one before it fails (it may act on the first)."""

@@ -44,17 +44,35 @@ def usage_from_object(obj: Any) -> Usage | None:
     )
 
 
+def response_id_of(document: Any) -> str | None:
+    """A Responses API response's id: of the document itself (a JSON answer) or of the `response`
+    a stream event carries."""
+    if not isinstance(document, dict):
+        return None
+    for holder in (document, document.get("response")):
+        if (
+            isinstance(holder, dict)
+            and holder.get("object") == "response"
+            and isinstance(holder.get("id"), str)
+        ):
+            return str(holder["id"])
+    return None
+
+
 class UsageReader:
     """Fed response body chunks as they pass; keeps the last usage seen. SSE lines are reassembled
     across chunks (GIE requires usage to sit inside one chunk; we do not)."""
 
-    __slots__ = ("_buffer", "_partial", "streaming", "usage")
+    __slots__ = ("_buffer", "_partial", "response_id", "streaming", "usage")
     # Only SSE events containing this are decoded (the cheap pre-filter on every chunk).
     marker: ClassVar[bytes] = b'"usage"'
 
     def __init__(self, streaming: bool) -> None:
         self.streaming = streaming
         self.usage: Usage | None = None
+        # The Responses API response's id, read from the document that carries its usage (the JSON
+        # answer, or the closing `response.completed` event of a stream).
+        self.response_id: str | None = None
         self._buffer = bytearray()
         self._partial = b""
 
@@ -103,3 +121,4 @@ class UsageReader:
         usage = usage_from_object(document)
         if usage is not None:
             self.usage = usage
+            self.response_id = response_id_of(document) or self.response_id

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Sequence
-from typing import Literal
+from collections.abc import Callable, Hashable, Sequence
+from typing import Generic, Literal, TypeVar
 
 from pydantic import Field, model_validator
 
@@ -23,6 +23,8 @@ from epp.explain import bounded_id
 from epp.framework import PluginParams
 from epp.requests import InferenceRequest
 from epp.scheduling.types import SchedulingResult
+
+K = TypeVar("K", bound=Hashable)
 
 
 class EncodedEndpointHeaderConfig(PluginParams):
@@ -71,6 +73,38 @@ def _decode_token(token: str) -> str | None:
         return None
 
 
+class PinTable(Generic[K]):
+    """Keys (client ids kept through `bounded_id`, or their digests) pinned to endpoints, each pin
+    expiring `ttl` seconds after it was last set; expired pins are dropped every `sweep_every`
+    seconds, and past `capacity` pins the least recently set go first."""
+
+    def __init__(
+        self, ttl: float, sweep_every: float, clock: Callable[[], float], capacity: int | None = None
+    ) -> None:
+        self.ttl = ttl
+        self.sweep_every = sweep_every
+        self.capacity = capacity
+        self.entries: dict[K, tuple[str, float]] = {}  # key -> (endpoint, expiry)
+        self._clock = clock
+        self._next_sweep = clock() + sweep_every
+
+    def get(self, key: K) -> str | None:
+        """The endpoint `key` is pinned to, unless the pin expired."""
+        entry = self.entries.get(key)
+        return entry[0] if entry is not None and entry[1] >= self._clock() else None
+
+    def set(self, key: K, endpoint: str) -> None:
+        now = self._clock()
+        self.entries.pop(key, None)
+        self.entries[key] = (endpoint, now + self.ttl)
+        if self.capacity is not None:
+            while len(self.entries) > self.capacity:
+                del self.entries[next(iter(self.entries))]
+        if now >= self._next_sweep:
+            self.entries = {k: v for k, v in self.entries.items() if v[1] >= now}
+            self._next_sweep = now + self.sweep_every
+
+
 class SessionPins:
     """One plugin instance's pins: each instance keeps its own session table, as in llm-d."""
 
@@ -84,13 +118,13 @@ class SessionPins:
             for s in config.sources
         ]
         self.ttl = config.eviction_ttl_seconds
-        self.sweep_every = config.eviction_sweep_seconds
-        self.sessions: dict[str, tuple[str, float]] = {}  # session id -> (endpoint id, expiry)
+        # session id -> endpoint id
+        self.sessions: PinTable[str] = PinTable(self.ttl, config.eviction_sweep_seconds, clock)
         # Requests whose session's endpoint was missing from the candidates, when seen: only
         # those may move their session to the endpoint they end up on.
         self._unavailable: dict[str, float] = {}
         self._clock = clock
-        self._next_sweep = clock() + self.sweep_every
+        self._next_sweep = clock() + config.eviction_sweep_seconds
 
     def session_id(self, request: InferenceRequest) -> str | None:
         for header, attribute in self.sources:
@@ -107,9 +141,9 @@ class SessionPins:
             return next((e for e in candidates if endpoint_id(e) == pinned), None) if pinned else None
         session = self.session_id(request)
         bound = self.sessions.get(session) if session is not None else None
-        if bound is None or bound[1] < self._clock():
+        if bound is None:
             return None
-        target = next((e for e in candidates if endpoint_id(e) == bound[0]), None)
+        target = next((e for e in candidates if endpoint_id(e) == bound), None)
         if target is None:
             self._unavailable[bounded_id(request.request_id)] = self._clock()
         return target
@@ -126,14 +160,13 @@ class SessionPins:
         session = self.session_id(request)
         if session is None:
             return
-        now = self._clock()
         bound = self.sessions.get(session)
-        if bound is None or bound[1] < now or bound[0] == endpoint_id(target) or unavailable:
-            self.sessions[session] = (endpoint_id(target), now + self.ttl)
+        if bound is None or bound == endpoint_id(target) or unavailable:
+            self.sessions.set(session, endpoint_id(target))
+        now = self._clock()
         if now >= self._next_sweep:
-            self.sessions = {k: v for k, v in self.sessions.items() if v[1] >= now}
             self._unavailable = {k: t for k, t in self._unavailable.items() if t + self.ttl >= now}
-            self._next_sweep = now + self.sweep_every
+            self._next_sweep = now + self.sessions.sweep_every
 
     def _served_by(self, result: SchedulingResult) -> Endpoint | None:
         if not self.profile_name:

@@ -19,6 +19,7 @@ from epp.signals import stop_event
 from epp.sim.cluster import SimCluster, make_configs
 from epp.sim.config import ROLES, parse_lora_modules
 from epp.sim.engine import SCHEDULING_POLICIES
+from epp.sim.pd import KV_LOAD_FAILURE_POLICIES
 from epp.sim.profiles import DEFAULT_PROFILE, PROFILES, get_profile
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="most samples (n) per request, as vLLM's VLLM_MAX_N_SEQUENCES (default 16384); beyond: 400",
     )
     parser.add_argument(
+        "--max-logprobs",
+        type=_integer(0),
+        default=20,
+        help="vLLM's: the most logprobs alternatives per token a request may ask for (default 20); more: 400",
+    )
+    parser.add_argument(
         "--lora-modules",
         nargs="*",
         default=[],
@@ -114,6 +121,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=SCHEDULING_POLICIES,
         default="fcfs",
         help="vLLM's: fcfs (default), or priority (the request body's `priority`, lower first)",
+    )
+    parser.add_argument(
+        "--kv-load-failure-policy",
+        choices=KV_LOAD_FAILURE_POLICIES,
+        default="fail",
+        help="vLLM's kv_load_failure_policy: a decode leg whose KV pull fails ends with an error (fail, "
+        "the default) or computes its prompt locally (recompute)",
     )
     parser.add_argument("--ready-file", help="write the endpoints as JSON here once every server listens")
     eventloop.add_argument(parser)
@@ -149,7 +163,9 @@ def run(args: argparse.Namespace) -> int:
         kv_events_endpoint=args.kv_events_endpoint,
         lease_seconds=args.lease_seconds,
         max_n_sequences=args.max_n_sequences,
+        max_logprobs=args.max_logprobs,
         scheduling_policy=args.scheduling_policy,
+        kv_load_failure_policy=args.kv_load_failure_policy,
     )
     if args.name:
         configs = [replace(configs[0], name=args.name)]

@@ -39,6 +39,10 @@ class EndpointConfig:
     max_n_sequences: int = 16384
     # vLLM's --scheduling-policy: "fcfs", or "priority" (the body's `priority` orders the queue).
     scheduling_policy: str = "fcfs"
+    # vLLM's --max-logprobs: the most alternatives per token a request may ask for.
+    max_logprobs: int = 20
+    # vLLM's kv_load_failure_policy: "fail" (its default) or "recompute" (epp.sim.pd).
+    kv_load_failure_policy: str = "fail"
 
 
 def parse_lora_modules(values: Iterable[str]) -> tuple[LoraModule, ...]:

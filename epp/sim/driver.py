@@ -63,6 +63,11 @@ class EngineDriver:
         self.engine.abort(request)
         self._wake.set()
 
+    def recompute_locally(self, request: Request) -> None:
+        """A decode leg's KV pull failed under the `recompute` policy (Engine.recompute_locally)."""
+        self.engine.recompute_locally(request)
+        self._wake.set()
+
     def wake(self) -> None:
         """Something outside the engine (a released lease) changed what can run."""
         self._wake.set()

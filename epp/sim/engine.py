@@ -449,6 +449,21 @@ class Engine:
         request.finish_reason = "abort"
         self.stats.requests_aborted += 1
 
+    def recompute_locally(self, request: Request) -> None:
+        """vLLM's `recompute` KV-load-failure policy: a decode leg whose KV could not be read
+        computes its prompt here. Still waiting, it is admitted as any request; transferring, its
+        reserved blocks go back and it returns to the head of the queue. One already past its
+        modelled transfer (the failure came later) keeps going."""
+        if not request.remote_prefill:
+            return
+        request.remote_prefill = False
+        if request.state is State.TRANSFERRING:
+            self._transferring.remove(request)
+            self.pool.release(request.table)
+            request.next_hash = 0
+            request.state = State.WAITING
+            self._waiting.prepend(request)
+
     def abort_all(self) -> list[Request]:
         """Abort every request the engine holds (the server is shutting down); returns them."""
         requests = [*self._running, *self._waiting, *self._transferring]

@@ -7,15 +7,18 @@ many prompt encodings; responses are plain dicts in the exact shape vLLM returns
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Literal
 
 import xxhash
 
-from epp.sim.tokens import render_chat, tokenize
+from epp.sim.tokens import VOCAB_SIZE, render_chat, tokenize
 
 Kind = Literal["completion", "chat", "responses"]
+Turn = tuple[str, str]
+"""One message of a conversation: (role, text)."""
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 """OpenAI's (and vLLM's) default ``max_tokens`` for legacy completions."""
@@ -25,17 +28,18 @@ EMBEDDING_DIMENSIONS = 256
 class ApiError(Exception):
     """An error answered in vLLM's shape: ``{"object": "error", "message", "type", "param", "code"}``."""
 
-    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
+        self.kind = kind  # vLLM's `err_type` where it names one; else from the status
 
     def body(self) -> dict[str, Any]:
         return {
             "object": "error",
             "message": self.message,
-            "type": error_type(self.status),
+            "type": self.kind or error_type(self.status),
             "param": self.param,
             "code": self.status,
         }
@@ -66,15 +70,47 @@ class Generation:
     kv_transfer_params: Any
     n: int = 1  # choices per prompt
     priority: int = 0  # vLLM's per-request priority (lower first under --scheduling-policy priority)
+    conversation: Conversation | None = None  # Responses API requests only
+    # Alternatives per generated token the answer shows (vLLM's SamplingParams.logprobs: chat's
+    # `top_logprobs` when `logprobs` is true, completions' `logprobs`); None: no logprobs.
+    logprobs: int | None = None
+
+
+@dataclass(slots=True)
+class Conversation:
+    """What a Responses API request adds to a conversation, and where it continues one."""
+
+    response_id: str  # the id its response will have (vLLM's `request_id` field, or a new one)
+    instructions: str | None
+    input: list[Turn]
+    previous_response_id: str | None
+    store: bool  # keep the response for a follow-up naming it
+    history: list[Turn] = field(default_factory=list)  # the previous response's conversation
+
+    def turns(self) -> list[Turn]:
+        """The messages rendered into the prompt, in vLLM's order: this request's instructions,
+        the stored conversation (its messages and output), then this request's input."""
+        system = [("system", self.instructions)] if self.instructions is not None else []
+        return [*system, *self.history, *self.input]
+
+    def stored(self, output: str) -> list[Turn]:
+        """The conversation a follow-up continues: without system messages (instructions do not
+        carry over, as in vLLM and OpenAI's API), with this response's output."""
+        return [t for t in self.turns() if t[0] != "system"] + [("assistant", output)]
 
 
 def parse_completion(body: dict[str, Any]) -> Generation:
     prompt = body.get("prompt")
     if prompt is None:
         raise ApiError(400, "'prompt' is required", "prompt")
-    return _generation(
+    gen = _generation(
         "completion", body, _prompts(prompt, "prompt"), "max_tokens", COMPLETIONS_DEFAULT_MAX_TOKENS
     )
+    count = _optional_int(body, "logprobs", minimum=None)
+    if count is not None and count < 0:
+        raise ApiError(400, "`logprobs` must be a positive value.", "logprobs")
+    gen.logprobs = count
+    return gen
 
 
 def parse_chat(body: dict[str, Any]) -> Generation:
@@ -83,21 +119,55 @@ def parse_chat(body: dict[str, Any]) -> Generation:
         raise ApiError(400, "'messages' must be a non-empty list", "messages")
     turns = [(_role(m), _content(m.get("content"), "messages")) for m in messages]
     field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    return _generation("chat", body, [tokenize(render_chat(turns))], field, None)
+    gen = _generation("chat", body, [tokenize(render_chat(turns))], field, None)
+    wanted = body.get("logprobs")
+    if wanted is not None and not isinstance(wanted, bool):
+        raise ApiError(400, "'logprobs' must be a boolean", "logprobs")
+    top = _optional_int(body, "top_logprobs", minimum=None)
+    if top is not None and top < 0 and top != -1:
+        raise ApiError(400, "`top_logprobs` must be a positive value or -1.", "top_logprobs")
+    if top is not None and (top == -1 or top > 0) and not wanted:
+        raise ApiError(400, "when using `top_logprobs`, `logprobs` must be set to true.", "top_logprobs")
+    gen.logprobs = _whole_vocabulary(top or 0) if wanted else None
+    return gen
+
+
+def _whole_vocabulary(count: int | None) -> int | None:
+    """vLLM's -1: as many alternatives as the vocabulary has (beyond any `--max-logprobs`)."""
+    return VOCAB_SIZE if count == -1 else count
 
 
 def parse_responses(body: dict[str, Any]) -> Generation:
     raw = body.get("input")
-    turns: list[tuple[str, str]] = []
-    if isinstance(body.get("instructions"), str):
-        turns.append(("system", body["instructions"]))
+    turns: list[Turn] = []
     if isinstance(raw, str):
         turns.append(("user", raw))
     elif isinstance(raw, list) and raw:
         turns.extend((_role(item), _content(item.get("content"), "input")) for item in raw)
     else:
         raise ApiError(400, "'input' must be a string or a non-empty list of messages", "input")
-    return _generation("responses", body, [tokenize(render_chat(turns))], "max_output_tokens", None)
+    store = body.get("store", True)
+    if store is not None and not isinstance(store, bool):
+        raise ApiError(400, "'store' must be a boolean", "store")
+    conversation = Conversation(
+        response_id=_optional_str(body, "request_id") or f"resp_{uuid.uuid4().hex}",
+        instructions=body["instructions"] if isinstance(body.get("instructions"), str) else None,
+        input=turns,
+        previous_response_id=_optional_str(body, "previous_response_id"),
+        store=bool(store),
+    )
+    gen = _generation(
+        "responses", body, [tokenize(render_chat(conversation.turns()))], "max_output_tokens", None
+    )
+    gen.conversation = conversation
+    return gen
+
+
+def continue_conversation(gen: Generation, history: list[Turn]) -> None:
+    """Prepend a stored conversation to a Responses API request (its `previous_response_id`)."""
+    assert gen.conversation is not None
+    gen.conversation.history = history
+    gen.prompts = [tokenize(render_chat(gen.conversation.turns()))]
 
 
 def parse_embedding_input(body: dict[str, Any]) -> list[list[int]]:
@@ -140,15 +210,24 @@ def _priority(body: dict[str, Any]) -> int:
     return value
 
 
-def _optional_int(body: dict[str, Any], field: str, minimum: int) -> int | None:
+def _optional_str(body: dict[str, Any], field: str) -> str | None:
+    value = body.get(field)
+    if value is not None and not isinstance(value, str):
+        raise ApiError(400, f"'{field}' must be a string", field)
+    return value or None
+
+
+def _optional_int(body: dict[str, Any], field: str, minimum: int | None) -> int | None:
     """An integer field; a whole float (`512.0`) counts, as vLLM's lax pydantic ints take it."""
     value = body.get(field)
     if value is None:
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ApiError(400, f"'{field}' must be an integer >= {minimum}", field)
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        raise ApiError(
+            400, f"'{field}' must be an integer" + (f" >= {minimum}" if minimum is not None else ""), field
+        )
     return value
 
 
@@ -222,6 +301,7 @@ class Choice:
     index: int
     text: str
     finish_reason: str | None
+    logprobs: dict[str, Any] | None = None
 
 
 def _envelope(
@@ -254,7 +334,7 @@ def completion_body(
         {
             "index": c.index,
             "text": c.text,
-            "logprobs": None,
+            "logprobs": c.logprobs,
             "finish_reason": c.finish_reason,
             "stop_reason": None,
         }
@@ -270,7 +350,7 @@ def chat_body(
         {
             "index": c.index,
             "message": {"role": "assistant", "content": c.text, "tool_calls": []},
-            "logprobs": None,
+            "logprobs": c.logprobs,
             "finish_reason": c.finish_reason,
             "stop_reason": None,
         }
@@ -322,7 +402,7 @@ def completion_chunk(rid: str, created: int, model: str, choice: Choice) -> dict
             {
                 "index": choice.index,
                 "text": choice.text,
-                "logprobs": None,
+                "logprobs": choice.logprobs,
                 "finish_reason": choice.finish_reason,
                 "stop_reason": None,
             }
@@ -338,7 +418,12 @@ def chat_chunk(rid: str, created: int, model: str, choice: Choice, first: bool =
         "created": created,
         "model": model,
         "choices": [
-            {"index": choice.index, "delta": delta, "logprobs": None, "finish_reason": choice.finish_reason}
+            {
+                "index": choice.index,
+                "delta": delta,
+                "logprobs": None if first else choice.logprobs,
+                "finish_reason": choice.finish_reason,
+            }
         ],
     }
 

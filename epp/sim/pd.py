@@ -20,6 +20,14 @@ from epp.sim.driver import EngineDriver
 from epp.sim.openai_api import ApiError
 
 RELEASE_PATH = "/internal/kv/release"
+KV_LOAD_FAILURE_POLICIES = ("fail", "recompute")
+"""vLLM's `kv_load_failure_policy` (`--kv-transfer-config`), `fail` by default: what a decode leg
+does when its KV cannot be read. `fail` ends the request with an error (HTTP 500, or an error frame
+in a started stream); `recompute` computes the prompt locally instead."""
+
+
+class KVLoadFailure(Exception):
+    """A decode leg's KV could not be read from the prefill server (gone, or holding no lease)."""
 
 
 class KVRegistry:
@@ -134,11 +142,9 @@ async def pull_remote_blocks(
     else:
         count = await _release_over_http(remote, session)
     if count is None:
-        raise ApiError(
-            400,
+        raise KVLoadFailure(
             f"prefill engine {remote.engine_id} at {remote.host}:{remote.port} holds no KV lease for "
-            f"request {remote.request_id} (already read or lease expired)",
-            "kv_transfer_params",
+            f"request {remote.request_id} (already read or lease expired)"
         )
     return count
 
@@ -153,6 +159,6 @@ async def _release_over_http(remote: RemoteBlocks, session: aiohttp.ClientSessio
             response.raise_for_status()
             return int((await response.json())["blocks"])
     except (aiohttp.ClientError, KeyError, ValueError) as exc:
-        raise ApiError(
-            400, f"cannot pull KV blocks from prefill server {remote.host}:{remote.port}: {exc}"
+        raise KVLoadFailure(
+            f"cannot pull KV blocks from prefill server {remote.host}:{remote.port}: {exc}"
         ) from exc

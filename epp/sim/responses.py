@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from epp.sim.config import LoraModule
+from epp.sim.logprobs import choice_logprobs
 from epp.sim.openai_api import (
     ApiError,
     Choice,
@@ -34,14 +35,22 @@ def error_response(error: ApiError) -> web.Response:
 def generation_body(gen: Generation, group: SequenceGroup, kv: dict[str, Any] | None) -> dict[str, Any]:
     """The finished ``group`` as ``gen``'s API answers it; ``kv``: a prefill leg's transfer params."""
     created = int(time.time())
-    choices = [Choice(s.index, s.text(), s.request.finish_reason) for s in group.sequences]
+    choices = [
+        Choice(
+            s.index,
+            s.text(),
+            s.request.finish_reason,
+            choice_logprobs(gen.kind, s.seed, 0, s.request.output_done, gen.logprobs, 0),
+        )
+        for s in group.sequences
+    ]
     use = group.usage()
     if gen.kind == "chat":
         return chat_body(f"chatcmpl-{uuid.uuid4().hex}", created, gen.model, choices, use, kv)
-    if gen.kind == "responses":
+    if gen.conversation is not None:
         first = choices[0]
         return responses_body(
-            f"resp_{uuid.uuid4().hex}", created, gen.model, first.text, first.finish_reason, use, kv
+            gen.conversation.response_id, created, gen.model, first.text, first.finish_reason, use, kv
         )
     return completion_body(f"cmpl-{uuid.uuid4().hex}", created, gen.model, choices, use, kv)
 

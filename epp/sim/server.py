@@ -8,6 +8,7 @@ it (``x-inference-pod``/``-port``/``-host``) so tests and benchmarks can see whe
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,7 @@ from epp.sim.openai_api import (
     EMBEDDING_DIMENSIONS,
     ApiError,
     Generation,
+    continue_conversation,
     output_length,
     parse_chat,
     parse_completion,
@@ -39,7 +41,9 @@ from epp.sim.openai_api import (
 )
 from epp.sim.pd import (
     RELEASE_PATH,
+    KVLoadFailure,
     KVRegistry,
+    RemoteBlocks,
     TransferRole,
     parse_kv_transfer_params,
     prefill_result_params,
@@ -47,8 +51,11 @@ from epp.sim.pd import (
 )
 from epp.sim.responses import embeddings_body, error_response, generation_body, json_response, models_body
 from epp.sim.sequences import OutputSequence, SequenceGroup
-from epp.sim.sse import stream_response
+from epp.sim.sse import stream_error, stream_response
+from epp.sim.stored_responses import ResponseStore
 from epp.sim.tokens import sequence_seed
+
+log = logging.getLogger(__name__)
 
 RETURN_ERROR_HEADER = "X-Return-Error"
 STATS_PATH = "/internal/stats"
@@ -109,6 +116,7 @@ class SimServer:
         self._registry = registry if registry is not None else KVRegistry()
         self._metrics = build_registry(self.engine, config.model)
         self._ids = itertools.count()
+        self.stored_responses = ResponseStore()
         self._created = int(time.time())
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -217,12 +225,16 @@ class SimServer:
 
     async def _generate(self, http: web.Request, gen: Generation) -> web.StreamResponse:
         lora = self._lora_for(gen.model)
+        conversation = gen.conversation
+        if conversation is not None and conversation.previous_response_id is not None:
+            continue_conversation(gen, self.stored_responses.history(conversation.previous_response_id))
         role = parse_kv_transfer_params(gen.kv_transfer_params)
         if role.prefill_leg and gen.stream:
             raise ApiError(400, "Prefill does not support streaming", "stream")
         if (role.prefill_leg or role.remote) and len(gen.prompts) * gen.n > 1:
             raise ApiError(400, "P/D transfer supports a single prompt and n=1 per request", "prompt")
         self._check_sequences(gen)
+        self._check_logprobs(gen)
         if gen.priority and self.config.scheduling_policy != "priority":
             raise ApiError(
                 400, f"Got priority {gen.priority} but Priority scheduling is not enabled.", "priority"
@@ -235,16 +247,45 @@ class SimServer:
         group = SequenceGroup(sequences, gen.n)
         self._submit(group)
         try:
-            if role.remote is not None:
-                assert self._session is not None
-                await pull_remote_blocks(role.remote, self._registry, self._session)
+            if role.remote is not None and not await self._pulled(role.remote, group):
+                failed = ApiError(500, "Internal server error")  # vLLM's answer to a failed generation
+                return await stream_error(http, failed) if gen.stream else error_response(failed)
             if gen.stream:
-                return await stream_response(http, gen, group)
+                response = await stream_response(http, gen, group)
+                self._store_response(gen, group)
+                return response
             await group.wait_finished()
             kv = self._prefill_params(group) if role.prefill_leg else None
-            return json_response(generation_body(gen, group, kv))
+            body = generation_body(gen, group, kv)
+            self._store_response(gen, group)
+            return json_response(body)
         finally:
             group.abort_unfinished(self.driver)
+
+    async def _pulled(self, remote: RemoteBlocks, group: SequenceGroup) -> bool:
+        """Read a decode leg's KV from its prefill server. When that fails, vLLM's
+        kv_load_failure_policy: `recompute` prefills the prompt here (True), `fail` ends the
+        request (False)."""
+        assert self._session is not None
+        try:
+            await pull_remote_blocks(remote, self._registry, self._session)
+        except KVLoadFailure as failure:
+            policy = self.config.kv_load_failure_policy
+            log.warning(
+                "%s: KV load failed (%s); kv_load_failure_policy %s", self.config.name, failure, policy
+            )
+            if policy != "recompute":
+                return False
+            for seq in group.sequences:
+                self.driver.recompute_locally(seq.request)
+        return True
+
+    def _store_response(self, gen: Generation, group: SequenceGroup) -> None:
+        """Keep a finished Responses API answer for follow-ups (not one cut short by its client)."""
+        conversation = gen.conversation
+        if conversation is not None and conversation.store and group.finished():
+            text = group.sequences[0].text()
+            self.stored_responses.keep(conversation.response_id, conversation.stored(text))
 
     def _check_sequences(self, gen: Generation) -> None:
         """Refuse, before a single one is built, more sequences (one engine request per prompt and
@@ -264,6 +305,17 @@ class SimServer:
             f"{prompts * gen.n} sequences ({prompts} prompt{'s' if prompts > 1 else ''} x n={gen.n})",
             "n" if gen.n > 1 else "prompt",
         )
+
+    def _check_logprobs(self, gen: Generation) -> None:
+        """vLLM's engine-side check of `logprobs` (chat: `top_logprobs`) against `--max-logprobs`."""
+        limit = self.config.max_logprobs
+        if gen.logprobs is not None and gen.logprobs > limit:
+            raise ApiError(
+                400,
+                f"Requested sample logprobs of {gen.logprobs}, which is greater than max allowed: {limit} "
+                f"(parameter=logprobs, value={gen.logprobs})",
+                "logprobs",
+            )
 
     def _check_queue(self, sequences: int, what: str, param: str) -> None:
         """A request's sequences all enter the waiting queue at once: more than it holds could

@@ -12,7 +12,9 @@ import orjson
 from aiohttp import web
 
 from epp.sim.engine import State
+from epp.sim.logprobs import choice_logprobs
 from epp.sim.openai_api import (
+    ApiError,
     Choice,
     Generation,
     chat_chunk,
@@ -27,10 +29,26 @@ from epp.sim.tokens import output_text
 async def stream_response(http: web.Request, gen: Generation, group: SequenceGroup) -> web.StreamResponse:
     """Send ``group``'s tokens as they come, then the closing frames once every sequence is done.
     A client that goes away ends the stream quietly: the caller aborts what is left."""
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    await response.prepare(http)
+    response = await _open(http)
     with contextlib.suppress(ConnectionResetError):
         await _send(response, SseWriter(gen, group), group)
+    return response
+
+
+async def _open(http: web.Request) -> web.StreamResponse:
+    """The 200 and the event-stream headers, sent."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(http)
+    return response
+
+
+async def stream_error(http: web.Request, error: ApiError) -> web.StreamResponse:
+    """A stream that fails before its first token, as vLLM's does: the 200 and the event-stream
+    headers are already out, so the error comes as a data frame, then `[DONE]`."""
+    response = await _open(http)
+    with contextlib.suppress(ConnectionResetError):
+        await response.write(_data(error.body()) + b"data: [DONE]\n\n")
+        await response.write_eof()
     return response
 
 
@@ -65,8 +83,11 @@ class SseWriter:
         self._gen = gen
         self._group = group
         self._created = int(time.time())
-        prefix = {"chat": "chatcmpl-", "responses": "resp_", "completion": "cmpl-"}[gen.kind]
-        self._id = prefix + uuid.uuid4().hex
+        self._offsets: dict[int, int] = {}  # per choice: the text sent so far (completions' text_offset)
+        if gen.conversation is not None:
+            self._id = gen.conversation.response_id
+        else:
+            self._id = ("chatcmpl-" if gen.kind == "chat" else "cmpl-") + uuid.uuid4().hex
 
     @property
     def opens_with_first_output(self) -> bool:
@@ -94,10 +115,16 @@ class SseWriter:
         for seq in self._group.sequences:
             request = seq.request
             while seq.sent < request.output_done:
-                text = output_text(seq.seed, seq.sent)
+                index = seq.sent
+                text = output_text(seq.seed, index)
                 seq.sent += 1
                 last = seq.sent == request.output_done and request.state is State.DONE
-                choice = Choice(seq.index, text, request.finish_reason if last else None)
+                logprobs = None
+                if gen.logprobs is not None:
+                    offset = self._offsets.get(seq.index, 0)
+                    self._offsets[seq.index] = offset + len(text)
+                    logprobs = choice_logprobs(gen.kind, seq.seed, index, index + 1, gen.logprobs, offset)
+                choice = Choice(seq.index, text, request.finish_reason if last else None, logprobs)
                 if gen.kind == "chat":
                     frames.append(_data(chat_chunk(self._id, self._created, gen.model, choice)))
                 elif gen.kind == "responses":

@@ -96,10 +96,11 @@ _WORD_LIST = (
 _WORDS: tuple[str, ...] = tuple(_WORD_LIST.split())
 
 
-def output_text(seed: int, index: int) -> str:
+def output_text(seed: int, index: int, rank: int = 0) -> str:
     """Text of generated token ``index`` of a sequence seeded by ``seed``: one word with a leading
-    space, so a client that re-tokenizes the output gets about one token per generated token."""
-    return " " + _WORDS[(seed + index * 7919) % len(_WORDS)]
+    space, so a client that re-tokenizes the output gets about one token per generated token.
+    ``rank`` > 0: the rank-th likeliest alternative at that position (a different word each)."""
+    return " " + _WORDS[(seed + index * 7919 + rank) % len(_WORDS)]
 
 
 def sequence_seed(token_ids: Sequence[int], seed: int) -> int:

@@ -13,6 +13,17 @@ from epp.stack.envoy import BODY_MODES, EnvoyOptions
 from epp.stack.stack import Stack, StackConfig
 
 FAST_SIM = ["--profile=tiny-test"]
+RANDOM_ONLY = """
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: random-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: random-picker
+"""
+"""A config that routes at random: the baseline a routing policy is compared with."""
 
 
 def stack_config(run_dir: Path, **overrides: object) -> StackConfig:

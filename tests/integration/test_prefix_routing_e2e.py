@@ -9,20 +9,10 @@ import httpx
 import pytest
 
 from epp.stack.stack import Stack
-from tests.integration.conftest import StackFactory
+from tests.integration.conftest import RANDOM_ONLY, StackFactory
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
-RANDOM_ONLY = """
-apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: EndpointPickerConfig
-plugins:
-- type: random-picker
-schedulingProfiles:
-- name: default
-  plugins:
-  - pluginRef: random-picker
-"""
 GROUPS = 6
 QUESTIONS = 8
 

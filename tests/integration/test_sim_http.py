@@ -30,6 +30,14 @@ from epp.stack.processes import free_port
 from tests.integration.helpers import read_sse
 
 MODEL = "sim-model"
+GENERATION_FAILED = {
+    "object": "error",
+    "message": "Internal server error",
+    "type": "InternalServerError",
+    "param": None,
+    "code": 500,
+}
+"""vLLM's answer to a request its engine ended with an error (a failed KV load, policy `fail`)."""
 POLL_INTERVAL = 0.01
 POLL_LIMIT = 1000
 
@@ -468,6 +476,164 @@ async def test_embeddings_and_responses(cluster: SimCluster, http: aiohttp.Clien
     assert text.count("event: response.output_text.delta") == 4 and "event: response.completed" in text
 
 
+async def test_a_follow_up_continues_a_stored_response_on_its_server_only(
+    cluster: SimCluster, http: aiohttp.ClientSession
+) -> None:
+    """vLLM keeps stored responses in its process: a follow-up naming one continues the
+    conversation there (its prompt holds the earlier turns, served from the prefix cache) and gets
+    vLLM's 404 from any other server."""
+    first_url, other_url = base(cluster, 0), base(cluster, 1)
+    body = {"model": MODEL, "input": "Tell me about rivers", "max_output_tokens": 3, "ignore_eos": True}
+    status, _, first = await post(http, first_url + "/v1/responses", body)
+    assert status == 200 and first["id"].startswith("resp_")
+    follow = {**body, "input": "And lakes?", "previous_response_id": first["id"]}
+    status, _, second = await post(http, first_url + "/v1/responses", follow)
+    assert status == 200, second
+    alone = (await post(http, other_url + "/v1/responses", {**body, "input": "And lakes?"}))[2]
+    # The continuation's prompt is the stored conversation plus the new input, mostly cached.
+    assert (
+        second["usage"]["input_tokens"] > first["usage"]["input_tokens"] + alone["usage"]["input_tokens"] - 8
+    )
+    assert second["usage"]["input_tokens_details"]["cached_tokens"] >= first["usage"]["input_tokens"] - 4
+    # A streamed follow-up of the follow-up: the id of `response.created` is stored too.
+    async with http.post(
+        first_url + "/v1/responses", json={**follow, "previous_response_id": second["id"], "stream": True}
+    ) as response:
+        events = await read_sse(response)
+    third = events[0]["response"]["id"]
+    assert events[-1]["response"]["id"] == third
+    status, _, _ = await post(http, first_url + "/v1/responses", {**follow, "previous_response_id": third})
+    assert status == 200
+
+    status, _, error = await post(http, other_url + "/v1/responses", follow)
+    assert status == 404
+    assert error == {
+        "object": "error",
+        "message": f"Response with id '{first['id']}' not found.",
+        "type": "invalid_request_error",
+        "param": "response_id",
+        "code": 404,
+    }
+    # `store: false` keeps nothing; a non-string id is the client's 400.
+    unstored = (await post(http, first_url + "/v1/responses", {**body, "store": False}))[2]
+    status, _, error = await post(
+        http, first_url + "/v1/responses", {**follow, "previous_response_id": unstored["id"]}
+    )
+    assert status == 404 and error["param"] == "response_id"
+    status, _, error = await post(http, first_url + "/v1/responses", {**follow, "previous_response_id": 7})
+    assert status == 400 and error["param"] == "previous_response_id"
+
+
+async def test_logprobs_in_vllms_shapes_streamed_or_not(
+    cluster: SimCluster, http: aiohttp.ClientSession
+) -> None:
+    """Chat: `logprobs.content[]` with `top_logprobs` alternatives (sampled token first); completions:
+    `text_offset`, `token_logprobs`, `tokens`, `top_logprobs` (logprobs + 1 entries at most, the
+    sampled token among them). The same values streamed, token by token, and on every call."""
+    url = base(cluster)
+    chat = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Name three rivers"}],
+        "max_tokens": 4,
+        "ignore_eos": True,
+        "logprobs": True,
+        "top_logprobs": 3,
+    }
+    status, _, whole = await post(http, url + "/v1/chat/completions", chat)
+    assert status == 200, whole
+    choice = whole["choices"][0]
+    content = choice["logprobs"]["content"]
+    assert "".join(entry["token"] for entry in content) == choice["message"]["content"]
+    for entry in content:
+        assert set(entry) == {"token", "logprob", "bytes", "top_logprobs"}
+        assert entry["bytes"] == list(entry["token"].encode()) and -1 <= entry["logprob"] < 0
+        top = entry["top_logprobs"]
+        assert len(top) == 3 and top[0] == {k: entry[k] for k in ("token", "logprob", "bytes")}
+        assert [t["logprob"] for t in top] == sorted((t["logprob"] for t in top), reverse=True)
+        assert len({t["token"] for t in top}) == 3
+    assert (await post(http, url + "/v1/chat/completions", chat))[2]["choices"][0]["logprobs"] == choice[
+        "logprobs"
+    ]
+    async with http.post(url + "/v1/chat/completions", json={**chat, "stream": True}) as response:
+        frames = [f for f in await read_sse(response) if f != "[DONE]"]
+    assert frames[0]["choices"][0]["logprobs"] is None  # the role frame
+    assert [e for f in frames[1:] for e in f["choices"][0]["logprobs"]["content"]] == content
+    plain = {k: v for k, v in chat.items() if k not in ("logprobs", "top_logprobs")}
+    assert (await post(http, url + "/v1/chat/completions", plain))[2]["choices"][0]["logprobs"] is None
+
+    completion = {"model": MODEL, "prompt": "Rivers", "max_tokens": 5, "ignore_eos": True, "logprobs": 2}
+    status, _, whole = await post(http, url + "/v1/completions", completion)
+    assert status == 200, whole
+    logprobs = whole["choices"][0]["logprobs"]
+    text = whole["choices"][0]["text"]
+    assert "".join(logprobs["tokens"]) == text
+    offsets = [sum(len(t) for t in logprobs["tokens"][:i]) for i in range(len(logprobs["tokens"]))]
+    assert logprobs["text_offset"] == offsets
+    assert logprobs["text_offset"][0] == 0
+    for token, logprob, top in zip(
+        logprobs["tokens"], logprobs["token_logprobs"], logprobs["top_logprobs"], strict=True
+    ):
+        assert top[token] == logprob and len(top) == 2
+    async with http.post(url + "/v1/completions", json={**completion, "stream": True}) as response:
+        frames = [f for f in await read_sse(response) if f != "[DONE]"]
+    streamed = [f["choices"][0]["logprobs"] for f in frames]
+    assert {key: [v for part in streamed for v in part[key]] for key in logprobs} == logprobs
+
+    # vLLM's engine-side limit, --max-logprobs (20); -1 asks for the whole vocabulary.
+    for body, asked in (
+        ({**chat, "top_logprobs": 21}, 21),
+        ({**chat, "top_logprobs": -1}, 128256),
+        ({**completion, "logprobs": 21}, 21),
+    ):
+        path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+        status, _, error = await post(http, url + path, body)
+        assert (status, error) == (
+            400,
+            {
+                "object": "error",
+                "message": f"Requested sample logprobs of {asked}, which is greater than max allowed: 20 "
+                f"(parameter=logprobs, value={asked})",
+                "type": "BadRequestError",
+                "param": "logprobs",
+                "code": 400,
+            },
+        )
+
+
+async def test_openai_sdk_reads_logprobs(cluster: SimCluster) -> None:
+    client = openai.AsyncOpenAI(base_url=base(cluster) + "/v1", api_key="unused")
+    try:
+        chat = await client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "hello"}],
+            max_tokens=3,
+            logprobs=True,
+            top_logprobs=2,
+            extra_body={"ignore_eos": True},
+        )
+        content = chat.choices[0].logprobs.content if chat.choices[0].logprobs else None
+        assert content is not None and len(content) == 3
+        assert all(
+            len(entry.top_logprobs) == 2 and entry.top_logprobs[0].token == entry.token for entry in content
+        )
+        stream = await client.completions.create(
+            model=MODEL,
+            prompt="stream",
+            max_tokens=3,
+            logprobs=1,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+        parts = [chunk.choices[0].logprobs async for chunk in stream if chunk.choices]
+        assert [len(p.tokens or []) for p in parts if p is not None] == [1, 1, 1]
+        with pytest.raises(openai.BadRequestError):
+            await client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "x"}], top_logprobs=2
+            )
+    finally:
+        await client.close()
+
+
 async def test_openai_sdk(cluster: SimCluster) -> None:
     client = openai.AsyncOpenAI(base_url=base(cluster) + "/v1", api_key="unused")
     try:
@@ -532,7 +698,9 @@ async def run_prefill_then_decode(
     assert decode_stats["prefix_cache_hits"] == 0
     assert decoded["usage"]["prompt_tokens_details"]["cached_tokens"] == decoded["usage"]["prompt_tokens"] - 1
     status, _, again = await post(http, decode_url + "/v1/completions", decode)
-    assert status == 400 and "holds no KV lease" in again["message"]
+    assert (status, again) == (500, GENERATION_FAILED), (
+        "the lease was read: vLLM's kv_load_failure_policy fail"
+    )
     return kv
 
 
@@ -580,10 +748,47 @@ async def test_a_replayed_decode_leg_cannot_take_a_later_lease_of_the_same_block
         blocks = [leg["kv_transfer_params"]["remote_block_ids"] for leg in (first, second)]
         assert blocks[0] == blocks[1], "the precondition: block ids recycled"
         status, _, replayed = await post(http, decode_url + "/v1/completions", first)
-        assert status == 400 and "holds no KV lease" in replayed["message"]
+        assert (status, replayed) == (500, GENERATION_FAILED)
         assert (await stats(http, prefill_url))["leases"] == 1
         assert (await post(http, decode_url + "/v1/completions", second))[0] == 200
         assert (await stats(http, prefill_url))["leases"] == 0
+
+
+@pytest.mark.parametrize("policy", ["fail", "recompute"])
+async def test_a_decode_leg_whose_prefill_server_is_gone(http: aiohttp.ClientSession, policy: str) -> None:
+    """vLLM's kv_load_failure_policy: `fail` (its default) ends the request with its generation
+    error (500; a stream has started, so an error frame); `recompute` computes the prompt on the
+    decode server and answers as if no P/D was asked for."""
+    prompt = "the prefill server of this request is gone " * 6
+    async with SimCluster(make_configs(1, name_prefix="p", profile=TINY_TEST, model=MODEL)) as prefill:
+        status, _, prefilled = await post(http, base(prefill) + "/v1/completions", prefill_body(prompt))
+        assert status == 200
+    configs = make_configs(1, name_prefix="d", profile=TINY_TEST, model=MODEL, kv_load_failure_policy=policy)
+    async with SimCluster(configs) as decode:
+        url = base(decode) + "/v1/completions"
+        body = {
+            "model": MODEL,
+            "prompt": prompt,
+            "max_tokens": 3,
+            "ignore_eos": True,
+            "kv_transfer_params": prefilled["kv_transfer_params"],
+        }
+        status, _, answer = await post(http, url, body)
+        async with http.post(url, json={**body, "stream": True}) as response:
+            stream_status, frames = response.status, await read_sse(response)
+        decode_stats = await stats(http, base(decode))
+    if policy == "fail":
+        assert (status, answer) == (500, GENERATION_FAILED)
+        assert (stream_status, frames) == (200, [GENERATION_FAILED, "[DONE]"])
+        assert decode_stats["running"] == decode_stats["waiting"] == 0 and decode_stats["kv_cache_usage"] == 0
+        return
+    assert status == 200 and answer["usage"]["completion_tokens"] == 3, answer
+    # Computed here, not transferred: nothing cached on the first call, all but the last token's
+    # block on the second (the prompt is this server's now).
+    assert answer["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    assert stream_status == 200 and frames[-1] == "[DONE]"
+    assert [f["choices"][0]["finish_reason"] for f in frames[:-1]] == [None, None, "length"]
+    assert decode_stats["prefix_cache_hits"] > 0 and decode_stats["finished"] == {"length": 2}
 
 
 async def test_stream_sends_tokens_generated_before_the_kv_pull_returned(
@@ -649,7 +854,7 @@ async def test_pd_validation(cluster: SimCluster, http: aiohttp.ClientSession) -
         "remote_port": cluster.endpoints[0].port,
     }
     status, _, data = await post(http, url, {"model": MODEL, "prompt": "x", "kv_transfer_params": unknown})
-    assert status == 400 and "holds no KV lease" in data["message"]
+    assert (status, data) == (500, GENERATION_FAILED)
     assert (await stats(http, base(cluster)))["running"] == 0
 
 

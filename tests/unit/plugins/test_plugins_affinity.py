@@ -90,7 +90,7 @@ def test_session_id_sweep_drops_expired_sessions() -> None:
         scorer.pre_request(request(headers={"x-session-id": f"s{i}"}), result(a))
     clock.now += 301
     scorer.pre_request(request(headers={"x-session-id": "fresh"}), result(a))
-    assert list(scorer.pins.sessions) == ["fresh"]
+    assert list(scorer.pins.sessions.entries) == ["fresh"]
 
 
 def _held_by_sessions(length: int) -> int:
@@ -109,7 +109,7 @@ def _held_by_sessions(length: int) -> int:
     gc.collect()
     held = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    assert len(scorer.pins.sessions) == 500
+    assert len(scorer.pins.sessions.entries) == 500
     return held
 
 

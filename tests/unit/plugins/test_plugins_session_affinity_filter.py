@@ -66,12 +66,12 @@ def test_a_binding_moves_only_when_its_endpoint_was_not_a_candidate(cls: type) -
     seen = request(headers={"x-session-id": "s"})
     assert pins.choose(seen, [a, b]) is a
     pins.record(seen, result(b))
-    assert pins.sessions["s"][0] == endpoint_id(a)
+    assert pins.sessions.entries["s"][0] == endpoint_id(a)
     # a was filtered out before this plugin ran: the session moves to where it went.
     missing = request(headers={"x-session-id": "s"})
     assert pins.choose(missing, [b, c]) is None
     pins.record(missing, result(c))
-    assert pins.sessions["s"][0] == endpoint_id(c)
+    assert pins.sessions.entries["s"][0] == endpoint_id(c)
 
 
 def test_ttl_and_sweep_take_fractions_of_seconds() -> None:
@@ -84,7 +84,7 @@ def test_ttl_and_sweep_take_fractions_of_seconds() -> None:
     clock.now += 0.2
     assert filter_.filter(request(headers={"x-session-id": "s"}), [a, b]) == [a, b]
     filter_.pre_request(request(headers={"x-session-id": "other"}), result(a))
-    assert list(filter_.pins.sessions) == ["other"]
+    assert list(filter_.pins.sessions.entries) == ["other"]
 
 
 def test_a_source_can_name_the_producer_of_its_attribute() -> None:

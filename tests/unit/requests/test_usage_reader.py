@@ -71,3 +71,26 @@ def test_sse_usage_found_wherever_the_chunks_cut_it() -> None:
             for i, piece in enumerate(pieces):
                 reader.feed(piece, i == len(pieces) - 1)
             assert reader.usage is not None and reader.usage.completion_tokens == 5, (cut, step)
+
+
+def test_the_responses_api_response_id_comes_with_its_usage() -> None:
+    """A JSON answer's id, a stream's from its closing `response.completed` event (split across
+    chunks); a chat completion's id is not a Responses API response's."""
+    usage = {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5}
+    answer = UsageReader(streaming=False)
+    answer.feed(orjson.dumps({"id": "resp_a", "object": "response", "usage": usage}), True)
+    assert answer.response_id == "resp_a"
+    stream = UsageReader(streaming=True)
+    created = {"type": "response.created", "response": {"id": "resp_b", "status": "in_progress"}}
+    completed = {
+        "type": "response.completed",
+        "response": {"id": "resp_b", "object": "response", "usage": usage},
+    }
+    events = b"event: response.created\ndata: " + orjson.dumps(created) + b"\n\n"
+    events += b"event: response.completed\ndata: " + orjson.dumps(completed) + b"\n\n"
+    stream.feed(events[:90], False)
+    stream.feed(events[90:], True)
+    assert stream.response_id == "resp_b" and stream.usage is not None and stream.usage.total_tokens == 5
+    chat = UsageReader(streaming=False)
+    chat.feed(orjson.dumps({"id": "chatcmpl-1", "object": "chat.completion", "usage": usage}), True)
+    assert chat.response_id is None

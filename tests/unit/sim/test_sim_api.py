@@ -3,6 +3,8 @@ LoRA flags and the metrics page."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgpack
 import pytest
 
@@ -204,3 +206,46 @@ def test_profiles() -> None:
     assert llama.with_overrides(max_num_seqs=4, block_size=None).max_num_seqs == 4
     with pytest.raises(KeyError, match="known"):
         get_profile("nope")
+
+
+@pytest.mark.parametrize(
+    ("parse", "body", "status_param_message"),
+    [
+        (
+            parse_chat,
+            {"top_logprobs": -2},
+            ("top_logprobs", "`top_logprobs` must be a positive value or -1."),
+        ),
+        (
+            parse_chat,
+            {"top_logprobs": 3},
+            ("top_logprobs", "when using `top_logprobs`, `logprobs` must be set to true."),
+        ),
+        (
+            parse_chat,
+            {"top_logprobs": -1},
+            ("top_logprobs", "when using `top_logprobs`, `logprobs` must be set to true."),
+        ),
+        (parse_chat, {"logprobs": "yes"}, ("logprobs", "'logprobs' must be a boolean")),
+        (parse_completion, {"logprobs": -1}, ("logprobs", "`logprobs` must be a positive value.")),
+    ],
+)
+def test_logprobs_are_refused_as_vllm_refuses_them(
+    parse: Any, body: dict[str, Any], status_param_message: tuple[str, str]
+) -> None:
+    base = {"model": "m", "prompt": "x", "messages": [{"role": "user", "content": "x"}]}
+    with pytest.raises(ApiError) as refused:
+        parse({**base, **body})
+    assert (refused.value.status, refused.value.param, refused.value.message) == (400, *status_param_message)
+
+
+def test_logprobs_counts_as_vllm_samples_them() -> None:
+    chat = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    assert parse_chat(chat).logprobs is None
+    assert parse_chat({**chat, "top_logprobs": 0}).logprobs is None  # 0 needs no `logprobs`
+    assert parse_chat({**chat, "logprobs": True}).logprobs == 0
+    assert parse_chat({**chat, "logprobs": True, "top_logprobs": 20}).logprobs == 20
+    assert parse_chat({**chat, "logprobs": True, "top_logprobs": -1}).logprobs == 128256  # the vocabulary
+    assert parse_chat({**chat, "logprobs": False, "top_logprobs": 0}).logprobs is None
+    assert parse_completion({"model": "m", "prompt": "x", "logprobs": 0}).logprobs == 0
+    assert parse_completion({"model": "m", "prompt": "x", "logprobs": 5.0}).logprobs == 5

@@ -34,6 +34,8 @@ def parse(*argv: str) -> argparse.Namespace:
         ["--time-scale", "inf"],
         ["--lease-seconds", "0"],
         ["--lease-seconds", "nan"],
+        ["--kv-load-failure-policy", "retry"],
+        ["--max-logprobs", "-1"],
     ],
 )
 def test_unusable_values_exit_2_naming_the_flag(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -57,6 +59,16 @@ def test_usable_values_are_parsed() -> None:
 def test_max_n_sequences_defaults_to_vllms_limit() -> None:
     assert parse().max_n_sequences == 16384
     assert parse("--max-n-sequences=8").max_n_sequences == 8
+
+
+def test_max_logprobs_defaults_to_vllms() -> None:
+    assert parse().max_logprobs == 20
+    assert parse("--max-logprobs=0").max_logprobs == 0
+
+
+def test_kv_load_failure_policy_defaults_to_vllms() -> None:
+    assert parse().kv_load_failure_policy == "fail"
+    assert parse("--kv-load-failure-policy=recompute").kv_load_failure_policy == "recompute"
 
 
 def test_ports_past_65535_are_refused(caplog: pytest.LogCaptureFixture) -> None:

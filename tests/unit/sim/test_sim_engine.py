@@ -246,6 +246,25 @@ def test_decode_leg_waits_for_transfer_not_prefill(profile_factory: ProfileFacto
     assert engine.stats.remote_decode == 1
 
 
+@pytest.mark.parametrize("transferring", [False, True])
+def test_a_decode_leg_whose_pull_failed_prefills_locally(
+    profile_factory: ProfileFactory, run: RunFn, transferring: bool
+) -> None:
+    """vLLM's `recompute` policy, whether the leg is still queued or its transfer had started:
+    the transfer's blocks go back, and the prompt is computed here as any request's."""
+    engine = Engine(profile_factory(), "m")
+    leg = req("d", tokens(101), out=3, remote_prefill=True)
+    engine.add(leg)
+    if transferring:
+        engine.step(0.0)
+        assert leg.state is State.TRANSFERRING and engine.kv_usage() > 0
+    engine.recompute_locally(leg)
+    steps = run(engine)
+    assert [s.prefill_tokens for s in steps] == [101, 0, 0]
+    assert (leg.cached_tokens, leg.output_done, leg.finish_reason) == (0, 3, "length")
+    assert engine.kv_usage() == 0.0 and engine.num_waiting == 0
+
+
 def test_abort_frees_everything(profile_factory: ProfileFactory) -> None:
     engine = Engine(profile_factory(max_num_seqs=1), "m")
     running, queued = req("a", tokens(40), out=10), req("b", tokens(40, 500), out=10)

@@ -1,0 +1,101 @@
+"""`previous-response-affinity-filter` (ours; neither GIE nor llm-d has one): a Responses API
+request naming `previous_response_id` goes to the endpoint that made that response. vLLM keeps
+stored responses in its process's memory, so any other replica answers 404 ("Response with id
+'…' not found.").
+
+The EPP learns response id -> endpoint from what passes through it: the id of the JSON answer,
+or of a stream's closing `response.completed` event (for those requests only, the EPP reads the
+streamed chunks it otherwise asks the gateway to skip: an ext_proc message per chunk), and the
+endpoint the gateway says served. Pins live in a bounded table (`maxEntries`, least recently set
+dropped first; `ttlSeconds`), as session-affinity's sessions do, keyed by a 64-bit digest of the
+id (however long the client's id, 8 bytes; and what active-active replicas share: each pin is a
+route, `RouteLearner`, so a follow-up reaching another replica or `--workers` process finds it).
+A response whose endpoint is no longer a candidate (gone, unready, filtered out before) leaves
+every candidate: the request is scheduled as any other and the model server it reaches answers
+it (vLLM's 404, unless it holds the response), rather than the EPP refusing it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import xxhash
+from pydantic import Field
+
+from epp.datastore import Endpoint
+from epp.framework import Plugin, PluginContext, PluginParams, register
+from epp.headers import LB_NAMESPACE, SERVED_KEY
+from epp.requestcontrol import RESPONSE_ID, ResponseBodyReader, ResponseComplete, ResponseHeaderProcessor
+from epp.requests import ApiKind, InferenceRequest, Usage
+from epp.scheduling.framework import Filter
+from epp.scheduling.session_affinity import PinTable
+from epp.scheduling.types import SchedulingResult
+
+
+class PreviousResponseAffinityParams(PluginParams):
+    ttl_seconds: float = Field(default=86400, gt=0)  # since the response (or a follow-up) was made
+    max_entries: int = Field(default=100_000, ge=1)
+    sweep_seconds: float = Field(default=60, gt=0)
+
+
+def response_key(response_id: str) -> int:
+    return xxhash.xxh3_64_intdigest(response_id.encode(errors="surrogatepass"))
+
+
+def previous_response_id(request: InferenceRequest) -> str | None:
+    value = request.body.get("previous_response_id") if request.api is ApiKind.RESPONSES else None
+    return value if isinstance(value, str) and value else None
+
+
+@register
+class PreviousResponseAffinityFilter(
+    Plugin, Filter, ResponseBodyReader, ResponseHeaderProcessor, ResponseComplete
+):
+    type_name = "previous-response-affinity-filter"
+    Params = PreviousResponseAffinityParams
+
+    def __init__(self, name: str, params: PreviousResponseAffinityParams, context: PluginContext) -> None:
+        super().__init__(name, params, context)
+        self.pins: PinTable[int] = PinTable(
+            params.ttl_seconds, params.sweep_seconds, context.clock, params.max_entries
+        )
+        # Active-active replicas: told each pin learned here (epp.replicas.RouteLearner).
+        self.route_listeners: list[Callable[[Endpoint, Sequence[int]], None]] = []
+
+    def filter(self, request: InferenceRequest, candidates: list[Endpoint]) -> list[Endpoint]:
+        previous = previous_response_id(request)
+        hostport = self.pins.get(response_key(previous)) if previous is not None else None
+        if hostport is None:
+            return candidates
+        return [e for e in candidates if e.hostport == hostport] or candidates
+
+    def reads_response_body(self, request: InferenceRequest) -> bool:
+        """A Responses API request the model server stores (`store` is true unless false)."""
+        return request.api is ApiKind.RESPONSES and request.body.get("store", True) is not False
+
+    def response_headers(
+        self, request: InferenceRequest, result: SchedulingResult, metadata: Mapping[str, Mapping[str, Any]]
+    ) -> None:
+        served = metadata.get(LB_NAMESPACE, {}).get(SERVED_KEY)
+        if isinstance(served, str) and served:
+            request.attributes[self.name] = served
+
+    def response_complete(
+        self, request: InferenceRequest, result: SchedulingResult, usage: Usage | None
+    ) -> None:
+        response_id = request.attributes.get(RESPONSE_ID)
+        if not isinstance(response_id, str) or not self.reads_response_body(request) or not result.targets:
+            return
+        served = request.attributes.get(self.name) or result.targets[0].hostport
+        key = response_key(response_id)
+        self.pins.set(key, served)
+        # Peers learn it by endpoint; one past the EPP's list (the gateway's own fallback) stays local.
+        endpoint = next((e for e in result.targets if e.hostport == served), None)
+        if endpoint is not None:
+            for listener in self.route_listeners:
+                listener(endpoint, (key,))
+
+    def learn(self, endpoint: Endpoint, hashes: Sequence[int]) -> None:
+        """Another replica pinned these responses to `endpoint`."""
+        for key in hashes:
+            self.pins.set(key, endpoint.hostport)
