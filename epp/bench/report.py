@@ -91,7 +91,8 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 @dataclass(frozen=True)
 class Results:
-    """Outcomes of one engine, indexed for the report."""
+    """Outcomes of one engine, one per (workload, policy, rate), indexed for the report; runs over
+    several seeds are folded into their means first (`epp.bench.seeds`)."""
 
     outcomes: Sequence[RunOutcome]
 

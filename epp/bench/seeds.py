@@ -16,6 +16,7 @@ import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from functools import cached_property
+from typing import Any
 
 from epp.bench.suite import Engine, RunKey, RunOutcome
 from epp.bench.summary import Summary
@@ -65,7 +66,7 @@ class Seeded:
 
 def mean_summary(summaries: list[Summary]) -> Summary:
     """Each figure's mean; counts rounded, errors summed (any error on any seed counts)."""
-    values: dict[str, float | int] = {}
+    values: dict[str, Any] = {}
     for name in (f.name for f in fields(Summary)):
         column = [getattr(s, name) for s in summaries]
         if name == "errors":
@@ -74,7 +75,7 @@ def mean_summary(summaries: list[Summary]) -> Summary:
             values[name] = round(statistics.fmean(column))
         else:
             values[name] = statistics.fmean(column)
-    return Summary(**values)  # type: ignore[arg-type]
+    return Summary(**values)
 
 
 def by_point(outcomes: Iterable[RunOutcome]) -> dict[Point, Seeded]:

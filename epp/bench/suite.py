@@ -3,8 +3,9 @@
 `bench/suite.yaml` lists policies (an EndpointPickerConfig each, or GIE's built-in default) and
 workloads; every (workload, rate, policy) triple is one run on a fresh cluster, so no policy
 inherits another's cache, once per routing seed and workload seed asked for (a knee's figures move
-with both, so the report can average them). Virtual-time runs are independent processes' work and spread over
-`jobs` worker processes; real-time runs start their own Envoy + EPP + simulators one at a time.
+with both, so the report can average them). Virtual-time runs are independent processes' work and
+spread over `jobs` worker processes; real-time runs start their own Envoy + EPP + simulators one at
+a time.
 """
 
 from __future__ import annotations
