@@ -3,6 +3,7 @@ the report in docs/benchmarks.md, the two engines' agreement, and the EPP's over
 
   epp bench run                 every policy x workload x rate of bench/suite.yaml, virtual time
   epp bench run --engine realtime --workload shared-prefix --rate 10
+  epp bench run --workload cache-pressure --seed 0 --seed 1 --workload-seed file --workload-seed 3
   epp bench report              tables, goal checks and plots into docs/benchmarks.md
   epp bench agree               one workload through both engines, compared
   epp bench overhead            Envoy with and without the EPP at fixed request rates
@@ -52,9 +53,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--time-scale", type=float, default=1.0, help="real time: simulators' --time-scale")
     run.add_argument(
         "--seed",
+        action="append",
         type=int,
-        default=0,
-        help="virtual time: the routing plugins' random seed (tie-breaks); the workload's draws keep its own",
+        default=[],
+        help="virtual time: the routing plugins' random seed (tie-breaks), repeatable: each is its own run "
+        "(default 0)",
+    )
+    run.add_argument(
+        "--workload-seed",
+        action="append",
+        type=workload_seed,
+        default=[],
+        help="the seed of each workload's requests and arrivals in place of its file's, repeatable: each is "
+        "its own run; 'file' is the file's own (the default)",
     )
     run.add_argument(
         "--results", type=Path, help="results JSON to merge into (default bench/results/<engine>.json)"
@@ -87,10 +98,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def workload_seed(text: str) -> int | None:
+    """`--workload-seed`: a number, or `file` for the workload file's own seed (None)."""
+    if text == "file":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither an integer nor 'file'") from None
+
+
 def _progress(outcome: RunOutcome) -> None:
     s, key = outcome.summary, outcome.key
     print(
         f"{key.engine:8} {key.workload:20} {key.policy:22} rate {key.rate:6g}  "
+        f"seeds {key.seed}/{key.workload_seed}  "
         f"{s.output_tokens_per_s:9,.0f} tok/s  TTFT p90 {s.ttft_p90:8.3f} s  hit {s.hit_rate:4.0%}  "
         f"errors {s.errors}  ({outcome.wall_seconds:.1f} s)",
         flush=True,
@@ -107,26 +129,27 @@ def run_suite(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         scrape_interval=args.scrape_interval,
         time_scale=args.time_scale,
-        seed=args.seed,
+        seeds=args.seed or [0],
+        workload_seeds=args.workload_seed or [None],
         progress=_progress,
     )
     outcomes = runner.run()
     results = args.results or RESULTS / f"{args.engine}.json"
-    save_results(results, outcomes)
+    save_results(results, outcomes, runner.suite.workload_seeds())
     print(f"{len(outcomes)} runs merged into {results}")
     return 0
 
 
 def report(args: argparse.Namespace) -> int:
     suite = Suite.load(args.suite)
+    outcomes = load_results(args.results, suite.workload_seeds())
     if args.versus:
-        outcomes = load_results(args.results)
         table = versus_section(suite, Results(outcomes), args.baseline)
         content = machine_notes(args.command) + "\n\n" + table
         write_block(args.doc, args.block, content)
         print(content)
         return 0
-    content = render_results(suite, load_results(args.results), args.images, args.doc, args.command)
+    content = render_results(suite, outcomes, args.images, args.doc, args.command)
     write_block(args.doc, "results", content)
     print(f"wrote the results block of {args.doc} and plots under {args.images}")
     return 0

@@ -14,11 +14,13 @@ import platform
 import re
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import attrgetter
 from pathlib import Path
 
+from epp.bench.seeds import Figure, Seeded, by_point, point, seeds_note
 from epp.bench.suite import RunOutcome, Suite
 from epp.bench.workload import WorkloadSpec
 
@@ -38,13 +40,17 @@ COLUMNS = (
 )
 
 
-def load_results(path: Path) -> list[RunOutcome]:
-    return [RunOutcome.from_dict(item) for item in json.loads(path.read_text())]
+def load_results(path: Path, workload_seeds: Mapping[str, int] | None = None) -> list[RunOutcome]:
+    """`workload_seeds`: each workload's file seed, the one runs recorded before seeds were used."""
+    return [RunOutcome.from_dict(item, workload_seeds) for item in json.loads(path.read_text())]
 
 
-def save_results(path: Path, outcomes: Iterable[RunOutcome]) -> None:
-    """Merge into an existing results file: a rerun replaces the runs with the same key."""
-    merged = {o.key: o for o in (load_results(path) if path.exists() else [])}
+def save_results(
+    path: Path, outcomes: Iterable[RunOutcome], workload_seeds: Mapping[str, int] | None = None
+) -> None:
+    """Merge into an existing results file: a rerun replaces the runs with the same key (seeds
+    included; `workload_seeds` dates the file's runs recorded before seeds were)."""
+    merged = {o.key: o for o in (load_results(path, workload_seeds) if path.exists() else [])}
     merged.update((o.key, o) for o in outcomes)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps([o.as_dict() for o in merged.values()], indent=1) + "\n")
@@ -85,7 +91,8 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 @dataclass(frozen=True)
 class Results:
-    """Outcomes of one engine, indexed for the report."""
+    """Outcomes of one engine, one per (workload, policy, rate), indexed for the report; runs over
+    several seeds are folded into their means first (`epp.bench.seeds`)."""
 
     outcomes: Sequence[RunOutcome]
 
@@ -199,6 +206,9 @@ def goals_section(suite: Suite, results: Results, workload: str) -> str:
     )
 
 
+TTFT_P90: Figure = attrgetter("ttft_p90")
+OUTPUT_TPS: Figure = attrgetter("output_tokens_per_s")
+
 BASELINE = "gie-default"
 PRESSURE_GOALS = (0.85, 1.10)
 """Under cache pressure the headline policy's TTFT p90 at most 0.85x the baseline's, at the highest
@@ -210,7 +220,11 @@ PAR = 0.03
 def versus_section(suite: Suite, results: Results, baseline: str = BASELINE) -> str:
     """Every policy against `baseline` on every workload, in the two figures the precise-prefix goals
     name: TTFT p90 at the highest tested rate where the baseline meets the SLO, and output tokens/s
-    at the SLO (best over the tested rates); the headline policy's row carries the verdict."""
+    at the SLO (best over the tested rates); the headline policy's row carries the verdict. Runs
+    over several seeds count as their mean (`epp.bench.seeds`), shown with their range and count."""
+    groups = by_point(results.outcomes)
+    several = any(group.count > 1 for group in groups.values())
+    results = Results([group.mean for group in groups.values()])
     slo = suite.spec.slo_ttft_p90
     rows = []
     for workload in (w.name for w in suite.workloads()):
@@ -240,9 +254,10 @@ def versus_section(suite: Suite, results: Results, baseline: str = BASELINE) -> 
                     workload,
                     policy,
                     f"{rate:g}",
-                    seconds(at.summary.ttft_p90),
+                    *([str(groups[point(at.key)].count)] if several else []),
+                    _spread(groups[point(at.key)], TTFT_P90, seconds),
                     f"{ttft_ratio:.2f}x",
-                    NONE if best is None else f"{tps:,.0f} (at {best.key.rate:g})",
+                    NONE if best is None else _at_rate(groups[point(best.key)]),
                     f"{tps_ratio:.2f}x",
                     f"{at.summary.hit_rate:.0%}",
                     verdict,
@@ -252,6 +267,7 @@ def versus_section(suite: Suite, results: Results, baseline: str = BASELINE) -> 
         "workload",
         "policy",
         f"rate (req/s): {baseline}'s highest meeting the SLO",
+        *(["runs (seed pairs) there"] if several else []),
         "TTFT p90 there",
         f"/ {baseline}",
         f"out tok/s at SLO ({slo:g} s)",
@@ -259,7 +275,22 @@ def versus_section(suite: Suite, results: Results, baseline: str = BASELINE) -> 
         "hit there",
         f"headline ({suite.spec.headline}) goal",
     ]
-    return table(header, rows)
+    note = seeds_note(groups, [w.name for w in suite.workloads()])
+    return "\n\n".join([*([note] if note else []), table(header, rows)])
+
+
+def _spread(group: Seeded, figure: Figure, shown: Callable[[float], str]) -> str:
+    """A figure's mean, with its range over the seeds when there are several."""
+    text = shown(figure(group.mean.summary))
+    if group.count == 1:
+        return text
+    low, high = group.span(figure)
+    return f"{text} ({shown(low)} to {shown(high)})"
+
+
+def _at_rate(group: Seeded) -> str:
+    """Output tokens/s at the SLO (over several seeds, with their range there) and its rate."""
+    return f"{_spread(group, OUTPUT_TPS, lambda tps: f'{tps:,.0f}')} (at {group.mean.key.rate:g})"
 
 
 def _verdict(pressure: bool, ttft_ratio: float, tps_ratio: float) -> str:
@@ -353,8 +384,10 @@ def machine_notes(command: str) -> str:
 def render_results(
     suite: Suite, outcomes: Sequence[RunOutcome], image_dir: Path, doc: Path, command: str
 ) -> str:
-    results = Results(outcomes)
-    parts = [machine_notes(command), ""]
+    groups = by_point(outcomes)
+    results = Results([group.mean for group in groups.values()])
+    note = seeds_note(groups, [w.name for w in suite.workloads()])
+    parts = [machine_notes(command), "", *([note, ""] if note else [])]
     workloads = [w for w in suite.workloads() if results.rates(w.name)]
     for workload in workloads:
         image = image_dir / f"bench-{workload.name}.png"

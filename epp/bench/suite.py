@@ -2,8 +2,10 @@
 
 `bench/suite.yaml` lists policies (an EndpointPickerConfig each, or GIE's built-in default) and
 workloads; every (workload, rate, policy) triple is one run on a fresh cluster, so no policy
-inherits another's cache. Virtual-time runs are independent processes' work and spread over
-`jobs` worker processes; real-time runs start their own Envoy + EPP + simulators one at a time.
+inherits another's cache, once per routing seed and workload seed asked for (a knee's figures move
+with both, so the report can average them). Virtual-time runs are independent processes' work and
+spread over `jobs` worker processes; real-time runs start their own Envoy + EPP + simulators one at
+a time.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -90,13 +92,23 @@ class Suite:
     def workloads(self) -> list[WorkloadSpec]:
         return [load_spec(self.root / path) for path in self.spec.workloads]
 
+    def workload_seeds(self) -> dict[str, int]:
+        """Each workload's own seed, as its file gives it."""
+        return {workload.name: workload.seed for workload in self.workloads()}
+
 
 @dataclass(frozen=True)
 class RunKey:
+    """One run: `seed` is the routing plugins' random seed (virtual time), `workload_seed` the
+    seed the workload's draws used (None only for a run from a results file older than seeds whose
+    workload the loading suite does not know)."""
+
     workload: str
     policy: str
     rate: float
     engine: Engine
+    seed: int = 0
+    workload_seed: int | None = None
 
 
 @dataclass
@@ -112,14 +124,27 @@ class RunOutcome:
             "policy": self.key.policy,
             "rate": self.key.rate,
             "engine": self.key.engine,
+            "seed": self.key.seed,
+            "workload_seed": self.key.workload_seed,
             "wall_seconds": round(self.wall_seconds, 3),
             "summary": self.summary.as_dict(),
             "served": self.served,
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunOutcome:
-        key = RunKey(data["workload"], data["policy"], float(data["rate"]), data["engine"])
+    def from_dict(cls, data: dict[str, Any], workload_seeds: Mapping[str, int] | None = None) -> RunOutcome:
+        """`workload_seeds` (each workload's file seed) dates a run recorded before seeds were: it
+        ran with routing seed 0 and its workload file's seed."""
+        workload = data["workload"]
+        workload_seed = data.get("workload_seed", (workload_seeds or {}).get(workload))
+        key = RunKey(
+            workload,
+            data["policy"],
+            float(data["rate"]),
+            data["engine"],
+            int(data.get("seed", 0)),
+            workload_seed,
+        )
         return cls(key, Summary(**data["summary"]), float(data["wall_seconds"]), dict(data.get("served", {})))
 
 
@@ -158,12 +183,11 @@ class _VirtualJob:
     workload: WorkloadSpec
     config: PickerConfig
     scrape_interval: float
-    seed: int
 
 
 def _run_virtual_job(job: _VirtualJob) -> RunOutcome:
     requests = generate(job.workload, job.key.rate)
-    cluster = virtual_cluster(job.workload, job.scrape_interval, job.seed)
+    cluster = virtual_cluster(job.workload, job.scrape_interval, job.key.seed)
     return outcome(job.key, run_virtual(requests, job.config, cluster))
 
 
@@ -177,26 +201,37 @@ class SuiteRunner:
     policies: Sequence[str] = ()
     rates: Sequence[float] = ()
     jobs: int = 1
-    seed: int = 0
+    seeds: Sequence[int] = (0,)
+    workload_seeds: Sequence[int | None] = (None,)
+    """None: the workload file's own seed."""
     scrape_interval: float = 0.05
     time_scale: float = 1.0
     run_dir: Path = Path("run/bench")
     progress: Callable[[RunOutcome], None] = lambda _: None
 
     def selected(self) -> Iterator[tuple[WorkloadSpec, PolicySpec, float]]:
-        for workload in self.suite.workloads():
-            if self.workloads and workload.name not in self.workloads:
+        """Every selected (workload, policy, rate), the workload once per workload seed."""
+        for spec in self.suite.workloads():
+            if self.workloads and spec.name not in self.workloads:
                 continue
-            rates = [r for r in workload.load.rates if not self.rates or r in self.rates]
-            for policy in self.suite.spec.policies:
-                if self.policies and policy.name not in self.policies:
-                    continue
-                for rate in rates:
-                    yield workload, policy, rate
+            rates = [r for r in spec.load.rates if not self.rates or r in self.rates]
+            for workload in self.reseeded(spec):
+                for policy in self.suite.spec.policies:
+                    if self.policies and policy.name not in self.policies:
+                        continue
+                    for rate in rates:
+                        yield workload, policy, rate
+
+    def reseeded(self, spec: WorkloadSpec) -> list[WorkloadSpec]:
+        """`spec` with each workload seed asked for in place of its own, each seed once."""
+        seeds = dict.fromkeys(spec.seed if seed is None else seed for seed in self.workload_seeds)
+        return [spec if seed == spec.seed else spec.model_copy(update={"seed": seed}) for seed in seeds]
 
     def run(self) -> list[RunOutcome]:
         if self.engine == "virtual":
             return self._run_virtual()
+        if set(self.seeds) != {0}:
+            raise ValueError("routing seeds other than 0 (--seed) apply to virtual time only")
         named = [w for w in self.suite.workloads() if w.name in self.workloads]
         churning = [w.name for w in named if w.churn is not None]
         if churning:
@@ -206,13 +241,13 @@ class SuiteRunner:
     def _run_virtual(self) -> list[RunOutcome]:
         jobs = [
             _VirtualJob(
-                RunKey(workload.name, policy.name, rate, "virtual"),
+                RunKey(workload.name, policy.name, rate, "virtual", seed, workload.seed),
                 workload,
                 self.suite.picker_config(policy),
                 self.scrape_interval,
-                self.seed,
             )
             for workload, policy, rate in self.selected()
+            for seed in dict.fromkeys(self.seeds)
         ]
         outcomes: list[RunOutcome] = []
         if self.jobs <= 1:
@@ -231,7 +266,7 @@ class SuiteRunner:
         for workload, policy, rate in self.selected():
             if workload.churn is not None:
                 continue  # virtual time only; named explicitly, `run` refused it
-            key = RunKey(workload.name, policy.name, rate, "realtime")
+            key = RunKey(workload.name, policy.name, rate, "realtime", 0, workload.seed)
             cluster = realtime_cluster(workload, self.time_scale, self.scrape_interval)
             run_dir = self.run_dir / f"{workload.name}-{policy.name}-{rate:g}-{int(time.time())}"
             realtime = self.suite.realtime_policy(policy)

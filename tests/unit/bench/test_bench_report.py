@@ -157,3 +157,33 @@ def test_report_versus_writes_the_named_block_against_the_named_baseline(tmp_pat
     assert "<!-- BEGIN GENERATED: churn -->" in text
     assert "| cache-pressure | ours | 2 | 500 ms | 0.50x | 230 (at 2) | 1.15x |" in text
     assert "rate (req/s): gie-upstream's highest meeting the SLO" in text
+
+
+DATA = Path(__file__).parents[2] / "data" / "bench"
+
+
+def test_versus_over_one_seed_is_the_single_run_report_to_the_character() -> None:
+    """A results file written before seeds were (no `seed` / `workload_seed`), one run per point:
+    the versus block is what it was before seeds were averaged (the .md, written by that code)."""
+    suite = Suite.load(Path(__file__).parents[3] / "bench" / "suite.yaml")
+    outcomes = load_results(DATA / "versus-one-seed.json", suite.workload_seeds())
+    assert versus_section(suite, Results(outcomes)) + "\n" == (DATA / "versus-one-seed.md").read_text()
+
+
+def test_an_older_results_file_loads_as_routing_seed_0_and_the_workloads_file_seed(tmp_path: Path) -> None:
+    path = tmp_path / "old.json"
+    path.write_text((DATA / "versus-one-seed.json").read_text())
+    seeds = {"cache-pressure": 7, "mixed": 4}
+    loaded = load_results(path, seeds)
+    assert {(o.key.workload, o.key.seed, o.key.workload_seed) for o in loaded} == {
+        ("cache-pressure", 0, 7),
+        ("mixed", 0, 4),
+        ("long-system-prompt", 0, None),  # not in the mapping: its seed is not known
+    }
+    rerun = replace(run("ours", 60, 999, 0.1), key=RunKey("cache-pressure", "ours", 60, "virtual", 0, 7))
+    other = replace(rerun, key=replace(rerun.key, seed=1))
+    save_results(path, [rerun, other], seeds)
+    merged = [o for o in load_results(path) if o.key.workload == "cache-pressure" and o.key.rate == 60]
+    assert len(merged) == 3, "gie-default's, the rerun in place of ours's seed-0 run, and seed 1's"
+    assert [o.summary.output_tokens_per_s for o in merged if o.key.policy == "ours"] == [999, 999]
+    assert '"workload_seed": 7' in path.read_text()

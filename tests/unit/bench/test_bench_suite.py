@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from epp.bench.realtime import stack_config
 from epp.bench.report import load_results
-from epp.bench.suite import Suite, realtime_cluster, virtual_cluster
+from epp.bench.suite import Suite, SuiteRunner, realtime_cluster, virtual_cluster
 from epp.bench.workload import load_spec
 from epp.cli import main
 
@@ -34,19 +36,24 @@ def test_realtime_cluster_leaves_the_profiles_cache_when_the_workload_sets_none(
     assert realtime_cluster(spec, time_scale=1.0, scrape_interval=0.05).num_gpu_blocks is None
 
 
-def test_bench_run_seed_changes_only_the_routing_coin_flips(tmp_path: Path) -> None:
-    """`epp bench run --seed`: the routing plugins' random seed. The same seed reproduces a run;
-    another seed routes random's requests differently over the same requests (the workload's
-    draws keep the workload file's seed)."""
-    (tmp_path / "tiny.yaml").write_text(
+def tiny_suite(directory: Path) -> Path:
+    """A suite of one small workload (its file's seed 1) and the random policy."""
+    (directory / "tiny.yaml").write_text(
         "name: tiny\nseed: 1\ndata:\n  type: shared_prefix\n  num_groups: 4\n  num_prompts_per_group: 6\n"
         "  system_prompt_len: 40\n  question_len: 20\n  output_len: 8\n"
         "load:\n  rates: [50]\ncluster:\n  endpoints: 3\n  profile: tiny-test\n"
     )
     random_config = ROOT / "bench" / "configs" / "random.yaml"
-    (tmp_path / "suite.yaml").write_text(
-        f"workloads: [tiny.yaml]\npolicies:\n- name: random\n  config: {random_config}\n"
-    )
+    suite = directory / "suite.yaml"
+    suite.write_text(f"workloads: [tiny.yaml]\npolicies:\n- name: random\n  config: {random_config}\n")
+    return suite
+
+
+def test_bench_run_seed_changes_only_the_routing_coin_flips(tmp_path: Path) -> None:
+    """`epp bench run --seed`: the routing plugins' random seed. The same seed reproduces a run;
+    another seed routes random's requests differently over the same requests (the workload's
+    draws keep the workload file's seed)."""
+    tiny_suite(tmp_path)
 
     def served(seed: int) -> dict[str, int]:
         results = tmp_path / f"seed{seed}-{len(list(tmp_path.iterdir()))}.json"
@@ -58,3 +65,31 @@ def test_bench_run_seed_changes_only_the_routing_coin_flips(tmp_path: Path) -> N
 
     assert served(3) == served(3)
     assert served(3) != served(4)
+
+
+def test_bench_run_makes_one_run_per_routing_seed_and_workload_seed(tmp_path: Path) -> None:
+    """`--seed` and `--workload-seed` repeat; every pair is its own run in the results file, keyed
+    by both; `file` is the workload file's own seed (1 here), recorded as such."""
+    suite, results = tiny_suite(tmp_path), tmp_path / "results.json"
+    argv = ["bench", "run", "--suite", str(suite), "--jobs", "1", "--results", str(results)]
+    seeds = ["--seed", "3", "--seed", "4", "--seed", "3", "--workload-seed", "file", "--workload-seed", "9"]
+    assert main([*argv, *seeds, "--workload-seed", "1"]) == 0
+    runs = {(o.key.seed, o.key.workload_seed): o for o in load_results(results)}
+    assert sorted(runs) == [(3, 1), (3, 9), (4, 1), (4, 9)], "each pair once"
+    assert all(o.summary.completed == 24 for o in runs.values())
+    assert runs[3, 1].summary != runs[3, 9].summary, "another workload seed draws other requests"
+    assert main([*argv, "--seed", "4"]) == 0, "merged: the seed-4 run of the file's seed is replaced"
+    assert len(load_results(results)) == 4
+
+
+def test_bench_run_refuses_a_workload_seed_that_is_not_a_number(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "run", "--workload-seed", "seven"])
+    assert exit_.value.code == 2
+    assert "--workload-seed: 'seven' is neither an integer nor 'file'" in capsys.readouterr().err
+
+
+def test_routing_seeds_apply_to_virtual_time_only() -> None:
+    runner = SuiteRunner(Suite.load(ROOT / "bench" / "suite.yaml"), engine="realtime", seeds=[0, 1])
+    with pytest.raises(ValueError, match=r"routing seeds other than 0 \(--seed\) apply to virtual time only"):
+        runner.run()
