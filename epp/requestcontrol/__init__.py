@@ -5,6 +5,7 @@ from epp.requestcontrol.director import Director, RoutedRequest
 from epp.requestcontrol.hooks import (
     AGENT_IDENTITY,
     RESPONSE_EVENT_STREAM,
+    SERVED_ENDPOINT,
     AdmitRequest,
     Parsers,
     PreRequest,
@@ -22,6 +23,7 @@ from epp.requestcontrol.hooks import (
 __all__ = [
     "AGENT_IDENTITY",
     "RESPONSE_EVENT_STREAM",
+    "SERVED_ENDPOINT",
     "AdmitRequest",
     "Director",
     "Parsers",

@@ -30,7 +30,13 @@ from epp.headers import (
     REQUEST_ID_HEADER,
 )
 from epp.metrics.exporter import EppMetrics
-from epp.requestcontrol.hooks import AGENT_IDENTITY, RESPONSE_EVENT_STREAM, Parsers, RequestControlHooks
+from epp.requestcontrol.hooks import (
+    AGENT_IDENTITY,
+    RESPONSE_EVENT_STREAM,
+    SERVED_ENDPOINT,
+    Parsers,
+    RequestControlHooks,
+)
 from epp.requestcontrol.model_rewrite import ModelRewrites
 from epp.requests import ApiKind, ErrorCode, InferenceRequest, RequestError, Usage
 from epp.requests.parser import api_kind, parse_request
@@ -146,9 +152,9 @@ class RoutedRequest:
         suspended, and the primary's load moves to the one that serves."""
         targets = self.result.targets
         if targets and targets[0].hostport == hostport:
-            self.served = targets[0]
+            self.served = self.request.attributes[SERVED_ENDPOINT] = targets[0]
             return
-        self.served = self._director.endpoint_at(hostport)
+        self.served = self.request.attributes[SERVED_ENDPOINT] = self._director.endpoint_at(hostport)
         if self._finished or not targets:
             return
         listed = [e.hostport for e in targets]

@@ -27,6 +27,9 @@ AGENT_IDENTITY = "agent-identity"
 # Request attribute set when the response headers arrive: whether the model server streams the
 # response as server-sent events (llm-d's StartOfStream exists only for such responses).
 RESPONSE_EVENT_STREAM = "response-event-stream"
+# Request attribute set when the gateway reports which endpoint served (after its retries), before
+# the ResponseReceived plugins run: that Endpoint, or None when it is not in the pool.
+SERVED_ENDPOINT = "served-endpoint"
 
 
 class RequestHeaderProcessor(Extension):
