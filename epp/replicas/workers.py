@@ -29,6 +29,7 @@ from typing import Any
 
 from epp.readyfile import read_ready_file, write_ready_file
 from epp.replicas.local_redis import LocalRedis, redis_server_path
+from epp.signals import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,9 @@ class Supervisor:
 
     async def _start(self, index: int) -> None:
         self._ready_path(index).unlink(missing_ok=True)
-        self.processes[index] = await asyncio.create_subprocess_exec(*self.worker_argv(index))
+        self.processes[index] = await asyncio.create_subprocess_exec(
+            *self.worker_argv(index), preexec_fn=die_with_parent()
+        )
 
     async def run(self, stop: asyncio.Event) -> int:
         try:

@@ -137,6 +137,59 @@ async def test_epp_run_restarts_a_dead_epp_with_workers(tmp_path: Path) -> None:
         await read_until(process.stdout, r"^stopped\.$", seen)
 
 
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (children of any of its threads, their children, ...)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            for child in (task / "children").read_text().split():
+                found |= {int(child), *descendants(int(child))}
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its (dead) parent's reaper."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def command_lines(pids: set[int]) -> dict[int, str]:
+    """What each of `pids` runs, for a failure's message."""
+    return {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:100].decode(errors="replace") for pid in pids}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+async def test_epp_run_killed_with_sigkill_takes_its_processes_with_it(tmp_path: Path) -> None:
+    """`epp run` killed with -9 runs no cleanup: Envoy, the EPP (a `--workers` supervisor, its
+    workers and its redis-server) and the simulators stayed up, in sessions of their own, holding
+    their ports. Each is started with a parent-death signal (SIGTERM) and now ends with it."""
+    async with epp_run(tmp_path, 2, "--workers=2") as process:
+        assert process.stdout is not None
+        seen: list[str] = []
+        gateway = await gateway_url(process.stdout, seen)
+        async with httpx.AsyncClient(base_url=gateway, timeout=30) as client:
+            assert (await client.post("/v1/completions", json=BODY)).status_code == 200
+        children = descendants(process.pid)
+        # Envoy, the supervisor, 2 workers (+ redis-server when installed), 2 simulators
+        assert len(children) >= 6, children
+        process.kill()
+        await process.wait()
+        left = children
+        try:
+            for _ in range(300):  # each stops as on SIGTERM (the EPP drains for 0 s under epp run)
+                left = {pid for pid in left if alive(pid)}
+                if not left:
+                    break
+                await asyncio.sleep(0.1)
+            assert not left, command_lines(left)
+        finally:
+            for pid in left:  # a failed run leaves no orphans behind
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
 async def test_epp_run_routes_the_models_its_simulators_serve(tmp_path: Path) -> None:
     """The endpoints file `epp run` writes lists what each simulator reports serving: a model set
     with --sim-arg and its LoRA adapters route (both were 404 'not served by any endpoint of the
