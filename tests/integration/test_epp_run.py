@@ -62,6 +62,17 @@ async def gateway_url(stdout: asyncio.StreamReader, seen: list[str]) -> str:
     return (await read_until(stdout, r"curl -si (http://127\.0\.0\.1:\d+)/v1/completions", seen))[1]
 
 
+async def routing(process: asyncio.subprocess.Process) -> tuple[asyncio.StreamReader, list[str], str]:
+    """`epp run`'s output, the lines read from it and its gateway URL, once a request through the
+    gateway was routed and answered."""
+    assert process.stdout is not None
+    seen: list[str] = []
+    gateway = await gateway_url(process.stdout, seen)
+    async with httpx.AsyncClient(base_url=gateway, timeout=30) as client:
+        assert (await client.post("/v1/completions", json=BODY)).status_code == 200
+    return process.stdout, seen, gateway
+
+
 def child_pid(parent: int, cmdline_part: str) -> int:
     """The pid of `parent`'s child process whose command line contains `cmdline_part`."""
     for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
@@ -123,18 +134,15 @@ async def test_epp_run_restarts_a_dead_epp_with_workers(tmp_path: Path) -> None:
     request after it says so. Before, Envoy answered 1 to 3 requests 0.1 s apart with 503 (the EPP
     unreachable): "back" came with the ready file, before Envoy's next health check of the EPP."""
     async with epp_run(tmp_path, 1, "--workers=2") as process:
-        assert process.stdout is not None
-        seen: list[str] = []
-        gateway = await gateway_url(process.stdout, seen)
+        stdout, seen, gateway = await routing(process)
         async with httpx.AsyncClient(base_url=gateway, timeout=30) as client:
-            assert (await client.post("/v1/completions", json=BODY)).status_code == 200
             os.kill(child_pid(process.pid, "epp.cli serve"), signal.SIGKILL)
-            await read_until(process.stdout, r"the EPP exited with -9; restarting it in", seen)
-            await read_until(process.stdout, r"the EPP is back \(restart 1\)", seen)
+            await read_until(stdout, r"the EPP exited with -9; restarting it in", seen)
+            await read_until(stdout, r"the EPP is back \(restart 1\)", seen)
             statuses = [(await client.post("/v1/completions", json=BODY)).status_code for _ in range(5)]
             assert statuses == [200] * 5
         process.send_signal(signal.SIGINT)
-        await read_until(process.stdout, r"^stopped\.$", seen)
+        await read_until(stdout, r"^stopped\.$", seen)
 
 
 def descendants(pid: int) -> set[int]:
@@ -166,11 +174,7 @@ async def test_epp_run_killed_with_sigkill_takes_its_processes_with_it(tmp_path:
     workers and its redis-server) and the simulators stayed up, in sessions of their own, holding
     their ports. Each is started with a parent-death signal (SIGTERM) and now ends with it."""
     async with epp_run(tmp_path, 2, "--workers=2") as process:
-        assert process.stdout is not None
-        seen: list[str] = []
-        gateway = await gateway_url(process.stdout, seen)
-        async with httpx.AsyncClient(base_url=gateway, timeout=30) as client:
-            assert (await client.post("/v1/completions", json=BODY)).status_code == 200
+        await routing(process)
         children = descendants(process.pid)
         # Envoy, the supervisor, 2 workers (+ redis-server when installed), 2 simulators
         assert len(children) >= 6, children
