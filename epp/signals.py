@@ -1,10 +1,16 @@
-"""Graceful shutdown for every long-running subcommand."""
+"""Graceful shutdown for every long-running subcommand, and children that end with their parent."""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import os
 import signal
+import sys
 from collections.abc import Callable
+
+# prctl(2)'s option: the signal a process gets when the thread that forked it ends.
+_PR_SET_PDEATHSIG = 1
 
 
 def stop_event() -> asyncio.Event:
@@ -20,3 +26,27 @@ def on_stop_signal(callback: Callable[[], None]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, callback)
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` for a child that must not outlive this process, even killed with SIGKILL
+    (which runs no cleanup here): on Linux the child gets SIGTERM when its parent dies, and stops
+    as it does on Ctrl-C (its own children with it). None elsewhere (no such signal).
+
+    Caveats: the signal comes when the *thread* that forked the child ends, so spawn from a thread
+    that lives as long as the process (asyncio spawns on its loop's thread). `preexec_fn` runs
+    Python in the forked child, which can deadlock on a lock another thread held at the fork: this
+    one only calls a prctl bound before the fork (no import, no logging, no allocation through
+    locks of ours). If the parent died before the prctl, the child exits at once."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+    term = int(signal.SIGTERM)
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, term, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec

@@ -6,6 +6,7 @@ import argparse
 from dataclasses import dataclass, field
 
 from epp.explain import RecordOptions
+from epp.params.flagtypes import number_in_range
 from epp.tls import parse_bool
 
 
@@ -15,18 +16,8 @@ class ObserveOptions:
     tracing: bool = False
 
 
-def _rate(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text}")
-    return value
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be ≥ 0, not {text}")
-    return value
+_rate = number_in_range(float, 0.0, 1.0, message="must be between 0 and 1, not {text}", name="_rate")
+_count = number_in_range(int, 0, message="must be ≥ 0, not {text}", name="_count")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

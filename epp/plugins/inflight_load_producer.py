@@ -11,6 +11,11 @@ is computed: the `prefill` profile's charge is freed whole, and without output e
 other profile's tokens too. Whatever is left is freed when the response ends, however it ends
 (end of stream, error, client disconnect, stream reset): exactly once per request.
 
+When Envoy retried the request on another endpoint than the primary pick (its report of the
+endpoint that served, on the response headers), the primary profile's charge moves there, with
+the prompt tokens that endpoint has to compute; it is released at once when that endpoint is not
+in the pool. llm-d's producer keeps it on the endpoint that failed until the response ends.
+
 The prompt length is the tokenized prompt's when a token-producer is configured, else the prompt
 bytes / 4 (what llm-d's default `estimate` tokenizer counts)."""
 
@@ -37,7 +42,14 @@ from epp.framework import (
     register,
 )
 from epp.metrics.inflight import InFlightSeries
-from epp.requestcontrol import RESPONSE_EVENT_STREAM, PreRequest, ResponseComplete, ResponseStreaming
+from epp.requestcontrol import (
+    RESPONSE_EVENT_STREAM,
+    SERVED_ENDPOINT,
+    PreRequest,
+    ResponseComplete,
+    ResponseReceived,
+    ResponseStreaming,
+)
 from epp.requests import InferenceRequest, Usage
 from epp.scheduling.prefix import PREFIX_MATCH, PrefixMatch
 from epp.scheduling.types import PREFILL_PROFILE, SchedulingResult
@@ -76,7 +88,14 @@ class _RequestCharges:
 
 @register
 class InFlightLoadProducer(
-    Plugin, DataProducer, DataConsumer, PreRequest, ResponseStreaming, ResponseComplete, EndpointObserver
+    Plugin,
+    DataProducer,
+    DataConsumer,
+    PreRequest,
+    ResponseReceived,
+    ResponseStreaming,
+    ResponseComplete,
+    EndpointObserver,
 ):
     type_name = "inflight-load-producer"
     Params = InFlightLoadParams
@@ -142,15 +161,40 @@ class InFlightLoadProducer(
             if picked is None or not picked.targets:
                 continue
             endpoint = picked.targets[0]
-            tokens = cost(endpoint)
-            cell = self.load.cell(endpoint)
-            cell.requests += 1
-            cell.tokens += tokens
-            series = (endpoint.name, endpoint.spec.namespace, self.name, fairness, priority)
-            self._add_series(series, 1, tokens)
-            charges[profile] = _Charge(cell, series, 1, tokens)
+            charges[profile] = self._charge(endpoint, (self.name, fairness, priority), 1, cost(endpoint))
         if charges:
             request.attributes[self._charges_key] = _RequestCharges(charges)
+
+    def response_received(self, request: InferenceRequest, result: SchedulingResult) -> None:
+        """The gateway served the request elsewhere than the primary pick (a retry): the primary
+        profile's charge moves to that endpoint, or is released when it is not in the pool."""
+        if SERVED_ENDPOINT not in request.attributes:
+            return
+        served = request.attributes[SERVED_ENDPOINT]
+        charges = request.attributes.get(self._charges_key)
+        if not isinstance(charges, _RequestCharges):
+            return
+        charge = charges.by_profile.get(result.primary_profile)
+        if charge is None or (isinstance(served, Endpoint) and served.name == charge.series[0]):
+            return
+        requests, tokens = charge.requests, charge.tokens
+        self._release(charge, requests, tokens)
+        del charges.by_profile[result.primary_profile]
+        if not isinstance(served, Endpoint) or not requests:
+            return
+        prepared = request.attributes.get(self.name)
+        if isinstance(prepared, RequestLoad) and tokens:
+            tokens = prepared.cost(served)
+        charges.by_profile[result.primary_profile] = self._charge(served, charge.series[2:], requests, tokens)
+
+    def _charge(self, endpoint: Endpoint, labels: tuple[str, ...], requests: int, tokens: int) -> _Charge:
+        """Add to `endpoint`'s counters and gauges; `labels`: the series' labels after the endpoint's."""
+        cell = self.load.cell(endpoint)
+        cell.requests += requests
+        cell.tokens += tokens
+        series = (endpoint.name, endpoint.spec.namespace, *labels)
+        self._add_series(series, requests, tokens)
+        return _Charge(cell, series, requests, tokens)
 
     def response_streaming(self, request: InferenceRequest, result: SchedulingResult, chunk: bytes) -> None:
         """The first chunk of an SSE response: the prompt is computed (llm-d's StartOfStream)."""

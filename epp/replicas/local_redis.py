@@ -13,6 +13,8 @@ from pathlib import Path
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
+from epp.signals import die_with_parent
+
 REDIS_SERVER = "redis-server"
 
 
@@ -67,6 +69,7 @@ class LocalRedis:
             "no",
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
+            preexec_fn=die_with_parent(),
         )
         client = aioredis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=0.5)
         deadline = time.monotonic() + self.startup_timeout

@@ -3,9 +3,11 @@ active-active replica of the others, sharing the ext_proc and health ports throu
 (grpc sets it on Linux), so one machine's cores serve the pool.
 
 The supervisor picks the shared ports (when 0 was asked), gives worker i the metrics port
-`--metrics-port + i` (0 stays 0), joins the workers through `--replica-sync` (or, without one, a
-private redis-server on a Unix socket in a temporary directory), writes the ready file once every
-worker is serving, restarts a worker that dies, and passes SIGTERM/SIGINT on to all of them.
+`--metrics-port + i` (with 0, a free run of N ports, picked once: a restarted worker, or the whole
+EPP restarted with `--metrics-port` set to the first, binds the ports it had), joins the workers
+through `--replica-sync` (or, without one, a private redis-server on a Unix socket in a temporary
+directory), writes the ready file once every worker is serving, restarts a worker that dies, and
+passes SIGTERM/SIGINT on to all of them.
 
 The kernel spreads *connections* over the workers; Envoy multiplexes ext_proc streams over few
 HTTP/2 connections, so its EPP cluster must open several (docs/operations.md)."""
@@ -27,6 +29,7 @@ from typing import Any
 
 from epp.readyfile import read_ready_file, write_ready_file
 from epp.replicas.local_redis import LocalRedis, redis_server_path
+from epp.signals import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,24 @@ def free_port(host: str) -> int:
         return port
 
 
+def free_port_run(host: str, count: int, attempts: int = 100) -> int:
+    """The first of `count` consecutive ports free on `host` now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(attempts):
+        first = free_port(host)
+        if first + count - 1 > 65535:
+            continue
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(first + 1, first + count):
+                    s = held.enter_context(socket.socket(family))
+                    s.bind((host, port))
+            except OSError:
+                continue
+        return first
+    raise OSError(f"no {count} consecutive free ports on {host} in {attempts} attempts")
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerPlan:
     workers: int
@@ -93,6 +114,8 @@ class Supervisor:
         )
         self.grpc_port = plan.grpc_port or free_port(probe_host)
         self.health_port = plan.health_port or free_port(probe_host)
+        # Worker i's, kept across its restarts: the ready file and the live views name them.
+        self.metrics_port = plan.metrics_port or free_port_run(probe_host, plan.workers)
         self.processes: list[asyncio.subprocess.Process | None] = [None] * plan.workers
         self.restarts = 0
         self._dir = tempfile.TemporaryDirectory(prefix="epp-workers-")
@@ -101,7 +124,6 @@ class Supervisor:
 
     def worker_argv(self, index: int) -> list[str]:
         plan = self.plan
-        metrics_port = plan.metrics_port + index if plan.metrics_port else 0
         # One writer of Envoy's EDS file: each worker scrapes on its own, and files written from
         # views a scrape apart would flip the hosts' health to and fro.
         base = self.base_argv if index == 0 else strip_flags(self.base_argv, ("--envoy-eds-file",))
@@ -114,7 +136,7 @@ class Supervisor:
             *base,
             f"--grpc-port={self.grpc_port}",
             f"--grpc-health-port={self.health_port}",
-            f"--metrics-port={metrics_port}",
+            f"--metrics-port={self.metrics_port + index}",
             f"--ready-file={self._ready_path(index)}",
             f"--replica-id={plan.replica_id}-w{index}",
             "--reuse-port",
@@ -128,7 +150,9 @@ class Supervisor:
 
     async def _start(self, index: int) -> None:
         self._ready_path(index).unlink(missing_ok=True)
-        self.processes[index] = await asyncio.create_subprocess_exec(*self.worker_argv(index))
+        self.processes[index] = await asyncio.create_subprocess_exec(
+            *self.worker_argv(index), preexec_fn=die_with_parent()
+        )
 
     async def run(self, stop: asyncio.Event) -> int:
         try:

@@ -34,6 +34,7 @@ from epp.requestcontrol.hooks import (
     AGENT_IDENTITY,
     RESPONSE_EVENT_STREAM,
     RESPONSE_ID,
+    SERVED_ENDPOINT,
     Parsers,
     RequestControlHooks,
 )
@@ -152,9 +153,9 @@ class RoutedRequest:
         suspended, and the primary's load moves to the one that serves."""
         targets = self.result.targets
         if targets and targets[0].hostport == hostport:
-            self.served = targets[0]
+            self.served = self.request.attributes[SERVED_ENDPOINT] = targets[0]
             return
-        self.served = self._director.endpoint_at(hostport)
+        self.served = self.request.attributes[SERVED_ENDPOINT] = self._director.endpoint_at(hostport)
         if self._finished or not targets:
             return
         listed = [e.hostport for e in targets]

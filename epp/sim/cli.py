@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from epp import eventloop
+from epp.params.flagtypes import number_in_range
 from epp.signals import stop_event
 from epp.sim.cluster import SimCluster, make_configs
 from epp.sim.config import ROLES, parse_lora_modules
@@ -30,15 +31,8 @@ MAX_PORT = 65535
 def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     """An argparse type: an integer within the bounds (argparse names the flag and exits 2)."""
     bounds = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
-
-    def parse(text: str) -> int:
-        with contextlib.suppress(ValueError):
-            value = int(text)
-            if value >= minimum and (maximum is None or value <= maximum):
-                return value
-        raise argparse.ArgumentTypeError(f"expected an integer {bounds}, got {text!r}")
-
-    return parse
+    message = f"expected an integer {bounds}, got {{text!r}}"
+    return number_in_range(int, minimum, maximum, message=message, not_a_number=message)
 
 
 def _positive_float(text: str) -> float:

@@ -9,6 +9,7 @@ import contextlib
 from pathlib import Path
 
 from epp import gieflags
+from epp.params.flagtypes import number_in_range
 from epp.signals import stop_event
 from epp.stack.envoy import BODY_MODES, DEFAULT_ALLOWED_PATHS, FAILURE_MODES, EnvoyOptions, check_path_prefix
 from epp.stack.processes import ProcessFailed, RestartBackoff
@@ -127,30 +128,18 @@ def _seconds(value: str) -> float:
     return seconds
 
 
-def _rate(value: str) -> int:
-    try:
-        rate = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected whole requests per second, not {value!r}") from None
-    if rate < 0:
-        raise argparse.ArgumentTypeError(f"the rate limit must be 0 (none) or more, not {rate}")
-    return rate
-
-
-def _count(value: str) -> int:
-    """A number of processes: `--sims 0` started a gateway with an empty pool and printed requests
-    that could only get 503, and `--sims -3` the same."""
-    count = int(value)
-    if count < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, not {count}")
-    return count
-
-
-def _retries(value: str) -> int:
-    count = int(value)
-    if not 0 <= count <= 10:
-        raise argparse.ArgumentTypeError(f"retries must be between 0 and 10, not {count}")
-    return count
+_rate = number_in_range(
+    int,
+    0,
+    message="the rate limit must be 0 (none) or more, not {value}",
+    not_a_number="expected whole requests per second, not {text!r}",
+)
+# A number of processes: `--sims 0` started a gateway with an empty pool and printed requests that
+# could only get 503, and `--sims -3` the same.
+_count = number_in_range(int, 1, message="expected at least 1, not {value}", name="_count")
+_retries = number_in_range(
+    int, 0, 10, message="retries must be between 0 and 10, not {value}", name="_retries"
+)
 
 
 def add_resilience_arguments(parser: argparse.ArgumentParser) -> None:

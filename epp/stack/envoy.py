@@ -291,48 +291,47 @@ def _http_filters(options: EnvoyOptions, cluster: str = "epp") -> list[dict[str,
     # Off unless the virtual host enables it (_listener): a request Envoy refuses before any route
     # matches (a malformed request line, headers over the limit) gets its 400 or 431. With ext_proc
     # on, that local reply waited for the EPP's answer about its headers and the connection, closed
-    # at once after an HTTP/1 protocol error, went with it: the client got an empty reply.
-    chain = [_skipped_on_refusals(ext_proc)] if admission else [ext_proc]
-    return [*admission, {**chain[0], "disabled": True}, router]
+    # at once after an HTTP/1 protocol error, went with it: the client got an empty reply. A body
+    # that breaks the framing after routing (a chunk size `zz`) is such a reply on a stream ext_proc
+    # already runs: ext_proc skips it by its PROTOCOL_ERROR_HEADER (the EPP routed nothing yet).
+    skipped_on = (PROTOCOL_ERROR_HEADER, LIMIT_HEADER) if admission else (PROTOCOL_ERROR_HEADER,)
+    return [*admission, {**_skipped_when(ext_proc, *skipped_on), "disabled": True}, router]
 
 
-def _skipped_on_refusals(extension: dict[str, Any]) -> dict[str, Any]:
-    """A filter that leaves alone a response carrying LIMIT_HEADER. Envoy passes a local reply
-    through every encoder filter, so without this a refusal before ext_proc would still open an
-    ext_proc stream for its response headers and wait in the EPP's queue for the answer, and the
-    admission control filter would count the rate limit's 429s as the EPP's."""
-    skip_when_refused = {
-        "matcher_list": {
-            "matchers": [
-                {
-                    "predicate": {
-                        "single_predicate": {
-                            "input": {
-                                "name": "refused",
-                                "typed_config": _typed(
-                                    "envoy.type.matcher.v3.HttpResponseHeaderMatchInput",
-                                    header_name=LIMIT_HEADER,
-                                ),
-                            },
-                            "value_match": {"safe_regex": {"google_re2": {}, "regex": ".+"}},
-                        }
-                    },
-                    "on_match": {
-                        "action": {
-                            "name": "skip",
-                            "typed_config": _typed(
-                                "envoy.extensions.filters.common.matcher.action.v3.SkipFilter"
-                            ),
-                        }
-                    },
-                }
-            ]
+def _skipped_when(extension: dict[str, Any], *headers: str) -> dict[str, Any]:
+    """A filter that leaves alone a response carrying any of `headers`. Envoy passes a local reply
+    through every encoder filter, so without this a refusal before ext_proc (LIMIT_HEADER) would
+    still open an ext_proc stream for its response headers and wait in the EPP's queue for the
+    answer, the admission control filter would count the rate limit's 429s as the EPP's, and an
+    HTTP/1 protocol error's 400 (PROTOCOL_ERROR_HEADER) would wait for the EPP on a connection Envoy
+    closes at once."""
+    skip = {
+        "action": {
+            "name": "skip",
+            "typed_config": _typed("envoy.extensions.filters.common.matcher.action.v3.SkipFilter"),
         }
     }
+    matchers = [
+        {
+            "predicate": {
+                "single_predicate": {
+                    "input": {
+                        "name": "refused",
+                        "typed_config": _typed(
+                            "envoy.type.matcher.v3.HttpResponseHeaderMatchInput", header_name=header
+                        ),
+                    },
+                    "value_match": {"safe_regex": {"google_re2": {}, "regex": ".+"}},
+                }
+            },
+            "on_match": skip,
+        }
+        for header in headers
+    ]
     wrapped = _typed(
         "envoy.extensions.common.matching.v3.ExtensionWithMatcher",
         extension_config=extension,
-        xds_matcher=skip_when_refused,
+        xds_matcher={"matcher_list": {"matchers": matchers}},
     )
     return {"name": extension["name"], "typed_config": wrapped}
 
@@ -345,7 +344,7 @@ def _admission_filters(options: EnvoyOptions) -> list[dict[str, Any]]:
         filters.append(_adaptive_concurrency(options))
     if options.admission_control_aggression > 0:
         # after the other limits, which refuse first: their 429s are not the EPP's overload
-        filters.append(_skipped_on_refusals(admission_control_filter(options)))
+        filters.append(_skipped_when(admission_control_filter(options), LIMIT_HEADER))
     return filters
 
 
@@ -789,8 +788,31 @@ def _local_replies(options: EnvoyOptions) -> dict[str, Any]:
     ]
     admission = [admission_control_reply()]
     # ext_proc's failures (status_on_error 503) have an empty body and no response flag.
+    # An HTTP/1 protocol error (Envoy's codec answers it, then closes the connection) is marked
+    # for ext_proc to pass: the EPP routed nothing, and the connection cannot wait for it.
+    protocol_error = {
+        "filter": _details_start("http1."),
+        "headers_to_add": [
+            {
+                "header": {"key": PROTOCOL_ERROR_HEADER, "value": "true"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
+        "body_format_override": {
+            "json_format": {
+                "error": {
+                    "message": "%LOCAL_REPLY_BODY%: the gateway could not read the request as "
+                    "HTTP/1 (%RESPONSE_CODE_DETAILS%)",
+                    "type": "%RESPONSE_CODE_DETAILS%",
+                    "code": "%RESPONSE_CODE%",
+                }
+            },
+            "content_type": "application/json",
+        },
+    }
     return {
         "mappers": [
+            protocol_error,
             *(concurrency if options.adaptive_concurrency else []),
             *(admission if options.admission_control_aggression > 0 else []),
             # ... and any other 429 not from the EPP (whose own carry its key) is the rate limit's.
@@ -857,13 +879,22 @@ def admission_control_reply() -> dict[str, Any]:
 
 
 def _details(details: str) -> dict[str, Any]:
-    """An access-log filter matching Envoy's response code details (a CEL expression)."""
+    """An access-log filter matching Envoy's response code details."""
+    return _cel(f"response.code_details == '{details}'")
+
+
+def _details_start(prefix: str) -> dict[str, Any]:
+    """An access-log filter matching Envoy's response code details that start with `prefix`."""
+    return _cel(f"response.code_details.startsWith('{prefix}')")
+
+
+def _cel(expression: str) -> dict[str, Any]:
+    """An access-log filter: a CEL expression over the request and response."""
     return {
         "extension_filter": {
             "name": "envoy.access_loggers.extension_filters.cel",
             "typed_config": _typed(
-                "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
-                expression=f"response.code_details == '{details}'",
+                "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter", expression=expression
             ),
         }
     }
@@ -871,6 +902,8 @@ def _details(details: str) -> dict[str, Any]:
 
 # Names the gateway's limit that refused a request (`rate`, `concurrency`), on its 429.
 LIMIT_HEADER = "x-gateway-limit"
+# On Envoy's 400 for a request that is not valid HTTP/1 (its codec's error): ext_proc skips it.
+PROTOCOL_ERROR_HEADER = "x-gateway-protocol-error"
 # The adaptive concurrency filter's response code details for a request it refused.
 CONCURRENCY_LIMITED = "reached_concurrency_limit"
 # The admission control filter's response code details for a request it refused.

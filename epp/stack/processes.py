@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from epp.readyfile import read_ready_file
+from epp.signals import die_with_parent
 
 T = TypeVar("T")
 
@@ -84,6 +85,8 @@ class ManagedProcess:
                 stderr=log_file,
                 env={**os.environ, **(self._env or {})},
                 start_new_session=True,
+                # `epp run` killed with -9 takes Envoy, the EPP and the simulators with it.
+                preexec_fn=die_with_parent(),
             )
 
     def _open_log(self) -> BinaryIO:

@@ -468,9 +468,25 @@ class Stack:
 
     async def restart_epp(self) -> None:
         """A new EPP on the same ext_proc port, so Envoy reconnects to it without a config change.
-        Streams Envoy had routed go on meanwhile (the bootstrap fails open); new requests get 503."""
+        Streams Envoy had routed go on meanwhile (the bootstrap fails open); new requests get 503
+        until it returns: its ready file, then Envoy's next health check of it (with several
+        connections or replicas, Envoy checks the EPP's hosts every 0.5 s and routes to none it
+        found down), so the first requests after this returns are routed."""
         await self.stop_epp()
         await self.start_epp()
+        if self.envoy is not None and self.envoy.running:
+            await wait_until(
+                self.envoy_sees_the_epp, "Envoy to find the EPP healthy", STARTUP_TIMEOUT, self.epps
+            )
+
+    async def envoy_sees_the_epp(self) -> bool | None:
+        """True once every host of Envoy's EPP cluster is healthy (checked, not ejected)."""
+        flags = [
+            line.rpartition("::")[2]
+            for line in (await self.envoy_clusters_text()).splitlines()
+            if line.startswith("epp::") and "::health_flags::" in line
+        ]
+        return True if flags and all(flag == "healthy" for flag in flags) else None
 
     # --- Envoy ---------------------------------------------------------------------------------
 

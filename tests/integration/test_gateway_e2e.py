@@ -11,7 +11,14 @@ import orjson
 import pytest
 from aiohttp import web
 
-from epp.stack.envoy import BODY_MODES, DEFAULT_ALLOWED_PATHS, EPP_UNREACHABLE, LIMIT_MESSAGES, EnvoyOptions
+from epp.stack.envoy import (
+    BODY_MODES,
+    DEFAULT_ALLOWED_PATHS,
+    EPP_UNREACHABLE,
+    LIMIT_MESSAGES,
+    PROTOCOL_ERROR_HEADER,
+    EnvoyOptions,
+)
 from epp.stack.stack import SimEndpoint, Stack
 from tests.integration.conftest import StackFactory
 from tests.unit.deep_json import deep_body
@@ -414,6 +421,41 @@ async def test_a_request_envoy_refuses_before_routing_gets_its_json_error(
     code, headers, body = await raw_exchange(shared_stack.gateway_port, request_bytes)
     assert (code, headers["content-type"]) == (status, "application/json"), body
     assert orjson.loads(body)["error"]["type"] == details
+
+
+CHUNKED_HEAD = (
+    b"POST /v1/completions HTTP/1.1\r\nhost: g\r\ncontent-type: application/json\r\n"
+    b"transfer-encoding: chunked\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    "body", [b"zz\r\n", b'9\r\n{"model":\r\nzz\r\n'], ids=["first-chunk", "after-a-chunk"]
+)
+async def test_a_body_breaking_http1_framing_after_routing_gets_a_json_400(
+    shared_stack: Stack, body: bytes
+) -> None:
+    """A malformed chunk size on a routed request (ext_proc already runs on its stream) gets
+    Envoy's 400 as JSON. Before, ext_proc held that local reply for the EPP's answer about its
+    headers and Envoy closed the connection at once after the codec error: an empty reply. The EPP
+    routed nothing and keeps nothing: no request stays running, and the next request is served."""
+    code, headers, reply = await raw_exchange(shared_stack.gateway_port, CHUNKED_HEAD + body)
+    assert (code, headers["content-type"]) == (400, "application/json"), reply
+    assert headers[PROTOCOL_ERROR_HEADER] == "true"
+    assert "x-epp-destination" not in headers and "x-inference-pod" not in headers
+    error = orjson.loads(reply)["error"]
+    assert (error["code"], error["type"]) == (400, "http1.codec_error")
+    assert error["message"] == (
+        "Bad Request: the gateway could not read the request as HTTP/1 (http1.codec_error)"
+    )
+    assert await epp_running_requests(shared_stack) == 0
+    served = await post(shared_stack, "/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 1})
+    assert served.status_code == 200
+    for _ in range(250):  # the EPP counts the end when Envoy closes the stream, just after the reply
+        if await epp_running_requests(shared_stack) == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert await epp_running_requests(shared_stack) == 0
 
 
 async def test_an_allowed_path_reaches_the_pool(make_stack: StackFactory) -> None:

@@ -5,6 +5,7 @@ with SIGKILL the supervisor restarts it while requests keep succeeding."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -50,5 +51,37 @@ async def test_two_workers_share_the_port_and_survive_a_killed_worker(make_stack
             # at most the requests whose connection the kill cut fail; all in the last 3 s succeed
             assert statuses.count(200) >= len(statuses) - 4
             assert all(s == 200 for s in statuses[-50:])
+            # the restarted worker serves its metrics (and live view) where the ready file says
+            for _ in range(300):
+                with contextlib.suppress(httpx.TransportError):
+                    if await gauge(client, workers[1]["metrics_port"], "epp_replica_sync_connected") == 1:
+                        break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError(
+                    f"the restarted worker is not on metrics port {workers[1]['metrics_port']}"
+                )
         assert stack.epp is not None and stack.epp.running  # the supervisor lives on
         assert "restarting it" in stack.epp.log_tail(50)
+
+
+async def test_a_restarted_epp_keeps_its_workers_ports_and_routes_once_back(make_stack: StackFactory) -> None:
+    """`epp run` restarts an EPP that exited: its workers bind the ports they had (worker 1 got
+    worker 0's port + 1), and the first requests after "the EPP is back" are routed (they got
+    Envoy's 503 until its next health check of the EPP's hosts)."""
+    async with make_stack("workers-restart", sims=2, epp_args=["--workers=2"], epp_connections=4) as stack:
+        before = [w["metrics_port"] for w in stack.epp_ports["workers"]]  # type: ignore[index]
+        async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=10) as client:
+            assert (await client.post("/v1/completions", json=BODY)).status_code == 200
+            assert stack.epp is not None
+            os.kill(stack.epp.pid, signal.SIGTERM)
+            for _ in range(200):
+                if not stack.epp.running:
+                    break
+                await asyncio.sleep(0.05)
+            await stack.restart_epp()
+            assert await stack.envoy_sees_the_epp()
+            after = [w["metrics_port"] for w in stack.epp_ports["workers"]]  # type: ignore[index]
+            assert after == before
+            statuses = [(await client.post("/v1/completions", json=BODY)).status_code for _ in range(20)]
+            assert statuses == [200] * 20

@@ -182,19 +182,23 @@ async def test_an_error_response_frees_the_request(harness: tuple[Harness, int])
     await until(lambda: h.load() == IDLE)  # freed once the reply is out
 
 
-async def test_a_gateway_retry_keeps_the_load_on_the_pick_until_the_end(harness: tuple[Harness, int]) -> None:
-    """As llm-d: the profile's first target carries the request, wherever the gateway retried it
-    (the director's own counts move to the endpoint that served)."""
+async def test_a_gateway_retry_moves_the_load_to_the_endpoint_that_served(
+    harness: tuple[Harness, int],
+) -> None:
+    """The gateway retried the request on another endpoint (its report on the response headers):
+    the load leaves the failed pick for the one serving, as the director's own counts do, and is
+    freed there exactly once. llm-d's producer kept it on the failed pick until the end."""
     h, mode = harness
     call, picked = await h.route(mode)
     other = "b" if picked == "a" else "a"
     served = {"x-gateway-destination-endpoint-served": h.endpoint(other).hostport}
     await call.write(response_headers_msg("text/event-stream", extra=served))
     await read(call)
-    assert h.load() == charged(picked, 1, PROMPT_TOKENS)
+    assert h.load() == charged(other, 1, PROMPT_TOKENS)
     assert (h.endpoint(picked).inflight_requests, h.endpoint(other).inflight_requests) == (0, 1)
     await call.write(response_body_msg(SSE[0], end_of_stream=False))
     await read(call)
+    assert h.load() == charged(other, 1, 0)
     call.cancel()
     await until(lambda: h.load() == IDLE)
 

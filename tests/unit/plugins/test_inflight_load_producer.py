@@ -14,7 +14,7 @@ from epp.datastore import Endpoint
 from epp.framework import PluginContext
 from epp.metrics.exporter import EppMetrics
 from epp.plugins.inflight_load_producer import InFlightLoadProducer
-from epp.requestcontrol import RESPONSE_EVENT_STREAM
+from epp.requestcontrol import RESPONSE_EVENT_STREAM, SERVED_ENDPOINT
 from epp.requests import InferenceRequest
 from epp.scheduling.prefix import PREFIX_MATCH, PrefixMatch
 from epp.scheduling.types import ProfileResult, SchedulingResult
@@ -183,6 +183,55 @@ def test_completion_releases_exactly_once_and_never_below_zero() -> None:
     assert counts(p, e) == (1, 10)
     p.response_complete(request(PROMPT), result, None)  # one never charged
     assert counts(p, e) == (1, 10)
+
+
+def test_a_retry_moves_the_primary_charge_to_the_endpoint_that_served_once() -> None:
+    """Envoy retried on another endpoint: the primary profile's charge leaves the failed pick
+    for the one serving (with the prompt it must compute), once; the prefill pick keeps its own."""
+    metrics = EppMetrics()
+    p = producer(metrics=metrics)
+    primary, served, prefill = endpoint("primary"), endpoint("served"), endpoint("prefill")
+    req = request(PROMPT)
+    result = routed(p, req, decode=primary, prefill=prefill)
+    req.attributes[SERVED_ENDPOINT] = served
+    p.response_received(req, result)
+    p.response_received(req, result)  # reported again: nothing moves twice
+    assert (counts(p, primary), counts(p, served), counts(p, prefill)) == ((0, 0), (1, 200), (1, 200))
+    samples = {
+        s.labels["endpoint_name"]: s.value
+        for family in metrics.registry.collect()
+        if family.name == "llm_d_epp_inflight_requests"
+        for s in family.samples
+    }
+    assert samples == {"served": 1, "prefill": 1}
+    first_chunk(p, req, result)
+    assert counts(p, served) == (1, 0)
+    p.response_complete(req, result, None)
+    p.response_complete(req, result, None)
+    assert counts(p, primary) == counts(p, served) == counts(p, prefill) == (0, 0)
+
+
+def test_a_retry_on_an_endpoint_outside_the_pool_releases_the_charge() -> None:
+    p = producer()
+    primary = endpoint("primary")
+    req = request(PROMPT)
+    result = routed(p, req, decode=primary)
+    req.attributes[SERVED_ENDPOINT] = None
+    p.response_received(req, result)
+    assert counts(p, primary) == (0, 0)
+    p.response_complete(req, result, None)
+    assert counts(p, primary) == (0, 0)
+
+
+def test_served_by_the_primary_pick_keeps_the_charge() -> None:
+    p = producer()
+    primary = endpoint("primary")
+    req = request(PROMPT)
+    result = routed(p, req, decode=primary)
+    p.response_received(req, result)  # no report: Envoy without the served header
+    req.attributes[SERVED_ENDPOINT] = primary
+    p.response_received(req, result)
+    assert counts(p, primary) == (1, 200)
 
 
 def test_a_departed_endpoints_requests_release_into_its_old_counts() -> None:

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import re
+import socket
 from pathlib import Path
 
 import pytest
 
 from epp.cli import parse_args
 from epp.replicas import flags
-from epp.replicas.workers import Supervisor, WorkerPlan, serve_argv, strip_flags
+from epp.replicas.workers import Supervisor, WorkerPlan, free_port_run, serve_argv, strip_flags
 
 
 def test_strip_flags_removes_both_forms_and_keeps_the_rest() -> None:
@@ -55,6 +57,33 @@ def test_only_the_first_worker_writes_envoys_eds_file(tmp_path: Path) -> None:
     assert first[first.index("--envoy-eds-file") + 1] == "pool/endpoints.yaml"
     assert "--envoy-eds-file" not in second and "pool/endpoints.yaml" not in second
     assert second[second.index("serve") + 1 : second.index("serve") + 3] == ["--endpoint", "a:1"]
+
+
+def test_metrics_port_zero_gives_the_workers_a_free_run_kept_across_restarts(tmp_path: Path) -> None:
+    """With --metrics-port 0 each worker had a new random port at every start: a restarted worker
+    left the ready file's (and the printed live view's) port dead, and the whole EPP restarted with
+    --metrics-port set to the first gave worker i that port + i, not its own."""
+    plan = WorkerPlan(3, "127.0.0.1", 9002, 9003, 0, tmp_path / "ready.json", None, "pod", 1.0)
+    supervisor = Supervisor(plan, ["--workers=3", "--metrics-port=0"])
+
+    def metrics_ports() -> list[int]:
+        return [
+            int(next(a for a in supervisor.worker_argv(i) if a.startswith("--metrics-port=")).split("=")[1])
+            for i in range(3)
+        ]
+
+    first = metrics_ports()
+    assert first[0] > 0 and first == [first[0], first[0] + 1, first[0] + 2]
+    assert metrics_ports() == first  # a restarted worker binds the port it had
+    for port in first:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", port))  # free when picked
+
+
+def test_a_free_port_run_is_refused_past_its_attempts() -> None:
+    message = "no 70000 consecutive free ports on 127.0.0.1 in 3 attempts"
+    with pytest.raises(OSError, match=re.escape(message)):
+        free_port_run("127.0.0.1", 70_000, attempts=3)
 
 
 def test_replica_flags() -> None:

@@ -19,6 +19,7 @@ from epp.stack.envoy import (
     DEFAULT_ALLOWED_PATHS,
     EXT_PROC_FILTER,
     LIMIT_HEADER,
+    PROTOCOL_ERROR_HEADER,
     EnvoyOptions,
     check_path_prefix,
     render_bootstrap,
@@ -39,7 +40,21 @@ def routes(options: EnvoyOptions, listener: int = 0) -> list[dict[str, Any]]:
 def ext_proc_config(bootstrap: dict[str, Any]) -> dict[str, Any]:
     manager = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     filters = {f["name"]: f["typed_config"] for f in manager["http_filters"]}
-    return filters["envoy.filters.http.ext_proc"]
+    return filters["envoy.filters.http.ext_proc"]["extension_config"]["typed_config"]
+
+
+def test_ext_proc_skips_envoys_reply_to_an_http1_protocol_error() -> None:
+    """Envoy's codec answers a body that breaks the framing after routing with a 400 and closes the
+    connection at once: ext_proc must not hold that reply for the EPP's answer about its headers."""
+    bootstrap = render_bootstrap(EnvoyOptions())
+    manager = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    wrapped = {f["name"]: f["typed_config"] for f in manager["http_filters"]}[EXT_PROC_FILTER]
+    (matcher,) = wrapped["xds_matcher"]["matcher_list"]["matchers"]
+    header = matcher["predicate"]["single_predicate"]["input"]["typed_config"]["header_name"]
+    assert header == PROTOCOL_ERROR_HEADER
+    first = manager["local_reply_config"]["mappers"][0]
+    assert "startsWith('http1.')" in str(first["filter"])
+    assert first["headers_to_add"][0]["header"] == {"key": PROTOCOL_ERROR_HEADER, "value": "true"}
 
 
 def test_full_duplex_is_gies_contract() -> None:
@@ -356,8 +371,11 @@ def test_the_gateways_limits_come_before_ext_proc_which_skips_their_refusals() -
     # encoder filter, and would otherwise open an ext_proc stream)
     wrapped = filters[EXT_PROC_FILTER]
     assert wrapped["extension_config"]["typed_config"]["@type"].endswith("ExternalProcessor")
-    predicate = wrapped["xds_matcher"]["matcher_list"]["matchers"][0]["predicate"]["single_predicate"]
-    assert predicate["input"]["typed_config"]["header_name"] == LIMIT_HEADER
+    headers = [
+        m["predicate"]["single_predicate"]["input"]["typed_config"]["header_name"]
+        for m in wrapped["xds_matcher"]["matcher_list"]["matchers"]
+    ]
+    assert headers == [PROTOCOL_ERROR_HEADER, LIMIT_HEADER]
     replies = manager(render_bootstrap(both))["local_reply_config"]["mappers"]
     named = [
         h["header"]["value"]
