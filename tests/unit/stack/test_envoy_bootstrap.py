@@ -363,14 +363,18 @@ def test_the_gateways_limits_come_before_ext_proc_which_skips_their_refusals() -
     assert wrapped["extension_config"]["typed_config"]["@type"].endswith("ExternalProcessor")
     predicate = wrapped["xds_matcher"]["matcher_list"]["matchers"][0]["predicate"]["single_predicate"]
     assert predicate["input"]["typed_config"]["header_name"] == LIMIT_HEADER
-    replies = manager(render_bootstrap(both))["local_reply_config"]["mappers"]
-    named = [
+    assert limits_named(both) == ["concurrency", "rate"]
+
+
+def limits_named(options: EnvoyOptions) -> list[str]:
+    """The limits the local reply mappers name (LIMIT_HEADER), in the order Envoy tries them."""
+    replies = manager(render_bootstrap(options))["local_reply_config"]["mappers"]
+    return [
         h["header"]["value"]
         for m in replies
         for h in m.get("headers_to_add", [])
         if h["header"]["key"] == LIMIT_HEADER
     ]
-    assert named == ["concurrency", "rate"]
 
 
 def test_epp_run_adaptive_concurrency_is_opt_in() -> None:
@@ -428,14 +432,8 @@ def test_the_quota_from_the_epp_limits_inference_paths_only_and_names_itself() -
     assert deny["http_status"] == {"code": 429}
     assert base64.b64decode(deny["http_body"]["value"]).decode() == LIMIT_MESSAGES["quota"]
     # Envoy's reply as JSON naming the limit, before the rate limit's mapper (any other 429)
+    assert limits_named(options) == ["quota", "rate"]
     replies = manager(render_bootstrap(options))["local_reply_config"]["mappers"]
-    named = [
-        h["header"]["value"]
-        for m in replies
-        for h in m.get("headers_to_add", [])
-        if h["header"]["key"] == LIMIT_HEADER
-    ]
-    assert named == ["quota", "rate"]
     assert "rate_limited_by_quota" in str(replies[0]["filter"])
     assert replies[0]["body_format_override"]["json_format"]["error"]["message"] == LIMIT_MESSAGES["quota"]
 
