@@ -13,8 +13,8 @@ all again; a token bucket's rate is `tokens_per_fill` over `fill_interval`, also
 So the EPP pushes: a new limit to every stream at once, the same one again every REFRESH while it
 lasts (an EPP gone leaves at most ASSIGNMENT_TTL_SECONDS of limit behind, and an Envoy restarted
 gets it with the answer to its first report), and an ALLOW_ALL assignment when it is lifted, so
-Envoy drops the bucket at once. Several gateways each get a share in proportion to the demand
-they reported (allowed and denied requests per second; equal shares before any)."""
+Envoy drops the bucket at once. Several gateways share the rate half equally, half in proportion
+to the demand each reported (allowed and denied requests per second)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,6 @@ from epp.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
-RLQS_SERVICE = "envoy.service.rate_limit_quota.v3.RateLimitQuotaService"
 TICK = 0.1  # seconds between two decisions of the quota
 ASSIGNMENT_TTL_SECONDS = 2  # whole seconds (Envoy ignores the fraction)
 REFRESH = 1.0  # seconds: a limit is sent again this often, before its TTL runs out
@@ -156,14 +155,15 @@ class RateLimitQuotaService(rlqs_grpc.RateLimitQuotaServiceServicer):
             stream.outbox.put_nowait(stream.assignment(share, now))
 
     def _shares(self, rate: float | None) -> dict[_Stream, float | None]:
-        """Each stream's part of `rate`, in proportion to its demand (equal parts without any)."""
+        """Each stream's part of `rate`: half in equal parts, half in proportion to the demand it
+        reported (so a gateway idle at its last report, 5 s ago in Envoy 1.40, is not starved)."""
         streams = self._streams
         if rate is None or not streams:
             return dict.fromkeys(streams)
         total = sum(s.demand for s in streams)
         if total <= 0:
             return {s: rate / len(streams) for s in streams}
-        return {s: rate * s.demand / total for s in streams}
+        return {s: rate * (s.demand + total / len(streams)) / (2 * total) for s in streams}
 
     async def _run(self) -> None:
         while True:

@@ -1,7 +1,7 @@
 """The rate-limit quota service over real gRPC (grpc.aio on 127.0.0.1): a report while there is
 no limit is not answered (Envoy allows what nothing covers); a limit is pushed to every stream at
-once as a token bucket of whole seconds and a TTL, each stream's share in proportion to the demand
-it reported; a report while limited is answered (refreshing the TTL); lifting sends ALLOW_ALL; a
+once as a token bucket of whole seconds and a TTL, each stream's share half equal, half by the
+demand it reported; a report while limited is answered (refreshing the TTL); lifting sends ALLOW_ALL; a
 closed stream leaves the share to the others; the metrics show it all."""
 
 from __future__ import annotations
@@ -124,7 +124,8 @@ async def test_a_limit_is_pushed_shared_by_demand_refreshed_and_lifted() -> None
         rate = service.quota.rate
         assert rate is not None and rate == service.quota.capacity()  # measured
         first, second = token_bucket(await one.answer()), token_bucket(await two.answer())
-        assert (first[0], second[0]) == (round(rate / 4), round(rate * 3 / 4))
+        # half equally, half by demand (1:3): 3/8 and 5/8
+        assert (first[0], second[0]) == (round(rate * 3 / 8), round(rate * 5 / 8))
         assert metrics.quota_rate._value.get() == pytest.approx(rate)
 
         one.report(allowed=5, denied=7)  # answered while limited: the TTL refreshed
