@@ -620,10 +620,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rate-limit-quota",
         action="store_true",
         help="also serve Envoy's rate-limit quota service (RLQS) on the ext_proc port: while the "
-        "--queue-wait-target controller sheds, the gateway's rate_limit_quota filter gets a token bucket "
-        "at the rate the EPP admitted meanwhile (measured), raised as the queue stays away and lifted "
-        "once nothing is refused, so the excess is refused in Envoy at once (needs --queue-wait-target "
-        "and the filter in the gateway: epp run --quota-from-epp; off by default)",
+        "--queue-wait-target controller refuses over a fifth of the requests, the gateway's "
+        "rate_limit_quota filter gets a token bucket at the EPP's capacity measured then (requests "
+        "handled per CPU-second), raised while nothing is refused and lifted once the load falls below "
+        "it, so the excess is refused in Envoy at once (needs --queue-wait-target and the filter in the "
+        "gateway: epp run --quota-from-epp; off by default)",
     )
     parser.add_argument(
         "--shutdown-grace",

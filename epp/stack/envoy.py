@@ -155,7 +155,7 @@ class EnvoyOptions:
     admission_control_window: str = "2s"
     # Envoy's rate_limit_quota filter before ext_proc, its token bucket assigned by the EPP over
     # the rate-limit quota service (`epp serve --rate-limit-quota`, on the EPP cluster): no limit
-    # while the EPP keeps up, the rate it measured it served while its own controller sheds. The
+    # while the EPP keeps up, its capacity measured while its own controller sheds. The
     # excess is a JSON 429 with Retry-After, answered without a call to the EPP. Off by default.
     quota_from_epp: bool = False
     # Set: the pool cluster's hosts come from this EDS file (a DiscoveryResponse holding one
