@@ -28,7 +28,7 @@ $(EXTENSION): $(STAMP) setup.py epp/scheduling/prefix/_blockindex.c epp/datalaye
 	$(BIN)/python setup.py --quiet build_ext --inplace
 	touch $(EXTENSION)
 
-install: $(STAMP) $(EXTENSION) chromium redis
+install: $(STAMP) $(EXTENSION) chromium redis h2load
 
 ## The C extensions under AddressSanitizer and UndefinedBehaviorSanitizer, built in a scratch copy of
 ## the project (the in-place build is left alone) and run through its tests there, every allocation
@@ -73,7 +73,7 @@ redis:
 
 ## Debian's nghttp2-client for h2load, the C load generator of the overload ramp
 ## (bench/overload_ramp.py --loadgen h2load): a Python one cannot offer 5x the EPP's rate on a
-## small machine. Installed as chromium is, when missing.
+## small machine; and of tests/integration/test_quota_from_epp_e2e.py. Installed as chromium is, when missing.
 h2load:
 	@if ! command -v h2load >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
 		if [ "$$(id -u)" = 0 ]; then \
@@ -134,7 +134,7 @@ bench-overhead-flow-control: install
 
 ## The overload ramp through real Envoy with h2load as the load generator (docs/benchmarks.md,
 ## "Flow control and overload"); several minutes.
-bench-overload: install h2load
+bench-overload: install
 	$(BIN)/python bench/overload_ramp.py --base 1000 --seconds 8 --prompt-bytes 1024 --loadgen h2load
 
 ## A few minutes: the headline workload at two rates, printed (docs untouched).

@@ -10,8 +10,8 @@ output token, from either
 - `--loadgen python`: several processes, one asyncio loop each (aiohttp, HTTP/1.1, a connection per
   request in flight); every prompt distinct.
 Per rate: how many were served, shed (429 from the EPP's overload protection or flow control, or
-Envoy's --rate-limit, --adaptive-concurrency or --admission-control; "of which EPP" counts the
-EPP's own answers in Envoy's ext_proc stats), and failed with a 5xx (504 = Envoy's ext_proc
+Envoy's --rate-limit, --adaptive-concurrency, --admission-control or --quota-from-epp; "of which
+EPP" counts the EPP's own answers in Envoy's ext_proc stats), and failed with a 5xx (504 = Envoy's ext_proc
 message timeout), with latency percentiles of each kind, the EPP's CPU time per request sent and
 the machine's load average.
 
@@ -35,6 +35,7 @@ import aiohttp
 import orjson
 
 from epp.bench.summary import percentile
+from epp.stack.cli import quota_epp_args
 from epp.stack.envoy import EnvoyOptions
 from epp.stack.stack import Stack, StackConfig
 
@@ -157,6 +158,8 @@ def ms(values: list[float], q: float) -> str:
 
 async def main(args: argparse.Namespace) -> None:
     epp_args = ["--refresh-metrics-interval=50ms", *args.epp_arg]
+    if args.quota_from_epp:
+        epp_args += quota_epp_args(args.epp_arg)
     if args.config_file:
         epp_args.append(f"--config-file={args.config_file.resolve()}")
     if args.loadgen == "h2load" and shutil.which("h2load") is None:
@@ -175,6 +178,7 @@ async def main(args: argparse.Namespace) -> None:
             adaptive_concurrency=args.adaptive_concurrency or args.adaptive_concurrency_latency is not None,
             adaptive_concurrency_latency=args.adaptive_concurrency_latency,
             admission_control_aggression=args.admission_control,
+            quota_from_epp=args.quota_from_epp,
         ),
     )
     prompt = ("lorem ipsum dolor sit amet " * (args.prompt_bytes // 27 + 1))[: args.prompt_bytes]
@@ -244,6 +248,11 @@ if __name__ == "__main__":
         default=0.0,
         metavar="AGGRESSION",
         help="Envoy's admission control before ext_proc, fed by the EPP's 429s (0: off)",
+    )
+    parser.add_argument(
+        "--quota-from-epp",
+        action="store_true",
+        help="Envoy's rate_limit_quota filter before ext_proc, its bucket assigned by the EPP (as epp run's)",
     )
     parser.add_argument("--epp-arg", action="append", default=[], help="extra `epp serve` flag")
     asyncio.run(main(parser.parse_args()))

@@ -38,9 +38,11 @@ from epp.discovery.k8s.client import api_client
 from epp.discovery.k8s.objectwatch import ObjectWatch
 from epp.discovery.static import DiscoveryError, FileDiscovery, parse_endpoint_flag
 from epp.explain import DecisionRecorder
+from epp.extproc.rlqs import RateLimitQuotaService
 from epp.extproc.server import Health, bind, ext_proc_server, health_server
 from epp.extproc.stream import StreamOptions
 from epp.extproc.stream_metrics import StreamMetrics
+from epp.flowcontrol.envoy_quota import EnvoyQuota
 from epp.flowcontrol.overload import OverloadGuard
 from epp.flowcontrol.standing_queue import StandingQueue
 from epp.framework import PluginContext
@@ -104,6 +106,9 @@ class ServeOptions:
     # Below that ceiling, the standing-queue controller (epp.flowcontrol.standing_queue): 0 target: off.
     queue_wait_target: float = 0.0
     queue_wait_interval: float = 0.1
+    # Serve Envoy's rate-limit quota (RLQS) beside ext_proc: the gateway refuses what the
+    # standing-queue controller would (epp.flowcontrol.envoy_quota); needs queue_wait_target.
+    rate_limit_quota: bool = False
     stream: StreamOptions = field(default_factory=StreamOptions)
     pool: k8s_discovery.PoolRef | None = None  # set: discover endpoints from this InferencePool
     selector: k8s_discovery.SelectorRef | None = None  # set: from the pods this selector matches
@@ -174,6 +179,12 @@ class EndpointPicker:
             if options.queue_wait_target
             else None,
         )
+        self.quota: RateLimitQuotaService | None = None
+        if options.rate_limit_quota:
+            guard = self.overload
+            self.quota = RateLimitQuotaService(
+                EnvoyQuota(lambda: guard.admitted, lambda: guard.refused), self.metrics
+            )
         self.recorder = DecisionRecorder(options.observe.records)
         if self.recorder.enabled:
             self.director.recorder = self.recorder
@@ -303,6 +314,8 @@ class EndpointPicker:
         if before_serving is not None:
             before_serving()
         self.overload.start()
+        if self.quota is not None:
+            self.quota.start()
         grpc_server = ext_proc_server(
             self.director,
             self.options.stream,
@@ -311,6 +324,7 @@ class EndpointPicker:
             reuse_port,
             self.options.grpc_message_limits,
             StreamMetrics(self.metrics.registry) if self.options.grpc_stream_metrics else None,
+            self.quota,
         )
         probe_server = health_server(health, reuse_port)
         self.grpc_port = bind(grpc_server, f"{self.options.host}:{self.options.grpc_port}", credentials)
@@ -372,6 +386,8 @@ class EndpointPicker:
             log.info("draining: still serving ext_proc for %gs (--drain-timeout)", self.options.drain_window)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drain_cut.wait(), self.options.drain_window)
+        if self.quota is not None:  # its streams last as long as the gateway: not in the grace
+            await self.quota.stop()
         await asyncio.gather(*(server.stop(self.options.shutdown_grace) for server in self._servers))
         log.info("drained: ext_proc stopped")
         if self.director.flow_control is not None:
@@ -601,6 +617,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "target (a burst that drains within it is served; default 100ms)",
     )
     parser.add_argument(
+        "--rate-limit-quota",
+        action="store_true",
+        help="also serve Envoy's rate-limit quota service (RLQS) on the ext_proc port: while the "
+        "--queue-wait-target controller refuses over a fifth of the requests, the gateway's "
+        "rate_limit_quota filter gets a token bucket at the EPP's capacity measured then (requests "
+        "handled per CPU-second), raised while nothing is refused and lifted once the load falls below "
+        "it, so the excess is refused in Envoy at once (needs --queue-wait-target and the filter in the "
+        "gateway: epp run --quota-from-epp; off by default)",
+    )
+    parser.add_argument(
         "--shutdown-grace",
         default="120s",
         help="on SIGTERM, how long in-flight requests may finish (Go duration, default 120s)",
@@ -688,6 +714,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         max_queue_wait=_non_negative_duration("--max-queue-wait", args.max_queue_wait),
         queue_wait_target=_non_negative_duration("--queue-wait-target", args.queue_wait_target),
         queue_wait_interval=_queue_wait_interval(args),
+        rate_limit_quota=_rate_limit_quota(args),
         pool_gauges_refresh=parse_duration(args.refresh_prometheus_metrics_interval),
         health_checking=args.health_checking,
         ready_file=args.ready_file,
@@ -749,6 +776,20 @@ def _non_negative_duration(flag: str, text: str) -> float:
     if seconds < 0:
         raise ValueError(f"{flag} must be 0 (off) or a positive duration, not {text!r}")
     return seconds
+
+
+def _rate_limit_quota(args: argparse.Namespace) -> bool:
+    if args.rate_limit_quota and not parse_duration(args.queue_wait_target):
+        raise ValueError(
+            "--rate-limit-quota needs --queue-wait-target (e.g. 50ms): the quota follows that controller's "
+            "refusals"
+        )
+    if args.rate_limit_quota and args.workers > 1:
+        raise ValueError(
+            "--rate-limit-quota with --workers: the gateway's quota stream reaches one worker, which "
+            "measures only its own share of the load; run one process per EPP"
+        )
+    return bool(args.rate_limit_quota)
 
 
 def _queue_wait_interval(args: argparse.Namespace) -> float:

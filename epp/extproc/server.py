@@ -14,7 +14,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from epp.extproc import attributes, messages
-from epp.extproc.pb import ext_proc, ext_proc_grpc
+from epp.extproc.pb import ext_proc, ext_proc_grpc, rlqs_grpc
+from epp.extproc.rlqs import RateLimitQuotaService
 from epp.extproc.stream import ExtProcStream, ResetAfterEnd, StreamOptions
 from epp.extproc.stream_metrics import StreamMetrics
 from epp.flowcontrol.overload import OverloadGuard
@@ -413,13 +414,17 @@ def ext_proc_server(
     reuse_port: bool = False,
     message_limits: tuple[int, int] = (0, 0),
     stream_metrics: StreamMetrics | None = None,
+    quota: RateLimitQuotaService | None = None,
 ) -> grpc.aio.Server:
-    """ext_proc, and grpc.health.v1 beside it unless `health` is None (GIE's --health-checking)."""
+    """ext_proc, and grpc.health.v1 beside it unless `health` is None (GIE's --health-checking),
+    and Envoy's rate-limit quota service with `quota` (never behind the overload guard)."""
     server = grpc.aio.server(options=_options(reuse_port, message_limits))
     processor = ExternalProcessor(director, options, guard)
     server.add_generic_rpc_handlers((ExtProcDispatch(processor, guard, stream_metrics),))
     if health is not None:
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    if quota is not None:
+        rlqs_grpc.add_RateLimitQuotaServiceServicer_to_server(quota, server)
     return server
 
 

@@ -60,6 +60,7 @@ class OverloadGuard:
         self.last = 0.0  # seconds: the last measurement
         self.lag = 0.0  # the sustained lag: the lower of the last two measurements
         self.refused = 0
+        self.admitted = 0  # requests whose wait was read and that were let through
         self._task: asyncio.Task[None] | None = None
 
     def admit(self) -> RequestError | None:
@@ -105,6 +106,7 @@ class OverloadGuard:
             )
         if late and standing is not None:
             return self._shed(standing)
+        self.admitted += 1
         return None
 
     @property

@@ -236,6 +236,21 @@ class EppMetrics:
             ["reason"],
             alpha=False,
         )
+        # The gateway's rate-limit quota (epp serve --rate-limit-quota, epp.extproc.rlqs).
+        self.quota_rate = f.gauge(
+            "llm_d_epp_rate_limit_quota_requests_per_second",
+            "requests per second the EPP assigns the gateways' rate_limit_quota filters (0: no limit)",
+            alpha=False,
+        )
+        self.quota_streams = f.gauge(
+            "llm_d_epp_rate_limit_quota_streams", "gateways' rate-limit quota streams open", alpha=False
+        )
+        self.quota_reported = f.counter(
+            "llm_d_epp_rate_limit_quota_reported_requests_total",
+            "requests the gateways' rate_limit_quota filters report, by outcome (allowed, denied)",
+            ["outcome"],
+            alpha=False,
+        )
         # llm-d router's inflight-load-producer gauges; each producer adds itself as a source.
         self.inflight_load = InFlightLoadGauges()
         self.registry.register(self.inflight_load)

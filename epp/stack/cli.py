@@ -98,6 +98,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(429) over the last 2 s, sharpened by AGGRESSION (the share to the power 1/AGGRESSION; 0: off, "
         "the default): a JSON 429 with Retry-After and x-gateway-limit: admission",
     )
+    parser.add_argument(
+        "--quota-from-epp",
+        action="store_true",
+        help="refuse in Envoy, before the EPP, the excess of an overload at a rate the EPP assigns: "
+        "Envoy's rate_limit_quota filter with a token bucket from the EPP's rate-limit quota service "
+        "(epp serve --rate-limit-quota --queue-wait-target=50ms unless --epp-arg sets the target), no "
+        "limit while the EPP keeps up; a JSON 429 with Retry-After and x-gateway-limit: quota. Off by "
+        'default (docs/operations.md, "Limits and overload")',
+    )
     add_resilience_arguments(parser)
 
 
@@ -181,6 +190,7 @@ def envoy_options(args: argparse.Namespace) -> EnvoyOptions:
         retries=args.retries,
         rate_limit=args.rate_limit,
         admission_control_aggression=args.admission_control,
+        quota_from_epp=args.quota_from_epp,
         adaptive_concurrency=args.adaptive_concurrency or latency is not None,
         adaptive_concurrency_latency=None if latency is None else f"{latency:g}s",
         first_byte_timeout=duration(args.first_byte_timeout, defaults.first_byte_timeout),
@@ -253,7 +263,20 @@ def _epp_args(args: argparse.Namespace) -> list[str]:
     names_config = any(a.startswith(("--config-file", "--config-text")) for a in extra)
     pd_config = [f"--config-file={PD_SAMPLE_CONFIG}"] if args.pd and not names_config else []
     workers = [f"--workers={args.workers}"] if args.workers > 1 else []
-    return ["--served-header=x-epp-destination", *pd_config, *workers, *extra]
+    if args.quota_from_epp and args.workers > 1:
+        raise ValueError(
+            "--quota-from-epp with --workers: Envoy's quota stream reaches one worker, which measures only "
+            "its own share of the load"
+        )
+    quota = quota_epp_args(extra) if args.quota_from_epp else []
+    return ["--served-header=x-epp-destination", *pd_config, *workers, *quota, *extra]
+
+
+def quota_epp_args(extra: list[str]) -> list[str]:
+    """The EPP's side of --quota-from-epp: its RLQS server, and the standing-queue controller it
+    follows at 50 ms (the shared-host value, docs/benchmarks.md) unless `extra` sets it."""
+    target = [] if any(a.startswith("--queue-wait-target") for a in extra) else ["--queue-wait-target=50ms"]
+    return ["--rate-limit-quota", *target]
 
 
 async def _main(args: argparse.Namespace) -> None:

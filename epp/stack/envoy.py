@@ -34,7 +34,9 @@ or LoRA-loading endpoints are not open to the gateway's clients. Paths are norma
 
 from __future__ import annotations
 
+import base64
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
@@ -151,6 +153,11 @@ class EnvoyOptions:
     # the model servers' and flow control's too. 0: off, the default (docs/operations.md).
     admission_control_aggression: float = 0.0
     admission_control_window: str = "2s"
+    # Envoy's rate_limit_quota filter before ext_proc, its token bucket assigned by the EPP over
+    # the rate-limit quota service (`epp serve --rate-limit-quota`, on the EPP cluster): no limit
+    # while the EPP keeps up, its capacity measured while its own controller sheds. The
+    # excess is a JSON 429 with Retry-After, answered without a call to the EPP. Off by default.
+    quota_from_epp: bool = False
     # Set: the pool cluster's hosts come from this EDS file (a DiscoveryResponse holding one
     # ClusterLoadAssignment, epp.discovery.eds: `epp serve --envoy-eds-file` keeps it; Envoy re-reads
     # it when it is replaced, and refuses to start without it; relative to Envoy's working
@@ -340,6 +347,8 @@ def _admission_filters(options: EnvoyOptions) -> list[dict[str, Any]]:
     """The gateway's own limits, before ext_proc: what they refuse never reaches the EPP, and the
     adaptive concurrency filter's latency samples include the EPP's time."""
     filters = [_rate_limit(options)] if options.rate_limit > 0 else []
+    if options.quota_from_epp:
+        filters.append(_quota_from_epp())
     if options.adaptive_concurrency:
         filters.append(_adaptive_concurrency(options))
     if options.admission_control_aggression > 0:
@@ -371,6 +380,52 @@ def admission_control_filter(options: EnvoyOptions) -> dict[str, Any]:
             sr_threshold={"default_value": {"value": 100.0}, "runtime_key": "epp.admission_threshold"},
             rps_threshold={"default_value": 0, "runtime_key": "epp.admission_rps"},
             max_rejection_probability={"default_value": {"value": 99.0}, "runtime_key": "epp.admission_max"},
+        ),
+    }
+
+
+def _quota_from_epp() -> dict[str, Any]:
+    """Envoy's rate_limit_quota filter over the EPP cluster: one bucket for every inference request
+    (the paths the EPP parses; /v1/models and other paths are never limited), reported to the EPP
+    every QUOTA_REPORTING_INTERVAL, allowed while the EPP assigns nothing (the filter's default),
+    and when the EPP's token bucket is empty, refused with a JSON 429 naming the limit
+    (_local_replies: the filter's details, QUOTA_LIMITED)."""
+    paths = "|".join(re.escape(path) for path in INFERENCE_API_PATHS)
+    settings = _typed(
+        "envoy.extensions.filters.http.rate_limit_quota.v3.RateLimitQuotaBucketSettings",
+        bucket_id_builder={"bucket_id_builder": {"name": {"string_value": "inference"}}},
+        reporting_interval=QUOTA_REPORTING_INTERVAL,
+        deny_response_settings={
+            "http_status": {"code": 429},
+            # (a BytesValue: base64 in the bootstrap's JSON; the local reply mapper makes it JSON)
+            "http_body": {"value": base64.b64encode(LIMIT_MESSAGES["quota"].encode()).decode()},
+            "response_headers_to_add": [
+                {"header": {"key": "retry-after", "value": "1"}},
+                {"header": {"key": LIMIT_HEADER, "value": "quota"}},
+            ],
+        },
+    )
+    inference = {
+        "predicate": {
+            "single_predicate": {
+                "input": {
+                    "name": "path",
+                    "typed_config": _typed(
+                        "envoy.type.matcher.v3.HttpRequestHeaderMatchInput", header_name=":path"
+                    ),
+                },
+                "value_match": {"safe_regex": {"google_re2": {}, "regex": f"^(?:{paths})(?:[/?].*)?$"}},
+            }
+        },
+        "on_match": {"action": {"name": "inference", "typed_config": settings}},
+    }
+    return {
+        "name": "envoy.filters.http.rate_limit_quota",
+        "typed_config": _typed(
+            "envoy.extensions.filters.http.rate_limit_quota.v3.RateLimitQuotaFilterConfig",
+            rlqs_server={"envoy_grpc": {"cluster_name": "epp"}},
+            domain="epp",
+            bucket_matchers={"matcher_list": {"matchers": [inference]}},
         ),
     }
 
@@ -787,6 +842,8 @@ def _local_replies(options: EnvoyOptions) -> dict[str, Any]:
         )
     ]
     admission = [admission_control_reply()]
+    # ... nor does the rate-limit quota's (a flag of a cache filter, RFCF)
+    quota = [_limit_reply(LIMIT_MESSAGES["quota"], "RateLimitQuota", _details(QUOTA_LIMITED), 429, "quota")]
     # ext_proc's failures (status_on_error 503) have an empty body and no response flag.
     # An HTTP/1 protocol error (Envoy's codec answers it, then closes the connection) is marked
     # for ext_proc to pass: the EPP routed nothing, and the connection cannot wait for it.
@@ -815,6 +872,7 @@ def _local_replies(options: EnvoyOptions) -> dict[str, Any]:
             protocol_error,
             *(concurrency if options.adaptive_concurrency else []),
             *(admission if options.admission_control_aggression > 0 else []),
+            *(quota if options.quota_from_epp else []),
             # ... and any other 429 not from the EPP (whose own carry its key) is the rate limit's.
             _limit_reply(
                 LIMIT_MESSAGES["rate"].format(rate=options.rate_limit),
@@ -908,11 +966,18 @@ PROTOCOL_ERROR_HEADER = "x-gateway-protocol-error"
 CONCURRENCY_LIMITED = "reached_concurrency_limit"
 # The admission control filter's response code details for a request it refused.
 ADMISSION_REFUSED = "denied_by_admission_control"
+# The rate_limit_quota filter's response code details for a request its bucket refused.
+QUOTA_LIMITED = "rate_limited_by_quota"
+# How often the rate_limit_quota filter is to report its counts to the EPP (Envoy 1.40 reports every
+# 5 s whatever this says; the EPP pushes its limits without waiting for reports: epp.extproc.rlqs).
+QUOTA_REPORTING_INTERVAL = "1s"
 LIMIT_MESSAGES = {
     "admission": "the gateway refused the request before the endpoint picker, as the endpoint picker "
     "refused recent requests for overload (admission control); retry later",
     "concurrency": "the gateway's adaptive concurrency limit was reached (latency through the endpoint "
     "picker and the model servers rose above what it measured at low concurrency); retry later",
+    "quota": "the gateway's limit of requests per second assigned by the endpoint picker while it is "
+    "overloaded (rate-limit quota, refused before the endpoint picker); retry later",
     "rate": "the gateway's limit of {rate} requests per second was reached (local rate limit before the "
     "endpoint picker); retry later",
     "pool": "the gateway's limit of concurrent requests to the model servers was reached "

@@ -136,3 +136,14 @@ def test_the_standing_queue_controller_is_off_by_default_and_reaches_the_guard_w
         serve.options_from_args(serve_args("--queue-wait-target=-1ms"))
     with pytest.raises(ValueError, match=r"--queue-wait-interval must be a positive duration, not '0'"):
         serve.options_from_args(serve_args("--queue-wait-interval=0"))
+
+
+def test_the_rate_limit_quota_is_off_by_default_and_needs_the_standing_queue_controller() -> None:
+    assert serve.EndpointPicker(serve.options_from_args(serve_args())).quota is None
+    args = serve_args("--rate-limit-quota", "--queue-wait-target=50ms")
+    picker = serve.EndpointPicker(serve.options_from_args(args))
+    assert picker.quota is not None and picker.quota.quota.rate is None  # no limit until it sheds
+    with pytest.raises(ValueError, match=r"--rate-limit-quota needs --queue-wait-target \(e\.g\. 50ms\)"):
+        serve.options_from_args(serve_args("--rate-limit-quota"))
+    with pytest.raises(ValueError, match=r"--rate-limit-quota with --workers: the gateway's quota stream"):
+        serve.options_from_args(serve_args("--rate-limit-quota", "--queue-wait-target=50ms", "--workers=2"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import re
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -14,11 +16,12 @@ from epp.cli import build_parser
 from epp.discovery.eds import eds_document
 from epp.requests import ApiKind
 from epp.requests.parser import api_kind
-from epp.stack.cli import envoy_options
+from epp.stack.cli import _epp_args, envoy_options
 from epp.stack.envoy import (
     DEFAULT_ALLOWED_PATHS,
     EXT_PROC_FILTER,
     LIMIT_HEADER,
+    LIMIT_MESSAGES,
     PROTOCOL_ERROR_HEADER,
     EnvoyOptions,
     check_path_prefix,
@@ -190,6 +193,8 @@ def test_fail_open_needs_buffered_mode_and_fallback_endpoints() -> None:
         EnvoyOptions(adaptive_concurrency=True, rate_limit=100, body_mode="full-duplex"),
         EnvoyOptions(adaptive_concurrency=True, adaptive_concurrency_latency="0.1s"),
         EnvoyOptions(admission_control_aggression=3, rate_limit=100),
+        EnvoyOptions(quota_from_epp=True),
+        EnvoyOptions(quota_from_epp=True, admission_control_aggression=2, body_mode="full-duplex"),
     ],
 )
 def test_envoy_accepts_every_variant(options: EnvoyOptions, tmp_path: Path) -> None:
@@ -376,14 +381,18 @@ def test_the_gateways_limits_come_before_ext_proc_which_skips_their_refusals() -
         for m in wrapped["xds_matcher"]["matcher_list"]["matchers"]
     ]
     assert headers == [PROTOCOL_ERROR_HEADER, LIMIT_HEADER]
-    replies = manager(render_bootstrap(both))["local_reply_config"]["mappers"]
-    named = [
+    assert limits_named(both) == ["concurrency", "rate"]
+
+
+def limits_named(options: EnvoyOptions) -> list[str]:
+    """The limits the local reply mappers name (LIMIT_HEADER), in the order Envoy tries them."""
+    replies = manager(render_bootstrap(options))["local_reply_config"]["mappers"]
+    return [
         h["header"]["value"]
         for m in replies
         for h in m.get("headers_to_add", [])
         if h["header"]["key"] == LIMIT_HEADER
     ]
-    assert named == ["concurrency", "rate"]
 
 
 def test_epp_run_adaptive_concurrency_is_opt_in() -> None:
@@ -417,6 +426,46 @@ def test_admission_control_counts_429s_only_and_comes_before_ext_proc() -> None:
     for bad in (0.5, -1, 101):
         with pytest.raises(ValueError, match="admission_control_aggression must be 0"):
             EnvoyOptions(admission_control_aggression=bad)
+
+
+def test_the_quota_from_the_epp_limits_inference_paths_only_and_names_itself() -> None:
+    assert "rate_limit_quota" not in str(render_bootstrap(EnvoyOptions()))  # off by default
+    options = EnvoyOptions(quota_from_epp=True, rate_limit=100)
+    quota = "envoy.filters.http.rate_limit_quota"
+    names = ["envoy.filters.http.local_ratelimit", quota, EXT_PROC_FILTER, "envoy.filters.http.router"]
+    assert filter_names(options) == names
+    config = manager(render_bootstrap(options))["http_filters"][1]["typed_config"]
+    assert config["rlqs_server"] == {"envoy_grpc": {"cluster_name": "epp"}}  # the EPP's own port
+    (matcher,) = config["bucket_matchers"]["matcher_list"]["matchers"]
+    path = matcher["predicate"]["single_predicate"]
+    assert path["input"]["typed_config"]["header_name"] == ":path"
+    limited = re.compile(path["value_match"]["safe_regex"]["regex"])
+    for inference in ("/v1/completions", "/v1/chat/completions?x=1", "/v1/responses/abc", "/v1/embeddings"):
+        assert limited.match(inference), inference
+    for other in ("/v1/models", "/health", "/v1/completionsx", "/metrics", "/x/v1/completions"):
+        assert not limited.match(other), other  # never limited (not reported either)
+    settings = matcher["on_match"]["action"]["typed_config"]
+    assert settings["bucket_id_builder"] == {"bucket_id_builder": {"name": {"string_value": "inference"}}}
+    deny = settings["deny_response_settings"]
+    assert deny["http_status"] == {"code": 429}
+    assert base64.b64decode(deny["http_body"]["value"]).decode() == LIMIT_MESSAGES["quota"]
+    # Envoy's reply as JSON naming the limit, before the rate limit's mapper (any other 429)
+    assert limits_named(options) == ["quota", "rate"]
+    replies = manager(render_bootstrap(options))["local_reply_config"]["mappers"]
+    (quota_reply,) = [m for m in replies if "rate_limited_by_quota" in str(m["filter"])]
+    assert quota_reply["body_format_override"]["json_format"]["error"]["message"] == LIMIT_MESSAGES["quota"]
+
+
+def test_epp_run_quota_from_epp_sets_both_sides() -> None:
+    args = build_parser("run").parse_args(["run", "--quota-from-epp"])
+    assert envoy_options(args).quota_from_epp is True
+    assert "--rate-limit-quota" not in _epp_args(build_parser("run").parse_args(["run"]))
+    assert _epp_args(args)[-2:] == ["--rate-limit-quota", "--queue-wait-target=50ms"]
+    mine = build_parser("run").parse_args(["run", "--quota-from-epp", "--epp-arg=--queue-wait-target=20ms"])
+    assert _epp_args(mine)[-2:] == ["--rate-limit-quota", "--queue-wait-target=20ms"]
+    workers = build_parser("run").parse_args(["run", "--quota-from-epp", "--workers=2"])
+    with pytest.raises(ValueError, match="--quota-from-epp with --workers"):
+        _epp_args(workers)
 
 
 def test_epp_run_sets_the_gateways_rate_limit_and_admission_control() -> None:

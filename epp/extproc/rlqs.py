@@ -1,0 +1,189 @@
+"""Envoy's rate-limit quota service (RLQS, `StreamRateLimitQuotas`) on the EPP's gRPC server: the
+gateway's `rate_limit_quota` filter, before ext_proc, reports how many requests each of its
+buckets allowed and denied, and enforces the token bucket the EPP assigns (epp.flowcontrol.
+envoy_quota decides the rate from the EPP's own overload guard). Refused in Envoy, the excess
+never opens an ext_proc stream, so its 429 does not wait in the EPP's queue.
+
+What Envoy 1.40 does (read in its filter and client, checked by experiment): one stream per RLQS
+cluster and domain and Envoy process, whatever its worker count (the workers share each bucket's
+tokens); a report when a bucket is first hit, then every 5 s whatever `reporting_interval` says
+(hard-coded there); a request no assignment covers is allowed (no_assignment_behavior's default);
+an assignment lasts its `assignment_time_to_live`, read in whole seconds, then the bucket allows
+all again; a token bucket's rate is `tokens_per_fill` over `fill_interval`, also whole seconds.
+So the EPP pushes: a new limit to every stream at once, the same one again every REFRESH while it
+lasts (an EPP gone leaves at most ASSIGNMENT_TTL_SECONDS of limit behind, and an Envoy restarted
+gets it with the answer to its first report), and an ALLOW_ALL assignment when it is lifted, so
+Envoy drops the bucket at once. Several gateways share the rate half equally, half in proportion
+to the demand each reported (allowed and denied requests per second)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+import grpc
+from google.protobuf import duration_pb2, wrappers_pb2
+
+from epp.extproc.pb import ratelimit_strategy, rlqs, rlqs_grpc, token_bucket
+from epp.flowcontrol.envoy_quota import EnvoyQuota
+from epp.metrics.exporter import EppMetrics
+from epp.tasks import cancel_and_wait
+
+log = logging.getLogger(__name__)
+
+TICK = 0.1  # seconds between two decisions of the quota
+ASSIGNMENT_TTL_SECONDS = 2  # whole seconds (Envoy ignores the fraction)
+REFRESH = 1.0  # seconds: a limit is sent again this often, before its TTL runs out
+BURST_SECONDS = 0.1  # the bucket holds this long of the rate
+CHANGE = 0.02  # a relative change of a stream's share that is pushed before its next report
+MAX_BUCKETS = 1024  # per stream: a gateway config with dynamic bucket ids cannot grow this forever
+
+_Response: TypeAlias = rlqs.RateLimitQuotaResponse
+_ALLOW_ALL = ratelimit_strategy.RateLimitStrategy(blanket_rule=ratelimit_strategy.RateLimitStrategy.ALLOW_ALL)
+_TTL = duration_pb2.Duration(seconds=ASSIGNMENT_TTL_SECONDS)
+
+
+def strategy(rate: float | None) -> ratelimit_strategy.RateLimitStrategy:
+    """Envoy's strategy for `rate` requests per second (None: allow all)."""
+    if rate is None:
+        return _ALLOW_ALL
+    bucket = token_bucket.TokenBucket(
+        max_tokens=max(1, math.ceil(rate * BURST_SECONDS)),
+        tokens_per_fill=wrappers_pb2.UInt32Value(value=max(1, round(rate))),
+        fill_interval=duration_pb2.Duration(seconds=1),
+    )
+    return ratelimit_strategy.RateLimitStrategy(token_bucket=bucket)
+
+
+@dataclass(eq=False)
+class _Stream:
+    """One gateway's stream: its buckets, its demand, what it was last assigned."""
+
+    peer: str
+    outbox: asyncio.Queue[_Response | None] = field(default_factory=asyncio.Queue)
+    buckets: dict[bytes, rlqs.BucketId] = field(default_factory=dict)
+    demand: float = 0.0  # requests per second in its last report (allowed and denied)
+    last_report: float | None = None
+    assigned: float | None = None  # the share last sent (None: none, or allow-all)
+    limited: bool = False  # it holds a token bucket of ours
+    sent: float = 0.0  # when (monotonic)
+
+    def assignment(self, share: float | None, now: float) -> _Response:
+        self.assigned, self.limited, self.sent = share, share is not None, now
+        per_bucket = None if share is None else share / max(1, len(self.buckets))
+        action = _Response.BucketAction.QuotaAssignmentAction(
+            assignment_time_to_live=_TTL, rate_limit_strategy=strategy(per_bucket)
+        )
+        return _Response(
+            bucket_action=[
+                _Response.BucketAction(bucket_id=bucket, quota_assignment_action=action)
+                for bucket in self.buckets.values()
+            ]
+        )
+
+
+class RateLimitQuotaService(rlqs_grpc.RateLimitQuotaServiceServicer):
+    """The servicer, and the task that moves the quota every TICK (`start`/`stop`)."""
+
+    def __init__(
+        self, quota: EnvoyQuota, metrics: EppMetrics, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.quota = quota
+        self._metrics = metrics
+        self._clock = clock
+        self._streams: set[_Stream] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="rate-limit-quota")
+
+    async def stop(self) -> None:
+        """Stop deciding and end every stream (the gateway reopens it to a serving EPP)."""
+        await cancel_and_wait(self._task)
+        self._task = None
+        for stream in self._streams:
+            stream.outbox.put_nowait(None)
+
+    async def StreamRateLimitQuotas(
+        self,
+        request_iterator: AsyncIterator[rlqs.RateLimitQuotaUsageReports],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        stream = _Stream(context.peer())
+        self._streams.add(stream)
+        self._metrics.quota_streams.set(len(self._streams))
+        log.info("rate-limit quota stream from %s opened", stream.peer)
+        reader = asyncio.ensure_future(self._read(stream, request_iterator))
+        try:
+            while (reply := await stream.outbox.get()) is not None:
+                await context.write(reply)
+        finally:
+            reader.cancel()
+            self._streams.discard(stream)
+            self._metrics.quota_streams.set(len(self._streams))
+            log.info("rate-limit quota stream from %s closed", stream.peer)
+
+    async def _read(self, stream: _Stream, reports: AsyncIterator[rlqs.RateLimitQuotaUsageReports]) -> None:
+        try:
+            async for report in reports:
+                self._reported(stream, report)
+        finally:
+            stream.outbox.put_nowait(None)
+
+    def _reported(self, stream: _Stream, report: rlqs.RateLimitQuotaUsageReports) -> None:
+        now = self._clock()
+        requests = denied = 0
+        for usage in report.bucket_quota_usages:
+            key = usage.bucket_id.SerializeToString(deterministic=True)
+            if key not in stream.buckets and len(stream.buckets) < MAX_BUCKETS:
+                stream.buckets[key] = usage.bucket_id
+            requests += usage.num_requests_allowed + usage.num_requests_denied
+            denied += usage.num_requests_denied
+        if stream.last_report is not None and now > stream.last_report:
+            stream.demand = requests / (now - stream.last_report)
+        stream.last_report = now
+        self._metrics.quota_reported.labels("allowed").inc(requests - denied)
+        self._metrics.quota_reported.labels("denied").inc(denied)
+        share = self._shares(self.quota.rate).get(stream)
+        if share is not None or stream.limited:  # refresh the TTL, or lift a bucket it holds
+            stream.outbox.put_nowait(stream.assignment(share, now))
+
+    def _shares(self, rate: float | None) -> dict[_Stream, float | None]:
+        """Each stream's part of `rate`: half in equal parts, half in proportion to the demand it
+        reported (so a gateway idle at its last report, 5 s ago in Envoy 1.40, is not starved)."""
+        streams = self._streams
+        if rate is None or not streams:
+            return dict.fromkeys(streams)
+        total = sum(s.demand for s in streams)
+        if total <= 0:
+            return {s: rate / len(streams) for s in streams}
+        return {s: rate * (s.demand + total / len(streams)) / (2 * total) for s in streams}
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            self.push(self.quota.tick())
+
+    def push(self, rate: float | None) -> None:
+        """Send each stream its share where it changed by more than CHANGE, or its limit is due for
+        a refresh, or the ALLOW_ALL that lifts the limit it holds."""
+        self._metrics.quota_rate.set(0.0 if rate is None else rate)
+        now = self._clock()
+        for stream, share in self._shares(rate).items():
+            if not stream.buckets:
+                continue
+            if share is None:
+                if stream.limited:
+                    stream.outbox.put_nowait(stream.assignment(None, now))
+            elif (
+                stream.assigned is None
+                or abs(share - stream.assigned) > CHANGE * stream.assigned
+                or now - stream.sent >= REFRESH
+            ):
+                stream.outbox.put_nowait(stream.assignment(share, now))

@@ -1,0 +1,137 @@
+"""The request rate the EPP asks the gateway to admit before calling it: its rate-limit quota,
+which Envoy's `rate_limit_quota` filter enforces as a token bucket (the RLQS server is
+epp.extproc.rlqs). A refusal by the EPP waits in the same queues (Envoy's worker, gRPC core, the
+EPP's event loop) as the requests it sheds; one by Envoy's bucket is answered at once.
+
+No limit while the EPP keeps up. Once its overload guard refuses a significant share of what
+reaches it (`overloaded`, over the last `window`: a few refusals in a burst are the host's
+scheduling noise), the limit is the EPP's capacity measured as the queue stood, not configured:
+the requests it handled per CPU-second it used (admitted ones, and refusals weighted by their
+cost, `refusal_cost`, since that CPU serves once the refusals move to Envoy). Saturated, that is
+the rate it admitted; when its waits grew while it was not busy (other processes held the CPU,
+measured on a shared 2-core host: the guard refused at 40 % of a core), the rate it admitted would
+be a limit far below what it serves, refusing more than the EPP did. While the guard keeps
+refusing that much, the limit is measured again, at most once per `hold` (a queue that formed
+before the limit drains through it first), never upwards. Otherwise it rises by `increase` a
+second (compounded) to find capacity the host frees, and it is lifted once, for `lift_after`, the
+EPP admitted less than `lift_below` of the limit without refusing: the demand fell below it, so it
+no longer binds (a binding bucket lets through about its rate; Envoy 1.40's own reports of its
+denials come every 5 s, too late for this). The guard sees every request the same way (it refuses
+before reading one), so the limit binds requests of every priority alike, as the EPP's own
+overload refusals do."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+MIN_RATE = 1.0  # requests per second: a limit never shuts the gateway entirely
+MIN_BUSY = 0.1  # share of a core: below, the EPP's cost per request is not measured
+
+
+@dataclass(frozen=True)
+class QuotaTuning:
+    window: float = 1.0  # seconds of admissions and refusals the measured rates cover
+    overloaded: float = 0.2  # the share of requests refused that sets or cuts the limit
+    refusal_cost: float = 0.3  # a refusal's CPU against a served request's (docs/benchmarks.md)
+    hold: float = 1.0  # seconds between two cuts while the guard keeps refusing
+    increase: float = 0.3  # per second, a share of the limit
+    lift_below: float = 0.8  # admitted under this share of the limit, the demand is below it ...
+    lift_after: float = 1.0  # ... for this long, without a refusal: the limit goes
+
+
+class EnvoyQuota:
+    """Call `tick` periodically; `rate` is the limit in requests per second (None: none).
+    `admitted` and `refused` are the overload guard's running counts of the requests it let
+    through and those it refused."""
+
+    def __init__(
+        self,
+        admitted: Callable[[], int],
+        refused: Callable[[], int],
+        tuning: QuotaTuning = QuotaTuning(),
+        clock: Callable[[], float] = time.monotonic,
+        cpu: Callable[[], float] = time.process_time,
+    ) -> None:
+        self._admitted = admitted
+        self._refused = refused
+        self._cpu = cpu
+        self.tuning = tuning
+        self._clock = clock
+        self.rate: float | None = None
+        now = clock()
+        self._samples: deque[tuple[float, int, int, float]] = deque([(now, admitted(), refused(), cpu())])
+        self._last_tick = now
+        self._below_since: float | None = None  # admitted under lift_below of the limit since
+        self._next_cut = float("-inf")
+
+    def measured(self) -> tuple[float, float]:
+        """Requests per second the EPP admitted and refused over the last window."""
+        (then, admitted, refused, _), last = self._samples[0], self._samples[-1]
+        now, admitted_now, refused_now, _ = last
+        if now <= then:
+            return 0.0, 0.0
+        return (admitted_now - admitted) / (now - then), (refused_now - refused) / (now - then)
+
+    def busy(self) -> float:
+        """The share of one core the EPP's process used over the last window (at most 1: its
+        event loop is one thread)."""
+        (then, _, _, cpu), (now, _, _, cpu_now) = self._samples[0], self._samples[-1]
+        return min(1.0, (cpu_now - cpu) / (now - then)) if now > then else 0.0
+
+    def capacity(self) -> float:
+        """What the EPP would serve on a core of its own, the refusals it makes moved to the
+        gateway: the requests it handled over the window, per CPU-second it used. Saturated, that
+        is what it admitted; refusing while the host's other processes held the CPU (its waits
+        grew though it was not busy), more, so a limit set then does not bind for long."""
+        admitted, refused = self.measured()
+        return max(MIN_RATE, (admitted + self.tuning.refusal_cost * refused) / max(self.busy(), MIN_BUSY))
+
+    def tick(self) -> float | None:
+        now = self._clock()
+        refusing = self._sample(now)
+        elapsed, self._last_tick = now - self._last_tick, now
+        admitted, refused = self.measured()
+        if refusing:
+            self._below_since = None
+        if refused > self.tuning.overloaded * (admitted + refused):
+            if self.rate is None:
+                self.rate = self.capacity()
+                self._next_cut = now + self.tuning.hold
+                log.warning(
+                    "overloaded (admitting %.0f and refusing %.0f requests/s, %.0f%% of a core busy): "
+                    "the gateway now admits %.0f requests/s (rate-limit quota)",
+                    admitted,
+                    refused,
+                    self.busy() * 100,
+                    self.rate,
+                )
+            elif now >= self._next_cut:
+                self.rate = min(self.rate, self.capacity())
+                self._next_cut = now + self.tuning.hold
+        elif self.rate is not None and not refusing:
+            if admitted >= self.tuning.lift_below * self.rate:
+                self._below_since = None
+            elif self._below_since is None:
+                self._below_since = now
+            elif now - self._below_since >= self.tuning.lift_after:
+                self.rate = self._below_since = None
+                log.warning("no longer overloaded: the gateway's rate-limit quota is lifted")
+                return None
+            self.rate *= 1 + self.tuning.increase * elapsed
+        return self.rate
+
+    def _sample(self, now: float) -> bool:
+        """Takes the guard's counts; whether it refused any since the last tick."""
+        samples = self._samples
+        refused = self._refused()
+        refusing = refused > samples[-1][2]
+        samples.append((now, self._admitted(), refused, self._cpu()))
+        while len(samples) > 2 and samples[1][0] <= now - self.tuning.window:
+            samples.popleft()
+        return refusing

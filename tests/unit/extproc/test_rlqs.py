@@ -1,0 +1,178 @@
+"""The rate-limit quota service over real gRPC (grpc.aio on 127.0.0.1): a report while there is
+no limit is not answered (Envoy allows what nothing covers); a limit is pushed to every stream at
+once as a token bucket of whole seconds and a TTL, each stream's share half equal, half by the
+demand it reported; a report while limited is answered (refreshing the TTL); lifting sends ALLOW_ALL; a
+closed stream leaves the share to the others; the metrics show it all."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from epp.extproc import rlqs as rlqs_service
+from epp.extproc.pb import rlqs, rlqs_grpc
+from epp.extproc.rlqs import ASSIGNMENT_TTL_SECONDS, BURST_SECONDS, RateLimitQuotaService, strategy
+from epp.flowcontrol.envoy_quota import EnvoyQuota
+from epp.metrics.exporter import EppMetrics
+
+BUCKET = rlqs.BucketId(bucket={"name": "inference"})
+
+
+class Gateway:
+    """One Envoy's stream: reports sent through a queue, answers collected."""
+
+    def __init__(self, stub: rlqs_grpc.RateLimitQuotaServiceStub) -> None:
+        self.reports: asyncio.Queue[rlqs.RateLimitQuotaUsageReports | None] = asyncio.Queue()
+        self.call = stub.StreamRateLimitQuotas(self._outgoing())
+        self.answers: asyncio.Queue[rlqs.RateLimitQuotaResponse] = asyncio.Queue()
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _outgoing(self) -> AsyncIterator[rlqs.RateLimitQuotaUsageReports]:
+        while (report := await self.reports.get()) is not None:
+            yield report
+
+    async def _read(self) -> None:
+        async for answer in self.call:
+            self.answers.put_nowait(answer)
+
+    def report(self, allowed: int, denied: int = 0) -> None:
+        usage = rlqs.RateLimitQuotaUsageReports.BucketQuotaUsage(
+            bucket_id=BUCKET, num_requests_allowed=allowed, num_requests_denied=denied
+        )
+        self.reports.put_nowait(rlqs.RateLimitQuotaUsageReports(domain="epp", bucket_quota_usages=[usage]))
+
+    async def answer(self) -> rlqs.RateLimitQuotaResponse:
+        return await asyncio.wait_for(self.answers.get(), 5)
+
+    async def close(self) -> None:
+        self.reports.put_nowait(None)
+        await asyncio.wait_for(self._reader, 5)
+
+
+class Limit:
+    """The quota's inputs: the guard's counts and the clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.admitted = 0
+        self.refused = 0
+        self.now = 1000.0
+
+
+async def serving() -> tuple[RateLimitQuotaService, Limit, EppMetrics, grpc.aio.Server, grpc.aio.Channel]:
+    limit, metrics = Limit(), EppMetrics()
+    clock = lambda: limit.now  # noqa: E731
+    quota = EnvoyQuota(lambda: limit.admitted, lambda: limit.refused, clock=clock, cpu=clock)  # busy
+    service = RateLimitQuotaService(quota, metrics, clock)
+    server = grpc.aio.server()
+    rlqs_grpc.add_RateLimitQuotaServiceServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return service, limit, metrics, server, grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+
+
+async def until(done: object) -> None:
+    assert callable(done)
+    for _ in range(500):
+        if done():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("never")
+
+
+def token_bucket(answer: rlqs.RateLimitQuotaResponse) -> tuple[int, int, int]:
+    (action,) = answer.bucket_action
+    assert action.bucket_id == BUCKET
+    assignment = action.quota_assignment_action
+    assert assignment.assignment_time_to_live.seconds == ASSIGNMENT_TTL_SECONDS
+    bucket = assignment.rate_limit_strategy.token_bucket
+    assert bucket.fill_interval.seconds == 1 and bucket.fill_interval.nanos == 0  # Envoy: whole seconds
+    return bucket.tokens_per_fill.value, bucket.max_tokens, 1
+
+
+def test_the_strategy_of_a_rate() -> None:
+    assert strategy(None).blanket_rule == strategy(None).ALLOW_ALL
+    bucket = strategy(250.4).token_bucket
+    assert (bucket.tokens_per_fill.value, bucket.max_tokens) == (250, round(250.4 * BURST_SECONDS + 0.5))
+    tiny = strategy(0.2).token_bucket  # never a bucket that refuses everything
+    assert (tiny.tokens_per_fill.value, tiny.max_tokens) == (1, 1)
+
+
+async def test_a_limit_is_pushed_shared_by_demand_refreshed_and_lifted() -> None:
+    service, limit, metrics, server, channel = await serving()
+    try:
+        stub = rlqs_grpc.RateLimitQuotaServiceStub(channel)
+        one, two = Gateway(stub), Gateway(stub)
+        one.report(allowed=1)
+        two.report(allowed=1)
+        await until(lambda: metrics.quota_streams._value.get() == 2)
+        service.push(service.quota.tick())  # nothing refused: no limit, nothing sent
+        await asyncio.sleep(0.05)
+        assert one.answers.empty() and two.answers.empty()
+
+        # Demand over the same second: the second gateway sees three times the first's.
+        limit.now += 1.0
+        for gateway, allowed in ((one, 100), (two, 300)):
+            gateway.report(allowed)
+        await until(lambda: sum(s.demand > 0 for s in service._streams) == 2)
+        for refused in (0, 0, 400):  # the guard refuses: a limit
+            limit.now += 0.25
+            limit.admitted, limit.refused = limit.admitted + 100, refused
+            service.push(service.quota.tick())
+        rate = service.quota.rate
+        assert rate is not None and rate == service.quota.capacity()  # measured
+        first, second = token_bucket(await one.answer()), token_bucket(await two.answer())
+        # half equally, half by demand (1:3): 3/8 and 5/8
+        assert (first[0], second[0]) == (round(rate * 3 / 8), round(rate * 5 / 8))
+        assert metrics.quota_rate._value.get() == pytest.approx(rate)
+
+        one.report(allowed=5, denied=7)  # answered while limited: the TTL refreshed
+        token_bucket(await one.answer())
+        await until(
+            lambda: (
+                metrics.registry.get_sample_value(
+                    "llm_d_epp_rate_limit_quota_reported_requests_total", {"outcome": "denied"}
+                )
+                == 7
+            )
+        )
+
+        service.push(rate)  # unchanged and not due: nothing
+        limit.now += rlqs_service.REFRESH  # a refresh due: sent again unchanged
+        service.push(rate)
+        token_bucket(await one.answer())
+        token_bucket(await two.answer())
+
+        await two.close()  # its share goes to the one left
+        await until(lambda: metrics.quota_streams._value.get() == 1)
+        service.push(rate)
+        assert token_bucket(await one.answer())[0] == round(rate)
+
+        for _ in range(8):  # two quiet seconds: the quota lifts the limit, and says so at once
+            limit.now += 0.25
+            service.push(service.quota.tick())
+        assert service.quota.rate is None
+        answers = [await one.answer()]
+        while len(answers) < 10 and answers[-1].bucket_action[
+            0
+        ].quota_assignment_action.rate_limit_strategy.HasField("token_bucket"):
+            answers.append(await one.answer())
+        (action,) = answers[-1].bucket_action  # raised on the way, then allow all
+        assert action.quota_assignment_action.rate_limit_strategy.blanket_rule == strategy(None).ALLOW_ALL
+        assert all(
+            a.bucket_action[0].quota_assignment_action.rate_limit_strategy.token_bucket.tokens_per_fill.value
+            >= round(rate)
+            for a in answers[:-1]
+        )
+        assert metrics.quota_rate._value.get() == 0
+        service.push(service.quota.tick())
+        one.report(allowed=3)
+        await asyncio.sleep(0.05)
+        assert one.answers.empty()  # nothing more to say while there is no limit
+        await service.stop()  # ends the streams: the server can stop without waiting for them
+        await asyncio.wait_for(one._reader, 5)
+    finally:
+        await channel.close()
+        await server.stop(None)

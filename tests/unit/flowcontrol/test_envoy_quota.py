@@ -1,0 +1,130 @@
+"""The rate the EPP assigns the gateway, on an injected clock, CPU time and the overload guard's
+counts: none while nothing (or next to nothing) is refused; once the guard refuses a significant
+share, the EPP's capacity measured then (what it handled per CPU-second); measured again at most
+once per hold while it keeps refusing, never upwards; raised while nothing is refused; lifted once
+the EPP receives clearly less than the limit."""
+
+from __future__ import annotations
+
+import pytest
+
+from epp.flowcontrol.envoy_quota import MIN_RATE, EnvoyQuota, QuotaTuning
+
+TICK = 0.125  # binary fractions keep the clock's sums exact
+TUNING = QuotaTuning()
+
+
+class Guard:
+    """The overload guard's running counts, the clock and the process's CPU time."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.cpu = 0.0
+        self.admitted = 0
+        self.refused = 0
+
+    def run(
+        self, quota: EnvoyQuota, seconds: float, admitted: float, refused: float = 0.0, busy: float = 1.0
+    ) -> list[float | None]:
+        """`seconds` of ticks, each admitting and refusing at these rates (per second), with
+        `busy` of a core used."""
+        rates = []
+        for _ in range(round(seconds / TICK)):
+            self.now += TICK
+            self.cpu += busy * TICK
+            self.admitted += round(admitted * TICK)
+            self.refused += round(refused * TICK)
+            rates.append(quota.tick())
+        return rates
+
+
+def quota() -> tuple[EnvoyQuota, Guard]:
+    guard = Guard()
+    limit = EnvoyQuota(
+        lambda: guard.admitted, lambda: guard.refused, TUNING, lambda: guard.now, lambda: guard.cpu
+    )
+    return limit, guard
+
+
+def overloaded(guard: Guard, limit: EnvoyQuota, admitted: float = 800, refused: float = 800) -> float | None:
+    """A second at full load, then a tick refusing: the limit set from that window."""
+    guard.run(limit, 1.0, admitted=admitted)
+    return guard.run(limit, TICK, admitted=admitted, refused=refused * 8)[-1]
+
+
+def test_no_limit_while_the_guard_refuses_nothing_at_any_rate() -> None:
+    limit, guard = quota()
+    assert guard.run(limit, 2.0, admitted=10) == [None] * 16
+    assert guard.run(limit, 2.0, admitted=5000) == [None] * 16
+
+
+def test_a_few_refusals_are_noise_not_a_limit() -> None:
+    limit, guard = quota()
+    guard.run(limit, 1.0, admitted=800)
+    assert guard.run(limit, 1.0, admitted=800, refused=80) == [None] * 8  # 9 %: under the 20 %
+
+
+def test_saturated_the_limit_is_what_it_admitted_and_its_refusals_would_serve() -> None:
+    limit, guard = quota()
+    rate = overloaded(guard, limit)
+    admitted, refused = limit.measured()
+    assert limit.busy() == 1.0
+    assert rate == pytest.approx(admitted + TUNING.refusal_cost * refused)
+    assert rate > admitted
+
+
+def test_refusing_while_half_idle_the_limit_is_its_capacity_on_a_whole_core() -> None:
+    limit, guard = quota()
+    guard.run(limit, 1.0, admitted=400, busy=0.5)
+    rate = guard.run(limit, TICK, admitted=400, refused=3200, busy=0.5)[-1]
+    admitted, refused = limit.measured()
+    assert rate == pytest.approx((admitted + TUNING.refusal_cost * refused) / 0.5)
+
+
+def test_while_refusing_it_is_measured_again_at_most_once_per_hold_and_never_raised() -> None:
+    limit, guard = quota()
+    first = overloaded(guard, limit)
+    assert first is not None
+    held = guard.run(limit, 0.75, admitted=300, refused=300)  # within the hold (1 s): kept
+    assert held == [first] * 6
+    cut = guard.run(limit, 0.25, admitted=300, refused=300)[-1]
+    assert cut is not None and cut < first
+    assert cut == pytest.approx(limit.capacity())
+    guard.run(limit, 1.0, admitted=200, refused=2000, busy=0.1)  # a capacity estimate above the limit
+    assert guard.run(limit, TICK, admitted=200, refused=2000, busy=0.1)[-1] == cut
+
+
+def test_it_rises_while_nothing_is_refused_and_binds() -> None:
+    limit, guard = quota()
+    first = overloaded(guard, limit)
+    assert first is not None
+    rates = guard.run(limit, 2.0, admitted=first)  # the bucket binds: the EPP gets about its rate
+    # once the refusals leave the window: 30 % a second, compounded
+    assert rates[-1] == pytest.approx(rates[-9] * (1 + TUNING.increase * TICK) ** 8)
+    assert all(b > a for a, b in zip(rates[-9:], rates[-8:], strict=False))
+
+
+def test_it_is_lifted_once_the_demand_falls_clearly_below_it() -> None:
+    limit, guard = quota()
+    overloaded(guard, limit)
+    rates = guard.run(limit, 3.0, admitted=100)  # the flood is over
+    below = next(i for i, r in enumerate(rates) if r is None)
+    # the window (1 s) loses the refusals, then lift_after (1 s) under lift_below of the limit
+    assert 1.0 <= below * TICK <= 2.5
+    assert rates[below:] == [None] * (len(rates) - below)
+    assert guard.run(limit, 1.0, admitted=2000) == [None] * 8  # gone until the next overload
+
+
+def test_a_refusal_while_lifting_keeps_the_limit() -> None:
+    limit, guard = quota()
+    overloaded(guard, limit)
+    guard.run(limit, 1.5, admitted=100)
+    guard.run(limit, TICK, admitted=100, refused=8)
+    assert guard.run(limit, 0.75, admitted=100)[-1] is not None  # the quiet second starts again
+
+
+def test_an_epp_that_admitted_nothing_still_lets_requests_through() -> None:
+    limit, guard = quota()
+    rate = guard.run(limit, 1.0, admitted=0, refused=16)[-1]  # busy refusing, serving none
+    assert rate == pytest.approx(max(MIN_RATE, TUNING.refusal_cost * limit.measured()[1]))
+    assert rate is not None and rate >= MIN_RATE
