@@ -48,40 +48,31 @@ asan-check: $(STAMP)
 		tests/unit/sim/test_tokens_compiled.py \
 		tests/unit/bench/test_bench_events.py
 
-## Debian's chromium, which the live view's browser test drives through Playwright (Playwright's
-## own browser download is not used). Installed with apt-get when missing, as root (CI); otherwise
-## the test says what to install.
+## Debian packages the tests drive, installed with apt-get when missing, as root (CI); otherwise
+## the target says what to install. $(call debian,<command that shows it is there>,<package>,<why>)
+debian = @if ! $(1) >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2); \
+		else \
+			echo "note: $(2) is missing (for $(3)): sudo apt-get install -y $(2)"; \
+		fi; \
+	fi
+
+## chromium: the live view's browser test drives it through Playwright (Playwright's own browser
+## download is not used).
 chromium:
-	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then \
-		if [ "$$(id -u)" = 0 ]; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
-		else \
-			echo "note: /usr/bin/chromium is missing; the browser test needs: sudo apt-get install -y chromium"; \
-		fi; \
-	fi
+	$(call debian,test -x /usr/bin/chromium,chromium,the browser test)
 
-## Debian's redis-server: the shared state of active-active EPP replicas (--replica-sync, --workers),
-## which the replica tests start on a free 127.0.0.1 port. Installed as chromium is, when missing.
+## redis-server: the shared state of active-active EPP replicas (--replica-sync, --workers), which
+## the replica tests start on a free 127.0.0.1 port.
 redis:
-	@if ! command -v redis-server >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
-		if [ "$$(id -u)" = 0 ]; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
-		else \
-			echo "note: redis-server is missing; the replica tests need: sudo apt-get install -y redis-server"; \
-		fi; \
-	fi
+	$(call debian,command -v redis-server,redis-server,the replica tests)
 
-## Debian's nghttp2-client for h2load, the C load generator of the overload ramp
-## (bench/overload_ramp.py --loadgen h2load): a Python one cannot offer 5x the EPP's rate on a
-## small machine; and of tests/integration/test_quota_from_epp_e2e.py. Installed as chromium is, when missing.
+## nghttp2-client for h2load, the C load generator of the overload ramp (bench/overload_ramp.py
+## --loadgen h2load: a Python one cannot offer 5x the EPP's rate on a small machine) and of
+## tests/integration/test_quota_from_epp_e2e.py.
 h2load:
-	@if ! command -v h2load >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
-		if [ "$$(id -u)" = 0 ]; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client; \
-		else \
-			echo "note: h2load is missing; the overload ramp's C load generator needs: sudo apt-get install -y nghttp2-client"; \
-		fi; \
-	fi
+	$(call debian,command -v h2load,nghttp2-client,the overload ramp and the quota test)
 
 ## Envoy + EPP + 4 simulated vLLM servers on 127.0.0.1; prints how to send a request. Ctrl-C stops it.
 run: $(STAMP)
