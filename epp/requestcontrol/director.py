@@ -150,18 +150,19 @@ class RoutedRequest:
     def served_by(self, hostport: str) -> None:
         """The gateway says which endpoint served, after its retries. Not the primary: the listed
         endpoints tried before it failed (refused, reset, 503, no first byte in time) and are
-        suspended, and the primary's load moves to the one that serves."""
+        suspended, and the primary's load moves to the one that serves. The gateway names the
+        address it was sent to: an entry of the destination, which for data-parallel routing is
+        the pod's primary port, not the rank picked (`SchedulingResult.destination_port`)."""
         targets = self.result.targets
-        if targets and targets[0].hostport == hostport:
-            self.served = self.request.attributes[SERVED_ENDPOINT] = targets[0]
+        listed = self.result.destination.split(",") if targets else []
+        at = listed.index(hostport) if hostport in listed else None
+        served = targets[at] if at is not None else self._director.endpoint_at(hostport)
+        self.served = self.request.attributes[SERVED_ENDPOINT] = served
+        if at == 0 or self._finished or not targets:
             return
-        self.served = self.request.attributes[SERVED_ENDPOINT] = self._director.endpoint_at(hostport)
-        if self._finished or not targets:
-            return
-        listed = [e.hostport for e in targets]
-        tried = targets[: listed.index(hostport)] if hostport in listed else targets
+        tried = targets[:at] if at is not None else targets
         self._director.note_upstream_unavailable(tried, f"the gateway retried on {hostport}")
-        primary, served = targets[0], self.served
+        primary = targets[0]
         if primary not in self.loaded:
             return
         primary.inflight_requests -= 1

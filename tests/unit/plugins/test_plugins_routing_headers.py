@@ -15,6 +15,7 @@ from epp.config.loader import load_config, load_config_file
 from epp.datastore import Datastore, EndpointSpec
 from epp.framework import PluginContext
 from epp.plugins.disagg_headers_handler import DisaggHeadersHandler
+from epp.plugins.inflight_load_producer import InFlightLoadProducer
 from epp.requestcontrol import RoutedRequest
 from epp.scheduling.types import ProfileResult, SchedulingResult
 from tests.unit.plugin_helpers import endpoint, plugin, request
@@ -90,6 +91,36 @@ def test_data_parallel_handler_routes_to_the_primary_port_with_the_rank_header()
     assert rank.inflight_requests == 1  # load stays on the rank that was picked
     routed.finish()
     assert rank.inflight_requests == 0
+
+
+def test_data_parallel_served_at_the_primary_port_is_the_pick_not_a_retry() -> None:
+    """The gateway reports the endpoint it sent to: the pod's primary port, the destination. That
+    is the rank the EPP picked, served: its load (the director's and inflight-load-producer's)
+    stays on the rank, and nothing is suspended as if the gateway had retried elsewhere."""
+    header = "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
+    text = (
+        header
+        + "plugins:\n- {type: data-parallel-profile-handler}\n- {type: inflight-load-producer, name: load}\n"
+    )
+    store = datastore(("rank1", "10.0.0.1", 8001, None))
+    # The pod's rank 0, serving another model: never picked here, but at the reported address.
+    store.upsert(EndpointSpec(name="rank0", address="10.0.0.1", port=8000, models=frozenset({"x"})))
+    config = load_config(text)
+    director, components = build_director(config, store, PluginContext())
+    producer = components.plugins["load"]
+    assert isinstance(producer, InFlightLoadProducer)
+    routed = director.handle_body(BODY, {":path": "/v1/completions", ":method": "POST"}, None)
+    (picked,) = routed.result.targets
+    assert picked.name == "rank1"
+    assert routed.destination == "10.0.0.1:8000"
+    routed.served_by("10.0.0.1:8000")
+    routed.response_started(200, False, {})
+    assert routed.served is picked
+    assert (picked.inflight_requests, producer.load.requests(picked)) == (1, 1)
+    assert all(e.suspended_until == 0 for e in store.endpoints())
+    routed.finish()
+    assert [e.inflight_requests for e in store.endpoints()] == [0, 0]
+    assert [producer.load.requests(e) for e in store.endpoints()] == [0, 0]
 
 
 def test_data_parallel_handler_custom_port_and_one_profile_only() -> None:
