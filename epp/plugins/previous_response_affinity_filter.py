@@ -25,7 +25,13 @@ from pydantic import Field
 from epp.datastore import Endpoint
 from epp.framework import Plugin, PluginContext, PluginParams, register
 from epp.headers import LB_NAMESPACE, SERVED_KEY
-from epp.requestcontrol import RESPONSE_ID, ResponseBodyReader, ResponseComplete, ResponseHeaderProcessor
+from epp.requestcontrol import (
+    RESPONSE_ID,
+    SERVED_ENDPOINT,
+    ResponseBodyReader,
+    ResponseComplete,
+    ResponseHeaderProcessor,
+)
 from epp.requests import ApiKind, InferenceRequest, Usage
 from epp.scheduling.framework import Filter
 from epp.scheduling.session_affinity import PinTable
@@ -86,12 +92,16 @@ class PreviousResponseAffinityFilter(
         response_id = request.attributes.get(RESPONSE_ID)
         if not isinstance(response_id, str) or not self.reads_response_body(request) or not result.targets:
             return
-        served = request.attributes.get(self.name) or result.targets[0].hostport
+        # The endpoint that served as the director maps the gateway's report (a data-parallel
+        # rank, not its pod's primary port); None: outside the pool, pinned by the reported address.
+        endpoint = request.attributes.get(SERVED_ENDPOINT, result.targets[0])
+        served = endpoint.hostport if isinstance(endpoint, Endpoint) else request.attributes.get(self.name)
+        if not isinstance(served, str):
+            return
         key = response_key(response_id)
         self.pins.set(key, served)
-        # Peers learn it by endpoint; one past the EPP's list (the gateway's own fallback) stays local.
-        endpoint = next((e for e in result.targets if e.hostport == served), None)
-        if endpoint is not None:
+        # Peers learn it by endpoint; one outside the pool stays local.
+        if isinstance(endpoint, Endpoint):
             for listener in self.route_listeners:
                 listener(endpoint, (key,))
 

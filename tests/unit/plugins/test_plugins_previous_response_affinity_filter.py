@@ -6,10 +6,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from epp.datastore import Endpoint
+import orjson
+
+from epp.config.build import build_director
+from epp.config.loader import load_config
+from epp.datastore import Datastore, Endpoint, EndpointSpec
+from epp.framework import PluginContext
+from epp.headers import SERVED_KEY
 from epp.plugins.previous_response_affinity_filter import PreviousResponseAffinityFilter, response_key
 from epp.replicas.state import RouteLearner
-from epp.requestcontrol import RESPONSE_ID
+from epp.requestcontrol import RESPONSE_ID, SERVED_ENDPOINT
 from epp.requests import ApiKind, InferenceRequest
 from epp.scheduling.types import ProfileResult, SchedulingResult
 from tests.unit.plugin_helpers import FakeClock, context, endpoints, plugin
@@ -24,8 +30,11 @@ def responses_request(**body: Any) -> InferenceRequest:
 def served(
     filter_: PreviousResponseAffinityFilter, request: InferenceRequest, picked: Endpoint, **seen: Any
 ) -> None:
-    """The request's response passed through: the gateway's report (if any), then its id."""
+    """The request's response passed through: the gateway's report (if any; `served`: the
+    endpoint the director found at it), then its id."""
     result = SchedulingResult({"default": ProfileResult([picked])}, "default")
+    if "served" in seen:
+        request.attributes[SERVED_ENDPOINT] = seen["served"]
     filter_.response_headers(request, result, seen.get("metadata", {}))
     if "response_id" in seen:
         request.attributes[RESPONSE_ID] = seen["response_id"]
@@ -49,8 +58,15 @@ def test_the_gateways_served_endpoint_wins_over_the_pick() -> None:
     filter_ = plugin(PreviousResponseAffinityFilter)
     a, b, c = endpoints(3)
     report = {"envoy.lb": {"x-gateway-destination-endpoint-served": c.hostport}}
-    served(filter_, responses_request(), b, response_id="resp_1", metadata=report)
+    served(filter_, responses_request(), b, response_id="resp_1", metadata=report, served=c)
     assert filter_.filter(responses_request(previous_response_id="resp_1"), [a, b, c]) == [c]
+    # Served outside the pool: pinned by the reported address (it may join), no peer told.
+    heard: list[object] = []
+    filter_.route_listeners.append(lambda endpoint, keys: heard.append(endpoint))
+    report = {"envoy.lb": {"x-gateway-destination-endpoint-served": "10.9.9.9:8000"}}
+    served(filter_, responses_request(), b, response_id="resp_2", metadata=report, served=None)
+    assert filter_.pins.get(response_key("resp_2")) == "10.9.9.9:8000"
+    assert heard == []
 
 
 def test_what_is_not_stored_is_not_learned_nor_read() -> None:
@@ -100,3 +116,37 @@ def test_pins_are_routes_active_active_replicas_share() -> None:
     assert heard == [(b, (response_key("resp_1"),))]
     peer.learn(*heard[0])
     assert peer.filter(responses_request(previous_response_id="resp_1"), [a, b]) == [b]
+
+
+DATA_PARALLEL = """\
+apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- {type: data-parallel-profile-handler}
+- {type: previous-response-affinity-filter, name: previous}
+schedulingProfiles:
+- {name: default, plugins: [{pluginRef: previous}]}
+"""
+
+
+def test_a_data_parallel_rank_is_pinned_not_the_pods_primary_port() -> None:
+    """llm-d's data-parallel routing: the gateway sends every rank's requests to the pod's primary
+    port and reports that address as served. The response was made, and is stored, by the rank the
+    EPP picked: the follow-up must reach that rank, not the endpoint at the primary port."""
+    store = Datastore()
+    store.synced = True
+    store.upsert(EndpointSpec(name="rank1", address="10.0.0.1", port=8001))
+    director, components = build_director(load_config(DATA_PARALLEL), store, PluginContext())
+    filter_ = components.plugins["previous"]
+    assert isinstance(filter_, PreviousResponseAffinityFilter)
+    body = orjson.dumps({"model": "m", "input": "hi"})
+    routed = director.handle_body(body, {":path": "/v1/responses", ":method": "POST"}, None)
+    assert routed.destination == "10.0.0.1:8000"
+    routed.served_by("10.0.0.1:8000")
+    routed.response_started(200, False, {"envoy.lb": {SERVED_KEY: "10.0.0.1:8000"}})
+    answer = {"id": "resp_1", "object": "response", "usage": {"input_tokens": 1, "output_tokens": 1}}
+    routed.response_body(orjson.dumps(answer), True)
+    store.upsert(EndpointSpec(name="rank0", address="10.0.0.1", port=8000))
+    rank0, rank1 = store.get("rank0"), store.get("rank1")
+    assert rank0 is not None and rank1 is not None
+    assert filter_.filter(responses_request(previous_response_id="resp_1"), [rank0, rank1]) == [rank1]
