@@ -70,8 +70,8 @@ class UsageReader:
     def __init__(self, streaming: bool) -> None:
         self.streaming = streaming
         self.usage: Usage | None = None
-        # The Responses API response's id, read from the document that carries its usage (the JSON
-        # answer, or the closing `response.completed` event of a stream).
+        # The Responses API response's id, read from the JSON answer or a stream's events (its
+        # closing `response.completed` carries usage, so it passes the marker's pre-filter).
         self.response_id: str | None = None
         self._buffer = bytearray()
         self._partial = b""
@@ -121,4 +121,5 @@ class UsageReader:
         usage = usage_from_object(document)
         if usage is not None:
             self.usage = usage
-            self.response_id = response_id_of(document) or self.response_id
+        # Not only with usage: a background response's answer (status `queued`) has none yet.
+        self.response_id = response_id_of(document) or self.response_id

@@ -94,3 +94,13 @@ def test_the_responses_api_response_id_comes_with_its_usage() -> None:
     chat = UsageReader(streaming=False)
     chat.feed(orjson.dumps({"id": "chatcmpl-1", "object": "chat.completion", "usage": usage}), True)
     assert chat.response_id is None
+
+
+def test_a_background_responses_answer_has_its_id_before_any_usage() -> None:
+    """vLLM's Responses API with `background: true` answers at once: the stored response, status
+    `queued`, `usage` null. Its id is what a follow-up's `previous_response_id` will name."""
+    queued = {"id": "resp_q", "object": "response", "status": "queued", "usage": None}
+    reader = UsageReader(streaming=False)
+    reader.feed(orjson.dumps(queued), True)
+    assert reader.usage is None
+    assert reader.response_id == "resp_q"
