@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from typing import Generic, Literal, TypeVar
 
@@ -76,7 +77,11 @@ def _decode_token(token: str) -> str | None:
 class PinTable(Generic[K]):
     """Keys (client ids kept through `bounded_id`, or their digests) pinned to endpoints, each pin
     expiring `ttl` seconds after it was last set; expired pins are dropped every `sweep_every`
-    seconds, and past `capacity` pins the least recently set go first."""
+    seconds, and past `capacity` pins the least recently set go first.
+
+    Pins are kept in the order they were set, so the expired ones are the oldest: a sweep and a
+    full table's drop take them from the front, at the cost of what is dropped (an OrderedDict: a
+    plain dict finds its first key past every slot dropped before it)."""
 
     def __init__(
         self, ttl: float, sweep_every: float, clock: Callable[[], float], capacity: int | None = None
@@ -84,7 +89,7 @@ class PinTable(Generic[K]):
         self.ttl = ttl
         self.sweep_every = sweep_every
         self.capacity = capacity
-        self.entries: dict[K, tuple[str, float]] = {}  # key -> (endpoint, expiry)
+        self.entries: OrderedDict[K, tuple[str, float]] = OrderedDict()  # key -> (endpoint, expiry)
         self._clock = clock
         self._next_sweep = clock() + sweep_every
 
@@ -95,13 +100,18 @@ class PinTable(Generic[K]):
 
     def set(self, key: K, endpoint: str) -> None:
         now = self._clock()
-        self.entries.pop(key, None)
-        self.entries[key] = (endpoint, now + self.ttl)
+        entries = self.entries
+        entries[key] = (endpoint, now + self.ttl)
+        entries.move_to_end(key)
         if self.capacity is not None:
-            while len(self.entries) > self.capacity:
-                del self.entries[next(iter(self.entries))]
+            while len(entries) > self.capacity:
+                entries.popitem(last=False)
         if now >= self._next_sweep:
-            self.entries = {k: v for k, v in self.entries.items() if v[1] >= now}
+            while entries:
+                oldest, (_, expiry) = next(iter(entries.items()))
+                if expiry >= now:
+                    break
+                del entries[oldest]
             self._next_sweep = now + self.sweep_every
 
 
