@@ -5,6 +5,8 @@ and answers 404, which is why a gateway must route a follow-up where its respons
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from epp.sim.openai_api import ApiError, Turn
 
 STORE_CAPACITY = 100_000
@@ -14,7 +16,8 @@ STORE_CAPACITY = 100_000
 class ResponseStore:
     def __init__(self, capacity: int = STORE_CAPACITY) -> None:
         self.capacity = capacity
-        self._conversations: dict[str, list[Turn]] = {}
+        # Oldest first; an OrderedDict drops its first cheaply (a dict scans the slots dropped before).
+        self._conversations: OrderedDict[str, list[Turn]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._conversations)
@@ -32,7 +35,7 @@ class ResponseStore:
         return turns
 
     def keep(self, response_id: str, turns: list[Turn]) -> None:
-        self._conversations.pop(response_id, None)
         self._conversations[response_id] = turns
+        self._conversations.move_to_end(response_id)
         while len(self._conversations) > self.capacity:
-            del self._conversations[next(iter(self._conversations))]
+            self._conversations.popitem(last=False)
