@@ -3,10 +3,11 @@ request naming `previous_response_id` goes to the endpoint that made that respon
 stored responses in its process's memory, so any other replica answers 404 ("Response with id
 '…' not found.").
 
-The EPP learns response id -> endpoint from what passes through it: the id of the JSON answer,
-or of a stream's closing `response.completed` event (for those requests only, the EPP reads the
-streamed chunks it otherwise asks the gateway to skip: an ext_proc message per chunk), and the
-endpoint the gateway says served. Pins live in a bounded table (`maxEntries`, least recently set
+The EPP learns response id -> endpoint from what passes through it: the id of the JSON answer
+(a background one's, `queued`, too), or of a stream's response events (for those requests only,
+the EPP reads the streamed chunks it otherwise asks the gateway to skip: an ext_proc message per
+chunk), and the endpoint the gateway says served (`SERVED_ENDPOINT`: a data-parallel rank, not
+its pod's primary port). Pins live in a bounded table (`maxEntries`, least recently set
 dropped first; `ttlSeconds`), as session-affinity's sessions do, keyed by a 64-bit digest of the
 id (however long the client's id, 8 bytes; and what active-active replicas share: each pin is a
 route, `RouteLearner`, so a follow-up reaching another replica or `--workers` process finds it).

@@ -28,7 +28,7 @@ AGENT_IDENTITY = "agent-identity"
 # response as server-sent events (llm-d's StartOfStream exists only for such responses).
 RESPONSE_EVENT_STREAM = "response-event-stream"
 # Request attribute set when the response ends: the id of the Responses API response the model
-# server made (as its answer or its stream's closing event says), for plugins that route follow-ups.
+# server made (as its answer or its stream's events say), for plugins that route follow-ups.
 RESPONSE_ID = "response-id"
 # Request attribute set when the gateway reports which endpoint served (after its retries), before
 # the ResponseReceived plugins run: that Endpoint, or None when it is not in the pool.
