@@ -32,7 +32,7 @@ from epp.bench.report import (
     versus_section,
     write_block,
 )
-from epp.bench.suite import RunOutcome, Suite, SuiteRunner
+from epp.bench.suite import RunOutcome, Suite, SuiteRefused, SuiteRunner
 
 SUITE = Path("bench/suite.yaml")
 RESULTS = Path("bench/results")
@@ -133,7 +133,11 @@ def run_suite(args: argparse.Namespace) -> int:
         workload_seeds=args.workload_seed or [None],
         progress=_progress,
     )
-    outcomes = runner.run()
+    try:
+        outcomes = runner.run()
+    except SuiteRefused as refused:
+        print(f"epp bench run: error: {refused}", file=sys.stderr)
+        return 2
     results = args.results or RESULTS / f"{args.engine}.json"
     save_results(results, outcomes, runner.suite.workload_seeds())
     print(f"{len(outcomes)} runs merged into {results}")

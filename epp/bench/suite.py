@@ -97,6 +97,10 @@ class Suite:
         return {workload.name: workload.seed for workload in self.workloads()}
 
 
+class SuiteRefused(ValueError):
+    """Runs the suite cannot make as asked (the command line's mistake, not a failed run)."""
+
+
 @dataclass(frozen=True)
 class RunKey:
     """One run: `seed` is the routing plugins' random seed (virtual time), `workload_seed` the
@@ -231,11 +235,11 @@ class SuiteRunner:
         if self.engine == "virtual":
             return self._run_virtual()
         if set(self.seeds) != {0}:
-            raise ValueError("routing seeds other than 0 (--seed) apply to virtual time only")
+            raise SuiteRefused("routing seeds other than 0 (--seed) apply to virtual time only")
         named = [w for w in self.suite.workloads() if w.name in self.workloads]
         churning = [w.name for w in named if w.churn is not None]
         if churning:
-            raise ValueError(f"{', '.join(churning)}: workloads with churn run in virtual time only")
+            raise SuiteRefused(f"{', '.join(churning)}: workloads with churn run in virtual time only")
         return asyncio.run(self._run_realtime())
 
     def _run_virtual(self) -> list[RunOutcome]:

@@ -93,3 +93,14 @@ def test_routing_seeds_apply_to_virtual_time_only() -> None:
     runner = SuiteRunner(Suite.load(ROOT / "bench" / "suite.yaml"), engine="realtime", seeds=[0, 1])
     with pytest.raises(ValueError, match=r"routing seeds other than 0 \(--seed\) apply to virtual time only"):
         runner.run()
+
+
+def test_bench_run_refuses_routing_seeds_in_real_time_with_an_error_not_a_traceback(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    argv = ["bench", "run", "--engine", "realtime", "--seed", "1", "--workload", "shared-prefix"]
+    assert main([*argv, "--results", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert "epp bench run: error: routing seeds other than 0 (--seed) apply to virtual time only" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "r.json").exists()
