@@ -1020,6 +1020,9 @@ def _listener(
                             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
                         }
                     ],
+                    # The marks of the gateway's own replies, which ext_proc skips (_skipped_when): a
+                    # model server's answer carrying one would pass the EPP by.
+                    "response_headers_to_remove": [PROTOCOL_ERROR_HEADER, LIMIT_HEADER],
                     **({"typed_per_filter_config": EXT_PROC_ON} if ext_proc else {}),
                 }
             ]

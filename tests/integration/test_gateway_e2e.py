@@ -15,6 +15,7 @@ from epp.stack.envoy import (
     BODY_MODES,
     DEFAULT_ALLOWED_PATHS,
     EPP_UNREACHABLE,
+    LIMIT_HEADER,
     LIMIT_MESSAGES,
     PROTOCOL_ERROR_HEADER,
     EnvoyOptions,
@@ -456,6 +457,50 @@ async def test_a_body_breaking_http1_framing_after_routing_gets_a_json_400(
             break
         await asyncio.sleep(0.02)
     assert await epp_running_requests(shared_stack) == 0
+
+
+async def test_a_model_servers_copy_of_the_gateways_marks_does_not_bypass_the_epp(
+    make_stack: StackFactory,
+) -> None:
+    """ext_proc skips a response carrying the gateway's marks on its own replies (the protocol
+    error's, a limit's). A model server's answer carrying one must still pass through the EPP (its
+    load, usage and response headers; the served endpoint's address kept from the client): the
+    gateway drops an upstream's copies."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text="vllm:num_requests_waiting 0\n")
+
+    async def answer(request: web.Request) -> web.Response:
+        mark = {request.headers["x-test-mark"]: "true"}
+        return web.json_response({"id": "cmpl-1", "object": "text_completion", "choices": []}, headers=mark)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/v1/completions", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = int(runner.addresses[0][1])
+    envoy = EnvoyOptions(listen_port=0, admin_port=0, rate_limit=10_000)  # LIMIT_HEADER's skip too
+    try:
+        async with make_stack("upstream-marks", sims=1, envoy=envoy) as stack:
+            stack.write_endpoints_file([SimEndpoint("marks", "127.0.0.1", port)])
+            body = {"model": MODEL, "prompt": "hi", "max_tokens": 1}
+            async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=10) as client:
+                for mark in (PROTOCOL_ERROR_HEADER, LIMIT_HEADER):
+                    for _ in range(100):  # until the EPP has read the endpoints file
+                        response = await client.post(
+                            "/v1/completions", json=body, headers={"x-test-mark": mark}
+                        )
+                        if response.headers.get("x-epp-destination") == f"127.0.0.1:{port}":
+                            break
+                        await asyncio.sleep(0.05)
+                    assert response.status_code == 200, response.text
+                    assert response.headers.get("x-epp-destination") == f"127.0.0.1:{port}", mark
+                    assert mark not in response.headers
+                    assert "x-gateway-destination-endpoint-served" not in response.headers
+    finally:
+        await runner.cleanup()
 
 
 async def test_an_allowed_path_reaches_the_pool(make_stack: StackFactory) -> None:
