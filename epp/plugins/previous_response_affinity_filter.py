@@ -77,8 +77,9 @@ class PreviousResponseAffinityFilter(
         return [e for e in candidates if e.hostport == hostport] or candidates
 
     def reads_response_body(self, request: InferenceRequest) -> bool:
-        """A Responses API request the model server stores (`store` is true unless false)."""
-        return request.api is ApiKind.RESPONSES and request.body.get("store", True) is not False
+        """A Responses API request the model server stores: `store` true or left out (vLLM stores
+        when it is truthy, so not when false or null)."""
+        return request.api is ApiKind.RESPONSES and request.body.get("store", True) not in (False, None)
 
     def response_headers(
         self, request: InferenceRequest, result: SchedulingResult, metadata: Mapping[str, Mapping[str, Any]]

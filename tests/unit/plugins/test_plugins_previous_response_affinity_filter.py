@@ -74,6 +74,8 @@ def test_what_is_not_stored_is_not_learned_nor_read() -> None:
     b = endpoints(2)[1]
     unstored = responses_request(store=False)
     assert not filter_.reads_response_body(unstored)
+    # vLLM stores only when `store` is truthy: null (an explicit None) stores nothing either.
+    assert not filter_.reads_response_body(responses_request(store=None))
     served(filter_, unstored, b, response_id="resp_1")
     failed = responses_request()  # an error answer carries no response id
     assert filter_.reads_response_body(failed)
