@@ -57,7 +57,7 @@ except ImportError:  # built without a C compiler: the chain below, memoised
     _compiled_cbor_fnv_keys = None  # type: ignore[assignment]
     _common_blocks = None  # type: ignore[assignment]
 
-MAX_KNOWN_TOKENS = 1 << 22  # tokens of the known prompts kept (32 MB of references)
+MAX_KNOWN_TOKENS = 1 << 21  # known prompts' tokens kept: 16 MB of references, and the ints they hold
 
 
 def _cbor_uint(value: int, major: int = 0) -> bytes:
