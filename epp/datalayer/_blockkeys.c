@@ -94,50 +94,10 @@ static PyObject *cbor_fnv_keys(PyObject *Py_UNUSED(module), PyObject *args) {
     return keys;
 }
 
-/* How many leading whole blocks of `block_size` tokens two sequences share: the same objects, or
- * exact ints of the same value (no subclasses, no other numbers: a token the chain would refuse
- * is never matched by value). A prompt sharing a known prompt's leading blocks (a system prompt)
- * reuses their keys instead of hashing them again; `b` is the known prompt, whose every token the
- * chain accepted. Identical objects are not read (a prompt's ids usually are a tokenizer's). */
-static PyObject *common_blocks(PyObject *Py_UNUSED(module), PyObject *args) {
-    PyObject *a_object, *b_object;
-    Py_ssize_t block_size;
-    if (!PyArg_ParseTuple(args, "OOn", &a_object, &b_object, &block_size)) return NULL;
-    if (block_size <= 0) {
-        PyErr_SetString(PyExc_ValueError, "block_size must be positive");
-        return NULL;
-    }
-    PyObject *a = PySequence_Fast(a_object, "tokens must be a sequence of integers");
-    if (a == NULL) return NULL;
-    PyObject *b = PySequence_Fast(b_object, "tokens must be a sequence of integers");
-    if (b == NULL) {
-        Py_DECREF(a);
-        return NULL;
-    }
-    PyObject **x = PySequence_Fast_ITEMS(a), **y = PySequence_Fast_ITEMS(b);
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(a), m = PySequence_Fast_GET_SIZE(b);
-    if (m < n) n = m;
-    Py_ssize_t same = 0;
-    for (; same < n; same++) {
-        PyObject *p = x[same], *q = y[same];
-        if (p == q) continue;
-        if (!PyLong_CheckExact(p) || !PyLong_CheckExact(q)) break;
-        int overflow_p, overflow_q;
-        long long u = PyLong_AsLongLongAndOverflow(p, &overflow_p);
-        long long v = PyLong_AsLongLongAndOverflow(q, &overflow_q);
-        if (overflow_p || overflow_q || u != v) break; /* out of a token's range anyway */
-    }
-    Py_DECREF(a);
-    Py_DECREF(b);
-    return PyLong_FromSsize_t(same / block_size);
-}
-
 static PyMethodDef module_methods[] = {
     {"cbor_fnv_keys", cbor_fnv_keys, METH_VARARGS,
      "cbor_fnv_keys(tokens, block_size, parent): the chained key of each full block of tokens (a "
      "sequence of integers 0..2**32-1): FNV-1a-64 of CBOR [parent, [tokens], null]"},
-    {"common_blocks", common_blocks, METH_VARARGS,
-     "common_blocks(a, b, block_size): how many leading whole blocks a and b hold the same exact ints in"},
     {NULL, NULL, 0, NULL},
 };
 

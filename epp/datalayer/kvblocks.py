@@ -52,12 +52,8 @@ BLOCK_KEYS = "the precise prefix index's block keys"
 
 try:  # the whole `cbor-fnv` chain in C (_blockkeys.c): no memo probe or CBOR join per block
     from epp.datalayer._blockkeys import cbor_fnv_keys as _compiled_cbor_fnv_keys
-    from epp.datalayer._blockkeys import common_blocks as _common_blocks
 except ImportError:  # built without a C compiler: the chain below, memoised
     _compiled_cbor_fnv_keys = None  # type: ignore[assignment]
-    _common_blocks = None  # type: ignore[assignment]
-
-MAX_KNOWN_TOKENS = 1 << 21  # known prompts' tokens kept: 16 MB of references, and the ints they hold
 
 
 def _cbor_uint(value: int, major: int = 0) -> bytes:
@@ -125,10 +121,6 @@ class TokenProcessor:
             warn_python_fallback(BLOCK_KEYS, "about 8x the CPU per prompt's block keys")
         # (parent, chunk) -> key for the Python chain, so a shared prefix is hashed once.
         self._memo: dict[int, int] = {}
-        # (root, first block's tokens) -> the first prompt seen starting so, and its keys: a prompt
-        # sharing its leading blocks (a system prompt) reuses their keys (C chain only)
-        self._known: dict[tuple[int, ...], tuple[tuple[int, ...], tuple[int, ...]]] = {}
-        self._known_tokens = 0
 
     def root(self, model: str) -> int:
         root = self._roots.get(model)
@@ -181,10 +173,6 @@ class TokenProcessor:
                 out.append(prefix)
             return out
         if self._compiled is not None:
-            if type(tokens) is list and count > 1 and (parent is None or parent == self.root(model)):
-                # a prompt, or an engine's store of a prompt's leading blocks: the same key objects
-                # then, so the index's probes of them compare pointers, not values
-                return self._prompt_keys(tokens, prefix, count)
             return self._compiled(tokens, size, prefix)  # full blocks only, read from the list in place
         memo = self._memo
         data = array("I", tokens[: count * size]).tobytes()
@@ -202,29 +190,6 @@ class TokenProcessor:
             prefix = key
             out.append(key)
         return out
-
-    def _prompt_keys(self, tokens: list[int], root: int, count: int) -> list[int]:
-        """A prompt's keys from its model's root, the leading blocks it shares with the first
-        known prompt that starts with the same block reused (a key is a function of its block's
-        tokens and its parent's key alone), the rest hashed on from there. Compiled chain only."""
-        size, compiled = self.block_size, self._compiled
-        assert compiled is not None and _common_blocks is not None
-        tag = (root, *tokens[:size])
-        known = self._known.get(tag)
-        if known is None:
-            keys = compiled(tokens, size, root)
-            if self._known_tokens + count * size > MAX_KNOWN_TOKENS:
-                self._known.clear()
-                self._known_tokens = 0
-            self._known[tag] = (tuple(tokens[: count * size]), tuple(keys))
-            self._known_tokens += count * size
-            return keys
-        known_tokens, known_keys = known
-        same = _common_blocks(tokens, known_tokens, size)
-        keys = list(known_keys[:same])
-        if same < count:
-            keys += compiled(tokens[same * size : count * size], size, keys[-1] if keys else root)
-        return keys
 
 
 BlockExtras = tuple[str, ...] | None

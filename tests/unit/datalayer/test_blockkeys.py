@@ -1,7 +1,7 @@
 """The precise index's `cbor-fnv` keys in C (`_blockkeys.c`) against the Python chain they
 replace: tokens at every CBOR head width (up to 2**32 - 1), parents at the ends of 64 bits, block
 sizes whose CBOR array head is one, two or three bytes, partial trailing blocks, empty prompts;
-the token sequences it reads in place; and prompts reusing a known prompt's leading keys.
+and the token sequences it reads in place.
 Skipped when the extension is not built."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 pytest.importorskip("epp.datalayer._blockkeys")
 
-from epp.datalayer._blockkeys import cbor_fnv_keys, common_blocks
+from epp.datalayer._blockkeys import cbor_fnv_keys
 from epp.datalayer.kvblocks import TokenProcessor
 
 EDGES = [0, 1, 23, 24, 255, 256, 65535, 65536, 2**32 - 1]
@@ -83,51 +83,3 @@ def test_a_huge_block_size_yields_no_key_and_reads_nothing_past_the_data() -> No
         cbor_fnv_keys([], 2**63, 0)
     with pytest.raises(TypeError):
         cbor_fnv_keys([], 1, 1.0)
-
-
-def test_common_blocks_counts_whole_blocks_of_the_same_ints() -> None:
-    """Identical objects, or exact ints of one value; other numbers equal to an int never match,
-    so a token the chain refuses is never reused past."""
-    assert common_blocks([1, 2, 3, 4, 5], [1, 2, 3, 4, 6], 2) == 2
-    assert common_blocks([1, 2, 3], [1, 2, 3, 4, 5, 6], 2) == 1
-    assert common_blocks([int("70000"), 2], [70000, 2], 1) == 2  # equal values, distinct objects
-    assert common_blocks([1.0, 2], [1, 2], 1) == 0
-    assert common_blocks([True, 2], [1, 2], 1) == 0
-    assert common_blocks([2**70 + 1], [2**70 + 2], 1) == 0
-    assert common_blocks([], [1], 3) == 0
-    with pytest.raises(ValueError, match="block_size must be positive"):
-        common_blocks([1], [1], 0)
-    with pytest.raises(TypeError, match="sequence of integers"):
-        common_blocks(5, [1], 1)
-
-
-prompts = st.lists(st.integers(0, 2**32 - 1), min_size=4, max_size=60)
-
-
-@settings(max_examples=300, deadline=None)
-@given(prompts, st.lists(st.tuples(st.integers(0, 60), prompts), max_size=6), st.sampled_from([1, 2, 3, 4]))
-def test_prompts_reusing_known_keys_get_the_chains_keys(
-    shared: list[int], variants: list[tuple[int, list[int]]], size: int
-) -> None:
-    """Prompts that share a first block with a known prompt, for some or all of its blocks (the
-    same int objects or equal ones), get the keys the chain gives them from the root; an engine's
-    store at the root the same; a chain on another parent is not reused."""
-    memo, python = TokenProcessor(size), TokenProcessor(size, compiled=False)
-    root = memo.root("model")
-    for keep, tail in [(len(shared), []), *variants]:
-        prompt = shared[:keep] + tail
-        copied = [int(str(token)) for token in prompt]
-        for tokens in (prompt, copied):
-            assert memo.keys(tokens, "model") == python.keys(tokens, "model")
-            assert memo.keys(tokens, "model", root) == python.keys(tokens, "model")
-            assert memo.keys(tokens, "model", 5) == python.keys(tokens, "model", 5)
-    with pytest.raises(TypeError):  # a bad token after the known ones: refused as the chain refuses it
-        memo.keys([*shared[:size], 1.5, *[0] * (size - 1)], "model")
-
-
-def test_known_prompts_are_bounded_by_their_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("epp.datalayer.kvblocks.MAX_KNOWN_TOKENS", 8)
-    processor = TokenProcessor(2)
-    for first in range(5):
-        processor.keys([first, 0, 1, 2, 3, 4], "model")
-    assert processor._known_tokens <= 8 and len(processor._known) <= 2
