@@ -28,7 +28,7 @@ def on_stop_signal(callback: Callable[[], None]) -> None:
         loop.add_signal_handler(sig, callback)
 
 
-def die_with_parent() -> Callable[[], None] | None:
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
     """A `preexec_fn` for a child that must not outlive this process, even killed with SIGKILL
     (which runs no cleanup here): on Linux the child gets SIGTERM when its parent dies, and stops
     as it does on Ctrl-C (its own children with it). None elsewhere (no such signal).
@@ -37,15 +37,26 @@ def die_with_parent() -> Callable[[], None] | None:
     that lives as long as the process (asyncio spawns on its loop's thread). `preexec_fn` runs
     Python in the forked child, which can deadlock on a lock another thread held at the fork: this
     one only calls a prctl bound before the fork (no import, no logging, no allocation through
-    locks of ours). If the parent died before the prctl, the child exits at once."""
+    locks of ours). If the parent died before the prctl, the child exits at once.
+
+    A prctl that fails (a seccomp profile that denies it: EPERM) is said on the child's stderr and
+    the child runs anyway: only the SIGKILL case is lost (a parent that stops normally still stops
+    its children), and refusing would leave `epp run` and `--workers` unable to start at all where
+    a sandbox forbids the call. `sig`: the signal the child gets (SIGTERM)."""
     if not sys.platform.startswith("linux"):
         return None
     prctl = ctypes.CDLL(None, use_errno=True).prctl
     parent = os.getpid()
-    term = int(signal.SIGTERM)
+    signum = int(sig)
 
     def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, term, 0, 0, 0)
+        if prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+            error = os.strerror(ctypes.get_errno())
+            os.write(
+                2,
+                f"epp: prctl(PR_SET_PDEATHSIG, {signum}) failed ({error}): this process will not "
+                "stop if its parent is killed with SIGKILL\n".encode(),
+            )
         if os.getppid() != parent:
             os._exit(1)
 

@@ -11,6 +11,9 @@ its pod's primary port). Pins live in a bounded table (`maxEntries`, least recen
 dropped first; `ttlSeconds`), as session-affinity's sessions do, keyed by a 64-bit digest of the
 id (however long the client's id, 8 bytes; and what active-active replicas share: each pin is a
 route, `RouteLearner`, so a follow-up reaching another replica or `--workers` process finds it).
+Requests that end at their headers and name a response by its id (GET /v1/responses/{id}, how a
+background response is polled, and POST /v1/responses/{id}/cancel) go to its endpoint too
+(`BodylessRouter`); an id not pinned goes to any ready endpoint, as every bodyless request.
 A response whose endpoint is no longer a candidate (gone, unready, filtered out before) leaves
 every candidate: the request is scheduled as any other and the model server it reaches answers
 it (vLLM's 404, unless it holds the response), rather than the EPP refusing it."""
@@ -29,6 +32,7 @@ from epp.headers import LB_NAMESPACE, SERVED_KEY
 from epp.requestcontrol import (
     RESPONSE_ID,
     SERVED_ENDPOINT,
+    BodylessRouter,
     ResponseBodyReader,
     ResponseComplete,
     ResponseHeaderProcessor,
@@ -49,6 +53,17 @@ def response_key(response_id: str) -> int:
     return xxhash.xxh3_64_intdigest(response_id.encode(errors="surrogatepass"))
 
 
+def addressed_response_id(path: str) -> str | None:
+    """The id a bodyless Responses API call names: GET (or DELETE) /v1/responses/{id}, or
+    POST /v1/responses/{id}/cancel."""
+    parts = path.split("?", 1)[0].rstrip("/").split("/")
+    if len(parts) >= 4 and parts[-2] == "responses" and parts[-1]:
+        return parts[-1]
+    if len(parts) >= 5 and parts[-3] == "responses" and parts[-1] == "cancel" and parts[-2]:
+        return parts[-2]
+    return None
+
+
 def previous_response_id(request: InferenceRequest) -> str | None:
     value = request.body.get("previous_response_id") if request.api is ApiKind.RESPONSES else None
     return value if isinstance(value, str) and value else None
@@ -56,7 +71,7 @@ def previous_response_id(request: InferenceRequest) -> str | None:
 
 @register
 class PreviousResponseAffinityFilter(
-    Plugin, Filter, ResponseBodyReader, ResponseHeaderProcessor, ResponseComplete
+    Plugin, Filter, BodylessRouter, ResponseBodyReader, ResponseHeaderProcessor, ResponseComplete
 ):
     type_name = "previous-response-affinity-filter"
     Params = PreviousResponseAffinityParams
@@ -75,6 +90,15 @@ class PreviousResponseAffinityFilter(
         if hostport is None:
             return candidates
         return [e for e in candidates if e.hostport == hostport] or candidates
+
+    def bodyless_target(self, request: InferenceRequest, endpoints: Sequence[Endpoint]) -> Endpoint | None:
+        """A background response's polling (GET /v1/responses/{id}) and its cancel go where it was
+        made: vLLM holds it in that process only."""
+        response_id = addressed_response_id(request.path)
+        hostport = self.pins.get(response_key(response_id)) if response_id is not None else None
+        if hostport is None:
+            return None
+        return next((e for e in endpoints if e.hostport == hostport), None)
 
     def reads_response_body(self, request: InferenceRequest) -> bool:
         """A Responses API request the model server stores: `store` true or left out (vLLM stores

@@ -22,7 +22,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,24 +65,33 @@ def strip_flags(argv: Sequence[str], flags: Sequence[str], switches: Sequence[st
     return kept
 
 
-def free_port(host: str) -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def free_port_run(host: str, count: int, attempts: int = 100) -> int:
-    """The first of `count` consecutive ports free on `host` now."""
+def free_port(host: str, exclude: Collection[int] = (), attempts: int = 100) -> int:
+    """A port free on `host` now, other than `exclude` (ports already chosen, not yet bound)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _ in range(attempts):
+        with socket.socket(family) as s:
+            s.bind((host, 0))
+            port: int = s.getsockname()[1]
+        if port not in exclude:
+            return port
+    raise OSError(f"no free port on {host} outside {sorted(exclude)} in {attempts} attempts")
+
+
+def free_port_run(host: str, count: int, attempts: int = 100, exclude: Collection[int] = ()) -> int:
+    """The first of `count` consecutive ports free on `host` now, none of them in `exclude`
+    (ports already chosen but not yet bound, which a bind test would find free): from a free
+    port, the run starts past the last excluded port it would include."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    excluded = set(exclude)
+    for _ in range(attempts):
         first = free_port(host)
+        while taken := [port for port in range(first, first + count) if port in excluded]:
+            first = taken[-1] + 1
         if first + count - 1 > 65535:
             continue
         with contextlib.ExitStack() as held:
             try:
-                for port in range(first + 1, first + count):
+                for port in range(first, first + count):
                     s = held.enter_context(socket.socket(family))
                     s.bind((host, port))
             except OSError:
@@ -113,9 +122,11 @@ class Supervisor:
             "127.0.0.1" if plan.host in ("0.0.0.0", "") else "::1" if plan.host == "::" else plan.host
         )
         self.grpc_port = plan.grpc_port or free_port(probe_host)
-        self.health_port = plan.health_port or free_port(probe_host)
+        self.health_port = plan.health_port or free_port(probe_host, exclude=(self.grpc_port,))
         # Worker i's, kept across its restarts: the ready file and the live views name them.
-        self.metrics_port = plan.metrics_port or free_port_run(probe_host, plan.workers)
+        self.metrics_port = plan.metrics_port or free_port_run(
+            probe_host, plan.workers, exclude=(self.grpc_port, self.health_port)
+        )
         self.processes: list[asyncio.subprocess.Process | None] = [None] * plan.workers
         self.restarts = 0
         self._dir = tempfile.TemporaryDirectory(prefix="epp-workers-")

@@ -412,8 +412,10 @@ class Director:
         return parsed
 
     def handle_bodyless(self, headers: dict[str, str], subset: Sequence[str] | None) -> RoutedRequest:
-        """Requests that end at their headers (GET /v1/models): any ready endpoint, uniformly. A
-        POST to an inference API without a body is the client's mistake: 400, not a model server's."""
+        """Requests that end at their headers (GET /v1/models): any ready endpoint, uniformly,
+        unless a BodylessRouter plugin knows the one it must reach (GET /v1/responses/{id}: the
+        replica holding that response). A POST to an inference API without a body is the
+        client's mistake: 400, not a model server's."""
         path = headers.get(":path", "")
         if headers.get(":method") == "POST" and api_kind(path) is not ApiKind.OTHER:
             raise self.refuse(ErrorCode.BAD_REQUEST, "error unmarshaling request body: the body is empty")
@@ -427,7 +429,7 @@ class Director:
         endpoints = self.datastore.ready_endpoints()
         if not endpoints:
             raise self.refuse(ErrorCode.SERVICE_UNAVAILABLE, "no ready endpoints in the pool")
-        chosen = self._rng.choice(endpoints)
+        chosen = self.hooks.bodyless_target(request, endpoints) or self._rng.choice(endpoints)
         return RoutedRequest(self, request, SchedulingResult({"default": ProfileResult([chosen])}, "default"))
 
     def refuse(self, code: ErrorCode, message: str) -> RequestError:

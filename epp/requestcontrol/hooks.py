@@ -108,6 +108,15 @@ class ResponseBodyReader(Extension):
     def reads_response_body(self, request: InferenceRequest) -> bool: ...
 
 
+class BodylessRouter(Extension):
+    """Knows where some requests that end at their headers must go (GET /v1/responses/{id} and
+    its cancel: the replica holding that response); the others go to any ready endpoint."""
+
+    @abstractmethod
+    def bodyless_target(self, request: InferenceRequest, endpoints: Sequence[Endpoint]) -> Endpoint | None:
+        """The endpoint among `endpoints` this request must reach, or None: no preference."""
+
+
 class ResponseBodyProcessor(Extension):
     @abstractmethod
     def response_body_done(
@@ -205,6 +214,7 @@ class RequestControlHooks:
         self._response_streaming = timed(ResponseStreaming, timing.RESPONSE_STREAMING)
         self._response_body = timed(ResponseBodyProcessor, timing.RESPONSE_COMPLETE)
         self._body_readers = [p for p in plugins if isinstance(p, ResponseBodyReader)]
+        self._bodyless_routers = [p for p in plugins if isinstance(p, BodylessRouter)]
         self._response_complete = timed(ResponseComplete, timing.RESPONSE_COMPLETE)
 
     def request_headers(self, request: InferenceRequest) -> None:
@@ -260,6 +270,14 @@ class RequestControlHooks:
         return bool(self._response_streaming) or any(
             p.reads_response_body(request) for p in self._body_readers
         )
+
+    def bodyless_target(self, request: InferenceRequest, endpoints: Sequence[Endpoint]) -> Endpoint | None:
+        """The first BodylessRouter's endpoint for a request without a body, if one names one."""
+        for plugin in self._bodyless_routers:
+            target = plugin.bodyless_target(request, endpoints)
+            if target is not None:
+                return target
+        return None
 
     def response_streaming(self, request: InferenceRequest, result: SchedulingResult, chunk: bytes) -> None:
         """Each plugin hears every chunk even if one before it fails (it may act on the first)."""

@@ -6,8 +6,9 @@ routing decision pins it.
 (base64 of the endpoint's `namespace/name`); stateless.
 `session_id`: the client sends an opaque session id (a header, or an attribute a producer
 published); the EPP remembers session -> endpoint until `evictionTtlSeconds` pass without a
-request of that session. As llm-d's: a binding moves to another endpoint only when its endpoint
-was not among this plugin's candidates for the request; otherwise it stays put."""
+request of that session, at most `maxEntries` sessions (ours; llm-d's table has no cap). As
+llm-d's: a binding moves to another endpoint only when its endpoint was not among this plugin's
+candidates for the request; otherwise it stays put."""
 
 from __future__ import annotations
 
@@ -50,6 +51,9 @@ class SessionIdConfig(PluginParams):
     )
     eviction_ttl_seconds: float = Field(default=300, gt=0)
     eviction_sweep_seconds: float = Field(default=10, gt=0)
+    # Ours (llm-d bounds its table by the TTL alone): sessions kept at most; past it the least
+    # recently pinned lose their pin first, so unique session ids cannot grow it without bound.
+    max_entries: int = Field(default=100_000, ge=1)
 
 
 class SessionAffinityParams(PluginParams):
@@ -129,7 +133,9 @@ class SessionPins:
         ]
         self.ttl = config.eviction_ttl_seconds
         # session id -> endpoint id
-        self.sessions: PinTable[str] = PinTable(self.ttl, config.eviction_sweep_seconds, clock)
+        self.sessions: PinTable[str] = PinTable(
+            self.ttl, config.eviction_sweep_seconds, clock, config.max_entries
+        )
         # Requests whose session's endpoint was missing from the candidates, when seen: only
         # those may move their session to the endpoint they end up on.
         self._unavailable: dict[str, float] = {}

@@ -85,6 +85,7 @@ class Conversation:
     input: list[Turn]
     previous_response_id: str | None
     store: bool  # keep the response for a follow-up naming it
+    background: bool = False  # answer `queued` at once; the response is polled by its id
     history: list[Turn] = field(default_factory=list)  # the previous response's conversation
 
     def turns(self) -> list[Turn]:
@@ -149,12 +150,25 @@ def parse_responses(body: dict[str, Any]) -> Generation:
     store = body.get("store", True)
     if store is not None and not isinstance(store, bool):
         raise ApiError(400, "'store' must be a boolean", "store")
+    background = body.get("background", False)
+    if background is not None and not isinstance(background, bool):
+        raise ApiError(400, "'background' must be a boolean", "background")
+    if background and not store:
+        raise ApiError(400, "background can only be used when `store` is true", "background")
+    if background and body.get("stream") is True:
+        raise ApiError(
+            400,
+            "epp sim does not simulate streamed background responses (background with stream); "
+            "send one of them",
+            "stream",
+        )
     conversation = Conversation(
         response_id=_optional_str(body, "request_id") or f"resp_{uuid.uuid4().hex}",
         instructions=body["instructions"] if isinstance(body.get("instructions"), str) else None,
         input=turns,
         previous_response_id=_optional_str(body, "previous_response_id"),
         store=bool(store),
+        background=bool(background),
     )
     gen = _generation(
         "responses", body, [tokenize(render_chat(conversation.turns()))], "max_output_tokens", None
@@ -390,6 +404,20 @@ def responses_body(
     if kv is not None:
         body["kv_transfer_params"] = kv
     return body
+
+
+def queued_responses_body(rid: str, created: int, model: str) -> dict[str, Any]:
+    """A background response as vLLM answers its creation: queued, no output yet."""
+    return {
+        "id": rid,
+        "object": "response",
+        "created_at": created,
+        "model": model,
+        "status": "queued",
+        "incomplete_details": None,
+        "output": [],
+        "usage": None,
+    }
 
 
 def completion_chunk(rid: str, created: int, model: str, choice: Choice) -> dict[str, Any]:

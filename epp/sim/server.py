@@ -7,6 +7,7 @@ it (``x-inference-pod``/``-port``/``-host``) so tests and benchmarks can see whe
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
@@ -29,6 +30,7 @@ from epp.sim.metrics import CONTENT_TYPE, build_registry, render
 from epp.sim.openai_api import (
     EMBEDDING_DIMENSIONS,
     ApiError,
+    Conversation,
     Generation,
     continue_conversation,
     output_length,
@@ -36,6 +38,7 @@ from epp.sim.openai_api import (
     parse_completion,
     parse_embedding_input,
     parse_responses,
+    queued_responses_body,
     render_body,
     tokenize_body,
 )
@@ -54,6 +57,7 @@ from epp.sim.sequences import OutputSequence, SequenceGroup
 from epp.sim.sse import stream_error, stream_response
 from epp.sim.stored_responses import ResponseStore
 from epp.sim.tokens import sequence_seed
+from epp.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +121,7 @@ class SimServer:
         self._metrics = build_registry(self.engine, config.model)
         self._ids = itertools.count()
         self.stored_responses = ResponseStore()
+        self._background: dict[str, asyncio.Task[None]] = {}  # background responses generating
         self._created = int(time.time())
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -166,6 +171,7 @@ class SimServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await cancel_and_wait(*self._background.values())
         await self.driver.stop()
         if self._session is not None:
             await self._session.close()
@@ -181,6 +187,8 @@ class SimServer:
         app.router.add_post("/v1/completions", self._handler(parse_completion))
         app.router.add_post("/v1/chat/completions", self._handler(parse_chat))
         app.router.add_post("/v1/responses", self._handler(parse_responses))
+        app.router.add_get("/v1/responses/{response_id}", self._retrieve_response)
+        app.router.add_post("/v1/responses/{response_id}/cancel", self._cancel_response)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_post("/v1/completions/render", self._render_completion)
         app.router.add_post("/v1/chat/completions/render", self._render_chat)
@@ -246,21 +254,55 @@ class SimServer:
         ]
         group = SequenceGroup(sequences, gen.n)
         self._submit(group)
+        if conversation is not None and conversation.background:
+            return self._run_in_background(gen, conversation, group)
         try:
             if role.remote is not None and not await self._pulled(role.remote, group):
                 failed = ApiError(500, "Internal server error")  # vLLM's answer to a failed generation
                 return await stream_error(http, failed) if gen.stream else error_response(failed)
             if gen.stream:
                 response = await stream_response(http, gen, group)
-                self._store_response(gen, group)
+                self._store_response(gen, group, generation_body(gen, group, None))
                 return response
             await group.wait_finished()
             kv = self._prefill_params(group) if role.prefill_leg else None
             body = generation_body(gen, group, kv)
-            self._store_response(gen, group)
+            self._store_response(gen, group, body)
             return json_response(body)
         finally:
             group.abort_unfinished(self.driver)
+
+    def _run_in_background(
+        self, gen: Generation, conversation: Conversation, group: SequenceGroup
+    ) -> web.Response:
+        """vLLM's background mode: answer `queued` now and store the response when it finishes;
+        until then a follow-up continues its input alone (vLLM: its messages, no output yet)."""
+        queued = queued_responses_body(conversation.response_id, int(time.time()), gen.model)
+        turns = [t for t in conversation.turns() if t[0] != "system"]
+        self.stored_responses.keep(conversation.response_id, turns, queued)
+        task = asyncio.create_task(self._finish_in_background(gen, group))
+        self._background[conversation.response_id] = task
+        task.add_done_callback(lambda _: self._background.pop(conversation.response_id, None))
+        return json_response(dict(queued))
+
+    async def _finish_in_background(self, gen: Generation, group: SequenceGroup) -> None:
+        try:
+            await group.wait_finished()
+            self._store_response(gen, group, generation_body(gen, group, None))
+        finally:
+            group.abort_unfinished(self.driver)
+
+    async def _retrieve_response(self, request: web.Request) -> web.Response:
+        return json_response(self.stored_responses.retrieve(request.match_info["response_id"]))
+
+    async def _cancel_response(self, request: web.Request) -> web.Response:
+        """vLLM's cancel: a running background response becomes `cancelled` and stops generating."""
+        response_id = request.match_info["response_id"]
+        body = dict(self.stored_responses.cancel(response_id))
+        task = self._background.get(response_id)
+        if task is not None:
+            await cancel_and_wait(task)
+        return json_response(body)
 
     async def _pulled(self, remote: RemoteBlocks, group: SequenceGroup) -> bool:
         """Read a decode leg's KV from its prefill server. When that fails, vLLM's
@@ -280,12 +322,13 @@ class SimServer:
                 self.driver.recompute_locally(seq.request)
         return True
 
-    def _store_response(self, gen: Generation, group: SequenceGroup) -> None:
-        """Keep a finished Responses API answer for follow-ups (not one cut short by its client)."""
+    def _store_response(self, gen: Generation, group: SequenceGroup, body: dict[str, Any]) -> None:
+        """Keep a finished Responses API answer for follow-ups and retrieval (not one cut short
+        by its client)."""
         conversation = gen.conversation
         if conversation is not None and conversation.store and group.finished():
             text = group.sequences[0].text()
-            self.stored_responses.keep(conversation.response_id, conversation.stored(text))
+            self.stored_responses.keep(conversation.response_id, conversation.stored(text), body)
 
     def _check_sequences(self, gen: Generation) -> None:
         """Refuse, before a single one is built, more sequences (one engine request per prompt and

@@ -12,7 +12,7 @@ from epp import gieflags
 from epp.params.flagtypes import number_in_range
 from epp.signals import stop_event
 from epp.stack.envoy import BODY_MODES, DEFAULT_ALLOWED_PATHS, FAILURE_MODES, EnvoyOptions, check_path_prefix
-from epp.stack.processes import ProcessFailed, RestartBackoff
+from epp.stack.processes import EnvoyDidNotSeeEpp, ProcessFailed, RestartBackoff
 from epp.stack.stack import PREFILL, Stack, StackConfig
 
 PD_SAMPLE_CONFIG = Path(__file__).parents[1] / "config" / "samples" / "sim-pd-epp-config.yaml"
@@ -332,6 +332,16 @@ async def _restart_epp(stack: Stack, backoff: RestartBackoff, stop: asyncio.Even
         return
     try:
         await stack.restart_epp()
+    except EnvoyDidNotSeeEpp as exc:
+        # The EPP runs (no restart follows): what failed is Envoy's check of it.
+        envoy_log = stack.envoy.log_path if stack.envoy is not None else "run/"
+        print(
+            f"the EPP runs again (restart {backoff.restarts + 1}), but Envoy did not find it healthy: new "
+            f"requests get 503 until it does (Envoy's log {envoy_log}): {exc}",
+            flush=True,
+        )
+        backoff.started()
+        return
     except ProcessFailed as exc:
         print(f"the EPP did not come back: {exc}", flush=True)
         return

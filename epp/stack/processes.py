@@ -55,6 +55,11 @@ class ProcessFailed(RuntimeError):
     """A child exited or never became ready; the message carries the tail of its log."""
 
 
+class EnvoyDidNotSeeEpp(ProcessFailed):
+    """A restarted EPP runs and is ready, but Envoy did not find it healthy in time: new requests
+    get the gateway's 503 until it does."""
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))

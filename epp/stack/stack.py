@@ -24,7 +24,14 @@ import yaml
 
 from epp.replicas.local_redis import LocalRedis, free_port
 from epp.stack.envoy import EnvoyOptions, render_bootstrap
-from epp.stack.processes import ManagedProcess, epp_command, ready_file_probe, wait_until
+from epp.stack.processes import (
+    EnvoyDidNotSeeEpp,
+    ManagedProcess,
+    ProcessFailed,
+    epp_command,
+    ready_file_probe,
+    wait_until,
+)
 from epp.tls import CERT_FILE, KEY_FILE, Authority
 
 STARTUP_TIMEOUT = 60.0
@@ -471,13 +478,19 @@ class Stack:
         Streams Envoy had routed go on meanwhile (the bootstrap fails open); new requests get 503
         until it returns: its ready file, then Envoy's next health check of it (with several
         connections or replicas, Envoy checks the EPP's hosts every 0.5 s and routes to none it
-        found down), so the first requests after this returns are routed."""
+        found down), so the first requests after this returns are routed. Raises ProcessFailed when
+        the EPP does not come back, EnvoyDidNotSeeEpp when it runs but Envoy's check of it timed out."""
         await self.stop_epp()
         await self.start_epp()
         if self.envoy is not None and self.envoy.running:
-            await wait_until(
-                self.envoy_sees_the_epp, "Envoy to find the EPP healthy", STARTUP_TIMEOUT, self.epps
-            )
+            try:
+                await wait_until(
+                    self.envoy_sees_the_epp, "Envoy to find the EPP healthy", STARTUP_TIMEOUT, self.epps
+                )
+            except ProcessFailed as exc:
+                if all(epp.running for epp in self.epps):
+                    raise EnvoyDidNotSeeEpp(str(exc)) from exc
+                raise
 
     async def envoy_sees_the_epp(self) -> bool | None:
         """True once every host of Envoy's EPP cluster is healthy (checked, not ejected)."""

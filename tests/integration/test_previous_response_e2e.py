@@ -109,3 +109,42 @@ async def test_worker_processes_share_the_pins(make_stack: StackFactory) -> None
             )
             assert response.status_code == 200, (turn, response.text)
             assert response.headers["x-inference-pod"] == first.headers["x-inference-pod"], turn
+
+
+POLLS = 30
+
+
+@pytest.mark.parametrize("body_mode", BODY_MODES)
+async def test_background_responses_are_polled_and_cancelled_where_they_were_made(
+    make_stack: StackFactory, body_mode: str
+) -> None:
+    """GET /v1/responses/{id} and POST /v1/responses/{id}/cancel end at their headers: the EPP
+    routes them to the replica holding the response (any other answers vLLM's 404). Without the
+    pin each poll would land on one of 3 simulators at random: 30 polls on the right one by chance
+    has probability 3**-30."""
+    envoy = EnvoyOptions(listen_port=0, admin_port=0, body_mode=body_mode)
+    stack_context = make_stack("background", envoy=envoy, epp_args=["--config-text", WITH_AFFINITY])
+    async with stack_context as stack, httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client:
+        created, response_id = await respond(
+            client, stream=False, input="Where do rivers start?", background=True
+        )
+        assert created.status_code == 200 and created.json()["status"] == "queued", created.text
+        pod = created.headers["x-inference-pod"]
+        statuses = []
+        for _ in range(POLLS):
+            polled = await client.get(f"/v1/responses/{response_id}")
+            assert polled.status_code == 200, polled.text
+            assert polled.headers["x-inference-pod"] == pod
+            statuses.append(polled.json()["status"])
+        running, running_id = await respond(
+            client, stream=False, input="And lakes?", background=True, max_output_tokens=2000
+        )
+        assert running.status_code == 200, running.text
+        cancelled = await client.post(f"/v1/responses/{running_id}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["status"] == "cancelled"
+        assert cancelled.headers["x-inference-pod"] == running.headers["x-inference-pod"]
+        # An id no replica pinned goes anywhere, as before: vLLM's 404.
+        unknown = await client.get("/v1/responses/resp_unknown")
+        assert unknown.status_code == 404
+        assert unknown.json()["message"] == "Response with id 'resp_unknown' not found."

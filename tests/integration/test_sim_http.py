@@ -524,6 +524,54 @@ async def test_a_follow_up_continues_a_stored_response_on_its_server_only(
     assert status == 400 and error["param"] == "previous_response_id"
 
 
+async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
+    async with http.get(url) as response:
+        return response.status, await response.json(content_type=None)
+
+
+async def test_background_responses_are_polled_and_cancelled_as_in_vllm(
+    cluster: SimCluster, http: aiohttp.ClientSession
+) -> None:
+    """`background: true` answers `queued` at once; GET /v1/responses/{id} returns the stored
+    response (its final status once generated); POST .../cancel cancels a running one and is vLLM's 400
+    for a finished one; another server knows neither id (404)."""
+    url, other = base(cluster, 0), base(cluster, 1)
+    body = {"model": MODEL, "input": "Tell me about rivers", "max_output_tokens": 3, "ignore_eos": True}
+    status, _, queued = await post(http, url + "/v1/responses", {**body, "background": True})
+    assert status == 200 and queued["status"] == "queued" and queued["output"] == [], queued
+    response_id = queued["id"]
+
+    async def generated() -> bool:
+        status, stored = await get(http, f"{url}/v1/responses/{response_id}")
+        assert status == 200, stored
+        return bool(stored["status"] != "queued")
+
+    await poll(generated)
+    status, stored = await get(http, f"{url}/v1/responses/{response_id}")
+    assert stored["id"] == response_id and stored["usage"]["output_tokens"] == 3
+    assert stored["status"] == "incomplete"  # at max_output_tokens, as vLLM says
+    assert stored["output"][0]["content"][0]["text"]
+    status, error = await get(http, f"{other}/v1/responses/{response_id}")
+    assert status == 404 and error["message"] == f"Response with id '{response_id}' not found."
+    status, _, error = await post(http, f"{url}/v1/responses/{response_id}/cancel", None)
+    assert status == 400 and error["message"] == "Cannot cancel a synchronous response.", error
+    # A plain stored response is retrieved too.
+    status, _, plain = await post(http, url + "/v1/responses", body)
+    assert (await get(http, f"{url}/v1/responses/{plain['id']}")) == (200, plain)
+
+    long = {**body, "max_output_tokens": 2000, "background": True}
+    status, _, running = await post(http, url + "/v1/responses", long)
+    assert status == 200, running
+    status, _, cancelled = await post(http, f"{url}/v1/responses/{running['id']}/cancel", None)
+    assert status == 200 and cancelled["status"] == "cancelled", cancelled
+    assert (await get(http, f"{url}/v1/responses/{running['id']}"))[1]["status"] == "cancelled"
+    assert (await stats(http, url))["running"] == 0
+    status, _, error = await post(http, f"{other}/v1/responses/{running['id']}/cancel", None)
+    assert status == 404 and error["param"] == "response_id"
+    status, _, error = await post(http, url + "/v1/responses", {**body, "background": True, "store": False})
+    assert status == 400 and error["message"] == "background can only be used when `store` is true"
+
+
 async def test_logprobs_in_vllms_shapes_streamed_or_not(
     cluster: SimCluster, http: aiohttp.ClientSession
 ) -> None:

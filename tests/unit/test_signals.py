@@ -54,3 +54,21 @@ def test_a_child_ends_with_its_parent_killed_with_sigkill() -> None:
 def test_nothing_to_set_outside_linux(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "platform", "darwin")
     assert die_with_parent() is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_prctl_that_fails_is_said_and_the_child_runs_anyway() -> None:
+    """A signal prctl refuses (EINVAL here; a seccomp profile's EPERM alike): the child says so on
+    its stderr and runs its program (refusing would stop `epp run` wherever prctl is denied)."""
+    child = subprocess.run(
+        ["sh", "-c", "echo started"],
+        preexec_fn=die_with_parent(1000),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert child.returncode == 0 and child.stdout == "started\n"
+    assert child.stderr == (
+        "epp: prctl(PR_SET_PDEATHSIG, 1000) failed (Invalid argument): this process will not stop "
+        "if its parent is killed with SIGKILL\n"
+    )

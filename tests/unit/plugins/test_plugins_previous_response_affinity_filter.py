@@ -152,3 +152,48 @@ def test_a_data_parallel_rank_is_pinned_not_the_pods_primary_port() -> None:
     rank0, rank1 = store.get("rank0"), store.get("rank1")
     assert rank0 is not None and rank1 is not None
     assert filter_.filter(responses_request(previous_response_id="resp_1"), [rank0, rank1]) == [rank1]
+
+
+def test_a_response_is_polled_and_cancelled_where_it_was_made() -> None:
+    """GET /v1/responses/{id} and POST .../cancel end at their headers: the director asks the
+    filter (a BodylessRouter) for the endpoint pinned for that id; any other id, path or an
+    endpoint no longer ready: any ready endpoint, as for every bodyless request."""
+    store = Datastore()
+    store.synced = True
+    for i in range(8):
+        store.upsert(EndpointSpec(name=f"s{i}", address=f"10.0.0.{i}", port=8000))
+    director, components = build_director(load_config(WITH_FILTER), store, PluginContext())
+    filter_ = components.plugins["previous"]
+    assert isinstance(filter_, PreviousResponseAffinityFilter)
+    held = store.get("s5")
+    assert held is not None
+    served(filter_, responses_request(), held, response_id="resp_1")
+    for path, method in [
+        ("/v1/responses/resp_1", "GET"),
+        ("/v1/responses/resp_1?stream=false", "GET"),
+        ("/v1/responses/resp_1/cancel", "POST"),
+        ("/v1/responses/resp_1/", "DELETE"),
+    ] * 8:
+        routed = director.handle_bodyless({":path": path, ":method": method}, None)
+        assert routed.destination == held.hostport, path
+        routed.finish()
+    spread = set()
+    for path in ["/v1/responses/resp_2", "/v1/responses", "/v1/responses/resp_1/input_items"] * 16:
+        routed = director.handle_bodyless({":path": path, ":method": "GET"}, None)
+        spread.add(routed.destination)
+        routed.finish()
+    assert len(spread) > 1
+    store.remove("s5")
+    routed = director.handle_bodyless({":path": "/v1/responses/resp_1", ":method": "GET"}, None)
+    assert routed.destination != held.hostport
+
+
+WITH_FILTER = """
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- {type: previous-response-affinity-filter, name: previous}
+- {type: random-picker}
+schedulingProfiles:
+- {name: default, plugins: [{pluginRef: previous}, {pluginRef: random-picker}]}
+"""

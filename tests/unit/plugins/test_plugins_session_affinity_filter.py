@@ -87,6 +87,34 @@ def test_ttl_and_sweep_take_fractions_of_seconds() -> None:
     assert list(filter_.pins.sessions.entries) == ["other"]
 
 
+UNIQUE_SESSIONS = 200_000
+
+
+@pytest.mark.parametrize("cls", [SessionAffinityFilter, SessionAffinityScorer])
+def test_unique_session_ids_cannot_grow_the_table_past_max_entries(cls: type) -> None:
+    """A client sending a new session id per request grew llm-d's table to rate x TTL: ours
+    stops at `maxEntries` (default 100,000), dropping the least recently pinned sessions; the
+    newest stay pinned."""
+    a, b = endpoints(2)
+    default = session_plugin(cls, FakeClock()).pins
+    capped = session_plugin(cls, FakeClock(), maxEntries=1_000).pins
+    for i in range(UNIQUE_SESSIONS):
+        req = request(headers={"x-session-id": f"s{i}"})
+        default.record(req, result(b))
+        if i % 100 == 0:
+            capped.record(req, result(b))
+    assert len(default.sessions.entries) == 100_000
+    assert len(capped.sessions.entries) == 1_000
+    newest = request(headers={"x-session-id": f"s{UNIQUE_SESSIONS - 1}"})
+    assert default.choose(newest, [a, b]) is b
+    assert default.choose(request(headers={"x-session-id": "s0"}), [a, b]) is None
+
+
+def test_max_entries_below_one_is_refused_naming_it() -> None:
+    with pytest.raises(ConfigError, match="maxEntries"):
+        load_config(CONFIG.replace("    sessionIdConfig:\n", "    sessionIdConfig:\n      maxEntries: 0\n"))
+
+
 def test_a_source_can_name_the_producer_of_its_attribute() -> None:
     filter_ = plugin(
         SessionAffinityFilter,

@@ -8,7 +8,7 @@ import pytest
 
 from epp.cli import parse_args
 from epp.replicas import flags
-from epp.replicas.workers import Supervisor, WorkerPlan, free_port_run, serve_argv, strip_flags
+from epp.replicas.workers import Supervisor, WorkerPlan, free_port, free_port_run, serve_argv, strip_flags
 
 
 def test_strip_flags_removes_both_forms_and_keeps_the_rest() -> None:
@@ -78,6 +78,24 @@ def test_metrics_port_zero_gives_the_workers_a_free_run_kept_across_restarts(tmp
     for port in first:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", port))  # free when picked
+
+
+def test_a_free_port_run_leaves_out_ports_already_chosen() -> None:
+    """The gRPC and health ports are chosen (free, not yet bound) before the metrics run: a run
+    found free by binding could include them. Here every port but 3 in each 8 is 'chosen': the
+    run found is clear of all of them (before, the first free run, clear by chance 1 in 8), and so
+    is a single port."""
+    chosen = {port for port in range(1024, 65536) if port % 8 >= 3}
+    for _ in range(5):
+        first = free_port_run("127.0.0.1", 3, exclude=chosen)
+        assert not chosen & {first, first + 1, first + 2}, first
+        assert free_port("127.0.0.1", exclude=chosen, attempts=500) not in chosen
+    plan = WorkerPlan(4, "127.0.0.1", 0, 0, 0, None, None, "pod", 1.0)
+    supervisor = Supervisor(plan, ["--workers=4"])
+    assert len({supervisor.grpc_port, supervisor.health_port}) == 2
+    assert not {supervisor.grpc_port, supervisor.health_port} & set(
+        range(supervisor.metrics_port, supervisor.metrics_port + 4)
+    )
 
 
 def test_a_free_port_run_is_refused_past_its_attempts() -> None:

@@ -16,7 +16,7 @@ STORED = 100_000
 def cpu_per_keep(store: ResponseStore, first: int, count: int) -> float:
     started = time.process_time()
     for i in range(first, first + count):
-        store.keep(f"resp_{i}", [("user", "hi")])
+        store.keep(f"resp_{i}", [("user", "hi")], {"status": "completed"})
     return (time.process_time() - started) / count
 
 
