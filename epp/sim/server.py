@@ -154,6 +154,9 @@ class SimServer:
             shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
             max_line_size=MAX_HEADER_BYTES,
             max_field_size=MAX_HEADER_BYTES,
+            # vLLM's server (uvicorn) reads a body as sent, whatever its Content-Encoding says:
+            # aiohttp's decoding failed such a request with a 500 before any handler ran.
+            auto_decompress=False,
         )
         await runner.setup()
         await web.TCPSite(runner, self.config.host, self.config.port).start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import os
 import signal
@@ -388,6 +389,23 @@ async def test_error_shapes(cluster: SimCluster, http: aiohttp.ClientSession) ->
     assert (status, data["param"]) == (400, "messages")
     async with http.get(base(cluster) + "/no/such/path") as response:
         assert response.status == 404 and response.headers["x-inference-pod"] == "sim-0"
+
+
+async def test_content_encoding_is_not_decoded_as_vllm_does_not(
+    cluster: SimCluster, http: aiohttp.ClientSession
+) -> None:
+    """vLLM's server (uvicorn) ignores a request's Content-Encoding: a plain JSON body labelled gzip
+    is served, a compressed one is vLLM's 400 for a body that is not JSON, never a 500."""
+    url = base(cluster) + "/v1/completions"
+    body = json.dumps({"model": MODEL, "prompt": "x", "max_tokens": 1}).encode()
+    labelled = {"content-type": "application/json", "content-encoding": "gzip"}
+    async with http.post(url, data=body, headers=labelled) as response:
+        assert response.status == 200, await response.text()
+    async with http.post(url, data=gzip.compress(body), headers=labelled) as response:
+        data = await response.json()
+        assert response.status == 400, data
+    assert (data["type"], data["code"]) == ("BadRequestError", 400)
+    assert data["message"].startswith("request body is not valid JSON")
 
 
 async def test_x_return_error(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
