@@ -870,6 +870,7 @@ def _local_replies(options: EnvoyOptions) -> dict[str, Any]:
     return {
         "mappers": [
             protocol_error,
+            *_silent_refusals(options),
             *(concurrency if options.adaptive_concurrency else []),
             *(admission if options.admission_control_aggression > 0 else []),
             *(quota if options.quota_from_epp else []),
@@ -909,6 +910,41 @@ def _local_replies(options: EnvoyOptions) -> dict[str, Any]:
             mapper("%LOCAL_REPLY_BODY%"),
         ]
     }
+
+
+def _silent_refusals(options: EnvoyOptions) -> list[dict[str, Any]]:
+    """Envoy's refusals that carry no text of their own (their JSON said `"message": ""`, or a
+    CONNECT's "inference error: NotFound - "), each with what was wrong."""
+    routed = "every path" if options.allowed_paths == ("/",) else ", ".join(options.allowed_paths)
+    if options.allowed_paths != ("/",):
+        routed += " and the paths under them"
+    messages = {
+        "missing_host_header": ("%RESPONSE_CODE_DETAILS%", "an HTTP/1.1 request needs a Host header"),
+        "low_version": (
+            "%RESPONSE_CODE_DETAILS%",
+            "the gateway speaks HTTP/1.1 and HTTP/2, not HTTP/1.0 or an unknown version",
+        ),
+        "upgrade_failed": (
+            "%RESPONSE_CODE_DETAILS%",
+            "the gateway upgrades no connection (upgrade: %REQ(UPGRADE)%): send the request "
+            "without an Upgrade header",
+        ),
+        "route_not_found": (
+            "NotFound",
+            f"inference error: NotFound - the gateway has no route for a %REQ(:METHOD)% request: "
+            f"it routes {routed}",
+        ),
+    }
+    return [
+        {
+            "filter": _details(details),
+            "body_format_override": {
+                "json_format": {"error": {"message": message, "type": kind, "code": "%RESPONSE_CODE%"}},
+                "content_type": "application/json",
+            },
+        }
+        for details, (kind, message) in messages.items()
+    ]
 
 
 def _limit_reply(

@@ -424,6 +424,74 @@ async def test_a_request_envoy_refuses_before_routing_gets_its_json_error(
     assert orjson.loads(body)["error"]["type"] == details
 
 
+COMPLETION = b'{"model":"sim-model","prompt":"hi","max_tokens":1}'
+
+
+def completion_request(head: str, headers: str = "host: g\r\n") -> bytes:
+    return (
+        f"{head}\r\n{headers}content-type: application/json\r\nconnection: close\r\n"
+        f"content-length: {len(COMPLETION)}\r\n\r\n"
+    ).encode() + COMPLETION
+
+
+def unchunked(headers: dict[str, str], body: bytes) -> bytes:
+    if headers.get("transfer-encoding") != "chunked":
+        return body
+    whole = b""
+    while True:
+        size, _, body = body.partition(b"\r\n")
+        if int(size, 16) == 0:
+            return whole
+        whole, body = whole + body[: int(size, 16)], body[int(size, 16) + 2 :]
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "details", "message"),
+    [
+        (
+            completion_request("POST /v1/completions HTTP/1.1", headers=""),
+            400,
+            "missing_host_header",
+            "an HTTP/1.1 request needs a Host header",
+        ),
+        (
+            completion_request("POST /v1/completions HTTP/1.0"),
+            426,
+            "low_version",
+            "the gateway speaks HTTP/1.1 and HTTP/2, not HTTP/1.0 or an unknown version",
+        ),
+        (
+            completion_request(
+                "POST /v1/completions HTTP/1.1", "host: g\r\nupgrade: websocket\r\nconnection: upgrade\r\n"
+            ),
+            403,
+            "upgrade_failed",
+            "the gateway upgrades no connection (upgrade: websocket): send the request without "
+            "an Upgrade header",
+        ),
+        (
+            b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nhost: 127.0.0.1:22\r\n\r\n",
+            404,
+            "NotFound",
+            "inference error: NotFound - the gateway has no route for a CONNECT request: it routes "
+            "/v1/completions, /v1/chat/completions, /v1/responses, /v1/embeddings, /v1/conversations, "
+            "/v1/models and the paths under them",
+        ),
+    ],
+    ids=["no-host", "http-1.0", "websocket", "connect"],
+)
+async def test_a_request_envoy_refuses_without_a_body_gets_a_message_saying_why(
+    shared_stack: Stack, request_bytes: bytes, status: int, details: str, message: str
+) -> None:
+    """Envoy's local replies that carry no text of their own: before, their JSON said nothing
+    (message "", or "inference error: NotFound - " for a CONNECT)."""
+    code, headers, reply = await raw_exchange(shared_stack.gateway_port, request_bytes)
+    assert (code, headers["content-type"]) == (status, "application/json"), reply
+    error = orjson.loads(unchunked(headers, reply))["error"]
+    assert (error["code"], error["type"], error["message"]) == (status, details, message)
+    assert "x-epp-destination" not in headers
+
+
 CHUNKED_HEAD = (
     b"POST /v1/completions HTTP/1.1\r\nhost: g\r\ncontent-type: application/json\r\n"
     b"transfer-encoding: chunked\r\n\r\n"
