@@ -182,15 +182,14 @@ class Supervisor:
             ready = await self._wait_ready(stop)
             if ready is None:
                 return 1 if not stop.is_set() else 0
-            if self.plan.ready_file is not None:
-                write_ready_file(self.plan.ready_file, ready)
+            self._write_ready_file(ready)
             log.info(
                 "%d workers serving ext_proc on port %d (SO_REUSEPORT), replica sync %s",
                 self.plan.workers,
                 self.grpc_port,
                 self.sync_url or "off",
             )
-            await self._watch(stop)
+            await self._watch(stop, ready)
             return 0
         finally:
             await self._stop_all()
@@ -221,14 +220,27 @@ class Supervisor:
                 await asyncio.wait_for(stop.wait(), 0.05)
         return None
 
-    async def _watch(self, stop: asyncio.Event) -> None:
-        """Restart a worker that dies (the others serve meanwhile), until stopped."""
+    def _write_ready_file(self, ready: dict[str, Any]) -> None:
+        if self.plan.ready_file is not None:
+            write_ready_file(self.plan.ready_file, ready)
+
+    async def _watch(self, stop: asyncio.Event, ready: dict[str, Any]) -> None:
+        """Restart a worker that dies (the others serve meanwhile), until stopped; once it is
+        ready, the ready file names its process instead of the dead one's."""
+        restarted: set[int] = set()
         while not stop.is_set():
             for index, process in enumerate(self.processes):
                 if process is not None and process.returncode is not None:
                     log.warning("worker %d exited with %s; restarting it", index, process.returncode)
                     self.restarts += 1
                     await self._start(index)
+                    restarted.add(index)
+            for index in sorted(restarted):
+                worker = read_ready_file(self._ready_path(index))
+                if worker is not None:
+                    ready["workers"][index] = worker
+                    restarted.discard(index)
+                    self._write_ready_file(ready)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
 

@@ -13,6 +13,7 @@ import time
 import httpx
 import pytest
 
+from epp.readyfile import read_ready_file
 from epp.replicas.local_redis import redis_server_path
 from tests.integration.conftest import StackFactory
 
@@ -61,6 +62,15 @@ async def test_two_workers_share_the_port_and_survive_a_killed_worker(make_stack
                 raise AssertionError(
                     f"the restarted worker is not on metrics port {workers[1]['metrics_port']}"
                 )
+            # the ready file names the restarted worker's process, not the killed one's
+            for _ in range(300):
+                now = read_ready_file(stack.run_dir / "epp.ready.json")["workers"]
+                if now[1]["pid"] != workers[1]["pid"]:
+                    break
+                await asyncio.sleep(0.05)
+            assert now[0] == workers[0] and now[1]["metrics_port"] == workers[1]["metrics_port"]
+            os.kill(now[1]["pid"], 0)  # alive: the restarted worker
+            assert now[1]["pid"] != workers[1]["pid"], "the ready file still names the killed worker"
         assert stack.epp is not None and stack.epp.running  # the supervisor lives on
         assert "restarting it" in stack.epp.log_tail(50)
 
