@@ -25,6 +25,7 @@ from epp.bench import agree, fairness, overhead, replicas, scale
 from epp.bench.report import (
     BASELINE,
     Results,
+    ResultsError,
     load_results,
     machine_notes,
     render_results,
@@ -120,8 +121,15 @@ def _progress(outcome: RunOutcome) -> None:
 
 
 def run_suite(args: argparse.Namespace) -> int:
+    suite = Suite.load(args.suite)
+    results = args.results or RESULTS / f"{args.engine}.json"
+    if results.exists():  # read before running: runs that cannot be merged would be lost
+        try:
+            load_results(results, suite.workload_seeds())
+        except ResultsError as exc:
+            return _refuse("run", str(exc))
     runner = SuiteRunner(
-        Suite.load(args.suite),
+        suite,
         engine=args.engine,
         workloads=args.workload,
         policies=args.policy,
@@ -136,9 +144,7 @@ def run_suite(args: argparse.Namespace) -> int:
     try:
         outcomes = runner.run()
     except SuiteRefused as refused:
-        print(f"epp bench run: error: {refused}", file=sys.stderr)
-        return 2
-    results = args.results or RESULTS / f"{args.engine}.json"
+        return _refuse("run", str(refused))
     save_results(results, outcomes, runner.suite.workload_seeds())
     print(f"{len(outcomes)} runs merged into {results}")
     return 0
@@ -146,7 +152,16 @@ def run_suite(args: argparse.Namespace) -> int:
 
 def report(args: argparse.Namespace) -> int:
     suite = Suite.load(args.suite)
-    outcomes = load_results(args.results, suite.workload_seeds())
+    try:
+        outcomes = load_results(args.results, suite.workload_seeds())
+    except ResultsError as exc:
+        return _refuse("report", str(exc))
+    if not outcomes:
+        return _refuse("report", f"--results {args.results} holds no runs")
+    if args.versus and not any(o.key.policy == args.baseline for o in outcomes):
+        return _refuse(
+            "report", f"--results {args.results} holds no runs of the baseline {args.baseline!r} (--baseline)"
+        )
     if args.versus:
         table = versus_section(suite, Results(outcomes), args.baseline)
         content = machine_notes(args.command) + "\n\n" + table
@@ -157,6 +172,12 @@ def report(args: argparse.Namespace) -> int:
     write_block(args.doc, "results", content)
     print(f"wrote the results block of {args.doc} and plots under {args.images}")
     return 0
+
+
+def _refuse(command: str, message: str) -> int:
+    """The usage error's exit status, 2, before anything is run or written."""
+    print(f"epp bench {command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 def run(args: argparse.Namespace) -> int:

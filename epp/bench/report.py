@@ -21,7 +21,7 @@ from operator import attrgetter
 from pathlib import Path
 
 from epp.bench.seeds import Figure, Seeded, by_point, point, seeds_note
-from epp.bench.suite import RunOutcome, Suite
+from epp.bench.suite import RunFormatError, RunOutcome, Suite
 from epp.bench.workload import WorkloadSpec
 
 NONE = "n/a"
@@ -40,9 +40,33 @@ COLUMNS = (
 )
 
 
+class ResultsError(ValueError):
+    """A results file that cannot be read as runs; the message names the file and the fault."""
+
+
 def load_results(path: Path, workload_seeds: Mapping[str, int] | None = None) -> list[RunOutcome]:
-    """`workload_seeds`: each workload's file seed, the one runs recorded before seeds were used."""
-    return [RunOutcome.from_dict(item, workload_seeds) for item in json.loads(path.read_text())]
+    """`workload_seeds`: each workload's file seed, the one runs recorded before seeds were used.
+    An empty file holds no runs."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ResultsError(f"--results {path}: no such file") from None
+    if not text.strip():
+        return []
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ResultsError(f"--results {path} is not JSON: {exc}") from None
+    if not isinstance(items, list):
+        got = "an object" if isinstance(items, dict) else f"{items!r:.60}"
+        raise ResultsError(f"--results {path} is not a results file: a JSON list of runs expected, got {got}")
+    outcomes = []
+    for number, item in enumerate(items, 1):
+        try:
+            outcomes.append(RunOutcome.from_dict(item, workload_seeds))
+        except RunFormatError as exc:
+            raise ResultsError(f"--results {path} run {number}: {exc}") from None
+    return outcomes
 
 
 def save_results(

@@ -14,7 +14,7 @@ import asyncio
 import multiprocessing
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -136,20 +136,51 @@ class RunOutcome:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], workload_seeds: Mapping[str, int] | None = None) -> RunOutcome:
+    def from_dict(cls, data: object, workload_seeds: Mapping[str, int] | None = None) -> RunOutcome:
         """`workload_seeds` (each workload's file seed) dates a run recorded before seeds were: it
-        ran with routing seed 0 and its workload file's seed."""
-        workload = data["workload"]
-        workload_seed = data.get("workload_seed", (workload_seeds or {}).get(workload))
+        ran with routing seed 0 and its workload file's seed. RunFormatError names what is wrong."""
+        if not isinstance(data, dict):
+            raise RunFormatError(f"an object expected, got {data!r:.60}")
+        workload = _field(data, "workload", str, "a string")
+        policy = _field(data, "policy", str, "a string")
+        rate = float(_field(data, "rate", (int, float), "a number"))
+        workload_seed = data.get("workload_seed")
+        if workload_seed is None:
+            workload_seed = (workload_seeds or {}).get(workload)
+        else:
+            workload_seed = _field(data, "workload_seed", int, "an integer")
+        engine = _field(data, "engine", str, "a string")
+        if engine not in ("virtual", "realtime"):
+            raise RunFormatError(f"'engine' is neither 'virtual' nor 'realtime': {engine!r:.60}")
         key = RunKey(
             workload,
-            data["policy"],
-            float(data["rate"]),
-            data["engine"],
-            int(data.get("seed", 0)),
+            policy,
+            rate,
+            engine,
+            _field(data, "seed", int, "an integer") if "seed" in data else 0,
             workload_seed,
         )
-        return cls(key, Summary(**data["summary"]), float(data["wall_seconds"]), dict(data.get("served", {})))
+        figures = _field(data, "summary", dict, "an object")
+        try:
+            numbers = {f.name: _field(figures, f.name, (int, float), "a number") for f in fields(Summary)}
+        except RunFormatError as exc:
+            raise RunFormatError(f"summary: {exc}") from None
+        summary = Summary(**numbers)
+        served = _field(data, "served", dict, "an object") if "served" in data else {}
+        return cls(key, summary, float(_field(data, "wall_seconds", (int, float), "a number")), dict(served))
+
+
+class RunFormatError(ValueError):
+    """A results file's entry that is not a run; the message names the field at fault."""
+
+
+def _field(data: Mapping[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
+    if name not in data:
+        raise RunFormatError(f"{name!r} missing")
+    value = data[name]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise RunFormatError(f"{name!r} is not {what}: {value!r:.60}")
+    return value
 
 
 def outcome(key: RunKey, result: RunResult) -> RunOutcome:

@@ -6,6 +6,8 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from epp.bench.cli import add_arguments, report
 from epp.bench.report import (
     Results,
@@ -18,6 +20,7 @@ from epp.bench.report import (
 )
 from epp.bench.suite import PolicySpec, RunKey, RunOutcome, Suite, SuiteSpec
 from epp.bench.summary import Summary
+from epp.cli import main
 
 BASE = Summary(
     requests=10,
@@ -187,3 +190,51 @@ def test_an_older_results_file_loads_as_routing_seed_0_and_the_workloads_file_se
     assert len(merged) == 3, "gie-default's, the rerun in place of ours's seed-0 run, and seed 1's"
     assert [o.summary.output_tokens_per_s for o in merged if o.key.policy == "ours"] == [999, 999]
     assert '"workload_seed": 7' in path.read_text()
+
+
+@pytest.mark.parametrize(
+    ("content", "versus", "problem"),
+    [
+        (None, False, "--results {results}: no such file"),
+        ("", False, "--results {results} holds no runs"),
+        ("[]", True, "--results {results} holds no runs"),
+        ("{bad", True, "--results {results} is not JSON: "),
+        (
+            '[{"workload": "w", "policy": "p", "rate": 1, "engine": "virtual", "seed": "abc", '
+            '"wall_seconds": 1, "summary": {}}]',
+            True,
+            "--results {results} run 1: 'seed' is not an integer: 'abc'",
+        ),
+        (None, True, "--results {results}: no such file"),
+    ],
+    ids=["missing", "empty", "empty-list", "not-json", "bad-seed", "missing-versus"],
+)
+def test_report_refuses_results_it_cannot_read_and_leaves_the_doc(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, versus: bool, problem: str
+) -> None:
+    results, doc = tmp_path / "results.json", tmp_path / "doc.md"
+    if content is not None:
+        results.write_text(content)
+    doc.write_text("# doc\n")
+    suite = Path(__file__).parents[3] / "bench" / "suite.yaml"
+    argv = ["bench", "report", "--suite", str(suite), "--results", str(results), "--doc", str(doc)]
+    assert main([*argv, *(["--versus"] if versus else [])]) == 2
+    assert f"epp bench report: error: {problem.format(results=results)}" in capsys.readouterr().err
+    assert doc.read_text() == "# doc\n", "the doc is left as it was"
+
+
+def test_report_versus_refuses_results_without_the_baselines_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, the versus block was overwritten with a table of no rows, and the exit was 0."""
+    results, doc = tmp_path / "results.json", tmp_path / "doc.md"
+    save_results(results, [run("ours", 2, 230, 0.5)])
+    doc.write_text("# doc\n")
+    suite = Path(__file__).parents[3] / "bench" / "suite.yaml"
+    argv = ["bench", "report", "--versus", "--suite", str(suite), "--results", str(results)]
+    assert main([*argv, "--doc", str(doc)]) == 2
+    assert (
+        f"epp bench report: error: --results {results} holds no runs of the baseline 'gie-default' "
+        "(--baseline)" in capsys.readouterr().err
+    )
+    assert doc.read_text() == "# doc\n"

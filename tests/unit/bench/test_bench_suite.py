@@ -104,3 +104,36 @@ def test_bench_run_refuses_routing_seeds_in_real_time_with_an_error_not_a_traceb
     assert "epp bench run: error: routing seeds other than 0 (--seed) apply to virtual time only" in err
     assert "Traceback" not in err
     assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("{bad", "is not JSON: "),
+        ('{"runs": []}', "is not a results file: a JSON list of runs expected, got an object"),
+        ('[{"workload": "tiny"}]', "run 1: 'policy' missing"),
+        ("[1]", "run 1: an object expected, got 1"),
+    ],
+    ids=["not-json", "an-object", "a-field-missing", "not-a-run"],
+)
+def test_bench_run_refuses_a_results_file_it_cannot_merge_into_before_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, problem: str
+) -> None:
+    """Before, every run ran and the merge then failed on the file with a traceback: the runs
+    were lost. Now the file is read first, and left as it was."""
+    results = tmp_path / "results.json"
+    results.write_text(content)
+    argv = ["bench", "run", "--suite", str(tiny_suite(tmp_path)), "--jobs", "1", "--results", str(results)]
+    assert main(argv) == 2
+    err = capsys.readouterr()
+    assert f"epp bench run: error: --results {results} {problem}" in err.err
+    assert "random" not in err.out, "nothing ran"
+    assert results.read_text() == content
+
+
+def test_bench_run_merges_into_an_empty_results_file(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    results.write_text("")
+    argv = ["bench", "run", "--suite", str(tiny_suite(tmp_path)), "--jobs", "1", "--results", str(results)]
+    assert main(argv) == 0
+    assert len(load_results(results)) == 1
