@@ -228,7 +228,7 @@ def _optional_str(body: dict[str, Any], field: str) -> str | None:
     value = body.get(field)
     if value is not None and not isinstance(value, str):
         raise ApiError(400, f"'{field}' must be a string", field)
-    return value or None
+    return value
 
 
 def _optional_int(body: dict[str, Any], field: str, minimum: int | None) -> int | None:

@@ -540,6 +540,10 @@ async def test_a_follow_up_continues_a_stored_response_on_its_server_only(
     assert status == 404 and error["param"] == "response_id"
     status, _, error = await post(http, first_url + "/v1/responses", {**follow, "previous_response_id": 7})
     assert status == 400 and error["param"] == "previous_response_id"
+    # An empty id names no response: vLLM looks it up (only a null or absent one starts afresh).
+    status, _, error = await post(http, first_url + "/v1/responses", {**follow, "previous_response_id": ""})
+    assert (status, error["param"]) == (404, "response_id")
+    assert error["message"] == "Response with id '' not found."
 
 
 async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
