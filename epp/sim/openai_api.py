@@ -100,7 +100,19 @@ class Conversation:
         return [t for t in self.turns() if t[0] != "system"] + [("assistant", output)]
 
 
+# vLLM's fields the simulator does not produce, with their off value: `echo` (the prompt, or chat's
+# last message, before the answer) and `prompt_logprobs`. Refused rather than answered without them.
+_NOT_SIMULATED = {"echo": (False, "false"), "prompt_logprobs": (None, "null")}
+
+
+def _refuse_unsimulated(body: dict[str, Any]) -> None:
+    for name, (off, off_json) in _NOT_SIMULATED.items():
+        if body.get(name, off) != off:
+            raise ApiError(400, f"'{name}' is not simulated: send it as {off_json}", name)
+
+
 def parse_completion(body: dict[str, Any]) -> Generation:
+    _refuse_unsimulated(body)
     prompt = body.get("prompt")
     if prompt is None:
         raise ApiError(400, "'prompt' is required", "prompt")
@@ -115,6 +127,7 @@ def parse_completion(body: dict[str, Any]) -> Generation:
 
 
 def parse_chat(body: dict[str, Any]) -> Generation:
+    _refuse_unsimulated(body)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list", "messages")

@@ -408,6 +408,22 @@ async def test_content_encoding_is_not_decoded_as_vllm_does_not(
     assert data["message"].startswith("request body is not valid JSON")
 
 
+async def test_fields_it_does_not_simulate_are_refused_not_ignored(
+    cluster: SimCluster, http: aiohttp.ClientSession
+) -> None:
+    """vLLM answers `echo` with the prompt before the completion, and `prompt_logprobs` with the
+    prompt's log probabilities; the simulator has neither (a token-id prompt has no text here), so
+    it says so rather than answering without them. Their off values are served."""
+    url = base(cluster) + "/v1/completions"
+    body = {"model": MODEL, "prompt": "x y", "max_tokens": 1}
+    for field, value, off in (("echo", True, "false"), ("prompt_logprobs", 1, "null")):
+        status, _, error = await post(http, url, {**body, field: value})
+        assert (status, error["param"], error["type"]) == (400, field, "BadRequestError")
+        assert error["message"] == f"'{field}' is not simulated: send it as {off}"
+    for field, value in (("echo", False), ("prompt_logprobs", None)):
+        assert (await post(http, url, {**body, field: value}))[0] == 200
+
+
 async def test_x_return_error(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
     url = base(cluster) + "/v1/chat/completions"
     body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}
