@@ -21,7 +21,7 @@ from operator import attrgetter
 from pathlib import Path
 
 from epp.bench.seeds import Figure, Seeded, by_point, point, seeds_note
-from epp.bench.suite import RunFormatError, RunOutcome, Suite
+from epp.bench.suite import RunFormatError, RunKey, RunOutcome, Suite
 from epp.bench.workload import WorkloadSpec
 
 NONE = "n/a"
@@ -60,12 +60,22 @@ def load_results(path: Path, workload_seeds: Mapping[str, int] | None = None) ->
     if not isinstance(items, list):
         got = "an object" if isinstance(items, dict) else f"{items!r:.60}"
         raise ResultsError(f"--results {path} is not a results file: a JSON list of runs expected, got {got}")
+    numbers: dict[RunKey, int] = {}  # each run's number in the file, by key
     outcomes = []
     for number, item in enumerate(items, 1):
         try:
-            outcomes.append(RunOutcome.from_dict(item, workload_seeds))
+            outcome = RunOutcome.from_dict(item, workload_seeds)
         except RunFormatError as exc:
             raise ResultsError(f"--results {path} run {number}: {exc}") from None
+        key = outcome.key
+        if key in numbers:  # both would count in the mean, as two seed pairs
+            raise ResultsError(
+                f"--results {path} run {number} repeats run {numbers[key]} ({key.workload}, {key.policy}, "
+                f"rate {key.rate:g}, {key.engine}, seed {key.seed}, workload seed {key.workload_seed}): "
+                "keep one of them"
+            )
+        numbers[key] = number
+        outcomes.append(outcome)
     return outcomes
 
 

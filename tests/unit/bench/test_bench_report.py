@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from epp.bench.cli import add_arguments, report
 from epp.bench.report import (
     Results,
+    ResultsError,
     goals_section,
     load_results,
     render_results,
@@ -238,3 +240,19 @@ def test_report_versus_refuses_results_without_the_baselines_runs(
         "(--baseline)" in capsys.readouterr().err
     )
     assert doc.read_text() == "# doc\n"
+
+
+def test_a_results_file_with_a_run_twice_is_refused(tmp_path: Path) -> None:
+    """Two runs of one key (files joined by hand, or an older run without seeds beside its rerun):
+    before, both counted in the mean, as two seed pairs where there was one."""
+    path = tmp_path / "results.json"
+    save_results(path, [run("a", 1, 100, 0.1), run("b", 1, 100, 0.1)])
+    runs = json.loads(path.read_text())
+    older = {k: v for k, v in runs[0].items() if k not in ("seed", "workload_seed")}
+    path.write_text(json.dumps([*runs, older]))
+    with pytest.raises(ResultsError) as error:
+        load_results(path, {"shared-prefix": 0})
+    assert str(error.value) == (
+        f"--results {path} run 3 repeats run 1 (shared-prefix, a, rate 1, virtual, seed 0, workload seed "
+        "0): keep one of them"
+    )
