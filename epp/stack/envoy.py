@@ -934,6 +934,12 @@ def _silent_refusals(options: EnvoyOptions) -> list[dict[str, Any]]:
             f"inference error: NotFound - the gateway has no route for a %REQ(:METHOD)% request: "
             f"it routes {routed}",
         ),
+        # A path not starting with "/", such as OPTIONS's "*".
+        "absolute_path_rejected": (
+            "NotFound",
+            f"inference error: NotFound - the gateway has no route for the path %REQ(:PATH)%: it routes "
+            f"{routed}",
+        ),
     }
     return [
         {

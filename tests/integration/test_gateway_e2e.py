@@ -477,14 +477,22 @@ def unchunked(headers: dict[str, str], body: bytes) -> bytes:
             "/v1/completions, /v1/chat/completions, /v1/responses, /v1/embeddings, /v1/conversations, "
             "/v1/models and the paths under them",
         ),
+        (
+            b"OPTIONS * HTTP/1.1\r\nhost: g\r\nconnection: close\r\n\r\n",
+            404,
+            "NotFound",
+            "inference error: NotFound - the gateway has no route for the path *: it routes "
+            "/v1/completions, /v1/chat/completions, /v1/responses, /v1/embeddings, /v1/conversations, "
+            "/v1/models and the paths under them",
+        ),
     ],
-    ids=["no-host", "http-1.0", "websocket", "connect"],
+    ids=["no-host", "http-1.0", "websocket", "connect", "options-asterisk"],
 )
 async def test_a_request_envoy_refuses_without_a_body_gets_a_message_saying_why(
     shared_stack: Stack, request_bytes: bytes, status: int, details: str, message: str
 ) -> None:
     """Envoy's local replies that carry no text of their own: before, their JSON said nothing
-    (message "", or "inference error: NotFound - " for a CONNECT)."""
+    (message "", or "inference error: NotFound - " for a CONNECT or an OPTIONS *)."""
     code, headers, reply = await raw_exchange(shared_stack.gateway_port, request_bytes)
     assert (code, headers["content-type"]) == (status, "application/json"), reply
     error = orjson.loads(unchunked(headers, reply))["error"]
