@@ -34,6 +34,7 @@ from epp.bench.report import (
     write_block,
 )
 from epp.bench.suite import RunOutcome, Suite, SuiteRefused, SuiteRunner
+from epp.params.flagtypes import number_in_range
 
 SUITE = Path("bench/suite.yaml")
 RESULTS = Path("bench/results")
@@ -50,7 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--policy", action="append", default=[], help="only this policy (repeatable)")
     run.add_argument("--rate", action="append", type=float, default=[], help="only this rate (repeatable)")
     run.add_argument("--jobs", type=int, default=2, help="parallel virtual-time runs (default 2)")
-    run.add_argument("--scrape-interval", type=float, default=0.05, help="modelled seconds (default 0.05)")
+    run.add_argument(
+        "--scrape-interval",
+        type=_scrape_interval,
+        default=0.05,
+        help="modelled seconds between scrapes (default 0.05, at least 0.001)",
+    )
     run.add_argument("--time-scale", type=float, default=1.0, help="real time: simulators' --time-scale")
     run.add_argument(
         "--seed",
@@ -97,6 +103,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fairness.add_arguments(
         commands.add_parser("fairness", help="tenants and priorities under overload, flow control on and off")
     )
+
+
+_scrape_interval = number_in_range(
+    float, 0.001, message="must be at least 0.001 (modelled seconds), not {text}", name="_scrape_interval"
+)
 
 
 def workload_seed(text: str) -> int | None:

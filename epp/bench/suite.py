@@ -262,7 +262,28 @@ class SuiteRunner:
         seeds = dict.fromkeys(spec.seed if seed is None else seed for seed in self.workload_seeds)
         return [spec if seed == spec.seed else spec.model_copy(update={"seed": seed}) for seed in seeds]
 
+    def check_selection(self) -> None:
+        """SuiteRefused for a --workload or --policy the suite lacks, or a selection of no run."""
+        specs = self.suite.workloads()
+        for flag, asked, known in (
+            ("workload", self.workloads, [w.name for w in specs]),
+            ("policy", self.policies, [p.name for p in self.suite.spec.policies]),
+        ):
+            for name in dict.fromkeys(asked):
+                if name not in known:
+                    has = ", ".join(known)
+                    raise SuiteRefused(f"--{flag} {name}: the suite has no such {flag} (it has {has})")
+        if next(self.selected(), None) is None:
+            lists = "; ".join(
+                f"{w.name}: {', '.join(f'{r:g}' for r in w.load.rates)}"
+                for w in specs
+                if not self.workloads or w.name in self.workloads
+            )
+            rates = " ".join(f"--rate {r:g}" for r in self.rates)
+            raise SuiteRefused(f"nothing to run: no selected workload lists {rates} ({lists})")
+
     def run(self) -> list[RunOutcome]:
+        self.check_selection()
         if self.engine == "virtual":
             return self._run_virtual()
         if set(self.seeds) != {0}:

@@ -137,3 +137,34 @@ def test_bench_run_merges_into_an_empty_results_file(tmp_path: Path) -> None:
     argv = ["bench", "run", "--suite", str(tiny_suite(tmp_path)), "--jobs", "1", "--results", str(results)]
     assert main(argv) == 0
     assert len(load_results(results)) == 1
+
+
+@pytest.mark.parametrize(
+    ("flags", "problem"),
+    [
+        (["--workload", "tiyn"], "--workload tiyn: the suite has no such workload (it has tiny)"),
+        (
+            ["--policy", "random", "--policy", "gie"],
+            "--policy gie: the suite has no such policy (it has random)",
+        ),
+        (["--rate", "12"], "nothing to run: no selected workload lists --rate 12 (tiny: 50)"),
+    ],
+    ids=["workload", "policy", "rate"],
+)
+def test_bench_run_refuses_a_selection_naming_nothing_in_the_suite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], problem: str
+) -> None:
+    """Before: a typo ran nothing, or the rest alone, and said '0 runs merged', exit 0."""
+    results = tmp_path / "results.json"
+    argv = ["bench", "run", "--suite", str(tiny_suite(tmp_path)), "--jobs", "1", "--results", str(results)]
+    assert main([*argv, *flags]) == 2
+    assert f"epp bench run: error: {problem}" in capsys.readouterr().err
+    assert not results.exists()
+
+
+def test_bench_run_refuses_a_scrape_interval_of_0(capsys: pytest.CaptureFixture[str]) -> None:
+    """Before, virtual time never advanced past the first scrape: the run hung."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "run", "--scrape-interval", "0"])
+    assert exit_.value.code == 2
+    assert "--scrape-interval: must be at least 0.001 (modelled seconds), not 0" in capsys.readouterr().err
