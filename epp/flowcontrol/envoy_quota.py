@@ -12,8 +12,10 @@ the rate it admitted; when its waits grew while it was not busy (other processes
 measured on a shared 2-core host: the guard refused at 40 % of a core), the rate it admitted would
 be a limit far below what it serves, refusing more than the EPP did. While the guard keeps
 refusing that much, the limit is measured again, at most once per `hold` (a queue that formed
-before the limit drains through it first), never upwards. Otherwise it rises by `increase` a
-second (compounded) to find capacity the host frees, and it is lifted once, for `lift_after`, the
+before the limit drains through it first), never upwards. Otherwise it rises by `increase` once a
+`rise_every` without a refusal, to find capacity the host frees (in steps: Envoy 1.40 replaces a
+token bucket whose figures change by a full one, so a rise every tick would hand out a burst every
+tick, about doubling the limit), and it is lifted once, for `lift_after`, the
 EPP admitted less than `lift_below` of the limit without refusing: the demand fell below it, so it
 no longer binds (a binding bucket lets through about its rate; Envoy 1.40's own reports of its
 denials come every 5 s, too late for this). The guard sees every request the same way (it refuses
@@ -40,7 +42,8 @@ class QuotaTuning:
     overloaded: float = 0.2  # the share of requests refused that sets or cuts the limit
     refusal_cost: float = 0.3  # a refusal's CPU against a served request's (docs/benchmarks.md)
     hold: float = 1.0  # seconds between two cuts while the guard keeps refusing
-    increase: float = 0.3  # per second, a share of the limit
+    increase: float = 0.3  # a share of the limit, added ...
+    rise_every: float = 1.0  # ... once this many seconds without a refusal
     lift_below: float = 0.8  # admitted under this share of the limit, the demand is below it ...
     lift_after: float = 1.0  # ... for this long, without a refusal: the limit goes
 
@@ -66,7 +69,7 @@ class EnvoyQuota:
         self.rate: float | None = None
         now = clock()
         self._samples: deque[tuple[float, int, int, float]] = deque([(now, admitted(), refused(), cpu())])
-        self._last_tick = now
+        self._next_rise = float("inf")  # no rise before a limit
         self._below_since: float | None = None  # admitted under lift_below of the limit since
         self._next_cut = float("-inf")
 
@@ -95,10 +98,10 @@ class EnvoyQuota:
     def tick(self) -> float | None:
         now = self._clock()
         refusing = self._sample(now)
-        elapsed, self._last_tick = now - self._last_tick, now
         admitted, refused = self.measured()
         if refusing:
             self._below_since = None
+            self._next_rise = now + self.tuning.rise_every
         if refused > self.tuning.overloaded * (admitted + refused):
             if self.rate is None:
                 self.rate = self.capacity()
@@ -123,7 +126,9 @@ class EnvoyQuota:
                 self.rate = self._below_since = None
                 log.warning("no longer overloaded: the gateway's rate-limit quota is lifted")
                 return None
-            self.rate *= 1 + self.tuning.increase * elapsed
+            if now >= self._next_rise:
+                self.rate *= 1 + self.tuning.increase
+                self._next_rise = now + self.tuning.rise_every
         return self.rate
 
     def _sample(self, now: float) -> bool:

@@ -7,6 +7,7 @@ closed stream leaves the share to the others; the metrics show it all."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 
 import grpc
@@ -173,6 +174,38 @@ async def test_a_limit_is_pushed_shared_by_demand_refreshed_and_lifted() -> None
         assert one.answers.empty()  # nothing more to say while there is no limit
         await service.stop()  # ends the streams: the server can stop without waiting for them
         await asyncio.wait_for(one._reader, 5)
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+async def test_a_rising_limit_changes_the_gateways_bucket_once_a_second() -> None:
+    """Envoy 1.40 replaces a bucket's token bucket, full, whenever its figures change: a limit
+    pushed risen every tick would hand out BURST_SECONDS of its rate every tick (about twice the
+    limit let through while it rises)."""
+    service, limit, _, server, channel = await serving()
+    try:
+        one = Gateway(rlqs_grpc.RateLimitQuotaServiceStub(channel))
+        one.report(allowed=1)
+        await until(lambda: any(s.buckets for s in service._streams))
+        for refused in (0,) * 10 + (800,):  # a second at full load, then a tick refusing: a limit
+            limit.now += rlqs_service.TICK
+            limit.admitted, limit.refused = limit.admitted + 80, limit.refused + refused
+            service.push(service.quota.tick())
+        assert service.quota.rate is not None
+        for _ in range(40):  # four seconds, the bucket binding: the EPP gets the limit, refuses none
+            limit.now += rlqs_service.TICK
+            limit.admitted += round(service.quota.rate * rlqs_service.TICK)
+            service.push(service.quota.tick())
+        assert service.quota.rate is not None
+        await until(lambda: all(s.outbox.empty() for s in service._streams))
+        await service.stop()
+        await asyncio.wait_for(one._reader, 5)
+        sent = []
+        while not one.answers.empty():
+            sent.append(token_bucket(one.answers.get_nowait())[:2])
+        changes = sum(b != a for a, b in itertools.pairwise(sent))
+        assert 2 <= changes <= 5, sent  # it rose, one step a second at most
     finally:
         await channel.close()
         await server.stop(None)

@@ -1,10 +1,12 @@
 """The rate the EPP assigns the gateway, on an injected clock, CPU time and the overload guard's
 counts: none while nothing (or next to nothing) is refused; once the guard refuses a significant
 share, the EPP's capacity measured then (what it handled per CPU-second); measured again at most
-once per hold while it keeps refusing, never upwards; raised while nothing is refused; lifted once
+once per hold while it keeps refusing, never upwards; raised in steps while nothing is refused; lifted once
 the EPP receives clearly less than the limit."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 
@@ -94,14 +96,20 @@ def test_while_refusing_it_is_measured_again_at_most_once_per_hold_and_never_rai
     assert guard.run(limit, TICK, admitted=200, refused=2000, busy=0.1)[-1] == cut
 
 
-def test_it_rises_while_nothing_is_refused_and_binds() -> None:
+def test_it_rises_in_steps_a_second_apart_while_nothing_is_refused_and_binds() -> None:
+    """Steps, not a rise every tick: Envoy refills a token bucket whose figures change."""
     limit, guard = quota()
     first = overloaded(guard, limit)
     assert first is not None
-    rates = guard.run(limit, 2.0, admitted=first)  # the bucket binds: the EPP gets about its rate
-    # once the refusals leave the window: 30 % a second, compounded
-    assert rates[-1] == pytest.approx(rates[-9] * (1 + TUNING.increase * TICK) ** 8)
-    assert all(b > a for a, b in zip(rates[-9:], rates[-8:], strict=False))
+    rates: list[float | None] = [first]
+    for _ in range(round(4.0 / TICK)):  # the bucket binds: the EPP gets about its rate
+        rate = rates[-1]
+        assert rate is not None
+        rates.extend(guard.run(limit, TICK, admitted=rate))
+    steps = [i for i in range(1, len(rates)) if rates[i] != rates[i - 1]]
+    assert len(steps) >= 3
+    assert all((b - a) * TICK >= TUNING.rise_every for a, b in itertools.pairwise(steps))
+    assert all(rates[i] == pytest.approx(rates[i - 1] * (1 + TUNING.increase)) for i in steps)
 
 
 def test_it_is_lifted_once_the_demand_falls_clearly_below_it() -> None:
