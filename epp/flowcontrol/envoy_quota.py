@@ -15,10 +15,13 @@ refusing that much, the limit is measured again, at most once per `hold` (a queu
 before the limit drains through it first), never upwards. Otherwise it rises by `increase` once a
 `rise_every` without a refusal, to find capacity the host frees (in steps: Envoy 1.40 replaces a
 token bucket whose figures change by a full one, so a rise every tick would hand out a burst every
-tick, about doubling the limit), and it is lifted once, for `lift_after`, the
-EPP admitted less than `lift_below` of the limit without refusing: the demand fell below it, so it
-no longer binds (a binding bucket lets through about its rate; Envoy 1.40's own reports of its
-denials come every 5 s, too late for this). The guard sees every request the same way (it refuses
+tick, about doubling the limit), and only while the EPP admits at least `lift_below` of it (so the
+limit never grows past what the EPP receives). It is lifted once, for `lift_after`, the EPP
+admitted less than `lift_below` of the part of the limit that still binds (`tick`'s `binding`: the
+gateways that still deny requests hold it) without refusing: their demand fell below their share,
+so the limit no longer binds (a binding bucket lets through about its rate; Envoy 1.40's own
+reports of its denials come every 5 s, too late to lift on, soon enough to tell which gateways the
+limit holds back). The guard sees every request the same way (it refuses
 before reading one), so the limit binds requests of every priority alike, as the EPP's own
 overload refusals do."""
 
@@ -95,7 +98,9 @@ class EnvoyQuota:
         admitted, refused = self.measured()
         return max(MIN_RATE, (admitted + self.tuning.refusal_cost * refused) / max(self.busy(), MIN_BUSY))
 
-    def tick(self) -> float | None:
+    def tick(self, binding: float = 1.0) -> float | None:
+        """The limit now. `binding`: the share of the limit held by the gateways it may still hold
+        back (1: all; 0: none, so it goes after `lift_after`)."""
         now = self._clock()
         refusing = self._sample(now)
         admitted, refused = self.measured()
@@ -118,7 +123,7 @@ class EnvoyQuota:
                 self.rate = min(self.rate, self.capacity())
                 self._next_cut = now + self.tuning.hold
         elif self.rate is not None and not refusing:
-            if admitted >= self.tuning.lift_below * self.rate:
+            if binding > 0 and admitted >= self.tuning.lift_below * binding * self.rate:
                 self._below_since = None
             elif self._below_since is None:
                 self._below_since = now
@@ -126,7 +131,7 @@ class EnvoyQuota:
                 self.rate = self._below_since = None
                 log.warning("no longer overloaded: the gateway's rate-limit quota is lifted")
                 return None
-            if now >= self._next_rise:
+            if now >= self._next_rise and admitted >= self.tuning.lift_below * self.rate:
                 self.rate *= 1 + self.tuning.increase
                 self._next_rise = now + self.tuning.rise_every
         return self.rate

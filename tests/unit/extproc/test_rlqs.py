@@ -1,8 +1,9 @@
 """The rate-limit quota service over real gRPC (grpc.aio on 127.0.0.1): a report while there is
 no limit is not answered (Envoy allows what nothing covers); a limit is pushed to every stream at
-once as a token bucket of whole seconds and a TTL, each stream's share half equal, half by the
-demand it reported; a report while limited is answered (refreshing the TTL); lifting sends ALLOW_ALL; a
-closed stream leaves the share to the others; the metrics show it all."""
+once as a token bucket of whole seconds and a TTL, each stream's share mostly by the demand it
+reported, an idle one's unused share not lifting the limit from under a busy one; a report while
+limited is answered (refreshing the TTL); lifting sends ALLOW_ALL; a closed stream leaves the
+share to the others; the metrics show it all."""
 
 from __future__ import annotations
 
@@ -125,8 +126,8 @@ async def test_a_limit_is_pushed_shared_by_demand_refreshed_and_lifted() -> None
         rate = service.quota.rate
         assert rate is not None and rate == service.quota.capacity()  # measured
         first, second = token_bucket(await one.answer()), token_bucket(await two.answer())
-        # half equally, half by demand (1:3): 3/8 and 5/8
-        assert (first[0], second[0]) == (round(rate * 3 / 8), round(rate * 5 / 8))
+        # a tenth equally, the rest by demand (1:3)
+        assert (first[0], second[0]) == (round(rate * 0.275), round(rate * 0.725))
         assert metrics.quota_rate._value.get() == pytest.approx(rate)
 
         one.report(allowed=5, denied=7)  # answered while limited: the TTL refreshed
@@ -206,6 +207,70 @@ async def test_a_rising_limit_changes_the_gateways_bucket_once_a_second() -> Non
             sent.append(token_bucket(one.answers.get_nowait())[:2])
         changes = sum(b != a for a, b in itertools.pairwise(sent))
         assert 2 <= changes <= 5, sent  # it rose, one step a second at most
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+async def test_an_idle_gateway_does_not_lift_the_limit_from_under_a_busy_one() -> None:
+    """Two gateways, one idle, one flooding: the busy one gets nearly the whole limit, and the
+    EPP, receiving what its bucket lets through, keeps the limit (an idle gateway's unused share
+    is not a fall in demand); once the flood ends, the limit is lifted."""
+    service, limit, _, server, channel = await serving()
+    try:
+        stub = rlqs_grpc.RateLimitQuotaServiceStub(channel)
+        idle = Gateway(stub)
+        idle.report(allowed=1)
+        await until(lambda: any(s.buckets for s in service._streams))
+        (idle_stream,) = service._streams
+        busy = Gateway(stub)
+        busy.report(allowed=1)
+        await until(lambda: sum(bool(s.buckets) for s in service._streams) == 2)
+        (busy_stream,) = service._streams - {idle_stream}
+
+        async def reported(gateway: Gateway, allowed: int, denied: int = 0) -> None:
+            stream = busy_stream if gateway is busy else idle_stream
+            before = stream.last_report
+            gateway.report(allowed, denied)
+            await until(lambda: stream.last_report != before)
+
+        limit.now += 1.0
+        await reported(idle, 0)
+        await reported(busy, 1000)
+        for refused in (0,) * 10 + (800,):  # a second at full load, then refusals: a limit
+            limit.now += rlqs_service.TICK
+            limit.admitted, limit.refused = limit.admitted + 80, limit.refused + refused
+            service.step()
+        first = service.quota.rate
+        assert first is not None
+        flood = 20 * first  # requests per second the busy gateway receives
+
+        async def run(seconds: float, demand: float) -> list[float | None]:
+            """Ticks; the EPP receives what the busy gateway's bucket lets through, and the
+            gateways report every 5 s (Envoy 1.40)."""
+            rates = []
+            for tick in range(1, round(seconds / rlqs_service.TICK) + 1):
+                limit.now += rlqs_service.TICK
+                share = busy_stream.assigned
+                let_through = demand if share is None else min(demand, share)
+                limit.admitted += round(let_through * rlqs_service.TICK)
+                if tick % round(5 / rlqs_service.TICK) == 0:
+                    await reported(idle, 0)
+                    await reported(busy, round(let_through * 5), round((demand - let_through) * 5))
+                service.step()
+                rates.append(service.quota.rate)
+            return rates
+
+        held = await run(8.0, flood)
+        assert None not in held, held  # the busy gateway is still held back: the limit stays
+        rate = held[-1]
+        assert rate is not None and first < rate < flood
+        assert busy_stream.assigned is not None and busy_stream.assigned > 0.9 * rate
+        quiet = await run(4.0, first / 4)  # the flood is over
+        assert quiet[-1] is None, quiet
+        await service.stop()
+        await asyncio.wait_for(busy._reader, 5)
+        await asyncio.wait_for(idle._reader, 5)
     finally:
         await channel.close()
         await server.stop(None)

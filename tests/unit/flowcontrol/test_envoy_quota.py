@@ -1,8 +1,9 @@
 """The rate the EPP assigns the gateway, on an injected clock, CPU time and the overload guard's
 counts: none while nothing (or next to nothing) is refused; once the guard refuses a significant
 share, the EPP's capacity measured then (what it handled per CPU-second); measured again at most
-once per hold while it keeps refusing, never upwards; raised in steps while nothing is refused; lifted once
-the EPP receives clearly less than the limit."""
+once per hold while it keeps refusing, never upwards; raised in steps while nothing is refused and
+it receives most of the limit; lifted once the EPP receives clearly less than the part of the
+limit the gateways it still holds back have."""
 
 from __future__ import annotations
 
@@ -26,17 +27,23 @@ class Guard:
         self.refused = 0
 
     def run(
-        self, quota: EnvoyQuota, seconds: float, admitted: float, refused: float = 0.0, busy: float = 1.0
+        self,
+        quota: EnvoyQuota,
+        seconds: float,
+        admitted: float,
+        refused: float = 0.0,
+        busy: float = 1.0,
+        binding: float = 1.0,
     ) -> list[float | None]:
         """`seconds` of ticks, each admitting and refusing at these rates (per second), with
-        `busy` of a core used."""
+        `busy` of a core used and `binding` of the limit held by gateways it holds back."""
         rates = []
         for _ in range(round(seconds / TICK)):
             self.now += TICK
             self.cpu += busy * TICK
             self.admitted += round(admitted * TICK)
             self.refused += round(refused * TICK)
-            rates.append(quota.tick())
+            rates.append(quota.tick(binding))
         return rates
 
 
@@ -121,6 +128,26 @@ def test_it_is_lifted_once_the_demand_falls_clearly_below_it() -> None:
     assert 1.0 <= below * TICK <= 2.5
     assert rates[below:] == [None] * (len(rates) - below)
     assert guard.run(limit, 1.0, admitted=2000) == [None] * 8  # gone until the next overload
+
+
+def test_it_is_lifted_by_the_demand_of_the_gateways_it_still_holds_back() -> None:
+    """A gateway that no longer gets denials does not fill its share: the EPP's admissions are
+    compared with the shares of the others (`binding`), and with none held back the limit goes."""
+    limit, guard = quota()
+    rate = overloaded(guard, limit)
+    assert rate is not None
+    held = guard.run(limit, 3.0, admitted=0.7 * rate, binding=0.8)  # 0.7 >= 0.8 * 0.8: still binds
+    assert None not in held
+    assert guard.run(limit, 3.0, admitted=0.7 * rate, binding=0.0)[-1] is None
+
+
+def test_it_never_rises_past_what_the_epp_receives() -> None:
+    """A small gateway held back while the EPP receives half the limit: no lift (the gateway
+    still binds), and no rise either, so the limit cannot grow without bound."""
+    limit, guard = quota()
+    rate = overloaded(guard, limit)
+    assert rate is not None
+    assert guard.run(limit, 30.0, admitted=rate / 2, binding=0.05) == [rate] * round(30.0 / TICK)
 
 
 def test_a_refusal_while_lifting_keeps_the_limit() -> None:
