@@ -34,7 +34,7 @@ import grpc
 from google.protobuf import duration_pb2, wrappers_pb2
 
 from epp.extproc.pb import ratelimit_strategy, rlqs, rlqs_grpc, token_bucket
-from epp.flowcontrol.envoy_quota import EnvoyQuota
+from epp.flowcontrol.envoy_quota import MAX_RATE, EnvoyQuota
 from epp.metrics.exporter import EppMetrics
 from epp.tasks import cancel_and_wait
 
@@ -57,6 +57,7 @@ def strategy(rate: float | None) -> ratelimit_strategy.RateLimitStrategy:
     """Envoy's strategy for `rate` requests per second (None: allow all)."""
     if rate is None:
         return _ALLOW_ALL
+    rate = rate if rate < MAX_RATE else MAX_RATE  # the fields are uint32 (NaN: the most)
     bucket = token_bucket.TokenBucket(
         max_tokens=max(1, math.ceil(rate * BURST_SECONDS)),
         tokens_per_fill=wrappers_pb2.UInt32Value(value=max(1, round(rate))),
@@ -112,8 +113,12 @@ class RateLimitQuotaService(rlqs_grpc.RateLimitQuotaServiceServicer):
             self._task = asyncio.get_running_loop().create_task(self._run(), name="rate-limit-quota")
 
     async def stop(self) -> None:
-        """Stop deciding and end every stream (the gateway reopens it to a serving EPP)."""
-        await cancel_and_wait(self._task)
+        """Stop deciding and end every stream (the gateway reopens it to a serving EPP). A
+        task that had failed is logged, not raised: the EPP's shutdown goes on."""
+        try:
+            await cancel_and_wait(self._task)
+        except Exception:
+            log.exception("the rate-limit quota had stopped deciding")
         self._task = None
         for stream in self._streams:
             stream.outbox.put_nowait(None)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 MIN_RATE = 1.0  # requests per second: a limit never shuts the gateway entirely
+MAX_RATE = 2**32 - 1  # requests per second: Envoy's token bucket counts in uint32
 MIN_BUSY = 0.1  # share of a core: below, the EPP's cost per request is not measured
 
 
@@ -96,7 +97,8 @@ class EnvoyQuota:
         is what it admitted; refusing while the host's other processes held the CPU (its waits
         grew though it was not busy), more, so a limit set then does not bind for long."""
         admitted, refused = self.measured()
-        return max(MIN_RATE, (admitted + self.tuning.refusal_cost * refused) / max(self.busy(), MIN_BUSY))
+        handled = (admitted + self.tuning.refusal_cost * refused) / max(self.busy(), MIN_BUSY)
+        return min(MAX_RATE, max(MIN_RATE, handled))
 
     def tick(self, binding: float = 1.0) -> float | None:
         """The limit now. `binding`: the share of the limit held by the gateways it may still hold
@@ -132,7 +134,7 @@ class EnvoyQuota:
                 log.warning("no longer overloaded: the gateway's rate-limit quota is lifted")
                 return None
             if now >= self._next_rise and admitted >= self.tuning.lift_below * self.rate:
-                self.rate *= 1 + self.tuning.increase
+                self.rate = min(MAX_RATE, self.rate * (1 + self.tuning.increase))
                 self._next_rise = now + self.tuning.rise_every
         return self.rate
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import math
 from collections.abc import AsyncIterator
 
 import grpc
@@ -100,6 +102,39 @@ def test_the_strategy_of_a_rate() -> None:
     assert (bucket.tokens_per_fill.value, bucket.max_tokens) == (250, round(250.4 * BURST_SECONDS + 0.5))
     tiny = strategy(0.2).token_bucket  # never a bucket that refuses everything
     assert (tiny.tokens_per_fill.value, tiny.max_tokens) == (1, 1)
+    for huge in (2.0**40, float("inf"), float("nan")):  # uint32 fields: the most they hold
+        bucket = strategy(huge).token_bucket
+        assert bucket.tokens_per_fill.value == 2**32 - 1
+        assert bucket.max_tokens == math.ceil((2**32 - 1) * BURST_SECONDS)
+
+
+async def test_a_huge_limit_is_sent_clamped_and_a_failed_quota_does_not_stop_the_shutdown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service, _, _, server, channel = await serving()
+    try:
+        one = Gateway(rlqs_grpc.RateLimitQuotaServiceStub(channel))
+        one.report(allowed=1)
+        await until(lambda: any(s.buckets for s in service._streams))
+        service.push(2.0**40)  # once a ValueError out of protobuf, ending the quota's task
+        assert token_bucket(await one.answer())[0] == 2**32 - 1
+
+        def broken() -> int:
+            raise RuntimeError("the guard's count is gone")
+
+        service.quota._refused = broken  # the quota's task fails at its next tick
+        service.start()
+        task = service._task
+        assert task is not None
+        await until(task.done)
+        with caplog.at_level(logging.ERROR, "epp.extproc.rlqs"):
+            await service.stop()  # logged, not raised: the EPP's shutdown goes on
+        assert "the rate-limit quota had stopped deciding" in caplog.text
+        assert "the guard's count is gone" in caplog.text
+        await asyncio.wait_for(one._reader, 5)  # the streams ended all the same
+    finally:
+        await channel.close()
+        await server.stop(None)
 
 
 async def test_a_limit_is_pushed_shared_by_demand_refreshed_and_lifted() -> None:

@@ -11,7 +11,7 @@ import itertools
 
 import pytest
 
-from epp.flowcontrol.envoy_quota import MIN_RATE, EnvoyQuota, QuotaTuning
+from epp.flowcontrol.envoy_quota import MAX_RATE, MIN_RATE, EnvoyQuota, QuotaTuning
 
 TICK = 0.125  # binary fractions keep the clock's sums exact
 TUNING = QuotaTuning()
@@ -156,6 +156,12 @@ def test_a_refusal_while_lifting_keeps_the_limit() -> None:
     guard.run(limit, 1.5, admitted=100)
     guard.run(limit, TICK, admitted=100, refused=8)
     assert guard.run(limit, 0.75, admitted=100)[-1] is not None  # the quiet second starts again
+
+
+def test_the_limit_stays_within_what_envoy_can_hold() -> None:
+    """Envoy's token bucket counts in uint32: a measured capacity past it is clamped."""
+    limit, guard = quota()
+    assert overloaded(guard, limit, admitted=2**40, refused=2**40) == MAX_RATE
 
 
 def test_an_epp_that_admitted_nothing_still_lets_requests_through() -> None:
