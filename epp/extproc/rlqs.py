@@ -71,7 +71,9 @@ class _Stream:
     """One gateway's stream: its buckets, its demand, what it was last assigned."""
 
     peer: str
-    outbox: asyncio.Queue[_Response | None] = field(default_factory=asyncio.Queue)
+    # the next reply, or None to end the stream: only the latest assignment matters
+    outbox: asyncio.Queue[_Response | None] = field(default_factory=lambda: asyncio.Queue(maxsize=1))
+    ended: bool = False
     buckets: dict[bytes, rlqs.BucketId] = field(default_factory=dict)
     demand: float = 0.0  # requests per second in its last report (allowed and denied)
     denied: bool = False  # its last report had denials
@@ -80,6 +82,15 @@ class _Stream:
     assigned: float | None = None  # the share last sent (None: none, or allow-all)
     limited: bool = False  # it holds a token bucket of ours
     sent: float = 0.0  # when (monotonic)
+
+    def send(self, reply: _Response | None) -> None:
+        """Queue `reply` in place of one not yet written (it supersedes it); None ends the stream."""
+        if self.ended:
+            return
+        if self.outbox.full():
+            self.outbox.get_nowait()
+        self.ended = reply is None
+        self.outbox.put_nowait(reply)
 
     def assignment(self, share: float | None, now: float) -> _Response:
         self.assigned, self.limited, self.sent = share, share is not None, now
@@ -121,7 +132,7 @@ class RateLimitQuotaService(rlqs_grpc.RateLimitQuotaServiceServicer):
             log.exception("the rate-limit quota had stopped deciding")
         self._task = None
         for stream in self._streams:
-            stream.outbox.put_nowait(None)
+            stream.send(None)
 
     async def StreamRateLimitQuotas(
         self,
@@ -146,8 +157,12 @@ class RateLimitQuotaService(rlqs_grpc.RateLimitQuotaServiceServicer):
         try:
             async for report in reports:
                 self._reported(stream, report)
+        except Exception:
+            log.warning(
+                "rate-limit quota stream from %s: its reports failed, ending it", stream.peer, exc_info=True
+            )
         finally:
-            stream.outbox.put_nowait(None)
+            stream.send(None)
 
     def _reported(self, stream: _Stream, report: rlqs.RateLimitQuotaUsageReports) -> None:
         now = self._clock()
@@ -165,7 +180,7 @@ class RateLimitQuotaService(rlqs_grpc.RateLimitQuotaServiceServicer):
         self._metrics.quota_reported.labels("denied").inc(denied)
         share = self._shares(self.quota.rate).get(stream)
         if share is not None or stream.limited:  # refresh the TTL, or lift a bucket it holds
-            stream.outbox.put_nowait(stream.assignment(share, now))
+            stream.send(stream.assignment(share, now))
 
     def _shares(self, rate: float | None) -> dict[_Stream, float | None]:
         """Each stream's part of `rate` (only streams with buckets: the others hold nothing)."""
@@ -214,10 +229,10 @@ class RateLimitQuotaService(rlqs_grpc.RateLimitQuotaServiceServicer):
         for stream, share in self._shares(rate).items():
             if share is None:
                 if stream.limited:
-                    stream.outbox.put_nowait(stream.assignment(None, now))
+                    stream.send(stream.assignment(None, now))
             elif (
                 stream.assigned is None
                 or abs(share - stream.assigned) > CHANGE * stream.assigned
                 or now - stream.sent >= REFRESH
             ):
-                stream.outbox.put_nowait(stream.assignment(share, now))
+                stream.send(stream.assignment(share, now))

@@ -233,8 +233,8 @@ async def test_a_rising_limit_changes_the_gateways_bucket_once_a_second() -> Non
             limit.now += rlqs_service.TICK
             limit.admitted += round(service.quota.rate * rlqs_service.TICK)
             service.push(service.quota.tick())
+            await until(lambda: all(s.outbox.empty() for s in service._streams))  # written
         assert service.quota.rate is not None
-        await until(lambda: all(s.outbox.empty() for s in service._streams))
         await service.stop()
         await asyncio.wait_for(one._reader, 5)
         sent = []
@@ -306,6 +306,48 @@ async def test_an_idle_gateway_does_not_lift_the_limit_from_under_a_busy_one() -
         await service.stop()
         await asyncio.wait_for(busy._reader, 5)
         await asyncio.wait_for(idle._reader, 5)
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+async def test_a_gateway_slow_to_read_holds_only_the_latest_assignment() -> None:
+    service, _, _, server, channel = await serving()
+    try:
+        one = Gateway(rlqs_grpc.RateLimitQuotaServiceStub(channel))
+        one.report(allowed=1)
+        await until(lambda: any(s.buckets for s in service._streams))
+        (stream,) = service._streams
+        for rate in range(100, 10_100, 100):  # faster than the stream writes: superseded
+            service.push(float(rate))
+        assert stream.outbox.qsize() == 1
+        assert token_bucket(await one.answer())[0] == 10_000
+        await service.stop()
+        await asyncio.wait_for(one._reader, 5)
+        assert one.answers.empty()  # nothing but the latest was written
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+async def test_reports_that_fail_end_the_stream_with_a_warning_naming_the_gateway(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service, _, _, server, channel = await serving()
+    try:
+
+        def broken(*_: object) -> None:
+            raise RuntimeError("unreadable report")
+
+        monkeypatch.setattr(service, "_reported", broken)
+        one = Gateway(rlqs_grpc.RateLimitQuotaServiceStub(channel))
+        with caplog.at_level(logging.WARNING, "epp.extproc.rlqs"):
+            one.report(allowed=1)
+            await asyncio.wait_for(one._reader, 5)  # the stream ended
+        (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert record.getMessage().startswith("rate-limit quota stream from ipv")
+        assert "its reports failed" in record.getMessage()
+        assert record.exc_info is not None and "unreadable report" in str(record.exc_info[1])
     finally:
         await channel.close()
         await server.stop(None)
