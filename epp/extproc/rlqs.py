@@ -13,7 +13,8 @@ all again; a token bucket's rate is `tokens_per_fill` over `fill_interval`, also
 So the EPP pushes: a new limit to every stream at once, the same one again every REFRESH while it
 lasts (an EPP gone leaves at most ASSIGNMENT_TTL_SECONDS of limit behind, and an Envoy restarted
 gets it with the answer to its first report), and an ALLOW_ALL assignment when it is lifted, so
-Envoy drops the bucket at once. Several gateways share the rate in proportion to the demand each
+the bucket allows everything at once (Envoy keeps it, with that action, until its TTL ends, and
+then allows all anyway). Several gateways share the rate in proportion to the demand each
 reported (allowed and denied requests per second), but for a tenth of it split equally (a gateway
 idle at its last report, up to 5 s ago, is not starved). The limit is lifted only once the
 EPP receives clearly less than the shares of the gateways it may still hold back: those whose last

@@ -86,8 +86,9 @@ class EnvoyQuota:
         return (admitted_now - admitted) / (now - then), (refused_now - refused) / (now - then)
 
     def busy(self) -> float:
-        """The share of one core the EPP's process used over the last window (at most 1: its
-        event loop is one thread)."""
+        """The CPU the EPP's process used over the last window, in seconds per second: process
+        time, so its event loop and its other threads too (asyncio.to_thread work, gRPC's
+        threads). Capped at 1: past a core, the capacity is what it handled."""
         (then, _, _, cpu), (now, _, _, cpu_now) = self._samples[0], self._samples[-1]
         return min(1.0, (cpu_now - cpu) / (now - then)) if now > then else 0.0
 
