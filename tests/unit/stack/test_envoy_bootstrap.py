@@ -439,7 +439,7 @@ def test_the_quota_from_the_epp_limits_inference_paths_only_and_names_itself() -
     (matcher,) = config["bucket_matchers"]["matcher_list"]["matchers"]
     path = matcher["predicate"]["single_predicate"]
     assert path["input"]["typed_config"]["header_name"] == ":path"
-    limited = re.compile(path["value_match"]["safe_regex"]["regex"])
+    limited = quota_regex(options)
     for inference in ("/v1/completions", "/v1/chat/completions?x=1", "/v1/responses/abc", "/v1/embeddings"):
         assert limited.match(inference), inference
     for other in ("/v1/models", "/health", "/v1/completionsx", "/metrics", "/x/v1/completions"):
