@@ -12,11 +12,16 @@ the rate it admitted; when its waits grew while it was not busy (other processes
 measured on a shared 2-core host: the guard refused at 40 % of a core), the rate it admitted would
 be a limit far below what it serves, refusing more than the EPP did. While the guard keeps
 refusing that much, the limit is measured again, at most once per `hold` (a queue that formed
-before the limit drains through it first), never upwards. Otherwise it rises by `increase` a
-second (compounded) to find capacity the host frees, and it is lifted once, for `lift_after`, the
-EPP admitted less than `lift_below` of the limit without refusing: the demand fell below it, so it
-no longer binds (a binding bucket lets through about its rate; Envoy 1.40's own reports of its
-denials come every 5 s, too late for this). The guard sees every request the same way (it refuses
+before the limit drains through it first), never upwards. Otherwise it rises by `increase` once a
+`rise_every` without a refusal, to find capacity the host frees (in steps: Envoy 1.40 replaces a
+token bucket whose figures change by a full one, so a rise every tick would hand out a burst every
+tick, about doubling the limit), and only while the EPP admits at least `lift_below` of it (so the
+limit never grows past what the EPP receives). It is lifted once, for `lift_after`, the EPP
+admitted less than `lift_below` of the part of the limit that still binds (`tick`'s `binding`: the
+gateways that still deny requests hold it) without refusing: their demand fell below their share,
+so the limit no longer binds (a binding bucket lets through about its rate; Envoy 1.40's own
+reports of its denials come every 5 s, too late to lift on, soon enough to tell which gateways the
+limit holds back). The guard sees every request the same way (it refuses
 before reading one), so the limit binds requests of every priority alike, as the EPP's own
 overload refusals do."""
 
@@ -31,6 +36,7 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 MIN_RATE = 1.0  # requests per second: a limit never shuts the gateway entirely
+MAX_RATE = 2**32 - 1  # requests per second: Envoy's token bucket counts in uint32
 MIN_BUSY = 0.1  # share of a core: below, the EPP's cost per request is not measured
 
 
@@ -40,7 +46,8 @@ class QuotaTuning:
     overloaded: float = 0.2  # the share of requests refused that sets or cuts the limit
     refusal_cost: float = 0.3  # a refusal's CPU against a served request's (docs/benchmarks.md)
     hold: float = 1.0  # seconds between two cuts while the guard keeps refusing
-    increase: float = 0.3  # per second, a share of the limit
+    increase: float = 0.3  # a share of the limit, added ...
+    rise_every: float = 1.0  # ... once this many seconds without a refusal
     lift_below: float = 0.8  # admitted under this share of the limit, the demand is below it ...
     lift_after: float = 1.0  # ... for this long, without a refusal: the limit goes
 
@@ -66,7 +73,7 @@ class EnvoyQuota:
         self.rate: float | None = None
         now = clock()
         self._samples: deque[tuple[float, int, int, float]] = deque([(now, admitted(), refused(), cpu())])
-        self._last_tick = now
+        self._next_rise = float("inf")  # no rise before a limit
         self._below_since: float | None = None  # admitted under lift_below of the limit since
         self._next_cut = float("-inf")
 
@@ -79,8 +86,9 @@ class EnvoyQuota:
         return (admitted_now - admitted) / (now - then), (refused_now - refused) / (now - then)
 
     def busy(self) -> float:
-        """The share of one core the EPP's process used over the last window (at most 1: its
-        event loop is one thread)."""
+        """The CPU the EPP's process used over the last window, in seconds per second: process
+        time, so its event loop and its other threads too (asyncio.to_thread work, gRPC's
+        threads). Capped at 1: past a core, the capacity is what it handled."""
         (then, _, _, cpu), (now, _, _, cpu_now) = self._samples[0], self._samples[-1]
         return min(1.0, (cpu_now - cpu) / (now - then)) if now > then else 0.0
 
@@ -90,15 +98,18 @@ class EnvoyQuota:
         is what it admitted; refusing while the host's other processes held the CPU (its waits
         grew though it was not busy), more, so a limit set then does not bind for long."""
         admitted, refused = self.measured()
-        return max(MIN_RATE, (admitted + self.tuning.refusal_cost * refused) / max(self.busy(), MIN_BUSY))
+        handled = (admitted + self.tuning.refusal_cost * refused) / max(self.busy(), MIN_BUSY)
+        return min(MAX_RATE, max(MIN_RATE, handled))
 
-    def tick(self) -> float | None:
+    def tick(self, binding: float = 1.0) -> float | None:
+        """The limit now. `binding`: the share of the limit held by the gateways it may still hold
+        back (1: all; 0: none, so it goes after `lift_after`)."""
         now = self._clock()
         refusing = self._sample(now)
-        elapsed, self._last_tick = now - self._last_tick, now
         admitted, refused = self.measured()
         if refusing:
             self._below_since = None
+            self._next_rise = now + self.tuning.rise_every
         if refused > self.tuning.overloaded * (admitted + refused):
             if self.rate is None:
                 self.rate = self.capacity()
@@ -115,7 +126,7 @@ class EnvoyQuota:
                 self.rate = min(self.rate, self.capacity())
                 self._next_cut = now + self.tuning.hold
         elif self.rate is not None and not refusing:
-            if admitted >= self.tuning.lift_below * self.rate:
+            if binding > 0 and admitted >= self.tuning.lift_below * binding * self.rate:
                 self._below_since = None
             elif self._below_since is None:
                 self._below_since = now
@@ -123,7 +134,9 @@ class EnvoyQuota:
                 self.rate = self._below_since = None
                 log.warning("no longer overloaded: the gateway's rate-limit quota is lifted")
                 return None
-            self.rate *= 1 + self.tuning.increase * elapsed
+            if now >= self._next_rise and admitted >= self.tuning.lift_below * self.rate:
+                self.rate = min(MAX_RATE, self.rate * (1 + self.tuning.increase))
+                self._next_rise = now + self.tuning.rise_every
         return self.rate
 
     def _sample(self, now: float) -> bool:

@@ -348,7 +348,7 @@ def _admission_filters(options: EnvoyOptions) -> list[dict[str, Any]]:
     adaptive concurrency filter's latency samples include the EPP's time."""
     filters = [_rate_limit(options)] if options.rate_limit > 0 else []
     if options.quota_from_epp:
-        filters.append(_quota_from_epp())
+        filters.append(_quota_from_epp(options))
     if options.adaptive_concurrency:
         filters.append(_adaptive_concurrency(options))
     if options.admission_control_aggression > 0:
@@ -384,13 +384,16 @@ def admission_control_filter(options: EnvoyOptions) -> dict[str, Any]:
     }
 
 
-def _quota_from_epp() -> dict[str, Any]:
+def _quota_from_epp(options: EnvoyOptions) -> dict[str, Any]:
     """Envoy's rate_limit_quota filter over the EPP cluster: one bucket for every inference request
-    (the paths the EPP parses; /v1/models and other paths are never limited), reported to the EPP
+    (the paths the EPP parses, and those allowed beyond the defaults, which reach the EPP too;
+    /v1/models and other paths are never limited, nor is any other with `/` allowed: RE2 cannot
+    say "all but /v1/models"), reported to the EPP
     every QUOTA_REPORTING_INTERVAL, allowed while the EPP assigns nothing (the filter's default),
     and when the EPP's token bucket is empty, refused with a JSON 429 naming the limit
     (_local_replies: the filter's details, QUOTA_LIMITED)."""
-    paths = "|".join(re.escape(path) for path in INFERENCE_API_PATHS)
+    extra = [path for path in options.allowed_paths if path not in (*DEFAULT_ALLOWED_PATHS, "/")]
+    paths = "|".join(re.escape(path) for path in (*INFERENCE_API_PATHS, *extra))
     settings = _typed(
         "envoy.extensions.filters.http.rate_limit_quota.v3.RateLimitQuotaBucketSettings",
         bucket_id_builder={"bucket_id_builder": {"name": {"string_value": "inference"}}},

@@ -1,12 +1,16 @@
 """The rate-limit quota service over real gRPC (grpc.aio on 127.0.0.1): a report while there is
 no limit is not answered (Envoy allows what nothing covers); a limit is pushed to every stream at
-once as a token bucket of whole seconds and a TTL, each stream's share half equal, half by the
-demand it reported; a report while limited is answered (refreshing the TTL); lifting sends ALLOW_ALL; a
-closed stream leaves the share to the others; the metrics show it all."""
+once as a token bucket of whole seconds and a TTL, each stream's share mostly by the demand it
+reported, an idle one's unused share not lifting the limit from under a busy one; a report while
+limited is answered (refreshing the TTL); lifting sends ALLOW_ALL; a closed stream leaves the
+share to the others; the metrics show it all."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
+import math
 from collections.abc import AsyncIterator
 
 import grpc
@@ -98,6 +102,39 @@ def test_the_strategy_of_a_rate() -> None:
     assert (bucket.tokens_per_fill.value, bucket.max_tokens) == (250, round(250.4 * BURST_SECONDS + 0.5))
     tiny = strategy(0.2).token_bucket  # never a bucket that refuses everything
     assert (tiny.tokens_per_fill.value, tiny.max_tokens) == (1, 1)
+    for huge in (2.0**40, float("inf"), float("nan")):  # uint32 fields: the most they hold
+        bucket = strategy(huge).token_bucket
+        assert bucket.tokens_per_fill.value == 2**32 - 1
+        assert bucket.max_tokens == math.ceil((2**32 - 1) * BURST_SECONDS)
+
+
+async def test_a_huge_limit_is_sent_clamped_and_a_failed_quota_does_not_stop_the_shutdown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service, _, _, server, channel = await serving()
+    try:
+        one = Gateway(rlqs_grpc.RateLimitQuotaServiceStub(channel))
+        one.report(allowed=1)
+        await until(lambda: any(s.buckets for s in service._streams))
+        service.push(2.0**40)  # once a ValueError out of protobuf, ending the quota's task
+        assert token_bucket(await one.answer())[0] == 2**32 - 1
+
+        def broken() -> int:
+            raise RuntimeError("the guard's count is gone")
+
+        service.quota._refused = broken  # the quota's task fails at its next tick
+        service.start()
+        task = service._task
+        assert task is not None
+        await until(task.done)
+        with caplog.at_level(logging.ERROR, "epp.extproc.rlqs"):
+            await service.stop()  # logged, not raised: the EPP's shutdown goes on
+        assert "the rate-limit quota had stopped deciding" in caplog.text
+        assert "the guard's count is gone" in caplog.text
+        await asyncio.wait_for(one._reader, 5)  # the streams ended all the same
+    finally:
+        await channel.close()
+        await server.stop(None)
 
 
 async def test_a_limit_is_pushed_shared_by_demand_refreshed_and_lifted() -> None:
@@ -124,8 +161,8 @@ async def test_a_limit_is_pushed_shared_by_demand_refreshed_and_lifted() -> None
         rate = service.quota.rate
         assert rate is not None and rate == service.quota.capacity()  # measured
         first, second = token_bucket(await one.answer()), token_bucket(await two.answer())
-        # half equally, half by demand (1:3): 3/8 and 5/8
-        assert (first[0], second[0]) == (round(rate * 3 / 8), round(rate * 5 / 8))
+        # a tenth equally, the rest by demand (1:3)
+        assert (first[0], second[0]) == (round(rate * 0.275), round(rate * 0.725))
         assert metrics.quota_rate._value.get() == pytest.approx(rate)
 
         one.report(allowed=5, denied=7)  # answered while limited: the TTL refreshed
@@ -173,6 +210,144 @@ async def test_a_limit_is_pushed_shared_by_demand_refreshed_and_lifted() -> None
         assert one.answers.empty()  # nothing more to say while there is no limit
         await service.stop()  # ends the streams: the server can stop without waiting for them
         await asyncio.wait_for(one._reader, 5)
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+async def test_a_rising_limit_changes_the_gateways_bucket_once_a_second() -> None:
+    """Envoy 1.40 replaces a bucket's token bucket, full, whenever its figures change: a limit
+    pushed risen every tick would hand out BURST_SECONDS of its rate every tick (about twice the
+    limit let through while it rises)."""
+    service, limit, _, server, channel = await serving()
+    try:
+        one = Gateway(rlqs_grpc.RateLimitQuotaServiceStub(channel))
+        one.report(allowed=1)
+        await until(lambda: any(s.buckets for s in service._streams))
+        for refused in (0,) * 10 + (800,):  # a second at full load, then a tick refusing: a limit
+            limit.now += rlqs_service.TICK
+            limit.admitted, limit.refused = limit.admitted + 80, limit.refused + refused
+            service.push(service.quota.tick())
+        assert service.quota.rate is not None
+        for _ in range(40):  # four seconds, the bucket binding: the EPP gets the limit, refuses none
+            limit.now += rlqs_service.TICK
+            limit.admitted += round(service.quota.rate * rlqs_service.TICK)
+            service.push(service.quota.tick())
+            await until(lambda: all(s.outbox.empty() for s in service._streams))  # written
+        assert service.quota.rate is not None
+        await service.stop()
+        await asyncio.wait_for(one._reader, 5)
+        sent = []
+        while not one.answers.empty():
+            sent.append(token_bucket(one.answers.get_nowait())[:2])
+        changes = sum(b != a for a, b in itertools.pairwise(sent))
+        assert 2 <= changes <= 5, sent  # it rose, one step a second at most
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+async def test_an_idle_gateway_does_not_lift_the_limit_from_under_a_busy_one() -> None:
+    """Two gateways, one idle, one flooding: the busy one gets nearly the whole limit, and the
+    EPP, receiving what its bucket lets through, keeps the limit (an idle gateway's unused share
+    is not a fall in demand); once the flood ends, the limit is lifted."""
+    service, limit, _, server, channel = await serving()
+    try:
+        stub = rlqs_grpc.RateLimitQuotaServiceStub(channel)
+        idle = Gateway(stub)
+        idle.report(allowed=1)
+        await until(lambda: any(s.buckets for s in service._streams))
+        (idle_stream,) = service._streams
+        busy = Gateway(stub)
+        busy.report(allowed=1)
+        await until(lambda: sum(bool(s.buckets) for s in service._streams) == 2)
+        (busy_stream,) = service._streams - {idle_stream}
+
+        async def reported(gateway: Gateway, allowed: int, denied: int = 0) -> None:
+            stream = busy_stream if gateway is busy else idle_stream
+            before = stream.last_report
+            gateway.report(allowed, denied)
+            await until(lambda: stream.last_report != before)
+
+        limit.now += 1.0
+        await reported(idle, 0)
+        await reported(busy, 1000)
+        for refused in (0,) * 10 + (800,):  # a second at full load, then refusals: a limit
+            limit.now += rlqs_service.TICK
+            limit.admitted, limit.refused = limit.admitted + 80, limit.refused + refused
+            service.step()
+        first = service.quota.rate
+        assert first is not None
+        flood = 20 * first  # requests per second the busy gateway receives
+
+        async def run(seconds: float, demand: float) -> list[float | None]:
+            """Ticks; the EPP receives what the busy gateway's bucket lets through, and the
+            gateways report every 5 s (Envoy 1.40)."""
+            rates = []
+            for tick in range(1, round(seconds / rlqs_service.TICK) + 1):
+                limit.now += rlqs_service.TICK
+                share = busy_stream.assigned
+                let_through = demand if share is None else min(demand, share)
+                limit.admitted += round(let_through * rlqs_service.TICK)
+                if tick % round(5 / rlqs_service.TICK) == 0:
+                    await reported(idle, 0)
+                    await reported(busy, round(let_through * 5), round((demand - let_through) * 5))
+                service.step()
+                rates.append(service.quota.rate)
+            return rates
+
+        held = await run(8.0, flood)
+        assert None not in held, held  # the busy gateway is still held back: the limit stays
+        rate = held[-1]
+        assert rate is not None and first < rate < flood
+        assert busy_stream.assigned is not None and busy_stream.assigned > 0.9 * rate
+        quiet = await run(4.0, first / 4)  # the flood is over
+        assert quiet[-1] is None, quiet
+        await service.stop()
+        await asyncio.wait_for(busy._reader, 5)
+        await asyncio.wait_for(idle._reader, 5)
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+async def test_a_gateway_slow_to_read_holds_only_the_latest_assignment() -> None:
+    service, _, _, server, channel = await serving()
+    try:
+        one = Gateway(rlqs_grpc.RateLimitQuotaServiceStub(channel))
+        one.report(allowed=1)
+        await until(lambda: any(s.buckets for s in service._streams))
+        (stream,) = service._streams
+        for rate in range(100, 10_100, 100):  # faster than the stream writes: superseded
+            service.push(float(rate))
+        assert stream.outbox.qsize() == 1
+        assert token_bucket(await one.answer())[0] == 10_000
+        await service.stop()
+        await asyncio.wait_for(one._reader, 5)
+        assert one.answers.empty()  # nothing but the latest was written
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+async def test_reports_that_fail_end_the_stream_with_a_warning_naming_the_gateway(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service, _, _, server, channel = await serving()
+    try:
+
+        def broken(*_: object) -> None:
+            raise RuntimeError("unreadable report")
+
+        monkeypatch.setattr(service, "_reported", broken)
+        one = Gateway(rlqs_grpc.RateLimitQuotaServiceStub(channel))
+        with caplog.at_level(logging.WARNING, "epp.extproc.rlqs"):
+            one.report(allowed=1)
+            await asyncio.wait_for(one._reader, 5)  # the stream ended
+        (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert record.getMessage().startswith("rate-limit quota stream from ipv")
+        assert "its reports failed" in record.getMessage()
+        assert record.exc_info is not None and "unreadable report" in str(record.exc_info[1])
     finally:
         await channel.close()
         await server.stop(None)

@@ -1,14 +1,17 @@
 """The rate the EPP assigns the gateway, on an injected clock, CPU time and the overload guard's
 counts: none while nothing (or next to nothing) is refused; once the guard refuses a significant
 share, the EPP's capacity measured then (what it handled per CPU-second); measured again at most
-once per hold while it keeps refusing, never upwards; raised while nothing is refused; lifted once
-the EPP receives clearly less than the limit."""
+once per hold while it keeps refusing, never upwards; raised in steps while nothing is refused and
+it receives most of the limit; lifted once the EPP receives clearly less than the part of the
+limit the gateways it still holds back have."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
-from epp.flowcontrol.envoy_quota import MIN_RATE, EnvoyQuota, QuotaTuning
+from epp.flowcontrol.envoy_quota import MAX_RATE, MIN_RATE, EnvoyQuota, QuotaTuning
 
 TICK = 0.125  # binary fractions keep the clock's sums exact
 TUNING = QuotaTuning()
@@ -24,17 +27,23 @@ class Guard:
         self.refused = 0
 
     def run(
-        self, quota: EnvoyQuota, seconds: float, admitted: float, refused: float = 0.0, busy: float = 1.0
+        self,
+        quota: EnvoyQuota,
+        seconds: float,
+        admitted: float,
+        refused: float = 0.0,
+        busy: float = 1.0,
+        binding: float = 1.0,
     ) -> list[float | None]:
         """`seconds` of ticks, each admitting and refusing at these rates (per second), with
-        `busy` of a core used."""
+        `busy` of a core used and `binding` of the limit held by gateways it holds back."""
         rates = []
         for _ in range(round(seconds / TICK)):
             self.now += TICK
             self.cpu += busy * TICK
             self.admitted += round(admitted * TICK)
             self.refused += round(refused * TICK)
-            rates.append(quota.tick())
+            rates.append(quota.tick(binding))
         return rates
 
 
@@ -94,14 +103,20 @@ def test_while_refusing_it_is_measured_again_at_most_once_per_hold_and_never_rai
     assert guard.run(limit, TICK, admitted=200, refused=2000, busy=0.1)[-1] == cut
 
 
-def test_it_rises_while_nothing_is_refused_and_binds() -> None:
+def test_it_rises_in_steps_a_second_apart_while_nothing_is_refused_and_binds() -> None:
+    """Steps, not a rise every tick: Envoy refills a token bucket whose figures change."""
     limit, guard = quota()
     first = overloaded(guard, limit)
     assert first is not None
-    rates = guard.run(limit, 2.0, admitted=first)  # the bucket binds: the EPP gets about its rate
-    # once the refusals leave the window: 30 % a second, compounded
-    assert rates[-1] == pytest.approx(rates[-9] * (1 + TUNING.increase * TICK) ** 8)
-    assert all(b > a for a, b in zip(rates[-9:], rates[-8:], strict=False))
+    rates: list[float | None] = [first]
+    for _ in range(round(4.0 / TICK)):  # the bucket binds: the EPP gets about its rate
+        rate = rates[-1]
+        assert rate is not None
+        rates.extend(guard.run(limit, TICK, admitted=rate))
+    steps = [i for i in range(1, len(rates)) if rates[i] != rates[i - 1]]
+    assert len(steps) >= 3
+    assert all((b - a) * TICK >= TUNING.rise_every for a, b in itertools.pairwise(steps))
+    assert all(rates[i] == pytest.approx(rates[i - 1] * (1 + TUNING.increase)) for i in steps)
 
 
 def test_it_is_lifted_once_the_demand_falls_clearly_below_it() -> None:
@@ -115,12 +130,38 @@ def test_it_is_lifted_once_the_demand_falls_clearly_below_it() -> None:
     assert guard.run(limit, 1.0, admitted=2000) == [None] * 8  # gone until the next overload
 
 
+def test_it_is_lifted_by_the_demand_of_the_gateways_it_still_holds_back() -> None:
+    """A gateway that no longer gets denials does not fill its share: the EPP's admissions are
+    compared with the shares of the others (`binding`), and with none held back the limit goes."""
+    limit, guard = quota()
+    rate = overloaded(guard, limit)
+    assert rate is not None
+    held = guard.run(limit, 3.0, admitted=0.7 * rate, binding=0.8)  # 0.7 >= 0.8 * 0.8: still binds
+    assert None not in held
+    assert guard.run(limit, 3.0, admitted=0.7 * rate, binding=0.0)[-1] is None
+
+
+def test_it_never_rises_past_what_the_epp_receives() -> None:
+    """A small gateway held back while the EPP receives half the limit: no lift (the gateway
+    still binds), and no rise either, so the limit cannot grow without bound."""
+    limit, guard = quota()
+    rate = overloaded(guard, limit)
+    assert rate is not None
+    assert guard.run(limit, 30.0, admitted=rate / 2, binding=0.05) == [rate] * round(30.0 / TICK)
+
+
 def test_a_refusal_while_lifting_keeps_the_limit() -> None:
     limit, guard = quota()
     overloaded(guard, limit)
     guard.run(limit, 1.5, admitted=100)
     guard.run(limit, TICK, admitted=100, refused=8)
     assert guard.run(limit, 0.75, admitted=100)[-1] is not None  # the quiet second starts again
+
+
+def test_the_limit_stays_within_what_envoy_can_hold() -> None:
+    """Envoy's token bucket counts in uint32: a measured capacity past it is clamped."""
+    limit, guard = quota()
+    assert overloaded(guard, limit, admitted=2**40, refused=2**40) == MAX_RATE
 
 
 def test_an_epp_that_admitted_nothing_still_lets_requests_through() -> None:

@@ -439,11 +439,20 @@ def test_the_quota_from_the_epp_limits_inference_paths_only_and_names_itself() -
     (matcher,) = config["bucket_matchers"]["matcher_list"]["matchers"]
     path = matcher["predicate"]["single_predicate"]
     assert path["input"]["typed_config"]["header_name"] == ":path"
-    limited = re.compile(path["value_match"]["safe_regex"]["regex"])
+    limited = quota_regex(options)
     for inference in ("/v1/completions", "/v1/chat/completions?x=1", "/v1/responses/abc", "/v1/embeddings"):
         assert limited.match(inference), inference
     for other in ("/v1/models", "/health", "/v1/completionsx", "/metrics", "/x/v1/completions"):
         assert not limited.match(other), other  # never limited (not reported either)
+    # paths allowed beyond the defaults reach the EPP: limited too; with "/", only the inference
+    # paths (RE2 has no "all but /v1/models")
+    extra = quota_regex(EnvoyOptions(quota_from_epp=True, allowed_paths=(*DEFAULT_ALLOWED_PATHS, "/v2/gen")))
+    everything = quota_regex(EnvoyOptions(quota_from_epp=True, allowed_paths=("/",)))
+    for also in ("/v1/completions", "/v2/gen", "/v2/gen/x?y=1"):
+        assert extra.match(also), also
+    assert everything.match("/v1/completions") and not everything.match("/v2/gen")
+    for other in ("/v1/models", "/health", "/v2/genx"):
+        assert not extra.match(other) and not everything.match(other), other
     settings = matcher["on_match"]["action"]["typed_config"]
     assert settings["bucket_id_builder"] == {"bucket_id_builder": {"name": {"string_value": "inference"}}}
     deny = settings["deny_response_settings"]
@@ -454,6 +463,15 @@ def test_the_quota_from_the_epp_limits_inference_paths_only_and_names_itself() -
     replies = manager(render_bootstrap(options))["local_reply_config"]["mappers"]
     (quota_reply,) = [m for m in replies if "rate_limited_by_quota" in str(m["filter"])]
     assert quota_reply["body_format_override"]["json_format"]["error"]["message"] == LIMIT_MESSAGES["quota"]
+
+
+def quota_regex(options: EnvoyOptions) -> re.Pattern[str]:
+    """The paths the quota's one bucket covers."""
+    (quota,) = [
+        f for f in manager(render_bootstrap(options))["http_filters"] if "rate_limit_quota" in f["name"]
+    ]
+    (matcher,) = quota["typed_config"]["bucket_matchers"]["matcher_list"]["matchers"]
+    return re.compile(matcher["predicate"]["single_predicate"]["value_match"]["safe_regex"]["regex"])
 
 
 def test_epp_run_quota_from_epp_sets_both_sides() -> None:
