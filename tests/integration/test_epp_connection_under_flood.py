@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from bench.overload_ramp import EPP_CONNECTION_STATS, h2load_point
-from epp.stack.envoy import EnvoyOptions
+from epp.stack.envoy import BODY_MODES, EnvoyOptions
 from tests.integration.conftest import StackFactory
 from tests.integration.test_quota_from_epp_e2e import envoy_stat
 
@@ -31,8 +31,9 @@ FLOOD_SECONDS = 3.0  # the flood's bound: FLOOD_RATE * FLOOD_SECONDS requests
 UNTOUCHED = tuple(f"cluster.epp.{name}" for name in EPP_CONNECTION_STATS if name != "upstream_cx_total")
 
 
+@pytest.mark.parametrize("body_mode", BODY_MODES)
 async def test_a_flood_gets_the_epps_answers_over_one_connection(
-    make_stack: StackFactory, tmp_path_factory: pytest.TempPathFactory
+    make_stack: StackFactory, tmp_path_factory: pytest.TempPathFactory, body_mode: str
 ) -> None:
     if shutil.which("h2load") is None:
         pytest.fail("h2load is missing: `make install` installs Debian's nghttp2-client")
@@ -41,7 +42,7 @@ async def test_a_flood_gets_the_epps_answers_over_one_connection(
     run_dir = tmp_path_factory.mktemp("flood")
     body = run_dir / "request.json"
     body.write_bytes(orjson.dumps(BODY))
-    envoy = EnvoyOptions(listen_port=0, admin_port=0)
+    envoy = EnvoyOptions(listen_port=0, admin_port=0, body_mode=body_mode)
     async with (
         make_stack("flood", sims=2, sim_args=sim_args, epp_args=epp_args, envoy=envoy) as stack,
         httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client,
