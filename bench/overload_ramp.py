@@ -13,7 +13,8 @@ Per rate: how many were served, shed (429 from the EPP's overload protection or 
 Envoy's --rate-limit, --adaptive-concurrency, --admission-control or --quota-from-epp; "of which
 EPP" counts the EPP's own answers in Envoy's ext_proc stats), and failed with a 5xx (504 = Envoy's ext_proc
 message timeout), with latency percentiles of each kind, the EPP's CPU time per request sent and
-the machine's load average.
+the machine's load average. After the table, Envoy's counters of its connections to the EPP
+(EPP_CONNECTION_STATS).
 
     .venv/bin/python bench/overload_ramp.py --base 300 --seconds 10 --loadgen h2load
     .venv/bin/python bench/overload_ramp.py --base 300 --rates 1 --config-file flow.yaml  # flow control
@@ -42,6 +43,16 @@ from epp.stack.stack import Stack, StackConfig
 MODEL = "sim-model"
 H2_STREAMS = 10_000  # streams per h2load connection: enough to stay open-loop through seconds of latency
 EXT_PROC_ANSWERS = "http.gateway.ext_proc.immediate_responses_sent"
+# Envoy's counters of its connections to the EPP, printed after the table: any but the first above
+# 0 is a 503 the EPP did not send (a connection closed for a flood, or one that did not connect).
+EPP_CONNECTION_STATS = (
+    "upstream_cx_total",
+    "upstream_cx_connect_timeout",
+    "upstream_cx_protocol_error",
+    "http2.outbound_control_flood",
+    "http2.outbound_flood",
+    "upstream_rq_pending_failure_eject",
+)
 
 
 def worker(
@@ -144,12 +155,20 @@ class Counters:
         return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
 
     async def epp_answers(self) -> int:
+        text = await self._stats(f"^{EXT_PROC_ANSWERS}$")
+        return int(text.split(":")[1]) if ":" in text else 0
+
+    async def epp_connection(self) -> str:
+        names = "|".join(name.replace(".", r"\.") for name in EPP_CONNECTION_STATS)
+        text = await self._stats(rf"^cluster\.epp\.({names})$")
+        return ", ".join(line.removeprefix("cluster.epp.") for line in text.splitlines() if line)
+
+    async def _stats(self, pattern: str) -> str:
         async with (
             aiohttp.ClientSession() as session,
-            session.get(f"{self._stack.admin_url}/stats", params={"filter": f"^{EXT_PROC_ANSWERS}$"}) as r,
+            session.get(f"{self._stack.admin_url}/stats", params={"filter": pattern}) as r,
         ):
-            text = await r.text()
-        return int(text.split(":")[1]) if ":" in text else 0
+            return await r.text()
 
 
 def ms(values: list[float], q: float) -> str:
@@ -216,6 +235,7 @@ async def main(args: argparse.Namespace) -> None:
                 flush=True,
             )
             await asyncio.sleep(2)  # let the EPP's queues drain between rates
+        print(f"\nEnvoy's connections to the EPP: {await counters.epp_connection()}")
 
 
 if __name__ == "__main__":

@@ -65,10 +65,11 @@ async def test_envoy_refuses_the_excess_of_an_overloaded_epp_by_its_quota_and_re
             results, _ = await flood
 
         statuses = Counter(status for status, _ in results)
-        # Every request answered: served, refused, or (on a host this flood overloads as a whole)
-        # the fail-closed 503 of an ext_proc stream the EPP's connection reset; measured with this
-        # flood at load 8 on 2 cores: 8,493 of 15,000 in 3 s without the quota, 174 to 407 with it.
-        assert set(statuses) <= {200, 429, 503}, statuses
+        # Every request answered: served or refused. (Before the bootstrap lifted Envoy's HTTP/2
+        # limits on its connections to the EPP, a host this flood overloads as a whole also gave
+        # 503s of those connections: at load 8 on 2 cores 8,493 of 15,000 in 3 s without the
+        # quota, 174 to 407 with it; test_epp_connection_under_flood.py.)
+        assert set(statuses) <= {200, 429}, statuses
         assert float(assigned) > 0
         assert refused.headers.get("x-gateway-limit") == "quota", (refused.status_code, refused.text)
         assert refused.status_code == 429, refused.text
