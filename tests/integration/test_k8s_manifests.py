@@ -134,6 +134,7 @@ def test_the_crds_the_tests_validate_with_are_valid_objects() -> None:
         "InferenceObjective",
         "InferenceModelRewrite",
         "EnvoyFilter",
+        "EnvoyPatchPolicy",
     }
     for path in files:
         kubernetes_validate.validate(yaml.safe_load(path.read_text()), KUBERNETES_VERSION, strict=True)
@@ -501,6 +502,7 @@ def test_the_gateways_admission_control_patches_are_the_bootstraps() -> None:
 
 
 ISTIO_PATCHES = ("gateway-api/istio/admission-control.yaml", "gateway-api/istio/epp-http2-limits.yaml")
+PATCHES = (*ISTIO_PATCHES, "gateway-api/envoy-gateway/admission-control.yaml")
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
@@ -509,8 +511,8 @@ def manifest(path: str) -> Doc:
     return dict(doc)
 
 
-@pytest.mark.parametrize("path", ISTIO_PATCHES)
-def test_the_istio_patches_validate_against_istios_envoyfilter_crd(path: str) -> None:
+@pytest.mark.parametrize("path", PATCHES)
+def test_the_gateway_patches_validate_against_their_gateways_crd(path: str) -> None:
     validate_custom_resource(manifest(path))
 
 

@@ -1,6 +1,7 @@
-"""GIE's official CRD schemas (tests/data/upstream/crds/, verbatim, sources in SOURCES.yaml) as
-JSON Schema validators: the double checks every custom resource a test stores, and the manifest
-tests check ours, as the API server would. CEL rules (x-kubernetes-validations) are not run."""
+"""Official CRD schemas (GIE's, and those of the Istio and Envoy Gateway patch kinds we ship;
+tests/data/upstream/crds/, verbatim, sources in SOURCES.yaml) as JSON Schema validators: the
+double checks every custom resource a test stores, and the manifest tests check ours, as the API
+server would. CEL rules (x-kubernetes-validations) are not run."""
 
 from __future__ import annotations
 
