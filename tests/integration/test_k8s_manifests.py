@@ -34,12 +34,14 @@ from epp.sidecar.options import SidecarOptions
 from epp.sidecar.poolsource import PoolSource
 from epp.stack.envoy import (
     DEFAULT_ALLOWED_PATHS,
+    EPP_HTTP2_OPTIONS,
     EnvoyOptions,
     admission_control_filter,
     admission_control_reply,
     render_bootstrap,
 )
 from epp.stack.processes import wait_until
+from tests.envoy_validate import assert_envoy_accepts
 from tests.integration.test_sidecar_pool_e2e import SIDECAR_RULES
 from tests.k8s_double import LEASES, PODS, POOLS_V1, SERVICE_ACCOUNT, ApiServerDouble, Resource
 from tests.k8s_double.objects import pod
@@ -131,6 +133,8 @@ def test_the_crds_the_tests_validate_with_are_valid_objects() -> None:
         "InferencePool",
         "InferenceObjective",
         "InferenceModelRewrite",
+        "EnvoyFilter",
+        "EnvoyPatchPolicy",
     }
     for path in files:
         kubernetes_validate.validate(yaml.safe_load(path.read_text()), KUBERNETES_VERSION, strict=True)
@@ -495,6 +499,84 @@ def test_the_gateways_admission_control_patches_are_the_bootstraps() -> None:
     assert reply["value"] == {"mappers": [admission_control_reply()]}
     for spec in (istio["spec"]["targetRefs"][0], envoy_gateway["spec"]["targetRef"]):
         assert spec["name"] == one(RENDERED["gateway-api/istio"], "Gateway")["metadata"]["name"]
+
+
+ISTIO_PATCHES = ("gateway-api/istio/admission-control.yaml", "gateway-api/istio/epp-http2-limits.yaml")
+PATCHES = (*ISTIO_PATCHES, "gateway-api/envoy-gateway/admission-control.yaml")
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def manifest(path: str) -> Doc:
+    (doc,) = yaml.safe_load_all((ROOT / path).read_text())
+    return dict(doc)
+
+
+@pytest.mark.parametrize("path", PATCHES)
+def test_the_gateway_patches_validate_against_their_gateways_crd(path: str) -> None:
+    validate_custom_resource(manifest(path))
+
+
+def istio_epp_cluster_patch() -> Doc:
+    (patch,) = manifest(ISTIO_PATCHES[1])["spec"]["configPatches"]
+    return dict(patch)
+
+
+def test_the_istio_epp_patch_sets_the_bootstraps_http2_limits_on_the_epps_cluster() -> None:
+    """Istio's ext_proc for a pool calls outbound|<port>||<EPP Service FQDN>: matched by the
+    pool's endpointPickerRef (service, port), on the Gateway, with `epp run`'s values."""
+    doc = manifest(ISTIO_PATCHES[1])
+    patch = istio_epp_cluster_patch()
+    assert (patch["applyTo"], patch["match"]["context"], patch["patch"]["operation"]) == (
+        "CLUSTER",
+        "GATEWAY",
+        "MERGE",
+    )
+    ref = one(RENDERED[OVERLAYS[0]], "InferencePool")["spec"]["endpointPickerRef"]
+    service = one(RENDERED[OVERLAYS[0]], "Service", ref["name"])
+    assert ref["port"]["number"] in [port["port"] for port in service["spec"]["ports"]]
+    assert patch["match"]["cluster"] == {
+        "service": f"{ref['name']}.default.svc.cluster.local",
+        "portNumber": ref["port"]["number"],
+    }
+    options = patch["patch"]["value"]["typed_extension_protocol_options"][HTTP_OPTIONS]
+    assert options["explicit_http_config"]["http2_protocol_options"] == EPP_HTTP2_OPTIONS
+    (target,) = doc["spec"]["targetRefs"]
+    assert target["name"] == one(RENDERED["gateway-api/istio"], "Gateway")["metadata"]["name"]
+
+
+def test_envoy_accepts_the_epp_cluster_as_the_istio_patch_leaves_it(tmp_path: Path) -> None:
+    """The cluster as Istio builds it for an HTTP/2 Service port (explicit HTTP/2, no options),
+    then the patch's MERGE, which replaces a typed_extension_protocol_options entry whole."""
+    name = "outbound|9002||vllm-sim-epp.default.svc.cluster.local"
+    cluster: Doc = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 9002}}
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+        "typed_extension_protocol_options": {
+            HTTP_OPTIONS: {
+                "@type": f"type.googleapis.com/{HTTP_OPTIONS}",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+    }
+    cluster["typed_extension_protocol_options"].update(
+        istio_epp_cluster_patch()["patch"]["value"]["typed_extension_protocol_options"]
+    )
+    assert_envoy_accepts({"static_resources": {"clusters": [cluster]}}, tmp_path)
 
 
 def pod_specs() -> Iterator[Doc]:

@@ -1,6 +1,7 @@
-"""GIE's official CRD schemas (tests/data/upstream/crds/, verbatim, sources in SOURCES.yaml) as
-JSON Schema validators: the double checks every custom resource a test stores, and the manifest
-tests check ours, as the API server would. CEL rules (x-kubernetes-validations) are not run."""
+"""Official CRD schemas (GIE's, and those of the Istio and Envoy Gateway patch kinds we ship;
+tests/data/upstream/crds/, verbatim, sources in SOURCES.yaml) as JSON Schema validators: the
+double checks every custom resource a test stores, and the manifest tests check ours, as the API
+server would. CEL rules (x-kubernetes-validations) are not run."""
 
 from __future__ import annotations
 
@@ -50,12 +51,17 @@ def validate_custom_resource(obj: dict[str, Any]) -> None:
         raise ValidationError(f"unknown fields the API server would drop: {', '.join(unknown)}")
 
 
+# Every object's own fields, kept by the server whether or not a CRD's schema names them (GIE's
+# do, Istio's name only spec and status).
+_OBJECT_FIELDS = {"apiVersion": {}, "kind": {}, "metadata": {}}
+
+
 def _pruned(value: Any, schema: dict[str, Any], path: str) -> Iterator[str]:
     """Paths in `value` that the schema's `properties` do not name (metadata is the server's)."""
     if schema.get("x-kubernetes-preserve-unknown-fields") or path == ".metadata":
         return
     if isinstance(value, dict) and "properties" in schema:
-        properties = schema["properties"]
+        properties = {**_OBJECT_FIELDS, **schema["properties"]} if not path else schema["properties"]
         for key, child in value.items():
             if key not in properties:
                 yield f"{path}.{key}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import re
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,8 @@ from epp.stack.envoy import (
     check_path_prefix,
     render_bootstrap,
 )
-from epp.stack.stack import envoy_binary
 from epp.tls import Authority
+from tests.envoy_validate import assert_envoy_accepts
 
 
 def manager(bootstrap: dict[str, Any], listener: int = 0) -> dict[str, Any]:
@@ -214,18 +213,7 @@ def test_envoy_accepts_every_variant(options: EnvoyOptions, tmp_path: Path) -> N
             client_cert_path=str(tmp_path / "c.crt"),
             client_key_path=str(tmp_path / "c.key"),
         )
-    path = tmp_path / "envoy.yaml"
-    path.write_text(yaml.safe_dump(render_bootstrap(options)))
-    result = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "error"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "OK" in result.stdout
+    assert_envoy_accepts(render_bootstrap(options), tmp_path)
 
 
 def test_buffered_is_the_default_and_lets_the_epp_skip_streamed_bodies() -> None:
