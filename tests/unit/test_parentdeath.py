@@ -16,7 +16,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from epp.parentdeath import with_parent_death
+from epp.parentdeath import _EXEC, with_parent_death
 
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's"
@@ -24,7 +24,7 @@ linux_only = pytest.mark.skipif(
 
 PARENT = """
 import subprocess, sys, time
-from epp.parentdeath import with_parent_death
+from epp.parentdeath import _EXEC, with_parent_death
 child = subprocess.Popen(with_parent_death(["sleep", "60"]))
 print(child.pid, flush=True)
 time.sleep(60)
@@ -90,6 +90,28 @@ def test_nothing_to_set_outside_linux(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_program_not_found_is_refused_in_the_parent() -> None:
     with pytest.raises(FileNotFoundError, match="no-such-program-here"):
         with_parent_death(["no-such-program-here"])
+
+
+@linux_only
+def test_a_child_whose_parent_already_died_runs_nothing() -> None:
+    """Its parent gone before the prctl, the signal would never come: the child exits at once."""
+    child = subprocess.run(
+        [sys.executable, "-I", "-S", _EXEC, "1", "15", "/bin/echo", "ran"], capture_output=True, timeout=30
+    )
+    assert (child.returncode, child.stdout) == (1, b"")
+
+
+@linux_only
+def test_a_program_that_cannot_run_is_said(tmp_path: Path) -> None:
+    not_executable = tmp_path / "program"
+    not_executable.write_text("")
+    child = subprocess.run(
+        [sys.executable, "-I", "-S", _EXEC, str(os.getpid()), "15", str(not_executable)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (child.returncode, child.stderr) == (127, f"epp: cannot run {not_executable}: Permission denied\n")
 
 
 @linux_only
