@@ -13,7 +13,7 @@ from pathlib import Path
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
-from epp.signals import die_with_parent
+from epp.parentdeath import with_parent_death
 
 REDIS_SERVER = "redis-server"
 
@@ -58,18 +58,11 @@ class LocalRedis:
             if self.unix_socket is not None
             else ["--port", str(self.port), "--bind", "127.0.0.1"]
         )
+        argv = [binary, *listen, "--save", "", "--appendonly", "no", "--protected-mode", "no"]
         self.process = await asyncio.create_subprocess_exec(
-            binary,
-            *listen,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
+            *with_parent_death(argv),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
-            preexec_fn=die_with_parent(),
         )
         client = aioredis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=0.5)
         deadline = time.monotonic() + self.startup_timeout

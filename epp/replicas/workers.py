@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from epp.parentdeath import with_parent_death
 from epp.readyfile import read_ready_file, write_ready_file
 from epp.replicas.local_redis import LocalRedis, redis_server_path
-from epp.signals import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class Supervisor:
     async def _start(self, index: int) -> None:
         self._ready_path(index).unlink(missing_ok=True)
         self.processes[index] = await asyncio.create_subprocess_exec(
-            *self.worker_argv(index), preexec_fn=die_with_parent()
+            *with_parent_death(self.worker_argv(index))
         )
 
     async def run(self, stop: asyncio.Event) -> int:

@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
+from epp.parentdeath import with_parent_death
 from epp.readyfile import read_ready_file
-from epp.signals import die_with_parent
 
 T = TypeVar("T")
 
@@ -83,15 +83,14 @@ class ManagedProcess:
 
     async def start(self) -> None:
         with self._open_log() as log_file:
+            # `epp run` killed with -9 takes Envoy, the EPP and the simulators with it.
             self.process = await asyncio.create_subprocess_exec(
-                *self.argv,
+                *with_parent_death(self.argv),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,
                 env={**os.environ, **(self._env or {})},
                 start_new_session=True,
-                # `epp run` killed with -9 takes Envoy, the EPP and the simulators with it.
-                preexec_fn=die_with_parent(),
             )
 
     def _open_log(self) -> BinaryIO:
