@@ -5,6 +5,7 @@ conversation (JSON and streamed) lands there; without it, follow-ups spread and 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -93,6 +94,24 @@ async def test_without_it_follow_ups_spread_and_get_vllms_404(make_stack: StackF
         }
 
 
+async def routes_received(client: httpx.AsyncClient, metrics_ports: list[int], count: int) -> None:
+    """Polls (bounded) until the workers together have received `count` shared routes."""
+    received = 0.0
+    for _ in range(200):
+        received = 0.0
+        for port in metrics_ports:
+            text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+            received += sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith('epp_replica_sync_routes_total{direction="received"}')
+            )
+        if received >= count:
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"the workers received {received:g} shared routes, not {count}")
+
+
 @pytest.mark.skipif(redis_server_path() is None, reason="needs redis-server (apt-get install redis-server)")
 async def test_worker_processes_share_the_pins(make_stack: StackFactory) -> None:
     """`--workers 2` behind Envoy's 4 connections: a follow-up often reaches the worker that did
@@ -101,9 +120,14 @@ async def test_worker_processes_share_the_pins(make_stack: StackFactory) -> None
         "workers", epp_args=["--workers=2", "--config-text", WITH_AFFINITY], epp_connections=4
     )
     async with stack_context as stack, httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client:
+        ports = [w["metrics_port"] for w in stack.epp_ports["workers"]]  # type: ignore[index]
         first, previous = await respond(client, stream=False, input="Where do rivers start?")
         assert first.status_code == 200, first.text
         for turn in range(FOLLOW_UPS):
+            # A follow-up sent before the pin reaches the other worker can still miss it (the
+            # documented race, about a Redis round trip): wait for its delivery, so that what is
+            # tested is that the workers share pins.
+            await routes_received(client, ports, turn + 1)
             response, previous = await respond(
                 client, stream=turn % 2 == 0, input=f"And then {turn}?", previous_response_id=previous
             )
