@@ -144,7 +144,13 @@ class EnvoyQuota:
         samples = self._samples
         refused = self._refused()
         refusing = refused > samples[-1][2]
-        samples.append((now, self._admitted(), refused, self._cpu()))
+        cpu, gap = self._cpu(), now - samples[-1][0]
+        if gap > self.tuning.window and cpu - samples[-1][3] < MIN_BUSY * gap:
+            # no tick for a whole window and next to no CPU: the process was stopped (SIGSTOP, a
+            # cgroup's throttling), and a window spanning that time measures the stall, not its
+            # capacity (a loop too busy to tick used the CPU, and is measured)
+            samples.clear()
+        samples.append((now, self._admitted(), refused, cpu))
         while len(samples) > 2 and samples[1][0] <= now - self.tuning.window:
             samples.popleft()
         return refusing

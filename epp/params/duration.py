@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
@@ -9,9 +10,10 @@ _SCALE = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, 
 
 
 def parse_duration(text: str | float | int) -> float:
-    """Seconds. Bare numbers are seconds; strings must be Go duration syntax."""
+    """Seconds. Bare numbers are seconds; strings must be Go duration syntax. NaN and infinity are
+    refused, as Go refuses them: an endless timeout hangs and a NaN bound turns its check off."""
     if isinstance(text, int | float):
-        return float(text)
+        return _finite(text, float(text))
     value = text.strip()
     if value in ("0", ""):
         return 0.0
@@ -23,7 +25,13 @@ def parse_duration(text: str | float | int) -> float:
         pos = match.end()
     if pos != len(value) or pos == 0:
         try:
-            return float(value)
+            total = float(value)
         except ValueError:
             raise ValueError(f"invalid duration {text!r}: use Go syntax such as 50ms, 2s, 1m30s") from None
-    return total
+    return _finite(text, total)
+
+
+def _finite(text: str | float | int, seconds: float) -> float:
+    if not math.isfinite(seconds):
+        raise ValueError(f"invalid duration {text!r}: not a finite duration")
+    return seconds

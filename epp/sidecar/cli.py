@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 from pathlib import Path
 
@@ -89,12 +88,12 @@ def _in_range(flag: str, value: int, low: int, high: int | None = None) -> int:
 
 
 def _seconds(flag: str, text: str) -> float:
-    """A Go duration of zero or more (a negative or endless one would hang or crash later)."""
+    """A Go duration of zero or more (a negative one would crash later)."""
     try:
         value = parse_duration(text)
     except ValueError as exc:
         raise ConfigError(f"{flag}: {exc}") from None
-    if not (math.isfinite(value) and value >= 0):
+    if value < 0:
         raise ConfigError(f"{flag} must be a duration of 0 or more, got {text!r}")
     return value
 

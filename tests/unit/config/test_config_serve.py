@@ -147,3 +147,15 @@ def test_the_rate_limit_quota_is_off_by_default_and_needs_the_standing_queue_con
         serve.options_from_args(serve_args("--rate-limit-quota"))
     with pytest.raises(ValueError, match=r"--rate-limit-quota with --workers: the gateway's quota stream"):
         serve.options_from_args(serve_args("--rate-limit-quota", "--queue-wait-target=50ms", "--workers=2"))
+
+
+@pytest.mark.parametrize(
+    "flag",
+    ["--drain-timeout=inf", "--max-queue-wait=nan", "--queue-wait-target=nan", "--shutdown-grace=1e999"],
+)
+def test_an_endless_or_undefined_duration_flag_is_refused_naming_it(flag: str) -> None:
+    # Accepted, --drain-timeout=inf never exited on SIGTERM and --max-queue-wait=nan turned the
+    # bound off without a word.
+    value = flag.partition("=")[2]
+    with pytest.raises(ValueError, match=rf"invalid duration '{value}': not a finite duration"):
+        serve.options_from_args(serve_args(flag))

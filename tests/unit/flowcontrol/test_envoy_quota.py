@@ -103,6 +103,27 @@ def test_while_refusing_it_is_measured_again_at_most_once_per_hold_and_never_rai
     assert guard.run(limit, TICK, admitted=200, refused=2000, busy=0.1)[-1] == cut
 
 
+def test_a_stall_of_the_process_is_not_measured_as_capacity() -> None:
+    # SIGSTOPped for 3 s under a flood (or a cgroup's CPU throttling): no tick, no count and no CPU
+    # for that time. Measured over a window that spans the stall, the EPP's CPU share fell under
+    # MIN_BUSY and the limit was cut from 1,002 to 100 requests/s through Envoy, then rose 30 % a
+    # second: 541 of 12,000 requests served in the next 8 s instead of about 4,700.
+    limit, guard = quota()
+    before = overloaded(guard, limit)
+    assert before is not None
+    guard.now += 3.0  # stopped: the clock moves, nothing else
+    after = guard.run(limit, 1.0, admitted=800, refused=800)  # back, the backlog refused as before
+    assert min(rate or 0.0 for rate in after) >= 0.9 * before, (before, after)
+
+
+def test_a_loop_too_busy_to_tick_for_a_window_is_still_measured() -> None:
+    limit, guard = quota()
+    guard.run(limit, 1.0, admitted=800)
+    guard.now, guard.cpu = guard.now + 1.5, guard.cpu + 1.5  # one late tick, the process busy throughout
+    guard.admitted, guard.refused = guard.admitted + 1200, guard.refused + 1200
+    assert limit.tick() == pytest.approx(800 + TUNING.refusal_cost * 800)
+
+
 def test_it_rises_in_steps_a_second_apart_while_nothing_is_refused_and_binds() -> None:
     """Steps, not a rise every tick: Envoy refills a token bucket whose figures change."""
     limit, guard = quota()

@@ -26,3 +26,11 @@ def test_go_durations(text: str | int, seconds: float) -> None:
 def test_invalid_durations_say_how_to_write_them(text: str) -> None:
     with pytest.raises(ValueError, match="use Go syntax"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "infinity", "1e999", float("nan"), float("inf")])
+def test_endless_or_undefined_durations_are_refused(text: str | float) -> None:
+    # Go's ParseDuration refuses these; accepted, --drain-timeout=inf never exited on SIGTERM and
+    # --max-queue-wait=nan turned the check off without a word.
+    with pytest.raises(ValueError, match="not a finite duration"):
+        parse_duration(text)
