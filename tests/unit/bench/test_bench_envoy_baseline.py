@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from epp.stack.envoy import EnvoyOptions, render_bootstrap
-from epp.stack.stack import envoy_binary
+from tests.envoy_validate import assert_envoy_accepts
 
 SIMS = ("127.0.0.1:8000", "127.0.0.1:8001")
 
@@ -18,20 +16,6 @@ SIMS = ("127.0.0.1:8000", "127.0.0.1:8001")
 def filters(listener: dict[str, Any]) -> list[str]:
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
     return [f["name"] for f in manager["http_filters"]]
-
-
-def assert_envoy_accepts(bootstrap: dict[str, Any], tmp_path: Path) -> None:
-    """Envoy's own validation of the bootstrap."""
-    path = tmp_path / "envoy.yaml"
-    path.write_text(yaml.safe_dump(bootstrap))
-    validated = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "error"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert validated.returncode == 0, validated.stdout + validated.stderr
 
 
 def test_baseline_listener_round_robins_without_ext_proc(tmp_path: Path) -> None:
