@@ -839,8 +839,7 @@ def _local_replies(options: EnvoyOptions) -> dict[str, Any]:
         kind: str = "%RESPONSE_CODE_DETAILS%",
         also: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        error = {"message": message, "type": kind, "code": "%RESPONSE_CODE%"}
-        body = {"json_format": {"error": error}, "content_type": "application/json"}
+        body = _json_error(message, kind)
         if status is None:
             return {"filter": not_from_epp, "body_format_override": body}
         comparison = {"op": "EQ", "value": {"default_value": status, "runtime_key": f"epp.reply_{status}"}}
@@ -878,17 +877,10 @@ def _local_replies(options: EnvoyOptions) -> dict[str, Any]:
                 "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
             }
         ],
-        "body_format_override": {
-            "json_format": {
-                "error": {
-                    "message": "%LOCAL_REPLY_BODY%: the gateway could not read the request as "
-                    "HTTP/1 (%RESPONSE_CODE_DETAILS%)",
-                    "type": "%RESPONSE_CODE_DETAILS%",
-                    "code": "%RESPONSE_CODE%",
-                }
-            },
-            "content_type": "application/json",
-        },
+        "body_format_override": _json_error(
+            "%LOCAL_REPLY_BODY%: the gateway could not read the request as HTTP/1 (%RESPONSE_CODE_DETAILS%)",
+            "%RESPONSE_CODE_DETAILS%",
+        ),
     }
     return {
         "mappers": [
@@ -965,13 +957,7 @@ def _silent_refusals(options: EnvoyOptions) -> list[dict[str, Any]]:
         ),
     }
     return [
-        {
-            "filter": _details(details),
-            "body_format_override": {
-                "json_format": {"error": {"message": message, "type": kind, "code": "%RESPONSE_CODE%"}},
-                "content_type": "application/json",
-            },
-        }
+        {"filter": _details(details), "body_format_override": _json_error(message, kind)}
         for details, (kind, message) in messages.items()
     ]
 
@@ -980,7 +966,6 @@ def _limit_reply(
     message: str, kind: str, matcher: dict[str, Any], status: int = 503, limit: str | None = None
 ) -> dict[str, Any]:
     """A local reply mapper: a limit's refusal as JSON naming it, with Retry-After (and LIMIT_HEADER)."""
-    error = {"message": message, "type": f"{kind} - %RESPONSE_CODE_DETAILS%", "code": status}
     headers = [("retry-after", "1")] if limit is None else [("retry-after", "1"), (LIMIT_HEADER, limit)]
     return {
         "filter": matcher,
@@ -989,7 +974,15 @@ def _limit_reply(
             {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
             for key, value in headers
         ],
-        "body_format_override": {"json_format": {"error": error}, "content_type": "application/json"},
+        "body_format_override": _json_error(message, f"{kind} - %RESPONSE_CODE_DETAILS%", status),
+    }
+
+
+def _json_error(message: str, kind: str, code: int | str = "%RESPONSE_CODE%") -> dict[str, Any]:
+    """A local reply's body as the OpenAI-style JSON error the EPP's own answers have."""
+    return {
+        "json_format": {"error": {"message": message, "type": kind, "code": code}},
+        "content_type": "application/json",
     }
 
 
