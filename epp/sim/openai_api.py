@@ -114,8 +114,11 @@ def _refuse_unsimulated(body: dict[str, Any]) -> None:
 def parse_completion(body: dict[str, Any]) -> Generation:
     _refuse_unsimulated(body)
     prompt = body.get("prompt")
-    if prompt is None:
-        raise ApiError(400, "'prompt' is required", "prompt")
+    # vLLM's own words: its request model's check (a 400, no param), then its prompt parser's.
+    if prompt is None or prompt == "":
+        raise ApiError(400, "Either prompt or prompt_embeds must be provided and non-empty.")
+    if prompt == []:
+        raise ApiError(400, "please provide at least one prompt")
     gen = _generation(
         "completion", body, _prompts(prompt, "prompt"), "max_tokens", COMPLETIONS_DEFAULT_MAX_TOKENS
     )

@@ -245,6 +245,18 @@ async def error_reply(
         (b'{"prompt":"x"}', "/v1/completions", 400, "model not found in request body"),
         (b'{"model":7,"prompt":"x"}', "/v1/completions", 400, "model not found in request body"),
         (b'{"model":"m"}', "/v1/completions", 400, "invalid completions request: must have prompt field"),
+        (
+            b'{"model":"m","prompt":""}',
+            "/v1/completions",
+            400,
+            "completions request: prompt is an empty string",
+        ),
+        (
+            b'{"model":"m","prompt":[]}',
+            "/v1/completions",
+            400,
+            "completions request: prompt is an empty list",
+        ),
         (b'{"model":"m","messages":[]}', "/v1/chat/completions", 400, "must have valid messages field"),
         (b'{"model":"m","prompt":"x","stream":"yes"}', "/v1/completions", 400, "stream must be a boolean"),
         (b'{"model":"m","prompt":"x","max_tokens":"9"}', "/v1/completions", 400, "max_tokens must be"),

@@ -58,9 +58,6 @@ def test_whole_floats_count_as_integers_as_in_vllm() -> None:
     ("body", "param"),
     [
         ({"prompt": "x"}, "model"),
-        ({"model": "m"}, "prompt"),
-        ({"model": "m", "prompt": ""}, "prompt"),
-        ({"model": "m", "prompt": []}, "prompt"),
         ({"model": "m", "prompt": [1, "a"]}, "prompt"),
         ({"model": "m", "prompt": "x", "max_tokens": -1}, "max_tokens"),
         ({"model": "m", "prompt": "x", "max_tokens": True}, "max_tokens"),
@@ -73,6 +70,30 @@ def test_completion_validation(body: dict[str, object], param: str) -> None:
         parse_completion(body)
     assert info.value.status == 400 and info.value.param == param
     assert info.value.body()["type"] == "BadRequestError"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"model": "m"}, "Either prompt or prompt_embeds must be provided and non-empty."),
+        ({"model": "m", "prompt": None}, "Either prompt or prompt_embeds must be provided and non-empty."),
+        ({"model": "m", "prompt": ""}, "Either prompt or prompt_embeds must be provided and non-empty."),
+        ({"model": "m", "prompt": []}, "please provide at least one prompt"),
+    ],
+)
+def test_a_missing_or_empty_prompt_is_refused_in_vllms_words(body: dict[str, object], message: str) -> None:
+    """vLLM's request model refuses a prompt left out, null or "" (no param: a model-level check);
+    its prompt parser an empty list. Both 400."""
+    with pytest.raises(ApiError) as info:
+        parse_completion(body)
+    assert info.value.status == 400
+    assert info.value.body() == {
+        "object": "error",
+        "message": message,
+        "type": "BadRequestError",
+        "param": None,
+        "code": 400,
+    }
 
 
 def test_chat_and_responses_render_the_same_template() -> None:
