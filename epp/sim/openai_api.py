@@ -114,9 +114,9 @@ def _refuse_unsimulated(body: dict[str, Any]) -> None:
 def parse_completion(body: dict[str, Any]) -> Generation:
     _refuse_unsimulated(body)
     prompt = body.get("prompt")
-    # vLLM's own words: its request model's check (a 400, no param), then its prompt parser's.
+    # vLLM's own words: its request model's check, then its prompt parser's.
     if prompt is None or prompt == "":
-        raise ApiError(400, "Either prompt or prompt_embeds must be provided and non-empty.")
+        raise ApiError(400, "Either prompt or prompt_embeds must be provided and non-empty.", "prompt")
     if prompt == []:
         raise ApiError(400, "please provide at least one prompt")
     gen = _generation(

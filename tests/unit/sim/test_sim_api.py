@@ -82,8 +82,8 @@ def test_completion_validation(body: dict[str, object], param: str) -> None:
     ],
 )
 def test_a_missing_or_empty_prompt_is_refused_in_vllms_words(body: dict[str, object], message: str) -> None:
-    """vLLM's request model refuses a prompt left out, null or "" (no param: a model-level check);
-    its prompt parser an empty list. Both 400."""
+    """vLLM's request model refuses a prompt left out, null or "" (naming param `prompt`); its
+    prompt parser an empty list (naming none). Both 400."""
     with pytest.raises(ApiError) as info:
         parse_completion(body)
     assert info.value.status == 400
@@ -91,7 +91,7 @@ def test_a_missing_or_empty_prompt_is_refused_in_vllms_words(body: dict[str, obj
         "object": "error",
         "message": message,
         "type": "BadRequestError",
-        "param": None,
+        "param": None if body.get("prompt") == [] else "prompt",
         "code": 400,
     }
 
