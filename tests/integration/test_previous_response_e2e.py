@@ -178,17 +178,18 @@ MAX_TURNS = 40
 
 @pytest.mark.skipif(redis_server_path() is None, reason="needs redis-server (apt-get install redis-server)")
 async def test_a_follow_up_at_the_other_worker_waits_for_the_pin(make_stack: StackFactory) -> None:
-    """`--workers 2` behind Envoy's 8 connections, their Redis's replies held PIN_DELAY: a
-    follow-up reaching the worker that did not route its response always gets there before the
-    pin (the race), waits for it (bounded by peerPinWaitSeconds) and lands where its response
-    is stored. Turns go on until follow-ups crossed workers CROSSINGS times (which worker routed
-    each turn: the one whose request count rose); without the wait, each crossing lands on
-    another of 3 simulators with probability 2/3 and gets vLLM's 404."""
+    """`--workers 2` behind Envoy's 16 connections (the kernel picks a worker per connection: all
+    on one, 1 in 2**15), their Redis's replies held PIN_DELAY: a follow-up reaching the worker
+    that did not route its response always gets there before the pin (the race), waits for it
+    (bounded by peerPinWaitSeconds) and lands where its response is stored. Turns go on until
+    follow-ups crossed workers CROSSINGS times (which worker routed each turn: the one whose
+    request count rose); without the wait, each crossing lands on another of 3 simulators with
+    probability 2/3 and gets vLLM's 404."""
     async with LocalRedis(port=free_port()) as redis, DelayedReplies(redis.port or 0, PIN_DELAY) as proxy:
         stack_context = make_stack(
             "workers",
             epp_args=["--workers=2", f"--replica-sync={proxy.url}", "--config-text", WAITING_AFFINITY],
-            epp_connections=8,
+            epp_connections=16,
         )
         async with (
             stack_context as stack,
