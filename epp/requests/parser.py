@@ -62,8 +62,14 @@ def _completions_prompt(body: Mapping[str, Any]) -> tuple[bytes, list[int] | Non
         if all(isinstance(p, list) and p and all(_is_int(t) for t in p) for p in prompt):
             return b"", [t for p in prompt for t in p]
         raise _bad("invalid completions request: prompt must be a string, a list of strings or token ids")
-    if prompt is None or prompt == "" or prompt == []:
+    if prompt is None:
         raise _bad("invalid completions request: must have prompt field")
+    # Present but empty: vLLM refuses both with a 400 too (the string: "Either prompt or
+    # prompt_embeds must be provided and non-empty."; the list: "please provide at least one prompt").
+    if prompt == "":
+        raise _bad("invalid completions request: prompt is an empty string")
+    if prompt == []:
+        raise _bad("invalid completions request: prompt is an empty list")
     raise _bad("invalid completions request: prompt must be a string, a list of strings or token ids")
 
 

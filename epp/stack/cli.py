@@ -33,7 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--port", type=gieflags.port_number, default=0, help="gateway port (default: a free port)"
     )
     parser.add_argument(
-        "--run-dir", type=Path, default=Path("run"), help="logs and generated config (default ./run)"
+        "--run-dir",
+        type=Path,
+        default=Path("run"),
+        help="logs and generated config (default ./run); an earlier run's logs are kept as *.log.1",
     )
     parser.add_argument(
         "--body-mode",

@@ -120,7 +120,22 @@ def test_a_whole_token_limit_written_as_a_float_counts() -> None:
 @pytest.mark.parametrize(
     ("body", "path", "message"),
     [
-        ({"model": "m", "prompt": ""}, "/v1/completions", "must have prompt field"),
+        ({"model": "m"}, "/v1/completions", "invalid completions request: must have prompt field"),
+        (
+            {"model": "m", "prompt": None},
+            "/v1/completions",
+            "invalid completions request: must have prompt field",
+        ),
+        (
+            {"model": "m", "prompt": ""},
+            "/v1/completions",
+            "invalid completions request: prompt is an empty string",
+        ),
+        (
+            {"model": "m", "prompt": []},
+            "/v1/completions",
+            "invalid completions request: prompt is an empty list",
+        ),
         ({"model": "m", "prompt": [1, "a"]}, "/v1/completions", "prompt must be a string"),
         ({"model": "m", "prompt": {"a": 1}}, "/v1/completions", "prompt must be a string"),
         ({"model": "m", "messages": "hi"}, "/v1/chat/completions", "must have valid messages field"),
