@@ -109,10 +109,17 @@ def ramp_point(url: str, rate: float, seconds: float, prompt: str, workers: int)
 
 
 async def h2load_point(
-    url: str, rate: float, seconds: float, body: Path, clients: int, log: Path
+    url: str,
+    rate: float,
+    seconds: float,
+    body: Path,
+    clients: int,
+    log: Path,
+    headers: tuple[str, ...] = (),
 ) -> tuple[list[tuple[int, float]], float]:
     """One rate through h2load; (status, seconds) per request from its per-request log, and the
-    rate it sent at. A request that got no response is not in the log: status -1."""
+    rate it sent at. A request that got no response is not in the log: status -1. `headers`:
+    more request headers, `name: value` each."""
     count = max(int(rate * seconds), clients)
     argv = [
         "h2load",
@@ -122,6 +129,7 @@ async def h2load_point(
         f"--rps={rate / clients:g}",
         f"--data={body}",
         "--header=content-type: application/json",
+        *(f"--header={header}" for header in headers),
         f"--log-file={log}",
         url,
     ]

@@ -189,6 +189,7 @@ class RateLimitQuotaService(rlqs_grpc.RateLimitQuotaServiceServicer):
             reader.cancel()
             self._streams.discard(stream)
             self._metrics.quota_streams.set(len(self._streams))
+            self._count_buckets()
             log.info("rate-limit quota stream from %s closed", stream.peer)
 
     async def _read(self, stream: _Stream, reports: AsyncIterator[rlqs.RateLimitQuotaUsageReports]) -> None:
@@ -217,6 +218,7 @@ class RateLimitQuotaService(rlqs_grpc.RateLimitQuotaServiceServicer):
             found.denied = found.denied or usage.num_requests_denied > 0
             self._metrics.quota_reported.labels("allowed").inc(usage.num_requests_allowed)
             self._metrics.quota_reported.labels("denied").inc(usage.num_requests_denied)
+        self._count_buckets()
         if stream.last_report is not None and now > stream.last_report:
             for bucket in stream.buckets.values():
                 bucket.demand = bucket.requests / (now - stream.last_report)
@@ -224,6 +226,9 @@ class RateLimitQuotaService(rlqs_grpc.RateLimitQuotaServiceServicer):
         rates = self._allotments(self.quota.rate).get(stream)
         if rates is not None or stream.limited:  # refresh the TTL, or lift the buckets it holds
             stream.send(stream.assignment(rates, now))
+
+    def _count_buckets(self) -> None:
+        self._metrics.quota_buckets.set(sum(len(stream.buckets) for stream in self._streams))
 
     def _allotments(
         self, rate: float | None, floor: float = MIN_RATE

@@ -11,6 +11,7 @@ import asyncio
 import re
 import shutil
 from collections import Counter
+from collections.abc import Mapping
 
 import httpx
 import orjson
@@ -118,14 +119,18 @@ async def poll_metric(
 
 
 async def poll_request(
-    client: httpx.AsyncClient, accept: object, until: asyncio.Future[object] | None = None
+    client: httpx.AsyncClient,
+    accept: object,
+    until: asyncio.Future[object] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> httpx.Response:
-    """Completions until one passes `accept` (bounded, and by `until` ending); the last."""
+    """Completions (with `headers`) until one passes `accept` (bounded, and by `until` ending);
+    the last."""
     response = None
     for _ in range(300):
         if until is not None and until.done():
             break
-        response = await client.post("/v1/completions", json=BODY)
+        response = await client.post("/v1/completions", json=BODY, headers=headers)
         if callable(accept) and accept(response):
             return response
         await asyncio.sleep(0.02)

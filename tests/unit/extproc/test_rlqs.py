@@ -384,12 +384,13 @@ async def test_critical_buckets_are_served_first_and_sheddable_ones_get_the_rest
     """One gateway, a bucket per objective: the critical objective's bucket may take the whole
     limit, the priority-0 band (the default bucket and an objective the EPP does not know, as GIE
     treats it) shares what the critical demand leaves, and the sheddable bucket gets the rest."""
-    service, limit, _, server, channel = await serving(OBJECTIVES)
+    service, limit, metrics, server, channel = await serving(OBJECTIVES)
     try:
         one = Gateway(rlqs_grpc.RateLimitQuotaServiceStub(channel))
         every = {"chat": (1, 0), "batch": (1, 0), "": (1, 0), "stranger": (1, 0)}
         one.report_buckets(every)
         await until(lambda: any(len(s.buckets) == 4 for s in service._streams))
+        assert metrics.quota_buckets._value.get() == 4
         limit.now += 1.0  # a second's demand: 50 critical, 20 + 10 at priority 0, 500 sheddable
         one.report_buckets({"chat": (50, 0), "batch": (500, 0), "": (20, 0), "stranger": (10, 0)})
         await until(lambda: any(s.demand == 580 for s in service._streams))
@@ -419,6 +420,7 @@ async def test_critical_buckets_are_served_first_and_sheddable_ones_get_the_rest
         assert (rates["chat"], rates["batch"]) == (200, 1)
         await service.stop()
         await asyncio.wait_for(one._reader, 5)
+        await until(lambda: metrics.quota_buckets._value.get() == 0)  # its stream closed
     finally:
         await channel.close()
         await server.stop(None)
