@@ -14,12 +14,16 @@ So the EPP pushes: a new limit to every stream at once, the same one again every
 lasts (an EPP gone leaves at most ASSIGNMENT_TTL_SECONDS of limit behind, and an Envoy restarted
 gets it with the answer to its first report), and an ALLOW_ALL assignment when it is lifted, so
 the bucket allows everything at once (Envoy keeps it, with that action, until its TTL ends, and
-then allows all anyway). Several gateways share the rate in proportion to the demand each
-reported (allowed and denied requests per second), but for a tenth of it split equally (a gateway
-idle at its last report, up to 5 s ago, is not starved). The limit is lifted only once the
-EPP receives clearly less than the shares of the gateways it may still hold back: those whose last
-report had denials or did not cover only time under the limit (`binding`); an idle gateway's
-unused share does not make it look like the demand fell."""
+then allows all anyway). A gateway has a bucket per InferenceObjective its bootstrap lists (the id
+names it, QUOTA_OBJECTIVE_KEY) and a default one; every bucket of every gateway gets its part of
+the rate by its objective's priority (epp.flowcontrol.quota_priority: the highest first, sheddable
+last), buckets of one priority in proportion to the demand each reported (allowed and denied
+requests per second, or what the EPP itself received of the objective, `seen`, where more), but
+for a tenth of it split equally (a bucket idle at its last report, up to 5 s ago, is not
+starved). The limit is lifted only once the EPP receives clearly less than the parts of the
+buckets it may still hold back: those whose last report had denials or did not cover only time
+under the limit (`binding`); an idle bucket's unused part does not make it look like the demand
+fell."""
 
 from __future__ import annotations
 
