@@ -11,16 +11,27 @@ import asyncio
 import itertools
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Mapping
 
 import grpc
 import pytest
 
+from epp.config.build import build_director
+from epp.config.loader import load_config
+from epp.datastore import Datastore
 from epp.extproc import rlqs as rlqs_service
-from epp.extproc.pb import rlqs, rlqs_grpc
+from epp.extproc.pb import ext_proc_grpc, rlqs, rlqs_grpc
 from epp.extproc.rlqs import ASSIGNMENT_TTL_SECONDS, BURST_SECONDS, RateLimitQuotaService, strategy
+from epp.extproc.server import bind, ext_proc_server
+from epp.extproc.stream import StreamOptions
 from epp.flowcontrol.envoy_quota import EnvoyQuota
+from epp.flowcontrol.overload import OverloadGuard
+from epp.framework import PluginContext
+from epp.headers import OBJECTIVE_HEADER
 from epp.metrics.exporter import EppMetrics
+from tests.unit.extproc.test_attributes import received_at
+from tests.unit.flowcontrol.test_flow_control import headers_msg, read
 
 BUCKET = rlqs.BucketId(bucket={"name": "inference"})
 OBJECTIVES = {"chat": 1, "batch": -1}  # critical and sheddable; "stranger": not known, priority 0
@@ -447,3 +458,42 @@ async def test_the_same_objective_on_two_gateways_shares_its_band_by_demand() ->
     finally:
         await channel.close()
         await server.stop(None)
+
+
+async def test_the_ext_proc_server_counts_each_request_it_reads_by_objective() -> None:
+    """With the quota, every request whose first message the EPP reads is counted under its
+    objective (a name the EPP knows) or with those naming none, a request the guard then refuses
+    for its wait too: what reached the EPP, before the gateway's next report."""
+    limit, metrics = Limit(), EppMetrics()
+    clock = lambda: limit.now  # noqa: E731
+    quota = EnvoyQuota(lambda: limit.admitted, lambda: limit.refused, clock=clock, cpu=clock)
+    service = RateLimitQuotaService(quota, metrics, clock, lambda: OBJECTIVES)
+    datastore = Datastore()
+    datastore.synced = True
+    director, _ = build_director(load_config(), datastore, PluginContext())
+    guard = OverloadGuard(max_wait=1.0)
+    server = ext_proc_server(director, StreamOptions(), None, guard, quota=service)
+    port = bind(server, "127.0.0.1:0", None)
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        stub = ext_proc_grpc.ExternalProcessorStub(channel)
+        late = headers_msg({OBJECTIVE_HEADER: "batch"})
+        late.attributes["envoy.filters.http.ext_proc"].CopyFrom(received_at(time.time() - 3))
+        for message in (
+            headers_msg({OBJECTIVE_HEADER: "chat"}),
+            late,
+            headers_msg({OBJECTIVE_HEADER: "stranger"}),
+            headers_msg({}),
+        ):
+            call = stub.Process()
+            await call.write(message)
+            await read(call)
+            call.cancel()
+        assert guard.refused == 1
+        limit.now += 1.0
+        service.seen.sample()
+        assert service.seen.rates() == {"chat": 1.0, "batch": 1.0, None: 2.0}
+    finally:
+        await channel.close()
+        await server.stop(0)
