@@ -182,6 +182,7 @@ class EndpointPicker:
         self.quota: RateLimitQuotaService | None = None
         if options.rate_limit_quota:
             guard = self.overload
+            guard.by_priority = True  # the gateway refuses the sheddable excess; the guard, sheddable first
             director = self.director  # its objectives are replaced as InferenceObjectives change
             self.quota = RateLimitQuotaService(
                 EnvoyQuota(lambda: guard.admitted, lambda: guard.refused),

@@ -123,11 +123,14 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
         """Answer the stream's messages from `message` on, until it ends. Returns the reply that
         ends it early (the guard's refusal, a 500, an eviction's 429) for the caller to send last;
         None once the stream is done or Envoy half-closed it."""
+        objective = None
         if self._seen is not None:
-            self._seen.seen(_objective(message))
+            objective = _objective(message)
+            self._seen.seen(objective)
         guard = self._guard
         if guard is not None and guard.checks_wait:
-            refusal = _waited_too_long(guard, message)
+            sheddable = bool(objective) and self._director.objectives.get(objective or "", 0) < 0
+            refusal = _waited_too_long(guard, message, sheddable)
             if refusal is not None:
                 return self.refuse(refusal)
         context, incoming = call.context, call.incoming
@@ -274,12 +277,14 @@ def _answer(reply: ext_proc.ProcessingResponse) -> grpc.RpcMethodHandler:
     )
 
 
-def _waited_too_long(guard: OverloadGuard, message: ext_proc.ProcessingRequest) -> RequestError | None:
+def _waited_too_long(
+    guard: OverloadGuard, message: ext_proc.ProcessingRequest, sheddable: bool = True
+) -> RequestError | None:
     """The guard's refusal of a request that waited too long before its headers reached the EPP
     (the gateway's `request.time` against this host's clock); None when it did not, or when the
     gateway does not send the attribute."""
     received = attributes.request_time(message)
-    return None if received is None else guard.waited(time.time() - received)
+    return None if received is None else guard.waited(time.time() - received, sheddable)
 
 
 def _objective(message: ext_proc.ProcessingRequest) -> str | None:

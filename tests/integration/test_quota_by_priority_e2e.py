@@ -2,7 +2,8 @@
 InferenceObjectives listed in the gateway's quota (`epp run --quota-from-epp` with
 `--objectives-file`), each objective has a bucket of its own; under a sheddable flood (h2load,
 bounded) that overloads the EPP, the sheddable bucket gets the quota's 429 (`x-gateway-limit:
-quota`) while the critical objective's requests pass the gateway's quota every time. A
+quota`) while the critical objective's requests pass the gateway's quota every time, and the EPP's
+own overload guard sheds the sheddable requests that reach it rather than the critical ones. A
 client's arbitrary objective names do not make buckets (they share the default one)."""
 
 from __future__ import annotations
@@ -100,10 +101,12 @@ async def test_a_sheddable_flood_gets_the_quotas_429_and_the_critical_objective_
         assert set(statuses) <= {200, 429}, statuses
         assert statuses[429] > 0, statuses
         assert refused.status_code == 429 and refused.headers.get("x-gateway-limit") == "quota", refused.text
-        # every critical request passed the gateway's quota: served, or refused by the EPP itself
-        # (its own overload guard, which refuses before it reads a request, treats every priority
-        # alike; its answers carry no x-gateway-limit)
+        # every critical request passed the gateway's quota, and the EPP's own guard, shedding the
+        # sheddable requests that reach it instead, served nearly all (its 1 s bound holds for
+        # every priority; measured: 74 of 74 and 59 of 59, against 6 of 47 before it read the
+        # objective; with one bucket, 37 of 69 got the quota's 429)
         assert len(critical) >= 20, len(critical)
         limited = [r for r in critical if r.headers.get("x-gateway-limit") == "quota"]
         assert not limited, (len(limited), len(critical))
-        assert all(r.status_code == 200 or r.json()["error"]["type"] == "ResourceExhausted" for r in critical)
+        served = Counter(r.status_code for r in critical)
+        assert served[200] >= 0.9 * len(critical), served
