@@ -9,20 +9,18 @@ client's arbitrary objective names do not make buckets (they share the default o
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections import Counter
 from pathlib import Path
 
 import httpx
-import orjson
 import pytest
 
 from bench.overload_ramp import h2load_point
 from epp.config.objectives import load_objectives_file
 from epp.headers import OBJECTIVE_HEADER
 from epp.stack.envoy import EnvoyOptions
-from tests.integration.conftest import StackFactory, stack_config
-from tests.integration.test_quota_from_epp_e2e import BODY, RATE, poll_metric, poll_request
+from tests.integration.conftest import StackFactory
+from tests.integration.test_quota_from_epp_e2e import BODY, RATE, flood_setup, poll_metric, poll_request
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -38,22 +36,10 @@ ALLOWED = r'^llm_d_epp_rate_limit_quota_reported_requests_total\{outcome="allowe
 async def test_a_sheddable_flood_gets_the_quotas_429_and_the_critical_objective_does_not(
     make_stack: StackFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    if shutil.which("h2load") is None:
-        pytest.fail("h2load is missing: `make install` installs Debian's nghttp2-client")
-    epp_args = [
-        *stack_config(tmp_path_factory.mktemp("args")).epp_args,
-        f"--objectives-file={OBJECTIVES}",
-        "--max-event-loop-lag=0",  # the standing-queue controller is what sheds here
-        "--queue-wait-target=20ms",
-        "--queue-wait-interval=50ms",
-        "--rate-limit-quota",
-    ]
-    sim_args = ["--profile=tiny-test", "--time-scale=0.001", "--max-waiting=1000000"]  # never the bottleneck
+    epp_args, sim_args, body = flood_setup(tmp_path_factory, f"--objectives-file={OBJECTIVES}")
     names = tuple(load_objectives_file(OBJECTIVES))
     envoy = EnvoyOptions(listen_port=0, admin_port=0, quota_from_epp=True, quota_objectives=names)
-    run_dir = tmp_path_factory.mktemp("flood")
-    body = run_dir / "request.json"
-    body.write_bytes(orjson.dumps(BODY))
+    run_dir = body.parent
     async with (
         make_stack("quota-priority", sims=1, sim_args=sim_args, epp_args=epp_args, envoy=envoy) as stack,
         httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client,
