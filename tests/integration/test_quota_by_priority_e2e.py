@@ -4,7 +4,8 @@ InferenceObjectives listed in the gateway's quota (`epp run --quota-from-epp` wi
 bounded) that overloads the EPP, the sheddable bucket gets the quota's 429 (`x-gateway-limit:
 quota`) while the critical objective's requests pass the gateway's quota every time, and the EPP's
 own overload guard sheds the sheddable requests that reach it rather than the critical ones. A
-client's arbitrary objective names do not make buckets (they share the default one)."""
+client's arbitrary objective names do not make buckets (they share the default one; a 1 MB one is
+Envoy's 431)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,9 @@ async def test_a_sheddable_flood_gets_the_quotas_429_and_the_critical_objective_
         for name in strangers:
             response = await client.post("/v1/completions", json=BODY, headers={OBJECTIVE_HEADER: name})
             assert response.status_code == 200, response.text
+        # a 1 MB value: Envoy's codec refuses it (431, past its 60 KiB of headers) before any filter
+        huge = await client.post("/v1/completions", json=BODY, headers={OBJECTIVE_HEADER: "x" * 1_000_000})
+        assert huge.status_code == 431, huge.text
         # the gateway's next report (every 5 s) counts them, in the buckets there were
         await poll_metric(client, stack, ALLOWED, lambda n: float(n) >= before + len(strangers))
         assert float(await poll_metric(client, stack, BUCKETS)) == 3
