@@ -78,9 +78,9 @@ class _Bucket:
 
     id: rlqs.BucketId
     objective: str | None  # None: the default bucket (or any bucket naming no objective)
-    requests: int = 0  # allowed and denied in its last report
     denied: bool = False  # its last report had denials
     demand: float = 0.0  # requests per second in its last report
+    reported: float | None = None  # when it was last in a report
 
 
 @dataclass(eq=False)
@@ -208,24 +208,31 @@ class RateLimitQuotaService(rlqs_grpc.RateLimitQuotaServiceServicer):
             stream.send(None)
 
     def _reported(self, stream: _Stream, report: rlqs.RateLimitQuotaUsageReports) -> None:
+        """A report's buckets: their demand since each was last reported (a new bucket's first
+        report, sent at once, holds that bucket only; the others keep theirs)."""
         now = self._clock()
-        for bucket in stream.buckets.values():  # a bucket not in this report had no requests
-            bucket.requests, bucket.denied = 0, False
+        counts: dict[bytes, tuple[_Bucket, int, int]] = {}
         for usage in report.bucket_quota_usages:
             key = usage.bucket_id.SerializeToString(deterministic=True)
-            found = stream.buckets.get(key)
-            if found is None:
+            bucket = stream.buckets.get(key)
+            if bucket is None:
                 if len(stream.buckets) >= MAX_BUCKETS:
                     continue
-                found = stream.buckets[key] = _Bucket(usage.bucket_id, _objective(usage.bucket_id))
-            found.requests += usage.num_requests_allowed + usage.num_requests_denied
-            found.denied = found.denied or usage.num_requests_denied > 0
-            self._metrics.quota_reported.labels("allowed").inc(usage.num_requests_allowed)
+                bucket = stream.buckets[key] = _Bucket(usage.bucket_id, _objective(usage.bucket_id))
+            _, requests, denied = counts.get(key, (bucket, 0, 0))
+            allowed = usage.num_requests_allowed
+            counts[key] = (
+                bucket,
+                requests + allowed + usage.num_requests_denied,
+                denied + usage.num_requests_denied,
+            )
+            self._metrics.quota_reported.labels("allowed").inc(allowed)
             self._metrics.quota_reported.labels("denied").inc(usage.num_requests_denied)
+        for bucket, requests, denied in counts.values():
+            if bucket.reported is not None and now > bucket.reported:
+                bucket.demand = requests / (now - bucket.reported)
+            bucket.reported, bucket.denied = now, denied > 0
         self._count_buckets()
-        if stream.last_report is not None and now > stream.last_report:
-            for bucket in stream.buckets.values():
-                bucket.demand = bucket.requests / (now - stream.last_report)
         stream.covered_from, stream.last_report = stream.last_report, now
         rates = self._allotments(self.quota.rate).get(stream)
         if rates is not None or stream.limited:  # refresh the TTL, or lift the buckets it holds

@@ -429,6 +429,13 @@ async def test_critical_buckets_are_served_first_and_sheddable_ones_get_the_rest
         service.push(200.0)
         rates = rates_by_bucket(await one.answer())
         assert (rates["chat"], rates["batch"]) == (200, 1)
+
+        # A new bucket's first report (Envoy sends it at once, with that bucket only) leaves the
+        # others' demand as their last report measured it.
+        limit.now += 0.5
+        one.report_buckets({"newcomer": (1, 0)})
+        await until(lambda: any(len(s.buckets) == 5 for s in service._streams))
+        assert [s.demand for s in service._streams] == [930 / 2]
         await service.stop()
         await asyncio.wait_for(one._reader, 5)
         await until(lambda: metrics.quota_buckets._value.get() == 0)  # its stream closed
