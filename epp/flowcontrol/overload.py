@@ -15,12 +15,21 @@ neither the lag nor the stream count sees it; so a request is also refused at it
 when it already waited more than `max_wait` since the gateway received it (Envoy's `request.time`
 attribute, a wall clock compared with this host's), and, with a `standing` controller, when it
 waited past that controller's small target while a queue stands (epp.flowcontrol.standing_queue):
-the bound is the ceiling, the controller keeps the queue short below it."""
+the bound is the ceiling, the controller keeps the queue short below it.
+
+With `by_priority` (the gateway's rate-limit quota by objective: Envoy refuses the sheddable
+excess, so what reaches the EPP is mostly what it serves), while a sheddable request (GIE's
+priority < 0) reached the EPP within the controller's interval, the controller reads every request
+before shedding it, none unread, and sheds the sheddable ones only: a request of priority 0 or
+more that waited past the target is admitted (there is a lower band to shed instead), as GIE's
+flow control sheds only the sheddable band. With no sheddable request for an interval, it sheds
+as without (every band alike, most unread). The `max_wait` ceiling holds for every priority."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from epp.flowcontrol.standing_queue import RETRY_AFTER_SECONDS, StandingQueue
@@ -50,6 +59,7 @@ class OverloadGuard:
         max_wait: float = 0.0,
         count: Callable[[str], None] = _uncounted,
         standing: StandingQueue | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_streams = max_streams  # 0: no limit
         self.max_lag = max_lag  # seconds; 0: not measured
@@ -61,6 +71,9 @@ class OverloadGuard:
         self.lag = 0.0  # the sustained lag: the lower of the last two measurements
         self.refused = 0
         self.admitted = 0  # requests whose wait was read and that were let through
+        self.by_priority = False  # read each request and shed sheddable ones first (module docstring)
+        self._clock = clock
+        self._sheddable_until = float("-inf")  # a sheddable request was seen: others spared till then
         self._task: asyncio.Task[None] | None = None
 
     def admit(self) -> RequestError | None:
@@ -82,9 +95,20 @@ class OverloadGuard:
                 f"the endpoint picker is overloaded: its event loop lags {self.lag * 1000:.0f} ms, "
                 f"over its limit of {self.max_lag * 1000:.0f} ms (--max-event-loop-lag); retry later",
             )
-        if self.standing is not None and self.standing.shedding and not self.standing.sample_due():
-            return self._shed(self.standing)
+        standing = self.standing
+        if (
+            standing is not None
+            and standing.shedding
+            and not self._reads_first()
+            and not standing.sample_due()
+        ):
+            return self._shed(standing)
         return None
+
+    def _reads_first(self) -> bool:
+        """Whether a request is to be read before it is shed: `by_priority`, while sheddable
+        requests reach the EPP (the request's band decides)."""
+        return self.by_priority and self._clock() < self._sheddable_until
 
     def enter(self) -> None:
         """An admitted stream begins (the caller must `leave` it once)."""
@@ -93,10 +117,17 @@ class OverloadGuard:
     def leave(self) -> None:
         self.streams -= 1
 
-    def waited(self, seconds: float) -> RequestError | None:
-        """Refuse an admitted request that waited `seconds` before the EPP saw it, if too long."""
+    def waited(self, seconds: float, sheddable: bool = True) -> RequestError | None:
+        """Refuse an admitted request that waited `seconds` before the EPP saw it, if too long.
+        `sheddable`: its priority is below 0 (read only `by_priority`)."""
         standing = self.standing
         late = standing is not None and standing.shed(seconds)  # the controller sees every wait
+        if self.by_priority and standing is not None:
+            now = self._clock()
+            if sheddable:
+                self._sheddable_until = now + standing.interval
+            elif late:
+                late = now >= self._sheddable_until  # a lower band to shed instead: spared
         if self.max_wait and seconds > self.max_wait:
             return self._refuse(
                 QUEUE_WAIT,

@@ -217,6 +217,37 @@ def test_below_the_bound_the_standing_queue_controller_sheds_with_one_answer() -
     assert guard.admit() is None
 
 
+def test_by_priority_the_standing_queue_controller_reads_every_request_and_sheds_sheddable_ones_first() -> (
+    None
+):
+    """With the quota by objective, while sheddable requests reach the EPP: none refused unread,
+    a late request of priority 0 or more admitted, the sheddable ones shed; once none came for
+    the controller's interval, every late request is shed, most unread; the bound holds for all."""
+    now = [0.0]
+    standing = StandingQueue(0.005, 0.1, lambda: now[0])
+    guard = OverloadGuard(max_wait=1.0, standing=standing, clock=lambda: now[0])
+    guard.by_priority = True
+    assert guard.waited(0.0, sheddable=False) is None  # a request that found no queue
+    outcomes: list[tuple[bool, bool]] = []
+    for i in range(300):  # 300 ms of requests that each waited 20 ms, a sheddable one in four
+        now[0] += 0.001
+        sheddable = i % 4 == 0
+        outcomes.append((sheddable, guard.waited(0.02, sheddable) is not None))
+    assert standing.shedding
+    assert not any(refused for sheddable, refused in outcomes if not sheddable)
+    assert sum(refused for sheddable, refused in outcomes if sheddable) == 50  # after the interval
+    for _ in range(100):
+        assert guard.admit() is None  # never unread: the next request's priority is not known yet
+    now[0] += 0.05  # the last sheddable request is 50 ms old: others still spared ...
+    assert guard.waited(0.02, sheddable=False) is None
+    now[0] += 0.06  # ... and shed once the interval passed without one, most unread again
+    assert guard.waited(0.02, sheddable=False) is standing.refusal
+    assert [guard.admit() for _ in range(2)] == [None, standing.refusal]  # one read per target
+    assert "(--max-queue-wait)" in str(guard.waited(1.5, sheddable=False))
+    now[0] += 0.001
+    assert guard.waited(1.5, sheddable=True) is not None
+
+
 async def test_a_request_shed_under_a_standing_queue_is_a_429_with_retry_after(setup: Setup) -> None:
     now = [0.0]
     # A target well above what a message takes from this client to the server on a loaded
