@@ -181,16 +181,19 @@ def _too_deep() -> RequestError:
     )
 
 
-def _check_depth(raw: bytes, body: dict[str, Any]) -> None:
-    """A 400 for a body nested deeper than MAX_JSON_DEPTH. Fewer opening brackets than the limit
-    cannot nest that deep (two C-speed counts); otherwise writing the body is the exact test."""
+def nested_too_deep(raw: bytes, body: Any) -> bool:
+    """Whether `body`, parsed from `raw` by orjson, nests deeper than MAX_JSON_DEPTH, so that orjson
+    cannot write it back. Fewer opening brackets than the limit cannot nest that deep (two C-speed
+    counts); otherwise writing the body is the exact test. Shared with the P/D sidecar, which
+    re-serialises the bodies it splits into legs."""
     if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
-        return
+        return False
     try:
         orjson.dumps(body)
     except orjson.JSONEncodeError:
         # A parsed body holds only JSON values, so writing it fails only on its depth.
-        raise _too_deep() from None
+        return True
+    return False
 
 
 def _not_utf8(raw: bytes) -> RequestError | None:
@@ -218,7 +221,8 @@ def decode_body(raw: bytes) -> dict[str, Any]:
         raise _not_utf8(raw) or _bad(f"error unmarshaling request body: {exc}") from None
     if not isinstance(body, dict):
         raise _bad("error unmarshaling request body: the body must be a JSON object")
-    _check_depth(raw, body)
+    if nested_too_deep(raw, body):
+        raise _too_deep()
     return body
 
 
