@@ -166,6 +166,18 @@ async def test_a_pd_body_254_levels_deep_is_split_into_legs(rig: Rig) -> None:
     assert len(rig.engine.received) == 2
 
 
+async def test_a_legacy_ipv4_spelling_of_the_prefiller_is_a_400_not_a_502(rig: Rig) -> None:
+    """`127.1` passed as a DNS name, then aiohttp refused to connect to it: 502 "no reply from
+    prefiller", as if the prefiller were down."""
+    headers = {"x-prefiller-host-port": f"127.1:{rig.engine.port}"}
+    answered, reply = await post(rig, orjson.dumps(PROMPT), "identity", headers)
+    assert answered == 400
+    assert orjson.loads(reply)["message"] == (
+        "invalid x-prefiller-host-port: invalid host '127.1': not a canonical IPv4 address"
+    )
+    assert rig.engine.received == []
+
+
 async def send_raw(port: int, request: bytes) -> bytes:
     """The status line of the reply to `request`, written to the socket as it is."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
