@@ -27,7 +27,24 @@ def warn_python_fallback(part: str, cost: str) -> None:
 def safe_yaml(text: str) -> Any:
     """`yaml.safe_load` through libyaml when PyYAML has it: a 3,000-entry endpoints file parses in
     a third of the CPU, so its reload thread holds the GIL (and the event loop) a third as long."""
+    documents = safe_yaml_documents(text, every=False)
+    return documents[0] if documents else None
+
+
+def safe_yaml_documents(text: str, every: bool = True) -> list[Any]:
+    """The documents of a YAML stream (empty ones left out when `every`; only the first read
+    otherwise, as `yaml.safe_load` does), through libyaml when PyYAML has it. Nesting that would
+    exhaust the stack is a `yaml.YAMLError` like any other malformed file, never a RecursionError
+    and its traceback: libyaml refuses more than 1,000 levels itself, and PyYAML's Python parser
+    recurses once per level (10,000 nested `[` was a crash of `epp config check` and `epp serve`)."""
     if yaml.__with_libyaml__:
-        return yaml.load(text, Loader=yaml.CSafeLoader)
-    warn_python_fallback("YAML parsing (libyaml)", "about three times the CPU per file")
-    return yaml.safe_load(text)
+        loader: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = yaml.CSafeLoader
+    else:
+        warn_python_fallback("YAML parsing (libyaml)", "about three times the CPU per file")
+        loader = yaml.SafeLoader
+    try:
+        if not every:
+            return [yaml.load(text, Loader=loader)]
+        return [d for d in yaml.load_all(text, Loader=loader) if d is not None]
+    except RecursionError:
+        raise yaml.YAMLError("objects and lists are nested too deeply") from None
