@@ -232,11 +232,17 @@ def parse_request(raw: bytes, path: str, headers: dict[str, str], request_id: st
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _bad("model not found in request body")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
+    # null is how clients that write every optional field say "unset" (OpenAI's API types these
+    # "boolean or null", "string or null"); vLLM and GIE take it as absent.
+    stream = body.get("stream")
+    if stream is None:
+        stream = False
+    elif not isinstance(stream, bool):
         raise _bad("stream must be a boolean")
-    cache_salt = body.get("cache_salt", "")
-    if not isinstance(cache_salt, str):
+    cache_salt = body.get("cache_salt")
+    if cache_salt is None:
+        cache_salt = ""
+    elif not isinstance(cache_salt, str):
         raise _bad("cache_salt must be a string")
 
     kind = api_kind(path)
