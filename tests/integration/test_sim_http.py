@@ -378,9 +378,31 @@ async def test_metrics_present_and_moving(cluster: SimCluster, http: aiohttp.Cli
     assert after["vllm:inter_token_latency_seconds_count" + label] == 3
 
 
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/tokenize"])
+async def test_a_body_not_sent_as_json_is_vllms_400(
+    cluster: SimCluster, http: aiohttp.ClientSession, content_type: str | None, path: str
+) -> None:
+    """vLLM refuses any media type but application/json (`curl -d` without a content-type header
+    sends a form); the simulator served such requests, so a client that worked against `epp run`
+    failed against vLLM."""
+    body = json.dumps(
+        {"model": MODEL, "prompt": "x", "input": "x", "messages": [{"role": "user", "content": "x"}]}
+    )
+    headers = {} if content_type is None else {"content-type": content_type}
+    async with http.post(base(cluster) + path, data=body.encode(), headers=headers) as response:
+        data = await response.json(content_type=None)
+    assert response.status == 400, data
+    assert (data["object"], data["type"], data["code"]) == ("error", "BadRequestError", 400)
+    assert data["message"] == "Unsupported Media Type: Only 'application/json' is allowed"
+    charset = {"content-type": "Application/JSON; charset=utf-8"}
+    async with http.post(base(cluster) + path, data=body.encode(), headers=charset) as response:
+        assert response.status == 200, await response.text()
+
+
 async def test_error_shapes(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
     url = base(cluster) + "/v1/completions"
-    async with http.post(url, data=b"{not json") as response:
+    async with http.post(url, data=b"{not json", headers={"content-type": "application/json"}) as response:
         data = await response.json()
         assert response.status == 400 and response.headers["x-inference-pod"] == "sim-0"
     assert data["object"] == "error" and data["type"] == "BadRequestError" and data["code"] == 400
