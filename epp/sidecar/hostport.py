@@ -29,6 +29,11 @@ def normalise_host(host: str) -> str:
     except ValueError:
         pass
     name = bare.lower().rstrip(".")
+    if name != bare.lower():
+        try:  # `10.0.0.1.`: an address with the root's dot, as URL parsers read it
+            return ipaddress.IPv4Address(name).compressed
+        except ValueError:
+            pass
     if not _HOSTNAME.match(name):
         raise ValueError(f"invalid host {host!r}")
     if _NUMBER_LABEL.match(name.rpartition(".")[2]):

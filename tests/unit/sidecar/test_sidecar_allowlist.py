@@ -20,6 +20,7 @@ from epp.stack.processes import wait_until
         ("[fd00:0:0::1]:8000", HostPort("fd00::1", 8000)),
         ("[FD00::1]:8000", HostPort("fd00::1", 8000)),
         ("Prefill-0.Pool.svc.:8000", HostPort("prefill-0.pool.svc", 8000)),
+        ("10.0.0.1.:8000", HostPort("10.0.0.1", 8000)),
     ],
 )
 def test_hostport_spellings_are_canonical(text: str, expected: HostPort) -> None:
