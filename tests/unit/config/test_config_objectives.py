@@ -74,6 +74,7 @@ def test_empty_file_means_no_objectives() -> None:
         ),
         ("a: [", "objectives: not valid YAML"),
         ("a: " + "[" * 100_000 + "]" * 100_000, "objectives: not valid YAML"),
+        ("kind: InferenceObjective\nkind: InferenceObjective\n", "objectives: not valid YAML"),
     ],
 )
 def test_invalid_objectives(text: str, message: str) -> None:
