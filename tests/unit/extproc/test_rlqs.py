@@ -21,8 +21,10 @@ from epp.config.build import build_director
 from epp.config.loader import load_config
 from epp.datastore import Datastore
 from epp.extproc import rlqs as rlqs_service
+from epp.extproc.messages import read_headers
 from epp.extproc.pb import ext_proc_grpc, rlqs, rlqs_grpc
 from epp.extproc.rlqs import ASSIGNMENT_TTL_SECONDS, BURST_SECONDS, RateLimitQuotaService, strategy
+from epp.extproc.server import _objective as server_objective
 from epp.extproc.server import bind, ext_proc_server
 from epp.extproc.stream import StreamOptions
 from epp.flowcontrol.envoy_quota import EnvoyQuota
@@ -537,3 +539,14 @@ async def test_a_new_buckets_first_report_does_not_clear_the_others_of_the_limit
     finally:
         await channel.close()
         await server.stop(None)
+
+
+def test_the_objective_counted_is_the_one_the_director_reads_when_the_header_repeats() -> None:
+    """Envoy sends a repeated header as separate entries; the director (epp.extproc.messages.
+    read_headers, as GIE's header map) takes the last one, so the quota's count and the guard's
+    sheddable check must take the same, not the first."""
+    message = headers_msg({})
+    for value in ("batch", "chat"):
+        message.request_headers.headers.headers.add(key=OBJECTIVE_HEADER, raw_value=value.encode())
+    assert read_headers(message.request_headers)[OBJECTIVE_HEADER] == "chat"
+    assert server_objective(message) == "chat"
