@@ -81,6 +81,7 @@ class _Bucket:
     denied: bool = False  # its last report had denials
     demand: float = 0.0  # requests per second in its last report
     reported: float | None = None  # when it was last in a report
+    covered_from: float | None = None  # the start of the time its last report covered
 
 
 @dataclass(eq=False)
@@ -93,7 +94,6 @@ class _Stream:
     ended: bool = False
     buckets: dict[bytes, _Bucket] = field(default_factory=dict)
     last_report: float | None = None
-    covered_from: float | None = None  # the start of the time its last report covered
     assigned: dict[bytes, float] | None = None  # each bucket's rate last sent (None: none, or allow-all)
     sent: float = 0.0  # when (monotonic)
 
@@ -231,9 +231,9 @@ class RateLimitQuotaService(rlqs_grpc.RateLimitQuotaServiceServicer):
         for bucket, requests, denied in counts.values():
             if bucket.reported is not None and now > bucket.reported:
                 bucket.demand = requests / (now - bucket.reported)
-            bucket.reported, bucket.denied = now, denied > 0
+            bucket.covered_from, bucket.reported, bucket.denied = bucket.reported, now, denied > 0
         self._count_buckets()
-        stream.covered_from, stream.last_report = stream.last_report, now
+        stream.last_report = now
         rates = self._allotments(self.quota.rate).get(stream)
         if rates is not None or stream.limited:  # refresh the TTL, or lift the buckets it holds
             stream.send(stream.assignment(rates, now))
@@ -283,17 +283,17 @@ class RateLimitQuotaService(rlqs_grpc.RateLimitQuotaServiceServicer):
         return demands
 
     def binding(self) -> float:
-        """The share of the limit held by the buckets it may still hold back: a bucket whose
-        gateway's last report covered only time under the limit, without a denial in it, has
-        demand below its allotment (1 while no gateway has reported anything)."""
+        """The share of the limit held by the buckets it may still hold back: a bucket whose own
+        last report covered only time under the limit, without a denial in it, has demand below
+        its allotment (1 while no gateway has reported anything)."""
         rate = self.quota.rate or 1.0
         allotments = self._allotments(rate, floor=0.0)
         if not allotments:
             return 1.0
         since = self._limited_since
 
-        def clear(stream: _Stream, bucket: _Bucket) -> bool:
-            covered = stream.covered_from
+        def clear(bucket: _Bucket) -> bool:
+            covered = bucket.covered_from  # its own: a new bucket's first report holds it alone
             return since is not None and covered is not None and covered >= since and not bucket.denied
 
         held = sum(
@@ -301,7 +301,7 @@ class RateLimitQuotaService(rlqs_grpc.RateLimitQuotaServiceServicer):
             for stream, rates in allotments.items()
             if rates is not None
             for key, bucket in stream.buckets.items()
-            if not clear(stream, bucket)
+            if not clear(bucket)
         )
         return min(1.0, held / rate)
 

@@ -288,8 +288,9 @@ def _waited_too_long(
 
 
 def _objective(message: ext_proc.ProcessingRequest) -> str | None:
-    """The objective a stream's first message (its request headers) names, if any."""
-    for header in message.request_headers.headers.headers:
+    """The objective a stream's first message (its request headers) names, if any: the last of a
+    repeated header, as the director reads it (messages.read_headers)."""
+    for header in reversed(message.request_headers.headers.headers):
         if header.key == OBJECTIVE_HEADER:
             return header.raw_value.decode("utf-8", "replace") if header.raw_value else header.value
     return None

@@ -21,8 +21,10 @@ from epp.config.build import build_director
 from epp.config.loader import load_config
 from epp.datastore import Datastore
 from epp.extproc import rlqs as rlqs_service
+from epp.extproc.messages import read_headers
 from epp.extproc.pb import ext_proc_grpc, rlqs, rlqs_grpc
 from epp.extproc.rlqs import ASSIGNMENT_TTL_SECONDS, BURST_SECONDS, RateLimitQuotaService, strategy
+from epp.extproc.server import _objective as server_objective
 from epp.extproc.server import bind, ext_proc_server
 from epp.extproc.stream import StreamOptions
 from epp.flowcontrol.envoy_quota import EnvoyQuota
@@ -504,3 +506,47 @@ async def test_the_ext_proc_server_counts_each_request_it_reads_by_objective() -
     finally:
         await channel.close()
         await server.stop(0)
+
+
+async def test_a_new_buckets_first_report_does_not_clear_the_others_of_the_limit() -> None:
+    """Envoy reports a bucket's first request at once, that bucket alone. Another bucket of that
+    gateway whose counts (in its next report) began before the limit was set has not shown that
+    its demand is below its allotment, even if that report had no denial: it still binds, so the
+    limit is not lifted from under it."""
+    service, limit, _, server, channel = await serving(OBJECTIVES)
+    try:
+        one = Gateway(rlqs_grpc.RateLimitQuotaServiceStub(channel))
+        one.report(allowed=1)
+        await until(lambda: any(s.buckets for s in service._streams))
+        (stream,) = service._streams
+
+        async def reported(counts: Mapping[str, tuple[int, int]]) -> None:
+            before = stream.last_report
+            one.report_buckets(counts)
+            await until(lambda: stream.last_report != before)
+
+        limit.now += 5.0
+        await reported({"": (500, 0)})  # 100 requests a second, from 1000 to 1005
+        limit.now += 4.8
+        service.quota.rate = 100.0
+        service.push(100.0)  # the limit, at 1009.8
+        limit.now += 0.1
+        await reported({"chat": (1, 0)})  # a new objective's first request, at 1009.9
+        limit.now += 0.1
+        await reported({"": (500, 0), "chat": (0, 0)})  # counts from 1005: nearly all before the limit
+        assert service.binding() > 0.9
+        await service.stop()
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+def test_the_objective_counted_is_the_one_the_director_reads_when_the_header_repeats() -> None:
+    """Envoy sends a repeated header as separate entries; the director (epp.extproc.messages.
+    read_headers, as GIE's header map) takes the last one, so the quota's count and the guard's
+    sheddable check must take the same, not the first."""
+    message = headers_msg({})
+    for value in ("batch", "chat"):
+        message.request_headers.headers.headers.add(key=OBJECTIVE_HEADER, raw_value=value.encode())
+    assert read_headers(message.request_headers)[OBJECTIVE_HEADER] == "chat"
+    assert server_objective(message) == "chat"
