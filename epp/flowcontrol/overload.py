@@ -20,10 +20,13 @@ the bound is the ceiling, the controller keeps the queue short below it.
 With `by_priority` (the gateway's rate-limit quota by objective: Envoy refuses the sheddable
 excess, so what reaches the EPP is mostly what it serves), while a sheddable request (GIE's
 priority < 0) reached the EPP within the controller's interval, the controller reads every request
-before shedding it, none unread, and sheds the sheddable ones only: a request of priority 0 or
+before shedding it, none unread, and sheds the sheddable ones first: a request of priority 0 or
 more that waited past the target is admitted (there is a lower band to shed instead), as GIE's
-flow control sheds only the sheddable band. With no sheddable request for an interval, it sheds
-as without (every band alike, most unread). The `max_wait` ceiling holds for every priority."""
+flow control sheds only the sheddable band, but only for one more interval of the standing queue:
+a queue that shedding the sheddable requests has not drained by then is the others' (a trickle of
+sheddable requests beside an excess of critical ones), and they are shed too until it drains.
+With no sheddable request for an interval, it sheds as without (every band alike, most unread).
+The `max_wait` ceiling holds for every priority."""
 
 from __future__ import annotations
 
@@ -74,6 +77,7 @@ class OverloadGuard:
         self.by_priority = False  # read each request and shed sheddable ones first (module docstring)
         self._clock = clock
         self._sheddable_until = float("-inf")  # a sheddable request was seen: others spared till then
+        self._sparing_since: float | None = None  # late requests of priority >= 0 spared since then
         self._task: asyncio.Task[None] | None = None
 
     def admit(self) -> RequestError | None:
@@ -123,11 +127,7 @@ class OverloadGuard:
         standing = self.standing
         late = standing is not None and standing.shed(seconds)  # the controller sees every wait
         if self.by_priority and standing is not None:
-            now = self._clock()
-            if sheddable:
-                self._sheddable_until = now + standing.interval
-            elif late:
-                late = now >= self._sheddable_until  # a lower band to shed instead: spared
+            late = self._late_by_priority(late, sheddable, standing)
         if self.max_wait and seconds > self.max_wait:
             return self._refuse(
                 QUEUE_WAIT,
@@ -139,6 +139,22 @@ class OverloadGuard:
             return self._shed(standing)
         self.admitted += 1
         return None
+
+    def _late_by_priority(self, late: bool, sheddable: bool, standing: StandingQueue) -> bool:
+        """Whether a request the controller found `late` is shed, by priority: one of priority 0
+        or more is spared while sheddable ones reach the EPP, for one interval of the standing
+        queue at most (module docstring)."""
+        now = self._clock()
+        if not standing.shedding:
+            self._sparing_since = None  # the queue drained: the next one starts sparing anew
+        if sheddable:
+            self._sheddable_until = now + standing.interval
+            return late
+        if not late or now >= self._sheddable_until:
+            return late
+        if self._sparing_since is None:
+            self._sparing_since = now
+        return now - self._sparing_since >= standing.interval
 
     @property
     def checks_wait(self) -> bool:
