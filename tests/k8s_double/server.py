@@ -22,7 +22,8 @@ What it implements, as the real server does:
 
 And the failures a test needs to inject: `expire_watches()` (410 on open watches),
 `drop_watches()` (connections cut mid-stream, no final chunk), `compact()`, `hold()` to
-keep a list waiting, and `watch_delay` to deliver each watch event that many seconds late (a
+keep a list waiting, `hang_reads()` for single-object reads that never answer, and
+`watch_delay` to deliver each watch event that many seconds late (a
 lagging watch cache); `review_failures` to make the next reviews answer 500, and
 `hold_reviews()` to keep them waiting (a stalled authentication webhook)."""
 
@@ -218,6 +219,8 @@ class ApiServerDouble:
         self._last_rv = 0
         self._watchers: set[_Watcher] = set()
         self._gates: dict[Resource, asyncio.Event] = {}
+        self._hung_reads: dict[Resource, int] = {}
+        self._stopping = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.url = ""
         app = web.Application()
@@ -242,6 +245,7 @@ class ApiServerDouble:
         return self.url
 
     async def stop(self) -> None:
+        self._stopping.set()
         self.drop_watches()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -347,6 +351,10 @@ class ApiServerDouble:
         gate = self._gates[resource] = asyncio.Event()
         return gate
 
+    def hang_reads(self, resource: Resource, count: int = 1) -> None:
+        """The next `count` gets of one `resource` object never answer (until the double stops)."""
+        self._hung_reads[resource] = count
+
     def hold_reviews(self) -> asyncio.Event:
         """Keep token and access reviews waiting until the returned event is set."""
         gate = self._review_gate = asyncio.Event()
@@ -429,6 +437,9 @@ class ApiServerDouble:
         resource = self._admit(request, info["group"], info["version"], info["plural"], "get")
         if isinstance(resource, web.Response):
             return resource
+        if self._hung_reads.get(resource, 0) > 0:
+            self._hung_reads[resource] -= 1
+            await self._stopping.wait()
         obj = self.find(resource, info["name"], info["namespace"])
         if obj is None:
             return _not_found(resource, info["name"])
