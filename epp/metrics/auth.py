@@ -7,19 +7,22 @@ for the non-resource URL of the request (`/metrics`, verb `get`: the method lowe
 as controller-runtime's filter: 401 `Unauthorized` without a token or with one the review rejects,
 403 `Authorization denied for user <name>` when not allowed, 500 when a review fails. Results are
 cached as its delegating authenticator and authorizer cache them: tokens 1 min, allowed 5 min,
-denied 30 s (failed reviews are not cached). The EPP's service account needs `create` on
-tokenreviews and subjectaccessreviews (a ClusterRole; see docs/kubernetes.md); Prometheus's needs
-`get` on the nonResourceURL /metrics."""
+denied 30 s (failed reviews are not cached); a review unanswered within 10 s fails (500), as
+controller-runtime's TokenAccessReviewTimeout, and requests waiting on the same review share it
+rather than each sending their own (its authenticator's single-flight). The EPP's service account
+needs `create` on tokenreviews and subjectaccessreviews (a ClusterRole; see docs/kubernetes.md);
+Prometheus's needs `get` on the nonResourceURL /metrics."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -43,9 +46,13 @@ TOKEN_TTL = 60.0
 ALLOW_TTL = 300.0
 DENY_TTL = 30.0
 CACHE_LIMIT = 4096  # entries per cache; the oldest half is dropped past it
+# controller-runtime's TokenAccessReviewTimeout: a stalled API server (or authentication webhook
+# behind it) costs a scrape 10 s and a 500, not a request held open for as long as it stalls.
+REVIEW_TIMEOUT = 10.0
 _REVIEW_ERRORS = (ApiException, aiohttp.ClientError, OSError, TimeoutError)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 
 
 class ReviewFailed(Exception):
@@ -93,12 +100,21 @@ def bearer_token(header: str | None) -> str | None:
 class MetricsAuth:
     """TokenReview + SubjectAccessReview in front of the metrics handler, with their caches."""
 
-    def __init__(self, api: ApiClient, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        api: ApiClient,
+        clock: Callable[[], float] = time.monotonic,
+        review_timeout: float = REVIEW_TIMEOUT,
+    ) -> None:
         self._authentication = AuthenticationV1Api(api)
         self._authorization = AuthorizationV1Api(api)
         self._tokens = _TtlCache(clock)
         self._decisions = _TtlCache(clock)
+        self._review_timeout = review_timeout
+        # Reviews under way by cache key: the requests that need one share it.
+        self._pending: dict[Hashable, asyncio.Task[Any]] = {}
         self.reviews = 0  # TokenReviews and SubjectAccessReviews sent (for tests and debugging)
+        self.waiting = 0  # requests waiting for a review's answer (for tests and debugging)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -121,14 +137,19 @@ class MetricsAuth:
         cached, user = self._tokens.get(key)
         if cached:
             return user
+        return await self._shared(("token", key), lambda: self._review_token(key, token))
+
+    async def _review_token(self, key: bytes, token: str) -> UserInfo | None:
         body = V1TokenReview(
             api_version="authentication.k8s.io/v1", kind="TokenReview", spec=V1TokenReviewSpec(token=token)
         )
         try:
             self.reviews += 1
-            review = await self._authentication.create_token_review(body)
+            async with asyncio.timeout(self._review_timeout):
+                review = await self._authentication.create_token_review(body)
         except _REVIEW_ERRORS as exc:
-            raise ReviewFailed(f"Authentication failed: TokenReview: {_reason(exc)}") from exc
+            reason = _reason(exc, self._review_timeout)
+            raise ReviewFailed(f"Authentication failed: TokenReview: {reason}") from exc
         status = review.status
         user = None
         if status is not None and status.authenticated and status.user is not None:
@@ -147,6 +168,11 @@ class MetricsAuth:
         cached, allowed = self._decisions.get(key)
         if cached:
             return bool(allowed)
+        return bool(await self._shared(("access", key), lambda: self._review_access(key, user, verb, path)))
+
+    async def _review_access(
+        self, key: tuple[UserInfo, str, str], user: UserInfo, verb: str, path: str
+    ) -> bool:
         body = V1SubjectAccessReview(
             api_version="authorization.k8s.io/v1",
             kind="SubjectAccessReview",
@@ -160,17 +186,41 @@ class MetricsAuth:
         )
         try:
             self.reviews += 1
-            review = await self._authorization.create_subject_access_review(body)
+            async with asyncio.timeout(self._review_timeout):
+                review = await self._authorization.create_subject_access_review(body)
         except _REVIEW_ERRORS as exc:
-            raise ReviewFailed(f"Authorization for user {user.username} failed: {_reason(exc)}") from exc
+            reason = _reason(exc, self._review_timeout)
+            raise ReviewFailed(f"Authorization for user {user.username} failed: {reason}") from exc
         allowed = bool(review.status is not None and review.status.allowed)
         self._decisions.put(key, allowed, ALLOW_TTL if allowed else DENY_TTL)
         return allowed
 
+    async def _shared(self, key: Hashable, review: Callable[[], Awaitable[T]]) -> T:
+        """The answer of the review under way for `key`, or of a new one. The review runs as its
+        own task, so a caller that gives up (a scrape timing out) does not cancel it for the others."""
+        task = self._pending.get(key)
+        if task is None:
+            task = asyncio.ensure_future(review())
+            self._pending[key] = task
+            task.add_done_callback(lambda done: self._review_done(key, done))
+        self.waiting += 1
+        try:
+            return await asyncio.shield(task)
+        finally:
+            self.waiting -= 1
 
-def _reason(exc: BaseException) -> str:
+    def _review_done(self, key: Hashable, task: asyncio.Task[Any]) -> None:
+        if self._pending.get(key) is task:
+            del self._pending[key]
+        if not task.cancelled():
+            task.exception()  # retrieved, even when every caller has gone
+
+
+def _reason(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, ApiException):
         return f"{exc.status} {exc.reason}"
+    if isinstance(exc, TimeoutError):
+        return f"no answer from the API server within {timeout:g}s"
     return str(exc) or type(exc).__name__
 
 

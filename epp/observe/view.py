@@ -8,6 +8,12 @@
 | `GET /api/decisions?limit=N&endpoint=NAME` | recent decision records, newest first |
 | `GET /api/decisions/{request_id}` | the records of one request id (404 when none is kept) |
 | `GET /api/events` | server-sent events: `endpoints` every second, `decision` for each new record |
+
+The event stream runs on the loop that serves ext_proc, so what subscribers cost is bounded: the
+`endpoints` event is built once per quarter period and its bytes shared by every subscriber (not
+rebuilt for each: 2 ms for 256 endpoints, so 500 viewers would have taken the whole loop), and
+at most MAX_STREAMS are open at once (a further one gets 503): a subscriber that never reads holds
+only its socket's buffers, as writes wait for it to drain.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ INITIAL_DECISIONS = 50  # records an event-stream client gets when it connects
 ENDPOINTS_PERIOD = 1.0  # seconds between `endpoints` events
 BATCH_PERIOD = 0.1  # seconds between two batches of `decision` events
 BATCH_RECORDS = 20  # records in one batch at most
+ENDPOINTS_REUSE = ENDPOINTS_PERIOD / 4  # seconds the built `endpoints` event is shared between streams
+MAX_STREAMS = 100  # event streams open at once
 _STATIC = {"app.js": "text/javascript", "app.css": "text/css", "index.html": "text/html"}
 
 
@@ -64,6 +72,7 @@ class LiveView:
         self._clock = clock
         self._streams: set[asyncio.Event] = set()
         self._closing = False
+        self._endpoints_event: tuple[float, bytes] | None = None  # (built at, event bytes)
         self._static = {
             name: (resources.files(__package__).joinpath("static", name).read_bytes(), kind)
             for name, kind in _STATIC.items()
@@ -184,7 +193,18 @@ class LiveView:
             return _json({"error": "no decision kept for this request id"}, 404)
         return _json({"decisions": [r.to_json() for r in records]})
 
+    def _shared_endpoints_event(self) -> bytes:
+        """The `endpoints` event, built at most once per ENDPOINTS_REUSE for all streams."""
+        now = self._clock()
+        built = self._endpoints_event
+        if built is None or now - built[0] >= ENDPOINTS_REUSE:
+            built = self._endpoints_event = (now, _event("endpoints", self.endpoints_json()))
+        return built[1]
+
     async def _events(self, request: web.Request) -> web.StreamResponse:
+        if len(self._streams) >= MAX_STREAMS:
+            message = f"too many open event streams ({MAX_STREAMS}); poll /api/endpoints instead"
+            return _json({"error": message}, 503)
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -192,26 +212,26 @@ class LiveView:
                 "X-Accel-Buffering": "no",
             }
         )
-        await response.prepare(request)
         wake = asyncio.Event()
-        self._streams.add(wake)
+        self._streams.add(wake)  # counted from here, so a burst of connections cannot pass the cap
         unsubscribe = self._recorder.subscribe(wake.set)
         try:
+            await response.prepare(request)
             seq = 0
             initial = self._recorder.recent(INITIAL_DECISIONS)
             for record in reversed(initial):
-                await _send(response, "decision", record.to_json())
+                await response.write(_event("decision", record.to_json()))
                 seq = record.seq
             seq = max(seq, self._recorder.last_seq)
             next_endpoints = 0.0
             while not self._closing:
                 now = self._clock()
                 if now >= next_endpoints:
-                    await _send(response, "endpoints", self.endpoints_json())
+                    await response.write(self._shared_endpoints_event())
                     next_endpoints = now + ENDPOINTS_PERIOD
                 # Under load only the newest records go out, at most every BATCH_PERIOD.
                 for record in self._recorder.since(seq)[-BATCH_RECORDS:]:
-                    await _send(response, "decision", record.to_json())
+                    await response.write(_event("decision", record.to_json()))
                 seq = self._recorder.last_seq
                 wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -226,5 +246,5 @@ class LiveView:
         return response
 
 
-async def _send(response: web.StreamResponse, event: str, data: Any) -> None:
-    await response.write(b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n")
+def _event(event: str, data: Any) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"

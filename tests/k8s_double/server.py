@@ -22,8 +22,10 @@ What it implements, as the real server does:
 
 And the failures a test needs to inject: `expire_watches()` (410 on open watches),
 `drop_watches()` (connections cut mid-stream, no final chunk), `compact()`, `hold()` to
-keep a list waiting, and `watch_delay` to deliver each watch event that many seconds late (a
-lagging watch cache); `review_failures` to make the next reviews answer 500."""
+keep a list waiting, `hang_reads()` for single-object reads that never answer, and
+`watch_delay` to deliver each watch event that many seconds late (a
+lagging watch cache); `review_failures` to make the next reviews answer 500, and
+`hold_reviews()` to keep them waiting (a stalled authentication webhook)."""
 
 from __future__ import annotations
 
@@ -206,6 +208,8 @@ class ApiServerDouble:
         self.users: dict[str, User] = {TOKEN: User(SERVICE_ACCOUNT, "sa-uid")}
         self.non_resource_grants: set[tuple[str, str, str]] = set()
         self.review_failures = 0  # the next N reviews answer 500
+        self.reviews_started = 0  # TokenReviews and SubjectAccessReviews received
+        self._review_gate: asyncio.Event | None = None
         self.watch_delay = 0.0  # seconds each watch event is held before it is sent
         self.requests: list[RequestRecord] = []
         self._objects: dict[Resource, dict[tuple[str, str], Object]] = {r: {} for r in ALL_RESOURCES}
@@ -215,6 +219,8 @@ class ApiServerDouble:
         self._last_rv = 0
         self._watchers: set[_Watcher] = set()
         self._gates: dict[Resource, asyncio.Event] = {}
+        self._hung_reads: dict[Resource, int] = {}
+        self._stopping = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.url = ""
         app = web.Application()
@@ -239,6 +245,7 @@ class ApiServerDouble:
         return self.url
 
     async def stop(self) -> None:
+        self._stopping.set()
         self.drop_watches()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -344,6 +351,25 @@ class ApiServerDouble:
         gate = self._gates[resource] = asyncio.Event()
         return gate
 
+    def hang_reads(self, resource: Resource, count: int = 1) -> None:
+        """The next `count` gets of one `resource` object never answer (until the double stops)."""
+        self._hung_reads[resource] = count
+
+    def hold_reviews(self) -> asyncio.Event:
+        """Keep token and access reviews waiting until the returned event is set."""
+        gate = self._review_gate = asyncio.Event()
+        return gate
+
+    async def _review_admitted(self) -> bool:
+        """Wait while reviews are held; False when this one should answer 500."""
+        self.reviews_started += 1
+        if self._review_gate is not None:
+            await self._review_gate.wait()
+        if self.review_failures > 0:
+            self.review_failures -= 1
+            return False
+        return True
+
     @property
     def open_watches(self) -> int:
         return len(self._watchers)
@@ -411,6 +437,9 @@ class ApiServerDouble:
         resource = self._admit(request, info["group"], info["version"], info["plural"], "get")
         if isinstance(resource, web.Response):
             return resource
+        if self._hung_reads.get(resource, 0) > 0:
+            self._hung_reads[resource] -= 1
+            await self._stopping.wait()
         obj = self.find(resource, info["name"], info["namespace"])
         if obj is None:
             return _not_found(resource, info["name"])
@@ -465,8 +494,7 @@ class ApiServerDouble:
         resource = self._admit(request, TOKEN_REVIEWS.group, "v1", TOKEN_REVIEWS.plural, "create")
         if isinstance(resource, web.Response):
             return resource
-        if self.review_failures > 0:
-            self.review_failures -= 1
+        if not await self._review_admitted():
             return _status_response(500, "InternalError", "the review webhook failed")
         review = await request.json()
         user = self.users.get(review.get("spec", {}).get("token", ""))
@@ -482,8 +510,7 @@ class ApiServerDouble:
         resource = self._admit(request, ACCESS_REVIEWS.group, "v1", ACCESS_REVIEWS.plural, "create")
         if isinstance(resource, web.Response):
             return resource
-        if self.review_failures > 0:
-            self.review_failures -= 1
+        if not await self._review_admitted():
             return _status_response(500, "InternalError", "the review webhook failed")
         review = await request.json()
         spec = review.get("spec", {})

@@ -8,8 +8,11 @@ does not exist, when its holder is empty (released), or when its record has not 
 duration by the candidate's own clock (no trust in other clocks); every write is a replace carrying
 the resourceVersion read, so of two candidates racing only one wins (the other gets 409). The leader
 renews every retry period and gives up leadership when it could not renew within the renew
-deadline. Stopping releases the Lease (holder emptied), so a standby takes over at its next retry
-instead of waiting out the lease, as controller-runtime's LeaderElectionReleaseOnCancel does."""
+deadline. Each request to the API server is given up after max(1 s, renew deadline / 2), as
+client-go's lock client is built, so one hung request is retried within the renew deadline rather
+than costing the leadership (or leaving a standby waiting on it forever). Stopping releases the
+Lease (holder emptied), so a standby takes over at its next retry instead of waiting out the
+lease, as controller-runtime's LeaderElectionReleaseOnCancel does."""
 
 from __future__ import annotations
 
@@ -51,6 +54,11 @@ class LeaseTiming:
             raise ValueError("the lease duration must be at least 1s")
         if not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
             raise ValueError("leader election needs retry period < renew deadline < lease duration")
+
+    @property
+    def request_timeout(self) -> float:
+        """How long one request may take: client-go's max(1 s, renew deadline / 2)."""
+        return max(1.0, self.renew_deadline / 2)
 
 
 def lease_name(pool: PoolRef) -> str:
@@ -156,7 +164,8 @@ class LeaderElector:
         loop = asyncio.get_running_loop()
         now = _now()
         try:
-            lease = await self._leases.read_namespaced_lease(self.name, self.namespace)
+            async with asyncio.timeout(self.timing.request_timeout):
+                lease = await self._leases.read_namespaced_lease(self.name, self.namespace)
         except ApiException as exc:
             if exc.status != NOT_FOUND:
                 log.warning(
@@ -165,7 +174,7 @@ class LeaderElector:
                 return False
             return await self._create(now)
         except _UNREACHABLE as exc:
-            log.warning("leader election: API server unreachable: %s", exc)
+            self._log_unreachable(exc)
             return False
         spec: V1LeaseSpec = lease.spec or V1LeaseSpec()
         record = (
@@ -219,7 +228,8 @@ class LeaderElector:
         """Await `write` (a create or a replace) and remember the Lease it stored; False if the
         API server refused it (logged at `level`: a lost race is routine) or was unreachable."""
         try:
-            written = await write
+            async with asyncio.timeout(self.timing.request_timeout):
+                written = await write
         except ApiException as exc:
             log.log(
                 level,
@@ -231,10 +241,17 @@ class LeaderElector:
             )
             return False
         except _UNREACHABLE as exc:
-            log.warning("leader election: API server unreachable: %s", exc)
+            self._log_unreachable(exc)
             return False
         self._remember(written)
         return True
+
+    def _log_unreachable(self, exc: BaseException) -> None:
+        if isinstance(exc, TimeoutError):
+            reason = f"no answer within {self.timing.request_timeout:g}s"
+        else:
+            reason = str(exc) or type(exc).__name__
+        log.warning("leader election: API server unreachable: %s", reason)
 
     def _remember(self, lease: V1Lease) -> None:
         spec = lease.spec
@@ -250,7 +267,8 @@ class LeaderElector:
     async def _release(self) -> None:
         """Empty the holder (client-go's release), so a standby need not wait out the lease."""
         try:
-            lease = await self._leases.read_namespaced_lease(self.name, self.namespace)
+            async with asyncio.timeout(self.timing.request_timeout):
+                lease = await self._leases.read_namespaced_lease(self.name, self.namespace)
             spec = lease.spec or V1LeaseSpec()
             if spec.holder_identity != self.identity:
                 return
@@ -262,7 +280,8 @@ class LeaderElector:
                 renew_time=now,
                 lease_transitions=spec.lease_transitions,
             )
-            await self._leases.replace_namespaced_lease(self.name, self.namespace, lease)
+            async with asyncio.timeout(self.timing.request_timeout):
+                await self._leases.replace_namespaced_lease(self.name, self.namespace, lease)
             log.info("leader election: released Lease %s/%s", self.namespace, self.name)
         except (ApiException, *_UNREACHABLE) as exc:
             log.warning("leader election: releasing Lease %s/%s failed: %s", self.namespace, self.name, exc)

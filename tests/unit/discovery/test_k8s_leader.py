@@ -6,6 +6,7 @@ leadership given up when it cannot be renewed."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -133,3 +134,33 @@ async def test_rbac_without_leases_keeps_the_candidate_a_standby(kubeconfig: Pat
         await elector.stop()
         await client.close()
         await api.stop()
+
+
+async def test_one_hung_request_does_not_cost_the_leadership(api: ApiServerDouble, client: ApiClient) -> None:
+    """Each Lease request is given up after max(1 s, renew deadline / 2), as client-go's lock
+    client, so a renewal whose read never answers is retried within the renew deadline instead of
+    using it all up and costing the leadership."""
+    timing = LeaseTiming(lease_duration=4, renew_deadline=2.5, retry_period=0.1)
+    lost: list[bool] = []
+    leader = LeaderElector(client, NAME, "default", "leader", timing, on_lost=lambda: lost.append(True))
+    leader.start()
+    await asyncio.wait_for(leader.elected.wait(), 5)
+    api.hang_reads(LEASES)
+    renewed = api.get(LEASES, NAME)["spec"]["renewTime"]
+    await until(lambda: api.get(LEASES, NAME)["spec"]["renewTime"] != renewed, "a renewal after the hang", 5)
+    assert leader.is_leader and not lost
+    await leader.stop()
+
+
+async def test_a_standby_whose_read_hangs_still_takes_over(
+    api: ApiServerDouble, client: ApiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A candidate's hung read is given up too, so a standby is not stuck on it when the leader goes."""
+    timing = LeaseTiming(lease_duration=2, renew_deadline=1.5, retry_period=0.1)
+    api.hang_reads(LEASES)  # the standby's first read of the Lease
+    standby = LeaderElector(client, NAME, "default", "standby", timing)
+    with caplog.at_level(logging.WARNING, logger="epp.discovery.k8s.leader"):
+        standby.start()
+        await asyncio.wait_for(standby.elected.wait(), 5)
+    assert "leader election: API server unreachable: no answer within 1s" in caplog.text
+    await standby.stop()

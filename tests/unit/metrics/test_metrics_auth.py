@@ -4,7 +4,9 @@ controller-runtime's filter answers (401, 403, 500, 200) and cached as it caches
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from epp.discovery.k8s.client import api_client
 from epp.metrics.auth import DENY_TTL, TOKEN_TTL, MetricsAuth, bearer_token
 from epp.metrics.http import MetricsServer
 from tests.k8s_double import ApiServerDouble, User
+from tests.unit.discovery.conftest import until
 
 PROMETHEUS = User("system:serviceaccount:monitoring:prometheus", "prom-uid", ("system:authenticated",))
 
@@ -124,6 +127,52 @@ async def test_a_failed_review_is_500_and_not_cached(
     assert response.status_code == 500
     assert "Authentication failed" in response.text and "TokenReview" in caplog.text
     assert (await get(metrics_url, "prom-token")).status_code == 200
+
+
+@pytest.fixture
+async def guarded(api: ApiServerDouble, tmp_path: Path) -> AsyncIterator[tuple[MetricsAuth, str]]:
+    """/metrics behind reviews that time out after 0.5 s, granted to Prometheus."""
+    api.grant(PROMETHEUS.username, "get", "/metrics")
+    client = await api_client(api.write_kubeconfig(tmp_path / "kubeconfig"))
+    server = MetricsServer(CollectorRegistry(), "127.0.0.1", 0)
+    server.auth = MetricsAuth(client, review_timeout=0.5)
+    await server.start()
+    yield server.auth, f"http://127.0.0.1:{server.port}/metrics"
+    await server.stop()
+    await client.close()
+
+
+async def test_a_stalled_review_is_500_after_the_review_timeout(
+    api: ApiServerDouble, guarded: tuple[MetricsAuth, str]
+) -> None:
+    """An API server (or its authentication webhook) that never answers fails the scrape after
+    the review timeout, as controller-runtime's TokenAccessReviewTimeout does, instead of holding it
+    (and a connection of the client leader election shares) open for as long as it stalls."""
+    _, url = guarded
+    gate = api.hold_reviews()
+    started = time.monotonic()
+    response = await get(url, "prom-token")
+    assert (response.status_code, response.text) == (
+        500,
+        "Authentication failed: TokenReview: no answer from the API server within 0.5s\n",
+    )
+    assert time.monotonic() - started < 3
+    gate.set()
+    assert (await get(url, "prom-token")).status_code == 200  # the failure was not cached
+
+
+async def test_concurrent_requests_share_one_review(
+    api: ApiServerDouble, guarded: tuple[MetricsAuth, str]
+) -> None:
+    """Scrapes arriving while a token is being reviewed wait for that review instead of each
+    sending their own: a burst costs the API server one TokenReview and one SubjectAccessReview."""
+    auth, url = guarded
+    gate = api.hold_reviews()
+    burst = [asyncio.ensure_future(get(url, "prom-token")) for _ in range(20)]
+    await until(lambda: auth.waiting == 20 and api.reviews_started > 0, "every request waiting")
+    gate.set()
+    assert [r.status_code for r in await asyncio.gather(*burst)] == [200] * 20
+    assert (reviews(api, "tokenreviews"), reviews(api, "subjectaccessreviews")) == (1, 1)
 
 
 async def test_without_rbac_for_reviews_the_endpoint_fails_closed(tmp_path: Path) -> None:

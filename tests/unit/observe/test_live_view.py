@@ -9,7 +9,7 @@ from importlib import resources
 
 import orjson
 import pytest
-from aiohttp import ClientSession, ClientTimeout
+from aiohttp import ClientSession, ClientTimeout, TCPConnector
 from prometheus_client import CollectorRegistry
 
 from epp.config.build import build_director
@@ -19,7 +19,9 @@ from epp.explain import DecisionRecorder, RecordOptions
 from epp.framework import PluginContext
 from epp.metrics.http import MetricsServer
 from epp.observe import LiveView, prefix_indexes
+from epp.observe.view import MAX_STREAMS
 from epp.requestcontrol import Director
+from tests.unit.discovery.conftest import until
 
 
 class Served:
@@ -137,3 +139,52 @@ async def test_an_open_event_stream_does_not_hold_up_shutdown(served: Served) ->
     await asyncio.wait_for(response.read(), 5)
     response.release()
     await session.close()
+
+
+async def first_endpoints_event(session: ClientSession, url: str) -> None:
+    """Open an event stream and read until its first `endpoints` event (kept open after)."""
+    response = await session.get(url + "/api/events")
+    async for raw in response.content:
+        if raw.startswith(b"event: endpoints"):
+            return
+
+
+async def test_event_streams_share_one_endpoints_snapshot(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many viewers cost the loop one snapshot of the pool per period, not one each: building it
+    takes milliseconds for a large pool, on the loop that serves ext_proc."""
+    builds = 0
+    build = served.view.endpoints_json
+
+    def counted() -> dict:
+        nonlocal builds
+        builds += 1
+        return build()
+
+    monkeypatch.setattr(served.view, "endpoints_json", counted)
+    async with ClientSession(timeout=ClientTimeout(total=10)) as session:
+        await asyncio.gather(*(first_endpoints_event(session, served.url) for _ in range(20)))
+        assert builds <= 2  # one, or two if the streams straddle the reuse window
+        await served.view.on_shutdown(None)  # type: ignore[arg-type]
+
+
+async def test_event_streams_beyond_the_cap_get_503(served: Served) -> None:
+    """Subscribers are bounded (each holds a socket's buffers when it does not read), so one past
+    MAX_STREAMS is refused with a reason; once one closes, a new one is accepted."""
+    unlimited = TCPConnector(limit=0)
+    async with ClientSession(timeout=ClientTimeout(total=10), connector=unlimited) as session:
+        opened = [await session.get(served.url + "/api/events") for _ in range(MAX_STREAMS)]
+        await until(lambda: len(served.view._streams) == MAX_STREAMS, "every stream registered")
+        async with session.get(served.url + "/api/events") as refused:
+            assert refused.status == 503
+            assert (await refused.json())["error"] == (
+                f"too many open event streams ({MAX_STREAMS}); poll /api/endpoints instead"
+            )
+        opened.pop().close()
+        await until(lambda: len(served.view._streams) < MAX_STREAMS, "the closed stream to go")
+        async with session.get(served.url + "/api/events") as accepted:
+            assert accepted.status == 200
+        await served.view.on_shutdown(None)  # type: ignore[arg-type]
+        for response in opened:
+            response.close()
