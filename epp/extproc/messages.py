@@ -67,13 +67,15 @@ def routing_response(
     common = getattr(response, reply).response
     common.clear_route_cache = True
     fill_header_mutation(common.header_mutation, set_headers, remove)
-    lb = response.dynamic_metadata.get_or_create_struct(LB_NAMESPACE)
-    lb[DESTINATION_HEADER] = destination
-    lb[FALLBACK_GROUP_KEY] = fallback_group
+    # The Struct's fields written directly: protobuf's Python dict-like wrapper (get_or_create_struct,
+    # item assignment) costs about four times as much, on every routed request.
+    lb = response.dynamic_metadata.fields[LB_NAMESPACE].struct_value.fields
+    lb[DESTINATION_HEADER].string_value = destination
+    lb[FALLBACK_GROUP_KEY].string_value = fallback_group
     if streaming:
-        lb[STREAMING_KEY] = "true"
+        lb[STREAMING_KEY].string_value = "true"
     if scores:
-        lb[DESTINATION_SCORES_KEY] = dict(scores)
+        lb[DESTINATION_SCORES_KEY].struct_value.update(scores)
     return response
 
 
