@@ -16,8 +16,17 @@ message timeout), with latency percentiles of each kind, the EPP's CPU time per 
 the machine's load average. After the table, Envoy's counters of its connections to the EPP
 (EPP_CONNECTION_STATS).
 
+With --critical-rate, a steady stream of the --critical-objective's requests runs beside each
+rate's flood (then sent with --flood-objective's header: h2load only), and a second table gives
+that stream's outcome: served, refused by the gateway's quota (x-gateway-limit: quota) or by the
+EPP, and its latency. --quota-by-objective gives the gateway's quota a bucket per objective of
+--objectives-file (as `epp run --quota-from-epp --epp-arg=--objectives-file=...`); without it,
+the quota has its one bucket.
+
     .venv/bin/python bench/overload_ramp.py --base 300 --seconds 10 --loadgen h2load
     .venv/bin/python bench/overload_ramp.py --base 300 --rates 1 --config-file flow.yaml  # flow control
+    .venv/bin/python bench/overload_ramp.py --loadgen h2load --quota-from-epp --rates 3 \
+        --objectives-file bench/configs/objectives.yaml --critical-rate 20 [--quota-by-objective]
 """
 
 from __future__ import annotations
@@ -36,6 +45,8 @@ import aiohttp
 import orjson
 
 from epp.bench.summary import percentile
+from epp.config.objectives import load_objectives_file
+from epp.headers import OBJECTIVE_HEADER
 from epp.stack.cli import quota_epp_args
 from epp.stack.envoy import EnvoyOptions
 from epp.stack.stack import Stack, StackConfig
@@ -109,10 +120,17 @@ def ramp_point(url: str, rate: float, seconds: float, prompt: str, workers: int)
 
 
 async def h2load_point(
-    url: str, rate: float, seconds: float, body: Path, clients: int, log: Path
+    url: str,
+    rate: float,
+    seconds: float,
+    body: Path,
+    clients: int,
+    log: Path,
+    headers: tuple[str, ...] = (),
 ) -> tuple[list[tuple[int, float]], float]:
     """One rate through h2load; (status, seconds) per request from its per-request log, and the
-    rate it sent at. A request that got no response is not in the log: status -1."""
+    rate it sent at. A request that got no response is not in the log: status -1. `headers`:
+    more request headers, `name: value` each."""
     count = max(int(rate * seconds), clients)
     argv = [
         "h2load",
@@ -122,6 +140,7 @@ async def h2load_point(
         f"--rps={rate / clients:g}",
         f"--data={body}",
         "--header=content-type: application/json",
+        *(f"--header={header}" for header in headers),
         f"--log-file={log}",
         url,
     ]
@@ -171,6 +190,41 @@ class Counters:
             return await r.text()
 
 
+async def steady(
+    url: str, rate: float, seconds: float, body: bytes, headers: dict[str, str]
+) -> list[tuple[int, float, str | None]]:
+    """`rate` requests a second for `seconds`, open loop: (status, seconds, x-gateway-limit) each."""
+    results: list[tuple[int, float, str | None]] = []
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
+
+        async def one(at: float) -> None:
+            await asyncio.sleep(max(0.0, at - time.perf_counter()))
+            sent = time.perf_counter()
+            try:
+                async with session.post(url, data=body, headers=headers) as r:
+                    await r.read()
+                    results.append((r.status, time.perf_counter() - sent, r.headers.get("x-gateway-limit")))
+            except (aiohttp.ClientError, TimeoutError):
+                results.append((-1, time.perf_counter() - sent, None))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(start + i / rate) for i in range(int(rate * seconds))))
+    return results
+
+
+def critical_row(label: str, results: list[tuple[int, float, str | None]]) -> str:
+    ok = [t for status, t, _ in results if status == 200]
+    quota = sum(1 for status, _, limit in results if status == 429 and limit == "quota")
+    epp = sum(1 for status, _, limit in results if status == 429 and limit is None)
+    other = len(results) - len(ok) - quota - epp
+    share = 100 * len(ok) / max(len(results), 1)
+    return (
+        f"| {label} | {len(results)} | {len(ok)} ({share:.0f} %) | {quota} | {epp} | {other} | "
+        f"{ms(ok, 50)} / {ms(ok, 90)} / {ms(ok, 99)} |"
+    )
+
+
 def ms(values: list[float], q: float) -> str:
     return f"{percentile(values, q) * 1e3:.1f}" if values else "-"
 
@@ -181,6 +235,12 @@ async def main(args: argparse.Namespace) -> None:
         epp_args += quota_epp_args(args.epp_arg)
     if args.config_file:
         epp_args.append(f"--config-file={args.config_file.resolve()}")
+    objectives: tuple[str, ...] = ()
+    if args.objectives_file:
+        epp_args.append(f"--objectives-file={args.objectives_file.resolve()}")
+        objectives = tuple(load_objectives_file(args.objectives_file)) if args.quota_by_objective else ()
+    if args.critical_rate and args.loadgen != "h2load":
+        raise SystemExit("--critical-rate needs --loadgen h2load (the flood's objective header)")
     if args.loadgen == "h2load" and shutil.which("h2load") is None:
         raise SystemExit("h2load is missing: make h2load (or apt-get install nghttp2-client)")
     run_dir = Path(tempfile.mkdtemp(prefix="overload-"))
@@ -198,6 +258,7 @@ async def main(args: argparse.Namespace) -> None:
             adaptive_concurrency_latency=args.adaptive_concurrency_latency,
             admission_control_aggression=args.admission_control,
             quota_from_epp=args.quota_from_epp,
+            quota_objectives=objectives,
         ),
     )
     prompt = ("lorem ipsum dolor sit amet " * (args.prompt_bytes // 27 + 1))[: args.prompt_bytes]
@@ -208,6 +269,9 @@ async def main(args: argparse.Namespace) -> None:
         "| p50 / p99 200 (ms) | p50 / p99 429 (ms) | EPP CPU ms / request | load average |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
+    flood_headers = (f"{OBJECTIVE_HEADER}: {args.flood_objective}",) if args.flood_objective else ()
+    critical_headers = {"content-type": "application/json", OBJECTIVE_HEADER: args.critical_objective}
+    critical_rows: list[str] = []
     async with Stack(config) as stack:
         url = stack.gateway_url + "/v1/completions"
         counters = Counters(stack)
@@ -217,7 +281,14 @@ async def main(args: argparse.Namespace) -> None:
             cpu, answers, began = counters.cpu_seconds(), await counters.epp_answers(), time.perf_counter()
             if args.loadgen == "h2load":
                 log = run_dir / f"h2load-{multiplier:g}x.log"
-                results, sent = await h2load_point(url, rate, args.seconds, body, args.clients, log)
+                flood = h2load_point(url, rate, args.seconds, body, args.clients, log, flood_headers)
+                if args.critical_rate:
+                    critical_body = body.read_bytes()
+                    stream = steady(url, args.critical_rate, args.seconds, critical_body, critical_headers)
+                    (results, sent), critical = await asyncio.gather(flood, stream)
+                    critical_rows.append(critical_row(f"{multiplier:g}x", critical))
+                else:
+                    results, sent = await flood
             else:
                 results = await asyncio.to_thread(ramp_point, url, rate, args.seconds, prompt, args.workers)
                 sent = len(results) / (time.perf_counter() - began)
@@ -236,6 +307,11 @@ async def main(args: argparse.Namespace) -> None:
             )
             await asyncio.sleep(2)  # let the EPP's queues drain between rates
         print(f"\nEnvoy's connections to the EPP: {await counters.epp_connection()}")
+    if critical_rows:
+        print(f"\n{args.critical_objective} at {args.critical_rate:g} req/s beside the flood:\n")
+        print("| flood | sent | 200 (share) | 429 quota | 429 EPP | other | p50 / p90 / p99 200 (ms) |")
+        print("|---|---|---|---|---|---|---|")
+        print("\n".join(critical_rows))
 
 
 if __name__ == "__main__":
@@ -274,5 +350,16 @@ if __name__ == "__main__":
         action="store_true",
         help="Envoy's rate_limit_quota filter before ext_proc, its bucket assigned by the EPP (as epp run's)",
     )
+    parser.add_argument("--objectives-file", type=Path, help="InferenceObjectives for the EPP")
+    parser.add_argument(
+        "--quota-by-objective",
+        action="store_true",
+        help="with --quota-from-epp: a quota bucket per objective of --objectives-file (else one bucket)",
+    )
+    parser.add_argument("--flood-objective", help="h2load: the flood's objective header (default: none)")
+    parser.add_argument(
+        "--critical-rate", type=float, default=0.0, help="req/s of a steady stream beside the flood (0: none)"
+    )
+    parser.add_argument("--critical-objective", default="critical", help="that stream's objective header")
     parser.add_argument("--epp-arg", action="append", default=[], help="extra `epp serve` flag")
     asyncio.run(main(parser.parse_args()))

@@ -24,10 +24,64 @@ def warn_python_fallback(part: str, cost: str) -> None:
     )
 
 
+class _UniqueKeys(yaml.constructor.SafeConstructor):
+    """A mapping that names a key twice is an error, as in Kubernetes' strict YAML decoding (GIE's
+    config loader decodes with `serializer.EnableStrict`; kubectl refuses such manifests): PyYAML
+    keeps the last value, so `plugins:` written twice silently dropped the first list. A key that a
+    `<<` merge brings in may still be overridden, as YAML's merge means."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:
+                    continue  # an unhashable key: the constructor below refuses it
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"found duplicate key {key!r} (first on line {first.start_mark.line + 1})",
+                        key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
+class _UniqueKeysCLoader(_UniqueKeys, yaml.CSafeLoader):
+    pass
+
+
+class _UniqueKeysLoader(_UniqueKeys, yaml.SafeLoader):
+    pass
+
+
 def safe_yaml(text: str) -> Any:
     """`yaml.safe_load` through libyaml when PyYAML has it: a 3,000-entry endpoints file parses in
     a third of the CPU, so its reload thread holds the GIL (and the event loop) a third as long."""
+    documents = safe_yaml_documents(text, every=False, unique_keys=False)
+    return documents[0] if documents else None
+
+
+def safe_yaml_documents(text: str, every: bool = True, unique_keys: bool = True) -> list[Any]:
+    """The documents of a YAML stream (empty ones left out when `every`; only the first read
+    otherwise, as `yaml.safe_load` does), through libyaml when PyYAML has it; with `unique_keys`,
+    a key written twice in a mapping is an error. Nesting that would exhaust the stack is a
+    `yaml.YAMLError` like any other malformed file, never a RecursionError and its traceback:
+    libyaml refuses more than 1,000 levels itself, and PyYAML's Python parser recurses once per
+    level (10,000 nested `[` was a crash of `epp config check` and `epp serve`)."""
+    loader: type[yaml.SafeLoader] | type[yaml.CSafeLoader]
     if yaml.__with_libyaml__:
-        return yaml.load(text, Loader=yaml.CSafeLoader)
-    warn_python_fallback("YAML parsing (libyaml)", "about three times the CPU per file")
-    return yaml.safe_load(text)
+        loader = _UniqueKeysCLoader if unique_keys else yaml.CSafeLoader
+    else:
+        warn_python_fallback("YAML parsing (libyaml)", "about three times the CPU per file")
+        loader = _UniqueKeysLoader if unique_keys else yaml.SafeLoader
+    try:
+        if not every:
+            return [yaml.load(text, Loader=loader)]
+        return [d for d in yaml.load_all(text, Loader=loader) if d is not None]
+    except RecursionError:
+        raise yaml.YAMLError("objects and lists are nested too deeply") from None

@@ -47,6 +47,12 @@ OBJECTIVE_HEADER = "x-gateway-inference-objective"
 FAIRNESS_HEADER = "x-gateway-inference-fairness-id"
 MODEL_REWRITE_HEADER = "x-gateway-model-name-rewrite"
 
+# The ids of the buckets of the gateway's rate_limit_quota filter (our Envoy bootstrap) and the
+# EPP's rate-limit quota service: `name: inference`, plus `objective: NAME` in an objective's own
+# bucket, whose priority the EPP looks up by that name.
+QUOTA_BUCKET = "inference"
+QUOTA_OBJECTIVE_KEY = "objective"
+
 # Response headers the simulator adds, naming the server that answered (tests and benchmarks).
 SIM_POD_HEADER = "x-inference-pod"
 SIM_PORT_HEADER = "x-inference-port"

@@ -182,8 +182,12 @@ class EndpointPicker:
         self.quota: RateLimitQuotaService | None = None
         if options.rate_limit_quota:
             guard = self.overload
+            guard.by_priority = True  # the gateway refuses the sheddable excess; the guard, sheddable first
+            director = self.director  # its objectives are replaced as InferenceObjectives change
             self.quota = RateLimitQuotaService(
-                EnvoyQuota(lambda: guard.admitted, lambda: guard.refused), self.metrics
+                EnvoyQuota(lambda: guard.admitted, lambda: guard.refused),
+                self.metrics,
+                objectives=lambda: director.objectives,
             )
         self.recorder = DecisionRecorder(options.observe.records)
         if self.recorder.enabled:

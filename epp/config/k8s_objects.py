@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import ValidationError
 
+from epp.compiled import safe_yaml_documents
 from epp.params.strict import ConfigError, describe
 
 T = TypeVar("T")
@@ -18,15 +19,17 @@ T = TypeVar("T")
 
 def read_text(path: Path, what: str) -> str:
     try:
-        return path.read_text()
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read {what} file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read {what} file {path}: not UTF-8 text (byte {exc.start})") from None
 
 
 def objects(text: str, source: str, kind: str) -> Iterator[tuple[str, Any]]:
     """(location for messages, object) for every object in the file, Lists unpacked."""
     try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+        documents = safe_yaml_documents(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
     for i, document in enumerate(documents):

@@ -13,6 +13,8 @@ from typing import Any, cast
 import yaml
 from pydantic import ValidationError
 
+from epp.compiled import safe_yaml_documents
+from epp.config.k8s_objects import read_text
 from epp.config.model import BandSpec, FlowControlSpec, PickerConfig, PluginSpec, ProfileSpec
 from epp.config.schema import (
     BandLimitsDoc,
@@ -93,7 +95,7 @@ def _single_document(source: str) -> Any:
     one cut from a multi-document manifest) loads, as in Go; a second document with content is
     refused by its line, where Go would read the first and silently drop the rest."""
     try:
-        documents = [d for d in yaml.safe_load_all(source) if d is not None]
+        documents = safe_yaml_documents(source)
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid EndpointPickerConfig: not valid YAML: {exc}") from None
     if len(documents) > 1:
@@ -106,11 +108,7 @@ def _single_document(source: str) -> Any:
 
 
 def load_config_file(path: Path, strict: bool = False) -> PickerConfig:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    return load_config(text, strict)
+    return load_config(read_text(path, "config"), strict)
 
 
 def _config_error(problems: Iterable[str]) -> ConfigError:

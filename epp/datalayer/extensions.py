@@ -61,13 +61,21 @@ class DataProducer(Extension):
 
 
 class AsyncDataProducer(Extension):
-    """Per-request data that needs I/O (tokenizing through a model server's render API). The
-    director awaits `prepare_async` once, after parsing and before scheduling; it must store its
-    result in `request.attributes[self.name]`, finish within its own timeout and never raise —
-    a failure leaves the data out, and the plugin's sync `prepare` (if any) falls back."""
+    """Per-request data that needs I/O (tokenizing through a model server's render API) or that
+    another replica is about to send (a response's endpoint). The director awaits
+    `prepare_async` once, after parsing and before scheduling; it stores what it produces in
+    `request.attributes[self.name]` (or in its own state), must finish within its own timeout
+    and never raise — a failure leaves the data out, and the plugin's sync `prepare` (if any)
+    falls back."""
 
     @abstractmethod
     async def prepare_async(self, request: InferenceRequest) -> None: ...
+
+    @property
+    def awaits_requests(self) -> bool:
+        """False while `prepare_async` has nothing to await (no peer replica to wait for):
+        requests then skip the awaited step for this producer (and, with no other, altogether)."""
+        return True
 
 
 class BackgroundService(Extension):

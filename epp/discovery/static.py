@@ -85,6 +85,14 @@ def parse_endpoint_file(
     duplicates = sorted(name for name, count in Counter(s.name for s in specs).items() if count > 1)
     if duplicates:
         raise DiscoveryError(f"{source}: duplicate endpoint names {duplicates}")
+    names_at: dict[str, list[str]] = {}
+    for spec in specs:
+        names_at.setdefault(spec.hostport, []).append(spec.name)
+    shared = [f"{hostport} ({', '.join(names)})" for hostport, names in names_at.items() if len(names) > 1]
+    if shared:
+        # One server listed twice was two candidates: picked twice as often, its in-flight load
+        # split between them, so neither ever looked as busy as the server is.
+        raise DiscoveryError(f"{source}: endpoints at the same address and port: {'; '.join(shared)}")
     return specs
 
 

@@ -19,6 +19,8 @@ from epp.extproc.rlqs import RateLimitQuotaService
 from epp.extproc.stream import ExtProcStream, ResetAfterEnd, StreamOptions
 from epp.extproc.stream_metrics import StreamMetrics
 from epp.flowcontrol.overload import OverloadGuard
+from epp.flowcontrol.quota_priority import ObjectiveCounts
+from epp.headers import OBJECTIVE_HEADER
 from epp.requestcontrol import Director
 from epp.requests import ErrorCode, RequestError
 
@@ -76,11 +78,16 @@ _GRPC_OPTIONS = [
 
 class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
     def __init__(
-        self, director: Director, options: StreamOptions, guard: OverloadGuard | None = None
+        self,
+        director: Director,
+        options: StreamOptions,
+        guard: OverloadGuard | None = None,
+        seen: ObjectiveCounts | None = None,
     ) -> None:
         self._director = director
         self._options = options
         self._guard = guard
+        self._seen = seen  # with the rate-limit quota: every request read, by objective
         # The last refusal answered: the guard answers every request it sheds under a standing
         # queue with the same RequestError, whose reply (and unread answer) is then built once.
         self._refusal: _Refusal | None = None
@@ -116,9 +123,14 @@ class ExternalProcessor(ext_proc_grpc.ExternalProcessorServicer):
         """Answer the stream's messages from `message` on, until it ends. Returns the reply that
         ends it early (the guard's refusal, a 500, an eviction's 429) for the caller to send last;
         None once the stream is done or Envoy half-closed it."""
+        objective = None
+        if self._seen is not None:
+            objective = _objective(message)
+            self._seen.seen(objective)
         guard = self._guard
         if guard is not None and guard.checks_wait:
-            refusal = _waited_too_long(guard, message)
+            sheddable = bool(objective) and self._director.objectives.get(objective or "", 0) < 0
+            refusal = _waited_too_long(guard, message, sheddable)
             if refusal is not None:
                 return self.refuse(refusal)
         context, incoming = call.context, call.incoming
@@ -265,12 +277,23 @@ def _answer(reply: ext_proc.ProcessingResponse) -> grpc.RpcMethodHandler:
     )
 
 
-def _waited_too_long(guard: OverloadGuard, message: ext_proc.ProcessingRequest) -> RequestError | None:
+def _waited_too_long(
+    guard: OverloadGuard, message: ext_proc.ProcessingRequest, sheddable: bool = True
+) -> RequestError | None:
     """The guard's refusal of a request that waited too long before its headers reached the EPP
     (the gateway's `request.time` against this host's clock); None when it did not, or when the
     gateway does not send the attribute."""
     received = attributes.request_time(message)
-    return None if received is None else guard.waited(time.time() - received)
+    return None if received is None else guard.waited(time.time() - received, sheddable)
+
+
+def _objective(message: ext_proc.ProcessingRequest) -> str | None:
+    """The objective a stream's first message (its request headers) names, if any: the last of a
+    repeated header, as the director reads it (messages.read_headers)."""
+    for header in reversed(message.request_headers.headers.headers):
+        if header.key == OBJECTIVE_HEADER:
+            return header.raw_value.decode("utf-8", "replace") if header.raw_value else header.value
+    return None
 
 
 _T = TypeVar("_T")
@@ -419,7 +442,7 @@ def ext_proc_server(
     """ext_proc, and grpc.health.v1 beside it unless `health` is None (GIE's --health-checking),
     and Envoy's rate-limit quota service with `quota` (never behind the overload guard)."""
     server = grpc.aio.server(options=_options(reuse_port, message_limits))
-    processor = ExternalProcessor(director, options, guard)
+    processor = ExternalProcessor(director, options, guard, None if quota is None else quota.seen)
     server.add_generic_rpc_handlers((ExtProcDispatch(processor, guard, stream_metrics),))
     if health is not None:
         health_pb2_grpc.add_HealthServicer_to_server(health, server)

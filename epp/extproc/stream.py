@@ -150,7 +150,16 @@ class ExtProcStream:
         for the message that completes the request body: the director's `prepare_body` (flow
         control's queue, then the async data producers such as tokenization). A no-op when
         neither is configured. A refusal is kept and answered by `handle`; a cancelled wait (the
-        client gone) propagates, leaving no load taken."""
+        client gone) propagates, leaving no load taken. For a request that ends at its headers:
+        the director's `prepare_bodyless` (what a BodylessRouter plugin waits for)."""
+        if (
+            message.WhichOneof("request") == "request_headers"
+            and message.request_headers.end_of_stream
+            and self._director.hooks.routes_bodyless
+            and not self._headers_seen
+        ):
+            await self._director.prepare_bodyless(messages.read_headers(message.request_headers))
+            return
         if not self._director.prepares_async or not self._completes_body(message):
             return
         body = bytes(self._body) + (message.request_body.body if message.HasField("request_body") else b"")

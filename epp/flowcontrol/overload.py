@@ -15,12 +15,24 @@ neither the lag nor the stream count sees it; so a request is also refused at it
 when it already waited more than `max_wait` since the gateway received it (Envoy's `request.time`
 attribute, a wall clock compared with this host's), and, with a `standing` controller, when it
 waited past that controller's small target while a queue stands (epp.flowcontrol.standing_queue):
-the bound is the ceiling, the controller keeps the queue short below it."""
+the bound is the ceiling, the controller keeps the queue short below it.
+
+With `by_priority` (the gateway's rate-limit quota by objective: Envoy refuses the sheddable
+excess, so what reaches the EPP is mostly what it serves), while a sheddable request (GIE's
+priority < 0) reached the EPP within the controller's interval, the controller reads every request
+before shedding it, none unread, and sheds the sheddable ones first: a request of priority 0 or
+more that waited past the target is admitted (there is a lower band to shed instead), as GIE's
+flow control sheds only the sheddable band, but only for one more interval of the standing queue:
+a queue that shedding the sheddable requests has not drained by then is the others' (a trickle of
+sheddable requests beside an excess of critical ones), and they are shed too until it drains.
+With no sheddable request for an interval, it sheds as without (every band alike, most unread).
+The `max_wait` ceiling holds for every priority."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from epp.flowcontrol.standing_queue import RETRY_AFTER_SECONDS, StandingQueue
@@ -50,6 +62,7 @@ class OverloadGuard:
         max_wait: float = 0.0,
         count: Callable[[str], None] = _uncounted,
         standing: StandingQueue | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_streams = max_streams  # 0: no limit
         self.max_lag = max_lag  # seconds; 0: not measured
@@ -61,6 +74,10 @@ class OverloadGuard:
         self.lag = 0.0  # the sustained lag: the lower of the last two measurements
         self.refused = 0
         self.admitted = 0  # requests whose wait was read and that were let through
+        self.by_priority = False  # read each request and shed sheddable ones first (module docstring)
+        self._clock = clock
+        self._sheddable_until = float("-inf")  # a sheddable request was seen: others spared till then
+        self._sparing_since: float | None = None  # late requests of priority >= 0 spared since then
         self._task: asyncio.Task[None] | None = None
 
     def admit(self) -> RequestError | None:
@@ -82,9 +99,20 @@ class OverloadGuard:
                 f"the endpoint picker is overloaded: its event loop lags {self.lag * 1000:.0f} ms, "
                 f"over its limit of {self.max_lag * 1000:.0f} ms (--max-event-loop-lag); retry later",
             )
-        if self.standing is not None and self.standing.shedding and not self.standing.sample_due():
-            return self._shed(self.standing)
+        standing = self.standing
+        if (
+            standing is not None
+            and standing.shedding
+            and not self._reads_first()
+            and not standing.sample_due()
+        ):
+            return self._shed(standing)
         return None
+
+    def _reads_first(self) -> bool:
+        """Whether a request is to be read before it is shed: `by_priority`, while sheddable
+        requests reach the EPP (the request's band decides)."""
+        return self.by_priority and self._clock() < self._sheddable_until
 
     def enter(self) -> None:
         """An admitted stream begins (the caller must `leave` it once)."""
@@ -93,10 +121,13 @@ class OverloadGuard:
     def leave(self) -> None:
         self.streams -= 1
 
-    def waited(self, seconds: float) -> RequestError | None:
-        """Refuse an admitted request that waited `seconds` before the EPP saw it, if too long."""
+    def waited(self, seconds: float, sheddable: bool = True) -> RequestError | None:
+        """Refuse an admitted request that waited `seconds` before the EPP saw it, if too long.
+        `sheddable`: its priority is below 0 (read only `by_priority`)."""
         standing = self.standing
         late = standing is not None and standing.shed(seconds)  # the controller sees every wait
+        if self.by_priority and standing is not None:
+            late = self._late_by_priority(late, sheddable, standing)
         if self.max_wait and seconds > self.max_wait:
             return self._refuse(
                 QUEUE_WAIT,
@@ -108,6 +139,22 @@ class OverloadGuard:
             return self._shed(standing)
         self.admitted += 1
         return None
+
+    def _late_by_priority(self, late: bool, sheddable: bool, standing: StandingQueue) -> bool:
+        """Whether a request the controller found `late` is shed, by priority: one of priority 0
+        or more is spared while sheddable ones reach the EPP, for one interval of the standing
+        queue at most (module docstring)."""
+        now = self._clock()
+        if not standing.shedding:
+            self._sparing_since = None  # the queue drained: the next one starts sparing anew
+        if sheddable:
+            self._sheddable_until = now + standing.interval
+            return late
+        if not late or now >= self._sheddable_until:
+            return late
+        if self._sparing_since is None:
+            self._sparing_since = now
+        return now - self._sparing_since >= standing.interval
 
     @property
     def checks_wait(self) -> bool:

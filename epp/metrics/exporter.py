@@ -245,6 +245,11 @@ class EppMetrics:
         self.quota_streams = f.gauge(
             "llm_d_epp_rate_limit_quota_streams", "gateways' rate-limit quota streams open", alpha=False
         )
+        self.quota_buckets = f.gauge(
+            "llm_d_epp_rate_limit_quota_buckets",
+            "buckets the gateways' rate_limit_quota filters reported, over their open streams",
+            alpha=False,
+        )
         self.quota_reported = f.counter(
             "llm_d_epp_rate_limit_quota_reported_requests_total",
             "requests the gateways' rate_limit_quota filters report, by outcome (allowed, denied)",

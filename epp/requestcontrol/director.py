@@ -361,7 +361,7 @@ class Director:
     def prepares_async(self) -> bool:
         """Whether requests need the awaited `prepare_body` before `handle_body`: flow control's
         queue or an async data producer is configured."""
-        return self.flow_control is not None or bool(self.async_producers)
+        return self.flow_control is not None or any(p.awaits_requests for p in self.async_producers)
 
     async def prepare_body(
         self,
@@ -406,7 +406,8 @@ class Director:
             except RequestError as error:
                 self.record_error(error, request)
                 raise
-        if not self.async_producers:
+        producers = [p for p in self.async_producers if p.awaits_requests]
+        if not producers:
             return parsed
         # Dispatched, not routed until the producers finish (routing follows on the same step):
         # counted by flow control as in flight meanwhile.
@@ -414,12 +415,19 @@ class Director:
             contextlib.nullcontext() if self.flow_control is None else self.flow_control.preparing(request)
         )
         with preparing:
-            for producer in self.async_producers:
+            for producer in producers:
                 try:
                     await producer.prepare_async(request)
                 except Exception:
                     log.exception("async data producer %s failed; scheduling without its data", producer.name)
         return parsed
+
+    async def prepare_bodyless(self, headers: dict[str, str]) -> None:
+        """The awaited step before `handle_bodyless`: what the BodylessRouter plugins wait for
+        (a peer replica's pin for the response the request names). Returns at once when no
+        BodylessRouter is configured."""
+        if self.hooks.routes_bodyless:
+            await self.hooks.bodyless_wait(_bodyless_request(headers))
 
     def handle_bodyless(self, headers: dict[str, str], subset: Sequence[str] | None) -> RoutedRequest:
         """Requests that end at their headers (GET /v1/models): any ready endpoint, uniformly,
@@ -429,13 +437,7 @@ class Director:
         path = headers.get(":path", "")
         if headers.get(":method") == "POST" and api_kind(path) is not ApiKind.OTHER:
             raise self.refuse(ErrorCode.BAD_REQUEST, "error unmarshaling request body: the body is empty")
-        request = InferenceRequest(
-            request_id=headers.get(REQUEST_ID_HEADER, ""),
-            api=ApiKind.OTHER,
-            path=path,
-            model="",
-            headers=headers,
-        )
+        request = _bodyless_request(headers)
         endpoints = self.datastore.ready_endpoints()
         if not endpoints:
             raise self.refuse(ErrorCode.SERVICE_UNAVAILABLE, "no ready endpoints in the pool")
@@ -641,3 +643,14 @@ def _host_of(hostport: str) -> str:
         return split_host_port(hostport)[0]
     except ValueError:
         return hostport
+
+
+def _bodyless_request(headers: dict[str, str]) -> InferenceRequest:
+    """A request that ends at its headers, as the BodylessRouter plugins see it."""
+    return InferenceRequest(
+        request_id=headers.get(REQUEST_ID_HEADER, ""),
+        api=ApiKind.OTHER,
+        path=headers.get(":path", ""),
+        model="",
+        headers=headers,
+    )

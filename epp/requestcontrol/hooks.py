@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from abc import abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from time import perf_counter
 from typing import Any, ClassVar, cast
 
@@ -115,6 +115,12 @@ class BodylessRouter(Extension):
     @abstractmethod
     def bodyless_target(self, request: InferenceRequest, endpoints: Sequence[Endpoint]) -> Endpoint | None:
         """The endpoint among `endpoints` this request must reach, or None: no preference."""
+
+    def bodyless_wait(self, request: InferenceRequest) -> Awaitable[None] | None:
+        """What to await before `bodyless_target` is asked for this request (e.g. the endpoint of
+        the response it names, not yet shared by the replica that learned it; bounded, never
+        raising), or None, the default: nothing, ask at once."""
+        return None
 
 
 class ResponseBodyProcessor(Extension):
@@ -278,6 +284,18 @@ class RequestControlHooks:
             if target is not None:
                 return target
         return None
+
+    @property
+    def routes_bodyless(self) -> bool:
+        """Whether a BodylessRouter is configured (only then may a bodyless request wait)."""
+        return bool(self._bodyless_routers)
+
+    async def bodyless_wait(self, request: InferenceRequest) -> None:
+        """Await what every BodylessRouter waits for before it is asked for this request."""
+        for plugin in self._bodyless_routers:
+            waiting = plugin.bodyless_wait(request)
+            if waiting is not None:
+                await waiting
 
     def response_streaming(self, request: InferenceRequest, result: SchedulingResult, chunk: bytes) -> None:
         """Each plugin hears every chunk even if one before it fails (it may act on the first)."""

@@ -62,8 +62,14 @@ def _completions_prompt(body: Mapping[str, Any]) -> tuple[bytes, list[int] | Non
         if all(isinstance(p, list) and p and all(_is_int(t) for t in p) for p in prompt):
             return b"", [t for p in prompt for t in p]
         raise _bad("invalid completions request: prompt must be a string, a list of strings or token ids")
-    if prompt is None or prompt == "" or prompt == []:
+    if prompt is None:
         raise _bad("invalid completions request: must have prompt field")
+    # Present but empty: vLLM refuses both with a 400 too (the string: "Either prompt or
+    # prompt_embeds must be provided and non-empty."; the list: "please provide at least one prompt").
+    if prompt == "":
+        raise _bad("invalid completions request: prompt is an empty string")
+    if prompt == []:
+        raise _bad("invalid completions request: prompt is an empty list")
     raise _bad("invalid completions request: prompt must be a string, a list of strings or token ids")
 
 
@@ -175,16 +181,18 @@ def _too_deep() -> RequestError:
     )
 
 
-def _check_depth(body: dict[str, Any]) -> None:
-    """A 400 for a body nested deeper than MAX_JSON_DEPTH: orjson writes at most that many
-    levels, and a parsed body holds only JSON values, so writing it fails only on its depth.
-    Always the exact test, and the cheap one: about 1 us for a 20 KB prompt, where counting its
-    brackets first (fewer than the limit cannot nest that deep) took 36 (`bytes.count` reads
-    about a byte a nanosecond)."""
+def nested_too_deep(body: Any) -> bool:
+    """Whether `body`, parsed by orjson, nests deeper than MAX_JSON_DEPTH, so that orjson cannot
+    write it back: orjson writes at most that many levels, and a parsed body holds only JSON
+    values, so writing it fails only on its depth. Always the exact test, and the cheap one: about
+    1 us for a 20 KB prompt, where counting its brackets first (fewer than the limit cannot nest
+    that deep) took 36 (`bytes.count` reads about a byte a nanosecond). Shared with the P/D
+    sidecar, which re-serialises the bodies it splits into legs."""
     try:
         orjson.dumps(body)
     except orjson.JSONEncodeError:
-        raise _too_deep() from None
+        return True
+    return False
 
 
 def _not_utf8(raw: bytes) -> RequestError | None:
@@ -212,7 +220,8 @@ def decode_body(raw: bytes) -> dict[str, Any]:
         raise _not_utf8(raw) or _bad(f"error unmarshaling request body: {exc}") from None
     if not isinstance(body, dict):
         raise _bad("error unmarshaling request body: the body must be a JSON object")
-    _check_depth(body)
+    if nested_too_deep(body):
+        raise _too_deep()
     return body
 
 
@@ -222,11 +231,17 @@ def parse_request(raw: bytes, path: str, headers: dict[str, str], request_id: st
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _bad("model not found in request body")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
+    # null is how clients that write every optional field say "unset" (OpenAI's API types these
+    # "boolean or null", "string or null"); vLLM and GIE take it as absent.
+    stream = body.get("stream")
+    if stream is None:
+        stream = False
+    elif not isinstance(stream, bool):
         raise _bad("stream must be a boolean")
-    cache_salt = body.get("cache_salt", "")
-    if not isinstance(cache_salt, str):
+    cache_salt = body.get("cache_salt")
+    if cache_salt is None:
+        cache_salt = ""
+    elif not isinstance(cache_salt, str):
         raise _bad("cache_salt must be a string")
 
     kind = api_kind(path)

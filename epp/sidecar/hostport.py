@@ -12,6 +12,10 @@ from epp.datastore.endpoint import join_host_port
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"
 )
+_NUMBER_LABEL = re.compile(r"^(?:[0-9]+|0x[0-9a-f]*)$")
+"""A last label that makes a name an IPv4 address in URL syntax (WHATWG's "ends in a number"):
+`127.1`, `2130706433`, `0x7f.1` and `0177.0.0.1` are the resolver's legacy spellings of 127.0.0.1,
+which aiohttp refuses to connect to; only the canonical dotted quad is an address here."""
 
 
 def normalise_host(host: str) -> str:
@@ -25,8 +29,15 @@ def normalise_host(host: str) -> str:
     except ValueError:
         pass
     name = bare.lower().rstrip(".")
+    if name != bare.lower():
+        try:  # `10.0.0.1.`: an address with the root's dot, as URL parsers read it
+            return ipaddress.IPv4Address(name).compressed
+        except ValueError:
+            pass
     if not _HOSTNAME.match(name):
         raise ValueError(f"invalid host {host!r}")
+    if _NUMBER_LABEL.match(name.rpartition(".")[2]):
+        raise ValueError(f"invalid host {host!r}: not a canonical IPv4 address")
     return name
 
 
@@ -45,7 +56,8 @@ class HostPort:
     def parse(cls, text: str) -> HostPort:
         """`host:port`, `[v6]:port`; the port is required (the EPP always sends one)."""
         host, sep, port = text.strip().rpartition(":")
-        if not sep or not port.isdigit() or (":" in host and not host.startswith("[")):
+        # isdigit() alone takes any script's digits ("٣٥٥٥٩"), which int() reads as a port
+        if not sep or not (port.isascii() and port.isdigit()) or (":" in host and not host.startswith("[")):
             raise ValueError(f"expected host:port, got {text!r}")
         return cls.of(host, int(port))
 

@@ -17,6 +17,7 @@ from multidict import CIMultiDict
 
 from epp.datastore.endpoint import join_host_port
 from epp.headers import PREFILLER_HEADER, REQUEST_ID_HEADER
+from epp.requests.parser import MAX_JSON_DEPTH, nested_too_deep
 from epp.sidecar.allowlist import AllowList
 from epp.sidecar.apis import is_disaggregated_route
 from epp.sidecar.connectors import SEQUENTIAL_HANDOFFS, Body, Connector, sglang_body
@@ -195,6 +196,12 @@ async def _read_json_object(request: web.Request) -> Body:
         raise ProxyError(400, f"Invalid JSON in the request body: {exc}") from None
     if not isinstance(body, dict):
         raise ProxyError(400, "The request body must be a JSON object")
+    if nested_too_deep(body):  # orjson reads 1,024 levels but writes the legs 254 deep at most
+        raise ProxyError(
+            400,
+            f"Invalid JSON in the request body: objects and arrays are nested deeper than the "
+            f"limit of {MAX_JSON_DEPTH} levels",
+        )
     return body
 
 

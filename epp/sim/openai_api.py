@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import xxhash
 
+from epp.sim.lax import lax_bool, lax_int
 from epp.sim.tokens import VOCAB_SIZE, render_chat, tokenize
 
 Kind = Literal["completion", "chat", "responses"]
@@ -100,49 +101,64 @@ class Conversation:
         return [t for t in self.turns() if t[0] != "system"] + [("assistant", output)]
 
 
-# vLLM's fields the simulator does not produce, with their off value: `echo` (the prompt, or chat's
-# last message, before the answer) and `prompt_logprobs`. Refused rather than answered without them.
-_NOT_SIMULATED = {"echo": (False, "false"), "prompt_logprobs": (None, "null")}
+# vLLM's fields the simulator does not produce: `echo` (the prompt, or chat's last message, before
+# the answer) and `prompt_logprobs`. Refused rather than answered without them.
 
 
-def _refuse_unsimulated(body: dict[str, Any]) -> None:
-    for name, (off, off_json) in _NOT_SIMULATED.items():
-        if body.get(name, off) != off:
-            raise ApiError(400, f"'{name}' is not simulated: send it as {off_json}", name)
+def _refuse_unsimulated(body: dict[str, Any], echo_nullable: bool) -> None:
+    """`echo` is a boolean (completions: or null); `prompt_logprobs` an integer or null, any
+    number passing vLLM's check of its JSON type."""
+    if _optional_bool(body, "echo", nullable=echo_nullable):
+        raise ApiError(400, "'echo' is not simulated: send it as false", "echo")
+    if _logprobs_number(body, "prompt_logprobs") is not None:
+        raise ApiError(400, "'prompt_logprobs' is not simulated: send it as null", "prompt_logprobs")
+
+
+def _logprobs_number(body: dict[str, Any], field: str) -> int | float | None:
+    """A logprobs count as vLLM's model validator checks it before pydantic reads it: a JSON
+    number (or a boolean, which Python counts as one); anything else is its 400."""
+    value = body.get(field)
+    if value is not None and not isinstance(value, int | float):
+        raise ApiError(400, f"`{field}` must be an integer.", field)
+    return value
 
 
 def parse_completion(body: dict[str, Any]) -> Generation:
-    _refuse_unsimulated(body)
+    _refuse_unsimulated(body, echo_nullable=True)
     prompt = body.get("prompt")
-    if prompt is None:
-        raise ApiError(400, "'prompt' is required", "prompt")
+    # vLLM's own words: its request model's check, then its prompt parser's.
+    if prompt is None or prompt == "":
+        raise ApiError(400, "Either prompt or prompt_embeds must be provided and non-empty.", "prompt")
+    if prompt == []:
+        raise ApiError(400, "please provide at least one prompt")
     gen = _generation(
         "completion", body, _prompts(prompt, "prompt"), "max_tokens", COMPLETIONS_DEFAULT_MAX_TOKENS
     )
-    count = _optional_int(body, "logprobs", minimum=None)
-    if count is not None and count < 0:
-        raise ApiError(400, "`logprobs` must be a positive value.", "logprobs")
-    gen.logprobs = count
+    count = _logprobs_number(body, "logprobs")
+    if count is not None and count < 0 and count != -1:
+        raise ApiError(400, "`logprobs` must be a positive value or -1.", "logprobs")
+    gen.logprobs = _whole_vocabulary(_optional_int(body, "logprobs", minimum=None))
     return gen
 
 
 def parse_chat(body: dict[str, Any]) -> Generation:
-    _refuse_unsimulated(body)
+    _refuse_unsimulated(body, echo_nullable=False)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list", "messages")
     turns = [(_role(m), _content(m.get("content"), "messages")) for m in messages]
     field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     gen = _generation("chat", body, [tokenize(render_chat(turns))], field, None)
-    wanted = body.get("logprobs")
-    if wanted is not None and not isinstance(wanted, bool):
-        raise ApiError(400, "'logprobs' must be a boolean", "logprobs")
-    top = _optional_int(body, "top_logprobs", minimum=None)
+    wanted = _optional_bool(body, "logprobs")
+    top = _logprobs_number(body, "top_logprobs")
     if top is not None and top < 0 and top != -1:
         raise ApiError(400, "`top_logprobs` must be a positive value or -1.", "top_logprobs")
-    if top is not None and (top == -1 or top > 0) and not wanted:
+    # vLLM checks the JSON value here, before pydantic reads it: "false" (a non-empty string)
+    # passes, and is then read as false (no logprobs).
+    if top is not None and (top == -1 or top > 0) and not body.get("logprobs"):
         raise ApiError(400, "when using `top_logprobs`, `logprobs` must be set to true.", "top_logprobs")
-    gen.logprobs = _whole_vocabulary(top or 0) if wanted else None
+    count = _optional_int(body, "top_logprobs", minimum=None)
+    gen.logprobs = _whole_vocabulary(count or 0) if wanted else None
     return gen
 
 
@@ -160,12 +176,8 @@ def parse_responses(body: dict[str, Any]) -> Generation:
         turns.extend((_role(item), _content(item.get("content"), "input")) for item in raw)
     else:
         raise ApiError(400, "'input' must be a string or a non-empty list of messages", "input")
-    store = body.get("store", True)
-    if store is not None and not isinstance(store, bool):
-        raise ApiError(400, "'store' must be a boolean", "store")
-    background = body.get("background", False)
-    if background is not None and not isinstance(background, bool):
-        raise ApiError(400, "'background' must be a boolean", "background")
+    store = _optional_bool(body, "store", default=True)
+    background = _optional_bool(body, "background", default=False)
     if background and not store:
         raise ApiError(400, "background can only be used when `store` is true", "background")
     if background and body.get("stream") is True:
@@ -220,21 +232,15 @@ def _generation(
         model=model,
         prompts=prompts,
         max_tokens=default_limit if max_tokens is None else max_tokens,
-        min_tokens=_optional_int(body, "min_tokens", minimum=0) or 0,
+        min_tokens=_optional_int(body, "min_tokens", minimum=0, nullable=False) or 0,
         ignore_eos=body.get("ignore_eos") is True,
         stream=stream,
         include_usage=stream and bool(options and options.get("include_usage")),
         kv_transfer_params=body.get("kv_transfer_params"),
-        n=1 if kind == "responses" else _optional_int(body, "n", minimum=1) or 1,
-        priority=_priority(body),
+        # vLLM: chat's `n` may be null, completions' not.
+        n=1 if kind == "responses" else _optional_int(body, "n", minimum=1, nullable=kind == "chat") or 1,
+        priority=_optional_int(body, "priority", minimum=None, nullable=False) or 0,
     )
-
-
-def _priority(body: dict[str, Any]) -> int:
-    value = body.get("priority", 0)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ApiError(400, "'priority' must be an integer", "priority")
-    return value
 
 
 def _optional_str(body: dict[str, Any], field: str) -> str | None:
@@ -244,17 +250,31 @@ def _optional_str(body: dict[str, Any], field: str) -> str | None:
     return value
 
 
-def _optional_int(body: dict[str, Any], field: str, minimum: int | None) -> int | None:
-    """An integer field; a whole float (`512.0`) counts, as vLLM's lax pydantic ints take it."""
-    value = body.get(field)
-    if value is None:
+def _optional_int(body: dict[str, Any], field: str, minimum: int | None, nullable: bool = True) -> int | None:
+    """An integer field as vLLM's lax pydantic ints take it (`512.0`, "512", `true`: `lax_int`);
+    None when absent, or null where vLLM's field is optional (else null is its 400)."""
+    if field not in body or (body[field] is None and nullable):
         return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+    value = lax_int(body[field])
+    if value is None or (minimum is not None and value < minimum):
         raise ApiError(
             400, f"'{field}' must be an integer" + (f" >= {minimum}" if minimum is not None else ""), field
         )
+    return value
+
+
+def _optional_bool(
+    body: dict[str, Any], field: str, default: bool | None = None, nullable: bool = True
+) -> bool | None:
+    """A boolean field as vLLM's lax pydantic booleans take it (0 and 1, "yes", "off": `lax_bool`);
+    `default` when absent, None when null where vLLM's field is optional (else null is its 400)."""
+    if field not in body:
+        return default
+    if body[field] is None and nullable:
+        return None
+    value = lax_bool(body[field])
+    if value is None:
+        raise ApiError(400, f"'{field}' must be a boolean", field)
     return value
 
 

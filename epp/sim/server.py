@@ -228,7 +228,7 @@ class SimServer:
 
     def _handler(self, parse: Parser) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
-            return await self._generate(request, parse(await _json_body(request)))
+            return await self._generate(request, parse(await _api_body(request)))
 
         return handle
 
@@ -437,7 +437,7 @@ class SimServer:
     # ----- other endpoints -------------------------------------------------------------------
 
     async def _embeddings(self, http: web.Request) -> web.Response:
-        body = await _json_body(http)
+        body = await _api_body(http)
         model = body.get("model")
         if not isinstance(model, str):
             raise ApiError(400, "'model' is required", "model")
@@ -473,14 +473,14 @@ class SimServer:
 
     async def _render_completion(self, http: web.Request) -> web.Response:
         """vLLM's `/v1/completions/render`: one GenerateRequest per prompt, nothing generated."""
-        gen = parse_completion(await _json_body(http))
+        gen = parse_completion(await _api_body(http))
         self._lora_for(gen.model)
         rid = f"cmpl-{self.config.name}-{next(self._ids)}"
         return json_response([render_body(gen, prompt, f"{rid}-{i}") for i, prompt in enumerate(gen.prompts)])
 
     async def _render_chat(self, http: web.Request) -> web.Response:
         """vLLM's `/v1/chat/completions/render`: the chat template applied, as token ids."""
-        gen = parse_chat(await _json_body(http))
+        gen = parse_chat(await _api_body(http))
         self._lora_for(gen.model)
         return json_response(
             render_body(gen, gen.prompts[0], f"chatcmpl-{self.config.name}-{next(self._ids)}")
@@ -488,7 +488,7 @@ class SimServer:
 
     async def _tokenize(self, http: web.Request) -> web.Response:
         """vLLM's `/tokenize`: a `prompt` string, or chat `messages` through the template."""
-        body = await _json_body(http)
+        body = await _api_body(http)
         body.setdefault("model", self.config.model)
         gen = parse_chat(body) if "messages" in body else parse_completion(body)
         self._lora_for(gen.model)
@@ -563,6 +563,16 @@ class SimServer:
             raise ApiError(404, f"no KV lease for request {request_id!r} (already read or expired)")
         self.driver.wake()
         return json_response({"blocks": count})
+
+
+async def _api_body(request: web.Request) -> dict[str, Any]:
+    """An OpenAI API request's body. vLLM's routes depend on `validate_json_request`, which refuses
+    any media type but `application/json` with a 400 before reading the body: `curl -d` without
+    `-H 'content-type: application/json'` (sent as a form) fails there, so it fails here too."""
+    media_type = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise ApiError(400, "Unsupported Media Type: Only 'application/json' is allowed")
+    return await _json_body(request)
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import contextlib
 from pathlib import Path
 
 from epp import gieflags
+from epp.config.objectives import load_objectives_file
 from epp.params.flagtypes import number_in_range
 from epp.signals import stop_event
 from epp.stack.envoy import BODY_MODES, DEFAULT_ALLOWED_PATHS, FAILURE_MODES, EnvoyOptions, check_path_prefix
@@ -33,7 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--port", type=gieflags.port_number, default=0, help="gateway port (default: a free port)"
     )
     parser.add_argument(
-        "--run-dir", type=Path, default=Path("run"), help="logs and generated config (default ./run)"
+        "--run-dir",
+        type=Path,
+        default=Path("run"),
+        help="logs and generated config (default ./run); an earlier run's logs are kept as *.log.1",
     )
     parser.add_argument(
         "--body-mode",
@@ -104,7 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="refuse in Envoy, before the EPP, the excess of an overload at a rate the EPP assigns: "
         "Envoy's rate_limit_quota filter with a token bucket from the EPP's rate-limit quota service "
         "(epp serve --rate-limit-quota --queue-wait-target=50ms unless --epp-arg sets the target), no "
-        "limit while the EPP keeps up; a JSON 429 with Retry-After and x-gateway-limit: quota. Off by "
+        "limit while the EPP keeps up; a JSON 429 with Retry-After and x-gateway-limit: quota. With "
+        "--epp-arg=--objectives-file=FILE, each objective of FILE has a bucket of its own (the "
+        "x-gateway-inference-objective header), served by priority, sheddable ones last. Off by "
         'default (docs/operations.md, "Limits and overload")',
     )
     add_resilience_arguments(parser)
@@ -191,6 +197,7 @@ def envoy_options(args: argparse.Namespace) -> EnvoyOptions:
         rate_limit=args.rate_limit,
         admission_control_aggression=args.admission_control,
         quota_from_epp=args.quota_from_epp,
+        quota_objectives=quota_objectives(args.epp_arg) if args.quota_from_epp else (),
         adaptive_concurrency=args.adaptive_concurrency or latency is not None,
         adaptive_concurrency_latency=None if latency is None else f"{latency:g}s",
         first_byte_timeout=duration(args.first_byte_timeout, defaults.first_byte_timeout),
@@ -277,6 +284,18 @@ def quota_epp_args(extra: list[str]) -> list[str]:
     follows at 50 ms (the shared-host value, docs/benchmarks.md) unless `extra` sets it."""
     target = [] if any(a.startswith("--queue-wait-target") for a in extra) else ["--queue-wait-target=50ms"]
     return ["--rate-limit-quota", *target]
+
+
+def quota_objectives(extra: list[str]) -> tuple[str, ...]:
+    """The objectives the gateway's quota gives a bucket each: those of the EPP's --objectives-file
+    (in `extra`, its `epp serve` arguments), so the gateway and the EPP agree on their names."""
+    path = None
+    for i, arg in enumerate(extra):
+        if arg.startswith("--objectives-file="):
+            path = arg.split("=", 1)[1]
+        elif arg == "--objectives-file" and i + 1 < len(extra):
+            path = extra[i + 1]
+    return () if path is None else tuple(load_objectives_file(Path(path)))
 
 
 async def _main(args: argparse.Namespace) -> None:

@@ -47,6 +47,9 @@ from epp.headers import (
     EPP_ERROR_KEY,
     FALLBACK_GROUP_KEY,
     LB_NAMESPACE,
+    OBJECTIVE_HEADER,
+    QUOTA_BUCKET,
+    QUOTA_OBJECTIVE_KEY,
     SERVED_KEY,
     STREAMING_KEY,
 )
@@ -158,6 +161,13 @@ class EnvoyOptions:
     # while the EPP keeps up, its capacity measured while its own controller sheds. The
     # excess is a JSON 429 with Retry-After, answered without a call to the EPP. Off by default.
     quota_from_epp: bool = False
+    # The InferenceObjective names each given a bucket of their own in that filter (the request's
+    # x-gateway-inference-objective header, matched exactly), so the EPP assigns critical objectives
+    # their demand first and sheddable ones what is left (epp.flowcontrol.quota_priority); a request
+    # naming none of them, or no objective, is in the one default bucket (GIE's priority 0). Only
+    # names listed here make buckets: a client's arbitrary header values cannot grow Envoy's
+    # buckets (`epp run` lists the names of the EPP's --objectives-file).
+    quota_objectives: tuple[str, ...] = ()
     # Set: the pool cluster's hosts come from this EDS file (a DiscoveryResponse holding one
     # ClusterLoadAssignment, epp.discovery.eds: `epp serve --envoy-eds-file` keeps it; Envoy re-reads
     # it when it is replaced, and refuses to start without it; relative to Envoy's working
@@ -385,29 +395,37 @@ def admission_control_filter(options: EnvoyOptions) -> dict[str, Any]:
 
 
 def _quota_from_epp(options: EnvoyOptions) -> dict[str, Any]:
-    """Envoy's rate_limit_quota filter over the EPP cluster: one bucket for every inference request
-    (the paths the EPP parses, and those allowed beyond the defaults, which reach the EPP too;
-    /v1/models and other paths are never limited, nor is any other with `/` allowed: RE2 cannot
-    say "all but /v1/models"), reported to the EPP
-    every QUOTA_REPORTING_INTERVAL, allowed while the EPP assigns nothing (the filter's default),
-    and when the EPP's token bucket is empty, refused with a JSON 429 naming the limit
-    (_local_replies: the filter's details, QUOTA_LIMITED)."""
+    """Envoy's rate_limit_quota filter over the EPP cluster, for every inference request (the paths
+    the EPP parses, and those allowed beyond the defaults, which reach the EPP too; /v1/models and
+    other paths are never limited, nor is any other with `/` allowed: RE2 cannot say "all but
+    /v1/models"): one bucket per objective of `quota_objectives` (an exact-match map on the
+    objective header: a lookup, however many names), and one default bucket for the others and for
+    requests naming none. Reported to the EPP every QUOTA_REPORTING_INTERVAL, allowed while the EPP
+    assigns nothing (the filter's default), and when the EPP's token bucket is empty, refused with
+    a JSON 429 naming the limit (_local_replies: the filter's details, QUOTA_LIMITED)."""
     extra = [path for path in options.allowed_paths if path not in (*DEFAULT_ALLOWED_PATHS, "/")]
     paths = "|".join(re.escape(path) for path in (*INFERENCE_API_PATHS, *extra))
-    settings = _typed(
-        "envoy.extensions.filters.http.rate_limit_quota.v3.RateLimitQuotaBucketSettings",
-        bucket_id_builder={"bucket_id_builder": {"name": {"string_value": "inference"}}},
-        reporting_interval=QUOTA_REPORTING_INTERVAL,
-        deny_response_settings={
-            "http_status": {"code": 429},
-            # (a BytesValue: base64 in the bootstrap's JSON; the local reply mapper makes it JSON)
-            "http_body": {"value": base64.b64encode(LIMIT_MESSAGES["quota"].encode()).decode()},
-            "response_headers_to_add": [
-                {"header": {"key": "retry-after", "value": "1"}},
-                {"header": {"key": LIMIT_HEADER, "value": "quota"}},
-            ],
-        },
-    )
+    default = {"action": {"name": QUOTA_BUCKET, "typed_config": _quota_bucket({})}}
+    on_match: dict[str, Any] = default
+    if options.quota_objectives:
+        by_objective = {
+            name: {
+                "action": {"name": QUOTA_BUCKET, "typed_config": _quota_bucket({QUOTA_OBJECTIVE_KEY: name})}
+            }
+            for name in options.quota_objectives
+        }
+        objective = {
+            "name": "objective",
+            "typed_config": _typed(
+                "envoy.type.matcher.v3.HttpRequestHeaderMatchInput", header_name=OBJECTIVE_HEADER
+            ),
+        }
+        on_match = {
+            "matcher": {
+                "matcher_tree": {"input": objective, "exact_match_map": {"map": by_objective}},
+                "on_no_match": default,
+            }
+        }
     inference = {
         "predicate": {
             "single_predicate": {
@@ -420,7 +438,7 @@ def _quota_from_epp(options: EnvoyOptions) -> dict[str, Any]:
                 "value_match": {"safe_regex": {"google_re2": {}, "regex": f"^(?:{paths})(?:[/?].*)?$"}},
             }
         },
-        "on_match": {"action": {"name": "inference", "typed_config": settings}},
+        "on_match": on_match,
     }
     return {
         "name": "envoy.filters.http.rate_limit_quota",
@@ -431,6 +449,27 @@ def _quota_from_epp(options: EnvoyOptions) -> dict[str, Any]:
             bucket_matchers={"matcher_list": {"matchers": [inference]}},
         ),
     }
+
+
+def _quota_bucket(keys: dict[str, str]) -> dict[str, Any]:
+    """The settings of one quota bucket, its id `name: inference` and `keys`."""
+    builder = {"name": {"string_value": QUOTA_BUCKET}} | {
+        key: {"string_value": value} for key, value in keys.items()
+    }
+    return _typed(
+        "envoy.extensions.filters.http.rate_limit_quota.v3.RateLimitQuotaBucketSettings",
+        bucket_id_builder={"bucket_id_builder": builder},
+        reporting_interval=QUOTA_REPORTING_INTERVAL,
+        deny_response_settings={
+            "http_status": {"code": 429},
+            # (a BytesValue: base64 in the bootstrap's JSON; the local reply mapper makes it JSON)
+            "http_body": {"value": base64.b64encode(LIMIT_MESSAGES["quota"].encode()).decode()},
+            "response_headers_to_add": [
+                {"header": {"key": "retry-after", "value": "1"}},
+                {"header": {"key": LIMIT_HEADER, "value": "quota"}},
+            ],
+        },
+    )
 
 
 def _adaptive_concurrency(options: EnvoyOptions) -> dict[str, Any]:

@@ -66,6 +66,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def rotate_logs(directory: Path) -> None:
+    """A run's logs start empty: each `*.log` an earlier run left in `directory` becomes `*.log.1`
+    (replacing the one before), so a reader sees this run's lines alone and the last run's are
+    kept once. Within a run a process's log is appended to: a restarted EPP's follows the lines
+    of the one that died."""
+    for log in directory.glob("*.log"):
+        log.replace(log.with_name(log.name + ".1"))
+
+
 def epp_command(*args: str) -> list[str]:
     """Run our own CLI with the interpreter we are running under (works without PATH setup)."""
     return [sys.executable, "-m", "epp.cli", *args]

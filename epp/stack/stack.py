@@ -30,6 +30,7 @@ from epp.stack.processes import (
     ProcessFailed,
     epp_command,
     ready_file_probe,
+    rotate_logs,
     wait_until,
 )
 from epp.tls import CERT_FILE, KEY_FILE, Authority
@@ -185,6 +186,7 @@ class Stack:
 
     async def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        rotate_logs(self.run_dir)
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
         await self.start_sims()
         self.write_endpoints_file(self.sims)

@@ -12,7 +12,7 @@ import httpx
 import orjson
 import pytest
 
-from epp.replicas.local_redis import redis_server_path
+from epp.replicas.local_redis import LocalRedis, free_port, redis_server_path
 from epp.stack.envoy import BODY_MODES, EnvoyOptions
 from tests.integration.conftest import RANDOM_ONLY, StackFactory
 
@@ -94,45 +94,131 @@ async def test_without_it_follow_ups_spread_and_get_vllms_404(make_stack: StackF
         }
 
 
-async def routes_received(client: httpx.AsyncClient, metrics_ports: list[int], count: int) -> None:
-    """Polls (bounded) until the workers together have received `count` shared routes."""
-    received = 0.0
-    for _ in range(200):
-        received = 0.0
-        for port in metrics_ports:
-            text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
-            received += sum(
+class DelayedReplies:
+    """A TCP proxy in front of Redis holding each of its replies `delay` seconds (in order): a
+    worker's pin reaches the other worker at least that long after the response it names."""
+
+    def __init__(self, redis_port: int, delay: float) -> None:
+        self.redis_port = redis_port
+        self.delay = delay
+        self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+
+    async def __aenter__(self) -> DelayedReplies:
+        self.server = await asyncio.start_server(self._connected, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _connected(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        redis_r, redis_w = await asyncio.open_connection("127.0.0.1", self.redis_port)
+        held: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        async def requests() -> None:
+            while chunk := await client_r.read(65536):
+                redis_w.write(chunk)
+                await redis_w.drain()
+            redis_w.close()
+
+        async def replies() -> None:
+            while chunk := await redis_r.read(65536):
+                held.put_nowait((loop.time() + self.delay, chunk))
+            held.put_nowait((loop.time() + self.delay, b""))
+
+        async def release() -> None:
+            while True:
+                due, chunk = await held.get()
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                if not chunk:
+                    client_w.close()
+                    return
+                client_w.write(chunk)
+                await client_w.drain()
+
+        for work in (requests(), replies(), release()):
+            task = loop.create_task(work)
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+
+async def metric_sums(client: httpx.AsyncClient, ports: list[int], name: str, label: str = "") -> list[float]:
+    """Each worker's sum of metric `name`'s samples (those with `label` in their labels)."""
+    sums = []
+    for port in ports:
+        text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+        sums.append(
+            sum(
                 float(line.rsplit(" ", 1)[1])
                 for line in text.splitlines()
-                if line.startswith('epp_replica_sync_routes_total{direction="received"}')
+                if line.startswith(name + "{") and label in line
             )
-        if received >= count:
-            return
-        await asyncio.sleep(0.025)
-    raise AssertionError(f"the workers received {received:g} shared routes, not {count}")
+        )
+    return sums
+
+
+PIN_DELAY = 0.1  # seconds each Redis reply is held: far longer than a follow-up takes to arrive
+WAITING_AFFINITY = WITH_AFFINITY.replace(
+    "- type: previous-response-affinity-filter\n",
+    "- type: previous-response-affinity-filter\n  parameters: {peerPinWaitSeconds: 2}\n",
+)
+CROSSINGS = 2
+MAX_TURNS = 40
 
 
 @pytest.mark.skipif(redis_server_path() is None, reason="needs redis-server (apt-get install redis-server)")
-async def test_worker_processes_share_the_pins(make_stack: StackFactory) -> None:
-    """`--workers 2` behind Envoy's 4 connections: a follow-up often reaches the worker that did
-    not see its response, which knows the pin from the other through their Redis."""
-    stack_context = make_stack(
-        "workers", epp_args=["--workers=2", "--config-text", WITH_AFFINITY], epp_connections=4
-    )
-    async with stack_context as stack, httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client:
-        ports = [w["metrics_port"] for w in stack.epp_ports["workers"]]  # type: ignore[index]
-        first, previous = await respond(client, stream=False, input="Where do rivers start?")
-        assert first.status_code == 200, first.text
-        for turn in range(FOLLOW_UPS):
-            # A follow-up sent before the pin reaches the other worker can still miss it (the
-            # documented race, about a Redis round trip): wait for its delivery, so that what is
-            # tested is that the workers share pins.
-            await routes_received(client, ports, turn + 1)
-            response, previous = await respond(
-                client, stream=turn % 2 == 0, input=f"And then {turn}?", previous_response_id=previous
+async def test_a_follow_up_at_the_other_worker_waits_for_the_pin(make_stack: StackFactory) -> None:
+    """`--workers 2` behind Envoy's 16 connections (the kernel picks a worker per connection: all
+    on one, 1 in 2**15), their Redis's replies held PIN_DELAY: a follow-up reaching the worker
+    that did not route its response always gets there before the pin (the race), waits for it
+    (bounded by peerPinWaitSeconds) and lands where its response is stored. Turns go on until
+    follow-ups crossed workers CROSSINGS times (which worker routed each turn: the one whose
+    request count rose); without the wait, each crossing lands on another of 3 simulators with
+    probability 2/3 and gets vLLM's 404."""
+    async with LocalRedis(port=free_port()) as redis, DelayedReplies(redis.port or 0, PIN_DELAY) as proxy:
+        stack_context = make_stack(
+            "workers",
+            epp_args=["--workers=2", f"--replica-sync={proxy.url}", "--config-text", WAITING_AFFINITY],
+            epp_connections=16,
+        )
+        async with (
+            stack_context as stack,
+            httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client,
+        ):
+            ports = [w["metrics_port"] for w in stack.epp_ports["workers"]]  # type: ignore[index]
+            routed = await metric_sums(client, ports, "inference_objective_request_total")
+            first, previous = await respond(client, stream=False, input="Where do rivers start?")
+            assert first.status_code == 200, first.text
+            now = await metric_sums(client, ports, "inference_objective_request_total")
+            worker = max(range(2), key=lambda i: now[i] - routed[i])
+            crossings = turn = 0
+            while crossings < CROSSINGS and turn < MAX_TURNS:
+                routed = now
+                response, previous = await respond(
+                    client, stream=turn % 2 == 0, input=f"And then {turn}?", previous_response_id=previous
+                )
+                assert response.status_code == 200, (turn, response.text)
+                assert response.headers["x-inference-pod"] == first.headers["x-inference-pod"], turn
+                now = await metric_sums(client, ports, "inference_objective_request_total")
+                routed_by = max(range(2), key=lambda i: now[i] - routed[i])
+                crossings += routed_by != worker
+                worker, turn = routed_by, turn + 1
+            assert crossings == CROSSINGS, f"{turn} follow-ups, all routed by one worker"
+            waited = await metric_sums(client, ports, "epp_previous_response_pin_waits_total")
+            arrived = await metric_sums(
+                client, ports, "epp_previous_response_pin_waits_total", 'outcome="arrived"'
             )
-            assert response.status_code == 200, (turn, response.text)
-            assert response.headers["x-inference-pod"] == first.headers["x-inference-pod"], turn
+            assert sum(arrived) == sum(waited) >= CROSSINGS, (arrived, waited)
 
 
 POLLS = 30

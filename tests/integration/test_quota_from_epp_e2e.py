@@ -11,6 +11,8 @@ import asyncio
 import re
 import shutil
 from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
 
 import httpx
 import orjson
@@ -32,20 +34,9 @@ RATE = r"^llm_d_epp_rate_limit_quota_requests_per_second (\S+)$"
 async def test_envoy_refuses_the_excess_of_an_overloaded_epp_by_its_quota_and_recovers(
     make_stack: StackFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    if shutil.which("h2load") is None:
-        pytest.fail("h2load is missing: `make install` installs Debian's nghttp2-client")
-    epp_args = [
-        *stack_config(tmp_path_factory.mktemp("args")).epp_args,
-        "--max-event-loop-lag=0",  # the standing-queue controller is what sheds here
-        "--queue-wait-target=20ms",
-        "--queue-wait-interval=50ms",
-        "--rate-limit-quota",
-    ]
-    sim_args = ["--profile=tiny-test", "--time-scale=0.001", "--max-waiting=1000000"]  # never the bottleneck
+    epp_args, sim_args, body = flood_setup(tmp_path_factory)
     envoy = EnvoyOptions(listen_port=0, admin_port=0, quota_from_epp=True)
-    run_dir = tmp_path_factory.mktemp("flood")
-    body = run_dir / "request.json"
-    body.write_bytes(orjson.dumps(BODY))
+    run_dir = body.parent
     async with (
         make_stack("quota", sims=1, sim_args=sim_args, epp_args=epp_args, envoy=envoy) as stack,
         httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client,
@@ -94,6 +85,27 @@ async def test_envoy_refuses_the_excess_of_an_overloaded_epp_by_its_quota_and_re
         assert models.status_code == 200, models.text
 
 
+def flood_setup(
+    tmp_path_factory: pytest.TempPathFactory, *epp_extra: str
+) -> tuple[list[str], list[str], Path]:
+    """A quota test's `epp serve` arguments (`epp_extra` added), the simulators' (never the
+    bottleneck), and the flood's request body, in a run directory of its own."""
+    if shutil.which("h2load") is None:
+        pytest.fail("h2load is missing: `make install` installs Debian's nghttp2-client")
+    epp_args = [
+        *stack_config(tmp_path_factory.mktemp("args")).epp_args,
+        *epp_extra,
+        "--max-event-loop-lag=0",  # the standing-queue controller is what sheds here
+        "--queue-wait-target=20ms",
+        "--queue-wait-interval=50ms",
+        "--rate-limit-quota",
+    ]
+    sim_args = ["--profile=tiny-test", "--time-scale=0.001", "--max-waiting=1000000"]
+    body = tmp_path_factory.mktemp("flood") / "request.json"
+    body.write_bytes(orjson.dumps(BODY))
+    return epp_args, sim_args, body
+
+
 async def poll_metric(
     client: httpx.AsyncClient,
     stack: Stack,
@@ -118,14 +130,18 @@ async def poll_metric(
 
 
 async def poll_request(
-    client: httpx.AsyncClient, accept: object, until: asyncio.Future[object] | None = None
+    client: httpx.AsyncClient,
+    accept: object,
+    until: asyncio.Future[object] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> httpx.Response:
-    """Completions until one passes `accept` (bounded, and by `until` ending); the last."""
+    """Completions (with `headers`) until one passes `accept` (bounded, and by `until` ending);
+    the last."""
     response = None
     for _ in range(300):
         if until is not None and until.done():
             break
-        response = await client.post("/v1/completions", json=BODY)
+        response = await client.post("/v1/completions", json=BODY, headers=headers)
         if callable(accept) and accept(response):
             return response
         await asyncio.sleep(0.02)

@@ -139,6 +139,17 @@ async def test_batch_prompts_and_token_ids(cluster: SimCluster, http: aiohttp.Cl
     assert status == 200 and data["usage"]["prompt_tokens"] == 4
 
 
+async def test_an_empty_prompt_gets_vllms_400(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
+    url = base(cluster) + "/v1/completions"
+    for prompt, message, param in [
+        ("", "Either prompt or prompt_embeds must be provided and non-empty.", "prompt"),
+        ([], "please provide at least one prompt", None),
+    ]:
+        status, _, data = await post(http, url, {"model": MODEL, "prompt": prompt})
+        assert (status, data["message"], data["param"]) == (400, message, param)
+        assert data["type"] == "BadRequestError"
+
+
 async def test_n_samples_each_prompt_n_times(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
     url = base(cluster) + "/v1/completions"
     body = {"model": MODEL, "prompt": ["one two", "three"], "max_tokens": 8, "ignore_eos": True, "n": 2}
@@ -152,9 +163,13 @@ async def test_n_samples_each_prompt_n_times(cluster: SimCluster, http: aiohttp.
     async with http.post(base(cluster) + "/v1/chat/completions", json={**chat, "stream": True}) as response:
         frames = await read_sse(response)
     assert {f["choices"][0]["index"] for f in frames[:-1]} == {0, 1, 2}
-    for bad in (0, -1, "two", 1.5, True):
+    # vLLM's lax integers: `true` is 1 and "2" is 2; a completions `n` may not be null.
+    for bad in (0, -1, "two", 1.5, None):
         status, _, data = await post(http, url, {"model": MODEL, "prompt": "x", "n": bad})
         assert (status, data["param"], data["message"]) == (400, "n", "'n' must be an integer >= 1")
+    for lax, choices in ((True, 1), ("2", 2)):
+        status, _, data = await post(http, url, {"model": MODEL, "prompt": "x", "n": lax, "max_tokens": 1})
+        assert status == 200 and len(data["choices"]) == choices
 
 
 async def test_n_beyond_the_limit_is_a_400_before_any_sequence_is_built(http: aiohttp.ClientSession) -> None:
@@ -363,9 +378,31 @@ async def test_metrics_present_and_moving(cluster: SimCluster, http: aiohttp.Cli
     assert after["vllm:inter_token_latency_seconds_count" + label] == 3
 
 
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/tokenize"])
+async def test_a_body_not_sent_as_json_is_vllms_400(
+    cluster: SimCluster, http: aiohttp.ClientSession, content_type: str | None, path: str
+) -> None:
+    """vLLM refuses any media type but application/json (`curl -d` without a content-type header
+    sends a form); the simulator served such requests, so a client that worked against `epp run`
+    failed against vLLM."""
+    body = json.dumps(
+        {"model": MODEL, "prompt": "x", "input": "x", "messages": [{"role": "user", "content": "x"}]}
+    )
+    headers = {} if content_type is None else {"content-type": content_type}
+    async with http.post(base(cluster) + path, data=body.encode(), headers=headers) as response:
+        data = await response.json(content_type=None)
+    assert response.status == 400, data
+    assert (data["object"], data["type"], data["code"]) == ("error", "BadRequestError", 400)
+    assert data["message"] == "Unsupported Media Type: Only 'application/json' is allowed"
+    charset = {"content-type": "Application/JSON; charset=utf-8"}
+    async with http.post(base(cluster) + path, data=body.encode(), headers=charset) as response:
+        assert response.status == 200, await response.text()
+
+
 async def test_error_shapes(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
     url = base(cluster) + "/v1/completions"
-    async with http.post(url, data=b"{not json") as response:
+    async with http.post(url, data=b"{not json", headers={"content-type": "application/json"}) as response:
         data = await response.json()
         assert response.status == 400 and response.headers["x-inference-pod"] == "sim-0"
     assert data["object"] == "error" and data["type"] == "BadRequestError" and data["code"] == 400
@@ -373,6 +410,7 @@ async def test_error_shapes(cluster: SimCluster, http: aiohttp.ClientSession) ->
 
     status, _, data = await post(http, url, {"model": MODEL})
     assert (status, data["param"]) == (400, "prompt")
+    assert data["message"] == "Either prompt or prompt_embeds must be provided and non-empty."
     status, _, data = await post(http, url, {"model": MODEL, "prompt": "x", "max_tokens": 0})
     assert (status, data["param"]) == (400, "max_tokens")
     status, _, data = await post(http, url, {"model": MODEL, "prompt": "x", "max_tokens": 5000})
@@ -420,8 +458,29 @@ async def test_fields_it_does_not_simulate_are_refused_not_ignored(
         status, _, error = await post(http, url, {**body, field: value})
         assert (status, error["param"], error["type"]) == (400, field, "BadRequestError")
         assert error["message"] == f"'{field}' is not simulated: send it as {off}"
-    for field, value in (("echo", False), ("prompt_logprobs", None)):
-        assert (await post(http, url, {**body, field: value}))[0] == 200
+    # Off as vLLM's lax booleans read it, or null where its field is optional.
+    for field, value in (
+        ("echo", False),
+        ("echo", "false"),
+        ("echo", 0),
+        ("echo", None),
+        ("prompt_logprobs", None),
+    ):
+        assert (await post(http, url, {**body, field: value}))[0] == 200, (field, value)
+
+
+async def test_lax_field_types_are_taken_as_vllm_takes_them(
+    cluster: SimCluster, http: aiohttp.ClientSession
+) -> None:
+    """vLLM's pydantic models read `"logprobs": 1` as true and `"top_logprobs": 2.0` as 2; a
+    boolean it cannot read is a 400."""
+    url = base(cluster) + "/v1/chat/completions"
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+    status, _, data = await post(http, url, {**body, "logprobs": 1, "top_logprobs": 2.0})
+    assert status == 200, data
+    assert [len(t["top_logprobs"]) for t in data["choices"][0]["logprobs"]["content"]] == [2, 2]
+    status, _, data = await post(http, url, {**body, "logprobs": 2})
+    assert (status, data["param"], data["message"]) == (400, "logprobs", "'logprobs' must be a boolean")
 
 
 async def test_x_return_error(cluster: SimCluster, http: aiohttp.ClientSession) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from epp.config.build import build_components
 from epp.config.loader import load_config, load_config_file
@@ -454,6 +455,55 @@ def test_a_second_document_is_refused_naming_its_line() -> None:
         "invalid EndpointPickerConfig: the file holds 2 YAML documents (lines 1, 7); it must hold one "
         "EndpointPickerConfig"
     )
+
+
+@pytest.mark.parametrize("libyaml", [True, False], ids=["libyaml", "pure-Python parser"])
+@pytest.mark.parametrize("opening", ["[", "{a: "], ids=["lists", "mappings"])
+def test_yaml_nested_past_the_stack_is_an_error_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch, libyaml: bool, opening: str
+) -> None:
+    """100,000 nested levels made `epp config check` and `epp serve` die with a RecursionError and
+    its traceback; the file is now refused like any other broken YAML."""
+    monkeypatch.setattr(yaml, "__with_libyaml__", libyaml and yaml.__with_libyaml__)
+    closing = "]" if opening == "[" else "}"
+    text = cfg(QUEUE) + "x: " + opening * 100_000 + "1" * (opening != "[") + closing * 100_000 + "\n"
+    assert error(text).startswith("invalid EndpointPickerConfig: not valid YAML: ")
+
+
+@pytest.mark.parametrize("libyaml", [True, False], ids=["libyaml", "pure-Python parser"])
+def test_a_key_written_twice_is_refused_naming_both_lines(
+    monkeypatch: pytest.MonkeyPatch, libyaml: bool
+) -> None:
+    """GIE decodes the config strictly (EnableStrict): a duplicate key is an error there, where
+    PyYAML kept the last value, so the first `plugins:` list was silently dropped."""
+    monkeypatch.setattr(yaml, "__with_libyaml__", libyaml and yaml.__with_libyaml__)
+    message = error(cfg(QUEUE, "plugins:", "- type: kv-cache-utilization-scorer"))
+    assert message.startswith("invalid EndpointPickerConfig: not valid YAML: ")
+    assert "found duplicate key 'plugins' (first on line 3)" in message and "line 6, column 1" in message
+    nested = error(
+        cfg("plugins:", "- type: prefix-cache-scorer", "  parameters: {blockSize: 16, blockSize: 32}")
+    )
+    assert "found duplicate key 'blockSize' (first on line 5)" in nested
+
+
+def test_a_key_brought_in_by_a_merge_may_be_overridden() -> None:
+    text = cfg(
+        "plugins:",
+        "- type: prefix-cache-scorer",
+        "  parameters: &p {blockSizeTokens: 16}",
+        "- type: prefix-cache-scorer",
+        "  name: other",
+        "  parameters: {<<: *p, blockSizeTokens: 32}",
+    )
+    assert load_config(text).plugins["other"].params.block_size_tokens == 32  # type: ignore[attr-defined]
+
+
+def test_a_file_that_is_not_utf8_is_named_with_the_byte(tmp_path: Path) -> None:
+    path = tmp_path / "epp-config.yaml"
+    path.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigError) as caught:
+        load_config_file(path)
+    assert str(caught.value) == f"cannot read config file {path}: not UTF-8 text (byte 0)"
 
 
 def test_invalid_yaml_and_unreadable_files(tmp_path: Path) -> None:

@@ -73,6 +73,8 @@ def test_empty_file_means_no_objectives() -> None:
             "objectives: document 2.metadata.name: objective 'x' is defined twice",
         ),
         ("a: [", "objectives: not valid YAML"),
+        ("a: " + "[" * 100_000 + "]" * 100_000, "objectives: not valid YAML"),
+        ("kind: InferenceObjective\nkind: InferenceObjective\n", "objectives: not valid YAML"),
     ],
 )
 def test_invalid_objectives(text: str, message: str) -> None:

@@ -138,11 +138,20 @@ def test_the_standing_queue_controller_is_off_by_default_and_reaches_the_guard_w
         serve.options_from_args(serve_args("--queue-wait-interval=0"))
 
 
-def test_the_rate_limit_quota_is_off_by_default_and_needs_the_standing_queue_controller() -> None:
-    assert serve.EndpointPicker(serve.options_from_args(serve_args())).quota is None
-    args = serve_args("--rate-limit-quota", "--queue-wait-target=50ms")
+def test_the_rate_limit_quota_is_off_by_default_and_needs_the_standing_queue_controller(
+    tmp_path: Path,
+) -> None:
+    plain = serve.EndpointPicker(serve.options_from_args(serve_args("--queue-wait-target=50ms")))
+    assert plain.quota is None and not plain.overload.by_priority
+    objectives = tmp_path / "objectives.yaml"
+    objectives.write_text(OBJECTIVES)
+    args = serve_args("--rate-limit-quota", "--queue-wait-target=50ms", f"--objectives-file={objectives}")
     picker = serve.EndpointPicker(serve.options_from_args(args))
     assert picker.quota is not None and picker.quota.quota.rate is None  # no limit until it sheds
+    assert picker.overload.by_priority  # the guard sheds sheddable requests first
+    picker.quota.seen.seen("batch")  # counted under the objectives the EPP knows, from its director
+    picker.quota.seen.seen("unknown")
+    assert picker.quota.seen._counts == {"batch": 1, None: 1}
     with pytest.raises(ValueError, match=r"--rate-limit-quota needs --queue-wait-target \(e\.g\. 50ms\)"):
         serve.options_from_args(serve_args("--rate-limit-quota"))
     with pytest.raises(ValueError, match=r"--rate-limit-quota with --workers: the gateway's quota stream"):

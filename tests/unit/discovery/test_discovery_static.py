@@ -55,6 +55,11 @@ def test_file_entries_become_specs() -> None:
             "endpoints: [{address: 10.0.0.1, port: 1, name: x}, {address: 10.0.0.2, port: 2, name: x}]",
             "duplicate endpoint names",
         ),
+        (
+            "endpoints: [{address: 10.0.0.1, port: 1, name: a}, {address: 10.0.0.2, port: 1, name: b},"
+            " {address: '::ffff:10.0.0.2', port: 1, name: c}, {address: 10.0.0.1, port: 1, name: d}]",
+            "f.yaml: endpoints at the same address and port: 10.0.0.1:1 (a, d)",
+        ),
         ("endpoints: [{address: vllm.local, port: 8000}]", "endpoints.0.address: value is not a valid IP"),
     ],
 )

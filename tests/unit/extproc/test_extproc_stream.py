@@ -21,10 +21,12 @@ from epp.extproc.pb import BodyMode, core, ext_proc, ext_proc_grpc
 from epp.extproc.server import Health, bind, ext_proc_server
 from epp.extproc.stream import StreamOptions
 from epp.framework import Plugin, PluginContext
+from epp.plugins.previous_response_affinity_filter import response_key
 from epp.requestcontrol import Director, RequestControlHooks, ResponseStreaming
 from epp.requests import InferenceRequest
 from epp.scheduling.types import SchedulingResult
 from tests.unit.deep_json import DEEP_FIELDS, deep_body
+from tests.unit.plugins.test_plugins_previous_response_affinity_filter import replica
 
 FDS = BodyMode.FULL_DUPLEX_STREAMED
 
@@ -243,6 +245,18 @@ async def error_reply(
         (b'{"prompt":"x"}', "/v1/completions", 400, "model not found in request body"),
         (b'{"model":7,"prompt":"x"}', "/v1/completions", 400, "model not found in request body"),
         (b'{"model":"m"}', "/v1/completions", 400, "invalid completions request: must have prompt field"),
+        (
+            b'{"model":"m","prompt":""}',
+            "/v1/completions",
+            400,
+            "completions request: prompt is an empty string",
+        ),
+        (
+            b'{"model":"m","prompt":[]}',
+            "/v1/completions",
+            400,
+            "completions request: prompt is an empty list",
+        ),
         (b'{"model":"m","messages":[]}', "/v1/chat/completions", 400, "must have valid messages field"),
         (b'{"model":"m","prompt":"x","stream":"yes"}', "/v1/completions", 400, "stream must be a boolean"),
         (b'{"model":"m","prompt":"x","max_tokens":"9"}', "/v1/completions", 400, "max_tokens must be"),
@@ -798,3 +812,31 @@ async def test_protocol_violations_route_at_most_once_and_release_the_load(
     assert final.status.code == 500
     assert f"ext_proc protocol violation: {violation}".encode() in final.body
     await until(lambda: load(harness) == [(0, 0), (0, 0)])
+
+
+async def test_a_bodyless_poll_waits_for_a_peers_pin_before_it_is_routed() -> None:
+    """Beside peer replicas, GET /v1/responses/{id} for a response whose pin is still on its way
+    is answered once it came (the stream awaits the director's `prepare_bodyless`), at its
+    endpoint; routed at once, it would go to any of 8 (each of 8 polls: 1 in 8)."""
+    director, previous, datastore = replica()
+    server = ext_proc_server(director, StreamOptions(), Health(lambda: True))
+    port = bind(server, "127.0.0.1:0", None)
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    stub = ext_proc_grpc.ExternalProcessorStub(channel)
+    loop = asyncio.get_running_loop()
+    try:
+        for i in range(8):
+            held = datastore.get(f"s{i}")
+            assert held is not None
+            loop.call_later(0.02, previous.learn, held, [response_key(f"resp_{i}")])
+            call = stub.Process()
+            await call.write(headers_msg(path=f"/v1/responses/resp_{i}", method="GET", end_of_stream=True))
+            reply = await read(call)
+            assert (
+                set_headers(reply.request_headers.response)["x-gateway-destination-endpoint"] == held.hostport
+            )
+            call.cancel()
+    finally:
+        await channel.close()
+        await server.stop(0)

@@ -11,18 +11,37 @@ import asyncio
 import itertools
 import logging
 import math
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Mapping
 
 import grpc
 import pytest
 
+from epp.config.build import build_director
+from epp.config.loader import load_config
+from epp.datastore import Datastore
 from epp.extproc import rlqs as rlqs_service
-from epp.extproc.pb import rlqs, rlqs_grpc
+from epp.extproc.messages import read_headers
+from epp.extproc.pb import ext_proc_grpc, rlqs, rlqs_grpc
 from epp.extproc.rlqs import ASSIGNMENT_TTL_SECONDS, BURST_SECONDS, RateLimitQuotaService, strategy
+from epp.extproc.server import _objective as server_objective
+from epp.extproc.server import bind, ext_proc_server
+from epp.extproc.stream import StreamOptions
 from epp.flowcontrol.envoy_quota import EnvoyQuota
+from epp.flowcontrol.overload import OverloadGuard
+from epp.framework import PluginContext
+from epp.headers import OBJECTIVE_HEADER
 from epp.metrics.exporter import EppMetrics
+from tests.unit.extproc.test_attributes import received_at
+from tests.unit.flowcontrol.test_flow_control import headers_msg, read
 
 BUCKET = rlqs.BucketId(bucket={"name": "inference"})
+OBJECTIVES = {"chat": 1, "batch": -1}  # critical and sheddable; "stranger": not known, priority 0
+
+
+def bucket(objective: str) -> rlqs.BucketId:
+    """The bootstrap's bucket of `objective` ("": the default bucket)."""
+    return rlqs.BucketId(bucket={"name": "inference", "objective": objective}) if objective else BUCKET
 
 
 class Gateway:
@@ -43,10 +62,18 @@ class Gateway:
             self.answers.put_nowait(answer)
 
     def report(self, allowed: int, denied: int = 0) -> None:
-        usage = rlqs.RateLimitQuotaUsageReports.BucketQuotaUsage(
-            bucket_id=BUCKET, num_requests_allowed=allowed, num_requests_denied=denied
-        )
-        self.reports.put_nowait(rlqs.RateLimitQuotaUsageReports(domain="epp", bucket_quota_usages=[usage]))
+        self.report_buckets({"": (allowed, denied)})
+
+    def report_buckets(self, counts: Mapping[str, tuple[int, int]]) -> None:
+        """One report of several buckets, by their objective ("": the default bucket): (allowed,
+        denied) each."""
+        usages = [
+            rlqs.RateLimitQuotaUsageReports.BucketQuotaUsage(
+                bucket_id=bucket(objective), num_requests_allowed=allowed, num_requests_denied=denied
+            )
+            for objective, (allowed, denied) in counts.items()
+        ]
+        self.reports.put_nowait(rlqs.RateLimitQuotaUsageReports(domain="epp", bucket_quota_usages=usages))
 
     async def answer(self) -> rlqs.RateLimitQuotaResponse:
         return await asyncio.wait_for(self.answers.get(), 5)
@@ -65,11 +92,14 @@ class Limit:
         self.now = 1000.0
 
 
-async def serving() -> tuple[RateLimitQuotaService, Limit, EppMetrics, grpc.aio.Server, grpc.aio.Channel]:
+async def serving(
+    objectives: Mapping[str, int] | None = None,
+) -> tuple[RateLimitQuotaService, Limit, EppMetrics, grpc.aio.Server, grpc.aio.Channel]:
     limit, metrics = Limit(), EppMetrics()
     clock = lambda: limit.now  # noqa: E731
     quota = EnvoyQuota(lambda: limit.admitted, lambda: limit.refused, clock=clock, cpu=clock)  # busy
-    service = RateLimitQuotaService(quota, metrics, clock)
+    known = dict(objectives or {})
+    service = RateLimitQuotaService(quota, metrics, clock, lambda: known)
     server = grpc.aio.server()
     rlqs_grpc.add_RateLimitQuotaServiceServicer_to_server(service, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -286,7 +316,7 @@ async def test_an_idle_gateway_does_not_lift_the_limit_from_under_a_busy_one() -
             rates = []
             for tick in range(1, round(seconds / rlqs_service.TICK) + 1):
                 limit.now += rlqs_service.TICK
-                share = busy_stream.assigned
+                share = None if busy_stream.assigned is None else sum(busy_stream.assigned.values())
                 let_through = demand if share is None else min(demand, share)
                 limit.admitted += round(let_through * rlqs_service.TICK)
                 if tick % round(5 / rlqs_service.TICK) == 0:
@@ -300,7 +330,7 @@ async def test_an_idle_gateway_does_not_lift_the_limit_from_under_a_busy_one() -
         assert None not in held, held  # the busy gateway is still held back: the limit stays
         rate = held[-1]
         assert rate is not None and first < rate < flood
-        assert busy_stream.assigned is not None and busy_stream.assigned > 0.9 * rate
+        assert busy_stream.assigned is not None and sum(busy_stream.assigned.values()) > 0.9 * rate
         quiet = await run(4.0, first / 4)  # the flood is over
         assert quiet[-1] is None, quiet
         await service.stop()
@@ -351,3 +381,172 @@ async def test_reports_that_fail_end_the_stream_with_a_warning_naming_the_gatewa
     finally:
         await channel.close()
         await server.stop(None)
+
+
+def rates_by_bucket(answer: rlqs.RateLimitQuotaResponse) -> dict[str, int]:
+    """Tokens per second of each bucket in an answer, by its objective ("" for the default)."""
+    return {
+        action.bucket_id.bucket.get("objective", ""): (
+            action.quota_assignment_action.rate_limit_strategy.token_bucket.tokens_per_fill.value
+        )
+        for action in answer.bucket_action
+    }
+
+
+async def test_critical_buckets_are_served_first_and_sheddable_ones_get_the_rest() -> None:
+    """One gateway, a bucket per objective: the critical objective's bucket may take the whole
+    limit, the priority-0 band (the default bucket and an objective the EPP does not know, as GIE
+    treats it) shares what the critical demand leaves, and the sheddable bucket gets the rest."""
+    service, limit, metrics, server, channel = await serving(OBJECTIVES)
+    try:
+        one = Gateway(rlqs_grpc.RateLimitQuotaServiceStub(channel))
+        every = {"chat": (1, 0), "batch": (1, 0), "": (1, 0), "stranger": (1, 0)}
+        one.report_buckets(every)
+        await until(lambda: any(len(s.buckets) == 4 for s in service._streams))
+        assert metrics.quota_buckets._value.get() == 4
+        limit.now += 1.0  # a second's demand: 50 critical, 20 + 10 at priority 0, 500 sheddable
+        one.report_buckets({"chat": (50, 0), "batch": (500, 0), "": (20, 0), "stranger": (10, 0)})
+        await until(lambda: any(s.demand == 580 for s in service._streams))
+        service.quota.rate = 200.0  # the limit (a report is answered with it)
+        service.push(200.0)
+        rates = rates_by_bucket(await one.answer())
+        # priority 0 shares 200 - 50 = 150 as 20:10 (a tenth equally); batch 200 - 50 - 30 = 120
+        assert rates == {"chat": 200, "": round(150 * 0.65), "stranger": round(150 * 0.35), "batch": 120}
+
+        # The critical demand doubles: the EPP sees it at once (its own count), before any report
+        # (the gateway's next is up to 5 s away), and takes it from the sheddable bucket.
+        service.seen.sample()
+        for _ in range(100):  # over the next second
+            service.seen.seen("chat")
+        limit.now += 1.0
+        service.seen.sample()
+        service.push(200.0)
+        assert rates_by_bucket(await one.answer())["batch"] == 200 - 100 - 30
+
+        # Critical demand over the whole limit: the sheddable bucket keeps a token a second.
+        limit.now += 1.0
+        one.report_buckets({"chat": (400, 0), "batch": (120, 380), "": (20, 0), "stranger": (10, 0)})
+        await until(lambda: any(s.demand == 930 / 2 for s in service._streams))  # over 2 s
+        service.seen.sample()
+        service.push(200.0)
+        rates = rates_by_bucket(await one.answer())
+        assert (rates["chat"], rates["batch"]) == (200, 1)
+
+        # A new bucket's first report (Envoy sends it at once, with that bucket only) leaves the
+        # others' demand as their last report measured it.
+        limit.now += 0.5
+        one.report_buckets({"newcomer": (1, 0)})
+        await until(lambda: any(len(s.buckets) == 5 for s in service._streams))
+        assert [s.demand for s in service._streams] == [930 / 2]
+        await service.stop()
+        await asyncio.wait_for(one._reader, 5)
+        await until(lambda: metrics.quota_buckets._value.get() == 0)  # its stream closed
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+async def test_the_same_objective_on_two_gateways_shares_its_band_by_demand() -> None:
+    service, limit, _, server, channel = await serving(OBJECTIVES)
+    try:
+        stub = rlqs_grpc.RateLimitQuotaServiceStub(channel)
+        one, two = Gateway(stub), Gateway(stub)
+        one.report_buckets({"chat": (1, 0), "batch": (1, 0)})
+        two.report_buckets({"chat": (1, 0), "batch": (1, 0)})
+        await until(lambda: sum(len(s.buckets) == 2 for s in service._streams) == 2)
+        limit.now += 1.0
+        one.report_buckets({"chat": (30, 0), "batch": (100, 0)})
+        two.report_buckets({"chat": (10, 0), "batch": (300, 0)})
+        await until(lambda: sum(s.demand > 0 for s in service._streams) == 2)
+        service.push(100.0)
+        first, second = rates_by_bucket(await one.answer()), rates_by_bucket(await two.answer())
+        # chat: the whole 100 between them, 3:1; batch: the 60 left, 1:3 (a tenth equally each)
+        assert (first["chat"], second["chat"]) == pytest.approx((72.5, 27.5), abs=0.5)
+        assert (first["batch"], second["batch"]) == pytest.approx((16.5, 43.5), abs=0.5)
+        await service.stop()
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+async def test_the_ext_proc_server_counts_each_request_it_reads_by_objective() -> None:
+    """With the quota, every request whose first message the EPP reads is counted under its
+    objective (a name the EPP knows) or with those naming none, a request the guard then refuses
+    for its wait too: what reached the EPP, before the gateway's next report."""
+    limit, metrics = Limit(), EppMetrics()
+    clock = lambda: limit.now  # noqa: E731
+    quota = EnvoyQuota(lambda: limit.admitted, lambda: limit.refused, clock=clock, cpu=clock)
+    service = RateLimitQuotaService(quota, metrics, clock, lambda: OBJECTIVES)
+    datastore = Datastore()
+    datastore.synced = True
+    director, _ = build_director(load_config(), datastore, PluginContext())
+    guard = OverloadGuard(max_wait=1.0)
+    server = ext_proc_server(director, StreamOptions(), None, guard, quota=service)
+    port = bind(server, "127.0.0.1:0", None)
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        stub = ext_proc_grpc.ExternalProcessorStub(channel)
+        late = headers_msg({OBJECTIVE_HEADER: "batch"})
+        late.attributes["envoy.filters.http.ext_proc"].CopyFrom(received_at(time.time() - 3))
+        for message in (
+            headers_msg({OBJECTIVE_HEADER: "chat"}),
+            late,
+            headers_msg({OBJECTIVE_HEADER: "stranger"}),
+            headers_msg({}),
+        ):
+            call = stub.Process()
+            await call.write(message)
+            await read(call)
+            call.cancel()
+        assert guard.refused == 1
+        limit.now += 1.0
+        service.seen.sample()
+        assert service.seen.rates() == {"chat": 1.0, "batch": 1.0, None: 2.0}
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+async def test_a_new_buckets_first_report_does_not_clear_the_others_of_the_limit() -> None:
+    """Envoy reports a bucket's first request at once, that bucket alone. Another bucket of that
+    gateway whose counts (in its next report) began before the limit was set has not shown that
+    its demand is below its allotment, even if that report had no denial: it still binds, so the
+    limit is not lifted from under it."""
+    service, limit, _, server, channel = await serving(OBJECTIVES)
+    try:
+        one = Gateway(rlqs_grpc.RateLimitQuotaServiceStub(channel))
+        one.report(allowed=1)
+        await until(lambda: any(s.buckets for s in service._streams))
+        (stream,) = service._streams
+
+        async def reported(counts: Mapping[str, tuple[int, int]]) -> None:
+            before = stream.last_report
+            one.report_buckets(counts)
+            await until(lambda: stream.last_report != before)
+
+        limit.now += 5.0
+        await reported({"": (500, 0)})  # 100 requests a second, from 1000 to 1005
+        limit.now += 4.8
+        service.quota.rate = 100.0
+        service.push(100.0)  # the limit, at 1009.8
+        limit.now += 0.1
+        await reported({"chat": (1, 0)})  # a new objective's first request, at 1009.9
+        limit.now += 0.1
+        await reported({"": (500, 0), "chat": (0, 0)})  # counts from 1005: nearly all before the limit
+        assert service.binding() > 0.9
+        await service.stop()
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+def test_the_objective_counted_is_the_one_the_director_reads_when_the_header_repeats() -> None:
+    """Envoy sends a repeated header as separate entries; the director (epp.extproc.messages.
+    read_headers, as GIE's header map) takes the last one, so the quota's count and the guard's
+    sheddable check must take the same, not the first."""
+    message = headers_msg({})
+    for value in ("batch", "chat"):
+        message.request_headers.headers.headers.add(key=OBJECTIVE_HEADER, raw_value=value.encode())
+    assert read_headers(message.request_headers)[OBJECTIVE_HEADER] == "chat"
+    assert server_objective(message) == "chat"

@@ -217,6 +217,64 @@ def test_below_the_bound_the_standing_queue_controller_sheds_with_one_answer() -
     assert guard.admit() is None
 
 
+def test_by_priority_the_standing_queue_controller_reads_every_request_and_sheds_sheddable_ones_first() -> (
+    None
+):
+    """With the quota by objective, while sheddable requests reach the EPP: none refused unread,
+    a late request of priority 0 or more admitted, the sheddable ones shed; once none came for
+    the controller's interval, every late request is shed, most unread; the bound holds for all."""
+    now = [0.0]
+    standing = StandingQueue(0.005, 0.1, lambda: now[0])
+    guard = OverloadGuard(max_wait=1.0, standing=standing, clock=lambda: now[0])
+    guard.by_priority = True
+    assert guard.waited(0.0, sheddable=False) is None  # a request that found no queue
+    outcomes: list[tuple[bool, bool]] = []
+    for i in range(190):  # 190 ms of requests that each waited 20 ms, a sheddable one in four
+        now[0] += 0.001
+        sheddable = i % 4 == 0
+        outcomes.append((sheddable, guard.waited(0.02, sheddable) is not None))
+    assert standing.shedding
+    assert not any(refused for sheddable, refused in outcomes if not sheddable)
+    assert sum(refused for sheddable, refused in outcomes if sheddable) == 23  # after the interval
+    for _ in range(100):
+        assert guard.admit() is None  # never unread: the next request's priority is not known yet
+    assert guard.waited(0.0, sheddable=False) is None  # the queue drained: sparing starts anew
+    now[0] += 0.11
+    assert guard.waited(0.02, sheddable=True) is None  # a new queue, not standing yet
+    now[0] += 0.1
+    assert guard.waited(0.02, sheddable=True) is standing.refusal
+    now[0] += 0.05  # the last sheddable request is 50 ms old: others still spared ...
+    assert guard.waited(0.02, sheddable=False) is None
+    now[0] += 0.06  # ... and shed once the interval passed without one, most unread again
+    assert guard.waited(0.02, sheddable=False) is standing.refusal
+    assert [guard.admit() for _ in range(2)] == [None, standing.refusal]  # one read per target
+    assert "(--max-queue-wait)" in str(guard.waited(1.5, sheddable=False))
+    now[0] += 0.001
+    assert guard.waited(1.5, sheddable=True) is not None
+
+
+def test_by_priority_a_queue_that_shedding_the_sheddable_does_not_drain_is_shed_whole() -> None:
+    """A trickle of sheddable requests beside an excess of critical ones (the reviewer's case:
+    one sheddable request in 90 ms, a critical one every ms, each 500 ms late): the critical ones
+    are spared one interval of the standing queue, then shed like any, until the queue drains."""
+    now = [0.0]
+    standing = StandingQueue(0.05, 0.1, lambda: now[0])
+    guard = OverloadGuard(max_wait=1.0, standing=standing, clock=lambda: now[0])
+    guard.by_priority = True
+    critical: list[tuple[float, bool]] = []
+    for i in range(1, 2001):  # 2 s
+        now[0] = i / 1000
+        if i % 90 == 0:
+            guard.waited(0.5, sheddable=True)
+        critical.append((now[0], guard.waited(0.5, sheddable=False) is not None))
+    # standing from 0.1 s (an interval of late waits), spared for one more interval
+    assert not any(refused for at, refused in critical if at < 0.2)
+    assert all(refused for at, refused in critical if at >= 0.21)
+    assert guard.waited(0.01, sheddable=False) is None  # drained: the episode ends
+    now[0] += 0.001
+    assert guard.waited(0.5, sheddable=False) is None  # a new queue is not shed before an interval
+
+
 async def test_a_request_shed_under_a_standing_queue_is_a_429_with_retry_after(setup: Setup) -> None:
     now = [0.0]
     # A target well above what a message takes from this client to the server on a loaded

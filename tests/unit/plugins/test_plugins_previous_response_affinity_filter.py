@@ -4,18 +4,22 @@ by entries and time; every candidate when that endpoint is not one."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
+import pytest
 
 from epp.config.build import build_director
 from epp.config.loader import load_config
 from epp.datastore import Datastore, Endpoint, EndpointSpec
 from epp.framework import PluginContext
 from epp.headers import SERVED_KEY
+from epp.metrics.exporter import EppMetrics
 from epp.plugins.previous_response_affinity_filter import PreviousResponseAffinityFilter, response_key
-from epp.replicas.state import RouteLearner
+from epp.replicas.state import ReplicaState, RouteLearner
 from epp.requestcontrol import RESPONSE_ID, SERVED_ENDPOINT
+from epp.requestcontrol.director import Director
 from epp.requests import ApiKind, InferenceRequest
 from epp.scheduling.types import ProfileResult, SchedulingResult
 from tests.unit.plugin_helpers import FakeClock, context, endpoints, plugin
@@ -197,3 +201,147 @@ plugins:
 schedulingProfiles:
 - {name: default, plugins: [{pluginRef: previous}, {pluginRef: random-picker}]}
 """
+
+
+def replica(params: str = "", pool: int = 8) -> tuple[Director, PreviousResponseAffinityFilter, Datastore]:
+    """One EPP replica beside peers: its filter's pins are shared (a replica state listens)."""
+    store = Datastore()
+    store.synced = True
+    for i in range(pool):
+        store.upsert(EndpointSpec(name=f"s{i}", address=f"10.0.0.{i}", port=8000))
+    config = WITH_FILTER.replace("name: previous}", f"name: previous, parameters: {{{params}}}}}")
+    context = PluginContext(EppMetrics())
+    director, components = build_director(load_config(config), store, context)
+    filter_ = components.plugins["previous"]
+    assert isinstance(filter_, PreviousResponseAffinityFilter)
+    ReplicaState("here", store, components.plugins.values())
+    WAIT_METRICS[filter_] = context.metrics
+    return director, filter_, store
+
+
+WAIT_METRICS: dict[PreviousResponseAffinityFilter, EppMetrics] = {}
+
+
+def held_by(store: Datastore, name: str) -> Endpoint:
+    endpoint = store.get(name)
+    assert endpoint is not None
+    return endpoint
+
+
+def waits(filter_: PreviousResponseAffinityFilter, outcome: str) -> float:
+    value = WAIT_METRICS[filter_].registry.get_sample_value(
+        "epp_previous_response_pin_waits_total", {"plugin_name": filter_.name, "outcome": outcome}
+    )
+    return value or 0.0
+
+
+def addressed(path: str) -> InferenceRequest:
+    return InferenceRequest(request_id="r", api=ApiKind.OTHER, path=path, model="")
+
+
+FOLLOW_UP_HEADERS = {":path": "/v1/responses", ":method": "POST"}
+
+
+async def test_a_follow_up_ahead_of_its_pin_waits_for_the_peers_pin() -> None:
+    """The race across replicas: the follow-up reaches this replica before the peer's pin (a
+    Redis round trip after the response). It waits for the pin, then keeps only its endpoint;
+    without the wait it would go to any of 8 endpoints (each of 8 follow-ups: 1 in 8)."""
+    director, filter_, store = replica()
+    assert director.prepares_async
+    loop = asyncio.get_running_loop()
+    for i in range(8):
+        held = held_by(store, f"s{i}")
+        loop.call_later(0.01, filter_.learn, held, [response_key(f"resp_{i}")])  # the peer's pin, late
+        body = orjson.dumps({"model": "m", "input": "and then?", "previous_response_id": f"resp_{i}"})
+        prepared = await director.prepare_body(body, FOLLOW_UP_HEADERS)
+        routed = director.handle_body(body, FOLLOW_UP_HEADERS, None, prepared=prepared)
+        assert routed.destination == held.hostport, i
+        routed.finish()
+    assert waits(filter_, "arrived") == 8
+    assert filter_.waits.waiting == 0 and not filter_.waits._awaited
+
+
+async def test_a_poll_ahead_of_its_pin_waits_for_it() -> None:
+    """GET /v1/responses/{id} (and its cancel) end at their headers: the same wait, then the
+    pinned endpoint."""
+    director, filter_, store = replica()
+    loop = asyncio.get_running_loop()
+    for i, path in enumerate(["/v1/responses/resp_{}", "/v1/responses/resp_{}/cancel"] * 4):
+        held = held_by(store, f"s{i}")
+        loop.call_later(0.01, filter_.learn, held, [response_key(f"resp_{i}")])
+        headers = {":path": path.format(i), ":method": "POST" if "cancel" in path else "GET"}
+        await director.prepare_bodyless(headers)
+        routed = director.handle_bodyless(headers, None)
+        assert routed.destination == held.hostport, path
+        routed.finish()
+    assert waits(filter_, "arrived") == 8
+
+
+async def test_the_wait_is_bounded_in_time_and_in_waiters() -> None:
+    director, filter_, store = replica("peerPinWaitSeconds: 0.02, maxPinWaiters: 2")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    body = orjson.dumps({"model": "m", "input": "x", "previous_response_id": "resp_never"})
+    prepared = await director.prepare_body(body, FOLLOW_UP_HEADERS)
+    assert 0.015 < loop.time() - started < 1.0
+    # No pin came: scheduled as before, over every candidate.
+    director.handle_body(body, FOLLOW_UP_HEADERS, None, prepared=prepared).finish()
+    assert waits(filter_, "timeout") == 1
+    # Two wait (here on one id, sharing its future); a third is scheduled at once, not waiting.
+    follow_up = responses_request(previous_response_id="resp_a")
+    first = loop.create_task(filter_.prepare_async(follow_up))
+    second = loop.create_task(filter_.prepare_async(follow_up))
+    await asyncio.sleep(0)
+    assert filter_.waits.waiting == 2 and len(filter_.waits._awaited) == 1
+    started = loop.time()
+    await filter_.prepare_async(responses_request(previous_response_id="resp_b"))
+    assert loop.time() - started < 0.01
+    assert waits(filter_, "full") == 1
+    # One pin releases both waiters of its id, once.
+    filter_.learn(held_by(store, "s1"), [response_key("resp_a")])
+    await asyncio.gather(first, second)
+    assert waits(filter_, "arrived") == 2
+    assert filter_.waits.waiting == 0 and not filter_.waits._awaited
+
+
+async def test_a_client_gone_stops_waiting_alone() -> None:
+    """Cancelling one waiter (Envoy reset the stream) leaves the others of the same id waiting;
+    the last one gone drops the id's future."""
+    _, filter_, store = replica()
+    loop = asyncio.get_running_loop()
+    follow_up = responses_request(previous_response_id="resp_1")
+    gone = loop.create_task(filter_.prepare_async(follow_up))
+    staying = loop.create_task(filter_.prepare_async(follow_up))
+    await asyncio.sleep(0)
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert filter_.waits.waiting == 1 and waits(filter_, "cancelled") == 1
+    filter_.learn(held_by(store, "s3"), [response_key("resp_1")])
+    await staying
+    assert waits(filter_, "arrived") == 1
+    assert filter_.filter(follow_up, store.ready_endpoints()) == [held_by(store, "s3")]
+    alone = loop.create_task(filter_.prepare_async(responses_request(previous_response_id="resp_2")))
+    await asyncio.sleep(0)
+    alone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await alone
+    assert filter_.waits.waiting == 0 and not filter_.waits._awaited
+
+
+def test_without_peers_or_with_the_pin_nothing_waits() -> None:
+    """Alone (no replica sync), a missing pin is not on its way: no request takes the awaited
+    step for it. Beside peers, a pinned id does not wait, nor does any with the wait set to 0."""
+    store = Datastore()
+    director, components = build_director(load_config(WITH_FILTER), store, PluginContext())
+    alone = components.plugins["previous"]
+    assert isinstance(alone, PreviousResponseAffinityFilter)
+    assert not director.prepares_async and not alone.awaits_requests
+    assert alone.bodyless_wait(addressed("/v1/responses/resp_1")) is None
+    _, shared, store = replica()
+    shared.learn(held_by(store, "s1"), [response_key("resp_1")])
+    assert shared.bodyless_wait(addressed("/v1/responses/resp_1")) is None
+    assert shared.bodyless_wait(addressed("/v1/models")) is None
+    director, never, _ = replica("peerPinWaitSeconds: 0")
+    assert not director.prepares_async
+    assert never.bodyless_wait(addressed("/v1/responses/resp_2")) is None

@@ -99,6 +99,16 @@ def test_smallest_token_limit_wins() -> None:
     assert parse({"model": "m", "prompt": "x", "max_tokens": 10, "max_completion_tokens": 4}).max_tokens == 4
 
 
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions", "/v1/responses"])
+def test_optional_fields_sent_as_null_mean_unset(path: str) -> None:
+    """`"stream": null` (OpenAI types it "boolean or null"; clients that serialise every optional
+    field send it) was a 400 'stream must be a boolean', which vLLM and GIE both accept as absent;
+    `"cache_salt": null` likewise."""
+    body = {"model": "m", "prompt": "x", "messages": [{"role": "user", "content": "x"}], "input": "x"}
+    request = parse({**body, "stream": None, "cache_salt": None, "max_tokens": None}, path)
+    assert (request.stream, request.cache_salt, request.max_tokens) == (False, "", None)  # type: ignore[attr-defined]
+
+
 def test_a_whole_token_limit_written_as_a_float_counts() -> None:
     """vLLM accepts `max_tokens: 512.0` (and `1e3`); the EPP answered them 400."""
     assert (
@@ -120,7 +130,22 @@ def test_a_whole_token_limit_written_as_a_float_counts() -> None:
 @pytest.mark.parametrize(
     ("body", "path", "message"),
     [
-        ({"model": "m", "prompt": ""}, "/v1/completions", "must have prompt field"),
+        ({"model": "m"}, "/v1/completions", "invalid completions request: must have prompt field"),
+        (
+            {"model": "m", "prompt": None},
+            "/v1/completions",
+            "invalid completions request: must have prompt field",
+        ),
+        (
+            {"model": "m", "prompt": ""},
+            "/v1/completions",
+            "invalid completions request: prompt is an empty string",
+        ),
+        (
+            {"model": "m", "prompt": []},
+            "/v1/completions",
+            "invalid completions request: prompt is an empty list",
+        ),
         ({"model": "m", "prompt": [1, "a"]}, "/v1/completions", "prompt must be a string"),
         ({"model": "m", "prompt": {"a": 1}}, "/v1/completions", "prompt must be a string"),
         ({"model": "m", "messages": "hi"}, "/v1/chat/completions", "must have valid messages field"),

@@ -20,6 +20,7 @@ from epp.stack.processes import wait_until
         ("[fd00:0:0::1]:8000", HostPort("fd00::1", 8000)),
         ("[FD00::1]:8000", HostPort("fd00::1", 8000)),
         ("Prefill-0.Pool.svc.:8000", HostPort("prefill-0.pool.svc", 8000)),
+        ("10.0.0.1.:8000", HostPort("10.0.0.1", 8000)),
     ],
 )
 def test_hostport_spellings_are_canonical(text: str, expected: HostPort) -> None:
@@ -38,11 +39,28 @@ def test_hostport_spellings_are_canonical(text: str, expected: HostPort) -> None
         "10.0.0.1/x:8000",
         "a b:8000",
         ":8000",
+        "10.0.0.1:\u0668\u0660\u0660\u0660",  # Arabic-Indic digits, which int() reads as 8000
+        "10.0.0.1:\uff18\uff10\uff10\uff10",  # fullwidth digits
     ],
 )
 def test_hostport_rejects_anything_but_host_and_port(text: str) -> None:
     with pytest.raises(ValueError):
         HostPort.parse(text)
+
+
+@pytest.mark.parametrize(
+    "host", ["127.1", "2130706433", "0177.0.0.1", "0x7f.0.0.1", "10.0.0.1.5", "0", "pool.0x1"]
+)
+def test_hostport_refuses_legacy_ipv4_spellings(host: str) -> None:
+    """The resolver's spellings of an address: aiohttp refuses to connect to them, so they used to
+    pass as DNS names and reach the client as a 502 "no reply from prefiller"."""
+    with pytest.raises(ValueError, match="not a canonical IPv4 address"):
+        HostPort.parse(f"{host}:8000")
+
+
+@pytest.mark.parametrize("host", ["prefill-0.pool.svc", "10-0-0-1.pool.svc", "host1", "a.b1"])
+def test_hostport_keeps_names_with_digits(host: str) -> None:
+    assert HostPort.parse(f"{host}:8000") == HostPort(host, 8000)
 
 
 def test_allowlist_checks_host_and_port() -> None:

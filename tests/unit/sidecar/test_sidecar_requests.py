@@ -143,6 +143,41 @@ async def test_pd_bodies_that_cannot_be_decoded_are_refused(
     assert rig.engine.received == []
 
 
+@pytest.mark.parametrize("depth", [255, 1000], ids=["just past orjson's writer", "under its reader's 1,024"])
+async def test_a_pd_body_nested_deeper_than_the_legs_can_be_written_is_a_400(rig: Rig, depth: int) -> None:
+    """orjson reads 1,024 levels but writes 254: such a body was a 500 ("Server got itself in
+    trouble", a traceback in the log) once the prefill leg was serialised."""
+    arrays = depth - 1  # the body object is level 1
+    body = orjson.dumps(PROMPT)[:-1] + b', "x": ' + b"[" * arrays + b"]" * arrays + b"}"
+    answered, reply = await post(rig, body, "identity", rig.prefiller)
+    assert answered == 400
+    error = orjson.loads(reply)
+    assert (error["object"], error["type"], error["code"]) == ("error", "BadRequestError", 400)
+    assert error["message"] == (
+        "Invalid JSON in the request body: objects and arrays are nested deeper than the limit of 254 levels"
+    )
+    assert rig.engine.received == []
+
+
+async def test_a_pd_body_254_levels_deep_is_split_into_legs(rig: Rig) -> None:
+    arrays = 253
+    body = orjson.dumps(PROMPT)[:-1] + b', "x": ' + b"[" * arrays + b"]" * arrays + b"}"
+    assert (await post(rig, body, "identity", rig.prefiller))[0] == 200
+    assert len(rig.engine.received) == 2
+
+
+async def test_a_legacy_ipv4_spelling_of_the_prefiller_is_a_400_not_a_502(rig: Rig) -> None:
+    """`127.1` passed as a DNS name, then aiohttp refused to connect to it: 502 "no reply from
+    prefiller", as if the prefiller were down."""
+    headers = {"x-prefiller-host-port": f"127.1:{rig.engine.port}"}
+    answered, reply = await post(rig, orjson.dumps(PROMPT), "identity", headers)
+    assert answered == 400
+    assert orjson.loads(reply)["message"] == (
+        "invalid x-prefiller-host-port: invalid host '127.1': not a canonical IPv4 address"
+    )
+    assert rig.engine.received == []
+
+
 async def send_raw(port: int, request: bytes) -> bytes:
     """The status line of the reply to `request`, written to the socket as it is."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)

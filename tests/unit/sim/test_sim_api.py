@@ -58,12 +58,9 @@ def test_whole_floats_count_as_integers_as_in_vllm() -> None:
     ("body", "param"),
     [
         ({"prompt": "x"}, "model"),
-        ({"model": "m"}, "prompt"),
-        ({"model": "m", "prompt": ""}, "prompt"),
-        ({"model": "m", "prompt": []}, "prompt"),
         ({"model": "m", "prompt": [1, "a"]}, "prompt"),
         ({"model": "m", "prompt": "x", "max_tokens": -1}, "max_tokens"),
-        ({"model": "m", "prompt": "x", "max_tokens": True}, "max_tokens"),
+        ({"model": "m", "prompt": "x", "max_tokens": "many"}, "max_tokens"),
         ({"model": "m", "prompt": "x", "max_tokens": 2.5}, "max_tokens"),
         ({"model": "m", "prompt": "x", "stream_options": 3}, "stream_options"),
     ],
@@ -73,6 +70,30 @@ def test_completion_validation(body: dict[str, object], param: str) -> None:
         parse_completion(body)
     assert info.value.status == 400 and info.value.param == param
     assert info.value.body()["type"] == "BadRequestError"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"model": "m"}, "Either prompt or prompt_embeds must be provided and non-empty."),
+        ({"model": "m", "prompt": None}, "Either prompt or prompt_embeds must be provided and non-empty."),
+        ({"model": "m", "prompt": ""}, "Either prompt or prompt_embeds must be provided and non-empty."),
+        ({"model": "m", "prompt": []}, "please provide at least one prompt"),
+    ],
+)
+def test_a_missing_or_empty_prompt_is_refused_in_vllms_words(body: dict[str, object], message: str) -> None:
+    """vLLM's request model refuses a prompt left out, null or "" (naming param `prompt`); its
+    prompt parser an empty list (naming none). Both 400."""
+    with pytest.raises(ApiError) as info:
+        parse_completion(body)
+    assert info.value.status == 400
+    assert info.value.body() == {
+        "object": "error",
+        "message": message,
+        "type": "BadRequestError",
+        "param": None if body.get("prompt") == [] else "prompt",
+        "code": 400,
+    }
 
 
 def test_chat_and_responses_render_the_same_template() -> None:
@@ -226,17 +247,37 @@ def test_profiles() -> None:
             {"top_logprobs": -1},
             ("top_logprobs", "when using `top_logprobs`, `logprobs` must be set to true."),
         ),
-        (parse_chat, {"logprobs": "yes"}, ("logprobs", "'logprobs' must be a boolean")),
-        (parse_completion, {"logprobs": -1}, ("logprobs", "`logprobs` must be a positive value.")),
+        # Changed to vLLM's answers: a null chat `echo` (its field is not optional), a logprobs
+        # count that is not a JSON number (vLLM checks that before pydantic's lax read), a
+        # completions `logprobs` below -1, null where vLLM's integer field is not optional.
+        (parse_chat, {"echo": None}, ("echo", "'echo' must be a boolean")),
+        (
+            parse_chat,
+            {"logprobs": True, "top_logprobs": "5"},
+            ("top_logprobs", "`top_logprobs` must be an integer."),
+        ),
+        (parse_completion, {"logprobs": "5"}, ("logprobs", "`logprobs` must be an integer.")),
+        (parse_completion, {"logprobs": -2}, ("logprobs", "`logprobs` must be a positive value or -1.")),
+        (
+            parse_completion,
+            {"prompt_logprobs": "1"},
+            ("prompt_logprobs", "`prompt_logprobs` must be an integer."),
+        ),
+        (parse_completion, {"n": None}, ("n", "'n' must be an integer >= 1")),
+        (parse_chat, {"min_tokens": None}, ("min_tokens", "'min_tokens' must be an integer >= 0")),
     ],
 )
 def test_logprobs_are_refused_as_vllm_refuses_them(
     parse: Any, body: dict[str, Any], status_param_message: tuple[str, str]
 ) -> None:
-    base = {"model": "m", "prompt": "x", "messages": [{"role": "user", "content": "x"}]}
+    assert refusal(parse, body) == (400, *status_param_message)
+
+
+def refusal(parse: Any, body: dict[str, Any]) -> tuple[int, str | None, str]:
+    base = {"model": "m", "prompt": "x", "input": "x", "messages": [{"role": "user", "content": "x"}]}
     with pytest.raises(ApiError) as refused:
         parse({**base, **body})
-    assert (refused.value.status, refused.value.param, refused.value.message) == (400, *status_param_message)
+    return refused.value.status, refused.value.param, refused.value.message
 
 
 def test_logprobs_counts_as_vllm_samples_them() -> None:
@@ -249,3 +290,50 @@ def test_logprobs_counts_as_vllm_samples_them() -> None:
     assert parse_chat({**chat, "logprobs": False, "top_logprobs": 0}).logprobs is None
     assert parse_completion({"model": "m", "prompt": "x", "logprobs": 0}).logprobs == 0
     assert parse_completion({"model": "m", "prompt": "x", "logprobs": 5.0}).logprobs == 5
+
+
+def test_fields_are_read_as_vllms_lax_pydantic_models_read_them() -> None:
+    """vLLM takes a boolean field's 1, "yes", "off" and an integer field's `true`, "5", `5.0`
+    (pydantic's lax mode); so does the simulator, with the same meaning."""
+    chat = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    for yes in (True, 1, 1.0, "true", "TRUE", "yes", "on", "t", "y", "1"):
+        assert parse_chat({**chat, "logprobs": yes, "top_logprobs": 2}).logprobs == 2, yes
+    for no in (False, 0, 0.0, "false", "No", "off", "f", "n", "0", None):
+        assert parse_chat({**chat, "logprobs": no}).logprobs is None, no
+        assert parse_completion({"model": "m", "prompt": "x", "echo": no}).logprobs is None
+        if no is not None:  # chat's `echo` is not optional
+            assert parse_chat({**chat, "echo": no}).logprobs is None
+    # vLLM checks `top_logprobs` against the JSON `logprobs` before reading it: "false" passes,
+    # then means false.
+    assert parse_chat({**chat, "logprobs": "false", "top_logprobs": 3}).logprobs is None
+    assert parse_chat({**chat, "logprobs": True, "top_logprobs": True}).logprobs == 1
+    completion = {"model": "m", "prompt": "x"}
+    for five in (5, 5.0, "5", " 5 ", "5.00", "+5", "0_5"):
+        assert parse_completion({**completion, "max_tokens": five, "n": five}).max_tokens == 5, five
+        assert parse_completion({**completion, "n": five}).n == 5
+        assert parse_chat({**chat, "max_completion_tokens": five}).max_tokens == 5
+        assert parse_chat({**chat, "priority": five}).priority == 5
+    assert parse_completion({**completion, "max_tokens": True}).max_tokens == 1
+    assert parse_completion({**completion, "min_tokens": "2"}).min_tokens == 2
+    assert parse_chat({**chat, "n": None}).n == 1  # chat's `n` may be null
+    # Completions `logprobs` -1: the whole vocabulary, as chat's `top_logprobs` -1.
+    assert parse_completion({**completion, "logprobs": -1}).logprobs == 128256
+    assert parse_completion({**completion, "logprobs": 3.0}).logprobs == 3
+    responses = {"model": "m", "input": "x"}
+    assert parse_responses({**responses, "store": "no"}).conversation.store is False  # type: ignore[union-attr]
+    stored = parse_responses({**responses, "store": 1, "background": "yes"}).conversation
+    assert stored is not None and stored.store and stored.background
+    with pytest.raises(ApiError, match="background can only be used when `store` is true"):
+        parse_responses({**responses, "store": "off", "background": "on"})
+    # What lax mode does not read stays refused: a boolean from 2, "maybe", " true" or an object,
+    # an integer from a fraction or a word; null where the field is not optional.
+    for value in (2, 0.5, "maybe", " true", "", {}):
+        assert refusal(parse_chat, {"logprobs": value}) == (400, "logprobs", "'logprobs' must be a boolean")
+        assert refusal(parse_responses, {"store": value}) == (400, "store", "'store' must be a boolean")
+    assert refusal(parse_chat, {"echo": "yes"}) == (400, "echo", "'echo' is not simulated: send it as false")
+    for value in (2.5, "5.5", "5.", "1e3", "two", None):
+        assert refusal(parse_chat, {"priority": value}) == (400, "priority", "'priority' must be an integer")
+    assert refusal(parse_chat, {"logprobs": True, "top_logprobs": 2.5})[1:] == (
+        "top_logprobs",
+        "'top_logprobs' must be an integer",
+    )

@@ -194,6 +194,7 @@ def test_fail_open_needs_buffered_mode_and_fallback_endpoints() -> None:
         EnvoyOptions(admission_control_aggression=3, rate_limit=100),
         EnvoyOptions(quota_from_epp=True),
         EnvoyOptions(quota_from_epp=True, admission_control_aggression=2, body_mode="full-duplex"),
+        EnvoyOptions(quota_from_epp=True, quota_objectives=("chat", "batch", "a.b-c")),
     ],
 )
 def test_envoy_accepts_every_variant(options: EnvoyOptions, tmp_path: Path) -> None:
@@ -460,6 +461,60 @@ def quota_regex(options: EnvoyOptions) -> re.Pattern[str]:
     ]
     (matcher,) = quota["typed_config"]["bucket_matchers"]["matcher_list"]["matchers"]
     return re.compile(matcher["predicate"]["single_predicate"]["value_match"]["safe_regex"]["regex"])
+
+
+def test_the_quota_gives_each_listed_objective_a_bucket_and_the_rest_one_default_bucket() -> None:
+    """An exact-match map on the objective header (a lookup however many names), each name's
+    bucket id naming it; any other value, and no header, in the one default bucket, whose settings
+    are those of the quota without objectives."""
+    (quota,) = [
+        f
+        for f in manager(
+            render_bootstrap(EnvoyOptions(quota_from_epp=True, quota_objectives=("chat", "batch")))
+        )["http_filters"]
+        if "rate_limit_quota" in f["name"]
+    ]
+    (matcher,) = quota["typed_config"]["bucket_matchers"]["matcher_list"]["matchers"]
+    nested = matcher["on_match"]["matcher"]
+    tree = nested["matcher_tree"]
+    assert tree["input"]["typed_config"]["header_name"] == "x-gateway-inference-objective"
+    by_name = tree["exact_match_map"]["map"]
+    assert list(by_name) == ["chat", "batch"]
+    for name, bucket in by_name.items():
+        settings = bucket["action"]["typed_config"]
+        assert settings["bucket_id_builder"] == {
+            "bucket_id_builder": {"name": {"string_value": "inference"}, "objective": {"string_value": name}}
+        }
+        assert settings["deny_response_settings"]["response_headers_to_add"][1]["header"] == {
+            "key": "x-gateway-limit",
+            "value": "quota",
+        }
+    (plain,) = [
+        f
+        for f in manager(render_bootstrap(EnvoyOptions(quota_from_epp=True)))["http_filters"]
+        if "quota" in f["name"]
+    ]
+    (one,) = plain["typed_config"]["bucket_matchers"]["matcher_list"]["matchers"]
+    assert nested["on_no_match"] == one["on_match"]
+
+
+def test_epp_run_gives_the_objectives_file_of_the_epp_to_the_gateways_quota(tmp_path: Path) -> None:
+    objectives = tmp_path / "objectives.yaml"
+    objectives.write_text(Path("bench/configs/objectives.yaml").read_text())
+    for given in (
+        [f"--epp-arg=--objectives-file={objectives}"],
+        ["--epp-arg=--objectives-file", f"--epp-arg={objectives}"],
+    ):
+        args = build_parser("run").parse_args(["run", "--quota-from-epp", *given])
+        assert envoy_options(args).quota_objectives == ("critical", "sheddable")
+    without_quota = build_parser("run").parse_args(["run", f"--epp-arg=--objectives-file={objectives}"])
+    assert envoy_options(without_quota).quota_objectives == ()
+    assert envoy_options(build_parser("run").parse_args(["run", "--quota-from-epp"])).quota_objectives == ()
+    missing = build_parser("run").parse_args(
+        ["run", "--quota-from-epp", f"--epp-arg=--objectives-file={tmp_path}/no"]
+    )
+    with pytest.raises(ValueError, match="cannot read objectives file"):
+        envoy_options(missing)
 
 
 def test_epp_run_quota_from_epp_sets_both_sides() -> None:

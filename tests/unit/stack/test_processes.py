@@ -1,4 +1,4 @@
-"""Restart backoff of `epp run`'s supervisor, and the processes it stops."""
+"""Restart backoff of `epp run`'s supervisor, the processes it stops, and their logs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from epp.stack.processes import ManagedProcess, RestartBackoff
+from epp.stack.stack import Stack, StackConfig
 
 
 def test_backoff_doubles_to_its_cap_and_resets_after_a_stable_run() -> None:
@@ -53,3 +56,42 @@ async def test_stopping_a_process_that_died_ends_the_children_it_left(tmp_path: 
     while sleeping(orphan):
         assert asyncio.get_running_loop().time() < deadline, "the orphan is still running"
         await asyncio.sleep(0.05)
+
+
+class _StopHere(Exception):
+    pass
+
+
+async def test_a_runs_logs_start_empty_and_the_last_runs_are_kept_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`epp run` again in the same run directory: the earlier run's logs become `*.log.1` (the
+    one before that is dropped), so `run/epp.log` holds this run's lines alone; what is not a log
+    (the generated Envoy bootstrap) stays."""
+    (tmp_path / "epp.log").write_text("the last run\n")
+    (tmp_path / "epp.log.1").write_text("the run before\n")
+    (tmp_path / "sim-7.log").write_text("a simulator this run does not start\n")
+    (tmp_path / "envoy.yaml").write_text("static_resources: {}\n")
+
+    async def stop_before_the_simulators(self: Stack) -> None:
+        raise _StopHere
+
+    monkeypatch.setattr(Stack, "start_sims", stop_before_the_simulators)
+    stack = Stack(StackConfig(run_dir=tmp_path))
+    with pytest.raises(_StopHere):
+        await stack.start()
+    await stack.stop()
+    assert sorted(os.listdir(tmp_path)) == ["envoy.yaml", "epp.log.1", "sim-7.log.1"]
+    assert (tmp_path / "epp.log.1").read_text() == "the last run\n"
+    assert (tmp_path / "sim-7.log.1").read_text() == "a simulator this run does not start\n"
+
+
+async def test_a_process_restarted_within_a_run_appends_to_its_log(tmp_path: Path) -> None:
+    """The EPP `epp run` restarts writes after the lines of the one that died."""
+    log = tmp_path / "epp.log"
+    for said in ("first", "restarted"):
+        process = ManagedProcess("epp", [sys.executable, "-c", f"print({said!r})"], log)
+        await process.start()
+        assert process.process is not None
+        await asyncio.wait_for(process.process.wait(), timeout=30)
+    assert log.read_text() == "first\nrestarted\n"
