@@ -67,13 +67,15 @@ def routing_response(
     common = getattr(response, reply).response
     common.clear_route_cache = True
     fill_header_mutation(common.header_mutation, set_headers, remove)
-    lb = response.dynamic_metadata.get_or_create_struct(LB_NAMESPACE)
-    lb[DESTINATION_HEADER] = destination
-    lb[FALLBACK_GROUP_KEY] = fallback_group
+    # The Struct's fields written directly: protobuf's Python dict-like wrapper (get_or_create_struct,
+    # item assignment) costs about four times as much, on every routed request.
+    lb = response.dynamic_metadata.fields[LB_NAMESPACE].struct_value.fields
+    lb[DESTINATION_HEADER].string_value = destination
+    lb[FALLBACK_GROUP_KEY].string_value = fallback_group
     if streaming:
-        lb[STREAMING_KEY] = "true"
+        lb[STREAMING_KEY].string_value = "true"
     if scores:
-        lb[DESTINATION_SCORES_KEY] = dict(scores)
+        lb[DESTINATION_SCORES_KEY].struct_value.update(scores)
     return response
 
 
@@ -130,15 +132,20 @@ def _error_headers(error: RequestError) -> dict[str, str]:
 
 
 def read_headers(headers: ext_proc.HttpHeaders) -> dict[str, str]:
-    """Header map as Envoy sends it (lowercase keys), preferring raw_value."""
+    """Header map as Envoy sends it (lowercase keys), preferring raw_value. Each field read from
+    the message makes a new object, so raw_value is read once; `decode` without an encoding
+    argument is UTF-8 without looking the codec up (7 against 11 us for 11 headers)."""
     return {
-        h.key: (h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value)
+        h.key: raw.decode(errors="replace") if (raw := h.raw_value) else h.value
         for h in headers.headers.headers
     }
 
 
 def read_metadata(metadata: core.Metadata) -> dict[str, dict[str, Any]]:
-    """Every namespace of the data plane's metadata as plain values (`{namespace: {key: value}}`)."""
+    """Every namespace of the data plane's metadata as plain values (`{namespace: {key: value}}`).
+    Most messages carry none: an empty map is not iterated (its items view is Python code)."""
+    if not metadata.filter_metadata:
+        return {}
     return {namespace: MessageToDict(struct) for namespace, struct in metadata.filter_metadata.items()}
 
 

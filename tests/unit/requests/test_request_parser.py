@@ -278,6 +278,15 @@ def test_a_body_at_the_depth_limit_parses(field: int) -> None:
     assert request.prompt
 
 
+def test_a_shallow_body_with_more_brackets_than_the_depth_limit_parses() -> None:
+    """The depth is what is limited, not the number of objects and arrays."""
+    messages = [{"role": "user", "content": [{"type": "text", "text": f"part {i}"}]} for i in range(300)]
+    raw = orjson.dumps({"model": "m", "messages": messages})
+    assert raw.count(b"[") + raw.count(b"{") > 254 * 3
+    request = parse_request(raw, "/v1/chat/completions", {}, "rid")
+    assert b"part 299" in request.prompt
+
+
 def test_content_parts_with_null_or_absent_typed_fields_are_accepted() -> None:
     """GIE's and vLLM's parsers take null for a typed part field, and fields they do not type."""
     parts = [
