@@ -196,7 +196,7 @@ async def _read_json_object(request: web.Request) -> Body:
         raise ProxyError(400, f"Invalid JSON in the request body: {exc}") from None
     if not isinstance(body, dict):
         raise ProxyError(400, "The request body must be a JSON object")
-    if nested_too_deep(body):  # orjson reads 1,024 levels but writes the legs 254 deep at most
+    if nested_too_deep(raw, body):  # orjson reads 1,024 levels but writes the legs 254 deep at most
         raise ProxyError(
             400,
             f"Invalid JSON in the request body: objects and arrays are nested deeper than the "

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import sys
 
 import orjson
 import pytest
 
 from epp.requests import ApiKind, RequestError
-from epp.requests.parser import api_kind, parse_request
+from epp.requests.parser import api_kind, decode_body, parse_request
 from tests.unit.deep_json import DEEP_FIELDS, deep_body
 
 
@@ -300,3 +301,13 @@ def test_content_parts_with_null_or_absent_typed_fields_are_accepted() -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": parts}]}
     request = parse_request(orjson.dumps(body), "/v1/chat/completions", {}, "rid")
     assert b'"extra":1' in request.prompt
+
+
+def test_a_shallow_body_keeps_no_utf8_copy_of_its_strings() -> None:
+    """The depth check does not write a shallow body: writing it would attach a UTF-8 copy to each
+    non-ASCII string (CPython caches it in the str), held for as long as the body."""
+    prompt = "héllo wörld " * 10_000
+    raw = orjson.dumps({"model": "m", "prompt": prompt})
+    fresh = orjson.loads(raw)["prompt"]
+    body = decode_body(raw)
+    assert sys.getsizeof(body["prompt"]) == sys.getsizeof(fresh)
