@@ -543,6 +543,59 @@ class Engine:
             request.last_token_at = end
         self._running = list(self._running)  # step outcomes hold the old one as ``emitted``
 
+    def decode_ahead(self) -> tuple[int, int, float, float] | None:
+        """For a driver that takes a cohort's plain steps itself (the virtual-time benchmark's
+        event queue): after a step of the cohort, how many of the next steps only advance its
+        counters (no block to allocate, no request's last token, nothing to admit, no lease or KV
+        transfer to see to), the batch's decode context now, and a step's duration as
+        ``base + kv * context`` once ``context`` has grown by the batch size: ``(left, context,
+        base, kv)``, ``Profile.step_seconds`` for this batch summed in the same order (its prefill
+        terms are zeros, which leave the sum as it is). None when there are none. Input to the
+        engine ends them, so the driver reports the steps taken (``took_decode_steps``) before
+        anything else calls the engine."""
+        if not (self._cohort and self._ticks):  # the last step was not a cohort step
+            return None
+        if (
+            self._leases
+            or self._transferring
+            or (self._waiting and len(self._running) < self.profile.max_num_seqs)
+        ):
+            return None
+        left = min(self._finish_tick, self._next_block_tick) - self._ticks
+        if left <= 0:
+            return None
+        profile = self.profile
+        base = profile.step_base_s + profile.decode_seq_s * len(self._running)
+        return left, self._running_context, base, profile.kv_read_token_s
+
+    def took_decode_steps(
+        self,
+        steps: int,
+        context: int,
+        last_end: float,
+        busy_seconds: float,
+        itl_total: float,
+        itl_adds: Sequence[int],
+    ) -> None:
+        """``steps`` plain steps of the cohort taken by the driver (see ``decode_ahead``): the
+        decode context and the last step's end after them, the running sums ``busy_seconds`` and
+        the ITL histogram's total (each step added in order, as ``_decode_step`` adds them) and
+        the counts its steps added to each ITL bucket."""
+        n = len(self._running)
+        self._ticks += steps
+        self._running_context = context
+        self._last_end = last_end
+        stats = self.stats
+        stats.steps += steps
+        stats.busy_seconds = busy_seconds
+        stats.generation_tokens += n * steps
+        itl = stats.itl
+        itl.total = itl_total
+        itl.count += n * steps
+        counts = itl.counts
+        for bucket, added in enumerate(itl_adds):
+            counts[bucket] += added
+
     def _start_cohort(self, end: float) -> None:
         """After a step in which every running request emitted a token: they all decode one token
         a step from now on, until one finishes, runs out of blocks or another is admitted. Which
