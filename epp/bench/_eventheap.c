@@ -32,6 +32,8 @@ typedef struct {
     Py_ssize_t nbounds;
     double *bounds;     /* the ITL histogram's bucket bounds */
     long long *adds;    /* counts added per bucket (nbounds + 1) */
+    long long *blocks;  /* blocks each step takes (left of them) */
+    long long blocks_taken;
     int halted;
 } DecodeRun;
 
@@ -59,17 +61,42 @@ static PyTypeObject DecodeRunType;
 
 static int DecodeRun_init(DecodeRun *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"left", "n", "context", "base", "kv", "gap", "last_end", "busy",
-                             "itl_total", "bounds", NULL};
+                             "itl_total", "bounds", "blocks", NULL};
     long long left, n, context;
     double base, kv, gap, last_end, busy, itl_total;
-    PyObject *bounds;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "LLLddddddO", kwlist, &left, &n, &context, &base,
-                                     &kv, &gap, &last_end, &busy, &itl_total, &bounds))
+    PyObject *bounds, *blocks;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "LLLddddddOO", kwlist, &left, &n, &context, &base,
+                                     &kv, &gap, &last_end, &busy, &itl_total, &bounds, &blocks))
         return -1;
     if (left < 0 || n <= 0) {
         PyErr_SetString(PyExc_ValueError, "a DecodeRun needs left >= 0 and n > 0");
         return -1;
     }
+    PyObject *needs = PySequence_Fast(blocks, "blocks must be a sequence of ints");
+    if (needs == NULL) return -1;
+    if (PySequence_Fast_GET_SIZE(needs) != left) {
+        Py_DECREF(needs);
+        PyErr_SetString(PyExc_ValueError, "a DecodeRun needs the blocks of each of its left steps");
+        return -1;
+    }
+    long long *taking = PyMem_Calloc((size_t)left + 1, sizeof(long long));
+    if (taking == NULL) {
+        Py_DECREF(needs);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < left; i++) {
+        taking[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(needs, i));
+        if (taking[i] == -1 && PyErr_Occurred()) {
+            Py_DECREF(needs);
+            PyMem_Free(taking);
+            return -1;
+        }
+    }
+    Py_DECREF(needs);
+    PyMem_Free(self->blocks);
+    self->blocks = taking;
+    self->blocks_taken = 0;
     PyObject *seq = PySequence_Fast(bounds, "bounds must be a sequence of floats");
     if (seq == NULL) return -1;
     Py_ssize_t nbounds = PySequence_Fast_GET_SIZE(seq);
@@ -112,6 +139,7 @@ static int DecodeRun_init(DecodeRun *self, PyObject *args, PyObject *kwds) {
 }
 
 static void DecodeRun_dealloc(DecodeRun *self) {
+    PyMem_Free(self->blocks);
     PyMem_Free(self->bounds);
     PyMem_Free(self->adds);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -140,6 +168,7 @@ static PyMemberDef DecodeRun_members[] = {
     {"left", T_LONGLONG, offsetof(DecodeRun, left), READONLY, "steps it may still take"},
     {"n", T_LONGLONG, offsetof(DecodeRun, n), READONLY, "requests decoding a token a step"},
     {"taken", T_LONGLONG, offsetof(DecodeRun, taken), READONLY, "steps taken"},
+    {"blocks_taken", T_LONGLONG, offsetof(DecodeRun, blocks_taken), READONLY, "their blocks"},
     {"context", T_LONGLONG, offsetof(DecodeRun, context), READONLY, "decode context after them"},
     {"last_end", T_DOUBLE, offsetof(DecodeRun, last_end), READONLY, "end of the last step taken"},
     {"busy", T_DOUBLE, offsetof(DecodeRun, busy), READONLY, "busy seconds, the steps added"},
@@ -308,6 +337,7 @@ static int run_step(EventHeap *self, Event *top) {
     double duration = run->base + run->kv * (double)run->context;
     double end = now + duration;
     run->last_end = end;
+    run->blocks_taken += run->blocks[run->taken];
     run->taken++;
     run->busy += duration;
     Py_ssize_t bucket = 0;

@@ -6,6 +6,7 @@ class DecodeRun:
     left: int
     n: int
     taken: int
+    blocks_taken: int
     context: int
     last_end: float
     busy: float
@@ -24,6 +25,7 @@ class DecodeRun:
         busy: float,
         itl_total: float,
         bounds: Sequence[float],
+        blocks: Sequence[int],
     ) -> None: ...
     def halt(self) -> None: ...
 

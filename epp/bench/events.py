@@ -37,6 +37,7 @@ class DecodeRun(Protocol):
     """What the harness reads of a run when it ends (`PythonDecodeRun` has the whole story)."""
 
     taken: int
+    blocks_taken: int
     context: int
     last_end: float
     busy: float
@@ -51,14 +52,15 @@ class DecodeRun(Protocol):
 class PythonDecodeRun:
     """A decode cohort's plain steps, taken by the queue: ``n`` requests decode a token a step,
     the batch's decode context grows by ``n`` a step and a step lasts ``base + kv * context``
-    (the engine's own arithmetic, `Engine.decode_ahead`). Its event delivers the step taken last
-    (its gap ``n`` times) and, while ``left`` and not halted, takes the next step and pushes that
-    step's event; otherwise it is handed back to the handler. What the engine reads back when
-    the run ends: ``taken`` steps, the ``context``, ``last_end``, the running sums ``busy`` and
-    ``itl_total`` (added to in the engine's order) and the ITL histogram's bucket ``adds``."""
+    (the engine's own arithmetic, `Engine.decode_ahead`), and step ``k`` takes ``blocks[k]``
+    KV blocks. Its event delivers the step taken last (its gap ``n`` times) and, while ``left``
+    and not halted, takes the next step and pushes that step's event; otherwise it is handed back
+    to the handler. What the engine reads back when the run ends: ``taken`` steps and their
+    ``blocks_taken``, the ``context``, ``last_end``, the running sums ``busy`` and ``itl_total``
+    (added to in the engine's order) and the ITL histogram's bucket ``adds``."""
 
-    __slots__ = ("_bounds", "adds", "base", "busy", "context", "gap", "halted", "itl_total", "kv",
-                 "last_end", "left", "n", "taken")  # fmt: skip
+    __slots__ = ("_blocks", "_bounds", "adds", "base", "blocks_taken", "busy", "context", "gap",
+                 "halted", "itl_total", "kv", "last_end", "left", "n", "taken")  # fmt: skip
 
     def __init__(
         self,
@@ -72,9 +74,14 @@ class PythonDecodeRun:
         busy: float,
         itl_total: float,
         bounds: Sequence[float],
+        blocks: Sequence[int],
     ) -> None:
         if left < 0 or n <= 0:
             raise ValueError("a DecodeRun needs left >= 0 and n > 0")
+        if len(blocks) != left:
+            raise ValueError("a DecodeRun needs the blocks of each of its left steps")
+        self._blocks = list(blocks)
+        self.blocks_taken = 0
         self.left, self.n, self.context, self.base, self.kv = left, n, context, base, kv
         self.gap, self.last_end, self.busy, self.itl_total = gap, last_end, busy, itl_total
         self._bounds = tuple(bounds)
@@ -93,6 +100,7 @@ class PythonDecodeRun:
         duration = self.base + self.kv * self.context
         end = now + duration
         self.last_end = end
+        self.blocks_taken += self._blocks[self.taken]
         self.taken += 1
         self.busy += duration
         self.adds[bisect_left(self._bounds, duration)] += self.n
@@ -190,10 +198,11 @@ def new_decode_run(
     busy: float,
     itl_total: float,
     bounds: Sequence[float],
+    blocks: Sequence[int],
 ) -> DecodeRun:
     """A run for the queue `new_event_queue` gives (the compiled one takes only its own)."""
     kind = PythonDecodeRun if _CompiledDecodeRun is None else _CompiledDecodeRun
-    return kind(left, n, context, base, kv, gap, last_end, busy, itl_total, bounds)
+    return kind(left, n, context, base, kv, gap, last_end, busy, itl_total, bounds, blocks)
 
 
 def new_event_queue() -> EventQueue:

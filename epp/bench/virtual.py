@@ -85,12 +85,13 @@ def endpoint_specs(cluster: VirtualCluster) -> list[EndpointSpec]:
     return [endpoint_spec(cluster, i) for i in range(cluster.endpoints)]
 
 
-def scraped_metrics(engine: Engine, now: float) -> EndpointMetrics:
-    """What the scraper reads from a simulator's /metrics (see epp.sim.metrics), from the engine."""
+def scraped_metrics(engine: Engine, now: float, blocks_taken: int = 0) -> EndpointMetrics:
+    """What the scraper reads from a simulator's /metrics (see epp.sim.metrics), from the engine
+    (``blocks_taken``: by steps of its cohort the event queue took, see `Engine.decode_ahead`)."""
     return EndpointMetrics(
         waiting_queue_size=engine.num_waiting,
         running_requests_size=engine.num_running,
-        kv_cache_usage=engine.kv_usage(),
+        kv_cache_usage=engine.kv_usage(blocks_taken),
         max_active_models=engine.profile.max_loras,
         cache_block_size=engine.block_size,
         cache_num_blocks=engine.pool.num_blocks,
@@ -366,7 +367,9 @@ class VirtualRun:
 
     def _scrape(self, now: float, _: None) -> None:
         for endpoint in self.datastore.endpoints():
-            endpoint.metrics = scraped_metrics(self.servers[endpoint.name].engine, now)
+            server = self.servers[endpoint.name]
+            run = server.run
+            endpoint.metrics = scraped_metrics(server.engine, now, 0 if run is None else run.blocks_taken)
         self._push(now + self.cluster.scrape_interval, self._scrape, None)
 
     # ----- clients -> EPP -> server ----------------------------------------------------------
@@ -502,11 +505,11 @@ class VirtualRun:
             server.stepping = True  # also when a timer, not an arrival, woke the idle engine
             ahead = engine.decode_ahead() if self._runs else None
             if ahead is not None:  # this step's gaps, and the cohort's next plain steps, in the queue
-                left, context, base, kv = ahead
+                left, context, base, kv, blocks = ahead
                 stats = engine.stats
                 server.run = new_decode_run(
                     left, outcome.batch_size, context, base, kv, outcome.gaps[0], outcome.end,
-                    stats.busy_seconds, stats.itl.total, stats.itl.bounds,
+                    stats.busy_seconds, stats.itl.total, stats.itl.bounds, blocks,
                 )  # fmt: skip
                 self._events.push_run(outcome.end, self._step, payload, server.run)
                 return

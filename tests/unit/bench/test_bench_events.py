@@ -94,9 +94,10 @@ def test_a_cycle_through_the_queue_is_collected() -> None:
     assert gone() is None
 
 
-# a run: (steps it may take, batch size, decode context, base, kv, first gap, halt after k pops or never)
+# a run: (blocks of each step it may take, batch size, decode context, base, kv, first gap,
+# halt after k pops or never)
 runs = st.tuples(
-    st.integers(0, 12),
+    st.lists(st.integers(0, 3), max_size=12),
     st.integers(1, 9),
     st.integers(0, 5000),
     st.floats(1e-3, 1e-2),
@@ -117,7 +118,10 @@ run_operations = st.lists(
 
 
 def run_state(run: Any) -> tuple[Any, ...]:
-    return run.left, run.taken, run.context, run.last_end, run.busy, run.itl_total, run.adds, run.halted
+    return (
+        run.left, run.taken, run.blocks_taken, run.context, run.last_end, run.busy, run.itl_total,
+        run.adds, run.halted,
+    )  # fmt: skip
 
 
 @settings(max_examples=300, deadline=None)
@@ -134,8 +138,8 @@ def test_decode_runs_take_the_same_steps_in_the_same_order_as_the_reference(ops:
             compiled.push(op[1], handler, number)
             python.push(op[1], handler, number)
         elif op[0] == "run":
-            left, n, context, base, kv, gap, halt_after = op[2]
-            args = (left, n, context, base, kv, gap, op[1], 1.5, 0.25, ITL_BUCKETS)
+            blocks, n, context, base, kv, gap, halt_after = op[2]
+            args = (len(blocks), n, context, base, kv, gap, op[1], 1.5, 0.25, ITL_BUCKETS, blocks)
             halt_at = None if halt_after is None else pops + halt_after
             pair = (DecodeRun(*args), PythonDecodeRun(*args), halt_at)
             pairs.append(pair)
@@ -165,13 +169,13 @@ def test_a_run_steps_as_the_engine_prices_a_cohort_step() -> None:
     """Each step: the context grows by the batch, lasts base + kv * context, its gap delivered
     at the next event, n times; the histogram bucket by bisect_left of the bounds."""
     for queue, kind in ((EventHeap(), DecodeRun), (PythonEventHeap(), PythonDecodeRun)):
-        run = kind(2, 3, 100, 0.5, 0.01, 0.125, 1.0, 0.0, 0.0, (1.0, 2.0))
+        run = kind(2, 3, 100, 0.5, 0.01, 0.125, 1.0, 0.0, 0.0, (1.0, 2.0), [1, 2])
         queue.push_run(1.0, handler, "engine", run)
         queue.push(10.0, handler, "later")
         first, second = 0.5 + 0.01 * 103, 0.5 + 0.01 * 106
         end = 1.0 + first + second
         assert queue.pop_before(math.inf) == (end, handler, "engine")  # its last step's event
-        assert (run.taken, run.context, run.left) == (2, 106, 0)
+        assert (run.taken, run.context, run.left, run.blocks_taken) == (2, 106, 0, 3)
         assert run.busy == 0.0 + first + second and run.adds == [0, 6, 0]
         assert run.last_end == end and run.itl_total == 0.0 + first * 3 + second * 3
         gaps = [0.125] * 3 + [(1.0 + first) - 1.0] * 3 + [end - (1.0 + first)] * 3
@@ -183,6 +187,8 @@ def test_a_run_steps_as_the_engine_prices_a_cohort_step() -> None:
 def test_run_refusals() -> None:
     for queue, kind in ((EventHeap(), DecodeRun), (PythonEventHeap(), PythonDecodeRun)):
         with pytest.raises(ValueError, match="left >= 0 and n > 0"):
-            kind(1, 0, 0, 0.1, 0.1, 0.0, 0.0, 0.0, 0.0, ())
+            kind(1, 0, 0, 0.1, 0.1, 0.0, 0.0, 0.0, 0.0, (), [0])
+        with pytest.raises(ValueError, match="blocks of each of its left steps"):
+            kind(2, 1, 0, 0.1, 0.1, 0.0, 0.0, 0.0, 0.0, (), [0])
         with pytest.raises(TypeError, match="must be a DecodeRun"):
             queue.push_run(1.0, handler, None, object())  # type: ignore[arg-type]
