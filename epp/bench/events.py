@@ -187,22 +187,10 @@ class PythonEventHeap:
         return len(self._events)
 
 
-def new_decode_run(
-    left: int,
-    n: int,
-    context: int,
-    base: float,
-    kv: float,
-    gap: float,
-    last_end: float,
-    busy: float,
-    itl_total: float,
-    bounds: Sequence[float],
-    blocks: Sequence[int],
-) -> DecodeRun:
-    """A run for the queue `new_event_queue` gives (the compiled one takes only its own)."""
-    kind = PythonDecodeRun if _CompiledDecodeRun is None else _CompiledDecodeRun
-    return kind(left, n, context, base, kv, gap, last_end, busy, itl_total, bounds, blocks)
+# A run for the queue `new_event_queue` gives (the compiled queue takes only its own kind).
+new_decode_run: Callable[..., DecodeRun] = (
+    PythonDecodeRun if _CompiledDecodeRun is None else _CompiledDecodeRun
+)
 
 
 def new_event_queue() -> EventQueue:
