@@ -16,6 +16,12 @@ setup(
         Extension("epp.datalayer._blockkeys", ["epp/datalayer/_blockkeys.c"], optional=True),
         Extension("epp.datalayer._promscan", ["epp/datalayer/_promscan.c"], optional=True),
         Extension("epp.sim._wordtokens", ["epp/sim/_wordtokens.c"], optional=True),
-        Extension("epp.bench._eventheap", ["epp/bench/_eventheap.c"], optional=True),
+        Extension(
+            "epp.bench._eventheap",
+            ["epp/bench/_eventheap.c"],
+            optional=True,
+            # a cohort step's arithmetic must give the same doubles as Python's: no fused multiply-add
+            extra_compile_args=["-ffp-contract=off"],
+        ),
     ]
 )

@@ -34,7 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 import orjson
 
 from epp.bench.churn import Churn, ChurnEvent, schedule
-from epp.bench.events import new_event_queue
+from epp.bench.events import DecodeRun, new_decode_run, new_event_queue
 from epp.bench.prompts import PromptTokenizer
 from epp.bench.records import RequestRecord, RunResult
 from epp.bench.vloop import VirtualTimeLoop
@@ -85,12 +85,13 @@ def endpoint_specs(cluster: VirtualCluster) -> list[EndpointSpec]:
     return [endpoint_spec(cluster, i) for i in range(cluster.endpoints)]
 
 
-def scraped_metrics(engine: Engine, now: float) -> EndpointMetrics:
-    """What the scraper reads from a simulator's /metrics (see epp.sim.metrics), from the engine."""
+def scraped_metrics(engine: Engine, now: float, blocks_taken: int = 0) -> EndpointMetrics:
+    """What the scraper reads from a simulator's /metrics (see epp.sim.metrics), from the engine
+    (``blocks_taken``: by steps of its cohort the event queue took, see `Engine.decode_ahead`)."""
     return EndpointMetrics(
         waiting_queue_size=engine.num_waiting,
         running_requests_size=engine.num_running,
-        kv_cache_usage=engine.kv_usage(),
+        kv_cache_usage=engine.kv_usage(blocks_taken),
         max_active_models=engine.profile.max_loras,
         cache_block_size=engine.block_size,
         cache_num_blocks=engine.pool.num_blocks,
@@ -163,7 +164,9 @@ class EngineSequence(Request):
 class _Server:
     """One simulated endpoint: its engine, and the step in progress whose tokens are due."""
 
-    __slots__ = ("engine", "epoch", "exited", "leaving", "name", "number", "pending", "pod", "stepping")
+    __slots__ = (
+        "engine", "epoch", "exited", "leaving", "name", "number", "pending", "pod", "run", "stepping",
+    )  # fmt: skip
 
     def __init__(self, engine: Engine, spec: EndpointSpec, number: int) -> None:
         self.engine = engine
@@ -171,6 +174,8 @@ class _Server:
         self.number = number  # the pod's number in the cluster (`endpoint_spec`)
         self.pod = spec.hostport  # host:port, as KV events name their engine
         self.pending: StepOutcome | None = None
+        # the engine's decode cohort stepped by the event queue (the steps' counters not yet the engine's)
+        self.run: DecodeRun | None = None
         self.stepping = False  # a step or a timer wake-up is scheduled
         self.epoch = 0  # bumps cancel a scheduled timer wake-up
         self.leaving = False  # out of the pool, draining its requests before it exits
@@ -217,6 +222,9 @@ class VirtualRun:
         self._prompt_ids: dict[int, list[int]] = {}  # computed for the EPP, kept for the engine
         self._followers: dict[int, list[BenchRequest]] = {}
         self._events = new_event_queue()
+        # Whether the event queue takes cohorts' plain steps (`DecodeRun`): not with flow control,
+        # whose tasks run between events, nor with churn, whose pods exit with steps scheduled.
+        self._runs = False
         self._open = 0  # requests not yet finished (or failed)
         # With flow control: set when a request leaving the EPP's queue schedules an event.
         self._scheduled: asyncio.Event | None = None
@@ -255,12 +263,14 @@ class VirtualRun:
         gc.disable()
         try:
             if self.director.flow_control is None:
+                self._runs = self.cluster.churn is None
                 self._loop(arrivals, arrival_times)
             else:
                 self._run_queued(arrivals, arrival_times)
         finally:
             if collecting:
                 gc.enable()
+        self.itl = self._events.take_gaps()
         return RunResult(
             engine="virtual",
             records=self.records,
@@ -275,14 +285,14 @@ class VirtualRun:
         more than a tenth of the run, and find nothing: reference counting frees what the loop
         drops (a collection after a run finds no cycle); any cycle a plugin makes waits for the
         collector until the run ends."""
-        events = self._events
-        pop, next_time = events.pop, events.next_time
+        pop_before = self._events.pop_before
         arrive = self._arrive
         next_arrival = 0
         while self._open:
             at = arrival_times[next_arrival]
-            if next_time() < at:
-                now, handler, payload = pop()
+            event = pop_before(at)
+            if event is not None:
+                now, handler, payload = event
                 self.now = now
                 handler(now, payload)
             elif next_arrival < len(arrivals):
@@ -357,7 +367,9 @@ class VirtualRun:
 
     def _scrape(self, now: float, _: None) -> None:
         for endpoint in self.datastore.endpoints():
-            endpoint.metrics = scraped_metrics(self.servers[endpoint.name].engine, now)
+            server = self.servers[endpoint.name]
+            run = server.run
+            endpoint.metrics = scraped_metrics(server.engine, now, 0 if run is None else run.blocks_taken)
         self._push(now + self.cluster.scrape_interval, self._scrape, None)
 
     # ----- clients -> EPP -> server ----------------------------------------------------------
@@ -441,6 +453,9 @@ class VirtualRun:
             routed.finish()
             self._failed(sequence.record, now, "priority_not_enabled")
             return
+        if server.run is not None:  # the engine's input ends the queue's steps of its cohort
+            server.run.halt()
+            self._took_steps(server)
         rejection = server.engine.add(sequence)
         if rejection is not None:
             routed.response_started(_REJECTION_STATUS[rejection], False)
@@ -473,6 +488,8 @@ class VirtualRun:
         server, epoch = payload
         if epoch != server.epoch:
             return  # a timer wake-up overtaken by an arrival
+        if server.run is not None:  # the event queue took the cohort's steps up to here
+            self._took_steps(server)
         pending = server.pending
         if pending is not None:
             self.deliver(pending, now)
@@ -485,8 +502,18 @@ class VirtualRun:
                 for sink in self.sinks:
                     sink.apply_kv_events(server.pod, events, self.cluster.model)
         if outcome.batch_size:
-            server.pending = outcome
             server.stepping = True  # also when a timer, not an arrival, woke the idle engine
+            ahead = engine.decode_ahead() if self._runs else None
+            if ahead is not None:  # this step's gaps, and the cohort's next plain steps, in the queue
+                left, context, base, kv, blocks = ahead
+                stats = engine.stats
+                server.run = new_decode_run(
+                    left, outcome.batch_size, context, base, kv, outcome.gaps[0], outcome.end,
+                    stats.busy_seconds, stats.itl.total, stats.itl.bounds, blocks,
+                )  # fmt: skip
+                self._events.push_run(outcome.end, self._step, payload, server.run)
+                return
+            server.pending = outcome
             self._events.push(outcome.end, self._step, payload)  # _push, inlined: once per engine step
             return
         # idle: the next arrival wakes it (bumping the epoch voids this timer), else the timer does
@@ -498,10 +525,20 @@ class VirtualRun:
         if timer is not None:
             self._push(max(timer, now), self._step, payload)
 
+    def _took_steps(self, server: _Server) -> None:
+        """The engine takes over its cohort's counters from the steps the event queue took."""
+        run = server.run
+        assert run is not None
+        server.run = None
+        server.engine.took_decode_steps(
+            run.taken, run.context, run.last_end, run.busy, run.itl_total, run.adds
+        )
+
     def deliver(self, outcome: StepOutcome, now: float) -> None:
         """The step ended (``now`` is its end): hand out its tokens and finish its completed
-        requests. The inter-token gaps are the engine's, so a decode step touches no sequence."""
-        self.itl.extend(outcome.gaps)
+        requests. The inter-token gaps are the engine's, so a decode step touches no sequence.
+        (A cohort's plain steps, which produce gaps only, the event queue delivers itself.)"""
+        self._events.add_gaps(outcome.gaps)
         first: list[EngineSequence] = outcome.first_tokens  # type: ignore[assignment]
         for sequence in first:
             sequence.record.first_token = now

@@ -378,9 +378,11 @@ class Engine:
         """Queued requests, including decode legs waiting for their KV transfer (as vLLM counts)."""
         return len(self._waiting) + len(self._transferring)
 
-    def kv_usage(self) -> float:
-        """Fraction of KV blocks held by requests and prefill leases."""
-        return self.pool.num_in_use() / self.pool.num_blocks
+    def kv_usage(self, blocks_taken: int = 0) -> float:
+        """Fraction of KV blocks held by requests and prefill leases; ``blocks_taken``: blocks the
+        driver's steps of the cohort took that the engine has not been told of yet (see
+        ``decode_ahead``)."""
+        return (self.pool.num_in_use() + blocks_taken) / self.pool.num_blocks
 
     def running_loras(self) -> list[str]:
         return sorted(self._running_loras)
@@ -543,6 +545,82 @@ class Engine:
             request.last_token_at = end
         self._running = list(self._running)  # step outcomes hold the old one as ``emitted``
 
+    def decode_ahead(self) -> tuple[int, int, float, float, list[int]] | None:
+        """For a driver that takes a cohort's plain steps itself (the virtual-time benchmark's
+        event queue): after a step of the cohort, how many of the next steps only advance its
+        counters (no request's last token, nothing to admit, no lease or KV transfer to see to,
+        and the blocks they need free without evicting a cached one), the batch's decode context
+        now, a step's duration as ``base + kv * context`` once ``context`` has grown by the batch
+        size, and the blocks each step takes: ``(left, context, base, kv, blocks)``.
+        ``Profile.step_seconds`` for this batch summed in the same order (its prefill terms are
+        zeros, which leave the sum as it is). None when there are none. Those steps' blocks are
+        allocated when the driver reports the steps (``took_decode_steps``), in the order the
+        steps would have: nothing else touches this engine's pool meanwhile, and its KV usage
+        counts them through ``kv_usage(blocks_taken)``. Input to the engine ends them, so the
+        driver reports the steps taken before anything else calls the engine."""
+        if not (self._cohort and self._ticks):  # the last step was not a cohort step
+            return None
+        if (
+            self._leases
+            or self._transferring
+            or (self._waiting and len(self._running) < self.profile.max_num_seqs)
+        ):
+            return None
+        start = self._ticks
+        left = self._finish_tick - start
+        if left <= 0:
+            return None
+        blocks = [0] * left
+        bs = self.block_size
+        due = self._block_due or [(r.free_slots, 0, r) for r in self._running]
+        for tick, _, _ in due:  # each request's next tick of need (see _decode_step), then every bs
+            for at in range(tick - start, left, bs):
+                blocks[at] += 1
+        room = self.pool.num_free_without_eviction()
+        for at, count in enumerate(blocks):
+            room -= count
+            if room < 0:  # that step evicts or preempts: the engine takes it
+                del blocks[at:]
+                left = at
+                break
+        if left <= 0:
+            return None
+        profile = self.profile
+        base = profile.step_base_s + profile.decode_seq_s * len(self._running)
+        return left, self._running_context, base, profile.kv_read_token_s, blocks
+
+    def took_decode_steps(
+        self,
+        steps: int,
+        context: int,
+        last_end: float,
+        busy_seconds: float,
+        itl_total: float,
+        itl_adds: Sequence[int],
+    ) -> None:
+        """``steps`` plain steps of the cohort taken by the driver (see ``decode_ahead``): the
+        decode context and the last step's end after them, the running sums ``busy_seconds`` and
+        the ITL histogram's total (each step added in order, as ``_decode_step`` adds them) and
+        the counts its steps added to each ITL bucket."""
+        n = len(self._running)
+        end = self._ticks + steps
+        while self._next_block_tick < end:  # the blocks those steps took, in their order
+            allocated = self._allocate_due(self._next_block_tick)
+            assert allocated, "decode_ahead counted the blocks free"
+        self._ticks = end
+        self._running_context = context
+        self._last_end = last_end
+        stats = self.stats
+        stats.steps += steps
+        stats.busy_seconds = busy_seconds
+        stats.generation_tokens += n * steps
+        itl = stats.itl
+        itl.total = itl_total
+        itl.count += n * steps
+        counts = itl.counts
+        for bucket, added in enumerate(itl_adds):
+            counts[bucket] += added
+
     def _start_cohort(self, end: float) -> None:
         """After a step in which every running request emitted a token: they all decode one token
         a step from now on, until one finishes, runs out of blocks or another is admitted. Which
@@ -567,22 +645,8 @@ class Engine:
         blocks are short (the step preempts: the general path takes it)."""
         ticks = self._ticks
         running = self._running
-        if ticks == self._next_block_tick:
-            due = self._block_due
-            if not due:  # the requests' ticks of need, relative to the cohort's start
-                due.extend((r.free_slots, position, r) for position, r in enumerate(running))
-                heapq.heapify(due)
-            needing = []
-            while due and due[0][0] == ticks:
-                needing.append(heapq.heappop(due))
-            if len(needing) > self.pool.num_free():
-                return None
-            bs = self.block_size
-            for _, position, request in needing:  # in running order, as the step would
-                self.pool.allocate(request.table, 1)
-                request.free_slots += bs
-                heapq.heappush(due, (ticks + bs, position, request))
-            self._next_block_tick = due[0][0]
+        if ticks == self._next_block_tick and not self._allocate_due(ticks):
+            return None
         n = len(running)
         context = self._running_context + n
         duration = self.profile.step_seconds(n, context, 0, 0)
@@ -596,6 +660,26 @@ class Engine:
         stats.itl.observe(duration, n)
         stats.generation_tokens += n
         return StepOutcome(now, duration, n, 0, n, running, [], [end - now] * n, [], [])
+
+    def _allocate_due(self, ticks: int) -> bool:
+        """A block for each request of the cohort needing one at tick ``ticks``, in running order
+        (as ``_schedule_running`` would allocate them); False if blocks are short."""
+        due = self._block_due
+        if not due:  # the requests' ticks of need, relative to the cohort's start
+            due.extend((r.free_slots, position, r) for position, r in enumerate(self._running))
+            heapq.heapify(due)
+        needing = []
+        while due and due[0][0] == ticks:
+            needing.append(heapq.heappop(due))
+        if len(needing) > self.pool.num_free():
+            return False
+        bs = self.block_size
+        for _, position, request in needing:  # in running order, as the step would
+            self.pool.allocate(request.table, 1)
+            request.free_slots += bs
+            heapq.heappush(due, (ticks + bs, position, request))
+        self._next_block_tick = due[0][0]
+        return True
 
     def _schedule_running(self, batch: _Batch, outcome: StepOutcome) -> None:
         """Running requests in admission order, one decode token or the next prefill chunk each,

@@ -65,6 +65,10 @@ class BlockPool:
         """Blocks a new allocation can get, counting cached-unused blocks that can be evicted."""
         return self.num_blocks - self._fresh + len(self._free_ids) + len(self._evictable)
 
+    def num_free_without_eviction(self) -> int:
+        """Blocks a new allocation can get without evicting a cached block."""
+        return self.num_blocks - self._fresh + len(self._free_ids)
+
     def num_in_use(self) -> int:
         """Blocks held by requests or leases (vLLM's "used" for KV-cache usage)."""
         return self.num_blocks - self.num_free()

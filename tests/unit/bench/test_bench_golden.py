@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from epp.bench import virtual
+from epp.bench.events import PythonDecodeRun, PythonEventHeap
 from epp.bench.virtual import VirtualCluster, VirtualRun
 from epp.bench.workload import WorkloadSpec, generate
 from epp.config.loader import load_config, load_config_file
@@ -77,3 +79,24 @@ def run_digest(config: PickerConfig, endpoints: int, groups: int, per_group: int
 def test_virtual_runs_reproduce_their_pinned_results(config: str | None, endpoints: int, digest: str) -> None:
     picker = load_config_file(CONFIGS / config) if config else load_config()
     assert run_digest(picker, endpoints, groups=8, per_group=12) == digest
+
+
+@pytest.mark.parametrize(
+    ("config", "endpoints", "digest"),
+    [("random.yaml", 2, "bd742dfeb63e84e7"), ("kthena.yaml", 2, "74e0ad399b3564a5")],
+)
+def test_the_python_event_queue_takes_the_same_cohort_steps(
+    config: str, endpoints: int, digest: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event queue's reference in Python (the fallback without a C compiler) steps decode
+    cohorts as the compiled one does: the pinned results, with many steps taken by the queue."""
+    runs: list[PythonDecodeRun] = []
+
+    def python_run(*args: Any) -> PythonDecodeRun:
+        runs.append(PythonDecodeRun(*args))
+        return runs[-1]
+
+    monkeypatch.setattr(virtual, "new_event_queue", PythonEventHeap)
+    monkeypatch.setattr(virtual, "new_decode_run", python_run)
+    assert run_digest(load_config_file(CONFIGS / config), endpoints, groups=8, per_group=12) == digest
+    assert sum(run.taken for run in runs) > 100

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from epp.bench.events import PythonDecodeRun
 from epp.sim.engine import Engine, Request, State, StepOutcome
 from epp.sim.histogram import Histogram
 from epp.sim.profiles import TINY_TEST
@@ -197,3 +198,58 @@ def test_running_counters_match_the_requests(lazy: bool) -> None:
 
     for seed in range(4):
         trace(seed, check, lazy)
+
+
+@pytest.mark.parametrize("num_blocks", [256, 40, 24])
+def test_cohort_steps_a_driver_takes_leave_the_engine_as_its_own_steps(num_blocks: int) -> None:
+    """``decode_ahead`` / ``took_decode_steps``: a driver taking a cohort's plain steps with the
+    event queue's arithmetic (`PythonDecodeRun`, the reference of the compiled one) and reporting
+    them gives the same step times, KV usage at every step (its blocks counted before they are
+    allocated), KV events, counters and histograms as the engine stepping itself, also where the
+    pool is short enough that blocks run out (the driver stops before the step that would evict
+    or preempt)."""
+    profile = dataclasses.replace(TINY_TEST, num_gpu_blocks=num_blocks, kv_read_token_s=1e-7)
+
+    def busy_engine() -> Engine:
+        engine = Engine(profile, "m", record_kv_events=True, lazy_counters=True)
+        rng = random.Random(num_blocks)
+        shared = [rng.randrange(1000) for _ in range(40)]
+        for i in range(6):
+            prompt = shared + [rng.randrange(1000) for _ in range(rng.randrange(1, 30))]
+            engine.add(Request(f"r{i}", prompt, 60 + 13 * i, 0.0))
+        return engine
+
+    def observe(engine: Engine, end: float, blocks_taken: int = 0) -> list[Any]:
+        return [end, engine.kv_usage(blocks_taken), [str(e) for e in engine.drain_kv_events()]]
+
+    plain, driven = busy_engine(), busy_engine()
+    expected: list[Any] = []
+    now = 0.0
+    while plain.has_work():
+        outcome = plain.step(now)
+        now = outcome.end
+        expected.append(observe(plain, now))
+    got: list[Any] = []
+    now, taken = 0.0, 0
+    while driven.has_work():
+        outcome = driven.step(now)
+        now = outcome.end
+        got.append(observe(driven, now))
+        ahead = driven.decode_ahead()
+        if ahead is None:
+            continue
+        left, context, base, kv, blocks = ahead
+        itl = driven.stats.itl
+        run = PythonDecodeRun(
+            left, outcome.batch_size, context, base, kv, outcome.gaps[0], now,
+            driven.stats.busy_seconds, itl.total, itl.bounds, blocks,
+        )  # fmt: skip
+        while run.left:
+            now = run.step(now)
+            got.append(observe(driven, now, run.blocks_taken))
+        driven.took_decode_steps(run.taken, run.context, run.last_end, run.busy, run.itl_total, run.adds)
+        taken += run.taken
+    assert got == expected
+    for field in dataclasses.fields(plain.stats):
+        assert stat_record(getattr(driven.stats, field.name)) == stat_record(getattr(plain.stats, field.name))
+    assert taken > 50
