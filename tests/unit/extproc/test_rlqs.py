@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 
 import grpc
 import pytest
@@ -92,19 +93,33 @@ class Limit:
         self.now = 1000.0
 
 
-async def serving(
+def quota_service(
     objectives: Mapping[str, int] | None = None,
-) -> tuple[RateLimitQuotaService, Limit, EppMetrics, grpc.aio.Server, grpc.aio.Channel]:
+) -> tuple[RateLimitQuotaService, Limit, EppMetrics]:
+    """The service on the test's `Limit`, whose clock is also the EPP's CPU time (always busy)."""
     limit, metrics = Limit(), EppMetrics()
     clock = lambda: limit.now  # noqa: E731
-    quota = EnvoyQuota(lambda: limit.admitted, lambda: limit.refused, clock=clock, cpu=clock)  # busy
+    quota = EnvoyQuota(lambda: limit.admitted, lambda: limit.refused, clock=clock, cpu=clock)
     known = dict(objectives or {})
-    service = RateLimitQuotaService(quota, metrics, clock, lambda: known)
+    return RateLimitQuotaService(quota, metrics, clock, lambda: known), limit, metrics
+
+
+@asynccontextmanager
+async def serving(
+    objectives: Mapping[str, int] | None = None,
+) -> AsyncIterator[tuple[RateLimitQuotaService, Limit, EppMetrics, grpc.aio.Channel]]:
+    """The service on a gRPC server of its own, a channel to it; both closed on the way out."""
+    service, limit, metrics = quota_service(objectives)
     server = grpc.aio.server()
     rlqs_grpc.add_RateLimitQuotaServiceServicer_to_server(service, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    return service, limit, metrics, server, grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield service, limit, metrics, channel
+    finally:
+        await channel.close()
+        await server.stop(None)
 
 
 async def until(done: object) -> None:
@@ -141,8 +156,7 @@ def test_the_strategy_of_a_rate() -> None:
 async def test_a_huge_limit_is_sent_clamped_and_a_failed_quota_does_not_stop_the_shutdown(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    service, _, _, server, channel = await serving()
-    try:
+    async with serving() as (service, _, _, channel):
         one = Gateway(rlqs_grpc.RateLimitQuotaServiceStub(channel))
         one.report(allowed=1)
         await until(lambda: any(s.buckets for s in service._streams))
@@ -162,14 +176,10 @@ async def test_a_huge_limit_is_sent_clamped_and_a_failed_quota_does_not_stop_the
         assert "the rate-limit quota had stopped deciding" in caplog.text
         assert "the guard's count is gone" in caplog.text
         await asyncio.wait_for(one._reader, 5)  # the streams ended all the same
-    finally:
-        await channel.close()
-        await server.stop(None)
 
 
 async def test_a_limit_is_pushed_shared_by_demand_refreshed_and_lifted() -> None:
-    service, limit, metrics, server, channel = await serving()
-    try:
+    async with serving() as (service, limit, metrics, channel):
         stub = rlqs_grpc.RateLimitQuotaServiceStub(channel)
         one, two = Gateway(stub), Gateway(stub)
         one.report(allowed=1)
@@ -240,17 +250,13 @@ async def test_a_limit_is_pushed_shared_by_demand_refreshed_and_lifted() -> None
         assert one.answers.empty()  # nothing more to say while there is no limit
         await service.stop()  # ends the streams: the server can stop without waiting for them
         await asyncio.wait_for(one._reader, 5)
-    finally:
-        await channel.close()
-        await server.stop(None)
 
 
 async def test_a_rising_limit_changes_the_gateways_bucket_once_a_second() -> None:
     """Envoy 1.40 replaces a bucket's token bucket, full, whenever its figures change: a limit
     pushed risen every tick would hand out BURST_SECONDS of its rate every tick (about twice the
     limit let through while it rises)."""
-    service, limit, _, server, channel = await serving()
-    try:
+    async with serving() as (service, limit, _, channel):
         one = Gateway(rlqs_grpc.RateLimitQuotaServiceStub(channel))
         one.report(allowed=1)
         await until(lambda: any(s.buckets for s in service._streams))
@@ -272,17 +278,13 @@ async def test_a_rising_limit_changes_the_gateways_bucket_once_a_second() -> Non
             sent.append(token_bucket(one.answers.get_nowait())[:2])
         changes = sum(b != a for a, b in itertools.pairwise(sent))
         assert 2 <= changes <= 5, sent  # it rose, one step a second at most
-    finally:
-        await channel.close()
-        await server.stop(None)
 
 
 async def test_an_idle_gateway_does_not_lift_the_limit_from_under_a_busy_one() -> None:
     """Two gateways, one idle, one flooding: the busy one gets nearly the whole limit, and the
     EPP, receiving what its bucket lets through, keeps the limit (an idle gateway's unused share
     is not a fall in demand); once the flood ends, the limit is lifted."""
-    service, limit, _, server, channel = await serving()
-    try:
+    async with serving() as (service, limit, _, channel):
         stub = rlqs_grpc.RateLimitQuotaServiceStub(channel)
         idle = Gateway(stub)
         idle.report(allowed=1)
@@ -336,14 +338,10 @@ async def test_an_idle_gateway_does_not_lift_the_limit_from_under_a_busy_one() -
         await service.stop()
         await asyncio.wait_for(busy._reader, 5)
         await asyncio.wait_for(idle._reader, 5)
-    finally:
-        await channel.close()
-        await server.stop(None)
 
 
 async def test_a_gateway_slow_to_read_holds_only_the_latest_assignment() -> None:
-    service, _, _, server, channel = await serving()
-    try:
+    async with serving() as (service, _, _, channel):
         one = Gateway(rlqs_grpc.RateLimitQuotaServiceStub(channel))
         one.report(allowed=1)
         await until(lambda: any(s.buckets for s in service._streams))
@@ -355,16 +353,12 @@ async def test_a_gateway_slow_to_read_holds_only_the_latest_assignment() -> None
         await service.stop()
         await asyncio.wait_for(one._reader, 5)
         assert one.answers.empty()  # nothing but the latest was written
-    finally:
-        await channel.close()
-        await server.stop(None)
 
 
 async def test_reports_that_fail_end_the_stream_with_a_warning_naming_the_gateway(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    service, _, _, server, channel = await serving()
-    try:
+    async with serving() as (service, _, _, channel):
 
         def broken(*_: object) -> None:
             raise RuntimeError("unreadable report")
@@ -378,9 +372,6 @@ async def test_reports_that_fail_end_the_stream_with_a_warning_naming_the_gatewa
         assert record.getMessage().startswith("rate-limit quota stream from ipv")
         assert "its reports failed" in record.getMessage()
         assert record.exc_info is not None and "unreadable report" in str(record.exc_info[1])
-    finally:
-        await channel.close()
-        await server.stop(None)
 
 
 def rates_by_bucket(answer: rlqs.RateLimitQuotaResponse) -> dict[str, int]:
@@ -397,8 +388,7 @@ async def test_critical_buckets_are_served_first_and_sheddable_ones_get_the_rest
     """One gateway, a bucket per objective: the critical objective's bucket may take the whole
     limit, the priority-0 band (the default bucket and an objective the EPP does not know, as GIE
     treats it) shares what the critical demand leaves, and the sheddable bucket gets the rest."""
-    service, limit, metrics, server, channel = await serving(OBJECTIVES)
-    try:
+    async with serving(OBJECTIVES) as (service, limit, metrics, channel):
         one = Gateway(rlqs_grpc.RateLimitQuotaServiceStub(channel))
         every = {"chat": (1, 0), "batch": (1, 0), "": (1, 0), "stranger": (1, 0)}
         one.report_buckets(every)
@@ -441,14 +431,10 @@ async def test_critical_buckets_are_served_first_and_sheddable_ones_get_the_rest
         await service.stop()
         await asyncio.wait_for(one._reader, 5)
         await until(lambda: metrics.quota_buckets._value.get() == 0)  # its stream closed
-    finally:
-        await channel.close()
-        await server.stop(None)
 
 
 async def test_the_same_objective_on_two_gateways_shares_its_band_by_demand() -> None:
-    service, limit, _, server, channel = await serving(OBJECTIVES)
-    try:
+    async with serving(OBJECTIVES) as (service, limit, _, channel):
         stub = rlqs_grpc.RateLimitQuotaServiceStub(channel)
         one, two = Gateway(stub), Gateway(stub)
         one.report_buckets({"chat": (1, 0), "batch": (1, 0)})
@@ -464,19 +450,13 @@ async def test_the_same_objective_on_two_gateways_shares_its_band_by_demand() ->
         assert (first["chat"], second["chat"]) == pytest.approx((72.5, 27.5), abs=0.5)
         assert (first["batch"], second["batch"]) == pytest.approx((16.5, 43.5), abs=0.5)
         await service.stop()
-    finally:
-        await channel.close()
-        await server.stop(None)
 
 
 async def test_the_ext_proc_server_counts_each_request_it_reads_by_objective() -> None:
     """With the quota, every request whose first message the EPP reads is counted under its
     objective (a name the EPP knows) or with those naming none, a request the guard then refuses
     for its wait too: what reached the EPP, before the gateway's next report."""
-    limit, metrics = Limit(), EppMetrics()
-    clock = lambda: limit.now  # noqa: E731
-    quota = EnvoyQuota(lambda: limit.admitted, lambda: limit.refused, clock=clock, cpu=clock)
-    service = RateLimitQuotaService(quota, metrics, clock, lambda: OBJECTIVES)
+    service, limit, _ = quota_service(OBJECTIVES)
     datastore = Datastore()
     datastore.synced = True
     director, _ = build_director(load_config(), datastore, PluginContext())
@@ -513,8 +493,7 @@ async def test_a_new_buckets_first_report_does_not_clear_the_others_of_the_limit
     gateway whose counts (in its next report) began before the limit was set has not shown that
     its demand is below its allotment, even if that report had no denial: it still binds, so the
     limit is not lifted from under it."""
-    service, limit, _, server, channel = await serving(OBJECTIVES)
-    try:
+    async with serving(OBJECTIVES) as (service, limit, _, channel):
         one = Gateway(rlqs_grpc.RateLimitQuotaServiceStub(channel))
         one.report(allowed=1)
         await until(lambda: any(s.buckets for s in service._streams))
@@ -536,9 +515,6 @@ async def test_a_new_buckets_first_report_does_not_clear_the_others_of_the_limit
         await reported({"": (500, 0), "chat": (0, 0)})  # counts from 1005: nearly all before the limit
         assert service.binding() > 0.9
         await service.stop()
-    finally:
-        await channel.close()
-        await server.stop(None)
 
 
 def test_the_objective_counted_is_the_one_the_director_reads_when_the_header_repeats() -> None:
