@@ -132,13 +132,15 @@ def _error_headers(error: RequestError) -> dict[str, str]:
 
 
 def read_headers(headers: ext_proc.HttpHeaders) -> dict[str, str]:
-    """Header map as Envoy sends it (lowercase keys), preferring raw_value. Each field read from
-    the message makes a new object, so raw_value is read once; `decode` without an encoding
-    argument is UTF-8 without looking the codec up (7 against 11 us for 11 headers)."""
-    return {
-        h.key: raw.decode(errors="replace") if (raw := h.raw_value) else h.value
-        for h in headers.headers.headers
-    }
+    """Header map as Envoy sends it (lowercase keys); a repeated header's last value wins."""
+    return {h.key: header_value(h) for h in headers.headers.headers}
+
+
+def header_value(header: core.HeaderValue) -> str:
+    """One header's value, preferring raw_value. Each field read from the message makes a new
+    object, so raw_value is read once; `decode` without an encoding argument is UTF-8 without
+    looking the codec up (7 against 11 us for 11 headers)."""
+    return raw.decode(errors="replace") if (raw := header.raw_value) else header.value
 
 
 def read_metadata(metadata: core.Metadata) -> dict[str, dict[str, Any]]:

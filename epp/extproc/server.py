@@ -292,7 +292,7 @@ def _objective(message: ext_proc.ProcessingRequest) -> str | None:
     repeated header, as the director reads it (messages.read_headers)."""
     for header in reversed(message.request_headers.headers.headers):
         if header.key == OBJECTIVE_HEADER:
-            return header.raw_value.decode("utf-8", "replace") if header.raw_value else header.value
+            return messages.header_value(header)
     return None
 
 
