@@ -93,7 +93,6 @@ class _Stream:
     outbox: asyncio.Queue[_Response | None] = field(default_factory=lambda: asyncio.Queue(maxsize=1))
     ended: bool = False
     buckets: dict[bytes, _Bucket] = field(default_factory=dict)
-    last_report: float | None = None
     assigned: dict[bytes, float] | None = None  # each bucket's rate last sent (None: none, or allow-all)
     sent: float = 0.0  # when (monotonic)
 
@@ -101,6 +100,11 @@ class _Stream:
     def demand(self) -> float:
         """Requests per second in its last report, over all its buckets."""
         return sum(bucket.demand for bucket in self.buckets.values())
+
+    @property
+    def last_report(self) -> float | None:
+        """When its buckets were last reported (None: never)."""
+        return max((b.reported for b in self.buckets.values() if b.reported is not None), default=None)
 
     @property
     def limited(self) -> bool:
@@ -233,7 +237,6 @@ class RateLimitQuotaService(rlqs_grpc.RateLimitQuotaServiceServicer):
                 bucket.demand = requests / (now - bucket.reported)
             bucket.covered_from, bucket.reported, bucket.denied = bucket.reported, now, denied > 0
         self._count_buckets()
-        stream.last_report = now
         rates = self._allotments(self.quota.rate).get(stream)
         if rates is not None or stream.limited:  # refresh the TTL, or lift the buckets it holds
             stream.send(stream.assignment(rates, now))
