@@ -21,9 +21,9 @@ admitted less than `lift_below` of the part of the limit that still binds (`tick
 gateways that still deny requests hold it) without refusing: their demand fell below their share,
 so the limit no longer binds (a binding bucket lets through about its rate; Envoy 1.40's own
 reports of its denials come every 5 s, too late to lift on, soon enough to tell which gateways the
-limit holds back). The guard sees every request the same way (it refuses
-before reading one), so this limit is one for all; it is split between the gateways' buckets by
-their objectives' priorities (epp.flowcontrol.quota_priority), sheddable ones last."""
+limit holds back). The guard's admissions and refusals are counted alike whatever a request's
+priority, so this limit is one for all; it is split between the gateways' buckets by their
+objectives' priorities (epp.flowcontrol.quota_priority), sheddable ones last."""
 
 from __future__ import annotations
 
