@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from epp.requests.errors import ErrorCode, RequestError
 from epp.requests.types import ApiKind, InferenceRequest
+
+T = TypeVar("T")
 
 _PATH_SUFFIXES: tuple[tuple[str, ApiKind], ...] = (
     ("/conversations", ApiKind.CONVERSATIONS),
@@ -174,6 +176,18 @@ def _token_limit(body: Mapping[str, Any]) -> int | None:
     return limit
 
 
+def _optional(body: Mapping[str, Any], name: str, kind: type[T], default: T, what: str) -> T:
+    """An optional field's value, `default` when absent or null (how clients that write every
+    optional field say "unset": OpenAI's API types these "boolean or null", "string or null", and
+    vLLM and GIE take null as absent); a 400 naming `what` it must be otherwise."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, kind):
+        raise _bad(f"{name} must be {what}")
+    return value
+
+
 def _too_deep() -> RequestError:
     return _bad(
         f"error unmarshaling request body: objects and arrays are nested deeper than the limit of "
@@ -234,18 +248,8 @@ def parse_request(raw: bytes, path: str, headers: dict[str, str], request_id: st
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _bad("model not found in request body")
-    # null is how clients that write every optional field say "unset" (OpenAI's API types these
-    # "boolean or null", "string or null"); vLLM and GIE take it as absent.
-    stream = body.get("stream")
-    if stream is None:
-        stream = False
-    elif not isinstance(stream, bool):
-        raise _bad("stream must be a boolean")
-    cache_salt = body.get("cache_salt")
-    if cache_salt is None:
-        cache_salt = ""
-    elif not isinstance(cache_salt, str):
-        raise _bad("cache_salt must be a string")
+    stream = _optional(body, "stream", bool, False, "a boolean")
+    cache_salt = _optional(body, "cache_salt", str, "", "a string")
 
     kind = api_kind(path)
     token_ids: list[int] | None = None
