@@ -24,7 +24,7 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from kubernetes_asyncio.client import ApiClient, CoordinationV1Api, V1Lease, V1LeaseSpec, V1ObjectMeta
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 NOT_FOUND = 404
 _UNREACHABLE = (aiohttp.ClientError, OSError, TimeoutError)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -164,8 +165,7 @@ class LeaderElector:
         loop = asyncio.get_running_loop()
         now = _now()
         try:
-            async with asyncio.timeout(self.timing.request_timeout):
-                lease = await self._leases.read_namespaced_lease(self.name, self.namespace)
+            lease = await self._bounded(self._leases.read_namespaced_lease(self.name, self.namespace))
         except ApiException as exc:
             if exc.status != NOT_FOUND:
                 log.warning(
@@ -228,8 +228,7 @@ class LeaderElector:
         """Await `write` (a create or a replace) and remember the Lease it stored; False if the
         API server refused it (logged at `level`: a lost race is routine) or was unreachable."""
         try:
-            async with asyncio.timeout(self.timing.request_timeout):
-                written = await write
+            written = await self._bounded(write)
         except ApiException as exc:
             log.log(
                 level,
@@ -246,12 +245,18 @@ class LeaderElector:
         self._remember(written)
         return True
 
+    async def _bounded(self, request: Awaitable[T]) -> T:
+        """One API request, given up after the timing's request_timeout (client-go's)."""
+        async with asyncio.timeout(self.timing.request_timeout):
+            return await request
+
     def _log_unreachable(self, exc: BaseException) -> None:
+        log.warning("leader election: API server unreachable: %s", self._reason(exc))
+
+    def _reason(self, exc: BaseException) -> str:
         if isinstance(exc, TimeoutError):
-            reason = f"no answer within {self.timing.request_timeout:g}s"
-        else:
-            reason = str(exc) or type(exc).__name__
-        log.warning("leader election: API server unreachable: %s", reason)
+            return f"no answer within {self.timing.request_timeout:g}s"
+        return str(exc) or type(exc).__name__
 
     def _remember(self, lease: V1Lease) -> None:
         spec = lease.spec
@@ -267,8 +272,7 @@ class LeaderElector:
     async def _release(self) -> None:
         """Empty the holder (client-go's release), so a standby need not wait out the lease."""
         try:
-            async with asyncio.timeout(self.timing.request_timeout):
-                lease = await self._leases.read_namespaced_lease(self.name, self.namespace)
+            lease = await self._bounded(self._leases.read_namespaced_lease(self.name, self.namespace))
             spec = lease.spec or V1LeaseSpec()
             if spec.holder_identity != self.identity:
                 return
@@ -280,11 +284,11 @@ class LeaderElector:
                 renew_time=now,
                 lease_transitions=spec.lease_transitions,
             )
-            async with asyncio.timeout(self.timing.request_timeout):
-                await self._leases.replace_namespaced_lease(self.name, self.namespace, lease)
+            await self._bounded(self._leases.replace_namespaced_lease(self.name, self.namespace, lease))
             log.info("leader election: released Lease %s/%s", self.namespace, self.name)
         except (ApiException, *_UNREACHABLE) as exc:
-            log.warning("leader election: releasing Lease %s/%s failed: %s", self.namespace, self.name, exc)
+            name, reason = f"{self.namespace}/{self.name}", self._reason(exc)
+            log.warning("leader election: releasing Lease %s failed: %s", name, reason)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
