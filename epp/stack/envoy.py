@@ -405,15 +405,10 @@ def _quota_from_epp(options: EnvoyOptions) -> dict[str, Any]:
     a JSON 429 naming the limit (_local_replies: the filter's details, QUOTA_LIMITED)."""
     extra = [path for path in options.allowed_paths if path not in (*DEFAULT_ALLOWED_PATHS, "/")]
     paths = "|".join(re.escape(path) for path in (*INFERENCE_API_PATHS, *extra))
-    default = {"action": {"name": QUOTA_BUCKET, "typed_config": _quota_bucket({})}}
+    default = _quota_bucket({})
     on_match: dict[str, Any] = default
     if options.quota_objectives:
-        by_objective = {
-            name: {
-                "action": {"name": QUOTA_BUCKET, "typed_config": _quota_bucket({QUOTA_OBJECTIVE_KEY: name})}
-            }
-            for name in options.quota_objectives
-        }
+        by_objective = {name: _quota_bucket({QUOTA_OBJECTIVE_KEY: name}) for name in options.quota_objectives}
         objective = {
             "name": "objective",
             "typed_config": _typed(
@@ -452,11 +447,11 @@ def _quota_from_epp(options: EnvoyOptions) -> dict[str, Any]:
 
 
 def _quota_bucket(keys: dict[str, str]) -> dict[str, Any]:
-    """The settings of one quota bucket, its id `name: inference` and `keys`."""
+    """The matcher action of one quota bucket: its settings, its id `name: inference` and `keys`."""
     builder = {"name": {"string_value": QUOTA_BUCKET}} | {
         key: {"string_value": value} for key, value in keys.items()
     }
-    return _typed(
+    settings = _typed(
         "envoy.extensions.filters.http.rate_limit_quota.v3.RateLimitQuotaBucketSettings",
         bucket_id_builder={"bucket_id_builder": builder},
         reporting_interval=QUOTA_REPORTING_INTERVAL,
@@ -470,6 +465,7 @@ def _quota_bucket(keys: dict[str, str]) -> dict[str, Any]:
             ],
         },
     )
+    return {"action": {"name": QUOTA_BUCKET, "typed_config": settings}}
 
 
 def _adaptive_concurrency(options: EnvoyOptions) -> dict[str, Any]:
