@@ -180,7 +180,7 @@ def parse_responses(body: dict[str, Any]) -> Generation:
     background = _optional_bool(body, "background", default=False)
     if background and not store:
         raise ApiError(400, "background can only be used when `store` is true", "background")
-    if background and body.get("stream") is True:
+    if background and _optional_bool(body, "stream"):
         raise ApiError(
             400,
             "epp sim does not simulate streamed background responses (background with stream); "
@@ -223,24 +223,41 @@ def _generation(
     if not isinstance(model, str) or not model:
         raise ApiError(400, "'model' is required", "model")
     max_tokens = _optional_int(body, limit_field, minimum=1)
-    stream = body.get("stream") is True
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise ApiError(400, "'stream_options' must be an object", "stream_options")
+    stream = bool(_optional_bool(body, "stream", default=False))
+    include_usage = kind != "responses" and _include_usage(body)  # vLLM's Responses API has none
     return Generation(
         kind=kind,
         model=model,
         prompts=prompts,
         max_tokens=default_limit if max_tokens is None else max_tokens,
         min_tokens=_optional_int(body, "min_tokens", minimum=0, nullable=False) or 0,
-        ignore_eos=body.get("ignore_eos") is True,
+        ignore_eos=bool(_optional_bool(body, "ignore_eos", default=False, nullable=False)),
         stream=stream,
-        include_usage=stream and bool(options and options.get("include_usage")),
+        include_usage=stream and include_usage,
         kv_transfer_params=body.get("kv_transfer_params"),
         # vLLM: chat's `n` may be null, completions' not.
         n=1 if kind == "responses" else _optional_int(body, "n", minimum=1, nullable=kind == "chat") or 1,
         priority=_optional_int(body, "priority", minimum=None, nullable=False) or 0,
     )
+
+
+def _include_usage(body: dict[str, Any]) -> bool:
+    """`stream_options.include_usage` as vLLM reads it: an object whose `include_usage` is a lax
+    boolean, true when left out (null: no usage). vLLM's own check comes first, on the JSON values:
+    non-empty options beside a `stream` that is not truthy JSON are its 400 (`"stream": "false"`
+    passes it, and then does not stream)."""
+    options = body.get("stream_options")
+    if options and not body.get("stream"):
+        raise ApiError(400, "Stream options can only be defined when `stream=True`.", "stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise ApiError(400, "'stream_options' must be an object", "stream_options")
+    value = options.get("include_usage", True)
+    read = None if value is None else lax_bool(value)
+    if value is not None and read is None:
+        raise ApiError(400, "'stream_options.include_usage' must be a boolean", "stream_options")
+    return bool(read)
 
 
 def _optional_str(body: dict[str, Any], field: str) -> str | None:

@@ -305,6 +305,19 @@ async def test_stream_with_usage(cluster: SimCluster, http: aiohttp.ClientSessio
     assert [f["choices"][0]["finish_reason"] for f in tokens] == [None] * 5 + ["length"]
 
 
+async def test_stream_given_as_a_string_streams(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
+    """vLLM reads `"stream": "true"` as true (pydantic's lax booleans); the simulator answered it
+    with one JSON body."""
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 2, "ignore_eos": "true", "stream": "true"}
+    body["stream_options"] = {"include_usage": "1"}
+    async with http.post(base(cluster) + "/v1/completions", json=body) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        frames = await read_sse(response)
+    assert frames[-1] == "[DONE]" and frames[-2]["usage"]["completion_tokens"] == 2
+    status, _, error = await post(http, base(cluster) + "/v1/completions", {**body, "stream": 2})
+    assert (status, error["param"], error["message"]) == (400, "stream", "'stream' must be a boolean")
+
+
 async def test_chat_stream_role_frame_first(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True}
     async with http.post(base(cluster) + "/v1/chat/completions", json=body) as response:

@@ -55,6 +55,78 @@ def test_whole_floats_count_as_integers_as_in_vllm() -> None:
 
 
 @pytest.mark.parametrize(
+    ("value", "streams"),
+    [
+        *(("true", True), ("True", True), (1, True), (1.0, True), ("yes", True), ("on", True)),
+        *(("false", False), ("0", False), (0, False), (None, False)),
+    ],
+)
+def test_stream_is_read_as_vllms_lax_boolean(value: object, streams: bool) -> None:
+    """`"stream": "true"` did not stream: vLLM's pydantic field reads it (and 1, "yes") as true."""
+    for parse, body in (
+        (parse_completion, {"model": "m", "prompt": "x"}),
+        (parse_chat, {"model": "m", "messages": [{"role": "user", "content": "x"}]}),
+        (parse_responses, {"model": "m", "input": "x"}),
+    ):
+        assert parse({**body, "stream": value}).stream is streams, (parse, value)
+
+
+def test_ignore_eos_and_include_usage_are_read_as_vllms_lax_booleans() -> None:
+    body = {"model": "m", "prompt": "x"}
+    assert parse_completion({**body, "ignore_eos": "true"}).ignore_eos
+    assert not parse_completion({**body, "ignore_eos": 0}).ignore_eos
+    streamed = {**body, "stream": "true"}
+    assert parse_completion({**streamed, "stream_options": {"include_usage": "1"}}).include_usage
+    assert not parse_completion({**streamed, "stream_options": {"include_usage": "off"}}).include_usage
+    # vLLM's StreamOptions: include_usage defaults to true; null is no usage
+    assert parse_completion({**streamed, "stream_options": {}}).include_usage
+    assert not parse_completion({**streamed, "stream_options": {"include_usage": None}}).include_usage
+    # vLLM checks the JSON `stream` first: "false" is truthy there, then read as false
+    quiet = parse_completion({**body, "stream": "false", "stream_options": {"include_usage": True}})
+    assert not quiet.stream and not quiet.include_usage
+    # vLLM's Responses API has no stream_options: an unknown field there, ignored
+    assert not parse_responses({"model": "m", "input": "x", "stream_options": {"include_usage": 2}}).stream
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "message"),
+    [
+        ({"stream": 2}, "stream", "'stream' must be a boolean"),
+        ({"stream": []}, "stream", "'stream' must be a boolean"),
+        ({"stream": "maybe"}, "stream", "'stream' must be a boolean"),
+        ({"stream": " true"}, "stream", "'stream' must be a boolean"),
+        ({"ignore_eos": 2}, "ignore_eos", "'ignore_eos' must be a boolean"),
+        ({"ignore_eos": None}, "ignore_eos", "'ignore_eos' must be a boolean"),
+        (
+            {"stream": True, "stream_options": {"include_usage": []}},
+            "stream_options",
+            "'stream_options.include_usage' must be a boolean",
+        ),
+        (
+            {"stream_options": {"include_usage": True}},
+            "stream_options",
+            "Stream options can only be defined when `stream=True`.",
+        ),
+        (
+            {"stream": 0, "stream_options": {"include_usage": True}},
+            "stream_options",
+            "Stream options can only be defined when `stream=True`.",
+        ),
+    ],
+)
+def test_hostile_stream_flags_are_vllms_400(fields: dict[str, object], param: str, message: str) -> None:
+    with pytest.raises(ApiError) as info:
+        parse_chat({"model": "m", "messages": [{"role": "user", "content": "x"}], **fields})
+    assert info.value.body() == {
+        "object": "error",
+        "message": message,
+        "type": "BadRequestError",
+        "param": param,
+        "code": 400,
+    }
+
+
+@pytest.mark.parametrize(
     ("body", "param"),
     [
         ({"prompt": "x"}, "model"),
