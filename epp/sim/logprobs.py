@@ -7,17 +7,21 @@ per-position set, the sampled token then the top `count`, holds `count` distinct
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from epp.sim.tokens import output_text
 
 
-def position(seed: int, index: int, count: int) -> list[tuple[str, float]]:
-    """(token text, logprob) at generated token `index`: the sampled token, then alternatives in
-    falling likelihood."""
+def position(
+    seed: int, index: int, count: int, pieces: Sequence[str] | None = None
+) -> list[tuple[str, float]]:
+    """(token text, logprob) at generated token `index`: the sampled token (`pieces[index]` when
+    the sequence's tokens are given, a forced tool call's), then alternatives in falling
+    likelihood."""
     sampled = -((seed * 31 + index * 7) % 97 + 1) / 100  # in [-0.97, -0.01]
     spread = ((seed + index) % 25) / 100
-    entries = [(output_text(seed, index), sampled)]
+    entries = [(output_text(seed, index) if pieces is None else pieces[index], sampled)]
     entries.extend(
         (output_text(seed, index, rank), round(sampled - 1.25 * rank - spread, 4)) for rank in range(1, count)
     )
@@ -28,12 +32,14 @@ def _chat_entry(token: str, logprob: float) -> dict[str, Any]:
     return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
 
 
-def chat_logprobs(seed: int, start: int, end: int, count: int) -> dict[str, Any]:
+def chat_logprobs(
+    seed: int, start: int, end: int, count: int, pieces: Sequence[str] | None = None
+) -> dict[str, Any]:
     """`choices[].logprobs` of a chat completion for tokens `start`..`end` (exclusive); `count`:
     the request's `top_logprobs`."""
     content = []
     for index in range(start, end):
-        entries = position(seed, index, count)
+        entries = position(seed, index, count, pieces)
         token, logprob = entries[0]
         top = [_chat_entry(t, lp) for t, lp in entries[:count]]
         content.append({**_chat_entry(token, logprob), "top_logprobs": top})
@@ -56,12 +62,18 @@ def completion_logprobs(seed: int, start: int, end: int, count: int, offset: int
 
 
 def choice_logprobs(
-    kind: str, seed: int, start: int, end: int, count: int | None, offset: int
+    kind: str,
+    seed: int,
+    start: int,
+    end: int,
+    count: int | None,
+    offset: int,
+    pieces: Sequence[str] | None = None,
 ) -> dict[str, Any] | None:
     """A choice's `logprobs` for tokens `start`..`end` in `kind`'s API shape; None when the request
-    asked for none (`count` None)."""
+    asked for none (`count` None). `pieces`: a chat sequence's own tokens (a forced tool call)."""
     if count is None:
         return None
     if kind == "chat":
-        return chat_logprobs(seed, start, end, count)
+        return chat_logprobs(seed, start, end, count, pieces)
     return completion_logprobs(seed, start, end, count, offset)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any, Literal
 
 import xxhash
 
+from epp.sim.errors import ApiError
 from epp.sim.lax import lax_bool, lax_int
 from epp.sim.tokens import VOCAB_SIZE, render_chat, tokenize
+from epp.sim.tools import ForcedTools, parse_tool_choice
 
 Kind = Literal["completion", "chat", "responses"]
 Turn = tuple[str, str]
@@ -24,36 +25,6 @@ Turn = tuple[str, str]
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 """OpenAI's (and vLLM's) default ``max_tokens`` for legacy completions."""
 EMBEDDING_DIMENSIONS = 256
-
-
-class ApiError(Exception):
-    """An error answered in vLLM's shape: ``{"object": "error", "message", "type", "param", "code"}``."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, kind: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.kind = kind  # vLLM's `err_type` where it names one; else from the status
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "object": "error",
-            "message": self.message,
-            "type": self.kind or error_type(self.status),
-            "param": self.param,
-            "code": self.status,
-        }
-
-
-def error_type(status: int) -> str:
-    """``BadRequestError``, ``NotFoundError``, ``TooManyRequestsError``, ``InternalServerError``..."""
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
-    name = "".join(word.capitalize() if word.islower() else word for word in phrase.replace("-", " ").split())
-    return name if name.endswith("Error") else name + "Error"
 
 
 @dataclass(slots=True)
@@ -75,6 +46,7 @@ class Generation:
     # Alternatives per generated token the answer shows (vLLM's SamplingParams.logprobs: chat's
     # `top_logprobs` when `logprobs` is true, completions' `logprobs`); None: no logprobs.
     logprobs: int | None = None
+    tools: ForcedTools | None = None  # chat's forced tool choice (a named function, "required")
 
 
 @dataclass(slots=True)
@@ -159,6 +131,7 @@ def parse_chat(body: dict[str, Any]) -> Generation:
         raise ApiError(400, "when using `top_logprobs`, `logprobs` must be set to true.", "top_logprobs")
     count = _optional_int(body, "top_logprobs", minimum=None)
     gen.logprobs = _whole_vocabulary(count or 0) if wanted else None
+    gen.tools = parse_tool_choice(body)
     return gen
 
 
@@ -366,6 +339,7 @@ class Choice:
     text: str
     finish_reason: str | None
     logprobs: dict[str, Any] | None = None
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # chat's `message.tool_calls`
 
 
 def _envelope(
@@ -413,7 +387,7 @@ def chat_body(
     rendered = [
         {
             "index": c.index,
-            "message": {"role": "assistant", "content": c.text, "tool_calls": []},
+            "message": {"role": "assistant", "content": c.text, "tool_calls": c.tool_calls},
             "logprobs": c.logprobs,
             "finish_reason": c.finish_reason,
             "stop_reason": None,
@@ -488,8 +462,17 @@ def completion_chunk(rid: str, created: int, model: str, choice: Choice) -> dict
     }
 
 
-def chat_chunk(rid: str, created: int, model: str, choice: Choice, first: bool = False) -> dict[str, Any]:
-    delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {"content": choice.text}
+def chat_chunk(
+    rid: str,
+    created: int,
+    model: str,
+    choice: Choice,
+    first: bool = False,
+    delta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A chat stream's frame: the role frame (`first`), a text frame, or the given `delta`."""
+    if delta is None:
+        delta = {"role": "assistant", "content": ""} if first else {"content": choice.text}
     return {
         "id": rid,
         "object": "chat.completion.chunk",

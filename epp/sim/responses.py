@@ -21,7 +21,8 @@ from epp.sim.openai_api import (
     embedding_vector,
     responses_body,
 )
-from epp.sim.sequences import SequenceGroup
+from epp.sim.sequences import OutputSequence, SequenceGroup
+from epp.sim.tools import message_tool_calls
 
 
 def json_response(body: dict[str, Any] | list[Any], status: int = 200) -> web.Response:
@@ -35,15 +36,7 @@ def error_response(error: ApiError) -> web.Response:
 def generation_body(gen: Generation, group: SequenceGroup, kv: dict[str, Any] | None) -> dict[str, Any]:
     """The finished ``group`` as ``gen``'s API answers it; ``kv``: a prefill leg's transfer params."""
     created = int(time.time())
-    choices = [
-        Choice(
-            s.index,
-            s.text(),
-            s.request.finish_reason,
-            choice_logprobs(gen.kind, s.seed, 0, s.request.output_done, gen.logprobs, 0),
-        )
-        for s in group.sequences
-    ]
+    choices = [_choice(gen, s) for s in group.sequences]
     use = group.usage()
     if gen.kind == "chat":
         return chat_body(f"chatcmpl-{uuid.uuid4().hex}", created, gen.model, choices, use, kv)
@@ -53,6 +46,16 @@ def generation_body(gen: Generation, group: SequenceGroup, kv: dict[str, Any] | 
             gen.conversation.response_id, created, gen.model, first.text, first.finish_reason, use, kv
         )
     return completion_body(f"cmpl-{uuid.uuid4().hex}", created, gen.model, choices, use, kv)
+
+
+def _choice(gen: Generation, seq: OutputSequence) -> Choice:
+    """One finished sequence; a forced tool call as vLLM's message: no content, the call."""
+    reason = seq.request.finish_reason
+    logprobs = choice_logprobs(gen.kind, seq.seed, 0, seq.request.output_done, gen.logprobs, 0, seq.pieces)
+    if seq.call is None:
+        return Choice(seq.index, seq.text(), reason, logprobs)
+    calls = message_tool_calls(seq.call, len(seq.text()))
+    return Choice(seq.index, "", seq.call.finish_reason(reason), logprobs, calls)
 
 
 def embeddings_body(model: str, prompts: list[list[int]], dimensions: int) -> dict[str, Any]:

@@ -11,21 +11,28 @@ from epp.sim.driver import EngineDriver
 from epp.sim.engine import Request, State
 from epp.sim.openai_api import usage
 from epp.sim.tokens import output_text
+from epp.sim.tools import ToolCallPlan
 
 
 class OutputSequence:
-    """One choice of an HTTP request: its engine request and how many of its tokens were sent."""
+    """One choice of an HTTP request: its engine request and how many of its tokens were sent.
+    With a forced tool call (`call`) its tokens are the pieces of the call's text; else words."""
 
-    __slots__ = ("index", "request", "seed", "sent")
+    __slots__ = ("call", "index", "pieces", "request", "seed", "sent")
 
-    def __init__(self, index: int, request: Request, seed: int) -> None:
+    def __init__(self, index: int, request: Request, seed: int, call: ToolCallPlan | None = None) -> None:
         self.index = index
         self.request = request
         self.seed = seed
         self.sent = 0
+        self.call = call
+        self.pieces = call.pieces if call is not None else None
+
+    def token_text(self, index: int) -> str:
+        return self.pieces[index] if self.pieces is not None else output_text(self.seed, index)
 
     def text(self, start: int = 0) -> str:
-        return "".join(output_text(self.seed, i) for i in range(start, self.request.output_done))
+        return "".join(self.token_text(i) for i in range(start, self.request.output_done))
 
 
 class SequenceGroup:

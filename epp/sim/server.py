@@ -395,9 +395,16 @@ class SimServer:
                 "Please reduce the length of the messages or completion.",
             )
         seed = sequence_seed(prompt, self.config.seed + sample)  # each of `n` samples differs
-        count, reason = (
-            (1, "length") if role.prefill_leg else output_length(limit, seed, gen.ignore_eos, gen.min_tokens)
-        )
+        call = gen.tools.plan(seed) if gen.tools is not None else None
+        if role.prefill_leg:
+            count, reason = 1, "length"
+        elif call is not None:
+            # Guided decoding ends the text with the call: ignore_eos and min_tokens would only
+            # add end-of-sequence tokens without text, which the simulator does not count.
+            written = len(call.pieces)
+            count, reason = (written, "stop") if written <= limit else (limit, "length")
+        else:
+            count, reason = output_length(limit, seed, gen.ignore_eos, gen.min_tokens)
         request = Request(
             f"{self.config.name}-{next(self._ids)}",
             prompt,
@@ -409,7 +416,7 @@ class SimServer:
             hold_blocks=role.prefill_leg,
             priority=gen.priority,
         )
-        return OutputSequence(index, request, seed)
+        return OutputSequence(index, request, seed, call)
 
     def _submit(self, group: SequenceGroup) -> None:
         for seq in group.sequences:

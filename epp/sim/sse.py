@@ -22,8 +22,8 @@ from epp.sim.openai_api import (
     responses_body,
     usage_chunk,
 )
-from epp.sim.sequences import SequenceGroup
-from epp.sim.tokens import output_text
+from epp.sim.sequences import OutputSequence, SequenceGroup
+from epp.sim.tools import tool_call_id
 
 
 async def stream_response(http: web.Request, gen: Generation, group: SequenceGroup) -> web.StreamResponse:
@@ -84,6 +84,8 @@ class SseWriter:
         self._group = group
         self._created = int(time.time())
         self._offsets: dict[int, int] = {}  # per choice: the text sent so far (completions' text_offset)
+        self._written: dict[int, int] = {}  # per choice with a forced tool call: its text sent so far
+        self._called: set[int] = set()  # the choices whose tool call has opened (id and name sent)
         if gen.conversation is not None:
             self._id = gen.conversation.response_id
         else:
@@ -116,16 +118,20 @@ class SseWriter:
             request = seq.request
             while seq.sent < request.output_done:
                 index = seq.sent
-                text = output_text(seq.seed, index)
+                text = seq.token_text(index)
                 seq.sent += 1
                 last = seq.sent == request.output_done and request.state is State.DONE
                 logprobs = None
                 if gen.logprobs is not None:
                     offset = self._offsets.get(seq.index, 0)
                     self._offsets[seq.index] = offset + len(text)
-                    logprobs = choice_logprobs(gen.kind, seq.seed, index, index + 1, gen.logprobs, offset)
+                    logprobs = choice_logprobs(
+                        gen.kind, seq.seed, index, index + 1, gen.logprobs, offset, seq.pieces
+                    )
                 choice = Choice(seq.index, text, request.finish_reason if last else None, logprobs)
-                if gen.kind == "chat":
+                if gen.kind == "chat" and seq.call is not None:
+                    frames.extend(self._tool_call_frame(seq, choice))
+                elif gen.kind == "chat":
                     frames.append(_data(chat_chunk(self._id, self._created, gen.model, choice)))
                 elif gen.kind == "responses":
                     frames.append(
@@ -142,6 +148,26 @@ class SseWriter:
                 else:
                     frames.append(_data(completion_chunk(self._id, self._created, gen.model, choice)))
         return b"".join(frames)
+
+    def _tool_call_frame(self, seq: OutputSequence, choice: Choice) -> list[bytes]:
+        """A forced tool call's token as vLLM streams it: the arguments it adds, the first time
+        with the call's id and name. A token that adds none (a `required` call's wrapper around
+        them) sends no frame, unless it ends the choice or carries logprobs (then `delta: {}`)."""
+        assert seq.call is not None
+        start = self._written.get(seq.index, 0)
+        self._written[seq.index] = start + len(choice.text)
+        arguments = seq.call.arguments(start, start + len(choice.text))
+        delta: dict[str, Any] = {}
+        if arguments and seq.index in self._called:
+            delta = {"tool_calls": [{"index": 0, "function": {"arguments": arguments}}]}
+        elif arguments:
+            self._called.add(seq.index)
+            call = {"name": seq.call.name, "arguments": arguments}
+            delta = {"tool_calls": [{"id": tool_call_id(), "type": "function", "index": 0, "function": call}]}
+        if not delta and choice.finish_reason is None and choice.logprobs is None:
+            return []
+        choice.finish_reason = seq.call.finish_reason(choice.finish_reason)
+        return [_data(chat_chunk(self._id, self._created, self._gen.model, choice, delta=delta))]
 
     def closing(self) -> bytes:
         gen = self._gen

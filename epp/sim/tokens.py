@@ -60,6 +60,12 @@ def tokenize(text: str) -> list[int]:
     return [zlib.crc32(piece.encode()) % VOCAB_SIZE for piece in _PIECE.findall(text)]
 
 
+def token_pieces(text: str) -> list[str]:
+    """The text of each of ``text``'s tokens, in order: together they are the text (every
+    character falls in one piece), and there are as many as ``tokenize`` gives ids."""
+    return _PIECE.findall(text)
+
+
 def _python_word_ids(text: str) -> list[int]:
     """The words path in Python (text known to match ``_WORDS_TEXT``)."""
     crc = zlib.crc32

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jsonschema
 import msgpack
 import openai
 import pytest
@@ -316,6 +317,108 @@ async def test_stream_given_as_a_string_streams(cluster: SimCluster, http: aioht
     assert frames[-1] == "[DONE]" and frames[-2]["usage"]["completion_tokens"] == 2
     status, _, error = await post(http, base(cluster) + "/v1/completions", {**body, "stream": 2})
     assert (status, error["param"], error["message"]) == (400, "stream", "'stream' must be a boolean")
+
+
+WEATHER_PARAMETERS = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string"},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        "days": {"type": "integer", "minimum": 1, "maximum": 7},
+        "where": {"type": "object", "properties": {"lat": {"type": "number"}}, "required": ["lat"]},
+        "hours": {"type": "array", "items": {"type": "integer"}},
+        "alerts": {"type": "boolean"},
+    },
+    "required": ["city", "unit", "days", "where", "hours", "alerts"],
+}
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": WEATHER_PARAMETERS}},
+    {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}},
+]
+NAMED = {"type": "function", "function": {"name": "get_weather"}}
+
+
+def tool_request(choice: Any, **fields: Any) -> dict[str, Any]:
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    return {"model": MODEL, "messages": messages, "tools": TOOLS, "tool_choice": choice, **fields}
+
+
+async def test_a_named_tool_choice_answers_one_call_to_that_tool(
+    cluster: SimCluster, http: aiohttp.ClientSession
+) -> None:
+    """vLLM with a named tool_choice: guided decoding writes the tool's arguments, the message has
+    no content and one call; finish_reason stays "stop" (OpenAI's rule for a named call). The
+    simulator answered with words and no call."""
+    status, _, data = await post(http, base(cluster) + "/v1/chat/completions", tool_request(NAMED))
+    assert status == 200
+    (choice,) = data["choices"]
+    assert choice["finish_reason"] == "stop" and choice["message"]["content"] == ""
+    (call,) = choice["message"]["tool_calls"]
+    assert call["type"] == "function" and call["id"].startswith("chatcmpl-tool-")
+    assert call["function"]["name"] == "get_weather"
+    arguments = call["function"]["arguments"]
+    jsonschema.validate(json.loads(arguments), WEATHER_PARAMETERS)
+    assert data["usage"]["completion_tokens"] == len(tokenize(arguments))
+
+
+async def test_a_required_tool_choice_streams_one_call(
+    cluster: SimCluster, http: aiohttp.ClientSession
+) -> None:
+    """Streamed as vLLM streams it: the call's id, type and name with its first arguments, then
+    argument deltas; the tokens of the `[{"name": ..., "parameters": ...}]` around them send no
+    frame but count in the usage; finish_reason "tool_calls"."""
+    body = tool_request("required", stream=True, stream_options={"include_usage": True})
+    async with http.post(base(cluster) + "/v1/chat/completions", json=body) as response:
+        frames = await read_sse(response)
+    assert frames[-1] == "[DONE]" and frames[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    deltas = [f["choices"][0]["delta"] for f in frames[1:-2]]
+    first = deltas[0]["tool_calls"][0]
+    assert first["id"].startswith("chatcmpl-tool-") and first["type"] == "function" and first["index"] == 0
+    name = first["function"]["name"]
+    tools = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+    arguments = "".join(d["tool_calls"][0]["function"]["arguments"] for d in deltas if d)
+    jsonschema.validate(json.loads(arguments), tools[name])
+    assert all(set(d["tool_calls"][0]) == {"index", "function"} for d in deltas[1:] if d)
+    assert [f["choices"][0]["finish_reason"] for f in frames[1:-2]][-1] == "tool_calls"
+    written = f'[{{"name": "{name}", "parameters": {arguments}}}]'
+    assert frames[-2]["usage"]["completion_tokens"] == len(tokenize(written))
+
+    status, _, data = await post(http, base(cluster) + "/v1/chat/completions", tool_request("required"))
+    (choice,) = data["choices"]
+    assert (status, choice["finish_reason"], choice["message"]["content"]) == (200, "tool_calls", "")
+    assert choice["message"]["tool_calls"][0]["function"] == {"name": name, "arguments": arguments}
+
+
+async def test_a_named_tool_call_streamed_and_cut_short(
+    cluster: SimCluster, http: aiohttp.ClientSession
+) -> None:
+    body = tool_request(NAMED, stream=True, logprobs=True)
+    async with http.post(base(cluster) + "/v1/chat/completions", json=body) as response:
+        frames = await read_sse(response)
+    choices = [f["choices"][0] for f in frames[1:-1]]
+    arguments = "".join(c["delta"]["tool_calls"][0]["function"]["arguments"] for c in choices)
+    jsonschema.validate(json.loads(arguments), WEATHER_PARAMETERS)
+    assert choices[-1]["finish_reason"] == "stop"
+    assert "".join(c["logprobs"]["content"][0]["token"] for c in choices) == arguments
+
+    status, _, data = await post(
+        http, base(cluster) + "/v1/chat/completions", tool_request(NAMED, max_tokens=3)
+    )
+    (choice,) = data["choices"]
+    assert (status, choice["finish_reason"], data["usage"]["completion_tokens"]) == (200, "length", 3)
+    cut = choice["message"]["tool_calls"][0]["function"]["arguments"]
+    assert arguments.startswith(cut) and len(tokenize(cut)) == 3
+
+
+async def test_an_unknown_tool_in_tool_choice_is_vllms_400(
+    cluster: SimCluster, http: aiohttp.ClientSession
+) -> None:
+    choice = {"type": "function", "function": {"name": "get_news"}}
+    status, _, data = await post(http, base(cluster) + "/v1/chat/completions", tool_request(choice))
+    assert (status, data["param"]) == (400, "tool_choice")
+    assert (
+        data["message"] == "The tool specified in `tool_choice` does not match any of the specified `tools`"
+    )
 
 
 async def test_chat_stream_role_frame_first(cluster: SimCluster, http: aiohttp.ClientSession) -> None:

@@ -1,0 +1,212 @@
+"""Forced tool calls: the arguments drawn for a tool's schema (checked with jsonschema), the text a
+sequence writes for a call, and vLLM's checks of `tools` and `tool_choice`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jsonschema
+import pytest
+
+from epp.sim.errors import ApiError
+from epp.sim.openai_api import parse_chat
+from epp.sim.schema_values import schema_value
+from epp.sim.tokens import token_pieces, tokenize
+from epp.sim.tools import ForcedTools, parse_tool_choice
+
+SCHEMAS: list[dict[str, Any]] = [
+    {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "minLength": 12, "maxLength": 20},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            "days": {"type": "integer", "minimum": 1, "maximum": 3},
+            "ratio": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+            "late": {"type": "boolean"},
+            "tags": {
+                "type": "array",
+                "items": {"type": "string", "maxLength": 3},
+                "minItems": 4,
+                "maxItems": 5,
+            },
+            "where": {
+                "type": "object",
+                "properties": {"lat": {"type": "number", "minimum": -90, "maximum": 90}},
+                "required": ["lat"],
+                "additionalProperties": False,
+            },
+        },
+        "required": ["city", "unit", "days", "ratio", "late", "tags", "where"],
+        "additionalProperties": False,
+    },
+    {"type": "object", "properties": {}},
+    {"type": "object", "required": ["only"]},
+    {
+        "type": "object",
+        "properties": {"n": {"type": ["null", "integer"], "exclusiveMinimum": 5, "maximum": 6}},
+    },
+    {
+        "type": "object",
+        "properties": {"x": {"anyOf": [{"type": "integer", "minimum": 10}, {"type": "string"}]}},
+    },
+    {"type": "object", "properties": {"c": {"const": {"fixed": [1, 2]}}, "z": {"type": "null"}}},
+    {
+        "allOf": [
+            {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
+            {"properties": {"b": {"type": "string", "pattern": "^[a-z ]+$"}}, "required": ["b"]},
+        ]
+    },
+    {
+        "type": "object",
+        "$defs": {
+            "node": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "children": {"type": "array", "items": {"$ref": "#/$defs/node"}},
+                },
+                "required": ["name", "children"],
+            }
+        },
+        "properties": {
+            "tree": {"$ref": "#/$defs/node"},
+            "pair": {
+                "type": "array",
+                "prefixItems": [{"type": "integer"}, {"type": "boolean"}],
+                "minItems": 2,
+                "maxItems": 2,
+            },
+        },
+        "required": ["tree", "pair"],
+    },
+    {
+        "type": "object",
+        "properties": {"old": {"type": "integer", "minimum": 3, "exclusiveMinimum": True, "maximum": 4}},
+    },
+]
+
+
+@pytest.mark.parametrize("schema", SCHEMAS, ids=lambda s: json.dumps(s)[:60])
+def test_arguments_satisfy_their_schema(schema: dict[str, Any]) -> None:
+    validator = jsonschema.Draft202012Validator(schema)
+    for seed in range(40):
+        value = schema_value(schema, seed)
+        assert not list(validator.iter_errors(value)), (seed, value)
+        assert schema_value(schema, seed) == value  # the same seed, the same arguments
+
+
+def test_draft4_exclusive_bounds() -> None:
+    schema = SCHEMAS[-1]
+    validator = jsonschema.Draft4Validator(schema)
+    assert all(validator.is_valid(schema_value(schema, seed)) for seed in range(20))
+    assert {schema_value(schema, seed)["old"] for seed in range(20)} == {4}
+
+
+def test_a_named_call_writes_its_arguments() -> None:
+    forced = ForcedTools("named", {"f": SCHEMAS[0]})
+    plan = forced.plan(7)
+    assert plan.name == "f" and plan.arguments(0, len(plan.text)) == plan.text
+    jsonschema.validate(json.loads(plan.text), SCHEMAS[0])
+    assert "".join(plan.pieces) == plan.text and len(plan.pieces) == len(tokenize(plan.text))
+
+
+def test_a_required_call_writes_vllms_list_of_one_call() -> None:
+    """vLLM's guided decoding for "required": `[{"name", "parameters"}]`; the call's arguments
+    are the `parameters` (as vLLM re-serialises them, json.dumps)."""
+    forced = ForcedTools("required", {"a": {"type": "object", "required": ["x"]}, "b": None})
+    names = set()
+    for seed in range(10):
+        plan = forced.plan(seed)
+        (written,) = json.loads(plan.text)
+        names.add(written["name"])
+        assert plan.name == written["name"]
+        assert plan.arguments(0, len(plan.text)) == json.dumps(written["parameters"])
+        assert plan.arguments(0, plan.start) == ""  # nothing of the arguments before their span
+        assert "".join(token_pieces(plan.text)) == plan.text
+    assert names == {"a", "b"}
+    assert json.loads(ForcedTools("required", {"b": None}).plan(1).text)[0]["parameters"] == {}
+
+
+def test_finish_reasons_are_vllms() -> None:
+    """OpenAI's rule, as vLLM follows it: a named call keeps the engine's reason, a required one
+    that ended by itself is "tool_calls"."""
+    named = ForcedTools("named", {"f": None}).plan(0)
+    required = ForcedTools("required", {"f": None}).plan(0)
+    assert (named.finish_reason("stop"), named.finish_reason("length")) == ("stop", "length")
+    assert (required.finish_reason("stop"), required.finish_reason("length")) == ("tool_calls", "length")
+    assert required.finish_reason(None) is None
+
+
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+USAGE = 'Correct usage: `{"type": "function", "function": {"name": "my_function"}}`'
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "message"),
+    [
+        (
+            {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+            "tool_choice",
+            "The tool specified in `tool_choice` does not match any of the specified `tools`",
+        ),
+        ({"tool_choice": "required"}, "tool_choice", "When using `tool_choice`, `tools` must be set."),
+        (
+            {"tool_choice": "auto", "tools": None},
+            "tool_choice",
+            "When using `tool_choice`, `tools` must be set.",
+        ),
+        (
+            {"tools": [TOOL], "tool_choice": "sometimes"},
+            "tool_choice",
+            'Invalid value for `tool_choice`: sometimes! Only named tools, "none", "auto" or "required" '
+            "are supported.",
+        ),
+        (
+            {"tools": [TOOL], "tool_choice": {"function": "f"}},
+            "tool_choice.function",
+            f"Invalid value for `function`: `f` in `tool_choice`! {USAGE}",
+        ),
+        (
+            {"tools": [TOOL], "tool_choice": {"function": {}}},
+            "tool_choice.function.name",
+            f"Expected field `name` in `function` in `tool_choice`! {USAGE}",
+        ),
+        (
+            {"tools": [TOOL], "tool_choice": {"function": {"name": ""}}},
+            "tool_choice.function.name",
+            f"Invalid `name` in `function`: `` in `tool_choice`! {USAGE}",
+        ),
+        (
+            {"tools": []},
+            "tools",
+            "`tools` must not be an empty array. "
+            "Either provide at least one tool or omit the field entirely.",
+        ),
+        ({"tools": [{"type": "function"}]}, "tools", "'tools[0]' must be"),
+        ({"tools": [{"function": {"name": "f", "parameters": "x"}}]}, "tools", "'tools[0]' must be"),
+        ({"tools": {"f": 1}}, "tools", "'tools' must be a list of function tools"),
+        (
+            {"tools": [TOOL], "tool_choice": {"type": "custom", "function": {"name": "get_weather"}}},
+            "tool_choice.type",
+            "a named `tool_choice` must have type 'function'",
+        ),
+    ],
+)
+def test_tool_choice_is_checked_in_vllms_words(fields: dict[str, Any], param: str, message: str) -> None:
+    with pytest.raises(ApiError) as info:
+        parse_chat({"model": "m", "messages": [{"role": "user", "content": "x"}], **fields})
+    assert info.value.status == 400 and info.value.param == param
+    assert info.value.message.startswith(message)
+
+
+def test_only_forced_choices_force_a_call() -> None:
+    assert parse_tool_choice({"tools": [TOOL]}) is None  # vLLM's default: "auto"
+    assert parse_tool_choice({"tools": [TOOL], "tool_choice": "auto"}) is None
+    assert parse_tool_choice({"tools": [TOOL], "tool_choice": "none"}) is None
+    assert parse_tool_choice({"tool_choice": "none"}) is None
+    named = parse_tool_choice({"tools": [TOOL], "tool_choice": {"function": {"name": "get_weather"}}})
+    assert named == ForcedTools("named", {"get_weather": {"type": "object"}})
+    assert parse_tool_choice({"tools": [TOOL], "tool_choice": "required"}) == ForcedTools(
+        "required", {"get_weather": {"type": "object"}}
+    )
