@@ -21,14 +21,28 @@ NO_FALLBACK_GROUP = "none"
 
 
 def canonical_ip(text: str) -> str:
-    """An IP address as Envoy writes it in the host:port it names hosts by (its destination
-    lookups and the served-endpoint header): compressed lower-case IPv6, an IPv4-mapped one in
-    dotted form (Python 3.11's `compressed` writes `::ffff:a00:1`, Envoy `::ffff:10.0.0.1`).
-    Raises ValueError for anything but an IP address."""
+    """An IP address in the one spelling endpoints are known, compared and sent to Envoy by:
+    compressed lower-case IPv6 (as Envoy writes the host:port it names hosts by), and an
+    IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, `::ffff:a00:1`) as the IPv4 address it maps
+    (`10.0.0.1`). Both spellings reach the same host (a dual-stack socket connects to the mapped
+    form over IPv4) and a pod's IP is given as IPv4, so the mapped one must not become a second
+    endpoint, nor miss the allowlist entry or the served-endpoint header of the first. Raises
+    ValueError for anything but an IP address."""
     ip = ipaddress.ip_address(text)
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None and ip.scope_id is None:
-        return f"::ffff:{ip.ipv4_mapped}"
+        return str(ip.ipv4_mapped)
     return ip.compressed
+
+
+def canonical_hostport(hostport: str) -> str:
+    """`hostport` with its IP written as `canonical_ip` writes it; anything else unchanged (a
+    name, a malformed value: compared as given)."""
+    try:
+        host, port = split_host_port(hostport)
+        host = canonical_ip(host)
+    except ValueError:
+        return hostport
+    return host if port is None else join_host_port(host, port)
 
 
 def join_host_port(host: str, port: int) -> str:

@@ -9,6 +9,10 @@ File format:
         metricsPort: 8000            # optional, default port
         models: [sim-model]          # optional: served model names; empty = any model
         labels: {llm-d.ai/role: decode}
+
+Addresses are IPs, written as `canonical_ip` writes them: an IPv4-mapped IPv6 address
+(`::ffff:10.0.0.1`) is the IPv4 address it maps, so it and `10.0.0.1` at one port are the same
+endpoint (listed twice: refused, as any server listed twice).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import orjson
 
 from epp.datalayer import AsyncDataProducer
 from epp.datastore import Datastore, Endpoint
-from epp.datastore.endpoint import split_host_port
+from epp.datastore.endpoint import canonical_hostport, split_host_port
 from epp.explain import DecisionRecord, DecisionRecorder, clip
 from epp.explain.records import PROMPT_LIMIT
 from epp.flowcontrol import Admission, AdmitAll
@@ -153,6 +153,7 @@ class RoutedRequest:
         suspended, and the primary's load moves to the one that serves. The gateway names the
         address it was sent to: an entry of the destination, which for data-parallel routing is
         the pod's primary port, not the rank picked (`SchedulingResult.destination_port`)."""
+        hostport = canonical_hostport(hostport)  # as the destination was written
         targets = self.result.targets
         listed = self.result.destination.split(",") if targets else []
         at = listed.index(hostport) if hostport in listed else None
@@ -638,9 +639,10 @@ class Director:
 
 
 def _host_of(hostport: str) -> str:
-    """GIE matches subset hints by IP only, so every data-parallel rank of a listed pod qualifies."""
+    """GIE matches subset hints by IP only, so every data-parallel rank of a listed pod qualifies;
+    an IP as endpoints are known by (`canonical_ip`: an IPv4-mapped one as its IPv4)."""
     try:
-        return split_host_port(hostport)[0]
+        return split_host_port(canonical_hostport(hostport))[0]
     except ValueError:
         return hostport
 

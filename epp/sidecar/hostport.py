@@ -1,5 +1,6 @@
 """`host:port` values from headers and endpoint lists, parsed strictly and normalised so that an
-allowlist comparison cannot be fooled by spelling (IPv6 forms, case, brackets, URL syntax)."""
+allowlist comparison cannot be fooled by spelling (IPv6 forms, case, brackets, URL syntax), nor
+refuse an allowed host spelled another way (an IPv4-mapped IPv6 address is its IPv4 address)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from epp.datastore.endpoint import join_host_port
+from epp.datastore.endpoint import canonical_ip, join_host_port
 
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"
@@ -25,7 +26,7 @@ def normalise_host(host: str) -> str:
     if bare.startswith("[") and bare.endswith("]"):
         bare = bare[1:-1]
     try:
-        return ipaddress.ip_address(bare).compressed
+        return canonical_ip(bare)  # an IPv4-mapped address as the IPv4 it maps: the same host
     except ValueError:
         pass
     name = bare.lower().rstrip(".")

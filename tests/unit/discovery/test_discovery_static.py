@@ -58,7 +58,7 @@ def test_file_entries_become_specs() -> None:
         (
             "endpoints: [{address: 10.0.0.1, port: 1, name: a}, {address: 10.0.0.2, port: 1, name: b},"
             " {address: '::ffff:10.0.0.2', port: 1, name: c}, {address: 10.0.0.1, port: 1, name: d}]",
-            "f.yaml: endpoints at the same address and port: 10.0.0.1:1 (a, d)",
+            "f.yaml: endpoints at the same address and port: 10.0.0.1:1 (a, d); 10.0.0.2:1 (b, c)",
         ),
         ("endpoints: [{address: vllm.local, port: 8000}]", "endpoints.0.address: value is not a valid IP"),
     ],
@@ -95,12 +95,29 @@ def test_an_endpoint_flags_ip_is_written_as_envoy_writes_it() -> None:
     for given, hostport in (
         ("[0:0:0:0:0:0:0:1]:8000", "[::1]:8000"),
         ("[FD00::AB]:8001", "[fd00::ab]:8001"),
-        ("[::ffff:a00:1]:8002", "[::ffff:10.0.0.1]:8002"),  # IPv4-mapped: dotted, as Envoy's
+        ("[::ffff:a00:1]:8002", "10.0.0.1:8002"),  # IPv4-mapped: the IPv4 it maps
     ):
         spec = parse_endpoint_flag(given)
         assert (spec.hostport, spec.name) == (hostport, hostport), given
-    (entry,) = parse_endpoint_file("endpoints:\n  - address: '0:0:0:0:0:ffff:a00:1'\n    port: 8000\n")
-    assert (entry.hostport, entry.name) == ("[::ffff:10.0.0.1]:8000", "[::ffff:10.0.0.1]:8000")
+
+
+@pytest.mark.parametrize("mapped", ["::ffff:10.0.0.1", "::FFFF:a00:1", "0:0:0:0:0:ffff:a00:1"])
+def test_an_ipv4_mapped_address_is_its_ipv4_address(mapped: str) -> None:
+    """`::ffff:10.0.0.1` reaches the pod at 10.0.0.1 (a dual-stack socket connects over IPv4): it
+    was a second endpoint beside the same pod written as IPv4, each taking half its load, and a
+    served-endpoint header or allowlist entry written one way missed the other."""
+    (entry,) = parse_endpoint_file(f"endpoints:\n  - address: '{mapped}'\n    port: 8000\n")
+    assert (entry.address, entry.hostport, entry.name) == ("10.0.0.1", "10.0.0.1:8000", "10.0.0.1:8000")
+    ipv4 = "{address: 10.0.0.1, port: 8000, name: a}"
+    text = f"endpoints: [{ipv4}, {{address: '{mapped}', port: 8000, name: b}}]"
+    with pytest.raises(
+        DiscoveryError, match=r"endpoints at the same address and port: 10\.0\.0\.1:8000 \(a, b\)"
+    ):
+        parse_endpoint_file(text, "f.yaml")
+    # Other IPv6 forms holding an IPv4 address are other hosts, and stay IPv6.
+    for other, written in (("::10.0.0.1", "::a00:1"), ("64:ff9b::10.0.0.1", "64:ff9b::a00:1")):
+        (entry,) = parse_endpoint_file(f"endpoints:\n  - address: '{other}'\n    port: 8000\n")
+        assert entry.address == written
 
 
 async def test_file_is_reloaded_on_change_and_a_broken_edit_is_ignored(tmp_path: Path) -> None:

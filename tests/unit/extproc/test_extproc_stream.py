@@ -295,14 +295,16 @@ def subset_metadata(hostports: list[str]) -> core.Metadata:
     return core.Metadata(filter_metadata={"envoy.lb.subset_hint": value})
 
 
-async def test_subset_hint_narrows_candidates_and_an_empty_one_gets_503(harness: Harness) -> None:
+@pytest.mark.parametrize("hint", ["10.0.0.2:8000", "[::ffff:10.0.0.2]:8000", "::ffff:a00:2"])
+async def test_subset_hint_narrows_candidates_and_an_empty_one_gets_503(harness: Harness, hint: str) -> None:
+    """A hint naming the pod by its IPv4-mapped address names the pod (it narrowed to none: 503)."""
     harness.add("a", 8000, address="10.0.0.1")
     harness.add("b", 8000, address="10.0.0.2")
     for _ in range(4):
         call = harness.open()
         await call.write(headers_msg())
         message = body_msg(COMPLETION)
-        message.metadata_context.CopyFrom(subset_metadata(["10.0.0.2:8000"]))
+        message.metadata_context.CopyFrom(subset_metadata([hint]))
         await call.write(message)
         reply = await read(call)
         assert (

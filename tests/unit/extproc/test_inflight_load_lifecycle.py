@@ -182,16 +182,19 @@ async def test_an_error_response_frees_the_request(harness: tuple[Harness, int])
     await until(lambda: h.load() == IDLE)  # freed once the reply is out
 
 
+@pytest.mark.parametrize("mapped", [False, True])
 async def test_a_gateway_retry_moves_the_load_to_the_endpoint_that_served(
-    harness: tuple[Harness, int],
+    harness: tuple[Harness, int], mapped: bool
 ) -> None:
     """The gateway retried the request on another endpoint (its report on the response headers):
     the load leaves the failed pick for the one serving, as the director's own counts do, and is
-    freed there exactly once. llm-d's producer kept it on the failed pick until the end."""
+    freed there exactly once. llm-d's producer kept it on the failed pick until the end. A report
+    naming the endpoint by its IPv4-mapped address names that endpoint."""
     h, mode = harness
     call, picked = await h.route(mode)
     other = "b" if picked == "a" else "a"
-    served = {"x-gateway-destination-endpoint-served": h.endpoint(other).hostport}
+    address = f"[::ffff:{h.endpoint(other).address}]" if mapped else h.endpoint(other).address
+    served = {"x-gateway-destination-endpoint-served": f"{address}:{h.endpoint(other).port}"}
     await call.write(response_headers_msg("text/event-stream", extra=served))
     await read(call)
     assert h.load() == charged(other, 1, PROMPT_TOKENS)

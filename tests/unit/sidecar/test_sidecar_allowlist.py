@@ -74,6 +74,27 @@ def test_allowlist_checks_host_and_port() -> None:
     assert not allowlist.allows(HostPort.parse("10.0.0.2:8000"))
 
 
+def test_a_mapped_spelling_of_an_allowed_ipv4_is_allowed_and_nothing_else() -> None:
+    """`[::ffff:10.0.0.1]:8000` is the pod at 10.0.0.1:8000 (the sidecar connects there over
+    IPv4): it was refused (403) as a host not in the pool. Only that mapping is read as IPv4; other
+    IPv6 forms holding an IPv4 address (compatible, NAT64, SIIT) are other hosts."""
+    allowlist = AllowList()
+    allowlist.replace(["10.0.0.1:8000", "[::ffff:10.0.0.3]:8000"])
+    for allowed in ("[::ffff:10.0.0.1]:8000", "[::ffff:a00:1]:8000", "[0:0:0:0:0:FFFF:10.0.0.1]:8000"):
+        target = HostPort.parse(allowed)
+        assert target == HostPort("10.0.0.1", 8000) and allowlist.allows(target), allowed
+    assert allowlist.allows(HostPort.parse("10.0.0.3:8000")), "a list entry written mapped"
+    for refused in (
+        "[::ffff:10.0.0.1]:8001",
+        "[::ffff:10.0.0.2]:8000",
+        "[::10.0.0.1]:8000",
+        "[64:ff9b::10.0.0.1]:8000",
+        "[::ffff:0:10.0.0.1]:8000",
+        "[::ffff:127.0.0.1]:8000",
+    ):
+        assert not allowlist.allows(HostPort.parse(refused)), refused
+
+
 async def test_a_miss_waits_for_the_next_change_that_allows_it() -> None:
     """Many concurrent misses share one wait; each is admitted as soon as a change allows it."""
     allowlist = AllowList(catch_up=30.0)
