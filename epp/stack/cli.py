@@ -336,13 +336,20 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 async def _restart_epp(stack: Stack, backoff: RestartBackoff, stop: asyncio.Event) -> None:
-    """Envoy keeps the streams it has routed when the EPP dies and answers new requests 503 until
-    the EPP is back: restart it (with backoff if it keeps dying) rather than stop everything."""
+    """Envoy answers new requests 503 until the EPP is back (and, in buffered mode, keeps the
+    streams it has routed): restart it (with backoff if it keeps dying) rather than stop everything."""
     assert stack.epp is not None
     delay = backoff.next_delay()
+    # Only in buffered mode does ext_proc fail open for a routed response; with full-duplex every
+    # response chunk passes through the dead EPP, so its streams were cut (docs/operations.md).
+    streams = (
+        "streams already routed go on"
+        if stack.config.envoy.body_mode == "buffered"
+        else "its streams in flight were cut: full-duplex passes every chunk through it"
+    )
     print(
         f"the EPP exited with {stack.epp.returncode}; restarting it in {delay:g}s "
-        f"(log {stack.epp.log_path}; streams already routed go on)",
+        f"(log {stack.epp.log_path}; {streams})",
         flush=True,
     )
     with contextlib.suppress(TimeoutError):
