@@ -556,7 +556,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-body-bytes",
         type=int,
         default=16 * 1024 * 1024,
-        help="larger request bodies get 413 (default 16 MiB)",
+        help="larger request bodies get 413 (default 16 MiB; at least 1)",
     )
     parser.add_argument(
         "--served-header",
@@ -739,7 +739,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         observe=observe_flags.options_from_args(args),
         replicas=replica_flags.options_from_args(args),
         stream=StreamOptions(
-            max_body_bytes=args.max_body_bytes,
+            max_body_bytes=_at_least_one("--max-body-bytes", args.max_body_bytes),
             error_prefix="inference gateway" if args.legacy_error_prefix else "inference error",
             served_header=args.served_header,
             use_subset_hint=not args.disable_endpoint_subset_filter,
@@ -835,6 +835,13 @@ def _config_from_args(args: argparse.Namespace) -> PickerConfig:
     if warning is not None:
         log.warning("%s", warning)
     return config
+
+
+def _at_least_one(flag: str, value: int) -> int:
+    """A limit with no "off": 0 or less would refuse every request body with 413."""
+    if value < 1:
+        raise ValueError(f"{flag} must be at least 1, not {value}")
+    return value
 
 
 def _non_negative(flag: str, value: int) -> int:

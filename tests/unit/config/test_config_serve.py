@@ -107,6 +107,15 @@ def test_the_overdue_intervals_default_to_four_and_reach_the_scraper() -> None:
         serve.options_from_args(serve_args("--metrics-overdue-intervals=-1"))
 
 
+def test_a_body_limit_below_one_byte_is_refused_at_startup() -> None:
+    """`--max-body-bytes 0` (or -5) started, then answered every request 413 "request body exceeds
+    the limit of -5 bytes": a limit with no "off" value is refused before anything binds."""
+    assert serve.options_from_args(serve_args("--max-body-bytes=1")).stream.max_body_bytes == 1
+    for value in ("0", "-5"):
+        with pytest.raises(ValueError, match=rf"^--max-body-bytes must be at least 1, not {value}$"):
+            serve.options_from_args(serve_args(f"--max-body-bytes={value}"))
+
+
 def test_the_queue_wait_bound_defaults_to_a_second_and_reaches_the_guard() -> None:
     assert serve.options_from_args(serve_args()).max_queue_wait == 1.0
     picker = serve.EndpointPicker(serve.options_from_args(serve_args("--max-queue-wait", "250ms")))
