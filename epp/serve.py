@@ -9,6 +9,7 @@ import contextlib
 import gc
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -562,7 +563,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--served-header",
         default=None,
         metavar="NAME",
-        help="add this response header naming the chosen endpoint (off by default; leaks pod addresses)",
+        help="add this response header naming the chosen endpoint (an HTTP header name; off by default; "
+        "leaks pod addresses)",
     )
     parser.add_argument(
         "--ready-file", type=Path, help="once serving, write the bound ports here as JSON (for orchestrators)"
@@ -741,7 +743,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         stream=StreamOptions(
             max_body_bytes=_at_least_one("--max-body-bytes", args.max_body_bytes),
             error_prefix="inference gateway" if args.legacy_error_prefix else "inference error",
-            served_header=args.served_header,
+            served_header=_served_header(args.served_header),
             use_subset_hint=not args.disable_endpoint_subset_filter,
             read_streamed_responses=args.read_streamed_responses,
             queue_message_timeout=_non_negative_duration(
@@ -835,6 +837,20 @@ def _config_from_args(args: argparse.Namespace) -> PickerConfig:
     if warning is not None:
         log.warning("%s", warning)
     return config
+
+
+# An HTTP field name (RFC 9110's token): Envoy refuses a header mutation with any other name.
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _served_header(name: str | None) -> str | None:
+    """The name checked at startup: one Envoy refuses fails every request at the gateway with 503
+    "the endpoint picker is unreachable or failed" (header_mutation_set_contains_invalid_character)."""
+    if name and _FIELD_NAME.fullmatch(name) is None:
+        raise ValueError(
+            f"--served-header {name!r} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)"
+        )
+    return name
 
 
 def _at_least_one(flag: str, value: int) -> int:

@@ -116,6 +116,17 @@ def test_a_body_limit_below_one_byte_is_refused_at_startup() -> None:
             serve.options_from_args(serve_args(f"--max-body-bytes={value}"))
 
 
+def test_a_served_header_envoy_would_refuse_is_refused_at_startup() -> None:
+    """`--served-header 'bad header'` started, then Envoy refused the header mutation on every
+    request: 503 "the endpoint picker is unreachable or failed" blaming the EPP."""
+    for name in ("X-Served-By", "x-epp-destination"):
+        assert serve.options_from_args(serve_args(f"--served-header={name}")).stream.served_header == name
+    assert serve.options_from_args(serve_args("--served-header=")).stream.served_header == ""  # off
+    for name in ("bad header", "x-a:b", "x-é", "x-a\r\nx-b"):
+        with pytest.raises(ValueError, match=r"^--served-header .* is not an HTTP header name"):
+            serve.options_from_args(serve_args(f"--served-header={name}"))
+
+
 def test_the_queue_wait_bound_defaults_to_a_second_and_reaches_the_guard() -> None:
     assert serve.options_from_args(serve_args()).max_queue_wait == 1.0
     picker = serve.EndpointPicker(serve.options_from_args(serve_args("--max-queue-wait", "250ms")))
