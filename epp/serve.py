@@ -377,10 +377,11 @@ class EndpointPicker:
         ext_proc stream lives as long as its response, so stopping at once would cut generations."""
         self._stopping = True
         self._stop_started = time.monotonic()
-        log.info(
-            "stopping: NOT_SERVING; in-flight requests may finish for up to %gs (--shutdown-grace)",
-            self.options.shutdown_grace,
-        )
+        if self._serving:  # a start that failed has no requests in flight: its error is the news
+            log.info(
+                "stopping: NOT_SERVING; in-flight requests may finish for up to %gs (--shutdown-grace)",
+                self.options.shutdown_grace,
+            )
         if self.elector is not None:
             await self.elector.stop()  # release first: a standby takes over while this one drains
         if self.options.drain_window > 0 and self._serving and not self.failed.is_set():
@@ -394,7 +395,8 @@ class EndpointPicker:
         if self.quota is not None:  # its streams last as long as the gateway: not in the grace
             await self.quota.stop()
         await asyncio.gather(*(server.stop(self.options.shutdown_grace) for server in self._servers))
-        log.info("drained: ext_proc stopped")
+        if self._serving:
+            log.info("drained: ext_proc stopped")
         if self.director.flow_control is not None:
             await self.director.flow_control.stop()  # queued requests still dispatch while draining
         await self.overload.stop()

@@ -188,3 +188,19 @@ def test_an_endless_or_undefined_duration_flag_is_refused_naming_it(flag: str) -
     value = flag.partition("=")[2]
     with pytest.raises(ValueError, match=rf"invalid duration '{value}': not a finite duration"):
         serve.options_from_args(serve_args(flag))
+
+
+def test_a_start_that_fails_logs_its_error_not_a_drain(caplog: pytest.LogCaptureFixture) -> None:
+    """`--endpoints-file` naming no file (or any start that fails) logged "stopping: NOT_SERVING;
+    in-flight requests may finish for up to 120s" and "drained: ext_proc stopped" before its
+    error, for a process that never served a request."""
+    caplog.set_level(logging.INFO, logger="epp.serve")
+    missing = "/nonexistent/endpoints.yaml"
+    ports = ["--grpc-port=0", "--grpc-health-port=0", "--metrics-port=0", "--host=127.0.0.1"]
+    args = build_parser("serve").parse_args(
+        ["serve", f"--endpoints-file={missing}", "--drain-timeout=0s", "--secure-serving=false", *ports]
+    )
+    assert serve.run(args) == 2
+    said = [r.getMessage() for r in caplog.records if r.name == "epp.serve"]
+    assert not [m for m in said if "in-flight requests may finish" in m or m.startswith("drained")]
+    assert said[-1] == f"{missing}: cannot read the endpoints file: No such file or directory"
