@@ -29,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a P/D pool instead: PREFILL prefill simulators and DECODE decode simulators, each decode one "
         "behind an `epp sidecar`; the EPP runs llm-d's sim-pd-epp-config unless --epp-arg names a config",
     )
-    parser.add_argument("--model", default="sim-model", help="served model name (default sim-model)")
+    parser.add_argument(
+        "--model", type=_model_name, default="sim-model", help="served model name (default sim-model)"
+    )
     parser.add_argument(
         "--port", type=gieflags.port_number, default=0, help="gateway port (default: a free port)"
     )
@@ -131,6 +133,14 @@ def _path_prefix(text: str) -> str:
         return check_path_prefix(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _model_name(value: str) -> str:
+    """`--model ''` started a stack no request could use: the EPP answers a request naming no
+    model 400 ("model not found in request body"), as GIE does."""
+    if not value:
+        raise argparse.ArgumentTypeError("the model name cannot be empty: requests must name a model")
+    return value
 
 
 def _seconds(value: str) -> float:
