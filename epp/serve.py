@@ -9,6 +9,7 @@ import contextlib
 import gc
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -376,10 +377,11 @@ class EndpointPicker:
         ext_proc stream lives as long as its response, so stopping at once would cut generations."""
         self._stopping = True
         self._stop_started = time.monotonic()
-        log.info(
-            "stopping: NOT_SERVING; in-flight requests may finish for up to %gs (--shutdown-grace)",
-            self.options.shutdown_grace,
-        )
+        if self._serving:  # a start that failed has no requests in flight: its error is the news
+            log.info(
+                "stopping: NOT_SERVING; in-flight requests may finish for up to %gs (--shutdown-grace)",
+                self.options.shutdown_grace,
+            )
         if self.elector is not None:
             await self.elector.stop()  # release first: a standby takes over while this one drains
         if self.options.drain_window > 0 and self._serving and not self.failed.is_set():
@@ -393,7 +395,8 @@ class EndpointPicker:
         if self.quota is not None:  # its streams last as long as the gateway: not in the grace
             await self.quota.stop()
         await asyncio.gather(*(server.stop(self.options.shutdown_grace) for server in self._servers))
-        log.info("drained: ext_proc stopped")
+        if self._serving:
+            log.info("drained: ext_proc stopped")
         if self.director.flow_control is not None:
             await self.director.flow_control.stop()  # queued requests still dispatch while draining
         await self.overload.stop()
@@ -556,13 +559,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-body-bytes",
         type=int,
         default=16 * 1024 * 1024,
-        help="larger request bodies get 413 (default 16 MiB)",
+        help="larger request bodies get 413 (default 16 MiB; at least 1)",
     )
     parser.add_argument(
         "--served-header",
         default=None,
         metavar="NAME",
-        help="add this response header naming the chosen endpoint (off by default; leaks pod addresses)",
+        help="add this response header naming the chosen endpoint (an HTTP header name; off by default; "
+        "leaks pod addresses)",
     )
     parser.add_argument(
         "--ready-file", type=Path, help="once serving, write the bound ports here as JSON (for orchestrators)"
@@ -739,9 +743,9 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         observe=observe_flags.options_from_args(args),
         replicas=replica_flags.options_from_args(args),
         stream=StreamOptions(
-            max_body_bytes=args.max_body_bytes,
+            max_body_bytes=_at_least_one("--max-body-bytes", args.max_body_bytes),
             error_prefix="inference gateway" if args.legacy_error_prefix else "inference error",
-            served_header=args.served_header,
+            served_header=_served_header(args.served_header),
             use_subset_hint=not args.disable_endpoint_subset_filter,
             read_streamed_responses=args.read_streamed_responses,
             queue_message_timeout=_non_negative_duration(
@@ -835,6 +839,27 @@ def _config_from_args(args: argparse.Namespace) -> PickerConfig:
     if warning is not None:
         log.warning("%s", warning)
     return config
+
+
+# An HTTP field name (RFC 9110's token): Envoy refuses a header mutation with any other name.
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _served_header(name: str | None) -> str | None:
+    """The name checked at startup: one Envoy refuses fails every request at the gateway with 503
+    "the endpoint picker is unreachable or failed" (header_mutation_set_contains_invalid_character)."""
+    if name and _FIELD_NAME.fullmatch(name) is None:
+        raise ValueError(
+            f"--served-header {name!r} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)"
+        )
+    return name
+
+
+def _at_least_one(flag: str, value: int) -> int:
+    """A limit with no "off": 0 or less would refuse every request body with 413."""
+    if value < 1:
+        raise ValueError(f"{flag} must be at least 1, not {value}")
+    return value
 
 
 def _non_negative(flag: str, value: int) -> int:

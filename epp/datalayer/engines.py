@@ -43,6 +43,19 @@ class EngineMetrics:
         )
         return {s.name for s in specs} | {spec.name for _, spec in self.custom}
 
+    def absent(self, samples: SeriesByName) -> list[str]:
+        """What the engine schedules on that a page does not publish, each described with its
+        selectors: it reads as 0 for as long as it is absent, as GIE reads it (a metric flag
+        naming a series the server never writes, or a server of another engine)."""
+        core = (
+            ("waiting queue", self.waiting),
+            ("running requests", self.running),
+            ("KV-cache use", self.kv_usage),
+        )
+        return [
+            f"{what} ({describe(specs)})" for what, specs in core if specs and not _matching(samples, specs)
+        ]
+
     def read(self, samples: SeriesByName, now: float) -> EndpointMetrics:
         metrics = EndpointMetrics(update_time=now)
         metrics.waiting_queue_size = int(_total(samples, self.waiting))
@@ -66,6 +79,15 @@ class EngineMetrics:
             if sample is not None and math.isfinite(sample.value):
                 metrics.scalars[key] = sample.value
         return metrics
+
+
+def describe(specs: tuple[MetricSpec, ...]) -> str:
+    if not specs:
+        return "nothing"
+    return " or ".join(
+        spec.name + ("{" + ",".join(f"{k}={v}" for k, v in spec.labels) + "}" if spec.labels else "")
+        for spec in specs
+    )
 
 
 def _matching(samples: SeriesByName, specs: tuple[MetricSpec, ...]) -> Sequence[Sample]:

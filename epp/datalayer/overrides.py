@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from epp.datalayer.engines import EngineMetrics
+from epp.datalayer.engines import EngineMetrics, describe
 from epp.datalayer.promtext import MetricSpec
 from epp.datalayer.scraper import ScrapeSettings
 
@@ -81,8 +81,8 @@ class ScrapeOverrides:
                     METRIC_FLAGS[name],
                     spec,
                     engine.name,
-                    _describe(specs),
-                    _describe(getattr(engine, name)),
+                    describe(specs),
+                    describe(getattr(engine, name)),
                 )
             changes[name] = specs
         if "cache_info" in self.metric_specs:
@@ -96,12 +96,3 @@ class ScrapeOverrides:
 
 def _flag_suffix(name: str) -> str:
     return "https-insecure-skip-verify" if name == "insecure_skip_verify" else name
-
-
-def _describe(specs: tuple[MetricSpec, ...]) -> str:
-    if not specs:
-        return "nothing"
-    return " or ".join(
-        spec.name + ("{" + ",".join(f"{k}={v}" for k, v in spec.labels) + "}" if spec.labels else "")
-        for spec in specs
-    )

@@ -73,6 +73,7 @@ class _Target:
     """One endpoint being scraped: its connection, how to read its page, and its scrape state."""
 
     __slots__ = (
+        "absent_checked",
         "asked",
         "endpoint",
         "engine",
@@ -111,6 +112,7 @@ class _Target:
         # The metrics its last page read to, the names the engine asked for on it, and whether
         # each read as on the page before (then the next page is checked for the same first).
         self.metrics: EndpointMetrics | None = None
+        self.absent_checked = False  # its first page was checked for what the engine reads
         self.asked: list[str] = []
         self.idle = False
         self.failures = 0
@@ -352,6 +354,8 @@ class MetricsScraper:
         ):
             metrics.update_time = now
         else:
+            if not target.absent_checked:
+                _warn_absent(target, page)
             series = target.extractor.series(page, target.hints)
             endpoint.metrics = metrics = target.engine.read(series, now)
             target.asked, target.idle = series.asked, not series.changed
@@ -403,6 +407,24 @@ class MetricsScraper:
             target.logged_reason, target.logged_at, target.unlogged = reason, now, 0
         elif changed:
             target.unlogged += 1
+
+
+def _warn_absent(target: _Target, page: bytes) -> None:
+    """Once per endpoint, at its first page: a WARNING naming what the engine schedules on that
+    the page lacks. It reads as 0 then, silently: a metric flag with a typo, or a server of
+    another engine, left scoring blind to that endpoint's load. Read with hints of its own, so
+    the endpoint's idle-page check is not changed by it."""
+    target.absent_checked = True
+    absent = target.engine.absent(target.extractor.series(page, {}))
+    if absent:
+        log.warning(
+            "endpoint %s: its %s page has no %s; read as 0 (engine %s: check the model-server "
+            "metric flags or the engine config)",
+            target.endpoint,
+            target.endpoint.spec.metrics_hostport,
+            "; no ".join(absent),
+            target.engine.name,
+        )
 
 
 def _unlogged(target: _Target) -> str:

@@ -138,6 +138,7 @@ class FlowController:
         # flight by the saturation read, so a slow producer cannot let more through than room.
         self.preparing_requests = 0
         self.preparing_tokens = 0
+        metrics.watch_saturation(pool_name, self._saturation)
 
     def enable_eviction(self, evictor: RequestEvictor, detector_type: str) -> None:
         """Turn on in-flight eviction (llm-d router's enableEviction): routed requests are tracked
@@ -330,7 +331,6 @@ class FlowController:
         started = time.perf_counter()
         try:
             saturation = self._saturation()
-            self.metrics.saturation(self.pool_name, saturation)
             priorities = self._ordered
             ceilings = self.usage_limit.ceilings(saturation, priorities)
             for index, (priority, ceiling) in enumerate(zip(priorities, ceilings, strict=True)):

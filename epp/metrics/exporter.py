@@ -6,7 +6,7 @@ import asyncio
 import enum
 import statistics
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, ProcessCollector
@@ -452,6 +452,32 @@ class QueueGauges(Collector):
         yield held
 
 
+class SaturationGauge(Collector):
+    """GIE's pool saturation gauge, read from the flow controller when /metrics is read. GIE's
+    dispatch loop records it every cycle, queue empty or not; ours parks while nothing waits, so a
+    value set by its cycles stayed at the last one with requests queued (12.0 on a pool idle for
+    minutes), which autoscalers and dispatch gates reading the gauge take for a saturated pool."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, Callable[[], float]] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "inference_extension_flow_control_pool_saturation",
+            alpha("Current saturation level of the inference pool (0.0 = empty, 1.0 = fully saturated)."),
+            labels=["inference_pool"],
+        )
+        for pool, read in self.sources.items():
+            try:
+                value = read()
+            except Exception:
+                # A detector that raises fails neither the page (only its sample is left out) nor
+                # silently: the dispatch cycle reports it (it logs and fails the queued requests).
+                continue
+            family.add_metric([pool], value)
+        yield family
+
+
 class FlowControlMetrics:
     """GIE's `inference_extension_flow_control_*` metrics. Fairness ids come from clients: past
     MAX_FAIRNESS_LABELS distinct ids they are labelled `other`, past MAX_FLOW_SERIES queue-duration
@@ -483,11 +509,8 @@ class FlowControlMetrics:
         )
         self._queued: dict[tuple[str, ...], list[int]] = {}  # labels -> [requests, bytes]
         metrics.registry.register(QueueGauges(self._queued))
-        self.pool_saturation = f.gauge(
-            "inference_extension_flow_control_pool_saturation",
-            "Current saturation level of the inference pool (0.0 = empty, 1.0 = fully saturated).",
-            ["inference_pool"],
-        )
+        self._saturation = SaturationGauge()
+        metrics.registry.register(self._saturation)
         # llm-d router's in-flight eviction (flowControl.enableEviction).
         self.revocations_issued_total = f.counter(
             "llm_d_epp_flow_control_revocations_issued_total",
@@ -561,12 +584,9 @@ class FlowControlMetrics:
                 self._queue_series += 1
         child.observe(seconds)
 
-    def saturation(self, pool: str, value: float) -> None:
-        key = ("saturation", pool)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.pool_saturation.labels(pool)
-        child.set(value)
+    def watch_saturation(self, pool: str, read: Callable[[], float]) -> None:
+        """The pool saturation gauge of `pool` is `read()` at each read of /metrics."""
+        self._saturation.sources[pool] = read
 
     def revocations_issued(self, pool: str, priority: int, count: int) -> None:
         self.revocations_issued_total.labels(str(priority), pool).inc(count)

@@ -7,6 +7,8 @@ import os
 import socket
 from dataclasses import dataclass
 
+from epp.params.flagtypes import number_in_range
+
 
 @dataclass(frozen=True, slots=True)
 class ReplicaOptions:
@@ -52,11 +54,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--workers",
-        type=int,
+        type=_workers,
         default=1,
         help="worker processes sharing the ports (SO_REUSEPORT), each a replica; with more than one "
         "and no --replica-sync, a private redis-server on a Unix socket joins them (default 1)",
     )
+
+
+# `--workers 0` (or -3) served as one process, a silent stand-in for what was asked; `epp run
+# --workers` refuses them the same way.
+_workers = number_in_range(int, 1, message="expected at least 1, not {value}", name="_workers")
 
 
 def options_from_args(args: argparse.Namespace) -> ReplicaOptions:

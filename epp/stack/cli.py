@@ -29,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a P/D pool instead: PREFILL prefill simulators and DECODE decode simulators, each decode one "
         "behind an `epp sidecar`; the EPP runs llm-d's sim-pd-epp-config unless --epp-arg names a config",
     )
-    parser.add_argument("--model", default="sim-model", help="served model name (default sim-model)")
+    parser.add_argument(
+        "--model", type=_model_name, default="sim-model", help="served model name (default sim-model)"
+    )
     parser.add_argument(
         "--port", type=gieflags.port_number, default=0, help="gateway port (default: a free port)"
     )
@@ -131,6 +133,14 @@ def _path_prefix(text: str) -> str:
         return check_path_prefix(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _model_name(value: str) -> str:
+    """`--model ''` started a stack no request could use: the EPP answers a request naming no
+    model 400 ("model not found in request body"), as GIE does."""
+    if not value:
+        raise argparse.ArgumentTypeError("the model name cannot be empty: requests must name a model")
+    return value
 
 
 def _seconds(value: str) -> float:
@@ -336,13 +346,20 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 async def _restart_epp(stack: Stack, backoff: RestartBackoff, stop: asyncio.Event) -> None:
-    """Envoy keeps the streams it has routed when the EPP dies and answers new requests 503 until
-    the EPP is back: restart it (with backoff if it keeps dying) rather than stop everything."""
+    """Envoy answers new requests 503 until the EPP is back (and, in buffered mode, keeps the
+    streams it has routed): restart it (with backoff if it keeps dying) rather than stop everything."""
     assert stack.epp is not None
     delay = backoff.next_delay()
+    # Only in buffered mode does ext_proc fail open for a routed response; with full-duplex every
+    # response chunk passes through the dead EPP, so its streams were cut (docs/operations.md).
+    streams = (
+        "streams already routed go on"
+        if stack.config.envoy.body_mode == "buffered"
+        else "its streams in flight were cut: full-duplex passes every chunk through it"
+    )
     print(
         f"the EPP exited with {stack.epp.returncode}; restarting it in {delay:g}s "
-        f"(log {stack.epp.log_path}; streams already routed go on)",
+        f"(log {stack.epp.log_path}; {streams})",
         flush=True,
     )
     with contextlib.suppress(TimeoutError):

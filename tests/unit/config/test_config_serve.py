@@ -107,6 +107,26 @@ def test_the_overdue_intervals_default_to_four_and_reach_the_scraper() -> None:
         serve.options_from_args(serve_args("--metrics-overdue-intervals=-1"))
 
 
+def test_a_body_limit_below_one_byte_is_refused_at_startup() -> None:
+    """`--max-body-bytes 0` (or -5) started, then answered every request 413 "request body exceeds
+    the limit of -5 bytes": a limit with no "off" value is refused before anything binds."""
+    assert serve.options_from_args(serve_args("--max-body-bytes=1")).stream.max_body_bytes == 1
+    for value in ("0", "-5"):
+        with pytest.raises(ValueError, match=rf"^--max-body-bytes must be at least 1, not {value}$"):
+            serve.options_from_args(serve_args(f"--max-body-bytes={value}"))
+
+
+def test_a_served_header_envoy_would_refuse_is_refused_at_startup() -> None:
+    """`--served-header 'bad header'` started, then Envoy refused the header mutation on every
+    request: 503 "the endpoint picker is unreachable or failed" blaming the EPP."""
+    for name in ("X-Served-By", "x-epp-destination"):
+        assert serve.options_from_args(serve_args(f"--served-header={name}")).stream.served_header == name
+    assert serve.options_from_args(serve_args("--served-header=")).stream.served_header == ""  # off
+    for name in ("bad header", "x-a:b", "x-é", "x-a\r\nx-b"):
+        with pytest.raises(ValueError, match=r"^--served-header .* is not an HTTP header name"):
+            serve.options_from_args(serve_args(f"--served-header={name}"))
+
+
 def test_the_queue_wait_bound_defaults_to_a_second_and_reaches_the_guard() -> None:
     assert serve.options_from_args(serve_args()).max_queue_wait == 1.0
     picker = serve.EndpointPicker(serve.options_from_args(serve_args("--max-queue-wait", "250ms")))
@@ -168,3 +188,19 @@ def test_an_endless_or_undefined_duration_flag_is_refused_naming_it(flag: str) -
     value = flag.partition("=")[2]
     with pytest.raises(ValueError, match=rf"invalid duration '{value}': not a finite duration"):
         serve.options_from_args(serve_args(flag))
+
+
+def test_a_start_that_fails_logs_its_error_not_a_drain(caplog: pytest.LogCaptureFixture) -> None:
+    """`--endpoints-file` naming no file (or any start that fails) logged "stopping: NOT_SERVING;
+    in-flight requests may finish for up to 120s" and "drained: ext_proc stopped" before its
+    error, for a process that never served a request."""
+    caplog.set_level(logging.INFO, logger="epp.serve")
+    missing = "/nonexistent/endpoints.yaml"
+    ports = ["--grpc-port=0", "--grpc-health-port=0", "--metrics-port=0", "--host=127.0.0.1"]
+    args = build_parser("serve").parse_args(
+        ["serve", f"--endpoints-file={missing}", "--drain-timeout=0s", "--secure-serving=false", *ports]
+    )
+    assert serve.run(args) == 2
+    said = [r.getMessage() for r in caplog.records if r.name == "epp.serve"]
+    assert not [m for m in said if "in-flight requests may finish" in m or m.startswith("drained")]
+    assert said[-1] == f"{missing}: cannot read the endpoints file: No such file or directory"

@@ -653,3 +653,32 @@ async def test_a_large_hostile_page_is_read_off_the_event_loop(
     finally:
         await server.stop()
     assert threads and loop_thread not in threads
+
+
+async def test_what_the_engine_reads_and_the_page_lacks_is_warned_once_per_endpoint(
+    server: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`--total-queued-requests-metric=foo_bar` (a typo) or a server of another engine read as 0
+    for ever without a word, leaving the scorers blind to that endpoint's queue."""
+    server.page = 'sglang:num_queue_reqs{model_name="m"} 9\nvllm:num_requests_running{model_name="m"} 3\n'
+    scraper, endpoint = await logging_scraper(server, 0, caplog)
+    try:
+        await until(lambda: endpoint.metrics.running_requests_size == 3)
+        scrapes = scraper.scrapes
+        await until(lambda: scraper.scrapes >= scrapes + 5)  # more pages: still one line
+    finally:
+        await scraper.stop()
+    assert [line for line in scraper_lines(caplog) if line.startswith("WARNING")] == [
+        f"WARNING endpoint {endpoint}: its 127.0.0.1:{server.port} page has no waiting queue "
+        "(vllm:num_requests_waiting); no KV-cache use (vllm:kv_cache_usage_perc or "
+        "vllm:gpu_cache_usage_perc); read as 0 (engine vllm: check the model-server metric flags "
+        "or the engine config)"
+    ]
+    server.page = VLLM_PAGE
+    caplog.clear()
+    scraper, endpoint = await logging_scraper(server, 0, caplog)
+    try:
+        await until(lambda: endpoint.metrics.waiting_queue_size == 7)
+    finally:
+        await scraper.stop()
+    assert not [line for line in scraper_lines(caplog) if line.startswith("WARNING")]

@@ -140,3 +140,12 @@ def test_abbreviated_serve_flags_are_refused(capsys: pytest.CaptureFixture[str])
             parse_args(["serve", flag, "--endpoint", "a:1"])
         assert exited.value.code == 2
         assert f"unrecognized arguments: {flag}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("count", ["0", "-3"])
+def test_fewer_than_one_worker_is_refused(count: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`epp serve --workers 0` served as a single process instead of saying the flag is wrong."""
+    with pytest.raises(SystemExit):
+        parse_args(["serve", "--endpoint", "127.0.0.1:8000", f"--workers={count}"])
+    assert f"argument --workers: expected at least 1, not {count}" in capsys.readouterr().err
+    assert parse_args(["serve", "--endpoint", "127.0.0.1:8000", "--workers=2"]).workers == 2

@@ -552,3 +552,11 @@ def test_the_rate_limit_admits_the_rate_asked_for(rate: int) -> None:
     assert interval >= 0.05
     if rate % 10 == 0:  # as before: a tenth of a second's worth at a time
         assert interval == pytest.approx(0.1)
+
+
+def test_epp_run_refuses_an_empty_model_name(capsys: pytest.CaptureFixture[str]) -> None:
+    """Its sims served '' and every request got the EPP's 400 "model not found in request body"."""
+    with pytest.raises(SystemExit):
+        build_parser("run").parse_args(["run", "--model="])
+    assert "argument --model: the model name cannot be empty" in capsys.readouterr().err
+    assert build_parser("run").parse_args(["run", "--model=my model"]).model == "my model"

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 
 from epp.stack.cli import _restart_epp
+from epp.stack.envoy import EnvoyOptions
 from epp.stack.processes import EnvoyDidNotSeeEpp, ProcessFailed, RestartBackoff
+from epp.stack.stack import StackConfig
 
 
 class Process:
@@ -23,7 +25,8 @@ class Process:
 class RestartingStack:
     """Stack's restart interface, failing as told."""
 
-    def __init__(self, failure: ProcessFailed | None) -> None:
+    def __init__(self, failure: ProcessFailed | None, body_mode: str = "buffered") -> None:
+        self.config = StackConfig(run_dir=Path("run"), envoy=EnvoyOptions(body_mode=body_mode))
         self.epp = Process("run/epp.log")
         self.envoy = Process("run/envoy.log")
         self.failure = failure
@@ -34,10 +37,17 @@ class RestartingStack:
 
 
 async def restart(failure: ProcessFailed | None, capsys: pytest.CaptureFixture[str]) -> tuple[str, int]:
+    said, restarts = await restart_lines(failure, capsys)
+    return said[-1], restarts
+
+
+async def restart_lines(
+    failure: ProcessFailed | None, capsys: pytest.CaptureFixture[str], body_mode: str = "buffered"
+) -> tuple[list[str], int]:
     backoff = RestartBackoff(initial=0.0)
-    stack: Any = RestartingStack(failure)
+    stack: Any = RestartingStack(failure, body_mode)
     await _restart_epp(stack, backoff, asyncio.Event())
-    return capsys.readouterr().out.splitlines()[-1], backoff.restarts
+    return capsys.readouterr().out.splitlines(), backoff.restarts
 
 
 async def test_envoys_health_check_timing_out_is_not_called_the_epp_not_coming_back(
@@ -54,3 +64,18 @@ async def test_envoys_health_check_timing_out_is_not_called_the_epp_not_coming_b
     assert said == "the EPP did not come back: epp exited with 1" and restarts == 0
     said, restarts = await restart(None, capsys)
     assert said == "the EPP is back (restart 1)" and restarts == 1
+
+
+async def test_the_restart_says_streams_go_on_only_where_they_do(capsys: pytest.CaptureFixture[str]) -> None:
+    """In full-duplex mode every response chunk passes through the EPP, so its death cuts the
+    streams in flight (8 of 8 under `epp run --body-mode full-duplex`); the line used to promise
+    they go on, which only buffered mode's fail-open response path does."""
+    said, _ = await restart_lines(None, capsys, "buffered")
+    assert said[0] == (
+        "the EPP exited with -9; restarting it in 0s (log run/epp.log; streams already routed go on)"
+    )
+    said, _ = await restart_lines(None, capsys, "full-duplex")
+    assert said[0] == (
+        "the EPP exited with -9; restarting it in 0s (log run/epp.log; its streams in flight were cut: "
+        "full-duplex passes every chunk through it)"
+    )
