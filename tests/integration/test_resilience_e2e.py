@@ -17,7 +17,7 @@ from aiohttp import web
 from epp.stack.envoy import EnvoyOptions
 from epp.stack.processes import free_port, wait_until
 from epp.stack.stack import SimEndpoint, Stack
-from tests.integration.conftest import FAST_SIM, StackFactory
+from tests.integration.conftest import FAST_SIM, StackFactory, failure_report
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio]
 
@@ -47,7 +47,7 @@ async def completions(stack: Stack, count: int) -> AsyncIterator[httpx.Response]
         for i in range(count):
             body = {"model": MODEL, "prompt": f"p{i}", "max_tokens": 1}
             response = await client.post("/v1/completions", json=body)
-            assert response.status_code == 200, response.text
+            assert response.status_code == 200, f"request {i}: {await failure_report(stack, response)}"
             yield response
 
 
@@ -156,7 +156,7 @@ async def test_retries_past_the_epps_list_reach_only_endpoints_it_would_route_to
         rescued = 0
         async with aclosing(completions(stack, 600)) as responses:
             async for response in responses:
-                assert response.headers["x-inference-pod"] in sims, response.headers
+                assert response.headers["x-inference-pod"] in sims, await failure_report(stack, response)
                 if response.headers["x-epp-destination"] == unavailable.hostport:
                     rescued += 1
                     if rescued == 40:
