@@ -38,7 +38,18 @@ schedulingProfiles:
 
 
 def epp_args(*extra: str) -> list[str]:
-    return ["--served-header=x-epp-destination", "--refresh-metrics-interval=50ms", *extra]
+    """The EPP's overload guards are off: these tests are about failing model servers and the
+    gateway's retries, and expect every request served. A stall of the EPP's host for a second (a
+    loaded CI machine) makes a request in flight wait past --max-queue-wait, and the guard answers
+    it 429 by design (tests/integration/test_queue_wait_e2e.py); so would two event-loop lags in a
+    row past --max-event-loop-lag."""
+    return [
+        "--served-header=x-epp-destination",
+        "--refresh-metrics-interval=50ms",
+        "--max-queue-wait=0",
+        "--max-event-loop-lag=0",
+        *extra,
+    ]
 
 
 async def completions(stack: Stack, count: int) -> AsyncIterator[httpx.Response]:
