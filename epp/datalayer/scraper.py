@@ -32,6 +32,10 @@ DEFAULT_OVERDUE_TURNS = 4
 # doubles from the interval with each failure, so a page that is costly to read and still refused
 # (a page of tens of MB, a large gzip page inflating to its limit) cannot hold the event loop.
 FAILING_BACKOFF_MAX = 1.0
+# The scraper's task waking up later than this was stalled (its process stopped or not scheduled, a
+# long callback or pause), not late by timer jitter: that time is not counted in the timeout of any
+# GET under way (MetricsScraper). Lateness below it is counted, so a deadline is judged on time.
+STALL_SECONDS = 0.01
 # The endpoints are dealt into up to SLICES groups of about SLICE_SIZE, scraped at even offsets
 # within each interval: answers then arrive in batches of tens rather than all at once, so a
 # request the EPP is routing waits behind a few page reads at most. Batches much smaller than that
@@ -91,6 +95,7 @@ class _Target:
         "reason",
         "resume_at",
         "sent_at",
+        "stalled_at",
         "unlogged",
         "usual",
     )
@@ -117,6 +122,7 @@ class _Target:
         self.idle = False
         self.failures = 0
         self.sent_at: float | None = None  # loop time the GET under way was started
+        self.stalled_at = 0.0  # the scraper's `stalled` when it was started
         self.missed = 0  # scrape turns that passed while the GET was under way
         self.usual = 0  # turns its last answered GET took: a server slow but steady is not hung
         self.reading = False  # its page is being read in the page worker: no GET until it is read
@@ -146,7 +152,15 @@ class MetricsScraper:
     Health: a refused connection (the server is gone) or a scrape timeout (it hangs) marks the
     endpoint unhealthy at once; other failures (non-200, a malformed or cut page) after
     `failures_before_unhealthy` in a row. The first good scrape
-    makes it healthy again. GIE relies on Kubernetes readiness for this; standalone mode has none."""
+    makes it healthy again. GIE relies on Kubernetes readiness for this; standalone mode has none.
+
+    A timeout counts only the time the scraper ran: the time its task woke late by more than
+    STALL_SECONDS (`stalled`: its process stopped or not scheduled, a long callback or pause) is
+    added to the deadline of every GET under way. The answers that came meanwhile wait unread in
+    their sockets, and the loop may run the task's wake-up before it reads them (uvloop runs due
+    timers before it polls; asyncio runs a task woken before its poll ahead of the poll's
+    callbacks): on the wall clock, one stall longer than the timeout took every endpoint out of
+    rotation at once, and the requests held meanwhile got 503 "no ready endpoints"."""
 
     def __init__(
         self,
@@ -179,6 +193,7 @@ class MetricsScraper:
         self._targets: dict[str, _Target] = {}
         self._slices: list[dict[str, _Target]] = [{} for _ in range(SLICES)]
         self._next_deadline = math.inf  # of the oldest GET under way, or earlier
+        self.stalled = 0.0  # seconds in all the task was stalled: not counted in any GET's timeout
         self._ticker: asyncio.Task[None] | None = None
         self.scrapes = 0
         self.failures = 0
@@ -224,10 +239,16 @@ class MetricsScraper:
     async def _tick_forever(self) -> None:
         loop = asyncio.get_running_loop()
         step = self.interval / SLICES
-        turn, group = loop.time() + step, 0
+        last = loop.time()
+        turn, group = last + step, 0
         while True:
-            await asyncio.sleep(min(turn, self._next_deadline) - loop.time())
+            wake = min(turn, self._next_deadline)
+            await asyncio.sleep(wake - loop.time())
             now = loop.time()
+            late = now - max(wake, last)  # since it was due, or since it last ran
+            if late > STALL_SECONDS:
+                self.stalled += late
+            last = now
             if now >= self._next_deadline:
                 self._expire(now)
             if now < turn:
@@ -258,12 +279,13 @@ class MetricsScraper:
     def _expire(self, now: float) -> None:
         """Fail the GETs past their deadline (the connection is dropped) and find the next
         deadline. A server that cannot answer /metrics within the timeout is hung or stalled
-        (e.g. SIGSTOP): requests sent there now would wait for the gateway's bounds."""
+        (e.g. SIGSTOP): requests sent there now would wait for the gateway's bounds. The time
+        the scraper itself was stalled since the GET was sent is not the server's."""
         earliest = math.inf
         for target in list(self._targets.values()):
             if target.sent_at is None:
                 continue
-            deadline = target.sent_at + self._timeout
+            deadline = target.sent_at + self._timeout + self.stalled - target.stalled_at
             if now < deadline:
                 earliest = min(earliest, deadline)
                 continue
@@ -275,6 +297,7 @@ class MetricsScraper:
 
     def _begin(self, target: _Target, now: float) -> None:
         target.sent_at = now
+        target.stalled_at = self.stalled
         target.missed = 0
         self._next_deadline = min(self._next_deadline, now + self._timeout)
         target.getter.start(lambda result: self._answered(target, result))

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
+import httpx
 import pytest
 import pytest_asyncio
 
@@ -40,6 +41,23 @@ def stack_config(run_dir: Path, **overrides: object) -> StackConfig:
 
 
 StackFactory = Callable[..., AbstractAsyncContextManager[Stack]]
+
+
+async def failure_report(stack: Stack, *responses: httpx.Response, lines: int = 40) -> str:
+    """What a test prints when a response is not the one it expects, so that one failure in a full
+    run says why without a rerun: each response's status, headers and body; the health Envoy sees
+    for the pool's hosts (EDS, from the EPP's view) and its counts of what befell requests (retries,
+    resets, connection failures, ext_proc errors); the EPP's and Envoy's last log lines."""
+    parts = [f"HTTP {r.status_code} {dict(r.headers)} {r.text[:500]!r}" for r in responses]
+    if stack.envoy is not None and stack.envoy.running:
+        clusters = await stack.envoy_clusters_text()
+        parts += [line for line in clusters.splitlines() if "::health_flags::" in line]
+        stats = await stack.envoy_stats(r"ext_proc|^cluster\.(pool|epp)\.(upstream_rq|upstream_cx|lb_)")
+        parts.append(" ".join(f"{name}={value}" for name, value in sorted(stats.items()) if value))
+    for process in (stack.epp, stack.envoy):
+        if process is not None:
+            parts.append(f"--- {process.name} ({process.log_path}):\n{process.log_tail(lines)}")
+    return "\n".join(parts)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 
 from epp.stack.envoy import BODY_MODES, EnvoyOptions
 from epp.stack.stack import Stack
-from tests.integration.conftest import StackFactory, stack_config
+from tests.integration.conftest import StackFactory, failure_report, stack_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -43,10 +43,10 @@ async def test_requests_that_waited_for_a_stopped_epp_get_the_guards_429(
     ):
         assert stack.epp is not None and stack.epp.process is not None
         timely = await client.post("/v1/completions", json=BODY)
-        assert timely.status_code == 200, timely.text
+        assert timely.status_code == 200, await failure_report(stack, timely)
         held = await while_stopped(client, stack, HELD + 1, 2 * BOUND_MS / 1000)
         for response in held:
-            assert response.status_code == 429, response.text
+            assert response.status_code == 429, await failure_report(stack, *held)
             assert response.headers["retry-after"] == "1"
             message = response.json()["error"]["message"]
             assert message.startswith(
@@ -54,7 +54,7 @@ async def test_requests_that_waited_for_a_stopped_epp_get_the_guards_429(
             )
             assert message.endswith(f"over its limit of {BOUND_MS} ms (--max-queue-wait); retry later")
         after = await client.post("/v1/completions", json=BODY)
-        assert after.status_code == 200, after.text
+        assert after.status_code == 200, await failure_report(stack, after)
         metrics = (await client.get(f"{stack.view_url}/metrics")).text
         assert f'llm_d_epp_overload_refused_total{{reason="queue_wait"}} {float(HELD)}' in metrics
 
@@ -75,14 +75,15 @@ async def test_a_second_late_burst_is_shed_as_a_standing_queue_and_an_on_time_re
     ):
         assert stack.epp is not None and stack.epp.process is not None
         timely = await client.post("/v1/completions", json=BODY)
-        assert timely.status_code == 200, timely.text
+        assert timely.status_code == 200, await failure_report(stack, timely)
         streams = 1
-        statuses = []
+        bursts = []
         for _ in range(2):  # each burst waits 1.5 s for the stopped EPP: the second after an interval
             streams += HELD
-            held = await while_stopped(client, stack, streams, 1.5)
-            statuses.append([response.status_code for response in held])
-        assert statuses == [[200] * HELD, [429] * HELD], [r.text for r in held]
+            bursts.append(await while_stopped(client, stack, streams, 1.5))
+        statuses = [[response.status_code for response in burst] for burst in bursts]
+        assert statuses == [[200] * HELD, [429] * HELD], await failure_report(stack, *bursts[0], *bursts[1])
+        held = bursts[1]
         assert held[0].headers["retry-after"] == "1"
         assert held[0].json()["error"]["message"] == (
             "inference error: ResourceExhausted - the endpoint picker is overloaded: requests have waited "
@@ -92,7 +93,7 @@ async def test_a_second_late_burst_is_shed_as_a_standing_queue_and_an_on_time_re
         # first read one target after the last, on time, is served and ends the shedding.
         await asyncio.sleep(0.1)
         after = await client.post("/v1/completions", json=BODY)
-        assert after.status_code == 200, after.text
+        assert after.status_code == 200, await failure_report(stack, after)
         metrics = (await client.get(f"{stack.view_url}/metrics")).text
         assert f'llm_d_epp_overload_refused_total{{reason="standing_queue"}} {float(HELD)}' in metrics
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import MappingProxyType
 
 import pytest
+import uvloop
 from aiohttp import web
 
 from epp.datalayer import scraper as scraper_module
@@ -313,6 +317,100 @@ async def test_one_scrape_timeout_takes_a_hung_endpoint_out_until_it_answers(ser
         await until(lambda: endpoint.healthy)
     finally:
         await scraper.stop()
+
+
+class ThreadServer:
+    """A /metrics server in its own thread: it answers while the event loop's thread is stalled."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as the scraper's connection is
+
+            def do_GET(self) -> None:
+                page = VLLM_PAGE.encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.http.server_address[1])
+        self.thread = threading.Thread(target=self.http.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+        self.thread.join()
+
+
+STALL = 0.8  # seconds the scraper's thread is stalled: longer than its timeout
+
+
+async def stalled_scrape(monkeypatch: pytest.MonkeyPatch, in_own_step: bool) -> tuple[int, bool]:
+    """(failures, healthy) of an endpoint whose server answers at once, after the scraper's thread
+    stalled STALL seconds just after sending it a GET: in the scraper's own step, or in another
+    callback that a read event runs (a long callback, the process stopped there)."""
+    server = ThreadServer()
+    loop = asyncio.get_running_loop()
+    datastore = Datastore()
+    scraper = MetricsScraper(datastore, interval=0.02, timeout=0.3, overdue_turns=0)
+    stalled = False
+    stall_reader, stall_writer = socket.socketpair()
+
+    def stall() -> None:
+        stall_reader.recv(1)
+        time.sleep(STALL)
+
+    loop.add_reader(stall_reader, stall)
+    scrape = MetricsScraper._scrape
+
+    def stalling(self: MetricsScraper, group: dict[str, object], now: float) -> None:
+        nonlocal stalled
+        scrape(self, group, now)  # type: ignore[arg-type]
+        if self.scrapes >= 3 and not stalled and endpoint.spec.name in group:
+            stalled = True  # a GET just went out; the server answers while this thread sleeps
+            if in_own_step:
+                time.sleep(STALL)
+            else:
+                stall_writer.send(b"x")
+
+    monkeypatch.setattr(MetricsScraper, "_scrape", stalling)
+    await scraper.start()
+    endpoint = datastore.upsert(EndpointSpec("e", "127.0.0.1", server.port))
+    try:
+        await until(lambda: stalled)
+        scrapes = scraper.scrapes
+        await until(lambda: scraper.scrapes >= scrapes + 3)
+        return scraper.failures, endpoint.healthy
+    finally:
+        await scraper.stop()
+        loop.remove_reader(stall_reader)
+        stall_reader.close()
+        stall_writer.close()
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    "loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"]
+)
+@pytest.mark.parametrize("in_own_step", [True, False], ids=["in-its-step", "in-a-read-callback"])
+def test_a_scrape_answered_while_the_scraper_was_stalled_is_no_timeout(
+    monkeypatch: pytest.MonkeyPatch, loop_factory: Callable[[], asyncio.AbstractEventLoop], in_own_step: bool
+) -> None:
+    """The scraper's process stalled longer than the timeout (SIGSTOP, a loaded node, a long pause)
+    just after sending a GET, which the server answered at once: on resuming, the scraper reads
+    the answer waiting in its socket and the endpoint stays in rotation. Its deadline counted the
+    stall, and the scraper's wake-up, due by then, ran before the loop read its sockets (asyncio
+    after a stall in the scraper's step, uvloop after one in a read callback): every endpoint left
+    rotation at once, and the requests held during the stall got 503 "no ready endpoints"
+    (tests/integration/test_queue_wait_e2e.py stops the EPP for 1.5 s). On both loops: `epp
+    serve` runs on uvloop by default, these tests on asyncio's."""
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        assert runner.run(stalled_scrape(monkeypatch, in_own_step)) == (0, True)
 
 
 async def test_a_scrape_unanswered_for_its_overdue_turns_leaves_the_endpoint_out_while_others_answer(
