@@ -19,9 +19,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from epp.sim.errors import ApiError
-from epp.sim.schema_values import schema_value
-from epp.sim.tokens import token_pieces
+from epp.sim.schema_values import schema_text
+from epp.sim.tokens import WORD_CHUNK, token_pieces
 
+MAX_CALL_CHARS = 256 * 1024
+"""The most text a forced call is drawn to: a schema with no short value (`minItems: 1000000000`)
+is written this far, not whole, and the call ends there with finish_reason `length`."""
+_TOKEN_CHARS = WORD_CHUNK + 1
+"""The longest token but a run of spaces: `limit` tokens of text are within `limit` times this."""
 _USAGE = 'Correct usage: `{"type": "function", "function": {"name": "my_function"}}`'
 
 
@@ -32,17 +37,20 @@ class ForcedTools:
     mode: Literal["named", "required"]
     tools: dict[str, Any]
 
-    def plan(self, seed: int) -> ToolCallPlan:
-        """The call one sequence writes: the named tool, or under `required` one of the tools."""
+    def plan(self, seed: int, limit: int) -> ToolCallPlan:
+        """The call one sequence writes: the named tool, or under `required` one of the tools.
+        `limit`: the sequence's `max_tokens`; text past it is not written (`ToolCallPlan.whole`)."""
         names = list(self.tools)
         name = names[0] if self.mode == "named" else names[seed % len(names)]
         parameters = self.tools[name]
-        value = schema_value(parameters or {"type": "object"}, seed)  # none given: no arguments
-        arguments = json.dumps(value, ensure_ascii=False)
+        budget = min(limit * _TOKEN_CHARS, MAX_CALL_CHARS)
+        # none given: no arguments
+        arguments, whole = schema_text(parameters or {"type": "object"}, seed, budget)
         if self.mode == "named":
-            return ToolCallPlan(name, self.mode, arguments, 0, len(arguments))
+            return ToolCallPlan(name, self.mode, arguments, 0, len(arguments), whole)
         head = f'[{{"name": {json.dumps(name, ensure_ascii=False)}, "parameters": '
-        return ToolCallPlan(name, self.mode, head + arguments + "}]", len(head), len(head) + len(arguments))
+        text = head + arguments + ("}]" if whole else "")
+        return ToolCallPlan(name, self.mode, text, len(head), len(head) + len(arguments), whole)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +62,7 @@ class ToolCallPlan:
     text: str
     start: int  # the arguments' span in `text`
     end: int
+    whole: bool = True  # False: cut at the sequence's `max_tokens` (or `MAX_CALL_CHARS`) as drawn
 
     @property
     def pieces(self) -> list[str]:

@@ -11,9 +11,9 @@ import pytest
 
 from epp.sim.errors import ApiError
 from epp.sim.openai_api import parse_chat
-from epp.sim.schema_values import schema_value
+from epp.sim.schema_values import schema_text
 from epp.sim.tokens import token_pieces, tokenize
-from epp.sim.tools import ForcedTools, parse_tool_choice
+from epp.sim.tools import MAX_CALL_CHARS, ForcedTools, parse_tool_choice
 
 SCHEMAS: list[dict[str, Any]] = [
     {
@@ -87,6 +87,13 @@ SCHEMAS: list[dict[str, Any]] = [
 ]
 
 
+def schema_value(schema: Any, seed: int) -> Any:
+    """The value drawn for `schema`, written whole."""
+    text, whole = schema_text(schema, seed, 1 << 20)
+    assert whole
+    return json.loads(text)
+
+
 @pytest.mark.parametrize("schema", SCHEMAS, ids=lambda s: json.dumps(s)[:60])
 def test_arguments_satisfy_their_schema(schema: dict[str, Any]) -> None:
     validator = jsonschema.Draft202012Validator(schema)
@@ -105,7 +112,7 @@ def test_draft4_exclusive_bounds() -> None:
 
 def test_a_named_call_writes_its_arguments() -> None:
     forced = ForcedTools("named", {"f": SCHEMAS[0]})
-    plan = forced.plan(7)
+    plan = forced.plan(7, 1000)
     assert plan.name == "f" and plan.arguments(0, len(plan.text)) == plan.text
     jsonschema.validate(json.loads(plan.text), SCHEMAS[0])
     assert "".join(plan.pieces) == plan.text and len(plan.pieces) == len(tokenize(plan.text))
@@ -117,7 +124,7 @@ def test_a_required_call_writes_vllms_list_of_one_call() -> None:
     forced = ForcedTools("required", {"a": {"type": "object", "required": ["x"]}, "b": None})
     names = set()
     for seed in range(10):
-        plan = forced.plan(seed)
+        plan = forced.plan(seed, 1000)
         (written,) = json.loads(plan.text)
         names.add(written["name"])
         assert plan.name == written["name"]
@@ -125,14 +132,14 @@ def test_a_required_call_writes_vllms_list_of_one_call() -> None:
         assert plan.arguments(0, plan.start) == ""  # nothing of the arguments before their span
         assert "".join(token_pieces(plan.text)) == plan.text
     assert names == {"a", "b"}
-    assert json.loads(ForcedTools("required", {"b": None}).plan(1).text)[0]["parameters"] == {}
+    assert json.loads(ForcedTools("required", {"b": None}).plan(1, 1000).text)[0]["parameters"] == {}
 
 
 def test_finish_reasons_are_vllms() -> None:
     """OpenAI's rule, as vLLM follows it: a named call keeps the engine's reason, a required one
     that ended by itself is "tool_calls"."""
-    named = ForcedTools("named", {"f": None}).plan(0)
-    required = ForcedTools("required", {"f": None}).plan(0)
+    named = ForcedTools("named", {"f": None}).plan(0, 1000)
+    required = ForcedTools("required", {"f": None}).plan(0, 1000)
     assert (named.finish_reason("stop"), named.finish_reason("length")) == ("stop", "length")
     assert (required.finish_reason("stop"), required.finish_reason("length")) == ("tool_calls", "length")
     assert required.finish_reason(None) is None
@@ -210,3 +217,39 @@ def test_only_forced_choices_force_a_call() -> None:
     assert parse_tool_choice({"tools": [TOOL], "tool_choice": "required"}) == ForcedTools(
         "required", {"get_weather": {"type": "object"}}
     )
+
+
+ENDLESS: dict[str, dict[str, Any]] = {
+    "a billion items": {"type": "object", "properties": {"a": {"type": "array", "minItems": 10**9}}},
+    "a billion characters": {"type": "object", "properties": {"a": {"type": "string", "minLength": 10**9}}},
+    "a recursive $ref in ten properties": {
+        "type": "object",
+        "properties": {f"p{k}": {"$ref": "#"} for k in range(10)},
+    },
+}
+
+
+@pytest.mark.parametrize("schema", ENDLESS.values(), ids=ENDLESS)
+@pytest.mark.parametrize("mode", ["named", "required"])
+def test_a_call_longer_than_max_tokens_is_drawn_only_that_far(schema: dict[str, Any], mode: str) -> None:
+    """A value no answer can hold is written as far as `max_tokens` reaches, a prefix of the same
+    text drawn further, and the call is not whole (finish_reason length). It was drawn whole
+    first: 10**9 items, or 10**16 nested objects, held the event loop, and every simulated
+    endpoint of the process with it, for good."""
+    forced = ForcedTools(mode, {"f": schema})  # type: ignore[arg-type]
+    short, longer = forced.plan(3, 20), forced.plan(3, 2000)
+    for plan, limit in ((short, 20), (longer, 2000)):
+        assert not plan.whole and limit <= len(plan.pieces) <= limit * 6 + 20
+        assert plan.end == len(plan.text) and plan.arguments(0, len(plan.text)) == plan.text[plan.start :]
+    assert longer.text.startswith(short.text)
+    assert len(forced.plan(3, 10**6).text) <= MAX_CALL_CHARS + 100  # however large max_tokens is
+
+
+def test_allof_parts_that_multiply_are_a_400() -> None:
+    """`allOf` parts that each `$ref` a schema of ten more merge 10**16 times and write nothing:
+    refused, where it ran without end."""
+    schema = {"$defs": {"x": {"allOf": [{"$ref": "#/$defs/x"}] * 10}}, "$ref": "#/$defs/x"}
+    with pytest.raises(ApiError) as raised:
+        ForcedTools("named", {"f": schema}).plan(0, 100)
+    assert (raised.value.status, raised.value.param) == (400, "tools")
+    assert raised.value.message == "the tool's parameters merge more than 10000 `allOf` parts"
