@@ -3,7 +3,8 @@ writes under vLLM's guided decoding for a forced tool call's arguments (the tool
 schema). It covers what tool schemas use: types (one or a list), `enum`, `const`, objects with
 `properties` and `required`, arrays with `items` or `prefixItems` and their size bounds, string
 lengths, number bounds (inclusive and exclusive), `anyOf`/`oneOf` (the first branch), `allOf`
-(merged) and local `$ref`s. `pattern`, `format` and `multipleOf` are not followed.
+(merged) and local `$ref`s. `pattern`, `format` and `multipleOf` are not followed; a keyword of the
+wrong type (`"required": 5`, `"properties": []`) is ignored.
 
 The text is written as it is drawn, up to a budget of characters: a schema whose shortest value is
 longer than any answer can be (`minItems: 1000000000`, a recursive `$ref` fanning out) gives the
@@ -26,6 +27,9 @@ its fewest items, and a `$ref` is no longer followed, so a self-referencing sche
 MAX_MERGES = 10_000
 """`allOf` parts merged for one value at most: parts that `$ref` schemas made of more parts
 multiply without writing anything, which no budget of written text would stop."""
+MAX_NESTING = 300
+"""Levels of nesting a value is drawn to at most (a schema nested deeper is refused, 400): each
+level is a call of the drawing's, which must stay well within Python's recursion limit."""
 _DEFAULT_SPAN = 100
 _TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
 
@@ -33,7 +37,8 @@ _TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
 def schema_text(schema: Any, seed: int, budget: int) -> tuple[str, bool]:
     """(JSON text of a value satisfying `schema`, whether it is whole): the same for the same
     schema and seed, written as `json.dumps` writes it; cut once longer than `budget` characters
-    (then it is not whole). ApiError 400 for a schema whose `allOf`s multiply past `MAX_MERGES`."""
+    (then it is not whole). ApiError 400 for a schema whose `allOf`s multiply past `MAX_MERGES`
+    or that nests deeper than `MAX_NESTING`."""
     draw = _Draw(schema, random.Random(seed), budget)
     try:
         draw.value(schema, 0)
@@ -61,6 +66,7 @@ class _Draw:
             raise _Full
 
     def value(self, schema: Any, depth: int) -> None:
+        _within(depth)
         if not isinstance(schema, dict):  # `true` or a malformed schema: anything goes
             self._put(_json(self._words(1, 3)))
             return
@@ -91,6 +97,7 @@ class _Draw:
 
     def _resolve(self, schema: dict[str, Any], depth: int) -> dict[str, Any]:
         """`$ref` followed (a local JSON pointer) and `allOf` merged into one schema."""
+        _within(depth)
         ref = schema.get("$ref")
         if isinstance(ref, str) and ref.startswith("#") and depth < MAX_DEPTH:
             target: Any = self._root
@@ -111,17 +118,16 @@ class _Draw:
                     )
                 if isinstance(raw, dict):
                     part = self._resolve(raw, depth + 1)
-                    properties = {**merged.get("properties", {}), **part.get("properties", {})}
-                    required = [*merged.get("required", []), *part.get("required", [])]
+                    properties = {**_properties(merged), **_properties(part)}
+                    required = [*_required(merged), *_required(part)]
                     merged = {**merged, **part, "properties": properties, "required": required}
             return merged
         return schema
 
     def _object(self, schema: dict[str, Any], depth: int) -> None:
-        properties = schema.get("properties")
-        properties = properties if isinstance(properties, dict) else {}
+        properties = _properties(schema)
         names = dict.fromkeys(properties if depth < MAX_DEPTH else ())
-        names.update(dict.fromkeys(r for r in schema.get("required", []) if isinstance(r, str)))
+        names.update(dict.fromkeys(_required(schema)))
         self._put("{")
         for index, name in enumerate(names):
             self._put(("" if index == 0 else ", ") + _json(name) + ": ")
@@ -179,8 +185,23 @@ class _Draw:
         return "".join(output_text(seed, i) for i in range(self._rng.randint(fewest, most))).lstrip()
 
 
+def _within(depth: int) -> None:
+    if depth > MAX_NESTING:
+        raise ApiError(400, f"the tool's parameters nest deeper than {MAX_NESTING} levels", "tools")
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
+
+
+def _properties(schema: dict[str, Any]) -> dict[str, Any]:
+    properties = schema.get("properties")
+    return properties if isinstance(properties, dict) else {}
+
+
+def _required(schema: dict[str, Any]) -> list[str]:
+    required = schema.get("required")
+    return [r for r in required if isinstance(r, str)] if isinstance(required, list) else []
 
 
 def _type_of(schema: dict[str, Any]) -> str:

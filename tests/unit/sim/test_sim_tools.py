@@ -11,7 +11,7 @@ import pytest
 
 from epp.sim.errors import ApiError
 from epp.sim.openai_api import parse_chat
-from epp.sim.schema_values import schema_text
+from epp.sim.schema_values import MAX_NESTING, schema_text
 from epp.sim.tokens import token_pieces, tokenize
 from epp.sim.tools import MAX_CALL_CHARS, ForcedTools, parse_tool_choice
 
@@ -253,3 +253,41 @@ def test_allof_parts_that_multiply_are_a_400() -> None:
         ForcedTools("named", {"f": schema}).plan(0, 100)
     assert (raised.value.status, raised.value.param) == (400, "tools")
     assert raised.value.message == "the tool's parameters merge more than 10000 `allOf` parts"
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "object", "required": 5},
+        {"allOf": [{"type": "object", "properties": ["a"]}, {"required": 3}]},
+    ],
+    ids=json.dumps,
+)
+def test_a_keyword_of_the_wrong_type_is_ignored(schema: dict[str, Any]) -> None:
+    """`"required": 5` or `"properties": []` in an `allOf` raised TypeError: a 500."""
+    text, whole = schema_text(schema, 1, 1 << 20)
+    assert whole and isinstance(json.loads(text), dict)
+
+
+def nested(levels: int, kind: str) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "integer"}
+    for _ in range(levels):
+        if kind == "object":
+            schema = {"type": "object", "properties": {"a": schema}, "required": ["a"]}
+        elif kind == "array":
+            schema = {"type": "array", "items": schema, "minItems": 1, "maxItems": 1}
+        else:
+            schema = {kind: [schema]}
+    return schema
+
+
+@pytest.mark.parametrize("kind", ["object", "array", "anyOf", "allOf"])
+def test_a_schema_nested_deeper_than_the_drawing_goes_is_a_400(kind: str) -> None:
+    """A schema nested 500 levels (the request's JSON holds 1024) ran the drawing out of Python's
+    recursion limit: RecursionError, a 500. Within `MAX_NESTING` it is drawn whole."""
+    text, whole = schema_text(nested(MAX_NESTING - 1, kind), 0, 1 << 20)
+    assert whole and json.loads(text) is not None
+    with pytest.raises(ApiError) as raised:
+        schema_text(nested(500, kind), 0, 1 << 20)
+    assert (raised.value.status, raised.value.param) == (400, "tools")
+    assert raised.value.message == f"the tool's parameters nest deeper than {MAX_NESTING} levels"
