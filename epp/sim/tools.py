@@ -85,12 +85,13 @@ def tool_call_id() -> str:
 
 
 def message_tool_calls(plan: ToolCallPlan, generated: int) -> list[dict[str, Any]]:
-    """`message.tool_calls` once `generated` characters of the plan's text are out: one call, its
-    arguments as far as they were written (a call cut short before its arguments: none)."""
-    arguments = plan.arguments(0, generated)
-    if plan.mode == "required" and generated <= plan.start:
+    """`message.tool_calls` once `generated` characters of the plan's text are out. Named: one
+    call, its arguments as far as they were written (vLLM passes the text on as it is). Required:
+    vLLM reads the text as its list of calls and answers none when that list does not parse, as a
+    list cut short does not."""
+    if plan.mode == "required" and (generated < len(plan.text) or not plan.whole):
         return []
-    call = {"name": plan.name, "arguments": arguments}
+    call = {"name": plan.name, "arguments": plan.arguments(0, generated)}
     return [{"id": tool_call_id(), "type": "function", "function": call}]
 
 

@@ -410,6 +410,18 @@ async def test_a_named_tool_call_streamed_and_cut_short(
     assert arguments.startswith(cut) and len(tokenize(cut)) == 3
 
 
+async def test_a_required_tool_call_cut_short_answers_no_call(
+    cluster: SimCluster, http: aiohttp.ClientSession
+) -> None:
+    """vLLM parses a required call's list and answers no call when it was cut: the simulator
+    answered the cut arguments as a call."""
+    body = tool_request("required", tools=TOOLS[:1], max_tokens=30)  # past the call's name, before its end
+    status, _, data = await post(http, base(cluster) + "/v1/chat/completions", body)
+    (answer,) = data["choices"]
+    assert (status, answer["finish_reason"], data["usage"]["completion_tokens"]) == (200, "length", 30)
+    assert (answer["message"]["content"], answer["message"]["tool_calls"]) == ("", [])
+
+
 async def test_a_tool_whose_arguments_cannot_end_is_cut_at_max_tokens(
     cluster: SimCluster, http: aiohttp.ClientSession
 ) -> None:

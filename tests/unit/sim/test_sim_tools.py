@@ -13,7 +13,7 @@ from epp.sim.errors import ApiError
 from epp.sim.openai_api import parse_chat
 from epp.sim.schema_values import MAX_NESTING, schema_text
 from epp.sim.tokens import token_pieces, tokenize
-from epp.sim.tools import MAX_CALL_CHARS, ForcedTools, parse_tool_choice
+from epp.sim.tools import MAX_CALL_CHARS, ForcedTools, message_tool_calls, parse_tool_choice
 
 SCHEMAS: list[dict[str, Any]] = [
     {
@@ -291,3 +291,20 @@ def test_a_schema_nested_deeper_than_the_drawing_goes_is_a_400(kind: str) -> Non
         schema_text(nested(500, kind), 0, 1 << 20)
     assert (raised.value.status, raised.value.param) == (400, "tools")
     assert raised.value.message == f"the tool's parameters nest deeper than {MAX_NESTING} levels"
+
+
+def test_a_required_call_cut_short_is_no_call_in_the_message() -> None:
+    """vLLM reads a required call's text as `[{"name", "parameters"}]` and answers no call when it
+    does not parse (`contextlib.suppress(ValidationError)` in its parser): a list cut short is
+    none. The simulator answered the call with the cut arguments. A named call keeps them."""
+    required = ForcedTools("required", {"f": SCHEMAS[0]}).plan(5, 1000)
+    named = ForcedTools("named", {"f": SCHEMAS[0]}).plan(5, 1000)
+    whole = len(required.text)
+    (call,) = message_tool_calls(required, whole)
+    assert call["function"] == {"name": "f", "arguments": required.text[required.start : required.end]}
+    for cut in (required.start - 1, required.start + 3, required.end, whole - 1):
+        assert message_tool_calls(required, cut) == [], cut
+    (call,) = message_tool_calls(named, 7)
+    assert call["function"] == {"name": "f", "arguments": named.text[:7]}
+    endless = ForcedTools("required", {"f": ENDLESS["a billion items"]}).plan(5, 9)
+    assert message_tool_calls(endless, len(endless.text)) == []
