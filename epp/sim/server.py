@@ -395,7 +395,8 @@ class SimServer:
                 "Please reduce the length of the messages or completion.",
             )
         seed = sequence_seed(prompt, self.config.seed + sample)  # each of `n` samples differs
-        call = gen.tools.plan(seed, limit) if gen.tools is not None else None
+        sequences = len(gen.prompts) * gen.n
+        call = gen.tools.plan(seed, limit, sequences) if gen.tools is not None else None
         if role.prefill_leg:
             count, reason = 1, "length"
         elif call is not None:

@@ -23,8 +23,12 @@ from epp.sim.schema_values import schema_text
 from epp.sim.tokens import WORD_CHUNK, token_pieces
 
 MAX_CALL_CHARS = 256 * 1024
-"""The most text a forced call is drawn to: a schema with no short value (`minItems: 1000000000`)
-is written this far, not whole, and the call ends there with finish_reason `length`."""
+"""The most text the forced calls of one request are drawn to, shared by its sequences (`n`): a
+schema with no short value (`minItems: 1000000000`) is written this far, not whole, and the call
+ends there with finish_reason `length`. Drawing runs on the event loop (about 0.2 s for this)."""
+MIN_CALL_CHARS = 512
+"""What each sequence may draw however many share `MAX_CALL_CHARS`, enough for most tools'
+arguments: a request of `n` = 1000 (the waiting queue's default size) draws 512 KiB at most."""
 _TOKEN_CHARS = WORD_CHUNK + 1
 """The longest token but a run of spaces: `limit` tokens of text are within `limit` times this."""
 _USAGE = 'Correct usage: `{"type": "function", "function": {"name": "my_function"}}`'
@@ -37,13 +41,14 @@ class ForcedTools:
     mode: Literal["named", "required"]
     tools: dict[str, Any]
 
-    def plan(self, seed: int, limit: int) -> ToolCallPlan:
+    def plan(self, seed: int, limit: int, sequences: int = 1) -> ToolCallPlan:
         """The call one sequence writes: the named tool, or under `required` one of the tools.
-        `limit`: the sequence's `max_tokens`; text past it is not written (`ToolCallPlan.whole`)."""
+        `limit`: the sequence's `max_tokens`; text past it is not written (`ToolCallPlan.whole`),
+        nor past its share of `MAX_CALL_CHARS` among the request's `sequences`."""
         names = list(self.tools)
         name = names[0] if self.mode == "named" else names[seed % len(names)]
         parameters = self.tools[name]
-        budget = min(limit * _TOKEN_CHARS, MAX_CALL_CHARS)
+        budget = min(limit * _TOKEN_CHARS, max(MAX_CALL_CHARS // sequences, MIN_CALL_CHARS))
         # none given: no arguments
         arguments, whole = schema_text(parameters or {"type": "object"}, seed, budget)
         if self.mode == "named":
@@ -62,7 +67,7 @@ class ToolCallPlan:
     text: str
     start: int  # the arguments' span in `text`
     end: int
-    whole: bool = True  # False: cut at the sequence's `max_tokens` (or `MAX_CALL_CHARS`) as drawn
+    whole: bool = True  # False: cut at the sequence's `max_tokens` (or share of `MAX_CALL_CHARS`)
 
     @property
     def pieces(self) -> list[str]:
