@@ -49,8 +49,8 @@ class ForcedTools:
         name = names[0] if self.mode == "named" else names[seed % len(names)]
         parameters = self.tools[name]
         budget = min(limit * _TOKEN_CHARS, max(MAX_CALL_CHARS // sequences, MIN_CALL_CHARS))
-        # none given: no arguments
-        arguments, whole = schema_text(parameters or {"type": "object"}, seed, budget)
+        schema = parameters or {"type": "object"}  # none given: no arguments
+        arguments, whole = schema_text(schema, seed, budget)
         if self.mode == "named":
             return ToolCallPlan(name, self.mode, arguments, 0, len(arguments), whole)
         head = f'[{{"name": {json.dumps(name, ensure_ascii=False)}, "parameters": '
@@ -67,7 +67,7 @@ class ToolCallPlan:
     text: str
     start: int  # the arguments' span in `text`
     end: int
-    whole: bool = True  # False: cut at the sequence's `max_tokens` (or share of `MAX_CALL_CHARS`)
+    whole: bool  # False: cut at the sequence's `max_tokens` (or its share of `MAX_CALL_CHARS`)
 
     @property
     def pieces(self) -> list[str]:
