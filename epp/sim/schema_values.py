@@ -25,8 +25,9 @@ MAX_DEPTH = 16
 """Deeper than this (a recursive `$ref`) an object gets only its required properties, an array
 its fewest items, and a `$ref` is no longer followed, so a self-referencing schema still ends."""
 MAX_MERGES = 10_000
-"""`allOf` parts merged for one value at most: parts that `$ref` schemas made of more parts
-multiply without writing anything, which no budget of written text would stop."""
+"""`allOf` parts merged for one value at most (counted again for each value): a schema's parts
+are resolved once at each depth (`_Draw._resolved`), so parts that `$ref` schemas made of more
+parts do not multiply; more than this in one value is refused."""
 MAX_NESTING = 300
 """Levels of nesting a value is drawn to at most (a schema nested deeper is refused, 400): each
 level is a call of the drawing's, which must stay well within Python's recursion limit."""
@@ -57,6 +58,10 @@ class _Draw:
         self._rng = rng
         self._budget = budget
         self._merges = 0
+        # (id of an `allOf` part of the schema, depth) -> the part resolved: resolving is the
+        # same each time, and parts `$ref`ing schemas of more parts multiplied it 10**16-fold.
+        # Keyed by id: parts are the request's own objects, alive for the whole drawing.
+        self._resolved: dict[tuple[int, int], dict[str, Any]] = {}
         self.parts: list[str] = []
 
     def _put(self, text: str) -> None:
@@ -70,6 +75,7 @@ class _Draw:
         if not isinstance(schema, dict):  # `true` or a malformed schema: anything goes
             self._put(_json(self._words(1, 3)))
             return
+        self._merges = 0
         schema = self._resolve(schema, depth)
         if "const" in schema:
             self._put(_json(schema["const"]))
@@ -117,7 +123,9 @@ class _Draw:
                         400, f"the tool's parameters merge more than {MAX_MERGES} `allOf` parts", "tools"
                     )
                 if isinstance(raw, dict):
-                    part = self._resolve(raw, depth + 1)
+                    part = self._resolved.get((id(raw), depth + 1))
+                    if part is None:
+                        part = self._resolved[id(raw), depth + 1] = self._resolve(raw, depth + 1)
                     properties = {**_properties(merged), **_properties(part)}
                     required = [*_required(merged), *_required(part)]
                     merged = {**merged, **part, "properties": properties, "required": required}

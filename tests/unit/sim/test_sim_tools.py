@@ -251,14 +251,27 @@ def test_a_call_longer_than_max_tokens_is_drawn_only_that_far(schema: dict[str, 
     assert len(forced.plan(3, 10**6).text) <= MAX_CALL_CHARS + 100  # however large max_tokens is
 
 
-def test_allof_parts_that_multiply_are_a_400() -> None:
-    """`allOf` parts that each `$ref` a schema of ten more merge 10**16 times and write nothing:
-    refused, where it ran without end."""
-    schema = {"$defs": {"x": {"allOf": [{"$ref": "#/$defs/x"}] * 10}}, "$ref": "#/$defs/x"}
+def test_allof_parts_that_multiply_through_refs_are_resolved_once() -> None:
+    """`allOf` parts that each `$ref` a schema of ten more merged 10**16 times, writing nothing:
+    the drawing ran without end. Each part is resolved once at each depth; a thousand values of
+    that schema are drawn at once too. More than `MAX_MERGES` parts in one value are refused."""
+    bomb = {"type": "integer", "allOf": [{"$ref": "#/$defs/x"} for _ in range(10)]}
+    many = {"$defs": {"x": bomb}, "type": "array", "minItems": 1000, "maxItems": 1000}
+    text, whole = schema_text({**many, "items": {"$ref": "#/$defs/x"}}, 0, 1 << 20)
+    assert whole and len(json.loads(text)) == 1000
     with pytest.raises(ApiError) as raised:
-        ForcedTools("named", {"f": schema}).plan(0, 100)
+        ForcedTools("named", {"f": {"allOf": [{} for _ in range(10_001)]}}).plan(0, 100)
     assert (raised.value.status, raised.value.param) == (400, "tools")
     assert raised.value.message == "the tool's parameters merge more than 10000 `allOf` parts"
+    # Counted for each value: 6000 items merging two parts each (12000 in all) are drawn.
+    items = {
+        "type": "array",
+        "minItems": 6000,
+        "maxItems": 6000,
+        "items": {"allOf": [{"type": "integer"}, {}]},
+    }
+    text, whole = schema_text(items, 0, 1 << 20)
+    assert whole and len(json.loads(text)) == 6000
 
 
 @pytest.mark.parametrize(
