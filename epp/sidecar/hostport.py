@@ -13,6 +13,9 @@ from epp.datastore.endpoint import canonical_ip, join_host_port
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"
 )
+_ZONE = re.compile(r"^[0-9A-Za-z_.-]+$")
+"""An IPv6 zone id as interfaces are named: Python takes any text after `%` (`::1%2f@x y`),
+which in a URL's authority is userinfo, spaces and more."""
 _NUMBER_LABEL = re.compile(r"^(?:[0-9]+|0x[0-9a-f]*)$")
 """A last label that makes a name an IPv4 address in URL syntax (WHATWG's "ends in a number"):
 `127.1`, `2130706433`, `0x7f.1` and `0177.0.0.1` are the resolver's legacy spellings of 127.0.0.1,
@@ -26,9 +29,13 @@ def normalise_host(host: str) -> str:
     if bare.startswith("[") and bare.endswith("]"):
         bare = bare[1:-1]
     try:
-        return canonical_ip(bare)  # an IPv4-mapped address as the IPv4 it maps: the same host
+        canonical = canonical_ip(bare)  # an IPv4-mapped address as the IPv4 it maps: the same host
     except ValueError:
         pass
+    else:
+        if not _ZONE.match(canonical.partition("%")[2] or "0"):
+            raise ValueError(f"invalid host {host!r}: a zone id is an interface name or number")
+        return canonical
     name = bare.lower().rstrip(".")
     if name != bare.lower():
         try:  # `10.0.0.1.`: an address with the root's dot, as URL parsers read it

@@ -1,61 +1,109 @@
-"""A JSON value that satisfies a JSON schema, drawn deterministically from a seed: what a model
+"""JSON text that satisfies a JSON schema, drawn deterministically from a seed: what a model
 writes under vLLM's guided decoding for a forced tool call's arguments (the tool's `parameters`
 schema). It covers what tool schemas use: types (one or a list), `enum`, `const`, objects with
 `properties` and `required`, arrays with `items` or `prefixItems` and their size bounds, string
 lengths, number bounds (inclusive and exclusive), `anyOf`/`oneOf` (the first branch), `allOf`
-(merged) and local `$ref`s. `pattern`, `format` and `multipleOf` are not followed."""
+(merged) and local `$ref`s. `pattern`, `format` and `multipleOf` are not followed; a keyword of the
+wrong type (`"required": 5`, `"properties": []`) is ignored.
+
+The text is written as it is drawn, up to a budget of characters: a schema whose shortest value is
+longer than any answer can be (`minItems: 1000000000`, a recursive `$ref` fanning out) gives the
+text written so far, as a model under guided decoding would have written it when `max_tokens` cut
+it, instead of the whole value."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from typing import Any
 
+from epp.sim.errors import ApiError
 from epp.sim.tokens import output_text
 
 MAX_DEPTH = 16
 """Deeper than this (a recursive `$ref`) an object gets only its required properties, an array
-its fewest items, so a self-referencing schema still ends."""
+its fewest items, and a `$ref` is no longer followed, so a self-referencing schema still ends."""
+MAX_MERGES = 10_000
+"""`allOf` parts merged for one value at most (counted again for each value): a schema's parts
+are resolved once at each depth (`_Draw._resolved`), so parts that `$ref` schemas made of more
+parts do not multiply; more than this in one value is refused."""
+MAX_NESTING = 300
+"""Levels of nesting a value is drawn to at most (a schema nested deeper is refused, 400): each
+level is a call of the drawing's, which must stay well within Python's recursion limit."""
 _DEFAULT_SPAN = 100
 _TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
 
 
-def schema_value(schema: Any, seed: int) -> Any:
-    """A value satisfying `schema`; the same for the same schema and seed."""
-    return _Draw(schema, random.Random(seed)).value(schema, 0)
+def schema_text(schema: Any, seed: int, budget: int) -> tuple[str, bool]:
+    """(JSON text of a value satisfying `schema`, whether it is whole): the same for the same
+    schema and seed, written as `json.dumps` writes it; cut once longer than `budget` characters
+    (then it is not whole). ApiError 400 for a schema whose `allOf`s multiply past `MAX_MERGES`
+    or that nests deeper than `MAX_NESTING`."""
+    draw = _Draw(schema, random.Random(seed), budget)
+    try:
+        draw.value(schema, 0)
+    except _Full:
+        return "".join(draw.parts), False
+    return "".join(draw.parts), True
+
+
+class _Full(Exception):
+    """The text reached its budget."""
 
 
 class _Draw:
-    def __init__(self, root: Any, rng: random.Random) -> None:
+    def __init__(self, root: Any, rng: random.Random, budget: int) -> None:
         self._root = root
         self._rng = rng
+        self._budget = budget
+        self._merges = 0
+        # (id of an `allOf` part of the schema, depth) -> the part resolved: resolving is the
+        # same each time, and parts `$ref`ing schemas of more parts multiplied it 10**16-fold.
+        # Keyed by id: parts are the request's own objects, alive for the whole drawing.
+        self._resolved: dict[tuple[int, int], dict[str, Any]] = {}
+        self.parts: list[str] = []
 
-    def value(self, schema: Any, depth: int) -> Any:
+    def _put(self, text: str) -> None:
+        self.parts.append(text)
+        self._budget -= len(text)
+        if self._budget < 0:
+            raise _Full
+
+    def value(self, schema: Any, depth: int) -> None:
+        _within(depth)
         if not isinstance(schema, dict):  # `true` or a malformed schema: anything goes
-            return self._words(1, 3)
+            self._put(_json(self._words(1, 3)))
+            return
+        self._merges = 0
         schema = self._resolve(schema, depth)
         if "const" in schema:
-            return schema["const"]
+            self._put(_json(schema["const"]))
+            return
         if isinstance(schema.get("enum"), list) and schema["enum"]:
-            return self._rng.choice(schema["enum"])
+            self._put(_json(self._rng.choice(schema["enum"])))
+            return
         for branch in ("anyOf", "oneOf"):
             if isinstance(schema.get(branch), list) and schema[branch]:
-                return self.value(schema[branch][0], depth + 1)
+                self.value(schema[branch][0], depth + 1)
+                return
         kind = _type_of(schema)
         if kind == "object":
-            return self._object(schema, depth)
-        if kind == "array":
-            return self._array(schema, depth)
-        if kind in ("integer", "number"):
-            return self._number(schema, kind == "integer")
-        if kind == "boolean":
-            return self._rng.random() < 0.5
-        if kind == "null":
-            return None
-        return self._string(schema)
+            self._object(schema, depth)
+        elif kind == "array":
+            self._array(schema, depth)
+        elif kind in ("integer", "number"):
+            self._put(_json(self._number(schema, kind == "integer")))
+        elif kind == "boolean":
+            self._put(_json(self._rng.random() < 0.5))
+        elif kind == "null":
+            self._put("null")
+        else:
+            self._string(schema)
 
     def _resolve(self, schema: dict[str, Any], depth: int) -> dict[str, Any]:
         """`$ref` followed (a local JSON pointer) and `allOf` merged into one schema."""
+        _within(depth)
         ref = schema.get("$ref")
         if isinstance(ref, str) and ref.startswith("#") and depth < MAX_DEPTH:
             target: Any = self._root
@@ -69,30 +117,44 @@ class _Draw:
         if isinstance(parts, list) and parts:
             merged = {k: v for k, v in schema.items() if k != "allOf"}
             for raw in parts:
+                self._merges += 1
+                if self._merges > MAX_MERGES:
+                    raise ApiError(
+                        400, f"the tool's parameters merge more than {MAX_MERGES} `allOf` parts", "tools"
+                    )
                 if isinstance(raw, dict):
-                    part = self._resolve(raw, depth + 1)
-                    properties = {**merged.get("properties", {}), **part.get("properties", {})}
-                    required = [*merged.get("required", []), *part.get("required", [])]
+                    part = self._resolved.get((id(raw), depth + 1))
+                    if part is None:
+                        part = self._resolved[id(raw), depth + 1] = self._resolve(raw, depth + 1)
+                    properties = {**_properties(merged), **_properties(part)}
+                    required = [*_required(merged), *_required(part)]
                     merged = {**merged, **part, "properties": properties, "required": required}
             return merged
         return schema
 
-    def _object(self, schema: dict[str, Any], depth: int) -> dict[str, Any]:
-        properties = schema.get("properties")
-        properties = properties if isinstance(properties, dict) else {}
-        required = [r for r in schema.get("required", []) if isinstance(r, str)]
-        names = list(properties) if depth < MAX_DEPTH else []
-        names += [r for r in required if r not in names]
-        return {name: self.value(properties.get(name, {"type": "string"}), depth + 1) for name in names}
+    def _object(self, schema: dict[str, Any], depth: int) -> None:
+        properties = _properties(schema)
+        names = dict.fromkeys(properties if depth < MAX_DEPTH else ())
+        names.update(dict.fromkeys(_required(schema)))
+        self._put("{")
+        for index, name in enumerate(names):
+            self._put(("" if index == 0 else ", ") + _json(name) + ": ")
+            self.value(properties.get(name, {"type": "string"}), depth + 1)
+        self._put("}")
 
-    def _array(self, schema: dict[str, Any], depth: int) -> list[Any]:
+    def _array(self, schema: dict[str, Any], depth: int) -> None:
         low = _whole(schema.get("minItems"), 0)
         high = _whole(schema.get("maxItems"), max(low, 3))
         count = low if depth >= MAX_DEPTH else min(max(low, self._rng.randint(1, 3)), high)
         prefix = schema.get("prefixItems")
         prefix = prefix if isinstance(prefix, list) else []
         items = schema.get("items", {})
-        return [self.value(prefix[i] if i < len(prefix) else items, depth + 1) for i in range(count)]
+        self._put("[")
+        for i in range(count):
+            if i:
+                self._put(", ")
+            self.value(prefix[i] if i < len(prefix) else items, depth + 1)
+        self._put("]")
 
     def _number(self, schema: dict[str, Any], integer: bool) -> int | float:
         low, low_open = _bound(schema, "minimum", "exclusiveMinimum", max)
@@ -110,17 +172,44 @@ class _Draw:
             return (low + high) / 2
         return drawn
 
-    def _string(self, schema: dict[str, Any]) -> str:
+    def _string(self, schema: dict[str, Any]) -> None:
+        """Words up to `minLength` (cut at `maxLength`), written as they are drawn."""
         low = _whole(schema.get("minLength"), 0)
         high = _whole(schema.get("maxLength"), None)
-        text = self._words(1, 3)
-        while len(text) < low:
-            text += " " + self._words(1, 1)
-        return text if high is None else text[:high]
+        self._put('"')
+        chunk, length = self._words(1, 3), 0
+        while True:
+            if high is not None:
+                chunk = chunk[: high - length]
+            self._put(_json(chunk)[1:-1])
+            length += len(chunk)
+            if length >= low or (high is not None and length >= high):
+                break
+            chunk = " " + self._words(1, 1)
+        self._put('"')
 
     def _words(self, fewest: int, most: int) -> str:
         seed = self._rng.getrandbits(32)
         return "".join(output_text(seed, i) for i in range(self._rng.randint(fewest, most))).lstrip()
+
+
+def _within(depth: int) -> None:
+    if depth > MAX_NESTING:
+        raise ApiError(400, f"the tool's parameters nest deeper than {MAX_NESTING} levels", "tools")
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _properties(schema: dict[str, Any]) -> dict[str, Any]:
+    properties = schema.get("properties")
+    return properties if isinstance(properties, dict) else {}
+
+
+def _required(schema: dict[str, Any]) -> list[str]:
+    required = schema.get("required")
+    return [r for r in required if isinstance(r, str)] if isinstance(required, list) else []
 
 
 def _type_of(schema: dict[str, Any]) -> str:

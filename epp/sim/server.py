@@ -395,14 +395,19 @@ class SimServer:
                 "Please reduce the length of the messages or completion.",
             )
         seed = sequence_seed(prompt, self.config.seed + sample)  # each of `n` samples differs
-        call = gen.tools.plan(seed) if gen.tools is not None else None
+        sequences = len(gen.prompts) * gen.n
+        call = gen.tools.plan(seed, limit, sequences) if gen.tools is not None else None
         if role.prefill_leg:
             count, reason = 1, "length"
         elif call is not None:
             # Guided decoding ends the text with the call: ignore_eos and min_tokens would only
-            # add end-of-sequence tokens without text, which the simulator does not count.
+            # add end-of-sequence tokens without text, which the simulator does not count. A
+            # call not drawn whole did not fit: it ends where it was cut.
             written = len(call.pieces)
-            count, reason = (written, "stop") if written <= limit else (limit, "length")
+            if call.whole and written <= limit:
+                count, reason = written, "stop"
+            else:
+                count, reason = min(written, limit), "length"
         else:
             count, reason = output_length(limit, seed, gen.ignore_eos, gen.min_tokens)
         request = Request(

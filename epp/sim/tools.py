@@ -19,9 +19,18 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from epp.sim.errors import ApiError
-from epp.sim.schema_values import schema_value
-from epp.sim.tokens import token_pieces
+from epp.sim.schema_values import schema_text
+from epp.sim.tokens import WORD_CHUNK, token_pieces
 
+MAX_CALL_CHARS = 256 * 1024
+"""The most text the forced calls of one request are drawn to, shared by its sequences (`n`): a
+schema with no short value (`minItems: 1000000000`) is written this far, not whole, and the call
+ends there with finish_reason `length`. Drawing runs on the event loop (about 0.2 s for this)."""
+MIN_CALL_CHARS = 512
+"""What each sequence may draw however many share `MAX_CALL_CHARS`, enough for most tools'
+arguments: a request of `n` = 1000 (the waiting queue's default size) draws 512 KiB at most."""
+_TOKEN_CHARS = WORD_CHUNK + 1
+"""The longest token but a run of spaces: `limit` tokens of text are within `limit` times this."""
 _USAGE = 'Correct usage: `{"type": "function", "function": {"name": "my_function"}}`'
 
 
@@ -32,17 +41,21 @@ class ForcedTools:
     mode: Literal["named", "required"]
     tools: dict[str, Any]
 
-    def plan(self, seed: int) -> ToolCallPlan:
-        """The call one sequence writes: the named tool, or under `required` one of the tools."""
+    def plan(self, seed: int, limit: int, sequences: int = 1) -> ToolCallPlan:
+        """The call one sequence writes: the named tool, or under `required` one of the tools.
+        `limit`: the sequence's `max_tokens`; text past it is not written (`ToolCallPlan.whole`),
+        nor past its share of `MAX_CALL_CHARS` among the request's `sequences`."""
         names = list(self.tools)
         name = names[0] if self.mode == "named" else names[seed % len(names)]
         parameters = self.tools[name]
-        value = schema_value(parameters or {"type": "object"}, seed)  # none given: no arguments
-        arguments = json.dumps(value, ensure_ascii=False)
+        budget = min(limit * _TOKEN_CHARS, max(MAX_CALL_CHARS // sequences, MIN_CALL_CHARS))
+        schema = parameters or {"type": "object"}  # none given: no arguments
+        arguments, whole = schema_text(schema, seed, budget)
         if self.mode == "named":
-            return ToolCallPlan(name, self.mode, arguments, 0, len(arguments))
+            return ToolCallPlan(name, self.mode, arguments, 0, len(arguments), whole)
         head = f'[{{"name": {json.dumps(name, ensure_ascii=False)}, "parameters": '
-        return ToolCallPlan(name, self.mode, head + arguments + "}]", len(head), len(head) + len(arguments))
+        text = head + arguments + ("}]" if whole else "")
+        return ToolCallPlan(name, self.mode, text, len(head), len(head) + len(arguments), whole)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +67,7 @@ class ToolCallPlan:
     text: str
     start: int  # the arguments' span in `text`
     end: int
+    whole: bool  # False: cut at the sequence's `max_tokens` (or its share of `MAX_CALL_CHARS`)
 
     @property
     def pieces(self) -> list[str]:
@@ -76,12 +90,13 @@ def tool_call_id() -> str:
 
 
 def message_tool_calls(plan: ToolCallPlan, generated: int) -> list[dict[str, Any]]:
-    """`message.tool_calls` once `generated` characters of the plan's text are out: one call, its
-    arguments as far as they were written (a call cut short before its arguments: none)."""
-    arguments = plan.arguments(0, generated)
-    if plan.mode == "required" and generated <= plan.start:
+    """`message.tool_calls` once `generated` characters of the plan's text are out. Named: one
+    call, its arguments as far as they were written (vLLM passes the text on as it is). Required:
+    vLLM reads the text as its list of calls and answers none when that list does not parse, as a
+    list cut short does not."""
+    if plan.mode == "required" and (generated < len(plan.text) or not plan.whole):
         return []
-    call = {"name": plan.name, "arguments": arguments}
+    call = {"name": plan.name, "arguments": plan.arguments(0, generated)}
     return [{"id": tool_call_id(), "type": "function", "function": call}]
 
 

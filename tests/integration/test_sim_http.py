@@ -410,6 +410,34 @@ async def test_a_named_tool_call_streamed_and_cut_short(
     assert arguments.startswith(cut) and len(tokenize(cut)) == 3
 
 
+async def test_a_required_tool_call_cut_short_answers_no_call(
+    cluster: SimCluster, http: aiohttp.ClientSession
+) -> None:
+    """vLLM parses a required call's list and answers no call when it was cut: the simulator
+    answered the cut arguments as a call."""
+    body = tool_request("required", tools=TOOLS[:1], max_tokens=30)  # past the call's name, before its end
+    status, _, data = await post(http, base(cluster) + "/v1/chat/completions", body)
+    (answer,) = data["choices"]
+    assert (status, answer["finish_reason"], data["usage"]["completion_tokens"]) == (200, "length", 30)
+    assert (answer["message"]["content"], answer["message"]["tool_calls"]) == ("", [])
+
+
+async def test_a_tool_whose_arguments_cannot_end_is_cut_at_max_tokens(
+    cluster: SimCluster, http: aiohttp.ClientSession
+) -> None:
+    """`minItems: 10**9`: guided decoding writes items until `max_tokens`, as the simulator now
+    does. It drew all 10**9 first, and the server answered nothing (this request nor any other)."""
+    endless = {"type": "object", "properties": {"ids": {"type": "array", "minItems": 10**9}}}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": endless}}]
+    choice = {"type": "function", "function": {"name": "f"}}
+    body = tool_request(choice, tools=tools, max_tokens=20)
+    status, _, data = await post(http, base(cluster) + "/v1/chat/completions", body)
+    (answer,) = data["choices"]
+    assert (status, answer["finish_reason"], data["usage"]["completion_tokens"]) == (200, "length", 20)
+    arguments = answer["message"]["tool_calls"][0]["function"]["arguments"]
+    assert arguments.startswith('{"ids": [') and len(tokenize(arguments)) == 20
+
+
 async def test_an_unknown_tool_in_tool_choice_is_vllms_400(
     cluster: SimCluster, http: aiohttp.ClientSession
 ) -> None:

@@ -21,6 +21,7 @@ from epp.stack.processes import wait_until
         ("[FD00::1]:8000", HostPort("fd00::1", 8000)),
         ("Prefill-0.Pool.svc.:8000", HostPort("prefill-0.pool.svc", 8000)),
         ("10.0.0.1.:8000", HostPort("10.0.0.1", 8000)),
+        ("[FE80::1%eth0]:8000", HostPort("fe80::1%eth0", 8000)),  # a zone id naming an interface
     ],
 )
 def test_hostport_spellings_are_canonical(text: str, expected: HostPort) -> None:
@@ -41,6 +42,8 @@ def test_hostport_spellings_are_canonical(text: str, expected: HostPort) -> None
         ":8000",
         "10.0.0.1:\u0668\u0660\u0660\u0660",  # Arabic-Indic digits, which int() reads as 8000
         "10.0.0.1:\uff18\uff10\uff10\uff10",  # fullwidth digits
+        "[::1%2f@evil.example]:80",  # a zone id Python takes: yarl refused the URL (a 500)
+        "[fe80::1%eth0 x]:80",
     ],
 )
 def test_hostport_rejects_anything_but_host_and_port(text: str) -> None:

@@ -178,6 +178,19 @@ async def test_a_legacy_ipv4_spelling_of_the_prefiller_is_a_400_not_a_502(rig: R
     assert rig.engine.received == []
 
 
+async def test_a_zone_id_with_url_syntax_in_the_prefiller_is_a_400_not_a_500(rig: Rig) -> None:
+    """Python's ipaddress takes any text after `%` as a zone id: `[::1%2f@evil.example]` passed,
+    then yarl refused the URL built from it, an error no handler caught (500)."""
+    headers = {"x-prefiller-host-port": f"[::1%2f@evil.example]:{rig.engine.port}"}
+    answered, reply = await post(rig, orjson.dumps(PROMPT), "identity", headers)
+    assert answered == 400
+    assert orjson.loads(reply)["message"] == (
+        "invalid x-prefiller-host-port: invalid host '[::1%2f@evil.example]': a zone id is an "
+        "interface name or number"
+    )
+    assert rig.engine.received == []
+
+
 async def send_raw(port: int, request: bytes) -> bytes:
     """The status line of the reply to `request`, written to the socket as it is."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)

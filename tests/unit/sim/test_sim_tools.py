@@ -11,9 +11,15 @@ import pytest
 
 from epp.sim.errors import ApiError
 from epp.sim.openai_api import parse_chat
-from epp.sim.schema_values import schema_value
+from epp.sim.schema_values import MAX_NESTING, schema_text
 from epp.sim.tokens import token_pieces, tokenize
-from epp.sim.tools import ForcedTools, parse_tool_choice
+from epp.sim.tools import (
+    MAX_CALL_CHARS,
+    MIN_CALL_CHARS,
+    ForcedTools,
+    message_tool_calls,
+    parse_tool_choice,
+)
 
 SCHEMAS: list[dict[str, Any]] = [
     {
@@ -87,6 +93,13 @@ SCHEMAS: list[dict[str, Any]] = [
 ]
 
 
+def schema_value(schema: Any, seed: int) -> Any:
+    """The value drawn for `schema`, written whole."""
+    text, whole = schema_text(schema, seed, 1 << 20)
+    assert whole
+    return json.loads(text)
+
+
 @pytest.mark.parametrize("schema", SCHEMAS, ids=lambda s: json.dumps(s)[:60])
 def test_arguments_satisfy_their_schema(schema: dict[str, Any]) -> None:
     validator = jsonschema.Draft202012Validator(schema)
@@ -105,7 +118,7 @@ def test_draft4_exclusive_bounds() -> None:
 
 def test_a_named_call_writes_its_arguments() -> None:
     forced = ForcedTools("named", {"f": SCHEMAS[0]})
-    plan = forced.plan(7)
+    plan = forced.plan(7, 1000)
     assert plan.name == "f" and plan.arguments(0, len(plan.text)) == plan.text
     jsonschema.validate(json.loads(plan.text), SCHEMAS[0])
     assert "".join(plan.pieces) == plan.text and len(plan.pieces) == len(tokenize(plan.text))
@@ -117,7 +130,7 @@ def test_a_required_call_writes_vllms_list_of_one_call() -> None:
     forced = ForcedTools("required", {"a": {"type": "object", "required": ["x"]}, "b": None})
     names = set()
     for seed in range(10):
-        plan = forced.plan(seed)
+        plan = forced.plan(seed, 1000)
         (written,) = json.loads(plan.text)
         names.add(written["name"])
         assert plan.name == written["name"]
@@ -125,14 +138,14 @@ def test_a_required_call_writes_vllms_list_of_one_call() -> None:
         assert plan.arguments(0, plan.start) == ""  # nothing of the arguments before their span
         assert "".join(token_pieces(plan.text)) == plan.text
     assert names == {"a", "b"}
-    assert json.loads(ForcedTools("required", {"b": None}).plan(1).text)[0]["parameters"] == {}
+    assert json.loads(ForcedTools("required", {"b": None}).plan(1, 1000).text)[0]["parameters"] == {}
 
 
 def test_finish_reasons_are_vllms() -> None:
     """OpenAI's rule, as vLLM follows it: a named call keeps the engine's reason, a required one
     that ended by itself is "tool_calls"."""
-    named = ForcedTools("named", {"f": None}).plan(0)
-    required = ForcedTools("required", {"f": None}).plan(0)
+    named = ForcedTools("named", {"f": None}).plan(0, 1000)
+    required = ForcedTools("required", {"f": None}).plan(0, 1000)
     assert (named.finish_reason("stop"), named.finish_reason("length")) == ("stop", "length")
     assert (required.finish_reason("stop"), required.finish_reason("length")) == ("tool_calls", "length")
     assert required.finish_reason(None) is None
@@ -210,3 +223,118 @@ def test_only_forced_choices_force_a_call() -> None:
     assert parse_tool_choice({"tools": [TOOL], "tool_choice": "required"}) == ForcedTools(
         "required", {"get_weather": {"type": "object"}}
     )
+
+
+ENDLESS: dict[str, dict[str, Any]] = {
+    "a billion items": {"type": "object", "properties": {"a": {"type": "array", "minItems": 10**9}}},
+    "a billion characters": {"type": "object", "properties": {"a": {"type": "string", "minLength": 10**9}}},
+    "a recursive $ref in ten properties": {
+        "type": "object",
+        "properties": {f"p{k}": {"$ref": "#"} for k in range(10)},
+    },
+}
+
+
+@pytest.mark.parametrize("schema", ENDLESS.values(), ids=ENDLESS)
+@pytest.mark.parametrize("mode", ["named", "required"])
+def test_a_call_longer_than_max_tokens_is_drawn_only_that_far(schema: dict[str, Any], mode: str) -> None:
+    """A value no answer can hold is written as far as `max_tokens` reaches, a prefix of the same
+    text drawn further, and the call is not whole (finish_reason length). It was drawn whole
+    first: 10**9 items, or 10**16 nested objects, held the event loop, and every simulated
+    endpoint of the process with it, for good."""
+    forced = ForcedTools(mode, {"f": schema})  # type: ignore[arg-type]
+    short, longer = forced.plan(3, 20), forced.plan(3, 2000)
+    for plan, limit in ((short, 20), (longer, 2000)):
+        assert not plan.whole and limit <= len(plan.pieces) <= limit * 6 + 20
+        assert plan.end == len(plan.text) and plan.arguments(0, len(plan.text)) == plan.text[plan.start :]
+    assert longer.text.startswith(short.text)
+    assert len(forced.plan(3, 10**6).text) <= MAX_CALL_CHARS + 100  # however large max_tokens is
+
+
+def test_allof_parts_that_multiply_through_refs_are_resolved_once() -> None:
+    """`allOf` parts that each `$ref` a schema of ten more merged 10**16 times, writing nothing:
+    the drawing ran without end. Each part is resolved once at each depth; a thousand values of
+    that schema are drawn at once too. More than `MAX_MERGES` parts in one value are refused."""
+    bomb = {"type": "integer", "allOf": [{"$ref": "#/$defs/x"} for _ in range(10)]}
+    many = {"$defs": {"x": bomb}, "type": "array", "minItems": 1000, "maxItems": 1000}
+    text, whole = schema_text({**many, "items": {"$ref": "#/$defs/x"}}, 0, 1 << 20)
+    assert whole and len(json.loads(text)) == 1000
+    with pytest.raises(ApiError) as raised:
+        ForcedTools("named", {"f": {"allOf": [{} for _ in range(10_001)]}}).plan(0, 100)
+    assert (raised.value.status, raised.value.param) == (400, "tools")
+    assert raised.value.message == "the tool's parameters merge more than 10000 `allOf` parts"
+    # Counted for each value: 6000 items merging two parts each (12000 in all) are drawn.
+    items = {
+        "type": "array",
+        "minItems": 6000,
+        "maxItems": 6000,
+        "items": {"allOf": [{"type": "integer"}, {}]},
+    }
+    text, whole = schema_text(items, 0, 1 << 20)
+    assert whole and len(json.loads(text)) == 6000
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "object", "required": 5},
+        {"allOf": [{"type": "object", "properties": ["a"]}, {"required": 3}]},
+    ],
+    ids=json.dumps,
+)
+def test_a_keyword_of_the_wrong_type_is_ignored(schema: dict[str, Any]) -> None:
+    """`"required": 5` or `"properties": []` in an `allOf` raised TypeError: a 500."""
+    text, whole = schema_text(schema, 1, 1 << 20)
+    assert whole and isinstance(json.loads(text), dict)
+
+
+def nested(levels: int, kind: str) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "integer"}
+    for _ in range(levels):
+        if kind == "object":
+            schema = {"type": "object", "properties": {"a": schema}, "required": ["a"]}
+        elif kind == "array":
+            schema = {"type": "array", "items": schema, "minItems": 1, "maxItems": 1}
+        else:
+            schema = {kind: [schema]}
+    return schema
+
+
+@pytest.mark.parametrize("kind", ["object", "array", "anyOf", "allOf"])
+def test_a_schema_nested_deeper_than_the_drawing_goes_is_a_400(kind: str) -> None:
+    """A schema nested 500 levels (the request's JSON holds 1024) ran the drawing out of Python's
+    recursion limit: RecursionError, a 500. Within `MAX_NESTING` it is drawn whole."""
+    text, whole = schema_text(nested(MAX_NESTING - 1, kind), 0, 1 << 20)
+    assert whole and json.loads(text) is not None
+    with pytest.raises(ApiError) as raised:
+        schema_text(nested(500, kind), 0, 1 << 20)
+    assert (raised.value.status, raised.value.param) == (400, "tools")
+    assert raised.value.message == f"the tool's parameters nest deeper than {MAX_NESTING} levels"
+
+
+def test_a_required_call_cut_short_is_no_call_in_the_message() -> None:
+    """vLLM reads a required call's text as `[{"name", "parameters"}]` and answers no call when it
+    does not parse (`contextlib.suppress(ValidationError)` in its parser): a list cut short is
+    none. The simulator answered the call with the cut arguments. A named call keeps them."""
+    required = ForcedTools("required", {"f": SCHEMAS[0]}).plan(5, 1000)
+    named = ForcedTools("named", {"f": SCHEMAS[0]}).plan(5, 1000)
+    whole = len(required.text)
+    (call,) = message_tool_calls(required, whole)
+    assert call["function"] == {"name": "f", "arguments": required.text[required.start : required.end]}
+    for cut in (required.start - 1, required.start + 3, required.end, whole - 1):
+        assert message_tool_calls(required, cut) == [], cut
+    (call,) = message_tool_calls(named, 7)
+    assert call["function"] == {"name": "f", "arguments": named.text[:7]}
+    endless = ForcedTools("required", {"f": ENDLESS["a billion items"]}).plan(5, 9)
+    assert message_tool_calls(endless, len(endless.text)) == []
+
+
+def test_the_sequences_of_one_request_share_what_is_drawn() -> None:
+    """Each of `n` sequences drew up to 256 KiB: a request of n = 64 for a schema with no short
+    value held the event loop 17 s (n = 1000, the queue's default: minutes). They share it now,
+    each keeping at least `MIN_CALL_CHARS`; arguments that fit are drawn whole as before."""
+    endless = ForcedTools("named", {"f": ENDLESS["a billion items"]})
+    assert len(endless.plan(0, 10**5, 64).text) <= MAX_CALL_CHARS // 64 + 100
+    assert MIN_CALL_CHARS <= len(endless.plan(0, 10**5, 1000).text) <= MIN_CALL_CHARS + 100
+    ordinary = ForcedTools("named", {"f": SCHEMAS[0]})
+    assert ordinary.plan(3, 10**5, 1000) == ordinary.plan(3, 10**5) and ordinary.plan(3, 10**5).whole
