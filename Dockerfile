@@ -14,7 +14,7 @@ COPY pyproject.toml setup.py README.md ./
 COPY epp ./epp
 RUN pip install --no-cache-dir --prefix=/install . && \
     cd / && PYTHONPATH=/install/lib/python3.11/site-packages python -c \
-        "import epp.scheduling.prefix._blockindex, epp.datalayer._blockkeys, epp.datalayer._promscan, epp.sim._wordtokens, epp.bench._eventheap"
+        "import epp.scheduling.prefix._blockindex, epp.datalayer._blockkeys, epp.datalayer._promscan, epp.requests._jsondepth, epp.sim._wordtokens, epp.bench._eventheap"
 # xds-protos overwrites OpenTelemetry's generated protos with an older copy (same module paths):
 # put opentelemetry-proto's own back, or the OTLP exporters behind --tracing fail to import.
 RUN version=$(PYTHONPATH=/install/lib/python3.11/site-packages python -c \

@@ -20,11 +20,12 @@ $(STAMP): pyproject.toml
 
 # The C extensions (the prefix index's tables, epp/scheduling/prefix/_blockindex.c; the precise
 # index's block keys, epp/datalayer/_blockkeys.c; the metrics page reader,
-# epp/datalayer/_promscan.c; the simulator tokenizer's words path, epp/sim/_wordtokens.c; the
-# virtual-time run's event queue, epp/bench/_eventheap.c), built in place: the editable install
+# epp/datalayer/_promscan.c; the request body's depth check, epp/requests/_jsondepth.c; the
+# simulator tokenizer's words path, epp/sim/_wordtokens.c; the virtual-time run's event queue,
+# epp/bench/_eventheap.c), built in place: the editable install
 # builds them once; this rebuilds them when their sources change.
 EXTENSION := $(VENV)/.blockindex
-$(EXTENSION): $(STAMP) setup.py epp/scheduling/prefix/_blockindex.c epp/datalayer/_blockkeys.c epp/datalayer/_promscan.c epp/sim/_wordtokens.c epp/bench/_eventheap.c
+$(EXTENSION): $(STAMP) setup.py epp/scheduling/prefix/_blockindex.c epp/datalayer/_blockkeys.c epp/datalayer/_promscan.c epp/requests/_jsondepth.c epp/sim/_wordtokens.c epp/bench/_eventheap.c
 	$(BIN)/python setup.py --quiet build_ext --inplace
 	touch $(EXTENSION)
 
@@ -45,6 +46,7 @@ asan-check: $(STAMP)
 		$(CURDIR)/$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/scheduling/test_scheduling_prefix_compiled*.py \
 		tests/unit/datalayer/test_blockkeys.py \
 		tests/unit/datalayer/test_promtext_compiled.py \
+		tests/unit/requests/test_jsondepth.py \
 		tests/unit/sim/test_tokens_compiled.py \
 		tests/unit/bench/test_bench_events.py
 

@@ -1,8 +1,9 @@
 """The compiled parts: the prefix index's tables and block hashing (epp/scheduling/prefix/
 _blockindex.c), the precise index's block keys (epp/datalayer/_blockkeys.c), the metrics page
-reader (epp/datalayer/_promscan.c), the simulator tokenizer's words path (epp/sim/_wordtokens.c)
-and the virtual-time run's event queue (epp/bench/_eventheap.c). Optional: without a C compiler
-the install goes on and each uses its pure-Python version."""
+reader (epp/datalayer/_promscan.c), the request body's depth check (epp/requests/_jsondepth.c),
+the simulator tokenizer's words path (epp/sim/_wordtokens.c) and the virtual-time run's event
+queue (epp/bench/_eventheap.c). Optional: without a C compiler the install goes on and each uses
+its pure-Python version."""
 
 from setuptools import Extension, setup
 
@@ -15,6 +16,7 @@ setup(
         ),
         Extension("epp.datalayer._blockkeys", ["epp/datalayer/_blockkeys.c"], optional=True),
         Extension("epp.datalayer._promscan", ["epp/datalayer/_promscan.c"], optional=True),
+        Extension("epp.requests._jsondepth", ["epp/requests/_jsondepth.c"], optional=True),
         Extension("epp.sim._wordtokens", ["epp/sim/_wordtokens.c"], optional=True),
         Extension(
             "epp.bench._eventheap",

@@ -156,6 +156,7 @@ class Endpoint:
         "inflight_tokens",
         "metrics",
         "name",
+        "ref",
         "scrape_overdue",
         "served_models",
         "spec",
@@ -191,6 +192,9 @@ class Endpoint:
         # per request (decision records, destinations): plain attributes, not properties.
         self.name = spec.name
         self.hostport = spec.hostport
+        # (name, host:port), as decision records keep each candidate scored: one tuple for the
+        # endpoint's life instead of one a candidate a request (and its collection).
+        self.ref = (spec.name, spec.hostport)
         self.metrics = EndpointMetrics()
         # `healthy` follows the metrics scraper; `suspended_until` (monotonic seconds) is a short
         # quarantine after the data plane reported the endpoint unreachable.

@@ -46,6 +46,11 @@ class EndpointLike(Protocol):
     @property
     def hostport(self) -> str: ...
 
+    @property
+    def ref(self) -> tuple[str, str]:
+        """(name, hostport), the same tuple every time."""
+        ...
+
 
 class PluginLike(Protocol):
     @property
@@ -178,7 +183,7 @@ class ProfileRecord:
             tuple([e.name for e in self.candidates]),
             tuple([(p.name, p.type_name, tuple([e.name for e in kept]), t) for p, kept, t in self.filters]),
             tuple([(p.name, p.type_name, w, tuple(scores), t) for p, w, scores, t in self.scorers]),
-            tuple([(e.name, e.hostport) for e in self.scored]),
+            tuple([e.ref for e in self.scored]),
             tuple(self.totals),
             (picker[0].name, picker[0].type_name, picker[1]) if picker else None,
             tuple([e.name for e in self.picked]),
@@ -187,7 +192,7 @@ class ProfileRecord:
 
 
 def _ref(endpoint: EndpointLike | None) -> tuple[str, str] | None:
-    return None if endpoint is None else (endpoint.name, endpoint.hostport)
+    return None if endpoint is None else endpoint.ref
 
 
 def _ref_json(ref: tuple[str, str] | None) -> dict[str, str] | None:
@@ -263,7 +268,7 @@ class DecisionRecord:
                 tuple([e.name for e in self.candidates]),
                 tuple([p.freeze() for p in self.profiles]),
                 _ref(self.destination),
-                tuple([(e.name, e.hostport) for e in self.fallbacks]),
+                tuple([e.ref for e in self.fallbacks]),
                 _ref(self.prefill),
             )
             self.candidates, self.profiles, self.fallbacks = (), [], ()

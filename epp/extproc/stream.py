@@ -79,7 +79,9 @@ class ExtProcStream:
         self._response_mode = NO_BODY
         self._headers: dict[str, str] = {}
         self._generated_request_id: str | None = None
-        self._body = bytearray()
+        # The request body so far: the first message's bytes as they are (a BUFFERED body is one
+        # message, and `bytes()` of it below is no copy), a bytearray once a second one comes.
+        self._body: bytes | bytearray = b""
         self._subset: list[str] | None = None
         self._routed: RoutedRequest | None = None
         # A refusal from the awaited step (admission, flow control), answered by `handle`.
@@ -227,7 +229,13 @@ class ExtProcStream:
         if self._request_ended or self._routed is not None:
             raise self._violation("a request body after the request ended")
         self._request_ended = body.end_of_stream
-        self._body += body.body
+        chunk = body.body
+        if not self._body:
+            self._body = chunk
+        else:
+            if isinstance(self._body, bytes):
+                self._body = bytearray(self._body)
+            self._body += chunk
         if len(self._body) > self._options.max_body_bytes:
             raise self._director.refuse(
                 ErrorCode.PAYLOAD_TOO_LARGE,

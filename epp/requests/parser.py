@@ -7,8 +7,14 @@ from typing import Any, TypeVar
 
 import orjson
 
+from epp.compiled import warn_python_fallback
 from epp.requests.errors import ErrorCode, RequestError
 from epp.requests.types import ApiKind, InferenceRequest
+
+try:  # the depth check in C (_jsondepth.c): one pass over the body, strings skipped
+    from epp.requests._jsondepth import depth as _compiled_depth
+except ImportError:  # no C compiler at install: the brackets counted, the body written if need be
+    _compiled_depth = None  # type: ignore[assignment]
 
 T = TypeVar("T")
 
@@ -197,12 +203,22 @@ def _too_deep() -> RequestError:
 
 def nested_too_deep(raw: bytes, body: Any) -> bool:
     """Whether `body`, parsed from `raw` by orjson, nests deeper than MAX_JSON_DEPTH, so that orjson
-    cannot write it back: a parsed body holds only JSON values, so writing it fails only on its
-    depth. Fewer opening brackets than the limit cannot nest that deep, and counting them (two
-    C-speed counts) is checked first: writing the body leaves a UTF-8 copy of each non-ASCII string
-    attached to it for the body's lifetime (the str's cached UTF-8), which for a 14 MB accented
-    completions prompt is 16 MB more held and 65 against 14 ms. Shared with the P/D sidecar, which
-    re-serialises the bodies it splits into legs."""
+    cannot write it back. In C, one pass over `raw` finds its deepest level outside strings (the
+    body is not written: see `python_too_deep`). Shared with the P/D sidecar, which re-serialises
+    the bodies it splits into legs."""
+    if _compiled_depth is not None:
+        return _compiled_depth(raw) > MAX_JSON_DEPTH
+    warn_python_fallback("the request body's depth check", "about 18 us more per 20 KB body")
+    return python_too_deep(raw, body)
+
+
+def python_too_deep(raw: bytes, body: Any) -> bool:
+    """`nested_too_deep` without the C extension, and its reference: a parsed body holds only JSON
+    values, so writing it fails only on its depth. Fewer opening brackets than the limit cannot
+    nest that deep, and counting them (two C-level counts, byte by byte: ~18 us for a 20 KB body)
+    is checked first: writing the body leaves a UTF-8 copy of each non-ASCII string attached to it
+    for the body's lifetime (the str's cached UTF-8), which for a 14 MB accented completions prompt
+    is 16 MB more held and 65 against 14 ms."""
     if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
         return False
     try:

@@ -13,6 +13,7 @@ import pytest
 from epp.bench import events
 from epp.compiled import warn_python_fallback
 from epp.datalayer import kvblocks, promtext
+from epp.requests import parser
 from epp.scheduling.prefix import index
 from epp.sim import tokens
 
@@ -40,6 +41,14 @@ PARTS: list[tuple[object, str, object, Callable[[], object], Callable[[object], 
         lambda: kvblocks.TokenProcessor(16),
         lambda made: made._compiled is None,  # type: ignore[attr-defined]
         "the precise prefix index's block keys: its C extension was not built",
+    ),
+    (
+        parser,
+        "_compiled_depth",
+        None,
+        lambda: parser.nested_too_deep(b'{"a": [[1]]}', {"a": [[1]]}),
+        lambda made: made is False,
+        "the request body's depth check: its C extension was not built",
     ),
     (
         tokens,

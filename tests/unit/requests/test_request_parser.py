@@ -8,7 +8,7 @@ import sys
 import orjson
 import pytest
 
-from epp.requests import ApiKind, RequestError
+from epp.requests import ApiKind, RequestError, parser
 from epp.requests.parser import api_kind, decode_body, parse_request
 from tests.unit.deep_json import DEEP_FIELDS, deep_body
 
@@ -277,6 +277,22 @@ def test_a_body_at_the_depth_limit_parses(field: int) -> None:
     assert raw.count(b"[") > 200
     request = parse_request(raw, DEEP_FIELDS[field][0], {}, "rid")
     assert request.prompt
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["C", "Python fallback"])
+def test_the_depth_limit_with_and_without_the_extension(
+    monkeypatch: pytest.MonkeyPatch, compiled: bool
+) -> None:
+    """Both checks draw the line at the same level (the C one is `_jsondepth.c`, built at install)."""
+    if compiled:
+        pytest.importorskip("epp.requests._jsondepth")
+    else:
+        monkeypatch.setattr(parser, "_compiled_depth", None)
+    for field in range(len(DEEP_FIELDS)):
+        path = DEEP_FIELDS[field][0]
+        assert parse_request(deep_body(field, 254), path, {}, "rid").prompt
+        with pytest.raises(RequestError, match="nested deeper than the limit of 254 levels"):
+            parse_request(deep_body(field, 255), path, {}, "rid")
 
 
 def test_a_shallow_body_with_more_brackets_than_the_depth_limit_parses() -> None:

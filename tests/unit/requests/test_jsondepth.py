@@ -1,0 +1,158 @@
+"""The body's depth check in C (`_jsondepth.depth`) against the parsed body's own depth and against
+the Python check it stands in for (`python_too_deep`): brackets inside strings, escaped quotes and
+backslashes, a string's last byte a backslash's, depth 254 and 255 of arrays and of objects,
+non-ASCII text, and every byte that matters at every offset of the 16-byte blocks the scan skips
+by. Skipped when the extension is not built."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("epp.requests._jsondepth")
+
+from epp.requests._jsondepth import depth
+from epp.requests.errors import RequestError
+from epp.requests.parser import MAX_JSON_DEPTH, decode_body, nested_too_deep, python_too_deep
+
+# Text rich in what the scan must see through inside a string.
+HOSTILE = '[]{}"\\/ aé日😀\n\t\x00\x1f'
+
+
+def tree_depth(value: Any) -> int:
+    """The nesting of a parsed JSON value, walked (the body itself is level 1)."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, level = pending.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def check(raw: bytes) -> int:
+    """The C depth of a JSON text, checked against the walk of what orjson reads and against the
+    Python check's verdict."""
+    body = orjson.loads(raw)
+    found = depth(raw)
+    assert found == tree_depth(body)
+    assert nested_too_deep(raw, body) == python_too_deep(raw, body) == (found > MAX_JSON_DEPTH)
+    return found
+
+
+def nested(levels: int, kind: str, inner: bytes = b"1") -> bytes:
+    """`levels` arrays (`[`) or objects (`{`) around `inner`."""
+    if kind == "[":
+        return b"[" * levels + inner + b"]" * levels
+    return b'{"k":' * levels + inner + b"}" * levels
+
+
+@pytest.mark.parametrize("kind", ["[", "{"])
+@pytest.mark.parametrize("levels", [1, 2, 253, 254, 255, 256, 1000, 1023])
+def test_arrays_and_objects_at_and_past_the_limit(kind: str, levels: int) -> None:
+    assert check(nested(levels, kind)) == levels
+    assert check(nested(levels, kind, b"[]")) == levels + 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b'"[[[{{{"', 0),
+        (b'["]]]]", [["[["]]]', 3),
+        (b'{"a": "}}}", "b": [{"c": "{[{["}]}', 3),
+        (b'["\\"[[[", 1]', 1),  # an escaped quote does not end the string
+        (b'["\\\\", [[1]]]', 3),  # the string is one backslash: its quote ends it
+        (b'["\\\\\\"[", [1]]', 2),  # backslash, quote, bracket: all inside
+        (b'["a\\\\"]', 1),  # a string whose last character is a backslash, last in the text
+        (b'"\\\\"', 0),
+        (b'["\\u005b\\u007b", [2]]', 2),  # escaped brackets are characters, not structure
+        (b'{"\\"": {"\\\\": {"k": []}}}', 4),  # keys with quotes and backslashes
+        ('["日本[語", {"é{": ["😀]"]}]'.encode(), 3),
+        (b"  [ [ ] , { } ]  ", 2),
+        (b"[]", 1),
+        (b"{}", 1),
+        (b"1", 0),
+        (b"null", 0),
+    ],
+)
+def test_brackets_inside_strings_and_escapes(raw: bytes, expected: int) -> None:
+    assert check(raw) == expected
+
+
+@pytest.mark.parametrize("pad", range(40))
+@pytest.mark.parametrize(
+    "piece",
+    [b'"\\\\"', b'"\\""', b'"[{"', b'"]}"', b'"x\\\\"', b"[[]]", b'{"a":{}}', '"é]"'.encode()],
+)
+def test_every_offset_of_a_block(pad: int, piece: bytes) -> None:
+    """The piece's bytes fall at each offset of the 16-byte blocks and in the bytes after the last
+    whole block (read one at a time), with a string's text or blanks before it."""
+    assert check(b'["' + b"a" * pad + b'", ' + piece + b", [[0]]]") == 3
+    assert check(b"[" + b" " * pad + piece + b", [[0]]]") == 3
+
+
+def test_a_long_string_of_escapes_and_brackets() -> None:
+    text = '\\"[' * 5000 + "\\" + "{" * 300
+    raw = orjson.dumps({"model": "m", "prompt": text, "x": [[[]]]})
+    assert raw.count(b"[") + raw.count(b"{") > 3 * MAX_JSON_DEPTH
+    assert check(raw) == 4
+
+
+def test_text_that_is_not_json_never_reads_past_the_end_nor_goes_below_zero() -> None:
+    assert depth(b"]]]][") == 1
+    assert depth(b'"\\') == 0  # a backslash last: the escaped byte would be past the end
+    assert depth(b'["abc') == 1
+    assert depth(b"") == 0
+    assert depth(bytearray(b"[[1]]")) == 2  # any bytes-like object
+    assert depth(memoryview(b"[[[1]]]")[1:-1]) == 2
+    with pytest.raises(TypeError):
+        depth("[]")  # type: ignore[arg-type]
+
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)  # what orjson writes back
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(HOSTILE)
+)
+json_values = st.recursive(
+    scalars,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(HOSTILE, max_size=6), children, max_size=4)
+    ),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(json_values, st.sampled_from([None, 0, 1, 3]), st.booleans())
+def test_generated_json_reads_as_deep_as_it_parses(value: Any, indent: int | None, ascii_only: bool) -> None:
+    """orjson's compact text, and json's with blanks and `\\uXXXX` escapes."""
+    check(orjson.dumps(value))
+    check(json.dumps(value, indent=indent, ensure_ascii=ascii_only).encode())
+
+
+def test_the_compiled_check_does_not_write_a_body_with_many_brackets() -> None:
+    """Past the bracket count the Python check writes the body, which attaches a UTF-8 copy to each
+    non-ASCII string; the C check reads only the text, so even such a body keeps none."""
+    prompt = "héllo [wörld] {x} " * 10_000
+    raw = orjson.dumps({"model": "m", "prompt": prompt})
+    fresh = orjson.loads(raw)["prompt"]
+    body = decode_body(raw)
+    assert sys.getsizeof(body["prompt"]) == sys.getsizeof(fresh)
+
+
+def test_a_body_past_the_limit_is_still_a_400() -> None:
+    raw = b'{"model": "m", "prompt": "[[[", "x": ' + nested(MAX_JSON_DEPTH, "[") + b"}"
+    with pytest.raises(RequestError) as info:
+        decode_body(raw)
+    assert info.value.status == 400
+    assert "nested deeper than the limit of 254 levels" in info.value.message
