@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
+from pathlib import Path
 
 import httpx
 import openai
@@ -140,6 +142,36 @@ async def test_bad_requests_get_a_json_error_from_the_epp(
     assert message in error["message"]
     assert error["message"].startswith("inference error: "), "the EPP's body, not re-wrapped by Envoy"
     assert error["code"] == status
+
+
+async def nghttp_with_trailers(stack: Stack, path: str, body: bytes, tmp_dir: Path) -> bytes:
+    """POST over cleartext HTTP/2 with request trailers (nghttp2's client: httpx sends none)."""
+    nghttp = shutil.which("nghttp")
+    if nghttp is None:
+        pytest.fail("nghttp is missing: `make install` installs Debian's nghttp2-client")
+    data = tmp_dir / "body.json"
+    data.write_bytes(body)
+    url = f"{stack.gateway_url}{path}"
+    argv = [nghttp, "-d", str(data), "-H", "content-type: application/json", "--trailer", "x-t: 1", url]
+    process = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0
+    return out
+
+
+@pytest.mark.parametrize("padding", [0, 150_000])  # the long one: several full-duplex body replies
+async def test_a_body_ended_by_http2_trailers_reaches_the_model_server_once(
+    shared_stack: Stack, tmp_path: Path, padding: int
+) -> None:
+    """Envoy 1.40 sent such a body twice in full duplex (envoyproxy/envoy#45470): the simulator
+    answered 'unexpected content after document'."""
+    request = {"model": MODEL, "prompt": "hello there", "max_tokens": 2, "user": "u" * padding}
+    without = await post(shared_stack, "/v1/completions", request)
+    assert without.status_code == 200, without.text
+    out = await nghttp_with_trailers(shared_stack, "/v1/completions", orjson.dumps(request), tmp_path)
+    reply = orjson.loads(out)
+    assert "usage" in reply, reply
+    assert reply["usage"]["prompt_tokens"] == without.json()["usage"]["prompt_tokens"]
 
 
 async def test_oversized_body_gets_413(make_stack: StackFactory) -> None:
