@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 from pathlib import Path
 
 import httpx
@@ -24,6 +23,7 @@ from epp.stack.envoy import (
 )
 from epp.stack.stack import SimEndpoint, Stack
 from tests.integration.conftest import StackFactory
+from tests.integration.helpers import nghttp_with_trailers
 from tests.unit.deep_json import deep_body
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
@@ -142,21 +142,6 @@ async def test_bad_requests_get_a_json_error_from_the_epp(
     assert message in error["message"]
     assert error["message"].startswith("inference error: "), "the EPP's body, not re-wrapped by Envoy"
     assert error["code"] == status
-
-
-async def nghttp_with_trailers(stack: Stack, path: str, body: bytes, tmp_dir: Path) -> bytes:
-    """POST over cleartext HTTP/2 with request trailers (nghttp2's client: httpx sends none)."""
-    nghttp = shutil.which("nghttp")
-    if nghttp is None:
-        pytest.fail("nghttp is missing: `make install` installs Debian's nghttp2-client")
-    data = tmp_dir / "body.json"
-    data.write_bytes(body)
-    url = f"{stack.gateway_url}{path}"
-    argv = [nghttp, "-d", str(data), "-H", "content-type: application/json", "--trailer", "x-t: 1", url]
-    process = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE)
-    out, _ = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 0
-    return out
 
 
 @pytest.mark.parametrize("padding", [0, 150_000])  # the long one: several full-duplex body replies
