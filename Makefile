@@ -72,9 +72,10 @@ redis:
 
 ## nghttp2-client for h2load, the C load generator of the overload ramp (bench/overload_ramp.py
 ## --loadgen h2load: a Python one cannot offer 5x the EPP's rate on a small machine) and of
-## tests/integration/test_quota_from_epp_e2e.py.
+## tests/integration/test_quota_from_epp_e2e.py; its nghttp sends the HTTP/2 request trailers of
+## tests/integration/test_gateway_e2e.py.
 h2load:
-	$(call debian,command -v h2load,nghttp2-client,the overload ramp and the quota test)
+	$(call debian,command -v h2load,nghttp2-client,the overload ramp; the quota and trailers tests)
 
 ## Envoy + EPP + 4 simulated vLLM servers on 127.0.0.1; prints how to send a request. Ctrl-C stops it.
 run: $(STAMP)

@@ -254,7 +254,28 @@ class ExtProcStream:
         self._trailers_seen = self._request_ended = True
         if self._routed is None:
             yield from self._route(end_of_stream=False)
+            if self._request_mode == FULL_DUPLEX:
+                # The replacing reply (_replacing_response) ended Envoy's processing of the
+                # request: an answer to the trailers now would be a spurious message to it.
+                return
         yield ext_proc.ProcessingResponse(request_trailers=ext_proc.TrailersResponse())
+
+    def _replacing_response(
+        self, streaming: bool, rewritten: bytes | None, body: bytes
+    ) -> ext_proc.ProcessingResponse:
+        """A FULL_DUPLEX_STREAMED request that ended with trailers, routed: the headers reply
+        with the whole body, CONTINUE_AND_REPLACE. Streamed body replies then a trailers reply
+        reach the model server twice through Envoy 1.40 with a retry policy (envoyproxy/envoy
+        #45470): the router keeps the injected body for retries in the stream's buffer, and the
+        trailers reply resumes the paused chain, which sends that buffer on again. A replacing
+        headers reply puts the body in that buffer itself, once, and resumes the chain with it
+        and the trailers; Envoy then sends nothing more of the request and awaits no reply to
+        the trailers."""
+        response = self._routing_response("request_headers", streaming, rewritten)
+        common = response.request_headers.response
+        common.status = ext_proc.CommonResponse.CONTINUE_AND_REPLACE
+        common.body_mutation.body = body
+        return response
 
     def _route(self, end_of_stream: bool) -> Iterator[ext_proc.ProcessingResponse]:
         if self._refusal is not None:
@@ -268,7 +289,9 @@ class ExtProcStream:
         rewritten = self._routed.body
         body = rewritten if rewritten is not None else raw
         streaming = self._routed.request.stream
-        if self._request_mode == FULL_DUPLEX:
+        if self._request_mode == FULL_DUPLEX and self._trailers_seen:
+            yield self._replacing_response(streaming, rewritten, body)
+        elif self._request_mode == FULL_DUPLEX:
             yield self._routing_response("request_headers", streaming, rewritten)
             yield from messages.streamed_body(body, end_of_stream, request=True)
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from pathlib import Path
 
 import httpx
 import openai
@@ -22,6 +23,7 @@ from epp.stack.envoy import (
 )
 from epp.stack.stack import SimEndpoint, Stack
 from tests.integration.conftest import StackFactory
+from tests.integration.helpers import nghttp_with_trailers
 from tests.unit.deep_json import deep_body
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
@@ -140,6 +142,21 @@ async def test_bad_requests_get_a_json_error_from_the_epp(
     assert message in error["message"]
     assert error["message"].startswith("inference error: "), "the EPP's body, not re-wrapped by Envoy"
     assert error["code"] == status
+
+
+@pytest.mark.parametrize("padding", [0, 150_000])  # the long one: several full-duplex body replies
+async def test_a_body_ended_by_http2_trailers_reaches_the_model_server_once(
+    shared_stack: Stack, tmp_path: Path, padding: int
+) -> None:
+    """Envoy 1.40 sent such a body twice in full duplex (envoyproxy/envoy#45470): the simulator
+    answered 'unexpected content after document'."""
+    request = {"model": MODEL, "prompt": "hello there", "max_tokens": 2, "user": "u" * padding}
+    without = await post(shared_stack, "/v1/completions", request)
+    assert without.status_code == 200, without.text
+    out = await nghttp_with_trailers(shared_stack, "/v1/completions", orjson.dumps(request), tmp_path)
+    reply = orjson.loads(out)
+    assert "usage" in reply, reply
+    assert reply["usage"]["prompt_tokens"] == without.json()["usage"]["prompt_tokens"]
 
 
 async def test_oversized_body_gets_413(make_stack: StackFactory) -> None:

@@ -6,9 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
+from epp.stack.envoy import EnvoyOptions
 from tests.integration.conftest import StackFactory, stack_config
+from tests.integration.helpers import nghttp_with_trailers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio]
 
@@ -43,3 +46,19 @@ async def test_a_rewritten_model_is_served_and_named_back(make_stack: StackFacto
         'model_rewrite_name="alias",target_model="sim-model"} 1.0'
     )
     assert decision in page
+
+
+async def test_a_rewritten_body_ended_by_trailers_reaches_the_model_server_once_in_full_duplex(
+    make_stack: StackFactory, tmp_path: Path
+) -> None:
+    """The rewritten body goes in the replacing headers reply (envoyproxy/envoy#45470): the
+    simulator parses it (twice over, it answers 400) and serves the target model."""
+    rewrites = tmp_path / "rewrites.yaml"
+    rewrites.write_text(REWRITES)
+    epp_args = [*stack_config(tmp_path).epp_args, f"--model-rewrites-file={rewrites}"]
+    envoy = EnvoyOptions(listen_port=0, admin_port=0, body_mode="full-duplex")
+    async with make_stack("rewrite-trailers", sims=1, epp_args=epp_args, envoy=envoy) as stack:
+        body = orjson.dumps({"model": "friendly-name", "prompt": "hello", "max_tokens": 3})
+        reply = orjson.loads(await nghttp_with_trailers(stack, "/v1/completions", body, tmp_path))
+    assert reply.get("model") == "friendly-name", reply
+    assert reply["usage"]["completion_tokens"] == 3

@@ -9,8 +9,11 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from epp.datastore import Datastore, EndpointSpec
+from epp.flowcontrol.queues import Outcome
 from epp.metrics.aliases import LLM_D, LLM_D_SCHEDULER
 from epp.metrics.exporter import EppMetrics
+from epp.requests import ApiKind, InferenceRequest
+from tests.unit.metrics.test_metrics_exporter import Held
 
 
 def page(metrics: EppMetrics) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -89,6 +92,40 @@ def test_llm_d_pool_gauges_include_the_spread() -> None:
     assert names["inference_pool_average_queue_size"][(("name", "pool"),)] == 4
     assert names["llm_d_epp_std_dev_queue_size"][(("name", "pool"),)] == 2
     assert names["llm_d_epp_ready_endpoints"][(("name", "pool"),)] == 2
+
+
+def test_llm_d_flow_control_names_repeat_gies_as_llm_d_router_ebab687_names_them() -> None:
+    """llm-d-router ebab687, pkg/epp/metrics/llm_d_router_metrics.go: the same labels and types;
+    the saturation carries `stage` ("effective", the value gating dispatch: the only one ours
+    has), which llm-d's autoscaling guides select on."""
+    metrics = EppMetrics(aliases=["llm-d"])
+    flow = metrics.flow_control
+    item = Held(InferenceRequest(request_id="r", api=ApiKind.COMPLETIONS, path="", model="m"), 100)
+    flow.queued(item, ("t", "0"), "pool", +1)
+    flow.enqueued(("t", "0"), Outcome.NOT_YET_FINALIZED, 0.001)
+    flow.finalized(item, ("t", "0"), Outcome.DISPATCHED, "pool", 0.5)
+    flow.dispatch_cycle.observe(0.002)
+    flow.watch_saturation("pool", lambda: 0.75)
+    names = page(metrics)
+    flow_labels = (("fairness_id", "t"), ("inference_pool", "pool"), ("model_name", "m"))
+    queue = (*flow_labels, ("priority", "0"), ("target_model_name", "m"))
+    assert names["llm_d_epp_flow_control_queue_size"][queue] == 1
+    assert names["llm_d_epp_flow_control_queue_bytes"][queue] == 100
+    dispatched = (*flow_labels, ("outcome", "Dispatched"), ("priority", "0"), ("target_model_name", "m"))
+    assert names["llm_d_epp_flow_control_request_queue_duration_seconds_sum"][dispatched] == 0.5
+    enqueue = (("fairness_id", "t"), ("outcome", "NotYetFinalized"), ("priority", "0"))
+    assert names["llm_d_epp_flow_control_request_enqueue_duration_seconds_count"][enqueue] == 1
+    assert names["llm_d_epp_flow_control_dispatch_cycle_duration_seconds_count"][()] == 1
+    saturation = (("inference_pool", "pool"), ("stage", "effective"))
+    assert names["llm_d_epp_flow_control_pool_saturation"] == {saturation: 0.75}
+    assert names["inference_extension_flow_control_pool_saturation"] == {(("inference_pool", "pool"),): 0.75}
+    text = generate_latest(metrics.registry).decode()
+    for family, kind in [
+        ("llm_d_epp_flow_control_queue_size", "gauge"),
+        ("llm_d_epp_flow_control_pool_saturation", "gauge"),
+        ("llm_d_epp_flow_control_request_queue_duration_seconds", "histogram"),
+    ]:
+        assert f"# TYPE {family} {kind}" in text
 
 
 def test_process_metrics_are_exposed_by_a_server_registry() -> None:
