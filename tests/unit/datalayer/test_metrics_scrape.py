@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 import threading
 import time
@@ -411,6 +412,85 @@ def test_a_scrape_answered_while_the_scraper_was_stalled_is_no_timeout(
     serve` runs on uvloop by default, these tests on asyncio's."""
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         assert runner.run(stalled_scrape(monkeypatch, in_own_step)) == (0, True)
+
+
+HUNG_TIMEOUT = 0.5
+
+
+async def hung_detection(loop_lag: tuple[float, float] | None) -> float:
+    """Seconds from a /metrics server hanging (it accepts and never answers) to its endpoint out of
+    rotation, under a scraper of interval 0.05 s and timeout HUNG_TIMEOUT; with `loop_lag`, the
+    loop runs back-to-back CPU-bound callbacks of that many seconds (a loaded EPP): the scraper's
+    wake-ups are late by up to that much, all the time."""
+    answering = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            answering.wait(5)  # the test ends first: it never answers once hung
+            page = VLLM_PAGE.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def handle_error(self, request: object, client_address: object) -> None:
+            pass  # the scraper dropping a hung connection
+
+    answering.set()  # at once until the hang
+    http = Server(("127.0.0.1", 0), Handler)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    loop = asyncio.get_running_loop()
+    datastore = Datastore()
+    scraper = MetricsScraper(datastore, interval=0.05, timeout=HUNG_TIMEOUT)
+    await scraper.start()
+    endpoint = datastore.upsert(EndpointSpec("e", "127.0.0.1", int(http.server_address[1])))
+    lagging = loop_lag is not None
+    spans = random.Random(0)
+
+    def lag() -> None:
+        if lagging:
+            assert loop_lag is not None
+            end = time.perf_counter() + spans.uniform(*loop_lag)
+            while time.perf_counter() < end:
+                pass
+            loop.call_soon(lag)
+
+    try:
+        await until(lambda: endpoint.metrics.waiting_queue_size == 7)
+        if loop_lag is not None:
+            loop.call_soon(lag)
+            await asyncio.sleep(0.5)
+        assert endpoint.healthy
+        answering.clear()
+        started = loop.time()
+        await until(lambda: not endpoint.healthy)
+        return loop.time() - started
+    finally:
+        lagging = False
+        answering.set()
+        await scraper.stop()
+        http.shutdown()
+        http.server_close()
+
+
+async def test_a_hung_server_leaves_rotation_within_its_timeout_while_the_event_loop_lags() -> None:
+    """Each wake-up of the scraper late behind another callback (20-45 ms, all the time) is no
+    stall that an answer could wait unread through: the loop reads its sockets between those
+    callbacks. Counting every such lateness out of the timeout (the sum of the scraper's stalls
+    since the GET began) took a hung server out of rotation after ~3x the timeout (1.5 s for 0.5
+    s), and without bound as the lag nears the scrape interval."""
+    idle = await hung_detection(None)
+    lagging = await hung_detection((0.02, 0.045))
+    assert idle < HUNG_TIMEOUT + 0.1
+    assert lagging < 2 * HUNG_TIMEOUT, f"detected after {lagging:.2f}s (idle loop: {idle:.2f}s)"
 
 
 async def test_a_scrape_unanswered_for_its_overdue_turns_leaves_the_endpoint_out_while_others_answer(
