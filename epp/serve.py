@@ -565,7 +565,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--served-header",
         default=None,
         metavar="NAME",
-        help="add this response header naming the chosen endpoint (an HTTP header name; off by default; "
+        help="add this response header naming the chosen endpoint (an HTTP header name, not host or "
+        "x-envoy*, which Envoy drops; off by default; "
         "leaks pod addresses)",
     )
     parser.add_argument(
@@ -847,10 +848,16 @@ _FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 def _served_header(name: str | None) -> str | None:
     """The name checked at startup: one Envoy refuses fails every request at the gateway with 503
-    "the endpoint picker is unreachable or failed" (header_mutation_set_contains_invalid_character)."""
+    "the endpoint picker is unreachable or failed" (header_mutation_set_contains_invalid_character),
+    and one its default mutation rules ignore (`host`, `x-envoy*`) never reaches a client."""
     if name and _FIELD_NAME.fullmatch(name) is None:
         raise ValueError(
             f"--served-header {name!r} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)"
+        )
+    if name and (name.lower() == "host" or name.lower().startswith("x-envoy")):
+        raise ValueError(
+            f"--served-header {name!r} is dropped by Envoy: its ext_proc filter ignores a mutation "
+            "of host or of x-envoy* headers (use another name, e.g. x-epp-destination)"
         )
     return name
 

@@ -33,8 +33,8 @@ DEFAULT_OVERDUE_TURNS = 4
 # (a page of tens of MB, a large gzip page inflating to its limit) cannot hold the event loop.
 FAILING_BACKOFF_MAX = 1.0
 # The scraper's task waking up later than this was stalled (its process stopped or not scheduled, a
-# long callback or pause), not late by timer jitter: that time is not counted in the timeout of any
-# GET under way (MetricsScraper). Lateness below it is counted, so a deadline is judged on time.
+# long callback or pause), not late by timer jitter: the GETs under way get that much more time
+# (MetricsScraper). Lateness below it is counted, so a deadline is judged on time.
 STALL_SECONDS = 0.01
 # The endpoints are dealt into up to SLICES groups of about SLICE_SIZE, scraped at even offsets
 # within each interval: answers then arrive in batches of tens rather than all at once, so a
@@ -95,7 +95,6 @@ class _Target:
         "reason",
         "resume_at",
         "sent_at",
-        "stalled_at",
         "unlogged",
         "usual",
     )
@@ -122,7 +121,6 @@ class _Target:
         self.idle = False
         self.failures = 0
         self.sent_at: float | None = None  # loop time the GET under way was started
-        self.stalled_at = 0.0  # the scraper's `stalled` when it was started
         self.missed = 0  # scrape turns that passed while the GET was under way
         self.usual = 0  # turns its last answered GET took: a server slow but steady is not hung
         self.reading = False  # its page is being read in the page worker: no GET until it is read
@@ -154,13 +152,17 @@ class MetricsScraper:
     `failures_before_unhealthy` in a row. The first good scrape
     makes it healthy again. GIE relies on Kubernetes readiness for this; standalone mode has none.
 
-    A timeout counts only the time the scraper ran: the time its task woke late by more than
-    STALL_SECONDS (`stalled`: its process stopped or not scheduled, a long callback or pause) is
-    added to the deadline of every GET under way. The answers that came meanwhile wait unread in
-    their sockets, and the loop may run the task's wake-up before it reads them (uvloop runs due
-    timers before it polls; asyncio runs a task woken before its poll ahead of the poll's
-    callbacks): on the wall clock, one stall longer than the timeout took every endpoint out of
-    rotation at once, and the requests held meanwhile got 503 "no ready endpoints"."""
+    A stall of the scraper is not counted in a timeout: when its task wakes late by more than
+    STALL_SECONDS (its process stopped or not scheduled, a long callback or pause), the GETs under
+    way get that much more time. The answers that came meanwhile wait unread in their sockets, and
+    the loop may run the task's wake-up before it reads them (uvloop runs due timers before it
+    polls; asyncio runs a task woken before its poll ahead of the poll's callbacks): on the wall
+    clock, one stall longer than the timeout took every endpoint out of rotation at once, and the
+    requests held meanwhile got 503 "no ready endpoints". A GET gets the longest one stall since it
+    began, not their sum: once the loop runs again it reads what waited, so only the last stall can
+    hide an answer, and a loop late by 20-45 ms at every wake-up (a loaded EPP, each a stall) added
+    up to 3x the timeout before a hung server left rotation, and without bound as the lateness
+    nears the interval."""
 
     def __init__(
         self,
@@ -193,7 +195,9 @@ class MetricsScraper:
         self._targets: dict[str, _Target] = {}
         self._slices: list[dict[str, _Target]] = [{} for _ in range(SLICES)]
         self._next_deadline = math.inf  # of the oldest GET under way, or earlier
-        self.stalled = 0.0  # seconds in all the task was stalled: not counted in any GET's timeout
+        # The task's stalls as (loop time it woke, seconds late), each longer than all after it:
+        # the first one after a GET began is the longest since then (_stall_credit).
+        self._stalls: list[tuple[float, float]] = []
         self._ticker: asyncio.Task[None] | None = None
         self.scrapes = 0
         self.failures = 0
@@ -247,7 +251,7 @@ class MetricsScraper:
             now = loop.time()
             late = now - max(wake, last)  # since it was due, or since it last ran
             if late > STALL_SECONDS:
-                self.stalled += late
+                self._stalled(now, late)
             last = now
             if now >= self._next_deadline:
                 self._expire(now)
@@ -285,7 +289,7 @@ class MetricsScraper:
         for target in list(self._targets.values()):
             if target.sent_at is None:
                 continue
-            deadline = target.sent_at + self._timeout + self.stalled - target.stalled_at
+            deadline = target.sent_at + self._timeout + self._stall_credit(target.sent_at)
             if now < deadline:
                 earliest = min(earliest, deadline)
                 continue
@@ -294,10 +298,28 @@ class MetricsScraper:
             target.usual = 0
             self._failed(target, f"no answer within {self._timeout:g}s", immediate=True)
         self._next_deadline = earliest
+        stalls = self._stalls
+        # A GET begun before a stall had its deadline by the stall's end + timeout + the stall.
+        while stalls and stalls[0][0] + stalls[0][1] + self._timeout < now:
+            del stalls[0]
+
+    def _stalled(self, now: float, late: float) -> None:
+        """The task woke `late` seconds late at `now`: the stalls before no longer than it are
+        nobody's longest since."""
+        stalls = self._stalls
+        while stalls and stalls[-1][1] <= late:
+            stalls.pop()
+        stalls.append((now, late))
+
+    def _stall_credit(self, sent_at: float) -> float:
+        """The longest stall of the task since `sent_at`."""
+        for at, late in self._stalls:
+            if at > sent_at:
+                return late
+        return 0.0
 
     def _begin(self, target: _Target, now: float) -> None:
         target.sent_at = now
-        target.stalled_at = self.stalled
         target.missed = 0
         self._next_deadline = min(self._next_deadline, now + self._timeout)
         target.getter.start(lambda result: self._answered(target, result))

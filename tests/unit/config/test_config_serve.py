@@ -127,6 +127,18 @@ def test_a_served_header_envoy_would_refuse_is_refused_at_startup() -> None:
             serve.options_from_args(serve_args(f"--served-header={name}"))
 
 
+def test_a_served_header_envoy_would_drop_is_refused_at_startup() -> None:
+    """Envoy's ext_proc, under its default mutation rules (the rendered bootstrap sets none),
+    ignores a mutation of `host` or of a name starting `x-envoy`: `--served-header
+    x-envoy-served-by` started and no response ever carried the header, without a word (measured
+    through Envoy: 200 without the header)."""
+    for name in ("x-envoy-served-by", "X-Envoy-Upstream", "x-envoyx", "Host"):
+        with pytest.raises(ValueError, match=r"^--served-header .* is dropped by Envoy"):
+            serve.options_from_args(serve_args(f"--served-header={name}"))
+    for name in ("x-served-by-envoy", "hostname", "x-host"):
+        assert serve.options_from_args(serve_args(f"--served-header={name}")).stream.served_header == name
+
+
 def test_the_queue_wait_bound_defaults_to_a_second_and_reaches_the_guard() -> None:
     assert serve.options_from_args(serve_args()).max_queue_wait == 1.0
     picker = serve.EndpointPicker(serve.options_from_args(serve_args("--max-queue-wait", "250ms")))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 import threading
 import time
@@ -320,13 +321,18 @@ async def test_one_scrape_timeout_takes_a_hung_endpoint_out_until_it_answers(ser
 
 
 class ThreadServer:
-    """A /metrics server in its own thread: it answers while the event loop's thread is stalled."""
+    """A /metrics server in its own thread: it answers while the event loop's thread is stalled,
+    and while `answering` is set (cleared, it hangs: it accepts and does not answer)."""
 
     def __init__(self) -> None:
+        answering = self.answering = threading.Event()
+        answering.set()
+
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as the scraper's connection is
 
             def do_GET(self) -> None:
+                answering.wait(5)  # the test ends first
                 page = VLLM_PAGE.encode()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(page)))
@@ -336,12 +342,17 @@ class ThreadServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # the scraper dropped a hung connection
+
+        self.http = Server(("127.0.0.1", 0), Handler)
         self.port = int(self.http.server_address[1])
         self.thread = threading.Thread(target=self.http.serve_forever, daemon=True)
         self.thread.start()
 
     def stop(self) -> None:
+        self.answering.set()
         self.http.shutdown()
         self.http.server_close()
         self.thread.join()
@@ -411,6 +422,61 @@ def test_a_scrape_answered_while_the_scraper_was_stalled_is_no_timeout(
     serve` runs on uvloop by default, these tests on asyncio's."""
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         assert runner.run(stalled_scrape(monkeypatch, in_own_step)) == (0, True)
+
+
+HUNG_TIMEOUT = 1.0
+
+
+async def hung_detection(loop_lag: tuple[float, float] | None) -> float:
+    """Seconds from a /metrics server hanging (it accepts and never answers) to its endpoint out of
+    rotation, under a scraper of interval 0.05 s and timeout HUNG_TIMEOUT; with `loop_lag`, the
+    loop runs back-to-back CPU-bound callbacks of that many seconds (a loaded EPP): the scraper's
+    wake-ups are late by up to that much, all the time."""
+    server = ThreadServer()
+    loop = asyncio.get_running_loop()
+    datastore = Datastore()
+    scraper = MetricsScraper(datastore, interval=0.05, timeout=HUNG_TIMEOUT)
+    await scraper.start()
+    endpoint = datastore.upsert(EndpointSpec("e", "127.0.0.1", server.port))
+    lagging = loop_lag is not None
+    spans = random.Random(0)
+
+    def lag() -> None:
+        if lagging:
+            assert loop_lag is not None
+            end = time.perf_counter() + spans.uniform(*loop_lag)
+            while time.perf_counter() < end:
+                pass
+            loop.call_soon(lag)
+
+    try:
+        await until(lambda: endpoint.metrics.waiting_queue_size == 7)
+        if loop_lag is not None:
+            loop.call_soon(lag)
+            await asyncio.sleep(0.5)
+        assert endpoint.healthy
+        server.answering.clear()
+        started = loop.time()
+        await until(lambda: not endpoint.healthy)
+        return loop.time() - started
+    finally:
+        lagging = False
+        await scraper.stop()
+        server.stop()
+
+
+async def test_a_hung_server_leaves_rotation_within_its_timeout_while_the_event_loop_lags() -> None:
+    """Each wake-up of the scraper late behind another callback (20-45 ms, all the time) is no
+    stall that an answer could wait unread through: the loop reads its sockets between those
+    callbacks. Counting every such lateness out of the timeout (the sum of the scraper's stalls
+    since the GET began) took a hung server out of rotation after ~3x the timeout (2.8-3.3 s for
+    1 s), and without bound as the lag nears the scrape interval. Now 1.2-1.4 s: the timeout, the
+    longest lateness (a timer wake-up waits behind up to 3 such callbacks), and this test's own
+    polls, as late."""
+    idle = await hung_detection(None)
+    lagging = await hung_detection((0.02, 0.045))
+    assert idle < HUNG_TIMEOUT + 0.2
+    assert lagging < 2 * HUNG_TIMEOUT, f"detected after {lagging:.2f}s (idle loop: {idle:.2f}s)"
 
 
 async def test_a_scrape_unanswered_for_its_overdue_turns_leaves_the_endpoint_out_while_others_answer(
