@@ -6,8 +6,12 @@ by. Skipped when the extension is not built."""
 
 from __future__ import annotations
 
+import ctypes
 import json
+import mmap
+import random
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -96,6 +100,78 @@ def test_every_offset_of_a_block(pad: int, piece: bytes) -> None:
     whole block (read one at a time), with a string's text or blanks before it."""
     assert check(b'["' + b"a" * pad + b'", ' + piece + b", [[0]]]") == 3
     assert check(b"[" + b" " * pad + piece + b", [[0]]]") == 3
+
+
+def reference_depth(raw: bytes) -> int:
+    """The scan's documented answer on any text, a byte at a time: the deepest run of unclosed
+    brackets outside strings, a backslash in a string escaping the byte after it, never below 0."""
+    level = deepest = i = 0
+    in_string = False
+    while i < len(raw):
+        byte = raw[i : i + 1]
+        if byte == b'"':
+            in_string = not in_string
+        elif in_string and byte == b"\\":
+            i += 1
+        elif not in_string and byte in b"[{":
+            level += 1
+            deepest = max(deepest, level)
+        elif not in_string and byte in b"]}":
+            level = max(level - 1, 0)
+        i += 1
+    return deepest
+
+
+# Dense in what the scan looks at, so that blocks hold several of them, escapes fall on a block's
+# last byte, and bytes >= 0x80 (negative as signed chars) sit beside them.
+DENSE = b'[]{}"\\ a\x80\xff\xdb'
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(list(DENSE)), max_size=80).map(bytes))
+def test_dense_text_reads_as_the_byte_at_a_time_reference(raw: bytes) -> None:
+    """Any text, JSON or not: several bytes that matter in one 16-byte block, taken in order."""
+    assert depth(raw) == reference_depth(raw)
+
+
+@pytest.fixture
+def page_end() -> Iterator[int]:
+    """The address of the end of a readable page followed by one that is not: reading a byte past
+    it faults."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    page = mmap.PAGESIZE
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+    base = libc.mmap(None, 2 * page, mmap.PROT_READ | mmap.PROT_WRITE, flags, -1, 0)
+    assert base not in (None, ctypes.c_void_p(-1).value)
+    assert libc.mprotect(base + page, page, 0) == 0  # PROT_NONE, which the mmap module lacks
+    yield base + page
+    libc.munmap(base, 2 * page)
+
+
+@pytest.mark.parametrize("length", range(48))
+def test_text_ending_at_a_page_end_is_never_read_past(page_end: int, length: int) -> None:
+    """Every length up to three blocks, ending where the next byte faults: the 16-byte loads stop
+    at the last whole block, and a backslash on a block's last byte or the text's does not step
+    the scan past the end."""
+    rng = random.Random(length)
+    texts = [b'"' + b"\\" * length, b"[" * length, b'"' + b"a" * length + b"\\"]
+    texts += [bytes(rng.choice(DENSE) for _ in range(length)) for _ in range(50)]
+    for text in texts:
+        text = text[-length:] if length else b""
+        ctypes.memmove(page_end - length, text, length)
+        view = memoryview((ctypes.c_char * length).from_address(page_end - length)).cast("B")
+        assert depth(view) == reference_depth(text)
 
 
 def test_a_long_string_of_escapes_and_brackets() -> None:
