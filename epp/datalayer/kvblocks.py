@@ -21,7 +21,6 @@ from array import array
 from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any, TypedDict, Unpack
 
 import fnv_c
@@ -29,6 +28,7 @@ import xxhash
 from prometheus_client import CollectorRegistry
 
 from epp.compiled import warn_python_fallback
+from epp.datalayer.kvruns import KeyRuns
 from epp.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 from epp.metrics.families import Families
 from epp.metrics.per_registry import PerRegistry
@@ -759,82 +759,62 @@ class KVBlockIndexBase(ABC):
 
 class KVBlockIndex(KVBlockIndexBase):
     """Request block key -> {pod: device-tier weight} in this process, LRU-bounded to `size`
-    keys, fed by KV events."""
+    keys, fed by KV events; stored per run of keys (`epp.datalayer.kvruns`), so a prompt's
+    shared prefix is looked up and moved as one."""
 
     def __init__(self, processor: TokenProcessor, **options: Unpack[IndexOptions]) -> None:
         super().__init__(processor, **options)
         # key -> its holders: a pod's name when one pod holds it at weight 1 (most keys; a dict per
-        # key would double the index's memory), else {pod: weight}.
-        self._entries: OrderedDict[int, str | dict[str, float]] = OrderedDict()
+        # key would double the index's memory), else {pod: weight}; one per run of keys.
+        self._runs = KeyRuns()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._runs)
 
     def holders(self, key: int) -> Mapping[str, float]:
-        return _as_map(self._entries.get(key))
+        return _as_map(self._runs.get(key))
+
+    def lru_items(self) -> list[tuple[int, str | dict[str, float]]]:
+        """(key, holders), least recently used first (for tests and diagnostics)."""
+        return list(self._runs.items())
 
     def _hold_each(self, keys: Sequence[int], pod: str, weight: float) -> None:
-        if len(self._entries) + len(keys) <= self.size:  # no eviction between two keys
+        if len(self._runs) + len(keys) <= self.size:  # no eviction between two keys
             self._hold(keys, pod, weight)
         else:
             super()._hold_each(keys, pod, weight)
 
     def _hold(self, keys: Sequence[int], pod: str, weight: float) -> None:
-        entries = self._entries
-        admitted = 0
-        for key in keys:
-            holders = entries.get(key)
-            if holders is None:
-                entries[key] = pod if weight == 1.0 else {pod: weight}
-                admitted += 1
-                continue
-            entries.move_to_end(key)
-            if isinstance(holders, str):
-                if holders == pod:
-                    continue  # held at weight 1 already, the highest
-                holders = entries[key] = {holders: 1.0}
-            if holders.get(pod, 0.0) < weight:
-                holders.pop(pod, None)
-                holders[pod] = weight
-                while len(holders) > self.pod_cache_size:
-                    del holders[next(iter(holders))]
+        runs = self._runs
+        admitted = runs.hold(keys, pod, weight, self.pod_cache_size)
         if admitted and self.metrics is not None:
             self.metrics.admissions.inc(admitted)
-        while len(entries) > self.size:
-            entries.popitem(last=False)
+        while len(runs) > self.size:
+            runs.pop_oldest()
             if self.metrics is not None:
                 self.metrics.evictions.inc()
 
     def _forget_pod(self, pod: str, keys: Iterable[int]) -> None:
         for key in keys:
-            self._drop_holder(key, pod)
+            self._runs.drop(key, pod)
 
     def _drop_holder(self, key: int, pod: str) -> None:
-        entries = self._entries
-        holders = entries.get(key)
-        if holders is None:
-            return
-        if isinstance(holders, str):
-            if holders == pod:
-                del entries[key]
-        elif holders.pop(pod, None) is not None and not holders:
-            del entries[key]
+        self._runs.drop(key, pod)
 
     def longest_prefix(self, keys: Sequence[int], pods: Collection[str]) -> dict[str, float]:
         """llm-d's LongestPrefix score for each of `pods`: the tier-weighted length of the run of
         keys it holds from the first one. Stops at the first key no remaining pod holds."""
         started = time.perf_counter()
-        entries = self._entries
         scores: dict[str, float] = {}
         depth = 0
-        speculative = self._speculative
-        merged = self._merged
         if self._unit_weights:  # every holder weighs 1: a pod's score is where its run ends
             depth = self._unit_runs(keys, pods, scores)
         else:
+            runs, speculative, merged = self._runs, self._speculative, self._merged
             weighted: dict[str, float] | None = None
+            touched: list[int] = []  # the LRU moves, made after the walk (it reads no order)
             for key in keys:
-                holders = merged(key) if speculative else entries.get(key)
+                holders = merged(key) if speculative else runs.get(key)
                 if not holders:
                     break
                 source = pods if weighted is None else weighted
@@ -845,10 +825,11 @@ class KVBlockIndex(KVBlockIndexBase):
                 }
                 if not weighted:
                     break
-                if key in entries:
-                    entries.move_to_end(key)
+                if key in runs.run_of:
+                    touched.append(key)
                 depth += 1
                 scores.update(weighted)
+            runs.touch(touched)
         self._count_lookup(depth, started)
         return scores
 
@@ -856,21 +837,23 @@ class KVBlockIndex(KVBlockIndexBase):
         """`longest_prefix` when every holder weighs 1: writes each pod's run length into `scores`
         and returns the depth reached. A key's holders are its confirmed entry and its speculative
         ones, tested in place rather than merged into a dictionary per key."""
-        entries, speculative = self._entries, self._speculative
+        runs, speculative = self._runs, self._speculative
         depth = 0
         if not keys:
             return depth
-        first = entries.get(keys[0])
+        first = runs.get(keys[0])
         alive = {first} if isinstance(first, str) else set(first or ())
         alive.update(speculative.get(keys[0]) or ())
         alive = {pod for pod in alive if pod in pods}
+        touched: list[int] = []  # the LRU moves, made before the single pod's walk or at the end
         for index, key in enumerate(keys):
             if len(alive) == 1:
+                runs.touch(touched)
                 (pod,) = alive
                 depth = self._single_run(keys, index, pod, depth)
                 scores[pod] = float(depth)
                 return depth
-            holders = entries.get(key)
+            holders = runs.get(key)
             guessed = speculative.get(key)
             if (holders is None and guessed is None) or not alive:
                 break
@@ -891,35 +874,50 @@ class KVBlockIndex(KVBlockIndexBase):
                 if not alive:
                     break
             if holders is not None:
-                entries.move_to_end(key)
+                touched.append(key)
             depth += 1
+        runs.touch(touched)
         for pod in alive:
             scores[pod] = float(depth)
         return depth
 
     def _single_run(self, keys: Sequence[int], start: int, pod: str, depth: int) -> int:
         """`_unit_runs` from `keys[start]` on, once `pod` is the only candidate left: the depth
-        where its run ends. A key it holds confirmed needs no probe of the speculative entries."""
-        entries, speculative = self._entries, self._speculative
-        for key in islice(keys, start, None):
-            holders = entries.get(key)
-            if holders is None:
+        where its run ends. A stretch of keys the index keeps together and `pod` holds confirmed
+        is matched and moved as one, with no probe of the speculative entries."""
+        runs, speculative = self._runs, self._speculative
+        run_of, index, count = runs.run_of, start, len(keys)
+        while index < count:
+            key = keys[index]
+            run = run_of.get(key)
+            if run is None:
                 guessed = speculative.get(key)
                 if guessed is None or pod not in guessed:
                     break
                 depth += 1
+                index += 1
                 continue
+            offset, length = runs.stretch(run, keys, index)
+            holders = run.holders
             if holders != pod and (isinstance(holders, str) or pod not in holders):
-                guessed = speculative.get(key)
-                if guessed is None or pod not in guessed:
+                held = 0  # held by other pods: each key counts while `pod` holds it speculatively
+                while held < length and (guessed := speculative.get(keys[index + held])) and pod in guessed:
+                    held += 1
+                if held:
+                    runs.move_to_end(runs.cut(run, offset, offset + held))
+                    depth += held
+                if held < length:
                     break
-            entries.move_to_end(key)
-            depth += 1
+                index += held
+                continue
+            runs.move_to_end(runs.cut(run, offset, offset + length))
+            depth += length
+            index += length
         return depth
 
     def _merged(self, key: int) -> str | dict[str, float] | None:
         """Confirmed holders of `key` and speculative ones (weight 1)."""
-        confirmed = self._entries.get(key)
+        confirmed = self._runs.get(key)
         guessed = self._speculative.get(key)
         if guessed is None:
             return confirmed
@@ -929,4 +927,4 @@ class KVBlockIndex(KVBlockIndexBase):
 
     def sample_keys(self, count: int) -> list[int]:
         """Up to `count` most recent keys (for tests and diagnostics)."""
-        return list(islice(reversed(self._entries), count))
+        return self._runs.newest(count)
