@@ -28,7 +28,7 @@ import xxhash
 from prometheus_client import CollectorRegistry
 
 from epp.compiled import warn_python_fallback
-from epp.datalayer.kvruns import KeyRuns
+from epp.datalayer.kvruns import KeyRuns, PinRuns, stretch
 from epp.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 from epp.metrics.families import Families
 from epp.metrics.per_registry import PerRegistry
@@ -389,8 +389,9 @@ class KVBlockIndexBase(ABC):
         self._guessed_keys: dict[str, set[int]] = {}  # pod -> the keys it holds in `_speculative`
         self._expiries: deque[tuple[float, Sequence[int], str]] = deque()
         # pod -> {key: requests in flight pinning it} for the pinned entries (expiry infinite): a
-        # key the pod pins already is counted here alone, without touching `_speculative`
-        self._pins: dict[str, dict[int, int]] = {}
+        # key the pod pins already is counted here alone, without touching `_speculative`; kept
+        # per run of keys pinned together (a group's shared prefix is one count)
+        self._pins: dict[str, PinRuns] = {}
         # the same for pins whose entry ended before them (a KV event confirmed its block, the
         # pod was forgotten, `add_speculative` gave it an expiry): the last one's release is
         # still counted, and a new pin of the key starts from their count
@@ -603,7 +604,7 @@ class KVBlockIndexBase(ABC):
         speculative = self._speculative
         pinned = self._pins.get(pod)
         for key in keys:
-            if pinned and (count := pinned.pop(key, None)) is not None:
+            if pinned and (count := pinned.pop(key)) is not None:
                 self._orphan(pod, key, count)  # an expiry replaces the pinned entry
             holders = speculative.get(key)
             if holders is None:
@@ -636,7 +637,7 @@ class KVBlockIndexBase(ABC):
         if not holders:
             del self._speculative[key]
         pinned = self._pins.get(pod)
-        if pinned and (count := pinned.pop(key, None)) is not None:
+        if pinned and (count := pinned.pop(key)) is not None:
             self._orphan(pod, key, count)
             if not pinned:
                 del self._pins[pod]
@@ -656,7 +657,7 @@ class KVBlockIndexBase(ABC):
                 del speculative[key]
         pinned = self._pins.pop(pod, None)
         if pinned:
-            self._orphan_pins.setdefault(pod, {}).update(pinned)
+            self._orphan_pins.setdefault(pod, {}).update(pinned.items())
 
     def pin_speculative(self, keys: Sequence[int], pod: str) -> None:
         """`pod` is about to compute `keys` for a request: count them as held until its KV events
@@ -664,22 +665,16 @@ class KVBlockIndexBase(ABC):
         A running request's blocks cannot be evicted, so the entry is true while it runs."""
         pinned = self._pins.get(pod)
         if pinned is None:
-            pinned = self._pins[pod] = {}
+            pinned = self._pins[pod] = PinRuns()
         orphans = self._orphan_pins.get(pod)
         speculative = self._speculative
-        fresh: list[int] = []
-        for key in keys:
-            count = pinned.get(key)
-            if count is not None:  # pinned already (a shared prefix): one more request
-                pinned[key] = count + 1
-                continue
-            pinned[key] = (orphans.pop(key, 0) if orphans else 0) + 1
+        fresh = pinned.add(keys, orphans)  # a key pinned already (a shared prefix): one more request
+        for key in fresh:
             holders = speculative.get(key)
             if holders is None:
                 speculative[key] = {pod: _PINNED}
             else:
                 holders[pod] = _PINNED
-            fresh.append(key)
         if fresh:
             self._track_guessed(pod, fresh)
         if not pinned:  # no keys
@@ -691,20 +686,12 @@ class KVBlockIndexBase(ABC):
         """A request that pinned `keys` on `pod` ended: the entries no other request pins and no
         KV event confirmed end at `expiry` (a grace for events still on their way)."""
         speculative = self._speculative
-        pinned = self._pins.get(pod) or {}
+        pinned = self._pins.get(pod) or PinRuns()
         orphans = self._orphan_pins.get(pod)
-        released = False
-        for key in keys:
-            count = pinned.get(key)
-            if count is None:  # its entry ended before this request
-                if orphans and (left := orphans.pop(key, 0) - 1) > 0:
-                    orphans[key] = left
-            elif count > 1:
-                pinned[key] = count - 1
-            else:  # the last request pinning it: the entry expires
-                del pinned[key]
-                speculative[key][pod] = expiry
-                released = True
+        # a key not pinned any more had its entry end before this request (a confirming store)
+        released = pinned.remove(keys, orphans)
+        for key in released:  # the last request pinning it: the entry expires
+            speculative[key][pod] = expiry
         if not pinned:
             self._pins.pop(pod, None)
         if orphans is not None and not orphans:
@@ -897,7 +884,7 @@ class KVBlockIndex(KVBlockIndexBase):
                 depth += 1
                 index += 1
                 continue
-            offset, length = runs.stretch(run, keys, index)
+            offset, length = stretch(run, keys, index)
             holders = run.holders
             if holders != pod and (isinstance(holders, str) or pod not in holders):
                 held = 0  # held by other pods: each key counts while `pod` holds it speculatively

@@ -14,8 +14,10 @@ Removing keys never cuts a run: the keys left stay adjacent.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol, TypeVar
 
+R = TypeVar("R", bound="_Keyed")
 Holders = str | dict[str, float]  # a pod's name when one pod holds it at weight 1, else {pod: weight}
 
 
@@ -34,6 +36,53 @@ class Run:
 
 def _copy(holders: Holders) -> Holders:
     return holders if isinstance(holders, str) else dict(holders)
+
+
+class _Keyed(Protocol):
+    keys: list[int]
+
+
+def stretch(run: _Keyed, keys: Sequence[int], index: int) -> tuple[int, int]:
+    """Where `keys[index]` (a key of `run`) is in `run`, and how many of `keys` from it on follow
+    it there in order: (offset, length)."""
+    stored = run.keys
+    key = keys[index]
+    offset = 0 if stored[0] == key else stored.index(key)
+    length = len(stored) - offset
+    if keys[index : index + length] == (stored if offset == 0 else stored[offset:]):
+        return offset, length  # the rest of the run (a C-level compare)
+    length = 1
+    limit = min(len(stored) - offset, len(keys) - index)
+    while length < limit and keys[index + length] == stored[offset + length]:
+        length += 1
+    return offset, length
+
+
+def _split(
+    run_of: dict[int, R], run: R, start: int, stop: int, copy: Callable[[R, list[int]], R]
+) -> tuple[list[R], R]:
+    """`run` cut before `start` and `stop`: its pieces in order (none empty) and the middle one.
+    The largest piece keeps `run`, so the fewest keys are mapped to a new run (`copy(run, keys)`,
+    with `run`'s value)."""
+    keys = run.keys
+    pieces = (keys[:start], keys[start:stop], keys[stop:])
+    largest = max(range(3), key=lambda number: len(pieces[number]))
+    out: list[R] = []
+    middle = run
+    for number, piece in enumerate(pieces):
+        if not piece:
+            continue
+        if number == largest:
+            part = run
+            part.keys = piece
+        else:
+            part = copy(run, piece)
+            for key in piece:
+                run_of[key] = part
+        out.append(part)
+        if number == 1:
+            middle = part
+    return out, middle
 
 
 class KeyRuns:
@@ -90,50 +139,20 @@ class KeyRuns:
 
     def cut(self, run: Run, start: int, stop: int) -> Run:
         """`run.keys[start:stop]` as a run of their own, where they are in the order (the keys
-        before and after them stay where they were). The largest piece keeps `run`, so the fewest
-        keys are mapped to a new run."""
-        keys = run.keys
-        if start == 0 and stop == len(keys):
+        before and after them stay where they were)."""
+        if start == 0 and stop == len(run.keys):
             return run
-        pieces = (keys[:start], keys[start:stop], keys[stop:])
-        largest = max(range(3), key=lambda n: len(pieces[n]))
-        run_of = self.run_of
-        where, holders = run.older, run.holders
+        where = run.older
         self._unlink(run)
-        middle = run
-        for number, piece in enumerate(pieces):
-            if not piece:
-                continue
-            if number == largest:
-                part = run
-                part.keys = piece
-            else:
-                part = Run(piece, _copy(holders))
-                for key in piece:
-                    run_of[key] = part
+        pieces, middle = _split(
+            self.run_of, run, start, stop, lambda old, keys: Run(keys, _copy(old.holders))
+        )
+        for part in pieces:
             part.older, part.newer = where, where.newer
             where.newer.older = part
             where.newer = part
             where = part
-            if number == 1:
-                middle = part
         return middle
-
-    @staticmethod
-    def stretch(run: Run, keys: Sequence[int], index: int) -> tuple[int, int]:
-        """Where `keys[index]` (a key of `run`) is in `run`, and how many of `keys` from it on
-        follow it there in order: (offset, length)."""
-        stored = run.keys
-        key = keys[index]
-        offset = 0 if stored[0] == key else stored.index(key)
-        length = len(stored) - offset
-        if keys[index : index + length] == (stored if offset == 0 else stored[offset:]):
-            return offset, length  # the rest of the run (a C-level compare)
-        length = 1
-        limit = min(len(stored) - offset, len(keys) - index)
-        while length < limit and keys[index + length] == stored[offset + length]:
-            length += 1
-        return offset, length
 
     def touch(self, keys: Sequence[int]) -> None:
         """Move each of `keys` held here to the end of the order, one after the other."""
@@ -143,7 +162,7 @@ class KeyRuns:
             if run is None:
                 index += 1
                 continue
-            offset, length = self.stretch(run, keys, index)
+            offset, length = stretch(run, keys, index)
             self.move_to_end(self.cut(run, offset, offset + length))
             index += length
 
@@ -167,7 +186,7 @@ class KeyRuns:
                 admitted += 1
                 index += 1
                 continue
-            offset, length = self.stretch(run, keys, index)
+            offset, length = stretch(run, keys, index)
             run = self.cut(run, offset, offset + length)
             self.move_to_end(run)
             index += length
@@ -216,3 +235,89 @@ class KeyRuns:
         del self.run_of[key]
         if not run.keys:
             self._unlink(run)
+
+
+class PinRun:
+    """Keys a pod's requests in flight pin, each by `count` requests."""
+
+    __slots__ = ("count", "keys")
+
+    def __init__(self, keys: list[int], count: int) -> None:
+        self.keys = keys
+        self.count = count
+
+
+class PinRuns:
+    """One pod's pin counts, key -> requests in flight pinning it, kept per run of keys pinned
+    together: the requests of a group pin its shared prefix again and again, one count per run
+    instead of one per key. Every method keeps the counts a per-key map would have."""
+
+    def __init__(self) -> None:
+        self.run_of: dict[int, PinRun] = {}
+
+    def __len__(self) -> int:
+        return len(self.run_of)
+
+    def items(self) -> Iterator[tuple[int, int]]:
+        for key, run in self.run_of.items():
+            yield key, run.count
+
+    def _cut(self, run: PinRun, start: int, stop: int) -> PinRun:
+        if start == 0 and stop == len(run.keys):
+            return run
+        return _split(self.run_of, run, start, stop, lambda old, keys: PinRun(keys, old.count))[1]
+
+    def add(self, keys: Sequence[int], orphans: dict[int, int] | None) -> list[int]:
+        """One more request pins each of `keys` (in turn: a key listed twice counts twice). A key
+        not pinned before starts from its count in `orphans`, taken out of it. Returns those."""
+        run_of, index, count = self.run_of, 0, len(keys)
+        fresh: list[int] = []
+        joined: PinRun | None = None  # the run new keys join while their counts are its count
+        while index < count:
+            key = keys[index]
+            run = run_of.get(key)
+            if run is not None:
+                offset, length = stretch(run, keys, index)
+                self._cut(run, offset, offset + length).count += 1
+                index += length
+                continue
+            pins = (orphans.pop(key, 0) if orphans else 0) + 1
+            if joined is None or joined.count != pins:
+                joined = PinRun([], pins)
+            joined.keys.append(key)
+            run_of[key] = joined
+            fresh.append(key)
+            index += 1
+        return fresh
+
+    def remove(self, keys: Sequence[int], orphans: dict[int, int] | None) -> list[int]:
+        """A request pinning `keys` ended: one count less each (a key no longer pinned here is
+        one count less in `orphans`). Returns the keys no request pins any more."""
+        run_of, index, count = self.run_of, 0, len(keys)
+        ended: list[int] = []
+        while index < count:
+            key = keys[index]
+            run = run_of.get(key)
+            if run is None:
+                if orphans and (left := orphans.pop(key, 0) - 1) > 0:
+                    orphans[key] = left
+                index += 1
+                continue
+            offset, length = stretch(run, keys, index)
+            run = self._cut(run, offset, offset + length)
+            if run.count > 1:
+                run.count -= 1
+            else:
+                for ended_key in run.keys:
+                    del run_of[ended_key]
+                ended += run.keys
+            index += length
+        return ended
+
+    def pop(self, key: int) -> int | None:
+        """Stop counting `key`: its count, or None when it was not pinned."""
+        run = self.run_of.pop(key, None)
+        if run is None:
+            return None
+        run.keys.remove(key)  # the rest of the run keeps its count: no cut
+        return run.count

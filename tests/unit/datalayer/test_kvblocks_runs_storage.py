@@ -3,17 +3,19 @@ ordered map key -> holders, every key moved to the end on its own. Random sequen
 (shared prefixes, slices starting inside a run, repeated keys, CPU-tier weights, bounded holders),
 dropped holders, forgotten pods, speculative entries, lookups of every candidate set and evictions
 by a small size bound: after each step the index's keys, their holders and their LRU order, and
-each lookup's scores, must be the model's."""
+each lookup's scores, must be the model's. A pod's pin counts, kept per run too, against a count
+per key."""
 
 from __future__ import annotations
 
 import random
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Collection, Sequence
 
 import pytest
 
 from epp.datalayer.kvblocks import KVBlockIndex, TokenProcessor, _as_map
+from epp.datalayer.kvruns import PinRuns
 
 PODS = ["a", "b", "c", "d"]
 
@@ -119,3 +121,46 @@ def test_runs_keep_the_per_key_order_and_holders(seed: int) -> None:
         assert index.sample_keys(5) == list(reversed(model.entries))[:5]
     for key, _ in index.lru_items():
         assert index._runs.run_of[key].keys.count(key) == 1
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_pin_runs_keep_the_per_key_counts(seed: int) -> None:
+    """A pod's pin counts per run against a count per key, over key lists that are no chains
+    (any keys, in any order, some twice), so pins and releases cover parts of runs."""
+    rng = random.Random(seed)
+    pins, counts = PinRuns(), Counter[int]()
+    orphans: dict[int, int] = {}
+    model_orphans: dict[int, int] = {}
+    pinned: list[list[int]] = []
+    for _ in range(60):
+        roll = rng.random()
+        if roll < 0.45 or not pinned:
+            keys = [rng.randrange(12) for _ in range(rng.randrange(8))]
+            want = [key for key in dict.fromkeys(keys) if key not in counts]
+            for key in keys:
+                counts[key] += 1 if key in counts else model_orphans.pop(key, 0) + 1
+            assert pins.add(keys, orphans) == want
+            pinned.append(keys)
+        elif roll < 0.85:
+            keys = pinned.pop(rng.randrange(len(pinned)))
+            ended = []
+            for key in keys:
+                if key not in counts:
+                    if (left := model_orphans.pop(key, 0) - 1) > 0:
+                        model_orphans[key] = left
+                elif counts[key] > 1:
+                    counts[key] -= 1
+                else:
+                    del counts[key]
+                    ended.append(key)
+            assert sorted(pins.remove(keys, orphans)) == sorted(ended)
+        else:
+            key = rng.randrange(12)
+            count = counts.pop(key, None)
+            if count is not None:
+                model_orphans[key] = count
+            assert pins.pop(key) == count
+            if count is not None:
+                orphans[key] = count
+        assert dict(pins.items()) == dict(counts) and len(pins) == len(counts)
+        assert orphans == model_orphans
