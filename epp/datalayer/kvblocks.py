@@ -21,7 +21,6 @@ from array import array
 from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any, TypedDict, Unpack
 
 import fnv_c
@@ -29,6 +28,7 @@ import xxhash
 from prometheus_client import CollectorRegistry
 
 from epp.compiled import warn_python_fallback
+from epp.datalayer.kvruns import KeyRuns, PinRuns, stretch
 from epp.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 from epp.metrics.families import Families
 from epp.metrics.per_registry import PerRegistry
@@ -389,8 +389,9 @@ class KVBlockIndexBase(ABC):
         self._guessed_keys: dict[str, set[int]] = {}  # pod -> the keys it holds in `_speculative`
         self._expiries: deque[tuple[float, Sequence[int], str]] = deque()
         # pod -> {key: requests in flight pinning it} for the pinned entries (expiry infinite): a
-        # key the pod pins already is counted here alone, without touching `_speculative`
-        self._pins: dict[str, dict[int, int]] = {}
+        # key the pod pins already is counted here alone, without touching `_speculative`; kept
+        # per run of keys pinned together (a group's shared prefix is one count)
+        self._pins: dict[str, PinRuns] = {}
         # the same for pins whose entry ended before them (a KV event confirmed its block, the
         # pod was forgotten, `add_speculative` gave it an expiry): the last one's release is
         # still counted, and a new pin of the key starts from their count
@@ -603,7 +604,7 @@ class KVBlockIndexBase(ABC):
         speculative = self._speculative
         pinned = self._pins.get(pod)
         for key in keys:
-            if pinned and (count := pinned.pop(key, None)) is not None:
+            if pinned and (count := pinned.pop(key)) is not None:
                 self._orphan(pod, key, count)  # an expiry replaces the pinned entry
             holders = speculative.get(key)
             if holders is None:
@@ -636,7 +637,7 @@ class KVBlockIndexBase(ABC):
         if not holders:
             del self._speculative[key]
         pinned = self._pins.get(pod)
-        if pinned and (count := pinned.pop(key, None)) is not None:
+        if pinned and (count := pinned.pop(key)) is not None:
             self._orphan(pod, key, count)
             if not pinned:
                 del self._pins[pod]
@@ -656,7 +657,7 @@ class KVBlockIndexBase(ABC):
                 del speculative[key]
         pinned = self._pins.pop(pod, None)
         if pinned:
-            self._orphan_pins.setdefault(pod, {}).update(pinned)
+            self._orphan_pins.setdefault(pod, {}).update(pinned.items())
 
     def pin_speculative(self, keys: Sequence[int], pod: str) -> None:
         """`pod` is about to compute `keys` for a request: count them as held until its KV events
@@ -664,22 +665,16 @@ class KVBlockIndexBase(ABC):
         A running request's blocks cannot be evicted, so the entry is true while it runs."""
         pinned = self._pins.get(pod)
         if pinned is None:
-            pinned = self._pins[pod] = {}
+            pinned = self._pins[pod] = PinRuns()
         orphans = self._orphan_pins.get(pod)
         speculative = self._speculative
-        fresh: list[int] = []
-        for key in keys:
-            count = pinned.get(key)
-            if count is not None:  # pinned already (a shared prefix): one more request
-                pinned[key] = count + 1
-                continue
-            pinned[key] = (orphans.pop(key, 0) if orphans else 0) + 1
+        fresh = pinned.add(keys, orphans)  # a key pinned already (a shared prefix): one more request
+        for key in fresh:
             holders = speculative.get(key)
             if holders is None:
                 speculative[key] = {pod: _PINNED}
             else:
                 holders[pod] = _PINNED
-            fresh.append(key)
         if fresh:
             self._track_guessed(pod, fresh)
         if not pinned:  # no keys
@@ -691,20 +686,12 @@ class KVBlockIndexBase(ABC):
         """A request that pinned `keys` on `pod` ended: the entries no other request pins and no
         KV event confirmed end at `expiry` (a grace for events still on their way)."""
         speculative = self._speculative
-        pinned = self._pins.get(pod) or {}
+        pinned = self._pins.get(pod) or PinRuns()
         orphans = self._orphan_pins.get(pod)
-        released = False
-        for key in keys:
-            count = pinned.get(key)
-            if count is None:  # its entry ended before this request
-                if orphans and (left := orphans.pop(key, 0) - 1) > 0:
-                    orphans[key] = left
-            elif count > 1:
-                pinned[key] = count - 1
-            else:  # the last request pinning it: the entry expires
-                del pinned[key]
-                speculative[key][pod] = expiry
-                released = True
+        # a key not pinned any more had its entry end before this request (a confirming store)
+        released = pinned.remove(keys, orphans)
+        for key in released:  # the last request pinning it: the entry expires
+            speculative[key][pod] = expiry
         if not pinned:
             self._pins.pop(pod, None)
         if orphans is not None and not orphans:
@@ -759,82 +746,62 @@ class KVBlockIndexBase(ABC):
 
 class KVBlockIndex(KVBlockIndexBase):
     """Request block key -> {pod: device-tier weight} in this process, LRU-bounded to `size`
-    keys, fed by KV events."""
+    keys, fed by KV events; stored per run of keys (`epp.datalayer.kvruns`), so a prompt's
+    shared prefix is looked up and moved as one."""
 
     def __init__(self, processor: TokenProcessor, **options: Unpack[IndexOptions]) -> None:
         super().__init__(processor, **options)
         # key -> its holders: a pod's name when one pod holds it at weight 1 (most keys; a dict per
-        # key would double the index's memory), else {pod: weight}.
-        self._entries: OrderedDict[int, str | dict[str, float]] = OrderedDict()
+        # key would double the index's memory), else {pod: weight}; one per run of keys.
+        self._runs = KeyRuns()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._runs)
 
     def holders(self, key: int) -> Mapping[str, float]:
-        return _as_map(self._entries.get(key))
+        return _as_map(self._runs.get(key))
+
+    def lru_items(self) -> list[tuple[int, str | dict[str, float]]]:
+        """(key, holders), least recently used first (for tests and diagnostics)."""
+        return list(self._runs.items())
 
     def _hold_each(self, keys: Sequence[int], pod: str, weight: float) -> None:
-        if len(self._entries) + len(keys) <= self.size:  # no eviction between two keys
+        if len(self._runs) + len(keys) <= self.size:  # no eviction between two keys
             self._hold(keys, pod, weight)
         else:
             super()._hold_each(keys, pod, weight)
 
     def _hold(self, keys: Sequence[int], pod: str, weight: float) -> None:
-        entries = self._entries
-        admitted = 0
-        for key in keys:
-            holders = entries.get(key)
-            if holders is None:
-                entries[key] = pod if weight == 1.0 else {pod: weight}
-                admitted += 1
-                continue
-            entries.move_to_end(key)
-            if isinstance(holders, str):
-                if holders == pod:
-                    continue  # held at weight 1 already, the highest
-                holders = entries[key] = {holders: 1.0}
-            if holders.get(pod, 0.0) < weight:
-                holders.pop(pod, None)
-                holders[pod] = weight
-                while len(holders) > self.pod_cache_size:
-                    del holders[next(iter(holders))]
+        runs = self._runs
+        admitted = runs.hold(keys, pod, weight, self.pod_cache_size)
         if admitted and self.metrics is not None:
             self.metrics.admissions.inc(admitted)
-        while len(entries) > self.size:
-            entries.popitem(last=False)
+        while len(runs) > self.size:
+            runs.pop_oldest()
             if self.metrics is not None:
                 self.metrics.evictions.inc()
 
     def _forget_pod(self, pod: str, keys: Iterable[int]) -> None:
         for key in keys:
-            self._drop_holder(key, pod)
+            self._runs.drop(key, pod)
 
     def _drop_holder(self, key: int, pod: str) -> None:
-        entries = self._entries
-        holders = entries.get(key)
-        if holders is None:
-            return
-        if isinstance(holders, str):
-            if holders == pod:
-                del entries[key]
-        elif holders.pop(pod, None) is not None and not holders:
-            del entries[key]
+        self._runs.drop(key, pod)
 
     def longest_prefix(self, keys: Sequence[int], pods: Collection[str]) -> dict[str, float]:
         """llm-d's LongestPrefix score for each of `pods`: the tier-weighted length of the run of
         keys it holds from the first one. Stops at the first key no remaining pod holds."""
         started = time.perf_counter()
-        entries = self._entries
         scores: dict[str, float] = {}
         depth = 0
-        speculative = self._speculative
-        merged = self._merged
         if self._unit_weights:  # every holder weighs 1: a pod's score is where its run ends
             depth = self._unit_runs(keys, pods, scores)
         else:
+            runs, speculative, merged = self._runs, self._speculative, self._merged
             weighted: dict[str, float] | None = None
+            touched: list[int] = []  # the LRU moves, made after the walk (it reads no order)
             for key in keys:
-                holders = merged(key) if speculative else entries.get(key)
+                holders = merged(key) if speculative else runs.get(key)
                 if not holders:
                     break
                 source = pods if weighted is None else weighted
@@ -845,10 +812,11 @@ class KVBlockIndex(KVBlockIndexBase):
                 }
                 if not weighted:
                     break
-                if key in entries:
-                    entries.move_to_end(key)
+                if key in runs.run_of:
+                    touched.append(key)
                 depth += 1
                 scores.update(weighted)
+            runs.touch(touched)
         self._count_lookup(depth, started)
         return scores
 
@@ -856,21 +824,23 @@ class KVBlockIndex(KVBlockIndexBase):
         """`longest_prefix` when every holder weighs 1: writes each pod's run length into `scores`
         and returns the depth reached. A key's holders are its confirmed entry and its speculative
         ones, tested in place rather than merged into a dictionary per key."""
-        entries, speculative = self._entries, self._speculative
+        runs, speculative = self._runs, self._speculative
         depth = 0
         if not keys:
             return depth
-        first = entries.get(keys[0])
+        first = runs.get(keys[0])
         alive = {first} if isinstance(first, str) else set(first or ())
         alive.update(speculative.get(keys[0]) or ())
         alive = {pod for pod in alive if pod in pods}
+        touched: list[int] = []  # the LRU moves, made before the single pod's walk or at the end
         for index, key in enumerate(keys):
             if len(alive) == 1:
+                runs.touch(touched)
                 (pod,) = alive
                 depth = self._single_run(keys, index, pod, depth)
                 scores[pod] = float(depth)
                 return depth
-            holders = entries.get(key)
+            holders = runs.get(key)
             guessed = speculative.get(key)
             if (holders is None and guessed is None) or not alive:
                 break
@@ -891,35 +861,50 @@ class KVBlockIndex(KVBlockIndexBase):
                 if not alive:
                     break
             if holders is not None:
-                entries.move_to_end(key)
+                touched.append(key)
             depth += 1
+        runs.touch(touched)
         for pod in alive:
             scores[pod] = float(depth)
         return depth
 
     def _single_run(self, keys: Sequence[int], start: int, pod: str, depth: int) -> int:
         """`_unit_runs` from `keys[start]` on, once `pod` is the only candidate left: the depth
-        where its run ends. A key it holds confirmed needs no probe of the speculative entries."""
-        entries, speculative = self._entries, self._speculative
-        for key in islice(keys, start, None):
-            holders = entries.get(key)
-            if holders is None:
+        where its run ends. A stretch of keys the index keeps together and `pod` holds confirmed
+        is matched and moved as one, with no probe of the speculative entries."""
+        runs, speculative = self._runs, self._speculative
+        run_of, index, count = runs.run_of, start, len(keys)
+        while index < count:
+            key = keys[index]
+            run = run_of.get(key)
+            if run is None:
                 guessed = speculative.get(key)
                 if guessed is None or pod not in guessed:
                     break
                 depth += 1
+                index += 1
                 continue
+            offset, length = stretch(run, keys, index)
+            holders = run.holders
             if holders != pod and (isinstance(holders, str) or pod not in holders):
-                guessed = speculative.get(key)
-                if guessed is None or pod not in guessed:
+                held = 0  # held by other pods: each key counts while `pod` holds it speculatively
+                while held < length and (guessed := speculative.get(keys[index + held])) and pod in guessed:
+                    held += 1
+                if held:
+                    runs.move_to_end(runs.cut(run, offset, offset + held))
+                    depth += held
+                if held < length:
                     break
-            entries.move_to_end(key)
-            depth += 1
+                index += held
+                continue
+            runs.move_to_end(runs.cut(run, offset, offset + length))
+            depth += length
+            index += length
         return depth
 
     def _merged(self, key: int) -> str | dict[str, float] | None:
         """Confirmed holders of `key` and speculative ones (weight 1)."""
-        confirmed = self._entries.get(key)
+        confirmed = self._runs.get(key)
         guessed = self._speculative.get(key)
         if guessed is None:
             return confirmed
@@ -929,4 +914,4 @@ class KVBlockIndex(KVBlockIndexBase):
 
     def sample_keys(self, count: int) -> list[int]:
         """Up to `count` most recent keys (for tests and diagnostics)."""
-        return list(islice(reversed(self._entries), count))
+        return self._runs.newest(count)

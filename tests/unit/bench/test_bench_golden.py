@@ -6,37 +6,23 @@ digests as they are; a deliberate change of the model updates them, and says so 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from epp.bench import virtual
+from epp.bench.digest import run_digest as digest_of
 from epp.bench.events import PythonDecodeRun, PythonEventHeap
 from epp.bench.virtual import VirtualCluster, VirtualRun
 from epp.bench.workload import WorkloadSpec, generate
 from epp.config.loader import load_config, load_config_file
 from epp.config.model import PickerConfig
-from epp.sim.engine import EngineStats
-from epp.sim.histogram import Histogram
 from epp.sim.profiles import TINY_TEST
 
 CONFIGS = Path(__file__).parents[3] / "bench" / "configs"
 # small enough that requests queue, get preempted and get refused
 PRESSURE = dataclasses.replace(TINY_TEST, num_gpu_blocks=48, max_num_seqs=16, max_waiting=10)
-
-
-def stats_fingerprint(stats: EngineStats) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(stats):
-        value = getattr(stats, f.name)
-        out[f.name] = (
-            [value.counts, repr(value.total), value.count] if isinstance(value, Histogram) else value
-        )
-    out["busy_seconds"] = repr(stats.busy_seconds)
-    return out
 
 
 def run_digest(config: PickerConfig, endpoints: int, groups: int, per_group: int) -> str:
@@ -57,15 +43,7 @@ def run_digest(config: PickerConfig, endpoints: int, groups: int, per_group: int
     )
     run = VirtualRun(generate(spec, 400.0), config, VirtualCluster(endpoints, PRESSURE))
     result = run.run()
-    fingerprint = {
-        "records": [
-            [repr(value) if isinstance(value, float) else value for value in dataclasses.astuple(record)]
-            for record in result.records
-        ],
-        "itl": [repr(gap) for gap in result.itl],
-        "engines": {name: stats_fingerprint(server.engine.stats) for name, server in run.servers.items()},
-    }
-    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+    return digest_of(result, {name: server.engine.stats for name, server in run.servers.items()})
 
 
 @pytest.mark.parametrize(

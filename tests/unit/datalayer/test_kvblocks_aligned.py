@@ -56,7 +56,7 @@ def state(idx: KVBlockIndex) -> object:
     assert idx.metrics is not None
     metrics = [m.collect()[0].samples[0].value for m in (idx.metrics.admissions, idx.metrics.evictions)]
     return (
-        list(idx._entries.items()),
+        idx.lru_items(),
         {name: pod(s) for name, s in idx._pods.items()},
         idx._speculative,
         idx._guessed_keys,

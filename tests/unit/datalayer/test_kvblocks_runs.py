@@ -25,9 +25,8 @@ def random_index(rng: random.Random, keys: list[int]) -> KVBlockIndex:
             idx._guess([key], guessed[0], 5.0)
             for pod in guessed[1:]:
                 idx._guess([key], pod, 5.0)
-    rng.shuffle(order := list(idx._entries))
-    for key in order:  # an LRU order unrelated to the prompt's
-        idx._entries.move_to_end(key)
+    rng.shuffle(order := [key for key, _ in idx.lru_items()])
+    idx._runs.touch(order)  # an LRU order unrelated to the prompt's
     return idx
 
 
@@ -44,4 +43,4 @@ def test_unit_runs_are_the_weighted_lookup(seed: int) -> None:
     got = unit.longest_prefix(prompt, candidates)
     want = weighted.longest_prefix(prompt, candidates)
     assert {pod: score for pod, score in got.items() if score} == want
-    assert list(unit._entries) == list(weighted._entries)
+    assert unit.lru_items() == weighted.lru_items()
