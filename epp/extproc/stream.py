@@ -152,8 +152,9 @@ class ExtProcStream:
         for the message that completes the request body: the director's `prepare_body` (flow
         control's queue, then the async data producers such as tokenization). A no-op when
         neither is configured. A refusal is kept and answered by `handle`; a cancelled wait (the
-        client gone) propagates, leaving no load taken. For a request that ends at its headers:
-        the director's `prepare_bodyless` (what a BodylessRouter plugin waits for)."""
+        client gone) propagates, leaving no load taken. For a request that ends at its headers,
+        or whose body turns out empty: the director's `prepare_bodyless` (what a BodylessRouter
+        plugin waits for)."""
         if (
             message.WhichOneof("request") == "request_headers"
             and message.request_headers.end_of_stream
@@ -162,9 +163,16 @@ class ExtProcStream:
         ):
             await self._director.prepare_bodyless(messages.read_headers(message.request_headers))
             return
-        if not self._director.prepares_async or not self._completes_body(message):
+        if not self._completes_body(message):
             return
-        body = bytes(self._body) + (message.request_body.body if message.HasField("request_body") else b"")
+        chunk = message.request_body.body if message.HasField("request_body") else b""
+        if not self._body and not chunk:
+            if self._director.hooks.routes_bodyless:
+                await self._director.prepare_bodyless(self._headers)
+            return
+        if not self._director.prepares_async:
+            return
+        body = bytes(self._body) + chunk
         if len(body) > self._options.max_body_bytes:
             return  # handle() refuses it
         try:
@@ -252,6 +260,15 @@ class ExtProcStream:
         if self._trailers_seen:
             raise self._violation("request trailers twice")
         self._trailers_seen = self._request_ended = True
+        if self._routed is None and self._request_mode == BUFFERED:
+            # Envoy sends a buffered body before the trailers, and the body's reply routes; only
+            # a request with no body comes to its trailers unrouted, and a trailers reply can
+            # neither set the request's headers nor clear Envoy's route cache.
+            raise self._director.refuse(
+                ErrorCode.BAD_REQUEST,
+                "a request without a body cannot end with trailers through this gateway "
+                "(ext_proc BUFFERED request bodies); send it without trailers",
+            )
         if self._routed is None:
             yield from self._route(end_of_stream=False)
             if self._request_mode == FULL_DUPLEX:
@@ -281,8 +298,15 @@ class ExtProcStream:
         if self._refusal is not None:
             raise self._refusal  # already counted by the director
         raw = bytes(self._body)
-        prepared, self._prepared = self._prepared, None
-        self._routed = self._director.handle_body(raw, self._headers, self._subset, self._trace, prepared)
+        if raw:
+            prepared, self._prepared = self._prepared, None
+            self._routed = self._director.handle_body(raw, self._headers, self._subset, self._trace, prepared)
+        else:
+            # Headers without end_of_stream, then an empty body or only trailers (an HTTP/2
+            # client's empty DATA frame, or its trailers, ends the stream): no body, so routed as
+            # a request that ended at its headers (GET /v1/models gets an endpoint, a POST to an
+            # inference API the bodyless 400), not parsed as an empty JSON document.
+            self._routed = self._director.handle_bodyless(self._headers, self._subset)
         eviction = self._routed.eviction
         if eviction is not None and eviction.evictable:
             self.eviction_signal = eviction.signal

@@ -159,6 +159,19 @@ async def test_a_body_ended_by_http2_trailers_reaches_the_model_server_once(
     assert reply["usage"]["prompt_tokens"] == without.json()["usage"]["prompt_tokens"]
 
 
+async def test_a_get_whose_empty_body_is_ended_by_trailers_is_routed_as_a_bodyless_one(
+    shared_stack: Stack, tmp_path: Path
+) -> None:
+    """Headers without END_STREAM, then only trailers: no body, as for a GET ended at its
+    headers (it was parsed as an empty JSON document: 400)."""
+    if shared_stack.config.envoy.body_mode == "buffered":
+        # Known limitation (docs/operations.md): our buffered bootstrap skips request trailers,
+        # so Envoy sends the EPP nothing after the headers and the unrouted request gets the 503.
+        pytest.skip("the buffered bootstrap never shows the EPP the end of a bodyless request")
+    out = orjson.loads(await nghttp_with_trailers(shared_stack, "/v1/models", b"", tmp_path, method="GET"))
+    assert out["data"][0]["id"] == MODEL, out
+
+
 async def test_oversized_body_gets_413(make_stack: StackFactory) -> None:
     async with make_stack("small-body", sims=1, epp_args=["--max-body-bytes=1000"]) as stack:
         response = await post(stack, "/v1/completions", {"model": MODEL, "prompt": "x" * 5000})

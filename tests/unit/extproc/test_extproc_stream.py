@@ -485,6 +485,64 @@ async def test_full_duplex_body_ended_by_trailers_is_sent_once_in_a_replacing_he
     assert (await read(call)).WhichOneof("response") == "response_headers"
 
 
+def routed_headers(reply: ext_proc.ProcessingResponse) -> dict[str, str]:
+    """The set headers of whichever reply routed (request headers or request body)."""
+    kind = reply.WhichOneof("response")
+    assert kind in ("request_headers", "request_body"), reply
+    return set_headers(getattr(reply, kind).response)
+
+
+EMPTY_ENDS = {
+    "full-duplex, an empty DATA frame": (FDS, [body_msg(b"")]),
+    "full-duplex, trailers only": (FDS, [trailers_msg()]),
+    "buffered, an empty DATA frame": (BodyMode.BUFFERED, [body_msg(b"")]),
+}
+
+
+@pytest.mark.parametrize("mode, ending", EMPTY_ENDS.values(), ids=list(EMPTY_ENDS))
+async def test_a_request_whose_body_is_empty_is_routed_as_a_bodyless_one(
+    harness: Harness, mode: int, ending: list[ext_proc.ProcessingRequest]
+) -> None:
+    """HTTP/2 headers without END_STREAM, then an empty DATA frame or trailers: GET /v1/models
+    was parsed as an empty JSON document, a 400 it does not get with END_STREAM on its headers."""
+    harness.add("a", 8000)
+    call = harness.open()
+    await call.write(headers_msg(path="/v1/models", method="GET", mode=mode))
+    if mode == BodyMode.BUFFERED:
+        assert (await read(call)).WhichOneof("response") == "request_headers"
+    for message in ending:
+        await call.write(message)
+    assert routed_headers(await read(call))["x-gateway-destination-endpoint"] == "10.0.0.1:8000"
+
+
+async def test_a_buffered_request_with_no_body_but_trailers_gets_a_400(harness: Harness) -> None:
+    """Envoy sends only the trailers: their reply cannot route (no request header mutation, no
+    route cache cleared), and a body reply to them would be a protocol error to Envoy (503)."""
+    harness.add("a", 8000)
+    call = harness.open()
+    await call.write(headers_msg(path="/v1/models", method="GET", mode=BodyMode.BUFFERED))
+    assert (await read(call)).WhichOneof("response") == "request_headers"
+    await call.write(trailers_msg())
+    reply = (await read(call)).immediate_response
+    assert reply.status.code == 400
+    assert b"cannot end with trailers through this gateway (ext_proc BUFFERED" in reply.body
+    await until(lambda: load(harness) == [(0, 0)])
+
+
+@pytest.mark.parametrize("ending", [body_msg(b""), trailers_msg()], ids=["empty DATA", "trailers"])
+async def test_an_empty_post_body_ended_late_gets_the_bodyless_400(
+    harness: Harness, ending: ext_proc.ProcessingRequest
+) -> None:
+    """The same message as a POST that ends at its headers, not a JSON parser's."""
+    harness.add("a", 8000)
+    call = harness.open()
+    await call.write(headers_msg(path="/v1/chat/completions"))
+    await call.write(ending)
+    reply = (await read(call)).immediate_response
+    assert reply.status.code == 400
+    assert orjson.loads(reply.body)["error"]["message"].endswith("the body is empty")
+
+
 async def test_buffered_response_rewritten_model_carries_its_new_length(harness: Harness) -> None:
     harness.add("a", 8000, models=("m", "m-target"))
     call = harness.open()
@@ -824,10 +882,16 @@ async def test_protocol_violations_route_at_most_once_and_release_the_load(
     await until(lambda: load(harness) == [(0, 0), (0, 0)])
 
 
-async def test_a_bodyless_poll_waits_for_a_peers_pin_before_it_is_routed() -> None:
+@pytest.mark.parametrize(
+    "ending", [None, body_msg(b""), trailers_msg()], ids=["headers", "empty DATA", "trailers"]
+)
+async def test_a_bodyless_poll_waits_for_a_peers_pin_before_it_is_routed(
+    ending: ext_proc.ProcessingRequest | None,
+) -> None:
     """Beside peer replicas, GET /v1/responses/{id} for a response whose pin is still on its way
     is answered once it came (the stream awaits the director's `prepare_bodyless`), at its
-    endpoint; routed at once, it would go to any of 8 (each of 8 polls: 1 in 8)."""
+    endpoint; routed at once, it would go to any of 8 (each of 8 polls: 1 in 8). The same when
+    the request ends after its headers, with an empty body or trailers."""
     director, previous, datastore = replica()
     server = ext_proc_server(director, StreamOptions(), Health(lambda: True))
     port = bind(server, "127.0.0.1:0", None)
@@ -841,11 +905,12 @@ async def test_a_bodyless_poll_waits_for_a_peers_pin_before_it_is_routed() -> No
             assert held is not None
             loop.call_later(0.02, previous.learn, held, [response_key(f"resp_{i}")])
             call = stub.Process()
-            await call.write(headers_msg(path=f"/v1/responses/resp_{i}", method="GET", end_of_stream=True))
+            path = f"/v1/responses/resp_{i}"
+            await call.write(headers_msg(path=path, method="GET", end_of_stream=ending is None))
+            if ending is not None:
+                await call.write(ending)
             reply = await read(call)
-            assert (
-                set_headers(reply.request_headers.response)["x-gateway-destination-endpoint"] == held.hostport
-            )
+            assert routed_headers(reply)["x-gateway-destination-endpoint"] == held.hostport
             call.cancel()
     finally:
         await channel.close()
