@@ -13,7 +13,7 @@ OTEL_PROTO_VERSION = $(BIN)/python -c "import importlib.metadata as m; print(m.v
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --upgrade pip 'setuptools>=77'
 	$(BIN)/pip install --quiet -e '.[dev]'
 	$(BIN)/pip install --quiet --force-reinstall --no-deps "opentelemetry-proto==$$($(OTEL_PROTO_VERSION))"
 	touch $(STAMP)
