@@ -167,8 +167,7 @@ class ExtProcStream:
             return
         chunk = message.request_body.body if message.HasField("request_body") else b""
         if not self._body and not chunk:
-            if self._director.hooks.routes_bodyless:
-                await self._director.prepare_bodyless(self._headers)
+            await self._director.prepare_bodyless(self._headers)
             return
         if not self._director.prepares_async:
             return
