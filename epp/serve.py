@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
-from kubernetes_asyncio.client import ApiClient
-from kubernetes_asyncio.config import ConfigException as KubeConfigError
 
 from epp import eventloop, gieflags, tls, tracing
 from epp.config.build import build_director
@@ -35,7 +33,7 @@ from epp.datastore import Datastore
 from epp.discovery import kubernetes as k8s_discovery
 from epp.discovery.eds import EdsFileWriter
 from epp.discovery.k8s import leader as election
-from epp.discovery.k8s.client import api_client
+from epp.discovery.k8s.client import KubeConfigError, api_client
 from epp.discovery.k8s.objectwatch import ObjectWatch
 from epp.discovery.static import DiscoveryError, FileDiscovery, parse_endpoint_flag
 from epp.explain import DecisionRecorder
@@ -47,7 +45,7 @@ from epp.flowcontrol.envoy_quota import EnvoyQuota
 from epp.flowcontrol.overload import OverloadGuard
 from epp.flowcontrol.standing_queue import StandingQueue
 from epp.framework import PluginContext
-from epp.metrics import auth as metrics_auth
+from epp.metrics import auth_flags as metrics_auth
 from epp.metrics import secure as metrics_secure
 from epp.metrics.aliases import NAME_SETS
 from epp.metrics.exporter import EppMetrics
@@ -64,6 +62,9 @@ from epp.tasks import cancel_and_wait
 from epp.tls import parse_bool
 
 if TYPE_CHECKING:
+    from kubernetes_asyncio.client import ApiClient
+
+    from epp.discovery.k8s.elector import LeaderElector
     from epp.replicas.redis_sync import RedisReplicaSync
     from epp.replicas.workers import WorkerPlan
 
@@ -233,7 +234,7 @@ class EndpointPicker:
         self._serving = False  # start() completed: a stop drains (--drain-timeout) only then
         self._drain_cut = asyncio.Event()  # set by end_drain(): the drain window ends now
         self._stop_started: float | None = None  # monotonic time stop() began
-        self.elector: election.LeaderElector | None = None
+        self.elector: LeaderElector | None = None
         self._kube: ApiClient | None = None  # for leader election and metrics auth (discovery has its own)
         self.certificate = tls.ServingCertificate(options.tls_options)
         self.failed = asyncio.Event()  # set when the picker must exit (leadership lost, as GIE)
@@ -246,7 +247,9 @@ class EndpointPicker:
         (a step that stops the world, so no request waits behind it and the guard never counts
         it as load)."""
         if self.options.metrics_auth:
-            self.metrics_server.auth = metrics_auth.MetricsAuth(await self._metrics_auth_client())
+            from epp.metrics.auth import MetricsAuth  # here: it imports the Kubernetes client
+
+            self.metrics_server.auth = MetricsAuth(await self._metrics_auth_client())
         credentials = self.certificate.credentials()
         await self.certificate.start()
         tracing.configure(self.options.observe.tracing)
@@ -430,7 +433,9 @@ class EndpointPicker:
         pool = self.options.pool
         if pool is None:
             raise ValueError("--ha-enable-leader-election needs --pool-name (the Lease is per pool)")
-        self.elector = election.LeaderElector(
+        from epp.discovery.k8s.elector import LeaderElector  # here: it imports the Kubernetes client
+
+        self.elector = LeaderElector(
             await self._kube_client(),
             election.lease_name(pool),
             pool.namespace,

@@ -16,9 +16,7 @@ import os
 import re
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Any
-
-from kubernetes_asyncio.client import ApiClient
+from typing import TYPE_CHECKING, Any
 
 from epp.datastore import Datastore, EndpointSpec
 from epp.discovery.k8s.client import api_client, model_rewrite_lister, objective_lister, pod_lister
@@ -41,6 +39,9 @@ from epp.discovery.static import DiscoveryError
 from epp.params.values import unquote
 from epp.requestcontrol.model_rewrite import ModelRewrite
 from epp.tasks import cancel_and_wait
+
+if TYPE_CHECKING:
+    from kubernetes_asyncio.client import ApiClient
 
 log = logging.getLogger(__name__)
 

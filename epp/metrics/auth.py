@@ -15,7 +15,6 @@ Prometheus's needs `get` on the nonResourceURL /metrics."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import logging
@@ -37,8 +36,6 @@ from kubernetes_asyncio.client import (
     V1TokenReviewSpec,
 )
 from kubernetes_asyncio.client.exceptions import ApiException
-
-from epp.tls import parse_bool
 
 log = logging.getLogger(__name__)
 
@@ -222,25 +219,3 @@ def _reason(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, TimeoutError):
         return f"no answer from the API server within {timeout:g}s"
     return str(exc) or type(exc).__name__
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--metrics-endpoint-auth",
-        type=parse_bool,
-        nargs="?",
-        const=True,
-        default=None,
-        metavar="BOOL",
-        help="serve /metrics only to bearer tokens a TokenReview accepts whose user a "
-        "SubjectAccessReview allows `get` on /metrics (GIE's default: on with --pool-name; off for "
-        "standalone endpoints, where there is no API server, unless asked for)",
-    )
-
-
-def enabled_from_args(args: argparse.Namespace, in_cluster: bool) -> bool:
-    """GIE's default is true, and GIE always runs against an API server; a standalone EPP here
-    has none unless one is configured, so the default follows --pool-name."""
-    if args.metrics_endpoint_auth is None:
-        return in_cluster
-    return bool(args.metrics_endpoint_auth)

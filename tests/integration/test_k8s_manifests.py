@@ -25,7 +25,8 @@ from epp.cli import parse_args
 from epp.config.loader import load_config
 from epp.datastore import Datastore
 from epp.discovery.k8s.client import api_client
-from epp.discovery.k8s.leader import LeaderElector, LeaseTiming, lease_name
+from epp.discovery.k8s.elector import LeaderElector
+from epp.discovery.k8s.leader import LeaseTiming, lease_name
 from epp.discovery.kubernetes import PoolDiscovery, PoolRef
 from epp.metrics.auth import MetricsAuth
 from epp.sidecar.cli import options_from_args as sidecar_options

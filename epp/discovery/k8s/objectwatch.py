@@ -9,13 +9,15 @@ import asyncio
 import functools
 import re
 from collections.abc import Callable
-
-from kubernetes_asyncio.client import ApiClient, CoreV1Api, CustomObjectsApi
+from typing import TYPE_CHECKING
 
 from epp.datalayer.k8sobjects import GroupVersionKind, ObjectEvent
 from epp.discovery.k8s.model import Object
 from epp.discovery.k8s.reflector import Lister, Reflector, WatchTiming
 from epp.tasks import cancel_and_wait
+
+if TYPE_CHECKING:
+    from kubernetes_asyncio.client import ApiClient
 
 
 def plural(kind: str) -> str:
@@ -31,6 +33,8 @@ def plural(kind: str) -> str:
 def object_lister(api: ApiClient, kind: GroupVersionKind, namespace: str) -> Lister:
     """The namespaced list call for `kind`: the typed core/v1 one (pods, services, ...) or the
     generic one of an API group."""
+    from kubernetes_asyncio.client import CoreV1Api, CustomObjectsApi  # here: see epp.discovery.k8s.client
+
     if kind.group == "":
         if kind.version != "v1":
             raise ValueError(f"{kind}: the core API group serves only version v1")

@@ -9,16 +9,17 @@ import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
-
-from kubernetes_asyncio.client import ApiClient
-from kubernetes_asyncio.config import ConfigException
+from typing import TYPE_CHECKING
 
 from epp.datastore import EndpointSpec
-from epp.discovery.k8s.client import api_client, pod_lister, pool_lister
+from epp.discovery.k8s.client import KubeConfigError, api_client, pod_lister, pool_lister
 from epp.discovery.k8s.model import PoolRef, PoolSpec, PoolSpecError, parse_pool, pool_endpoints
 from epp.discovery.k8s.reflector import Reflector, WatchTiming
 from epp.discovery.static import DiscoveryError
 from epp.tasks import cancel_and_wait
+
+if TYPE_CHECKING:
+    from kubernetes_asyncio.client import ApiClient
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ async def watch_pool_endpoints(
 
     try:
         api = await api_client(kubeconfig)
-    except ConfigException as exc:
+    except KubeConfigError as exc:
         raise DiscoveryError(
             f"InferencePool {ref}: no Kubernetes API to watch it from (in a cluster, the pod's "
             f"service account; else --kubeconfig or $KUBECONFIG): {exc}"

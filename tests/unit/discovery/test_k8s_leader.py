@@ -15,7 +15,8 @@ from kubernetes_asyncio.client import ApiClient, CoordinationV1Api, V1Lease, V1L
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from epp.discovery.k8s.client import api_client
-from epp.discovery.k8s.leader import LeaderElector, LeaseTiming, lease_name
+from epp.discovery.k8s.elector import LeaderElector
+from epp.discovery.k8s.leader import LeaseTiming, lease_name
 from epp.discovery.k8s.model import PoolRef
 from tests.k8s_double import LEASES, ApiServerDouble
 from tests.unit.discovery.conftest import until
