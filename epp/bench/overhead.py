@@ -118,6 +118,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "EPP keeps the default, so `--event-loop asyncio --versus-config` on the same config compares "
         "the two loops round by round",
     )
+    parser.add_argument(
+        "--warmup-seconds",
+        type=_positive(float),
+        default=2.0,
+        help="per path before measuring, at 50 req/s: connections, code paths, the EPPs' view of the "
+        "endpoints (default 2)",
+    )
+    parser.add_argument(
+        "--idle-seconds",
+        type=_positive(float),
+        default=IDLE_SECONDS,
+        help=f"the window each server's idle CPU is read over (default {IDLE_SECONDS:g})",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", type=Path, default=Path("run/bench-overhead"))
     parser.add_argument("--doc", type=Path, help="also write the table into this document's overhead block")
@@ -199,7 +212,7 @@ async def measure(
     )
 
 
-async def idle_cores(groups: dict[str, list[ManagedProcess]]) -> dict[str, float]:
+async def idle_cores(groups: dict[str, list[ManagedProcess]], seconds: float) -> dict[str, float]:
     """The share of a core each group of processes uses with no requests, over one window (the
     EPP's scraping and timers; the simulators answering the scrapes)."""
 
@@ -207,8 +220,8 @@ async def idle_cores(groups: dict[str, list[ManagedProcess]]) -> dict[str, float
         return sum(cpu_seconds(p.pid) for p in processes)
 
     before = {name: cpu(processes) for name, processes in groups.items()}
-    await asyncio.sleep(IDLE_SECONDS)
-    return {name: (cpu(processes) - before[name]) / IDLE_SECONDS for name, processes in groups.items()}
+    await asyncio.sleep(seconds)
+    return {name: (cpu(processes) - before[name]) / seconds for name, processes in groups.items()}
 
 
 @dataclass
@@ -430,11 +443,11 @@ async def main(args: argparse.Namespace) -> int:
         if versus:
             urls[versus], servers[versus] = stack.versus_url, stack.versus
         for path in paths:  # warm connections, code paths and the EPPs' view of the endpoints
-            await measure(stack, urls[path], servers[path], prompts.requests(50.0, 2.0))
+            await measure(stack, urls[path], servers[path], prompts.requests(50.0, args.warmup_seconds))
         groups: dict[str, list[ManagedProcess]] = {
             path: [server] if (server := servers[path]) else [] for path in paths
         }
-        idle = await idle_cores({**groups, SIMS: stack.sim_processes})
+        idle = await idle_cores({**groups, SIMS: stack.sim_processes}, args.idle_seconds)
         for rate in rates:
             runs: dict[str, list[PathRun]] = {path: [] for path in paths}
             rounds: list[Paired] = []

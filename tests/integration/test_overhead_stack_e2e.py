@@ -13,7 +13,10 @@ from epp.bench.loadgen import run_realtime
 from epp.stack.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio]
-TINY_RUN = ("--endpoints=2", "--prompt-tokens=64", "--shared-tokens=32", "--rate=20", "--seconds=1")
+TINY_RUN = (
+    *("--endpoints=2", "--prompt-tokens=64", "--shared-tokens=32", "--rate=20", "--seconds=1"),
+    *("--warmup-seconds=0.5", "--idle-seconds=0.5"),
+)
 
 
 def arguments(tmp_path: Path, *argv: str) -> argparse.Namespace:
@@ -57,7 +60,7 @@ async def test_a_versus_config_adds_a_second_epp_and_the_rounds_differences(tmp_
     served, and a second table pairing the two EPPs round by round, with the share of the versus
     EPP's requests its queue held (read from its /metrics)."""
     config = Path(__file__).parents[2] / "bench" / "configs" / "gie-default-flow-control.yaml"
-    args = arguments(tmp_path, *TINY_RUN, "--rounds=2", f"--versus-config={config}")
+    args = arguments(tmp_path, *TINY_RUN, "--seconds=0.5", "--rounds=2", f"--versus-config={config}")
     assert await overhead.main(args) == 0
     text = (tmp_path / "doc.md").read_text()
     assert "<!-- BEGIN GENERATED: overhead-versus -->" in text

@@ -26,7 +26,7 @@ def loaded_by_default_serve() -> list[str]:
     return [m for m in out.stdout.strip().split(",") if m]
 
 
-def test_default_serve_imports_neither_the_simulator_nor_pyzmq_nor_the_peer_plugins_nor_otel_nor_k8s() -> None:
+def test_default_serve_imports_none_of_the_simulator_pyzmq_peer_plugins_otel_or_k8s_client() -> None:
     assert loaded_by_default_serve() == []
 
 

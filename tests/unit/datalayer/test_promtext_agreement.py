@@ -147,7 +147,7 @@ def _mapped(engine: EngineMetrics, samples: SeriesByName) -> object:
         return str(exc)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(pages())
 def test_extractor_agrees_with_prometheus_client(case: tuple[EngineMetrics, str]) -> None:
     engine, page = case
@@ -169,7 +169,7 @@ def test_bytes_and_repeated_pages_read_the_same(case: tuple[EngineMetrics, str])
     assert _comparable(Extractor(engine.names()).extract(page)) == first
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(st.lists(pages(), min_size=2, max_size=4), st.data())
 def test_where_series_were_last_time_does_not_change_what_is_read(
     cases: list[tuple[EngineMetrics, str]], data: st.DataObject
@@ -208,7 +208,7 @@ def edits(draw: st.DrawFn, page: bytes) -> bytes:
     return b"\n".join(lines)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(pages(), st.data())
 def test_series_read_last_time_are_replayed_only_when_the_page_reads_the_same(
     case: tuple[EngineMetrics, str], data: st.DataObject
