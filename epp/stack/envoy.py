@@ -1097,6 +1097,10 @@ def _listener(
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         stat_prefix=name,
         codec_type="AUTO",
+        # A local 400 (the EPP's, for a bad body) otherwise closes the client's HTTP/1.1
+        # connection, and any HTTP/2 stream's invalid message the whole connection; framing
+        # errors of HTTP/1 still close it (the codec cannot resynchronise).
+        stream_error_on_invalid_http_message=True,
         # The path policy matches the path as the model server will see it.
         normalize_path=True,
         merge_slashes=True,

@@ -615,3 +615,55 @@ async def test_an_allowed_path_reaches_the_pool(make_stack: StackFactory) -> Non
         status, headers, _ = await raw_request(stack.gateway_port, "GET", "/health")
         assert status == 200 and headers["x-inference-pod"] == stack.sims[0].name
         assert (await raw_request(stack.gateway_port, "GET", "/metrics"))[0] == 404
+
+
+def completion_request(body: bytes) -> bytes:
+    head = "POST /v1/completions HTTP/1.1\r\nhost: g\r\ncontent-type: application/json\r\n"
+    return f"{head}content-length: {len(body)}\r\n\r\n".encode() + body
+
+
+async def read_reply(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    """One HTTP/1.1 reply off a kept connection, its body read to its end: its status and headers."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+    status_line, *lines = head.decode().strip().split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    if "content-length" in headers:
+        await reader.readexactly(int(headers["content-length"]))
+    else:  # chunked
+        while size := int((await asyncio.wait_for(reader.readline(), timeout=10)).split(b";")[0], 16):
+            await reader.readexactly(size + 2)
+        await reader.readline()
+    return int(status_line.split()[1]), headers
+
+
+@pytest.mark.parametrize(
+    ("bad", "status"), [(b'{"model": "m", "prompt": ', 400), (b'{"prompt": "x"}', 400), (b"[]", 400)]
+)
+async def test_the_epps_400_leaves_the_clients_http1_connection_open(
+    shared_stack: Stack, bad: bytes, status: int
+) -> None:
+    """Envoy closed an HTTP/1.1 connection after any 400 it sent, the EPP's for a bad body included:
+    the client's next request on it failed (the bootstrap's stream_error_on_invalid_http_message)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", shared_stack.gateway_port)
+    try:
+        writer.write(completion_request(bad))
+        code, headers = await read_reply(reader)
+        assert (code, headers.get("connection")) == (status, None)
+        writer.write(completion_request(orjson.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 1})))
+        assert (await read_reply(reader))[0] == 200
+    finally:
+        writer.close()
+
+
+async def test_an_http1_framing_error_still_closes_the_connection(shared_stack: Stack) -> None:
+    """Past a malformed chunk the next request's start cannot be found: Envoy answers 400 and
+    closes, and a request pipelined behind it is never read as one."""
+    good = completion_request(orjson.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 1}))
+    reader, writer = await asyncio.open_connection("127.0.0.1", shared_stack.gateway_port)
+    try:
+        writer.write(CHUNKED_HEAD + b"zz\r\n" + good)
+        data = await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+    assert data.startswith(b"HTTP/1.1 400 ") and b"connection: close" in data.lower()
+    assert data.count(b"HTTP/1.1 ") == 1
