@@ -12,8 +12,8 @@ from types import MappingProxyType
 from typing import Any
 
 from epp.datastore.columns import COLUMN_FIELDS, allocate_row, write_row, write_rows
+from epp.datastore.roles import ROLE_LABEL
 
-ROLE_LABEL = "llm-d.ai/role"
 # The fallback group of an endpoint that names no models: it serves whatever it is sent.
 ANY_MODEL_GROUP = "any"
 # The fallback group of a request no other endpoint is known to serve: no host carries it.
