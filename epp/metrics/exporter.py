@@ -6,7 +6,7 @@ import asyncio
 import enum
 import statistics
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, ProcessCollector
@@ -422,6 +422,8 @@ _QUEUE_DURATION_HELP = "Distribution of total time requests spend in the Flow Co
 )
 
 
+EFFECTIVE_STAGE = "effective"  # the saturation stage gating dispatch (epp.flowcontrol.saturation.EFFECTIVE)
+
 _QUEUE_LABELS = ["fairness_id", "priority", "inference_pool", "model_name", "target_model_name"]
 
 
@@ -453,13 +455,16 @@ class QueueGauges(Collector):
 
 
 class SaturationGauge(Collector):
-    """GIE's pool saturation gauge, read from the flow controller when /metrics is read. GIE's
+    """The pool saturation gauge, read from the flow controller when /metrics is read. GIE's
     dispatch loop records it every cycle, queue empty or not; ours parks while nothing waits, so a
     value set by its cycles stayed at the last one with requests queued (12.0 on a pool idle for
-    minutes), which autoscalers and dispatch gates reading the gauge take for a saturated pool."""
+    minutes), which autoscalers and dispatch gates reading the gauge take for a saturated pool.
+    A source reads each stage present and `effective` (the value gating dispatch); GIE's name
+    carries `effective` alone, llm-d's (`llm_d`: with `--metrics-aliases llm-d`) every stage."""
 
-    def __init__(self) -> None:
-        self.sources: dict[str, Callable[[], float]] = {}
+    def __init__(self, llm_d: bool) -> None:
+        self.sources: dict[str, Callable[[], Mapping[str, float]]] = {}
+        self._llm_d = llm_d
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(
@@ -467,15 +472,27 @@ class SaturationGauge(Collector):
             alpha("Current saturation level of the inference pool (0.0 = empty, 1.0 = fully saturated)."),
             labels=["inference_pool"],
         )
+        staged = GaugeMetricFamily(
+            "llm_d_epp_flow_control_pool_saturation",
+            alpha(
+                "Pool saturation gating Flow Control dispatch, by stage: 'prefill' and 'decode' per "
+                "stage (a series while the stage has endpoints), 'effective' the larger, which gates."
+            ),
+            labels=["inference_pool", "stage"],
+        )
         for pool, read in self.sources.items():
             try:
-                value = read()
+                stages = read()
             except Exception:
                 # A detector that raises fails neither the page (only its sample is left out) nor
                 # silently: the dispatch cycle reports it (it logs and fails the queued requests).
                 continue
-            family.add_metric([pool], value)
+            family.add_metric([pool], stages[EFFECTIVE_STAGE])
+            for stage, value in stages.items():
+                staged.add_metric([pool, stage], value)
         yield family
+        if self._llm_d:
+            yield staged
 
 
 class FlowControlMetrics:
@@ -509,7 +526,7 @@ class FlowControlMetrics:
         )
         self._queued: dict[tuple[str, ...], list[int]] = {}  # labels -> [requests, bytes]
         metrics.registry.register(QueueGauges(self._queued))
-        self._saturation = SaturationGauge()
+        self._saturation = SaturationGauge("llm-d" in metrics.aliases)
         metrics.registry.register(self._saturation)
         # llm-d router's in-flight eviction (flowControl.enableEviction).
         self.revocations_issued_total = f.counter(
@@ -584,8 +601,9 @@ class FlowControlMetrics:
                 self._queue_series += 1
         child.observe(seconds)
 
-    def watch_saturation(self, pool: str, read: Callable[[], float]) -> None:
-        """The pool saturation gauge of `pool` is `read()` at each read of /metrics."""
+    def watch_saturation(self, pool: str, read: Callable[[], Mapping[str, float]]) -> None:
+        """The pool saturation gauges of `pool` are `read()` at each read of /metrics: a value
+        per stage, `effective` among them (`FlowController.stage_saturation`)."""
         self._saturation.sources[pool] = read
 
     def revocations_issued(self, pool: str, priority: int, count: int) -> None:

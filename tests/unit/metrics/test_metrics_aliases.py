@@ -96,8 +96,8 @@ def test_llm_d_pool_gauges_include_the_spread() -> None:
 
 def test_llm_d_flow_control_names_repeat_gies_as_llm_d_router_ebab687_names_them() -> None:
     """llm-d-router ebab687, pkg/epp/metrics/llm_d_router_metrics.go: the same labels and types;
-    the saturation carries `stage` ("effective", the value gating dispatch: the only one ours
-    has), which llm-d's autoscaling guides select on."""
+    the saturation carries `stage` (each stage the pool has, and "effective", the value gating
+    dispatch), which llm-d's autoscaling guides select on; GIE's name has the effective value."""
     metrics = EppMetrics(aliases=["llm-d"])
     flow = metrics.flow_control
     item = Held(InferenceRequest(request_id="r", api=ApiKind.COMPLETIONS, path="", model="m"), 100)
@@ -105,7 +105,7 @@ def test_llm_d_flow_control_names_repeat_gies_as_llm_d_router_ebab687_names_them
     flow.enqueued(("t", "0"), Outcome.NOT_YET_FINALIZED, 0.001)
     flow.finalized(item, ("t", "0"), Outcome.DISPATCHED, "pool", 0.5)
     flow.dispatch_cycle.observe(0.002)
-    flow.watch_saturation("pool", lambda: 0.75)
+    flow.watch_saturation("pool", lambda: {"decode": 0.75, "effective": 0.75})
     names = page(metrics)
     flow_labels = (("fairness_id", "t"), ("inference_pool", "pool"), ("model_name", "m"))
     queue = (*flow_labels, ("priority", "0"), ("target_model_name", "m"))
@@ -116,8 +116,10 @@ def test_llm_d_flow_control_names_repeat_gies_as_llm_d_router_ebab687_names_them
     enqueue = (("fairness_id", "t"), ("outcome", "NotYetFinalized"), ("priority", "0"))
     assert names["llm_d_epp_flow_control_request_enqueue_duration_seconds_count"][enqueue] == 1
     assert names["llm_d_epp_flow_control_dispatch_cycle_duration_seconds_count"][()] == 1
-    saturation = (("inference_pool", "pool"), ("stage", "effective"))
-    assert names["llm_d_epp_flow_control_pool_saturation"] == {saturation: 0.75}
+    assert names["llm_d_epp_flow_control_pool_saturation"] == {
+        (("inference_pool", "pool"), ("stage", "decode")): 0.75,
+        (("inference_pool", "pool"), ("stage", "effective")): 0.75,
+    }
     assert names["inference_extension_flow_control_pool_saturation"] == {(("inference_pool", "pool"),): 0.75}
     text = generate_latest(metrics.registry).decode()
     for family, kind in [
