@@ -221,6 +221,7 @@ class FlowController:
         labels = self.metrics.flow_labels(fairness_id, priority)
         if self._stopped:
             self.metrics.enqueued(labels, Outcome.REJECTED_OTHER, time.perf_counter() - started)
+            self.metrics.counted(labels, Outcome.REJECTED_OTHER, self.pool_name)
             raise RequestError(ErrorCode.INTERNAL, f"internal flow control error: {REJECTED}: {NOT_RUNNING}")
         loop = asyncio.get_running_loop()
         ttl = self.config.default_request_ttl

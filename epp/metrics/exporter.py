@@ -524,6 +524,11 @@ class FlowControlMetrics:
             [*flow, "outcome"],
             SCHEDULER_BUCKETS,
         )
+        self.requests_total = f.counter(  # llm-d router's, no GIE counterpart
+            "llm_d_epp_flow_control_requests_total",
+            "Requests that left the Flow Control layer, by final outcome.",
+            ["outcome", "priority", "inference_pool"],
+        )
         self._queued: dict[tuple[str, ...], list[int]] = {}  # labels -> [requests, bytes]
         metrics.registry.register(QueueGauges(self._queued))
         self._saturation = SaturationGauge("llm-d" in metrics.aliases)
@@ -600,6 +605,16 @@ class FlowControlMetrics:
                 child = self._children[key] = self.queue_duration.labels(*key[1:])
                 self._queue_series += 1
         child.observe(seconds)
+        self.counted(labels, outcome, pool)
+
+    def counted(self, labels: tuple[str, str], outcome: enum.Enum, pool: str) -> None:
+        """One request's final outcome in flow control (`finalized` counts those that reached a
+        queue or its capacity check; a request refused before, the controller stopped, too)."""
+        key = ("total", outcome.value, labels[1], pool)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.requests_total.labels(*key[1:])
+        child.inc()
 
     def watch_saturation(self, pool: str, read: Callable[[], Mapping[str, float]]) -> None:
         """The pool saturation gauges of `pool` are `read()` at each read of /metrics: a value
