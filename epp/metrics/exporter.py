@@ -529,6 +529,12 @@ class FlowControlMetrics:
             "Requests that left the Flow Control layer, by final outcome.",
             ["outcome", "priority", "inference_pool"],
         )
+        self.stale_endpoints = f.gauge(  # llm-d router's; set by utilization-detector
+            "llm_d_epp_flow_control_stale_endpoints",
+            "Candidate endpoints whose metrics were missing or stale at the detector's latest "
+            "saturation reading (each scored as fully saturated).",
+            ["detector"],
+        )
         self._queued: dict[tuple[str, ...], list[int]] = {}  # labels -> [requests, bytes]
         metrics.registry.register(QueueGauges(self._queued))
         self._saturation = SaturationGauge("llm-d" in metrics.aliases)
