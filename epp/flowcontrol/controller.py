@@ -46,6 +46,7 @@ from epp.flowcontrol.queues import (
 )
 from epp.flowcontrol.reclamation import ReclamationController
 from epp.flowcontrol.saturation import DECODE, EFFECTIVE, PREFILL, SaturationDetector, split_stages
+from epp.metrics.capacity import Occupancy
 from epp.metrics.exporter import FlowControlMetrics
 from epp.requests import ErrorCode, InferenceRequest, RequestError
 from epp.tasks import cancel_and_wait
@@ -140,6 +141,7 @@ class FlowController:
         self.preparing_requests = 0
         self.preparing_tokens = 0
         metrics.watch_saturation(pool_name, self.stage_saturation)
+        metrics.watch_capacity(pool_name, self.occupancy)
 
     def enable_eviction(self, evictor: RequestEvictor, detector_type: str) -> None:
         """Turn on in-flight eviction (llm-d router's enableEviction): routed requests are tracked
@@ -187,6 +189,16 @@ class FlowController:
                     effective = value
         stages[EFFECTIVE] = effective if effective >= 0.0 else self._read(pool)
         return stages
+
+    def occupancy(self) -> tuple[Occupancy, dict[int, Occupancy]]:
+        """What the queues hold against the global limits and each band's (the capacity gauges)."""
+        config = self.config
+        total = Occupancy(self.length, config.max_requests, self.bytes, config.max_bytes)
+        bands = {
+            priority: Occupancy(band.length, band.limits.max_requests, band.bytes, band.limits.max_bytes)
+            for priority, band in self.bands.items()
+        }
+        return total, bands
 
     def _saturation(self) -> float:
         return self.stage_saturation()[EFFECTIVE]

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 from epp import __version__
 from epp.datastore import Datastore, Endpoint
 from epp.metrics.aliases import NAME_SETS, AliasCollector
+from epp.metrics.capacity import CapacityGauges, OccupancySource
 from epp.metrics.families import Families, alpha
 from epp.metrics.inflight import InFlightLoadGauges
 from epp.requests import InferenceRequest, Usage
@@ -539,6 +540,8 @@ class FlowControlMetrics:
         metrics.registry.register(QueueGauges(self._queued))
         self._saturation = SaturationGauge("llm-d" in metrics.aliases)
         metrics.registry.register(self._saturation)
+        self._capacity = CapacityGauges()  # llm-d router's, no GIE counterpart
+        metrics.registry.register(self._capacity)
         # llm-d router's in-flight eviction (flowControl.enableEviction).
         self.revocations_issued_total = f.counter(
             "llm_d_epp_flow_control_revocations_issued_total",
@@ -626,6 +629,10 @@ class FlowControlMetrics:
         """The pool saturation gauges of `pool` are `read()` at each read of /metrics: a value
         per stage, `effective` among them (`FlowController.stage_saturation`)."""
         self._saturation.sources[pool] = read
+
+    def watch_capacity(self, pool: str, read: OccupancySource) -> None:
+        """The capacity utilization gauges of `pool` are `read()` at each read of /metrics."""
+        self._capacity.sources[pool] = read
 
     def revocations_issued(self, pool: str, priority: int, count: int) -> None:
         self.revocations_issued_total.labels(str(priority), pool).inc(count)
