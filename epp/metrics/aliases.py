@@ -55,6 +55,9 @@ LLM_D = _table(
         "inference_pool_average_queue_size": Alias("llm_d_epp_average_queue_size"),
         "inference_pool_average_running_requests": Alias("llm_d_epp_average_running_requests"),
         "inference_pool_ready_pods": Alias("llm_d_epp_ready_endpoints"),
+        "inference_pool_per_pod_queue_size": Alias(
+            "llm_d_epp_per_endpoint_queue_size", labels={"model_server_pod": "model_server_endpoint"}
+        ),
         "inference_extension_scheduler_e2e_duration_seconds": Alias(
             "llm_d_epp_scheduler_e2e_duration_seconds"
         ),

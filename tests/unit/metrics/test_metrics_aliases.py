@@ -92,6 +92,12 @@ def test_llm_d_pool_gauges_include_the_spread() -> None:
     assert names["inference_pool_average_queue_size"][(("name", "pool"),)] == 4
     assert names["llm_d_epp_std_dev_queue_size"][(("name", "pool"),)] == 2
     assert names["llm_d_epp_ready_endpoints"][(("name", "pool"),)] == 2
+    # llm-d's per-endpoint queue (llm_d_router_metrics.go, DescInferencePoolPerEndpointQueueSize)
+    per_endpoint = names["llm_d_epp_per_endpoint_queue_size"]
+    assert per_endpoint == {
+        (("model_server_endpoint", "a"), ("name", "pool")): 2,
+        (("model_server_endpoint", "b"), ("name", "pool")): 6,
+    }
 
 
 def test_llm_d_flow_control_names_repeat_gies_as_llm_d_router_ebab687_names_them() -> None:
