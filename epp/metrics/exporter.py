@@ -257,6 +257,11 @@ class EppMetrics:
             ["outcome"],
             alpha=False,
         )
+        self.datalayer_poll_errors = f.counter(  # llm-d router's (the metrics scraper's failures)
+            "llm_d_epp_datalayer_poll_errors_total",
+            "Data-source poll errors per source type.",
+            ["source_type"],
+        )
         # llm-d router's inflight-load-producer gauges; each producer adds itself as a source.
         self.inflight_load = InFlightLoadGauges()
         self.registry.register(self.inflight_load)
