@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -83,6 +84,9 @@ class ExtProcStream:
         # message, and `bytes()` of it below is no copy), a bytearray once a second one comes.
         self._body: bytes | bytearray = b""
         self._subset: list[str] | None = None
+        # When the request's headers came, until its processing is observed (llm-d's
+        # request_processing_duration_seconds: once, when routed or refused).
+        self._received: float | None = None
         self._routed: RoutedRequest | None = None
         # A refusal from the awaited step (admission, flow control), answered by `handle`.
         self._refusal: RequestError | None = None
@@ -180,6 +184,9 @@ class ExtProcStream:
             )
         except RequestError as error:
             self._refusal = error
+        except asyncio.CancelledError:
+            self._processed()  # the client left while its request waited: llm-d counts that wait
+            raise
 
     def _completes_body(self, message: ext_proc.ProcessingRequest) -> bool:
         if not self._headers_seen or self._request_ended or self._routed is not None:
@@ -209,6 +216,7 @@ class ExtProcStream:
         if self._request_ended or self._routed is not None:
             raise self._violation("request headers after the request ended")
         self._headers_seen = True
+        self._received = time.monotonic()
         self._request_ended = headers.end_of_stream
         self._headers = messages.read_headers(headers)
         if not self._headers.get(REQUEST_ID_HEADER):
@@ -218,6 +226,7 @@ class ExtProcStream:
             self._trace = tracing.active.start_request(self._headers)
         if headers.end_of_stream:
             self._routed = self._director.handle_bodyless(self._headers, self._subset)
+            self._processed()
             yield self._routing_response("request_headers", streaming=False)
         elif self._request_mode == BUFFERED:
             # Envoy will not send the body until the headers are answered; route on the body reply.
@@ -306,6 +315,7 @@ class ExtProcStream:
             # a request that ended at its headers (GET /v1/models gets an endpoint, a POST to an
             # inference API the bodyless 400), not parsed as an empty JSON document.
             self._routed = self._director.handle_bodyless(self._headers, self._subset)
+        self._processed()
         eviction = self._routed.eviction
         if eviction is not None and eviction.evictable:
             self.eviction_signal = eviction.signal
@@ -425,9 +435,17 @@ class ExtProcStream:
         self.done = True
         self.eviction_signal = None
 
+    def _processed(self) -> None:
+        """The request is handled (routed, or refused before it was): its processing time since
+        its headers, observed once; a refusal of its response later is not the request's."""
+        if self._received is not None:
+            self._director.metrics.request_processing.observe(time.monotonic() - self._received)
+            self._received = None
+
     def _reject(
         self, error: RequestError, headers: dict[str, str] | None = None
     ) -> ext_proc.ProcessingResponse:
+        self._processed()
         self.done = True
         self.eviction_signal = None
         if self._trace is not None:

@@ -41,6 +41,9 @@ INPUT_TOKEN_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 
 OUTPUT_TOKEN_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
 NTPOT_BUCKETS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
 SCHEDULER_BUCKETS = [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1]
+REQUEST_PROCESSING_BUCKETS = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.04, 0.06, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+]  # fmt: skip
 HIT_RATIO_BUCKETS = [i / 10 for i in range(11)]
 HIT_BYTES_BUCKETS = [0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]
 
@@ -256,6 +259,13 @@ class EppMetrics:
             "requests the gateways' rate_limit_quota filters report, by outcome (allowed, denied)",
             ["outcome"],
             alpha=False,
+        )
+        self.request_processing = f.histogram(  # llm-d router's; the ext_proc stream observes it
+            "llm_d_epp_request_processing_duration_seconds",
+            "EPP request processing latency: from the request's headers until its body is handled "
+            "(routed or refused), flow control's wait and admission included.",
+            (),
+            REQUEST_PROCESSING_BUCKETS,
         )
         self.datalayer_poll_errors = f.counter(  # llm-d router's (the metrics scraper's failures)
             "llm_d_epp_datalayer_poll_errors_total",
