@@ -84,8 +84,9 @@ class ExtProcStream:
         # message, and `bytes()` of it below is no copy), a bytearray once a second one comes.
         self._body: bytes | bytearray = b""
         self._subset: list[str] | None = None
-        # When the request's headers came, until its processing is observed (llm-d's
-        # request_processing_duration_seconds: once, when routed or refused).
+        # When the request's headers came (`_arrived`), and the same until its processing is
+        # observed (llm-d's request_processing_duration_seconds: once, when routed or refused).
+        self._arrived: float | None = None
         self._received: float | None = None
         self._routed: RoutedRequest | None = None
         # A refusal from the awaited step (admission, flow control), answered by `handle`.
@@ -216,7 +217,7 @@ class ExtProcStream:
         if self._request_ended or self._routed is not None:
             raise self._violation("request headers after the request ended")
         self._headers_seen = True
-        self._received = time.monotonic()
+        self._arrived = self._received = time.monotonic()
         self._request_ended = headers.end_of_stream
         self._headers = messages.read_headers(headers)
         if not self._headers.get(REQUEST_ID_HEADER):
@@ -437,7 +438,10 @@ class ExtProcStream:
 
     def _processed(self) -> None:
         """The request is handled (routed, or refused before it was): its processing time since
-        its headers, observed once; a refusal of its response later is not the request's."""
+        its headers, observed once; a refusal of its response later is not the request's. A
+        routed request keeps its arrival for its response's latencies."""
+        if self._routed is not None:
+            self._routed.arrived = self._arrived
         if self._received is not None:
             self._director.metrics.request_processing.observe(time.monotonic() - self._received)
             self._received = None

@@ -19,6 +19,7 @@ from epp.metrics.aliases import NAME_SETS, AliasCollector
 from epp.metrics.capacity import CapacityGauges, OccupancySource
 from epp.metrics.families import Families, alpha
 from epp.metrics.inflight import InFlightLoadGauges
+from epp.metrics.latency import ResponseLatencies
 from epp.requests import InferenceRequest, Usage
 
 
@@ -267,6 +268,7 @@ class EppMetrics:
             (),
             REQUEST_PROCESSING_BUCKETS,
         )
+        self.latencies = ResponseLatencies(self.registry)  # llm-d's TTFT, streaming TPOT and ITL
         self.datalayer_poll_errors = f.counter(  # llm-d router's (the metrics scraper's failures)
             "llm_d_epp_datalayer_poll_errors_total",
             "Data-source poll errors per source type.",
