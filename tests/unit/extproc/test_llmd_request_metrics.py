@@ -1,10 +1,16 @@
-"""llm-d router's response latencies, from the response chunks the EPP reads (here a
-FULL_DUPLEX_STREAMED response, whose chunks it always sees):
-`llm_d_epp_request_ttft_seconds{..., streaming}` from the request's arrival to its first response
-byte, recorded when the response ends whole; for a streamed (SSE) response also
-`llm_d_epp_request_streaming_itl_seconds` between consecutive chunks and
-`llm_d_epp_request_streaming_tpot_seconds` = (end - first byte) / (output tokens - 1). A streamed
-response whose chunks the EPP skips (BUFFERED mode, the default) has none: nothing is guessed."""
+"""llm-d router's per-request metrics the ext_proc stream records.
+
+`llm_d_epp_request_processing_duration_seconds`: each request observed once, from its headers
+until its body is handled: routed, refused (a bad request, flow control's refusal, its queue wait
+included), or its client gone while it waited in flow control. The response's phase adds nothing.
+
+The response latencies, from the response chunks the EPP reads (here a FULL_DUPLEX_STREAMED
+response, whose chunks it always sees): `llm_d_epp_request_ttft_seconds{..., streaming}` from the
+request's arrival to its first response byte, recorded when the response ends whole; for a
+streamed (SSE) response also `llm_d_epp_request_streaming_itl_seconds` between consecutive chunks
+and `llm_d_epp_request_streaming_tpot_seconds` = (end - first byte) / (output tokens - 1). A
+streamed response whose chunks the EPP skips (BUFFERED mode, the default) has none: nothing is
+guessed."""
 
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from epp.extproc.pb import BodyMode
+from epp.metrics.exporter import EppMetrics
 from epp.metrics.latency import MAX_SERIES, ResponseLatencies
 from tests.unit.extproc.test_extproc_stream import (
     COMPLETION,
@@ -25,7 +32,9 @@ from tests.unit.extproc.test_extproc_stream import (
     response_body_msg,
     response_headers_msg,
     streaming_request,
+    whole_response_request,
 )
+from tests.unit.flowcontrol.test_flow_control import make_harness, routed
 
 LABELS = {"model_name": "m", "target_model_name": "m", "fairness_id": "default-flow", "priority": "0"}
 SSE = [
@@ -56,14 +65,7 @@ async def test_a_streamed_response_has_its_ttft_chunk_gaps_and_time_per_token(ha
 
 
 async def test_a_whole_response_has_its_ttft_only(harness: Harness) -> None:  # noqa: F811
-    harness.add("a", 8000)
-    call = harness.open()
-    await call.write(headers_msg())
-    await call.write(body_msg(COMPLETION))
-    await read(call)
-    await read(call)
-    await call.write(response_headers_msg("application/json"))
-    await read(call)
+    call, _ = await whole_response_request(harness)
     body = orjson.dumps({"choices": [{"text": "x"}], "usage": {"prompt_tokens": 2, "completion_tokens": 5}})
     await call.write(response_body_msg(body, end_of_stream=True))
     await read(call)
@@ -119,3 +121,62 @@ def latencies_registry_value(latencies: ResponseLatencies) -> float | None:
             if sample.name.endswith("_sum") and sample.labels == {**other, "streaming": "false"}:
                 return sample.value
     return None
+
+
+NAME = "llm_d_epp_request_processing_duration_seconds"
+
+
+def observed(metrics: EppMetrics) -> float:
+    return metrics.registry.get_sample_value(f"{NAME}_count") or 0.0
+
+
+async def test_a_routed_request_is_observed_once_and_its_response_adds_nothing(harness: Harness) -> None:  # noqa: F811
+    harness.add("a", 8000)
+    call = harness.open()
+    await call.write(headers_msg(mode=BodyMode.BUFFERED))
+    await read(call)
+    assert observed(harness.director.metrics) == 0  # the headers alone are not the request handled
+    await call.write(body_msg(COMPLETION))
+    await read(call)
+    assert observed(harness.director.metrics) == 1
+    await call.write(response_headers_msg("application/json"))
+    await read(call)
+    await call.write(response_body_msg(b'{"choices": []}', end_of_stream=True))
+    await read(call)
+    assert observed(harness.director.metrics) == 1
+
+
+async def test_a_refused_request_and_a_bodyless_one_are_observed(harness: Harness) -> None:  # noqa: F811
+    harness.add("a", 8000)
+    refused = harness.open()
+    await refused.write(headers_msg())
+    await refused.write(body_msg(b"x" * 200_001, end_of_stream=False))  # 413
+    assert (await read(refused)).immediate_response.status.code == 413
+    bodyless = harness.open()
+    await bodyless.write(headers_msg(path="/v1/models", method="GET", end_of_stream=True))
+    await read(bodyless)
+    assert observed(harness.director.metrics) == 2
+
+
+async def test_a_client_gone_while_its_request_waits_in_flow_control_is_observed() -> None:
+    h, server, channel = await make_harness()
+    try:
+        h.add()
+        await routed(await h.send())  # the one endpoint is full now
+        assert observed(h.metrics) == 1
+        gone = await h.send()
+        await h.wait_queued(1)
+        await asyncio.sleep(0.05)
+        gone.cancel()
+        await h.wait_queued(0)
+        for _ in range(200):
+            if observed(h.metrics) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert observed(h.metrics) == 2
+        total = h.metrics.registry.get_sample_value(f"{NAME}_sum") or 0.0
+        assert total >= 0.05  # its wait in the queue is in it
+    finally:
+        await channel.close()
+        await server.stop(0)
+        await h.flow_control.stop()
