@@ -78,6 +78,16 @@ async def test_a_burst_queues_in_the_epp_and_a_full_queue_is_a_429(
         assert sample(metrics, "llm_d_epp_flow_control_global_capacity_utilization_requests", **pool) == 0.0
         poll_errors = "llm_d_epp_datalayer_poll_errors_total"
         assert sample(metrics, poll_errors, source_type="metrics-data-source") == 0.0
+        # Every request handled once (served or refused); each served whole response timed.
+        assert sample(metrics, "llm_d_epp_request_processing_duration_seconds_count") == len(answers)
+        flow = {
+            "model_name": MODEL,
+            "target_model_name": MODEL,
+            "fairness_id": "default-flow",
+            "priority": "0",
+        }
+        ttft = sample(metrics, "llm_d_epp_request_ttft_seconds_count", streaming="false", **flow)
+        assert ttft == statuses.count(200)
 
 
 @pytest.mark.parametrize(("extend", "status"), [("300s", 200), ("0", 503)])
