@@ -17,3 +17,13 @@ BOTH = "both"  # deprecated spelling of prefill-decode
 DECODE_ROLES = frozenset({DECODE, PREFILL_DECODE, BOTH, ENCODE_PREFILL_DECODE})
 PREFILL_ROLES = frozenset({PREFILL, ENCODE_PREFILL, PREFILL_DECODE, BOTH, ENCODE_PREFILL_DECODE})
 ENCODE_ROLES = frozenset({ENCODE, ENCODE_PREFILL, ENCODE_PREFILL_DECODE})
+
+# The stages of a request an endpoint serves, as bits (flow control reads saturation per stage):
+# no role, or an empty one, decodes; encoders and unknown roles serve neither.
+PREFILL_STAGE, DECODE_STAGE = 1, 2
+
+
+def stages_of(role: str | None) -> int:
+    if not role:
+        return DECODE_STAGE
+    return (PREFILL_STAGE if role in PREFILL_ROLES else 0) | (DECODE_STAGE if role in DECODE_ROLES else 0)

@@ -7,7 +7,7 @@ from abc import abstractmethod
 from collections.abc import Sequence
 
 from epp.datastore import Endpoint
-from epp.datastore.roles import DECODE_ROLES, PREFILL_ROLES, ROLE_LABEL
+from epp.datastore.roles import DECODE_STAGE, PREFILL_STAGE
 from epp.framework import Extension
 
 # llm-d's `stage` label values of the pool saturation gauge.
@@ -35,12 +35,9 @@ def split_stages(pool: Sequence[Endpoint]) -> tuple[list[Endpoint], list[Endpoin
     prefill: list[Endpoint] = []
     decode: list[Endpoint] = []
     for endpoint in pool:
-        role = endpoint.spec.labels.get(ROLE_LABEL)
-        if not role:
-            decode.append(endpoint)
-            continue
-        if role in PREFILL_ROLES:
+        stages = endpoint.spec.stages
+        if stages & PREFILL_STAGE:
             prefill.append(endpoint)
-        if role in DECODE_ROLES:
+        if stages & DECODE_STAGE:
             decode.append(endpoint)
     return prefill, decode
