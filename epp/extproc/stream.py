@@ -70,6 +70,9 @@ class StreamOptions:
     emit_endpoint_scores: bool = False
 
 
+RESPONSE_KINDS = frozenset({"response_headers", "response_body", "response_trailers"})
+
+
 class ExtProcStream:
     """Fed ProcessingRequests one by one; yields the replies each one calls for."""
 
@@ -88,6 +91,7 @@ class ExtProcStream:
         # observed (llm-d's request_processing_duration_seconds: once, when routed or refused).
         self._arrived: float | None = None
         self._received: float | None = None
+        self._response_cost = 0.0  # seconds spent handling the response's messages
         self._routed: RoutedRequest | None = None
         # A refusal from the awaited step (admission, flow control), answered by `handle`.
         self._refusal: RequestError | None = None
@@ -125,15 +129,25 @@ class ExtProcStream:
                 yield from self._request_body(message.request_body)
             elif kind == "request_trailers":
                 yield from self._request_trailers()
-            elif kind == "response_headers":
-                metadata = messages.read_metadata(message.metadata_context)
-                yield from self._response_headers(message.response_headers, metadata)
-            elif kind == "response_body":
-                yield from self._response_body(message.response_body)
-            elif kind == "response_trailers":
-                yield from self._response_trailers()
+            elif kind in RESPONSE_KINDS:
+                started = time.perf_counter()
+                try:
+                    yield from self._response(message, kind)
+                finally:
+                    self._response_cost += time.perf_counter() - started
         except RequestError as error:
             yield self._reject(error)
+
+    def _response(
+        self, message: ext_proc.ProcessingRequest, kind: str
+    ) -> Iterator[ext_proc.ProcessingResponse]:
+        if kind == "response_headers":
+            metadata = messages.read_metadata(message.metadata_context)
+            yield from self._response_headers(message.response_headers, metadata)
+        elif kind == "response_body":
+            yield from self._response_body(message.response_body)
+        else:
+            yield from self._response_trailers()
 
     def extend_message_timeout(
         self, message: ext_proc.ProcessingRequest
@@ -198,7 +212,16 @@ class ExtProcStream:
         return kind == "request_trailers"
 
     def close(self) -> None:
-        """The stream ended, however it ended: release the request's load exactly once."""
+        """The stream ended, however it ended: release the request's load exactly once, and
+        observe what handling its response cost the EPP (llm-d's
+        response_processing_duration_seconds: the sum of the response messages' handling, for a
+        stream that reached its response)."""
+        self._release()
+        if self._response_cost:
+            self._director.metrics.response_processing.observe(self._response_cost)
+            self._response_cost = 0.0
+
+    def _release(self) -> None:
         if self._routed is not None:
             self._routed.finish()
         if self._trace is not None:
@@ -432,7 +455,7 @@ class ExtProcStream:
         self._finish()
 
     def _finish(self) -> None:
-        self.close()
+        self._release()  # the response's cost is observed at close(), this message's included
         self.done = True
         self.eviction_signal = None
 

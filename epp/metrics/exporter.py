@@ -45,6 +45,9 @@ SCHEDULER_BUCKETS = [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.
 REQUEST_PROCESSING_BUCKETS = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.04, 0.06, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
 ]  # fmt: skip
+RESPONSE_PROCESSING_BUCKETS = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+]  # fmt: skip
 HIT_RATIO_BUCKETS = [i / 10 for i in range(11)]
 HIT_BYTES_BUCKETS = [0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]
 
@@ -267,6 +270,12 @@ class EppMetrics:
             "(routed or refused), flow control's wait and admission included.",
             (),
             REQUEST_PROCESSING_BUCKETS,
+        )
+        self.response_processing = f.histogram(  # llm-d router's; observed when a stream closes
+            "llm_d_epp_response_processing_duration_seconds",
+            "EPP response processing latency: the time the EPP spent handling a response's messages.",
+            (),
+            RESPONSE_PROCESSING_BUCKETS,
         )
         self.latencies = ResponseLatencies(self.registry)  # llm-d's TTFT, streaming TPOT and ITL
         self.datalayer_poll_errors = f.counter(  # llm-d router's (the metrics scraper's failures)

@@ -180,3 +180,38 @@ async def test_a_client_gone_while_its_request_waits_in_flow_control_is_observed
         await channel.close()
         await server.stop(0)
         await h.flow_control.stop()
+
+
+RESPONSE = "llm_d_epp_response_processing_duration_seconds"
+
+
+async def until_observed(h: Harness, name: str, count: float) -> float | None:
+    for _ in range(200):
+        found = h.director.metrics.registry.get_sample_value(f"{name}_count")
+        if found == count:
+            return found
+        await asyncio.sleep(0.01)
+    return h.director.metrics.registry.get_sample_value(f"{name}_count")
+
+
+async def test_a_response_is_observed_once_when_its_stream_closes(harness: Harness) -> None:  # noqa: F811
+    """`llm_d_epp_response_processing_duration_seconds`: the EPP's time handling the response's
+    messages (its headers and each chunk), not the model server's time between them."""
+    call, _ = await streaming_request(harness)
+    for i, chunk in enumerate(SSE):
+        await asyncio.sleep(0.05)  # generation time, not the EPP's
+        await call.write(response_body_msg(chunk, end_of_stream=i == len(SSE) - 1))
+        await read(call)
+    await call.done_writing()
+    assert await until_observed(harness, RESPONSE, 1) == 1
+    spent = harness.director.metrics.registry.get_sample_value(f"{RESPONSE}_sum") or 0.0
+    assert 0 < spent < 0.05
+
+
+async def test_a_request_refused_before_its_response_has_no_response_cost(harness: Harness) -> None:  # noqa: F811
+    refused = harness.open()
+    await refused.write(headers_msg())
+    await refused.write(body_msg(b"x" * 200_001, end_of_stream=False))
+    assert (await read(refused)).immediate_response.status.code == 413
+    await until_observed(harness, NAME, 1)
+    assert harness.director.metrics.registry.get_sample_value(f"{RESPONSE}_count") == 0
