@@ -185,5 +185,11 @@ def _scrape_settings(config: PickerConfig, plugins: Mapping[str, Plugin]) -> Scr
     assert isinstance(source, MetricsSource) and isinstance(extractor, MetricsExtractor)
     scheme, path, insecure = source.url_parts()
     return ScrapeSettings(
-        scheme, path, insecure, extractor.engines(), extractor.default_engine(), extractor.engine_label_key()
+        scheme,
+        path,
+        insecure,
+        extractor.engines(),
+        extractor.default_engine(),
+        extractor.engine_label_key(),
+        source.type_name,
     )

@@ -11,6 +11,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from prometheus_client import Counter
+
 from epp.datalayer.engines import BUILTIN_ENGINES, ENGINE_LABEL, EngineMetrics
 from epp.datalayer.fetch import KeepAliveGetter, Result, insecure_tls_context, page_worker
 from epp.datalayer.promtext import Extractor, Hints
@@ -67,10 +69,15 @@ class ScrapeSettings:
     engines: Mapping[str, EngineMetrics] = field(default_factory=lambda: BUILTIN_ENGINES)
     default_engine: str = "vllm"
     engine_label_key: str = ENGINE_LABEL
+    source_type: str = "metrics-data-source"  # the source plugin's type (poll errors' label)
 
 
 def _tls_context(settings: ScrapeSettings) -> ssl.SSLContext:
     return insecure_tls_context() if settings.insecure_skip_verify else ssl.create_default_context()
+
+
+class ExtractError(ValueError):
+    """A page fetched and scanned whose values the engine could not read (non-finite)."""
 
 
 class _Target:
@@ -173,6 +180,7 @@ class MetricsScraper:
         failures_before_unhealthy: int = 3,
         reason_log_interval: float = REASON_LOG_INTERVAL,
         overdue_turns: int = DEFAULT_OVERDUE_TURNS,
+        poll_errors: Counter | None = None,
     ) -> None:
         settings = settings or ScrapeSettings()
         if settings.default_engine not in settings.engines:
@@ -201,6 +209,8 @@ class MetricsScraper:
         self._ticker: asyncio.Task[None] | None = None
         self.scrapes = 0
         self.failures = 0
+        # llm-d's datalayer poll errors: every failed scrape, by the source plugin's type
+        self._poll_errors = None if poll_errors is None else poll_errors.labels(settings.source_type)
 
     async def start(self) -> None:
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever(), name="scraper")
@@ -371,6 +381,8 @@ class MetricsScraper:
             self._failed(target, f"connection refused: {error}", immediate=True)
         elif isinstance(error, TimeoutError):
             self._failed(target, f"timed out: {error}", immediate=True)
+        elif isinstance(error, ExtractError):
+            self._failed(target, f"unreadable metrics: {error}", immediate=False, polled=False)
         elif error is not None:
             self._failed(target, f"{type(error).__name__}: {error}", immediate=False)
         else:
@@ -402,12 +414,19 @@ class MetricsScraper:
             if not target.absent_checked:
                 _warn_absent(target, page)
             series = target.extractor.series(page, target.hints)
-            endpoint.metrics = metrics = target.engine.read(series, now)
+            try:
+                endpoint.metrics = metrics = target.engine.read(series, now)
+            except ValueError as exc:
+                raise ExtractError(str(exc)) from exc
             target.asked, target.idle = series.asked, not series.changed
         target.metrics = metrics
 
-    def _failed(self, target: _Target, reason: str, immediate: bool) -> None:
+    def _failed(self, target: _Target, reason: str, immediate: bool, polled: bool = True) -> None:
+        """A failed scrape; `polled` false when the page came but its values could not be read
+        (llm-d counts that as an extractor's error, not the source's poll error)."""
         self.failures += 1
+        if polled and self._poll_errors is not None:
+            self._poll_errors.inc()
         target.failures += 1
         endpoint = target.endpoint
         now = asyncio.get_running_loop().time()

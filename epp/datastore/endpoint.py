@@ -12,8 +12,8 @@ from types import MappingProxyType
 from typing import Any
 
 from epp.datastore.columns import COLUMN_FIELDS, allocate_row, write_row, write_rows
+from epp.datastore.roles import ROLE_LABEL, stages_of
 
-ROLE_LABEL = "llm-d.ai/role"
 # The fallback group of an endpoint that names no models: it serves whatever it is sent.
 ANY_MODEL_GROUP = "any"
 # The fallback group of a request no other endpoint is known to serve: no host carries it.
@@ -75,6 +75,12 @@ class EndpointSpec:
     models: frozenset[str] = frozenset()
     metrics_port: int | None = None
     namespace: str = "default"
+    # The request stages its role serves (roles.stages_of), worked out once per spec: flow
+    # control splits the pool by them at every saturation reading.
+    stages: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stages", stages_of(self.labels.get(ROLE_LABEL)))
 
     @property
     def hostport(self) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -69,6 +70,9 @@ class StreamOptions:
     emit_endpoint_scores: bool = False
 
 
+RESPONSE_KINDS = frozenset({"response_headers", "response_body", "response_trailers"})
+
+
 class ExtProcStream:
     """Fed ProcessingRequests one by one; yields the replies each one calls for."""
 
@@ -83,6 +87,11 @@ class ExtProcStream:
         # message, and `bytes()` of it below is no copy), a bytearray once a second one comes.
         self._body: bytes | bytearray = b""
         self._subset: list[str] | None = None
+        # When the request's headers came (`_arrived`), and the same until its processing is
+        # observed (llm-d's request_processing_duration_seconds: once, when routed or refused).
+        self._arrived: float | None = None
+        self._received: float | None = None
+        self._response_cost = 0.0  # seconds spent handling the response's messages
         self._routed: RoutedRequest | None = None
         # A refusal from the awaited step (admission, flow control), answered by `handle`.
         self._refusal: RequestError | None = None
@@ -120,15 +129,25 @@ class ExtProcStream:
                 yield from self._request_body(message.request_body)
             elif kind == "request_trailers":
                 yield from self._request_trailers()
-            elif kind == "response_headers":
-                metadata = messages.read_metadata(message.metadata_context)
-                yield from self._response_headers(message.response_headers, metadata)
-            elif kind == "response_body":
-                yield from self._response_body(message.response_body)
-            elif kind == "response_trailers":
-                yield from self._response_trailers()
+            elif kind in RESPONSE_KINDS:
+                started = time.perf_counter()
+                try:
+                    yield from self._response(message, kind)
+                finally:
+                    self._response_cost += time.perf_counter() - started
         except RequestError as error:
             yield self._reject(error)
+
+    def _response(
+        self, message: ext_proc.ProcessingRequest, kind: str
+    ) -> Iterator[ext_proc.ProcessingResponse]:
+        if kind == "response_headers":
+            metadata = messages.read_metadata(message.metadata_context)
+            yield from self._response_headers(message.response_headers, metadata)
+        elif kind == "response_body":
+            yield from self._response_body(message.response_body)
+        else:
+            yield from self._response_trailers()
 
     def extend_message_timeout(
         self, message: ext_proc.ProcessingRequest
@@ -180,6 +199,9 @@ class ExtProcStream:
             )
         except RequestError as error:
             self._refusal = error
+        except asyncio.CancelledError:
+            self._processed()  # the client left while its request waited: llm-d counts that wait
+            raise
 
     def _completes_body(self, message: ext_proc.ProcessingRequest) -> bool:
         if not self._headers_seen or self._request_ended or self._routed is not None:
@@ -190,7 +212,16 @@ class ExtProcStream:
         return kind == "request_trailers"
 
     def close(self) -> None:
-        """The stream ended, however it ended: release the request's load exactly once."""
+        """The stream ended, however it ended: release the request's load exactly once, and
+        observe what handling its response cost the EPP (llm-d's
+        response_processing_duration_seconds: the sum of the response messages' handling, for a
+        stream that reached its response)."""
+        self._release()
+        if self._response_cost:
+            self._director.metrics.response_processing.observe(self._response_cost)
+            self._response_cost = 0.0
+
+    def _release(self) -> None:
         if self._routed is not None:
             self._routed.finish()
         if self._trace is not None:
@@ -209,6 +240,7 @@ class ExtProcStream:
         if self._request_ended or self._routed is not None:
             raise self._violation("request headers after the request ended")
         self._headers_seen = True
+        self._arrived = self._received = time.monotonic()
         self._request_ended = headers.end_of_stream
         self._headers = messages.read_headers(headers)
         if not self._headers.get(REQUEST_ID_HEADER):
@@ -218,6 +250,7 @@ class ExtProcStream:
             self._trace = tracing.active.start_request(self._headers)
         if headers.end_of_stream:
             self._routed = self._director.handle_bodyless(self._headers, self._subset)
+            self._processed()
             yield self._routing_response("request_headers", streaming=False)
         elif self._request_mode == BUFFERED:
             # Envoy will not send the body until the headers are answered; route on the body reply.
@@ -306,6 +339,7 @@ class ExtProcStream:
             # a request that ended at its headers (GET /v1/models gets an endpoint, a POST to an
             # inference API the bodyless 400), not parsed as an empty JSON document.
             self._routed = self._director.handle_bodyless(self._headers, self._subset)
+        self._processed()
         eviction = self._routed.eviction
         if eviction is not None and eviction.evictable:
             self.eviction_signal = eviction.signal
@@ -421,13 +455,24 @@ class ExtProcStream:
         self._finish()
 
     def _finish(self) -> None:
-        self.close()
+        self._release()  # the response's cost is observed at close(), this message's included
         self.done = True
         self.eviction_signal = None
+
+    def _processed(self) -> None:
+        """The request is handled (routed, or refused before it was): its processing time since
+        its headers, observed once; a refusal of its response later is not the request's. A
+        routed request keeps its arrival for its response's latencies."""
+        if self._routed is not None:
+            self._routed.arrived = self._arrived
+        if self._received is not None:
+            self._director.metrics.request_processing.observe(time.monotonic() - self._received)
+            self._received = None
 
     def _reject(
         self, error: RequestError, headers: dict[str, str] | None = None
     ) -> ext_proc.ProcessingResponse:
+        self._processed()
         self.done = True
         self.eviction_signal = None
         if self._trace is not None:

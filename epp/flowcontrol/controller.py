@@ -3,7 +3,8 @@ the EPP and are released to the scheduler only while the pool has room.
 
 A flow is (fairness id, priority). One dispatch loop (an asyncio task, GIE's shard processor)
 runs a cycle whenever a request arrives and every TICK while requests wait: it reads the pool's
-saturation from the saturation detector, asks the usage-limit policy for each band's ceiling, and
+saturation from the saturation detector (per stage, prefill and decode, the larger gating, as
+llm-d's: `stage_saturation`), asks the usage-limit policy for each band's ceiling, and
 walks the bands from the highest priority down; the first band whose ceiling the saturation
 reaches stops the cycle (head-of-line blocking, so a lower band never takes capacity a higher
 one waits for); otherwise the band's fairness policy picks a flow and that flow's head (by the
@@ -44,7 +45,8 @@ from epp.flowcontrol.queues import (
     UsageLimitPolicy,
 )
 from epp.flowcontrol.reclamation import ReclamationController
-from epp.flowcontrol.saturation import SaturationDetector
+from epp.flowcontrol.saturation import DECODE, EFFECTIVE, PREFILL, SaturationDetector, split_stages
+from epp.metrics.capacity import Occupancy
 from epp.metrics.exporter import FlowControlMetrics
 from epp.requests import ErrorCode, InferenceRequest, RequestError
 from epp.tasks import cancel_and_wait
@@ -138,7 +140,8 @@ class FlowController:
         # flight by the saturation read, so a slow producer cannot let more through than room.
         self.preparing_requests = 0
         self.preparing_tokens = 0
-        metrics.watch_saturation(pool_name, self._saturation)
+        metrics.watch_saturation(pool_name, self.stage_saturation)
+        metrics.watch_capacity(pool_name, self.occupancy)
 
     def enable_eviction(self, evictor: RequestEvictor, detector_type: str) -> None:
         """Turn on in-flight eviction (llm-d router's enableEviction): routed requests are tracked
@@ -170,11 +173,40 @@ class FlowController:
         saturation = self._saturation()
         return saturation >= self.usage_limit.lowest_ceiling(saturation, self._ordered or [0])
 
-    def _saturation(self) -> float:
+    def stage_saturation(self) -> dict[str, float]:
+        """The saturation of each stage the pool has endpoints for (`prefill`, `decode`:
+        `split_stages`) and `effective`, the larger, which gates dispatch (llm-d's flow
+        controller): a P/D pool waits while either stage is full. A pool with neither (empty, or
+        only encoders) reads as a whole; so does one whose stages all read NaN, as in llm-d."""
         pool = self._pool()
+        prefill, decode = split_stages(pool)
+        stages: dict[str, float] = {}
+        effective = -1.0
+        for stage, endpoints in ((PREFILL, prefill), (DECODE, decode)):
+            if endpoints:
+                value = stages[stage] = self._read(endpoints)
+                if value > effective:
+                    effective = value
+        stages[EFFECTIVE] = effective if effective >= 0.0 else self._read(pool)
+        return stages
+
+    def occupancy(self) -> tuple[Occupancy, dict[int, Occupancy]]:
+        """What the queues hold against the global limits and each band's (the capacity gauges)."""
+        config = self.config
+        total = Occupancy(self.length, config.max_requests, self.bytes, config.max_bytes)
+        bands = {
+            priority: Occupancy(band.length, band.limits.max_requests, band.bytes, band.limits.max_bytes)
+            for priority, band in self.bands.items()
+        }
+        return total, bands
+
+    def _saturation(self) -> float:
+        return self.stage_saturation()[EFFECTIVE]
+
+    def _read(self, endpoints: Sequence[Endpoint]) -> float:
         if self.preparing_requests:
-            return self.detector.saturation_with(pool, self.preparing_requests, self.preparing_tokens)
-        return self.detector.saturation(pool)
+            return self.detector.saturation_with(endpoints, self.preparing_requests, self.preparing_tokens)
+        return self.detector.saturation(endpoints)
 
     # --- the caller's side -----------------------------------------------------------------------
 
@@ -201,6 +233,7 @@ class FlowController:
         labels = self.metrics.flow_labels(fairness_id, priority)
         if self._stopped:
             self.metrics.enqueued(labels, Outcome.REJECTED_OTHER, time.perf_counter() - started)
+            self.metrics.counted(labels, Outcome.REJECTED_OTHER, self.pool_name)
             raise RequestError(ErrorCode.INTERNAL, f"internal flow control error: {REJECTED}: {NOT_RUNNING}")
         loop = asyncio.get_running_loop()
         ttl = self.config.default_request_ttl

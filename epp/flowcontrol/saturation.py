@@ -7,7 +7,11 @@ from abc import abstractmethod
 from collections.abc import Sequence
 
 from epp.datastore import Endpoint
+from epp.datastore.roles import DECODE_STAGE, PREFILL_STAGE
 from epp.framework import Extension
+
+# llm-d's `stage` label values of the pool saturation gauge.
+PREFILL, DECODE, EFFECTIVE = "prefill", "decode", "effective"
 
 
 class SaturationDetector(Extension):
@@ -21,3 +25,19 @@ class SaturationDetector(Extension):
         producers still running. A detector that does not count in-flight work (one reading the
         model servers' metrics) reads as without them."""
         return self.saturation(candidates)
+
+
+def split_stages(pool: Sequence[Endpoint]) -> tuple[list[Endpoint], list[Endpoint]]:
+    """The pool's prefill and decode stages, as llm-d's flow controller reads saturation: an
+    endpoint without a role (or with an empty one) decodes, one that does both (`prefill-decode`,
+    `both`, `encode-prefill-decode`) counts in each stage, and one that only encodes, or whose role
+    is unknown, in neither (no request of either stage is routed to it)."""
+    prefill: list[Endpoint] = []
+    decode: list[Endpoint] = []
+    for endpoint in pool:
+        stages = endpoint.spec.stages
+        if stages & PREFILL_STAGE:
+            prefill.append(endpoint)
+        if stages & DECODE_STAGE:
+            decode.append(endpoint)
+    return prefill, decode

@@ -20,13 +20,11 @@ from prometheus_client.samples import Sample
 @dataclass(frozen=True)
 class Alias:
     """Another name for a metric family; `labels` renames labels, `keep` (when set) keeps only
-    these labels and sums the samples that then coincide, `constant` adds labels of fixed value
-    (a label the other name's series carry that ours have one value of)."""
+    these labels and sums the samples that then coincide."""
 
     name: str
     labels: Mapping[str, str] = field(default_factory=dict)
     keep: tuple[str, ...] | None = None
-    constant: Mapping[str, str] = field(default_factory=dict)
 
 
 def _family(name: str) -> str:
@@ -35,9 +33,7 @@ def _family(name: str) -> str:
 
 
 def _table(pairs: Mapping[str, Alias]) -> dict[str, Alias]:
-    return {
-        _family(source): Alias(_family(a.name), a.labels, a.keep, a.constant) for source, a in pairs.items()
-    }
+    return {_family(source): Alias(_family(a.name), a.labels, a.keep) for source, a in pairs.items()}
 
 
 # llm-d router (llm_d_epp subsystem), as of llm-d-router ebab687.
@@ -59,6 +55,9 @@ LLM_D = _table(
         "inference_pool_average_queue_size": Alias("llm_d_epp_average_queue_size"),
         "inference_pool_average_running_requests": Alias("llm_d_epp_average_running_requests"),
         "inference_pool_ready_pods": Alias("llm_d_epp_ready_endpoints"),
+        "inference_pool_per_pod_queue_size": Alias(
+            "llm_d_epp_per_endpoint_queue_size", labels={"model_server_pod": "model_server_endpoint"}
+        ),
         "inference_extension_scheduler_e2e_duration_seconds": Alias(
             "llm_d_epp_scheduler_e2e_duration_seconds"
         ),
@@ -71,10 +70,9 @@ LLM_D = _table(
         "inference_extension_prefix_indexer_hit_bytes": Alias("llm_d_epp_prefix_indexer_hit_bytes"),
         "inference_extension_model_rewrite_decisions_total": Alias("llm_d_epp_model_rewrite_decisions_total"),
         "inference_extension_info": Alias("llm_d_epp_info"),
-        # Flow control (llm-d-router pkg/epp/metrics/llm_d_router_metrics.go): the same labels,
-        # except the saturation's `stage`. llm-d writes prefill, decode and effective (their max,
-        # the value that gates dispatch); our flow controller gates on one whole-pool value, so
-        # it is exported as `effective` only.
+        # Flow control (llm-d-router pkg/epp/metrics/llm_d_router_metrics.go): the same labels.
+        # The pool saturation is not an alias: llm-d's carries a `stage` label (prefill, decode,
+        # effective) GIE's has not; the saturation gauge makes it (epp.metrics.exporter).
         **{
             f"inference_extension_flow_control_{name}": Alias(f"llm_d_epp_flow_control_{name}")
             for name in (
@@ -85,9 +83,6 @@ LLM_D = _table(
                 "queue_bytes",
             )
         },
-        "inference_extension_flow_control_pool_saturation": Alias(
-            "llm_d_epp_flow_control_pool_saturation", constant={"stage": "effective"}
-        ),
     }
 )
 
@@ -135,7 +130,7 @@ def _renamed(family: Metric, alias: Alias) -> Metric:
     summed: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
     for sample in family.samples:
         name = alias.name + sample.name[len(family.name) :]
-        labels = {alias.labels.get(k, k): v for k, v in sample.labels.items()} | dict(alias.constant)
+        labels = {alias.labels.get(k, k): v for k, v in sample.labels.items()}
         if alias.keep is None:
             copy.samples.append(Sample(name, labels, sample.value, sample.timestamp, sample.exemplar))
             continue

@@ -6,7 +6,7 @@ import asyncio
 import enum
 import statistics
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, ProcessCollector
@@ -16,8 +16,10 @@ from prometheus_client.registry import Collector
 from epp import __version__
 from epp.datastore import Datastore, Endpoint
 from epp.metrics.aliases import NAME_SETS, AliasCollector
+from epp.metrics.capacity import CapacityGauges, OccupancySource
 from epp.metrics.families import Families, alpha
 from epp.metrics.inflight import InFlightLoadGauges
+from epp.metrics.latency import ResponseLatencies
 from epp.requests import InferenceRequest, Usage
 
 
@@ -40,6 +42,12 @@ INPUT_TOKEN_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 
 OUTPUT_TOKEN_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
 NTPOT_BUCKETS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
 SCHEDULER_BUCKETS = [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1]
+REQUEST_PROCESSING_BUCKETS = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.04, 0.06, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+]  # fmt: skip
+RESPONSE_PROCESSING_BUCKETS = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+]  # fmt: skip
 HIT_RATIO_BUCKETS = [i / 10 for i in range(11)]
 HIT_BYTES_BUCKETS = [0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]
 
@@ -256,6 +264,25 @@ class EppMetrics:
             ["outcome"],
             alpha=False,
         )
+        self.request_processing = f.histogram(  # llm-d router's; the ext_proc stream observes it
+            "llm_d_epp_request_processing_duration_seconds",
+            "EPP request processing latency: from the request's headers until its body is handled "
+            "(routed or refused), flow control's wait and admission included.",
+            (),
+            REQUEST_PROCESSING_BUCKETS,
+        )
+        self.response_processing = f.histogram(  # llm-d router's; observed when a stream closes
+            "llm_d_epp_response_processing_duration_seconds",
+            "EPP response processing latency: the time the EPP spent handling a response's messages.",
+            (),
+            RESPONSE_PROCESSING_BUCKETS,
+        )
+        self.latencies = ResponseLatencies(self.registry)  # llm-d's TTFT, streaming TPOT and ITL
+        self.datalayer_poll_errors = f.counter(  # llm-d router's (the metrics scraper's failures)
+            "llm_d_epp_datalayer_poll_errors_total",
+            "Data-source poll errors per source type.",
+            ["source_type"],
+        )
         # llm-d router's inflight-load-producer gauges; each producer adds itself as a source.
         self.inflight_load = InFlightLoadGauges()
         self.registry.register(self.inflight_load)
@@ -422,6 +449,8 @@ _QUEUE_DURATION_HELP = "Distribution of total time requests spend in the Flow Co
 )
 
 
+EFFECTIVE_STAGE = "effective"  # the saturation stage gating dispatch (epp.flowcontrol.saturation.EFFECTIVE)
+
 _QUEUE_LABELS = ["fairness_id", "priority", "inference_pool", "model_name", "target_model_name"]
 
 
@@ -453,13 +482,16 @@ class QueueGauges(Collector):
 
 
 class SaturationGauge(Collector):
-    """GIE's pool saturation gauge, read from the flow controller when /metrics is read. GIE's
+    """The pool saturation gauge, read from the flow controller when /metrics is read. GIE's
     dispatch loop records it every cycle, queue empty or not; ours parks while nothing waits, so a
     value set by its cycles stayed at the last one with requests queued (12.0 on a pool idle for
-    minutes), which autoscalers and dispatch gates reading the gauge take for a saturated pool."""
+    minutes), which autoscalers and dispatch gates reading the gauge take for a saturated pool.
+    A source reads each stage present and `effective` (the value gating dispatch); GIE's name
+    carries `effective` alone, llm-d's (`llm_d`: with `--metrics-aliases llm-d`) every stage."""
 
-    def __init__(self) -> None:
-        self.sources: dict[str, Callable[[], float]] = {}
+    def __init__(self, llm_d: bool) -> None:
+        self.sources: dict[str, Callable[[], Mapping[str, float]]] = {}
+        self._llm_d = llm_d
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(
@@ -467,15 +499,27 @@ class SaturationGauge(Collector):
             alpha("Current saturation level of the inference pool (0.0 = empty, 1.0 = fully saturated)."),
             labels=["inference_pool"],
         )
+        staged = GaugeMetricFamily(
+            "llm_d_epp_flow_control_pool_saturation",
+            alpha(
+                "Pool saturation gating Flow Control dispatch, by stage: 'prefill' and 'decode' per "
+                "stage (a series while the stage has endpoints), 'effective' the larger, which gates."
+            ),
+            labels=["inference_pool", "stage"],
+        )
         for pool, read in self.sources.items():
             try:
-                value = read()
+                stages = read()
             except Exception:
                 # A detector that raises fails neither the page (only its sample is left out) nor
                 # silently: the dispatch cycle reports it (it logs and fails the queued requests).
                 continue
-            family.add_metric([pool], value)
+            family.add_metric([pool], stages[EFFECTIVE_STAGE])
+            for stage, value in stages.items():
+                staged.add_metric([pool, stage], value)
         yield family
+        if self._llm_d:
+            yield staged
 
 
 class FlowControlMetrics:
@@ -507,10 +551,23 @@ class FlowControlMetrics:
             [*flow, "outcome"],
             SCHEDULER_BUCKETS,
         )
+        self.requests_total = f.counter(  # llm-d router's, no GIE counterpart
+            "llm_d_epp_flow_control_requests_total",
+            "Requests that left the Flow Control layer, by final outcome.",
+            ["outcome", "priority", "inference_pool"],
+        )
+        self.stale_endpoints = f.gauge(  # llm-d router's; set by utilization-detector
+            "llm_d_epp_flow_control_stale_endpoints",
+            "Candidate endpoints whose metrics were missing or stale at the detector's latest "
+            "saturation reading (each scored as fully saturated).",
+            ["detector"],
+        )
         self._queued: dict[tuple[str, ...], list[int]] = {}  # labels -> [requests, bytes]
         metrics.registry.register(QueueGauges(self._queued))
-        self._saturation = SaturationGauge()
+        self._saturation = SaturationGauge("llm-d" in metrics.aliases)
         metrics.registry.register(self._saturation)
+        self._capacity = CapacityGauges()  # llm-d router's, no GIE counterpart
+        metrics.registry.register(self._capacity)
         # llm-d router's in-flight eviction (flowControl.enableEviction).
         self.revocations_issued_total = f.counter(
             "llm_d_epp_flow_control_revocations_issued_total",
@@ -583,10 +640,25 @@ class FlowControlMetrics:
                 child = self._children[key] = self.queue_duration.labels(*key[1:])
                 self._queue_series += 1
         child.observe(seconds)
+        self.counted(labels, outcome, pool)
 
-    def watch_saturation(self, pool: str, read: Callable[[], float]) -> None:
-        """The pool saturation gauge of `pool` is `read()` at each read of /metrics."""
+    def counted(self, labels: tuple[str, str], outcome: enum.Enum, pool: str) -> None:
+        """One request's final outcome in flow control (`finalized` counts those that reached a
+        queue or its capacity check; a request refused before, the controller stopped, too)."""
+        key = ("total", outcome.value, labels[1], pool)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.requests_total.labels(*key[1:])
+        child.inc()
+
+    def watch_saturation(self, pool: str, read: Callable[[], Mapping[str, float]]) -> None:
+        """The pool saturation gauges of `pool` are `read()` at each read of /metrics: a value
+        per stage, `effective` among them (`FlowController.stage_saturation`)."""
         self._saturation.sources[pool] = read
+
+    def watch_capacity(self, pool: str, read: OccupancySource) -> None:
+        """The capacity utilization gauges of `pool` are `read()` at each read of /metrics."""
+        self._capacity.sources[pool] = read
 
     def revocations_issued(self, pool: str, priority: int, count: int) -> None:
         self.revocations_issued_total.labels(str(priority), pool).inc(count)

@@ -86,6 +86,8 @@ class ModelsDataSource(Plugin, DataSource, BackgroundService):
         self.extractors = []
         self.polls = 0
         self.failures = 0
+        # llm-d's datalayer poll errors, by source type (as the metrics scraper's)
+        self._poll_errors = context.metrics.datalayer_poll_errors.labels(self.type_name)
 
     async def start(self, datastore: Datastore) -> None:
         self._tasks.follow(datastore)
@@ -114,6 +116,7 @@ class ModelsDataSource(Plugin, DataSource, BackgroundService):
             models = parse_models(body)
         except Exception as exc:  # whatever a connection or a body can throw is one failed poll
             self.failures += 1
+            self._poll_errors.inc()
             log.debug("models poll of %s%s failed: %s", endpoint, self.params.path, exc)
             return False
         self.polls += 1

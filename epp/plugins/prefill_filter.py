@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from epp.datastore.roles import PREFILL_ROLES
 from epp.framework import register
-from epp.scheduling.roles import PREFILL_ROLES, RoleFilter
+from epp.scheduling.roles import RoleFilter
 
 
 @register

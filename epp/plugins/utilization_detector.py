@@ -2,13 +2,17 @@
 
 Saturation is the mean over candidates of max(queue / queueDepthThreshold, kv /
 kvCacheUtilThreshold), an endpoint with stale or no metrics counting as fully saturated (1.0), no
-candidates as 1.0. Used in a profile it filters out stale endpoints and those at or over the
-thresholds (times 1 + headroom), keeping everyone if that would leave no one."""
+candidates as 1.0. Each reading sets `llm_d_epp_flow_control_stale_endpoints{detector}` to the
+number of candidates it counted full for lack of fresh metrics (llm-d's gauge: a dispatch stall
+with it above zero is a metrics collection problem, not overload). Used in a profile it filters
+out stale endpoints and those at or over the thresholds (times 1 + headroom), keeping everyone if
+that would leave no one."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from prometheus_client import Gauge
 from pydantic import Field
 
 from epp.datastore import Endpoint
@@ -38,23 +42,35 @@ class UtilizationDetector(Plugin, SaturationDetector, Filter):
         self.staleness = params.metrics_staleness_threshold
         self.headroom = params.headroom
         self._clock = context.clock
+        self._stale_gauge = context.metrics.flow_control.stale_endpoints
+        self._stale_series: Gauge | None = None  # made at the first reading, as llm-d's
+
+    def _stale(self, count: int) -> None:
+        series = self._stale_series
+        if series is None:
+            series = self._stale_series = self._stale_gauge.labels(self.name)
+        series.set(count)
 
     def saturation(self, candidates: Sequence[Endpoint]) -> float:
         if not candidates:
+            self._stale(0)  # an empty pool's stall is not a metrics collection problem
             return 1.0
         # Read twice per request with flow control on (before the queue and at dispatch), over the
         # whole pool: EndpointMetrics.age and max() inlined, the arithmetic unchanged.
         now, staleness = self._clock(), self.staleness
         queue_limit, kv_limit = self.queue_limit, self.kv_limit
         total = 0.0
+        stale = 0
         for endpoint in candidates:
             metrics = endpoint.metrics
             updated = metrics.update_time
             if updated == 0.0 or now - updated > staleness:  # never scraped, or stale
                 total += 1.0
+                stale += 1
                 continue
             queue, kv = metrics.waiting_queue_size / queue_limit, metrics.kv_cache_usage / kv_limit
             total += kv if kv > queue else queue  # max(queue, kv), NaN included
+        self._stale(stale)
         return total / len(candidates)
 
     def filter(self, request: InferenceRequest, candidates: list[Endpoint]) -> list[Endpoint]:

@@ -30,6 +30,7 @@ from epp.headers import (
     REQUEST_ID_HEADER,
 )
 from epp.metrics.exporter import EppMetrics
+from epp.metrics.latency import ResponseTiming
 from epp.requestcontrol.hooks import (
     AGENT_IDENTITY,
     RESPONSE_EVENT_STREAM,
@@ -66,9 +67,14 @@ class RoutedRequest:
     __slots__ = (
         "_charged_tokens",
         "_director",
+        "_event_stream",
         "_finished",
+        "_first_byte_at",
+        "_last_chunk_at",
         "_model_swap",
+        "_timing",
         "_usage",
+        "arrived",
         "body",
         "eviction",
         "loaded",
@@ -88,6 +94,13 @@ class RoutedRequest:
         self.request = request
         self.result = result
         self.started = time.monotonic()
+        # When the request's headers reached the EPP (the ext_proc stream sets it): llm-d's
+        # response latencies count from there. None: not known, none recorded.
+        self.arrived: float | None = None
+        self._event_stream = False
+        self._first_byte_at: float | None = None
+        self._last_chunk_at = 0.0
+        self._timing: ResponseTiming | None = None
         self.response_status: int | None = None
         self.response_bytes = 0
         # Dynamic metadata the response-body plugins return when the body ends.
@@ -121,6 +134,7 @@ class RoutedRequest:
     ) -> None:
         """Response headers arrived; `metadata` is what the data plane sent with them."""
         self.response_status = status
+        self._event_stream = event_stream
         self.request.attributes[RESPONSE_EVENT_STREAM] = event_stream
         self._usage = self.usage_reader(event_stream or self.request.stream)
         with _PluginErrorsLogged("ResponseReceived"):
@@ -133,6 +147,8 @@ class RoutedRequest:
 
     def response_body(self, chunk: bytes, end_of_stream: bool) -> None:
         self.response_bytes += len(chunk)
+        if chunk and self.arrived is not None and self.request.model:
+            self._chunk_timed()
         if self._usage is None:
             self._usage = self.usage_reader(self.request.stream)
         self._usage.feed(chunk, end_of_stream)
@@ -141,11 +157,45 @@ class RoutedRequest:
                 self._director.hooks.response_streaming(self.request, self.result, chunk)
         if end_of_stream:
             if not self._finished:
+                self._response_timed(self._usage.usage)
                 with _PluginErrorsLogged("ResponseBody"):
                     self.response_metadata = self._director.hooks.response_body_done(
                         self.request, self.result, self._usage.usage
                     )
             self.finish()
+
+    def _chunk_timed(self) -> None:
+        """A response byte came: the first one's time kept, and for a streamed response the gap
+        since the chunk before (llm-d's inter-token latency)."""
+        now = time.monotonic()
+        if self._first_byte_at is None:
+            self._first_byte_at = now
+        elif self._event_stream:
+            self._timings().itl(now - self._last_chunk_at)
+        self._last_chunk_at = now
+
+    def _response_timed(self, usage: Usage | None) -> None:
+        """The response ended whole: its time to first token and, streamed, its time per output
+        token after the first (llm-d records both only at the response's end)."""
+        first, arrived = self._first_byte_at, self.arrived
+        if first is None or arrived is None or first <= arrived:  # no byte timed (or no model)
+            return
+        timing = self._timings()
+        timing.ttft(first - arrived)
+        tokens = usage.completion_tokens if usage is not None else 0
+        end = time.monotonic()
+        if self._event_stream and tokens > 1 and end > first:
+            timing.tpot((end - first) / (tokens - 1))
+
+    def _timings(self) -> ResponseTiming:
+        timing = self._timing
+        if timing is None:
+            metrics, request = self._director.metrics, self.request
+            series = metrics.series(request.model, request.target_model)
+            fairness, priority = metrics.flow_control.flow_labels(request.fairness_id, request.priority)
+            labels = (series.model_label, series.target_label, fairness, priority)
+            timing = self._timing = metrics.latencies.timing(labels, self._event_stream)
+        return timing
 
     def served_by(self, hostport: str) -> None:
         """The gateway says which endpoint served, after its retries. Not the primary: the listed

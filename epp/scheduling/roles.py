@@ -1,4 +1,5 @@
-"""llm-d's `llm-d.ai/role` label values and which of them each role filter keeps."""
+"""The role filters: each keeps the endpoints whose `llm-d.ai/role` is one of its roles (the values
+and sets are `epp.datastore.roles`)."""
 
 from __future__ import annotations
 
@@ -6,18 +7,6 @@ from epp.datastore import Endpoint
 from epp.framework import Plugin
 from epp.requests import InferenceRequest
 from epp.scheduling.framework import Filter
-
-ENCODE = "encode"
-PREFILL = "prefill"
-DECODE = "decode"
-ENCODE_PREFILL = "encode-prefill"
-PREFILL_DECODE = "prefill-decode"
-ENCODE_PREFILL_DECODE = "encode-prefill-decode"
-BOTH = "both"  # deprecated spelling of prefill-decode
-
-DECODE_ROLES = frozenset({DECODE, PREFILL_DECODE, BOTH, ENCODE_PREFILL_DECODE})
-PREFILL_ROLES = frozenset({PREFILL, ENCODE_PREFILL, PREFILL_DECODE, BOTH, ENCODE_PREFILL_DECODE})
-ENCODE_ROLES = frozenset({ENCODE, ENCODE_PREFILL, ENCODE_PREFILL_DECODE})
 
 
 class RoleFilter(Plugin, Filter):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from epp.stack.envoy import BODY_MODES, EnvoyOptions
 from tests.integration.conftest import StackFactory, stack_config
@@ -30,12 +31,21 @@ def queue_outcomes(text: str, outcome: str) -> float:
     )
 
 
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one series of the page, None when absent."""
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == name and found.labels == labels:
+                return float(found.value)
+    return None
+
+
 async def test_a_burst_queues_in_the_epp_and_a_full_queue_is_a_429(
     make_stack: StackFactory, tmp_path: Path
 ) -> None:
     config = tmp_path / "flow.yaml"
     config.write_text(CONFIG)
-    epp_args = [*stack_config(tmp_path).epp_args, f"--config-file={config}"]
+    epp_args = [*stack_config(tmp_path).epp_args, f"--config-file={config}", "--metrics-aliases=llm-d"]
     async with (
         make_stack("flow", sims=1, epp_args=epp_args, sim_args=["--time-scale=1"]) as stack,
         httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client,
@@ -53,6 +63,31 @@ async def test_a_burst_queues_in_the_epp_and_a_full_queue_is_a_429(
         metrics = (await client.get(f"http://127.0.0.1:{stack.epp_ports['metrics_port']}/metrics")).text
         assert queue_outcomes(metrics, "Dispatched") == statuses.count(200)
         assert queue_outcomes(metrics, "RejectedCapacity") == len(refused)
+        # llm-d's own: each request once by outcome; the pool (no roles) is one decode stage; the
+        # global maxRequests 4 has its capacity gauge, empty now; the scraper's polls all answered.
+        pool = {"inference_pool": "standalone"}
+        total = "llm_d_epp_flow_control_requests_total"
+        assert sample(metrics, total, outcome="Dispatched", priority="0", **pool) == statuses.count(200)
+        assert sample(metrics, total, outcome="RejectedCapacity", priority="0", **pool) == len(refused)
+        saturation = "llm_d_epp_flow_control_pool_saturation"
+        stages = {
+            stage: sample(metrics, saturation, stage=stage, **pool)
+            for stage in ("prefill", "decode", "effective")
+        }
+        assert stages["prefill"] is None and stages["decode"] == stages["effective"] is not None
+        assert sample(metrics, "llm_d_epp_flow_control_global_capacity_utilization_requests", **pool) == 0.0
+        poll_errors = "llm_d_epp_datalayer_poll_errors_total"
+        assert sample(metrics, poll_errors, source_type="metrics-data-source") == 0.0
+        # Every request handled once (served or refused); each served whole response timed.
+        assert sample(metrics, "llm_d_epp_request_processing_duration_seconds_count") == len(answers)
+        flow = {
+            "model_name": MODEL,
+            "target_model_name": MODEL,
+            "fairness_id": "default-flow",
+            "priority": "0",
+        }
+        ttft = sample(metrics, "llm_d_epp_request_ttft_seconds_count", streaming="false", **flow)
+        assert ttft == statuses.count(200)
 
 
 @pytest.mark.parametrize(("extend", "status"), [("300s", 200), ("0", 503)])

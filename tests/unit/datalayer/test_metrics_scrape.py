@@ -21,6 +21,7 @@ from epp.datalayer.engines import BUILTIN_ENGINES, ENGINE_LABEL
 from epp.datalayer.promtext import Extractor, MetricSpec
 from epp.datalayer.scraper import SLICE_SIZE, MetricsScraper, ScrapeSettings
 from epp.datastore import Datastore, Endpoint, EndpointSpec
+from epp.metrics.exporter import EppMetrics
 
 VLLM_PAGE = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -846,3 +847,39 @@ async def test_what_the_engine_reads_and_the_page_lacks_is_warned_once_per_endpo
     finally:
         await scraper.stop()
     assert not [line for line in scraper_lines(caplog) if line.startswith("WARNING")]
+
+
+async def test_each_failed_poll_counts_as_llm_ds_datalayer_poll_error(server: FakeServer) -> None:
+    """`llm_d_epp_datalayer_poll_errors_total{source_type}`: a scrape the server fails (here HTTP
+    500) counts once, under the source plugin's type; one whose page came but whose values could
+    not be read (NaN) is no poll error (llm-d counts that against the extractor)."""
+    metrics = EppMetrics()
+    datastore = Datastore()
+    scraper = MetricsScraper(
+        datastore,
+        interval=0.02,
+        settings=ScrapeSettings(source_type="metrics-data-source"),
+        poll_errors=metrics.datalayer_poll_errors,
+    )
+
+    def poll_errors() -> float | None:
+        return metrics.registry.get_sample_value(
+            "llm_d_epp_datalayer_poll_errors_total", {"source_type": "metrics-data-source"}
+        )
+
+    await scraper.start()
+    endpoint = datastore.upsert(EndpointSpec("e", "127.0.0.1", server.port))
+    try:
+        await until(lambda: scraper.scrapes >= 2)
+        assert poll_errors() == 0.0
+        server.page = 'vllm:num_requests_waiting{model_name="m"} NaN\n'
+        await until(lambda: scraper.failures >= 2)
+        assert poll_errors() == 0.0
+        server.status = 500
+        failures = scraper.failures
+        await until(lambda: (poll_errors() or 0) >= 2)
+        assert poll_errors() <= scraper.failures - failures  # type: ignore[operator]
+        server.status, server.page = 200, VLLM_PAGE
+        await until(lambda: endpoint.healthy)
+    finally:
+        await scraper.stop()

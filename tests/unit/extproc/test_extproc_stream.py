@@ -417,7 +417,11 @@ async def test_model_rewrite_header_rewrites_upstream_and_restores_the_response(
     assert restored == b'{"model":"m","choices":[]}'
 
 
-async def test_scheduler_response_headers_reach_the_client(harness: Harness) -> None:
+async def whole_response_request(
+    harness: Harness,
+) -> tuple[grpc.aio.StreamStreamCall, ext_proc.ProcessingResponse]:
+    """A completion routed to the only endpoint, its JSON response headers sent: the call and
+    the reply to those headers."""
     harness.add("a", 8000)
     call = harness.open()
     await call.write(headers_msg())
@@ -425,7 +429,11 @@ async def test_scheduler_response_headers_reach_the_client(harness: Harness) -> 
     await read(call)
     await read(call)
     await call.write(response_headers_msg("application/json"))
-    reply = (await read(call)).response_headers.response
+    return call, await read(call)
+
+
+async def test_scheduler_response_headers_reach_the_client(harness: Harness) -> None:
+    reply = (await whole_response_request(harness))[1].response_headers.response
     token = set_headers(reply)["x-session-token"]
     assert base64.b64decode(token) == b"default/a"
 

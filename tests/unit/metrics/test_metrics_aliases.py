@@ -41,7 +41,11 @@ def test_gie_names_only_by_default() -> None:
     traffic(metrics)
     names = page(metrics)
     assert "inference_objective_request_total" in names
-    assert not [n for n in names if n.startswith(("llm_d_epp_request", "llm_d_inference_scheduler"))]
+    # No alias of a GIE name (llm-d's own metrics, e.g. llm_d_epp_request_processing_duration_seconds,
+    # are exported whatever the mode).
+    aliases = {alias.name for alias in (*LLM_D.values(), *LLM_D_SCHEDULER.values())}
+    suffixes = ("", "_total", "_bucket", "_count", "_sum", "_created")
+    assert not [n for n in names if any(n.removesuffix(x) in aliases for x in suffixes if n.endswith(x))]
 
 
 def test_llm_d_names_repeat_the_gie_series_with_llm_d_labels() -> None:
@@ -92,12 +96,18 @@ def test_llm_d_pool_gauges_include_the_spread() -> None:
     assert names["inference_pool_average_queue_size"][(("name", "pool"),)] == 4
     assert names["llm_d_epp_std_dev_queue_size"][(("name", "pool"),)] == 2
     assert names["llm_d_epp_ready_endpoints"][(("name", "pool"),)] == 2
+    # llm-d's per-endpoint queue (llm_d_router_metrics.go, DescInferencePoolPerEndpointQueueSize)
+    per_endpoint = names["llm_d_epp_per_endpoint_queue_size"]
+    assert per_endpoint == {
+        (("model_server_endpoint", "a"), ("name", "pool")): 2,
+        (("model_server_endpoint", "b"), ("name", "pool")): 6,
+    }
 
 
 def test_llm_d_flow_control_names_repeat_gies_as_llm_d_router_ebab687_names_them() -> None:
     """llm-d-router ebab687, pkg/epp/metrics/llm_d_router_metrics.go: the same labels and types;
-    the saturation carries `stage` ("effective", the value gating dispatch: the only one ours
-    has), which llm-d's autoscaling guides select on."""
+    the saturation carries `stage` (each stage the pool has, and "effective", the value gating
+    dispatch), which llm-d's autoscaling guides select on; GIE's name has the effective value."""
     metrics = EppMetrics(aliases=["llm-d"])
     flow = metrics.flow_control
     item = Held(InferenceRequest(request_id="r", api=ApiKind.COMPLETIONS, path="", model="m"), 100)
@@ -105,7 +115,7 @@ def test_llm_d_flow_control_names_repeat_gies_as_llm_d_router_ebab687_names_them
     flow.enqueued(("t", "0"), Outcome.NOT_YET_FINALIZED, 0.001)
     flow.finalized(item, ("t", "0"), Outcome.DISPATCHED, "pool", 0.5)
     flow.dispatch_cycle.observe(0.002)
-    flow.watch_saturation("pool", lambda: 0.75)
+    flow.watch_saturation("pool", lambda: {"decode": 0.75, "effective": 0.75})
     names = page(metrics)
     flow_labels = (("fairness_id", "t"), ("inference_pool", "pool"), ("model_name", "m"))
     queue = (*flow_labels, ("priority", "0"), ("target_model_name", "m"))
@@ -116,8 +126,10 @@ def test_llm_d_flow_control_names_repeat_gies_as_llm_d_router_ebab687_names_them
     enqueue = (("fairness_id", "t"), ("outcome", "NotYetFinalized"), ("priority", "0"))
     assert names["llm_d_epp_flow_control_request_enqueue_duration_seconds_count"][enqueue] == 1
     assert names["llm_d_epp_flow_control_dispatch_cycle_duration_seconds_count"][()] == 1
-    saturation = (("inference_pool", "pool"), ("stage", "effective"))
-    assert names["llm_d_epp_flow_control_pool_saturation"] == {saturation: 0.75}
+    assert names["llm_d_epp_flow_control_pool_saturation"] == {
+        (("inference_pool", "pool"), ("stage", "decode")): 0.75,
+        (("inference_pool", "pool"), ("stage", "effective")): 0.75,
+    }
     assert names["inference_extension_flow_control_pool_saturation"] == {(("inference_pool", "pool"),): 0.75}
     text = generate_latest(metrics.registry).decode()
     for family, kind in [

@@ -15,6 +15,7 @@ from epp.datalayer.fetch import KeepAliveGetter
 from epp.datalayer.models import ServedModel, parse_models
 from epp.datastore import Datastore, Endpoint, EndpointSpec
 from epp.framework import PluginContext
+from epp.metrics.exporter import EppMetrics
 from epp.params.strict import ConfigError
 from epp.plugins.models_data_extractor import ModelsDataExtractor
 from epp.plugins.models_data_source import ModelsDataSource, round_to_ticks
@@ -23,7 +24,7 @@ from epp.sim.cluster import SimCluster, make_configs
 from epp.sim.config import LoraModule
 from epp.sim.profiles import TINY_TEST
 from epp.stack.processes import wait_until
-from tests.unit.plugin_helpers import plugin, request
+from tests.unit.plugin_helpers import context, plugin, request
 
 CONFIG = """
 apiVersion: llm-d.ai/v1alpha1
@@ -120,7 +121,8 @@ async def test_failed_polls_keep_what_was_learned() -> None:
 
 
 async def test_a_refused_connection_is_a_failed_poll() -> None:
-    source = plugin(ModelsDataSource)
+    metrics = EppMetrics()
+    source = plugin(ModelsDataSource, ctx=context(metrics=metrics))
     port = _free_port()
     endpoint = Endpoint(EndpointSpec("e", "127.0.0.1", port))
     getter = KeepAliveGetter("127.0.0.1", port, "/v1/models", None)
@@ -129,6 +131,8 @@ async def test_a_refused_connection_is_a_failed_poll() -> None:
     finally:
         getter.close()
     assert endpoint.served_models is None and source.failures == 1
+    errors = {"source_type": "models-data-source"}  # llm-d's datalayer poll errors count it
+    assert metrics.registry.get_sample_value("llm_d_epp_datalayer_poll_errors_total", errors) == 1.0
 
 
 def test_parse_models_reads_ids_and_parents_and_names_what_is_wrong() -> None:
