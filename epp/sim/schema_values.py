@@ -232,11 +232,18 @@ def _read(schema: dict[str, Any], depth: int) -> _Node:
 
 def _within(depth: int) -> None:
     if depth > MAX_NESTING:
-        raise ApiError(400, f"the tool's parameters nest deeper than {MAX_NESTING} levels", "tools")
+        raise _too_deep()
+
+
+def _too_deep() -> ApiError:
+    return ApiError(400, f"the tool's parameters nest deeper than {MAX_NESTING} levels", "tools")
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except RecursionError:  # a `const` or `enum` value nested past what json writes (~1000 levels)
+        raise _too_deep() from None
 
 
 def _properties(schema: dict[str, Any]) -> dict[str, Any]:

@@ -342,6 +342,20 @@ def test_a_schema_nested_deeper_than_the_drawing_goes_is_a_400(kind: str) -> Non
     assert raised.value.message == f"the tool's parameters nest deeper than {MAX_NESTING} levels"
 
 
+@pytest.mark.parametrize("keyword", ["const", "enum"])
+def test_a_const_or_enum_value_nested_past_what_json_writes_is_a_400(keyword: str) -> None:
+    """A `const` (or `enum` entry) nested 1010 levels, sent to the simulator directly (the EPP
+    refuses bodies past 254), is read by orjson (1024 levels) but not written by json.dumps:
+    RecursionError, aiohttp's bare 500 "Server got itself in trouble"."""
+    value: Any = []
+    for _ in range(1010):
+        value = [value]
+    with pytest.raises(ApiError) as raised:
+        ForcedTools("named", {"f": {keyword: value if keyword == "const" else [value]}}).plan(0, 100)
+    assert (raised.value.status, raised.value.param) == (400, "tools")
+    assert raised.value.message == f"the tool's parameters nest deeper than {MAX_NESTING} levels"
+
+
 def test_a_required_call_cut_short_is_no_call_in_the_message() -> None:
     """vLLM reads a required call's text as `[{"name", "parameters"}]` and answers no call when it
     does not parse (`contextlib.suppress(ValidationError)` in its parser): a list cut short is
