@@ -18,6 +18,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 
+from epp.metrics.aliases import AliasCollector
+
 if TYPE_CHECKING:
     from epp.metrics.auth import MetricsAuth
 
@@ -66,15 +68,26 @@ async def exposition(registry: CollectorRegistry) -> bytes:
     """`generate_latest(registry)`, without holding the event loop for the whole page: each
     collector's families are collected on the loop (they read its state) with the loop let run
     between collectors, and the families collected are written out in a thread (their samples are
-    plain values, no longer shared with the loop). The collectors are listed as the registry lists
-    them when it collects (prometheus_client keeps no public list of them)."""
+    plain values, no longer shared with the loop), with their aliases (`--metrics-aliases`), which
+    the alias collector would otherwise make by collecting the whole registry again in one piece.
+    The collectors are listed as the registry lists them when it collects (prometheus_client keeps
+    no public list of them)."""
     with registry._lock:
         collectors = list(registry._collector_to_names)
     families: list[Metric] = []
+    aliases: list[AliasCollector] = []
     for collector in collectors:
+        if isinstance(collector, AliasCollector):  # collecting would collect the registry again
+            aliases.append(collector)
+            continue
         families.extend(collector.collect())
         await asyncio.sleep(0)
-    return await asyncio.to_thread(generate_latest, _Collected(families))
+    return await asyncio.to_thread(_written, families, aliases)
+
+
+def _written(families: list[Metric], aliases: Sequence[AliasCollector]) -> bytes:
+    renamed = [alias for collector in aliases for alias in collector.renamed(families)]
+    return generate_latest(_Collected([*families, *renamed]))
 
 
 class _Collected:

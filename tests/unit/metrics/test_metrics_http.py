@@ -6,6 +6,8 @@ import asyncio
 
 import aiohttp
 from prometheus_client import generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from epp.metrics.exporter import MAX_MODEL_NAME_LENGTH, MAX_MODEL_SERIES, EppMetrics
 from epp.metrics.http import MetricsServer
@@ -59,3 +61,35 @@ async def test_a_page_as_large_as_the_caps_allow_lets_the_loop_run_while_it_is_m
         await server.stop()
     assert body == expected and len(body) > 10_000_000
     assert max(gaps) < took / 3, (max(gaps), took)
+
+
+class Counted(Collector):
+    """A collector that counts how often it is collected."""
+
+    def __init__(self) -> None:
+        self.collected = 0
+
+    def collect(self) -> list[Metric]:
+        self.collected += 1
+        return [GaugeMetricFamily("counted", "collections", value=self.collected)]
+
+
+async def test_with_aliases_the_registry_is_collected_once_a_read() -> None:
+    """`--metrics-aliases` made the alias collector collect the whole registry a second time, on
+    the loop and in one piece (0.41 s of a 1.7 s page with the caps full; 0.23 s since). Its
+    aliases are made from the families collected once, in the writing thread."""
+    metrics = EppMetrics(aliases=("llm-d",))
+    invented_models(metrics)
+    counted = Counted()
+    metrics.registry.register(counted)
+    server = MetricsServer(metrics.registry, "127.0.0.1", 0)
+    await server.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}/metrics"
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            page = (await response.read()).decode()
+    finally:
+        await server.stop()
+    assert counted.collected == 1
+    aliased = f'llm_d_epp_request_total{{model_name="{"invented-0-".ljust(MAX_MODEL_NAME_LENGTH, "x")}",'
+    assert aliased in page and "\ncounted 1.0\n" in page
