@@ -116,6 +116,11 @@ class AliasCollector(Collector):
         self._aliases = aliases
         self._collecting = False
 
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The registry whose families it aliases."""
+        return self._registry
+
     def collect(self) -> Iterator[Metric]:
         if self._collecting:
             return

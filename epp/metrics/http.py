@@ -77,7 +77,8 @@ async def exposition(registry: CollectorRegistry) -> bytes:
     families: list[Metric] = []
     aliases: list[AliasCollector] = []
     for collector in collectors:
-        if isinstance(collector, AliasCollector):  # collecting would collect the registry again
+        if isinstance(collector, AliasCollector) and collector.registry is registry:
+            # Collecting it would collect the registry again: its aliases come from `families`.
             aliases.append(collector)
             continue
         families.extend(collector.collect())
