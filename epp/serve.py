@@ -855,7 +855,8 @@ _FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 def _served_header(name: str | None) -> str | None:
     """The name checked at startup: one Envoy refuses fails every request at the gateway with 503
     "the endpoint picker is unreachable or failed" (header_mutation_set_contains_invalid_character),
-    and one its default mutation rules ignore (`host`, `x-envoy*`) never reaches a client."""
+    one its default mutation rules ignore (`host`, `x-envoy*`) never reaches a client, nor does
+    (or worse) a header of the connection or of the framing (`_FRAMING_HEADERS`)."""
     if name and _FIELD_NAME.fullmatch(name) is None:
         raise ValueError(
             f"--served-header {name!r} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)"
@@ -865,7 +866,23 @@ def _served_header(name: str | None) -> str | None:
             f"--served-header {name!r} is dropped by Envoy: its ext_proc filter ignores a mutation "
             "of host or of x-envoy* headers (use another name, e.g. x-epp-destination)"
         )
+    if name and name.lower() in _FRAMING_HEADERS:
+        raise ValueError(
+            f"--served-header {name!r} is a header of the connection or of the message's framing "
+            f"({', '.join(sorted(_FRAMING_HEADERS))}): Envoy drops it, or sends it and HTTP/2 "
+            "clients fail every response (te); use another name, e.g. x-epp-destination"
+        )
     return name
+
+
+# Measured through the stack's Envoy (1.40), a response header set by ext_proc under one of these
+# names: content-length, transfer-encoding, connection, upgrade and proxy-connection never reach
+# the client; keep-alive reaches HTTP/1.1 clients only; te reaches them too, and fails HTTP/2
+# ones (curl: "stream 1 was not closed cleanly: PROTOCOL_ERROR"). RFC 9113 forbids all but
+# content-length in HTTP/2, where an endpoint's address is no value for content-length anyway.
+_FRAMING_HEADERS = frozenset(
+    ("connection", "content-length", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade")
+)
 
 
 def _at_least_one(flag: str, value: int) -> int:

@@ -8,7 +8,7 @@ request path, and only when the operator asks for them (`--metrics-aliases`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
@@ -111,6 +111,11 @@ class AliasCollector(Collector):
         self._aliases = aliases
         self._collecting = False
 
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The registry whose families it aliases."""
+        return self._registry
+
     def collect(self) -> Iterator[Metric]:
         if self._collecting:
             return
@@ -119,6 +124,11 @@ class AliasCollector(Collector):
             families = list(self._registry.collect())
         finally:
             self._collecting = False
+        yield from self.renamed(families)
+
+    def renamed(self, families: Iterable[Metric]) -> Iterator[Metric]:
+        """The aliases of `families` (the registry's, already collected). Pure data: /metrics
+        makes them in a thread from the families it collected (epp.metrics.http.exposition)."""
         for family in families:
             alias = self._aliases.get(family.name)
             if alias is not None:

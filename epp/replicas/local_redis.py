@@ -59,10 +59,15 @@ class LocalRedis:
             else ["--port", str(self.port), "--bind", "127.0.0.1"]
         )
         argv = [binary, *listen, "--save", "", "--appendonly", "no", "--protected-mode", "no"]
+        # A session of its own: a terminal's Ctrl-C (or a `kill` of the process group) reaches the
+        # workers, which drain for --drain-timeout, and not the server they sync through, which
+        # quit at once and left them routing on local state for the whole drain. It stops with
+        # the supervisor (`stop`), or with its death (the parent-death signal).
         self.process = await asyncio.create_subprocess_exec(
             *with_parent_death(argv),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
         )
         client = aioredis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=0.5)
         deadline = time.monotonic() + self.startup_timeout

@@ -29,6 +29,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from epp.metrics.families import Families
 from epp.replicas.state import EndpointLoad, ReplicaLoad, ReplicaState, RouteMessage
@@ -216,9 +217,15 @@ class RedisReplicaSync:
                 self._read_from = _later(self._read_from, await self._replay_start())
                 self.subscribed = True
                 while True:
-                    answer: Any = await client.xread(
-                        {self._stream: self._read_from}, count=BATCH, block=block_ms
-                    )
+                    started = time.monotonic()
+                    try:
+                        answer: Any = await client.xread(
+                            {self._stream: self._read_from}, count=BATCH, block=block_ms
+                        )
+                    except RedisTimeout:
+                        if self._stalled_since(started):
+                            continue  # read again (on a new connection) from where reading stopped
+                        raise
                     for _, entries in answer or ():
                         for entry_id, fields in entries:
                             self._read_from = entry_id
@@ -229,6 +236,15 @@ class RedisReplicaSync:
             finally:
                 self.subscribed = False
             await asyncio.sleep(self.interval)  # back off, then resume where reading stopped
+
+    def _stalled_since(self, started: float) -> bool:
+        """Whether a read begun at `started` that timed out was held by this process, not by
+        Redis: a Redis that does not answer times out one socket timeout after the read began,
+        but a replica stopped (SIGSTOP, a debugger, a host that did not schedule it) for longer
+        finds its read's timeout past due when it runs again, the answer maybe waiting in the
+        socket. Blamed on Redis, every such stall logged "replica sync: Redis ... failed" and
+        dropped the peers' load until the next exchange, as 8911b6d found for the scraper."""
+        return time.monotonic() - started > 2 * self._socket_timeout
 
     def _learn(self, fields: dict[bytes, bytes]) -> bool:
         try:

@@ -528,9 +528,10 @@ class Director:
             return endpoints
         serving = [e for e in endpoints if e.serves(request.target_model)]
         if not serving:
+            # The name as records keep it: a client's 16 MB model name is not written back to it.
             raise RequestError(
                 ErrorCode.NOT_FOUND,
-                f"model {request.target_model!r} is not served by any endpoint of the pool",
+                f"model {clip(request.target_model)!r} is not served by any endpoint of the pool",
             )
         return serving
 

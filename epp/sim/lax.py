@@ -8,6 +8,15 @@ from __future__ import annotations
 import re
 
 _INT_TEXT = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*(?:\.0+)?")
+# Unicode's White_Space, what pydantic (Rust's `str::trim`) strips around a number: Python's
+# `str.strip()` strips \x1c-\x1f too, which pydantic refuses.
+_WHITESPACE = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+    + "\u2028\u2029\u202f\u205f\u3000"
+)
+# pydantic reads a float as an integer only within i64, both ends excluded.
+_FLOAT_INT_BOUND = 2.0**63
 _TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
 _FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
 
@@ -21,9 +30,9 @@ def lax_int(value: object) -> int | None:
     if isinstance(value, int):
         return value
     if isinstance(value, float):
-        return int(value) if value.is_integer() else None
+        return int(value) if value.is_integer() and abs(value) < _FLOAT_INT_BOUND else None
     if isinstance(value, str):
-        text = value.strip()
+        text = value.strip(_WHITESPACE)
         if _INT_TEXT.fullmatch(text):
             return int(text.split(".", 1)[0])
     return None

@@ -411,7 +411,7 @@ def responses_body(
         "output": [
             {
                 "type": "message",
-                "id": "msg_" + rid.removeprefix("resp_"),
+                "id": message_id(rid),
                 "status": "completed" if complete else "incomplete",
                 "role": "assistant",
                 "content": [{"type": "output_text", "text": text, "annotations": []}],
@@ -430,14 +430,20 @@ def responses_body(
     return body
 
 
-def queued_responses_body(rid: str, created: int, model: str) -> dict[str, Any]:
-    """A background response as vLLM answers its creation: queued, no output yet."""
+def message_id(rid: str) -> str:
+    """The id of a response's message (its one output item)."""
+    return "msg_" + rid.removeprefix("resp_")
+
+
+def queued_responses_body(rid: str, created: int, model: str, status: str = "queued") -> dict[str, Any]:
+    """A response with no output yet: a background one as vLLM answers its creation (queued), a
+    streamed one as its first events carry it (in_progress)."""
     return {
         "id": rid,
         "object": "response",
         "created_at": created,
         "model": model,
-        "status": "queued",
+        "status": status,
         "incomplete_details": None,
         "output": [],
         "usage": None,

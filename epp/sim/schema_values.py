@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from dataclasses import dataclass
 from typing import Any
 
 from epp.sim.errors import ApiError
@@ -33,6 +34,8 @@ MAX_NESTING = 300
 level is a call of the drawing's, which must stay well within Python's recursion limit."""
 _DEFAULT_SPAN = 100
 _TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
+_ANY_STRING = {"type": "string"}
+"""A required property the schema does not declare."""
 
 
 def schema_text(schema: Any, seed: int, budget: int) -> tuple[str, bool]:
@@ -62,6 +65,8 @@ class _Draw:
         # same each time, and parts `$ref`ing schemas of more parts multiplied it 10**16-fold.
         # Keyed by id: parts are the request's own objects, alive for the whole drawing.
         self._resolved: dict[tuple[int, int], dict[str, Any]] = {}
+        # (id of a schema, depth) -> (the schema, kept alive so the id stays its own, its reading).
+        self._nodes: dict[tuple[int, int], tuple[dict[str, Any], _Node]] = {}
         self.parts: list[str] = []
 
     def _put(self, text: str) -> None:
@@ -75,31 +80,39 @@ class _Draw:
         if not isinstance(schema, dict):  # `true` or a malformed schema: anything goes
             self._put(_json(self._words(1, 3)))
             return
-        self._merges = 0
-        schema = self._resolve(schema, depth)
-        if "const" in schema:
-            self._put(_json(schema["const"]))
-            return
-        if isinstance(schema.get("enum"), list) and schema["enum"]:
-            self._put(_json(self._rng.choice(schema["enum"])))
-            return
-        for branch in ("anyOf", "oneOf"):
-            if isinstance(schema.get(branch), list) and schema[branch]:
-                self.value(schema[branch][0], depth + 1)
-                return
-        kind = _type_of(schema)
-        if kind == "object":
-            self._object(schema, depth)
+        node = self._node(schema, depth)
+        kind, resolved = node.kind, node.schema
+        if kind == "const":
+            self._put(_json(resolved["const"]))
+        elif kind == "enum":
+            self._put(_json(self._rng.choice(resolved["enum"])))
+        elif kind == "branch":
+            self.value(node.branch, depth + 1)
+        elif kind == "object":
+            self._object(node, depth)
         elif kind == "array":
-            self._array(schema, depth)
+            self._array(resolved, depth)
         elif kind in ("integer", "number"):
-            self._put(_json(self._number(schema, kind == "integer")))
+            self._put(_json(self._number(resolved, kind == "integer")))
         elif kind == "boolean":
             self._put(_json(self._rng.random() < 0.5))
         elif kind == "null":
             self._put("null")
         else:
-            self._string(schema)
+            self._string(resolved)
+
+    def _node(self, schema: dict[str, Any], depth: int) -> _Node:
+        """`schema` as drawn at `depth`, read once: every value of it at that depth (the items of
+        an array) is drawn from the same reading, so what reading costs (a `$ref`'s target
+        copied, `allOf` parts merged, a `type` or `required` list scanned) is paid once, not
+        once per value whatever its size: an array of a billion items whose item merged 300
+        parts held the event loop 84 s. Kept with the schema, so its id names it alone."""
+        key = (id(schema), depth)
+        kept = self._nodes.get(key)
+        if kept is None:
+            self._merges = 0
+            kept = self._nodes[key] = (schema, _read(self._resolve(schema, depth), depth))
+        return kept[1]
 
     def _resolve(self, schema: dict[str, Any], depth: int) -> dict[str, Any]:
         """`$ref` followed (a local JSON pointer) and `allOf` merged into one schema."""
@@ -132,14 +145,12 @@ class _Draw:
             return merged
         return schema
 
-    def _object(self, schema: dict[str, Any], depth: int) -> None:
-        properties = _properties(schema)
-        names = dict.fromkeys(properties if depth < MAX_DEPTH else ())
-        names.update(dict.fromkeys(_required(schema)))
+    def _object(self, node: _Node, depth: int) -> None:
+        properties = _properties(node.schema)
         self._put("{")
-        for index, name in enumerate(names):
+        for index, name in enumerate(node.names):
             self._put(("" if index == 0 else ", ") + _json(name) + ": ")
-            self.value(properties.get(name, {"type": "string"}), depth + 1)
+            self.value(properties.get(name, _ANY_STRING), depth + 1)
         self._put("}")
 
     def _array(self, schema: dict[str, Any], depth: int) -> None:
@@ -193,13 +204,46 @@ class _Draw:
         return "".join(output_text(seed, i) for i in range(self._rng.randint(fewest, most))).lstrip()
 
 
+@dataclass(frozen=True, slots=True)
+class _Node:
+    """A schema resolved (`$ref` followed, `allOf` merged) and read for drawing at one depth."""
+
+    schema: dict[str, Any]
+    kind: str  # "const", "enum", "branch" (the first of `anyOf`/`oneOf`), or a JSON type
+    branch: Any = None
+    names: tuple[str, ...] = ()  # an object's properties drawn: every declared one, and required
+
+
+def _read(schema: dict[str, Any], depth: int) -> _Node:
+    if "const" in schema:
+        return _Node(schema, "const")
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return _Node(schema, "enum")
+    for branch in ("anyOf", "oneOf"):
+        if isinstance(schema.get(branch), list) and schema[branch]:
+            return _Node(schema, "branch", branch=schema[branch][0])
+    kind = _type_of(schema)
+    if kind != "object":
+        return _Node(schema, kind)
+    names = dict.fromkeys(_properties(schema) if depth < MAX_DEPTH else ())
+    names.update(dict.fromkeys(_required(schema)))
+    return _Node(schema, kind, names=tuple(names))
+
+
 def _within(depth: int) -> None:
     if depth > MAX_NESTING:
-        raise ApiError(400, f"the tool's parameters nest deeper than {MAX_NESTING} levels", "tools")
+        raise _too_deep()
+
+
+def _too_deep() -> ApiError:
+    return ApiError(400, f"the tool's parameters nest deeper than {MAX_NESTING} levels", "tools")
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except RecursionError:  # a `const` or `enum` value nested past what json writes (~1000 levels)
+        raise _too_deep() from None
 
 
 def _properties(schema: dict[str, Any]) -> dict[str, Any]:

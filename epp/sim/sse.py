@@ -19,6 +19,8 @@ from epp.sim.openai_api import (
     Generation,
     chat_chunk,
     completion_chunk,
+    message_id,
+    queued_responses_body,
     responses_body,
     usage_chunk,
 )
@@ -90,6 +92,8 @@ class SseWriter:
             self._id = gen.conversation.response_id
         else:
             self._id = ("chatcmpl-" if gen.kind == "chat" else "cmpl-") + uuid.uuid4().hex
+        self._sequence = 0  # the Responses API's sequence_number of the next event
+        self._message_open = False  # the Responses API's message item and its text part are open
 
     @property
     def opens_with_first_output(self) -> bool:
@@ -104,9 +108,9 @@ class SseWriter:
                 for s in self._group.sequences
             )
         if gen.kind == "responses":
-            return _event(
-                "response.created",
-                {"type": "response.created", "response": {"id": self._id, "status": "in_progress"}},
+            snapshot = queued_responses_body(self._id, self._created, gen.model, "in_progress")
+            return self._numbered("response.created", {"response": snapshot}) + self._numbered(
+                "response.in_progress", {"response": snapshot}
             )
         return b""
 
@@ -134,17 +138,10 @@ class SseWriter:
                 elif gen.kind == "chat":
                     frames.append(_data(chat_chunk(self._id, self._created, gen.model, choice)))
                 elif gen.kind == "responses":
-                    frames.append(
-                        _event(
-                            "response.output_text.delta",
-                            {
-                                "type": "response.output_text.delta",
-                                "output_index": 0,
-                                "content_index": 0,
-                                "delta": text,
-                            },
-                        )
-                    )
+                    if not self._message_open:
+                        frames.append(self._open_message())
+                    delta = {**self._text_part(), "delta": text, "logprobs": []}
+                    frames.append(self._numbered("response.output_text.delta", delta))
                 else:
                     frames.append(_data(completion_chunk(self._id, self._created, gen.model, choice)))
         return b"".join(frames)
@@ -177,13 +174,48 @@ class SseWriter:
             body = responses_body(
                 self._id, self._created, gen.model, seq.text(), seq.request.finish_reason, use, None
             )
-            return _event("response.completed", {"type": "response.completed", "response": body})
+            return self._close_message(body["output"][0]) + self._numbered(
+                "response.completed", {"response": body}
+            )
         tail = (
             _data(usage_chunk(self._id, self._created, gen.model, gen.kind, use))
             if gen.include_usage
             else b""
         )
         return tail + b"data: [DONE]\n\n"
+
+    # The Responses API's events around the text, as vLLM streams them: the message item and its
+    # text part are opened before the first delta and closed, whole, before `response.completed`.
+    # The openai SDK's `responses.stream()` refuses a delta whose item was not opened first
+    # ("Received a content event for output index 0 before receiving its output item").
+
+    def _numbered(self, kind: str, fields: dict[str, Any]) -> bytes:
+        payload = {"type": kind, "sequence_number": self._sequence, **fields}
+        self._sequence += 1
+        return _event(kind, payload)
+
+    def _text_part(self) -> dict[str, Any]:
+        return {"item_id": message_id(self._id), "output_index": 0, "content_index": 0}
+
+    def _open_message(self) -> bytes:
+        self._message_open = True
+        item = {"id": message_id(self._id), "type": "message", "role": "assistant", "content": []}
+        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        return self._numbered(
+            "response.output_item.added", {"output_index": 0, "item": {**item, "status": "in_progress"}}
+        ) + self._numbered("response.content_part.added", {**self._text_part(), "part": part})
+
+    def _close_message(self, item: dict[str, Any]) -> bytes:
+        if not self._message_open:
+            return b""
+        part = item["content"][0]
+        return (
+            self._numbered(
+                "response.output_text.done", {**self._text_part(), "text": part["text"], "logprobs": []}
+            )
+            + self._numbered("response.content_part.done", {**self._text_part(), "part": part})
+            + self._numbered("response.output_item.done", {"output_index": 0, "item": item})
+        )
 
 
 def _data(payload: dict[str, Any]) -> bytes:

@@ -351,12 +351,15 @@ async def _restart_epp(stack: Stack, backoff: RestartBackoff, stop: asyncio.Even
     assert stack.epp is not None
     delay = backoff.next_delay()
     # Only in buffered mode does ext_proc fail open for a routed response; with full-duplex every
-    # response chunk passes through the dead EPP, so its streams were cut (docs/operations.md).
-    streams = (
-        "streams already routed go on"
-        if stack.config.envoy.body_mode == "buffered"
-        else "its streams in flight were cut: full-duplex passes every chunk through it"
-    )
+    # response chunk passes through the dead EPP, so its streams were cut (docs/operations.md),
+    # unless it stopped on a signal (exit 0), which it does only once they ended or its
+    # --shutdown-grace ran out.
+    if stack.config.envoy.body_mode == "buffered":
+        streams = "streams already routed go on"
+    elif stack.epp.returncode == 0:
+        streams = "it stopped on a signal, after its streams in flight ended (or its --shutdown-grace did)"
+    else:
+        streams = "its streams in flight were cut: full-duplex passes every chunk through it"
     print(
         f"the EPP exited with {stack.epp.returncode}; restarting it in {delay:g}s "
         f"(log {stack.epp.log_path}; {streams})",

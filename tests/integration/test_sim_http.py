@@ -943,6 +943,31 @@ async def test_openai_sdk(cluster: SimCluster) -> None:
         await client.close()
 
 
+async def test_openai_sdk_streams_a_response_with_its_helper(cluster: SimCluster) -> None:
+    """The SDK's `responses.stream()` accumulates the events into the response: it raised
+    "Received a content event for output index 0 before receiving its output item" at the first
+    delta, the stream having no `response.output_item.added` (nor its text part) before it. The
+    events are vLLM's, numbered from 0: created, in_progress, the item and its part opened, one
+    delta a token, the text, the part and the item done, completed."""
+    client = openai.AsyncOpenAI(base_url=base(cluster) + "/v1", api_key="unused")
+    try:
+        async with client.responses.stream(model=MODEL, input="stream me", max_output_tokens=3) as stream:
+            events = [event async for event in stream]
+            final = await stream.get_final_response()
+    finally:
+        await client.close()
+    kinds = [event.type for event in events]
+    opened = ["response.created", "response.in_progress", "response.output_item.added"]
+    opened.append("response.content_part.added")
+    closed = ["response.output_text.done", "response.content_part.done", "response.output_item.done"]
+    assert kinds == [*opened, *["response.output_text.delta"] * 3, *closed, "response.completed"]
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    text = "".join(event.delta for event in events if event.type == "response.output_text.delta")
+    assert text and final.output_text == text and final.usage is not None and final.usage.output_tokens == 3
+    (item,) = final.output
+    assert item.id == events[2].item.id == events[-2].item.id  # type: ignore[union-attr]
+
+
 def prefill_body(prompt: str) -> dict[str, Any]:
     return {
         "model": MODEL,

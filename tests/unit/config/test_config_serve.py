@@ -139,6 +139,19 @@ def test_a_served_header_envoy_would_drop_is_refused_at_startup() -> None:
         assert serve.options_from_args(serve_args(f"--served-header={name}")).stream.served_header == name
 
 
+def test_a_served_header_of_the_connection_or_framing_is_refused_at_startup() -> None:
+    """Measured through the stack's Envoy: `--served-header te` sent `te: <endpoint>` and every
+    HTTP/2 response failed (curl: "HTTP/2 stream 1 was not closed cleanly: PROTOCOL_ERROR");
+    content-length, transfer-encoding, connection, upgrade and proxy-connection served 200
+    without the header, keep-alive reached HTTP/1.1 clients only; all without a word."""
+    names = ("te", "TE", "content-length", "Transfer-Encoding", "connection", "upgrade")
+    for name in (*names, "keep-alive", "proxy-connection"):
+        with pytest.raises(ValueError, match=r"^--served-header .* is a header of the connection or of the"):
+            serve.options_from_args(serve_args(f"--served-header={name}"))
+    for name in ("x-te", "tex", "x-connection", "x-upgrade", "x-content-length"):
+        assert serve.options_from_args(serve_args(f"--served-header={name}")).stream.served_header == name
+
+
 def test_the_queue_wait_bound_defaults_to_a_second_and_reaches_the_guard() -> None:
     assert serve.options_from_args(serve_args()).max_queue_wait == 1.0
     picker = serve.EndpointPicker(serve.options_from_args(serve_args("--max-queue-wait", "250ms")))

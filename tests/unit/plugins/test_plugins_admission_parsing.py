@@ -137,6 +137,20 @@ def test_parsers_resolve_per_path_with_the_passthrough_fallback() -> None:
         director.handle_body(orjson.dumps({"model": "x", "prompt": "p"}), {":path": "/v1/completions"}, None)
 
 
+def test_a_model_no_endpoint_serves_is_named_in_the_404_as_records_keep_it() -> None:
+    """Through `epp run`, a model name of 1,000,000 characters came back whole in the 404's
+    message: a 1,000,131-byte error body for a name no endpoint serves. It is clipped as decision
+    records clip it (256 characters and "...")."""
+    director, _ = build_director(load_config(), store_with_models(), PluginContext())
+    body = orjson.dumps({"model": "m" * 1_000_000, "prompt": "p"})
+    with pytest.raises(RequestError) as refused:
+        director.handle_body(body, {":path": "/v1/completions"}, None)
+    assert refused.value.message == f"model '{'m' * 256}...' is not served by any endpoint of the pool"
+    with pytest.raises(RequestError) as refused:
+        director.handle_body(orjson.dumps({"model": "x", "prompt": "p"}), {":path": "/v1/completions"}, None)
+    assert refused.value.message == "model 'x' is not served by any endpoint of the pool"
+
+
 def test_default_parser_is_openai() -> None:
     director, _ = build_director(load_config(), store_with_models(), PluginContext())
     routed = director.handle_body(

@@ -17,17 +17,19 @@ from epp.stack.stack import StackConfig
 
 
 class Process:
-    def __init__(self, log: str) -> None:
+    def __init__(self, log: str, returncode: int = -9) -> None:
         self.log_path = Path(log)
-        self.returncode = -9
+        self.returncode = returncode
 
 
 class RestartingStack:
     """Stack's restart interface, failing as told."""
 
-    def __init__(self, failure: ProcessFailed | None, body_mode: str = "buffered") -> None:
+    def __init__(
+        self, failure: ProcessFailed | None, body_mode: str = "buffered", returncode: int = -9
+    ) -> None:
         self.config = StackConfig(run_dir=Path("run"), envoy=EnvoyOptions(body_mode=body_mode))
-        self.epp = Process("run/epp.log")
+        self.epp = Process("run/epp.log", returncode)
         self.envoy = Process("run/envoy.log")
         self.failure = failure
 
@@ -42,10 +44,13 @@ async def restart(failure: ProcessFailed | None, capsys: pytest.CaptureFixture[s
 
 
 async def restart_lines(
-    failure: ProcessFailed | None, capsys: pytest.CaptureFixture[str], body_mode: str = "buffered"
+    failure: ProcessFailed | None,
+    capsys: pytest.CaptureFixture[str],
+    body_mode: str = "buffered",
+    returncode: int = -9,
 ) -> tuple[list[str], int]:
     backoff = RestartBackoff(initial=0.0)
-    stack: Any = RestartingStack(failure, body_mode)
+    stack: Any = RestartingStack(failure, body_mode, returncode)
     await _restart_epp(stack, backoff, asyncio.Event())
     return capsys.readouterr().out.splitlines(), backoff.restarts
 
@@ -78,4 +83,18 @@ async def test_the_restart_says_streams_go_on_only_where_they_do(capsys: pytest.
     assert said[0] == (
         "the EPP exited with -9; restarting it in 0s (log run/epp.log; its streams in flight were cut: "
         "full-duplex passes every chunk through it)"
+    )
+
+
+async def test_an_epp_stopped_by_a_signal_is_not_said_to_have_cut_its_streams(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`kill -TERM` of the EPP under `epp run --body-mode full-duplex` with 16 streams open: the
+    12 read to their end all ended whole, the EPP exiting 0 once they had (1.7 s), and the line
+    said "its streams in flight were cut". An EPP exits 0 only on a signal, after its streams
+    ended or its --shutdown-grace did."""
+    said, _ = await restart_lines(None, capsys, "full-duplex", returncode=0)
+    assert said[0] == (
+        "the EPP exited with 0; restarting it in 0s (log run/epp.log; it stopped on a signal, after its "
+        "streams in flight ended (or its --shutdown-grace did))"
     )
