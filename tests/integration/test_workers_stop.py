@@ -84,4 +84,5 @@ def test_a_worker_stopped_for_a_while_does_not_blame_redis(tmp_path: Path) -> No
     finally:
         os.kill(worker, signal.SIGCONT)
         log = stop_workers(process)
-    assert REDIS_FAILED not in log, log[-2000:]
+    running = log.partition("stopping: NOT_SERVING")[0]  # the stop's own race is the other test's
+    assert REDIS_FAILED not in running, log[-2000:]
