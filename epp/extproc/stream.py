@@ -464,7 +464,15 @@ class ExtProcStream:
             self._finish()
 
     def _response_trailers(self) -> Iterator[ext_proc.ProcessingResponse]:
-        yield ext_proc.ProcessingResponse(response_trailers=ext_proc.TrailersResponse())
+        """A response that ends with trailers (an HTTP/2 or gRPC model server's) ended whole, its
+        last chunk not marked as the end: its body ends here, as llm-d's stream ends it at the
+        trailers (its latencies recorded, the ResponseBody plugins told)."""
+        reply = ext_proc.ProcessingResponse(response_trailers=ext_proc.TrailersResponse())
+        if self._routed is not None:
+            self._routed.response_body(b"", end_of_stream=True)
+            if self._routed.response_metadata:
+                reply.dynamic_metadata.update(self._routed.response_metadata)
+        yield reply
         self._finish()
 
     def _finish(self) -> None:

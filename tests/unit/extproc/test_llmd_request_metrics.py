@@ -19,7 +19,7 @@ import asyncio
 import orjson
 from prometheus_client import CollectorRegistry
 
-from epp.extproc.pb import BodyMode
+from epp.extproc.pb import BodyMode, ext_proc
 from epp.metrics.exporter import EppMetrics
 from epp.metrics.latency import MAX_SERIES, ResponseLatencies
 from tests.unit.extproc.test_extproc_stream import (
@@ -261,3 +261,19 @@ async def test_a_request_whose_saturation_detector_fails_gets_a_counted_500() ->
         await channel.close()
         await server.stop(0)
         await h.flow_control.stop()
+
+
+async def test_a_streamed_response_ended_by_trailers_has_its_ttft_and_time_per_token(
+    harness: Harness,  # noqa: F811
+) -> None:
+    """A response that ends with trailers (an HTTP/2 or gRPC model server; llm-d's charts have
+    Envoy send them) ended whole: llm-d records its latencies at the trailers."""
+    call, _ = await streaming_request(harness)
+    for chunk in SSE:
+        await asyncio.sleep(0.01)
+        await call.write(response_body_msg(chunk, end_of_stream=False))
+        await read(call)
+    await call.write(ext_proc.ProcessingRequest(response_trailers=ext_proc.HttpTrailers()))
+    assert (await read(call)).WhichOneof("response") == "response_trailers"
+    assert value(harness, "ttft_seconds_count", streaming="true", **LABELS) == 1
+    assert value(harness, "streaming_tpot_seconds_count", **LABELS) == 1
