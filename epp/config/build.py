@@ -159,6 +159,7 @@ def _flow_controller(
         context.metrics.flow_control,
         pool_name,
         context.clock,
+        lambda: datastore.staged,
     )
     if spec.eviction is not None:
         accepts, ordering = spec.eviction

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from epp.datastore.endpoint import Endpoint, EndpointSpec
+from epp.datastore.roles import DECODE_STAGE
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,9 @@ class Datastore:
         self._on_added: list[Listener] = []
         self._on_removed: list[Listener] = []
         self.synced = False
+        # Whether some endpoint serves other than the decode stage alone (an `llm-d.ai/role` other
+        # than decode): flow control splits the pool by stage only then (epp.flowcontrol).
+        self.staged = False
 
     def subscribe(self, on_added: Listener | None = None, on_removed: Listener | None = None) -> None:
         """Be told of endpoints as they come and go; existing endpoints are reported as added."""
@@ -58,6 +62,7 @@ class Datastore:
             if current.spec != spec:
                 log.info("endpoint updated: %s labels=%s", spec.name, dict(spec.labels))
                 current.spec = spec
+                self._refresh()
             return current
         if current is not None:
             self._remove(spec.name)
@@ -95,6 +100,7 @@ class Datastore:
 
     def _refresh(self) -> None:
         self._snapshot = tuple(self._endpoints.values())
+        self.staged = any(e.spec.stages != DECODE_STAGE for e in self._snapshot)
 
 
 def _same_server(old: EndpointSpec, new: EndpointSpec) -> bool:

@@ -137,6 +137,9 @@ class ExtProcStream:
                     self._response_cost += time.perf_counter() - started
         except RequestError as error:
             yield self._reject(error)
+        except Exception:
+            self._processed()  # answered 500 by the server: llm-d observes a failed request too
+            raise
 
     def _response(
         self, message: ext_proc.ProcessingRequest, kind: str
@@ -158,7 +161,15 @@ class ExtProcStream:
         limit = self._options.queue_message_timeout
         if flow_control is None or limit <= 0 or self._request_mode == FULL_DUPLEX:
             return None
-        if not self._completes_body(message) or not flow_control.busy:
+        if not self._completes_body(message):
+            return None
+        try:
+            busy = flow_control.busy
+        except Exception:
+            # A detector that raises: the request's own step (`prepare`, flow control's queue)
+            # meets it again and answers 500, counted; raised here it would end the gRPC call.
+            return None
+        if not busy:
             return None
         ttl = flow_control.config.default_request_ttl
         seconds = min(limit, ttl + 1.0) if ttl > 0 else limit
@@ -199,8 +210,10 @@ class ExtProcStream:
             )
         except RequestError as error:
             self._refusal = error
-        except asyncio.CancelledError:
-            self._processed()  # the client left while its request waited: llm-d counts that wait
+        except BaseException:
+            # The client left while its request waited (cancelled), or the step failed (the
+            # server answers 500): llm-d observes both, the wait included.
+            self._processed()
             raise
 
     def _completes_body(self, message: ext_proc.ProcessingRequest) -> bool:
@@ -451,7 +464,15 @@ class ExtProcStream:
             self._finish()
 
     def _response_trailers(self) -> Iterator[ext_proc.ProcessingResponse]:
-        yield ext_proc.ProcessingResponse(response_trailers=ext_proc.TrailersResponse())
+        """A response that ends with trailers (an HTTP/2 or gRPC model server's) ended whole, its
+        last chunk not marked as the end: its body ends here, as llm-d's stream ends it at the
+        trailers (its latencies recorded, the ResponseBody plugins told)."""
+        reply = ext_proc.ProcessingResponse(response_trailers=ext_proc.TrailersResponse())
+        if self._routed is not None:
+            self._routed.response_body(b"", end_of_stream=True)
+            if self._routed.response_metadata:
+                reply.dynamic_metadata.update(self._routed.response_metadata)
+        yield reply
         self._finish()
 
     def _finish(self) -> None:

@@ -115,11 +115,15 @@ class FlowController:
         metrics: FlowControlMetrics,
         pool_name: str = "standalone",
         clock: Callable[[], float] = time.monotonic,
+        staged: Callable[[], bool] | None = None,
     ) -> None:
         self.config = config
         self.detector = detector
         self.usage_limit = usage_limit
         self._pool = pool
+        # Whether the pool may hold endpoints of other stages than decode (None: assume so);
+        # when not, the whole pool is the decode stage and is read without splitting it.
+        self._staged = staged
         self.metrics = metrics
         self.pool_name = pool_name
         self._clock = clock
@@ -179,6 +183,9 @@ class FlowController:
         controller): a P/D pool waits while either stage is full. A pool with neither (empty, or
         only encoders) reads as a whole; so does one whose stages all read NaN, as in llm-d."""
         pool = self._pool()
+        if pool and self._staged is not None and not self._staged():
+            value = self._read(pool)  # no roles: one decode stage, the whole pool (the usual GIE pool)
+            return {DECODE: value, EFFECTIVE: value}
         prefill, decode = split_stages(pool)
         stages: dict[str, float] = {}
         effective = -1.0

@@ -19,7 +19,7 @@ import asyncio
 import orjson
 from prometheus_client import CollectorRegistry
 
-from epp.extproc.pb import BodyMode
+from epp.extproc.pb import BodyMode, ext_proc
 from epp.metrics.exporter import EppMetrics
 from epp.metrics.latency import MAX_SERIES, ResponseLatencies
 from tests.unit.extproc.test_extproc_stream import (
@@ -215,3 +215,65 @@ async def test_a_request_refused_before_its_response_has_no_response_cost(harnes
     assert (await read(refused)).immediate_response.status.code == 413
     await until_observed(harness, NAME, 1)
     assert harness.director.metrics.registry.get_sample_value(f"{RESPONSE}_count") == 0
+
+
+async def test_a_request_the_epp_fails_on_is_observed(harness: Harness, monkeypatch) -> None:  # noqa: F811
+    """A request whose handling raised (answered 500) is observed, as llm-d's stream observes
+    every request-phase error: without it the histogram leaves out exactly the requests a plugin
+    or a detector failed on."""
+    harness.add("a", 8000)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a plugin failed")
+
+    monkeypatch.setattr(harness.director, "handle_body", broken)
+    call = harness.open()
+    await call.write(headers_msg(mode=BodyMode.BUFFERED))
+    await read(call)
+    await call.write(body_msg(COMPLETION))
+    assert (await read(call)).immediate_response.status.code == 500
+    assert await until_observed(harness, NAME, 1) == 1
+
+
+async def test_a_request_whose_saturation_detector_fails_gets_a_counted_500() -> None:
+    """A detector that raises: the request is answered 500 (not the gRPC call ended with an
+    error, which Envoy turns into its own 500 or, failure_mode_allow on, routes around the EPP),
+    observed once in request processing and counted once by flow control (RejectedOther)."""
+    h, server, channel = await make_harness()
+    try:
+        h.add()
+
+        def broken(*args: object) -> float:
+            raise RuntimeError("detector failed")
+
+        h.flow_control.detector.saturation = broken  # type: ignore[method-assign]
+        reply = await read(await h.send())
+        assert reply.immediate_response.status.code == 500
+        assert observed(h.metrics) == 1
+        assert (
+            h.metrics.registry.get_sample_value(
+                "llm_d_epp_flow_control_requests_total",
+                {"outcome": "RejectedOther", "priority": "0", "inference_pool": "standalone"},
+            )
+            == 1
+        )
+    finally:
+        await channel.close()
+        await server.stop(0)
+        await h.flow_control.stop()
+
+
+async def test_a_streamed_response_ended_by_trailers_has_its_ttft_and_time_per_token(
+    harness: Harness,  # noqa: F811
+) -> None:
+    """A response that ends with trailers (an HTTP/2 or gRPC model server; llm-d's charts have
+    Envoy send them) ended whole: llm-d records its latencies at the trailers."""
+    call, _ = await streaming_request(harness)
+    for chunk in SSE:
+        await asyncio.sleep(0.01)
+        await call.write(response_body_msg(chunk, end_of_stream=False))
+        await read(call)
+    await call.write(ext_proc.ProcessingRequest(response_trailers=ext_proc.HttpTrailers()))
+    assert (await read(call)).WhichOneof("response") == "response_trailers"
+    assert value(harness, "ttft_seconds_count", streaming="true", **LABELS) == 1
+    assert value(harness, "streaming_tpot_seconds_count", **LABELS) == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from dataclasses import replace
 from types import MappingProxyType
 
 import yaml
@@ -125,3 +126,24 @@ async def test_gies_name_only_by_default() -> None:
     assert gauge(metrics, "inference_extension_flow_control_pool_saturation") == 0.0
     assert gauge(metrics, "llm_d_epp_flow_control_pool_saturation", stage="effective") is None
     await fc.stop()
+
+
+def test_a_pool_relabelled_with_roles_is_split_at_the_next_reading() -> None:
+    """An unlabelled pool is read whole, without splitting it (the datastore knows no endpoint
+    has a role: `Datastore.staged`); relabelling an endpoint `prefill` in place (its load and
+    metrics kept) splits the pool from the next reading, and taking the role off joins it again."""
+    metrics = EppMetrics()
+    fc, datastore = pool({"a": None, "b": None}, metrics)
+    assert not datastore.staged
+    queue(datastore, "a", 4)  # full
+    assert fc.stage_saturation() == {"decode": 0.5, "effective": 0.5}
+    spec = datastore.get("a").spec  # type: ignore[union-attr]
+    datastore.upsert(replace(spec, labels=MappingProxyType({ROLE_LABEL: "prefill"})))
+    assert datastore.staged
+    assert fc.stage_saturation() == {"prefill": 1.0, "decode": 0.0, "effective": 1.0}
+    datastore.upsert(spec)
+    assert not datastore.staged
+    assert fc.stage_saturation() == {"decode": 0.5, "effective": 0.5}
+    datastore.remove("a")
+    datastore.remove("b")
+    assert fc.stage_saturation() == {"effective": 1.0}  # an empty pool: no stage

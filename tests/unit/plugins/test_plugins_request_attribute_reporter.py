@@ -154,3 +154,24 @@ def test_upstream_readme_config_returns_the_cost_as_dynamic_metadata_on_the_last
     metadata = last[-1].dynamic_metadata
     assert dict(metadata["envoy.lb"]) == {"x-gateway-inference-request-cost": 10.0}
     assert isinstance(last[-1], ext_proc.ProcessingResponse)
+
+
+def test_a_response_ended_by_trailers_carries_the_cost_on_the_trailers_reply() -> None:
+    """An HTTP/2 or gRPC model server's response ends with trailers, its last chunk not marked as
+    the end: the body ends there, and the cost rides on the trailers reply."""
+    store = Datastore()
+    store.upsert(EndpointSpec(name="a", address="10.0.0.1", port=8000))
+    store.synced = True
+    director, _ = build_director(load_config_file(README), store, PluginContext())
+    stream = ExtProcStream(director, StreamOptions())
+    list(stream.handle(headers_msg()))
+    list(stream.handle(body_msg(orjson.dumps({"model": "m", "prompt": "hello"}))))
+    list(stream.handle(response_headers_msg("application/json")))
+    answer = orjson.dumps(
+        {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}
+    )
+    body = list(stream.handle(response_body_msg(answer, end_of_stream=False)))
+    assert all(not r.HasField("dynamic_metadata") for r in body)
+    (trailers,) = stream.handle(ext_proc.ProcessingRequest(response_trailers=ext_proc.HttpTrailers()))
+    assert trailers.HasField("response_trailers")
+    assert dict(trailers.dynamic_metadata["envoy.lb"]) == {"x-gateway-inference-request-cost": 10.0}
