@@ -1,0 +1,118 @@
+"""A profile's totals and their best in C (`_scoresum`) against the numpy versions they stand in
+for (`_weighted_totals`, the fallback, and numpy's own maximum and `==`): the same doubles, signs
+of zeros included, for scores in and out of [0, 1], NaN and infinities; the same tied positions.
+Rows that are no contiguous float64 arrays go the numpy way. Skipped when the extension is not
+built."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("epp.scheduling._scoresum")
+
+from epp.scheduling import scoring
+from epp.scheduling._scoresum import max_ties, weighted_sum
+
+WILD = [math.nan, math.inf, -math.inf, -0.0, 0.0, 1.0, 1.5, -2.0, 5e-324, 1 - 2**-53]
+scores = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(WILD))
+weights = st.one_of(st.floats(min_value=-10, max_value=10), st.sampled_from([0.0, 1.0, 2.0, 3.0, 0.7]))
+
+
+def numpy_totals(rows: list[np.ndarray], row_weights: tuple[float, ...], count: int) -> np.ndarray:
+    return scoring._weighted_totals([row.copy() for row in rows], row_weights, count)
+
+
+def numpy_ties(totals: np.ndarray) -> list[int]:
+    return list((totals == np.maximum.reduce(totals)).nonzero()[0].tolist())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data(), st.integers(min_value=1, max_value=300), st.lists(weights, min_size=0, max_size=5))
+def test_the_totals_are_numpys(data: st.DataObject, count: int, row_weights: list[float]) -> None:
+    rows = [np.array(data.draw(st.lists(scores, min_size=count, max_size=count))) for _ in row_weights]
+    out = np.full(count, 7.0)
+    with np.errstate(all="ignore"):
+        assert weighted_sum(rows, tuple(row_weights), out) is True
+        expected = numpy_totals(rows, tuple(row_weights), count)
+    assert [repr(t) for t in out.tolist()] == [repr(t) for t in expected.tolist()]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from([0.0, -0.0, 1.0, 2.5, math.nan]), st.floats()), max_size=200))
+def test_the_ties_are_numpys(values: list[float]) -> None:
+    totals = np.array(values, dtype=np.float64)
+    assert max_ties(totals) == (numpy_ties(totals) if values else [])
+
+
+def test_ties_many_equal_and_in_order() -> None:
+    totals = np.array([1.0, 3.0, 0.5, 3.0, -0.0, 3.0])
+    assert max_ties(totals) == [1, 3, 5]
+    assert max_ties(np.zeros(1000)) == list(range(1000))
+    assert max_ties(np.array([2.0, math.nan, 2.0])) == []
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        np.ones(10, dtype=np.float32),  # not doubles
+        np.ones(10, dtype=np.int64),
+        np.ones(20)[::2],  # not contiguous
+        np.ones(11),  # not the length of `out`
+        np.ones((2, 5)),  # not one-dimensional
+        [1.0] * 10,  # no buffer
+    ],
+)
+def test_rows_that_are_no_contiguous_doubles_are_refused(row: object) -> None:
+    out = np.full(10, 7.0)
+    assert weighted_sum([np.ones(10), row], (1.0, 1.0), out) is False  # type: ignore[list-item]
+    assert out.tolist() == [7.0] * 10  # untouched
+
+
+@pytest.mark.parametrize(
+    "scores", [np.ones(10, dtype=np.float32), np.ones(20)[::2], np.ones((2, 5)), [1.0] * 10, b"12345678"]
+)
+def test_scores_that_are_no_contiguous_doubles_get_no_ties(scores: object) -> None:
+    assert max_ties(scores) is None  # type: ignore[arg-type]
+
+
+def test_weights_must_match_the_rows() -> None:
+    with pytest.raises(ValueError, match="1 weights for 2 rows"):
+        weighted_sum([np.ones(3), np.ones(3)], (1.0,), np.empty(3))
+    with pytest.raises(TypeError):
+        weighted_sum([np.ones(3)], ("heavy",), np.empty(3))  # type: ignore[arg-type]
+
+
+def test_a_read_only_out_is_refused() -> None:
+    out = np.zeros(3)
+    out.flags.writeable = False
+    assert weighted_sum([np.ones(3)], (1.0,), out) is False
+
+
+def test_refused_rows_are_summed_by_numpy() -> None:
+    """`weighted_totals` gives float32 and strided rows to the numpy path, with numpy's result."""
+    rows = [np.linspace(-1, 2, 300)[::2].copy(), np.linspace(0, 1, 150, dtype=np.float32)]
+    expected = scoring._weighted_totals(rows, (2.0, 3.0), 150)
+    assert scoring.weighted_totals(rows, (2.0, 3.0), 150).tolist() == expected.tolist()
+    strided = [np.linspace(-1, 2, 300)[::2]]
+    assert (
+        scoring.weighted_totals(strided, (2.0,), 150).tolist()
+        == scoring._weighted_totals([strided[0].copy()], (2.0,), 150).tolist()
+    )
+
+
+def test_without_the_extension_numpy_gives_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(3)
+    rows = [rng.uniform(-0.5, 1.5, 500) for _ in range(4)]
+    row_weights = (3.0, 2.0, 2.0, 2.0)
+    compiled = scoring.weighted_totals(rows, row_weights, 500)
+    ties = scoring.max_ties(np.round(compiled, 1))
+    monkeypatch.setattr(scoring, "_compiled_weighted_sum", None)
+    monkeypatch.setattr(scoring, "_compiled_max_ties", None)
+    assert scoring.weighted_totals(rows, row_weights, 500).tolist() == compiled.tolist()
+    assert scoring.max_ties(np.round(compiled, 1)) == ties
+    assert scoring.weighted_totals([], (), 4).tolist() == [0.0] * 4
