@@ -8,14 +8,16 @@ import numpy as np
 
 from epp.compiled import warn_python_fallback
 
-try:  # the totals and their best in C (_scoresum.c): one call each instead of five and four numpy calls
+try:  # the totals, their best and min-max scores in C (_scoresum.c): one call each, not several numpy calls
     from epp.scheduling._scoresum import max_ties as _compiled_max_ties
+    from epp.scheduling._scoresum import min_max as _compiled_min_max
     from epp.scheduling._scoresum import weighted_sum as _compiled_weighted_sum
 except ImportError:  # no C compiler at install: numpy, the same doubles
     _compiled_weighted_sum = None  # type: ignore[assignment]
     _compiled_max_ties = None  # type: ignore[assignment]
+    _compiled_min_max = None  # type: ignore[assignment]
 
-TOTALS = "a scheduling profile's totals over 128 candidates or more"
+TOTALS = "a scheduling profile's scores and totals over 128 candidates or more"
 
 
 def min_max_scores(values: Sequence[float]) -> list[float]:
@@ -28,8 +30,15 @@ def min_max_scores(values: Sequence[float]) -> list[float]:
 
 
 def min_max_score_array(values: Sequence[float] | np.ndarray) -> np.ndarray:
-    """`min_max_scores` as array operations (the same float operations, so the same scores)."""
+    """`min_max_scores` as array operations (the same float operations, so the same scores; in C
+    one call where built, a zero's sign aside when the values hold both 0.0 and -0.0)."""
     array = np.asarray(values, dtype=np.float64)  # not copied: it is only read before `high - array`
+    if _compiled_min_max is not None:
+        scores = np.empty(len(array))
+        if _compiled_min_max(array, scores):
+            return scores
+    else:
+        warn_python_fallback(TOTALS, "about 10 us more per min-max normalisation over 1,000 candidates")
     low, high = np.minimum.reduce(array), np.maximum.reduce(array)
     if high == low:
         return np.ones(len(array))

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 pytest.importorskip("epp.scheduling._scoresum")
 
 from epp.scheduling import scoring
-from epp.scheduling._scoresum import max_ties, weighted_sum
+from epp.scheduling._scoresum import max_ties, min_max, weighted_sum
 
 WILD = [math.nan, math.inf, -math.inf, -0.0, 0.0, 1.0, 1.5, -2.0, 5e-324, 1 - 2**-53]
 scores = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(WILD))
@@ -116,3 +116,65 @@ def test_without_the_extension_numpy_gives_the_same(monkeypatch: pytest.MonkeyPa
     assert scoring.weighted_totals(rows, row_weights, 500).tolist() == compiled.tolist()
     assert scoring.max_ties(np.round(compiled, 1)) == ties
     assert scoring.weighted_totals([], (), 4).tolist() == [0.0] * 4
+
+
+def numpy_min_max(values: np.ndarray) -> np.ndarray:
+    low, high = np.minimum.reduce(values), np.maximum.reduce(values)
+    if high == low:
+        return np.ones(len(values))
+    return (high - values) / (high - low)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.floats(allow_nan=True), st.sampled_from([0.0, 3.0, math.nan, math.inf])), min_size=1
+    )
+)
+def test_min_max_is_numpys(values: list[float]) -> None:
+    array = np.array(values)
+    out = np.full(len(values), 7.0)
+    with np.errstate(all="ignore"):
+        assert min_max(array, out) is True
+        expected = numpy_min_max(array)
+    assert np.array_equal(out, expected, equal_nan=True)
+    # the same doubles (array_equal took the zeros: only their sign may differ, where the values
+    # hold both 0.0 and -0.0)
+    assert [repr(v) for v in out.tolist() if v != 0] == [repr(v) for v in expected.tolist() if v != 0]
+
+
+def test_min_max_queue_sizes() -> None:
+    waiting = np.array([3.0, 0.0, 7.0, 3.0])
+    out = np.empty(4)
+    assert min_max(waiting, out) is True
+    assert out.tolist() == [4 / 7, 1.0, 0.0, 4 / 7]
+    assert min_max(np.full(5, 2.0), out := np.zeros(5)) is True and out.tolist() == [1.0] * 5
+    assert min_max(waiting, waiting) is True and waiting.tolist() == [4 / 7, 1.0, 0.0, 4 / 7]  # in place
+
+
+@pytest.mark.parametrize(
+    ("values", "out"),
+    [
+        (np.ones(3, dtype=np.float32), np.empty(3)),
+        (np.ones(3), np.empty(4)),
+        (np.ones(6)[::2], np.empty(3)),
+        (np.empty(0), np.empty(0)),
+        ([1.0, 2.0], np.empty(2)),
+    ],
+)
+def test_min_max_refuses_what_is_no_pair_of_double_arrays(values: object, out: np.ndarray) -> None:
+    before = out.copy()
+    assert min_max(values, out) is False  # type: ignore[arg-type]
+    assert np.array_equal(out, before, equal_nan=True)
+
+
+def test_min_max_score_array_without_the_extension(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = [4.0, 1.0, 9.0, 1.0, 0.5] * 40
+    compiled = scoring.min_max_score_array(values)
+    with pytest.raises(ValueError):  # numpy's: no lowest of nothing
+        scoring.min_max_score_array([])
+    monkeypatch.setattr(scoring, "_compiled_min_max", None)
+    assert scoring.min_max_score_array(values).tolist() == compiled.tolist()
+    assert scoring.min_max_score_array(np.array(values)).tolist() == scoring.min_max_scores(values)
+    with pytest.raises(ValueError):  # numpy's: no lowest of nothing
+        scoring.min_max_score_array([])
