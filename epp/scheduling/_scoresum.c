@@ -43,6 +43,78 @@ doubles(PyObject *obj, Py_buffer *view, int writable)
     return 1;
 }
 
+/* 1: `view` is a C-contiguous one-dimensional buffer of native Py_ssize_t (numpy's intp), every
+ * one in [0, limit); 0 (no exception set) when it is not; -1 with an exception on anything else. */
+static int
+rows_within(PyObject *obj, Py_buffer *view, Py_ssize_t limit)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_BufferError) && !PyErr_ExceptionMatches(PyExc_TypeError)
+            && !PyErr_ExceptionMatches(PyExc_ValueError))
+            return -1;
+        PyErr_Clear();
+        return 0;
+    }
+    const char *format = view->format;
+    int integer = format != NULL && (strcmp(format, "n") == 0 || (strcmp(format, "l") == 0 && sizeof(long) == sizeof(Py_ssize_t))
+                                     || (strcmp(format, "q") == 0 && sizeof(long long) == sizeof(Py_ssize_t)));
+    if (view->ndim != 1 || view->itemsize != sizeof(Py_ssize_t) || !integer) {
+        PyBuffer_Release(view);
+        return 0;
+    }
+    const Py_ssize_t *rows = (const Py_ssize_t *)view->buf;
+    Py_ssize_t n = view->len / (Py_ssize_t)sizeof(Py_ssize_t);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (rows[i] < 0 || rows[i] >= limit) {
+            PyBuffer_Release(view);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* `values` and `out` as doubles, with `rows_obj` (None: none) as rows of `values`, one per item of
+ * `out` (without rows `values` is as long as `out`): 1 with the buffers held, 0 when one is not
+ * usable (nothing held, no exception), -1 with an exception. */
+static int
+gather_buffers(PyObject *values_obj, PyObject *out_obj, PyObject *rows_obj, Py_buffer *values, Py_buffer *out,
+               Py_buffer *rows, int *has_rows)
+{
+    int ok = doubles(values_obj, values, 0);
+    if (ok <= 0)
+        return ok;
+    ok = doubles(out_obj, out, 1);
+    if (ok <= 0) {
+        PyBuffer_Release(values);
+        return ok;
+    }
+    Py_ssize_t count = out->len / (Py_ssize_t)sizeof(double);
+    *has_rows = rows_obj != Py_None;
+    if (*has_rows) {
+        ok = rows_within(rows_obj, rows, values->len / (Py_ssize_t)sizeof(double));
+        if (ok > 0 && rows->len / (Py_ssize_t)sizeof(Py_ssize_t) != count) {
+            PyBuffer_Release(rows);
+            ok = 0;
+        }
+    } else {
+        ok = values->len == out->len;
+    }
+    if (ok <= 0) {
+        PyBuffer_Release(values);
+        PyBuffer_Release(out);
+    }
+    return ok;
+}
+
+static void
+release_gather(Py_buffer *values, Py_buffer *out, Py_buffer *rows, int has_rows)
+{
+    PyBuffer_Release(values);
+    PyBuffer_Release(out);
+    if (has_rows)
+        PyBuffer_Release(rows);
+}
+
 PyDoc_STRVAR(weighted_sum_doc,
 "weighted_sum(rows, weights, out, /) -> bool\n\n"
 "out[i] = ((0 + w0 * clamp(rows[0][i])) + w1 * clamp(rows[1][i])) + ... for each i, each score\n"
@@ -158,59 +230,92 @@ done:
 }
 
 PyDoc_STRVAR(min_max_doc,
-"min_max(values, out, /) -> bool\n\n"
-"out[i] = (high - values[i]) / (high - low) over the values' lowest and highest (NaN if one is\n"
-"NaN), or 1.0 everywhere when they are equal. False, with `out` untouched, when either is not a\n"
-"contiguous buffer of doubles, their lengths differ or there are no values.");
+"min_max(values, out, rows=None, /) -> bool\n\n"
+"out[i] = (high - v[i]) / (high - low) over the values' lowest and highest (NaN if one is NaN),\n"
+"or 1.0 everywhere when they are equal; v[i] is values[rows[i]] with rows (numpy intp), else\n"
+"values[i]. False, with `out` untouched, when a buffer is not a contiguous one of doubles (rows:\n"
+"of intp within `values`), the lengths differ or there are no values.");
 
 static PyObject *
 min_max(PyObject *self, PyObject *args)
 {
-    PyObject *values_obj, *out_obj;
-    if (!PyArg_ParseTuple(args, "OO:min_max", &values_obj, &out_obj))
+    PyObject *values_obj, *out_obj, *rows_obj = Py_None;
+    if (!PyArg_ParseTuple(args, "OO|O:min_max", &values_obj, &out_obj, &rows_obj))
         return NULL;
-    Py_buffer values, out;
-    int ok = doubles(values_obj, &values, 0);
+    Py_buffer values, out, rows;
+    int has_rows = 0;
+    int ok = gather_buffers(values_obj, out_obj, rows_obj, &values, &out, &rows, &has_rows);
     if (ok <= 0)
         return ok < 0 ? NULL : Py_NewRef(Py_False);
-    ok = doubles(out_obj, &out, 1);
-    if (ok <= 0) {
-        PyBuffer_Release(&values);
+    Py_ssize_t n = out.len / (Py_ssize_t)sizeof(double);
+    if (n == 0) {
+        release_gather(&values, &out, &rows, has_rows);
+        return Py_NewRef(Py_False);
+    }
+    const double *v = (const double *)values.buf;
+    const Py_ssize_t *at = has_rows ? (const Py_ssize_t *)rows.buf : NULL;
+    double *o = (double *)out.buf;
+#define VALUE(i) (at != NULL ? v[at[i]] : v[i])
+    double low = VALUE(0), high = low;
+    for (Py_ssize_t i = 1; i < n && low == low; i++) {
+        double x = VALUE(i);
+        if (x != x)
+            low = high = x; /* NaN, as numpy's minimum and maximum propagate it */
+        else if (x < low)
+            low = x;
+        else if (x > high)
+            high = x;
+    }
+    if (high != high)
+        low = high; /* a first value that is NaN */
+    if (high == low) {
+        for (Py_ssize_t i = 0; i < n; i++)
+            o[i] = 1.0;
+    } else {
+        const double span = high - low;
+        for (Py_ssize_t i = 0; i < n; i++) /* `out` may be `values`: each read before written */
+            o[i] = (high - VALUE(i)) / span;
+    }
+#undef VALUE
+    release_gather(&values, &out, &rows, has_rows);
+    return Py_NewRef(Py_True);
+}
+
+PyDoc_STRVAR(complement_doc,
+"complement(values, out, rows=None, /) -> bool\n\n"
+"out[i] = 1.0 - v[i], v[i] being values[rows[i]] with rows (numpy intp), else values[i]. False,\n"
+"with `out` untouched, when a buffer is not a contiguous one of doubles (rows: of intp within\n"
+"`values`) or the lengths differ.");
+
+static PyObject *
+complement(PyObject *self, PyObject *args)
+{
+    PyObject *values_obj, *out_obj, *rows_obj = Py_None;
+    if (!PyArg_ParseTuple(args, "OO|O:complement", &values_obj, &out_obj, &rows_obj))
+        return NULL;
+    Py_buffer values, out, rows;
+    int has_rows = 0;
+    int ok = gather_buffers(values_obj, out_obj, rows_obj, &values, &out, &rows, &has_rows);
+    if (ok <= 0)
         return ok < 0 ? NULL : Py_NewRef(Py_False);
+    const double *v = (const double *)values.buf;
+    double *o = (double *)out.buf;
+    Py_ssize_t n = out.len / (Py_ssize_t)sizeof(double);
+    if (has_rows) {
+        const Py_ssize_t *at = (const Py_ssize_t *)rows.buf;
+        for (Py_ssize_t i = 0; i < n; i++)
+            o[i] = 1.0 - v[at[i]];
+    } else {
+        for (Py_ssize_t i = 0; i < n; i++)
+            o[i] = 1.0 - v[i];
     }
-    PyObject *result = Py_False;
-    Py_ssize_t n = values.len / (Py_ssize_t)sizeof(double);
-    if (n > 0 && out.len == values.len) {
-        const double *v = (const double *)values.buf;
-        double *o = (double *)out.buf;
-        double low = v[0], high = v[0];
-        for (Py_ssize_t i = 1; i < n && low == low; i++) {
-            if (v[i] != v[i])
-                low = high = v[i]; /* NaN, as numpy's minimum and maximum propagate it */
-            else if (v[i] < low)
-                low = v[i];
-            else if (v[i] > high)
-                high = v[i];
-        }
-        if (high != high)
-            low = high; /* a first value that is NaN */
-        if (high == low) {
-            for (Py_ssize_t i = 0; i < n; i++)
-                o[i] = 1.0;
-        } else {
-            const double span = high - low;
-            for (Py_ssize_t i = 0; i < n; i++) /* `out` may be `values`: each read before written */
-                o[i] = (high - v[i]) / span;
-        }
-        result = Py_True;
-    }
-    PyBuffer_Release(&values);
-    PyBuffer_Release(&out);
-    return Py_NewRef(result);
+    release_gather(&values, &out, &rows, has_rows);
+    return Py_NewRef(Py_True);
 }
 
 static PyMethodDef methods[] = {
     {"min_max", min_max, METH_VARARGS, min_max_doc},
+    {"complement", complement, METH_VARARGS, complement_doc},
     {"weighted_sum", weighted_sum, METH_VARARGS, weighted_sum_doc},
     {"max_ties", max_ties, METH_O, max_ties_doc},
     {NULL, NULL, 0, NULL},

@@ -7,6 +7,7 @@ built."""
 from __future__ import annotations
 
 import math
+from array import array
 
 import numpy as np
 import pytest
@@ -15,8 +16,10 @@ from hypothesis import strategies as st
 
 pytest.importorskip("epp.scheduling._scoresum")
 
+from epp.datastore import EndpointMetrics
 from epp.scheduling import scoring
-from epp.scheduling._scoresum import max_ties, min_max, weighted_sum
+from epp.scheduling._scoresum import complement, max_ties, min_max, weighted_sum
+from tests.unit.plugin_helpers import endpoints
 
 WILD = [math.nan, math.inf, -math.inf, -0.0, 0.0, 1.0, 1.5, -2.0, 5e-324, 1 - 2**-53]
 scores = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(WILD))
@@ -178,3 +181,59 @@ def test_min_max_score_array_without_the_extension(monkeypatch: pytest.MonkeyPat
     assert scoring.min_max_score_array(np.array(values)).tolist() == scoring.min_max_scores(values)
     with pytest.raises(ValueError):  # numpy's: no lowest of nothing
         scoring.min_max_score_array([])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.data(), st.lists(st.one_of(st.floats(allow_nan=True), st.sampled_from([0.0, 0.5, 1.0])), min_size=1)
+)
+def test_gathered_min_max_and_complement_are_numpys(data: st.DataObject, table_values: list[float]) -> None:
+    table = array("d", table_values)
+    rows = np.array(
+        data.draw(st.lists(st.integers(0, len(table_values) - 1), min_size=1, max_size=50)), dtype=np.intp
+    )
+    gathered = np.frombuffer(table, dtype=np.float64)[rows]
+    out = np.full(len(rows), 7.0)
+    with np.errstate(all="ignore"):
+        assert min_max(table, out, rows) is True
+        expected = numpy_min_max(gathered)
+    assert np.array_equal(out, expected, equal_nan=True)
+    assert [repr(v) for v in out.tolist() if v != 0] == [repr(v) for v in expected.tolist() if v != 0]
+    assert complement(table, out, rows) is True
+    assert [repr(v) for v in out.tolist()] == [repr(v) for v in (1.0 - gathered).tolist()]
+    assert complement(gathered, out) is True  # without rows: the values themselves
+    assert [repr(v) for v in out.tolist()] == [repr(v) for v in (1.0 - gathered).tolist()]
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        np.array([0, 3], dtype=np.intp),  # past the table
+        np.array([-1, 0], dtype=np.intp),  # numpy would read from the end: refused here
+        np.array([0, 1], dtype=np.int32),  # not intp
+        np.array([0, 1, 2], dtype=np.intp),  # not the length of `out`
+        np.array([0, 0, 1, 1], dtype=np.intp)[::2],  # not contiguous
+        [0, 1],  # no buffer
+    ],
+)
+def test_rows_outside_the_table_or_of_another_kind_are_refused(rows: object) -> None:
+    table = array("d", [1.0, 2.0, 3.0])
+    out = np.full(2, 7.0)
+    assert min_max(table, out, rows) is False  # type: ignore[arg-type]
+    assert complement(table, out, rows) is False  # type: ignore[arg-type]
+    assert out.tolist() == [7.0, 7.0]
+
+
+def test_the_scorers_columns_with_and_without_the_extension(monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = endpoints(300)
+    for number, endpoint in enumerate(pool):
+        endpoint.metrics = EndpointMetrics(waiting_queue_size=number % 7, kv_cache_usage=(number % 11) / 10)
+    candidates = pool[::-1][:200]  # another order, and not every endpoint
+    queue = scoring.min_max_score_column(candidates, "waiting_queue_size")
+    free = scoring.complement_column(candidates, "kv_cache_usage")
+    assert queue.tolist() == scoring.min_max_scores([e.metrics.waiting_queue_size for e in candidates])
+    assert free.tolist() == [1.0 - e.metrics.kv_cache_usage for e in candidates]
+    monkeypatch.setattr(scoring, "_compiled_min_max", None)
+    monkeypatch.setattr(scoring, "_compiled_complement", None)
+    assert scoring.min_max_score_column(candidates, "waiting_queue_size").tolist() == queue.tolist()
+    assert scoring.complement_column(candidates, "kv_cache_usage").tolist() == free.tolist()
