@@ -22,10 +22,10 @@ $(STAMP): pyproject.toml
 # index's block keys, epp/datalayer/_blockkeys.c; the metrics page reader,
 # epp/datalayer/_promscan.c; the request body's depth check, epp/requests/_jsondepth.c; the
 # simulator tokenizer's words path, epp/sim/_wordtokens.c; the virtual-time run's event queue,
-# epp/bench/_eventheap.c), built in place: the editable install
+# epp/bench/_eventheap.c; a profile's totals over many candidates, epp/scheduling/_scoresum.c), built in place: the editable install
 # builds them once; this rebuilds them when their sources change.
 EXTENSION := $(VENV)/.blockindex
-$(EXTENSION): $(STAMP) setup.py epp/scheduling/prefix/_blockindex.c epp/datalayer/_blockkeys.c epp/datalayer/_promscan.c epp/requests/_jsondepth.c epp/sim/_wordtokens.c epp/bench/_eventheap.c
+$(EXTENSION): $(STAMP) setup.py epp/scheduling/prefix/_blockindex.c epp/datalayer/_blockkeys.c epp/datalayer/_promscan.c epp/requests/_jsondepth.c epp/sim/_wordtokens.c epp/bench/_eventheap.c epp/scheduling/_scoresum.c
 	$(BIN)/python setup.py --quiet build_ext --inplace
 	touch $(EXTENSION)
 
@@ -48,7 +48,8 @@ asan-check: $(STAMP)
 		tests/unit/datalayer/test_promtext_compiled.py \
 		tests/unit/requests/test_jsondepth.py \
 		tests/unit/sim/test_tokens_compiled.py \
-		tests/unit/bench/test_bench_events.py
+		tests/unit/bench/test_bench_events.py \
+		tests/unit/scheduling/test_scoresum.py
 
 ## Debian packages the tests drive, installed with apt-get when missing, as root (CI); otherwise
 ## the target says what to install. $(call debian,<command that shows it is there>,<package>,<why>)

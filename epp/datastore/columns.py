@@ -109,5 +109,13 @@ def by_hostport(candidates: Sequence[E]) -> Mapping[str, E]:
 
 def column(candidates: Sequence[HasRow], name: str) -> np.ndarray:
     """The candidates' `name` (one of COLUMN_FIELDS) as a new float64 array, in candidate order."""
+    table, rows = column_rows(candidates, name)
     # a view for the gather only: the table can grow again once it is dropped
-    return np.frombuffer(getattr(_table, name), dtype=np.float64)[_known(candidates).rows]
+    return np.frombuffer(table, dtype=np.float64)[rows]
+
+
+def column_rows(candidates: Sequence[HasRow], name: str) -> tuple[array[float], np.ndarray]:
+    """Every endpoint's `name` (one of COLUMN_FIELDS) and the candidates' rows in it (intp), for
+    a caller that gathers them itself: `column` is `table[rows]`. The table is valid until the
+    next endpoint is created (it may grow then)."""
+    return getattr(_table, name), _known(candidates).rows

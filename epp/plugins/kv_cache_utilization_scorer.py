@@ -7,10 +7,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from epp.datastore import Endpoint
-from epp.datastore.columns import column
 from epp.framework import Plugin, register
 from epp.requests import InferenceRequest
 from epp.scheduling.framework import Scorer
+from epp.scheduling.scoring import complement_column
 
 
 @register
@@ -22,4 +22,4 @@ class KvCacheUtilizationScorer(Plugin, Scorer):
         return [1.0 - e.metrics.kv_cache_usage for e in candidates]
 
     def score_array(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> np.ndarray:
-        return 1.0 - column(candidates, "kv_cache_usage")
+        return complement_column(candidates, "kv_cache_usage")

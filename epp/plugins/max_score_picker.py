@@ -10,6 +10,7 @@ from epp.datastore import Endpoint
 from epp.framework import register
 from epp.requests import InferenceRequest
 from epp.scheduling.pickers import CountedPicker
+from epp.scheduling.scoring import max_ties
 
 
 @register
@@ -30,7 +31,7 @@ class MaxScorePicker(CountedPicker):
         self, request: InferenceRequest, candidates: Sequence[Endpoint], scores: np.ndarray
     ) -> list[Endpoint]:
         if self.count == 1:
-            tied = (scores == np.maximum.reduce(scores)).nonzero()[0].tolist()
+            tied = max_ties(scores)
             return [candidates[tied[0]] if len(tied) == 1 else self.rng.choice([candidates[i] for i in tied])]
         return self._ranked(candidates, scores.tolist())
 

@@ -7,11 +7,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from epp.datastore import Endpoint
-from epp.datastore.columns import column
 from epp.framework import Plugin, register
 from epp.requests import InferenceRequest
 from epp.scheduling.framework import Scorer
-from epp.scheduling.scoring import min_max_score_array, min_max_scores
+from epp.scheduling.scoring import min_max_score_column, min_max_scores
 
 
 @register
@@ -22,4 +21,4 @@ class QueueScorer(Plugin, Scorer):
         return min_max_scores([e.metrics.waiting_queue_size for e in candidates])
 
     def score_array(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> np.ndarray:
-        return min_max_score_array(column(candidates, "waiting_queue_size"))
+        return min_max_score_column(candidates, "waiting_queue_size")

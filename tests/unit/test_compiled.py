@@ -8,12 +8,14 @@ import logging
 import zlib
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 
 from epp.bench import events
 from epp.compiled import warn_python_fallback
 from epp.datalayer import kvblocks, promtext
 from epp.requests import parser
+from epp.scheduling import scoring
 from epp.scheduling.prefix import index
 from epp.sim import tokens
 
@@ -65,6 +67,14 @@ PARTS: list[tuple[object, str, object, Callable[[], object], Callable[[object], 
         events.new_event_queue,
         lambda made: isinstance(made, events.PythonEventHeap),
         "the virtual-time run's event queue: its C extension was not built",
+    ),
+    (
+        scoring,
+        "_compiled_weighted_sum",
+        None,
+        lambda: scoring.weighted_totals([np.array([0.5, 2.0, -1.0])], (2.0,), 3),
+        lambda made: made.tolist() == [1.0, 2.0, 0.0],  # type: ignore[attr-defined]
+        "a scheduling profile's scores and totals over 128 candidates or more: its C extension was not built",
     ),
 ]
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from time import perf_counter
 
-import numpy as np
-
 from epp.datastore import Endpoint
 from epp.explain import DecisionRecord, ProfileRecord
 from epp.framework import timing
 from epp.metrics.exporter import EppMetrics
 from epp.requests import InferenceRequest
 from epp.scheduling.framework.extensions import Filter, Picker, Scorer
+from epp.scheduling.scoring import weighted_totals
 from epp.scheduling.types import ProfileResult
 
 # From this many candidates the totals are summed as arrays (cheaper from about 128 candidates;
@@ -36,7 +35,7 @@ class SchedulerProfile:
         self.name = name
         self._filters = [(f, timing.observer(metrics, timing.FILTER, f)) for f in filters]
         self._scorers = [(s, weight, timing.observer(metrics, timing.SCORER, s)) for s, weight in scorers]
-        self._weights = np.array([[weight] for _, weight in scorers], dtype=np.float64)  # one per row
+        self._weights = tuple(float(weight) for _, weight in scorers)  # one per row
         self._picker = picker
         self._observe_picker = timing.observer(metrics, timing.PICKER, picker)
         self.keep_scores = False  # put each candidate's total in the result (--emit-endpoint-scores)
@@ -85,7 +84,8 @@ class SchedulerProfile:
         Every operation is the same IEEE double operation in the same order (`total + weight *
         score`, NaN and negatives to 0, above 1 to 1), so the totals are the same floats. The
         scorers' rows are clamped, weighted and summed as one matrix: five numpy calls whatever
-        the number of scorers, where a pass per scorer took six."""
+        the number of scorers, where a pass per scorer took six; one C call where built
+        (`epp.scheduling.scoring.weighted_totals`)."""
         count = len(endpoints)
         rows = []
         for scorer, weight, observe in self._scorers:
@@ -98,16 +98,7 @@ class SchedulerProfile:
             if scores.shape != (count,):
                 raise ValueError(f"{len(scores)} scores for {count} candidates")
             rows.append(scores)
-        if rows:
-            weighted = np.concatenate(rows).reshape(len(rows), count)
-            # fmax turns NaN and negatives into 0.0 (a -0.0 into either zero: no sum keeps its sign)
-            np.fmax(weighted, 0.0, out=weighted)
-            np.minimum(weighted, 1.0, out=weighted)
-            weighted *= self._weights
-            # row by row from 0.0, in scorer order: ((0 + w1 s1) + w2 s2) + ...
-            totals = np.add.reduce(weighted, axis=0, initial=0.0)
-        else:
-            totals = np.zeros(count)
+        totals = weighted_totals(rows, self._weights, count)
         started = perf_counter()
         picked = self._picker.pick_array(request, endpoints, totals)
         listed = totals.tolist() if step is not None or self.keep_scores else ()
