@@ -32,17 +32,25 @@ def namespace_seed(namespace: str) -> int:
 
 
 def prompt_block_hashes(
-    token_ids: Sequence[int], block_size: int, namespace: str, known: Sequence[int] = ()
+    token_ids: Sequence[int], block_size: int, namespace: str, known: Sequence[int] = (), salt: str = ""
 ) -> list[int]:
     """Chained hashes of every FULL block of ``token_ids``; a trailing partial block has none.
     ``known``: the hashes of its leading blocks, already computed (a shared prefix's, at most
-    as many as the full blocks): the chain goes on from the last."""
+    as many as the full blocks): the chain goes on from the last. ``salt``: the request's
+    ``cache_salt``, hashed into the first block only, as vLLM does (its extra keys), so prompts
+    salted differently share no block and the rest of the chain needs no salt of its own."""
     done = len(known)
     step = 4 * block_size
     data = array("I", token_ids[done * block_size :]).tobytes()
     parent = known[-1] if known else namespace_seed(namespace)
     hashes = list(known)
-    for start in range(0, (len(token_ids) // block_size - done) * step, step):
+    first = 0
+    if salt and not done and len(token_ids) >= block_size:
+        # A block's bytes have a fixed length, so appending the salt cannot collide with another block.
+        parent = _hash(data[:step] + salt.encode(), parent)
+        hashes.append(parent)
+        first = step
+    for start in range(first, (len(token_ids) // block_size - done) * step, step):
         parent = _hash(data[start : start + step], parent)
         hashes.append(parent)
     return hashes
@@ -121,6 +129,7 @@ def encode_event(event: KVEvent, block_size: int, lora_ids: Mapping[str, int]) -
             lora_ids.get(lora) if lora else None,
             MEDIUM,
             lora,
+            *([event.extra_keys] if event.extra_keys is not None else []),
         ]
     if isinstance(event, BlockRemoved):
         return ["BlockRemoved", event.block_hashes, MEDIUM]

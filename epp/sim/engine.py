@@ -58,6 +58,7 @@ class Request:
     __slots__ = (
         "arrival",
         "block_hashes",
+        "cache_salt",
         "cached_tokens",
         "finish_reason",
         "finished_at",
@@ -99,6 +100,7 @@ class Request:
         hold_blocks: bool = False,
         block_hashes: list[int] | None = None,
         priority: int = 0,
+        cache_salt: str = "",
     ) -> None:
         """``max_output`` is the exact number of tokens to generate (0: prefill only, no token, as
         for embeddings); ``stop_reason`` is the finish reason reported when it is reached.
@@ -106,7 +108,9 @@ class Request:
         ``hold_blocks``: prefill leg whose blocks stay leased for a decode server after it ends.
         ``block_hashes``: precomputed prompt block hashes (the engine computes them otherwise).
         ``priority``: vLLM's per-request priority (lower is served first under the priority
-        scheduling policy; ignored under FCFS)."""
+        scheduling policy; ignored under FCFS).
+        ``cache_salt``: vLLM's per-request salt, hashed into the first prompt block (requests
+        salted differently share no cached block; its KV event carries it in ``extra_keys``)."""
         self.id = id
         self.prompt_tokens = prompt_tokens
         self.prompt_len = len(prompt_tokens)
@@ -118,6 +122,7 @@ class Request:
         self.hold_blocks = hold_blocks
         self.block_hashes = block_hashes
         self.priority = priority
+        self.cache_salt = cache_salt
         self.state = State.WAITING
         self.output_done = 0
         # The per-step work on a running request reads only these small counters, never the
@@ -424,7 +429,7 @@ class Engine:
             return Rejection.QUEUE_FULL
         if request.block_hashes is None:
             request.block_hashes = prompt_block_hashes(
-                request.prompt_tokens, bs, request.lora or self.namespace
+                request.prompt_tokens, bs, request.lora or self.namespace, salt=request.cache_salt
             )
         request.hashed_blocks = len(request.block_hashes)
         self.stats.requests_added += 1
@@ -952,11 +957,14 @@ class Engine:
             return
         hashes = request.block_hashes or []
         bs = self.block_size
+        # vLLM's per-block extra keys: the salt in the first block's, nothing in the others'.
+        salted = not first and request.cache_salt
         self.pool.record_stored(
             hashes[first:last],
             hashes[first - 1] if first else None,
             list(request.prompt_tokens[first * bs : last * bs]),
             request.lora,
+            [[request.cache_salt]] + [None] * (last - 1) if salted else None,
         )
 
     def _first_output(self, request: Request, end: float, outcome: StepOutcome) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 from epp.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 
@@ -169,10 +170,15 @@ class BlockPool:
         return duplicates
 
     def record_stored(
-        self, hashes: list[int], parent: int | None, token_ids: list[int], lora_name: str | None
+        self,
+        hashes: list[int],
+        parent: int | None,
+        token_ids: list[int],
+        lora_name: str | None,
+        extra_keys: list[Any] | None = None,
     ) -> None:
         if self.events is not None:
-            self.events.append(BlockStored(hashes, parent, token_ids, lora_name))
+            self.events.append(BlockStored(hashes, parent, token_ids, lora_name, extra_keys=extra_keys))
 
     def release(self, table: BlockTable) -> None:
         """Give back every block of ``table``: shared blocks whose last reference goes become

@@ -42,6 +42,7 @@ class Generation:
     kv_transfer_params: Any
     n: int = 1  # choices per prompt
     priority: int = 0  # vLLM's per-request priority (lower first under --scheduling-policy priority)
+    cache_salt: str | None = None  # vLLM's `cache_salt`: hashed into the prompt's first KV block
     conversation: Conversation | None = None  # Responses API requests only
     # Alternatives per generated token the answer shows (vLLM's SamplingParams.logprobs: chat's
     # `top_logprobs` when `logprobs` is true, completions' `logprobs`); None: no logprobs.
@@ -211,7 +212,16 @@ def _generation(
         # vLLM: chat's `n` may be null, completions' not.
         n=1 if kind == "responses" else _optional_int(body, "n", minimum=1, nullable=kind == "chat") or 1,
         priority=_optional_int(body, "priority", minimum=None, nullable=False) or 0,
+        cache_salt=_cache_salt(body),
     )
+
+
+def _cache_salt(body: dict[str, Any]) -> str | None:
+    """`cache_salt` as vLLM's request validator takes it: absent or null, or a non-empty string."""
+    salt = body.get("cache_salt")
+    if salt is not None and (not isinstance(salt, str) or not salt):
+        raise ApiError(400, "Parameter 'cache_salt' must be a non-empty string if provided.", "cache_salt")
+    return salt
 
 
 def _include_usage(body: dict[str, Any]) -> bool:
@@ -511,7 +521,7 @@ def render_body(gen: Generation, prompt: list[int], request_id: str) -> dict[str
         "model": gen.model,
         "stream": False,
         "stream_options": None,
-        "cache_salt": None,
+        "cache_salt": gen.cache_salt,
         "priority": 0,
         "kv_transfer_params": gen.kv_transfer_params,
     }

@@ -420,6 +420,7 @@ class SimServer:
             remote_prefill=role.remote is not None,
             hold_blocks=role.prefill_leg,
             priority=gen.priority,
+            cache_salt=gen.cache_salt or "",
         )
         return OutputSequence(index, request, seed, call)
 

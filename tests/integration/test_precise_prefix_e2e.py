@@ -72,13 +72,22 @@ def kv_stack(run_dir: Path, events_port: int, config_text: str) -> Stack:
     )
 
 
-async def chat(client: httpx.AsyncClient, url: str, content: str) -> tuple[str, int]:
+async def chat(client: httpx.AsyncClient, url: str, content: str, **fields: str) -> tuple[str, int]:
     """(the endpoint that served it, cached prompt tokens)."""
-    body = {"model": MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": content}]}
+    body = {"model": MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": content}], **fields}
     response = await client.post(url + "/v1/chat/completions", json=body)
     assert response.status_code == 200, response.text
     cached = response.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
     return response.headers.get("x-epp-destination", ""), int(cached)
+
+
+async def metrics_page(client: httpx.AsyncClient, stack: Stack) -> str:
+    return (await client.get(f"http://127.0.0.1:{stack.epp_ports['metrics_port']}/metrics")).text
+
+
+def lookup_hits(page: str) -> float:
+    hits = re.search(r"^llm_d_epp_kv_cache_index_lookup_hits_total (\S+)$", page, re.MULTILINE)
+    return float(hits.group(1)) if hits else 0.0
 
 
 async def received(client: httpx.AsyncClient, stack: Stack, sim: SimEndpoint) -> int:
@@ -152,10 +161,9 @@ async def scenario(stack: Stack, precise: bool) -> tuple[str, str, int, int]:
             await settled(client, stack, lost)
         final, cached_final = await chat(client, gateway, PROMPT)
         if precise:  # the render API tokenized every request, and lookups found blocks
-            page = (await client.get(f"http://127.0.0.1:{stack.epp_ports['metrics_port']}/metrics")).text
+            page = await metrics_page(client, stack)
             assert "llm_d_epp_tokenization_fallbacks_total{" not in page
-            hits = re.search(r"^llm_d_epp_kv_cache_index_lookup_hits_total (\S+)$", page, re.MULTILINE)
-            assert hits is not None and float(hits.group(1)) > 0
+            assert lookup_hits(page) > 0
         return first, final, cached_again, cached_final
 
 
@@ -171,3 +179,25 @@ async def test_precise_routing_follows_eviction_where_approximate_does_not(tmp_p
     assert again > 0
     assert final == x, "the approximate index only knows where it sent the prompt"
     assert cached == 0, cached
+
+
+async def test_a_salted_prompt_is_routed_to_the_simulator_holding_its_salted_blocks(tmp_path: Path) -> None:
+    """A simulator caches a prompt under a `cache_salt` behind the EPP's back: the same salt
+    through the gateway finds its blocks by their KV events (salt in block 0's extra keys) and
+    goes there; another salt matches nothing and no simulator has it cached."""
+    config = PRECISE_CONFIG.read_text()
+    async with (
+        kv_stack(tmp_path / "salted", free_port(), config) as stack,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        lost = await subscribed(client, stack)
+        holder = stack.sims[1]
+        await chat(client, f"http://{holder.host}:{holder.port}", PROMPT, cache_salt="tenant-a")
+        await settled(client, stack, lost)
+        before = lookup_hits(await metrics_page(client, stack))
+        destination, cached = await chat(client, stack.gateway_url, PROMPT, cache_salt="tenant-a")
+        assert lookup_hits(await metrics_page(client, stack)) > before
+        assert (destination, cached > 0) == (holder.hostport, True)
+        for sim in stack.sims:
+            _, other_salt = await chat(client, f"http://{sim.host}:{sim.port}", PROMPT, cache_salt="tenant-b")
+            assert other_salt == 0

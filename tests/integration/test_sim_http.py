@@ -284,6 +284,31 @@ async def test_chat_with_content_parts_and_cached_tokens(
         assert cached % TINY_TEST.block_size == 0
 
 
+async def test_cache_salt_isolates_cached_prompts_and_is_echoed_by_render(
+    cluster: SimCluster, http: aiohttp.ClientSession
+) -> None:
+    """vLLM's `cache_salt`: differently salted prompts share no cached block, the same salt
+    shares them; its render API echoes the salt; an empty or non-string salt is its 400."""
+    url = base(cluster) + "/v1/completions"
+    prompt = "The same long shared document. " * 20
+    cached = []
+    for salt in ("tenant-a", "tenant-b", "tenant-a"):
+        body = {"model": MODEL, "prompt": prompt, "max_tokens": 1, "cache_salt": salt}
+        status, _, data = await post(http, url, body)
+        assert status == 200
+        cached.append(data["usage"]["prompt_tokens_details"]["cached_tokens"])
+        prompt_tokens = data["usage"]["prompt_tokens"]
+    assert cached == [0, 0, (prompt_tokens - 1) // TINY_TEST.block_size * TINY_TEST.block_size]
+    assert cached[2] > 0
+    render = {"model": MODEL, "prompt": prompt, "cache_salt": "t"}
+    status, _, rendered = await post(http, url + "/render", render)
+    assert status == 200 and rendered[0]["cache_salt"] == "t"
+    for bad in ("", 7):
+        status, _, error = await post(http, url, {"model": MODEL, "prompt": prompt, "cache_salt": bad})
+        assert (status, error["param"]) == (400, "cache_salt")
+        assert error["message"] == "Parameter 'cache_salt' must be a non-empty string if provided."
+
+
 async def test_stream_with_usage(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
     body = {
         "model": MODEL,

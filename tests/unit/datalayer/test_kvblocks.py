@@ -23,7 +23,14 @@ from epp.datalayer.kvblocks import (
     _cbor_uint,
     fnv1a64,
 )
-from epp.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, prompt_block_hashes
+from epp.kvevents import (
+    AllBlocksCleared,
+    BlockRemoved,
+    BlockStored,
+    decode_events,
+    encode_batch,
+    prompt_block_hashes,
+)
 from epp.sim.engine import Engine, Request
 from epp.sim.profiles import TINY_TEST
 
@@ -343,6 +350,23 @@ def test_salted_and_multimodal_blocks_are_keyed_with_their_extra_keys() -> None:
     idx.apply("q", M, [_event(raw)])
     assert idx.longest_prefix(image, {"q"}) == {"q": 3.0}
     assert image[:1] != idx.keys_for(tokens, M)[:1] and image[2] != idx.keys_for(tokens, M)[2]
+
+
+def test_a_simulators_salted_blocks_are_found_by_the_requests_salted_keys() -> None:
+    """The simulator's KV events for a salted prompt, through the wire codec, key its blocks as
+    the precise index keys a request with that `cache_salt`: that salt matches every block,
+    another salt or none matches none (as vLLM's engine would serve them)."""
+    engine = Engine(TINY_TEST, M, record_kv_events=True)
+    prompt = list(range(100, 170))
+    engine.add(Request("r", prompt, 1, 0.0, cache_salt="tenant-a"))
+    now = 0.0
+    idx = index(16)
+    while engine.has_work():
+        now = engine.step(now).end
+        idx.apply("p", M, decode_events(encode_batch(engine.drain_kv_events(), now, 16, {})))
+    assert idx.longest_prefix(idx.keys_for(prompt, M, cache_salt="tenant-a"), {"p"}) == {"p": 4.0}
+    assert idx.longest_prefix(idx.keys_for(prompt, M, cache_salt="tenant-b"), {"p"}) == {}
+    assert idx.longest_prefix(idx.keys_for(prompt, M), {"p"}) == {}
 
 
 def test_block_extras_follow_llm_d_realignment_across_block_sizes() -> None:

@@ -256,6 +256,7 @@ def test_kv_event_wire_format() -> None:
     events: list[KVEvent] = [
         BlockStored([11, 12], None, list(range(32)), "alpha"),
         BlockStored([13], 12, list(range(16)), None),
+        BlockStored([14, 15], None, list(range(32)), None, extra_keys=[["salt"], None]),
         BlockRemoved([11]),
         AllBlocksCleared(),
     ]
@@ -264,6 +265,7 @@ def test_kv_event_wire_format() -> None:
     assert decoded == [
         ["BlockStored", [11, 12], None, list(range(32)), 16, 1, "GPU", "alpha"],
         ["BlockStored", [13], 12, list(range(16)), 16, None, "GPU", None],
+        ["BlockStored", [14, 15], None, list(range(32)), 16, None, "GPU", None, [["salt"], None]],
         ["BlockRemoved", [11], "GPU"],
         ["AllBlocksCleared"],
     ]

@@ -73,6 +73,23 @@ def test_different_namespaces_do_not_share(profile_factory: ProfileFactory, run:
     assert adapter.cached_tokens == 0
 
 
+def test_cache_salt_isolates_prefixes_as_vllm_does(profile_factory: ProfileFactory, run: RunFn) -> None:
+    """vLLM hashes `cache_salt` into the first block: another salt (or none) shares no block,
+    the same salt shares them all."""
+    engine = Engine(profile_factory(), "m")
+    first = req("a", tokens(64), cache_salt="tenant-a")
+    other = req("b", tokens(64), cache_salt="tenant-b")
+    unsalted = req("c", tokens(64))
+    same = req("d", tokens(64), cache_salt="tenant-a")
+    for request in (first, other, unsalted, same):
+        engine.add(request)
+        run(engine)
+    assert [r.cached_tokens for r in (first, other, unsalted, same)] == [0, 0, 0, 48]
+    assert first.block_hashes == same.block_hashes
+    # the salt is in the first block only: the chain goes on from it as unsalted chains do
+    assert (first.block_hashes or [])[0] != (unsalted.block_hashes or [])[0]
+
+
 def test_ttft_proportional_to_uncached_tokens(profile_factory: ProfileFactory, run: RunFn) -> None:
     engine = Engine(profile_factory(), "m")
     cold = req("cold", tokens(256), out=1)
@@ -289,6 +306,20 @@ def test_kv_events_chain(profile_factory: ProfileFactory, run: RunFn) -> None:
     assert [e.block_hashes for e in stored] == [hashes[0:2], hashes[2:4]]
     assert [e.parent_block_hash for e in stored] == [None, hashes[1]]
     assert stored[1].token_ids == tokens(70)[32:64]
+
+
+def test_a_salted_requests_first_block_carries_the_salt_in_its_extra_keys(
+    profile_factory: ProfileFactory, run: RunFn
+) -> None:
+    """vLLM's BlockStored: per block its extra keys, the cache salt in block 0's only."""
+    engine = Engine(profile_factory(max_num_batched_tokens=32), "m", record_kv_events=True)
+    engine.add(req("a", tokens(70), out=1, cache_salt="tenant-a"))
+    run(engine)
+    engine.add(req("b", tokens(70, start=5000), out=1))
+    run(engine)
+    stored = [e for e in engine.drain_kv_events() if isinstance(e, BlockStored)]
+    keys = {tuple(e.token_ids[:1]): e.extra_keys for e in stored}
+    assert keys == {(1000,): [["tenant-a"], None], (1032,): None, (5000,): None, (5032,): None}
 
 
 def test_embedding_style_request_produces_no_tokens(profile_factory: ProfileFactory, run: RunFn) -> None:
