@@ -124,18 +124,26 @@ PyDoc_STRVAR(weighted_sum_doc,
 static PyObject *
 weighted_sum(PyObject *self, PyObject *args)
 {
-    PyObject *rows, *weights, *out_obj;
-    if (!PyArg_ParseTuple(args, "O!O!O:weighted_sum", &PyList_Type, &rows, &PyTuple_Type, &weights, &out_obj))
+    PyObject *listed, *weights, *out_obj;
+    if (!PyArg_ParseTuple(args, "O!O!O:weighted_sum", &PyList_Type, &listed, &PyTuple_Type, &weights, &out_obj))
         return NULL;
-    Py_ssize_t count = PyList_GET_SIZE(rows);
+    /* The rows as a tuple of our own: a weight's __float__ (or, from Python 3.12, a row's
+     * __buffer__) runs Python code that may empty or shrink the caller's list under the loop. */
+    PyObject *rows = PyList_AsTuple(listed);
+    if (rows == NULL)
+        return NULL;
+    Py_ssize_t count = PyTuple_GET_SIZE(rows);
     if (PyTuple_GET_SIZE(weights) != count) {
         PyErr_Format(PyExc_ValueError, "%zd weights for %zd rows", PyTuple_GET_SIZE(weights), count);
+        Py_DECREF(rows);
         return NULL;
     }
     Py_buffer out;
     int ok = doubles(out_obj, &out, 1);
-    if (ok <= 0)
+    if (ok <= 0) {
+        Py_DECREF(rows);
         return ok < 0 ? NULL : Py_NewRef(Py_False);
+    }
     Py_ssize_t n = out.len / (Py_ssize_t)sizeof(double);
     Py_buffer *views = PyMem_Calloc(count ? (size_t)count : 1, sizeof(Py_buffer));
     double *w = PyMem_Calloc(count ? (size_t)count : 1, sizeof(double));
@@ -151,7 +159,7 @@ weighted_sum(PyObject *self, PyObject *args)
             goto done;
     }
     for (; held < count; held++) {
-        ok = doubles(PyList_GET_ITEM(rows, held), &views[held], 0);
+        ok = doubles(PyTuple_GET_ITEM(rows, held), &views[held], 0);
         if (ok < 0)
             goto done;
         if (ok == 0 || views[held].len != out.len) {
@@ -183,6 +191,7 @@ done:
     PyMem_Free(views);
     PyMem_Free(w);
     PyBuffer_Release(&out);
+    Py_DECREF(rows);
     return result;
 }
 

@@ -7,7 +7,14 @@ built."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+import textwrap
 from array import array
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +24,10 @@ from hypothesis import strategies as st
 pytest.importorskip("epp.scheduling._scoresum")
 
 from epp.datastore import EndpointMetrics
+from epp.plugins.max_score_picker import MaxScorePicker
 from epp.scheduling import scoring
 from epp.scheduling._scoresum import complement, max_ties, min_max, weighted_sum
-from tests.unit.plugin_helpers import endpoints
+from tests.unit.plugin_helpers import context, endpoints, plugin, request
 
 WILD = [math.nan, math.inf, -math.inf, -0.0, 0.0, 1.0, 1.5, -2.0, 5e-324, 1 - 2**-53]
 scores = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(WILD))
@@ -237,3 +245,135 @@ def test_the_scorers_columns_with_and_without_the_extension(monkeypatch: pytest.
     monkeypatch.setattr(scoring, "_compiled_complement", None)
     assert scoring.min_max_score_column(candidates, "waiting_queue_size").tolist() == queue.tolist()
     assert scoring.complement_column(candidates, "kv_cache_usage").tolist() == free.tolist()
+
+
+def test_a_weight_that_empties_the_rows_list_cannot_crash_the_sum() -> None:
+    """A weight's `__float__` is Python code run before the rows are read: one that emptied the
+    caller's list made `weighted_sum` read the list's freed item array (a segfault). The rows are
+    now held for the call, so the sum is of the rows as passed. In a child process: a crash must
+    fail this test, not end the run."""
+    code = textwrap.dedent(
+        """
+        import numpy as np
+        from epp.scheduling._scoresum import weighted_sum
+        rows = [np.full(3, 0.5), np.full(3, 0.25)]
+        class Emptying:
+            def __float__(self):
+                rows.clear()
+                return 2.0
+        out = np.empty(3)
+        print(weighted_sum(rows, (Emptying(), 4.0), out), out.tolist())
+        """
+    )
+    root = Path(scoring.__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True [2.0, 2.0, 2.0]"
+
+
+@contextmanager
+def numpy_only() -> Iterator[None]:
+    """The module as without the extension (a context manager, not monkeypatch: Hypothesis runs
+    many examples per test function)."""
+    names = ("_compiled_weighted_sum", "_compiled_max_ties", "_compiled_min_max", "_compiled_complement")
+    saved = {name: getattr(scoring, name) for name in names}
+    for name in names:
+        setattr(scoring, name, None)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(scoring, name, value)
+
+
+LAYOUTS = ["plain", "float32", "big-endian", "strided", "read-only", "int64"]
+
+
+def laid_out(values: list[float], layout: str) -> np.ndarray:
+    """`values` as one of the arrays a scorer or caller may hand over, of `len(values)` items."""
+    plain = np.array(values, dtype=np.float64)
+    if layout == "float32":
+        with np.errstate(all="ignore"):
+            return plain.astype(np.float32)
+    if layout == "big-endian":
+        return plain.astype(">f8")
+    if layout == "strided":
+        wide = np.full(2 * len(values), 9.0)
+        wide[::2] = plain
+        return wide[::2]
+    if layout == "read-only":
+        plain.flags.writeable = False
+        return plain
+    if layout == "int64":
+        return np.array([0 if not math.isfinite(v) else int(max(min(v, 1e6), -1e6)) for v in values])
+    return plain
+
+
+def same_doubles(got: np.ndarray, expected: np.ndarray) -> bool:
+    return [repr(v) for v in got.tolist()] == [repr(v) for v in expected.tolist()]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.data(),
+    st.integers(min_value=0, max_value=40),
+    # not int64 rows alone: numpy's clamp cannot write floats into them, with or without C
+    st.lists(st.tuples(weights, st.sampled_from([kind for kind in LAYOUTS if kind != "int64"])), max_size=4),
+)
+def test_weighted_totals_with_and_without_the_extension_on_any_layout(
+    data: st.DataObject, count: int, layout: list[tuple[float, str]]
+) -> None:
+    """Empty, length-1, float32, big-endian, strided and read-only rows: `weighted_totals`
+    gives the same doubles with the extension (C, or numpy for the rows C refuses) as without."""
+    rows = [laid_out(data.draw(st.lists(scores, min_size=count, max_size=count)), kind) for _, kind in layout]
+    row_weights = tuple(w for w, _ in layout)
+    with np.errstate(all="ignore"):
+        compiled = scoring.weighted_totals(rows, row_weights, count)
+        with numpy_only():
+            fallback = scoring.weighted_totals(rows, row_weights, count)
+    assert compiled.shape == (count,) and same_doubles(compiled, fallback)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.one_of(st.sampled_from([0.0, -0.0, 1.0, 2.5, math.nan, math.inf]), st.floats()), min_size=1),
+    st.sampled_from(["plain", "big-endian", "strided", "read-only"]),
+)
+def test_max_ties_with_and_without_the_extension_on_any_layout(values: list[float], layout: str) -> None:
+    totals = laid_out(values, layout)
+    with numpy_only():
+        fallback = scoring.max_ties(totals)
+    assert scoring.max_ties(totals) == fallback
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.one_of(st.floats(allow_nan=True), st.sampled_from([0.0, 3.0, math.nan])), max_size=40),
+    st.sampled_from([*LAYOUTS, "list"]),
+)
+def test_min_max_score_array_with_and_without_the_extension(values: list[float], layout: str) -> None:
+    given_values: list[float] | np.ndarray = values if layout == "list" else laid_out(values, layout)
+    with np.errstate(all="ignore"):
+        with numpy_only():
+            try:
+                fallback = scoring.min_max_score_array(given_values)
+            except ValueError:  # numpy's: no lowest of nothing
+                with pytest.raises(ValueError):
+                    scoring.min_max_score_array(given_values)
+                return
+        compiled = scoring.min_max_score_array(given_values)
+    assert np.array_equal(compiled, fallback, equal_nan=True)  # a zero's sign aside (documented)
+    assert [repr(v) for v in compiled.tolist() if v != 0] == [repr(v) for v in fallback.tolist() if v != 0]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_max_score_picker_breaks_a_tie_the_same_with_and_without_the_extension(seed: int) -> None:
+    """The same tied positions in the same order: the seeded picker draws the same winner."""
+    candidates = endpoints(300)
+    totals = np.array([float(i % 7 == 3) for i in range(300)])
+    compiled = [plugin(MaxScorePicker, ctx=context(seed=seed)).pick_array(request(), candidates, totals)]
+    with numpy_only():
+        fallback = [plugin(MaxScorePicker, ctx=context(seed=seed)).pick_array(request(), candidates, totals)]
+    listed = [plugin(MaxScorePicker, ctx=context(seed=seed)).pick(request(), candidates, totals.tolist())]
+    assert compiled == fallback == listed
