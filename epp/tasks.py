@@ -6,6 +6,21 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+RECANCEL = 0.05  # seconds between cancellations of a task that has not ended
+
+
+def cancel_until_done(task: asyncio.Task[Any]) -> None:
+    """Cancels the task now and again every `RECANCEL` seconds until it has ended. Once is not
+    always enough: `asyncio.wait_for` on Python 3.11 (redis-py sends every command under it)
+    returns its operand's result, dropping the cancellation, when the cancellation arrives as
+    the operand completes (CPython gh-86296, fixed in 3.12); a loop task that lost its one
+    cancellation ran on past its stop(). Only for tasks with no cleanup of their own that
+    awaits: a later cancellation would cut that short (`cancel_and_wait` cancels once)."""
+    if not task.done():
+        task.cancel()
+        again = asyncio.get_running_loop().call_later(RECANCEL, cancel_until_done, task)
+        task.add_done_callback(lambda _: again.cancel())
+
 
 async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
     """Cancel every task given (None: no task running) and wait until each has ended; their

@@ -33,6 +33,7 @@ from redis.exceptions import TimeoutError as RedisTimeout
 
 from epp.metrics.families import Families
 from epp.replicas.state import EndpointLoad, ReplicaLoad, ReplicaState, RouteMessage
+from epp.tasks import cancel_until_done
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class RedisReplicaSync:
         client left mid-command by the cancellation) never holds up the EPP's shutdown."""
         self.state.on_route = None
         for task in self._tasks:
-            task.cancel()
+            cancel_until_done(task)
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT)
             if pending:

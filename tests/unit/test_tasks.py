@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from epp.tasks import cancel_and_wait
+from epp.tasks import cancel_and_wait, cancel_until_done
 
 
 async def test_cancels_every_task_and_waits_for_each_to_end() -> None:
@@ -115,3 +115,26 @@ async def test_a_caller_cleaning_up_after_its_own_cancellation_still_waits() -> 
     running.cancel()
     await running
     assert stopped == ["first", "second"]
+
+
+async def test_cancel_until_done_cancels_again_a_task_that_lost_its_cancellation() -> None:
+    """asyncio.wait_for on Python 3.11 drops a cancellation that arrives as its operand
+    completes (redis-py sends every command under it): the task runs on as if never cancelled."""
+    lost: list[asyncio.CancelledError] = []
+
+    async def loop_losing_one_cancellation() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError as cancelled:
+                if lost:
+                    raise
+                lost.append(cancelled)
+
+    task = asyncio.create_task(loop_losing_one_cancellation())
+    await asyncio.sleep(0)
+    cancel_until_done(task)
+    done, _ = await asyncio.wait([task], timeout=2)  # without a second cancellation: runs for ever
+    assert done == {task}
+    assert task.cancelled()
+    assert len(lost) == 1

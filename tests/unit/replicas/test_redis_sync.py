@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 
+import pytest
 from prometheus_client import CollectorRegistry
+from redis.asyncio.connection import Connection
 
 from epp.datastore import Datastore, EndpointSpec
 from epp.plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
@@ -201,3 +204,36 @@ def test_reading_resumes_from_the_later_of_the_last_entry_read_and_the_replay_ho
     assert _later(b"2000-3", "1000-0") == "2000-3"  # a short gap: where reading stopped
     assert _later(b"999-7", "1000-0") == "1000-0"  # a long outage: nothing older than the horizon
     assert _later("1000-1", "1000-0") == "1000-1"
+
+
+async def test_stop_ends_a_task_whose_cancellation_a_finishing_send_swallowed(
+    redis_server: LocalRedis, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """redis-py sends a command under `asyncio.wait_for`; on Python 3.11 a cancellation that
+    arrives as the send completes is lost (wait_for returns the send's result). Stop is timed
+    into that window here, as a loaded host timed it by chance: the routes reader went on
+    reading for STOP_TIMEOUT, then failed on the closed client."""
+    a = Replica("a", redis_server.url)
+    await a.sync.start()
+    try:
+        await until(lambda: a.sync.subscribed)
+        stopping: list[asyncio.Task[None]] = []
+        send = Connection._send_packed_command
+
+        async def send_then_stop(self: Connection, command: Iterable[bytes]) -> None:
+            await send(self, command)
+            if not stopping and any(b"XREAD" in part for part in command):
+                stopping.append(asyncio.get_running_loop().create_task(a.sync.stop()))
+
+        monkeypatch.setattr(Connection, "_send_packed_command", send_then_stop)
+        tasks = list(a.sync._tasks)
+        await until(lambda: bool(stopping))
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="epp.replicas.redis_sync"):
+            await stopping[0]
+        assert [t.get_name() for t in tasks if not t.done()] == []
+        assert time.monotonic() - started < 1.0
+        assert "still running" not in caplog.text
+        assert "failed" not in caplog.text
+    finally:
+        await a.sync.stop()
