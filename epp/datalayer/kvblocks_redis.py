@@ -55,7 +55,7 @@ from epp.datalayer.redis_address import (
 )
 from epp.metrics.families import Families
 from epp.metrics.per_registry import PerRegistry
-from epp.tasks import cancel_and_wait
+from epp.tasks import cancel_and_wait, cancel_until_done
 
 log = logging.getLogger(__name__)
 
@@ -311,6 +311,7 @@ class RedisKVBlockIndex(KVBlockIndexBase):
             while (self._pending or self._in_flight) and not self._down and time.monotonic() < deadline:
                 self._wake.set()
                 await asyncio.sleep(0.01)
+            cancel_until_done(self._flusher)  # redis-py's sends can lose a cancellation
             await cancel_and_wait(self._flusher)
             self._flusher = None
         for client in (self._lookups, self._writes):

@@ -4,15 +4,18 @@ events; a pod's removal retires its entries; Redis going away and coming back; b
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import pytest
 import pytest_asyncio
 from prometheus_client import CollectorRegistry
 from redis import asyncio as aioredis
+from redis.asyncio.connection import Connection
 
+from epp.datalayer import kvblocks_redis
 from epp.datalayer.kvblocks import KVBlockIndex, KVIndexMetrics, TokenProcessor
 from epp.datalayer.kvblocks_redis import RETRY_INTERVAL, RedisIndexMetrics, RedisKVBlockIndex
 from epp.datalayer.kvsubscriber import KVEventIngester
@@ -333,3 +336,31 @@ def test_addresses_as_llm_d_reads_them() -> None:
     assert redis_url("unix:///run/redis.sock") == "unix:///run/redis.sock"
     with pytest.raises(ValueError, match="unsupported scheme 'http'"):
         redis_url("http://r:6379")
+
+
+async def test_stop_ends_a_flusher_whose_cancellation_a_finishing_send_swallowed(
+    redis_server: LocalRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py sends a command under `asyncio.wait_for`; on Python 3.11 a cancellation that
+    arrives as the send completes is lost. A stop that gave up waiting for the queue (Redis slow)
+    cancelled the flusher in that window here: it went back to waiting for work, and stop()
+    waited for it for ever."""
+    index = redis_index(redis_server.url)
+    await index.start()
+    monkeypatch.setattr(kvblocks_redis, "STOP_TIMEOUT", 0.0)  # stop at once, the write in flight
+    stopping: list[asyncio.Task[None]] = []
+    sent = asyncio.Event()
+    send = Connection._send_packed_command
+
+    async def send_then_stop(self: Connection, command: Iterable[bytes]) -> None:
+        await send(self, command)
+        if not stopping and any(b"EVAL" in part for part in command):
+            stopping.append(asyncio.get_running_loop().create_task(index.stop()))
+            sent.set()
+
+    monkeypatch.setattr(Connection, "_send_packed_command", send_then_stop)
+    index.apply("p1", "m", [stored(list(range(80)))])
+    async with asyncio.timeout(5):
+        await sent.wait()
+    done, _ = await asyncio.wait(stopping, timeout=2)
+    assert done == set(stopping)
