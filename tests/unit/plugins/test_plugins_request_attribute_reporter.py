@@ -136,7 +136,9 @@ def test_reporter_parameters_as_upstream(attributes: str, message: str) -> None:
         load_config(text)
 
 
-def test_upstream_readme_config_returns_the_cost_as_dynamic_metadata_on_the_last_body_reply() -> None:
+def routed_under_the_readme_config() -> tuple[ExtProcStream, bytes]:
+    """A request routed under upstream's README config, its response headers in, and the body
+    the model server answers with (10 tokens in all)."""
     store = Datastore()
     store.upsert(EndpointSpec(name="a", address="10.0.0.1", port=8000))
     store.synced = True
@@ -148,6 +150,11 @@ def test_upstream_readme_config_returns_the_cost_as_dynamic_metadata_on_the_last
     answer = orjson.dumps(
         {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}
     )
+    return stream, answer
+
+
+def test_upstream_readme_config_returns_the_cost_as_dynamic_metadata_on_the_last_body_reply() -> None:
+    stream, answer = routed_under_the_readme_config()
     first = list(stream.handle(response_body_msg(answer[:20], end_of_stream=False)))
     last = list(stream.handle(response_body_msg(answer[20:], end_of_stream=True)))
     assert all(not r.HasField("dynamic_metadata") for r in first)
@@ -159,17 +166,7 @@ def test_upstream_readme_config_returns_the_cost_as_dynamic_metadata_on_the_last
 def test_a_response_ended_by_trailers_carries_the_cost_on_the_trailers_reply() -> None:
     """An HTTP/2 or gRPC model server's response ends with trailers, its last chunk not marked as
     the end: the body ends there, and the cost rides on the trailers reply."""
-    store = Datastore()
-    store.upsert(EndpointSpec(name="a", address="10.0.0.1", port=8000))
-    store.synced = True
-    director, _ = build_director(load_config_file(README), store, PluginContext())
-    stream = ExtProcStream(director, StreamOptions())
-    list(stream.handle(headers_msg()))
-    list(stream.handle(body_msg(orjson.dumps({"model": "m", "prompt": "hello"}))))
-    list(stream.handle(response_headers_msg("application/json")))
-    answer = orjson.dumps(
-        {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}
-    )
+    stream, answer = routed_under_the_readme_config()
     body = list(stream.handle(response_body_msg(answer, end_of_stream=False)))
     assert all(not r.HasField("dynamic_metadata") for r in body)
     (trailers,) = stream.handle(ext_proc.ProcessingRequest(response_trailers=ext_proc.HttpTrailers()))
