@@ -73,13 +73,17 @@ rows_within(PyObject *obj, Py_buffer *view, Py_ssize_t limit)
     return 1;
 }
 
-/* `values` and `out` as doubles, with `rows_obj` (None: none) as rows of `values`, one per item of
- * `out` (without rows `values` is as long as `out`): 1 with the buffers held, 0 when one is not
- * usable (nothing held, no exception), -1 with an exception. */
+/* The call's `(values, out, rows=None)` (parsed with `format`): `values` and `out` as doubles, with
+ * rows (None: none) as rows of `values`, one per item of `out` (without rows `values` is as long as
+ * `out`): 1 with the buffers held, 0 when one is not usable (nothing held, no exception), -1 with
+ * an exception. */
 static int
-gather_buffers(PyObject *values_obj, PyObject *out_obj, PyObject *rows_obj, Py_buffer *values, Py_buffer *out,
-               Py_buffer *rows, int *has_rows)
+gather_args(PyObject *args, const char *format, Py_buffer *values, Py_buffer *out, Py_buffer *rows,
+            int *has_rows)
 {
+    PyObject *values_obj, *out_obj, *rows_obj = Py_None;
+    if (!PyArg_ParseTuple(args, format, &values_obj, &out_obj, &rows_obj))
+        return -1;
     int ok = doubles(values_obj, values, 0);
     if (ok <= 0)
         return ok;
@@ -248,12 +252,9 @@ PyDoc_STRVAR(min_max_doc,
 static PyObject *
 min_max(PyObject *self, PyObject *args)
 {
-    PyObject *values_obj, *out_obj, *rows_obj = Py_None;
-    if (!PyArg_ParseTuple(args, "OO|O:min_max", &values_obj, &out_obj, &rows_obj))
-        return NULL;
     Py_buffer values, out, rows;
     int has_rows = 0;
-    int ok = gather_buffers(values_obj, out_obj, rows_obj, &values, &out, &rows, &has_rows);
+    int ok = gather_args(args, "OO|O:min_max", &values, &out, &rows, &has_rows);
     if (ok <= 0)
         return ok < 0 ? NULL : Py_NewRef(Py_False);
     Py_ssize_t n = out.len / (Py_ssize_t)sizeof(double);
@@ -299,12 +300,9 @@ PyDoc_STRVAR(complement_doc,
 static PyObject *
 complement(PyObject *self, PyObject *args)
 {
-    PyObject *values_obj, *out_obj, *rows_obj = Py_None;
-    if (!PyArg_ParseTuple(args, "OO|O:complement", &values_obj, &out_obj, &rows_obj))
-        return NULL;
     Py_buffer values, out, rows;
     int has_rows = 0;
-    int ok = gather_buffers(values_obj, out_obj, rows_obj, &values, &out, &rows, &has_rows);
+    int ok = gather_args(args, "OO|O:complement", &values, &out, &rows, &has_rows);
     if (ok <= 0)
         return ok < 0 ? NULL : Py_NewRef(Py_False);
     const double *v = (const double *)values.buf;
