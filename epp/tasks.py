@@ -16,10 +16,22 @@ def cancel_until_done(task: asyncio.Task[Any]) -> None:
     the operand completes (CPython gh-86296, fixed in 3.12); a loop task that lost its one
     cancellation ran on past its stop(). Only for tasks with no cleanup of their own that
     awaits: a later cancellation would cut that short (`cancel_and_wait` cancels once)."""
-    if not task.done():
+    if task.done():
+        return
+    loop = asyncio.get_running_loop()
+    pending: asyncio.TimerHandle | None = None
+
+    def cancel() -> None:
+        nonlocal pending
         task.cancel()
-        again = asyncio.get_running_loop().call_later(RECANCEL, cancel_until_done, task)
-        task.add_done_callback(lambda _: again.cancel())
+        pending = loop.call_later(RECANCEL, cancel)
+
+    def ended(_: asyncio.Task[Any]) -> None:
+        if pending is not None:
+            pending.cancel()
+
+    cancel()
+    task.add_done_callback(ended)
 
 
 async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
