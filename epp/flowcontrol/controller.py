@@ -45,9 +45,9 @@ from epp.flowcontrol.queues import (
     UsageLimitPolicy,
 )
 from epp.flowcontrol.reclamation import ReclamationController
-from epp.flowcontrol.saturation import DECODE, EFFECTIVE, PREFILL, SaturationDetector, split_stages
+from epp.flowcontrol.saturation import SaturationDetector, split_stages
 from epp.metrics.capacity import Occupancy
-from epp.metrics.exporter import FlowControlMetrics
+from epp.metrics.exporter import STAGE_DECODE, STAGE_EFFECTIVE, STAGE_PREFILL, FlowControlMetrics
 from epp.requests import ErrorCode, InferenceRequest, RequestError
 from epp.tasks import cancel_and_wait
 
@@ -185,16 +185,16 @@ class FlowController:
         pool = self._pool()
         if pool and self._staged is not None and not self._staged():
             value = self._read(pool)  # no roles: one decode stage, the whole pool (the usual GIE pool)
-            return {DECODE: value, EFFECTIVE: value}
+            return {STAGE_DECODE: value, STAGE_EFFECTIVE: value}
         prefill, decode = split_stages(pool)
         stages: dict[str, float] = {}
         effective = -1.0
-        for stage, endpoints in ((PREFILL, prefill), (DECODE, decode)):
+        for stage, endpoints in ((STAGE_PREFILL, prefill), (STAGE_DECODE, decode)):
             if endpoints:
                 value = stages[stage] = self._read(endpoints)
                 if value > effective:
                     effective = value
-        stages[EFFECTIVE] = effective if effective >= 0.0 else self._read(pool)
+        stages[STAGE_EFFECTIVE] = effective if effective >= 0.0 else self._read(pool)
         return stages
 
     def occupancy(self) -> tuple[Occupancy, dict[int, Occupancy]]:
@@ -208,7 +208,7 @@ class FlowController:
         return total, bands
 
     def _saturation(self) -> float:
-        return self.stage_saturation()[EFFECTIVE]
+        return self.stage_saturation()[STAGE_EFFECTIVE]
 
     def _read(self, endpoints: Sequence[Endpoint]) -> float:
         if self.preparing_requests:

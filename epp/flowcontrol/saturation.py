@@ -10,9 +10,6 @@ from epp.datastore import Endpoint
 from epp.datastore.roles import DECODE_STAGE, PREFILL_STAGE
 from epp.framework import Extension
 
-# llm-d's `stage` label values of the pool saturation gauge.
-PREFILL, DECODE, EFFECTIVE = "prefill", "decode", "effective"
-
 
 class SaturationDetector(Extension):
     @abstractmethod

@@ -449,7 +449,9 @@ _QUEUE_DURATION_HELP = "Distribution of total time requests spend in the Flow Co
 )
 
 
-EFFECTIVE_STAGE = "effective"  # the saturation stage gating dispatch (epp.flowcontrol.saturation.EFFECTIVE)
+# llm-d's `stage` label values of the pool saturation gauge: flow control reads the saturation
+# of each stage it has endpoints for, and `effective`, the larger, gates dispatch.
+STAGE_PREFILL, STAGE_DECODE, STAGE_EFFECTIVE = "prefill", "decode", "effective"
 
 _QUEUE_LABELS = ["fairness_id", "priority", "inference_pool", "model_name", "target_model_name"]
 
@@ -514,7 +516,7 @@ class SaturationGauge(Collector):
                 # A detector that raises fails neither the page (only its sample is left out) nor
                 # silently: the dispatch cycle reports it (it logs and fails the queued requests).
                 continue
-            family.add_metric([pool], stages[EFFECTIVE_STAGE])
+            family.add_metric([pool], stages[STAGE_EFFECTIVE])
             for stage, value in stages.items():
                 staged.add_metric([pool, stage], value)
         yield family
