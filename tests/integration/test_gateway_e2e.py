@@ -216,9 +216,12 @@ async def test_client_disconnect_mid_stream_releases_the_request(
             httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client,
             client.stream("POST", "/v1/completions", json=body) as response,
         ):
-            async for line in response.aiter_lines():
-                if line.startswith("data: "):
-                    break
+            # The line iterator stays referenced until the check: one dropped after a `break` is
+            # closed by the event loop's finalizer, which closes the connection (httpcore cannot
+            # reuse a half-read one), and the EPP then rightly reads 0 (1 run in 3-10).
+            lines = response.aiter_lines()
+            while not (await anext(lines)).startswith("data: "):
+                pass
             assert await epp_running_requests(stack) == 1.0
         # Envoy resets the upstream and ends the ext_proc stream when the client goes; on a loaded
         # 2-core machine that took over 5 s twice in 12 suite runs, so the poll allows 15.
