@@ -87,10 +87,14 @@ class EngineDriver:
             self._notify(outcome)
 
     async def _idle(self) -> None:
+        """Until woken or the engine's next timer. Not `asyncio.wait_for`: on Python 3.11 it drops
+        a cancellation (`stop()`) that arrives as the wake-up does (CPython gh-86296), and this
+        loop would then run on, with `stop()` waiting for it for ever."""
         timer = self.engine.next_timer()
         timeout = None if timer is None else max(0.0, (timer - self.now()) * self.time_scale)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
 
     def _notify(self, outcome: StepOutcome) -> None:
         listeners = self._listeners
