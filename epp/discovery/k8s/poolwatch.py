@@ -166,10 +166,15 @@ class PoolEndpointsWatch:
         watch = watch_pool_endpoints(self.ref, self._report, self._kubeconfig, self._timing)
         self._task = loop.create_task(watch, name=f"pool endpoints {self.ref}")
         reported = loop.create_task(self._reported.wait())
-        done, _ = await asyncio.wait(
-            {reported, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-        )
-        reported.cancel()
+        try:
+            done, _ = await asyncio.wait(
+                {reported, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        except asyncio.CancelledError:  # its owner gave up waiting: the watch must not run on
+            await self.stop()
+            raise
+        finally:
+            reported.cancel()
         if self._reported.is_set():
             return
         if self._task in done:

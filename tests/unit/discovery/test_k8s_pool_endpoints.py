@@ -3,6 +3,7 @@ PoolEndpointsWatch (and the sidecar's PoolSource around it) from the API server 
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,20 @@ async def test_start_fails_when_the_pool_cannot_be_listed(api: ApiServerDouble, 
     with pytest.raises(TimeoutError):
         await watch.start(timeout=2)
     assert len([r for r in api.requests if "inferencepools" in r.path]) > 1, "it retried until the deadline"
+
+
+async def test_a_start_cancelled_while_waiting_leaves_no_task_running(
+    api: ApiServerDouble, kubeconfig: Path
+) -> None:
+    api.served.discard(POOLS_V1)  # never listed: start() waits for the first set
+    watch = PoolEndpointsWatch(PoolRef("pool"), AllowList().replace, kubeconfig, FAST)
+    before = asyncio.all_tasks()
+    starting = asyncio.create_task(watch.start(timeout=30))
+    await until(lambda: any("inferencepools" in r.path for r in api.requests), "the first list")
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    assert asyncio.all_tasks() - before == set(), "the watch and its waiter ended with start()"
 
 
 async def test_start_raises_the_watch_error(tmp_path: Path) -> None:
