@@ -196,6 +196,8 @@ def _generation(
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise ApiError(400, "'model' is required", "model")
+    if kind != "responses":
+        _check_seed(body)
     max_tokens = _optional_int(body, limit_field, minimum=1)
     stream = bool(_optional_bool(body, "stream", default=False))
     include_usage = kind != "responses" and _include_usage(body)  # vLLM's Responses API has none
@@ -214,6 +216,21 @@ def _generation(
         priority=_optional_int(body, "priority", minimum=None, nullable=False) or 0,
         cache_salt=_cache_salt(body),
     )
+
+
+_SEED_BOUND = 2**63
+"""vLLM bounds chat's and completions' `seed` to torch's long: -2**63 .. 2**63 - 1."""
+
+
+def _check_seed(body: dict[str, Any]) -> None:
+    """`seed` as vLLM takes it, a lax integer within 64 bits, else its 400 (the simulator draws
+    nothing from it). The refused value is named as received, so a client sees whether its
+    integer arrived whole."""
+    seed = _optional_int(body, "seed", minimum=None)
+    if seed is not None and not -_SEED_BOUND <= seed < _SEED_BOUND:
+        raise ApiError(
+            400, f"'seed' must be between -2**63 and 2**63 - 1 (a 64-bit integer), got {seed}", "seed"
+        )
 
 
 def _cache_salt(body: dict[str, Any]) -> str | None:
