@@ -481,6 +481,20 @@ async def test_integers_past_64_bits_in_a_request_are_read_as_written(
     assert (status, data["message"], data["param"]) == (400, message, "seed")
 
 
+async def test_a_tool_schema_no_arguments_satisfy_is_a_400_naming_the_clash(
+    cluster: SimCluster, http: aiohttp.ClientSession
+) -> None:
+    """A required property `additionalProperties: false` forbids: the simulator drew it as a
+    string and answered 200 with arguments the schema refuses."""
+    parameters = {"type": "object", "required": ["n"], "additionalProperties": False}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": parameters}}]
+    body = tool_request({"type": "function", "function": {"name": "f"}}, tools=tools)
+    status, _, data = await post(http, base(cluster) + "/v1/chat/completions", body)
+    allowed = "which no property or pattern allows (additionalProperties is false)"
+    message = f"the tool's parameters require 'n', {allowed}"
+    assert (status, data["message"], data["param"]) == (400, message, "tools")
+
+
 async def test_an_unknown_tool_in_tool_choice_is_vllms_400(
     cluster: SimCluster, http: aiohttp.ClientSession
 ) -> None:
