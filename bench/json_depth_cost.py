@@ -23,8 +23,8 @@ from pathlib import Path
 
 import orjson
 
-from epp.requests._jsondepth import depth
-from epp.requests.parser import python_too_deep
+from epp.requests._jsondepth import scan
+from epp.requests.jsontext import python_too_deep
 
 SOURCE = "epp/requests/_jsondepth.c"
 
@@ -44,11 +44,13 @@ def bodies() -> dict[str, bytes]:
         "64 content parts": orjson.dumps({"model": "m", "messages": parts}),
         "escaped quotes": orjson.dumps({"model": "m", "prompt": '"' * 20_000}),
         "empty arrays": b'{"model":"m","x":[' + b"[]," * 7_000 + b"[]]}",
+        "8,000 token ids": orjson.dumps({"model": "m", "prompt": list(range(100_000, 108_000))}),
     }
 
 
 def compiled_at(revision: str, into: Path) -> Callable[[bytes], int]:
-    """`depth` from `SOURCE` as it was at `revision`, built with the interpreter's compiler flags."""
+    """The depth of `SOURCE` as it was at `revision` (its `scan`, or before it read integers too,
+    its `depth`), built with the interpreter's compiler flags."""
     source = into / "_jsondepth.c"
     source.write_bytes(
         subprocess.run(["git", "show", f"{revision}:{SOURCE}"], check=True, capture_output=True).stdout
@@ -64,6 +66,8 @@ def compiled_at(revision: str, into: Path) -> Callable[[bytes], int]:
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
+    if hasattr(module, "scan"):
+        return lambda raw: int(module.scan(raw)[0])
     found: Callable[[bytes], int] = module.depth
     return found
 
@@ -72,11 +76,11 @@ def row(name: str, raw: bytes, baseline: Callable[[bytes], int] | None, rounds: 
     """One body's table row: each check's best time of `rounds`, interleaved."""
     parsed = orjson.loads(raw)
     checks: dict[str, Callable[[], object]] = {
-        "tree": lambda: depth(raw),
+        "tree": lambda: scan(raw),
         "python": lambda: python_too_deep(raw, parsed),
     }
     if baseline is not None:
-        assert baseline(raw) == depth(raw)
+        assert baseline(raw) == scan(raw)[0]
         checks["base"] = lambda: baseline(raw)
     timed = dict.fromkeys(checks, float("inf"))
     for _ in range(rounds):

@@ -36,6 +36,7 @@ import xxhash
 
 from epp.datalayer.uds_tokenizer import UdsTokenizerClient, UdsTokenizerError
 from epp.framework import DataKey
+from epp.requests.jsontext import dumps
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ class CachedTokenizer(ABC):
 
     async def tokenize(self, body: dict[str, Any], chat: bool) -> TokenizedPrompt:
         request = _render_body(body, self.model, chat)
-        key = (chat, xxhash.xxh3_128_intdigest(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)))
+        key = (chat, xxhash.xxh3_128_intdigest(dumps(request, sort_keys=True)))
         cached: TokenizedPrompt | None = self._cache.get(key)
         if cached is not None:
             return cached
@@ -209,7 +210,7 @@ class VLLMTokenizer(CachedTokenizer):
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=90),
-                json_serialize=lambda obj: orjson.dumps(obj).decode(),
+                json_serialize=lambda obj: dumps(obj).decode(),
             )
         return self._session
 
@@ -264,7 +265,7 @@ class VLLMTokenizer(CachedTokenizer):
         try:
             async with self._client().post(
                 self.url + path,
-                data=orjson.dumps(body),
+                data=dumps(body),
                 headers={"content-type": "application/json"},
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as response:
@@ -416,7 +417,7 @@ def _chat_bytes(body: dict[str, Any], features: list[MultiModalFeature]) -> byte
             elif (media := _media_item(part)) is not None:
                 features.append(MultiModalFeature(media[0], media[1], len(data) // 4))
     if body.get("tools"):
-        data += orjson.dumps(body["tools"])
+        data += dumps(body["tools"])
     return bytes(data)
 
 

@@ -16,9 +16,10 @@ import time
 from typing import Any
 
 import grpc
-import orjson
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
+
+from epp.requests.jsontext import dumps
 
 SERVICE = "tokenization.TokenizationService"
 DEFAULT_SOCKET = "/tmp/tokenizer/tokenizer-uds.socket"
@@ -146,7 +147,7 @@ def chat_request(body: dict[str, Any], model: str) -> Message:
             continue
         message = request.messages.add(role=str(raw.get("role", "")))
         if raw.get("tool_calls"):
-            message.tool_calls_json = orjson.dumps(raw["tool_calls"]).decode()
+            message.tool_calls_json = dumps(raw["tool_calls"]).decode()
         content = raw.get("content")
         if isinstance(content, list) and content:
             for part in content:
@@ -162,13 +163,13 @@ def chat_request(body: dict[str, Any], model: str) -> Message:
         else:
             message.content = content if isinstance(content, str) else ""
     if body.get("tools"):
-        request.tools_json = orjson.dumps(body["tools"]).decode()
+        request.tools_json = dumps(body["tools"]).decode()
     if isinstance(body.get("chat_template"), str):
         request.chat_template = body["chat_template"]
     request.add_generation_prompt = body.get("add_generation_prompt", True) is not False
     request.continue_final_message = body.get("continue_final_message") is True
     if isinstance(body.get("chat_template_kwargs"), dict) and body["chat_template_kwargs"]:
-        request.chat_template_kwargs = orjson.dumps(body["chat_template_kwargs"]).decode()
+        request.chat_template_kwargs = dumps(body["chat_template_kwargs"]).decode()
     return request
 
 

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from epp.framework import Plugin, register
 from epp.requestcontrol import RequestParser
 from epp.requests import ApiKind, ErrorCode, InferenceRequest, RequestError, Usage
+from epp.requests.jsontext import dumps
 from epp.requests.parser import decode_body
 from epp.requests.usage import UsageReader
 
@@ -56,7 +55,7 @@ class AnthropicParser(Plugin, RequestParser):
             path=path,
             model=model if isinstance(model, str) else "",
             headers=headers,
-            prompt=orjson.dumps(prompt),
+            prompt=dumps(prompt),
             stream=body.get("stream") is True,
             max_tokens=max_tokens
             if isinstance(max_tokens, int) and not isinstance(max_tokens, bool)

@@ -41,6 +41,7 @@ from epp.requestcontrol.hooks import (
 )
 from epp.requestcontrol.model_rewrite import ModelRewrites
 from epp.requests import ApiKind, ErrorCode, InferenceRequest, RequestError, Usage
+from epp.requests.jsontext import dumps
 from epp.requests.parser import api_kind, parse_request
 from epp.requests.usage import UsageReader
 from epp.scheduling.types import (
@@ -356,7 +357,7 @@ class Director:
             body: bytes | None = None
             if request.target_model != request.model or (request.body_changed and parsed.rewritable):
                 # Written before scheduling: whatever fails here must fail with no load taken.
-                body = orjson.dumps(request.body)
+                body = dumps(request.body)
             routed = self.route(request, subset, trace, admitted=parsed.admitted)
             routed.usage_reader = parsed.usage_reader
         except RequestError as error:

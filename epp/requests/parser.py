@@ -7,14 +7,9 @@ from typing import Any, TypeVar
 
 import orjson
 
-from epp.compiled import warn_python_fallback
 from epp.requests.errors import ErrorCode, RequestError
+from epp.requests.jsontext import MAX_JSON_DEPTH, dumps, exact, scan
 from epp.requests.types import ApiKind, InferenceRequest
-
-try:  # the depth check in C (_jsondepth.c): one pass over the body, strings skipped
-    from epp.requests._jsondepth import depth as _compiled_depth
-except ImportError:  # no C compiler at install: the brackets counted, the body written if need be
-    _compiled_depth = None  # type: ignore[assignment]
 
 T = TypeVar("T")
 
@@ -35,10 +30,6 @@ INFERENCE_API_PATHS = (
 """The OpenAI paths of the APIs parsed here: what the gateway routes by default (with /v1/models)."""
 _TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _GZIP_MAGIC = b"\x1f\x8b"
-MAX_JSON_DEPTH = 254
-"""Deepest nesting of objects and arrays (the body itself is level 1) the EPP accepts: orjson writes
-no deeper, and the EPP re-serialises parts of the body (the prompt it hashes, a body whose model it
-rewrites). orjson reads up to 1,024 levels, so without this check a deeper body was a 500."""
 
 
 def api_kind(path: str) -> ApiKind:
@@ -58,6 +49,12 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_token_id(value: object) -> bool:
+    """An integer within orjson's 64 bits: the token ids the EPP has always taken (a longer one
+    was read as a float and refused), and what its block hashes are made of."""
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**64
+
+
 def _completions_prompt(body: Mapping[str, Any]) -> tuple[bytes, list[int] | None]:
     prompt = body.get("prompt")
     if isinstance(prompt, str) and prompt:
@@ -65,9 +62,9 @@ def _completions_prompt(body: Mapping[str, Any]) -> tuple[bytes, list[int] | Non
     if isinstance(prompt, list) and prompt:
         if all(isinstance(p, str) for p in prompt):
             return " ".join(prompt).encode(), None
-        if all(_is_int(t) for t in prompt):
+        if all(_is_token_id(t) for t in prompt):
             return b"", prompt
-        if all(isinstance(p, list) and p and all(_is_int(t) for t in p) for p in prompt):
+        if all(isinstance(p, list) and p and all(_is_token_id(t) for t in p) for p in prompt):
             return b"", [t for p in prompt for t in p]
         raise _bad("invalid completions request: prompt must be a string, a list of strings or token ids")
     if prompt is None:
@@ -94,7 +91,7 @@ def _chat_prompt(body: Mapping[str, Any]) -> bytes:
         if isinstance(content, list):
             for j, part in enumerate(content):
                 _check_content_part(part, f"messages[{i}].content[{j}]")
-    return orjson.dumps(messages)
+    return dumps(messages)
 
 
 _PART_STRINGS = ("type", "text")
@@ -131,11 +128,11 @@ def _responses_prompt(body: Mapping[str, Any]) -> bytes:
         raise _bad("invalid responses request: input must be a string or a list of input items")
     parts: list[bytes] = []
     if body.get("instructions"):
-        parts.append(orjson.dumps({"instructions": body["instructions"]}))
+        parts.append(dumps({"instructions": body["instructions"]}))
     if body.get("tools"):
-        parts.append(orjson.dumps({"tools": body["tools"]}))
-    parts.append(orjson.dumps({"input": body["input"]}))
-    # The bytes of orjson.dumps(parts), written part by part so they nest no deeper than the body.
+        parts.append(dumps({"tools": body["tools"]}))
+    parts.append(dumps({"input": body["input"]}))
+    # The bytes of dumps(parts), written part by part so they nest no deeper than the body.
     return b"[" + b",".join(parts) + b"]"
 
 
@@ -143,7 +140,7 @@ def _embeddings_prompt(body: Mapping[str, Any]) -> tuple[bytes, list[int] | None
     value = body.get("input")
     if value in (None, "", []):
         raise _bad("invalid embeddings request: must have input field")
-    if isinstance(value, list) and all(_is_int(t) for t in value):
+    if isinstance(value, list) and all(_is_token_id(t) for t in value):
         return b"", value
     valid_list = isinstance(value, list) and all(_is_embedding_item(v) for v in value)
     if not (isinstance(value, str) or valid_list):
@@ -151,18 +148,20 @@ def _embeddings_prompt(body: Mapping[str, Any]) -> tuple[bytes, list[int] | None
             "invalid embeddings request: input must be a string, a list of strings, "
             "token ids or lists of token ids"
         )
-    return (value.encode() if isinstance(value, str) else orjson.dumps(value)), None
+    return (value.encode() if isinstance(value, str) else dumps(value)), None
 
 
 def _is_embedding_item(item: object) -> bool:
-    return isinstance(item, str) or (isinstance(item, list) and bool(item) and all(_is_int(t) for t in item))
+    return isinstance(item, str) or (
+        isinstance(item, list) and bool(item) and all(_is_token_id(t) for t in item)
+    )
 
 
 def _conversations_prompt(body: Mapping[str, Any]) -> bytes:
     items = body.get("items")
     if not isinstance(items, list) or not items:
         raise _bad("invalid conversations request: must have items field")
-    return orjson.dumps(items)
+    return dumps(items)
 
 
 def _token_limit(body: Mapping[str, Any]) -> int | None:
@@ -201,33 +200,6 @@ def _too_deep() -> RequestError:
     )
 
 
-def nested_too_deep(raw: bytes, body: Any) -> bool:
-    """Whether `body`, parsed from `raw` by orjson, nests deeper than MAX_JSON_DEPTH, so that orjson
-    cannot write it back. In C, one pass over `raw` finds its deepest level outside strings (the
-    body is not written: see `python_too_deep`). Shared with the P/D sidecar, which re-serialises
-    the bodies it splits into legs."""
-    if _compiled_depth is not None:
-        return _compiled_depth(raw) > MAX_JSON_DEPTH
-    warn_python_fallback("the request body's depth check", "about 18 us more per 20 KB body")
-    return python_too_deep(raw, body)
-
-
-def python_too_deep(raw: bytes, body: Any) -> bool:
-    """`nested_too_deep` without the C extension, and its reference: a parsed body holds only JSON
-    values, so writing it fails only on its depth. Fewer opening brackets than the limit cannot
-    nest that deep, and counting them (two C-level counts, byte by byte: ~18 us for a 20 KB body)
-    is checked first: writing the body leaves a UTF-8 copy of each non-ASCII string attached to it
-    for the body's lifetime (the str's cached UTF-8), which for a 14 MB accented completions prompt
-    is 16 MB more held and 65 against 14 ms."""
-    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
-        return False
-    try:
-        orjson.dumps(body)
-    except orjson.JSONEncodeError:
-        return True
-    return False
-
-
 def _not_utf8(raw: bytes) -> RequestError | None:
     """A 400 saying where the body stops being UTF-8 (orjson's own message points at its first
     byte whatever the place), or that it is gzip, which neither the gateway nor vLLM inflates."""
@@ -244,7 +216,8 @@ def _not_utf8(raw: bytes) -> RequestError | None:
 
 
 def decode_body(raw: bytes) -> dict[str, Any]:
-    """The body as a JSON object, or a 400 naming what is wrong with it."""
+    """The body as a JSON object, or a 400 naming what is wrong with it. Its integers are as
+    written, beyond 64 bits too (`epp.requests.jsontext`)."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -253,9 +226,10 @@ def decode_body(raw: bytes) -> dict[str, Any]:
         raise _not_utf8(raw) or _bad(f"error unmarshaling request body: {exc}") from None
     if not isinstance(body, dict):
         raise _bad("error unmarshaling request body: the body must be a JSON object")
-    if nested_too_deep(raw, body):
+    too_deep, long_number = scan(raw, body)
+    if too_deep:
         raise _too_deep()
-    return body
+    return exact(raw) if long_number else body
 
 
 def parse_request(raw: bytes, path: str, headers: dict[str, str], request_id: str) -> InferenceRequest:

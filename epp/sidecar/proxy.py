@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 
 from epp.datastore.endpoint import join_host_port
 from epp.headers import PREFILLER_HEADER, REQUEST_ID_HEADER
-from epp.requests.parser import MAX_JSON_DEPTH, nested_too_deep
+from epp.requests.jsontext import MAX_JSON_DEPTH, dumps, exact, loads, scan
 from epp.sidecar.allowlist import AllowList
 from epp.sidecar.apis import is_disaggregated_route
 from epp.sidecar.connectors import SEQUENTIAL_HANDOFFS, Body, Connector, sglang_body
@@ -132,7 +132,7 @@ class RoutingProxy:
     ) -> web.StreamResponse:
         """NIXL: the decoder can only start once the prefiller says where the KV blocks are."""
         handoff = SEQUENTIAL_HANDOFFS[self._options.connector]
-        prefill_body = orjson.dumps(handoff.prefill_body(original, request.path))
+        prefill_body = dumps(handoff.prefill_body(original, request.path))
         reply = await self._prefill.send(prefiller, request_target(request), headers, prefill_body)
         if not reply.ok:
             headers_out = client_response_headers(reply.headers, keep_length=False)
@@ -144,14 +144,14 @@ class RoutingProxy:
             log.warning(
                 "prefiller %s sent no %s: the decoder prefills again", prefiller, handoff.location_field
             )
-        decode_body = orjson.dumps(handoff.decode_body(original, prefilled))
+        decode_body = dumps(handoff.decode_body(original, prefilled))
         return await self._decode(request, headers, decode_body, prefiller_cached_tokens(prefilled))
 
     async def _sglang(
         self, request: web.Request, prefiller: HostPort, original: Body, headers: CIMultiDict[str]
     ) -> web.StreamResponse:
         """SGLang pairs the legs by bootstrap room, so both start at once; the prefill reply is unused."""
-        body = orjson.dumps(sglang_body(original, prefiller, self._options.sglang_bootstrap_port, self._rng))
+        body = dumps(sglang_body(original, prefiller, self._options.sglang_bootstrap_port, self._rng))
         self._detach(self._prefill.send_detached(prefiller, request_target(request), headers, body))
         return await self._decode(request, headers, body, None)
 
@@ -196,18 +196,19 @@ async def _read_json_object(request: web.Request) -> Body:
         raise ProxyError(400, f"Invalid JSON in the request body: {exc}") from None
     if not isinstance(body, dict):
         raise ProxyError(400, "The request body must be a JSON object")
-    if nested_too_deep(raw, body):  # orjson reads 1,024 levels but writes the legs 254 deep at most
+    too_deep, long_number = scan(raw, body)
+    if too_deep:  # orjson reads 1,024 levels but writes the legs 254 deep at most
         raise ProxyError(
             400,
             f"Invalid JSON in the request body: objects and arrays are nested deeper than the "
             f"limit of {MAX_JSON_DEPTH} levels",
         )
-    return body
+    return exact(raw) if long_number else body  # integers beyond 64 bits as the client wrote them
 
 
 def _json_object(raw: bytes) -> Body | None:
     try:
-        parsed = orjson.loads(raw)
+        parsed = loads(raw)
     except orjson.JSONDecodeError:
         return None
     return parsed if isinstance(parsed, dict) else None

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from epp.requests.jsontext import dumps, loads
 from epp.requests.usage import USAGE_DETAILS_KEYS, usage_objects
 
 _MARKER = b'"cached_tokens"'
@@ -40,10 +41,10 @@ def rewrite_json(payload: bytes, cached_tokens: int) -> bytes:
     if _MARKER not in payload:
         return payload
     try:
-        document = orjson.loads(payload)
+        document = loads(payload)
     except orjson.JSONDecodeError:
         return payload
-    return orjson.dumps(document) if set_cached_tokens(document, cached_tokens) else payload
+    return dumps(document) if set_cached_tokens(document, cached_tokens) else payload
 
 
 class SseRewriter:

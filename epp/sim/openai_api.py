@@ -196,6 +196,7 @@ def _generation(
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise ApiError(400, "'model' is required", "model")
+    _int64(body, "seed")  # the simulator draws nothing from it
     max_tokens = _optional_int(body, limit_field, minimum=1)
     stream = bool(_optional_bool(body, "stream", default=False))
     include_usage = kind != "responses" and _include_usage(body)  # vLLM's Responses API has none
@@ -211,9 +212,24 @@ def _generation(
         kv_transfer_params=body.get("kv_transfer_params"),
         # vLLM: chat's `n` may be null, completions' not.
         n=1 if kind == "responses" else _optional_int(body, "n", minimum=1, nullable=kind == "chat") or 1,
-        priority=_optional_int(body, "priority", minimum=None, nullable=False) or 0,
+        priority=_int64(body, "priority", nullable=False) or 0,
         cache_salt=_cache_salt(body),
     )
+
+
+_INT64_BOUND = 2**63
+"""vLLM bounds `seed` and `priority` (chat, completions, responses) to -2**63 .. 2**63 - 1."""
+
+
+def _int64(body: dict[str, Any], field: str, nullable: bool = True) -> int | None:
+    """A lax integer field vLLM bounds to 64 bits (pydantic's ge/le), else its 400. The refused
+    value is named as received, so a client sees whether its integer arrived whole."""
+    value = _optional_int(body, field, minimum=None, nullable=nullable)
+    if value is not None and not -_INT64_BOUND <= value < _INT64_BOUND:
+        raise ApiError(
+            400, f"'{field}' must be between -2**63 and 2**63 - 1 (a 64-bit integer), got {value}", field
+        )
+    return value
 
 
 def _cache_salt(body: dict[str, Any]) -> str | None:

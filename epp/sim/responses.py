@@ -7,9 +7,9 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
 from aiohttp import web
 
+from epp.requests.jsontext import dumps
 from epp.sim.config import LoraModule
 from epp.sim.logprobs import choice_logprobs
 from epp.sim.openai_api import (
@@ -26,7 +26,7 @@ from epp.sim.tools import message_tool_calls
 
 
 def json_response(body: dict[str, Any] | list[Any], status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+    return web.Response(body=dumps(body), status=status, content_type="application/json")
 
 
 def error_response(error: ApiError) -> web.Response:

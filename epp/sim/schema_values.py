@@ -1,10 +1,12 @@
 """JSON text that satisfies a JSON schema, drawn deterministically from a seed: what a model
 writes under vLLM's guided decoding for a forced tool call's arguments (the tool's `parameters`
 schema). It covers what tool schemas use: types (one or a list), `enum`, `const`, objects with
-`properties` and `required`, arrays with `items` or `prefixItems` and their size bounds, string
-lengths, number bounds (inclusive and exclusive), `anyOf`/`oneOf` (the first branch), `allOf`
+`properties`, `required`, `patternProperties`, `additionalProperties`, `minProperties`,
+`maxProperties` and `dependentRequired` (`schema_keywords`), arrays with `items` or `prefixItems`,
+their size bounds and `uniqueItems`, string lengths, number bounds (inclusive and exclusive),
+`not` (of `type`, `const`, `enum` or `required`), `anyOf`/`oneOf` (the first branch), `allOf`
 (merged) and local `$ref`s. `pattern`, `format` and `multipleOf` are not followed; a keyword of the
-wrong type (`"required": 5`, `"properties": []`) is ignored.
+wrong type (`"required": 5`, `"properties": []`) is ignored. A schema no value satisfies is a 400.
 
 The text is written as it is drawn, up to a budget of characters: a schema whose shortest value is
 longer than any answer can be (`minItems: 1000000000`, a recursive `$ref` fanning out) gives the
@@ -16,10 +18,22 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from epp.sim.errors import ApiError
+from epp.sim.schema_keywords import (
+    NO_REFUSAL,
+    Refusal,
+    canonical,
+    first_escape,
+    members,
+    merge_parts,
+    of_its_type,
+    unsatisfiable,
+)
 from epp.sim.tokens import output_text
 
 MAX_DEPTH = 16
@@ -34,8 +48,10 @@ MAX_NESTING = 300
 level is a call of the drawing's, which must stay well within Python's recursion limit."""
 _DEFAULT_SPAN = 100
 _TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
-_ANY_STRING = {"type": "string"}
-"""A required property the schema does not declare."""
+_TRIES = 32
+"""Draws of one value before it is taken that no other value like it can be drawn (an item
+`uniqueItems` wants, a value a `not` excludes): a boolean's two values are both drawn by then but
+once in four billion times."""
 
 
 def schema_text(schema: Any, seed: int, budget: int) -> tuple[str, bool]:
@@ -81,11 +97,18 @@ class _Draw:
             self._put(_json(self._words(1, 3)))
             return
         node = self._node(schema, depth)
+        if node.excluded and node.kind not in ("const", "enum", "branch"):
+            if self._distinct(node.excluded, "", lambda: self._kind(node, depth)) is None:
+                raise unsatisfiable("exclude with `not` every value the simulator drew")
+        else:
+            self._kind(node, depth)
+
+    def _kind(self, node: _Node, depth: int) -> None:
         kind, resolved = node.kind, node.schema
         if kind == "const":
             self._put(_json(resolved["const"]))
         elif kind == "enum":
-            self._put(_json(self._rng.choice(resolved["enum"])))
+            self._put(_json(self._rng.choice(node.options)))
         elif kind == "branch":
             self.value(node.branch, depth + 1)
         elif kind == "object":
@@ -93,7 +116,7 @@ class _Draw:
         elif kind == "array":
             self._array(resolved, depth)
         elif kind in ("integer", "number"):
-            self._put(_json(self._number(resolved, kind == "integer")))
+            self._put(_json(self._number(resolved, kind == "integer", node.fraction)))
         elif kind == "boolean":
             self._put(_json(self._rng.random() < 0.5))
         elif kind == "null":
@@ -139,18 +162,32 @@ class _Draw:
                     part = self._resolved.get((id(raw), depth + 1))
                     if part is None:
                         part = self._resolved[id(raw), depth + 1] = self._resolve(raw, depth + 1)
-                    properties = {**_properties(merged), **_properties(part)}
-                    required = [*_required(merged), *_required(part)]
-                    merged = {**merged, **part, "properties": properties, "required": required}
+                    merged = merge_parts(merged, part)
             return merged
         return schema
 
+    def _distinct(
+        self, avoid: set[str] | frozenset[str], prefix: str, draw: Callable[[], None]
+    ) -> str | None:
+        """`prefix` and a value of `draw` whose canonical text is not in `avoid`, drawn up to _TRIES
+        times (the text of each other one taken back): that text, or None with nothing written."""
+        mark, budget = len(self.parts), self._budget
+        for _ in range(_TRIES):
+            self._put(prefix)
+            start = len(self.parts)
+            draw()
+            drawn = canonical(json.loads("".join(self.parts[start:])))
+            if drawn not in avoid:
+                return drawn
+            del self.parts[mark:]
+            self._budget = budget
+        return None
+
     def _object(self, node: _Node, depth: int) -> None:
-        properties = _properties(node.schema)
         self._put("{")
-        for index, name in enumerate(node.names):
+        for index, (name, member) in enumerate(zip(node.names, node.members, strict=True)):
             self._put(("" if index == 0 else ", ") + _json(name) + ": ")
-            self.value(properties.get(name, _ANY_STRING), depth + 1)
+            self.value(member, depth + 1)
         self._put("}")
 
     def _array(self, schema: dict[str, Any], depth: int) -> None:
@@ -160,14 +197,27 @@ class _Draw:
         prefix = schema.get("prefixItems")
         prefix = prefix if isinstance(prefix, list) else []
         items = schema.get("items", {})
+        seen: set[str] | None = set() if schema.get("uniqueItems") is True else None
         self._put("[")
         for i in range(count):
-            if i:
-                self._put(", ")
-            self.value(prefix[i] if i < len(prefix) else items, depth + 1)
+            item = prefix[i] if i < len(prefix) else items
+            if seen is None:
+                self._put(", " if i else "")
+                self.value(item, depth + 1)
+                continue
+            drawn = self._distinct(seen, ", " if i else "", partial(self.value, item, depth + 1))
+            if drawn is None and i < low:
+                raise unsatisfiable(
+                    f"need {low} unique items (minItems, uniqueItems) and no more could be drawn"
+                )
+            if drawn is None:
+                break
+            seen.add(drawn)
         self._put("]")
 
-    def _number(self, schema: dict[str, Any], integer: bool) -> int | float:
+    def _number(self, schema: dict[str, Any], integer: bool, fraction: bool = False) -> int | float:
+        """A number within the schema's bounds; an integer if `integer`, a non-whole one if
+        `fraction` (a `not` excludes integers, and JSON Schema counts 4.0 as one)."""
         low, low_open = _bound(schema, "minimum", "exclusiveMinimum", max)
         high, high_open = _bound(schema, "maximum", "exclusiveMaximum", min)
         if low is None:
@@ -179,9 +229,15 @@ class _Draw:
             last = math.ceil(high) - 1 if high_open or high != math.ceil(high) else int(high)
             return self._rng.randint(first, last) if first <= last else first
         drawn = round(self._rng.uniform(low, high), 2)
-        if (drawn < low or (low_open and drawn == low)) or (drawn > high or (high_open and drawn == high)):
-            return (low + high) / 2
-        return drawn
+        for candidate in (drawn, (low + high) / 2, drawn + 0.5, drawn - 0.5, low + 0.01, high - 0.01):
+            within = (low < candidate or (not low_open and candidate == low)) and (
+                candidate < high or (not high_open and candidate == high)
+            )
+            if within and not (fraction and float(candidate).is_integer()):
+                return candidate
+        if fraction:
+            raise unsatisfiable("allow only whole numbers, which `not` excludes")
+        return (low + high) / 2
 
     def _string(self, schema: dict[str, Any]) -> None:
         """Words up to `minLength` (cut at `maxLength`), written as they are drawn."""
@@ -211,23 +267,37 @@ class _Node:
     schema: dict[str, Any]
     kind: str  # "const", "enum", "branch" (the first of `anyOf`/`oneOf`), or a JSON type
     branch: Any = None
-    names: tuple[str, ...] = ()  # an object's properties drawn: every declared one, and required
+    names: tuple[str, ...] = ()  # an object's properties drawn (`schema_keywords.members`)
+    members: tuple[Any, ...] = ()  # the schema of each
+    options: tuple[Any, ...] = ()  # the `enum` values a `not` leaves
+    excluded: frozenset[str] = frozenset()  # canonical texts of the values a `not` excludes
+    fraction: bool = False  # a number a `not` wants not whole (it excludes integers)
 
 
 def _read(schema: dict[str, Any], depth: int) -> _Node:
+    return first_escape(schema, lambda refusal: _read_escaping(schema, depth, refusal))
+
+
+def _read_escaping(schema: dict[str, Any], depth: int, refusal: Refusal) -> _Node:
+    """The schema read so that its values escape its `not` by `refusal`, or a 400 if none can."""
     if "const" in schema:
+        if refusal.excludes(schema["const"]) or not of_its_type(schema, schema["const"]):
+            raise unsatisfiable("exclude their `const` by its type or with `not`")
         return _Node(schema, "const")
     if isinstance(schema.get("enum"), list) and schema["enum"]:
-        return _Node(schema, "enum")
+        options = tuple(v for v in schema["enum"] if of_its_type(schema, v) and not refusal.excludes(v))
+        if not options:
+            raise unsatisfiable("exclude every `enum` value by its type or with `not`")
+        return _Node(schema, "enum", options=options)
     for branch in ("anyOf", "oneOf"):
         if isinstance(schema.get(branch), list) and schema[branch]:
             return _Node(schema, "branch", branch=schema[branch][0])
-    kind = _type_of(schema)
+    kind = _type_of(schema, refusal)
     if kind != "object":
-        return _Node(schema, kind)
-    names = dict.fromkeys(_properties(schema) if depth < MAX_DEPTH else ())
-    names.update(dict.fromkeys(_required(schema)))
-    return _Node(schema, kind, names=tuple(names))
+        fraction = kind == "number" and "integer" in refusal.types
+        return _Node(schema, kind, excluded=refusal.values, fraction=fraction)
+    names, schemas = members(schema, depth < MAX_DEPTH, refusal)
+    return _Node(schema, kind, names=names, members=schemas, excluded=refusal.values)
 
 
 def _within(depth: int) -> None:
@@ -246,28 +316,26 @@ def _json(value: Any) -> str:
         raise _too_deep() from None
 
 
-def _properties(schema: dict[str, Any]) -> dict[str, Any]:
-    properties = schema.get("properties")
-    return properties if isinstance(properties, dict) else {}
-
-
-def _required(schema: dict[str, Any]) -> list[str]:
-    required = schema.get("required")
-    return [r for r in required if isinstance(r, str)] if isinstance(required, list) else []
-
-
-def _type_of(schema: dict[str, Any]) -> str:
+def _type_of(schema: dict[str, Any], refusal: Refusal = NO_REFUSAL) -> str:
+    """The type drawn: the schema's own (the first but null of a list), else what its keywords
+    imply, else a string; one outside what `refusal` excludes (an object where it needs one)."""
+    excluded = set(refusal.types) | ({"integer"} if "number" in refusal.types else set())
+    if refusal.together:
+        excluded |= set(_TYPES) - {"object"}
     kind = schema.get("type")
-    if isinstance(kind, list):
-        named = [k for k in kind if k in _TYPES]
-        kind = next((k for k in named if k != "null"), named[0] if named else None)
-    if kind in _TYPES:
-        return str(kind)
+    named = [k for k in (kind if isinstance(kind, list) else [kind]) if k in _TYPES]
+    if named:
+        allowed = [k for k in named if k not in excluded]
+        if not allowed:
+            raise unsatisfiable("allow no type that `not` does not exclude")
+        return next((k for k in allowed if k != "null"), allowed[0])
     if "properties" in schema or "required" in schema:
-        return "object"
-    if "items" in schema or "prefixItems" in schema:
-        return "array"
-    return "string"
+        implied = "object"
+    elif "items" in schema or "prefixItems" in schema:
+        implied = "array"
+    else:
+        implied = "string"
+    return implied if implied not in excluded else next(k for k in _TYPES if k not in excluded)
 
 
 def _bound(schema: dict[str, Any], inclusive: str, exclusive: str, tighter: Any) -> tuple[float | None, bool]:

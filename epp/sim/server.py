@@ -22,6 +22,7 @@ from aiohttp import web
 
 from epp.headers import SIM_HOST_HEADER, SIM_POD_HEADER, SIM_PORT_HEADER
 from epp.kvevents import topic_for
+from epp.requests.jsontext import loads
 from epp.sim.config import EndpointConfig
 from epp.sim.driver import EngineDriver
 from epp.sim.engine import Engine, Rejection, Request
@@ -590,7 +591,7 @@ async def _api_body(request: web.Request) -> dict[str, Any]:
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
-        body = orjson.loads(await request.read())
+        body = loads(await request.read())
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):

@@ -8,9 +8,9 @@ import time
 import uuid
 from typing import Any
 
-import orjson
 from aiohttp import web
 
+from epp.requests.jsontext import dumps
 from epp.sim.engine import State
 from epp.sim.logprobs import choice_logprobs
 from epp.sim.openai_api import (
@@ -219,7 +219,7 @@ class SseWriter:
 
 
 def _data(payload: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
+    return b"data: " + dumps(payload) + b"\n\n"
 
 
 def _event(name: str, payload: dict[str, Any]) -> bytes:

@@ -3,6 +3,7 @@ target model, and the client gets its own model name back."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -62,3 +63,39 @@ async def test_a_rewritten_body_ended_by_trailers_reaches_the_model_server_once_
         reply = orjson.loads(await nghttp_with_trailers(stack, "/v1/completions", body, tmp_path))
     assert reply.get("model") == "friendly-name", reply
     assert reply["usage"]["completion_tokens"] == 3
+
+
+async def test_a_rewritten_body_reaches_the_simulator_with_integers_past_64_bits_as_written(
+    make_stack: StackFactory, tmp_path: Path
+) -> None:
+    """The EPP read 10**20 as orjson's 1e+20 and wrote the rewritten body with `1e20`: a tool
+    schema's `const` came back as `1e+20` in the call's arguments, and a seed past 64 bits got the
+    simulator's 400 for a float instead of vLLM's, naming the integer sent."""
+    rewrites = tmp_path / "rewrites.yaml"
+    rewrites.write_text(REWRITES)
+    epp_args = [*stack_config(tmp_path).epp_args, f"--model-rewrites-file={rewrites}"]
+    parameters = {"type": "object", "properties": {"n": {"const": 10**20}}, "required": ["n"]}
+    body = {
+        "model": "friendly-name",
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": parameters}}],
+        "tool_choice": {"type": "function", "function": {"name": "f"}},
+        "client_field": {"id": -(2**70), "ok": 2**64 - 1},
+    }
+    headers = {"content-type": "application/json"}
+    async with (
+        make_stack("rewrite-bigint", sims=1, epp_args=epp_args) as stack,
+        httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client,
+    ):
+        # json.dumps writes the integers whole.
+        answer = await client.post("/v1/chat/completions", content=json.dumps(body), headers=headers)
+        assert answer.status_code == 200, answer.text
+        call = answer.json()["choices"][0]["message"]["tool_calls"][0]["function"]
+        assert (answer.json()["model"], call["arguments"]) == (
+            "friendly-name",
+            '{"n": 100000000000000000000}',
+        )
+        seeded = json.dumps({**body, "seed": 10**20})
+        refused = await client.post("/v1/chat/completions", content=seeded, headers=headers)
+    message = "'seed' must be between -2**63 and 2**63 - 1 (a 64-bit integer), got 100000000000000000000"
+    assert (refused.status_code, refused.json()["message"]) == (400, message)

@@ -253,6 +253,25 @@ async def test_pd_non_streaming_chat(rig: Rig, http: aiohttp.ClientSession) -> N
     assert second > 0
 
 
+async def test_pd_legs_keep_integers_past_64_bits(rig: Rig, http: aiohttp.ClientSession) -> None:
+    """The sidecar read 10**20 as orjson's 1e+20 and wrote both legs with `1e20`: the decoder's
+    forced tool call then said `1e+20`."""
+    parameters = {"type": "object", "properties": {"n": {"const": 10**20}}, "required": ["n"]}
+    body = chat(
+        40,
+        "pd integers",
+        ignore_eos=False,
+        tools=[{"type": "function", "function": {"name": "f", "parameters": parameters}}],
+        tool_choice={"type": "function", "function": {"name": "f"}},
+        client_field={"id": -(2**70)},
+    )
+    response, reply, prefill, decode = await pd_exchange(rig, http, "/v1/chat/completions", body)
+    assert response.status == 200, reply
+    assert (prefill["prefill_only"], decode["remote_decode"]) == (1, 1)
+    call = reply["choices"][0]["message"]["tool_calls"][0]["function"]
+    assert call["arguments"] == '{"n": 100000000000000000000}'
+
+
 async def test_pd_streaming_chat(rig: Rig, http: aiohttp.ClientSession) -> None:
     body = chat(5, "pd stream", stream=True, stream_options={"include_usage": True})
     response, frames, prefill, decode = await pd_exchange(rig, http, "/v1/chat/completions", body)

@@ -463,6 +463,38 @@ async def test_a_tool_whose_arguments_cannot_end_is_cut_at_max_tokens(
     assert arguments.startswith('{"ids": [') and len(tokenize(arguments)) == 20
 
 
+async def test_integers_past_64_bits_in_a_request_are_read_as_written(
+    cluster: SimCluster, http: aiohttp.ClientSession
+) -> None:
+    """orjson read a tool schema's `const` 10**20 as 1e+20, so the arguments said `1e+20`; a client
+    field past 64 bits passes, and a seed past them is vLLM's 400 naming the value as sent."""
+    parameters = {"type": "object", "properties": {"n": {"const": 10**20}}, "required": ["n"]}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": parameters}}]
+    choice = {"type": "function", "function": {"name": "f"}}
+    body = tool_request(choice, tools=tools, seed=2**63 - 1, client_field={"id": -(2**70)})
+    status, _, data = await post(http, base(cluster) + "/v1/chat/completions", body)
+    assert status == 200, data
+    (answer,) = data["choices"]
+    assert answer["message"]["tool_calls"][0]["function"]["arguments"] == '{"n": 100000000000000000000}'
+    status, _, data = await post(http, base(cluster) + "/v1/chat/completions", {**body, "seed": 10**20})
+    message = "'seed' must be between -2**63 and 2**63 - 1 (a 64-bit integer), got 100000000000000000000"
+    assert (status, data["message"], data["param"]) == (400, message, "seed")
+
+
+async def test_a_tool_schema_no_arguments_satisfy_is_a_400_naming_the_clash(
+    cluster: SimCluster, http: aiohttp.ClientSession
+) -> None:
+    """A required property `additionalProperties: false` forbids: the simulator drew it as a
+    string and answered 200 with arguments the schema refuses."""
+    parameters = {"type": "object", "required": ["n"], "additionalProperties": False}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": parameters}}]
+    body = tool_request({"type": "function", "function": {"name": "f"}}, tools=tools)
+    status, _, data = await post(http, base(cluster) + "/v1/chat/completions", body)
+    allowed = "which no property or pattern allows (additionalProperties is false)"
+    message = f"the tool's parameters require 'n', {allowed}"
+    assert (status, data["message"], data["param"]) == (400, message, "tools")
+
+
 async def test_an_unknown_tool_in_tool_choice_is_vllms_400(
     cluster: SimCluster, http: aiohttp.ClientSession
 ) -> None:

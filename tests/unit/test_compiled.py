@@ -14,7 +14,7 @@ import pytest
 from epp.bench import events
 from epp.compiled import warn_python_fallback
 from epp.datalayer import kvblocks, promtext
-from epp.requests import parser
+from epp.requests import jsontext
 from epp.scheduling import scoring
 from epp.scheduling.prefix import index
 from epp.sim import tokens
@@ -45,11 +45,11 @@ PARTS: list[tuple[object, str, object, Callable[[], object], Callable[[object], 
         "the precise prefix index's block keys: its C extension was not built",
     ),
     (
-        parser,
-        "_compiled_depth",
+        jsontext,
+        "_compiled_scan",
         None,
-        lambda: parser.nested_too_deep(b'{"a": [[1]]}', {"a": [[1]]}),
-        lambda made: made is False,
+        lambda: jsontext.scan(b'{"a": [[1]]}', {"a": [[1]]}),
+        lambda made: made == (False, False),
         "the request body's depth check: its C extension was not built",
     ),
     (

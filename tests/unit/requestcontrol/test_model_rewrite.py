@@ -156,3 +156,20 @@ def test_rewrite_decisions_for_invented_model_names_are_capped() -> None:
     }
     assert len(names) == 257  # 256 series, then "other"
     assert "other" in names
+
+
+def test_a_rewritten_body_keeps_the_clients_integers_beyond_64_bits() -> None:
+    """orjson read 100000000000000000000 as 1e+20 and wrote the rewritten body with `1e20`: the
+    model server got another request (a seed, a logit_bias value, a field of the client's own)."""
+    epp = director(("llama-v2",))
+    epp.model_rewrites.replace([rewrite("alias", OLD, (["llama"], [("llama-v2", 1)]))])
+    body = (
+        b'{"model": "llama", "prompt": "hi", "seed": 100000000000000000000,'
+        b' "extra_field": {"n": -9223372036854775809, "ids": [18446744073709551616]}}'
+    )
+    routed = epp.handle_body(body, {":path": "/v1/completions"}, None)
+    assert routed.body == (
+        b'{"model":"llama-v2","prompt":"hi","seed":100000000000000000000,'
+        b'"extra_field":{"n":-9223372036854775809,"ids":[18446744073709551616]}}'
+    )
+    routed.finish()

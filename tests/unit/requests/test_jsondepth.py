@@ -1,8 +1,9 @@
-"""The body's depth check in C (`_jsondepth.depth`) against the parsed body's own depth and against
-the Python check it stands in for (`python_too_deep`): brackets inside strings, escaped quotes and
+"""The body's scan in C (`_jsondepth.scan`) against the parsed body's own depth and against the
+Python check it stands in for (`python_too_deep`): brackets inside strings, escaped quotes and
 backslashes, a string's last byte a backslash's, depth 254 and 255 of arrays and of objects,
 non-ASCII text, and every byte that matters at every offset of the 16-byte blocks the scan skips
-by. Skipped when the extension is not built."""
+by; and its runs of digits outside strings (integers orjson may read as floats) against a byte at
+a time reference, across block boundaries. Skipped when the extension is not built."""
 
 from __future__ import annotations
 
@@ -21,12 +22,17 @@ from hypothesis import strategies as st
 
 pytest.importorskip("epp.requests._jsondepth")
 
-from epp.requests._jsondepth import depth
+from epp.requests._jsondepth import scan as compiled_scan
 from epp.requests.errors import RequestError
-from epp.requests.parser import MAX_JSON_DEPTH, decode_body, nested_too_deep, python_too_deep
+from epp.requests.jsontext import LONG_RUN, MAX_JSON_DEPTH, python_long_number, python_too_deep, scan
+from epp.requests.parser import decode_body
 
 # Text rich in what the scan must see through inside a string.
 HOSTILE = '[]{}"\\/ aé日😀\n\t\x00\x1f'
+
+
+def depth(raw: bytes | bytearray | memoryview) -> int:
+    return compiled_scan(raw)[0]
 
 
 def tree_depth(value: Any) -> int:
@@ -47,7 +53,7 @@ def check(raw: bytes) -> int:
     body = orjson.loads(raw)
     found = depth(raw)
     assert found == tree_depth(body)
-    assert nested_too_deep(raw, body) == python_too_deep(raw, body) == (found > MAX_JSON_DEPTH)
+    assert scan(raw, body)[0] == python_too_deep(raw, body) == (found > MAX_JSON_DEPTH)
     return found
 
 
@@ -102,13 +108,16 @@ def test_every_offset_of_a_block(pad: int, piece: bytes) -> None:
     assert check(b"[" + b" " * pad + piece + b", [[0]]]") == 3
 
 
-def reference_depth(raw: bytes) -> int:
+def reference_scan(raw: bytes) -> tuple[int, bool]:
     """The scan's documented answer on any text, a byte at a time: the deepest run of unclosed
-    brackets outside strings, a backslash in a string escaping the byte after it, never below 0."""
-    level = deepest = i = 0
-    in_string = False
+    brackets outside strings, a backslash in a string escaping the byte after it, never below 0;
+    and whether LONG_RUN digits and minus signs stand in a row outside strings."""
+    level = deepest = i = digits = 0
+    in_string = long_number = False
     while i < len(raw):
         byte = raw[i : i + 1]
+        digits = digits + 1 if not in_string and (byte.isdigit() or byte == b"-") else 0
+        long_number = long_number or digits >= LONG_RUN
         if byte == b'"':
             in_string = not in_string
         elif in_string and byte == b"\\":
@@ -119,7 +128,11 @@ def reference_depth(raw: bytes) -> int:
         elif not in_string and byte in b"]}":
             level = max(level - 1, 0)
         i += 1
-    return deepest
+    return deepest, long_number
+
+
+def reference_depth(raw: bytes) -> int:
+    return reference_scan(raw)[0]
 
 
 # Dense in what the scan looks at, so that blocks hold several of them, escapes fall on a block's
@@ -132,6 +145,38 @@ DENSE = b'[]{}"\\ a\x80\xff\xdb'
 def test_dense_text_reads_as_the_byte_at_a_time_reference(raw: bytes) -> None:
     """Any text, JSON or not: several bytes that matter in one 16-byte block, taken in order."""
     assert depth(raw) == reference_depth(raw)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from([b"0" * 7, b"9" * 12, b"5", b"-", b'"', b"\\", b"[", b",", b" ", b"x", b"/", b":"]),
+        max_size=40,
+    ).map(b"".join)
+)
+def test_runs_of_digits_read_as_the_byte_at_a_time_reference(raw: bytes) -> None:
+    """Runs of digits inside and outside strings, broken by quotes, escapes and bytes just below and
+    above the digits' range (`/`, `:`), falling across the 16-byte blocks' edges."""
+    assert compiled_scan(raw) == reference_scan(raw)
+
+
+@pytest.mark.parametrize("pad", range(34))
+@pytest.mark.parametrize(
+    "number",
+    [b"1" + b"0" * 18, b"-" + b"9" * 18, b"1" + b"0" * 19, b"-" + b"9" * 19, b"1" + b"0" * 39],
+    ids=lambda n: f"{n[:1].decode()}{len(n)}",
+)
+def test_an_integer_at_every_offset_of_a_block(pad: int, number: bytes) -> None:
+    """A number starting at each offset of two blocks, outside strings and inside one: 19
+    characters (a minus counted) are not long, 20 are (10**19 and -10**19 + 1, which orjson
+    still keeps, and 10**39, which it does not); decode_body reads each as written."""
+    long_number = len(number) >= LONG_RUN
+    outside = b'{"a": "' + b"x" * pad + b'", "n": ' + number + b"}"
+    inside = b'{"a": "' + b"x" * pad + number + b'"}'
+    assert compiled_scan(outside) == (1, long_number)
+    assert compiled_scan(inside) == (1, False)
+    assert python_long_number(outside) == python_long_number(inside) == long_number
+    assert decode_body(outside)["n"] == int(number)
 
 
 @pytest.fixture
@@ -165,13 +210,13 @@ def test_text_ending_at_a_page_end_is_never_read_past(page_end: int, length: int
     at the last whole block, and a backslash on a block's last byte or the text's does not step
     the scan past the end."""
     rng = random.Random(length)
-    texts = [b'"' + b"\\" * length, b"[" * length, b'"' + b"a" * length + b"\\"]
+    texts = [b'"' + b"\\" * length, b"[" * length, b'"' + b"a" * length + b"\\", b"1" * length]
     texts += [bytes(rng.choice(DENSE) for _ in range(length)) for _ in range(50)]
     for text in texts:
         text = text[-length:] if length else b""
         ctypes.memmove(page_end - length, text, length)
         view = memoryview((ctypes.c_char * length).from_address(page_end - length)).cast("B")
-        assert depth(view) == reference_depth(text)
+        assert compiled_scan(view) == reference_scan(text)
 
 
 def test_a_long_string_of_escapes_and_brackets() -> None:

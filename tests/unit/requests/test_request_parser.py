@@ -8,7 +8,7 @@ import sys
 import orjson
 import pytest
 
-from epp.requests import ApiKind, RequestError, parser
+from epp.requests import ApiKind, RequestError, jsontext
 from epp.requests.parser import api_kind, decode_body, parse_request
 from tests.unit.deep_json import DEEP_FIELDS, deep_body
 
@@ -287,7 +287,7 @@ def test_the_depth_limit_with_and_without_the_extension(
     if compiled:
         pytest.importorskip("epp.requests._jsondepth")
     else:
-        monkeypatch.setattr(parser, "_compiled_depth", None)
+        monkeypatch.setattr(jsontext, "_compiled_scan", None)
     for field in range(len(DEEP_FIELDS)):
         path = DEEP_FIELDS[field][0]
         assert parse_request(deep_body(field, 254), path, {}, "rid").prompt

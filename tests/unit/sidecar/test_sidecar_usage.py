@@ -28,6 +28,15 @@ def test_json_reply_gets_the_prefillers_figure() -> None:
     assert out["choices"][0]["message"]["content"] == "cached_tokens are fun"
 
 
+def test_a_reply_with_integers_past_64_bits_keeps_them() -> None:
+    """orjson read 10**20 as 1e+20 and wrote the rewritten reply with `1e20`."""
+    reply = b'{"usage":{"prompt_tokens_details":{"cached_tokens":96}},"seed":100000000000000000000}'
+    assert (
+        rewrite_json(reply, 16)
+        == b'{"usage":{"prompt_tokens_details":{"cached_tokens":16}},"seed":100000000000000000000}'
+    )
+
+
 def test_responses_api_usage_is_rewritten_too() -> None:
     reply = {
         "object": "response",

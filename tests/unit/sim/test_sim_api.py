@@ -411,3 +411,20 @@ def test_fields_are_read_as_vllms_lax_pydantic_models_read_them() -> None:
         "top_logprobs",
         "'top_logprobs' must be an integer",
     )
+
+
+@pytest.mark.parametrize(
+    "parse", [parse_completion, parse_chat, parse_responses], ids=["completions", "chat", "responses"]
+)
+@pytest.mark.parametrize("field", ["seed", "priority"])
+@pytest.mark.parametrize("value", [2**63, 10**20, -(2**63) - 1])
+def test_a_seed_or_priority_past_64_bits_is_vllms_400_naming_the_value_received(
+    parse: Any, field: str, value: int
+) -> None:
+    """vLLM bounds `seed` and `priority` to 64 bits (pydantic's ge/le, a 400); the simulator
+    ignored the seed and took any priority."""
+    message = f"'{field}' must be between -2**63 and 2**63 - 1 (a 64-bit integer), got {value}"
+    assert refusal(parse, {field: value}) == (400, field, message)
+    base = {"model": "m", "prompt": "x", "input": "x", "messages": [{"role": "user", "content": "x"}]}
+    for within in (2**63 - 1, -(2**63), "7"):
+        assert parse({**base, field: within}).priority == (int(within) if field == "priority" else 0)

@@ -9,6 +9,8 @@ from typing import Any
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from epp.sim.errors import ApiError
 from epp.sim.openai_api import parse_chat
@@ -108,6 +110,227 @@ def test_arguments_satisfy_their_schema(schema: dict[str, Any]) -> None:
         value = schema_value(schema, seed)
         assert not list(validator.iter_errors(value)), (seed, value)
         assert schema_value(schema, seed) == value  # the same seed, the same arguments
+
+
+KEYWORD_SCHEMAS: list[dict[str, Any]] = [
+    # A required property no `properties` declares: drawn from `additionalProperties`...
+    {"type": "object", "required": ["n"], "additionalProperties": {"type": "integer", "minimum": 5}},
+    # ... or from every `patternProperties` entry its name matches (a declared one's too).
+    {
+        "type": "object",
+        "properties": {"x_a": {"type": "integer"}},
+        "patternProperties": {"^x_": {"minimum": 10, "maximum": 12}, "^y": {"type": "boolean"}},
+        "required": ["x_a", "x_b", "yes"],
+        "additionalProperties": False,
+    },
+    {"type": "object", "minProperties": 3},
+    {"type": "object", "properties": {"a": {"type": "string"}}, "minProperties": 3, "maxProperties": 3},
+    {
+        "type": "object",
+        "patternProperties": {"^tag_[0-9]+$": {"type": "string", "maxLength": 4}},
+        "additionalProperties": False,
+        "minProperties": 2,
+    },
+    {
+        "type": "object",
+        "properties": {"a": {}, "b": {}, "c": {}, "d": {}},
+        "maxProperties": 2,
+        "required": ["d"],
+    },
+    {"type": "array", "items": {"type": "boolean"}, "minItems": 2, "maxItems": 2, "uniqueItems": True},
+    {"type": "array", "items": {"enum": [1, 2, 3]}, "minItems": 3, "uniqueItems": True},
+    {
+        "type": "array",
+        "items": {"type": "integer", "minimum": 0, "maximum": 3},
+        "minItems": 4,
+        "uniqueItems": True,
+    },
+    {
+        "type": "array",
+        "items": {"type": "object", "properties": {"k": {"enum": ["a", "b"]}}, "required": ["k"]},
+        "minItems": 2,
+        "uniqueItems": True,
+    },
+    {
+        "type": "object",
+        "properties": {"v": {"type": ["string", "integer"], "not": {"type": "string"}}},
+        "required": ["v"],
+    },
+    {"type": "object", "properties": {"v": {"not": {"type": "string"}}}, "required": ["v"]},
+    {
+        "type": "object",
+        "properties": {"v": {"enum": ["a", "b", "c"], "not": {"enum": ["a", "b"]}}},
+        "required": ["v"],
+    },
+    {
+        "type": "object",
+        "properties": {"v": {"type": "integer", "minimum": 1, "maximum": 2, "not": {"const": 1}}},
+        "required": ["v"],
+    },
+    {"type": "object", "properties": {"a": {}, "b": {}}, "not": {"required": ["a", "b"]}},
+    {
+        "type": "object",
+        "properties": {"card": {"type": "string"}},
+        "required": ["card"],
+        "dependentRequired": {"card": ["billing", "name"]},
+        "additionalProperties": {"type": "integer"},
+    },
+    {"type": "object", "required": ["x"], "dependencies": {"x": ["y"]}},
+    {"type": "number", "minimum": 4, "maximum": 4.02, "not": {"type": "integer"}},  # 4.0 is an integer
+    # allOf parts both apply: the tighter bounds, the common type, the common enum values.
+    {"allOf": [{"type": ["integer", "string"], "maximum": 3}, {"type": "number", "minimum": 2}]},
+    {"allOf": [{"enum": [1, "a", None]}, {"enum": ["a", None, 2]}, {"type": "string"}]},
+    {
+        "type": "object",
+        "properties": {"a": {}, "b": {}, "c": {}},
+        "required": ["a"],
+        "maxProperties": 2,
+        "dependentRequired": {"a": ["c"]},
+    },
+]
+
+
+@pytest.mark.parametrize("schema", KEYWORD_SCHEMAS, ids=lambda s: json.dumps(s)[:70])
+def test_arguments_satisfy_the_object_array_and_not_keywords(schema: dict[str, Any]) -> None:
+    """`additionalProperties`/`patternProperties` for undeclared properties (an undeclared required
+    one was drawn as a string), `minProperties`/`maxProperties`, `uniqueItems`, `not` and
+    `dependentRequired` (draft 7's `dependencies` lists): each was ignored."""
+    draft = jsonschema.Draft7Validator if "dependencies" in schema else jsonschema.Draft202012Validator
+    validator = draft(schema)
+    for seed in range(40):
+        value = schema_value(schema, seed)
+        assert not list(validator.iter_errors(value)), (seed, value)
+        assert schema_value(schema, seed) == value
+
+
+@pytest.mark.parametrize(
+    ("schema", "message"),
+    [
+        (
+            {"type": "object", "required": ["n"], "additionalProperties": False},
+            "the tool's parameters require 'n', which no property or pattern allows "
+            "(additionalProperties is false)",
+        ),
+        (
+            {"type": "object", "properties": {"a": {}}, "required": ["a", "b"], "maxProperties": 1},
+            "the tool's parameters require 2 properties but allow at most 1 (maxProperties)",
+        ),
+        (
+            {"type": "object", "properties": {"a": {}}, "additionalProperties": False, "minProperties": 2},
+            "the tool's parameters need 2 properties (minProperties); the simulator found 1 name they allow",
+        ),
+        (
+            {"type": "array", "items": {"enum": [1, 2]}, "minItems": 3, "uniqueItems": True},
+            "the tool's parameters need 3 unique items (minItems, uniqueItems) and no more could be drawn",
+        ),
+        (
+            {
+                "type": "object",
+                "properties": {"v": {"type": "string", "not": {"type": "string"}}},
+                "required": ["v"],
+            },
+            "the tool's parameters allow no type that `not` does not exclude",
+        ),
+        (
+            {
+                "type": "object",
+                "properties": {"v": {"enum": ["a"], "not": {"const": "a"}}},
+                "required": ["v"],
+            },
+            "the tool's parameters exclude every `enum` value by its type or with `not`",
+        ),
+        (
+            {"type": "object", "required": ["a", "b"], "not": {"required": ["a", "b"]}},
+            "the tool's parameters require every property that `not` forbids together: 'a', 'b'",
+        ),
+        (
+            {"type": "object", "properties": {"v": {"not": {"minimum": 3}}}, "required": ["v"]},
+            "the simulator draws `not` only of type, const, enum and required, not of: minimum",
+        ),
+        (
+            {"type": "number", "minimum": 4, "maximum": 4, "not": {"type": "integer"}},
+            "the tool's parameters allow only whole numbers, which `not` excludes",
+        ),
+        (
+            {"allOf": [{"type": "string"}, {"type": ["integer", "null"]}]},
+            "the tool's parameters combine `allOf` parts that allow no type in common",
+        ),
+        (
+            {"type": "object", "patternProperties": {"(": {}}, "required": ["a"]},
+            "the tool's parameters have a patternProperties pattern that is not a regular expression: '('",
+        ),
+    ],
+    ids=lambda v: json.dumps(v)[:50] if isinstance(v, dict) else "",
+)
+def test_a_schema_no_value_satisfies_is_a_400(schema: dict[str, Any], message: str) -> None:
+    with pytest.raises(ApiError) as raised:
+        schema_text(schema, 0, 1 << 20)
+    assert (raised.value.status, raised.value.param, raised.value.message) == (400, "tools", message)
+
+
+def keyword_schemas(depth: int = 0) -> st.SearchStrategy[dict[str, Any]]:
+    """Schemas mixing the keywords drawn for objects, arrays and `not`, often unsatisfiable."""
+    leaf = st.sampled_from(
+        [
+            {"type": "string"},
+            {"type": "integer", "minimum": 0, "maximum": 3},
+            {"type": "boolean"},
+            {"enum": [1, 2, "a", None]},
+            {},
+            {"type": ["integer", "string"]},
+            {"type": "number"},
+        ]
+    )
+    inner = leaf if depth >= 2 else keyword_schemas(depth + 1)
+    names = st.sampled_from(["p0", "p1", "q1"])
+    counts = st.integers(0, 4)
+    obj = st.fixed_dictionaries(
+        {
+            "type": st.just("object"),
+            "properties": st.dictionaries(st.sampled_from(["p0", "p1"]), inner, max_size=2),
+        },
+        optional={
+            "required": st.lists(names, max_size=2),
+            "additionalProperties": st.one_of(st.booleans(), leaf),
+            "patternProperties": st.dictionaries(
+                st.sampled_from(["^p", "^q", "^x_[0-9]+$"]), leaf, max_size=1
+            ),
+            "minProperties": counts,
+            "maxProperties": counts,
+            "dependentRequired": st.dictionaries(names, st.lists(names, min_size=1, max_size=2), max_size=1),
+        },
+    )
+    array = st.fixed_dictionaries(
+        {"type": st.just("array"), "items": inner, "minItems": st.integers(0, 3)},
+        optional={"uniqueItems": st.booleans(), "maxItems": st.integers(3, 5)},
+    )
+    banned = st.sampled_from(
+        [
+            {"type": "string"},
+            {"type": ["integer", "null"]},
+            {"const": 1},
+            {"enum": [None, "a"]},
+            {"required": ["p0"]},
+            {"required": ["p0", "p1"]},
+        ]
+    )
+    base = leaf | obj | array if depth < 2 else leaf
+    return st.tuples(base, st.none() | banned).map(
+        lambda pair: pair[0] if pair[1] is None else {**pair[0], "not": pair[1]}
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(keyword_schemas(), st.integers(0, 1000))
+def test_any_mix_of_the_keywords_is_drawn_valid_or_refused(schema: dict[str, Any], seed: int) -> None:
+    """Whatever the mix, the arguments validate against the schema, or the schema is a 400."""
+    try:
+        text, whole = schema_text(schema, seed, 1 << 16)
+    except ApiError as refused:
+        assert (refused.status, refused.param) == (400, "tools")
+        return
+    if whole:
+        assert not list(jsonschema.Draft202012Validator(schema).iter_errors(json.loads(text))), text
 
 
 def test_draft4_exclusive_bounds() -> None:

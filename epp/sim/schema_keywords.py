@@ -1,0 +1,330 @@
+"""The keywords of a tool schema that constrain a value as a whole, read for `schema_values`: which
+properties an object gets and the schema of each (`properties`, `patternProperties`,
+`additionalProperties`, `required`, `minProperties`, `maxProperties`, `dependentRequired` and
+draft 7's list form of `dependencies`), and what a `not` excludes. A schema no value satisfies
+(a required property `additionalProperties: false` forbids, more required properties than
+`maxProperties`, a `not` that excludes every type the schema allows) is the simulator's 400,
+param `tools`, saying which keywords clash.
+
+`not` is drawn for the keywords tool schemas use in it: `type`, `const`, `enum` and `required`. A
+value escapes a `not` by failing any one of them, so each is tried in that order until one can be
+failed (`refusals`); a `not` holding another keyword (`minimum`, `pattern`...) is refused rather
+than drawn without it."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeGuard, TypeVar
+
+from epp.sim.errors import ApiError
+
+T = TypeVar("T")
+_ANY_STRING = {"type": "string"}
+"""A property no keyword gives a schema (`additionalProperties` absent or true)."""
+_NOT_KEYWORDS = frozenset({"type", "const", "enum", "required"})
+_ANNOTATIONS = frozenset({"title", "description", "$comment", "examples", "default", "deprecated"})
+_JSON_TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
+_NAME_TRIES = 64
+"""Names tried for each property `minProperties` adds (from the patterns' literal text, then
+`property_1`, `property_2`...)."""
+
+
+def unsatisfiable(message: str) -> ApiError:
+    return ApiError(400, f"the tool's parameters {message}", "tools")
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """One way to escape a `not`: a type outside `types`, a value outside `values` (canonical
+    texts), or an object without one of the properties of `together`. Empty: no `not`."""
+
+    types: frozenset[str] = frozenset()
+    values: frozenset[str] = frozenset()
+    together: tuple[str, ...] = ()
+
+    def excludes(self, value: Any) -> bool:
+        """Whether `value` (a `const` or an `enum` entry) fails to escape the `not` this way."""
+        if self.types:
+            return json_type(value) in self.types or (
+                json_type(value) == "integer" and "number" in self.types
+            )
+        if self.values:
+            return canonical(value) in self.values
+        if self.together:
+            return not isinstance(value, dict) or all(name in value for name in self.together)
+        return False
+
+
+NO_REFUSAL = Refusal()
+
+
+def refusals(schema: dict[str, Any]) -> Iterator[Refusal]:
+    """The ways to escape the schema's `not`, to be tried in order (none: NO_REFUSAL alone). A
+    `not` that is not an object is ignored as other keywords of the wrong type are, except `true`
+    and `{}` (nothing escapes them)."""
+    banned = schema.get("not")
+    if banned is True or banned == {}:
+        raise unsatisfiable("have a `not` that every value matches")
+    if not isinstance(banned, dict):
+        yield NO_REFUSAL
+        return
+    unknown = sorted(set(banned) - _NOT_KEYWORDS - _ANNOTATIONS)
+    if unknown:
+        raise ApiError(
+            400,
+            f"the simulator draws `not` only of type, const, enum and required, not of: {', '.join(unknown)}",
+            "tools",
+        )
+    kinds = banned.get("type")
+    kinds = [kinds] if isinstance(kinds, str) else kinds if isinstance(kinds, list) else []
+    if kinds:
+        yield Refusal(types=frozenset(k for k in kinds if isinstance(k, str)))
+    values = [banned["const"]] if "const" in banned else []
+    if isinstance(banned.get("enum"), list):
+        values += banned["enum"]
+    if "const" in banned or isinstance(banned.get("enum"), list):
+        yield Refusal(values=frozenset(canonical(v) for v in values))
+    together = banned.get("required")
+    if isinstance(together, list):
+        names = tuple(dict.fromkeys(n for n in together if isinstance(n, str)))
+        # `required: []` holds for every object, and any `required` for every other value.
+        yield Refusal(together=names) if names else Refusal(types=frozenset(_JSON_TYPES))
+
+
+def first_escape(schema: dict[str, Any], read: Callable[[Refusal], T]) -> T:
+    """`read(refusal)` for the first way to escape the schema's `not` that it does not refuse;
+    the last refusal if it refuses every one."""
+    failure: ApiError | None = None
+    for refusal in refusals(schema):
+        try:
+            return read(refusal)
+        except ApiError as error:
+            failure = error
+    assert failure is not None
+    raise failure
+
+
+def canonical(value: Any) -> str:
+    """A JSON value's text for equality as JSON Schema sees it (`uniqueItems`, `const`): keys in
+    order, 1.0 the same as 1, true not the same as 1."""
+    return json.dumps(_normal(value), sort_keys=True)
+
+
+def _normal(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_normal(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _normal(v) for k, v in value.items()}
+    return value
+
+
+def json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def members(
+    schema: dict[str, Any], optional: bool, refusal: Refusal
+) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    """(the property names an object of `schema` gets, the schema of each). Every required one and
+    what they depend on; with `optional`, each declared one too while `maxProperties` and the
+    `not` allow; then invented names up to `minProperties`."""
+    properties = schema.get("properties")
+    properties = properties if isinstance(properties, dict) else {}
+    patterns = _patterns(schema)
+    additional = schema.get("additionalProperties", True)
+    depends = _dependencies(schema)
+    most = _count(schema.get("maxProperties"))
+    fewest = _count(schema.get("minProperties")) or 0
+
+    def allowed(name: str) -> bool:
+        return name in properties or additional is not False or any(p.search(name) for p, _ in patterns)
+
+    def complete(names: dict[str, None]) -> dict[str, None]:
+        """`names` with what they depend on (dependentRequired), transitively."""
+        pending = list(names)
+        while pending:
+            for needed in depends.get(pending.pop(), ()):
+                if needed not in names:
+                    names[needed] = None
+                    pending.append(needed)
+        return names
+
+    def fits(names: dict[str, None]) -> bool:
+        forbidden = refusal.together and all(n in names for n in refusal.together)
+        return (most is None or len(names) <= most) and not forbidden
+
+    required = schema.get("required")
+    names = complete(
+        dict.fromkeys(r for r in required if isinstance(r, str)) if isinstance(required, list) else {}
+    )
+    if most is not None and len(names) > most:
+        raise unsatisfiable(f"require {len(names)} properties but allow at most {most} (maxProperties)")
+    if not fits(names):
+        quoted = ", ".join(repr(n) for n in refusal.together)
+        raise unsatisfiable(f"require every property that `not` forbids together: {quoted}")
+    for name in properties if optional else ():
+        grown = complete({**names, name: None})
+        if fits(grown):
+            names = grown
+    for name in _invented(patterns):
+        if len(names) >= fewest:
+            break
+        grown = complete({**names, name: None})
+        if name not in names and allowed(name) and fits(grown):
+            names = grown
+    if len(names) < fewest:
+        found = f"{len(names)} name" + ("" if len(names) == 1 else "s")
+        raise unsatisfiable(
+            f"need {fewest} properties (minProperties); the simulator found {found} they allow"
+        )
+    ordered = [n for n in properties if n in names] + [n for n in names if n not in properties]
+    return tuple(ordered), tuple(_member(n, properties, patterns, additional) for n in ordered)
+
+
+_LOWER_BOUNDS = ("minimum", "exclusiveMinimum", "minLength", "minItems", "minProperties")
+_UPPER_BOUNDS = ("maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxProperties")
+_BOTH_APPLY = ("items", "additionalProperties")
+"""Keywords whose schemas, in two `allOf` parts, both apply to the same values."""
+
+
+def merge_parts(merged: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
+    """Two `allOf` parts as one schema that asks what both ask, for the keywords drawn: bounds
+    the tighter of each, `type` and `enum` the values both allow (a 400 if none), `required`
+    both lists, and a property, pattern or item schema both give, both at once."""
+    out = {**merged, **part}
+    for keyword in ("properties", "patternProperties"):
+        first, second = merged.get(keyword), part.get(keyword)
+        if isinstance(first, dict) and isinstance(second, dict):
+            out[keyword] = {**first, **second}
+            out[keyword].update({k: {"allOf": [first[k], second[k]]} for k in first.keys() & second.keys()})
+        elif isinstance(first, dict):
+            out[keyword] = first
+    for keyword in _BOTH_APPLY:
+        first, second = merged.get(keyword), part.get(keyword)
+        if first is False or second is False:
+            out[keyword] = False
+        elif isinstance(first, dict) and isinstance(second, dict):
+            out[keyword] = {"allOf": [first, second]}
+        elif isinstance(first, dict):
+            out[keyword] = first
+    required = [r for s in (merged, part) if isinstance(s.get("required"), list) for r in s["required"]]
+    out["required"] = list(dict.fromkeys(required))
+    for keywords, tighter in ((_LOWER_BOUNDS, max), (_UPPER_BOUNDS, min)):
+        for keyword in keywords:
+            first, second = merged.get(keyword), part.get(keyword)
+            if _is_bound(first) and _is_bound(second):
+                out[keyword] = tighter(first, second)
+            elif _is_bound(first):
+                out[keyword] = first
+    if merged.get("uniqueItems") is True:
+        out["uniqueItems"] = True
+    kinds = [_types(s["type"]) for s in (merged, part) if isinstance(s.get("type"), str | list)]
+    if len(kinds) == 2:
+        common = [k for k in kinds[0] if k in kinds[1]] + (
+            ["integer"]
+            if ("number" in kinds[0]) != ("number" in kinds[1]) and "integer" in kinds[0] + kinds[1]
+            else []
+        )
+        if not common:
+            raise unsatisfiable("combine `allOf` parts that allow no type in common")
+        out["type"] = list(dict.fromkeys(common))
+    if isinstance(merged.get("enum"), list) and isinstance(part.get("enum"), list):
+        allowed = {canonical(v) for v in part["enum"]}
+        out["enum"] = [v for v in merged["enum"] if canonical(v) in allowed]
+        if not out["enum"]:
+            raise unsatisfiable("combine `allOf` parts whose `enum`s share no value")
+    elif isinstance(merged.get("enum"), list):
+        out["enum"] = merged["enum"]
+    return out
+
+
+def of_its_type(schema: dict[str, Any], value: Any) -> bool:
+    """Whether a `const` or `enum` value is of a type the schema's `type` allows (any, without
+    one): an `allOf` may give both."""
+    if not isinstance(schema.get("type"), str | list):
+        return True
+    kinds = _types(schema["type"])
+    kind = json_type(value)
+    return kind in kinds or (kind == "integer" and "number" in kinds)
+
+
+def _types(kind: Any) -> list[str]:
+    return [k for k in (kind if isinstance(kind, list) else [kind]) if isinstance(k, str)]
+
+
+def _is_bound(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _member(
+    name: str, properties: dict[str, Any], patterns: list[tuple[re.Pattern[str], Any]], additional: Any
+) -> Any:
+    """The schema one property's value must satisfy: its declaration and every pattern its name
+    matches, all at once; else `additionalProperties`."""
+    applying = ([properties[name]] if name in properties else []) + [s for p, s in patterns if p.search(name)]
+    if len(applying) > 1:
+        return {"allOf": applying}
+    if applying:
+        return applying[0]
+    if additional is False:
+        raise unsatisfiable(
+            f"require {name!r}, which no property or pattern allows (additionalProperties is false)"
+        )
+    return additional if isinstance(additional, dict) else _ANY_STRING
+
+
+def _patterns(schema: dict[str, Any]) -> list[tuple[re.Pattern[str], Any]]:
+    patterns = schema.get("patternProperties")
+    if not isinstance(patterns, dict):
+        return []
+    compiled = []
+    for pattern, value in patterns.items():
+        try:
+            compiled.append((re.compile(pattern), value))
+        except re.error:
+            raise unsatisfiable(
+                f"have a patternProperties pattern that is not a regular expression: {pattern!r}"
+            ) from None
+    return compiled
+
+
+def _invented(patterns: list[tuple[re.Pattern[str], Any]]) -> Iterator[str]:
+    """Names to add for `minProperties`: each pattern's text without anchors and with its
+    classes' first characters (`^tag_[0-9]+$`: `tag_0`), numbered; then `property_N`."""
+    for pattern, _ in patterns:
+        stem = re.sub(r"\[(.)[^\]]*\][+*]?|[\^$]|\\.|[+*?]", lambda m: m.group(1) or "", pattern.pattern)
+        for i in range(_NAME_TRIES):
+            yield stem if i == 0 else f"{stem}{i}"
+    for i in range(1, _NAME_TRIES + 1):
+        yield f"property_{i}"
+
+
+def _dependencies(schema: dict[str, Any]) -> dict[str, list[str]]:
+    """name -> the names it requires: `dependentRequired`, and draft 7's `dependencies` entries
+    that are lists (its schema entries are not drawn)."""
+    found: dict[str, list[str]] = {}
+    for keyword in ("dependencies", "dependentRequired"):
+        table = schema.get(keyword)
+        for name, needed in table.items() if isinstance(table, dict) else ():
+            if isinstance(needed, list):
+                found.setdefault(name, []).extend(n for n in needed if isinstance(n, str))
+    return found
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
