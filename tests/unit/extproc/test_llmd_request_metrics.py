@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import orjson
 from prometheus_client import CollectorRegistry
 
-from epp.extproc.pb import BodyMode, ext_proc
+from epp.extproc.pb import BodyMode, ext_proc, ext_proc_grpc
+from epp.extproc.server import Health, bind, ext_proc_server
+from epp.extproc.stream import StreamOptions
 from epp.metrics.exporter import EppMetrics
 from epp.metrics.latency import MAX_SERIES, ResponseLatencies
+from epp.plugins.previous_response_affinity_filter import response_key
 from tests.unit.extproc.test_extproc_stream import (
     COMPLETION,
     Harness,
@@ -35,6 +39,7 @@ from tests.unit.extproc.test_extproc_stream import (
     whole_response_request,
 )
 from tests.unit.flowcontrol.test_flow_control import make_harness, routed
+from tests.unit.plugins.test_plugins_previous_response_affinity_filter import replica
 
 LABELS = {"model_name": "m", "target_model_name": "m", "fairness_id": "default-flow", "priority": "0"}
 SSE = [
@@ -277,3 +282,39 @@ async def test_a_streamed_response_ended_by_trailers_has_its_ttft_and_time_per_t
     assert (await read(call)).WhichOneof("response") == "response_trailers"
     assert value(harness, "ttft_seconds_count", streaming="true", **LABELS) == 1
     assert value(harness, "streaming_tpot_seconds_count", **LABELS) == 1
+
+
+async def test_a_bodyless_request_waiting_for_a_peers_pin_is_observed_with_its_wait() -> None:
+    """GET /v1/responses/{id} beside peer replicas waits (the director's `prepare_bodyless`) for a
+    peer's pin before it is routed: that wait is the request's processing as flow control's is,
+    and a client gone during it is observed too (once each)."""
+    director, previous, datastore = replica("peerPinWaitSeconds: 2")
+    server = ext_proc_server(director, StreamOptions(), Health(lambda: True))
+    port = bind(server, "127.0.0.1:0", None)
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    stub = ext_proc_grpc.ExternalProcessorStub(channel)
+    loop = asyncio.get_running_loop()
+    try:
+        held = datastore.get("s0")
+        assert held is not None
+        loop.call_later(0.1, previous.learn, held, [response_key("resp_0")])
+        call = stub.Process()
+        await call.write(headers_msg(path="/v1/responses/resp_0", method="GET", end_of_stream=True))
+        assert (await read(call)).WhichOneof("response") == "request_headers"
+        assert observed(director.metrics) == 1
+        waited = director.metrics.registry.get_sample_value(f"{NAME}_sum") or 0.0
+        assert waited >= 0.05  # the wait for the pin (about 0.1 s) is in it
+        call.cancel()
+        gone = stub.Process()  # a pin that never comes: its client leaves while it waits
+        await gone.write(headers_msg(path="/v1/responses/resp_never", method="GET", end_of_stream=True))
+        await asyncio.sleep(0.1)
+        gone.cancel()
+        for _ in range(200):
+            if observed(director.metrics) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert observed(director.metrics) == 2
+    finally:
+        await channel.close()
+        await server.stop(0)
