@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 import orjson
 from prometheus_client import CollectorRegistry
 
-from epp.extproc.pb import BodyMode, ext_proc, ext_proc_grpc
-from epp.extproc.server import Health, bind, ext_proc_server
-from epp.extproc.stream import StreamOptions
+from epp.extproc.pb import BodyMode, ext_proc
 from epp.metrics.exporter import EppMetrics
 from epp.metrics.latency import MAX_SERIES, ResponseLatencies
 from epp.plugins.previous_response_affinity_filter import response_key
@@ -35,6 +32,7 @@ from tests.unit.extproc.test_extproc_stream import (
     read,
     response_body_msg,
     response_headers_msg,
+    served,
     streaming_request,
     whole_response_request,
 )
@@ -289,13 +287,8 @@ async def test_a_bodyless_request_waiting_for_a_peers_pin_is_observed_with_its_w
     peer's pin before it is routed: that wait is the request's processing as flow control's is,
     and a client gone during it is observed too (once each)."""
     director, previous, datastore = replica("peerPinWaitSeconds: 2")
-    server = ext_proc_server(director, StreamOptions(), Health(lambda: True))
-    port = bind(server, "127.0.0.1:0", None)
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    stub = ext_proc_grpc.ExternalProcessorStub(channel)
     loop = asyncio.get_running_loop()
-    try:
+    async with served(director) as stub:
         held = datastore.get("s0")
         assert held is not None
         loop.call_later(0.1, previous.learn, held, [response_key("resp_0")])
@@ -315,6 +308,3 @@ async def test_a_bodyless_request_waiting_for_a_peers_pin_is_observed_with_its_w
                 break
             await asyncio.sleep(0.01)
         assert observed(director.metrics) == 2
-    finally:
-        await channel.close()
-        await server.stop(0)
