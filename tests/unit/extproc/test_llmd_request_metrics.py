@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from epp.extproc.pb import BodyMode, ext_proc
 from epp.metrics.exporter import EppMetrics
 from epp.metrics.latency import MAX_SERIES, ResponseLatencies
-from epp.plugins.previous_response_affinity_filter import response_key
+from epp.plugins.previous_response_affinity_filter import PreviousResponseAffinityFilter, response_key
 from tests.unit.extproc.test_extproc_stream import (
     COMPLETION,
     Harness,
@@ -287,24 +287,35 @@ async def test_a_bodyless_request_waiting_for_a_peers_pin_is_observed_with_its_w
     peer's pin before it is routed: that wait is the request's processing as flow control's is,
     and a client gone during it is observed too (once each)."""
     director, previous, datastore = replica("peerPinWaitSeconds: 2")
-    loop = asyncio.get_running_loop()
     async with served(director) as stub:
         held = datastore.get("s0")
         assert held is not None
-        loop.call_later(0.1, previous.learn, held, [response_key("resp_0")])
         call = stub.Process()
         await call.write(headers_msg(path="/v1/responses/resp_0", method="GET", end_of_stream=True))
+        await until_waiting(previous, 1)
+        await asyncio.sleep(0.1)
+        previous.learn(held, [response_key("resp_0")])
         assert (await read(call)).WhichOneof("response") == "request_headers"
         assert observed(director.metrics) == 1
         waited = director.metrics.registry.get_sample_value(f"{NAME}_sum") or 0.0
-        assert waited >= 0.05  # the wait for the pin (about 0.1 s) is in it
+        assert waited >= 0.1  # the wait for the pin is in it
         call.cancel()
         gone = stub.Process()  # a pin that never comes: its client leaves while it waits
         await gone.write(headers_msg(path="/v1/responses/resp_never", method="GET", end_of_stream=True))
-        await asyncio.sleep(0.1)
+        await until_waiting(previous, 1)
         gone.cancel()
+        await until_waiting(previous, 0)
         for _ in range(200):
             if observed(director.metrics) == 2:
                 break
             await asyncio.sleep(0.01)
         assert observed(director.metrics) == 2
+
+
+async def until_waiting(previous: PreviousResponseAffinityFilter, count: int) -> None:
+    """Until `count` requests wait for a peer's pin (polled, at most 2 s)."""
+    for _ in range(200):
+        if previous.waits.waiting == count:
+            return
+        await asyncio.sleep(0.01)
+    assert previous.waits.waiting == count
