@@ -191,13 +191,15 @@ class ExtProcStream:
             and self._director.hooks.routes_bodyless
             and not self._headers_seen
         ):
-            await self._director.prepare_bodyless(messages.read_headers(message.request_headers))
+            # The request arrives now, before its headers are handled: the wait is its own.
+            self._arrived = self._received = time.monotonic()
+            await self._bodyless(messages.read_headers(message.request_headers))
             return
         if not self._completes_body(message):
             return
         chunk = message.request_body.body if message.HasField("request_body") else b""
         if not self._body and not chunk:
-            await self._director.prepare_bodyless(self._headers)
+            await self._bodyless(self._headers)
             return
         if not self._director.prepares_async:
             return
@@ -213,6 +215,15 @@ class ExtProcStream:
         except BaseException:
             # The client left while its request waited (cancelled), or the step failed (the
             # server answers 500): llm-d observes both, the wait included.
+            self._processed()
+            raise
+
+    async def _bodyless(self, headers: dict[str, str]) -> None:
+        """The director's `prepare_bodyless` (a BodylessRouter's wait): a client gone while it
+        waits is observed, as one gone while its request waits in flow control."""
+        try:
+            await self._director.prepare_bodyless(headers)
+        except BaseException:
             self._processed()
             raise
 
@@ -253,7 +264,8 @@ class ExtProcStream:
         if self._request_ended or self._routed is not None:
             raise self._violation("request headers after the request ended")
         self._headers_seen = True
-        self._arrived = self._received = time.monotonic()
+        if self._arrived is None:  # else it came before a BodylessRouter's wait (`prepare`)
+            self._arrived = self._received = time.monotonic()
         self._request_ended = headers.end_of_stream
         self._headers = messages.read_headers(headers)
         if not self._headers.get(REQUEST_ID_HEADER):

@@ -187,13 +187,22 @@ class FlowController:
             value = self._read(pool)  # no roles: one decode stage, the whole pool (the usual GIE pool)
             return {STAGE_DECODE: value, STAGE_EFFECTIVE: value}
         prefill, decode = split_stages(pool)
+        present = [
+            (stage, part) for stage, part in ((STAGE_PREFILL, prefill), (STAGE_DECODE, decode)) if part
+        ]
+        values = (
+            self.detector.stage_saturations(
+                [part for _, part in present], self.preparing_requests, self.preparing_tokens
+            )
+            if present
+            else []
+        )
         stages: dict[str, float] = {}
         effective = -1.0
-        for stage, endpoints in ((STAGE_PREFILL, prefill), (STAGE_DECODE, decode)):
-            if endpoints:
-                value = stages[stage] = self._read(endpoints)
-                if value > effective:
-                    effective = value
+        for (stage, _), value in zip(present, values, strict=True):
+            stages[stage] = value
+            if value > effective:
+                effective = value
         stages[STAGE_EFFECTIVE] = effective if effective >= 0.0 else self._read(pool)
         return stages
 

@@ -23,6 +23,16 @@ class SaturationDetector(Extension):
         model servers' metrics) reads as without them."""
         return self.saturation(candidates)
 
+    def stage_saturations(
+        self, stages: Sequence[Sequence[Endpoint]], requests: int, tokens: int
+    ) -> list[float]:
+        """Each stage's saturation (`saturation_with` while `requests` are in flight), as one
+        reading of a pool split by stage (`split_stages`): a detector that reports on its
+        latest reading (utilization-detector's stale endpoints) reports on all its stages."""
+        if requests:
+            return [self.saturation_with(stage, requests, tokens) for stage in stages]
+        return [self.saturation(stage) for stage in stages]
+
 
 def split_stages(pool: Sequence[Endpoint]) -> tuple[list[Endpoint], list[Endpoint]]:
     """The pool's prefill and decode stages, as llm-d's flow controller reads saturation: an

@@ -52,25 +52,41 @@ class UtilizationDetector(Plugin, SaturationDetector, Filter):
         series.set(count)
 
     def saturation(self, candidates: Sequence[Endpoint]) -> float:
+        stale: list[Endpoint] = []
+        value = self._mean(candidates, stale)
+        self._stale(len(stale))
+        return value
+
+    def stage_saturations(
+        self, stages: Sequence[Sequence[Endpoint]], requests: int, tokens: int
+    ) -> list[float]:
+        """The stages read as one reading: the gauge counts the stale endpoints of them all (a P/D
+        pool's stale prefill half holds dispatch though the decode half, read after it, has none),
+        an endpoint of both stages once."""
+        stale: list[Endpoint] = []
+        values = [self._mean(stage, stale) for stage in stages]
+        self._stale(len(set(stale)))
+        return values
+
+    def _mean(self, candidates: Sequence[Endpoint], stale: list[Endpoint]) -> float:
+        """The candidates' saturation; those it counts full for lack of fresh metrics are added to
+        `stale` (none for an empty pool: its stall is not a metrics collection problem)."""
         if not candidates:
-            self._stale(0)  # an empty pool's stall is not a metrics collection problem
             return 1.0
         # Read twice per request with flow control on (before the queue and at dispatch), over the
         # whole pool: EndpointMetrics.age and max() inlined, the arithmetic unchanged.
         now, staleness = self._clock(), self.staleness
         queue_limit, kv_limit = self.queue_limit, self.kv_limit
         total = 0.0
-        stale = 0
         for endpoint in candidates:
             metrics = endpoint.metrics
             updated = metrics.update_time
             if updated == 0.0 or now - updated > staleness:  # never scraped, or stale
                 total += 1.0
-                stale += 1
+                stale.append(endpoint)
                 continue
             queue, kv = metrics.waiting_queue_size / queue_limit, metrics.kv_cache_usage / kv_limit
             total += kv if kv > queue else queue  # max(queue, kv), NaN included
-        self._stale(stale)
         return total / len(candidates)
 
     def filter(self, request: InferenceRequest, candidates: list[Endpoint]) -> list[Endpoint]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from types import MappingProxyType
 
@@ -901,13 +902,8 @@ async def test_a_bodyless_poll_waits_for_a_peers_pin_before_it_is_routed(
     endpoint; routed at once, it would go to any of 8 (each of 8 polls: 1 in 8). The same when
     the request ends after its headers, with an empty body or trailers."""
     director, previous, datastore = replica()
-    server = ext_proc_server(director, StreamOptions(), Health(lambda: True))
-    port = bind(server, "127.0.0.1:0", None)
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    stub = ext_proc_grpc.ExternalProcessorStub(channel)
     loop = asyncio.get_running_loop()
-    try:
+    async with served(director) as stub:
         for i in range(8):
             held = datastore.get(f"s{i}")
             assert held is not None
@@ -920,6 +916,17 @@ async def test_a_bodyless_poll_waits_for_a_peers_pin_before_it_is_routed(
             reply = await read(call)
             assert routed_headers(reply)["x-gateway-destination-endpoint"] == held.hostport
             call.cancel()
+
+
+@contextlib.asynccontextmanager
+async def served(director: Director) -> AsyncIterator[ext_proc_grpc.ExternalProcessorStub]:
+    """`director` behind an ext_proc server on 127.0.0.1, and a client's stub of it."""
+    server = ext_proc_server(director, StreamOptions(), Health(lambda: True))
+    port = bind(server, "127.0.0.1:0", None)
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield ext_proc_grpc.ExternalProcessorStub(channel)
     finally:
         await channel.close()
         await server.stop(0)

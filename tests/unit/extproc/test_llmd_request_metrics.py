@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from epp.extproc.pb import BodyMode, ext_proc
 from epp.metrics.exporter import EppMetrics
 from epp.metrics.latency import MAX_SERIES, ResponseLatencies
+from epp.plugins.previous_response_affinity_filter import PreviousResponseAffinityFilter, response_key
 from tests.unit.extproc.test_extproc_stream import (
     COMPLETION,
     Harness,
@@ -31,10 +32,12 @@ from tests.unit.extproc.test_extproc_stream import (
     read,
     response_body_msg,
     response_headers_msg,
+    served,
     streaming_request,
     whole_response_request,
 )
 from tests.unit.flowcontrol.test_flow_control import make_harness, routed
+from tests.unit.plugins.test_plugins_previous_response_affinity_filter import replica
 
 LABELS = {"model_name": "m", "target_model_name": "m", "fairness_id": "default-flow", "priority": "0"}
 SSE = [
@@ -277,3 +280,42 @@ async def test_a_streamed_response_ended_by_trailers_has_its_ttft_and_time_per_t
     assert (await read(call)).WhichOneof("response") == "response_trailers"
     assert value(harness, "ttft_seconds_count", streaming="true", **LABELS) == 1
     assert value(harness, "streaming_tpot_seconds_count", **LABELS) == 1
+
+
+async def test_a_bodyless_request_waiting_for_a_peers_pin_is_observed_with_its_wait() -> None:
+    """GET /v1/responses/{id} beside peer replicas waits (the director's `prepare_bodyless`) for a
+    peer's pin before it is routed: that wait is the request's processing as flow control's is,
+    and a client gone during it is observed too (once each)."""
+    director, previous, datastore = replica("peerPinWaitSeconds: 2")
+    async with served(director) as stub:
+        held = datastore.get("s0")
+        assert held is not None
+        call = stub.Process()
+        await call.write(headers_msg(path="/v1/responses/resp_0", method="GET", end_of_stream=True))
+        await until_waiting(previous, 1)
+        await asyncio.sleep(0.1)
+        previous.learn(held, [response_key("resp_0")])
+        assert (await read(call)).WhichOneof("response") == "request_headers"
+        assert observed(director.metrics) == 1
+        waited = director.metrics.registry.get_sample_value(f"{NAME}_sum") or 0.0
+        assert waited >= 0.1  # the wait for the pin is in it
+        call.cancel()
+        gone = stub.Process()  # a pin that never comes: its client leaves while it waits
+        await gone.write(headers_msg(path="/v1/responses/resp_never", method="GET", end_of_stream=True))
+        await until_waiting(previous, 1)
+        gone.cancel()
+        await until_waiting(previous, 0)
+        for _ in range(200):
+            if observed(director.metrics) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert observed(director.metrics) == 2
+
+
+async def until_waiting(previous: PreviousResponseAffinityFilter, count: int) -> None:
+    """Until `count` requests wait for a peer's pin (polled, at most 2 s)."""
+    for _ in range(200):
+        if previous.waits.waiting == count:
+            return
+        await asyncio.sleep(0.01)
+    assert previous.waits.waiting == count

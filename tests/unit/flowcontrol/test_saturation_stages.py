@@ -147,3 +147,20 @@ def test_a_pool_relabelled_with_roles_is_split_at_the_next_reading() -> None:
     datastore.remove("a")
     datastore.remove("b")
     assert fc.stage_saturation() == {"effective": 1.0}  # an empty pool: no stage
+
+
+async def test_a_p_d_pools_stale_endpoints_are_counted_over_both_stages() -> None:
+    """`llm_d_epp_flow_control_stale_endpoints` tells a stall from a metrics collection failure
+    apart from overload: in a P/D pool whose prefill endpoints have no metrics the prefill stage
+    reads full and holds dispatch, so the gauge counts them, though the decode stage, read after
+    it, has none stale. An endpoint serving both stages is one endpoint, counted once."""
+    metrics = EppMetrics(aliases=["llm-d"])
+    fc, datastore = pool({"prefill-0": "prefill", "both-0": "prefill-decode", "decode-0": "decode"}, metrics)
+    for name in ("prefill-0", "both-0"):
+        datastore.get(name).metrics.update_time = 0.0  # type: ignore[union-attr]  # never scraped
+    assert fc.stage_saturation() == {"prefill": 1.0, "decode": 0.5, "effective": 1.0}
+    stale = metrics.registry.get_sample_value(
+        "llm_d_epp_flow_control_stale_endpoints", {"detector": "utilization-detector"}
+    )
+    assert stale == 2.0
+    await fc.stop()
