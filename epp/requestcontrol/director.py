@@ -67,11 +67,11 @@ class RoutedRequest:
     __slots__ = (
         "_charged_tokens",
         "_director",
-        "_event_stream",
         "_finished",
         "_first_byte_at",
         "_last_chunk_at",
         "_model_swap",
+        "_streaming",
         "_timing",
         "_usage",
         "arrived",
@@ -97,7 +97,9 @@ class RoutedRequest:
         # When the request's headers reached the EPP (the ext_proc stream sets it): llm-d's
         # response latencies count from there. None: not known, none recorded.
         self.arrived: float | None = None
-        self._event_stream = False
+        # llm-d's `streaming`: the request asked for a stream (its `stream` field) or the
+        # response is an event stream; set when the response starts.
+        self._streaming = False
         self._first_byte_at: float | None = None
         self._last_chunk_at = 0.0
         self._timing: ResponseTiming | None = None
@@ -134,7 +136,7 @@ class RoutedRequest:
     ) -> None:
         """Response headers arrived; `metadata` is what the data plane sent with them."""
         self.response_status = status
-        self._event_stream = event_stream
+        self._streaming = event_stream or self.request.stream
         self.request.attributes[RESPONSE_EVENT_STREAM] = event_stream
         self._usage = self.usage_reader(event_stream or self.request.stream)
         with _PluginErrorsLogged("ResponseReceived"):
@@ -170,7 +172,7 @@ class RoutedRequest:
         now = time.monotonic()
         if self._first_byte_at is None:
             self._first_byte_at = now
-        elif self._event_stream:
+        elif self._streaming:
             self._timings().itl(now - self._last_chunk_at)
         self._last_chunk_at = now
 
@@ -184,7 +186,7 @@ class RoutedRequest:
         timing.ttft(first - arrived)
         tokens = usage.completion_tokens if usage is not None else 0
         end = time.monotonic()
-        if self._event_stream and tokens > 1 and end > first:
+        if self._streaming and tokens > 1 and end > first:
             timing.tpot((end - first) / (tokens - 1))
 
     def _timings(self) -> ResponseTiming:
@@ -194,7 +196,7 @@ class RoutedRequest:
             series = metrics.series(request.model, request.target_model)
             fairness, priority = metrics.flow_control.flow_labels(request.fairness_id, request.priority)
             labels = (series.model_label, series.target_label, fairness, priority)
-            timing = self._timing = metrics.latencies.timing(labels, self._event_stream)
+            timing = self._timing = metrics.latencies.timing(labels, self._streaming)
         return timing
 
     def served_by(self, hostport: str) -> None:
