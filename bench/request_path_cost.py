@@ -34,6 +34,7 @@ from epp.explain.records import RecordOptions
 from epp.extproc.pb import BodyMode, core, ext_proc
 from epp.extproc.stream import ExtProcStream, StreamOptions
 from epp.headers import SERVED_KEY
+from epp.metrics.exporter import EppMetrics
 from epp.requestcontrol import Director
 
 MODEL = "sim-model"
@@ -97,7 +98,7 @@ async def run(args: argparse.Namespace) -> list[float]:
     datastore = make_pool(
         args.endpoints, MODEL, random.Random(1), 4096, lambda i: f"sim-{i}", lambda i: f"127.0.0.{i + 1}"
     )
-    director, _ = build(datastore, 1)
+    director, _ = build(datastore, 1, metrics=EppMetrics(aliases=args.metrics_aliases))
     if args.records:
         director.recorder = DecisionRecorder(RecordOptions())
     options = StreamOptions()
@@ -128,6 +129,9 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=4096)
     parser.add_argument("--shared-tokens", type=int, default=3072)
     parser.add_argument("--no-records", dest="records", action="store_false", help="decision records off")
+    parser.add_argument(
+        "--metrics-aliases", action="append", default=[], help="as `epp serve --metrics-aliases` (e.g. llm-d)"
+    )
     args = parser.parse_args()
     passes = asyncio.run(run(args))
     print(

@@ -16,31 +16,23 @@ from prometheus_client.registry import Collector
 from epp import __version__
 from epp.datastore import Datastore, Endpoint
 from epp.metrics.aliases import NAME_SETS, AliasCollector
+from epp.metrics.buckets import (
+    DURATION_BUCKETS,
+    HIT_BYTES_BUCKETS,
+    HIT_RATIO_BUCKETS,
+    INPUT_TOKEN_BUCKETS,
+    NTPOT_BUCKETS,
+    OUTPUT_TOKEN_BUCKETS,
+    REQUEST_SIZE_BUCKETS,
+    RESPONSE_SIZE_BUCKETS,
+)
 from epp.metrics.capacity import CapacityGauges, OccupancySource
 from epp.metrics.families import Families, alpha
+from epp.metrics.flow_requests import FlowRequestMetrics, FlowSeries
 from epp.metrics.inflight import InFlightLoadGauges
 from epp.metrics.latency import ResponseLatencies
 from epp.requests import InferenceRequest, Usage
 
-
-def _powers(start: float, stop: float, factor: float = 2.0) -> list[float]:
-    buckets, value = [], start
-    while value <= stop:
-        buckets.append(value)
-        value *= factor
-    return buckets
-
-
-DURATION_BUCKETS = [
-    0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 45, 60,
-    120, 180, 240, 300, 360, 480, 600, 900, 1200, 1800, 2700, 3600,
-]  # fmt: skip
-REQUEST_SIZE_BUCKETS = _powers(64, 1024**3)
-RESPONSE_SIZE_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32778, 65536]
-INPUT_TOKEN_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32778, 65536, 131072,
-                       262144, 524288, 1048576]  # fmt: skip
-OUTPUT_TOKEN_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
-NTPOT_BUCKETS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
 SCHEDULER_BUCKETS = [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1]
 REQUEST_PROCESSING_BUCKETS = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.04, 0.06, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
@@ -48,8 +40,6 @@ REQUEST_PROCESSING_BUCKETS = [
 RESPONSE_PROCESSING_BUCKETS = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
 ]  # fmt: skip
-HIT_RATIO_BUCKETS = [i / 10 for i in range(11)]
-HIT_BYTES_BUCKETS = [0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]
 
 
 _POOL_GAUGES = {
@@ -289,6 +279,12 @@ class EppMetrics:
         self._rewrites: dict[tuple[str, str, str], Counter] = {}
         self._series: dict[tuple[str, str], ModelSeries] = {}
         self.flow_control = FlowControlMetrics(self)
+        # llm-d's per-request families, by flow too: recorded beside GIE's with llm-d's names on.
+        self.flow_requests = (
+            FlowRequestMetrics(self.registry, self.flow_control.flow_labels)
+            if "llm-d" in self.aliases
+            else None
+        )
         for name in self.aliases:
             self.registry.register(AliasCollector(self.registry, NAME_SETS[name]))
 
@@ -389,6 +385,11 @@ class ModelSeries:
         """The target model as this pair's labels carry it (OVERFLOW_MODEL past the caps), for
         other metrics labelled by target model."""
         return self._target
+
+    def flow(self, fairness_id: str, priority: int) -> FlowSeries | None:
+        """llm-d's children for a request of this pair and flow (None without llm-d's names)."""
+        flows = self._metrics.flow_requests
+        return None if flows is None else flows.series(self._model, self._target, fairness_id, priority)
 
     def scheduling_failed(self) -> None:
         self._metrics.scheduler_attempts.labels("failure", self._target, "", "", "").inc()

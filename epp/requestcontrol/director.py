@@ -30,6 +30,7 @@ from epp.headers import (
     REQUEST_ID_HEADER,
 )
 from epp.metrics.exporter import EppMetrics
+from epp.metrics.flow_requests import FlowSeries
 from epp.metrics.latency import ResponseTiming
 from epp.requestcontrol.hooks import (
     AGENT_IDENTITY,
@@ -40,7 +41,7 @@ from epp.requestcontrol.hooks import (
     RequestControlHooks,
 )
 from epp.requestcontrol.model_rewrite import ModelRewrites
-from epp.requests import ApiKind, ErrorCode, InferenceRequest, RequestError, Usage
+from epp.requests import DEFAULT_FAIRNESS_ID, ApiKind, ErrorCode, InferenceRequest, RequestError, Usage
 from epp.requests.parser import api_kind, parse_request
 from epp.requests.usage import UsageReader
 from epp.scheduling.types import (
@@ -77,6 +78,7 @@ class RoutedRequest:
         "arrived",
         "body",
         "eviction",
+        "flow",
         "loaded",
         "record",
         "request",
@@ -118,6 +120,8 @@ class RoutedRequest:
         self.loaded = result.first_targets()
         # Tracked for flow control's in-flight eviction (None: not tracked, eviction off).
         self.eviction: EvictionItem | None = None
+        # llm-d's per-request children for its model and flow (None: llm-d's names off).
+        self.flow: FlowSeries | None = None
         self._charged_tokens = request.prompt_tokens
         for endpoint in self.loaded:
             endpoint.inflight_requests += 1
@@ -505,8 +509,17 @@ class Director:
 
     def record_error(self, error: RequestError, request: InferenceRequest | None) -> None:
         """Count an error answer once, under the request's models when it got that far."""
-        model, target = (request.model, request.target_model) if request is not None else ("", "")
-        self.metrics.series(model, target).error(error.code.label)
+        if request is None:
+            model = target = ""
+            fairness_id, priority = DEFAULT_FAIRNESS_ID, 0
+        else:
+            model, target = request.model, request.target_model
+            fairness_id, priority = request.fairness_id, request.priority
+        series = self.metrics.series(model, target)
+        series.error(error.code.label)
+        flow = series.flow(fairness_id, priority)
+        if flow is not None:
+            flow.error(error.code.label)
         log.debug("answered %d: %s", error.status, error.message)
 
     # --- scheduling ----------------------------------------------------------------------------
@@ -609,10 +622,14 @@ class Director:
         if trace is not None:
             trace.set(**{"epp.destination": primary.hostport, "gen_ai.request.model": request.model})
             result.headers.update(trace.propagation_headers())
-        self.metrics.series(request.model, request.target_model).scheduled(
+        series = self.metrics.series(request.model, request.target_model)
+        series.scheduled(
             request.priority, request.body_size, primary.name, primary.spec.namespace, primary.port
         )
         routed = RoutedRequest(self, request, result)
+        flow = routed.flow = series.flow(request.fairness_id, request.priority)
+        if flow is not None:
+            flow.scheduled(request.body_size)
         try:
             self.hooks.pre_request(request, result)
             if self.flow_control is not None:  # its eviction policies are plugins too
@@ -664,9 +681,16 @@ class Director:
             routed.record.response_seconds = time.monotonic() - routed.started
         if request.model:
             series = self.metrics.series(request.model, request.target_model)
-            series.finished(time.monotonic() - routed.started, routed.response_bytes, usage)
-            if routed.response_status is not None and routed.response_status >= 400:
+            latency = time.monotonic() - routed.started
+            series.finished(latency, routed.response_bytes, usage)
+            failed = routed.response_status is not None and routed.response_status >= 400
+            if failed:
                 series.error("ModelServerError")
+            flow = routed.flow
+            if flow is not None:
+                flow.finished(latency, routed.response_bytes, usage)
+                if failed:
+                    flow.error("ModelServerError")
         with _PluginErrorsLogged("ResponseComplete"):
             self.hooks.response_complete(request, routed.result, usage)
 

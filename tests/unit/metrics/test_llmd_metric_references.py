@@ -72,10 +72,13 @@ async def llm_d_page() -> dict[str, set[str]]:
     """Sample name -> the label names its samples carry, after one of everything."""
     metrics = EppMetrics(aliases=["llm-d"])
     series = metrics.series("m", "m")
-    series.scheduled(0, 100, "pod-a", "ns", 8000)
-    series.finished(0.5, 10, Usage(prompt_tokens=5, completion_tokens=3))
-    series.scheduled(0, 100, "pod-a", "ns", 8000)  # one still running
-    series.error("NotFound")
+    flow = series.flow("default-flow", 0)  # llm-d's per-request families, by flow
+    assert flow is not None
+    for recorded in (series, flow):
+        recorded.scheduled(*((0, 100, "pod-a", "ns", 8000) if recorded is series else (100,)))
+        recorded.finished(0.5, 10, Usage(prompt_tokens=5, completion_tokens=3))
+        recorded.scheduled(*((0, 100, "pod-a", "ns", 8000) if recorded is series else (100,)))  # running
+        recorded.error("NotFound")
     metrics.scheduler_e2e.observe(0.001)
     metrics.plugin_duration.labels("Filter", "decode-filter", "decode-filter").observe(0.0001)
     metrics.prefix_indexer_size.set(1)

@@ -31,6 +31,12 @@ def traffic(metrics: EppMetrics) -> None:
     series.scheduled(0, 512, "pod-a", "ns", 8000)
     series.finished(0.5, 100, None)
     series.error("NotFound")
+    flow = series.flow("tenant-a", 0)  # llm-d's per-request families (None: llm-d's names off)
+    if flow is not None:
+        flow.scheduled(512)
+        flow.scheduled(512)
+        flow.finished(0.5, 100, None)
+        flow.error("NotFound")
     decision = ("pd", "disagg-profile-handler", "llama")
     metrics.pd_decisions.labels(*decision, "prefill-decode").inc(3)
     metrics.pd_decisions.labels("other", "disagg-profile-handler", "llama", "prefill-decode").inc(2)
@@ -53,16 +59,17 @@ def test_llm_d_names_repeat_the_gie_series_with_llm_d_labels() -> None:
     traffic(metrics)
     names = page(metrics)
     labels = (("model_name", "llama"), ("priority", "0"), ("target_model_name", "llama-lora"))
-    assert names["llm_d_epp_request_total"][labels] == names["inference_objective_request_total"][labels] == 2
+    assert names["inference_objective_request_total"][labels] == 2
+    flow = (("fairness_id", "tenant-a"), *labels)  # llm-d's carry the flow (epp.metrics.flow_requests)
+    assert names["llm_d_epp_request_total"] == {flow: 2}
     attempt = (
         ("endpoint_name", "pod-a"), ("namespace", "ns"), ("port", "8000"), ("status", "success"),
         ("target_model_name", "llama-lora"),
     )  # fmt: skip
     assert names["llm_d_epp_scheduler_attempts_total"][attempt] == 2
-    model = (("model_name", "llama"), ("target_model_name", "llama-lora"))
-    assert names["llm_d_epp_request_duration_seconds_count"][model] == 1
-    assert names["llm_d_epp_request_size_bytes_sum"][model] == 1024
-    assert names["llm_d_epp_request_running"][(("model_name", "llama"),)] == 1
+    assert names["llm_d_epp_request_duration_seconds_count"][flow] == 1
+    assert names["llm_d_epp_request_size_bytes_sum"][flow] == 1024
+    assert names["llm_d_epp_request_running"][flow] == 1
     families = {f.name for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())}
     exported = {f.name for f in metrics.registry.collect()}
     missing = [a.name for source, a in LLM_D.items() if source in exported and a.name not in families]
