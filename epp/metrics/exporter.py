@@ -414,7 +414,8 @@ class ModelSeries:
             )
         attempt.inc()
         self.request_sizes.observe(body_size)
-        self.running.inc()
+        if self._model:  # a body with no model (passthrough-parser) is not finished by model
+            self.running.inc()
 
     def finished(self, latency: float, response_bytes: int, usage: Usage | None) -> None:
         self.duration.observe(latency)

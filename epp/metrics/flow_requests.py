@@ -57,7 +57,8 @@ class FlowSeries:
     def scheduled(self, body_size: int) -> None:
         self.requests.inc()
         self.request_sizes.observe(body_size)
-        self.running.inc()
+        if self._labels[0]:  # as GIE's series: no model, not counted running (nor finished)
+            self.running.inc()
 
     def finished(self, latency: float, response_bytes: int, usage: Usage | None) -> None:
         """As GIE's series records a finished request (`ModelSeries.finished`)."""
