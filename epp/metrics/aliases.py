@@ -57,9 +57,7 @@ LLM_D = _table(
             "llm_d_epp_scheduler_attempts_total", labels={"pod_name": "endpoint_name"}
         ),
         "inference_extension_plugin_duration_seconds": Alias("llm_d_epp_plugin_duration_seconds"),
-        "inference_extension_prefix_indexer_size": Alias("llm_d_epp_prefix_indexer_size"),
-        "inference_extension_prefix_indexer_hit_ratio": Alias("llm_d_epp_prefix_indexer_hit_ratio"),
-        "inference_extension_prefix_indexer_hit_bytes": Alias("llm_d_epp_prefix_indexer_hit_bytes"),
+        # Nor the prefix indexer's: llm-d's are by plugin (epp.metrics.prefix_indexer).
         "inference_extension_model_rewrite_decisions_total": Alias("llm_d_epp_model_rewrite_decisions_total"),
         "inference_extension_info": Alias("llm_d_epp_info"),
         # Flow control (llm-d-router pkg/epp/metrics/llm_d_router_metrics.go): the same labels.

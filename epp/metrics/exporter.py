@@ -31,6 +31,7 @@ from epp.metrics.families import Families, alpha
 from epp.metrics.flow_requests import FlowRequestMetrics, FlowSeries
 from epp.metrics.inflight import InFlightLoadGauges
 from epp.metrics.latency import ResponseLatencies
+from epp.metrics.prefix_indexer import HitRecorder, PrefixIndexerMetrics
 from epp.requests import InferenceRequest, Usage
 
 SCHEDULER_BUCKETS = [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1]
@@ -285,6 +286,8 @@ class EppMetrics:
             if "llm-d" in self.aliases
             else None
         )
+        # llm-d's prefix-indexer families, by plugin: recorded beside GIE's with llm-d's names on.
+        self.prefix_indexers = PrefixIndexerMetrics(self.registry) if "llm-d" in self.aliases else None
         for name in self.aliases:
             self.registry.register(AliasCollector(self.registry, NAME_SETS[name]))
 
@@ -297,6 +300,27 @@ class EppMetrics:
         collector = PoolCollector(datastore, pool_name, staleness, std_dev="llm-d" in self.aliases)
         self.registry.register(collector)
         return collector
+
+    def prefix_index(self, plugin_name: str, plugin_type: str, size: Callable[[], float]) -> HitRecorder:
+        """A prefix-index plugin's metrics: its size read when /metrics is read, and the recorder
+        of its lookups, into GIE's families and, with llm-d's names, llm-d's by plugin."""
+        self.prefix_indexer_size.set_function(size)
+        ratio, matched = self.prefix_hit_ratio.observe, self.prefix_hit_bytes.observe
+        if self.prefix_indexers is None:
+
+            def hit(hit_ratio: float, hit_bytes: float) -> None:
+                ratio(hit_ratio)
+                matched(hit_bytes)
+
+            return hit
+        by_plugin = self.prefix_indexers.index(plugin_name, plugin_type, size)
+
+        def hit_both(hit_ratio: float, hit_bytes: float) -> None:
+            ratio(hit_ratio)
+            matched(hit_bytes)
+            by_plugin(hit_ratio, hit_bytes)
+
+        return hit_both
 
     def overload_refused(self, reason: str) -> None:
         self.overload_refusals.labels(reason).inc()
