@@ -77,9 +77,16 @@ LLM_D = _table(
 )
 
 # llm-d-inference-scheduler before the router (its SchedulerSubsystem): the P/D counters, by model
-# and decision only.
+# and decision only, and the data layer's errors. llm-d-router ebab687 still exports each beside
+# its llm_d_epp_* twin (the data layer's always, the decisions' with a disaggregation handler).
 LLM_D_SCHEDULER = _table(
     {
+        "llm_d_epp_datalayer_poll_errors_total": Alias(
+            "llm_d_inference_scheduler_datalayer_poll_errors_total"
+        ),
+        "llm_d_epp_datalayer_extract_errors_total": Alias(
+            "llm_d_inference_scheduler_datalayer_extract_errors_total"
+        ),
         "llm_d_epp_pd_decision_total": Alias(
             "llm_d_inference_scheduler_pd_decision_total", keep=("model_name", "decision_type")
         ),

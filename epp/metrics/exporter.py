@@ -274,6 +274,11 @@ class EppMetrics:
             "Data-source poll errors per source type.",
             ["source_type"],
         )
+        self.datalayer_extract_errors = f.counter(  # llm-d router's (pages its extractor would fail on)
+            "llm_d_epp_datalayer_extract_errors_total",
+            "Extract errors per source/extractor type.",
+            ["source_type", "extractor_type"],
+        )
         # llm-d router's inflight-load-producer gauges; each producer adds itself as a source.
         self.inflight_load = InFlightLoadGauges()
         self.registry.register(self.inflight_load)

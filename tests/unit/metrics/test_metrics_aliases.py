@@ -82,7 +82,20 @@ def test_scheduler_era_decision_counters_sum_over_plugins() -> None:
     names = page(metrics)
     key = (("decision_type", "prefill-decode"), ("model_name", "llama"))
     assert names["llm_d_inference_scheduler_pd_decision_total"] == {key: 5}
-    assert set(LLM_D_SCHEDULER) == {"llm_d_epp_pd_decision", "llm_d_epp_disagg_decision"}
+
+
+def test_scheduler_era_data_layer_errors_repeat_llm_ds() -> None:
+    """llm-d-router ebab687 still exports `llm_d_inference_scheduler_datalayer_poll_errors_total`
+    and `_extract_errors_total` beside their llm_d_epp_* twins, with the same labels."""
+    metrics = EppMetrics(aliases=["llm-d-scheduler"])
+    metrics.datalayer_poll_errors.labels("metrics-data-source").inc(2)
+    metrics.datalayer_extract_errors.labels("metrics-data-source", "core-metrics-extractor").inc(3)
+    names = page(metrics)
+    source = (("source_type", "metrics-data-source"),)
+    assert names["llm_d_inference_scheduler_datalayer_poll_errors_total"] == {source: 2}
+    extracted = (("extractor_type", "core-metrics-extractor"), *source)
+    assert names["llm_d_inference_scheduler_datalayer_extract_errors_total"] == {extracted: 3}
+    assert names["llm_d_epp_datalayer_extract_errors_total"] == {extracted: 3}
 
 
 def test_llm_d_pool_gauges_include_the_spread() -> None:
