@@ -28,7 +28,7 @@ from epp.metrics.buckets import (
 )
 from epp.metrics.capacity import CapacityGauges, OccupancySource
 from epp.metrics.families import Families, alpha
-from epp.metrics.flow_requests import FlowRequestMetrics, FlowSeries
+from epp.metrics.flow_requests import FlowRequestMetrics, FlowSeries, record_finished
 from epp.metrics.inflight import InFlightLoadGauges
 from epp.metrics.latency import ResponseLatencies
 from epp.metrics.prefix_indexer import HitRecorder, PrefixIndexerMetrics
@@ -447,17 +447,7 @@ class ModelSeries:
             self.running.inc()
 
     def finished(self, latency: float, response_bytes: int, usage: Usage | None) -> None:
-        self.duration.observe(latency)
-        self.response_sizes.observe(response_bytes)
-        self.running.dec()
-        if usage is None:
-            return
-        if usage.prompt_tokens > 0:
-            self.input_tokens.observe(usage.prompt_tokens)
-        if usage.completion_tokens > 0:
-            self.output_tokens.observe(usage.completion_tokens)
-            self.ntpot.observe(latency / usage.completion_tokens)
-        self.cached_tokens.observe(usage.cached_tokens)
+        record_finished(self, latency, response_bytes, usage)
 
 
 FLOW_QUEUE_DURATION_BUCKETS = [

@@ -7,12 +7,14 @@ a few observations more per request, and nothing without it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from epp.metrics import buckets
 from epp.metrics.families import Families
+from epp.metrics.histogram import Histogram
 from epp.requests import Usage
 
 LABELS = ("model_name", "target_model_name", "fairness_id", "priority")
@@ -20,6 +22,35 @@ LABELS = ("model_name", "target_model_name", "fairness_id", "priority")
 # label sets, new ones are counted as `other` (the priority kept: objectives are the operator's).
 MAX_SERIES = 1024
 OVERFLOW = "other"
+
+
+class FinishedChildren(Protocol):
+    """The children a finished request is recorded in: GIE's series' and llm-d's by flow."""
+
+    duration: Histogram
+    response_sizes: Histogram
+    running: Gauge
+    input_tokens: Histogram
+    output_tokens: Histogram
+    ntpot: Histogram
+    cached_tokens: Histogram
+
+
+def record_finished(
+    children: FinishedChildren, latency: float, response_bytes: int, usage: Usage | None
+) -> None:
+    """A finished request: its latency, response size, running count, and its usage when known."""
+    children.duration.observe(latency)
+    children.response_sizes.observe(response_bytes)
+    children.running.dec()
+    if usage is None:
+        return
+    if usage.prompt_tokens > 0:
+        children.input_tokens.observe(usage.prompt_tokens)
+    if usage.completion_tokens > 0:
+        children.output_tokens.observe(usage.completion_tokens)
+        children.ntpot.observe(latency / usage.completion_tokens)
+    children.cached_tokens.observe(usage.cached_tokens)
 
 
 class FlowSeries:
@@ -45,14 +76,15 @@ class FlowSeries:
         self._labels = labels
         self._errors: dict[str, Counter] = {}
         self.requests = families.requests.labels(*labels)
-        self.request_sizes = families.request_sizes.labels(*labels)
         self.running = families.running.labels(*labels)
-        self.duration = families.duration.labels(*labels)
-        self.response_sizes = families.response_sizes.labels(*labels)
-        self.input_tokens = families.input_tokens.labels(*labels)
-        self.output_tokens = families.output_tokens.labels(*labels)
-        self.cached_tokens = families.cached_tokens.labels(*labels)
-        self.ntpot = families.ntpot.labels(*labels)
+        children = {attribute: h.labels(*labels) for attribute, h in families.histograms.items()}
+        self.request_sizes = children["request_sizes"]
+        self.duration = children["duration"]
+        self.response_sizes = children["response_sizes"]
+        self.input_tokens = children["input_tokens"]
+        self.output_tokens = children["output_tokens"]
+        self.cached_tokens = children["cached_tokens"]
+        self.ntpot = children["ntpot"]
 
     def scheduled(self, body_size: int) -> None:
         self.requests.inc()
@@ -61,24 +93,53 @@ class FlowSeries:
             self.running.inc()
 
     def finished(self, latency: float, response_bytes: int, usage: Usage | None) -> None:
-        """As GIE's series records a finished request (`ModelSeries.finished`)."""
-        self.duration.observe(latency)
-        self.response_sizes.observe(response_bytes)
-        self.running.dec()
-        if usage is None:
-            return
-        if usage.prompt_tokens > 0:
-            self.input_tokens.observe(usage.prompt_tokens)
-        if usage.completion_tokens > 0:
-            self.output_tokens.observe(usage.completion_tokens)
-            self.ntpot.observe(latency / usage.completion_tokens)
-        self.cached_tokens.observe(usage.cached_tokens)
+        record_finished(self, latency, response_bytes, usage)
 
     def error(self, code: str) -> None:
         child = self._errors.get(code)
         if child is None:
             child = self._errors[code] = self._families.errors.labels(*self._labels, code)
         child.inc()
+
+
+# llm-d's per-request histograms: attribute -> (name, help, buckets); labelled LABELS.
+HISTOGRAMS: dict[str, tuple[str, str, Sequence[float]]] = {
+    "duration": (
+        "llm_d_epp_request_duration_seconds",
+        "End-to-end request latency through the EPP, in seconds.",
+        buckets.DURATION_BUCKETS,
+    ),
+    "request_sizes": (
+        "llm_d_epp_request_size_bytes",
+        "Request body size in bytes.",
+        buckets.REQUEST_SIZE_BUCKETS,
+    ),
+    "response_sizes": (
+        "llm_d_epp_response_size_bytes",
+        "Response body size in bytes.",
+        buckets.RESPONSE_SIZE_BUCKETS,
+    ),
+    "input_tokens": (
+        "llm_d_epp_request_input_tokens",
+        "Prompt tokens per request.",
+        buckets.INPUT_TOKEN_BUCKETS,
+    ),
+    "output_tokens": (
+        "llm_d_epp_request_output_tokens",
+        "Completion tokens per request.",
+        buckets.OUTPUT_TOKEN_BUCKETS,
+    ),
+    "cached_tokens": (
+        "llm_d_epp_request_cached_tokens",
+        "Prompt tokens the model server reported read from its cache, per request.",
+        buckets.INPUT_TOKEN_BUCKETS,
+    ),
+    "ntpot": (
+        "llm_d_epp_request_ntpot_seconds",
+        "Request latency divided by its output tokens, in seconds.",
+        buckets.NTPOT_BUCKETS,
+    ),
+}
 
 
 class FlowRequestMetrics:
@@ -96,49 +157,11 @@ class FlowRequestMetrics:
         self.errors: Counter = f.counter(
             "llm_d_epp_request_error_total", "Total number of request errors.", [*LABELS, "error_code"]
         )
-        self.duration: Histogram = f.histogram(
-            "llm_d_epp_request_duration_seconds",
-            "End-to-end request latency through the EPP, in seconds.",
-            LABELS,
-            buckets.DURATION_BUCKETS,
-        )
-        self.request_sizes: Histogram = f.histogram(
-            "llm_d_epp_request_size_bytes",
-            "Request body size in bytes.",
-            LABELS,
-            buckets.REQUEST_SIZE_BUCKETS,
-        )
-        self.response_sizes: Histogram = f.histogram(
-            "llm_d_epp_response_size_bytes",
-            "Response body size in bytes.",
-            LABELS,
-            buckets.RESPONSE_SIZE_BUCKETS,
-        )
-        self.input_tokens: Histogram = f.histogram(
-            "llm_d_epp_request_input_tokens",
-            "Prompt tokens per request.",
-            LABELS,
-            buckets.INPUT_TOKEN_BUCKETS,
-        )
-        self.output_tokens: Histogram = f.histogram(
-            "llm_d_epp_request_output_tokens",
-            "Completion tokens per request.",
-            LABELS,
-            buckets.OUTPUT_TOKEN_BUCKETS,
-        )
-        self.cached_tokens: Histogram = f.histogram(
-            "llm_d_epp_request_cached_tokens",
-            "Prompt tokens the model server reported read from its cache, per request.",
-            LABELS,
-            buckets.INPUT_TOKEN_BUCKETS,
-        )
         self.running: Gauge = f.gauge("llm_d_epp_request_running", "Requests in flight.", LABELS)
-        self.ntpot: Histogram = f.histogram(
-            "llm_d_epp_request_ntpot_seconds",
-            "Request latency divided by its output tokens, in seconds.",
-            LABELS,
-            buckets.NTPOT_BUCKETS,
-        )
+        self.histograms: dict[str, Histogram] = {
+            attribute: f.histogram(name, help_text, LABELS, bounds)
+            for attribute, (name, help_text, bounds) in HISTOGRAMS.items()
+        }
         self._flow_labels = flow_labels
         self._series: dict[tuple[str, str, str, str], FlowSeries] = {}
 
