@@ -25,9 +25,13 @@ from epp.headers import (
     EXPLAIN_HEADER,
     EXPLANATION_HEADER,
     FAIRNESS_HEADER,
+    LLMD_FAIRNESS_HEADER,
+    LLMD_MODEL_REWRITE_HEADER,
+    LLMD_OBJECTIVE_HEADER,
     MODEL_REWRITE_HEADER,
     OBJECTIVE_HEADER,
     REQUEST_ID_HEADER,
+    either_header,
 )
 from epp.metrics.exporter import EppMetrics
 from epp.metrics.flow_requests import FlowSeries
@@ -387,16 +391,19 @@ class Director:
                 parsed.usage_reader, rewritable = parser.usage_reader, parser.rewrites_body
         parsed.request = request
         parsed.rewritable = rewritable
-        request.objective = headers.get(OBJECTIVE_HEADER, "")
+        request.objective = either_header(headers, LLMD_OBJECTIVE_HEADER, OBJECTIVE_HEADER) or ""
         request.priority = self.objectives.get(request.objective, 0)
         self.hooks.request_headers(request)
         agent = request.attributes.get(AGENT_IDENTITY)
         request.fairness_id = bound_fairness_id(
-            headers.get(FAIRNESS_HEADER) or (agent if agent else request.fairness_id)
+            either_header(headers, LLMD_FAIRNESS_HEADER, FAIRNESS_HEADER)
+            or (agent if agent else request.fairness_id)
         )
         # A body the parser did not read (no model) is forwarded unchanged.
         rewrite = (
-            self._target_model(request.model, headers.get(MODEL_REWRITE_HEADER))
+            self._target_model(
+                request.model, either_header(headers, LLMD_MODEL_REWRITE_HEADER, MODEL_REWRITE_HEADER)
+            )
             if request.model and rewritable
             else None
         )

@@ -186,3 +186,24 @@ async def test_without_llm_d_names_no_request_is_recorded_by_flow(gie: Harness) 
         "llm_d_epp_request_duration_seconds",
         "llm_d_epp_request_running",
     }
+
+
+async def test_llm_ds_header_names_come_before_gies(llm_d: Harness) -> None:
+    """llm-d-router ebab687 reads x-llm-d-inference-fairness-id, -objective and
+    x-llm-d-model-name-rewrite first, GIE's x-gateway-* names as their deprecated aliases."""
+    headers = {
+        "x-llm-d-inference-fairness-id": "tenant-new",
+        "x-gateway-inference-fairness-id": "tenant-old",
+        "x-llm-d-inference-objective": "premium",
+        "x-gateway-inference-objective": "unknown",
+    }
+    await completed(llm_d, headers)
+    flow = {"model_name": "m", "target_model_name": "m", "fairness_id": "tenant-new", "priority": "5"}
+    assert sample(llm_d, "llm_d_epp_request_total", **flow) == 1
+    call = llm_d.open()
+    await call.write(headers_msg(extra={"x-llm-d-model-name-rewrite": "m"}))
+    await call.write(body_msg(orjson.dumps({"model": "alias", "prompt": "hi"})))
+    await read(call)
+    rewritten = {"model_name": "alias", "target_model_name": "m", "fairness_id": "default-flow"}
+    assert sample(llm_d, "llm_d_epp_request_total", **rewritten, priority="0") == 1
+    call.cancel()
