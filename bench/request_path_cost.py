@@ -5,15 +5,18 @@ bootstrap sends (request headers, body, response headers naming the endpoint tha
 decoded from its wire bytes, answered by the real `ExtProcStream`, and every reply encoded.
 
 Wall-clock figures on a shared machine move by ±20 % between runs; for a comparison of two trees,
-run this under each tree's PYTHONPATH and count instructions instead, which do not move:
+run this under each tree's PYTHONPATH and count instructions instead, which do not move once
+address randomization is off (`setarch -R`: with it on, two runs of one tree differed by 2 %;
+with it off, by 31 instructions a request):
 
-    PYTHONHASHSEED=0 valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null \\
-        .venv/bin/python bench/request_path_cost.py --passes 1     # and --passes 3
+    PYTHONHASHSEED=0 setarch $(uname -m) -R valgrind --tool=cachegrind --cache-sim=no \\
+        --cachegrind-out-file=/dev/null .venv/bin/python bench/request_path_cost.py --passes 1  # and 3
 
 (the difference of the two totals, divided by twice `--requests`, is the instructions per
 request; startup and the warm-up cancel out).
 
     .venv/bin/python bench/request_path_cost.py --requests 500 --passes 9
+    .venv/bin/python bench/request_path_cost.py --metrics-aliases llm-d   # llm-d's names too
 """
 
 from __future__ import annotations
