@@ -53,11 +53,11 @@ def make_pool(
 
 
 def build(
-    datastore: Datastore, seed: int, config: Path | None = None
+    datastore: Datastore, seed: int, config: Path | None = None, metrics: EppMetrics | None = None
 ) -> tuple[Director, EndpointPickerComponents]:
     """The director for `config` (GIE's default when None) over `datastore`."""
     picker = load_config_file(config) if config else load_config()
-    return build_director(picker, datastore, PluginContext(EppMetrics(), random.Random(seed)))
+    return build_director(picker, datastore, PluginContext(metrics or EppMetrics(), random.Random(seed)))
 
 
 def serve(endpoints: Sequence[Endpoint], chosen: Endpoint, decisions: int, stamp: bool = True) -> None:

@@ -5,15 +5,18 @@ bootstrap sends (request headers, body, response headers naming the endpoint tha
 decoded from its wire bytes, answered by the real `ExtProcStream`, and every reply encoded.
 
 Wall-clock figures on a shared machine move by ±20 % between runs; for a comparison of two trees,
-run this under each tree's PYTHONPATH and count instructions instead, which do not move:
+run this under each tree's PYTHONPATH and count instructions instead, which do not move once
+address randomization is off (`setarch -R`: with it on, two runs of one tree differed by 2 %;
+with it off, by 31 instructions a request):
 
-    PYTHONHASHSEED=0 valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null \\
-        .venv/bin/python bench/request_path_cost.py --passes 1     # and --passes 3
+    PYTHONHASHSEED=0 setarch $(uname -m) -R valgrind --tool=cachegrind --cache-sim=no \\
+        --cachegrind-out-file=/dev/null .venv/bin/python bench/request_path_cost.py --passes 1  # and 3
 
 (the difference of the two totals, divided by twice `--requests`, is the instructions per
 request; startup and the warm-up cancel out).
 
     .venv/bin/python bench/request_path_cost.py --requests 500 --passes 9
+    .venv/bin/python bench/request_path_cost.py --metrics-aliases llm-d   # llm-d's names too
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from epp.explain.records import RecordOptions
 from epp.extproc.pb import BodyMode, core, ext_proc
 from epp.extproc.stream import ExtProcStream, StreamOptions
 from epp.headers import SERVED_KEY
+from epp.metrics.exporter import EppMetrics
 from epp.requestcontrol import Director
 
 MODEL = "sim-model"
@@ -97,7 +101,7 @@ async def run(args: argparse.Namespace) -> list[float]:
     datastore = make_pool(
         args.endpoints, MODEL, random.Random(1), 4096, lambda i: f"sim-{i}", lambda i: f"127.0.0.{i + 1}"
     )
-    director, _ = build(datastore, 1)
+    director, _ = build(datastore, 1, metrics=EppMetrics(aliases=args.metrics_aliases))
     if args.records:
         director.recorder = DecisionRecorder(RecordOptions())
     options = StreamOptions()
@@ -128,6 +132,9 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=4096)
     parser.add_argument("--shared-tokens", type=int, default=3072)
     parser.add_argument("--no-records", dest="records", action="store_false", help="decision records off")
+    parser.add_argument(
+        "--metrics-aliases", action="append", default=[], help="as `epp serve --metrics-aliases` (e.g. llm-d)"
+    )
     args = parser.parse_args()
     passes = asyncio.run(run(args))
     print(

@@ -1,6 +1,8 @@
 """Names of the headers and metadata keys the EPP, the gateway and the sidecar agree on
 (GIE's endpoint-picker protocol and llm-d's P/D contract), defined once."""
 
+from collections.abc import Mapping
+
 # The endpoint the EPP picked: request header and, with the same value, envoy.lb dynamic metadata.
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
 # llm-d's --emit-endpoint-scores: the primary profile's total per `host:port`, in envoy.lb too.
@@ -46,6 +48,19 @@ REQUEST_ID_HEADER = "x-request-id"
 OBJECTIVE_HEADER = "x-gateway-inference-objective"
 FAIRNESS_HEADER = "x-gateway-inference-fairness-id"
 MODEL_REWRITE_HEADER = "x-gateway-model-name-rewrite"
+# llm-d-router's names for the same three (ebab687, metadata/consts.go), read first: it keeps GIE's
+# as their deprecated aliases.
+LLMD_OBJECTIVE_HEADER = "x-llm-d-inference-objective"
+LLMD_FAIRNESS_HEADER = "x-llm-d-inference-fairness-id"
+LLMD_MODEL_REWRITE_HEADER = "x-llm-d-model-name-rewrite"
+
+
+def either_header(headers: Mapping[str, str], current: str, deprecated: str) -> str | None:
+    """A header under llm-d's current name, else under its deprecated one (GIE's), as llm-d reads
+    them: the first present wins, even empty."""
+    value = headers.get(current)
+    return headers.get(deprecated) if value is None else value
+
 
 # The ids of the buckets of the gateway's rate_limit_quota filter (our Envoy bootstrap) and the
 # EPP's rate-limit quota service: `name: inference`, plus `objective: NAME` in an objective's own

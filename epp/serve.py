@@ -220,6 +220,7 @@ class EndpointPicker:
                 overdue_turns=options.metrics_overdue_intervals,
                 settings=options.scrape_overrides.apply(components.scrape),
                 poll_errors=self.metrics.datalayer_poll_errors,
+                extract_errors=self.metrics.datalayer_extract_errors,
             )
         elif options.scrape_overrides != ScrapeOverrides() or options.model_server_metrics_port:
             log.warning(

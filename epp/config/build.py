@@ -193,4 +193,5 @@ def _scrape_settings(config: PickerConfig, plugins: Mapping[str, Plugin]) -> Scr
         extractor.default_engine(),
         extractor.engine_label_key(),
         source.type_name,
+        extractor.type_name,
     )

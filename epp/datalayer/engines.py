@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -57,28 +58,58 @@ class EngineMetrics:
         ]
 
     def read(self, samples: SeriesByName, now: float) -> EndpointMetrics:
+        return self.read_page(samples, now)[0]
+
+    def read_page(self, samples: SeriesByName, now: float) -> tuple[EndpointMetrics, bool]:
+        """The endpoint's metrics from a page, and whether llm-d's core-metrics-extractor fails on
+        it (its datalayer extract error, llm-d-router ebab687), found in the same reading: a
+        metric the engine maps is absent (the waiting queue, running requests, KV-cache use, the
+        cache info or block gauges, a custom metric; not the LoRA info), or an integer label of
+        the LoRA or cache info is not an integer. Ours reads what it can all the same (an absent
+        count as 0, such a label as 0). Raises ValueError for a value that is not finite."""
         metrics = EndpointMetrics(update_time=now)
-        metrics.waiting_queue_size = int(_total(samples, self.waiting))
-        metrics.running_requests_size = int(_total(samples, self.running))
-        metrics.kv_cache_usage = _highest(samples, self.kv_usage)
-        lora = _latest(samples, self.lora)
+        waiting = _matching(samples, self.waiting)
+        running = _matching(samples, self.running)
+        kv_usage = _matching(samples, self.kv_usage)
+        fails = (
+            _absent(self.waiting, waiting)
+            or _absent(self.running, running)
+            or _absent(self.kv_usage, kv_usage)
+        )
+        metrics.waiting_queue_size = int(_total(waiting))
+        metrics.running_requests_size = int(_total(running))
+        metrics.kv_cache_usage = _highest(kv_usage)
+        lora = _latest(_matching(samples, self.lora))
         if lora is not None:
             metrics.active_models = _adapters(lora.labels.get("running_lora_adapters", ""))
             metrics.waiting_models = _adapters(lora.labels.get("waiting_lora_adapters", ""))
-            metrics.max_active_models = _int(lora.labels.get("max_lora", "0"))
-        info = _first(samples, self.cache_info)
-        if info is not None:
-            metrics.cache_block_size = _int(info.labels.get(self.cache_block_size_label, "0"))
-            metrics.cache_num_blocks = _int(info.labels.get(self.cache_num_blocks_label, "0"))
+            max_lora = lora.labels.get("max_lora", "")
+            metrics.max_active_models = _int(max_lora or "0")
+            fails = fails or not _integer(max_lora)
+        infos = _matching(samples, self.cache_info)
+        if infos:
+            block_size = infos[0].labels.get(self.cache_block_size_label, "")
+            num_blocks = infos[0].labels.get(self.cache_num_blocks_label, "")
+            metrics.cache_block_size = _int(block_size or "0")
+            metrics.cache_num_blocks = _int(num_blocks or "0")
+            fails = fails or not (_integer(block_size) and _integer(num_blocks))
+        else:
+            fails = fails or bool(self.cache_info)
         if self.cache_block_size:
-            metrics.cache_block_size = int(_highest(samples, self.cache_block_size))
+            series = _matching(samples, self.cache_block_size)
+            metrics.cache_block_size = int(_highest(series))
+            fails = fails or not series
         if self.cache_num_blocks:
-            metrics.cache_num_blocks = int(_highest(samples, self.cache_num_blocks))
+            series = _matching(samples, self.cache_num_blocks)
+            metrics.cache_num_blocks = int(_highest(series))
+            fails = fails or not series
         for key, spec in self.custom:
-            sample = _first(samples, (spec,))
-            if sample is not None and math.isfinite(sample.value):
-                metrics.scalars[key] = sample.value
-        return metrics
+            series = _matching(samples, (spec,))
+            if not series:
+                fails = True
+            elif math.isfinite(series[0].value):
+                metrics.scalars[key] = series[0].value
+        return metrics, fails
 
 
 def describe(specs: tuple[MetricSpec, ...]) -> str:
@@ -100,30 +131,28 @@ def _matching(samples: SeriesByName, specs: tuple[MetricSpec, ...]) -> Sequence[
     return ()
 
 
-def _first(samples: SeriesByName, specs: tuple[MetricSpec, ...]) -> Sample | None:
-    series = _matching(samples, specs)
-    return series[0] if series else None
-
-
 def _finite(value: float, series: Sequence[Sample]) -> float:
     if value - value != 0.0:  # NaN or infinite: math.isfinite without a call
         raise ValueError(f"non-finite metric value in {[s.value for s in series]}")
     return value
 
 
-def _total(samples: SeriesByName, specs: tuple[MetricSpec, ...]) -> float:
+def _absent(specs: tuple[MetricSpec, ...], series: Sequence[Sample]) -> bool:
+    """A metric the engine maps (specs set) that the page lacks."""
+    return bool(specs) and not series
+
+
+def _total(series: Sequence[Sample]) -> float:
     """Counts add up over series: one per model normally; a multi-model server reports several."""
-    series = _matching(samples, specs)
     total = 0.0
     for sample in series:
         total += _finite(sample.value, series)
     return total
 
 
-def _highest(samples: SeriesByName, specs: tuple[MetricSpec, ...]) -> float:
+def _highest(series: Sequence[Sample]) -> float:
     """Ratios and sizes do not add up: with several series (data-parallel ranks) the fullest one
     speaks for the endpoint."""
-    series = _matching(samples, specs)
     if not series:
         return 0.0
     highest = _finite(series[0].value, series)
@@ -132,9 +161,8 @@ def _highest(samples: SeriesByName, specs: tuple[MetricSpec, ...]) -> float:
     return highest
 
 
-def _latest(samples: SeriesByName, specs: tuple[MetricSpec, ...]) -> Sample | None:
+def _latest(series: Sequence[Sample]) -> Sample | None:
     """vLLM's LoRA info gauge carries a timestamp as its value: the newest series is current."""
-    series = _matching(samples, specs)
     if len(series) < 2:
         return series[0] if series else None
     return max(series, key=lambda s: s.value)
@@ -152,6 +180,15 @@ def _int(text: str) -> int:
         return int(float(text))
     except (ValueError, OverflowError):  # "nan" / garbage; "inf"
         return 0
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+@functools.lru_cache(maxsize=1024)  # label values repeat scrape after scrape
+def _integer(text: str) -> bool:
+    """An empty label (not set) or one Go's strconv.Atoi reads, as llm-d's extractor parses it."""
+    return not text or _INTEGER.fullmatch(text) is not None
 
 
 def _specs(*texts: str) -> tuple[MetricSpec, ...]:

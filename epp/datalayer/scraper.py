@@ -70,6 +70,7 @@ class ScrapeSettings:
     default_engine: str = "vllm"
     engine_label_key: str = ENGINE_LABEL
     source_type: str = "metrics-data-source"  # the source plugin's type (poll errors' label)
+    extractor_type: str = "core-metrics-extractor"  # the extractor plugin's type (extract errors')
 
 
 def _tls_context(settings: ScrapeSettings) -> ssl.SSLContext:
@@ -94,6 +95,7 @@ class _Target:
         "group",
         "hints",
         "idle",
+        "lacking",
         "logged_at",
         "logged_reason",
         "metrics",
@@ -124,6 +126,9 @@ class _Target:
         # each read as on the page before (then the next page is checked for the same first).
         self.metrics: EndpointMetrics | None = None
         self.absent_checked = False  # its first page was checked for what the engine reads
+        # Its last page read failed llm-d's extractor (`EngineMetrics.extract_fails`): so does an
+        # idle page that reads the same.
+        self.lacking = False
         self.asked: list[str] = []
         self.idle = False
         self.failures = 0
@@ -181,6 +186,7 @@ class MetricsScraper:
         reason_log_interval: float = REASON_LOG_INTERVAL,
         overdue_turns: int = DEFAULT_OVERDUE_TURNS,
         poll_errors: Counter | None = None,
+        extract_errors: Counter | None = None,
     ) -> None:
         settings = settings or ScrapeSettings()
         if settings.default_engine not in settings.engines:
@@ -211,6 +217,12 @@ class MetricsScraper:
         self.failures = 0
         # llm-d's datalayer poll errors: every failed scrape, by the source plugin's type
         self._poll_errors = None if poll_errors is None else poll_errors.labels(settings.source_type)
+        # and llm-d's extract errors: every page read whose values its extractor would not take
+        self._extract_errors = (
+            None
+            if extract_errors is None
+            else extract_errors.labels(settings.source_type, settings.extractor_type)
+        )
 
     async def start(self) -> None:
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever(), name="scraper")
@@ -383,9 +395,13 @@ class MetricsScraper:
             self._failed(target, f"timed out: {error}", immediate=True)
         elif isinstance(error, ExtractError):
             self._failed(target, f"unreadable metrics: {error}", immediate=False, polled=False)
+            if self._extract_errors is not None:
+                self._extract_errors.inc()
         elif error is not None:
             self._failed(target, f"{type(error).__name__}: {error}", immediate=False)
         else:
+            if target.lacking and self._extract_errors is not None:
+                self._extract_errors.inc()
             target.failures = 0
             if not endpoint.healthy:
                 endpoint.healthy = True
@@ -415,9 +431,10 @@ class MetricsScraper:
                 _warn_absent(target, page)
             series = target.extractor.series(page, target.hints)
             try:
-                endpoint.metrics = metrics = target.engine.read(series, now)
+                metrics, target.lacking = target.engine.read_page(series, now)
             except ValueError as exc:
                 raise ExtractError(str(exc)) from exc
+            endpoint.metrics = metrics
             target.asked, target.idle = series.asked, not series.changed
         target.metrics = metrics
 

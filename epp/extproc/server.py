@@ -20,7 +20,7 @@ from epp.extproc.stream import ExtProcStream, ResetAfterEnd, StreamOptions
 from epp.extproc.stream_metrics import StreamMetrics
 from epp.flowcontrol.overload import OverloadGuard
 from epp.flowcontrol.quota_priority import ObjectiveCounts
-from epp.headers import OBJECTIVE_HEADER
+from epp.headers import LLMD_OBJECTIVE_HEADER, OBJECTIVE_HEADER, either_header
 from epp.requestcontrol import Director
 from epp.requests import ErrorCode, RequestError
 
@@ -289,11 +289,16 @@ def _waited_too_long(
 
 def _objective(message: ext_proc.ProcessingRequest) -> str | None:
     """The objective a stream's first message (its request headers) names, if any: the last of a
-    repeated header, as the director reads it (messages.read_headers)."""
+    repeated header, llm-d's name before GIE's, as the director reads them (messages.read_headers,
+    headers.either_header)."""
+    named: dict[str, str] = {}
     for header in reversed(message.request_headers.headers.headers):
-        if header.key == OBJECTIVE_HEADER:
-            return messages.header_value(header)
-    return None
+        if header.key in _OBJECTIVE_HEADERS and header.key not in named:
+            named[header.key] = messages.header_value(header)
+    return either_header(named, LLMD_OBJECTIVE_HEADER, OBJECTIVE_HEADER)
+
+
+_OBJECTIVE_HEADERS = (LLMD_OBJECTIVE_HEADER, OBJECTIVE_HEADER)
 
 
 _T = TypeVar("_T")

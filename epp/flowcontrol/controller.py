@@ -48,12 +48,11 @@ from epp.flowcontrol.reclamation import ReclamationController
 from epp.flowcontrol.saturation import SaturationDetector, split_stages
 from epp.metrics.capacity import Occupancy
 from epp.metrics.exporter import STAGE_DECODE, STAGE_EFFECTIVE, STAGE_PREFILL, FlowControlMetrics
-from epp.requests import ErrorCode, InferenceRequest, RequestError
+from epp.requests import DEFAULT_FAIRNESS_ID, ErrorCode, InferenceRequest, RequestError
 from epp.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FAIRNESS_ID = "default-flow"
 DEFAULT_BAND_MAX_BYTES = 1_000_000_000  # GIE: a band's maxBytes when 0 or omitted
 TICK = 0.002  # seconds between dispatch cycles while requests wait and the pool is saturated
 MAX_FAIRNESS_ID_LENGTH = 128

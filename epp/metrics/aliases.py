@@ -4,7 +4,9 @@ llm-d's router registers every GIE metric twice, once under GIE's name and once 
 `llm_d_epp_*` name; its scheduler-era releases used `llm_d_inference_scheduler_*` for the P/D
 decision counters. Doing the same here would double the series and the work on every request, so
 the aliases are made when /metrics is read, from the samples already collected: nothing on the
-request path, and only when the operator asks for them (`--metrics-aliases`)."""
+request path, and only when the operator asks for them (`--metrics-aliases`). llm-d's per-request
+families are not among them: they carry the request's flow, which GIE's samples do not
+(`epp.metrics.flow_requests` records them)."""
 
 from __future__ import annotations
 
@@ -39,18 +41,8 @@ def _table(pairs: Mapping[str, Alias]) -> dict[str, Alias]:
 # llm-d router (llm_d_epp subsystem), as of llm-d-router ebab687.
 LLM_D = _table(
     {
-        "inference_objective_request_total": Alias("llm_d_epp_request_total"),
-        "inference_objective_request_error_total": Alias("llm_d_epp_request_error_total"),
-        "inference_objective_request_duration_seconds": Alias("llm_d_epp_request_duration_seconds"),
-        "inference_objective_request_sizes": Alias("llm_d_epp_request_size_bytes"),
-        "inference_objective_response_sizes": Alias("llm_d_epp_response_size_bytes"),
-        "inference_objective_input_tokens": Alias("llm_d_epp_request_input_tokens"),
-        "inference_objective_output_tokens": Alias("llm_d_epp_request_output_tokens"),
-        "inference_objective_prompt_cached_tokens": Alias("llm_d_epp_request_cached_tokens"),
-        "inference_objective_running_requests": Alias("llm_d_epp_request_running"),
-        "inference_objective_normalized_time_per_output_token_seconds": Alias(
-            "llm_d_epp_request_ntpot_seconds"
-        ),
+        # GIE's per-request families are not renamed: llm-d's carry fairness_id and priority,
+        # which GIE's samples lack; they are recorded per request (epp.metrics.flow_requests).
         "inference_pool_average_kv_cache_utilization": Alias("llm_d_epp_average_kv_cache_utilization"),
         "inference_pool_average_queue_size": Alias("llm_d_epp_average_queue_size"),
         "inference_pool_average_running_requests": Alias("llm_d_epp_average_running_requests"),
@@ -65,9 +57,7 @@ LLM_D = _table(
             "llm_d_epp_scheduler_attempts_total", labels={"pod_name": "endpoint_name"}
         ),
         "inference_extension_plugin_duration_seconds": Alias("llm_d_epp_plugin_duration_seconds"),
-        "inference_extension_prefix_indexer_size": Alias("llm_d_epp_prefix_indexer_size"),
-        "inference_extension_prefix_indexer_hit_ratio": Alias("llm_d_epp_prefix_indexer_hit_ratio"),
-        "inference_extension_prefix_indexer_hit_bytes": Alias("llm_d_epp_prefix_indexer_hit_bytes"),
+        # Nor the prefix indexer's: llm-d's are by plugin (epp.metrics.prefix_indexer).
         "inference_extension_model_rewrite_decisions_total": Alias("llm_d_epp_model_rewrite_decisions_total"),
         "inference_extension_info": Alias("llm_d_epp_info"),
         # Flow control (llm-d-router pkg/epp/metrics/llm_d_router_metrics.go): the same labels.
@@ -87,9 +77,16 @@ LLM_D = _table(
 )
 
 # llm-d-inference-scheduler before the router (its SchedulerSubsystem): the P/D counters, by model
-# and decision only.
+# and decision only, and the data layer's errors. llm-d-router ebab687 still exports each beside
+# its llm_d_epp_* twin (the data layer's always, the decisions' with a disaggregation handler).
 LLM_D_SCHEDULER = _table(
     {
+        "llm_d_epp_datalayer_poll_errors_total": Alias(
+            "llm_d_inference_scheduler_datalayer_poll_errors_total"
+        ),
+        "llm_d_epp_datalayer_extract_errors_total": Alias(
+            "llm_d_inference_scheduler_datalayer_extract_errors_total"
+        ),
         "llm_d_epp_pd_decision_total": Alias(
             "llm_d_inference_scheduler_pd_decision_total", keep=("model_name", "decision_type")
         ),

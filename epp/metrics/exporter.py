@@ -16,31 +16,24 @@ from prometheus_client.registry import Collector
 from epp import __version__
 from epp.datastore import Datastore, Endpoint
 from epp.metrics.aliases import NAME_SETS, AliasCollector
+from epp.metrics.buckets import (
+    DURATION_BUCKETS,
+    HIT_BYTES_BUCKETS,
+    HIT_RATIO_BUCKETS,
+    INPUT_TOKEN_BUCKETS,
+    NTPOT_BUCKETS,
+    OUTPUT_TOKEN_BUCKETS,
+    REQUEST_SIZE_BUCKETS,
+    RESPONSE_SIZE_BUCKETS,
+)
 from epp.metrics.capacity import CapacityGauges, OccupancySource
 from epp.metrics.families import Families, alpha
+from epp.metrics.flow_requests import FlowRequestMetrics, FlowSeries, record_finished
 from epp.metrics.inflight import InFlightLoadGauges
 from epp.metrics.latency import ResponseLatencies
+from epp.metrics.prefix_indexer import HitRecorder, PrefixIndexerMetrics
 from epp.requests import InferenceRequest, Usage
 
-
-def _powers(start: float, stop: float, factor: float = 2.0) -> list[float]:
-    buckets, value = [], start
-    while value <= stop:
-        buckets.append(value)
-        value *= factor
-    return buckets
-
-
-DURATION_BUCKETS = [
-    0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 45, 60,
-    120, 180, 240, 300, 360, 480, 600, 900, 1200, 1800, 2700, 3600,
-]  # fmt: skip
-REQUEST_SIZE_BUCKETS = _powers(64, 1024**3)
-RESPONSE_SIZE_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32778, 65536]
-INPUT_TOKEN_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32778, 65536, 131072,
-                       262144, 524288, 1048576]  # fmt: skip
-OUTPUT_TOKEN_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
-NTPOT_BUCKETS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]
 SCHEDULER_BUCKETS = [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1]
 REQUEST_PROCESSING_BUCKETS = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.04, 0.06, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
@@ -48,8 +41,6 @@ REQUEST_PROCESSING_BUCKETS = [
 RESPONSE_PROCESSING_BUCKETS = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
 ]  # fmt: skip
-HIT_RATIO_BUCKETS = [i / 10 for i in range(11)]
-HIT_BYTES_BUCKETS = [0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]
 
 
 _POOL_GAUGES = {
@@ -283,12 +274,25 @@ class EppMetrics:
             "Data-source poll errors per source type.",
             ["source_type"],
         )
+        self.datalayer_extract_errors = f.counter(  # llm-d router's (pages its extractor would fail on)
+            "llm_d_epp_datalayer_extract_errors_total",
+            "Extract errors per source/extractor type.",
+            ["source_type", "extractor_type"],
+        )
         # llm-d router's inflight-load-producer gauges; each producer adds itself as a source.
         self.inflight_load = InFlightLoadGauges()
         self.registry.register(self.inflight_load)
         self._rewrites: dict[tuple[str, str, str], Counter] = {}
         self._series: dict[tuple[str, str], ModelSeries] = {}
         self.flow_control = FlowControlMetrics(self)
+        # llm-d's per-request families, by flow too: recorded beside GIE's with llm-d's names on.
+        self.flow_requests = (
+            FlowRequestMetrics(self.registry, self.flow_control.flow_labels)
+            if "llm-d" in self.aliases
+            else None
+        )
+        # llm-d's prefix-indexer families, by plugin: recorded beside GIE's with llm-d's names on.
+        self.prefix_indexers = PrefixIndexerMetrics(self.registry) if "llm-d" in self.aliases else None
         for name in self.aliases:
             self.registry.register(AliasCollector(self.registry, NAME_SETS[name]))
 
@@ -301,6 +305,27 @@ class EppMetrics:
         collector = PoolCollector(datastore, pool_name, staleness, std_dev="llm-d" in self.aliases)
         self.registry.register(collector)
         return collector
+
+    def prefix_index(self, plugin_name: str, plugin_type: str, size: Callable[[], float]) -> HitRecorder:
+        """A prefix-index plugin's metrics: its size read when /metrics is read, and the recorder
+        of its lookups, into GIE's families and, with llm-d's names, llm-d's by plugin."""
+        self.prefix_indexer_size.set_function(size)
+        ratio, matched = self.prefix_hit_ratio.observe, self.prefix_hit_bytes.observe
+        if self.prefix_indexers is None:
+
+            def hit(hit_ratio: float, hit_bytes: float) -> None:
+                ratio(hit_ratio)
+                matched(hit_bytes)
+
+            return hit
+        by_plugin = self.prefix_indexers.index(plugin_name, plugin_type, size)
+
+        def hit_both(hit_ratio: float, hit_bytes: float) -> None:
+            ratio(hit_ratio)
+            matched(hit_bytes)
+            by_plugin(hit_ratio, hit_bytes)
+
+        return hit_both
 
     def overload_refused(self, reason: str) -> None:
         self.overload_refusals.labels(reason).inc()
@@ -390,6 +415,11 @@ class ModelSeries:
         other metrics labelled by target model."""
         return self._target
 
+    def flow(self, fairness_id: str, priority: int) -> FlowSeries | None:
+        """llm-d's children for a request of this pair and flow (None without llm-d's names)."""
+        flows = self._metrics.flow_requests
+        return None if flows is None else flows.series(self._model, self._target, fairness_id, priority)
+
     def scheduling_failed(self) -> None:
         self._metrics.scheduler_attempts.labels("failure", self._target, "", "", "").inc()
 
@@ -413,20 +443,11 @@ class ModelSeries:
             )
         attempt.inc()
         self.request_sizes.observe(body_size)
-        self.running.inc()
+        if self._model:  # a body with no model (passthrough-parser) is not finished by model
+            self.running.inc()
 
     def finished(self, latency: float, response_bytes: int, usage: Usage | None) -> None:
-        self.duration.observe(latency)
-        self.response_sizes.observe(response_bytes)
-        self.running.dec()
-        if usage is None:
-            return
-        if usage.prompt_tokens > 0:
-            self.input_tokens.observe(usage.prompt_tokens)
-        if usage.completion_tokens > 0:
-            self.output_tokens.observe(usage.completion_tokens)
-            self.ntpot.observe(latency / usage.completion_tokens)
-        self.cached_tokens.observe(usage.cached_tokens)
+        record_finished(self, latency, response_bytes, usage)
 
 
 FLOW_QUEUE_DURATION_BUCKETS = [

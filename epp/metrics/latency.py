@@ -1,6 +1,7 @@
 """llm-d router's response latencies, read from a response's body chunks as they pass the EPP:
 time to first token (from the request's arrival to its first response byte), and for a streamed
-(SSE) response the time per output token after the first and the gap between chunks. The EPP
+response (the request's `stream` field or an SSE response, as llm-d's `streaming`) the time per
+output token after the first and the gap between chunks. The EPP
 sees a streamed response's chunks only when it reads them (`--read-streamed-responses`, or a
 FULL_DUPLEX_STREAMED response, or a plugin that asks); a response whose chunks it skips has none
 of these. No GIE counterpart: always exported under llm-d's names."""

@@ -38,9 +38,7 @@ class ApproxPrefixCacheProducer(Plugin, DataProducer, PreRequest, EndpointObserv
         self._block_hashes = prompt_hasher()
         self.route_listeners: list[Callable[[Endpoint, Sequence[int]], None]] = []
         self._block_tokens = params.configured_block_tokens()
-        self._hit_ratio = context.metrics.prefix_hit_ratio.observe
-        self._hit_bytes = context.metrics.prefix_hit_bytes.observe
-        context.metrics.prefix_indexer_size.set_function(self.index.size)
+        self._hit = context.metrics.prefix_index(name, self.type_name, self.index.size)
 
     def block_tokens(self, candidates: Sequence[Endpoint]) -> int:
         """The engine's own block size (first candidate's `cache_config_info`) when autoTune."""
@@ -62,8 +60,7 @@ class ApproxPrefixCacheProducer(Plugin, DataProducer, PreRequest, EndpointObserv
         request.attributes[self.name] = PrefixMatch(hashes, matched, block_tokens)
         if hashes:
             best = max(matched.values(), default=0)
-            self._hit_ratio(best / len(hashes))
-            self._hit_bytes(best * block_bytes(block_tokens))
+            self._hit(best / len(hashes), best * block_bytes(block_tokens))
 
     def pre_request(self, request: InferenceRequest, result: SchedulingResult) -> None:
         match = request.attributes.get(self.name)

@@ -25,11 +25,16 @@ from epp.headers import (
     EXPLAIN_HEADER,
     EXPLANATION_HEADER,
     FAIRNESS_HEADER,
+    LLMD_FAIRNESS_HEADER,
+    LLMD_MODEL_REWRITE_HEADER,
+    LLMD_OBJECTIVE_HEADER,
     MODEL_REWRITE_HEADER,
     OBJECTIVE_HEADER,
     REQUEST_ID_HEADER,
+    either_header,
 )
 from epp.metrics.exporter import EppMetrics
+from epp.metrics.flow_requests import FlowSeries
 from epp.metrics.latency import ResponseTiming
 from epp.requestcontrol.hooks import (
     AGENT_IDENTITY,
@@ -40,7 +45,7 @@ from epp.requestcontrol.hooks import (
     RequestControlHooks,
 )
 from epp.requestcontrol.model_rewrite import ModelRewrites
-from epp.requests import ApiKind, ErrorCode, InferenceRequest, RequestError, Usage
+from epp.requests import DEFAULT_FAIRNESS_ID, ApiKind, ErrorCode, InferenceRequest, RequestError, Usage
 from epp.requests.jsontext import dumps
 from epp.requests.parser import api_kind, parse_request
 from epp.requests.usage import UsageReader
@@ -68,16 +73,17 @@ class RoutedRequest:
     __slots__ = (
         "_charged_tokens",
         "_director",
-        "_event_stream",
         "_finished",
         "_first_byte_at",
         "_last_chunk_at",
         "_model_swap",
+        "_streaming",
         "_timing",
         "_usage",
         "arrived",
         "body",
         "eviction",
+        "flow",
         "loaded",
         "record",
         "request",
@@ -98,7 +104,9 @@ class RoutedRequest:
         # When the request's headers reached the EPP (the ext_proc stream sets it): llm-d's
         # response latencies count from there. None: not known, none recorded.
         self.arrived: float | None = None
-        self._event_stream = False
+        # llm-d's `streaming`: the request asked for a stream (its `stream` field) or the
+        # response is an event stream; set when the response starts.
+        self._streaming = False
         self._first_byte_at: float | None = None
         self._last_chunk_at = 0.0
         self._timing: ResponseTiming | None = None
@@ -117,6 +125,8 @@ class RoutedRequest:
         self.loaded = result.first_targets()
         # Tracked for flow control's in-flight eviction (None: not tracked, eviction off).
         self.eviction: EvictionItem | None = None
+        # llm-d's per-request children for its model and flow (None: llm-d's names off).
+        self.flow: FlowSeries | None = None
         self._charged_tokens = request.prompt_tokens
         for endpoint in self.loaded:
             endpoint.inflight_requests += 1
@@ -135,7 +145,7 @@ class RoutedRequest:
     ) -> None:
         """Response headers arrived; `metadata` is what the data plane sent with them."""
         self.response_status = status
-        self._event_stream = event_stream
+        self._streaming = event_stream or self.request.stream
         self.request.attributes[RESPONSE_EVENT_STREAM] = event_stream
         self._usage = self.usage_reader(event_stream or self.request.stream)
         with _PluginErrorsLogged("ResponseReceived"):
@@ -171,7 +181,7 @@ class RoutedRequest:
         now = time.monotonic()
         if self._first_byte_at is None:
             self._first_byte_at = now
-        elif self._event_stream:
+        elif self._streaming:
             self._timings().itl(now - self._last_chunk_at)
         self._last_chunk_at = now
 
@@ -185,7 +195,7 @@ class RoutedRequest:
         timing.ttft(first - arrived)
         tokens = usage.completion_tokens if usage is not None else 0
         end = time.monotonic()
-        if self._event_stream and tokens > 1 and end > first:
+        if self._streaming and tokens > 1 and end > first:
             timing.tpot((end - first) / (tokens - 1))
 
     def _timings(self) -> ResponseTiming:
@@ -195,7 +205,7 @@ class RoutedRequest:
             series = metrics.series(request.model, request.target_model)
             fairness, priority = metrics.flow_control.flow_labels(request.fairness_id, request.priority)
             labels = (series.model_label, series.target_label, fairness, priority)
-            timing = self._timing = metrics.latencies.timing(labels, self._event_stream)
+            timing = self._timing = metrics.latencies.timing(labels, self._streaming)
         return timing
 
     def served_by(self, hostport: str) -> None:
@@ -382,16 +392,19 @@ class Director:
                 parsed.usage_reader, rewritable = parser.usage_reader, parser.rewrites_body
         parsed.request = request
         parsed.rewritable = rewritable
-        request.objective = headers.get(OBJECTIVE_HEADER, "")
+        request.objective = either_header(headers, LLMD_OBJECTIVE_HEADER, OBJECTIVE_HEADER) or ""
         request.priority = self.objectives.get(request.objective, 0)
         self.hooks.request_headers(request)
         agent = request.attributes.get(AGENT_IDENTITY)
         request.fairness_id = bound_fairness_id(
-            headers.get(FAIRNESS_HEADER) or (agent if agent else request.fairness_id)
+            either_header(headers, LLMD_FAIRNESS_HEADER, FAIRNESS_HEADER)
+            or (agent if agent else request.fairness_id)
         )
         # A body the parser did not read (no model) is forwarded unchanged.
         rewrite = (
-            self._target_model(request.model, headers.get(MODEL_REWRITE_HEADER))
+            self._target_model(
+                request.model, either_header(headers, LLMD_MODEL_REWRITE_HEADER, MODEL_REWRITE_HEADER)
+            )
             if request.model and rewritable
             else None
         )
@@ -504,8 +517,17 @@ class Director:
 
     def record_error(self, error: RequestError, request: InferenceRequest | None) -> None:
         """Count an error answer once, under the request's models when it got that far."""
-        model, target = (request.model, request.target_model) if request is not None else ("", "")
-        self.metrics.series(model, target).error(error.code.label)
+        if request is None:
+            model = target = ""
+            fairness_id, priority = DEFAULT_FAIRNESS_ID, 0
+        else:
+            model, target = request.model, request.target_model
+            fairness_id, priority = request.fairness_id, request.priority
+        series = self.metrics.series(model, target)
+        series.error(error.code.label)
+        flow = series.flow(fairness_id, priority)
+        if flow is not None:
+            flow.error(error.code.label)
         log.debug("answered %d: %s", error.status, error.message)
 
     # --- scheduling ----------------------------------------------------------------------------
@@ -608,10 +630,14 @@ class Director:
         if trace is not None:
             trace.set(**{"epp.destination": primary.hostport, "gen_ai.request.model": request.model})
             result.headers.update(trace.propagation_headers())
-        self.metrics.series(request.model, request.target_model).scheduled(
+        series = self.metrics.series(request.model, request.target_model)
+        series.scheduled(
             request.priority, request.body_size, primary.name, primary.spec.namespace, primary.port
         )
         routed = RoutedRequest(self, request, result)
+        flow = routed.flow = series.flow(request.fairness_id, request.priority)
+        if flow is not None:
+            flow.scheduled(request.body_size)
         try:
             self.hooks.pre_request(request, result)
             if self.flow_control is not None:  # its eviction policies are plugins too
@@ -663,9 +689,16 @@ class Director:
             routed.record.response_seconds = time.monotonic() - routed.started
         if request.model:
             series = self.metrics.series(request.model, request.target_model)
-            series.finished(time.monotonic() - routed.started, routed.response_bytes, usage)
-            if routed.response_status is not None and routed.response_status >= 400:
+            latency = time.monotonic() - routed.started
+            series.finished(latency, routed.response_bytes, usage)
+            failed = routed.response_status is not None and routed.response_status >= 400
+            if failed:
                 series.error("ModelServerError")
+            flow = routed.flow
+            if flow is not None:
+                flow.finished(latency, routed.response_bytes, usage)
+                if failed:
+                    flow.error("ModelServerError")
         with _PluginErrorsLogged("ResponseComplete"):
             self.hooks.response_complete(request, routed.result, usage)
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 AVERAGE_CHARS_PER_TOKEN = 4
+# A request's flow (GIE's and llm-d's fairness id) when the gateway names none.
+DEFAULT_FAIRNESS_ID = "default-flow"
 
 
 class ApiKind(enum.StrEnum):
@@ -46,7 +48,7 @@ class InferenceRequest:
     body_size: int = 0
     objective: str = ""
     priority: int = 0
-    fairness_id: str = "default-flow"
+    fairness_id: str = DEFAULT_FAIRNESS_ID
     attributes: dict[str, Any] = field(default_factory=dict)
     # A plugin changed `body`: the director forwards it re-serialised (when the parser allows).
     body_changed: bool = False

@@ -88,6 +88,12 @@ async def test_a_burst_queues_in_the_epp_and_a_full_queue_is_a_429(
         }
         ttft = sample(metrics, "llm_d_epp_request_ttft_seconds_count", streaming="false", **flow)
         assert ttft == statuses.count(200)
+        # llm-d's per-request families by flow; the simulator's pages have all llm-d's extractor maps.
+        assert sample(metrics, "llm_d_epp_request_total", **flow) == statuses.count(200)
+        refusals = sample(metrics, "llm_d_epp_request_error_total", error_code="ResourceExhausted", **flow)
+        assert refusals == len(refused)
+        extractor = {"source_type": "metrics-data-source", "extractor_type": "core-metrics-extractor"}
+        assert sample(metrics, "llm_d_epp_datalayer_extract_errors_total", **extractor) == 0.0
 
 
 @pytest.mark.parametrize(("extend", "status"), [("300s", 200), ("0", 503)])

@@ -883,3 +883,66 @@ async def test_each_failed_poll_counts_as_llm_ds_datalayer_poll_error(server: Fa
         await until(lambda: endpoint.healthy)
     finally:
         await scraper.stop()
+
+
+def extract_fails(page: str, engine: str = "vllm") -> bool:
+    spec = BUILTIN_ENGINES[engine]
+    return spec.read_page(Extractor(spec.names()).extract(page), 0)[1]
+
+
+def test_a_page_fails_llm_ds_extractor_when_a_mapped_metric_or_an_integer_label_is_wrong() -> None:
+    """As llm-d-router ebab687's core-metrics-extractor: every metric the engine maps must be
+    there but the LoRA info, and its integer labels must be integers (empty: not set)."""
+    assert not extract_fails(VLLM_PAGE)
+    lines = VLLM_PAGE.splitlines(keepends=True)
+    assert extract_fails("".join(line for line in lines if "num_requests_waiting{" not in line))
+    assert extract_fails("".join(line for line in lines if "cache_config_info" not in line))
+    assert not extract_fails("".join(line for line in lines if "lora_requests_info" not in line))
+    assert not extract_fails(VLLM_PAGE.replace('max_lora="2"', 'max_lora=""'))
+    assert extract_fails(VLLM_PAGE.replace('max_lora="2"', 'max_lora="two"'))
+    assert extract_fails(VLLM_PAGE.replace('block_size="16"', 'block_size="16.0"'))
+    trtllm = "trtllm_kv_cache_tokens_per_block 32\n"
+    assert extract_fails(trtllm, "trtllm-serve")  # its block gauges are mapped, its counts absent
+
+
+async def test_each_page_llm_ds_extractor_fails_on_counts_as_an_extract_error(server: FakeServer) -> None:
+    """`llm_d_epp_datalayer_extract_errors_total{source_type, extractor_type}`: every scrape whose
+    page lacks a mapped metric counts (an unchanged page too, whose reading is skipped), and so
+    does one whose values cannot be read (NaN). The scrape itself is as before: the page lacking
+    the waiting queue is read (as 0), the endpoint stays in rotation; the NaN one fails it."""
+    metrics = EppMetrics()
+    datastore = Datastore()
+    scraper = MetricsScraper(
+        datastore,
+        interval=0.02,
+        settings=ScrapeSettings(source_type="metrics-data-source", extractor_type="core-metrics-extractor"),
+        poll_errors=metrics.datalayer_poll_errors,
+        extract_errors=metrics.datalayer_extract_errors,
+    )
+    labels = {"source_type": "metrics-data-source", "extractor_type": "core-metrics-extractor"}
+
+    def extract_errors() -> float:
+        return metrics.registry.get_sample_value("llm_d_epp_datalayer_extract_errors_total", labels) or 0.0
+
+    await scraper.start()
+    endpoint = datastore.upsert(EndpointSpec("e", "127.0.0.1", server.port))
+    try:
+        await until(lambda: scraper.scrapes >= 3)
+        assert extract_errors() == 0.0
+        server.page = "".join(line for line in VLLM_PAGE.splitlines(keepends=True) if "waiting{" not in line)
+        await until(lambda: extract_errors() >= 1)
+        scrapes, counted = scraper.scrapes, extract_errors()  # both counted as a page is read
+        await until(lambda: scraper.scrapes >= scrapes + 5)
+        assert extract_errors() - counted == scraper.scrapes - scrapes
+        assert endpoint.healthy and endpoint.metrics.running_requests_size == 3
+        assert endpoint.metrics.waiting_queue_size == 0 and scraper.failures == 0
+        server.page = 'vllm:num_requests_waiting{model_name="m"} NaN\n'
+        counted = extract_errors()
+        await until(lambda: scraper.failures >= 2)
+        assert extract_errors() - counted >= 2
+        poll = metrics.registry.get_sample_value(
+            "llm_d_epp_datalayer_poll_errors_total", {"source_type": "metrics-data-source"}
+        )
+        assert poll == 0.0
+    finally:
+        await scraper.stop()

@@ -77,6 +77,26 @@ async def test_a_whole_response_has_its_ttft_only(harness: Harness) -> None:  # 
     assert value(harness, "streaming_itl_seconds_count", **LABELS) is None
 
 
+async def test_a_request_that_asked_for_a_stream_is_streaming_whatever_its_response(
+    harness: Harness,  # noqa: F811
+) -> None:
+    """llm-d's `streaming` is the request's `stream` field or an event-stream response: a streamed
+    request answered with one JSON body (a server that ignores `stream`) is still `true`."""
+    harness.add("a", 8000)
+    call = harness.open()
+    await call.write(headers_msg())
+    await call.write(body_msg(orjson.dumps({"model": "m", "prompt": "hi", "stream": True})))
+    await read(call)
+    await read(call)
+    await call.write(response_headers_msg("application/json"))
+    await read(call)
+    body = orjson.dumps({"choices": [{"text": "x"}], "usage": {"prompt_tokens": 2, "completion_tokens": 5}})
+    await call.write(response_body_msg(body, end_of_stream=True))
+    await read(call)
+    assert value(harness, "ttft_seconds_count", streaming="true", **LABELS) == 1
+    assert value(harness, "ttft_seconds_count", streaming="false", **LABELS) is None
+
+
 async def test_a_client_gone_mid_stream_records_no_ttft(harness: Harness) -> None:  # noqa: F811
     call, endpoint = await streaming_request(harness)
     await call.write(response_body_msg(SSE[0], end_of_stream=False))

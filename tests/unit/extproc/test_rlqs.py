@@ -31,7 +31,7 @@ from epp.extproc.stream import StreamOptions
 from epp.flowcontrol.envoy_quota import EnvoyQuota
 from epp.flowcontrol.overload import OverloadGuard
 from epp.framework import PluginContext
-from epp.headers import OBJECTIVE_HEADER
+from epp.headers import LLMD_OBJECTIVE_HEADER, OBJECTIVE_HEADER
 from epp.metrics.exporter import EppMetrics
 from tests.unit.extproc.test_attributes import received_at
 from tests.unit.flowcontrol.test_flow_control import headers_msg, read
@@ -525,4 +525,16 @@ def test_the_objective_counted_is_the_one_the_director_reads_when_the_header_rep
     for value in ("batch", "chat"):
         message.request_headers.headers.headers.add(key=OBJECTIVE_HEADER, raw_value=value.encode())
     assert read_headers(message.request_headers)[OBJECTIVE_HEADER] == "chat"
+    assert server_objective(message) == "chat"
+
+
+def test_llm_ds_objective_header_is_read_before_gies() -> None:
+    """llm-d-router ebab687 names it x-llm-d-inference-objective, GIE's name its deprecated alias:
+    the guard and the quota take the objective the director takes."""
+    message = headers_msg({})
+    add = message.request_headers.headers.headers.add
+    add(key=OBJECTIVE_HEADER, raw_value=b"batch")
+    assert server_objective(message) == "batch"
+    add(key=LLMD_OBJECTIVE_HEADER, raw_value=b"chat")
+    add(key=OBJECTIVE_HEADER, raw_value=b"other")
     assert server_objective(message) == "chat"

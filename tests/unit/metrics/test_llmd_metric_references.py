@@ -31,11 +31,6 @@ REFERENCES = Path(__file__).parents[2] / "data" / "llmd_metrics" / "references.y
 # Referenced, not exported, and why (each checked to be absent, so exporting one fails this test
 # until it leaves this list).
 NOT_EXPORTED = {
-    "llm_d_epp_datalayer_extract_errors_total": (
-        "llm-d counts an extractor's error on every poll whose page lacks a metric the engine maps "
-        "(or fails to read one); ours warns once per endpoint of a missing metric and reads the rest, "
-        "so a count of that would not be llm-d's"
-    ),
     "llm_d_epp_kv_cache_events_pool_queue_depth": (
         "llm-d queues KV events to a pool of worker shards; ours applies each message on the event "
         "loop as it is read, and what waits is inside the ZMQ socket, which cannot be counted"
@@ -72,16 +67,19 @@ async def llm_d_page() -> dict[str, set[str]]:
     """Sample name -> the label names its samples carry, after one of everything."""
     metrics = EppMetrics(aliases=["llm-d"])
     series = metrics.series("m", "m")
-    series.scheduled(0, 100, "pod-a", "ns", 8000)
-    series.finished(0.5, 10, Usage(prompt_tokens=5, completion_tokens=3))
-    series.scheduled(0, 100, "pod-a", "ns", 8000)  # one still running
-    series.error("NotFound")
+    flow = series.flow("default-flow", 0)  # llm-d's per-request families, by flow
+    assert flow is not None
+    for recorded in (series, flow):
+        recorded.scheduled(*((0, 100, "pod-a", "ns", 8000) if recorded is series else (100,)))
+        recorded.finished(0.5, 10, Usage(prompt_tokens=5, completion_tokens=3))
+        recorded.scheduled(*((0, 100, "pod-a", "ns", 8000) if recorded is series else (100,)))  # running
+        recorded.error("NotFound")
     metrics.scheduler_e2e.observe(0.001)
     metrics.plugin_duration.labels("Filter", "decode-filter", "decode-filter").observe(0.0001)
-    metrics.prefix_indexer_size.set(1)
-    metrics.prefix_hit_ratio.observe(0.5)
+    metrics.prefix_index("p", "approx-prefix-cache-producer", lambda: 1)(0.5, 64)
     metrics.disagg_decisions.labels("disagg", "disagg-profile-handler", "m", "decode-only").inc()
     metrics.datalayer_poll_errors.labels("metrics-data-source").inc()
+    metrics.datalayer_extract_errors.labels("metrics-data-source", "core-metrics-extractor").inc()
     datastore = Datastore()
     endpoint = datastore.upsert(EndpointSpec("pod-a", "10.0.0.1", 8000, labels=MappingProxyType({})))
     endpoint.metrics.update_time = time.monotonic()

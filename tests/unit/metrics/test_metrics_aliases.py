@@ -31,6 +31,12 @@ def traffic(metrics: EppMetrics) -> None:
     series.scheduled(0, 512, "pod-a", "ns", 8000)
     series.finished(0.5, 100, None)
     series.error("NotFound")
+    flow = series.flow("tenant-a", 0)  # llm-d's per-request families (None: llm-d's names off)
+    if flow is not None:
+        flow.scheduled(512)
+        flow.scheduled(512)
+        flow.finished(0.5, 100, None)
+        flow.error("NotFound")
     decision = ("pd", "disagg-profile-handler", "llama")
     metrics.pd_decisions.labels(*decision, "prefill-decode").inc(3)
     metrics.pd_decisions.labels("other", "disagg-profile-handler", "llama", "prefill-decode").inc(2)
@@ -53,16 +59,17 @@ def test_llm_d_names_repeat_the_gie_series_with_llm_d_labels() -> None:
     traffic(metrics)
     names = page(metrics)
     labels = (("model_name", "llama"), ("priority", "0"), ("target_model_name", "llama-lora"))
-    assert names["llm_d_epp_request_total"][labels] == names["inference_objective_request_total"][labels] == 2
+    assert names["inference_objective_request_total"][labels] == 2
+    flow = (("fairness_id", "tenant-a"), *labels)  # llm-d's carry the flow (epp.metrics.flow_requests)
+    assert names["llm_d_epp_request_total"] == {flow: 2}
     attempt = (
         ("endpoint_name", "pod-a"), ("namespace", "ns"), ("port", "8000"), ("status", "success"),
         ("target_model_name", "llama-lora"),
     )  # fmt: skip
     assert names["llm_d_epp_scheduler_attempts_total"][attempt] == 2
-    model = (("model_name", "llama"), ("target_model_name", "llama-lora"))
-    assert names["llm_d_epp_request_duration_seconds_count"][model] == 1
-    assert names["llm_d_epp_request_size_bytes_sum"][model] == 1024
-    assert names["llm_d_epp_request_running"][(("model_name", "llama"),)] == 1
+    assert names["llm_d_epp_request_duration_seconds_count"][flow] == 1
+    assert names["llm_d_epp_request_size_bytes_sum"][flow] == 1024
+    assert names["llm_d_epp_request_running"][flow] == 1
     families = {f.name for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())}
     exported = {f.name for f in metrics.registry.collect()}
     missing = [a.name for source, a in LLM_D.items() if source in exported and a.name not in families]
@@ -75,7 +82,20 @@ def test_scheduler_era_decision_counters_sum_over_plugins() -> None:
     names = page(metrics)
     key = (("decision_type", "prefill-decode"), ("model_name", "llama"))
     assert names["llm_d_inference_scheduler_pd_decision_total"] == {key: 5}
-    assert set(LLM_D_SCHEDULER) == {"llm_d_epp_pd_decision", "llm_d_epp_disagg_decision"}
+
+
+def test_scheduler_era_data_layer_errors_repeat_llm_ds() -> None:
+    """llm-d-router ebab687 still exports `llm_d_inference_scheduler_datalayer_poll_errors_total`
+    and `_extract_errors_total` beside their llm_d_epp_* twins, with the same labels."""
+    metrics = EppMetrics(aliases=["llm-d-scheduler"])
+    metrics.datalayer_poll_errors.labels("metrics-data-source").inc(2)
+    metrics.datalayer_extract_errors.labels("metrics-data-source", "core-metrics-extractor").inc(3)
+    names = page(metrics)
+    source = (("source_type", "metrics-data-source"),)
+    assert names["llm_d_inference_scheduler_datalayer_poll_errors_total"] == {source: 2}
+    extracted = (("extractor_type", "core-metrics-extractor"), *source)
+    assert names["llm_d_inference_scheduler_datalayer_extract_errors_total"] == {extracted: 3}
+    assert names["llm_d_epp_datalayer_extract_errors_total"] == {extracted: 3}
 
 
 def test_llm_d_pool_gauges_include_the_spread() -> None:

@@ -116,5 +116,9 @@ async def test_with_aliases_the_registry_is_collected_once_a_read() -> None:
     finally:
         await server.stop()
     assert counted.collected == 1
-    aliased = f'llm_d_epp_request_total{{model_name="{"invented-0-".ljust(MAX_MODEL_NAME_LENGTH, "x")}",'
+    name = "invented-0-".ljust(MAX_MODEL_NAME_LENGTH, "x")
+    labels = (
+        f'endpoint_name="sim-0",namespace="default",port="8000",status="success",target_model_name="{name}"'
+    )
+    aliased = f"llm_d_epp_scheduler_attempts_total{{{labels}}}"
     assert aliased in page and "\ncounted 1.0\n" in page

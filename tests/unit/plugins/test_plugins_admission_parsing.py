@@ -14,6 +14,7 @@ from epp.config.build import build_director
 from epp.config.loader import load_config, load_config_file
 from epp.datastore import Datastore, EndpointSpec
 from epp.framework import PluginContext
+from epp.metrics.exporter import EppMetrics
 from epp.plugins.probabilistic_admitter import ProbabilisticAdmitter
 from epp.requests import InferenceRequest, RequestError
 from tests.unit.plugin_helpers import context, endpoint, endpoints, plugin, request
@@ -120,6 +121,24 @@ def test_passthrough_parser_routes_a_body_it_does_not_read() -> None:
     assert routed.destination in {"10.0.0.1:8000", "10.0.0.2:8000"}
     assert routed.request.model == "" and routed.request.prompt == b"" and routed.body is None
     assert routed.request.body_size == len(raw) and routed.request.objective == "o"
+
+
+def test_a_request_with_no_model_is_not_left_running() -> None:
+    """A body the parser does not read has no model: it was counted running when routed, but
+    the finished request is recorded by model, so the gauge grew by one for each (llm-d counts a
+    request with no model as never running)."""
+    config = load_config_file(
+        UPSTREAM / "llmd-router-ebab687__test__perf__config__router-configs__random-passthrough-parser.yaml"
+    )
+    metrics = EppMetrics(aliases=["llm-d"])
+    director, _ = build_director(config, store_with_models(), PluginContext(metrics))
+    for _ in range(3):
+        director.handle_body(b"\x00 not json", {":path": "/anything"}, None).finish()
+    registry = metrics.registry
+    assert registry.get_sample_value("inference_objective_running_requests", {"model_name": ""}) == 0
+    flow = {"model_name": "", "target_model_name": "", "fairness_id": "default-flow", "priority": "0"}
+    assert registry.get_sample_value("llm_d_epp_request_running", flow) == 0
+    assert registry.get_sample_value("llm_d_epp_request_total", flow) == 3
 
 
 def test_parsers_resolve_per_path_with_the_passthrough_fallback() -> None:

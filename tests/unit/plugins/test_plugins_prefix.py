@@ -3,10 +3,17 @@
 
 from __future__ import annotations
 
+import time
+from types import MappingProxyType
+
+import orjson
 import pytest
 from xxhash import xxh64_intdigest
 
-from epp.datastore import Endpoint
+from epp.config.build import build_director
+from epp.config.loader import load_config
+from epp.datastore import Datastore, Endpoint, EndpointSpec
+from epp.framework import PluginContext
 from epp.metrics.exporter import EppMetrics
 from epp.plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
 from epp.plugins.prefix_cache_scorer import PrefixCacheScorer
@@ -19,6 +26,7 @@ from epp.scheduling.prefix import (
     prompt_bytes,
 )
 from epp.scheduling.prefix.index import CompiledPrefixIndex, PrefixIndex, PythonPrefixIndex
+from epp.scheduling.prefix.params import PrefixIndexParams
 from epp.scheduling.types import ProfileResult, SchedulingResult
 from tests.unit.plugin_helpers import context, endpoint, endpoints, plugin, request
 
@@ -318,3 +326,46 @@ def test_chain_cache_keeps_the_objects_of_a_span_it_remembers_after_a_forgotten_
     third = cache.block_hashes(prompt, 1, BLOCK, 0)
     second_span = slice(ChainCache.SPAN_BLOCKS, None)
     assert all(a is b for a, b in zip(third[second_span], first[second_span], strict=True))
+
+
+PREFIX_LABELS = {"plugin_name": "approx-prefix-cache-producer", "plugin_type": "approx-prefix-cache-producer"}
+
+
+def test_llm_d_prefix_metrics_are_by_plugin_after_requests_through_the_director() -> None:
+    """llm-d-router ebab687 labels `llm_d_epp_prefix_indexer_*` by the plugin keeping the index;
+    GIE's stay unlabelled. Three requests of one prompt through GIE's default profile: the
+    first matches nothing, the next two the whole prompt."""
+    metrics = EppMetrics(aliases=["llm-d"])
+    store = Datastore()
+    store.synced = True
+    for i in range(2):
+        spec = EndpointSpec(f"p{i}", f"10.0.0.{i + 1}", 8000, MappingProxyType({}), models=frozenset({"m"}))
+        store.upsert(spec).metrics.update_time = time.monotonic()
+    director, _ = build_director(load_config(), store, PluginContext(metrics))
+    body = orjson.dumps({"model": "m", "prompt": "hello world " * 100})
+    for _ in range(3):
+        director.handle_body(body, {":path": "/v1/completions"}, None).finish()
+    sample = metrics.registry.get_sample_value
+    assert sample("llm_d_epp_prefix_indexer_hit_ratio_count", PREFIX_LABELS) == 3
+    assert sample("llm_d_epp_prefix_indexer_hit_ratio_sum", PREFIX_LABELS) == 2
+    matched = sample("inference_extension_prefix_indexer_hit_bytes_sum")
+    assert matched and sample("llm_d_epp_prefix_indexer_hit_bytes_sum", PREFIX_LABELS) == matched
+    size = sample("inference_extension_prefix_indexer_size")
+    assert size and sample("llm_d_epp_prefix_indexer_size", PREFIX_LABELS) == size
+    assert sample("inference_extension_prefix_indexer_hit_ratio_count") == 3
+
+
+def test_two_prefix_indexes_are_told_apart_by_plugin_name() -> None:
+    metrics = EppMetrics(aliases=["llm-d"])
+    params = PrefixIndexParams.model_validate({"autoTune": False})
+    first = ApproxPrefixCacheProducer("first", params, context(metrics=metrics))
+    second = ApproxPrefixCacheProducer("second", params, context(metrics=metrics))
+    a = endpoint("a")
+    route(first, TEXT, [a], a)
+    route(first, TEXT, [a], a)
+    route(second, TEXT, [a], a)
+    sample = metrics.registry.get_sample_value
+    kind = {"plugin_type": "approx-prefix-cache-producer"}
+    assert sample("llm_d_epp_prefix_indexer_hit_ratio_sum", {"plugin_name": "first", **kind}) == 1
+    assert sample("llm_d_epp_prefix_indexer_hit_ratio_count", {"plugin_name": "second", **kind}) == 1
+    assert sample("llm_d_epp_prefix_indexer_size", {"plugin_name": "second", **kind}) == 16
