@@ -40,13 +40,32 @@ class MetricsServer:
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
+        self._page: asyncio.Future[bytes] | None = None  # the page being made (_shared_page)
         self.port = 0
         self.auth: MetricsAuth | None = None  # set before start: reviews every request
         self.ssl_context: ssl.SSLContext | None = None  # set before start: serve over TLS
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        body = await exposition(self._registry)
+        body = await self._shared_page()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _shared_page(self) -> bytes:
+        """The page being made, if one is, else a new one: scrapes that arrive together share
+        it. Each made its own, and a page as large as the caps allow (50 MB with llm-d's names)
+        held that much memory per scrape in flight: 24 at once raised the EPP's RSS by 3.4 GB.
+        Shielded: a scrape cancelled (its handler, at shutdown or with aiohttp's
+        handler_cancellation) does not cancel the page the others wait for."""
+        page = self._page
+        if page is None:
+            page = self._page = asyncio.ensure_future(exposition(self._registry))
+            page.add_done_callback(self._page_made)
+        return await asyncio.shield(page)
+
+    def _page_made(self, page: asyncio.Future[bytes]) -> None:
+        if self._page is page:
+            self._page = None
+        if not page.cancelled():
+            page.exception()  # read here too: every scraper may have left before it failed
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self.auth.middleware] if self.auth is not None else [])

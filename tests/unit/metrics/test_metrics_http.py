@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -122,3 +122,121 @@ async def test_with_aliases_the_registry_is_collected_once_a_read() -> None:
     )
     aliased = f"llm_d_epp_scheduler_attempts_total{{{labels}}}"
     assert aliased in page and "\ncounted 1.0\n" in page
+
+
+async def collected_in_a_thread(registry: CollectorRegistry) -> bytes:
+    return await asyncio.to_thread(generate_latest, registry)
+
+
+class Gated(Collector):
+    """A collector whose collection waits (in a thread, as the test's loop must run) until let."""
+
+    def __init__(self) -> None:
+        self.collected = 0
+        self.entered = threading.Event()
+        self.let = threading.Event()
+
+    def collect(self) -> list[Metric]:
+        self.collected += 1
+        self.entered.set()
+        if not self.let.wait(10):
+            raise TimeoutError("never let")
+        return [GaugeMetricFamily("gated", "collections", value=self.collected)]
+
+
+async def test_scrapes_that_arrive_together_share_one_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each scrape made its own page: 24 scrapes at once of a page as large as the caps allow held
+    3.4 GB. Scrapes that arrive while a page is made get that page; one that leaves does not
+    cancel it for the others; the next scrape makes a new one."""
+    gated = Gated()
+    registry = CollectorRegistry()
+    registry.register(gated)
+
+    # Collected off the loop: the gated collection blocks its thread, and the test's loop runs.
+    monkeypatch.setattr(http_module, "exposition", collected_in_a_thread)
+    server = MetricsServer(registry, "127.0.0.1", 0)
+    arrived = 0
+    shared_page = server._shared_page
+
+    async def counted() -> bytes:
+        nonlocal arrived
+        arrived += 1
+        return await shared_page()
+
+    monkeypatch.setattr(server, "_shared_page", counted)
+    await server.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}/metrics"
+        async with aiohttp.ClientSession() as session:
+
+            async def scrape() -> bytes:
+                async with session.get(url) as response:
+                    assert response.status == 200
+                    return await response.read()
+
+            first = asyncio.create_task(scrape())
+            await asyncio.to_thread(gated.entered.wait, 10)
+            leaving = asyncio.create_task(scrape())
+            others = [asyncio.create_task(scrape()) for _ in range(4)]
+            for _ in range(500):  # until every handler waits for the page (bounded: 5 s)
+                if arrived == 6:
+                    break
+                await asyncio.sleep(0.01)
+            leaving.cancel()
+            gated.let.set()
+            pages = await asyncio.gather(first, *others)
+            assert gated.collected == 1
+            assert all(page == pages[0] for page in pages) and b"gated 1.0" in pages[0]
+            assert b"gated 2.0" in await scrape()
+    finally:
+        gated.let.set()
+        await server.stop()
+
+
+async def test_a_cancelled_scrape_does_not_cancel_the_page_the_others_share(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gated = Gated()
+    registry = CollectorRegistry()
+    registry.register(gated)
+    monkeypatch.setattr(http_module, "exposition", collected_in_a_thread)
+    server = MetricsServer(registry, "127.0.0.1", 0)
+    cancelled = asyncio.create_task(server._shared_page())
+    await asyncio.to_thread(gated.entered.wait, 10)
+    waiting = asyncio.create_task(server._shared_page())
+    await asyncio.sleep(0)  # both wait for the one page
+    cancelled.cancel()
+    gated.let.set()
+    assert b"gated 1.0" in await asyncio.wait_for(waiting, 10)
+    assert cancelled.cancelled() and gated.collected == 1
+
+
+async def test_a_page_that_failed_is_not_kept_for_the_next_scrape() -> None:
+    failing = Failing()
+    registry = CollectorRegistry()
+    registry.register(failing)
+    server = MetricsServer(registry, "127.0.0.1", 0)
+    await server.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}/metrics"
+        async with aiohttp.ClientSession() as session:
+
+            async def status() -> int:
+                async with session.get(url) as response:
+                    return response.status
+
+            assert await asyncio.gather(status(), status()) == [500, 500]
+            failing.fails = False
+            assert await status() == 200
+    finally:
+        await server.stop()
+
+
+class Failing(Collector):
+    def __init__(self) -> None:
+        self.fails = True
+
+    def collect(self) -> list[Metric]:
+        if self.fails:
+            raise RuntimeError("a collector failed")
+        return [GaugeMetricFamily("failing", "collections", value=1)]
