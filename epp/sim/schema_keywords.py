@@ -6,16 +6,19 @@ draft 7's list form of `dependencies`), and what a `not` excludes. A schema no v
 `maxProperties`, a `not` that excludes every type the schema allows) is the simulator's 400,
 param `tools`, saying which keywords clash.
 
-`not` is drawn for the keywords tool schemas use in it: `type`, `const`, `enum` and `required`. A
-value escapes a `not` by failing any one of them, so each is tried in that order until one can be
-failed (`refusals`); a `not` holding another keyword (`minimum`, `pattern`...) is refused rather
-than drawn without it."""
+`not` is drawn for the keywords tool schemas use in it: `type`, `const`, `enum` and `required`,
+and `anyOf` of them. A value escapes a `not` by failing any one of them (an `anyOf` by escaping
+each of its branches), so each is tried in that order until one can be failed (`refusals`); a `not`
+holding another keyword (`minimum`, `pattern`...) is refused rather than drawn without it. `allOf`
+parts that each have a `not` are merged into a `not` of their `anyOf`: a value escapes them all."""
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeGuard, TypeVar
 
@@ -24,9 +27,14 @@ from epp.sim.errors import ApiError
 T = TypeVar("T")
 _ANY_STRING = {"type": "string"}
 """A property no keyword gives a schema (`additionalProperties` absent or true)."""
-_NOT_KEYWORDS = frozenset({"type", "const", "enum", "required"})
+_NOT_KEYWORDS = frozenset({"type", "const", "enum", "required", "anyOf"})
 _ANNOTATIONS = frozenset({"title", "description", "$comment", "examples", "default", "deprecated"})
 _JSON_TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
+_ESCAPE_TRIES = 64
+"""Combinations tried of the ways to escape each branch of a `not`'s `anyOf` (each branch has up to
+four: the product of many grows past any budget)."""
+_NOT_NESTING = 16
+"""`anyOf`s nested in a `not` that are drawn (beyond: a 400, not the interpreter's recursion)."""
 _NAME_TRIES = 64
 """Names tried for each property `minProperties` adds (from the patterns' literal text, then
 `property_1`, `property_2`...)."""
@@ -39,23 +47,31 @@ def unsatisfiable(message: str) -> ApiError:
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """One way to escape a `not`: a type outside `types`, a value outside `values` (canonical
-    texts), or an object without one of the properties of `together`. Empty: no `not`."""
+    texts), and an object without one of the properties of each group of `together`, all at once
+    (one of them for a `not` of one keyword). Empty: no `not`."""
 
     types: frozenset[str] = frozenset()
     values: frozenset[str] = frozenset()
-    together: tuple[str, ...] = ()
+    together: tuple[tuple[str, ...], ...] = ()
 
     def excludes(self, value: Any) -> bool:
         """Whether `value` (a `const` or an `enum` entry) fails to escape the `not` this way."""
-        if self.types:
-            return json_type(value) in self.types or (
-                json_type(value) == "integer" and "number" in self.types
-            )
-        if self.values:
-            return canonical(value) in self.values
-        if self.together:
-            return not isinstance(value, dict) or all(name in value for name in self.together)
-        return False
+        kind = json_type(value)
+        return (
+            kind in self.types
+            or (kind == "integer" and "number" in self.types)
+            or (bool(self.values) and canonical(value) in self.values)
+            or (bool(self.together) and (not isinstance(value, dict) or bool(self.forbidden(value))))
+        )
+
+    def forbidden(self, names: Iterable[str]) -> tuple[str, ...]:
+        """The first group of `together` all of whose properties are among `names` (empty: none)."""
+        present = set(names)
+        return next((group for group in self.together if present.issuperset(group)), ())
+
+    def also(self, other: Refusal) -> Refusal:
+        """This way and `other` at once (escaping two `not`s)."""
+        return Refusal(self.types | other.types, self.values | other.values, self.together + other.together)
 
 
 NO_REFUSAL = Refusal()
@@ -65,7 +81,12 @@ def refusals(schema: dict[str, Any]) -> Iterator[Refusal]:
     """The ways to escape the schema's `not`, to be tried in order (none: NO_REFUSAL alone). A
     `not` that is not an object is ignored as other keywords of the wrong type are, except `true`
     and `{}` (nothing escapes them)."""
-    banned = schema.get("not")
+    yield from _escapes(schema.get("not"))
+
+
+def _escapes(banned: Any, depth: int = 0) -> Iterator[Refusal]:
+    if depth > _NOT_NESTING:
+        raise unsatisfiable(f"nest `anyOf` in `not` deeper than {_NOT_NESTING} levels")
     if banned is True or banned == {}:
         raise unsatisfiable("have a `not` that every value matches")
     if not isinstance(banned, dict):
@@ -75,7 +96,8 @@ def refusals(schema: dict[str, Any]) -> Iterator[Refusal]:
     if unknown:
         raise ApiError(
             400,
-            f"the simulator draws `not` only of type, const, enum and required, not of: {', '.join(unknown)}",
+            f"the simulator draws `not` only of type, const, enum, required and anyOf, not of: "
+            f"{', '.join(unknown)}",
             "tools",
         )
     kinds = banned.get("type")
@@ -91,7 +113,12 @@ def refusals(schema: dict[str, Any]) -> Iterator[Refusal]:
     if isinstance(together, list):
         names = tuple(dict.fromkeys(n for n in together if isinstance(n, str)))
         # `required: []` holds for every object, and any `required` for every other value.
-        yield Refusal(together=names) if names else Refusal(types=frozenset(_JSON_TYPES))
+        yield Refusal(together=(names,)) if names else Refusal(types=frozenset(_JSON_TYPES))
+    branches = banned.get("anyOf")
+    if isinstance(branches, list) and branches:
+        ways = [list(_escapes(branch, depth + 1)) for branch in branches]
+        for combination in itertools.islice(itertools.product(*ways), _ESCAPE_TRIES):
+            yield functools.reduce(Refusal.also, combination)
 
 
 def first_escape(schema: dict[str, Any], read: Callable[[Refusal], T]) -> T:
@@ -165,8 +192,7 @@ def members(
         return names
 
     def fits(names: dict[str, None]) -> bool:
-        forbidden = refusal.together and all(n in names for n in refusal.together)
-        return (most is None or len(names) <= most) and not forbidden
+        return (most is None or len(names) <= most) and not refusal.forbidden(names)
 
     required = schema.get("required")
     names = complete(
@@ -175,7 +201,7 @@ def members(
     if most is not None and len(names) > most:
         raise unsatisfiable(f"require {len(names)} properties but allow at most {most} (maxProperties)")
     if not fits(names):
-        quoted = ", ".join(repr(n) for n in refusal.together)
+        quoted = ", ".join(repr(n) for n in refusal.forbidden(names))
         raise unsatisfiable(f"require every property that `not` forbids together: {quoted}")
     for name in properties if optional else ():
         grown = complete({**names, name: None})
@@ -231,6 +257,8 @@ def merge_parts(merged: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
                 out[keyword] = tighter(first, second)
             elif _is_bound(first):
                 out[keyword] = first
+    if "not" in merged and "not" in part:  # a value escapes both
+        out["not"] = {"anyOf": _branches(merged["not"]) + _branches(part["not"])}
     if merged.get("uniqueItems") is True:
         out["uniqueItems"] = True
     kinds = [_types(s["type"]) for s in (merged, part) if isinstance(s.get("type"), str | list)]
@@ -251,6 +279,14 @@ def merge_parts(merged: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
     elif isinstance(merged.get("enum"), list):
         out["enum"] = merged["enum"]
     return out
+
+
+def _branches(banned: Any) -> list[Any]:
+    """The schemas a `not` excludes each of: those of a `not` of only an `anyOf` (as merged), else
+    itself, so the `not` of many merged parts is one `anyOf`, not one nested per part."""
+    if isinstance(banned, dict) and banned.keys() == {"anyOf"} and isinstance(banned["anyOf"], list):
+        return list(banned["anyOf"])
+    return [banned]
 
 
 def of_its_type(schema: dict[str, Any], value: Any) -> bool:

@@ -245,7 +245,7 @@ def test_arguments_satisfy_the_object_array_and_not_keywords(schema: dict[str, A
         ),
         (
             {"type": "object", "properties": {"v": {"not": {"minimum": 3}}}, "required": ["v"]},
-            "the simulator draws `not` only of type, const, enum and required, not of: minimum",
+            "the simulator draws `not` only of type, const, enum, required and anyOf, not of: minimum",
         ),
         (
             {"type": "number", "minimum": 4, "maximum": 4, "not": {"type": "integer"}},
@@ -605,3 +605,69 @@ def test_the_sequences_of_one_request_share_what_is_drawn() -> None:
     assert MIN_CALL_CHARS <= len(endless.plan(0, 10**5, 1000).text) <= MIN_CALL_CHARS + 100
     ordinary = ForcedTools("named", {"f": SCHEMAS[0]})
     assert ordinary.plan(3, 10**5, 1000) == ordinary.plan(3, 10**5) and ordinary.plan(3, 10**5).whole
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {
+            "allOf": [
+                {"not": {"type": "integer"}},
+                {"not": {"type": "string"}},
+                {"type": ["integer", "string", "boolean"]},
+            ]
+        },
+        {"not": {"const": 1}, "allOf": [{"not": {"enum": [2]}}, {"enum": [1, 2, 3]}]},
+        {
+            "type": "object",
+            "properties": {"a": {}, "b": {}},
+            "allOf": [{"not": {"required": ["a"]}}, {"not": {"required": ["b"]}}],
+        },
+        {
+            "allOf": [
+                {"not": {"type": "string"}},
+                {"not": {"const": 2}},
+                {"type": ["string", "integer"], "minimum": 2, "maximum": 3},
+            ]
+        },
+        {
+            "allOf": [
+                {"not": {"anyOf": [{"type": "string"}, {"const": 2}]}},
+                {"type": ["string", "integer"], "minimum": 2, "maximum": 3},
+            ]
+        },
+    ],
+    ids=lambda s: json.dumps(s)[:60],
+)
+def test_each_allof_parts_not_is_escaped(schema: dict[str, Any]) -> None:
+    """Merged `allOf` parts kept the last part's `not` alone: a value of the first's excluded type,
+    const or property set was drawn (`49` where the first part says `not: {type: integer}`). A
+    value escapes every part's `not`, i.e. a `not` of their `anyOf`, which is drawn too."""
+    validator = jsonschema.Draft202012Validator(schema)
+    for seed in range(20):
+        value = schema_value(schema, seed)
+        assert not list(validator.iter_errors(value)), (seed, value)
+
+
+def test_allof_parts_whose_nots_leave_nothing_are_a_400() -> None:
+    schema = {
+        "allOf": [{"not": {"type": "integer"}}, {"not": {"type": "string"}}, {"type": ["integer", "string"]}]
+    }
+    with pytest.raises(ApiError) as raised:
+        schema_text(schema, 0, 1 << 20)
+    assert raised.value.message == "the tool's parameters allow no type that `not` does not exclude"
+
+
+def test_many_allof_parts_with_a_not_and_deeply_nested_anyofs_in_a_not() -> None:
+    """A `not` in each of 300 parts is one `anyOf` of 300 escaped together; `anyOf`s nested in a
+    `not` past what is drawn are a 400, not a RecursionError (a 500)."""
+    parts = [{"not": {"const": i}} for i in range(300)]
+    for seed in range(5):
+        value = schema_value({"allOf": [*parts, {"type": "integer", "minimum": 0, "maximum": 1000}]}, seed)
+        assert 300 <= value <= 1000
+    banned: dict[str, Any] = {"type": "string"}
+    for _ in range(900):
+        banned = {"anyOf": [banned]}
+    with pytest.raises(ApiError) as raised:
+        schema_text({"not": banned}, 0, 1 << 20)
+    assert raised.value.message == "the tool's parameters nest `anyOf` in `not` deeper than 16 levels"
