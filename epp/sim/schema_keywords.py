@@ -164,22 +164,66 @@ def json_type(value: Any) -> str:
     return "array" if isinstance(value, list) else "object"
 
 
+RESTRICTING: Any = object()
+"""The key (no JSON text holds it) of the parts of a merged `allOf` that restrict the names they do
+not declare (their `additionalProperties` is not true): a part's `additionalProperties` applies
+to the names its own `properties` and `patternProperties` do not cover, those another part
+declares included, so it is not merged with the others' (`members` reads each). The parts'
+`properties` and `patternProperties` are merged: each applies wherever it names."""
+
+
+MAX_RESTRICTING = 32
+"""`allOf` parts with their own `additionalProperties` (not true) merged at most: each undeclared
+property's value is drawn for all of theirs at once (beyond: a 400; tool schemas have one or two)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Restriction:
+    """One schema's (or `allOf` part's) `additionalProperties` and the names it spares."""
+
+    properties: dict[str, Any]
+    patterns: list[tuple[re.Pattern[str], Any]]
+    additional: Any
+
+    @classmethod
+    def of(cls, schema: dict[str, Any]) -> _Restriction:
+        properties = schema.get("properties")
+        properties = properties if isinstance(properties, dict) else {}
+        return cls(properties, _patterns(schema), schema.get("additionalProperties", True))
+
+    def covers(self, name: str) -> bool:
+        return name in self.properties or any(p.search(name) for p, _ in self.patterns)
+
+    def allows(self, name: str) -> bool:
+        return self.additional is not False or self.covers(name)
+
+
+def restricting(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """The schemas whose `additionalProperties` restricts `schema`'s undeclared names: its merged
+    `allOf` parts' (RESTRICTING), else itself unless its `additionalProperties` is absent or true."""
+    if RESTRICTING in schema:
+        parts: list[dict[str, Any]] = schema[RESTRICTING]
+        return parts
+    return [] if schema.get("additionalProperties", True) is True else [schema]
+
+
 def members(
     schema: dict[str, Any], optional: bool, refusal: Refusal
 ) -> tuple[tuple[str, ...], tuple[Any, ...]]:
     """(the property names an object of `schema` gets, the schema of each). Every required one and
-    what they depend on; with `optional`, each declared one too while `maxProperties` and the
-    `not` allow; then invented names up to `minProperties`."""
+    what they depend on; with `optional`, each declared one too while `maxProperties`, the `not`
+    and each `additionalProperties` (of every `allOf` part) allow; then invented names up to
+    `minProperties`."""
     properties = schema.get("properties")
     properties = properties if isinstance(properties, dict) else {}
     patterns = _patterns(schema)
-    additional = schema.get("additionalProperties", True)
+    restrictions = [_Restriction.of(part) for part in restricting(schema)]
     depends = _dependencies(schema)
     most = _count(schema.get("maxProperties"))
     fewest = _count(schema.get("minProperties")) or 0
 
     def allowed(name: str) -> bool:
-        return name in properties or additional is not False or any(p.search(name) for p, _ in patterns)
+        return all(restriction.allows(name) for restriction in restrictions)
 
     def complete(names: dict[str, None]) -> dict[str, None]:
         """`names` with what they depend on (dependentRequired), transitively."""
@@ -205,7 +249,7 @@ def members(
         raise unsatisfiable(f"require every property that `not` forbids together: {quoted}")
     for name in properties if optional else ():
         grown = complete({**names, name: None})
-        if fits(grown):
+        if allowed(name) and fits(grown):
             names = grown
     for name in _invented(patterns):
         if len(names) >= fewest:
@@ -219,13 +263,14 @@ def members(
             f"need {fewest} properties (minProperties); the simulator found {found} they allow"
         )
     ordered = [n for n in properties if n in names] + [n for n in names if n not in properties]
-    return tuple(ordered), tuple(_member(n, properties, patterns, additional) for n in ordered)
+    return tuple(ordered), tuple(_member(n, properties, patterns, restrictions) for n in ordered)
 
 
 _LOWER_BOUNDS = ("minimum", "exclusiveMinimum", "minLength", "minItems", "minProperties")
 _UPPER_BOUNDS = ("maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxProperties")
-_BOTH_APPLY = ("items", "additionalProperties")
-"""Keywords whose schemas, in two `allOf` parts, both apply to the same values."""
+_BOTH_APPLY = ("items",)
+"""Keywords whose schemas, in two `allOf` parts, both apply to the same values (each part's
+`additionalProperties` to the names it does not declare: RESTRICTING)."""
 
 
 def merge_parts(merged: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
@@ -248,6 +293,11 @@ def merge_parts(merged: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
             out[keyword] = {"allOf": [first, second]}
         elif isinstance(first, dict):
             out[keyword] = first
+    out[RESTRICTING] = restricting(merged) + restricting(part)
+    if len(out[RESTRICTING]) > MAX_RESTRICTING:
+        raise unsatisfiable(
+            f"merge more than {MAX_RESTRICTING} `allOf` parts with an additionalProperties that is not true"
+        )
     required = [r for s in (merged, part) if isinstance(s.get("required"), list) for r in s["required"]]
     out["required"] = list(dict.fromkeys(required))
     for keywords, tighter in ((_LOWER_BOUNDS, max), (_UPPER_BOUNDS, min)):
@@ -308,20 +358,22 @@ def _is_bound(value: Any) -> TypeGuard[int | float]:
 
 
 def _member(
-    name: str, properties: dict[str, Any], patterns: list[tuple[re.Pattern[str], Any]], additional: Any
+    name: str,
+    properties: dict[str, Any],
+    patterns: list[tuple[re.Pattern[str], Any]],
+    restrictions: list[_Restriction],
 ) -> Any:
     """The schema one property's value must satisfy: its declaration and every pattern its name
-    matches, all at once; else `additionalProperties`."""
-    applying = ([properties[name]] if name in properties else []) + [s for p, s in patterns if p.search(name)]
-    if len(applying) > 1:
-        return {"allOf": applying}
-    if applying:
-        return applying[0]
-    if additional is False:
+    matches, and the `additionalProperties` of each part that does not cover it, all at once."""
+    if not all(restriction.allows(name) for restriction in restrictions):
         raise unsatisfiable(
             f"require {name!r}, which no property or pattern allows (additionalProperties is false)"
         )
-    return additional if isinstance(additional, dict) else _ANY_STRING
+    applying = ([properties[name]] if name in properties else []) + [s for p, s in patterns if p.search(name)]
+    applying += [r.additional for r in restrictions if isinstance(r.additional, dict) and not r.covers(name)]
+    if len(applying) > 1:
+        return {"allOf": applying}
+    return applying[0] if applying else _ANY_STRING
 
 
 def _patterns(schema: dict[str, Any]) -> list[tuple[re.Pattern[str], Any]]:

@@ -671,3 +671,90 @@ def test_many_allof_parts_with_a_not_and_deeply_nested_anyofs_in_a_not() -> None
     with pytest.raises(ApiError) as raised:
         schema_text({"not": banned}, 0, 1 << 20)
     assert raised.value.message == "the tool's parameters nest `anyOf` in `not` deeper than 16 levels"
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {
+            "allOf": [
+                {"type": "object", "additionalProperties": False},
+                {"properties": {"b": {"type": "integer"}}},
+            ]
+        },
+        {
+            "allOf": [
+                {"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": False},
+                {"properties": {"b": {"type": "integer"}}},
+            ]
+        },
+        {
+            "allOf": [
+                {"type": "object", "additionalProperties": {"type": "integer"}},
+                {"properties": {"b": {"type": "integer", "minimum": 5}, "c": {}}},
+            ]
+        },
+        {
+            "allOf": [
+                {"type": "object", "patternProperties": {"^b": {"type": "integer"}}},
+                {"properties": {"b": {"minimum": 1, "maximum": 9}}, "required": ["b"]},
+            ]
+        },
+        {
+            "allOf": [
+                {"type": "object", "properties": {"a": {}}, "additionalProperties": False},
+                {"patternProperties": {"^x_[0-9]+$": {"type": "integer"}}, "minProperties": 1},
+            ]
+        },
+    ],
+    ids=lambda s: json.dumps(s)[:60],
+)
+def test_each_allof_parts_additional_properties_applies_to_the_others_properties(
+    schema: dict[str, Any],
+) -> None:
+    """An `allOf` part's `additionalProperties` applies to every name its own `properties` and
+    `patternProperties` do not cover, those another part declares included: merged into one
+    schema, a property the other part declared was drawn whatever the first said of it (`{"b":
+    49}` where the first part allows no property)."""
+    validator = jsonschema.Draft202012Validator(schema)
+    for seed in range(20):
+        value = schema_value(schema, seed)
+        assert not list(validator.iter_errors(value)), (seed, value)
+
+
+@pytest.mark.parametrize(
+    ("schema", "message"),
+    [
+        (
+            {
+                "allOf": [
+                    {"type": "object", "properties": {"a": {}}, "additionalProperties": False},
+                    {"properties": {"b": {}}, "required": ["b"]},
+                ]
+            },
+            "the tool's parameters require 'b', which no property or pattern allows "
+            "(additionalProperties is false)",
+        ),
+        (
+            {
+                "allOf": [
+                    {"type": "object", "properties": {"a": {}}, "additionalProperties": False},
+                    {"patternProperties": {"^x_[0-9]+$": {"type": "integer"}}, "minProperties": 2},
+                ]
+            },
+            "the tool's parameters need 2 properties (minProperties); the simulator found 1 name they allow",
+        ),
+        (
+            {"allOf": [{"properties": {f"p{i}": {}}, "additionalProperties": {}} for i in range(33)]},
+            "the tool's parameters merge more than 32 `allOf` parts with an additionalProperties that is "
+            "not true",
+        ),
+    ],
+    ids=["required", "minProperties", "33 parts"],
+)
+def test_a_property_one_allof_part_needs_and_another_forbids_is_a_400(
+    schema: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ApiError) as raised:
+        schema_text(schema, 0, 1 << 20)
+    assert raised.value.message == message
