@@ -249,13 +249,13 @@ def members(
         raise unsatisfiable(f"require every property that `not` forbids together: {quoted}")
     for name in properties if optional else ():
         grown = complete({**names, name: None})
-        if allowed(name) and fits(grown):
+        if fits(grown) and all(map(allowed, grown)):  # what it depends on allowed too
             names = grown
     for name in _invented(patterns):
         if len(names) >= fewest:
             break
         grown = complete({**names, name: None})
-        if name not in names and allowed(name) and fits(grown):
+        if name not in names and fits(grown) and all(map(allowed, grown)):
             names = grown
     if len(names) < fewest:
         found = f"{len(names)} name" + ("" if len(names) == 1 else "s")
