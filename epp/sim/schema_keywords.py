@@ -293,6 +293,12 @@ def merge_parts(merged: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
             out[keyword] = {"allOf": [first, second]}
         elif isinstance(first, dict):
             out[keyword] = first
+    first_prefix, second_prefix = _prefix(merged), _prefix(part)
+    if first_prefix or second_prefix:  # each position: what each part asks there
+        out["prefixItems"] = [
+            _both(_item_at(merged, first_prefix, i), _item_at(part, second_prefix, i))
+            for i in range(max(len(first_prefix), len(second_prefix)))
+        ]
     out[RESTRICTING] = restricting(merged) + restricting(part)
     if len(out[RESTRICTING]) > MAX_RESTRICTING:
         raise unsatisfiable(
@@ -337,6 +343,26 @@ def _branches(banned: Any) -> list[Any]:
     if isinstance(banned, dict) and banned.keys() == {"anyOf"} and isinstance(banned["anyOf"], list):
         return list(banned["anyOf"])
     return [banned]
+
+
+def _prefix(schema: dict[str, Any]) -> list[Any]:
+    prefix = schema.get("prefixItems")
+    return prefix if isinstance(prefix, list) else []
+
+
+def _item_at(schema: dict[str, Any], prefix: list[Any], index: int) -> Any:
+    """The schema an item at `index` must satisfy in `schema`: its `prefixItems` entry, else its
+    `items` (None: any item)."""
+    if index < len(prefix):
+        return prefix[index]
+    items = schema.get("items")
+    return items if isinstance(items, dict | bool) else None
+
+
+def _both(first: Any, second: Any) -> Any:
+    if first is None or second is None:
+        return second if first is None else first
+    return {"allOf": [first, second]}
 
 
 def of_its_type(schema: dict[str, Any], value: Any) -> bool:

@@ -794,3 +794,38 @@ def test_an_optional_property_whose_dependency_is_forbidden_is_left_out(schema: 
     for seed in range(10):
         value = schema_value(schema, seed)
         assert not list(draft(schema).iter_errors(value)), (seed, value)
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {
+            "allOf": [
+                {"type": "array", "items": {"type": "integer"}, "minItems": 2},
+                {"prefixItems": [{"minimum": 2, "maximum": 5}]},
+            ]
+        },
+        {
+            "allOf": [
+                {"type": "array", "prefixItems": [{"const": 1}], "minItems": 2},
+                {"prefixItems": [{"type": "integer"}, {"const": "b"}]},
+            ]
+        },
+        {
+            "type": "array",
+            "prefixItems": [{"type": "integer"}],
+            "items": {"type": "boolean"},
+            "minItems": 3,
+            "allOf": [{"items": {"enum": [1, True]}}],
+        },
+    ],
+    ids=["items and prefixItems", "two prefixItems", "outer prefixItems"],
+)
+def test_each_allof_parts_items_apply_at_each_position(schema: dict[str, Any]) -> None:
+    """An `allOf` part's `prefixItems` replaced another's, and a part's `items` (every item past
+    its own `prefixItems`, so every item when it has none) did not reach the other's `prefixItems`:
+    `["team decode", 5]` for a part asking integers and one asking `prefixItems: [{minimum: 2}]`."""
+    validator = jsonschema.Draft202012Validator(schema)
+    for seed in range(20):
+        value = schema_value(schema, seed)
+        assert not list(validator.iter_errors(value)), (seed, value)
