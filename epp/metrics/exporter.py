@@ -348,11 +348,12 @@ class EppMetrics:
         `.labels()` lookup costs microseconds on every request). Model names come from clients:
         past MAX_MODEL_SERIES pairs, and for any name longer than MAX_MODEL_NAME_LENGTH, they are
         counted under OVERFLOW_MODEL, so a client inventing names (or one 16 MB name) cannot grow
-        the registry or the /metrics page without bound."""
+        the registry or the /metrics page without bound. A request with no model keeps its empty
+        label past the cap: it is counted running and finished by that label alone."""
         found = self._series.get((model, target))
         if found is None:
             too_long = max(len(model), len(target)) > MAX_MODEL_NAME_LENGTH
-            if too_long or len(self._series) >= MAX_MODEL_SERIES:
+            if model and (too_long or len(self._series) >= MAX_MODEL_SERIES):
                 model = target = OVERFLOW_MODEL
                 found = self._series.get((model, target))
             if found is None:

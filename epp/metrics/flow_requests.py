@@ -171,8 +171,9 @@ class FlowRequestMetrics:
         key = (model, target, fairness, priority_label)
         found = self._series.get(key)
         if found is None:
-            if len(self._series) >= MAX_SERIES:
-                key = (OVERFLOW, OVERFLOW, OVERFLOW, priority_label)
+            if len(self._series) >= MAX_SERIES:  # a request with no model keeps its empty labels
+                overflow = OVERFLOW if model else ""
+                key = (overflow, overflow, OVERFLOW, priority_label)
                 found = self._series.get(key)
             if found is None:
                 found = self._series[key] = FlowSeries(self, key)

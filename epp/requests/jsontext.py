@@ -55,13 +55,15 @@ def scan(raw: bytes, value: Any) -> tuple[bool, bool]:
 
 def _holds_a_float_past_64_bits(value: Any) -> bool:
     """Whether a float of an integer's size orjson cannot keep (below -2**63 or from 2**64; a float
-    that large is a whole number) is among `value`'s values. A client's own float of that size
-    (`1e20`) counts too: the second read gives it back the same."""
+    that large is a whole number) is among `value`'s values. -2**63 itself counts: orjson keeps
+    that integer as an int, so the float is an integer just below it (-2**63 - 1 down to
+    -2**63 - 1024 round to it). A client's own float of that size (`1e20`) counts too: the second
+    read gives it back the same."""
     pending = [value]
     while pending:
         item = pending.pop()
         if item.__class__ is float:
-            if not -_INT64_BOUND <= item < _INT64_BOUND:
+            if not -_INT64_BOUND < item < _INT64_BOUND:
                 return True
         elif item.__class__ is dict:
             pending.extend(item.values())

@@ -6,16 +6,19 @@ draft 7's list form of `dependencies`), and what a `not` excludes. A schema no v
 `maxProperties`, a `not` that excludes every type the schema allows) is the simulator's 400,
 param `tools`, saying which keywords clash.
 
-`not` is drawn for the keywords tool schemas use in it: `type`, `const`, `enum` and `required`. A
-value escapes a `not` by failing any one of them, so each is tried in that order until one can be
-failed (`refusals`); a `not` holding another keyword (`minimum`, `pattern`...) is refused rather
-than drawn without it."""
+`not` is drawn for the keywords tool schemas use in it: `type`, `const`, `enum` and `required`,
+and `anyOf` of them. A value escapes a `not` by failing any one of them (an `anyOf` by escaping
+each of its branches), so each is tried in that order until one can be failed (`refusals`); a `not`
+holding another keyword (`minimum`, `pattern`...) is refused rather than drawn without it. `allOf`
+parts that each have a `not` are merged into a `not` of their `anyOf`: a value escapes them all."""
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeGuard, TypeVar
 
@@ -24,9 +27,14 @@ from epp.sim.errors import ApiError
 T = TypeVar("T")
 _ANY_STRING = {"type": "string"}
 """A property no keyword gives a schema (`additionalProperties` absent or true)."""
-_NOT_KEYWORDS = frozenset({"type", "const", "enum", "required"})
+_NOT_KEYWORDS = frozenset({"type", "const", "enum", "required", "anyOf"})
 _ANNOTATIONS = frozenset({"title", "description", "$comment", "examples", "default", "deprecated"})
 _JSON_TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
+_ESCAPE_TRIES = 64
+"""Combinations tried of the ways to escape each branch of a `not`'s `anyOf` (each branch has up to
+four: the product of many grows past any budget)."""
+_NOT_NESTING = 16
+"""`anyOf`s nested in a `not` that are drawn (beyond: a 400, not the interpreter's recursion)."""
 _NAME_TRIES = 64
 """Names tried for each property `minProperties` adds (from the patterns' literal text, then
 `property_1`, `property_2`...)."""
@@ -39,23 +47,31 @@ def unsatisfiable(message: str) -> ApiError:
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """One way to escape a `not`: a type outside `types`, a value outside `values` (canonical
-    texts), or an object without one of the properties of `together`. Empty: no `not`."""
+    texts), and an object without one of the properties of each group of `together`, all at once
+    (one of them for a `not` of one keyword). Empty: no `not`."""
 
     types: frozenset[str] = frozenset()
     values: frozenset[str] = frozenset()
-    together: tuple[str, ...] = ()
+    together: tuple[tuple[str, ...], ...] = ()
 
     def excludes(self, value: Any) -> bool:
         """Whether `value` (a `const` or an `enum` entry) fails to escape the `not` this way."""
-        if self.types:
-            return json_type(value) in self.types or (
-                json_type(value) == "integer" and "number" in self.types
-            )
-        if self.values:
-            return canonical(value) in self.values
-        if self.together:
-            return not isinstance(value, dict) or all(name in value for name in self.together)
-        return False
+        kind = json_type(value)
+        return (
+            kind in self.types
+            or (kind == "integer" and "number" in self.types)
+            or (bool(self.values) and canonical(value) in self.values)
+            or (bool(self.together) and (not isinstance(value, dict) or bool(self.forbidden(value))))
+        )
+
+    def forbidden(self, names: Iterable[str]) -> tuple[str, ...]:
+        """The first group of `together` all of whose properties are among `names` (empty: none)."""
+        present = set(names)
+        return next((group for group in self.together if present.issuperset(group)), ())
+
+    def also(self, other: Refusal) -> Refusal:
+        """This way and `other` at once (escaping two `not`s)."""
+        return Refusal(self.types | other.types, self.values | other.values, self.together + other.together)
 
 
 NO_REFUSAL = Refusal()
@@ -65,7 +81,12 @@ def refusals(schema: dict[str, Any]) -> Iterator[Refusal]:
     """The ways to escape the schema's `not`, to be tried in order (none: NO_REFUSAL alone). A
     `not` that is not an object is ignored as other keywords of the wrong type are, except `true`
     and `{}` (nothing escapes them)."""
-    banned = schema.get("not")
+    yield from _escapes(schema.get("not"))
+
+
+def _escapes(banned: Any, depth: int = 0) -> Iterator[Refusal]:
+    if depth > _NOT_NESTING:
+        raise unsatisfiable(f"nest `anyOf` in `not` deeper than {_NOT_NESTING} levels")
     if banned is True or banned == {}:
         raise unsatisfiable("have a `not` that every value matches")
     if not isinstance(banned, dict):
@@ -75,7 +96,8 @@ def refusals(schema: dict[str, Any]) -> Iterator[Refusal]:
     if unknown:
         raise ApiError(
             400,
-            f"the simulator draws `not` only of type, const, enum and required, not of: {', '.join(unknown)}",
+            f"the simulator draws `not` only of type, const, enum, required and anyOf, not of: "
+            f"{', '.join(unknown)}",
             "tools",
         )
     kinds = banned.get("type")
@@ -91,7 +113,12 @@ def refusals(schema: dict[str, Any]) -> Iterator[Refusal]:
     if isinstance(together, list):
         names = tuple(dict.fromkeys(n for n in together if isinstance(n, str)))
         # `required: []` holds for every object, and any `required` for every other value.
-        yield Refusal(together=names) if names else Refusal(types=frozenset(_JSON_TYPES))
+        yield Refusal(together=(names,)) if names else Refusal(types=frozenset(_JSON_TYPES))
+    branches = banned.get("anyOf")
+    if isinstance(branches, list) and branches:
+        ways = [list(_escapes(branch, depth + 1)) for branch in branches]
+        for combination in itertools.islice(itertools.product(*ways), _ESCAPE_TRIES):
+            yield functools.reduce(Refusal.also, combination)
 
 
 def first_escape(schema: dict[str, Any], read: Callable[[Refusal], T]) -> T:
@@ -137,22 +164,66 @@ def json_type(value: Any) -> str:
     return "array" if isinstance(value, list) else "object"
 
 
+RESTRICTING: Any = object()
+"""The key (no JSON text holds it) of the parts of a merged `allOf` that restrict the names they do
+not declare (their `additionalProperties` is not true): a part's `additionalProperties` applies
+to the names its own `properties` and `patternProperties` do not cover, those another part
+declares included, so it is not merged with the others' (`members` reads each). The parts'
+`properties` and `patternProperties` are merged: each applies wherever it names."""
+
+
+MAX_RESTRICTING = 32
+"""`allOf` parts with their own `additionalProperties` (not true) merged at most: each undeclared
+property's value is drawn for all of theirs at once (beyond: a 400; tool schemas have one or two)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Restriction:
+    """One schema's (or `allOf` part's) `additionalProperties` and the names it spares."""
+
+    properties: dict[str, Any]
+    patterns: list[tuple[re.Pattern[str], Any]]
+    additional: Any
+
+    @classmethod
+    def of(cls, schema: dict[str, Any]) -> _Restriction:
+        properties = schema.get("properties")
+        properties = properties if isinstance(properties, dict) else {}
+        return cls(properties, _patterns(schema), schema.get("additionalProperties", True))
+
+    def covers(self, name: str) -> bool:
+        return name in self.properties or any(p.search(name) for p, _ in self.patterns)
+
+    def allows(self, name: str) -> bool:
+        return self.additional is not False or self.covers(name)
+
+
+def restricting(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """The schemas whose `additionalProperties` restricts `schema`'s undeclared names: its merged
+    `allOf` parts' (RESTRICTING), else itself unless its `additionalProperties` is absent or true."""
+    if RESTRICTING in schema:
+        parts: list[dict[str, Any]] = schema[RESTRICTING]
+        return parts
+    return [] if schema.get("additionalProperties", True) is True else [schema]
+
+
 def members(
     schema: dict[str, Any], optional: bool, refusal: Refusal
 ) -> tuple[tuple[str, ...], tuple[Any, ...]]:
     """(the property names an object of `schema` gets, the schema of each). Every required one and
-    what they depend on; with `optional`, each declared one too while `maxProperties` and the
-    `not` allow; then invented names up to `minProperties`."""
+    what they depend on; with `optional`, each declared one too while `maxProperties`, the `not`
+    and each `additionalProperties` (of every `allOf` part) allow; then invented names up to
+    `minProperties`."""
     properties = schema.get("properties")
     properties = properties if isinstance(properties, dict) else {}
     patterns = _patterns(schema)
-    additional = schema.get("additionalProperties", True)
+    restrictions = [_Restriction.of(part) for part in restricting(schema)]
     depends = _dependencies(schema)
     most = _count(schema.get("maxProperties"))
     fewest = _count(schema.get("minProperties")) or 0
 
     def allowed(name: str) -> bool:
-        return name in properties or additional is not False or any(p.search(name) for p, _ in patterns)
+        return all(restriction.allows(name) for restriction in restrictions)
 
     def complete(names: dict[str, None]) -> dict[str, None]:
         """`names` with what they depend on (dependentRequired), transitively."""
@@ -165,8 +236,7 @@ def members(
         return names
 
     def fits(names: dict[str, None]) -> bool:
-        forbidden = refusal.together and all(n in names for n in refusal.together)
-        return (most is None or len(names) <= most) and not forbidden
+        return (most is None or len(names) <= most) and not refusal.forbidden(names)
 
     required = schema.get("required")
     names = complete(
@@ -175,17 +245,17 @@ def members(
     if most is not None and len(names) > most:
         raise unsatisfiable(f"require {len(names)} properties but allow at most {most} (maxProperties)")
     if not fits(names):
-        quoted = ", ".join(repr(n) for n in refusal.together)
+        quoted = ", ".join(repr(n) for n in refusal.forbidden(names))
         raise unsatisfiable(f"require every property that `not` forbids together: {quoted}")
     for name in properties if optional else ():
         grown = complete({**names, name: None})
-        if fits(grown):
+        if fits(grown) and all(map(allowed, grown)):  # what it depends on allowed too
             names = grown
     for name in _invented(patterns):
         if len(names) >= fewest:
             break
         grown = complete({**names, name: None})
-        if name not in names and allowed(name) and fits(grown):
+        if name not in names and fits(grown) and all(map(allowed, grown)):
             names = grown
     if len(names) < fewest:
         found = f"{len(names)} name" + ("" if len(names) == 1 else "s")
@@ -193,13 +263,14 @@ def members(
             f"need {fewest} properties (minProperties); the simulator found {found} they allow"
         )
     ordered = [n for n in properties if n in names] + [n for n in names if n not in properties]
-    return tuple(ordered), tuple(_member(n, properties, patterns, additional) for n in ordered)
+    return tuple(ordered), tuple(_member(n, properties, patterns, restrictions) for n in ordered)
 
 
 _LOWER_BOUNDS = ("minimum", "exclusiveMinimum", "minLength", "minItems", "minProperties")
 _UPPER_BOUNDS = ("maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxProperties")
-_BOTH_APPLY = ("items", "additionalProperties")
-"""Keywords whose schemas, in two `allOf` parts, both apply to the same values."""
+_BOTH_APPLY = ("items",)
+"""Keywords whose schemas, in two `allOf` parts, both apply to the same values (each part's
+`additionalProperties` to the names it does not declare: RESTRICTING)."""
 
 
 def merge_parts(merged: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
@@ -222,6 +293,17 @@ def merge_parts(merged: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
             out[keyword] = {"allOf": [first, second]}
         elif isinstance(first, dict):
             out[keyword] = first
+    first_prefix, second_prefix = _prefix(merged), _prefix(part)
+    if first_prefix or second_prefix:  # each position: what each part asks there
+        out["prefixItems"] = [
+            _both(_item_at(merged, first_prefix, i), _item_at(part, second_prefix, i))
+            for i in range(max(len(first_prefix), len(second_prefix)))
+        ]
+    out[RESTRICTING] = restricting(merged) + restricting(part)
+    if len(out[RESTRICTING]) > MAX_RESTRICTING:
+        raise unsatisfiable(
+            f"merge more than {MAX_RESTRICTING} `allOf` parts with an additionalProperties that is not true"
+        )
     required = [r for s in (merged, part) if isinstance(s.get("required"), list) for r in s["required"]]
     out["required"] = list(dict.fromkeys(required))
     for keywords, tighter in ((_LOWER_BOUNDS, max), (_UPPER_BOUNDS, min)):
@@ -231,6 +313,8 @@ def merge_parts(merged: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
                 out[keyword] = tighter(first, second)
             elif _is_bound(first):
                 out[keyword] = first
+    if "not" in merged and "not" in part:  # a value escapes both
+        out["not"] = {"anyOf": _branches(merged["not"]) + _branches(part["not"])}
     if merged.get("uniqueItems") is True:
         out["uniqueItems"] = True
     kinds = [_types(s["type"]) for s in (merged, part) if isinstance(s.get("type"), str | list)]
@@ -253,6 +337,34 @@ def merge_parts(merged: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _branches(banned: Any) -> list[Any]:
+    """The schemas a `not` excludes each of: those of a `not` of only an `anyOf` (as merged), else
+    itself, so the `not` of many merged parts is one `anyOf`, not one nested per part."""
+    if isinstance(banned, dict) and banned.keys() == {"anyOf"} and isinstance(banned["anyOf"], list):
+        return list(banned["anyOf"])
+    return [banned]
+
+
+def _prefix(schema: dict[str, Any]) -> list[Any]:
+    prefix = schema.get("prefixItems")
+    return prefix if isinstance(prefix, list) else []
+
+
+def _item_at(schema: dict[str, Any], prefix: list[Any], index: int) -> Any:
+    """The schema an item at `index` must satisfy in `schema`: its `prefixItems` entry, else its
+    `items` (None: any item)."""
+    if index < len(prefix):
+        return prefix[index]
+    items = schema.get("items")
+    return items if isinstance(items, dict | bool) else None
+
+
+def _both(first: Any, second: Any) -> Any:
+    if first is None or second is None:
+        return second if first is None else first
+    return {"allOf": [first, second]}
+
+
 def of_its_type(schema: dict[str, Any], value: Any) -> bool:
     """Whether a `const` or `enum` value is of a type the schema's `type` allows (any, without
     one): an `allOf` may give both."""
@@ -272,20 +384,22 @@ def _is_bound(value: Any) -> TypeGuard[int | float]:
 
 
 def _member(
-    name: str, properties: dict[str, Any], patterns: list[tuple[re.Pattern[str], Any]], additional: Any
+    name: str,
+    properties: dict[str, Any],
+    patterns: list[tuple[re.Pattern[str], Any]],
+    restrictions: list[_Restriction],
 ) -> Any:
     """The schema one property's value must satisfy: its declaration and every pattern its name
-    matches, all at once; else `additionalProperties`."""
-    applying = ([properties[name]] if name in properties else []) + [s for p, s in patterns if p.search(name)]
-    if len(applying) > 1:
-        return {"allOf": applying}
-    if applying:
-        return applying[0]
-    if additional is False:
+    matches, and the `additionalProperties` of each part that does not cover it, all at once."""
+    if not all(restriction.allows(name) for restriction in restrictions):
         raise unsatisfiable(
             f"require {name!r}, which no property or pattern allows (additionalProperties is false)"
         )
-    return additional if isinstance(additional, dict) else _ANY_STRING
+    applying = ([properties[name]] if name in properties else []) + [s for p, s in patterns if p.search(name)]
+    applying += [r.additional for r in restrictions if isinstance(r.additional, dict) and not r.covers(name)]
+    if len(applying) > 1:
+        return {"allOf": applying}
+    return applying[0] if applying else _ANY_STRING
 
 
 def _patterns(schema: dict[str, Any]) -> list[tuple[re.Pattern[str], Any]]:

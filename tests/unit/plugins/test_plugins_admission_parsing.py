@@ -123,6 +123,14 @@ def test_passthrough_parser_routes_a_body_it_does_not_read() -> None:
     assert routed.request.body_size == len(raw) and routed.request.objective == "o"
 
 
+FLOW_WITH_NO_MODEL = {
+    "model_name": "",
+    "target_model_name": "",
+    "fairness_id": "default-flow",
+    "priority": "0",
+}
+
+
 def test_a_request_with_no_model_is_not_left_running() -> None:
     """A body the parser does not read has no model: it was counted running when routed, but
     the finished request is recorded by model, so the gauge grew by one for each (llm-d counts a
@@ -136,9 +144,8 @@ def test_a_request_with_no_model_is_not_left_running() -> None:
         director.handle_body(b"\x00 not json", {":path": "/anything"}, None).finish()
     registry = metrics.registry
     assert registry.get_sample_value("inference_objective_running_requests", {"model_name": ""}) == 0
-    flow = {"model_name": "", "target_model_name": "", "fairness_id": "default-flow", "priority": "0"}
-    assert registry.get_sample_value("llm_d_epp_request_running", flow) == 0
-    assert registry.get_sample_value("llm_d_epp_request_total", flow) == 3
+    assert registry.get_sample_value("llm_d_epp_request_running", FLOW_WITH_NO_MODEL) == 0
+    assert registry.get_sample_value("llm_d_epp_request_total", FLOW_WITH_NO_MODEL) == 3
 
 
 def test_parsers_resolve_per_path_with_the_passthrough_fallback() -> None:
@@ -176,3 +183,34 @@ def test_default_parser_is_openai() -> None:
         orjson.dumps({"model": "llama", "prompt": "p"}), {":path": "/v1/completions"}, None
     )
     assert routed.request.model == "llama"
+
+
+@pytest.mark.parametrize("full", ["model pairs", "flows"])
+def test_a_request_with_no_model_is_not_left_running_past_the_label_caps(full: str) -> None:
+    """Past the caps on labelled series (256 model pairs; llm-d's 1,024 flows) a new label set is
+    counted as `other`: a request with no model then took the overflow series, whose non-empty
+    model label counted it running, while its end is recorded by model only, so the running gauge
+    grew by one for each such request."""
+    config = load_config_file(
+        UPSTREAM / "llmd-router-ebab687__test__perf__config__router-configs__random-passthrough-parser.yaml"
+    )
+    metrics = EppMetrics(aliases=["llm-d"])
+    flows = metrics.flow_requests
+    assert flows is not None
+    for i in range(256 if full == "model pairs" else 1024):
+        if full == "model pairs":
+            metrics.series(f"m{i}", f"m{i}")
+        else:
+            flows.series(f"m{i}", f"m{i}", "default-flow", 0)
+    director, _ = build_director(config, store_with_models(), PluginContext(metrics))
+    for _ in range(3):
+        director.handle_body(b"\x00 not json", {":path": "/anything"}, None).finish()
+    running = {
+        sample.value
+        for family in metrics.registry.collect()
+        if family.name in ("inference_objective_running_requests", "llm_d_epp_request_running")
+        for sample in family.samples
+    }
+    assert running == {0.0}
+    counted = {**FLOW_WITH_NO_MODEL, "fairness_id": "default-flow" if full == "model pairs" else "other"}
+    assert metrics.registry.get_sample_value("llm_d_epp_request_total", counted) == 3

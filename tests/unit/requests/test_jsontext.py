@@ -105,3 +105,21 @@ def test_token_ids_beyond_64_bits_are_still_a_400(path: str, field: str, value: 
     assert (raised.value.status, raised.value.message) == (400, message)
     edge = json.dumps({"model": "m", field: [2**64 - 1, -(2**63)]}).encode()
     assert parse_request(edge, path, {}, "r1").token_ids == [2**64 - 1, -(2**63)]
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("value", [-(2**63) - 1, -(2**63) - 1024])
+def test_an_integer_just_below_minus_2_63_alone_is_read_as_written(
+    compiled: bool, value: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """orjson reads -2**63 - 1 (down to -2**63 - 1024) as the float -2**63 exactly, a value within
+    64 bits: when no other integer in the body is past them, the walk must still take it for one
+    orjson could not keep, or the body is forwarded with `-9.223372036854776e18` in its seed."""
+    if not compiled:
+        monkeypatch.setattr(jsontext, "_compiled_scan", None)
+    raw = b'{"model": "m", "prompt": "hi", "seed": ' + str(value).encode() + b"}"
+    assert orjson.loads(raw)["seed"] == -(2.0**63)  # what orjson alone reads
+    body = decode_body(raw)
+    assert body["seed"] == value and type(body["seed"]) is int
+    assert jsontext.loads(raw)["seed"] == value
+    assert jsontext.dumps(body) == b'{"model":"m","prompt":"hi","seed":' + str(value).encode() + b"}"

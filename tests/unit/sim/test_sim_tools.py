@@ -245,7 +245,7 @@ def test_arguments_satisfy_the_object_array_and_not_keywords(schema: dict[str, A
         ),
         (
             {"type": "object", "properties": {"v": {"not": {"minimum": 3}}}, "required": ["v"]},
-            "the simulator draws `not` only of type, const, enum and required, not of: minimum",
+            "the simulator draws `not` only of type, const, enum, required and anyOf, not of: minimum",
         ),
         (
             {"type": "number", "minimum": 4, "maximum": 4, "not": {"type": "integer"}},
@@ -605,3 +605,227 @@ def test_the_sequences_of_one_request_share_what_is_drawn() -> None:
     assert MIN_CALL_CHARS <= len(endless.plan(0, 10**5, 1000).text) <= MIN_CALL_CHARS + 100
     ordinary = ForcedTools("named", {"f": SCHEMAS[0]})
     assert ordinary.plan(3, 10**5, 1000) == ordinary.plan(3, 10**5) and ordinary.plan(3, 10**5).whole
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {
+            "allOf": [
+                {"not": {"type": "integer"}},
+                {"not": {"type": "string"}},
+                {"type": ["integer", "string", "boolean"]},
+            ]
+        },
+        {"not": {"const": 1}, "allOf": [{"not": {"enum": [2]}}, {"enum": [1, 2, 3]}]},
+        {
+            "type": "object",
+            "properties": {"a": {}, "b": {}},
+            "allOf": [{"not": {"required": ["a"]}}, {"not": {"required": ["b"]}}],
+        },
+        {
+            "allOf": [
+                {"not": {"type": "string"}},
+                {"not": {"const": 2}},
+                {"type": ["string", "integer"], "minimum": 2, "maximum": 3},
+            ]
+        },
+        {
+            "allOf": [
+                {"not": {"anyOf": [{"type": "string"}, {"const": 2}]}},
+                {"type": ["string", "integer"], "minimum": 2, "maximum": 3},
+            ]
+        },
+    ],
+    ids=lambda s: json.dumps(s)[:60],
+)
+def test_each_allof_parts_not_is_escaped(schema: dict[str, Any]) -> None:
+    """Merged `allOf` parts kept the last part's `not` alone: a value of the first's excluded type,
+    const or property set was drawn (`49` where the first part says `not: {type: integer}`). A
+    value escapes every part's `not`, i.e. a `not` of their `anyOf`, which is drawn too."""
+    validator = jsonschema.Draft202012Validator(schema)
+    for seed in range(20):
+        value = schema_value(schema, seed)
+        assert not list(validator.iter_errors(value)), (seed, value)
+
+
+def test_allof_parts_whose_nots_leave_nothing_are_a_400() -> None:
+    schema = {
+        "allOf": [{"not": {"type": "integer"}}, {"not": {"type": "string"}}, {"type": ["integer", "string"]}]
+    }
+    with pytest.raises(ApiError) as raised:
+        schema_text(schema, 0, 1 << 20)
+    assert raised.value.message == "the tool's parameters allow no type that `not` does not exclude"
+
+
+def test_many_allof_parts_with_a_not_and_deeply_nested_anyofs_in_a_not() -> None:
+    """A `not` in each of 300 parts is one `anyOf` of 300 escaped together; `anyOf`s nested in a
+    `not` past what is drawn are a 400, not a RecursionError (a 500)."""
+    parts = [{"not": {"const": i}} for i in range(300)]
+    for seed in range(5):
+        value = schema_value({"allOf": [*parts, {"type": "integer", "minimum": 0, "maximum": 1000}]}, seed)
+        assert 300 <= value <= 1000
+    banned: dict[str, Any] = {"type": "string"}
+    for _ in range(900):
+        banned = {"anyOf": [banned]}
+    with pytest.raises(ApiError) as raised:
+        schema_text({"not": banned}, 0, 1 << 20)
+    assert raised.value.message == "the tool's parameters nest `anyOf` in `not` deeper than 16 levels"
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {
+            "allOf": [
+                {"type": "object", "additionalProperties": False},
+                {"properties": {"b": {"type": "integer"}}},
+            ]
+        },
+        {
+            "allOf": [
+                {"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": False},
+                {"properties": {"b": {"type": "integer"}}},
+            ]
+        },
+        {
+            "allOf": [
+                {"type": "object", "additionalProperties": {"type": "integer"}},
+                {"properties": {"b": {"type": "integer", "minimum": 5}, "c": {}}},
+            ]
+        },
+        {
+            "allOf": [
+                {"type": "object", "patternProperties": {"^b": {"type": "integer"}}},
+                {"properties": {"b": {"minimum": 1, "maximum": 9}}, "required": ["b"]},
+            ]
+        },
+        {
+            "allOf": [
+                {"type": "object", "properties": {"a": {}}, "additionalProperties": False},
+                {"patternProperties": {"^x_[0-9]+$": {"type": "integer"}}, "minProperties": 1},
+            ]
+        },
+    ],
+    ids=lambda s: json.dumps(s)[:60],
+)
+def test_each_allof_parts_additional_properties_applies_to_the_others_properties(
+    schema: dict[str, Any],
+) -> None:
+    """An `allOf` part's `additionalProperties` applies to every name its own `properties` and
+    `patternProperties` do not cover, those another part declares included: merged into one
+    schema, a property the other part declared was drawn whatever the first said of it (`{"b":
+    49}` where the first part allows no property)."""
+    validator = jsonschema.Draft202012Validator(schema)
+    for seed in range(20):
+        value = schema_value(schema, seed)
+        assert not list(validator.iter_errors(value)), (seed, value)
+
+
+@pytest.mark.parametrize(
+    ("schema", "message"),
+    [
+        (
+            {
+                "allOf": [
+                    {"type": "object", "properties": {"a": {}}, "additionalProperties": False},
+                    {"properties": {"b": {}}, "required": ["b"]},
+                ]
+            },
+            "the tool's parameters require 'b', which no property or pattern allows "
+            "(additionalProperties is false)",
+        ),
+        (
+            {
+                "allOf": [
+                    {"type": "object", "properties": {"a": {}}, "additionalProperties": False},
+                    {"patternProperties": {"^x_[0-9]+$": {"type": "integer"}}, "minProperties": 2},
+                ]
+            },
+            "the tool's parameters need 2 properties (minProperties); the simulator found 1 name they allow",
+        ),
+        (
+            {"allOf": [{"properties": {f"p{i}": {}}, "additionalProperties": {}} for i in range(33)]},
+            "the tool's parameters merge more than 32 `allOf` parts with an additionalProperties that is "
+            "not true",
+        ),
+    ],
+    ids=["required", "minProperties", "33 parts"],
+)
+def test_a_property_one_allof_part_needs_and_another_forbids_is_a_400(
+    schema: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ApiError) as raised:
+        schema_text(schema, 0, 1 << 20)
+    assert raised.value.message == message
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}},
+            "dependentRequired": {"a": ["b"]},
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "c": {}},
+            "dependencies": {"a": ["b"]},
+            "additionalProperties": False,
+            "minProperties": 1,
+        },
+        {
+            "type": "object",
+            "patternProperties": {"^x_": {}},
+            "dependentRequired": {"x_": ["y"]},
+            "additionalProperties": False,
+            "minProperties": 1,
+        },
+    ],
+    ids=["dependentRequired", "dependencies", "invented"],
+)
+def test_an_optional_property_whose_dependency_is_forbidden_is_left_out(schema: dict[str, Any]) -> None:
+    """An optional property was drawn with what it depends on even when `additionalProperties`
+    forbids that: the schema was a 400 (`require 'b', which no property or pattern allows`)
+    though leaving the property out satisfies it."""
+    draft = jsonschema.Draft7Validator if "dependencies" in schema else jsonschema.Draft202012Validator
+    for seed in range(10):
+        value = schema_value(schema, seed)
+        assert not list(draft(schema).iter_errors(value)), (seed, value)
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {
+            "allOf": [
+                {"type": "array", "items": {"type": "integer"}, "minItems": 2},
+                {"prefixItems": [{"minimum": 2, "maximum": 5}]},
+            ]
+        },
+        {
+            "allOf": [
+                {"type": "array", "prefixItems": [{"const": 1}], "minItems": 2},
+                {"prefixItems": [{"type": "integer"}, {"const": "b"}]},
+            ]
+        },
+        {
+            "type": "array",
+            "prefixItems": [{"type": "integer"}],
+            "items": {"type": "boolean"},
+            "minItems": 3,
+            "allOf": [{"items": {"enum": [1, True]}}],
+        },
+    ],
+    ids=["items and prefixItems", "two prefixItems", "outer prefixItems"],
+)
+def test_each_allof_parts_items_apply_at_each_position(schema: dict[str, Any]) -> None:
+    """An `allOf` part's `prefixItems` replaced another's, and a part's `items` (every item past
+    its own `prefixItems`, so every item when it has none) did not reach the other's `prefixItems`:
+    `["team decode", 5]` for a part asking integers and one asking `prefixItems: [{minimum: 2}]`."""
+    validator = jsonschema.Draft202012Validator(schema)
+    for seed in range(20):
+        value = schema_value(schema, seed)
+        assert not list(validator.iter_errors(value)), (seed, value)
