@@ -37,8 +37,8 @@ def test_pool_pin_cache_and_evict_in_lru_order() -> None:
     third = BlockTable()
     pool.acquire(third, [101])
     assert pool.num_free() == 3 and pool.match([101, 102], 2) == (2, 1)
-    # one never-used-again private block is free; the next two allocations evict 102 (freed first,
-    # as the tail of its table), then 201
+    # the next three blocks come in free order: 102 evicted (freed first, as the tail of its
+    # table), then the duplicate's private block, then 201 evicted
     fourth = BlockTable()
     pool.allocate(fourth, 3)
     removed = [e.block_hashes for e in pool.drain_events() if isinstance(e, BlockRemoved)]
@@ -70,10 +70,31 @@ def test_release_frees_private_blocks_wherever_they_sit_in_the_table() -> None:
     private = other.ids[0]
     pool.release(other)
     assert pool.num_free() == 6 and pool.num_cached() == 4
-    # the private block, not a cached one, is what the next allocation reuses
+    # after the three never-used blocks, the private block, not a cached one, is the next reused
     fresh = BlockTable()
-    pool.allocate(fresh, 1)
-    assert fresh.ids == [private] and pool.num_cached() == 4
+    pool.allocate(fresh, 4)
+    assert fresh.ids[3] == private and pool.num_cached() == 4
+
+
+def test_a_cached_block_freed_first_is_evicted_before_a_private_block_freed_later() -> None:
+    """vLLM keeps every free block, cached or not, in one queue in the order they were freed, so
+    a cached block's turn comes while private blocks freed after it wait; the private blocks of a
+    table come before its cached ones (the table's tail, freed first)."""
+    pool = BlockPool(num_blocks=4, block_size=16, record_events=True)
+    cached, private = BlockTable(), BlockTable()
+    pool.allocate(cached, 2)
+    pool.promote(cached, 0, [11, 12])
+    pool.release(cached)
+    pool.allocate(private, 2)  # the two never-used blocks
+    pool.release(private)
+    assert pool.num_free() == 4 and pool.num_free_without_eviction() == 0
+    table = BlockTable()
+    pool.allocate(table, 1)
+    assert [e.block_hashes for e in pool.drain_events() if isinstance(e, BlockRemoved)] == [[12]]
+    assert pool.match([11, 12], 2) == (1, 1)
+    pool.allocate(table, 2)  # 11 goes, then the private blocks freed after it
+    assert [e.block_hashes for e in pool.drain_events() if isinstance(e, BlockRemoved)] == [[11]]
+    assert pool.num_free() == 1 and pool.num_free_without_eviction() == 1
 
 
 def test_a_block_held_twice_stays_pinned_until_its_last_holder_lets_go() -> None:
