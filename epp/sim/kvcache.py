@@ -78,8 +78,9 @@ class BlockPool:
         evictable = self._evictable
         for release, hashes, private in self._released:
             room += len(private)
-            if any(evictable.get(h) == release for h in hashes):
-                break
+            for h in reversed(hashes):  # the end goes first, and is usually live
+                if evictable.get(h) == release:
+                    return room
         return room
 
     def num_in_use(self) -> int:
