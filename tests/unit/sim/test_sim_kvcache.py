@@ -137,3 +137,56 @@ def test_eviction_order_survives_many_re_pinned_blocks() -> None:
         for h in reversed(hit + hashes):
             expected[h] = None
         assert pool.num_free() == 96 and pool.match(list(expected), len(expected))[1] == len(expected)
+
+
+def test_blocks_are_handed_out_in_vllm_free_queue_order() -> None:
+    """Against a model of vLLM's free-block queue (one list of every free block, cached or not,
+    never-used ones first, a released table appended in reverse, a new block taken from the head
+    and its hash evicted then): random tables of prefix hits, new cached blocks and private tail
+    blocks, held and released in random order, evict the same hashes in the same order."""
+    rng = random.Random(11)
+    pool = BlockPool(num_blocks=64, block_size=16, record_events=True)
+    queue: list[int | None] = [None] * 64  # vLLM's free queue: a cached block's hash, or None
+    holders: dict[int, int] = {}  # resident hash -> tables holding it
+    live: list[tuple[BlockTable, list[int], int]] = []  # (table, hashes held, private blocks)
+    next_hash, evictions = 1, 0
+    for _ in range(4000):
+        if live and (rng.random() < 0.5 or len(live) > 6):
+            table, hashes, private = live.pop(rng.randrange(len(live)))
+            pool.release(table)
+            tail: list[int | None] = [None] * private
+            for h in reversed(hashes):
+                holders[h] -= 1
+                if not holders[h]:
+                    tail.append(h)
+            queue += tail
+            continue
+        hit = rng.sample(list(holders), min(len(holders), rng.randrange(0, 4)))
+        new, private = rng.randrange(0, 5), rng.randrange(0, 3)
+        unused = sum(1 for h in hit if holders[h] == 0)
+        if new + private + unused > pool.num_free():
+            continue
+        table = BlockTable()
+        pool.acquire(table, hit)
+        for h in hit:
+            if holders[h] == 0:
+                queue.remove(h)
+            holders[h] += 1
+        pool.allocate(table, new + private)
+        evicted = [e.block_hashes[0] for e in pool.drain_events() if isinstance(e, BlockRemoved)]
+        expected = [h for h in queue[: new + private] if h is not None]
+        del queue[: new + private]
+        for h in expected:
+            del holders[h]
+        assert evicted == expected
+        evictions += len(evicted)
+        hashes = list(range(next_hash, next_hash + new))
+        next_hash += new
+        pool.promote(table, len(hit), hashes)
+        holders.update(dict.fromkeys(hashes, 1))
+        live.append((table, hit + hashes, private))
+        assert pool.num_free() == len(queue)
+        assert pool.num_free_without_eviction() == next(
+            (i for i, h in enumerate(queue) if h is not None), len(queue)
+        )
+    assert evictions > 500
