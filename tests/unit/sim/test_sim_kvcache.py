@@ -37,8 +37,8 @@ def test_pool_pin_cache_and_evict_in_lru_order() -> None:
     third = BlockTable()
     pool.acquire(third, [101])
     assert pool.num_free() == 3 and pool.match([101, 102], 2) == (2, 1)
-    # one never-used-again private block is free; the next two allocations evict 102 (freed first,
-    # as the tail of its table), then 201
+    # the next three blocks come in free order: 102 evicted (freed first, as the tail of its
+    # table), then the duplicate's private block, then 201 evicted
     fourth = BlockTable()
     pool.allocate(fourth, 3)
     removed = [e.block_hashes for e in pool.drain_events() if isinstance(e, BlockRemoved)]
@@ -70,10 +70,31 @@ def test_release_frees_private_blocks_wherever_they_sit_in_the_table() -> None:
     private = other.ids[0]
     pool.release(other)
     assert pool.num_free() == 6 and pool.num_cached() == 4
-    # the private block, not a cached one, is what the next allocation reuses
+    # after the three never-used blocks, the private block, not a cached one, is the next reused
     fresh = BlockTable()
-    pool.allocate(fresh, 1)
-    assert fresh.ids == [private] and pool.num_cached() == 4
+    pool.allocate(fresh, 4)
+    assert fresh.ids[3] == private and pool.num_cached() == 4
+
+
+def test_a_cached_block_freed_first_is_evicted_before_a_private_block_freed_later() -> None:
+    """vLLM keeps every free block, cached or not, in one queue in the order they were freed, so
+    a cached block's turn comes while private blocks freed after it wait; the private blocks of a
+    table come before its cached ones (the table's tail, freed first)."""
+    pool = BlockPool(num_blocks=4, block_size=16, record_events=True)
+    cached, private = BlockTable(), BlockTable()
+    pool.allocate(cached, 2)
+    pool.promote(cached, 0, [11, 12])
+    pool.release(cached)
+    pool.allocate(private, 2)  # the two never-used blocks
+    pool.release(private)
+    assert pool.num_free() == 4 and pool.num_free_without_eviction() == 0
+    table = BlockTable()
+    pool.allocate(table, 1)
+    assert [e.block_hashes for e in pool.drain_events() if isinstance(e, BlockRemoved)] == [[12]]
+    assert pool.match([11, 12], 2) == (1, 1)
+    pool.allocate(table, 2)  # 11 goes, then the private blocks freed after it
+    assert [e.block_hashes for e in pool.drain_events() if isinstance(e, BlockRemoved)] == [[11]]
+    assert pool.num_free() == 1 and pool.num_free_without_eviction() == 1
 
 
 def test_a_block_held_twice_stays_pinned_until_its_last_holder_lets_go() -> None:
@@ -116,3 +137,56 @@ def test_eviction_order_survives_many_re_pinned_blocks() -> None:
         for h in reversed(hit + hashes):
             expected[h] = None
         assert pool.num_free() == 96 and pool.match(list(expected), len(expected))[1] == len(expected)
+
+
+def test_blocks_are_handed_out_in_vllm_free_queue_order() -> None:
+    """Against a model of vLLM's free-block queue (one list of every free block, cached or not,
+    never-used ones first, a released table appended in reverse, a new block taken from the head
+    and its hash evicted then): random tables of prefix hits, new cached blocks and private tail
+    blocks, held and released in random order, evict the same hashes in the same order."""
+    rng = random.Random(11)
+    pool = BlockPool(num_blocks=64, block_size=16, record_events=True)
+    queue: list[int | None] = [None] * 64  # vLLM's free queue: a cached block's hash, or None
+    holders: dict[int, int] = {}  # resident hash -> tables holding it
+    live: list[tuple[BlockTable, list[int], int]] = []  # (table, hashes held, private blocks)
+    next_hash, evictions = 1, 0
+    for _ in range(4000):
+        if live and (rng.random() < 0.5 or len(live) > 6):
+            table, hashes, private = live.pop(rng.randrange(len(live)))
+            pool.release(table)
+            tail: list[int | None] = [None] * private
+            for h in reversed(hashes):
+                holders[h] -= 1
+                if not holders[h]:
+                    tail.append(h)
+            queue += tail
+            continue
+        hit = rng.sample(list(holders), min(len(holders), rng.randrange(0, 4)))
+        new, private = rng.randrange(0, 5), rng.randrange(0, 3)
+        unused = sum(1 for h in hit if holders[h] == 0)
+        if new + private + unused > pool.num_free():
+            continue
+        table = BlockTable()
+        pool.acquire(table, hit)
+        for h in hit:
+            if holders[h] == 0:
+                queue.remove(h)
+            holders[h] += 1
+        pool.allocate(table, new + private)
+        evicted = [e.block_hashes[0] for e in pool.drain_events() if isinstance(e, BlockRemoved)]
+        expected = [h for h in queue[: new + private] if h is not None]
+        del queue[: new + private]
+        for h in expected:
+            del holders[h]
+        assert evicted == expected
+        evictions += len(evicted)
+        hashes = list(range(next_hash, next_hash + new))
+        next_hash += new
+        pool.promote(table, len(hit), hashes)
+        holders.update(dict.fromkeys(hashes, 1))
+        live.append((table, hit + hashes, private))
+        assert pool.num_free() == len(queue)
+        assert pool.num_free_without_eviction() == next(
+            (i for i, h in enumerate(queue) if h is not None), len(queue)
+        )
+    assert evictions > 500
