@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -124,6 +125,23 @@ async def test_with_aliases_the_registry_is_collected_once_a_read() -> None:
     assert aliased in page and "\ncounted 1.0\n" in page
 
 
+@contextlib.asynccontextmanager
+async def serving(
+    collector: Collector, server_ready: Callable[[MetricsServer], None] = lambda server: None
+) -> AsyncIterator[tuple[aiohttp.ClientSession, str]]:
+    """A MetricsServer of a registry holding only `collector`, and a client session for its page."""
+    registry = CollectorRegistry()
+    registry.register(collector)
+    server = MetricsServer(registry, "127.0.0.1", 0)
+    server_ready(server)
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield session, f"http://127.0.0.1:{server.port}/metrics"
+    finally:
+        await server.stop()
+
+
 async def collected_in_a_thread(registry: CollectorRegistry) -> bytes:
     return await asyncio.to_thread(generate_latest, registry)
 
@@ -149,25 +167,22 @@ async def test_scrapes_that_arrive_together_share_one_page(monkeypatch: pytest.M
     3.4 GB. Scrapes that arrive while a page is made get that page; one that leaves does not
     cancel it for the others; the next scrape makes a new one."""
     gated = Gated()
-    registry = CollectorRegistry()
-    registry.register(gated)
-
     # Collected off the loop: the gated collection blocks its thread, and the test's loop runs.
     monkeypatch.setattr(http_module, "exposition", collected_in_a_thread)
-    server = MetricsServer(registry, "127.0.0.1", 0)
     arrived = 0
-    shared_page = server._shared_page
 
-    async def counted() -> bytes:
-        nonlocal arrived
-        arrived += 1
-        return await shared_page()
+    def counting(server: MetricsServer) -> None:
+        shared_page = server._shared_page
 
-    monkeypatch.setattr(server, "_shared_page", counted)
-    await server.start()
+        async def counted() -> bytes:
+            nonlocal arrived
+            arrived += 1
+            return await shared_page()
+
+        monkeypatch.setattr(server, "_shared_page", counted)
+
     try:
-        url = f"http://127.0.0.1:{server.port}/metrics"
-        async with aiohttp.ClientSession() as session:
+        async with serving(gated, counting) as (session, url):
 
             async def scrape() -> bytes:
                 async with session.get(url) as response:
@@ -190,7 +205,6 @@ async def test_scrapes_that_arrive_together_share_one_page(monkeypatch: pytest.M
             assert b"gated 2.0" in await scrape()
     finally:
         gated.let.set()
-        await server.stop()
 
 
 async def test_a_cancelled_scrape_does_not_cancel_the_page_the_others_share(
@@ -213,23 +227,15 @@ async def test_a_cancelled_scrape_does_not_cancel_the_page_the_others_share(
 
 async def test_a_page_that_failed_is_not_kept_for_the_next_scrape() -> None:
     failing = Failing()
-    registry = CollectorRegistry()
-    registry.register(failing)
-    server = MetricsServer(registry, "127.0.0.1", 0)
-    await server.start()
-    try:
-        url = f"http://127.0.0.1:{server.port}/metrics"
-        async with aiohttp.ClientSession() as session:
+    async with serving(failing) as (session, url):
 
-            async def status() -> int:
-                async with session.get(url) as response:
-                    return response.status
+        async def status() -> int:
+            async with session.get(url) as response:
+                return response.status
 
-            assert await asyncio.gather(status(), status()) == [500, 500]
-            failing.fails = False
-            assert await status() == 200
-    finally:
-        await server.stop()
+        assert await asyncio.gather(status(), status()) == [500, 500]
+        failing.fails = False
+        assert await status() == 200
 
 
 class Failing(Collector):
