@@ -1132,6 +1132,11 @@ def _listener(
     return {
         "name": name,
         "address": _socket(options.listen_address, port),
+        # Envoy's default, SO_REUSEPORT, lets a second gateway on the host bind a port this one
+        # holds, or this one bind another's, without an error: the kernel then splits the clients'
+        # connections between two gateways and their pools. Without it, a taken port fails Envoy's
+        # start ("cannot bind ...: Address already in use").
+        "enable_reuse_port": False,
         "per_connection_buffer_limit_bytes": options.buffer_limit_bytes,
         "filter_chains": [
             {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
