@@ -145,6 +145,41 @@ async def test_file_is_reloaded_on_change_and_a_broken_edit_is_ignored(tmp_path:
         await discovery.stop()
 
 
+async def test_a_file_that_cannot_be_looked_at_for_a_while_is_watched_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A path whose stat fails other than by its absence (a symlink loop here; a directory made
+    unreadable, or a part of the path made a file, fail the same way) keeps the previous endpoints
+    and is logged once; the edit that follows is loaded. The watch task died of it before, and no
+    later edit of the file was read until the EPP restarted."""
+    path = tmp_path / "endpoints.yaml"
+    path.write_text(FILE)
+    datastore = Datastore()
+    discovery = FileDiscovery(path, datastore, poll_interval=0.01)
+    await discovery.start()
+    try:
+        path.unlink()
+        loop = tmp_path / "loop.yaml"
+        loop.symlink_to(path)
+        path.symlink_to(loop)
+        for _ in range(500):
+            if "Too many levels of symbolic links" in caplog.text:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # ten more polls of the looping path
+        assert caplog.text.count("Too many levels of symbolic links") == 1
+        assert sorted(e.name for e in datastore.endpoints()) == ["10.0.0.1:8000", "p0"]
+        path.unlink()
+        path.write_text(FILE.replace("10.0.0.1", "10.0.0.9"))
+        for _ in range(500):
+            if datastore.get("10.0.0.9:8000"):
+                break
+            await asyncio.sleep(0.01)
+        assert sorted(e.name for e in datastore.endpoints()) == ["10.0.0.9:8000", "p0"]
+    finally:
+        await discovery.stop()
+
+
 def test_first_load_of_a_broken_file_refuses_to_start(tmp_path: Path) -> None:
     path = tmp_path / "e.yaml"
     path.write_text("endpoints: 3")
