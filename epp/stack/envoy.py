@@ -984,6 +984,12 @@ def _silent_refusals(options: EnvoyOptions) -> list[dict[str, Any]]:
             f"inference error: NotFound - the gateway has no route for a %REQ(:METHOD)% request: "
             f"it routes {routed}",
         ),
+        # normalize_path's refusal (%00 decoded, or a fragment: clients strip it before sending).
+        "path_normalization_failed": (
+            "%RESPONSE_CODE_DETAILS%",
+            "the gateway could not normalise the path %REQ(:PATH)%: a path cannot hold an encoded NUL "
+            "character or a fragment (#)",
+        ),
         # A path not starting with "/", such as OPTIONS's "*".
         "absolute_path_rejected": (
             "NotFound",
