@@ -990,6 +990,12 @@ def _silent_refusals(options: EnvoyOptions) -> list[dict[str, Any]]:
             "the gateway could not normalise the path %REQ(:PATH)%: a path cannot hold an encoded NUL "
             "character or a fragment (#)",
         ),
+        # An HTTP/1 Host with spaces, slashes, ... (HTTP/2's :authority resets the stream): Envoy's
+        # text says "Bad Request" only.
+        "http.invalid_authority": (
+            "%RESPONSE_CODE_DETAILS%",
+            "the request's Host header is not a host name or address with an optional port",
+        ),
         # A path not starting with "/", such as OPTIONS's "*".
         "absolute_path_rejected": (
             "NotFound",

@@ -532,8 +532,23 @@ def unchunked(headers: dict[str, str], body: bytes) -> bytes:
             "the gateway could not normalise the path /v1/completions#part: a path cannot hold an "
             "encoded NUL character or a fragment (#)",
         ),
+        (
+            completion_request("POST /v1/completions HTTP/1.1", headers="host: a b\r\n"),
+            400,
+            "http.invalid_authority",
+            "the request's Host header is not a host name or address with an optional port",
+        ),
     ],
-    ids=["no-host", "http-1.0", "websocket", "connect", "options-asterisk", "nul-in-path", "fragment"],
+    ids=[
+        "no-host",
+        "http-1.0",
+        "websocket",
+        "connect",
+        "options-asterisk",
+        "nul-in-path",
+        "fragment",
+        "bad-host",
+    ],
 )
 async def test_a_request_envoy_refuses_without_a_body_gets_a_message_saying_why(
     shared_stack: Stack, request_bytes: bytes, status: int, details: str, message: str
