@@ -458,6 +458,9 @@ class SimServer:
         dimensions = body.get("dimensions") or EMBEDDING_DIMENSIONS
         if not isinstance(dimensions, int) or not 1 <= dimensions <= 8192:
             raise ApiError(400, "'dimensions' must be an integer in 1..8192", "dimensions")
+        encoding = body.get("encoding_format")
+        if encoding not in (None, "float", "base64"):
+            raise ApiError(400, "'encoding_format' must be 'float' or 'base64'", "encoding_format")
         max_len = self.config.profile.max_model_len
         prompts = parse_embedding_input(body)
         self._check_queue(len(prompts), f"{len(prompts)} inputs", "input")
@@ -482,7 +485,7 @@ class SimServer:
             await group.wait_finished()
         finally:
             group.abort_unfinished(self.driver)
-        return json_response(embeddings_body(model, prompts, dimensions))
+        return json_response(embeddings_body(model, prompts, dimensions, encoding == "base64"))
 
     async def _render_completion(self, http: web.Request) -> web.Response:
         """vLLM's `/v1/completions/render`: one GenerateRequest per prompt, nothing generated."""
