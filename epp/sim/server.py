@@ -455,7 +455,9 @@ class SimServer:
         if not isinstance(model, str):
             raise ApiError(400, "'model' is required", "model")
         lora = self._lora_for(model)
-        dimensions = body.get("dimensions") or EMBEDDING_DIMENSIONS
+        dimensions = body.get("dimensions")
+        if dimensions is None:  # 0 is vLLM's 400, not the default
+            dimensions = EMBEDDING_DIMENSIONS
         if not isinstance(dimensions, int) or not 1 <= dimensions <= 8192:
             raise ApiError(400, "'dimensions' must be an integer in 1..8192", "dimensions")
         encoding = body.get("encoding_format")

@@ -736,6 +736,14 @@ async def test_embeddings_in_base64_as_vllm_writes_them(
     assert error["message"] == "'encoding_format' must be 'float' or 'base64'"
 
 
+async def test_zero_embedding_dimensions_are_a_400(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
+    """`dimensions: 0` is refused as vLLM refuses it; it was read as absent (256 dimensions, a 200)."""
+    status, _, error = await post(
+        http, base(cluster) + "/v1/embeddings", {"model": MODEL, "input": "alpha", "dimensions": 0}
+    )
+    assert (status, error["param"]) == (400, "dimensions")
+
+
 async def test_embeddings_and_responses(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
     url = base(cluster)
     status, _, data = await post(
