@@ -183,9 +183,17 @@ class FileDiscovery:
         return self._parse(self._path.read_text(), str(self._path))
 
     async def _watch(self) -> None:
+        unseen: str | None = None  # why the file could not be looked at, as last logged
         while True:
             await asyncio.sleep(self._poll_interval)
-            stamp = await asyncio.to_thread(self._file_stamp)
+            try:
+                stamp = await asyncio.to_thread(self._file_stamp)
+            except OSError as exc:  # not its absence: a symlink loop, a directory made unreadable
+                if str(exc) != unseen:  # logged once, not at every poll
+                    log.error("keeping the previous endpoints: %s", exc)
+                unseen = str(exc)
+                continue
+            unseen = None
             if stamp is None or stamp == self._stamp:
                 continue
             self._stamp = stamp

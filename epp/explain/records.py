@@ -322,7 +322,8 @@ class DecisionRecord:
 
     def summary(self, top: int = 8) -> dict[str, Any]:
         """A short form for the response header: choice, P/D, and per profile the `top`
-        endpoints by total with their raw scores."""
+        endpoints by total with their raw scores and, per filter, how many endpoints it removed
+        with the first `top` named (every name made a header of tens of KB in a large pool)."""
         full = self.to_json()
         return {
             "request_id": self.request_id,
@@ -332,7 +333,11 @@ class DecisionRecord:
                 {
                     "name": p["name"],
                     "picked": p["picked"],
-                    "removed": {f["plugin"]: f["removed"] for f in p["filters"] if f["removed"]},
+                    "removed": {
+                        f["plugin"]: {"count": len(f["removed"]), "endpoints": f["removed"][:top]}
+                        for f in p["filters"]
+                        if f["removed"]
+                    },
                     "weights": {s["plugin"]: s["weight"] for s in p["scorers"]},
                     "endpoints": p["endpoints"][:top],
                 }

@@ -80,9 +80,18 @@ def _check_types(entry: dict[str, Any], source: str) -> None:
             raise ValueError(f"{where}: {key} must be a string (quote it), not {value!r}")
     labels = entry.get("labels")
     if labels is not None and not (
-        isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())
+        isinstance(labels, dict)
+        and all(isinstance(k, str | int) and isinstance(v, str) for k, v in labels.items())
     ):
         raise ValueError(f"{where}: labels must map names to strings")
+
+
+def _label_name(name: str | int) -> str:
+    """A label name YAML read as a number or a boolean (`1:`, `true:`) as llm-d's YAML-to-JSON step
+    writes it: "1", "true"."""
+    if isinstance(name, bool):
+        return "true" if name else "false"
+    return str(name)
 
 
 @register
@@ -111,7 +120,7 @@ class FileDiscovery(Plugin, EndpointDiscovery):
                 namespace=namespace,
                 address=entry["address"],
                 port=int(entry["port"]),
-                labels=MappingProxyType(dict(entry.get("labels") or {})),
+                labels=MappingProxyType({_label_name(k): v for k, v in (entry.get("labels") or {}).items()}),
             )
         return _unique_names(list(found.values())), problems
 

@@ -168,6 +168,9 @@ def run(args: argparse.Namespace) -> int:
     except eventloop.UnavailableLoop as exc:  # --event-loop uvloop without uvloop
         log.error("%s", exc)
         return 2
+    except OSError as exc:  # a port in use, the ready file's directory missing: one line, no traceback
+        log.error("%s", exc)
+        return 1
     return 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import struct
 import time
 import uuid
 from collections.abc import Iterable
@@ -58,7 +60,18 @@ def _choice(gen: Generation, seq: OutputSequence) -> Choice:
     return Choice(seq.index, "", seq.call.finish_reason(reason), logprobs, calls)
 
 
-def embeddings_body(model: str, prompts: list[list[int]], dimensions: int) -> dict[str, Any]:
+def _embedding(token_ids: list[int], dimensions: int, base64_format: bool) -> list[float] | str:
+    """A vector as floats, or for `encoding_format: base64` as vLLM writes it: the base64 of its
+    little-endian float32s."""
+    vector = embedding_vector(token_ids, dimensions)
+    if not base64_format:
+        return vector
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+def embeddings_body(
+    model: str, prompts: list[list[int]], dimensions: int, base64_format: bool = False
+) -> dict[str, Any]:
     total = sum(len(p) for p in prompts)
     return {
         "id": f"embd-{uuid.uuid4().hex}",
@@ -66,7 +79,7 @@ def embeddings_body(model: str, prompts: list[list[int]], dimensions: int) -> di
         "created": int(time.time()),
         "model": model,
         "data": [
-            {"object": "embedding", "index": i, "embedding": embedding_vector(p, dimensions)}
+            {"object": "embedding", "index": i, "embedding": _embedding(p, dimensions, base64_format)}
             for i, p in enumerate(prompts)
         ],
         "usage": {"prompt_tokens": total, "total_tokens": total},

@@ -456,9 +456,14 @@ class SimServer:
         if not isinstance(model, str):
             raise ApiError(400, "'model' is required", "model")
         lora = self._lora_for(model)
-        dimensions = body.get("dimensions") or EMBEDDING_DIMENSIONS
+        dimensions = body.get("dimensions")
+        if dimensions is None:  # 0 is vLLM's 400, not the default
+            dimensions = EMBEDDING_DIMENSIONS
         if not isinstance(dimensions, int) or not 1 <= dimensions <= 8192:
             raise ApiError(400, "'dimensions' must be an integer in 1..8192", "dimensions")
+        encoding = body.get("encoding_format")
+        if encoding not in (None, "float", "base64"):
+            raise ApiError(400, "'encoding_format' must be 'float' or 'base64'", "encoding_format")
         max_len = self.config.profile.max_model_len
         prompts = parse_embedding_input(body)
         self._check_queue(len(prompts), f"{len(prompts)} inputs", "input")
@@ -483,7 +488,7 @@ class SimServer:
             await group.wait_finished()
         finally:
             group.abort_unfinished(self.driver)
-        return json_response(embeddings_body(model, prompts, dimensions))
+        return json_response(embeddings_body(model, prompts, dimensions, encoding == "base64"))
 
     async def _render_completion(self, http: web.Request) -> web.Response:
         """vLLM's `/v1/completions/render`: one GenerateRequest per prompt, nothing generated."""

@@ -33,7 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", type=_model_name, default="sim-model", help="served model name (default sim-model)"
     )
     parser.add_argument(
-        "--port", type=gieflags.port_number, default=0, help="gateway port (default: a free port)"
+        "--port",
+        type=gieflags.port_number,
+        default=0,
+        help="gateway port (default: a free port); one another process listens on stops epp run",
     )
     parser.add_argument(
         "--run-dir",

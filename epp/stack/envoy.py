@@ -984,6 +984,18 @@ def _silent_refusals(options: EnvoyOptions) -> list[dict[str, Any]]:
             f"inference error: NotFound - the gateway has no route for a %REQ(:METHOD)% request: "
             f"it routes {routed}",
         ),
+        # normalize_path's refusal (%00 decoded, or a fragment: clients strip it before sending).
+        "path_normalization_failed": (
+            "%RESPONSE_CODE_DETAILS%",
+            "the gateway could not normalise the path %REQ(:PATH)%: a path cannot hold an encoded NUL "
+            "character or a fragment (#)",
+        ),
+        # An HTTP/1 Host with spaces, slashes, ... (HTTP/2's :authority resets the stream): Envoy's
+        # text says "Bad Request" only.
+        "http.invalid_authority": (
+            "%RESPONSE_CODE_DETAILS%",
+            "the request's Host header is not a host name or address with an optional port",
+        ),
         # A path not starting with "/", such as OPTIONS's "*".
         "absolute_path_rejected": (
             "NotFound",
@@ -1132,6 +1144,11 @@ def _listener(
     return {
         "name": name,
         "address": _socket(options.listen_address, port),
+        # Envoy's default, SO_REUSEPORT, lets a second gateway on the host bind a port this one
+        # holds, or this one bind another's, without an error: the kernel then splits the clients'
+        # connections between two gateways and their pools. Without it, a taken port fails Envoy's
+        # start ("cannot bind ...: Address already in use").
+        "enable_reuse_port": False,
         "per_connection_buffer_limit_bytes": options.buffer_limit_bytes,
         "filter_chains": [
             {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}

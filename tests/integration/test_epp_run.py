@@ -8,6 +8,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -215,3 +216,22 @@ async def test_epp_run_routes_the_models_its_simulators_serve(tmp_path: Path) ->
         )
         process.send_signal(signal.SIGINT)
         await read_until(process.stdout, r"^stopped\.$", seen)
+
+
+async def test_epp_run_refuses_a_gateway_port_another_gateway_listens_on(tmp_path: Path) -> None:
+    """`epp run --port P` with P taken by another Envoy (which listens with SO_REUSEPORT, Envoy's
+    default) stops, naming the port: its Envoy joined the other's port and the kernel split the
+    clients' connections between the two gateways and their pools, while `epp run` printed P as
+    its own."""
+    other = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    with other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        async with epp_run(tmp_path, 1, f"--port={port}") as process:
+            assert process.stdout is not None
+            output = (await asyncio.wait_for(process.stdout.read(), timeout=60)).decode()
+            assert await asyncio.wait_for(process.wait(), timeout=30) != 0
+    assert f"cannot bind '127.0.0.1:{port}': Address already in use" in output
+    assert "Gateway (Envoy)" not in output

@@ -518,8 +518,37 @@ def unchunked(headers: dict[str, str], body: bytes) -> bytes:
             "/v1/completions, /v1/chat/completions, /v1/responses, /v1/embeddings, /v1/conversations, "
             "/v1/models and the paths under them",
         ),
+        (
+            completion_request("POST /v1/completions/%00 HTTP/1.1"),
+            400,
+            "path_normalization_failed",
+            "the gateway could not normalise the path /v1/completions/%00: a path cannot hold an "
+            "encoded NUL character or a fragment (#)",
+        ),
+        (
+            completion_request("POST /v1/completions#part HTTP/1.1"),
+            400,
+            "path_normalization_failed",
+            "the gateway could not normalise the path /v1/completions#part: a path cannot hold an "
+            "encoded NUL character or a fragment (#)",
+        ),
+        (
+            completion_request("POST /v1/completions HTTP/1.1", headers="host: a b\r\n"),
+            400,
+            "http.invalid_authority",
+            "the request's Host header is not a host name or address with an optional port",
+        ),
     ],
-    ids=["no-host", "http-1.0", "websocket", "connect", "options-asterisk"],
+    ids=[
+        "no-host",
+        "http-1.0",
+        "websocket",
+        "connect",
+        "options-asterisk",
+        "nul-in-path",
+        "fragment",
+        "bad-host",
+    ],
 )
 async def test_a_request_envoy_refuses_without_a_body_gets_a_message_saying_why(
     shared_stack: Stack, request_bytes: bytes, status: int, details: str, message: str

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import gzip
 import json
 import os
 import signal
 import socket
+import struct
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -738,6 +740,40 @@ async def test_client_disconnect_frees_slot(
 
     await poll(freed)
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [], "no traceback logged"
+
+
+async def test_embeddings_in_base64_as_vllm_writes_them(
+    cluster: SimCluster, http: aiohttp.ClientSession
+) -> None:
+    """`encoding_format: base64` gets each vector as the base64 of its little-endian float32s, as
+    vLLM (and OpenAI) answer it, which the openai SDK decodes; any other format than float and
+    base64 is vLLM's 400. The simulator ignored the field and sent floats: a client decoding the
+    base64 it asked for failed."""
+    url = base(cluster)
+    floats = (await post(http, url + "/v1/embeddings", {"model": MODEL, "input": "alpha"}))[2]
+    status, _, data = await post(
+        http, url + "/v1/embeddings", {"model": MODEL, "input": "alpha", "encoding_format": "base64"}
+    )
+    assert status == 200 and isinstance(data["data"][0]["embedding"], str)
+    decoded = struct.unpack("<256f", base64.b64decode(data["data"][0]["embedding"]))
+    assert decoded == pytest.approx(floats["data"][0]["embedding"], rel=1e-6)
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    reply = await client.embeddings.create(model=MODEL, input="alpha", encoding_format="base64")
+    assert struct.unpack("<256f", base64.b64decode(reply.data[0].embedding)) == decoded
+    await client.close()
+    status, _, error = await post(
+        http, url + "/v1/embeddings", {"model": MODEL, "input": "alpha", "encoding_format": "int8"}
+    )
+    assert (status, error["param"]) == (400, "encoding_format")
+    assert error["message"] == "'encoding_format' must be 'float' or 'base64'"
+
+
+async def test_zero_embedding_dimensions_are_a_400(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
+    """`dimensions: 0` is refused as vLLM refuses it; it was read as absent (256 dimensions, a 200)."""
+    status, _, error = await post(
+        http, base(cluster) + "/v1/embeddings", {"model": MODEL, "input": "alpha", "dimensions": 0}
+    )
+    assert (status, error["param"]) == (400, "dimensions")
 
 
 async def test_embeddings_and_responses(cluster: SimCluster, http: aiohttp.ClientSession) -> None:

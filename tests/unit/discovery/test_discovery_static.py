@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -120,29 +122,68 @@ def test_an_ipv4_mapped_address_is_its_ipv4_address(mapped: str) -> None:
         assert entry.address == written
 
 
-async def test_file_is_reloaded_on_change_and_a_broken_edit_is_ignored(tmp_path: Path) -> None:
+@asynccontextmanager
+async def watched(tmp_path: Path) -> AsyncIterator[tuple[Path, Datastore]]:
+    """FILE as the endpoints file, watched every 10 ms: its path and the datastore it fills."""
     path = tmp_path / "endpoints.yaml"
     path.write_text(FILE)
     datastore = Datastore()
     discovery = FileDiscovery(path, datastore, poll_interval=0.01)
     await discovery.start()
     try:
+        yield path, datastore
+    finally:
+        await discovery.stop()
+
+
+MOVED = FILE.replace("10.0.0.1", "10.0.0.9")
+
+
+async def moved(datastore: Datastore) -> list[str]:
+    """The endpoint names once MOVED is loaded (or after 5 s)."""
+    for _ in range(500):
+        if datastore.get("10.0.0.9:8000"):
+            break
+        await asyncio.sleep(0.01)
+    return [e.name for e in datastore.endpoints()]
+
+
+async def test_file_is_reloaded_on_change_and_a_broken_edit_is_ignored(tmp_path: Path) -> None:
+    async with watched(tmp_path) as (path, datastore):
         assert datastore.synced
         kept = datastore.get("p0")
         assert kept is not None
         kept.inflight_requests = 3
-        path.write_text(FILE.replace("10.0.0.1", "10.0.0.9"))
-        for _ in range(500):
-            if datastore.get("10.0.0.9:8000"):
-                break
-            await asyncio.sleep(0.01)
-        assert [e.name for e in datastore.endpoints()] == ["p0", "10.0.0.9:8000"]
+        path.write_text(MOVED)
+        assert await moved(datastore) == ["p0", "10.0.0.9:8000"]
         assert datastore.get("p0") is kept, "an unchanged endpoint keeps its state across reloads"
         path.write_text("endpoints: [")
         await asyncio.sleep(0.1)
         assert len(datastore.endpoints()) == 2
-    finally:
-        await discovery.stop()
+
+
+async def test_a_file_that_cannot_be_looked_at_for_a_while_is_watched_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A path whose stat fails other than by its absence (a symlink loop here; a directory made
+    unreadable, or a part of the path made a file, fail the same way) keeps the previous endpoints
+    and is logged once; the edit that follows is loaded. The watch task died of it before, and no
+    later edit of the file was read until the EPP restarted."""
+    async with watched(tmp_path) as (path, datastore):
+        path.unlink()
+        loop = tmp_path / "loop.yaml"
+        loop.symlink_to(path)
+        path.symlink_to(loop)
+        for _ in range(500):
+            if "Too many levels of symbolic links" in caplog.text:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # ten more polls of the looping path
+        assert caplog.text.count("Too many levels of symbolic links") == 1
+        assert sorted(e.name for e in datastore.endpoints()) == ["10.0.0.1:8000", "p0"]
+        path.unlink()
+        path.write_text(MOVED)
+        assert sorted(await moved(datastore)) == ["10.0.0.9:8000", "p0"]
 
 
 def test_first_load_of_a_broken_file_refuses_to_start(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import orjson
 import pytest
 
 from epp import serve
@@ -87,12 +88,28 @@ endpoints:
             "endpoints:\n  - {name: a, address: 10.0.0.1, port: '1', labels: {n: 1}}\n",
             "labels must map names",
         ),
+        (
+            "endpoints:\n  - {name: a, address: 10.0.0.1, port: '1', labels: {~: x}}\n",
+            "labels must map names",
+        ),
         ("#" * (1 << 20) + "\n", "exceeds the 1 MiB limit"),
     ],
 )
 def test_a_file_that_cannot_be_read_as_llm_d_reads_it_is_refused_whole(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         parse(text)
+
+
+def test_label_names_yaml_reads_as_numbers_or_booleans_are_their_text() -> None:
+    """`labels: {8000: x, true: y}`: YAML reads those names as an int and a bool, which llm-d's
+    YAML-to-JSON step writes as "8000" and "true". They were kept as an int and a bool: every
+    `/api/endpoints` read and live-view update then failed (orjson: "Dict key must be str"), a bare
+    500 from the metrics port for as long as the file named them."""
+    text = "endpoints:\n  - {name: a, address: 10.0.0.1, port: '80', labels: {8000: x, true: y, z: w}}\n"
+    specs, problems = plugin(FileDiscovery, {"path": "/e.yaml"}).parse_endpoints(text, "e.yaml")
+    assert problems == []
+    assert dict(specs[0].labels) == {"8000": "x", "true": "y", "z": "w"}
+    assert orjson.loads(orjson.dumps(dict(specs[0].labels))) == {"8000": "x", "true": "y", "z": "w"}
 
 
 def test_the_last_entry_of_a_name_counts_and_namespaces_keep_names_apart() -> None:

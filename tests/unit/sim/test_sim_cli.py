@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 
 import pytest
 
@@ -74,3 +75,14 @@ def test_kv_load_failure_policy_defaults_to_vllms() -> None:
 def test_ports_past_65535_are_refused(caplog: pytest.LogCaptureFixture) -> None:
     assert run(parse("--port=65535", "--count=2")) == 2
     assert "--port 65535 with --count 2" in caplog.text
+
+
+def test_a_port_in_use_is_an_error_naming_it(caplog: pytest.LogCaptureFixture) -> None:
+    """A port another process listens on ends `epp sim` with exit code 1 and the bind error in one
+    line, as `epp serve` and `epp sidecar` report it (it was a traceback)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert run(parse(f"--port={port}", "--profile=tiny-test")) == 1
+    assert f"('127.0.0.1', {port}): address already in use" in caplog.text
