@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import gzip
 import json
 import os
@@ -1131,8 +1132,11 @@ async def test_a_replayed_decode_leg_cannot_take_a_later_lease_of_the_same_block
     http: aiohttp.ClientSession, registry: str
 ) -> None:
     """Block ids are recycled: the second prefill leg's lease holds the very blocks the first one
-    held. Replaying the first (already served) decode leg must not release it."""
-    prefill_configs = make_configs(1, name_prefix="p", profile=TINY_TEST, model=MODEL)
+    held. Replaying the first (already served) decode leg must not release it. The prefill server
+    has one block, so the second leg gets the first's again (vLLM hands out never-used blocks
+    before freed ones)."""
+    one_block = dataclasses.replace(TINY_TEST, num_gpu_blocks=1)
+    prefill_configs = make_configs(1, name_prefix="p", profile=one_block, model=MODEL)
     decode_configs = make_configs(1, name_prefix="d", profile=TINY_TEST, model=MODEL)
     clusters = (
         [SimCluster([*prefill_configs, *decode_configs])]
