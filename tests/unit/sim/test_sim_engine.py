@@ -10,6 +10,7 @@ import pytest
 from epp.kvevents import BlockRemoved, BlockStored
 from epp.sim.engine import Engine, PriorityQueue, Rejection, Request, State, StepOutcome
 from epp.sim.histogram import Histogram
+from epp.sim.metrics import build_registry, render
 from epp.sim.profiles import Profile
 
 ProfileFactory = Callable[..., Profile]
@@ -465,3 +466,17 @@ def test_lazy_counters_give_way_to_preemption(profile_factory: ProfileFactory, r
         lambda: [req(f"r{i}", tokens(30, 1000 * i), out=60) for i in range(3)],
     )
     assert any(step[6] for step in steps[:-2])  # something was preempted
+
+
+def test_block_zero_is_vllms_null_block(profile_factory: ProfileFactory) -> None:
+    """vLLM's num_gpu_blocks counts its null block (id 0, a placeholder never handed out): requests
+    get at most num_gpu_blocks - 1 blocks, KV usage is the blocks held over num_gpu_blocks - 1,
+    and cache_config_info still reports num_gpu_blocks."""
+    engine = Engine(profile_factory(num_gpu_blocks=5), "m", lease_seconds=30.0)
+    assert engine.add(req("long", tokens(64), out=1)) is Rejection.TOO_LONG  # 5 blocks, 4 usable
+    leg = req("p", tokens(48), out=1, hold_blocks=True)
+    assert engine.add(leg) is None
+    engine.step(0.0)
+    assert leg.state is State.DONE and len(leg.leased_blocks) == 3 and 0 not in leg.leased_blocks
+    assert engine.kv_usage() == pytest.approx(3 / 4)
+    assert 'num_gpu_blocks="5"' in render(build_registry(engine, "m")).decode()
