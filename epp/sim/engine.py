@@ -351,7 +351,12 @@ class Engine:
         self.namespace = namespace
         self.lease_seconds = lease_seconds
         self.block_size = profile.block_size
-        self.pool = BlockPool(profile.num_gpu_blocks, profile.block_size, record_kv_events)
+        if profile.num_gpu_blocks < 2:
+            raise ValueError(
+                f"num_gpu_blocks must be at least 2 (one is vLLM's null block), got {profile.num_gpu_blocks}"
+            )
+        # vLLM's num_gpu_blocks counts its null block (id 0), which is never handed out
+        self.pool = BlockPool(profile.num_gpu_blocks - 1, profile.block_size, record_kv_events)
         self.stats = EngineStats()
         self._waiting: FcfsQueue | PriorityQueue = (
             PriorityQueue() if scheduling_policy == "priority" else FcfsQueue()
@@ -384,9 +389,9 @@ class Engine:
         return len(self._waiting) + len(self._transferring)
 
     def kv_usage(self, blocks_taken: int = 0) -> float:
-        """Fraction of KV blocks held by requests and prefill leases; ``blocks_taken``: blocks the
-        driver's steps of the cohort took that the engine has not been told of yet (see
-        ``decode_ahead``)."""
+        """Fraction of the usable KV blocks (vLLM's: all but the null block) held by requests and
+        prefill leases; ``blocks_taken``: blocks the driver's steps of the cohort took that the
+        engine has not been told of yet (see ``decode_ahead``)."""
         return (self.pool.num_in_use() + blocks_taken) / self.pool.num_blocks
 
     def running_loras(self) -> list[str]:

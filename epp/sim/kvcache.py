@@ -55,7 +55,7 @@ class BlockPool:
     def __init__(self, num_blocks: int, block_size: int, record_events: bool = False) -> None:
         self.num_blocks = num_blocks
         self.block_size = block_size
-        self._fresh = 0  # ids below this have been handed out at least once
+        self._fresh = 0  # blocks handed out at least once (ids from 1: 0 is vLLM's null block)
         self._free_ids: list[int] = []
         self._by_hash: dict[int, int] = {}  # cached block hash -> block id
         self._shared: dict[int, int] = {}  # cached block hash -> holders, when more than one
@@ -123,7 +123,7 @@ class BlockPool:
             count -= take
         if count and self._fresh < self.num_blocks:
             take = min(count, self.num_blocks - self._fresh)
-            ids += range(self._fresh, self._fresh + take)
+            ids += range(self._fresh + 1, self._fresh + 1 + take)  # id 0: vLLM's null block
             self._fresh += take
             count -= take
         for _ in range(count):

@@ -159,7 +159,7 @@ def test_waiting_queue_limit_and_too_long(profile_factory: ProfileFactory) -> No
 
 def test_lru_eviction_of_unused_blocks(profile_factory: ProfileFactory, run: RunFn) -> None:
     # 8 blocks of 16 tokens; each 48-token request ends holding 3 full cached blocks
-    engine = Engine(profile_factory(num_gpu_blocks=8), "m", record_kv_events=True)
+    engine = Engine(profile_factory(num_gpu_blocks=9), "m", record_kv_events=True)
     a, b = req("a", tokens(48, 0), out=1), req("b", tokens(48, 1000), out=1)
     for r in (a, b):
         engine.add(r)
@@ -180,7 +180,7 @@ def test_lru_eviction_of_unused_blocks(profile_factory: ProfileFactory, run: Run
 
 
 def test_running_blocks_are_pinned(profile_factory: ProfileFactory, run: RunFn) -> None:
-    engine = Engine(profile_factory(num_gpu_blocks=5), "m")
+    engine = Engine(profile_factory(num_gpu_blocks=6), "m")
     pinned = req("pinned", tokens(48, 0), out=20)
     engine.add(pinned)
     outcome = engine.step(0.0)
@@ -410,9 +410,9 @@ def test_priority_preemption_takes_a_request_already_scheduled_in_the_step(
     """The victim is earlier in the running list than the request short of a block: it leaves
     the step's batch and its token goes back to the budget (vLLM's `req_index -= 1`). `low` is
     admitted a step before `high`; both need a new block in step 18 (`low` for position 32, `high`,
-    with a 33-token prompt, for 48) when one block of 6 is free: `low` takes it, then `high` is
+    with a 33-token prompt, for 48) when one of the 6 usable blocks is free: `low` takes it, then `high` is
     short and `low`, last in priority order, is preempted out of the batch."""
-    engine = Engine(profile_factory(num_gpu_blocks=6), "m", scheduling_policy="priority")
+    engine = Engine(profile_factory(num_gpu_blocks=7), "m", scheduling_policy="priority")
     low = req("low", tokens(16, 0), out=40, at=0.0, priority=1)
     high = req("high", tokens(33, 1000), out=40, at=1.0, priority=0)
     engine.add(low)
@@ -480,3 +480,8 @@ def test_block_zero_is_vllms_null_block(profile_factory: ProfileFactory) -> None
     assert leg.state is State.DONE and len(leg.leased_blocks) == 3 and 0 not in leg.leased_blocks
     assert engine.kv_usage() == pytest.approx(3 / 4)
     assert 'num_gpu_blocks="5"' in render(build_registry(engine, "m")).decode()
+
+
+def test_an_engine_needs_a_block_besides_the_null_block(profile_factory: ProfileFactory) -> None:
+    with pytest.raises(ValueError, match="num_gpu_blocks must be at least 2"):
+        Engine(profile_factory(num_gpu_blocks=1), "m")
