@@ -485,3 +485,18 @@ def test_block_zero_is_vllms_null_block(profile_factory: ProfileFactory) -> None
 def test_an_engine_needs_a_block_besides_the_null_block(profile_factory: ProfileFactory) -> None:
     with pytest.raises(ValueError, match="num_gpu_blocks must be at least 2"):
         Engine(profile_factory(num_gpu_blocks=1), "m")
+
+
+def test_a_request_scheduled_after_another_in_the_same_step_hits_its_blocks(
+    profile_factory: ProfileFactory, run: RunFn
+) -> None:
+    """vLLM caches a chunk's full blocks when it allocates them (allocate_slots, before the forward
+    pass), so a request scheduled later in the same step already hits them: the second of two
+    identical 64-token prompts arriving together computes one block, not four."""
+    engine = Engine(profile_factory(), "m")
+    first, second = req("a", tokens(64)), req("b", tokens(64))
+    engine.add(first)
+    engine.add(second)
+    steps = run(engine)
+    assert (first.cached_tokens, second.cached_tokens) == (0, 48)
+    assert steps[0].prefill_tokens == 64 + 16
