@@ -712,6 +712,8 @@ class Engine:
             request.step_tokens = n
             scheduled.append(request)
             budget -= n
+            if request.next_hash < request.hashed_blocks:
+                self._cache_full_blocks(request, request.computed + n)
             if n == 1:
                 decode_seqs += 1
             else:
@@ -772,6 +774,8 @@ class Engine:
             chosen.append(request)
             budget -= n
             index += 1
+            if request.next_hash < request.hashed_blocks:
+                self._cache_full_blocks(request, request.computed + n)
         for request in chosen:
             batch.add(request, request.step_tokens)
 
@@ -813,6 +817,8 @@ class Engine:
             if lora:
                 self._running_loras[lora] = self._running_loras.get(lora, 0) + 1
             batch.add(request, n)
+            if request.next_hash < request.hashed_blocks:
+                self._cache_full_blocks(request, request.computed + n)
         if skipped:
             waiting.prepend_all(skipped)
 
@@ -877,7 +883,7 @@ class Engine:
             request.cached_tokens = request.computed
             request.remote_prefill = False
             request.state = State.WAITING
-            self._cache_full_blocks(request)
+            self._cache_full_blocks(request, request.computed)
             self._waiting.prepend(request)
 
     def _expire_leases(self, now: float) -> None:
@@ -887,8 +893,9 @@ class Engine:
             self.stats.leases_expired += 1
 
     def _run(self, batch: _Batch, outcome: StepOutcome) -> None:
-        """Advance every scheduled request by its tokens to the end of the step: cache newly full
-        prompt blocks, emit the tokens of requests whose prompt is computed, finish the done."""
+        """Advance every scheduled request by its tokens to the end of the step: emit the tokens
+        of requests whose prompt is computed, finish the done (their blocks were cached as they
+        were scheduled)."""
         scheduled = batch.requests
         start = outcome.start
         duration = self.profile.step_seconds(
@@ -913,8 +920,6 @@ class Engine:
             n = request.step_tokens
             request.free_slots -= n
             pending = request.pending_tokens = request.pending_tokens - n  # computed += n
-            if request.next_hash < request.hashed_blocks:
-                self._cache_full_blocks(request)
             if pending:
                 continue
             output_done = request.output_done
@@ -942,12 +947,14 @@ class Engine:
         if every_running_emitted and self.lazy_counters and self._running:
             self._start_cohort(end)
 
-    def _cache_full_blocks(self, request: Request) -> None:
-        """Promote the request's newly completed full prompt blocks into the prefix cache, and
-        record one ``BlockStored`` per run of consecutive promoted blocks."""
+    def _cache_full_blocks(self, request: Request, tokens: int) -> None:
+        """Promote the request's full prompt blocks up to ``tokens`` into the prefix cache, and
+        record one ``BlockStored`` per run of consecutive promoted blocks. Called as a chunk is
+        scheduled, before it is computed, as vLLM's allocate_slots caches them: a request
+        scheduled later in the same step hits them."""
         hashes = request.block_hashes or []
         first = request.next_hash
-        last = min(request.computed // self.block_size, len(hashes))
+        last = min(tokens // self.block_size, len(hashes))
         if first < last:
             duplicates = self.pool.promote(request.table, first, hashes[first:last])
             if self.pool.events is not None:
