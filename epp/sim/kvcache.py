@@ -152,7 +152,10 @@ class BlockPool:
     def promote(self, table: BlockTable, first: int, hashes: Sequence[int]) -> list[int]:
         """Make private blocks ``table.ids[first:first + len(hashes)]`` shared cache blocks under
         ``hashes``, in order. Returns the indices whose hash another block already caches: those
-        duplicates stay private, as in vLLM (usually none, hence one call for a whole chunk)."""
+        duplicates stay private (usually none, hence one call for a whole chunk). vLLM caches a
+        duplicate too (it does not de-duplicate, so block tables stay append-only): its hash is in
+        that chunk's BlockStored, and its eviction sends a BlockRemoved of the hash while the
+        other copy stays; docs/simulator.md states the difference."""
         by_hash = self._by_hash
         ids, held = table.ids, table.held
         if by_hash.keys().isdisjoint(hashes):  # no duplicate (a prompt's chained hashes differ)
