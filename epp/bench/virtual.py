@@ -94,7 +94,7 @@ def scraped_metrics(engine: Engine, now: float, blocks_taken: int = 0) -> Endpoi
         kv_cache_usage=engine.kv_usage(blocks_taken),
         max_active_models=engine.profile.max_loras,
         cache_block_size=engine.block_size,
-        cache_num_blocks=engine.pool.num_blocks,
+        cache_num_blocks=engine.profile.num_gpu_blocks,
         update_time=now,
     )
 

@@ -72,7 +72,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-num-seqs", type=_count, help="override the profile's running-batch cap")
     parser.add_argument("--max-num-batched-tokens", type=_count, help="override the per-step token budget")
-    parser.add_argument("--num-gpu-blocks", type=_count, help="override the KV-cache capacity in blocks")
+    parser.add_argument(
+        "--num-gpu-blocks",
+        type=_integer(2),
+        help="override the KV-cache capacity in blocks (vLLM's count: one is its null block)",
+    )
     parser.add_argument("--block-size", type=_count, help="override the KV block size in tokens")
     parser.add_argument("--max-model-len", type=_count, help="override the context length")
     parser.add_argument("--max-waiting", type=_count, help="waiting-queue cap; beyond it requests get 429")

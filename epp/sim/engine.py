@@ -351,7 +351,12 @@ class Engine:
         self.namespace = namespace
         self.lease_seconds = lease_seconds
         self.block_size = profile.block_size
-        self.pool = BlockPool(profile.num_gpu_blocks, profile.block_size, record_kv_events)
+        if profile.num_gpu_blocks < 2:
+            raise ValueError(
+                f"num_gpu_blocks must be at least 2 (one is vLLM's null block), got {profile.num_gpu_blocks}"
+            )
+        # vLLM's num_gpu_blocks counts its null block (id 0), which is never handed out
+        self.pool = BlockPool(profile.num_gpu_blocks - 1, profile.block_size, record_kv_events)
         self.stats = EngineStats()
         self._waiting: FcfsQueue | PriorityQueue = (
             PriorityQueue() if scheduling_policy == "priority" else FcfsQueue()
@@ -384,9 +389,9 @@ class Engine:
         return len(self._waiting) + len(self._transferring)
 
     def kv_usage(self, blocks_taken: int = 0) -> float:
-        """Fraction of KV blocks held by requests and prefill leases; ``blocks_taken``: blocks the
-        driver's steps of the cohort took that the engine has not been told of yet (see
-        ``decode_ahead``)."""
+        """Fraction of the usable KV blocks (vLLM's: all but the null block) held by requests and
+        prefill leases; ``blocks_taken``: blocks the driver's steps of the cohort took that the
+        engine has not been told of yet (see ``decode_ahead``)."""
         return (self.pool.num_in_use() + blocks_taken) / self.pool.num_blocks
 
     def running_loras(self) -> list[str]:
@@ -707,6 +712,8 @@ class Engine:
             request.step_tokens = n
             scheduled.append(request)
             budget -= n
+            if request.next_hash < request.hashed_blocks:
+                self._cache_full_blocks(request, request.computed + n)
             if n == 1:
                 decode_seqs += 1
             else:
@@ -767,6 +774,8 @@ class Engine:
             chosen.append(request)
             budget -= n
             index += 1
+            if request.next_hash < request.hashed_blocks:
+                self._cache_full_blocks(request, request.computed + n)
         for request in chosen:
             batch.add(request, request.step_tokens)
 
@@ -808,6 +817,8 @@ class Engine:
             if lora:
                 self._running_loras[lora] = self._running_loras.get(lora, 0) + 1
             batch.add(request, n)
+            if request.next_hash < request.hashed_blocks:
+                self._cache_full_blocks(request, request.computed + n)
         if skipped:
             waiting.prepend_all(skipped)
 
@@ -872,7 +883,7 @@ class Engine:
             request.cached_tokens = request.computed
             request.remote_prefill = False
             request.state = State.WAITING
-            self._cache_full_blocks(request)
+            self._cache_full_blocks(request, request.computed)
             self._waiting.prepend(request)
 
     def _expire_leases(self, now: float) -> None:
@@ -882,8 +893,9 @@ class Engine:
             self.stats.leases_expired += 1
 
     def _run(self, batch: _Batch, outcome: StepOutcome) -> None:
-        """Advance every scheduled request by its tokens to the end of the step: cache newly full
-        prompt blocks, emit the tokens of requests whose prompt is computed, finish the done."""
+        """Advance every scheduled request by its tokens to the end of the step: emit the tokens
+        of requests whose prompt is computed, finish the done (their blocks were cached as they
+        were scheduled)."""
         scheduled = batch.requests
         start = outcome.start
         duration = self.profile.step_seconds(
@@ -908,8 +920,6 @@ class Engine:
             n = request.step_tokens
             request.free_slots -= n
             pending = request.pending_tokens = request.pending_tokens - n  # computed += n
-            if request.next_hash < request.hashed_blocks:
-                self._cache_full_blocks(request)
             if pending:
                 continue
             output_done = request.output_done
@@ -937,12 +947,14 @@ class Engine:
         if every_running_emitted and self.lazy_counters and self._running:
             self._start_cohort(end)
 
-    def _cache_full_blocks(self, request: Request) -> None:
-        """Promote the request's newly completed full prompt blocks into the prefix cache, and
-        record one ``BlockStored`` per run of consecutive promoted blocks."""
+    def _cache_full_blocks(self, request: Request, tokens: int) -> None:
+        """Promote the request's full prompt blocks up to ``tokens`` into the prefix cache, and
+        record one ``BlockStored`` per run of consecutive promoted blocks. Called as a chunk is
+        scheduled, before it is computed, as vLLM's allocate_slots caches them: a request
+        scheduled later in the same step hits them."""
         hashes = request.block_hashes or []
         first = request.next_hash
-        last = min(request.computed // self.block_size, len(hashes))
+        last = min(tokens // self.block_size, len(hashes))
         if first < last:
             duplicates = self.pool.promote(request.table, first, hashes[first:last])
             if self.pool.events is not None:

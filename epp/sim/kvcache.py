@@ -3,11 +3,11 @@
 A prompt's full blocks are named by chained hashes (each block's token ids hashed with its parent's
 hash as the seed; the chain starts from a hash of the model or LoRA adapter name, so different
 adapters never share blocks). A resident hashed block is either referenced by requests (pinned) or
-cached-but-unused. Blocks nobody can share (the partial tail of a prompt, generated tokens,
-duplicates) are private. As in vLLM's free-block queue, every block nobody holds, cached or
-private, waits in one order of release: a new block is the never-used one first, then the least
-recently freed, so a cached block is evicted when its turn comes even while private blocks freed
-after it are idle.
+cached-but-unused; unused ones are evicted least-recently-freed first when a new block is needed.
+Blocks nobody can share (the partial tail of a prompt, generated tokens, duplicates) are private.
+A freed private block is reused before any cached block is evicted, as in vLLM, whose free_blocks
+puts a freed block without a hash at the head of its free queue and a cached one at the tail
+(vllm-project/vllm#42656, May 2026; before it both went to the tail in one order of release).
 
 Nothing here allocates per-token objects, and free capacity is a counter rather than a list of
 every block, so a thousand engines with tens of thousands of blocks each stay cheap.
@@ -46,42 +46,32 @@ class BlockPool:
     holder, so caching a chunk's blocks is one dictionary update and releasing a table moves its
     cached blocks to the eviction order without a reference count to update for each.
 
-    The free order (vLLM's free-block queue, never-used blocks ahead of it) is kept as the
-    releases that freed the blocks, oldest first: each with its private block ids (taken first:
-    a table's tail, as vLLM frees a table's blocks in reverse), the hashes it freed (evicted from
-    the end) and its number, which ``_evictable`` records per hash. A hash pinned again, or freed
-    again by a later release, is skipped where the number no longer matches. Freeing a table is then a plain
+    The eviction order is kept as the releases that freed the blocks, oldest first: each with the
+    hashes it freed (evicted from the end, as vLLM frees a table's blocks in reverse) and its
+    number, which ``_evictable`` records per hash. A hash pinned again, or freed again by a later
+    release, is skipped where the number no longer matches. Freeing a table is then a plain
     dictionary update and one append, where an ordered dictionary linked a node per block."""
 
     def __init__(self, num_blocks: int, block_size: int, record_events: bool = False) -> None:
         self.num_blocks = num_blocks
         self.block_size = block_size
-        self._fresh = 0  # ids below this have been handed out at least once
-        self._private = 0  # freed private blocks waiting in _released
+        self._fresh = 0  # blocks handed out at least once (ids from 1: 0 is vLLM's null block)
+        self._free_ids: list[int] = []
         self._by_hash: dict[int, int] = {}  # cached block hash -> block id
         self._shared: dict[int, int] = {}  # cached block hash -> holders, when more than one
         self._evictable: dict[int, int] = {}  # cached-unused hash -> the release that freed it
-        # (release, hashes freed, private block ids freed): oldest first
-        self._released: deque[tuple[int, list[int], list[int]]] = deque()
+        self._released: deque[tuple[int, list[int]]] = deque()  # (release, hashes freed): oldest first
         self._releases = 0
         self._queued = 0  # hashes in _released, stale ones included (bounded by compaction)
         self.events: list[KVEvent] | None = [] if record_events else None
 
     def num_free(self) -> int:
         """Blocks a new allocation can get, counting cached-unused blocks that can be evicted."""
-        return self.num_blocks - self._fresh + self._private + len(self._evictable)
+        return self.num_blocks - self._fresh + len(self._free_ids) + len(self._evictable)
 
     def num_free_without_eviction(self) -> int:
-        """Blocks a new allocation can get before it evicts a cached block: the never-used ones,
-        then the private blocks of the oldest releases up to the first that still caches one."""
-        room = self.num_blocks - self._fresh
-        evictable = self._evictable
-        for release, hashes, private in self._released:
-            room += len(private)
-            for h in reversed(hashes):  # the end goes first, and is usually live
-                if evictable.get(h) == release:
-                    return room
-        return room
+        """Blocks a new allocation can get without evicting a cached block."""
+        return self.num_blocks - self._fresh + len(self._free_ids)
 
     def num_in_use(self) -> int:
         """Blocks held by requests or leases (vLLM's "used" for KV-cache usage)."""
@@ -119,28 +109,30 @@ class BlockPool:
             held.append(h)
 
     def allocate(self, table: BlockTable, count: int) -> None:
-        """Append ``count`` blocks to ``table``; the caller checked ``num_free()``. Never-used
-        blocks come first, then vLLM's free-queue order: the least recently freed release first,
-        its private blocks (the tail of its table) before its cached ones, evicted from the end."""
-        ids = table.ids
+        """Append ``count`` private blocks to ``table``; the caller checked ``num_free()``.
+        Freed blocks come first (last freed first: vLLM prepends them to its free queue, a table's
+        tail at the head), then never-used ones, then evicted cached ones."""
+        ids, free = table.ids, self._free_ids
+        if count == 1 and free:  # a decoding request's next block, usually
+            ids.append(free.pop())
+            return
+        if free and count:
+            take = min(count, len(free))
+            ids += reversed(free[-take:])
+            del free[-take:]
+            count -= take
         if count and self._fresh < self.num_blocks:
             take = min(count, self.num_blocks - self._fresh)
-            ids += range(self._fresh, self._fresh + take)
+            ids += range(self._fresh + 1, self._fresh + 1 + take)  # id 0: vLLM's null block
             self._fresh += take
             count -= take
         for _ in range(count):
-            ids.append(self._take())
+            ids.append(self._evict())
 
-    def _take(self) -> int:
+    def _evict(self) -> int:
         evictable, released = self._evictable, self._released
         while True:
-            release, hashes, private = released[0]
-            if private:
-                self._private -= 1
-                block = private.pop()
-                if not private and not hashes:
-                    released.popleft()
-                return block
+            release, hashes = released[0]
             while hashes:
                 victim = hashes.pop()
                 self._queued -= 1
@@ -160,7 +152,10 @@ class BlockPool:
     def promote(self, table: BlockTable, first: int, hashes: Sequence[int]) -> list[int]:
         """Make private blocks ``table.ids[first:first + len(hashes)]`` shared cache blocks under
         ``hashes``, in order. Returns the indices whose hash another block already caches: those
-        duplicates stay private, as in vLLM (usually none, hence one call for a whole chunk)."""
+        duplicates stay private (usually none, hence one call for a whole chunk). vLLM caches a
+        duplicate too (it does not de-duplicate, so block tables stay append-only): its hash is in
+        that chunk's BlockStored, and its eviction sends a BlockRemoved of the hash while the
+        other copy stays; docs/simulator.md states the difference."""
         by_hash = self._by_hash
         ids, held = table.ids, table.held
         if by_hash.keys().isdisjoint(hashes):  # no duplicate (a prompt's chained hashes differ)
@@ -193,9 +188,9 @@ class BlockPool:
             self.events.append(BlockStored(hashes, parent, token_ids, lora_name, extra_keys=extra_keys))
 
     def release(self, table: BlockTable) -> None:
-        """Give back every block of ``table`` to the end of the free order: shared blocks whose
-        last reference goes become cached-unused, private blocks free, the private ones first
-        and the cached ones from the tail (vLLM frees a table in reverse)."""
+        """Give back every block of ``table``: shared blocks whose last reference goes become
+        cached-unused (tail blocks first in eviction order, as vLLM frees in reverse), private
+        blocks become free."""
         evictable, shared = self._evictable, self._shared
         held = table.held
         if shared and not shared.keys().isdisjoint(held):
@@ -211,23 +206,21 @@ class BlockPool:
             freed.reverse()  # evicted from the end
         else:  # this table was the only holder of each of its cached blocks
             freed = held
-        if table.held_first:
-            private = table.ids[len(held) :]
-        else:
-            by_hash = self._by_hash
-            pinned = {by_hash[h] for h in held}
-            private = [b for b in table.ids if b not in pinned]
-        if freed or private:
+        if freed:
             self._releases += 1
             release = self._releases
             for h in reversed(freed):
                 evictable[h] = release
-            # the table gets new lists below; taken from the end, private ids are in any order
-            self._released.append((release, freed, private))
+            self._released.append((release, freed))  # the table gets a new list below
             self._queued += len(freed)
-            self._private += len(private)
             if self._queued > 2 * len(evictable) + 1024:
                 self._compact()
+        if table.held_first:
+            self._free_ids += table.ids[len(held) :]
+        else:
+            by_hash = self._by_hash
+            pinned = {by_hash[h] for h in held}
+            self._free_ids.extend(b for b in table.ids if b not in pinned)
         table.ids = []
         table.held = []
         table.held_first = True
@@ -242,24 +235,21 @@ class BlockPool:
         self._released.clear()
         self._queued = 0
         self._fresh = 0
-        self._private = 0
+        self._free_ids.clear()
         if self.events is not None:
             self.events.append(AllBlocksCleared())
         return True
 
     def _compact(self) -> None:
-        """Drop the stale entries of the eviction order, keeping each release's live hashes and
-        private blocks in place (memory stays within a few times the number of free blocks)."""
-        evictable = self._evictable
-        kept: deque[tuple[int, list[int], list[int]]] = deque()
-        queued = 0
-        for release, hashes, private in self._released:
-            live = [h for h in hashes if evictable.get(h) == release]
-            if live or private:
-                kept.append((release, live, private))
-                queued += len(live)
-        self._released = kept
-        self._queued = queued
+        """Drop the stale entries of the eviction order: the live ones, in order, become one
+        release (memory stays within a few times the number of cached-unused blocks)."""
+        self._releases += 1
+        release = self._releases
+        order = list(self._evictable)
+        self._evictable = dict.fromkeys(order, release)
+        order.reverse()
+        self._released = deque([(release, order)])
+        self._queued = len(order)
 
     def drain_events(self) -> list[KVEvent]:
         """KV events recorded since the last drain (empty when recording is off)."""

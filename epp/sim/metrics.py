@@ -62,7 +62,7 @@ class EngineCollector(Collector):
         cache = GaugeMetricFamily(
             "vllm:cache_config_info", "KV-cache configuration.", labels=["block_size", "num_gpu_blocks"]
         )
-        cache.add_metric([str(engine.block_size), str(engine.pool.num_blocks)], 1.0)
+        cache.add_metric([str(engine.block_size), str(engine.profile.num_gpu_blocks)], 1.0)
         yield cache
 
         yield _counter("vllm:prompt_tokens", "Prefilled prompt tokens.", stats.prompt_tokens, labels)

@@ -283,7 +283,7 @@ def test_metrics_page_reads_engine_state() -> None:
     assert 'vllm:num_requests_running{model_name="m"} 2.0' in page
     assert 'vllm:num_requests_waiting{model_name="m"} 1.0' in page
     assert 'running_lora_adapters="alpha,beta",waiting_lora_adapters="gamma"' in page
-    assert f'vllm:kv_cache_usage_perc{{model_name="m"}} {6 / TINY_TEST.num_gpu_blocks}' in page
+    assert f'vllm:kv_cache_usage_perc{{model_name="m"}} {6 / (TINY_TEST.num_gpu_blocks - 1)}' in page
 
 
 def test_make_configs_names_and_ports() -> None:

@@ -20,6 +20,7 @@ def parse(*argv: str) -> argparse.Namespace:
     [
         ["--block-size", "0"],
         ["--num-gpu-blocks", "0"],
+        ["--num-gpu-blocks", "1"],  # vLLM's null block would be all there is
         ["--max-num-seqs", "-1"],
         ["--max-num-batched-tokens", "0"],
         ["--max-model-len", "-5"],

@@ -10,6 +10,7 @@ import pytest
 from epp.kvevents import BlockRemoved, BlockStored
 from epp.sim.engine import Engine, PriorityQueue, Rejection, Request, State, StepOutcome
 from epp.sim.histogram import Histogram
+from epp.sim.metrics import build_registry, render
 from epp.sim.profiles import Profile
 
 ProfileFactory = Callable[..., Profile]
@@ -158,7 +159,7 @@ def test_waiting_queue_limit_and_too_long(profile_factory: ProfileFactory) -> No
 
 def test_lru_eviction_of_unused_blocks(profile_factory: ProfileFactory, run: RunFn) -> None:
     # 8 blocks of 16 tokens; each 48-token request ends holding 3 full cached blocks
-    engine = Engine(profile_factory(num_gpu_blocks=8), "m", record_kv_events=True)
+    engine = Engine(profile_factory(num_gpu_blocks=9), "m", record_kv_events=True)
     a, b = req("a", tokens(48, 0), out=1), req("b", tokens(48, 1000), out=1)
     for r in (a, b):
         engine.add(r)
@@ -179,7 +180,7 @@ def test_lru_eviction_of_unused_blocks(profile_factory: ProfileFactory, run: Run
 
 
 def test_running_blocks_are_pinned(profile_factory: ProfileFactory, run: RunFn) -> None:
-    engine = Engine(profile_factory(num_gpu_blocks=5), "m")
+    engine = Engine(profile_factory(num_gpu_blocks=6), "m")
     pinned = req("pinned", tokens(48, 0), out=20)
     engine.add(pinned)
     outcome = engine.step(0.0)
@@ -409,9 +410,9 @@ def test_priority_preemption_takes_a_request_already_scheduled_in_the_step(
     """The victim is earlier in the running list than the request short of a block: it leaves
     the step's batch and its token goes back to the budget (vLLM's `req_index -= 1`). `low` is
     admitted a step before `high`; both need a new block in step 18 (`low` for position 32, `high`,
-    with a 33-token prompt, for 48) when one block of 6 is free: `low` takes it, then `high` is
+    with a 33-token prompt, for 48) when one of the 6 usable blocks is free: `low` takes it, then `high` is
     short and `low`, last in priority order, is preempted out of the batch."""
-    engine = Engine(profile_factory(num_gpu_blocks=6), "m", scheduling_policy="priority")
+    engine = Engine(profile_factory(num_gpu_blocks=7), "m", scheduling_policy="priority")
     low = req("low", tokens(16, 0), out=40, at=0.0, priority=1)
     high = req("high", tokens(33, 1000), out=40, at=1.0, priority=0)
     engine.add(low)
@@ -465,3 +466,37 @@ def test_lazy_counters_give_way_to_preemption(profile_factory: ProfileFactory, r
         lambda: [req(f"r{i}", tokens(30, 1000 * i), out=60) for i in range(3)],
     )
     assert any(step[6] for step in steps[:-2])  # something was preempted
+
+
+def test_block_zero_is_vllms_null_block(profile_factory: ProfileFactory) -> None:
+    """vLLM's num_gpu_blocks counts its null block (id 0, a placeholder never handed out): requests
+    get at most num_gpu_blocks - 1 blocks, KV usage is the blocks held over num_gpu_blocks - 1,
+    and cache_config_info still reports num_gpu_blocks."""
+    engine = Engine(profile_factory(num_gpu_blocks=5), "m", lease_seconds=30.0)
+    assert engine.add(req("long", tokens(64), out=1)) is Rejection.TOO_LONG  # 5 blocks, 4 usable
+    leg = req("p", tokens(48), out=1, hold_blocks=True)
+    assert engine.add(leg) is None
+    engine.step(0.0)
+    assert leg.state is State.DONE and len(leg.leased_blocks) == 3 and 0 not in leg.leased_blocks
+    assert engine.kv_usage() == pytest.approx(3 / 4)
+    assert 'num_gpu_blocks="5"' in render(build_registry(engine, "m")).decode()
+
+
+def test_an_engine_needs_a_block_besides_the_null_block(profile_factory: ProfileFactory) -> None:
+    with pytest.raises(ValueError, match="num_gpu_blocks must be at least 2"):
+        Engine(profile_factory(num_gpu_blocks=1), "m")
+
+
+def test_a_request_scheduled_after_another_in_the_same_step_hits_its_blocks(
+    profile_factory: ProfileFactory, run: RunFn
+) -> None:
+    """vLLM caches a chunk's full blocks when it allocates them (allocate_slots, before the forward
+    pass), so a request scheduled later in the same step already hits them: the second of two
+    identical 64-token prompts arriving together computes one block, not four."""
+    engine = Engine(profile_factory(), "m")
+    first, second = req("a", tokens(64)), req("b", tokens(64))
+    engine.add(first)
+    engine.add(second)
+    steps = run(engine)
+    assert (first.cached_tokens, second.cached_tokens) == (0, 48)
+    assert steps[0].prefill_tokens == 64 + 16

@@ -37,8 +37,8 @@ def test_pool_pin_cache_and_evict_in_lru_order() -> None:
     third = BlockTable()
     pool.acquire(third, [101])
     assert pool.num_free() == 3 and pool.match([101, 102], 2) == (2, 1)
-    # the next three blocks come in free order: 102 evicted (freed first, as the tail of its
-    # table), then the duplicate's private block, then 201 evicted
+    # the duplicate's private block is reused first (vLLM puts hashless freed blocks at the head
+    # of its free queue), then 102 is evicted (freed first, as the tail of its table), then 201
     fourth = BlockTable()
     pool.allocate(fourth, 3)
     removed = [e.block_hashes for e in pool.drain_events() if isinstance(e, BlockRemoved)]
@@ -70,16 +70,16 @@ def test_release_frees_private_blocks_wherever_they_sit_in_the_table() -> None:
     private = other.ids[0]
     pool.release(other)
     assert pool.num_free() == 6 and pool.num_cached() == 4
-    # after the three never-used blocks, the private block, not a cached one, is the next reused
+    # the private block, ahead of the never-used ones and of every cached one, is the next reused
     fresh = BlockTable()
-    pool.allocate(fresh, 4)
-    assert fresh.ids[3] == private and pool.num_cached() == 4
+    pool.allocate(fresh, 1)
+    assert fresh.ids == [private] and pool.num_cached() == 4
 
 
-def test_a_cached_block_freed_first_is_evicted_before_a_private_block_freed_later() -> None:
-    """vLLM keeps every free block, cached or not, in one queue in the order they were freed, so
-    a cached block's turn comes while private blocks freed after it wait; the private blocks of a
-    table come before its cached ones (the table's tail, freed first)."""
+def test_a_private_block_freed_later_is_reused_before_a_cached_block_freed_first() -> None:
+    """vLLM's free_blocks (since vllm-project/vllm#42656) puts a freed block without a hash at the
+    head of the free queue and a cached one at the tail, so every freed private block is reused
+    before any cached block is evicted, whenever either was freed."""
     pool = BlockPool(num_blocks=4, block_size=16, record_events=True)
     cached, private = BlockTable(), BlockTable()
     pool.allocate(cached, 2)
@@ -87,14 +87,13 @@ def test_a_cached_block_freed_first_is_evicted_before_a_private_block_freed_late
     pool.release(cached)
     pool.allocate(private, 2)  # the two never-used blocks
     pool.release(private)
-    assert pool.num_free() == 4 and pool.num_free_without_eviction() == 0
+    assert pool.num_free() == 4 and pool.num_free_without_eviction() == 2
     table = BlockTable()
-    pool.allocate(table, 1)
+    pool.allocate(table, 2)
+    assert not pool.drain_events() and pool.match([11, 12], 2) == (2, 2)
+    pool.allocate(table, 1)  # now the cached tail goes
     assert [e.block_hashes for e in pool.drain_events() if isinstance(e, BlockRemoved)] == [[12]]
-    assert pool.match([11, 12], 2) == (1, 1)
-    pool.allocate(table, 2)  # 11 goes, then the private blocks freed after it
-    assert [e.block_hashes for e in pool.drain_events() if isinstance(e, BlockRemoved)] == [[11]]
-    assert pool.num_free() == 1 and pool.num_free_without_eviction() == 1
+    assert pool.num_free() == 1 and pool.num_free_without_eviction() == 0
 
 
 def test_a_block_held_twice_stays_pinned_until_its_last_holder_lets_go() -> None:
@@ -140,10 +139,12 @@ def test_eviction_order_survives_many_re_pinned_blocks() -> None:
 
 
 def test_blocks_are_handed_out_in_vllm_free_queue_order() -> None:
-    """Against a model of vLLM's free-block queue (one list of every free block, cached or not,
-    never-used ones first, a released table appended in reverse, a new block taken from the head
-    and its hash evicted then): random tables of prefix hits, new cached blocks and private tail
-    blocks, held and released in random order, evict the same hashes in the same order."""
+    """Against a model of vLLM's free-block queue (one list of every free block, never-used ones
+    first; a released table's blocks in reverse, those without a hash put at the head and the
+    cached ones appended at the tail, as vLLM's free_blocks does since vllm-project/vllm#42656; a
+    new block taken from the head and its hash evicted then): random tables of prefix hits, new
+    cached blocks and private tail blocks, held and released in random order, evict the same
+    hashes in the same order."""
     rng = random.Random(11)
     pool = BlockPool(num_blocks=64, block_size=16, record_events=True)
     queue: list[int | None] = [None] * 64  # vLLM's free queue: a cached block's hash, or None
@@ -154,12 +155,11 @@ def test_blocks_are_handed_out_in_vllm_free_queue_order() -> None:
         if live and (rng.random() < 0.5 or len(live) > 6):
             table, hashes, private = live.pop(rng.randrange(len(live)))
             pool.release(table)
-            tail: list[int | None] = [None] * private
             for h in reversed(hashes):
                 holders[h] -= 1
                 if not holders[h]:
-                    tail.append(h)
-            queue += tail
+                    queue.append(h)
+            queue[:0] = [None] * private
             continue
         hit = rng.sample(list(holders), min(len(holders), rng.randrange(0, 4)))
         new, private = rng.randrange(0, 5), rng.randrange(0, 3)
