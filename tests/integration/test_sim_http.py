@@ -1133,9 +1133,9 @@ async def test_a_replayed_decode_leg_cannot_take_a_later_lease_of_the_same_block
 ) -> None:
     """Block ids are recycled: the second prefill leg's lease holds the very blocks the first one
     held. Replaying the first (already served) decode leg must not release it. The prefill server
-    has one block, so the second leg gets the first's again (vLLM hands out never-used blocks
-    before freed ones)."""
-    one_block = dataclasses.replace(TINY_TEST, num_gpu_blocks=1)
+    has one block besides vLLM's null block, so the second leg gets the first's again whatever
+    order the free queue keeps."""
+    one_block = dataclasses.replace(TINY_TEST, num_gpu_blocks=2)
     prefill_configs = make_configs(1, name_prefix="p", profile=one_block, model=MODEL)
     decode_configs = make_configs(1, name_prefix="d", profile=TINY_TEST, model=MODEL)
     clusters = (
