@@ -126,7 +126,7 @@ class _Target:
         # each read as on the page before (then the next page is checked for the same first).
         self.metrics: EndpointMetrics | None = None
         self.absent_checked = False  # its first page was checked for what the engine reads
-        # Its last page read failed llm-d's extractor (`EngineMetrics.extract_fails`): so does an
+        # Its last page read failed llm-d's extractor (`EngineMetrics.read_page`): so does an
         # idle page that reads the same.
         self.lacking = False
         self.asked: list[str] = []
