@@ -367,6 +367,8 @@ MAX_FAIRNESS_LABELS = 256  # distinct fairness ids labelled; later ones are coun
 # so invented pairs could make 256 x 256 of them; past this many, new ones are labelled `other`.
 MAX_FLOW_SERIES = 1024
 MAX_MODEL_NAME_LENGTH = 256  # above any Kubernetes name (253) or Hugging Face model id seen
+# GIE's and llm-d's flow registry collects a flow idle this long (seconds) and deletes its series.
+FLOW_GC_TIMEOUT = 300.0
 OVERFLOW_MODEL = "other"
 
 
@@ -484,10 +486,12 @@ class QueueGauges(Collector):
     through an empty queue made and removed two series (~45 us, most of what flow control cost
     a request); a count is now two dict updates, and a series exists while its queue holds any."""
 
-    def __init__(self, queued: dict[tuple[str, ...], list[int]]) -> None:
+    def __init__(self, queued: dict[tuple[str, ...], list[int]], collected: Callable[[], None]) -> None:
         self._queued = queued
+        self._collected = collected  # an idle pool's flows are collected when /metrics is read
 
     def collect(self) -> Iterator[Metric]:
+        self._collected()
         size = GaugeMetricFamily(
             "inference_extension_flow_control_queue_size",
             alpha("Current number of requests actively held in the Flow Control queue."),
@@ -550,10 +554,14 @@ class FlowControlMetrics:
     """GIE's `inference_extension_flow_control_*` metrics. Fairness ids come from clients: past
     MAX_FAIRNESS_LABELS distinct ids they are labelled `other`, past MAX_FLOW_SERIES queue-duration
     series (fairness id x model) new ones are too, and a queue gauge series is removed when its
-    queue empties, so invented ids and model names cannot grow /metrics without bound."""
+    queue empties, so invented ids and model names cannot grow /metrics without bound. As the
+    upstream flow registries do, a flow (fairness id, priority) with nothing queued and no request
+    for FLOW_GC_TIMEOUT has its enqueue and queue-duration series deleted (`other`'s stay: every
+    capped id shares them), so /metrics follows the live tenants, not every one ever seen."""
 
     def __init__(self, metrics: EppMetrics) -> None:
         self._metrics = metrics
+        self.clock: Callable[[], float] = time.monotonic  # of the idle-flow collection
         f = Families(metrics.registry)
         model = ["model_name", "target_model_name"]
         flow = ["fairness_id", "priority"]
@@ -587,7 +595,7 @@ class FlowControlMetrics:
             ["detector"],
         )
         self._queued: dict[tuple[str, ...], list[int]] = {}  # labels -> [requests, bytes]
-        metrics.registry.register(QueueGauges(self._queued))
+        metrics.registry.register(QueueGauges(self._queued, self._collect_when_due))
         self._saturation = SaturationGauge("llm-d" in metrics.aliases)
         metrics.registry.register(self._saturation)
         self._capacity = CapacityGauges()  # llm-d router's, no GIE counterpart
@@ -622,6 +630,9 @@ class FlowControlMetrics:
         self._fairness_labels: set[str] = set()
         self._children: dict[tuple[str, ...], Any] = {}  # histogram and gauge children, made once
         self._queue_series = 0  # queue-duration children made (MAX_FLOW_SERIES)
+        self._flow_children: dict[tuple[str, str], list[tuple[str, ...]]] = {}  # its `_children` keys
+        self._flow_seen: dict[tuple[str, str], float] = {}  # flow labels -> its last request's time
+        self._next_collection = self.clock() + FLOW_GC_TIMEOUT
 
     def flow_labels(self, fairness_id: str, priority: int) -> tuple[str, str]:
         if fairness_id not in self._fairness_labels:
@@ -639,6 +650,7 @@ class FlowControlMetrics:
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = self.enqueue_duration.labels(*key[1:])
+            self._flow_children.setdefault(labels, []).append(key)
         child.observe(seconds)
 
     def queued(self, item: _Queued, labels: tuple[str, str], pool: str, delta: int) -> None:
@@ -656,13 +668,16 @@ class FlowControlMetrics:
         key = ("queue", *labels, outcome.value, pool, *self._model_labels(item))
         child = self._children.get(key)
         if child is None:
-            if self._queue_series >= MAX_FLOW_SERIES:
+            if self._queue_series < MAX_FLOW_SERIES:
+                child = self._children[key] = self.queue_duration.labels(*key[1:])
+                self._queue_series += 1
+                self._flow_children.setdefault(labels, []).append(key)
+            else:  # past the cap: one series per priority, outcome and pool, all else `other`
                 other = OVERFLOW_MODEL
                 key = ("queue", other, labels[1], outcome.value, pool, other, other)
                 child = self._children.get(key)
-            if child is None:
-                child = self._children[key] = self.queue_duration.labels(*key[1:])
-                self._queue_series += 1
+                if child is None:
+                    child = self._children[key] = self.queue_duration.labels(*key[1:])
         child.observe(seconds)
         self.counted(labels, outcome, pool)
 
@@ -674,6 +689,34 @@ class FlowControlMetrics:
         if child is None:
             child = self._children[key] = self.requests_total.labels(*key[1:])
         child.inc()
+        now = self.clock()
+        self._flow_seen[labels] = now
+        if now >= self._next_collection:
+            self.collect_idle_flows(now)
+
+    def _collect_when_due(self) -> None:
+        if (now := self.clock()) >= self._next_collection:
+            self.collect_idle_flows(now)
+
+    def collect_idle_flows(self, now: float) -> None:
+        """Delete the series of every flow idle for FLOW_GC_TIMEOUT: nothing of it queued, no
+        request of it counted since. Run once per FLOW_GC_TIMEOUT, as GIE's collection ticker."""
+        self._next_collection = now + FLOW_GC_TIMEOUT
+        queued = {(key[0], key[1]) for key in self._queued}
+        idle_since = now - FLOW_GC_TIMEOUT
+        for flow, seen in list(self._flow_seen.items()):
+            if seen > idle_since or flow in queued:
+                continue
+            del self._flow_seen[flow]
+            if flow[0] == OVERFLOW_MODEL:
+                continue
+            for key in self._flow_children.pop(flow, ()):
+                del self._children[key]
+                if key[0] == "queue":
+                    self.queue_duration.remove(*key[1:])
+                    self._queue_series -= 1
+                else:
+                    self.enqueue_duration.remove(*key[1:])
 
     def watch_saturation(self, pool: str, read: Callable[[], Mapping[str, float]]) -> None:
         """The pool saturation gauges of `pool` are `read()` at each read of /metrics: a value

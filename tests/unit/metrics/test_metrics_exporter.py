@@ -7,8 +7,11 @@ import time
 from dataclasses import dataclass
 
 from prometheus_client import generate_latest
+from pytest import MonkeyPatch
 
 from epp.datastore import Datastore, EndpointMetrics, EndpointSpec
+from epp.flowcontrol.queues import Outcome
+from epp.metrics import exporter
 from epp.metrics.exporter import MAX_MODEL_NAME_LENGTH, MAX_MODEL_SERIES, OVERFLOW_MODEL, EppMetrics
 from epp.requests import ApiKind, InferenceRequest
 
@@ -104,3 +107,55 @@ def test_queue_gauges_count_each_flows_requests_and_bytes_and_drop_an_empty_flow
     page = generate_latest(metrics.registry).decode()
     assert "# TYPE inference_extension_flow_control_queue_size gauge" in page
     assert 'fairness_id="t"' not in page
+
+
+def test_an_idle_flows_series_are_deleted_and_its_queue_series_slot_freed(monkeypatch: MonkeyPatch) -> None:
+    """As GIE's and llm-d's flow registries: a flow with nothing queued and no request for
+    FLOW_GC_TIMEOUT loses its enqueue and queue-duration series; a queued flow and `other` keep
+    theirs, and the freed queue-duration slot labels the next new flow by its own id."""
+    monkeypatch.setattr(exporter, "MAX_FLOW_SERIES", 2)
+    metrics = EppMetrics()
+    flow = metrics.flow_control
+    now = [time.monotonic()]
+    flow.clock = lambda: now[0]
+    request = InferenceRequest(request_id="r", api=ApiKind.COMPLETIONS, path="", model="m")
+    held = Held(request, 10)
+
+    def served(fairness: str) -> None:
+        labels = (fairness, "0")
+        flow.enqueued(labels, Outcome.NOT_YET_FINALIZED, 0.001)
+        flow.finalized(held, labels, Outcome.DISPATCHED, "p", 0.002)
+
+    def queued_count(fairness: str) -> float | None:
+        model = OVERFLOW_MODEL if fairness == OVERFLOW_MODEL else "m"  # past the cap, all is `other`
+        labels = {"fairness_id": fairness, "priority": "0", "inference_pool": "p", "outcome": "Dispatched"}
+        return metrics.registry.get_sample_value(
+            "inference_extension_flow_control_request_queue_duration_seconds_count",
+            {**labels, "model_name": model, "target_model_name": model},
+        )
+
+    def enqueue_count(fairness: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "inference_extension_flow_control_request_enqueue_duration_seconds_count",
+            {"fairness_id": fairness, "priority": "0", "outcome": "NotYetFinalized"},
+        )
+
+    served("idle")
+    served("waiting")  # the two queue-duration slots are taken
+    flow.queued(held, ("waiting", "0"), "p", +1)  # and a request of it waits on
+    served("late")  # no slot left: its queue duration is counted under `other`
+    assert (queued_count("late"), queued_count(OVERFLOW_MODEL)) == (None, 1.0)
+    assert enqueue_count("late") == 1.0
+
+    now[0] += exporter.FLOW_GC_TIMEOUT - 1
+    served("late")
+    now[0] += 2  # `idle` and `waiting` idle for longer than the timeout, `late` not
+    generate_latest(metrics.registry)  # a read of /metrics collects an idle pool's flows
+    assert (queued_count("idle"), enqueue_count("idle")) == (None, None)
+    assert (queued_count("waiting"), enqueue_count("waiting")) == (1.0, 1.0)  # it has a request queued
+    assert (queued_count(OVERFLOW_MODEL), enqueue_count("late")) == (2.0, 2.0)
+
+    served("new")  # the slot `idle` held labels the next flow by its own id
+    assert queued_count("new") == 1.0
+    served("idle")  # a collected flow that returns starts its series again
+    assert (queued_count("idle"), enqueue_count("idle")) == (None, 1.0)  # (slots full again)
