@@ -37,6 +37,7 @@ import xxhash
 from epp.datalayer.uds_tokenizer import UdsTokenizerClient, UdsTokenizerError
 from epp.framework import DataKey
 from epp.requests.jsontext import dumps
+from epp.requests.tokenids import are_ints
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def _render_body(body: dict[str, Any], model: str, chat: bool) -> dict[str, Any]
 
 
 def _token_list(value: Any) -> list[int]:
-    if isinstance(value, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+    if isinstance(value, list) and are_ints(value):
         return value
     raise TokenizeError("bad_response", "token ids are not a list of integers")
 
@@ -390,7 +391,7 @@ def estimate_prompt(body: dict[str, Any], chat: bool) -> TokenizedPrompt:
     else:
         prompt = body.get("prompt", "")
         if isinstance(prompt, list):
-            if prompt and all(isinstance(t, int) for t in prompt):
+            if prompt and are_ints(prompt):
                 return TokenizedPrompt(list(prompt), "estimate")
             prompt = prompt[0] if prompt and isinstance(prompt[0], str) else ""
         data = str(prompt).encode()

@@ -45,6 +45,7 @@ from epp.framework import (
 from epp.headers import DATA_PARALLEL_HEADER, ENCODER_HOSTS_HEADER, PREFILLER_HEADER
 from epp.params.strict import StrictModel
 from epp.requests import ApiKind, InferenceRequest
+from epp.requests.tokenids import are_ints
 from epp.scheduling.disagg import PEER_ENDPOINT, PrefillDecider, decision_type
 from epp.scheduling.framework import ProfileHandler
 from epp.scheduling.types import ProfileResult, SchedulingError, SchedulingResult
@@ -390,4 +391,4 @@ def _one_sequence(request: InferenceRequest) -> bool:
     if isinstance(n, int | float) and n > 1:
         return False
     prompt = request.body.get("prompt") if request.api is ApiKind.COMPLETIONS else None
-    return not (isinstance(prompt, list) and len(prompt) > 1 and not all(isinstance(t, int) for t in prompt))
+    return not (isinstance(prompt, list) and len(prompt) > 1 and not are_ints(prompt))

@@ -15,6 +15,7 @@ from epp.framework import Plugin, register
 from epp.requestcontrol import RequestParser
 from epp.requests import ApiKind, ErrorCode, InferenceRequest, RequestError, Usage
 from epp.requests.parser import decode_body
+from epp.requests.tokenids import are_token_ids
 from epp.requests.usage import UsageReader
 
 
@@ -35,9 +36,7 @@ class SGLangHTTPParser(Plugin, RequestParser):
         ids = body.get("input_ids")
         if ids is None:
             raise _bad("invalid generate request: input_ids must be provided")
-        if not isinstance(ids, list) or not all(
-            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**32 for t in ids
-        ):
+        if not isinstance(ids, list) or not are_token_ids(ids, 0, 2**32):
             raise _bad("invalid generate request: input_ids must be an array of uint32 integers")
         if not ids:
             raise _bad("invalid generate request: input_ids cannot be empty")

@@ -41,6 +41,7 @@ from epp.framework import Plugin, PluginContext, PluginParams, register
 from epp.params.strict import StrictModel
 from epp.params.values import Duration
 from epp.requests import ApiKind, InferenceRequest
+from epp.requests.tokenids import are_ints
 
 log = logging.getLogger(__name__)
 
@@ -229,10 +230,6 @@ def _token_prompt(request: InferenceRequest) -> list[int] | None:
     prompt = request.body.get("prompt")
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], list):
         prompt = prompt[0]
-    if (
-        isinstance(prompt, list)
-        and prompt
-        and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
-    ):
+    if isinstance(prompt, list) and prompt and are_ints(prompt):
         return list(prompt)
     return None

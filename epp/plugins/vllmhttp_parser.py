@@ -12,6 +12,7 @@ from epp.framework import Plugin, register
 from epp.requestcontrol import RequestParser
 from epp.requests import ApiKind, ErrorCode, InferenceRequest, RequestError
 from epp.requests.parser import decode_body
+from epp.requests.tokenids import are_ints
 
 GENERATE_SUFFIX = "inference/v1/generate"
 
@@ -27,11 +28,7 @@ class VllmHTTPParser(Plugin, RequestParser):
             raise RequestError(ErrorCode.BAD_REQUEST, f"unsupported path: {clean}")
         body = decode_body(raw)
         token_ids = body.get("token_ids")
-        if (
-            not isinstance(token_ids, list)
-            or not token_ids
-            or not all(isinstance(t, int) and not isinstance(t, bool) for t in token_ids)
-        ):
+        if not isinstance(token_ids, list) or not token_ids or not are_ints(token_ids):
             raise RequestError(
                 ErrorCode.BAD_REQUEST, "invalid generate request: must have non-empty token_ids field"
             )

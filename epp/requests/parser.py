@@ -9,6 +9,7 @@ import orjson
 
 from epp.requests.errors import ErrorCode, RequestError
 from epp.requests.jsontext import MAX_JSON_DEPTH, dumps, exact, scan
+from epp.requests.tokenids import are_token_ids
 from epp.requests.types import ApiKind, InferenceRequest
 
 T = TypeVar("T")
@@ -49,12 +50,6 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_token_id(value: object) -> bool:
-    """An integer within orjson's 64 bits: the token ids the EPP has always taken (a longer one
-    was read as a float and refused), and what its block hashes are made of."""
-    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**64
-
-
 def _completions_prompt(body: Mapping[str, Any]) -> tuple[bytes, list[int] | None]:
     prompt = body.get("prompt")
     if isinstance(prompt, str) and prompt:
@@ -62,9 +57,9 @@ def _completions_prompt(body: Mapping[str, Any]) -> tuple[bytes, list[int] | Non
     if isinstance(prompt, list) and prompt:
         if all(isinstance(p, str) for p in prompt):
             return " ".join(prompt).encode(), None
-        if all(_is_token_id(t) for t in prompt):
+        if are_token_ids(prompt):
             return b"", prompt
-        if all(isinstance(p, list) and p and all(_is_token_id(t) for t in p) for p in prompt):
+        if all(isinstance(p, list) and p and are_token_ids(p) for p in prompt):
             return b"", [t for p in prompt for t in p]
         raise _bad("invalid completions request: prompt must be a string, a list of strings or token ids")
     if prompt is None:
@@ -140,7 +135,7 @@ def _embeddings_prompt(body: Mapping[str, Any]) -> tuple[bytes, list[int] | None
     value = body.get("input")
     if value in (None, "", []):
         raise _bad("invalid embeddings request: must have input field")
-    if isinstance(value, list) and all(_is_token_id(t) for t in value):
+    if isinstance(value, list) and are_token_ids(value):
         return b"", value
     valid_list = isinstance(value, list) and all(_is_embedding_item(v) for v in value)
     if not (isinstance(value, str) or valid_list):
@@ -152,9 +147,7 @@ def _embeddings_prompt(body: Mapping[str, Any]) -> tuple[bytes, list[int] | None
 
 
 def _is_embedding_item(item: object) -> bool:
-    return isinstance(item, str) or (
-        isinstance(item, list) and bool(item) and all(_is_token_id(t) for t in item)
-    )
+    return isinstance(item, str) or (isinstance(item, list) and bool(item) and are_token_ids(item))
 
 
 def _conversations_prompt(body: Mapping[str, Any]) -> bytes:
