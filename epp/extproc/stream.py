@@ -28,6 +28,7 @@ from epp.headers import (
 from epp.requestcontrol import Director, RoutedRequest
 from epp.requestcontrol.director import ParsedBody
 from epp.requests import ErrorCode, RequestError
+from epp.requests.jsontext import MAX_JSON_CONTAINERS
 
 if TYPE_CHECKING:
     from epp.tracing.spans import RequestTrace
@@ -53,6 +54,8 @@ class ResetAfterEnd(asyncio.CancelledError):
 @dataclass(frozen=True, slots=True)
 class StreamOptions:
     max_body_bytes: int = 16 * 1024 * 1024
+    # Arrays and objects a body may open (epp.requests.jsontext.MAX_JSON_CONTAINERS); 0: no limit.
+    max_json_containers: int = MAX_JSON_CONTAINERS
     error_prefix: str = "inference error"
     # Response header naming the endpoint the EPP chose (for debugging and tests); None = off.
     served_header: str | None = None

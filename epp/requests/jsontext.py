@@ -15,7 +15,7 @@ refuses an integer. Every other body pays nothing more than the depth check it a
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -30,6 +30,12 @@ MAX_JSON_DEPTH = 254
 """Deepest nesting of objects and arrays (the body itself is level 1) the EPP accepts: orjson writes
 no deeper, and the EPP re-serialises parts of the body (the prompt it hashes, a body whose model it
 rewrites). orjson reads up to 1,024 levels, so without this check a deeper body was a 500."""
+MAX_JSON_CONTAINERS = 100_000
+"""Arrays and objects a request body may open (`epp serve --max-json-containers`; 0: no limit):
+orjson spends about 0.8 us on each array it makes, on the event loop, so a 16 MiB body of `[],`
+held every other request 4 s. A chat of a thousand messages with content parts opens a few
+thousand; counted by the C scan before the body is parsed."""
+_limits = {"containers": MAX_JSON_CONTAINERS}
 LONG_RUN = 20
 """Digits and minus signs in a row from which an integer may be past orjson's 64 bits
 (-2**63 .. 2**64 - 1): 20 digits, or a minus and 19. Every integer of 19 digits fits."""
@@ -38,15 +44,67 @@ _NUMBER_BYTES = bytes(48 if 48 <= byte <= 57 or byte == 45 else 32 for byte in r
 _LONG_RUN = b"0" * LONG_RUN
 
 
-def scan(raw: bytes, value: Any) -> tuple[bool, bool]:
+def limit_containers(limit: int) -> None:
+    """Set the process's limit of arrays and objects a body may open (0: none)."""
+    _limits["containers"] = limit
+
+
+def limits() -> dict[str, int]:
+    """The process's limits (`containers`)."""
+    return dict(_limits)
+
+
+class TextShape(NamedTuple):
+    """What the C scan reads of a JSON text: its deepest nesting, the arrays and objects it opens,
+    and whether a run of LONG_RUN digits stands outside its strings."""
+
+    deepest: int
+    containers: int
+    long_number: bool
+
+
+def shape(raw: bytes) -> TextShape | None:
+    """The C scan of `raw`, which need not be JSON (read before it is parsed); None without the
+    C extension."""
+    return None if _compiled_scan is None else TextShape(*_compiled_scan(raw))
+
+
+def too_many_containers(raw: bytes, found: TextShape | None, value: Any = None) -> bool:
+    """Whether the body opens more arrays and objects than the limit: from the C scan, before
+    parsing (`value` None); without it, once parsed, the brackets counted (two C-level counts)
+    and, only past the limit (brackets in strings count there), the values walked."""
+    limit = _limits["containers"]
+    if not limit:
+        return False
+    if found is not None:
+        return found.containers > limit
+    if value is None or raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    opened, pending = 0, [value]
+    while pending:
+        item = pending.pop()
+        if item.__class__ is dict:
+            item = item.values()
+        elif item.__class__ is not list:
+            continue
+        pending.extend(item)
+        opened += 1
+        if opened > limit:
+            return True
+    return False
+
+
+def scan(raw: bytes, value: Any, found: TextShape | None = None) -> tuple[bool, bool]:
     """Of `value`, parsed from `raw` by orjson: whether it nests deeper than MAX_JSON_DEPTH (orjson
     cannot write it back), and whether it holds an integer orjson read as a float (then `exact`
-    reads it again). In C, one pass over `raw` (the body is not written: see `python_too_deep`);
-    only a text with a run of LONG_RUN digits and minus signs has its values walked for such a
-    float, since a run that long is also an integer orjson keeps (2**64 - 1, -2**63)."""
-    if _compiled_scan is not None:
-        deepest, long_number = _compiled_scan(raw)
-        too_deep = deepest > MAX_JSON_DEPTH
+    reads it again). In C, one pass over `raw` (the body is not written: see `python_too_deep`),
+    or `found`, that pass made before parsing; only a text with a run of LONG_RUN digits and
+    minus signs has its values walked for such a float, since a run that long is also an
+    integer orjson keeps (2**64 - 1, -2**63)."""
+    if found is None and _compiled_scan is not None:
+        found = TextShape(*_compiled_scan(raw))
+    if found is not None:
+        too_deep, long_number = found.deepest > MAX_JSON_DEPTH, found.long_number
     else:
         warn_python_fallback("the request body's depth check", "about 40 us more per 20 KB body")
         too_deep, long_number = python_too_deep(raw, value), python_long_number(raw)

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import orjson
 
 from epp.requests.errors import ErrorCode, RequestError
-from epp.requests.jsontext import MAX_JSON_DEPTH, dumps, exact, scan
+from epp.requests.jsontext import MAX_JSON_DEPTH, dumps, exact, limits, scan, shape, too_many_containers
 from epp.requests.tokenids import are_token_ids
 from epp.requests.types import ApiKind, InferenceRequest
 
@@ -208,9 +208,21 @@ def _not_utf8(raw: bytes) -> RequestError | None:
     return None
 
 
+def _too_many_containers() -> RequestError:
+    limit = limits()["containers"]
+    return _bad(
+        f"error unmarshaling request body: the body holds more than {limit} JSON arrays and objects "
+        "(--max-json-containers)"
+    )
+
+
 def decode_body(raw: bytes) -> dict[str, Any]:
     """The body as a JSON object, or a 400 naming what is wrong with it. Its integers are as
-    written, beyond 64 bits too (`epp.requests.jsontext`)."""
+    written, beyond 64 bits too (`epp.requests.jsontext`). A body with more arrays and objects
+    than MAX_JSON_CONTAINERS is refused before it is parsed (without the C scan, after)."""
+    found = shape(raw)
+    if found is not None and too_many_containers(raw, found):
+        raise _too_many_containers()
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -219,7 +231,9 @@ def decode_body(raw: bytes) -> dict[str, Any]:
         raise _not_utf8(raw) or _bad(f"error unmarshaling request body: {exc}") from None
     if not isinstance(body, dict):
         raise _bad("error unmarshaling request body: the body must be a JSON object")
-    too_deep, long_number = scan(raw, body)
+    if found is None and too_many_containers(raw, None, body):
+        raise _too_many_containers()
+    too_deep, long_number = scan(raw, body, found)
     if too_deep:
         raise _too_deep()
     return exact(raw) if long_number else body

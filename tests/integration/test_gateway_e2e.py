@@ -172,11 +172,19 @@ async def test_a_get_whose_empty_body_is_ended_by_trailers_is_routed_as_a_bodyle
     assert out["data"][0]["id"] == MODEL, out
 
 
-async def test_oversized_body_gets_413(make_stack: StackFactory) -> None:
-    async with make_stack("small-body", sims=1, epp_args=["--max-body-bytes=1000"]) as stack:
+async def test_oversized_body_gets_413_and_one_of_too_many_arrays_400(make_stack: StackFactory) -> None:
+    epp_args = ["--max-body-bytes=1000", "--max-json-containers=50"]
+    async with make_stack("small-body", sims=1, epp_args=epp_args) as stack:
         response = await post(stack, "/v1/completions", {"model": MODEL, "prompt": "x" * 5000})
         assert response.status_code == 413
         assert "exceeds the limit of 1000 bytes" in response.json()["error"]["message"]
+        arrays = {"model": MODEL, "prompt": [[1]] * 60, "max_tokens": 1}
+        response = await post(stack, "/v1/completions", arrays)
+        assert response.status_code == 400
+        assert response.json()["error"]["message"] == (
+            "inference error: BadRequest - error unmarshaling request body: the body holds more "
+            "than 50 JSON arrays and objects (--max-json-containers)"
+        )
         ok = await post(stack, "/v1/completions", {"model": MODEL, "prompt": "short", "max_tokens": 1})
         assert ok.status_code == 200
 

@@ -116,6 +116,13 @@ def test_a_body_limit_below_one_byte_is_refused_at_startup() -> None:
             serve.options_from_args(serve_args(f"--max-body-bytes={value}"))
 
 
+def test_the_json_containers_limit_is_0_or_more() -> None:
+    assert serve.options_from_args(serve_args()).stream.max_json_containers == 100_000
+    assert serve.options_from_args(serve_args("--max-json-containers=0")).stream.max_json_containers == 0
+    with pytest.raises(ValueError, match=r"^--max-json-containers must be 0 \(no limit\) or more, not -1$"):
+        serve.options_from_args(serve_args("--max-json-containers=-1"))
+
+
 def test_a_served_header_envoy_would_refuse_is_refused_at_startup() -> None:
     """`--served-header 'bad header'` started, then Envoy refused the header mutation on every
     request: 503 "the endpoint picker is unreachable or failed" blaming the EPP."""

@@ -35,16 +35,19 @@ def depth(raw: bytes | bytearray | memoryview) -> int:
     return compiled_scan(raw)[0]
 
 
-def tree_depth(value: Any) -> int:
-    """The nesting of a parsed JSON value, walked (the body itself is level 1)."""
-    deepest, pending = 0, [(value, 1)]
+def tree_shape(value: Any) -> tuple[int, int]:
+    """The nesting of a parsed JSON value (the body itself is level 1) and its arrays and objects,
+    walked."""
+    deepest = containers = 0
+    pending = [(value, 1)]
     while pending:
         item, level = pending.pop()
         if isinstance(item, (dict, list)):
             deepest = max(deepest, level)
+            containers += 1
             children = item.values() if isinstance(item, dict) else item
             pending.extend((child, level + 1) for child in children)
-    return deepest
+    return deepest, containers
 
 
 def check(raw: bytes) -> int:
@@ -52,7 +55,7 @@ def check(raw: bytes) -> int:
     Python check's verdict."""
     body = orjson.loads(raw)
     found = depth(raw)
-    assert found == tree_depth(body)
+    assert (found, compiled_scan(raw)[1]) == tree_shape(body)
     assert scan(raw, body)[0] == python_too_deep(raw, body) == (found > MAX_JSON_DEPTH)
     return found
 
@@ -108,11 +111,12 @@ def test_every_offset_of_a_block(pad: int, piece: bytes) -> None:
     assert check(b"[" + b" " * pad + piece + b", [[0]]]") == 3
 
 
-def reference_scan(raw: bytes) -> tuple[int, bool]:
+def reference_scan(raw: bytes) -> tuple[int, int, bool]:
     """The scan's documented answer on any text, a byte at a time: the deepest run of unclosed
     brackets outside strings, a backslash in a string escaping the byte after it, never below 0;
-    and whether LONG_RUN digits and minus signs stand in a row outside strings."""
-    level = deepest = i = digits = 0
+    the opening brackets outside strings; and whether LONG_RUN digits and minus signs stand in a
+    row outside strings."""
+    level = deepest = containers = i = digits = 0
     in_string = long_number = False
     while i < len(raw):
         byte = raw[i : i + 1]
@@ -124,15 +128,12 @@ def reference_scan(raw: bytes) -> tuple[int, bool]:
             i += 1
         elif not in_string and byte in b"[{":
             level += 1
+            containers += 1
             deepest = max(deepest, level)
         elif not in_string and byte in b"]}":
             level = max(level - 1, 0)
         i += 1
-    return deepest, long_number
-
-
-def reference_depth(raw: bytes) -> int:
-    return reference_scan(raw)[0]
+    return deepest, containers, long_number
 
 
 # Dense in what the scan looks at, so that blocks hold several of them, escapes fall on a block's
@@ -144,7 +145,7 @@ DENSE = b'[]{}"\\ a\x80\xff\xdb'
 @given(st.lists(st.sampled_from(list(DENSE)), max_size=80).map(bytes))
 def test_dense_text_reads_as_the_byte_at_a_time_reference(raw: bytes) -> None:
     """Any text, JSON or not: several bytes that matter in one 16-byte block, taken in order."""
-    assert depth(raw) == reference_depth(raw)
+    assert compiled_scan(raw) == reference_scan(raw)
 
 
 @settings(max_examples=1500, deadline=None)
@@ -173,8 +174,8 @@ def test_an_integer_at_every_offset_of_a_block(pad: int, number: bytes) -> None:
     long_number = len(number) >= LONG_RUN
     outside = b'{"a": "' + b"x" * pad + b'", "n": ' + number + b"}"
     inside = b'{"a": "' + b"x" * pad + number + b'"}'
-    assert compiled_scan(outside) == (1, long_number)
-    assert compiled_scan(inside) == (1, False)
+    assert compiled_scan(outside) == (1, 1, long_number)
+    assert compiled_scan(inside) == (1, 1, False)
     assert python_long_number(outside) == python_long_number(inside) == long_number
     assert decode_body(outside)["n"] == int(number)
 
