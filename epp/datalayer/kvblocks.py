@@ -581,14 +581,20 @@ class KVBlockIndexBase(ABC):
 
     def clear_pod(self, pod: str) -> None:
         """Forget everything `pod` holds (AllBlocksCleared, its publisher restarted, or the pod
-        left the pool)."""
+        left the pool), its speculative entries too, as llm-d's index clears every entry of the
+        pod: what a cleared or restarted engine was about to compute is not known to be there."""
+        self._clear_blocks(pod)
+        self.forget_speculative(pod)
+
+    def _clear_blocks(self, pod: str) -> None:
         state = self._pods.pop(pod, None)
         self._forget_pod(pod, state.keys if state is not None else ())
 
     def lost_events(self, pod: str) -> None:
         """Some of `pod`'s events never reached this process (a sequence gap): what it holds is
-        relearned from its next stores."""
-        self.clear_pod(pod)
+        relearned from its next stores. Its speculative entries stay: the requests they stand for
+        still run there."""
+        self._clear_blocks(pod)
 
     # --- speculative entries ------------------------------------------------------------------
 

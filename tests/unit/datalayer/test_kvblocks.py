@@ -451,3 +451,21 @@ def test_invented_model_names_do_not_grow_the_roots_memo() -> None:
     assert full > 0
     assert _roots_growth(20 * MAX_ROOTS) <= 1.5 * full
     assert _roots_growth(MAX_ROOTS, 50_000) <= 1.5 * full
+
+
+def test_a_cleared_pod_loses_its_speculative_entries_and_a_gap_keeps_them() -> None:
+    """As llm-d's index clears every entry of a pod on AllBlocksCleared or a publisher's restart,
+    speculative ones included; a sequence gap (events lost on the way) loses only what the
+    events said: the requests the speculative entries stand for still run there."""
+    idx = index(16)
+    keys = idx.keys_for(list(range(48)), M)
+    for pod in ("cleared", "gap", "stays"):
+        idx.apply(pod, M, [stored(list(range(16)), 16)])
+        idx.add_speculative(keys, pod, now=10.0, ttl=2.0)
+        idx.pin_speculative(keys[:2], pod)
+    idx.apply("cleared", M, [AllBlocksCleared()])
+    idx.lost_events("gap")
+    found = {"gap": 3.0, "stays": 3.0}
+    assert idx.longest_prefix(keys, {"cleared", "gap", "stays"}) == found
+    idx.expire(12.0)  # the cleared pod's queued expiry finds nothing; the pins still hold two
+    assert idx.longest_prefix(keys, {"cleared", "gap", "stays"}) == {"gap": 2.0, "stays": 2.0}
