@@ -144,7 +144,15 @@ class RoutingProxy:
             log.warning(
                 "prefiller %s sent no %s: the decoder prefills again", prefiller, handoff.location_field
             )
-        decode_body = dumps(handoff.decode_body(original, prefilled))
+        try:
+            decode_body = dumps(handoff.decode_body(original, prefilled))
+        except orjson.JSONEncodeError:
+            # The client's body was checked for depth; only the prefiller's part can be too deep.
+            raise ProxyError(
+                502,
+                f"prefiller {prefiller} answered with JSON nested deeper than the decode leg can "
+                f"carry ({MAX_JSON_DEPTH} levels)",
+            ) from None
         return await self._decode(request, headers, decode_body, prefiller_cached_tokens(prefilled))
 
     async def _sglang(
