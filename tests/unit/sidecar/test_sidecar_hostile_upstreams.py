@@ -99,3 +99,36 @@ async def test_a_prefill_reply_nested_deeper_than_the_decode_leg_can_carry_is_a_
         "leg can carry (254 levels)"
     )
     assert rig.engine.legs == ["prefill"]
+
+
+async def test_a_decode_reply_nested_too_deep_to_rewrite_is_relayed_unchanged(rig: Rig) -> None:
+    """Its `cached_tokens` cannot be corrected (orjson would not write it back): the reply was a
+    plain-text 500 instead of the engine's answer."""
+    reply = b"{" + USAGE + b',"x":' + DEEP + b"}"
+
+    async def deep(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=reply, content_type="application/json")
+
+    rig.engine.decode = deep
+    async with await rig.post() as response:
+        assert response.status == 200
+        assert await response.read() == reply
+
+
+async def test_a_streamed_event_nested_too_deep_to_rewrite_is_relayed_unchanged(rig: Rig) -> None:
+    """The event stream went on with aiohttp's "500 Internal Server Error" page written into it
+    and was cut, losing the events after it."""
+    events = [b'data: {"a":1}\n\n', b"data: {" + USAGE + b',"x":' + DEEP + b"}\n\n", b"data: [DONE]\n\n"]
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for event in events:
+            await response.write(event)
+        await response.write_eof()
+        return response
+
+    rig.engine.decode = stream
+    async with await rig.post() as response:
+        assert response.status == 200
+        assert await response.read() == b"".join(events)
