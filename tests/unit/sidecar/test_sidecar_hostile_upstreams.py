@@ -132,3 +132,22 @@ async def test_a_streamed_event_nested_too_deep_to_rewrite_is_relayed_unchanged(
     async with await rig.post() as response:
         assert response.status == 200
         assert await response.read() == b"".join(events)
+
+
+async def test_a_decode_reply_cut_before_its_length_is_a_502(rig: Rig) -> None:
+    """The reply is read whole to correct its `cached_tokens`, so nothing has reached the client
+    yet when the engine drops the connection: a vLLM-shaped 502, not a plain-text 500."""
+
+    async def cut(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json", "Content-Length": "5000"})
+        await response.prepare(request)
+        await response.write(b"{" + USAGE)
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    rig.engine.decode = cut
+    async with await rig.post() as response:
+        assert response.status == 502
+        message = vllm_error(await response.read(), 502, "BadGateway")
+    assert message.startswith("the decode engine failed before its reply ended: ")
