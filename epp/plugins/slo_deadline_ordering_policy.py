@@ -8,11 +8,16 @@ from epp.flowcontrol.queues import OrderingPolicy, QueuedRequest
 from epp.framework import Plugin, register
 
 SLO_TTFT_HEADER = "x-slo-ttft-ms"
+# The longest SLO llm-d takes, in milliseconds: a longer one overflows its int64 nanoseconds.
+MAX_SLO_MS = (2**63 - 1) // 1_000_000
+_MAX_SLO_DIGITS = len(str(MAX_SLO_MS))
 
 
 def slo_deadline(item: QueuedRequest) -> float:
     text = item.request.headers.get(SLO_TTFT_HEADER, "").strip()
-    if not text.isdigit():  # GIE: unparsable or negative → no deadline
+    # As llm-d's strconv.ParseInt: ASCII digits only (str.isdigit also takes "²", which int()
+    # then refuses), within int64 nanoseconds; anything else, or negative, has no deadline.
+    if not (text.isascii() and text.isdigit()) or len(text) > _MAX_SLO_DIGITS or int(text) > MAX_SLO_MS:
         return float("inf")
     return item.enqueued + int(text) / 1000.0
 
