@@ -142,6 +142,22 @@ async def test_an_slo_header_llm_d_cannot_parse_is_no_deadline_not_a_failed_requ
     assert order == ["soon", "none", "odd"]  # no deadline: after every one with one, by arrival
 
 
+async def test_llm_ds_slo_header_is_read_first_and_gies_name_after_it() -> None:
+    """llm-d-router names it `x-llm-d-slo-ttft-ms` and keeps `x-slo-ttft-ms` as its deprecated
+    alias (metadata/consts.go, ebab687): an llm-d client's SLO was ignored, its request served
+    after every request with a deadline."""
+    slo = [
+        request("none", "t"),
+        request("gie", "t", **{"x-slo-ttft-ms": "5000"}),
+        request("llm-d", "t", **{"x-llm-d-slo-ttft-ms": "10"}),
+        request("both", "t", **{"x-llm-d-slo-ttft-ms": "1", "x-slo-ttft-ms": "100000"}),
+    ]
+    order = await dispatch_order(
+        controller("global-strict-fairness-policy", "slo-deadline-ordering-policy"), slo
+    )
+    assert order == ["both", "llm-d", "gie", "none"]
+
+
 async def test_round_robin_gives_a_flow_that_starts_waiting_its_turn_before_the_one_just_served() -> None:
     fc = controller("round-robin-fairness-policy")
     order: list[str] = []
