@@ -35,10 +35,13 @@ class Connector(enum.StrEnum):
 
 
 def _non_streaming(original: Body) -> Body:
-    """Prefill replies are consumed by the sidecar, never streamed to anyone."""
+    """Prefill replies are consumed by the sidecar, never streamed to anyone, and at once: a
+    background Responses request would be answered queued, without the KV location."""
     body = dict(original)
     body["stream"] = False
     body.pop("stream_options", None)
+    if "background" in body:
+        body["background"] = False
     return body
 
 

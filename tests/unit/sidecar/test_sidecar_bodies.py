@@ -80,6 +80,22 @@ def test_nixlv2_prefill_body_for_responses_api(original: dict[str, Any]) -> None
     assert body["kv_transfer_params"]["do_remote_decode"] is True
 
 
+@pytest.mark.parametrize("background", [True, "true"], ids=["true", "lax 'true'"])
+def test_a_background_response_is_prefilled_in_the_foreground(background: object) -> None:
+    """The prefill reply must carry the KV location now. With the client's `background: true` the
+    prefiller answered a queued response without `kv_transfer_params` ("the decoder prefills
+    again": the prompt was prefilled twice) while it ran the prefill anyway, holding the blocks
+    for a pull that never came. The decode leg keeps the client's `background`."""
+    original = {**RESPONSES_WITH_LIMITS, "background": background, "stream": False}
+    for prefill in (
+        nixlv2_prefill_body(original, "/v1/responses"),
+        nixl_v1_prefill_body(original, "/v1/responses"),
+    ):
+        assert prefill["background"] is False
+    assert nixlv2_decode_body(original, PREFILL_REPLY)["background"] == background
+    assert "background" not in nixlv2_prefill_body(RESPONSES_BARE, "/v1/responses")  # absent stays absent
+
+
 def test_nixlv2_prefill_body_for_generate_creates_and_copies_sampling_params() -> None:
     body = nixlv2_prefill_body(GENERATE, "/inference/v1/generate")
     assert body["sampling_params"] == {"temperature": 0.5, "max_tokens": 1, "min_tokens": 1}
