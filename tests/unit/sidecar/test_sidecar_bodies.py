@@ -96,6 +96,24 @@ def test_a_background_response_is_prefilled_in_the_foreground(background: object
     assert "background" not in nixlv2_prefill_body(RESPONSES_BARE, "/v1/responses")  # absent stays absent
 
 
+@pytest.mark.parametrize("store", [True, None, "absent"])
+def test_the_prefiller_does_not_store_the_prefill_reply(store: object) -> None:
+    """vLLM stores a response unless `store` is false, and never drops one: the prefill leg, whose
+    1-token reply nobody asks for again, left one stored response per P/D Responses request on the
+    prefill pod. The decode leg keeps the client's `store` (absent stays absent)."""
+    original = dict(RESPONSES_WITH_LIMITS) if store == "absent" else {**RESPONSES_WITH_LIMITS, "store": store}
+    for prefill in (
+        nixlv2_prefill_body(original, "/v1/responses"),
+        nixl_v1_prefill_body(original, "/v1/responses"),
+    ):
+        assert prefill["store"] is False
+    decode = nixlv2_decode_body(original, PREFILL_REPLY)
+    assert decode.get("store", "absent") == store
+    assert "store" not in nixlv2_prefill_body(
+        CHAT_BARE, "/v1/chat/completions"
+    )  # only the Responses API stores
+
+
 def test_nixlv2_prefill_body_for_generate_creates_and_copies_sampling_params() -> None:
     body = nixlv2_prefill_body(GENERATE, "/inference/v1/generate")
     assert body["sampling_params"] == {"temperature": 0.5, "max_tokens": 1, "min_tokens": 1}
