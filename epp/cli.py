@@ -88,6 +88,31 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return build_parser(command).parse_args(argv)
 
 
+class _BadRequestsAreDebug(logging.Filter):
+    """aiohttp answers a request it cannot parse (a non-ASCII byte in the URL, a folded header) with
+    a 400 and logs it at ERROR with a traceback: any client reaching the EPP's metrics port, the
+    sidecar or a simulator could fill an operator's error log (GIE's Go servers log nothing). Such
+    a record is kept at DEBUG, the client's error in its message and without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError  # aiohttp is loaded by then
+
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError) or not 400 <= error.code < 500:
+            return True
+        record.msg = f"{record.getMessage()}: {error.code} {error.message}"
+        record.args, record.exc_info, record.exc_text = (), None, None
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def install_log_filters() -> None:
+    """Once a process, before any server starts."""
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _BadRequestsAreDebug) for f in server.filters):
+        server.addFilter(_BadRequestsAreDebug())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
@@ -95,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    install_log_filters()
     return int(args._module.run(args))
 
 

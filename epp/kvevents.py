@@ -181,14 +181,16 @@ def _fields(raw: Any, names: tuple[str, ...]) -> list[Any]:
     return values + [None] * (len(names) - len(values))
 
 
-def _int_list(value: Any) -> list[int]:
-    """`value` if it is a list of unsigned 64-bit integers (checked in C by `array`)."""
+def _token_ids(value: Any) -> list[int]:
+    """`value` if it is a list of token ids: unsigned 32-bit integers, as vLLM's are and as the
+    index hashes them (checked in C by `array`; a larger one failed later, while its blocks were
+    keyed, and took the rest of its batch with it)."""
     if not isinstance(value, list):
-        raise KVEventError("expected a list of integers")
+        raise KVEventError("expected a list of token ids")
     try:
-        array("Q", value)
+        array("I", value)
     except (TypeError, OverflowError):
-        raise KVEventError("expected a list of integers") from None
+        raise KVEventError("expected a list of token ids (unsigned 32-bit integers)") from None
     return value
 
 
@@ -216,7 +218,7 @@ def decode_event(raw: Any) -> KVEvent | None:
         return BlockStored(
             [block_hash(h) for h in hashes],
             None if parent is None else block_hash(parent),
-            _int_list(tokens if tokens is not None else []),
+            _token_ids(tokens if tokens is not None else []),
             _opt_str(lora),
             size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else 0,
             _opt_str(medium),

@@ -341,7 +341,7 @@ class ReloadedPair:
 
     def load(self) -> None:
         """Load the pair now (blocking: before the loop serves, or in a thread). The stamp moves
-        only after a good load: a half-written pair is tried again at the next poll."""
+        only after a good load: a half-written pair is tried again once its files change."""
         stamp = _stamp(self.directory)
         pair = (self.directory / CERT_FILE, self.directory / KEY_FILE)
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(*pair)
@@ -355,14 +355,25 @@ class ReloadedPair:
         await cancel_and_wait(self._task)
 
     async def _watch(self) -> None:
+        # What the last failure was about (the files' stamp, else the error): a pair left broken is
+        # reported once, then tried again only when its files change, as the ext_proc port's is.
+        failed: object = None
         while True:
             await asyncio.sleep(self._poll_interval)
+            stamp: object = None
             try:
-                if await asyncio.to_thread(_stamp, self.directory) != self._stamp:
-                    await asyncio.to_thread(self.load)
-                    log.info("TLS certificate reloaded from %s", self.directory)
+                stamp = await asyncio.to_thread(_stamp, self.directory)
+                if stamp in (self._stamp, failed):
+                    continue
+                await asyncio.to_thread(self.load)
             except (OSError, ssl.SSLError) as exc:
-                log.error("keeping the previous TLS certificate: %s", exc)
+                about = str(exc) if stamp is None else stamp
+                if about != failed:
+                    log.error("keeping the previous TLS certificate: %s", exc)
+                failed = about
+                continue
+            failed = None
+            log.info("TLS certificate reloaded from %s", self.directory)
 
 
 def server_credentials(options: TlsOptions) -> grpc.ServerCredentials | None:

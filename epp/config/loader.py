@@ -175,7 +175,12 @@ class _Loader:
 
     def _feature_gates(self) -> None:
         for i, gate in enumerate(self.doc.feature_gates):
-            name = gate.partition("=")[0].strip()
+            name, assigned, value = (part.strip() for part in gate.partition("="))
+            if assigned and value.lower() not in _GATE_VALUES:
+                self.problems.append(
+                    f"featureGates[{i}]: {value!r} is not a valid value for the feature gate {name!r} "
+                    "(true or false, as Go's strconv.ParseBool reads them: 1, t, true, 0, f, false, any case)"
+                )
             if name in KNOWN_FEATURE_GATES:
                 continue
             if name in TEST_ONLY_FEATURE_GATES:
@@ -751,12 +756,17 @@ def _upgrade(
     return target, again
 
 
+# What llm-d router's strconv.ParseBool takes after `name=` (lowered first), and whether it is on.
+_GATE_VALUES = {"1": True, "t": True, "true": True, "0": False, "f": False, "false": False}
+
+
 def _gates(written: Iterable[str]) -> dict[str, bool]:
-    """Feature gates by name: `name` or `name=true` turns one on, `name=false` off (llm-d router)."""
+    """Feature gates by name: `name` or `name=true` turns one on, `name=false` off (llm-d router);
+    `_feature_gates` has refused any other value."""
     gates: dict[str, bool] = {}
     for gate in written:
-        name, _, value = gate.partition("=")
-        gates[name.strip()] = value.strip().lower() not in ("false", "0", "f")
+        name, assigned, value = gate.partition("=")
+        gates[name.strip()] = not assigned or _GATE_VALUES[value.strip().lower()]
     return gates
 
 

@@ -179,10 +179,14 @@ class LiveView:
         return _json(self.endpoints_json())
 
     async def _decisions(self, request: web.Request) -> web.Response:
-        try:
-            limit = min(max(int(request.query.get("limit", "50")), 1), MAX_LIMIT)
-        except ValueError:
-            return _json({"error": "limit must be an integer"}, 400)
+        text = request.query.get("limit", "50")
+        # ASCII digits only (int() also reads "2_0" and other scripts' digits, and refuses more
+        # than 4,300 of them): anything longer than the cap is the cap.
+        digits = text.lstrip("0") if text.isascii() and text.isdigit() else ""
+        if not digits:
+            message = f"limit must be a whole number of records from 1 (at most {MAX_LIMIT} are sent)"
+            return _json({"error": message}, 400)
+        limit = min(int(digits), MAX_LIMIT) if len(digits) <= len(str(MAX_LIMIT)) else MAX_LIMIT
         endpoint = request.query.get("endpoint") or None
         records = self._recorder.recent(limit, endpoint)
         return _json({"decisions": [r.to_json() for r in records]})

@@ -304,7 +304,7 @@ class DisaggProfileHandler(Plugin, ProfileHandler, PluginUser):
         if self.prefill_first:
             if decode in results:
                 return ()
-            if prefill in profiles and prefill not in results and _one_sequence(request):
+            if prefill in profiles and prefill not in results and _prefillable(request):
                 return (prefill,)
             if self._encode_now(request, profiles, results, None):
                 return (self.encode_profile,)
@@ -321,7 +321,7 @@ class DisaggProfileHandler(Plugin, ProfileHandler, PluginUser):
             return (self.encode_profile,)
         if prefill in results or prefill not in profiles or self.decider is None:
             return ()
-        if request.api is ApiKind.EMBEDDINGS or not _one_sequence(request):
+        if request.api is ApiKind.EMBEDDINGS or not _prefillable(request):
             return ()
         if not self.decider.disaggregate(request, chosen.targets[0]):
             return ()
@@ -380,6 +380,21 @@ class DisaggProfileHandler(Plugin, ProfileHandler, PluginUser):
         for counter in self._counters:
             counter.labels(self.name, self.type_name, target, decision).inc()
         return result
+
+
+def _prefillable(request: InferenceRequest) -> bool:
+    """Whether a prefill pod can compute the request's prompt and hand it over."""
+    return _one_sequence(request) and not _continues_stored_state(request)
+
+
+def _continues_stored_state(request: InferenceRequest) -> bool:
+    """A Responses request whose prompt starts with a stored response or conversation: vLLM keeps
+    those in the process that answered them, so a prefiller answers 404 "Response with id ... not
+    found" (llm-d's sidecar relays it to the client) and the request goes decode-only."""
+    body = request.body
+    return request.api is ApiKind.RESPONSES and (
+        body.get("previous_response_id") is not None or body.get("conversation") is not None
+    )
 
 
 def _one_sequence(request: InferenceRequest) -> bool:

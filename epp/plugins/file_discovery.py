@@ -49,7 +49,8 @@ def _entry_problem(entry: dict[str, Any]) -> str | None:
     except ValueError:
         return f"invalid IPv4 address {entry.get('address')!r}"
     port = entry.get("port")
-    if not isinstance(port, str) or not port.isdigit() or not 1 <= int(port) <= 65535:
+    # ASCII digits only, as Go's strconv.Atoi reads them (str.isdigit also takes fullwidth ones, "²")
+    if not isinstance(port, str) or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         return f'invalid port {port!r} (a string holding 1-65535, such as "8000")'
     return None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from epp.explain import clip
 from epp.framework import Plugin, PluginContext, PluginParams, register
 from epp.requests import InferenceRequest
 from epp.scheduling.framework import ProfileHandler
@@ -54,9 +55,9 @@ class HeaderProfileHandler(Plugin, ProfileHandler):
                     f"header profile handler: defaultProfile {self.default!r} is not a configured "
                     "scheduling profile"
                 )
-            raise SchedulingError(
+            raise SchedulingError(  # the value as records keep it: a client's header may be 60 KB
                 f"header profile handler: no scheduling profile configured for {self.header!r} "
-                f"header value {value!r}"
+                f"header value {clip(value)!r}"
             )
         if len(results) > 1:
             raise SchedulingError(

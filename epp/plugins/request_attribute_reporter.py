@@ -17,6 +17,7 @@ responses in FULL_DUPLEX_STREAMED mode or with `epp serve --read-streamed-respon
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -91,6 +92,9 @@ class RequestAttributeReporter(Plugin, ResponseBodyProcessor):
             log.warning(
                 "%s: %r gave a %s, not a number", self.name, self.expression_text, type(value).__name__
             )
+            return {}
+        if not math.isfinite(value):  # a double divided by zero: int() refuses it (llm-d's Go gives MinInt64)
+            log.warning("%s: %r gave a non-finite number (%s)", self.name, self.expression_text, value)
             return {}
         number = int(value)
         return {self.namespace: {self.key: float(number)}} if number else {}

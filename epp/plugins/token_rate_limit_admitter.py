@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pydantic import Field
 
 from epp.datastore import Endpoint
+from epp.explain import bounded_id
 from epp.framework import Plugin, PluginContext, PluginParams, register
 from epp.params.values import Duration
 from epp.requestcontrol import AdmitRequest, ResponseComplete
@@ -51,7 +52,9 @@ class TokenRateLimitAdmitter(Plugin, AdmitRequest, ResponseComplete):
         if self.params.tenant_tokens_per_window:
             budgets.append((("tenant", request.fairness_id), self.params.tenant_tokens_per_window))
         if self.params.model_tokens_per_window:
-            budgets.append((("model", request.target_model), self.params.model_tokens_per_window))
+            # Kept as records keep a client's id (the fairness id is bounded already): a model
+            # name can be as long as a body, and up to `maxKeys` of them are held.
+            budgets.append((("model", bounded_id(request.target_model)), self.params.model_tokens_per_window))
         return budgets
 
     def used(self, key: tuple[str, str]) -> int:

@@ -13,7 +13,6 @@ candidates for the request; otherwise it stays put."""
 from __future__ import annotations
 
 import base64
-import binascii
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from typing import Generic, Literal, TypeVar
@@ -74,7 +73,7 @@ def endpoint_token(endpoint: Endpoint) -> str:
 def _decode_token(token: str) -> str | None:
     try:
         return base64.b64decode(token, validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not base64 (binascii.Error), not UTF-8, or not even ASCII (b64decode's own)
         return None
 
 

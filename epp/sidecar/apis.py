@@ -9,13 +9,14 @@ from types import MappingProxyType
 FieldPath = tuple[str, ...]
 
 _CHAT_STYLE: tuple[FieldPath, ...] = (("max_tokens",), ("max_completion_tokens",), ("min_tokens",))
+RESPONSES_PATH = "/v1/responses"
 
 TOKEN_LIMITS: MappingProxyType[str, tuple[FieldPath, ...]] = MappingProxyType(
     {
         "/v1/chat/completions": _CHAT_STYLE,
         "/v1/completions": _CHAT_STYLE,
         "/v1/messages": _CHAT_STYLE,
-        "/v1/responses": (("max_output_tokens",),),
+        RESPONSES_PATH: (("max_output_tokens",),),
         "/inference/v1/generate": (("sampling_params", "max_tokens"), ("sampling_params", "min_tokens")),
     }
 )

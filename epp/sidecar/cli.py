@@ -284,6 +284,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> SidecarOptions:
+    if args.data_parallel_size < 1:  # llm-d's check and message
+        raise ConfigError(f"--data-parallel-size must be a positive integer, got {args.data_parallel_size}")
     if args.data_parallel_size != 1:
         raise ConfigError("--data-parallel-size > 1 is not supported: run one sidecar per data-parallel rank")
     if args.vllm_port is not None:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from epp.sidecar.apis import TOKEN_LIMITS, FieldPath
+from epp.sidecar.apis import RESPONSES_PATH, TOKEN_LIMITS, FieldPath
 from epp.sidecar.hostport import HostPort
 
 Body = dict[str, Any]
@@ -34,11 +34,18 @@ class Connector(enum.StrEnum):
     SGLANG = "sglang"
 
 
-def _non_streaming(original: Body) -> Body:
-    """Prefill replies are consumed by the sidecar, never streamed to anyone."""
+def _prefill_leg(original: Body, route: str) -> Body:
+    """Prefill replies are consumed by the sidecar, never streamed to anyone, and at once: a
+    background Responses request would be answered queued, without the KV location. Nor is a
+    prefill reply ever asked for again, so the prefiller does not store it (vLLM never drops a
+    stored response: a prefill pod kept one per P/D Responses request)."""
     body = dict(original)
     body["stream"] = False
     body.pop("stream_options", None)
+    if "background" in body:
+        body["background"] = False
+    if route == RESPONSES_PATH:
+        body["store"] = False
     return body
 
 
@@ -53,7 +60,7 @@ def _set_path(body: Body, path: FieldPath, value: Any) -> None:
 
 
 def nixlv2_prefill_body(original: Body, route: str) -> Body:
-    body = _non_streaming(original)
+    body = _prefill_leg(original, route)
     body[KV_TRANSFER_PARAMS] = dict(NIXL_PREFILL_PARAMS)
     for path in TOKEN_LIMITS[route]:
         _set_path(body, path, 1)
@@ -68,7 +75,7 @@ def nixlv2_decode_body(original: Body, prefill_reply: Body) -> Body:
 
 def nixl_v1_prefill_body(original: Body, route: str) -> Body:
     """The legacy flat form: no nested parameters and no token cap (so any route is alike)."""
-    return {**_non_streaming(original), "do_remote_decode": True}
+    return {**_prefill_leg(original, route), "do_remote_decode": True}
 
 
 def nixl_v1_decode_body(original: Body, prefill_reply: Body) -> Body:

@@ -19,7 +19,7 @@ from epp.datastore.endpoint import join_host_port
 from epp.headers import PREFILLER_HEADER, REQUEST_ID_HEADER
 from epp.requests.jsontext import MAX_JSON_DEPTH, dumps, exact, loads, scan
 from epp.sidecar.allowlist import AllowList
-from epp.sidecar.apis import is_disaggregated_route
+from epp.sidecar.apis import RESPONSES_PATH, is_disaggregated_route
 from epp.sidecar.connectors import SEQUENTIAL_HANDOFFS, Body, Connector, sglang_body
 from epp.sidecar.encoding import decode_body
 from epp.sidecar.errors import DECODE_NOT_READY, ProxyError, error_response
@@ -112,15 +112,23 @@ class RoutingProxy:
             raise ProxyError(403, SSRF_REFUSED)
         return target
 
-    async def _proxy(self, request: web.Request) -> web.StreamResponse:
+    async def _proxy(self, request: web.Request, data: Any = None) -> web.StreamResponse:
+        """To the local engine as sent: the body streamed, or `data`, the body already read."""
         headers = upstream_request_headers(request.headers, request.remote)
-        data = request.content if request.body_exists else None
+        if data is None and request.body_exists:
+            data = request.content
         upstream = await self._open_decoder(request.method, request_target(request), headers, data)
         async with upstream:
             return await relay(request, upstream)
 
     async def _disaggregate(self, request: web.Request, prefiller: HostPort) -> web.StreamResponse:
         original = await _read_json_object(request)
+        if request.path == RESPONSES_PATH and _continues_stored_state(original):
+            # vLLM keeps stored responses and conversations in the process that answered them: a
+            # prefiller cannot build this prompt (its 404 "Response with id ... not found" failed
+            # the request). The local engine holds the history and prefills it itself.
+            log.debug("%s continues a stored response: prefilled locally, not on %s", request.path, prefiller)
+            return await self._proxy(request, await request.read())
         headers = leg_request_headers(request.headers, request.remote, str(uuid.uuid4()))
         log.debug("%s: prefill on %s, request id %s", request.path, prefiller, headers[REQUEST_ID_HEADER])
         if self._options.connector is Connector.SGLANG:
@@ -144,7 +152,15 @@ class RoutingProxy:
             log.warning(
                 "prefiller %s sent no %s: the decoder prefills again", prefiller, handoff.location_field
             )
-        decode_body = dumps(handoff.decode_body(original, prefilled))
+        try:
+            decode_body = dumps(handoff.decode_body(original, prefilled))
+        except orjson.JSONEncodeError:
+            # The client's body was checked for depth; only the prefiller's part can be too deep.
+            raise ProxyError(
+                502,
+                f"prefiller {prefiller} answered with JSON nested deeper than the decode leg can "
+                f"carry ({MAX_JSON_DEPTH} levels)",
+            ) from None
         return await self._decode(request, headers, decode_body, prefiller_cached_tokens(prefilled))
 
     async def _sglang(
@@ -204,6 +220,12 @@ async def _read_json_object(request: web.Request) -> Body:
             f"limit of {MAX_JSON_DEPTH} levels",
         )
     return exact(raw) if long_number else body  # integers beyond 64 bits as the client wrote them
+
+
+def _continues_stored_state(body: Body) -> bool:
+    """A Responses request building on state the engine stores: a previous response or a
+    conversation."""
+    return body.get("previous_response_id") is not None or body.get("conversation") is not None
 
 
 def _json_object(raw: bytes) -> Body | None:

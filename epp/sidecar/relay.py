@@ -8,6 +8,7 @@ import logging
 import aiohttp
 from aiohttp import web
 
+from epp.sidecar.errors import ProxyError
 from epp.sidecar.headers import client_response_headers
 from epp.sidecar.usage import SseRewriter, rewrite_json
 
@@ -26,7 +27,10 @@ async def relay(
     """`cached_tokens`, when given, replaces the figure in the reply's usage."""
     if cached_tokens is not None and _rewritable(upstream):
         if upstream.content_type == "application/json":
-            body = rewrite_json(await upstream.read(), cached_tokens)
+            try:
+                body = rewrite_json(await upstream.read(), cached_tokens)
+            except aiohttp.ClientError as exc:  # nothing has reached the client yet: say why
+                raise ProxyError(502, f"the decode engine failed before its reply ended: {exc}") from exc
             headers = client_response_headers(upstream.headers, keep_length=False)
             return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
         if upstream.content_type == "text/event-stream":

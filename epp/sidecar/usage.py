@@ -37,14 +37,20 @@ def set_cached_tokens(document: Any, cached_tokens: int) -> bool:
 
 
 def rewrite_json(payload: bytes, cached_tokens: int) -> bytes:
-    """A complete JSON reply; anything unparsable or without the figure passes unchanged."""
+    """A complete JSON reply; anything unparsable, without the figure, or nested deeper than
+    orjson writes (254 levels; it reads 1,024) passes unchanged."""
     if _MARKER not in payload:
         return payload
     try:
         document = loads(payload)
     except orjson.JSONDecodeError:
         return payload
-    return dumps(document) if set_cached_tokens(document, cached_tokens) else payload
+    if not set_cached_tokens(document, cached_tokens):
+        return payload
+    try:
+        return dumps(document)
+    except orjson.JSONEncodeError:
+        return payload
 
 
 class SseRewriter:

@@ -40,6 +40,9 @@ class Generation:
     stream: bool
     include_usage: bool
     kv_transfer_params: Any
+    # vLLM's `stream_options.continuous_usage_stats` (with `include_usage`): every frame carries
+    # its choice's usage so far.
+    continuous_usage: bool = False
     n: int = 1  # choices per prompt
     priority: int = 0  # vLLM's per-request priority (lower first under --scheduling-policy priority)
     cache_salt: str | None = None  # vLLM's `cache_salt`: hashed into the prompt's first KV block
@@ -199,7 +202,8 @@ def _generation(
     _int64(body, "seed")  # the simulator draws nothing from it
     max_tokens = _optional_int(body, limit_field, minimum=1)
     stream = bool(_optional_bool(body, "stream", default=False))
-    include_usage = kind != "responses" and _include_usage(body)  # vLLM's Responses API has none
+    # vLLM's Responses API has no stream_options
+    include_usage, continuous_usage = _include_usage(body) if kind != "responses" else (False, False)
     return Generation(
         kind=kind,
         model=model,
@@ -209,6 +213,7 @@ def _generation(
         ignore_eos=bool(_optional_bool(body, "ignore_eos", default=False, nullable=False)),
         stream=stream,
         include_usage=stream and include_usage,
+        continuous_usage=stream and continuous_usage,
         kv_transfer_params=body.get("kv_transfer_params"),
         # vLLM: chat's `n` may be null, completions' not.
         n=1 if kind == "responses" else _optional_int(body, "n", minimum=1, nullable=kind == "chat") or 1,
@@ -240,22 +245,28 @@ def _cache_salt(body: dict[str, Any]) -> str | None:
     return salt
 
 
-def _include_usage(body: dict[str, Any]) -> bool:
-    """`stream_options.include_usage` as vLLM reads it: an object whose `include_usage` is a lax
-    boolean, true when left out (null: no usage). vLLM's own check comes first, on the JSON values:
-    non-empty options beside a `stream` that is not truthy JSON are its 400 (`"stream": "false"`
-    passes it, and then does not stream)."""
+def _include_usage(body: dict[str, Any]) -> tuple[bool, bool]:
+    """`stream_options.include_usage` and `.continuous_usage_stats` as vLLM reads them: an object
+    whose fields are lax booleans, `include_usage` true and `continuous_usage_stats` false when left
+    out (null: false); the running usage only with the usage. vLLM's own check comes first, on the
+    JSON values: non-empty options beside a `stream` that is not truthy JSON are its 400
+    (`"stream": "false"` passes it, and then does not stream)."""
     options = body.get("stream_options")
     if options and not body.get("stream"):
         raise ApiError(400, "Stream options can only be defined when `stream=True`.", "stream_options")
     if options is None:
-        return False
+        return False, False
     if not isinstance(options, dict):
         raise ApiError(400, "'stream_options' must be an object", "stream_options")
-    value = options.get("include_usage", True)
+    include_usage = _option(options, "include_usage", True)
+    return include_usage, include_usage and _option(options, "continuous_usage_stats", False)
+
+
+def _option(options: dict[str, Any], field: str, default: bool) -> bool:
+    value = options.get(field, default)
     read = None if value is None else lax_bool(value)
     if value is not None and read is None:
-        raise ApiError(400, "'stream_options.include_usage' must be a boolean", "stream_options")
+        raise ApiError(400, f"'stream_options.{field}' must be a boolean", "stream_options")
     return bool(read)
 
 

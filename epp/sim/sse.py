@@ -104,7 +104,11 @@ class SseWriter:
         gen = self._gen
         if gen.kind == "chat":
             return b"".join(
-                _data(chat_chunk(self._id, self._created, gen.model, Choice(s.index, "", None), first=True))
+                self._frame(
+                    s,
+                    0,
+                    chat_chunk(self._id, self._created, gen.model, Choice(s.index, "", None), first=True),
+                )
                 for s in self._group.sequences
             )
         if gen.kind == "responses":
@@ -136,15 +140,30 @@ class SseWriter:
                 if gen.kind == "chat" and seq.call is not None:
                     frames.extend(self._tool_call_frame(seq, choice))
                 elif gen.kind == "chat":
-                    frames.append(_data(chat_chunk(self._id, self._created, gen.model, choice)))
+                    frames.append(
+                        self._frame(seq, seq.sent, chat_chunk(self._id, self._created, gen.model, choice))
+                    )
                 elif gen.kind == "responses":
                     if not self._message_open:
                         frames.append(self._open_message())
                     delta = {**self._text_part(), "delta": text, "logprobs": []}
                     frames.append(self._numbered("response.output_text.delta", delta))
                 else:
-                    frames.append(_data(completion_chunk(self._id, self._created, gen.model, choice)))
+                    chunk = completion_chunk(self._id, self._created, gen.model, choice)
+                    frames.append(self._frame(seq, seq.sent, chunk))
         return b"".join(frames)
+
+    def _frame(self, seq: OutputSequence, completion_tokens: int, chunk: dict[str, Any]) -> bytes:
+        """A chat or completions frame; with continuous usage stats, the choice's usage so far as
+        vLLM adds it (its prompt, the tokens it has generated, no details)."""
+        if self._gen.continuous_usage:
+            prompt = seq.request.prompt_len
+            chunk["usage"] = {
+                "prompt_tokens": prompt,
+                "total_tokens": prompt + completion_tokens,
+                "completion_tokens": completion_tokens,
+            }
+        return _data(chunk)
 
     def _tool_call_frame(self, seq: OutputSequence, choice: Choice) -> list[bytes]:
         """A forced tool call's token as vLLM streams it: the arguments it adds, the first time
@@ -164,7 +183,11 @@ class SseWriter:
         if not delta and choice.finish_reason is None and choice.logprobs is None:
             return []
         choice.finish_reason = seq.call.finish_reason(choice.finish_reason)
-        return [_data(chat_chunk(self._id, self._created, self._gen.model, choice, delta=delta))]
+        return [
+            self._frame(
+                seq, seq.sent, chat_chunk(self._id, self._created, self._gen.model, choice, delta=delta)
+            )
+        ]
 
     def closing(self) -> bytes:
         gen = self._gen

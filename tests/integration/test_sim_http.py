@@ -334,6 +334,52 @@ async def test_stream_with_usage(cluster: SimCluster, http: aiohttp.ClientSessio
     assert [f["choices"][0]["finish_reason"] for f in tokens] == [None] * 5 + ["length"]
 
 
+@pytest.mark.parametrize("kind", ["completions", "chat"])
+async def test_continuous_usage_stats_put_the_running_usage_on_every_frame(
+    cluster: SimCluster, http: aiohttp.ClientSession, kind: str
+) -> None:
+    """vLLM's `stream_options.continuous_usage_stats` (with `include_usage`): every frame carries
+    the choice's usage so far (chat's role frames 0 completion tokens), then the usual usage frame.
+    The simulator ignored it: only the last frame had usage."""
+    body: dict[str, Any] = {
+        "model": MODEL,
+        "max_tokens": 3,
+        "ignore_eos": True,
+        "n": 2,
+        "stream": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": "true"},
+    }
+    if kind == "chat":
+        body["messages"] = [{"role": "user", "content": "stream me"}]
+    else:
+        body["prompt"] = "stream me"
+    async with http.post(
+        f"{base(cluster)}/v1/{kind.replace('chat', 'chat/completions')}", json=body
+    ) as response:
+        frames = await read_sse(response)
+    assert frames[-1] == "[DONE]"
+    final = frames[-2]
+    prompt = final["usage"]["prompt_tokens"]
+    assert final["choices"] == [] and final["usage"]["completion_tokens"] == 6
+    running: dict[int, list[int]] = {0: [], 1: []}
+    for frame in frames[:-2]:
+        (choice,) = frame["choices"]
+        usage = frame["usage"]
+        assert usage == {
+            "prompt_tokens": prompt,
+            "total_tokens": prompt + usage["completion_tokens"],
+            "completion_tokens": usage["completion_tokens"],
+        }
+        running[choice["index"]].append(usage["completion_tokens"])
+    expected = [0, 1, 2, 3] if kind == "chat" else [1, 2, 3]  # chat opens each choice with its role
+    assert running == {0: expected, 1: expected}
+    plain = {**body, "stream_options": {"include_usage": True}}
+    async with http.post(
+        f"{base(cluster)}/v1/{kind.replace('chat', 'chat/completions')}", json=plain
+    ) as response:
+        assert all("usage" not in frame for frame in (await read_sse(response))[:-2])
+
+
 async def test_stream_given_as_a_string_streams(cluster: SimCluster, http: aiohttp.ClientSession) -> None:
     """vLLM reads `"stream": "true"` as true (pydantic's lax booleans); the simulator answered it
     with one JSON body."""

@@ -3,11 +3,14 @@ GIE's and llm-d's charts, which pass flags only); a subcommand name runs that su
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import tomllib
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from epp import cli
 
@@ -111,3 +114,34 @@ def test_the_image_has_llm_ds_sidecar_path_running_epp_sidecar(
         cli.pd_sidecar()
     assert exited.value.code == 2
     assert "epp sidecar: error: argument --zap-log-level: invalid log level 'loud'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [b"GET /api/decisions?limit=\xd9\xa5 HTTP/1.1", b"GET /metrics HTTP/1.1\r\nx-folded: a\r\n b"],
+    ids=["non-ASCII byte in the query", "obsolete header folding"],
+)
+async def test_a_request_aiohttp_cannot_parse_is_not_logged_as_an_error(
+    request_line: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp answers such a request 400 and logged it at ERROR with its traceback ("Error
+    handling request"): any client reaching the metrics port, the sidecar or a simulator could
+    fill the operator's error log. The commands' servers log it at DEBUG, without the traceback."""
+    cli.install_log_filters()
+    runner = web.AppRunner(web.Application(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        with caplog.at_level(logging.DEBUG, logger="aiohttp.server"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", runner.addresses[0][1])
+            writer.write(request_line + b"\r\nHost: x\r\n\r\n")
+            assert b" 400 " in await reader.readline()
+            await reader.read()  # the server closes the connection
+            writer.close()
+            await asyncio.sleep(0.05)
+    finally:
+        await runner.cleanup()
+    records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert records, "the bad request is still logged, at DEBUG"
+    assert all(r.levelno == logging.DEBUG and r.exc_info is None for r in records)
+    assert "400" in records[0].getMessage()

@@ -208,7 +208,9 @@ def _active_ports(annotations: Mapping[str, str] | None, target_ports: tuple[int
     value = (annotations or {}).get(ACTIVE_PORTS_ANNOTATION)
     if value is None:
         return set(target_ports)
-    active = {int(part) for part in value.split(",") if part.strip().isdigit()} & set(target_ports)
+    # ASCII digits, as GIE's Sscanf("%d") reads them: str.isdigit also takes "²", which int() refuses.
+    parts = (part.strip() for part in value.split(","))
+    active = {int(part) for part in parts if part.isascii() and part.isdigit()} & set(target_ports)
     if not active:
         log.warning(
             "ignoring %s=%r: names none of the pool's ports %s", ACTIVE_PORTS_ANNOTATION, value, target_ports

@@ -257,6 +257,23 @@ def test_default_flow_control_policies_are_implied_and_gates_take_values() -> No
     assert off.feature_gates == frozenset()
 
 
+@pytest.mark.parametrize("value", ["off", "no", "maybe", ""])
+def test_a_gate_value_go_cannot_read_as_a_boolean_is_refused(value: str) -> None:
+    """llm-d reads `name=value` with strconv.ParseBool (1, t, true, 0, f, false, any case) and
+    refuses to start on anything else. Any value but false, 0 and f turned the gate on here:
+    `flowControl=off` switched flow control on."""
+    with pytest.raises(ConfigError) as raised:
+        load_config(HEADER + f"plugins:\n- type: queue-scorer\nfeatureGates: ['flowControl={value}']\n")
+    assert (
+        f"featureGates[0]: {value!r} is not a valid value for the feature gate 'flowControl' "
+        "(true or false, as Go's strconv.ParseBool reads them: 1, t, true, 0, f, false, any case)"
+    ) in str(raised.value)
+    for on in ("TRUE", "t", "1", " True "):
+        assert load_config(HEADER + f"featureGates: ['flowControl={on}']\n").feature_gates == {"flowControl"}
+    for off in ("FALSE", "f", "0"):
+        assert load_config(HEADER + f"featureGates: ['flowControl={off}']\n").feature_gates == frozenset()
+
+
 def test_flow_control_saturation_detector_alone_needs_no_gate() -> None:
     config = load_config(
         HEADER

@@ -67,6 +67,19 @@ def test_bad_input_is_counted_and_skipped() -> None:
     assert len(ing.index) == 2  # still ingesting
 
 
+def test_a_token_id_past_32_bits_skips_its_event_not_the_rest_of_the_batch() -> None:
+    """vLLM's token ids are 32-bit and the index hashes them as such: one past 2**32 - 1 passed the
+    decoder (it checked 64 bits), then raised while its blocks were keyed, ending the whole batch
+    (the next event was lost) and logging a traceback per message as an `apply_error`."""
+    ing = ingester(known={POD})
+    tokens = list(range(32))
+    bad = ["BlockStored", [11, 12], None, [2**32, *tokens[1:]], 16, None, "GPU", None]
+    good = ["BlockStored", prompt_block_hashes(tokens, 16, "e"), None, tokens, 16, None, "GPU", None]
+    ing.frames(frames(1, msgpack.packb([0.0, [bad, good]])))
+    assert count(ing.metrics.dropped, "unknown_or_malformed_event") == 1
+    assert len(ing.index) == 2  # the good event's two blocks
+
+
 async def test_central_mode_reads_a_flood_without_starving_the_loop() -> None:
     ing = ingester()
     subscriber = Subscriber(ing, "tcp://127.0.0.1:0", bind=True)

@@ -137,6 +137,11 @@ def test_pods_that_cannot_take_traffic_have_no_endpoints(obj: dict[str, Any]) ->
         ("8001,9999", ["p-rank-1"]),
         ("9999", ["p-rank-0", "p-rank-1"]),  # names no pool port: ignored, not "drop the pod"
         ("garbage", ["p-rank-0", "p-rank-1"]),
+        # Digits Go's strconv.Atoi does not read: str.isdigit took them, then int() raised for
+        # "²" on every pool update (the pod list was never published again) and read the
+        # fullwidth digits as port 8001.
+        ("8000,\u00b2", ["p-rank-0"]),
+        ("\uff18\uff10\uff10\uff11", ["p-rank-0", "p-rank-1"]),
     ],
 )
 def test_active_ports_annotation(annotation: str, expected: list[str]) -> None:

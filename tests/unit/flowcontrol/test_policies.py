@@ -121,6 +121,43 @@ async def test_edf_and_slo_deadline_ordering() -> None:
     assert fcfs == ["a1", "a2", "a3", "b1"]  # no TTL: no deadline, first come first served
 
 
+@pytest.mark.parametrize(
+    "value",
+    ["\u00b2", "\uff11\uff10", "1" * 5000, "9223372036855"],
+    ids=["²", "fullwidth 10", "5,000 digits", "past int64 nanoseconds"],
+)
+async def test_an_slo_header_llm_d_cannot_parse_is_no_deadline_not_a_failed_request(value: str) -> None:
+    """As llm-d's strconv.ParseInt: ASCII digits, at most int64 nanoseconds in milliseconds.
+    str.isdigit takes "²" and int() then refused it, and int() refuses more than 4,300 digits: a
+    client's `x-slo-ttft-ms: ²` failed its own request with the EPP's 500 and a traceback, from
+    inside the queue's push. Fullwidth digits were read as a deadline."""
+    slo = [
+        request("none", "t"),
+        request("odd", "t", **{"x-slo-ttft-ms": value}),
+        request("soon", "t", **{"x-slo-ttft-ms": "10"}),
+    ]
+    order = await dispatch_order(
+        controller("global-strict-fairness-policy", "slo-deadline-ordering-policy"), slo
+    )
+    assert order == ["soon", "none", "odd"]  # no deadline: after every one with one, by arrival
+
+
+async def test_llm_ds_slo_header_is_read_first_and_gies_name_after_it() -> None:
+    """llm-d-router names it `x-llm-d-slo-ttft-ms` and keeps `x-slo-ttft-ms` as its deprecated
+    alias (metadata/consts.go, ebab687): an llm-d client's SLO was ignored, its request served
+    after every request with a deadline."""
+    slo = [
+        request("none", "t"),
+        request("gie", "t", **{"x-slo-ttft-ms": "5000"}),
+        request("llm-d", "t", **{"x-llm-d-slo-ttft-ms": "10"}),
+        request("both", "t", **{"x-llm-d-slo-ttft-ms": "1", "x-slo-ttft-ms": "100000"}),
+    ]
+    order = await dispatch_order(
+        controller("global-strict-fairness-policy", "slo-deadline-ordering-policy"), slo
+    )
+    assert order == ["both", "llm-d", "gie", "none"]
+
+
 async def test_round_robin_gives_a_flow_that_starts_waiting_its_turn_before_the_one_just_served() -> None:
     fc = controller("round-robin-fairness-policy")
     order: list[str] = []

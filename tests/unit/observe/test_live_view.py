@@ -90,6 +90,23 @@ async def test_decisions_recent_by_id_and_by_endpoint(served: Served) -> None:
     assert data["decisions"] == []  # unreachable: never a candidate
 
 
+@pytest.mark.parametrize(
+    "limit", ["0", "-3", "2_0", "%D9%A5", "+2", ""], ids=["0", "-3", "2_0", "arabic 5", "+2", "empty"]
+)
+async def test_a_limit_that_is_not_a_count_of_records_is_a_400(served: Served, limit: str) -> None:
+    """`limit=0` and negative limits answered one record, and int() read `2_0` as 20 and
+    Arabic-Indic digits as a number: only 1 to 1000 in ASCII digits (more is capped) is a limit."""
+    served.route("r0")
+    status, data = await get_json(served.url + f"/api/decisions?limit={limit}")
+    assert (status, data) == (
+        400,
+        {"error": "limit must be a whole number of records from 1 (at most 1000 are sent)"},
+    )
+    for capped in ("99999999999999999999999", "1" * 5000, "0001"):  # int() refuses 5,000 digits
+        status, data = await get_json(served.url + f"/api/decisions?limit={capped}")
+        assert status == 200 and len(data["decisions"]) == 1
+
+
 async def test_the_event_stream_sends_endpoints_then_each_new_decision(served: Served) -> None:
     async with (
         ClientSession(timeout=ClientTimeout(total=10)) as session,

@@ -39,7 +39,13 @@ def test_session_token_pins_the_encoded_endpoint() -> None:
     assert scorer.score(req, candidates) == [0.0, 1.0, 0.0]
 
 
-@pytest.mark.parametrize("header", [None, "not base64!", base64.b64encode(b"\xff\xfe").decode()])
+@pytest.mark.parametrize(
+    "header",
+    # The last: a client's non-ASCII token, which b64decode refuses with a plain ValueError (not
+    # binascii.Error): the request failed with the EPP's 500 and a traceback.
+    [None, "not base64!", base64.b64encode(b"\xff\xfe").decode(), "\u00e9"],
+    ids=["missing", "not base64", "not UTF-8", "not ASCII"],
+)
 def test_session_token_missing_or_garbage_scores_zero(header: str | None) -> None:
     scorer = plugin(SessionAffinityScorer)
     req = request(headers={} if header is None else {"x-session-token": header})

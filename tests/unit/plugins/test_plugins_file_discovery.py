@@ -76,6 +76,22 @@ endpoints:
 
 
 @pytest.mark.parametrize(
+    "port",
+    ["\u00b2", "\uff18\uff10\uff10\uff10", "\u0668\u0660\u0660\u0660"],
+    ids=["²", "fullwidth 8000", "arabic-indic 8000"],
+)
+def test_a_port_of_digits_other_than_ascii_is_a_problem_naming_the_entry(port: str) -> None:
+    """llm-d reads the port with Go's strconv.Atoi, which takes ASCII digits only. `str.isdigit`
+    let these through: fullwidth "8000" became port 8000, and "²" made int() raise, so the EPP stopped
+    with "invalid literal for int() with base 10: '²'", naming neither the file nor the entry."""
+    specs, problems = parse(f'endpoints:\n  - {{name: a, address: "10.0.0.1", port: "{port}"}}\n')
+    assert specs == []
+    assert problems == [
+        f'e.yaml: endpoint "a": invalid port {port!r} (a string holding 1-65535, such as "8000")'
+    ]
+
+
+@pytest.mark.parametrize(
     ("text", "message"),
     [
         (

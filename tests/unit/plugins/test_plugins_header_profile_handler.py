@@ -55,6 +55,17 @@ def test_unknown_profiles_fail_the_request(params: str, headers: dict[str, str],
         schedule(params, headers)
 
 
+def test_a_long_header_value_is_named_in_the_error_as_records_keep_it() -> None:
+    """The client's whole header value came back in the 429 (60 KB of it through Envoy's header
+    limit), as a long model name did in the 404: cut to 256 characters, as records keep names."""
+    with pytest.raises(SchedulingError) as raised:
+        schedule("{}", {"epp-profile": "g" * 60_000})
+    assert str(raised.value) == (
+        f"header profile handler: no scheduling profile configured for 'epp-profile' header value "
+        f"'{'g' * 256}...'"
+    )
+
+
 def test_single_profile_runs_whatever_the_header_says() -> None:
     text = CONFIG.replace("PARAMS", "{}").replace("- {name: premium, plugins: [{pluginRef: fast}]}\n", "")
     components = build_components(load_config(text), PluginContext())

@@ -213,6 +213,25 @@ def test_requests_for_several_sequences_stay_decode_only(params: str) -> None:
         assert set(headers) == {"x-prefiller-host-port"}, body
 
 
+@pytest.mark.parametrize("params", [PREFIX_DECIDER, "{stageOrder: prefill-first}"])
+def test_a_responses_continuation_stays_decode_only(params: str) -> None:
+    """vLLM keeps a stored response (and a conversation) in the process that answered it: a
+    prefiller cannot build a follow-up's prompt and answers 404 "Response with id ... not found",
+    which llm-d's sidecar relays to the client (ours now prefills such a request locally). So the
+    prefill pod is not picked, and not charged for a request it never sees."""
+    sched = scheduler(params)
+    responses = replace(request(LONG), api=ApiKind.RESPONSES, path="/v1/responses")
+    for body in (
+        {"previous_response_id": "resp_1"},
+        {"conversation": "conv_1"},
+        {"conversation": {"id": "c"}},
+    ):
+        assert sched.scheduler.schedule(replace(responses, body=body), POOL).headers == {}, body
+    for body in ({}, {"previous_response_id": None}, {"conversation": None}):
+        headers = sched.scheduler.schedule(replace(responses, body=body), POOL).headers
+        assert set(headers) == {"x-prefiller-host-port"}, body
+
+
 def test_a_failed_prefill_profile_degrades_to_decode_only() -> None:
     metrics = EppMetrics()
     result = route(scheduler(metrics=metrics), LONG, [DECODE])  # no prefill pod at all

@@ -116,6 +116,22 @@ def test_reporter_values_conditions_and_skips() -> None:
 
 
 @pytest.mark.parametrize(
+    "expression",
+    ["usage.completion_tokens / usage.prompt_tokens", "usage.prompt_tokens / usage.prompt_tokens"],
+    ids=["inf", "nan"],
+)
+def test_a_ratio_over_zero_tokens_reports_nothing_rather_than_failing(
+    expression: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CEL divides doubles by zero into infinity or NaN (a cached share of a 0-token prompt), which
+    int() refused: the plugin raised, the director logged a traceback for the response, and the
+    metadata of every reporter after it in the list was lost with it."""
+    usage = Usage(prompt_tokens=0, completion_tokens=5, total_tokens=5)
+    assert done(reporter(expression), usage) == {}
+    assert f"{expression!r} gave a non-finite number" in caplog.text
+
+
+@pytest.mark.parametrize(
     ("attributes", "message"),
     [
         ("[]", "attributes: List should have at least 1 item"),

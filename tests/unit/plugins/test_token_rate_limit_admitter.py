@@ -76,6 +76,20 @@ def test_the_model_budget_counts_every_tenant() -> None:
     assert "model 'm' used 1000 of its 1000 tokens" in caught.value.message
 
 
+def test_a_long_model_name_is_kept_and_named_as_records_keep_it() -> None:
+    """The model's whole name was the budget's key and came back in the refusal: a client's
+    1,000,000-character model was 1 MB held per key (up to maxKeys of them) and a 1 MB 429. Now
+    its start and digest, as records keep a client's id: distinct names keep distinct budgets."""
+    director, _ = setup()
+    model = "m" * 1_000_000
+    director.handle_body(body(4000, model), HEADERS, None)  # the model's 1,000 tokens
+    with pytest.raises(RequestError) as caught:
+        director.handle_body(body(4, model), {**HEADERS, "x-gateway-inference-fairness-id": "t9"}, None)
+    assert caught.value.message.startswith("token budget exhausted: model 'mmm")
+    assert len(caught.value.message) < 400 and "...xxh3:" in caught.value.message
+    director.handle_body(body(4, model + "n"), {**HEADERS, "x-gateway-inference-fairness-id": "t9"}, None)
+
+
 def _held_after_a_window(tenants: int) -> int:
     """Bytes held after 10,000 requests from `tenants` fairness ids in one window, then one in
     the next window."""

@@ -80,6 +80,40 @@ def test_nixlv2_prefill_body_for_responses_api(original: dict[str, Any]) -> None
     assert body["kv_transfer_params"]["do_remote_decode"] is True
 
 
+@pytest.mark.parametrize("background", [True, "true"], ids=["true", "lax 'true'"])
+def test_a_background_response_is_prefilled_in_the_foreground(background: object) -> None:
+    """The prefill reply must carry the KV location now. With the client's `background: true` the
+    prefiller answered a queued response without `kv_transfer_params` ("the decoder prefills
+    again": the prompt was prefilled twice) while it ran the prefill anyway, holding the blocks
+    for a pull that never came. The decode leg keeps the client's `background`."""
+    original = {**RESPONSES_WITH_LIMITS, "background": background, "stream": False}
+    for prefill in (
+        nixlv2_prefill_body(original, "/v1/responses"),
+        nixl_v1_prefill_body(original, "/v1/responses"),
+    ):
+        assert prefill["background"] is False
+    assert nixlv2_decode_body(original, PREFILL_REPLY)["background"] == background
+    assert "background" not in nixlv2_prefill_body(RESPONSES_BARE, "/v1/responses")  # absent stays absent
+
+
+@pytest.mark.parametrize("store", [True, None, "absent"])
+def test_the_prefiller_does_not_store_the_prefill_reply(store: object) -> None:
+    """vLLM stores a response unless `store` is false, and never drops one: the prefill leg, whose
+    1-token reply nobody asks for again, left one stored response per P/D Responses request on the
+    prefill pod. The decode leg keeps the client's `store` (absent stays absent)."""
+    original = dict(RESPONSES_WITH_LIMITS) if store == "absent" else {**RESPONSES_WITH_LIMITS, "store": store}
+    for prefill in (
+        nixlv2_prefill_body(original, "/v1/responses"),
+        nixl_v1_prefill_body(original, "/v1/responses"),
+    ):
+        assert prefill["store"] is False
+    decode = nixlv2_decode_body(original, PREFILL_REPLY)
+    assert decode.get("store", "absent") == store
+    assert "store" not in nixlv2_prefill_body(
+        CHAT_BARE, "/v1/chat/completions"
+    )  # only the Responses API stores
+
+
 def test_nixlv2_prefill_body_for_generate_creates_and_copies_sampling_params() -> None:
     body = nixlv2_prefill_body(GENERATE, "/inference/v1/generate")
     assert body["sampling_params"] == {"temperature": 0.5, "max_tokens": 1, "min_tokens": 1}

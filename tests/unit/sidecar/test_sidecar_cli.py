@@ -95,6 +95,9 @@ def test_llm_d_removed_tls_switches_still_work(caplog: pytest.LogCaptureFixture)
     [
         (["--enable-tls=encoder"], "encoder"),
         (["--data-parallel-size=2"], "data-parallel"),
+        # llm-d's own message: the "> 1 is not supported" one was given for these too
+        (["--data-parallel-size=0"], "^--data-parallel-size must be a positive integer, got 0$"),
+        (["--data-parallel-size=-1"], "^--data-parallel-size must be a positive integer, got -1$"),
     ],
 )
 def test_unsupported_settings_are_refused(argv: list[str], message: str) -> None:

@@ -166,6 +166,28 @@ async def test_a_pd_body_254_levels_deep_is_split_into_legs(rig: Rig) -> None:
     assert len(rig.engine.received) == 2
 
 
+@pytest.mark.parametrize(
+    "continuation",
+    [{"previous_response_id": "resp_1"}, {"conversation": "conv_1"}, {"conversation": {"id": "conv_1"}}],
+    ids=["previous_response_id", "conversation id", "conversation object"],
+)
+async def test_a_responses_continuation_is_not_prefilled_remotely(
+    rig: Rig, continuation: dict[str, object]
+) -> None:
+    """A stored response or conversation lives on the engine that answered it (vLLM keeps it in
+    process), never on a prefiller: the prefill leg got vLLM's 404 "Response with id ... not
+    found", relayed to the client, so every P/D follow-up the EPP chose to prefill remotely failed.
+    The request goes to the local engine as sent, which holds the history and prefills it."""
+    body = orjson.dumps({"model": "m", "input": "and then?", "max_output_tokens": 5, **continuation})
+    headers = {"Content-Type": "application/json", "x-request-id": "client-id", **rig.prefiller}
+    async with rig.http.post(f"{rig.url}/v1/responses", data=body, headers=headers) as response:
+        assert response.status == 200
+    (received,) = rig.engine.received  # no prefill leg
+    assert received.body == body
+    assert received.headers["x-request-id"] == "client-id"
+    assert "x-prefiller-host-port" not in received.headers
+
+
 async def test_a_legacy_ipv4_spelling_of_the_prefiller_is_a_400_not_a_502(rig: Rig) -> None:
     """`127.1` passed as a DNS name, then aiohttp refused to connect to it: 502 "no reply from
     prefiller", as if the prefiller were down."""

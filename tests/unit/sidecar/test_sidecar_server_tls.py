@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 
 from epp.sidecar.tls import ServerTls, client_context
@@ -61,3 +63,39 @@ async def test_rotated_certificate_is_served_without_restart(tmp_path: Path) -> 
             return await served_certificate(port) == second or None
 
         await wait_until(rotated, "the new certificate to be served", timeout=10)
+
+
+async def test_a_broken_pair_is_reported_once_per_change_not_at_every_poll(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Secret left broken (cert-manager failing) was logged as an error with its stack at every
+    poll, every 5 s for as long as it stayed broken; the ext_proc port's reloader already reports
+    it once. The previous certificate stays served meanwhile, and a good pair is taken at once."""
+    first = write_pair(tmp_path, "first")
+    with caplog.at_level(logging.ERROR, logger="epp.tls"):
+        async with serving(ServerTls(tmp_path, poll_interval=0.01)) as port:
+            (tmp_path / CERT_FILE).write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64\n")
+            await wait_until(reported(caplog, 1), "the broken pair to be reported", timeout=10)
+            await asyncio.sleep(0.3)  # some 30 polls of the same broken files
+            assert reports(caplog) == 1
+            assert await served_certificate(port) == first
+            (tmp_path / CERT_FILE).write_bytes(b"-----BEGIN CERTIFICATE-----\nstill not base64\n")
+            await wait_until(reported(caplog, 2), "the new breakage to be reported", timeout=10)
+            second = write_pair(tmp_path, "second")
+
+            async def rotated() -> bool | None:
+                return await served_certificate(port) == second or None
+
+            await wait_until(rotated, "the repaired certificate to be served", timeout=10)
+    assert reports(caplog) == 2
+
+
+def reports(caplog: pytest.LogCaptureFixture) -> int:
+    return sum("keeping the previous TLS certificate" in r.getMessage() for r in caplog.records)
+
+
+def reported(caplog: pytest.LogCaptureFixture, count: int) -> Callable[[], Awaitable[bool | None]]:
+    async def probe() -> bool | None:
+        return reports(caplog) >= count or None
+
+    return probe
