@@ -9,7 +9,6 @@ import asyncio
 import ctypes
 import ctypes.util
 import gc
-import itertools
 from collections.abc import AsyncIterator
 from types import MappingProxyType
 from typing import Any, cast
@@ -211,13 +210,16 @@ async def test_streams_reset_after_the_last_reply_leave_no_native_memory_behind(
         gc.collect()
         return _malloc_in_use()
 
+    growths: list[float] = []
     try:
         heap = [await streams(300)]  # grpc's pools and caches warm up
-        for _ in range(3):  # the smallest growth of three rounds: a one-off allocation (an arena
-            # growing: 36 bytes a stream in one of three quiet rounds) is not a leak
+        # A leak grows the heap in every round; a one-off allocation (an arena growing: 36 bytes a
+        # stream in one of three quiet rounds, 37-40 in a row on a loaded machine) does not: up to
+        # five rounds, done at the first under the limit.
+        while len(growths) < 5 and (not growths or growths[-1] >= 25):
             heap.append(await streams(STREAMS))
+            growths.append((heap[-1] - heap[-2]) / STREAMS)  # type: ignore[operator]
     finally:
         await channel.close()
         await server.stop(0)
-    growths = [(after - before) / STREAMS for before, after in itertools.pairwise(cast(list[int], heap))]
-    assert min(growths) < 25, f"bytes of native heap left per stream, by round: {growths}"
+    assert growths[-1] < 25, f"bytes of native heap left per stream, by round: {growths}"
