@@ -5,6 +5,7 @@ an operator who sees more CPU than the docs promise knows why."""
 from __future__ import annotations
 
 import logging
+import re
 from functools import cache
 from typing import Any
 
@@ -57,6 +58,24 @@ class _UniqueKeysCLoader(_UniqueKeys, yaml.CSafeLoader):
 
 class _UniqueKeysLoader(_UniqueKeys, yaml.SafeLoader):
     pass
+
+
+def _go_float(loader: Any, node: yaml.ScalarNode) -> float | int:
+    """A YAML float as Go's loaders hand it on: they convert YAML to JSON, where a whole float64
+    below 1e21 is written without a fraction (`10.0`, `1e3` -> `10`, `1000`), so an integer field
+    takes it; a float field takes the integer alike."""
+    value = loader.construct_yaml_float(node)
+    return int(value) if value.is_integer() and abs(value) < 1e21 else value
+
+
+# A number with an exponent but no dot or no exponent sign (`1e3`, `8e-1`, `1.5e3`) is a float to
+# Go's YAML reader (sigs.k8s.io/yaml, which GIE's and llm-d's config loaders and kubectl use) and
+# to YAML 1.2, but a string to PyYAML's YAML 1.1 rules, so `weight: 1e3` was refused as "not a
+# valid number". Added after PyYAML's own resolvers: an integer still reads as one.
+_GO_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$")
+for _loader in (_UniqueKeysCLoader, _UniqueKeysLoader):
+    _loader.add_implicit_resolver("tag:yaml.org,2002:float", _GO_EXPONENT_FLOAT, list("-+0123456789."))
+    _loader.add_constructor("tag:yaml.org,2002:float", _go_float)
 
 
 def safe_yaml(text: str) -> Any:

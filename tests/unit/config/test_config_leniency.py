@@ -325,3 +325,22 @@ def test_parsers_after_the_fallback_or_of_a_repeated_type_are_skipped_as_llm_d_r
     assert [w.split("'")[1] for w in skipped] == ["again", "anthropic-parser"]
     parsers = build_components(config, PluginContext()).parsers
     assert parsers.resolve("/v1/messages").name == "passthrough-parser"
+
+
+def test_numbers_with_an_exponent_read_as_go_reads_them() -> None:
+    """`1e3`, `8e-1` and `1.5e3` are numbers to sigs.k8s.io/yaml (GIE's and llm-d's loaders) and to
+    YAML 1.2, strings to PyYAML's YAML 1.1 rules: `weight: 1e3` was refused as not a number."""
+    text = (
+        HEADER
+        + "plugins:\n- name: p\n  type: prefix-cache-scorer\n  parameters: {lruCapacityPerServer: 1e3}\n"
+        + "- name: q\n  type: queue-scorer\n"
+        + "schedulingProfiles:\n- name: d\n"
+        + "  plugins: [{pluginRef: p, weight: 8e-1}, {pluginRef: q, weight: 1.5e3}]\n"
+    )
+    config = load_config(text)
+    params = config.plugins["p"].params
+    assert isinstance(params, PrefixIndexParams) and params.lru_capacity_per_server == 1000
+    assert config.profiles[0].scorers == (("p", 0.8), ("q", 1500.0))
+    assert load_config(text.replace("weight: 8e-1", "weight: 10.0")).profiles[0].scorers[0] == ("p", 10)
+    with pytest.raises(ConfigError, match="lruCapacityPerServer: Input should be a valid integer"):
+        load_config(text.replace("1e3}", '"1e3"}'))  # quoted, it is text, in Go too
