@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -246,3 +247,24 @@ class Failing(Collector):
         if self.fails:
             raise RuntimeError("a collector failed")
         return [GaugeMetricFamily("failing", "collections", value=1)]
+
+
+async def test_the_page_is_gzipped_for_a_scraper_that_asks_and_plain_otherwise() -> None:
+    """Prometheus sends `Accept-Encoding: gzip` and Go's promhttp answers compressed; the page was
+    always plain (101 KB a scrape with two endpoints)."""
+    metrics = EppMetrics()
+    invented_models(metrics)
+    server = MetricsServer(metrics.registry, "127.0.0.1", 0)
+    await server.start()
+    url = f"http://127.0.0.1:{server.port}/metrics"
+    try:
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+            async with session.get(url, headers={"Accept-Encoding": "gzip"}) as response:
+                zipped, encoding = await response.read(), response.headers.get("Content-Encoding")
+            async with session.get(url, headers={"Accept-Encoding": "identity"}) as response:
+                plain, plain_encoding = await response.read(), response.headers.get("Content-Encoding")
+    finally:
+        await server.stop()
+    assert (encoding, plain_encoding) == ("gzip", None)
+    assert gzip.decompress(zipped) == plain
+    assert plain.startswith(b"# HELP") and len(zipped) < len(plain) // 10
