@@ -50,10 +50,23 @@ def prompt_block_hashes(
         parent = _hash(data[:step] + salt.encode(), parent)
         hashes.append(parent)
         first = step
-    for start in range(first, (len(token_ids) // block_size - done) * step, step):
-        parent = _hash(data[start : start + step], parent)
-        hashes.append(parent)
+    _chain(data, first, (len(token_ids) // block_size - done) * step, step, parent, hashes)
     return hashes
+
+
+def next_block_hashes(parent: int, token_ids: Sequence[int], block_size: int) -> list[int]:
+    """The chain's hashes of the full blocks of ``token_ids``, which follow the block hashed
+    ``parent`` (a request's generated tokens, hashed as they fill blocks, as vLLM does)."""
+    step = 4 * block_size
+    hashes: list[int] = []
+    _chain(array("I", token_ids).tobytes(), 0, len(token_ids) // block_size * step, step, parent, hashes)
+    return hashes
+
+
+def _chain(data: bytes, first: int, stop: int, step: int, parent: int, out: list[int]) -> None:
+    for start in range(first, stop, step):
+        parent = _hash(data[start : start + step], parent)
+        out.append(parent)
 
 
 @dataclass(slots=True)

@@ -23,13 +23,14 @@ import enum
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from epp.kvevents import KVEvent, prompt_block_hashes
+from epp.kvevents import KVEvent, next_block_hashes, prompt_block_hashes
 from epp.sim.histogram import ITL_BUCKETS, REQUEST_LATENCY_BUCKETS, TTFT_BUCKETS, Histogram
 from epp.sim.kvcache import BlockPool, BlockTable
 from epp.sim.profiles import Profile
+from epp.sim.tokens import output_ids, sequence_seed
 
 
 class Rejection(enum.Enum):
@@ -74,6 +75,7 @@ class Request:
         "max_output",
         "next_hash",
         "output_done",
+        "output_ids",
         "pending_tokens",
         "priority",
         "prompt_len",
@@ -101,6 +103,7 @@ class Request:
         block_hashes: list[int] | None = None,
         priority: int = 0,
         cache_salt: str = "",
+        output_ids: Callable[[int, int], list[int]] | None = None,
     ) -> None:
         """``max_output`` is the exact number of tokens to generate (0: prefill only, no token, as
         for embeddings); ``stop_reason`` is the finish reason reported when it is reached.
@@ -110,7 +113,10 @@ class Request:
         ``priority``: vLLM's per-request priority (lower is served first under the priority
         scheduling policy; ignored under FCFS).
         ``cache_salt``: vLLM's per-request salt, hashed into the first prompt block (requests
-        salted differently share no cached block; its KV event carries it in ``extra_keys``)."""
+        salted differently share no cached block; its KV event carries it in ``extra_keys``).
+        ``output_ids(start, stop)``: the ids of generated tokens ``start`` to ``stop``, which its
+        full blocks of generated tokens are hashed and announced with (by default the words
+        ``epp.sim.tokens.output_text`` draws from a seed of the prompt)."""
         self.id = id
         self.prompt_tokens = prompt_tokens
         self.prompt_len = len(prompt_tokens)
@@ -123,6 +129,7 @@ class Request:
         self.block_hashes = block_hashes
         self.priority = priority
         self.cache_salt = cache_salt
+        self.output_ids = output_ids
         self.state = State.WAITING
         self.output_done = 0
         # The per-step work on a running request reads only these small counters, never the
@@ -131,7 +138,7 @@ class Request:
         # they cost a decode step about as much as all its other work.
         self.pending_tokens = self.prompt_len  # to compute before the next output (see computed)
         self.free_slots = 0  # tokens the held blocks can take beyond ``computed``
-        self.hashed_blocks = 0  # len(block_hashes), once added
+        self.hashed_blocks = 0  # len(block_hashes), once added (it grows as tokens fill blocks)
         self.next_hash = 0
         self.step_tokens = 0
         self.cached_tokens: int | None = None
@@ -144,6 +151,18 @@ class Request:
         self.finish_reason: str | None = None
         self.lease_key: str | None = None
         self.leased_blocks: list[int] = []
+
+    def token_ids(self, start: int, stop: int) -> list[int]:
+        """Token ids ``start`` to ``stop`` of the sequence: the prompt's, then generated ones."""
+        prompt_len = self.prompt_len
+        ids = list(self.prompt_tokens[start:stop]) if start < prompt_len else []
+        if stop > prompt_len:
+            first = max(start, prompt_len) - prompt_len
+            if self.output_ids is None:
+                seed = sequence_seed(self.prompt_tokens, 0)
+                self.output_ids = lambda begin, end: output_ids(seed, begin, end)
+            ids += self.output_ids(first, stop - prompt_len)
+        return ids
 
     @property
     def computed(self) -> int:
@@ -285,6 +304,11 @@ class PriorityQueue:
             heapq.heappop(heap)
 
 
+def _by_position(due: tuple[int, int, Request]) -> tuple[int, int]:
+    """A cohort's due entry (tick, running position, request) in running order, then tick."""
+    return due[1], due[0]
+
+
 def _priority_order(request: Request) -> tuple[int, float]:
     return request.priority, request.arrival
 
@@ -374,8 +398,9 @@ class Engine:
         self._ticks = 0
         self._last_end = 0.0
         self._finish_tick = 0
-        self._next_block_tick = 0
+        self._next_block_tick = 0  # the next tick at which some request needs or fills a block
         self._block_due: list[tuple[int, int, Request]] = []  # (tick, position, request) heap
+        self._fill_due: list[tuple[int, int, Request]] = []  # the same, of a block to cache
 
     # ----- read-only state -------------------------------------------------------------------
 
@@ -436,6 +461,8 @@ class Engine:
             request.block_hashes = prompt_block_hashes(
                 request.prompt_tokens, bs, request.lora or self.namespace, salt=request.cache_salt
             )
+        else:  # the request's own list: generated tokens extend it
+            request.block_hashes = list(request.block_hashes)
         request.hashed_blocks = len(request.block_hashes)
         self.stats.requests_added += 1
         self.stats.prefill_only += request.hold_blocks
@@ -545,14 +572,19 @@ class Engine:
             return
         self._cohort = False
         self._block_due.clear()
+        self._fill_due.clear()
         ticks = self._ticks
         if not ticks:
             return
         end = self._last_end
+        bs = self.block_size
+        filled = 1 % bs
         for request in self._running:
             request.output_done += ticks
             request.free_slots -= ticks
             request.last_token_at = end
+            if request.free_slots % bs == filled:  # as `_run` hashes it after the last step
+                self._hash_filled_blocks(request, (request.prompt_len + request.output_done) // bs)
         self._running = list(self._running)  # step outcomes hold the old one as ``emitted``
 
     def decode_ahead(self) -> tuple[int, int, float, float, list[int]] | None:
@@ -614,7 +646,7 @@ class Engine:
         the counts its steps added to each ITL bucket."""
         n = len(self._running)
         end = self._ticks + steps
-        while self._next_block_tick < end:  # the blocks those steps took, in their order
+        while self._next_block_tick < end:  # the blocks those steps took and filled, in order
             allocated = self._allocate_due(self._next_block_tick)
             assert allocated, "decode_ahead counted the blocks free"
         self._ticks = end
@@ -634,18 +666,25 @@ class Engine:
     def _start_cohort(self, end: float) -> None:
         """After a step in which every running request emitted a token: they all decode one token
         a step from now on, until one finishes, runs out of blocks or another is admitted. Which
-        request needs a block when is worked out only if the cohort lasts until the first does."""
+        request needs or fills a block when is worked out only if the cohort lasts until the
+        first does (a request whose ``free_slots`` is f fills its block at tick (f - 1) mod the
+        block size, then every block size, and needs a new one a tick later)."""
         first_block = finish = self.profile.max_model_len
+        bs = self.block_size
         for request in self._running:
-            if request.free_slots < first_block:
-                first_block = request.free_slots
+            free_slots = request.free_slots
+            fill = (free_slots - 1) % bs
+            if fill < free_slots:
+                free_slots = fill
+            if free_slots < first_block:
+                first_block = free_slots
             left = request.max_output - request.output_done
             if left < finish:
                 finish = left
         self._cohort = True
         self._ticks = 0
         self._last_end = end
-        self._next_block_tick = first_block  # at that tick some request needs a block
+        self._next_block_tick = first_block  # at that tick some request needs or fills a block
         self._finish_tick = finish - 1  # at that tick some request emits its last token
 
     def _decode_step(self, now: float) -> StepOutcome | None:
@@ -672,23 +711,38 @@ class Engine:
         return StepOutcome(now, duration, n, 0, n, running, [], [end - now] * n, [], [])
 
     def _allocate_due(self, ticks: int) -> bool:
-        """A block for each request of the cohort needing one at tick ``ticks``, in running order
-        (as ``_schedule_running`` would allocate them); False if blocks are short."""
-        due = self._block_due
-        if not due:  # the requests' ticks of need, relative to the cohort's start
+        """A block for each request of the cohort needing one at tick ``ticks``, and the caching
+        of each block the tick's token fills, in running order (as ``_schedule_running`` would
+        allocate and cache them); False, having done nothing, if blocks are short."""
+        due, fill = self._block_due, self._fill_due
+        bs = self.block_size
+        if not due:  # the requests' ticks of need and of filling, relative to the cohort's start
             due.extend((r.free_slots, position, r) for position, r in enumerate(self._running))
+            fill.extend(((r.free_slots - 1) % bs, position, r) for position, r in enumerate(self._running))
             heapq.heapify(due)
+            heapq.heapify(fill)
         needing = []
         while due and due[0][0] == ticks:
             needing.append(heapq.heappop(due))
         if len(needing) > self.pool.num_free():
             return False
-        bs = self.block_size
-        for _, position, request in needing:  # in running order, as the step would
-            self.pool.allocate(request.table, 1)
-            request.free_slots += bs
-            heapq.heappush(due, (ticks + bs, position, request))
-        self._next_block_tick = due[0][0]
+        filling = []
+        while fill and fill[0][0] == ticks:
+            filling.append(heapq.heappop(fill))
+        if filling:  # a request allocates before it caches (both only when the block size is 1)
+            needing += [(ticks + 1, position, request) for _, position, request in filling]
+            needing.sort(key=_by_position)
+        for tick, position, request in needing:  # in running order, as the step would
+            if tick == ticks:
+                self.pool.allocate(request.table, 1)
+                request.free_slots += bs
+                heapq.heappush(due, (ticks + bs, position, request))
+            else:
+                blocks = len(request.table.ids)  # all full once this tick's token is in
+                self._hash_filled_blocks(request, blocks)
+                self._cache_full_blocks(request, blocks * bs)
+                heapq.heappush(fill, (ticks + bs, position, request))
+        self._next_block_tick = min(due[0][0], fill[0][0])
         return True
 
     def _schedule_running(self, batch: _Batch, outcome: StepOutcome) -> None:
@@ -829,7 +883,9 @@ class Engine:
         table = request.table
         hashes = request.block_hashes or []
         fresh = not table.ids
-        hit, unused = self.pool.match(hashes, (request.prompt_len - 1) // bs) if fresh else (0, 0)
+        # vLLM's lookup covers every token but the last (generated ones too, after a preemption)
+        limit = (request.prompt_len + request.output_done - 1) // bs
+        hit, unused = self.pool.match(hashes, limit) if fresh else (0, 0)
         computed = hit * bs if fresh else request.computed
         n = min(request.prompt_len + request.output_done - computed, budget)
         need = -(-(computed + n) // bs) - len(table.ids) - hit
@@ -915,6 +971,8 @@ class Engine:
         emit = emitted.append
         gap = outcome.gaps.append
         steady_gap = end - start
+        bs = self.block_size
+        filled = 1 % bs  # free slots left when a request's newest token ends a block
         steady = 0  # decoding sequences whose previous token came at the end of the previous step
         for request in scheduled:
             n = request.step_tokens
@@ -938,6 +996,8 @@ class Engine:
                 emit(request)
             if output_done >= request.max_output:
                 self._finish(request, end, outcome)
+            elif request.free_slots % bs == filled:  # the new token fills its block
+                self._hash_filled_blocks(request, (request.prompt_len + output_done) // bs)
         if steady:
             stats.itl.observe(duration, steady)
         stats.generation_tokens += len(emitted)
@@ -948,36 +1008,45 @@ class Engine:
             self._start_cohort(end)
 
     def _cache_full_blocks(self, request: Request, tokens: int) -> None:
-        """Promote the request's full prompt blocks up to ``tokens`` into the prefix cache, and
-        record one ``BlockStored`` per run of consecutive promoted blocks. Called as a chunk is
-        scheduled, before it is computed, as vLLM's allocate_slots caches them: a request
-        scheduled later in the same step hits them."""
+        """Cache the request's full blocks up to ``tokens`` (prompt or generated, duplicates
+        too) and record one ``BlockStored`` of them, as vLLM's cache_full_blocks does. Called as a
+        chunk or a decode token is scheduled, before it is computed, as vLLM's allocate_slots
+        caches them: a request scheduled later in the same step hits them."""
         hashes = request.block_hashes or []
         first = request.next_hash
         last = min(tokens // self.block_size, len(hashes))
         if first < last:
-            duplicates = self.pool.promote(request.table, first, hashes[first:last])
+            self.pool.promote(request.table, first, hashes[first:last])
             if self.pool.events is not None:
-                for duplicate in duplicates:
-                    self._record_stored(request, first, duplicate)
-                    first = duplicate + 1
-                self._record_stored(request, first, last)
+                bs = self.block_size
+                # vLLM's per-block extra keys: the salt in the first block's, nothing in the others'.
+                salted = not first and request.cache_salt
+                self.pool.record_stored(
+                    hashes[first:last],
+                    hashes[first - 1] if first else None,
+                    request.token_ids(first * bs, last * bs),
+                    request.lora,
+                    [[request.cache_salt]] + [None] * (last - 1) if salted else None,
+                )
         request.next_hash = last
 
-    def _record_stored(self, request: Request, first: int, last: int) -> None:
-        if first >= last or self.pool.events is None:
-            return
-        hashes = request.block_hashes or []
+    def _hash_filled_blocks(self, request: Request, full: int) -> None:
+        """Extend the request's block hashes over its first ``full`` blocks (generated tokens
+        included), as vLLM's Request does when tokens are appended; they are cached when the step
+        computing their last token is scheduled."""
         bs = self.block_size
-        # vLLM's per-block extra keys: the salt in the first block's, nothing in the others'.
-        salted = not first and request.cache_salt
-        self.pool.record_stored(
-            hashes[first:last],
-            hashes[first - 1] if first else None,
-            list(request.prompt_tokens[first * bs : last * bs]),
-            request.lora,
-            [[request.cache_salt]] + [None] * (last - 1) if salted else None,
-        )
+        hashes = request.block_hashes
+        assert hashes is not None
+        known = len(hashes)
+        if full <= known:
+            return
+        if known:
+            hashes += next_block_hashes(hashes[-1], request.token_ids(known * bs, full * bs), bs)
+        else:  # a prompt shorter than a block: the chain (and salt) starts here
+            hashes += prompt_block_hashes(
+                request.token_ids(0, full * bs), bs, request.lora or self.namespace, salt=request.cache_salt
+            )
+        request.hashed_blocks = len(hashes)
 
     def _first_output(self, request: Request, end: float, outcome: StepOutcome) -> None:
         """Prefill done: count the prompt, and the first token's latency if one is generated."""

@@ -10,7 +10,7 @@ from typing import Any
 from epp.sim.driver import EngineDriver
 from epp.sim.engine import Request, State
 from epp.sim.openai_api import usage
-from epp.sim.tokens import output_text
+from epp.sim.tokens import output_text, token_id
 from epp.sim.tools import ToolCallPlan
 
 
@@ -30,6 +30,10 @@ class OutputSequence:
 
     def token_text(self, index: int) -> str:
         return self.pieces[index] if self.pieces is not None else output_text(self.seed, index)
+
+    def token_ids(self, start: int, stop: int) -> list[int]:
+        """Engine ids of generated tokens ``start`` to ``stop`` (``Request.output_ids``)."""
+        return [token_id(self.token_text(i)) for i in range(start, stop)]
 
     def text(self, start: int = 0) -> str:
         return "".join(self.token_text(i) for i in range(start, self.request.output_done))

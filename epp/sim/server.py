@@ -423,7 +423,9 @@ class SimServer:
             priority=gen.priority,
             cache_salt=gen.cache_salt or "",
         )
-        return OutputSequence(index, request, seed, call)
+        sequence = OutputSequence(index, request, seed, call)
+        request.output_ids = sequence.token_ids  # what its full answer blocks are hashed from
+        return sequence
 
     def _submit(self, group: SequenceGroup) -> None:
         for seq in group.sequences:

@@ -85,19 +85,18 @@ def render_chat(messages: Sequence[tuple[str, str]]) -> str:
     return "".join(turns)
 
 
-# A fixed vocabulary of common English words; generated text draws from it deterministically.
+# A fixed vocabulary of common English words of at most WORD_CHUNK letters; generated text draws
+# from it deterministically. Each word is one piece of the tokenizer with its leading space, so
+# an answer's text tokenizes back to the ids its tokens had (`output_ids`): a follow-up prompt
+# that repeats it hashes to the blocks the engine cached while generating it.
 _WORD_LIST = (
-    "the of and to in is was for on that with as by at from his it an were are which this be "
-    "or has had not first one their its new after but who they two her she been other when "
-    "time during there into school more may years over only year most would world city some "
-    "where between later three state such then national used made known under many university "
-    "united while part season team these american than film second born south became states "
-    "war through being including both well north high long about county game four group "
-    "history people could music development system river area public since around early "
-    "each small same work before government following number life until several name album "
-    "company called large club also final general water power light model simple order value "
-    "place point house right data local field cache token request server block prefix route "
-    "queue batch decode prefill memory answer question"
+    "the of and to in is was for on that with as by at from his it an were are which this be or has "
+    "had not first one their its new after but who they two her she been other when time there into "
+    "more may years over only year most would world city some where later three state such then "
+    "used made known under many while part team these than film born south war being both well "
+    "north high long about game four group could music river area since early each small same work "
+    "life until name album large club also final water power light model order value place point "
+    "house right data local field cache token block route queue batch"
 )
 _WORDS: tuple[str, ...] = tuple(_WORD_LIST.split())
 
@@ -107,6 +106,18 @@ def output_text(seed: int, index: int, rank: int = 0) -> str:
     space, so a client that re-tokenizes the output gets about one token per generated token.
     ``rank`` > 0: the rank-th likeliest alternative at that position (a different word each)."""
     return " " + _WORDS[(seed + index * 7919 + rank) % len(_WORDS)]
+
+
+def token_id(piece: str) -> int:
+    """The id ``tokenize`` gives a text that is one piece (a generated token's text: one word
+    with its leading space, or one piece of a tool call)."""
+    return zlib.crc32(piece.encode()) % VOCAB_SIZE
+
+
+def output_ids(seed: int, start: int, stop: int) -> list[int]:
+    """Ids of generated tokens ``start`` to ``stop`` of a sequence seeded by ``seed``: those of
+    their ``output_text``, one a token."""
+    return [token_id(output_text(seed, index)) for index in range(start, stop)]
 
 
 def sequence_seed(token_ids: Sequence[int], seed: int) -> int:

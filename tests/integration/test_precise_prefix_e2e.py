@@ -201,3 +201,37 @@ async def test_a_salted_prompt_is_routed_to_the_simulator_holding_its_salted_blo
         for sim in stack.sims:
             _, other_salt = await chat(client, f"http://{sim.host}:{sim.port}", PROMPT, cache_salt="tenant-b")
             assert other_salt == 0
+
+
+async def complete(client: httpx.AsyncClient, url: str, prompt: str, max_tokens: int) -> tuple[str, str, int]:
+    """(the endpoint that served it, the text generated, cached prompt tokens)."""
+    body = {"model": MODEL, "max_tokens": max_tokens, "ignore_eos": True, "prompt": prompt}
+    response = await client.post(url + "/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    data = response.json()
+    cached = int(data["usage"]["prompt_tokens_details"]["cached_tokens"])
+    return response.headers.get("x-epp-destination", ""), data["choices"][0]["text"], cached
+
+
+async def test_a_follow_up_repeating_an_answer_matches_the_answers_blocks(tmp_path: Path) -> None:
+    """A simulator caches and announces the full blocks of the tokens it generates, as vLLM does:
+    a follow-up prompt repeating prompt and answer matches them in the precise index (the lookup's
+    depth counts them) and at the simulator (its cached tokens), beyond the prompt's own blocks."""
+    async with (
+        kv_stack(tmp_path / "follow", free_port(), PRECISE_CONFIG.read_text()) as stack,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        lost = await subscribed(client, stack)
+        holder = stack.sims[1]
+        prompt = PROMPT[:400]
+        _, answer, _ = await complete(client, f"http://{holder.host}:{holder.port}", prompt, 48)
+        url = f"http://{holder.host}:{holder.port}/tokenize"
+        tokens = (await client.post(url, json={"model": MODEL, "prompt": prompt})).json()
+        prompt_blocks, answered_blocks = tokens["count"] // 16, (tokens["count"] + 48 - 1) // 16
+        assert answered_blocks >= prompt_blocks + 2
+        await settled(client, stack, lost)
+        before = lookup_hits(await metrics_page(client, stack))
+        destination, _, cached = await complete(client, stack.gateway_url, prompt + answer + " and then", 1)
+        assert destination == holder.hostport
+        assert lookup_hits(await metrics_page(client, stack)) - before == answered_blocks
+        assert cached == answered_blocks * 16

@@ -500,3 +500,98 @@ def test_a_request_scheduled_after_another_in_the_same_step_hits_its_blocks(
     steps = run(engine)
     assert (first.cached_tokens, second.cached_tokens) == (0, 48)
     assert steps[0].prefill_tokens == 64 + 16
+
+
+def _stores_and_removals(engine: Engine) -> list[tuple[str, list[int], int | None]]:
+    """The engine's KV events since the last drain: (kind, hashes, parent)."""
+    return [
+        ("stored", e.block_hashes, e.parent_block_hash)
+        if isinstance(e, BlockStored)
+        else ("removed", e.block_hashes, None)
+        for e in engine.drain_kv_events()
+        if isinstance(e, BlockStored | BlockRemoved)
+    ]
+
+
+@pytest.mark.parametrize("together", [True, False])
+def test_a_recomputed_last_block_is_cached_again_as_a_duplicate(
+    profile_factory: ProfileFactory, run: RunFn, together: bool
+) -> None:
+    """Two identical 64-token prompts: the second hits three blocks (vLLM recomputes the last
+    prompt token, so the last block too) and caches its own copy of the fourth under the same
+    hash, which vLLM announces (BlockHashToBlockMap holds both). Scheduled in the same step, its
+    store follows the first's in that step's events; in a later step, in that step's."""
+    engine = Engine(profile_factory(), "m", record_kv_events=True)
+    first, second = req("a", tokens(64), out=1), req("b", tokens(64), out=1)
+    h = first_hashes = engine.add(first) or first.block_hashes
+    assert first_hashes is not None and len(h) == 4
+    if together:
+        engine.add(second)
+        engine.step(0.0)
+        events = [_stores_and_removals(engine)]
+    else:
+        engine.step(0.0)
+        events = [_stores_and_removals(engine)]
+        engine.add(second)
+        engine.step(1.0)
+        events.append(_stores_and_removals(engine))
+    run(engine, 2.0)
+    assert (first.cached_tokens, second.cached_tokens) == (0, 48)
+    stored = [("stored", h, None), ("stored", h[3:], h[2])]
+    assert events == ([stored] if together else [stored[:1], stored[1:]])
+    assert engine.pool.num_cached() == 5  # h[3] twice
+
+
+def test_evicting_one_copy_of_a_duplicate_leaves_the_other_cached(
+    profile_factory: ProfileFactory, run: RunFn
+) -> None:
+    """The first copy of a duplicated block is evicted (least recently freed): vLLM sends
+    BlockRemoved of its hash, though its twin stays cached and a later prompt hits it. (llm-d's
+    index drops the block from the pod on that event.)"""
+    engine = Engine(profile_factory(num_gpu_blocks=7), "m", record_kv_events=True)  # 6 usable
+    first, second = req("a", tokens(64), out=1), req("b", tokens(64), out=1)
+    engine.add(first)
+    run(engine)
+    engine.add(second)
+    run(engine)
+    h = first.block_hashes
+    assert h is not None
+    assert _stores_and_removals(engine) == [("stored", h, None), ("stored", h[3:], h[2])]
+    other = req("d", tokens(20, 5000), out=1)  # two blocks, one free without eviction
+    engine.add(other)
+    run(engine)
+    assert other.block_hashes is not None
+    assert _stores_and_removals(engine) == [("removed", h[3:], None), ("stored", other.block_hashes, None)]
+    follow = req("c", tokens(80), out=1)
+    engine.add(follow)
+    run(engine)
+    assert follow.cached_tokens == 64  # through the twin of the evicted block
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_a_follow_up_hits_the_blocks_of_the_previous_answer(
+    profile_factory: ProfileFactory, run: RunFn, lazy: bool
+) -> None:
+    """vLLM hashes a request's blocks as generated tokens fill them and caches each when the step
+    computing its last token is scheduled, announcing it with its token ids: a 40-token prompt
+    answered with 40 tokens leaves blocks 0-3 cached (block 4's last token, the answer's last, is
+    never computed), and a follow-up repeating prompt and answer hits all four."""
+    engine = Engine(profile_factory(), "m", record_kv_events=True, lazy_counters=lazy)
+    prompt = tokens(40)
+    first = req("a", prompt, out=40)
+    engine.add(first)
+    run(engine)
+    answer = first.token_ids(40, 80)
+    assert len(answer) == 40 and answer != tokens(40, 40)
+    events = [e for e in engine.drain_kv_events() if isinstance(e, BlockStored)]
+    h = first.block_hashes
+    assert h is not None and len(h) == 4  # block 4 (tokens 64-79) is never computed
+    assert [(e.block_hashes, e.parent_block_hash, e.token_ids, e.lora_name) for e in events] == [
+        (h[:2], None, prompt[:32], None),
+        (h[2:3], h[1], prompt[32:] + answer[:8], None),
+        (h[3:4], h[2], answer[8:24], None),
+    ]
+    follow = req("b", prompt + answer + tokens(20, 9000), out=1)
+    engine.add(follow)
+    run(engine)
+    assert follow.cached_tokens == 64

@@ -22,28 +22,32 @@ def test_hashes_chain_full_blocks_only() -> None:
 
 
 def test_pool_pin_cache_and_evict_in_lru_order() -> None:
-    pool = BlockPool(num_blocks=4, block_size=16, record_events=True)
+    pool = BlockPool(num_blocks=5, block_size=16, record_events=True)
     first, second = BlockTable(), BlockTable()
     pool.allocate(first, 2)
-    assert pool.promote(first, 0, [101, 102]) == []
-    pool.allocate(second, 2)
-    assert pool.promote(second, 0, [201, 101]) == [1]  # duplicate hash stays private
-    assert (pool.num_free(), pool.num_in_use(), pool.num_cached()) == (0, 4, 3)
+    pool.promote(first, 0, [101, 102])
+    pool.allocate(second, 3)
+    pool.promote(second, 0, [201, 101])  # a duplicate hash is cached too, as vLLM does
+    assert (pool.num_free(), pool.num_in_use(), pool.num_cached()) == (0, 5, 4)
+    first_ids = list(first.ids)
     pool.release(first)
     assert pool.num_free() == 2 and pool.match([101, 102], 2) == (2, 2)
     pool.release(second)
-    assert pool.num_free() == 4 and pool.num_cached() == 3
-    # re-pinning a cached block removes it from the evictable set
+    assert pool.num_free() == 5 and pool.num_cached() == 4
+    # re-pinning a cached block removes it from the evictable set (a lookup finds the copy
+    # cached first: first's block)
     third = BlockTable()
     pool.acquire(third, [101])
-    assert pool.num_free() == 3 and pool.match([101, 102], 2) == (2, 1)
-    # the duplicate's private block is reused first (vLLM puts hashless freed blocks at the head
-    # of its free queue), then 102 is evicted (freed first, as the tail of its table), then 201
+    assert third.ids == first_ids[:1]
+    assert pool.num_free() == 4 and pool.match([101, 102], 2) == (2, 1)
+    # second's private tail block is reused first (vLLM puts hashless freed blocks at the head of
+    # its free queue), then 102 (freed first, as the tail of its table), then second's copy of
+    # 101, then 201: the copy's eviction sends BlockRemoved of 101, which stays cached (pinned)
     fourth = BlockTable()
-    pool.allocate(fourth, 3)
+    pool.allocate(fourth, 4)
     removed = [e.block_hashes for e in pool.drain_events() if isinstance(e, BlockRemoved)]
-    assert removed == [[102], [201]]
-    assert pool.match([101], 1) == (1, 0) and pool.num_free() == 0
+    assert removed == [[102], [101], [201]]
+    assert pool.match([101], 1) == (1, 0) and pool.num_free() == 0 and pool.num_cached() == 1
 
 
 def test_clear_cache_only_when_nothing_is_held() -> None:
@@ -64,8 +68,8 @@ def test_release_frees_private_blocks_wherever_they_sit_in_the_table() -> None:
     pool.allocate(owner, 2)
     pool.promote(owner, 0, [1, 2])
     pool.allocate(other, 3)
-    # block 0 duplicates a cached hash and stays private, so the held blocks are not a prefix
-    assert pool.promote(other, 0, [1, 7, 8]) == [0]
+    # blocks cached out of order: the held blocks are not a prefix of the table
+    pool.promote(other, 1, [7, 8])
     assert not other.held_first
     private = other.ids[0]
     pool.release(other)
@@ -190,3 +194,73 @@ def test_blocks_are_handed_out_in_vllm_free_queue_order() -> None:
             (i for i, h in enumerate(queue) if h is not None), len(queue)
         )
     assert evictions > 500
+
+
+def test_duplicates_are_cached_and_evicted_as_in_vllms_block_pool() -> None:
+    """Against a model of vLLM's block pool at the block level (its free queue of block ids, a
+    hash's blocks in the order they were cached with lookups taking the first, as
+    BlockHashToBlockMap does; a duplicate cached like any block): tables that hit, cache new
+    blocks under hashes other blocks may already have, and keep private tails, released in
+    random order, evict the same hashes in the same order, and every lookup finds as much."""
+    rng = random.Random(5)
+    pool = BlockPool(num_blocks=48, block_size=16, record_events=True)
+    queue: list[int] = list(range(1, 49))  # vLLM's free queue (block 0 is its null block)
+    hash_of: dict[int, int] = {}
+    blocks_of: dict[int, list[int]] = {}  # hash -> its cached blocks, in caching order
+    refs = dict.fromkeys(queue, 0)
+    live: list[tuple[BlockTable, list[int]]] = []
+    next_hash, duplicates, evictions = 1, 0, 0
+    for _ in range(4000):
+        if live and (rng.random() < 0.5 or len(live) > 6):
+            table, ids = live.pop(rng.randrange(len(live)))
+            pool.release(table)
+            for b in ids:
+                refs[b] -= 1
+            freed = [b for b in reversed(ids) if not refs[b]]
+            queue[:0] = [b for b in freed if b not in hash_of]
+            queue += [b for b in freed if b in hash_of]
+            continue
+        hit = rng.sample(list(blocks_of), min(len(blocks_of), rng.randrange(0, 4)))
+        new, private = rng.randrange(0, 5), rng.randrange(0, 3)
+        touched = [blocks_of[h][0] for h in hit]
+        if new + private + sum(1 for b in touched if not refs[b]) > pool.num_free():
+            continue
+        assert pool.match(hit, len(hit))[0] == len(hit)
+        table = BlockTable()
+        pool.acquire(table, hit)
+        assert table.ids == touched
+        for b in touched:
+            if not refs[b]:
+                queue.remove(b)
+            refs[b] += 1
+        pool.allocate(table, new + private)
+        taken, queue = queue[: new + private], queue[new + private :]
+        expected = []
+        for b in taken:
+            refs[b] = 1
+            if b in hash_of:
+                h = hash_of.pop(b)
+                blocks_of[h].remove(b)
+                if not blocks_of[h]:
+                    del blocks_of[h]
+                expected.append(h)
+        evicted = [e.block_hashes[0] for e in pool.drain_events() if isinstance(e, BlockRemoved)]
+        assert evicted == expected and table.ids[len(hit) :] == taken
+        evictions += len(evicted)
+        hashes = []
+        for _ in range(new):  # now and then the hash of a block cached already: a duplicate
+            if blocks_of and rng.random() < 0.3:
+                hashes.append(rng.choice(list(blocks_of)))
+                duplicates += hashes[-1] not in hashes[:-1]
+            else:
+                hashes.append(next_hash)
+                next_hash += 1
+        if len(set(hashes)) != len(hashes):
+            hashes = list(dict.fromkeys(hashes))
+        pool.promote(table, len(hit), hashes)
+        for b, h in zip(taken, hashes, strict=False):
+            hash_of[b] = h
+            blocks_of.setdefault(h, []).append(b)
+        live.append((table, touched + taken))
+        assert pool.num_free() == len(queue) and pool.num_cached() == len(hash_of)
+    assert evictions > 500 and duplicates > 300

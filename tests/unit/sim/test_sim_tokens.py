@@ -7,7 +7,15 @@ import subprocess
 import sys
 import zlib
 
-from epp.sim.tokens import _PIECE, VOCAB_SIZE, output_text, render_chat, sequence_seed, tokenize
+from epp.sim.tokens import (
+    _PIECE,
+    VOCAB_SIZE,
+    output_ids,
+    output_text,
+    render_chat,
+    sequence_seed,
+    tokenize,
+)
 
 PROSE = (
     "Large language models are served by engines that batch many requests together. Each step "
@@ -54,6 +62,15 @@ def test_output_text_is_deterministic_words() -> None:
     assert words == [output_text(seed, i) for i in range(20)]
     assert all(w.startswith(" ") and w[1:].isalpha() for w in words)
     assert sequence_seed(tokenize(PROSE), 8) != seed
+
+
+def test_generated_text_tokenizes_back_to_the_ids_it_was_generated_with() -> None:
+    """An answer's text, re-tokenized (as a follow-up prompt repeating it is), gives one token
+    per generated token with the ids the engine hashed its blocks with."""
+    for seed in range(50):
+        text = "".join(output_text(seed, i) for i in range(64))
+        assert tokenize(text) == output_ids(seed, 0, 64)
+        assert tokenize("Question: why?" + text) == tokenize("Question: why?") + output_ids(seed, 0, 64)
 
 
 def test_plain_word_text_takes_the_shortcut_to_the_same_ids() -> None:
