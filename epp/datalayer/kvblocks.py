@@ -319,16 +319,13 @@ class KVIndexMetrics(PerRegistry):
 class _EngineBlock:
     """What one engine block hash of a pod stands for: the request keys its tokens completed, the
     chain position after it (last request key and the tokens not yet forming a request block),
-    and the media it was announced on. As llm-d keeps one entry per pod and device tier, a store
-    on a medium the block has already changes nothing (vLLM announces a duplicate block, one
-    whose hash another block of the pod has, as a second store) and a removal drops its medium,
-    so a block announced for two media is removed twice, one cached twice on the GPU once."""
+    and how many stores reference it (a block announced for two media is removed twice)."""
 
     keys: tuple[int, ...]
     chain: int
     tail: tuple[int, ...]
     tail_extras: tuple[str, ...] = ()  # identifiers of the engine blocks the tail came from
-    media: tuple[str, ...] = ("gpu",)
+    refs: int = 1
 
 
 def _as_map(holders: str | dict[str, float] | None) -> dict[str, float]:
@@ -428,7 +425,7 @@ class KVBlockIndexBase(ABC):
             if isinstance(event, BlockStored):
                 self._stored(pod, model, event)
             elif isinstance(event, BlockRemoved):
-                self._removed(pod, event.block_hashes, (event.medium or "gpu").lower())
+                self._removed(pod, event.block_hashes)
             elif isinstance(event, AllBlocksCleared):
                 self.clear_pod(pod)
 
@@ -454,14 +451,11 @@ class KVBlockIndexBase(ABC):
         state = self._pods.get(pod)
         if state is None:
             state = self._pods[pod] = _PodState()
-        medium = (event.medium or "gpu").lower()
-        media = (medium,)  # of each new block
-        weight = self.tier_weights.get(medium, 1.0)
+        weight = self.tier_weights.get((event.medium or "gpu").lower(), 1.0)
         if not tokens:  # a device-tier update (offloading): blocks this pod already announced
             for engine_hash in hashes:
                 if (existing := state.blocks.get(engine_hash)) is not None:
-                    if medium not in existing.media:
-                        existing.media += (medium,)
+                    existing.refs += 1
                     state.blocks.move_to_end(engine_hash)
                     self._admit(existing.keys, pod, weight, state, count=False)
             return
@@ -482,14 +476,12 @@ class KVBlockIndexBase(ABC):
                 return
             chain, tail, tail_extras = parent.chain, parent.tail, parent.tail_extras
         size = processor.block_size
-        aligned = not tail and extras is None
-        if aligned and self._stored_aligned(pod, model, state, weight, media, event, chain):
+        if not tail and extras is None and self._stored_aligned(pod, model, state, weight, event, chain):
             return
         for index, engine_hash in enumerate(hashes):
             existing = state.blocks.get(engine_hash)
-            if existing is not None:  # announced again (another medium, or a duplicate block)
-                if medium not in existing.media:
-                    existing.media += (medium,)
+            if existing is not None:  # announced again (another medium): one more reference
+                existing.refs += 1
                 state.blocks.move_to_end(engine_hash)
                 self._admit(existing.keys, pod, weight, state, count=False)
                 chain, tail, tail_extras = existing.chain, existing.tail, existing.tail_extras
@@ -508,21 +500,14 @@ class KVBlockIndexBase(ABC):
                 tail_extras = ()
             tail = pending[full:]
             tail_extras = (*tail_extras, *own) if tail else ()
-            state.blocks[engine_hash] = _EngineBlock(keys, chain, tail, tail_extras, media)
+            state.blocks[engine_hash] = _EngineBlock(keys, chain, tail, tail_extras)
             self._admit(keys, pod, weight, state, count=True)
         while len(state.blocks) > self.size:
             _, dropped = state.blocks.popitem(last=False)
             self._release(pod, state, dropped.keys)
 
     def _stored_aligned(
-        self,
-        pod: str,
-        model: str,
-        state: _PodState,
-        weight: float,
-        media: tuple[str, ...],
-        event: BlockStored,
-        chain: int,
+        self, pod: str, model: str, state: _PodState, weight: float, event: BlockStored, chain: int
     ) -> bool:
         """`_stored` when each engine block is one request block (the engine's block size is the
         index's, no tail pending, no extra keys) and none was announced before: the event's keys
@@ -531,11 +516,11 @@ class KVBlockIndexBase(ABC):
         hashes, tokens, blocks = event.block_hashes, event.token_ids, state.blocks
         if len(tokens) != len(hashes) * self.processor.block_size or any(map(blocks.__contains__, hashes)):
             return False
-        if len(set(hashes)) != len(hashes):  # a block announced twice in the event: the second is a repeat
+        if len(set(hashes)) != len(hashes):  # a block announced twice in the event: the second adds a ref
             return False
         keys = self.processor.keys(tokens, model, chain)
         for engine_hash, key in zip(hashes, keys, strict=True):
-            blocks[engine_hash] = _EngineBlock((key,), key, (), (), media)
+            blocks[engine_hash] = _EngineBlock((key,), key, ())
         if weight != 1.0:
             self._unit_weights = False
         counts = state.keys
@@ -570,16 +555,16 @@ class KVBlockIndexBase(ABC):
                     self._unguess(key, pod, guessed)
         self._hold(keys, pod, weight)
 
-    def _removed(self, pod: str, hashes: Iterable[int], medium: str) -> None:
+    def _removed(self, pod: str, hashes: Iterable[int]) -> None:
         state = self._pods.get(pod)
         if state is None:
             return
         for engine_hash in hashes:
             block = state.blocks.get(engine_hash)
-            if block is None or medium not in block.media:
+            if block is None:
                 continue
-            if len(block.media) > 1:
-                block.media = tuple(m for m in block.media if m != medium)
+            block.refs -= 1
+            if block.refs > 0:
                 continue
             del state.blocks[engine_hash]
             self._release(pod, state, block.keys)

@@ -471,12 +471,12 @@ def test_a_cleared_pod_loses_its_speculative_entries_and_a_gap_keeps_them() -> N
     assert idx.longest_prefix(keys, {"cleared", "gap", "stays"}) == {"gap": 2.0, "stays": 2.0}
 
 
-def test_a_block_stored_twice_on_one_medium_goes_with_its_first_removal_as_in_llm_d() -> None:
+def test_a_block_stored_twice_on_one_medium_stays_until_its_last_removal_as_in_llm_d() -> None:
     """vLLM caches a duplicate block (its hash is another resident block's) and announces it
-    again; evicting either copy sends BlockRemoved of the hash. llm-d's index keeps one entry per
-    pod and device tier (a second store changes nothing) and drops it on that removal, though
-    the pod still holds the other copy: the same here. A store on another medium is a second
-    entry, which the removal leaves."""
+    again; evicting either copy sends BlockRemoved of the hash while the other stays cached.
+    llm-d-router (ebab687, pkg/kvevents/event_dedup_filter.go) counts every store of a hash per
+    pod, tier and group and forwards a removal to its index only when the count is back to zero:
+    the pod keeps the block until its last copy goes, here as there."""
     idx = index(16)
     tokens = list(range(32))
     event = stored(tokens, 16)
@@ -484,7 +484,6 @@ def test_a_block_stored_twice_on_one_medium_goes_with_its_first_removal_as_in_ll
     keys = idx.keys_for(tokens, M)
     assert idx.longest_prefix(keys, {"a"}) == {"a": 2.0}
     idx.apply("a", M, [BlockRemoved(event.block_hashes[1:], medium="GPU")])  # one copy evicted
+    assert idx.longest_prefix(keys, {"a"}) == {"a": 2.0}
+    idx.apply("a", M, [BlockRemoved(event.block_hashes[1:])])  # the other one
     assert idx.longest_prefix(keys, {"a"}) == {"a": 1.0}
-    idx.apply("a", M, [BlockStored(event.block_hashes[:1], None, [], None, medium="CPU")])
-    idx.apply("a", M, [BlockRemoved(event.block_hashes[:1])])
-    assert idx.longest_prefix(keys, {"a"}) == {"a": 1.0}  # the CPU entry stays
