@@ -114,10 +114,17 @@ def token_id(piece: str) -> int:
     return zlib.crc32(piece.encode()) % VOCAB_SIZE
 
 
+# The id of each word's piece (its leading space included), so a generated token's id is one
+# lookup: the ids of every generated token, hashed into the engine's blocks, made a text and a
+# CRC a token (7.5 of 56 s of a 20,000-request virtual run at 200 endpoints).
+_WORD_IDS: tuple[int, ...] = tuple(token_id(" " + word) for word in _WORDS)
+
+
 def output_ids(seed: int, start: int, stop: int) -> list[int]:
     """Ids of generated tokens ``start`` to ``stop`` of a sequence seeded by ``seed``: those of
     their ``output_text``, one a token."""
-    return [token_id(output_text(seed, index)) for index in range(start, stop)]
+    ids, count = _WORD_IDS, len(_WORD_IDS)
+    return [ids[(seed + index * 7919) % count] for index in range(start, stop)]
 
 
 def sequence_seed(token_ids: Sequence[int], seed: int) -> int:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import zlib
 
+import pytest
+
 from epp.sim.tokens import (
     _PIECE,
     VOCAB_SIZE,
@@ -14,6 +16,7 @@ from epp.sim.tokens import (
     output_text,
     render_chat,
     sequence_seed,
+    token_id,
     tokenize,
 )
 
@@ -85,3 +88,9 @@ def test_plain_word_text_takes_the_shortcut_to_the_same_ids() -> None:
         for candidate in (text, text.rstrip(), " ".join(words), " " + " ".join(words)):
             expected = [zlib.crc32(p.encode()) % VOCAB_SIZE for p in _PIECE.findall(candidate)]
             assert tokenize(candidate) == expected
+
+
+@pytest.mark.parametrize("seed", [0, 12345, 2**32 - 1])
+def test_output_ids_are_the_ids_of_the_output_text(seed: int) -> None:
+    """`output_ids` looks each word's id up instead of hashing its text; the same ids."""
+    assert output_ids(seed, 3, 700) == [token_id(output_text(seed, index)) for index in range(3, 700)]
