@@ -352,7 +352,7 @@ def without_reading(variant: str) -> None:
     def count(self: scraper.MetricsScraper, target: scraper._Target, result: object) -> None:
         target.sent_at = None
         self.scrapes += 1
-        if target.overdue:
+        if target.missed:
             self._begin(target, asyncio.get_running_loop().time())
 
     scraper.MetricsScraper._answered = count  # type: ignore[method-assign,assignment]
@@ -382,11 +382,27 @@ def child(variant: str, info: dict[str, object], seconds: float, loop: str) -> N
 
 
 def checkout(revision: str, into: str) -> str:
-    """The `epp` package as of `revision`, unpacked into a temporary directory."""
+    """The `epp` package as of `revision`, unpacked into a temporary directory, with its C
+    extensions built as an install builds them (a revision with a C page reader compared without
+    it would be compared with its pure-Python fallback)."""
+    listed = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-tree", "--name-only", revision, "setup.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", revision, "epp"], check=True, capture_output=True
+        ["git", "-C", str(ROOT), "archive", revision, "epp", *listed], check=True, capture_output=True
     ).stdout
     subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
+    if listed:
+        print(f"building {revision}'s C extensions", file=sys.stderr)
+        subprocess.run(
+            [sys.executable, "setup.py", "--quiet", "build_ext", "--inplace"],
+            cwd=into,
+            check=True,
+            capture_output=True,
+        )
     return into
 
 
