@@ -552,10 +552,11 @@ done:
 }
 
 PyDoc_STRVAR(read_doc,
-"read(page, seen, needle, family, cache, parse_labels, sample_type, /) -> samples\n\n"
+"read(needle, family, cache, parse_labels, sample_type, page, seen, /) -> samples\n\n"
 "One wanted name's Samples on the page (needle: a newline and the name), found from where\n"
 "`seen` (a promtext.Seen) says it was; the samples `seen` holds when the bytes they depend on\n"
-"did not change; `seen` updated for the next page. promtext._Wanted.read.");
+"did not change; `seen` updated for the next page. promtext._Wanted.read. The name's own\n"
+"arguments first, so that a functools.partial holding them reads a page with no Python frame.");
 
 static PyObject *
 read_name(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -564,9 +565,9 @@ read_name(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t n, nlen, flen, hint;
     if (arity("read", nargs, 7) < 0)
         return NULL;
-    PyObject *page = args[0], *seen = args[1];
-    if (bytes_arg(page, "page", &p, &n) < 0 || bytes_arg(args[2], "needle", &needle, &nlen) < 0 ||
-        bytes_arg(args[3], "family", &family, &flen) < 0 || check_reader_args(args[4], args[6]) < 0)
+    PyObject *page = args[5], *seen = args[6];
+    if (bytes_arg(page, "page", &p, &n) < 0 || bytes_arg(args[0], "needle", &needle, &nlen) < 0 ||
+        bytes_arg(args[1], "family", &family, &flen) < 0 || check_reader_args(args[2], args[4]) < 0)
         return NULL;
     if (nlen < 1 || needle[0] != '\n') {
         PyErr_SetString(PyExc_ValueError, "needle must be a newline and a name");
@@ -590,7 +591,7 @@ read_name(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         return PyObject_GetAttr(seen, s_samples);
     }
-    Reader r = {p, args[4], args[5], args[6], NULL};
+    Reader r = {p, args[2], args[3], args[4], NULL};
     Py_ssize_t lo, hi;
     PyObject *found = read_group(&r, n, at, walk, needle + 1, nlen - 1, family, flen, &lo, &hi);
     if (found == NULL)

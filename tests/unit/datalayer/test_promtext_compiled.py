@@ -221,12 +221,12 @@ def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="needle must be a newline and a name"):
         _promscan.locate(b"m 1\n", b"m", 0)
     with pytest.raises(TypeError, match="sample_type must be a tuple subclass"):
-        _promscan.read(b"m 1\n", Seen(), b"\nm", b"m", {}, dict, dict)  # type: ignore[type-var]
+        _promscan.read(b"\nm", b"m", {}, dict, dict, b"m 1\n", Seen())  # type: ignore[type-var]
     # A tuple subclass whose instances are more than a tuple: refused as tuple.__new__ refuses it
     # (made as a tuple, its deallocator read fields past the two items).
     with pytest.raises(TypeError, match=r"tuple.__new__\(time.struct_time\) is not safe"):
-        _promscan.read(b"m 1\n", Seen(), b"\nm", b"m", {}, dict, time.struct_time)  # type: ignore[type-var]
+        _promscan.read(b"\nm", b"m", {}, dict, time.struct_time, b"m 1\n", Seen())  # type: ignore[type-var]
     with pytest.raises(AttributeError):
-        _promscan.read(b"m 1\n", object(), b"\nm", b"m", {}, dict, Sample)  # type: ignore[arg-type]
+        _promscan.read(b"\nm", b"m", {}, dict, Sample, b"m 1\n", object())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="read expected 7 arguments, got 2"):
-        _promscan.read(b"", Seen())  # type: ignore[call-arg]
+        _promscan.read(b"\nm", b"m")  # type: ignore[call-arg]
