@@ -230,3 +230,42 @@ def test_bad_arguments_are_refused() -> None:
         _promscan.read(b"\nm", b"m", {}, dict, Sample, b"m 1\n", object())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="read expected 7 arguments, got 2"):
         _promscan.read(b"\nm", b"m")  # type: ignore[call-arg]
+
+
+def test_a_seen_whose_fields_are_not_plain_slots_is_read_through_its_attributes() -> None:
+    """The C read uses a Seen's slots directly only while its type's fields are plain slots: a
+    property in a subclass, or one set on the type after reads that used the slots, is called."""
+    from epp.datalayer import _promscan
+
+    calls: list[str] = []
+
+    def watched(name: str) -> property:
+        slot = getattr(Seen, name)
+        return property(
+            lambda self: calls.append(f"get {name}") or slot.__get__(self),
+            lambda self, value: calls.append(f"set {name}") or slot.__set__(self, value),
+        )
+
+    class Watched(Seen):
+        __slots__ = ()
+        at = watched("at")
+
+    class Plain(Seen):
+        __slots__ = ()
+
+    page = b'# TYPE m gauge\nm{a="1"} 1\nm{a="2"} 2\n'
+
+    def read(seen: Seen) -> tuple[Sample, ...]:
+        return _promscan.read(b"\nm", b"m", {}, promtext._labels, Sample, page, seen)
+
+    expected = (({"a": "1"}, 1.0), ({"a": "2"}, 2.0))
+    seen = Watched()
+    calls.clear()  # Seen.__init__'s
+    assert read(seen) == expected
+    assert calls == ["get at", "set at"]
+    plain = Plain()
+    read(plain)
+    assert not calls[2:]  # plain slots: no attribute call
+    Plain.window = watched("window")  # type: ignore[assignment]
+    assert read(plain) == expected
+    assert calls[2:] == ["get window", "set window"]
