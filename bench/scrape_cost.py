@@ -21,7 +21,8 @@ asyncio's as `main` ran it) on uvloop; `--loop asyncio --loop uvloop` runs each 
 within every round, so the two loops are compared on the same servers minutes apart at most.
 
 Each scraper variant also reports the in-process cost of handling one answer (extracting the
-configured series, mapping them to endpoint metrics and setting them on the endpoint, no I/O),
+configured series, mapping them to endpoint metrics and setting them on the endpoint, no I/O;
+then the same with the HTTP client's part: the GET started and the response handed to its protocol),
 next to prometheus_client's text parser on the same page (a full parse, the reference the
 extractor must agree with). Progress goes to stderr. Run:
 
@@ -44,7 +45,9 @@ import sys
 import tempfile
 import time
 import timeit
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 INTERVAL = 0.05  # GIE's --refresh-metrics-interval, the EPP's default
 ROOT = Path(__file__).resolve().parent.parent
@@ -329,6 +332,8 @@ def page_read_cost(pages: list[str]) -> dict[str, float]:
     def epp() -> None:
         scraper._answered(target, (200, next(bodies)))
 
+    client = _with_client(scraper, engine, pages)
+
     def reference() -> None:
         for _ in text_string_to_metric_families(pages[0]):
             pass
@@ -337,7 +342,52 @@ def page_read_cost(pages: list[str]) -> dict[str, float]:
         runs = timeit.repeat(function, number=number, repeat=5, timer=time.process_time)  # type: ignore[arg-type]
         return min(runs) / number * 1e6
 
-    return {"read_us": best(epp, 2000), "reference_us": best(reference, 20)}
+    return {"read_us": best(epp, 2000), "client_us": best(client, 2000), "reference_us": best(reference, 20)}
+
+
+def _with_client(scraper: Any, engine: Any, pages: list[str]) -> Callable[[], None]:
+    """One answer handled whole, the HTTP client's part too: the GET started (`_begin`), the
+    response put in the connection's read buffer as a socket read would, `buffer_updated`, and
+    the scraper's handling; the pages in turn, each with the headers a server sends (its
+    Content-Length changing with the page). A transport that only swallows the GET."""
+    import functools
+
+    from epp.datalayer import fetch
+    from epp.datalayer.promtext import Extractor
+    from epp.datalayer.scraper import _Target
+    from epp.datastore import Endpoint, EndpointSpec
+
+    class Transport:
+        def write(self, data: bytes) -> None:
+            pass
+
+        def abort(self) -> None:
+            pass
+
+    getter = fetch.KeepAliveGetter("127.0.0.1", 2, "/metrics")
+    protocol = getter._protocol = fetch._GetProtocol()
+    protocol.transport = Transport()  # type: ignore[assignment]
+    endpoint = Endpoint(EndpointSpec("c", "127.0.0.1", 2))
+    target = scraper._targets["c"] = _Target(endpoint, getter, engine, Extractor(engine.names()), 0)
+    if "answered" in _Target.__slots__:  # bound by the scraper since the fourth round
+        target.answered = functools.partial(scraper._answered, target)
+    responses = itertools.cycle(
+        [
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: %d\r\n\r\n"
+            % len(page.encode())
+            + page.encode()
+            for page in pages
+        ]
+    )
+    view = protocol._read_view
+
+    def answer() -> None:
+        response = next(responses)
+        scraper._begin(target, 0.0)
+        view[: len(response)] = response
+        protocol.buffer_updated(len(response))
+
+    return answer
 
 
 def without_reading(variant: str) -> None:
@@ -352,7 +402,7 @@ def without_reading(variant: str) -> None:
     def count(self: scraper.MetricsScraper, target: scraper._Target, result: object) -> None:
         target.sent_at = None
         self.scrapes += 1
-        if target.overdue:
+        if target.missed:
             self._begin(target, asyncio.get_running_loop().time())
 
     scraper.MetricsScraper._answered = count  # type: ignore[method-assign,assignment]
@@ -382,11 +432,27 @@ def child(variant: str, info: dict[str, object], seconds: float, loop: str) -> N
 
 
 def checkout(revision: str, into: str) -> str:
-    """The `epp` package as of `revision`, unpacked into a temporary directory."""
+    """The `epp` package as of `revision`, unpacked into a temporary directory, with its C
+    extensions built as an install builds them (a revision with a C page reader compared without
+    it would be compared with its pure-Python fallback)."""
+    listed = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-tree", "--name-only", revision, "setup.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", revision, "epp"], check=True, capture_output=True
+        ["git", "-C", str(ROOT), "archive", revision, "epp", *listed], check=True, capture_output=True
     ).stdout
     subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
+    if listed:
+        print(f"building {revision}'s C extensions", file=sys.stderr)
+        subprocess.run(
+            [sys.executable, "setup.py", "--quiet", "build_ext", "--inplace"],
+            cwd=into,
+            check=True,
+            capture_output=True,
+        )
     return into
 
 
@@ -518,7 +584,8 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, float]]])
         )
         if "read_us" in runs[0]:
             line += (
-                f"; answer handled in process {statistics.median(r['read_us'] for r in runs):.1f} µs "
+                f"; answer handled in process {statistics.median(r['read_us'] for r in runs):.1f} µs, "
+                f"with the HTTP client {statistics.median(r['client_us'] for r in runs):.1f} µs "
                 f"(prometheus_client parser {statistics.median(r['reference_us'] for r in runs):.0f} µs)"
             )
         print(line)

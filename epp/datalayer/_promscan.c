@@ -14,6 +14,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h> /* T_OBJECT_EX, READONLY: Seen's slots */
 #include <string.h>
 
 #ifdef __SSE2__
@@ -474,13 +475,90 @@ check_reader_args(PyObject *cache, PyObject *sample_type)
     return 0;
 }
 
-/* Seen's attribute names, interned at import. */
-static PyObject *s_at, *s_back, *s_changed, *s_from_start, *s_samples, *s_to_end, *s_window;
+/* Seen's fields, and their names (interned at import). */
+enum { AT, BACK, CHANGED, FROM_START, SAMPLES, TO_END, WINDOW, FIELDS };
+static PyObject *field_names[FIELDS];
+
+/* A Seen is read and written at every wanted name's read, a dozen fields: through
+ * PyObject_GetAttr/SetAttr (a type lookup, a descriptor call each) that was a good part of a
+ * changed page's read. Where each field of the Seen's type is a plain __slots__ slot (a member
+ * descriptor of an object slot, the type's own attribute access), the slot is used directly; the
+ * type is checked at every call by its version tag, which any change to the type (or its bases)
+ * invalidates. Anything else goes through the attribute protocol, as before. */
+static PyTypeObject *slots_type; /* the last type found so (a strong reference) */
+static unsigned int slots_version;
+static Py_ssize_t slots_offset[FIELDS];
+
+/* Whether `type`'s fields are plain slots, recorded as the type above if so. */
+static int
+find_slots(PyTypeObject *type)
+{
+    Py_ssize_t offsets[FIELDS];
+    if (type->tp_getattro != PyObject_GenericGetAttr || type->tp_setattro != PyObject_GenericSetAttr)
+        return 0;
+    for (int i = 0; i < FIELDS; i++) {
+        PyObject *descr = _PyType_Lookup(type, field_names[i]); /* borrowed; sets the version tag */
+        if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type))
+            return 0;
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type != T_OBJECT_EX || (member->flags & READONLY) || member->offset <= 0 ||
+            member->offset > type->tp_basicsize - (Py_ssize_t)sizeof(PyObject *) ||
+            !PyType_IsSubtype(type, PyDescr_TYPE(descr)))
+            return 0;
+        offsets[i] = member->offset;
+    }
+    if (!(type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG))
+        return 0;
+    Py_INCREF(type);
+    Py_XSETREF(slots_type, type);
+    slots_version = type->tp_version_tag;
+    memcpy(slots_offset, offsets, sizeof offsets);
+    return 1;
+}
+
+/* Where `seen`'s field is stored, or NULL if not in a plain slot. */
+static inline PyObject **
+field_slot(PyObject *seen, int field)
+{
+    PyTypeObject *type = Py_TYPE(seen);
+    if (type != slots_type || type->tp_version_tag != slots_version ||
+        !(type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)) {
+        if (!find_slots(type))
+            return NULL;
+    }
+    return (PyObject **)((char *)seen + slots_offset[field]);
+}
+
+/* seen.<field> (a new reference), or NULL with an exception. */
+static PyObject *
+get_field(PyObject *seen, int field)
+{
+    PyObject **slot = field_slot(seen, field);
+    if (slot == NULL)
+        return PyObject_GetAttr(seen, field_names[field]);
+    if (*slot == NULL) {
+        PyErr_Format(PyExc_AttributeError, "'%.200s' object has no attribute '%U'", Py_TYPE(seen)->tp_name,
+                     field_names[field]);
+        return NULL;
+    }
+    return Py_NewRef(*slot);
+}
+
+/* seen.<field> = value; -1 with an exception on failure. */
+static int
+set_field(PyObject *seen, int field, PyObject *value)
+{
+    PyObject **slot = field_slot(seen, field);
+    if (slot == NULL)
+        return PyObject_SetAttr(seen, field_names[field], value);
+    Py_XSETREF(*slot, Py_NewRef(value));
+    return 0;
+}
 
 static int
-get_ssize(PyObject *object, PyObject *attribute, Py_ssize_t *value)
+get_ssize(PyObject *object, int field, Py_ssize_t *value)
 {
-    PyObject *number = PyObject_GetAttr(object, attribute);
+    PyObject *number = get_field(object, field);
     if (number == NULL)
         return -1;
     *value = PyLong_AsSsize_t(number);
@@ -489,20 +567,20 @@ get_ssize(PyObject *object, PyObject *attribute, Py_ssize_t *value)
 }
 
 static int
-set_ssize(PyObject *object, PyObject *attribute, Py_ssize_t value)
+set_ssize(PyObject *object, int field, Py_ssize_t value)
 {
     PyObject *number = PyLong_FromSsize_t(value);
     if (number == NULL)
         return -1;
-    int failed = PyObject_SetAttr(object, attribute, number);
+    int failed = set_field(object, field, number);
     Py_DECREF(number);
     return failed;
 }
 
 static int
-get_bool(PyObject *object, PyObject *attribute)
+get_bool(PyObject *object, int field)
 {
-    PyObject *value = PyObject_GetAttr(object, attribute);
+    PyObject *value = get_field(object, field);
     if (value == NULL)
         return -1;
     int truth = PyObject_IsTrue(value);
@@ -515,7 +593,7 @@ get_bool(PyObject *object, PyObject *attribute)
 static int
 seen_same(PyObject *seen, const char *p, Py_ssize_t n, Py_ssize_t at)
 {
-    PyObject *window = PyObject_GetAttr(seen, s_window);
+    PyObject *window = get_field(seen, WINDOW);
     if (window == NULL)
         return -1;
     int same = 0;
@@ -527,7 +605,7 @@ seen_same(PyObject *seen, const char *p, Py_ssize_t n, Py_ssize_t at)
         same = -1;
         goto done;
     }
-    if (get_ssize(seen, s_back, &back) < 0) {
+    if (get_ssize(seen, BACK, &back) < 0) {
         same = -1;
         goto done;
     }
@@ -535,7 +613,7 @@ seen_same(PyObject *seen, const char *p, Py_ssize_t n, Py_ssize_t at)
     if (lo < 0)
         goto done;
     if (lo) {
-        int from_start = get_bool(seen, s_from_start);
+        int from_start = get_bool(seen, FROM_START);
         if (from_start != 0) {
             same = from_start < 0 ? -1 : 0;
             goto done;
@@ -544,7 +622,7 @@ seen_same(PyObject *seen, const char *p, Py_ssize_t n, Py_ssize_t at)
     Py_ssize_t length = PyBytes_GET_SIZE(window);
     if (!starts(p, n, lo, PyBytes_AS_STRING(window), length))
         goto done;
-    int to_end = get_bool(seen, s_to_end);
+    int to_end = get_bool(seen, TO_END);
     same = to_end < 0 ? -1 : (!to_end || n == lo + length);
 done:
     Py_DECREF(window);
@@ -552,10 +630,11 @@ done:
 }
 
 PyDoc_STRVAR(read_doc,
-"read(page, seen, needle, family, cache, parse_labels, sample_type, /) -> samples\n\n"
+"read(needle, family, cache, parse_labels, sample_type, page, seen, /) -> samples\n\n"
 "One wanted name's Samples on the page (needle: a newline and the name), found from where\n"
 "`seen` (a promtext.Seen) says it was; the samples `seen` holds when the bytes they depend on\n"
-"did not change; `seen` updated for the next page. promtext._Wanted.read.");
+"did not change; `seen` updated for the next page. promtext._Wanted.read. The name's own\n"
+"arguments first, so that a functools.partial holding them reads a page with no Python frame.");
 
 static PyObject *
 read_name(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -564,21 +643,21 @@ read_name(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t n, nlen, flen, hint;
     if (arity("read", nargs, 7) < 0)
         return NULL;
-    PyObject *page = args[0], *seen = args[1];
-    if (bytes_arg(page, "page", &p, &n) < 0 || bytes_arg(args[2], "needle", &needle, &nlen) < 0 ||
-        bytes_arg(args[3], "family", &family, &flen) < 0 || check_reader_args(args[4], args[6]) < 0)
+    PyObject *page = args[5], *seen = args[6];
+    if (bytes_arg(page, "page", &p, &n) < 0 || bytes_arg(args[0], "needle", &needle, &nlen) < 0 ||
+        bytes_arg(args[1], "family", &family, &flen) < 0 || check_reader_args(args[2], args[4]) < 0)
         return NULL;
     if (nlen < 1 || needle[0] != '\n') {
         PyErr_SetString(PyExc_ValueError, "needle must be a newline and a name");
         return NULL;
     }
-    if (get_ssize(seen, s_at, &hint) < 0)
+    if (get_ssize(seen, AT, &hint) < 0)
         return NULL;
     int walk;
     Py_ssize_t at = locate_line(p, n, needle, nlen, hint, &walk);
     if (at < 0) {
-        if (PyObject_SetAttr(seen, s_changed, hint >= 0 ? Py_True : Py_False) < 0 ||
-            set_ssize(seen, s_at, -1) < 0 || PyObject_SetAttr(seen, s_window, Py_None) < 0)
+        if (set_field(seen, CHANGED, hint >= 0 ? Py_True : Py_False) < 0 ||
+            set_ssize(seen, AT, -1) < 0 || set_field(seen, WINDOW, Py_None) < 0)
             return NULL;
         return PyTuple_New(0);
     }
@@ -586,29 +665,29 @@ read_name(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (same < 0)
         return NULL;
     if (same) {
-        if (set_ssize(seen, s_at, at) < 0 || PyObject_SetAttr(seen, s_changed, Py_False) < 0)
+        if (set_ssize(seen, AT, at) < 0 || set_field(seen, CHANGED, Py_False) < 0)
             return NULL;
-        return PyObject_GetAttr(seen, s_samples);
+        return get_field(seen, SAMPLES);
     }
-    Reader r = {p, args[4], args[5], args[6], NULL};
+    Reader r = {p, args[2], args[3], args[4], NULL};
     Py_ssize_t lo, hi;
     PyObject *found = read_group(&r, n, at, walk, needle + 1, nlen - 1, family, flen, &lo, &hi);
     if (found == NULL)
         return NULL;
-    if (set_ssize(seen, s_at, at) < 0 || PyObject_SetAttr(seen, s_samples, found) < 0 ||
-        PyObject_SetAttr(seen, s_changed, Py_True) < 0)
+    if (set_ssize(seen, AT, at) < 0 || set_field(seen, SAMPLES, found) < 0 ||
+        set_field(seen, CHANGED, Py_True) < 0)
         goto fail;
     if (lo < 0) {
-        if (PyObject_SetAttr(seen, s_window, Py_None) < 0)
+        if (set_field(seen, WINDOW, Py_None) < 0)
             goto fail;
         return found;
     }
     PyObject *window = PyBytes_FromStringAndSize(p + lo, (hi < n ? hi : n) - lo);
     if (window == NULL)
         goto fail;
-    int failed = set_ssize(seen, s_back, at - lo) < 0 || PyObject_SetAttr(seen, s_window, window) < 0 ||
-                 PyObject_SetAttr(seen, s_to_end, hi >= n ? Py_True : Py_False) < 0 ||
-                 PyObject_SetAttr(seen, s_from_start, lo == 0 ? Py_True : Py_False) < 0;
+    int failed = set_ssize(seen, BACK, at - lo) < 0 || set_field(seen, WINDOW, window) < 0 ||
+                 set_field(seen, TO_END, hi >= n ? Py_True : Py_False) < 0 ||
+                 set_field(seen, FROM_START, lo == 0 ? Py_True : Py_False) < 0;
     Py_DECREF(window);
     if (failed)
         goto fail;
@@ -633,15 +712,12 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__promscan(void)
 {
-    struct {
-        PyObject **name;
-        const char *text;
-    } names[] = {
-        {&s_at, "at"}, {&s_back, "back"}, {&s_changed, "changed"}, {&s_from_start, "from_start"},
-        {&s_samples, "samples"}, {&s_to_end, "to_end"}, {&s_window, "window"},
+    static const char *names[FIELDS] = {
+        [AT] = "at", [BACK] = "back", [CHANGED] = "changed", [FROM_START] = "from_start",
+        [SAMPLES] = "samples", [TO_END] = "to_end", [WINDOW] = "window",
     };
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        if (*names[i].name == NULL && (*names[i].name = PyUnicode_InternFromString(names[i].text)) == NULL)
+    for (int i = 0; i < FIELDS; i++)
+        if (field_names[i] == NULL && (field_names[i] = PyUnicode_InternFromString(names[i])) == NULL)
             return NULL;
 #ifdef HAVE_AVX2_PATH
     __builtin_cpu_init();

@@ -13,12 +13,12 @@ class _Seen(Protocol):
 
 def locate(page: bytes, needle: bytes, hint: int, /) -> tuple[int, bool]: ...
 def read(
-    page: bytes,
-    seen: _Seen,
     needle: bytes,
     family: bytes,
     cache: dict[bytes, dict[str, str]],
     parse_labels: Callable[[bytes], dict[str, str]],
     sample_type: type[_Sample],
+    page: bytes,
+    seen: _Seen,
     /,
 ) -> tuple[_Sample, ...]: ...

@@ -71,10 +71,11 @@ class EngineMetrics:
         waiting = _matching(samples, self.waiting)
         running = _matching(samples, self.running)
         kv_usage = _matching(samples, self.kv_usage)
+        # a metric the engine maps (selectors set) that the page lacks
         fails = (
-            _absent(self.waiting, waiting)
-            or _absent(self.running, running)
-            or _absent(self.kv_usage, kv_usage)
+            (not waiting and bool(self.waiting))
+            or (not running and bool(self.running))
+            or (not kv_usage and bool(self.kv_usage))
         )
         metrics.waiting_queue_size = int(_total(waiting))
         metrics.running_requests_size = int(_total(running))
@@ -131,33 +132,33 @@ def _matching(samples: SeriesByName, specs: tuple[MetricSpec, ...]) -> Sequence[
     return ()
 
 
-def _finite(value: float, series: Sequence[Sample]) -> float:
-    if value - value != 0.0:  # NaN or infinite: math.isfinite without a call
-        raise ValueError(f"non-finite metric value in {[s.value for s in series]}")
-    return value
+def _not_finite(series: Sequence[Sample]) -> ValueError:
+    return ValueError(f"non-finite metric value in {[s.value for s in series]}")
 
 
-def _absent(specs: tuple[MetricSpec, ...], series: Sequence[Sample]) -> bool:
-    """A metric the engine maps (specs set) that the page lacks."""
-    return bool(specs) and not series
+# The finite check below is inline, `value - value != 0.0` (NaN or infinite): math.isfinite or a
+# helper would be a call per sample, every scrape.
 
 
 def _total(series: Sequence[Sample]) -> float:
     """Counts add up over series: one per model normally; a multi-model server reports several."""
     total = 0.0
-    for sample in series:
-        total += _finite(sample.value, series)
+    for _, value in series:
+        if value - value != 0.0:
+            raise _not_finite(series)
+        total += value
     return total
 
 
 def _highest(series: Sequence[Sample]) -> float:
     """Ratios and sizes do not add up: with several series (data-parallel ranks) the fullest one
     speaks for the endpoint."""
-    if not series:
-        return 0.0
-    highest = _finite(series[0].value, series)
-    for sample in series[1:]:
-        highest = max(highest, _finite(sample.value, series))
+    highest = -math.inf if series else 0.0
+    for _, value in series:
+        if value - value != 0.0:
+            raise _not_finite(series)
+        if value > highest:
+            highest = value
     return highest
 
 

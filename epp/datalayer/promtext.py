@@ -7,8 +7,9 @@ was built; the Python below is the reference it is tested against, and the fallb
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -133,6 +134,10 @@ class Seen:
 Hints = dict[str, Seen]
 """What each wanted name's read left on one endpoint's last page."""
 
+Reader = Callable[[bytes, Seen], tuple["Sample", ...]]
+"""One wanted name's read of a page, from and into its `Seen` (a partial: with the C extension,
+no Python frame between the caller and the C)."""
+
 
 class SeriesByName(Protocol):
     """A page's series by metric name, as an engine reads them (a dict, or `PageSeries`)."""
@@ -207,6 +212,10 @@ class _Wanted:
             found.insert(0, first.groups(b""))
         return found, lo, end + self.lookahead
 
+    def reader(self, parsed: dict[bytes, dict[str, str]]) -> Reader:
+        """`read` with the extractor's label cache: what `Extractor` calls for each page."""
+        return functools.partial(self.read, parsed=parsed)
+
     def read(self, page: bytes, seen: Seen, parsed: dict[bytes, dict[str, str]]) -> tuple[Sample, ...]:
         """The name's series on the page, found from where `seen` says it was last time; the
         samples `seen` holds when the bytes they depend on did not change; `seen` updated for the
@@ -275,7 +284,10 @@ class _CompiledWanted(_Wanted):
         return _promscan.locate(page, self.needle, hint)
 
     def read(self, page: bytes, seen: Seen, parsed: dict[bytes, dict[str, str]]) -> tuple[Sample, ...]:
-        return _promscan.read(page, seen, self.needle, self.family, parsed, _labels, Sample)
+        return _promscan.read(self.needle, self.family, parsed, _labels, Sample, page, seen)
+
+    def reader(self, parsed: dict[bytes, dict[str, str]]) -> Reader:
+        return functools.partial(_promscan.read, self.needle, self.family, parsed, _labels, Sample)
 
 
 PAGE_READER = "the metrics page reader"
@@ -321,6 +333,7 @@ class Extractor:
         # replicas of one model share them), so most are parsed once; the dicts are shared, and
         # read-only. Cleared when full, so changing label values cannot grow it without bound.
         self._labels: dict[bytes, dict[str, str]] = {}
+        self._readers = {name: wanted.reader(self._labels) for name, wanted in self._wanted.items()}
 
     def extract(self, text: str) -> dict[str, Sequence[Sample]]:
         return self.extract_bytes(text.encode("utf-8", "surrogatepass"))
@@ -343,13 +356,13 @@ class Extractor:
         """One name's series on the page: empty if the page lacks it or it is not wanted. A
         tuple, as a page whose bytes did not change gives the same one again: no scrape's
         consumer can change another scrape's series."""
-        wanted = self._wanted.get(name)
-        if wanted is None:
+        read = self._readers.get(name)
+        if read is None:
             return ()
         seen = hints.get(name)
         if seen is None:
             seen = hints[name] = Seen()
-        return wanted.read(page, seen, self._labels)
+        return read(page, seen)
 
     def same(self, page: bytes, hints: Hints, names: Iterable[str]) -> bool:
         """Whether each of `names` reads on `page` what it read on the endpoint's last page: the
@@ -376,20 +389,28 @@ class PageSeries:
     for, in order (what `Extractor.same` checks on the next page), and `changed` is False while
     each was the series the last page read."""
 
-    __slots__ = ("_extractor", "_hints", "_page", "asked", "changed")
+    __slots__ = ("_hints", "_page", "_readers", "asked", "changed")
 
     def __init__(self, extractor: Extractor, page: bytes, hints: Hints) -> None:
-        self._extractor = extractor
+        self._readers = extractor._readers
         self._page = page
         self._hints = hints
         self.asked: list[str] = []
         self.changed = False
 
     def get(self, name: str, /) -> Sequence[Sample] | None:
+        # `Extractor.read` inlined: an engine asks for five to ten names a page, a Python call
+        # each saved (with the C reader, none is left between here and the C)
         self.asked.append(name)
-        found = self._extractor.read(self._page, name, self._hints)
+        read = self._readers.get(name)
+        if read is None:
+            self.changed = True
+            return None
         seen = self._hints.get(name)
-        if seen is None or seen.changed:
+        if seen is None:
+            seen = self._hints[name] = Seen()
+        found = read(self._page, seen)
+        if seen.changed:
             self.changed = True
         return found or None
 

@@ -316,3 +316,46 @@ async def test_a_chunk_size_or_trailer_line_past_the_header_limit_fails_at_once(
         with pytest.raises(FetchError, match=f"{where} line too long"):
             await getter.get(2)
         getter.close()
+
+
+@pytest.mark.parametrize(
+    ("header", "parses"),
+    [
+        (b"Content-Length: %d", 1),  # only the digits change: parsed once
+        (b"content-length:\t %d \t", 1),
+        (b"Content-Length: 0%d", 1),  # leading zeros: int() reads them as the parse does
+        # Not reused: a length the parse reads otherwise, or a second header naming it.
+        (b"Content-Length: %d_0", 3),
+        (b"Content-Length: %d\r\nX-Content-Length: 9", 3),
+        (b"Content-Length: %d\r\nContent-Length : %d", 3),
+    ],
+)
+async def test_answers_whose_headers_differ_only_in_the_content_length_are_parsed_once(
+    monkeypatch: pytest.MonkeyPatch, header: bytes, parses: int
+) -> None:
+    """A busy server's page changes length from one answer to the next, and with it only the
+    Content-Length's digits: the headers are not parsed again, and each body is read whole to
+    its own length; headers whose length could read otherwise are parsed each time."""
+    calls: list[bytes] = []
+    parse = fetch._Head.parse
+
+    def counted(head: bytes) -> fetch._Head:
+        calls.append(head)
+        return parse(head)
+
+    monkeypatch.setattr(fetch._Head, "parse", counted)
+    digits = (0, 123, 45)  # "0_0" reads as 0, as "0" does: the rest of the line counts
+    scale = 10 if b"_0" in header else 1  # what "N_0" reads as
+    bodies = [bytes([97 + i]) * (n * scale) for i, n in enumerate(digits)]
+
+    def response(n: int, body: bytes) -> bytes:
+        line = header.replace(b"%d", b"%d" % n)
+        return b"HTTP/1.1 200 OK\r\nServer: test\r\n" + line + b"\r\n\r\n" + body
+
+    handler, _ = answering(*(response(n, body) for n, body in zip(digits, bodies, strict=True)))
+    async with raw_server(handler) as port:
+        getter = KeepAliveGetter("127.0.0.1", port, "/metrics")
+        for body in bodies:
+            assert await getter.get(2) == (200, body)
+        getter.close()
+    assert len(calls) == parses

@@ -8,12 +8,16 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from epp.datalayer.engines import BUILTIN_ENGINES, EngineMetrics
 from epp.datalayer.promtext import Extractor, MetricSpec, Sample, SeriesByName
+
+# Both page readers, the Python reference and the C one (conftest.page_reader).
+pytestmark = pytest.mark.usefixtures("page_reader")
 
 LABEL_NAMES = ("model_name", "engine", "request_type", "kv_cache_block_type", "max_lora", "block_size")
 LABEL_VALUES = ("m", "0", "1", "waiting", "scheduled", "fraction", "max", "tokens_per", "", "a,b")

@@ -205,6 +205,46 @@ def test_megabyte_pages_read_the_same(generated: bytes, hostile: bytes) -> None:
         _read_both(b"# shifted\n" + page, names, state)
 
 
+def test_ten_megabyte_hostile_pages_read_the_same() -> None:
+    """Pages of 10 MB: one line of 10 MB in the wanted family (NUL bytes and invalid UTF-8 in its
+    label block), a wanted name past 10 MB of NULs or of such bytes, the page cut mid-line without
+    a newline, a long value, 640 KB of blank lines in a group: read alike, page after page."""
+    size = 10 * 1024 * 1024
+    # No closing brace: the Python reference's label pattern is quadratic in a line's braces.
+    junk = (b'\x00\xff\xfe{"=\\ab' * (size // 9))[:size]
+    name = NAMES[0].encode()
+    pages = [
+        b"# TYPE " + name + b" gauge\n" + name + b'{a="' + junk + b'"} 1\n' + name + b" 2\n",
+        b"\x00" * size + b"\n" + name + b'{a="x"} 4\n',
+        junk + b"\n" + name + b'{a="' + junk[: size // 2],  # cut mid-line
+        name + b" " + b"9" * 4096 + b"\n" + name + b"{} 3",
+        b"\n" * (size // 16) + name + b" 5",
+    ]
+    state = _extractors(list(NAMES))
+    for page in pages + pages[::-1]:
+        _read_both(page, list(NAMES), state)
+
+
+@pytest.mark.parametrize("line", ["braces", "value"])
+def test_a_line_of_ten_megabytes_reads_in_one_pass(line: str) -> None:
+    """The C read finds a label block's end as the line's last brace, and a value's end, in one
+    pass: a line of 10 MB of braces, or a value of 10 MB before another line of the family, reads
+    as a short one of the same shape does (in ~0.1 s; the Python reference's regexes backtrack
+    over such a line, ~1.4 s at 200 KB of braces here, growing with the square of the line, so
+    it is compared on the short one only)."""
+    name = NAMES[0].encode()
+
+    def page(size: int) -> bytes:
+        if line == "value":
+            return name + b" " + b"9" * size + b"\n" + name + b"{} 3\n"
+        junk = (b'\x00\xff\xfe{}"=\\' * (size // 9 + 1))[:size]
+        return b"# TYPE " + name + b" gauge\n" + name + b'{a="' + junk + b'"} 1\n' + name + b"{} 3\n"
+
+    _read_both(page(900), list(NAMES), _extractors(list(NAMES)))
+    read = Extractor(list(NAMES), compiled=True).extract_bytes(page(10 * 1024 * 1024))[NAMES[0]]
+    assert [s.value for s in read] == [math.inf if line == "value" else 1.0, 3.0]
+
+
 def test_label_cache_is_cleared_when_full_as_in_python() -> None:
     """Past 16,384 distinct label blocks the cache starts again, in C as in Python."""
     page = b"".join(b'm_total{n="%d"} %d\n' % (i, i) for i in range(17_000))
@@ -221,12 +261,51 @@ def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="needle must be a newline and a name"):
         _promscan.locate(b"m 1\n", b"m", 0)
     with pytest.raises(TypeError, match="sample_type must be a tuple subclass"):
-        _promscan.read(b"m 1\n", Seen(), b"\nm", b"m", {}, dict, dict)  # type: ignore[type-var]
+        _promscan.read(b"\nm", b"m", {}, dict, dict, b"m 1\n", Seen())  # type: ignore[type-var]
     # A tuple subclass whose instances are more than a tuple: refused as tuple.__new__ refuses it
     # (made as a tuple, its deallocator read fields past the two items).
     with pytest.raises(TypeError, match=r"tuple.__new__\(time.struct_time\) is not safe"):
-        _promscan.read(b"m 1\n", Seen(), b"\nm", b"m", {}, dict, time.struct_time)  # type: ignore[type-var]
+        _promscan.read(b"\nm", b"m", {}, dict, time.struct_time, b"m 1\n", Seen())  # type: ignore[type-var]
     with pytest.raises(AttributeError):
-        _promscan.read(b"m 1\n", object(), b"\nm", b"m", {}, dict, Sample)  # type: ignore[arg-type]
+        _promscan.read(b"\nm", b"m", {}, dict, Sample, b"m 1\n", object())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="read expected 7 arguments, got 2"):
-        _promscan.read(b"", Seen())  # type: ignore[call-arg]
+        _promscan.read(b"\nm", b"m")  # type: ignore[call-arg]
+
+
+def test_a_seen_whose_fields_are_not_plain_slots_is_read_through_its_attributes() -> None:
+    """The C read uses a Seen's slots directly only while its type's fields are plain slots: a
+    property in a subclass, or one set on the type after reads that used the slots, is called."""
+    from epp.datalayer import _promscan
+
+    calls: list[str] = []
+
+    def watched(name: str) -> property:
+        slot = getattr(Seen, name)
+        return property(
+            lambda self: calls.append(f"get {name}") or slot.__get__(self),
+            lambda self, value: calls.append(f"set {name}") or slot.__set__(self, value),
+        )
+
+    class Watched(Seen):
+        __slots__ = ()
+        at = watched("at")
+
+    class Plain(Seen):
+        __slots__ = ()
+
+    page = b'# TYPE m gauge\nm{a="1"} 1\nm{a="2"} 2\n'
+
+    def read(seen: Seen) -> tuple[Sample, ...]:
+        return _promscan.read(b"\nm", b"m", {}, promtext._labels, Sample, page, seen)
+
+    expected = (({"a": "1"}, 1.0), ({"a": "2"}, 2.0))
+    seen = Watched()
+    calls.clear()  # Seen.__init__'s
+    assert read(seen) == expected
+    assert calls == ["get at", "set at"]
+    plain = Plain()
+    read(plain)
+    assert not calls[2:]  # plain slots: no attribute call
+    Plain.window = watched("window")  # type: ignore[assignment]
+    assert read(plain) == expected
+    assert calls[2:] == ["get window", "set window"]

@@ -6,8 +6,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping, Sequence
 
+import pytest
+
 from epp.datalayer.engines import BUILTIN_ENGINES
 from epp.datalayer.promtext import Extractor, Hints, Sample
+
+# Both page readers, the Python reference and the C one (conftest.page_reader).
+pytestmark = pytest.mark.usefixtures("page_reader")
 
 ENGINE = BUILTIN_ENGINES["vllm"]
 PAGE = b"""\
