@@ -46,6 +46,8 @@ asan-check: $(STAMP)
 		$(CURDIR)/$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/scheduling/test_scheduling_prefix_compiled*.py \
 		tests/unit/datalayer/test_blockkeys.py \
 		tests/unit/datalayer/test_promtext_compiled.py \
+		tests/unit/datalayer/test_promtext_agreement.py \
+		tests/unit/datalayer/test_promtext_seen.py \
 		tests/unit/requests/test_jsondepth.py \
 		tests/unit/sim/test_tokens_compiled.py \
 		tests/unit/bench/test_bench_events.py \

@@ -28,7 +28,6 @@ import os
 import random
 import statistics
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from epp import eventloop
 from epp.bench import minimal_extproc
+from epp.bench.argtypes import positive
 from epp.bench.loadgen import run_realtime
 from epp.bench.report import publish, table
 from epp.bench.summary import percentile
@@ -55,40 +55,27 @@ QUEUE_DURATION = "inference_extension_flow_control_request_queue_duration_second
 HELD = "0.001"  # a queue-duration bucket bound (s): a dispatched request that waited longer was held
 
 
-def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, not {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, not {text!r}")
-        return value
-
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--rate", action="append", type=_positive(float), default=[], help="req/s (default 100, 300, 500)"
+        "--rate", action="append", type=positive(float), default=[], help="req/s (default 100, 300, 500)"
     )
     parser.add_argument(
-        "--seconds", type=_positive(float), default=10.0, help="per rate, path and round (default 10)"
+        "--seconds", type=positive(float), default=10.0, help="per rate, path and round (default 10)"
     )
     parser.add_argument(
-        "--rounds", type=_positive(int), default=1, help="repeat every rate; medians reported (default 1)"
+        "--rounds", type=positive(int), default=1, help="repeat every rate; medians reported (default 1)"
     )
     parser.add_argument(
-        "--endpoints", type=_positive(int), default=64, help="simulated endpoints (default 64)"
+        "--endpoints", type=positive(int), default=64, help="simulated endpoints (default 64)"
     )
     parser.add_argument(
         "--endpoints-per-process",
-        type=_positive(int),
+        type=positive(int),
         default=32,
         help="simulated endpoints per simulator process",
     )
     parser.add_argument(
-        "--prompt-tokens", type=_positive(int), default=4096, help="tokens per prompt (default 4096)"
+        "--prompt-tokens", type=positive(int), default=4096, help="tokens per prompt (default 4096)"
     )
     parser.add_argument(
         "--shared-tokens",
@@ -120,14 +107,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--warmup-seconds",
-        type=_positive(float),
+        type=positive(float),
         default=2.0,
         help="per path before measuring, at 50 req/s: connections, code paths, the EPPs' view of the "
         "endpoints (default 2)",
     )
     parser.add_argument(
         "--idle-seconds",
-        type=_positive(float),
+        type=positive(float),
         default=IDLE_SECONDS,
         help=f"the window each server's idle CPU is read over (default {IDLE_SECONDS:g})",
     )

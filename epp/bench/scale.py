@@ -11,12 +11,13 @@ import argparse
 import time
 from pathlib import Path
 
+from epp.bench.argtypes import positive
 from epp.bench.report import publish, table
 from epp.bench.suite import Suite
 from epp.bench.summary import summarize
 from epp.bench.virtual import VirtualCluster, VirtualRun
 from epp.bench.workload import WorkloadSpec, generate
-from epp.sim.profiles import get_profile
+from epp.sim.profiles import PROFILES, get_profile
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,14 +25,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--policy", action="append", default=[], help="suite policy (repeatable; default random)"
     )
-    parser.add_argument("--endpoints", type=int, default=1000)
-    parser.add_argument("--groups", type=int, default=1000, help="shared-prefix groups")
-    parser.add_argument("--per-group", type=int, default=100, help="requests per group")
-    parser.add_argument("--system-len", type=int, default=1000)
-    parser.add_argument("--question-len", type=int, default=100)
-    parser.add_argument("--output-len", type=int, default=100)
-    parser.add_argument("--rate", type=float, default=10_000.0, help="requests/s offered")
-    parser.add_argument("--profile", default="llama-3.1-8b-h100")
+    count = positive(int)
+    parser.add_argument("--endpoints", type=count, default=1000)
+    parser.add_argument("--groups", type=count, default=1000, help="shared-prefix groups")
+    parser.add_argument("--per-group", type=count, default=100, help="requests per group")
+    parser.add_argument("--system-len", type=count, default=1000)
+    parser.add_argument("--question-len", type=count, default=100)
+    parser.add_argument("--output-len", type=count, default=100)
+    parser.add_argument("--rate", type=positive(float), default=10_000.0, help="requests/s offered")
+    parser.add_argument("--profile", default="llama-3.1-8b-h100", choices=sorted(PROFILES))
     parser.add_argument("--doc", type=Path, help="also write the table into this document's scale block")
 
 
@@ -56,6 +58,11 @@ def workload(args: argparse.Namespace) -> WorkloadSpec:
 
 def main(args: argparse.Namespace) -> int:
     suite = Suite.load(args.suite)
+    known = {policy.name for policy in suite.spec.policies}
+    if unknown := [name for name in args.policy if name not in known]:
+        raise SystemExit(
+            f"epp bench scale: no policy {unknown[0]!r} in {args.suite}; known: {', '.join(known)}"
+        )
     spec = workload(args)
     started = time.perf_counter()
     requests = generate(spec, args.rate)
