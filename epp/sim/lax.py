@@ -53,3 +53,29 @@ def lax_bool(value: object) -> bool | None:
         if text in _FALSE:
             return False
     return None
+
+
+_DIGITS = r"[0-9](?:_?[0-9])*"
+_FLOAT_TEXT = re.compile(
+    rf"[+-]?(?:(?:{_DIGITS}(?:\.(?:{_DIGITS})?)?|\.{_DIGITS})(?:[eE][+-]?{_DIGITS})?|inf|infinity|nan)",
+    re.IGNORECASE,
+)
+
+
+def lax_float(value: object) -> float | None:
+    """The float pydantic's lax mode reads from a JSON value, or None where it refuses one: a
+    number or a boolean, or a string holding a decimal number (exponent, `_` between digits,
+    `inf` and `nan` allowed, surrounding whitespace stripped). NaN and infinities pass: vLLM's
+    own checks name them."""
+    if isinstance(value, bool | int):
+        try:
+            return float(value)
+        except OverflowError:
+            return None
+    if isinstance(value, float):
+        return value
+    if isinstance(value, str):
+        text = value.strip(_WHITESPACE)
+        if _FLOAT_TEXT.fullmatch(text):
+            return float(text.replace("_", ""))
+    return None

@@ -15,6 +15,7 @@ import xxhash
 
 from epp.sim.errors import ApiError
 from epp.sim.lax import lax_bool, lax_int
+from epp.sim.sampling import check_prompt_vocabulary, check_sampling
 from epp.sim.tokens import VOCAB_SIZE, render_chat, tokenize
 from epp.sim.tools import ForcedTools, parse_tool_choice
 
@@ -114,6 +115,8 @@ def parse_completion(body: dict[str, Any]) -> Generation:
     if count is not None and count < 0 and count != -1:
         raise ApiError(400, "`logprobs` must be a positive value or -1.", "logprobs")
     gen.logprobs = _whole_vocabulary(_optional_int(body, "logprobs", minimum=None))
+    _check_sampling(gen, body)
+    check_prompt_vocabulary(gen.prompts)
     return gen
 
 
@@ -136,7 +139,13 @@ def parse_chat(body: dict[str, Any]) -> Generation:
     count = _optional_int(body, "top_logprobs", minimum=None)
     gen.logprobs = _whole_vocabulary(count or 0) if wanted else None
     gen.tools = parse_tool_choice(body)
+    _check_sampling(gen, body)
     return gen
+
+
+def _check_sampling(gen: Generation, body: dict[str, Any]) -> None:
+    """vLLM's SamplingParams checks, after the request model's own (the parse above)."""
+    check_sampling(body, gen.kind == "responses", gen.n, gen.max_tokens, gen.min_tokens)
 
 
 def _whole_vocabulary(count: int | None) -> int | None:
@@ -176,6 +185,7 @@ def parse_responses(body: dict[str, Any]) -> Generation:
         "responses", body, [tokenize(render_chat(conversation.turns()))], "max_output_tokens", None
     )
     gen.conversation = conversation
+    _check_sampling(gen, body)
     return gen
 
 
@@ -190,7 +200,9 @@ def parse_embedding_input(body: dict[str, Any]) -> list[list[int]]:
     raw = body.get("input")
     if raw is None:
         raise ApiError(400, "'input' is required", "input")
-    return _prompts(raw, "input")
+    prompts = _prompts(raw, "input")
+    check_prompt_vocabulary(prompts)
+    return prompts
 
 
 def _generation(
@@ -200,7 +212,7 @@ def _generation(
     if not isinstance(model, str) or not model:
         raise ApiError(400, "'model' is required", "model")
     _int64(body, "seed")  # the simulator draws nothing from it
-    max_tokens = _optional_int(body, limit_field, minimum=1)
+    max_tokens = _optional_int(body, limit_field, minimum=None)
     stream = bool(_optional_bool(body, "stream", default=False))
     # vLLM's Responses API has no stream_options
     include_usage, continuous_usage = _include_usage(body) if kind != "responses" else (False, False)
@@ -209,17 +221,24 @@ def _generation(
         model=model,
         prompts=prompts,
         max_tokens=default_limit if max_tokens is None else max_tokens,
-        min_tokens=_optional_int(body, "min_tokens", minimum=0, nullable=False) or 0,
+        # vLLM's Responses API does not read `min_tokens`
+        min_tokens=0 if kind == "responses" else _optional_int(body, "min_tokens", None, nullable=False) or 0,
         ignore_eos=bool(_optional_bool(body, "ignore_eos", default=False, nullable=False)),
         stream=stream,
         include_usage=stream and include_usage,
         continuous_usage=stream and continuous_usage,
         kv_transfer_params=body.get("kv_transfer_params"),
         # vLLM: chat's `n` may be null, completions' not.
-        n=1 if kind == "responses" else _optional_int(body, "n", minimum=1, nullable=kind == "chat") or 1,
+        n=1 if kind == "responses" else _int_or(_optional_int(body, "n", None, nullable=kind == "chat"), 1),
         priority=_int64(body, "priority", nullable=False) or 0,
         cache_salt=_cache_salt(body),
     )
+
+
+def _int_or(value: int | None, default: int) -> int:
+    """`value`, or `default` where vLLM fills in one for an absent (or null) field: unlike
+    `value or default`, keeps a 0 for vLLM's range check to refuse."""
+    return default if value is None else value
 
 
 _INT64_BOUND = 2**63

@@ -54,6 +54,7 @@ from epp.sim.pd import (
     pull_remote_blocks,
 )
 from epp.sim.responses import embeddings_body, error_response, generation_body, json_response, models_body
+from epp.sim.sampling import min_tokens_refusal, refusal
 from epp.sim.sequences import OutputSequence, SequenceGroup
 from epp.sim.sse import stream_error, stream_response
 from epp.sim.stored_responses import ResponseStore
@@ -357,11 +358,10 @@ class SimServer:
         """vLLM's engine-side check of `logprobs` (chat: `top_logprobs`) against `--max-logprobs`."""
         limit = self.config.max_logprobs
         if gen.logprobs is not None and gen.logprobs > limit:
-            raise ApiError(
-                400,
-                f"Requested sample logprobs of {gen.logprobs}, which is greater than max allowed: {limit} "
-                f"(parameter=logprobs, value={gen.logprobs})",
+            raise refusal(
+                f"Requested sample logprobs of {gen.logprobs}, which is greater than max allowed: {limit}",
                 "logprobs",
+                gen.logprobs,
             )
 
     def _check_queue(self, sequences: int, what: str, param: str) -> None:
@@ -395,6 +395,8 @@ class SimServer:
                 f"{len(prompt) + wanted} tokens ({len(prompt)} in the messages, {wanted} in the completion). "
                 "Please reduce the length of the messages or completion.",
             )
+        if gen.min_tokens > limit:  # vLLM checks it against the limit it filled in (chat)
+            raise min_tokens_refusal(gen.min_tokens, limit)
         seed = sequence_seed(prompt, self.config.seed + sample)  # each of `n` samples differs
         sequences = len(gen.prompts) * gen.n
         call = gen.tools.plan(seed, limit, sequences) if gen.tools is not None else None

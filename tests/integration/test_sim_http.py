@@ -168,12 +168,54 @@ async def test_n_samples_each_prompt_n_times(cluster: SimCluster, http: aiohttp.
         frames = await read_sse(response)
     assert {f["choices"][0]["index"] for f in frames[:-1]} == {0, 1, 2}
     # vLLM's lax integers: `true` is 1 and "2" is 2; a completions `n` may not be null.
-    for bad in (0, -1, "two", 1.5, None):
+    for bad in ("two", 1.5, None):
         status, _, data = await post(http, url, {"model": MODEL, "prompt": "x", "n": bad})
-        assert (status, data["param"], data["message"]) == (400, "n", "'n' must be an integer >= 1")
+        assert (status, data["param"], data["message"]) == (400, "n", "'n' must be an integer")
+    for bad in (0, -1):
+        status, _, data = await post(http, url, {"model": MODEL, "prompt": "x", "n": bad})
+        assert (status, data["param"], data["message"]) == (400, None, f"n must be at least 1, got {bad}.")
     for lax, choices in ((True, 1), ("2", 2)):
         status, _, data = await post(http, url, {"model": MODEL, "prompt": "x", "n": lax, "max_tokens": 1})
         assert status == 200 and len(data["choices"]) == choices
+
+
+async def test_sampling_parameters_vllm_refuses_are_its_400(
+    cluster: SimCluster, http: aiohttp.ClientSession
+) -> None:
+    """A negative temperature, a top_p of 0 and a prompt token id past the vocabulary were
+    answered 200; vLLM answers each with a 400 in its error shape (vllm/sampling_params.py)."""
+    completions, chat = base(cluster) + "/v1/completions", base(cluster) + "/v1/chat/completions"
+    messages = [{"role": "user", "content": "hi"}]
+    cases: list[tuple[str, dict[str, Any], str | None, str]] = [
+        (chat, {"messages": messages, "temperature": -1}, "temperature",
+         "temperature must be non-negative, got -1.0. (parameter=temperature, value=-1.0)"),
+        (completions, {"prompt": "x", "top_p": 0}, "top_p",
+         "top_p must be in (0, 1], got 0.0. (parameter=top_p, value=0.0)"),
+        (completions, {"prompt": [1, 999_999_999]}, None, "Token id 999999999 is out of vocabulary"),
+        (chat, {"messages": messages, "stop_token_ids": [128_256]}, "stop_token_ids",
+         "token_id(s) [128256] in stop_token_ids contain out-of-vocab token ids. Vocabulary size: 128256 "
+         "(parameter=stop_token_ids, value=[128256])"),
+        (base(cluster) + "/v1/responses", {"input": "x", "temperature": "nan"}, "temperature",
+         "temperature must be a finite number, got nan. (parameter=temperature, value=nan)"),
+    ]  # fmt: skip
+    for url, fields, param, message in cases:
+        status, _, data = await post(http, url, {"model": MODEL, **fields})
+        assert status == 400
+        assert data == {
+            "object": "error",
+            "message": message,
+            "type": "BadRequestError",
+            "param": param,
+            "code": 400,
+        }
+    # chat without max_tokens: vLLM fills in what the context leaves, and checks min_tokens against it
+    status, _, data = await post(http, chat, {"model": MODEL, "messages": messages, "max_tokens": 1})
+    left = TINY_TEST.max_model_len - data["usage"]["prompt_tokens"]
+    status, _, data = await post(http, chat, {"model": MODEL, "messages": messages, "min_tokens": left + 1})
+    expected = f"min_tokens must be less than or equal to max_tokens={left}, got {left + 1}."
+    assert (status, data["param"], data["message"]) == (400, None, expected)
+    status, _, data = await post(http, chat, {"model": MODEL, "messages": messages, "min_tokens": left})
+    assert status == 200
 
 
 async def test_n_beyond_the_limit_is_a_400_before_any_sequence_is_built(http: aiohttp.ClientSession) -> None:

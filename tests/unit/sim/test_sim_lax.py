@@ -3,19 +3,22 @@ request models are built on, in lax mode), over the JSON values a client may sen
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pydantic
 import pytest
 
-from epp.sim.lax import lax_bool, lax_int
+from epp.sim.lax import lax_bool, lax_float, lax_int
 
 
 class VllmFields(pydantic.BaseModel):
-    """Fields typed as vLLM types them (`logprobs: bool | None`, `max_tokens: int | None`)."""
+    """Fields typed as vLLM types them (`logprobs: bool | None`, `max_tokens: int | None`,
+    `temperature: float | None`)."""
 
     flag: bool | None = None
     count: int | None = None
+    number: float | None = None  # `temperature`, `top_p`, the penalties
 
 
 def pydantic_reads(field: str, value: Any) -> Any:
@@ -49,3 +52,26 @@ def test_integers_are_read_as_pydantic_reads_them(value: Any) -> None:
     read = lax_int(value)
     assert read == pydantic_reads("count", value)
     assert read is None or type(read) is int
+
+
+FLOAT_TEXTS = (
+    "inf",
+    "-Infinity",
+    "NaN",
+    "+nan",
+    "1e",
+    "e3",
+    ".5",
+    "1.5e-3",
+    "1e1_0",
+    "1_000.5",
+    "1.2.3",
+    10**400,
+)
+
+
+@pytest.mark.parametrize("value", [*VALUES, *FLOAT_TEXTS], ids=repr)
+def test_floats_are_read_as_pydantic_reads_them(value: Any) -> None:
+    read, expected = lax_float(value), pydantic_reads("number", value)
+    assert (read is None, type(read)) == (expected is None, type(expected))
+    assert read is None or read == expected or (math.isnan(read) and math.isnan(expected))
