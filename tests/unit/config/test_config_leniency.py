@@ -308,3 +308,25 @@ def test_parsers_after_the_fallback_or_of_a_repeated_type_are_skipped_as_llm_d_r
     assert [w.split("'")[1] for w in skipped] == ["again", "anthropic-parser"]
     parsers = build_components(config, PluginContext()).parsers
     assert parsers.resolve("/v1/messages").name == "passthrough-parser"
+
+
+def test_parsers_remember_each_path_s_parser_within_a_bound() -> None:
+    """A path's parser is searched for once and remembered; a client's endless distinct paths
+    (query strings) keep the memo bounded and still resolve by the longest suffix."""
+    from epp.requestcontrol import hooks
+
+    config = load_config(
+        "apiVersion: inference.networking.x-k8s.io/v1alpha1\n"
+        "kind: EndpointPickerConfig\n"
+        "plugins:\n"
+        "- {name: openai-parser, type: openai-parser}\n"
+        "- {name: passthrough-parser, type: passthrough-parser}\n"
+        "requestHandler: {parsers: [{pluginRef: openai-parser}, {pluginRef: passthrough-parser}]}\n"
+    )
+    parsers = build_components(config, PluginContext()).parsers
+    first = parsers.resolve("/v1/chat/completions")
+    assert parsers._resolved == {"/v1/chat/completions": first}
+    for i in range(hooks._MAX_RESOLVED_PATHS + 10):
+        assert parsers.resolve(f"/v1/messages?n={i}").name == "passthrough-parser"
+        assert parsers.resolve(f"/v1/completions?n={i}").name == "openai-parser"
+        assert len(parsers._resolved) <= hooks._MAX_RESOLVED_PATHS
