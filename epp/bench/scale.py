@@ -8,6 +8,7 @@ slow run can be attributed to the simulator engine, the harness or the scheduler
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 from pathlib import Path
 
@@ -68,7 +69,8 @@ def main(args: argparse.Namespace) -> int:
     requests = generate(spec, args.rate)
     generated = time.perf_counter() - started
     rows = []
-    for name in args.policy or ["random"]:
+    policies = args.policy or ["random"]
+    for number, name in enumerate(policies):
         cluster = VirtualCluster(args.endpoints, get_profile(args.profile))
         run = VirtualRun(requests, suite.picker_config(suite.policy(name)), cluster)
         result = run.run()
@@ -89,6 +91,12 @@ def main(args: argparse.Namespace) -> int:
             ]
         )
         print(" | ".join(rows[-1]), flush=True)
+        if number < len(policies) - 1:
+            # The run's objects hold cycles (its plugins' clock reads the run), so only a full
+            # collection frees them: without one the next policy ran beside this one's gigabyte
+            # and faulted in fresh pages (771 against 311 MB for `ours` after two others).
+            del run, result
+            gc.collect()
     text = "\n".join(
         [
             f"- command: `{args.command_line}`",

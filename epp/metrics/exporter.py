@@ -131,8 +131,10 @@ class EppMetrics:
         self.registry = registry or CollectorRegistry()
         self.aliases = tuple(aliases)
         f = Families(self.registry)
+        # The director's per-request counters and gauge: written from the event loop alone.
+        per_request = Families(self.registry, one_writer=True)
         model = ["model_name", "target_model_name"]
-        self.requests = f.counter(
+        self.requests = per_request.counter(
             "inference_objective_request_total", "requests scheduled", [*model, "priority"]
         )
         self.errors = f.counter(
@@ -164,7 +166,9 @@ class EppMetrics:
             model,
             INPUT_TOKEN_BUCKETS,
         )
-        self.running = f.gauge("inference_objective_running_requests", "requests in flight", ["model_name"])
+        self.running = per_request.gauge(
+            "inference_objective_running_requests", "requests in flight", ["model_name"]
+        )
         self.ntpot = f.histogram(
             "inference_objective_normalized_time_per_output_token_seconds",
             "request latency divided by output tokens",
@@ -177,7 +181,7 @@ class EppMetrics:
             (),
             SCHEDULER_BUCKETS,
         )
-        self.scheduler_attempts = f.counter(
+        self.scheduler_attempts = per_request.counter(
             "inference_extension_scheduler_attempts_total",
             "scheduling attempts by outcome",
             ["status", "target_model_name", "pod_name", "namespace", "port"],

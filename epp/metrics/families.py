@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from epp.metrics import histogram
 from epp.metrics.histogram import Histogram
 
 
@@ -18,12 +19,23 @@ def alpha(text: str) -> str:
 
 class Families:
     """Registers families in `registry` (None: not registered, for an unexported set), each name
-    after `prefix`, with GIE's alpha help prefix unless `alpha` is False (or a row says otherwise)."""
+    after `prefix`, with GIE's alpha help prefix unless `alpha` is False (or a row says otherwise).
+    `one_writer`: only the event loop's thread updates these counters and gauges, so their values
+    take no lock (`epp.metrics.histogram.Counter` / `Gauge`)."""
 
-    def __init__(self, registry: CollectorRegistry | None, *, prefix: str = "", alpha: bool = True) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None,
+        *,
+        prefix: str = "",
+        alpha: bool = True,
+        one_writer: bool = False,
+    ) -> None:
         self.registry = registry
         self.prefix = prefix
         self.alpha = alpha
+        self._counter = histogram.Counter if one_writer else Counter
+        self._gauge = histogram.Gauge if one_writer else Gauge
 
     def _help(self, text: str, row_alpha: bool | None) -> str:
         return alpha(text) if (self.alpha if row_alpha is None else row_alpha) else text
@@ -31,12 +43,12 @@ class Families:
     def counter(
         self, name: str, help_text: str, labels: Sequence[str] = (), alpha: bool | None = None
     ) -> Counter:
-        return Counter(self.prefix + name, self._help(help_text, alpha), labels, registry=self.registry)
+        return self._counter(self.prefix + name, self._help(help_text, alpha), labels, registry=self.registry)
 
     def gauge(
         self, name: str, help_text: str, labels: Sequence[str] = (), alpha: bool | None = None
     ) -> Gauge:
-        return Gauge(self.prefix + name, self._help(help_text, alpha), labels, registry=self.registry)
+        return self._gauge(self.prefix + name, self._help(help_text, alpha), labels, registry=self.registry)
 
     def histogram(
         self,

@@ -151,13 +151,14 @@ class FlowRequestMetrics:
         self, registry: CollectorRegistry, flow_labels: Callable[[str, int], tuple[str, str]]
     ) -> None:
         f = Families(registry, alpha=False)
-        self.requests: Counter = f.counter(
+        per_request = Families(registry, alpha=False, one_writer=True)  # the director's, on the loop
+        self.requests: Counter = per_request.counter(
             "llm_d_epp_request_total", "Total number of processed requests.", LABELS
         )
         self.errors: Counter = f.counter(
             "llm_d_epp_request_error_total", "Total number of request errors.", [*LABELS, "error_code"]
         )
-        self.running: Gauge = f.gauge("llm_d_epp_request_running", "Requests in flight.", LABELS)
+        self.running: Gauge = per_request.gauge("llm_d_epp_request_running", "Requests in flight.", LABELS)
         self.histograms: dict[str, Histogram] = {
             attribute: f.histogram(name, help_text, LABELS, bounds)
             for attribute, (name, help_text, bounds) in HISTOGRAMS.items()

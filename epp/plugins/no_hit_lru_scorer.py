@@ -53,6 +53,9 @@ class NoHitLruScorer(Plugin, Scorer, DataConsumer, PreRequest, EndpointObserver)
         self.lru_size = params.lru_size
         self.recent: OrderedDict[str, None] = OrderedDict()  # endpoints given cold requests, oldest first
         self.route_listeners: list[Callable[[Endpoint, Sequence[int]], None]] = []
+        # A warm request's row, read-only and kept for the next of the same length: a fresh
+        # `np.full` of 1,000 took 15 us inside a 1,000-endpoint virtual run.
+        self._warm = np.full(0, WARM_SCORE)
 
     def is_cold(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> bool:
         match = self.consumed(request, PREFIX_MATCH)
@@ -79,7 +82,10 @@ class NoHitLruScorer(Plugin, Scorer, DataConsumer, PreRequest, EndpointObserver)
 
     def score_array(self, request: InferenceRequest, candidates: Sequence[Endpoint]) -> np.ndarray:
         if not self.is_cold(request, candidates):
-            return np.full(len(candidates), WARM_SCORE)
+            if len(self._warm) != len(candidates):
+                self._warm = np.full(len(candidates), WARM_SCORE)
+                self._warm.flags.writeable = False
+            return self._warm
         names = [e.name for e in candidates]
         where = {name: i for i, name in enumerate(names)}
         if len(names) == 1 or len(where) != len(names):  # one candidate, or one listed twice

@@ -175,6 +175,9 @@ def effective_parsers(parsers: Sequence[Any]) -> list[Any]:
     return kept
 
 
+_MAX_RESOLVED_PATHS = 1024
+
+
 class Parsers:
     """The configured parsers, resolved per request path as llm-d router's ParserRegistry: the
     parser claiming the longest matching path suffix, else the fallback (a parser claiming no
@@ -187,8 +190,18 @@ class Parsers:
         self.parsers = tuple(effective_parsers(parsers))
         fallback = [p for p in self.parsers if not p.paths]
         self._fallback = fallback[0] if fallback else self.parsers[0]
+        # Each path's parser, as clients send few distinct paths (bounded: a path is the client's).
+        self._resolved: dict[str, RequestParser] = {}
 
     def resolve(self, path: str) -> RequestParser:
+        parser = self._resolved.get(path)
+        if parser is None:
+            if len(self._resolved) >= _MAX_RESOLVED_PATHS:
+                self._resolved.clear()
+            parser = self._resolved[path] = self._longest_suffix(path)
+        return parser
+
+    def _longest_suffix(self, path: str) -> RequestParser:
         clean = path.split("?", 1)[0].strip().rstrip("/")
         best: RequestParser | None = None
         longest = 0

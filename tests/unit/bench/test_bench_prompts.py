@@ -75,3 +75,34 @@ def test_text_that_does_not_split_cleanly_is_tokenized_whole() -> None:
     for parts in (("ab", "cd"), ("x.", "5 y"), ("hello", " world", "again")):
         request = BenchRequest(0, 0.0, "g", 1, prompt=parts)
         assert_as_the_simulator(PromptTokenizer(), request)
+
+
+def shared_prefix_requests(groups: int, per_group: int, system_len: int = 40) -> list[BenchRequest]:
+    spec = WorkloadSpec.model_validate(
+        {
+            "name": "t",
+            "data": {
+                "type": "shared_prefix",
+                "num_groups": groups,
+                "num_prompts_per_group": per_group,
+                "system_prompt_len": system_len,
+                "question_len": 9,
+                "output_len": 2,
+            },
+            "load": {"rates": [1]},
+        }
+    )
+    return generate(spec, 1.0)
+
+
+def test_only_pieces_seen_twice_are_memoised() -> None:
+    """A request's own question is tokenized once and dropped; a group's system prompt, seen by
+    every request of the group, is kept."""
+    tokenizer = PromptTokenizer()
+    requests = shared_prefix_requests(2, 3)
+    for request in requests:
+        ids = tokenizer.token_ids(request)
+        tokenizer.block_hashes(request, ids, 16, "m")
+    system_prompts = {request.prompt[0] for request in requests}
+    assert set(tokenizer._memo) == system_prompts
+    assert all(request.prompt[-1] not in tokenizer._memo for request in requests)

@@ -219,3 +219,30 @@ def test_scraped_metrics_equal_what_the_scraper_reads_from_the_simulator() -> No
         scraped.cache_num_blocks,
     )
     assert direct.max_active_models == scraped.max_active_models
+
+
+def test_the_collector_takes_a_run_s_objects_as_old_without_a_pass() -> None:
+    """The run keeps the cyclic collector off; turned back on, it must not scan what the run
+    allocated (a large run's gigabytes, to find nothing): those objects go to the oldest
+    generation unscanned, and the collector is on again."""
+    import gc
+
+    assert gc.isenabled()
+    passes: list[int] = []
+
+    def counted(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            passes.append(info["generation"])
+
+    run = VirtualRun(workload(), LEAST_REQUEST, TINY)
+    gc.callbacks.append(counted)
+    try:
+        result = run.run()
+        youngest = [gc.get_objects(generation) for generation in (0, 1)]
+    finally:
+        gc.callbacks.remove(counted)
+    assert gc.isenabled()
+    assert passes == []
+    record = result.records[0]
+    assert gc.is_tracked(record)
+    assert not any(item is record for objects in youngest for item in objects)

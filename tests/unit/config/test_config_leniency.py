@@ -344,3 +344,25 @@ def test_numbers_with_an_exponent_read_as_go_reads_them() -> None:
     assert load_config(text.replace("weight: 8e-1", "weight: 10.0")).profiles[0].scorers[0] == ("p", 10)
     with pytest.raises(ConfigError, match="lruCapacityPerServer: Input should be a valid integer"):
         load_config(text.replace("1e3}", '"1e3"}'))  # quoted, it is text, in Go too
+
+
+def test_parsers_remember_each_path_s_parser_within_a_bound() -> None:
+    """A path's parser is searched for once and remembered; a client's endless distinct paths
+    (query strings) keep the memo bounded and still resolve by the longest suffix."""
+    from epp.requestcontrol import hooks
+
+    config = load_config(
+        "apiVersion: inference.networking.x-k8s.io/v1alpha1\n"
+        "kind: EndpointPickerConfig\n"
+        "plugins:\n"
+        "- {name: openai-parser, type: openai-parser}\n"
+        "- {name: passthrough-parser, type: passthrough-parser}\n"
+        "requestHandler: {parsers: [{pluginRef: openai-parser}, {pluginRef: passthrough-parser}]}\n"
+    )
+    parsers = build_components(config, PluginContext()).parsers
+    first = parsers.resolve("/v1/chat/completions")
+    assert parsers._resolved == {"/v1/chat/completions": first}
+    for i in range(hooks._MAX_RESOLVED_PATHS + 10):
+        assert parsers.resolve(f"/v1/messages?n={i}").name == "passthrough-parser"
+        assert parsers.resolve(f"/v1/completions?n={i}").name == "openai-parser"
+        assert len(parsers._resolved) <= hooks._MAX_RESOLVED_PATHS

@@ -1,4 +1,5 @@
-"""The bisecting Histogram exposes exactly what prometheus_client's own does for the same values."""
+"""The bisecting Histogram, and the lock-free Counter and Gauge, expose exactly what
+prometheus_client's own do for the same values."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import prometheus_client
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from epp.metrics.histogram import Histogram
+from epp.metrics.families import Families
+from epp.metrics.histogram import Counter, Gauge, Histogram
 
 BUCKETS = [0.0001 * 2**i for i in range(20)]
 
@@ -63,3 +65,48 @@ def test_exemplars_and_exposition_as_the_library_in_openmetrics() -> None:
 
     assert openmetrics(ours) == openmetrics(theirs)
     assert any('trace_id="b"' in line for line in openmetrics(ours))
+
+
+def test_counter_and_gauge_expose_as_the_library() -> None:
+    theirs, ours = CollectorRegistry(), CollectorRegistry()
+    library_counter = prometheus_client.Counter("c", "help", ["a"], registry=theirs)
+    library_gauge = prometheus_client.Gauge("g", "help", ["a"], registry=theirs)
+    counter = Counter("c", "help", ["a"], registry=ours)
+    gauge = Gauge("g", "help", ["a"], registry=ours)
+    rng = random.Random(2)
+    for _ in range(500):
+        label, amount, down = rng.choice("pq"), rng.choice([1, 2, 0.5, 0]), rng.choice([1, 3])
+        for c in (library_counter, counter):
+            c.labels(label).inc(amount)
+        for g in (library_gauge, gauge):
+            g.labels(label).inc(amount)
+            g.labels(label).dec(down)
+            if amount == 2:
+                g.labels(label).set(7)
+    assert exposition(ours) == exposition(theirs)
+    # one writer, so no lock: the children's values are the plain floats
+    assert type(counter.labels("p")._value).__name__ == "_Value"
+    assert type(gauge.labels("p")._value).__name__ == "_Value"
+
+
+def test_counter_and_gauge_refuse_as_the_library() -> None:
+    counter = Counter("c2", "help", ["a"], registry=CollectorRegistry())
+    gauge = Gauge("g2", "help", ["a"], registry=CollectorRegistry())
+    with pytest.raises(ValueError, match="missing label values"):
+        counter.inc()
+    with pytest.raises(ValueError, match="missing label values"):
+        gauge.inc()
+    with pytest.raises(ValueError, match="missing label values"):
+        gauge.dec()
+    with pytest.raises(ValueError, match="negative"):
+        counter.labels("q").inc(-1)
+    assert counter.labels("q")._value.get() == 0.0
+
+
+def test_only_one_writer_families_are_lock_free() -> None:
+    registry = CollectorRegistry()
+    one_writer, others = Families(registry, one_writer=True), Families(registry)
+    assert type(one_writer.counter("a", "h")) is Counter
+    assert type(one_writer.gauge("b", "h")) is Gauge
+    assert type(others.counter("c", "h")) is prometheus_client.Counter
+    assert type(others.gauge("d", "h")) is prometheus_client.Gauge

@@ -132,3 +132,20 @@ def test_no_hit_lru_cold_ranks_as_arrays_are_the_lists(seed: int) -> None:
         by_array.pre_request(arrays, chosen)
         by_list.pre_request(lists, chosen)
         assert list(by_array.recent) == list(by_list.recent)
+
+
+def test_no_hit_lru_warm_rows_are_one_read_only_array_per_length() -> None:
+    """A warm request's row is kept for the next of the same length, so no scorer or profile may
+    write into it: it is read-only."""
+    scorer = plugin(NoHitLruScorer)
+    scorer.bind_producer(PREFIX_MATCH, "producer")
+    candidates = crowd(2)
+    rows = []
+    for count in (300, 300, 150):
+        req = request()
+        req.attributes["producer"] = PrefixMatch([1, 2, 3], {candidates[0]: 1}, 16)
+        rows.append(scorer.score_array(req, candidates[:count]))
+    assert rows[0] is rows[1]
+    assert rows[2].tolist() == [0.5] * 150
+    with pytest.raises(ValueError, match="read-only"):
+        rows[2][0] = 1.0
