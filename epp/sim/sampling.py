@@ -32,6 +32,9 @@ Number = TypeVar("Number", int, float)
 
 SAMPLING_EPS = 1e-5
 """vLLM's `_SAMPLING_EPS`: a temperature below it is greedy sampling."""
+MAX_TEMP = 1e-2
+"""vLLM's `_MAX_TEMP`: a temperature above 0 but below it is raised to it before any check, so
+`temperature: 1e-6` with `n: 2` samples (at 0.01) rather than being greedy and refused."""
 
 
 def refusal(message: str, parameter: str | None = None, value: Any = None) -> ApiError:
@@ -75,7 +78,7 @@ def check_sampling(
         presence_penalty=_float(body, "presence_penalty", 0.0) if chat_like else 0.0,
         frequency_penalty=_float(body, "frequency_penalty", 0.0) if chat_like else 0.0,
         repetition_penalty=_float(body, "repetition_penalty", 1.0),
-        temperature=_float(body, "temperature", 1.0),
+        temperature=_raised(_float(body, "temperature", 1.0)),
         top_p=_float(body, "top_p", 1.0),
         top_k=_int(body, "top_k", 0),
         min_p=_float(body, "min_p", 0.0) if chat_like else 0.0,
@@ -142,6 +145,11 @@ def _temperature_wrong(temperature: float) -> str | None:
     if temperature > 2.0:
         return "in [0, 2]"
     return None
+
+
+def _raised(temperature: float) -> float:
+    """``SamplingParams.__post_init__``'s first step: 0 < temperature < MAX_TEMP becomes MAX_TEMP."""
+    return MAX_TEMP if 0.0 < temperature < MAX_TEMP else temperature
 
 
 def min_tokens_refusal(min_tokens: int, max_tokens: int) -> ApiError:

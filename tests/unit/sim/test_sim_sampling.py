@@ -182,3 +182,13 @@ def test_values_of_the_wrong_type_are_a_400_naming_the_field(
     fields: dict[str, Any], param: str, message: str
 ) -> None:
     assert refused(parse_chat, {**CHAT, **fields}) == (400, param, message)
+
+
+@pytest.mark.parametrize("parse", TWO)
+def test_a_tiny_positive_temperature_is_raised_not_greedy(parse: Any) -> None:
+    """vLLM raises 0 < temperature < 0.01 to 0.01 before its checks, so `n` > 1 with
+    `temperature: 1e-6` samples; only 0 is greedy and refused with n > 1."""
+    assert parse({**parses(parse), "n": 2, "temperature": 1e-6}).n == 2
+    assert refused(parse, {**parses(parse), "n": 2, "temperature": 0.0})[2] == (
+        "n must be 1 when using greedy sampling, got 2."
+    )
