@@ -295,6 +295,19 @@ class KVIndexMetrics(PerRegistry):
             "BlockStored events that cannot be indexed",
             ["cache_kind", "reason"],
         )
+        self.removals_skipped = f.counter(
+            "kv_cache_events_removals_skipped_total",
+            "BlockRemoved events of groups the prefix index does not follow",
+            ["cache_kind", "reason"],
+        )
+        self.removals_suppressed = f.counter(
+            "kv_cache_events_dedup_removed_hashes_suppressed_total",
+            "removed block hashes the pod still holds another copy of (block hashes, not events)",
+        )
+        self.removals_forwarded = f.counter(
+            "kv_cache_events_dedup_removed_hashes_forwarded_total",
+            "removed block hashes applied to the index (block hashes, not events)",
+        )
         self.dropped = f.counter(
             "kv_cache_events_dropped_total",
             "KV-event messages or events skipped (malformed, unknown tag, unknown pod)",
@@ -382,6 +395,9 @@ class KVBlockIndexBase(ABC):
         self.metrics = metrics
         self.confirmation_ends_speculation = confirmation_ends_speculation
         self._pods: dict[str, _PodState] = {}
+        # pod -> KV-cache group -> its kind, learned from the pod's stores (llm-d-router's group
+        # catalog): a removal names only its group, and only prefix groups' reach the index
+        self._groups: dict[str, dict[int, str]] = {}
         self._unit_weights = True  # until a block is held in a tier weighing other than 1
         # Speculative entries (llm-d's speculativeIndexing): key -> {pod: expiry}, expiring in order;
         # a pinned entry's expiry is infinite until the last request pinning it ends.
@@ -425,22 +441,40 @@ class KVBlockIndexBase(ABC):
             if isinstance(event, BlockStored):
                 self._stored(pod, model, event)
             elif isinstance(event, BlockRemoved):
-                self._removed(pod, event.block_hashes)
+                if event.group_idx is None or self._prefix_group(pod, event.group_idx):
+                    self._removed(pod, event.block_hashes)
             elif isinstance(event, AllBlocksCleared):
                 self.clear_pod(pod)
 
     def _skip(self, event: BlockStored, reason: str) -> None:
         if self.metrics is not None:
-            self.metrics.stores_skipped.labels(event.kv_cache_spec_kind or "", reason).inc()
+            self.metrics.stores_skipped.labels(event.kv_cache_spec_kind or "unknown", reason).inc()
+
+    def _prefix_group(self, pod: str, group: int) -> bool:
+        """Whether a removal of `group`'s blocks reaches the index, as llm-d-router decides: the
+        group's kind as the pod's stores named it. A hybrid model's sliding-window group evicts
+        blocks whose hashes the full-attention group still holds; an unknown group is skipped too."""
+        kind = self._groups.get(pod, {}).get(group)
+        if kind in PREFIX_KINDS:
+            return True
+        if self.metrics is not None:
+            reason = "unknown_group" if kind is None else "unsupported_cache_kind"
+            self.metrics.removals_skipped.labels(kind or "unknown", reason).inc()
+        return False
 
     def _stored(self, pod: str, model: str, event: BlockStored) -> None:
         hashes = event.block_hashes
         tokens = event.token_ids
         if not hashes:
             return
-        if event.group_idx is not None and (event.kv_cache_spec_kind or "full_attention") not in PREFIX_KINDS:
-            self._skip(event, "unsupported_cache_kind")
-            return
+        if event.group_idx is not None:
+            groups = self._groups.setdefault(pod, {})
+            # A store naming no kind is indexed as full attention: its removals must reach the index.
+            kind = event.kv_cache_spec_kind or groups.get(event.group_idx) or "full_attention"
+            groups[event.group_idx] = kind
+            if kind not in PREFIX_KINDS:
+                self._skip(event, "unsupported_cache_kind")
+                return
         if len(tokens) % len(hashes):
             self._skip(event, "non_dense_block_span")
             return
@@ -555,19 +589,26 @@ class KVBlockIndexBase(ABC):
                     self._unguess(key, pod, guessed)
         self._hold(keys, pod, weight)
 
-    def _removed(self, pod: str, hashes: Iterable[int]) -> None:
+    def _removed(self, pod: str, hashes: Sequence[int]) -> None:
         state = self._pods.get(pod)
         if state is None:
             return
+        suppressed = 0
         for engine_hash in hashes:
             block = state.blocks.get(engine_hash)
             if block is None:
                 continue
             block.refs -= 1
-            if block.refs > 0:
+            if block.refs > 0:  # another store of it stands (a duplicate block, another medium)
+                suppressed += 1
                 continue
             del state.blocks[engine_hash]
             self._release(pod, state, block.keys)
+        if self.metrics is not None:  # as llm-d-router's dedup filter counts them
+            if suppressed:
+                self.metrics.removals_suppressed.inc(suppressed)
+            if forwarded := len(hashes) - suppressed:
+                self.metrics.removals_forwarded.inc(forwarded)
 
     def _release(self, pod: str, state: _PodState, keys: Iterable[int]) -> None:
         """`pod` no longer holds the engine block that completed `keys`."""
@@ -587,6 +628,7 @@ class KVBlockIndexBase(ABC):
         self.forget_speculative(pod)
 
     def _clear_blocks(self, pod: str) -> None:
+        self._groups.pop(pod, None)
         state = self._pods.pop(pod, None)
         self._forget_pod(pod, state.keys if state is not None else ())
 

@@ -118,7 +118,7 @@ def test_removal_allblockscleared_and_unknown_parents() -> None:
     orphan = BlockStored([99], 12345, list(range(16)), None)
     idx.apply("p", M, [orphan])
     assert len(idx) == 0
-    assert metrics.stores_skipped.labels("", "unknown_parent")._value.get() == 1
+    assert metrics.stores_skipped.labels("unknown", "unknown_parent")._value.get() == 1
 
 
 def test_lookups_restrict_to_candidates_and_weigh_tiers() -> None:
@@ -487,3 +487,43 @@ def test_a_block_stored_twice_on_one_medium_stays_until_its_last_removal_as_in_l
     assert idx.longest_prefix(keys, {"a"}) == {"a": 2.0}
     idx.apply("a", M, [BlockRemoved(event.block_hashes[1:])])  # the other one
     assert idx.longest_prefix(keys, {"a"}) == {"a": 1.0}
+
+
+def test_a_removal_reaches_the_index_only_for_a_prefix_group_as_in_llm_d_router() -> None:
+    """A hybrid model's groups share block hashes: the sliding-window group evicting its copy of a
+    block the full-attention group still holds sent a BlockRemoved that dropped the block from
+    the pod. As llm-d-router (ebab687, pkg/kvevents/pool.go), a removal naming a group reaches
+    the index only if the pod's stores named that group a prefix kind; others are counted."""
+    idx = index(16)
+    metrics = idx.metrics
+    assert metrics is not None
+    tokens = list(range(32))
+    full = stored(tokens, 16, group_idx=0, kv_cache_spec_kind="full_attention")
+    window = stored(tokens, 16, group_idx=1, kv_cache_spec_kind="sliding_window")
+    unnamed = stored(list(range(100, 132)), 16, group_idx=2)  # no kind: indexed as full attention
+    idx.apply("p", M, [full, window, unnamed])
+    keys = idx.keys_for(tokens, M)
+    idx.apply(
+        "p", M, [BlockRemoved(full.block_hashes, group_idx=1), BlockRemoved(full.block_hashes, group_idx=7)]
+    )
+    assert idx.longest_prefix(keys, {"p"}) == {"p": 2.0}
+    skipped = metrics.removals_skipped
+    assert skipped.labels("sliding_window", "unsupported_cache_kind")._value.get() == 1
+    assert skipped.labels("unknown", "unknown_group")._value.get() == 1
+    idx.apply("p", M, [BlockRemoved(unnamed.block_hashes, group_idx=2)])
+    assert idx.longest_prefix(idx.keys_for(list(range(100, 132)), M), {"p"}) == {}
+    idx.apply("p", M, [BlockRemoved(full.block_hashes[1:], group_idx=0)])
+    assert idx.longest_prefix(keys, {"p"}) == {"p": 1.0}
+
+
+def test_removals_of_blocks_stored_twice_are_counted_as_llm_d_router_counts_them() -> None:
+    """`..._dedup_removed_hashes_suppressed_total` counts removed hashes the pod still holds a copy
+    of, `..._forwarded_total` the rest (an unknown hash included), per hash as llm-d's filter."""
+    idx = index(16)
+    metrics = idx.metrics
+    assert metrics is not None
+    event = stored(list(range(32)), 16)
+    idx.apply("p", M, [event, stored(list(range(16)), 16)])  # the first block stored twice
+    idx.apply("p", M, [BlockRemoved([*event.block_hashes, 12345])])
+    assert metrics.removals_suppressed._value.get() == 1
+    assert metrics.removals_forwarded._value.get() == 2
