@@ -59,7 +59,7 @@ def workload(args: argparse.Namespace) -> WorkloadSpec:
 
 def main(args: argparse.Namespace) -> int:
     suite = Suite.load(args.suite)
-    known = {policy.name for policy in suite.spec.policies}
+    known = [policy.name for policy in suite.spec.policies]  # listed in the suite's order
     if unknown := [name for name in args.policy if name not in known]:
         raise SystemExit(
             f"epp bench scale: no policy {unknown[0]!r} in {args.suite}; known: {', '.join(known)}"

@@ -49,9 +49,9 @@ def limit_containers(limit: int) -> None:
     _limits["containers"] = limit
 
 
-def limits() -> dict[str, int]:
-    """The process's limits (`containers`)."""
-    return dict(_limits)
+def container_limit() -> int:
+    """The process's limit of arrays and objects a body may open (0: none)."""
+    return _limits["containers"]
 
 
 class TextShape(NamedTuple):
@@ -73,7 +73,7 @@ def too_many_containers(raw: bytes, found: TextShape | None, value: Any = None) 
     """Whether the body opens more arrays and objects than the limit: from the C scan, before
     parsing (`value` None); without it, once parsed, the brackets counted (two C-level counts)
     and, only past the limit (brackets in strings count there), the values walked."""
-    limit = _limits["containers"]
+    limit = container_limit()
     if not limit:
         return False
     if found is not None:

@@ -8,7 +8,15 @@ from typing import Any, TypeVar
 import orjson
 
 from epp.requests.errors import ErrorCode, RequestError
-from epp.requests.jsontext import MAX_JSON_DEPTH, dumps, exact, limits, scan, shape, too_many_containers
+from epp.requests.jsontext import (
+    MAX_JSON_DEPTH,
+    container_limit,
+    dumps,
+    exact,
+    scan,
+    shape,
+    too_many_containers,
+)
 from epp.requests.tokenids import are_token_ids
 from epp.requests.types import ApiKind, InferenceRequest
 
@@ -209,10 +217,9 @@ def _not_utf8(raw: bytes) -> RequestError | None:
 
 
 def _too_many_containers() -> RequestError:
-    limit = limits()["containers"]
     return _bad(
-        f"error unmarshaling request body: the body holds more than {limit} JSON arrays and objects "
-        "(--max-json-containers)"
+        f"error unmarshaling request body: the body holds more than {container_limit()} JSON arrays "
+        "and objects (--max-json-containers)"
     )
 
 

@@ -99,13 +99,14 @@ _WORD_LIST = (
     "house right data local field cache token block route queue batch"
 )
 _WORDS: tuple[str, ...] = tuple(_WORD_LIST.split())
+_WORD_STRIDE = 7919  # a prime: token i of a sequence is word (seed + i * stride) mod the list's length
 
 
 def output_text(seed: int, index: int, rank: int = 0) -> str:
     """Text of generated token ``index`` of a sequence seeded by ``seed``: one word with a leading
     space, so a client that re-tokenizes the output gets about one token per generated token.
     ``rank`` > 0: the rank-th likeliest alternative at that position (a different word each)."""
-    return " " + _WORDS[(seed + index * 7919 + rank) % len(_WORDS)]
+    return " " + _WORDS[(seed + index * _WORD_STRIDE + rank) % len(_WORDS)]
 
 
 def token_id(piece: str) -> int:
@@ -124,7 +125,7 @@ def output_ids(seed: int, start: int, stop: int) -> list[int]:
     """Ids of generated tokens ``start`` to ``stop`` of a sequence seeded by ``seed``: those of
     their ``output_text``, one a token."""
     ids, count = _WORD_IDS, len(_WORD_IDS)
-    return [ids[(seed + index * 7919) % count] for index in range(start, stop)]
+    return [ids[(seed + index * _WORD_STRIDE) % count] for index in range(start, stop)]
 
 
 def sequence_seed(token_ids: Sequence[int], seed: int) -> int:
